@@ -1,0 +1,288 @@
+"""Read pcap and pcapng files (optionally gzip-compressed) into records with integer-nanosecond timestamps."""
+
+from __future__ import annotations
+
+import gzip
+import mmap
+import os
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from natproof.errors import CaptureError
+
+# Link-layer types natproof decodes, by libpcap's LINKTYPE_ number and name (pcap-linktype(7)).
+LINKTYPE_NAMES: dict[int, str] = {
+    0: "NULL",
+    1: "EN10MB",
+    12: "RAW",
+    14: "RAW",
+    101: "RAW",
+    108: "LOOP",
+    113: "LINUX_SLL",
+    228: "IPV4",
+    229: "IPV6",
+    276: "LINUX_SLL2",
+}
+
+PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000),  # microsecond, little-endian
+    b"\xa1\xb2\xc3\xd4": (">", 1_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanosecond (tcpdump --time-stamp-precision=nano)
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One packet record as stored in the file."""
+
+    frame_no: int
+    """1-based position among the file's packet records, as Wireshark numbers frames."""
+    ts_ns: int
+    """Capture time, nanoseconds since the Unix epoch."""
+    caplen: int
+    """Bytes stored in the file for this packet."""
+    wire_len: int
+    """Bytes the packet had on the wire (larger than caplen when the snaplen cut it)."""
+    linktype: int
+    """LINKTYPE_ of the interface the packet was captured on."""
+    ifindex: int
+    """pcapng interface id (0 for classic pcap)."""
+    data: bytes
+
+
+@dataclass
+class CaptureInfo:
+    """What was read from one capture file; filled in as the records are iterated."""
+
+    path: str
+    format: str = ""
+    """"pcap" or "pcapng", with "+gzip" when compressed."""
+    link_types: list[int] = field(default_factory=list)
+    """LINKTYPE_ of each interface, in file order (one for classic pcap)."""
+    ts_precision_ns: int = 1_000
+    records: int = 0
+    first_ts_ns: int | None = None
+    last_ts_ns: int | None = None
+    truncated_records: int = 0
+    """Records whose stored length is smaller than the original packet (snaplen)."""
+    warnings: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Frames that are not part of any connection, by reason (non_ip, malformed, unsupported_link, ...)."""
+
+    @property
+    def link_type(self) -> str:
+        names = sorted({LINKTYPE_NAMES.get(lt, f"LINKTYPE_{lt}") for lt in self.link_types})
+        return ",".join(names) if names else "unknown"
+
+
+def _load(path: Path) -> tuple[bytes | mmap.mmap, bool]:
+    """Return the file's bytes (mmap for plain files, decompressed bytes for gzip) and whether it was gzip."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below or owned by the mmap
+    except FileNotFoundError:
+        raise CaptureError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise CaptureError(str(path), "is a directory, not a capture file") from None
+    except PermissionError:
+        raise CaptureError(str(path), "permission denied") from None
+    except OSError as exc:
+        raise CaptureError(str(path), f"cannot open ({exc.strerror})") from None
+    with fh:
+        head = fh.read(4)
+        if len(head) == 0:
+            raise CaptureError(str(path), "empty file (0 bytes)")
+        if head[:2] == GZIP_MAGIC:
+            fh.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    return gz.read(), True
+            except (OSError, EOFError, zlib.error) as exc:
+                raise CaptureError(str(path), f"corrupt gzip stream ({exc})") from None
+        size = os.fstat(fh.fileno()).st_size
+        if size < 4096:
+            fh.seek(0)
+            return fh.read(), False
+        # A single read() stops near 2 GiB; mmap has no such limit and pages in lazily.
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), False
+
+
+def read_capture(path: str | os.PathLike[str]) -> tuple[CaptureInfo, Iterator[Record]]:
+    """Open a capture and return its info and an iterator over its packet records.
+
+    The file's format is sniffed from its magic bytes (never its name). Problems that make the whole
+    file unusable raise :class:`CaptureError` at once; a record cut short at the end of the file stops
+    the iteration and adds a warning to ``info.warnings``.
+    """
+    p = Path(path)
+    buf, gz = _load(p)
+    info = CaptureInfo(path=str(path))
+    magic = bytes(buf[:4])
+    if magic in PCAP_MAGIC:
+        info.format = "pcap+gzip" if gz else "pcap"
+        it = _iter_pcap(buf, info)
+    elif magic == PCAPNG_SHB:
+        info.format = "pcapng+gzip" if gz else "pcapng"
+        it = _iter_pcapng(buf, info)
+    else:
+        shown = " ".join(f"{b:02x}" for b in magic)
+        raise CaptureError(str(path), f"not a pcap or pcapng capture (starts with {shown})")
+    first = _prime(it, info)
+    return info, first
+
+
+def _prime(it: Iterator[Record], info: CaptureInfo) -> Iterator[Record]:
+    """Read the file header eagerly (so header errors raise now) and fail on a capture with no packets."""
+    try:
+        first = next(it)
+    except StopIteration:
+        if info.warnings:
+            raise CaptureError(info.path, info.warnings[0]) from None
+        raise CaptureError(info.path, "empty capture (file header only, no packets)") from None
+
+    def chained() -> Iterator[Record]:
+        yield first
+        yield from it
+
+    return chained()
+
+
+def _note(info: CaptureInfo, rec: Record) -> Record:
+    info.records += 1
+    if info.first_ts_ns is None:
+        info.first_ts_ns = rec.ts_ns
+    info.last_ts_ns = rec.ts_ns
+    if rec.caplen < rec.wire_len:
+        info.truncated_records += 1
+    return rec
+
+
+def _iter_pcap(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
+    if len(buf) < 24:
+        raise CaptureError(info.path, f"truncated pcap file header ({len(buf)} of 24 bytes)")
+    endian, unit = PCAP_MAGIC[bytes(buf[:4])]
+    _, _vmaj, _vmin, _tz, _sig, _snap, network = struct.unpack(endian + "IHHiIII", buf[:24])
+    # The upper 16 bits of the link-type field may carry FCS information (pcap-savefile(5)).
+    linktype = network & 0x0FFFFFFF if network > 0xFFFF else network
+    info.link_types = [linktype]
+    info.ts_precision_ns = unit
+    hdr = struct.Struct(endian + "IIII")
+    off, end, frame = 24, len(buf), 0
+    while off < end:
+        if end - off < 16:
+            info.warnings.append(f"last record header truncated after frame {frame}; {frame} frames used")
+            return
+        sec, frac, caplen, wire_len = hdr.unpack_from(buf, off)
+        off += 16
+        if caplen > 0x4000000:
+            info.warnings.append(f"record {frame + 1} claims {caplen} bytes; file corrupt from there")
+            return
+        if end - off < caplen:
+            info.warnings.append(f"last record truncated at frame {frame + 1}; {frame} frames used")
+            return
+        frame += 1
+        yield _note(info, Record(frame, sec * 1_000_000_000 + frac * unit, caplen, max(wire_len, caplen),
+                                 linktype, 0, bytes(buf[off:off + caplen])))
+        off += caplen
+
+
+_TSRESOL_DEFAULT = 1_000  # pcapng default if_tsresol is 10^-6 s
+
+
+def _tsresol_ns(opt: int) -> tuple[int, int]:
+    """pcapng if_tsresol to (multiplier, divisor) that turn ticks into nanoseconds."""
+    if opt & 0x80:
+        # Negative power of two: ticks of 2^-n seconds.
+        return 1_000_000_000, 1 << (opt & 0x7F)
+    exp = opt & 0x7F
+    if exp <= 9:
+        return 10 ** (9 - exp), 1
+    return 1, 10 ** (exp - 9)
+
+
+def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
+    end = len(buf)
+    off, frame = 0, 0
+    endian = "<"
+    # Interfaces of the current section: (linktype, mul, div, tsoffset_s)
+    ifaces: list[tuple[int, int, int, int]] = []
+    while off < end:
+        if end - off < 12:
+            info.warnings.append(f"last block truncated after frame {frame}; {frame} frames used")
+            return
+        btype_raw = bytes(buf[off:off + 4])
+        if btype_raw == PCAPNG_SHB:
+            bom = bytes(buf[off + 8:off + 12])
+            if bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            else:
+                if frame == 0:
+                    raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")
+                info.warnings.append(f"corrupt section header after frame {frame}; {frame} frames used")
+                return
+            ifaces = []
+        btype, blen = struct.unpack_from(endian + "II", buf, off)
+        if blen < 12 or blen % 4 or off + blen > end:
+            if frame == 0 and btype_raw == PCAPNG_SHB and off + blen > end:
+                raise CaptureError(info.path, "truncated pcapng section header")
+            info.warnings.append(f"last block truncated at frame {frame + 1}; {frame} frames used")
+            return
+        body = off + 8
+        if btype == 1:  # Interface Description Block
+            linktype = struct.unpack_from(endian + "H", buf, body)[0]
+            mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0
+            for code, value in _options(buf, body + 8, off + blen - 4, endian):
+                if code == 9 and value:
+                    mul, div = _tsresol_ns(value[0])
+                elif code == 14 and len(value) == 8:
+                    tsoff = struct.unpack(endian + "q", value)[0]
+            ifaces.append((linktype, mul, div, tsoff))
+            info.link_types.append(linktype)
+            info.ts_precision_ns = min(info.ts_precision_ns, max(1, mul // div))
+        elif btype in (6, 2):  # Enhanced Packet Block, obsolete Packet Block
+            if btype == 6:
+                iface, ts_hi, ts_lo, caplen, wire_len = struct.unpack_from(endian + "IIIII", buf, body)
+            else:
+                iface, _drops, ts_hi, ts_lo, caplen, wire_len = struct.unpack_from(endian + "HHIIII", buf, body)
+            frame += 1
+            if iface >= len(ifaces) or caplen > blen - 32:
+                info.skipped["malformed_block"] += 1
+                off += blen
+                continue
+            linktype, mul, div, tsoff = ifaces[iface]
+            ticks = (ts_hi << 32) | ts_lo
+            ts_ns = ticks * mul // div + tsoff * 1_000_000_000
+            start = body + 20
+            yield _note(info, Record(frame, ts_ns, caplen, max(wire_len, caplen), linktype, iface,
+                                     bytes(buf[start:start + caplen])))
+        elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+            frame += 1
+            if not ifaces:
+                info.skipped["malformed_block"] += 1
+            else:
+                wire_len = struct.unpack_from(endian + "I", buf, body)[0]
+                caplen = min(wire_len, blen - 16)
+                ts_ns = info.last_ts_ns or 0
+                yield _note(info, Record(frame, ts_ns, caplen, wire_len, ifaces[0][0], 0,
+                                         bytes(buf[body + 4:body + 4 + caplen])))
+        off += blen
+    if frame == 0 and not ifaces and not info.link_types:
+        info.warnings.append("no interface description block")
+
+
+def _options(buf: bytes | mmap.mmap, off: int, end: int, endian: str) -> Iterator[tuple[int, bytes]]:
+    while off + 4 <= end:
+        code, length = struct.unpack_from(endian + "HH", buf, off)
+        if code == 0:
+            return
+        value = bytes(buf[off + 4:off + 4 + length])
+        yield code, value
+        off += 4 + ((length + 3) & ~3)

@@ -1,0 +1,212 @@
+"""correlate(): read both captures, group, match, and judge every inside connection."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+
+import polars as pl
+
+from natproof.connections import PROTO_NAMES, IdleTimeouts, group_connections
+from natproof.errors import InputError
+from natproof.match import match_sides, with_keys
+from natproof.packets import load_packets
+from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
+from natproof.verdicts import classify
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+"""Called as (label, total_bytes) for each capture; returns a callback advanced by records decoded."""
+
+_PRIVATE_V4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
+_ULA = ipaddress.ip_network("fc00::/7")
+
+
+def parse_networks(cidrs: str | Sequence[str]) -> tuple[Network, ...]:
+    """Parse one CIDR, a comma-separated list, or a sequence of CIDRs."""
+    items = cidrs.split(",") if isinstance(cidrs, str) else list(cidrs)
+    try:
+        return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in items if c.strip())
+    except ValueError as exc:
+        raise InputError(f"invalid --pod-cidr: {exc}") from None
+
+
+def infer_pod_networks(conns: pl.DataFrame) -> tuple[Network, ...]:
+    """Guess the pod network from the inside capture: the /16 (IPv6: /48) around each private originator.
+
+    Kubernetes nodes take a /24 of a cluster-wide /16 by default, so a /16 covers a node's pods and the
+    pods they talk to on other nodes.
+    """
+    nets: set[Network] = set()
+    for src in conns["src"].unique().to_list():
+        addr = ipaddress.ip_address(src)
+        if isinstance(addr, ipaddress.IPv4Address) and any(addr in n for n in _PRIVATE_V4):
+            nets.add(ipaddress.ip_network(f"{src}/16", strict=False))
+        elif isinstance(addr, ipaddress.IPv6Address) and addr in _ULA:
+            nets.add(ipaddress.ip_network(f"{src}/48", strict=False))
+    return tuple(sorted(nets, key=lambda n: (n.version, n.network_address)))
+
+
+def _in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
+    lookup = {a: any(ipaddress.ip_address(a) in n for n in nets) for a in addrs.unique().to_list()}
+    return addrs.replace_strict(lookup, return_dtype=pl.Boolean, default=False)
+
+
+def _fmt_time(ns: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S")
+
+
+def correlate(
+    inside: str | os.PathLike[str],
+    outside: str | os.PathLike[str],
+    *,
+    pod_cidr: str | Sequence[str] | None = None,
+    clock_offset_s: float | None = None,
+    tolerance_s: float = 1.0,
+    timeouts: IdleTimeouts | None = None,
+    progress: ProgressFactory | None = None,
+) -> Result:
+    """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
+
+    ``pod_cidr`` names the pod network (destinations in it are ``internal``); by default it is inferred
+    from the inside capture. ``clock_offset_s`` (outside minus inside) is estimated when not given.
+    Raises :class:`~natproof.errors.CaptureError` for an unusable file and
+    :class:`~natproof.errors.InputError` for captures that cannot be used together.
+    """
+    infos, frames = [], []
+    for label, path in (("inside", inside), ("outside", outside)):
+        cb = progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
+        info, pk = load_packets(path, cb)
+        infos.append(info)
+        frames.append(pk)
+    in_info, out_info = infos
+    in_pk, in_conns = group_connections(frames[0], timeouts)
+    out_pk, out_conns = group_connections(frames[1], timeouts)
+
+    nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(in_conns)
+    in_conns = in_conns.with_columns(_in_networks(in_conns["dst"], nets).alias("internal"))
+    in_pk = with_keys(in_pk.join(in_conns.select("conn_id", "internal"), on="conn_id", how="left"))
+    out_pk = with_keys(out_pk)
+
+    offset_ns = None if clock_offset_s is None else int(round(clock_offset_s * 1e9))
+    matches = match_sides(in_pk.filter(~pl.col("internal")), out_pk, clock_offset_ns=offset_ns,
+                          tolerance_ns=int(tolerance_s * 1e9))
+    if matches.pairs.is_empty() and not in_pk.is_empty() and not out_pk.is_empty():
+        _check_overlap(in_info.path, out_info.path, in_pk, out_pk, matches.clock_offset_ns)
+
+    pairs = matches.pairs.join(
+        in_pk.select(pl.col("row").alias("in_row"), pl.col("conn_id").alias("in_conn"), "is_egress",
+                     pl.col("frame_no").alias("in_frame")), on="in_row",
+    ).join(
+        out_pk.select(pl.col("row").alias("out_row"), pl.col("conn_id").alias("out_conn"),
+                      pl.col("frame_no").alias("out_frame")), on="out_row",
+    )
+    conns = _judge(in_conns, out_conns, pairs, matches.clock_offset_ns)
+
+    in_pk = in_pk.join(pairs.select("in_row", "out_frame", "dt_ns", "method"), left_on="row",
+                       right_on="in_row", how="left")
+    matched_out = pairs.select(pl.col("out_row").unique())
+    return Result(
+        inside=CaptureSummary.from_info(in_info, in_pk.height),
+        outside=CaptureSummary.from_info(out_info, out_pk.height),
+        clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
+        pod_networks=tuple(str(n) for n in nets),
+        connections=conns,
+        unmatched_inside=in_pk.filter(~pl.col("internal") & pl.col("out_frame").is_null()).height,
+        unmatched_outside=out_pk.height - matched_out.height,
+        inside_packets=in_pk,
+        outside_packets=out_pk,
+    )
+
+
+def _size(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.DataFrame, offset: int) -> None:
+    a0, a1 = in_pk["ts_ns"].min() + offset, in_pk["ts_ns"].max() + offset  # type: ignore[operator]
+    b0, b1 = out_pk["ts_ns"].min(), out_pk["ts_ns"].max()
+    if a1 < b0 or b1 < a0:  # type: ignore[operator]
+        raise InputError(
+            f"{in_path} and {out_path} do not overlap in time ({_fmt_time(a0)}-{_fmt_time(a1)} vs "
+            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC); pass --clock-offset if the clocks differ"  # type: ignore[arg-type]
+        )
+
+
+def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
+    """Map each inside connection to the outside connection most of its packets matched, and classify it."""
+    per_out = pairs.group_by("in_conn", "out_conn").agg(
+        pl.len().alias("n"), pl.col("out_frame").min().alias("first_out")
+    ).sort(["in_conn", "n", "first_out"], descending=[False, True, False])
+    primary = per_out.group_by("in_conn", maintain_order=True).agg(
+        pl.col("out_conn").first(), pl.col("out_conn").n_unique().alias("outside_tuples"),
+    )
+    # NAT latency: time to cross the node, egress inside->outside and reply outside->inside, on one clock.
+    lat = pairs.filter(pl.col("method") == "exact").with_columns(
+        (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
+         / 1000.0).alias("lat_us")
+    )
+    stats = pairs.group_by("in_conn").agg(
+        pl.col("is_egress").sum().cast(pl.UInt32).alias("matched_egress"),
+        (~pl.col("is_egress")).sum().cast(pl.UInt32).alias("matched_reply"),
+        pl.col("in_frame").filter(pl.col("is_egress")).min().alias("evidence_egress_inside_frame"),
+        pl.col("in_frame").filter(~pl.col("is_egress")).min().alias("evidence_reply_inside_frame"),
+    )
+    ev_out = pairs.sort("in_frame").group_by("in_conn").agg(
+        pl.col("out_frame").filter(pl.col("is_egress")).first().alias("evidence_egress_outside_frame"),
+        pl.col("out_frame").filter(~pl.col("is_egress")).first().alias("evidence_reply_outside_frame"),
+    )
+    lat_stats = lat.group_by("in_conn").agg(
+        pl.col("lat_us").median().round(3).alias("latency_median_us"),
+        pl.col("lat_us").max().round(3).alias("latency_max_us"),
+    )
+    oc = out_conns.select(
+        pl.col("conn_id").alias("out_conn"),
+        pl.col("src").alias("outside_src"), pl.col("sport").alias("outside_sport"),
+        pl.col("dst").alias("outside_dst"), pl.col("dport").alias("outside_dport"),
+        pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
+    )
+    df = (
+        in_conns.rename({"conn_id": "in_conn"})
+        .join(primary, on="in_conn", how="left")
+        .join(oc, on="out_conn", how="left")
+        .join(stats, on="in_conn", how="left")
+        .join(ev_out, on="in_conn", how="left")
+        .join(lat_stats, on="in_conn", how="left")
+        .sort(["first_ts_ns", "in_conn"])
+    )
+    verdicts = [
+        classify(
+            internal=r["internal"],
+            egress_matched=r["matched_egress"] or 0,
+            source_rewritten=r["outside_src"] is not None and r["outside_src"] != r["src"],
+            reply_outside=r["reply_outside"] or 0,
+            reply_inside=r["reply_packets"] or 0,
+        ).value
+        for r in df.select("internal", "matched_egress", "outside_src", "src", "reply_outside",
+                           "reply_packets").iter_rows(named=True)
+    ]
+    out = df.with_columns(
+        pl.Series("verdict", verdicts, dtype=pl.String),
+        pl.col("proto").replace_strict(PROTO_NAMES, return_dtype=pl.String),
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"),
+        pl.col("outside_tuples").fill_null(0),
+    ).rename({
+        "src": "inside_src", "sport": "inside_sport", "dst": "inside_dst", "dport": "inside_dport",
+        "egress_packets": "egress_inside", "reply_packets": "reply_inside",
+    })
+    # A connection that never reached the outside has no outside tuple, whatever else the outside holds.
+    no_out = pl.col("verdict").is_in(["not_forwarded", "internal"])
+    out = out.with_columns(
+        [pl.when(no_out).then(None).otherwise(pl.col(c)).alias(c)
+         for c in ("outside_src", "outside_sport", "outside_dst", "outside_dport")]
+        + [pl.when(no_out).then(0).otherwise(pl.col(c).fill_null(0)).alias(c)
+           for c in ("egress_outside", "reply_outside", "matched_egress", "matched_reply")]
+    )
+    return out.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])

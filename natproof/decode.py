@@ -1,0 +1,205 @@
+"""Decode one record's link layer and, with dpkt, its IP and transport headers into a packet row."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import dpkt
+import xxhash
+
+# Field order of a decoded row; packets.PACKET_SCHEMA gives each its type.
+FIELDS: tuple[str, ...] = (
+    "frame_no", "ts_ns", "wire_len", "caplen", "ifindex",
+    "ip_version", "src", "dst", "proto", "sport", "dport",
+    "ip_id", "ttl", "ip_len",
+    "tcp_seq", "tcp_ack", "tcp_flags", "tcp_win",
+    "payload_len", "payload_captured_len", "payload_digest", "head_digest",
+    "icmp_type", "icmp_code", "icmp_id", "icmp_seq",
+    "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport",
+)
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+# BSD and Linux AF_INET6 values seen in NULL/LOOP captures.
+AF_INET6_VALUES = (10, 24, 28, 30)
+
+ICMP4_ECHO_REQUEST, ICMP4_ECHO_REPLY = 8, 0
+ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
+# ICMP errors quote the offending packet's IP header and first 8 bytes of its transport header (RFC 792/4443).
+ICMP4_ERRORS = frozenset({3, 4, 5, 11, 12})
+ICMP6_ERRORS = frozenset({1, 2, 3, 4})
+HEAD_DIGEST_BYTES = 32
+"""head_digest covers at most this many payload bytes, so captures with different snaplens still agree."""
+
+
+class Skip(Exception):
+    """The frame carries nothing natproof correlates; ``reason`` says why (counted, never fatal)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def link_payload(linktype: int, data: bytes) -> tuple[int, bytes, int]:
+    """Strip the link layer: return (ip_version, ip_bytes, ifindex_or_-1)."""
+    if linktype == 1:  # EN10MB, with any number of 802.1Q / QinQ tags
+        if len(data) < 14:
+            raise Skip("malformed")
+        etype, off = struct.unpack_from("!H", data, 12)[0], 14
+        while etype in VLAN_TPIDS:
+            if len(data) < off + 4:
+                raise Skip("malformed")
+            etype = struct.unpack_from("!H", data, off + 2)[0]
+            off += 4
+        return _by_ethertype(etype, data[off:]) + (-1,)
+    if linktype == 276:  # LINUX_SLL2: protocol, reserved, ifindex, hatype, pkttype, halen, addr[8]
+        if len(data) < 20:
+            raise Skip("malformed")
+        etype, _, ifindex = struct.unpack_from("!HHi", data, 0)
+        return _by_ethertype(etype, data[20:]) + (ifindex,)
+    if linktype == 113:  # LINUX_SLL: pkttype, hatype, halen, addr[8], protocol
+        if len(data) < 16:
+            raise Skip("malformed")
+        return _by_ethertype(struct.unpack_from("!H", data, 14)[0], data[16:]) + (-1,)
+    if linktype in (101, 12, 14, 228, 229):  # raw IP
+        if not data:
+            raise Skip("malformed")
+        version = data[0] >> 4
+        if version not in (4, 6):
+            raise Skip("non_ip")
+        return version, data, -1
+    if linktype in (0, 108):  # NULL (host byte order family) and LOOP (network order)
+        if len(data) < 4:
+            raise Skip("malformed")
+        fam_le, fam_be = struct.unpack_from("<I", data)[0], struct.unpack_from(">I", data)[0]
+        fams = (fam_be,) if linktype == 108 else (fam_le, fam_be)
+        if 2 in fams:
+            return 4, data[4:], -1
+        if any(f in AF_INET6_VALUES for f in fams):
+            return 6, data[4:], -1
+        raise Skip("non_ip")
+    raise Skip("unsupported_link")
+
+
+def _by_ethertype(etype: int, payload: bytes) -> tuple[int, bytes]:
+    if etype == ETH_IPV4:
+        return 4, payload
+    if etype == ETH_IPV6:
+        return 6, payload
+    raise Skip("non_ip")
+
+
+def _addr(version: int, raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
+
+
+def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int, data: bytes) -> tuple:
+    """Decode one frame into a row ordered as FIELDS, or raise Skip with the reason."""
+    version, ipb, ifindex = link_payload(linktype, data)
+    try:
+        if version == 4:
+            ip = dpkt.ip.IP(ipb)
+            if ip.v != 4:
+                raise Skip("malformed")
+            hdr_len = ip.hl * 4
+            # ip.len is 0 on packets captured before TCP segmentation offload split them.
+            ip_len = ip.len or len(ipb)
+            l4_len = ip_len - hdr_len
+            ip_id: int | None = ip.id
+            ttl = ip.ttl
+            proto = ip.p
+            if ip.offset:  # a non-first fragment carries no transport header
+                raise Skip("ip_fragment")
+        else:
+            ip = dpkt.ip6.IP6(ipb)
+            ext = sum(len(h) for h in ip.all_extension_headers)
+            ip_len = (ip.plen or len(ipb) - 40) + 40
+            l4_len = ip_len - 40 - ext
+            ip_id = None
+            ttl = ip.hlim
+            proto = ip.p
+    except (dpkt.UnpackError, struct.error):
+        raise Skip("malformed") from None
+    src, dst = _addr(version, ip.src), _addr(version, ip.dst)
+    l4 = ip.data
+    sport = dport = None
+    tcp_seq = tcp_ack = tcp_flags = tcp_win = None
+    payload: bytes = b""
+    payload_len = 0
+    icmp_type = icmp_code = icmp_id = icmp_seq = None
+    inner: tuple = (None, None, None, None, None)
+    if proto == 6:
+        if not isinstance(l4, dpkt.tcp.TCP):
+            raise Skip("truncated_l4")
+        sport, dport = l4.sport, l4.dport
+        tcp_seq, tcp_ack, tcp_flags, tcp_win = l4.seq, l4.ack, l4.flags, l4.win
+        payload = bytes(l4.data)
+        payload_len = max(0, l4_len - l4.off * 4)
+    elif proto == 17:
+        if not isinstance(l4, dpkt.udp.UDP):
+            raise Skip("truncated_l4")
+        sport, dport = l4.sport, l4.dport
+        payload = bytes(l4.data)
+        payload_len = max(0, l4_len - 8)
+    elif proto in (1, 58):
+        if not isinstance(l4, dpkt.icmp.ICMP | dpkt.icmp6.ICMP6):
+            raise Skip("truncated_l4")
+        icmp_type, icmp_code = l4.type, l4.code
+        body = bytes(l4.data) if not isinstance(l4.data, bytes) else l4.data
+        echo = (ICMP4_ECHO_REQUEST, ICMP4_ECHO_REPLY) if proto == 1 else (ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY)
+        errors = ICMP4_ERRORS if proto == 1 else ICMP6_ERRORS
+        if icmp_type in echo:
+            if len(body) < 4:
+                raise Skip("truncated_l4")
+            icmp_id, icmp_seq = struct.unpack_from("!HH", body)
+            # Echo request: the identifier plays the source port; the reply carries it as destination port.
+            sport, dport = (icmp_id, 0) if icmp_type == echo[0] else (0, icmp_id)
+            payload = body[4:]
+            payload_len = max(0, l4_len - 8)
+        elif icmp_type in errors:
+            inner = _quoted(version, body[4:])
+            payload = body[4:]
+            payload_len = max(0, l4_len - 8)
+        else:
+            raise Skip("icmp_other")
+    else:
+        raise Skip("other_proto")
+    digest = xxhash.xxh3_64_intdigest(payload) if payload else None
+    head = xxhash.xxh3_64_intdigest(payload[:HEAD_DIGEST_BYTES]) if payload else None
+    return (
+        frame_no, ts_ns, wire_len, caplen, ifindex,
+        version, src, dst, proto, sport, dport,
+        ip_id, ttl, ip_len,
+        tcp_seq, tcp_ack, tcp_flags, tcp_win,
+        payload_len, len(payload), digest, head,
+        icmp_type, icmp_code, icmp_id, icmp_seq,
+        *inner,
+    )
+
+
+def _quoted(version: int, quoted: bytes) -> tuple:
+    """Parse the IP header and first transport bytes an ICMP error quotes: (proto, src, dst, sport, dport)."""
+    try:
+        if version == 4:
+            if len(quoted) < 20 or quoted[0] >> 4 != 4:
+                raise Skip("malformed")
+            hl = (quoted[0] & 0x0F) * 4
+            proto = quoted[9]
+            src, dst = _addr(4, quoted[12:16]), _addr(4, quoted[16:20])
+        else:
+            if len(quoted) < 40 or quoted[0] >> 4 != 6:
+                raise Skip("malformed")
+            hl = 40
+            proto = quoted[6]
+            src, dst = _addr(6, quoted[8:24]), _addr(6, quoted[24:40])
+    except (IndexError, ValueError):
+        raise Skip("malformed") from None
+    l4 = quoted[hl:hl + 8]
+    sport = dport = None
+    if proto in (6, 17) and len(l4) >= 4:
+        sport, dport = struct.unpack_from("!HH", l4)
+    elif proto in (1, 58) and len(l4) >= 8:
+        # A quoted echo request: its identifier is the "source port" of the echo flow.
+        sport, dport = struct.unpack_from("!H", l4, 4)[0], 0
+    return proto, src, dst, sport, dport

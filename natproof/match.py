@@ -1,0 +1,157 @@
+"""Join the inside and outside captures packet by packet on fields NAT leaves unchanged, and time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+SNAP_OFFSET_NS = 1_000_000
+"""Clock-offset estimates smaller than this (1 ms) are reported as 0: captures taken on one host share a
+clock, and a smaller estimate cannot be told apart from the NAT's own latency asymmetry."""
+
+PAIR_SCHEMA = {
+    "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(), "method": pl.String(),
+}
+
+
+def _strong_key() -> pl.Expr:
+    """Fields MASQUERADE never rewrites (see captures/basic): direction, far end, IP id, TCP seq/ack/flags,
+    lengths, ICMP type/code/sequence and the head of the payload. Source/destination of the near end,
+    ports that may be remapped, ICMP identifiers and TTL are left out."""
+    return pl.struct(
+        "is_egress", "f_proto", "proto", "remote", "rport", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags",
+        "payload_len", "head_digest", "icmp_type", "icmp_code", "icmp_seq", "inner_proto",
+    ).hash(seed=0x6E61)
+
+
+def _payload_key() -> pl.Expr:
+    """A fallback for middleboxes that randomise TCP sequence numbers: far end, lengths and payload digest."""
+    return pl.when(pl.col("payload_len") > 0).then(
+        pl.struct("is_egress", "f_proto", "remote", "rport", "payload_len", "payload_digest").hash(seed=0x7072)
+    )
+
+
+def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
+    """Add a row number and the match keys to a capture's grouped packets."""
+    return packets.with_row_index("row").with_columns(
+        _strong_key().alias("k_strong"), _payload_key().alias("k_payload"),
+    )
+
+
+def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int:
+    """Outside clock minus inside clock, in ns, from packets whose strong key is unique on both sides.
+
+    Egress packets cross the NAT inside to outside, replies the other way, so (as NTP does) the mean of
+    the two directions' median differences cancels the NAT's latency. With one direction only, its
+    median is taken as it is.
+    """
+    def unique(df: pl.DataFrame) -> pl.DataFrame:
+        return df.filter(pl.len().over("k_strong") == 1).select("k_strong", "ts_ns", "is_egress")
+
+    pairs = unique(inside).join(unique(outside), on="k_strong", suffix="_out")
+    if pairs.is_empty():
+        return 0
+    dts = pairs.with_columns((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"))
+    med_e = dts.filter(pl.col("is_egress"))["dt"].median()
+    med_r = dts.filter(~pl.col("is_egress"))["dt"].median()
+    meds = [m for m in (med_e, med_r) if m is not None]
+    offset = int(round(sum(meds) / len(meds)))  # type: ignore[arg-type]
+    return 0 if abs(offset) < SNAP_OFFSET_NS else offset
+
+
+def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int,
+                 method: str, rounds: int = 4) -> pl.DataFrame:
+    """One-to-one pairs of rows with equal ``key``, nearest in time within the tolerance.
+
+    ``join_asof`` is many-to-one (retransmissions on one side can all pick the same packet on the
+    other), so after each round every outside row keeps only its nearest inside row, and the rest try
+    again against the outside rows still free.
+    """
+    left = inside.filter(pl.col(key).is_not_null()).select(
+        pl.col("row").alias("in_row"), pl.col(key), (pl.col("ts_ns") + offset_ns).alias("t"),
+    ).sort(key, "t")
+    right = outside.filter(pl.col(key).is_not_null()).select(
+        pl.col("row").alias("out_row"), pl.col(key), pl.col("ts_ns").alias("t_out"),
+    ).sort(key, "t_out")
+    found: list[pl.DataFrame] = []
+    for _ in range(rounds):
+        if left.is_empty() or right.is_empty():
+            break
+        joined = left.join_asof(
+            right, left_on="t", right_on="t_out", by=key, strategy="nearest",
+            tolerance=tolerance_ns, check_sortedness=False,
+        ).filter(pl.col("out_row").is_not_null())
+        if joined.is_empty():
+            break
+        best = joined.with_columns((pl.col("t_out") - pl.col("t")).alias("dt_ns")).sort(
+            pl.col("dt_ns").abs(), "in_row"
+        ).unique("out_row", keep="first", maintain_order=True)
+        found.append(best.select("in_row", "out_row", "dt_ns"))
+        left = left.join(best.select("in_row"), on="in_row", how="anti")
+        right = right.join(best.select("out_row"), on="out_row", how="anti")
+    if not found:
+        return pl.DataFrame(schema=PAIR_SCHEMA)
+    return pl.concat(found).with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
+    """Pair TCP data segments of ``small`` with a segment of ``big`` whose byte range contains them.
+
+    GRO on eth0 merges segments, TSO hands the capture one large segment: only sequence ranges line up.
+    Many small segments may share one big segment. Returns (small_row, big_row, dt_ns) with dt taken
+    as big minus small on the inside clock (``offset_ns`` is added to the inside side's times by the
+    caller's choice of which frame is which).
+    """
+    cols = ["row", "is_egress", "remote", "rport", "tcp_ack", "tcp_seq", "payload_len", "ts_ns"]
+    data = (pl.col("f_proto") == 6) & (pl.col("proto") == 6) & (pl.col("payload_len") > 0)
+    s = small.filter(data).select(cols).sort("tcp_seq")
+    b = big.filter(data).select(cols).sort("tcp_seq")
+    if s.is_empty() or b.is_empty():
+        return pl.DataFrame(schema={"small_row": pl.UInt32(), "big_row": pl.UInt32(), "dt_ns": pl.Int64()})
+    j = s.join_asof(
+        b, on="tcp_seq", by=["is_egress", "remote", "rport", "tcp_ack"], strategy="backward",
+        suffix="_b", check_sortedness=False,
+    ).filter(pl.col("row_b").is_not_null())
+    j = j.with_columns((pl.col("ts_ns_b") - pl.col("ts_ns") - offset_ns).alias("dt_ns")).filter(
+        (pl.col("tcp_seq").cast(pl.Int64) + pl.col("payload_len"))
+        <= (pl.col("tcp_seq_b").cast(pl.Int64) + pl.col("payload_len_b"))
+    ).filter(pl.col("dt_ns").abs() <= tolerance_ns)
+    return j.select(pl.col("row").alias("small_row"), pl.col("row_b").alias("big_row"), "dt_ns")
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Packet pairs across the two captures."""
+
+    pairs: pl.DataFrame
+    """One row per matched inside packet: in_row, out_row, dt_ns (outside minus inside, raw clocks),
+    method ("exact", "bytes" or "payload")."""
+    clock_offset_ns: int
+
+
+def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns: int | None = None,
+                tolerance_ns: int = 1_000_000_000) -> Matches:
+    """Match packets of ``inside`` to packets of ``outside`` (both from :func:`with_keys`).
+
+    Passes, each on the rows still unmatched: exact invariant fields; TCP byte ranges (GRO/TSO); payload
+    digest (sequence-randomising middleboxes).
+    """
+    offset = estimate_clock_offset(inside, outside) if clock_offset_ns is None else clock_offset_ns
+    exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
+    in_left = inside.join(exact.select(pl.col("in_row").alias("row")), on="row", how="anti")
+    out_left = outside.join(exact.select(pl.col("out_row").alias("row")), on="row", how="anti")
+    # Inside segments inside a larger outside one (GRO on eth0), then the reverse (TSO on the pod side).
+    a = _pair_by_bytes(in_left, out_left, offset, tolerance_ns).select(
+        pl.col("small_row").alias("in_row"), pl.col("big_row").alias("out_row"),
+        (pl.col("dt_ns") + offset).alias("dt_ns"))
+    b = _pair_by_bytes(out_left, in_left, -offset, tolerance_ns).select(
+        pl.col("big_row").alias("in_row"), pl.col("small_row").alias("out_row"),
+        (-pl.col("dt_ns") + offset).alias("dt_ns")).unique("in_row", keep="first")
+    by_bytes = pl.concat([a, b.join(a.select("in_row"), on="in_row", how="anti")]).with_columns(
+        pl.lit("bytes").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+    in_left = in_left.join(by_bytes.select(pl.col("in_row").alias("row")), on="row", how="anti")
+    out_left = out_left.join(by_bytes.select(pl.col("out_row").alias("row")), on="row", how="anti")
+    by_payload = _pair_by_key(in_left, out_left, "k_payload", offset, tolerance_ns, "payload")
+    pairs = pl.concat([exact, by_bytes, by_payload]).sort("in_row")
+    return Matches(pairs=pairs, clock_offset_ns=offset)

@@ -1,0 +1,1 @@
+"""Render a Result: terminal table, file exports and charts."""

@@ -1,0 +1,97 @@
+"""Write a Result as json, ndjson, csv, parquet or conntrack lines; files are written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+
+from natproof.result import Result, connection_dict
+
+FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the target's folder, then rename: never a half-written file."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json(result: Result) -> str:
+    return json.dumps(result.to_dict(), indent=2) + "\n"
+
+
+def to_ndjson(result: Result) -> str:
+    """One connection per line (for jq and log pipelines)."""
+    return "".join(json.dumps(connection_dict(r)) + "\n" for r in result.connections.iter_rows(named=True))
+
+
+def flat_frame(result: Result) -> pl.DataFrame:
+    """The connections frame with SQL-friendly column names and first/last seen in epoch seconds."""
+    return result.connections.with_columns(
+        (pl.col("first_ts_ns") / 1e9).alias("first_seen"), (pl.col("last_ts_ns") / 1e9).alias("last_seen"),
+    )
+
+
+def to_csv(result: Result) -> str:
+    return flat_frame(result).drop("first_ts_ns", "last_ts_ns").write_csv()
+
+
+def _tuple(src: str, dst: str, sport: int | None, dport: int | None, proto: str) -> str:
+    if proto == "icmp":
+        return f"src={src} dst={dst} type=8 code=0 id={sport}"
+    return f"src={src} dst={dst} sport={sport} dport={dport}"
+
+
+def to_conntrack(result: Result) -> str:
+    """conntrack -L notation: original tuple, then reply tuple as the NAT would have written it."""
+    lines = []
+    numbers = {"tcp": 6, "udp": 17, "icmp": 1}
+    for r in result.connections.iter_rows(named=True):
+        proto = r["proto"]
+        orig = _tuple(r["inside_src"], r["inside_dst"], r["inside_sport"], r["inside_dport"], proto)
+        if r["outside_src"] is not None:
+            if proto == "icmp":
+                reply = f"src={r['outside_dst']} dst={r['outside_src']} type=0 code=0 id={r['outside_sport']}"
+            else:
+                reply = _tuple(r["outside_dst"], r["outside_src"], r["outside_dport"], r["outside_sport"], proto)
+        else:
+            reply = "src=- dst=- sport=- dport=-"
+        unreplied = "" if (r["reply_inside"] or r["reply_outside"]) else " [UNREPLIED]"
+        lines.append(f"{proto:<8} {numbers[proto]} - {orig}{unreplied} {reply} verdict={r['verdict']}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_bytes(result: Result, fmt: str) -> bytes:
+    """The result in a file format, as bytes."""
+    if fmt == "json":
+        return to_json(result).encode()
+    if fmt == "ndjson":
+        return to_ndjson(result).encode()
+    if fmt == "csv":
+        return to_csv(result).encode()
+    if fmt == "conntrack":
+        return to_conntrack(result).encode()
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        flat_frame(result).write_parquet(buf)
+        return buf.getvalue()
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def write_result(result: Result, fmt: str, path: str | os.PathLike[str]) -> None:
+    data = render_bytes(result, fmt)
+    atomic_write(path, lambda fh: fh.write(data))
