@@ -192,6 +192,8 @@ def _iter_pcap(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
         off += caplen
 
 
+# Smallest valid total length of the blocks natproof reads (pcapng spec, section 4).
+_MIN_BLOCK = {1: 20, 2: 32, 3: 16, 6: 32}
 _TSRESOL_DEFAULT = 1_000  # pcapng default if_tsresol is 10^-6 s
 
 
@@ -236,6 +238,10 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             info.warnings.append(f"last block truncated at frame {frame + 1}; {frame} frames used")
             return
         body = off + 8
+        if blen < _MIN_BLOCK.get(btype, 12):
+            info.skipped["malformed_block"] += 1
+            off += blen
+            continue
         if btype == 1:  # Interface Description Block
             linktype = struct.unpack_from(endian + "H", buf, body)[0]
             mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0

@@ -1,0 +1,84 @@
+"""Build tiny pcap / pcapng files and packets byte by byte, independently of natproof's reader."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+
+def ipv4(src: str, dst: str, proto: int, l4: bytes, *, ttl: int = 64, ip_id: int = 1, total: int | None = None,
+         frag: int = 0) -> bytes:
+    length = 20 + len(l4) if total is None else total
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ip_id, frag, ttl, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr + l4
+
+
+def ipv6(src: str, dst: str, nxt: int, l4: bytes, *, hlim: int = 64) -> bytes:
+    return struct.pack("!IHBB16s16s", 0x60000000, len(l4), nxt, hlim,
+                       socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + l4
+
+
+def tcp(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"", win: int = 64240) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, win, 0, 0) + payload
+
+
+def udp(sport: int, dport: int, payload: bytes = b"") -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def icmp_echo(type_: int, ident: int, seq: int, payload: bytes = b"") -> bytes:
+    return struct.pack("!BBHHH", type_, 0, 0, ident, seq) + payload
+
+
+def icmp_error(type_: int, code: int, quoted: bytes) -> bytes:
+    return struct.pack("!BBHI", type_, code, 0, 0) + quoted
+
+
+def ether(payload: bytes, ethertype: int = 0x0800, vlans: tuple[int, ...] = ()) -> bytes:
+    out = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02"
+    for vid in vlans:
+        out += struct.pack("!HH", 0x8100, vid)
+    return out + struct.pack("!H", ethertype) + payload
+
+
+def sll2(payload: bytes, ifindex: int = 3, proto: int = 0x0800) -> bytes:
+    return struct.pack("!HHiHBB8s", proto, 0, ifindex, 1, 4, 6, b"\x02\x00\x00\x00\x00\x01\x00\x00") + payload
+
+
+def sll(payload: bytes, proto: int = 0x0800) -> bytes:
+    return struct.pack("!HHH8sH", 4, 1, 6, b"\x02\x00\x00\x00\x00\x01\x00\x00", proto) + payload
+
+
+def pcap(records: list[tuple[int, bytes]], *, linktype: int = 1, nano: bool = True, big_endian: bool = False,
+         wire_extra: int = 0) -> bytes:
+    """records: (ts_ns, frame bytes)."""
+    e = ">" if big_endian else "<"
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    out = struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)
+    for ts, data in records:
+        sec, frac = divmod(ts, 1_000_000_000)
+        if not nano:
+            frac //= 1000
+        out += struct.pack(e + "IIII", sec, frac, len(data), len(data) + wire_extra) + data
+    return out
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    pad = (-len(body)) % 4
+    blen = 12 + len(body) + pad
+    return struct.pack("<II", btype, blen) + body + b"\0" * pad + struct.pack("<I", blen)
+
+
+def pcapng(interfaces: list[tuple[int, int | None]], packets: list[tuple[int, int, bytes]]) -> bytes:
+    """interfaces: (linktype, if_tsresol option byte or None); packets: (iface, ticks, frame)."""
+    out = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for lt, tsresol in interfaces:
+        opts = b""
+        if tsresol is not None:
+            opts = struct.pack("<HHB3x", 9, 1, tsresol) + struct.pack("<HH", 0, 0)
+        out += _block(1, struct.pack("<HHI", lt, 0, 262144) + opts)
+    for iface, ticks, data in packets:
+        body = struct.pack("<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))
+        out += _block(6, body + data + b"\0" * ((-len(data)) % 4))
+    return out

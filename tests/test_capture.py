@@ -1,0 +1,141 @@
+"""Tests of natproof/capture.py: the record loop over pcap, pcapng and gzip."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pcapbytes import ether, ipv4, pcap, pcapng, udp
+
+from natproof.capture import read_capture
+from natproof.errors import CaptureError
+
+FRAME = ether(ipv4("10.244.0.10", "198.51.100.10", 17, udp(1000, 53, b"q")))
+T0 = 1_700_000_000_123_456_789
+
+
+def write(tmp_path: Path, data: bytes, name: str = "c.pcap") -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_nanosecond_pcap_keeps_every_nanosecond(tmp_path: Path, big_endian: bool) -> None:
+    path = write(tmp_path, pcap([(T0, FRAME), (T0 + 1, FRAME)], big_endian=big_endian))
+    info, recs = read_capture(path)
+    recs = list(recs)
+    assert [r.ts_ns for r in recs] == [T0, T0 + 1]
+    assert [r.frame_no for r in recs] == [1, 2]
+    assert info.format == "pcap" and info.link_type == "EN10MB" and info.ts_precision_ns == 1
+    assert recs[0].data == FRAME
+
+
+def test_microsecond_pcap(tmp_path: Path) -> None:
+    info, recs = read_capture(write(tmp_path, pcap([(T0, FRAME)], nano=False)))
+    assert [r.ts_ns for r in recs] == [T0 // 1000 * 1000]
+    assert info.ts_precision_ns == 1000
+
+
+def test_snaplen_truncation_is_visible(tmp_path: Path) -> None:
+    info, recs = read_capture(write(tmp_path, pcap([(T0, FRAME)], wire_extra=100)))
+    (rec,) = list(recs)
+    assert rec.wire_len == rec.caplen + 100
+    assert info.truncated_records == 1
+
+
+def test_gzip_is_sniffed_not_named(tmp_path: Path) -> None:
+    path = write(tmp_path, gzip.compress(pcap([(T0, FRAME)] * 3)), name="no-extension")
+    info, recs = read_capture(path)
+    assert len(list(recs)) == 3
+    assert info.format == "pcap+gzip"
+
+
+def test_pcapng_interfaces_keep_their_own_link_type_and_resolution(tmp_path: Path) -> None:
+    raw = ipv4("10.244.0.10", "198.51.100.10", 17, udp(1000, 53, b"q"))
+    data = pcapng([(1, None), (101, 9)], [(0, T0 // 1000, FRAME), (1, T0, raw)])
+    info, recs = read_capture(write(tmp_path, data, "c.pcapng"))
+    a, b = list(recs)
+    assert (a.linktype, a.ts_ns, a.ifindex) == (1, T0 // 1000 * 1000, 0)
+    assert (b.linktype, b.ts_ns, b.ifindex) == (101, T0, 1)
+    assert info.link_types == [1, 101]
+    assert info.link_type == "EN10MB,RAW"
+
+
+def test_last_record_cut_short_is_a_warning(tmp_path: Path) -> None:
+    data = pcap([(T0, FRAME), (T0 + 5, FRAME)])
+    info, recs = read_capture(write(tmp_path, data[:-5]))
+    assert len(list(recs)) == 1
+    assert info.warnings == ["last record truncated at frame 2; 1 frames used"]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "empty file (0 bytes)"),
+        (pcap([]), "empty capture (file header only, no packets)"),
+        (b"PK\x03\x04rest", "not a pcap or pcapng capture (starts with 50 4b 03 04)"),
+        (pcap([])[:10], "truncated pcap file header (10 of 24 bytes)"),
+        (pcap([(T0, FRAME)])[:30], "last record header truncated after frame 0; 0 frames used"),
+        (b"\x1f\x8bnot really gzip", None),
+    ],
+)
+def test_unusable_files_raise_one_clear_error(tmp_path: Path, data: bytes, problem: str | None) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(CaptureError) as exc:
+        read_capture(path)
+    assert exc.value.path == str(path)
+    if problem is not None:
+        assert exc.value.problem == problem
+    else:
+        assert exc.value.problem.startswith("corrupt gzip stream")
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match="no such file"):
+        read_capture(tmp_path / "absent.pcap")
+    with pytest.raises(CaptureError, match="is a directory"):
+        read_capture(tmp_path)
+
+
+@given(st.binary(max_size=300))
+def test_fuzz_any_bytes_raise_only_capture_error(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "f"
+        p.write_bytes(data)
+        try:
+            info, recs = read_capture(p)
+            for rec in recs:
+                assert rec.caplen == len(rec.data)
+        except CaptureError:
+            pass
+
+
+@given(st.binary(max_size=200))
+def test_fuzz_valid_header_random_body(body: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        for head in (pcap([]), pcapng([(1, None)], [])):
+            p = Path(d) / "f"
+            p.write_bytes(head + body)
+            try:
+                _, recs = read_capture(p)
+                list(recs)
+            except CaptureError:
+                pass
+
+
+def test_pcapng_short_packet_block_is_counted_not_fatal(tmp_path: Path) -> None:
+    import struct
+
+    good = pcapng([(1, None)], [(0, 5, FRAME)])
+    bad_epb = struct.pack("<II", 6, 16) + b"\0" * 4 + struct.pack("<I", 16)
+    info, recs = read_capture(write(tmp_path, good + bad_epb + good[-(12 + 20 + len(FRAME) + 2 + 4):]))
+    assert len(list(recs)) >= 1
+    assert info.skipped["malformed_block"] == 1
