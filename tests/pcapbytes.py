@@ -82,3 +82,12 @@ def pcapng(interfaces: list[tuple[int, int | None]], packets: list[tuple[int, in
         body = struct.pack("<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))
         out += _block(6, body + data + b"\0" * ((-len(data)) % 4))
     return out
+
+
+def frame_of(rows: list[tuple[int, bytes]], linktype: int = 101):
+    """Decode (ts_ns, raw IP bytes) rows into natproof's packet frame, numbering frames from 1."""
+    from natproof.capture import CaptureInfo, Record
+    from natproof.packets import build_packets
+
+    recs = [Record(i + 1, ts, len(b), len(b), linktype, 0, b) for i, (ts, b) in enumerate(rows)]
+    return build_packets(recs, CaptureInfo(path="<test>"))

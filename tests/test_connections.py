@@ -1,0 +1,65 @@
+"""Tests of natproof/connections.py: 5-tuples, reuse, direction, ICMP echo and errors."""
+
+from __future__ import annotations
+
+from pcapbytes import frame_of, icmp_echo, icmp_error, ipv4, tcp, udp
+
+from natproof.connections import group_connections
+
+POD, SRV, S = "10.244.0.10", "198.51.100.10", 1_000_000_000
+SYN, SYNACK, ACK = 0x02, 0x12, 0x10
+
+
+def syn(t: int, seq: int, sport: int = 40000) -> tuple[int, bytes]:
+    return t, ipv4(POD, SRV, 6, tcp(sport, 80, seq, 0, SYN))
+
+
+def synack(t: int, seq: int, ack: int, dport: int = 40000) -> tuple[int, bytes]:
+    return t, ipv4(SRV, POD, 6, tcp(80, dport, seq, ack, SYNACK))
+
+
+def test_syn_retransmission_stays_one_connection_and_direction_follows_the_syn() -> None:
+    pk, conns = group_connections(frame_of([syn(0, 100), syn(1 * S, 100), synack(1 * S + 5, 900, 101)]))
+    assert conns.height == 1
+    c = conns.row(0, named=True)
+    assert (c["src"], c["sport"], c["dst"], c["dport"], c["proto"]) == (POD, 40000, SRV, 80, 6)
+    assert (c["egress_packets"], c["reply_packets"]) == (2, 1)
+    assert pk.sort("frame_no")["is_egress"].to_list() == [True, True, False]
+
+
+def test_reused_tuple_with_a_new_isn_is_a_new_connection() -> None:
+    rows = [syn(0, 100), synack(10, 900, 101), syn(5 * S, 777777), synack(5 * S + 10, 1, 777778)]
+    pk, conns = group_connections(frame_of(rows))
+    assert conns.height == 2
+    assert conns["first_ts_ns"].to_list() == [0, 5 * S]
+    ids = pk.sort("frame_no")["conn_id"].to_list()
+    assert ids[0] == ids[1] != ids[2] == ids[3]
+
+
+def test_udp_idle_gap_splits_like_conntrack() -> None:
+    q = ipv4(POD, SRV, 17, udp(5000, 53, b"q"))
+    _, conns = group_connections(frame_of([(0, q), (60 * S, q), (300 * S, q)]))
+    assert conns["egress_packets"].to_list() == [2, 1]
+
+
+def test_icmp_echo_flow_is_keyed_by_identifier() -> None:
+    rows = [(0, ipv4(POD, SRV, 1, icmp_echo(8, 77, 1))), (10, ipv4(SRV, POD, 1, icmp_echo(0, 77, 1))),
+            (20, ipv4(POD, SRV, 1, icmp_echo(8, 78, 1)))]
+    _, conns = group_connections(frame_of(rows))
+    got = sorted(conns.select("sport", "dport", "egress_packets", "reply_packets").iter_rows())
+    assert got == [(77, 0, 1, 1), (78, 0, 1, 0)]
+
+
+def test_icmp_error_is_a_reply_of_the_flow_it_quotes() -> None:
+    dgram = ipv4(POD, SRV, 17, udp(40000, 9999, b"hello"))
+    err = ipv4(SRV, POD, 1, icmp_error(3, 3, dgram[:28]))
+    pk, conns = group_connections(frame_of([(0, dgram), (10, err)]))
+    assert conns.height == 1
+    assert (conns["egress_packets"][0], conns["reply_packets"][0]) == (1, 1)
+    assert pk.filter(pk["is_icmp_error"])["is_egress"].to_list() == [False]
+
+
+def test_packets_caught_mid_connection_then_a_new_syn() -> None:
+    mid = (0, ipv4(POD, SRV, 6, tcp(40000, 80, 5000, 6000, ACK)))
+    _, conns = group_connections(frame_of([mid, syn(2 * S, 100)]))
+    assert conns.height == 2
