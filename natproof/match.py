@@ -106,7 +106,7 @@ def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, toler
     cols = ["row", "is_egress", "remote", "rport", "tcp_ack", "tcp_seq", "payload_len", "ts_ns"]
     data = (pl.col("f_proto") == 6) & (pl.col("proto") == 6) & (pl.col("payload_len") > 0)
     s = small.filter(data).select(cols).sort("tcp_seq")
-    b = big.filter(data).select(cols).sort("tcp_seq")
+    b = big.filter(data).select(*cols, pl.col("tcp_seq").alias("seq_b")).sort("tcp_seq")
     if s.is_empty() or b.is_empty():
         return pl.DataFrame(schema={"small_row": pl.UInt32(), "big_row": pl.UInt32(), "dt_ns": pl.Int64()})
     j = s.join_asof(
@@ -115,7 +115,7 @@ def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, toler
     ).filter(pl.col("row_b").is_not_null())
     j = j.with_columns((pl.col("ts_ns_b") - pl.col("ts_ns") - offset_ns).alias("dt_ns")).filter(
         (pl.col("tcp_seq").cast(pl.Int64) + pl.col("payload_len"))
-        <= (pl.col("tcp_seq_b").cast(pl.Int64) + pl.col("payload_len_b"))
+        <= (pl.col("seq_b").cast(pl.Int64) + pl.col("payload_len_b"))
     ).filter(pl.col("dt_ns").abs() <= tolerance_ns)
     return j.select(pl.col("row").alias("small_row"), pl.col("row_b").alias("big_row"), "dt_ns")
 

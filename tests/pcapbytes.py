@@ -91,3 +91,41 @@ def frame_of(rows: list[tuple[int, bytes]], linktype: int = 101):
 
     recs = [Record(i + 1, ts, len(b), len(b), linktype, 0, b) for i, (ts, b) in enumerate(rows)]
     return build_packets(recs, CaptureInfo(path="<test>"))
+
+
+def tcp_pair(t0: int = 1_700_000_000 * 10**9, *, pod: str = "10.244.0.10", node: str = "203.0.113.2",
+             srv: str = "198.51.100.10", sport: int = 40000, nat_sport: int = 40000, isn: int = 1000,
+             offset_ns: int = 0) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """One HTTP-like TCP connection through MASQUERADE: (inside rows, outside rows) of raw IP packets."""
+    srv_isn = 5000
+    req, resp = b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhello"
+    steps = [("e", 0x02, isn, 0, b""), ("r", 0x12, srv_isn, isn + 1, b""), ("e", 0x10, isn + 1, srv_isn + 1, b""),
+             ("e", 0x18, isn + 1, srv_isn + 1, req), ("r", 0x18, srv_isn + 1, isn + 1 + len(req), resp),
+             ("e", 0x11, isn + 1 + len(req), srv_isn + 1 + len(resp), b""),
+             ("r", 0x11, srv_isn + 1 + len(resp), isn + 2 + len(req), b""),
+             ("e", 0x10, isn + 2 + len(req), srv_isn + 2 + len(resp), b"")]
+    inside, outside = [], []
+    for i, (d, flags, seq, ack, data) in enumerate(steps):
+        t = t0 + i * 1_000_000
+        if d == "e":
+            inside.append((t, ipv4(pod, srv, 6, tcp(sport, 80, seq, ack, flags, data), ttl=64, ip_id=100 + i)))
+            outside.append((t + 30_000 + offset_ns,
+                            ipv4(node, srv, 6, tcp(nat_sport, 80, seq, ack, flags, data), ttl=63, ip_id=100 + i)))
+        else:
+            outside.append((t + offset_ns,
+                            ipv4(srv, node, 6, tcp(80, nat_sport, seq, ack, flags, data), ttl=50, ip_id=200 + i)))
+            inside.append((t + 30_000, ipv4(srv, pod, 6, tcp(80, sport, seq, ack, flags, data), ttl=49, ip_id=200 + i)))
+    return inside, outside
+
+
+def write_pair(directory, inside, outside, linktype: int = 101):
+    """Write rows of raw IP packets as inside.pcap and outside.pcap; return both paths."""
+    from pathlib import Path
+
+    d = Path(directory)
+    paths = []
+    for name, rows in (("inside.pcap", inside), ("outside.pcap", outside)):
+        p = d / name
+        p.write_bytes(pcap(sorted(rows, key=lambda r: r[0]), linktype=linktype))
+        paths.append(p)
+    return paths

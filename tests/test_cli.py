@@ -1,0 +1,110 @@
+"""Tests of natproof/cli.py: output formats, exit statuses and the exact one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pcapbytes import pcap, tcp_pair, write_pair
+
+import natproof
+from natproof.cli import main
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    a_in, a_out = tcp_pair(sport=40000, nat_sport=40000, isn=1000)
+    b_in, b_out = tcp_pair(1_700_000_001 * 10**9, sport=40001, nat_sport=61001, isn=9_999_999)
+    return tuple(write_pair(tmp_path, a_in + b_in, a_out + b_out))  # type: ignore[return-value]
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_to_stdout(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["schema"] == "natproof.correlate/1"
+    got = [(c["inside"]["sport"], c["outside"]["sport"], c["verdict"]) for c in doc["connections"]]
+    assert got == [(40000, 40000, "translated"), (40001, 61001, "translated")]
+    assert doc["summary"]["port_preserved_ratio"] == 0.5
+
+
+def test_table_csv_ndjson_conntrack(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "table")
+    assert code == 0 and "10.244.0.10:40001" in out and "203.0.113.2:61001" in out
+    assert "2 connections (2 translated)" in out
+    _, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "ndjson")
+    assert [json.loads(line)["outside"]["sport"] for line in out.splitlines()] == [40000, 61001]
+    _, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "csv")
+    assert out.splitlines()[0].startswith("conn,proto,inside_src,inside_sport")
+    _, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "conntrack")
+    assert out.splitlines()[1] == (
+        "tcp      6 - src=10.244.0.10 dst=198.51.100.10 sport=40001 dport=80 "
+        "src=198.51.100.10 dst=203.0.113.2 sport=80 dport=61001 verdict=translated")
+
+
+def test_parquet_file(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "m.parquet"
+    code, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "parquet", "-o", str(target))
+    assert code == 0 and out == ""
+    assert pl.read_parquet(target)["outside_sport"].to_list() == [40000, 61001]
+
+
+def test_missing_file(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "correlate", str(tmp_path / "veth.pcap"), str(pair[1]))
+    assert code == 2 and out == ""
+    assert err == f"natproof: error: {tmp_path / 'veth.pcap'}: no such file\n"
+
+
+def test_not_a_capture_leaves_no_output_file(pair: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "notes.zip"
+    bogus.write_bytes(b"PK\x03\x04zipzip")
+    target = tmp_path / "out.json"
+    code, _, err = run(capsys, "correlate", str(pair[0]), str(bogus), "-o", str(target))
+    assert code == 2
+    assert err == f"natproof: error: {bogus}: not a pcap or pcapng capture (starts with 50 4b 03 04)\n"
+    assert list(tmp_path.glob("out.json*")) == [] and list(tmp_path.glob(".out.json*")) == []
+
+
+def test_empty_capture(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(pcap([]))
+    code, _, err = run(capsys, "correlate", str(empty), str(pair[1]))
+    assert (code, err) == (2, f"natproof: error: {empty}: empty capture (file header only, no packets)\n")
+
+
+def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inside, _ = tcp_pair(1_700_000_000 * 10**9)
+    _, outside = tcp_pair(1_700_003_600 * 10**9, isn=42)  # an hour later, different connection
+    a, b = write_pair(tmp_path, inside, outside)
+    code, _, err = run(capsys, "correlate", str(a), str(b))
+    assert code == 2
+    assert err == (f"natproof: error: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC);"
+                   " pass --clock-offset if the clocks differ\n")
+
+
+def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "correlate", str(pair[0]))
+    assert code == 2 and err == ("natproof: error: Missing argument 'OUTSIDE'. "
+                                 "(see 'natproof correlate --help')\n")
+    code, _, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "parquet")
+    assert (code, err) == (2, "natproof: error: --format parquet needs -o FILE (see 'natproof correlate --help')\n")
+
+
+def test_internal_error_exit_70(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(natproof, "correlate", boom)
+    code, _, err = run(capsys, "correlate", str(pair[0]), str(pair[1]))
+    assert code == 70
+    assert err == "natproof: error: internal error: RuntimeError: kaput (rerun with --traceback and report it)\n"
