@@ -44,8 +44,8 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
 
     A connection is a bidirectional 5-tuple (ICMP echo: addresses and identifier). The same 5-tuple used
     again later is a new connection when a SYN with a new initial sequence number starts it, or after
-    the protocol's idle timeout. The originator is the sender of the SYN (or echo request), else of the
-    first packet; its packets are ``egress``, the other direction's are replies.
+    the protocol's idle timeout. The originator is the sender of the SYN (or echo request), else the end
+    with the higher port; its packets are ``egress``, the other direction's are replies.
     """
     t = timeouts or IdleTimeouts()
     df = packets.with_columns(_flow_columns()).filter(pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null())
@@ -90,11 +90,18 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         pl.col("f_sport").filter(initiator).first().alias("_o_sport"),
         pl.col("f_src").first().alias("_first_src"),
         pl.col("f_sport").first().alias("_first_sport"),
-    ).select(
+        pl.col("f_dst").first().alias("_first_dst"),
+        pl.col("f_dport").first().alias("_first_dport"),
+    )
+    # Without a SYN or echo request (a capture that starts mid-connection) the client is the end with
+    # the higher (ephemeral) port; the first packet's sender breaks a tie.
+    client_is_dst = pl.col("_first_dport") > pl.col("_first_sport")
+    origin = origin.select(
         "conn_id",
-        pl.coalesce("_o_src", "_first_src").alias("o_src"),
-        pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_sport")).otherwise(pl.col("_first_sport"))
-        .alias("o_sport"),
+        pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_src"))
+        .when(client_is_dst).then(pl.col("_first_dst")).otherwise(pl.col("_first_src")).alias("o_src"),
+        pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_sport"))
+        .when(client_is_dst).then(pl.col("_first_dport")).otherwise(pl.col("_first_sport")).alias("o_sport"),
     )
     df = df.join(origin, on="conn_id", how="left").with_columns(
         ((pl.col("f_src") == pl.col("o_src")) & (pl.col("f_sport") == pl.col("o_sport"))).alias("is_egress")

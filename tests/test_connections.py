@@ -63,3 +63,10 @@ def test_packets_caught_mid_connection_then_a_new_syn() -> None:
     mid = (0, ipv4(POD, SRV, 6, tcp(40000, 80, 5000, 6000, ACK)))
     _, conns = group_connections(frame_of([mid, syn(2 * S, 100)]))
     assert conns.height == 2
+
+
+def test_without_a_syn_the_higher_port_is_the_client() -> None:
+    reply_first = (0, ipv4(SRV, POD, 6, tcp(80, 40000, 5000, 77, ACK, b"data")))
+    pk, conns = group_connections(frame_of([reply_first, (10, ipv4(POD, SRV, 6, tcp(40000, 80, 77, 5004, ACK)))]))
+    c = conns.row(0, named=True)
+    assert (c["src"], c["sport"], c["egress_packets"], c["reply_packets"]) == (POD, 40000, 1, 1)
