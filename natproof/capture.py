@@ -6,6 +6,7 @@ import gzip
 import mmap
 import os
 import struct
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -84,6 +85,16 @@ class CaptureInfo:
 
 def _load(path: Path) -> tuple[bytes | mmap.mmap, bool]:
     """Return the file's bytes (mmap for plain files, decompressed bytes for gzip) and whether it was gzip."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise CaptureError("-", "empty file (0 bytes)")
+        if data[:2] == GZIP_MAGIC:
+            try:
+                return gzip.decompress(data), True
+            except (OSError, EOFError, zlib.error) as exc:
+                raise CaptureError("-", f"corrupt gzip stream ({exc})") from None
+        return data, False
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below or owned by the mmap
     except FileNotFoundError:

@@ -88,7 +88,12 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 @output_options
 def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
               limit: int, fmt: str | None, output: str | None, quiet: bool) -> None:
-    """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture."""
+    """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
+
+    Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
+    """
+    if inside == "-" and outside == "-":
+        raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
                                     tolerance_s=tolerance, progress=progress)

@@ -108,3 +108,19 @@ def test_internal_error_exit_70(pair: tuple[Path, Path], capsys: pytest.CaptureF
     code, _, err = run(capsys, "correlate", str(pair[0]), str(pair[1]))
     assert code == 70
     assert err == "natproof: error: internal error: RuntimeError: kaput (rerun with --traceback and report it)\n"
+
+
+def test_one_capture_from_stdin(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import io
+    import sys
+
+    fake = io.TextIOWrapper(io.BytesIO(gzip.compress(pair[1].read_bytes())))
+    monkeypatch.setattr(sys, "stdin", fake)
+    code, out, _ = run(capsys, "correlate", str(pair[0]), "-", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["captures"]["outside"]["format"] == "pcap+gzip"
+    assert [c["verdict"] for c in doc["connections"]] == ["translated", "translated"]
+    code, _, err = run(capsys, "correlate", "-", "-")
+    assert code == 2 and "only one of INSIDE and OUTSIDE" in err

@@ -1,0 +1,104 @@
+"""Compare a correlation with a ground-truth document (natproof.truth/1): what matched, what did not."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from natproof.errors import InputError
+from natproof.result import Result, connection_dict
+
+TRUTH_SCHEMA = "natproof.truth/1"
+
+Tuple4 = tuple[str, int, str, int]
+
+
+def _key(c: dict[str, Any]) -> tuple[str, Tuple4]:
+    i = c["inside"]
+    return c["proto"], (i["src"], int(i["sport"]), i["dst"], int(i["dport"]))
+
+
+def _outside(c: dict[str, Any]) -> Tuple4 | None:
+    o = c.get("outside")
+    return None if o is None else (o["src"], int(o["sport"]), o["dst"], int(o["dport"]))
+
+
+@dataclass
+class CheckReport:
+    """How a correlation compares with the truth."""
+
+    expected: int = 0
+    """Connections in the truth."""
+    found: int = 0
+    """Truth connections natproof reported (same protocol and inside tuple)."""
+    mapping_right: int = 0
+    """Found connections whose outside tuple is the truth's."""
+    verdict_right: int = 0
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    wrong: list[dict[str, Any]] = field(default_factory=list)
+    """Found connections with another outside tuple or verdict: {"truth": ..., "natproof": ...}."""
+    unexpected: list[dict[str, Any]] = field(default_factory=list)
+    """Connections natproof reported that the truth does not list."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.wrong and not self.unexpected and self.found == self.expected
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "expected": self.expected, "found": self.found, "mapping_right": self.mapping_right,
+            "verdict_right": self.verdict_right, "missing": self.missing, "wrong": self.wrong,
+            "unexpected": self.unexpected,
+        }
+
+    def summary(self) -> str:
+        return (f"{self.expected} expected, {self.found} found, {self.mapping_right} mappings right, "
+                f"{self.verdict_right} verdicts right, {len(self.wrong)} wrong, {len(self.missing)} missing, "
+                f"{len(self.unexpected)} unexpected")
+
+
+def load_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{os.fspath(path)}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{os.fspath(path)}: not a truth document ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != TRUTH_SCHEMA:
+        raise InputError(f"{os.fspath(path)}: not a {TRUTH_SCHEMA} document")
+    return doc
+
+
+def compare(result: Result | dict[str, Any], truth: dict[str, Any]) -> CheckReport:
+    """Pair truth and natproof connections by protocol and inside tuple (in order, for reused tuples)."""
+    if isinstance(result, Result):
+        got = [connection_dict(r) for r in result.connections.iter_rows(named=True)]
+    else:
+        got = list(result["connections"])
+    pool: dict[tuple[str, Tuple4], list[dict[str, Any]]] = defaultdict(list)
+    for c in got:
+        pool[_key(c)].append(c)
+    rep = CheckReport(expected=len(truth["connections"]))
+    for t in truth["connections"]:
+        candidates = pool.get(_key(t))
+        if not candidates:
+            rep.missing.append(t)
+            continue
+        n = candidates.pop(0)
+        rep.found += 1
+        same_map = _outside(n) == _outside(t)
+        same_verdict = n["verdict"] == t["verdict"]
+        rep.mapping_right += same_map
+        rep.verdict_right += same_verdict
+        if not (same_map and same_verdict):
+            rep.wrong.append({"truth": _brief(t), "natproof": _brief(n)})
+    rep.unexpected = [_brief(c) for rest in pool.values() for c in rest]
+    return rep
+
+
+def _brief(c: dict[str, Any]) -> dict[str, Any]:
+    return {"proto": c["proto"], "inside": c["inside"], "outside": c.get("outside"), "verdict": c["verdict"]}
