@@ -1,0 +1,1 @@
+"""Test support: a deterministic MASQUERADE simulator and hypothesis strategies that drive it."""

@@ -1,0 +1,1074 @@
+"""Deterministic Linux MASQUERADE simulator: builds matching inside/outside captures and their truth."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from natproof.verdicts import Verdict
+
+Proto = Literal["tcp", "udp", "icmp"]
+Direction = Literal["egress", "reply"]
+Side = Literal["inside", "outside"]
+
+TRUTH_SCHEMA = "natproof.truth/1"
+LINKTYPES: dict[str, int] = {"ethernet": 1, "raw": 101, "sll2": 276}
+"""pcap link types by the names a Scenario uses: DLT_EN10MB, LINKTYPE_RAW (bare IP), LINKTYPE_LINUX_SLL2."""
+DOCUMENTATION_NETS: tuple[ipaddress.IPv4Network, ...] = (
+    ipaddress.IPv4Network("192.0.2.0/24"),
+    ipaddress.IPv4Network("198.51.100.0/24"),
+    ipaddress.IPv4Network("203.0.113.0/24"),
+)
+"""The only public addresses the simulator ever uses (RFC 5737 TEST-NET-1/2/3)."""
+OUTCOMES: tuple[str, ...] = tuple(v.value for v in Verdict)
+CONNTRACK_LINGER_NS = 120 * 1_000_000_000
+"""How long a mapping stays reserved after its last packet (conntrack keeps TIME_WAIT entries ~120 s)."""
+EPHEMERAL_RANGE = (1024, 65535)
+"""Where MASQUERADE picks a replacement port (or echo identifier) when the original cannot be kept."""
+
+_SECOND = 1_000_000_000
+_MS = 1_000_000
+_US = 1_000
+# Outcomes whose egress goes through MASQUERADE and so owns an outside mapping.
+_SNAT = frozenset({"translated", "no_reply", "reply_dropped"})
+_EGRESS_OUTSIDE = _SNAT | {"untranslated"}
+_REPLY_OUTSIDE = frozenset({"translated", "reply_dropped"})
+# Outcomes in which the far end answers the pod at all.
+_ANSWERED = frozenset({"translated", "reply_dropped", "internal"})
+_TCP_MSS = 1460
+_HTTP_PORTS = frozenset({80, 8080})
+# Linux packet-socket packet types, as cooked captures (SLL2) record them.
+_PACKET_HOST, _PACKET_BROADCAST, _PACKET_MULTICAST, _PACKET_OTHERHOST, _PACKET_OUTGOING = 0, 1, 2, 3, 4
+_ETH_IP, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+_OUTSIDE_IFINDEX = 2
+_ETH_MIN_FRAME = 60
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One connection a pod opens, and what the node does to it (the outcome is a verdict string)."""
+
+    proto: Proto
+    pod: str
+    sport: int
+    dst: str
+    dport: int
+    outcome: str = "translated"
+    start_s: float = 0.0
+    requests: int = 1
+    response_segments: int = 2
+    syn_retransmit: bool = False
+
+    @property
+    def inside_tuple(self) -> tuple[str, str, int, str, int]:
+        return (self.proto, self.pod, self.sport, self.dst, self.dport)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A node, its pods' connections, and how the two captures are taken."""
+
+    name: str
+    flows: tuple[Flow, ...]
+    nat_ip: str = "203.0.113.2"
+    pod_cidr: str = "10.244.0.0/16"
+    random_fully: bool = False
+    clock_offset_s: float = 0.0
+    seed: int = 0
+    epoch_ns: int = 1_700_000_000_000_000_000
+    noise: bool = True
+    gro: bool = False
+    inside_link: str = "ethernet"
+    outside_link: str = "ethernet"
+    nanosecond: bool = True
+    inside_nanosecond: bool | None = None
+    """Timestamp precision of inside.pcap; None follows ``nanosecond``."""
+    outside_nanosecond: bool | None = None
+    """Timestamp precision of outside.pcap; None follows ``nanosecond``."""
+
+    def is_nanosecond(self, side: Side) -> bool:
+        own = self.inside_nanosecond if side == "inside" else self.outside_nanosecond
+        return self.nanosecond if own is None else own
+
+    def link(self, side: Side) -> str:
+        return self.inside_link if side == "inside" else self.outside_link
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One captured frame as written to a capture file."""
+
+    ts_ns: int
+    """Capture timestamp: the outside has the clock offset applied; microsecond captures are truncated."""
+    data: bytes
+    """The frame from its link-layer header on (none for the raw link type)."""
+    connection: int | None
+    """Index into the truth's ``connections``; None for noise."""
+    direction: Direction | None
+    """``egress`` (pod to peer) or ``reply`` (peer to pod); None for noise."""
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Everything :func:`write_scenario` writes, in memory; each side's packets in capture order."""
+
+    scenario: Scenario
+    inside: tuple[Packet, ...]
+    outside: tuple[Packet, ...]
+    truth: dict[str, Any]
+    inside_linktype: int
+    outside_linktype: int
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One packet of a flow, placed in time, before addresses and ports are rendered."""
+
+    direction: Direction
+    inside_ns: int | None
+    outside_ns: int | None
+    ttl_inside: int
+    ttl_outside: int
+    ip_id: int
+    df: bool
+    flags: str = ""
+    seq: int = 0
+    ack: int = 0
+    window: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+    payload: bytes = b""
+
+    @property
+    def times(self) -> tuple[int, ...]:
+        return tuple(t for t in (self.inside_ns, self.outside_ns) if t is not None)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A flow laid out in time, with the outside tuple MASQUERADE gave it (None: never outside)."""
+
+    flow: Flow
+    index: int
+    events: tuple[_Event, ...]
+    outside: tuple[str, int] | None = None
+
+    @property
+    def first_ns(self) -> int:
+        return min(t for e in self.events for t in e.times)
+
+    @property
+    def last_ns(self) -> int:
+        return max(t for e in self.events for t in e.times)
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """A conntrack entry holding an outside tuple on nat_ip."""
+
+    inside: tuple[str, str, int, str, int]
+    key: tuple[str, str, int]
+    port: int
+    first_ns: int
+    last_ns: int
+
+    def live_at(self, t_ns: int) -> bool:
+        return self.first_ns <= t_ns <= self.last_ns + CONNTRACK_LINGER_NS
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A built frame waiting to be sorted into its capture."""
+
+    true_ns: int
+    order: int
+    data: bytes
+    flow_index: int | None
+    direction: Direction | None
+
+
+class _FlowBuilder:
+    """Lays one flow out in time; the outside port is not known yet (it depends on other flows)."""
+
+    def __init__(self, flow: Flow, index: int, scenario: Scenario) -> None:
+        self.flow = flow
+        self.gro = scenario.gro
+        rng = random.Random(f"natproof/{scenario.seed}/flow/{index}")
+        self.rng = rng
+        self.t0 = scenario.epoch_ns + round(flow.start_s * _SECOND)
+        self.internal = flow.outcome == "internal"
+        # Pod-to-pod on the node bridge answers in tens of microseconds; servers are milliseconds away.
+        self.rtt = rng.randint(80 * _US, 400 * _US) if self.internal else rng.randint(4 * _MS, 60 * _MS)
+        # Forwarding through the node costs a steady 20-70 us plus up to 10 us jitter, so back-to-back
+        # packets never overtake each other across the node.
+        self.fwd_ns = rng.randint(20 * _US, 70 * _US)
+        # Linux numbers IP ids per socket from a random start; unconnected UDP sockets with DF send id 0.
+        self.egress_id = rng.randrange(65536)
+        self.egress_id_zero = flow.proto == "udp" and rng.random() < 0.3
+        self.reply_id = rng.randrange(65536)
+        self.reply_id_zero = rng.random() < 0.3
+        self.reply_df = self.reply_id_zero or rng.random() < 0.8
+        # TTL the peer's packets carry when they reach the node (64 minus the hops they crossed).
+        self.reply_ttl = 64 if self.internal else rng.randint(40, 60)
+        self.events: list[_Event] = []
+
+    def _delay(self) -> int:
+        return self.fwd_ns + self.rng.randint(0, 10 * _US)
+
+    def _ip_id(self, direction: Direction) -> int:
+        if direction == "egress":
+            if self.egress_id_zero:
+                return 0
+            self.egress_id = (self.egress_id + 1) & 0xFFFF
+            return self.egress_id
+        if self.reply_id_zero:
+            return 0
+        self.reply_id = (self.reply_id + 1) & 0xFFFF
+        return self.reply_id
+
+    def egress(self, t_inside: int, **l4: Any) -> int:
+        """The pod sends at ``t_inside``; returns when the packet leaves the node toward the peer."""
+        outcome = self.flow.outcome
+        outside = t_inside + self._delay() if outcome in _EGRESS_OUTSIDE else None
+        self.events.append(
+            _Event(
+                "egress",
+                t_inside,
+                outside,
+                ttl_inside=64,
+                ttl_outside=63,
+                ip_id=self._ip_id("egress"),
+                df=True,
+                **l4,
+            )
+        )
+        return outside if outside is not None else t_inside
+
+    def reply(self, t_far: int, **l4: Any) -> int:
+        """The peer's packet reaches the node (or, internal, the pod) at ``t_far``; returns when the pod
+        sees it (``t_far`` when it never does)."""
+        inside, outside = self._reply_times(t_far)
+        self.events.append(self._reply_event(inside, outside, **l4))
+        return inside if inside is not None else t_far
+
+    def _reply_times(self, t_far: int) -> tuple[int | None, int | None]:
+        outcome = self.flow.outcome
+        if outcome == "internal":
+            return t_far, None
+        if outcome == "translated":
+            return t_far + self._delay(), t_far
+        return None, t_far
+
+    def _reply_event(self, inside: int | None, outside: int | None, **l4: Any) -> _Event:
+        # Pod-to-pod frames are bridged, not routed, so their TTL is untouched.
+        ttl_in = self.reply_ttl if self.internal else self.reply_ttl - 1
+        return _Event(
+            "reply",
+            inside,
+            outside,
+            ttl_inside=ttl_in,
+            ttl_outside=self.reply_ttl,
+            ip_id=self._ip_id("reply"),
+            df=self.reply_df,
+            **l4,
+        )
+
+    def reply_burst(self, arrivals: list[int], segments: list[dict[str, Any]]) -> int:
+        """Back-to-back reply data segments; with GRO the outside NIC merges them into one packet."""
+        if not (self.gro and len(segments) > 1 and self.flow.outcome in _REPLY_OUTSIDE):
+            near = 0
+            for t, seg in zip(arrivals, segments, strict=True):
+                near = self.reply(t, **seg)
+            return near
+        # GRO on eth0 holds the segments until the last one arrives and hands up one large packet:
+        # that is what tcpdump on eth0 records. The first segment's header (seq, IP id) leads it and
+        # the last one's flags (PSH) close it. The pod's veth shows the segments resegmented, in a burst.
+        last = arrivals[-1]
+        inside_start = last + self._delay() if self.flow.outcome == "translated" else None
+        parts: list[_Event] = []
+        for i, seg in enumerate(segments):
+            inside = None if inside_start is None else inside_start + i * 1200
+            parts.append(self._reply_event(inside, None, **seg))
+        merged = _Event(
+            "reply",
+            None,
+            last,
+            ttl_inside=parts[0].ttl_inside,
+            ttl_outside=parts[0].ttl_outside,
+            ip_id=parts[0].ip_id,
+            df=parts[0].df,
+            flags=parts[-1].flags,
+            seq=parts[0].seq,
+            ack=parts[-1].ack,
+            window=parts[-1].window,
+            options=parts[0].options,
+            payload=b"".join(p.payload for p in parts),
+        )
+        self.events.append(merged)
+        self.events.extend(parts)
+        return parts[-1].inside_ns if parts[-1].inside_ns is not None else last
+
+    def build(self) -> tuple[_Event, ...]:
+        {"tcp": self._tcp, "udp": self._udp, "icmp": self._icmp}[self.flow.proto]()
+        return tuple(self.events)
+
+    def _tcp(self) -> None:
+        f, rng = self.flow, self.rng
+        timestamps = rng.random() < 0.75
+        seg_size = _TCP_MSS - 12 if timestamps else _TCP_MSS
+        c_isn, s_isn = rng.getrandbits(32), rng.getrandbits(32)
+        c_ts0, s_ts0 = rng.getrandbits(32), rng.getrandbits(32)
+        # Linux TCP timestamps tick at 1 kHz.
+        last_c_ts = 0
+        last_s_ts = 0
+
+        def c_opts(t: int, syn: bool = False) -> tuple[tuple[str, Any], ...]:
+            nonlocal last_c_ts
+            last_c_ts = (c_ts0 + (t - self.t0) // _MS) & 0xFFFFFFFF
+            # A SYN (first or retransmitted) echoes nothing: the client has not heard from the server.
+            return _tcp_options(syn, timestamps, last_c_ts, 0 if syn else last_s_ts)
+
+        def s_opts(t: int, syn: bool = False) -> tuple[tuple[str, Any], ...]:
+            nonlocal last_s_ts
+            last_s_ts = (s_ts0 + (t - self.t0) // _MS) & 0xFFFFFFFF
+            return _tcp_options(syn, timestamps, last_s_ts, last_c_ts)
+
+        def syn(t: int) -> int:
+            return self.egress(t, flags="S", seq=c_isn, window=64240, options=c_opts(t, True))
+
+        def syn_ack(t: int) -> int:
+            return self.reply(
+                t, flags="SA", seq=s_isn, ack=(c_isn + 1) & 0xFFFFFFFF, window=65160, options=s_opts(t, True)
+            )
+
+        t = self.t0
+        if f.outcome in ("no_reply", "untranslated", "not_forwarded"):
+            # Nothing answers: the pod's stack retransmits the SYN after its 1 s initial RTO.
+            syn(t)
+            syn(t + _SECOND)
+            return
+        if f.outcome == "reply_dropped":
+            # The server answers, the node never delivers the SYN-ACK; the pod retransmits its SYN after
+            # 1 s and the server answers the duplicate with a retransmitted SYN-ACK.
+            syn_ack(syn(t) + self.rtt)
+            syn_ack(syn(t + _SECOND) + self.rtt)
+            return
+        far = syn(t)
+        if f.syn_retransmit:
+            # The first SYN is lost beyond the outside capture; only the retransmission is answered.
+            far = syn(t + _SECOND)
+        near = syn_ack(far + self.rtt)
+        cseq, sseq = (c_isn + 1) & 0xFFFFFFFF, (s_isn + 1) & 0xFFFFFFFF
+        t = near + rng.randint(20 * _US, 60 * _US)
+        self.egress(t, flags="A", seq=cseq, ack=sseq, window=502, options=c_opts(t))
+        t += rng.randint(100 * _US, 300 * _US)
+        for i in range(f.requests):
+            request = _request(f, i, rng)
+            far = self.egress(
+                t, flags="PA", seq=cseq, ack=sseq, window=502, payload=request, options=c_opts(t)
+            )
+            cseq = (cseq + len(request)) & 0xFFFFFFFF
+            sizes = [seg_size] * (f.response_segments - 1) + [rng.randint(200, seg_size)]
+            body = _response(f, sum(sizes), rng)
+            first = far + self.rtt + rng.randint(50 * _US, 500 * _US)
+            # A server bursts a response at line rate: ~12 us per full-sized segment at 1 Gbit/s.
+            arrivals = [first]
+            for _ in sizes[1:]:
+                arrivals.append(arrivals[-1] + rng.randint(12 * _US, 20 * _US))
+            opts = s_opts(first)
+            segments: list[dict[str, Any]] = []
+            offset = 0
+            for k, size in enumerate(sizes):
+                segments.append(
+                    dict(
+                        flags="PA" if k == len(sizes) - 1 else "A",
+                        seq=(sseq + offset) & 0xFFFFFFFF,
+                        ack=cseq,
+                        window=509,
+                        options=opts,
+                        payload=body[offset : offset + size],
+                    )
+                )
+                offset += size
+            sseq = (sseq + offset) & 0xFFFFFFFF
+            near = self.reply_burst(arrivals, segments)
+            # The next request (or the FIN) carries the acknowledgement of the whole response.
+            t = near + rng.randint(200 * _US, 5 * _MS)
+        far = self.egress(t, flags="FA", seq=cseq, ack=sseq, window=502, options=c_opts(t))
+        cseq = (cseq + 1) & 0xFFFFFFFF
+        t_srv = far + self.rtt
+        near = self.reply(t_srv, flags="FA", seq=sseq, ack=cseq, window=509, options=s_opts(t_srv))
+        sseq = (sseq + 1) & 0xFFFFFFFF
+        t = near + rng.randint(20 * _US, 60 * _US)
+        self.egress(t, flags="A", seq=cseq, ack=sseq, window=502, options=c_opts(t))
+
+    def _udp(self) -> None:
+        f, rng = self.flow, self.rng
+        dns = f.dport == 53
+        query_id = rng.randrange(65536)
+        t = self.t0
+        for i in range(f.requests):
+            request = _dns_query(query_id + i) if dns else b"natproof udp request %d" % i
+            far = self.egress(t, payload=request)
+            # Unless the answer reaches it, the pod sends its next datagram after a 1 s timeout.
+            next_t = t + _SECOND
+            if f.outcome in _ANSWERED:
+                reply = _dns_answer(query_id + i) if dns else b"natproof udp reply %d" % i
+                near = self.reply(far + self.rtt, payload=reply)
+                if f.outcome != "reply_dropped":
+                    next_t = near + rng.randint(200 * _US, 5 * _MS)
+            t = next_t
+
+    def _icmp(self) -> None:
+        f = self.flow
+        for i in range(f.requests):
+            # ping sends one echo a second whatever comes back; its payload starts with the send time.
+            t = self.t0 + i * _SECOND
+            payload = struct.pack("<qq", t // _SECOND, (t % _SECOND) // _US) + bytes(range(0x10, 0x38))
+            far = self.egress(t, seq=i + 1, payload=payload)
+            if f.outcome in _ANSWERED:
+                self.reply(far + self.rtt, seq=i + 1, payload=payload)
+
+
+def _tcp_options(syn: bool, timestamps: bool, tsval: int, tsecr: int) -> tuple[tuple[str, Any], ...]:
+    """TCP options in the order Linux writes them."""
+    if syn:
+        if timestamps:
+            return (
+                ("MSS", _TCP_MSS),
+                ("SAckOK", b""),
+                ("Timestamp", (tsval, tsecr)),
+                ("NOP", None),
+                ("WScale", 7),
+            )
+        return (
+            ("MSS", _TCP_MSS),
+            ("NOP", None),
+            ("NOP", None),
+            ("SAckOK", b""),
+            ("NOP", None),
+            ("WScale", 7),
+        )
+    if timestamps:
+        return (("NOP", None), ("NOP", None), ("Timestamp", (tsval, tsecr)))
+    return ()
+
+
+def _request(flow: Flow, i: int, rng: random.Random) -> bytes:
+    if flow.dport in _HTTP_PORTS:
+        return _http_request(flow.dst, i)
+    return _tls_records(rng.randint(60, 400), rng)
+
+
+def _response(flow: Flow, total: int, rng: random.Random) -> bytes:
+    return _http_response(total) if flow.dport in _HTTP_PORTS else _tls_records(total, rng)
+
+
+def _tls_records(total: int, rng: random.Random) -> bytes:
+    """Opaque TLS application-data records adding up to exactly ``total`` bytes."""
+    count = -(-total // (5 + 16384))
+    sizes = [total // count] * count
+    sizes[0] += total - sum(sizes)
+    return b"".join(b"\x17\x03\x03" + struct.pack("!H", n - 5) + rng.randbytes(n - 5) for n in sizes)
+
+
+def _http_request(host: str, i: int) -> bytes:
+    return (
+        f"GET /object/{i} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
+    ).encode()
+
+
+def _http_response(total: int) -> bytes:
+    """An HTTP response of exactly ``total`` bytes."""
+    length = total
+    for _ in range(3):
+        header = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {length}\r\n\r\n".encode()
+        length = total - len(header)
+    body = (b"abcdefghijklmnopqrstuvwxyz" * (length // 26 + 1))[:length]
+    return header + body
+
+
+def _dns_query(query_id: int) -> bytes:
+    from scapy.layers.dns import DNS, DNSQR
+
+    return bytes(DNS(id=query_id & 0xFFFF, rd=1, qd=[DNSQR(qname="example.org", qtype="A")]))
+
+
+def _dns_answer(query_id: int) -> bytes:
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+    return bytes(
+        DNS(
+            id=query_id & 0xFFFF,
+            qr=1,
+            rd=1,
+            ra=1,
+            qd=[DNSQR(qname="example.org", qtype="A")],
+            an=[DNSRR(rrname="example.org", type="A", ttl=300, rdata="192.0.2.80")],
+        )
+    )
+
+
+def _check(scenario: Scenario) -> ipaddress.IPv4Network:
+    """Reject scenarios the simulator cannot model faithfully; returns the pod network."""
+    pod_net = ipaddress.IPv4Network(scenario.pod_cidr)
+    nat_ip = ipaddress.IPv4Address(scenario.nat_ip)
+    if nat_ip in pod_net:
+        raise ValueError(f"nat_ip {nat_ip} lies inside pod_cidr {pod_net}")
+    for side in ("inside", "outside"):
+        if scenario.link(side) not in LINKTYPES:
+            raise ValueError(f"{side}_link must be one of {sorted(LINKTYPES)}, not {scenario.link(side)!r}")
+    for flow in scenario.flows:
+        where = f"scenario {scenario.name!r}: flow {flow}"
+        if flow.proto not in ("tcp", "udp", "icmp"):
+            raise ValueError(f"{where}: unknown proto")
+        if flow.outcome not in OUTCOMES:
+            raise ValueError(f"{where}: outcome must be one of {OUTCOMES}")
+        pod, dst = ipaddress.IPv4Address(flow.pod), ipaddress.IPv4Address(flow.dst)
+        if pod not in pod_net:
+            raise ValueError(f"{where}: pod is not in {pod_net}")
+        if flow.outcome == "internal":
+            if dst not in pod_net or dst == pod:
+                raise ValueError(f"{where}: an internal flow goes to another address in {pod_net}")
+        elif not any(dst in net for net in DOCUMENTATION_NETS) or dst == nat_ip:
+            raise ValueError(f"{where}: servers must be documentation addresses (RFC 5737) other than nat_ip")
+        if not 0 <= flow.sport <= 65535 or (flow.proto != "icmp" and flow.sport == 0):
+            raise ValueError(f"{where}: bad source port")
+        if flow.proto == "icmp" and flow.dport != 0:
+            raise ValueError(f"{where}: ICMP echo flows have dport 0")
+        if flow.proto != "icmp" and not 1 <= flow.dport <= 65535:
+            raise ValueError(f"{where}: bad destination port")
+        if flow.requests < 1 or flow.response_segments < 1 or flow.start_s < 0:
+            raise ValueError(f"{where}: requests and response_segments must be >= 1, start_s >= 0")
+        if flow.proto == "tcp" and flow.response_segments * _TCP_MSS + 200 > 65535 - 60:
+            raise ValueError(f"{where}: a response must fit one IP packet once GRO merges it")
+    return pod_net
+
+
+def _allocate(scenario: Scenario, layouts: list[_Layout]) -> list[_Layout]:
+    """Give every flow its outside tuple, in the order the flows start, as conntrack does."""
+    rng = random.Random(f"natproof/{scenario.seed}/ports")
+    mappings: list[_Mapping] = []
+    done: dict[int, _Layout] = {}
+    spans: dict[tuple[str, str, int, str, int], list[tuple[int, int]]] = {}
+    for lay in sorted(layouts, key=lambda la: (la.first_ns, la.index)):
+        f = lay.flow
+        for first, last in spans.get(f.inside_tuple, []):
+            if lay.first_ns <= last and first <= lay.last_ns:
+                raise ValueError(
+                    f"scenario {scenario.name!r}: two flows with the inside tuple {f.inside_tuple} "
+                    "overlap in time"
+                )
+        spans.setdefault(f.inside_tuple, []).append((lay.first_ns, lay.last_ns))
+        if f.outcome == "untranslated":
+            done[lay.index] = _Layout(f, lay.index, lay.events, (f.pod, f.sport))
+            continue
+        if f.outcome not in _SNAT:
+            done[lay.index] = lay
+            continue
+        t = lay.first_ns
+        key = (f.proto, f.dst, f.dport)
+        live = [m for m in mappings if m.live_at(t)]
+        same = [m for m in live if m.inside == f.inside_tuple]
+        port: int | None = None
+        if same:
+            if f.proto == "tcp":
+                # A SYN that hits a TIME_WAIT entry makes conntrack drop it and start afresh.
+                mappings = [m for m in mappings if m not in same]
+            else:
+                # UDP and ICMP traffic within the entry's lifetime simply continues on the same entry.
+                port = same[-1].port
+        if port is None:
+            used = {m.port for m in live if m.key == key and m.inside != f.inside_tuple}
+            port = f.sport
+            if scenario.random_fully or port in used:
+                # MASQUERADE keeps the source port when it can; when the outside tuple is taken (or
+                # --random-fully is set) it searches the ephemeral range from a random offset.
+                while True:
+                    port = rng.randint(*EPHEMERAL_RANGE)
+                    if port not in used and port != f.sport:
+                        break
+        mappings.append(_Mapping(f.inside_tuple, key, port, lay.first_ns, lay.last_ns))
+        done[lay.index] = _Layout(f, lay.index, lay.events, (scenario.nat_ip, port))
+    return [done[lay.index] for lay in layouts]
+
+
+def _mac(ip: str) -> bytes:
+    """Locally administered MAC derived from an IPv4 address, as Kubernetes CNIs do (0a:58:<ip>)."""
+    return b"\x0a\x58" + ipaddress.IPv4Address(ip).packed
+
+
+def _mac_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def _link_local(mac: bytes) -> str:
+    """The IPv6 link-local address (modified EUI-64) a host derives from its MAC."""
+    eui = bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """Link-layer facts of one frame: who sent it on the wire, to whom, and how the capture saw it."""
+
+    src_mac: bytes
+    dst_mac: bytes
+    pkttype: int
+    ifindex: int
+    pad: bool = False
+    """Received from a physical wire: the NIC delivers at least 60 bytes, padding included."""
+
+
+def _frame(link: str, l3: Any, hop: _Hop, ethertype: int) -> bytes | None:
+    """Wrap a scapy layer-3 packet (or ARP) in the capture's link-layer header; None if the link type
+    cannot carry it (ARP on a raw-IP capture)."""
+    from scapy.layers.l2 import CookedLinuxV2, Ether
+
+    if link == "raw":
+        if ethertype == _ETH_ARP:
+            return None
+        return bytes(l3)
+    if link == "ethernet":
+        data = bytes(Ether(dst=_mac_str(hop.dst_mac), src=_mac_str(hop.src_mac), type=ethertype) / l3)
+        if hop.pad and len(data) < _ETH_MIN_FRAME:
+            data += b"\x00" * (_ETH_MIN_FRAME - len(data))
+        return data
+    # SLL2 records the sender's hardware address (ours, for outgoing frames) in an 8-byte field.
+    header = CookedLinuxV2(
+        proto=ethertype,
+        ifindex=hop.ifindex,
+        lladdrtype=1,
+        pkttype=hop.pkttype,
+        lladdrlen=6,
+        src=hop.src_mac + b"\x00\x00",
+    )
+    payload = bytes(l3)
+    if hop.pad and len(payload) < _ETH_MIN_FRAME - 14:
+        payload += b"\x00" * (_ETH_MIN_FRAME - 14 - len(payload))
+    return bytes(header) + payload
+
+
+def _l3(proto: Proto, ev: _Event, src: str, sport: int, dst: str, dport: int, ttl: int) -> Any:
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Raw
+
+    ip = IP(src=src, dst=dst, ttl=ttl, id=ev.ip_id, flags="DF" if ev.df else 0)
+    if proto == "tcp":
+        pkt = ip / TCP(
+            sport=sport,
+            dport=dport,
+            seq=ev.seq,
+            ack=ev.ack,
+            flags=ev.flags,
+            window=ev.window,
+            options=list(ev.options),
+        )
+    elif proto == "udp":
+        pkt = ip / UDP(sport=sport, dport=dport)
+    elif ev.direction == "egress":
+        pkt = ip / ICMP(type=8, id=sport, seq=ev.seq)
+    else:
+        pkt = ip / ICMP(type=0, id=dport, seq=ev.seq)
+    return pkt / Raw(ev.payload) if ev.payload else pkt
+
+
+class _Renderer:
+    """Turns laid-out flows and noise into link-layer frames for both captures."""
+
+    def __init__(self, scenario: Scenario, pod_net: ipaddress.IPv4Network, pods: list[str]) -> None:
+        self.s = scenario
+        self.gw_ip = str(pod_net.network_address + 1)
+        self.gw_mac = _mac(self.gw_ip)
+        self.node_mac = b"\x02\x00" + ipaddress.IPv4Address(scenario.nat_ip).packed
+        nat_net = ipaddress.IPv4Network(f"{scenario.nat_ip}/24", strict=False)
+        router = nat_net.network_address + 1
+        self.router_ip = str(router if str(router) != scenario.nat_ip else nat_net.network_address + 254)
+        self.router_mac = b"\x02\x00" + ipaddress.IPv4Address(self.router_ip).packed
+        # Each pod hangs off its own veth; the host ends are numbered after lo and eth0.
+        self.ifindex = {pod: 10 + i for i, pod in enumerate(pods)}
+        self.frames: dict[Side, list[_Frame]] = {"inside": [], "outside": []}
+        self._order = 0
+
+    def _add(
+        self,
+        side: Side,
+        t: int,
+        l3: Any,
+        hop: _Hop,
+        ethertype: int,
+        flow_index: int | None = None,
+        direction: Direction | None = None,
+    ) -> None:
+        data = _frame(self.s.link(side), l3, hop, ethertype)
+        if data is not None:
+            self._order += 1
+            self.frames[side].append(_Frame(t, self._order, data, flow_index, direction))
+
+    def flow(self, lay: _Layout) -> None:
+        f = lay.flow
+        internal = f.outcome == "internal"
+        peer_mac = _mac(f.dst) if internal else self.gw_mac
+        veth = self.ifindex[f.pod]
+        for ev in lay.events:
+            if ev.direction == "egress":
+                if ev.inside_ns is not None:
+                    # A frame to another pod's MAC is not addressed to the host: PACKET_OTHERHOST.
+                    hop = _Hop(_mac(f.pod), peer_mac, _PACKET_OTHERHOST if internal else _PACKET_HOST, veth)
+                    l3 = _l3(f.proto, ev, f.pod, f.sport, f.dst, f.dport, ev.ttl_inside)
+                    self._add("inside", ev.inside_ns, l3, hop, _ETH_IP, lay.index, "egress")
+                if ev.outside_ns is not None:
+                    assert lay.outside is not None
+                    src, port = lay.outside
+                    hop = _Hop(self.node_mac, self.router_mac, _PACKET_OUTGOING, _OUTSIDE_IFINDEX)
+                    l3 = _l3(f.proto, ev, src, port, f.dst, f.dport, ev.ttl_outside)
+                    self._add("outside", ev.outside_ns, l3, hop, _ETH_IP, lay.index, "egress")
+            else:
+                if ev.outside_ns is not None:
+                    assert lay.outside is not None
+                    src, port = lay.outside
+                    hop = _Hop(self.router_mac, self.node_mac, _PACKET_HOST, _OUTSIDE_IFINDEX, pad=True)
+                    l3 = _l3(f.proto, ev, f.dst, f.dport, src, port, ev.ttl_outside)
+                    self._add("outside", ev.outside_ns, l3, hop, _ETH_IP, lay.index, "reply")
+                if ev.inside_ns is not None:
+                    hop = _Hop(peer_mac, _mac(f.pod), _PACKET_OUTGOING, veth)
+                    l3 = _l3(f.proto, ev, f.dst, f.dport, f.pod, f.sport, ev.ttl_inside)
+                    self._add("inside", ev.inside_ns, l3, hop, _ETH_IP, lay.index, "reply")
+
+    def noise(self, pods: list[str], start: int, end: int) -> None:
+        """Traffic every real capture carries that is no connection: ARP, IPv6 router solicitations,
+        IGMP membership reports."""
+        rng = random.Random(f"natproof/{self.s.seed}/noise")
+        rounds = min(8, 2 + (end - start) // (30 * _SECOND))
+        bcast = b"\xff" * 6
+        for _ in range(rounds):
+            pod = rng.choice(pods)
+            pod_mac, veth = _mac(pod), self.ifindex[pod]
+            t = rng.randint(start, end)
+            # A pod resolves its gateway (the bridge) and the node answers.
+            self._arp(
+                "inside", t, 1, pod_mac, pod, bcast, self.gw_ip, _Hop(pod_mac, bcast, _PACKET_BROADCAST, veth)
+            )
+            hop = _Hop(self.gw_mac, pod_mac, _PACKET_OUTGOING, veth)
+            self._arp(
+                "inside", t + rng.randint(20 * _US, 90 * _US), 2, self.gw_mac, self.gw_ip, pod_mac, pod, hop
+            )
+            self._router_solicitation(
+                "inside",
+                rng.randint(start, end),
+                pod_mac,
+                _Hop(pod_mac, b"\x33\x33\x00\x00\x00\x02", _PACKET_MULTICAST, veth),
+            )
+            self._igmp(
+                "inside",
+                rng.randint(start, end),
+                pod,
+                _Hop(pod_mac, b"\x01\x00\x5e\x00\x00\x16", _PACKET_MULTICAST, veth),
+            )
+            # The node resolves its default router, and the router resolves the node.
+            t = rng.randint(start, end)
+            node, router = self.s.nat_ip, self.router_ip
+            out = _OUTSIDE_IFINDEX
+            self._arp(
+                "outside",
+                t,
+                1,
+                self.node_mac,
+                node,
+                bcast,
+                router,
+                _Hop(self.node_mac, bcast, _PACKET_OUTGOING, out),
+            )
+            self._arp(
+                "outside",
+                t + rng.randint(100 * _US, 900 * _US),
+                2,
+                self.router_mac,
+                router,
+                self.node_mac,
+                node,
+                _Hop(self.router_mac, self.node_mac, _PACKET_HOST, out, pad=True),
+            )
+            t = rng.randint(start, end)
+            self._arp(
+                "outside",
+                t,
+                1,
+                self.router_mac,
+                router,
+                bcast,
+                node,
+                _Hop(self.router_mac, bcast, _PACKET_BROADCAST, out, pad=True),
+            )
+            self._arp(
+                "outside",
+                t + rng.randint(10 * _US, 50 * _US),
+                2,
+                self.node_mac,
+                node,
+                self.router_mac,
+                router,
+                _Hop(self.node_mac, self.router_mac, _PACKET_OUTGOING, out),
+            )
+            self._router_solicitation(
+                "outside",
+                rng.randint(start, end),
+                self.node_mac,
+                _Hop(self.node_mac, b"\x33\x33\x00\x00\x00\x02", _PACKET_OUTGOING, out),
+            )
+            self._igmp(
+                "outside",
+                rng.randint(start, end),
+                node,
+                _Hop(self.node_mac, b"\x01\x00\x5e\x00\x00\x16", _PACKET_OUTGOING, out),
+            )
+
+    def _arp(
+        self, side: Side, t: int, op: int, hwsrc: bytes, psrc: str, hwdst: bytes, pdst: str, hop: _Hop
+    ) -> None:
+        from scapy.layers.l2 import ARP
+
+        target = b"\x00" * 6 if op == 1 else hwdst
+        arp = ARP(op=op, hwsrc=_mac_str(hwsrc), psrc=psrc, hwdst=_mac_str(target), pdst=pdst)
+        self._add(side, t, arp, hop, _ETH_ARP)
+
+    def _router_solicitation(self, side: Side, t: int, mac: bytes, hop: _Hop) -> None:
+        from scapy.layers.inet6 import ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr, IPv6
+
+        rs = (
+            IPv6(src=_link_local(mac), dst="ff02::2", hlim=255)
+            / ICMPv6ND_RS()
+            / ICMPv6NDOptSrcLLAddr(lladdr=_mac_str(mac))
+        )
+        self._add(side, t, rs, hop, _ETH_IPV6)
+
+    def _igmp(self, side: Side, t: int, src: str, hop: _Hop) -> None:
+        from scapy.layers.igmp import IGMPv3_MR, IGMPv3_MR_Group
+        from scapy.layers.inet import IP, IPOption_Router_Alert
+
+        # Joining mDNS: an IGMPv3 "change to exclude" report to 224.0.0.22, TTL 1, router alert.
+        report = IP(
+            src=src, dst="224.0.0.22", ttl=1, tos=0xC0, id=0, flags="DF", options=[IPOption_Router_Alert()]
+        ) / IGMPv3_MR(records=[IGMPv3_MR_Group(rtype=4, maddr="224.0.0.251")])
+        self._add(side, t, report, hop, _ETH_IP)
+
+
+def simulate(scenario: Scenario) -> Simulation:
+    """Lay out every flow, apply MASQUERADE, and build both captures and the truth, in memory."""
+    pod_net = _check(scenario)
+    layouts = [
+        _Layout(flow, i, _FlowBuilder(flow, i, scenario).build()) for i, flow in enumerate(scenario.flows)
+    ]
+    layouts = _allocate(scenario, layouts)
+    ordered = sorted(layouts, key=lambda la: (la.first_ns, la.index))
+    conn_of = {lay.index: n for n, lay in enumerate(ordered)}
+
+    pod_addrs = {f.pod for f in scenario.flows} | {f.dst for f in scenario.flows if f.outcome == "internal"}
+    if not pod_addrs:
+        pod_addrs = {str(pod_net.network_address + 10)}
+    pods = sorted(pod_addrs, key=lambda a: ipaddress.IPv4Address(a))
+    renderer = _Renderer(scenario, pod_net, pods)
+    for lay in layouts:
+        renderer.flow(lay)
+    if scenario.noise:
+        end = max((lay.last_ns for lay in layouts), default=scenario.epoch_ns) + _SECOND
+        renderer.noise([f.pod for f in scenario.flows] or pods, scenario.epoch_ns, end)
+
+    offset_ns = round(scenario.clock_offset_s * _SECOND)
+    sides: dict[Side, tuple[Packet, ...]] = {}
+    for side in ("inside", "outside"):
+        shift = offset_ns if side == "outside" else 0
+        # tcpdump writing a microsecond capture truncates the kernel's nanosecond stamp.
+        unit = 1 if scenario.is_nanosecond(side) else _US
+        packets = []
+        for fr in sorted(renderer.frames[side], key=lambda fr: (fr.true_ns, fr.order)):
+            ts = fr.true_ns + shift
+            if ts < 0:
+                raise ValueError(f"scenario {scenario.name!r}: clock offset puts a packet before 1970")
+            conn = None if fr.flow_index is None else conn_of[fr.flow_index]
+            packets.append(Packet(ts - ts % unit, fr.data, conn, fr.direction))
+        sides[side] = tuple(packets)
+
+    truth = {
+        "schema": TRUTH_SCHEMA,
+        "scenario": scenario.name,
+        "source": "generator",
+        "pod_cidr": scenario.pod_cidr,
+        "clock_offset_s": float(scenario.clock_offset_s),
+        "connections": [_truth_row(lay, renderer.frames) for lay in ordered],
+    }
+    return Simulation(
+        scenario,
+        sides["inside"],
+        sides["outside"],
+        truth,
+        LINKTYPES[scenario.inside_link],
+        LINKTYPES[scenario.outside_link],
+    )
+
+
+def _truth_row(lay: _Layout, frames: dict[Side, list[_Frame]]) -> dict[str, Any]:
+    f = lay.flow
+
+    def count(side: Side, direction: Direction) -> int:
+        return sum(1 for fr in frames[side] if fr.flow_index == lay.index and fr.direction == direction)
+
+    outside = None
+    if lay.outside is not None:
+        outside = {"src": lay.outside[0], "sport": lay.outside[1], "dst": f.dst, "dport": f.dport}
+    return {
+        "proto": f.proto,
+        "inside": {"src": f.pod, "sport": f.sport, "dst": f.dst, "dport": f.dport},
+        "outside": outside,
+        "verdict": f.outcome,
+        "packets": {
+            "egress_inside": count("inside", "egress"),
+            "egress_outside": count("outside", "egress"),
+            "reply_outside": count("outside", "reply"),
+            "reply_inside": count("inside", "reply"),
+        },
+    }
+
+
+def write_pcap(path: Path, packets: tuple[Packet, ...], linktype: int, nanosecond: bool) -> None:
+    """Write a classic little-endian pcap with scapy's writer, with exact integer timestamps."""
+    from scapy.utils import RawPcapWriter
+
+    with RawPcapWriter(str(path), linktype=linktype, nano=nanosecond, endianness="<", snaplen=262144) as w:
+        # The writer only emits the file header with the first packet; an empty capture still needs one.
+        w.write_header(None)
+        for p in packets:
+            sec, frac = divmod(p.ts_ns, _SECOND)
+            w.write_packet(p.data, sec=sec, usec=frac if nanosecond else frac // _US)
+
+
+def write_scenario(scenario: Scenario, outdir: Path) -> dict[str, Any]:
+    """Write inside.pcap, outside.pcap and expected.json into ``outdir``; returns the truth."""
+    sim = simulate(scenario)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_pcap(outdir / "inside.pcap", sim.inside, sim.inside_linktype, scenario.is_nanosecond("inside"))
+    write_pcap(outdir / "outside.pcap", sim.outside, sim.outside_linktype, scenario.is_nanosecond("outside"))
+    (outdir / "expected.json").write_text(json.dumps(sim.truth, indent=2) + "\n")
+    return sim.truth
+
+
+def _named() -> dict[str, Scenario]:
+    a, b, c = "10.244.0.10", "10.244.1.20", "10.244.2.30"
+    web, api, alt = "198.51.100.10", "192.0.2.20", "203.0.113.50"
+    basic = (
+        Flow("tcp", a, 40000, web, 80),
+        Flow("tcp", b, 45678, api, 443, start_s=0.2, requests=2, response_segments=3),
+        Flow("tcp", a, 40001, alt, 8080, start_s=0.5, response_segments=1),
+        # Same source port as the first flow but another destination: its outside tuple is free.
+        Flow("tcp", a, 40000, api, 443, start_s=1.0),
+        # The first flow's 5-tuple again, after it closed: a new connection with a new ISN.
+        Flow("tcp", a, 40000, web, 80, start_s=30.0),
+    )
+    every = (
+        Flow("tcp", a, 41000, web, 80, "translated"),
+        Flow("tcp", a, 41001, api, 443, "no_reply", start_s=0.1),
+        Flow("tcp", b, 41002, web, 443, "reply_dropped", start_s=0.2),
+        Flow("tcp", b, 41003, alt, 80, "untranslated", start_s=0.3),
+        Flow("tcp", c, 41004, api, 80, "not_forwarded", start_s=0.4),
+        Flow("tcp", a, 41005, b, 8080, "internal", start_s=0.5),
+    )
+    scenarios = [
+        Scenario("basic", basic),
+        Scenario(
+            "port_collision",
+            (
+                Flow("tcp", a, 40000, web, 80, requests=2),
+                # Same sport to the same server while the first mapping is live: the port is taken.
+                Flow("tcp", b, 40000, web, 80, start_s=0.3),
+                Flow("tcp", c, 40000, web, 80, start_s=0.6),
+                # Long after every mapping above expired (last packet + 120 s): the port is kept again.
+                Flow("tcp", b, 40000, web, 80, start_s=400.0),
+            ),
+            seed=1,
+        ),
+        Scenario(
+            "random_fully",
+            (
+                Flow("tcp", a, 40000, web, 80),
+                Flow("tcp", b, 45678, api, 443, start_s=0.2),
+                Flow("udp", a, 53000, "192.0.2.53", 53, start_s=0.4),
+                Flow("tcp", b, 45679, alt, 80, "no_reply", start_s=0.6),
+            ),
+            random_fully=True,
+            seed=2,
+        ),
+        Scenario(
+            "udp",
+            (
+                Flow("udp", a, 53000, "192.0.2.53", 53, requests=2),
+                Flow("udp", b, 53001, "198.51.100.53", 53, "no_reply", start_s=0.1),
+                Flow("udp", b, 50000, alt, 5000, start_s=0.2, requests=3),
+                Flow("udp", c, 50001, alt, 5000, "reply_dropped", start_s=0.3, requests=2),
+            ),
+            seed=3,
+        ),
+        Scenario(
+            "icmp",
+            (
+                Flow("icmp", a, 0x1C2A, "198.51.100.7", 0, requests=3),
+                # ping in another pod happens to pick the same identifier toward the same host.
+                Flow("icmp", b, 0x1C2A, "198.51.100.7", 0, start_s=0.5, requests=3),
+                Flow("icmp", c, 7, "192.0.2.1", 0, "no_reply", start_s=0.2, requests=2),
+            ),
+            seed=4,
+        ),
+        Scenario("every_verdict", every, seed=5),
+        Scenario(
+            "retransmit",
+            (
+                Flow("tcp", a, 42000, web, 80, syn_retransmit=True),
+                Flow("tcp", b, 42001, api, 443, "no_reply", start_s=0.2),
+                Flow("tcp", b, 42002, web, 80, "reply_dropped", start_s=0.4),
+            ),
+            seed=6,
+        ),
+        Scenario("clock_offset", basic[:3], clock_offset_s=3.5, seed=7),
+        Scenario(
+            "gro",
+            (
+                Flow("tcp", a, 43000, web, 80, response_segments=4),
+                Flow("tcp", b, 43001, api, 443, start_s=0.1, requests=2, response_segments=6),
+                Flow("tcp", a, 43002, alt, 80, start_s=0.2, response_segments=1),
+            ),
+            gro=True,
+            seed=8,
+        ),
+        Scenario(
+            "sll2",
+            (
+                Flow("tcp", a, 44000, web, 80),
+                Flow("udp", b, 53000, "192.0.2.53", 53, start_s=0.1),
+                Flow("icmp", b, 99, api, 0, start_s=0.2, requests=2),
+            ),
+            inside_link="sll2",
+            seed=9,
+        ),
+        Scenario(
+            "mixed_precision",
+            (Flow("tcp", a, 45000, web, 80), Flow("tcp", b, 45001, api, 443, start_s=0.05)),
+            inside_nanosecond=False,
+            outside_nanosecond=True,
+            seed=10,
+        ),
+        Scenario(
+            "raw",
+            (Flow("tcp", a, 46000, web, 80), Flow("icmp", b, 5, api, 0, start_s=0.1)),
+            outside_link="raw",
+            seed=11,
+        ),
+    ]
+    return {s.name: s for s in scenarios}
+
+
+SCENARIOS: dict[str, Scenario] = _named()
+"""Hand-written scenarios, one per behaviour the matcher must prove."""
