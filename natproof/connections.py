@@ -44,8 +44,9 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
 
     A connection is a bidirectional 5-tuple (ICMP echo: addresses and identifier). The same 5-tuple used
     again later is a new connection when a SYN with a new initial sequence number starts it, or after
-    the protocol's idle timeout. The originator is the sender of the SYN (or echo request), else the end
-    with the higher port; its packets are ``egress``, the other direction's are replies.
+    the protocol's idle timeout. The originator is the sender of the SYN (or echo request), else of the
+    first packet (for TCP caught mid-way: the end with the higher port); its packets are ``egress``,
+    the other direction's are replies.
     """
     t = timeouts or IdleTimeouts()
     df = packets.with_columns(_flow_columns()).filter(pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null())
@@ -92,10 +93,11 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         pl.col("f_sport").first().alias("_first_sport"),
         pl.col("f_dst").first().alias("_first_dst"),
         pl.col("f_dport").first().alias("_first_dport"),
+        pl.col("f_proto").first().alias("_proto"),
     )
-    # Without a SYN or echo request (a capture that starts mid-connection) the client is the end with
-    # the higher (ephemeral) port; the first packet's sender breaks a tie.
-    client_is_dst = pl.col("_first_dport") > pl.col("_first_sport")
+    # The first packet's sender is the originator, as conntrack takes it; but a TCP connection seen
+    # without its SYN (the capture started mid-way) is judged by ports: the client's is the higher one.
+    client_is_dst = (pl.col("_proto") == 6) & (pl.col("_first_dport") > pl.col("_first_sport"))
     origin = origin.select(
         "conn_id",
         pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_src"))
@@ -122,7 +124,10 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         pl.col("ts_ns").min().alias("first_ts_ns"),
         pl.col("ts_ns").max().alias("last_ts_ns"),
         pl.col("is_egress").sum().cast(pl.UInt32).alias("egress_packets"),
-        (~pl.col("is_egress")).sum().cast(pl.UInt32).alias("reply_packets"),
+        (~pl.col("is_egress") & ~pl.col("is_icmp_error")).sum().cast(pl.UInt32).alias("reply_packets"),
+        # ICMP errors (port unreachable, ...) answer the flow but are RELATED packets to conntrack, not
+        # replies: the entry stays [UNREPLIED] (see captures/udp).
+        pl.col("is_icmp_error").sum().cast(pl.UInt32).alias("icmp_error_packets"),
         pl.col("frame_no").min().alias("first_frame"),
     ).sort(["first_ts_ns", "conn_id"])
     return df.sort(["ts_ns", "frame_no"]), conns

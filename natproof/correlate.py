@@ -98,7 +98,7 @@ def correlate(
         _check_overlap(in_info.path, out_info.path, in_pk, out_pk, matches.clock_offset_ns)
 
     pairs = matches.pairs.join(
-        in_pk.select(pl.col("row").alias("in_row"), pl.col("conn_id").alias("in_conn"), "is_egress",
+        in_pk.select(pl.col("row").alias("in_row"), pl.col("conn_id").alias("in_conn"), "is_egress", "is_icmp_error",
                      pl.col("frame_no").alias("in_frame")), on="in_row",
     ).join(
         out_pk.select(pl.col("row").alias("out_row"), pl.col("conn_id").alias("out_conn"),
@@ -152,15 +152,18 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
         (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
          / 1000.0).alias("lat_us")
     )
+    reply = ~pl.col("is_egress") & ~pl.col("is_icmp_error")
     stats = pairs.group_by("in_conn").agg(
         pl.col("is_egress").sum().cast(pl.UInt32).alias("matched_egress"),
-        (~pl.col("is_egress")).sum().cast(pl.UInt32).alias("matched_reply"),
+        reply.sum().cast(pl.UInt32).alias("matched_reply"),
         pl.col("in_frame").filter(pl.col("is_egress")).min().alias("evidence_egress_inside_frame"),
-        pl.col("in_frame").filter(~pl.col("is_egress")).min().alias("evidence_reply_inside_frame"),
+        pl.col("in_frame").filter(reply).min().alias("evidence_reply_inside_frame"),
+        pl.col("in_frame").filter(pl.col("is_icmp_error")).min().alias("evidence_icmp_error_inside_frame"),
     )
     ev_out = pairs.sort("in_frame").group_by("in_conn").agg(
         pl.col("out_frame").filter(pl.col("is_egress")).first().alias("evidence_egress_outside_frame"),
-        pl.col("out_frame").filter(~pl.col("is_egress")).first().alias("evidence_reply_outside_frame"),
+        pl.col("out_frame").filter(reply).first().alias("evidence_reply_outside_frame"),
+        pl.col("out_frame").filter(pl.col("is_icmp_error")).first().alias("evidence_icmp_error_outside_frame"),
     )
     lat_stats = lat.group_by("in_conn").agg(
         pl.col("lat_us").median().round(3).alias("latency_median_us"),
@@ -171,6 +174,7 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
         pl.col("src").alias("outside_src"), pl.col("sport").alias("outside_sport"),
         pl.col("dst").alias("outside_dst"), pl.col("dport").alias("outside_dport"),
         pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
+        pl.col("icmp_error_packets").alias("icmp_errors_outside"),
     )
     df = (
         in_conns.rename({"conn_id": "in_conn"})
@@ -200,6 +204,7 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
     ).rename({
         "src": "inside_src", "sport": "inside_sport", "dst": "inside_dst", "dport": "inside_dport",
         "egress_packets": "egress_inside", "reply_packets": "reply_inside",
+        "icmp_error_packets": "icmp_errors_inside",
     })
     # A connection that never reached the outside has no outside tuple, whatever else the outside holds.
     no_out = pl.col("verdict").is_in(["not_forwarded", "internal"])
@@ -207,6 +212,6 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
         [pl.when(no_out).then(None).otherwise(pl.col(c)).alias(c)
          for c in ("outside_src", "outside_sport", "outside_dst", "outside_dport")]
         + [pl.when(no_out).then(0).otherwise(pl.col(c).fill_null(0)).alias(c)
-           for c in ("egress_outside", "reply_outside", "matched_egress", "matched_reply")]
+           for c in ("egress_outside", "reply_outside", "icmp_errors_outside", "matched_egress", "matched_reply")]
     )
     return out.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])

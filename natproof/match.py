@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SNAP_OFFSET_NS = 1_000_000
-"""Clock-offset estimates smaller than this (1 ms) are reported as 0: captures taken on one host share a
-clock, and a smaller estimate cannot be told apart from the NAT's own latency asymmetry."""
+SNAP_OFFSET_NS = 100_000
+"""Clock-offset estimates smaller than this (100 us) count as 0: captures taken on one host share a clock,
+and a smaller estimate is within the asymmetry of the NAT's own latency (tens of us, see captures/)."""
+
+ROUGH_TOLERANCE_NS = 600 * 10**9
+"""How far apart clocks may be when no packet is unique enough to estimate the offset without time."""
 
 PAIR_SCHEMA = {
     "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(), "method": pl.String(),
@@ -19,15 +22,17 @@ def _strong_key() -> pl.Expr:
     """Fields MASQUERADE never rewrites (see captures/basic): direction, far end, IP id, TCP seq/ack/flags,
     lengths, ICMP type/code/sequence and the head of the payload. Source/destination of the near end,
     ports that may be remapped, ICMP identifiers and TTL are left out."""
+    # An ICMP error's payload is the quoted header, which the kernel rewrites along with the outer one.
+    head = pl.when(pl.col("is_icmp_error")).then(None).otherwise(pl.col("head_digest")).alias("head")
     return pl.struct(
         "is_egress", "f_proto", "proto", "remote", "rport", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags",
-        "payload_len", "head_digest", "icmp_type", "icmp_code", "icmp_seq", "inner_proto",
+        "payload_len", head, "icmp_type", "icmp_code", "icmp_seq", "inner_proto",
     ).hash(seed=0x6E61)
 
 
 def _payload_key() -> pl.Expr:
     """A fallback for middleboxes that randomise TCP sequence numbers: far end, lengths and payload digest."""
-    return pl.when(pl.col("payload_len") > 0).then(
+    return pl.when((pl.col("payload_len") > 0) & ~pl.col("is_icmp_error")).then(
         pl.struct("is_egress", "f_proto", "remote", "rport", "payload_len", "payload_digest").hash(seed=0x7072)
     )
 
@@ -39,47 +44,70 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int:
+def _offset_from(dts: pl.DataFrame) -> int | None:
+    """NTP-style offset from (dt, is_egress) rows, dt = outside time minus inside time; None if no rows."""
+    if dts.is_empty():
+        return None
+    med_e = dts.filter(pl.col("is_egress"))["dt"].median()
+    med_r = dts.filter(~pl.col("is_egress"))["dt"].median()
+    meds = [float(m) for m in (med_e, med_r) if m is not None]  # type: ignore[arg-type]
+    offset = int(round(sum(meds) / len(meds)))
+    return 0 if abs(offset) < SNAP_OFFSET_NS else offset
+
+
+def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
     """Outside clock minus inside clock, in ns, from packets whose strong key is unique on both sides.
 
     Egress packets cross the NAT inside to outside, replies the other way, so (as NTP does) the mean of
     the two directions' median differences cancels the NAT's latency. With one direction only, its
-    median is taken as it is.
+    median is taken as it is. None when no key is unique on both sides.
     """
     def unique(df: pl.DataFrame) -> pl.DataFrame:
         return df.filter(pl.len().over("k_strong") == 1).select("k_strong", "ts_ns", "is_egress")
 
     pairs = unique(inside).join(unique(outside), on="k_strong", suffix="_out")
-    if pairs.is_empty():
-        return 0
-    dts = pairs.with_columns((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"))
-    med_e = dts.filter(pl.col("is_egress"))["dt"].median()
-    med_r = dts.filter(~pl.col("is_egress"))["dt"].median()
-    meds = [m for m in (med_e, med_r) if m is not None]
-    offset = int(round(sum(meds) / len(meds)))  # type: ignore[arg-type]
-    return 0 if abs(offset) < SNAP_OFFSET_NS else offset
+    return _offset_from(pairs.select((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"), "is_egress"))
 
 
 def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int,
-                 method: str, rounds: int = 4) -> pl.DataFrame:
+                 method: str) -> pl.DataFrame:
     """One-to-one pairs of rows with equal ``key``, nearest in time within the tolerance.
+
+    Where packets are otherwise identical (IP id 0, same payload, sent at once by several pods), the
+    near end decides: a first pass requires its address and port unchanged (no NAT at all), a second
+    its port unchanged (MASQUERADE keeps it unless the tuple clashes), a last pass pairs the rest on
+    the key alone.
+    """
+    found: list[pl.DataFrame] = []
+    for by in ([key, "local", "lport"], [key, "lport"], [key]):
+        pairs = _pair_rounds(inside, outside, by, offset_ns, tolerance_ns)
+        found.append(pairs)
+        inside = inside.join(pairs.select(pl.col("in_row").alias("row")), on="row", how="anti")
+        outside = outside.join(pairs.select(pl.col("out_row").alias("row")), on="row", how="anti")
+    return pl.concat(found).with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], offset_ns: int, tolerance_ns: int,
+                 rounds: int = 4) -> pl.DataFrame:
+    """``join_asof`` by ``by``, nearest in time; made one-to-one over a few rounds.
 
     ``join_asof`` is many-to-one (retransmissions on one side can all pick the same packet on the
     other), so after each round every outside row keeps only its nearest inside row, and the rest try
     again against the outside rows still free.
     """
-    left = inside.filter(pl.col(key).is_not_null()).select(
-        pl.col("row").alias("in_row"), pl.col(key), (pl.col("ts_ns") + offset_ns).alias("t"),
-    ).sort(key, "t")
-    right = outside.filter(pl.col(key).is_not_null()).select(
-        pl.col("row").alias("out_row"), pl.col(key), pl.col("ts_ns").alias("t_out"),
-    ).sort(key, "t_out")
+    empty = pl.DataFrame(schema={k: PAIR_SCHEMA[k] for k in ("in_row", "out_row", "dt_ns")})
+    left = inside.filter(pl.col(by[0]).is_not_null()).select(
+        pl.col("row").alias("in_row"), *by, (pl.col("ts_ns") + offset_ns).alias("t"),
+    ).sort(*by, "t")
+    right = outside.filter(pl.col(by[0]).is_not_null()).select(
+        pl.col("row").alias("out_row"), *by, pl.col("ts_ns").alias("t_out"),
+    ).sort(*by, "t_out")
     found: list[pl.DataFrame] = []
     for _ in range(rounds):
         if left.is_empty() or right.is_empty():
             break
         joined = left.join_asof(
-            right, left_on="t", right_on="t_out", by=key, strategy="nearest",
+            right, left_on="t", right_on="t_out", by=by, strategy="nearest",
             tolerance=tolerance_ns, check_sortedness=False,
         ).filter(pl.col("out_row").is_not_null())
         if joined.is_empty():
@@ -90,9 +118,7 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
         found.append(best.select("in_row", "out_row", "dt_ns"))
         left = left.join(best.select("in_row"), on="in_row", how="anti")
         right = right.join(best.select("out_row"), on="out_row", how="anti")
-    if not found:
-        return pl.DataFrame(schema=PAIR_SCHEMA)
-    return pl.concat(found).with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+    return pl.concat(found).cast(empty.schema) if found else empty  # type: ignore[arg-type]
 
 
 def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
@@ -138,7 +164,15 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     digest (sequence-randomising middleboxes).
     """
     offset = estimate_clock_offset(inside, outside) if clock_offset_ns is None else clock_offset_ns
-    exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
+    if offset is None:
+        # No key is unique on both sides (e.g. identical datagrams with IP id 0): pair by time as the
+        # clocks stand, within minutes, estimate from those pairs, and pair again with the estimate.
+        rough = _pair_by_key(inside, outside, "k_strong", 0, max(tolerance_ns, ROUGH_TOLERANCE_NS), "exact")
+        dts = rough.join(inside.select(pl.col("row").alias("in_row"), "is_egress"), on="in_row")
+        offset = _offset_from(dts.select(pl.col("dt_ns").alias("dt"), "is_egress")) or 0
+        exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
+    else:
+        exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = inside.join(exact.select(pl.col("in_row").alias("row")), on="row", how="anti")
     out_left = outside.join(exact.select(pl.col("out_row").alias("row")), on="row", how="anti")
     # Inside segments inside a larger outside one (GRO on eth0), then the reverse (TSO on the pod side).

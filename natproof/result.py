@@ -22,11 +22,13 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "first_ts_ns": pl.Int64(), "last_ts_ns": pl.Int64(),
     "egress_inside": pl.UInt32(), "egress_outside": pl.UInt32(),
     "reply_outside": pl.UInt32(), "reply_inside": pl.UInt32(),
+    "icmp_errors_outside": pl.UInt32(), "icmp_errors_inside": pl.UInt32(),
     "matched_egress": pl.UInt32(), "matched_reply": pl.UInt32(),
     "latency_median_us": pl.Float64(), "latency_max_us": pl.Float64(),
     "outside_tuples": pl.UInt32(),
     "evidence_egress_inside_frame": pl.UInt32(), "evidence_egress_outside_frame": pl.UInt32(),
     "evidence_reply_outside_frame": pl.UInt32(), "evidence_reply_inside_frame": pl.UInt32(),
+    "evidence_icmp_error_outside_frame": pl.UInt32(), "evidence_icmp_error_inside_frame": pl.UInt32(),
 }
 """One row per inside connection. Ports are the ICMP echo identifier and 0 for ICMP echo."""
 
@@ -135,6 +137,8 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
     flags = []
     if (row["outside_tuples"] or 0) > 1:
         flags.append("multiple_outside_tuples")
+    if row["icmp_errors_outside"] or row["icmp_errors_inside"]:
+        flags.append("icmp_error")
     return {
         "proto": row["proto"],
         "inside": {"src": row["inside_src"], "sport": row["inside_sport"],
@@ -144,13 +148,15 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
         "first_seen": _secs(row["first_ts_ns"]),
         "last_seen": _secs(row["last_ts_ns"]),
         "packets": {"egress_inside": row["egress_inside"], "egress_outside": row["egress_outside"],
-                    "reply_outside": row["reply_outside"], "reply_inside": row["reply_inside"]},
+                    "reply_outside": row["reply_outside"], "reply_inside": row["reply_inside"],
+                    "icmp_error_outside": row["icmp_errors_outside"], "icmp_error_inside": row["icmp_errors_inside"]},
         "matched": {"egress": row["matched_egress"], "reply": row["matched_reply"]},
         "nat_latency_us": latency,
         "flags": flags,
         "evidence": {
             "egress": _frames(row["evidence_egress_inside_frame"], row["evidence_egress_outside_frame"]),
             "reply": _frames(row["evidence_reply_inside_frame"], row["evidence_reply_outside_frame"]),
+            "icmp_error": _frames(row["evidence_icmp_error_inside_frame"], row["evidence_icmp_error_outside_frame"]),
         },
     }
 

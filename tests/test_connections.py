@@ -55,7 +55,8 @@ def test_icmp_error_is_a_reply_of_the_flow_it_quotes() -> None:
     err = ipv4(SRV, POD, 1, icmp_error(3, 3, dgram[:28]))
     pk, conns = group_connections(frame_of([(0, dgram), (10, err)]))
     assert conns.height == 1
-    assert (conns["egress_packets"][0], conns["reply_packets"][0]) == (1, 1)
+    # Related to the flow, but not a reply: conntrack keeps such an entry [UNREPLIED].
+    assert conns.select("egress_packets", "reply_packets", "icmp_error_packets").row(0) == (1, 0, 1)
     assert pk.filter(pk["is_icmp_error"])["is_egress"].to_list() == [False]
 
 
@@ -70,3 +71,9 @@ def test_without_a_syn_the_higher_port_is_the_client() -> None:
     pk, conns = group_connections(frame_of([reply_first, (10, ipv4(POD, SRV, 6, tcp(40000, 80, 77, 5004, ACK)))]))
     c = conns.row(0, named=True)
     assert (c["src"], c["sport"], c["egress_packets"], c["reply_packets"]) == (POD, 40000, 1, 1)
+
+
+def test_udp_originator_is_the_first_sender_even_from_a_low_port() -> None:
+    _, conns = group_connections(frame_of([(0, ipv4(POD, SRV, 17, udp(1024, 5000, b"q"))),
+                                           (10, ipv4(SRV, POD, 17, udp(5000, 1024, b"a")))]))
+    assert conns.select("src", "sport", "egress_packets").row(0) == (POD, 1024, 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
-from pcapbytes import frame_of, ipv4, tcp, tcp_pair
+from pcapbytes import frame_of, ipv4, tcp, tcp_pair, udp
 
 from natproof.connections import group_connections
 from natproof.match import estimate_clock_offset, match_sides, with_keys
@@ -30,7 +30,7 @@ def test_offset_cancels_nat_latency_ntp_style() -> None:
 
 
 def test_sub_millisecond_offset_is_reported_as_synchronised() -> None:
-    inside, outside = tcp_pair(T0, offset_ns=400_000)
+    inside, outside = tcp_pair(T0, offset_ns=40_000)
     assert estimate_clock_offset(keyed(inside), keyed(outside)) == 0
 
 
@@ -78,3 +78,15 @@ def test_different_destinations_never_match() -> None:
     inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 80, 1000, 0, 0x02)))]
     outside = [(T0, ipv4(NODE, "198.51.100.11", 6, tcp(40000, 80, 1000, 0, 0x02)))]
     assert match_sides(keyed(inside), keyed(outside)).pairs.is_empty()
+
+
+def test_offset_found_even_when_no_key_is_unique() -> None:
+    # Two pods send the same datagram (IP id 0, same payload) to the same server: keys collide.
+    dgram = lambda src, sport: ipv4(src, SRV, 17, udp(sport, 53, b"same"), ip_id=0)  # noqa: E731
+    inside = [(T0, dgram(POD, 1000)), (T0 + 1000, dgram("10.244.0.11", 1000))]
+    outside = [(T0 + 5_000_040, dgram(NODE, 1000)), (T0 + 5_001_040, dgram(NODE, 33333))]
+    a, b = keyed(inside), keyed(outside)
+    assert estimate_clock_offset(a, b) is None
+    m = match_sides(a, b)
+    assert m.clock_offset_ns == 5_000_040
+    assert frames_of_pairs(a, b, m.pairs) == [(1, 1), (2, 2)]

@@ -1,0 +1,221 @@
+"""tcpdump on the inside and outside interfaces, and the conntrack event recorder, in the node namespace."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import dpkt
+
+from natproof.lab.topology import Lab, LabError
+
+SNAPLEN = 262144
+RING_KIB = 64 * 1024
+START_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 5.0
+# Room for a burst of events: ctnetlink drops events (ENOBUFS) when the listener's socket buffer is full.
+CONNTRACK_BUFFER_BYTES = 8 * 1024 * 1024
+CONNTRACK_OUTPUT = "timestamp,extended"
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """What tcpdump reported when it stopped."""
+
+    interface: str
+    path: Path
+    captured: int | None
+    """Packets written to the file ("N packets captured")."""
+    dropped_by_kernel: int | None
+    """Packets the kernel dropped before tcpdump read them; 0 for a complete capture."""
+    size_bytes: int
+    command: str
+
+
+class PacketCapture:
+    """One tcpdump writing a nanosecond pcap of one interface; stopped by SIGINT to its pid."""
+
+    def __init__(self, lab: Lab, role: str, interface: str, path: Path) -> None:
+        self.lab, self.role, self.interface, self.path = lab, role, interface, path
+        # No capture filter: ARP, IPv6 router solicitations and MLD reports stay in, as on a real node.
+        # -U writes each packet as it arrives. --immediate-mode: with TPACKET_V3 libpcap hands packets over
+        # a ring block at a time, when the block fills or its 1 s timeout expires, and a block still open at
+        # SIGINT is never written: a run shorter than a second would leave an empty file. -Z root keeps
+        # tcpdump from switching to an unprivileged user before it opens the output file. -B: in immediate
+        # mode every ring slot is snaplen-sized (256 KiB), so the default 2 MiB ring holds 8 packets and a
+        # burst of GSO packets or of 300 connections overflows it ("dropped by kernel").
+        options = f"-n -U --immediate-mode --time-stamp-precision=nano -s {SNAPLEN} -B {RING_KIB} -Z root"
+        self.argv = ["tcpdump", "-i", interface, *options.split(), "-w", str(path)]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: list[str] = []
+        self._listening = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start tcpdump and return once it has printed "listening on" (the socket is bound)."""
+        self._proc = self.lab.spawn(
+            self.argv, role=self.role, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._reader = threading.Thread(
+            target=self._read_stderr, name=f"tcpdump-{self.interface}", daemon=True
+        )
+        self._reader.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._listening.wait(0.02):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self._reader.join(1.0)
+                text = " ".join(self._stderr).strip() or "no output"
+                raise LabError(f"tcpdump on {self.interface} did not start: {text}")
+
+    def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self._stderr.append(line)
+            if "listening on" in line:
+                self._listening.set()
+
+    def stop(self) -> CaptureStats:
+        """SIGINT by pid (tcpdump then flushes and prints its counts) and wait for it to exit."""
+        if self._proc is None:
+            raise LabError(f"tcpdump on {self.interface} was never started")
+        self.lab.stop(self._proc, signal.SIGINT, timeout=STOP_TIMEOUT_S)
+        if self._reader is not None:
+            self._reader.join(STOP_TIMEOUT_S)
+        text = "\n".join(self._stderr)
+        return CaptureStats(
+            interface=self.interface,
+            path=self.path,
+            captured=_count(text, r"(\d+) packets? captured"),
+            dropped_by_kernel=_count(text, r"(\d+) packets? dropped by kernel"),
+            size_bytes=self.path.stat().st_size if self.path.exists() else 0,
+            command=" ".join(self.argv),
+        )
+
+
+def _count(text: str, pattern: str) -> int | None:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class RecorderStats:
+    """How one ``conntrack -E`` listener ended."""
+
+    command: str
+    path: Path
+    events: int
+    """Lines written."""
+    socket_drops: int | None
+    """The kernel's drop count on the listener's netlink socket (/proc/net/netlink); 0 = no event lost."""
+    stderr: str
+
+
+class ConntrackRecorder:
+    """``conntrack -E`` for the given event types, writing ``-o timestamp,extended`` lines to a file.
+
+    The kernel multicasts each conntrack event to the listeners' netlink sockets; when a socket's buffer
+    is full the event is dropped for that listener only and the socket's drop counter grows.
+    """
+
+    def __init__(self, lab: Lab, role: str, events: str, path: Path) -> None:
+        self.lab, self.role, self.path = lab, role, path
+        self.argv = ["conntrack", "-E", "-e", events, "-o", CONNTRACK_OUTPUT]
+        self.argv += ["-b", str(CONNTRACK_BUFFER_BYTES)]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the listener and return once its netlink socket has joined the event groups."""
+        with open(self.path, "wb") as out:  # the child writes to its own copy of the descriptor
+            self._proc = self.lab.spawn(self.argv, role=self.role, stdout=out, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while _subscribed_socket(self._proc.pid) is None:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.lab.stop(self._proc)
+                err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+                raise LabError(f"conntrack -E did not start: {err or 'no event subscription seen'}")
+            time.sleep(0.01)
+
+    def stop(self) -> RecorderStats:
+        if self._proc is None:
+            raise LabError("conntrack -E was never started")
+        row = _subscribed_socket(self._proc.pid)
+        drops = row[1] if row else None
+        # conntrack exits on SIGINT after printing its "N flow events have been shown." summary.
+        self.lab.stop(self._proc, signal.SIGINT, timeout=STOP_TIMEOUT_S)
+        err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+        lines = sum(1 for line in self.path.read_text().splitlines() if line.strip())
+        return RecorderStats(" ".join(self.argv), self.path, lines, drops, err)
+
+
+def _subscribed_socket(pid: int) -> tuple[int, int] | None:
+    """(inode, drops) of the process's NETLINK_NETFILTER socket that has joined multicast groups, if any.
+
+    /proc/PID/net/netlink lists the sockets of the process's network namespace; the process's own ones are
+    found through the socket inodes among its file descriptors.
+    """
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+        table = Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in table:
+        # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 is NETLINK_NETFILTER.
+        cols = line.split()
+        if len(cols) >= 10 and cols[1] == "12" and int(cols[3], 16) != 0 and int(cols[9]) in inodes:
+            return int(cols[9]), int(cols[8])
+    return None
+
+
+def snapshot_conntrack(lab: Lab, role: str) -> tuple[str, list[str]]:
+    """``conntrack -L -o extended``: (command, entry lines) at this moment."""
+    argv = ["conntrack", "-L", "-o", "extended"]
+    done = lab.run(argv, role=role, check=False)
+    if done.returncode != 0:
+        raise LabError(f"conntrack -L failed: {done.stderr.strip()}")
+    return " ".join(argv), [line for line in done.stdout.splitlines() if line.strip()]
+
+
+LAB_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "10.244.0.0/15", "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24",  # pods, node, "internet"
+        "0.0.0.0/32", "255.255.255.255/32", "224.0.0.0/4",  # unspecified, broadcast, multicast (IGMP)
+        "::/128", "fe80::/10", "ff00::/8",  # IPv6 noise: DAD, router solicitations, MLD
+    )
+)  # fmt: skip
+
+
+def foreign_addresses(path: Path) -> Counter[str]:
+    """Addresses in an Ethernet capture outside the lab's own ranges, with their packet counts.
+
+    A safety net: every packet the lab makes must stay between its namespaces and its documentation
+    addresses; anything else (say a resolver query) is reported as a problem of the run.
+    """
+    found: Counter[str] = Counter()
+    with open(path, "rb") as f:
+        for _, frame in dpkt.pcap.Reader(f):
+            layer = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(layer, dpkt.arp.ARP):
+                raw = [layer.spa, layer.tpa]
+            elif isinstance(layer, dpkt.ip.IP | dpkt.ip6.IP6):
+                raw = [layer.src, layer.dst]
+            else:
+                continue
+            for packed in raw:
+                address = ipaddress.ip_address(packed)
+                if not any(address in net for net in LAB_NETWORKS if net.version == address.version):
+                    found[str(address)] += 1
+    return found

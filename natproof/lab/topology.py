@@ -1,0 +1,365 @@
+"""Network namespaces, veths, the cni0 bridge, addresses, routes and iptables rules of one lab run."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from natproof.errors import NatproofError
+
+
+class LabError(NatproofError):
+    """The lab could not run: a missing tool or privilege, or a namespace step that failed. One line."""
+
+
+# Debian package that ships each tool the lab runs; named in the LabError when a tool is missing.
+REQUIRED_TOOLS: dict[str, str] = {
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "tcpdump": "tcpdump",
+    "conntrack": "conntrack",
+}
+
+POD_CIDR = "10.244.0.0/16"
+MASQUERADE_RULE = tuple(f"-t nat -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j MASQUERADE".split())
+"""The background note's rule: SNAT to eth0's address for pod traffic that leaves the pod network."""
+
+NODE = "node"
+INET = "inet"
+COMMAND_TIMEOUT_S = 15.0
+
+
+def check_prerequisites() -> None:
+    """Raise LabError naming the first missing privilege or tool, and how to install it."""
+    if sys.platform != "linux":
+        raise LabError("lab needs Linux network namespaces")
+    if os.geteuid() != 0:
+        raise LabError("lab needs root (network namespaces, iptables and tcpdump)")
+    for tool, package in REQUIRED_TOOLS.items():
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} not found: apt-get install {package}")
+
+
+def new_prefix() -> str:
+    """A namespace-name prefix unique to this run: the pid in hex plus random bits."""
+    return f"np{os.getpid():x}{secrets.token_hex(2)}"
+
+
+def leftover_namespaces(prefix: str) -> list[str]:
+    """Names of the network namespaces that still carry ``prefix`` (empty after a clean teardown)."""
+    if not prefix:
+        raise ValueError("prefix must not be empty")
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LabError(f"ip netns list failed: {exc}") from exc
+    # Each line is "NAME" or "NAME (id: N)".
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return sorted(name for name in names if name.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod: a namespace whose eth0 is one end of a veth, the other end (``veth<name>``) on cni0."""
+
+    name: str
+    """Short role name, e.g. ``pod1``; the host-side veth is ``veth<name>``."""
+    address: str
+    """Interface address with prefix length, e.g. ``10.244.0.10/24``."""
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.address).ip)
+
+    @property
+    def gateway(self) -> str:
+        """The bridge address of the pod's subnet (the first host), as a CNI bridge plugin sets it."""
+        return str(next(ipaddress.ip_interface(self.address).network.hosts()))
+
+    @property
+    def host_veth(self) -> str:
+        return f"veth{self.name}"
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """The namespaces and node configuration of one scenario; defaults are the background note's node."""
+
+    pods: tuple[Pod, ...] = (Pod("pod1", "10.244.0.10/24"),)
+    bridge_addresses: tuple[str, ...] = ("10.244.0.1/24",)
+    node_address: str = "203.0.113.2/24"
+    inet_address: str = "203.0.113.1/24"
+    server_addresses: tuple[str, ...] = ("198.51.100.10",)
+    ip_forward: bool = True
+    forward_policy: str = "ACCEPT"
+    iptables_rules: tuple[tuple[str, ...], ...] = (MASQUERADE_RULE,)
+    """Arguments of each ``iptables`` call in the node namespace, applied in order."""
+
+    @property
+    def inet_ip(self) -> str:
+        return str(ipaddress.ip_interface(self.inet_address).ip)
+
+
+@dataclass
+class Lab:
+    """The namespaces of one run and every process started in them; ``with Lab(...)`` tears down always."""
+
+    spec: TopologySpec
+    prefix: str = field(default_factory=new_prefix)
+    created: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    """Every setup command as run, for scenario.txt."""
+
+    def netns(self, role: str) -> str:
+        """Namespace name of a role: ``node``, ``inet`` or a pod name."""
+        return f"{self.prefix}-{role}"
+
+    @property
+    def roles(self) -> list[str]:
+        return [NODE, INET, *(pod.name for pod in self.spec.pods)]
+
+    # -- running commands -------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        role: str | None = None,
+        timeout: float = COMMAND_TIMEOUT_S,
+        check: bool = True,
+        record: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command (inside ``role``'s namespace when given) and return its output."""
+        full = self._wrap(argv, role)
+        if record:
+            self.commands.append(" ".join(full))
+        try:
+            done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"timed out after {timeout:g} s: {' '.join(full)}") from exc
+        except OSError as exc:
+            raise LabError(f"cannot run {full[0]}: {exc}") from exc
+        if check and done.returncode != 0:
+            reason = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}").splitlines()[0]
+            raise LabError(f"{' '.join(full)}: {reason}")
+        return done
+
+    def spawn(self, argv: Sequence[str], *, role: str, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start a long-running process in ``role``'s namespace; it is kept for teardown by its Popen.
+
+        ``ip netns exec`` execs the command in place (it forks only in batch mode), so the Popen's pid is
+        the pid of the tool itself and signals sent to it reach the tool, not a wrapper.
+        """
+        # A new session keeps a terminal's Ctrl-C away from the children: run_scenario stops each of
+        # them itself, in order, so that tcpdump can flush its file.
+        proc = subprocess.Popen(self._wrap(argv, role), start_new_session=True, **popen_kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def _wrap(self, argv: Sequence[str], role: str | None) -> list[str]:
+        if role is None:
+            return list(argv)
+        if self.netns(role) not in self.created:
+            raise LabError(f"namespace for {role} was not created")
+        return ["ip", "netns", "exec", self.netns(role), *argv]
+
+    def write_sysctls(self, role: str, values: dict[str, str]) -> None:
+        """Write sysctls inside one namespace only (/proc/sys/net is per network namespace)."""
+        script = (
+            "import sys\n"
+            "for item in sys.argv[1:]:\n"
+            "    key, value = item.split('=', 1)\n"
+            "    with open('/proc/sys/' + key.replace('.', '/'), 'w') as f:\n"
+            "        f.write(value)\n"
+        )
+        self.run([sys.executable, "-c", script, *(f"{k}={v}" for k, v in values.items())], role=role)
+        self.commands.append(f"[{role}] sysctl -w " + " ".join(f"{k}={v}" for k, v in values.items()))
+
+    def read_sysctls(self, role: str, keys: Sequence[str]) -> dict[str, str]:
+        script = (
+            "import sys\n"
+            "for key in sys.argv[1:]:\n"
+            "    try:\n"
+            "        value = open('/proc/sys/' + key.replace('.', '/')).read().strip()\n"
+            "    except OSError as exc:\n"
+            "        value = 'unavailable (' + exc.strerror + ')'\n"
+            "    print(key + '=' + value)\n"
+        )
+        out = self.run([sys.executable, "-c", script, *keys], role=role).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def iptables(self, *args: str) -> None:
+        # -w: the xtables lock file is shared by every namespace on the machine.
+        self.run(["iptables", "-w", "5", *args], role=NODE, record=True)
+
+    # -- setup and teardown ------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self.setup()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        problems = self.teardown()
+        if problems and exc_type is None:
+            raise LabError(f"teardown of {self.prefix}: {problems[0]}")
+
+    def _add_netns(self, role: str) -> None:
+        name = self.netns(role)
+        self.run(["ip", "netns", "add", name], record=True)
+        self.created.append(name)
+        self.run(["ip", "-n", name, "link", "set", "lo", "up"], record=True)
+
+    def _ip(self, role: str, *args: str) -> None:
+        self.run(["ip", "-n", self.netns(role), *args], record=True)
+
+    def setup(self) -> None:
+        """Build the topology. Every link is created directly inside its namespaces, never in the root one."""
+        spec = self.spec
+        for role in self.roles:
+            self._add_netns(role)
+        inet = self.netns(INET)
+
+        self._ip(NODE, "link", "add", "cni0", "type", "bridge")
+        for address in spec.bridge_addresses:
+            self._ip(NODE, "addr", "add", address, "dev", "cni0")
+        self._ip(NODE, "link", "set", "cni0", "up")
+
+        # The node's uplink: eth0 in node <-> eth0 in inet, both ends created in place.
+        self._ip(NODE, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", inet)
+        self._ip(NODE, "addr", "add", spec.node_address, "dev", "eth0")
+        self._ip(NODE, "link", "set", "eth0", "up")
+        self._ip(INET, "addr", "add", spec.inet_address, "dev", "eth0")
+        self._ip(INET, "link", "set", "eth0", "up")
+        for address in spec.server_addresses:
+            self._ip(INET, "addr", "add", f"{address}/32", "dev", "lo")
+        self._ip(NODE, "route", "add", "default", "via", spec.inet_ip)
+        # inet gets no route to the pod ranges and no default route, like the real internet: a packet that
+        # still carries a pod source address gets no answer.
+
+        for pod in spec.pods:
+            peer = f"peer name eth0 netns {self.netns(pod.name)}"
+            self._ip(NODE, "link", "add", pod.host_veth, "type", "veth", *peer.split())
+            self._ip(NODE, "link", "set", pod.host_veth, "master", "cni0")
+            self._ip(NODE, "link", "set", pod.host_veth, "up")
+            self._ip(pod.name, "addr", "add", pod.address, "dev", "eth0")
+            self._ip(pod.name, "link", "set", "eth0", "up")
+            self._ip(pod.name, "route", "add", "default", "via", pod.gateway)
+
+        # New namespaces inherit the host's IPv4 conf/all and conf/default values (devconf_inherit_init_net
+        # = 0), so every value that changes what the captures show is written explicitly here.
+        self.write_sysctls(
+            NODE,
+            {
+                "net.ipv4.ip_forward": "1" if spec.ip_forward else "0",
+                "net.ipv4.conf.all.rp_filter": "0",
+                "net.ipv4.conf.default.rp_filter": "0",
+                # packets=/bytes= per direction in every conntrack line: the kernel's count of replies.
+                "net.netfilter.nf_conntrack_acct": "1",
+                # As on a Kubernetes node: bridged frames traverse iptables, so pod-to-pod flows get
+                # conntrack entries too.
+                "net.bridge.bridge-nf-call-iptables": "1",
+            },
+        )
+        self.write_sysctls(
+            INET,
+            {
+                "net.ipv4.ip_forward": "1",
+                # Accept a leaked pod source (no route back): it is lost on the reply path, as on the
+                # internet.
+                "net.ipv4.conf.all.rp_filter": "0",
+                "net.ipv4.conf.default.rp_filter": "0",
+                "net.ipv4.conf.eth0.rp_filter": "0",
+            },
+        )
+
+        if spec.forward_policy != "ACCEPT":
+            self.iptables("-P", "FORWARD", spec.forward_policy)
+        for rule in spec.iptables_rules:
+            self.iptables(*rule)
+
+    def stop(
+        self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 3.0
+    ) -> int | None:
+        """Signal one process we started, by its pid, and wait for it; SIGKILL it if it lingers."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=timeout)
+        return proc.returncode
+
+    def teardown(self) -> list[str]:
+        """Stop every process we started, then delete every namespace we created; returns what failed."""
+        problems: list[str] = []
+        with _signals_deferred():
+            for proc in reversed(self.processes):
+                if self.stop(proc) is None:
+                    problems.append(f"pid {proc.pid} did not exit")
+                for stream in (proc.stdout, proc.stderr, proc.stdin):
+                    if stream is not None:
+                        with contextlib.suppress(OSError):
+                            stream.close()
+            for name in reversed(self.created):
+                # A namespace whose last process has exited disappears with its name; its veths go with
+                # it and take their peers in the other namespaces along.
+                done = subprocess.run(
+                    ["ip", "netns", "del", name], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+                )
+                if done.returncode != 0 and name in leftover_namespaces(name):
+                    problems.append(f"ip netns del {name}: {done.stderr.strip()}")
+            self.created.clear()
+        return problems
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM off while tearing down, so a second Ctrl-C cannot leave namespaces behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # Blocked signals stay pending and are delivered when the old mask comes back, after the teardown.
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt for the duration, so ``finally`` blocks run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,372 @@
+"""Parse ``conntrack -E -o timestamp,extended`` and ``conntrack -L -o extended`` lines into lab truth."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from natproof.lab.traffic import Attempt
+
+SCHEMA = "natproof.truth/1"
+
+_TIMESTAMP = re.compile(r"^\[(\d+)\.(\d+)\]$")
+_EVENTS = {"[NEW]": "NEW", "[UPDATE]": "UPDATE", "[DESTROY]": "DESTROY"}
+# With nf_conntrack_timestamp=1 DESTROY events carry "[start=Tue Nov 21 ...]": brackets holding spaces.
+_DATED_FLAG = re.compile(r"\[(?:start|stop)=[^\]]*\]")
+_TUPLE_KEYS = {"src", "dst", "sport", "dport", "type", "code", "id"}
+
+
+@dataclass(frozen=True)
+class FlowTuple:
+    """One direction of a conntrack entry. For ICMP ``sport`` is the echo identifier and ``dport`` 0."""
+
+    src: str
+    dst: str
+    sport: int = 0
+    dport: int = 0
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
+
+    def __str__(self) -> str:
+        return f"{self.src}:{self.sport} -> {self.dst}:{self.dport}"
+
+
+@dataclass(frozen=True)
+class ConntrackLine:
+    """One conntrack entry as printed by ``conntrack -E`` (``event`` set) or ``conntrack -L`` (not set)."""
+
+    ts: float | None
+    """Epoch seconds from ``-o timestamp``: when the conntrack tool received the event, not kernel time."""
+    event: str | None
+    """``NEW``, ``UPDATE`` or ``DESTROY``; None for a listing line."""
+    family: str
+    """``ipv4`` or ``ipv6`` with ``-o extended``; empty without it."""
+    proto: str
+    protonum: int
+    timeout: int | None
+    """Seconds left; absent from DESTROY events."""
+    state: str | None
+    """TCP (or SCTP, DCCP) state; None for UDP and ICMP."""
+    original: FlowTuple
+    reply: FlowTuple
+    flags: frozenset[str] = frozenset()
+    """Bracketed flags without brackets: UNREPLIED, ASSURED, OFFLOAD, HW_OFFLOAD."""
+    orig_packets: int | None = None
+    """Packets counted in the original direction (needs nf_conntrack_acct=1)."""
+    reply_packets: int | None = None
+    orig_bytes: int | None = None
+    reply_bytes: int | None = None
+    extras: tuple[tuple[str, str], ...] = ()
+    """Other key=value fields (mark, use, id, zone, delta-time ...), in order."""
+
+    @property
+    def replied(self) -> bool:
+        """The kernel saw a packet in the reply direction (IPS_SEEN_REPLY: no [UNREPLIED] flag)."""
+        return "UNREPLIED" not in self.flags
+
+    @property
+    def key(self) -> tuple[str, str, int, str, int]:
+        """(proto, src, sport, dst, dport) of the original tuple: the inside view of the connection."""
+        o = self.original
+        return (self.proto, o.src, o.sport, o.dst, o.dport)
+
+
+def parse_line(line: str) -> ConntrackLine | None:
+    """Parse one line; None for blank lines, ``#`` comments and conntrack's "N flow entries" summaries.
+
+    Raises ValueError for a line that starts like an entry but lacks its two tuples.
+    """
+    text = _DATED_FLAG.sub(" ", line.strip())
+    if not text or text.startswith("#") or text.startswith("conntrack v"):
+        return None
+    tokens = text.split()
+    pos = 0
+    ts = None
+    if (m := _TIMESTAMP.match(tokens[pos])) is not None:
+        ts = int(m.group(1)) + int(m.group(2)) / 10 ** len(m.group(2))
+        pos += 1
+    event = _EVENTS.get(tokens[pos]) if pos < len(tokens) else None
+    if event is not None:
+        pos += 1
+    family = ""
+    if pos + 1 < len(tokens) and tokens[pos] in ("ipv4", "ipv6") and tokens[pos + 1].isdigit():
+        family, pos = tokens[pos], pos + 2
+    if pos + 1 >= len(tokens) or not tokens[pos + 1].isdigit():
+        raise ValueError(f"not a conntrack line: {line.strip()!r}")
+    proto, protonum = tokens[pos], int(tokens[pos + 1])
+    pos += 2
+    timeout = None
+    if pos < len(tokens) and tokens[pos].isdigit():
+        timeout, pos = int(tokens[pos]), pos + 1
+    state = None
+    if pos < len(tokens) and "=" not in tokens[pos] and not tokens[pos].startswith("["):
+        state, pos = tokens[pos], pos + 1
+
+    tuples: list[dict[str, str]] = []
+    counters: list[dict[str, int]] = []
+    flags: set[str] = set()
+    extras: list[tuple[str, str]] = []
+    in_tuple = False
+    for token in tokens[pos:]:
+        key, sep, value = token.partition("=")
+        if key == "src" and sep and len(tuples) < 2:
+            # The first src= opens the original tuple, the second the reply tuple.
+            tuples.append({key: value})
+            counters.append({})
+            in_tuple = True
+            continue
+        if in_tuple and key in _TUPLE_KEYS and sep and key not in tuples[-1]:
+            tuples[-1][key] = value
+            continue
+        # Anything else closes the tuple: so a trailing id= (conntrack's entry id) is not an ICMP id.
+        in_tuple = False
+        if token.startswith("[") and token.endswith("]"):
+            flags.add(token[1:-1])
+        elif key in ("packets", "bytes") and sep and counters and key not in counters[-1]:
+            counters[-1][key] = int(value)
+        else:
+            extras.append((key, value))
+    if len(tuples) != 2 or any("dst" not in t for t in tuples):
+        raise ValueError(f"conntrack line without original and reply tuples: {line.strip()!r}")
+    while len(counters) < 2:
+        counters.append({})
+    return ConntrackLine(
+        ts=ts,
+        event=event,
+        family=family,
+        proto=proto,
+        protonum=protonum,
+        timeout=timeout,
+        state=state,
+        original=_flow_tuple(tuples[0]),
+        reply=_flow_tuple(tuples[1]),
+        flags=frozenset(flags),
+        orig_packets=counters[0].get("packets"),
+        reply_packets=counters[1].get("packets"),
+        orig_bytes=counters[0].get("bytes"),
+        reply_bytes=counters[1].get("bytes"),
+        extras=tuple(extras),
+    )
+
+
+def _flow_tuple(fields: dict[str, str]) -> FlowTuple:
+    if "id" in fields or "type" in fields:
+        # ICMP: the echo identifier plays the part of the source port in both directions.
+        return FlowTuple(
+            fields["src"],
+            fields["dst"],
+            int(fields.get("id", 0)),
+            0,
+            int(fields["type"]) if "type" in fields else None,
+            int(fields["code"]) if "code" in fields else None,
+        )
+    return FlowTuple(fields["src"], fields["dst"], int(fields.get("sport", 0)), int(fields.get("dport", 0)))
+
+
+def parse_lines(lines: Iterable[str]) -> list[ConntrackLine]:
+    """Every entry in ``lines``, in order; comments, blanks and summaries skipped."""
+    return [entry for line in lines if (entry := parse_line(line)) is not None]
+
+
+@dataclass(frozen=True)
+class TruthRules:
+    """What the scenario's design adds to the kernel's facts when choosing a verdict."""
+
+    pod_addresses: frozenset[str]
+    """Only entries whose original source is one of these (pod-initiated) belong in the truth."""
+    internal_networks: tuple[str, ...]
+    """A destination in one of these networks is pod-to-pod traffic: verdict ``internal``."""
+    reply_dropped: frozenset[tuple[str, int]] = frozenset()
+    """(proto, server port) whose replies the node drops after conntrack has seen them."""
+    not_forwarded_sources: frozenset[str] = frozenset()
+    """Pod addresses whose egress the node does not forward (ip_forward=0, FORWARD DROP)."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One pod-initiated connection of the truth."""
+
+    proto: str
+    inside: FlowTuple
+    outside: FlowTuple | None
+    verdict: str
+    first_seen: float
+    """Epoch seconds of its NEW event (else its first event), or of the client's attempt without an entry."""
+    evidence: str
+    """How the verdict was derived, for scenario.txt."""
+    entry: ConntrackLine | None = None
+    """The latest conntrack line about it (events, then the closing listing)."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "proto": self.proto,
+            "inside": self.inside.to_dict(),
+            "outside": self.outside.to_dict() if self.outside else None,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass
+class _Track:
+    first: ConntrackLine
+    latest: ConntrackLine
+    first_seen: float
+    destroyed: bool = False
+    replied: bool = False
+    reply_packets: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+def build_connections(
+    events: Iterable[ConntrackLine],
+    listing: Iterable[ConntrackLine],
+    attempts: Iterable[Attempt],
+    rules: TruthRules,
+) -> tuple[list[Connection], list[str]]:
+    """Join conntrack events, the closing listing and the clients' attempts into connections.
+
+    Returns the connections in order of first appearance, and notes on what was filtered out or missing.
+    """
+    notes: list[str] = []
+    tracks: dict[tuple[str, str, int, str, int], list[_Track]] = {}
+    order: list[_Track] = []
+    ignored: dict[str, int] = {}
+
+    def keep(entry: ConntrackLine) -> bool:
+        if entry.family not in ("", "ipv4") or entry.original.src not in rules.pod_addresses:
+            label = f"{entry.family or '?'} {entry.proto} from {entry.original.src}"
+            ignored[label] = ignored.get(label, 0) + 1
+            return False
+        return True
+
+    # Two listeners (NEW, and UPDATE+DESTROY) write separately and each stamps an event when it reads it, so
+    # an UPDATE can carry an earlier stamp than its own NEW. Merge by stamp; a connection is then placed by
+    # its NEW stamp, which keeps the kernel's order of NEW events (a single listener reads them in order).
+    timed = sorted((e for e in events if e.ts is not None), key=lambda e: (e.ts, e.event != "NEW"))
+    for entry in timed:
+        if not keep(entry):
+            continue
+        live = [t for t in tracks.get(entry.key, []) if not t.destroyed]
+        if entry.event == "NEW" and live and live[-1].events and "NEW" in live[-1].events:
+            # A second NEW for a live tuple: the old entry was replaced (e.g. a SYN reopening TIME_WAIT).
+            live[-1].destroyed = True
+            live = []
+        if not live:
+            track = _Track(first=entry, latest=entry, first_seen=entry.ts or 0.0)
+            tracks.setdefault(entry.key, []).append(track)
+            order.append(track)
+        else:
+            track = live[-1]
+        if entry.event == "NEW" and entry.ts is not None:
+            track.first_seen = entry.ts
+        _observe(track, entry)
+        if entry.event == "DESTROY":
+            track.destroyed = True
+
+    for entry in listing:
+        if not keep(entry):
+            continue
+        live = [t for t in tracks.get(entry.key, []) if not t.destroyed]
+        if live:
+            _observe(live[-1], entry)
+            continue
+        notes.append(f"{entry.proto} {entry.original}: in the closing listing but in no event (event lost)")
+        track = _Track(first=entry, latest=entry, first_seen=float("inf"))
+        _observe(track, entry)
+        tracks.setdefault(entry.key, []).append(track)
+        order.append(track)
+
+    if ignored:
+        notes.append(
+            "left out (not initiated by a pod): "
+            + ", ".join(f"{count} x {label}" for label, count in sorted(ignored.items()))
+        )
+
+    connections: list[Connection] = []
+    matched: set[tuple[str, str, int, str, int]] = set()
+    by_key = {a.key: a for a in attempts}
+    for track in order:
+        attempt = by_key.get(track.first.key)
+        if attempt is not None:
+            matched.add(attempt.key)
+            if track.first_seen == float("inf"):
+                track.first_seen = attempt.t_start
+        connections.append(_judge(track, rules, attempt))
+
+    for attempt in by_key.values():
+        if attempt.key in matched:
+            continue
+        inside = FlowTuple(attempt.src, attempt.dst, attempt.sport, attempt.dport)
+        if _internal(attempt.dst, rules):
+            verdict, why = "internal", "no conntrack entry; destination in the pod network (design)"
+        elif attempt.src in rules.not_forwarded_sources:
+            verdict = "not_forwarded"
+            why = (
+                f"no conntrack entry: the node drops this pod's egress before the entry is confirmed; "
+                f"the pod saw '{attempt.outcome}' ({attempt.detail})"
+            )
+        else:
+            notes.append(f"{attempt.proto} {inside}: attempted by {attempt.pod} but no conntrack entry")
+            verdict, why = "not_forwarded", "no conntrack entry and the design does not explain it"
+        connections.append(Connection(attempt.proto, inside, None, verdict, attempt.t_start, why))
+    connections.sort(key=lambda c: c.first_seen)
+    return connections, notes
+
+
+def _observe(track: _Track, entry: ConntrackLine) -> None:
+    track.latest = entry
+    if entry.event:
+        track.events.append(entry.event)
+    if entry.replied:
+        track.replied = True
+    if entry.reply_packets:
+        track.reply_packets = max(track.reply_packets, entry.reply_packets)
+
+
+def _internal(address: str, rules: TruthRules) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in ipaddress.ip_network(net) for net in rules.internal_networks)
+
+
+def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None) -> Connection:
+    entry = track.first
+    orig, reply = entry.original, entry.reply
+    inside = FlowTuple(orig.src, orig.dst, orig.sport, orig.dport)
+    # The translated source is where the reply goes: the reply tuple's destination.
+    outside = FlowTuple(
+        reply.dst, orig.dst, reply.dport if entry.proto != "icmp" else reply.sport, orig.dport
+    )
+    replied = track.replied or track.reply_packets > 0
+    counted = (
+        f"reply packets={track.reply_packets}" if track.latest.reply_packets is not None else "no counters"
+    )
+    kinds = Counter(track.events)
+    logged = ", ".join(f"{kinds[k]} {k}" for k in ("NEW", "UPDATE", "DESTROY") if kinds[k]) or "no event"
+    seen = f"{logged}; last state {track.latest.state or '-'}; {counted}"
+    pod_view = f"; the pod saw '{attempt.outcome}' ({attempt.detail})" if attempt else ""
+    mapped: FlowTuple | None = outside
+    if _internal(orig.dst, rules):
+        mapped, verdict, why = None, "internal", "destination in the pod network"
+    elif orig.src in rules.not_forwarded_sources:
+        mapped, verdict = None, "not_forwarded"
+        why = "entry exists but the design drops this pod's egress on the node"
+    elif outside.src == orig.src and outside.sport == orig.sport:
+        mapped, verdict, why = inside, "untranslated", "reply tuple points back at the pod address: no SNAT"
+    elif replied and (entry.proto, orig.dport) in rules.reply_dropped:
+        verdict = "reply_dropped"
+        why = (
+            f"the kernel saw the reply (no [UNREPLIED]) and the node drops replies from {entry.proto} "
+            f"port {orig.dport} in FORWARD"
+        )
+    elif replied:
+        verdict, why = "translated", "source rewritten and reply seen"
+    else:
+        verdict, why = "no_reply", "source rewritten, [UNREPLIED] to the end"
+    evidence = f"{why}; {seen}{pod_view}"
+    return Connection(entry.proto, inside, mapped, verdict, track.first_seen, evidence, track.latest)

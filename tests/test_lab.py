@@ -1,0 +1,253 @@
+"""Tests of natproof.lab: the conntrack parser and truth rules, and live runs in network namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import dpkt
+import pytest
+
+if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    pytest.skip("the lab needs root (network namespaces, iptables, tcpdump)", allow_module_level=True)
+_missing = [tool for tool in ("ip", "iptables", "tcpdump", "conntrack") if shutil.which(tool) is None]
+if _missing:
+    pytest.skip(f"the lab needs {', '.join(_missing)} on PATH", allow_module_level=True)
+
+from natproof.lab import LabError, leftover_namespaces, list_scenarios, run_scenario  # noqa: E402
+from natproof.lab import scenarios as lab_scenarios  # noqa: E402
+from natproof.lab.capture import foreign_addresses  # noqa: E402
+from natproof.lab.topology import new_prefix  # noqa: E402
+from natproof.lab.traffic import Attempt  # noqa: E402
+from natproof.lab.truth import FlowTuple, TruthRules, build_connections, parse_line, parse_lines  # noqa: E402
+
+NEW_TCP = (
+    "[1700000000.123456]\t    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=10.244.0.10 dst=198.51.100.10 "
+    "sport=40000 dport=80 [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40000"
+)
+UPDATE_TCP = (
+    "[1700000000.123500]\t [UPDATE] ipv4     2 tcp      6 432000 ESTABLISHED src=10.244.0.10 "
+    "dst=198.51.100.10 sport=40000 dport=80 src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40000 [ASSURED]"
+)
+LISTED_TCP = (
+    "ipv4     2 tcp      6 119 TIME_WAIT src=10.244.0.11 dst=198.51.100.10 sport=40000 dport=80 packets=5 "
+    "bytes=307 src=198.51.100.10 dst=203.0.113.2 sport=80 dport=24562 packets=5 bytes=435 [ASSURED] "
+    "mark=0 use=1"
+)
+NEW_ICMP = (
+    "[1700000001.000001]\t    [NEW] ipv4     2 icmp     1 30 src=10.244.0.11 dst=198.51.100.10 type=8 code=0 "
+    "id=16962 [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 type=0 code=0 id=50465"
+)
+DESTROY_UDP = (
+    "[1700000002.5]\t[DESTROY] ipv4     2 udp      17 src=10.244.0.10 dst=198.51.100.10 sport=5000 dport=9 "
+    "packets=1 bytes=40 [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=9 dport=5000 packets=0 bytes=0 "
+    "mark=0 id=3456"
+)
+
+
+def test_parse_new_event_line() -> None:
+    entry = parse_line(NEW_TCP)
+    assert entry is not None
+    assert entry.ts == pytest.approx(1700000000.123456)
+    assert (entry.event, entry.family, entry.proto, entry.protonum) == ("NEW", "ipv4", "tcp", 6)
+    assert (entry.timeout, entry.state) == (120, "SYN_SENT")
+    assert entry.original == FlowTuple("10.244.0.10", "198.51.100.10", 40000, 80)
+    assert entry.reply == FlowTuple("198.51.100.10", "203.0.113.2", 80, 40000)
+    assert entry.flags == {"UNREPLIED"} and not entry.replied
+
+
+def test_parse_listing_line_with_counters() -> None:
+    entry = parse_line(LISTED_TCP)
+    assert entry is not None and entry.ts is None and entry.event is None
+    assert entry.state == "TIME_WAIT" and entry.replied and "ASSURED" in entry.flags
+    assert (entry.orig_packets, entry.orig_bytes, entry.reply_packets, entry.reply_bytes) == (5, 307, 5, 435)
+    assert entry.reply.dport == 24562
+    assert dict(entry.extras) == {"mark": "0", "use": "1"}
+
+
+def test_parse_icmp_uses_echo_id_as_port() -> None:
+    entry = parse_line(NEW_ICMP)
+    assert entry is not None
+    assert entry.original == FlowTuple("10.244.0.11", "198.51.100.10", 16962, 0, 8, 0)
+    assert (entry.reply.sport, entry.reply.icmp_type) == (50465, 0)
+
+
+def test_parse_destroy_without_timeout_and_trailing_id() -> None:
+    entry = parse_line(DESTROY_UDP)
+    assert entry is not None
+    assert (entry.event, entry.timeout, entry.state) == ("DESTROY", None, None)
+    assert entry.ts == pytest.approx(1700000002.5)
+    # The entry id after the reply tuple is not a tuple field.
+    assert entry.reply == FlowTuple("198.51.100.10", "203.0.113.2", 9, 5000)
+    assert ("id", "3456") in entry.extras and entry.reply_packets == 0
+
+
+def test_parse_skips_noise_and_rejects_garbage() -> None:
+    assert parse_line("") is None
+    assert parse_line("# events: conntrack -E") is None
+    assert parse_line("conntrack v1.4.7 (conntrack-tools): 4 flow entries have been shown.") is None
+    with pytest.raises(ValueError):
+        parse_line("tcp 6 120 SYN_SENT src=10.244.0.10")
+    unknown = parse_line(
+        "ipv4 2 unknown 2 599 src=10.244.0.1 dst=224.0.0.22 [UNREPLIED] src=224.0.0.22 dst=10.244.0.1"
+    )
+    assert unknown is not None and unknown.original.sport == 0
+
+
+def _attempt(
+    src: str, sport: int, dst: str, dport: int, t: float, expect: str, proto: str = "tcp"
+) -> Attempt:
+    return Attempt("pod1", proto, src, sport, dst, dport, t, t + 1, "ok", "", expect)
+
+
+def test_build_connections_verdicts_and_order() -> None:
+    lines = [
+        NEW_TCP,
+        UPDATE_TCP,
+        NEW_ICMP,
+        "[1700000003.0]\t    [NEW] ipv4 2 tcp 6 120 SYN_SENT src=10.244.0.10 dst=198.51.100.10 sport=41000 "
+        "dport=80 [UNREPLIED] src=198.51.100.10 dst=10.244.0.10 sport=80 dport=41000",
+        "[1700000004.0]\t    [NEW] ipv4 2 tcp 6 120 SYN_SENT src=10.244.0.10 dst=10.244.0.11 sport=42000 "
+        "dport=8080 [UNREPLIED] src=10.244.0.11 dst=10.244.0.10 sport=8080 dport=42000",
+        "[1700000005.0]\t    [NEW] ipv4 2 tcp 6 120 SYN_SENT src=10.244.0.10 dst=198.51.100.10 sport=43000 "
+        "dport=8080 [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=8080 dport=43000",
+        "[1700000005.1]\t [UPDATE] ipv4 2 tcp 6 60 SYN_RECV src=10.244.0.10 dst=198.51.100.10 sport=43000 "
+        "dport=8080 src=198.51.100.10 dst=203.0.113.2 sport=8080 dport=43000",
+        # Not pod-initiated: the bridge's own IGMP report.
+        "[1700000000.0]\t    [NEW] ipv4 2 unknown 2 600 src=10.244.0.1 dst=224.0.0.22 [UNREPLIED] "
+        "src=224.0.0.22 dst=10.244.0.1",
+        # The UDP flow seen only in the closing listing and in its DESTROY event.
+        DESTROY_UDP,
+    ]
+    entries = parse_lines(lines)
+    events = [e for e in entries if e.event]
+    rules = TruthRules(
+        pod_addresses=frozenset({"10.244.0.10", "10.244.0.11"}),
+        internal_networks=("10.244.0.0/16",),
+        reply_dropped=frozenset({("tcp", 8080)}),
+        not_forwarded_sources=frozenset({"10.244.0.12"}),
+    )
+    attempts = [_attempt("10.244.0.12", 44000, "198.51.100.10", 80, 1700000002.0, "not_forwarded")]
+    connections, notes = build_connections(events, [], attempts, rules)
+    got = [(c.proto, c.inside.sport, c.verdict, c.outside.sport if c.outside else None) for c in connections]
+    assert got == [
+        ("tcp", 40000, "translated", 40000),
+        ("icmp", 16962, "no_reply", 50465),
+        ("tcp", 44000, "not_forwarded", None),
+        ("udp", 5000, "no_reply", 5000),
+        ("tcp", 41000, "untranslated", 41000),
+        ("tcp", 42000, "internal", None),
+        ("tcp", 43000, "reply_dropped", 43000),
+    ]
+    assert connections[4].outside == connections[4].inside
+    assert any("10.244.0.1" in note for note in notes)
+    assert connections[0].to_dict() == {
+        "proto": "tcp",
+        "inside": {"src": "10.244.0.10", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
+        "outside": {"src": "203.0.113.2", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
+        "verdict": "translated",
+    }
+
+
+def test_update_stamped_before_its_new_is_one_connection() -> None:
+    # Two listeners stamp events when they read them: an UPDATE can precede its own NEW in time.
+    new = NEW_TCP.replace("1700000000.123456", "1700000000.200000")
+    connections, _ = build_connections(
+        parse_lines([UPDATE_TCP, new]), [], [], TruthRules(frozenset({"10.244.0.10"}), ("10.244.0.0/16",))
+    )
+    assert len(connections) == 1 and connections[0].verdict == "translated"
+    assert connections[0].first_seen == pytest.approx(1700000000.2)
+
+
+def test_list_scenarios_and_unknown_name(tmp_path: Path) -> None:
+    names = [name for name, _ in list_scenarios()]
+    assert names[:3] == ["basic", "port-collision", "udp"]
+    assert len(names) == len(set(names)) == 13
+    with pytest.raises(LabError, match="unknown scenario"):
+        run_scenario("no-such-scenario", tmp_path)
+
+
+def test_missing_tool_names_its_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "conntrack" else real_which(tool))
+    with pytest.raises(LabError, match=r"^conntrack not found: apt-get install conntrack$"):
+        run_scenario("basic", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_addresses_flags_traffic_outside_the_lab(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcap"
+    with open(path, "wb") as f:
+        writer = dpkt.pcap.Writer(f)
+        for dst in ("198.51.100.10", "10.255.255.53"):
+            udp = dpkt.udp.UDP(sport=5000, dport=53, data=b"x")
+            ip = dpkt.ip.IP(src=socket.inet_aton("10.244.0.10"), dst=socket.inet_aton(dst), p=17, data=udp)
+            writer.writepkt(bytes(dpkt.ethernet.Ethernet(type=0x0800, data=ip)), ts=1.0)
+    assert foreign_addresses(path) == {"10.255.255.53": 1}
+
+
+def _ip_sources(path: Path) -> set[str]:
+    with open(path, "rb") as f:
+        return {
+            socket.inet_ntoa(eth.data.src)
+            for _, frame in dpkt.pcap.Reader(f)
+            if isinstance(eth := dpkt.ethernet.Ethernet(frame), dpkt.ethernet.Ethernet)
+            and isinstance(eth.data, dpkt.ip.IP)
+        }
+
+
+def _prefix_of(scenario_txt: Path) -> str:
+    line = next(x for x in scenario_txt.read_text().splitlines() if x.startswith("namespaces: "))
+    return line.split()[1].rsplit("-", 1)[0]
+
+
+@pytest.mark.lab
+def test_basic_live_run(tmp_path: Path) -> None:
+    truth = run_scenario("basic", tmp_path)
+    for name in ("inside.pcap", "outside.pcap", "conntrack.log", "truth.json", "scenario.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "truth.json").read_text()) == truth
+    assert truth["schema"] == "natproof.truth/1" and truth["scenario"] == "basic"
+    translated = [c for c in truth["connections"] if c["verdict"] == "translated"]
+    assert len(translated) >= 1
+    assert translated[0]["outside"]["src"] == "203.0.113.2"
+    inside, outside = _ip_sources(tmp_path / "inside.pcap"), _ip_sources(tmp_path / "outside.pcap")
+    assert "10.244.0.10" in inside and "203.0.113.2" not in inside
+    assert "203.0.113.2" in outside and "10.244.0.10" not in outside
+    assert list((tmp_path).iterdir()) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftover_namespaces(_prefix_of(tmp_path / "scenario.txt")) == []
+
+
+@pytest.mark.lab
+def test_port_collision_rewrites_one_port(tmp_path: Path) -> None:
+    truth = run_scenario("port-collision", tmp_path)
+    inside = {c["inside"]["sport"] for c in truth["connections"]}
+    outside = sorted(c["outside"]["sport"] for c in truth["connections"])
+    assert inside == {40000} and len(set(outside)) == 2 and 40000 in outside
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("how", ["exception", "sigterm"])
+def test_teardown_after_failure_mid_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    prefix = new_prefix() + "t"
+    seen = {}
+
+    def failing_clients(lab, plans):  # type: ignore[no-untyped-def]
+        seen["lab"] = lab
+        assert lab.prefix == prefix and leftover_namespaces(prefix)  # namespaces exist mid-run
+        if how == "sigterm" and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGTERM)  # run_scenario turns it into KeyboardInterrupt
+        raise RuntimeError("forced failure in the traffic step")
+
+    monkeypatch.setattr(lab_scenarios, "new_prefix", lambda: prefix)
+    monkeypatch.setattr(lab_scenarios, "run_clients", failing_clients)
+    expected = RuntimeError if how == "exception" else KeyboardInterrupt
+    with pytest.raises(expected):
+        run_scenario("basic", tmp_path / "out")
+    assert leftover_namespaces(prefix) == []
+    assert seen["lab"].processes and all(p.poll() is not None for p in seen["lab"].processes)
+    assert list((tmp_path / "out").iterdir()) == []
