@@ -69,22 +69,53 @@ def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | 
     return _offset_from(pairs.select((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"), "is_egress"))
 
 
+NEAR_END_PENALTY_NS = 1_000_000
+"""Among copies of an otherwise identical packet, a candidate whose near end (address, port) changed
+counts as this much (1 ms, per changed field) further away in time: MASQUERADE keeps the port unless
+the tuple clashes, and no NAT at all keeps both."""
+
+MAX_CANDIDATES = 5_000_000
+"""Above this many candidate pairs for duplicated keys, pairing falls back to nearest-in-time rounds."""
+
+
 def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int,
                  method: str) -> pl.DataFrame:
     """One-to-one pairs of rows with equal ``key``, nearest in time within the tolerance.
 
-    Where packets are otherwise identical (IP id 0, same payload, sent at once by several pods), the
-    near end decides: a first pass requires its address and port unchanged (no NAT at all), a second
-    its port unchanged (MASQUERADE keeps it unless the tuple clashes), a last pass pairs the rest on
-    the key alone.
+    A key seen once on each side pairs directly. Keys seen more than once (retransmissions, or identical
+    packets with IP id 0 and the same payload from several pods) pair greedily by cost: time apart,
+    plus NEAR_END_PENALTY_NS for each near-end field that changed.
     """
-    found: list[pl.DataFrame] = []
-    for by in ([key, "local", "lport"], [key, "lport"], [key]):
-        pairs = _pair_rounds(inside, outside, by, offset_ns, tolerance_ns)
-        found.append(pairs)
-        inside = inside.join(pairs.select(pl.col("in_row").alias("row")), on="row", how="anti")
-        outside = outside.join(pairs.select(pl.col("out_row").alias("row")), on="row", how="anti")
-    return pl.concat(found).with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+    cols = ["row", key, "ts_ns", "local", "lport"]
+    a = inside.filter(pl.col(key).is_not_null()).select(cols).with_columns(pl.len().over(key).alias("n"))
+    b = outside.filter(pl.col(key).is_not_null()).select(cols).with_columns(pl.len().over(key).alias("n"))
+    j = a.join(b, on=key, suffix="_out").with_columns(
+        (pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"),
+    ).filter(pl.col("dt").abs() <= tolerance_ns)
+    single = (pl.col("n") == 1) & (pl.col("n_out") == 1)
+    found = [j.filter(single).select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
+                                     (pl.col("dt") + offset_ns).alias("dt_ns"))]
+    multi = j.filter(~single)
+    if multi.height > MAX_CANDIDATES:
+        dup_in = a.filter(pl.col("n") > 1).select("row")
+        found.append(_pair_rounds(inside.join(dup_in, on="row"), outside, [key], offset_ns, tolerance_ns))
+    elif not multi.is_empty():
+        cost = pl.col("dt").abs() + NEAR_END_PENALTY_NS * (
+            (pl.col("local") != pl.col("local_out")).cast(pl.Int64)
+            + (pl.col("lport") != pl.col("lport_out")).cast(pl.Int64))
+        ranked = multi.select("row", "row_out", "dt", cost.alias("cost")).sort("cost", "row", "row_out")
+        taken_in: set[int] = set()
+        taken_out: set[int] = set()
+        rows: list[tuple[int, int, int]] = []
+        for r_in, r_out, dt, _ in ranked.iter_rows():
+            if r_in in taken_in or r_out in taken_out:
+                continue
+            taken_in.add(r_in)
+            taken_out.add(r_out)
+            rows.append((r_in, r_out, dt + offset_ns))
+        found.append(pl.DataFrame(rows, schema=["in_row", "out_row", "dt_ns"], orient="row"))
+    return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found]) \
+        .with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
 
 
 def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], offset_ns: int, tolerance_ns: int,

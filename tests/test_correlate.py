@@ -92,3 +92,17 @@ def test_property_random_scenarios_recover_exactly_the_generated_mapping(sc: Sce
     offset = truth["clock_offset_s"] if any(c["matched"]["egress"] for c in doc["connections"]) else 0.0
     got = doc["clock_offset_s"]
     assert abs(got - offset) <= 1e-4 or (got == 0.0 and abs(offset) < 2e-4), (got, offset)
+
+
+def test_identical_datagrams_from_two_pods_pair_by_time_not_by_port(tmp_path: Path) -> None:
+    # Found by the property test: pod A's reply is dropped on the node; pod B, 13 ms later with the same
+    # source port and an identical datagram (IP id 0), is rewritten to another port. B's reply must pair
+    # with the reply to B's outside port 35 us away, not with A's dropped reply 11 ms away that kept 1024.
+    sc = Scenario(name="regression", flows=(
+        Flow("udp", "10.244.0.2", 1024, "192.0.2.1", 80, outcome="reply_dropped"),
+        Flow("udp", "10.244.0.3", 1024, "192.0.2.1", 80, start_s=0.013),
+        Flow("tcp", "10.244.0.2", 1024, "192.0.2.1", 53),
+        Flow("tcp", "10.244.0.2", 1025, "192.0.2.1", 53),
+    ), seed=1, noise=False, inside_nanosecond=False, outside_nanosecond=False)
+    truth, doc = run_scenario(sc, tmp_path)
+    assert compare(doc, truth).ok
