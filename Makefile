@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## correlate the bundled real-kernel capture pair (captures/basic)
-	$(BIN)/natproof correlate captures/basic/inside.pcap captures/basic/outside.pcap --format table
+demo: $(STAMP)  ## correlate the bundled real-kernel capture pair (captures/port-collision)
+	$(BIN)/natproof correlate captures/port-collision/inside.pcap captures/port-collision/outside.pcap --format table
 
 test: $(STAMP)  ## run the whole test suite (live lab tests need root; they skip otherwise)
 	MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider

@@ -29,7 +29,7 @@ def summary_line(result: Result) -> str:
     return (
         f"{result.connections.height} connections ({counts or 'none'}); "
         f"port preserved {result.port_preserved_ratio():.0%} of translated; "
-        f"clock offset {result.clock_offset_s:+.6f} s; "
+        f"clock offset {result.clock_offset_s:+.6f} s\n"
         f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
     )
