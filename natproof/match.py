@@ -22,8 +22,10 @@ def _strong_key() -> pl.Expr:
     """Fields MASQUERADE never rewrites (see captures/basic): direction, far end, IP id, TCP seq/ack/flags,
     lengths, ICMP type/code/sequence and the head of the payload. Source/destination of the near end,
     ports that may be remapped, ICMP identifiers and TTL are left out."""
-    # An ICMP error's payload is the quoted header, which the kernel rewrites along with the outer one.
-    head = pl.when(pl.col("is_icmp_error")).then(None).otherwise(pl.col("head_digest")).alias("head")
+    # TCP needs no payload in its key (seq, ack and length pin a segment), so captures cut by different
+    # snaplens still agree; an ICMP error's payload is the quoted header, which the kernel rewrites.
+    head = pl.when(pl.col("is_icmp_error") | (pl.col("proto") == 6)).then(None).otherwise(
+        pl.col("head_digest")).alias("head")
     return pl.struct(
         "is_egress", "f_proto", "proto", "remote", "rport", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags",
         "payload_len", head, "icmp_type", "icmp_code", "icmp_seq", "inner_proto",

@@ -124,3 +124,31 @@ def test_one_capture_from_stdin(pair: tuple[Path, Path], capsys: pytest.CaptureF
     assert [c["verdict"] for c in doc["connections"]] == ["translated", "translated"]
     code, _, err = run(capsys, "correlate", "-", "-")
     assert code == 2 and "only one of INSIDE and OUTSIDE" in err
+
+
+def test_snaplen_cut_inside_capture_still_proves_the_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pcapbytes import pcap as make_pcap
+
+    inside, outside = tcp_pair(nat_sport=50505)
+    snap = 20 + 20 + 4  # tcpdump -s 44 on raw IP: 4 payload bytes kept
+    cut = [(t, b[:snap]) for t, b in inside]
+    a, b = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    data = make_pcap(cut, linktype=101)
+    # Restore each record's original length so the file says it was truncated.
+    a.write_bytes(_with_wire_lengths(data, [len(b) for _, b in inside]))
+    b.write_bytes(make_pcap(outside, linktype=101))
+    code, out, _ = run(capsys, "correlate", str(a), str(b), "--format", "json")
+    (c,) = json.loads(out)["connections"]
+    assert code == 0 and c["verdict"] == "translated" and c["outside"]["sport"] == 50505
+    assert c["matched"] == {"egress": 5, "reply": 3}
+
+
+def _with_wire_lengths(data: bytes, wire: list[int]) -> bytes:
+    import struct
+
+    out, off = bytearray(data[:24]), 24
+    for w in wire:
+        sec, frac, caplen, _ = struct.unpack_from("<IIII", data, off)
+        out += struct.pack("<IIII", sec, frac, caplen, w) + data[off + 16:off + 16 + caplen]
+        off += 16 + caplen
+    return bytes(out)
