@@ -126,7 +126,8 @@ def test_one_capture_from_stdin(pair: tuple[Path, Path], capsys: pytest.CaptureF
     assert code == 2 and "only one of INSIDE and OUTSIDE" in err
 
 
-def test_snaplen_cut_inside_capture_still_proves_the_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_snaplen_cut_inside_capture_still_proves_the_mapping(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from pcapbytes import pcap as make_pcap
 
     inside, outside = tcp_pair(nat_sport=50505)
