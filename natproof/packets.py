@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable
 
 import polars as pl
 
-from natproof.capture import CaptureInfo, Record, read_capture
+from natproof.capture import LINKTYPE_NAMES, CaptureInfo, Record, read_capture
+from natproof.errors import CaptureError
 from natproof.decode import FIELDS, Skip, decode
 
 PACKET_SCHEMA: dict[str, pl.DataType] = {
@@ -74,6 +75,10 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
 
 
 def load_packets(path: str | os.PathLike[str], progress: Progress | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
-    """Read and decode one capture file."""
+    """Read and decode one capture file; a capture with no frame of a link type natproof reads is an error."""
     info, records = read_capture(path)
-    return info, build_packets(records, info, progress)
+    packets = build_packets(records, info, progress)
+    if packets.is_empty() and info.skipped.get("unsupported_link", 0) == info.records:
+        supported = ", ".join(sorted(set(LINKTYPE_NAMES.values())))
+        raise CaptureError(info.path, f"unsupported link type {info.link_type} (natproof reads {supported})")
+    return info, packets

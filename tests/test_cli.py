@@ -153,3 +153,38 @@ def _with_wire_lengths(data: bytes, wire: list[int]) -> bytes:
         out += struct.pack("<IIII", sec, frac, caplen, w) + data[off + 16:off + 16 + caplen]
         off += 16 + caplen
     return bytes(out)
+
+
+def test_unsupported_link_type(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    usb = tmp_path / "usb.pcap"
+    usb.write_bytes(pcap([(1, b"\x00" * 40)], linktype=189))
+    code, _, err = run(capsys, "correlate", str(usb), str(pair[1]))
+    assert code == 2
+    assert err == (f"natproof: error: {usb}: unsupported link type LINKTYPE_189 (natproof reads EN10MB, IPV4, IPV6, "
+                   "LINUX_SLL, LINUX_SLL2, LOOP, NULL, RAW)\n")
+
+
+def test_connection_leaving_under_two_outside_ports_is_flagged(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Port-pool exhaustion: the kernel can move one connection to another outside tuple mid-way.
+    inside, first = tcp_pair(nat_sport=1111)
+    _, second = tcp_pair(nat_sport=2222)
+    a, b = write_pair(tmp_path, inside, first[:3] + second[3:])
+    code, out, _ = run(capsys, "correlate", str(a), str(b), "--format", "json")
+    (c,) = json.loads(out)["connections"]
+    assert code == 0 and c["flags"] == ["multiple_outside_tuples"]
+    assert c["outside"]["sport"] == 2222  # the tuple most of its packets left under
+    assert c["matched"] == {"egress": 5, "reply": 3}
+
+
+def test_truncated_last_record_warns_and_goes_on(pair: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cut = tmp_path / "cut.pcap"
+    data = pair[0].read_bytes()
+    cut.write_bytes(data[:-7])
+    code, out, err = run(capsys, "correlate", str(cut), str(pair[1]), "--format", "json")
+    assert code == 0
+    assert err == f"natproof: warning: {cut}: last record truncated at frame 16; 15 frames used\n"
+    assert json.loads(out)["captures"]["inside"]["packets"] == 15
+    code, _, err = run(capsys, "correlate", str(cut), str(pair[1]), "--format", "json", "--quiet")
+    assert code == 0 and err == ""

@@ -1,0 +1,35 @@
+"""Tests of natproof/packets.py: the packet frame's schema and the accounting of skipped frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from pcapbytes import ether, ipv4, pcap, tcp, udp
+
+from natproof.packets import PACKET_SCHEMA, load_packets
+
+
+def test_frame_schema_and_skip_counts(tmp_path: Path) -> None:
+    good = ether(ipv4("10.244.0.10", "198.51.100.10", 6, tcp(40000, 80, 7, 0, 0x02)))
+    arp = ether(b"\0" * 28, ethertype=0x0806)
+    junk = ether(b"\x45\x00")  # an IPv4 header cut to two bytes
+    dns = ether(ipv4("10.244.0.10", "192.0.2.53", 17, udp(5353, 53, b"abc")))
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pcap([(1, good), (2, arp), (3, junk), (4, dns)]))
+    info, df = load_packets(path)
+    assert df.schema == pl.Schema(PACKET_SCHEMA)
+    assert df["frame_no"].to_list() == [1, 4]  # frame numbers count every record, as Wireshark does
+    assert df["ts_ns"].to_list() == [1, 4]
+    assert dict(info.skipped) == {"non_ip": 1, "malformed": 1}
+    assert info.records == 4
+
+
+def test_progress_reports_bytes(tmp_path: Path) -> None:
+    frame = ether(ipv4("10.244.0.10", "198.51.100.10", 17, udp(1, 2, b"x" * 100)))
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pcap([(i, frame) for i in range(5000)]))
+    seen: list[int] = []
+    load_packets(path, seen.append)
+    assert sum(seen) == 5000 * (16 + len(frame)) == path.stat().st_size - 24
+    assert len(seen) == 2  # every 4096 records, then the rest
