@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, CaptureInfo, Record, read_capture
-from natproof.errors import CaptureError
 from natproof.decode import FIELDS, Skip, decode
+from natproof.errors import CaptureError
 
 PACKET_SCHEMA: dict[str, pl.DataType] = {
     "frame_no": pl.UInt32(),
