@@ -6,6 +6,7 @@ import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from natproof.errors import InputError
@@ -102,3 +103,30 @@ def compare(result: Result | dict[str, Any], truth: dict[str, Any]) -> CheckRepo
 
 def _brief(c: dict[str, Any]) -> dict[str, Any]:
     return {"proto": c["proto"], "inside": c["inside"], "outside": c.get("outside"), "verdict": c["verdict"]}
+
+
+def find_cases(paths: list[str | os.PathLike[str]]) -> list[Path]:
+    """Scenario folders among ``paths``: each path that holds truth.json, else its subfolders that do."""
+    cases: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "truth.json").is_file():
+            cases.append(p)
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / "truth.json").is_file())
+            if not found:
+                raise InputError(f"{p}: no truth.json in it or in its subfolders")
+            cases.extend(found)
+        else:
+            raise InputError(f"{p}: no such folder")
+    return cases
+
+
+def check_case(case: str | os.PathLike[str], **correlate_options: Any) -> CheckReport:
+    """Correlate a scenario folder's inside.pcap and outside.pcap and compare with its truth.json."""
+    from natproof.correlate import correlate
+
+    folder = Path(case)
+    truth = load_truth(folder / "truth.json")
+    options = {"pod_cidr": truth.get("pod_cidr")} | correlate_options
+    result = correlate(folder / "inside.pcap", folder / "outside.pcap", **options)
+    return compare(result, truth)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from enum import IntEnum
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 import natproof
 from natproof.errors import NatproofError
 from natproof.report.export import FORMATS, render_bytes, write_result
-from natproof.report.table import render_table
+from natproof.report.table import format_address, render_table
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 """Captures smaller than this decode in well under a second: no bar for them."""
@@ -126,6 +130,80 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
     sys.stdout.flush()
 
 
+@cli.group()
+def lab() -> None:
+    """Real-kernel NAT scenarios with ground truth (run needs root, iproute2, iptables, tcpdump, conntrack)."""
+
+
+@lab.command("list")
+def lab_list() -> None:
+    """List the scenarios."""
+    from natproof.lab import list_scenarios
+
+    for name, description in list_scenarios():
+        click.echo(f"{name:18} {description}")
+
+
+@lab.command("run")
+@click.argument("scenario")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt.")
+@click.option("--keep-going", is_flag=True,
+              help="Write the files even when the kernel's record disagrees with the scenario's design.")
+def lab_run(scenario: str, out: str, keep_going: bool) -> None:
+    """Build SCENARIO in network namespaces, capture both sides, record the kernel's truth, tear down."""
+    from natproof.lab import run_scenario
+
+    truth = run_scenario(scenario, Path(out), keep_going=keep_going)
+    verdicts = Counter(c["verdict"] for c in truth["connections"])
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
+    click.echo(f"{scenario}: {len(truth['connections'])} connections ({counts}) written to {out}")
+
+
+@lab.command("check")
+@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def lab_check(folders: tuple[str, ...], fmt: str) -> None:
+    """Correlate each scenario folder's captures and compare with its truth.json (exit 1 on any mismatch).
+
+    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/).
+    """
+    from natproof.check import check_case, find_cases
+
+    cases = find_cases(list(folders))
+    reports = {case.name: check_case(case) for case in cases}
+    if fmt == "json":
+        click.echo(json.dumps({name: rep.to_dict() for name, rep in reports.items()}, indent=2))
+    else:
+        table = Table(title="natproof lab check", header_style="bold")
+        for col in ("scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing",
+                    "unexpected", "result"):
+            table.add_column(col, justify="left" if col == "scenario" else "right")
+        for name, rep in reports.items():
+            table.add_row(name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
+                          str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected)),
+                          "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
+        Console(width=None if sys.stdout.isatty() else 160).print(table)
+        for name, rep in reports.items():
+            for w in rep.wrong:
+                click.echo(f"{name}: wrong: {_conn_text(w['truth'])} -> natproof {_conn_text(w['natproof'])}")
+            for m in rep.missing:
+                click.echo(f"{name}: missing: {_conn_text(m)}")
+            for u in rep.unexpected:
+                click.echo(f"{name}: unexpected: {_conn_text(u)}")
+        ok = sum(rep.ok for rep in reports.values())
+        click.echo(f"{ok} of {len(reports)} scenarios match their truth")
+    if not all(rep.ok for rep in reports.values()):
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _conn_text(c: dict) -> str:
+    i, o = c["inside"], c.get("outside")
+    outside = "-" if o is None else format_address(o["src"], o["sport"])
+    return (f"{c['proto']} {format_address(i['src'], i['sport'])} -> {format_address(i['dst'], i['dport'])} "
+            f"as {outside} {c['verdict']}")
+
+
 def _error(msg: str) -> None:
     click.echo(f"natproof: error: {msg}", err=True)
 
@@ -155,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
         return ExitStatus.OK
+    except SystemExit as exc:
+        return int(exc.code or 0)
     except Exception as exc:  # noqa: BLE001 - the one place that reports bugs
         if show_tb:
             raise

@@ -188,3 +188,51 @@ def test_truncated_last_record_warns_and_goes_on(pair: tuple[Path, Path], tmp_pa
     assert json.loads(out)["captures"]["inside"]["packets"] == 15
     code, _, err = run(capsys, "correlate", str(cut), str(pair[1]), "--format", "json", "--quiet")
     assert code == 0 and err == ""
+
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+
+
+def test_lab_check_passes_on_the_committed_corpus(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "lab", "check", str(CAPTURES), "--format", "json")
+    doc = json.loads(out)
+    assert code == 0
+    assert len(doc) >= 13 and all(r["ok"] for r in doc.values())
+    assert doc["many-connections"]["mapping_right"] == 300
+
+
+def test_lab_check_fails_with_exit_1_on_a_wrong_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    case = tmp_path / "basic"
+    shutil.copytree(CAPTURES / "basic", case)
+    truth = json.loads((case / "truth.json").read_text())
+    truth["connections"][0]["outside"]["sport"] = 1
+    truth["connections"][1]["verdict"] = "no_reply"
+    (case / "truth.json").write_text(json.dumps(truth))
+    code, out, _ = run(capsys, "lab", "check", str(case))
+    assert code == 1
+    lines = [line for line in out.splitlines() if line.startswith("basic: wrong: ")]
+    assert len(lines) == 2 and " as 203.0.113.2:1 translated -> natproof tcp 10.244.0.10:" in lines[0]
+    assert out.rstrip().endswith("0 of 1 scenarios match their truth")
+
+
+def test_lab_check_bad_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "lab", "check", str(tmp_path))
+    assert (code, err) == (2, f"natproof: error: {tmp_path}: no truth.json in it or in its subfolders\n")
+
+
+def test_lab_run_refuses_without_root(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, _, err = run(capsys, "lab", "run", "basic", "--out", str(tmp_path / "x"))
+    assert (code, err) == (2, "natproof: error: lab needs root (network namespaces, iptables and tcpdump)\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_lab_list_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "lab", "list")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and names[:2] == ["basic", "port-collision"] and "large-transfer" in names

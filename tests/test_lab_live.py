@@ -1,0 +1,34 @@
+"""Every lab scenario, live: `natproof lab run` with the real kernel, then `natproof lab check` on its output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from natproof.cli import main
+from natproof.lab import leftover_namespaces, list_scenarios
+
+pytestmark = pytest.mark.lab
+if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    pytest.skip("the lab needs root (network namespaces, iptables, tcpdump)", allow_module_level=True)
+_missing = [tool for tool in ("ip", "iptables", "tcpdump", "conntrack") if shutil.which(tool) is None]
+if _missing:
+    pytest.skip(f"the lab needs {', '.join(_missing)} on PATH", allow_module_level=True)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in list_scenarios()])
+def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / name
+    assert main(["lab", "run", name, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json"]
+    # Namespaces are named np<pid in hex><random>-...: none of this process's may outlive the run.
+    assert leftover_namespaces(f"np{os.getpid():x}") == []
+    capsys.readouterr()
+    code = main(["lab", "check", str(out)])
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert report.rstrip().endswith("1 of 1 scenarios match their truth")
