@@ -204,7 +204,7 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
     ).rename({
         "src": "inside_src", "sport": "inside_sport", "dst": "inside_dst", "dport": "inside_dport",
         "egress_packets": "egress_inside", "reply_packets": "reply_inside",
-        "icmp_error_packets": "icmp_errors_inside",
+        "icmp_error_packets": "icmp_errors_inside", "in_conn": "inside_conn_id", "out_conn": "outside_conn_id",
     })
     # A connection that never reached the outside has no outside tuple, whatever else the outside holds.
     no_out = pl.col("verdict").is_in(["not_forwarded", "internal"])
