@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 import natproof
 from natproof.errors import NatproofError
@@ -78,24 +79,23 @@ def cli(ctx: click.Context, traceback: bool) -> None:
     ctx.obj = {"traceback": traceback}
 
 
-@cli.command()
-@click.argument("inside", type=click.Path(dir_okay=True))
-@click.argument("outside", type=click.Path(dir_okay=True))
-@click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
-              help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")
-@click.option("--clock-offset", type=float, metavar="SECONDS",
-              help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")
-@click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
-              metavar="SECONDS", help="How far apart (after the clock offset) two copies of a packet may be.")
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Rows shown in the table format.")
-@output_options
-def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-              limit: int, fmt: str | None, output: str | None, quiet: bool) -> None:
-    """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
+def capture_options(f: Callable) -> Callable:
+    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+    f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
+                     metavar="SECONDS",
+                     help="How far apart (after the clock offset) two copies of a packet may be.")(f)
+    f = click.option("--clock-offset", type=float, metavar="SECONDS",
+                     help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
+    f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
+                     help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True))(f)
+    f = click.argument("inside", type=click.Path(dir_okay=True))(f)
+    return f
 
-    Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
-    """
+
+def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+                  quiet: bool) -> natproof.Result:
+    """Correlate with a progress bar, and print the captures' warnings unless quiet."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     with make_progress(quiet) as progress:
@@ -105,7 +105,144 @@ def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: flo
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
                 warn(f"{cap.path}: {w}")
+    return result
+
+
+@cli.command()
+@capture_options
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Rows shown in the table format.")
+@output_options
+def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+              limit: int, fmt: str | None, output: str | None, quiet: bool) -> None:
+    """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
+
+    Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
+    """
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
     emit(result, fmt, output, limit)
+
+
+@cli.command()
+@capture_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
+def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+             fmt: str | None, quiet: bool) -> None:
+    """Name what went wrong (forwarding, MASQUERADE, port pool, dropped replies), with evidence and the fix."""
+    from natproof.diagnose import diagnose as run_diagnose
+
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    findings = run_diagnose(result)
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        doc = {"schema": "natproof.diagnose/1", "inside": result.inside.path, "outside": result.outside.path,
+               "summary": result.to_dict()["summary"], "findings": [f.to_dict() for f in findings]}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for f in findings:
+        click.echo(f"[{f.severity.upper()}] {f.title}")
+        click.echo(f"  {f.summary}")
+        click.echo(f"  fix: {f.fix}")
+        for line in f.evidence:
+            click.echo(f"  - {line}")
+        click.echo("")
+
+
+@cli.command()
+@capture_options
+@click.option("--expectations", "expectations_file", type=click.Path(dir_okay=False),
+              help="A TOML file of expectations (see README); the options below add to it.")
+@click.option("--expect-snat-ip", metavar="ADDR", help="Every connection that left did so from ADDR.")
+@click.option("--expect-all", type=click.Choice([v.value for v in natproof.Verdict]),
+              help="Every connection that is not internal has this verdict.")
+@click.option("--expect-no", "expect_no", multiple=True, type=click.Choice([v.value for v in natproof.Verdict]),
+              help="No connection has this verdict (repeatable).")
+@click.option("--expect-port-preserved", is_flag=True, help="Every translated connection kept its source port.")
+@click.option("--min-connections", type=click.IntRange(min=1), help="At least N connections that are not internal.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
+def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+           expectations_file: str | None, expect_snat_ip: str | None, expect_all: str | None,
+           expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None, fmt: str | None,
+           quiet: bool) -> None:
+    """Check the captures against expectations: exit 0 when all hold, 1 when one fails, 2 on bad input."""
+    from natproof.verify import Expectations, load_expectations
+    from natproof.verify import verify as run_verify
+
+    exp, file_cidr = load_expectations(expectations_file) if expectations_file else (Expectations(), None)
+    exp = Expectations(
+        snat_ip=expect_snat_ip or exp.snat_ip, all_verdict=expect_all or exp.all_verdict,
+        port_preserved=expect_port_preserved or exp.port_preserved,
+        min_connections=min_connections or exp.min_connections,
+        no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections)
+    if exp.is_empty():
+        raise click.UsageError("nothing to verify: give --expectations FILE or an --expect-* option")
+    result = run_correlate(inside, outside, pod_cidr or file_cidr, clock_offset, tolerance, quiet)
+    checks = run_verify(result, exp)
+    passed = all(c.passed for c in checks)
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps({"schema": "natproof.verify/1", "passed": passed,
+                               "expectations": [c.to_dict() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name}: expected {c.expected}, got {c.actual}")
+            for line in c.evidence:
+                click.echo(f"      {line}")
+        click.echo(f"{sum(c.passed for c in checks)} of {len(checks)} expectations hold")
+    if not passed:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+@cli.command()
+@click.argument("endpoint", metavar="ADDR:PORT")
+@capture_options
+@click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
+@click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
+              help="How far from TIME a connection may start or end and still count.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
+def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None,
+        tolerance: float, at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
+    """Which pod was behind the outside ADDR:PORT (at TIME)? Or, for a pod's ADDR:PORT, where did it go?
+
+    Exit 0 when a connection was found, 1 when none was.
+    """
+    from natproof.lookup import parse_endpoint
+    from natproof.lookup import who as run_who
+
+    parse_endpoint(endpoint)  # a bad ADDR:PORT is reported before the captures are read
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    answer = run_who(result, endpoint, at, window)
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps(answer.to_dict(), indent=2))
+    else:
+        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)}"
+        if not answer.connections:
+            click.echo(f"no connection used {answer.query}{when}")
+        for c in answer.connections:
+            click.echo(_who_line(c))
+        for c in answer.nearest:
+            click.echo(f"nearest: {_who_line(c)}")
+    if not answer.connections:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _iso(ts_ns: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _who_line(c: dict) -> str:
+    i, o = c["inside"], c["outside"]
+    out = "-" if o is None else format_address(o["src"], o["sport"])
+    ev = c["evidence"]["egress"]
+    frames = "" if ev is None else f" (inside frame {ev['inside_frame']}, outside frame {ev['outside_frame']})"
+    return (f"{c['proto']} {format_address(i['src'], i['sport'])} as {out} -> {format_address(i['dst'], i['dport'])}"
+            f" from {_iso(int(c['first_seen'] * 1e9))} to {_iso(int(c['last_seen'] * 1e9))}: {c['verdict']}{frames}")
 
 
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int) -> None:
@@ -113,13 +250,16 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
     if fmt is None:
         fmt = "table" if output is None and sys.stdout.isatty() else "json"
     if fmt == "table":
+        from natproof.diagnose import diagnose
+
+        lines = [Text(f"diagnosis: [{f.severity}] {f.title}") for f in diagnose(result)]
         if output:
             con = Console(file=open(output, "w"), width=160)  # noqa: SIM115 - closed below
-            con.print(render_table(result, limit))
+            con.print(render_table(result, limit), *lines)
             con.file.close()
         else:
             # Piped table output keeps whole addresses rather than wrapping at 80 columns.
-            Console(width=None if sys.stdout.isatty() else 160).print(render_table(result, limit))
+            Console(width=None if sys.stdout.isatty() else 160).print(render_table(result, limit), *lines)
         return
     if output:
         write_result(result, fmt, output)

@@ -1,0 +1,63 @@
+"""Tests of natproof/diagnose.py: each failure the lab makes with the real kernel is named, with evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pcapbytes import tcp_pair, write_pair
+
+from natproof.correlate import correlate
+from natproof.diagnose import diagnose
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+
+
+def findings_of(name: str) -> dict:
+    d = CAPTURES / name
+    return {f.kind: f for f in diagnose(correlate(d / "inside.pcap", d / "outside.pcap"))}
+
+
+@pytest.mark.parametrize(("scenario", "kind"), [
+    ("basic", "healthy"), ("many-connections", "healthy"), ("internal", "healthy"),
+    ("forwarding-off", "forwarding_blocked"), ("forward-drop", "forwarding_blocked"),
+    ("no-masquerade", "no_masquerade"), ("wrong-subnet", "wrong_source_subnet"),
+    ("reply-drop", "replies_dropped"), ("udp", "no_reply"),
+])
+def test_each_lab_scenario_gets_its_diagnosis(scenario: str, kind: str) -> None:
+    found = findings_of(scenario)
+    assert list(found) == [kind], {k: f.title for k, f in found.items()}
+
+
+def test_forwarding_off_versus_a_forward_drop_for_one_pod() -> None:
+    off = findings_of("forwarding-off")["forwarding_blocked"]
+    assert off.data["all_blocked"] is True and off.data["syn_retransmissions"] >= 2
+    assert "sysctl net.ipv4.ip_forward" in off.fix
+    # Evidence cites the inside frames of the pod's SYNs (one per retransmission).
+    assert off.evidence[0].startswith("#0 tcp 10.244.0.10:") and "3 SYN retransmission(s)" in off.evidence[0]
+    drop = findings_of("forward-drop")["forwarding_blocked"]
+    assert drop.data == {"pods": ["10.244.0.10"], "all_blocked": False, "syn_retransmissions": 3}
+    assert "iptables -L FORWARD" in drop.fix
+
+
+def test_wrong_subnet_names_both_sides() -> None:
+    f = findings_of("wrong-subnet")["wrong_source_subnet"]
+    assert f.data == {"untranslated_subnets": ["10.244.0.0/24"], "translated_subnets": ["10.245.0.0/24"]}
+
+
+def test_reply_drop_cites_outside_frames_of_the_lost_replies() -> None:
+    f = findings_of("reply-drop")["replies_dropped"]
+    assert f.data["server_ports"] == [8080]
+    (line,) = f.evidence
+    assert "reply packet(s) to 203.0.113.2:" in line and "none inside" in line
+
+
+def test_two_pods_on_one_outside_tuple_at_once_is_a_mapping_conflict(tmp_path: Path) -> None:
+    # A broken NAT: two pods' connections leave concurrently on the same outside tuple.
+    a_in, a_out = tcp_pair(pod="10.244.0.10", sport=40000, nat_sport=40000, isn=1000)
+    b_in, b_out = tcp_pair(pod="10.244.0.11", sport=41000, nat_sport=40000, isn=900_000)
+    a, b = write_pair(tmp_path, a_in + b_in, a_out + b_out)
+    found = {f.kind: f for f in diagnose(correlate(a, b))}
+    assert list(found) == ["mapping_conflict"]
+    assert found["mapping_conflict"].connections == (0, 1)
+    assert "while it was in use" in found["mapping_conflict"].evidence[0]
