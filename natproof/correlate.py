@@ -156,14 +156,16 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
     stats = pairs.group_by("in_conn").agg(
         pl.col("is_egress").sum().cast(pl.UInt32).alias("matched_egress"),
         reply.sum().cast(pl.UInt32).alias("matched_reply"),
-        pl.col("in_frame").filter(pl.col("is_egress")).min().alias("evidence_egress_inside_frame"),
-        pl.col("in_frame").filter(reply).min().alias("evidence_reply_inside_frame"),
-        pl.col("in_frame").filter(pl.col("is_icmp_error")).min().alias("evidence_icmp_error_inside_frame"),
     )
-    ev_out = pairs.sort("in_frame").group_by("in_conn").agg(
-        pl.col("out_frame").filter(pl.col("is_egress")).first().alias("evidence_egress_outside_frame"),
-        pl.col("out_frame").filter(reply).first().alias("evidence_reply_outside_frame"),
-        pl.col("out_frame").filter(pl.col("is_icmp_error")).first().alias("evidence_icmp_error_outside_frame"),
+    # Evidence: the first matched pair of each kind, taken from the outside tuple the connection is mapped to
+    # (a connection that left under two tuples must not cite the other one's frames).
+    on_primary = pairs.join(primary.select("in_conn", pl.col("out_conn").alias("_primary")), on="in_conn").filter(
+        pl.col("out_conn") == pl.col("_primary")).sort("in_frame")
+    evidence = on_primary.group_by("in_conn").agg(
+        [pl.col(f"{side}_frame").filter(cond).first().alias(f"evidence_{kind}_{name}_frame")
+         for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply),
+                            ("icmp_error", pl.col("is_icmp_error")))
+         for side, name in (("in", "inside"), ("out", "outside"))]
     )
     lat_stats = lat.group_by("in_conn").agg(
         pl.col("lat_us").median().round(3).alias("latency_median_us"),
@@ -181,7 +183,7 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
         .join(primary, on="in_conn", how="left")
         .join(oc, on="out_conn", how="left")
         .join(stats, on="in_conn", how="left")
-        .join(ev_out, on="in_conn", how="left")
+        .join(evidence, on="in_conn", how="left")
         .join(lat_stats, on="in_conn", how="left")
         .sort(["first_ts_ns", "in_conn"])
     )

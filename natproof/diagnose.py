@@ -99,10 +99,12 @@ def diagnose(result: Result) -> list[Finding]:
     for r in rows:
         by_verdict.setdefault(r["verdict"], []).append(r)
     findings: list[Finding] = []
-    findings += _forwarding(result, by_verdict.get("not_forwarded", []), rows)
+    pool, explained = _pool(result, rows)
+    blocked = [r for r in by_verdict.get("not_forwarded", []) if r["conn"] not in explained]
+    findings += _forwarding(result, blocked, rows)
     findings += _masquerade(result, by_verdict.get("untranslated", []), by_verdict.get("translated", []) +
                             by_verdict.get("no_reply", []) + by_verdict.get("reply_dropped", []))
-    findings += _pool(result, rows)
+    findings += pool
     findings += _replies(result, by_verdict.get("reply_dropped", []))
     findings += _no_reply(result, by_verdict.get("no_reply", []))
     if not findings:
@@ -228,8 +230,12 @@ TIME_WAIT_NS = 120 * 10**9
 """conntrack keeps a closed TCP entry 120 s (TIME_WAIT); a tuple reused sooner clashes at the server."""
 
 
-def _pool(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
-    """Port pool exhausted (or conntrack full): concentrated ports, tuple reuse, new connections dropped."""
+def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], set[int]]:
+    """Port pool exhausted (or conntrack full): concentrated ports, tuple reuse, new connections dropped.
+
+    Also returns the not_forwarded connections it explains (to a destination whose pool was exhausted), so
+    they are not blamed on forwarding as well.
+    """
     mapped = [r for r in rows if r["outside_src"] is not None and r["outside_src"] != r["inside_src"]]
     findings: list[Finding] = []
     # An outside tuple used by two inside connections at once (or within TIME_WAIT) is a mapping conflict.
@@ -270,7 +276,11 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
             pool_rows.append({"outside_ip": key[1], "destination": format_address(key[2], key[3]),
                               "proto": key[0], "concurrent_peak": peak, "ports_in_use": len(ports),
                               "port_range": [min(ports), max(ports)]})
-    blocked = [r for r in rows if r["verdict"] == "not_forwarded"]
+    busy = {(p["proto"], p["destination"]) for p in pool_rows} | {
+        (r["proto"], format_address(r["outside_dst"], r["outside_dport"])) for pair in conflicts for r in pair
+    } | {(r["proto"], format_address(r["outside_dst"], r["outside_dport"])) for r in multi}
+    blocked = [r for r in rows if r["verdict"] == "not_forwarded"
+               and (r["proto"], format_address(r["inside_dst"], r["inside_dport"])) in busy]
     exhausted = bool(pool_rows) or (bool(conflicts or multi) and bool(blocked))
     if exhausted:
         for p in pool_rows:
@@ -299,4 +309,5 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
             "tuple still in its TIME_WAIT.",
             connections=tuple(sorted({r["conn"] for pair in conflicts for r in pair} | {r["conn"] for r in multi})),
             evidence=tuple(evidence), data={"conflicts": len(conflicts)}))
-    return findings
+        blocked = []
+    return findings, {r["conn"] for r in blocked}

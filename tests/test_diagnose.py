@@ -22,7 +22,7 @@ def findings_of(name: str) -> dict:
     ("basic", "healthy"), ("many-connections", "healthy"), ("internal", "healthy"),
     ("forwarding-off", "forwarding_blocked"), ("forward-drop", "forwarding_blocked"),
     ("no-masquerade", "no_masquerade"), ("wrong-subnet", "wrong_source_subnet"),
-    ("reply-drop", "replies_dropped"), ("udp", "no_reply"),
+    ("reply-drop", "replies_dropped"), ("udp", "no_reply"), ("port-exhaustion", "port_pool_exhausted"),
 ])
 def test_each_lab_scenario_gets_its_diagnosis(scenario: str, kind: str) -> None:
     found = findings_of(scenario)
@@ -61,3 +61,13 @@ def test_two_pods_on_one_outside_tuple_at_once_is_a_mapping_conflict(tmp_path: P
     assert list(found) == ["mapping_conflict"]
     assert found["mapping_conflict"].connections == (0, 1)
     assert "while it was in use" in found["mapping_conflict"].evidence[0]
+
+
+def test_port_exhaustion_explains_the_dropped_connections_and_the_reused_tuples() -> None:
+    f = findings_of("port-exhaustion")["port_pool_exhausted"]
+    (pool,) = f.data["pools"]
+    assert pool["port_range"] == [40000, 40003] and pool["concurrent_peak"] == 4
+    assert f.data["conflicts"] >= 1
+    dropped = [e for e in f.evidence if "never left the node" in e]
+    assert len(dropped) == 6  # the SYNs that found no free port (conntrack -S: insert_failed)
+    assert any("left under 2 outside tuples" in e for e in f.evidence)

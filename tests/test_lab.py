@@ -166,9 +166,57 @@ def test_update_stamped_before_its_new_is_one_connection() -> None:
 def test_list_scenarios_and_unknown_name(tmp_path: Path) -> None:
     names = [name for name, _ in list_scenarios()]
     assert names[:3] == ["basic", "port-collision", "udp"]
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 14
+    assert "port-exhaustion" in names and "conntrack-full" not in names
     with pytest.raises(LabError, match="unknown scenario"):
         run_scenario("no-such-scenario", tmp_path)
+
+
+def test_conntrack_full_is_refused_with_the_reason(tmp_path: Path) -> None:
+    expected = (
+        "conntrack-full cannot be made in a network namespace: nf_conntrack_max is read-only there "
+        "(sysctl -w: EINVAL); see port-exhaustion"
+    )
+    with pytest.raises(LabError) as info:
+        lab_scenarios.get_scenario("conntrack-full")
+    assert str(info.value) == expected
+    with pytest.raises(LabError, match="nf_conntrack_max is read-only"):
+        run_scenario("conntrack-full", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_connection_tracked_twice_is_one_truth_connection() -> None:
+    # A SYN reused a port whose server still held TIME_WAIT: ACK of the old connection, RST from the pod, the
+    # entry went to CLOSE, and the SYN sent again was tracked as a new entry under another port.
+    head = "ipv4 2 tcp 6 src=10.244.0.12 dst=198.51.100.10 sport=41516 dport=80"
+    lines = [
+        f"[1700000002.100]\t    [NEW] {head} [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40002",
+        f"[1700000002.101]\t [UPDATE] {head} src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40002",
+        f"[1700000002.102]\t [UPDATE] {head} src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40002",
+        f"[1700000002.111]\t    [NEW] {head} [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40001",
+        f"[1700000002.112]\t[DESTROY] {head} packets=2 bytes=100 src=198.51.100.10 dst=203.0.113.2 sport=80 "
+        "dport=40002 packets=0 bytes=0",
+        f"[1700000002.113]\t [UPDATE] {head} src=198.51.100.10 dst=203.0.113.2 sport=80 dport=40001 [ASSURED]",
+    ]
+    rules = TruthRules(frozenset({"10.244.0.12"}), ("10.244.0.0/16",))
+    attempt = _attempt("10.244.0.12", 41516, "198.51.100.10", 80, 1700000002.0, "translated")
+    connections, notes = build_connections(parse_lines(lines), [], [attempt], rules)
+    assert notes == [] and len(connections) == 1
+    (conn,) = connections
+    assert conn.verdict == "translated" and conn.outside is not None and conn.outside.sport == 40001  # the entry that carried it
+    doc = conn.to_dict()
+    assert "2 conntrack entries" in str(doc["notes"]) and "under 2 outside ports" in str(doc["notes"])
+    assert "40002" in str(doc["notes"]) and "40001" in str(doc["notes"])
+
+
+def test_attempt_without_entry_where_the_pool_is_exhausted() -> None:
+    rules = TruthRules(
+        frozenset({"10.244.0.10"}), ("10.244.0.0/16",), port_exhausted=frozenset({("tcp", "198.51.100.10", 80)})
+    )
+    attempt = _attempt("10.244.0.10", 38504, "198.51.100.10", 80, 1700000000.0, "not_forwarded")
+    connections, notes = build_connections([], [], [attempt], rules)
+    assert notes == [] and [c.verdict for c in connections] == ["not_forwarded"]
+    assert "no free port" in connections[0].evidence and "notes" not in connections[0].to_dict()
 
 
 def test_missing_tool_names_its_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,6 +276,20 @@ def test_port_collision_rewrites_one_port(tmp_path: Path) -> None:
     inside = {c["inside"]["sport"] for c in truth["connections"]}
     outside = sorted(c["outside"]["sport"] for c in truth["connections"])
     assert inside == {40000} and len(set(outside)) == 2 and 40000 in outside
+
+
+@pytest.mark.lab
+def test_port_exhaustion_translates_within_the_pool_and_drops_the_rest(tmp_path: Path) -> None:
+    truth = run_scenario("port-exhaustion", tmp_path)
+    connections = truth["connections"]
+    translated = [c for c in connections if c["verdict"] == "translated"]
+    assert translated and all(40000 <= c["outside"]["sport"] <= 40003 for c in translated)
+    assert all(c["outside"]["src"] == "203.0.113.2" for c in translated)
+    others = [c for c in connections if c["verdict"] != "translated"]
+    assert others and all(c["outside"] is None for c in others)
+    assert len(connections) == 13
+    assert (tmp_path / "inside.pcap").stat().st_size < 300_000 > (tmp_path / "outside.pcap").stat().st_size
+    assert leftover_namespaces(_prefix_of(tmp_path / "scenario.txt")) == []
 
 
 @pytest.mark.lab

@@ -198,6 +198,19 @@ LAB_NETWORKS = tuple(
 )  # fmt: skip
 
 
+def count_syns(path: Path) -> int:
+    """TCP segments with SYN and without ACK in a pcap: connection attempts, retransmissions included."""
+    count = 0
+    with open(path, "rb") as f:
+        for _, frame in dpkt.pcap.Reader(f):
+            eth = dpkt.ethernet.Ethernet(frame)
+            ip = eth.data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP):
+                if ip.data.flags & dpkt.tcp.TH_SYN and not ip.data.flags & dpkt.tcp.TH_ACK:
+                    count += 1
+    return count
+
+
 def foreign_addresses(path: Path) -> Counter[str]:
     """Addresses in an Ethernet capture outside the lab's own ranges, with their packet counts.
 

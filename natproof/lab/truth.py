@@ -186,6 +186,9 @@ class TruthRules:
     """(proto, server port) whose replies the node drops after conntrack has seen them."""
     not_forwarded_sources: frozenset[str] = frozenset()
     """Pod addresses whose egress the node does not forward (ip_forward=0, FORWARD DROP)."""
+    port_exhausted: frozenset[tuple[str, str, int]] = frozenset()
+    """(proto, server address, port) whose SNAT port pool the design exhausts: an attempt there with no
+    conntrack entry had every SYN dropped by the kernel for want of a free port."""
 
 
 @dataclass(frozen=True)
@@ -202,14 +205,19 @@ class Connection:
     """How the verdict was derived, for scenario.txt."""
     entry: ConntrackLine | None = None
     """The latest conntrack line about it (events, then the closing listing)."""
+    notes: str = ""
+    """Why the truth of this connection is not a single conntrack entry (truth.json's ``notes``)."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "proto": self.proto,
             "inside": self.inside.to_dict(),
             "outside": self.outside.to_dict() if self.outside else None,
             "verdict": self.verdict,
         }
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
 
 
 @dataclass
@@ -221,6 +229,8 @@ class _Track:
     replied: bool = False
     reply_packets: int = 0
     events: list[str] = field(default_factory=list)
+    news: list[ConntrackLine] = field(default_factory=list)
+    """Its NEW events: more than one when one client connection was tracked as several entries in turn."""
 
 
 def build_connections(
@@ -291,13 +301,26 @@ def build_connections(
     connections: list[Connection] = []
     matched: set[tuple[str, str, int, str, int]] = set()
     by_key = {a.key: a for a in attempts}
+    # A client reports each tuple it used once: several entries under one attempted tuple are that one
+    # connection, tracked anew by the kernel (a SYN after the pod's RST closed the entry re-creates it, and
+    # SNAT may then pick another port). They are judged together under the entry conntrack recorded last.
+    grouped: dict[tuple[str, str, int, str, int], list[_Track]] = {}
+    for track in order:
+        if track.first.key in by_key:
+            grouped.setdefault(track.first.key, []).append(track)
     for track in order:
         attempt = by_key.get(track.first.key)
+        notes_here = ""
         if attempt is not None:
+            if attempt.key in matched:
+                continue
             matched.add(attempt.key)
+            group = grouped[attempt.key]
+            if len(group) > 1:
+                track, notes_here = _merge(group)
             if track.first_seen == float("inf"):
                 track.first_seen = attempt.t_start
-        connections.append(_judge(track, rules, attempt))
+        connections.append(_judge(track, rules, attempt, notes_here))
 
     for attempt in by_key.values():
         if attempt.key in matched:
@@ -311,6 +334,12 @@ def build_connections(
                 f"no conntrack entry: the node drops this pod's egress before the entry is confirmed; "
                 f"the pod saw '{attempt.outcome}' ({attempt.detail})"
             )
+        elif (attempt.proto, attempt.dst, attempt.dport) in rules.port_exhausted:
+            verdict = "not_forwarded"
+            why = (
+                "no conntrack entry: SNAT found no free port in the pool and the kernel dropped the SYN "
+                f"when confirming the entry (design); the pod saw '{attempt.outcome}' ({attempt.detail})"
+            )
         else:
             notes.append(f"{attempt.proto} {inside}: attempted by {attempt.pod} but no conntrack entry")
             verdict, why = "not_forwarded", "no conntrack entry and the design does not explain it"
@@ -319,10 +348,45 @@ def build_connections(
     return connections, notes
 
 
+def _merge(group: list[_Track]) -> tuple[_Track, str]:
+    """One track from several under one tuple, headed by the last NEW event; and a note saying so.
+
+    The last entry is the one that carried the connection to its end (the earlier ones were closed by the
+    pod's RST after the server refused the tuple), so its outside tuple is the connection's mapping.
+    """
+    news = sorted((n for t in group for n in t.news), key=lambda n: n.ts or 0.0)
+    first = news[-1] if news else min(group, key=lambda t: t.first_seen).first
+    merged = _Track(
+        first=first,
+        latest=group[-1].latest,
+        first_seen=min(t.first_seen for t in group),
+        destroyed=group[-1].destroyed,
+        replied=any(t.replied for t in group),
+        reply_packets=max(t.reply_packets for t in group),
+        events=[e for t in group for e in t.events],
+        news=news,
+    )
+    if len(news) < 2:
+        return merged, ""
+    t0 = news[0].ts or 0.0
+    turns = ", then ".join(
+        f"{n.reply.dst}:{n.reply.dport} (NEW at +{(n.ts or 0.0) - t0:.3f} s)" for n in news
+    )
+    ports = {n.reply.dport for n in news}
+    how = "under the same outside port" if len(ports) == 1 else f"under {len(ports)} outside ports"
+    note = (
+        f"one client connection tracked as {len(news)} conntrack entries in turn, {how}: {turns}; "
+        "outside is the last one, which carried the connection"
+    )
+    return merged, note
+
+
 def _observe(track: _Track, entry: ConntrackLine) -> None:
     track.latest = entry
     if entry.event:
         track.events.append(entry.event)
+    if entry.event == "NEW":
+        track.news.append(entry)
     if entry.replied:
         track.replied = True
     if entry.reply_packets:
@@ -334,7 +398,7 @@ def _internal(address: str, rules: TruthRules) -> bool:
     return any(ip in ipaddress.ip_network(net) for net in rules.internal_networks)
 
 
-def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None) -> Connection:
+def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str = "") -> Connection:
     entry = track.first
     orig, reply = entry.original, entry.reply
     inside = FlowTuple(orig.src, orig.dst, orig.sport, orig.dport)
@@ -369,4 +433,4 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None) -> Connect
     else:
         verdict, why = "no_reply", "source rewritten, [UNREPLIED] to the end"
     evidence = f"{why}; {seen}{pod_view}"
-    return Connection(entry.proto, inside, mapped, verdict, track.first_seen, evidence, track.latest)
+    return Connection(entry.proto, inside, mapped, verdict, track.first_seen, evidence, track.latest, notes)
