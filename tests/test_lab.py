@@ -203,7 +203,8 @@ def test_one_connection_tracked_twice_is_one_truth_connection() -> None:
     connections, notes = build_connections(parse_lines(lines), [], [attempt], rules)
     assert notes == [] and len(connections) == 1
     (conn,) = connections
-    assert conn.verdict == "translated" and conn.outside is not None and conn.outside.sport == 40001  # the entry that carried it
+    # The entry that carried the connection to its end gives the mapping.
+    assert conn.verdict == "translated" and conn.outside is not None and conn.outside.sport == 40001
     doc = conn.to_dict()
     assert "2 conntrack entries" in str(doc["notes"]) and "under 2 outside ports" in str(doc["notes"])
     assert "40002" in str(doc["notes"]) and "40001" in str(doc["notes"])
