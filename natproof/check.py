@@ -121,12 +121,26 @@ def find_cases(paths: list[str | os.PathLike[str]]) -> list[Path]:
     return cases
 
 
+def capture_pair(case: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """A scenario folder's inside and outside captures (``inside.pcap`` or ``inside.pcap.gz``, and so on)."""
+    folder = Path(case)
+    found = []
+    for side in ("inside", "outside"):
+        for name in (f"{side}.pcap", f"{side}.pcap.gz", f"{side}.pcapng"):
+            if (folder / name).is_file():
+                found.append(folder / name)
+                break
+        else:
+            raise InputError(f"{folder}: no {side}.pcap (or .pcap.gz, .pcapng) in it")
+    return found[0], found[1]
+
+
 def check_case(case: str | os.PathLike[str], **correlate_options: Any) -> CheckReport:
-    """Correlate a scenario folder's inside.pcap and outside.pcap and compare with its truth.json."""
+    """Correlate a scenario folder's inside and outside captures and compare with its truth.json."""
     from natproof.correlate import correlate
 
     folder = Path(case)
     truth = load_truth(folder / "truth.json")
     options = {"pod_cidr": truth.get("pod_cidr")} | correlate_options
-    result = correlate(folder / "inside.pcap", folder / "outside.pcap", **options)
+    result = correlate(*capture_pair(folder), **options)
     return compare(result, truth)

@@ -197,8 +197,8 @@ def test_lab_check_passes_on_the_committed_corpus(capsys: pytest.CaptureFixture[
     code, out, _ = run(capsys, "lab", "check", str(CAPTURES), "--format", "json")
     doc = json.loads(out)
     assert code == 0
-    assert len(doc) >= 13 and all(r["ok"] for r in doc.values())
-    assert doc["many-connections"]["mapping_right"] == 300
+    assert len(doc) >= 14 and all(r["ok"] for r in doc.values())
+    assert doc["many-connections"]["mapping_right"] == 2100
 
 
 def test_lab_check_fails_with_exit_1_on_a_wrong_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

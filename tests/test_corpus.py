@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from natproof.check import compare, load_truth
+from natproof.check import capture_pair, compare, load_truth
 from natproof.correlate import correlate
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -21,7 +21,7 @@ def test_corpus_is_there() -> None:
 def test_kernel_truth(case: Path) -> None:
     truth = load_truth(case / "truth.json")
     assert truth["source"] == "kernel"
-    result = correlate(case / "inside.pcap", case / "outside.pcap", pod_cidr=truth["pod_cidr"])
+    result = correlate(*capture_pair(case), pod_cidr=truth["pod_cidr"])
     rep = compare(result, truth)
     assert rep.ok, rep.to_dict()
     # One host, one clock: the estimate must say so.
@@ -37,7 +37,7 @@ def test_kernel_truth(case: Path) -> None:
 @pytest.mark.parametrize("case", DIRS, ids=[d.name for d in DIRS])
 def test_kernel_truth_with_inferred_pod_network(case: Path) -> None:
     truth = load_truth(case / "truth.json")
-    rep = compare(correlate(case / "inside.pcap", case / "outside.pcap"), truth)
+    rep = compare(correlate(*capture_pair(case)), truth)
     assert rep.ok, rep.to_dict()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pcapbytes import tcp_pair, write_pair
 
+from natproof.check import capture_pair
 from natproof.correlate import correlate
 from natproof.diagnose import diagnose
 
@@ -14,8 +15,7 @@ CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 
 
 def findings_of(name: str) -> dict:
-    d = CAPTURES / name
-    return {f.kind: f for f in diagnose(correlate(d / "inside.pcap", d / "outside.pcap"))}
+    return {f.kind: f for f in diagnose(correlate(*capture_pair(CAPTURES / name)))}
 
 
 @pytest.mark.parametrize(("scenario", "kind"), [

@@ -23,8 +23,8 @@ if _missing:
 def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / name
     assert main(["lab", "run", name, "--out", str(out)]) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == [
-        "conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json"]
+    names = sorted(p.name.removesuffix(".gz") for p in out.iterdir())
+    assert names == ["conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json"]
     # Namespaces are named np<pid in hex><random>-...: none of this process's may outlive the run.
     assert leftover_namespaces(f"np{os.getpid():x}") == []
     capsys.readouterr()

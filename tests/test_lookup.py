@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from natproof.check import load_truth
+from natproof.check import capture_pair, load_truth
 from natproof.cli import main
 from natproof.correlate import correlate
 from natproof.errors import InputError
@@ -19,7 +19,7 @@ CASE = Path(__file__).resolve().parent.parent / "captures" / "many-connections"
 
 @pytest.fixture(scope="module")
 def result():  # type: ignore[no-untyped-def]
-    return correlate(CASE / "inside.pcap", CASE / "outside.pcap")
+    return correlate(*capture_pair(CASE))
 
 
 def test_who_names_the_pod_behind_every_sampled_outside_tuple(result) -> None:  # type: ignore[no-untyped-def]
@@ -57,11 +57,11 @@ def test_parse_time_forms() -> None:
 def test_cli_who_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
     truth = load_truth(CASE / "truth.json")["connections"][5]
     o = truth["outside"]
-    code = main(["who", f"{o['src']}:{o['sport']}", str(CASE / "inside.pcap"), str(CASE / "outside.pcap"),
+    code = main(["who", f"{o['src']}:{o['sport']}", *map(str, capture_pair(CASE)),
                  "--format", "json"])
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["connections"][0]["inside"] == truth["inside"]
-    code = main(["who", "203.0.113.2:1", str(CASE / "inside.pcap"), str(CASE / "outside.pcap"), "--format", "table"])
+    code = main(["who", "203.0.113.2:1", *map(str, capture_pair(CASE)), "--format", "table"])
     assert code == 1 and capsys.readouterr().out == "no connection used 203.0.113.2:1\n"
-    code = main(["who", "not-an-endpoint", str(CASE / "inside.pcap"), str(CASE / "outside.pcap")])
+    code = main(["who", "not-an-endpoint", *map(str, capture_pair(CASE))])
     assert code == 2 and "is not ADDR:PORT" in capsys.readouterr().err

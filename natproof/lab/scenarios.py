@@ -15,6 +15,7 @@ ones carry on.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 import platform
@@ -105,6 +106,9 @@ class Scenario:
     """(proto, server address, port) whose SNAT port pool the design exhausts."""
     check: Check | None = None
     max_pcap_bytes: int = MAX_PCAP_BYTES
+    gzip_pcaps: bool = False
+    """Store the captures as inside.pcap.gz and outside.pcap.gz (large scenarios; natproof and Wireshark read
+    gzip-compressed captures as they are)."""
 
     def rules(self) -> TruthRules:
         pods = self.topology.pods
@@ -460,13 +464,15 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "many-connections",
-            "300 short HTTP connections from three pods at once",
-            "pod1, pod2 and pod3 each open 100 HTTP/1.0 connections to 198.51.100.10:80 back to back, all "
+            "2,100 short HTTP connections from three pods at once",
+            "pod1, pod2 and pod3 each open 700 HTTP/1.0 connections to 198.51.100.10:80 back to back, all "
             "three pods at the same time. conntrack events are recorded by two listeners (NEW alone, and "
             "UPDATE,DESTROY) with 8 MiB socket buffers; the netlink drop counters are checked to be 0.",
-            tuple(_http(f"pod{i}", 100) for i in (1, 2, 3)),
+            tuple(_http(f"pod{i}", 700) for i in (1, 2, 3)),
             topology=TopologySpec(pods=THREE_PODS),
-            check=_count(300),
+            check=_count(2100),
+            max_pcap_bytes=6_000_000,
+            gzip_pcaps=True,
         ),
         Scenario(
             "large-transfer",
@@ -572,7 +578,17 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
         (stage / "scenario.txt").write_text(
             _describe(scenario, recording, truth, connections, notes, problems)
         )
-        for filename in OUTPUT_FILES:
+        outputs = list(OUTPUT_FILES)
+        if scenario.gzip_pcaps:
+            for pcap in ("inside.pcap", "outside.pcap"):
+                with open(stage / pcap, "rb") as src, open(stage / f"{pcap}.gz", "wb") as raw, \
+                        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
+                    shutil.copyfileobj(src, dst)
+                outputs[outputs.index(pcap)] = f"{pcap}.gz"
+        for stale in ("inside.pcap", "outside.pcap", "inside.pcap.gz", "outside.pcap.gz"):
+            if stale not in outputs:
+                (outdir / stale).unlink(missing_ok=True)
+        for filename in outputs:
             os.replace(stage / filename, outdir / filename)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
