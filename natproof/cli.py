@@ -112,15 +112,40 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
 @capture_options
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
+@click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write the port-allocation and latency charts (PNG and SVG) into DIR.")
 @output_options
 def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-              limit: int, fmt: str | None, output: str | None, quiet: bool) -> None:
+              limit: int, charts_dir: str | None, fmt: str | None, output: str | None, quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
     Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
     """
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
     emit(result, fmt, output, limit)
+    if charts_dir:
+        from natproof.report.charts import save_charts
+
+        written = save_charts(result, charts_dir)
+        if not quiet:
+            click.echo(f"natproof: wrote {len(written)} chart files to {charts_dir}", err=True)
+
+
+@cli.command()
+@capture_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The HTML file to write (atomically).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
+def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+           output: str, quiet: bool) -> None:
+    """Write one self-contained HTML report: summary, diagnosis, a sortable mapping table, charts."""
+    from natproof.diagnose import diagnose as run_diagnose
+    from natproof.report.html import write_html
+
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    write_html(result, run_diagnose(result), output)
+    if not quiet:
+        click.echo(f"natproof: wrote {output}", err=True)
 
 
 @cli.command()
