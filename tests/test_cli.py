@@ -236,3 +236,18 @@ def test_lab_list_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> No
     code, out, _ = run(capsys, "lab", "list")
     names = [line.split()[0] for line in out.splitlines()]
     assert code == 0 and names[:2] == ["basic", "port-collision"] and "large-transfer" in names
+
+
+def test_report_and_charts_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inside, outside = (str(CAPTURES / "port-collision" / f"{side}.pcap") for side in ("inside", "outside"))
+    html = tmp_path / "r.html"
+    code, _, err = run(capsys, "report", inside, outside, "-o", str(html))
+    assert code == 0 and err == f"natproof: wrote {html}\n"
+    page = html.read_text()
+    assert "203.0.113.2:53585" in page and "<svg" in page
+    code, _, err = run(capsys, "correlate", inside, outside, "--charts", str(tmp_path / "ch"), "-o",
+                       str(tmp_path / "m.json"))
+    assert code == 0 and err.endswith("wrote 8 chart files to " + str(tmp_path / "ch") + "\n")
+    assert sorted(p.name for p in (tmp_path / "ch").iterdir()) == sorted(
+        f"{n}.{ext}" for n in ("port_timeline", "port_map", "concurrency", "latency") for ext in ("png", "svg"))
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644

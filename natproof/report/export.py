@@ -24,6 +24,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            # mkstemp makes the file 0600; give it the mode any new file gets (0666 less the umask).
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fh.fileno(), 0o666 & ~mask)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -92,6 +96,10 @@ def render_bytes(result: Result, fmt: str) -> bytes:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def write_result(result: Result, fmt: str, path: str | os.PathLike[str]) -> None:
-    data = render_bytes(result, fmt)
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes atomically (see atomic_write)."""
     atomic_write(path, lambda fh: fh.write(data))
+
+
+def write_result(result: Result, fmt: str, path: str | os.PathLike[str]) -> None:
+    write_bytes(path, render_bytes(result, fmt))

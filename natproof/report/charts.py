@@ -1,0 +1,427 @@
+"""Charts of a Result's port allocation, mapping concurrency and NAT latency, built with matplotlib's Figure API."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import polars as pl
+from matplotlib import ticker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+
+from natproof.report.export import write_bytes
+from natproof.report.table import format_address
+from natproof.result import Result
+
+CHARTS = ("port_timeline", "port_map", "concurrency", "latency")
+"""Chart names, in the order the report shows them; also the file stems save_charts writes."""
+FORMATS = ("png", "svg")
+FIGSIZE = (8.0, 4.5)
+PNG_DPI = 150
+MAX_PODS = 10
+"""Pods with a colour of their own in port_timeline; the rest share the "other pods" colour."""
+OTHER_PODS = "other pods"
+MAX_GROUPS = 4
+"""(outside ip, destination, protocol) groups drawn in the concurrency chart, busiest first."""
+STEP_LINE_MAX_EVENTS = 400
+"""Concurrency curves with more start/end events than this are drawn as a shaded area without an outline."""
+RASTERIZE_ABOVE = 2000
+"""Scatter plots with more points than this are rasterized inside vector files (small, fast SVGs)."""
+
+STYLE: dict[str, Any] = {
+    "svg.hashsalt": "natproof",
+    "svg.fonttype": "path",
+    "font.size": 10,
+    "axes.titlesize": 12,
+    "axes.titleweight": "bold",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 9,
+    "legend.framealpha": 0.9,
+}
+"""rcParams every chart is built and saved with: fixed SVG ids (reproducible files) and a plain look."""
+
+_POD_COLOURS = tuple(mpl.colormaps["tab10"].colors)  # type: ignore[attr-defined]
+_OTHER_COLOUR = "#9a9a9a"
+_KEPT_COLOUR, _REWRITTEN_COLOUR = "#1f77b4", "#d62728"
+_EGRESS_COLOUR, _REPLY_COLOUR = "#1f77b4", "#ff7f0e"
+_GROUP_KEYS = ["proto", "outside_src", "outside_dst", "outside_dport"]
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with mpl.rc_context(STYLE):
+        yield
+
+
+def _figure(title: str) -> tuple[Figure, Axes]:
+    """A figure with one axes and its title above everything (legends placed outside included)."""
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    fig.suptitle(title, fontsize=STYLE["axes.titlesize"], fontweight="bold")
+    return fig, fig.add_subplot()
+
+
+def chart_title(fig: Figure) -> str:
+    """The title a chart builder gave its figure."""
+    return fig.get_suptitle()
+
+
+def _pct(ratio: float) -> str:
+    """50%, 100%; 0.4%, 99.7% or <0.1% when whole percent would round a partial share to 0% or 100%."""
+    if 0 < ratio < 0.001:
+        return "<0.1%"
+    if 0.999 < ratio < 1:
+        return ">99.9%"
+    text = f"{ratio:.0%}"
+    return f"{ratio:.1%}" if 0 < ratio < 1 and text in ("0%", "100%") else text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _marker_style(n: int) -> dict[str, Any]:
+    """Marker size and transparency that keep n points readable (no solid blob at 10k points)."""
+    if n <= 200:
+        return {"s": 26, "alpha": 0.9, "linewidths": 0}
+    if n <= RASTERIZE_ABOVE:
+        return {"s": 10, "alpha": 0.6, "linewidths": 0}
+    return {"s": 4, "alpha": 0.35, "linewidths": 0, "rasterized": True}
+
+
+def _plain_ports(axis: Any) -> None:
+    """Ticks at whole port numbers, printed plain (no 1e4 offset or scientific notation)."""
+    axis.set_major_locator(ticker.MaxNLocator(nbins="auto", integer=True))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0f}"))
+
+
+def _opaque(legend: Legend) -> None:
+    """Legend markers at full opacity, whatever transparency the plotted points use."""
+    for handle in legend.legend_handles:
+        if handle is not None:
+            handle.set_alpha(1.0)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def mapped_connections(result: Result) -> pl.DataFrame:
+    """Connections whose source address the NAT rewrote (the set ``port_preserved_ratio`` counts)."""
+    return result.connections.filter(
+        pl.col("outside_src").is_not_null() & (pl.col("outside_src") != pl.col("inside_src"))
+    ).sort("first_ts_ns", "conn")
+
+
+def _t0(result: Result) -> int:
+    """The first packet of the first connection (inside clock): time zero of every chart."""
+    t0 = result.connections["first_ts_ns"].min()
+    return int(t0) if t0 is not None else 0  # type: ignore[arg-type]
+
+
+def port_timeline_data(result: Result) -> pl.DataFrame:
+    """One row per rewritten connection: when it started (s since the first connection), its pod and outside port.
+
+    ``pod_group`` is the pod's address for the MAX_PODS busiest pods and OTHER_PODS for the rest.
+    """
+    m = mapped_connections(result)
+    counts = m.group_by("inside_src").len().sort(["len", "inside_src"], descending=[True, False])
+    own = counts["inside_src"].to_list()
+    if len(own) > MAX_PODS:
+        own = own[:MAX_PODS]
+    return m.select(
+        "conn", "proto",
+        pl.col("inside_src").alias("pod"),
+        pl.when(pl.col("inside_src").is_in(own)).then(pl.col("inside_src")).otherwise(pl.lit(OTHER_PODS))
+        .alias("pod_group"),
+        ((pl.col("first_ts_ns") - _t0(result)) / 1e9).alias("t_s"),
+        "outside_src", "outside_sport",
+    )
+
+
+def port_map_data(result: Result) -> pl.DataFrame:
+    """One row per rewritten connection: inside and outside source port, and whether the port was kept."""
+    return mapped_connections(result).select(
+        "conn", "proto", "inside_src", "inside_sport", "outside_sport",
+        (pl.col("inside_sport") == pl.col("outside_sport")).alias("preserved"),
+    )
+
+
+def concurrency_data(result: Result) -> pl.DataFrame:
+    """Live mappings over time for the MAX_GROUPS busiest (proto, outside ip, destination ip:port) groups.
+
+    A mapping is live from its connection's first to its last packet, both included (a start and an end at
+    the same instant overlap). One row per start or end event, in time order, with the count after it;
+    ``port_min``/``port_max``/``port_span`` are the outside source ports the group used.
+    """
+    m = mapped_connections(result)
+    t0 = _t0(result)
+    events = pl.concat([
+        m.select(*_GROUP_KEYS, pl.col("first_ts_ns").alias("ts_ns"), pl.lit(1, pl.Int32).alias("delta")),
+        m.select(*_GROUP_KEYS, pl.col("last_ts_ns").alias("ts_ns"), pl.lit(-1, pl.Int32).alias("delta")),
+    ]).sort([*_GROUP_KEYS, "ts_ns", "delta"], descending=[False] * 5 + [True])
+    events = events.with_row_index("seq").with_columns(
+        pl.col("delta").cum_sum().over(_GROUP_KEYS).alias("concurrent"))
+    groups = m.group_by(_GROUP_KEYS).agg(
+        pl.len().alias("connections"),
+        pl.col("outside_sport").min().alias("port_min"),
+        pl.col("outside_sport").max().alias("port_max"),
+    ).join(events.group_by(_GROUP_KEYS).agg(pl.col("concurrent").max().alias("peak")), on=_GROUP_KEYS)
+    groups = groups.sort(["peak", "connections", *_GROUP_KEYS], descending=[True, True, False, False, False, False])
+    groups = groups.head(MAX_GROUPS).with_columns(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("rank"),
+        (pl.col("port_max").cast(pl.Int64) - pl.col("port_min").cast(pl.Int64) + 1).alias("port_span"),
+    )
+    labels = [_group_label(*row) for row in groups.select(_GROUP_KEYS).iter_rows()]
+    groups = groups.with_columns(pl.Series("group", labels, dtype=pl.String))
+    return events.join(groups, on=_GROUP_KEYS, how="inner").sort("rank", "seq").select(
+        "rank", "group", *_GROUP_KEYS,
+        ((pl.col("ts_ns") - t0) / 1e9).alias("t_s"), "ts_ns", "delta", "concurrent",
+        "connections", "peak", "port_min", "port_max", "port_span",
+    )
+
+
+def _group_label(proto: str, outside_src: str, dst: str, dport: int | None) -> str:
+    target = format_address(dst, None if proto == "icmp" else dport)
+    return f"{proto} {format_address(outside_src, None)} → {target}"
+
+
+def latency_data(result: Result) -> pl.DataFrame:
+    """NAT traversal latency of every packet matched by exact identity, per direction, in microseconds.
+
+    egress: (dt_ns - offset_ns) / 1000; reply: (offset_ns - dt_ns) / 1000, with offset_ns the clock offset.
+    ICMP errors cross the node outside-to-inside and count as reply, as in the connections' latency columns.
+    """
+    offset_ns = int(round(result.clock_offset_s * 1e9))
+    pk = result.inside_packets
+    if "method" not in pk.columns:
+        return pl.DataFrame(schema={"conn": pl.UInt32, "frame_no": pl.UInt32, "out_frame": pl.UInt32,
+                                    "direction": pl.String, "latency_us": pl.Float64})
+    ids = result.connections.select("conn", pl.col("inside_conn_id").alias("conn_id"))
+    return pk.filter(pl.col("method") == "exact").join(ids, on="conn_id", how="left").sort("frame_no").select(
+        "conn", "frame_no", "out_frame",
+        pl.when(pl.col("is_egress")).then(pl.lit("egress")).otherwise(pl.lit("reply")).alias("direction"),
+        (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
+         / 1000.0).alias("latency_us"),
+    )
+
+
+_DATA: dict[str, Callable[[Result], pl.DataFrame]] = {
+    "port_timeline": port_timeline_data,
+    "port_map": port_map_data,
+    "concurrency": concurrency_data,
+    "latency": latency_data,
+}
+
+
+def chart_data(result: Result) -> dict[str, pl.DataFrame]:
+    """The exact series each chart is drawn from, by chart name (an empty frame: no chart)."""
+    return {name: _DATA[name](result) for name in CHARTS}
+
+
+# -------------------------------------------------------------------------------------------- charts
+
+
+def port_timeline(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
+    """Outside source port of each rewritten connection against its start time, one colour per pod."""
+    df = port_timeline_data(result) if data is None else data
+    if df.is_empty():
+        return None
+    counts = df.group_by("pod_group").agg(pl.len(), pl.col("pod").n_unique().alias("pods"))
+    order = [g for g in counts.sort(["len", "pod_group"], descending=[True, False])["pod_group"].to_list()
+             if g != OTHER_PODS]
+    if OTHER_PODS in counts["pod_group"].to_list():
+        order.append(OTHER_PODS)
+    info = {g: (n, p) for g, n, p in counts.iter_rows()}
+    with _style():
+        fig, ax = _figure(f"Outside source ports handed out by the NAT ({df.height} connections)")
+        style = _marker_style(df.height)
+        for i, group in enumerate(order):
+            sel = df.filter(pl.col("pod_group") == group)
+            n, pods = info[group]
+            colour = _OTHER_COLOUR if group == OTHER_PODS else _POD_COLOURS[i % len(_POD_COLOURS)]
+            label = f"{OTHER_PODS} ({pods}): {n}" if group == OTHER_PODS else f"{group}: {n}"
+            ax.scatter(sel["t_s"].to_numpy(), sel["outside_sport"].to_numpy(), color=colour, label=label, **style)
+        ax.set_xlabel("time since first connection (s, inside clock)")
+        ax.set_ylabel("outside source port")
+        lo, hi = int(df["outside_sport"].min()), int(df["outside_sport"].max())  # type: ignore[arg-type]
+        if hi - lo < 20:  # a handful of ports: whole-number ticks just around them
+            pad = max(1, (hi - lo) // 4)
+            ax.set_ylim(lo - pad, hi + pad)
+        _plain_ports(ax.yaxis)
+        _opaque(fig.legend(title="pod (inside source address): connections", loc="outside lower center",
+                           ncols=min(len(order), 4), frameon=False))
+        return fig
+
+
+def port_map(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
+    """Inside source port against the outside one; points on the diagonal kept their port."""
+    df = port_map_data(result) if data is None else data
+    if df.is_empty():
+        return None
+    ratio = result.port_preserved_ratio()
+    kept = df.filter(pl.col("preserved"))
+    moved = df.filter(~pl.col("preserved"))
+    ports = pl.concat([df["inside_sport"], df["outside_sport"]]).cast(pl.Int64)
+    lo, hi = int(ports.min()), int(ports.max())  # type: ignore[arg-type]
+    pad = max((hi - lo) * 0.05, 500)
+    lo_lim, hi_lim = max(lo - pad, 0), min(hi + pad, 65535)
+    with _style():
+        fig, ax = _figure(f"Source port, inside vs outside: {_pct(ratio)} kept ({df.height} connections through SNAT)")
+        ax.plot([lo_lim, hi_lim], [lo_lim, hi_lim], color="#555555", lw=1, ls="--", zorder=1,
+                label="inside port = outside port (kept)")
+        # Each set is styled for its own size: a few rewritten ports among thousands kept stay visible.
+        if kept.height:
+            ax.scatter(kept["inside_sport"].to_numpy(), kept["outside_sport"].to_numpy(), color=_KEPT_COLOUR,
+                       zorder=2, label=f"port kept: {_count(kept.height, 'connection')}",
+                       **_marker_style(kept.height))
+        if moved.height:
+            ax.scatter(moved["inside_sport"].to_numpy(), moved["outside_sport"].to_numpy(), color=_REWRITTEN_COLOUR,
+                       zorder=3, label=f"port rewritten: {_count(moved.height, 'connection')}",
+                       **_marker_style(moved.height))
+        ax.set_xlim(lo_lim, hi_lim)
+        ax.set_ylim(lo_lim, hi_lim)
+        ax.set_xlabel("inside source port (pod)")
+        ax.set_ylabel("outside source port (node)")
+        _plain_ports(ax.xaxis)
+        _plain_ports(ax.yaxis)
+        _opaque(fig.legend(loc="outside lower center", ncols=3, frameon=False))
+        return fig
+
+
+def concurrency(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
+    """Mappings live at once per (proto, outside ip, destination) against the size of its port range in use."""
+    df = concurrency_data(result) if data is None else data
+    if df.is_empty():
+        return None
+    groups = df.unique("rank", keep="first", maintain_order=True).sort("rank")
+    peak_max = int(groups["peak"].max())  # type: ignore[arg-type]
+    span_max = int(groups["port_span"].max())  # type: ignore[arg-type]
+    log = span_max > 20 * max(peak_max, 1)
+    with _style():
+        fig, ax = _figure("Concurrent NAT mappings vs size of the port range in use")
+        for g in groups.iter_rows(named=True):
+            sel = df.filter(pl.col("rank") == g["rank"])
+            colour = _POD_COLOURS[g["rank"] % len(_POD_COLOURS)]
+            t, live = sel["t_s"].to_numpy(), sel["concurrent"].to_numpy()
+            label = f"{g['group']} ({_count(g['connections'], 'connection')}): peak {g['peak']} live"
+            if sel.height <= STEP_LINE_MAX_EVENTS:
+                ax.fill_between(t, live, step="post", color=colour, alpha=0.2, lw=0)
+                ax.step(t, live, where="post", color=colour, lw=1.6, label=label)
+            else:  # the count flips too often for a line to stay readable: the shaded area alone
+                ax.fill_between(t, live, step="post", color=colour, alpha=0.5, lw=0, label=label)
+            ax.axhline(g["port_span"], color=colour, ls="--", lw=1.2,
+                       label=f"ports {g['port_min']}–{g['port_max']} in use: {g['port_span']} ports, "
+                             f"peak fills {_pct(g['peak'] / g['port_span'])}")
+        ax.set_xlabel("time since first connection (s, inside clock)")
+        if log:
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylim(0, span_max * 2)
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_ylabel("mappings live at once / ports (log scale)")
+        else:
+            ax.set_ylim(0, max(span_max, peak_max) * 1.1)
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+            ax.set_ylabel("mappings live at once / ports")
+        fig.legend(title="solid or shaded: mappings live at once; dashed: size of the port range in use",
+                   loc="outside lower center", frameon=False)
+        return fig
+
+
+def latency(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
+    """Histogram of the time packets took to cross the node, egress and reply, with their medians."""
+    df = latency_data(result) if data is None else data
+    df = df.filter(pl.col("latency_us").is_not_null())
+    if df.is_empty():
+        return None
+    values = df["latency_us"].to_numpy()
+    lo, hi = float(values.min()), float(values.max())
+    log = lo > 0 and hi / lo > 20
+    nbins = int(min(60, max(10, np.sqrt(len(values)))))
+    if log:
+        bins = np.geomspace(lo, hi, nbins + 1)
+    elif hi > lo:
+        bins = np.linspace(lo, hi, nbins + 1)
+    else:
+        bins = np.linspace(lo - 1, hi + 1, 11)
+    with _style():
+        fig, ax = _figure("NAT traversal latency (time a packet takes to cross the node)")
+        for direction, colour, name in (("egress", _EGRESS_COLOUR, "egress, pod → outside"),
+                                        ("reply", _REPLY_COLOUR, "reply, outside → pod")):
+            v = df.filter(pl.col("direction") == direction)["latency_us"].to_numpy()
+            if not len(v):
+                continue
+            med = float(np.median(v))
+            tail = f"p99 {np.percentile(v, 99):.1f}" if len(v) >= 100 else f"max {v.max():.1f}"
+            ax.hist(v, bins=bins, histtype="stepfilled", color=colour, alpha=0.3)
+            ax.hist(v, bins=bins, histtype="step", color=colour, lw=1.4,
+                    label=f"{name}: {_count(len(v), 'packet')}, median {med:.1f} µs, {tail} µs")
+            ax.axvline(med, color=colour, ls="--", lw=1)
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            few_decades = hi / lo <= 100
+            ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}") if few_decades
+                                         else ticker.NullFormatter())
+        ax.set_xlabel("latency (µs" + (", log scale)" if log else ")"))
+        ax.set_ylabel("packets")
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        offset = f"clock offset {result.clock_offset_s:+.6f} s applied; dashed lines: medians"
+        fig.legend(title=offset, loc="outside lower center", frameon=False)
+        return fig
+
+
+_BUILDERS: dict[str, Callable[[Result, pl.DataFrame | None], Figure | None]] = {
+    "port_timeline": port_timeline,
+    "port_map": port_map,
+    "concurrency": concurrency,
+    "latency": latency,
+}
+
+
+def build_charts(result: Result) -> dict[str, Figure]:
+    """Every chart there is data for, by name, in CHARTS order."""
+    data = chart_data(result)
+    figs = {name: _BUILDERS[name](result, data[name]) for name in CHARTS}
+    return {name: fig for name, fig in figs.items() if fig is not None}
+
+
+def figure_bytes(fig: Figure, fmt: str) -> bytes:
+    """A figure as PNG or SVG bytes, reproducibly: fixed SVG ids and no date in the file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown chart format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    buf = io.BytesIO()
+    title = chart_title(fig)
+    with _style():
+        if fmt == "svg":
+            fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "natproof", "Title": title})
+        else:
+            fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": "natproof", "Title": title})
+    return buf.getvalue()
+
+
+def save_charts(result: Result, outdir: str | os.PathLike[str],
+                formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``<name>.<format>`` for every chart there is data for (atomically); returns the paths written."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown chart format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in build_charts(result).items():
+        for fmt in formats:
+            path = out / f"{name}.{fmt}"
+            write_bytes(path, figure_bytes(fig, fmt))
+            written.append(path)
+    return written

@@ -1,0 +1,239 @@
+"""Tests of natproof/report/html.py: content, escaping, self-containment, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import re
+import shutil
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from test_charts import load, synthetic_result
+
+from natproof.diagnose import Finding
+from natproof.report.html import COLUMNS, render_html, write_html
+from natproof.report.table import format_address
+from natproof.result import Result
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (apt-get install chromium)")
+EVIL = '<script>alert("pwned")</script>'
+
+
+class Page(HTMLParser):
+    """The mapping table's rows (attributes and cell texts), the charts and the scripts of an HTML page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[tuple[dict[str, str | None], list[str]]] = []
+        self.svgs: list[dict[str, str | None]] = []
+        self.imgs: list[dict[str, str | None]] = []
+        self.scripts: list[str] = []
+        self.table_attrs: dict[str, str | None] = {}
+        self._in_table = self._in_body = self._in_script = False
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table" and a.get("id") == "mappings":
+            self._in_table, self.table_attrs = True, a
+        elif tag == "tbody" and self._in_table:
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append((a, []))
+        elif tag == "td" and self._in_body:
+            self._cell = []
+        elif tag == "svg":
+            self.svgs.append(a)
+        elif tag == "img":
+            self.imgs.append(a)
+        elif tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self.rows[-1][1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+        elif tag == "table":
+            self._in_table = False
+        elif tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_script:
+            self.scripts[-1] += data
+
+
+@pytest.fixture(scope="module")
+def collision() -> Result:
+    return load("port-collision")
+
+
+FINDINGS = [
+    Finding("mapping_conflict", "warning", "Outside tuple <b>reused</b>",
+            f"Someone wrote {EVIL} into a capture & it must stay text.",
+            "Run `conntrack -L | grep '<40000>'` and compare.", connections=(1,),
+            evidence=("#1 tcp 10.244.0.11:40000 -> 198.51.100.10:80 left as 203.0.113.2:53585 <frame 8>",),
+            data={"x": 1}),
+    Finding("healthy", "info", "NAT working as expected", "2 connections translated.", "Nothing to fix.",
+            connections=(0, 1)),
+]
+
+
+@pytest.fixture(scope="module")
+def page_text(collision: Result) -> str:
+    return render_html(collision, FINDINGS)
+
+
+def cell(name: str) -> int:
+    return [c[0] for c in COLUMNS].index(name)
+
+
+def test_every_connection_is_a_table_row_with_its_addresses(collision: Result, page_text: str) -> None:
+    page = Page(page_text)
+    conns = collision.connections.to_dicts()
+    assert len(page.rows) == len(conns) == 2
+    for (attrs, cells), r in zip(page.rows, conns, strict=True):
+        assert attrs["id"] == f"c{r['conn']}" and attrs["class"] == f"v-{r['verdict']}"
+        assert len(cells) == len(COLUMNS)
+        assert cells[cell("inside")] == format_address(r["inside_src"], r["inside_sport"])
+        assert cells[cell("outside")] == format_address(r["outside_src"], r["outside_sport"])
+        assert cells[cell("destination")] == format_address(r["inside_dst"], r["inside_dport"])
+        assert cells[cell("verdict")] == r["verdict"] == "translated"
+        assert cells[cell("egress")] == f"{r['egress_inside']}/{r['egress_outside']}"
+        assert cells[cell("egress_frames")] == (f"{r['evidence_egress_inside_frame']}/"
+                                                f"{r['evidence_egress_outside_frame']}")
+    assert [c[cell("outside")] for _, c in page.rows] == ["203.0.113.2:40000", "203.0.113.2:53585"]
+
+
+def test_title_summary_and_findings(collision: Result, page_text: str) -> None:
+    title = re.search(r"<title>(.*?)</title>", page_text)
+    assert title and "captures/port-collision/inside.pcap" in title.group(1)
+    assert "captures/port-collision/outside.pcap" in title.group(1)
+    assert "UTC (1.275 s)" in page_text  # the inside capture's time span
+    assert "50.0% of 2 connection(s)" in page_text
+    assert "+0.000000 s (outside clock minus inside clock)" in page_text
+    assert 'data-filter="verdict:translated"' in page_text
+    for f in FINDINGS:
+        assert f'data-conns="{" ".join(map(str, f.connections))}"' in page_text
+    assert "<code>conntrack -L | grep &#x27;&lt;40000&gt;&#x27;</code>" in page_text
+    assert "&lt;frame 8&gt;" in page_text
+    assert page_text.index("Outside tuple &lt;b&gt;reused&lt;/b&gt;") < page_text.index("NAT working as expected")
+
+
+def test_capture_text_is_escaped(collision: Result, page_text: str) -> None:
+    assert EVIL not in page_text
+    assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;" in page_text
+    assert "<b>reused</b>" not in page_text
+    assert len(Page(page_text).scripts) == 1  # only the report's own script
+    odd = dataclasses.replace(collision, inside=dataclasses.replace(collision.inside, path='/tmp/"x"<y>.pcap'))
+    text = render_html(odd, [])
+    assert '"x"<y>' not in text and "&quot;x&quot;&lt;y&gt;.pcap" in text
+    assert "No diagnosis was given" in text
+
+
+def test_self_contained(page_text: str) -> None:
+    assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", page_text, re.I)
+    assert not re.search(r"url\(\s*[\"']?(?:https?:)?//", page_text, re.I)
+    assert "@import" not in page_text and "<link" not in page_text
+    page = Page(page_text)
+    assert len(page.svgs) >= 4  # charts inline
+    assert all(not (img.get("src") or "data:").startswith(("http", "//")) for img in page.imgs)
+    # The CSP forbids any fetch and allows exactly the report's script.
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page_text)
+    assert csp and "default-src 'none'" in csp.group(1)
+    digest = base64.b64encode(hashlib.sha256(page.scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp.group(1)
+
+
+def test_chart_ids_are_unique_across_inline_svgs(page_text: str) -> None:
+    ids = re.findall(r'\bid="([^"]+)"', page_text)
+    assert len(ids) == len(set(ids))
+    for ref in set(re.findall(r'(?:href="#|url\(#)([^")]+)', page_text)):
+        assert ref in ids, ref
+
+
+def test_render_is_deterministic_and_write_is_atomic(collision: Result, page_text: str, tmp_path: Path) -> None:
+    assert render_html(collision, FINDINGS) == page_text
+    out = tmp_path / "report.html"
+    write_html(collision, FINDINGS, out)
+    assert out.read_text(encoding="utf-8") == page_text
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_empty_result_renders() -> None:
+    text = render_html(synthetic_result(0), [])
+    assert "showing 0 of 0" in text and text.count("no data") == 4
+    assert Page(text).rows == []
+
+
+def test_ten_thousand_rows_render_as_plain_rows() -> None:
+    res = synthetic_result(10_000)
+    t = time.perf_counter()
+    text = render_html(res, [])
+    assert time.perf_counter() - t < 30
+    page = Page(text)
+    assert len(page.rows) == 10_000
+    assert len(text) < 12_000_000
+
+
+# ------------------------------------------------------------------------------------------- Chromium
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def report_file(collision: Result, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    write_html(collision, FINDINGS, path)
+    return path
+
+
+@needs_chromium
+def test_chromium_runs_the_page(report_file: Path, tmp_path: Path, collision: Result) -> None:
+    proc = chromium(tmp_path, "--dump-dom", report_file.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = Page(proc.stdout)
+    assert len(page.rows) == collision.connections.height
+    assert page.table_attrs.get("data-ready") == "true"  # the script ran under the page's CSP
+    assert len([s for s in page.svgs if s.get("class") == "chart"]) == 4
+    assert "alert(" not in "".join(page.scripts)
+
+
+@needs_chromium
+def test_chromium_sorts_and_filters(report_file: Path, tmp_path: Path) -> None:
+    url = report_file.as_uri() + "?sort=outside&order=desc&filter=10.244.0.10"
+    proc = chromium(tmp_path, "--dump-dom", url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = Page(proc.stdout)
+    # Sorted by outside address:port, descending: 53585 first; the filter hides the other pod's row.
+    assert [a["id"] for a, _ in page.rows] == ["c1", "c0"]
+    assert ["hidden" in a for a, _ in page.rows] == [True, False]
+    assert 'id="shown" class="muted">showing 1 of 2<' in proc.stdout
+
+
+@needs_chromium
+def test_chromium_screenshot(report_file: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "report.png"
+    proc = chromium(tmp_path, "--window-size=1400,2400", f"--screenshot={shot}", report_file.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
