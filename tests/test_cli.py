@@ -250,4 +250,8 @@ def test_report_and_charts_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and err.endswith("wrote 8 chart files to " + str(tmp_path / "ch") + "\n")
     assert sorted(p.name for p in (tmp_path / "ch").iterdir()) == sorted(
         f"{n}.{ext}" for n in ("port_timeline", "port_map", "concurrency", "latency") for ext in ("png", "svg"))
-    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask  # as any new file, not mkstemp's 0600
