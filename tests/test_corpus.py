@@ -49,3 +49,26 @@ def test_icmp_port_unreachable_is_reverse_translated_but_not_a_reply() -> None:
     assert closed["verdict"] == "no_reply" and closed["flags"] == ["icmp_error"]
     assert closed["packets"]["icmp_error_outside"] == closed["packets"]["icmp_error_inside"] == 1
     assert closed["evidence"]["icmp_error"] is not None
+
+
+def test_pcapng_copy_of_a_kernel_capture_gives_the_same_answer(tmp_path: Path) -> None:
+    # Rewrite captures/port-collision as pcapng (one interface, nanosecond if_tsresol) and as gzip.
+    import gzip
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pcapbytes import pcapng
+
+    from natproof.capture import read_capture
+
+    paths = []
+    for side in ("inside", "outside"):
+        info, records = read_capture(CAPTURES / "port-collision" / f"{side}.pcap")
+        data = pcapng([(info.link_types[0], 9)], [(0, r.ts_ns, r.data) for r in records])
+        p = tmp_path / f"{side}.pcapng.gz"
+        p.write_bytes(gzip.compress(data))
+        paths.append(p)
+    a = correlate(*paths).to_dict()
+    b = correlate(*capture_pair(CAPTURES / "port-collision")).to_dict()
+    assert a["captures"]["inside"]["format"] == "pcapng+gzip"
+    assert a["connections"] == b["connections"] and a["clock_offset_s"] == b["clock_offset_s"]
