@@ -28,8 +28,8 @@ lint: $(STAMP)  ## ruff
 captures: $(STAMP)  ## regenerate captures/<scenario>/ with the real kernel (needs root)
 	$(BIN)/python scripts/make_captures.py
 
-bench: $(STAMP)  ## decode and correlate speed against the dpkt baseline
-	$(BIN)/python scripts/bench.py
+bench: $(STAMP)  ## decode and correlate speed against the dpkt baseline (BENCH_ARGS=--small for CI's size)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

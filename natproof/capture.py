@@ -76,6 +76,8 @@ class CaptureInfo:
     warnings: list[str] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     """Frames that are not part of any connection, by reason (non_ip, malformed, unsupported_link, ...)."""
+    fallback_frames: int = 0
+    """Frames the fast decoder (natproof.fastdecode) handed to the dpkt reference decoder; 0 on the dpkt path."""
 
     @property
     def link_type(self) -> str:

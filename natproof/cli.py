@@ -81,6 +81,8 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 def capture_options(f: Callable) -> Callable:
     """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+    f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
+                     help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
     f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
                      metavar="SECONDS",
                      help="How far apart (after the clock offset) two copies of a packet may be.")(f)
@@ -94,13 +96,13 @@ def capture_options(f: Callable) -> Callable:
 
 
 def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-                  quiet: bool) -> natproof.Result:
+                  quiet: bool, decoder: str = "auto") -> natproof.Result:
     """Correlate with a progress bar, and print the captures' warnings unless quiet."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
-                                    tolerance_s=tolerance, progress=progress)
+                                    tolerance_s=tolerance, progress=progress, decoder=decoder)
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
@@ -116,12 +118,13 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
               help="Also write the port-allocation and latency charts (PNG and SVG) into DIR.")
 @output_options
 def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-              limit: int, charts_dir: str | None, fmt: str | None, output: str | None, quiet: bool) -> None:
+              decoder: str, limit: int, charts_dir: str | None, fmt: str | None, output: str | None,
+              quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
     Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
     """
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit)
     if charts_dir:
         from natproof.report.charts import save_charts
@@ -137,12 +140,12 @@ def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: flo
               help="The HTML file to write (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-           output: str, quiet: bool) -> None:
+           decoder: str, output: str, quiet: bool) -> None:
     """Write one self-contained HTML report: summary, diagnosis, a sortable mapping table, charts."""
     from natproof.diagnose import diagnose as run_diagnose
     from natproof.report.html import write_html
 
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     write_html(result, run_diagnose(result), output)
     if not quiet:
         click.echo(f"natproof: wrote {output}", err=True)
@@ -154,11 +157,11 @@ def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-             fmt: str | None, quiet: bool) -> None:
+             decoder: str, fmt: str | None, quiet: bool) -> None:
     """Name what went wrong (forwarding, MASQUERADE, port pool, dropped replies), with evidence and the fix."""
     from natproof.diagnose import diagnose as run_diagnose
 
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         doc = {"schema": "natproof.diagnose/1", "inside": result.inside.path, "outside": result.outside.path,
@@ -189,7 +192,7 @@ def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: floa
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-           expectations_file: str | None, expect_snat_ip: str | None, expect_all: str | None,
+           decoder: str, expectations_file: str | None, expect_snat_ip: str | None, expect_all: str | None,
            expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None, fmt: str | None,
            quiet: bool) -> None:
     """Check the captures against expectations: exit 0 when all hold, 1 when one fails, 2 on bad input."""
@@ -204,7 +207,7 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
         no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections)
     if exp.is_empty():
         raise click.UsageError("nothing to verify: give --expectations FILE or an --expect-* option")
-    result = run_correlate(inside, outside, pod_cidr or file_cidr, clock_offset, tolerance, quiet)
+    result = run_correlate(inside, outside, pod_cidr or file_cidr, clock_offset, tolerance, quiet, decoder)
     checks = run_verify(result, exp)
     passed = all(c.passed for c in checks)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
@@ -230,7 +233,7 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None,
-        tolerance: float, at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
+        tolerance: float, decoder: str, at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
     """Which pod was behind the outside ADDR:PORT (at TIME)? Or, for a pod's ADDR:PORT, where did it go?
 
     Exit 0 when a connection was found, 1 when none was.
@@ -239,7 +242,7 @@ def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_of
     from natproof.lookup import who as run_who
 
     parse_endpoint(endpoint)  # a bad ADDR:PORT is reported before the captures are read
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     answer = run_who(result, endpoint, at, window)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps(answer.to_dict(), indent=2))

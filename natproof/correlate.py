@@ -11,7 +11,7 @@ import polars as pl
 from natproof.connections import PROTO_NAMES, IdleTimeouts, group_connections
 from natproof.errors import InputError
 from natproof.match import match_sides, with_keys
-from natproof.packets import load_packets
+from natproof.packets import decoder_flag, load_pair
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
 from natproof.verdicts import classify
 
@@ -68,6 +68,7 @@ def correlate(
     tolerance_s: float = 1.0,
     timeouts: IdleTimeouts | None = None,
     progress: ProgressFactory | None = None,
+    decoder: str = "auto",
 ) -> Result:
     """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
 
@@ -75,14 +76,14 @@ def correlate(
     from the inside capture. ``clock_offset_s`` (outside minus inside) is estimated when not given.
     Raises :class:`~natproof.errors.CaptureError` for an unusable file and
     :class:`~natproof.errors.InputError` for captures that cannot be used together.
+    ``decoder`` picks the packet decoder: "auto" or "fast" (columnar), or "dpkt" (the reference); the
+    result is the same.
     """
-    infos, frames = [], []
-    for label, path in (("inside", inside), ("outside", outside)):
-        cb = progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
-        info, pk = load_packets(path, cb)
-        infos.append(info)
-        frames.append(pk)
-    in_info, out_info = infos
+    fast = decoder_flag(decoder)
+    cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
+           for label, path in (("inside", inside), ("outside", outside))]
+    (in_info, in_frame), (out_info, out_frame) = load_pair([inside, outside], cbs, fast=fast)
+    frames = [in_frame, out_frame]
     in_pk, in_conns = group_connections(frames[0], timeouts)
     out_pk, out_conns = group_connections(frames[1], timeouts)
 

@@ -255,3 +255,12 @@ def test_report_and_charts_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask  # as any new file, not mkstemp's 0600
+
+
+def test_decoder_choice_gives_the_same_document(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    docs = []
+    for decoder in ("dpkt", "fast"):
+        code, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--decoder", decoder, "--format", "json")
+        assert code == 0
+        docs.append(json.loads(out))
+    assert docs[0] == docs[1] and len(docs[0]["connections"]) == 2

@@ -1,0 +1,767 @@
+"""Columnar decode of pcap/pcapng over an mmap with numpy; frames it does not handle go to decode.decode."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import mmap
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+import polars as pl
+import xxhash
+
+from natproof.capture import (
+    _MIN_BLOCK,
+    _TSRESOL_DEFAULT,
+    GZIP_MAGIC,
+    PCAP_MAGIC,
+    PCAPNG_SHB,
+    CaptureInfo,
+    _options,
+    _tsresol_ns,
+)
+from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode
+from natproof.errors import CaptureError
+
+CHUNK_BYTES = 64 * 1024 * 1024
+"""File bytes framed and decoded per chunk: bounds the pages of the file resident at once."""
+SNAP = 84
+"""Frame bytes gathered per record: the longest fast link header (Ethernet with two VLAN tags, 22 bytes)
+plus an IPv6 header and a TCP header without options, with room to spare."""
+L3_SNAP = 62
+_RAW_LINKS = (101, 12, 14, 228, 229)
+_ETH, _SLL, _SLL2 = 1, 113, 276
+_MAX_CAPLEN = 0x4000000
+_SHB_TYPE = 0x0A0D0D0A  # the same value in either byte order
+_SPB_PREVIOUS_TS = -(2**63)
+"""Placeholder timestamp of a Simple Packet Block: it takes the previous record's."""
+
+
+class Unsupported(Exception):
+    """The file uses something the fast path does not frame; decode it with the reference path instead."""
+
+
+@dataclass
+class _Chunk:
+    """Records framed from one stretch of the file, as arrays in file order."""
+
+    frame_no: np.ndarray
+    data_off: np.ndarray
+    """Offset of each record's frame bytes in the file buffer."""
+    caplen: np.ndarray
+    wire_len: np.ndarray
+    """Original length, at least caplen (as Record.wire_len)."""
+    orig_wire: np.ndarray
+    """Original length as stored (truncated_records compares caplen with it)."""
+    ts_ns: np.ndarray
+    linktype: np.ndarray
+    resume_off: int
+    """File offset where the next chunk starts; bytes before it are no longer needed."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Opening: an mmap of the file, or of a temporary file holding the decompressed stream.
+
+
+@contextlib.contextmanager
+def open_buffer(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, bool]]:
+    """Map a capture file read-only; gzip input and standard input are spooled to a temporary file first.
+
+    Raises the same CaptureError messages as capture.read_capture for files that cannot be opened.
+    """
+    name = str(path)
+    with contextlib.ExitStack() as stack:
+        if name == "-":
+            src: IO[bytes] = sys.stdin.buffer
+        else:
+            try:
+                src = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+            except FileNotFoundError:
+                raise CaptureError(name, "no such file") from None
+            except IsADirectoryError:
+                raise CaptureError(name, "is a directory, not a capture file") from None
+            except PermissionError:
+                raise CaptureError(name, "permission denied") from None
+            except OSError as exc:
+                raise CaptureError(name, f"cannot open ({exc.strerror})") from None
+        head = src.read(2) if name == "-" else src.read(4)
+        if not head:
+            raise CaptureError(name, "empty file (0 bytes)")
+        gz = head[:2] == GZIP_MAGIC
+        if name != "-" and not gz:
+            fh = src
+        else:
+            fh = stack.enter_context(tempfile.TemporaryFile(prefix="natproof-"))
+            if gz:
+                if name == "-":
+                    reader: IO[bytes] = _Prefixed(head, src)
+                else:
+                    src.seek(0)
+                    reader = src
+                try:
+                    with gzip.GzipFile(fileobj=reader) as z:
+                        shutil.copyfileobj(z, fh, 8 * 1024 * 1024)
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise CaptureError(name, f"corrupt gzip stream ({exc})") from None
+            else:
+                fh.write(head)
+                shutil.copyfileobj(src, fh, 8 * 1024 * 1024)
+            fh.flush()
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            # A gzip stream of nothing: the reference reads it as an empty buffer, which has no magic.
+            raise CaptureError(name, "not a pcap or pcapng capture (starts with )")
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield buf, gz
+        finally:
+            with contextlib.suppress(BufferError):
+                buf.close()
+
+
+class _Prefixed:
+    """A read-only stream that returns ``head`` before the rest of ``rest`` (for sniffed standard input)."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            out, self._head = self._head, b""
+            more = self._rest.read(-1 if n < 0 else max(0, n - len(out)))
+            return out + more
+        return self._rest.read(n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Framing: record offsets by a tight Python loop, every other header field by numpy gathers.
+
+
+def _gather(buf: mmap.mmap, offsets: np.ndarray, width: int) -> np.ndarray:
+    """The ``width`` bytes at each offset as an (n, width) uint8 matrix; bytes past the end of buf read as 0."""
+    n = len(offsets)
+    size = len(buf)
+    if size >= width:
+        view = np.ndarray((size - width + 1,), dtype=f"V{width}", buffer=buf, strides=(1,))
+        last = size - width
+        out = view[np.minimum(offsets, last)].view(np.uint8).reshape(n, width)
+        late = np.nonzero(offsets > last)[0]
+    else:
+        out = np.zeros((n, width), dtype=np.uint8)
+        late = np.arange(n)
+    if len(late):
+        out = np.array(out)  # writable copy
+        for i in late.tolist():
+            o = int(offsets[i])
+            piece = bytes(buf[o:o + width])
+            out[i] = 0
+            out[i, :len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+    return out
+
+
+def _u(m: np.ndarray, col: int, width: int, endian: str = ">") -> np.ndarray:
+    """Unsigned integers of ``width`` bytes at column ``col`` of a byte matrix, as int64."""
+    return m[:, col:col + width].view(f"{endian}u{width}")[:, 0].astype(np.int64)
+
+
+def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator[_Chunk]:
+    end = len(buf)
+    if end < 24:
+        raise CaptureError(info.path, f"truncated pcap file header ({end} of 24 bytes)")
+    endian, unit = PCAP_MAGIC[bytes(buf[:4])]
+    network = struct.unpack_from(endian + "I", buf, 20)[0]
+    linktype = network & 0x0FFFFFFF if network > 0xFFFF else network
+    info.link_types = [linktype]
+    info.ts_precision_ns = unit
+    caplen_at = struct.Struct(endian + "8xI").unpack_from
+    off, frame = 24, 0
+    while True:
+        lim = min(off + chunk_bytes, end - 16)
+        offs: list[int] = []
+        ap = offs.append
+        while off <= lim:
+            ap(off)
+            off += 16 + caplen_at(buf, off)[0]
+        o = np.array(offs, dtype=np.int64)
+        hdr = _gather(buf, o, 16)
+        sec, frac, cap, wire = (_u(hdr, c, 4, endian) for c in (0, 4, 8, 12))
+        bad = (cap > _MAX_CAPLEN) | (o + 16 + cap > end)
+        done = False
+        if bad.any():
+            i = int(np.argmax(bad))
+            if cap[i] > _MAX_CAPLEN:
+                info.warnings.append(f"record {frame + i + 1} claims {int(cap[i])} bytes; file corrupt from there")
+            else:
+                info.warnings.append(f"last record truncated at frame {frame + i + 1}; {frame + i} frames used")
+            o, sec, frac, cap, wire = o[:i], sec[:i], frac[:i], cap[:i], wire[:i]
+            done = True
+        elif off > end - 16:
+            if off < end:
+                n = frame + len(o)
+                info.warnings.append(f"last record header truncated after frame {n}; {n} frames used")
+            done = True
+        n = len(o)
+        yield _Chunk(
+            frame_no=np.arange(frame + 1, frame + n + 1, dtype=np.int64), data_off=o + 16, caplen=cap,
+            wire_len=np.maximum(wire, cap), orig_wire=wire, ts_ns=sec * 1_000_000_000 + frac * unit,
+            linktype=np.full(n, linktype, dtype=np.int64), resume_off=off,
+        )
+        frame += n
+        if done:
+            return
+
+
+@dataclass
+class _Section:
+    """Interfaces and byte order in force from a given position of a pcapng chunk's record list on."""
+
+    start: int
+    endian: str
+    ifaces: tuple[tuple[int, int, int, int], ...]
+
+
+def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator[_Chunk]:
+    """Mirror capture._iter_pcapng block by block; Enhanced Packet Blocks take a short path and are
+    decoded in bulk afterwards."""
+    end = len(buf)
+    off, frame = 0, 0
+    endian = "<"
+    ifaces: list[tuple[int, int, int, int]] = []
+    pair = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
+    last_ts: int | None = None
+    finished = False
+    while not finished:
+        stop = min(off + chunk_bytes, end)
+        # Per frame: block offset (EPB) or -1 - index into specials (PB, SPB, and unusable frames).
+        offs: list[int] = []
+        ap = offs.append
+        specials: list[tuple[int, int, int, int, int, int] | None] = []
+        sections = [_Section(0, endian, tuple(ifaces))]
+        unpack = pair[endian]
+        while off < stop:
+            if end - off < 12:
+                info.warnings.append(f"last block truncated after frame {frame}; {frame} frames used")
+                finished = True
+                break
+            btype, blen = unpack(buf, off)
+            if btype == 6 and blen >= 32 and not blen & 3 and off + blen <= end:
+                ap(off)
+                frame += 1
+                off += blen
+                continue
+            if btype == _SHB_TYPE:
+                bom = bytes(buf[off + 8:off + 12])
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    if frame == 0:
+                        raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")
+                    info.warnings.append(f"corrupt section header after frame {frame}; {frame} frames used")
+                    finished = True
+                    break
+                ifaces = []
+                unpack = pair[endian]
+                sections.append(_Section(len(offs), endian, ()))
+                btype, blen = unpack(buf, off)
+            if blen < 12 or blen % 4 or off + blen > end:
+                if frame == 0 and btype == _SHB_TYPE and off + blen > end:
+                    raise CaptureError(info.path, "truncated pcapng section header")
+                info.warnings.append(f"last block truncated at frame {frame + 1}; {frame} frames used")
+                finished = True
+                break
+            body = off + 8
+            if blen < _MIN_BLOCK.get(btype, 12):
+                info.skipped["malformed_block"] += 1
+                off += blen
+                continue
+            if btype == 1:
+                lt = struct.unpack_from(endian + "H", buf, body)[0]
+                mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0
+                for code, value in _options(buf, body + 8, off + blen - 4, endian):
+                    if code == 9 and value:
+                        mul, div = _tsresol_ns(value[0])
+                    elif code == 14 and len(value) == 8:
+                        tsoff = struct.unpack(endian + "q", value)[0]
+                ifaces.append((lt, mul, div, tsoff))
+                info.link_types.append(lt)
+                info.ts_precision_ns = min(info.ts_precision_ns, max(1, mul // div))
+                sections.append(_Section(len(offs), endian, tuple(ifaces)))
+            elif btype == 6:
+                ap(off)
+                frame += 1
+            elif btype == 2:
+                iface, _drops, ts_hi, ts_lo, caplen, wire = struct.unpack_from(endian + "HHIIII", buf, body)
+                frame += 1
+                ap(-1 - len(specials))
+                if iface >= len(ifaces) or caplen > blen - 32:
+                    specials.append(None)
+                else:
+                    lt, mul, div, tsoff = ifaces[iface]
+                    ts = ((ts_hi << 32) | ts_lo) * mul // div + tsoff * 1_000_000_000
+                    specials.append((body + 20, caplen, wire, ts, lt, iface))
+            elif btype == 3:
+                frame += 1
+                ap(-1 - len(specials))
+                if not ifaces:
+                    specials.append(None)
+                else:
+                    wire = struct.unpack_from(endian + "I", buf, body)[0]
+                    caplen = min(wire, blen - 16)
+                    specials.append((body + 4, caplen, wire, _SPB_PREVIOUS_TS, ifaces[0][0], 0))
+            off += blen
+        else:
+            finished = off >= end
+        if finished and frame == 0 and not ifaces and not info.link_types:
+            info.warnings.append("no interface description block")
+        chunk, last_ts = _pcapng_chunk(buf, info, offs, specials, sections, frame - len(offs), off, last_ts)
+        yield chunk
+
+
+def _pcapng_chunk(buf: mmap.mmap, info: CaptureInfo, offs: list[int], specials: list, sections: list[_Section],
+                  first_frame: int, resume: int, last_ts: int | None) -> tuple[_Chunk, int | None]:
+    n = len(offs)
+    o = np.array(offs, dtype=np.int64)
+    data_off = np.zeros(n, dtype=np.int64)
+    cap = np.zeros(n, dtype=np.int64)
+    wire = np.zeros(n, dtype=np.int64)
+    ts = np.zeros(n, dtype=np.int64)
+    lt = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    bounds = [s.start for s in sections[1:]] + [n]
+    for sec, stop in zip(sections, bounds, strict=True):
+        if stop <= sec.start:
+            continue
+        part = np.arange(sec.start, stop)
+        part = part[o[part] >= 0]
+        if not len(part):
+            continue
+        hdr = _gather(buf, o[part], 28)
+        blen, iface, ts_hi, ts_lo, caplen, wlen = (_u(hdr, c, 4, sec.endian) for c in (4, 8, 12, 16, 20, 24))
+        good = (iface < len(sec.ifaces)) & (caplen <= blen - 32)
+        ok[part] = good
+        data_off[part] = o[part] + 28
+        cap[part] = caplen
+        wire[part] = wlen
+        if not sec.ifaces:
+            continue
+        table = np.array(sec.ifaces, dtype=object)
+        idx = np.where(good, iface, -1)
+        lt[part] = np.where(good, table[np.maximum(idx, 0), 0].astype(np.int64), 0)
+        ts[part] = _ticks_to_ns(ts_hi, ts_lo, idx, sec.ifaces)
+    spb: list[int] = []
+    for i in np.nonzero(o < 0)[0].tolist():
+        rec = specials[-1 - offs[i]]
+        if rec is None:
+            continue
+        ok[i] = True
+        data_off[i], cap[i], wire[i], t, lt[i], _ = rec
+        if t == _SPB_PREVIOUS_TS:
+            spb.append(i)
+        else:
+            ts[i] = t
+    bad = int(n - ok.sum())
+    if bad:
+        info.skipped["malformed_block"] += bad
+    frame_no = np.arange(first_frame + 1, first_frame + n + 1, dtype=np.int64)
+    if spb:
+        prev = last_ts
+        pos = np.cumsum(ok) - 1  # index among kept records
+        kept_ts = ts[ok]
+        for i in spb:
+            j = int(pos[i])
+            p = int(kept_ts[j - 1]) if j > 0 else prev
+            ts[i] = p or 0
+            kept_ts[j] = ts[i]
+    sel = np.nonzero(ok)[0]
+    if len(sel):
+        last_ts = int(ts[sel[-1]])
+    return _Chunk(frame_no=frame_no[sel], data_off=data_off[sel], caplen=cap[sel],
+                  wire_len=np.maximum(wire[sel], cap[sel]), orig_wire=wire[sel], ts_ns=ts[sel], linktype=lt[sel],
+                  resume_off=resume), last_ts
+
+
+def _ticks_to_ns(hi: np.ndarray, lo: np.ndarray, iface: np.ndarray,
+                 ifaces: tuple[tuple[int, int, int, int], ...]) -> np.ndarray:
+    """ticks * mul // div + tsoffset * 1e9 per interface, exactly as Python integers would give it."""
+    ticks = (hi.astype(np.uint64) << np.uint64(32)) | lo.astype(np.uint64)
+    out = np.zeros(len(ticks), dtype=np.int64)
+    for k, (_lt, mul, div, tsoff) in enumerate(ifaces):
+        sel = iface == k
+        if not sel.any():
+            continue
+        t = ticks[sel]
+        top = int(t.max()) * mul // div + tsoff * 1_000_000_000
+        bottom = int(t.min()) * mul // div + tsoff * 1_000_000_000
+        if int(t.max()) * mul < 2**63 and -(2**63) <= bottom and top < 2**63:
+            out[sel] = (t.astype(np.int64) * mul) // div + tsoff * 1_000_000_000
+        else:
+            vals = [v * mul // div + tsoff * 1_000_000_000 for v in t.tolist()]
+            if min(vals) < -(2**63) or max(vals) >= 2**63:
+                raise Unsupported("timestamp beyond int64")
+            out[sel] = np.array(vals, dtype=np.int64)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# XXH3-64 (seed 0, default secret) of exactly 32 bytes, vectorised: the head digest of every payload longer
+# than HEAD_DIGEST_BYTES. xxHash's XXH3_len_17to128_64b for len == 32; checked against xxhash in the tests.
+
+_M32 = np.uint64(0xFFFFFFFF)
+_PRIME64_1 = np.uint64(0x9E3779B185EBCA87)
+_PRIME_MX1 = np.uint64(0x165667919E3779F9)
+_SECRET32 = np.frombuffer(bytes.fromhex(
+    "b8fe6c3923a44bbe7c01812cf721ad1cded46de9839097db7240a4a4b7b3671f"), dtype="<u8").astype(np.uint64)
+
+
+def _mul128_fold64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a_lo, a_hi, b_lo, b_hi = a & _M32, a >> np.uint64(32), b & _M32, b >> np.uint64(32)
+    ll, lh, hl, hh = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+    cross = (ll >> np.uint64(32)) + (lh & _M32) + hl
+    upper = hh + (lh >> np.uint64(32)) + (cross >> np.uint64(32))
+    lower = (cross << np.uint64(32)) | (ll & _M32)
+    return lower ^ upper
+
+
+def xxh3_64_of_32(rows: np.ndarray) -> np.ndarray:
+    """xxhash.xxh3_64_intdigest of each row of an (n, 32) uint8 matrix."""
+    w = np.ascontiguousarray(rows).view("<u8").astype(np.uint64)
+    with np.errstate(over="ignore"):
+        acc = np.full(len(w), np.uint64(32) * _PRIME64_1, dtype=np.uint64)
+        acc += _mul128_fold64(w[:, 0] ^ _SECRET32[0], w[:, 1] ^ _SECRET32[1])
+        acc += _mul128_fold64(w[:, 2] ^ _SECRET32[2], w[:, 3] ^ _SECRET32[3])
+        acc ^= acc >> np.uint64(37)
+        acc *= _PRIME_MX1
+        acc ^= acc >> np.uint64(32)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding a chunk of records.
+
+
+class _Addresses:
+    """Address text for IPv4 (uint32) and IPv6 (16 bytes) values, exactly as socket.inet_ntop writes it."""
+
+    def __init__(self) -> None:
+        self.v4: dict[int, str] = {}
+        self.v6: dict[bytes, str] = {}
+
+    def series(self, v4: np.ndarray, v6: np.ndarray, is_v4: np.ndarray) -> pl.Series:
+        """One string per row: ``v4`` (uint32) where is_v4, else ``v6`` ((n, 16) uint8)."""
+        key = pl.Series("a", _masked(v4, is_v4, np.uint32))
+        uniq = key.drop_nulls().unique()
+        cache = self.v4
+        texts = []
+        for u in uniq.to_list():
+            t = cache.get(u)
+            if t is None:
+                t = cache[u] = socket.inet_ntop(socket.AF_INET, u.to_bytes(4, "big"))
+            texts.append(t)
+        table = pl.DataFrame({"a": uniq, "s": pl.Series(texts, dtype=pl.String)})
+        out = key.to_frame().join(table, on="a", how="left", maintain_order="left").to_series(1)
+        if is_v4.all():
+            return out
+        rows6 = np.nonzero(~is_v4)[0]
+        raw = np.ascontiguousarray(v6[rows6]).view("V16").ravel()
+        uniq6, inv6 = np.unique(raw, return_inverse=True)
+        cache6 = self.v6
+        texts6 = []
+        for u in uniq6.tolist():
+            t = cache6.get(u)
+            if t is None:
+                t = cache6[u] = socket.inet_ntop(socket.AF_INET6, u)
+            texts6.append(t)
+        return out.scatter(rows6, pl.Series(texts6, dtype=pl.String).gather(inv6.ravel()))
+
+
+def _masked(values: np.ndarray, valid: np.ndarray | None, dtype: type) -> np.ndarray:
+    arr = values.astype(dtype, copy=False)
+    if valid is None or valid.all():
+        return arr
+    return np.ma.masked_array(arr, mask=~valid)
+
+
+class _ChunkDecoder:
+    """Decode chunks of one capture; keeps the address caches and counts frames sent to the reference."""
+
+    def __init__(self, buf: mmap.mmap, info: CaptureInfo, schema: dict[str, pl.DataType]) -> None:
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.info = info
+        self.schema = schema
+        self.addresses = _Addresses()
+
+    def close(self) -> None:
+        self.mv.release()
+
+    def decode(self, ch: _Chunk) -> pl.DataFrame | None:
+        n = len(ch.frame_no)
+        if n == 0:
+            return None
+        cap, lt = ch.caplen, ch.linktype
+        snap = _gather(self.buf, ch.data_off, SNAP)
+        l3 = np.full(n, -1, dtype=np.int64)
+        ver = np.zeros(n, dtype=np.int64)
+        ifindex = np.full(n, -1, dtype=np.int64)
+        skip_nonip = np.zeros(n, dtype=bool)
+        for t in np.unique(lt).tolist():
+            sel = lt == t
+            if t in _RAW_LINKS:
+                nib = snap[:, 0] >> 4
+                ok = sel & (cap >= 1)
+                isip = (nib == 4) | (nib == 6)
+                l3[ok & isip] = 0
+                ver[ok & isip] = nib[ok & isip]
+                skip_nonip |= ok & ~isip
+                continue
+            if t == _ETH:
+                e1, e2, e3 = _u(snap, 12, 2), _u(snap, 16, 2), _u(snap, 20, 2)
+                v1, v2, v3 = np.isin(e1, VLAN_TPIDS), np.isin(e2, VLAN_TPIDS), np.isin(e3, VLAN_TPIDS)
+                etype = np.where(~v1, e1, np.where(~v2, e2, e3))
+                start = np.where(~v1, 14, np.where(~v2, 18, 22))
+                ok = sel & (cap >= start) & ~(v1 & v2 & v3)
+            elif t == _SLL2:
+                etype, start = _u(snap, 0, 2), 20
+                ok = sel & (cap >= 20)
+                raw = np.ascontiguousarray(snap[:, 4:8]).view(">i4").ravel()
+                ifindex[ok] = raw[ok]
+            elif t == _SLL:
+                etype, start = _u(snap, 14, 2), 16
+                ok = sel & (cap >= 16)
+            else:
+                continue
+            v = np.where(etype == 0x0800, 4, np.where(etype == 0x86DD, 6, 0))
+            isip = ok & (v > 0)
+            l3 = np.where(isip, start, l3)
+            ver = np.where(isip, v, ver)
+            skip_nonip |= ok & (v == 0)
+
+        # IP layer on the rows that have one: a normalised copy of the bytes from the IP header on.
+        rows = np.nonzero(l3 >= 0)[0]
+        m = len(rows)
+        starts = l3[rows]
+        hdr = np.empty((m, L3_SNAP), dtype=np.uint8)
+        for s in np.unique(starts).tolist():
+            sel = np.nonzero(starts == s)[0]
+            hdr[sel] = snap[rows[sel], s:s + L3_SNAP]
+        avail = cap[rows] - starts
+        v = ver[rows]
+        is4 = v == 4
+        tot, plen6 = _u(hdr, 2, 2), _u(hdr, 4, 2)
+        ok4 = is4 & (avail >= 20) & (hdr[:, 0] == 0x45)
+        frag = ok4 & ((_u(hdr, 6, 2) & 0x1FFF) != 0)
+        ok4 &= ~frag
+        ok6 = ~is4 & (avail >= 40)
+        ip_len = np.where(is4, np.where(tot > 0, tot, avail), np.where(plen6 > 0, plen6, avail - 40) + 40)
+        seg = np.where(is4, np.where(tot > 0, np.minimum(tot, avail), avail) - 20,
+                       np.where(plen6 > 0, np.minimum(plen6, avail - 40), avail - 40))
+        hl = np.where(is4, 20, 40)
+        proto = np.where(is4, hdr[:, 9], hdr[:, 6]).astype(np.int64)
+        l4 = np.where(is4[:, None], hdr[:, 20:42], hdr[:, 40:62])
+        doff = (l4[:, 12] >> 4).astype(np.int64)
+        typ = l4[:, 0].astype(np.int64)
+        ipok = ok4 | ok6
+        tcp = ipok & (proto == 6) & (seg >= 20) & (doff >= 5)
+        udp = ipok & (proto == 17) & (seg >= 8)
+        icmp = ipok & (seg >= 8) & (((proto == 1) & is4) | ((proto == 58) & ~is4))
+        req = np.where(proto == 1, 8, 128)
+        echo = icmp & ((typ == req) | (typ == np.where(proto == 1, 0, 129)))
+        fast = tcp | udp | echo
+
+        fast_rows = rows[fast]
+        skip_frag = np.zeros(n, dtype=bool)
+        skip_frag[rows[frag]] = True
+        slow = np.ones(n, dtype=bool)
+        slow[fast_rows] = False
+        slow &= ~skip_nonip & ~skip_frag
+        info = self.info
+        if skip_nonip.any():
+            info.skipped["non_ip"] += int(skip_nonip.sum())
+        if skip_frag.any():
+            info.skipped["ip_fragment"] += int(skip_frag.sum())
+
+        frames: list[pl.DataFrame] = []
+        if len(fast_rows):
+            frames.append(self._fast_frame(ch, fast_rows, hdr[fast], l4[fast], is4[fast], proto[fast], typ[fast],
+                                           req[fast], tcp[fast], echo[fast], doff[fast], seg[fast], ip_len[fast],
+                                           hl[fast], starts[fast], ifindex[fast_rows]))
+        slow_rows = np.nonzero(slow)[0]
+        if len(slow_rows):
+            info.fallback_frames += len(slow_rows)
+            slow_df = self._slow_frame(ch, slow_rows)
+            if slow_df is not None:
+                frames.append(slow_df)
+        if not frames:
+            return None
+        if len(frames) == 1:
+            return frames[0]
+        return pl.concat(frames).sort("frame_no")
+
+    def _fast_frame(self, ch: _Chunk, r: np.ndarray, hdr: np.ndarray, l4: np.ndarray, is4: np.ndarray,
+                    proto: np.ndarray, typ: np.ndarray, req: np.ndarray, tcp: np.ndarray, echo: np.ndarray,
+                    doff: np.ndarray, seg: np.ndarray, ip_len: np.ndarray, hl: np.ndarray, l3: np.ndarray,
+                    ifindex: np.ndarray) -> pl.DataFrame:
+        p1, p2 = _u(l4, 0, 2), _u(l4, 2, 2)
+        icmp_id, icmp_seq = _u(l4, 4, 2), _u(l4, 6, 2)
+        is_req = typ == req
+        sport = np.where(echo, np.where(is_req, icmp_id, 0), p1)
+        dport = np.where(echo, np.where(is_req, 0, icmp_id), p2)
+        l4_len = ip_len - hl
+        skip = np.where(tcp, doff * 4, 8)
+        pcl = np.maximum(seg - skip, 0)
+        payload_len = np.maximum(l4_len - skip, 0)
+        pstart = ch.data_off[r] + l3 + hl + skip
+        has = pcl > 0
+        digest, head = self._digests(pstart[has], pcl[has])
+        digest_full = np.zeros(len(r), dtype=np.uint64)
+        head_full = np.zeros(len(r), dtype=np.uint64)
+        digest_full[has] = digest
+        head_full[has] = head
+        src4, dst4 = _u(hdr, 12, 4), _u(hdr, 16, 4)
+        addrs = self.addresses
+        src = addrs.series(src4, hdr[:, 8:24], is4)
+        dst = addrs.series(dst4, hdr[:, 24:40], is4)
+        icmp_or_none = echo
+        data = {
+            "frame_no": ch.frame_no[r].astype(np.uint32),
+            "ts_ns": ch.ts_ns[r],
+            "wire_len": ch.wire_len[r].astype(np.uint32),
+            "caplen": ch.caplen[r].astype(np.uint32),
+            "ifindex": ifindex.astype(np.int32),
+            "ip_version": np.where(is4, 4, 6).astype(np.uint8),
+            "src": src,
+            "dst": dst,
+            "proto": proto.astype(np.uint8),
+            "sport": sport.astype(np.uint16),
+            "dport": dport.astype(np.uint16),
+            "ip_id": _masked(_u(hdr, 4, 2), is4, np.uint32),
+            "ttl": np.where(is4, hdr[:, 8], hdr[:, 7]).astype(np.uint8),
+            "ip_len": ip_len.astype(np.uint32),
+            "tcp_seq": _masked(_u(l4, 4, 4), tcp, np.uint32),
+            "tcp_ack": _masked(_u(l4, 8, 4), tcp, np.uint32),
+            "tcp_flags": _masked(_u(l4, 12, 2) & 0x1FF, tcp, np.uint16),
+            "tcp_win": _masked(_u(l4, 14, 2), tcp, np.uint16),
+            "payload_len": payload_len.astype(np.uint32),
+            "payload_captured_len": pcl.astype(np.uint32),
+            "payload_digest": _masked(digest_full, has, np.uint64),
+            "head_digest": _masked(head_full, has, np.uint64),
+            "icmp_type": _masked(typ, icmp_or_none, np.uint8),
+            "icmp_code": _masked(l4[:, 1], icmp_or_none, np.uint8),
+            "icmp_id": _masked(icmp_id, icmp_or_none, np.uint16),
+            "icmp_seq": _masked(icmp_seq, icmp_or_none, np.uint16),
+        }
+        k = len(r)
+        series = []
+        for name, dtype in self.schema.items():
+            if name in data:
+                col = data[name]
+                s = col.alias(name) if isinstance(col, pl.Series) else pl.Series(name, col)
+                if s.dtype != dtype:
+                    s = s.cast(dtype)
+            else:
+                s = pl.repeat(None, k, dtype=dtype, eager=True).alias(name)
+            series.append(s)
+        return pl.DataFrame(series)
+
+    def _digests(self, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """xxh3_64 of each payload and of its first HEAD_DIGEST_BYTES bytes."""
+        mv = self.mv
+        h = xxhash.xxh3_64_intdigest
+        s = start.tolist()
+        e = (start + length).tolist()
+        digest = np.fromiter([h(mv[a:b]) for a, b in zip(s, e, strict=True)], dtype=np.uint64, count=len(s))
+        head = digest.copy()
+        long = np.nonzero(length > HEAD_DIGEST_BYTES)[0]
+        if len(long):
+            head[long] = xxh3_64_of_32(_gather(self.buf, start[long], HEAD_DIGEST_BYTES))
+        return digest, head
+
+    def _slow_frame(self, ch: _Chunk, rows: np.ndarray) -> pl.DataFrame | None:
+        """The reference decoder, record by record, exactly as packets.build_packets runs it."""
+        out: list[tuple] = []
+        skipped = self.info.skipped
+        buf = self.buf
+        cols = (ch.frame_no[rows].tolist(), ch.ts_ns[rows].tolist(), ch.wire_len[rows].tolist(),
+                ch.caplen[rows].tolist(), ch.linktype[rows].tolist(), ch.data_off[rows].tolist())
+        for frame_no, ts, wire, cap, lt, off in zip(*cols, strict=True):
+            try:
+                out.append(decode(frame_no, ts, wire, cap, lt, buf[off:off + cap]))
+            except Skip as skip:
+                skipped[skip.reason] += 1
+            except Exception:  # noqa: BLE001 - a malformed packet is counted, never fatal
+                skipped["malformed"] += 1
+        if not out:
+            return None
+        return pl.DataFrame(out, schema=self.schema, orient="row")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None, *,
+                chunk_bytes: int = CHUNK_BYTES) -> tuple[CaptureInfo, pl.DataFrame]:
+    """Read and decode a capture into (info, packets) equal to read_capture + build_packets on the same file.
+
+    Raises CaptureError as read_capture does, and Unsupported for the rare file the fast framing does not
+    handle (the caller then uses the reference path).
+    """
+    from natproof.packets import PACKET_SCHEMA
+
+    with open_buffer(path) as (buf, gz):
+        info = CaptureInfo(path=str(path))
+        magic = bytes(buf[:4])
+        if magic in PCAP_MAGIC:
+            info.format = "pcap+gzip" if gz else "pcap"
+            chunks = _frame_pcap(buf, info, chunk_bytes)
+        elif magic == PCAPNG_SHB:
+            info.format = "pcapng+gzip" if gz else "pcapng"
+            chunks = _frame_pcapng(buf, info, chunk_bytes)
+        else:
+            shown = " ".join(f"{b:02x}" for b in magic)
+            raise CaptureError(str(path), f"not a pcap or pcapng capture (starts with {shown})")
+        dec = _ChunkDecoder(buf, info, PACKET_SCHEMA)
+        parts: list[pl.DataFrame] = []
+        released = 0
+        page = mmap.PAGESIZE
+        dontneed = getattr(mmap, "MADV_DONTNEED", None)
+        try:
+            for ch in chunks:
+                n = len(ch.frame_no)
+                if n:
+                    info.records += n
+                    if info.first_ts_ns is None:
+                        info.first_ts_ns = int(ch.ts_ns[0])
+                    info.last_ts_ns = int(ch.ts_ns[-1])
+                    info.truncated_records += int((ch.caplen < ch.orig_wire).sum())
+                    df = dec.decode(ch)
+                    if df is not None:
+                        parts.append(df)
+                    if progress is not None:
+                        progress(int(ch.caplen.sum()) + 16 * n)
+                # Pages before the next chunk are done with: drop them from this process (they stay cached).
+                upto = min(ch.resume_off, len(buf)) // page * page
+                if dontneed is not None and upto > released:
+                    with contextlib.suppress(OSError, ValueError):
+                        buf.madvise(dontneed, released, upto - released)
+                    released = upto
+        finally:
+            dec.close()
+        if info.records == 0:
+            if info.warnings:
+                raise CaptureError(info.path, info.warnings[0])
+            raise CaptureError(info.path, "empty capture (file header only, no packets)")
+    if not parts:
+        return info, pl.DataFrame(schema=PACKET_SCHEMA)
+    return info, pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]

@@ -1,0 +1,315 @@
+"""make bench: decode and correlate speed and memory against the dpkt baseline and tshark, on generated pairs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE_SLICE = 1_000_000
+"""The dpkt baseline decodes at most this many packets (about 14 s per million); bigger sizes time a slice."""
+FORMAT_VERSION = 1
+"""Bump when natproof.testing.bulk changes what it writes, so cached pairs are made again."""
+
+
+@dataclass
+class Run:
+    """One measured subprocess."""
+
+    seconds: float
+    peak_rss: int
+    """Bytes: the largest sum of VmRSS over the process and its children, sampled every 20 ms, or the
+    kernel's ru_maxrss of the process if that is larger."""
+    cpu: float
+    output: str
+
+
+def _tree_rss(pid: int, only_self: bool = False) -> int:
+    """VmRSS in bytes of ``pid`` and all its descendants (or of ``pid`` alone)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            if only_self:
+                break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"\\nbench-maxrss-kb {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+"""Runs the measured command as its own child: a process started from the (big) bench process itself would
+inherit the bench's high-water RSS into ru_maxrss across exec."""
+
+
+def measure(cmd: list[str], stdout_path: Path | None = None) -> Run:
+    """Run ``cmd`` in a fresh process; wall time, peak RSS of its process tree, CPU time, stdout."""
+    out = open(stdout_path, "wb") if stdout_path else tempfile.TemporaryFile()  # noqa: SIM115
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *cmd], stdout=out, stderr=subprocess.PIPE,
+                            env={**os.environ, "MPLBACKEND": "Agg"})
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid) - _tree_rss(proc.pid, only_self=True))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    err_bytes = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = err_bytes.decode(errors="replace")
+    out.seek(0)
+    text = out.read().decode(errors="replace") if stdout_path is None else ""
+    out.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:4])}... failed ({proc.returncode}):\n{err[-2000:]}")
+    maxrss = max((int(line.split()[1]) * 1024 for line in err.splitlines() if line.startswith("bench-maxrss-kb ")),
+                 default=0)
+    return Run(seconds, max(peak, maxrss), usage.ru_utime + usage.ru_stime, text)
+
+
+DECODE = """
+import sys, time
+from natproof.packets import load_packets
+t = time.perf_counter()
+info, df = load_packets(sys.argv[1], fast=sys.argv[2] == "fast")
+print(df.height, info.records, info.fallback_frames, time.perf_counter() - t)
+"""
+
+
+def warm(*paths: Path) -> None:
+    """Read files once so every tool starts from the page cache (the machine may reclaim cold cache)."""
+    for p in paths:
+        with open(p, "rb", buffering=0) as fh:
+            buf = bytearray(16 << 20)
+            while fh.readinto(buf):
+                pass
+
+
+def decode_run(path: Path, fast: bool) -> tuple[Run, int]:
+    warm(path)
+    r = measure([sys.executable, "-c", DECODE, str(path), "fast" if fast else "dpkt"])
+    _rows, records, _fallback, _inner = r.output.split()
+    return r, int(records)
+
+
+def prefix(path: Path, records: int, out: Path) -> None:
+    """Copy the file header and the first ``records`` records of a classic pcap."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+        endian = "<" if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        size, off = os.path.getsize(path), 24
+        for _ in range(records):
+            if off + 16 > size:
+                break
+            fh.seek(off + 8)
+            off += 16 + struct.unpack(endian + "I", fh.read(4))[0]
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        left = off
+        while left:
+            chunk = src.read(min(left, 16 << 20))
+            dst.write(chunk)
+            left -= len(chunk)
+
+
+def pair_for(n: int, root: Path, regen: bool) -> tuple[Path, dict, float]:
+    """The generated pair of n packets per side (made once, then reused), its metadata and generation time."""
+    from natproof.testing.bulk import generate_pair
+
+    d = root / f"pair-{n}-v{FORMAT_VERSION}"
+    meta = d / "meta.json"
+    if meta.exists() and not regen:
+        return d, json.loads(meta.read_text()), 0.0
+    shutil.rmtree(d, ignore_errors=True)
+    t = time.perf_counter()
+    pair = generate_pair(d, n, seed=n % 997 + 1)
+    took = time.perf_counter() - t
+    info = {"packets": pair.packets_inside, "connections": pair.connections, "rewritten": pair.rewritten,
+            "mean_frame": round(pair.mean_frame, 1), "generate_s": round(took, 1)}
+    meta.write_text(json.dumps(info))
+    return d, info, took
+
+
+def fmt_rate(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1000:,.0f}k"
+
+
+def main(argv: list[str] | None = None) -> int:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--packets", default="1000000,5000000", help="packets per side, comma-separated "
+                    "(default: %(default)s)")
+    ap.add_argument("--small", action="store_true", help="one 200k-packet pair (CI)")
+    ap.add_argument("--dir", type=Path, default=Path(os.environ.get("NATPROOF_BENCH_DIR", "/tmp/natproof-bench")),
+                    help="where generated captures go, never inside the repository (default: $NATPROOF_BENCH_DIR "
+                    "or /tmp/natproof-bench)")
+    ap.add_argument("--regen", action="store_true", help="generate the pairs again even if they exist")
+    ap.add_argument("--no-tshark", action="store_true", help="skip tshark")
+    ap.add_argument("--no-same-json", action="store_true",
+                    help="skip checking that the dpkt decoder gives the same JSON (a full dpkt correlate)")
+    args = ap.parse_args(argv)
+    sizes = [200_000] if args.small else [int(x) for x in args.packets.split(",")]
+    root = args.dir.resolve()
+    if root == REPO or REPO in root.parents:
+        ap.error(f"--dir {root} is inside the repository; generated data never goes there")
+    root.mkdir(parents=True, exist_ok=True)
+    tshark = None if args.no_tshark else shutil.which("tshark")
+    notes: list[str] = []
+    if tshark is None and not args.no_tshark:
+        notes.append("tshark not installed: its rows are skipped (apt-get install tshark)")
+    rows: list[list[str]] = []
+    checks: list[str] = []
+    facts: dict[int, dict[str, float]] = {}
+    failed = False
+    print(f"natproof bench: {', '.join(f'{n:,}' for n in sizes)} packets per side, data in {root}", flush=True)
+    for n in sizes:
+        d, meta, took = pair_for(n, root, args.regen)
+        inside, outside = d / "inside.pcap", d / "outside.pcap"
+        n_in = meta["packets"]
+        size_mb = inside.stat().st_size / 2**20
+        print(f"  {n:,}: {n_in:,} packets per side, {meta['connections']:,} connections "
+              f"({meta['rewritten']} port rewrites), mean frame {meta['mean_frame']} B, {size_mb:,.0f} MiB per side"
+              + (f", generated in {took:.1f} s" if took else ", reused"), flush=True)
+        # dpkt object decode: the baseline (build_packets), on at most BASELINE_SLICE packets.
+        base_path, base_note = inside, ""
+        if n_in > BASELINE_SLICE:
+            base_path = d / f"inside-first-{BASELINE_SLICE}.pcap"
+            if not base_path.exists():
+                prefix(inside, BASELINE_SLICE, base_path)
+            base_note = f" (first {BASELINE_SLICE // 1_000_000}M)"
+        base, base_n = decode_run(base_path, fast=False)
+        base_pps = base_n / base.seconds
+        print(f"    dpkt baseline decode{base_note}: {base.seconds:.1f} s", flush=True)
+        fast, fast_n = decode_run(inside, fast=True)
+        print(f"    fast decode: {fast.seconds:.1f} s", flush=True)
+        out_json = d / "correlate.json"
+        warm(inside, outside)
+        corr = measure([sys.executable, "-m", "natproof", "correlate", str(inside), str(outside), "--format", "json",
+                        "-q"], stdout_path=out_json)
+        print(f"    correlate: {corr.seconds:.1f} s", flush=True)
+        ts_run = None
+        if tshark:
+            warm(inside)
+            ts_run = measure([tshark, "-n", "-r", str(inside), "-T", "fields", "-e", "frame.time_epoch", "-e", "ip.src",
+                              "-e", "ip.dst", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "udp.srcport", "-e",
+                              "udp.dstport"], stdout_path=Path(os.devnull))
+            print(f"    tshark -T fields: {ts_run.seconds:.1f} s", flush=True)
+        ts_pps = n_in / ts_run.seconds if ts_run else None
+        label = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+
+        ref = (label, base_pps, ts_pps)
+        rows.append(_row(ref, f"dpkt object decode (baseline){base_note}", base_n, base))
+        rows.append(_row(ref, "fast decode (natproof)", fast_n, fast))
+        rows.append(_row(ref, "correlate end to end (2 sides)", 2 * n_in, corr))
+        if ts_run:
+            rows.append(_row(ref, "tshark -T fields", n_in, ts_run))
+        facts[n] = {"decode_us": fast.seconds / fast_n * 1e6, "decode_rss": fast.peak_rss / fast_n,
+                       "corr_us": corr.seconds / (2 * n_in) * 1e6, "corr_rss": corr.peak_rss / (2 * n_in),
+                       "pps": fast_n / fast.seconds, "base_pps": base_pps, "corr_s": corr.seconds,
+                       "corr_rss_total": corr.peak_rss, "packets": n_in}
+        from natproof.testing.bulk import check_mapping
+
+        ok, msg = check_mapping(json.loads(out_json.read_text())["connections"], d / "truth.json")
+        failed |= not ok
+        checks.append(f"{label}: mapping {'OK' if ok else 'WRONG'}: {msg}")
+        if n == sizes[0] and not args.no_same_json:
+            t = time.perf_counter()
+            same = _same_json(inside, outside, out_json)
+            failed |= not same
+            checks.append(f"{label}: correlate JSON with --decoder dpkt {'identical' if same else 'DIFFERENT'} "
+                          f"to the fast path's ({time.perf_counter() - t:.0f} s)")
+    head = ["size", "tool", "packets", "seconds", "packets/s", "vs dpkt", "vs tshark", "peak RSS MB", "RSS B/pkt"]
+    if len(facts) >= 2:
+        (n1, a), (n2, b) = sorted(facts.items())[0], sorted(facts.items())[-1]
+        rows.append([f"{n1 / 1e6:g}M->{n2 / 1e6:g}M", "scaling: fast decode", "-",
+                     f"{a['decode_us']:.2f}->{b['decode_us']:.2f} us/pkt", "-", "-", "-", "-",
+                     f"{a['decode_rss']:,.0f}->{b['decode_rss']:,.0f}"])
+        rows.append([f"{n1 / 1e6:g}M->{n2 / 1e6:g}M", "scaling: correlate", "-",
+                     f"{a['corr_us']:.2f}->{b['corr_us']:.2f} us/pkt", "-", "-", "-", "-",
+                     f"{a['corr_rss']:,.0f}->{b['corr_rss']:,.0f}"])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print()
+    for r in [head, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    print()
+    for c in checks:
+        print(f"check  {c}")
+    big = facts[max(facts)]
+    met = big["pps"] >= 700_000 and big["pps"] >= 10 * big["base_pps"]
+    print(f"target decode >= 10x baseline and >= 700k/s: {fmt_rate(big['pps'])}/s = "
+          f"{big['pps'] / big['base_pps']:.1f}x -> {'met' if met else 'MISSED'}")
+    e2e = 2 * big["packets"] / big["corr_s"]
+    met = e2e >= 5 * big["base_pps"]
+    print(f"target correlate >= 5x baseline decode (2 sides / wall time): {fmt_rate(e2e)}/s = "
+          f"{e2e / big['base_pps']:.1f}x in {big['corr_s']:.1f} s -> {'met' if met else 'MISSED'}")
+    print(f"target peak RSS of correlate <= 1.5 GB: {big['corr_rss_total'] / 2**30:.2f} GiB -> "
+          f"{'met' if big['corr_rss_total'] <= 1.5 * 2**30 else 'MISSED'}")
+    if len(facts) >= 2:
+        a, b = facts[min(facts)], facts[max(facts)]
+        print(f"target RSS per packet not higher at {max(facts):,} than at {min(facts):,}: decode "
+              f"{a['decode_rss']:.0f}->{b['decode_rss']:.0f} B, correlate {a['corr_rss']:.0f}->{b['corr_rss']:.0f} B"
+              f" -> {'met' if b['decode_rss'] <= a['decode_rss'] and b['corr_rss'] <= a['corr_rss'] else 'MISSED'}")
+    for note in notes:
+        print(f"note   {note}")
+    print("note   every tool reads the same file, warmed into the page cache just before its run.")
+    print("note   peak RSS: largest sampled sum of VmRSS over the process tree (correlate decodes one capture in a "
+          "second process), or the kernel's ru_maxrss if larger; each measurement is a fresh process.")
+    return 1 if failed else 0
+
+
+def _row(ref: tuple[str, float, float | None], tool: str, packets: int, r: Run) -> list[str]:
+    """A table row; ``ref`` is (size label, baseline packets/s, tshark packets/s)."""
+    label, base_pps, ts_pps = ref
+    pps = packets / r.seconds
+    return [label, tool, f"{packets:,}", f"{r.seconds:.2f}", fmt_rate(pps), f"{pps / base_pps:.1f}x",
+            f"{pps / ts_pps:.1f}x" if ts_pps else "-", f"{r.peak_rss / 2**20:,.0f}", f"{r.peak_rss / packets:,.0f}"]
+
+
+def _same_json(inside: Path, outside: Path, fast_json: Path) -> bool:
+    """correlate with the dpkt decoder in a fresh process; its JSON must equal the fast run's."""
+    code = ("import sys, json, natproof; r = natproof.correlate(sys.argv[1], sys.argv[2], decoder='dpkt'); "
+            "from natproof.report.export import render_bytes; sys.stdout.buffer.write(render_bytes(r, 'json'))")
+    with tempfile.TemporaryDirectory() as t:
+        out = Path(t) / "dpkt.json"
+        measure([sys.executable, "-c", code, str(inside), str(outside)], stdout_path=out)
+        return json.loads(out.read_text()) == json.loads(fast_json.read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

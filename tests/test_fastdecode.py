@@ -1,0 +1,308 @@
+"""Differential tests: the columnar decoder (natproof/fastdecode.py) gives exactly the dpkt reference's frame."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pcapbytes import ether, icmp_echo, icmp_error, ipv4, ipv6, pcap, pcapng, sll, sll2, tcp, udp
+
+from natproof import packets
+from natproof.capture import CaptureInfo
+from natproof.errors import CaptureError
+from natproof.fastdecode import decode_file, xxh3_64_of_32
+from natproof.packets import PACKET_SCHEMA, load_packets, load_pair, require_supported_link
+from natproof.testing.bulk import check_mapping, generate_pair
+from natproof.testing.scenario import SCENARIOS, write_scenario
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+BUNDLED = sorted(p for p in CAPTURES.glob("*/*.pcap*") if p.name.startswith(("inside.", "outside.")))
+
+
+def _info(info: CaptureInfo) -> tuple:
+    return (info.path, info.format, info.link_types, info.ts_precision_ns, info.records, info.first_ts_ns,
+            info.last_ts_ns, info.truncated_records, info.warnings, dict(info.skipped))
+
+
+def assert_same(path: Path | str, chunk_bytes: int | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
+    """Decode ``path`` both ways; the frames (values, order, dtypes) and the capture info must be equal."""
+    try:
+        ref_info, ref = load_packets(path, fast=False)
+    except CaptureError as exc:
+        with pytest.raises(CaptureError) as fast_exc:
+            if chunk_bytes is None:
+                load_packets(path, fast=True)
+            else:
+                require_supported_link(*decode_file(path, chunk_bytes=chunk_bytes))
+        assert str(fast_exc.value) == str(exc)
+        return CaptureInfo(path=str(path)), pl.DataFrame(schema=PACKET_SCHEMA)
+    if chunk_bytes is None:
+        info, got = load_packets(path, fast=True)
+    else:
+        info, got = require_supported_link(*decode_file(path, chunk_bytes=chunk_bytes))
+    assert got.schema == ref.schema == pl.Schema(PACKET_SCHEMA)
+    if not got.equals(ref):
+        diff = [c for c in ref.columns if got.height != ref.height or not got[c].equals(ref[c])]
+        raise AssertionError(f"{path}: frames differ in {diff} ({got.height} vs {ref.height} rows)")
+    assert _info(info) == _info(ref_info)
+    return info, got
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[f"{p.parent.name}/{p.name}" for p in BUNDLED])
+def test_bundled_captures(path: Path) -> None:
+    assert_same(path)
+
+
+def test_bundled_captures_are_there() -> None:
+    assert len(BUNDLED) >= 20
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_generator_scenarios(name: str, tmp_path: Path) -> None:
+    write_scenario(SCENARIOS[name], tmp_path)
+    for side in ("inside.pcap", "outside.pcap"):
+        info, _ = assert_same(tmp_path / side)
+        assert_same(tmp_path / side, chunk_bytes=1500)  # many tiny chunks: records straddle every boundary
+
+
+def test_bulk_pair_decodes_identically_and_correlates_to_its_mapping(tmp_path: Path) -> None:
+    pair = generate_pair(tmp_path, 4000, seed=3)
+    for p in (pair.inside, pair.outside):
+        info, df = assert_same(p, chunk_bytes=100_000)
+        assert info.fallback_frames == 0 and df.height == pair.packets_inside
+    import natproof
+
+    result = natproof.correlate(pair.inside, pair.outside)
+    ok, msg = check_mapping(result.to_dict()["connections"], pair.truth)
+    assert ok, msg
+    assert pair.rewritten > 0
+
+
+def test_head_digest_matches_xxhash() -> None:
+    rows = np.random.default_rng(7).integers(0, 256, (2000, 32), dtype=np.uint8)
+    want = np.array([xxhash.xxh3_64_intdigest(r.tobytes()) for r in rows], dtype=np.uint64)
+    assert (xxh3_64_of_32(rows) == want).all()
+
+
+def test_gzip_and_standard_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    frames = [(i * 1000, ether(ipv4("10.244.0.9", "192.0.2.1", 17, udp(999, 53, b"q" * i)))) for i in range(50)]
+    raw = pcap(frames)
+    gz = tmp_path / "c.pcap.gz"
+    gz.write_bytes(gzip.compress(raw))
+    assert_same(gz)
+    for data in (raw, gzip.compress(raw)):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        info, got = load_packets("-", fast=True)
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        ref_info, ref = load_packets("-", fast=False)
+        assert got.equals(ref) and _info(info) == _info(ref_info)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x1f\x8b garbage", gzip.compress(b""), b"\xd4\xc3\xb2\xa1" + b"\0" * 10, b"hello world",
+     pcap([]), pcap([(1, b"x" * 40)])[:-3], pcapng([(1, None)], [])],
+    ids=["empty", "bad-gzip", "empty-gzip", "short-header", "not-a-capture", "no-packets", "cut-record",
+         "pcapng-no-packets"],
+)
+def test_unusable_files_raise_the_same_error(tmp_path: Path, data: bytes) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    assert_same(p)
+
+
+def test_progress_adds_up_to_the_records(tmp_path: Path) -> None:
+    frame = ether(ipv4("10.244.0.10", "198.51.100.10", 17, udp(1, 2, b"x" * 100)))
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pcap([(i, frame) for i in range(5000)]))
+    seen: list[int] = []
+    decode_file(path, seen.append, chunk_bytes=64 * 1024)
+    assert sum(seen) == path.stat().st_size - 24 and len(seen) > 1
+
+
+def test_two_captures_decode_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = generate_pair(tmp_path, 3000, seed=5)
+    monkeypatch.setattr(packets, "PARALLEL_MIN_BYTES", 0)
+    seen: list[int] = []
+    got = load_pair([pair.inside, pair.outside], [None, seen.append])
+    ref = [load_packets(p, fast=False) for p in (pair.inside, pair.outside)]
+    for (info, df), (ref_info, ref_df) in zip(got, ref, strict=True):
+        assert df.equals(ref_df) and _info(info) == _info(ref_info)
+    assert sum(seen) == pair.outside.stat().st_size - 24
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"nonsense")
+    with pytest.raises(CaptureError, match="bad.pcap: not a pcap"):
+        load_pair([pair.inside, bad])
+    with pytest.raises(CaptureError, match="bad.pcap: not a pcap"):
+        load_pair([bad, pair.outside])
+
+
+# --- hypothesis: random mixes of frames, every link type, v4/v6, errors, truncation and garbage -------------
+
+POD4, SRV4, NODE4 = "10.244.1.7", "198.51.100.20", "203.0.113.2"
+POD6, SRV6 = "fd00:10:244::7", "2001:db8::20"
+
+
+def _v6(l4: bytes, nxt: int, plen: int | None) -> bytes:
+    pkt = ipv6(POD6, SRV6, nxt, l4)
+    if plen is not None:
+        pkt = pkt[:4] + struct.pack("!H", plen) + pkt[6:]
+    return pkt
+
+
+@st.composite
+def ip_packets(draw: st.DrawFn) -> bytes:
+    v6 = draw(st.booleans())
+    kind = draw(st.sampled_from(["tcp", "tcp", "tcp_opts", "tcp_badoff", "udp", "udp", "echo_req", "echo_rep",
+                                 "icmp_error", "icmp_other", "other", "frag", "ipopts", "v6ext", "icmp_short"]))
+    payload = draw(st.binary(max_size=80))
+    sport, dport = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
+    icmp_p = 58 if v6 else 1
+    req, rep = (128, 129) if v6 else (8, 0)
+    if kind in ("tcp", "tcp_opts", "tcp_badoff"):
+        seg = tcp(sport, dport, draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)),
+                  draw(st.integers(0, 0xFF)), payload, win=draw(st.integers(0, 65535)))
+        seg = seg[:12] + bytes([seg[12] | draw(st.integers(0, 1))]) + seg[13:]  # the NS flag bit
+        if kind == "tcp_opts":
+            seg = seg[:12] + bytes([(8 << 4)]) + seg[13:20] + b"\x01" * 12 + seg[20:]
+        elif kind == "tcp_badoff":
+            seg = seg[:12] + bytes([draw(st.integers(0, 15)) << 4 | draw(st.integers(0, 1))]) + seg[13:]
+        l4, proto = seg, 6
+    elif kind == "udp":
+        l4, proto = udp(sport, dport, payload), 17
+    elif kind in ("echo_req", "echo_rep"):
+        l4, proto = icmp_echo(req if kind == "echo_req" else rep, sport, dport, payload), icmp_p
+    elif kind == "icmp_short":
+        l4, proto = bytes([draw(st.sampled_from([req, rep]))]) + b"\0" * draw(st.integers(0, 6)), icmp_p
+    elif kind == "icmp_error":
+        quoted = (ipv6(SRV6, POD6, 17, udp(sport, dport, payload)) if v6
+                  else ipv4(NODE4, SRV4, draw(st.sampled_from([6, 17, 1])), udp(sport, dport, payload)))
+        l4 = icmp_error(1 if v6 else 3, 3, quoted[:draw(st.integers(0, len(quoted)))])
+        proto = icmp_p
+    elif kind == "icmp_other":
+        l4, proto = struct.pack("!BBHI", 133 if v6 else 13, 0, 0, 0) + payload, icmp_p
+    elif kind == "v6ext" and v6:
+        l4, proto = bytes([6, 0]) + b"\0" * 6 + tcp(sport, dport, 1, 2, 0x10, payload), 0
+    else:
+        l4, proto = payload, draw(st.sampled_from([2, 47, 50, 132, 6, 17]))
+    if v6:
+        plen = draw(st.one_of(st.none(), st.integers(0, len(l4) + 20)))
+        return _v6(l4, proto, plen)
+    total = draw(st.one_of(st.none(), st.just(0), st.integers(0, 20 + len(l4) + 20)))
+    frag = draw(st.sampled_from([0x0010, 0x2000 | 0x0008, 0x2000])) if kind == "frag" else draw(
+        st.sampled_from([0, 0x4000]))
+    pkt = ipv4(POD4, SRV4, proto, l4, total=total, frag=frag, ttl=draw(st.integers(0, 255)),
+               ip_id=draw(st.integers(0, 65535)))
+    if kind == "ipopts":
+        pkt = bytes([0x46]) + pkt[1:20] + b"\x01\x01\x01\x00" + pkt[20:]
+    if draw(st.integers(0, 9)) == 0:  # a wrong version nibble or header length
+        pkt = bytes([draw(st.integers(0, 255))]) + pkt[1:]
+    return pkt
+
+
+@st.composite
+def frames(draw: st.DrawFn, linktype: int) -> bytes:
+    if draw(st.integers(0, 11)) == 0:
+        return draw(st.binary(max_size=100))  # garbage
+    ip = draw(ip_packets())
+    etype = 0x86DD if ip[:1] and ip[0] >> 4 == 6 else 0x0800
+    if draw(st.integers(0, 9)) == 0:
+        etype = draw(st.sampled_from([0x0806, 0x88CC, 0x8100, etype ^ 0x86DD ^ 0x0800]))
+    if linktype == 1:
+        frame = ether(ip, ethertype=etype, vlans=tuple(draw(st.lists(st.integers(0, 4095), max_size=3))))
+        frame += b"\0" * draw(st.sampled_from([0, 0, 6, 20]))  # Ethernet padding
+    elif linktype == 113:
+        frame = sll(ip, proto=etype)
+    elif linktype == 276:
+        frame = sll2(ip, ifindex=draw(st.integers(-(2**31), 2**31 - 1)), proto=etype)
+    elif linktype in (0, 108):
+        fam = 2 if etype == 0x0800 else draw(st.sampled_from([10, 24, 28, 30]))
+        frame = struct.pack("<I" if linktype == 0 else ">I", fam) + ip
+    else:
+        frame = ip
+    if draw(st.integers(0, 4)) == 0:  # cut short (snaplen, or a broken capture)
+        frame = frame[:draw(st.integers(0, len(frame)))]
+    return frame
+
+
+LINKS = st.sampled_from([1, 1, 113, 276, 101, 228, 229, 12, 0, 108, 147])
+
+
+def _ng_block(e: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * ((-len(body)) % 4)
+    blen = 12 + len(body)
+    return struct.pack(e + "II", btype, blen) + body + struct.pack(e + "I", blen)
+
+
+@st.composite
+def captures(draw: st.DrawFn) -> tuple[bytes, int | None]:
+    """A pcap or pcapng file of random frames, and a chunk size to decode it with (None: the default)."""
+    ts0 = draw(st.integers(0, 2**32 - 64)) * 1_000_000_000
+    step = draw(st.integers(0, 10**9))
+    chunk = draw(st.one_of(st.none(), st.integers(1, 4096)))
+    if draw(st.booleans()):
+        lt = draw(LINKS)
+        fs = draw(st.lists(frames(lt), min_size=1, max_size=30))
+        data = pcap([(ts0 + i * step, f) for i, f in enumerate(fs)], linktype=lt, nano=draw(st.booleans()),
+                    big_endian=draw(st.booleans()), wire_extra=draw(st.sampled_from([0, 0, 7])))
+        if draw(st.integers(0, 4)) == 0:
+            data = data[:draw(st.integers(24, len(data)))]
+        return data, chunk
+    # pcapng: one or two sections, interfaces of their own link types and resolutions, EPB/SPB/PB blocks.
+    out = b""
+    for _ in range(draw(st.integers(1, 2))):
+        e = draw(st.sampled_from(["<", ">"]))
+        out += _ng_block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+        lts = draw(st.lists(LINKS, min_size=0, max_size=3))
+        for lt in lts:
+            opts = b""
+            res = draw(st.one_of(st.none(), st.sampled_from([3, 6, 9, 0x8A])))
+            if res is not None:
+                opts += struct.pack(e + "HHB3x", 9, 1, res)
+            if draw(st.booleans()):
+                opts += struct.pack(e + "HHq", 14, 8, draw(st.integers(-100, 100)))
+            if opts:
+                opts += struct.pack(e + "HH", 0, 0)
+            out += _ng_block(e, 1, struct.pack(e + "HHI", lt, 0, 262144) + opts)
+        for _ in range(draw(st.integers(0, 25))):
+            iface = draw(st.integers(0, len(lts)))  # one past the last is a malformed block
+            frame = draw(frames(lts[iface] if iface < len(lts) else 1))
+            ticks = draw(st.integers(0, 2**40))
+            kind = draw(st.sampled_from(["epb", "epb", "epb", "spb", "pb", "short"]))
+            if kind == "epb":
+                body = struct.pack(e + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame),
+                                   len(frame) + draw(st.sampled_from([0, 3])))
+                out += _ng_block(e, 6, body + frame)
+            elif kind == "pb":
+                body = struct.pack(e + "HHIIII", iface, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame))
+                out += _ng_block(e, 2, body + frame)
+            elif kind == "spb":
+                out += _ng_block(e, 3, struct.pack(e + "I", len(frame)) + frame)
+            else:
+                out += _ng_block(e, 6, b"\0" * 4)
+    if draw(st.integers(0, 4)) == 0:
+        out = out[:draw(st.integers(0, len(out)))]
+    return out, chunk
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(captures())
+def test_random_captures(case: tuple[bytes, int | None]) -> None:
+    data, chunk = case
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "c"
+        p.write_bytes(data)
+        assert_same(p)
+        if chunk is not None:
+            assert_same(p, chunk_bytes=chunk)
