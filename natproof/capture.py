@@ -221,6 +221,11 @@ def _tsresol_ns(opt: int) -> tuple[int, int]:
     return 1, 10 ** (exp - 9)
 
 
+def section_byte_order(bom: bytes) -> str | None:
+    """struct's "<" or ">" for a pcapng section header's byte-order magic; None when it is neither."""
+    return {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(bom)
+
+
 def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
     end = len(buf)
     off, frame = 0, 0
@@ -233,11 +238,9 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             return
         btype_raw = bytes(buf[off:off + 4])
         if btype_raw == PCAPNG_SHB:
-            bom = bytes(buf[off + 8:off + 12])
-            if bom == b"\x4d\x3c\x2b\x1a":
-                endian = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                endian = ">"
+            order = section_byte_order(bytes(buf[off + 8:off + 12]))
+            if order is not None:
+                endian = order
             else:
                 if frame == 0:
                     raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")

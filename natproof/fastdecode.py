@@ -29,6 +29,7 @@ from natproof.capture import (
     CaptureInfo,
     _options,
     _tsresol_ns,
+    section_byte_order,
 )
 from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode
 from natproof.errors import CaptureError
@@ -260,11 +261,9 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                 off += blen
                 continue
             if btype == _SHB_TYPE:
-                bom = bytes(buf[off + 8:off + 12])
-                if bom == b"\x4d\x3c\x2b\x1a":
-                    endian = "<"
-                elif bom == b"\x1a\x2b\x3c\x4d":
-                    endian = ">"
+                order = section_byte_order(bytes(buf[off + 8:off + 12]))
+                if order is not None:
+                    endian = order
                 else:
                     if frame == 0:
                         raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")
