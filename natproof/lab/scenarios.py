@@ -468,7 +468,8 @@ SCENARIOS: dict[str, Scenario] = {
             "pod1, pod2 and pod3 each open 700 HTTP/1.0 connections to 198.51.100.10:80 back to back, all "
             "three pods at the same time. conntrack events are recorded by two listeners (NEW alone, and "
             "UPDATE,DESTROY) with 8 MiB socket buffers; the netlink drop counters are checked to be 0.",
-            tuple(_http(f"pod{i}", 700) for i in (1, 2, 3)),
+            # A generous timeout: on a busy 2-core machine the stdlib server can take seconds to accept.
+            tuple(_http(f"pod{i}", 700, timeout=10.0) for i in (1, 2, 3)),
             topology=TopologySpec(pods=THREE_PODS),
             check=_count(2100),
             max_pcap_bytes=6_000_000,
