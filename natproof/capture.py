@@ -221,6 +221,21 @@ def _tsresol_ns(opt: int) -> tuple[int, int]:
     return 1, 10 ** (exp - 9)
 
 
+def read_idb(buf: bytes | mmap.mmap, off: int, blen: int, endian: str, info: CaptureInfo) -> tuple[int, int, int, int]:
+    """An Interface Description Block as (linktype, mul, div, tsoffset_s), noted in ``info``."""
+    body = off + 8
+    linktype = struct.unpack_from(endian + "H", buf, body)[0]
+    mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0
+    for code, value in _options(buf, body + 8, off + blen - 4, endian):
+        if code == 9 and value:
+            mul, div = _tsresol_ns(value[0])
+        elif code == 14 and len(value) == 8:
+            tsoff = struct.unpack(endian + "q", value)[0]
+    info.link_types.append(linktype)
+    info.ts_precision_ns = min(info.ts_precision_ns, max(1, mul // div))
+    return linktype, mul, div, tsoff
+
+
 def section_byte_order(bom: bytes) -> str | None:
     """struct's "<" or ">" for a pcapng section header's byte-order magic; None when it is neither."""
     return {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(bom)
@@ -259,16 +274,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             off += blen
             continue
         if btype == 1:  # Interface Description Block
-            linktype = struct.unpack_from(endian + "H", buf, body)[0]
-            mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0
-            for code, value in _options(buf, body + 8, off + blen - 4, endian):
-                if code == 9 and value:
-                    mul, div = _tsresol_ns(value[0])
-                elif code == 14 and len(value) == 8:
-                    tsoff = struct.unpack(endian + "q", value)[0]
-            ifaces.append((linktype, mul, div, tsoff))
-            info.link_types.append(linktype)
-            info.ts_precision_ns = min(info.ts_precision_ns, max(1, mul // div))
+            ifaces.append(read_idb(buf, off, blen, endian, info))
         elif btype in (6, 2):  # Enhanced Packet Block, obsolete Packet Block
             if btype == 6:
                 iface, ts_hi, ts_lo, caplen, wire_len = struct.unpack_from(endian + "IIIII", buf, body)

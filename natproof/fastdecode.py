@@ -22,13 +22,11 @@ import xxhash
 
 from natproof.capture import (
     _MIN_BLOCK,
-    _TSRESOL_DEFAULT,
     GZIP_MAGIC,
     PCAP_MAGIC,
     PCAPNG_SHB,
     CaptureInfo,
-    _options,
-    _tsresol_ns,
+    read_idb,
     section_byte_order,
 )
 from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode
@@ -286,16 +284,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                 off += blen
                 continue
             if btype == 1:
-                lt = struct.unpack_from(endian + "H", buf, body)[0]
-                mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0
-                for code, value in _options(buf, body + 8, off + blen - 4, endian):
-                    if code == 9 and value:
-                        mul, div = _tsresol_ns(value[0])
-                    elif code == 14 and len(value) == 8:
-                        tsoff = struct.unpack(endian + "q", value)[0]
-                ifaces.append((lt, mul, div, tsoff))
-                info.link_types.append(lt)
-                info.ts_precision_ns = min(info.ts_precision_ns, max(1, mul // div))
+                ifaces.append(read_idb(buf, off, blen, endian, info))
                 sections.append(_Section(len(offs), endian, tuple(ifaces)))
             elif btype == 6:
                 ap(off)
