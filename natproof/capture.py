@@ -236,9 +236,18 @@ def read_idb(buf: bytes | mmap.mmap, off: int, blen: int, endian: str, info: Cap
     return linktype, mul, div, tsoff
 
 
-def section_byte_order(bom: bytes) -> str | None:
-    """struct's "<" or ">" for a pcapng section header's byte-order magic; None when it is neither."""
-    return {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(bom)
+def open_section(buf: bytes | mmap.mmap, off: int, frame: int, info: CaptureInfo) -> str | None:
+    """struct's "<" or ">" for the pcapng section header at ``off``.
+
+    An invalid byte-order magic before any packet makes the file unusable (CaptureError); after some, the
+    rest is dropped with a warning and None is returned.
+    """
+    order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(bytes(buf[off + 8:off + 12]))
+    if order is None:
+        if frame == 0:
+            raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")
+        info.warnings.append(f"corrupt section header after frame {frame}; {frame} frames used")
+    return order
 
 
 def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
@@ -253,14 +262,10 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             return
         btype_raw = bytes(buf[off:off + 4])
         if btype_raw == PCAPNG_SHB:
-            order = section_byte_order(bytes(buf[off + 8:off + 12]))
-            if order is not None:
-                endian = order
-            else:
-                if frame == 0:
-                    raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")
-                info.warnings.append(f"corrupt section header after frame {frame}; {frame} frames used")
+            order = open_section(buf, off, frame, info)
+            if order is None:
                 return
+            endian = order
             ifaces = []
         btype, blen = struct.unpack_from(endian + "II", buf, off)
         if blen < 12 or blen % 4 or off + blen > end:

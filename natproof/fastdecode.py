@@ -26,8 +26,8 @@ from natproof.capture import (
     PCAP_MAGIC,
     PCAPNG_SHB,
     CaptureInfo,
+    open_section,
     read_idb,
-    section_byte_order,
 )
 from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode
 from natproof.errors import CaptureError
@@ -259,15 +259,11 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                 off += blen
                 continue
             if btype == _SHB_TYPE:
-                order = section_byte_order(bytes(buf[off + 8:off + 12]))
-                if order is not None:
-                    endian = order
-                else:
-                    if frame == 0:
-                        raise CaptureError(info.path, "pcapng section header has an invalid byte-order magic")
-                    info.warnings.append(f"corrupt section header after frame {frame}; {frame} frames used")
+                order = open_section(buf, off, frame, info)
+                if order is None:
                     finished = True
                     break
+                endian = order
                 ifaces = []
                 unpack = pair[endian]
                 sections.append(_Section(len(offs), endian, ()))
