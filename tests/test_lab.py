@@ -314,3 +314,22 @@ def test_teardown_after_failure_mid_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert leftover_namespaces(prefix) == []
     assert seen["lab"].processes and all(p.poll() is not None for p in seen["lab"].processes)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_tuple_the_client_used_twice_is_two_truth_connections() -> None:
+    # Found in many-connections: a pod's ephemeral port reused 0.6 s after its previous connection closed.
+    head = "ipv4 2 tcp 6 src=10.244.0.10 dst=198.51.100.10 sport=47230 dport=80"
+    reply = "src=198.51.100.10 dst=203.0.113.2 sport=80 dport=47230"
+    lines = [
+        f"[1700000002.000]\t    [NEW] {head} [UNREPLIED] {reply}",
+        f"[1700000002.001]\t [UPDATE] {head} {reply} [ASSURED]",
+        f"[1700000002.010]\t[DESTROY] {head} {reply} [ASSURED]",
+        f"[1700000002.635]\t    [NEW] {head} [UNREPLIED] {reply}",
+        f"[1700000002.636]\t [UPDATE] {head} {reply} [ASSURED]",
+    ]
+    rules = TruthRules(frozenset({"10.244.0.10"}), ("10.244.0.0/16",))
+    attempts = [_attempt("10.244.0.10", 47230, "198.51.100.10", 80, t, "translated") for t in (1700000001.99,
+                                                                                             1700000002.63)]
+    connections, notes = build_connections(parse_lines(lines), [], attempts, rules)
+    assert notes == [] and [c.verdict for c in connections] == ["translated", "translated"]
+    assert all("notes" not in c.to_dict() for c in connections)

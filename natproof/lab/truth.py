@@ -299,32 +299,44 @@ def build_connections(
         )
 
     connections: list[Connection] = []
-    matched: set[tuple[str, str, int, str, int]] = set()
-    by_key = {a.key: a for a in attempts}
-    # A client reports each tuple it used once: several entries under one attempted tuple are that one
-    # connection, tracked anew by the kernel (a SYN after the pod's RST closed the entry re-creates it, and
-    # SNAT may then pick another port). They are judged together under the entry conntrack recorded last.
-    grouped: dict[tuple[str, str, int, str, int], list[_Track]] = {}
+    # A client reports each connection it made. One connection may still appear as several entries (a SYN
+    # after the pod's RST closed the entry re-creates it, and SNAT may then pick another port; two listeners
+    # can also stamp its events out of order): those are judged together under the entry conntrack recorded
+    # last. A tuple the client used for several connections (an ephemeral port reused after the previous
+    # one closed) keeps one connection per attempt: each entry goes to the latest attempt begun by its time.
+    attempts_by_key: dict[tuple[str, str, int, str, int], list[Attempt]] = {}
+    for a in sorted(attempts, key=lambda a: a.t_start):
+        attempts_by_key.setdefault(a.key, []).append(a)
+    per_attempt: dict[int, list[_Track]] = {}
+    owner_of: dict[int, int] = {}
     for track in order:
-        if track.first.key in by_key:
-            grouped.setdefault(track.first.key, []).append(track)
+        tries = attempts_by_key.get(track.first.key)
+        if tries:
+            when = track.first.ts if track.first.ts is not None else track.first_seen
+            begun = [a for a in tries if a.t_start <= when + ATTEMPT_SLACK_S]
+            owner = id(begun[-1] if begun else tries[0])
+            per_attempt.setdefault(owner, []).append(track)
+            owner_of[id(track)] = owner
+    claimed: set[int] = set()
+    by_id = {id(a): a for tries in attempts_by_key.values() for a in tries}
     for track in order:
-        attempt = by_key.get(track.first.key)
         notes_here = ""
-        if attempt is not None:
-            if attempt.key in matched:
+        attempt = None
+        if track.first.key in attempts_by_key:
+            owner = owner_of[id(track)]
+            if owner in claimed:
                 continue
-            matched.add(attempt.key)
-            group = grouped[attempt.key]
+            claimed.add(owner)
+            attempt = by_id[owner]
+            group = per_attempt[owner]
             if len(group) > 1:
                 track, notes_here = _merge(group)
             if track.first_seen == float("inf"):
                 track.first_seen = attempt.t_start
         connections.append(_judge(track, rules, attempt, notes_here))
 
+    by_key = {i: a for i, a in by_id.items() if i not in claimed}
     for attempt in by_key.values():
-        if attempt.key in matched:
-            continue
         inside = FlowTuple(attempt.src, attempt.dst, attempt.sport, attempt.dport)
         if _internal(attempt.dst, rules):
             verdict, why = "internal", "no conntrack entry; destination in the pod network (design)"
@@ -346,6 +358,10 @@ def build_connections(
         connections.append(Connection(attempt.proto, inside, None, verdict, attempt.t_start, why))
     connections.sort(key=lambda c: c.first_seen)
     return connections, notes
+
+
+ATTEMPT_SLACK_S = 0.05
+"""An entry may be stamped this much before the client noted its attempt's start (both read the host clock)."""
 
 
 def _merge(group: list[_Track]) -> tuple[_Track, str]:
