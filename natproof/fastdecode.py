@@ -12,7 +12,7 @@ import struct
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -453,7 +453,7 @@ class _Addresses:
             if t is None:
                 t = cache[u] = socket.inet_ntop(socket.AF_INET, u.to_bytes(4, "big"))
             texts.append(t)
-        table = pl.DataFrame({"a": uniq, "s": pl.Series(texts, dtype=pl.String)})
+        table = pl.DataFrame({"a": uniq, "s": pl.Series(texts, dtype=pl.Categorical)})
         out = key.to_frame().join(table, on="a", how="left", maintain_order="left").to_series(1)
         if is_v4.all():
             return out
@@ -467,7 +467,7 @@ class _Addresses:
             if t is None:
                 t = cache6[u] = socket.inet_ntop(socket.AF_INET6, u)
             texts6.append(t)
-        return out.scatter(rows6, pl.Series(texts6, dtype=pl.String).gather(inv6.ravel()))
+        return out.scatter(rows6, pl.Series(texts6, dtype=pl.Categorical).gather(inv6.ravel()))
 
 
 def _masked(values: np.ndarray, valid: np.ndarray | None, dtype: type) -> np.ndarray:
@@ -695,13 +695,17 @@ class _ChunkDecoder:
 
 
 def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None, *,
-                chunk_bytes: int = CHUNK_BYTES) -> tuple[CaptureInfo, pl.DataFrame]:
+                chunk_bytes: int = CHUNK_BYTES, columns: Sequence[str] | None = None,
+                ) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode a capture into (info, packets) equal to read_capture + build_packets on the same file.
 
-    Raises CaptureError as read_capture does, and Unsupported for the rare file the fast framing does not
-    handle (the caller then uses the reference path).
+    ``columns`` keeps only those columns of each chunk, so a full-width frame of the whole capture never
+    exists. Raises CaptureError as read_capture does, and Unsupported for the rare file the fast framing
+    does not handle (the caller then uses the reference path).
     """
     from natproof.packets import PACKET_SCHEMA
+
+    keep = list(PACKET_SCHEMA) if columns is None else list(columns)
 
     with open_buffer(path) as (buf, gz):
         info = CaptureInfo(path=str(path))
@@ -731,7 +735,7 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                     info.truncated_records += int((ch.caplen < ch.orig_wire).sum())
                     df = dec.decode(ch)
                     if df is not None:
-                        parts.append(df)
+                        parts.append(df.select(keep) if columns is not None else df)
                     if progress is not None:
                         progress(int(ch.caplen.sum()) + 16 * n)
                 # Pages before the next chunk are done with: drop them from this process (they stay cached).
@@ -747,5 +751,5 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                 raise CaptureError(info.path, info.warnings[0])
             raise CaptureError(info.path, "empty capture (file header only, no packets)")
     if not parts:
-        return info, pl.DataFrame(schema=PACKET_SCHEMA)
+        return info, pl.DataFrame(schema={c: PACKET_SCHEMA[c] for c in keep})
     return info, pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pcapbytes import ether, icmp_echo, icmp_error, ipv4, ipv6, pcap, pcapng, sll, sll2, tcp, udp
 
-from natproof import packets
+from natproof import parallel
 from natproof.capture import CaptureInfo
 from natproof.errors import CaptureError
 from natproof.fastdecode import decode_file, xxh3_64_of_32
@@ -133,7 +133,7 @@ def test_progress_adds_up_to_the_records(tmp_path: Path) -> None:
 
 def test_two_captures_decode_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pair = generate_pair(tmp_path, 3000, seed=5)
-    monkeypatch.setattr(packets, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
     seen: list[int] = []
     got = load_pair([pair.inside, pair.outside], [None, seen.append])
     ref = [load_packets(p, fast=False) for p in (pair.inside, pair.outside)]

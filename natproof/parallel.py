@@ -1,0 +1,127 @@
+"""Run one job per capture for a pair of captures, the second in another Python process when both are large.
+
+A job is a module-level function ``job(path, progress, **kwargs) -> (meta, frames)``: ``meta`` any picklable
+value, ``frames`` a dict of polars frames. Decoding and grouping hold the GIL for most of their time, so threads
+gain little (measured: 15%); a plain subprocess (not multiprocessing: a caller's script is never imported
+again) runs the job on the second capture and hands its frames back through Arrow IPC files, in RAM when
+/dev/shm is there. The machine this was built for has two cores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import polars as pl
+
+from natproof.errors import CaptureError
+
+Progress = Callable[[int], None]
+Job = Callable[..., tuple[Any, dict[str, pl.DataFrame]]]
+
+PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+"""Two captures each at least this big run in two processes at once (below it, starting one costs more)."""
+
+
+Output = tuple[Any, dict[str, pl.DataFrame]]
+
+
+def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequence[Progress | None] | None = None,
+             *, each: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> list[Output]:
+    """``job(path, progress, **kwargs, **each[i])`` for each path: the second in a worker process when both files
+    are at least PARALLEL_MIN_BYTES and there are two cores, else one after the other.
+
+    Errors are raised as a sequential run would raise them: the first path's first. Arguments must pickle.
+    """
+    cbs = list(progress) if progress is not None else [None] * len(paths)
+    args = [{**kwargs, **(each[i] if each else {})} for i in range(len(paths))]
+    if (len(paths) != 2 or min(_file_size(p) for p in paths) < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2
+            or any(str(p) == "-" for p in paths)):
+        return [job(p, cb, **a) for p, cb, a in zip(paths, cbs, args, strict=True)]
+    shm = "/dev/shm"  # the frames cross in RAM when there is a tmpfs for them, not through the disk
+    tmp = tempfile.mkdtemp(prefix="natproof-", dir=shm if os.access(shm, os.W_OK) else None)
+    with open(os.path.join(tmp, "job.pickle"), "wb") as fh:
+        pickle.dump((job.__module__, job.__qualname__, os.fspath(paths[1]), args[1]), fh)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-c", "from natproof.parallel import _worker_main; _worker_main()", tmp]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+    reply: list[str] = []
+    listener = threading.Thread(target=_relay, args=(proc.stdout, cbs[1], reply), daemon=True)
+    try:
+        listener.start()
+        first = job(paths[0], cbs[0], **args[0])
+        proc.wait()
+        listener.join()
+        status = reply[0] if reply else "failed"
+        if status == "ok":
+            with open(os.path.join(tmp, "meta.pickle"), "rb") as fh:
+                meta, names = pickle.load(fh)
+            second = (meta, {n: pl.read_ipc(os.path.join(tmp, f"{n}.arrow")) for n in names})
+        elif status.startswith("capture_error\t"):
+            _, path, problem = status.split("\t", 2)
+            raise CaptureError(path, problem)
+        else:  # the worker failed unexpectedly: run the job here, so the real error (if any) surfaces
+            second = job(paths[1], None, **args[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [first, second]
+
+
+def _file_size(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _relay(stream: IO[bytes], progress: Progress | None, reply: list[str]) -> None:
+    """Forward the worker's progress lines to ``progress``; keep its final status line in ``reply``."""
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line.startswith("progress "):
+            if progress is not None:
+                progress(int(line.split()[1]))
+        else:
+            reply.append(line)
+            return
+
+
+def _worker_main() -> None:
+    """Worker process: ``TMPDIR`` holds job.pickle; writes one Arrow IPC file per frame and meta.pickle, prints
+    progress lines and then one status line (ok, or capture_error<TAB>path<TAB>problem)."""
+    tmp = sys.argv[1]
+    with open(os.path.join(tmp, "job.pickle"), "rb") as fh:
+        module, name, path, kwargs = pickle.load(fh)
+    job = getattr(importlib.import_module(module), name)
+    out = sys.stdout
+
+    def progress(n: int) -> None:
+        out.write(f"progress {n}\n")
+        out.flush()
+
+    try:
+        meta, frames = job(path, progress, **kwargs)
+    except CaptureError as exc:
+        out.write(f"capture_error\t{exc.path}\t{exc.problem}\n")
+        return
+    for n, df in frames.items():
+        df.write_ipc(os.path.join(tmp, f"{n}.arrow"), compression="uncompressed")
+        frames[n] = df.clear()  # let go of each frame once written: the worker's peak is one frame lower
+    with open(os.path.join(tmp, "meta.pickle"), "wb") as fh:
+        pickle.dump((meta, list(frames)), fh)
+    out.write("ok\n")
+    out.flush()
