@@ -38,9 +38,38 @@ def _flow_columns() -> list[pl.Expr]:
     ]
 
 
+GROUP_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "tcp_seq", "tcp_flags", "icmp_type",
+                 "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport")
+"""The packet columns grouping reads."""
+
+ADDED_COLUMNS = ("f_proto", "is_icmp_error", "conn_id", "is_egress", "remote", "rport", "local", "lport")
+"""The columns group_connections adds to each packet."""
+
+
+def _address_ranks(addrs: pl.Series) -> pl.Series:
+    """Each address's rank among the distinct addresses in lexical order, as UInt32 (null stays null).
+
+    Sorting and grouping by integers is several times faster than by strings, and ranks order exactly as
+    the text does, so connection numbering does not depend on the order addresses were first seen.
+    """
+    codes = addrs.to_physical()
+    distinct = addrs.drop_nulls().unique()
+    if distinct.is_empty():
+        return pl.Series(addrs.name, [None] * len(addrs), dtype=pl.UInt32)
+    order = distinct.cast(pl.String).arg_sort()
+    lut = pl.Series([None] * (int(distinct.to_physical().max()) + 1), dtype=pl.UInt32)  # type: ignore[arg-type]
+    lut = lut.scatter(distinct.to_physical().gather(order), pl.int_range(len(order), dtype=pl.UInt32, eager=True))
+    return lut.gather(codes).alias(addrs.name)
+
+
 def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = None) -> tuple[pl.DataFrame,
                                                                                            pl.DataFrame]:
-    """Assign ``conn_id`` and ``is_egress`` to every packet and return (packets, connections).
+    """Assign connections to packets and return (packets, connections).
+
+    The packets come back with ADDED_COLUMNS: ``conn_id`` (0, 1, ... in no particular order), ``is_egress``,
+    the flow's protocol ``f_proto``, ``is_icmp_error``, and the two ends as this packet sees them: ``local``
+    (the originator: the pod) with ``lport`` and ``remote`` with ``rport``. Packets that belong to no flow
+    (no ports) are left out.
 
     A connection is a bidirectional 5-tuple (ICMP echo: addresses and identifier). The same 5-tuple used
     again later is a new connection when a SYN with a new initial sequence number starts it, or after
@@ -49,28 +78,27 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     the other direction's are replies.
     """
     t = timeouts or IdleTimeouts()
-    df = packets.with_columns(_flow_columns()).filter(pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null())
-    # The work happens on a narrow frame (sorting and joining the wide packet frame costs several copies of it);
-    # its results join the packets again in their own order at the end.
-    wide = df
-    df = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), "f_proto", "f_src", "f_dst", "f_sport",
-                   "f_dport", "is_icmp_error", "ts_ns", "frame_no", "tcp_flags", "tcp_seq", "icmp_type")
-    # Addresses as their rank among the capture's sorted distinct addresses: sorting and grouping by integers
-    # is several times faster than by strings, and ranks order (and compare) exactly as the strings do.
-    ranks = pl.concat([df["f_src"], df["f_dst"]]).unique().sort().to_frame("_addr").with_row_index("_rank")
-    df = df.join(ranks.rename({"_addr": "f_src", "_rank": "_src_rank"}), on="f_src", how="left",
-                 maintain_order="left").join(ranks.rename({"_addr": "f_dst", "_rank": "_dst_rank"}), on="f_dst",
-                                             how="left", maintain_order="left")
+    # The work happens on a narrow frame sorted by flow; only the added columns go back to the packets, in
+    # their own order (sorting or joining the wide packet frame would cost several copies of it).
+    df = packets.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), *_flow_columns(), "ts_ns", "frame_no",
+                        "tcp_flags", "tcp_seq", "icmp_type")
+    has_ports = df.select((pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null()).all()).item()
+    if not has_ports:
+        df = df.filter(pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null())
+    ranks = _address_ranks(pl.concat([df["f_src"], df["f_dst"]]))
+    df = df.with_columns(ranks.head(df.height).alias("_src_rank"), ranks.tail(df.height).alias("_dst_rank"))
     a_first = (pl.col("_src_rank") < pl.col("_dst_rank")) | (
         (pl.col("_src_rank") == pl.col("_dst_rank")) & (pl.col("f_sport") <= pl.col("f_dport"))
     )
+    key = ["f_proto", "k_a", "k_ap", "k_b", "k_bp"]
     df = df.with_columns(
         pl.when(a_first).then(pl.col("_src_rank")).otherwise(pl.col("_dst_rank")).alias("k_a"),
         pl.when(a_first).then(pl.col("f_sport")).otherwise(pl.col("f_dport")).alias("k_ap"),
         pl.when(a_first).then(pl.col("_dst_rank")).otherwise(pl.col("_src_rank")).alias("k_b"),
         pl.when(a_first).then(pl.col("f_dport")).otherwise(pl.col("f_sport")).alias("k_bp"),
-    ).drop("_src_rank", "_dst_rank").sort(["f_proto", "k_a", "k_ap", "k_b", "k_bp", "ts_ns", "frame_no"])
-    key = ["f_proto", "k_a", "k_ap", "k_b", "k_bp"]
+    ).drop("_src_rank", "_dst_rank").sort([*key, "ts_ns", "frame_no"])
+    # Sorted by flow, a flow's packets are one run of rows: compare each row with the one before it.
+    same_flow = pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in key]).fill_null(False)
     is_syn = (pl.col("f_proto") == 6) & ~pl.col("is_icmp_error") & (
         (pl.col("tcp_flags").fill_null(0) & (_SYN | _ACK)) == _SYN
     )
@@ -79,25 +107,24 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         .when(pl.col("f_proto") == 17).then(pl.lit(int(t.udp_s * 1e9)))
         .otherwise(pl.lit(int(t.icmp_s * 1e9)))
     )
-    df = df.with_columns(
-        is_syn.alias("_syn"),
-        pl.when(is_syn).then(pl.col("tcp_seq")).otherwise(None).alias("_syn_seq"),
+    df = df.with_columns(same_flow.alias("_same"), is_syn.alias("_syn")).drop(key[1:]).with_columns(
+        (~pl.col("_same")).cum_sum().alias("_flow"),
     ).with_columns(
-        pl.col("_syn_seq").forward_fill().shift(1).over(key).alias("_prev_syn_seq"),
-        (pl.col("ts_ns") - pl.col("ts_ns").shift(1).over(key)).alias("_gap"),
+        # The ISN of the flow's latest SYN before this packet (null if none yet).
+        pl.when(pl.col("_syn")).then(pl.col("tcp_seq")).forward_fill().shift(1).alias("_prev_syn_seq"),
+        pl.when(pl.col("_syn")).then(pl.col("_flow")).forward_fill().shift(1).alias("_prev_syn_flow"),
+        (pl.col("ts_ns") - pl.col("ts_ns").shift(1)).alias("_gap"),
     )
-    first_in_key = pl.col("_gap").is_null()
-    prev = pl.col("_prev_syn_seq")
+    prev = pl.when(pl.col("_prev_syn_flow") == pl.col("_flow")).then(pl.col("_prev_syn_seq"))
     # A SYN opens a new connection unless the tuple's previous SYN had the same ISN (a retransmission);
     # packets before a tuple's first SYN belong to an earlier connection the capture caught mid-way.
-    new_syn = pl.col("_syn") & ~first_in_key & (prev.is_null() | (prev != pl.col("tcp_seq")))
-    new_conn = first_in_key | (pl.col("_gap") > idle_ns) | new_syn
-    df = df.with_columns(new_conn.fill_null(True).alias("_new"))
-    df = df.with_columns((pl.col("_new").cast(pl.Int64).cum_sum() - 1).alias("conn_id"))
-    initiator = pl.col("_syn") | (
-        pl.col("icmp_type").is_in([8, 128]) & ~pl.col("is_icmp_error")
-    )
-    origin = df.group_by("conn_id").agg(
+    new_syn = pl.col("_syn") & pl.col("_same") & (prev.is_null() | (prev != pl.col("tcp_seq")))
+    new_conn = ~pl.col("_same") | (pl.col("_gap") > idle_ns) | new_syn
+    df = df.with_columns(
+        (new_conn.fill_null(True).cast(pl.UInt32).cum_sum() - 1).alias("conn_id"),
+    ).drop("_same", "_flow", "_prev_syn_seq", "_prev_syn_flow", "_gap", "tcp_seq", "tcp_flags")
+    initiator = pl.col("_syn") | (pl.col("icmp_type").is_in([8, 128]) & ~pl.col("is_icmp_error"))
+    origin = df.group_by("conn_id", maintain_order=True).agg(
         pl.col("f_src").filter(initiator).first().alias("_o_src"),
         pl.col("f_sport").filter(initiator).first().alias("_o_sport"),
         pl.col("f_src").first().alias("_first_src"),
@@ -110,23 +137,24 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     # without its SYN (the capture started mid-way) is judged by ports: the client's is the higher one.
     client_is_dst = (pl.col("_proto") == 6) & (pl.col("_first_dport") > pl.col("_first_sport"))
     origin = origin.select(
-        "conn_id",
         pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_src"))
         .when(client_is_dst).then(pl.col("_first_dst")).otherwise(pl.col("_first_src")).alias("o_src"),
         pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_sport"))
         .when(client_is_dst).then(pl.col("_first_dport")).otherwise(pl.col("_first_sport")).alias("o_sport"),
     )
-    df = df.join(origin, on="conn_id", how="left").with_columns(
+    # conn_id runs 0, 1, ... down the sorted rows, so a connection's origin is row conn_id of ``origin``.
+    cid = df["conn_id"]
+    df = df.with_columns(origin["o_src"].gather(cid), origin["o_sport"].gather(cid)).with_columns(
         ((pl.col("f_src") == pl.col("o_src")) & (pl.col("f_sport") == pl.col("o_sport"))).alias("is_egress")
-    ).with_columns(
+    ).select(
+        "_i", "ts_ns", "frame_no", "f_proto", "is_icmp_error", "conn_id", "is_egress",
         # The far end of the connection, as seen in this packet: NAT never rewrites it for egress SNAT.
         pl.when(pl.col("is_egress")).then(pl.col("f_dst")).otherwise(pl.col("f_src")).alias("remote"),
         pl.when(pl.col("is_egress")).then(pl.col("f_dport")).otherwise(pl.col("f_sport")).alias("rport"),
         pl.when(pl.col("is_egress")).then(pl.col("f_src")).otherwise(pl.col("f_dst")).alias("local"),
         pl.when(pl.col("is_egress")).then(pl.col("f_sport")).otherwise(pl.col("f_dport")).alias("lport"),
-    ).drop(["_syn", "_syn_seq", "_prev_syn_seq", "_gap", "_new", "k_a", "k_ap", "k_b", "k_bp",
-            "o_src", "o_sport"])
-    conns = df.group_by("conn_id").agg(
+    )
+    conns = df.group_by("conn_id", maintain_order=True).agg(
         pl.col("f_proto").first().alias("proto"),
         pl.col("local").first().alias("src"),
         pl.col("lport").first().alias("sport"),
@@ -140,9 +168,11 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         # replies: the entry stays [UNREPLIED] (see captures/udp).
         pl.col("is_icmp_error").sum().cast(pl.UInt32).alias("icmp_error_packets"),
         pl.col("frame_no").min().alias("first_frame"),
-    ).sort(["first_ts_ns", "conn_id"])
-    new = df.select("_i", "conn_id", "is_egress", "remote", "rport", "local", "lport").sort("_i").drop("_i")
-    out = wide.hstack(new)
+    ).with_columns(pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String)).sort(["first_ts_ns", "conn_id"])
+    added = df.select("_i", *ADDED_COLUMNS).sort("_i")
+    wide = packets if has_ports else packets.filter(
+        pl.int_range(pl.len(), dtype=pl.UInt32).is_in(added["_i"].implode()))
+    out = wide.hstack(added.drop("_i"))
     dt = pl.col("ts_ns").diff()
     in_order = out.select(((dt > 0) | ((dt == 0) & (pl.col("frame_no").cast(pl.Int64).diff() > 0)))
                           .fill_null(True).all()).item()
