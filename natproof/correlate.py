@@ -5,13 +5,16 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
+from natproof.capture import CaptureInfo
 from natproof.connections import PROTO_NAMES, IdleTimeouts, group_connections
 from natproof.errors import InputError
-from natproof.match import match_sides, with_keys
-from natproof.packets import decoder_flag, load_pair
+from natproof.match import MATCH_COLUMNS, match_sides, with_keys
+from natproof.packets import decoder_flag, load_packets
+from natproof.parallel import run_pair
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
 from natproof.verdicts import classify
 
@@ -59,6 +62,43 @@ def _fmt_time(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S")
 
 
+DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "ip_id", "tcp_seq", "tcp_ack",
+                  "tcp_flags", "payload_len", "payload_digest", "head_digest", "icmp_type", "icmp_code", "icmp_seq",
+                  "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport")
+"""The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
+
+PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
+"""What a Result keeps of each packet (plus, inside, the match: out_frame, dt_ns, method)."""
+
+
+@dataclass(frozen=True)
+class _Side:
+    info: CaptureInfo
+    networks: tuple[Network, ...]
+
+
+def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
+                  timeouts: IdleTimeouts | None, inside: bool,
+                  pod_cidr: str | Sequence[str] | None) -> tuple[_Side, dict[str, pl.DataFrame]]:
+    """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS of the packets
+    that may have crossed the NAT: inside, not those of internal connections; ``row`` indexes packets) and
+    connections (with ``internal``, inside). The inside side also settles the pod networks."""
+    info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS)
+    pk, conns = group_connections(pk, timeouts)
+    nets: tuple[Network, ...] = ()
+    if inside:
+        nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns)
+        conns = conns.with_columns(_in_networks(conns["dst"], nets).alias("internal"))
+    keyed = with_keys(pk)
+    packets = keyed.select(PACKET_COLUMNS)
+    match = keyed.select(MATCH_COLUMNS)
+    del pk, keyed
+    if inside and conns["internal"].any():
+        internal = conns.sort("conn_id")["internal"]  # conn_id runs 0, 1, ...: row conn_id is that connection
+        match = match.filter(~internal.gather(packets["conn_id"]))
+    return _Side(info, nets), {"packets": packets, "match": match, "connections": conns}
+
+
 def correlate(
     inside: str | os.PathLike[str],
     outside: str | os.PathLike[str],
@@ -80,47 +120,58 @@ def correlate(
     result is the same.
     """
     fast = decoder_flag(decoder)
+    if pod_cidr:
+        parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
     cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
            for label, path in (("inside", inside), ("outside", outside))]
-    (in_info, in_frame), (out_info, out_frame) = load_pair([inside, outside], cbs, fast=fast)
-    frames = [in_frame, out_frame]
-    in_pk, in_conns = group_connections(frames[0], timeouts)
-    out_pk, out_conns = group_connections(frames[1], timeouts)
-
-    nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(in_conns)
-    in_conns = in_conns.with_columns(_in_networks(in_conns["dst"], nets).alias("internal"))
-    in_pk = with_keys(in_pk.join(in_conns.select("conn_id", "internal"), on="conn_id", how="left"))
-    out_pk = with_keys(out_pk)
+    # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
+    # are large; then the two meet in matching.
+    (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, timeouts=timeouts,
+                                   pod_cidr=pod_cidr, each=[{"inside": True}, {"inside": False}])
+    in_pk, in_conns, in_match = a["packets"], a["connections"], a["match"]
+    out_pk, out_conns, out_match = b["packets"], b["connections"], b["match"]
+    nets = ins.networks
 
     offset_ns = None if clock_offset_s is None else int(round(clock_offset_s * 1e9))
-    matches = match_sides(in_pk.filter(~pl.col("internal")), out_pk, clock_offset_ns=offset_ns,
-                          tolerance_ns=int(tolerance_s * 1e9))
-    if matches.pairs.is_empty() and not in_pk.is_empty() and not out_pk.is_empty():
-        _check_overlap(in_info.path, out_info.path, in_pk, out_pk, matches.clock_offset_ns)
+    matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9))
+    if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
+        _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns)
+    del in_match, out_match
 
-    pairs = matches.pairs.join(
-        in_pk.select(pl.col("row").alias("in_row"), pl.col("conn_id").alias("in_conn"), "is_egress", "is_icmp_error",
-                     pl.col("frame_no").alias("in_frame")), on="in_row",
-    ).join(
-        out_pk.select(pl.col("row").alias("out_row"), pl.col("conn_id").alias("out_conn"),
-                      pl.col("frame_no").alias("out_frame")), on="out_row",
+    pairs = matches.pairs
+    in_rows, out_rows = pairs["in_row"], pairs["out_row"]
+    pairs = pairs.with_columns(
+        in_pk["conn_id"].gather(in_rows).alias("in_conn"), in_pk["is_egress"].gather(in_rows),
+        in_pk["is_icmp_error"].gather(in_rows), in_pk["frame_no"].gather(in_rows).alias("in_frame"),
+        out_pk["conn_id"].gather(out_rows).alias("out_conn"), out_pk["frame_no"].gather(out_rows).alias("out_frame"),
     )
     conns = _judge(in_conns, out_conns, pairs, matches.clock_offset_ns)
-
-    in_pk = in_pk.join(pairs.select("in_row", "out_frame", "dt_ns", "method"), left_on="row",
-                       right_on="in_row", how="left")
-    matched_out = pairs.select(pl.col("out_row").unique())
+    matched_out = pairs["out_row"].n_unique()
+    in_pk = in_pk.with_columns(
+        _scatter(in_pk.height, in_rows, pairs["out_frame"]).alias("out_frame"),
+        _scatter(in_pk.height, in_rows, pairs["dt_ns"]).alias("dt_ns"),
+        _scatter(in_pk.height, in_rows, pairs["method"]).alias("method"),
+    )
+    internal_ids = in_conns.filter(pl.col("internal"))["conn_id"]
+    unmatched_inside = in_pk.height - pairs.height
+    if not internal_ids.is_empty():
+        unmatched_inside -= int(in_pk["conn_id"].is_in(internal_ids.implode()).sum())
     return Result(
-        inside=CaptureSummary.from_info(in_info, in_pk.height),
-        outside=CaptureSummary.from_info(out_info, out_pk.height),
+        inside=CaptureSummary.from_info(ins.info, in_pk.height),
+        outside=CaptureSummary.from_info(outs.info, out_pk.height),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
         pod_networks=tuple(str(n) for n in nets),
         connections=conns,
-        unmatched_inside=in_pk.filter(~pl.col("internal") & pl.col("out_frame").is_null()).height,
-        unmatched_outside=out_pk.height - matched_out.height,
+        unmatched_inside=unmatched_inside,
+        unmatched_outside=out_pk.height - matched_out,
         inside_packets=in_pk,
         outside_packets=out_pk,
     )
+
+
+def _scatter(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:
+    """A column of n nulls with ``values`` at ``rows``."""
+    return pl.repeat(None, n, dtype=values.dtype, eager=True).scatter(rows, values)
 
 
 def _size(path: str | os.PathLike[str]) -> int:

@@ -39,11 +39,27 @@ def _payload_key() -> pl.Expr:
     )
 
 
+KEY_COLUMNS = ("is_egress", "f_proto", "proto", "remote", "rport", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags",
+               "payload_len", "head_digest", "is_icmp_error", "icmp_type", "icmp_code", "icmp_seq", "inner_proto")
+"""The columns the strong key is made of."""
+
+MATCH_COLUMNS = ("row", "ts_ns", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport", "tcp_seq",
+                 "tcp_ack", "payload_len", "payload_digest", "is_icmp_error", "k_strong")
+"""What match_sides reads of each side (from :func:`with_keys`)."""
+
+_KEY_SLICE_ROWS = 1 << 20
+
+
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
-    """Add a row number and the match keys to a capture's grouped packets."""
-    return packets.with_row_index("row").with_columns(
-        _strong_key().alias("k_strong"), _payload_key().alias("k_payload"),
-    )
+    """Add a row number and the strong match key to a capture's grouped packets.
+
+    The key is hashed a slice of rows at a time: hashing the whole frame at once holds a copy of every key
+    column. It hashes values, not dictionary codes, so keys made in different processes agree.
+    """
+    parts = [packets.slice(o, _KEY_SLICE_ROWS).select(_strong_key().alias("k_strong"))
+             for o in range(0, packets.height, _KEY_SLICE_ROWS)]
+    key = pl.concat(parts).to_series() if parts else pl.Series("k_strong", [], dtype=pl.UInt64)
+    return packets.with_row_index("row").with_columns(key)
 
 
 def _offset_from(dts: pl.DataFrame) -> int | None:
@@ -219,6 +235,8 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         pl.lit("bytes").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
     in_left = in_left.join(by_bytes.select(pl.col("in_row").alias("row")), on="row", how="anti")
     out_left = out_left.join(by_bytes.select(pl.col("out_row").alias("row")), on="row", how="anti")
-    by_payload = _pair_by_key(in_left, out_left, "k_payload", offset, tolerance_ns, "payload")
+    by_payload = _pair_by_key(in_left.with_columns(_payload_key().alias("k_payload")),
+                              out_left.with_columns(_payload_key().alias("k_payload")), "k_payload", offset,
+                              tolerance_ns, "payload")
     pairs = pl.concat([exact, by_bytes, by_payload]).sort("in_row")
     return Matches(pairs=pairs, clock_offset_ns=offset)

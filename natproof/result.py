@@ -29,7 +29,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "evidence_egress_inside_frame": pl.UInt32(), "evidence_egress_outside_frame": pl.UInt32(),
     "evidence_reply_outside_frame": pl.UInt32(), "evidence_reply_inside_frame": pl.UInt32(),
     "evidence_icmp_error_outside_frame": pl.UInt32(), "evidence_icmp_error_inside_frame": pl.UInt32(),
-    "inside_conn_id": pl.Int64(), "outside_conn_id": pl.Int64(),
+    "inside_conn_id": pl.UInt32(), "outside_conn_id": pl.UInt32(),
 }
 """One row per inside connection. Ports are the ICMP echo identifier and 0 for ICMP echo.
 inside_conn_id / outside_conn_id are the conn_id of its packets in inside_packets / outside_packets."""
