@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import orjson
 import polars as pl
 
 from natproof.result import Result, connection_dict
@@ -35,12 +35,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
 
 def to_json(result: Result) -> str:
-    return json.dumps(result.to_dict(), indent=2) + "\n"
+    return json_bytes(result.to_dict()).decode()
+
+
+def json_bytes(doc: object) -> bytes:
+    """A JSON document, indented by two, with a final newline (orjson: 100k connections in a fraction of a second,
+    where the json module's indenting encoder, pure Python, takes tens of seconds)."""
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
 def to_ndjson(result: Result) -> str:
     """One connection per line (for jq and log pipelines)."""
-    return "".join(json.dumps(connection_dict(r)) + "\n" for r in result.connections.iter_rows(named=True))
+    return b"".join(orjson.dumps(connection_dict(r), option=orjson.OPT_APPEND_NEWLINE)
+                    for r in result.connections.iter_rows(named=True)).decode()
 
 
 def flat_frame(result: Result) -> pl.DataFrame:
@@ -82,7 +89,7 @@ def to_conntrack(result: Result) -> str:
 def render_bytes(result: Result, fmt: str) -> bytes:
     """The result in a file format, as bytes."""
     if fmt == "json":
-        return to_json(result).encode()
+        return json_bytes(result.to_dict())
     if fmt == "ndjson":
         return to_ndjson(result).encode()
     if fmt == "csv":
