@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
@@ -25,8 +26,9 @@ class IdleTimeouts:
 _SYN, _ACK = 0x02, 0x10
 
 
-def _flow_columns() -> list[pl.Expr]:
-    """The flow a packet belongs to; an ICMP error belongs to the flow it quotes, as a reply."""
+def flow_columns() -> list[pl.Expr]:
+    """The flow a packet belongs to (f_proto, f_src, f_sport, f_dst, f_dport, is_icmp_error), from the decoded
+    columns (src, dst, sport, dport, proto, inner_*); an ICMP error belongs to the flow it quotes, as a reply."""
     err = pl.col("inner_proto").is_not_null()
     return [
         pl.when(err).then(pl.col("inner_proto")).otherwise(pl.col("proto")).alias("f_proto"),
@@ -38,38 +40,61 @@ def _flow_columns() -> list[pl.Expr]:
     ]
 
 
-GROUP_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "tcp_seq", "tcp_flags", "icmp_type",
-                 "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport")
-"""The packet columns grouping reads."""
+FLOW_SOURCE_COLUMNS = ("proto", "src", "dst", "sport", "dport", "inner_proto", "inner_src", "inner_dst",
+                       "inner_sport", "inner_dport")
+"""The decoded columns flow_columns() reads."""
 
-ADDED_COLUMNS = ("f_proto", "is_icmp_error", "conn_id", "is_egress", "remote", "rport", "local", "lport")
-"""The columns group_connections adds to each packet."""
+GROUP_COLUMNS = ("frame_no", "ts_ns", "f_proto", "f_src", "f_dst", "f_sport", "f_dport", "is_icmp_error", "tcp_seq",
+                 "tcp_flags", "icmp_type")
+"""The packet columns grouping reads (the flow columns are made from the decoded ones when missing)."""
+
+ADDED_COLUMNS = ("conn_id", "is_egress", "remote", "rport", "local", "lport")
+"""The columns group_connections adds to each packet, besides the flow columns."""
 
 
-def _address_ranks(addrs: pl.Series) -> pl.Series:
-    """Each address's rank among the distinct addresses in lexical order, as UInt32 (null stays null).
+def _rank_lut(packets: pl.DataFrame) -> pl.Series:
+    """Dictionary code -> rank of the address among the capture's distinct addresses in lexical order (UInt32).
 
     Sorting and grouping by integers is several times faster than by strings, and ranks order exactly as
     the text does, so connection numbering does not depend on the order addresses were first seen.
     """
-    codes = addrs.to_physical()
-    distinct = addrs.drop_nulls().unique()
+    distinct = pl.concat([packets[c].drop_nulls().unique() for c in ("f_src", "f_dst")]).unique()
     if distinct.is_empty():
-        return pl.Series(addrs.name, [None] * len(addrs), dtype=pl.UInt32)
+        return pl.Series([], dtype=pl.UInt32)
     order = distinct.cast(pl.String).arg_sort()
-    lut = pl.Series([None] * (int(distinct.to_physical().max()) + 1), dtype=pl.UInt32)  # type: ignore[arg-type]
-    lut = lut.scatter(distinct.to_physical().gather(order), pl.int_range(len(order), dtype=pl.UInt32, eager=True))
-    return lut.gather(codes).alias(addrs.name)
+    codes = distinct.to_physical()
+    lut = pl.repeat(None, int(codes.max()) + 1, dtype=pl.UInt32, eager=True)  # type: ignore[arg-type]
+    return lut.scatter(codes.gather(order), pl.int_range(len(order), dtype=pl.UInt32, eager=True))
+
+
+GROUP_PART_ROWS = 1 << 19
+"""Captures with more packets are grouped in parts of about this many, each a set of whole flows: the sort and
+the per-row work then hold a copy of one part at a time, not of the capture."""
+
+
+def select_in_slices(df: pl.DataFrame, exprs: list[pl.Expr], rows: int = GROUP_PART_ROWS) -> pl.DataFrame:
+    """df.select(exprs) a slice of rows at a time, for row-wise expressions whose inputs would be copied whole."""
+    parts = [df.slice(o, rows).select(exprs) for o in range(0, df.height, rows)]
+    return pl.concat(parts) if parts else df.clear().select(exprs)
+
+
+def _flow_partition(packets: pl.DataFrame, parts: int) -> pl.Series:
+    """Which of ``parts`` parts each packet's flow falls in; both directions of a flow fall in one."""
+    one = pl.struct("f_src", "f_sport").hash(seed=0x666C)
+    other = pl.struct(pl.col("f_dst").alias("f_src"), pl.col("f_dport").alias("f_sport")).hash(seed=0x666C)
+    part = pl.struct("f_proto", pl.min_horizontal(one, other).alias("lo"),
+                     pl.max_horizontal(one, other).alias("hi")).hash(seed=0x7061) % parts
+    return select_in_slices(packets, [part.cast(pl.UInt32).alias("part")]).to_series()
 
 
 def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = None) -> tuple[pl.DataFrame,
                                                                                            pl.DataFrame]:
     """Assign connections to packets and return (packets, connections).
 
-    The packets come back with ADDED_COLUMNS: ``conn_id`` (0, 1, ... in no particular order), ``is_egress``,
-    the flow's protocol ``f_proto``, ``is_icmp_error``, and the two ends as this packet sees them: ``local``
-    (the originator: the pod) with ``lport`` and ``remote`` with ``rport``. Packets that belong to no flow
-    (no ports) are left out.
+    The packets come back with the flow columns (see flow_columns(); made here unless the frame has them) and
+    ADDED_COLUMNS: ``conn_id`` (0, 1, ... in no particular order), ``is_egress``, and the two ends as this
+    packet sees them: ``local`` (the originator: the pod) with ``lport`` and ``remote`` with ``rport``.
+    Packets that belong to no flow (no ports) are left out.
 
     A connection is a bidirectional 5-tuple (ICMP echo: addresses and identifier). The same 5-tuple used
     again later is a new connection when a SYN with a new initial sequence number starts it, or after
@@ -78,15 +103,50 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     the other direction's are replies.
     """
     t = timeouts or IdleTimeouts()
-    # The work happens on a narrow frame sorted by flow; only the added columns go back to the packets, in
-    # their own order (sorting or joining the wide packet frame would cost several copies of it).
-    df = packets.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), *_flow_columns(), "ts_ns", "frame_no",
-                        "tcp_flags", "tcp_seq", "icmp_type")
-    has_ports = df.select((pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null()).all()).item()
-    if not has_ports:
-        df = df.filter(pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null())
-    ranks = _address_ranks(pl.concat([df["f_src"], df["f_dst"]]))
-    df = df.with_columns(ranks.head(df.height).alias("_src_rank"), ranks.tail(df.height).alias("_dst_rank"))
+    if "f_src" not in packets.columns:
+        packets = packets.with_columns(flow_columns())
+    n = packets.height
+    lut = _rank_lut(packets)
+    parts = max(1, -(-n // GROUP_PART_ROWS))
+    pieces: Iterable[tuple[pl.Series | None, pl.DataFrame]]
+    if parts == 1:
+        pieces = [(None, packets.select(GROUP_COLUMNS))]
+    else:
+        which = _flow_partition(packets, parts)
+        pieces = ((idx, packets.select(pl.col(GROUP_COLUMNS).gather(idx)))  # one part at a time
+                  for idx in (which.eq(p).arg_true().cast(pl.UInt32) for p in range(parts)))
+    # Each part's results go back to the packets' own rows (sorting or joining the packet frame would copy it).
+    added = {c: pl.repeat(None, n, dtype=dt, eager=True).alias(c) for c, dt in (
+        ("conn_id", pl.UInt32), ("is_egress", pl.Boolean), ("remote", pl.Categorical), ("rport", pl.UInt16),
+        ("local", pl.Categorical), ("lport", pl.UInt16))}
+    conns_parts = []
+    first_id = 0
+    for idx, piece in pieces:
+        got, conns = _group_part(piece, lut, t)
+        rows = got["_i"] if idx is None else idx.gather(got["_i"])
+        got = got.with_columns(pl.col("conn_id") + first_id)
+        for c in ADDED_COLUMNS:
+            added[c] = added[c].scatter(rows, got[c])
+        conns_parts.append(conns.with_columns(pl.col("conn_id") + first_id))
+        first_id += conns.height
+    del pieces
+    conns = pl.concat(conns_parts).sort(["first_ts_ns", "conn_id"])
+    out = packets.hstack(list(added.values()))
+    if out["conn_id"].null_count():
+        out = out.filter(pl.col("conn_id").is_not_null())
+    dt = pl.col("ts_ns").diff()
+    in_order = out.select(((dt > 0) | ((dt == 0) & (pl.col("frame_no").cast(pl.Int64).diff() > 0)))
+                          .fill_null(True).all()).item()
+    return (out if in_order else out.sort(["ts_ns", "frame_no"])), conns
+
+
+def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Group a set of whole flows: (ADDED_COLUMNS with ``_i``, the row in ``packets``; connections), conn_id from 0."""
+    # The work happens on a narrow frame sorted by flow.
+    df = packets.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), *GROUP_COLUMNS)
+    df = df.filter(pl.col("f_sport").is_not_null() & pl.col("f_dport").is_not_null())
+    df = df.with_columns(lut.gather(df["f_src"].to_physical()).alias("_src_rank"),
+                         lut.gather(df["f_dst"].to_physical()).alias("_dst_rank"))
     a_first = (pl.col("_src_rank") < pl.col("_dst_rank")) | (
         (pl.col("_src_rank") == pl.col("_dst_rank")) & (pl.col("f_sport") <= pl.col("f_dport"))
     )
@@ -168,12 +228,5 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         # replies: the entry stays [UNREPLIED] (see captures/udp).
         pl.col("is_icmp_error").sum().cast(pl.UInt32).alias("icmp_error_packets"),
         pl.col("frame_no").min().alias("first_frame"),
-    ).with_columns(pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String)).sort(["first_ts_ns", "conn_id"])
-    added = df.select("_i", *ADDED_COLUMNS).sort("_i")
-    wide = packets if has_ports else packets.filter(
-        pl.int_range(pl.len(), dtype=pl.UInt32).is_in(added["_i"].implode()))
-    out = wide.hstack(added.drop("_i"))
-    dt = pl.col("ts_ns").diff()
-    in_order = out.select(((dt > 0) | ((dt == 0) & (pl.col("frame_no").cast(pl.Int64).diff() > 0)))
-                          .fill_null(True).all()).item()
-    return (out if in_order else out.sort(["ts_ns", "frame_no"])), conns
+    ).with_columns(pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String))
+    return df.select("_i", *ADDED_COLUMNS), conns

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from natproof.capture import CaptureInfo
-from natproof.connections import PROTO_NAMES, IdleTimeouts, group_connections
+from natproof.connections import PROTO_NAMES, IdleTimeouts, flow_columns, group_connections
 from natproof.errors import InputError
-from natproof.match import MATCH_COLUMNS, match_sides, with_keys
+from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
+from natproof.memory import trim
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
@@ -67,6 +68,17 @@ DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", 
                   "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
+FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type", "payload_len",
+                   "payload_digest")
+"""Decoded columns kept as they are; the rest are read once into the flow columns and the signature."""
+
+
+def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
+    """What correlate keeps of each decoded packet: FEATURE_COLUMNS, the flow (natproof.connections.flow_columns)
+    and the match signature (natproof.match.signature). Row by row: applied to each decoded batch."""
+    return packets.select(*FEATURE_COLUMNS, *flow_columns(), signature())
+
+
 PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
 """What a Result keeps of each packet (plus, inside, the match: out_frame, dt_ns, method)."""
 
@@ -83,16 +95,18 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS of the packets
     that may have crossed the NAT: inside, not those of internal connections; ``row`` indexes packets) and
     connections (with ``internal``, inside). The inside side also settles the pod networks."""
-    info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS)
+    info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
     pk, conns = group_connections(pk, timeouts)
     nets: tuple[Network, ...] = ()
     if inside:
         nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns)
         conns = conns.with_columns(_in_networks(conns["dst"], nets).alias("internal"))
+    trim()
     keyed = with_keys(pk)
     packets = keyed.select(PACKET_COLUMNS)
     match = keyed.select(MATCH_COLUMNS)
     del pk, keyed
+    trim()
     if inside and conns["internal"].any():
         internal = conns.sort("conn_id")["internal"]  # conn_id runs 0, 1, ...: row conn_id is that connection
         match = match.filter(~internal.gather(packets["conn_id"]))
@@ -199,29 +213,26 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
     primary = per_out.group_by("in_conn", maintain_order=True).agg(
         pl.col("out_conn").first(), pl.col("out_conn").n_unique().alias("outside_tuples"),
     )
-    # NAT latency: time to cross the node, egress inside->outside and reply outside->inside, on one clock.
-    lat = pairs.filter(pl.col("method") == "exact").with_columns(
-        (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
-         / 1000.0).alias("lat_us")
-    )
+    # One pass over the pairs, with no copy of them: NAT latency (time to cross the node, egress inside->outside
+    # and reply outside->inside, on one clock), counts, and evidence: the first matched pair of each kind
+    # (in inside frame order), taken from the outside tuple the connection is mapped to (a connection that left
+    # under two tuples must not cite the other one's frames).
+    lut = pl.repeat(None, (int(pairs["in_conn"].max()) + 1) if pairs.height else 0, dtype=pl.UInt32, eager=True)
+    lut = lut.scatter(primary["in_conn"], primary["out_conn"])
+    if pairs.height and not pairs.select((pl.col("in_frame").diff().fill_null(0) >= 0).all()).item():
+        pairs = pairs.sort("in_frame")
+    pairs = pairs.with_columns((pl.col("out_conn") == lut.gather(pairs["in_conn"])).alias("_on_primary"))
     reply = ~pl.col("is_egress") & ~pl.col("is_icmp_error")
+    lat_us = (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
+              / 1000.0).filter(pl.col("method") == "exact")
     stats = pairs.group_by("in_conn").agg(
         pl.col("is_egress").sum().cast(pl.UInt32).alias("matched_egress"),
         reply.sum().cast(pl.UInt32).alias("matched_reply"),
-    )
-    # Evidence: the first matched pair of each kind, taken from the outside tuple the connection is mapped to
-    # (a connection that left under two tuples must not cite the other one's frames).
-    on_primary = pairs.join(primary.select("in_conn", pl.col("out_conn").alias("_primary")), on="in_conn").filter(
-        pl.col("out_conn") == pl.col("_primary")).sort("in_frame")
-    evidence = on_primary.group_by("in_conn").agg(
-        [pl.col(f"{side}_frame").filter(cond).first().alias(f"evidence_{kind}_{name}_frame")
-         for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply),
-                            ("icmp_error", pl.col("is_icmp_error")))
-         for side, name in (("in", "inside"), ("out", "outside"))]
-    )
-    lat_stats = lat.group_by("in_conn").agg(
-        pl.col("lat_us").median().round(3).alias("latency_median_us"),
-        pl.col("lat_us").max().round(3).alias("latency_max_us"),
+        lat_us.median().round(3).alias("latency_median_us"),
+        lat_us.max().round(3).alias("latency_max_us"),
+        *[pl.col(f"{side}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
+          for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply), ("icmp_error", pl.col("is_icmp_error")))
+          for side, name in (("in", "inside"), ("out", "outside"))],
     )
     oc = out_conns.select(
         pl.col("conn_id").alias("out_conn"),
@@ -235,8 +246,6 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
         .join(primary, on="in_conn", how="left")
         .join(oc, on="out_conn", how="left")
         .join(stats, on="in_conn", how="left")
-        .join(evidence, on="in_conn", how="left")
-        .join(lat_stats, on="in_conn", how="left")
         .sort(["first_ts_ns", "in_conn"])
     )
     verdicts = [

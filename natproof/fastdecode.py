@@ -31,8 +31,9 @@ from natproof.capture import (
 )
 from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode
 from natproof.errors import CaptureError
+from natproof.memory import trim
 
-CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 32 * 1024 * 1024
 """File bytes framed and decoded per chunk: bounds the pages of the file resident at once."""
 SNAP = 84
 """Frame bytes gathered per record: the longest fast link header (Ethernet with two VLAN tags, 22 bytes)
@@ -696,12 +697,14 @@ class _ChunkDecoder:
 
 def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None, *,
                 chunk_bytes: int = CHUNK_BYTES, columns: Sequence[str] | None = None,
+                transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
                 ) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode a capture into (info, packets) equal to read_capture + build_packets on the same file.
 
-    ``columns`` keeps only those columns of each chunk, so a full-width frame of the whole capture never
-    exists. Raises CaptureError as read_capture does, and Unsupported for the rare file the fast framing
-    does not handle (the caller then uses the reference path).
+    ``columns`` keeps only those columns of each chunk, then ``transform`` (row by row) turns each chunk into
+    what the caller keeps, so a full-width frame of the whole capture never exists. Raises CaptureError as
+    read_capture does, and Unsupported for the rare file the fast framing does not handle (the caller then
+    uses the reference path).
     """
     from natproof.packets import PACKET_SCHEMA
 
@@ -735,7 +738,8 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                     info.truncated_records += int((ch.caplen < ch.orig_wire).sum())
                     df = dec.decode(ch)
                     if df is not None:
-                        parts.append(df.select(keep) if columns is not None else df)
+                        df = df.select(keep) if columns is not None else df
+                        parts.append(transform(df) if transform is not None else df)
                     if progress is not None:
                         progress(int(ch.caplen.sum()) + 16 * n)
                 # Pages before the next chunk are done with: drop them from this process (they stay cached).
@@ -746,10 +750,12 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                     released = upto
         finally:
             dec.close()
+            trim()  # the chunks' numpy temporaries
         if info.records == 0:
             if info.warnings:
                 raise CaptureError(info.path, info.warnings[0])
             raise CaptureError(info.path, "empty capture (file header only, no packets)")
     if not parts:
-        return info, pl.DataFrame(schema={c: PACKET_SCHEMA[c] for c in keep})
+        empty = pl.DataFrame(schema={c: PACKET_SCHEMA[c] for c in keep})
+        return info, transform(empty) if transform is not None else empty
     return info, pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import polars as pl
+
+from natproof.connections import select_in_slices
 
 SNAP_OFFSET_NS = 100_000
 """Clock-offset estimates smaller than this (100 us) count as 0: captures taken on one host share a clock,
@@ -14,22 +17,34 @@ ROUGH_TOLERANCE_NS = 600 * 10**9
 """How far apart clocks may be when no packet is unique enough to estimate the offset without time."""
 
 PAIR_SCHEMA = {
-    "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(), "method": pl.String(),
+    "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(),
+    "method": pl.Enum(["exact", "bytes", "payload"]),
 }
 
 
-def _strong_key() -> pl.Expr:
-    """Fields MASQUERADE never rewrites (see captures/basic): direction, far end, IP id, TCP seq/ack/flags,
-    lengths, ICMP type/code/sequence and the head of the payload. Source/destination of the near end,
-    ports that may be remapped, ICMP identifiers and TTL are left out."""
+SIGNATURE_COLUMNS = ("proto", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "icmp_type",
+                     "icmp_code", "icmp_seq", "inner_proto")
+"""The decoded columns signature() reads."""
+
+
+def signature() -> pl.Expr:
+    """``sig``: a hash of the packet's own fields MASQUERADE never rewrites (see captures/basic): IP id, TCP
+    seq/ack/flags, lengths, ICMP type/code/sequence and the head of the payload. Addresses, ports that may be
+    remapped, ICMP identifiers and TTL are left out. Row by row, so it can be made batch by batch as a capture
+    is decoded, and the columns it reads dropped."""
     # TCP needs no payload in its key (seq, ack and length pin a segment), so captures cut by different
     # snaplens still agree; an ICMP error's payload is the quoted header, which the kernel rewrites.
-    head = pl.when(pl.col("is_icmp_error") | (pl.col("proto") == 6)).then(None).otherwise(
+    head = pl.when(pl.col("inner_proto").is_not_null() | (pl.col("proto") == 6)).then(None).otherwise(
         pl.col("head_digest")).alias("head")
     return pl.struct(
-        "is_egress", "f_proto", "proto", "remote", "rport", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags",
-        "payload_len", head, "icmp_type", "icmp_code", "icmp_seq", "inner_proto",
-    ).hash(seed=0x6E61)
+        "proto", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", head, "icmp_type", "icmp_code",
+        "icmp_seq", "inner_proto",
+    ).hash(seed=0x7369).alias("sig")
+
+
+def _strong_key() -> pl.Expr:
+    """The signature with the packet's direction and far end, which NAT does not rewrite either."""
+    return pl.struct("is_egress", "f_proto", "remote", "rport", "sig").hash(seed=0x6E61)
 
 
 def _payload_key() -> pl.Expr:
@@ -39,26 +54,19 @@ def _payload_key() -> pl.Expr:
     )
 
 
-KEY_COLUMNS = ("is_egress", "f_proto", "proto", "remote", "rport", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags",
-               "payload_len", "head_digest", "is_icmp_error", "icmp_type", "icmp_code", "icmp_seq", "inner_proto")
-"""The columns the strong key is made of."""
-
 MATCH_COLUMNS = ("row", "ts_ns", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport", "tcp_seq",
                  "tcp_ack", "payload_len", "payload_digest", "is_icmp_error", "k_strong")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
-_KEY_SLICE_ROWS = 1 << 20
-
-
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
-    """Add a row number and the strong match key to a capture's grouped packets.
+    """Add a row number and the strong match key (and the signature, if missing) to a capture's grouped packets.
 
-    The key is hashed a slice of rows at a time: hashing the whole frame at once holds a copy of every key
-    column. It hashes values, not dictionary codes, so keys made in different processes agree.
+    Keys are hashed a slice of rows at a time: hashing the whole frame at once holds a copy of every key
+    column. They hash values, not dictionary codes, so keys made in different processes agree.
     """
-    parts = [packets.slice(o, _KEY_SLICE_ROWS).select(_strong_key().alias("k_strong"))
-             for o in range(0, packets.height, _KEY_SLICE_ROWS)]
-    key = pl.concat(parts).to_series() if parts else pl.Series("k_strong", [], dtype=pl.UInt64)
+    if "sig" not in packets.columns:
+        packets = packets.with_columns(select_in_slices(packets, [signature()]).to_series())
+    key = select_in_slices(packets, [_strong_key().alias("k_strong")]).to_series()
     return packets.with_row_index("row").with_columns(key)
 
 
@@ -73,6 +81,20 @@ def _offset_from(dts: pl.DataFrame) -> int | None:
     return 0 if abs(offset) < SNAP_OFFSET_NS else offset
 
 
+PART_ROWS = 1 << 20
+"""Sides with more rows are joined by key in parts of about this many rows, each a set of whole keys: pairs form
+only between equal keys, so the parts give what one join would, while holding a copy of one part at a time."""
+
+
+def _key_parts(inside: pl.DataFrame, outside: pl.DataFrame, key: str,
+               cols: list[str]) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """(inside, outside) rows with a non-null ``key``, ``cols`` only, a part of the key space at a time."""
+    parts = max(1, -(-max(inside.height, outside.height) // PART_ROWS))
+    for p in range(parts):
+        cond = pl.col(key).is_not_null() if parts == 1 else (pl.col(key).hash(seed=0x7061) % parts) == p
+        yield inside.select(cols).filter(cond), outside.select(cols).filter(cond)
+
+
 def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
     """Outside clock minus inside clock, in ns, from packets whose strong key is unique on both sides.
 
@@ -80,11 +102,12 @@ def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | 
     the two directions' median differences cancels the NAT's latency. With one direction only, its
     median is taken as it is. None when no key is unique on both sides.
     """
-    def unique(df: pl.DataFrame) -> pl.DataFrame:
-        return df.filter(pl.len().over("k_strong") == 1).select("k_strong", "ts_ns", "is_egress")
-
-    pairs = unique(inside).join(unique(outside), on="k_strong", suffix="_out")
-    return _offset_from(pairs.select((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"), "is_egress"))
+    dts = []
+    for a, b in _key_parts(inside, outside, "k_strong", ["k_strong", "ts_ns", "is_egress"]):
+        one = pl.len().over("k_strong") == 1
+        pairs = a.filter(one).join(b.filter(one).drop("is_egress"), on="k_strong", suffix="_out")
+        dts.append(pairs.select((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"), "is_egress"))
+    return _offset_from(pl.concat(dts))
 
 
 NEAR_END_PENALTY_NS = 1_000_000
@@ -104,9 +127,15 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
     packets with IP id 0 and the same payload from several pods) pair greedily by cost: time apart,
     plus NEAR_END_PENALTY_NS for each near-end field that changed.
     """
-    cols = ["row", key, "ts_ns", "local", "lport"]
-    a = inside.filter(pl.col(key).is_not_null()).select(cols).with_columns(pl.len().over(key).alias("n"))
-    b = outside.filter(pl.col(key).is_not_null()).select(cols).with_columns(pl.len().over(key).alias("n"))
+    found = [_pair_part(a, b, key, offset_ns, tolerance_ns)
+             for a, b in _key_parts(inside, outside, key, ["row", key, "ts_ns", "local", "lport"])]
+    return pl.concat(found).with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
+    """_pair_by_key on one part of the key space."""
+    a = a.with_columns(pl.len().over(key).alias("n"))
+    b = b.with_columns(pl.len().over(key).alias("n"))
     j = a.join(b, on=key, suffix="_out").with_columns(
         (pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"),
     ).filter(pl.col("dt").abs() <= tolerance_ns)
@@ -116,7 +145,7 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
     multi = j.filter(~single)
     if multi.height > MAX_CANDIDATES:
         dup_in = a.filter(pl.col("n") > 1).select("row")
-        found.append(_pair_rounds(inside.join(dup_in, on="row"), outside, [key], offset_ns, tolerance_ns))
+        found.append(_pair_rounds(a.join(dup_in, on="row"), b, [key], offset_ns, tolerance_ns))
     elif not multi.is_empty():
         cost = pl.col("dt").abs() + NEAR_END_PENALTY_NS * (
             (pl.col("local") != pl.col("local_out")).cast(pl.Int64)
@@ -132,8 +161,7 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
             taken_out.add(r_out)
             rows.append((r_in, r_out, dt + offset_ns))
         found.append(pl.DataFrame(rows, schema=["in_row", "out_row", "dt_ns"], orient="row"))
-    return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found]) \
-        .with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+    return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found])
 
 
 def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], offset_ns: int, tolerance_ns: int,
@@ -195,6 +223,14 @@ def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, toler
     return j.select(pl.col("row").alias("small_row"), pl.col("row_b").alias("big_row"), "dt_ns")
 
 
+def _without(df: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
+    """``df`` less the rows whose ``row`` is one of ``rows`` (a mask by row number: no hash table of them)."""
+    if rows.is_empty() or df.is_empty():
+        return df
+    taken = pl.repeat(False, int(max(df["row"].max(), rows.max())) + 1, eager=True)  # type: ignore[call-overload]
+    return df.filter(~taken.scatter(rows, True).gather(df["row"]))
+
+
 @dataclass(frozen=True)
 class Matches:
     """Packet pairs across the two captures."""
@@ -222,8 +258,8 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     else:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
-    in_left = inside.join(exact.select(pl.col("in_row").alias("row")), on="row", how="anti")
-    out_left = outside.join(exact.select(pl.col("out_row").alias("row")), on="row", how="anti")
+    in_left = _without(inside, exact["in_row"])
+    out_left = _without(outside, exact["out_row"])
     # Inside segments inside a larger outside one (GRO on eth0), then the reverse (TSO on the pod side).
     a = _pair_by_bytes(in_left, out_left, offset, tolerance_ns).select(
         pl.col("small_row").alias("in_row"), pl.col("big_row").alias("out_row"),
@@ -233,8 +269,8 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         (-pl.col("dt_ns") + offset).alias("dt_ns")).unique("in_row", keep="first")
     by_bytes = pl.concat([a, b.join(a.select("in_row"), on="in_row", how="anti")]).with_columns(
         pl.lit("bytes").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
-    in_left = in_left.join(by_bytes.select(pl.col("in_row").alias("row")), on="row", how="anti")
-    out_left = out_left.join(by_bytes.select(pl.col("out_row").alias("row")), on="row", how="anti")
+    in_left = _without(in_left, by_bytes["in_row"])
+    out_left = _without(out_left, by_bytes["out_row"])
     by_payload = _pair_by_key(in_left.with_columns(_payload_key().alias("k_payload")),
                               out_left.with_columns(_payload_key().alias("k_payload")), "k_payload", offset,
                               tolerance_ns, "payload")

@@ -78,29 +78,35 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
 
 
 def load_packets(path: str | os.PathLike[str], progress: Progress | None = None, *,
-                 fast: bool | None = None, columns: Sequence[str] | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
+                 fast: bool | None = None, columns: Sequence[str] | None = None,
+                 transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode one capture file; a capture with no frame of a link type natproof reads is an error.
 
     ``fast`` picks the decoder: True the columnar one (natproof.fastdecode), False the dpkt reference
     (:func:`build_packets`), None (the default) the columnar one. Both give the same frame and info; the
     columnar decoder hands every frame it does not handle to the reference (``info.fallback_frames``), and a
     file whose framing it does not handle to the reference path as a whole. ``columns`` (names of
-    PACKET_SCHEMA) keeps only those, in that order: the columnar decoder then never holds the full width.
+    PACKET_SCHEMA) keeps only those, in that order, and ``transform``, a row-by-row function of such a frame,
+    is applied to it: the columnar decoder does both batch by batch and never holds the full width.
     """
     if columns is not None and (unknown := [c for c in columns if c not in PACKET_SCHEMA]):
         raise ValueError(f"unknown packet columns: {', '.join(unknown)}")
+    shaped = False  # columns and transform applied
     if fast is None or fast:
         from natproof.fastdecode import Unsupported, decode_file
 
         try:
-            info, packets = decode_file(path, progress, columns=columns)
+            info, packets = decode_file(path, progress, columns=columns, transform=transform)
+            shaped = True
         except Unsupported:
             info, packets = _load_reference(path, progress)
     else:
         info, packets = _load_reference(path, progress)
     require_supported_link(info, packets)
-    if columns is not None and packets.columns != list(columns):
+    if not shaped and columns is not None and packets.columns != list(columns):
         packets = packets.select(columns)
+    if not shaped and transform is not None:
+        packets = transform(packets)
     return info, packets
 
 
