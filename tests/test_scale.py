@@ -1,0 +1,90 @@
+"""What keeps large captures within memory changes nothing in the result: decoding batch by batch into the
+columns correlate keeps, grouping in parts of whole flows, matching in parts of the key space, and preparing
+the outside capture in a second process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from natproof import connections, match, parallel
+from natproof.capture import CaptureInfo
+from natproof.connections import group_connections
+from natproof.correlate import DECODE_COLUMNS, correlate, packet_features
+from natproof.fastdecode import decode_file
+from natproof.packets import load_packets
+from natproof.testing.bulk import generate_pair
+from natproof.testing.scenario import SCENARIOS, write_scenario
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+PAIRS = ["many-connections", "icmp", "udp", "port-collision", "internal", "large-transfer"]
+
+
+def _pair(name: str) -> tuple[Path, Path]:
+    d = CAPTURES / name
+    return next(d.glob("inside.pcap*")), next(d.glob("outside.pcap*"))
+
+
+def _info(info: CaptureInfo) -> tuple:
+    return (info.records, info.first_ts_ns, info.last_ts_ns, dict(info.skipped), info.warnings)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_batches_of_packet_features_equal_the_reference_decoders_frame(name: str) -> None:
+    for path in _pair(name):
+        ref_info, ref = load_packets(path, fast=False, columns=DECODE_COLUMNS, transform=packet_features)
+        # Small batches: many per capture, so a feature computed across batch boundaries would show.
+        info, got = decode_file(path, chunk_bytes=16 * 1024, columns=DECODE_COLUMNS, transform=packet_features)
+        assert got.equals(ref), path
+        assert _info(info) == _info(ref_info)
+        assert "src" not in got.columns and {"f_src", "sig"} <= set(got.columns)
+
+
+def _by_flow(pk: pl.DataFrame, conns: pl.DataFrame) -> list[tuple]:
+    """Each packet (by frame) with its direction and its connection's tuple and start: conn_id numbering aside."""
+    named = conns.select("conn_id", "proto", "src", "sport", "dst", "dport", "first_ts_ns")
+    rows = pk.select("frame_no", "conn_id", "is_egress", "remote", "rport", "local", "lport").join(named, on="conn_id")
+    return sorted(rows.drop("conn_id").with_columns(pl.col("remote", "local").cast(pl.String)).iter_rows())
+
+
+def test_grouping_in_parts_of_whole_flows_gives_the_same_connections(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = generate_pair(tmp_path, 6000, seed=3)
+    for path in (pair.inside, pair.outside, *_pair("icmp"), *_pair("many-connections")):
+        _, packets = load_packets(path)
+        whole_pk, whole = group_connections(packets)
+        monkeypatch.setattr(connections, "GROUP_PART_ROWS", 500)
+        parts_pk, parts = group_connections(packets)
+        monkeypatch.undo()
+        assert whole.height > 1
+        assert parts_pk.height == whole_pk.height and parts.height == whole.height
+        assert _by_flow(parts_pk, parts) == _by_flow(whole_pk, whole), path
+        assert parts_pk["frame_no"].to_list() == whole_pk["frame_no"].to_list()  # still in capture order
+
+
+@pytest.mark.parametrize("name", ["many-connections", "icmp", "internal", "port-collision"])
+def test_correlate_in_parts_and_in_two_processes_gives_the_same_document(name: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    inside, outside = _pair(name)
+    whole = correlate(inside, outside).to_dict()
+    monkeypatch.setattr(connections, "GROUP_PART_ROWS", 700)
+    monkeypatch.setattr(match, "PART_ROWS", 700)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    parts = correlate(inside, outside).to_dict()
+    assert parts == whole
+    assert whole["summary"]["connections"] > 0
+
+
+def test_generated_scenarios_survive_parts_and_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = {}
+    for name in ("retransmit", "gro", "every_verdict", "clock_offset"):
+        write_scenario(SCENARIOS[name], tmp_path / name)
+        docs[name] = correlate(tmp_path / name / "inside.pcap", tmp_path / name / "outside.pcap").to_dict()
+    monkeypatch.setattr(connections, "GROUP_PART_ROWS", 3)
+    monkeypatch.setattr(match, "PART_ROWS", 3)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    for name, doc in docs.items():
+        got = correlate(tmp_path / name / "inside.pcap", tmp_path / name / "outside.pcap").to_dict()
+        assert got == doc, name
