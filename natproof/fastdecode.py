@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import mmap
 import os
@@ -185,23 +184,15 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
     info.link_types = [linktype]
     info.ts_precision_ns = unit
     caplen_at = struct.Struct(endian + "8xI").unpack_from
-    walk = record_walker() if end >= COMPILED_MIN_BYTES else None
-    if walk is not None:
-        data = np.frombuffer(buf, dtype=np.uint8)
-        found = np.empty(chunk_bytes // 16 + 2, dtype=np.int64)
     off, frame = 24, 0
     while True:
         lim = min(off + chunk_bytes, end - 16)
-        if walk is not None:
-            k, off = walk(data, off, lim, endian == ">", found)
-            o = found[:k].copy()
-        else:
-            offs: list[int] = []
-            ap = offs.append
-            while off <= lim:
-                ap(off)
-                off += 16 + caplen_at(buf, off)[0]
-            o = np.array(offs, dtype=np.int64)
+        offs: list[int] = []
+        ap = offs.append
+        while off <= lim:
+            ap(off)
+            off += 16 + caplen_at(buf, off)[0]
+        o = np.array(offs, dtype=np.int64)
         hdr = _gather(buf, o, 16)
         sec, frac, cap, wire = (_u(hdr, c, 4, endian) for c in (0, 4, 8, 12))
         bad = (cap > _MAX_CAPLEN) | (o + 16 + cap > end)
@@ -228,37 +219,6 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
         frame += n
         if done:
             return
-
-
-COMPILED_MIN_BYTES = 256 * 1024 * 1024
-"""Classic pcap files at least this big locate their records with a compiled loop (numba), when numba is
-installed: its import and (cached) compilation cost about 0.4 s, and the Python loop about 0.75 us a record."""
-
-
-@functools.cache
-def record_walker() -> Callable[..., tuple[int, int]] | None:
-    """A compiled ``walk(data, off, lim, big_endian, out) -> (count, next_off)``, or None without numba.
-
-    It does what the Python loop in _frame_pcap does: from ``off``, while ``off <= lim``, record ``off`` in
-    ``out`` and step over the 16-byte record header and its caplen (bytes 8-11 of the header).
-    """
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(cache=True, nogil=True)
-    def walk(data: np.ndarray, off: int, lim: int, big_endian: bool, out: np.ndarray) -> tuple[int, int]:
-        n = 0
-        while off <= lim and n < out.shape[0]:
-            out[n] = off
-            n += 1
-            b0, b1, b2, b3 = np.int64(data[off + 8]), np.int64(data[off + 9]), np.int64(data[off + 10]), \
-                np.int64(data[off + 11])
-            off += 16 + ((b0 << 24 | b1 << 16 | b2 << 8 | b3) if big_endian else (b3 << 24 | b2 << 16 | b1 << 8 | b0))
-        return n, off
-
-    return walk  # type: ignore[no-any-return]
 
 
 @dataclass

@@ -6,7 +6,6 @@ import gzip
 import struct
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -16,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pcapbytes import ether, icmp_echo, icmp_error, ipv4, ipv6, pcap, pcapng, sll, sll2, tcp, udp
 
-from natproof import fastdecode, parallel
+from natproof import parallel
 from natproof.capture import CaptureInfo
 from natproof.errors import CaptureError
 from natproof.fastdecode import decode_file, xxh3_64_of_32
@@ -60,14 +59,6 @@ def assert_same(path: Path | str, chunk_bytes: int | None = None) -> tuple[Captu
 @pytest.mark.parametrize("path", BUNDLED, ids=[f"{p.parent.name}/{p.name}" for p in BUNDLED])
 def test_bundled_captures(path: Path) -> None:
     assert_same(path)
-
-
-@pytest.mark.skipif(fastdecode.record_walker() is None, reason="numba is not installed")
-@pytest.mark.parametrize("path", [p for p in BUNDLED if p.suffix == ".pcap"], ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_bundled_captures_with_the_compiled_record_walker(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fastdecode, "COMPILED_MIN_BYTES", 0)
-    assert_same(path)
-    assert_same(path, chunk_bytes=1500)
 
 
 def test_bundled_captures_are_there() -> None:
@@ -315,8 +306,3 @@ def test_random_captures(case: tuple[bytes, int | None]) -> None:
         assert_same(p)
         if chunk is not None:
             assert_same(p, chunk_bytes=chunk)
-        if fastdecode.record_walker() is not None:  # the compiled record walker on the same bytes
-            with mock.patch.object(fastdecode, "COMPILED_MIN_BYTES", 0):
-                assert_same(p)
-                if chunk is not None:
-                    assert_same(p, chunk_bytes=chunk)
