@@ -64,12 +64,12 @@ def _fmt_time(ns: int) -> str:
 
 
 DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "ip_id", "tcp_seq", "tcp_ack",
-                  "tcp_flags", "payload_len", "payload_digest", "head_digest", "icmp_type", "icmp_code", "icmp_seq",
+                  "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code", "icmp_seq",
                   "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
 FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type", "payload_len",
-                   "payload_digest")
+                   "head_digest")
 """Decoded columns kept as they are; the rest are read once into the flow columns and the signature."""
 
 

@@ -48,14 +48,15 @@ def _strong_key() -> pl.Expr:
 
 
 def _payload_key() -> pl.Expr:
-    """A fallback for middleboxes that randomise TCP sequence numbers: far end, lengths and payload digest."""
+    """A fallback for middleboxes that randomise TCP sequence numbers: far end, payload length and the digest of
+    the payload's head (its first 32 bytes: captures cut by different snaplens agree on it)."""
     return pl.when((pl.col("payload_len") > 0) & ~pl.col("is_icmp_error")).then(
-        pl.struct("is_egress", "f_proto", "remote", "rport", "payload_len", "payload_digest").hash(seed=0x7072)
+        pl.struct("is_egress", "f_proto", "remote", "rport", "payload_len", "head_digest").hash(seed=0x7072)
     )
 
 
 MATCH_COLUMNS = ("row", "ts_ns", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport", "tcp_seq",
-                 "tcp_ack", "payload_len", "payload_digest", "is_icmp_error", "k_strong")
+                 "tcp_ack", "payload_len", "head_digest", "is_icmp_error", "k_strong")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:

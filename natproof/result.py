@@ -90,8 +90,12 @@ class Result:
     unmatched_outside: int
     """Outside packets with no counterpart inside (includes the node's own traffic)."""
     inside_packets: pl.DataFrame = field(repr=False)
-    """Inside packets with conn_id, is_egress and the match (out_frame, dt_ns, method)."""
+    """Every inside packet that belongs to a connection, in capture order: frame_no, ts_ns, proto, tcp_flags,
+    conn_id (= inside_conn_id of its connection), is_egress, is_icmp_error, and its match: out_frame, dt_ns
+    (outside minus inside time, raw clocks), method (exact, bytes, payload; null when unmatched). Narrow on
+    purpose: a full decoded frame is load_packets()."""
     outside_packets: pl.DataFrame = field(repr=False)
+    """The same for the outside capture, without the match columns."""
 
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)
