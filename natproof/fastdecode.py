@@ -487,7 +487,6 @@ class _ChunkDecoder:
         self.info = info
         self.schema = schema
         self.addresses = _Addresses()
-        self.full_digest = "payload_digest" in schema
 
     def close(self) -> None:
         self.mv.release()
@@ -610,16 +609,14 @@ class _ChunkDecoder:
         payload_len = np.maximum(l4_len - skip, 0)
         pstart = ch.data_off[r] + l3 + hl + skip
         has = pcl > 0
-        digest, head = self._digests(pstart[has], pcl[has])
-        digest_full = np.zeros(len(r), dtype=np.uint64)
         head_full = np.zeros(len(r), dtype=np.uint64)
-        if digest is not None:
-            digest_full[has] = digest
-        head_full[has] = head
+        head_full[has] = self._head_digests(pstart[has], pcl[has])
         src4, dst4 = _u(hdr, 12, 4), _u(hdr, 16, 4)
         addrs = self.addresses
-        src = addrs.series(src4, hdr[:, 8:24], is4)
-        dst = addrs.series(dst4, hdr[:, 24:40], is4)
+        # Sources and destinations in one lookup: its cost is mostly per call, not per address.
+        both = addrs.series(np.concatenate([src4, dst4]), np.concatenate([hdr[:, 8:24], hdr[:, 24:40]]),
+                            np.concatenate([is4, is4]))
+        src, dst = both.head(len(r)), both.tail(len(r))
         icmp_or_none = echo
         data = {
             "frame_no": ch.frame_no[r].astype(np.uint32),
@@ -642,7 +639,6 @@ class _ChunkDecoder:
             "tcp_win": _masked(_u(l4, 14, 2), tcp, np.uint16),
             "payload_len": payload_len.astype(np.uint32),
             "payload_captured_len": pcl.astype(np.uint32),
-            "payload_digest": _masked(digest_full, has, np.uint64),
             "head_digest": _masked(head_full, has, np.uint64),
             "icmp_type": _masked(typ, icmp_or_none, np.uint8),
             "icmp_code": _masked(l4[:, 1], icmp_or_none, np.uint8),
@@ -662,25 +658,20 @@ class _ChunkDecoder:
             series.append(s)
         return pl.DataFrame(series)
 
-    def _digests(self, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """xxh3_64 of each payload (None when not wanted) and of its first HEAD_DIGEST_BYTES bytes.
-
-        The head digest of a longer payload is vectorised; a whole payload's takes a call per packet (about a
-        fifth of decoding), so it is made only when the payload_digest column is asked for."""
+    def _head_digests(self, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """xxh3_64 of each payload's first HEAD_DIGEST_BYTES bytes: vectorised for payloads at least that long,
+        a call per packet for shorter ones."""
         mv = self.mv
         h = xxhash.xxh3_64_intdigest
-        long = length > HEAD_DIGEST_BYTES
-        whole = np.ones(len(start), dtype=bool) if self.full_digest else ~long
-        rows = np.nonzero(whole)[0]
-        s = start[rows].tolist()
-        e = (start[rows] + length[rows]).tolist()
-        hashed = np.fromiter([h(mv[a:b]) for a, b in zip(s, e, strict=True)], dtype=np.uint64, count=len(s))
         head = np.zeros(len(start), dtype=np.uint64)
-        head[rows] = hashed
-        at = np.nonzero(long)[0]
+        short = np.nonzero(length < HEAD_DIGEST_BYTES)[0]
+        s = start[short].tolist()
+        e = (start[short] + length[short]).tolist()
+        head[short] = np.fromiter([h(mv[a:b]) for a, b in zip(s, e, strict=True)], dtype=np.uint64, count=len(s))
+        at = np.nonzero(length >= HEAD_DIGEST_BYTES)[0]
         if len(at):
             head[at] = xxh3_64_of_32(_gather(self.buf, start[at], HEAD_DIGEST_BYTES))
-        return (hashed if self.full_digest else None), head
+        return head
 
     def _slow_frame(self, ch: _Chunk, rows: np.ndarray) -> pl.DataFrame | None:
         """The reference decoder, record by record, exactly as packets.build_packets runs it."""

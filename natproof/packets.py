@@ -32,7 +32,6 @@ PACKET_SCHEMA: dict[str, pl.DataType] = {
     "tcp_win": pl.UInt16(),
     "payload_len": pl.UInt32(),
     "payload_captured_len": pl.UInt32(),
-    "payload_digest": pl.UInt64(),
     "head_digest": pl.UInt64(),
     "icmp_type": pl.UInt8(),
     "icmp_code": pl.UInt8(),

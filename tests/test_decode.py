@@ -38,7 +38,7 @@ def test_every_link_type_reaches_the_same_tcp_fields(linktype: int, frame: bytes
     assert (r["src"], r["sport"], r["dst"], r["dport"], r["proto"]) == (POD, 43210, SRV, 80, 6)
     assert (r["tcp_seq"], r["tcp_ack"], r["tcp_flags"], r["ttl"], r["ip_id"]) == (1000, 2000, 0x18, 63, 777)
     assert r["payload_len"] == len(PAYLOAD) == r["payload_captured_len"]
-    assert r["payload_digest"] == xxhash.xxh3_64_intdigest(PAYLOAD)
+    assert r["head_digest"] == xxhash.xxh3_64_intdigest(PAYLOAD[:32])
     assert r["ifindex"] == ifindex
     assert (r["frame_no"], r["ts_ns"]) == (7, 123)
 
@@ -55,7 +55,7 @@ def test_ethernet_padding_is_not_payload() -> None:
     # A 60-byte minimum frame pads a bare ACK; scapy's len(payload) would count the padding.
     ip = ipv4(POD, SRV, 6, tcp(1, 2, 3, 4, 0x10))
     r = row(1, ether(ip) + b"\0" * 6)
-    assert r["payload_len"] == 0 and r["payload_digest"] is None
+    assert r["payload_len"] == 0 and r["head_digest"] is None
 
 
 def test_udp_and_ipv6() -> None:

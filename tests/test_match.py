@@ -65,7 +65,7 @@ def test_gro_merged_outside_segments_match_by_byte_range() -> None:
     assert set(m.pairs["method"]) == {"bytes"}
 
 
-def test_payload_digest_matches_when_a_middlebox_rewrites_sequence_numbers() -> None:
+def test_payload_head_matches_when_a_middlebox_rewrites_sequence_numbers() -> None:
     data = b"POST /upload HTTP/1.1\r\n\r\n" + b"x" * 100
     inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 80, 1000, 1, 0x18, data), ip_id=5))]
     outside = [(T0 + 30_000, ipv4(NODE, SRV, 6, tcp(40000, 80, 987654, 1, 0x18, data), ip_id=5))]
