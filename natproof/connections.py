@@ -40,10 +40,6 @@ def flow_columns() -> list[pl.Expr]:
     ]
 
 
-FLOW_SOURCE_COLUMNS = ("proto", "src", "dst", "sport", "dport", "inner_proto", "inner_src", "inner_dst",
-                       "inner_sport", "inner_dport")
-"""The decoded columns flow_columns() reads."""
-
 GROUP_COLUMNS = ("frame_no", "ts_ns", "f_proto", "f_src", "f_dst", "f_sport", "f_dport", "is_icmp_error", "tcp_seq",
                  "tcp_flags", "icmp_type")
 """The packet columns grouping reads (the flow columns are made from the decoded ones when missing)."""

@@ -150,6 +150,7 @@ def correlate(
     matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9))
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
         _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns)
+    unmatched_inside = in_match.height - matches.pairs.height  # the match frame leaves internal packets out
     del in_match, out_match
 
     pairs = matches.pairs
@@ -166,10 +167,6 @@ def correlate(
         _scatter(in_pk.height, in_rows, pairs["dt_ns"]).alias("dt_ns"),
         _scatter(in_pk.height, in_rows, pairs["method"]).alias("method"),
     )
-    internal_ids = in_conns.filter(pl.col("internal"))["conn_id"]
-    unmatched_inside = in_pk.height - pairs.height
-    if not internal_ids.is_empty():
-        unmatched_inside -= int(in_pk["conn_id"].is_in(internal_ids.implode()).sum())
     return Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height),
         outside=CaptureSummary.from_info(outs.info, out_pk.height),
@@ -217,8 +214,7 @@ def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame,
     # and reply outside->inside, on one clock), counts, and evidence: the first matched pair of each kind
     # (in inside frame order), taken from the outside tuple the connection is mapped to (a connection that left
     # under two tuples must not cite the other one's frames).
-    lut = pl.repeat(None, (int(pairs["in_conn"].max()) + 1) if pairs.height else 0, dtype=pl.UInt32, eager=True)
-    lut = lut.scatter(primary["in_conn"], primary["out_conn"])
+    lut = _scatter((int(pairs["in_conn"].max()) + 1) if pairs.height else 0, primary["in_conn"], primary["out_conn"])
     if pairs.height and not pairs.select((pl.col("in_frame").diff().fill_null(0) >= 0).all()).item():
         pairs = pairs.sort("in_frame")
     pairs = pairs.with_columns((pl.col("out_conn") == lut.gather(pairs["in_conn"])).alias("_on_primary"))

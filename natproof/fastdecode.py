@@ -739,8 +739,7 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                     info.last_ts_ns = int(ch.ts_ns[-1])
                     info.truncated_records += int((ch.caplen < ch.orig_wire).sum())
                     df = dec.decode(ch)
-                    if df is not None:
-                        df = df.select(keep) if columns is not None else df
+                    if df is not None:  # already only the ``keep`` columns: the decoder makes no others
                         parts.append(transform(df) if transform is not None else df)
                     if progress is not None:
                         progress(int(ch.caplen.sum()) + 16 * n)
