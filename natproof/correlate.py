@@ -1,4 +1,4 @@
-"""correlate(): read both captures, group, match, and judge every inside connection."""
+"""correlate(): read both captures, group legs, pair packets, and assemble and judge every connection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from natproof.assemble import Services, assemble
 from natproof.capture import CaptureInfo
 from natproof.connections import PROTO_NAMES, IdleTimeouts, flow_columns, group_connections
 from natproof.errors import InputError
@@ -17,7 +18,6 @@ from natproof.memory import trim
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
-from natproof.verdicts import classify
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -52,11 +52,6 @@ def infer_pod_networks(conns: pl.DataFrame) -> tuple[Network, ...]:
     return tuple(sorted(nets, key=lambda n: (n.version, n.network_address)))
 
 
-def _in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
-    lookup = {a: any(ipaddress.ip_address(a) in n for n in nets) for a in addrs.unique().to_list()}
-    return addrs.replace_strict(lookup, return_dtype=pl.Boolean, default=False)
-
-
 def _fmt_time(ns: int) -> str:
     import datetime as dt
 
@@ -65,22 +60,25 @@ def _fmt_time(ns: int) -> str:
 
 DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "ip_id", "tcp_seq", "tcp_ack",
                   "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code", "icmp_seq",
-                  "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport")
+                  "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
-FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type", "payload_len",
-                   "head_digest")
+FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type", "icmp_code",
+                   "icmp_mtu", "payload_len", "head_digest")
 """Decoded columns kept as they are; the rest are read once into the flow columns and the signature."""
 
 
 def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
     """What correlate keeps of each decoded packet: FEATURE_COLUMNS, the flow (natproof.connections.flow_columns)
     and the match signature (natproof.match.signature). Row by row: applied to each decoded batch."""
-    return packets.select(*FEATURE_COLUMNS, *flow_columns(), signature())
+    # An ICMP error's own source: the far end, a router on the path, or the node itself (REJECT).
+    err_src = pl.when(pl.col("inner_proto").is_not_null()).then(pl.col("src")).alias("err_src")
+    return packets.select(*FEATURE_COLUMNS, err_src, *flow_columns(), signature())
 
 
-PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
-"""What a Result keeps of each packet (plus, inside, the match: out_frame, dt_ns, method)."""
+PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error", "err_src",
+                  "icmp_type", "icmp_code", "icmp_mtu")
+"""What a Result keeps of each packet (plus anchor and fate, and inside the match: out_frame, dt_ns, method)."""
 
 
 @dataclass(frozen=True)
@@ -92,24 +90,19 @@ class _Side:
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
                   timeouts: IdleTimeouts | None, inside: bool,
                   pod_cidr: str | Sequence[str] | None) -> tuple[_Side, dict[str, pl.DataFrame]]:
-    """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS of the packets
-    that may have crossed the NAT: inside, not those of internal connections; ``row`` indexes packets) and
-    connections (with ``internal``, inside). The inside side also settles the pod networks."""
+    """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS; ``row``
+    indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
     info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
     pk, conns = group_connections(pk, timeouts)
     nets: tuple[Network, ...] = ()
     if inside:
         nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns)
-        conns = conns.with_columns(_in_networks(conns["dst"], nets).alias("internal"))
     trim()
     keyed = with_keys(pk)
     packets = keyed.select(PACKET_COLUMNS)
     match = keyed.select(MATCH_COLUMNS)
     del pk, keyed
     trim()
-    if inside and conns["internal"].any():
-        internal = conns.sort("conn_id")["internal"]  # conn_id runs 0, 1, ...: row conn_id is that connection
-        match = match.filter(~internal.gather(packets["conn_id"]))
     return _Side(info, nets), {"packets": packets, "match": match, "connections": conns}
 
 
@@ -123,6 +116,7 @@ def correlate(
     timeouts: IdleTimeouts | None = None,
     progress: ProgressFactory | None = None,
     decoder: str = "auto",
+    services: Services | None = None,
 ) -> Result:
     """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
 
@@ -131,7 +125,8 @@ def correlate(
     Raises :class:`~natproof.errors.CaptureError` for an unusable file and
     :class:`~natproof.errors.InputError` for captures that cannot be used together.
     ``decoder`` picks the packet decoder: "auto" or "fast" (columnar), or "dpkt" (the reference); the
-    result is the same.
+    result is the same. ``services`` says how Kubernetes Services are recognised (ClusterIP network, NodePort
+    range; kube-apiserver's defaults when None).
     """
     fast = decoder_flag(decoder)
     if pod_cidr:
@@ -150,31 +145,28 @@ def correlate(
     matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9))
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
         _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns)
-    unmatched_inside = in_match.height - matches.pairs.height  # the match frame leaves internal packets out
     del in_match, out_match
 
+    conns, in_pk, out_pk = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
+                                    services=services or Services())
+    conns = _contract_rows(conns)
     pairs = matches.pairs
-    in_rows, out_rows = pairs["in_row"], pairs["out_row"]
-    pairs = pairs.with_columns(
-        in_pk["conn_id"].gather(in_rows).alias("in_conn"), in_pk["is_egress"].gather(in_rows),
-        in_pk["is_icmp_error"].gather(in_rows), in_pk["frame_no"].gather(in_rows).alias("in_frame"),
-        out_pk["conn_id"].gather(out_rows).alias("out_conn"), out_pk["frame_no"].gather(out_rows).alias("out_frame"),
-    )
-    conns = _judge(in_conns, out_conns, pairs, matches.clock_offset_ns)
-    matched_out = pairs["out_row"].n_unique()
+    in_rows = pairs["in_row"]
     in_pk = in_pk.with_columns(
-        _scatter(in_pk.height, in_rows, pairs["out_frame"]).alias("out_frame"),
+        _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),
         _scatter(in_pk.height, in_rows, pairs["dt_ns"]).alias("dt_ns"),
         _scatter(in_pk.height, in_rows, pairs["method"]).alias("method"),
     )
+    internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
+    unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
     return Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height),
         outside=CaptureSummary.from_info(outs.info, out_pk.height),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
         pod_networks=tuple(str(n) for n in nets),
         connections=conns,
-        unmatched_inside=unmatched_inside,
-        unmatched_outside=out_pk.height - matched_out,
+        unmatched_inside=in_pk.select(unpaired.sum()).item(),
+        unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
         inside_packets=in_pk,
         outside_packets=out_pk,
     )
@@ -202,75 +194,17 @@ def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.
         )
 
 
-def _judge(in_conns: pl.DataFrame, out_conns: pl.DataFrame, pairs: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
-    """Map each inside connection to the outside connection most of its packets matched, and classify it."""
-    per_out = pairs.group_by("in_conn", "out_conn").agg(
-        pl.len().alias("n"), pl.col("out_frame").min().alias("first_out")
-    ).sort(["in_conn", "n", "first_out"], descending=[False, True, False])
-    primary = per_out.group_by("in_conn", maintain_order=True).agg(
-        pl.col("out_conn").first(), pl.col("out_conn").n_unique().alias("outside_tuples"),
-    )
-    # One pass over the pairs, with no copy of them: NAT latency (time to cross the node, egress inside->outside
-    # and reply outside->inside, on one clock), counts, and evidence: the first matched pair of each kind
-    # (in inside frame order), taken from the outside tuple the connection is mapped to (a connection that left
-    # under two tuples must not cite the other one's frames).
-    lut = _scatter((int(pairs["in_conn"].max()) + 1) if pairs.height else 0, primary["in_conn"], primary["out_conn"])
-    if pairs.height and not pairs.select((pl.col("in_frame").diff().fill_null(0) >= 0).all()).item():
-        pairs = pairs.sort("in_frame")
-    pairs = pairs.with_columns((pl.col("out_conn") == lut.gather(pairs["in_conn"])).alias("_on_primary"))
-    reply = ~pl.col("is_egress") & ~pl.col("is_icmp_error")
-    lat_us = (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
-              / 1000.0).filter(pl.col("method") == "exact")
-    stats = pairs.group_by("in_conn").agg(
-        pl.col("is_egress").sum().cast(pl.UInt32).alias("matched_egress"),
-        reply.sum().cast(pl.UInt32).alias("matched_reply"),
-        lat_us.median().round(3).alias("latency_median_us"),
-        lat_us.max().round(3).alias("latency_max_us"),
-        *[pl.col(f"{side}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
-          for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply), ("icmp_error", pl.col("is_icmp_error")))
-          for side, name in (("in", "inside"), ("out", "outside"))],
-    )
-    oc = out_conns.select(
-        pl.col("conn_id").alias("out_conn"),
-        pl.col("src").alias("outside_src"), pl.col("sport").alias("outside_sport"),
-        pl.col("dst").alias("outside_dst"), pl.col("dport").alias("outside_dport"),
-        pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
-        pl.col("icmp_error_packets").alias("icmp_errors_outside"),
-    )
-    df = (
-        in_conns.rename({"conn_id": "in_conn"})
-        .join(primary, on="in_conn", how="left")
-        .join(oc, on="out_conn", how="left")
-        .join(stats, on="in_conn", how="left")
-        .sort(["first_ts_ns", "in_conn"])
-    )
-    verdicts = [
-        classify(
-            internal=r["internal"],
-            egress_matched=r["matched_egress"] or 0,
-            source_rewritten=r["outside_src"] is not None and r["outside_src"] != r["src"],
-            reply_outside=r["reply_outside"] or 0,
-            reply_inside=r["reply_packets"] or 0,
-        ).value
-        for r in df.select("internal", "matched_egress", "outside_src", "src", "reply_outside",
-                           "reply_packets").iter_rows(named=True)
-    ]
-    out = df.with_columns(
-        pl.Series("verdict", verdicts, dtype=pl.String),
+def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Assembled connections (natproof.assemble) as CONNECTION_SCHEMA rows, numbered in order of first packet."""
+    df = df.sort(["first_ts_ns", "anchor"]).with_columns(
         pl.col("proto").replace_strict(PROTO_NAMES, return_dtype=pl.String),
         pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"),
-        pl.col("outside_tuples").fill_null(0),
     ).rename({
         "src": "inside_src", "sport": "inside_sport", "dst": "inside_dst", "dport": "inside_dport",
         "egress_packets": "egress_inside", "reply_packets": "reply_inside",
-        "icmp_error_packets": "icmp_errors_inside", "in_conn": "inside_conn_id", "out_conn": "outside_conn_id",
+        "icmp_error_packets": "icmp_errors_inside", "anchor": "inside_conn_id", "primary_out": "outside_conn_id",
     })
-    # A connection that never reached the outside has no outside tuple, whatever else the outside holds.
-    no_out = pl.col("verdict").is_in(["not_forwarded", "internal"])
-    out = out.with_columns(
-        [pl.when(no_out).then(None).otherwise(pl.col(c)).alias(c)
-         for c in ("outside_src", "outside_sport", "outside_dst", "outside_dport")]
-        + [pl.when(no_out).then(0).otherwise(pl.col(c).fill_null(0)).alias(c)
-           for c in ("egress_outside", "reply_outside", "icmp_errors_outside", "matched_egress", "matched_reply")]
-    )
-    return out.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
+    no_out = pl.col("outside_src").is_null()
+    df = df.with_columns([pl.when(no_out).then(0).otherwise(pl.col(c)).alias(c)
+                          for c in ("egress_outside", "reply_outside", "icmp_errors_outside")])
+    return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])

@@ -17,6 +17,7 @@ FIELDS: tuple[str, ...] = (
     "payload_len", "payload_captured_len", "head_digest",
     "icmp_type", "icmp_code", "icmp_id", "icmp_seq",
     "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport",
+    "icmp_mtu",
 )
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
@@ -29,6 +30,8 @@ ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 # ICMP errors quote the offending packet's IP header and first 8 bytes of its transport header (RFC 792/4443).
 ICMP4_ERRORS = frozenset({3, 4, 5, 11, 12})
 ICMP6_ERRORS = frozenset({1, 2, 3, 4})
+PATH_MTU_ERRORS = frozenset({(1, 3, 4), (58, 2, 0)})
+"""(proto, type, code) of "fragmentation needed and DF set" (RFC 1191) and "packet too big" (RFC 4443)."""
 HEAD_DIGEST_BYTES = 32
 """head_digest (xxh3_64) covers at most this many payload bytes, so captures with different snaplens still agree.
 (A whole-payload digest cost a fifth of the columnar decoder's time and nothing read it.)"""
@@ -128,7 +131,7 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
     tcp_seq = tcp_ack = tcp_flags = tcp_win = None
     payload: bytes = b""
     payload_len = 0
-    icmp_type = icmp_code = icmp_id = icmp_seq = None
+    icmp_type = icmp_code = icmp_id = icmp_seq = icmp_mtu = None
     inner: tuple = (None, None, None, None, None)
     if proto == 6:
         if not isinstance(l4, dpkt.tcp.TCP):
@@ -160,6 +163,9 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
             payload_len = max(0, l4_len - 8)
         elif icmp_type in errors:
             inner = _quoted(version, body[4:])
+            if len(body) >= 4 and (proto, icmp_type, icmp_code) in PATH_MTU_ERRORS:
+                # RFC 1191: next-hop MTU in the low 16 bits of the second word; RFC 4443: all 32 bits.
+                icmp_mtu = struct.unpack_from("!I", body)[0] & (0xFFFF if proto == 1 else 0xFFFFFFFF)
             payload = body[4:]
             payload_len = max(0, l4_len - 8)
         else:
@@ -175,6 +181,7 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
         payload_len, len(payload), head,
         icmp_type, icmp_code, icmp_id, icmp_seq,
         *inner,
+        icmp_mtu,
     )
 
 

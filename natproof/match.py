@@ -1,9 +1,9 @@
-"""Join the inside and outside captures packet by packet on fields NAT leaves unchanged, and time."""
+"""Pair packets across observation points (and within one) on fields NAT leaves unchanged, and time."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -18,8 +18,16 @@ ROUGH_TOLERANCE_NS = 600 * 10**9
 
 PAIR_SCHEMA = {
     "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(),
-    "method": pl.Enum(["exact", "bytes", "payload"]),
+    "method": pl.Enum(["exact", "bytes", "ip_id", "payload"]),
 }
+"""One matched packet: its row on each side, the time between (outside minus inside, raw clocks) and the pass."""
+
+SELF_PAIR_SCHEMA = {"a_row": pl.UInt32(), "b_row": pl.UInt32(), "dt_ns": pl.Int64()}
+"""The same packet seen twice at one observation point under two legs: ``a_row`` first, ``b_row`` after NAT."""
+
+SELF_TOLERANCE_NS = 50_000_000
+"""Two copies of a packet at one observation point (hairpin: the pod's own veth sees the packet leave and come
+back translated, tens of us apart in captures/hairpin) are at most this far apart (50 ms)."""
 
 
 SIGNATURE_COLUMNS = ("proto", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "icmp_type",
@@ -43,8 +51,9 @@ def signature() -> pl.Expr:
 
 
 def _strong_key() -> pl.Expr:
-    """The signature with the packet's direction and far end, which NAT does not rewrite either."""
-    return pl.struct("is_egress", "f_proto", "remote", "rport", "sig").hash(seed=0x6E61)
+    """The signature and the flow's protocol: no address, no port and no direction, since DNAT rewrites the far
+    end, SNAT the near one, and a capture that starts mid-connection may take either end for the initiator."""
+    return pl.struct("f_proto", "sig").hash(seed=0x6E61)
 
 
 def _payload_key() -> pl.Expr:
@@ -55,8 +64,9 @@ def _payload_key() -> pl.Expr:
     )
 
 
-MATCH_COLUMNS = ("row", "ts_ns", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport", "tcp_seq",
-                 "tcp_ack", "payload_len", "head_digest", "is_icmp_error", "k_strong")
+MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
+                 "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "is_icmp_error",
+                 "k_strong")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
@@ -111,10 +121,10 @@ def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | 
     return _offset_from(pl.concat(dts))
 
 
-NEAR_END_PENALTY_NS = 1_000_000
-"""Among copies of an otherwise identical packet, a candidate whose near end (address, port) changed
-counts as this much (1 ms, per changed field) further away in time: MASQUERADE keeps the port unless
-the tuple clashes, and no NAT at all keeps both."""
+REWRITE_PENALTY_NS = 1_000_000
+"""Among copies of an otherwise identical packet, a candidate whose tuple differs counts as this much (1 ms per
+changed address or port) further away in time: MASQUERADE keeps the port unless the tuple clashes, DNAT keeps
+the source, and no NAT at all keeps everything."""
 
 MAX_CANDIDATES = 5_000_000
 """Above this many candidate pairs for duplicated keys, pairing falls back to nearest-in-time rounds."""
@@ -126,11 +136,14 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
 
     A key seen once on each side pairs directly. Keys seen more than once (retransmissions, or identical
     packets with IP id 0 and the same payload from several pods) pair greedily by cost: time apart,
-    plus NEAR_END_PENALTY_NS for each near-end field that changed.
+    plus REWRITE_PENALTY_NS for each address or port that changed.
     """
     found = [_pair_part(a, b, key, offset_ns, tolerance_ns)
-             for a, b in _key_parts(inside, outside, key, ["row", key, "ts_ns", "local", "lport"])]
+             for a, b in _key_parts(inside, outside, key, ["row", key, "ts_ns", *_TUPLE])]
     return pl.concat(found).with_columns(pl.lit(method).alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+
+
+_TUPLE = ("local", "lport", "remote", "rport")
 
 
 def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
@@ -148,9 +161,8 @@ def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, toler
         dup_in = a.filter(pl.col("n") > 1).select("row")
         found.append(_pair_rounds(a.join(dup_in, on="row"), b, [key], offset_ns, tolerance_ns))
     elif not multi.is_empty():
-        cost = pl.col("dt").abs() + NEAR_END_PENALTY_NS * (
-            (pl.col("local") != pl.col("local_out")).cast(pl.Int64)
-            + (pl.col("lport") != pl.col("lport_out")).cast(pl.Int64))
+        cost = pl.col("dt").abs() + REWRITE_PENALTY_NS * pl.sum_horizontal(
+            [(pl.col(c) != pl.col(f"{c}_out")).fill_null(True).cast(pl.Int64) for c in _TUPLE])
         ranked = multi.select("row", "row_out", "dt", cost.alias("cost")).sort("cost", "row", "row_out")
         taken_in: set[int] = set()
         taken_out: set[int] = set()
@@ -203,18 +215,19 @@ def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, toler
     """Pair TCP data segments of ``small`` with a segment of ``big`` whose byte range contains them.
 
     GRO on eth0 merges segments, TSO hands the capture one large segment: only sequence ranges line up.
-    Many small segments may share one big segment. Returns (small_row, big_row, dt_ns) with dt taken
-    as big minus small on the inside clock (``offset_ns`` is added to the inside side's times by the
-    caller's choice of which frame is which).
+    Many small segments may share one big segment. Only legs already linked by exact pairs are searched
+    (``link``, see :func:`_links`): the far end may be rewritten (DNAT), so alone it cannot say which legs
+    belong together. Returns (small_row, big_row, dt_ns) with dt taken as big minus small on the inside clock
+    (``offset_ns`` is added to the inside side's times by the caller's choice of which frame is which).
     """
-    cols = ["row", "is_egress", "remote", "rport", "tcp_ack", "tcp_seq", "payload_len", "ts_ns"]
+    cols = ["row", "is_egress", "link", "tcp_ack", "tcp_seq", "payload_len", "ts_ns"]
     data = (pl.col("f_proto") == 6) & (pl.col("proto") == 6) & (pl.col("payload_len") > 0)
     s = small.filter(data).select(cols).sort("tcp_seq")
     b = big.filter(data).select(*cols, pl.col("tcp_seq").alias("seq_b")).sort("tcp_seq")
     if s.is_empty() or b.is_empty():
         return pl.DataFrame(schema={"small_row": pl.UInt32(), "big_row": pl.UInt32(), "dt_ns": pl.Int64()})
     j = s.join_asof(
-        b, on="tcp_seq", by=["is_egress", "remote", "rport", "tcp_ack"], strategy="backward",
+        b, on="tcp_seq", by=["is_egress", "link", "tcp_ack"], strategy="backward",
         suffix="_b", check_sortedness=False,
     ).filter(pl.col("row_b").is_not_null())
     j = j.with_columns((pl.col("ts_ns_b") - pl.col("ts_ns") - offset_ns).alias("dt_ns")).filter(
@@ -222,6 +235,81 @@ def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, toler
         <= (pl.col("seq_b").cast(pl.Int64) + pl.col("payload_len_b"))
     ).filter(pl.col("dt_ns").abs() <= tolerance_ns)
     return j.select(pl.col("row").alias("small_row"), pl.col("row_b").alias("big_row"), "dt_ns")
+
+
+_UNLINKED = 1 << 63
+
+
+def _links(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.DataFrame, in_left: pl.DataFrame,
+           out_left: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``in_left`` and ``out_left`` with a ``link`` column (UInt64) saying which legs may hold the same packets.
+
+    ``pairs`` index rows of the whole ``inside`` and ``outside``. An inside leg that paired links as itself
+    (its conn_id); an outside leg as the inside leg it shares the most pairs with. A leg no exact pair links
+    (a capture that starts in the middle of a bulk transfer, GRO merging every data segment) falls back to
+    its far end, as pure SNAT keeps it: both sides hash it the same way, with the top bit set.
+    """
+    legs = pl.DataFrame([inside["conn_id"].gather(pairs["in_row"]).alias("in_conn"),
+                         outside["conn_id"].gather(pairs["out_row"]).alias("out_conn")])
+    best = (legs.group_by("out_conn", "in_conn").len().sort("len", "in_conn", descending=[True, False])
+            .unique("out_conn", keep="first"))
+    far_end = pl.struct("remote", "rport").hash(seed=0x6C6B) | _UNLINKED
+    in_left = in_left.with_columns(pl.when(pl.col("conn_id").is_in(legs["in_conn"].unique().implode()))
+                                   .then(pl.col("conn_id").cast(pl.UInt64)).otherwise(far_end).alias("link"))
+    out_left = out_left.join(best.select(pl.col("out_conn").alias("conn_id"),
+                                         pl.col("in_conn").cast(pl.UInt64).alias("_link")),
+                             on="conn_id", how="left", maintain_order="left")
+    out_left = out_left.with_columns(pl.coalesce("_link", far_end).alias("link")).drop("_link")
+    return in_left, out_left
+
+
+def _pair_by_ip_id(inside: pl.DataFrame, outside: pl.DataFrame, offset_ns: int,
+                   tolerance_ns: int) -> pl.DataFrame:
+    """Pair packets of linked legs on direction, IP id and TCP flags, nearest in time.
+
+    An ALG rewrites the payload (conntrack's FTP helper rewrites PORT commands, changing their length) and then
+    shifts every later sequence number of that direction by a constant, and the other direction's acks back
+    (see cases/ftp-alg-active): the exact signature no longer agrees, the IP id still does. IP id 0 (DF
+    packets of some stacks) is no key. Adds ``seq_delta`` and ``ack_delta`` (outside minus inside, TCP).
+    """
+    usable = (pl.col("link") < _UNLINKED) & pl.col("ip_id").is_not_null() & (pl.col("ip_id") != 0)
+    cols = ["row", "ts_ns", "link", "is_egress", "ip_id", pl.col("tcp_flags").fill_null(0), "tcp_seq", "tcp_ack"]
+    a, b = inside.filter(usable).select(cols), outside.filter(usable).select(cols)
+    found = _pair_rounds(a, b, ["link", "is_egress", "ip_id", "tcp_flags"], offset_ns, tolerance_ns)
+    seq = a.select(pl.col("row").alias("in_row"), "tcp_seq", "tcp_ack")
+    seq_out = b.select(pl.col("row").alias("out_row"), pl.col("tcp_seq").alias("seq_out"),
+                       pl.col("tcp_ack").alias("ack_out"))
+    wrap = 1 << 32
+    half = 1 << 31
+
+    def delta(o: str, i: str) -> pl.Expr:
+        return ((pl.col(o).cast(pl.Int64) - pl.col(i).cast(pl.Int64) + half) % wrap) - half
+
+    return found.join(seq, on="in_row").join(seq_out, on="out_row").select(
+        "in_row", "out_row", "dt_ns", delta("seq_out", "tcp_seq").alias("seq_delta"),
+        delta("ack_out", "tcp_ack").alias("ack_delta"))
+
+
+def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl.DataFrame:
+    """Packets seen twice at one observation point under two legs (SELF_PAIR_SCHEMA).
+
+    Hairpin NAT sends a pod's packet back to the pod's own veth, DNATed and masqueraded; a `tcpdump -i any`
+    capture holds one copy per interface. Copies share the strong key; consecutive copies (in time) of one key
+    in different legs, at most ``tolerance_ns`` apart, pair as (earlier, later). Copies in one leg
+    (retransmissions, a bridge's duplicate) never pair.
+    """
+    df = side.filter(pl.col("k_strong").is_not_null()).select("row", "k_strong", "ts_ns", "conn_id")
+    if df.height < 2:
+        return pl.DataFrame(schema=SELF_PAIR_SCHEMA)
+    df = df.sort("k_strong", "ts_ns", "row")
+    nxt = df.select(
+        pl.col("row").alias("a_row"), pl.col("row").shift(-1).alias("b_row"),
+        (pl.col("ts_ns").shift(-1) - pl.col("ts_ns")).alias("dt_ns"),
+        ((pl.col("k_strong").shift(-1) == pl.col("k_strong")) & (pl.col("conn_id").shift(-1) != pl.col("conn_id")))
+        .alias("ok"),
+    )
+    return nxt.filter(pl.col("ok") & (pl.col("dt_ns") <= tolerance_ns)).select(
+        [pl.col(c).cast(t) for c, t in SELF_PAIR_SCHEMA.items()])
 
 
 def _without(df: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
@@ -234,20 +322,25 @@ def _without(df: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Matches:
-    """Packet pairs across the two captures."""
+    """Packet pairs across the two captures, and within the inside one."""
 
     pairs: pl.DataFrame
     """One row per matched inside packet: in_row, out_row, dt_ns (outside minus inside, raw clocks),
-    method ("exact", "bytes" or "payload")."""
+    method ("exact", "bytes", "ip_id" or "payload"), seq_delta and ack_delta (ip_id pairs of TCP: how far an
+    ALG shifted the sequence space; null otherwise)."""
     clock_offset_ns: int
+    inside_self: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SELF_PAIR_SCHEMA))
+    """Inside packets seen again at the inside under another leg (hairpin): SELF_PAIR_SCHEMA rows."""
 
 
 def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns: int | None = None,
                 tolerance_ns: int = 1_000_000_000) -> Matches:
     """Match packets of ``inside`` to packets of ``outside`` (both from :func:`with_keys`).
 
-    Passes, each on the rows still unmatched: exact invariant fields; TCP byte ranges (GRO/TSO); payload
-    digest (sequence-randomising middleboxes).
+    Passes, each on the rows still unmatched: exact invariant fields; TCP byte ranges (GRO/TSO) and then IP id
+    (ALG payload rewrites), both within legs the exact pass linked; payload digest (sequence-randomising
+    middleboxes); and, among inside packets that crossed nowhere, copies of one packet under two legs
+    (hairpin).
     """
     offset = estimate_clock_offset(inside, outside) if clock_offset_ns is None else clock_offset_ns
     if offset is None:
@@ -261,19 +354,31 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = _without(inside, exact["in_row"])
     out_left = _without(outside, exact["out_row"])
-    # Inside segments inside a larger outside one (GRO on eth0), then the reverse (TSO on the pod side).
-    a = _pair_by_bytes(in_left, out_left, offset, tolerance_ns).select(
-        pl.col("small_row").alias("in_row"), pl.col("big_row").alias("out_row"),
-        (pl.col("dt_ns") + offset).alias("dt_ns"))
-    b = _pair_by_bytes(out_left, in_left, -offset, tolerance_ns).select(
-        pl.col("big_row").alias("in_row"), pl.col("small_row").alias("out_row"),
-        (-pl.col("dt_ns") + offset).alias("dt_ns")).unique("in_row", keep="first")
-    by_bytes = pl.concat([a, b.join(a.select("in_row"), on="in_row", how="anti")]).with_columns(
-        pl.lit("bytes").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
-    in_left = _without(in_left, by_bytes["in_row"])
-    out_left = _without(out_left, by_bytes["out_row"])
+    found = [exact]
+    if not in_left.is_empty() and not out_left.is_empty():
+        in_left, out_left = _links(inside, outside, exact, in_left, out_left)
+        # Inside segments inside a larger outside one (GRO on eth0), then the reverse (TSO on the pod side).
+        a = _pair_by_bytes(in_left, out_left, offset, tolerance_ns).select(
+            pl.col("small_row").alias("in_row"), pl.col("big_row").alias("out_row"),
+            (pl.col("dt_ns") + offset).alias("dt_ns"))
+        b = _pair_by_bytes(out_left, in_left, -offset, tolerance_ns).select(
+            pl.col("big_row").alias("in_row"), pl.col("small_row").alias("out_row"),
+            (-pl.col("dt_ns") + offset).alias("dt_ns")).unique("in_row", keep="first")
+        by_bytes = pl.concat([a, b.join(a.select("in_row"), on="in_row", how="anti")]).with_columns(
+            pl.lit("bytes").alias("method"))
+        found.append(by_bytes)
+        in_left = _without(in_left, by_bytes["in_row"])
+        out_left = _without(out_left, by_bytes["out_row"])
+        by_ip_id = _pair_by_ip_id(in_left, out_left, offset, tolerance_ns).with_columns(pl.lit("ip_id").alias("method"))
+        found.append(by_ip_id)
+        in_left = _without(in_left, by_ip_id["in_row"])
+        out_left = _without(out_left, by_ip_id["out_row"])
     by_payload = _pair_by_key(in_left.with_columns(_payload_key().alias("k_payload")),
                               out_left.with_columns(_payload_key().alias("k_payload")), "k_payload", offset,
                               tolerance_ns, "payload")
-    pairs = pl.concat([exact, by_bytes, by_payload]).sort("in_row")
-    return Matches(pairs=pairs, clock_offset_ns=offset)
+    found.append(by_payload)
+    in_left = _without(in_left, by_payload["in_row"])
+    schema = PAIR_SCHEMA | {"seq_delta": pl.Int64(), "ack_delta": pl.Int64()}
+    pairs = pl.concat([f.select([pl.col(c).cast(t) if c in f.columns else pl.lit(None, t).alias(c)
+                                 for c, t in schema.items()]) for f in found]).sort("in_row")
+    return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left))

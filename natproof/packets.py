@@ -42,6 +42,7 @@ PACKET_SCHEMA: dict[str, pl.DataType] = {
     "inner_dst": pl.Categorical(),
     "inner_sport": pl.UInt16(),
     "inner_dport": pl.UInt16(),
+    "icmp_mtu": pl.UInt32(),
 }
 assert tuple(PACKET_SCHEMA) == FIELDS
 

@@ -1,4 +1,4 @@
-"""The result of a correlation, and its JSON form (schema natproof.correlate/1)."""
+"""The result of a correlation, and its JSON forms (natproof.correlate/2, and /1 on request)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,19 @@ from typing import Any
 
 import polars as pl
 
+from natproof.assemble import FATES
 from natproof.capture import CaptureInfo
-from natproof.verdicts import Verdict
+from natproof.verdicts import V1_VERDICTS, Verdict
 
-SCHEMA = "natproof.correlate/1"
+SCHEMA = "natproof.correlate/2"
+SCHEMA_V1 = "natproof.correlate/1"
+SCHEMAS = {"2": SCHEMA, "1": SCHEMA_V1}
+"""``--schema`` values and the documents they name. /2 added connections started on either side, DNAT, legs,
+packet fates and Services, and the verdict reply_other_path (which /1 called translated)."""
+
+TUPLE_FIELDS = ("src", "sport", "dst", "dport")
+LEG = pl.Struct({"observation_point": pl.String(), "src": pl.String(), "sport": pl.UInt16(), "dst": pl.String(),
+                 "dport": pl.UInt16(), "first_frame": pl.UInt32(), "packets": pl.UInt32()})
 
 CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "conn": pl.UInt32(),
@@ -30,9 +39,24 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "evidence_reply_outside_frame": pl.UInt32(), "evidence_reply_inside_frame": pl.UInt32(),
     "evidence_icmp_error_outside_frame": pl.UInt32(), "evidence_icmp_error_inside_frame": pl.UInt32(),
     "inside_conn_id": pl.UInt32(), "outside_conn_id": pl.UInt32(),
+    "initiator": pl.String(),
+    "orig_src": pl.String(), "orig_sport": pl.UInt16(), "orig_dst": pl.String(), "orig_dport": pl.UInt16(),
+    "trans_src": pl.String(), "trans_sport": pl.UInt16(), "trans_dst": pl.String(), "trans_dport": pl.UInt16(),
+    "rewrites": pl.List(pl.String()),
+    "fate_crossed": pl.UInt32(), "fate_leaked": pl.UInt32(), "fate_inside_only": pl.UInt32(),
+    "fate_outside_only": pl.UInt32(), "fate_node_generated": pl.UInt32(),
+    "service_type": pl.String(), "service_ip": pl.String(), "service_port": pl.UInt16(),
+    "backend_ip": pl.String(), "backend_port": pl.UInt16(),
+    "seq_shift": pl.Int64(), "ack_shift": pl.Int64(),
+    "legs": pl.List(LEG),
 }
-"""One row per inside connection. Ports are the ICMP echo identifier and 0 for ICMP echo.
-inside_conn_id / outside_conn_id are the conn_id of its packets in inside_packets / outside_packets."""
+"""One row per connection (docs/model.md), anchored on an inside leg. Ports are the ICMP echo identifier and 0
+for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
+as the initiator sent it, trans_* as the responder received it (null when no leg after the NAT was captured).
+inside_conn_id / outside_conn_id are the conn_id of its anchor leg in inside_packets and of its primary leg in
+outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for every packet of the connection).
+fate_* count its packets by fate, a crossing packet once. seq_shift / ack_shift: the constant an ALG added to
+the initiator's sequence numbers and to the replies' acks on the far side (null when none)."""
 
 
 @dataclass(frozen=True)
@@ -86,16 +110,19 @@ class Result:
     connections: pl.DataFrame
     """One row per inside connection, columns of CONNECTION_SCHEMA, in order of first packet."""
     unmatched_inside: int
-    """Packets of non-internal inside connections with no counterpart outside."""
+    """Inside packets of connections that are not internal that paired with nothing (fates inside_only and
+    node_generated)."""
     unmatched_outside: int
     """Outside packets with no counterpart inside (includes the node's own traffic)."""
     inside_packets: pl.DataFrame = field(repr=False)
-    """Every inside packet that belongs to a connection, in capture order: frame_no, ts_ns, proto, tcp_flags,
-    conn_id (= inside_conn_id of its connection), is_egress, is_icmp_error, and its match: out_frame, dt_ns
-    (outside minus inside time, raw clocks), method (exact, bytes, payload; null when unmatched). Narrow on
+    """Every inside packet that belongs to a leg, in capture order: frame_no, ts_ns, proto, tcp_flags, conn_id (its
+    leg), is_egress (sent by its leg's initiator), is_icmp_error, err_src, icmp_type, icmp_code, icmp_mtu, anchor
+    (its connection's inside_conn_id), fate (natproof.assemble.FATES), and its match: out_frame, dt_ns (outside
+    minus inside time, raw clocks), method (exact, bytes, ip_id, payload; null when unmatched). Narrow on
     purpose: a full decoded frame is load_packets()."""
     outside_packets: pl.DataFrame = field(repr=False)
-    """The same for the outside capture, without the match columns."""
+    """The same for the outside capture, without the match columns; anchor and fate are null for packets of
+    legs no connection owns (the node's own traffic, a capture of more than the NAT)."""
 
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)
@@ -113,8 +140,31 @@ class Result:
         kept = rewritten.filter(pl.col("outside_sport") == pl.col("inside_sport")).height
         return round(kept / rewritten.height, 6)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The natproof.correlate/1 document."""
+    def by_fate(self) -> dict[str, int]:
+        """Packets of every connection by fate (a crossing packet once)."""
+        return {f: int(self.connections[f"fate_{f}"].sum()) for f in FATES}
+
+    def services(self) -> list[dict[str, Any]]:
+        """Connections grouped by Service: type, address, port, proto, connections, and the backends chosen
+        (address, port, connections), most used first. kube-proxy picks a ClusterIP's backend at random per
+        connection (iptables ``-m statistic --mode random``), so the counts show its spread."""
+        svc = self.connections.filter(pl.col("service_type").is_not_null())
+        out = []
+        for (typ, ip, port, proto), group in svc.group_by(
+                "service_type", "service_ip", "service_port", "proto", maintain_order=True):
+            backends = (group.group_by("backend_ip", "backend_port").len()
+                        .sort("len", "backend_ip", "backend_port", descending=[True, False, False], nulls_last=True))
+            out.append({"type": typ, "address": ip, "port": port, "proto": proto, "connections": group.height,
+                        "backends": [{"address": b, "port": p, "connections": n}
+                                     for b, p, n in backends.iter_rows()]})
+        return out
+
+    def to_dict(self, schema: str = SCHEMA) -> dict[str, Any]:
+        """The natproof.correlate/2 document (or /1, for grading scripts written against it)."""
+        if schema == SCHEMA_V1:
+            return self._to_dict_v1()
+        if schema != SCHEMA:
+            raise ValueError(f"unknown schema {schema!r} (one of {', '.join(SCHEMAS.values())})")
         conns = [connection_dict(row) for row in self.connections.iter_rows(named=True)]
         return {
             "schema": SCHEMA,
@@ -122,13 +172,78 @@ class Result:
             "clock_offset_s": self.clock_offset_s,
             "pod_networks": list(self.pod_networks),
             "connections": conns,
+            "services": self.services(),
             "unmatched": {"inside": self.unmatched_inside, "outside": self.unmatched_outside},
             "summary": {
                 "connections": self.connections.height,
                 "by_verdict": self.by_verdict(),
+                "by_initiator": {side: int((self.connections["initiator"] == side).sum())
+                                 for side in ("inside", "outside")},
+                "by_fate": self.by_fate(),
                 "port_preserved_ratio": self.port_preserved_ratio(),
             },
         }
+
+    def _to_dict_v1(self) -> dict[str, Any]:
+        """natproof.correlate/1: the connections /1 knew (started inside), /1 fields and verdict names."""
+        v1 = self.connections.filter(pl.col("initiator") == "inside")
+        conns = []
+        for row in v1.iter_rows(named=True):
+            doc = {k: v for k, v in connection_dict(row).items() if k in _V1_FIELDS}
+            doc["verdict"] = V1_VERDICTS.get(doc["verdict"], doc["verdict"])
+            conns.append(doc)
+        by_verdict = {v.value: 0 for v in Verdict if v.value not in V1_VERDICTS}
+        for c in conns:
+            by_verdict[c["verdict"]] += 1
+        return {
+            "schema": SCHEMA_V1,
+            "captures": {"inside": self.inside.to_dict(), "outside": self.outside.to_dict()},
+            "clock_offset_s": self.clock_offset_s,
+            "pod_networks": list(self.pod_networks),
+            "connections": conns,
+            "unmatched": {"inside": self.unmatched_inside, "outside": self.unmatched_outside},
+            "summary": {
+                "connections": len(conns),
+                "by_verdict": by_verdict,
+                "port_preserved_ratio": self.port_preserved_ratio(),
+            },
+        }
+
+
+_V1_FIELDS = ("proto", "inside", "outside", "verdict", "first_seen", "last_seen", "packets", "matched",
+              "nat_latency_us", "flags", "evidence")
+
+
+def _tuple(row: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    if row[f"{prefix}_src"] is None:
+        return None
+    return {f: row[f"{prefix}_{f}"] for f in TUPLE_FIELDS}
+
+
+def flags_of(row: dict[str, Any]) -> list[str]:
+    """A connection's flags (contract strings), from its row:
+
+    multiple_outside_tuples (left under more than one translated outside tuple), icmp_error (an ICMP error
+    answered it), leak (some packets crossed untranslated: the private address left the node),
+    not_reverse_translated (a reply reached the far side and never the initiator while others did),
+    node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
+    rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside)."""
+    flags = []
+    if (row["outside_tuples"] or 0) > 1:
+        flags.append("multiple_outside_tuples")
+    if row["icmp_errors_outside"] or row["icmp_errors_inside"]:
+        flags.append("icmp_error")
+    if row.get("fate_leaked"):
+        flags.append("leak")
+    if row.get("fate_outside_only") and row.get("verdict") == "translated" and row.get("initiator") == "inside":
+        flags.append("not_reverse_translated")
+    if row.get("fate_node_generated"):
+        flags.append("node_generated")
+    if row.get("seq_shift") or row.get("ack_shift"):
+        flags.append("seq_shift")
+    if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
+        flags.append("hairpin")
+    return flags
 
 
 def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
@@ -140,11 +255,11 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
     latency = None
     if row["latency_median_us"] is not None:
         latency = {"median": row["latency_median_us"], "max": row["latency_max_us"]}
-    flags = []
-    if (row["outside_tuples"] or 0) > 1:
-        flags.append("multiple_outside_tuples")
-    if row["icmp_errors_outside"] or row["icmp_errors_inside"]:
-        flags.append("icmp_error")
+    service = None
+    if row.get("service_type"):
+        backend = None if row["backend_ip"] is None else {"address": row["backend_ip"], "port": row["backend_port"]}
+        service = {"type": row["service_type"], "address": row["service_ip"], "port": row["service_port"],
+                   "backend": backend}
     return {
         "proto": row["proto"],
         "inside": {"src": row["inside_src"], "sport": row["inside_sport"],
@@ -158,12 +273,25 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
                     "icmp_error_outside": row["icmp_errors_outside"], "icmp_error_inside": row["icmp_errors_inside"]},
         "matched": {"egress": row["matched_egress"], "reply": row["matched_reply"]},
         "nat_latency_us": latency,
-        "flags": flags,
+        "flags": flags_of(row),
         "evidence": {
             "egress": _frames(row["evidence_egress_inside_frame"], row["evidence_egress_outside_frame"]),
             "reply": _frames(row["evidence_reply_inside_frame"], row["evidence_reply_outside_frame"]),
             "icmp_error": _frames(row["evidence_icmp_error_inside_frame"], row["evidence_icmp_error_outside_frame"]),
         },
+        "initiator": row["initiator"],
+        "original": _tuple(row, "orig"),
+        "translated": _tuple(row, "trans"),
+        "rewrites": list(row["rewrites"] or []),
+        "nat": [n for n, f in (("SNAT", ("src", "sport")), ("DNAT", ("dst", "dport")))
+                if any(x in (row["rewrites"] or []) for x in f)],
+        "legs": [{"observation_point": leg["observation_point"],
+                  "tuple": {f: leg[f] for f in TUPLE_FIELDS},
+                  "first_frame": leg["first_frame"], "packets": leg["packets"]} for leg in (row["legs"] or [])],
+        "fates": {f: row[f"fate_{f}"] for f in FATES},
+        "service": service,
+        "seq_shift": None if row["seq_shift"] is None and row["ack_shift"] is None
+        else {"initiator_seq": row["seq_shift"], "reply_ack": row["ack_shift"]},
     }
 
 

@@ -1,49 +1,61 @@
-"""Per-connection verdicts: the strings of the natproof.correlate/1 contract and how they are chosen."""
+"""Per-connection verdicts: the strings of the natproof.correlate contract and how packet fates choose them."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+import polars as pl
+
 
 class Verdict(StrEnum):
-    """What the NAT did to one connection, as the two captures prove it."""
+    """What the NAT did to one connection, as the captures prove it (read in the initiator's direction:
+    "the far side" is the capture after the NAT for the initiator's packets; docs/model.md)."""
 
     TRANSLATED = "translated"
-    """Egress seen on both sides with the source rewritten, and a reply seen on both sides."""
+    """The initiator's packets crossed with a rewrite, and at least one reply crossed back (reverse-translated)."""
     NO_REPLY = "no_reply"
-    """Egress translated and seen outside; no reply on the outside either."""
+    """The initiator's packets crossed with a rewrite; no reply on the far side (an ICMP error may have come)."""
     REPLY_DROPPED = "reply_dropped"
-    """A reply reached the outside, addressed to the translated tuple, but never the inside."""
+    """Replies were seen on the far side, addressed to the translated tuple; none crossed back."""
     UNTRANSLATED = "untranslated"
-    """Egress left on the outside still carrying the inside source address."""
+    """The initiator's packets crossed with nothing rewritten."""
     NOT_FORWARDED = "not_forwarded"
-    """Seen inside, never outside."""
+    """The initiator's packets never crossed (dropped on the node, or refused by it: see the node_generated
+    fate)."""
     INTERNAL = "internal"
-    """Destination inside the pod network: not expected outside."""
+    """No crossing expected: the destination is in the pod network, or a ClusterIP answered on this node out of
+    the captures' sight."""
+    REPLY_OTHER_PATH = "reply_other_path"
+    """The initiator got replies, but none crossed the captured far side: they came another way (asymmetric
+    routing) or that capture missed them, so reverse translation is not proven (cases/asymmetric-reply).
+    natproof.correlate/1 called this ``translated``."""
 
 
-def classify(
-    *,
-    internal: bool,
-    egress_matched: int,
-    source_rewritten: bool,
-    reply_outside: int,
-    reply_inside: int,
-) -> Verdict:
-    """Choose the verdict of one connection from its evidence.
+def verdict_expr() -> pl.Expr:
+    """The verdict (String) of each connection row, from its evidence columns (counts, UInt32):
 
-    ``egress_matched`` counts inside egress packets found on the outside; ``reply_outside`` counts reply
-    packets of the matched outside connection; ``reply_inside`` counts reply packets seen inside.
+    ``internal`` (Boolean: no crossing expected), ``cross_init`` (the initiator's packets that crossed, leaked
+    ones included), ``rewritten`` (Boolean: original and translated tuples differ), ``cross_reply`` (replies
+    that crossed back), ``post_reply`` (replies seen on the far side, node-made ones excluded), ``pre_reply``
+    (replies seen on the initiator's side, node-made ones excluded). The order of the rules is the contract:
+    the first that holds wins.
     """
-    if internal:
-        return Verdict.INTERNAL
-    if egress_matched == 0:
-        return Verdict.NOT_FORWARDED
-    if not source_rewritten:
-        return Verdict.UNTRANSLATED
-    if reply_outside == 0:
-        # A reply seen only inside cannot have come through this NAT; it still says the far end answered.
-        return Verdict.TRANSLATED if reply_inside else Verdict.NO_REPLY
-    if reply_inside == 0:
-        return Verdict.REPLY_DROPPED
-    return Verdict.TRANSLATED
+    return (pl.when(pl.col("internal")).then(pl.lit(Verdict.INTERNAL.value))
+            .when(pl.col("cross_init") == 0).then(pl.lit(Verdict.NOT_FORWARDED.value))
+            .when(~pl.col("rewritten")).then(pl.lit(Verdict.UNTRANSLATED.value))
+            .when(pl.col("cross_reply") > 0).then(pl.lit(Verdict.TRANSLATED.value))
+            .when(pl.col("post_reply") > 0).then(pl.lit(Verdict.REPLY_DROPPED.value))
+            .when(pl.col("pre_reply") > 0).then(pl.lit(Verdict.REPLY_OTHER_PATH.value))
+            .otherwise(pl.lit(Verdict.NO_REPLY.value)))
+
+
+def classify(*, internal: bool = False, cross_init: int = 0, rewritten: bool = True, cross_reply: int = 0,
+             post_reply: int = 0, pre_reply: int = 0) -> Verdict:
+    """The verdict of one connection from its evidence (see :func:`verdict_expr`, which it evaluates)."""
+    row = pl.DataFrame({"internal": [internal], "cross_init": [cross_init], "rewritten": [rewritten],
+                        "cross_reply": [cross_reply], "post_reply": [post_reply], "pre_reply": [pre_reply]})
+    return Verdict(row.select(verdict_expr()).item())
+
+
+V1_VERDICTS = {Verdict.REPLY_OTHER_PATH.value: Verdict.TRANSLATED.value}
+"""natproof.correlate/1's name for the verdicts /2 added."""

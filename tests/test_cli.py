@@ -30,7 +30,7 @@ def test_json_to_stdout(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[s
     code, out, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "json")
     assert code == 0 and err == ""
     doc = json.loads(out)
-    assert doc["schema"] == "natproof.correlate/1"
+    assert doc["schema"] == "natproof.correlate/2"
     got = [(c["inside"]["sport"], c["outside"]["sport"], c["verdict"]) for c in doc["connections"]]
     assert got == [(40000, 40000, "translated"), (40001, 61001, "translated")]
     assert doc["summary"]["port_preserved_ratio"] == 0.5

@@ -74,10 +74,44 @@ def test_payload_head_matches_when_a_middlebox_rewrites_sequence_numbers() -> No
     assert m.pairs["method"].to_list() == ["payload"]
 
 
-def test_different_destinations_never_match() -> None:
+def test_a_rewritten_destination_still_matches() -> None:
+    # kube-proxy DNATs a ClusterIP to its endpoint and MASQUERADE rewrites the source: no address or port is
+    # left in common (cases/clusterip-dnat), the packet's own fields are.
+    inside = [(T0, ipv4(POD, "10.96.0.1", 6, tcp(40000, 443, 1000, 0, 0x02), ip_id=7))]
+    outside = [(T0 + 20_000, ipv4(NODE, SRV, 6, tcp(40000, 6443, 1000, 0, 0x02), ip_id=7))]
+    a, b = keyed(inside), keyed(outside)
+    assert frames_of_pairs(a, b, match_sides(a, b, clock_offset_ns=0).pairs) == [(1, 1)]
+
+
+def test_different_packets_never_match() -> None:
     inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 80, 1000, 0, 0x02)))]
-    outside = [(T0, ipv4(NODE, "198.51.100.11", 6, tcp(40000, 80, 1000, 0, 0x02)))]
+    outside = [(T0, ipv4(NODE, SRV, 6, tcp(40000, 80, 1001, 0, 0x02)))]
     assert match_sides(keyed(inside), keyed(outside)).pairs.is_empty()
+
+
+def test_alg_sequence_shift_pairs_on_ip_id_within_linked_legs() -> None:
+    # conntrack's FTP helper rewrote a PORT command one byte longer: the next segment's seq is +1 outside
+    # (cases/ftp-alg-active). The SYN links the legs; the IP id pairs the shifted segment.
+    inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 21, 1000, 0, 0x02), ip_id=7)),
+              (T0 + S // 10, ipv4(POD, SRV, 6, tcp(40000, 21, 1030, 5, 0x18, b"NOOP\r\n"), ip_id=9))]
+    outside = [(T0 + 20_000, ipv4(NODE, SRV, 6, tcp(40000, 21, 1000, 0, 0x02), ip_id=7)),
+               (T0 + S // 10 + 20_000, ipv4(NODE, SRV, 6, tcp(40000, 21, 1031, 5, 0x18, b"NOOP\r\n"), ip_id=9))]
+    a, b = keyed(inside), keyed(outside)
+    m = match_sides(a, b, clock_offset_ns=0)
+    assert frames_of_pairs(a, b, m.pairs) == [(1, 1), (2, 2)]
+    shifted = m.pairs.filter(pl.col("method") == "ip_id")
+    assert shifted["seq_delta"].to_list() == [1]
+
+
+def test_hairpin_copies_pair_within_one_capture() -> None:
+    # A pod calls a Service it backs: its veth sees the SYN to the ClusterIP, then the same SYN DNATed back to it
+    # and masqueraded to the bridge address.
+    inside = [(T0, ipv4(POD, "10.96.0.20", 6, tcp(40000, 80, 1000, 0, 0x02), ip_id=7)),
+              (T0 + 30_000, ipv4("10.244.0.1", POD, 6, tcp(51000, 8080, 1000, 0, 0x02), ip_id=7))]
+    a = keyed(inside)
+    m = match_sides(a, keyed([(T0, ipv4(NODE, SRV, 17, udp(1, 2, b"x")))]), clock_offset_ns=0)
+    assert m.pairs.is_empty()
+    assert m.inside_self.select("a_row", "b_row").rows() == [(0, 1)]
 
 
 def test_offset_found_even_when_no_key_is_unique() -> None:

@@ -1,31 +1,32 @@
-"""Tests of natproof/verdicts.py: the contract's verdict strings and the rules that pick them."""
+"""Tests of natproof/verdicts.py: the contract's verdict strings and the rules that pick them from packet fates."""
 
 from __future__ import annotations
 
 import pytest
 
-from natproof.verdicts import Verdict, classify
+from natproof.verdicts import V1_VERDICTS, Verdict, classify
 
 
 def test_contract_strings() -> None:
     assert [v.value for v in Verdict] == [
-        "translated", "no_reply", "reply_dropped", "untranslated", "not_forwarded", "internal"]
+        "translated", "no_reply", "reply_dropped", "untranslated", "not_forwarded", "internal", "reply_other_path"]
+    # natproof.correlate/1 readers see every /2 verdict under a name they know.
+    assert set(V1_VERDICTS.values()) <= {v.value for v in Verdict} - set(V1_VERDICTS)
 
 
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"internal": True, "egress_matched": 3}, Verdict.INTERNAL),
-        ({"egress_matched": 0}, Verdict.NOT_FORWARDED),
-        ({"egress_matched": 2, "source_rewritten": False, "reply_outside": 2, "reply_inside": 2},
-         Verdict.UNTRANSLATED),
-        ({"egress_matched": 2, "source_rewritten": True}, Verdict.NO_REPLY),
-        ({"egress_matched": 2, "source_rewritten": True, "reply_outside": 3}, Verdict.REPLY_DROPPED),
-        ({"egress_matched": 2, "source_rewritten": True, "reply_outside": 3, "reply_inside": 1},
-         Verdict.TRANSLATED),
+        ({"internal": True, "cross_init": 3}, Verdict.INTERNAL),
+        ({"cross_init": 0, "pre_reply": 1}, Verdict.NOT_FORWARDED),  # a forged RST is node-made, never a reply
+        ({"cross_init": 2, "rewritten": False, "cross_reply": 2}, Verdict.UNTRANSLATED),
+        ({"cross_init": 2}, Verdict.NO_REPLY),
+        ({"cross_init": 2, "post_reply": 3}, Verdict.REPLY_DROPPED),
+        ({"cross_init": 2, "post_reply": 3, "cross_reply": 1, "pre_reply": 1}, Verdict.TRANSLATED),
+        # cases/asymmetric-reply: the pod got its replies, none crossed the outside capture.
+        ({"cross_init": 2, "pre_reply": 5}, Verdict.REPLY_OTHER_PATH),
+        ({"cross_init": 2, "post_reply": 1, "pre_reply": 5}, Verdict.REPLY_DROPPED),
     ],
 )
 def test_classify(kw: dict, expected: Verdict) -> None:
-    args = {"internal": False, "egress_matched": 0, "source_rewritten": True, "reply_outside": 0,
-            "reply_inside": 0} | kw
-    assert classify(**args) is expected
+    assert classify(**kw) is expected

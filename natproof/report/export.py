@@ -51,14 +51,17 @@ def to_ndjson(result: Result) -> str:
 
 
 def flat_frame(result: Result) -> pl.DataFrame:
-    """The connections frame with SQL-friendly column names and first/last seen in epoch seconds."""
+    """The connections frame with SQL-friendly column names and first/last seen in epoch seconds (Parquet keeps
+    ``rewrites`` and ``legs`` as lists)."""
     return result.connections.with_columns(
         (pl.col("first_ts_ns") / 1e9).alias("first_seen"), (pl.col("last_ts_ns") / 1e9).alias("last_seen"),
     )
 
 
 def to_csv(result: Result) -> str:
-    return flat_frame(result).drop("first_ts_ns", "last_ts_ns").write_csv()
+    """One row per connection; ``rewrites`` joined by commas, ``legs`` left to JSON and Parquet."""
+    return flat_frame(result).drop("first_ts_ns", "last_ts_ns", "legs").with_columns(
+        pl.col("rewrites").list.join(",")).write_csv()
 
 
 def _tuple(src: str, dst: str, sport: int | None, dport: int | None, proto: str) -> str:
@@ -68,17 +71,18 @@ def _tuple(src: str, dst: str, sport: int | None, dport: int | None, proto: str)
 
 
 def to_conntrack(result: Result) -> str:
-    """conntrack -L notation: original tuple, then reply tuple as the NAT would have written it."""
+    """conntrack -L notation: the original tuple, then the reply tuple (the translated one reversed), as the
+    kernel records a NAT mapping."""
     lines = []
     numbers = {"tcp": 6, "udp": 17, "icmp": 1}
     for r in result.connections.iter_rows(named=True):
         proto = r["proto"]
-        orig = _tuple(r["inside_src"], r["inside_dst"], r["inside_sport"], r["inside_dport"], proto)
-        if r["outside_src"] is not None:
+        orig = _tuple(r["orig_src"], r["orig_dst"], r["orig_sport"], r["orig_dport"], proto)
+        if r["trans_src"] is not None:
             if proto == "icmp":
-                reply = f"src={r['outside_dst']} dst={r['outside_src']} type=0 code=0 id={r['outside_sport']}"
+                reply = f"src={r['trans_dst']} dst={r['trans_src']} type=0 code=0 id={r['trans_sport']}"
             else:
-                reply = _tuple(r["outside_dst"], r["outside_src"], r["outside_dport"], r["outside_sport"], proto)
+                reply = _tuple(r["trans_dst"], r["trans_src"], r["trans_dport"], r["trans_sport"], proto)
         else:
             reply = "src=- dst=- sport=- dport=-"
         unreplied = "" if (r["reply_inside"] or r["reply_outside"]) else " [UNREPLIED]"

@@ -23,12 +23,14 @@ from natproof.result import SCHEMA, Result
 from natproof.verdicts import Verdict
 
 VERDICT_MEANING = {
-    "translated": "source rewritten and replies reverse-translated back to the pod",
-    "no_reply": "translated and sent, nothing came back on the outside",
-    "reply_dropped": "replies reached the outside but never the pod",
-    "untranslated": "left the node still carrying the pod's own address",
-    "not_forwarded": "seen inside, never outside",
-    "internal": "destination inside the pod network, not expected outside",
+    "translated": "rewritten on the way through, and replies reverse-translated back to the initiator",
+    "no_reply": "translated and sent on, nothing came back on the far side",
+    "reply_dropped": "replies reached the far side of the NAT but never the initiator",
+    "untranslated": "crossed the node with nothing rewritten",
+    "not_forwarded": "the initiator's packets never crossed the node",
+    "internal": "destination inside the pod network (or a Service answered on the node): not expected outside",
+    "reply_other_path": "the initiator got replies that never crossed the captured far side: another return "
+                        "path, or a capture that misses them; reverse translation not proven",
 }
 CHART_CAPTIONS = {
     "port_timeline": "Each dot is a connection whose source address the NAT rewrote: when it started and the "
@@ -90,6 +92,7 @@ cursor:pointer;font:inherit;color:inherit;min-width:150px}
 .vbtn:hover{border-color:var(--muted)}
 .v-translated td:nth-child(7),.vbtn.v-translated b{color:var(--ok)}
 .v-no_reply td:nth-child(7),.vbtn.v-no_reply b{color:var(--warn)}
+.v-reply_other_path td:nth-child(7),.vbtn.v-reply_other_path b{color:var(--warn)}
 .v-reply_dropped td:nth-child(7),.v-untranslated td:nth-child(7),.v-not_forwarded td:nth-child(7),
 .vbtn.v-reply_dropped b,.vbtn.v-untranslated b,.vbtn.v-not_forwarded b{color:var(--bad)}
 .v-internal td:nth-child(7),.vbtn.v-internal b{color:var(--dim)}

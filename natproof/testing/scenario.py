@@ -25,7 +25,8 @@ DOCUMENTATION_NETS: tuple[ipaddress.IPv4Network, ...] = (
     ipaddress.IPv4Network("203.0.113.0/24"),
 )
 """The only public addresses the simulator ever uses (RFC 5737 TEST-NET-1/2/3)."""
-OUTCOMES: tuple[str, ...] = tuple(v.value for v in Verdict)
+OUTCOMES: tuple[str, ...] = tuple(v.value for v in Verdict if v is not Verdict.REPLY_OTHER_PATH)
+"""Outcomes a Flow can have: every verdict but reply_other_path (replies by a path neither capture sees)."""
 CONNTRACK_LINGER_NS = 120 * 1_000_000_000
 """How long a mapping stays reserved after its last packet (conntrack keeps TIME_WAIT entries ~120 s)."""
 EPHEMERAL_RANGE = (1024, 65535)

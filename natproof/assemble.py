@@ -1,0 +1,332 @@
+"""Connections from legs and packet pairs: initiator, original and translated tuples, and each packet's fate."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from natproof.match import Matches
+from natproof.verdicts import verdict_expr
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+FATES = ("crossed", "leaked", "inside_only", "outside_only", "node_generated")
+"""Packet fates (docs/model.md): every packet of a connection has exactly one."""
+
+FATE = pl.Enum(list(FATES))
+
+_RST = 0x04
+_TUPLE = ("src", "sport", "dst", "dport")
+
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+"""kube-apiserver's default --service-cluster-ip-range."""
+DEFAULT_NODEPORT_RANGE = (30000, 32767)
+"""kube-apiserver's default --service-node-port-range."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """How to recognise Kubernetes Services: ClusterIPs by network, NodePorts by port range."""
+
+    networks: tuple[Network, ...] = (ipaddress.ip_network(DEFAULT_SERVICE_CIDR),)
+    nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
+
+
+def in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
+    """Boolean per address (a String or Categorical series): in any of ``nets``; null addresses give False."""
+    values = addrs.cast(pl.String)
+    lookup = {a: any(ipaddress.ip_address(a) in n for n in nets) for a in values.drop_nulls().unique().to_list()}
+    return values.replace_strict(lookup, return_dtype=pl.Boolean, default=False).fill_null(False)
+
+
+def _leg_tuple(conns: pl.DataFrame, prefix: str) -> list[pl.Expr]:
+    return [pl.col(c).alias(f"{prefix}_{c}") for c in _TUPLE]
+
+
+def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: pl.DataFrame) -> pl.Series:
+    """For each inside leg, the leg that anchors its connection: itself, or for a leg that holds copies of an
+    earlier leg's packets under another tuple (hairpin: DNAT back to the pod, masqueraded to the bridge
+    address), that earlier leg. Legs are linked whichever copy came first: a hairpinned SYN is seen first
+    under the original tuple, its SYN-ACK first under the translated one."""
+    roots = pl.int_range(n_in, dtype=pl.UInt32, eager=True)
+    if self_pairs.is_empty():
+        return roots
+    first = in_conns.sort("conn_id").select("first_ts_ns", "first_frame")
+    links = pl.DataFrame([in_pk["conn_id"].gather(self_pairs["a_row"]).alias("x"),
+                          in_pk["conn_id"].gather(self_pairs["b_row"]).alias("y")])
+    t = first["first_ts_ns"]
+    links = links.with_columns(t.gather(links["x"]).alias("tx"), t.gather(links["y"]).alias("ty"))
+    x_first = pl.col("tx") <= pl.col("ty")
+    links = links.select(pl.when(x_first).then("x").otherwise("y").alias("early"),
+                         pl.when(x_first).then("y").otherwise("x").alias("late"))
+    best = (links.group_by("late", "early").len().sort("len", "early", descending=[True, False])
+            .unique("late", keep="first"))
+    roots = roots.scatter(best["late"], best["early"])
+    for _ in range(3):  # a chain of copies (veth, bridge, ...) collapses onto its first leg
+        roots = roots.gather(roots)
+    return roots
+
+
+def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
+             matches: Matches, *, pod_networks: Sequence[Network], services: Services
+             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Build one row per connection, and each packet's fate.
+
+    ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, err_src,
+    frame_no, ts_ns); ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
+    anchored on an inside leg (docs/model.md). Returns (connections, in_pk, out_pk): the packet frames gain
+    ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the connection's
+    anchor leg, the inside conn_id; null likewise). Connection columns are documented in result.CONNECTION_SCHEMA.
+    """
+    offset = matches.clock_offset_ns
+    n_in = in_conns.height
+    ins = in_conns.sort("conn_id")
+    outs = out_conns.sort("conn_id")
+    roots = _roots(n_in, in_pk, ins, matches.inside_self)
+
+    # -- cross pairs, with the legs they link ------------------------------------------------------------------
+    P = matches.pairs
+    P = P.with_columns(
+        in_pk["conn_id"].gather(P["in_row"]).alias("in_conn"),
+        out_pk["conn_id"].gather(P["out_row"]).alias("out_conn"),
+        in_pk["is_egress"].gather(P["in_row"]).alias("is_egress"),
+        in_pk["is_icmp_error"].gather(P["in_row"]).alias("is_icmp_error"),
+        in_pk["frame_no"].gather(P["in_row"]).alias("in_frame"),
+        out_pk["frame_no"].gather(P["out_row"]).alias("out_frame"),
+    )
+    P = P.with_columns(roots.gather(P["in_conn"]).alias("anchor"))
+    per_leg = P.group_by("anchor", "out_conn").agg(pl.len().alias("n"), pl.col("out_frame").min().alias("first_out"))
+    primary = (per_leg.sort(["anchor", "n", "first_out"], descending=[False, True, False])
+               .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
+    owner = (per_leg.sort(["out_conn", "n", "first_out"], descending=[False, True, False])
+             .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
+
+    # -- the initiator's side --------------------------------------------------------------------------------------
+    # A packet sent by the initiator crosses from its side to the other, a reply the other way: the median time
+    # each direction took (outside minus inside clock) differs by twice the NAT's latency, in a sign that says
+    # which way the initiator's packets went, whatever the clock offset. With one direction only, the addresses
+    # decide where the pod network is known (DNAT towards a pod is inbound: NodePort, an ALG's expectation;
+    # anything else from the inside is egress), else the estimated offset does.
+    d = (pl.col("dt_ns") - offset)
+    side = P.filter(~pl.col("is_icmp_error")).group_by("anchor").agg(
+        d.filter(pl.col("is_egress")).median().alias("d_e"), d.filter(~pl.col("is_egress")).median().alias("d_r"))
+    to_pod = ins.select(pl.col("conn_id").alias("anchor"), in_networks(ins["dst"], pod_networks).alias("_in_dst_pod"))
+    side = side.join(to_pod, on="anchor", how="left").select(
+        "anchor", pl.when(pl.col("d_e").is_not_null() & pl.col("d_r").is_not_null())
+        .then(pl.col("d_e") > pl.col("d_r"))
+        .when(pl.lit(bool(pod_networks))).then(~pl.col("_in_dst_pod"))
+        .when(pl.col("d_e").is_not_null()).then(pl.col("d_e") >= 0)
+        .when(pl.col("d_r").is_not_null()).then(pl.col("d_r") < 0)
+        .otherwise(True).alias("init_inside"))
+
+    # -- one row per connection: its anchor leg, primary outside leg and hairpin leg ---------------------------
+    anchors = ins.with_columns(roots.alias("root")).filter(pl.col("root") == pl.col("conn_id"))
+    self_legs = pl.DataFrame({"late": pl.int_range(n_in, dtype=pl.UInt32, eager=True), "root": roots}).filter(
+        pl.col("late") != pl.col("root"))
+    hair = (self_legs.join(ins.select(pl.col("conn_id").alias("late"), "first_ts_ns"), on="late")
+            .sort("root", "first_ts_ns").unique("root", keep="first")
+            .join(ins.select(pl.col("conn_id").alias("late"), *_leg_tuple(ins, "h")), on="late")
+            .select(pl.col("root").alias("conn_id"), "h_src", "h_sport", "h_dst", "h_dport"))
+    df = (anchors.join(primary.rename({"anchor": "conn_id"}), on="conn_id", how="left")
+          .join(side.rename({"anchor": "conn_id"}), on="conn_id", how="left")
+          .join(outs.select(pl.col("conn_id").alias("primary_out"), *_leg_tuple(outs, "o"),
+                            pl.col("egress_packets").alias("egress_outside"),
+                            pl.col("reply_packets").alias("reply_outside"),
+                            pl.col("icmp_error_packets").alias("icmp_errors_outside")),
+                on="primary_out", how="left")
+          .join(hair, on="conn_id", how="left")
+          .with_columns(pl.col("init_inside").fill_null(True)))
+    has_out = pl.col("o_src").is_not_null()
+    has_hair = pl.col("h_src").is_not_null()
+    init_in = pl.col("init_inside")
+    df = df.with_columns(
+        *[pl.when(init_in | ~has_out).then(pl.col(c)).otherwise(pl.col(f"o_{c}")).alias(f"orig_{c}") for c in _TUPLE],
+        *[pl.when(init_in & has_out).then(pl.col(f"o_{c}")).when(init_in & has_hair).then(pl.col(f"h_{c}"))
+          .when(init_in).then(None).otherwise(pl.col(c)).alias(f"trans_{c}") for c in _TUPLE],
+    )
+    changed = [(pl.col(f"orig_{c}") != pl.col(f"trans_{c}")).fill_null(False) for c in _TUPLE]
+    df = df.with_columns(
+        pl.concat_list([pl.when(ch).then(pl.lit(c)) for c, ch in zip(_TUPLE, changed, strict=True)])
+        .list.drop_nulls().alias("rewrites"),
+        pl.any_horizontal(changed).alias("rewritten"),
+    )
+    conn_info = df.select("conn_id", "init_inside", "rewritten", "dst", "o_src").rename({"conn_id": "anchor"})
+
+    # -- fates ---------------------------------------------------------------------------------------------------
+    in_tuple = ins.select(pl.col("conn_id").alias("in_conn"), *_leg_tuple(ins, "i"))
+    out_tuple = outs.select(pl.col("conn_id").alias("out_conn"), *_leg_tuple(outs, "x"))
+    P = (P.join(in_tuple, on="in_conn", how="left").join(out_tuple, on="out_conn", how="left")
+         .join(conn_info.select("anchor", "rewritten", "init_inside"), on="anchor", how="left"))
+    same = pl.all_horizontal([pl.col(f"i_{c}") == pl.col(f"x_{c}") for c in _TUPLE])
+    P = P.with_columns(pl.when(same & pl.col("rewritten")).then(pl.lit("leaked")).otherwise(pl.lit("crossed"))
+                       .cast(FATE).alias("fate"))
+    S = matches.inside_self
+    S = S.with_columns(in_pk["conn_id"].gather(S["a_row"]).alias("a_conn"),
+                       in_pk["conn_id"].gather(S["b_row"]).alias("b_conn"))
+    S = S.with_columns(roots.gather(S["a_conn"]).alias("anchor"))
+    # The copy on the anchor leg says which way the packet went.
+    S = S.with_columns(pl.when(pl.col("a_conn") == pl.col("anchor")).then(pl.col("a_row")).otherwise(pl.col("b_row"))
+                       .alias("pre_row"))
+    S = S.with_columns(in_pk["is_egress"].gather(S["pre_row"]).alias("is_egress"),
+                       in_pk["is_icmp_error"].gather(S["pre_row"]).alias("is_icmp_error"))
+
+    n_out = out_pk.height
+    in_fate = pl.repeat(None, in_pk.height, dtype=FATE, eager=True)
+    in_fate = in_fate.scatter(P["in_row"], P["fate"]) if P.height else in_fate
+    if S.height:
+        crossed = pl.repeat("crossed", S.height, dtype=FATE, eager=True)
+        in_fate = in_fate.scatter(S["a_row"], crossed).scatter(S["b_row"], crossed)
+    out_fate = pl.repeat(None, n_out, dtype=FATE, eager=True)
+    out_fate = out_fate.scatter(P["out_row"], P["fate"]) if P.height else out_fate
+    crossed_init = pl.concat([P.filter(pl.col("is_egress")).select("anchor"),
+                              S.filter(pl.col("is_egress")).select("anchor")])["anchor"].unique()
+
+    in_pk = in_pk.with_columns(roots.gather(in_pk["conn_id"]).alias("anchor"), in_fate.alias("fate"))
+    out_anchor = outs.select("conn_id").join(owner.rename({"out_conn": "conn_id"}), on="conn_id", how="left")
+    out_anchor = out_anchor.sort("conn_id")["owner"]
+    out_pk = out_pk.with_columns(out_anchor.gather(out_pk["conn_id"]).alias("anchor"), out_fate.alias("fate"))
+    in_pk = _unmatched_fates(in_pk, conn_info, crossed_init, pod_networks, inside=True)
+    out_pk = _unmatched_fates(out_pk, conn_info, crossed_init, pod_networks, inside=False)
+
+    # -- per-connection counts, latency, evidence ----------------------------------------------------------------
+    reply = ~pl.col("is_egress") & ~pl.col("is_icmp_error")
+    onward = pl.col("is_egress") == pl.col("init_inside")  # crossed inside -> outside
+    lat_us = (pl.when(onward).then(pl.col("dt_ns") - offset).otherwise(offset - pl.col("dt_ns")) / 1000.0).filter(
+        pl.col("method") == "exact")
+    P = P.join(primary, on="anchor", how="left").with_columns(
+        (pl.col("out_conn") == pl.col("primary_out")).alias("_on_primary"))
+    if P.height and not P.select((pl.col("in_frame").diff().fill_null(0) >= 0).all()).item():
+        P = P.sort("in_frame")
+    stats = P.group_by("anchor").agg(
+        (pl.col("is_egress") & (pl.col("in_conn") == pl.col("anchor"))).sum().cast(pl.UInt32).alias("matched_egress"),
+        (reply & (pl.col("in_conn") == pl.col("anchor"))).sum().cast(pl.UInt32).alias("matched_reply"),
+        lat_us.median().round(3).alias("latency_median_us"),
+        lat_us.max().round(3).alias("latency_max_us"),
+        *[pl.col(f"{s}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
+          for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply), ("icmp_error", pl.col("is_icmp_error")))
+          for s, name in (("in", "inside"), ("out", "outside"))],
+        pl.col("seq_delta").filter(pl.col("is_egress") & (pl.col("method") == "ip_id") & (pl.col("seq_delta") != 0))
+        .mode().first().alias("seq_shift"),
+        pl.col("ack_delta").filter(~pl.col("is_egress") & (pl.col("method") == "ip_id") & (pl.col("ack_delta") != 0))
+        .mode().first().alias("ack_shift"),
+        pl.col("out_conn").filter(~same).n_unique().cast(pl.UInt32).alias("outside_tuples"),
+    )
+    crossing = pl.concat([P.select("anchor", "is_egress", "is_icmp_error", "fate"),
+                          S.select("anchor", "is_egress", "is_icmp_error",
+                                   pl.lit("crossed", FATE).alias("fate"))])
+    crossings = crossing.group_by("anchor").agg(
+        pl.col("is_egress").sum().cast(pl.UInt32).alias("_cross_init"),
+        reply.sum().cast(pl.UInt32).alias("_cross_reply"),
+        (pl.col("fate") == "crossed").sum().cast(pl.UInt32).alias("fate_crossed"),
+        (pl.col("fate") == "leaked").sum().cast(pl.UInt32).alias("fate_leaked"),
+    )
+    rows = pl.concat([
+        in_pk.filter(pl.col("anchor").is_not_null()).select("anchor", "fate", "is_egress", "is_icmp_error", "_pre"),
+        out_pk.filter(pl.col("anchor").is_not_null()).select("anchor", "fate", "is_egress", "is_icmp_error", "_pre"),
+    ])
+    alive = reply & (pl.col("fate") != "node_generated")
+    seen = rows.group_by("anchor").agg(
+        *[(pl.col("fate") == f).sum().cast(pl.UInt32).alias(f"fate_{f}")
+          for f in ("inside_only", "outside_only", "node_generated")],
+        (alive & ~pl.col("_pre")).sum().cast(pl.UInt32).alias("_post_reply"),
+        (alive & pl.col("_pre")).sum().cast(pl.UInt32).alias("_pre_reply"),
+    )
+    df = (df.rename({"conn_id": "anchor"})
+          .join(stats, on="anchor", how="left").join(crossings, on="anchor", how="left")
+          .join(seen, on="anchor", how="left"))
+    counts = ["matched_egress", "matched_reply", "outside_tuples", "fate_crossed", "fate_leaked", "fate_inside_only",
+              "fate_outside_only", "fate_node_generated", "_cross_init", "_cross_reply", "_post_reply", "_pre_reply",
+              "egress_outside", "reply_outside", "icmp_errors_outside"]
+    df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
+
+    # -- services and verdicts -------------------------------------------------------------------------------------
+    clusterip = in_networks(df["orig_dst"], services.networks)
+    lo, hi = services.nodeport_range
+    df = df.with_columns(clusterip.alias("_clusterip"))
+    dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
+    nodeport = ~pl.col("_clusterip") & dnat & pl.col("orig_dport").is_between(lo, hi)
+    backend = pl.col("_clusterip") & dnat
+    df = df.with_columns(
+        pl.when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
+        .alias("service_type"),
+    ).with_columns(
+        pl.when(pl.col("service_type").is_not_null()).then(pl.col("orig_dst")).alias("service_ip"),
+        pl.when(pl.col("service_type").is_not_null()).then(pl.col("orig_dport")).alias("service_port"),
+        pl.when(backend | nodeport).then(pl.col("trans_dst")).alias("backend_ip"),
+        pl.when(backend | nodeport).then(pl.col("trans_dport")).alias("backend_port"),
+    )
+    to_pods = in_networks(df["dst"], pod_networks)
+    df = df.with_columns(to_pods.alias("_to_pods"))
+    crossed_any = (pl.col("_cross_init") + pl.col("_cross_reply") + pl.col("fate_leaked")) > 0
+    internal = ~crossed_any & ~has_hair & (pl.col("_to_pods") | (pl.col("_clusterip") & (pl.col("_pre_reply") > 0)))
+    evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",
+                         pl.col("_cross_reply").alias("cross_reply"), pl.col("_post_reply").alias("post_reply"),
+                         pl.col("_pre_reply").alias("pre_reply"))
+    verdict = evidence.select(verdict_expr()).to_series()
+    df = df.with_columns(verdict.alias("verdict"),
+                         pl.when(init_in).then(pl.lit("inside")).otherwise(pl.lit("outside")).alias("initiator"))
+    # A connection that never reached the outside has no outside tuple, whatever else the outside holds.
+    no_out = pl.col("verdict").is_in(["not_forwarded", "internal"]) & ~has_out
+    df = df.with_columns(
+        [pl.when(no_out).then(None).otherwise(pl.col(f"o_{c}")).alias(f"outside_{c}") for c in _TUPLE])
+    legs = _legs(df, ins, outs, P, roots)
+    df = df.join(legs, on="anchor", how="left")
+    return df, in_pk.drop("_pre"), out_pk.drop("_pre")
+
+
+def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl.Series,
+                     pod_networks: Sequence[Network], *, inside: bool) -> pl.DataFrame:
+    """Give each packet of a connection that paired with nothing its fate; add ``_pre`` (seen before the NAT in
+    the initiator's direction: on the initiator's side of it).
+
+    - A reply (or an RST or ICMP error towards the initiator) seen on the initiator's side that never crossed is
+      ``node_generated`` when it is an RST or ICMP error and either nothing of the initiator's ever crossed (the
+      far end never saw the connection, so it cannot have answered: a REJECT, kube-proxy's "no endpoints") or,
+      for an ICMP error, its source is a node address (the bridge's in the pod network, or the translated
+      source) rather than the far end (cases/reject-no-endpoints).
+    - An RST or ICMP error in the initiator's direction seen only after the NAT was made by the node (the RST a
+      node sends for a reply conntrack marked INVALID and did not reverse-translate: cases/oow-invalid-node-rst).
+    - Anything else is ``inside_only`` or ``outside_only``: dropped on the node, or carried by a path not captured.
+    """
+    pk = pk.join(conn_info, on="anchor", how="left", maintain_order="left")
+    if inside:
+        pre = pl.col("init_inside") & (pl.col("conn_id") == pl.col("anchor"))
+    else:
+        pre = ~pl.col("init_inside")
+    pk = pk.with_columns(pre.fill_null(False).alias("_pre"))
+    rst = ((pl.col("tcp_flags").fill_null(0) & _RST) != 0) & (pl.col("proto") == 6)
+    err = pl.col("is_icmp_error")
+    nothing_crossed = ~pl.col("anchor").is_in(crossed_init.implode())
+    src_s = pk["err_src"].cast(pl.String)
+    from_node = (in_networks(src_s, pod_networks) | (src_s == pk["o_src"].cast(pl.String)).fill_null(False)) & (
+        src_s != pk["dst"].cast(pl.String)).fill_null(True)
+    pk = pk.with_columns(from_node.alias("_err_from_node"))
+    node = (
+        (pl.col("_pre") & ~pl.col("is_egress") & (rst | err) & (nothing_crossed | (err & pl.col("_err_from_node"))))
+        | (~pl.col("_pre") & pl.col("is_egress") & (rst | err))
+    )
+    here = "inside_only" if inside else "outside_only"
+    fate = (pl.when(pl.col("fate").is_not_null()).then(pl.col("fate"))
+            .when(pl.col("anchor").is_null()).then(None)
+            .when(node).then(pl.lit("node_generated")).otherwise(pl.lit(here)).cast(FATE))
+    return pk.with_columns(fate.alias("fate")).drop(*[c for c in conn_info.columns if c != "anchor"], "_err_from_node")
+
+
+def _legs(df: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame, P: pl.DataFrame, roots: pl.Series) -> pl.DataFrame:
+    """``legs`` per connection: a list of {observation_point, src, sport, dst, dport, first_frame, packets,
+    first_ts_ns}, in time order: its inside legs (the anchor and legs holding its copies) and the outside legs
+    its packets paired with."""
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    inside = ins.with_columns(roots.alias("anchor")).select(
+        "anchor", pl.lit("inside").alias("observation_point"), *_TUPLE, "first_frame", packets.alias("packets"),
+        "first_ts_ns")
+    out_links = P.select("anchor", "out_conn").unique()
+    outside = out_links.join(outs.rename({"conn_id": "out_conn"}), on="out_conn").select(
+        "anchor", pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame", packets.alias("packets"),
+        "first_ts_ns")
+    legs = pl.concat([inside, outside.cast(inside.schema)]).sort("anchor", "first_ts_ns", "observation_point")
+    return legs.group_by("anchor", maintain_order=True).agg(
+        pl.struct("observation_point", *_TUPLE, "first_frame", "packets").alias("legs"))
