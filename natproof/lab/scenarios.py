@@ -847,6 +847,58 @@ SCENARIOS: dict[str, Scenario] = {
                 _nowhere("outside.pcap", "10.96.0.0/12", POD_CIDR),
             ),
         ),
+        Scenario(
+            "clusterip-local",
+            "ClusterIPs served by pods on the node: DNAT as the packet crosses the bridge, random choice of two "
+            "endpoints; nothing reaches eth0",
+            "default/web 10.96.0.20:80/tcp has two endpoints on the node, pod2 10.244.0.21:8080 and pod3 "
+            "10.244.0.22:8080; its KUBE-SVC chain picks the first with -m statistic --mode random --probability "
+            "0.5, else the second. kube-dns 10.96.0.10:53/udp has one, pod4 10.244.0.53:53 (a UDP echo). pod1 "
+            "makes six HTTP requests to 10.96.0.20:80 and two datagrams (two sockets) to 10.96.0.10:53, plus one "
+            "plain egress request to 198.51.100.10:80. With bridge-nf-call-iptables=1 the DNAT happens in the "
+            "bridge's PREROUTING hook; br_netfilter then finds the new destination on the bridge itself and "
+            "bridges the frame to the endpoint's port (TTL kept) instead of routing it. The inside capture is "
+            "pod1's port, vethpod1: it shows only the ClusterIP tuple and the reverse-translated replies; the "
+            "DNATed leg is on the endpoint's port, in neither capture, so the truth's translated is null (the "
+            "endpoint conntrack chose is in notes and in conntrack.log). Verdict internal.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.20", 80, count=6, interval=0.05, expect="internal"),
+                        Action("udp", "10.96.0.10", 53, at=0.05, timeout=1.0, expect="internal"),
+                        Action("udp", "10.96.0.10", 53, at=0.15, timeout=1.0, expect="internal"),
+                        Action("http", SERVER, 80, at=0.5),
+                    ),
+                ),
+            ),
+            topology=_kube(
+                (WEB_LOCAL, DNS_LOCAL),
+                pods=(
+                    Pod("pod1", "10.244.0.10/24"),
+                    Pod("pod2", "10.244.0.21/24"),
+                    Pod("pod3", "10.244.0.22/24"),
+                    Pod("pod4", "10.244.0.53/24"),
+                ),
+            ),
+            servers=(
+                HTTP,
+                Server("pod2", "http", "10.244.0.21", 8080),
+                Server("pod3", "http", "10.244.0.22", 8080),
+                Server("pod4", "udp-echo", "10.244.0.53", 53),
+            ),
+            services=(WEB_LOCAL, DNS_LOCAL),
+            unseen_translated=("10.244.0.21", "10.244.0.22", "10.244.0.53"),
+            inside_interface="vethpod1",
+            check=_all(
+                _count(9),
+                _verdicts(internal=8, translated=1),
+                _check_local_backends,
+                _counted("KUBE-SEP-", "DNAT"),
+                _nowhere("inside.pcap", "10.244.0.21/32", "10.244.0.22/32", "10.244.0.53/32"),
+                _nowhere("outside.pcap", "10.96.0.0/12", POD_CIDR),
+            ),
+        ),
     )
 }
 
