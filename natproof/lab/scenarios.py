@@ -899,6 +899,44 @@ SCENARIOS: dict[str, Scenario] = {
                 _nowhere("outside.pcap", "10.96.0.0/12", POD_CIDR),
             ),
         ),
+        Scenario(
+            "nodeport",
+            "connections from the internet to NodePorts: externalTrafficPolicy=Cluster (DNAT + masquerade to "
+            "the bridge address) and Local (DNAT only); plus one pod egress",
+            "pod1 (10.244.0.10) serves HTTP on 8080 and is the endpoint of two Services: default/web, NodePort "
+            "30080 (externalTrafficPolicy=Cluster) and default/web-local, NodePort 30081 (Local). An internet "
+            "client in inet, bound to 198.51.100.20, makes two HTTP requests to 203.0.113.2:30080 and two to "
+            "203.0.113.2:30081. KUBE-SERVICES' last rule sends packets for a local address to KUBE-NODEPORTS; "
+            "for 30080 its KUBE-EXT chain marks them (KUBE-MARK-MASQ, 0x4000) and KUBE-SEP DNATs to "
+            "10.244.0.10:8080, and KUBE-POSTROUTING masquerades marked packets with --random-fully: the pod sees "
+            "10.244.0.1 and a random port. For 30081 (Local) KUBE-EXT goes to KUBE-SVL without a mark: DNAT "
+            "only, the pod sees the client's own address. pod1 also makes one egress request to "
+            "198.51.100.10:80. These conntrack entries have an original source outside the pod network and a "
+            "reply source in it: inbound, initiator outside, inside = the translated tuple (vethpod1), outside "
+            "= the original one (eth0).",
+            (
+                ClientPlan(
+                    INET,
+                    (
+                        Action("http", NODE_IP, 30080, count=2, interval=0.1, bind=CLIENT),
+                        Action("http", NODE_IP, 30081, count=2, interval=0.1, at=0.05, bind=CLIENT),
+                    ),
+                ),
+                ClientPlan("pod1", (Action("http", SERVER, 80, at=0.4),)),
+            ),
+            topology=_kube((WEB_NODEPORT, WEB_NODEPORT_LOCAL), server_addresses=(SERVER, CLIENT)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(WEB_NODEPORT, WEB_NODEPORT_LOCAL),
+            inside_interface="vethpod1",
+            check=_all(
+                _count(5),
+                _verdicts(translated=5),
+                _check_nodeport,
+                _counted("KUBE-NODEPORTS", "--dport 30080"),
+                _counted("KUBE-NODEPORTS", "--dport 30081"),
+                _counted("KUBE-POSTROUTING", "--random-fully"),
+            ),
+        ),
     )
 }
 
