@@ -937,6 +937,34 @@ SCENARIOS: dict[str, Scenario] = {
                 _counted("KUBE-POSTROUTING", "--random-fully"),
             ),
         ),
+        Scenario(
+            "hairpin",
+            "a pod calls a Service it backs: DNAT back to itself plus masquerade to the bridge address; bridge "
+            "port in hairpin mode; both legs on the pod's own port",
+            "pod1 (10.244.0.10) serves HTTP on 8080 and is the only endpoint of default/self, ClusterIP "
+            "10.96.0.50:80. pod1 makes three requests to 10.96.0.50:80 and one egress request to "
+            "198.51.100.10:80. The SYN crosses the bridge: KUBE-SEP's -s 10.244.0.10/32 rule marks it "
+            "(KUBE-MARK-MASQ) and DNATs it back to 10.244.0.10:8080; br_netfilter bridges it back to vethpod1, "
+            "which hairpin mode allows (ip link set vethpod1 type bridge_slave hairpin on), and KUBE-POSTROUTING "
+            "masquerades it with --random-fully to the bridge address 10.244.0.1 and a random port, so the reply "
+            "comes back through the node and is reverse-translated. Both legs, pod -> ClusterIP and "
+            "10.244.0.1 -> pod, are on vethpod1 (the inside capture); nothing of them reaches eth0. Verdict "
+            "internal; translated is the second leg.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.50", 80, count=3, interval=0.1, expect="internal"),
+                        Action("http", SERVER, 80, at=0.5),
+                    ),
+                ),
+            ),
+            topology=_kube((SELF,), hairpin_pods=("pod1",)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(SELF,),
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(internal=3, translated=1), _check_hairpin, _counted("--random-fully")),
+        ),
     )
 }
 
