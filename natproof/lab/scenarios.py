@@ -965,6 +965,33 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(4), _verdicts(internal=3, translated=1), _check_hairpin, _counted("--random-fully")),
         ),
+        Scenario(
+            "hairpin-off",
+            "the same call as hairpin with the bridge port's hairpin mode off: the DNATed SYN is dropped by the "
+            "bridge and the connection fails",
+            "As hairpin, but vethpod1's hairpin mode is off (the bridge default). pod1 connects to 10.96.0.50:80 "
+            f"({FAILURE_TIMEOUT_S:g} s timeout) and makes one egress request to 198.51.100.10:80. The SYN is "
+            "DNATed back to 10.244.0.10:8080 in the bridge's PREROUTING hook (the KUBE-SEP DNAT rule counts it), "
+            "and the bridge would have to send it out of the port it came in on: it drops it, before conntrack "
+            "confirms the entry, so there is no conntrack event. The pod retransmits its SYN and times out. The "
+            "truth of this connection comes from the design (the client reports its tuple; not_forwarded); the "
+            "kernel's part is the DNAT rule's counter and the absence of any entry.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.50", 80, timeout=FAILURE_TIMEOUT_S, expect="not_forwarded"),
+                        Action("http", SERVER, 80, at=0.2),
+                    ),
+                ),
+            ),
+            topology=_kube((SELF,)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(SELF,),
+            refused=((("tcp", "10.96.0.50", 80), HAIRPIN_DROP),),
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(not_forwarded=1, translated=1), _check_hairpin_off),
+        ),
     )
 }
 
