@@ -992,6 +992,43 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(2), _verdicts(not_forwarded=1, translated=1), _check_hairpin_off),
         ),
+        Scenario(
+            "reject-no-endpoints",
+            "ClusterIPs without endpoints (kube-proxy REJECT: ICMP port unreachable from the node) and an egress "
+            "REJECT --reject-with tcp-reset; plus one normal connection",
+            "default/web 10.96.0.30:80/tcp and default/dns 10.96.0.31:53/udp have no endpoints: kube-proxy's "
+            "filter chain KUBE-SERVICES, jumped from FORWARD and OUTPUT for ctstate NEW, REJECTs them with "
+            "icmp-port-unreachable. A FORWARD rule REJECTs pod traffic to 198.51.100.10:443 with tcp-reset. "
+            "pod1 connects to 10.96.0.30:80, sends a datagram to 10.96.0.31:53, connects to "
+            "198.51.100.10:443, and makes one request to 198.51.100.10:80. The node answers the first two with "
+            "ICMP port unreachable from the bridge address 10.244.0.1 and the third with a RST it forges from "
+            "198.51.100.10:443; the packets are dropped before conntrack confirms an entry, so there is no "
+            "event and nothing reaches eth0. Their truth comes from the design (not_forwarded; the client saw "
+            "'refused'); the kernel's part is the REJECT rules' counters and the absence of entries.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.30", 80, expect="not_forwarded"),
+                        Action("udp", "10.96.0.31", 53, at=0.05, timeout=1.0, expect="not_forwarded"),
+                        Action("http", SERVER, 443, at=0.1, expect="not_forwarded"),
+                        Action("http", SERVER, 80, at=0.15),
+                    ),
+                ),
+            ),
+            topology=_kube(
+                (WEB_NONE, DNS_NONE),
+                _rule(f"-A FORWARD -s {POD_CIDR} -d {SERVER} -p tcp --dport 443 -j REJECT --reject-with tcp-reset"),
+            ),
+            services=(WEB_NONE, DNS_NONE),
+            refused=(
+                (("tcp", "10.96.0.30", 80), NO_ENDPOINTS),
+                (("udp", "10.96.0.31", 53), NO_ENDPOINTS),
+                (("tcp", SERVER, 443), "a FORWARD REJECT --reject-with tcp-reset: the node forges the RST"),
+            ),
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(not_forwarded=3, translated=1), _check_rejects),
+        ),
     )
 }
 
