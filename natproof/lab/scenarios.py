@@ -1029,6 +1029,33 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(4), _verdicts(not_forwarded=3, translated=1), _check_rejects),
         ),
+        Scenario(
+            "invalid-oow",
+            "one out-of-window segment injected from the server into a translated connection: conntrack marks "
+            "it INVALID, it is not reverse-translated, and the node answers it with its own RST",
+            "pod1 connects from source port 41000 to 198.51.100.10:80 (MASQUERADE keeps the port) and holds the "
+            "connection 1 s before its request. 0.3 s after the server's SYN-ACK, a raw socket in inet "
+            "(stdlib, IP_HDRINCL) sends one segment of that connection, 198.51.100.10:80 -> 203.0.113.2:41000 "
+            "with the right ack but a sequence number 2^31 away from the server's: conntrack's window check "
+            "fails, the packet is INVALID (conntrack -S invalid), carries no conntrack entry and so is not "
+            "reverse-translated: it is delivered to the node itself, which has no socket for it and answers "
+            "with a RST under the translated tuple (203.0.113.2:41000 -> 198.51.100.10:80, seq = the segment's "
+            "ack). That RST is in the server's window: the server drops the connection, answers pod1's "
+            "request with a RST, and pod1's client sees the connection reset. The entry saw replies: "
+            "translated. pod1 then makes one more request, which works.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, sport=41000, hold=1.0, outcome="error"),
+                        Action("http", SERVER, 80, at=1.5),
+                    ),
+                ),
+            ),
+            servers=(HTTP, Server(INET, "oow-injector", SERVER, 80, (NODE_IP, "41000", "0.3"))),
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_oow),
+        ),
     )
 }
 
