@@ -1056,6 +1056,31 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(2), _verdicts(translated=2), _check_oow),
         ),
+        Scenario(
+            "idle-expiry",
+            "established timeout 3 s: a connection idles 6 s, its conntrack entry expires, and its FINs leave "
+            "eth0 untranslated with the pod address",
+            "nf_conntrack_tcp_timeout_established is 3 s in the node namespace. pod1 makes one HTTP request to "
+            "198.51.100.10:80, and opens a second connection that stays idle for 6 s and is then closed by the "
+            "pod without a request. The entry of the idle connection expires (DESTROY event) while both ends "
+            "still hold it open. The pod's FIN then finds no entry: a FIN cannot start one (conntrack marks it "
+            "INVALID), so no NAT applies and it leaves eth0 with source 10.244.0.10; inet has no route back, "
+            "nothing answers, and the pod retransmits the FIN (the capture runs 2.5 s after the close). The "
+            "entry saw the replies of the handshake: translated.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80),
+                        Action("connect", SERVER, 80, at=0.2, hold=6.0),
+                    ),
+                ),
+            ),
+            topology=TopologySpec(node_sysctls=(("net.netfilter.nf_conntrack_tcp_timeout_established", "3"),)),
+            settle_s=2.5,
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_idle_expiry),
+        ),
     )
 }
 
