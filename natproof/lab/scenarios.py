@@ -1081,6 +1081,34 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(2), _verdicts(translated=2), _check_idle_expiry),
         ),
+        Scenario(
+            "asymmetric-reply",
+            "replies come back over a second link (eth1, not captured): the source rewrite is seen on eth0, "
+            "the reverse translation is not",
+            "The node has a second link to inet, eth1 (192.0.2.2/24, inet 192.0.2.1/24), and inet routes "
+            "203.0.113.2/32 over it: the node's egress leaves on eth0, every reply comes back on eth1. "
+            "rp_filter is 0 on both. pod1 makes two HTTP requests to 198.51.100.10:80, three datagrams to a UDP "
+            "echo on 198.51.100.10:7, and two echo requests. conntrack sees the replies (it is node-wide) and "
+            "reverse-translates them, and the pod gets them all; the outside capture (eth0) holds none of "
+            "them. Verdict reply_other_path.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, count=2, interval=0.1, expect="reply_other_path"),
+                        Action("udp", SERVER, 7, count=3, interval=0.1, at=0.05, timeout=1.0,
+                               expect="reply_other_path"),
+                        Action("ping", SERVER, sport=0x0103, count=2, interval=0.2, at=0.1, timeout=1.0,
+                               expect="reply_other_path"),
+                    ),
+                ),
+            ),
+            topology=TopologySpec(reply_link=("192.0.2.2/24", "192.0.2.1/24")),
+            servers=(HTTP, Server(INET, "udp-echo", SERVER, 7)),
+            reply_other_path=True,
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(reply_other_path=4), _check_asymmetric),
+        ),
     )
 }
 
