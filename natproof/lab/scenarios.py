@@ -1109,6 +1109,26 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(4), _verdicts(reply_other_path=4), _check_asymmetric),
         ),
+        Scenario(
+            "ftp-alg",
+            "active-mode FTP through conntrack's FTP helper: the PORT command is rewritten (its length changes) "
+            "and the server's data connection comes in, DNATed to the pod",
+            "The raw table assigns conntrack's ftp helper to TCP port 21 (CT --helper ftp, in PREROUTING and "
+            "OUTPUT). pod1 (10.244.0.5) runs stdlib ftplib in active mode against a minimal FTP server on "
+            "198.51.100.10:21: login, TYPE I, PORT, RETR of an 880-byte file, QUIT. The helper (with its NAT "
+            "part) rewrites 'PORT 10,244,0,5,p1,p2' to 'PORT 203,0,113,2,p1,p2' (one byte longer here), "
+            "adjusts every later sequence number of the control connection on the way out and every ack on the "
+            "way back, and sets up an expectation; the server's data connection from 198.51.100.10:20 to "
+            "203.0.113.2:port matches it and is DNATed to 10.244.0.5:port. That entry's original source is "
+            "outside and its reply source is the pod: inbound, initiator outside, opened by the server (no "
+            "client attempt).",
+            (ClientPlan("pod1", (Action("ftp", SERVER, 21, timeout=3.0),)),),
+            topology=TopologySpec(pods=(Pod("pod1", "10.244.0.5/24"),), iptables_rules=(MASQUERADE_RULE, *FTP_HELPER)),
+            servers=(Server(INET, "ftp", SERVER, 21),),
+            server_initiated=frozenset({("tcp", SERVER, 20)}),
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_ftp),
+        ),
     )
 }
 
