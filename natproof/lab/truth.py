@@ -559,6 +559,8 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
         else:
             verdict, why = "no_reply", "rewritten, [UNREPLIED] to the end"
     evidence = f"{why}; {seen}{pod_view}"
+    if rule is not None and shown is None:
+        service = rule.to_dict(None)  # the endpoint is in notes: no capture shows which one it was
     return Connection(
         entry.proto,
         inside,
