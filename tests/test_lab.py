@@ -23,7 +23,14 @@ from natproof.lab import scenarios as lab_scenarios  # noqa: E402
 from natproof.lab.capture import foreign_addresses  # noqa: E402
 from natproof.lab.topology import new_prefix  # noqa: E402
 from natproof.lab.traffic import Attempt  # noqa: E402
-from natproof.lab.truth import FlowTuple, TruthRules, build_connections, parse_line, parse_lines  # noqa: E402
+from natproof.lab.truth import (  # noqa: E402
+    FlowTuple,
+    ServiceRule,
+    TruthRules,
+    build_connections,
+    parse_line,
+    parse_lines,
+)
 
 NEW_TCP = (
     "[1700000000.123456]\t    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=10.244.0.10 dst=198.51.100.10 "
@@ -150,7 +157,16 @@ def test_build_connections_verdicts_and_order() -> None:
         "inside": {"src": "10.244.0.10", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
         "outside": {"src": "203.0.113.2", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
         "verdict": "translated",
+        "initiator": "inside",
+        "original": {"src": "10.244.0.10", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
+        "translated": {"src": "203.0.113.2", "sport": 40000, "dst": "198.51.100.10", "dport": 80},
+        "rewrites": ["src"],
+        "service": None,
     }
+    # Untranslated: nothing rewritten; the ICMP echo id stands for the source port.
+    assert connections[4].to_dict()["rewrites"] == [] and connections[4].initiator == "inside"
+    assert connections[1].translated == FlowTuple("203.0.113.2", "198.51.100.10", 50465, 0)
+    assert connections[1].rewrites == ["src", "sport"]
 
 
 def test_update_stamped_before_its_new_is_one_connection() -> None:
@@ -166,7 +182,7 @@ def test_update_stamped_before_its_new_is_one_connection() -> None:
 def test_list_scenarios_and_unknown_name(tmp_path: Path) -> None:
     names = [name for name, _ in list_scenarios()]
     assert names[:3] == ["basic", "port-collision", "udp"]
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names))
     assert "port-exhaustion" in names and "conntrack-full" not in names
     with pytest.raises(LabError, match="unknown scenario"):
         run_scenario("no-such-scenario", tmp_path)
@@ -333,3 +349,151 @@ def test_a_tuple_the_client_used_twice_is_two_truth_connections() -> None:
     connections, notes = build_connections(parse_lines(lines), [], attempts, rules)
     assert notes == [] and [c.verdict for c in connections] == ["translated", "translated"]
     assert all("notes" not in c.to_dict() for c in connections)
+
+
+# -- truth of DNAT, inbound and hairpin entries (lines as the kernel printed them in captures/ and in
+# /work/shared/cases: clusterip, nodeport, hairpin, clusterip-local, ftp-alg) ------------------------------
+
+POD = "10.244.0.10"
+KUBE_RULES = TruthRules(
+    pod_addresses=frozenset({POD, "10.244.0.5"}),
+    internal_networks=("10.244.0.0/16",),
+    services=(
+        ServiceRule("ClusterIP", "tcp", "10.96.0.1", 443),
+        ServiceRule("ClusterIP", "udp", "10.96.0.10", 53),
+        ServiceRule("ClusterIP", "tcp", "10.96.0.50", 80),
+        ServiceRule("ClusterIP", "tcp", "10.96.0.20", 80),
+        ServiceRule("ClusterIP", "tcp", "10.96.0.30", 80),
+        ServiceRule("NodePort", "tcp", "203.0.113.2", 30080),
+        ServiceRule("NodePort", "tcp", "203.0.113.2", 30081),
+    ),
+    refused={("tcp", "10.96.0.30", 80): "a Service without endpoints"},
+    unseen_translated=frozenset({"10.244.0.22"}),
+)
+
+
+def _entry(ts: float, orig: str, reply: str, proto: str = "tcp", state: str = "ESTABLISHED") -> list[str]:
+    """A NEW event and an UPDATE that saw the reply, for one tuple pair given as 'src sport dst dport'."""
+
+    def tup(text: str) -> str:
+        src, sport, dst, dport = text.split()
+        return f"src={src} dst={dst} sport={sport} dport={dport}"
+
+    head = f"ipv4 2 {proto} {6 if proto == 'tcp' else 17} 120" + (f" {state}" if proto == "tcp" else "")
+    return [
+        f"[{ts:.6f}]\t    [NEW] {head} {tup(orig)} [UNREPLIED] {tup(reply)}",
+        f"[{ts + 0.0001:.6f}]\t [UPDATE] {head} {tup(orig)} {tup(reply)} [ASSURED]",
+    ]
+
+
+def _one(lines: list[str], attempts: list[Attempt], rules: TruthRules = KUBE_RULES) -> dict:
+    connections, notes = build_connections(parse_lines(lines), [], attempts, rules)
+    assert notes == [] and len(connections) == 1
+    return connections[0].to_dict()
+
+
+def _t(src: str, sport: int, dst: str, dport: int) -> dict:
+    return {"src": src, "sport": sport, "dst": dst, "dport": dport}
+
+
+def test_clusterip_dnat_and_masquerade_rewrites_destination_and_source() -> None:
+    # clusterip: 10.96.0.1:443 DNATed to 198.51.100.10:6443, then MASQUERADE on eth0.
+    lines = _entry(1.0, f"{POD} 50438 10.96.0.1 443", "198.51.100.10 6443 203.0.113.2 50438")
+    doc = _one(lines, [_attempt(POD, 50438, "10.96.0.1", 443, 1.0, "translated")])
+    assert doc["inside"] == doc["original"] == _t(POD, 50438, "10.96.0.1", 443)
+    # The outside destination is the endpoint, not the ClusterIP (the old truth kept orig.dst).
+    assert doc["outside"] == doc["translated"] == _t("203.0.113.2", 50438, "198.51.100.10", 6443)
+    assert doc["rewrites"] == ["src", "dst", "dport"] and doc["verdict"] == "translated"
+    assert doc["initiator"] == "inside"
+    assert doc["service"] == {
+        "type": "ClusterIP", "address": "10.96.0.1", "port": 443, "backend": {"address": "198.51.100.10", "port": 6443}
+    }  # fmt: skip
+
+
+def test_clusterip_udp_keeps_the_port_and_rewrites_two_fields() -> None:
+    lines = _entry(1.0, f"{POD} 34545 10.96.0.10 53", "198.51.100.53 53 203.0.113.2 34545", proto="udp")
+    doc = _one(lines, [_attempt(POD, 34545, "10.96.0.10", 53, 1.0, "translated", proto="udp")])
+    assert doc["rewrites"] == ["src", "dst"] and doc["outside"]["dst"] == "198.51.100.53"
+    assert doc["service"]["backend"] == {"address": "198.51.100.53", "port": 53}  # type: ignore[index]
+
+
+def test_nodeport_cluster_policy_is_inbound_with_all_four_fields_rewritten() -> None:
+    # nodeport: externalTrafficPolicy=Cluster, DNAT to the pod and masquerade to the bridge address.
+    lines = _entry(2.0, "198.51.100.20 43765 203.0.113.2 30080", f"{POD} 8080 10.244.0.1 2421")
+    attempt = Attempt("inet", "tcp", "198.51.100.20", 43765, "203.0.113.2", 30080, 2.0, 2.1, "ok", "", "translated")
+    doc = _one(lines, [attempt])
+    assert doc["initiator"] == "outside" and doc["verdict"] == "translated"
+    assert doc["outside"] == doc["original"] == _t("198.51.100.20", 43765, "203.0.113.2", 30080)
+    assert doc["inside"] == doc["translated"] == _t("10.244.0.1", 2421, POD, 8080)
+    assert doc["rewrites"] == ["src", "sport", "dst", "dport"]
+    assert doc["service"] == {
+        "type": "NodePort", "address": "203.0.113.2", "port": 30080, "backend": {"address": POD, "port": 8080}
+    }  # fmt: skip
+
+
+def test_nodeport_local_policy_keeps_the_client_address() -> None:
+    lines = _entry(2.0, "198.51.100.20 51909 203.0.113.2 30081", f"{POD} 8080 198.51.100.20 51909")
+    doc = _one(lines, [])
+    assert doc["initiator"] == "outside" and doc["rewrites"] == ["dst", "dport"]
+    assert doc["inside"] == _t("198.51.100.20", 51909, POD, 8080)
+
+
+def test_ftp_data_connection_is_inbound_without_a_service() -> None:
+    # ftp-alg: the helper's expectation lets the server's data connection in, DNATed to the pod.
+    lines = _entry(3.0, "198.51.100.10 20 203.0.113.2 39949", "10.244.0.5 39949 198.51.100.10 20")
+    doc = _one(lines, [])
+    assert doc["initiator"] == "outside" and doc["service"] is None and doc["rewrites"] == ["dst"]
+    assert doc["inside"] == _t("198.51.100.10", 20, "10.244.0.5", 39949)
+    assert doc["outside"] == _t("198.51.100.10", 20, "203.0.113.2", 39949)
+
+
+def test_hairpin_is_internal_with_both_legs_inside() -> None:
+    # hairpin: DNAT back to the pod itself, masquerade to the bridge address with --random-fully.
+    lines = _entry(4.0, f"{POD} 56908 10.96.0.50 80", f"{POD} 8080 10.244.0.1 24932")
+    doc = _one(lines, [_attempt(POD, 56908, "10.96.0.50", 80, 4.0, "internal")])
+    assert doc["verdict"] == "internal" and doc["outside"] is None and doc["initiator"] == "inside"
+    assert doc["inside"] == doc["original"] == _t(POD, 56908, "10.96.0.50", 80)
+    assert doc["translated"] == _t("10.244.0.1", 24932, POD, 8080)
+    assert doc["rewrites"] == ["src", "sport", "dst", "dport"]
+    assert doc["service"]["backend"] == {"address": POD, "port": 8080}  # type: ignore[index]
+
+
+def test_local_endpoint_leg_in_no_capture_gives_no_translated_tuple() -> None:
+    # clusterip-local: DNAT to a pod on another bridge port; that leg is in neither capture.
+    lines = _entry(5.0, f"{POD} 51114 10.96.0.20 80", f"10.244.0.22 8080 {POD} 51114")
+    doc = _one(lines, [_attempt(POD, 51114, "10.96.0.20", 80, 5.0, "internal")])
+    assert doc["verdict"] == "internal" and doc["outside"] is None
+    assert doc["translated"] is None and doc["rewrites"] is None
+    assert doc["service"] == {"type": "ClusterIP", "address": "10.96.0.20", "port": 80, "backend": None}
+    assert "10.244.0.22:8080" in str(doc["notes"])
+
+
+def test_service_without_endpoints_has_no_entry_and_no_backend() -> None:
+    attempt = _attempt(POD, 53966, "10.96.0.30", 80, 6.0, "not_forwarded")
+    connections, notes = build_connections([], [], [attempt], KUBE_RULES)
+    assert notes == []
+    doc = connections[0].to_dict()
+    assert doc["verdict"] == "not_forwarded" and doc["translated"] is None and doc["outside"] is None
+    assert doc["original"] == doc["inside"] == _t(POD, 53966, "10.96.0.30", 80)
+    assert doc["service"] == {"type": "ClusterIP", "address": "10.96.0.30", "port": 80, "backend": None}
+    assert "without endpoints" in connections[0].evidence
+
+
+def test_replies_over_another_link_give_reply_other_path() -> None:
+    rules = TruthRules(frozenset({POD}), ("10.244.0.0/16",), reply_other_path=True)
+    lines = _entry(7.0, f"{POD} 55212 198.51.100.10 80", "198.51.100.10 80 203.0.113.2 55212")
+    doc = _one(lines, [_attempt(POD, 55212, "198.51.100.10", 80, 7.0, "reply_other_path")], rules)
+    assert doc["verdict"] == "reply_other_path" and doc["rewrites"] == ["src"]
+
+
+def test_entries_neither_from_nor_to_a_pod_are_left_out() -> None:
+    lines = _entry(8.0, "198.51.100.20 40000 203.0.113.2 22", "203.0.113.2 22 198.51.100.20 40000")
+    connections, notes = build_connections(parse_lines(lines), [], [], KUBE_RULES)
+    assert connections == [] and notes == ["left out (neither from a pod nor to one): 2 x ipv4 tcp from 198.51.100.20"]
+
+
+def test_new_scenarios_are_listed() -> None:
+    names = [name for name, _ in list_scenarios()]
+    new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
+           "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 24

@@ -191,7 +191,8 @@ def snapshot_conntrack(lab: Lab, role: str) -> tuple[str, list[str]]:
 LAB_NETWORKS = tuple(
     ipaddress.ip_network(net)
     for net in (
-        "10.244.0.0/15", "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24",  # pods, node, "internet"
+        "10.244.0.0/15", "10.96.0.0/12",  # pods, ClusterIPs
+        "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24",  # node, "internet"
         "0.0.0.0/32", "255.255.255.255/32", "224.0.0.0/4",  # unspecified, broadcast, multicast (IGMP)
         "::/128", "fe80::/10", "ff00::/8",  # IPv6 noise: DAD, router solicitations, MLD
     )

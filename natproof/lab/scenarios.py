@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import ipaddress
 import json
 import os
 import platform
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dpkt
+
 from natproof.lab.capture import (
     CaptureStats,
     ConntrackRecorder,
@@ -38,6 +41,7 @@ from natproof.lab.capture import (
     foreign_addresses,
     snapshot_conntrack,
 )
+from natproof.lab.kube import Endpoint, Service, kube_proxy_rules
 from natproof.lab.topology import (
     INET,
     MASQUERADE_RULE,
@@ -52,7 +56,7 @@ from natproof.lab.topology import (
     signals_raise,
 )
 from natproof.lab.traffic import Action, Attempt, ClientPlan, Server, run_clients, start_servers
-from natproof.lab.truth import SCHEMA, Connection, TruthRules, build_connections, parse_lines
+from natproof.lab.truth import SCHEMA, Connection, ServiceRule, TruthRules, build_connections, parse_lines
 
 SETTLE_S = 0.3
 """Wait after the last client before stopping the captures, for the last FIN/ACKs and late replies."""
@@ -109,16 +113,37 @@ class Scenario:
     gzip_pcaps: bool = False
     """Store the captures as inside.pcap.gz and outside.pcap.gz (large scenarios; natproof and Wireshark read
     gzip-compressed captures as they are)."""
+    services: tuple[Service, ...] = ()
+    """kube-proxy Services of the design (their rules are in ``topology.iptables_rules``)."""
+    refused: tuple[tuple[tuple[str, str, int], str], ...] = ()
+    """((proto, destination, port), reason): attempts the node refuses or drops before any entry exists."""
+    reply_other_path: bool = False
+    unseen_translated: tuple[str, ...] = ()
+    """Service endpoints whose DNATed leg is in neither capture (see TruthRules.unseen_translated)."""
+    server_initiated: frozenset[tuple[str, str, int]] = frozenset()
+    """(proto, source address, source port) of inbound connections a server opens by itself (an FTP data
+    connection): in the truth although no client attempted them."""
+    settle_s: float = 0.0
+    """Extra wait after the last client, for packets the kernel still sends (retransmitted FINs)."""
 
     def rules(self) -> TruthRules:
         pods = self.topology.pods
         blocked = [p.ip for p in pods if p.name in self.not_forwarded_pods or not self.topology.ip_forward]
+        node_ip = str(ipaddress.ip_interface(self.topology.node_address).ip)
+        services = [ServiceRule("ClusterIP", s.proto, s.cluster_ip, s.port) for s in self.services]
+        services += [
+            ServiceRule("NodePort", s.proto, node_ip, s.node_port) for s in self.services if s.node_port is not None
+        ]
         return TruthRules(
             pod_addresses=frozenset(p.ip for p in pods),
             internal_networks=(self.pod_cidr,),
             reply_dropped=self.reply_dropped,
             not_forwarded_sources=frozenset(blocked),
             port_exhausted=self.port_exhausted,
+            services=tuple(services),
+            refused=dict(self.refused),
+            reply_other_path=self.reply_other_path,
+            unseen_translated=frozenset(self.unseen_translated),
         )
 
 
@@ -190,6 +215,229 @@ def _check_port_pool(connections: list[Connection], rec: Recording) -> list[str]
     return problems
 
 
+def _ip_packets(path: Path) -> list[tuple[str, str, Any]]:
+    """(src, dst, transport layer) of each IPv4 packet in an Ethernet pcap."""
+    out = []
+    with open(path, "rb") as f:
+        for _, frame in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(ip, dpkt.ip.IP):
+                out.append((_addr(ip.src), _addr(ip.dst), ip.data))
+    return out
+
+
+def _addr(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def _capture(rec: Recording, name: str) -> Path:
+    return next(cap.path for cap in rec.captures if cap.path.name == name)
+
+
+def _rule_packets(rec: Recording, *needles: str) -> list[int]:
+    """Packet counters of the iptables-save -c rules whose line holds every needle."""
+    counts = []
+    for line in rec.node_state.get("iptables-save -c", "").splitlines():
+        if line.startswith("[") and all(n in line for n in needles):
+            counts.append(int(line[1:].split(":", 1)[0]))
+    return counts
+
+
+def _counted(*needles: str) -> Check:
+    """Every rule holding all ``needles`` exists and counted at least one packet (the kernel's own proof)."""
+
+    def check(_: list[Connection], rec: Recording) -> list[str]:
+        counts = _rule_packets(rec, *needles)
+        if not counts:
+            return [f"no iptables rule with {' '.join(needles)}"]
+        return [f"iptables rule with {' '.join(needles)} counted no packet"] if 0 in counts else []
+
+    return check
+
+
+def _conntrack_stat(rec: Recording, name: str) -> int:
+    """A conntrack -S counter summed over the CPUs."""
+    return sum(int(n) for n in re.findall(rf"\b{name}=(\d+)", rec.node_state.get("conntrack -S", "")))
+
+
+def _nowhere(capture: str, *networks: str) -> Check:
+    """No IPv4 packet in ``capture`` has an address in ``networks``."""
+
+    def check(_: list[Connection], rec: Recording) -> list[str]:
+        nets = [ipaddress.ip_network(n) for n in networks]
+        seen = sorted(
+            {a for src, dst, _ in _ip_packets(_capture(rec, capture)) for a in (src, dst)
+             if any(ipaddress.ip_address(a) in net for net in nets)}
+        )  # fmt: skip
+        return [f"{capture}: packets with {', '.join(seen)}"] if seen else []
+
+    return check
+
+
+def _verdicts(**expected: int) -> Check:
+    def check(connections: list[Connection], _: Recording) -> list[str]:
+        got = Counter(c.verdict for c in connections)
+        return [] if got == Counter(expected) else [f"verdicts {dict(got)}, expected {expected}"]
+
+    return check
+
+
+def _check_clusterip(connections: list[Connection], _: Recording) -> list[str]:
+    problems = []
+    for c in connections:
+        if c.service is None:
+            continue
+        rewrites = c.rewrites or []
+        if "src" not in rewrites or "dst" not in rewrites or c.verdict != "translated":
+            problems.append(f"{c.inside}: ClusterIP connection with rewrites {rewrites}, verdict {c.verdict}")
+    return problems
+
+
+def _check_local_backends(connections: list[Connection], rec: Recording) -> list[str]:
+    # Which endpoint conntrack chose, from the listing and events: both must be pod addresses of the design.
+    problems = []
+    backends = Counter()
+    for c in connections:
+        if c.service is not None and c.entry is not None:
+            backends[c.entry.reply.src] += 1
+    if not set(backends) <= {"10.244.0.21", "10.244.0.22", "10.244.0.53"}:
+        problems.append(f"DNAT chose {dict(backends)}, not the design's endpoints")
+    return problems
+
+
+def _check_nodeport(connections: list[Connection], _: Recording) -> list[str]:
+    problems = []
+    inbound = [c for c in connections if c.initiator == "outside"]
+    for c in inbound:
+        svc, t = c.service, c.translated
+        if svc is None or t is None:
+            problems.append(f"{c.original}: inbound without service or translated tuple")
+            continue
+        if svc["port"] == 30080 and (t.src != "10.244.0.1" or c.verdict != "translated"):
+            problems.append(f"{c.original}: Cluster policy, but the pod saw {t.src} ({c.verdict})")
+        if svc["port"] == 30081 and (t.src != "198.51.100.20" or c.verdict != "translated"):
+            problems.append(f"{c.original}: Local policy, but the pod saw {t.src} ({c.verdict})")
+    if len(inbound) != 4:
+        problems.append(f"{len(inbound)} inbound connections, expected 4")
+    return problems
+
+
+def _check_hairpin(connections: list[Connection], _: Recording) -> list[str]:
+    problems = []
+    for c in connections:
+        if c.service is None:
+            continue
+        t = c.translated
+        if c.verdict != "internal" or t is None or (t.src, t.dst) != ("10.244.0.1", "10.244.0.10"):
+            problems.append(f"{c.inside}: hairpin expected 10.244.0.1 -> 10.244.0.10, got {t} ({c.verdict})")
+    return problems
+
+
+def _check_hairpin_off(connections: list[Connection], rec: Recording) -> list[str]:
+    # The DNAT rule counts the SYNs; the bridge then drops them (it will not send a frame back out of the
+    # port it came in on): nothing reaches eth0 and the pod's own port shows the SYN only, never a SYN-ACK.
+    problems = _counted("KUBE-SEP-", "DNAT")(connections, rec)
+    inside = _ip_packets(_capture(rec, "inside.pcap"))
+    if any(src == "10.244.0.1" and dst == "10.244.0.10" for src, dst, _ in inside):
+        problems.append("inside.pcap: a hairpinned packet came back although hairpin mode is off")
+    return problems
+
+
+def _check_rejects(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = _counted("has no endpoints", "REJECT")(connections, rec)
+    problems += _counted("--dport 443", "tcp-reset")(connections, rec)
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    leaked = [d for _, d, l4 in outside if d.startswith("10.96.") or getattr(l4, "dport", None) == 443]
+    if leaked:
+        problems.append(f"outside.pcap: {len(leaked)} refused packets left the node")
+    # The node's own answers on the inside: ICMP port unreachable from the bridge address, a RST "from" :443.
+    inside = _ip_packets(_capture(rec, "inside.pcap"))
+    icmp = [1 for s, _, l4 in inside if s == "10.244.0.1" and isinstance(l4, dpkt.icmp.ICMP) and l4.type == 3]
+    rst = [1 for _, _, l4 in inside if isinstance(l4, dpkt.tcp.TCP) and l4.sport == 443 and l4.flags & 4]
+    if not icmp or not rst:
+        problems.append(f"inside.pcap: {len(icmp)} ICMP unreachable from 10.244.0.1, {len(rst)} RST from :443")
+    return problems
+
+
+OOW_PAYLOAD = b"natproof out-of-window segment\n"
+
+
+def _check_oow(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    if _conntrack_stat(rec, "invalid") < 1:
+        problems.append("conntrack -S counted no invalid packet")
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    inside = _ip_packets(_capture(rec, "inside.pcap"))
+    injected = [l4 for s, _, l4 in outside if isinstance(l4, dpkt.tcp.TCP) and l4.data == OOW_PAYLOAD]
+    if len(injected) != 1:
+        return [*problems, f"outside.pcap: {len(injected)} injected segments, expected 1"]
+    if any(isinstance(l4, dpkt.tcp.TCP) and l4.data == OOW_PAYLOAD for _, _, l4 in inside):
+        problems.append("inside.pcap: the out-of-window segment reached the pod")
+    # The node's RST for it: from the node's address and the connection's outside port, seq = its ack.
+    seg = injected[0]
+    node_rst = [
+        l4 for s, _, l4 in outside
+        if s == "203.0.113.2" and isinstance(l4, dpkt.tcp.TCP) and l4.flags & dpkt.tcp.TH_RST
+        and l4.sport == seg.dport and l4.seq == seg.ack
+    ]  # fmt: skip
+    pod_rst = [l4 for _, _, l4 in inside if isinstance(l4, dpkt.tcp.TCP) and l4.flags & dpkt.tcp.TH_RST]
+    if not node_rst:
+        problems.append("outside.pcap: no RST from the node for the out-of-window segment")
+    elif any(r.seq == seg.ack for r in pod_rst):
+        problems.append("inside.pcap: the pod sent the RST, not the node")
+    return problems
+
+
+def _check_idle_expiry(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    if _conntrack_stat(rec, "invalid") < 1:
+        problems.append("conntrack -S counted no invalid packet")
+    idle = [c for c in connections if c.entry is not None and c.entry.event == "DESTROY"]
+    if len(idle) != 1:
+        problems.append(f"{len(idle)} connections ended by expiry (DESTROY), expected 1")
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    leaked = [
+        l4 for s, _, l4 in outside
+        if s == "10.244.0.10" and isinstance(l4, dpkt.tcp.TCP) and l4.flags & dpkt.tcp.TH_FIN
+    ]  # fmt: skip
+    if not leaked:
+        problems.append("outside.pcap: no FIN left with the pod address")
+    elif idle and any(l4.sport != idle[0].inside.sport for l4 in leaked):
+        problems.append("outside.pcap: a leaked FIN of another connection")
+    return problems
+
+
+def _check_asymmetric(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    replies = [s for s, _, _ in outside if s.startswith("198.51.100.")]
+    if replies:
+        problems.append(f"outside.pcap: {len(replies)} replies came over eth0")
+    link = rec.node_state.get("node: ip -s -br link", "")
+    match = re.search(r"\beth1@\S+.*?RX:[^\n]*\n\s*(\d+)\s+(\d+)", link, re.S)
+    if not match or int(match.group(2)) == 0:
+        problems.append("eth1 received no packet")
+    return problems
+
+
+def _check_ftp(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    data = [c for c in connections if c.initiator == "outside"]
+    if len(data) != 1 or data[0].verdict != "translated" or data[0].original is None or data[0].original.sport != 20:
+        problems.append(f"expected one inbound data connection from port 20, got {[str(c.original) for c in data]}")
+    payloads = {
+        name: b"".join(l4.data for _, _, l4 in _ip_packets(_capture(rec, name)) if isinstance(l4, dpkt.tcp.TCP))
+        for name in ("inside.pcap", "outside.pcap")
+    }
+    if b"PORT 10,244,0,5," not in payloads["inside.pcap"]:
+        problems.append("inside.pcap: no PORT command with the pod address")
+    if b"PORT 203,0,113,2," not in payloads["outside.pcap"]:
+        problems.append("outside.pcap: no PORT command rewritten to the node address")
+    if _counted("PREROUTING", "--helper ftp")(connections, rec):
+        problems.append("the CT --helper ftp rule counted no packet")
+    return problems
+
+
 def _count(expected: int) -> Check:
     def check(connections: list[Connection], _: Recording) -> list[str]:
         n = len(connections)
@@ -219,6 +467,40 @@ PORT_POOL_RULE = _rule(
 )
 EITHER = "translated|not_forwarded"
 """An expectation that allows either verdict: which connections win a port is the kernel's race."""
+
+
+NODE_IP = "203.0.113.2"
+CLIENT = "198.51.100.20"
+"""An internet client's address (on inet's lo) for inbound connections to NodePorts."""
+KUBERNETES = Service("default/kubernetes:https", "tcp", "10.96.0.1", 443, (Endpoint(SERVER, 6443),))
+DNS_OUTSIDE = Service("kube-system/kube-dns:dns", "udp", "10.96.0.10", 53, (Endpoint("198.51.100.53", 53),))
+WEB_LOCAL = Service(
+    "default/web:http", "tcp", "10.96.0.20", 80, (Endpoint("10.244.0.21", 8080), Endpoint("10.244.0.22", 8080))
+)
+DNS_LOCAL = Service("kube-system/kube-dns:dns", "udp", "10.96.0.10", 53, (Endpoint("10.244.0.53", 53),))
+WEB_NODEPORT = Service("default/web:http", "tcp", "10.96.0.40", 80, (Endpoint("10.244.0.10", 8080),), node_port=30080)
+WEB_NODEPORT_LOCAL = Service(
+    "default/web-local:http", "tcp", "10.96.0.41", 80, (Endpoint("10.244.0.10", 8080),), node_port=30081, local=True
+)
+SELF = Service("default/self:http", "tcp", "10.96.0.50", 80, (Endpoint("10.244.0.10", 8080),))
+WEB_NONE = Service("default/web:http", "tcp", "10.96.0.30", 80)
+DNS_NONE = Service("default/dns:dns", "udp", "10.96.0.31", 53)
+FTP_HELPER = tuple(
+    _rule(f"-t raw -A {chain} -p tcp --dport 21 -j CT --helper ftp") for chain in ("PREROUTING", "OUTPUT")
+)
+NO_ENDPOINTS = (
+    "kube-proxy's filter KUBE-SERVICES REJECTs a Service without endpoints in FORWARD (ICMP port unreachable)"
+)
+HAIRPIN_DROP = (
+    "DNATed back to the pod itself as it crossed the bridge, then dropped by the bridge, which does not send a "
+    "frame back out of the port it came in on (hairpin mode off), before conntrack confirmed the entry"
+)
+
+
+def _kube(services: tuple[Service, ...], *extra: tuple[str, ...], **topology: Any) -> TopologySpec:
+    """A node with kube-proxy's rules for ``services``, the pod-network MASQUERADE, then ``extra`` rules."""
+    rules = (*kube_proxy_rules(services, POD_CIDR), MASQUERADE_RULE, *extra)
+    return TopologySpec(iptables_rules=rules, **topology)
 
 
 def _http(pod: str, count: int = 1, **kwargs: Any) -> ClientPlan:
@@ -529,6 +811,324 @@ SCENARIOS: dict[str, Scenario] = {
             check=_all(_count(13), _check_port_pool),
             max_pcap_bytes=300_000,
         ),
+        Scenario(
+            "clusterip",
+            "kube-proxy ClusterIPs whose endpoints are outside the node: DNAT then MASQUERADE (destination and "
+            "source rewritten), TCP and UDP, plus one plain egress",
+            "kube-proxy's nat chains (iptables mode): KUBE-SERVICES jumped from PREROUTING and OUTPUT sends "
+            "10.96.0.1:443/tcp (default/kubernetes) to its KUBE-SVC chain and KUBE-SEP chain, which DNATs to "
+            "198.51.100.10:6443, and 10.96.0.10:53/udp (kube-dns) to 198.51.100.53:53, both outside the pod "
+            "network. The DNATed packets then leave eth0 and the pod-network MASQUERADE rewrites their source "
+            "(they carry no 0x4000 mark: KUBE-POSTROUTING returns). pod1 makes three HTTP requests to "
+            "10.96.0.1:443, sends one datagram from each of two sockets to 10.96.0.10:53 (a UDP echo stands in "
+            "for DNS), and one plain HTTP request to 198.51.100.10:80. conntrack's reply tuple holds both "
+            "rewrites: src=198.51.100.10 sport=6443 (DNAT), dst=203.0.113.2 (MASQUERADE). The inside capture is "
+            "pod1's bridge port, vethpod1.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.1", 443, count=3, interval=0.1),
+                        Action("udp", "10.96.0.10", 53, at=0.05, timeout=1.0),
+                        Action("udp", "10.96.0.10", 53, at=0.15, timeout=1.0),
+                        Action("http", SERVER, 80, at=0.4),
+                    ),
+                ),
+            ),
+            topology=_kube((KUBERNETES, DNS_OUTSIDE), server_addresses=(SERVER, "198.51.100.53")),
+            servers=(HTTP, Server(INET, "http", SERVER, 6443), Server(INET, "udp-echo", "198.51.100.53", 53)),
+            services=(KUBERNETES, DNS_OUTSIDE),
+            inside_interface="vethpod1",
+            check=_all(
+                _count(6),
+                _verdicts(translated=6),
+                _check_clusterip,
+                _counted("KUBE-SEP-", "DNAT"),
+                _nowhere("outside.pcap", "10.96.0.0/12", POD_CIDR),
+            ),
+        ),
+        Scenario(
+            "clusterip-local",
+            "ClusterIPs served by pods on the node: DNAT as the packet crosses the bridge, random choice of two "
+            "endpoints; nothing reaches eth0",
+            "default/web 10.96.0.20:80/tcp has two endpoints on the node, pod2 10.244.0.21:8080 and pod3 "
+            "10.244.0.22:8080; its KUBE-SVC chain picks the first with -m statistic --mode random --probability "
+            "0.5, else the second. kube-dns 10.96.0.10:53/udp has one, pod4 10.244.0.53:53 (a UDP echo). pod1 "
+            "makes six HTTP requests to 10.96.0.20:80 and two datagrams (two sockets) to 10.96.0.10:53, plus one "
+            "plain egress request to 198.51.100.10:80. With bridge-nf-call-iptables=1 the DNAT happens in the "
+            "bridge's PREROUTING hook; br_netfilter then finds the new destination on the bridge itself and "
+            "bridges the frame to the endpoint's port (TTL kept) instead of routing it. The inside capture is "
+            "pod1's port, vethpod1: it shows only the ClusterIP tuple and the reverse-translated replies; the "
+            "DNATed leg is on the endpoint's port, in neither capture, so the truth's translated is null (the "
+            "endpoint conntrack chose is in notes and in conntrack.log). Verdict internal.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.20", 80, count=6, interval=0.05, expect="internal"),
+                        Action("udp", "10.96.0.10", 53, at=0.05, timeout=1.0, expect="internal"),
+                        Action("udp", "10.96.0.10", 53, at=0.15, timeout=1.0, expect="internal"),
+                        Action("http", SERVER, 80, at=0.5),
+                    ),
+                ),
+            ),
+            topology=_kube(
+                (WEB_LOCAL, DNS_LOCAL),
+                pods=(
+                    Pod("pod1", "10.244.0.10/24"),
+                    Pod("pod2", "10.244.0.21/24"),
+                    Pod("pod3", "10.244.0.22/24"),
+                    Pod("pod4", "10.244.0.53/24"),
+                ),
+            ),
+            servers=(
+                HTTP,
+                Server("pod2", "http", "10.244.0.21", 8080),
+                Server("pod3", "http", "10.244.0.22", 8080),
+                Server("pod4", "udp-echo", "10.244.0.53", 53),
+            ),
+            services=(WEB_LOCAL, DNS_LOCAL),
+            unseen_translated=("10.244.0.21", "10.244.0.22", "10.244.0.53"),
+            inside_interface="vethpod1",
+            check=_all(
+                _count(9),
+                _verdicts(internal=8, translated=1),
+                _check_local_backends,
+                _counted("KUBE-SEP-", "DNAT"),
+                _nowhere("inside.pcap", "10.244.0.21/32", "10.244.0.22/32", "10.244.0.53/32"),
+                _nowhere("outside.pcap", "10.96.0.0/12", POD_CIDR),
+            ),
+        ),
+        Scenario(
+            "nodeport",
+            "connections from the internet to NodePorts: externalTrafficPolicy=Cluster (DNAT + masquerade to "
+            "the bridge address) and Local (DNAT only); plus one pod egress",
+            "pod1 (10.244.0.10) serves HTTP on 8080 and is the endpoint of two Services: default/web, NodePort "
+            "30080 (externalTrafficPolicy=Cluster) and default/web-local, NodePort 30081 (Local). An internet "
+            "client in inet, bound to 198.51.100.20, makes two HTTP requests to 203.0.113.2:30080 and two to "
+            "203.0.113.2:30081. KUBE-SERVICES' last rule sends packets for a local address to KUBE-NODEPORTS; "
+            "for 30080 its KUBE-EXT chain marks them (KUBE-MARK-MASQ, 0x4000) and KUBE-SEP DNATs to "
+            "10.244.0.10:8080, and KUBE-POSTROUTING masquerades marked packets with --random-fully: the pod sees "
+            "10.244.0.1 and a random port. For 30081 (Local) KUBE-EXT goes to KUBE-SVL without a mark: DNAT "
+            "only, the pod sees the client's own address. pod1 also makes one egress request to "
+            "198.51.100.10:80. These conntrack entries have an original source outside the pod network and a "
+            "reply source in it: inbound, initiator outside, inside = the translated tuple (vethpod1), outside "
+            "= the original one (eth0).",
+            (
+                ClientPlan(
+                    INET,
+                    (
+                        Action("http", NODE_IP, 30080, count=2, interval=0.1, bind=CLIENT),
+                        Action("http", NODE_IP, 30081, count=2, interval=0.1, at=0.05, bind=CLIENT),
+                    ),
+                ),
+                ClientPlan("pod1", (Action("http", SERVER, 80, at=0.4),)),
+            ),
+            topology=_kube((WEB_NODEPORT, WEB_NODEPORT_LOCAL), server_addresses=(SERVER, CLIENT)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(WEB_NODEPORT, WEB_NODEPORT_LOCAL),
+            inside_interface="vethpod1",
+            check=_all(
+                _count(5),
+                _verdicts(translated=5),
+                _check_nodeport,
+                _counted("KUBE-NODEPORTS", "--dport 30080"),
+                _counted("KUBE-NODEPORTS", "--dport 30081"),
+                _counted("KUBE-POSTROUTING", "--random-fully"),
+            ),
+        ),
+        Scenario(
+            "hairpin",
+            "a pod calls a Service it backs: DNAT back to itself plus masquerade to the bridge address; bridge "
+            "port in hairpin mode; both legs on the pod's own port",
+            "pod1 (10.244.0.10) serves HTTP on 8080 and is the only endpoint of default/self, ClusterIP "
+            "10.96.0.50:80. pod1 makes three requests to 10.96.0.50:80 and one egress request to "
+            "198.51.100.10:80. The SYN crosses the bridge: KUBE-SEP's -s 10.244.0.10/32 rule marks it "
+            "(KUBE-MARK-MASQ) and DNATs it back to 10.244.0.10:8080; br_netfilter bridges it back to vethpod1, "
+            "which hairpin mode allows (ip link set vethpod1 type bridge_slave hairpin on), and KUBE-POSTROUTING "
+            "masquerades it with --random-fully to the bridge address 10.244.0.1 and a random port, so the reply "
+            "comes back through the node and is reverse-translated. Both legs, pod -> ClusterIP and "
+            "10.244.0.1 -> pod, are on vethpod1 (the inside capture); nothing of them reaches eth0. Verdict "
+            "internal; translated is the second leg.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.50", 80, count=3, interval=0.1, expect="internal"),
+                        Action("http", SERVER, 80, at=0.5),
+                    ),
+                ),
+            ),
+            topology=_kube((SELF,), hairpin_pods=("pod1",)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(SELF,),
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(internal=3, translated=1), _check_hairpin, _counted("--random-fully")),
+        ),
+        Scenario(
+            "hairpin-off",
+            "the same call as hairpin with the bridge port's hairpin mode off: the DNATed SYN is dropped by the "
+            "bridge and the connection fails",
+            "As hairpin, but vethpod1's hairpin mode is off (the bridge default). pod1 connects to 10.96.0.50:80 "
+            f"({FAILURE_TIMEOUT_S:g} s timeout) and makes one egress request to 198.51.100.10:80. The SYN is "
+            "DNATed back to 10.244.0.10:8080 in the bridge's PREROUTING hook (the KUBE-SEP DNAT rule counts it), "
+            "and the bridge would have to send it out of the port it came in on: it drops it, before conntrack "
+            "confirms the entry, so there is no conntrack event. The pod retransmits its SYN and times out. The "
+            "truth of this connection comes from the design (the client reports its tuple; not_forwarded); the "
+            "kernel's part is the DNAT rule's counter and the absence of any entry.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.50", 80, timeout=FAILURE_TIMEOUT_S, expect="not_forwarded"),
+                        Action("http", SERVER, 80, at=0.2),
+                    ),
+                ),
+            ),
+            topology=_kube((SELF,)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(SELF,),
+            refused=((("tcp", "10.96.0.50", 80), HAIRPIN_DROP),),
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(not_forwarded=1, translated=1), _check_hairpin_off),
+        ),
+        Scenario(
+            "reject-no-endpoints",
+            "ClusterIPs without endpoints (kube-proxy REJECT: ICMP port unreachable from the node) and an egress "
+            "REJECT --reject-with tcp-reset; plus one normal connection",
+            "default/web 10.96.0.30:80/tcp and default/dns 10.96.0.31:53/udp have no endpoints: kube-proxy's "
+            "filter chain KUBE-SERVICES, jumped from FORWARD and OUTPUT for ctstate NEW, REJECTs them with "
+            "icmp-port-unreachable. A FORWARD rule REJECTs pod traffic to 198.51.100.10:443 with tcp-reset. "
+            "pod1 connects to 10.96.0.30:80, sends a datagram to 10.96.0.31:53, connects to "
+            "198.51.100.10:443, and makes one request to 198.51.100.10:80. The node answers the first two with "
+            "ICMP port unreachable from the bridge address 10.244.0.1 and the third with a RST it forges from "
+            "198.51.100.10:443; the packets are dropped before conntrack confirms an entry, so there is no "
+            "event and nothing reaches eth0. Their truth comes from the design (not_forwarded; the client saw "
+            "'refused'); the kernel's part is the REJECT rules' counters and the absence of entries.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", "10.96.0.30", 80, expect="not_forwarded"),
+                        Action("udp", "10.96.0.31", 53, at=0.05, timeout=1.0, expect="not_forwarded"),
+                        Action("http", SERVER, 443, at=0.1, expect="not_forwarded"),
+                        Action("http", SERVER, 80, at=0.15),
+                    ),
+                ),
+            ),
+            topology=_kube(
+                (WEB_NONE, DNS_NONE),
+                _rule(f"-A FORWARD -s {POD_CIDR} -d {SERVER} -p tcp --dport 443 -j REJECT --reject-with tcp-reset"),
+            ),
+            services=(WEB_NONE, DNS_NONE),
+            refused=(
+                (("tcp", "10.96.0.30", 80), NO_ENDPOINTS),
+                (("udp", "10.96.0.31", 53), NO_ENDPOINTS),
+                (("tcp", SERVER, 443), "a FORWARD REJECT --reject-with tcp-reset: the node forges the RST"),
+            ),
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(not_forwarded=3, translated=1), _check_rejects),
+        ),
+        Scenario(
+            "invalid-oow",
+            "one out-of-window segment injected from the server into a translated connection: conntrack marks "
+            "it INVALID, it is not reverse-translated, and the node answers it with its own RST",
+            "pod1 connects from source port 41000 to 198.51.100.10:80 (MASQUERADE keeps the port) and holds the "
+            "connection 1 s before its request. 0.3 s after the server's SYN-ACK, a raw socket in inet "
+            "(stdlib, IP_HDRINCL) sends one segment of that connection, 198.51.100.10:80 -> 203.0.113.2:41000 "
+            "with the right ack but a sequence number 2^31 away from the server's: conntrack's window check "
+            "fails, the packet is INVALID (conntrack -S invalid), carries no conntrack entry and so is not "
+            "reverse-translated: it is delivered to the node itself, which has no socket for it and answers "
+            "with a RST under the translated tuple (203.0.113.2:41000 -> 198.51.100.10:80, seq = the segment's "
+            "ack). That RST is in the server's window: the server drops the connection, answers pod1's "
+            "request with a RST, and pod1's client sees the connection reset. The entry saw replies: "
+            "translated. pod1 then makes one more request, which works.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, sport=41000, hold=1.0, outcome="error"),
+                        Action("http", SERVER, 80, at=1.5),
+                    ),
+                ),
+            ),
+            servers=(HTTP, Server(INET, "oow-injector", SERVER, 80, (NODE_IP, "41000", "0.3"))),
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_oow),
+        ),
+        Scenario(
+            "idle-expiry",
+            "established timeout 3 s: a connection idles 6 s, its conntrack entry expires, and its FINs leave "
+            "eth0 untranslated with the pod address",
+            "nf_conntrack_tcp_timeout_established is 3 s in the node namespace. pod1 makes one HTTP request to "
+            "198.51.100.10:80, and opens a second connection that stays idle for 6 s and is then closed by the "
+            "pod without a request. The entry of the idle connection expires (DESTROY event) while both ends "
+            "still hold it open. The pod's FIN then finds no entry: a FIN cannot start one (conntrack marks it "
+            "INVALID), so no NAT applies and it leaves eth0 with source 10.244.0.10; inet has no route back, "
+            "nothing answers, and the pod retransmits the FIN (the capture runs 2.5 s after the close). The "
+            "entry saw the replies of the handshake: translated.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80),
+                        Action("connect", SERVER, 80, at=0.2, hold=6.0),
+                    ),
+                ),
+            ),
+            topology=TopologySpec(node_sysctls=(("net.netfilter.nf_conntrack_tcp_timeout_established", "3"),)),
+            settle_s=2.5,
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_idle_expiry),
+        ),
+        Scenario(
+            "asymmetric-reply",
+            "replies come back over a second link (eth1, not captured): the source rewrite is seen on eth0, "
+            "the reverse translation is not",
+            "The node has a second link to inet, eth1 (192.0.2.2/24, inet 192.0.2.1/24), and inet routes "
+            "203.0.113.2/32 over it: the node's egress leaves on eth0, every reply comes back on eth1. "
+            "rp_filter is 0 on both. pod1 makes two HTTP requests to 198.51.100.10:80, three datagrams to a UDP "
+            "echo on 198.51.100.10:7, and two echo requests. conntrack sees the replies (it is node-wide) and "
+            "reverse-translates them, and the pod gets them all; the outside capture (eth0) holds none of "
+            "them. Verdict reply_other_path.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, count=2, interval=0.1, expect="reply_other_path"),
+                        Action("udp", SERVER, 7, count=3, interval=0.1, at=0.05, timeout=1.0,
+                               expect="reply_other_path"),
+                        Action("ping", SERVER, sport=0x0103, count=2, interval=0.2, at=0.1, timeout=1.0,
+                               expect="reply_other_path"),
+                    ),
+                ),
+            ),
+            topology=TopologySpec(reply_link=("192.0.2.2/24", "192.0.2.1/24")),
+            servers=(HTTP, Server(INET, "udp-echo", SERVER, 7)),
+            reply_other_path=True,
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(reply_other_path=4), _check_asymmetric),
+        ),
+        Scenario(
+            "ftp-alg",
+            "active-mode FTP through conntrack's FTP helper: the PORT command is rewritten (its length changes) "
+            "and the server's data connection comes in, DNATed to the pod",
+            "The raw table assigns conntrack's ftp helper to TCP port 21 (CT --helper ftp, in PREROUTING and "
+            "OUTPUT). pod1 (10.244.0.5) runs stdlib ftplib in active mode against a minimal FTP server on "
+            "198.51.100.10:21: login, TYPE I, PORT, RETR of an 880-byte file, QUIT. The helper (with its NAT "
+            "part) rewrites 'PORT 10,244,0,5,p1,p2' to 'PORT 203,0,113,2,p1,p2' (one byte longer here), "
+            "adjusts every later sequence number of the control connection on the way out and every ack on the "
+            "way back, and sets up an expectation; the server's data connection from 198.51.100.10:20 to "
+            "203.0.113.2:port matches it and is DNATed to 10.244.0.5:port. That entry's original source is "
+            "outside and its reply source is the pod: inbound, initiator outside, opened by the server (no "
+            "client attempt).",
+            (ClientPlan("pod1", (Action("ftp", SERVER, 21, timeout=3.0),)),),
+            topology=TopologySpec(pods=(Pod("pod1", "10.244.0.5/24"),), iptables_rules=(MASQUERADE_RULE, *FTP_HELPER)),
+            servers=(Server(INET, "ftp", SERVER, 21),),
+            server_initiated=frozenset({("tcp", SERVER, 20)}),
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_ftp),
+        ),
     )
 }
 
@@ -614,7 +1214,7 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         for capture in captures:
             capture.start()
         attempts = run_clients(lab, scenario.clients)
-        time.sleep(SETTLE_S)
+        time.sleep(SETTLE_S + scenario.settle_s)
         capture_stats = [capture.stop() for capture in captures]
         recorder_stats = [recorder.stop() for recorder in recorders]
         listing_command, listing = snapshot_conntrack(lab, NODE)
@@ -663,6 +1263,10 @@ def _node_state(lab: Lab) -> dict[str, str]:
         ("-t", "nat", "-L", "POSTROUTING", "-v", "-x", "-n"),
     ):
         state["iptables " + " ".join(args)] = lab.run(["iptables", "-w", "5", *args], role=NODE).stdout
+    # Every table with packet and byte counters per rule ([packets:bytes]): the kernel's count of what
+    # each DNAT, MARK, MASQUERADE and REJECT rule did.
+    state["iptables-save -c"] = lab.run(["iptables-save", "-c"], role=NODE).stdout
+    state["node: ip -s -br link"] = lab.run(["ip", "-s", "link"], role=NODE).stdout
     for role in lab.roles:
         addrs = lab.run(["ip", "-br", "addr"], role=role).stdout
         routes = lab.run(["ip", "route"], role=role).stdout
@@ -753,11 +1357,13 @@ def _problems(
 ) -> list[str]:
     """Where the kernel's truth, the pods' view and the design disagree, or a record is incomplete."""
     problems = [note for note in notes if not note.startswith("left out")]
-    by_inside = {
-        (c.proto, c.inside.src, c.inside.sport, c.inside.dst, c.inside.dport): c for c in connections
-    }
+    # Clients report what they sent: the original tuple (for egress also the inside one).
+    by_original = {}
+    for c in connections:
+        o = c.original or c.inside
+        by_original[(c.proto, o.src, o.sport, o.dst, o.dport)] = c
     for attempt in rec.attempts:
-        conn = by_inside.get(attempt.key)
+        conn = by_original.get(attempt.key)
         what = f"{attempt.proto} {attempt.src}:{attempt.sport} -> {attempt.dst}:{attempt.dport}"
         if conn is None:
             problems.append(f"{what}: attempted but not in the truth")
@@ -765,13 +1371,19 @@ def _problems(
         # "a|b": the design allows either verdict (which one the kernel gives is a race it decides).
         if conn.verdict not in attempt.expect.split("|"):
             problems.append(f"{what}: verdict {conn.verdict}, the design expects {attempt.expect}")
-        answered = attempt.outcome == "ok"
-        if answered != (conn.verdict in ("translated", "internal")):
-            problems.append(f"{what}: the pod saw '{attempt.outcome}' ({attempt.detail}) for {conn.verdict}")
+        if attempt.expect_outcome:
+            if attempt.outcome != attempt.expect_outcome:
+                problems.append(
+                    f"{what}: the client saw '{attempt.outcome}' ({attempt.detail}), the design expects "
+                    f"'{attempt.expect_outcome}'"
+                )
+        elif (attempt.outcome == "ok") != (conn.verdict in ("translated", "internal", "reply_other_path")):
+            problems.append(f"{what}: the client saw '{attempt.outcome}' ({attempt.detail}) for {conn.verdict}")
     attempted = {a.key for a in rec.attempts}
-    for key, conn in by_inside.items():
-        if key not in attempted:
-            problems.append(f"{conn.proto} {conn.inside}: in conntrack but no client attempted it")
+    for key, conn in by_original.items():
+        opened_by_server = conn.original and (conn.proto, conn.original.src, conn.original.sport)
+        if key not in attempted and opened_by_server not in scenario.server_initiated:
+            problems.append(f"{conn.proto} {conn.original}: in conntrack but no client attempted it")
     for cap in rec.captures:
         if cap.dropped_by_kernel:
             problems.append(f"{cap.path.name}: {cap.dropped_by_kernel} packets dropped by kernel")
@@ -866,9 +1478,16 @@ def _describe(
         "`conntrack -E -e UPDATE,DESTROY -o timestamp,extended` (two listeners, because one listening to all "
         "events loses NEW events under load), both in the node namespace for the whole run, then "
         "`conntrack -L -o extended` after the traffic. nf_conntrack_acct=1 adds packets=/bytes= per "
-        "direction. Only IPv4 entries whose original source is a pod address are kept. inside = the original "
-        "tuple; outside src/sport = the reply tuple's dst/dport, outside dst/dport = the original dst/dport "
-        "(ICMP: the echo id stands for sport, dport is 0). Connections are listed by the timestamp of their "
+        "direction. Only IPv4 entries whose original source is a pod address (pod-initiated) or whose reply "
+        "source is one while the original source is not (inbound: NodePort, an FTP data connection) are kept. "
+        "original = the original tuple; translated = the reply tuple reversed (src = reply dst, sport = reply "
+        "dport, dst = reply src, dport = reply sport), so DNAT shows in dst/dport and SNAT in src/sport; "
+        "rewrites = the fields that differ (ICMP: the echo id stands for sport, dport is 0). Pod-initiated: "
+        "inside = original, outside = translated (initiator inside). Inbound: inside = translated, outside = "
+        "original (initiator outside). A destination, or a DNATed destination, in pod_cidr (a local Service "
+        "endpoint, hairpin): internal, outside null, translated null where the DNATed leg is in neither capture. "
+        "service = the ClusterIP or NodePort of the design that the original destination names, with the "
+        "backend conntrack chose (the translated destination). Connections are listed by the timestamp of their "
         "NEW event (the time the NEW listener read it; a listener reads events in the kernel's order). "
         "Verdicts: translated when the kernel saw a reply (no [UNREPLIED]); no_reply when the entry stayed "
         "[UNREPLIED] and the design has the far end silent; "
@@ -885,6 +1504,13 @@ def _describe(
     for i, c in enumerate(connections, 1):
         mapped = f" => {c.outside}" if c.outside else ""
         out.append(f"  {i:3d} {c.proto} {c.inside}{mapped}  {c.verdict}: {c.evidence}")
+        if c.initiator != "inside" or c.service or (c.translated and c.outside != c.translated):
+            svc = c.service
+            where = f"; service {svc['type']} {svc['address']}:{svc['port']} -> {svc['backend']}" if svc else ""
+            out.append(
+                f"      initiator {c.initiator}; original {c.original}; translated {c.translated}; "
+                f"rewrites {c.rewrites}{where}"
+            )
         if c.notes:
             out.append(f"      notes: {c.notes}")
     out += ["", "== Checks =="]

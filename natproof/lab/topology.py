@@ -106,6 +106,13 @@ class TopologySpec:
     forward_policy: str = "ACCEPT"
     iptables_rules: tuple[tuple[str, ...], ...] = (MASQUERADE_RULE,)
     """Arguments of each ``iptables`` call in the node namespace, applied in order."""
+    hairpin_pods: tuple[str, ...] = ()
+    """Pods whose bridge port has hairpin mode on (a frame may leave by the port it came in on)."""
+    node_sysctls: tuple[tuple[str, str], ...] = ()
+    """Extra sysctls of the node namespace, written after the defaults (e.g. conntrack timeouts)."""
+    reply_link: tuple[str, str] | None = None
+    """(node address, inet address) of a second link, eth1, between node and inet; when set, inet sends
+    everything for the node's eth0 address over it (a /32 route), so replies bypass eth0."""
 
     @property
     def inet_ip(self) -> str:
@@ -261,6 +268,19 @@ class Lab:
             self._ip(pod.name, "addr", "add", pod.address, "dev", "eth0")
             self._ip(pod.name, "link", "set", "eth0", "up")
             self._ip(pod.name, "route", "add", "default", "via", pod.gateway)
+            if pod.name in spec.hairpin_pods:
+                self._ip(NODE, "link", "set", "dev", pod.host_veth, "type", "bridge_slave", "hairpin", "on")
+
+        if spec.reply_link is not None:
+            node_side, inet_side = spec.reply_link
+            self._ip(NODE, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", inet)
+            self._ip(NODE, "addr", "add", node_side, "dev", "eth1")
+            self._ip(NODE, "link", "set", "eth1", "up")
+            self._ip(INET, "addr", "add", inet_side, "dev", "eth1")
+            self._ip(INET, "link", "set", "eth1", "up")
+            node_ip = str(ipaddress.ip_interface(node_side).ip)
+            eth0_ip = str(ipaddress.ip_interface(spec.node_address).ip)
+            self._ip(INET, "route", "add", f"{eth0_ip}/32", "via", node_ip, "dev", "eth1")
 
         # New namespaces inherit the host's IPv4 conf/all and conf/default values (devconf_inherit_init_net
         # = 0), so every value that changes what the captures show is written explicitly here.
@@ -288,6 +308,13 @@ class Lab:
                 "net.ipv4.conf.eth0.rp_filter": "0",
             },
         )
+
+        if spec.reply_link is not None:
+            # Packets for eth0's address arrive on eth1: no reverse-path filter may drop them.
+            self.write_sysctls(NODE, {"net.ipv4.conf.eth1.rp_filter": "0"})
+            self.write_sysctls(INET, {"net.ipv4.conf.eth1.rp_filter": "0"})
+        if spec.node_sysctls:
+            self.write_sysctls(NODE, dict(spec.node_sysctls))
 
         if spec.forward_policy != "ACCEPT":
             self.iptables("-P", "FORWARD", spec.forward_policy)

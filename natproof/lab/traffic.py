@@ -82,10 +82,122 @@ while time.monotonic() < end:
     sock.sendto(data, peer)
 """
 
+# Just enough FTP for an active-mode RETR: USER, PASS, TYPE, PORT, RETR, QUIT. The data connection is
+# opened by the server from port 20 to the address and port of the last PORT command, as RFC 959 says.
+FTP_SERVER = r"""
+import socket, sys, threading, time
+address, port, lifetime = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+FILE = b"natproof lab ftp file\n" * 40
+
+def session(conn):
+    f = conn.makefile("rb")
+    def reply(text):
+        conn.sendall(text.encode() + b"\r\n")
+    reply("220 natproof lab ftp")
+    data_to = None
+    for raw in f:
+        line = raw.decode(errors="replace").strip()
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        if verb == "USER":
+            reply("331 any password")
+        elif verb == "PASS":
+            reply("230 logged in")
+        elif verb == "TYPE":
+            reply("200 type set")
+        elif verb == "PORT":
+            nums = [int(n) for n in arg.split(",")]
+            data_to = (".".join(map(str, nums[:4])), nums[4] * 256 + nums[5])
+            reply("200 PORT command successful")
+        elif verb in ("RETR", "LIST") and data_to:
+            reply("150 opening data connection")
+            data = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            data.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            data.bind((address, 20))
+            data.settimeout(5)
+            try:
+                data.connect(data_to)
+                data.sendall(FILE if verb == "RETR" else b"-rw-r--r-- 1 lab lab 880 Jan 1 00:00 hello.txt\r\n")
+                data.close()
+                reply("226 transfer complete")
+            except OSError as exc:
+                reply("425 cannot open data connection: %s" % exc)
+            data_to = None
+        elif verb == "QUIT":
+            reply("221 bye")
+            break
+        else:
+            reply("502 not implemented")
+    conn.close()
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((address, port))
+sock.listen(16)
+print("ready", flush=True)
+
+def serve():
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=session, args=(conn,), daemon=True).start()
+
+threading.Thread(target=serve, daemon=True).start()
+time.sleep(lifetime)
+"""
+
+# Waits on inet's eth0 for the SYN-ACK of one connection (server address and port to the node's address and
+# a given port), then sends one TCP segment of that connection whose sequence number is half the sequence
+# space away from the server's: out of window for any receiver, and for conntrack (tcp_in_window).
+OOW_INJECTOR = r"""
+import socket, struct, sys, time
+address, port, lifetime = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+node, node_port, delay = sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+# ETH_P_ALL: the kernel hands copies of outgoing frames (the SYN-ACK) to ETH_P_ALL taps only.
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+sniff.bind(("eth0", 0))
+send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL implied
+src, dst = socket.inet_aton(address), socket.inet_aton(node)
+print("ready", flush=True)
+end = time.monotonic() + lifetime
+sniff.settimeout(0.5)
+while time.monotonic() < end:
+    try:
+        frame = sniff.recv(65535)
+    except socket.timeout:
+        continue
+    ip = frame[14:]
+    if frame[12:14] != b"\x08\x00" or len(ip) < 40 or ip[9] != 6 or ip[12:16] != src or ip[16:20] != dst:
+        continue
+    tcp = ip[(ip[0] & 15) * 4:]
+    sport, dport, seq, ack, off_flags = struct.unpack("!HHIIH", tcp[:14])
+    if sport != port or dport != node_port or off_flags & 0x12 != 0x12:
+        continue
+    time.sleep(delay)
+    payload = b"natproof out-of-window segment\n"
+    bad_seq = (seq + 1 + 2**31) % 2**32
+    header = struct.pack("!HHIIBBHHH", port, node_port, bad_seq, ack, 5 << 4, 0x18, 65535, 0, 0)
+    pseudo = src + dst + struct.pack("!BBH", 0, 6, len(header) + len(payload))
+    header = header[:16] + struct.pack("!H", checksum(pseudo + header + payload)) + header[18:]
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(header) + len(payload), 0x4e50, 0, 64, 6, 0, src, dst)
+    send.sendto(iph + header + payload, (node, 0))
+    print("injected seq=%d ack=%d" % (bad_seq, ack), flush=True)
+    break
+time.sleep(max(0.0, end - time.monotonic()))
+"""
+
 # Runs every action of one pod's plan in its own thread from a common start time, and prints one JSON
 # line per attempt (one TCP connection, one UDP socket, or one ICMP echo identifier).
 CLIENT = r"""
-import errno, json, select, socket, struct, sys, threading, time
+import errno, ftplib, json, select, socket, struct, sys, threading, time
 plan = json.loads(sys.argv[1])
 lock = threading.Lock()
 
@@ -93,7 +205,7 @@ def emit(action, src, sport, t_start, outcome, detail=""):
     rec = {"pod": plan["pod"], "proto": action["kind_proto"], "src": src, "sport": sport,
            "dst": action["dst"], "dport": action["dport"] if action["kind_proto"] != "icmp" else 0,
            "t_start": t_start, "t_end": time.time(), "outcome": outcome, "detail": detail,
-           "expect": action["expect"]}
+           "expect": action["expect"], "expect_outcome": action["outcome"]}
     with lock:
         print(json.dumps(rec), flush=True)
 
@@ -108,8 +220,8 @@ def source_for(dst):
 def http_once(a):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if a["sport"]:
-        sock.bind(("", a["sport"]))
+    if a["sport"] or a["bind"]:
+        sock.bind((a["bind"], a["sport"]))
     sock.setblocking(False)
     t_start = time.time()
     sock.connect_ex((a["dst"], a["dport"]))
@@ -125,6 +237,9 @@ def http_once(a):
         sock.setblocking(True)
         sock.settimeout(a["timeout"])
         time.sleep(a["hold"])
+        if a["kind"] == "connect":
+            # Connected, held idle, closed without a request: the FIN is the next packet.
+            return emit(a, src, sport, t_start, "ok", "connected, idle %gs, closed" % a["hold"])
         sock.sendall(("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" % (a["path"], a["dst"])).encode())
         chunks = []
         while True:
@@ -146,10 +261,30 @@ def http_once(a):
     finally:
         sock.close()
 
+def ftp(a):
+    # Active mode: the client listens and sends PORT with its own address; the server connects back.
+    client = ftplib.FTP(timeout=a["timeout"])
+    t_start = time.time()
+    try:
+        client.connect(a["dst"], a["dport"])
+    except OSError as exc:
+        return emit(a, "", 0, t_start, "error", str(exc))
+    src, sport = client.sock.getsockname()
+    try:
+        client.login("anonymous", "lab@natproof")
+        client.set_pasv(False)
+        data = []
+        client.retrbinary("RETR hello.txt", data.append)
+        client.quit()
+        size = len(b"".join(data))
+        emit(a, src, sport, t_start, "ok" if size == 880 else "error", "RETR %d bytes (active mode)" % size)
+    except (OSError, ftplib.Error) as exc:
+        emit(a, src, sport, t_start, "error", str(exc))
+
 def udp(a):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if a["sport"]:
-        sock.bind(("", a["sport"]))
+    if a["sport"] or a["bind"]:
+        sock.bind((a["bind"], a["sport"]))
     sock.connect((a["dst"], a["dport"]))  # connected: an ICMP error comes back as ECONNREFUSED
     sock.settimeout(a["timeout"])
     src, sport = sock.getsockname()
@@ -209,7 +344,7 @@ def ping(a):
 
 def run(a):
     time.sleep(max(0.0, plan["start_at"] + a["at"] - time.time()))
-    if a["kind"] == "http":
+    if a["kind"] in ("http", "connect"):
         for i in range(a["count"]):
             if i:
                 time.sleep(a["interval"])
@@ -218,6 +353,8 @@ def run(a):
         udp(a)
     elif a["kind"] == "ping":
         ping(a)
+    elif a["kind"] == "ftp":
+        ftp(a)
 
 threads = [threading.Thread(target=run, args=(a,)) for a in plan["actions"]]
 for t in threads:
@@ -226,7 +363,9 @@ for t in threads:
     t.join()
 """
 
-PROTO_OF_KIND = {"http": "tcp", "udp": "udp", "ping": "icmp"}
+PROTO_OF_KIND = {"http": "tcp", "connect": "tcp", "ftp": "tcp", "udp": "udp", "ping": "icmp"}
+SERVER_SCRIPTS = {"http": HTTP_SERVER, "udp-echo": UDP_ECHO_SERVER, "ftp": FTP_SERVER, "oow-injector": OOW_INJECTOR}
+SERVER_PROTO = {"http": "tcp", "udp-echo": "udp", "ftp": "tcp", "oow-injector": "tcp"}
 
 
 @dataclass(frozen=True)
@@ -236,13 +375,21 @@ class Server:
     role: str
     """Namespace role: ``inet`` or a pod name."""
     kind: str
-    """``http`` (TCP) or ``udp-echo``."""
+    """``http`` (TCP), ``udp-echo``, ``ftp`` (control on ``port``, data from port 20), or ``oow-injector``
+    (not a server: injects one out-of-window segment from ``address:port`` into a connection, see ``args``)."""
     address: str
     port: int
+    args: tuple[str, ...] = ()
+    """Extra arguments of the script (the injector's node address, node port and delay in seconds)."""
 
     def describe(self) -> str:
-        proto = "tcp" if self.kind == "http" else "udp"
-        return f"{self.kind} server on {self.address}:{self.port}/{proto} in {self.role}"
+        if self.kind == "oow-injector":
+            node, node_port, delay = self.args
+            return (
+                f"out-of-window injector in {self.role}: {delay} s after the SYN-ACK of {self.address}:{self.port} "
+                f"-> {node}:{node_port}, one segment of that connection with seq + 2^31 (raw socket)"
+            )
+        return f"{self.kind} server on {self.address}:{self.port}/{SERVER_PROTO[self.kind]} in {self.role}"
 
 
 @dataclass(frozen=True)
@@ -250,7 +397,8 @@ class Action:
     """One step of a pod's client: ``count`` HTTP connections, one UDP socket, or one ICMP echo series."""
 
     kind: str
-    """``http``, ``udp`` or ``ping``."""
+    """``http``, ``connect`` (TCP connect, hold, close without a request), ``ftp`` (active-mode RETR over
+    stdlib ftplib), ``udp`` or ``ping``."""
     dst: str
     dport: int = 0
     count: int = 1
@@ -268,6 +416,11 @@ class Action:
     """Per connect, per read and per datagram or echo reply."""
     expect: str = "translated"
     """The verdict the scenario's design expects for every connection of this action."""
+    bind: str = ""
+    """Source address to bind (an inet client's own address); empty: the kernel's choice."""
+    outcome: str = ""
+    """The outcome the client must see when it is not the one the verdict implies (answered for translated
+    and internal, not answered otherwise): e.g. ``error`` for a connection the node reset."""
 
     @property
     def proto(self) -> str:
@@ -303,6 +456,8 @@ class Attempt:
     """``ok``, ``timeout``, ``refused``, ``partial`` or ``error`` (the pod's view)."""
     detail: str
     expect: str
+    expect_outcome: str = ""
+    """The outcome the design expects, when the verdict alone does not say it (Action.outcome)."""
 
     @property
     def key(self) -> tuple[str, str, int, str, int]:
@@ -312,9 +467,10 @@ class Attempt:
 def start_servers(lab: Lab, servers: tuple[Server, ...]) -> None:
     """Start each server and return once all have bound their sockets."""
     for server in servers:
-        script = HTTP_SERVER if server.kind == "http" else UDP_ECHO_SERVER
+        script = SERVER_SCRIPTS[server.kind]
         errors = tempfile.TemporaryFile()
         argv = [sys.executable, "-c", script, server.address, str(server.port), str(SERVER_LIFETIME_S)]
+        argv += server.args
         proc = lab.spawn(argv, role=server.role, stdout=subprocess.PIPE, stderr=errors)
         if not _wait_for_line(proc, b"ready", READY_TIMEOUT_S):
             lab.stop(proc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from natproof.lab.traffic import Attempt
@@ -32,6 +32,10 @@ class FlowTuple:
 
     def to_dict(self) -> dict[str, str | int]:
         return {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
+
+    def rewrites(self, other: FlowTuple) -> list[str]:
+        """The fields of ``other`` that differ from this tuple's, in the order src, sport, dst, dport."""
+        return [f for f in ("src", "sport", "dst", "dport") if getattr(self, f) != getattr(other, f)]
 
     def __str__(self) -> str:
         return f"{self.src}:{self.sport} -> {self.dst}:{self.dport}"
@@ -175,11 +179,32 @@ def parse_lines(lines: Iterable[str]) -> list[ConntrackLine]:
 
 
 @dataclass(frozen=True)
+class ServiceRule:
+    """A Service address the design configured: a ClusterIP, or a NodePort on the node's address."""
+
+    type: str
+    """``ClusterIP`` or ``NodePort``."""
+    proto: str
+    address: str
+    port: int
+
+    def to_dict(self, backend: FlowTuple | None) -> dict[str, object]:
+        return {
+            "type": self.type,
+            "address": self.address,
+            "port": self.port,
+            "backend": {"address": backend.dst, "port": backend.dport} if backend else None,
+        }
+
+
+@dataclass(frozen=True)
 class TruthRules:
     """What the scenario's design adds to the kernel's facts when choosing a verdict."""
 
     pod_addresses: frozenset[str]
-    """Only entries whose original source is one of these (pod-initiated) belong in the truth."""
+    """Entries whose original source is one of these are pod-initiated (egress, internal, hairpin); entries
+    whose reply source is one of these and original source is not are inbound (NodePort, an ALG's data
+    connection). Other entries do not belong in the truth."""
     internal_networks: tuple[str, ...]
     """A destination in one of these networks is pod-to-pod traffic: verdict ``internal``."""
     reply_dropped: frozenset[tuple[str, int]] = frozenset()
@@ -189,15 +214,34 @@ class TruthRules:
     port_exhausted: frozenset[tuple[str, str, int]] = frozenset()
     """(proto, server address, port) whose SNAT port pool the design exhausts: an attempt there with no
     conntrack entry had every SYN dropped by the kernel for want of a free port."""
+    services: tuple[ServiceRule, ...] = ()
+    """ClusterIPs and NodePorts: a connection to one of them carries ``service`` in the truth."""
+    refused: Mapping[tuple[str, str, int], str] = field(default_factory=dict)
+    """(proto, destination, port) the design refuses or drops on the node before any entry is confirmed
+    (REJECT, a Service without endpoints, a hairpin the bridge will not send back), with the reason."""
+    reply_other_path: bool = False
+    """Replies come back over a link that is not captured (asymmetric routing)."""
+    unseen_translated: frozenset[str] = frozenset()
+    """Backend addresses whose DNATed leg is in neither capture (a Service endpoint on another bridge port
+    than the captured one): the truth gives ``translated`` null for those, and says why in ``notes``."""
+
+    def service_for(self, proto: str, address: str, port: int) -> ServiceRule | None:
+        for rule in self.services:
+            if (rule.proto, rule.address, rule.port) == (proto, address, port):
+                return rule
+        return None
 
 
 @dataclass(frozen=True)
 class Connection:
-    """One pod-initiated connection of the truth."""
+    """One connection of the truth: pod-initiated, or inbound to a pod."""
 
     proto: str
     inside: FlowTuple
+    """The tuple on the inside capture, in the initiator's direction: ``original`` for pod-initiated
+    connections (for hairpin the leg before the NAT), ``translated`` for inbound ones."""
     outside: FlowTuple | None
+    """The tuple on the outside capture, in the initiator's direction; None when nothing crossed eth0."""
     verdict: str
     first_seen: float
     """Epoch seconds of its NEW event (else its first event), or of the client's attempt without an entry."""
@@ -207,6 +251,21 @@ class Connection:
     """The latest conntrack line about it (events, then the closing listing)."""
     notes: str = ""
     """Why the truth of this connection is not a single conntrack entry (truth.json's ``notes``)."""
+    initiator: str = "inside"
+    """``inside`` (a pod opened it) or ``outside`` (inbound: NodePort, an ALG's data connection)."""
+    original: FlowTuple | None = None
+    """As the initiator sent it: conntrack's original tuple (or the client's own report without an entry)."""
+    translated: FlowTuple | None = None
+    """As the responder received it: conntrack's reply tuple reversed; None without an entry, or when the
+    leg after the NAT is in neither capture."""
+    service: dict[str, object] | None = None
+    """``{"type", "address", "port", "backend"}`` when the original destination is a Service the design set up."""
+
+    @property
+    def rewrites(self) -> list[str] | None:
+        if self.original is None or self.translated is None:
+            return None
+        return self.original.rewrites(self.translated)
 
     def to_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -214,6 +273,11 @@ class Connection:
             "inside": self.inside.to_dict(),
             "outside": self.outside.to_dict() if self.outside else None,
             "verdict": self.verdict,
+            "initiator": self.initiator,
+            "original": (self.original or self.inside).to_dict(),
+            "translated": self.translated.to_dict() if self.translated else None,
+            "rewrites": self.rewrites,
+            "service": self.service,
         }
         if self.notes:
             doc["notes"] = self.notes
@@ -249,7 +313,9 @@ def build_connections(
     ignored: dict[str, int] = {}
 
     def keep(entry: ConntrackLine) -> bool:
-        if entry.family not in ("", "ipv4") or entry.original.src not in rules.pod_addresses:
+        from_pod = entry.original.src in rules.pod_addresses
+        to_pod = entry.reply.src in rules.pod_addresses  # inbound: DNATed to a pod
+        if entry.family not in ("", "ipv4") or not (from_pod or to_pod):
             label = f"{entry.family or '?'} {entry.proto} from {entry.original.src}"
             ignored[label] = ignored.get(label, 0) + 1
             return False
@@ -294,7 +360,7 @@ def build_connections(
 
     if ignored:
         notes.append(
-            "left out (not initiated by a pod): "
+            "left out (neither from a pod nor to one): "
             + ", ".join(f"{count} x {label}" for label, count in sorted(ignored.items()))
         )
 
@@ -338,7 +404,13 @@ def build_connections(
     by_key = {i: a for i, a in by_id.items() if i not in claimed}
     for attempt in by_key.values():
         inside = FlowTuple(attempt.src, attempt.dst, attempt.sport, attempt.dport)
-        if _internal(attempt.dst, rules):
+        rule = rules.service_for(attempt.proto, attempt.dst, attempt.dport)
+        service = rule.to_dict(None) if rule else None
+        refused = rules.refused.get((attempt.proto, attempt.dst, attempt.dport))
+        if refused is not None:
+            verdict = "not_forwarded"
+            why = f"no conntrack entry: {refused} (design); the pod saw '{attempt.outcome}' ({attempt.detail})"
+        elif _internal(attempt.dst, rules):
             verdict, why = "internal", "no conntrack entry; destination in the pod network (design)"
         elif attempt.src in rules.not_forwarded_sources:
             verdict = "not_forwarded"
@@ -355,7 +427,9 @@ def build_connections(
         else:
             notes.append(f"{attempt.proto} {inside}: attempted by {attempt.pod} but no conntrack entry")
             verdict, why = "not_forwarded", "no conntrack entry and the design does not explain it"
-        connections.append(Connection(attempt.proto, inside, None, verdict, attempt.t_start, why))
+        connections.append(
+            Connection(attempt.proto, inside, None, verdict, attempt.t_start, why, original=inside, service=service)
+        )
     connections.sort(key=lambda c: c.first_seen)
     return connections, notes
 
@@ -417,11 +491,16 @@ def _internal(address: str, rules: TruthRules) -> bool:
 def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str = "") -> Connection:
     entry = track.first
     orig, reply = entry.original, entry.reply
-    inside = FlowTuple(orig.src, orig.dst, orig.sport, orig.dport)
-    # The translated source is where the reply goes: the reply tuple's destination.
-    outside = FlowTuple(
-        reply.dst, orig.dst, reply.dport if entry.proto != "icmp" else reply.sport, orig.dport
-    )
+    original = FlowTuple(orig.src, orig.dst, orig.sport, orig.dport)
+    # The responder received the packet as the reply tuple says, reversed: DNAT shows in reply.src/sport,
+    # SNAT in reply.dst/dport. ICMP: the echo identifier stands in sport, in both directions.
+    if entry.proto == "icmp":
+        translated = FlowTuple(reply.dst, reply.src, reply.sport, 0)
+    else:
+        translated = FlowTuple(reply.dst, reply.src, reply.dport, reply.sport)
+    inbound = orig.src not in rules.pod_addresses
+    rule = rules.service_for(entry.proto, orig.dst, orig.dport)
+    service = rule.to_dict(translated) if rule else None
     replied = track.replied or track.reply_packets > 0
     counted = (
         f"reply packets={track.reply_packets}" if track.latest.reply_packets is not None else "no counters"
@@ -429,24 +508,70 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
     kinds = Counter(track.events)
     logged = ", ".join(f"{kinds[k]} {k}" for k in ("NEW", "UPDATE", "DESTROY") if kinds[k]) or "no event"
     seen = f"{logged}; last state {track.latest.state or '-'}; {counted}"
-    pod_view = f"; the pod saw '{attempt.outcome}' ({attempt.detail})" if attempt else ""
-    mapped: FlowTuple | None = outside
-    if _internal(orig.dst, rules):
-        mapped, verdict, why = None, "internal", "destination in the pod network"
-    elif orig.src in rules.not_forwarded_sources:
-        mapped, verdict = None, "not_forwarded"
-        why = "entry exists but the design drops this pod's egress on the node"
-    elif outside.src == orig.src and outside.sport == orig.sport:
-        mapped, verdict, why = inside, "untranslated", "reply tuple points back at the pod address: no SNAT"
-    elif replied and (entry.proto, orig.dport) in rules.reply_dropped:
-        verdict = "reply_dropped"
-        why = (
-            f"the kernel saw the reply (no [UNREPLIED]) and the node drops replies from {entry.proto} "
-            f"port {orig.dport} in FORWARD"
-        )
-    elif replied:
-        verdict, why = "translated", "source rewritten and reply seen"
+    pod_view = f"; the client saw '{attempt.outcome}' ({attempt.detail})" if attempt else ""
+    shown: FlowTuple | None = translated
+    if inbound:
+        # Initiated outside and DNATed to a pod: the pod's side sees the translated tuple.
+        inside, mapped = translated, original
+        nat = "+".join(original.rewrites(translated)) or "nothing"
+        if replied:
+            verdict, why = "translated", f"inbound to a pod ({nat} rewritten) and reply seen"
+        else:
+            verdict, why = "no_reply", f"inbound to a pod ({nat} rewritten), [UNREPLIED] to the end"
     else:
-        verdict, why = "no_reply", "source rewritten, [UNREPLIED] to the end"
+        inside, mapped = original, translated
+        if _internal(orig.dst, rules) or _internal(translated.dst, rules):
+            mapped, verdict = None, "internal"
+            if _internal(orig.dst, rules):
+                why = "destination in the pod network"
+            elif translated.dst == orig.src:
+                why = (
+                    f"hairpin: DNAT back to the client itself, {'+'.join(original.rewrites(translated))} "
+                    "rewritten; both legs on its own bridge port"
+                )
+            else:
+                why = f"Service endpoint {translated.dst}:{translated.dport} in the pod network: DNAT on the bridge"
+            if translated.dst in rules.unseen_translated:
+                shown = None
+                notes = "; ".join(
+                    n for n in (
+                        notes,
+                        f"the kernel DNATed it to {translated.dst}:{translated.dport} as it crossed the bridge; "
+                        "that leg is on the endpoint's bridge port, in neither capture",
+                    ) if n
+                )  # fmt: skip
+        elif orig.src in rules.not_forwarded_sources:
+            mapped, verdict = None, "not_forwarded"
+            why = "entry exists but the design drops this pod's egress on the node"
+        elif translated == original:
+            mapped, verdict, why = inside, "untranslated", "reply tuple points back at the pod address: no NAT"
+        elif replied and (entry.proto, orig.dport) in rules.reply_dropped:
+            verdict = "reply_dropped"
+            why = (
+                f"the kernel saw the reply (no [UNREPLIED]) and the node drops replies from {entry.proto} "
+                f"port {orig.dport} in FORWARD"
+            )
+        elif replied and rules.reply_other_path:
+            verdict = "reply_other_path"
+            why = "rewritten and reply seen by conntrack, but replies come back over a link not captured (design)"
+        elif replied:
+            verdict, why = "translated", f"{'+'.join(original.rewrites(translated))} rewritten and reply seen"
+        else:
+            verdict, why = "no_reply", "rewritten, [UNREPLIED] to the end"
     evidence = f"{why}; {seen}{pod_view}"
-    return Connection(entry.proto, inside, mapped, verdict, track.first_seen, evidence, track.latest, notes)
+    if rule is not None and shown is None:
+        service = rule.to_dict(None)  # the endpoint is in notes: no capture shows which one it was
+    return Connection(
+        entry.proto,
+        inside,
+        mapped,
+        verdict,
+        track.first_seen,
+        evidence,
+        track.latest,
+        notes,
+        initiator="outside" if inbound else "inside",
+        original=original,
+        translated=shown,
+        service=service,
+    )
