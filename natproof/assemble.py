@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
+import polars.selectors  # noqa: F401  (pl.selectors)
 
 from natproof.match import Matches
 from natproof.verdicts import verdict_expr
@@ -99,7 +100,18 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     )
     P = P.with_columns(roots.gather(P["in_conn"]).alias("anchor"))
     per_leg = P.group_by("anchor", "out_conn").agg(pl.len().alias("n"), pl.col("out_frame").min().alias("first_out"))
-    primary = (per_leg.sort(["anchor", "n", "first_out"], descending=[False, True, False])
+    # The connection's mapping is the outside leg that carried most of it under a rewritten tuple; a leg under
+    # the inside's own tuple is primary only when there is no other (no NAT at all): packets conntrack marked
+    # INVALID, or sent after the entry expired, leave untranslated inside an otherwise translated connection
+    # (cases/idle-expiry-fin-leak), however many of them there are.
+    unchanged = pl.all_horizontal([
+        pl.col(c).cast(pl.String) == pl.col(f"x_{c}").cast(pl.String) for c in _TUPLE])
+    per_leg = (per_leg.join(ins.select(pl.col("conn_id").alias("anchor"), *_TUPLE), on="anchor", how="left")
+               .join(outs.select(pl.col("conn_id").alias("out_conn"), *_leg_tuple(outs, "x")), on="out_conn",
+                     how="left")
+               .with_columns(unchanged.fill_null(False).alias("unchanged")).select("anchor", "out_conn", "n",
+                                                                                   "first_out", "unchanged"))
+    primary = (per_leg.sort(["anchor", "unchanged", "n", "first_out"], descending=[False, False, True, False])
                .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
     owner = (per_leg.sort(["out_conn", "n", "first_out"], descending=[False, True, False])
              .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
@@ -170,8 +182,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # The copy on the anchor leg says which way the packet went.
     S = S.with_columns(pl.when(pl.col("a_conn") == pl.col("anchor")).then(pl.col("a_row")).otherwise(pl.col("b_row"))
                        .alias("pre_row"))
+    S = S.with_columns(pl.when(pl.col("pre_row") == pl.col("a_row")).then(pl.col("b_row")).otherwise(pl.col("a_row"))
+                       .alias("post_row"))
     S = S.with_columns(in_pk["is_egress"].gather(S["pre_row"]).alias("is_egress"),
-                       in_pk["is_icmp_error"].gather(S["pre_row"]).alias("is_icmp_error"))
+                       in_pk["is_icmp_error"].gather(S["pre_row"]).alias("is_icmp_error"),
+                       in_pk["frame_no"].gather(S["pre_row"]).alias("pre_frame"),
+                       in_pk["frame_no"].gather(S["post_row"]).alias("post_frame"))
 
     n_out = out_pk.height
     in_fate = pl.repeat(None, in_pk.height, dtype=FATE, eager=True)
@@ -214,6 +230,20 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         .mode().first().alias("ack_shift"),
         pl.col("out_conn").filter(~same).n_unique().cast(pl.UInt32).alias("outside_tuples"),
     )
+    # Hairpin: the copies seen twice at the inside are its matched packets and its evidence.
+    hair_stats = S.sort("pre_frame").group_by("anchor").agg(
+        pl.col("is_egress").sum().cast(pl.UInt32).alias("_hair_egress"),
+        reply.sum().cast(pl.UInt32).alias("_hair_reply"),
+        *[pl.col(f).filter(cond).first().alias(f"_hair_{kind}_{f}")
+          for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply)) for f in ("pre_frame", "post_frame")],
+    )
+    stats = stats.join(hair_stats, on="anchor", how="full", coalesce=True).with_columns(
+        (pl.col("matched_egress").fill_null(0) + pl.col("_hair_egress").fill_null(0)).alias("matched_egress"),
+        (pl.col("matched_reply").fill_null(0) + pl.col("_hair_reply").fill_null(0)).alias("matched_reply"),
+        *[pl.coalesce(f"evidence_{kind}_inside_frame", f"_hair_{kind}_pre_frame").alias(f"evidence_{kind}_inside_frame")
+          for kind in ("egress", "reply")],
+        *[pl.col(f"_hair_{kind}_post_frame").alias(f"evidence_{kind}_translated_frame") for kind in ("egress", "reply")],
+    ).drop(pl.selectors.starts_with("_hair_"))
     crossing = pl.concat([P.select("anchor", "is_egress", "is_icmp_error", "fate"),
                           S.select("anchor", "is_egress", "is_icmp_error",
                                    pl.lit("crossed", FATE).alias("fate"))])

@@ -17,9 +17,29 @@ TRUTH_SCHEMA = "natproof.truth/1"
 Tuple4 = tuple[str, int, str, int]
 
 
-def _key(c: dict[str, Any]) -> tuple[str, Tuple4]:
-    i = c["inside"]
-    return c["proto"], (i["src"], int(i["sport"]), i["dst"], int(i["dport"]))
+def _key(c: dict[str, Any]) -> tuple[str, str, Tuple4]:
+    """Truth and result pair on protocol and inside tuple (the outside one where no inside leg exists)."""
+    side = "inside" if c.get("inside") else "outside"
+    i = c[side]
+    return c["proto"], side, (i["src"], int(i["sport"]), i["dst"], int(i["dport"]))
+
+
+COMPARED = ("initiator", "original", "translated", "rewrites", "service")
+"""Fields of natproof.correlate/2 a truth connection may give (docs/model.md); each one given is compared."""
+
+
+def _differs(truth: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """The contract fields the truth gives that natproof got otherwise (rewrites compared as a set)."""
+    out = []
+    for f in COMPARED:
+        if f not in truth:
+            continue
+        want, have = truth[f], got.get(f)
+        if f == "rewrites":
+            want, have = sorted(want or []), sorted(have or [])
+        if want != have:
+            out.append(f)
+    return out
 
 
 def _outside(c: dict[str, Any]) -> Tuple4 | None:
@@ -36,7 +56,8 @@ class CheckReport:
     found: int = 0
     """Truth connections natproof reported (same protocol and inside tuple)."""
     mapping_right: int = 0
-    """Found connections whose outside tuple is the truth's."""
+    """Found connections whose outside tuple (and every contract field the truth gives: COMPARED) is the
+    truth's."""
     verdict_right: int = 0
     missing: list[dict[str, Any]] = field(default_factory=list)
     wrong: list[dict[str, Any]] = field(default_factory=list)
@@ -75,12 +96,13 @@ def load_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def compare(result: Result | dict[str, Any], truth: dict[str, Any]) -> CheckReport:
-    """Pair truth and natproof connections by protocol and inside tuple (in order, for reused tuples)."""
+    """Pair truth and natproof connections by protocol and inside tuple (in order, for reused tuples), and compare
+    the outside tuple, the verdict and every contract field the truth gives (COMPARED)."""
     if isinstance(result, Result):
         got = [connection_dict(r) for r in result.connections.iter_rows(named=True)]
     else:
         got = list(result["connections"])
-    pool: dict[tuple[str, Tuple4], list[dict[str, Any]]] = defaultdict(list)
+    pool: dict[tuple[str, str, Tuple4], list[dict[str, Any]]] = defaultdict(list)
     for c in got:
         pool[_key(c)].append(c)
     rep = CheckReport(expected=len(truth["connections"]))
@@ -91,18 +113,20 @@ def compare(result: Result | dict[str, Any], truth: dict[str, Any]) -> CheckRepo
             continue
         n = candidates.pop(0)
         rep.found += 1
-        same_map = _outside(n) == _outside(t)
+        differs = _differs(t, n)
+        same_map = _outside(n) == _outside(t) and not differs
         same_verdict = n["verdict"] == t["verdict"]
         rep.mapping_right += same_map
         rep.verdict_right += same_verdict
         if not (same_map and same_verdict):
-            rep.wrong.append({"truth": _brief(t), "natproof": _brief(n)})
+            rep.wrong.append({"truth": _brief(t), "natproof": _brief(n), "fields": differs})
     rep.unexpected = [_brief(c) for rest in pool.values() for c in rest]
     return rep
 
 
 def _brief(c: dict[str, Any]) -> dict[str, Any]:
-    return {"proto": c["proto"], "inside": c["inside"], "outside": c.get("outside"), "verdict": c["verdict"]}
+    doc = {"proto": c["proto"], "inside": c["inside"], "outside": c.get("outside"), "verdict": c["verdict"]}
+    return doc | {f: c[f] for f in COMPARED if f in c}
 
 
 def find_cases(paths: list[str | os.PathLike[str]]) -> list[Path]:

@@ -38,6 +38,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "evidence_egress_inside_frame": pl.UInt32(), "evidence_egress_outside_frame": pl.UInt32(),
     "evidence_reply_outside_frame": pl.UInt32(), "evidence_reply_inside_frame": pl.UInt32(),
     "evidence_icmp_error_outside_frame": pl.UInt32(), "evidence_icmp_error_inside_frame": pl.UInt32(),
+    "evidence_egress_translated_frame": pl.UInt32(), "evidence_reply_translated_frame": pl.UInt32(),
     "inside_conn_id": pl.UInt32(), "outside_conn_id": pl.UInt32(),
     "initiator": pl.String(),
     "orig_src": pl.String(), "orig_sport": pl.UInt16(), "orig_dst": pl.String(), "orig_dport": pl.UInt16(),
@@ -275,8 +276,10 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
         "nat_latency_us": latency,
         "flags": flags_of(row),
         "evidence": {
-            "egress": _frames(row["evidence_egress_inside_frame"], row["evidence_egress_outside_frame"]),
-            "reply": _frames(row["evidence_reply_inside_frame"], row["evidence_reply_outside_frame"]),
+            "egress": _frames(row["evidence_egress_inside_frame"], row["evidence_egress_outside_frame"],
+                              row["evidence_egress_translated_frame"]),
+            "reply": _frames(row["evidence_reply_inside_frame"], row["evidence_reply_outside_frame"],
+                             row["evidence_reply_translated_frame"]),
             "icmp_error": _frames(row["evidence_icmp_error_inside_frame"], row["evidence_icmp_error_outside_frame"]),
         },
         "initiator": row["initiator"],
@@ -295,8 +298,12 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _frames(inside: int | None, outside: int | None) -> dict[str, int | None] | None:
-    """Frame numbers (1-based, as Wireshark counts) of the first matched pair in one direction."""
+def _frames(inside: int | None, outside: int | None, translated: int | None = None) -> dict[str, int | None] | None:
+    """Frame numbers (1-based, as Wireshark counts) of the first matched pair in one direction; for hairpin, the
+    second copy in the inside capture is ``inside_translated_frame``."""
     if inside is None and outside is None:
         return None
-    return {"inside_frame": inside, "outside_frame": outside}
+    doc: dict[str, int | None] = {"inside_frame": inside, "outside_frame": outside}
+    if translated is not None:
+        doc["inside_translated_frame"] = translated
+    return doc

@@ -447,11 +447,12 @@ def test_ftp_data_connection_is_inbound_without_a_service() -> None:
     assert doc["outside"] == _t("198.51.100.10", 20, "203.0.113.2", 39949)
 
 
-def test_hairpin_is_internal_with_both_legs_inside() -> None:
-    # hairpin: DNAT back to the pod itself, masquerade to the bridge address with --random-fully.
+def test_hairpin_is_translated_with_both_legs_inside() -> None:
+    # hairpin: DNAT back to the pod itself, masquerade to the bridge address with --random-fully; both legs are on
+    # the pod's own bridge port, so the inside capture proves the rewrite.
     lines = _entry(4.0, f"{POD} 56908 10.96.0.50 80", f"{POD} 8080 10.244.0.1 24932")
-    doc = _one(lines, [_attempt(POD, 56908, "10.96.0.50", 80, 4.0, "internal")])
-    assert doc["verdict"] == "internal" and doc["outside"] is None and doc["initiator"] == "inside"
+    doc = _one(lines, [_attempt(POD, 56908, "10.96.0.50", 80, 4.0, "translated")])
+    assert doc["verdict"] == "translated" and doc["outside"] is None and doc["initiator"] == "inside"
     assert doc["inside"] == doc["original"] == _t(POD, 56908, "10.96.0.50", 80)
     assert doc["translated"] == _t("10.244.0.1", 24932, POD, 8080)
     assert doc["rewrites"] == ["src", "sport", "dst", "dport"]

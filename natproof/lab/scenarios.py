@@ -328,7 +328,7 @@ def _check_hairpin(connections: list[Connection], _: Recording) -> list[str]:
         if c.service is None:
             continue
         t = c.translated
-        if c.verdict != "internal" or t is None or (t.src, t.dst) != ("10.244.0.1", "10.244.0.10"):
+        if c.verdict != "translated" or t is None or (t.src, t.dst) != ("10.244.0.1", "10.244.0.10"):
             problems.append(f"{c.inside}: hairpin expected 10.244.0.1 -> 10.244.0.10, got {t} ({c.verdict})")
     return problems
 
@@ -949,12 +949,13 @@ SCENARIOS: dict[str, Scenario] = {
             "masquerades it with --random-fully to the bridge address 10.244.0.1 and a random port, so the reply "
             "comes back through the node and is reverse-translated. Both legs, pod -> ClusterIP and "
             "10.244.0.1 -> pod, are on vethpod1 (the inside capture); nothing of them reaches eth0. Verdict "
-            "internal; translated is the second leg.",
+            "translated (the inside capture holds both legs and the replies crossing back); translated is the "
+            "second leg.",
             (
                 ClientPlan(
                     "pod1",
                     (
-                        Action("http", "10.96.0.50", 80, count=3, interval=0.1, expect="internal"),
+                        Action("http", "10.96.0.50", 80, count=3, interval=0.1, expect="translated"),
                         Action("http", SERVER, 80, at=0.5),
                     ),
                 ),
@@ -963,7 +964,7 @@ SCENARIOS: dict[str, Scenario] = {
             servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
             services=(SELF,),
             inside_interface="vethpod1",
-            check=_all(_count(4), _verdicts(internal=3, translated=1), _check_hairpin, _counted("--random-fully")),
+            check=_all(_count(4), _verdicts(translated=4), _check_hairpin, _counted("--random-fully")),
         ),
         Scenario(
             "hairpin-off",

@@ -520,15 +520,18 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
             verdict, why = "no_reply", f"inbound to a pod ({nat} rewritten), [UNREPLIED] to the end"
     else:
         inside, mapped = original, translated
-        if _internal(orig.dst, rules) or _internal(translated.dst, rules):
+        if translated.dst == orig.src and translated != original:
+            # Hairpin: both legs cross the client's own bridge port, so the inside capture proves the rewrite.
+            mapped = None
+            verdict = "translated" if replied else "no_reply"
+            why = (
+                f"hairpin: DNAT back to the client itself, {'+'.join(original.rewrites(translated))} "
+                f"rewritten; both legs on its own bridge port; {'reply seen' if replied else '[UNREPLIED]'}"
+            )
+        elif _internal(orig.dst, rules) or _internal(translated.dst, rules):
             mapped, verdict = None, "internal"
             if _internal(orig.dst, rules):
                 why = "destination in the pod network"
-            elif translated.dst == orig.src:
-                why = (
-                    f"hairpin: DNAT back to the client itself, {'+'.join(original.rewrites(translated))} "
-                    "rewritten; both legs on its own bridge port"
-                )
             else:
                 why = f"Service endpoint {translated.dst}:{translated.dport} in the pod network: DNAT on the bridge"
             if translated.dst in rules.unseen_translated:
