@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
-import polars.selectors  # noqa: F401  (pl.selectors)
+import polars.selectors as cs
 
 from natproof.match import Matches
 from natproof.verdicts import verdict_expr
@@ -240,10 +240,10 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     stats = stats.join(hair_stats, on="anchor", how="full", coalesce=True).with_columns(
         (pl.col("matched_egress").fill_null(0) + pl.col("_hair_egress").fill_null(0)).alias("matched_egress"),
         (pl.col("matched_reply").fill_null(0) + pl.col("_hair_reply").fill_null(0)).alias("matched_reply"),
-        *[pl.coalesce(f"evidence_{kind}_inside_frame", f"_hair_{kind}_pre_frame").alias(f"evidence_{kind}_inside_frame")
-          for kind in ("egress", "reply")],
-        *[pl.col(f"_hair_{kind}_post_frame").alias(f"evidence_{kind}_translated_frame") for kind in ("egress", "reply")],
-    ).drop(pl.selectors.starts_with("_hair_"))
+        *[pl.coalesce(f"evidence_{k}_inside_frame", f"_hair_{k}_pre_frame").alias(f"evidence_{k}_inside_frame")
+          for k in ("egress", "reply")],
+        *[pl.col(f"_hair_{k}_post_frame").alias(f"evidence_{k}_translated_frame") for k in ("egress", "reply")],
+    ).drop(cs.starts_with("_hair_"))
     crossing = pl.concat([P.select("anchor", "is_egress", "is_icmp_error", "fate"),
                           S.select("anchor", "is_egress", "is_icmp_error",
                                    pl.lit("crossed", FATE).alias("fate"))])

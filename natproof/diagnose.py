@@ -48,8 +48,9 @@ class Finding:
 
 
 def _conn_label(r: dict[str, Any]) -> str:
-    return (f"#{r['conn']} {r['proto']} {format_address(r['inside_src'], r['inside_sport'])} -> "
-            f"{format_address(r['inside_dst'], r['inside_dport'])}")
+    """``#N proto SRC -> DST`` in the initiator's own view (its original tuple)."""
+    return (f"#{r['conn']} {r['proto']} {format_address(r['orig_src'], r['orig_sport'])} -> "
+            f"{format_address(r['orig_dst'], r['orig_dport'])}")
 
 
 def _frames(result: Result, conn: int, side: str, egress: bool, limit: int = 6) -> list[int]:
@@ -93,29 +94,189 @@ def _subnets(addrs: list[str], prefix: int = 24) -> list[str]:
 
 
 def diagnose(result: Result) -> list[Finding]:
-    """Every failure pattern the connections show, most severe first; a single ``healthy`` finding if none."""
+    """Every failure pattern the connections show, most severe first; a single ``healthy`` finding if none.
+
+    Each finding cites connections and frames, and its summary's counts are those of its evidence. Patterns
+    come from the kernel's behaviour as measured in captures/ and the shared cases (docs/model.md)."""
     rows = list(result.connections.iter_rows(named=True))
     by_verdict: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_verdict.setdefault(r["verdict"], []).append(r)
     findings: list[Finding] = []
     pool, explained = _pool(result, rows)
-    blocked = [r for r in by_verdict.get("not_forwarded", []) if r["conn"] not in explained]
+    not_forwarded = [r for r in by_verdict.get("not_forwarded", []) if r["conn"] not in explained]
+    refused = [r for r in not_forwarded if r["fate_node_generated"]]
+    services = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] == "ClusterIP"]
+    blocked = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] != "ClusterIP"]
+    findings += _refused_by_node(result, refused)
+    findings += _service_unanswered(result, services, rows)
     findings += _forwarding(result, blocked, rows)
-    findings += _masquerade(result, by_verdict.get("untranslated", []), by_verdict.get("translated", []) +
+    untranslated = by_verdict.get("untranslated", [])
+    translated_srcs = {r["orig_src"] for r in rows if r["initiator"] == "inside" and "src" in (r["rewrites"] or [])}
+    stale = [r for r in untranslated if r["inside_src"] in translated_srcs]
+    findings += _stale_entries(result, stale)
+    findings += _masquerade(result, [r for r in untranslated if r not in stale], by_verdict.get("translated", []) +
                             by_verdict.get("no_reply", []) + by_verdict.get("reply_dropped", []))
     findings += pool
+    findings += _leaks(result, [r for r in rows if r["fate_leaked"]])
+    findings += _invalid_resets(result, rows)
     findings += _replies(result, by_verdict.get("reply_dropped", []))
-    findings += _no_reply(result, by_verdict.get("no_reply", []))
-    if not findings:
+    findings += _other_path(result, by_verdict.get("reply_other_path", []))
+    silent = by_verdict.get("no_reply", [])
+    findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]])
+    findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
+    problems = bool(findings)
+    findings += _alg(result, [r for r in rows if r["seq_shift"] or r["ack_shift"]])
+    findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
+                                          "outside" and "src" in (r["rewrites"] or [])])
+    if not problems:
         n = Counter(r["verdict"] for r in rows)
-        findings.append(Finding(
+        inbound = sum(1 for r in rows if r["initiator"] == "outside" and r["verdict"] == "translated")
+        findings.insert(0, Finding(
             "healthy", "info", "NAT working as expected",
-            f"{n.get('translated', 0)} connections translated with replies reverse-translated to the pod; "
-            f"{n.get('internal', 0)} internal.", "Nothing to fix.",
+            f"{n.get('translated', 0)} connections translated with replies reverse-translated to the initiator"
+            + (f" ({inbound} of them started outside)" if inbound else "")
+            + f"; {n.get('internal', 0)} internal.", "Nothing to fix.",
             connections=tuple(r["conn"] for r in rows if r["verdict"] == "translated")))
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
+
+
+def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = None,
+             egress: bool | None = None) -> pl.DataFrame:
+    """A connection's packets in one capture (all its legs there), optionally of one fate and direction."""
+    pk = result.inside_packets if side == "inside" else result.outside_packets
+    cond = pl.col("anchor") == r["inside_conn_id"]
+    if fate is not None:
+        cond &= pl.col("fate") == fate
+    if egress is not None:
+        cond &= pl.col("is_egress") == egress
+    return pk.filter(cond).sort("frame_no")
+
+
+def _fate_frames(result: Result, r: dict[str, Any], side: str, fate: str, egress: bool | None = None,
+                 limit: int = 6) -> list[int]:
+    return _packets(result, r, side, fate, egress)["frame_no"].head(limit).to_list()
+
+
+def _refused_by_node(result: Result, refused: list[dict[str, Any]]) -> list[Finding]:
+    """not_forwarded, answered by the node itself: kube-proxy's REJECT for a Service without endpoints, or a
+    REJECT rule (ICMP from the bridge address, or an RST forged as the far end; cases/reject-no-endpoints)."""
+    if not refused:
+        return []
+    findings = []
+    no_endpoints = [r for r in refused if r["service_type"] == "ClusterIP"]
+    rules = [r for r in refused if r["service_type"] != "ClusterIP"]
+    for group, kind in ((no_endpoints, "service_no_endpoints"), (rules, "rejected_by_node")):
+        if not group:
+            continue
+        evidence = []
+        for r in group[:20]:
+            made = _packets(result, r, "inside", "node_generated")
+            what = []
+            for f in made.head(3).iter_rows(named=True):
+                if f["is_icmp_error"]:
+                    what.append(f"frame {f['frame_no']}: ICMP type {f['icmp_type']} code {f['icmp_code']} from "
+                                f"{f['err_src']}")
+                else:
+                    forged = format_address(r["inside_dst"], r["inside_dport"])
+                    what.append(f"frame {f['frame_no']}: TCP RST as if from {forged}")
+            evidence.append(f"{_conn_label(r)}: nothing reached the outside; the node answered itself "
+                            f"({'; '.join(what)})")
+        if kind == "service_no_endpoints":
+            vips = sorted({format_address(r["service_ip"], r["service_port"]) for r in group})
+            findings.append(Finding(
+                kind, "error", "Service without endpoints: the node rejects its ClusterIP",
+                f"{len(group)} connection(s) to ClusterIP(s) {', '.join(vips)} were answered by the node itself "
+                "(kube-proxy's REJECT for a Service with no ready endpoints), never by a backend; nothing left "
+                "the node.",
+                "Check the Service's endpoints: `kubectl get endpointslices -A -l kubernetes.io/service-name=NAME` "
+                "(empty, or no ready address), the selector against the pods' labels, and the pods' readiness "
+                "probes; kube-proxy's rule is `iptables -t filter -S KUBE-SERVICES | grep 'has no endpoints'`.",
+                connections=tuple(r["conn"] for r in group), evidence=tuple(evidence),
+                data={"services": vips}))
+        else:
+            dests = sorted({format_address(r["inside_dst"], r["inside_dport"]) for r in group})
+            findings.append(Finding(
+                kind, "error", "Connections refused by the node (REJECT)",
+                f"{len(group)} connection(s) to {', '.join(dests)} were refused by the node itself: the RST or "
+                "ICMP error the pod got was made on the node (nothing of the connection left it), not by the far "
+                "end. A REJECT rule (a firewall, a NetworkPolicy) matches them.",
+                "Find the rule: `iptables -S | grep REJECT` and `iptables -L -v -n | grep REJECT` (its counter grows "
+                "with these attempts); for a NetworkPolicy, `kubectl get networkpolicy -A`.",
+                connections=tuple(r["conn"] for r in group), evidence=tuple(evidence),
+                data={"destinations": dests}))
+    return findings
+
+
+def _service_unanswered(result: Result, unanswered: list[dict[str, Any]],
+                        rows: list[dict[str, Any]]) -> list[Finding]:
+    """not_forwarded ClusterIP connections with nothing from the node either: the DNAT went to an endpoint out of
+    the captures' sight (on this node), which never answered, or the packets were dropped; when the client is
+    itself an endpoint of the Service, hairpin failed (bridge port without hairpin mode, or no masquerade for
+    hairpin: captures/hairpin-off)."""
+    if not unanswered:
+        return []
+    backends: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        if r["service_type"] and r["backend_ip"]:
+            backends.setdefault((r["service_ip"], r["service_port"]), set()).add(r["backend_ip"])
+    hairpin = [r for r in unanswered if r["inside_src"] in backends.get((r["service_ip"], r["service_port"]), set())]
+    other = [r for r in unanswered if r not in hairpin]
+    findings = []
+    for group, kind in ((hairpin, "hairpin_failed"), (other, "service_unanswered")):
+        if not group:
+            continue
+        evidence = []
+        for r in group[:20]:
+            frames = _fate_frames(result, r, "inside", "inside_only", True)
+            retrans = _syn_retransmissions(result, r["conn"])
+            evidence.append(f"{_conn_label(r)}: {r['egress_inside']} packet(s) to the ClusterIP (frames "
+                            f"{_fmt_frames(frames)})" + (f", {retrans} SYN retransmission(s)" if retrans else "")
+                            + "; no answer, nothing on the outside")
+        vips = sorted({format_address(r["service_ip"], r["service_port"]) for r in group})
+        if kind == "hairpin_failed":
+            findings.append(Finding(
+                kind, "error", "Hairpin failed: a pod cannot reach a Service it backs",
+                f"{len(group)} connection(s) from a pod to ClusterIP(s) {', '.join(vips)}, which that pod itself "
+                "backs (other connections were DNATed to it), got no answer: the packet DNATed back to the pod "
+                "must leave the bridge port it came in on.",
+                "Turn on hairpin mode on the pod's bridge port (`bridge link show` shows `hairpin on`; kubelet "
+                "`--hairpin-mode=hairpin-veth`, or `ip link set VETH type bridge_slave hairpin on`) and check that "
+                "hairpin traffic is masqueraded (KUBE-MARK-MASQ in the KUBE-SEP chain, KUBE-POSTROUTING).",
+                connections=tuple(r["conn"] for r in group), evidence=tuple(evidence), data={"services": vips}))
+        else:
+            findings.append(Finding(
+                kind, "error", "ClusterIP connections got no answer and left no trace outside",
+                f"{len(group)} connection(s) to ClusterIP(s) {', '.join(vips)} got no answer and nothing of them "
+                "reached the outside: kube-proxy DNATed them to an endpoint on this node that the captures do not "
+                "see and that did not answer, or the node dropped them. If the client backs the Service itself, "
+                "this is hairpin failing.",
+                "Check the endpoints (`kubectl get endpointslices -l kubernetes.io/service-name=NAME`) and that "
+                "the endpoint pod listens on the target port; capture on the bridge or the endpoint's veth to see "
+                "the DNATed leg; for hairpin, `bridge link show` must show `hairpin on` for the client's port.",
+                connections=tuple(r["conn"] for r in group), evidence=tuple(evidence), data={"services": vips}))
+    return findings
+
+
+def _stale_entries(result: Result, stale: list[dict[str, Any]]) -> list[Finding]:
+    """untranslated next to translated connections from the same source: the MASQUERADE rule covers that source
+    (so it is not a wrong ``-s`` subnet); the untranslated flow's conntrack entry predates the rule (conntrack
+    decides NAT once, when the entry is created)."""
+    if not stale:
+        return []
+    evidence = [f"{_conn_label(r)} left as {format_address(r['outside_src'], r['outside_sport'])} (inside frame "
+                f"{r['evidence_egress_inside_frame']}, outside frame {r['evidence_egress_outside_frame']}) while "
+                f"other connections from {r['inside_src']} were translated" for r in stale[:20]]
+    return [Finding(
+        "stale_conntrack_entry", "error", "Untranslated flows from pods whose other connections are translated",
+        f"{len(stale)} connection(s) left the node untranslated although their source's other connections were "
+        "translated: the NAT rule covers the source, so these flows' conntrack entries were created before the "
+        "rule (NAT is decided once per entry); long-lived UDP flows keep such an entry alive.",
+        "Delete the stale entries so the next packet creates a new one through the NAT rule: `conntrack -D -s "
+        f"{stale[0]['inside_src']} -d {stale[0]['inside_dst']}` (see `conntrack -L -s {stale[0]['inside_src']}`).",
+        connections=tuple(r["conn"] for r in stale), evidence=tuple(evidence),
+        data={"sources": sorted({r["inside_src"] for r in stale})})]
 
 
 def _forwarding(result: Result, blocked: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[Finding]:
@@ -207,23 +368,254 @@ def _replies(result: Result, dropped: list[dict[str, Any]]) -> list[Finding]:
 
 
 def _no_reply(result: Result, silent: list[dict[str, Any]]) -> list[Finding]:
-    """no_reply: translated and sent, the far end never answered (not the NAT's fault)."""
+    """no_reply with no ICMP error: translated and sent, the far end never answered (not the NAT's fault); for a
+    ClusterIP, the backend kube-proxy chose never answered."""
     if not silent:
         return []
-    refused = [r for r in silent if r["icmp_errors_outside"]]
-    evidence = []
-    for r in silent[:20]:
-        why = "an ICMP error came back" if r["icmp_errors_outside"] else "nothing came back"
-        evidence.append(f"{_conn_label(r)} left as {format_address(r['outside_src'], r['outside_sport'])} "
-                        f"(outside frame {r['evidence_egress_outside_frame']}); {why}")
+    findings = []
+    backends = [r for r in silent if r["service_type"] == "ClusterIP" and r["backend_ip"]]
+    rest = [r for r in silent if r not in backends]
+    if backends:
+        evidence = [f"{_conn_label(r)} DNATed to {format_address(r['backend_ip'], r['backend_port'])} and left as "
+                    f"{format_address(r['outside_src'], r['outside_sport'])} (outside frame "
+                    f"{r['evidence_egress_outside_frame']}); nothing came back" for r in backends[:20]]
+        chosen = sorted({format_address(r["backend_ip"], r["backend_port"]) for r in backends})
+        findings.append(Finding(
+            "service_backend_silent", "error", "Service DNAT to a backend that never answers",
+            f"{len(backends)} connection(s) to a ClusterIP were DNATed to {', '.join(chosen)} and sent on, and the "
+            "backend never answered: the endpoint is gone or not listening while kube-proxy still sends to it.",
+            "Check the endpoint is ready and listening on its target port (`kubectl get endpointslices`, "
+            "`kubectl get pod -o wide`); a stale endpoint points at kube-proxy's sync (`iptables -t nat -S | grep "
+            "KUBE-SEP`).",
+            connections=tuple(r["conn"] for r in backends), evidence=tuple(evidence), data={"backends": chosen}))
+    if rest:
+        evidence = [f"{_conn_label(r)} left as {format_address(r['outside_src'], r['outside_sport'])} (outside "
+                    f"frame {r['evidence_egress_outside_frame']}); nothing came back" for r in rest[:20]]
+        findings.append(Finding(
+            "no_reply", "warning", "No reply from the far end",
+            f"{len(rest)} connection(s) were translated and left the node, but the far end did not answer. The NAT "
+            "did its part; look beyond the node.",
+            "Check the destination is up and reachable from the node's address (firewalls, security groups, a "
+            "NAT gateway further on).",
+            connections=tuple(r["conn"] for r in rest), evidence=tuple(evidence), data={"refused": 0}))
+    return findings
+
+
+ICMP_UNREACHABLE_NAMES = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
+                          3: "port unreachable", 4: "fragmentation needed", 9: "net administratively prohibited",
+                          10: "host administratively prohibited", 13: "communication administratively prohibited"}
+"""ICMP type 3 codes (RFC 792, RFC 1812)."""
+
+
+def _icmp_kind(pk: dict[str, Any], r: dict[str, Any]) -> str:
+    """What one ICMP error says: refused (port/protocol unreachable from the destination itself), path_mtu
+    (fragmentation needed / packet too big, RFC 1191/4443), prohibited (administratively), unreachable (a
+    router on the path: host/net unreachable, time exceeded)."""
+    v6 = ":" in (r["inside_src"] or "")
+    t, c = pk["icmp_type"], pk["icmp_code"]
+    if (not v6 and t == 3 and c == 4) or (v6 and t == 2):
+        return "path_mtu"
+    if (not v6 and t == 3 and c in (9, 10, 13)) or (v6 and t == 1 and c == 1):
+        return "prohibited"
+    if (not v6 and t == 3 and c in (2, 3)) or (v6 and t == 1 and c == 4):
+        return "refused"
+    return "unreachable"
+
+
+def _icmp_errors(result: Result, answered: list[dict[str, Any]]) -> list[Finding]:
+    """no_reply answered by an ICMP error: named for what it is and who sent it (cases/pmtud-frag-needed: a
+    router's "fragmentation needed", reverse-translated by the node like any related ICMP error)."""
+    if not answered:
+        return []
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for r in answered:
+        errs = _packets(result, r, "inside").filter(pl.col("is_icmp_error"))
+        if errs.is_empty():
+            errs = _packets(result, r, "outside").filter(pl.col("is_icmp_error"))
+        first = errs.row(0, named=True)
+        groups.setdefault(_icmp_kind(first, r), []).append((r, first))
+    findings = []
+    for kind, items in groups.items():
+        def line(r: dict[str, Any], e: dict[str, Any]) -> str:
+            name = ICMP_UNREACHABLE_NAMES.get(e["icmp_code"], f"type {e['icmp_type']} code {e['icmp_code']}") \
+                if e["icmp_type"] == 3 else f"ICMP type {e['icmp_type']} code {e['icmp_code']}"
+            mtu = f", mtu {e['icmp_mtu']}" if e["icmp_mtu"] is not None else ""
+            who = "the destination" if e["err_src"] == r["inside_dst"] or e["err_src"] == r["trans_dst"] \
+                else f"{e['err_src']} (a router on the path, not the destination)"
+            return f"{_conn_label(r)}: {name}{mtu} from {who} (frame {e['frame_no']})"
+        evidence = [line(r, e) for r, e in items[:20]]
+        conns = tuple(r["conn"] for r, _ in items)
+        if kind == "path_mtu":
+            mtus = sorted({e["icmp_mtu"] for _, e in items if e["icmp_mtu"] is not None})
+            routers = sorted({e["err_src"] for _, e in items if e["err_src"] is not None})
+            findings.append(Finding(
+                "path_mtu", "warning", "Packets too big for the path (fragmentation needed)",
+                f"{len(items)} connection(s) sent packets larger than a link on the path allows: router(s) "
+                f"{', '.join(routers)} answered \"fragmentation needed\" (next-hop MTU {', '.join(map(str, mtus))})"
+                " and dropped them. The NAT reverse-translated the ICMP error correctly; the server is not at "
+                "fault.",
+                f"Lower the MTU on the path's near side or clamp TCP MSS (`iptables -t mangle -A FORWARD -p tcp "
+                f"--tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`); for UDP, send datagrams that fit "
+                f"{min(mtus) if mtus else 'the path MTU'} bytes, and make sure ICMP type 3 code 4 is not filtered.",
+                connections=conns, evidence=tuple(evidence), data={"mtu": mtus, "routers": routers}))
+        elif kind == "refused":
+            findings.append(Finding(
+                "refused", "warning", "The far end refused (port or protocol unreachable)",
+                f"{len(items)} connection(s) were translated and reached the destination, which answered that "
+                "nothing listens there (ICMP port/protocol unreachable). The NAT did its part.",
+                "Check the service on the destination listens on that port and protocol.",
+                connections=conns, evidence=tuple(evidence), data={"refused": len(items)}))
+        elif kind == "prohibited":
+            findings.append(Finding(
+                "prohibited", "warning", "A firewall on the path prohibits the traffic",
+                f"{len(items)} connection(s) were answered with ICMP \"administratively prohibited\": a filter on "
+                "the path (or at the destination) rejects them.",
+                "Find the filter at the ICMP error's source address (its REJECT --reject-with icmp-*-prohibited).",
+                connections=conns, evidence=tuple(evidence), data={}))
+        else:
+            findings.append(Finding(
+                "unreachable", "warning", "Destination unreachable from the path",
+                f"{len(items)} connection(s) were translated and sent, and a router answered that the destination "
+                "cannot be reached (host/net unreachable or TTL exceeded).",
+                "Check routing beyond the node towards the destination (the ICMP error's source is the router "
+                "that gave up).",
+                connections=conns, evidence=tuple(evidence), data={}))
+    return findings
+
+
+def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
+    """Packets that crossed untranslated inside a translated connection: conntrack marked them INVALID, or their
+    entry had expired (a FIN after an idle established timeout), so no NAT applied and the pod's own address left
+    the node (cases/idle-expiry-fin-leak). Not a port clash: the same connection, the pod's own tuple."""
+    if not leaky:
+        return []
+    evidence, idle = [], 0
+    for r in leaky[:20]:
+        inside = _packets(result, r, "inside").sort("ts_ns")
+        leaked = inside.filter(pl.col("fate") == "leaked")
+        first = leaked.row(0, named=True)
+        before = inside.filter(pl.col("ts_ns") < first["ts_ns"])
+        gap_s = (first["ts_ns"] - before["ts_ns"].max()) / 1e9 if before.height else None
+        flags = sorted({_flag_names(f) for f in leaked["tcp_flags"].drop_nulls().to_list()})
+        outs = _fate_frames(result, r, "outside", "leaked")
+        after = f" after {gap_s:.1f} s of silence" if gap_s is not None and gap_s >= IDLE_GAP_S else ""
+        idle += bool(after)
+        evidence.append(f"{_conn_label(r)}: {r['fate_leaked']} packet(s) ({', '.join(flags) or 'no TCP flags'}) left "
+                        f"as {format_address(r['inside_src'], r['inside_sport'])}{after} (inside frames "
+                        f"{_fmt_frames(leaked['frame_no'].head(6).to_list())}, outside frames {_fmt_frames(outs)}), "
+                        f"the rest as {format_address(r['outside_src'], r['outside_sport'])}")
+    total = sum(r["fate_leaked"] for r in leaky)
+    cause = (f"in {idle} of them after the connection sat idle: its conntrack entry had expired "
+             "(nf_conntrack_tcp_timeout_established, or a conntrack -D), so its next packets matched no entry and "
+             "were INVALID" if idle else "conntrack marked them INVALID (out of the TCP window)")
     return [Finding(
-        "no_reply", "warning", "No reply from the far end",
-        f"{len(silent)} connection(s) were translated and left the node, but the far end did not answer"
-        + (f" ({len(refused)} refused with an ICMP error)" if refused else "")
-        + ". The NAT did its part; look beyond the node.",
-        "Check the destination is up and reachable from the node's address (firewalls, security groups, a "
-        "NAT gateway further on).",
-        connections=tuple(r["conn"] for r in silent), evidence=tuple(evidence), data={"refused": len(refused)})]
+        "private_address_leak", "error", "Pod addresses leaked: packets left untranslated mid-connection",
+        f"{len(leaky)} translated connection(s) sent {total} packet(s) out of the node untranslated, carrying the "
+        f"pod's own address; {cause}. This is not a port clash: the connection kept one mapping.",
+        "Drop what conntrack cannot translate: `iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP` (as "
+        "kube-proxy's KUBE-FORWARD does); keep idle connections alive shorter than "
+        "`sysctl net.netfilter.nf_conntrack_tcp_timeout_established` (TCP keepalives), or raise it; check "
+        "`conntrack -S` for invalid.",
+        connections=tuple(r["conn"] for r in leaky), evidence=tuple(evidence),
+        data={"leaked_packets": total, "after_idle": idle})]
+
+
+IDLE_GAP_S = 1.0
+"""A leak after at least this much silence (1 s) is told as an expired entry (captures/idle-expiry: 6 s)."""
+
+
+def _flag_names(flags: int) -> str:
+    names = [n for bit, n in ((0x02, "SYN"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"))
+             if flags & bit]
+    return ",".join(names)
+
+
+def _invalid_resets(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """A reply that reached the outside and never the pod, next to an RST the node made under the translated
+    tuple: conntrack marked the reply INVALID (out of window), did not reverse-translate it, delivered it to the
+    node's own stack, which reset the connection (the kube-proxy connection-reset bug;
+    cases/oow-invalid-node-rst)."""
+    hit = [r for r in rows if r["initiator"] == "inside" and r["fate_outside_only"] and r["fate_node_generated"]
+           and r["verdict"] in ("translated", "no_reply", "reply_dropped")]
+    hits = []
+    for r in hit:
+        lost = _packets(result, r, "outside", "outside_only", False)
+        rst = _packets(result, r, "outside", "node_generated", True)
+        if lost.height and rst.height:
+            hits.append((r, lost, rst))
+    if not hits:
+        return []
+    evidence = [f"{_conn_label(r)}: reply frame(s) {_fmt_frames(lost['frame_no'].head(6).to_list())} on the outside "
+                f"never reached the pod; outside frame(s) {_fmt_frames(rst['frame_no'].head(6).to_list())}: an RST "
+                f"from {format_address(r['outside_src'], r['outside_sport'])} the pod never sent"
+                for r, lost, rst in hits[:20]]
+    return [Finding(
+        "invalid_reply_reset", "error", "Replies not reverse-translated; the node reset the connection",
+        f"{len(hits)} connection(s) got a reply that conntrack did not reverse-translate (marked INVALID: out of "
+        "the TCP window) and the node answered it with its own RST under the translated tuple, which kills the "
+        "connection at the far end.",
+        "Drop INVALID packets before the node answers them: `iptables -I INPUT -m conntrack --ctstate INVALID -j "
+        "DROP` and in FORWARD (kube-proxy's KUBE-FORWARD rule), or let conntrack accept out-of-window segments: "
+        "`sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1`; `conntrack -S` counts them as invalid.",
+        connections=tuple(r["conn"] for r, _, _ in hits), evidence=tuple(evidence), data={})]
+
+
+def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """reply_other_path: the source rewrite is proven, the reverse translation is not (cases/asymmetric-reply)."""
+    if not rows:
+        return []
+    evidence = [f"{_conn_label(r)}: {r['egress_inside']} packet(s) crossed as "
+                f"{format_address(r['outside_src'], r['outside_sport'])}; {r['reply_inside']} reply packet(s) "
+                f"reached the pod (inside frames "
+                f"{_fmt_frames(_fate_frames(result, r, 'inside', 'inside_only', False))}), none crossed the outside "
+                "capture" for r in rows[:20]]
+    return [Finding(
+        "reply_other_path", "warning", "Replies came back by a path the outside capture does not see",
+        f"{len(rows)} connection(s) were translated on the way out and their replies reached the pod, but no reply "
+        "crossed the captured outside interface: they returned over another interface (asymmetric routing) or the "
+        "capture missed them. The source rewrite is proven; the reverse translation is not.",
+        "Capture every uplink (`tcpdump -i any`) or check `ip route` / policy routing for a second return path; "
+        "with rp_filter strict, asymmetric replies get dropped.",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """A constant TCP sequence shift after a payload rewrite: an ALG (conntrack's FTP helper) edited the payload
+    (cases/ftp-alg-active); its expectation admits the related inbound connection."""
+    if not rows:
+        return []
+    evidence = [f"{_conn_label(r)}: the initiator's sequence numbers +{r['seq_shift'] or 0} on the outside, the "
+                f"replies' acks {-(r['ack_shift'] or 0):+d} inside, after a payload rewrite" for r in rows[:20]]
+    related = [r for r in result.connections.iter_rows(named=True) if r["initiator"] == "outside"
+               and r["service_type"] is None and r["verdict"] == "translated"]
+    for r in related[:10]:
+        evidence.append(f"{_conn_label(r)} came in from {format_address(r['orig_src'], r['orig_sport'])} to "
+                        f"{format_address(r['orig_dst'], r['orig_dport'])}, DNATed to the pod: an expectation")
+    return [Finding(
+        "alg_rewrite", "info", "An ALG rewrote payloads (sequence numbers shifted)",
+        f"{len(rows)} connection(s) had their payload rewritten on the node (conntrack's FTP helper rewrites the "
+        "address in PORT commands), shifting every later sequence number by a constant; natproof matched the "
+        f"shifted packets by IP id. {len(related)} connection(s) started outside were admitted to the pod.",
+        "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
+        "and `conntrack -L expect` its expectations.",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+def _nodeport_source(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """NodePort with externalTrafficPolicy=Cluster: the client's address is masqueraded to the node's (info)."""
+    if not rows:
+        return []
+    evidence = [f"{_conn_label(r)}: {format_address(r['orig_src'], r['orig_sport'])} -> "
+                f"{format_address(r['orig_dst'], r['orig_dport'])} reached the pod as "
+                f"{format_address(r['trans_src'], r['trans_sport'])} -> "
+                f"{format_address(r['trans_dst'], r['trans_dport'])}" for r in rows[:20]]
+    return [Finding(
+        "nodeport_source_lost", "info", "NodePort clients' addresses are masqueraded (externalTrafficPolicy=Cluster)",
+        f"{len(rows)} NodePort connection(s) reached the pod from a node address, not the client's: kube-proxy "
+        "masquerades NodePort traffic under externalTrafficPolicy=Cluster.",
+        "If the pod needs the client's address, set `externalTrafficPolicy: Local` on the Service (traffic then "
+        "goes only to endpoints on the receiving node).",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
 
 
 TIME_WAIT_NS = 120 * 10**9

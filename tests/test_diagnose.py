@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,10 @@ def findings_of(name: str) -> dict:
     ("basic", "healthy"), ("many-connections", "healthy"), ("internal", "healthy"),
     ("forwarding-off", "forwarding_blocked"), ("forward-drop", "forwarding_blocked"),
     ("no-masquerade", "no_masquerade"), ("wrong-subnet", "wrong_source_subnet"),
-    ("reply-drop", "replies_dropped"), ("udp", "no_reply"), ("port-exhaustion", "port_pool_exhausted"),
+    ("reply-drop", "replies_dropped"), ("udp", "refused"), ("port-exhaustion", "port_pool_exhausted"),
+    ("clusterip", "healthy"), ("clusterip-local", "healthy"), ("hairpin", "healthy"),
+    ("hairpin-off", "service_unanswered"), ("idle-expiry", "private_address_leak"),
+    ("invalid-oow", "invalid_reply_reset"), ("asymmetric-reply", "reply_other_path"),
 ])
 def test_each_lab_scenario_gets_its_diagnosis(scenario: str, kind: str) -> None:
     found = findings_of(scenario)
@@ -71,3 +75,34 @@ def test_port_exhaustion_explains_the_dropped_connections_and_the_reused_tuples(
     dropped = [e for e in f.evidence if "never left the node" in e]
     assert len(dropped) == 6  # the SYNs that found no free port (conntrack -S: insert_failed)
     assert any("left under 2 outside tuples" in e for e in f.evidence)
+
+
+def test_lab_nodeport_and_ftp_add_information_to_a_healthy_node() -> None:
+    found = findings_of("nodeport")
+    assert list(found) == ["healthy", "nodeport_source_lost"]
+    # Two of the four inbound connections went to the Cluster-policy NodePort (masqueraded).
+    assert len(found["nodeport_source_lost"].connections) == 2
+    found = findings_of("ftp-alg")
+    assert list(found) == ["healthy", "alg_rewrite"]
+
+
+def test_reject_scenario_names_the_service_without_endpoints_and_the_reject_rule() -> None:
+    found = findings_of("reject-no-endpoints")
+    assert list(found) == ["service_no_endpoints", "rejected_by_node"]
+    assert found["service_no_endpoints"].data["services"] == ["10.96.0.30:80", "10.96.0.31:53"]
+    assert "forwarding_blocked" not in found
+
+
+def test_every_summary_count_is_its_evidence_count() -> None:
+    # A finding's sentence may not contradict the lines it cites: the number of connections it names is the
+    # number of connections it lists (up to the 20 it shows).
+    for case in sorted(p for p in CAPTURES.iterdir() if (p / "truth.json").exists()):
+        for f in diagnose(correlate(*capture_pair(case))):
+            if f.kind in ("healthy", "port_pool_exhausted", "mapping_conflict"):
+                continue
+            head = re.match(r"(?:None of the )?(\d+) (?:outbound |translated |NodePort )?connection", f.summary)
+            if head is None:  # a summary that names subnets, not a count of connections
+                assert f.kind == "wrong_source_subnet", f.summary
+                continue
+            assert int(head.group(1)) == len(f.connections), (case.name, f.kind, f.summary)
+            assert len(f.evidence) >= min(len(f.connections), 20), (case.name, f.kind)
