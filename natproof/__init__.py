@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 
+from natproof.assemble import Services
 from natproof.capture import CaptureInfo, Record, read_capture
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
@@ -18,7 +19,7 @@ from natproof.result import Result
 from natproof.verdicts import Verdict
 from natproof.verify import Check, Expectations, ExpectedConnection, load_expectations, verify
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CaptureError",
@@ -31,6 +32,7 @@ __all__ = [
     "NatproofError",
     "Record",
     "Result",
+    "Services",
     "Verdict",
     "__version__",
     "correlate",

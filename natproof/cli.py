@@ -20,6 +20,7 @@ import natproof
 from natproof.errors import NatproofError
 from natproof.report.export import FORMATS, render_bytes, write_result
 from natproof.report.table import format_address, render_table
+from natproof.result import SCHEMA, SCHEMAS
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 """Captures smaller than this decode in well under a second: no bar for them."""
@@ -79,8 +80,37 @@ def cli(ctx: click.Context, traceback: bool) -> None:
     ctx.obj = {"traceback": traceback}
 
 
+def _services_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Keep --service-cidr / --nodeport-range for run_correlate in the context (every command that reads
+    captures takes them; they never reach the command's own signature)."""
+    obj = ctx.find_root().ensure_object(dict)
+    obj.setdefault("services", {})[param.name] = value
+    return value
+
+
+def services_from(obj: dict) -> natproof.Services:
+    """The Services recognition --service-cidr and --nodeport-range ask for (kube-apiserver's defaults)."""
+    from natproof.correlate import parse_networks
+
+    opts = obj.get("services", {})
+    cidr, ports = opts.get("service_cidr"), opts.get("nodeport_range")
+    kw: dict = {}
+    if cidr:
+        kw["networks"] = parse_networks(cidr, option="--service-cidr")
+    if ports:
+        lo, sep, hi = ports.partition("-")
+        if not (sep and lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
+            raise NatproofError(f"invalid --nodeport-range {ports!r} (e.g. 30000-32767)")
+        kw["nodeport_range"] = (int(lo), int(hi))
+    return natproof.Services(**kw)
+
+
 def capture_options(f: Callable) -> Callable:
     """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+    f = click.option("--nodeport-range", metavar="LOW-HIGH", expose_value=False, callback=_services_option,
+                     help="NodePort range (kube-apiserver --service-node-port-range). Default: 30000-32767.")(f)
+    f = click.option("--service-cidr", metavar="CIDR[,CIDR...]", expose_value=False, callback=_services_option,
+                     help="ClusterIP range (kube-apiserver --service-cluster-ip-range). Default: 10.96.0.0/12.")(f)
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
     f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
@@ -100,9 +130,10 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
     """Correlate with a progress bar, and print the captures' warnings unless quiet."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
+    services = services_from(click.get_current_context().find_root().ensure_object(dict))
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
-                                    tolerance_s=tolerance, progress=progress, decoder=decoder)
+                                    tolerance_s=tolerance, progress=progress, decoder=decoder, services=services)
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
@@ -116,16 +147,18 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also write the port-allocation and latency charts (PNG and SVG) into DIR.")
+@click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
+              help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
 @output_options
 def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-              decoder: str, limit: int, charts_dir: str | None, fmt: str | None, output: str | None,
+              decoder: str, limit: int, charts_dir: str | None, schema: str, fmt: str | None, output: str | None,
               quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
     Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
     """
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
-    emit(result, fmt, output, limit)
+    emit(result, fmt, output, limit, SCHEMAS[schema])
     if charts_dir:
         from natproof.report.charts import save_charts
 
@@ -273,7 +306,7 @@ def _who_line(c: dict) -> str:
             f" from {_iso(int(c['first_seen'] * 1e9))} to {_iso(int(c['last_seen'] * 1e9))}: {c['verdict']}{frames}")
 
 
-def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int) -> None:
+def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:
     """Print or write a result in the chosen format."""
     if fmt is None:
         fmt = "table" if output is None and sys.stdout.isatty() else "json"
@@ -290,11 +323,11 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
             Console(width=None if sys.stdout.isatty() else 160).print(render_table(result, limit), *lines)
         return
     if output:
-        write_result(result, fmt, output)
+        write_result(result, fmt, output, schema)
         return
     if fmt == "parquet":
         raise click.UsageError("--format parquet needs -o FILE")
-    sys.stdout.buffer.write(render_bytes(result, fmt))
+    sys.stdout.buffer.write(render_bytes(result, fmt, schema))
     sys.stdout.flush()
 
 

@@ -40,6 +40,48 @@ def flow_columns() -> list[pl.Expr]:
     ]
 
 
+NEVER_FORWARDED = (
+    ("multicast", ("224.0.0.0/4", "ff00::/8")),
+    ("broadcast", ("255.255.255.255/32",)),
+    ("link_local", ("169.254.0.0/16", "fe80::/10")),
+)
+"""Destinations (or sources) no router forwards, so no NAT sees them (RFC 1112, RFC 919, RFC 3927/4291)."""
+DHCP_PORTS = (67, 68, 546, 547)
+"""DHCP and DHCPv6: link-local exchanges with the local server or relay."""
+
+
+def split_never_forwarded(packets: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Packets (with the flow columns) less the traffic no router forwards: multicast, limited broadcast,
+    link-local addresses, DHCP. Returns (kept, {reason: packets left out}) so that it is counted as skipped,
+    never judged as a connection that failed (an SSDP multicast on a LAN is not a FORWARD drop:
+    cases/lan-multicast)."""
+    import ipaddress
+
+    nets = [(reason, [ipaddress.ip_network(n) for n in cidrs]) for reason, cidrs in NEVER_FORWARDED]
+    addrs = pl.concat([packets["f_src"].drop_nulls().unique().cast(pl.String),
+                       packets["f_dst"].drop_nulls().unique().cast(pl.String)]).unique().to_list()
+    why: dict[str, str] = {}
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        for reason, ns in nets:
+            if any(ip.version == n.version and ip in n for n in ns):
+                why[a] = reason
+                break
+    if not why:
+        reason = pl.lit(None, pl.String)
+    else:
+        dst = pl.col("f_dst").cast(pl.String).replace_strict(why, default=None, return_dtype=pl.String)
+        src = pl.col("f_src").cast(pl.String).replace_strict(why, default=None, return_dtype=pl.String)
+        reason = pl.coalesce(dst, src)
+    dhcp = (pl.col("f_proto") == 17) & (pl.col("f_sport").is_in(DHCP_PORTS) & pl.col("f_dport").is_in(DHCP_PORTS))
+    reason = pl.when(dhcp).then(pl.lit("dhcp")).otherwise(reason)
+    tagged = packets.select(reason.alias("_why"))["_why"]
+    if tagged.null_count() == tagged.len():
+        return packets, {}
+    counts = dict(tagged.drop_nulls().value_counts().iter_rows())
+    return packets.filter(tagged.is_null()), counts
+
+
 GROUP_COLUMNS = ("frame_no", "ts_ns", "f_proto", "f_src", "f_dst", "f_sport", "f_dport", "is_icmp_error", "tcp_seq",
                  "tcp_flags", "icmp_type")
 """The packet columns grouping reads (the flow columns are made from the decoded ones when missing)."""

@@ -11,7 +11,7 @@ import polars as pl
 
 from natproof.assemble import Services, assemble
 from natproof.capture import CaptureInfo
-from natproof.connections import PROTO_NAMES, IdleTimeouts, flow_columns, group_connections
+from natproof.connections import PROTO_NAMES, IdleTimeouts, flow_columns, group_connections, split_never_forwarded
 from natproof.errors import InputError
 from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
 from natproof.memory import trim
@@ -27,13 +27,13 @@ _PRIVATE_V4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", 
 _ULA = ipaddress.ip_network("fc00::/7")
 
 
-def parse_networks(cidrs: str | Sequence[str]) -> tuple[Network, ...]:
-    """Parse one CIDR, a comma-separated list, or a sequence of CIDRs."""
+def parse_networks(cidrs: str | Sequence[str], option: str = "--pod-cidr") -> tuple[Network, ...]:
+    """Parse one CIDR, a comma-separated list, or a sequence of CIDRs; InputError names ``option``."""
     items = cidrs.split(",") if isinstance(cidrs, str) else list(cidrs)
     try:
         return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in items if c.strip())
     except ValueError as exc:
-        raise InputError(f"invalid --pod-cidr: {exc}") from None
+        raise InputError(f"invalid {option}: {exc}") from None
 
 
 def infer_pod_networks(conns: pl.DataFrame) -> tuple[Network, ...]:
@@ -93,6 +93,8 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS; ``row``
     indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
     info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
+    pk, never = split_never_forwarded(pk)
+    info.skipped.update(never)
     pk, conns = group_connections(pk, timeouts)
     nets: tuple[Network, ...] = ()
     if inside:

@@ -115,8 +115,10 @@ def diagnose(result: Result) -> list[Finding]:
     translated_srcs = {r["orig_src"] for r in rows if r["initiator"] == "inside" and "src" in (r["rewrites"] or [])}
     stale = [r for r in untranslated if r["inside_src"] in translated_srcs]
     findings += _stale_entries(result, stale)
-    findings += _masquerade(result, [r for r in untranslated if r not in stale], by_verdict.get("translated", []) +
-                            by_verdict.get("no_reply", []) + by_verdict.get("reply_dropped", []))
+    routed = [r for r in untranslated if r not in stale and r["matched_reply"]]
+    findings += _masquerade(result, [r for r in untranslated if r not in stale and r not in routed],
+                            by_verdict.get("translated", []) + by_verdict.get("no_reply", [])
+                            + by_verdict.get("reply_dropped", []))
     findings += pool
     findings += _leaks(result, [r for r in rows if r["fate_leaked"]])
     findings += _invalid_resets(result, rows)
@@ -126,11 +128,12 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]])
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
     problems = bool(findings)
+    findings += _routed(result, routed)
     findings += _alg(result, [r for r in rows if r["seq_shift"] or r["ack_shift"]])
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
-    if not problems:
-        n = Counter(r["verdict"] for r in rows)
+    n = Counter(r["verdict"] for r in rows)
+    if not problems and (n.get("translated") or not routed):
         inbound = sum(1 for r in rows if r["initiator"] == "outside" and r["verdict"] == "translated")
         findings.insert(0, Finding(
             "healthy", "info", "NAT working as expected",
@@ -315,8 +318,28 @@ def _forwarding(result: Result, blocked: list[dict[str, Any]], rows: list[dict[s
         data={"pods": pods, "all_blocked": everything, "syn_retransmissions": retrans_total})]
 
 
+def _routed(result: Result, routed: list[dict[str, Any]]) -> list[Finding]:
+    """untranslated with replies crossing back: a routed path that keeps addresses (a router with no NAT, VPC CNI
+    pods with routable addresses, an SNAT exclusion for a VPC CIDR): information, not a failure."""
+    if not routed:
+        return []
+    evidence = [f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside frame "
+                f"{r['evidence_egress_outside_frame']}); {r['matched_reply']} reply packet(s) crossed back (first: "
+                f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})"
+                for r in routed[:20]]
+    nets = _subnets([r["inside_src"] for r in routed])
+    return [Finding(
+        "routed_path", "info", "Routed path: addresses kept, replies come back",
+        f"{len(routed)} connection(s) crossed with nothing rewritten and their replies crossed back: the path "
+        f"between the captures routes {', '.join(nets)} without NAT.",
+        "Nothing to fix if no NAT is wanted here (a routed network, pods with routable addresses, an SNAT "
+        "exclusion); if one was expected, check `iptables -t nat -L POSTROUTING -n -v`.",
+        connections=tuple(r["conn"] for r in routed), evidence=tuple(evidence), data={"subnets": nets})]
+
+
 def _masquerade(result: Result, leaked: list[dict[str, Any]], translated: list[dict[str, Any]]) -> list[Finding]:
-    """untranslated: egress left with the pod's own source address."""
+    """untranslated without replies crossing back: egress left with the pod's own source address, and the far end
+    could not answer it."""
     if not leaked:
         return []
     leak_nets = _subnets([r["inside_src"] for r in leaked])

@@ -12,7 +12,7 @@ from typing import IO
 import orjson
 import polars as pl
 
-from natproof.result import Result, connection_dict
+from natproof.result import SCHEMA, Result, connection_dict
 
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 
@@ -34,8 +34,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         raise
 
 
-def to_json(result: Result) -> str:
-    return json_bytes(result.to_dict()).decode()
+def to_json(result: Result, schema: str = SCHEMA) -> str:
+    return json_bytes(result.to_dict(schema)).decode()
 
 
 def json_bytes(doc: object) -> bytes:
@@ -44,10 +44,11 @@ def json_bytes(doc: object) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-def to_ndjson(result: Result) -> str:
-    """One connection per line (for jq and log pipelines)."""
-    return b"".join(orjson.dumps(connection_dict(r), option=orjson.OPT_APPEND_NEWLINE)
-                    for r in result.connections.iter_rows(named=True)).decode()
+def to_ndjson(result: Result, schema: str = SCHEMA) -> str:
+    """One connection per line (for jq and log pipelines), as in the ``schema`` document."""
+    conns = result.to_dict(schema)["connections"] if schema != SCHEMA else (
+        connection_dict(r) for r in result.connections.iter_rows(named=True))
+    return b"".join(orjson.dumps(c, option=orjson.OPT_APPEND_NEWLINE) for c in conns).decode()
 
 
 def flat_frame(result: Result) -> pl.DataFrame:
@@ -90,12 +91,12 @@ def to_conntrack(result: Result) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def render_bytes(result: Result, fmt: str) -> bytes:
-    """The result in a file format, as bytes."""
+def render_bytes(result: Result, fmt: str, schema: str = SCHEMA) -> bytes:
+    """The result in a file format, as bytes; ``schema`` picks the JSON document (json, ndjson)."""
     if fmt == "json":
-        return json_bytes(result.to_dict())
+        return json_bytes(result.to_dict(schema))
     if fmt == "ndjson":
-        return to_ndjson(result).encode()
+        return to_ndjson(result, schema).encode()
     if fmt == "csv":
         return to_csv(result).encode()
     if fmt == "conntrack":
@@ -112,5 +113,5 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     atomic_write(path, lambda fh: fh.write(data))
 
 
-def write_result(result: Result, fmt: str, path: str | os.PathLike[str]) -> None:
-    write_bytes(path, render_bytes(result, fmt))
+def write_result(result: Result, fmt: str, path: str | os.PathLike[str], schema: str = SCHEMA) -> None:
+    write_bytes(path, render_bytes(result, fmt, schema))
