@@ -926,7 +926,18 @@ def _allocate(scenario: Scenario, layouts: list[_Layout]) -> list[_Layout]:
         spans.setdefault(f.inside_tuple, []).append((lay.first_ns, lay.last_ns))
         original = (f.pod, f.sport, f.dst, f.dport)
 
-        def place(inside: Tuple4 | None, outside: Tuple4 | None, lay: _Layout = lay) -> None:
+        def place(
+            inside: Tuple4 | None, outside: Tuple4 | None, lay: _Layout = lay, original: Tuple4 = original
+        ) -> None:
+            if inside is not None and inside != original:
+                # DNAT alone (NodePort, Local) cannot move a clash away: the kernel would drop the packet.
+                seen = (lay.flow.proto, *inside)
+                for first, last in spans.get(seen, []):
+                    if lay.first_ns <= last and first <= lay.last_ns:
+                        raise ValueError(
+                            f"scenario {scenario.name!r}: two flows show the inside tuple {seen} at once"
+                        )
+                spans.setdefault(seen, []).append((lay.first_ns, lay.last_ns))
             done[lay.index] = _Layout(lay.flow, lay.index, lay.events, inside, outside)
 
         if f.outcome == "untranslated":
@@ -1527,3 +1538,126 @@ def _named() -> dict[str, Scenario]:
 
 SCENARIOS: dict[str, Scenario] = _named()
 """Hand-written scenarios, one per behaviour the matcher must prove."""
+
+
+def _model_named() -> dict[str, Scenario]:
+    a, b, c, ftpd = "10.244.0.10", "10.244.1.20", "10.244.100.100", "10.244.0.5"
+    node = "203.0.113.2"
+    web, api = "198.51.100.10", "192.0.2.20"
+    client, client2 = "198.51.100.20", "192.0.2.77"
+    # kube-proxy's picture of cases/clusterip-dnat: the API server behind 10.96.0.1:443, DNS behind 10.96.0.10.
+    kube_api = Service("ClusterIP", "10.96.0.1", 443, (("198.51.100.10", 6443), ("198.51.100.11", 6443)))
+    kube_dns = Service("ClusterIP", "10.96.0.10", 53, (("198.51.100.53", 53),))
+    web_svc = Service("ClusterIP", "10.100.7.9", 80, ((web, 8080), (api, 8080), ("203.0.113.50", 8080)))
+    ftp_svc = Service("ClusterIP", "10.96.40.21", 21, ((web, 21),))
+    # cases/nodeport-inbound: 30080 (Cluster) and 30081 (Local) in front of a pod's :8080.
+    np_cluster = Service("NodePort", node, 30080, ((a, 8080), (b, 8080)))
+    np_local = Service("NodePort", node, 30081, ((a, 8080),), external_traffic_policy="Local")
+    np_dns = Service("NodePort", node, 30053, ((b, 53),))
+    np_ftp = Service("NodePort", node, 30021, ((ftpd, 21),))
+    scenarios = [
+        Scenario(
+            "clusterip_dnat",
+            (
+                # kube-proxy picks an endpoint per connection: the scenario names each pick.
+                Flow("tcp", a, 50438, "10.96.0.1", 443, service=kube_api, backend=0),
+                Flow("tcp", a, 50454, "10.96.0.1", 443, start_s=0.15, service=kube_api, backend=1),
+                Flow("tcp", b, 44874, "10.96.0.1", 443, start_s=0.3, service=kube_api, backend=0, requests=2),
+                Flow("udp", a, 34545, "10.96.0.10", 53, start_s=0.4, service=kube_dns),
+                Flow("udp", b, 54658, "10.96.0.10", 53, start_s=0.55, service=kube_dns, requests=2),
+                Flow("tcp", b, 41000, "10.100.7.9", 80, start_s=0.6, service=web_svc, backend=2),
+                # Plain egress to one of the backends, next to the DNATed connections.
+                Flow("tcp", a, 48284, web, 80, start_s=0.7),
+            ),
+            seed=20,
+        ),
+        Scenario(
+            "clusterip_outcomes",
+            (
+                Flow("tcp", a, 45000, "10.96.0.1", 443, "no_reply", service=kube_api, backend=1),
+                Flow("tcp", b, 45001, "10.96.0.1", 443, "reply_dropped", start_s=0.1, service=kube_api),
+                Flow("udp", a, 45002, "10.96.0.10", 53, "not_forwarded", start_s=0.2, service=kube_dns),
+                Flow("tcp", b, 45003, "10.100.7.9", 80, "reply_other_path", start_s=0.3, service=web_svc, backend=1),
+                # Two pods' connections land on one outside tuple unless MASQUERADE moves one: the
+                # second reaches 198.51.100.10:6443 by the ClusterIP, the first directly.
+                Flow("tcp", a, 46000, web, 6443, start_s=0.4, requests=2),
+                Flow("tcp", b, 46000, "10.96.0.1", 443, start_s=0.45, service=kube_api, backend=0),
+            ),
+            seed=21,
+        ),
+        Scenario(
+            "nodeport_inbound",
+            (
+                Flow("tcp", client, 43765, node, 30080, service=np_cluster, backend=0),
+                Flow("tcp", client, 51909, node, 30081, start_s=0.05, service=np_local),
+                Flow("tcp", client2, 40022, node, 30080, start_s=0.1, service=np_cluster, backend=1, requests=2),
+                Flow("udp", client2, 41053, node, 30053, start_s=0.15, service=np_dns, requests=2),
+                # One pod egress among the inbound connections.
+                Flow("tcp", a, 49788, web, 80, start_s=0.2),
+            ),
+            seed=22,
+        ),
+        Scenario(
+            "nodeport_outcomes",
+            (
+                Flow("tcp", client, 43001, node, 30080, "no_reply", service=np_cluster),
+                Flow("tcp", client, 43002, node, 30081, "reply_dropped", start_s=0.1, service=np_local),
+                Flow("tcp", client2, 43003, node, 30080, "not_forwarded", start_s=0.2, service=np_cluster, backend=1),
+                Flow("udp", client2, 43004, node, 30053, "reply_dropped", start_s=0.3, service=np_dns),
+            ),
+            seed=23,
+        ),
+        Scenario(
+            "fin_leak",
+            (
+                # cases/idle-expiry-fin-leak: a closed connection, then one that idles out and leaks 7 FINs.
+                Flow("tcp", a, 42924, web, 80),
+                Flow("tcp", a, 42934, web, 80, start_s=0.12, leak=7),
+                Flow("tcp", b, 42940, "10.96.0.1", 443, start_s=0.2, service=kube_api, backend=1, leak=3),
+                Flow("tcp", a, 42938, web, 80, start_s=9.3, requests=5),
+            ),
+            seed=24,
+        ),
+        Scenario(
+            "invalid_reply",
+            (
+                # cases/oow-invalid-node-rst, and the same behind a ClusterIP.
+                Flow("tcp", a, 41000, web, 80, invalid_reply=True),
+                Flow("tcp", b, 41001, "10.96.0.1", 443, start_s=0.2, service=kube_api, invalid_reply=True),
+                Flow("tcp", b, 41002, api, 443, start_s=0.4),
+            ),
+            seed=25,
+        ),
+        Scenario(
+            "ftp_alg",
+            (
+                # cases/ftp-alg-active: "10,244,0,5" becomes "203,0,113,2", one byte longer (+1).
+                Flow("tcp", ftpd, 43756, web, 21, alg=True, requests=3),
+                # "10,244,100,100" becomes "203,0,113,2": three bytes shorter (-3).
+                Flow("tcp", c, 43757, api, 21, start_s=0.1, alg=True, requests=2),
+                Flow("tcp", a, 43758, "10.96.40.21", 21, start_s=0.2, service=ftp_svc, alg=True, requests=2),
+                # Inbound: the pod's 227 answer carries 10,244,0,5; the client gets 203,0,113,2.
+                Flow("tcp", client, 40021, node, 30021, start_s=0.3, service=np_ftp, alg=True, requests=2),
+            ),
+            seed=26,
+        ),
+        Scenario(
+            "failures_combined",
+            (
+                Flow("tcp", c, 47000, web, 21, alg=True, leak=4, requests=2),
+                Flow("tcp", ftpd, 47001, "10.96.40.21", 21, start_s=0.1, service=ftp_svc, alg=True, invalid_reply=True),
+                Flow("tcp", b, 47002, "10.100.7.9", 80, start_s=0.2, service=web_svc, backend=1, leak=2),
+                Flow("tcp", client, 47003, node, 30080, start_s=0.3, service=np_cluster, backend=1),
+                Flow("icmp", a, 77, api, 0, start_s=0.4, requests=2),
+            ),
+            inside_link="sll2",
+            clock_offset_s=-1.25,
+            seed=27,
+        ),
+    ]
+    return {s.name: s for s in scenarios}
+
+
+MODEL_SCENARIOS: dict[str, Scenario] = _model_named()
+"""Hand-written scenarios for docs/model.md (correlate/2): ClusterIP DNAT, NodePort inbound, per-packet
+failures. Kept apart from SCENARIOS, whose tests and /1 matcher assume pod-initiated MASQUERADE."""
