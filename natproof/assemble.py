@@ -117,18 +117,22 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
              .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
 
     # -- the initiator's side --------------------------------------------------------------------------------------
-    # A packet sent by the initiator crosses from its side to the other, a reply the other way: the median time
-    # each direction took (outside minus inside clock) differs by twice the NAT's latency, in a sign that says
-    # which way the initiator's packets went, whatever the clock offset. With one direction only, the addresses
-    # decide where the pod network is known (DNAT towards a pod is inbound: NodePort, an ALG's expectation;
-    # anything else from the inside is egress), else the estimated offset does.
+    # Which way did the initiator's packets cross? Routing costs a packet one TTL per hop (bridging none: see
+    # FIELD-NOTES), so a copy with one TTL less is the later one, whatever the clocks say. Without a TTL step
+    # (bridged, or a middlebox that resets TTL), time: a packet sent by the initiator crosses from its side, a
+    # reply the other way, so the median time each direction took (outside minus inside clock) differs by twice
+    # the NAT's latency in a sign independent of the clock offset. With one direction only, the addresses decide
+    # where the pod network is known (DNAT towards a pod is inbound: NodePort, an ALG's expectation; anything else
+    # from the inside is egress), else the estimated offset does.
     d = (pl.col("dt_ns") - offset)
+    onward_ttl = pl.when(pl.col("is_egress")).then(-pl.col("ttl_delta")).otherwise(pl.col("ttl_delta")).sign()
     side = P.filter(~pl.col("is_icmp_error")).group_by("anchor").agg(
-        d.filter(pl.col("is_egress")).median().alias("d_e"), d.filter(~pl.col("is_egress")).median().alias("d_r"))
+        d.filter(pl.col("is_egress")).median().alias("d_e"), d.filter(~pl.col("is_egress")).median().alias("d_r"),
+        onward_ttl.sum().alias("ttl_vote"))
     to_pod = ins.select(pl.col("conn_id").alias("anchor"), in_networks(ins["dst"], pod_networks).alias("_in_dst_pod"))
     side = side.join(to_pod, on="anchor", how="left").select(
-        "anchor", pl.when(pl.col("d_e").is_not_null() & pl.col("d_r").is_not_null())
-        .then(pl.col("d_e") > pl.col("d_r"))
+        "anchor", pl.when(pl.col("ttl_vote") != 0).then(pl.col("ttl_vote") > 0)
+        .when(pl.col("d_e").is_not_null() & pl.col("d_r").is_not_null()).then(pl.col("d_e") > pl.col("d_r"))
         .when(pl.lit(bool(pod_networks))).then(~pl.col("_in_dst_pod"))
         .when(pl.col("d_e").is_not_null()).then(pl.col("d_e") >= 0)
         .when(pl.col("d_r").is_not_null()).then(pl.col("d_r") < 0)
@@ -224,10 +228,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         *[pl.col(f"{s}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
           for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply), ("icmp_error", pl.col("is_icmp_error")))
           for s, name in (("in", "inside"), ("out", "outside"))],
-        pl.col("seq_delta").filter(pl.col("is_egress") & (pl.col("method") == "ip_id") & (pl.col("seq_delta") != 0))
-        .mode().first().alias("seq_shift"),
-        pl.col("ack_delta").filter(~pl.col("is_egress") & (pl.col("method") == "ip_id") & (pl.col("ack_delta") != 0))
-        .mode().first().alias("ack_shift"),
+        *[pl.col(f"{n}_delta").filter((pl.col("is_egress") == egress) & (pl.col(f"{n}_delta") != 0)).mode().first()
+          .alias(f"{who}_{n}_shift") for who, egress in (("init", True), ("reply", False)) for n in ("seq", "ack")],
         pl.col("out_conn").filter(~same).n_unique().cast(pl.UInt32).alias("outside_tuples"),
     )
     # Hairpin: the copies seen twice at the inside are its matched packets and its evidence.
@@ -304,7 +306,48 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         [pl.when(no_out).then(None).otherwise(pl.col(f"o_{c}")).alias(f"outside_{c}") for c in _TUPLE])
     legs = _legs(df, ins, outs, P, roots)
     df = df.join(legs, on="anchor", how="left")
+    lost, out_pk = _lost_inbound(outs, out_pk, owner, services, pod_networks)
+    if lost.height:
+        df = pl.concat([df, lost], how="diagonal_relaxed")
     return df, in_pk.drop("_pre"), out_pk.drop("_pre")
+
+
+def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame, services: Services,
+                  pod_networks: Sequence[Network]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Connections started outside towards a NodePort that never reached the inside: an outside leg no inside leg
+    paired with, opened from outside the pod network to a port in the NodePort range. Other outside-only legs
+    are the node's own traffic (or a capture of more than the NAT) and are no connection of this NAT.
+    Returns (connection rows, out_pk with those legs' packets ``outside_only``)."""
+    lo, hi = services.nodeport_range
+    legs = outs.join(owner.rename({"out_conn": "conn_id"}), on="conn_id", how="anti").filter(
+        pl.col("dport").is_between(lo, hi) & (pl.col("proto") != 1) & (pl.col("proto") != 58))
+    if legs.is_empty():
+        return legs.clear(), out_pk
+    legs = legs.filter(~in_networks(legs["src"], pod_networks))
+    if legs.is_empty():
+        return legs.clear(), out_pk
+    ids = legs["conn_id"]
+    out_pk = out_pk.with_columns(pl.when(pl.col("conn_id").is_in(ids.implode())).then(pl.lit("outside_only", FATE))
+                                 .otherwise(pl.col("fate")).alias("fate"))
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    rows = legs.select(
+        pl.lit(None, pl.UInt32).alias("anchor"), pl.col("conn_id").alias("primary_out"), "proto",
+        *[pl.lit(None, pl.String if c in ("src", "dst") else pl.UInt16).alias(c) for c in _TUPLE],
+        "first_ts_ns", "last_ts_ns", "first_frame",
+        pl.lit(0, pl.UInt32).alias("egress_packets"), pl.lit(0, pl.UInt32).alias("reply_packets"),
+        pl.lit(0, pl.UInt32).alias("icmp_error_packets"),
+        pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
+        pl.col("icmp_error_packets").alias("icmp_errors_outside"),
+        *[pl.col(c).alias(f"outside_{c}") for c in _TUPLE], *[pl.col(c).alias(f"orig_{c}") for c in _TUPLE],
+        pl.lit("outside").alias("initiator"), pl.lit("not_forwarded").alias("verdict"),
+        pl.lit([], pl.List(pl.String)).alias("rewrites"),
+        packets.alias("fate_outside_only"),
+        pl.lit("NodePort").alias("service_type"), pl.col("dst").alias("service_ip"),
+        pl.col("dport").alias("service_port"),
+        pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame",
+                                 packets.alias("packets"))).alias("legs"),
+    )
+    return rows, out_pk
 
 
 def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl.Series,

@@ -58,13 +58,13 @@ def _fmt_time(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S")
 
 
-DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "ip_id", "tcp_seq", "tcp_ack",
+DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "ip_id", "ttl", "tcp_seq", "tcp_ack",
                   "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code", "icmp_seq",
                   "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
-FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type", "icmp_code",
-                   "icmp_mtu", "payload_len", "head_digest")
+FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type",
+                   "icmp_code", "icmp_mtu", "payload_len", "head_digest")
 """Decoded columns kept as they are; the rest are read once into the flow columns and the signature."""
 
 
@@ -209,4 +209,7 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     no_out = pl.col("outside_src").is_null()
     df = df.with_columns([pl.when(no_out).then(0).otherwise(pl.col(c)).alias(c)
                           for c in ("egress_outside", "reply_outside", "icmp_errors_outside")])
+    counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
+              and not c.endswith("_conn_id") and c != "conn"]
+    df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
     return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])

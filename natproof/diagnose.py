@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from natproof.report.table import format_address
-from natproof.result import Result
+from natproof.result import Result, flags_of
 
 SYN_RETRANSMIT_MIN_GAP_NS = 500_000_000
 """Two SYNs with the same ISN at least this far apart (0.5 s) are a retransmission by the pod's stack
@@ -129,7 +129,7 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
     problems = bool(findings)
     findings += _routed(result, routed)
-    findings += _alg(result, [r for r in rows if r["seq_shift"] or r["ack_shift"]])
+    findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r)])
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
     n = Counter(r["verdict"] for r in rows)
@@ -607,8 +607,12 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     (cases/ftp-alg-active); its expectation admits the related inbound connection."""
     if not rows:
         return []
-    evidence = [f"{_conn_label(r)}: the initiator's sequence numbers +{r['seq_shift'] or 0} on the outside, the "
-                f"replies' acks {-(r['ack_shift'] or 0):+d} inside, after a payload rewrite" for r in rows[:20]]
+    def moved(r: dict[str, Any]) -> str:
+        parts = [f"the {who}'s {n} numbers {r[f'{k}_{n}_shift']:+d}" for who, k in (("initiator", "init"),
+                 ("reply", "reply")) for n in ("seq", "ack") if r[f"{k}_{n}_shift"]]
+        return ", ".join(parts)
+
+    evidence = [f"{_conn_label(r)}: after a payload rewrite, {moved(r)} on the outside" for r in rows[:20]]
     related = [r for r in result.connections.iter_rows(named=True) if r["initiator"] == "outside"
                and r["service_type"] is None and r["verdict"] == "translated"]
     for r in related[:10]:

@@ -18,7 +18,7 @@ ROUGH_TOLERANCE_NS = 600 * 10**9
 
 PAIR_SCHEMA = {
     "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(),
-    "method": pl.Enum(["exact", "bytes", "ip_id", "payload"]),
+    "method": pl.Enum(["exact", "bytes", "ip_id", "tcp_partial", "payload"]),
 }
 """One matched packet: its row on each side, the time between (outside minus inside, raw clocks) and the pass."""
 
@@ -65,7 +65,7 @@ def _payload_key() -> pl.Expr:
 
 
 MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
-                 "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "is_icmp_error",
+                 "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "is_icmp_error",
                  "k_strong")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
@@ -183,7 +183,7 @@ def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], off
 
     ``join_asof`` is many-to-one (retransmissions on one side can all pick the same packet on the
     other), so after each round every outside row keeps only its nearest inside row, and the rest try
-    again against the outside rows still free.
+    again against the outside rows still free. ``dt_ns`` is outside minus inside time on the raw clocks.
     """
     empty = pl.DataFrame(schema={k: PAIR_SCHEMA[k] for k in ("in_row", "out_row", "dt_ns")})
     left = inside.filter(pl.col(by[0]).is_not_null()).select(
@@ -202,10 +202,11 @@ def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], off
         ).filter(pl.col("out_row").is_not_null())
         if joined.is_empty():
             break
-        best = joined.with_columns((pl.col("t_out") - pl.col("t")).alias("dt_ns")).sort(
-            pl.col("dt_ns").abs(), "in_row"
+        best = joined.with_columns((pl.col("t_out") - pl.col("t")).alias("resid")).sort(
+            pl.col("resid").abs(), "in_row"
         ).unique("out_row", keep="first", maintain_order=True)
-        found.append(best.select("in_row", "out_row", "dt_ns"))
+        # dt_ns as every pass gives it: outside minus inside time on the raw clocks.
+        found.append(best.select("in_row", "out_row", (pl.col("resid") + offset_ns).alias("dt_ns")))
         left = left.join(best.select("in_row"), on="in_row", how="anti")
         right = right.join(best.select("out_row"), on="out_row", how="anti")
     return pl.concat(found).cast(empty.schema) if found else empty  # type: ignore[arg-type]
@@ -270,24 +271,51 @@ def _pair_by_ip_id(inside: pl.DataFrame, outside: pl.DataFrame, offset_ns: int,
     An ALG rewrites the payload (conntrack's FTP helper rewrites PORT commands, changing their length) and then
     shifts every later sequence number of that direction by a constant, and the other direction's acks back
     (see cases/ftp-alg-active): the exact signature no longer agrees, the IP id still does. IP id 0 (DF
-    packets of some stacks) is no key. Adds ``seq_delta`` and ``ack_delta`` (outside minus inside, TCP).
+    packets of some stacks) is no key.
     """
     usable = (pl.col("link") < _UNLINKED) & pl.col("ip_id").is_not_null() & (pl.col("ip_id") != 0)
-    cols = ["row", "ts_ns", "link", "is_egress", "ip_id", pl.col("tcp_flags").fill_null(0), "tcp_seq", "tcp_ack"]
+    cols = ["row", "ts_ns", "link", "is_egress", "ip_id", pl.col("tcp_flags").fill_null(0)]
+    return _pair_rounds(inside.filter(usable).select(cols), outside.filter(usable).select(cols),
+                        ["link", "is_egress", "ip_id", "tcp_flags"], offset_ns, tolerance_ns)
+
+
+PARTIAL_KEYS = (("tcp_seq", "tcp_ack"), ("tcp_seq", "payload_len"), ("tcp_ack", "payload_len"))
+"""After an ALG's payload rewrite one of a TCP segment's numbers still agrees across the NAT: the rewritten
+segment keeps its seq and ack (its length changed), later segments of that direction keep their ack and length
+(their seq moved), the other direction's keep their seq and length (their ack moved)."""
+
+
+def _pair_tcp_partial(inside: pl.DataFrame, outside: pl.DataFrame, offset_ns: int,
+                      tolerance_ns: int) -> pl.DataFrame:
+    """Pair TCP segments of linked legs that agree on direction, flags and one of PARTIAL_KEYS, nearest in time:
+    the ALG case where IP ids are 0 (DF segments of stacks that leave them unset)."""
+    usable = (pl.col("link") < _UNLINKED) & (pl.col("proto") == 6) & (pl.col("f_proto") == 6)
+    cols = ["row", "ts_ns", "link", "is_egress", "tcp_flags", "tcp_seq", "tcp_ack", "payload_len"]
     a, b = inside.filter(usable).select(cols), outside.filter(usable).select(cols)
-    found = _pair_rounds(a, b, ["link", "is_egress", "ip_id", "tcp_flags"], offset_ns, tolerance_ns)
-    seq = a.select(pl.col("row").alias("in_row"), "tcp_seq", "tcp_ack")
-    seq_out = b.select(pl.col("row").alias("out_row"), pl.col("tcp_seq").alias("seq_out"),
-                       pl.col("tcp_ack").alias("ack_out"))
-    wrap = 1 << 32
-    half = 1 << 31
+    found = []
+    for key in PARTIAL_KEYS:
+        if a.is_empty() or b.is_empty():
+            break
+        got = _pair_rounds(a, b, ["link", "is_egress", "tcp_flags", *key], offset_ns, tolerance_ns)
+        found.append(got)
+        a = a.join(got.select(pl.col("in_row").alias("row")), on="row", how="anti")
+        b = b.join(got.select(pl.col("out_row").alias("row")), on="row", how="anti")
+    return pl.concat(found) if found else pl.DataFrame(schema={k: PAIR_SCHEMA[k] for k in ("in_row", "out_row",
+                                                                                           "dt_ns")})
+
+
+def _with_tcp_deltas(pairs: pl.DataFrame, inside: pl.DataFrame, outside: pl.DataFrame) -> pl.DataFrame:
+    """``seq_delta`` and ``ack_delta`` of TCP pairs: outside minus inside, modulo 2**32 into [-2**31, 2**31)."""
+    seq = inside.select(pl.col("row").alias("in_row"), "tcp_seq", "tcp_ack")
+    seq_out = outside.select(pl.col("row").alias("out_row"), pl.col("tcp_seq").alias("seq_out"),
+                             pl.col("tcp_ack").alias("ack_out"))
+    wrap, half = 1 << 32, 1 << 31
 
     def delta(o: str, i: str) -> pl.Expr:
         return ((pl.col(o).cast(pl.Int64) - pl.col(i).cast(pl.Int64) + half) % wrap) - half
 
-    return found.join(seq, on="in_row").join(seq_out, on="out_row").select(
-        "in_row", "out_row", "dt_ns", delta("seq_out", "tcp_seq").alias("seq_delta"),
-        delta("ack_out", "tcp_ack").alias("ack_delta"))
+    return pairs.join(seq, on="in_row", how="left").join(seq_out, on="out_row", how="left").select(
+        *pairs.columns, delta("seq_out", "tcp_seq").alias("seq_delta"), delta("ack_out", "tcp_ack").alias("ack_delta"))
 
 
 def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl.DataFrame:
@@ -326,8 +354,8 @@ class Matches:
 
     pairs: pl.DataFrame
     """One row per matched inside packet: in_row, out_row, dt_ns (outside minus inside, raw clocks),
-    method ("exact", "bytes", "ip_id" or "payload"), seq_delta and ack_delta (ip_id pairs of TCP: how far an
-    ALG shifted the sequence space; null otherwise)."""
+    method ("exact", "bytes", "ip_id", "tcp_partial" or "payload"), seq_delta and ack_delta (TCP pairs of the
+    ALG passes: how far the sequence space moved; null otherwise), ttl_delta (outside minus inside TTL)."""
     clock_offset_ns: int
     inside_self: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SELF_PAIR_SCHEMA))
     """Inside packets seen again at the inside under another leg (hairpin): SELF_PAIR_SCHEMA rows."""
@@ -369,10 +397,12 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         found.append(by_bytes)
         in_left = _without(in_left, by_bytes["in_row"])
         out_left = _without(out_left, by_bytes["out_row"])
-        by_ip_id = _pair_by_ip_id(in_left, out_left, offset, tolerance_ns).with_columns(pl.lit("ip_id").alias("method"))
-        found.append(by_ip_id)
-        in_left = _without(in_left, by_ip_id["in_row"])
-        out_left = _without(out_left, by_ip_id["out_row"])
+        # Then the ALG passes: IP id, and TCP numbers of which one still agrees.
+        for method, pass_ in (("ip_id", _pair_by_ip_id), ("tcp_partial", _pair_tcp_partial)):
+            got = pass_(in_left, out_left, offset, tolerance_ns)
+            found.append(_with_tcp_deltas(got, in_left, out_left).with_columns(pl.lit(method).alias("method")))
+            in_left = _without(in_left, got["in_row"])
+            out_left = _without(out_left, got["out_row"])
     by_payload = _pair_by_key(in_left.with_columns(_payload_key().alias("k_payload")),
                               out_left.with_columns(_payload_key().alias("k_payload")), "k_payload", offset,
                               tolerance_ns, "payload")
@@ -381,4 +411,7 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     schema = PAIR_SCHEMA | {"seq_delta": pl.Int64(), "ack_delta": pl.Int64()}
     pairs = pl.concat([f.select([pl.col(c).cast(t) if c in f.columns else pl.lit(None, t).alias(c)
                                  for c, t in schema.items()]) for f in found]).sort("in_row")
+    # A routed crossing costs one TTL (bridged ones none): the sign says which way the packet went.
+    pairs = pairs.with_columns((outside["ttl"].gather(pairs["out_row"]).cast(pl.Int16)
+                                - inside["ttl"].gather(pairs["in_row"]).cast(pl.Int16)).alias("ttl_delta"))
     return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left))

@@ -48,7 +48,8 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "fate_outside_only": pl.UInt32(), "fate_node_generated": pl.UInt32(),
     "service_type": pl.String(), "service_ip": pl.String(), "service_port": pl.UInt16(),
     "backend_ip": pl.String(), "backend_port": pl.UInt16(),
-    "seq_shift": pl.Int64(), "ack_shift": pl.Int64(),
+    "init_seq_shift": pl.Int64(), "init_ack_shift": pl.Int64(), "reply_seq_shift": pl.Int64(),
+    "reply_ack_shift": pl.Int64(),
     "legs": pl.List(LEG),
 }
 """One row per connection (docs/model.md), anchored on an inside leg. Ports are the ICMP echo identifier and 0
@@ -56,8 +57,9 @@ for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the
 as the initiator sent it, trans_* as the responder received it (null when no leg after the NAT was captured).
 inside_conn_id / outside_conn_id are the conn_id of its anchor leg in inside_packets and of its primary leg in
 outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for every packet of the connection).
-fate_* count its packets by fate, a crossing packet once. seq_shift / ack_shift: the constant an ALG added to
-the initiator's sequence numbers and to the replies' acks on the far side (null when none)."""
+fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: the constant by
+which an ALG's payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside
+(null when none)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,13 @@ def _tuple(row: dict[str, Any], prefix: str) -> dict[str, Any] | None:
     return {f: row[f"{prefix}_{f}"] for f in TUPLE_FIELDS}
 
 
+def _shifts(row: dict[str, Any]) -> dict[str, int | None] | None:
+    """How an ALG moved TCP numbers (outside minus inside), or None."""
+    shifts = {f"{w}_{n}": row[f"{k}_{n}_shift"] for w, k in (("initiator", "init"), ("reply", "reply"))
+              for n in ("seq", "ack")}
+    return shifts if any(v is not None for v in shifts.values()) else None
+
+
 def flags_of(row: dict[str, Any]) -> list[str]:
     """A connection's flags (contract strings), from its row:
 
@@ -240,7 +249,7 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("not_reverse_translated")
     if row.get("fate_node_generated"):
         flags.append("node_generated")
-    if row.get("seq_shift") or row.get("ack_shift"):
+    if any(row.get(f"{w}_{n}_shift") for w in ("init", "reply") for n in ("seq", "ack")):
         flags.append("seq_shift")
     if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
         flags.append("hairpin")
@@ -293,8 +302,7 @@ def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
                   "first_frame": leg["first_frame"], "packets": leg["packets"]} for leg in (row["legs"] or [])],
         "fates": {f: row[f"fate_{f}"] for f in FATES},
         "service": service,
-        "seq_shift": None if row["seq_shift"] is None and row["ack_shift"] is None
-        else {"initiator_seq": row["seq_shift"], "reply_ack": row["ack_shift"]},
+        "seq_shift": _shifts(row),
     }
 
 

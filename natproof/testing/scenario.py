@@ -1,7 +1,8 @@
-"""Deterministic Linux MASQUERADE simulator: builds matching inside/outside captures and their truth."""
+"""Deterministic Linux NAT simulator (MASQUERADE, kube-proxy DNAT): matching inside/outside captures and truth."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import random
@@ -26,7 +27,17 @@ DOCUMENTATION_NETS: tuple[ipaddress.IPv4Network, ...] = (
 )
 """The only public addresses the simulator ever uses (RFC 5737 TEST-NET-1/2/3)."""
 OUTCOMES: tuple[str, ...] = tuple(v.value for v in Verdict if v is not Verdict.REPLY_OTHER_PATH)
-"""Outcomes a Flow can have: every verdict but reply_other_path (replies by a path neither capture sees)."""
+"""Outcomes of the MASQUERADE-only flows: every verdict but reply_other_path."""
+MODEL_OUTCOMES: tuple[str, ...] = (*OUTCOMES, Verdict.REPLY_OTHER_PATH.value)
+"""The verdicts of docs/model.md (natproof.correlate/2): OUTCOMES plus ``reply_other_path``."""
+FATES: tuple[str, ...] = ("crossed", "leaked", "inside_only", "outside_only", "node_generated")
+"""Packet fates of docs/model.md, in the order a truth row's ``fates`` lists them."""
+SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
+"""Where Kubernetes allocates ClusterIPs (kube-apiserver's default --service-cluster-ip-range)."""
+NODE_PORT_RANGE = (30000, 32767)
+"""kube-apiserver's default --service-node-port-range."""
+FTP_PORT = 21
+"""The port conntrack's FTP helper watches: only its connections get the ALG payload rewrite."""
 CONNTRACK_LINGER_NS = 120 * 1_000_000_000
 """How long a mapping stays reserved after its last packet (conntrack keeps TIME_WAIT entries ~120 s)."""
 EPHEMERAL_RANGE = (1024, 65535)
@@ -36,11 +47,17 @@ _SECOND = 1_000_000_000
 _MS = 1_000_000
 _US = 1_000
 # Outcomes whose egress goes through MASQUERADE and so owns an outside mapping.
-_SNAT = frozenset({"translated", "no_reply", "reply_dropped"})
+_SNAT = frozenset({"translated", "no_reply", "reply_dropped", "reply_other_path"})
 _EGRESS_OUTSIDE = _SNAT | {"untranslated"}
 _REPLY_OUTSIDE = frozenset({"translated", "reply_dropped"})
-# Outcomes in which the far end answers the pod at all.
-_ANSWERED = frozenset({"translated", "reply_dropped", "internal"})
+# Outcomes in which the far end answers the initiator at all.
+_ANSWERED = frozenset({"translated", "reply_dropped", "internal", "reply_other_path"})
+# What a NodePort connection can come to: the client's packets cross (or not), the pod answers (or not).
+_INBOUND_OUTCOMES = frozenset({"translated", "no_reply", "reply_dropped", "not_forwarded"})
+_SEQ_MASK = 0xFFFFFFFF
+# Linux retransmits an unanswered FIN after ~200 ms (the tail loss probe), then doubles its RTO
+# (see /work/shared/cases/idle-expiry-fin-leak: 205, 208, 436, 832, 1664, 3328 ms).
+_FIN_RETRANSMIT_MS = (200, 200, 400, 800, 1600, 3200, 6400, 12800)
 _TCP_MSS = 1460
 _HTTP_PORTS = frozenset({80, 8080})
 # Linux packet-socket packet types, as cooked captures (SLL2) record them.
@@ -51,8 +68,30 @@ _ETH_MIN_FRAME = 60
 
 
 @dataclass(frozen=True)
+class Service:
+    """A Kubernetes Service as kube-proxy (iptables mode) programs it on the node."""
+
+    type: Literal["ClusterIP", "NodePort"]
+    address: str
+    """The ClusterIP (in SERVICE_CIDR), or for a NodePort the node's own address (the scenario's nat_ip)."""
+    port: int
+    """The Service port, or the NodePort (in NODE_PORT_RANGE)."""
+    backends: tuple[tuple[str, int], ...]
+    """Endpoints as (address, port): servers outside the node for a ClusterIP, pods for a NodePort."""
+    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    """NodePort only. Cluster: DNAT to the endpoint plus masquerade to the bridge address with a random
+    port (KUBE-MARK-MASQ, --random-fully); Local: DNAT only, the pod sees the client (FIELD-NOTES)."""
+
+
+@dataclass(frozen=True)
 class Flow:
-    """One connection a pod opens, and what the node does to it (the outcome is a verdict string)."""
+    """One connection, and what the node does to it (the outcome is a verdict string).
+
+    ``pod``, ``sport``, ``dst`` and ``dport`` are the tuple as the initiator sent it (docs/model.md's
+    ``original``). Without a Service, or with a ClusterIP one, a pod opens the connection: ``pod`` is that
+    pod and ``dst:dport`` the server (or the ClusterIP and Service port). With a NodePort Service an
+    internet client opens it: ``pod`` is then the client's address and ``dst:dport`` the node's
+    address and NodePort; the pod that answers is the Service backend the flow picks."""
 
     proto: Proto
     pod: str
@@ -64,10 +103,59 @@ class Flow:
     requests: int = 1
     response_segments: int = 2
     syn_retransmit: bool = False
+    service: Service | None = None
+    """The Service whose DNAT this connection goes through; None for plain MASQUERADE egress."""
+    backend: int = 0
+    """Index into ``service.backends`` of the endpoint kube-proxy picked for this connection (its
+    ``-m statistic --mode random`` rules choose per connection; the scenario names the choice)."""
+    leak: int = 0
+    """TCP only: after its last response the pod idles past conntrack's established timeout (the case
+    lowered it to 3 s), the entry expires, and its FIN and the FIN's retransmissions (``leak`` packets in
+    all) are INVALID: not NATed, they leave with the pod's own tuple and nothing answers
+    (cases/idle-expiry-fin-leak, FIELD-NOTES "Per-packet NAT failures")."""
+    invalid_reply: bool = False
+    """TCP only: after the first response an out-of-window segment from the server reaches the outside;
+    conntrack marks it INVALID, so it is not reverse-translated and never reaches the pod, and the node
+    answers it with its own RST under the translated tuple. The server drops the connection, so the pod's
+    next request (always sent, whatever ``requests`` says) is answered with the server's RST, which crosses
+    back; nothing follows (cases/oow-invalid-node-rst)."""
+    alg: bool = False
+    """TCP to port 21 only: conntrack's FTP helper rewrites the address in the first payload that carries
+    the inside end's address (the pod's PORT command, or for a NodePort the pod's 227 reply to PASV) to
+    the address the far side sees. The payload's length changes by the difference, so every later
+    sequence number of that direction is shifted by a constant after the node, and every
+    acknowledgement of the other direction before it (cases/ftp-alg-active)."""
 
     @property
     def inside_tuple(self) -> tuple[str, str, int, str, int]:
+        """(proto, src, sport, dst, dport) as the initiator sent it (the inside tuple of pod egress)."""
         return (self.proto, self.pod, self.sport, self.dst, self.dport)
+
+    @property
+    def initiator(self) -> Side:
+        """Who opened the connection: ``inside`` (a pod) or ``outside`` (an internet client, NodePort)."""
+        return "outside" if self.service is not None and self.service.type == "NodePort" else "inside"
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """The backend kube-proxy DNATs this connection to; None without a Service."""
+        return None if self.service is None else self.service.backends[self.backend]
+
+    @property
+    def inside_end(self) -> str:
+        """The pod this connection's inside capture belongs to: the initiator, or the NodePort backend."""
+        endpoint = self.endpoint
+        return endpoint[0] if self.initiator == "outside" and endpoint is not None else self.pod
+
+    @property
+    def has_fates(self) -> bool:
+        """Uses a per-packet failure option, so its truth row counts packets by fate."""
+        return self.leak > 0 or self.invalid_reply or self.alg
+
+    @property
+    def uses_model(self) -> bool:
+        """Needs docs/model.md's truth fields to be described (a Service, a failure option, a /2 verdict)."""
+        return self.service is not None or self.has_fates or self.outcome not in OUTCOMES
 
 
 @dataclass(frozen=True)
@@ -91,6 +179,14 @@ class Scenario:
     """Timestamp precision of inside.pcap; None follows ``nanosecond``."""
     outside_nanosecond: bool | None = None
     """Timestamp precision of outside.pcap; None follows ``nanosecond``."""
+    model_truth: bool = False
+    """Write docs/model.md's fields (initiator, original, translated, rewrites, service) in every truth
+    row. Always on when a flow uses a Service, a failure option or a /2 verdict; off, rows keep the
+    natproof.truth/1 shape the /1 matcher and its tests read."""
+
+    @property
+    def writes_model_truth(self) -> bool:
+        return self.model_truth or any(f.uses_model for f in self.flows)
 
     def is_nanosecond(self, side: Side) -> bool:
         own = self.inside_nanosecond if side == "inside" else self.outside_nanosecond
@@ -111,7 +207,7 @@ class Packet:
     connection: int | None
     """Index into the truth's ``connections``; None for noise."""
     direction: Direction | None
-    """``egress`` (pod to peer) or ``reply`` (peer to pod); None for noise."""
+    """``egress`` (sent by the initiator: conntrack's ORIGINAL direction) or ``reply``; None for noise."""
 
 
 @dataclass(frozen=True)
@@ -143,20 +239,45 @@ class _Event:
     window: int = 0
     options: tuple[tuple[str, Any], ...] = ()
     payload: bytes = b""
+    seq_delta: int = 0
+    """Added to ``seq`` on the outside copy (an ALG rewrote an earlier payload of this direction)."""
+    ack_delta: int = 0
+    """Added to ``ack`` on the outside copy (an ALG rewrote an earlier payload of the other direction)."""
+    outside_payload: bytes | None = None
+    """The payload on the outside copy when an ALG rewrote it; None: the same as ``payload``."""
+    fate: Literal["leaked", "node_generated"] | None = None
+    """Set for packets that are not plainly crossing or dropped; None: fate follows from the times."""
+
+    @property
+    def outside_view(self) -> _Event:
+        """This packet as the outside capture shows it (sequence numbers and payload after an ALG)."""
+        if not (self.seq_delta or self.ack_delta or self.outside_payload is not None):
+            return self
+        return dataclasses.replace(
+            self,
+            seq=(self.seq + self.seq_delta) & _SEQ_MASK,
+            ack=(self.ack + self.ack_delta) & _SEQ_MASK,
+            payload=self.payload if self.outside_payload is None else self.outside_payload,
+        )
 
     @property
     def times(self) -> tuple[int, ...]:
         return tuple(t for t in (self.inside_ns, self.outside_ns) if t is not None)
 
 
+Tuple4 = tuple[str, int, str, int]
+
+
 @dataclass(frozen=True)
 class _Layout:
-    """A flow laid out in time, with the outside tuple MASQUERADE gave it (None: never outside)."""
+    """A flow laid out in time, with the tuple each capture shows it under, in the initiator's direction
+    as (src, sport, dst, dport); None: never seen on that side (leaked packets aside)."""
 
     flow: Flow
     index: int
     events: tuple[_Event, ...]
-    outside: tuple[str, int] | None = None
+    inside: Tuple4 | None = None
+    outside: Tuple4 | None = None
 
     @property
     def first_ns(self) -> int:
@@ -193,17 +314,25 @@ class _Frame:
 
 
 class _FlowBuilder:
-    """Lays one flow out in time; the outside port is not known yet (it depends on other flows)."""
+    """Lays one flow out in time; the outside port is not known yet (it depends on other flows).
+
+    The initiator's packets are ``egress``, the responder's ``reply`` (conntrack's directions). Times are
+    given on the initiator's side of the node (``near``: inside for a pod, outside for a NodePort client)
+    or the responder's (``far``)."""
 
     def __init__(self, flow: Flow, index: int, scenario: Scenario) -> None:
         self.flow = flow
         self.gro = scenario.gro
+        self.nat_ip = scenario.nat_ip
         rng = random.Random(f"natproof/{scenario.seed}/flow/{index}")
         self.rng = rng
         self.t0 = scenario.epoch_ns + round(flow.start_s * _SECOND)
         self.internal = flow.outcome == "internal"
+        self.inbound = flow.initiator == "outside"
         # Pod-to-pod on the node bridge answers in tens of microseconds; servers are milliseconds away.
-        self.rtt = rng.randint(80 * _US, 400 * _US) if self.internal else rng.randint(4 * _MS, 60 * _MS)
+        # A NodePort's responder is a pod on this node: its answers come as fast.
+        near_peer = self.internal or self.inbound
+        self.rtt = rng.randint(80 * _US, 400 * _US) if near_peer else rng.randint(4 * _MS, 60 * _MS)
         # Forwarding through the node costs a steady 20-70 us plus up to 10 us jitter, so back-to-back
         # packets never overtake each other across the node.
         self.fwd_ns = rng.randint(20 * _US, 70 * _US)
@@ -213,8 +342,14 @@ class _FlowBuilder:
         self.reply_id = rng.randrange(65536)
         self.reply_id_zero = rng.random() < 0.3
         self.reply_df = self.reply_id_zero or rng.random() < 0.8
-        # TTL the peer's packets carry when they reach the node (64 minus the hops they crossed).
+        # TTL the internet peer's packets carry when they reach the node (64 minus the hops they crossed):
+        # the server's replies, or a NodePort client's own packets.
         self.reply_ttl = 64 if self.internal else rng.randint(40, 60)
+        # A NodePort client is milliseconds away: what it sends in answer reaches the node that much later.
+        self.near_rtt = rng.randint(4 * _MS, 60 * _MS) if self.inbound else 0
+        # After an ALG rewrite: the rewritten direction and the constant its sequence numbers move by.
+        self.shift = 0
+        self.shifted: Direction | None = None
         self.events: list[_Event] = []
 
     def _delay(self) -> int:
@@ -231,56 +366,122 @@ class _FlowBuilder:
         self.reply_id = (self.reply_id + 1) & 0xFFFF
         return self.reply_id
 
-    def egress(self, t_inside: int, **l4: Any) -> int:
-        """The pod sends at ``t_inside``; returns when the packet leaves the node toward the peer."""
+    def _sides(self, near: int | None, far: int | None) -> tuple[int | None, int | None]:
+        """(inside, outside) times from the initiator's side and the responder's."""
+        return (far, near) if self.inbound else (near, far)
+
+    def _ttls(self, direction: Direction) -> tuple[int, int]:
+        """(inside, outside) TTL of a packet that crosses the node (one routed hop: TTL - 1)."""
+        from_pod = (direction == "egress") != self.inbound
+        if from_pod:
+            return 64, 63
+        # Pod-to-pod frames are bridged, not routed, so their TTL is untouched.
+        return (self.reply_ttl if self.internal else self.reply_ttl - 1), self.reply_ttl
+
+    def _alg(self, direction: Direction, flags: str) -> dict[str, int]:
+        """The outside copy's sequence number moves in the rewritten direction, the acknowledgement in
+        the other (nf_conntrack_seqadj); nothing before the rewrite, nothing in packets without ACK."""
+        if not self.shift:
+            return {}
+        if direction == self.shifted:
+            return {"seq_delta": self.shift}
+        return {"ack_delta": self.shift} if "A" in flags else {}
+
+    def egress(self, t_near: int, **l4: Any) -> int:
+        """The initiator sends at ``t_near``; returns when the packet leaves the node toward the responder
+        (``t_near`` when it never does)."""
         outcome = self.flow.outcome
-        outside = t_inside + self._delay() if outcome in _EGRESS_OUTSIDE else None
+        far = t_near + self._delay() if outcome in _EGRESS_OUTSIDE else None
+        inside, outside = self._sides(t_near, far)
+        ttl_inside, ttl_outside = self._ttls("egress")
+        self.events.append(
+            _Event(
+                "egress",
+                inside,
+                outside,
+                ttl_inside=ttl_inside,
+                ttl_outside=ttl_outside,
+                ip_id=self._ip_id("egress"),
+                df=True,
+                **self._alg("egress", l4.get("flags", "")),
+                **l4,
+            )
+        )
+        return far if far is not None else t_near
+
+    def leaked(self, t_inside: int, **l4: Any) -> None:
+        """The pod sends a packet conntrack marks INVALID: NAT skips it, so it leaves with the pod's own
+        tuple (and without sequence adjustment), and no answer can come back."""
         self.events.append(
             _Event(
                 "egress",
                 t_inside,
-                outside,
+                t_inside + self._delay(),
                 ttl_inside=64,
                 ttl_outside=63,
                 ip_id=self._ip_id("egress"),
                 df=True,
+                fate="leaked",
                 **l4,
             )
         )
-        return outside if outside is not None else t_inside
 
-    def reply(self, t_far: int, **l4: Any) -> int:
-        """The peer's packet reaches the node (or, internal, the pod) at ``t_far``; returns when the pod
-        sees it (``t_far`` when it never does)."""
-        inside, outside = self._reply_times(t_far)
-        self.events.append(self._reply_event(inside, outside, **l4))
-        return inside if inside is not None else t_far
+    def node_reset(self, t_outside: int, seq: int) -> None:
+        """The node answers an INVALID reply with its own RST under the translated tuple: made by the
+        node's stack (TTL 64, IP id 0, DF, window 0), seen outside only (cases/oow-invalid-node-rst)."""
+        self.events.append(
+            _Event(
+                "egress",
+                None,
+                t_outside,
+                ttl_inside=64,
+                ttl_outside=64,
+                ip_id=0,
+                df=True,
+                flags="R",
+                seq=seq,
+                fate="node_generated",
+                **self._alg("egress", "R"),
+            )
+        )
+
+    def reply(self, t_far: int, *, ip_id: int | None = None, near: bool = True, **l4: Any) -> int:
+        """The responder's packet reaches the node (or, internal, the pod) at ``t_far``; returns when the
+        initiator's side sees it (``t_far`` when it never does). ``near=False``: the node does not pass it
+        on whatever the outcome (INVALID)."""
+        near_ns, far_ns = self._reply_times(t_far) if near else (None, t_far)
+        inside, outside = self._sides(near_ns, far_ns)
+        self.events.append(self._reply_event(inside, outside, ip_id=ip_id, **l4))
+        return near_ns if near_ns is not None else t_far
 
     def _reply_times(self, t_far: int) -> tuple[int | None, int | None]:
+        """(initiator's side, responder's side) times of a reply reaching the node at ``t_far``."""
         outcome = self.flow.outcome
         if outcome == "internal":
             return t_far, None
-        if outcome == "translated":
-            return t_far + self._delay(), t_far
+        if outcome in ("translated", "reply_other_path"):
+            # reply_other_path: the replies come back over a link the outside capture does not see.
+            return t_far + self._delay(), (None if outcome == "reply_other_path" else t_far)
         return None, t_far
 
-    def _reply_event(self, inside: int | None, outside: int | None, **l4: Any) -> _Event:
-        # Pod-to-pod frames are bridged, not routed, so their TTL is untouched.
-        ttl_in = self.reply_ttl if self.internal else self.reply_ttl - 1
+    def _reply_event(self, inside: int | None, outside: int | None, ip_id: int | None = None, **l4: Any) -> _Event:
+        ttl_in, ttl_out = self._ttls("reply")
         return _Event(
             "reply",
             inside,
             outside,
             ttl_inside=ttl_in,
-            ttl_outside=self.reply_ttl,
-            ip_id=self._ip_id("reply"),
-            df=self.reply_df,
+            ttl_outside=ttl_out,
+            ip_id=self._ip_id("reply") if ip_id is None else ip_id,
+            df=self.reply_df if ip_id is None else True,
+            **self._alg("reply", l4.get("flags", "")),
             **l4,
         )
 
     def reply_burst(self, arrivals: list[int], segments: list[dict[str, Any]]) -> int:
         """Back-to-back reply data segments; with GRO the outside NIC merges them into one packet."""
-        if not (self.gro and len(segments) > 1 and self.flow.outcome in _REPLY_OUTSIDE):
+        merges = self.gro and not self.inbound and len(segments) > 1
+        if not (merges and self.flow.outcome in _REPLY_OUTSIDE):
             near = 0
             for t, seg in zip(arrivals, segments, strict=True):
                 near = self.reply(t, **seg)
@@ -316,6 +517,21 @@ class _FlowBuilder:
     def build(self) -> tuple[_Event, ...]:
         {"tcp": self._tcp, "udp": self._udp, "icmp": self._icmp}[self.flow.proto]()
         return tuple(self.events)
+
+    def _ftp_address(self, rng: random.Random) -> tuple[bytes, bytes]:
+        """The payload the FTP helper rewrites, as the inside end wrote it and as the far side gets it:
+        the pod's PORT command, or (NodePort) the pod's answer to PASV; the data port is kept."""
+        f = self.flow
+        data_port = rng.randint(32768, 60999)
+        inside_addr, outside_addr = (f.inside_end, f.dst) if self.inbound else (f.pod, self.nat_ip)
+
+        def line(addr: str) -> bytes:
+            h = addr.replace(".", ",")
+            if self.inbound:
+                return f"227 Entering Passive Mode ({h},{data_port >> 8},{data_port & 255}).\r\n".encode()
+            return f"PORT {h},{data_port >> 8},{data_port & 255}\r\n".encode()
+
+        return line(inside_addr), line(outside_addr)
 
     def _tcp(self) -> None:
         f, rng = self.flow, self.rng
@@ -364,15 +580,40 @@ class _FlowBuilder:
             far = syn(t + _SECOND)
         near = syn_ack(far + self.rtt)
         cseq, sseq = (c_isn + 1) & 0xFFFFFFFF, (s_isn + 1) & 0xFFFFFFFF
-        t = near + rng.randint(20 * _US, 60 * _US)
+        t = near + self.near_rtt + rng.randint(20 * _US, 60 * _US)
         self.egress(t, flags="A", seq=cseq, ack=sseq, window=502, options=c_opts(t))
         t += rng.randint(100 * _US, 300 * _US)
         for i in range(f.requests):
             request = _request(f, i, rng)
+            rewritten: bytes | None = None
+            if f.alg and i == 0 and not self.inbound:
+                request, rewritten = self._ftp_address(rng)
             far = self.egress(
-                t, flags="PA", seq=cseq, ack=sseq, window=502, payload=request, options=c_opts(t)
+                t,
+                flags="PA",
+                seq=cseq,
+                ack=sseq,
+                window=502,
+                payload=request,
+                options=c_opts(t),
+                **({} if rewritten is None else {"outside_payload": rewritten}),
             )
             cseq = (cseq + len(request)) & 0xFFFFFFFF
+            if rewritten is not None:
+                self.shift, self.shifted = len(rewritten) - len(request), "egress"
+            if f.alg and i == 0 and self.inbound:
+                # The pod's answer to the client's PASV carries its own address: the helper rewrites it.
+                first = far + self.rtt + rng.randint(50 * _US, 500 * _US)
+                body, rewritten = self._ftp_address(rng)
+                opts = s_opts(first)
+                near = self.reply(
+                    first, flags="PA", seq=sseq, ack=cseq, window=509, options=opts, payload=body,
+                    outside_payload=rewritten,
+                )
+                sseq = (sseq + len(body)) & 0xFFFFFFFF
+                self.shift, self.shifted = len(rewritten) - len(body), "reply"
+                t = near + self.near_rtt + rng.randint(200 * _US, 5 * _MS)
+                continue
             sizes = [seg_size] * (f.response_segments - 1) + [rng.randint(200, seg_size)]
             body = _response(f, sum(sizes), rng)
             first = far + self.rtt + rng.randint(50 * _US, 500 * _US)
@@ -383,10 +624,10 @@ class _FlowBuilder:
             opts = s_opts(first)
             segments: list[dict[str, Any]] = []
             offset = 0
-            for k, size in enumerate(sizes):
+            for arrival, size in zip(arrivals, sizes, strict=True):
                 segments.append(
                     dict(
-                        flags="PA" if k == len(sizes) - 1 else "A",
+                        flags="PA" if arrival == arrivals[-1] else "A",
                         seq=(sseq + offset) & 0xFFFFFFFF,
                         ack=cseq,
                         window=509,
@@ -398,14 +639,45 @@ class _FlowBuilder:
             sseq = (sseq + offset) & 0xFFFFFFFF
             near = self.reply_burst(arrivals, segments)
             # The next request (or the FIN) carries the acknowledgement of the whole response.
-            t = near + rng.randint(200 * _US, 5 * _MS)
+            t = near + self.near_rtt + rng.randint(200 * _US, 5 * _MS)
+            if f.invalid_reply or (f.leak and i == f.requests - 1):
+                # Nothing more to send for a while: the pod acknowledges the response on its own.
+                self.egress(t, flags="A", seq=cseq, ack=sseq, window=502, options=c_opts(t))
+            if f.invalid_reply:
+                self._invalid_reply(t, cseq, sseq, c_opts, s_opts)
+                return
+        if f.leak:
+            # The connection idles past conntrack's established timeout (3 s in the case): the entry is
+            # gone, so the FIN and every retransmission of it is INVALID and leaks untranslated.
+            t = t + 6 * _SECOND + rng.randint(0, 5 * _MS)
+            for gap_ms in _FIN_RETRANSMIT_MS[: f.leak]:
+                self.leaked(t, flags="FA", seq=cseq, ack=sseq, window=502, options=c_opts(t))
+                t += gap_ms * _MS + rng.randint(0, 10 * _MS)
+            return
         far = self.egress(t, flags="FA", seq=cseq, ack=sseq, window=502, options=c_opts(t))
         cseq = (cseq + 1) & 0xFFFFFFFF
         t_srv = far + self.rtt
         near = self.reply(t_srv, flags="FA", seq=sseq, ack=cseq, window=509, options=s_opts(t_srv))
         sseq = (sseq + 1) & 0xFFFFFFFF
-        t = near + rng.randint(20 * _US, 60 * _US)
+        t = near + self.near_rtt + rng.randint(20 * _US, 60 * _US)
         self.egress(t, flags="A", seq=cseq, ack=sseq, window=502, options=c_opts(t))
+
+    def _invalid_reply(self, t_acked: int, cseq: int, sseq: int, c_opts: Any, s_opts: Any) -> None:
+        """After the pod acknowledged the response at ``t_acked``: an out-of-window segment from the
+        server, the node's RST for it, and the end of the connection (cases/oow-invalid-node-rst)."""
+        rng = self.rng
+        t = t_acked + rng.randint(300 * _MS, 700 * _MS)
+        # Far outside the receive window: conntrack's TCP tracking marks it INVALID.
+        oow = (sseq + rng.randint(2**30, 2**31)) & _SEQ_MASK
+        self.reply(
+            t, near=False, flags="PA", seq=oow, ack=cseq, window=509, options=s_opts(t), payload=b"X" * 100
+        )
+        self.node_reset(t + rng.randint(30 * _US, 90 * _US), cseq)
+        # The server took the node's RST for the pod's: the pod's next request meets a RST of its own.
+        t = t_acked + _SECOND + rng.randint(0, 5 * _MS)
+        request = _request(self.flow, 1, rng)
+        far = self.egress(t, flags="PA", seq=cseq, ack=sseq, window=502, payload=request, options=c_opts(t))
+        self.reply(far + self.rtt, ip_id=0, flags="R", seq=sseq, window=0)
 
     def _udp(self) -> None:
         f, rng = self.flow, self.rng
@@ -421,7 +693,7 @@ class _FlowBuilder:
                 reply = _dns_answer(query_id + i) if dns else b"natproof udp reply %d" % i
                 near = self.reply(far + self.rtt, payload=reply)
                 if f.outcome != "reply_dropped":
-                    next_t = near + rng.randint(200 * _US, 5 * _MS)
+                    next_t = near + self.near_rtt + rng.randint(200 * _US, 5 * _MS)
             t = next_t
 
     def _icmp(self) -> None:
@@ -459,14 +731,19 @@ def _tcp_options(syn: bool, timestamps: bool, tsval: int, tsecr: int) -> tuple[t
     return ()
 
 
+def _responder_port(flow: Flow) -> int:
+    """The port the responder listens on: the Service backend's, else the one the initiator sent to."""
+    return flow.dport if flow.endpoint is None else flow.endpoint[1]
+
+
 def _request(flow: Flow, i: int, rng: random.Random) -> bytes:
-    if flow.dport in _HTTP_PORTS:
+    if _responder_port(flow) in _HTTP_PORTS:
         return _http_request(flow.dst, i)
     return _tls_records(rng.randint(60, 400), rng)
 
 
 def _response(flow: Flow, total: int, rng: random.Random) -> bytes:
-    return _http_response(total) if flow.dport in _HTTP_PORTS else _tls_records(total, rng)
+    return _http_response(total) if _responder_port(flow) in _HTTP_PORTS else _tls_records(total, rng)
 
 
 def _tls_records(total: int, rng: random.Random) -> bytes:
@@ -527,16 +804,23 @@ def _check(scenario: Scenario) -> ipaddress.IPv4Network:
         where = f"scenario {scenario.name!r}: flow {flow}"
         if flow.proto not in ("tcp", "udp", "icmp"):
             raise ValueError(f"{where}: unknown proto")
-        if flow.outcome not in OUTCOMES:
-            raise ValueError(f"{where}: outcome must be one of {OUTCOMES}")
+        if flow.outcome not in MODEL_OUTCOMES:
+            raise ValueError(f"{where}: outcome must be one of {MODEL_OUTCOMES}")
         pod, dst = ipaddress.IPv4Address(flow.pod), ipaddress.IPv4Address(flow.dst)
-        if pod not in pod_net:
-            raise ValueError(f"{where}: pod is not in {pod_net}")
-        if flow.outcome == "internal":
-            if dst not in pod_net or dst == pod:
-                raise ValueError(f"{where}: an internal flow goes to another address in {pod_net}")
-        elif not any(dst in net for net in DOCUMENTATION_NETS) or dst == nat_ip:
-            raise ValueError(f"{where}: servers must be documentation addresses (RFC 5737) other than nat_ip")
+        if flow.initiator == "outside":
+            _check_inbound(flow, where, pod_net, nat_ip)
+        else:
+            if pod not in pod_net:
+                raise ValueError(f"{where}: pod is not in {pod_net}")
+            if flow.outcome == "internal":
+                if dst not in pod_net or dst == pod:
+                    raise ValueError(f"{where}: an internal flow goes to another address in {pod_net}")
+            elif flow.service is not None:
+                _check_cluster_ip(flow, where, nat_ip)
+            elif not _documentation(dst) or dst == nat_ip:
+                raise ValueError(
+                    f"{where}: servers must be documentation addresses (RFC 5737) other than nat_ip"
+                )
         if not 0 <= flow.sport <= 65535 or (flow.proto != "icmp" and flow.sport == 0):
             raise ValueError(f"{where}: bad source port")
         if flow.proto == "icmp" and flow.dport != 0:
@@ -547,12 +831,88 @@ def _check(scenario: Scenario) -> ipaddress.IPv4Network:
             raise ValueError(f"{where}: requests and response_segments must be >= 1, start_s >= 0")
         if flow.proto == "tcp" and flow.response_segments * _TCP_MSS + 200 > 65535 - 60:
             raise ValueError(f"{where}: a response must fit one IP packet once GRO merges it")
+        _check_failures(flow, where, scenario)
     return pod_net
 
 
+def _documentation(addr: ipaddress.IPv4Address) -> bool:
+    return any(addr in net for net in DOCUMENTATION_NETS)
+
+
+def _check_cluster_ip(flow: Flow, where: str, nat_ip: ipaddress.IPv4Address) -> None:
+    svc = flow.service
+    assert svc is not None
+    if svc.type != "ClusterIP" or ipaddress.IPv4Address(svc.address) not in SERVICE_CIDR:
+        raise ValueError(f"{where}: a pod's Service is a ClusterIP in {SERVICE_CIDR}")
+    if (flow.dst, flow.dport) != (svc.address, svc.port):
+        raise ValueError(f"{where}: a ClusterIP flow goes to its Service's address and port")
+    _check_backends(flow, where)
+    for addr, _port in svc.backends:
+        a = ipaddress.IPv4Address(addr)
+        if not _documentation(a) or a == nat_ip:
+            # Endpoints on the node itself are bridged, never cross the outside: not modelled here.
+            raise ValueError(f"{where}: ClusterIP endpoints are off-node documentation addresses (RFC 5737)")
+    if flow.outcome in ("internal", "untranslated"):
+        # Without kube-proxy's DNAT the packet would still be masqueraded: never untranslated.
+        raise ValueError(f"{where}: a ClusterIP flow is DNATed and masqueraded, never {flow.outcome}")
+
+
+def _check_inbound(flow: Flow, where: str, pod_net: ipaddress.IPv4Network, nat_ip: ipaddress.IPv4Address) -> None:
+    svc = flow.service
+    assert svc is not None
+    client = ipaddress.IPv4Address(flow.pod)
+    if not _documentation(client) or client == nat_ip:
+        raise ValueError(f"{where}: NodePort clients must be documentation addresses (RFC 5737) other than nat_ip")
+    if (flow.dst, flow.dport) != (str(nat_ip), svc.port) or svc.address != str(nat_ip):
+        raise ValueError(f"{where}: a NodePort flow goes to nat_ip and its Service's NodePort")
+    if not NODE_PORT_RANGE[0] <= svc.port <= NODE_PORT_RANGE[1]:
+        raise ValueError(f"{where}: a NodePort lies in {NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}")
+    if svc.external_traffic_policy not in ("Cluster", "Local"):
+        raise ValueError(f"{where}: externalTrafficPolicy is Cluster or Local")
+    _check_backends(flow, where)
+    for addr, _port in svc.backends:
+        a = ipaddress.IPv4Address(addr)
+        if a not in pod_net or a in (pod_net.network_address, pod_net.network_address + 1):
+            raise ValueError(f"{where}: NodePort endpoints are pods in {pod_net} (not its bridge address)")
+    if flow.outcome not in _INBOUND_OUTCOMES:
+        raise ValueError(f"{where}: a NodePort flow's outcome is one of {sorted(_INBOUND_OUTCOMES)}")
+
+
+def _check_backends(flow: Flow, where: str) -> None:
+    svc = flow.service
+    assert svc is not None
+    if flow.proto == "icmp":
+        raise ValueError(f"{where}: kube-proxy DNATs TCP and UDP only")
+    if not 0 <= flow.backend < len(svc.backends):
+        raise ValueError(f"{where}: backend must index the Service's backends")
+    if any(not 1 <= port <= 65535 for _addr, port in svc.backends):
+        raise ValueError(f"{where}: bad backend port")
+
+
+def _check_failures(flow: Flow, where: str, scenario: Scenario) -> None:
+    if not flow.has_fates:
+        return
+    if flow.proto != "tcp" or flow.outcome != "translated":
+        raise ValueError(f"{where}: leak, invalid_reply and alg need a translated TCP connection")
+    if flow.leak < 0 or flow.leak > len(_FIN_RETRANSMIT_MS):
+        raise ValueError(f"{where}: leak counts FIN transmissions, 0-{len(_FIN_RETRANSMIT_MS)}")
+    if (flow.leak or flow.invalid_reply) and flow.initiator == "outside":
+        raise ValueError(f"{where}: leak and invalid_reply are modelled for pod-initiated connections only")
+    if flow.leak and flow.invalid_reply:
+        raise ValueError(f"{where}: an invalid reply ends the connection before it can idle out")
+    if flow.alg and _responder_port(flow) != FTP_PORT:
+        raise ValueError(f"{where}: the FTP helper (alg) only watches connections to port {FTP_PORT}")
+    if scenario.gro:
+        # A merged outside packet has no single fate; GRO and per-packet fates are not combined.
+        raise ValueError(f"{where}: leak, invalid_reply and alg are not modelled with gro")
+
+
 def _allocate(scenario: Scenario, layouts: list[_Layout]) -> list[_Layout]:
-    """Give every flow its outside tuple, in the order the flows start, as conntrack does."""
+    """Give every flow the tuple each side shows it under, in the order the flows start, as conntrack
+    allocates them: MASQUERADE keeps the source port when it is free, the NodePort masquerade
+    (--random-fully) never does."""
     rng = random.Random(f"natproof/{scenario.seed}/ports")
+    gw_ip = str(ipaddress.IPv4Network(scenario.pod_cidr).network_address + 1)
     mappings: list[_Mapping] = []
     done: dict[int, _Layout] = {}
     spans: dict[tuple[str, str, int, str, int], list[tuple[int, int]]] = {}
@@ -565,37 +925,80 @@ def _allocate(scenario: Scenario, layouts: list[_Layout]) -> list[_Layout]:
                     "overlap in time"
                 )
         spans.setdefault(f.inside_tuple, []).append((lay.first_ns, lay.last_ns))
+        original = (f.pod, f.sport, f.dst, f.dport)
+
+        def place(
+            inside: Tuple4 | None, outside: Tuple4 | None, lay: _Layout = lay, original: Tuple4 = original
+        ) -> None:
+            if inside is not None and inside != original:
+                # DNAT alone (NodePort, Local) cannot move a clash away: the kernel would drop the packet.
+                seen = (lay.flow.proto, *inside)
+                for first, last in spans.get(seen, []):
+                    if lay.first_ns <= last and first <= lay.last_ns:
+                        raise ValueError(
+                            f"scenario {scenario.name!r}: two flows show the inside tuple {seen} at once"
+                        )
+                spans.setdefault(seen, []).append((lay.first_ns, lay.last_ns))
+            done[lay.index] = _Layout(lay.flow, lay.index, lay.events, inside, outside)
+
         if f.outcome == "untranslated":
-            done[lay.index] = _Layout(f, lay.index, lay.events, (f.pod, f.sport))
+            place(original, original)
+            continue
+        endpoint = f.endpoint
+        if f.initiator == "outside":
+            assert f.service is not None and endpoint is not None
+            if f.outcome == "not_forwarded":
+                place(None, original)
+            elif f.service.external_traffic_policy == "Local":
+                place((f.pod, f.sport, *endpoint), original)
+            else:
+                key = (f.proto, *endpoint)
+                port, mappings = _masquerade(f, key, None, lay, mappings, rng)
+                place((gw_ip, port, *endpoint), original)
             continue
         if f.outcome not in _SNAT:
-            done[lay.index] = lay
+            place(original, None)
             continue
-        t = lay.first_ns
-        key = (f.proto, f.dst, f.dport)
-        live = [m for m in mappings if m.live_at(t)]
-        same = [m for m in live if m.inside == f.inside_tuple]
-        port: int | None = None
-        if same:
-            if f.proto == "tcp":
-                # A SYN that hits a TIME_WAIT entry makes conntrack drop it and start afresh.
-                mappings = [m for m in mappings if m not in same]
-            else:
-                # UDP and ICMP traffic within the entry's lifetime simply continues on the same entry.
-                port = same[-1].port
-        if port is None:
-            used = {m.port for m in live if m.key == key and m.inside != f.inside_tuple}
-            port = f.sport
-            if scenario.random_fully or port in used:
-                # MASQUERADE keeps the source port when it can; when the outside tuple is taken (or
-                # --random-fully is set) it searches the ephemeral range from a random offset.
-                while True:
-                    port = rng.randint(*EPHEMERAL_RANGE)
-                    if port not in used and port != f.sport:
-                        break
-        mappings.append(_Mapping(f.inside_tuple, key, port, lay.first_ns, lay.last_ns))
-        done[lay.index] = _Layout(f, lay.index, lay.events, (scenario.nat_ip, port))
+        dst, dport = (f.dst, f.dport) if endpoint is None else endpoint
+        preferred = None if scenario.random_fully else f.sport
+        port, mappings = _masquerade(f, (f.proto, dst, dport), preferred, lay, mappings, rng)
+        place(original, (scenario.nat_ip, port, dst, dport))
     return [done[lay.index] for lay in layouts]
+
+
+def _masquerade(
+    f: Flow,
+    key: tuple[str, str, int],
+    preferred: int | None,
+    lay: _Layout,
+    mappings: list[_Mapping],
+    rng: random.Random,
+) -> tuple[int, list[_Mapping]]:
+    """The source port conntrack gives a new connection toward ``key`` (proto, dst, dport after DNAT),
+    and the mappings then live. ``preferred`` is the port MASQUERADE tries to keep (None: --random-fully)."""
+    t = lay.first_ns
+    live = [m for m in mappings if m.live_at(t)]
+    same = [m for m in live if m.inside == f.inside_tuple]
+    port: int | None = None
+    if same:
+        if f.proto == "tcp":
+            # A SYN that hits a TIME_WAIT entry makes conntrack drop it and start afresh.
+            mappings = [m for m in mappings if m not in same]
+        else:
+            # UDP and ICMP traffic within the entry's lifetime simply continues on the same entry.
+            port = same[-1].port
+    if port is None:
+        used = {m.port for m in live if m.key == key and m.inside != f.inside_tuple}
+        port = f.sport
+        if preferred is None or port in used:
+            # MASQUERADE keeps the source port when it can; when the outside tuple is taken (or
+            # --random-fully is set) it searches the ephemeral range from a random offset.
+            while True:
+                port = rng.randint(*EPHEMERAL_RANGE)
+                if port not in used and port != f.sport:
+                    break
+    mappings = [*mappings, _Mapping(f.inside_tuple, key, port, lay.first_ns, lay.last_ns)]
+    return port, mappings
 
 
 def _mac(ip: str) -> bytes:
@@ -713,32 +1116,39 @@ class _Renderer:
     def flow(self, lay: _Layout) -> None:
         f = lay.flow
         internal = f.outcome == "internal"
+        pod = f.inside_end
         peer_mac = _mac(f.dst) if internal else self.gw_mac
-        veth = self.ifindex[f.pod]
+        veth = self.ifindex[pod]
+        # A frame to another pod's MAC is not addressed to the host: PACKET_OTHERHOST.
+        from_pod = _Hop(_mac(pod), peer_mac, _PACKET_OTHERHOST if internal else _PACKET_HOST, veth)
+        to_pod = _Hop(peer_mac, _mac(pod), _PACKET_OUTGOING, veth)
+        leaving = _Hop(self.node_mac, self.router_mac, _PACKET_OUTGOING, _OUTSIDE_IFINDEX)
+        arriving = _Hop(self.router_mac, self.node_mac, _PACKET_HOST, _OUTSIDE_IFINDEX, pad=True)
+        inbound = f.initiator == "outside"
+        hops: dict[Direction, dict[Side, _Hop]] = {
+            "egress": {"inside": to_pod if inbound else from_pod, "outside": arriving if inbound else leaving},
+            "reply": {"inside": from_pod if inbound else to_pod, "outside": leaving if inbound else arriving},
+        }
         for ev in lay.events:
-            if ev.direction == "egress":
-                if ev.inside_ns is not None:
-                    # A frame to another pod's MAC is not addressed to the host: PACKET_OTHERHOST.
-                    hop = _Hop(_mac(f.pod), peer_mac, _PACKET_OTHERHOST if internal else _PACKET_HOST, veth)
-                    l3 = _l3(f.proto, ev, f.pod, f.sport, f.dst, f.dport, ev.ttl_inside)
-                    self._add("inside", ev.inside_ns, l3, hop, _ETH_IP, lay.index, "egress")
-                if ev.outside_ns is not None:
-                    assert lay.outside is not None
-                    src, port = lay.outside
-                    hop = _Hop(self.node_mac, self.router_mac, _PACKET_OUTGOING, _OUTSIDE_IFINDEX)
-                    l3 = _l3(f.proto, ev, src, port, f.dst, f.dport, ev.ttl_outside)
-                    self._add("outside", ev.outside_ns, l3, hop, _ETH_IP, lay.index, "egress")
-            else:
-                if ev.outside_ns is not None:
-                    assert lay.outside is not None
-                    src, port = lay.outside
-                    hop = _Hop(self.router_mac, self.node_mac, _PACKET_HOST, _OUTSIDE_IFINDEX, pad=True)
-                    l3 = _l3(f.proto, ev, f.dst, f.dport, src, port, ev.ttl_outside)
-                    self._add("outside", ev.outside_ns, l3, hop, _ETH_IP, lay.index, "reply")
-                if ev.inside_ns is not None:
-                    hop = _Hop(peer_mac, _mac(f.pod), _PACKET_OUTGOING, veth)
-                    l3 = _l3(f.proto, ev, f.dst, f.dport, f.pod, f.sport, ev.ttl_inside)
-                    self._add("inside", ev.inside_ns, l3, hop, _ETH_IP, lay.index, "reply")
+            # Leaked packets were not NATed: they show the inside tuple on the outside too.
+            tuples: dict[Side, Tuple4 | None] = {
+                "inside": lay.inside,
+                "outside": lay.inside if ev.fate == "leaked" else lay.outside,
+            }
+            views: dict[Side, _Event] = {"inside": ev, "outside": ev.outside_view}
+            times: dict[Side, int | None] = {"inside": ev.inside_ns, "outside": ev.outside_ns}
+            ttls: dict[Side, int] = {"inside": ev.ttl_inside, "outside": ev.ttl_outside}
+            # Egress is added inside first, replies outside first (only ties on one side care).
+            order: tuple[Side, Side] = ("inside", "outside") if ev.direction == "egress" else ("outside", "inside")
+            for side in order:
+                t = times[side]
+                if t is None:
+                    continue
+                tup = tuples[side]
+                assert tup is not None
+                src, sport, dst, dport = tup if ev.direction == "egress" else (tup[2], tup[3], tup[0], tup[1])
+                l3 = _l3(f.proto, views[side], src, sport, dst, dport, ttls[side])
+                self._add(side, t, l3, hops[ev.direction][side], _ETH_IP, lay.index, ev.direction)
 
     def noise(self, pods: list[str], start: int, end: int) -> None:
         """Traffic every real capture carries that is no connection: ARP, IPv6 router solicitations,
@@ -859,7 +1269,8 @@ class _Renderer:
 
 
 def simulate(scenario: Scenario) -> Simulation:
-    """Lay out every flow, apply MASQUERADE, and build both captures and the truth, in memory."""
+    """Lay out every flow, apply kube-proxy's DNAT and MASQUERADE, and build both captures and the truth,
+    in memory."""
     pod_net = _check(scenario)
     layouts = [
         _Layout(flow, i, _FlowBuilder(flow, i, scenario).build()) for i, flow in enumerate(scenario.flows)
@@ -868,7 +1279,8 @@ def simulate(scenario: Scenario) -> Simulation:
     ordered = sorted(layouts, key=lambda la: (la.first_ns, la.index))
     conn_of = {lay.index: n for n, lay in enumerate(ordered)}
 
-    pod_addrs = {f.pod for f in scenario.flows} | {f.dst for f in scenario.flows if f.outcome == "internal"}
+    pod_addrs = {f.inside_end for f in scenario.flows}
+    pod_addrs |= {f.dst for f in scenario.flows if f.outcome == "internal"}
     if not pod_addrs:
         pod_addrs = {str(pod_net.network_address + 10)}
     pods = sorted(pod_addrs, key=lambda a: ipaddress.IPv4Address(a))
@@ -877,7 +1289,7 @@ def simulate(scenario: Scenario) -> Simulation:
         renderer.flow(lay)
     if scenario.noise:
         end = max((lay.last_ns for lay in layouts), default=scenario.epoch_ns) + _SECOND
-        renderer.noise([f.pod for f in scenario.flows] or pods, scenario.epoch_ns, end)
+        renderer.noise([f.inside_end for f in scenario.flows] or pods, scenario.epoch_ns, end)
 
     offset_ns = round(scenario.clock_offset_s * _SECOND)
     sides: dict[Side, tuple[Packet, ...]] = {}
@@ -900,7 +1312,7 @@ def simulate(scenario: Scenario) -> Simulation:
         "source": "generator",
         "pod_cidr": scenario.pod_cidr,
         "clock_offset_s": float(scenario.clock_offset_s),
-        "connections": [_truth_row(lay, renderer.frames) for lay in ordered],
+        "connections": [_truth_row(lay, renderer.frames, scenario.writes_model_truth) for lay in ordered],
     }
     return Simulation(
         scenario,
@@ -912,27 +1324,81 @@ def simulate(scenario: Scenario) -> Simulation:
     )
 
 
-def _truth_row(lay: _Layout, frames: dict[Side, list[_Frame]]) -> dict[str, Any]:
+def _truth_row(lay: _Layout, frames: dict[Side, list[_Frame]], model: bool) -> dict[str, Any]:
+    """One connection of the truth: natproof.truth/1's fields, and with ``model`` docs/model.md's.
+
+    Shape (model): {"proto", "initiator", "inside", "outside", "original", "translated", "rewrites",
+    "service", "verdict", "packets", "fates" (only for flows with a failure option)}; tuples are
+    {"src", "sport", "dst", "dport"} in the initiator's direction, or null where not seen."""
     f = lay.flow
 
     def count(side: Side, direction: Direction) -> int:
         return sum(1 for fr in frames[side] if fr.flow_index == lay.index and fr.direction == direction)
 
-    outside = None
-    if lay.outside is not None:
-        outside = {"src": lay.outside[0], "sport": lay.outside[1], "dst": f.dst, "dport": f.dport}
-    return {
-        "proto": f.proto,
-        "inside": {"src": f.pod, "sport": f.sport, "dst": f.dst, "dport": f.dport},
-        "outside": outside,
-        "verdict": f.outcome,
-        "packets": {
-            "egress_inside": count("inside", "egress"),
-            "egress_outside": count("outside", "egress"),
-            "reply_outside": count("outside", "reply"),
-            "reply_inside": count("inside", "reply"),
-        },
+    def tuple_dict(t: Tuple4 | None) -> dict[str, Any] | None:
+        return None if t is None else {"src": t[0], "sport": t[1], "dst": t[2], "dport": t[3]}
+
+    packets = {
+        "egress_inside": count("inside", "egress"),
+        "egress_outside": count("outside", "egress"),
+        "reply_outside": count("outside", "reply"),
+        "reply_inside": count("inside", "reply"),
     }
+    if not model:
+        return {
+            "proto": f.proto,
+            "inside": tuple_dict(lay.inside),
+            "outside": tuple_dict(lay.outside),
+            "verdict": f.outcome,
+            "packets": packets,
+        }
+    original: Tuple4 = (f.pod, f.sport, f.dst, f.dport)
+    # As the responder received it: the leg after the NAT (null where it was never captured, and for
+    # pod-to-pod traffic, which no NAT touches).
+    after = lay.inside if f.initiator == "outside" else lay.outside
+    translated = None if f.outcome == "internal" else after
+    rewrites = []
+    if translated is not None:
+        rewrites = [k for k, a, b in zip(_TUPLE_KEYS, original, translated, strict=True) if a != b]
+    service = None
+    if f.service is not None and f.endpoint is not None:
+        service = {
+            "type": f.service.type,
+            "address": f.service.address,
+            "port": f.service.port,
+            "backend": {"address": f.endpoint[0], "port": f.endpoint[1]},
+        }
+    row: dict[str, Any] = {
+        "proto": f.proto,
+        "initiator": f.initiator,
+        "inside": tuple_dict(lay.inside),
+        "outside": tuple_dict(lay.outside),
+        "original": tuple_dict(original),
+        "translated": tuple_dict(translated),
+        "rewrites": rewrites,
+        "service": service,
+        "verdict": f.outcome,
+        "packets": packets,
+    }
+    if f.has_fates:
+        row["fates"] = _fates(lay)
+    return row
+
+
+_TUPLE_KEYS = ("src", "sport", "dst", "dport")
+
+
+def _fates(lay: _Layout) -> dict[str, int]:
+    """Packets of one flow by fate (docs/model.md): a packet seen on both sides counts once."""
+    fates = dict.fromkeys(FATES, 0)
+    for ev in lay.events:
+        if ev.fate is not None:
+            fates[ev.fate] += 1
+        elif ev.inside_ns is not None and ev.outside_ns is not None:
+            fates["crossed"] += 1
+        else:
+            fates["inside_only" if ev.inside_ns is not None else "outside_only"] += 1
+    return fates
 
 
 def write_pcap(path: Path, packets: tuple[Packet, ...], linktype: int, nanosecond: bool) -> None:
@@ -1073,3 +1539,126 @@ def _named() -> dict[str, Scenario]:
 
 SCENARIOS: dict[str, Scenario] = _named()
 """Hand-written scenarios, one per behaviour the matcher must prove."""
+
+
+def _model_named() -> dict[str, Scenario]:
+    a, b, c, ftpd = "10.244.0.10", "10.244.1.20", "10.244.100.100", "10.244.0.5"
+    node = "203.0.113.2"
+    web, api = "198.51.100.10", "192.0.2.20"
+    client, client2 = "198.51.100.20", "192.0.2.77"
+    # kube-proxy's picture of cases/clusterip-dnat: the API server behind 10.96.0.1:443, DNS behind 10.96.0.10.
+    kube_api = Service("ClusterIP", "10.96.0.1", 443, (("198.51.100.10", 6443), ("198.51.100.11", 6443)))
+    kube_dns = Service("ClusterIP", "10.96.0.10", 53, (("198.51.100.53", 53),))
+    web_svc = Service("ClusterIP", "10.100.7.9", 80, ((web, 8080), (api, 8080), ("203.0.113.50", 8080)))
+    ftp_svc = Service("ClusterIP", "10.96.40.21", 21, ((web, 21),))
+    # cases/nodeport-inbound: 30080 (Cluster) and 30081 (Local) in front of a pod's :8080.
+    np_cluster = Service("NodePort", node, 30080, ((a, 8080), (b, 8080)))
+    np_local = Service("NodePort", node, 30081, ((a, 8080),), external_traffic_policy="Local")
+    np_dns = Service("NodePort", node, 30053, ((b, 53),))
+    np_ftp = Service("NodePort", node, 30021, ((ftpd, 21),))
+    scenarios = [
+        Scenario(
+            "clusterip_dnat",
+            (
+                # kube-proxy picks an endpoint per connection: the scenario names each pick.
+                Flow("tcp", a, 50438, "10.96.0.1", 443, service=kube_api, backend=0),
+                Flow("tcp", a, 50454, "10.96.0.1", 443, start_s=0.15, service=kube_api, backend=1),
+                Flow("tcp", b, 44874, "10.96.0.1", 443, start_s=0.3, service=kube_api, backend=0, requests=2),
+                Flow("udp", a, 34545, "10.96.0.10", 53, start_s=0.4, service=kube_dns),
+                Flow("udp", b, 54658, "10.96.0.10", 53, start_s=0.55, service=kube_dns, requests=2),
+                Flow("tcp", b, 41000, "10.100.7.9", 80, start_s=0.6, service=web_svc, backend=2),
+                # Plain egress to one of the backends, next to the DNATed connections.
+                Flow("tcp", a, 48284, web, 80, start_s=0.7),
+            ),
+            seed=20,
+        ),
+        Scenario(
+            "clusterip_outcomes",
+            (
+                Flow("tcp", a, 45000, "10.96.0.1", 443, "no_reply", service=kube_api, backend=1),
+                Flow("tcp", b, 45001, "10.96.0.1", 443, "reply_dropped", start_s=0.1, service=kube_api),
+                Flow("udp", a, 45002, "10.96.0.10", 53, "not_forwarded", start_s=0.2, service=kube_dns),
+                Flow("tcp", b, 45003, "10.100.7.9", 80, "reply_other_path", start_s=0.3, service=web_svc, backend=1),
+                # Two pods' connections land on one outside tuple unless MASQUERADE moves one: the
+                # second reaches 198.51.100.10:6443 by the ClusterIP, the first directly.
+                Flow("tcp", a, 46000, web, 6443, start_s=0.4, requests=2),
+                Flow("tcp", b, 46000, "10.96.0.1", 443, start_s=0.45, service=kube_api, backend=0),
+            ),
+            seed=21,
+        ),
+        Scenario(
+            "nodeport_inbound",
+            (
+                Flow("tcp", client, 43765, node, 30080, service=np_cluster, backend=0),
+                Flow("tcp", client, 51909, node, 30081, start_s=0.05, service=np_local),
+                Flow("tcp", client2, 40022, node, 30080, start_s=0.1, service=np_cluster, backend=1, requests=2),
+                Flow("udp", client2, 41053, node, 30053, start_s=0.15, service=np_dns, requests=2),
+                # One pod egress among the inbound connections.
+                Flow("tcp", a, 49788, web, 80, start_s=0.2),
+            ),
+            seed=22,
+        ),
+        Scenario(
+            "nodeport_outcomes",
+            (
+                Flow("tcp", client, 43001, node, 30080, "no_reply", service=np_cluster),
+                Flow("tcp", client, 43002, node, 30081, "reply_dropped", start_s=0.1, service=np_local),
+                Flow("tcp", client2, 43003, node, 30080, "not_forwarded", start_s=0.2, service=np_cluster, backend=1),
+                Flow("udp", client2, 43004, node, 30053, "reply_dropped", start_s=0.3, service=np_dns),
+            ),
+            seed=23,
+        ),
+        Scenario(
+            "fin_leak",
+            (
+                # cases/idle-expiry-fin-leak: a closed connection, then one that idles out and leaks 7 FINs.
+                Flow("tcp", a, 42924, web, 80),
+                Flow("tcp", a, 42934, web, 80, start_s=0.12, leak=7),
+                Flow("tcp", b, 42940, "10.96.0.1", 443, start_s=0.2, service=kube_api, backend=1, leak=3),
+                Flow("tcp", a, 42938, web, 80, start_s=9.3, requests=5),
+            ),
+            seed=24,
+        ),
+        Scenario(
+            "invalid_reply",
+            (
+                # cases/oow-invalid-node-rst, and the same behind a ClusterIP.
+                Flow("tcp", a, 41000, web, 80, invalid_reply=True),
+                Flow("tcp", b, 41001, "10.96.0.1", 443, start_s=0.2, service=kube_api, invalid_reply=True),
+                Flow("tcp", b, 41002, api, 443, start_s=0.4),
+            ),
+            seed=25,
+        ),
+        Scenario(
+            "ftp_alg",
+            (
+                # cases/ftp-alg-active: "10,244,0,5" becomes "203,0,113,2", one byte longer (+1).
+                Flow("tcp", ftpd, 43756, web, 21, alg=True, requests=3),
+                # "10,244,100,100" becomes "203,0,113,2": three bytes shorter (-3).
+                Flow("tcp", c, 43757, api, 21, start_s=0.1, alg=True, requests=2),
+                Flow("tcp", a, 43758, "10.96.40.21", 21, start_s=0.2, service=ftp_svc, alg=True, requests=2),
+                # Inbound: the pod's 227 answer carries 10,244,0,5; the client gets 203,0,113,2.
+                Flow("tcp", client, 40021, node, 30021, start_s=0.3, service=np_ftp, alg=True, requests=2),
+            ),
+            seed=26,
+        ),
+        Scenario(
+            "failures_combined",
+            (
+                Flow("tcp", c, 47000, web, 21, alg=True, leak=4, requests=2),
+                Flow("tcp", ftpd, 47001, "10.96.40.21", 21, start_s=0.1, service=ftp_svc, alg=True, invalid_reply=True),
+                Flow("tcp", b, 47002, "10.100.7.9", 80, start_s=0.2, service=web_svc, backend=1, leak=2),
+                Flow("tcp", client, 47003, node, 30080, start_s=0.3, service=np_cluster, backend=1),
+                Flow("icmp", a, 77, api, 0, start_s=0.4, requests=2),
+            ),
+            inside_link="sll2",
+            clock_offset_s=-1.25,
+            seed=27,
+        ),
+    ]
+    return {s.name: s for s in scenarios}
+
+
+MODEL_SCENARIOS: dict[str, Scenario] = _model_named()
+"""Hand-written scenarios for docs/model.md (correlate/2): ClusterIP DNAT, NodePort inbound, per-packet
+failures. Kept apart from SCENARIOS, whose tests and /1 matcher assume pod-initiated MASQUERADE."""
