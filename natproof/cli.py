@@ -188,23 +188,30 @@ def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: floa
               help="No connection has this verdict (repeatable).")
 @click.option("--expect-port-preserved", is_flag=True, help="Every translated connection kept its source port.")
 @click.option("--min-connections", type=click.IntRange(min=1), help="At least N connections that are not internal.")
+@click.option("--expect-dnat", "expect_dnat", multiple=True, metavar="VIP:PORT[=BACKEND:PORT,...]",
+              help="Every connection to VIP:PORT was DNATed (to one of the BACKENDs when given), and there is at "
+                   "least one (repeatable).")
+@click.option("--expect-no-leak", is_flag=True,
+              help="No packet crossed untranslated (no private address left the node; no 'leak' flag).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
            decoder: str, expectations_file: str | None, expect_snat_ip: str | None, expect_all: str | None,
-           expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None, fmt: str | None,
-           quiet: bool) -> None:
+           expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None,
+           expect_dnat: tuple[str, ...], expect_no_leak: bool, fmt: str | None, quiet: bool) -> None:
     """Check the captures against expectations: exit 0 when all hold, 1 when one fails, 2 on bad input."""
-    from natproof.verify import Expectations, load_expectations
+    from natproof.verify import Expectations, load_expectations, parse_dnat
     from natproof.verify import verify as run_verify
 
+    dnat = tuple(parse_dnat(d) for d in expect_dnat)  # a bad VIP:PORT is reported before any file is read
     exp, file_cidr = load_expectations(expectations_file) if expectations_file else (Expectations(), None)
     exp = Expectations(
         snat_ip=expect_snat_ip or exp.snat_ip, all_verdict=expect_all or exp.all_verdict,
         port_preserved=expect_port_preserved or exp.port_preserved,
         min_connections=min_connections or exp.min_connections,
-        no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections)
+        no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections,
+        dnat=tuple(dict.fromkeys(exp.dnat + dnat)), no_leak=expect_no_leak or exp.no_leak)
     if exp.is_empty():
         raise click.UsageError("nothing to verify: give --expectations FILE or an --expect-* option")
     result = run_correlate(inside, outside, pod_cidr or file_cidr, clock_offset, tolerance, quiet, decoder)
