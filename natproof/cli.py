@@ -276,12 +276,14 @@ def _iso(ts_ns: int) -> str:
 
 
 def _print_whole(table: Table) -> None:
-    """Print a table on a terminal at its width; piped, at its natural width, so no address wraps."""
+    """Print a table on a terminal at its width; piped, at its natural width (no address wraps, no trailing blanks)."""
     if sys.stdout.isatty():
         Console().print(table)
         return
-    wide = Console(width=1000)
-    Console(width=wide.measure(table).maximum).print(table)
+    console = Console(width=Console(width=1000).measure(table).maximum)
+    with console.capture() as out:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
 
 
 def _who_table(title: str, conns: tuple[dict, ...]) -> Table:
