@@ -221,23 +221,30 @@ def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: floa
               help="No connection has this verdict (repeatable).")
 @click.option("--expect-port-preserved", is_flag=True, help="Every translated connection kept its source port.")
 @click.option("--min-connections", type=click.IntRange(min=1), help="At least N connections that are not internal.")
+@click.option("--expect-dnat", "expect_dnat", multiple=True, metavar="VIP:PORT[=BACKEND:PORT,...]",
+              help="Every connection to VIP:PORT was DNATed (to one of the BACKENDs when given), and there is at "
+                   "least one (repeatable).")
+@click.option("--expect-no-leak", is_flag=True,
+              help="No packet crossed untranslated (no private address left the node; no 'leak' flag).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
            decoder: str, expectations_file: str | None, expect_snat_ip: str | None, expect_all: str | None,
-           expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None, fmt: str | None,
-           quiet: bool) -> None:
+           expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None,
+           expect_dnat: tuple[str, ...], expect_no_leak: bool, fmt: str | None, quiet: bool) -> None:
     """Check the captures against expectations: exit 0 when all hold, 1 when one fails, 2 on bad input."""
-    from natproof.verify import Expectations, load_expectations
+    from natproof.verify import Expectations, load_expectations, parse_dnat
     from natproof.verify import verify as run_verify
 
+    dnat = tuple(parse_dnat(d) for d in expect_dnat)  # a bad VIP:PORT is reported before any file is read
     exp, file_cidr = load_expectations(expectations_file) if expectations_file else (Expectations(), None)
     exp = Expectations(
         snat_ip=expect_snat_ip or exp.snat_ip, all_verdict=expect_all or exp.all_verdict,
         port_preserved=expect_port_preserved or exp.port_preserved,
         min_connections=min_connections or exp.min_connections,
-        no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections)
+        no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections,
+        dnat=tuple(dict.fromkeys(exp.dnat + dnat)), no_leak=expect_no_leak or exp.no_leak)
     if exp.is_empty():
         raise click.UsageError("nothing to verify: give --expectations FILE or an --expect-* option")
     result = run_correlate(inside, outside, pod_cidr or file_cidr, clock_offset, tolerance, quiet, decoder)
@@ -267,9 +274,11 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None,
         tolerance: float, decoder: str, at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
-    """Which pod was behind the outside ADDR:PORT (at TIME)? Or, for a pod's ADDR:PORT, where did it go?
+    """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
-    Exit 0 when a connection was found, 1 when none was.
+    ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
+    (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
+    ClusterIP (which backend?), a backend, a remote client. Exit 0 when a connection was found, 1 when none was.
     """
     from natproof.lookup import parse_endpoint
     from natproof.lookup import who as run_who
@@ -281,12 +290,14 @@ def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_of
         click.echo(json.dumps(answer.to_dict(), indent=2))
     else:
         when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)}"
-        if not answer.connections:
+        if answer.connections:
+            n = len(answer.connections)
+            _print_whole(_who_table(f"{answer.query}{when}: {n} connection{'s' if n > 1 else ''}",
+                                    answer.connections))
+        else:
             click.echo(f"no connection used {answer.query}{when}")
-        for c in answer.connections:
-            click.echo(_who_line(c))
-        for c in answer.nearest:
-            click.echo(f"nearest: {_who_line(c)}")
+            if answer.nearest:
+                _print_whole(_who_table("nearest in time", answer.nearest))
     if not answer.connections:
         raise SystemExit(ExitStatus.FAILED)
 
@@ -297,13 +308,41 @@ def _iso(ts_ns: int) -> str:
     return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _who_line(c: dict) -> str:
-    i, o = c["inside"], c["outside"]
-    out = "-" if o is None else format_address(o["src"], o["sport"])
-    ev = c["evidence"]["egress"]
-    frames = "" if ev is None else f" (inside frame {ev['inside_frame']}, outside frame {ev['outside_frame']})"
-    return (f"{c['proto']} {format_address(i['src'], i['sport'])} as {out} -> {format_address(i['dst'], i['dport'])}"
-            f" from {_iso(int(c['first_seen'] * 1e9))} to {_iso(int(c['last_seen'] * 1e9))}: {c['verdict']}{frames}")
+def _print_whole(table: Table) -> None:
+    """Print a table on a terminal at its width; piped, at its natural width (no address wraps, no trailing blanks)."""
+    if sys.stdout.isatty():
+        Console().print(table)
+        return
+    console = Console(width=Console(width=1000).measure(table).maximum)
+    with console.capture() as out:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
+
+
+def _who_table(title: str, conns: tuple[dict, ...]) -> Table:
+    """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend)."""
+    from rich import box
+
+    days = sorted({_iso(int(c["first_seen"] * 1e9))[:10] for c in conns})
+    table = Table(title=f"{title} (times UTC, {', '.join(days)})", header_style="bold", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict", "frames"):
+        table.add_column(col, no_wrap=col not in ("role", "service"), justify="right" if col == "#" else "left")
+
+    def addr(end: dict | None) -> str:
+        return "-" if end is None else format_address(end["address"], end["port"])
+
+    for c in conns:
+        svc = c["service"]
+        ev = c["evidence"]["egress"] or {}
+        frames = ", ".join(f"{op} {ev[k]}" for op, k in (("in", "inside_frame"), ("out", "outside_frame"),
+                                                          ("in", "inside_translated_frame")) if ev.get(k)) or "-"
+        seen = f"{_iso(int(c['first_seen'] * 1e9))[11:-1]}-{_iso(int(c['last_seen'] * 1e9))[11:-1]}"
+        table.add_row(str(c["conn"]), ", ".join(c["roles"]), c["proto"], addr(c["ends"]["pod"]),
+                      addr(c["ends"]["node"]), addr(c["ends"]["peer"]),
+                      "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}",
+                      "-" if svc is None else addr(svc["backend"]), seen, c["verdict"], frames)
+    return table
 
 
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:

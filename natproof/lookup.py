@@ -1,4 +1,4 @@
-"""Post-incident look-up: which pod was behind an outside ADDR:PORT at a time, or where an inside one went."""
+"""Post-incident look-up: the connections an ADDR:PORT took part in (at a time), and the role it played in each."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ from natproof.result import Result, connection_dict
 
 @dataclass(frozen=True)
 class Answer:
-    """Connections whose outside (or inside) source was ADDR:PORT, live at the asked time if one was given."""
+    """Connections in which ADDR:PORT was an end of the original or the translated tuple, live at the asked time if
+    one was given, each with the role(s) ADDR:PORT played in it."""
 
     query: str
     at_ns: int | None
-    side: str
-    """"outside" when ADDR:PORT was the translated source, "inside" when it was a pod's."""
+    side: str | None
+    """Where ADDR:PORT was seen: "inside" when some found connection's leg on the inside capture has it (a pod, a
+    ClusterIP, the bridge address), else "outside" (the node's public tuple, a NodePort, a remote end); None when
+    no connection has it."""
     connections: tuple[dict[str, Any], ...]
-    """natproof.correlate/1 connection objects, plus "conn" (its index)."""
+    """natproof.correlate/2 connection objects, plus "conn" (its index), "roles" (ROLES labels, in that order)
+    and "ends" (``ends_of``)."""
     nearest: tuple[dict[str, Any], ...] = ()
     """When none was live at the time: the closest connection before and after it."""
 
@@ -31,15 +35,67 @@ class Answer:
                 "connections": list(self.connections), "nearest": list(self.nearest)}
 
 
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """ADDR:PORT or [V6]:PORT into (address, port)."""
+ROLES = (("orig", "src", "original source"), ("trans", "src", "translated source"),
+         ("orig", "dst", "original destination"), ("trans", "dst", "translated destination"))
+"""The four ends a connection has (docs/model.md): each tuple's source and destination. An original destination
+that is the connection's Service address:port is labelled "original destination (ClusterIP)" or "(NodePort)";
+a translated destination that is its backend, "translated destination (backend)"."""
+
+
+def roles_of(row: dict[str, Any], addr: str, port: int) -> list[str]:
+    """The roles ADDR:PORT played in one connection row (empty when it is none of its ends)."""
+    roles = []
+    for tup, end, label in ROLES:
+        if (row[f"{tup}_{end}"], row[f"{tup}_{'sport' if end == 'src' else 'dport'}"]) != (addr, port):
+            continue
+        if end == "dst" and tup == "orig" and row["service_type"] and (row["service_ip"], row["service_port"]) == (
+                addr, port):
+            label += f" ({row['service_type']})"
+        elif end == "dst" and tup == "trans" and (row["backend_ip"], row["backend_port"]) == (addr, port):
+            label += " (backend)"
+        roles.append(label)
+    return roles
+
+
+def ends_of(row: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Who is who in a connection: ``pod`` (the pod that opened it, or for one started outside the pod it reached),
+    ``node`` (the tuple the node's NAT put its own address in: the translated source of an egress connection, the
+    NodePort an inbound one was addressed to; None when nothing was rewritten there) and ``peer`` (the far end: the
+    destination as it was reached, or the remote client). Each is {"address", "port"} or None."""
+
+    def end(tup: str, which: str) -> dict[str, Any] | None:
+        address = row[f"{tup}_{which}"]
+        port = row[f"{tup}_sport" if which == "src" else f"{tup}_dport"]
+        return None if address is None else {"address": address, "port": port}
+
+    rewrites = set(row["rewrites"] or [])
+    if row["initiator"] == "outside":
+        node_end = rewrites & {"dst", "dport"} or row["service_type"] == "NodePort"
+        return {"pod": end("trans", "dst"), "node": end("orig", "dst") if node_end else None,
+                "peer": end("orig", "src")}
+    return {"pod": end("orig", "src"), "node": end("trans", "src") if rewrites & {"src", "sport"} else None,
+            "peer": end("trans", "dst") if row["trans_src"] is not None else end("orig", "dst")}
+
+
+def parse_endpoint(text: str, where: str | None = None) -> tuple[str, int]:
+    """ADDR:PORT or [V6]:PORT into (address, port); ``where`` (an option's name) starts the error message."""
     host, sep, port = text.rpartition(":")
-    try:
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError
-        return str(ipaddress.ip_address(host.strip("[]"))), int(port)
-    except ValueError:
-        raise InputError(f"{text!r} is not ADDR:PORT (e.g. 203.0.113.5:38472 or [2001:db8::1]:443)") from None
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep:
+        problem = "no port"
+    elif not host:
+        problem = "no address"
+    elif not port.isdigit():
+        problem = f"port {port!r} is not a number"
+    elif int(port) > 65535:
+        problem = f"port {port} is out of range 0-65535"
+    else:
+        try:
+            return str(ipaddress.ip_address(host)), int(port)
+        except ValueError:
+            problem = f"{host!r} is not an IP address"
+    prefix = f"{where}: " if where else ""
+    raise InputError(f"{prefix}{text!r} is not ADDR:PORT ({problem}; e.g. 203.0.113.5:38472 or [2001:db8::1]:443)")
 
 
 _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
@@ -69,21 +125,23 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
 
 
 def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 1.0) -> Answer:
-    """Find connections by outside source ADDR:PORT (which pod?) or by inside source (where did it go?).
+    """Find the connections ADDR:PORT took part in, as the original or translated tuple's source or destination:
+    which pod was behind a public source port, where a pod's source port went, which pod a NodePort reached,
+    which backend a ClusterIP chose.
 
     With ``at``, keep those live within ``window_s`` of that time (a connection is live from its first to its
     last packet); if none is, ``nearest`` holds the closest one on each side of it.
     """
     addr, port = parse_endpoint(endpoint)
     at_ns = None if at is None else parse_time(at, result.inside.first_ts_ns)
-    df = result.connections
-    outside = df.filter((df["outside_src"] == addr) & (df["outside_sport"] == port)
-                        & (df["outside_src"] != df["inside_src"]))
-    side = "outside"
-    if outside.is_empty():
-        outside = df.filter((df["inside_src"] == addr) & (df["inside_sport"] == port))
-        side = "inside"
-    rows = list(outside.iter_rows(named=True))
+    rows = []
+    for row in result.connections.iter_rows(named=True):
+        roles = roles_of(row, addr, port)
+        if roles:
+            rows.append(row | {"roles": roles})
+    seen_at = {leg["observation_point"] for r in rows for leg in (r["legs"] or [])
+               if (leg["src"], leg["sport"]) == (addr, port) or (leg["dst"], leg["dport"]) == (addr, port)}
+    side = "inside" if "inside" in seen_at else "outside" if "outside" in seen_at else None
     nearest: list[dict[str, Any]] = []
     if at_ns is not None:
         w = int(window_s * 1e9)
@@ -101,4 +159,4 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
 
 
 def _with_index(row: dict[str, Any]) -> dict[str, Any]:
-    return {"conn": row["conn"]} | connection_dict(row)
+    return {"conn": row["conn"]} | connection_dict(row) | {"roles": row["roles"], "ends": ends_of(row)}

@@ -8,9 +8,12 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import polars as pl
+
 from natproof.errors import InputError
+from natproof.lookup import parse_endpoint
 from natproof.report.table import format_address
-from natproof.result import Result
+from natproof.result import Result, flags_of
 from natproof.verdicts import Verdict
 
 EVIDENCE_LINES = 10
@@ -30,6 +33,30 @@ class ExpectedConnection:
 
 
 @dataclass(frozen=True)
+class ExpectedDnat:
+    """A Service address:port whose every connection was DNATed (to one of ``backends`` when any are given)."""
+
+    address: str
+    port: int
+    backends: tuple[tuple[str, int], ...] = ()
+    """Allowed (address, port) translated destinations; empty means any other than the Service's own."""
+
+    @property
+    def name(self) -> str:
+        target = f" -> {', '.join(format_address(*b) for b in self.backends)}" if self.backends else ""
+        return f"dnat {format_address(self.address, self.port)}{target}"
+
+
+def parse_dnat(text: str, where: str = "--expect-dnat") -> ExpectedDnat:
+    """VIP:PORT[=BACKEND:PORT,BACKEND:PORT...] (the --expect-dnat form) into an ExpectedDnat."""
+    service, sep, backends = text.partition("=")
+    if sep and not all(b.strip() for b in backends.split(",")):
+        raise InputError(f"{where}: {text!r} has an empty backend (VIP:PORT or VIP:PORT=BACKEND:PORT,BACKEND:PORT...)")
+    return ExpectedDnat(*parse_endpoint(service.strip(), where),
+                        backends=tuple(parse_endpoint(b.strip(), where) for b in backends.split(",")) if sep else ())
+
+
+@dataclass(frozen=True)
 class Expectations:
     """What must hold; None (or False, or 0) means not checked."""
 
@@ -44,6 +71,10 @@ class Expectations:
     no_verdicts: tuple[str, ...] = ()
     """No connection has any of these verdicts."""
     connections: tuple[ExpectedConnection, ...] = field(default_factory=tuple)
+    dnat: tuple[ExpectedDnat, ...] = ()
+    """Every connection to each of these Service addresses was DNATed (to an allowed backend); at least one was."""
+    no_leak: bool = False
+    """No connection has leaked packets (fate leaked: crossed untranslated, the private address left the node)."""
 
     def is_empty(self) -> bool:
         return self == Expectations()
@@ -90,6 +121,10 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
     port_preserved = true
     min_connections = 3
     no_verdicts = ["untranslated"]
+    no_leak = true
+    [[dnat]]
+    service = "10.96.0.1:443"
+    backends = ["198.51.100.10:6443"]  # optional: any translated destination but the Service's own
     [[connection]]
     inside = "10.244.0.10:40000"
     outside = "203.0.113.2:40000"
@@ -104,7 +139,8 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
         raise InputError(f"{where}: no such file") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"{where}: not a TOML expectations file ({exc})") from None
-    known = {"pod_cidr", "snat_ip", "all", "port_preserved", "min_connections", "no_verdicts", "connection"}
+    known = {"pod_cidr", "snat_ip", "all", "port_preserved", "min_connections", "no_verdicts", "connection",
+             "dnat", "no_leak"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -116,7 +152,21 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
             raise InputError(f"{where}: [[connection]] {i + 1} needs 'inside' and only {', '.join(sorted(conn_keys))}")
         if c.get("verdict"):
             _verdict(c["verdict"], where)
+        for key in ("inside", "outside", "dst"):
+            if c.get(key) is not None:
+                parse_endpoint(str(c[key]), f"{where}: [[connection]] {i + 1} {key}")
         conns.append(ExpectedConnection(**c))
+    dnats = []
+    for i, d in enumerate(doc.get("dnat", [])):
+        spot = f"{where}: [[dnat]] {i + 1}"
+        backends = d.get("backends", []) if isinstance(d, dict) else None
+        if (not isinstance(d, dict) or sorted(set(d) - {"service", "backends"}) or not isinstance(d.get("service"), str)
+                or not isinstance(backends, list) or not all(isinstance(b, str) for b in backends)):
+            raise InputError(f"{spot} needs service = \"VIP:PORT\" and optionally backends = [\"ADDR:PORT\", ...]")
+        dnats.append(ExpectedDnat(*parse_endpoint(d["service"], spot),
+                                  backends=tuple(parse_endpoint(b, spot) for b in backends)))
+    if not isinstance(doc.get("no_leak", False), bool):
+        raise InputError(f"{where}: no_leak must be true or false")
     exp = Expectations(
         snat_ip=doc.get("snat_ip"),
         all_verdict=_verdict(doc["all"], where) if "all" in doc else None,
@@ -124,6 +174,8 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
         min_connections=int(doc.get("min_connections", 0)),
         no_verdicts=tuple(_verdict(v, where) for v in doc.get("no_verdicts", [])),
         connections=tuple(conns),
+        dnat=tuple(dnats),
+        no_leak=doc.get("no_leak", False),
     )
     return exp, doc.get("pod_cidr")
 
@@ -168,9 +220,87 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
         bad = [r for r in translated if r["outside_sport"] != r["inside_sport"]]
         checks.append(_check("port_preserved", 1.0, result.port_preserved_ratio(), bad,
                              passed=not bad and bool(translated)))
+    for want in exp.dnat:
+        checks.append(_expect_dnat(rows, want))
+    if exp.no_leak:
+        checks.append(_expect_no_leak(result, rows))
     for want in exp.connections:
         checks.append(_expect_connection(rows, want))
     return checks
+
+
+def _frames(r: dict[str, Any]) -> str:
+    """Where the connection's first initiator packet is, in each capture (frames as Wireshark numbers them)."""
+    parts = [f"{op} frame {r[col]}" for op, col in (("inside", "evidence_egress_inside_frame"),
+                                                     ("outside", "evidence_egress_outside_frame"),
+                                                     ("inside", "evidence_egress_translated_frame"))
+             if r[col] is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _limited(lines: list[str]) -> tuple[str, ...]:
+    if len(lines) > EVIDENCE_LINES:
+        lines = lines[:EVIDENCE_LINES] + [f"... and {len(lines) - EVIDENCE_LINES} more"]
+    return tuple(lines)
+
+
+def _expect_dnat(rows: list[dict[str, Any]], want: ExpectedDnat) -> Check:
+    service = (want.address, want.port)
+    conns = [r for r in rows if (r["orig_dst"], r["orig_dport"]) == service]
+    expected: Any = [format_address(*b) for b in want.backends] or "DNAT"
+    if not conns:
+        return Check(want.name, False, expected, "absent",
+                     (f"no connection to {format_address(*service)} in the captures",))
+    reached: dict[str, int] = {}
+    evidence = []
+    for r in conns:
+        head = (f"#{r['conn']} {r['proto']} {format_address(r['orig_src'], r['orig_sport'])} -> "
+                f"{format_address(*service)}")
+        if r["trans_dst"] is None:
+            where, problem = "not captured after the NAT", "no leg after the NAT was captured: DNAT not proven"
+        else:
+            dst = (r["trans_dst"], r["trans_dport"])
+            where = format_address(*dst)
+            if dst == service:
+                problem = f"reached {where} unchanged: not DNATed"
+            elif want.backends and dst not in want.backends:
+                problem = f"DNATed to {where}, not an allowed backend"
+            else:
+                problem = ""
+        reached[where] = reached.get(where, 0) + 1
+        if problem:
+            evidence.append(f"{head}: {problem}{_frames(r)}")
+    return Check(want.name, not evidence, expected, reached, _limited(evidence))
+
+
+def _expect_no_leak(result: Result, rows: list[dict[str, Any]]) -> Check:
+    leaky = [r for r in rows if r["fate_leaked"] or "leak" in flags_of(r)]
+    if not leaky:
+        return Check("no_leak", True, 0, 0)
+    packets = result.inside_packets.filter(pl.col("fate") == "leaked")
+    out_packets = result.outside_packets.filter(pl.col("fate") == "leaked")
+    evidence = []
+    for r in leaky:
+        mine = packets.filter(pl.col("anchor") == r["inside_conn_id"])
+        out_frames = sorted(set(mine["out_frame"].drop_nulls().to_list())
+                            | set(out_packets.filter(pl.col("anchor") == r["inside_conn_id"])["frame_no"].to_list()))
+        plain = [leg for leg in (r["legs"] or []) if leg["observation_point"] == "outside"
+                 and (leg["src"], leg["sport"]) in ((r["orig_src"], r["orig_sport"]), (r["orig_dst"], r["orig_dport"]))]
+        carrying = "" if not plain else (f" as {format_address(plain[0]['src'], plain[0]['sport'])} -> "
+                                         f"{format_address(plain[0]['dst'], plain[0]['dport'])}")
+        evidence.append(
+            f"#{r['conn']} {r['proto']} {format_address(r['orig_src'], r['orig_sport'])} -> "
+            f"{format_address(r['orig_dst'], r['orig_dport'])}: {r['fate_leaked']} packet(s) crossed untranslated"
+            f"{carrying} (inside frames {_frame_list(mine['frame_no'].to_list())}; "
+            f"outside frames {_frame_list(out_frames)})")
+    return Check("no_leak", False, 0, sum(r["fate_leaked"] for r in leaky), _limited(evidence))
+
+
+def _frame_list(frames: list[int], shown: int = 8) -> str:
+    if not frames:
+        return "-"
+    text = ", ".join(str(f) for f in frames[:shown])
+    return text + (f" and {len(frames) - shown} more" if len(frames) > shown else "")
 
 
 def _expect_connection(rows: list[dict[str, Any]], want: ExpectedConnection) -> Check:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,156 @@ def test_cli_who_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and capsys.readouterr().out == "no connection used 203.0.113.2:1\n"
     code = main(["who", "not-an-endpoint", *map(str, capture_pair(CASE))])
     assert code == 2 and "is not ADDR:PORT" in capsys.readouterr().err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "tests" / "cases"
+_NEW = re.compile(r"\[NEW\] ipv4 +\d+ (\w+) .*?src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+) (?:\[UNREPLIED\] )?"
+                  r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def kernel_new_events(case: Path) -> list[dict[str, tuple[str, int]]]:
+    """The kernel's own record of each connection (conntrack -E NEW lines in kernel-record.txt): the original
+    tuple's ends, and the translated ones read off the reply tuple (conntrack's reply src = translated dst)."""
+    out = []
+    for m in _NEW.finditer((case / "kernel-record.txt").read_text()):
+        proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp = m.groups()
+        out.append({"proto": proto, "orig_src": (osrc, int(osp)), "orig_dst": (odst, int(odp)),
+                    "trans_src": (rdst, int(rdp)), "trans_dst": (rsrc, int(rsp))})
+    return out
+
+
+def _ends(c: dict, key: str) -> tuple[str, int] | None:
+    end = c["ends"][key]
+    return None if end is None else (end["address"], end["port"])
+
+
+def test_who_finds_the_pod_behind_a_nodeport_in_the_kernel_record() -> None:
+    case = CASES / "nodeport-inbound"
+    result = correlate(*capture_pair(case))
+    for nodeport in ("203.0.113.2:30080", "203.0.113.2:30081"):
+        want = [e for e in kernel_new_events(case) if f"{e['orig_dst'][0]}:{e['orig_dst'][1]}" == nodeport]
+        ans = who(result, nodeport)
+        assert len(want) == 1 and len(ans.connections) == 1, nodeport
+        (c,) = ans.connections
+        assert ans.side == "outside" and c["initiator"] == "outside"
+        assert c["roles"] == ["original destination (NodePort)"]
+        assert _ends(c, "pod") == want[0]["trans_dst"] == ("10.244.0.10", 8080)
+        assert _ends(c, "node") == want[0]["orig_dst"] and _ends(c, "peer") == want[0]["orig_src"]
+        assert (c["translated"]["src"], c["translated"]["sport"]) == want[0]["trans_src"]
+        assert c["service"] == {"type": "NodePort", "address": "203.0.113.2", "port": int(nodeport[-5:]),
+                                "backend": {"address": "10.244.0.10", "port": 8080}}
+    # The pod's own port: both inbound connections reached it, as their translated destination.
+    ans = who(result, "10.244.0.10:8080")
+    assert ans.side == "inside"
+    assert [(c["roles"], _ends(c, "node")) for c in ans.connections] == [
+        (["translated destination (backend)"], ("203.0.113.2", 30080)),
+        (["translated destination (backend)"], ("203.0.113.2", 30081))]
+    # externalTrafficPolicy=Cluster: the node MASQUERADEd the client to its bridge address; that port is found too.
+    (masq,) = [e["trans_src"] for e in kernel_new_events(case) if e["orig_dst"] == ("203.0.113.2", 30080)]
+    ans = who(result, f"{masq[0]}:{masq[1]}")
+    assert [c["roles"] for c in ans.connections] == [["translated source"]]
+    # Local: the client's address is kept, so it is the source of both tuples.
+    ans = who(result, "198.51.100.20:51909")
+    assert [c["roles"] for c in ans.connections] == [["original source", "translated source"]]
+
+
+def test_who_names_the_backend_a_clusterip_chose_at_a_time() -> None:
+    case = CASES / "clusterip-dnat"
+    result = correlate(*capture_pair(case))
+    kernel = [e for e in kernel_new_events(case) if e["orig_dst"] == ("10.96.0.1", 443)]
+    every = who(result, "10.96.0.1:443")
+    assert len(every.connections) == len(kernel) == 3 and every.side == "inside"
+    for c, e in zip(every.connections, kernel, strict=True):
+        assert (c["original"]["src"], c["original"]["sport"]) == e["orig_src"]
+        assert c["roles"] == ["original destination (ClusterIP)"]
+        assert _ends(c, "peer") == e["trans_dst"] == ("198.51.100.10", 6443)
+        assert (c["service"]["backend"]["address"], c["service"]["backend"]["port"]) == e["trans_dst"]
+        assert _ends(c, "node") == e["trans_src"]
+    second = every.connections[1]
+    mid = (second["first_seen"] + second["last_seen"]) / 2
+    ans = who(result, "10.96.0.1:443", at=f"{mid:.6f}", window_s=0)
+    assert [c["conn"] for c in ans.connections] == [second["conn"]]
+    # The backend, seen from the node's outside: the translated destination of the same three connections.
+    back = who(result, "198.51.100.10:6443")
+    assert back.side == "outside" and [c["conn"] for c in back.connections] == [c["conn"] for c in every.connections]
+    assert {r for c in back.connections for r in c["roles"]} == {"translated destination (backend)"}
+
+
+@pytest.mark.parametrize("scenario", ["clusterip", "nodeport", "hairpin"])
+def test_who_by_every_end_agrees_with_lab_truth(scenario: str) -> None:
+    case = ROOT / "captures" / scenario
+    result = correlate(*capture_pair(case))
+    for t in load_truth(case / "truth.json")["connections"]:
+        for tup, end, role in (("original", "src", "original source"), ("original", "dst", "original destination"),
+                               ("translated", "src", "translated source"),
+                               ("translated", "dst", "translated destination")):
+            port = t[tup]["sport" if end == "src" else "dport"]
+            ans = who(result, f"{t[tup][end]}:{port}")
+            (c,) = [c for c in ans.connections if c["original"] == t["original"]]
+            assert c["translated"] == t["translated"] and c["service"] == t["service"]
+            assert any(r.startswith(role) for r in c["roles"]), (scenario, tup, end, c["roles"])
+            if tup == "original" and end == "dst" and t["service"]:
+                assert f"original destination ({t['service']['type']})" in c["roles"]
+            if tup == "translated" and end == "dst" and t["service"]:
+                assert "translated destination (backend)" in c["roles"]
+                assert _ends(c, "pod" if t["initiator"] == "outside" else "peer") == (
+                    t["service"]["backend"]["address"], t["service"]["backend"]["port"])
+
+
+def test_who_in_hairpin_names_both_pods_and_the_bridge_port() -> None:
+    case = ROOT / "captures" / "hairpin"
+    result = correlate(*capture_pair(case))
+    hair = [t for t in load_truth(case / "truth.json")["connections"] if t["outside"] is None]
+    ans = who(result, "10.96.0.50:80")
+    assert ans.side == "inside" and len(ans.connections) == len(hair) == 3
+    for c, t in zip(ans.connections, hair, strict=True):
+        assert _ends(c, "pod") == (t["original"]["src"], t["original"]["sport"])
+        assert _ends(c, "node") == (t["translated"]["src"], t["translated"]["sport"])  # the bridge address
+        assert _ends(c, "peer") == (t["translated"]["dst"], t["translated"]["dport"])
+        assert "hairpin" in c["flags"] and c["outside"] is None
+
+
+def test_cli_who_table_names_pod_node_service_and_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    case = CASES / "nodeport-inbound"
+    code = main(["who", "203.0.113.2:30080", *map(str, capture_pair(case)), "--format", "table"])
+    lines = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and lines[0] == "203.0.113.2:30080: 1 connection (times UTC, 2026-11-29)"
+    assert lines[2].split() == ["#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict",
+                                "frames"]
+    assert lines[4].split() == ["0", "original", "destination", "(NodePort)", "tcp", "10.244.0.10:8080",
+                                "203.0.113.2:30080", "198.51.100.20:43765", "NodePort", "203.0.113.2:30080",
+                                "10.244.0.10:8080", "11:48:52.046-11:48:52.047", "translated", "in", "10,", "out", "4"]
+    code = main(["who", "203.0.113.2:30080", *map(str, capture_pair(case)), "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["side"] == "outside" and doc["connections"][0]["roles"] == [
+        "original destination (NodePort)"]
+    assert doc["connections"][0]["ends"]["pod"] == {"address": "10.244.0.10", "port": 8080}
+
+
+@pytest.mark.parametrize(("endpoint", "problem"), [
+    ("10.96.0.1", "no port"),
+    ("10.96.0.1:99999", "port 99999 is out of range 0-65535"),
+    ("pod-a:8080", "'pod-a' is not an IP address"),
+    (":443", "no address"),
+    ("10.96.0.1:https", "port 'https' is not a number"),
+])
+def test_cli_who_bad_endpoint_is_one_line_exit_2(endpoint: str, problem: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["who", endpoint, *map(str, capture_pair(CASES / "clusterip-dnat"))])
+    assert (code, capsys.readouterr().err) == (2, f"natproof: error: {endpoint!r} is not ADDR:PORT ({problem}; "
+                                                  "e.g. 203.0.113.5:38472 or [2001:db8::1]:443)\n")
+
+
+def test_cli_who_at_a_time_with_no_connection_shows_the_nearest(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["who", "10.96.0.1:443", *map(str, capture_pair(CASES / "clusterip-dnat")), "--window", "0"]
+    code = main([*args, "--at", "11:44:04.52", "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1 and doc["connections"] == [] and doc["side"] == "inside"
+    assert [(c["original"]["sport"], c["ends"]["peer"]["port"]) for c in doc["nearest"]] == [(50438, 6443),
+                                                                                             (50454, 6443)]
+    code = main([*args, "--at", "11:44:04.524", "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and [c["original"]["sport"] for c in doc["connections"]] == [50454]
+    code = main(["who", "10.96.0.99:443", *map(str, capture_pair(CASES / "clusterip-dnat")), "--format", "json"])
+    assert code == 1 and json.loads(capsys.readouterr().out)["side"] is None

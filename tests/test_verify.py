@@ -10,7 +10,7 @@ import pytest
 from natproof.cli import main
 from natproof.correlate import correlate
 from natproof.errors import InputError
-from natproof.verify import Expectations, ExpectedConnection, load_expectations, verify
+from natproof.verify import Expectations, ExpectedConnection, ExpectedDnat, load_expectations, parse_dnat, verify
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 
@@ -83,3 +83,148 @@ def test_bad_expectations_files(tmp_path: Path) -> None:
     f.write_text("this is = not toml =\n")
     with pytest.raises(InputError, match="not a TOML expectations file"):
         load_expectations(f)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "tests" / "cases"
+
+
+def case_pair(case: Path) -> list[str]:
+    return [str(case / "inside.pcap"), str(case / "outside.pcap")]
+
+
+def truth_services(scenario: str) -> dict[tuple[str, int], set[tuple[str, int]]]:
+    """Each Service address:port in a lab truth.json and the backends the kernel chose for it."""
+    out: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    for c in json.loads((CAPTURES / scenario / "truth.json").read_text())["connections"]:
+        if c["service"]:
+            b = c["service"]["backend"]
+            out.setdefault((c["service"]["address"], c["service"]["port"]), set()).add((b["address"], b["port"]))
+    return out
+
+
+@pytest.mark.parametrize("scenario", ["clusterip", "nodeport", "hairpin"])
+def test_expect_dnat_holds_for_every_service_in_lab_truth(scenario: str) -> None:
+    services = truth_services(scenario)
+    assert services
+    result = correlate(*pair(scenario))
+    dnat = tuple(ExpectedDnat(a, p, tuple(sorted(backends))) for (a, p), backends in services.items())
+    checks = verify(result, Expectations(dnat=dnat, no_leak=True))
+    assert [c.passed for c in checks] == [True] * (len(dnat) + 1), checks
+    truth = json.loads((CAPTURES / scenario / "truth.json").read_text())["connections"]
+    counts = {s: sum(1 for c in truth if c["service"] and (c["service"]["address"], c["service"]["port"]) == s)
+              for s in services}
+    for check, (service, backends) in zip(checks[:-1], services.items(), strict=True):
+        assert len(backends) == 1  # one backend per Service in these labs
+        assert check.actual == {f"{b[0]}:{b[1]}": counts[service] for b in backends}
+    # A backend the kernel did not choose fails, naming each connection and its frames.
+    service = next(iter(services))
+    wrong = verify(result, Expectations(dnat=(ExpectedDnat(*service, (("192.0.2.1", 1),)),)))[0]
+    assert not wrong.passed and len(wrong.evidence) == counts[service]
+    assert all("not an allowed backend (inside frame " in line for line in wrong.evidence)
+
+
+def test_expect_dnat_on_clusterip_case_against_kernel_record() -> None:
+    result = correlate(*case_pair(CASES / "clusterip-dnat"))
+    # kernel-record.txt: 10.96.0.1:443 -> 198.51.100.10:6443 (3 TCP), 10.96.0.10:53 -> 198.51.100.53:53 (2 UDP);
+    # 198.51.100.10:80 is reached directly (MASQUERADE only).
+    record = (CASES / "clusterip-dnat" / "kernel-record.txt").read_text()
+    assert "--to-destination 198.51.100.10:6443" in record and "--to-destination 198.51.100.53:53" in record
+    checks = verify(result, Expectations(dnat=(
+        parse_dnat("10.96.0.1:443=198.51.100.10:6443"), parse_dnat("10.96.0.10:53"),
+        parse_dnat("10.96.0.10:53=198.51.100.54:53"), parse_dnat("198.51.100.10:80"), parse_dnat("10.96.0.99:80"))))
+    assert [(c.name, c.passed, c.actual) for c in checks] == [
+        ("dnat 10.96.0.1:443 -> 198.51.100.10:6443", True, {"198.51.100.10:6443": 3}),
+        ("dnat 10.96.0.10:53", True, {"198.51.100.53:53": 2}),
+        ("dnat 10.96.0.10:53 -> 198.51.100.54:53", False, {"198.51.100.53:53": 2}),
+        ("dnat 198.51.100.10:80", False, {"198.51.100.10:80": 1}),
+        ("dnat 10.96.0.99:80", False, "absent"),
+    ]
+    assert checks[2].evidence == (
+        "#3 udp 10.244.0.10:34545 -> 10.96.0.10:53: DNATed to 198.51.100.53:53, not an allowed backend "
+        "(inside frame 42, outside frame 37)",
+        "#4 udp 10.244.0.10:54658 -> 10.96.0.10:53: DNATed to 198.51.100.53:53, not an allowed backend "
+        "(inside frame 45, outside frame 40)")
+    assert checks[3].evidence == ("#5 tcp 10.244.0.10:48284 -> 198.51.100.10:80: reached 198.51.100.10:80 "
+                                  "unchanged: not DNATed (inside frame 47, outside frame 42)",)
+    assert checks[4].evidence == ("no connection to 10.96.0.99:80 in the captures",)
+
+
+def test_expect_no_leak_names_the_leaked_frames() -> None:
+    # The case's right answer: one connection's entry expired; its 7 FINs left eth0 carrying 10.244.0.10.
+    case = CASES / "idle-expiry-fin-leak"
+    result = correlate(*case_pair(case))
+    (check,) = verify(result, Expectations(no_leak=True))
+    assert not check.passed and check.actual == 7
+    (line,) = check.evidence
+    assert line.startswith("#1 tcp 10.244.0.10:42934 -> 198.51.100.10:80: 7 packet(s) crossed untranslated as "
+                           "10.244.0.10:42934 -> 198.51.100.10:80 (inside frames ")
+    # Each outside frame named really left with the pod's address (read back from the capture, not natproof).
+    from natproof.capture import read_capture
+
+    outside = {r.frame_no: r for r in read_capture(case / "outside.pcap")[1]}
+    frames = [int(f) for f in line.split("outside frames ")[1].rstrip(")").split(", ")]
+    assert len(frames) == 7
+    for f in frames:
+        ip = outside[f].data[14:]  # EN10MB
+        assert ip[12:16] == bytes([10, 244, 0, 10])
+    assert verify(correlate(*case_pair(CASES / "nodeport-inbound")), Expectations(no_leak=True))[0].passed
+
+
+def test_cli_expect_dnat_and_no_leak_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "verify", *case_pair(CASES / "nodeport-inbound"), "--expect-dnat",
+                       "203.0.113.2:30080=10.244.0.10:8080", "--expect-dnat", "203.0.113.2:30081",
+                       "--expect-no-leak", "--format", "table")
+    assert code == 0 and out.splitlines() == [
+        "PASS  dnat 203.0.113.2:30080 -> 10.244.0.10:8080: expected ['10.244.0.10:8080'], got {'10.244.0.10:8080': 1}",
+        "PASS  dnat 203.0.113.2:30081: expected DNAT, got {'10.244.0.10:8080': 1}",
+        "PASS  no_leak: expected 0, got 0",
+        "3 of 3 expectations hold"]
+    code, out, _ = run(capsys, "verify", *case_pair(CASES / "idle-expiry-fin-leak"), "--expect-no-leak",
+                       "--expect-all", "translated", "--format", "json")
+    doc = json.loads(out)
+    assert code == 1 and [(e["name"], e["passed"]) for e in doc["expectations"]] == [
+        ("all translated", True), ("no_leak", False)]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("10.96.0.1", "'10.96.0.1' is not ADDR:PORT (no port; e.g. 203.0.113.5:38472 or [2001:db8::1]:443)"),
+    ("10.96.0.1:99999", "'10.96.0.1:99999' is not ADDR:PORT (port 99999 is out of range 0-65535; "
+                        "e.g. 203.0.113.5:38472 or [2001:db8::1]:443)"),
+    ("10.96.0.1:443=backend:8080", "'backend:8080' is not ADDR:PORT ('backend' is not an IP address; "
+                                   "e.g. 203.0.113.5:38472 or [2001:db8::1]:443)"),
+    ("10.96.0.1:443=", "'10.96.0.1:443=' has an empty backend (VIP:PORT or VIP:PORT=BACKEND:PORT,BACKEND:PORT...)"),
+])
+def test_cli_bad_expect_dnat_is_one_line_exit_2(value: str, message: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Reported before the captures are read: the missing file does not matter.
+    code, out, err = run(capsys, "verify", str(tmp_path / "none.pcap"), str(tmp_path / "none.pcap"),
+                         "--expect-dnat", value)
+    assert (code, out, err) == (2, "", f"natproof: error: --expect-dnat: {message}\n")
+
+
+def test_toml_dnat_and_no_leak(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "svc.toml"
+    f.write_text('no_leak = true\n[[dnat]]\nservice = "10.96.0.1:443"\nbackends = ["198.51.100.10:6443"]\n'
+                 '[[dnat]]\nservice = "10.96.0.10:53"\n')
+    exp, _ = load_expectations(f)
+    assert exp.no_leak and exp.dnat == (ExpectedDnat("10.96.0.1", 443, (("198.51.100.10", 6443),)),
+                                        ExpectedDnat("10.96.0.10", 53))
+    code, out, _ = run(capsys, "verify", *case_pair(CASES / "clusterip-dnat"), "--expectations", str(f),
+                       "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and [e["name"] for e in doc["expectations"]] == [
+        "dnat 10.96.0.1:443 -> 198.51.100.10:6443", "dnat 10.96.0.10:53", "no_leak"]
+    code, _, _ = run(capsys, "verify", *case_pair(CASES / "idle-expiry-fin-leak"), "--expectations", str(f))
+    assert code == 1
+    f.write_text('[[dnat]]\nservice = "10.96.0.1:99999"\n')
+    code, _, err = run(capsys, "verify", *case_pair(CASES / "clusterip-dnat"), "--expectations", str(f))
+    assert (code, err) == (2, f"natproof: error: {f}: [[dnat]] 1: '10.96.0.1:99999' is not ADDR:PORT (port 99999 "
+                              "is out of range 0-65535; e.g. 203.0.113.5:38472 or [2001:db8::1]:443)\n")
+    f.write_text('[[dnat]]\nbackends = ["10.0.0.1:1"]\n')
+    code, _, err = run(capsys, "verify", *case_pair(CASES / "clusterip-dnat"), "--expectations", str(f))
+    assert (code, err) == (2, f'natproof: error: {f}: [[dnat]] 1 needs service = "VIP:PORT" and optionally '
+                              'backends = ["ADDR:PORT", ...]\n')
+    f.write_text('no_leak = "yes"\n')
+    code, _, err = run(capsys, "verify", *case_pair(CASES / "clusterip-dnat"), "--expectations", str(f))
+    assert (code, err) == (2, f"natproof: error: {f}: no_leak must be true or false\n")
