@@ -242,7 +242,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         (pl.col("matched_reply").fill_null(0) + pl.col("_hair_reply").fill_null(0)).alias("matched_reply"),
         *[pl.coalesce(f"evidence_{kind}_inside_frame", f"_hair_{kind}_pre_frame").alias(f"evidence_{kind}_inside_frame")
           for kind in ("egress", "reply")],
-        *[pl.col(f"_hair_{kind}_post_frame").alias(f"evidence_{kind}_translated_frame") for kind in ("egress", "reply")],
+        *[pl.col(f"_hair_{kind}_post_frame").alias(f"evidence_{kind}_translated_frame")
+          for kind in ("egress", "reply")],
     ).drop(pl.selectors.starts_with("_hair_"))
     crossing = pl.concat([P.select("anchor", "is_egress", "is_icmp_error", "fate"),
                           S.select("anchor", "is_egress", "is_icmp_error",

@@ -59,6 +59,11 @@ outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for e
 fate_* count its packets by fate, a crossing packet once. seq_shift / ack_shift: the constant an ALG added to
 the initiator's sequence numbers and to the replies' acks on the far side (null when none)."""
 
+SOURCE_REWRITTEN = pl.col("trans_src").is_not_null() & (pl.col("trans_src") != pl.col("orig_src"))
+"""Connections whose source address the NAT rewrote (SNAT: MASQUERADE of egress, of a ClusterIP's traffic, of
+NodePort traffic with externalTrafficPolicy=Cluster, of hairpin): original against translated source, whichever
+side started the connection. DNAT-only connections (NodePort with externalTrafficPolicy=Local) are not in it."""
+
 
 @dataclass(frozen=True)
 class CaptureSummary:
@@ -131,14 +136,17 @@ class Result:
             counts[v] = n
         return counts
 
+    def source_rewritten(self) -> pl.DataFrame:
+        """The connections of SOURCE_REWRITTEN (the ones port allocation is about), in order of first packet."""
+        return self.connections.filter(SOURCE_REWRITTEN).sort("first_ts_ns", "conn")
+
     def port_preserved_ratio(self) -> float:
-        """Share of translated-source connections whose outside source port equals the inside one."""
-        rewritten = self.connections.filter(
-            pl.col("outside_src").is_not_null() & (pl.col("outside_src") != pl.col("inside_src"))
-        )
+        """Share of connections whose source address the NAT rewrote that kept their source port (translated
+        source port equal to the original one)."""
+        rewritten = self.source_rewritten()
         if rewritten.is_empty():
             return 0.0
-        kept = rewritten.filter(pl.col("outside_sport") == pl.col("inside_sport")).height
+        kept = rewritten.filter(pl.col("trans_sport") == pl.col("orig_sport")).height
         return round(kept / rewritten.height, 6)
 
     def by_fate(self) -> dict[str, int]:
