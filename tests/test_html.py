@@ -283,8 +283,8 @@ def test_mapping_rows_and_services_match_the_kernels_truth(name: str) -> None:
         svc = c.get("service")
         if svc:
             b = svc["backend"]
-            assert cells[cell("service")] == (f"{svc['type']} {format_address(svc['address'], svc['port'])}"
-                                              f"→ {format_address(b['address'], b['port'])}")  # a <br> between
+            assert cells[cell("service")] == (f"{svc['type']} {format_address(svc['address'], svc['port'])} "
+                                              f"→ {format_address(b['address'], b['port'])}")
             assert attrs["data-service"] == f"{format_address(svc['address'], svc['port'])}/{c['proto']}"
         else:
             assert cells[cell("service")] == "" and "data-service" not in attrs

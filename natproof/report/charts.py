@@ -303,7 +303,7 @@ def port_map(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
     ports = pl.concat([df["orig_sport"], df["trans_sport"]]).cast(pl.Int64)
     lo, hi = int(ports.min()), int(ports.max())  # type: ignore[arg-type]
     pad = max((hi - lo) * 0.05, 500)
-    lo_lim, hi_lim = max(lo - pad, 0), min(hi + pad, 65535)
+    lo_lim, hi_lim = max(lo - pad, 0), hi + pad  # above 65535 too: a dot near the top stays whole
     with _style():
         fig, ax = _figure(f"Source port, original vs translated: {_pct(ratio)} kept "
                           f"({df.height} connections through SNAT)")

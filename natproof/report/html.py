@@ -425,7 +425,7 @@ def _rows(result: Result) -> str:
                   + _addr_key(r["orig_dst"], r["orig_dport"]))
             + _td("translated", _e(trans), _addr_key(r["trans_src"], r["trans_sport"])
                   + _addr_key(r["trans_dst"], r["trans_dport"]))
-            + _td("service", _e(svc).replace(" → ", "<br>→ ", 1) if svc else "", svc_key)
+            + _td("service", _e(svc).replace(" → ", " <br>→ ", 1) if svc else "", svc_key)
             + _td("verdict", _e(r["verdict"]))
             + _td("fates", _fates(r), str(not_crossed))
             + _td("egress", _pair(r["egress_inside"], r["egress_outside"]))
