@@ -351,3 +351,14 @@ def test_table_fits_120_columns_without_breaking_a_tuple(where: Path) -> None:
         assert f"{o['src']}:{o['sport']} -> {o['dst']}:{o['dport']}" in text
         if c["service"]:
             assert f"{c['service']['type']} {c['service']['address']}:{c['service']['port']}" in text
+
+
+def test_table_limit_row_keeps_the_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    for where in (CAPTURES / "clusterip", CAPTURES / "idle-expiry"):
+        inside, outside = pair_of(where)
+        n = natproof.correlate(inside, outside).connections.height
+        _, out, _ = run(capsys, "correlate", inside, outside, "--format", "table", "--limit", "1")
+        lines = out.splitlines()
+        top = next(line for line in lines if line.startswith("┏"))
+        more = next(line for line in lines if f"{n - 1} more" in line)
+        assert more.count("│") == top.count("┳") + 2  # as many cells as the header has columns

@@ -126,7 +126,7 @@ def render_table(result: Result, limit: int | None = None) -> Group:
     table.add_column("packets by fate", max_width=17)
     for i, r in enumerate(conns.iter_rows(named=True)):
         if limit is not None and i >= limit:
-            table.add_row("...", "", f"{conns.height - limit} more", *([""] * (3 + has_service)))
+            table.add_row("...", "", f"{conns.height - limit} more", *([""] * (len(table.columns) - 3)))
             break
         trans = format_tuple(r, "trans") or "(no leg after the NAT captured)"
         if (r["outside_tuples"] or 0) > 1:
