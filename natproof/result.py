@@ -61,6 +61,11 @@ fate_* count its packets by fate, a crossing packet once. init_seq_shift ... rep
 which an ALG's payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside
 (null when none)."""
 
+SOURCE_REWRITTEN = pl.col("trans_src").is_not_null() & (pl.col("trans_src") != pl.col("orig_src"))
+"""Connections whose source address the NAT rewrote (SNAT: MASQUERADE of egress, of a ClusterIP's traffic, of
+NodePort traffic with externalTrafficPolicy=Cluster, of hairpin): original against translated source, whichever
+side started the connection. DNAT-only connections (NodePort with externalTrafficPolicy=Local) are not in it."""
+
 
 @dataclass(frozen=True)
 class CaptureSummary:
@@ -133,14 +138,17 @@ class Result:
             counts[v] = n
         return counts
 
+    def source_rewritten(self) -> pl.DataFrame:
+        """The connections of SOURCE_REWRITTEN (the ones port allocation is about), in order of first packet."""
+        return self.connections.filter(SOURCE_REWRITTEN).sort("first_ts_ns", "conn")
+
     def port_preserved_ratio(self) -> float:
-        """Share of translated-source connections whose outside source port equals the inside one."""
-        rewritten = self.connections.filter(
-            pl.col("outside_src").is_not_null() & (pl.col("outside_src") != pl.col("inside_src"))
-        )
+        """Share of connections whose source address the NAT rewrote that kept their source port (translated
+        source port equal to the original one)."""
+        rewritten = self.source_rewritten()
         if rewritten.is_empty():
             return 0.0
-        kept = rewritten.filter(pl.col("outside_sport") == pl.col("inside_sport")).height
+        kept = rewritten.filter(pl.col("trans_sport") == pl.col("orig_sport")).height
         return round(kept / rewritten.height, 6)
 
     def by_fate(self) -> dict[str, int]:

@@ -216,8 +216,9 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
         seen = sorted({r["outside_src"] for r in left})
         checks.append(_check("snat_ip", exp.snat_ip, seen, bad, passed=not bad and bool(left)))
     if exp.port_preserved:
-        translated = [r for r in egress if r["outside_src"] is not None and r["outside_src"] != r["inside_src"]]
-        bad = [r for r in translated if r["outside_sport"] != r["inside_sport"]]
+        # The set port_preserved_ratio counts: source address rewritten, original against translated tuple.
+        translated = [r for r in egress if r["trans_src"] is not None and r["trans_src"] != r["orig_src"]]
+        bad = [r for r in translated if r["trans_sport"] != r["orig_sport"]]
         checks.append(_check("port_preserved", 1.0, result.port_preserved_ratio(), bad,
                              passed=not bad and bool(translated)))
     for want in exp.dnat:

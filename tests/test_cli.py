@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from itertools import takewhile
 from pathlib import Path
 
 import polars as pl
@@ -39,7 +41,7 @@ def test_json_to_stdout(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[s
 def test_table_csv_ndjson_conntrack(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "table")
     assert code == 0 and "10.244.0.10:40001" in out and "203.0.113.2:61001" in out
-    assert "2 connections (2 translated)" in out
+    assert "2 connections: 2 translated" in out
     _, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "ndjson")
     assert [json.loads(line)["outside"]["sport"] for line in out.splitlines()] == [40000, 61001]
     _, out, _ = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "csv")
@@ -264,3 +266,99 @@ def test_decoder_choice_gives_the_same_document(pair: tuple[Path, Path], capsys:
         assert code == 0
         docs.append(json.loads(out))
     assert docs[0] == docs[1] and len(docs[0]["connections"]) == 2
+
+
+# ----------------------------------------------------------------------------------- the table, Services, fates
+
+
+def pair_of(where: Path) -> tuple[str, str]:
+    """inside and outside capture of a captures/ or tests/cases/ folder."""
+    return tuple(str(next(where.glob(f"{side}.pcap*"))) for side in ("inside", "outside"))  # type: ignore[return-value]
+
+
+CASES = Path(__file__).resolve().parent / "cases"
+
+
+@pytest.mark.parametrize("where", [CAPTURES / "clusterip", CAPTURES / "nodeport"], ids=lambda p: p.name)
+def test_table_shows_original_translated_service_and_backends(where: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    inside, outside = pair_of(where)
+    code, out, _ = run(capsys, "correlate", inside, outside, "--format", "table")
+    assert code == 0
+    res = natproof.correlate(inside, outside)
+    doc = res.to_dict()
+    lines = out.splitlines()
+    for c in doc["connections"]:
+        o, t = c["original"], c["translated"]
+        orig = f"{o['src']}:{o['sport']} -> {o['dst']}:{o['dport']}"
+        trans = f"=> {t['src']}:{t['sport']} -> {t['dst']}:{t['dport']}"
+        at = next(i for i, line in enumerate(lines) if orig in line)
+        assert trans in lines[at + 1]  # the translated tuple right under the original one
+        assert ("inbound" in lines[at + 1]) == (c["initiator"] == "outside")
+        if c["service"]:
+            s, b = c["service"], c["service"]["backend"]
+            assert f"{s['type']} {s['address']}:{s['port']}" in lines[at]
+            assert f"-> {b['address']}:{b['port']}" in lines[at + 1]
+    assert out.count("inbound") == doc["summary"]["by_initiator"]["outside"]
+    services = out[out.index("Services (VIP:port -> backends chosen)"):]
+    for s in doc["services"]:
+        row = next(line for line in services.splitlines() if f"{s['type']} {s['address']}:{s['port']} " in line)
+        assert f" {s['proto']} " in row and f" {s['connections']} " in row
+        for b in s["backends"]:
+            assert f"{b['address']}:{b['port']}: {b['connections']} (" in services
+    fates = ", ".join(f"{n} {label}" for n, label in zip(doc["summary"]["by_fate"].values(),
+                      ("crossed", "leaked", "inside only", "outside only", "node-made"), strict=True))
+    assert f"packets by fate: {fates}" in out
+
+
+def test_table_shows_leaked_and_node_made_packets(capsys: pytest.CaptureFixture[str]) -> None:
+    for where in (CASES / "idle-expiry-fin-leak", CAPTURES / "reject-no-endpoints", CAPTURES / "invalid-oow"):
+        inside, outside = pair_of(where)
+        _, out, _ = run(capsys, "correlate", inside, outside, "--format", "table")
+        lines = out.splitlines()
+        for c in natproof.correlate(inside, outside).to_dict()["connections"]:
+            o = c["original"]
+            at = next(i for i, line in enumerate(lines) if f"{o['src']}:{o['sport']} -> " in line)
+            rows = [lines[at], *takewhile(lambda line: re.match("│ +│", line), lines[at + 1:])]
+            cell = " ".join(line.split("│")[-2].strip() for line in rows)  # the last column, every line of the row
+            f = c["fates"]
+            for n, label in ((f["crossed"], "crossed"), (f["leaked"], "leaked"), (f["inside_only"], "inside only"),
+                             (f["outside_only"], "outside only"), (f["node_generated"], "node-made")):
+                assert (f"{n} {label}" in cell) == bool(n), (where.name, c["original"], cell)
+            assert c["verdict"] in lines[at]
+    assert "7 leaked" in natproof_table(CASES / "idle-expiry-fin-leak")
+
+
+def natproof_table(where: Path, width: int = 120) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from natproof.report.table import render_table
+
+    buf = StringIO()
+    Console(file=buf, width=width, color_system=None).print(render_table(natproof.correlate(*pair_of(where))))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("where", [CAPTURES / "clusterip", CAPTURES / "nodeport", CAPTURES / "reject-no-endpoints",
+                                   CAPTURES / "hairpin", CASES / "idle-expiry-fin-leak"], ids=lambda p: p.name)
+def test_table_fits_120_columns_without_breaking_a_tuple(where: Path) -> None:
+    text = natproof_table(where)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    for c in natproof.correlate(*pair_of(where)).to_dict()["connections"]:
+        o = c["original"]
+        assert f"{o['src']}:{o['sport']} -> {o['dst']}:{o['dport']}" in text
+        if c["service"]:
+            assert f"{c['service']['type']} {c['service']['address']}:{c['service']['port']}" in text
+
+
+def test_table_limit_row_keeps_the_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    for where in (CAPTURES / "clusterip", CAPTURES / "idle-expiry"):
+        inside, outside = pair_of(where)
+        n = natproof.correlate(inside, outside).connections.height
+        _, out, _ = run(capsys, "correlate", inside, outside, "--format", "table", "--limit", "1")
+        lines = out.splitlines()
+        top = next(line for line in lines if line.startswith("┏"))
+        more = next(line for line in lines if f"{n - 1} more" in line)
+        assert more.count("│") == top.count("┳") + 2  # as many cells as the header has columns

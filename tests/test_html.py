@@ -13,11 +13,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_charts import load, synthetic_result
+from test_charts import CASES, load, synthetic_result, truth
 
+import natproof
 from natproof.diagnose import Finding
 from natproof.report.html import COLUMNS, render_html, write_html
-from natproof.report.table import format_address
+from natproof.report.table import FATE_LABEL, format_address
 from natproof.result import Result
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -36,7 +37,9 @@ class Page(HTMLParser):
         self.imgs: list[dict[str, str | None]] = []
         self.scripts: list[str] = []
         self.table_attrs: dict[str, str | None] = {}
-        self._in_table = self._in_body = self._in_script = False
+        self.services: list[list[str]] = []
+        """Cell texts of the Services table's rows."""
+        self._in_table = self._in_body = self._in_script = self._in_services = False
         self._cell: list[str] | None = None
         self.feed(text)
 
@@ -44,6 +47,12 @@ class Page(HTMLParser):
         a = dict(attrs)
         if tag == "table" and a.get("id") == "mappings":
             self._in_table, self.table_attrs = True, a
+        elif tag == "table" and a.get("id") == "services-table":
+            self._in_services = True
+        elif self._in_services and tag == "tr":
+            self.services.append([])
+        elif self._in_services and tag == "td":
+            self._cell = []
         elif tag == "tbody" and self._in_table:
             self._in_body = True
         elif tag == "tr" and self._in_body:
@@ -59,6 +68,13 @@ class Page(HTMLParser):
             self.scripts.append("")
 
     def handle_endtag(self, tag: str) -> None:
+        if self._in_services:
+            if tag == "td" and self._cell is not None:
+                self.services[-1].append("".join(self._cell))
+                self._cell = None
+            elif tag == "table":
+                self._in_services = False
+            return
         if tag == "td" and self._cell is not None:
             self.rows[-1][1].append("".join(self._cell))
             self._cell = None
@@ -108,14 +124,17 @@ def test_every_connection_is_a_table_row_with_its_addresses(collision: Result, p
     for (attrs, cells), r in zip(page.rows, conns, strict=True):
         assert attrs["id"] == f"c{r['conn']}" and attrs["class"] == f"v-{r['verdict']}"
         assert len(cells) == len(COLUMNS)
-        assert cells[cell("inside")] == format_address(r["inside_src"], r["inside_sport"])
-        assert cells[cell("outside")] == format_address(r["outside_src"], r["outside_sport"])
-        assert cells[cell("destination")] == format_address(r["inside_dst"], r["inside_dport"])
+        assert cells[cell("original")] == (f"{format_address(r['inside_src'], r['inside_sport'])} → "
+                                           f"{format_address(r['inside_dst'], r['inside_dport'])}")
+        assert cells[cell("translated")] == (f"{format_address(r['outside_src'], r['outside_sport'])} → "
+                                             f"{format_address(r['outside_dst'], r['outside_dport'])}")
+        assert cells[cell("initiator")] == "inside" and cells[cell("service")] == ""
         assert cells[cell("verdict")] == r["verdict"] == "translated"
         assert cells[cell("egress")] == f"{r['egress_inside']}/{r['egress_outside']}"
         assert cells[cell("egress_frames")] == (f"{r['evidence_egress_inside_frame']}/"
                                                 f"{r['evidence_egress_outside_frame']}")
-    assert [c[cell("outside")] for _, c in page.rows] == ["203.0.113.2:40000", "203.0.113.2:53585"]
+    assert [c[cell("translated")].split(" → ")[0] for _, c in page.rows] == ["203.0.113.2:40000",
+                                                                               "203.0.113.2:53585"]
 
 
 def test_title_summary_and_findings(collision: Result, page_text: str) -> None:
@@ -220,11 +239,11 @@ def test_chromium_runs_the_page(report_file: Path, tmp_path: Path, collision: Re
 
 @needs_chromium
 def test_chromium_sorts_and_filters(report_file: Path, tmp_path: Path) -> None:
-    url = report_file.as_uri() + "?sort=outside&order=desc&filter=10.244.0.10"
+    url = report_file.as_uri() + "?sort=translated&order=desc&filter=10.244.0.10"
     proc = chromium(tmp_path, "--dump-dom", url)
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = Page(proc.stdout)
-    # Sorted by outside address:port, descending: 53585 first; the filter hides the other pod's row.
+    # Sorted by translated address:port, descending: 53585 first; the filter hides the other pod's row.
     assert [a["id"] for a, _ in page.rows] == ["c1", "c0"]
     assert ["hidden" in a for a, _ in page.rows] == [True, False]
     assert 'id="shown" class="muted">showing 1 of 2<' in proc.stdout
@@ -237,3 +256,104 @@ def test_chromium_screenshot(report_file: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+
+
+# ------------------------------------------------------------------- Services, initiator, fates and legs
+
+
+def load_case(name: str) -> Result:
+    return natproof.correlate(CASES / name / "inside.pcap", CASES / name / "outside.pcap")
+
+
+def tup(t: dict | None) -> str:
+    return "—" if t is None else f"{format_address(t['src'], t['sport'])} → {format_address(t['dst'], t['dport'])}"
+
+
+@pytest.mark.parametrize("name", ["clusterip", "nodeport"])
+def test_mapping_rows_and_services_match_the_kernels_truth(name: str) -> None:
+    res = load(name)
+    page = Page(render_html(res, []))
+    want = {(c["proto"], tup(c["original"])): c for c in truth(name)}
+    assert len(page.rows) == len(want) == res.connections.height
+    for attrs, cells in page.rows:
+        c = want[(cells[cell("proto")], cells[cell("original")])]
+        assert cells[cell("translated")] == tup(c["translated"])
+        assert cells[cell("initiator")] == ("outside (inbound)" if c["initiator"] == "outside" else "inside")
+        assert attrs["data-initiator"] == c["initiator"]
+        svc = c.get("service")
+        if svc:
+            b = svc["backend"]
+            assert cells[cell("service")] == (f"{svc['type']} {format_address(svc['address'], svc['port'])} "
+                                              f"→ {format_address(b['address'], b['port'])}")
+            assert attrs["data-service"] == f"{format_address(svc['address'], svc['port'])}/{c['proto']}"
+        else:
+            assert cells[cell("service")] == "" and "data-service" not in attrs
+    # The Services table: one row per Service with the backends and counts the kernel chose.
+    per: dict[str, dict[str, int]] = {}
+    for c in truth(name):
+        if c.get("service"):
+            s, b = c["service"], c["service"]["backend"]
+            key = f"{format_address(s['address'], s['port'])}/{c['proto']}"
+            backends = per.setdefault(key, {})
+            backends[format_address(b["address"], b["port"])] = backends.get(format_address(b["address"], b["port"]),
+                                                                             0) + 1
+    got = {row[0]: row for row in page.services if row}  # (the header row has no td)
+    assert set(got) == set(per)
+    for key, backends in per.items():
+        row = got[key]
+        assert row[2] == str(sum(backends.values())) and row[3] == str(len(backends))
+        for addr, n in backends.items():
+            assert f"{addr}: {n} ({n / sum(backends.values()):.0%})" in row[4]
+    types = {row[0]: row[1] for row in page.services if row}
+    assert set(types.values()) == {"ClusterIP" if name == "clusterip" else "NodePort"}
+
+
+def test_leaked_packets_are_visible_in_the_summary_and_the_row() -> None:
+    res = load_case("idle-expiry-fin-leak")
+    text = render_html(res, [])
+    page = Page(text)
+    fates = res.by_fate()
+    # The case's truth (tests/cases/README.md): all 7 FINs of the idled connection left untranslated.
+    assert fates["leaked"] == 7
+    assert f'<span class="f-leaked">{fates["leaked"]} leaked</span>' in text
+    for f, n in fates.items():
+        assert f"{n} {FATE_LABEL[f]}" in text
+    rows = res.connections.to_dicts()
+    for (_, cells), r in zip(page.rows, rows, strict=True):
+        parts = [f"{r['fate_' + f]} {FATE_LABEL[f]}" for f in FATE_LABEL if r["fate_" + f]]
+        assert cells[cell("fates")] == ", ".join(parts)
+    leaky = [cells for (_, cells), r in zip(page.rows, rows, strict=True) if r["fate_leaked"]]
+    assert len(leaky) == 1 and "7 leaked" in leaky[0][cell("fates")]
+
+
+@pytest.mark.parametrize("name", ["clusterip", "nodeport"])
+def test_every_leg_is_listed_under_its_connection(name: str) -> None:
+    res = load(name)
+    page = Page(render_html(res, []))
+    for (_, cells), c in zip(page.rows, res.to_dict()["connections"], strict=True):
+        legs = cells[cell("legs")]
+        assert legs.startswith(str(len(c["legs"])))
+        for leg in c["legs"]:
+            t = leg["tuple"]
+            assert (f"{leg['observation_point']} {tup(t)} · frame {leg['first_frame']} · {leg['packets']} packets"
+                    in legs)
+        assert {leg["observation_point"] for leg in c["legs"]} == {"inside", "outside"}
+
+
+@needs_chromium
+def test_chromium_filters_by_service_and_initiator(tmp_path: Path) -> None:
+    for name, query, want in (
+            ("clusterip", "service:10.96.0.1:443/tcp",
+             lambda c: bool(c["service"]) and c["service"]["address"] == "10.96.0.1"),
+            ("nodeport", "initiator:outside", lambda c: c["initiator"] == "outside")):
+        res = load(name)
+        path = tmp_path / f"{name}.html"
+        write_html(res, [], path)
+        proc = chromium(tmp_path, "--dump-dom", path.as_uri() + "?filter=" + query)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        page = Page(proc.stdout)
+        shown = [a["id"] for a, _ in page.rows if "hidden" not in a]
+        conns = res.to_dict()["connections"]
+        expected = [f"c{i}" for i, c in enumerate(conns) if want(c)]
+        assert shown == expected and expected
+        assert len([s for s in page.svgs if s.get("class") == "chart"]) == 5  # the backend chart included

@@ -1,4 +1,4 @@
-"""Charts of a Result's port allocation, mapping concurrency and NAT latency, built with matplotlib's Figure API."""
+"""Charts of a Result's port allocation, mapping concurrency, NAT latency and Service backends (matplotlib Figures)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,22 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from natproof.report.export import write_bytes
 from natproof.report.table import format_address
 from natproof.result import Result
 
-CHARTS = ("port_timeline", "port_map", "concurrency", "latency")
+CHARTS = ("port_timeline", "port_map", "concurrency", "latency", "service_backends")
 """Chart names, in the order the report shows them; also the file stems save_charts writes."""
 FORMATS = ("png", "svg")
 FIGSIZE = (8.0, 4.5)
 PNG_DPI = 150
 MAX_PODS = 10
-"""Pods with a colour of their own in port_timeline; the rest share the "other pods" colour."""
-OTHER_PODS = "other pods"
+"""Initiators (pods, or clients outside for inbound connections) with a colour of their own in port_timeline; the
+rest share the OTHER_PODS colour."""
+OTHER_PODS = "others"
 MAX_GROUPS = 4
 """(outside ip, destination, protocol) groups drawn in the concurrency chart, busiest first."""
 STEP_LINE_MAX_EVENTS = 400
@@ -56,7 +59,7 @@ _POD_COLOURS = tuple(mpl.colormaps["tab10"].colors)  # type: ignore[attr-defined
 _OTHER_COLOUR = "#9a9a9a"
 _KEPT_COLOUR, _REWRITTEN_COLOUR = "#1f77b4", "#d62728"
 _EGRESS_COLOUR, _REPLY_COLOUR = "#1f77b4", "#ff7f0e"
-_GROUP_KEYS = ["proto", "outside_src", "outside_dst", "outside_dport"]
+_GROUP_KEYS = ["proto", "trans_src", "trans_dst", "trans_dport"]
 
 
 @contextmanager
@@ -117,10 +120,9 @@ def _opaque(legend: Legend) -> None:
 
 
 def mapped_connections(result: Result) -> pl.DataFrame:
-    """Connections whose source address the NAT rewrote (the set ``port_preserved_ratio`` counts)."""
-    return result.connections.filter(
-        pl.col("outside_src").is_not_null() & (pl.col("outside_src") != pl.col("inside_src"))
-    ).sort("first_ts_ns", "conn")
+    """Connections whose source address the NAT rewrote, original against translated source whichever side
+    started them (``Result.source_rewritten``, the set ``port_preserved_ratio`` counts); not DNAT-only ones."""
+    return result.source_rewritten()
 
 
 def _t0(result: Result) -> int:
@@ -130,35 +132,36 @@ def _t0(result: Result) -> int:
 
 
 def port_timeline_data(result: Result) -> pl.DataFrame:
-    """One row per rewritten connection: when it started (s since the first connection), its pod and outside port.
+    """One row per rewritten connection: when it started (s since the first connection), its initiator's address
+    (``orig_src``: the pod, or the client outside for an inbound one) and the source it was given (``trans_*``).
 
-    ``pod_group`` is the pod's address for the MAX_PODS busiest pods and OTHER_PODS for the rest.
+    ``source_group`` is the initiator's address for the MAX_PODS busiest ones and OTHER_PODS for the rest.
     """
     m = mapped_connections(result)
-    counts = m.group_by("inside_src").len().sort(["len", "inside_src"], descending=[True, False])
-    own = counts["inside_src"].to_list()
+    counts = m.group_by("orig_src").len().sort(["len", "orig_src"], descending=[True, False])
+    own = counts["orig_src"].to_list()
     if len(own) > MAX_PODS:
         own = own[:MAX_PODS]
     return m.select(
-        "conn", "proto",
-        pl.col("inside_src").alias("pod"),
-        pl.when(pl.col("inside_src").is_in(own)).then(pl.col("inside_src")).otherwise(pl.lit(OTHER_PODS))
-        .alias("pod_group"),
+        "conn", "proto", "initiator", "orig_src",
+        pl.when(pl.col("orig_src").is_in(own)).then(pl.col("orig_src")).otherwise(pl.lit(OTHER_PODS))
+        .alias("source_group"),
         ((pl.col("first_ts_ns") - _t0(result)) / 1e9).alias("t_s"),
-        "outside_src", "outside_sport",
+        "trans_src", "trans_sport",
     )
 
 
 def port_map_data(result: Result) -> pl.DataFrame:
-    """One row per rewritten connection: inside and outside source port, and whether the port was kept."""
+    """One row per rewritten connection: original and translated source port, and whether the port was kept."""
     return mapped_connections(result).select(
-        "conn", "proto", "inside_src", "inside_sport", "outside_sport",
-        (pl.col("inside_sport") == pl.col("outside_sport")).alias("preserved"),
+        "conn", "proto", "initiator", "orig_src", "orig_sport", "trans_sport",
+        (pl.col("orig_sport") == pl.col("trans_sport")).alias("preserved"),
     )
 
 
 def concurrency_data(result: Result) -> pl.DataFrame:
-    """Live mappings over time for the MAX_GROUPS busiest (proto, outside ip, destination ip:port) groups.
+    """Live mappings over time for the MAX_GROUPS busiest (proto, translated source ip, translated destination
+    ip:port) groups: the tuples a source port is allocated against (the backend's, for a Service).
 
     A mapping is live from its connection's first to its last packet, both included (a start and an end at
     the same instant overlap). One row per start or end event, in time order, with the count after it;
@@ -174,8 +177,8 @@ def concurrency_data(result: Result) -> pl.DataFrame:
         pl.col("delta").cum_sum().over(_GROUP_KEYS).alias("concurrent"))
     groups = m.group_by(_GROUP_KEYS).agg(
         pl.len().alias("connections"),
-        pl.col("outside_sport").min().alias("port_min"),
-        pl.col("outside_sport").max().alias("port_max"),
+        pl.col("trans_sport").min().alias("port_min"),
+        pl.col("trans_sport").max().alias("port_max"),
     ).join(events.group_by(_GROUP_KEYS).agg(pl.col("concurrent").max().alias("peak")), on=_GROUP_KEYS)
     groups = groups.sort(["peak", "connections", *_GROUP_KEYS], descending=[True, True, False, False, False, False])
     groups = groups.head(MAX_GROUPS).with_columns(
@@ -191,9 +194,9 @@ def concurrency_data(result: Result) -> pl.DataFrame:
     )
 
 
-def _group_label(proto: str, outside_src: str, dst: str, dport: int | None) -> str:
+def _group_label(proto: str, trans_src: str, dst: str, dport: int | None) -> str:
     target = format_address(dst, None if proto == "icmp" else dport)
-    return f"{proto} {format_address(outside_src, None)} → {target}"
+    return f"{proto} {format_address(trans_src, None)} → {target}"
 
 
 def latency_data(result: Result) -> pl.DataFrame:
@@ -216,11 +219,35 @@ def latency_data(result: Result) -> pl.DataFrame:
     )
 
 
+def service_backends_data(result: Result) -> pl.DataFrame:
+    """One row per (Service, backend) from ``Result.services()``: the backend chosen and for how many of the
+    Service's connections. ``service`` labels the Service (type, VIP:port, proto), ``backend`` the backend
+    (``backend not seen`` when no leg after the DNAT was captured), ``share`` its part of the Service's
+    connections; rows in Service order, most used backend first."""
+    rows = []
+    for i, svc in enumerate(result.services()):
+        label = f"{svc['type']} {format_address(svc['address'], svc['port'])}/{svc['proto']}"
+        for b in svc["backends"]:
+            rows.append({
+                "service_rank": i, "service": label, "service_type": svc["type"], "service_ip": svc["address"],
+                "service_port": svc["port"], "proto": svc["proto"], "service_connections": svc["connections"],
+                "backend": ("backend not seen" if b["address"] is None else format_address(b["address"], b["port"])),
+                "backend_ip": b["address"], "backend_port": b["port"], "connections": b["connections"],
+                "share": b["connections"] / svc["connections"], "backends": len(svc["backends"]),
+            })
+    return pl.DataFrame(rows, schema={
+        "service_rank": pl.UInt32, "service": pl.String, "service_type": pl.String, "service_ip": pl.String,
+        "service_port": pl.UInt16, "proto": pl.String, "service_connections": pl.UInt32, "backend": pl.String,
+        "backend_ip": pl.String, "backend_port": pl.UInt16, "connections": pl.UInt32, "share": pl.Float64,
+        "backends": pl.UInt32})
+
+
 _DATA: dict[str, Callable[[Result], pl.DataFrame]] = {
     "port_timeline": port_timeline_data,
     "port_map": port_map_data,
     "concurrency": concurrency_data,
     "latency": latency_data,
+    "service_backends": service_backends_data,
 }
 
 
@@ -233,66 +260,68 @@ def chart_data(result: Result) -> dict[str, pl.DataFrame]:
 
 
 def port_timeline(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
-    """Outside source port of each rewritten connection against its start time, one colour per pod."""
+    """Translated source port of each rewritten connection against its start time, one colour per initiator."""
     df = port_timeline_data(result) if data is None else data
     if df.is_empty():
         return None
-    counts = df.group_by("pod_group").agg(pl.len(), pl.col("pod").n_unique().alias("pods"))
-    order = [g for g in counts.sort(["len", "pod_group"], descending=[True, False])["pod_group"].to_list()
+    counts = df.group_by("source_group").agg(pl.len(), pl.col("orig_src").n_unique().alias("pods"))
+    order = [g for g in counts.sort(["len", "source_group"], descending=[True, False])["source_group"].to_list()
              if g != OTHER_PODS]
-    if OTHER_PODS in counts["pod_group"].to_list():
+    if OTHER_PODS in counts["source_group"].to_list():
         order.append(OTHER_PODS)
     info = {g: (n, p) for g, n, p in counts.iter_rows()}
     with _style():
-        fig, ax = _figure(f"Outside source ports handed out by the NAT ({df.height} connections)")
+        fig, ax = _figure(f"Source ports handed out by the NAT ({df.height} connections)")
         style = _marker_style(df.height)
         for i, group in enumerate(order):
-            sel = df.filter(pl.col("pod_group") == group)
+            sel = df.filter(pl.col("source_group") == group)
             n, pods = info[group]
             colour = _OTHER_COLOUR if group == OTHER_PODS else _POD_COLOURS[i % len(_POD_COLOURS)]
             label = f"{OTHER_PODS} ({pods}): {n}" if group == OTHER_PODS else f"{group}: {n}"
-            ax.scatter(sel["t_s"].to_numpy(), sel["outside_sport"].to_numpy(), color=colour, label=label, **style)
+            ax.scatter(sel["t_s"].to_numpy(), sel["trans_sport"].to_numpy(), color=colour, label=label, **style)
         ax.set_xlabel("time since first connection (s, inside clock)")
-        ax.set_ylabel("outside source port")
-        lo, hi = int(df["outside_sport"].min()), int(df["outside_sport"].max())  # type: ignore[arg-type]
+        ax.set_ylabel("translated source port")
+        lo, hi = int(df["trans_sport"].min()), int(df["trans_sport"].max())  # type: ignore[arg-type]
         if hi - lo < 20:  # a handful of ports: whole-number ticks just around them
             pad = max(1, (hi - lo) // 4)
             ax.set_ylim(lo - pad, hi + pad)
         _plain_ports(ax.yaxis)
-        _opaque(fig.legend(title="pod (inside source address): connections", loc="outside lower center",
+        _opaque(fig.legend(title="initiator (original source address: a pod, or the client of an inbound "
+                                 "connection): connections", loc="outside lower center",
                            ncols=min(len(order), 4), frameon=False))
         return fig
 
 
 def port_map(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
-    """Inside source port against the outside one; points on the diagonal kept their port."""
+    """Original source port against the translated one; points on the diagonal kept their port."""
     df = port_map_data(result) if data is None else data
     if df.is_empty():
         return None
-    ratio = result.port_preserved_ratio()
     kept = df.filter(pl.col("preserved"))
+    ratio = kept.height / df.height  # over the same set as Result.port_preserved_ratio
     moved = df.filter(~pl.col("preserved"))
-    ports = pl.concat([df["inside_sport"], df["outside_sport"]]).cast(pl.Int64)
+    ports = pl.concat([df["orig_sport"], df["trans_sport"]]).cast(pl.Int64)
     lo, hi = int(ports.min()), int(ports.max())  # type: ignore[arg-type]
     pad = max((hi - lo) * 0.05, 500)
-    lo_lim, hi_lim = max(lo - pad, 0), min(hi + pad, 65535)
+    lo_lim, hi_lim = max(lo - pad, 0), hi + pad  # above 65535 too: a dot near the top stays whole
     with _style():
-        fig, ax = _figure(f"Source port, inside vs outside: {_pct(ratio)} kept ({df.height} connections through SNAT)")
+        fig, ax = _figure(f"Source port, original vs translated: {_pct(ratio)} kept "
+                          f"({df.height} connections through SNAT)")
         ax.plot([lo_lim, hi_lim], [lo_lim, hi_lim], color="#555555", lw=1, ls="--", zorder=1,
-                label="inside port = outside port (kept)")
+                label="translated port = original port (kept)")
         # Each set is styled for its own size: a few rewritten ports among thousands kept stay visible.
         if kept.height:
-            ax.scatter(kept["inside_sport"].to_numpy(), kept["outside_sport"].to_numpy(), color=_KEPT_COLOUR,
+            ax.scatter(kept["orig_sport"].to_numpy(), kept["trans_sport"].to_numpy(), color=_KEPT_COLOUR,
                        zorder=2, label=f"port kept: {_count(kept.height, 'connection')}",
                        **_marker_style(kept.height))
         if moved.height:
-            ax.scatter(moved["inside_sport"].to_numpy(), moved["outside_sport"].to_numpy(), color=_REWRITTEN_COLOUR,
+            ax.scatter(moved["orig_sport"].to_numpy(), moved["trans_sport"].to_numpy(), color=_REWRITTEN_COLOUR,
                        zorder=3, label=f"port rewritten: {_count(moved.height, 'connection')}",
                        **_marker_style(moved.height))
         ax.set_xlim(lo_lim, hi_lim)
         ax.set_ylim(lo_lim, hi_lim)
-        ax.set_xlabel("inside source port (pod)")
-        ax.set_ylabel("outside source port (node)")
+        ax.set_xlabel("original source port (as the initiator sent it)")
+        ax.set_ylabel("translated source port (after SNAT)")
         _plain_ports(ax.xaxis)
         _plain_ports(ax.yaxis)
         _opaque(fig.legend(loc="outside lower center", ncols=3, frameon=False))
@@ -381,11 +410,67 @@ def latency(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
         return fig
 
 
+def service_backends(result: Result, data: pl.DataFrame | None = None) -> Figure | None:
+    """Connections per backend for each Service: kube-proxy picks a backend at random per connection, so the
+    spread is the point (an even share per backend is marked)."""
+    df = service_backends_data(result) if data is None else data
+    if df.is_empty():
+        return None
+    services = df.unique("service_rank", keep="first", maintain_order=True).sort("service_rank")
+    n_bars = df.height
+    height = min(max(FIGSIZE[1], 1.6 + 0.42 * n_bars + 0.25 * services.height), 40.0)
+    with _style():
+        fig = Figure(figsize=(FIGSIZE[0], height), layout="constrained")
+        total = int(services["service_connections"].sum())
+        fig.suptitle(f"Backend chosen per Service ({_count(services.height, 'Service')}, "
+                     f"{_count(total, 'connection')})", fontsize=STYLE["axes.titlesize"], fontweight="bold")
+        ax = fig.add_subplot()
+        y, labels, ticks = 0.0, [], []
+        xmax = int(df["connections"].max())  # type: ignore[arg-type]
+        for svc in services.iter_rows(named=True):
+            sel = df.filter(pl.col("service_rank") == svc["service_rank"])
+            colour = _POD_COLOURS[svc["service_rank"] % len(_POD_COLOURS)]
+            ys = []
+            for b in sel.iter_rows(named=True):
+                unseen = b["backend_ip"] is None
+                ax.barh(y, b["connections"], height=0.7, color=_OTHER_COLOUR if unseen else colour,
+                        hatch="//" if unseen else None, edgecolor="white" if not unseen else "#555555")
+                ax.text(b["connections"], y, f" {b['connections']} ({_pct(b['share'])})", va="center",
+                        fontsize=9)
+                labels.append(b["backend"])
+                ticks.append(y)
+                ys.append(y)
+                y += 1
+            if svc["backends"] > 1:  # an even split among the backends seen, for the eye
+                even = svc["service_connections"] / svc["backends"]
+                ax.vlines(even, min(ys) - 0.45, max(ys) + 0.45, color="#333333", ls="--", lw=1)
+            ax.text(0, min(ys) - 0.55, f"{svc['service']}: {_count(svc['service_connections'], 'connection')}",
+                    fontsize=9.5, fontweight="bold", va="bottom", ha="left", color=colour)
+            y += 0.9
+        ax.set_yticks(ticks, labels)
+        ax.set_ylim(y - 0.6, -1.0)
+        ax.set_xlim(0, xmax * 1.25 + 0.5)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("connections")
+        ax.set_ylabel("backend (address:port after DNAT)")
+        ax.grid(axis="y", visible=False)
+        if int(services["backends"].max()) > 1:  # type: ignore[arg-type]
+            fig.legend(handles=[Line2D([], [], color="#333333", ls="--", lw=1,
+                                       label="even share among the backends seen (kube-proxy picks at random)")],
+                       loc="outside lower center", frameon=False)
+        else:
+            fig.legend(handles=[Patch(facecolor="none", edgecolor="none",
+                                      label="every Service had one backend in these captures: no spread to show")],
+                       loc="outside lower center", frameon=False, handlelength=0, handletextpad=0)
+        return fig
+
+
 _BUILDERS: dict[str, Callable[[Result, pl.DataFrame | None], Figure | None]] = {
     "port_timeline": port_timeline,
     "port_map": port_map,
     "concurrency": concurrency,
     "latency": latency,
+    "service_backends": service_backends,
 }
 
 

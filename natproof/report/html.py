@@ -1,4 +1,4 @@
-"""A Result and its diagnosis as one self-contained HTML page: summary, findings, mapping table and charts."""
+"""A Result and its diagnosis as one self-contained HTML page: summary, findings, Services, mapping table, charts."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import natproof
 from natproof.diagnose import Finding
 from natproof.report.charts import build_charts, chart_title, figure_bytes
 from natproof.report.export import write_bytes
-from natproof.report.table import format_address
+from natproof.report.table import FATE_LABEL, fate_counts, format_address, format_service, format_tuple
 from natproof.result import SCHEMA, Result
 from natproof.verdicts import Verdict
 
@@ -33,41 +33,64 @@ VERDICT_MEANING = {
                         "path, or a capture that misses them; reverse translation not proven",
 }
 CHART_CAPTIONS = {
-    "port_timeline": "Each dot is a connection whose source address the NAT rewrote: when it started and the "
-                     "outside source port it got, coloured by pod. Bands show ports kept from each pod's own "
-                     "ephemeral range; a scatter over the whole range is random port allocation (--random-fully).",
-    "port_map": "Inside source port against outside source port. Dots on the dashed diagonal kept their port; "
-                "dots off it were rewritten (a clash with another mapping, or random allocation).",
+    "port_timeline": "Each dot is a connection whose source address the NAT rewrote (egress, a ClusterIP's, an "
+                     "inbound one masqueraded, hairpin): when it started and the translated source port it got, "
+                     "coloured by its initiator. Bands show ports kept from each pod's own ephemeral range; a "
+                     "scatter over the whole range is random port allocation (--random-fully).",
+    "port_map": "Original source port (as the initiator sent it) against the translated one. Dots on the dashed "
+                "diagonal kept their port; dots off it were rewritten (a clash with another mapping, or random "
+                "allocation). Connections only DNATed (NodePort with externalTrafficPolicy=Local) are not here.",
     "concurrency": "Mappings live at once (a mapping lives from its connection's first to its last packet) per "
                    "outside address, destination and protocol, against the size of the port range the NAT used "
                    "for it (dashed). A solid line reaching the dashed one means the pool is full.",
     "latency": "Time each packet took to cross the node (exact matches only; clock offset applied), egress and "
                "reply. Tens of microseconds is normal for a kernel NAT; milliseconds point at a busy node or a "
                "clock problem.",
+    "service_backends": "Connections per backend for each Service (ClusterIP or NodePort), from the destination "
+                        "the DNAT chose. kube-proxy picks a backend at random for each new connection, so over "
+                        "many connections each backend should get about an even share (dashed); a backend that "
+                        "never shows up, or takes everything, is worth a look at the Service's endpoints.",
 }
+OPTIONAL_CHARTS = ("service_backends",)
+"""Charts left out of the page (not even a "no data" note) when there is nothing to draw: no Service."""
 COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("conn", "#", "num", "connection index, as findings cite it (#N)"),
     ("start", "start (s)", "num", "first packet, seconds since the first connection (inside clock)"),
     ("proto", "proto", "text", "protocol"),
-    ("inside", "inside (pod)", "text", "pod source address:port as seen inside"),
-    ("outside", "outside (node)", "text", "source address:port after NAT, as seen on the outside"),
-    ("destination", "destination", "text", "destination address:port"),
+    ("initiator", "started", "text",
+     "who opened the connection: inside (a pod: egress) or outside (inbound: a NodePort, an ALG's data connection)"),
+    ("original", "original\n(initiator → responder)", "text",
+     "the connection as its initiator sent it: source → destination"),
+    ("translated", "translated\n(as the responder got it)", "text",
+     "the same packets after the NAT (SNAT changes the source, DNAT the destination); — when no leg after the NAT "
+     "was captured"),
+    ("service", "Service → backend", "text",
+     "the ClusterIP or NodePort the connection was sent to, and the backend the DNAT chose"),
     ("verdict", "verdict", "text", "what the NAT did to the connection"),
-    ("egress", "egress pkts\nin/out", "num", "egress packets seen inside / outside"),
+    ("fates", "packets by fate", "num",
+     "every packet once: crossed (translated as the mapping says), leaked (crossed untranslated), inside only, "
+     "outside only, node-made (a REJECT, an RST for an INVALID packet); sorts by the packets that did not cross"),
+    ("egress", "egress pkts\nin/out", "num",
+     "the initiator's packets seen inside / outside under the connection's tuples (packets by fate tells which "
+     "crossed, leaked or stayed on one side)"),
     ("reply", "reply pkts\nout/in", "num", "reply packets seen outside / inside"),
     ("latency", "NAT µs\nmed / max", "num", "time to cross the node, median / max, microseconds"),
     ("egress_frames", "egress frames\nin/out", "num",
      "frame numbers (as Wireshark counts) of the first matched egress packet: inside capture / outside capture"),
     ("reply_frames", "reply frames\nin/out", "num",
      "frame numbers of the first matched reply packet: inside capture / outside capture"),
+    ("legs", "legs", "num",
+     "the connection's packets at each observation point under one tuple, in time order (open to see them)"),
 )
+_CELL_CLASS = {"original": "addr", "translated": "addr", "service": "addr", "verdict": "verdict"}
+"""The class of a mapping-table cell (fonts, alignment, colours), by column key; numbers are "num"."""
 _SEVERITIES = ("error", "warning", "info")
 _EVIDENCE_OPEN = 8
 """Evidence lists up to this long are shown expanded."""
 _CONN_LINKS = 40
 """Connections linked by number under a finding; the rest are reachable with its table filter."""
 
-# The mapping table is styled by column position (see COLUMNS): 1-2 and 8-12 numbers, 4-6 addresses, 7 verdict.
+# The mapping table is styled by cell class (see _CELL_CLASS): num, addr, verdict.
 _CSS = """
 :root{color-scheme:light;--fg:#1d2127;--muted:#5f6b7a;--line:#d9dee5;--bg:#fff;--soft:#f5f7fa;
 --ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--dim:#6e7781;--link:#0969da}
@@ -79,7 +102,7 @@ h1{font-size:22px;margin:0 0 6px}h2{font-size:18px;margin:0 0 12px}h3{font-size:
 main{padding:0 28px 40px;max-width:1500px}
 section{padding:18px 0 8px;border-bottom:1px solid var(--line)}
 nav a{margin-right:14px}a{color:var(--link)}
-code,.mono,#mappings td:nth-child(n+4):nth-child(-n+6){font-size:12.5px;
+code,.mono,td.addr,.legs li{font-size:12.5px;
 font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace}
 code{background:var(--soft);border:1px solid var(--line);border-radius:4px;padding:0 4px;word-break:break-word}
 .muted{color:var(--muted)}
@@ -90,12 +113,16 @@ dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
 cursor:pointer;font:inherit;color:inherit;min-width:150px}
 .vbtn b{font-size:20px;display:block}.vbtn.zero{opacity:.45}
 .vbtn:hover{border-color:var(--muted)}
-.v-translated td:nth-child(7),.vbtn.v-translated b{color:var(--ok)}
-.v-no_reply td:nth-child(7),.vbtn.v-no_reply b{color:var(--warn)}
-.v-reply_other_path td:nth-child(7),.vbtn.v-reply_other_path b{color:var(--warn)}
-.v-reply_dropped td:nth-child(7),.v-untranslated td:nth-child(7),.v-not_forwarded td:nth-child(7),
+.v-translated td.verdict,.vbtn.v-translated b{color:var(--ok)}
+.v-no_reply td.verdict,.vbtn.v-no_reply b{color:var(--warn)}
+.v-reply_other_path td.verdict,.vbtn.v-reply_other_path b{color:var(--warn)}
+.v-reply_dropped td.verdict,.v-untranslated td.verdict,.v-not_forwarded td.verdict,
 .vbtn.v-reply_dropped b,.vbtn.v-untranslated b,.vbtn.v-not_forwarded b{color:var(--bad)}
-.v-internal td:nth-child(7),.vbtn.v-internal b{color:var(--dim)}
+.v-internal td.verdict,.vbtn.v-internal b{color:var(--dim)}
+.f-leaked{color:var(--bad);font-weight:700}.f-inside_only,.f-outside_only{color:var(--warn)}
+.f-node_generated{color:#8250df;font-weight:600}.inbound{color:#0a7ea4;font-weight:600}
+td.addr .sub{display:block;color:var(--muted)}
+.legs summary{cursor:pointer;color:var(--link)}.legs ol{margin:2px 0 2px;padding-left:18px}
 .finding{border:1px solid var(--line);border-left:6px solid var(--dim);border-radius:6px;padding:10px 14px;
 margin:0 0 12px}
 .finding.sev-error{border-left-color:var(--bad)}.finding.sev-warning{border-left-color:var(--warn)}
@@ -112,8 +139,10 @@ color:#fff;background:var(--dim)}
 .tablewrap{max-height:78vh;overflow:auto;border:1px solid var(--line);border-radius:6px}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{padding:3px 8px;border-bottom:1px solid var(--line);white-space:nowrap;text-align:left}
-#mappings td:nth-child(-n+2),#mappings td:nth-child(n+8){text-align:right;font-variant-numeric:tabular-nums}
-#mappings td:nth-child(7){font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+#mappings td.verdict{font-weight:600}#mappings td.legs{text-align:left}
+table.plain{width:auto;min-width:60%}table.plain td{vertical-align:top}table.plain ul{margin:0;padding-left:0;
+list-style:none}
 thead th{position:sticky;top:0;background:var(--soft);z-index:1;padding:0;vertical-align:bottom;white-space:normal}
 th button{all:unset;display:block;padding:6px 8px;cursor:pointer;font-weight:600;line-height:1.2}
 th button:focus-visible{outline:2px solid var(--link)}
@@ -171,6 +200,9 @@ _JS = """
       if (t.indexOf("verdict:") === 0) {
         var cls = "v-" + t.slice(8);
         tests.push(function (row) { return row.className === cls; });
+      } else if (t.indexOf("service:") === 0 || t.indexOf("initiator:") === 0) {
+        var attr = "data-" + t.slice(0, t.indexOf(":")), want = t.slice(t.indexOf(":") + 1);
+        tests.push(function (row) { return (row.getAttribute(attr) || "").toLowerCase() === want; });
       } else if (t.indexOf("finding:") === 0) {
         var set = findingSet(t.slice(8));
         tests.push(function (row) { return set[row.id] === true; });
@@ -273,13 +305,23 @@ def _summary(result: Result) -> str:
             f'<button type="button" class="vbtn v-{v.value}{" zero" if not n else ""}" '
             f'data-filter="verdict:{v.value}" title="{_e(VERDICT_MEANING[v.value])}; click to filter the table">'
             f"<b>{n}</b>{_e(v.value)}</button>")
-    rewritten = result.connections.filter(
-        result.connections["outside_src"].is_not_null()
-        & (result.connections["outside_src"] != result.connections["inside_src"])).height
+    rewritten = result.source_rewritten().height
     ratio = result.port_preserved_ratio()
+    inbound = int((result.connections["initiator"] == "outside").sum())
+    fates = result.by_fate()
+    fate_text = ", ".join(f'<span class="f-{f}">{n} {_e(FATE_LABEL[f])}</span>' if n else f"{n} {_e(FATE_LABEL[f])}"
+                          for f, n in fates.items())
+    services = result.services()
     facts: list[tuple[str, str]] = [
-        ("connections", f"{total}"),
-        ("port preserved", f"{ratio:.1%} of {rewritten} connection(s) with a rewritten source address"
+        ("connections", f"{total}: {total - inbound} started inside (egress), "
+                        f'<button type="button" class="linkbtn" data-filter="initiator:outside">{inbound} started '
+                        "outside</button> (inbound)" if inbound else f"{total}, all started inside (egress)"),
+        ("packets by fate", f"{fate_text} <span class=\"muted\">(every packet of a connection once)</span>"),
+        ("Services", f'<a href="#services">{len(services)} Service(s)</a>, '
+                     f"{sum(s['connections'] for s in services)} connection(s)" if services
+                     else "no connection went to a ClusterIP or NodePort"),
+        ("port preserved", f"{ratio:.1%} of {rewritten} connection(s) whose source address the NAT rewrote "
+                           "(original against translated source)"
                            if rewritten else "no connection had its source address rewritten"),
         ("clock offset", f"{result.clock_offset_s:+.6f} s (outside clock minus inside clock)"),
         ("pod networks", _e(", ".join(result.pod_networks) or "none")),
@@ -330,34 +372,91 @@ def _findings(findings: Sequence[Finding]) -> str:
     return f'<section id="diagnosis"><h2>Diagnosis</h2>{body}</section>'
 
 
+def _fates(row: dict[str, Any]) -> str:
+    counts = fate_counts(row)
+    if not counts:
+        return "—"
+    return ", ".join(f'<span class="f-{f}">{n} {_e(FATE_LABEL[f])}</span>' for f, n in counts)
+
+
+def _legs(row: dict[str, Any]) -> str:
+    legs = row["legs"] or []
+    if not legs:
+        return "—"
+    items = "".join(
+        f"<li>{_e(leg['observation_point'])} {_e(format_address(leg['src'], leg['sport']))} → "
+        f"{_e(format_address(leg['dst'], leg['dport']))} · frame {_e(leg['first_frame'])} · {_e(leg['packets'])} "
+        f"packet{'' if leg['packets'] == 1 else 's'}</li>" for leg in legs)
+    return f'<details class="legs"><summary>{len(legs)}</summary><ol>{items}</ol></details>'
+
+
+def _td(key: str, content: str, sort: str | None = None) -> str:
+    kind = next(c[2] for c in COLUMNS if c[0] == key)
+    cls = _CELL_CLASS.get(key, "num" if kind == "num" else "")
+    attrs = (f' class="{cls}"' if cls else "") + ("" if sort is None else f' data-v="{_e(sort)}"')
+    return f"<td{attrs}>{content}</td>"
+
+
 def _rows(result: Result) -> str:
     conns = result.connections
     t0 = conns["first_ts_ns"].min() if conns.height else 0
     out = []
     for r in conns.iter_rows(named=True):
         start = (r["first_ts_ns"] - t0) / 1e9  # type: ignore[operator]
-        outside = format_address(r["outside_src"], r["outside_sport"])
-        if (r["outside_tuples"] or 0) > 1:
-            outside += f" (+{r['outside_tuples'] - 1})"
+        trans = format_tuple(r, "trans", "→")
+        if trans is not None and (r["outside_tuples"] or 0) > 1:
+            trans += f" (+{r['outside_tuples'] - 1} tuples)"
         med, mx = r["latency_median_us"], r["latency_max_us"]
         lat = "—" if med is None else f"{med:.1f} / {mx:.1f}"
         ev_e = (r["evidence_egress_inside_frame"], r["evidence_egress_outside_frame"])
         ev_r = (r["evidence_reply_inside_frame"], r["evidence_reply_outside_frame"])
-        # Plain cells (alignment and fonts come from the column's CSS); numeric columns sort on the number
-        # their text starts with, address columns on a data-v key.
+        svc = format_service(r, "→")
+        svc_key = "" if svc is None else f"{format_address(r['service_ip'], r['service_port'])}/{r['proto']}"
+        inbound = r["initiator"] == "outside"
+        started = '<span class="inbound">outside (inbound)</span>' if inbound else _e(r["initiator"])
+        not_crossed = sum(n for f, n in fate_counts(r) if f != "crossed")
+        # Numeric columns sort on data-v or the number their text starts with; address columns on a data-v key.
         out.append(
-            f'<tr id="c{r["conn"]}" class="v-{_e(r["verdict"])}">'
-            f'<td>{r["conn"]}</td><td>{start:.3f}</td><td>{_e(r["proto"])}</td>'
-            f'<td data-v="{_e(_addr_key(r["inside_src"], r["inside_sport"]))}">'
-            f"{_e(format_address(r['inside_src'], r['inside_sport']))}</td>"
-            f'<td data-v="{_e(_addr_key(r["outside_src"], r["outside_sport"]))}">{_e(outside)}</td>'
-            f'<td data-v="{_e(_addr_key(r["inside_dst"], r["inside_dport"]))}">'
-            f"{_e(format_address(r['inside_dst'], r['inside_dport']))}</td>"
-            f'<td>{_e(r["verdict"])}</td>'
-            f'<td>{_pair(r["egress_inside"], r["egress_outside"])}</td>'
-            f'<td>{_pair(r["reply_outside"], r["reply_inside"])}</td>'
-            f"<td>{lat}</td><td>{_pair(*ev_e)}</td><td>{_pair(*ev_r)}</td></tr>")
+            f'<tr id="c{r["conn"]}" class="v-{_e(r["verdict"])}" data-initiator="{_e(r["initiator"])}"'
+            + (f' data-service="{_e(svc_key)}"' if svc else "") + ">"
+            + _td("conn", str(r["conn"])) + _td("start", f"{start:.3f}") + f"<td>{_e(r['proto'])}</td>"
+            + f"<td>{started}</td>"
+            + _td("original", _e(format_tuple(r, "orig", "→")), _addr_key(r["orig_src"], r["orig_sport"])
+                  + _addr_key(r["orig_dst"], r["orig_dport"]))
+            + _td("translated", _e(trans), _addr_key(r["trans_src"], r["trans_sport"])
+                  + _addr_key(r["trans_dst"], r["trans_dport"]))
+            + _td("service", _e(svc).replace(" → ", " <br>→ ", 1) if svc else "", svc_key)
+            + _td("verdict", _e(r["verdict"]))
+            + _td("fates", _fates(r), str(not_crossed))
+            + _td("egress", _pair(r["egress_inside"], r["egress_outside"]))
+            + _td("reply", _pair(r["reply_outside"], r["reply_inside"]))
+            + _td("latency", lat) + _td("egress_frames", _pair(*ev_e)) + _td("reply_frames", _pair(*ev_r))
+            + _td("legs", _legs(r), str(len(r["legs"] or [])))
+            + "</tr>")
     return "\n".join(out)
+
+
+def _services(result: Result) -> str:
+    services = result.services()
+    if not services:
+        return ('<section id="services"><h2>Services</h2><p class="muted">No connection went to a Service '
+                "(ClusterIP or NodePort).</p></section>")
+    rows = []
+    for svc in services:
+        key = f"{format_address(svc['address'], svc['port'])}/{svc['proto']}"
+        backends = "".join(
+            f"<li>{_e('backend not seen' if b['address'] is None else format_address(b['address'], b['port']))}: "
+            f"{b['connections']} ({b['connections'] / svc['connections']:.0%})</li>" for b in svc["backends"])
+        rows.append(f'<tr><td class="addr"><button type="button" class="linkbtn" data-filter="service:{_e(key)}" '
+                    f'title="show its connections in the mapping table">{_e(key)}</button></td>'
+                    f"<td>{_e(svc['type'])}</td><td class=\"num\">{svc['connections']}</td>"
+                    f'<td class="num">{len(svc["backends"])}</td><td class="addr"><ul>{backends}</ul></td></tr>')
+    return ('<section id="services"><h2>Services</h2><p class="muted">Connections sent to a ClusterIP or NodePort, '
+            "and the backends the DNAT chose for them (kube-proxy picks one at random for each new connection). "
+            "“backend not seen”: no leg after the DNAT was captured.</p>"
+            '<table id="services-table" class="plain"><thead><tr><th>VIP:port/proto</th><th>type</th>'
+            "<th>connections</th><th>backends</th><th>backends: connections (share)</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></section>")
 
 
 def _table(result: Result) -> str:
@@ -369,7 +468,7 @@ def _table(result: Result) -> str:
         '<section id="mappings-section"><h2>NAT mappings</h2>'
         '<div class="tools"><input id="filter" type="search" autocomplete="off" spellcheck="false" '
         'aria-label="filter the mappings" placeholder="filter: address, port, proto… '
-        '(verdict:no_reply, finding:0)">'
+        '(verdict:no_reply, finding:0, initiator:outside, service:10.96.0.1:443/tcp)">'
         f'<span id="shown" class="muted">showing {n} of {n}</span>'
         '<span class="muted">click a column header to sort; every word must match</span></div>'
         '<div class="tablewrap"><table id="mappings"><thead><tr>'
@@ -395,6 +494,8 @@ def _charts(result: Result) -> str:
     parts = ['<section id="charts"><h2>Charts</h2><div class="charts">']
     for name, caption in CHART_CAPTIONS.items():
         fig = figs.get(name)
+        if fig is None and name in OPTIONAL_CHARTS:
+            continue
         if fig is None:
             parts.append(f'<figure id="chart-{name}"><p class="muted">{_e(name.replace("_", " "))}: no data '
                          "(no connection had its source address rewritten, or no packet matched exactly)."
@@ -431,9 +532,9 @@ def render_html(result: Result, findings: Sequence[Finding]) -> str:
         f"<div>inside (pod side) ↔ outside (node); {_e(_span(first, last))}, inside clock</div>",
         f"<div><strong>{result.connections.height} connections</strong>: {_e(verdict_line)}"
         + (f"; diagnosis: {len(findings)} finding(s), worst {_e(worst)}" if worst else "") + "</div>",
-        '<nav><a href="#summary">Summary</a><a href="#diagnosis">Diagnosis</a>'
+        '<nav><a href="#summary">Summary</a><a href="#diagnosis">Diagnosis</a><a href="#services">Services</a>'
         '<a href="#mappings-section">Mappings</a><a href="#charts">Charts</a></nav></header><main>',
-        _summary(result), _findings(findings), _table(result), _charts(result),
+        _summary(result), _findings(findings), _services(result), _table(result), _charts(result),
         f"</main><footer>natproof {_e(natproof.__version__)} · {SCHEMA} · frame numbers count from 1, as "
         "Wireshark does</footer>",
         f"<script>{_JS}</script></body></html>\n",

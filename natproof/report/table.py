@@ -1,17 +1,26 @@
-"""A rich table of a Result's connections, with a summary line."""
+"""A rich table of a Result's connections, with its Services and a summary."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from natproof.assemble import FATES
 from natproof.result import Result
 
 VERDICT_STYLE = {
     "translated": "green", "no_reply": "yellow", "reply_dropped": "red", "untranslated": "red",
-    "not_forwarded": "red", "internal": "dim",
+    "not_forwarded": "red", "internal": "dim", "reply_other_path": "yellow",
 }
+FATE_LABEL = {"crossed": "crossed", "leaked": "leaked", "inside_only": "inside only",
+              "outside_only": "outside only", "node_generated": "node-made"}
+"""How each packet fate (docs/model.md) reads in the table and the report."""
+FATE_STYLE = {"crossed": "", "leaked": "bold red", "inside_only": "yellow", "outside_only": "yellow",
+              "node_generated": "magenta"}
 
 
 def format_address(addr: str | None, port: int | None) -> str:
@@ -22,43 +31,120 @@ def format_address(addr: str | None, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
 
+def format_tuple(row: dict[str, Any], prefix: str, arrow: str = "->") -> str | None:
+    """``src:sport -> dst:dport`` of a connection's ``orig`` or ``trans`` tuple (initiator -> responder); None
+    when that tuple was not captured."""
+    if row[f"{prefix}_src"] is None:
+        return None
+    return (f"{format_address(row[f'{prefix}_src'], row[f'{prefix}_sport'])} {arrow} "
+            f"{format_address(row[f'{prefix}_dst'], row[f'{prefix}_dport'])}")
+
+
+def format_service(row: dict[str, Any], arrow: str = "->") -> str | None:
+    """``ClusterIP 10.96.0.1:443 -> 198.51.100.10:6443``; the backend reads ``backend not seen`` when no leg after
+    the DNAT was captured; None for a connection to no Service."""
+    if not row.get("service_type"):
+        return None
+    backend = ("backend not seen" if row["backend_ip"] is None
+               else format_address(row["backend_ip"], row["backend_port"]))
+    return f"{row['service_type']} {format_address(row['service_ip'], row['service_port'])} {arrow} {backend}"
+
+
+def fate_counts(row: dict[str, Any]) -> list[tuple[str, int]]:
+    """A connection's non-zero packet fates, in FATES order."""
+    return [(f, int(row[f"fate_{f}"] or 0)) for f in FATES if row.get(f"fate_{f}")]
+
+
+def format_fates(counts: list[tuple[str, int]] | dict[str, int]) -> str:
+    """``3 crossed, 5 leaked``: the non-zero fates, every packet counted once (so they add up to the packets)."""
+    items = counts.items() if isinstance(counts, dict) else counts
+    return ", ".join(f"{n} {FATE_LABEL[f]}" for f, n in items if n) or "no packets"
+
+
+def _fates_text(row: dict[str, Any]) -> Text:
+    text = Text()
+    for i, (f, n) in enumerate(fate_counts(row)):
+        if i:
+            text.append(",\n")
+        text.append(f"{n} {FATE_LABEL[f]}", style=FATE_STYLE[f])
+    return text or Text("-")
+
+
 def summary_line(result: Result) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in result.by_verdict().items() if n)
     skipped_in = sum(result.inside.skipped.values())
     skipped_out = sum(result.outside.skipped.values())
+    inbound = int((result.connections["initiator"] == "outside").sum())
+    started = f", {inbound} started outside" if inbound else ""
+    rewritten = result.source_rewritten().height
     return (
-        f"{result.connections.height} connections ({counts or 'none'}); "
-        f"port preserved {result.port_preserved_ratio():.0%} of translated; "
+        f"{result.connections.height} connections{started}: {counts or 'none'}\n"
+        f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
+        f"port preserved {result.port_preserved_ratio():.0%} of {rewritten} with the source rewritten; "
         f"clock offset {result.clock_offset_s:+.6f} s\n"
         f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
     )
 
 
+def render_services(result: Result) -> Table | None:
+    """Each Service (VIP:port) and the backends kube-proxy chose for its connections, most used first."""
+    services = result.services()
+    if not services:
+        return None
+    table = Table(title="Services (VIP:port -> backends chosen)", header_style="bold", box=box.SIMPLE_HEAD,
+                  title_justify="left")
+    table.add_column("Service", no_wrap=True)
+    table.add_column("proto")
+    table.add_column("connections", justify="right")
+    table.add_column("backends: connections (share)", no_wrap=True)
+    for s in services:
+        backends = []
+        for b in s["backends"]:
+            where = "backend not seen" if b["address"] is None else format_address(b["address"], b["port"])
+            backends.append(f"{where}: {b['connections']} ({b['connections'] / s['connections']:.0%})")
+        table.add_row(f"{s['type']} {format_address(s['address'], s['port'])}", s["proto"],
+                      str(s["connections"]), "\n".join(backends))
+    return table
+
+
 def render_table(result: Result, limit: int | None = None) -> Group:
-    table = Table(title="NAT mappings (inside -> outside)", header_style="bold", expand=False)
-    addr = {"no_wrap": True}
-    for col, kw in (("proto", {}), ("inside", addr), ("outside", addr), ("destination", addr), ("verdict", addr),
-                    ("egress in/out", {"justify": "right"}), ("reply out/in", {"justify": "right"}),
-                    ("NAT us", {"justify": "right"}), ("frames in/out", {"justify": "right"})):
-        table.add_column(col, **kw)
-    rows = result.connections.iter_rows(named=True)
-    for i, r in enumerate(rows):
+    """The connections, one per row: original tuple and, below it, the translated one (initiator -> responder),
+    the Service and backend, the verdict and the packets by fate; then the Services and the summary.
+
+    Fits 120 columns for IPv4: the latency and frame columns of the JSON are left to the other formats."""
+    conns = result.connections
+    has_service = conns["service_type"].is_not_null().any()
+    table = Table(title="NAT mappings: original, then => translated (initiator -> responder)", header_style="bold",
+                  expand=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("proto", no_wrap=True)
+    table.add_column("original\n=> translated", no_wrap=True)
+    if has_service:
+        table.add_column("Service\n-> backend", max_width=28)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("packets by fate", max_width=17)
+    for i, r in enumerate(conns.iter_rows(named=True)):
         if limit is not None and i >= limit:
-            table.add_row("...", f"{result.connections.height - limit} more", "", "", "", "", "", "", "")
+            table.add_row("...", "", f"{conns.height - limit} more", *([""] * (len(table.columns) - 3)))
             break
-        outside = format_address(r["outside_src"], r["outside_sport"])
-        if r["outside_tuples"] and r["outside_tuples"] > 1:
-            outside += f" (+{r['outside_tuples'] - 1})"
-        lat = "-" if r["latency_median_us"] is None else f"{r['latency_median_us']:.0f}"
-        ev = "-"
-        if r["evidence_egress_inside_frame"] is not None:
-            ev = f"{r['evidence_egress_inside_frame']}/{r['evidence_egress_outside_frame']}"
-        table.add_row(
-            r["proto"], format_address(r["inside_src"], r["inside_sport"]), outside,
-            format_address(r["inside_dst"], r["inside_dport"]),
-            Text(r["verdict"], style=VERDICT_STYLE.get(r["verdict"], "")),
-            f"{r['egress_inside']}/{r['egress_outside']}", f"{r['reply_outside']}/{r['reply_inside']}",
-            lat, ev,
-        )
-    return Group(table, Text(summary_line(result)))
+        trans = format_tuple(r, "trans") or "(no leg after the NAT captured)"
+        if (r["outside_tuples"] or 0) > 1:
+            trans += f" (+{r['outside_tuples'] - 1} tuples)"
+        conn = Text(format_tuple(r, "orig") or "-")
+        conn.append(f"\n=> {trans}", style="" if r["trans_src"] is not None else "dim")
+        proto = Text(r["proto"])
+        if r["initiator"] == "outside":
+            proto.append("\ninbound", style="cyan")
+        cells: list[Any] = [str(r["conn"]), proto, conn]
+        if has_service:
+            svc = format_service(r)
+            cells.append("" if svc is None else svc.replace(" -> ", "\n-> "))
+        cells += [Text(r["verdict"], style=VERDICT_STYLE.get(r["verdict"], "")), _fates_text(r)]
+        table.add_row(*cells)
+    parts: list[Any] = [table]
+    services = render_services(result)
+    if services is not None:
+        parts.append(services)
+    parts.append(Text(summary_line(result)))
+    return Group(*parts)
