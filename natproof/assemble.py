@@ -73,14 +73,15 @@ def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: p
 
 def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
              matches: Matches, *, pod_networks: Sequence[Network], services: Services
-             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, err_src,
     frame_no, ts_ns); ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
     anchored on an inside leg (docs/model.md). Returns (connections, in_pk, out_pk): the packet frames gain
     ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the connection's
-    anchor leg, the inside conn_id; null likewise). Connection columns are documented in result.CONNECTION_SCHEMA.
+    anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes dropped
+    (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
     """
     offset = matches.clock_offset_ns
     n_in = in_conns.height
@@ -99,8 +100,11 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         out_pk["frame_no"].gather(P["out_row"]).alias("out_frame"),
     )
     P = P.with_columns(roots.gather(P["in_conn"]).alias("anchor"))
-    per_leg = P.group_by("anchor", "out_conn").agg(pl.len().alias("n"), pl.col("out_frame").min().alias("first_out"))
-    # The connection's mapping is the outside leg that carried most of it under a rewritten tuple; a leg under
+    per_leg = P.group_by("anchor", "out_conn").agg(pl.len().alias("n"), pl.col("is_egress").sum().alias("n_init"),
+                                                   pl.col("out_frame").min().alias("first_out"))
+    # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
+    # initiator's packets first: conntrack fixes the mapping on them, and replies with IP id 0 and one payload
+    # can look alike across connections); a leg under
     # the inside's own tuple is primary only when there is no other (no NAT at all): packets conntrack marked
     # INVALID, or sent after the entry expired, leave untranslated inside an otherwise translated connection
     # (cases/idle-expiry-fin-leak), however many of them there are.
@@ -109,12 +113,18 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     per_leg = (per_leg.join(ins.select(pl.col("conn_id").alias("anchor"), *_TUPLE), on="anchor", how="left")
                .join(outs.select(pl.col("conn_id").alias("out_conn"), *_leg_tuple(outs, "x")), on="out_conn",
                      how="left")
-               .with_columns(unchanged.fill_null(False).alias("unchanged")).select("anchor", "out_conn", "n",
-                                                                                   "first_out", "unchanged"))
-    primary = (per_leg.sort(["anchor", "unchanged", "n", "first_out"], descending=[False, False, True, False])
+               .with_columns(unchanged.fill_null(False).alias("unchanged"))
+               .select("anchor", "out_conn", "n", "n_init", "first_out", "unchanged"))
+    primary = (per_leg.sort(["anchor", "unchanged", "n_init", "n", "first_out"],
+                            descending=[False, False, True, True, False])
                .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
-    owner = (per_leg.sort(["out_conn", "n", "first_out"], descending=[False, True, False])
+    owner = (per_leg.sort(["out_conn", "n_init", "n", "first_out"], descending=[False, True, True, False])
              .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
+    # One outside leg belongs to one connection: a pair chosen among look-alikes (a key seen more than once:
+    # replies with IP id 0 and one payload) that ties a connection's packet to a leg another connection owns is
+    # not a crossing. Pairs on a unique key stand: two connections can truly share a leg (a broken NAT).
+    P = P.join(owner, on="out_conn", how="left").filter(
+        (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner")
 
     # -- the initiator's side --------------------------------------------------------------------------------------
     # Which way did the initiator's packets cross? Routing costs a packet one TTL per hop (bridging none: see
@@ -309,7 +319,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     lost, out_pk = _lost_inbound(outs, out_pk, owner, services, pod_networks)
     if lost.height:
         df = pl.concat([df, lost], how="diagonal_relaxed")
-    return df, in_pk.drop("_pre"), out_pk.drop("_pre")
+    kept = P.select(matches.pairs.columns).sort("in_row")
+    return df, in_pk.drop("_pre"), out_pk.drop("_pre"), kept
 
 
 def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame, services: Services,

@@ -149,10 +149,9 @@ def correlate(
         _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns)
     del in_match, out_match
 
-    conns, in_pk, out_pk = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                    services=services or Services())
+    conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
+                                           services=services or Services())
     conns = _contract_rows(conns)
-    pairs = matches.pairs
     in_rows = pairs["in_row"]
     in_pk = in_pk.with_columns(
         _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),

@@ -59,7 +59,7 @@ def _strong_key() -> pl.Expr:
 def _payload_key() -> pl.Expr:
     """A fallback for middleboxes that randomise TCP sequence numbers: far end, payload length and the digest of
     the payload's head (its first 32 bytes: captures cut by different snaplens agree on it)."""
-    return pl.when((pl.col("payload_len") > 0) & ~pl.col("is_icmp_error")).then(
+    return pl.when((pl.col("payload_len") > 0) & ~pl.col("is_icmp_error") & (pl.col("proto") == 6)).then(
         pl.struct("is_egress", "f_proto", "remote", "rport", "payload_len", "head_digest").hash(seed=0x7072)
     )
 
@@ -155,7 +155,7 @@ def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, toler
     ).filter(pl.col("dt").abs() <= tolerance_ns)
     single = (pl.col("n") == 1) & (pl.col("n_out") == 1)
     found = [j.filter(single).select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
-                                     (pl.col("dt") + offset_ns).alias("dt_ns"))]
+                                     (pl.col("dt") + offset_ns).alias("dt_ns"), pl.lit(True).alias("unique"))]
     multi = j.filter(~single)
     if multi.height > MAX_CANDIDATES:
         dup_in = a.filter(pl.col("n") > 1).select("row")
@@ -174,7 +174,8 @@ def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, toler
             taken_out.add(r_out)
             rows.append((r_in, r_out, dt + offset_ns))
         found.append(pl.DataFrame(rows, schema=["in_row", "out_row", "dt_ns"], orient="row"))
-    return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found])
+    return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found],
+                     how="diagonal").with_columns(pl.col("unique").fill_null(False))
 
 
 def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], offset_ns: int, tolerance_ns: int,
@@ -355,7 +356,8 @@ class Matches:
     pairs: pl.DataFrame
     """One row per matched inside packet: in_row, out_row, dt_ns (outside minus inside, raw clocks),
     method ("exact", "bytes", "ip_id", "tcp_partial" or "payload"), seq_delta and ack_delta (TCP pairs of the
-    ALG passes: how far the sequence space moved; null otherwise), ttl_delta (outside minus inside TTL)."""
+    ALG passes: how far the sequence space moved; null otherwise), unique (a strong key, seen once on
+    each side; false: chosen among look-alikes, or on a weak key), ttl_delta (outside minus inside TTL)."""
     clock_offset_ns: int
     inside_self: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SELF_PAIR_SCHEMA))
     """Inside packets seen again at the inside under another leg (hairpin): SELF_PAIR_SCHEMA rows."""
@@ -408,10 +410,16 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
                               tolerance_ns, "payload")
     found.append(by_payload)
     in_left = _without(in_left, by_payload["in_row"])
-    schema = PAIR_SCHEMA | {"seq_delta": pl.Int64(), "ack_delta": pl.Int64()}
+    schema = PAIR_SCHEMA | {"seq_delta": pl.Int64(), "ack_delta": pl.Int64(), "unique": pl.Boolean()}
     pairs = pl.concat([f.select([pl.col(c).cast(t) if c in f.columns else pl.lit(None, t).alias(c)
                                  for c, t in schema.items()]) for f in found]).sort("in_row")
     # A routed crossing costs one TTL (bridged ones none): the sign says which way the packet went.
     pairs = pairs.with_columns((outside["ttl"].gather(pairs["out_row"]).cast(pl.Int16)
                                 - inside["ttl"].gather(pairs["in_row"]).cast(pl.Int16)).alias("ttl_delta"))
+    # A key is strong when it holds a TCP segment's numbers or a non-zero IP id; a datagram with IP id 0 is
+    # pinned by its length and payload head only, which two connections' replies can share.
+    in_rows = pairs["in_row"]
+    strong = (inside["proto"].gather(in_rows) == 6) | (inside["ip_id"].gather(in_rows).fill_null(0) != 0)
+    pairs = pairs.with_columns((pl.col("unique").fill_null(False) & strong & (pl.col("method") == "exact"))
+                               .alias("unique"))
     return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left))
