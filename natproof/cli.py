@@ -81,8 +81,8 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 
 def _services_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --service-cidr / --nodeport-range for run_correlate in the context (every command that reads
-    captures takes them; they never reach the command's own signature)."""
+    """Keep --service-cidr / --nodeport-range / --allow-swap for run_correlate in the context (every command
+    that reads captures takes them; they never reach the command's own signature)."""
     obj = ctx.find_root().ensure_object(dict)
     obj.setdefault("services", {})[param.name] = value
     return value
@@ -107,6 +107,9 @@ def services_from(obj: dict) -> natproof.Services:
 
 def capture_options(f: Callable) -> Callable:
     """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+    f = click.option("--allow-swap", is_flag=True, expose_value=False, callback=_services_option,
+                     help="If INSIDE and OUTSIDE look given in the wrong order, swap them (and say so) "
+                          "instead of refusing.")(f)
     f = click.option("--nodeport-range", metavar="LOW-HIGH", expose_value=False, callback=_services_option,
                      help="NodePort range (kube-apiserver --service-node-port-range). Default: 30000-32767.")(f)
     f = click.option("--service-cidr", metavar="CIDR[,CIDR...]", expose_value=False, callback=_services_option,
@@ -130,10 +133,12 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
     """Correlate with a progress bar, and print the captures' warnings unless quiet."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
-    services = services_from(click.get_current_context().find_root().ensure_object(dict))
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    services = services_from(obj)
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
-                                    tolerance_s=tolerance, progress=progress, decoder=decoder, services=services)
+                                    tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
+                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")))
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
@@ -426,7 +431,8 @@ def lab_check(folders: tuple[str, ...], fmt: str) -> None:
         Console(width=None if sys.stdout.isatty() else 160).print(table)
         for name, rep in reports.items():
             for w in rep.wrong:
-                click.echo(f"{name}: wrong: {_conn_text(w['truth'])} -> natproof {_conn_text(w['natproof'])}")
+                fields = f" (differs in {', '.join(w['fields'])})" if w.get("fields") else ""
+                click.echo(f"{name}: wrong: {_conn_text(w['truth'])} -> natproof {_conn_text(w['natproof'])}{fields}")
             for m in rep.missing:
                 click.echo(f"{name}: missing: {_conn_text(m)}")
             for u in rep.unexpected:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -119,6 +120,7 @@ def correlate(
     progress: ProgressFactory | None = None,
     decoder: str = "auto",
     services: Services | None = None,
+    allow_swap: bool = False,
 ) -> Result:
     """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
 
@@ -128,7 +130,9 @@ def correlate(
     :class:`~natproof.errors.InputError` for captures that cannot be used together.
     ``decoder`` picks the packet decoder: "auto" or "fast" (columnar), or "dpkt" (the reference); the
     result is the same. ``services`` says how Kubernetes Services are recognised (ClusterIP network, NodePort
-    range; kube-apiserver's defaults when None).
+    range; kube-apiserver's defaults when None). Captures that look given in the wrong order (see
+    :func:`looks_swapped`) raise InputError naming the right order, unless ``allow_swap``: then they are swapped
+    and the result says so in the inside capture's warnings.
     """
     fast = decoder_flag(decoder)
     if pod_cidr:
@@ -152,6 +156,20 @@ def correlate(
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
                                            services=services or Services())
     conns = _contract_rows(conns)
+    swapped = looks_swapped(conns)
+    if swapped:
+        if not allow_swap:
+            raise InputError(
+                f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; run natproof correlate "
+                f"{os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
+        result = correlate(outside, inside, pod_cidr=pod_cidr,
+                           clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
+                           tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
+                           services=services)
+        note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked swapped "
+                f"({swapped}), so natproof swapped them")
+        return dataclasses.replace(result, inside=dataclasses.replace(
+            result.inside, warnings=(*result.inside.warnings, note)))
     in_rows = pairs["in_row"]
     in_pk = in_pk.with_columns(
         _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),
@@ -171,6 +189,26 @@ def correlate(
         inside_packets=in_pk,
         outside_packets=out_pk,
     )
+
+
+def looks_swapped(conns: pl.DataFrame) -> str | None:
+    """Why a correlation looks like its captures were given in the wrong order, or None.
+
+    Egress NAT seen from the wrong side: every connection that crossed was started on the OUTSIDE capture and
+    had only its source rewritten (MASQUERADE/SNAT), private towards public. Connections that really start
+    outside (NodePort, an ALG's expectation) are DNATed: their destination changes (cases/swapped-sides).
+    """
+    crossed = conns.filter(pl.col("verdict").is_in(["translated", "no_reply", "reply_dropped", "reply_other_path"]))
+    if crossed.is_empty():
+        return None
+    snat_only = crossed.filter(
+        (pl.col("initiator") == "outside") & pl.col("rewrites").list.contains("src")
+        & ~pl.col("rewrites").list.contains("dst") & ~pl.col("rewrites").list.contains("dport"))
+    if snat_only.height < crossed.height:
+        return None
+    private = sum(1 for a in snat_only["orig_src"].to_list() if ipaddress.ip_address(a).is_private)
+    return (f"all {crossed.height} connection(s) that crossed were started on the outside capture and only their "
+            f"source was rewritten ({private} from a private address), as egress NAT looks from the wrong side")
 
 
 def _scatter(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:

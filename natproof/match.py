@@ -52,8 +52,15 @@ def signature() -> pl.Expr:
 
 def _strong_key() -> pl.Expr:
     """The signature and the flow's protocol: no address, no port and no direction, since DNAT rewrites the far
-    end, SNAT the near one, and a capture that starts mid-connection may take either end for the initiator."""
-    return pl.struct("f_proto", "sig").hash(seed=0x6E61)
+    end, SNAT the near one, and a capture that starts mid-connection may take either end for the initiator.
+
+    A datagram with no TCP numbers and IP id 0 (or none: IPv6) is pinned by its length and payload head only,
+    which packets of unrelated connections share (identical requests, empty replies): its key keeps the far end,
+    as pure SNAT does. Linux gives UDP a non-zero IP id (cases/clusterip-dnat: DNS to a ClusterIP), so DNATed
+    datagrams keep a strong key."""
+    weak = (pl.col("proto") != 6) & (pl.col("ip_id").fill_null(0) == 0)
+    return pl.when(weak).then(pl.struct("f_proto", "sig", "remote", "rport").hash(seed=0x6E62)).otherwise(
+        pl.struct("f_proto", "sig").hash(seed=0x6E61))
 
 
 def _payload_key() -> pl.Expr:

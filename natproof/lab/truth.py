@@ -530,6 +530,8 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
             )
         elif _internal(orig.dst, rules) or _internal(translated.dst, rules):
             mapped, verdict = None, "internal"
+            if translated == original:
+                shown = None  # pod to pod, nothing rewritten: no leg after a NAT to show
             if _internal(orig.dst, rules):
                 why = "destination in the pod network"
             else:

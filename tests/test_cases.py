@@ -1,0 +1,178 @@
+"""The right answer of every case in tests/cases (copies of the shared cases: kernel captures of the faults
+natproof 0.1 got wrong, and two public lab captures). Each stands for a kind of fault; captures/ holds the
+lab's own scenario of the same kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natproof.correlate import correlate
+from natproof.diagnose import diagnose
+from natproof.errors import InputError
+from natproof.lookup import who
+from natproof.result import Result
+
+CASES = Path(__file__).resolve().parent / "cases"
+
+
+def run(name: str, inside: str = "inside.pcap", outside: str = "outside.pcap") -> Result:
+    return correlate(CASES / name / inside, CASES / name / outside)
+
+
+def conns(result: Result) -> list[dict[str, Any]]:
+    return result.to_dict()["connections"]
+
+
+def kinds(result: Result) -> dict[str, Any]:
+    return {f.kind: f for f in diagnose(result)}
+
+
+def tup(t: dict[str, Any] | None) -> str | None:
+    return None if t is None else f"{t['src']}:{t['sport']}->{t['dst']}:{t['dport']}"
+
+
+def test_every_case_is_pinned_here() -> None:
+    names = {p.name for p in CASES.iterdir() if p.is_dir()}
+    pinned = {"clusterip-dnat", "nodeport-inbound", "oow-invalid-node-rst", "idle-expiry-fin-leak",
+              "reject-no-endpoints", "pmtud-frag-needed", "asymmetric-reply", "ftp-alg-active", "lan-multicast",
+              "swapped-sides"}
+    assert names == pinned
+
+
+def test_clusterip_dnat_is_translated_with_destination_and_source_rewritten() -> None:
+    r = run("clusterip-dnat")
+    cs = conns(r)
+    assert [c["verdict"] for c in cs] == ["translated"] * 6
+    dnat = [c for c in cs if c["service"]]
+    assert len(dnat) == 5
+    for c in dnat:
+        assert "src" in c["rewrites"] and "dst" in c["rewrites"] and c["nat"] == ["SNAT", "DNAT"]
+        assert c["translated"]["src"] == "203.0.113.2"
+    # The kernel's conntrack record: 10.96.0.1:443 -> 198.51.100.10:6443, 10.96.0.10:53 -> 198.51.100.53:53.
+    backends = {(s["address"], s["port"]): [(b["address"], b["port"]) for b in s["backends"]] for s in r.services()}
+    assert backends == {("10.96.0.1", 443): [("198.51.100.10", 6443)], ("10.96.0.10", 53): [("198.51.100.53", 53)]}
+    assert list(kinds(r)) == ["healthy"]
+
+
+def test_nodeport_inbound_connections_are_translated_and_who_finds_the_pod() -> None:
+    r = run("nodeport-inbound")
+    cs = conns(r)
+    inbound = [c for c in cs if c["initiator"] == "outside"]
+    assert [(tup(c["original"]), tup(c["translated"]), c["verdict"]) for c in inbound] == [
+        ("198.51.100.20:43765->203.0.113.2:30080", "10.244.0.1:2421->10.244.0.10:8080", "translated"),
+        ("198.51.100.20:51909->203.0.113.2:30081", "198.51.100.20:51909->10.244.0.10:8080", "translated"),
+    ]
+    assert [c["service"]["type"] for c in inbound] == ["NodePort", "NodePort"]
+    (egress,) = [c for c in cs if c["initiator"] == "inside"]
+    assert egress["verdict"] == "translated" and egress["rewrites"] == ["src"]
+    answer = who(r, "203.0.113.2:30080").to_dict()
+    (found,) = answer["connections"]
+    assert found["translated"]["dst"] == "10.244.0.10" and found["translated"]["dport"] == 8080
+    assert "nodeport_source_lost" in kinds(r)
+
+
+def test_out_of_window_reply_not_reverse_translated_and_the_node_resets() -> None:
+    r = run("oow-invalid-node-rst")
+    (c,) = conns(r)
+    assert c["verdict"] == "translated"
+    assert c["fates"]["outside_only"] == 1 and c["fates"]["node_generated"] == 1
+    assert {"not_reverse_translated", "node_generated"} <= set(c["flags"])
+    f = kinds(r)["invalid_reply_reset"]
+    assert "nf_conntrack_tcp_be_liberal" in f.fix and "INVALID" in f.fix
+    assert "healthy" not in kinds(r)
+
+
+def test_fins_after_idle_expiry_leak_the_pod_address_and_that_is_no_port_clash() -> None:
+    r = run("idle-expiry-fin-leak")
+    cs = conns(r)
+    assert [c["verdict"] for c in cs] == ["translated"] * 3
+    (leaky,) = [c for c in cs if c["fates"]["leaked"]]
+    assert leaky["fates"]["leaked"] == 7 and "leak" in leaky["flags"]
+    assert leaky["outside"]["src"] == "203.0.113.2"  # the mapping is the translated tuple, not the leaked one
+    assert "multiple_outside_tuples" not in leaky["flags"]
+    found = kinds(r)
+    assert "private_address_leak" in found and "mapping_conflict" not in found
+    assert found["private_address_leak"].data == {"leaked_packets": 7, "after_idle": 1}
+
+
+def test_node_made_rejects_are_not_replies_and_not_a_forward_drop() -> None:
+    r = run("reject-no-endpoints")
+    cs = conns(r)
+    refused = [c for c in cs if c["verdict"] == "not_forwarded"]
+    assert len(refused) == 3
+    assert all(c["fates"]["node_generated"] == 1 for c in refused)
+    found = kinds(r)
+    assert set(found) == {"service_no_endpoints", "rejected_by_node"}
+    assert found["service_no_endpoints"].data["services"] == ["10.96.0.30:80", "10.96.0.31:53"]
+    assert found["rejected_by_node"].data["destinations"] == ["198.51.100.10:443"]
+
+
+def test_fragmentation_needed_is_a_path_mtu_signal_from_a_router() -> None:
+    r = run("pmtud-frag-needed")
+    f = kinds(r)["path_mtu"]
+    assert f.data == {"mtu": [1400], "routers": ["203.0.113.1"]}
+    assert "MSS" in f.fix and "no_reply" not in kinds(r)
+
+
+def test_replies_by_another_path_are_not_proof_of_reverse_translation() -> None:
+    r = run("asymmetric-reply")
+    cs = conns(r)
+    assert [c["verdict"] for c in cs] == ["reply_other_path"] * 3
+    assert all(c["rewrites"] == ["src"] and c["matched"]["reply"] == 0 for c in cs)
+    assert list(kinds(r)) == ["reply_other_path"]
+    # natproof.correlate/1 readers keep the name they knew.
+    assert {c["verdict"] for c in r.to_dict("natproof.correlate/1")["connections"]} == {"translated"}
+
+
+def test_ftp_helper_shift_and_its_expected_inbound_data_connection() -> None:
+    r = run("ftp-alg-active")
+    control, data = conns(r)
+    assert control["matched"] == {"egress": 15, "reply": 15}
+    assert control["fates"] == {"crossed": 30, "leaked": 0, "inside_only": 0, "outside_only": 0,
+                                "node_generated": 0}
+    assert control["seq_shift"]["initiator_seq"] == 1 and "seq_shift" in control["flags"]
+    assert data["initiator"] == "outside" and data["verdict"] == "translated" and data["rewrites"] == ["dst"]
+    assert tup(data["original"]) == "198.51.100.10:20->203.0.113.2:39949"
+    assert tup(data["translated"]) == "198.51.100.10:20->10.244.0.5:39949"
+    assert "alg_rewrite" in kinds(r)
+
+
+def test_lan_multicast_is_skipped_and_the_routed_path_is_information() -> None:
+    r = run("lan-multicast")
+    cs = conns(r)
+    assert [c["inside"]["dst"] for c in cs] == ["10.0.0.2"]
+    assert r.inside.skipped.get("multicast") == 2
+    found = kinds(r)
+    assert list(found) == ["routed_path"] and found["routed_path"].severity == "info"
+    assert "forwarding_blocked" not in found
+
+
+def test_swapped_sides_in_the_right_order_map_right() -> None:
+    r = run("swapped-sides", "home-side.pcap", "isp-side.pcap")
+    cs = conns(r)
+    assert [(c["verdict"], c["outside"]["src"]) for c in cs] == [("translated", "203.0.113.71")] * 2
+    assert r.clock_offset_s == pytest.approx(0.42, abs=0.01)
+    assert all(c["nat_latency_us"]["median"] > 0 for c in cs)
+
+
+def test_swapped_sides_are_refused_with_the_right_order_or_swapped_on_request() -> None:
+    with pytest.raises(InputError, match=r"look swapped: .*run natproof correlate .*home-side.pcap .*isp-side.pcap"):
+        run("swapped-sides", "isp-side.pcap", "home-side.pcap")
+    r = correlate(CASES / "swapped-sides" / "isp-side.pcap", CASES / "swapped-sides" / "home-side.pcap",
+                  allow_swap=True)
+    assert r.inside.path.endswith("home-side.pcap")
+    assert any("swapped" in w for w in r.inside.warnings)
+    assert [c["outside"]["src"] for c in conns(r)] == ["203.0.113.71"] * 2
+
+
+def test_cli_refuses_a_swapped_pair_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from natproof.cli import main
+
+    isp, home = CASES / "swapped-sides" / "isp-side.pcap", CASES / "swapped-sides" / "home-side.pcap"
+    assert main(["correlate", str(isp), str(home)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"natproof: error: {isp} and {home} look swapped") and err.count("\n") == 1
+    assert main(["correlate", str(isp), str(home), "--allow-swap", "--format", "json"]) == 0
