@@ -100,24 +100,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         out_pk["frame_no"].gather(P["out_row"]).alias("out_frame"),
     )
     P = P.with_columns(roots.gather(P["in_conn"]).alias("anchor"))
-    per_leg = P.group_by("anchor", "out_conn").agg(pl.len().alias("n"), pl.col("is_egress").sum().alias("n_init"),
-                                                   pl.col("out_frame").min().alias("first_out"))
-    # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
-    # initiator's packets first: conntrack fixes the mapping on them, and replies with IP id 0 and one payload
-    # can look alike across connections); a leg under
-    # the inside's own tuple is primary only when there is no other (no NAT at all): packets conntrack marked
-    # INVALID, or sent after the entry expired, leave untranslated inside an otherwise translated connection
-    # (cases/idle-expiry-fin-leak), however many of them there are.
-    unchanged = pl.all_horizontal([
-        pl.col(c).cast(pl.String) == pl.col(f"x_{c}").cast(pl.String) for c in _TUPLE])
-    per_leg = (per_leg.join(ins.select(pl.col("conn_id").alias("anchor"), *_TUPLE), on="anchor", how="left")
-               .join(outs.select(pl.col("conn_id").alias("out_conn"), *_leg_tuple(outs, "x")), on="out_conn",
-                     how="left")
-               .with_columns(unchanged.fill_null(False).alias("unchanged"))
-               .select("anchor", "out_conn", "n", "n_init", "first_out", "unchanged"))
-    primary = (per_leg.sort(["anchor", "unchanged", "n_init", "n", "first_out"],
-                            descending=[False, False, True, True, False])
-               .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
+    per_leg = _per_leg(P, ins, outs)
     owner = (per_leg.sort(["out_conn", "n_init", "n", "first_out"], descending=[False, True, True, False])
              .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
     # One outside leg belongs to one connection: a pair chosen among look-alikes (a key seen more than once:
@@ -125,6 +108,14 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # not a crossing. Pairs on a unique key stand: two connections can truly share a leg (a broken NAT).
     P = P.join(owner, on="out_conn", how="left").filter(
         (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner")
+    # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
+    # initiator's packets first: conntrack fixes the mapping on them); a leg under the inside's own tuple is
+    # primary only when there is no other (no NAT at all): packets conntrack marked INVALID, or sent after the
+    # entry expired, leave untranslated inside an otherwise translated connection
+    # (cases/idle-expiry-fin-leak), however many of them there are.
+    primary = (_per_leg(P, ins, outs).sort(["anchor", "unchanged", "n_init", "n", "first_out"],
+                                           descending=[False, False, True, True, False])
+               .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
 
     # -- the initiator's side --------------------------------------------------------------------------------------
     # Which way did the initiator's packets cross? Routing costs a packet one TTL per hop (bridging none: see
@@ -184,11 +175,15 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # -- fates ---------------------------------------------------------------------------------------------------
     in_tuple = ins.select(pl.col("conn_id").alias("in_conn"), *_leg_tuple(ins, "i"))
     out_tuple = outs.select(pl.col("conn_id").alias("out_conn"), *_leg_tuple(outs, "x"))
-    P = (P.join(in_tuple, on="in_conn", how="left").join(out_tuple, on="out_conn", how="left")
-         .join(conn_info.select("anchor", "rewritten", "init_inside"), on="anchor", how="left"))
+    # Whether a pair crossed untranslated is a property of the two legs: decided once per pair of legs.
     same = pl.all_horizontal([pl.col(f"i_{c}") == pl.col(f"x_{c}") for c in _TUPLE])
-    P = P.with_columns(pl.when(same & pl.col("rewritten")).then(pl.lit("leaked")).otherwise(pl.lit("crossed"))
-                       .cast(FATE).alias("fate"))
+    leg_pairs = (P.select("in_conn", "out_conn", "anchor").unique()
+                 .join(in_tuple, on="in_conn", how="left").join(out_tuple, on="out_conn", how="left")
+                 .join(conn_info.select("anchor", "rewritten", "init_inside"), on="anchor", how="left")
+                 .select("in_conn", "out_conn", "rewritten", "init_inside", same.fill_null(False).alias("same")))
+    P = P.join(leg_pairs, on=["in_conn", "out_conn"], how="left")
+    P = P.with_columns(pl.when(pl.col("same") & pl.col("rewritten")).then(pl.lit("leaked")).otherwise(
+        pl.lit("crossed")).cast(FATE).alias("fate"))
     S = matches.inside_self
     S = S.with_columns(in_pk["conn_id"].gather(S["a_row"]).alias("a_conn"),
                        in_pk["conn_id"].gather(S["b_row"]).alias("b_conn"))
@@ -240,7 +235,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
           for s, name in (("in", "inside"), ("out", "outside"))],
         *[pl.col(f"{n}_delta").filter((pl.col("is_egress") == egress) & (pl.col(f"{n}_delta") != 0)).mode().first()
           .alias(f"{who}_{n}_shift") for who, egress in (("init", True), ("reply", False)) for n in ("seq", "ack")],
-        pl.col("out_conn").filter(~same).n_unique().cast(pl.UInt32).alias("outside_tuples"),
+        pl.col("out_conn").filter(~pl.col("same")).n_unique().cast(pl.UInt32).alias("outside_tuples"),
     )
     # Hairpin: the copies seen twice at the inside are its matched packets and its evidence.
     hair_stats = S.sort("pre_frame").group_by("anchor").agg(
@@ -265,24 +260,27 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         (pl.col("fate") == "crossed").sum().cast(pl.UInt32).alias("fate_crossed"),
         (pl.col("fate") == "leaked").sum().cast(pl.UInt32).alias("fate_leaked"),
     )
-    rows = pl.concat([
-        in_pk.filter(pl.col("anchor").is_not_null()).select("anchor", "fate", "is_egress", "is_icmp_error", "_pre"),
-        out_pk.filter(pl.col("anchor").is_not_null()).select("anchor", "fate", "is_egress", "is_icmp_error", "_pre"),
-    ])
+    # Packets that crossed are counted from the pairs; the few that did not, from the packet frames.
+    alone = pl.col("anchor").is_not_null() & pl.col("fate").is_in(["inside_only", "outside_only", "node_generated"])
+    rows = pl.concat([pk.filter(alone).select("anchor", "fate", "is_egress", "is_icmp_error", "_pre")
+                      for pk in (in_pk, out_pk)])
     alive = reply & (pl.col("fate") != "node_generated")
     seen = rows.group_by("anchor").agg(
         *[(pl.col("fate") == f).sum().cast(pl.UInt32).alias(f"fate_{f}")
           for f in ("inside_only", "outside_only", "node_generated")],
-        (alive & ~pl.col("_pre")).sum().cast(pl.UInt32).alias("_post_reply"),
-        (alive & pl.col("_pre")).sum().cast(pl.UInt32).alias("_pre_reply"),
+        (alive & ~pl.col("_pre")).sum().cast(pl.UInt32).alias("_post_alone"),
+        (alive & pl.col("_pre")).sum().cast(pl.UInt32).alias("_pre_alone"),
     )
     df = (df.rename({"conn_id": "anchor"})
           .join(stats, on="anchor", how="left").join(crossings, on="anchor", how="left")
           .join(seen, on="anchor", how="left"))
     counts = ["matched_egress", "matched_reply", "outside_tuples", "fate_crossed", "fate_leaked", "fate_inside_only",
-              "fate_outside_only", "fate_node_generated", "_cross_init", "_cross_reply", "_post_reply", "_pre_reply",
+              "fate_outside_only", "fate_node_generated", "_cross_init", "_cross_reply", "_post_alone", "_pre_alone",
               "egress_outside", "reply_outside", "icmp_errors_outside"]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
+    # A reply that crossed was seen on both sides of the NAT.
+    df = df.with_columns((pl.col("_post_alone") + pl.col("_cross_reply")).alias("_post_reply"),
+                         (pl.col("_pre_alone") + pl.col("_cross_reply")).alias("_pre_reply"))
 
     # -- services and verdicts -------------------------------------------------------------------------------------
     clusterip = in_networks(df["orig_dst"], services.networks)
@@ -361,6 +359,19 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     return rows, out_pk
 
 
+def _per_leg(P: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame) -> pl.DataFrame:
+    """Per (anchor, outside leg): pairs ``n``, pairs of the initiator's packets ``n_init``, the first outside frame,
+    and whether the outside leg's tuple is the anchor leg's own (``unchanged``: nothing rewritten)."""
+    per_leg = P.group_by("anchor", "out_conn").agg(pl.len().alias("n"), pl.col("is_egress").sum().alias("n_init"),
+                                                   pl.col("out_frame").min().alias("first_out"))
+    unchanged = pl.all_horizontal([
+        pl.col(c).cast(pl.String) == pl.col(f"x_{c}").cast(pl.String) for c in _TUPLE])
+    return (per_leg.join(ins.select(pl.col("conn_id").alias("anchor"), *_TUPLE), on="anchor", how="left")
+            .join(outs.select(pl.col("conn_id").alias("out_conn"), *_leg_tuple(outs, "x")), on="out_conn", how="left")
+            .with_columns(unchanged.fill_null(False).alias("unchanged"))
+            .select("anchor", "out_conn", "n", "n_init", "first_out", "unchanged"))
+
+
 def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl.Series,
                      pod_networks: Sequence[Network], *, inside: bool) -> pl.DataFrame:
     """Give each packet of a connection that paired with nothing its fate; add ``_pre`` (seen before the NAT in
@@ -375,28 +386,36 @@ def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl
       node sends for a reply conntrack marked INVALID and did not reverse-translate: cases/oow-invalid-node-rst).
     - Anything else is ``inside_only`` or ``outside_only``: dropped on the node, or carried by a path not captured.
     """
-    pk = pk.join(conn_info, on="anchor", how="left", maintain_order="left")
-    if inside:
-        pre = pl.col("init_inside") & (pl.col("conn_id") == pl.col("anchor"))
-    else:
-        pre = ~pl.col("init_inside")
+    # _pre for every packet, from two lookups by anchor (no join of the packet frame).
+    info = conn_info.sort("anchor")
+    n = int(info["anchor"].max()) + 1 if info.height else 0
+    init_inside = pl.repeat(None, n, dtype=pl.Boolean, eager=True).scatter(info["anchor"], info["init_inside"])
+    has_anchor = pk["anchor"].is_not_null()
+    init = pl.Series("init", [None] * pk.height, dtype=pl.Boolean)
+    if has_anchor.any():
+        idx = pk["anchor"].fill_null(0)
+        init = init_inside.gather(idx) if n else init
+    pre = (init & (pk["conn_id"] == pk["anchor"])) if inside else ~init
     pk = pk.with_columns(pre.fill_null(False).alias("_pre"))
+    # Only packets of a connection that paired with nothing need a fate decided here (a few, as a rule).
+    todo = pk.with_row_index("_i").filter(pl.col("fate").is_null() & pl.col("anchor").is_not_null())
+    if todo.is_empty():
+        return pk
+    todo = todo.join(info.select("anchor", "dst", "o_src"), on="anchor", how="left")
     rst = ((pl.col("tcp_flags").fill_null(0) & _RST) != 0) & (pl.col("proto") == 6)
     err = pl.col("is_icmp_error")
     nothing_crossed = ~pl.col("anchor").is_in(crossed_init.implode())
-    src_s = pk["err_src"].cast(pl.String)
-    from_node = (in_networks(src_s, pod_networks) | (src_s == pk["o_src"].cast(pl.String)).fill_null(False)) & (
-        src_s != pk["dst"].cast(pl.String)).fill_null(True)
-    pk = pk.with_columns(from_node.alias("_err_from_node"))
+    src_s = todo["err_src"].cast(pl.String)
+    from_node = (in_networks(src_s, pod_networks) | (src_s == todo["o_src"].cast(pl.String)).fill_null(False)) & (
+        src_s != todo["dst"].cast(pl.String)).fill_null(True)
+    todo = todo.with_columns(from_node.alias("_err_from_node"))
     node = (
         (pl.col("_pre") & ~pl.col("is_egress") & (rst | err) & (nothing_crossed | (err & pl.col("_err_from_node"))))
         | (~pl.col("_pre") & pl.col("is_egress") & (rst | err))
     )
     here = "inside_only" if inside else "outside_only"
-    fate = (pl.when(pl.col("fate").is_not_null()).then(pl.col("fate"))
-            .when(pl.col("anchor").is_null()).then(None)
-            .when(node).then(pl.lit("node_generated")).otherwise(pl.lit(here)).cast(FATE))
-    return pk.with_columns(fate.alias("fate")).drop(*[c for c in conn_info.columns if c != "anchor"], "_err_from_node")
+    fates = todo.select(pl.when(node).then(pl.lit("node_generated")).otherwise(pl.lit(here)).cast(FATE))
+    return pk.with_columns(pk["fate"].scatter(todo["_i"], fates.to_series()).alias("fate"))
 
 
 def _legs(df: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame, P: pl.DataFrame, roots: pl.Series) -> pl.DataFrame:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from natproof.errors import InputError
-from natproof.result import Result, connection_dict
+from natproof.result import Result, connection_dicts
 
 TRUTH_SCHEMA = "natproof.truth/1"
 
@@ -99,7 +99,7 @@ def compare(result: Result | dict[str, Any], truth: dict[str, Any]) -> CheckRepo
     """Pair truth and natproof connections by protocol and inside tuple (in order, for reused tuples), and compare
     the outside tuple, the verdict and every contract field the truth gives (COMPARED)."""
     if isinstance(result, Result):
-        got = [connection_dict(r) for r in result.connections.iter_rows(named=True)]
+        got = connection_dicts(result.connections)
     else:
         got = list(result["connections"])
     pool: dict[tuple[str, str, Tuple4], list[dict[str, Any]]] = defaultdict(list)

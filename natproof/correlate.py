@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from natproof.assemble import Services, assemble
+from natproof.assemble import Services, assemble, in_networks
 from natproof.capture import CaptureInfo
 from natproof.connections import PROTO_NAMES, IdleTimeouts, flow_columns, group_connections, split_never_forwarded
 from natproof.errors import InputError
@@ -89,8 +89,8 @@ class _Side:
 
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
-                  timeouts: IdleTimeouts | None, inside: bool,
-                  pod_cidr: str | Sequence[str] | None) -> tuple[_Side, dict[str, pl.DataFrame]]:
+                  timeouts: IdleTimeouts | None, inside: bool, pod_cidr: str | Sequence[str] | None,
+                  services: Services) -> tuple[_Side, dict[str, pl.DataFrame]]:
     """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS; ``row``
     indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
     info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
@@ -101,12 +101,22 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     if inside:
         nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns)
     trim()
-    keyed = with_keys(pk)
+    keyed = with_keys(pk.with_columns(_dnat_end(pk, inside, nets, services)))
     packets = keyed.select(PACKET_COLUMNS)
     match = keyed.select(MATCH_COLUMNS)
     del pk, keyed
     trim()
     return _Side(info, nets), {"packets": packets, "match": match, "connections": conns}
+
+
+def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services: Services) -> pl.Series:
+    """``dnat_end`` per packet: its far end is one DNAT may stand for or lead to, so a weak key may do without it
+    (natproof.match's second exact pass). Inside: a ClusterIP, or a pod (the backend of a NodePort: a pod
+    network address, or any private one when none is known); outside: any far end (the backend the DNAT
+    chose, or the NodePort itself)."""
+    if not inside:
+        return pl.repeat(True, pk.height, eager=True).alias("dnat_end")
+    return in_networks(pk["remote"], (*services.networks, *(nets or _PRIVATE_V4), _ULA)).alias("dnat_end")
 
 
 def correlate(
@@ -141,8 +151,10 @@ def correlate(
            for label, path in (("inside", inside), ("outside", outside))]
     # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
     # are large; then the two meet in matching.
+    services = services or Services()
     (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, timeouts=timeouts,
-                                   pod_cidr=pod_cidr, each=[{"inside": True}, {"inside": False}])
+                                   pod_cidr=pod_cidr, services=services,
+                                   each=[{"inside": True}, {"inside": False}])
     in_pk, in_conns, in_match = a["packets"], a["connections"], a["match"]
     out_pk, out_conns, out_match = b["packets"], b["connections"], b["match"]
     nets = ins.networks
@@ -154,7 +166,7 @@ def correlate(
     del in_match, out_match
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services or Services())
+                                           services=services)
     conns = _contract_rows(conns)
     swapped = looks_swapped(conns)
     if swapped:

@@ -50,17 +50,25 @@ def signature() -> pl.Expr:
     ).hash(seed=0x7369).alias("sig")
 
 
+def _weak() -> pl.Expr:
+    """A datagram with no TCP numbers and IP id 0 (or none: IPv6): pinned by its length and payload head only,
+    which packets of unrelated connections share (identical requests, empty replies)."""
+    return (pl.col("proto") != 6) & (pl.col("ip_id").fill_null(0) == 0)
+
+
 def _strong_key() -> pl.Expr:
     """The signature and the flow's protocol: no address, no port and no direction, since DNAT rewrites the far
     end, SNAT the near one, and a capture that starts mid-connection may take either end for the initiator.
-
-    A datagram with no TCP numbers and IP id 0 (or none: IPv6) is pinned by its length and payload head only,
-    which packets of unrelated connections share (identical requests, empty replies): its key keeps the far end,
-    as pure SNAT does. Linux gives UDP a non-zero IP id (cases/clusterip-dnat: DNS to a ClusterIP), so DNATed
-    datagrams keep a strong key."""
-    weak = (pl.col("proto") != 6) & (pl.col("ip_id").fill_null(0) == 0)
-    return pl.when(weak).then(pl.struct("f_proto", "sig", "remote", "rport").hash(seed=0x6E62)).otherwise(
+    A weak datagram's key (see :func:`_weak`) keeps the far end, as pure SNAT does; Linux gives IPv4 UDP a
+    non-zero IP id (cases/clusterip-dnat: DNS to a ClusterIP), so DNATed datagrams rarely need the next key."""
+    return pl.when(_weak()).then(pl.struct("f_proto", "sig", "remote", "rport").hash(seed=0x6E62)).otherwise(
         pl.struct("f_proto", "sig").hash(seed=0x6E61))
+
+
+def _loose_key() -> pl.Expr:
+    """A weak datagram's key without the far end, where DNAT may have changed it (``dnat_end``: inside, a
+    ClusterIP or pod far end; outside, any): the second exact pass pairs what the first left over with it."""
+    return pl.when(_weak() & pl.col("dnat_end").fill_null(False)).then(pl.struct("f_proto", "sig").hash(seed=0x6E63))
 
 
 def _payload_key() -> pl.Expr:
@@ -73,7 +81,7 @@ def _payload_key() -> pl.Expr:
 
 MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
                  "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "is_icmp_error",
-                 "k_strong")
+                 "k_strong", "k_loose")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
@@ -84,8 +92,10 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
     """
     if "sig" not in packets.columns:
         packets = packets.with_columns(select_in_slices(packets, [signature()]).to_series())
-    key = select_in_slices(packets, [_strong_key().alias("k_strong")]).to_series()
-    return packets.with_row_index("row").with_columns(key)
+    if "dnat_end" not in packets.columns:
+        packets = packets.with_columns(pl.lit(True).alias("dnat_end"))
+    keys = select_in_slices(packets, [_strong_key().alias("k_strong"), _loose_key().alias("k_loose")])
+    return packets.with_row_index("row").with_columns(keys)
 
 
 def _offset_from(dts: pl.DataFrame) -> int | None:
@@ -391,6 +401,11 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = _without(inside, exact["in_row"])
     out_left = _without(outside, exact["out_row"])
+    if in_left["k_loose"].null_count() < in_left.height and out_left["k_loose"].null_count() < out_left.height:
+        loose = _pair_by_key(in_left, out_left, "k_loose", offset, tolerance_ns, "exact")
+        exact = pl.concat([exact, loose])
+        in_left = _without(in_left, loose["in_row"])
+        out_left = _without(out_left, loose["out_row"])
     found = [exact]
     if not in_left.is_empty() and not out_left.is_empty():
         in_left, out_left = _links(inside, outside, exact, in_left, out_left)

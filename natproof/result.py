@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import polars as pl
 
 from natproof.assemble import FATES
@@ -176,7 +177,21 @@ class Result:
             return self._to_dict_v1()
         if schema != SCHEMA:
             raise ValueError(f"unknown schema {schema!r} (one of {', '.join(SCHEMAS.values())})")
-        conns = [connection_dict(row) for row in self.connections.iter_rows(named=True)]
+        return self._document(connection_dicts(self.connections))
+
+    def to_json(self, schema: str = SCHEMA) -> bytes:
+        """The document of :meth:`to_dict` as JSON bytes (indented by two, final newline). For /2 the
+        connections are written by polars from their columns, one object per line inside the array, without a
+        Python object per field (100k connections in well under a second)."""
+        option = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+        if schema != SCHEMA:
+            return orjson.dumps(self.to_dict(schema), option=option)
+        text = orjson.dumps(self._document(_PLACEHOLDER), option=option)
+        lines = connection_lines(self.connections)
+        array = b"[\n" + b",\n".join(b"    " + line for line in lines) + b"\n  ]" if lines else b"[]"
+        return text.replace(orjson.dumps(_PLACEHOLDER), array, 1)
+
+    def _document(self, conns: Any) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "captures": {"inside": self.inside.to_dict(), "outside": self.outside.to_dict()},
@@ -199,8 +214,8 @@ class Result:
         """natproof.correlate/1: the connections /1 knew (started inside), /1 fields and verdict names."""
         v1 = self.connections.filter(pl.col("initiator") == "inside")
         conns = []
-        for row in v1.iter_rows(named=True):
-            doc = {k: v for k, v in connection_dict(row).items() if k in _V1_FIELDS}
+        for full in connection_dicts(v1):
+            doc = {k: v for k, v in full.items() if k in _V1_FIELDS}
             doc["verdict"] = V1_VERDICTS.get(doc["verdict"], doc["verdict"])
             conns.append(doc)
         by_verdict = {v.value: 0 for v in Verdict if v.value not in V1_VERDICTS}
@@ -264,54 +279,106 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     return flags
 
 
+def _struct_tuple(prefix: str) -> pl.Expr:
+    return pl.when(pl.col(f"{prefix}_src").is_not_null()).then(
+        pl.struct(*[pl.col(f"{prefix}_{f}").alias(f) for f in TUPLE_FIELDS]))
+
+
+def _struct_frames(kind: str, hairpin: bool) -> pl.Expr:
+    inside, outside = pl.col(f"evidence_{kind}_inside_frame"), pl.col(f"evidence_{kind}_outside_frame")
+    fields = [inside.alias("inside_frame"), outside.alias("outside_frame")]
+    if hairpin:
+        fields.append(pl.col(f"evidence_{kind}_translated_frame").alias("inside_translated_frame"))
+    return pl.when(inside.is_not_null() | outside.is_not_null()).then(pl.struct(*fields))
+
+
+def _flags_expr() -> pl.Expr:
+    """The ``flags`` list (see flags_of), as one expression."""
+    shifted = pl.any_horizontal([pl.col(f"{w}_{n}_shift").fill_null(0) != 0 for w in ("init", "reply")
+                                 for n in ("seq", "ack")])
+    rules = [
+        ("multiple_outside_tuples", pl.col("outside_tuples").fill_null(0) > 1),
+        ("icmp_error", (pl.col("icmp_errors_outside").fill_null(0) + pl.col("icmp_errors_inside").fill_null(0)) > 0),
+        ("leak", pl.col("fate_leaked").fill_null(0) > 0),
+        ("not_reverse_translated", (pl.col("fate_outside_only").fill_null(0) > 0)
+         & (pl.col("verdict") == "translated") & (pl.col("initiator") == "inside")),
+        ("node_generated", pl.col("fate_node_generated").fill_null(0) > 0),
+        ("seq_shift", shifted),
+        ("hairpin", pl.col("trans_src").is_not_null() & pl.col("outside_src").is_null()
+         & (pl.col("initiator") == "inside")),
+    ]
+    return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()
+
+
+def connection_struct() -> pl.Expr:
+    """One connection row as the contract's JSON object, built by polars (a struct per row, field order the
+    contract's): ``df.select(connection_struct()).to_series().to_list()`` gives the dicts without a Python loop
+    per row (21k connections in a fraction of what a dict comprehension per row takes)."""
+    rewrites = pl.col("rewrites").fill_null([])
+    return pl.struct(
+        pl.col("proto"),
+        _struct_tuple("inside").alias("inside"),
+        _struct_tuple("outside").alias("outside"),
+        pl.col("verdict"),
+        (pl.col("first_ts_ns") / 1e9).round(9).alias("first_seen"),
+        (pl.col("last_ts_ns") / 1e9).round(9).alias("last_seen"),
+        pl.struct(pl.col("egress_inside"), pl.col("egress_outside"), pl.col("reply_outside"), pl.col("reply_inside"),
+                  pl.col("icmp_errors_outside").alias("icmp_error_outside"),
+                  pl.col("icmp_errors_inside").alias("icmp_error_inside")).alias("packets"),
+        pl.struct(pl.col("matched_egress").alias("egress"), pl.col("matched_reply").alias("reply")).alias("matched"),
+        pl.when(pl.col("latency_median_us").is_not_null()).then(pl.struct(
+            pl.col("latency_median_us").alias("median"), pl.col("latency_max_us").alias("max")))
+        .alias("nat_latency_us"),
+        _flags_expr().alias("flags"),
+        pl.struct(_struct_frames("egress", True).alias("egress"), _struct_frames("reply", True).alias("reply"),
+                  _struct_frames("icmp_error", False).alias("icmp_error")).alias("evidence"),
+        pl.col("initiator"),
+        _struct_tuple("orig").alias("original"),
+        _struct_tuple("trans").alias("translated"),
+        rewrites.alias("rewrites"),
+        pl.concat_list([
+            pl.when(rewrites.list.contains("src") | rewrites.list.contains("sport")).then(pl.lit("SNAT")),
+            pl.when(rewrites.list.contains("dst") | rewrites.list.contains("dport")).then(pl.lit("DNAT")),
+        ]).list.drop_nulls().alias("nat"),
+        pl.col("legs").fill_null([]).list.eval(pl.struct(
+            pl.element().struct.field("observation_point"),
+            pl.struct(*[pl.element().struct.field(f) for f in TUPLE_FIELDS]).alias("tuple"),
+            pl.element().struct.field("first_frame"), pl.element().struct.field("packets"))).alias("legs"),
+        pl.struct(*[pl.col(f"fate_{f}").alias(f) for f in FATES]).alias("fates"),
+        pl.when(pl.col("service_type").is_not_null()).then(pl.struct(
+            pl.col("service_type").alias("type"), pl.col("service_ip").alias("address"),
+            pl.col("service_port").alias("port"),
+            pl.when(pl.col("backend_ip").is_not_null()).then(pl.struct(
+                pl.col("backend_ip").alias("address"), pl.col("backend_port").alias("port"))).alias("backend"),
+        )).alias("service"),
+        pl.when(pl.any_horizontal([pl.col(f"{k}_{n}_shift").is_not_null() for k in ("init", "reply")
+                                   for n in ("seq", "ack")])).then(pl.struct(
+            *[pl.col(f"{k}_{n}_shift").alias(f"{w}_{n}") for w, k in (("initiator", "init"), ("reply", "reply"))
+              for n in ("seq", "ack")])).alias("seq_shift"),
+    ).alias("connection")
+
+
+_PLACEHOLDER = "\x00connections"
+
+
+def connection_lines(connections: pl.DataFrame) -> list[bytes]:
+    """Every connection row (CONNECTION_SCHEMA) as the contract's JSON object, one compact line each, written by
+    polars from the columns."""
+    if connections.is_empty():
+        return []
+    return connections.select(connection_struct()).unnest("connection").write_ndjson().encode().splitlines()
+
+
+def connection_dicts(connections: pl.DataFrame) -> list[dict[str, Any]]:
+    """Every connection row (CONNECTION_SCHEMA) as the contract's JSON object, in row order. (polars writes the
+    nested objects and orjson reads them back: faster than Series.to_list() on nested structs.)"""
+    return orjson.loads(b"[" + b",".join(connection_lines(connections)) + b"]")
+
+
 def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
-    """One connection row as the contract's JSON object."""
-    outside = None
-    if row["outside_src"] is not None:
-        outside = {"src": row["outside_src"], "sport": row["outside_sport"],
-                   "dst": row["outside_dst"], "dport": row["outside_dport"]}
-    latency = None
-    if row["latency_median_us"] is not None:
-        latency = {"median": row["latency_median_us"], "max": row["latency_max_us"]}
-    service = None
-    if row.get("service_type"):
-        backend = None if row["backend_ip"] is None else {"address": row["backend_ip"], "port": row["backend_port"]}
-        service = {"type": row["service_type"], "address": row["service_ip"], "port": row["service_port"],
-                   "backend": backend}
-    return {
-        "proto": row["proto"],
-        "inside": {"src": row["inside_src"], "sport": row["inside_sport"],
-                   "dst": row["inside_dst"], "dport": row["inside_dport"]},
-        "outside": outside,
-        "verdict": row["verdict"],
-        "first_seen": _secs(row["first_ts_ns"]),
-        "last_seen": _secs(row["last_ts_ns"]),
-        "packets": {"egress_inside": row["egress_inside"], "egress_outside": row["egress_outside"],
-                    "reply_outside": row["reply_outside"], "reply_inside": row["reply_inside"],
-                    "icmp_error_outside": row["icmp_errors_outside"], "icmp_error_inside": row["icmp_errors_inside"]},
-        "matched": {"egress": row["matched_egress"], "reply": row["matched_reply"]},
-        "nat_latency_us": latency,
-        "flags": flags_of(row),
-        "evidence": {
-            "egress": _frames(row["evidence_egress_inside_frame"], row["evidence_egress_outside_frame"],
-                              row["evidence_egress_translated_frame"]),
-            "reply": _frames(row["evidence_reply_inside_frame"], row["evidence_reply_outside_frame"],
-                             row["evidence_reply_translated_frame"]),
-            "icmp_error": _frames(row["evidence_icmp_error_inside_frame"], row["evidence_icmp_error_outside_frame"]),
-        },
-        "initiator": row["initiator"],
-        "original": _tuple(row, "orig"),
-        "translated": _tuple(row, "trans"),
-        "rewrites": list(row["rewrites"] or []),
-        "nat": [n for n, f in (("SNAT", ("src", "sport")), ("DNAT", ("dst", "dport")))
-                if any(x in (row["rewrites"] or []) for x in f)],
-        "legs": [{"observation_point": leg["observation_point"],
-                  "tuple": {f: leg[f] for f in TUPLE_FIELDS},
-                  "first_frame": leg["first_frame"], "packets": leg["packets"]} for leg in (row["legs"] or [])],
-        "fates": {f: row[f"fate_{f}"] for f in FATES},
-        "service": service,
-        "seq_shift": _shifts(row),
-    }
+    """One connection row (a dict of CONNECTION_SCHEMA columns) as the contract's JSON object."""
+    frame = pl.DataFrame([{c: row.get(c) for c in CONNECTION_SCHEMA}], schema=CONNECTION_SCHEMA, orient="row")
+    return connection_dicts(frame)[0]
 
 
 def _frames(inside: int | None, outside: int | None, translated: int | None = None) -> dict[str, int | None] | None:

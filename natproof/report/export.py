@@ -12,7 +12,7 @@ from typing import IO
 import orjson
 import polars as pl
 
-from natproof.result import SCHEMA, Result, connection_dict
+from natproof.result import SCHEMA, Result, connection_lines
 
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 
@@ -35,7 +35,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
 
 def to_json(result: Result, schema: str = SCHEMA) -> str:
-    return json_bytes(result.to_dict(schema)).decode()
+    return result.to_json(schema).decode()
 
 
 def json_bytes(doc: object) -> bytes:
@@ -46,8 +46,9 @@ def json_bytes(doc: object) -> bytes:
 
 def to_ndjson(result: Result, schema: str = SCHEMA) -> str:
     """One connection per line (for jq and log pipelines), as in the ``schema`` document."""
-    conns = result.to_dict(schema)["connections"] if schema != SCHEMA else (
-        connection_dict(r) for r in result.connections.iter_rows(named=True))
+    if schema == SCHEMA:
+        return b"".join(line + b"\n" for line in connection_lines(result.connections)).decode()
+    conns = result.to_dict(schema)["connections"]
     return b"".join(orjson.dumps(c, option=orjson.OPT_APPEND_NEWLINE) for c in conns).decode()
 
 
@@ -94,7 +95,7 @@ def to_conntrack(result: Result) -> str:
 def render_bytes(result: Result, fmt: str, schema: str = SCHEMA) -> bytes:
     """The result in a file format, as bytes; ``schema`` picks the JSON document (json, ndjson)."""
     if fmt == "json":
-        return json_bytes(result.to_dict(schema))
+        return result.to_json(schema)
     if fmt == "ndjson":
         return to_ndjson(result, schema).encode()
     if fmt == "csv":
