@@ -622,7 +622,8 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         "alg_rewrite", "info", "An ALG rewrote payloads (sequence numbers shifted)",
         f"{len(rows)} connection(s) had their payload rewritten on the node (conntrack's FTP helper rewrites the "
         "address in PORT commands), shifting every later sequence number by a constant; natproof matched the "
-        f"shifted packets by IP id. {len(related)} connection(s) started outside were admitted to the pod.",
+        "shifted packets on their IP id or on the TCP numbers the shift left alone. "
+        f"{len(related)} connection(s) started outside were admitted to the pod.",
         "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
         "and `conntrack -L expect` its expectations.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]

@@ -145,6 +145,17 @@ threading.Thread(target=serve, daemon=True).start()
 time.sleep(lifetime)
 """
 
+CHECKSUM = r"""
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+"""
+"""The Internet checksum (RFC 1071), for the scripts that build raw packets (stdlib only, in a namespace)."""
+
 # Waits on inet's eth0 for the SYN-ACK of one connection (server address and port to the node's address and
 # a given port), then sends one TCP segment of that connection whose sequence number is half the sequence
 # space away from the server's: out of window for any receiver, and for conntrack (tcp_in_window).
@@ -153,14 +164,7 @@ import socket, struct, sys, time
 address, port, lifetime = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 node, node_port, delay = sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
 
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
+""" + CHECKSUM + r"""
 # ETH_P_ALL: the kernel hands copies of outgoing frames (the SYN-ACK) to ETH_P_ALL taps only.
 sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 sniff.bind(("eth0", 0))
@@ -305,14 +309,7 @@ def udp(a):
         sock.close()
     emit(a, src, sport, t_start, outcome, "%d of %d datagrams answered" % (answered, a["count"]))
 
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
+""" + CHECKSUM + r"""
 def ping(a):
     # A raw socket lets the pod choose the echo identifier (a ping socket would take it from its port).
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
