@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -147,6 +148,7 @@ def correlate(
     fast = decoder_flag(decoder)
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
+    _check_distinct(inside, outside)
     cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
            for label, path in (("inside", inside), ("outside", outside))]
     # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
@@ -233,6 +235,23 @@ def _size(path: str | os.PathLike[str]) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _check_distinct(inside: str | os.PathLike[str], outside: str | os.PathLike[str]) -> None:
+    """InputError when both arguments are one file, or two byte-identical files: one capture cannot show both
+    sides of a NAT (every packet would 'cross' unchanged, in no time)."""
+    a, b = os.fspath(inside), os.fspath(outside)
+    if a == "-" or b == "-":
+        return
+    try:
+        same = os.path.samefile(a, b)
+        identical = same or (os.path.getsize(a) == os.path.getsize(b) and filecmp.cmp(a, b, shallow=False))
+    except OSError:
+        return  # a missing or unreadable file is reported when it is read
+    if identical:
+        what = "are the same file" if same else "are byte-identical"
+        raise InputError(f"{a} and {b} {what}: give one capture from each side of the NAT (e.g. the pod's veth "
+                         "and the node's eth0)")
 
 
 def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.DataFrame, offset: int) -> None:

@@ -16,6 +16,10 @@ SYN_RETRANSMIT_MIN_GAP_NS = 500_000_000
 """Two SYNs with the same ISN at least this far apart (0.5 s) are a retransmission by the pod's stack
 (about 1 s in the lab), not a duplicate in the capture."""
 
+SAME_PLACE_US = 2.0
+"""Untranslated copies at most this far apart (2 us, median per connection) were captured at one point: crossing
+a node's forwarding path takes tens of us (NAT latency in captures/)."""
+
 POOL_NEAR_FULL = 0.9
 """Concurrent mappings at this share of the ports in use (or more) point at an exhausted port pool."""
 
@@ -328,6 +332,17 @@ def _routed(result: Result, routed: list[dict[str, Any]]) -> list[Finding]:
                 f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})"
                 for r in routed[:20]]
     nets = _subnets([r["inside_src"] for r in routed])
+    lat = [r["latency_median_us"] for r in routed if r["latency_median_us"] is not None]
+    everything = len(routed) == result.connections.filter(pl.col("verdict") != "internal").height
+    if everything and lat and max(abs(x) for x in lat) <= SAME_PLACE_US:
+        return [Finding(
+            "same_place", "warning", "No NAT between the captures: they look taken at the same place",
+            f"{len(routed)} connection(s) crossed with nothing rewritten in no measurable time (at most "
+            f"{max(abs(x) for x in lat):g} us): the two captures were taken at one point, not on the two sides of "
+            "a NAT.",
+            "Capture on each side of the NAT: the pod's veth (or cni0) and the node's uplink (eth0), at the same "
+            "time.", connections=tuple(r["conn"] for r in routed), evidence=tuple(evidence),
+            data={"subnets": nets})]
     return [Finding(
         "routed_path", "info", "Routed path: addresses kept, replies come back",
         f"{len(routed)} connection(s) crossed with nothing rewritten and their replies crossed back: the path "

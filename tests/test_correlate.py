@@ -106,3 +106,17 @@ def test_identical_datagrams_from_two_pods_pair_by_time_not_by_port(tmp_path: Pa
     ), seed=1, noise=False, inside_nanosecond=False, outside_nanosecond=False)
     truth, doc = run_scenario(sc, tmp_path)
     assert compare(doc, truth).ok
+
+
+def test_one_capture_given_twice_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from natproof.errors import InputError
+
+    basic = Path(__file__).resolve().parent.parent / "captures" / "basic" / "inside.pcap"
+    with pytest.raises(InputError, match="are the same file"):
+        correlate(basic, basic)
+    copy = tmp_path / "copy.pcap"
+    shutil.copyfile(basic, copy)
+    with pytest.raises(InputError, match="are byte-identical"):
+        correlate(basic, copy)

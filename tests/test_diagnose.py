@@ -106,3 +106,20 @@ def test_every_summary_count_is_its_evidence_count() -> None:
                 continue
             assert int(head.group(1)) == len(f.connections), (case.name, f.kind, f.summary)
             assert len(f.evidence) >= min(len(f.connections), 20), (case.name, f.kind)
+
+
+def test_two_captures_of_one_place_say_there_is_no_nat_between_them(tmp_path: Path) -> None:
+    # The same eth0 capture, minus its first frame, given as the other side: every packet "crosses" unchanged
+    # in no time.
+    import dpkt
+
+    src = CAPTURES / "basic" / "outside.pcap"
+    with open(src, "rb") as fh, open(tmp_path / "same.pcap", "wb") as out:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
+        for i, (ts, buf) in enumerate(reader):
+            if i:
+                writer.writepkt(buf, ts)
+    found = {f.kind: f for f in diagnose(correlate(src, tmp_path / "same.pcap"))}
+    assert list(found) == ["same_place"]
+    assert found["same_place"].connections == (0, 1, 2)
