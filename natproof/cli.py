@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -117,15 +119,31 @@ def capture_options(f: Callable) -> Callable:
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
     f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
-                     metavar="SECONDS",
+                     metavar="SECONDS", callback=_finite,
                      help="How far apart (after the clock offset) two copies of a packet may be.")(f)
-    f = click.option("--clock-offset", type=float, metavar="SECONDS",
+    f = click.option("--clock-offset", type=float, metavar="SECONDS", callback=_finite,
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
     f = click.argument("outside", type=click.Path(dir_okay=True))(f)
     f = click.argument("inside", type=click.Path(dir_okay=True))(f)
     return f
+
+
+def refuse_overwriting_inputs(output: str | None, *inputs: str) -> None:
+    """-o naming one of the captures would replace the evidence with the report: an error, before any work."""
+    if not output or not os.path.exists(output):
+        return
+    for path in inputs:
+        if path != "-" and os.path.exists(path) and os.path.samefile(output, path):
+            raise NatproofError(f"{output}: is the capture {path}; write the output elsewhere")
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """NaN and infinity are no times (click's FloatRange lets them through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of seconds")
+    return value
 
 
 def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
@@ -162,6 +180,7 @@ def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: flo
 
     Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
     """
+    refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
     if charts_dir:
@@ -183,6 +202,7 @@ def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
     from natproof.diagnose import diagnose as run_diagnose
     from natproof.report.html import write_html
 
+    refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     write_html(result, run_diagnose(result), output)
     if not quiet:
@@ -273,6 +293,7 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 @capture_options
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
+              callback=_finite,
               help="How far from TIME a connection may start or end and still count.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
@@ -360,11 +381,16 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
         lines = [Text(f"diagnosis: [{f.severity}] {f.title}") for f in diagnose(result)]
         if output:
             con = Console(file=open(output, "w"), width=160)  # noqa: SIM115 - closed below
-            con.print(render_table(result, limit), *lines)
+            con.print(render_table(result, limit))
+            for line in lines:
+                con.print(line)
             con.file.close()
         else:
             # Piped table output keeps whole addresses rather than wrapping at 80 columns.
-            Console(width=None if sys.stdout.isatty() else 160).print(render_table(result, limit), *lines)
+            con = Console(width=None if sys.stdout.isatty() else 160)
+            con.print(render_table(result, limit))
+            for line in lines:
+                con.print(line)
         return
     if output:
         write_result(result, fmt, output, schema)

@@ -170,7 +170,7 @@ def correlate(
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
                                            services=services)
     conns = _contract_rows(conns)
-    swapped = looks_swapped(conns)
+    swapped = looks_swapped(conns, services)
     if swapped:
         if not allow_swap:
             raise InputError(
@@ -205,24 +205,40 @@ def correlate(
     )
 
 
-def looks_swapped(conns: pl.DataFrame) -> str | None:
+def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str | None:
     """Why a correlation looks like its captures were given in the wrong order, or None.
 
-    Egress NAT seen from the wrong side: every connection that crossed was started on the OUTSIDE capture and
-    had only its source rewritten (MASQUERADE/SNAT), private towards public. Connections that really start
-    outside (NodePort, an ALG's expectation) are DNATed: their destination changes (cases/swapped-sides).
+    Every connection that crossed reads as NAT seen from the wrong side (cases/swapped-sides); the TTL step and
+    the order of the copies put its initiator on the capture that saw its packets first:
+    - egress reversed: a private source rewritten to a public one, started on the "outside" capture;
+    - a ClusterIP reversed: addressed to a ClusterIP (only ever addressed from the node's side) but started on
+      the "outside" capture;
+    - inbound reversed (NodePort, an ALG's expectation): a public source DNATed to a private address, started
+      on the "inside" capture.
+    One connection that reads right in the captures rules a swap out.
     """
+    svc = services or Services()
     crossed = conns.filter(pl.col("verdict").is_in(["translated", "no_reply", "reply_dropped", "reply_other_path"]))
     if crossed.is_empty():
         return None
-    snat_only = crossed.filter(
-        (pl.col("initiator") == "outside") & pl.col("rewrites").list.contains("src")
-        & ~pl.col("rewrites").list.contains("dst") & ~pl.col("rewrites").list.contains("dport"))
-    if snat_only.height < crossed.height:
+    rw = pl.col("rewrites")
+    # RFC 1918, shared (RFC 6598) and ULA space: ipaddress's is_private also counts the documentation ranges.
+    inside_space = (*_PRIVATE_V4, _ULA)
+    priv = {a: any(ipaddress.ip_address(a) in n for n in inside_space if n.version == ipaddress.ip_address(a).version)
+            for c in ("orig_src", "trans_src", "trans_dst") for a in crossed[c].drop_nulls().unique().to_list()}
+
+    def private(col: str) -> pl.Expr:
+        return pl.col(col).replace_strict(priv, default=False, return_dtype=pl.Boolean).fill_null(False)
+
+    out_first, in_first = pl.col("initiator") == "outside", pl.col("initiator") == "inside"
+    snat_reversed = out_first & rw.list.contains("src") & private("orig_src") & ~private("trans_src")
+    inbound_reversed = in_first & rw.list.contains("dst") & private("trans_dst") & ~private("orig_src")
+    clusterip_reversed = in_networks(crossed["orig_dst"], svc.networks) & (crossed["initiator"] == "outside")
+    reversed_ = crossed.select((snat_reversed | inbound_reversed).alias("r"))["r"] | clusterip_reversed
+    if not reversed_.all():
         return None
-    private = sum(1 for a in snat_only["orig_src"].to_list() if ipaddress.ip_address(a).is_private)
-    return (f"all {crossed.height} connection(s) that crossed were started on the outside capture and only their "
-            f"source was rewritten ({private} from a private address), as egress NAT looks from the wrong side")
+    return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
+            "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one)")
 
 
 def _scatter(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:

@@ -535,12 +535,12 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
         before = inside.filter(pl.col("ts_ns") < first["ts_ns"])
         gap_s = (first["ts_ns"] - before["ts_ns"].max()) / 1e9 if before.height else None
         flags = sorted({_flag_names(f) for f in leaked["tcp_flags"].drop_nulls().to_list()})
-        outs = _fate_frames(result, r, "outside", "leaked")
+        outs = _fate_frames(result, r, "outside", "leaked", limit=20)
         after = f" after {gap_s:.1f} s of silence" if gap_s is not None and gap_s >= IDLE_GAP_S else ""
         idle += bool(after)
         evidence.append(f"{_conn_label(r)}: {r['fate_leaked']} packet(s) ({', '.join(flags) or 'no TCP flags'}) left "
                         f"as {format_address(r['inside_src'], r['inside_sport'])}{after} (inside frames "
-                        f"{_fmt_frames(leaked['frame_no'].head(6).to_list())}, outside frames {_fmt_frames(outs)}), "
+                        f"{_fmt_frames(leaked['frame_no'].head(20).to_list())}, outside frames {_fmt_frames(outs)}), "
                         f"the rest as {format_address(r['outside_src'], r['outside_sport'])}")
     total = sum(r["fate_leaked"] for r in leaky)
     cause = (f"in {idle} of them after the connection sat idle: its conntrack entry had expired "

@@ -105,9 +105,14 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
     """Epoch seconds, ISO-8601 (no zone means UTC), or a time of day (UTC) on the day of ``day_of_ns``."""
     t = text.strip()
     try:
-        return int(round(float(t) * 1e9))
+        seconds = float(t)
     except ValueError:
         pass
+    else:
+        # A time a capture can hold: after 1970 and before 2262 (int64 nanoseconds), not NaN.
+        if not 0 <= seconds < 9.2e9:
+            raise InputError(f"--at {text}: not a time a capture can hold (epoch seconds between 0 and 9.2e9)")
+        return int(round(seconds * 1e9))
     if _TIME_OF_DAY.match(t):
         if day_of_ns is None:
             raise InputError(f"--at {text}: a time of day needs a capture to give the date")

@@ -143,10 +143,12 @@ class Result:
         """The connections of SOURCE_REWRITTEN (the ones port allocation is about), in order of first packet."""
         return self.connections.filter(SOURCE_REWRITTEN).sort("first_ts_ns", "conn")
 
-    def port_preserved_ratio(self) -> float:
+    def port_preserved_ratio(self, initiator: str | None = None) -> float:
         """Share of connections whose source address the NAT rewrote that kept their source port (translated
-        source port equal to the original one)."""
+        source port equal to the original one); of those started on ``initiator``'s side only, when given."""
         rewritten = self.source_rewritten()
+        if initiator is not None:
+            rewritten = rewritten.filter(pl.col("initiator") == initiator)
         if rewritten.is_empty():
             return 0.0
         kept = rewritten.filter(pl.col("trans_sport") == pl.col("orig_sport")).height
@@ -231,7 +233,7 @@ class Result:
             "summary": {
                 "connections": len(conns),
                 "by_verdict": by_verdict,
-                "port_preserved_ratio": self.port_preserved_ratio(),
+                "port_preserved_ratio": self.port_preserved_ratio("inside"),
             },
         }
 

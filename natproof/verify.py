@@ -73,6 +73,13 @@ class Expectations:
     connections: tuple[ExpectedConnection, ...] = field(default_factory=tuple)
     dnat: tuple[ExpectedDnat, ...] = ()
     """Every connection to each of these Service addresses was DNATed (to an allowed backend); at least one was."""
+
+    def __post_init__(self) -> None:
+        if self.snat_ip is not None:
+            try:
+                ipaddress.ip_address(self.snat_ip)
+            except ValueError:
+                raise InputError(f"SNAT address {self.snat_ip!r} is not an IP address (e.g. 203.0.113.2)") from None
     no_leak: bool = False
     """No connection has leaked packets (fate leaked: crossed untranslated, the private address left the node)."""
 
@@ -165,8 +172,11 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
             raise InputError(f"{spot} needs service = \"VIP:PORT\" and optionally backends = [\"ADDR:PORT\", ...]")
         dnats.append(ExpectedDnat(*parse_endpoint(d["service"], spot),
                                   backends=tuple(parse_endpoint(b, spot) for b in backends)))
-    if not isinstance(doc.get("no_leak", False), bool):
-        raise InputError(f"{where}: no_leak must be true or false")
+    for key, kind, word in (("no_leak", bool, "true or false"), ("port_preserved", bool, "true or false"),
+                            ("min_connections", int, "a whole number"), ("no_verdicts", list, "a list of verdicts"),
+                            ("snat_ip", str, "an address in quotes"), ("all", str, "a verdict in quotes")):
+        if key in doc and (not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool))):
+            raise InputError(f"{where}: {key} must be {word}")
     exp = Expectations(
         snat_ip=doc.get("snat_ip"),
         all_verdict=_verdict(doc["all"], where) if "all" in doc else None,

@@ -362,3 +362,53 @@ def test_table_limit_row_keeps_the_columns(capsys: pytest.CaptureFixture[str]) -
         top = next(line for line in lines if line.startswith("┏"))
         more = next(line for line in lines if f"{n - 1} more" in line)
         assert more.count("│") == top.count("┳") + 2  # as many cells as the header has columns
+
+
+def test_output_into_a_device_writes_through_it(pair: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Renaming a temporary file over /dev/null would replace the device for the whole machine.
+    import os
+    import stat
+
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    code, _, err = run(capsys, "correlate", *map(str, pair), "-o", str(dev))
+    assert code == 0, err
+    assert stat.S_ISCHR(os.stat(dev).st_mode)
+
+
+def test_output_never_overwrites_a_capture(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    inside, outside = pair
+    before = inside.read_bytes()
+    code, _, err = run(capsys, "correlate", str(inside), str(outside), "-o", str(inside))
+    assert code == 2 and err == f"natproof: error: {inside}: is the capture {inside}; write the output elsewhere\n"
+    assert inside.read_bytes() == before
+
+
+def test_output_into_a_missing_folder(pair: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "nodir" / "x.json"
+    code, _, err = run(capsys, "correlate", *map(str, pair), "-o", str(target))
+    assert code == 2 and err == f"natproof: error: {target}: cannot write it, no such directory {target.parent}\n"
+
+
+@pytest.mark.parametrize("args", [["--clock-offset", "nan"], ["--tolerance", "inf"]])
+def test_times_that_are_not_finite_are_bad_input(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                                                 args: list[str]) -> None:
+    code, _, err = run(capsys, "correlate", *map(str, pair), *args)
+    assert code == 2 and "is not a finite number of seconds" in err and err.count("\n") == 1
+
+
+def test_who_at_a_time_no_capture_can_hold(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "who", "203.0.113.2:40000", *map(str, pair), "--at", "inf")
+    assert code == 2 and err.startswith("natproof: error: --at inf: not a time a capture can hold")
+
+
+def test_verify_refuses_expectations_of_the_wrong_type(pair: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "verify", *map(str, pair), "--expect-snat-ip", "garbage")
+    assert code == 2 and err == "natproof: error: SNAT address 'garbage' is not an IP address (e.g. 203.0.113.2)\n"
+    toml = tmp_path / "e.toml"
+    toml.write_text('min_connections = "two"\n')
+    code, _, err = run(capsys, "verify", *map(str, pair), "--expectations", str(toml))
+    assert code == 2 and err == f"natproof: error: {toml}: min_connections must be a whole number\n"

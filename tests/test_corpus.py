@@ -72,3 +72,23 @@ def test_pcapng_copy_of_a_kernel_capture_gives_the_same_answer(tmp_path: Path) -
     b = correlate(*capture_pair(CAPTURES / "port-collision")).to_dict()
     assert a["captures"]["inside"]["format"] == "pcapng+gzip"
     assert a["connections"] == b["connections"] and a["clock_offset_s"] == b["clock_offset_s"]
+
+
+def _rewritten_crossing(case: Path) -> bool:
+    """Something crossed the NAT with a rewrite: the pair has sides to tell apart."""
+    verdicts = {c["verdict"] for c in load_truth(case / "truth.json")["connections"]}
+    return bool(verdicts & {"translated", "no_reply", "reply_dropped", "reply_other_path"})
+
+
+SIDED = [d for d in DIRS if _rewritten_crossing(d)]
+
+
+@pytest.mark.parametrize("case", SIDED, ids=[d.name for d in SIDED])
+def test_swapping_the_two_captures_is_refused(case: Path) -> None:
+    # Any pair in which something crossed the NAT with a rewrite, given in the wrong order, is refused with the
+    # right order.
+    from natproof.errors import InputError
+
+    inside, outside = capture_pair(case)
+    with pytest.raises(InputError, match=f"look swapped: .*run natproof correlate {inside} {outside}"):
+        correlate(outside, inside)

@@ -12,14 +12,27 @@ from typing import IO
 import orjson
 import polars as pl
 
+from natproof.errors import InputError
 from natproof.result import SCHEMA, Result, connection_lines
 
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the target's folder, then rename: never a half-written file."""
+    """Write through a temporary file in the target's folder, then rename: never a half-written file.
+
+    A target that exists and is no regular file (``/dev/null``, a FIFO) is written in place: renaming over it
+    would replace the device. A folder that does not exist is an InputError naming it."""
     target = Path(path)
+    if target.exists() and not target.is_file():
+        if target.is_dir():
+            raise InputError(f"{target}: is a directory, not a file to write")
+        with open(target, "wb") as fh:
+            write(fh)
+        return
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{target}: cannot write it, no such directory {parent}")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
     try:
         with os.fdopen(fd, "wb") as fh:
