@@ -170,6 +170,7 @@ def correlate(
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
                                            services=services)
     conns = _contract_rows(conns)
+    conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
     swapped = looks_swapped(conns, services)
     if swapped:
         if not allow_swap:
@@ -253,6 +254,33 @@ def _size(path: str | os.PathLike[str]) -> int:
         return 0
 
 
+CAPTURE_EDGE_NS = 100_000_000
+"""A packet seen this long (100 ms) before the other capture's first packet or after its last was seen while that
+capture was not running; closer, it may be the very packet the other capture starts or ends with."""
+
+
+def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: CaptureInfo, offset_ns: int) -> pl.Series:
+    """Per connection: it began while the other capture showed nothing yet or any more (before its first packet
+    or after its last, on one clock). Such a connection seen on one side only proves nothing about the other:
+    captures that only partly overlap are judged on what both could see."""
+    crossed = int(conns["fate_crossed"].sum() + conns["fate_leaked"].sum()) if conns.height else 0
+    if not inside.first_ts_ns or not outside.first_ts_ns or not crossed:
+        # Nothing crossed at all: the other capture's silence is the finding (forwarding off, a filter that
+        # matched nothing), not its schedule.
+        return pl.repeat(False, conns.height, eager=True).alias("other_capture_off")
+    # On the inside clock, with a margin for the NAT's latency and the offset's error.
+    out_first = outside.first_ts_ns - offset_ns - CAPTURE_EDGE_NS
+    out_last = (outside.last_ts_ns or 0) - offset_ns + CAPTURE_EDGE_NS
+    in_first, in_last = inside.first_ts_ns - CAPTURE_EDGE_NS, (inside.last_ts_ns or 0) + CAPTURE_EDGE_NS
+    first = pl.col("first_ts_ns")
+    # Only a connection that began while the other side showed nothing: one that began while it was capturing
+    # and then fell silent is what a drop looks like (captures/forward-drop: SYN retransmissions after the
+    # other pod's traffic ended).
+    off = (pl.when(pl.col("inside_conn_id").is_not_null()).then((first < out_first) | (first > out_last))
+           .otherwise(((first - offset_ns) < in_first) | ((first - offset_ns) > in_last)))
+    return conns.select(off.fill_null(False).alias("other_capture_off")).to_series()
+
+
 def _check_distinct(inside: str | os.PathLike[str], outside: str | os.PathLike[str]) -> None:
     """InputError when both arguments are one file, or two byte-identical files: one capture cannot show both
     sides of a NAT (every packet would 'cross' unchanged, in no time)."""
@@ -295,5 +323,6 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
                           for c in ("egress_outside", "reply_outside", "icmp_errors_outside")])
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
               and not c.endswith("_conn_id") and c != "conn"]
-    df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
+    df = df.with_columns([pl.col(c).fill_null(0) for c in counts]).with_columns(
+        pl.lit(False).alias("other_capture_off"))  # set by correlate, which knows the captures' spans
     return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])

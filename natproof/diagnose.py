@@ -107,6 +107,14 @@ def diagnose(result: Result) -> list[Finding]:
     for r in rows:
         by_verdict.setdefault(r["verdict"], []).append(r)
     findings: list[Finding] = []
+    # What the other capture could not have seen is judged by nobody: set it aside and say so.
+    unseen = [r for r in rows if r["other_capture_off"] and r["verdict"] in ("not_forwarded", "no_reply",
+                                                                             "reply_dropped", "reply_other_path")]
+    findings += _partial_overlap(result, unseen)
+    rows = [r for r in rows if r not in unseen]
+    by_verdict = {}
+    for r in rows:
+        by_verdict.setdefault(r["verdict"], []).append(r)
     pool, explained = _pool(result, rows)
     not_forwarded = [r for r in by_verdict.get("not_forwarded", []) if r["conn"] not in explained]
     refused = [r for r in not_forwarded if r["fate_node_generated"]]
@@ -164,6 +172,31 @@ def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = No
 def _fate_frames(result: Result, r: dict[str, Any], side: str, fate: str, egress: bool | None = None,
                  limit: int = 6) -> list[int]:
     return _packets(result, r, side, fate, egress)["frame_no"].head(limit).to_list()
+
+
+def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Finding]:
+    """Connections seen while the capture on the other side of the NAT was not running: their verdict says what
+    the captures show, not what the NAT did."""
+    if not unseen:
+        return []
+    import datetime as dt
+
+    def hms(ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+    off = int(result.clock_offset_s * 1e9)
+    span_out = f"{hms(result.outside.first_ts_ns - off)}-{hms(result.outside.last_ts_ns - off)}"
+    span_in = f"{hms(result.inside.first_ts_ns)}-{hms(result.inside.last_ts_ns)}"
+    evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}-{hms(r['last_ts_ns'])}"
+                for r in unseen[:20]]
+    return [Finding(
+        "partial_overlap", "warning", "Some connections fall outside the other capture's time",
+        f"{len(unseen)} connection(s) were seen while the capture on the other side of the NAT was not running "
+        f"(inside capture {span_in}, outside capture {span_out} UTC, on the inside clock): their verdicts say "
+        "what the captures show, not what the NAT did; they are left out of the other findings.",
+        "Capture both sides over the same time (start both before the traffic, stop both after it).",
+        connections=tuple(r["conn"] for r in unseen), evidence=tuple(evidence),
+        data={"inside": span_in, "outside": span_out})]
 
 
 def _refused_by_node(result: Result, refused: list[dict[str, Any]]) -> list[Finding]:

@@ -52,6 +52,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "init_seq_shift": pl.Int64(), "init_ack_shift": pl.Int64(), "reply_seq_shift": pl.Int64(),
     "reply_ack_shift": pl.Int64(),
     "legs": pl.List(LEG),
+    "other_capture_off": pl.Boolean(),
 }
 """One row per connection (docs/model.md), anchored on an inside leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -60,7 +61,8 @@ inside_conn_id / outside_conn_id are the conn_id of its anchor leg in inside_pac
 outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for every packet of the connection).
 fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: the constant by
 which an ALG's payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside
-(null when none)."""
+(null when none). other_capture_off: its packets were seen while the capture on the other side of the NAT was not
+running (before it started or after it stopped): what the other side did is unknown."""
 
 SOURCE_REWRITTEN = pl.col("trans_src").is_not_null() & (pl.col("trans_src") != pl.col("orig_src"))
 """Connections whose source address the NAT rewrote (SNAT: MASQUERADE of egress, of a ClusterIP's traffic, of
@@ -278,6 +280,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("seq_shift")
     if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
         flags.append("hairpin")
+    if row.get("other_capture_off"):
+        flags.append("other_capture_off")
     return flags
 
 
@@ -308,6 +312,7 @@ def _flags_expr() -> pl.Expr:
         ("seq_shift", shifted),
         ("hairpin", pl.col("trans_src").is_not_null() & pl.col("outside_src").is_null()
          & (pl.col("initiator") == "inside")),
+        ("other_capture_off", pl.col("other_capture_off").fill_null(False)),
     ]
     return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()
 

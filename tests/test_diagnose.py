@@ -123,3 +123,21 @@ def test_two_captures_of_one_place_say_there_is_no_nat_between_them(tmp_path: Pa
     found = {f.kind: f for f in diagnose(correlate(src, tmp_path / "same.pcap"))}
     assert list(found) == ["same_place"]
     assert found["same_place"].connections == (0, 1, 2)
+
+
+def test_an_outside_capture_that_stopped_early_is_no_forward_drop(tmp_path: Path) -> None:
+    # captures/basic with the outside capture cut after its first connection: the two later connections were
+    # made while eth0 was not being captured, so nothing says they were dropped.
+    import dpkt
+
+    with open(CAPTURES / "basic" / "outside.pcap", "rb") as fh, open(tmp_path / "early.pcap", "wb") as out:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
+        for i, (ts, buf) in enumerate(reader):
+            if i < 8:
+                writer.writepkt(buf, ts)
+    result = correlate(CAPTURES / "basic" / "inside.pcap", tmp_path / "early.pcap")
+    assert [("other_capture_off" in c["flags"]) for c in result.to_dict()["connections"]] == [False, True, True]
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["partial_overlap"]
+    assert found["partial_overlap"].connections == (1, 2)
