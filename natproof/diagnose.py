@@ -107,6 +107,9 @@ def diagnose(result: Result) -> list[Finding]:
     for r in rows:
         by_verdict.setdefault(r["verdict"], []).append(r)
     findings: list[Finding] = []
+    mismatch = _not_two_sides(result, rows)
+    if mismatch:
+        return mismatch
     # What the other capture could not have seen is judged by nobody: set it aside and say so.
     unseen = [r for r in rows if r["other_capture_off"] and r["verdict"] in ("not_forwarded", "no_reply",
                                                                              "reply_dropped", "reply_other_path")]
@@ -172,6 +175,37 @@ def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = No
 def _fate_frames(result: Result, r: dict[str, Any], side: str, fate: str, egress: bool | None = None,
                  limit: int = 6) -> list[int]:
     return _packets(result, r, side, fate, egress)["frame_no"].head(limit).to_list()
+
+
+BUSY_PACKETS = 50
+"""Both captures hold at least this many packets of connections before natproof calls them unrelated."""
+UNRELATED_SHARE = 0.05
+"""Below this share of crossing packets among the inside's (internal connections aside), the captures do not
+look like two sides of one NAT."""
+
+
+def _not_two_sides(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Both captures busy, almost nothing in common: the wrong interface, the wrong host, or clocks further apart
+    than --tolerance. Every other finding would then be about the mismatch, so this one stands alone."""
+    judged = [r for r in rows if r["verdict"] != "internal" and r["inside_conn_id"] is not None]
+    inside_packets = sum(r["egress_inside"] + r["reply_inside"] + r["icmp_errors_inside"] for r in judged)
+    crossed = sum(r["fate_crossed"] + r["fate_leaked"] for r in judged)
+    if inside_packets < BUSY_PACKETS or result.outside.packets < BUSY_PACKETS:
+        return []
+    if crossed >= UNRELATED_SHARE * inside_packets:
+        return []
+    return [Finding(
+        "not_two_sides", "error", "The captures do not look like two sides of one NAT",
+        f"{len(judged)} connection(s) with {inside_packets} packet(s) on the inside and {result.outside.packets} "
+        f"packet(s) on the outside, but only {crossed} packet(s) found on both sides: the outside capture was "
+        "taken on another interface or host, or the clocks differ by more than --tolerance.",
+        "Capture the node's uplink (eth0, or the interface of the default route) at the same time as the pod side; "
+        "if the captures come from two hosts, pass --clock-offset SECONDS (outside minus inside) or a larger "
+        "--tolerance.",
+        connections=tuple(r["conn"] for r in judged),
+        evidence=tuple(f"{_conn_label(r)}: {r['egress_inside'] + r['reply_inside']} packet(s) inside, "
+                       f"{r['fate_crossed'] + r['fate_leaked']} found outside" for r in judged[:20]),
+        data={"inside_packets": inside_packets, "outside_packets": result.outside.packets, "crossed": crossed})]
 
 
 def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Finding]:

@@ -141,3 +141,19 @@ def test_an_outside_capture_that_stopped_early_is_no_forward_drop(tmp_path: Path
     found = {f.kind: f for f in diagnose(result)}
     assert list(found) == ["partial_overlap"]
     assert found["partial_overlap"].connections == (1, 2)
+
+
+def test_two_busy_unrelated_captures_are_not_two_sides_of_a_nat(tmp_path: Path) -> None:
+    # Two generated nodes' captures over the same seconds, with nothing in common: the outside capture is of
+    # another node. One finding says so instead of twenty "dropped" ones.
+    from natproof.testing.scenario import Flow, Scenario, write_scenario
+
+    mine = tuple(Flow("tcp", f"10.244.0.{i}", 40000 + i, "198.51.100.10", 80, start_s=i * 0.01) for i in range(2, 22))
+    other = tuple(Flow("tcp", f"10.244.1.{i}", 41000 + i, "198.51.100.11", 443, start_s=i * 0.01)
+                  for i in range(2, 22))
+    write_scenario(Scenario("mine", mine, seed=1), tmp_path / "a")
+    write_scenario(Scenario("other", other, seed=2), tmp_path / "b")
+    found = diagnose(correlate(tmp_path / "a" / "inside.pcap", tmp_path / "b" / "outside.pcap"))
+    assert [f.kind for f in found] == ["not_two_sides"]
+    assert found[0].data == {"inside_packets": 180, "outside_packets": 180, "crossed": 0}
+    assert len(found[0].connections) == 20
