@@ -82,6 +82,24 @@ def split_never_forwarded(packets: pl.DataFrame) -> tuple[pl.DataFrame, dict[str
     return packets.filter(tagged.is_null()), counts
 
 
+DUPLICATE_NS = 50_000
+"""Two identical packets (same fields NAT never rewrites, same tuple, same TTL) at most this far apart (50 us) in
+one capture are one packet seen twice: a bridge capture sees a bridged frame on two ports (FIELD-NOTES)."""
+
+
+def drop_duplicates(packets: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Packets (with the flow columns and ``sig``) less exact copies of the packet just before them in the
+    capture (within DUPLICATE_NS), and how many were dropped. A retransmission is never this close, and a
+    copy under another tuple (NAT, hairpin) is no duplicate."""
+    if packets.height < 2:
+        return packets, 0
+    same = pl.all_horizontal([(pl.col(c) == pl.col(c).shift(1)).fill_null(False)
+                              for c in ("sig", "f_src", "f_sport", "f_dst", "f_dport", "ttl")])
+    dup = packets.select(same & ((pl.col("ts_ns") - pl.col("ts_ns").shift(1)) <= DUPLICATE_NS)).to_series()
+    n = int(dup.sum())
+    return (packets.filter(~dup), n) if n else (packets, 0)
+
+
 GROUP_COLUMNS = ("frame_no", "ts_ns", "f_proto", "f_src", "f_dst", "f_sport", "f_dport", "is_icmp_error", "tcp_seq",
                  "tcp_flags", "icmp_type")
 """The packet columns grouping reads (the flow columns are made from the decoded ones when missing)."""

@@ -13,7 +13,14 @@ import polars as pl
 
 from natproof.assemble import Services, assemble, in_networks
 from natproof.capture import CaptureInfo
-from natproof.connections import PROTO_NAMES, IdleTimeouts, flow_columns, group_connections, split_never_forwarded
+from natproof.connections import (
+    PROTO_NAMES,
+    IdleTimeouts,
+    drop_duplicates,
+    flow_columns,
+    group_connections,
+    split_never_forwarded,
+)
 from natproof.errors import InputError
 from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
 from natproof.memory import trim
@@ -97,6 +104,9 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
     pk, never = split_never_forwarded(pk)
     info.skipped.update(never)
+    pk, copies = drop_duplicates(pk)
+    if copies:
+        info.skipped["duplicate"] += copies
     pk, conns = group_connections(pk, timeouts)
     nets: tuple[Network, ...] = ()
     if inside:

@@ -120,3 +120,24 @@ def test_one_capture_given_twice_is_refused(tmp_path: Path) -> None:
     shutil.copyfile(basic, copy)
     with pytest.raises(InputError, match="are byte-identical"):
         correlate(basic, copy)
+
+
+def test_exact_copies_within_one_capture_count_once(tmp_path: Path) -> None:
+    # A bridge capture sees a bridged frame twice; every 5th frame of captures/basic/inside.pcap copied 10 us later.
+    from decimal import Decimal
+
+    import dpkt
+
+    captures = Path(__file__).resolve().parent.parent / "captures" / "basic"
+    with open(captures / "inside.pcap", "rb") as fh, open(tmp_path / "dup.pcap", "wb") as out:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
+        for i, (ts, buf) in enumerate(reader):
+            writer.writepkt(buf, ts)
+            if i % 5 == 0:
+                writer.writepkt(buf, ts + Decimal("0.00001"))
+    doubled = correlate(tmp_path / "dup.pcap", captures / "outside.pcap")
+    plain = correlate(captures / "inside.pcap", captures / "outside.pcap")
+    assert doubled.inside.skipped["duplicate"] == 6  # the other two copies were ARP and ICMPv6 noise
+    fates = [[c["fates"] for c in r.to_dict()["connections"]] for r in (doubled, plain)]
+    assert fates[0] == fates[1]
