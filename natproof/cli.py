@@ -101,8 +101,10 @@ def services_from(obj: dict) -> natproof.Services:
         kw["networks"] = parse_networks(cidr, option="--service-cidr")
     if ports:
         lo, sep, hi = ports.partition("-")
-        if not (sep and lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) <= 65535):
-            raise NatproofError(f"invalid --nodeport-range {ports!r} (e.g. 30000-32767)")
+        if not (sep and lo.isdigit() and hi.isdigit() and 0 < int(lo) <= 65535 and 0 < int(hi) <= 65535):
+            raise NatproofError(f"invalid --nodeport-range {ports!r}: LOW-HIGH, ports 1-65535 (e.g. 30000-32767)")
+        if int(lo) > int(hi):
+            raise NatproofError(f"invalid --nodeport-range {ports!r}: {lo} is above {hi}")
         kw["nodeport_range"] = (int(lo), int(hi))
     return natproof.Services(**kw)
 

@@ -185,8 +185,8 @@ def correlate(
     if swapped:
         if not allow_swap:
             raise InputError(
-                f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; run natproof correlate "
-                f"{os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
+                f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
+                f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
         result = correlate(outside, inside, pod_cidr=pod_cidr,
                            clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
                            tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,

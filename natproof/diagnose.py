@@ -376,9 +376,13 @@ def _forwarding(result: Result, blocked: list[dict[str, Any]], rows: list[dict[s
         fix = ("Check `sysctl net.ipv4.ip_forward` (must be 1: `sysctl -w net.ipv4.ip_forward=1`), then "
                "`iptables -L FORWARD -v -n` for a DROP policy or rule matching the pod network.")
     else:
-        summary = (f"{len(blocked)} connection(s) from {', '.join(pods)} never left the node while "
-                   f"{', '.join(passing) or 'other connections'} did: forwarding is on, so the FORWARD chain (a "
-                   "DROP rule or policy, a network policy) drops these pods or destinations.")
+        others = len(egress_rows) - len(blocked)
+        same_pods = sorted(set(pods) & set(passing))
+        who = (f"other connections from {', '.join(same_pods)} and others" if same_pods
+               else ", ".join(passing) or "other connections")
+        summary = (f"{len(blocked)} connection(s) from {', '.join(pods)} never left the node while {others} "
+                   f"connection(s) ({who}) did: forwarding is on, so the FORWARD chain (a DROP rule or policy, a "
+                   "network policy) drops these pods or destinations.")
         fix = ("Run `iptables -L FORWARD -v -n` and look for DROP rules or a DROP policy whose counters grow "
                f"with these packets; the affected sources are {', '.join(pods)}.")
     return [Finding(

@@ -159,7 +159,7 @@ def test_swapped_sides_in_the_right_order_map_right() -> None:
 
 
 def test_swapped_sides_are_refused_with_the_right_order_or_swapped_on_request() -> None:
-    with pytest.raises(InputError, match=r"look swapped: .*run natproof correlate .*home-side.pcap .*isp-side.pcap"):
+    with pytest.raises(InputError, match=r"look swapped: .*other order: .*home-side.pcap .*isp-side.pcap"):
         run("swapped-sides", "isp-side.pcap", "home-side.pcap")
     r = correlate(CASES / "swapped-sides" / "isp-side.pcap", CASES / "swapped-sides" / "home-side.pcap",
                   allow_swap=True)

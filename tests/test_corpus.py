@@ -90,5 +90,5 @@ def test_swapping_the_two_captures_is_refused(case: Path) -> None:
     from natproof.errors import InputError
 
     inside, outside = capture_pair(case)
-    with pytest.raises(InputError, match=f"look swapped: .*run natproof correlate {inside} {outside}"):
+    with pytest.raises(InputError, match=f"look swapped: .*other order: {inside} {outside}"):
         correlate(outside, inside)

@@ -77,11 +77,13 @@ def summary_line(result: Result) -> str:
     inbound = int((result.connections["initiator"] == "outside").sum())
     started = f", {inbound} started outside" if inbound else ""
     rewritten = result.source_rewritten().height
+    n = result.connections.height
+    ports = (f"port preserved {result.port_preserved_ratio():.0%} of {rewritten} with the source rewritten"
+             if rewritten else "no source rewritten")
     return (
-        f"{result.connections.height} connections{started}: {counts or 'none'}\n"
+        f"{n} connection{'' if n == 1 else 's'}{started}: {counts or 'none'}\n"
         f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
-        f"port preserved {result.port_preserved_ratio():.0%} of {rewritten} with the source rewritten; "
-        f"clock offset {result.clock_offset_s:+.6f} s\n"
+        f"{ports}; clock offset {result.clock_offset_s:+.6f} s\n"
         f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
     )
