@@ -314,7 +314,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         [pl.when(no_out).then(None).otherwise(pl.col(f"o_{c}")).alias(f"outside_{c}") for c in _TUPLE])
     legs = _legs(df, ins, outs, P, roots)
     df = df.join(legs, on="anchor", how="left")
-    lost, out_pk = _lost_inbound(outs, out_pk, owner, services, pod_networks)
+    lost, out_pk = _lost_inbound(outs, out_pk, owner, services, pod_networks, offset)
     if lost.height:
         df = pl.concat([df, lost], how="diagonal_relaxed")
     kept = P.select(matches.pairs.columns).sort("in_row")
@@ -322,11 +322,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
 
 
 def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame, services: Services,
-                  pod_networks: Sequence[Network]) -> tuple[pl.DataFrame, pl.DataFrame]:
+                  pod_networks: Sequence[Network], offset_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Connections started outside towards a NodePort that never reached the inside: an outside leg no inside leg
     paired with, opened from outside the pod network to a port in the NodePort range. Other outside-only legs
     are the node's own traffic (or a capture of more than the NAT) and are no connection of this NAT.
-    Returns (connection rows, out_pk with those legs' packets ``outside_only``)."""
+    Returns (connection rows, out_pk with those legs' packets ``outside_only``); their times are put on the
+    inside clock, as every connection's are."""
     lo, hi = services.nodeport_range
     legs = outs.join(owner.rename({"out_conn": "conn_id"}), on="conn_id", how="anti").filter(
         pl.col("dport").is_between(lo, hi) & (pl.col("proto") != 1) & (pl.col("proto") != 58))
@@ -342,8 +343,8 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     rows = legs.select(
         pl.lit(None, pl.UInt32).alias("anchor"), pl.col("conn_id").alias("primary_out"), "proto",
         *[pl.lit(None, pl.String if c in ("src", "dst") else pl.UInt16).alias(c) for c in _TUPLE],
-        "first_ts_ns", "last_ts_ns", "first_frame",
-        pl.lit(0, pl.UInt32).alias("egress_packets"), pl.lit(0, pl.UInt32).alias("reply_packets"),
+        *[(pl.col(c) - offset_ns).alias(c) for c in ("first_ts_ns", "last_ts_ns")],
+        "first_frame", pl.lit(0, pl.UInt32).alias("egress_packets"), pl.lit(0, pl.UInt32).alias("reply_packets"),
         pl.lit(0, pl.UInt32).alias("icmp_error_packets"),
         pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
         pl.col("icmp_error_packets").alias("icmp_errors_outside"),

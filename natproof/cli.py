@@ -299,9 +299,13 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
               help="How far from TIME a connection may start or end and still count.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
+@click.option("--clock", type=click.Choice(["inside", "outside"]), default="inside", show_default=True,
+              help="Which capture's clock TIME and the printed times are on (outside: the node uplink's, as in a "
+                   "far end's logs or an abuse report).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None,
-        tolerance: float, decoder: str, at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
+        tolerance: float, decoder: str, at: str | None, window: float, clock: str, fmt: str | None,
+        quiet: bool) -> None:
     """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
@@ -313,19 +317,20 @@ def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_of
 
     parse_endpoint(endpoint)  # a bad ADDR:PORT is reported before the captures are read
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
-    answer = run_who(result, endpoint, at, window)
+    answer = run_who(result, endpoint, at, window, clock)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps(answer.to_dict(), indent=2))
     else:
-        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)}"
+        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({answer.clock} capture's clock)"
+        shift = answer.clock_offset_s if answer.clock == "outside" else 0.0
         if answer.connections:
             n = len(answer.connections)
             _print_whole(_who_table(f"{answer.query}{when}: {n} connection{'s' if n > 1 else ''}",
-                                    answer.connections))
+                                    answer.connections, answer.clock, shift))
         else:
             click.echo(f"no connection used {answer.query}{when}")
             if answer.nearest:
-                _print_whole(_who_table("nearest in time", answer.nearest))
+                _print_whole(_who_table("nearest in time", answer.nearest, answer.clock, shift))
     if not answer.connections:
         raise SystemExit(ExitStatus.FAILED)
 
@@ -347,12 +352,14 @@ def _print_whole(table: Table) -> None:
     click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
 
 
-def _who_table(title: str, conns: tuple[dict, ...]) -> Table:
-    """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend)."""
+def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift_s: float = 0.0) -> Table:
+    """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend).
+    Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times)."""
     from rich import box
 
-    days = sorted({_iso(int(c["first_seen"] * 1e9))[:10] for c in conns})
-    table = Table(title=f"{title} (times UTC, {', '.join(days)})", header_style="bold", title_justify="left",
+    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns})
+    table = Table(title=f"{title} (times UTC on the {clock} capture's clock, {', '.join(days)})",
+                  header_style="bold", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict", "frames"):
         table.add_column(col, no_wrap=col not in ("role", "service"), justify="right" if col == "#" else "left")
@@ -365,7 +372,8 @@ def _who_table(title: str, conns: tuple[dict, ...]) -> Table:
         ev = c["evidence"]["egress"] or {}
         frames = ", ".join(f"{op} {ev[k]}" for op, k in (("in", "inside_frame"), ("out", "outside_frame"),
                                                           ("in", "inside_translated_frame")) if ev.get(k)) or "-"
-        seen = f"{_iso(int(c['first_seen'] * 1e9))[11:-1]}-{_iso(int(c['last_seen'] * 1e9))[11:-1]}"
+        first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
+        seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
         table.add_row(str(c["conn"]), ", ".join(c["roles"]), c["proto"], addr(c["ends"]["pod"]),
                       addr(c["ends"]["node"]), addr(c["ends"]["peer"]),
                       "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}",

@@ -278,7 +278,8 @@ def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: Captur
         # Nothing crossed at all: the other capture's silence is the finding (forwarding off, a filter that
         # matched nothing), not its schedule.
         return pl.repeat(False, conns.height, eager=True).alias("other_capture_off")
-    # On the inside clock, with a margin for the NAT's latency and the offset's error.
+    # On the inside clock (every connection's times are), with a margin for the NAT's latency and the offset's
+    # error.
     out_first = outside.first_ts_ns - offset_ns - CAPTURE_EDGE_NS
     out_last = (outside.last_ts_ns or 0) - offset_ns + CAPTURE_EDGE_NS
     in_first, in_last = inside.first_ts_ns - CAPTURE_EDGE_NS, (inside.last_ts_ns or 0) + CAPTURE_EDGE_NS
@@ -287,7 +288,7 @@ def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: Captur
     # and then fell silent is what a drop looks like (captures/forward-drop: SYN retransmissions after the
     # other pod's traffic ended).
     off = (pl.when(pl.col("inside_conn_id").is_not_null()).then((first < out_first) | (first > out_last))
-           .otherwise(((first - offset_ns) < in_first) | ((first - offset_ns) > in_last)))
+           .otherwise((first < in_first) | (first > in_last)))
     return conns.select(off.fill_null(False).alias("other_capture_off")).to_series()
 
 

@@ -29,9 +29,14 @@ class Answer:
     and "ends" (``ends_of``)."""
     nearest: tuple[dict[str, Any], ...] = ()
     """When none was live at the time: the closest connection before and after it."""
+    clock: str = "inside"
+    """The capture whose clock ``at`` was given on (the connections' own times are on the inside clock)."""
+    clock_offset_s: float = 0.0
+    """Outside clock minus inside clock (Result.clock_offset_s): add it to an inside time to read it outside."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "at": None if self.at_ns is None else self.at_ns / 1e9, "side": self.side,
+        return {"query": self.query, "at": None if self.at_ns is None else self.at_ns / 1e9, "clock": self.clock,
+                "clock_offset_s": self.clock_offset_s, "side": self.side,
                 "connections": list(self.connections), "nearest": list(self.nearest)}
 
 
@@ -129,16 +134,23 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
     return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
 
 
-def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 1.0) -> Answer:
+def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 1.0,
+        clock: str = "inside") -> Answer:
     """Find the connections ADDR:PORT took part in, as the original or translated tuple's source or destination:
     which pod was behind a public source port, where a pod's source port went, which pod a NodePort reached,
     which backend a ClusterIP chose.
 
     With ``at``, keep those live within ``window_s`` of that time (a connection is live from its first to its
-    last packet); if none is, ``nearest`` holds the closest one on each side of it.
+    last packet); if none is, ``nearest`` holds the closest one on each side of it. ``clock`` says which
+    capture's clock ``at`` is on: "outside" for times from a far end's logs or an abuse report (the node's
+    uplink is the clock they share), converted with the estimated clock offset.
     """
+    if clock not in ("inside", "outside"):
+        raise InputError(f"--clock {clock}: inside or outside")
     addr, port = parse_endpoint(endpoint)
-    at_ns = None if at is None else parse_time(at, result.inside.first_ts_ns)
+    offset_ns = int(round(result.clock_offset_s * 1e9))
+    day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None
+    at_ns = None if at is None else parse_time(at, day) - (offset_ns if clock == "outside" else 0)
     rows = []
     for row in result.connections.iter_rows(named=True):
         roles = roles_of(row, addr, port)
@@ -159,7 +171,9 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
             if after:
                 nearest.append(min(after, key=lambda r: r["first_ts_ns"]))
         rows = live
-    return Answer(query=format_address(addr, port), at_ns=at_ns, side=side,
+    shown_at = None if at_ns is None else at_ns + (offset_ns if clock == "outside" else 0)
+    return Answer(query=format_address(addr, port), at_ns=shown_at, side=side, clock=clock,
+                  clock_offset_s=result.clock_offset_s,
                   connections=tuple(_with_index(r) for r in rows), nearest=tuple(_with_index(r) for r in nearest))
 
 

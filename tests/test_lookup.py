@@ -180,7 +180,8 @@ def test_cli_who_table_names_pod_node_service_and_backend(capsys: pytest.Capture
     case = CASES / "nodeport-inbound"
     code = main(["who", "203.0.113.2:30080", *map(str, capture_pair(case)), "--format", "table"])
     lines = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
-    assert code == 0 and lines[0] == "203.0.113.2:30080: 1 connection (times UTC, 2026-11-29)"
+    assert code == 0
+    assert lines[0] == "203.0.113.2:30080: 1 connection (times UTC on the inside capture's clock, 2026-11-29)"
     assert lines[2].split() == ["#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict",
                                 "frames"]
     assert lines[4].split() == ["0", "original", "destination", "(NodePort)", "tcp", "10.244.0.10:8080",
@@ -219,3 +220,20 @@ def test_cli_who_at_a_time_with_no_connection_shows_the_nearest(capsys: pytest.C
     assert code == 0 and [c["original"]["sport"] for c in doc["connections"]] == [50454]
     code = main(["who", "10.96.0.99:443", *map(str, capture_pair(CASES / "clusterip-dnat")), "--format", "json"])
     assert code == 1 and json.loads(capsys.readouterr().out)["side"] is None
+
+
+def test_who_at_a_time_on_the_outside_clock() -> None:
+    # tests/cases/swapped-sides: the ISP-side clock runs 0.42 s ahead of the home side's. A time read off the
+    # ISP side (an abuse report) finds the connection only on that clock.
+    from natproof.correlate import correlate
+    from natproof.lookup import who as lookup
+
+    cases = Path(__file__).resolve().parent / "cases" / "swapped-sides"
+    result = correlate(cases / "home-side.pcap", cases / "isp-side.pcap")
+    outside_time = "20:43:02.100"  # while the connection ran, on the ISP side's clock
+    on_inside = lookup(result, "203.0.113.71:4330", outside_time, window_s=0)
+    on_outside = lookup(result, "203.0.113.71:4330", outside_time, window_s=0, clock="outside")
+    assert on_inside.connections == () and on_outside.clock == "outside"
+    (found,) = on_outside.connections
+    assert found["original"]["src"] == "192.168.1.100" and found["original"]["sport"] == 4330
+    assert on_outside.to_dict()["clock_offset_s"] == pytest.approx(0.42, abs=0.01)
