@@ -78,7 +78,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, err_src,
     frame_no, ts_ns); ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
-    anchored on an inside leg (docs/model.md). Returns (connections, in_pk, out_pk): the packet frames gain
+    anchored on an inside leg (docs/model.md). Returns (connections, in_pk, out_pk, pairs): the packet frames gain
     ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the connection's
     anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes dropped
     (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
