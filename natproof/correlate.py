@@ -61,6 +61,16 @@ def infer_pod_networks(conns: pl.DataFrame) -> tuple[Network, ...]:
     return tuple(sorted(nets, key=lambda n: (n.version, n.network_address)))
 
 
+def pod_networks_why(conns: pl.DataFrame, nets: Sequence[Network]) -> str:
+    """Why infer_pod_networks chose ``nets``, in a sentence naming the addresses it went by."""
+    if not nets:
+        return "none inferred: no private source (RFC 1918, 100.64/10, ULA) on the inside; --pod-cidr sets it"
+    seen = sorted({a for a in conns["src"].unique().to_list() if any(ipaddress.ip_address(a) in n for n in nets)},
+                  key=ipaddress.ip_address)
+    shown = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+    return f"inferred: the /16 (IPv6 /48) around each private source on the inside ({shown}); --pod-cidr sets it"
+
+
 def _fmt_time(ns: int) -> str:
     import datetime as dt
 
@@ -94,6 +104,7 @@ PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egre
 class _Side:
     info: CaptureInfo
     networks: tuple[Network, ...]
+    networks_why: str = ""
 
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
@@ -117,7 +128,10 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     match = keyed.select(MATCH_COLUMNS)
     del pk, keyed
     trim()
-    return _Side(info, nets), {"packets": packets, "match": match, "connections": conns}
+    why = ""
+    if inside:
+        why = "given (--pod-cidr)" if pod_cidr else pod_networks_why(conns, nets)
+    return _Side(info, nets, why), {"packets": packets, "match": match, "connections": conns}
 
 
 def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services: Services) -> pl.Series:
@@ -208,6 +222,7 @@ def correlate(
         outside=CaptureSummary.from_info(outs.info, out_pk.height),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
         pod_networks=tuple(str(n) for n in nets),
+        pod_networks_why=ins.networks_why,
         connections=conns,
         unmatched_inside=in_pk.select(unpaired.sum()).item(),
         unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),

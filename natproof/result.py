@@ -134,6 +134,8 @@ class Result:
     outside_packets: pl.DataFrame = field(repr=False)
     """The same for the outside capture, without the match columns; anchor and fate are null for packets of
     legs no connection owns (the node's own traffic, a capture of more than the NAT)."""
+    pod_networks_why: str = ""
+    """Where pod_networks came from: given, or what they were inferred from."""
 
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)
@@ -201,6 +203,7 @@ class Result:
             "captures": {"inside": self.inside.to_dict(), "outside": self.outside.to_dict()},
             "clock_offset_s": self.clock_offset_s,
             "pod_networks": list(self.pod_networks),
+            "pod_networks_why": self.pod_networks_why,
             "connections": conns,
             "services": self.services(),
             "unmatched": {"inside": self.unmatched_inside, "outside": self.unmatched_outside},

@@ -141,3 +141,13 @@ def test_exact_copies_within_one_capture_count_once(tmp_path: Path) -> None:
     assert doubled.inside.skipped["duplicate"] == 6  # the other two copies were ARP and ICMPv6 noise
     fates = [[c["fates"] for c in r.to_dict()["connections"]] for r in (doubled, plain)]
     assert fates[0] == fates[1]
+
+
+def test_the_result_says_where_its_pod_networks_came_from() -> None:
+    captures = Path(__file__).resolve().parent.parent / "captures" / "nodeport"
+    inferred = correlate(captures / "inside.pcap", captures / "outside.pcap")
+    assert inferred.pod_networks == ("10.244.0.0/16",)
+    assert inferred.pod_networks_why.startswith("inferred: the /16 (IPv6 /48)") and "10.244.0.10" in inferred.pod_networks_why
+    given = correlate(captures / "inside.pcap", captures / "outside.pcap", pod_cidr="10.244.0.0/24")
+    assert given.pod_networks == ("10.244.0.0/24",) and given.pod_networks_why == "given (--pod-cidr)"
+    assert given.to_dict()["pod_networks_why"] == "given (--pod-cidr)"

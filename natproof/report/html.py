@@ -324,7 +324,8 @@ def _summary(result: Result) -> str:
                            "(original against translated source)"
                            if rewritten else "no connection had its source address rewritten"),
         ("clock offset", f"{result.clock_offset_s:+.6f} s (outside clock minus inside clock)"),
-        ("pod networks", _e(", ".join(result.pod_networks) or "none")),
+        ("pod networks", _e(", ".join(result.pod_networks) or "none")
+         + (f" — {_e(result.pod_networks_why)}" if result.pod_networks_why else "")),
         ("unmatched packets", f"{result.unmatched_inside} inside (no counterpart outside), "
                               f"{result.unmatched_outside} outside (no counterpart inside, includes the node's "
                               "own traffic)"),

@@ -84,6 +84,7 @@ def summary_line(result: Result) -> str:
         f"{n} connection{'' if n == 1 else 's'}{started}: {counts or 'none'}\n"
         f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
         f"{ports}; clock offset {result.clock_offset_s:+.6f} s\n"
+        f"pod networks {', '.join(result.pod_networks) or 'none'}: {result.pod_networks_why or 'given'}\n"
         f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
     )
