@@ -72,12 +72,14 @@ def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: p
 
 
 def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
-             matches: Matches, *, pod_networks: Sequence[Network], services: Services
+             matches: Matches, *, pod_networks: Sequence[Network], services: Services,
+             icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
              ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
-    ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, err_src,
-    frame_no, ts_ns); ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
+    ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
+    frame_no, ts_ns; ``err_src`` too, or else ``icmp`` holds (row, err_src) of each side's ICMP errors);
+    ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
     anchored on an inside leg (docs/model.md). Returns (connections, in_pk, out_pk, pairs): the packet frames gain
     ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the connection's
     anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes dropped
@@ -107,7 +109,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # replies with IP id 0 and one payload) that ties a connection's packet to a leg another connection owns is
     # not a crossing. Pairs on a unique key stand: two connections can truly share a leg (a broken NAT).
     P = P.join(owner, on="out_conn", how="left").filter(
-        (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner")
+        (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner", "unique")
     # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
     # initiator's packets first: conntrack fixes the mapping on them); a leg under the inside's own tuple is
     # primary only when there is no other (no NAT at all): packets conntrack marked INVALID, or sent after the
@@ -138,6 +140,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         .when(pl.col("d_e").is_not_null()).then(pl.col("d_e") >= 0)
         .when(pl.col("d_r").is_not_null()).then(pl.col("d_r") < 0)
         .otherwise(True).alias("init_inside"))
+    P = P.drop("ttl_delta")
 
     # -- one row per connection: its anchor leg, primary outside leg and hairpin leg ---------------------------
     anchors = ins.with_columns(roots.alias("root")).filter(pl.col("root") == pl.col("conn_id"))
@@ -183,7 +186,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
                  .select("in_conn", "out_conn", "rewritten", "init_inside", same.fill_null(False).alias("same")))
     P = P.join(leg_pairs, on=["in_conn", "out_conn"], how="left")
     P = P.with_columns(pl.when(pl.col("same") & pl.col("rewritten")).then(pl.lit("leaked")).otherwise(
-        pl.lit("crossed")).cast(FATE).alias("fate"))
+        pl.lit("crossed")).cast(FATE).alias("fate")).drop("rewritten")
     S = matches.inside_self
     S = S.with_columns(in_pk["conn_id"].gather(S["a_row"]).alias("a_conn"),
                        in_pk["conn_id"].gather(S["b_row"]).alias("b_conn"))
@@ -213,8 +216,9 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     out_anchor = outs.select("conn_id").join(owner.rename({"out_conn": "conn_id"}), on="conn_id", how="left")
     out_anchor = out_anchor.sort("conn_id")["owner"]
     out_pk = out_pk.with_columns(out_anchor.gather(out_pk["conn_id"]).alias("anchor"), out_fate.alias("fate"))
-    in_pk = _unmatched_fates(in_pk, conn_info, crossed_init, pod_networks, inside=True)
-    out_pk = _unmatched_fates(out_pk, conn_info, crossed_init, pod_networks, inside=False)
+    in_icmp, out_icmp = icmp if icmp is not None else (None, None)
+    in_pk = _unmatched_fates(in_pk, conn_info, crossed_init, pod_networks, inside=True, icmp=in_icmp)
+    out_pk = _unmatched_fates(out_pk, conn_info, crossed_init, pod_networks, inside=False, icmp=out_icmp)
 
     # -- per-connection counts, latency, evidence ----------------------------------------------------------------
     reply = ~pl.col("is_egress") & ~pl.col("is_icmp_error")
@@ -317,7 +321,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     lost, out_pk = _lost_inbound(outs, out_pk, owner, services, pod_networks, offset)
     if lost.height:
         df = pl.concat([df, lost], how="diagonal_relaxed")
-    kept = P.select(matches.pairs.columns).sort("in_row")
+    kept = P.select(c for c in matches.pairs.columns if c in P.columns).sort("in_row")
     return df, in_pk.drop("_pre"), out_pk.drop("_pre"), kept
 
 
@@ -374,7 +378,8 @@ def _per_leg(P: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame) -> pl.DataF
 
 
 def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl.Series,
-                     pod_networks: Sequence[Network], *, inside: bool) -> pl.DataFrame:
+                     pod_networks: Sequence[Network], *, inside: bool,
+                     icmp: pl.DataFrame | None = None) -> pl.DataFrame:
     """Give each packet of a connection that paired with nothing its fate; add ``_pre`` (seen before the NAT in
     the initiator's direction: on the initiator's side of it).
 
@@ -403,6 +408,8 @@ def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl
     if todo.is_empty():
         return pk
     todo = todo.join(info.select("anchor", "dst", "o_src"), on="anchor", how="left")
+    if icmp is not None:  # the errors' own sources, kept apart from the packet frame
+        todo = todo.join(icmp.select(pl.col("row").alias("_i"), "err_src"), on="_i", how="left")
     rst = ((pl.col("tcp_flags").fill_null(0) & _RST) != 0) & (pl.col("proto") == 6)
     err = pl.col("is_icmp_error")
     nothing_crossed = ~pl.col("anchor").is_in(crossed_init.implode())

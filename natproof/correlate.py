@@ -95,9 +95,13 @@ def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
     return packets.select(*FEATURE_COLUMNS, err_src, *flow_columns(), signature())
 
 
-PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error", "err_src",
-                  "icmp_type", "icmp_code", "icmp_mtu")
-"""What a Result keeps of each packet (plus anchor and fate, and inside the match: out_frame, dt_ns, method)."""
+PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
+"""What a correlation carries of each packet (a Result adds anchor and fate, ICMP_COLUMNS, and inside the match:
+out_frame, dt_ns, method)."""
+
+ICMP_COLUMNS = ("err_src", "icmp_type", "icmp_code", "icmp_mtu")
+"""What ICMP errors carry besides (who sent it, what it says); kept apart, for the few packets that are errors,
+until the Result is made."""
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,14 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     trim()
     keyed = with_keys(pk.with_columns(_dnat_end(pk, inside, nets, services)))
     packets = keyed.select(PACKET_COLUMNS)
+    icmp = keyed.filter(pl.col("is_icmp_error")).select("row", *ICMP_COLUMNS)
     match = keyed.select(MATCH_COLUMNS)
     del pk, keyed
     trim()
     why = ""
     if inside:
         why = "given (--pod-cidr)" if pod_cidr else pod_networks_why(conns, nets)
-    return _Side(info, nets, why), {"packets": packets, "match": match, "connections": conns}
+    return _Side(info, nets, why), {"packets": packets, "match": match, "connections": conns, "icmp": icmp}
 
 
 def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services: Services) -> pl.Series:
@@ -192,7 +197,7 @@ def correlate(
     del in_match, out_match
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services)
+                                           services=services, icmp=(a["icmp"], b["icmp"]))
     conns = _contract_rows(conns)
     conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
     swapped = looks_swapped(conns, services)
@@ -209,6 +214,7 @@ def correlate(
                 f"({swapped}), so natproof swapped them")
         return dataclasses.replace(result, inside=dataclasses.replace(
             result.inside, warnings=(*result.inside.warnings, note)))
+    in_pk, out_pk = _with_icmp(in_pk, a["icmp"]), _with_icmp(out_pk, b["icmp"])
     in_rows = pairs["in_row"]
     in_pk = in_pk.with_columns(
         _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),
@@ -265,6 +271,11 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
         return None
     return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
             "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one)")
+
+
+def _with_icmp(pk: pl.DataFrame, icmp: pl.DataFrame) -> pl.DataFrame:
+    """``pk`` with ICMP_COLUMNS: the errors' values at their rows, null elsewhere."""
+    return pk.with_columns(_scatter(pk.height, icmp["row"], icmp[c]).alias(c) for c in ICMP_COLUMNS)
 
 
 def _scatter(n: int, rows: pl.Series, values: pl.Series) -> pl.Series:

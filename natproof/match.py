@@ -95,6 +95,9 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
     if "dnat_end" not in packets.columns:
         packets = packets.with_columns(pl.lit(True).alias("dnat_end"))
     keys = select_in_slices(packets, [_strong_key().alias("k_strong"), _loose_key().alias("k_loose")])
+    if keys["k_loose"].null_count() == keys.height:
+        # No weak datagram to pair across DNAT (most captures): a column of the Null type holds no buffer.
+        keys = keys.with_columns(pl.lit(None).alias("k_loose"))
     return packets.with_row_index("row").with_columns(keys)
 
 
@@ -401,7 +404,9 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = _without(inside, exact["in_row"])
     out_left = _without(outside, exact["out_row"])
-    if in_left["k_loose"].null_count() < in_left.height and out_left["k_loose"].null_count() < out_left.height:
+    if (in_left["k_loose"].dtype != pl.Null and out_left["k_loose"].dtype != pl.Null
+            and in_left["k_loose"].null_count() < in_left.height
+            and out_left["k_loose"].null_count() < out_left.height):
         loose = _pair_by_key(in_left, out_left, "k_loose", offset, tolerance_ns, "exact")
         exact = pl.concat([exact, loose])
         in_left = _without(in_left, loose["in_row"])
@@ -432,12 +437,13 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
                               tolerance_ns, "payload")
     found.append(by_payload)
     in_left = _without(in_left, by_payload["in_row"])
-    schema = PAIR_SCHEMA | {"seq_delta": pl.Int64(), "ack_delta": pl.Int64(), "unique": pl.Boolean()}
+    schema = PAIR_SCHEMA | {"seq_delta": pl.Int32(), "ack_delta": pl.Int32(), "unique": pl.Boolean()}
     pairs = pl.concat([f.select([pl.col(c).cast(t) if c in f.columns else pl.lit(None, t).alias(c)
                                  for c, t in schema.items()]) for f in found]).sort("in_row")
     # A routed crossing costs one TTL (bridged ones none): the sign says which way the packet went.
-    pairs = pairs.with_columns((outside["ttl"].gather(pairs["out_row"]).cast(pl.Int16)
-                                - inside["ttl"].gather(pairs["in_row"]).cast(pl.Int16)).alias("ttl_delta"))
+    ttl_delta = (outside["ttl"].gather(pairs["out_row"]).cast(pl.Int16)
+                 - inside["ttl"].gather(pairs["in_row"]).cast(pl.Int16))
+    pairs = pairs.with_columns(ttl_delta.clip(-127, 127).cast(pl.Int8).alias("ttl_delta"))
     # A key is strong when it holds a TCP segment's numbers or a non-zero IP id; a datagram with IP id 0 is
     # pinned by its length and payload head only, which two connections' replies can share.
     in_rows = pairs["in_row"]
