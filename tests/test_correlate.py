@@ -147,7 +147,8 @@ def test_the_result_says_where_its_pod_networks_came_from() -> None:
     captures = Path(__file__).resolve().parent.parent / "captures" / "nodeport"
     inferred = correlate(captures / "inside.pcap", captures / "outside.pcap")
     assert inferred.pod_networks == ("10.244.0.0/16",)
-    assert inferred.pod_networks_why.startswith("inferred: the /16 (IPv6 /48)") and "10.244.0.10" in inferred.pod_networks_why
+    why = inferred.pod_networks_why
+    assert why.startswith("inferred: the /16 (IPv6 /48)") and "10.244.0.10" in why
     given = correlate(captures / "inside.pcap", captures / "outside.pcap", pod_cidr="10.244.0.0/24")
     assert given.pod_networks == ("10.244.0.0/24",) and given.pod_networks_why == "given (--pod-cidr)"
     assert given.to_dict()["pod_networks_why"] == "given (--pod-cidr)"
