@@ -92,7 +92,7 @@ def _services_option(ctx: click.Context, param: click.Parameter, value: str | No
 
 def services_from(obj: dict) -> natproof.Services:
     """The Services recognition --service-cidr and --nodeport-range ask for (kube-apiserver's defaults)."""
-    from natproof.correlate import parse_networks
+    from natproof.networks import parse_networks
 
     opts = obj.get("services", {})
     cidr, ports = opts.get("service_cidr"), opts.get("nodeport_range")

@@ -44,23 +44,30 @@ NEVER_FORWARDED = (
     ("multicast", ("224.0.0.0/4", "ff00::/8")),
     ("broadcast", ("255.255.255.255/32",)),
     ("link_local", ("169.254.0.0/16", "fe80::/10")),
+    ("loopback", ("127.0.0.0/8", "::1/128")),
 )
-"""Destinations (or sources) no router forwards, so no NAT sees them (RFC 1112, RFC 919, RFC 3927/4291)."""
+"""Destinations (or sources) no router forwards, so no NAT sees them (RFC 1112, RFC 919, RFC 3927/4291, RFC 1122
+3.2.1.3 for 127/8). Besides these: directed broadcast (see split_never_forwarded) and a host's traffic to its own
+address, which Linux sends through ``lo`` (its ``local`` routing table), counted as ``loopback``."""
 DHCP_PORTS = (67, 68, 546, 547)
 """DHCP and DHCPv6: link-local exchanges with the local server or relay."""
 
 
 def split_never_forwarded(packets: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """Packets (with the flow columns) less the traffic no router forwards: multicast, limited broadcast,
-    link-local addresses, DHCP. Returns (kept, {reason: packets left out}) so that it is counted as skipped,
-    never judged as a connection that failed (an SSDP multicast on a LAN is not a FORWARD drop:
-    cases/lan-multicast)."""
+    link-local addresses, DHCP, loopback (127/8, ::1, and a packet to its own source address), and datagrams
+    to an IPv4 directed broadcast (an x.x.x.255 destination that never sends anything in the capture: a host
+    would, a subnet's broadcast address cannot). Returns (kept, {reason: packets left out}) so that it is
+    counted as skipped, never judged as a connection that failed (an SSDP multicast on a LAN is not a FORWARD
+    drop: cases/lan-multicast)."""
     import ipaddress
 
     nets = [(reason, [ipaddress.ip_network(n) for n in cidrs]) for reason, cidrs in NEVER_FORWARDED]
     addrs = pl.concat([packets["f_src"].drop_nulls().unique().cast(pl.String),
                        packets["f_dst"].drop_nulls().unique().cast(pl.String)]).unique().to_list()
     why: dict[str, str] = {}
+    senders = set(packets["f_src"].drop_nulls().unique().cast(pl.String).to_list())
+    directed = [a for a in addrs if a.endswith(".255") and a not in senders]
     for a in addrs:
         ip = ipaddress.ip_address(a)
         for reason, ns in nets:
@@ -74,7 +81,11 @@ def split_never_forwarded(packets: pl.DataFrame) -> tuple[pl.DataFrame, dict[str
         src = pl.col("f_src").cast(pl.String).replace_strict(why, default=None, return_dtype=pl.String)
         reason = pl.coalesce(dst, src)
     dhcp = (pl.col("f_proto") == 17) & (pl.col("f_sport").is_in(DHCP_PORTS) & pl.col("f_dport").is_in(DHCP_PORTS))
-    reason = pl.when(dhcp).then(pl.lit("dhcp")).otherwise(reason)
+    to_self = (pl.col("f_src") == pl.col("f_dst")).fill_null(False)
+    # TCP has no broadcast: a SYN to an x.x.x.255 host that never answers is a failure to report, not noise.
+    to_bcast = (pl.col("f_dst").cast(pl.String).is_in(directed) & (pl.col("f_proto") != 6)) if directed else False
+    reason = (pl.when(dhcp).then(pl.lit("dhcp")).when(to_self).then(pl.lit("loopback"))
+              .when(to_bcast).then(pl.lit("broadcast")).otherwise(reason))
     tagged = packets.select(reason.alias("_why"))["_why"]
     if tagged.null_count() == tagged.len():
         return packets, {}

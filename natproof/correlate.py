@@ -24,6 +24,7 @@ from natproof.connections import (
 from natproof.errors import InputError
 from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
 from natproof.memory import trim
+from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
@@ -31,45 +32,6 @@ from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 """Called as (label, total_bytes) for each capture; returns a callback advanced by records decoded."""
-
-_PRIVATE_V4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
-_ULA = ipaddress.ip_network("fc00::/7")
-
-
-def parse_networks(cidrs: str | Sequence[str], option: str = "--pod-cidr") -> tuple[Network, ...]:
-    """Parse one CIDR, a comma-separated list, or a sequence of CIDRs; InputError names ``option``."""
-    items = cidrs.split(",") if isinstance(cidrs, str) else list(cidrs)
-    try:
-        return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in items if c.strip())
-    except ValueError as exc:
-        raise InputError(f"invalid {option}: {exc}") from None
-
-
-def infer_pod_networks(conns: pl.DataFrame) -> tuple[Network, ...]:
-    """Guess the pod network from the inside capture: the /16 (IPv6: /48) around each private originator.
-
-    Kubernetes nodes take a /24 of a cluster-wide /16 by default, so a /16 covers a node's pods and the
-    pods they talk to on other nodes.
-    """
-    nets: set[Network] = set()
-    for src in conns["src"].unique().to_list():
-        addr = ipaddress.ip_address(src)
-        if isinstance(addr, ipaddress.IPv4Address) and any(addr in n for n in _PRIVATE_V4):
-            nets.add(ipaddress.ip_network(f"{src}/16", strict=False))
-        elif isinstance(addr, ipaddress.IPv6Address) and addr in _ULA:
-            nets.add(ipaddress.ip_network(f"{src}/48", strict=False))
-    return tuple(sorted(nets, key=lambda n: (n.version, n.network_address)))
-
-
-def pod_networks_why(conns: pl.DataFrame, nets: Sequence[Network]) -> str:
-    """Why infer_pod_networks chose ``nets``, in a sentence naming the addresses it went by."""
-    if not nets:
-        return "none inferred: no private source (RFC 1918, 100.64/10, ULA) on the inside; --pod-cidr sets it"
-    seen = sorted({a for a in conns["src"].unique().to_list() if any(ipaddress.ip_address(a) in n for n in nets)},
-                  key=ipaddress.ip_address)
-    shown = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
-    return f"inferred: the /16 (IPv6 /48) around each private source on the inside ({shown}); --pod-cidr sets it"
-
 
 def _fmt_time(ns: int) -> str:
     import datetime as dt
@@ -108,7 +70,6 @@ until the Result is made."""
 class _Side:
     info: CaptureInfo
     networks: tuple[Network, ...]
-    networks_why: str = ""
 
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
@@ -124,29 +85,27 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
         info.skipped["duplicate"] += copies
     pk, conns = group_connections(pk, timeouts)
     nets: tuple[Network, ...] = ()
-    if inside:
-        nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns)
+    if inside:  # private space only here: what the outside hides is settled once both sides are read
+        nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns).networks
     trim()
-    keyed = with_keys(pk.with_columns(_dnat_end(pk, inside, nets, services)))
+    dnat = (*nets, PRIVATE_SPACE[-1][0]) if pod_cidr else dnat_networks(conns, nets)
+    keyed = with_keys(pk.with_columns(_dnat_end(pk, inside, dnat, services)))
     packets = keyed.select(PACKET_COLUMNS)
     icmp = keyed.filter(pl.col("is_icmp_error")).select("row", *ICMP_COLUMNS)
     match = keyed.select(MATCH_COLUMNS)
     del pk, keyed
     trim()
-    why = ""
-    if inside:
-        why = "given (--pod-cidr)" if pod_cidr else pod_networks_why(conns, nets)
-    return _Side(info, nets, why), {"packets": packets, "match": match, "connections": conns, "icmp": icmp}
+    return _Side(info, nets), {"packets": packets, "match": match, "connections": conns, "icmp": icmp}
 
 
 def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services: Services) -> pl.Series:
     """``dnat_end`` per packet: its far end is one DNAT may stand for or lead to, so a weak key may do without it
-    (natproof.match's second exact pass). Inside: a ClusterIP, or a pod (the backend of a NodePort: a pod
-    network address, or any private one when none is known); outside: any far end (the backend the DNAT
-    chose, or the NodePort itself)."""
+    (natproof.match's second exact pass). Inside: a ClusterIP, or a pod (the backend of a NodePort: in ``nets``,
+    natproof.networks.dnat_networks); outside: any far end (the backend the DNAT chose, or the NodePort
+    itself)."""
     if not inside:
         return pl.repeat(True, pk.height, eager=True).alias("dnat_end")
-    return in_networks(pk["remote"], (*services.networks, *(nets or _PRIVATE_V4), _ULA)).alias("dnat_end")
+    return in_networks(pk["remote"], (*services.networks, *nets)).alias("dnat_end")
 
 
 def correlate(
@@ -188,7 +147,11 @@ def correlate(
                                    each=[{"inside": True}, {"inside": False}])
     in_pk, in_conns, in_match = a["packets"], a["connections"], a["match"]
     out_pk, out_conns, out_match = b["packets"], b["connections"], b["match"]
-    nets = ins.networks
+    if pod_cidr:
+        nets, why = ins.networks, "given (--pod-cidr)"
+    else:
+        inferred = infer_pod_networks(in_conns, out_conns)
+        nets, why = inferred.networks, inferred.why
 
     offset_ns = None if clock_offset_s is None else int(round(clock_offset_s * 1e9))
     matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9))
@@ -228,7 +191,7 @@ def correlate(
         outside=CaptureSummary.from_info(outs.info, out_pk.height),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
         pod_networks=tuple(str(n) for n in nets),
-        pod_networks_why=ins.networks_why,
+        pod_networks_why=why,
         connections=conns,
         unmatched_inside=in_pk.select(unpaired.sum()).item(),
         unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
@@ -255,7 +218,7 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
         return None
     rw = pl.col("rewrites")
     # RFC 1918, shared (RFC 6598) and ULA space: ipaddress's is_private also counts the documentation ranges.
-    inside_space = (*_PRIVATE_V4, _ULA)
+    inside_space = [space for space, _, _ in PRIVATE_SPACE]
     priv = {a: any(ipaddress.ip_address(a) in n for n in inside_space if n.version == ipaddress.ip_address(a).version)
             for c in ("orig_src", "trans_src", "trans_dst") for a in crossed[c].drop_nulls().unique().to_list()}
 

@@ -77,3 +77,24 @@ def test_udp_originator_is_the_first_sender_even_from_a_low_port() -> None:
     _, conns = group_connections(frame_of([(0, ipv4(POD, SRV, 17, udp(1024, 5000, b"q"))),
                                            (10, ipv4(SRV, POD, 17, udp(5000, 1024, b"a")))]))
     assert conns.select("src", "sport", "egress_packets").row(0) == (POD, 1024, 1)
+
+
+def test_traffic_no_router_forwards_is_split_off_by_reason() -> None:
+    from natproof.connections import split_never_forwarded
+
+    frames = [
+        (0, ipv4(POD, "239.255.255.250", 17, udp(40001, 1900, b"M-SEARCH"))),  # SSDP
+        (1, ipv4(POD, "10.244.0.255", 17, udp(137, 137, b"nbns"))),  # directed broadcast
+        (2, ipv4("0.0.0.0", "255.255.255.255", 17, udp(68, 67, b"discover"))),  # DHCP
+        (3, ipv4("127.0.0.1", "127.0.0.1", 6, tcp(40002, 8080, 1, 0, SYN))),
+        (4, ipv4(POD, POD, 17, udp(40003, 53, b"self"))),  # to its own address: through lo
+        (5, ipv4("169.254.1.1", "169.254.1.2", 17, udp(40004, 9, b"ll"))),
+        (6, ipv4(POD, "10.244.1.255", 6, tcp(40005, 80, 1, 0, SYN))),  # TCP has no broadcast: kept
+        (7, ipv4(POD, SRV, 17, udp(40006, 53, b"q"))),  # kept
+        (8, ipv4("10.244.2.255", POD, 17, udp(53, 40007, b"r"))),  # .255 that sends: a host, kept
+        (9, ipv4(POD, "10.244.2.255", 17, udp(40007, 53, b"q"))),
+    ]
+    pk, _ = group_connections(frame_of(frames))
+    kept, counts = split_never_forwarded(pk)
+    assert counts == {"multicast": 1, "broadcast": 1, "dhcp": 1, "loopback": 2, "link_local": 1}
+    assert sorted(kept["frame_no"].to_list()) == [7, 8, 9, 10]
