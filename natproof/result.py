@@ -137,6 +137,25 @@ class Result:
     pod_networks_why: str = ""
     """Where pod_networks came from: given, or what they were inferred from."""
 
+    def overlap(self) -> dict[str, Any]:
+        """When both captures were running, on the inside capture's clock (the outside's span moved by
+        clock_offset_s): {"start", "end"} in Unix seconds and "seconds" (0.0 and start == end == None when they
+        never overlap), plus each capture's share of its own span that falls in it (1.0: wholly inside the
+        window). Connections outside it are flagged other_capture_off."""
+        off = int(round(self.clock_offset_s * 1e9))
+        a0, a1 = self.inside.first_ts_ns, self.inside.last_ts_ns
+        b0, b1 = self.outside.first_ts_ns - off, self.outside.last_ts_ns - off
+        start, end = max(a0, b0), min(a1, b1)
+        if not (a0 and b0) or end < start:
+            return {"start": None, "end": None, "seconds": 0.0, "clock": "inside",
+                    "inside_share": 0.0, "outside_share": 0.0}
+
+        def share(first: int, last: int) -> float:
+            return 1.0 if last <= first else round((end - start) / (last - first), 4)
+
+        return {"start": _secs(start), "end": _secs(end), "seconds": round((end - start) / 1e9, 6),
+                "clock": "inside", "inside_share": share(a0, a1), "outside_share": share(b0, b1)}
+
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)
         for v, n in self.connections.group_by("verdict").len().iter_rows():
@@ -202,6 +221,7 @@ class Result:
             "schema": SCHEMA,
             "captures": {"inside": self.inside.to_dict(), "outside": self.outside.to_dict()},
             "clock_offset_s": self.clock_offset_s,
+            "overlap": self.overlap(),
             "pod_networks": list(self.pod_networks),
             "pod_networks_why": self.pod_networks_why,
             "connections": conns,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from natproof.correlate import correlate
@@ -176,3 +177,24 @@ def test_cli_refuses_a_swapped_pair_with_exit_2(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert err.startswith(f"natproof: error: {isp} and {home} look swapped") and err.count("\n") == 1
     assert main(["correlate", str(isp), str(home), "--allow-swap", "--format", "json"]) == 0
+
+
+PAIRS = {p.name: ("home-side.pcap", "isp-side.pcap") if p.name == "swapped-sides" else ("inside.pcap", "outside.pcap")
+         for p in sorted(CASES.iterdir()) if p.is_dir()}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_every_case_given_the_wrong_way_round_is_refused_when_it_can_be_told(name: str) -> None:
+    # Where something crossed the NAT with a rewrite the sides can be told apart, and the wrong order is refused
+    # with the right one; where nothing was rewritten (a routed path) either order reads the same and is kept.
+    inside, outside = PAIRS[name]
+    right = run(name, inside, outside)
+    crossed = right.connections.filter(
+        pl.col("verdict").is_in(["translated", "no_reply", "reply_dropped", "reply_other_path"])
+        & (pl.col("rewrites").list.len() > 0))
+    if crossed.is_empty():
+        assert right.connections.filter(pl.col("rewrites").list.len() > 0).is_empty()
+        run(name, outside, inside)  # not refused
+        return
+    with pytest.raises(InputError, match=f"look swapped: .*other order: .*{inside} .*{outside}"):
+        run(name, outside, inside)

@@ -141,6 +141,12 @@ def test_an_outside_capture_that_stopped_early_is_no_forward_drop(tmp_path: Path
     found = {f.kind: f for f in diagnose(result)}
     assert list(found) == ["partial_overlap"]
     assert found["partial_overlap"].connections == (1, 2)
+    # The window both ran in, on the inside clock: from the outside's first packet to its last (offset ~0).
+    ov = result.to_dict()["overlap"]
+    assert ov["clock"] == "inside" and ov["outside_share"] == 1.0 and 0 < ov["inside_share"] < 1
+    assert ov["start"] == pytest.approx(result.outside.first_ts_ns / 1e9, abs=1e-3)
+    assert ov["end"] == pytest.approx(result.outside.last_ts_ns / 1e9, abs=1e-3)
+    assert ov["seconds"] == pytest.approx(ov["end"] - ov["start"], abs=1e-6)
 
 
 def test_two_busy_unrelated_captures_are_not_two_sides_of_a_nat(tmp_path: Path) -> None:

@@ -18,7 +18,14 @@ import natproof
 from natproof.diagnose import Finding
 from natproof.report.charts import build_charts, chart_title, figure_bytes
 from natproof.report.export import write_bytes
-from natproof.report.table import FATE_LABEL, fate_counts, format_address, format_service, format_tuple
+from natproof.report.table import (
+    FATE_LABEL,
+    fate_counts,
+    format_address,
+    format_service,
+    format_tuple,
+    overlap_text,
+)
 from natproof.result import SCHEMA, Result
 from natproof.verdicts import Verdict
 
@@ -324,6 +331,7 @@ def _summary(result: Result) -> str:
                            "(original against translated source)"
                            if rewritten else "no connection had its source address rewritten"),
         ("clock offset", f"{result.clock_offset_s:+.6f} s (outside clock minus inside clock)"),
+        ("overlap", overlap_text(result)),
         ("pod networks", _e(", ".join(result.pod_networks) or "none")
          + (f" — {_e(result.pod_networks_why)}" if result.pod_networks_why else "")),
         ("unmatched packets", f"{result.unmatched_inside} inside (no counterpart outside), "

@@ -70,6 +70,17 @@ def _fates_text(row: dict[str, Any]) -> Text:
     return text or Text("-")
 
 
+def overlap_text(result: Result) -> str:
+    """How long both captures ran, and how much of each one's span that is when they only partly overlap."""
+    ov = result.overlap()
+    if ov["start"] is None:
+        return "the captures never ran at the same time"
+    text = f"captures overlap {ov['seconds']:.3f} s"
+    if min(ov["inside_share"], ov["outside_share"]) < 0.99:
+        text += f" ({ov['inside_share']:.0%} of the inside's span, {ov['outside_share']:.0%} of the outside's)"
+    return text
+
+
 def summary_line(result: Result) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in result.by_verdict().items() if n)
     skipped_in = sum(result.inside.skipped.values())
@@ -83,7 +94,7 @@ def summary_line(result: Result) -> str:
     return (
         f"{n} connection{'' if n == 1 else 's'}{started}: {counts or 'none'}\n"
         f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
-        f"{ports}; clock offset {result.clock_offset_s:+.6f} s\n"
+        f"{ports}; clock offset {result.clock_offset_s:+.6f} s; {overlap_text(result)}\n"
         f"pod networks {', '.join(result.pod_networks) or 'none'}: {result.pod_networks_why or 'given'}\n"
         f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
