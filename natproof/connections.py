@@ -23,7 +23,7 @@ class IdleTimeouts:
     icmp_s: float = 30.0
 
 
-_SYN, _ACK = 0x02, 0x10
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
 
 def flow_columns() -> list[pl.Expr]:
@@ -234,22 +234,35 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
         .when(pl.col("f_proto") == 17).then(pl.lit(int(t.udp_s * 1e9)))
         .otherwise(pl.lit(int(t.icmp_s * 1e9)))
     )
+    # What closes a TCP connection for a later SYN with the same ISN: a FIN from either end, or an RST from the
+    # end the SYN went to (refused, aborted). An RST from the SYN's own sender answers a challenge ACK (the
+    # server still held the old connection in TIME_WAIT: captures/port-exhaustion), and the SYN retransmitted
+    # after it is the same connect().
+    flags = pl.col("tcp_flags").fill_null(0)
+    syn_sender = pl.when(pl.col("_syn")).then(pl.col("f_src").to_physical()).forward_fill()
+    closing = (pl.col("f_proto") == 6) & ~pl.col("is_icmp_error") & (
+        ((flags & _FIN) != 0) | (((flags & _RST) != 0) & (pl.col("f_src").to_physical() != syn_sender).fill_null(True)))
     df = df.with_columns(same_flow.alias("_same"), is_syn.alias("_syn")).drop(key[1:]).with_columns(
         (~pl.col("_same")).cum_sum().alias("_flow"),
     ).with_columns(
         # The ISN of the flow's latest SYN before this packet (null if none yet).
         pl.when(pl.col("_syn")).then(pl.col("tcp_seq")).forward_fill().shift(1).alias("_prev_syn_seq"),
         pl.when(pl.col("_syn")).then(pl.col("_flow")).forward_fill().shift(1).alias("_prev_syn_flow"),
+        # Whether the flow's latest SYN or FIN/RST before this packet was a FIN or RST (null if neither yet).
+        pl.when(pl.col("_syn")).then(False).when(closing).then(True).forward_fill().shift(1).alias("_closed"),
         (pl.col("ts_ns") - pl.col("ts_ns").shift(1)).alias("_gap"),
     )
     prev = pl.when(pl.col("_prev_syn_flow") == pl.col("_flow")).then(pl.col("_prev_syn_seq"))
-    # A SYN opens a new connection unless the tuple's previous SYN had the same ISN (a retransmission);
-    # packets before a tuple's first SYN belong to an earlier connection the capture caught mid-way.
-    new_syn = pl.col("_syn") & pl.col("_same") & (prev.is_null() | (prev != pl.col("tcp_seq")))
+    # A SYN opens a new connection unless the tuple's previous SYN had the same ISN (a retransmission), and even
+    # then once a FIN or RST closed it: conntrack lets a SYN reopen a closed entry (TIME_WAIT/CLOSE), and a
+    # replayed capture (tcpreplay --loop) repeats the same ISN. Packets before a tuple's first SYN belong to an
+    # earlier connection the capture caught mid-way.
+    reopened = (pl.col("_prev_syn_flow") == pl.col("_flow")) & pl.col("_closed").fill_null(False)
+    new_syn = pl.col("_syn") & pl.col("_same") & (prev.is_null() | (prev != pl.col("tcp_seq")) | reopened)
     new_conn = ~pl.col("_same") | (pl.col("_gap") > idle_ns) | new_syn
     df = df.with_columns(
         (new_conn.fill_null(True).cast(pl.UInt32).cum_sum() - 1).alias("conn_id"),
-    ).drop("_same", "_flow", "_prev_syn_seq", "_prev_syn_flow", "_gap", "tcp_seq", "tcp_flags")
+    ).drop("_same", "_flow", "_prev_syn_seq", "_prev_syn_flow", "_closed", "_gap", "tcp_seq", "tcp_flags")
     initiator = pl.col("_syn") | (pl.col("icmp_type").is_in([8, 128]) & ~pl.col("is_icmp_error"))
     origin = df.group_by("conn_id", maintain_order=True).agg(
         pl.col("f_src").filter(initiator).first().alias("_o_src"),

@@ -141,6 +141,22 @@ def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | 
     return _offset_from(pl.concat(dts))
 
 
+def _offset_by_rank(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
+    """Outside clock minus inside clock from the n-th copy of each strong key on one side against the n-th on
+    the other (within ROUGH_TOLERANCE_NS of each other): for captures where no key is unique (identical
+    datagrams, a replayed capture). Copies are seen in the same order on both sides of a NAT, and the median
+    of the two directions shrugs off the copies one side missed. One row per packet, never a cross product."""
+    cols = ["k_strong", "ts_ns", "is_egress"]
+    rank = pl.col("ts_ns").rank("ordinal").over("k_strong").alias("_n")
+    dts = []
+    for a, b in _key_parts(inside, outside, "k_strong", cols):
+        a, b = a.with_columns(rank), b.with_columns(rank).drop("is_egress")
+        j = a.join(b, on=["k_strong", "_n"], suffix="_out")
+        dts.append(j.select((pl.col("ts_ns_out").cast(pl.Int64) - pl.col("ts_ns")).alias("dt"), "is_egress")
+                   .filter(pl.col("dt").abs() <= ROUGH_TOLERANCE_NS))
+    return _offset_from(pl.concat(dts)) if dts else None
+
+
 REWRITE_PENALTY_NS = 1_000_000
 """Among copies of an otherwise identical packet, a candidate whose tuple differs counts as this much (1 ms per
 changed address or port) further away in time: MASQUERADE keeps the port unless the tuple clashes, DNAT keeps
@@ -167,20 +183,32 @@ _TUPLE = ("local", "lport", "remote", "rport")
 
 
 def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
-    """_pair_by_key on one part of the key space."""
+    """_pair_by_key on one part of the key space.
+
+    A key seen once on each side is one candidate pair. Duplicated keys (retransmissions, identical datagrams,
+    a capture replayed in a loop) are joined within time buckets one tolerance wide, so copies further apart
+    than the tolerance never meet: candidates grow with the copies close in time, not with the square of all
+    copies. A candidate that is the only one of both its rows pairs directly; the rest are ranked by cost.
+    """
     a = a.with_columns(pl.len().over(key).alias("n"))
     b = b.with_columns(pl.len().over(key).alias("n"))
-    j = a.join(b, on=key, suffix="_out").with_columns(
-        (pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"),
-    ).filter(pl.col("dt").abs() <= tolerance_ns)
-    single = (pl.col("n") == 1) & (pl.col("n_out") == 1)
-    found = [j.filter(single).select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
-                                     (pl.col("dt") + offset_ns).alias("dt_ns"), pl.lit(True).alias("unique"))]
-    multi = j.filter(~single)
-    if multi.height > MAX_CANDIDATES:
-        dup_in = a.filter(pl.col("n") > 1).select("row")
-        found.append(_pair_rounds(a.join(dup_in, on="row"), b, [key], offset_ns, tolerance_ns))
+    j = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out").with_columns(
+        (pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"))
+    once = j[key].implode()
+    j = j.filter(pl.col("dt").abs() <= tolerance_ns)
+    found = [j.select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
+                      (pl.col("dt") + offset_ns).alias("dt_ns"), pl.lit(True).alias("unique"))]
+    a_dup, b_dup = a.filter(~pl.col(key).is_in(once)), b.filter(~pl.col(key).is_in(once))
+    multi = _near_candidates(a_dup, b_dup, key, offset_ns, tolerance_ns)
+    if multi is None:
+        found.append(_pair_rounds(a_dup, b_dup, [key], offset_ns, tolerance_ns))
     elif not multi.is_empty():
+        # A candidate that is the only one of its inside row and of its outside row needs no ranking.
+        alone = (pl.len().over("row") == 1) & (pl.len().over("row_out") == 1)
+        multi = multi.with_columns(alone.alias("_alone"))
+        found.append(multi.filter("_alone").select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
+                                                   (pl.col("dt") + offset_ns).alias("dt_ns")))
+        multi = multi.filter(~pl.col("_alone"))
         cost = pl.col("dt").abs() + REWRITE_PENALTY_NS * pl.sum_horizontal(
             [(pl.col(c) != pl.col(f"{c}_out")).fill_null(True).cast(pl.Int64) for c in _TUPLE])
         ranked = multi.select("row", "row_out", "dt", cost.alias("cost")).sort("cost", "row", "row_out")
@@ -193,9 +221,30 @@ def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, toler
             taken_in.add(r_in)
             taken_out.add(r_out)
             rows.append((r_in, r_out, dt + offset_ns))
-        found.append(pl.DataFrame(rows, schema=["in_row", "out_row", "dt_ns"], orient="row"))
+        if rows:
+            found.append(pl.DataFrame(rows, schema=["in_row", "out_row", "dt_ns"], orient="row"))
     return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found],
                      how="diagonal").with_columns(pl.col("unique").fill_null(False))
+
+
+def _near_candidates(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int,
+                     tolerance_ns: int) -> pl.DataFrame | None:
+    """Every (a row, b row) with equal ``key`` at most ``tolerance_ns`` apart (after ``offset_ns``), with ``dt``:
+    a join on (key, time bucket) against each b row's bucket and its two neighbours, which holds every pair
+    within one bucket width and none far apart. None, before any is made, when they would be more than
+    MAX_CANDIDATES (then pairing goes by nearest-in-time rounds)."""
+    width = max(int(tolerance_ns), 1)
+    a = a.with_columns(((pl.col("ts_ns").cast(pl.Int64) + offset_ns) // width).alias("_bucket"))
+    here = pl.col("ts_ns").cast(pl.Int64) // width
+    b = b.with_columns(pl.concat_list(here - 1, here, here + 1).alias("_bucket")).explode("_bucket")
+    by = [key, "_bucket"]
+    size = a.group_by(by).len().join(b.group_by(by).len(), on=by).select(
+        (pl.col("len").cast(pl.Int64) * pl.col("len_right")).sum()).item()
+    if size and size > MAX_CANDIDATES:
+        return None
+    return a.join(b, on=by, suffix="_out").with_columns(
+        (pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"),
+    ).filter(pl.col("dt").abs() <= tolerance_ns).drop("_bucket")
 
 
 def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], offset_ns: int, tolerance_ns: int,
@@ -394,11 +443,9 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     """
     offset = estimate_clock_offset(inside, outside) if clock_offset_ns is None else clock_offset_ns
     if offset is None:
-        # No key is unique on both sides (e.g. identical datagrams with IP id 0): pair by time as the
-        # clocks stand, within minutes, estimate from those pairs, and pair again with the estimate.
-        rough = _pair_by_key(inside, outside, "k_strong", 0, max(tolerance_ns, ROUGH_TOLERANCE_NS), "exact")
-        dts = rough.join(inside.select(pl.col("row").alias("in_row"), "is_egress"), on="in_row")
-        offset = _offset_from(dts.select(pl.col("dt_ns").alias("dt"), "is_egress")) or 0
+        # No key is unique on both sides (identical datagrams with IP id 0, a capture replayed in a loop):
+        # estimate from the n-th copy of each key on one side against the n-th on the other, then pair.
+        offset = _offset_by_rank(inside, outside) or 0
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     else:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")

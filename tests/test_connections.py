@@ -98,3 +98,21 @@ def test_traffic_no_router_forwards_is_split_off_by_reason() -> None:
     kept, counts = split_never_forwarded(pk)
     assert counts == {"multicast": 1, "broadcast": 1, "dhcp": 1, "loopback": 2, "link_local": 1}
     assert sorted(kept["frame_no"].to_list()) == [7, 8, 9, 10]
+
+
+def test_a_replayed_connection_is_a_connection_of_its_own() -> None:
+    # tcpreplay --loop repeats a capture byte for byte: the same tuple, the same ISN. Once a FIN or RST closed the
+    # first copy, the second SYN reopens the tuple as conntrack would (TIME_WAIT/CLOSE), not a retransmission.
+    FIN = 0x11
+
+    def once(t0: int) -> list[tuple[int, bytes]]:
+        return [syn(t0, 100), synack(t0 + 5, 900, 101),
+                (t0 + 9, ipv4(POD, SRV, 6, tcp(40000, 80, 101, 901, FIN))),
+                (t0 + 12, ipv4(SRV, POD, 6, tcp(80, 40000, 901, 102, FIN)))]
+
+    pk, conns = group_connections(frame_of(once(0) + once(2 * S) + [syn(2 * S + 2, 100)]))
+    assert conns.height == 2  # a SYN retransmitted before anything closed stays in its connection
+    assert sorted(conns["egress_packets"].to_list()) == [2, 3]
+    pk, conns = group_connections(frame_of([syn(0, 100), (1, ipv4(SRV, POD, 6, tcp(80, 40000, 0, 101, 0x14))),
+                                            syn(3 * S, 100)]))
+    assert conns.height == 2  # refused (RST), then the same connect() replayed

@@ -88,3 +88,24 @@ def test_generated_scenarios_survive_parts_and_a_worker(tmp_path: Path, monkeypa
     for name, doc in docs.items():
         got = correlate(tmp_path / name / "inside.pcap", tmp_path / name / "outside.pcap").to_dict()
         assert got == doc, name
+
+
+@pytest.mark.parametrize("distinct", [False, True], ids=["replayed", "distinct"])
+def test_a_pair_looped_gives_each_copy_its_own_connections(tmp_path: Path, distinct: bool) -> None:
+    # captures/port-collision (two pods on one source port: the kernel remapped one) looped 6 times: replayed byte for
+    # byte as tcpreplay --loop sends it (no packet key is unique any more), or as distinct traffic on the same
+    # tuples. Either way each copy is its own connections, with the mapping the kernel made the first time.
+    from natproof.testing.replay import loop_pair
+
+    inside, outside = _pair("port-collision")
+    once = correlate(inside, outside).to_dict()["connections"]
+    looped = correlate(*loop_pair(inside, outside, tmp_path, 6, distinct=distinct)).to_dict()["connections"]
+    assert len(looped) == 6 * len(once)
+
+    def mapping(c: dict) -> tuple:
+        return c["original"]["src"], c["original"]["sport"], c["translated"]["sport"], c["verdict"], c["fates"]
+
+    assert sorted(mapping(c) for c in looped) == sorted(mapping(c) for c in once for _ in range(6))
+    starts = sorted(c["first_seen"] for c in looped)
+    period = (starts[len(once)] - starts[0])
+    assert period > 1.0  # copies a capture's length plus a second apart, none folded into another
