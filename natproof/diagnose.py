@@ -514,6 +514,19 @@ ICMP_UNREACHABLE_NAMES = {0: "net unreachable", 1: "host unreachable", 2: "proto
                           3: "port unreachable", 4: "fragmentation needed", 9: "net administratively prohibited",
                           10: "host administratively prohibited", 13: "communication administratively prohibited"}
 """ICMP type 3 codes (RFC 792, RFC 1812)."""
+ICMP6_NAMES = {(1, 0): "no route to destination", (1, 1): "administratively prohibited",
+               (1, 3): "address unreachable", (1, 4): "port unreachable", (1, 5): "source address failed policy",
+               (1, 6): "reject route", (2, 0): "packet too big", (3, 0): "hop limit exceeded"}
+"""ICMPv6 (type, code) names (RFC 4443)."""
+
+
+def icmp_error_name(type_: int, code: int, v6: bool) -> str:
+    """What an ICMP (``v6``: ICMPv6) error's type and code say, in RFC 792/4443's words."""
+    if v6:
+        return ICMP6_NAMES.get((type_, code), f"ICMPv6 type {type_} code {code}")
+    if type_ == 3:
+        return ICMP_UNREACHABLE_NAMES.get(code, f"ICMP type 3 code {code}")
+    return {11: "time exceeded"}.get(type_, f"ICMP type {type_} code {code}")
 
 
 def _icmp_kind(pk: dict[str, Any], r: dict[str, Any]) -> str:
@@ -537,17 +550,19 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]]) -> list[Finding
     if not answered:
         return []
     groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    reached_pod: set[int] = set()
     for r in answered:
         errs = _packets(result, r, "inside").filter(pl.col("is_icmp_error"))
         if errs.is_empty():
             errs = _packets(result, r, "outside").filter(pl.col("is_icmp_error"))
+        else:
+            reached_pod.add(r["conn"])
         first = errs.row(0, named=True)
         groups.setdefault(_icmp_kind(first, r), []).append((r, first))
     findings = []
     for kind, items in groups.items():
         def line(r: dict[str, Any], e: dict[str, Any]) -> str:
-            name = ICMP_UNREACHABLE_NAMES.get(e["icmp_code"], f"type {e['icmp_type']} code {e['icmp_code']}") \
-                if e["icmp_type"] == 3 else f"ICMP type {e['icmp_type']} code {e['icmp_code']}"
+            name = icmp_error_name(e["icmp_type"], e["icmp_code"], ":" in (r["inside_src"] or ""))
             mtu = f", mtu {e['icmp_mtu']}" if e["icmp_mtu"] is not None else ""
             who = "the destination" if e["err_src"] == r["inside_dst"] or e["err_src"] == r["trans_dst"] \
                 else f"{e['err_src']} (a router on the path, not the destination)"
@@ -557,16 +572,31 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]]) -> list[Finding
         if kind == "path_mtu":
             mtus = sorted({e["icmp_mtu"] for _, e in items if e["icmp_mtu"] is not None})
             routers = sorted({e["err_src"] for _, e in items if e["err_src"] is not None})
+            v6 = all(":" in (r["inside_src"] or "") for r, _ in items)
+            said = "packet too big" if v6 else "fragmentation needed"
+            seen_in = sum(1 for r, _ in items if r["conn"] in reached_pod)
+            if seen_in == len(items):
+                relay = ("The NAT reverse-translated the ICMP error to the pod, as it should; the server is not at "
+                         "fault.")
+            elif seen_in == 0:
+                relay = ("The inside capture shows no copy of the error: whether the NAT passed it back to the pod "
+                         "is not proven (a filter dropping ICMP would also break path MTU discovery).")
+            else:
+                relay = (f"The inside capture shows the error reached the pod for {seen_in} of them; for the other "
+                         f"{len(items) - seen_in} no copy crossed back.")
+            clamp = ("`ip6tables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`"
+                     if v6 else "`iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
+                     "--clamp-mss-to-pmtu`")
             findings.append(Finding(
-                "path_mtu", "warning", "Packets too big for the path (fragmentation needed)",
+                "path_mtu", "warning", f"Packets too big for the path ({said})",
                 f"{len(items)} connection(s) sent packets larger than a link on the path allows: router(s) "
-                f"{', '.join(routers)} answered \"fragmentation needed\" (next-hop MTU {', '.join(map(str, mtus))})"
-                " and dropped them. The NAT reverse-translated the ICMP error correctly; the server is not at "
-                "fault.",
-                f"Lower the MTU on the path's near side or clamp TCP MSS (`iptables -t mangle -A FORWARD -p tcp "
-                f"--tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`); for UDP, send datagrams that fit "
-                f"{min(mtus) if mtus else 'the path MTU'} bytes, and make sure ICMP type 3 code 4 is not filtered.",
-                connections=conns, evidence=tuple(evidence), data={"mtu": mtus, "routers": routers}))
+                f"{', '.join(routers)} answered \"{said}\" (next-hop MTU {', '.join(map(str, mtus))})"
+                f" and dropped them. {relay}",
+                f"Lower the MTU on the path's near side or clamp TCP MSS ({clamp}); for UDP, send datagrams that fit "
+                f"{min(mtus) if mtus else 'the path MTU'} bytes, and make sure "
+                f"{'ICMPv6 type 2' if v6 else 'ICMP type 3 code 4'} is not filtered.",
+                connections=conns, evidence=tuple(evidence),
+                data={"mtu": mtus, "routers": routers, "reached_pod": seen_in}))
         elif kind == "refused":
             findings.append(Finding(
                 "refused", "warning", "The far end refused (port or protocol unreachable)",

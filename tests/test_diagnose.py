@@ -163,3 +163,50 @@ def test_two_busy_unrelated_captures_are_not_two_sides_of_a_nat(tmp_path: Path) 
     assert [f.kind for f in found] == ["not_two_sides"]
     assert found[0].data == {"inside_packets": 180, "outside_packets": 180, "crossed": 0}
     assert len(found[0].connections) == 20
+
+
+def _ptb_pair(directory: Path, relayed: bool) -> tuple[Path, Path]:
+    """A NAT66'd datagram too big for the path: a router on the node's side answers ICMPv6 "packet too big"
+    (RFC 4443 type 2), which the node reverse-translates to the pod (``relayed``) or not; and one query that
+    works."""
+    from scapy.all import UDP, Ether, ICMPv6PacketTooBig, IPv6, wrpcap
+
+    pod, node, srv, rtr = "fd00:244::10", "2001:db8:100::2", "2001:db8:ff::53", "2001:db8:100::1"
+    t0 = 1_700_000_000.0
+
+    def at(p, dt):  # noqa: ANN001, ANN202
+        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
+        p.time = t0 + dt
+        return p
+
+    e_in = IPv6(src=pod, dst=srv, hlim=64) / UDP(sport=40000, dport=53) / (b"x" * 1400)
+    e_out = IPv6(src=node, dst=srv, hlim=63) / UDP(sport=40000, dport=53) / (b"x" * 1400)
+    inside = [at(e_in, 0)]
+    outside = [at(e_out, 20e-6), at(IPv6(src=rtr, dst=node) / ICMPv6PacketTooBig(mtu=1280) / bytes(e_out)[:1232],
+                                     1e-3)]
+    if relayed:
+        inside.append(at(IPv6(src=rtr, dst=pod, hlim=63) / ICMPv6PacketTooBig(mtu=1280) / bytes(e_in)[:1232],
+                         1.02e-3))
+    inside += [at(IPv6(src=pod, dst=srv, hlim=64) / UDP(sport=40001, dport=53) / (b"q" * 30), 0.5),
+               at(IPv6(src=srv, dst=pod, hlim=59) / UDP(sport=53, dport=40001) / (b"r" * 60), 0.50102)]
+    outside += [at(IPv6(src=node, dst=srv, hlim=63) / UDP(sport=40001, dport=53) / (b"q" * 30), 0.50002),
+                at(IPv6(src=srv, dst=node, hlim=60) / UDP(sport=53, dport=40001) / (b"r" * 60), 0.501)]
+    wrpcap(str(directory / "inside.pcap"), inside)
+    wrpcap(str(directory / "outside.pcap"), outside)
+    return directory / "inside.pcap", directory / "outside.pcap"
+
+
+@pytest.mark.parametrize("relayed", [True, False], ids=["relayed", "not-relayed"])
+def test_ipv6_packet_too_big_is_named_in_ipv6_terms_and_says_only_what_the_inside_shows(
+        tmp_path: Path, relayed: bool) -> None:
+    result = correlate(*_ptb_pair(tmp_path, relayed))
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["path_mtu"]
+    f = found["path_mtu"]
+    assert f.data["mtu"] == [1280] and f.data["routers"] == ["2001:db8:100::1"]
+    assert f.data["reached_pod"] == (1 if relayed else 0)
+    assert '"packet too big"' in f.summary and "fragmentation" not in f.summary
+    assert "ip6tables" in f.fix and "ICMPv6 type 2" in f.fix
+    assert ("reverse-translated the ICMP error to the pod" in f.summary) == relayed
+    assert ("not proven" in f.summary) == (not relayed)
+    assert "packet too big, mtu 1280 from 2001:db8:100::1 (a router on the path" in f.evidence[0]
