@@ -10,6 +10,7 @@ import polars as pl
 import polars.selectors as cs
 
 from natproof.match import Matches
+from natproof.networks import PRIVATE_SPACE
 from natproof.verdicts import verdict_expr
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -30,7 +31,8 @@ DEFAULT_NODEPORT_RANGE = (30000, 32767)
 
 @dataclass(frozen=True)
 class Services:
-    """How to recognise Kubernetes Services: ClusterIPs by network, NodePorts by port range."""
+    """How to recognise Kubernetes Services: ClusterIPs by network, NodePorts by port range. A private address
+    outside ``networks`` that the node DNATed on a connection a pod started counts as a ClusterIP too."""
 
     networks: tuple[Network, ...] = (ipaddress.ip_network(DEFAULT_SERVICE_CIDR),)
     nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
@@ -289,8 +291,14 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # -- services and verdicts -------------------------------------------------------------------------------------
     clusterip = in_networks(df["orig_dst"], services.networks)
     lo, hi = services.nodeport_range
-    df = df.with_columns(clusterip.alias("_clusterip"))
     dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
+    # A ClusterIP outside the configured Service network (EKS's 172.20.0.0/16, a custom range): a connection a
+    # pod started to a private address no pod holds, whose destination the node rewrote (DNAT), on a port
+    # below the NodePort range (a NodePort on a private node address is DNATed too).
+    private = in_networks(df["orig_dst"], [space for space, _, _ in PRIVATE_SPACE])
+    not_pod = ~in_networks(df["orig_dst"], pod_networks)
+    seen_dnat = df.select(pl.col("init_inside") & dnat & ~pl.col("orig_dport").is_between(lo, hi)).to_series()
+    df = df.with_columns((clusterip | (private & not_pod & seen_dnat)).alias("_clusterip"))
     nodeport = ~pl.col("_clusterip") & dnat & pl.col("orig_dport").is_between(lo, hi)
     backend = pl.col("_clusterip") & dnat
     df = df.with_columns(

@@ -198,3 +198,18 @@ def test_every_case_given_the_wrong_way_round_is_refused_when_it_can_be_told(nam
         return
     with pytest.raises(InputError, match=f"look swapped: .*other order: .*{inside} .*{outside}"):
         run(name, outside, inside)
+
+
+def test_a_clusterip_outside_the_configured_service_network_is_still_a_service() -> None:
+    # clusterip-dnat as if the cluster's Service network were elsewhere (EKS uses 172.20.0.0/16 or 10.100.0.0/16):
+    # a private destination the node DNATed on a pod's connection is a ClusterIP all the same.
+    import ipaddress
+
+    from natproof.assemble import Services
+
+    default = run("clusterip-dnat")
+    elsewhere = correlate(CASES / "clusterip-dnat" / "inside.pcap", CASES / "clusterip-dnat" / "outside.pcap",
+                          services=Services(networks=(ipaddress.ip_network("172.20.0.0/16"),)))
+    assert elsewhere.services() == default.services() and len(default.services()) == 2
+    assert [c["service"] for c in conns(elsewhere)] == [c["service"] for c in conns(default)]
+    assert list(kinds(elsewhere)) == ["healthy"]
