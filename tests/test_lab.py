@@ -534,5 +534,6 @@ def test_ipv6_entries_are_kept() -> None:
 def test_new_scenarios_are_listed() -> None:
     names = [name for name, _ in list_scenarios()]
     new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
-           "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg"]  # fmt: skip
-    assert names[-len(new):] == new and len(names) == 24
+           "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg",
+           "lan-noise", "routed", "partial-overlap", "nat66"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 28
