@@ -24,8 +24,9 @@ def _key(c: dict[str, Any]) -> tuple[str, str, Tuple4]:
     return c["proto"], side, (i["src"], int(i["sport"]), i["dst"], int(i["dport"]))
 
 
-COMPARED = ("initiator", "original", "translated", "rewrites", "service")
-"""Fields of natproof.correlate/2 a truth connection may give (docs/model.md); each one given is compared."""
+COMPARED = ("initiator", "original", "translated", "rewrites", "service", "other_capture_off")
+"""Fields of natproof.correlate/2 a truth connection may give (docs/model.md); each one given is compared.
+``other_capture_off`` is one of natproof's ``flags``."""
 
 
 def _differs(truth: dict[str, Any], got: dict[str, Any]) -> list[str]:
@@ -37,6 +38,8 @@ def _differs(truth: dict[str, Any], got: dict[str, Any]) -> list[str]:
         want, have = truth[f], got.get(f)
         if f == "rewrites":
             want, have = sorted(want or []), sorted(have or [])
+        elif f == "other_capture_off":
+            want, have = bool(want), f in (got.get("flags") or [])
         if want != have:
             out.append(f)
     return out

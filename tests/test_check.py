@@ -37,6 +37,21 @@ def test_reused_tuple_pairs_in_order() -> None:
     assert not compare({"connections": [conn(1, 7), conn(1, 1)]}, truth).ok
 
 
+def test_other_capture_off_is_compared_when_the_truth_gives_it() -> None:
+    # The truth gives the flag as a field; natproof lists it among a connection's flags (natproof lab partial-overlap).
+    off = conn(1, None, "not_forwarded") | {"other_capture_off": True}
+    on = conn(2, 2) | {"other_capture_off": False}
+    truth = {"connections": [off, on]}
+    flagged = conn(1, None, "not_forwarded") | {"flags": ["other_capture_off"]}
+    assert compare({"connections": [flagged, conn(2, 2) | {"flags": []}]}, truth).ok
+    rep = compare({"connections": [conn(1, None, "not_forwarded") | {"flags": []}, conn(2, 2) | {"flags": []}]}, truth)
+    assert [w["fields"] for w in rep.wrong] == [["other_capture_off"]]
+    rep = compare({"connections": [flagged, conn(2, 2) | {"flags": ["other_capture_off"]}]}, truth)
+    assert [w["fields"] for w in rep.wrong] == [["other_capture_off"]]
+    assert compare({"connections": [conn(1, None, "not_forwarded"), conn(2, 2)]}, {"connections": [
+        conn(1, None, "not_forwarded"), conn(2, 2)]}).ok  # not given: not compared
+
+
 def test_load_truth_refuses_other_documents(tmp_path: Path) -> None:
     p = tmp_path / "t.json"
     p.write_text(json.dumps({"schema": "natproof.correlate/1"}))

@@ -493,8 +493,47 @@ def test_entries_neither_from_nor_to_a_pod_are_left_out() -> None:
     assert connections == [] and notes == ["left out (neither from a pod nor to one): 2 x ipv4 tcp from 198.51.100.20"]
 
 
+def test_traffic_no_router_forwards_is_left_out_of_the_truth() -> None:
+    # lan-noise: conntrack tracks bridged multicast, broadcasts and a DHCP renewal to the node from the pod's own
+    # address; none of it is a connection through the NAT, and no client reports it as an attempt.
+    rules = TruthRules(frozenset({POD}), ("10.244.0.0/16",), broadcast_addresses=frozenset({"10.244.0.255"}))
+    noise = [
+        (f"{POD} 40001 239.255.255.250 1900", "239.255.255.250 1900 10.244.0.10 40001"),
+        (f"{POD} 40002 255.255.255.255 9", "255.255.255.255 9 10.244.0.10 40002"),
+        (f"{POD} 40003 10.244.0.255 9", "10.244.0.255 9 10.244.0.10 40003"),
+        (f"{POD} 68 10.244.0.1 67", "10.244.0.1 67 10.244.0.10 68"),
+    ]
+    lines = [line for i, (o, r) in enumerate(noise) for line in _entry(9.0 + i, o, r, proto="udp")]
+    lines += _entry(20.0, f"{POD} 41000 198.51.100.10 7", "198.51.100.10 7 203.0.113.2 41000", proto="udp")
+    attempts = [_attempt(POD, 41000, "198.51.100.10", 7, 20.0, "translated", proto="udp")]
+    connections, notes = build_connections(parse_lines(lines), [], attempts, rules)
+    assert [(c.inside.sport, c.verdict) for c in connections] == [(41000, "translated")]
+    assert notes == [
+        "left out (traffic no router forwards, no connection through the NAT; lines per entry): "
+        "2 x broadcast: udp 10.244.0.10:40002 -> 255.255.255.255:9, 2 x broadcast: udp 10.244.0.10:40003 -> "
+        "10.244.0.255:9, 2 x dhcp: udp 10.244.0.10:68 -> 10.244.0.1:67, 2 x multicast: udp 10.244.0.10:40001 -> "
+        "239.255.255.250:1900"
+    ]
+
+
+def test_ipv6_entries_are_kept() -> None:
+    # nat66: ip6tables MASQUERADE, as `conntrack -E -o timestamp,extended` printed it.
+    pod6 = "2001:db8:244::10"
+    lines = [
+        f"[1.000000]\t    [NEW] ipv6     10 tcp      6 120 SYN_SENT src={pod6} dst=2001:db8:ff::10 sport=50164 "
+        "dport=80 [UNREPLIED] src=2001:db8:ff::10 dst=2001:db8:100::2 sport=80 dport=50164",
+        f"[1.000100]\t [UPDATE] ipv6     10 tcp      6 60 SYN_RECV src={pod6} dst=2001:db8:ff::10 sport=50164 "
+        "dport=80 src=2001:db8:ff::10 dst=2001:db8:100::2 sport=80 dport=50164",
+    ]
+    rules = TruthRules(frozenset({pod6}), ("2001:db8:244::/64",))
+    doc = _one(lines, [_attempt(pod6, 50164, "2001:db8:ff::10", 80, 1.0, "translated")], rules)
+    assert doc["verdict"] == "translated" and doc["rewrites"] == ["src"]
+    assert doc["outside"] == _t("2001:db8:100::2", 50164, "2001:db8:ff::10", 80)
+
+
 def test_new_scenarios_are_listed() -> None:
     names = [name for name, _ in list_scenarios()]
     new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
-           "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg"]  # fmt: skip
-    assert names[-len(new):] == new and len(names) == 24
+           "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg",
+           "lan-noise", "routed", "partial-overlap", "nat66"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 28

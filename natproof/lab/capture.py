@@ -180,12 +180,19 @@ def _subscribed_socket(pid: int) -> tuple[int, int] | None:
 
 
 def snapshot_conntrack(lab: Lab, role: str) -> tuple[str, list[str]]:
-    """``conntrack -L -o extended``: (command, entry lines) at this moment."""
-    argv = ["conntrack", "-L", "-o", "extended"]
-    done = lab.run(argv, role=role, check=False)
-    if done.returncode != 0:
-        raise LabError(f"conntrack -L failed: {done.stderr.strip()}")
-    return " ".join(argv), [line for line in done.stdout.splitlines() if line.strip()]
+    """``conntrack -L -o extended`` for IPv4, then for IPv6: (commands, entry lines) at this moment.
+
+    ``conntrack -L`` lists one family, IPv4 unless ``-f ipv6`` is given; ``-E`` reports events of both.
+    """
+    commands, lines = [], []
+    for family in ("ipv4", "ipv6"):
+        argv = ["conntrack", "-L", "-f", family, "-o", "extended"]
+        done = lab.run(argv, role=role, check=False)
+        if done.returncode != 0:
+            raise LabError(f"conntrack -L -f {family} failed: {done.stderr.strip()}")
+        commands.append(" ".join(argv))
+        lines += [line for line in done.stdout.splitlines() if line.strip()]
+    return "; ".join(commands), lines
 
 
 LAB_NETWORKS = tuple(
@@ -194,7 +201,9 @@ LAB_NETWORKS = tuple(
         "10.244.0.0/15", "10.96.0.0/12",  # pods, ClusterIPs
         "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24",  # node, "internet"
         "0.0.0.0/32", "255.255.255.255/32", "224.0.0.0/4",  # unspecified, broadcast, multicast (IGMP)
-        "::/128", "fe80::/10", "ff00::/8",  # IPv6 noise: DAD, router solicitations, MLD
+        "169.254.0.0/16", "127.0.0.0/8",  # link-local, loopback (lan-noise)
+        "::/128", "fe80::/10", "ff00::/8", "::1/128",  # IPv6 noise: DAD, router solicitations, MLD; loopback
+        "2001:db8::/32",  # IPv6 documentation range (nat66)
     )
 )  # fmt: skip
 

@@ -14,6 +14,7 @@ ones carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import ipaddress
@@ -64,6 +65,8 @@ FAILURE_TIMEOUT_S = 3.3
 """Client timeout where no answer comes. SYNs are retransmitted 1 s apart for the first four tries on
 kernels with net.ipv4.tcp_syn_linear_timeouts (6.7+), at 1 s and 3 s before: 2-3 retransmissions in all."""
 MAX_PCAP_BYTES = 500_000
+PHASE_GAP_S = 0.5
+"""Pause between two rounds of clients (Scenario.phases): more than natproof's 100 ms capture-edge margin."""
 
 SERVER = "198.51.100.10"
 HTTP = Server(INET, "http", SERVER, 80)
@@ -85,6 +88,8 @@ class Recording:
     setup_commands: list[str]
     started: float
     finished: float
+    outside_off: frozenset[tuple[str, str, int, str, int]] = frozenset()
+    """Attempts (Attempt.key) made while the outside capture was not running (Scenario.outside_phases)."""
 
 
 Check = Callable[[list[Connection], Recording], list[str]]
@@ -125,6 +130,12 @@ class Scenario:
     connection): in the truth although no client attempted them."""
     settle_s: float = 0.0
     """Extra wait after the last client, for packets the kernel still sends (retransmitted FINs)."""
+    phases: tuple[tuple[ClientPlan, ...], ...] = ()
+    """Further rounds of clients, each started PHASE_GAP_S after the one before has finished (``clients`` is
+    phase 0)."""
+    outside_phases: tuple[int, int] | None = None
+    """(first, last) phase the outside capture covers: it starts PHASE_GAP_S before the first and stops
+    SETTLE_S after the last (captures that only partly overlap); None: it runs as long as the inside one."""
 
     def rules(self) -> TruthRules:
         pods = self.topology.pods
@@ -144,6 +155,11 @@ class Scenario:
             refused=dict(self.refused),
             reply_other_path=self.reply_other_path,
             unseen_translated=frozenset(self.unseen_translated),
+            broadcast_addresses=frozenset(
+                str(net.broadcast_address)
+                for net in (ipaddress.ip_interface(a).network for a in self.topology.bridge_addresses)
+                if net.version == 4 and net.prefixlen < 31
+            ),
         )
 
 
@@ -216,12 +232,12 @@ def _check_port_pool(connections: list[Connection], rec: Recording) -> list[str]
 
 
 def _ip_packets(path: Path) -> list[tuple[str, str, Any]]:
-    """(src, dst, transport layer) of each IPv4 packet in an Ethernet pcap."""
+    """(src, dst, transport layer) of each IPv4 and IPv6 packet in an Ethernet pcap."""
     out = []
     with open(path, "rb") as f:
         for _, frame in dpkt.pcap.Reader(f):
             ip = dpkt.ethernet.Ethernet(frame).data
-            if isinstance(ip, dpkt.ip.IP):
+            if isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
                 out.append((_addr(ip.src), _addr(ip.dst), ip.data))
     return out
 
@@ -234,20 +250,21 @@ def _capture(rec: Recording, name: str) -> Path:
     return next(cap.path for cap in rec.captures if cap.path.name == name)
 
 
-def _rule_packets(rec: Recording, *needles: str) -> list[int]:
-    """Packet counters of the iptables-save -c rules whose line holds every needle."""
+def _rule_packets(rec: Recording, *needles: str, save: str = "iptables-save") -> list[int]:
+    """Packet counters of the iptables-save -c (or ``save`` -c: ip6tables-save) rules whose line holds every
+    needle."""
     counts = []
-    for line in rec.node_state.get("iptables-save -c", "").splitlines():
+    for line in rec.node_state.get(f"{save} -c", "").splitlines():
         if line.startswith("[") and all(n in line for n in needles):
             counts.append(int(line[1:].split(":", 1)[0]))
     return counts
 
 
-def _counted(*needles: str) -> Check:
+def _counted(*needles: str, save: str = "iptables-save") -> Check:
     """Every rule holding all ``needles`` exists and counted at least one packet (the kernel's own proof)."""
 
     def check(_: list[Connection], rec: Recording) -> list[str]:
-        counts = _rule_packets(rec, *needles)
+        counts = _rule_packets(rec, *needles, save=save)
         if not counts:
             return [f"no iptables rule with {' '.join(needles)}"]
         return [f"iptables rule with {' '.join(needles)} counted no packet"] if 0 in counts else []
@@ -470,6 +487,9 @@ EITHER = "translated|not_forwarded"
 
 
 NODE_IP = "203.0.113.2"
+NODE_IP6 = "2001:db8:100::2"
+SERVER6 = "2001:db8:ff::10"
+POD6_CIDR = "2001:db8:244::/64"
 CLIENT = "198.51.100.20"
 """An internet client's address (on inet's lo) for inbound connections to NodePorts."""
 KUBERNETES = Service("default/kubernetes:https", "tcp", "10.96.0.1", 443, (Endpoint(SERVER, 6443),))
@@ -497,10 +517,152 @@ HAIRPIN_DROP = (
 )
 
 
+# -- lan-noise: what the pod side carries that no router forwards ----------------------------------------------
+
+LAN_NOISE: tuple[tuple[str, Action, int], ...] = (
+    # (the reason natproof must count it under, the datagrams, copies of each in the inside capture: 2 where a
+    # server on the node echoes it back)
+    ("multicast", Action("send", "239.255.255.250", 1900, count=2, interval=0.05, timeout=0.3,
+                         path="M-SEARCH * HTTP/1.1 ST: ssdp:all"), 1),
+    ("multicast", Action("send", "224.0.0.251", 5353, sport=5353, count=2, interval=0.05, timeout=0.3, at=0.02,
+                         path="mdns query _http._tcp.local"), 1),
+    ("multicast", Action("send", "ff02::fb%eth0", 5353, sport=5353, bind="fe80::10%eth0", count=2, interval=0.05,
+                         timeout=0.3, at=0.04, path="mdns query _http._tcp.local"), 1),
+    ("broadcast", Action("send", "255.255.255.255", 9, count=2, interval=0.05, timeout=0.3, at=0.06,
+                         path="discovery"), 1),
+    ("dhcp", Action("send", "255.255.255.255", 67, sport=68, count=2, interval=0.05, timeout=0.3, at=0.08,
+                    path="dhcp request (rebinding)"), 1),
+    # Later than the broadcast one, so that one socket at a time holds port 68 and gets the node's answer.
+    ("dhcp", Action("send", "10.244.0.1", 67, sport=68, count=2, interval=0.05, timeout=0.3, at=0.5,
+                    path="dhcp request (renewing)"), 2),
+    ("dhcp", Action("send", "ff02::1:2%eth0", 547, sport=546, bind="fe80::10%eth0", count=2, interval=0.05,
+                    timeout=0.3, at=0.12, path="dhcpv6 solicit"), 1),
+    ("link_local", Action("send", "169.254.1.1", 7, bind="169.254.10.10", count=2, interval=0.05, timeout=0.3,
+                          at=0.14, path="link-local ipv4"), 2),
+    ("link_local", Action("send", "fe80::1%eth0", 7, bind="fe80::10%eth0", count=2, interval=0.05, timeout=0.3,
+                          at=0.16, path="link-local ipv6"), 2),
+)
+LAN_NOISE_EXPECTED: dict[str, int] = dict(sum((Counter({r: a.count * copies}) for r, a, copies in LAN_NOISE),
+                                              Counter()))
+"""Packets of each reason the inside capture of lan-noise holds (checked against the capture by the scenario)."""
+DIRECTED_BROADCAST = Action("send", "10.244.0.255", 9, count=2, interval=0.05, timeout=0.3, at=0.18,
+                            path="directed broadcast")
+NODE_LOOPBACK = tuple(
+    Action("send", address, 9, count=2, interval=0.05, timeout=0.3, at=0.2 + 0.02 * i, path="to myself")
+    for i, address in enumerate(("127.0.0.1", "::1", NODE_IP, "10.244.0.1"))
+)
+"""From the node to its own addresses: over lo, so in neither capture (a `tcpdump -i any` capture would hold it)."""
+
+
+def _endpoint(address: str, port: int) -> tuple[str, int]:
+    return str(ipaddress.ip_address(address.split("%")[0])), port
+
+
+def lan_noise_counts(path: Path) -> Counter[str]:
+    """UDP packets of lan-noise's noise in a capture, by reason (as LAN_NOISE names them), plus
+    ``directed_broadcast`` (to 10.244.0.255) and ``loopback`` (any packet with a 127/8 or ::1 address, or its
+    source equal to its destination). Packets are told by the scenario's own endpoints, not by natproof's rules."""
+    signature = {_endpoint(a.dst, a.dport): reason for reason, a, _ in LAN_NOISE}
+    signature[_endpoint(DIRECTED_BROADCAST.dst, DIRECTED_BROADCAST.dport)] = "directed_broadcast"
+    loopback = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128")]
+    counts: Counter[str] = Counter()
+    for src, dst, l4 in _ip_packets(path):
+        if src == dst or any(ipaddress.ip_address(a) in n for a in (src, dst) for n in loopback):
+            counts["loopback"] += 1
+        if isinstance(l4, dpkt.udp.UDP):
+            reason = signature.get((dst, l4.dport)) or signature.get((src, l4.sport))
+            if reason:
+                counts[reason] += 1
+    return counts
+
+
+def _check_lan_noise(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    inside = lan_noise_counts(_capture(rec, "inside.pcap"))
+    outside = lan_noise_counts(_capture(rec, "outside.pcap"))
+    for reason, n in LAN_NOISE_EXPECTED.items():
+        if inside[reason] != n:
+            problems.append(f"inside.pcap: {inside[reason]} {reason} packets, the design sends {n}")
+    # Measured (kernel 6.18, iproute2 6.1): the pod's kernel sends the datagrams to 10.244.0.255 to the Ethernet
+    # broadcast address, the bridge floods them to the node, and nothing forwards them.
+    if inside["directed_broadcast"] != DIRECTED_BROADCAST.count:
+        problems.append(f"inside.pcap: {inside['directed_broadcast']} packets to 10.244.0.255, expected "
+                        f"{DIRECTED_BROADCAST.count}")
+    if any(outside.values()):
+        problems.append(f"outside.pcap: noise crossed the node: {dict(outside)}")
+    for name, counts in (("inside.pcap", inside), ("outside.pcap", outside)):
+        if counts["loopback"]:
+            problems.append(f"{name}: {counts['loopback']} loopback packets (127/8, ::1 or source = destination)")
+    # The node's datagrams to itself went over lo: its counters hold them (and the ICMP errors for the closed port).
+    lo = re.search(r"\d+: lo:.*?RX:[^\n]*\n\s*(\d+)\s+(\d+)", rec.node_state.get("node: ip -s -br link", ""), re.S)
+    sent = sum(a.count for a in NODE_LOOPBACK)
+    if not lo or int(lo.group(2)) < sent:
+        problems.append(f"node lo received {lo.group(2) if lo else 'no'} packets, the node sent itself {sent}")
+    return problems
+
+
+# -- routed, partial-overlap, nat66 ---------------------------------------------------------------------------
+
+
+def _check_routed(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    if _rule_packets(rec, "MASQUERADE") or _rule_packets(rec, "SNAT"):
+        problems.append("the node has a MASQUERADE or SNAT rule")
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    for pod, answered in (("10.244.0.10", True), ("10.244.1.10", False)):
+        sent = sum(1 for s, _, _ in outside if s == pod)
+        back = sum(1 for _, d, _ in outside if d == pod)
+        if not sent:
+            problems.append(f"outside.pcap: nothing left with source {pod}")
+        if bool(back) != answered:
+            problems.append(f"outside.pcap: {back} packets came back to {pod}, the design "
+                            f"{'routes it back' if answered else 'has no route back'}")
+    return problems
+
+
+def _check_partial_overlap(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    off = sum(1 for c in connections if _key(c) in rec.outside_off)
+    if off != 4 or len(connections) - off != 2:
+        problems.append(f"{off} of {len(connections)} connections made while the outside capture was off, "
+                        "expected 4 of 6")
+    # The kernel translated them all (conntrack saw replies, the pod got them); the outside capture holds the
+    # translated packets of the ones it ran for, and of no other.
+    outside_ports = {l4.sport for s, _, l4 in _ip_packets(_capture(rec, "outside.pcap"))
+                     if s == NODE_IP and isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP)}
+    for c in connections:
+        was_off = _key(c) in rec.outside_off
+        port = c.entry.reply.dport if c.entry is not None else None
+        if c.entry is None or not c.entry.replied or port is None:
+            problems.append(f"{c.inside}: no replied conntrack entry")
+        elif was_off == (port in outside_ports):
+            problems.append(f"{c.inside}: outside port {port} {'in' if was_off else 'not in'} outside.pcap")
+    return problems
+
+
+def _check_nat66(connections: list[Connection], _: Recording) -> list[str]:
+    return [f"{c.inside}: left as {c.outside}, not as the node's address {NODE_IP6}" for c in connections
+            if c.outside is None or c.outside.src != NODE_IP6]
+
+
 def _kube(services: tuple[Service, ...], *extra: tuple[str, ...], **topology: Any) -> TopologySpec:
     """A node with kube-proxy's rules for ``services``, the pod-network MASQUERADE, then ``extra`` rules."""
     rules = (*kube_proxy_rules(services, POD_CIDR), MASQUERADE_RULE, *extra)
     return TopologySpec(iptables_rules=rules, **topology)
+
+
+def _overlap_phase(outside_on: bool) -> tuple[ClientPlan, ...]:
+    """One phase of partial-overlap: an HTTP request and two datagrams; all answered (outcome ok) either way."""
+    expect = "translated" if outside_on else "not_forwarded"
+    return (
+        ClientPlan(
+            "pod1",
+            (
+                Action("http", SERVER, 80, expect=expect, outcome="ok"),
+                Action("udp", SERVER, 7, count=2, interval=0.1, at=0.05, timeout=1.0, expect=expect, outcome="ok"),
+            ),
+        ),
+    )
 
 
 def _http(pod: str, count: int = 1, **kwargs: Any) -> ClientPlan:
@@ -1130,6 +1292,145 @@ SCENARIOS: dict[str, Scenario] = {
             inside_interface="vethpod1",
             check=_all(_count(2), _verdicts(translated=2), _check_ftp),
         ),
+        Scenario(
+            "lan-noise",
+            "the pod side also carries LAN traffic no router forwards (SSDP and mDNS multicast, IPv6 multicast, "
+            "limited and directed broadcast, DHCP and DHCPv6, 169.254/16 and fe80:: link-local), next to egress "
+            "through MASQUERADE",
+            "pod1 (10.244.0.10/24, plus 169.254.10.10/16 and fe80::10/64 on its eth0) makes two HTTP requests to "
+            "198.51.100.10:80 and sends three datagrams to a UDP echo on 198.51.100.10:7 (translated), and around "
+            "them, from stdlib UDP sockets, two datagrams each of: SSDP M-SEARCH to 239.255.255.250:1900, mDNS "
+            "from port 5353 to 224.0.0.251:5353 and from [fe80::10]:5353 to [ff02::fb]:5353, a discovery "
+            "datagram to the limited broadcast 255.255.255.255:9, DHCP from port 68 to 255.255.255.255:67 (a "
+            "rebinding request) and to the node's 10.244.0.1:67 (a renewal, which a UDP echo on the node "
+            "answers), DHCPv6 from [fe80::10]:546 to [ff02::1:2]:547, link-local datagrams from 169.254.10.10 to "
+            "169.254.1.1:7 and from fe80::10 to fe80::1:7 (cni0 holds 169.254.1.1/16 and fe80::1/64; UDP echoes "
+            "on the node answer both), and to the directed broadcast of the pod subnet, 10.244.0.255:9 "
+            "(SO_BROADCAST). The node also sends two datagrams each to 127.0.0.1, ::1, 203.0.113.2 and "
+            "10.244.0.1 (its own addresses, port 9, closed): they go over lo and appear in neither capture. No "
+            "router forwards any of this noise: the check counts each kind on the pod's bridge port (vethpod1, "
+            "the inside capture) and finds none on eth0. conntrack tracks some of it (bridged multicast with "
+            "bridge-nf-call-iptables=1, the DHCP renewal): those entries are left out of the truth (see notes).",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, count=2, interval=0.1, at=0.1),
+                        Action("udp", SERVER, 7, count=3, interval=0.1, at=0.15, timeout=1.0),
+                        *(action for _, action, _ in LAN_NOISE),
+                        DIRECTED_BROADCAST,
+                    ),
+                ),
+                ClientPlan(NODE, NODE_LOOPBACK),
+            ),
+            topology=TopologySpec(
+                pods=(Pod("pod1", "10.244.0.10/24", ("169.254.10.10/16", "fe80::10/64")),),
+                bridge_addresses=("10.244.0.1/24", "169.254.1.1/16", "fe80::1/64"),
+            ),
+            servers=(
+                HTTP,
+                Server(INET, "udp-echo", SERVER, 7),
+                Server(NODE, "udp-echo", "10.244.0.1", 67),
+                Server(NODE, "udp-echo", "169.254.1.1", 7),
+                Server(NODE, "udp-echo", "fe80::1%cni0", 7),
+            ),
+            inside_interface="vethpod1",
+            check=_all(_count(3), _verdicts(translated=3), _check_lan_noise),
+        ),
+        Scenario(
+            "routed",
+            "no NAT: the far side routes the pod subnet 10.244.0.0/24 back, so pod1's traffic crosses unchanged and "
+            "is answered; pod2's 10.244.1.0/24 has no route back and gets no answer",
+            "The node has no SNAT rule (only FORWARD's RELATED,ESTABLISHED accept, which makes the kernel track "
+            "connections) and forwards pod traffic unchanged. inet routes 10.244.0.0/24 back via the node "
+            "(203.0.113.2) and nothing else: pod1 (10.244.0.10) makes two HTTP requests to 198.51.100.10:80, three "
+            "datagrams to a UDP echo on :7 and two echo requests, all answered with its own address as "
+            "destination. pod2 (10.244.1.10, on the same bridge, gateway 10.244.1.1) connects to "
+            f"198.51.100.10:80 ({FAILURE_TIMEOUT_S:g} s timeout): its SYNs leave eth0 unchanged and the server's "
+            "SYN-ACKs have no route, so nothing comes back (a subnet the far side was never told about). conntrack's "
+            "reply tuple is the original one reversed for all: untranslated; the pods' clients saw answers for "
+            "pod1 and a timeout for pod2.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, count=2, interval=0.1, expect="untranslated", outcome="ok"),
+                        Action("udp", SERVER, 7, count=3, interval=0.1, at=0.05, timeout=1.0, expect="untranslated",
+                               outcome="ok"),
+                        Action("ping", SERVER, sport=0x0104, count=2, interval=0.2, at=0.1, timeout=1.0,
+                               expect="untranslated", outcome="ok"),
+                    ),
+                ),
+                ClientPlan(
+                    "pod2",
+                    (Action("http", SERVER, 80, at=0.15, timeout=FAILURE_TIMEOUT_S, expect="untranslated"),),
+                ),
+            ),
+            topology=TopologySpec(
+                pods=(Pod("pod1", "10.244.0.10/24"), Pod("pod2", "10.244.1.10/24")),
+                bridge_addresses=("10.244.0.1/24", "10.244.1.1/24"),
+                iptables_rules=(ESTABLISHED,),
+                inet_routes=("10.244.0.0/24",),
+            ),
+            servers=(HTTP, Server(INET, "udp-echo", SERVER, 7)),
+            check=_all(_count(5), _verdicts(untranslated=5), _check_routed),
+        ),
+        Scenario(
+            "partial-overlap",
+            "the outside capture starts late and stops early: connections before and after it are on the inside "
+            "capture only",
+            "Three phases of the same traffic, 0.5 s apart: pod1 makes one HTTP request to 198.51.100.10:80 and "
+            "sends two datagrams to a UDP echo on :7. The inside capture (vethpod1) runs throughout; the outside "
+            "capture (eth0) is started after phase 0 and stopped after phase 1. The kernel translates every "
+            "connection (conntrack saw replies, and the pod got them), but only phase 1's crossed a running outside "
+            "capture. For phases 0 and 2 the truth says what the captures can show, as natproof.correlate/2 "
+            "defines it: not_forwarded (no capture shows the crossing), other_capture_off true, no translated "
+            "tuple; the kernel's mapping is in their notes. Phase 1: translated, other_capture_off false.",
+            _overlap_phase(outside_on=False),
+            phases=(_overlap_phase(outside_on=True), _overlap_phase(outside_on=False)),
+            outside_phases=(1, 1),
+            servers=(HTTP, Server(INET, "udp-echo", SERVER, 7)),
+            inside_interface="vethpod1",
+            check=_all(_count(6), _verdicts(translated=2, not_forwarded=4), _check_partial_overlap),
+        ),
+        Scenario(
+            "nat66",
+            "IPv6 pods with global (documentation) addresses behind ip6tables MASQUERADE: TCP and UDP egress",
+            "pod1 (2001:db8:244::10) and pod2 (2001:db8:244::11) are on cni0 (2001:db8:244::1/64); the node's eth0 "
+            f"is {NODE_IP6}/64 and inet's 2001:db8:100::1/64, with the servers on {SERVER6}; IPv6 forwarding is on. "
+            "ip6tables: -t nat -A POSTROUTING -s 2001:db8:244::/64 -o eth0 -j MASQUERADE. pod1 makes two HTTP "
+            f"requests to [{SERVER6}]:80 and sends three datagrams to a UDP echo on :7; pod2 makes one HTTP "
+            "request. Addresses are added without duplicate address detection (nodad), so they are usable at once. "
+            "conntrack's IPv6 entries are the truth (the closing listing is `conntrack -L -f ipv6`).",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER6, 80, count=2, interval=0.1),
+                        Action("udp", SERVER6, 7, count=3, interval=0.1, at=0.05, timeout=1.0),
+                    ),
+                ),
+                ClientPlan("pod2", (Action("http", SERVER6, 80, at=0.1),)),
+            ),
+            topology=TopologySpec(
+                pods=(Pod("pod1", "2001:db8:244::10/64"), Pod("pod2", "2001:db8:244::11/64")),
+                bridge_addresses=("2001:db8:244::1/64",),
+                node_address=f"{NODE_IP6}/64",
+                inet_address="2001:db8:100::1/64",
+                server_addresses=(SERVER6,),
+                iptables_rules=(),
+                ip6tables_rules=(_rule(f"-t nat -A POSTROUTING -s {POD6_CIDR} -o eth0 -j MASQUERADE"),),
+            ),
+            servers=(Server(INET, "http", SERVER6, 80), Server(INET, "udp-echo", SERVER6, 7)),
+            pod_cidr=POD6_CIDR,
+            check=_all(
+                _count(4),
+                _verdicts(translated=4),
+                _check_nat66,
+                _counted("MASQUERADE", save="ip6tables-save"),
+                _nowhere("outside.pcap", POD6_CIDR),
+            ),
+        ),
     )
 }
 
@@ -1208,21 +1509,35 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         ]
         for recorder in recorders:
             recorder.start()
-        captures = [
-            PacketCapture(lab, NODE, scenario.inside_interface, stage / "inside.pcap"),
-            PacketCapture(lab, NODE, "eth0", stage / "outside.pcap"),
-        ]
-        for capture in captures:
-            capture.start()
-        attempts = run_clients(lab, scenario.clients)
+        inside = PacketCapture(lab, NODE, scenario.inside_interface, stage / "inside.pcap")
+        outside = PacketCapture(lab, NODE, "eth0", stage / "outside.pcap")
+        phases = (scenario.clients, *scenario.phases)
+        first, last = scenario.outside_phases or (0, len(phases) - 1)
+        inside.start()
+        outside_stats = None
+        attempts: list[Attempt] = []
+        off: set[tuple[str, str, int, str, int]] = set()
+        for i, plans in enumerate(phases):
+            if i:
+                time.sleep(PHASE_GAP_S)
+            if i == first:
+                outside.start()
+            done = run_clients(lab, plans)
+            attempts += done
+            if not first <= i <= last:
+                off.update(a.key for a in done)
+            if i == last and i < len(phases) - 1:
+                time.sleep(SETTLE_S)
+                outside_stats = outside.stop()
         time.sleep(SETTLE_S + scenario.settle_s)
-        capture_stats = [capture.stop() for capture in captures]
+        capture_stats = [inside.stop(), outside_stats or outside.stop()]
         recorder_stats = [recorder.stop() for recorder in recorders]
         listing_command, listing = snapshot_conntrack(lab, NODE)
         node_state = _node_state(lab)
     return Recording(
         prefix=lab.prefix,
-        attempts=attempts,
+        attempts=sorted(attempts, key=lambda a: a.t_start),
+        outside_off=frozenset(off),
         captures=capture_stats,
         recorders=recorder_stats,
         listing_command=listing_command,
@@ -1236,6 +1551,7 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
 
 NODE_SYSCTLS = (
     "net.ipv4.ip_forward",
+    "net.ipv6.conf.all.forwarding",
     "net.ipv4.conf.all.rp_filter",
     "net.ipv4.conf.default.rp_filter",
     "net.bridge.bridge-nf-call-iptables",
@@ -1267,6 +1583,8 @@ def _node_state(lab: Lab) -> dict[str, str]:
     # Every table with packet and byte counters per rule ([packets:bytes]): the kernel's count of what
     # each DNAT, MARK, MASQUERADE and REJECT rule did.
     state["iptables-save -c"] = lab.run(["iptables-save", "-c"], role=NODE).stdout
+    if lab.spec.ip6tables_rules:
+        state["ip6tables-save -c"] = lab.run(["ip6tables-save", "-c"], role=NODE).stdout
     state["node: ip -s -br link"] = lab.run(["ip", "-s", "link"], role=NODE).stdout
     for role in lab.roles:
         addrs = lab.run(["ip", "-br", "addr"], role=role).stdout
@@ -1337,6 +1655,11 @@ def _judge(scenario: Scenario, rec: Recording, stage: Path) -> tuple[dict, list[
     events = [e for e in entries if e.event is not None]
     listing = [e for e in entries if e.event is None]
     connections, notes = build_connections(events, listing, rec.attempts, scenario.rules())
+    if scenario.outside_phases is not None:
+        connections = [
+            _outside_off(c) if _key(c) in rec.outside_off else dataclasses.replace(c, other_capture_off=False)
+            for c in connections
+        ]
     truth = {
         "schema": SCHEMA,
         "scenario": scenario.name,
@@ -1351,6 +1674,22 @@ def _judge(scenario: Scenario, rec: Recording, stage: Path) -> tuple[dict, list[
         "connections": [c.to_dict() for c in connections],
     }
     return truth, connections, notes
+
+
+def _key(c: Connection) -> tuple[str, str, int, str, int]:
+    return (c.proto, c.inside.src, c.inside.sport, c.inside.dst, c.inside.dport)
+
+
+def _outside_off(c: Connection) -> Connection:
+    """A connection made while the outside capture was not running: the kernel's mapping stays in the evidence and
+    notes, the truth says what the captures can show (natproof.correlate/2: the initiator's packets never crossed a
+    capture, so not_forwarded, flagged other_capture_off; no translated leg was captured)."""
+    note = (f"made while the outside capture was not running (design): the kernel mapped it to {c.outside} "
+            f"({c.verdict}), but no capture shows it crossing; natproof can only say not_forwarded with "
+            "other_capture_off")
+    return dataclasses.replace(c, outside=None, translated=None, verdict="not_forwarded", other_capture_off=True,
+                               notes="; ".join(n for n in (c.notes, note) if n),
+                               evidence=f"{c.evidence}; outside capture off (design)")
 
 
 def _problems(
@@ -1446,8 +1785,13 @@ def _describe(
         out.append(f"{pod.name}: eth0 {pod.address}, default via {pod.gateway}; peer {pod.host_veth} on cni0")
     out.append(
         "inet: servers on "
-        + ", ".join(f"{a}/32 on lo" for a in scenario.topology.server_addresses)
-        + "; no route to the pod networks and no default route"
+        + ", ".join(f"{a}/{ipaddress.ip_address(a).max_prefixlen} on lo" for a in scenario.topology.server_addresses)
+        + (
+            f"; routes {', '.join(scenario.topology.inet_routes)} back via the node, no other route to the pod "
+            "networks and no default route"
+            if scenario.topology.inet_routes
+            else "; no route to the pod networks and no default route"
+        )
     )
     out += ["", "setup commands, in order:", *(f"  {c}" for c in rec.setup_commands)]
     for title, text in rec.node_state.items():
@@ -1460,10 +1804,21 @@ def _describe(
             f"namespace on {cap.interface}: {cap.captured} packets, {cap.dropped_by_kernel} dropped by "
             f"kernel, {cap.size_bytes} bytes"
         )
+    schedule = (
+        "Both captures were started (each printed 'listening on') before the first client and stopped with "
+        f"SIGINT {SETTLE_S:g} s after the last one."
+    )
+    if scenario.outside_phases is not None:
+        first, last = scenario.outside_phases
+        schedule = (
+            "The inside capture was started (it printed 'listening on') before the first client and stopped with "
+            f"SIGINT {SETTLE_S:g} s after the last one. The clients ran in {1 + len(scenario.phases)} phases "
+            f"{PHASE_GAP_S:g} s apart, and the outside capture ran for phases {first} to {last} only: started "
+            f"{PHASE_GAP_S:g} s after the phase before, stopped {SETTLE_S:g} s after phase {last}."
+        )
     out += _wrap(
         "No capture filter: ARP, IPv6 (router solicitations, MLD, DAD) and IGMP noise is kept as it was. "
-        "Both captures were started (each printed 'listening on') before the first client and stopped with "
-        f"SIGINT {SETTLE_S:g} s after the last one. Offloads are the kernel's defaults (see offloads above): "
+        f"{schedule} Offloads are the kernel's defaults (see offloads above): "
         "TCP data built by the pods' and inet's stacks crosses the veths as GSO packets of up to 64 KB, "
         "which appear with that size in both captures (a physical NIC would segment them on the wire, and "
         "GRO would merge them again on the outside only), and L4 checksums of locally built packets carry "
@@ -1478,8 +1833,9 @@ def _describe(
         "conntrack.log holds, in sections, the output of `conntrack -E -e NEW -o timestamp,extended`, of "
         "`conntrack -E -e UPDATE,DESTROY -o timestamp,extended` (two listeners, because one listening to all "
         "events loses NEW events under load), both in the node namespace for the whole run, then "
-        "`conntrack -L -o extended` after the traffic. nf_conntrack_acct=1 adds packets=/bytes= per "
-        "direction. Only IPv4 entries whose original source is a pod address (pod-initiated) or whose reply "
+        "`conntrack -L -o extended` (IPv4, then `-f ipv6`) after the traffic. nf_conntrack_acct=1 adds packets=/bytes= "
+        "per direction. Entries of traffic no router forwards (multicast, broadcast, link-local, loopback, DHCP) "
+        "are left out. Only entries whose original source is a pod address (pod-initiated) or whose reply "
         "source is one while the original source is not (inbound: NodePort, an FTP data connection) are kept. "
         "original = the original tuple; translated = the reply tuple reversed (src = reply dst, sport = reply "
         "dport, dst = reply src, dport = reply sport), so DNAT shows in dst/dport and SNAT in src/sport; "

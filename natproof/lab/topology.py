@@ -77,7 +77,10 @@ class Pod:
     name: str
     """Short role name, e.g. ``pod1``; the host-side veth is ``veth<name>``."""
     address: str
-    """Interface address with prefix length, e.g. ``10.244.0.10/24``."""
+    """Interface address with prefix length, e.g. ``10.244.0.10/24`` (or an IPv6 one: the pod is then
+    IPv6-only, with its default route via the first host of its /64)."""
+    extra_addresses: tuple[str, ...] = ()
+    """More addresses on the pod's eth0 (a link-local 169.254.x/16 or fe80::/64 one): no route uses them."""
 
     @property
     def ip(self) -> str:
@@ -113,6 +116,10 @@ class TopologySpec:
     reply_link: tuple[str, str] | None = None
     """(node address, inet address) of a second link, eth1, between node and inet; when set, inet sends
     everything for the node's eth0 address over it (a /32 route), so replies bypass eth0."""
+    inet_routes: tuple[str, ...] = ()
+    """Networks inet routes back via the node's eth0 address (a routed pod network: no NAT needed)."""
+    ip6tables_rules: tuple[tuple[str, ...], ...] = ()
+    """Arguments of each ``ip6tables`` call in the node namespace, applied after the iptables ones."""
 
     @property
     def inet_ip(self) -> str:
@@ -208,9 +215,11 @@ class Lab:
         out = self.run([sys.executable, "-c", script, *keys], role=role).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def iptables(self, *args: str) -> None:
+    def iptables(self, *args: str, tool: str = "iptables") -> None:
         # -w: the xtables lock file is shared by every namespace on the machine.
-        self.run(["iptables", "-w", "5", *args], role=NODE, record=True)
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} not found: apt-get install iptables")
+        self.run([tool, "-w", "5", *args], role=NODE, record=True)
 
     # -- setup and teardown ------------------------------------------------------------------------
 
@@ -236,6 +245,12 @@ class Lab:
     def _ip(self, role: str, *args: str) -> None:
         self.run(["ip", "-n", self.netns(role), *args], record=True)
 
+    def _addr(self, role: str, address: str, dev: str) -> None:
+        """Add an address; IPv6 ones without duplicate address detection, which would keep them tentative (not
+        bindable, not a source) for a second or more after the link comes up."""
+        nodad = ("nodad",) if ipaddress.ip_interface(address).version == 6 else ()
+        self._ip(role, "addr", "add", address, "dev", dev, *nodad)
+
     def setup(self) -> None:
         """Build the topology. Every link is created directly inside its namespaces, never in the root one."""
         spec = self.spec
@@ -245,27 +260,31 @@ class Lab:
 
         self._ip(NODE, "link", "add", "cni0", "type", "bridge")
         for address in spec.bridge_addresses:
-            self._ip(NODE, "addr", "add", address, "dev", "cni0")
+            self._addr(NODE, address, "cni0")
         self._ip(NODE, "link", "set", "cni0", "up")
 
         # The node's uplink: eth0 in node <-> eth0 in inet, both ends created in place.
         self._ip(NODE, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", inet)
-        self._ip(NODE, "addr", "add", spec.node_address, "dev", "eth0")
+        self._addr(NODE, spec.node_address, "eth0")
         self._ip(NODE, "link", "set", "eth0", "up")
-        self._ip(INET, "addr", "add", spec.inet_address, "dev", "eth0")
+        self._addr(INET, spec.inet_address, "eth0")
         self._ip(INET, "link", "set", "eth0", "up")
         for address in spec.server_addresses:
-            self._ip(INET, "addr", "add", f"{address}/32", "dev", "lo")
+            host = ipaddress.ip_address(address).max_prefixlen
+            self._addr(INET, f"{address}/{host}", "lo")
         self._ip(NODE, "route", "add", "default", "via", spec.inet_ip)
         # inet gets no route to the pod ranges and no default route, like the real internet: a packet that
-        # still carries a pod source address gets no answer.
+        # still carries a pod source address gets no answer. Only a routed design (inet_routes) routes some back.
+        for network in spec.inet_routes:
+            self._ip(INET, "route", "add", network, "via", str(ipaddress.ip_interface(spec.node_address).ip))
 
         for pod in spec.pods:
             peer = f"peer name eth0 netns {self.netns(pod.name)}"
             self._ip(NODE, "link", "add", pod.host_veth, "type", "veth", *peer.split())
             self._ip(NODE, "link", "set", pod.host_veth, "master", "cni0")
             self._ip(NODE, "link", "set", pod.host_veth, "up")
-            self._ip(pod.name, "addr", "add", pod.address, "dev", "eth0")
+            for address in (pod.address, *pod.extra_addresses):
+                self._addr(pod.name, address, "eth0")
             self._ip(pod.name, "link", "set", "eth0", "up")
             self._ip(pod.name, "route", "add", "default", "via", pod.gateway)
             if pod.name in spec.hairpin_pods:
@@ -297,6 +316,9 @@ class Lab:
                 "net.bridge.bridge-nf-call-iptables": "1",
             },
         )
+        if spec.ip6tables_rules or any(ipaddress.ip_interface(p.address).version == 6 for p in spec.pods):
+            self.write_sysctls(NODE, {"net.ipv6.conf.all.forwarding": "1" if spec.ip_forward else "0"})
+            self.write_sysctls(INET, {"net.ipv6.conf.all.forwarding": "1"})
         self.write_sysctls(
             INET,
             {
@@ -320,6 +342,8 @@ class Lab:
             self.iptables("-P", "FORWARD", spec.forward_policy)
         for rule in spec.iptables_rules:
             self.iptables(*rule)
+        for rule in spec.ip6tables_rules:
+            self.iptables(*rule, tool="ip6tables")
 
     def stop(
         self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 3.0

@@ -22,7 +22,7 @@ START_DELAY_S = 0.4
 # An HTTP/1.0 server: GET / answers a short text, GET /bytes/N answers N bytes. One connection per
 # request, closed by the server after the response, so the server side holds TIME_WAIT.
 HTTP_SERVER = r"""
-import http.server, socketserver, sys, threading, time
+import http.server, socket, socketserver, sys, threading, time
 address, port, lifetime = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,6 +53,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 512  # bursts from several pods must not overflow the accept queue
     allow_reuse_address = True
+    address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
 
     def server_bind(self):
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS query to the host's resolver:
@@ -69,8 +70,10 @@ time.sleep(lifetime)
 UDP_ECHO_SERVER = r"""
 import socket, sys, time
 address, port, lifetime = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind((address, port))
+# An IPv6 link-local address names its interface: fe80::1%cni0 (getaddrinfo fills in the scope id).
+family, _, _, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_DGRAM)[0]
+sock = socket.socket(family, socket.SOCK_DGRAM)
+sock.bind(where)
 sock.settimeout(0.5)
 print("ready", flush=True)
 end = time.monotonic() + lifetime
@@ -221,15 +224,18 @@ def source_for(dst):
     finally:
         probe.close()
 
+def family(dst):
+    return socket.AF_INET6 if ":" in dst else socket.AF_INET
+
 def http_once(a):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(family(a["dst"]), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if a["sport"] or a["bind"]:
         sock.bind((a["bind"], a["sport"]))
     sock.setblocking(False)
     t_start = time.time()
     sock.connect_ex((a["dst"], a["dport"]))
-    src, sport = sock.getsockname()  # the port is chosen at connect(), before the SYN leaves
+    src, sport = sock.getsockname()[:2]  # the port is chosen at connect(), before the SYN leaves
     try:
         _, writable, _ = select.select([], [sock], [], a["timeout"])
         if not writable:
@@ -286,12 +292,12 @@ def ftp(a):
         emit(a, src, sport, t_start, "error", str(exc))
 
 def udp(a):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(family(a["dst"]), socket.SOCK_DGRAM)
     if a["sport"] or a["bind"]:
         sock.bind((a["bind"], a["sport"]))
     sock.connect((a["dst"], a["dport"]))  # connected: an ICMP error comes back as ECONNREFUSED
     sock.settimeout(a["timeout"])
-    src, sport = sock.getsockname()
+    src, sport = sock.getsockname()[:2]
     t_start, answered, outcome = time.time(), 0, "ok"
     try:
         for i in range(a["count"]):
@@ -308,6 +314,37 @@ def udp(a):
     finally:
         sock.close()
     emit(a, src, sport, t_start, outcome, "%d of %d datagrams answered" % (answered, a["count"]))
+
+def send(a):
+    # Datagrams nobody forwards (multicast, broadcast, link-local, DHCP): sent and not reported as attempts,
+    # since they are no connection through the NAT. An IPv6 link-local or multicast address names its interface
+    # (fe80::1%eth0, ff02::fb%eth0); replies are read until a["timeout"] after the last datagram, so none comes
+    # to a closed socket (which would answer it with an ICMP error).
+    fam, _, _, _, where = socket.getaddrinfo(a["dst"], a["dport"], type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    elif where[3]:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, where[3])
+    if a["sport"] or a["bind"]:
+        # AI_PASSIVE: no bind address means the wildcard one (without it getaddrinfo gives loopback).
+        sock.bind(socket.getaddrinfo(a["bind"] or None, a["sport"], fam, socket.SOCK_DGRAM, 0,
+                                     socket.AI_PASSIVE)[0][4])
+    try:
+        for i in range(a["count"]):
+            sock.sendto(a["path"].encode() + b" %d" % i, where)
+            if i + 1 < a["count"]:
+                time.sleep(a["interval"])
+        deadline = time.monotonic() + a["timeout"]
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                sock.recv(65535)
+            except OSError:
+                break
+    finally:
+        sock.close()
 
 """ + CHECKSUM + r"""
 def ping(a):
@@ -352,15 +389,24 @@ def run(a):
         ping(a)
     elif a["kind"] == "ftp":
         ftp(a)
+    elif a["kind"] == "send":
+        try:
+            send(a)
+        except OSError as exc:
+            # Nothing reports these datagrams: a failure to send them must fail the client.
+            failures.append("send to %s:%d: %s" % (a["dst"], a["dport"], exc))
 
+failures = []
 threads = [threading.Thread(target=run, args=(a,)) for a in plan["actions"]]
 for t in threads:
     t.start()
 for t in threads:
     t.join()
+if failures:
+    sys.exit("; ".join(failures))
 """
 
-PROTO_OF_KIND = {"http": "tcp", "connect": "tcp", "ftp": "tcp", "udp": "udp", "ping": "icmp"}
+PROTO_OF_KIND = {"http": "tcp", "connect": "tcp", "ftp": "tcp", "udp": "udp", "ping": "icmp", "send": "udp"}
 SERVER_SCRIPTS = {"http": HTTP_SERVER, "udp-echo": UDP_ECHO_SERVER, "ftp": FTP_SERVER, "oow-injector": OOW_INJECTOR}
 SERVER_PROTO = {"http": "tcp", "udp-echo": "udp", "ftp": "tcp", "oow-injector": "tcp"}
 
@@ -395,7 +441,9 @@ class Action:
 
     kind: str
     """``http``, ``connect`` (TCP connect, hold, close without a request), ``ftp`` (active-mode RETR over
-    stdlib ftplib), ``udp`` or ``ping``."""
+    stdlib ftplib), ``udp``, ``ping``, or ``send``: ``count`` datagrams that no router forwards (multicast,
+    broadcast, link-local, DHCP), not reported as attempts (they are in no truth). TCP and UDP follow the
+    family of ``dst``; ``send`` takes an IPv6 scope (``ff02::fb%eth0``) in ``dst`` and ``bind``."""
     dst: str
     dport: int = 0
     count: int = 1
@@ -409,6 +457,7 @@ class Action:
     interval: float = 0.0
     """Seconds between repetitions."""
     path: str = "/"
+    """HTTP: the path to GET; ``send``: the datagrams' payload (each gets its number appended)."""
     timeout: float = 2.0
     """Per connect, per read and per datagram or echo reply."""
     expect: str = "translated"

@@ -38,7 +38,10 @@ class FlowTuple:
         return [f for f in ("src", "sport", "dst", "dport") if getattr(self, f) != getattr(other, f)]
 
     def __str__(self) -> str:
-        return f"{self.src}:{self.sport} -> {self.dst}:{self.dport}"
+        def end(address: str, port: int) -> str:
+            return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+        return f"{end(self.src, self.sport)} -> {end(self.dst, self.dport)}"
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,9 @@ class TruthRules:
     unseen_translated: frozenset[str] = frozenset()
     """Backend addresses whose DNATed leg is in neither capture (a Service endpoint on another bridge port
     than the captured one): the truth gives ``translated`` null for those, and says why in ``notes``."""
+    broadcast_addresses: frozenset[str] = frozenset()
+    """Directed broadcast addresses of the node's own subnets (10.244.0.255 for 10.244.0.1/24): a packet to one
+    is delivered to the node and the bridge's ports, never routed on."""
 
     def service_for(self, proto: str, address: str, port: int) -> ServiceRule | None:
         for rule in self.services:
@@ -260,6 +266,10 @@ class Connection:
     leg after the NAT is in neither capture."""
     service: dict[str, object] | None = None
     """``{"type", "address", "port", "backend"}`` when the original destination is a Service the design set up."""
+    other_capture_off: bool | None = None
+    """Set where the design stops a capture during the traffic: True for a connection made while the outside
+    capture was not running (natproof.correlate/2's ``other_capture_off`` flag), False for the others; None (not in
+    truth.json) elsewhere."""
 
     @property
     def rewrites(self) -> list[str] | None:
@@ -279,6 +289,8 @@ class Connection:
             "rewrites": self.rewrites,
             "service": self.service,
         }
+        if self.other_capture_off is not None:
+            doc["other_capture_off"] = self.other_capture_off
         if self.notes:
             doc["notes"] = self.notes
         return doc
@@ -297,6 +309,35 @@ class _Track:
     """Its NEW events: more than one when one client connection was tracked as several entries in turn."""
 
 
+NEVER_FORWARDED = (
+    ("multicast", ("224.0.0.0/4", "ff00::/8")),
+    ("broadcast", ("255.255.255.255/32",)),
+    ("link_local", ("169.254.0.0/16", "fe80::/10")),
+    ("loopback", ("127.0.0.0/8", "::1/128")),
+)
+DHCP_PORTS = frozenset({67, 68, 546, 547})
+
+
+def never_forwarded(entry: ConntrackLine, rules: TruthRules) -> str | None:
+    """Why no router forwards this entry's traffic (so it is no connection through the NAT), or None.
+
+    conntrack tracks such traffic all the same where it passes iptables (a bridged multicast with
+    bridge-nf-call-iptables=1, a DHCP datagram to the node): multicast, limited or directed broadcast,
+    link-local and loopback addresses (RFC 1112, 919, 3927, 4291), and DHCP/DHCPv6 between ports 67/68, 546/547.
+    """
+    o = entry.original
+    if entry.proto == "udp" and o.sport in DHCP_PORTS and o.dport in DHCP_PORTS:
+        return "dhcp"
+    if o.dst in rules.broadcast_addresses:
+        return "broadcast"
+    for address in (o.dst, o.src):
+        ip = ipaddress.ip_address(address)
+        for reason, networks in NEVER_FORWARDED:
+            if any(ip.version == net.version and ip in net for net in map(ipaddress.ip_network, networks)):
+                return reason
+    return None
+
+
 def build_connections(
     events: Iterable[ConntrackLine],
     listing: Iterable[ConntrackLine],
@@ -312,12 +353,19 @@ def build_connections(
     order: list[_Track] = []
     ignored: dict[str, int] = {}
 
+    unforwarded: dict[str, int] = {}
+
     def keep(entry: ConntrackLine) -> bool:
         from_pod = entry.original.src in rules.pod_addresses
         to_pod = entry.reply.src in rules.pod_addresses  # inbound: DNATed to a pod
-        if entry.family not in ("", "ipv4") or not (from_pod or to_pod):
+        if entry.family not in ("", "ipv4", "ipv6") or not (from_pod or to_pod):
             label = f"{entry.family or '?'} {entry.proto} from {entry.original.src}"
             ignored[label] = ignored.get(label, 0) + 1
+            return False
+        reason = never_forwarded(entry, rules)
+        if reason is not None:
+            label = f"{reason}: {entry.proto} {entry.original}"
+            unforwarded[label] = unforwarded.get(label, 0) + 1
             return False
         return True
 
@@ -362,6 +410,11 @@ def build_connections(
         notes.append(
             "left out (neither from a pod nor to one): "
             + ", ".join(f"{count} x {label}" for label, count in sorted(ignored.items()))
+        )
+    if unforwarded:
+        notes.append(
+            "left out (traffic no router forwards, no connection through the NAT; lines per entry): "
+            + ", ".join(f"{count} x {label}" for label, count in sorted(unforwarded.items()))
         )
 
     connections: list[Connection] = []
@@ -549,7 +602,11 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
             mapped, verdict = None, "not_forwarded"
             why = "entry exists but the design drops this pod's egress on the node"
         elif translated == original:
-            mapped, verdict, why = inside, "untranslated", "reply tuple points back at the pod address: no NAT"
+            mapped, verdict = inside, "untranslated"
+            why = (
+                "reply tuple points back at the pod address: no NAT; "
+                + ("reply seen (the far side routes the pod address back)" if replied else "[UNREPLIED] to the end")
+            )
         elif replied and (entry.proto, orig.dport) in rules.reply_dropped:
             verdict = "reply_dropped"
             why = (
