@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from natproof.check import capture_pair, check_case, compare, load_truth
+from natproof.check import capture_pair, compare, load_truth
 from natproof.cli import main
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
@@ -30,15 +29,6 @@ if _missing:
 _RUNS: dict[str, Path] = {}
 """Output folder of each scenario run in this session: the tests below reuse the run of the parametrized one."""
 
-KNOWN_GAPS: dict[str, Callable[[dict[str, Any]], bool]] = {
-    # TODO(directed broadcast): natproof reports the datagrams lan-noise sends to the pod subnet's directed broadcast
-    # (10.244.0.255) as one `internal` connection, which the truth does not list (no router forwards it). The main
-    # session is adding the skip reason `broadcast` for directed broadcast; then `lab check` passes outright and
-    # this entry can go.
-    "lan-noise": lambda c: c["verdict"] == "internal" and c["inside"]["dst"] == "10.244.0.255",
-}
-"""Scenarios whose `lab check` may list, as unexpected, only connections this predicate accepts."""
-
 
 @pytest.mark.parametrize("name", [name for name, _ in list_scenarios()])
 def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,12 +42,6 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     capsys.readouterr()
     code = main(["lab", "check", str(out)])
     report = capsys.readouterr().out
-    gap = KNOWN_GAPS.get(name)
-    if gap is not None and code != 0:
-        rep = check_case(out)
-        assert not rep.missing and not rep.wrong and rep.found == rep.expected, report
-        assert rep.unexpected and all(gap(c) for c in rep.unexpected), report
-        return
     assert code == 0, report
     assert report.rstrip().endswith("1 of 1 scenarios match their truth")
 
@@ -149,7 +133,5 @@ def test_nat66_is_translated_to_the_node_address(tmp_path_factory: pytest.TempPa
         assert r["verdict"] == "translated" and r["rewrites"] == ["src"], r
         assert r["outside"]["src"] == NODE_IP6 and r["inside"]["src"].startswith("2001:db8:244::")
     assert [f.kind for f in findings] == ["healthy"]
-    # TODO(GUA pod networks): natproof infers no pod network from these global (documentation) sources today
-    # (pod_networks == ()); once inside sources hidden from the outside capture are inferred as /64 pod networks,
-    # assert result.pod_networks == ("2001:db8:244::/64",). Until then: nothing else may be inferred.
-    assert set(result.pod_networks) <= {"2001:db8:244::/64"}
+    # The pods' global addresses never appear on eth0 (NAT66 hid them): their /64 is the pod network.
+    assert result.pod_networks == ("2001:db8:244::/64",)
