@@ -29,7 +29,7 @@ class Finding:
     """One diagnosed problem (or a clean bill of health) with what proves it."""
 
     kind: str
-    """Stable identifier: forwarding_blocked, no_masquerade, wrong_source_subnet, port_pool_exhausted,
+    """Stable identifier: forwarding_blocked, no_masquerade, wrong_source_subnet, no_route_back, port_pool_exhausted,
     mapping_conflict, replies_dropped, no_reply, healthy."""
     severity: str
     """"error", "warning" or "info"."""
@@ -133,7 +133,7 @@ def diagnose(result: Result) -> list[Finding]:
     routed = [r for r in untranslated if r not in stale and r["matched_reply"]]
     findings += _masquerade(result, [r for r in untranslated if r not in stale and r not in routed],
                             by_verdict.get("translated", []) + by_verdict.get("no_reply", [])
-                            + by_verdict.get("reply_dropped", []))
+                            + by_verdict.get("reply_dropped", []), routed)
     findings += pool
     findings += _leaks(result, [r for r in rows if r["fate_leaked"]])
     findings += _invalid_resets(result, rows)
@@ -423,13 +423,16 @@ def _routed(result: Result, routed: list[dict[str, Any]]) -> list[Finding]:
         connections=tuple(r["conn"] for r in routed), evidence=tuple(evidence), data={"subnets": nets})]
 
 
-def _masquerade(result: Result, leaked: list[dict[str, Any]], translated: list[dict[str, Any]]) -> list[Finding]:
+def _masquerade(result: Result, leaked: list[dict[str, Any]], translated: list[dict[str, Any]],
+                routed: list[dict[str, Any]]) -> list[Finding]:
     """untranslated without replies crossing back: egress left with the pod's own source address, and the far end
-    could not answer it."""
+    could not answer it. Where other untranslated connections were answered (``routed``) the path routes some
+    pod addresses back, so the missing piece may as well be the route back as a MASQUERADE rule (lab: routed)."""
     if not leaked:
         return []
     leak_nets = _subnets([r["inside_src"] for r in leaked])
     ok_nets = _subnets([r["inside_src"] for r in translated])
+    routed_nets = _subnets([r["inside_src"] for r in routed])
     evidence = []
     for r in leaked[:20]:
         ein, eout = r["evidence_egress_inside_frame"], r["evidence_egress_outside_frame"]
@@ -437,6 +440,17 @@ def _masquerade(result: Result, leaked: list[dict[str, Any]], translated: list[d
         evidence.append(f"{_conn_label(r)} left as {format_address(r['outside_src'], r['outside_sport'])} "
                         f"(inside frame {ein}, outside frame {eout}); {replies}")
     pod_net = ", ".join(result.pod_networks) or "the pod network"
+    if routed:
+        return [Finding(
+            "no_route_back", "error", "Untranslated egress with no way back",
+            f"{len(leaked)} connection(s) from {', '.join(leak_nets)} left untranslated and got no reply, while "
+            f"{len(routed)} untranslated connection(s) from {', '.join(routed_nets)} were answered: the path routes "
+            f"{', '.join(routed_nets)} back but not {', '.join(leak_nets)}.",
+            f"If the pods' addresses are meant to be routed, add the route back to {', '.join(leak_nets)} on the "
+            f"far side (as {', '.join(routed_nets)} has); if they are meant to be hidden, MASQUERADE "
+            f"{', '.join(leak_nets)} (`iptables -t nat -A POSTROUTING -s {leak_nets[0]} -j MASQUERADE`).",
+            connections=tuple(r["conn"] for r in leaked), evidence=tuple(evidence),
+            data={"untranslated_subnets": leak_nets, "routed_subnets": routed_nets})]
     if not translated:
         return [Finding(
             "no_masquerade", "error", "No MASQUERADE: pod addresses leave the node untranslated",

@@ -105,6 +105,9 @@ def test_routed_path_is_untranslated_and_named_not_a_failure(tmp_path_factory: p
     # pod2's subnet is not routed back: its untranslated SYNs got no answer, an error about that connection only.
     errors = [f for f in findings if f.severity == "error"]
     assert len(errors) == 1 and set(errors[0].connections) == unanswered, [f.kind for f in findings]
+    # Named as a missing way back, not a missing MASQUERADE: the same path answers 10.244.0.0/24 unchanged.
+    assert errors[0].kind == "no_route_back"
+    assert errors[0].data == {"untranslated_subnets": ["10.244.1.0/24"], "routed_subnets": ["10.244.0.0/24"]}
     assert not [f for f in findings if f.severity == "warning"]
 
 
