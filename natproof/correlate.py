@@ -163,6 +163,9 @@ def correlate(
                                            services=services, icmp=(a["icmp"], b["icmp"]))
     conns = _contract_rows(conns)
     conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
+    # Nothing crossed, but the other capture was not running: no drop is proven.
+    conns = conns.with_columns(pl.when(pl.col("other_capture_off") & (pl.col("verdict") == "not_forwarded"))
+                               .then(pl.lit("not_captured")).otherwise(pl.col("verdict")).alias("verdict"))
     swapped = looks_swapped(conns, services)
     if swapped:
         if not allow_swap:

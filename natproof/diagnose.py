@@ -111,7 +111,7 @@ def diagnose(result: Result) -> list[Finding]:
     if mismatch:
         return mismatch
     # What the other capture could not have seen is judged by nobody: set it aside and say so.
-    unseen = [r for r in rows if r["other_capture_off"] and r["verdict"] in ("not_forwarded", "no_reply",
+    unseen = [r for r in rows if r["other_capture_off"] and r["verdict"] in ("not_captured", "no_reply",
                                                                              "reply_dropped", "reply_other_path")]
     findings += _partial_overlap(result, unseen)
     rows = [r for r in rows if r not in unseen]

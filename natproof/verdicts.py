@@ -29,6 +29,10 @@ class Verdict(StrEnum):
     """The initiator got replies, but none crossed the captured far side: they came another way (asymmetric
     routing) or that capture missed them, so reverse translation is not proven (cases/asymmetric-reply).
     natproof.correlate/1 called this ``translated``."""
+    NOT_CAPTURED = "not_captured"
+    """Seen on one side only, while the capture on the other side of the NAT was not running (before it started or
+    after it stopped: flag other_capture_off): what the NAT did is not in the captures. natproof.correlate/1
+    called this ``not_forwarded``."""
 
 
 def verdict_expr() -> pl.Expr:
@@ -57,5 +61,6 @@ def classify(*, internal: bool = False, cross_init: int = 0, rewritten: bool = T
     return Verdict(row.select(verdict_expr()).item())
 
 
-V1_VERDICTS = {Verdict.REPLY_OTHER_PATH.value: Verdict.TRANSLATED.value}
+V1_VERDICTS = {Verdict.REPLY_OTHER_PATH.value: Verdict.TRANSLATED.value,
+               Verdict.NOT_CAPTURED.value: Verdict.NOT_FORWARDED.value}
 """natproof.correlate/1's name for the verdicts /2 added."""

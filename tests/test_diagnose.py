@@ -138,6 +138,9 @@ def test_an_outside_capture_that_stopped_early_is_no_forward_drop(tmp_path: Path
                 writer.writepkt(buf, ts)
     result = correlate(CAPTURES / "basic" / "inside.pcap", tmp_path / "early.pcap")
     assert [("other_capture_off" in c["flags"]) for c in result.to_dict()["connections"]] == [False, True, True]
+    assert [c["verdict"] for c in result.to_dict()["connections"]] == ["translated", "not_captured", "not_captured"]
+    assert [c["verdict"] for c in result.to_dict("natproof.correlate/1")["connections"]] == [
+        "translated", "not_forwarded", "not_forwarded"]  # /1 readers see the name they know
     found = {f.kind: f for f in diagnose(result)}
     assert list(found) == ["partial_overlap"]
     assert found["partial_overlap"].connections == (1, 2)

@@ -119,6 +119,7 @@ def test_partial_overlap_sets_aside_what_the_outside_capture_missed(tmp_path_fac
     off = {r["conn"] for r in rows if "other_capture_off" in r["flags"]}
     both = [r for r in rows if r["conn"] not in off]
     assert len(off) == 4 == sum(1 for c in truth["connections"] if c["other_capture_off"])
+    assert {r["verdict"] for r in rows if r["conn"] in off} == {"not_captured"}  # no drop claimed
     assert len(both) == 2 and all(r["verdict"] == "translated" and r["outside"]["src"] == "203.0.113.2" for r in both)
     overlap = [f for f in findings if f.kind == "partial_overlap"]
     assert len(overlap) == 1 and set(overlap[0].connections) == off

@@ -9,7 +9,8 @@ from natproof.verdicts import V1_VERDICTS, Verdict, classify
 
 def test_contract_strings() -> None:
     assert [v.value for v in Verdict] == [
-        "translated", "no_reply", "reply_dropped", "untranslated", "not_forwarded", "internal", "reply_other_path"]
+        "translated", "no_reply", "reply_dropped", "untranslated", "not_forwarded", "internal", "reply_other_path",
+        "not_captured"]
     # natproof.correlate/1 readers see every /2 verdict under a name they know.
     assert set(V1_VERDICTS.values()) <= {v.value for v in Verdict} - set(V1_VERDICTS)
 

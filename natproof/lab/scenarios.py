@@ -653,7 +653,7 @@ def _kube(services: tuple[Service, ...], *extra: tuple[str, ...], **topology: An
 
 def _overlap_phase(outside_on: bool) -> tuple[ClientPlan, ...]:
     """One phase of partial-overlap: an HTTP request and two datagrams; all answered (outcome ok) either way."""
-    expect = "translated" if outside_on else "not_forwarded"
+    expect = "translated" if outside_on else "not_captured"
     return (
         ClientPlan(
             "pod1",
@@ -1384,14 +1384,14 @@ SCENARIOS: dict[str, Scenario] = {
             "capture (eth0) is started after phase 0 and stopped after phase 1. The kernel translates every "
             "connection (conntrack saw replies, and the pod got them), but only phase 1's crossed a running outside "
             "capture. For phases 0 and 2 the truth says what the captures can show, as natproof.correlate/2 "
-            "defines it: not_forwarded (no capture shows the crossing), other_capture_off true, no translated "
+            "defines it: not_captured (no capture shows the crossing), other_capture_off true, no translated "
             "tuple; the kernel's mapping is in their notes. Phase 1: translated, other_capture_off false.",
             _overlap_phase(outside_on=False),
             phases=(_overlap_phase(outside_on=True), _overlap_phase(outside_on=False)),
             outside_phases=(1, 1),
             servers=(HTTP, Server(INET, "udp-echo", SERVER, 7)),
             inside_interface="vethpod1",
-            check=_all(_count(6), _verdicts(translated=2, not_forwarded=4), _check_partial_overlap),
+            check=_all(_count(6), _verdicts(translated=2, not_captured=4), _check_partial_overlap),
         ),
         Scenario(
             "nat66",
@@ -1682,12 +1682,11 @@ def _key(c: Connection) -> tuple[str, str, int, str, int]:
 
 def _outside_off(c: Connection) -> Connection:
     """A connection made while the outside capture was not running: the kernel's mapping stays in the evidence and
-    notes, the truth says what the captures can show (natproof.correlate/2: the initiator's packets never crossed a
-    capture, so not_forwarded, flagged other_capture_off; no translated leg was captured)."""
+    notes, the truth says what the captures can show (natproof.correlate/2: not_captured, flagged
+    other_capture_off; no translated leg was captured)."""
     note = (f"made while the outside capture was not running (design): the kernel mapped it to {c.outside} "
-            f"({c.verdict}), but no capture shows it crossing; natproof can only say not_forwarded with "
-            "other_capture_off")
-    return dataclasses.replace(c, outside=None, translated=None, verdict="not_forwarded", other_capture_off=True,
+            f"({c.verdict}), but no capture shows it crossing; natproof can only say not_captured")
+    return dataclasses.replace(c, outside=None, translated=None, verdict="not_captured", other_capture_off=True,
                                notes="; ".join(n for n in (c.notes, note) if n),
                                evidence=f"{c.evidence}; outside capture off (design)")
 

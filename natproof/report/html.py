@@ -35,6 +35,7 @@ VERDICT_MEANING = {
     "reply_dropped": "replies reached the far side of the NAT but never the initiator",
     "untranslated": "crossed the node with nothing rewritten",
     "not_forwarded": "the initiator's packets never crossed the node",
+    "not_captured": "seen while the other side's capture was not running: nothing proven",
     "internal": "destination inside the pod network (or a Service answered on the node): not expected outside",
     "reply_other_path": "the initiator got replies that never crossed the captured far side: another return "
                         "path, or a capture that misses them; reverse translation not proven",

@@ -14,7 +14,7 @@ from natproof.result import Result
 
 VERDICT_STYLE = {
     "translated": "green", "no_reply": "yellow", "reply_dropped": "red", "untranslated": "red",
-    "not_forwarded": "red", "internal": "dim", "reply_other_path": "yellow",
+    "not_forwarded": "red", "internal": "dim", "reply_other_path": "yellow", "not_captured": "dim",
 }
 FATE_LABEL = {"crossed": "crossed", "leaked": "leaked", "inside_only": "inside only",
               "outside_only": "outside only", "node_generated": "node-made"}

@@ -26,10 +26,13 @@ DOCUMENTATION_NETS: tuple[ipaddress.IPv4Network, ...] = (
     ipaddress.IPv4Network("203.0.113.0/24"),
 )
 """The only public addresses the simulator ever uses (RFC 5737 TEST-NET-1/2/3)."""
-OUTCOMES: tuple[str, ...] = tuple(v.value for v in Verdict if v is not Verdict.REPLY_OTHER_PATH)
-"""Outcomes of the MASQUERADE-only flows: every verdict but reply_other_path."""
+OUTCOMES: tuple[str, ...] = tuple(v.value for v in Verdict
+                                  if v not in (Verdict.REPLY_OTHER_PATH, Verdict.NOT_CAPTURED))
+"""Outcomes of the MASQUERADE-only flows: every verdict but reply_other_path and not_captured (a property of the
+captures' schedule, which the simulator does not cut: the lab's partial-overlap scenario makes it)."""
 MODEL_OUTCOMES: tuple[str, ...] = (*OUTCOMES, Verdict.REPLY_OTHER_PATH.value)
-"""The verdicts of docs/model.md (natproof.correlate/2): OUTCOMES plus ``reply_other_path``."""
+"""The verdicts of docs/model.md (natproof.correlate/2) that flows can be made with: OUTCOMES plus
+``reply_other_path``."""
 FATES: tuple[str, ...] = ("crossed", "leaked", "inside_only", "outside_only", "node_generated")
 """Packet fates of docs/model.md, in the order a truth row's ``fates`` lists them."""
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
