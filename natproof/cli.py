@@ -113,8 +113,10 @@ def names_from(obj: dict) -> natproof.Names | None:
     """The kubectl dumps --pods and --services give (read now, so a bad file is reported before any capture)."""
     from natproof.names import load_names
 
-    opts = obj.get("services", {})
-    return load_names(opts.get("pods") or None, opts.get("services") or None)
+    if "names" not in obj:  # read once per command
+        opts = obj.get("services", {})
+        obj["names"] = load_names(opts.get("pods") or None, opts.get("services") or None)
+    return obj["names"]
 
 
 def capture_options(f: Callable) -> Callable:
@@ -330,11 +332,13 @@ def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_of
     ClusterIP (which backend?), a backend, a remote client. With --pods/--services, NAME (namespace/name, or a bare
     name) finds a pod's or Service's connections. Exit 0 when a connection was found, 1 when none was.
     """
-    from natproof.lookup import is_name, parse_endpoint
+    from natproof.lookup import check_query
     from natproof.lookup import who as run_who
+    from natproof.names import is_ptcpdump
 
-    if not is_name(endpoint):
-        parse_endpoint(endpoint)  # a bad ADDR:PORT is reported before the captures are read
+    # A bad ADDR:PORT, or a name with nothing to name by, is reported before the captures are read.
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    check_query(endpoint, bool(names_from(obj)) or is_ptcpdump(inside) or is_ptcpdump(outside))
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     answer = run_who(result, endpoint, at, window, clock)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":

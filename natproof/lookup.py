@@ -128,6 +128,21 @@ def is_name(text: str) -> bool:
     return ":" not in text and not text.startswith("[") and text.strip() != "" and not _looks_address(text)
 
 
+def check_query(text: str, named: bool) -> bool:
+    """Whether a ``who`` query is a name (True) or ADDR:PORT (False); InputError when it is neither, or a name
+    with nothing to name by (``named``: kubectl dumps given, or a ptcpdump capture)."""
+    if not is_name(text):
+        parse_endpoint(text)
+        return False
+    if named:
+        return True
+    try:
+        parse_endpoint(text)
+    except InputError as exc:
+        raise InputError(f"{exc}; a pod or Service name needs --pods and --services (kubectl JSON dumps)") from None
+    return False  # pragma: no cover - a name is never ADDR:PORT
+
+
 def _looks_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text.strip())
@@ -202,10 +217,7 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
     """
     if clock not in ("inside", "outside"):
         raise InputError(f"--clock {clock}: inside or outside")
-    by_name = is_name(endpoint)
-    if by_name and result.names is None:
-        raise InputError(f"{endpoint}: looking up a pod or Service by name needs --pods and --services (kubectl "
-                         "JSON dumps); or give ADDR:PORT")
+    by_name = check_query(endpoint, result.names is not None)
     addr, port = ("", 0) if by_name else parse_endpoint(endpoint)
     offset_ns = int(round(result.clock_offset_s * 1e9))
     day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None

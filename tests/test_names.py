@@ -258,7 +258,8 @@ def test_dump_clusterips_are_services_outside_the_configured_range() -> None:
     named = correlate(*capture_pair(case), services=narrow, names=names)
     got = {(r["service_ip"], r["service_type"], r["service_name"]) for r in named.connections.iter_rows(named=True)
            if r["service_type"]}
-    assert got == {("10.96.0.1", "ClusterIP", "default/kubernetes"), ("10.96.0.10", "ClusterIP", "kube-system/kube-dns")}
+    assert got == {("10.96.0.1", "ClusterIP", "default/kubernetes"),
+                   ("10.96.0.10", "ClusterIP", "kube-system/kube-dns")}
 
 
 # -- the lab's dumps name its real-kernel captures ----------------------------------------------------------------
@@ -410,5 +411,68 @@ def test_who_names_the_pod_behind_a_node_port_and_finds_connections_by_name(
     assert {c["service"]["backend"]["pod"] for c in doc["connections"]} == {"default/pod1"}
     # Without names a name is bad input.
     assert main(args[:4]) == 2
-    assert capsys.readouterr().err == ("natproof: error: default/web: looking up a pod or Service by name needs "
-                                       "--pods and --services (kubectl JSON dumps); or give ADDR:PORT\n")
+    assert capsys.readouterr().err == (
+        "natproof: error: 'default/web' is not ADDR:PORT (no port; e.g. 203.0.113.5:38472 or [2001:db8::1]:443); "
+        "a pod or Service name needs --pods and --services (kubectl JSON dumps)\n")
+
+
+# -- table and report ----------------------------------------------------------------------------------------------
+
+
+def _table(result: Any) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from natproof.report.table import render_table
+
+    buf = StringIO()
+    Console(file=buf, width=200, color_system=None).print(render_table(result))
+    return buf.getvalue()
+
+
+def test_table_puts_names_beside_the_addresses(tmp_path: Path) -> None:
+    d = CAPTURES / "hairpin"
+    named = correlate(*capture_pair(d), names=Names.load(d / "pods.json", d / "services.json"))
+    lines = _table(named).splitlines()
+    assert "pod" in lines[2] and "Service -> backend pod" in lines[3]
+    for c in named.to_dict()["connections"]:
+        o = c["original"]
+        at = next(i for i, line in enumerate(lines) if f"{o['src']}:{o['sport']} -> {o['dst']}:{o['dport']}" in line)
+        assert "default/pod1" in lines[at]
+        if c["service"]:
+            assert "default/self:http" in lines[at + 1] and "-> default/pod1" in lines[at + 2]
+    assert "ClusterIP 10.96.0.50:80" in _table(named).split("Services (VIP:port")[1]
+    assert "10.244.0.10:8080 (default/pod1): 3 (100%)" in _table(named)
+    assert "names: 1 pod, 1 Service from " in _table(named)
+    # An ambiguous pod: every candidate, marked, and the why under the summary.
+    inside, outside = _pair(tmp_path)
+    reused = Names.load(write(tmp_path, "reused.json", kube_list(pod("shop", "cart-a", "10.244.0.10"),
+                                                                 pod("shop", "cart-b", "10.244.0.10"))))
+    text = _table(correlate(inside, outside, names=reused))
+    assert "? shop/cart-a | shop/cart-b" in text
+    assert ("ambiguous name: 10.244.0.10 was held by shop/cart-a (since ? to still running); shop/cart-b (since ? "
+            "to still running); connections #0 name all of them") in text
+    # Unnamed: no names column.
+    assert "backend pod" not in _table(correlate(inside, outside))
+
+
+def test_report_has_a_names_column_and_names_its_services() -> None:
+    from test_html import Page
+
+    from natproof.report.html import NAME_COLUMN, columns, render_html
+
+    d = CAPTURES / "nodeport"
+    named = correlate(*capture_pair(d), names=Names.load(d / "pods.json", d / "services.json"))
+    page_text = render_html(named, [])
+    page = Page(page_text)
+    keys = [c[0] for c in columns(named)]
+    assert NAME_COLUMN in columns(named) and keys.index("pod") == keys.index("translated") + 1
+    conns = named.to_dict()["connections"]
+    for (_, cells), c in zip(page.rows, conns, strict=True):
+        assert len(cells) == len(keys)
+        svc = c["service"]
+        want = "default/pod1" + (f"{svc['name']}:{svc['port_name']}" if svc else "")
+        assert cells[keys.index("pod")] == want
+    assert "default/web:http" in page_text and "10.244.0.10:8080 (default/pod1): 2 (100%)" in page_text
+    assert "<dt>names</dt><dd>1 pod(s), 2 Service(s) from" in page_text
