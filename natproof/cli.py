@@ -461,7 +461,8 @@ def lab_list() -> None:
 @lab.command("run")
 @click.argument("scenario")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Folder for inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt.")
+              help="Folder for inside.pcap, outside.pcap, conntrack.log, truth.json, scenario.txt and the "
+                   "kubectl-style pods.json and services.json.")
 @click.option("--keep-going", is_flag=True,
               help="Write the files even when the kernel's record disagrees with the scenario's design.")
 def lab_run(scenario: str, out: str, keep_going: bool) -> None:

@@ -1458,7 +1458,8 @@ def get_scenario(name: str) -> Scenario:
 
 
 def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
-    """Run one scenario and write inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt.
+    """Run one scenario and write inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt, and the
+    kubectl-style dumps of its pods and Services (pods.json, services.json: natproof.lab.kubectl).
 
     The files appear in ``outdir`` only once all of them are written. When the kernel's truth disagrees
     with the scenario's design (or a capture is incomplete), LabError is raised and nothing is written,
