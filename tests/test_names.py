@@ -132,6 +132,33 @@ def test_ip_reuse_without_timestamps_or_overlapping_is_ambiguous(tmp_path: Path)
     assert twice.pod_at("10.244.3.5", T0 + 10**9).name == "a/web-0"
 
 
+def test_naming_a_whole_result_agrees_with_pod_at_row_by_row() -> None:
+    import random
+
+    import polars as pl
+
+    from natproof.names import PodEntry
+
+    rng = random.Random(11)
+    sec = 10**9
+    pods = []
+    for i in range(60):
+        start = rng.choice([None, T0 + rng.randrange(0, 100) * sec])
+        end = rng.choice([None, None, (start or T0) + rng.randrange(0, 50) * sec])
+        pods.append(PodEntry(f"ns{i % 3}", f"p{i % 25}", (f"10.244.0.{rng.randrange(8)}",), start, end,
+                             containers=("app",) if i % 2 else ("app", "sidecar"), uid=f"u{i}"))
+    names = Names(pods=tuple(pods))
+    rows = [(i, i, T0 + rng.randrange(-10, 160) * sec, rng.choice([None, *(f"10.244.0.{a}" for a in range(10))]))
+            for i in range(400)]
+    frame = pl.DataFrame(rows, schema={"_row": pl.UInt32, "conn": pl.UInt32, "first_ts_ns": pl.Int64,
+                                       "addr": pl.String}, orient="row")
+    got = names._name_addresses(frame)
+    for (_, _, ts, addr), (name, cands, container) in zip(rows, got.select("name", "candidates", "container")
+                                                          .iter_rows(), strict=True):
+        want = names.pod_at(addr, ts)
+        assert (name, tuple(cands or ()), container) == (want.name, want.candidates, want.container), (addr, ts)
+
+
 def test_services_and_endpoint_slices(tmp_path: Path) -> None:
     dump = kube_list(
         service("kube-system", "kube-dns", "10.96.0.10", {"name": "dns", "port": 53, "protocol": "UDP"},
