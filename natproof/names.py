@@ -604,6 +604,7 @@ def read_comments(path: str | os.PathLike[str]) -> dict[int, dict[str, str]]:
             return out
         end, off, frame, endian = len(buf), 0, 0, "<"
         unpack = struct.unpack_from
+        seen: dict[bytes, dict[str, str]] = {}
         while off + 12 <= end:
             if bytes(buf[off:off + 4]) == b"\x0a\x0d\x0d\x0a":
                 order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(bytes(buf[off + 8:off + 12]))
@@ -619,10 +620,14 @@ def read_comments(path: str | os.PathLike[str]) -> dict[int, dict[str, str]]:
                 caplen = unpack(endian + "I", buf, off + 20)[0]
                 opts = off + 28 + ((caplen + 3) & ~3)
                 if opts < off + blen - 4:
-                    context: dict[str, str] = {}
-                    for code, value in _options(buf, opts, off + blen - 4, endian):
-                        if code == 1:
-                            context.update(_comment_lines(value.decode("utf-8", "replace")))
+                    # ptcpdump repeats one process's comments on each of its packets: parse each text once.
+                    raw = buf[opts:off + blen - 4]
+                    context = seen.get(raw)
+                    if context is None:
+                        context = seen[raw] = {}
+                        for code, value in _options(raw, 0, len(raw), endian):
+                            if code == 1:
+                                context.update(_comment_lines(value.decode("utf-8", "replace")))
                     if context:
                         out[frame] = context
             off += blen
@@ -663,24 +668,26 @@ def pods_from_comments(result: Result, side: str) -> tuple[tuple[PodEntry, ...],
     if not named:
         return (), None
     packets = result.inside_packets if side == "inside" else result.outside_packets
-    frames = pl.DataFrame({"frame_no": list(named), "_i": range(len(named))},
-                          schema={"frame_no": pl.UInt32, "_i": pl.Int64})
-    sent = _packet_ends(result, side, packets).join(frames, on="frame_no", how="inner")
-    ctx = list(named.values())
+    # One row per commented packet, its pod by name; then each pod's packets gathered by polars, so Python
+    # only sees each pod's distinct (src, dst) pairs and connections.
+    pod_of = {f: f"{c.get('PodNamespace') or 'default'}/{c['PodName']}" for f, c in named.items()}
+    frames = pl.DataFrame({"frame_no": list(pod_of), "pod": list(pod_of.values()),
+                           "container": [named[f].get("ContainerName") for f in pod_of]},
+                          schema={"frame_no": pl.UInt32, "pod": pl.String, "container": pl.String})
+    per_pod = (_packet_ends(result, side, packets).join(frames, on="frame_no", how="inner")
+               .group_by("pod").agg(pl.struct("src", "dst").unique().alias("pairs"),
+                                    pl.col("ts_ns").min().alias("first"), pl.col("ts_ns").max().alias("last"),
+                                    pl.col("container").drop_nulls().unique().alias("containers"),
+                                    pl.col("anchor").drop_nulls().unique().alias("anchors")))
     nets = [ipaddress.ip_network(n) for n in result.pod_networks]
     pod_ends = _pod_ends(result)
     seen: dict[str, dict[str, Any]] = {}
-    for ts, src, dst, anchor, i in sent.select("ts_ns", "src", "dst", "anchor", "_i").iter_rows():
-        c = ctx[i]
-        full = f"{c.get('PodNamespace') or 'default'}/{c['PodName']}"
-        s = seen.setdefault(full, {"ends": None, "first": ts, "last": ts, "containers": set(), "pod_ends": set()})
-        ends = {src, dst}
-        s["ends"] = ends if s["ends"] is None else s["ends"] & ends
-        s["first"], s["last"] = min(s["first"], ts), max(s["last"], ts)
-        if c.get("ContainerName"):
-            s["containers"].add(c["ContainerName"])
-        if anchor is not None and anchor in pod_ends:
-            s["pod_ends"].add(pod_ends[anchor])
+    for full, pairs, first, last, containers, anchors in per_pod.iter_rows():
+        common: set[str] | None = None
+        for pair in pairs:
+            common = {pair["src"], pair["dst"]} if common is None else common & {pair["src"], pair["dst"]}
+        seen[full] = {"ends": common, "first": first, "last": last, "containers": set(containers),
+                      "pod_ends": {pod_ends[a] for a in anchors if a in pod_ends}}
     pods, undecided = [], 0
     for full, s in seen.items():
         ends = s["ends"] or set()

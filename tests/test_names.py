@@ -373,14 +373,14 @@ def ptcpdump_pcapng(rows: list[tuple[int, bytes]], comments: dict[int, list[str]
                     ) -> bytes:
     """A pcapng file as ptcpdump writes it: shb_userappl, one raw-IP interface (if_tsresol 9), and each packet's
     context as opt_comment options ("PID: ...", "ContainerName: ...", "PodName: ...\\nPodNamespace: ...")."""
-    out = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b""))
-    out += _block(1, struct.pack("<HHI", 101, 0, 262144) + _opt(2, b"vethpod1") + _opt(9, b"\x09") + _opt(0, b""))
+    out = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")),
+           _block(1, struct.pack("<HHI", 101, 0, 262144) + _opt(2, b"vethpod1") + _opt(9, b"\x09") + _opt(0, b""))]
     for i, (ts, data) in enumerate(rows):
         opts = b"".join(_opt(1, c.encode()) for c in comments.get(i + 1, []))
         body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data))
         body += data + b"\0" * ((-len(data)) % 4) + (opts + _opt(0, b"") if opts else b"")
-        out += _block(6, body)
-    return out
+        out.append(_block(6, body))
+    return b"".join(out)
 
 
 def test_ptcpdump_comments_name_the_pod_without_any_dump(tmp_path: Path) -> None:
@@ -503,3 +503,28 @@ def test_report_has_a_names_column_and_names_its_services() -> None:
         assert cells[keys.index("pod")] == want
     assert "default/web:http" in page_text and "10.244.0.10:8080 (default/pod1): 2 (100%)" in page_text
     assert "<dt>names</dt><dd>1 pod(s), 2 Service(s) from" in page_text
+
+
+def test_ptcpdump_comments_two_pods_and_an_outside_capture_that_names_no_address(tmp_path: Path) -> None:
+    a_in, a_out = tcp_pair(T0, pod="10.244.0.10", sport=40000, nat_sport=40000)
+    b_in, b_out = tcp_pair(T0 + 10**9, pod="10.244.0.11", sport=40001, nat_sport=40001, isn=777_777)
+    ctx = {"10.244.0.10": ["PodName: web-0\nPodNamespace: shop", "ContainerName: nginx"],
+           "10.244.0.11": ["PodName: web-1\nPodNamespace: shop", "ContainerName: nginx"]}
+    rows_in = sorted(a_in + b_in)
+    rows_out = sorted(a_out + b_out)
+    # Which pod a packet belongs to: the pod address among its ends (what ptcpdump knows from the socket).
+    who_in = {i + 1: ctx["10.244.0.10" if b"\x0a\xf4\x00\x0a" in d[12:20] else "10.244.0.11"]
+              for i, (_, d) in enumerate(rows_in)}
+    who_out = {i + 1: ctx["10.244.0.10" if d[20:22] == (40000).to_bytes(2, "big") or d[22:24] == (40000).to_bytes(
+        2, "big") else "10.244.0.11"] for i, (_, d) in enumerate(rows_out)}
+    inside, outside = tmp_path / "inside.pcapng", tmp_path / "outside.pcapng"
+    inside.write_bytes(ptcpdump_pcapng(rows_in, who_in))
+    outside.write_bytes(ptcpdump_pcapng(rows_out, who_out))
+    result = correlate(inside, outside)
+    assert dict(zip(result.connections["inside_src"], result.connections["pod"], strict=True)) == {
+        "10.244.0.10": "shop/web-0", "10.244.0.11": "shop/web-1"}
+    assert set(result.connections["pod_container"]) == {"nginx"}
+    src_in, src_out = result.names["sources"]
+    assert (src_in["pods"], src_in["undecided_pods"]) == (2, 0)
+    # On eth0 the pods' packets carry the node's address and the server's: neither is a pod's, nothing named.
+    assert (src_out["commented_packets"], src_out["pods"], src_out["undecided_pods"]) == (16, 0, 2)
