@@ -126,7 +126,8 @@ class Names:
     services: tuple[ServiceEntry, ...] = ()
     endpoints: tuple[EndpointEntry, ...] = ()
     sources: tuple[dict[str, Any], ...] = ()
-    """Each file read: {"path", "pods", "services", "endpoints", "host_network_pods"} (counts of what it held)."""
+    """Each file read: {"path", "kind": "kubectl", "pods", "services", "endpoints", "host_network_pods"} (counts of
+    what it held); name_result adds the captures whose pcapng comments named pods ("kind": "pcapng comments")."""
     comments: bool = True
     """Also read ptcpdump's packet comments (pcapng) from the captures when naming a result."""
 
@@ -301,7 +302,7 @@ class Names:
             "pods": len({p.full_name for ps in self._by_address.values() for p in ps}),
             "services": len({s.full_name for s in self.services}),
             "ambiguous": [{"address": a, "candidates": list(c), "why": self.why_ambiguous(a),
-                           "connections": sorted(ids)}
+                           "connections": sorted(set(ids))}
                           for (a, c), ids in sorted(ambiguous.items(), key=lambda kv: min(kv[1]))],
         }
         return dataclasses.replace(result, connections=named_conns, names=summary)
@@ -380,7 +381,11 @@ def _span(start: int | None, end: int | None) -> str:
     def t(ns: int) -> str:
         return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
-    return f"({t(start) if start is not None else 'since ?'} to {t(end) if end is not None else 'still running'})"
+    if start is None and end is None:
+        return "(no timestamps)"
+    if end is None:
+        return f"(from {t(start)}, still running)"  # type: ignore[arg-type]
+    return f"({t(start)} to {t(end)})" if start is not None else f"(until {t(end)})"
 
 
 def apply_names(result: Result, names: Names | None) -> Result:
@@ -430,8 +435,8 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
             what = f"{kind} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
             raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({type(exc).__name__}: {exc})"
                              ) from None
-    source = {"path": name, "pods": len(pods), "services": len(services), "endpoints": len(endpoints),
-              "host_network_pods": host_network}
+    source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
+              "endpoints": len(endpoints), "host_network_pods": host_network}
     return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,))
 
 

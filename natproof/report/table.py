@@ -50,13 +50,13 @@ def format_service(row: dict[str, Any], arrow: str = "->") -> str | None:
     return f"{row['service_type']} {format_address(row['service_ip'], row['service_port'])} {arrow} {backend}"
 
 
-def format_pod(row: dict[str, Any], prefix: str = "pod") -> str | None:
+def format_pod(row: dict[str, Any], prefix: str = "pod", sep: str = " | ") -> str | None:
     """A named row's pod (``pod``, ``peer_pod`` or ``backend_pod``): namespace/name, or for an address more than
     one pod may have held then, ``? a | b`` (never one of them silently); None when no pod is known there."""
     if row.get(prefix):
         return str(row[prefix])
     if row.get(f"{prefix}_candidates"):
-        return "? " + " | ".join(row[f"{prefix}_candidates"])
+        return "? " + sep.join(row[f"{prefix}_candidates"])
     return None
 
 
@@ -71,12 +71,13 @@ def format_service_name(row: dict[str, Any]) -> str | None:
 def _names_text(row: dict[str, Any]) -> Text:
     """The pod (and the far end's, pod to pod), then the Service and the backend's pod, one per line."""
     text = Text()
-    pod, peer = format_pod(row), format_pod(row, "peer_pod")
+    # Candidates one per line: a reused address's pods never squeeze the other columns.
+    pod, peer = format_pod(row, sep="\n  | "), format_pod(row, "peer_pod", sep="\n  | ")
     first = pod or "-"
     if peer:
         first += f" -> {peer}"
     text.append(first, style="yellow" if first.startswith("?") or " ? " in first else "")
-    svc, backend = format_service_name(row), format_pod(row, "backend_pod")
+    svc, backend = format_service_name(row), format_pod(row, "backend_pod", sep="\n  | ")
     if row.get("initiator") == "outside" and backend == pod:
         backend = None  # a connection started outside reached its pod through the Service: said on the first line
     if svc or backend:
