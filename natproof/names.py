@@ -233,13 +233,6 @@ class Names:
         svc = by_ip.get(address)
         return (svc.full_name, None) if svc else (None, None)
 
-    def find(self, name: str) -> tuple[str, ...]:
-        """The pods and Services called ``name`` (namespace/name, or a bare name in any namespace), full names."""
-        every = {p.full_name for ps in self._by_address.values() for p in ps} | {s.full_name for s in self.services}
-        if "/" in name:
-            return (name,) if name in every else ()
-        return tuple(sorted(n for n in every if n.partition("/")[2] == name))
-
     def recognise(self, services: Services | None = None) -> Services:
         """``services`` (kube-apiserver's defaults when None) plus what the dumps prove: every ClusterIP in them is
         a Service address, whatever the service CIDR, and every nodePort a NodePort, whatever the range."""
