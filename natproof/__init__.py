@@ -14,6 +14,7 @@ from natproof.capture import CaptureInfo, Record, read_capture
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
 from natproof.errors import CaptureError, InputError, NatproofError
+from natproof.names import Names
 from natproof.packets import load_packets
 from natproof.result import Result
 from natproof.verdicts import Verdict
@@ -29,6 +30,7 @@ __all__ = [
     "Expectations",
     "Finding",
     "InputError",
+    "Names",
     "NatproofError",
     "Record",
     "Result",

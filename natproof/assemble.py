@@ -36,6 +36,14 @@ class Services:
 
     networks: tuple[Network, ...] = (ipaddress.ip_network(DEFAULT_SERVICE_CIDR),)
     nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
+    node_ports: tuple[int, ...] = ()
+    """NodePorts known outside the range (a Service dump's nodePorts: natproof.names)."""
+
+    def is_node_port(self, port: pl.Expr) -> pl.Expr:
+        """Whether a destination port is a NodePort: in the range, or one of ``node_ports``."""
+        lo, hi = self.nodeport_range
+        inside = port.is_between(lo, hi)
+        return inside | port.is_in(list(self.node_ports)) if self.node_ports else inside
 
 
 def in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
@@ -290,16 +298,16 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
 
     # -- services and verdicts -------------------------------------------------------------------------------------
     clusterip = in_networks(df["orig_dst"], services.networks)
-    lo, hi = services.nodeport_range
     dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
     # A ClusterIP outside the configured Service network (EKS's 172.20.0.0/16, a custom range): a connection a
     # pod started to a private address no pod holds, whose destination the node rewrote (DNAT), on a port
     # below the NodePort range (a NodePort on a private node address is DNATed too).
     private = in_networks(df["orig_dst"], [space for space, _, _ in PRIVATE_SPACE])
     not_pod = ~in_networks(df["orig_dst"], pod_networks)
-    seen_dnat = df.select(pl.col("init_inside") & dnat & ~pl.col("orig_dport").is_between(lo, hi)).to_series()
+    node_port = services.is_node_port(pl.col("orig_dport"))
+    seen_dnat = df.select(pl.col("init_inside") & dnat & ~node_port).to_series()
     df = df.with_columns((clusterip | (private & not_pod & seen_dnat)).alias("_clusterip"))
-    nodeport = ~pl.col("_clusterip") & dnat & pl.col("orig_dport").is_between(lo, hi)
+    nodeport = ~pl.col("_clusterip") & dnat & node_port
     backend = pl.col("_clusterip") & dnat
     df = df.with_columns(
         pl.when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
@@ -340,9 +348,8 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     are the node's own traffic (or a capture of more than the NAT) and are no connection of this NAT.
     Returns (connection rows, out_pk with those legs' packets ``outside_only``); their times are put on the
     inside clock, as every connection's are."""
-    lo, hi = services.nodeport_range
     legs = outs.join(owner.rename({"out_conn": "conn_id"}), on="conn_id", how="anti").filter(
-        pl.col("dport").is_between(lo, hi) & (pl.col("proto") != 1) & (pl.col("proto") != 58))
+        services.is_node_port(pl.col("dport")) & (pl.col("proto") != 1) & (pl.col("proto") != 58))
     if legs.is_empty():
         return legs.clear(), out_pk
     legs = legs.filter(~in_networks(legs["src"], pod_networks))

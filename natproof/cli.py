@@ -83,8 +83,8 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 
 def _services_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --service-cidr / --nodeport-range / --allow-swap for run_correlate in the context (every command
-    that reads captures takes them; they never reach the command's own signature)."""
+    """Keep --service-cidr / --nodeport-range / --allow-swap / --pods / --services for run_correlate in the context
+    (every command that reads captures takes them; they never reach the command's own signature)."""
     obj = ctx.find_root().ensure_object(dict)
     obj.setdefault("services", {})[param.name] = value
     return value
@@ -109,8 +109,26 @@ def services_from(obj: dict) -> natproof.Services:
     return natproof.Services(**kw)
 
 
+def names_from(obj: dict) -> natproof.Names | None:
+    """The kubectl dumps --pods and --services give (read now, so a bad file is reported before any capture)."""
+    from natproof.names import load_names
+
+    if "names" not in obj:  # read once per command
+        opts = obj.get("services", {})
+        obj["names"] = load_names(opts.get("pods") or None, opts.get("services") or None)
+    return obj["names"]
+
+
 def capture_options(f: Callable) -> Callable:
     """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+    f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
+                     type=click.Path(dir_okay=False),
+                     help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
+                          "pods; its ClusterIPs and nodePorts count as Services whatever the ranges (repeatable).")(f)
+    f = click.option("--pods", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
+                     type=click.Path(dir_okay=False),
+                     help="kubectl get pods -A -o json output: name pods (namespace/name) next to their addresses; "
+                          "a reused pod IP is told apart by the pods' timestamps, else flagged (repeatable).")(f)
     f = click.option("--allow-swap", is_flag=True, expose_value=False, callback=_services_option,
                      help="If INSIDE and OUTSIDE look given in the wrong order, swap them (and say so) "
                           "instead of refusing.")(f)
@@ -155,10 +173,11 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
+    names = names_from(obj)
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
                                     tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
-                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")))
+                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")), names=names)
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
@@ -291,7 +310,7 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 
 @cli.command()
-@click.argument("endpoint", metavar="ADDR:PORT")
+@click.argument("endpoint", metavar="ADDR:PORT|NAME")
 @capture_options
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
@@ -310,12 +329,16 @@ def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_of
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
     (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
-    ClusterIP (which backend?), a backend, a remote client. Exit 0 when a connection was found, 1 when none was.
+    ClusterIP (which backend?), a backend, a remote client. With --pods/--services, NAME (namespace/name, or a bare
+    name) finds a pod's or Service's connections. Exit 0 when a connection was found, 1 when none was.
     """
-    from natproof.lookup import parse_endpoint
+    from natproof.lookup import check_query
     from natproof.lookup import who as run_who
+    from natproof.names import is_ptcpdump
 
-    parse_endpoint(endpoint)  # a bad ADDR:PORT is reported before the captures are read
+    # A bad ADDR:PORT, or a name with nothing to name by, is reported before the captures are read.
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    check_query(endpoint, bool(names_from(obj)) or is_ptcpdump(inside) or is_ptcpdump(outside))
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     answer = run_who(result, endpoint, at, window, clock)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
@@ -364,8 +387,15 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
     for col in ("#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict", "frames"):
         table.add_column(col, no_wrap=col not in ("role", "service"), justify="right" if col == "#" else "left")
 
-    def addr(end: dict | None) -> str:
-        return "-" if end is None else format_address(end["address"], end["port"])
+    def addr(end: dict | None, name: str | None = None, candidates: list[str] | None = None) -> str:
+        if end is None:
+            return "-"
+        text = format_address(end["address"], end["port"])
+        name = name or end.get("name")
+        candidates = candidates or end.get("name_candidates")
+        if name:
+            return f"{text} {name}"
+        return f"{text} ? {' | '.join(candidates)}" if candidates else text
 
     for c in conns:
         svc = c["service"]
@@ -374,10 +404,13 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
                                                           ("in", "inside_translated_frame")) if ev.get(k)) or "-"
         first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
         seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
+        service = "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}"
+        if svc is not None and svc.get("name"):
+            service += f" {svc['name']}" + (f":{svc['port_name']}" if svc.get("port_name") else "")
+        backend = "-" if svc is None or svc["backend"] is None else addr(
+            svc["backend"], svc["backend"].get("pod"), svc["backend"].get("pod_candidates"))
         table.add_row(str(c["conn"]), ", ".join(c["roles"]), c["proto"], addr(c["ends"]["pod"]),
-                      addr(c["ends"]["node"]), addr(c["ends"]["peer"]),
-                      "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}",
-                      "-" if svc is None else addr(svc["backend"]), seen, c["verdict"], frames)
+                      addr(c["ends"]["node"]), addr(c["ends"]["peer"]), service, backend, seen, c["verdict"], frames)
     return table
 
 
@@ -428,7 +461,8 @@ def lab_list() -> None:
 @lab.command("run")
 @click.argument("scenario")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Folder for inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt.")
+              help="Folder for inside.pcap, outside.pcap, conntrack.log, truth.json, scenario.txt and the "
+                   "kubectl-style pods.json and services.json.")
 @click.option("--keep-going", is_flag=True,
               help="Write the files even when the kernel's record disagrees with the scenario's design.")
 def lab_run(scenario: str, out: str, keep_going: bool) -> None:

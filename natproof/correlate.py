@@ -24,6 +24,7 @@ from natproof.connections import (
 from natproof.errors import InputError
 from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
 from natproof.memory import trim
+from natproof.names import Names, apply_names
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
@@ -120,6 +121,7 @@ def correlate(
     decoder: str = "auto",
     services: Services | None = None,
     allow_swap: bool = False,
+    names: Names | None = None,
 ) -> Result:
     """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
 
@@ -131,8 +133,12 @@ def correlate(
     result is the same. ``services`` says how Kubernetes Services are recognised (ClusterIP network, NodePort
     range; kube-apiserver's defaults when None). Captures that look given in the wrong order (see
     :func:`looks_swapped`) raise InputError naming the right order, unless ``allow_swap``: then they are swapped
-    and the result says so in the inside capture's warnings.
+    and the result says so in the inside capture's warnings. ``names`` (natproof.names.Names, from kubectl dumps)
+    names pods and Services in the result, and its ClusterIPs and nodePorts count as Services whatever the ranges;
+    a ptcpdump capture's packet comments name pods without it.
     """
+    if names is not None:
+        services = names.recognise(services)
     fast = decoder_flag(decoder)
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
@@ -175,7 +181,7 @@ def correlate(
         result = correlate(outside, inside, pod_cidr=pod_cidr,
                            clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
                            tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
-                           services=services)
+                           services=services, names=names)
         note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked swapped "
                 f"({swapped}), so natproof swapped them")
         return dataclasses.replace(result, inside=dataclasses.replace(
@@ -189,7 +195,7 @@ def correlate(
     )
     internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
     unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
-    return Result(
+    return apply_names(Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height),
         outside=CaptureSummary.from_info(outs.info, out_pk.height),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
@@ -200,7 +206,7 @@ def correlate(
         unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
         inside_packets=in_pk,
         outside_packets=out_pk,
-    )
+    ), names)
 
 
 def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str | None:

@@ -76,10 +76,79 @@ def ends_of(row: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     rewrites = set(row["rewrites"] or [])
     if row["initiator"] == "outside":
         node_end = rewrites & {"dst", "dport"} or row["service_type"] == "NodePort"
-        return {"pod": end("trans", "dst"), "node": end("orig", "dst") if node_end else None,
+        ends = {"pod": end("trans", "dst"), "node": end("orig", "dst") if node_end else None,
                 "peer": end("orig", "src")}
-    return {"pod": end("orig", "src"), "node": end("trans", "src") if rewrites & {"src", "sport"} else None,
-            "peer": end("trans", "dst") if row["trans_src"] is not None else end("orig", "dst")}
+    else:
+        ends = {"pod": end("orig", "src"), "node": end("trans", "src") if rewrites & {"src", "sport"} else None,
+                "peer": end("trans", "dst") if row["trans_src"] is not None else end("orig", "dst")}
+    if "pod" in row:
+        _name_ends(row, ends)
+    return ends
+
+
+def _name_ends(row: dict[str, Any], ends: dict[str, dict[str, Any] | None]) -> None:
+    """A named row's pod names on its ends: ``name`` (namespace/name or None) and ``name_candidates`` (every pod
+    that may have held a reused address then, or None). The peer is named when it is the backend the DNAT chose
+    or the inside tuple's other end."""
+    other = row["inside_src"] if row["initiator"] == "outside" else row["inside_dst"]
+    peer = ends["peer"]
+    peer_from = None
+    if peer is not None and row.get("backend_ip") is not None and peer["address"] == row["backend_ip"]:
+        peer_from = "backend_pod"
+    elif peer is not None and peer["address"] == other:
+        peer_from = "peer_pod"
+    for key, col in (("pod", "pod"), ("peer", peer_from)):
+        e = ends[key]
+        if e is not None:
+            e["name"] = row.get(col) if col else None
+            e["name_candidates"] = row.get(f"{col}_candidates") if col else None
+
+
+def name_roles(row: dict[str, Any], name: str) -> list[str]:
+    """The roles the pod or Service ``name`` (namespace/name, or a bare name in any namespace) played in a named
+    connection row: "pod", "peer pod", "Service", "backend pod"; "(ambiguous)" when it is one of the candidates
+    for a reused address there."""
+
+    def same(value: str | None) -> bool:
+        return value is not None and (value == name or ("/" not in name and value.partition("/")[2] == name))
+
+    roles = []
+    for col, label in (("pod", "pod"), ("peer_pod", "peer pod"), ("service_name", "Service"),
+                       ("backend_pod", "backend pod")):
+        if same(row.get(col)):
+            roles.append(label)
+        elif any(same(c) for c in row.get(f"{col}_candidates") or []):
+            roles.append(f"{label} (ambiguous)")
+    return roles
+
+
+def is_name(text: str) -> bool:
+    """Whether a ``who`` query is a pod or Service name (namespace/name, or a bare name) rather than ADDR:PORT:
+    Kubernetes names never hold a colon, and ADDR:PORT always does."""
+    return ":" not in text and not text.startswith("[") and text.strip() != "" and not _looks_address(text)
+
+
+def check_query(text: str, named: bool) -> bool:
+    """Whether a ``who`` query is a name (True) or ADDR:PORT (False); InputError when it is neither, or a name
+    with nothing to name by (``named``: kubectl dumps given, or a ptcpdump capture)."""
+    if not is_name(text):
+        parse_endpoint(text)
+        return False
+    if named:
+        return True
+    try:
+        parse_endpoint(text)
+    except InputError as exc:
+        raise InputError(f"{exc}; a pod or Service name needs --pods and --services (kubectl JSON dumps)") from None
+    return False  # pragma: no cover - a name is never ADDR:PORT
+
+
+def _looks_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 def parse_endpoint(text: str, where: str | None = None) -> tuple[str, int]:
@@ -138,7 +207,8 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
         clock: str = "inside") -> Answer:
     """Find the connections ADDR:PORT took part in, as the original or translated tuple's source or destination:
     which pod was behind a public source port, where a pod's source port went, which pod a NodePort reached,
-    which backend a ClusterIP chose.
+    which backend a ClusterIP chose. In a named result (natproof.names), ``endpoint`` may instead be a pod or
+    Service name (namespace/name, or a bare name in any namespace): the connections it opened, reached or served.
 
     With ``at``, keep those live within ``window_s`` of that time (a connection is live from its first to its
     last packet); if none is, ``nearest`` holds the closest one on each side of it. ``clock`` says which
@@ -147,18 +217,21 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
     """
     if clock not in ("inside", "outside"):
         raise InputError(f"--clock {clock}: inside or outside")
-    addr, port = parse_endpoint(endpoint)
+    by_name = check_query(endpoint, result.names is not None)
+    addr, port = ("", 0) if by_name else parse_endpoint(endpoint)
     offset_ns = int(round(result.clock_offset_s * 1e9))
     day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None
     at_ns = None if at is None else parse_time(at, day) - (offset_ns if clock == "outside" else 0)
     rows = []
     for row in result.connections.iter_rows(named=True):
-        roles = roles_of(row, addr, port)
+        roles = name_roles(row, endpoint) if by_name else roles_of(row, addr, port)
         if roles:
             rows.append(row | {"roles": roles})
     seen_at = {leg["observation_point"] for r in rows for leg in (r["legs"] or [])
                if (leg["src"], leg["sport"]) == (addr, port) or (leg["dst"], leg["dport"]) == (addr, port)}
     side = "inside" if "inside" in seen_at else "outside" if "outside" in seen_at else None
+    if by_name:
+        side = "inside" if rows else None  # pods live on the inside; a Service's address is reached from there
     nearest: list[dict[str, Any]] = []
     if at_ns is not None:
         w = int(window_s * 1e9)
@@ -172,7 +245,7 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
                 nearest.append(min(after, key=lambda r: r["first_ts_ns"]))
         rows = live
     shown_at = None if at_ns is None else at_ns + (offset_ns if clock == "outside" else 0)
-    return Answer(query=format_address(addr, port), at_ns=shown_at, side=side, clock=clock,
+    return Answer(query=endpoint if by_name else format_address(addr, port), at_ns=shown_at, side=side, clock=clock,
                   clock_offset_s=result.clock_offset_s,
                   connections=tuple(_with_index(r) for r in rows), nearest=tuple(_with_index(r) for r in nearest))
 

@@ -64,6 +64,20 @@ which an ALG's payload rewrite moved the initiator's (reply's) sequence or ack n
 (null when none). other_capture_off: its packets were seen while the capture on the other side of the NAT was not
 running (before it started or after it stopped): what the other side did is unknown."""
 
+NAME_SCHEMA: dict[str, pl.DataType] = {
+    "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
+    "peer_pod": pl.String(), "peer_pod_candidates": pl.List(pl.String()),
+    "service_name": pl.String(), "service_port_name": pl.String(),
+    "backend_pod": pl.String(), "backend_pod_candidates": pl.List(pl.String()),
+}
+"""Columns a named result (natproof.names: --pods, --services, ptcpdump's comments) adds after CONNECTION_SCHEMA.
+pod: namespace/name of the pod at the pod end of the inside tuple (its source when the connection started inside,
+its destination when it started outside); peer_pod: of its other end, when that is a pod; backend_pod: of the
+backend the DNAT chose; service_name / service_port_name: the Service sent to (namespace/name) and the name of its
+port. A name is null when no pod (or more than one) may have held the address at the connection's first packet;
+the *_candidates list then holds every pod that may have (a pod IP reused, without timestamps that tell them
+apart), and is null otherwise. pod_container: the container, when known (ptcpdump's comments; a pod with one)."""
+
 SOURCE_REWRITTEN = pl.col("trans_src").is_not_null() & (pl.col("trans_src") != pl.col("orig_src"))
 """Connections whose source address the NAT rewrote (SNAT: MASQUERADE of egress, of a ClusterIP's traffic, of
 NodePort traffic with externalTrafficPolicy=Cluster, of hairpin): original against translated source, whichever
@@ -136,6 +150,10 @@ class Result:
     legs no connection owns (the node's own traffic, a capture of more than the NAT)."""
     pod_networks_why: str = ""
     """Where pod_networks came from: given, or what they were inferred from."""
+    names: dict[str, Any] | None = None
+    """When the connections were named (natproof.names; then ``connections`` has NAME_SCHEMA's columns too): the
+    files the names came from ("sources"), how many pods and Services they held, and the addresses whose pod stays
+    ambiguous ("ambiguous": address, candidates, why, connections). None when not named."""
 
     def overlap(self) -> dict[str, Any]:
         """When both captures were running, on the inside capture's clock (the outside's span moved by
@@ -186,14 +204,24 @@ class Result:
         (address, port, connections), most used first. kube-proxy picks a ClusterIP's backend at random per
         connection (iptables ``-m statistic --mode random``), so the counts show its spread."""
         svc = self.connections.filter(pl.col("service_type").is_not_null())
+        named = "service_name" in svc.columns
         out = []
         for (typ, ip, port, proto), group in svc.group_by(
                 "service_type", "service_ip", "service_port", "proto", maintain_order=True):
             backends = (group.group_by("backend_ip", "backend_port").len()
                         .sort("len", "backend_ip", "backend_port", descending=[True, False, False], nulls_last=True))
-            out.append({"type": typ, "address": ip, "port": port, "proto": proto, "connections": group.height,
-                        "backends": [{"address": b, "port": p, "connections": n}
-                                     for b, p, n in backends.iter_rows()]})
+            entry: dict[str, Any] = {"type": typ, "address": ip, "port": port, "proto": proto}
+            if named:
+                # A Service's connections may name different pods at one backend address (a pod IP reused).
+                entry["name"] = group["service_name"].drop_nulls().first()
+                entry["port_name"] = group["service_port_name"].drop_nulls().first()
+                pods = {(b, p): sorted(set(g["backend_pod"].drop_nulls().to_list()))
+                        for (b, p), g in group.group_by("backend_ip", "backend_port")}
+            entry["connections"] = group.height
+            entry["backends"] = [{"address": b, "port": p, "connections": n}
+                                 | ({"pod": " | ".join(pods.get((b, p), [])) or None} if named else {})
+                                 for b, p, n in backends.iter_rows()]
+            out.append(entry)
         return out
 
     def to_dict(self, schema: str = SCHEMA) -> dict[str, Any]:
@@ -217,7 +245,7 @@ class Result:
         return text.replace(orjson.dumps(_PLACEHOLDER), array, 1)
 
     def _document(self, conns: Any) -> dict[str, Any]:
-        return {
+        doc = {
             "schema": SCHEMA,
             "captures": {"inside": self.inside.to_dict(), "outside": self.outside.to_dict()},
             "clock_offset_s": self.clock_offset_s,
@@ -236,12 +264,15 @@ class Result:
                 "port_preserved_ratio": self.port_preserved_ratio(),
             },
         }
+        if self.names is not None:
+            doc["names"] = self.names
+        return doc
 
     def _to_dict_v1(self) -> dict[str, Any]:
         """natproof.correlate/1: the connections /1 knew (started inside), /1 fields and verdict names."""
         v1 = self.connections.filter(pl.col("initiator") == "inside")
         conns = []
-        for full in connection_dicts(v1):
+        for full in connection_dicts(v1.select(list(CONNECTION_SCHEMA))):
             doc = {k: v for k, v in full.items() if k in _V1_FIELDS}
             doc["verdict"] = V1_VERDICTS.get(doc["verdict"], doc["verdict"])
             conns.append(doc)
@@ -287,7 +318,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     answered it), leak (some packets crossed untranslated: the private address left the node),
     not_reverse_translated (a reply reached the far side and never the initiator while others did),
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
-    rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside)."""
+    rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside), other_capture_off,
+    ambiguous_name (a named result: more than one pod may have held one of its addresses then)."""
     flags = []
     if (row["outside_tuples"] or 0) > 1:
         flags.append("multiple_outside_tuples")
@@ -305,6 +337,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("hairpin")
     if row.get("other_capture_off"):
         flags.append("other_capture_off")
+    if any(row.get(c) for c in NAME_SCHEMA if c.endswith("_candidates")):
+        flags.append("ambiguous_name")
     return flags
 
 
@@ -340,14 +374,34 @@ def _flags_expr() -> pl.Expr:
     return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()
 
 
-def connection_struct() -> pl.Expr:
+def _named_inside() -> pl.Expr:
+    """The inside tuple with the names of its pods (a named result): pod, peer_pod, their candidates, container."""
+    return pl.when(pl.col("inside_src").is_not_null()).then(pl.struct(
+        *[pl.col(f"inside_{f}").alias(f) for f in TUPLE_FIELDS],
+        pl.col("pod"), pl.col("pod_candidates"), pl.col("pod_container").alias("container"),
+        pl.col("peer_pod"), pl.col("peer_pod_candidates")))
+
+
+def connection_struct(named: bool = False) -> pl.Expr:
     """One connection row as the contract's JSON object, built by polars (a struct per row, field order the
     contract's): ``df.select(connection_struct()).to_series().to_list()`` gives the dicts without a Python loop
-    per row (21k connections in a fraction of what a dict comprehension per row takes)."""
+    per row (21k connections in a fraction of what a dict comprehension per row takes). ``named``: the rows have
+    NAME_SCHEMA's columns, and ``inside``, ``service`` and ``service.backend`` carry the names."""
     rewrites = pl.col("rewrites").fill_null([])
+    flags = _flags_expr()
+    if named:
+        ambiguous = pl.any_horizontal([pl.col(c).is_not_null() for c in NAME_SCHEMA if c.endswith("_candidates")])
+        flags = pl.concat_list(flags, pl.when(ambiguous).then(pl.lit(["ambiguous_name"])).otherwise(
+            pl.lit([], pl.List(pl.String))))
+    backend = [pl.col("backend_ip").alias("address"), pl.col("backend_port").alias("port")]
+    service = [pl.col("service_type").alias("type"), pl.col("service_ip").alias("address"),
+               pl.col("service_port").alias("port")]
+    if named:
+        backend += [pl.col("backend_pod").alias("pod"), pl.col("backend_pod_candidates").alias("pod_candidates")]
+        service += [pl.col("service_name").alias("name"), pl.col("service_port_name").alias("port_name")]
     return pl.struct(
         pl.col("proto"),
-        _struct_tuple("inside").alias("inside"),
+        (_named_inside() if named else _struct_tuple("inside")).alias("inside"),
         _struct_tuple("outside").alias("outside"),
         pl.col("verdict"),
         (pl.col("first_ts_ns") / 1e9).round(9).alias("first_seen"),
@@ -359,7 +413,7 @@ def connection_struct() -> pl.Expr:
         pl.when(pl.col("latency_median_us").is_not_null()).then(pl.struct(
             pl.col("latency_median_us").alias("median"), pl.col("latency_max_us").alias("max")))
         .alias("nat_latency_us"),
-        _flags_expr().alias("flags"),
+        flags.alias("flags"),
         pl.struct(_struct_frames("egress", True).alias("egress"), _struct_frames("reply", True).alias("reply"),
                   _struct_frames("icmp_error", False).alias("icmp_error")).alias("evidence"),
         pl.col("initiator"),
@@ -376,10 +430,9 @@ def connection_struct() -> pl.Expr:
             pl.element().struct.field("first_frame"), pl.element().struct.field("packets"))).alias("legs"),
         pl.struct(*[pl.col(f"fate_{f}").alias(f) for f in FATES]).alias("fates"),
         pl.when(pl.col("service_type").is_not_null()).then(pl.struct(
-            pl.col("service_type").alias("type"), pl.col("service_ip").alias("address"),
-            pl.col("service_port").alias("port"),
-            pl.when(pl.col("backend_ip").is_not_null()).then(pl.struct(
-                pl.col("backend_ip").alias("address"), pl.col("backend_port").alias("port"))).alias("backend"),
+            *service[:3],
+            pl.when(pl.col("backend_ip").is_not_null()).then(pl.struct(*backend)).alias("backend"),
+            *service[3:],
         )).alias("service"),
         pl.when(pl.any_horizontal([pl.col(f"{k}_{n}_shift").is_not_null() for k in ("init", "reply")
                                    for n in ("seq", "ack")])).then(pl.struct(
@@ -396,7 +449,8 @@ def connection_lines(connections: pl.DataFrame) -> list[bytes]:
     polars from the columns."""
     if connections.is_empty():
         return []
-    return connections.select(connection_struct()).unnest("connection").write_ndjson().encode().splitlines()
+    named = "pod" in connections.columns
+    return connections.select(connection_struct(named)).unnest("connection").write_ndjson().encode().splitlines()
 
 
 def connection_dicts(connections: pl.DataFrame) -> list[dict[str, Any]]:
@@ -407,7 +461,8 @@ def connection_dicts(connections: pl.DataFrame) -> list[dict[str, Any]]:
 
 def connection_dict(row: dict[str, Any]) -> dict[str, Any]:
     """One connection row (a dict of CONNECTION_SCHEMA columns) as the contract's JSON object."""
-    frame = pl.DataFrame([{c: row.get(c) for c in CONNECTION_SCHEMA}], schema=CONNECTION_SCHEMA, orient="row")
+    schema = CONNECTION_SCHEMA | (NAME_SCHEMA if "pod" in row else {})
+    frame = pl.DataFrame([{c: row.get(c) for c in schema}], schema=schema, orient="row")
     return connection_dicts(frame)[0]
 
 

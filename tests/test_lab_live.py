@@ -16,7 +16,7 @@ from natproof.cli import main
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
 from natproof.lab import leftover_namespaces, list_scenarios, run_scenario
-from natproof.lab.scenarios import LAN_NOISE_EXPECTED, NODE_IP6, lan_noise_counts
+from natproof.lab.scenarios import LAN_NOISE_EXPECTED, NODE_IP6, get_scenario, lan_noise_counts
 from natproof.result import Result, connection_dicts
 
 pytestmark = pytest.mark.lab
@@ -35,7 +35,8 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     out = tmp_path / name
     assert main(["lab", "run", name, "--out", str(out)]) == 0, capsys.readouterr().err
     names = sorted(p.name.removesuffix(".gz") for p in out.iterdir())
-    assert names == ["conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json"]
+    dumps = ["pods.json", *(["services.json"] if get_scenario(name).services else [])]
+    assert names == sorted(["conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json", *dumps])
     # Namespaces are named np<pid in hex><random>-...: none of this process's may outlive the run.
     assert leftover_namespaces(f"np{os.getpid():x}") == []
     _RUNS[name] = out
@@ -139,3 +140,24 @@ def test_nat66_is_translated_to_the_node_address(tmp_path_factory: pytest.TempPa
     assert [f.kind for f in findings] == ["healthy"]
     # The pods' global addresses never appear on eth0 (NAT66 hid them): their /64 is the pod network.
     assert result.pod_networks == ("2001:db8:244::/64",)
+
+
+@pytest.mark.parametrize("name", ["clusterip", "nodeport", "hairpin"])
+def test_scenario_dump_names_its_pods_and_services(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from natproof.names import Names
+
+    out = _run(name, tmp_path_factory)
+    scenario = get_scenario(name)
+    doc = correlate(*capture_pair(out), names=Names.load(out / "pods.json", out / "services.json")).to_dict()
+    pods = {p.ip: p.name for p in scenario.topology.pods}
+    svc_names = {(s.cluster_ip, s.port): s.name.partition(":")[0] for s in scenario.services}
+    svc_names |= {("203.0.113.2", s.node_port): s.name.partition(":")[0] for s in scenario.services if s.node_port}
+    assert doc["connections"]
+    for c in doc["connections"]:
+        end = c["inside"]["dst"] if c["initiator"] == "outside" else c["inside"]["src"]
+        assert c["inside"]["pod"] == f"default/{pods[end]}", c
+        if c["service"]:
+            s = c["service"]
+            assert s["name"] == svc_names[(s["address"], s["port"])], c
+            backend = (s["backend"] or {}).get("address")
+            assert (s["backend"] or {}).get("pod") == (f"default/{pods[backend]}" if backend in pods else None), c

@@ -43,6 +43,7 @@ from natproof.lab.capture import (
     snapshot_conntrack,
 )
 from natproof.lab.kube import Endpoint, Service, kube_proxy_rules
+from natproof.lab.kubectl import DUMP_FILES, write_dumps
 from natproof.lab.topology import (
     INET,
     MASQUERADE_RULE,
@@ -1457,7 +1458,8 @@ def get_scenario(name: str) -> Scenario:
 
 
 def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
-    """Run one scenario and write inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt.
+    """Run one scenario and write inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt, and the
+    kubectl-style dumps of its pods and Services (pods.json, services.json: natproof.lab.kubectl).
 
     The files appear in ``outdir`` only once all of them are written. When the kernel's truth disagrees
     with the scenario's design (or a capture is incomplete), LabError is raised and nothing is written,
@@ -1482,13 +1484,15 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
             _describe(scenario, recording, truth, connections, notes, problems)
         )
         outputs = list(OUTPUT_FILES)
+        outputs += write_dumps(stage, scenario.topology.pods, scenario.services,
+                               str(ipaddress.ip_interface(scenario.topology.node_address).ip), recording.started)
         if scenario.gzip_pcaps:
             for pcap in ("inside.pcap", "outside.pcap"):
                 with open(stage / pcap, "rb") as src, open(stage / f"{pcap}.gz", "wb") as raw, \
                         gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
                     shutil.copyfileobj(src, dst)
                 outputs[outputs.index(pcap)] = f"{pcap}.gz"
-        for stale in ("inside.pcap", "outside.pcap", "inside.pcap.gz", "outside.pcap.gz"):
+        for stale in ("inside.pcap", "outside.pcap", "inside.pcap.gz", "outside.pcap.gz", *DUMP_FILES):
             if stale not in outputs:
                 (outdir / stale).unlink(missing_ok=True)
         for filename in outputs:

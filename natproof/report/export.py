@@ -68,9 +68,12 @@ def flat_frame(result: Result) -> pl.DataFrame:
 
 
 def to_csv(result: Result) -> str:
-    """One row per connection; ``rewrites`` joined by commas, ``legs`` left to JSON and Parquet."""
-    return flat_frame(result).drop("first_ts_ns", "last_ts_ns", "legs").with_columns(
-        pl.col("rewrites").list.join(",")).write_csv()
+    """One row per connection; ``rewrites`` joined by commas, a named result's pod candidates by ``|``, ``legs``
+    left to JSON and Parquet."""
+    frame = flat_frame(result).drop("first_ts_ns", "last_ts_ns", "legs")
+    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List) and c != "rewrites"]
+    return frame.with_columns(pl.col("rewrites").list.join(","), *[pl.col(c).list.join("|") for c in lists]
+                              ).write_csv()
 
 
 def _tuple(src: str, dst: str, sport: int | None, dport: int | None, proto: str) -> str:

@@ -22,7 +22,9 @@ from natproof.report.table import (
     FATE_LABEL,
     fate_counts,
     format_address,
+    format_pod,
     format_service,
+    format_service_name,
     format_tuple,
     overlap_text,
 )
@@ -90,7 +92,22 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("legs", "legs", "num",
      "the connection's packets at each observation point under one tuple, in time order (open to see them)"),
 )
-_CELL_CLASS = {"original": "addr", "translated": "addr", "service": "addr", "verdict": "verdict"}
+NAME_COLUMN = ("pod", "pod\n(Service → backend pod)", "text",
+               "names from --pods / --services (kubectl dumps) or ptcpdump's packet comments: the pod that opened the "
+               "connection (or, started outside, the one it reached), the Service and the backend's pod; "
+               "“?” lists every pod that may have held a reused address then")
+"""The column a named result adds after "translated"."""
+
+
+def columns(result: Result) -> tuple[tuple[str, str, str, str], ...]:
+    """The mapping table's columns: COLUMNS, plus NAME_COLUMN when the result is named."""
+    if result.names is None:
+        return COLUMNS
+    at = [c[0] for c in COLUMNS].index("translated") + 1
+    return (*COLUMNS[:at], NAME_COLUMN, *COLUMNS[at:])
+
+
+_CELL_CLASS = {"original": "addr", "translated": "addr", "service": "addr", "verdict": "verdict", "pod": "addr"}
 """The class of a mapping-table cell (fonts, alignment, colours), by column key; numbers are "num"."""
 _SEVERITIES = ("error", "warning", "info")
 _EVIDENCE_OPEN = 8
@@ -129,7 +146,7 @@ cursor:pointer;font:inherit;color:inherit;min-width:150px}
 .v-internal td.verdict,.vbtn.v-internal b{color:var(--dim)}
 .f-leaked{color:var(--bad);font-weight:700}.f-inside_only,.f-outside_only{color:var(--warn)}
 .f-node_generated{color:#8250df;font-weight:600}.inbound{color:#0a7ea4;font-weight:600}
-td.addr .sub{display:block;color:var(--muted)}
+td.addr .sub{display:block;color:var(--muted)}.ambiguous{color:var(--warn)}
 .legs summary{cursor:pointer;color:var(--link)}.legs ol{margin:2px 0 2px;padding-left:18px}
 .finding{border:1px solid var(--line);border-left:6px solid var(--dim);border-radius:6px;padding:10px 14px;
 margin:0 0 12px}
@@ -339,6 +356,14 @@ def _summary(result: Result) -> str:
                               f"{result.unmatched_outside} outside (no counterpart inside, includes the node's "
                               "own traffic)"),
     ]
+    if result.names is not None:
+        n = result.names
+        files = ", ".join(f'<span class="mono">{_e(src["path"])}</span>' for src in n.get("sources", [])) or "none"
+        facts.append(("names", f"{n.get('pods', 0)} pod(s), {n.get('services', 0)} Service(s) from {files}"))
+        for a in n.get("ambiguous", []):
+            links = " ".join(f'<a href="#c{int(c)}">#{int(c)}</a>' for c in a["connections"][:_CONN_LINKS])
+            facts.append(("ambiguous name", f'<span class="ambiguous">{_e(a["why"])}</span>: every candidate is '
+                                            f"named, none picked — {links}"))
     for side, cap in (("inside", result.inside), ("outside", result.outside)):
         skipped = ", ".join(f"{_e(k)} {v}" for k, v in cap.skipped.items()) or "none"
         facts.append((f"{side} capture",
@@ -401,14 +426,28 @@ def _legs(row: dict[str, Any]) -> str:
 
 
 def _td(key: str, content: str, sort: str | None = None) -> str:
-    kind = next(c[2] for c in COLUMNS if c[0] == key)
+    kind = next(c[2] for c in (*COLUMNS, NAME_COLUMN) if c[0] == key)
     cls = _CELL_CLASS.get(key, "num" if kind == "num" else "")
     attrs = (f' class="{cls}"' if cls else "") + ("" if sort is None else f' data-v="{_e(sort)}"')
     return f"<td{attrs}>{content}</td>"
 
 
+def _names_cell(row: dict[str, Any]) -> str:
+    """A named row's pod (→ the peer's, pod to pod), its Service and the backend's pod; "?" lists candidates."""
+    pod, peer = format_pod(row), format_pod(row, "peer_pod")
+    first = _e(pod or "—") + (f" → {_e(peer)}" if peer else "")
+    lines = [f'<span class="ambiguous">{first}</span>' if "?" in first else first]
+    svc, backend = format_service_name(row), format_pod(row, "backend_pod")
+    if svc:
+        lines.append(f'<span class="sub">{_e(svc)}</span>')
+    if backend and not (row.get("initiator") == "outside" and backend == pod):
+        lines.append(f'<span class="sub">→ {_e(backend)}</span>')
+    return "".join(lines) if len(lines) > 1 else lines[0]
+
+
 def _rows(result: Result) -> str:
     conns = result.connections
+    named = result.names is not None
     t0 = conns["first_ts_ns"].min() if conns.height else 0
     out = []
     for r in conns.iter_rows(named=True):
@@ -435,6 +474,7 @@ def _rows(result: Result) -> str:
                   + _addr_key(r["orig_dst"], r["orig_dport"]))
             + _td("translated", _e(trans), _addr_key(r["trans_src"], r["trans_sport"])
                   + _addr_key(r["trans_dst"], r["trans_dport"]))
+            + (_td("pod", _names_cell(r), format_pod(r) or "") if named else "")
             + _td("service", _e(svc).replace(" → ", " <br>→ ", 1) if svc else "", svc_key)
             + _td("verdict", _e(r["verdict"]))
             + _td("fates", _fates(r), str(not_crossed))
@@ -455,10 +495,15 @@ def _services(result: Result) -> str:
     for svc in services:
         key = f"{format_address(svc['address'], svc['port'])}/{svc['proto']}"
         backends = "".join(
-            f"<li>{_e('backend not seen' if b['address'] is None else format_address(b['address'], b['port']))}: "
-            f"{b['connections']} ({b['connections'] / svc['connections']:.0%})</li>" for b in svc["backends"])
+            f"<li>{_e('backend not seen' if b['address'] is None else format_address(b['address'], b['port']))}"
+            + (f" ({_e(b['pod'])})" if b.get("pod") else "")
+            + f": {b['connections']} ({b['connections'] / svc['connections']:.0%})</li>" for b in svc["backends"])
+        name = ""
+        if svc.get("name"):
+            port = f":{svc['port_name']}" if svc.get("port_name") else ""
+            name = f'<span class="sub">{_e(svc["name"] + port)}</span>'
         rows.append(f'<tr><td class="addr"><button type="button" class="linkbtn" data-filter="service:{_e(key)}" '
-                    f'title="show its connections in the mapping table">{_e(key)}</button></td>'
+                    f'title="show its connections in the mapping table">{_e(key)}</button>{name}</td>'
                     f"<td>{_e(svc['type'])}</td><td class=\"num\">{svc['connections']}</td>"
                     f'<td class="num">{len(svc["backends"])}</td><td class="addr"><ul>{backends}</ul></td></tr>')
     return ('<section id="services"><h2>Services</h2><p class="muted">Connections sent to a ClusterIP or NodePort, '
@@ -472,7 +517,7 @@ def _services(result: Result) -> str:
 def _table(result: Result) -> str:
     heads = "".join(f'<th data-key="{key}" data-type="{kind}" aria-sort="none" title="{_e(tip)}">'
                     f'<button type="button">{_e(label).replace(chr(10), "<br>")}</button></th>'
-                    for key, label, kind, tip in COLUMNS)
+                    for key, label, kind, tip in columns(result))
     n = result.connections.height
     return (
         '<section id="mappings-section"><h2>NAT mappings</h2>'

@@ -50,6 +50,43 @@ def format_service(row: dict[str, Any], arrow: str = "->") -> str | None:
     return f"{row['service_type']} {format_address(row['service_ip'], row['service_port'])} {arrow} {backend}"
 
 
+def format_pod(row: dict[str, Any], prefix: str = "pod", sep: str = " | ") -> str | None:
+    """A named row's pod (``pod``, ``peer_pod`` or ``backend_pod``): namespace/name, or for an address more than
+    one pod may have held then, ``? a | b`` (never one of them silently); None when no pod is known there."""
+    if row.get(prefix):
+        return str(row[prefix])
+    if row.get(f"{prefix}_candidates"):
+        return "? " + sep.join(row[f"{prefix}_candidates"])
+    return None
+
+
+def format_service_name(row: dict[str, Any]) -> str | None:
+    """``kube-system/kube-dns:dns``: a named row's Service and the name of its port; None when not known."""
+    if not row.get("service_name"):
+        return None
+    port = row.get("service_port_name")
+    return f"{row['service_name']}:{port}" if port else str(row["service_name"])
+
+
+def _names_text(row: dict[str, Any]) -> Text:
+    """The pod (and the far end's, pod to pod), then the Service and the backend's pod, one per line."""
+    text = Text()
+    # Candidates one per line: a reused address's pods never squeeze the other columns.
+    pod, peer = format_pod(row, sep="\n  | "), format_pod(row, "peer_pod", sep="\n  | ")
+    first = pod or "-"
+    if peer:
+        first += f" -> {peer}"
+    text.append(first, style="yellow" if first.startswith("?") or " ? " in first else "")
+    svc, backend = format_service_name(row), format_pod(row, "backend_pod", sep="\n  | ")
+    if row.get("initiator") == "outside" and backend == pod:
+        backend = None  # a connection started outside reached its pod through the Service: said on the first line
+    if svc or backend:
+        text.append(f"\n{svc or '-'}", style="cyan")
+    if backend:
+        text.append(f"\n-> {backend}", style="yellow" if backend.startswith("?") else "")
+    return text
+
+
 def fate_counts(row: dict[str, Any]) -> list[tuple[str, int]]:
     """A connection's non-zero packet fates, in FATES order."""
     return [(f, int(row[f"fate_{f}"] or 0)) for f in FATES if row.get(f"fate_{f}")]
@@ -116,9 +153,13 @@ def render_services(result: Result) -> Table | None:
         backends = []
         for b in s["backends"]:
             where = "backend not seen" if b["address"] is None else format_address(b["address"], b["port"])
-            backends.append(f"{where}: {b['connections']} ({b['connections'] / s['connections']:.0%})")
-        table.add_row(f"{s['type']} {format_address(s['address'], s['port'])}", s["proto"],
-                      str(s["connections"]), "\n".join(backends))
+            pod = f" ({b['pod']})" if b.get("pod") else ""
+            backends.append(f"{where}{pod}: {b['connections']} ({b['connections'] / s['connections']:.0%})")
+        name = s.get("name")
+        label = f"{s['type']} {format_address(s['address'], s['port'])}"
+        if name:
+            label += f"\n{name}" + (f":{s['port_name']}" if s.get("port_name") else "")
+        table.add_row(label, s["proto"], str(s["connections"]), "\n".join(backends))
     return table
 
 
@@ -129,11 +170,14 @@ def render_table(result: Result, limit: int | None = None) -> Group:
     Fits 120 columns for IPv4: the latency and frame columns of the JSON are left to the other formats."""
     conns = result.connections
     has_service = conns["service_type"].is_not_null().any()
+    named = "pod" in conns.columns
     table = Table(title="NAT mappings: original, then => translated (initiator -> responder)", header_style="bold",
                   expand=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("proto", no_wrap=True)
     table.add_column("original\n=> translated", no_wrap=True)
+    if named:
+        table.add_column("pod\nService -> backend pod", no_wrap=True)
     if has_service:
         table.add_column("Service\n-> backend", max_width=28)
     table.add_column("verdict", no_wrap=True)
@@ -151,6 +195,8 @@ def render_table(result: Result, limit: int | None = None) -> Group:
         if r["initiator"] == "outside":
             proto.append("\ninbound", style="cyan")
         cells: list[Any] = [str(r["conn"]), proto, conn]
+        if named:
+            cells.append(_names_text(r))
         if has_service:
             svc = format_service(r)
             cells.append("" if svc is None else svc.replace(" -> ", "\n-> "))
@@ -161,4 +207,18 @@ def render_table(result: Result, limit: int | None = None) -> Group:
     if services is not None:
         parts.append(services)
     parts.append(Text(summary_line(result)))
+    if result.names is not None:
+        parts.append(Text(names_line(result)))
     return Group(*parts)
+
+
+def names_line(result: Result) -> str:
+    """Where a named result's names came from, and the addresses whose pod stays ambiguous."""
+    names = result.names or {}
+    files = ", ".join(s["path"] for s in names.get("sources", [])) or "none"
+    pods, svcs = names.get("pods", 0), names.get("services", 0)
+    lines = [f"names: {pods} pod{'' if pods == 1 else 's'}, {svcs} Service{'' if svcs == 1 else 's'} from {files}"]
+    for a in names.get("ambiguous", []):
+        ids = ", ".join(f"#{c}" for c in a["connections"][:10]) + (" ..." if len(a["connections"]) > 10 else "")
+        lines.append(f"ambiguous name: {a['why']}; connections {ids} name all of them")
+    return "\n".join(lines)

@@ -1,0 +1,745 @@
+"""Names users think in: pods and Services from kubectl JSON dumps and ptcpdump's pcapng packet comments."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import struct
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from natproof.assemble import Services
+from natproof.errors import InputError
+from natproof.result import NAME_SCHEMA, Result
+
+KINDS = ("Pod", "Service", "EndpointSlice", "Endpoints")
+"""The kinds of object natproof reads names from (kubectl get pods,svc,endpointslices -A -o json)."""
+
+TIMESTAMP_RESOLUTION_NS = 1_000_000_000
+"""Kubernetes writes metadata timestamps to the second (RFC 3339, truncated): a pod that ended at 10:00:05 may have
+held its address until just before 10:00:06."""
+
+_YAML_START = re.compile(r"^(---|%YAML|- |[A-Za-z_][\w.-]*:(\s|$))")
+
+
+@dataclass(frozen=True)
+class PodEntry:
+    """One pod that held one or more addresses, and when (from a Pod object, an EndpointSlice's targetRef, or
+    ptcpdump's packet comments)."""
+
+    namespace: str
+    name: str
+    addresses: tuple[str, ...]
+    """Its pod IPs (status.podIPs: both families of a dual-stack pod); never a hostNetwork pod's node address."""
+    start_ns: int | None = None
+    """From when it may have held them (metadata.creationTimestamp; first commented packet); None: unknown."""
+    end_ns: int | None = None
+    """Until when (deletionTimestamp, the last container's finishedAt of a pod that Succeeded or Failed, the last
+    commented packet), exclusive; None: still running when dumped, or unknown."""
+    node: str | None = None
+    containers: tuple[str, ...] = ()
+    uid: str | None = None
+    source: str = ""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def held_at(self, ts_ns: int) -> bool:
+        """Whether it may have held its addresses at ``ts_ns`` (unknown bounds are open)."""
+        if self.start_ns is not None and ts_ns < self.start_ns:
+            return False
+        return self.end_ns is None or ts_ns < self.end_ns + TIMESTAMP_RESOLUTION_NS
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str | None
+    """spec.ports[].name (Services with more than one port must name them)."""
+    port: int
+    proto: str
+    """tcp, udp or sctp."""
+    node_port: int | None = None
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    namespace: str
+    name: str
+    type: str
+    cluster_ips: tuple[str, ...]
+    """spec.clusterIPs (both families of a dual-stack Service); empty for a headless one."""
+    ports: tuple[ServicePort, ...]
+    source: str = ""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EndpointEntry:
+    """One endpoint address of a Service (EndpointSlice or v1 Endpoints), and the pod behind it (targetRef)."""
+
+    service: str | None
+    """namespace/name of its Service (the kubernetes.io/service-name label), None when the slice names none."""
+    address: str
+    pod: str | None
+    """namespace/name of the targetRef pod; None for an endpoint that is no pod (the API server's own)."""
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """Who an address was at a time: one pod, several (ambiguous), or nobody known."""
+
+    name: str | None = None
+    """namespace/name when exactly one pod may have held the address then; else None."""
+    candidates: tuple[str, ...] = ()
+    """When the dumps cannot settle it (a pod IP reused, without timestamps that tell the pods apart): every pod that
+    may have held it then, or, when none may have, every pod known to have held it at another time."""
+    container: str | None = None
+    """The container, when known (ptcpdump names it; a pod with a single container has no other)."""
+
+    @property
+    def ambiguous(self) -> bool:
+        return bool(self.candidates)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Pods, Services and endpoints read from kubectl dumps (and pcapng comments), and how to name a Result with
+    them: ``Names.load("pods.json", "svc.json").name_result(result)``, or ``correlate(..., names=names)``."""
+
+    pods: tuple[PodEntry, ...] = ()
+    services: tuple[ServiceEntry, ...] = ()
+    endpoints: tuple[EndpointEntry, ...] = ()
+    sources: tuple[dict[str, Any], ...] = ()
+    """Each file read: {"path", "kind": "kubectl", "pods", "services", "endpoints", "host_network_pods"} (counts of
+    what it held); name_result adds the captures whose pcapng comments named pods ("kind": "pcapng comments")."""
+    comments: bool = True
+    """Also read ptcpdump's packet comments (pcapng) from the captures when naming a result."""
+
+    @classmethod
+    def load(cls, *paths: str | os.PathLike[str]) -> Names:
+        """Read kubectl JSON dumps: ``kubectl get pods -A -o json``, ``kubectl get svc,endpointslices -A -o json``,
+        one object (``kubectl get pod NAME -o json``), a List of any mix, or JSON objects one after another
+        (NDJSON). Raises InputError naming the file when it is no such dump (YAML, another kind, an empty List)."""
+        names = cls()
+        for path in paths:
+            names = names.merged(read_dump(path))
+        return names
+
+    def merged(self, other: Names) -> Names:
+        return Names(pods=(*self.pods, *other.pods), services=(*self.services, *other.services),
+                     endpoints=(*self.endpoints, *other.endpoints), sources=(*self.sources, *other.sources),
+                     comments=self.comments and other.comments)
+
+    # -- look-ups ---------------------------------------------------------------------------------------------------
+
+    @cached_property
+    def _by_address(self) -> dict[str, list[PodEntry]]:
+        """Every pod known to have held each address: the pods' own records, merged by name and uid (one pod seen
+        in several dumps), plus the EndpointSlices' targetRef pods no pod record names."""
+        merged: dict[tuple[str, str | None], PodEntry] = {}
+        keys: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+        for p in self.pods:
+            key = (p.full_name, p.uid)
+            if key not in merged:
+                # The same pod without a uid (from an EndpointSlice or a comment) is the one with one.
+                key = next((k for k in keys[p.full_name] if k[1] is None or p.uid is None), key)
+            if key in merged:
+                merged[key] = _merge(merged[key], p)
+            else:
+                merged[key] = p
+                keys[p.full_name].append(key)
+        named = {k[0] for k in merged}
+        for e in self.endpoints:
+            if e.pod and e.pod not in named:
+                ns, _, name = e.pod.partition("/")
+                merged[(e.pod, None)] = PodEntry(ns, name, (e.address,), node=e.node, source="EndpointSlice")
+                named.add(e.pod)
+            elif e.pod and (e.pod, None) in merged and e.address not in merged[(e.pod, None)].addresses:
+                p = merged[(e.pod, None)]
+                merged[(e.pod, None)] = dataclasses.replace(p, addresses=(*p.addresses, e.address))
+        index: dict[str, list[PodEntry]] = defaultdict(list)
+        for p in merged.values():
+            for a in p.addresses:
+                index[a].append(p)
+        return dict(index)
+
+    def pod_at(self, address: str | None, ts_ns: int | None) -> Match:
+        """The pod that held ``address`` at ``ts_ns`` (epoch ns; None: at any time)."""
+        if address is None:
+            return Match()
+        pods = self._by_address.get(address, [])
+        if not pods:
+            return Match()
+        held = pods if ts_ns is None else [p for p in pods if p.held_at(ts_ns)]
+        names = sorted({p.full_name for p in held})
+        if len(names) == 1:
+            pod = next(p for p in held if p.full_name == names[0])
+            container = pod.containers[0] if len(pod.containers) == 1 else None
+            return Match(names[0], container=container)
+        # Several pods may have held it then (timestamps missing or overlapping), or none of the known ones did:
+        # never pick one.
+        return Match(candidates=tuple(names or sorted({p.full_name for p in pods})))
+
+    def held_by(self, address: str) -> list[PodEntry]:
+        """Every pod known to have held ``address``."""
+        return list(self._by_address.get(address, []))
+
+    @cached_property
+    def _service_index(self) -> tuple[dict[tuple[str, int, str], tuple[ServiceEntry, ServicePort]],
+                                      dict[tuple[int, str], tuple[ServiceEntry, ServicePort]],
+                                      dict[str, ServiceEntry]]:
+        by_port: dict[tuple[str, int, str], tuple[ServiceEntry, ServicePort]] = {}
+        by_node_port: dict[tuple[int, str], tuple[ServiceEntry, ServicePort]] = {}
+        by_ip: dict[str, ServiceEntry] = {}
+        for s in self.services:
+            for ip in s.cluster_ips:
+                by_ip.setdefault(ip, s)
+                for p in s.ports:
+                    by_port.setdefault((ip, p.port, p.proto), (s, p))
+            for p in s.ports:
+                if p.node_port:
+                    by_node_port.setdefault((p.node_port, p.proto), (s, p))
+        return by_port, by_node_port, by_ip
+
+    def service(self, kind: str | None, address: str | None, port: int | None,
+                proto: str) -> tuple[str | None, str | None]:
+        """(namespace/name, port name) of the Service a connection was sent to: by ClusterIP and port, or by
+        NodePort (unique in a cluster, on every node address); (None, None) when the dumps hold none."""
+        by_port, by_node_port, by_ip = self._service_index
+        if kind == "NodePort" and port is not None:
+            hit = by_node_port.get((port, proto))
+            return (hit[0].full_name, hit[1].name) if hit else (None, None)
+        if address is None:
+            return None, None
+        hit = by_port.get((address, port or 0, proto))
+        if hit:
+            return hit[0].full_name, hit[1].name
+        svc = by_ip.get(address)
+        return (svc.full_name, None) if svc else (None, None)
+
+    def recognise(self, services: Services | None = None) -> Services:
+        """``services`` (kube-apiserver's defaults when None) plus what the dumps prove: every ClusterIP in them is
+        a Service address, whatever the service CIDR, and every nodePort a NodePort, whatever the range."""
+        base = services or Services()
+        ips = sorted({ipaddress.ip_address(ip) for s in self.services for ip in s.cluster_ips},
+                     key=lambda a: (a.version, a))
+        extra = tuple(ipaddress.ip_network(a) for a in ips if not any(a in n for n in base.networks))
+        lo, hi = base.nodeport_range
+        ports = sorted({p.node_port for s in self.services for p in s.ports
+                        if p.node_port and not lo <= p.node_port <= hi} - set(base.node_ports))
+        if not extra and not ports:
+            return base
+        return dataclasses.replace(base, networks=(*base.networks, *extra), node_ports=(*base.node_ports, *ports))
+
+    # -- naming a result --------------------------------------------------------------------------------------------
+
+    def name_result(self, result: Result) -> Result:
+        """``result`` with every connection named (NAME_SCHEMA columns; JSON ``inside.pod``, ``service.name``,
+        ``service.backend.pod`` ...), and ``result.names`` saying from what. Pods named in ptcpdump's packet
+        comments in either capture are used too (unless ``comments`` is False)."""
+        names = self
+        found: list[dict[str, Any]] = []
+        if self.comments:
+            for side in ("inside", "outside"):
+                pods, info = pods_from_comments(result, side)
+                if info:
+                    found.append(info)
+                names = names.merged(Names(pods=pods))
+        return names._apply(result, tuple(found))
+
+    def _apply(self, result: Result, comment_sources: tuple[dict[str, Any], ...]) -> Result:
+        """Name every connection at once (joins on address, not a look-up per row: 100k connections in well under
+        a second); the same answers as pod_at and service per row."""
+        conns = result.connections
+        base = conns.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "conn", "initiator",
+                            "first_ts_ns", "proto", "inside_src", "inside_dst", "service_type", "service_ip",
+                            "service_port", "backend_ip")
+        outside = pl.col("initiator") == "outside"
+        ends = {
+            "pod": pl.when(outside).then("inside_dst").otherwise("inside_src"),
+            "peer_pod": pl.when(outside).then("inside_src").otherwise("inside_dst"),
+            "backend_pod": pl.when(pl.col("service_type").is_not_null()).then("backend_ip"),
+        }
+        columns: dict[str, pl.Series] = {}
+        ambiguous: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
+        for prefix, expr in ends.items():
+            named = self._name_addresses(base.select("_row", "conn", "first_ts_ns", expr.alias("addr")))
+            columns[prefix] = named["name"]
+            columns[f"{prefix}_candidates"] = named["candidates"]
+            if prefix == "pod":
+                columns["pod_container"] = named["container"]
+            for addr, cands, conn in named.filter(pl.col("candidates").is_not_null()).select(
+                    "addr", "candidates", "conn").iter_rows():
+                ambiguous[(addr, tuple(cands))].append(conn)
+        svc = self._name_services(base)
+        columns["service_name"], columns["service_port_name"] = svc["service_name"], svc["service_port_name"]
+        named_conns = conns.with_columns(columns[c].cast(t).alias(c) for c, t in NAME_SCHEMA.items())
+        summary = {
+            "sources": [*self.sources, *comment_sources],
+            "pods": len({p.full_name for ps in self._by_address.values() for p in ps}),
+            "services": len({s.full_name for s in self.services}),
+            "ambiguous": [{"address": a, "candidates": list(c), "why": self.why_ambiguous(a),
+                           "connections": sorted(set(ids))}
+                          for (a, c), ids in sorted(ambiguous.items(), key=lambda kv: min(kv[1]))],
+        }
+        return dataclasses.replace(result, connections=named_conns, names=summary)
+
+    @cached_property
+    def _pod_table(self) -> pl.DataFrame:
+        """One row per (address, pod that held it): addr, name, start_ns, end_ns, container (of a pod with one)."""
+        rows = [(a, p.full_name, p.start_ns, p.end_ns, p.containers[0] if len(p.containers) == 1 else None)
+                for a, ps in self._by_address.items() for p in ps]
+        return pl.DataFrame(rows, schema={"addr": pl.String, "name": pl.String, "start_ns": pl.Int64,
+                                          "end_ns": pl.Int64, "container": pl.String}, orient="row")
+
+    def _name_addresses(self, ends: pl.DataFrame) -> pl.DataFrame:
+        """For rows (_row, conn, first_ts_ns, addr): name, candidates and container, in row order (see pod_at)."""
+        ts = pl.col("first_ts_ns")
+        held = (pl.col("start_ns").is_null() | (ts >= pl.col("start_ns"))) & (
+            pl.col("end_ns").is_null() | (ts < pl.col("end_ns") + TIMESTAMP_RESOLUTION_NS))
+        j = ends.drop_nulls("addr").join(self._pod_table, on="addr", how="inner")
+        per = j.group_by("_row").agg(
+            pl.col("name").filter(held).unique().sort().alias("held"),
+            pl.col("name").unique().sort().alias("all"),
+            pl.col("container").filter(held).first().alias("container"))
+        one = pl.col("held").list.len() == 1
+        per = per.select(
+            "_row",
+            pl.when(one).then(pl.col("held").list.first()).alias("name"),
+            pl.when(pl.col("held").list.len() > 1).then("held")
+            .when(pl.col("held").list.len() == 0).then("all").alias("candidates"),
+            pl.when(one).then("container").alias("container"))
+        return ends.join(per, on="_row", how="left", maintain_order="left").select(
+            "addr", "conn", "name", "candidates", "container")
+
+    def _name_services(self, base: pl.DataFrame) -> pl.DataFrame:
+        """service_name and service_port_name per row (see service): ClusterIP by address, port and protocol (the
+        address alone when no port matches), NodePort by port and protocol."""
+        by_port, by_node_port, by_ip = self._service_index
+        schema = {"service_name": pl.String, "service_port_name": pl.String}
+        ports = pl.DataFrame([(ip, port, proto, s.full_name, p.name) for (ip, port, proto), (s, p) in by_port.items()],
+                             schema={"service_ip": pl.String, "service_port": pl.UInt16, "proto": pl.String,
+                                     "_n1": pl.String, "_p1": pl.String}, orient="row")
+        node = pl.DataFrame([(port, proto, s.full_name, p.name) for (port, proto), (s, p) in by_node_port.items()],
+                            schema={"service_port": pl.UInt16, "proto": pl.String, "_n2": pl.String,
+                                    "_p2": pl.String}, orient="row")
+        ips = pl.DataFrame([(ip, s.full_name) for ip, s in by_ip.items()],
+                           schema={"service_ip": pl.String, "_n3": pl.String}, orient="row")
+        j = (base.select("_row", "service_type", "service_ip", "service_port", "proto")
+             .join(ports, on=["service_ip", "service_port", "proto"], how="left", maintain_order="left")
+             .join(node, on=["service_port", "proto"], how="left", maintain_order="left")
+             .join(ips, on="service_ip", how="left", maintain_order="left"))
+        nodeport = pl.col("service_type") == "NodePort"
+        cluster = pl.col("service_type").is_not_null() & ~nodeport
+        return j.select(
+            pl.when(nodeport).then("_n2").when(cluster).then(pl.coalesce("_n1", "_n3")).alias("service_name"),
+            pl.when(nodeport).then("_p2").when(cluster & pl.col("_n1").is_not_null()).then("_p1")
+            .alias("service_port_name")).cast(schema)  # type: ignore[arg-type]
+
+    def why_ambiguous(self, address: str) -> str:
+        """Which pods held ``address`` when, as the dumps say (for the ambiguity notes)."""
+        parts = []
+        for p in sorted(self.held_by(address), key=lambda p: (p.start_ns or 0, p.full_name)):
+            parts.append(f"{p.full_name} {_span(p.start_ns, p.end_ns)}")
+        return f"{address} was held by " + "; ".join(parts)
+
+
+def _merge(a: PodEntry, b: PodEntry) -> PodEntry:
+    """One pod seen twice (two dumps, a dump and comments): the widest known span, every address and container."""
+    starts = [t for t in (a.start_ns, b.start_ns) if t is not None]
+    ends = [t for t in (a.end_ns, b.end_ns) if t is not None]
+    return dataclasses.replace(
+        a, addresses=tuple(dict.fromkeys((*a.addresses, *b.addresses))), start_ns=min(starts) if starts else None,
+        end_ns=max(ends) if ends else None, node=a.node or b.node,
+        containers=tuple(dict.fromkeys((*a.containers, *b.containers))), uid=a.uid or b.uid)
+
+
+def _span(start: int | None, end: int | None) -> str:
+    def t(ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    if start is None and end is None:
+        return "(no timestamps)"
+    if end is None:
+        return f"(from {t(start)}, still running)"  # type: ignore[arg-type]
+    return f"({t(start)} to {t(end)})" if start is not None else f"(until {t(end)})"
+
+
+def apply_names(result: Result, names: Names | None) -> Result:
+    """Name ``result`` with ``names``; without them, still with the pods a ptcpdump capture names in its packet
+    comments (when there are any: otherwise ``result`` unchanged)."""
+    if names is not None:
+        return names.name_result(result)
+    if not any(is_ptcpdump(p) for p in (result.inside.path, result.outside.path)):
+        return result
+    return Names().name_result(result)
+
+
+# -- kubectl dumps ------------------------------------------------------------------------------------------------
+
+
+def read_dump(path: str | os.PathLike[str]) -> Names:
+    """The pods, Services and endpoints of one kubectl JSON dump (see Names.load)."""
+    name = os.fspath(path)
+    objects = _objects(name)
+    kinds = Counter(o.get("kind") for o in objects)
+    if not any(kinds[k] for k in KINDS):
+        found = ", ".join(f"{k} x{n}" for k, n in kinds.most_common()) if objects else "no items"
+        if not objects:
+            raise InputError(f"{name}: an empty List (no items): kubectl found nothing to dump; check the context "
+                             "and give -A for every namespace")
+        raise InputError(f"{name}: no Pod, Service or EndpointSlice in it ({found}); give the output of "
+                         "kubectl get pods -A -o json or kubectl get svc,endpointslices -A -o json")
+    pods, services, endpoints = [], [], []
+    host_network = 0
+    for o in objects:
+        kind = o.get("kind")
+        try:
+            if kind == "Pod":
+                pod = _pod(o, name)
+                if pod is None:
+                    host_network += 1
+                elif pod.addresses:
+                    pods.append(pod)
+            elif kind == "Service":
+                svc = _service(o, name)
+                if svc is not None:
+                    services.append(svc)
+            elif kind in ("EndpointSlice", "Endpoints"):
+                endpoints += _endpoints(o)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            meta = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
+            what = f"{kind} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+            raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({type(exc).__name__}: {exc})"
+                             ) from None
+    source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
+              "endpoints": len(endpoints), "host_network_pods": host_network}
+    return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,))
+
+
+def _objects(path: str) -> list[dict[str, Any]]:
+    """The Kubernetes objects in a file: a List's items, one object, or objects one after another (NDJSON)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a kubectl JSON dump") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a kubectl JSON dump (not UTF-8 text; starts with {raw[:4].hex(' ')})"
+                         ) from None
+    body = text.lstrip()
+    if not body:
+        raise InputError(f"{path}: empty file; give the output of kubectl get pods -A -o json")
+    if body[0] not in "{[":
+        if _YAML_START.match(body):
+            raise InputError(f"{path}: looks like YAML; natproof reads JSON: kubectl get ... -o json")
+        raise InputError(f"{path}: not JSON (starts with {body[:12]!r}); give the output of kubectl get ... -o json")
+    decoder = json.JSONDecoder()
+    values = []
+    pos = len(text) - len(body)
+    while pos < len(text):
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+        values.append(value)
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    objects: list[dict[str, Any]] = []
+    for v in values:
+        for item in v if isinstance(v, list) else [v]:
+            if not isinstance(item, dict):
+                raise InputError(f"{path}: not a kubectl JSON dump (a {type(item).__name__} where an object with "
+                                 "kind belongs)")
+            if isinstance(item.get("items"), list) or item.get("kind", "").endswith("List"):
+                # kubectl's "List", or the API's PodList/ServiceList, whose items may leave their kind out.
+                of = str(item.get("kind", ""))[:-4] if str(item.get("kind", "")).endswith("List") else ""
+                for sub in item.get("items") or []:
+                    if not isinstance(sub, dict):
+                        raise InputError(f"{path}: not a kubectl JSON dump (an item is a {type(sub).__name__})")
+                    objects.append(sub if sub.get("kind") or not of else {**sub, "kind": of})
+            else:
+                objects.append(item)
+    return objects
+
+
+def parse_timestamp(text: str | None) -> int | None:
+    """An RFC 3339 timestamp as kubectl writes it (2024-05-01T10:00:00Z) in epoch ns; None when absent."""
+    if not text:
+        return None
+    when = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+def _ip(text: Any) -> str:
+    return str(ipaddress.ip_address(str(text).strip()))
+
+
+def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
+    """A Pod object as a PodEntry; None for a hostNetwork pod (its podIP is its node's address, which is not the
+    pod's alone: naming it after one pod would name every other host-network pod's and the node's traffic)."""
+    meta, spec, status = o.get("metadata") or {}, o.get("spec") or {}, o.get("status") or {}
+    if spec.get("hostNetwork"):
+        return None
+    ips = [_ip(e["ip"]) for e in status.get("podIPs") or [] if e.get("ip")]
+    if not ips and status.get("podIP"):
+        ips = [_ip(status["podIP"])]
+    end = parse_timestamp(meta.get("deletionTimestamp"))
+    if end is None and status.get("phase") in ("Succeeded", "Failed"):
+        finished = [parse_timestamp(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+                    for c in (status.get("containerStatuses") or [])]
+        known = [t for t in finished if t is not None]
+        end = max(known) if known else None
+    return PodEntry(
+        namespace=meta.get("namespace") or "default", name=meta["name"], addresses=tuple(dict.fromkeys(ips)),
+        start_ns=parse_timestamp(meta.get("creationTimestamp")) or parse_timestamp(status.get("startTime")),
+        end_ns=end, node=spec.get("nodeName"), containers=tuple(c["name"] for c in spec.get("containers") or []),
+        uid=meta.get("uid"), source=source)
+
+
+def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
+    meta, spec = o.get("metadata") or {}, o.get("spec") or {}
+    kind = spec.get("type") or "ClusterIP"
+    if kind == "ExternalName":
+        return None
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    ports = tuple(ServicePort(name=p.get("name") or None, port=int(p["port"]),
+                              proto=(p.get("protocol") or "TCP").lower(),
+                              node_port=int(p["nodePort"]) if p.get("nodePort") else None,
+                              target_port=p.get("targetPort")) for p in spec.get("ports") or [])
+    return ServiceEntry(namespace=meta.get("namespace") or "default", name=meta["name"], type=kind,
+                        cluster_ips=tuple(_ip(ip) for ip in ips if ip and ip != "None"), ports=ports, source=source)
+
+
+def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
+    """The endpoints of an EndpointSlice (discovery.k8s.io/v1) or of a v1 Endpoints object."""
+    meta = o.get("metadata") or {}
+    ns = meta.get("namespace") or "default"
+    out = []
+
+    def pod_of(ref: dict[str, Any] | None) -> str | None:
+        if not ref or ref.get("kind", "Pod") != "Pod" or not ref.get("name"):
+            return None
+        return f"{ref.get('namespace') or ns}/{ref['name']}"
+
+    if o.get("kind") == "EndpointSlice":
+        label = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        service = f"{ns}/{label}" if label else None
+        for ep in o.get("endpoints") or []:
+            for a in ep.get("addresses") or []:
+                out.append(EndpointEntry(service, _ip(a), pod_of(ep.get("targetRef")), ep.get("nodeName")))
+    else:
+        service = f"{ns}/{meta['name']}"
+        for subset in o.get("subsets") or []:
+            for a in [*(subset.get("addresses") or []), *(subset.get("notReadyAddresses") or [])]:
+                out.append(EndpointEntry(service, _ip(a["ip"]), pod_of(a.get("targetRef")), a.get("nodeName")))
+    return out
+
+
+# -- ptcpdump's packet comments -----------------------------------------------------------------------------------
+
+PTCPDUMP_KEYS = ("PodName", "PodNamespace", "ContainerName")
+"""The lines natproof reads from ptcpdump's comments: "PodName: web-0\\nPodNamespace: default\\nPodUID: ...", one
+comment per kind of context (process, container, pod), each "Key: value" per line (internal/writer/pcapng.go)."""
+
+
+def is_ptcpdump(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a pcapng file whose section header names ptcpdump as the application that wrote it
+    (shb_userappl "ptcpdump v0.x"); reads the first block only. False for standard input and gzip files."""
+    name = os.fspath(path)
+    if name == "-":
+        return False
+    try:
+        with open(name, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return False
+    if head[:4] != b"\x0a\x0d\x0d\x0a" or len(head) < 28:
+        return False
+    endian = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(head[8:12])
+    if endian is None:
+        return False
+    blen = struct.unpack_from(endian + "I", head, 4)[0]
+    for code, value in _options(head, 24, min(blen, len(head)) - 4, endian):
+        if code == 4 and value.lower().startswith(b"ptcpdump"):
+            return True
+    return False
+
+
+def read_comments(path: str | os.PathLike[str]) -> dict[int, dict[str, str]]:
+    """The ptcpdump context of each commented packet of a pcapng file: frame number (1-based, as Wireshark and
+    natproof count them) -> {"PodName", "PodNamespace", "ContainerName", ...}. Only packets whose comments hold
+    "Key: value" lines; {} for pcap files and pcapng files without comments."""
+    from natproof.fastdecode import open_buffer
+
+    out: dict[int, dict[str, str]] = {}
+    with open_buffer(path) as (buf, _gz):
+        if bytes(buf[:4]) != b"\x0a\x0d\x0d\x0a":
+            return out
+        end, off, frame, endian = len(buf), 0, 0, "<"
+        unpack = struct.unpack_from
+        seen: dict[bytes, dict[str, str]] = {}
+        while off + 12 <= end:
+            if bytes(buf[off:off + 4]) == b"\x0a\x0d\x0d\x0a":
+                order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(bytes(buf[off + 8:off + 12]))
+                if order is None:
+                    break
+                endian = order
+            btype, blen = unpack(endian + "II", buf, off)
+            if blen < 12 or off + blen > end:
+                break
+            if btype in (2, 3, 6):  # packet blocks count as frames, as natproof.capture counts them
+                frame += 1
+            if btype == 6 and blen > 32:
+                caplen = unpack(endian + "I", buf, off + 20)[0]
+                opts = off + 28 + ((caplen + 3) & ~3)
+                if opts < off + blen - 4:
+                    # ptcpdump repeats one process's comments on each of its packets: parse each text once.
+                    raw = buf[opts:off + blen - 4]
+                    context = seen.get(raw)
+                    if context is None:
+                        context = seen[raw] = {}
+                        for code, value in _options(raw, 0, len(raw), endian):
+                            if code == 1:
+                                context.update(_comment_lines(value.decode("utf-8", "replace")))
+                    if context:
+                        out[frame] = context
+            off += blen
+    return out
+
+
+def _comment_lines(text: str) -> dict[str, str]:
+    """ptcpdump's "Key: value" lines (its own reader splits the same way: internal/types/context.go)."""
+    out = {}
+    for line in text.strip().splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and key.strip() and value.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _options(buf: Any, off: int, end: int, endian: str) -> Iterable[tuple[int, bytes]]:
+    while off + 4 <= end:
+        code, length = struct.unpack_from(endian + "HH", buf, off)
+        if code == 0:
+            return
+        yield code, bytes(buf[off + 4:off + 4 + length])
+        off += 4 + ((length + 3) & ~3)
+
+
+def pods_from_comments(result: Result, side: str) -> tuple[tuple[PodEntry, ...], dict[str, Any] | None]:
+    """The pods ptcpdump named in the packet comments of ``result``'s ``side`` capture, each with the address it
+    used and when (first to last commented packet).
+
+    A comment names the process's pod, not which end of the packet it is: a pod's address is the one every packet
+    commented with its name carries (as source or destination); when a single peer leaves two, the one in the pod
+    networks, then the connection's pod end, decides. A pod whose address stays undecided is left out (counted)."""
+    path = result.inside.path if side == "inside" else result.outside.path
+    if path == "-" or not os.path.exists(path):
+        return (), None
+    comments = read_comments(path)
+    named = {f: c for f, c in comments.items() if c.get("PodName")}
+    if not named:
+        return (), None
+    packets = result.inside_packets if side == "inside" else result.outside_packets
+    # One row per commented packet, its pod by name; then each pod's packets gathered by polars, so Python
+    # only sees each pod's distinct (src, dst) pairs and connections.
+    pod_of = {f: f"{c.get('PodNamespace') or 'default'}/{c['PodName']}" for f, c in named.items()}
+    frames = pl.DataFrame({"frame_no": list(pod_of), "pod": list(pod_of.values()),
+                           "container": [named[f].get("ContainerName") for f in pod_of]},
+                          schema={"frame_no": pl.UInt32, "pod": pl.String, "container": pl.String})
+    per_pod = (_packet_ends(result, side, packets).join(frames, on="frame_no", how="inner")
+               .group_by("pod").agg(pl.struct("src", "dst").unique().alias("pairs"),
+                                    pl.col("ts_ns").min().alias("first"), pl.col("ts_ns").max().alias("last"),
+                                    pl.col("container").drop_nulls().unique().alias("containers"),
+                                    pl.col("anchor").drop_nulls().unique().alias("anchors")))
+    nets = [ipaddress.ip_network(n) for n in result.pod_networks]
+    pod_ends = _pod_ends(result)
+    seen: dict[str, dict[str, Any]] = {}
+    for full, pairs, first, last, containers, anchors in per_pod.iter_rows():
+        common: set[str] | None = None
+        for pair in pairs:
+            common = {pair["src"], pair["dst"]} if common is None else common & {pair["src"], pair["dst"]}
+        seen[full] = {"ends": common, "first": first, "last": last, "containers": set(containers),
+                      "pod_ends": {pod_ends[a] for a in anchors if a in pod_ends}}
+    pods, undecided = [], 0
+    for full, s in seen.items():
+        ends = s["ends"] or set()
+        if len(ends) > 1:
+            ends = {a for a in ends if any(ipaddress.ip_address(a) in n for n in nets)} or ends
+        if len(ends) > 1:
+            ends &= s["pod_ends"]
+        if len(ends) != 1:
+            undecided += 1
+            continue
+        ns, _, name = full.partition("/")
+        pods.append(PodEntry(ns, name, (ends.pop(),), start_ns=s["first"], end_ns=s["last"],
+                             containers=tuple(sorted(s["containers"])), source=f"pcapng comments ({path})"))
+    info = {"path": path, "kind": "pcapng comments", "commented_packets": len(named), "pods": len(pods),
+            "undecided_pods": undecided}
+    return tuple(pods), info
+
+
+def _packet_ends(result: Result, side: str, packets: pl.DataFrame) -> pl.DataFrame:
+    """frame_no, ts_ns, src, dst and anchor of every packet of a connection leg on ``side``: each leg's tuple
+    (from the connections' legs, found by their first frame) read in the packet's own direction."""
+    legs = (result.connections.select("legs").explode("legs").drop_nulls().unnest("legs")
+            .filter(pl.col("observation_point") == side).select("first_frame", "src", "dst").unique("first_frame"))
+    firsts = packets.group_by("conn_id").agg(pl.col("frame_no").min().alias("first_frame"))
+    tuples = firsts.join(legs, on="first_frame", how="inner").drop("first_frame")
+    pk = packets.filter(~pl.col("is_icmp_error").fill_null(False)).select(
+        "frame_no", "ts_ns", "conn_id", "is_egress", "anchor").join(tuples, on="conn_id", how="inner")
+    egress = pl.col("is_egress")
+    return pk.select("frame_no", "ts_ns", "anchor",
+                     pl.when(egress).then("src").otherwise("dst").alias("src"),
+                     pl.when(egress).then("dst").otherwise("src").alias("dst"))
+
+
+def _pod_ends(result: Result) -> dict[int, str]:
+    """Each connection's pod end (by its anchor, the inside_conn_id): the source of one started inside, the
+    destination of one started outside."""
+    c = result.connections.filter(pl.col("inside_conn_id").is_not_null())
+    addr = pl.when(pl.col("initiator") == "outside").then("inside_dst").otherwise("inside_src")
+    return dict(c.select("inside_conn_id", addr.alias("a")).drop_nulls().iter_rows())
+
+
+def load_names(pods: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+               services: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None) -> Names | None:
+    """Names from ``--pods`` and ``--services`` files (one path or several each; either file may hold any of the
+    kinds); None when neither is given."""
+    paths: list[str | os.PathLike[str]] = []
+    for given in (pods, services):
+        if given is None:
+            continue
+        paths += [given] if isinstance(given, str | os.PathLike) else list(given)
+    if not paths:
+        return None
+    return Names.load(*dict.fromkeys(os.fspath(p) for p in paths))
+
+
+__all__ = ["EndpointEntry", "Match", "Names", "PodEntry", "ServiceEntry", "ServicePort", "apply_names", "is_ptcpdump",
+           "load_names", "read_comments", "read_dump"]
