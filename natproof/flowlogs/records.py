@@ -197,6 +197,10 @@ class FlowLog:
     records: pl.DataFrame = field(repr=False)
     """Every record read, RECORD_SCHEMA columns (plus any other documented field a file had), in file order."""
     files: tuple[FlowLogFile, ...]
+    passed_over: tuple[str, ...] = ()
+    """Files found in a given directory that are no flow log, each with why (``FILE: problem``)."""
+    duplicates: int = 0
+    """Records read more than once (same interface, flow, interval and counts), kept once in ``records``."""
 
     def flows(self) -> pl.DataFrame:
         """The records that describe traffic: log-status OK (or absent from the format) and a source address."""
@@ -237,8 +241,9 @@ class FlowLog:
 
         span = self.records.select(pl.col("start_s").min(), pl.col("end_s").max()).row(0)
         return {
-            "files": [f.to_dict() for f in self.files],
-            "records": self.records.height, "flows": flows.height, "nodata": self.nodata, "skipdata": self.skipdata,
+            "files": [f.to_dict() for f in self.files], "passed_over": list(self.passed_over),
+            "records": self.records.height, "duplicates": self.duplicates, "flows": flows.height,
+            "nodata": self.nodata, "skipdata": self.skipdata,
             "skipped": self.skipped(), "first_start": span[0], "last_end": span[1],
             "by_interface": counts("interface_id"), "by_action": counts("action"),
             "by_protocol": counts("protocol", protocol_name), "by_log_status": [
@@ -271,24 +276,39 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     given = parse_format(fields) if isinstance(fields, str) else (tuple(fields) if fields else None)
     if given is not None:
         given = parse_format(" ".join(given))
-    files: list[Path] = []
+    files: list[tuple[Path, Path | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
             if not found:
                 raise InputError(f"{p}: no file in this directory")
-            files.extend(found)
+            files.extend((q, p) for q in found)
         else:
-            files.append(p)
+            files.append((p, None))
     if not files:
         raise InputError("no flow log file given")
-    frames, summaries = [], []
-    for path in files:
-        frame, summary = read_flow_log_file(path, fields=given)
+    frames, summaries, passed = [], [], []
+    for path, folder in files:
+        try:
+            frame, summary = read_flow_log_file(path, fields=given)
+        except InputError as exc:
+            if folder is None:
+                raise
+            passed.append(str(exc))  # a file in a directory that is no flow log: said, not fatal
+            continue
         frames.append(frame)
         summaries.append(summary)
-    records = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-    return FlowLog(records=_conform(records), files=tuple(summaries))
+    if not frames:
+        raise InputError(f"no flow log in {', '.join(sorted({str(f) for _, f in files if f}))}: {passed[0]}")
+    records = _conform(pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0])
+    # One record per interface, flow and interval: the same record read twice (a file given twice, or its text and
+    # Parquet deliveries) would double every count. Keep one, the one with the pkt-* fields when there is a choice.
+    key = ["interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "start_s", "end_s", "packets",
+           "bytes", "log_status"]
+    unique = (records.with_row_index("_row").sort(pl.col("pkt_dstaddr").is_null(), "_row")
+              .unique(subset=key, keep="first", maintain_order=True).sort("_row").drop("_row"))
+    return FlowLog(records=unique, files=tuple(summaries), passed_over=tuple(passed),
+                   duplicates=records.height - unique.height)
 
 
 def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | None = None
@@ -351,6 +371,7 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
         skipped["blank"] = blank
 
     # A header names fields: every token a field-like name, most of them documented ones (S3 delivery's first line).
+    # The file's own header wins over a given format: the format applies to files without one (CloudWatch).
     fields, fields_from, header = given, "given" if given else "", None
     first = frame.head(1)
     if not first.is_empty():
@@ -358,8 +379,7 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
         names = [ALIASES.get(t.lower().replace("_", "-"), t.lower().replace("_", "-")) for t in tokens]
         if all(_is_name(t) for t in tokens) and sum(n in FIELDS for n in names) * 2 > len(names):
             header = first["line"][0]
-            if given is None:
-                fields, fields_from = tuple(names), "header"
+            fields, fields_from = tuple(names), "header"
     if header is not None:
         repeated = frame.filter(pl.col("line") == header).height
         frame = frame.filter(pl.col("line") != header)
