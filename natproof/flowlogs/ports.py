@@ -156,8 +156,9 @@ def port_usage(flowlog: FlowLog, gateways: Sequence[NatGateway] = (), *, hold_s:
               .with_columns(pl.col("peak").cast(pl.UInt32), pl.lit(limit, pl.UInt32).alias("limit"),
                             (pl.col("peak") / limit).alias("share"))
               .sort(["peak", "connections", *GROUP_KEYS], descending=[True, True, False, False, False, False]))
-    groups = groups.with_columns(pl.struct(GROUP_KEYS).map_elements(
-        lambda g: f"{g['proto']} {g['gateway_address']} → {format_address(g['dst'], g['dport'])}",
+    groups = groups.with_columns(pl.struct(*GROUP_KEYS, "gateway_public").map_elements(
+        lambda g: (f"{g['proto']} {g['gateway_address']}" + (f" ({g['gateway_public']})" if g["gateway_public"] else "")
+                   + f" → {format_address(g['dst'], g['dport'])}"),
         return_dtype=pl.String).alias("label")).select(_GROUP_SCHEMA.keys())
     t0 = int(conns["start_s"].min())  # type: ignore[arg-type]
     top = groups.head(MAX_GROUPS).with_row_index("rank").select("rank", "label", *GROUP_KEYS)
@@ -202,7 +203,7 @@ def port_usage_chart(usage: PortUsage):  # type: ignore[no-untyped-def]
     from matplotlib import ticker
     from matplotlib.figure import Figure
 
-    from natproof.report.charts import FIGSIZE, STYLE, _style
+    from natproof.report.charts import FIGSIZE, STYLE, _pct, _style
 
     df = usage.series
     if df.is_empty():
@@ -221,7 +222,7 @@ def port_usage_chart(usage: PortUsage):  # type: ignore[no-untyped-def]
             colour = colours[rank % len(colours)]
             ax.fill_between(t, live, step="post", color=colour, alpha=0.2, lw=0)
             ax.step(t, live, where="post", color=colour, lw=1.6,
-                    label=f"{g['label']}: peak {g['peak']:,} ({g['share']:.2%} of the limit)")
+                    label=f"{g['label']}: peak {g['peak']:,} ({_pct(g['share'])} of the limit)")
         ax.axhline(usage.limit, color="#d62728", ls="--", lw=1.2,
                    label=f"{usage.limit:,} simultaneous connections per gateway address and destination (AWS)")
         if peak * 20 < usage.limit:

@@ -300,7 +300,9 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
         summaries.append(summary)
     if not frames:
         raise InputError(f"no flow log in {', '.join(sorted({str(f) for _, f in files if f}))}: {passed[0]}")
-    records = _conform(pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0])
+    if len(frames) == 1:
+        return FlowLog(records=frames[0], files=tuple(summaries), passed_over=tuple(passed))
+    records = _conform(pl.concat(frames, how="diagonal_relaxed"))
     # One record per interface, flow and interval: the same record read twice (a file given twice, or its text and
     # Parquet deliveries) would double every count. Keep one, the one with the pkt-* fields when there is a choice.
     key = ["interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "start_s", "end_s", "packets",
@@ -358,42 +360,46 @@ def _read_parquet(name: str, data: bytes) -> tuple[pl.DataFrame, FlowLogFile]:
 
 
 def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) -> tuple[pl.DataFrame, FlowLogFile]:
+    # polars reads the lines (a separator no record holds keeps each line whole); every later step is a column
+    # operation: no Python per line.
     lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
                         schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
                         raise_if_empty=False)
-    frame = lines.with_row_index("line_no", offset=1).with_columns(
-        pl.col("line").str.strip_chars().str.replace_all(r"\s+", " ").alias("line"))
-    frame = frame.filter(pl.col("line").is_not_null() & (pl.col("line") != ""))
-    blank = lines.height - frame.height
-    frame = frame.with_columns(pl.col("line").str.split(" ").alias("tok"))
+    frame = lines.with_row_index("line_no", offset=1)
+    line = pl.col("line")
+    # AWS separates fields by one space; a tab, doubled or trailing space (hand edits, copies) is normalised, at a
+    # regex's cost only when some line has one.
+    if frame.select((line.str.contains("  ", literal=True) | line.str.contains("\t", literal=True)
+                     | line.str.starts_with(" ") | line.str.ends_with(" ")).any()).item():
+        frame = frame.with_columns(line.str.strip_chars().str.replace_all(r"\s+", " "))
+    frame = frame.filter(line.is_not_null() & (line != ""))
     skipped: Counter[str] = Counter()
-    if blank:
+    if blank := lines.height - frame.height:
         skipped["blank"] = blank
 
     # A header names fields: every token a field-like name, most of them documented ones (S3 delivery's first line).
     # The file's own header wins over a given format: the format applies to files without one (CloudWatch).
     fields, fields_from, header = given, "given" if given else "", None
-    first = frame.head(1)
-    if not first.is_empty():
-        tokens = first["tok"][0].to_list()
+    if not frame.is_empty():
+        tokens = frame["line"][0].split(" ")
         names = [ALIASES.get(t.lower().replace("_", "-"), t.lower().replace("_", "-")) for t in tokens]
         if all(_is_name(t) for t in tokens) and sum(n in FIELDS for n in names) * 2 > len(names):
-            header = first["line"][0]
+            header = frame["line"][0]
             fields, fields_from = tuple(names), "header"
     if header is not None:
-        repeated = frame.filter(pl.col("line") == header).height
-        frame = frame.filter(pl.col("line") != header)
+        repeated = frame.filter(line == header).height
+        frame = frame.filter(line != header)
         if repeated > 1:
             skipped["repeated_header"] = repeated - 1
 
-    ntok = pl.col("tok").list.len()
-    has_ts = pl.col("tok").list.first().str.contains(_TIMESTAMP)
+    frame = frame.with_columns((line.str.count_matches(" ", literal=True) + 1).alias("_n"))
+    first = line.str.extract(r"^(\S+)", 1)
+    has_ts = first.str.contains(_TIMESTAMP)
     if fields is None:
         # No header and no format given: the default format, if its 14 fields are what the lines hold.
         n_default = len(DEFAULT_FORMAT)
-        shaped = frame.select((ntok - has_ts.cast(pl.UInt32)).alias("n"),
-                              pl.when(has_ts).then(pl.col("tok").list.get(1, null_on_oob=True))
-                              .otherwise(pl.col("tok").list.first()).alias("version"))
+        shaped = frame.select((pl.col("_n") - has_ts.cast(pl.UInt32)).alias("n"),
+                              line.str.extract(r"^(?:\d{4}-\d{2}-\d{2}T\S+ |\d{13} )?(\S+)", 1).alias("version"))
         # A default-format record has 14 fields and starts with its version, 2.
         if shaped.filter((pl.col("n") == n_default) & (pl.col("version") == "2")).height:
             fields, fields_from = DEFAULT_FORMAT, "default"
@@ -406,37 +412,41 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
                 f"{most} fields, not 14; starts with {start}); for a custom format without a header (CloudWatch "
                 "Logs), pass --flow-log-format with the flow log's format")
     n = len(fields)
-    with_ts = (ntok == n + 1) & has_ts
-    frame = frame.with_columns(pl.when(with_ts).then(pl.col("tok").list.slice(1)).otherwise(pl.col("tok"))
-                               .alias("tok"), with_ts.alias("_ts"))
-    bad_count = frame.filter(pl.col("tok").list.len() != n).height
-    if bad_count:
+    # A CloudWatch export leads each record with its event's timestamp: one token more, dropped.
+    frame = frame.with_columns(((pl.col("_n") == n + 1) & has_ts).alias("_ts"))
+    if frame["_ts"].any():
+        frame = frame.with_columns(pl.when(pl.col("_ts")).then(line.str.replace(r"^\S+ ", "")).otherwise(line),
+                                   pl.when(pl.col("_ts")).then(pl.col("_n") - 1).otherwise(pl.col("_n")))
+    if bad_count := frame.filter(pl.col("_n") != n).height:
         skipped["field_count"] = bad_count
-    frame = frame.filter(pl.col("tok").list.len() == n)
-    cols = {}
-    for i, f in enumerate(fields):
-        value = pl.col("tok").list.get(i)
-        cols[column_name(f)] = pl.when(value == "-").then(None).otherwise(value)
-    frame = frame.select("line_no", "_ts", **cols)
+    frame = frame.filter(pl.col("_n") == n)
+    parts = line.str.split_exact(" ", n - 1).struct.rename_fields([column_name(f) for f in fields])
+    frame = frame.select("line_no", "_ts", parts.alias("_rec")).unnest("_rec")
+    cols = [column_name(f) for f in fields]
+    frame = frame.with_columns(pl.when(pl.col(c) == "-").then(None).otherwise(pl.col(c)).alias(c) for c in cols)
     ints = [column_name(f) for f in fields if f in INTEGER_FIELDS]
-    # A value that is not "-" and not a number makes the whole line unusable: counted, dropped.
-    number_ok = pl.all_horizontal(pl.col(c).is_null() | pl.col(c).str.contains(r"^-?\d+$") for c in ints) if ints \
-        else pl.lit(True)
+    # A value that is not "-" and not a number, or not an address, makes the whole line unusable: counted, dropped.
+    number_ok = pl.all_horizontal(pl.col(c).is_null() | pl.col(c).cast(pl.Int64, strict=False).is_not_null()
+                                  for c in ints) if ints else pl.lit(True)
     addrs = [c for c in ("srcaddr", "dstaddr", "pkt_srcaddr", "pkt_dstaddr") if c in frame.columns]
-    addr_ok = pl.all_horizontal(pl.col(c).is_null() | pl.col(c).str.contains(_ADDRESS) for c in addrs) if addrs \
-        else pl.lit(True)
+    addr_ok = pl.lit(True)
+    for c in addrs:
+        distinct = frame[c].drop_nulls().unique()
+        bad = distinct.filter(~distinct.str.contains(_ADDRESS))
+        if len(bad):
+            addr_ok = addr_ok & ~pl.col(c).is_in(bad.implode())
     checked = frame.with_columns(number_ok.alias("_num"), addr_ok.alias("_addr"))
-    if bad := checked.filter(~pl.col("_num")).height:
-        skipped["bad_number"] = bad
-    if bad := checked.filter(pl.col("_num") & ~pl.col("_addr")).height:
-        skipped["bad_address"] = bad
+    if bad_n := checked.filter(~pl.col("_num")).height:
+        skipped["bad_number"] = bad_n
+    if bad_n := checked.filter(pl.col("_num") & ~pl.col("_addr")).height:
+        skipped["bad_address"] = bad_n
     good = checked.filter(pl.col("_num") & pl.col("_addr"))
     timestamps = int(good["_ts"].sum())
     good = good.drop("_num", "_addr", "_ts").with_columns(
         *(pl.col(c).cast(pl.Int64) for c in ints), pl.lit(name).alias("file"), pl.col("line_no").cast(pl.UInt32))
     good = _conform(good)
     if good.is_empty():
-        reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(skipped.items()) if r != "blank")
+        reasons = ", ".join(f"{k} {r.replace('_', ' ')}" for r, k in sorted(skipped.items()) if r != "blank")
         raise InputError(f"{name}: no line is a flow log record in the {fields_from} format of {n} fields"
                          + (f" ({reasons})" if reasons else ""))
     return good, _summary(name, fmt, fields, fields_from, lines.height, good, dict(skipped), timestamps)

@@ -177,3 +177,33 @@ def write_parquet(records: pl.DataFrame, path: str | os.PathLike[str], fields: S
         value = pl.lit(version) if f == "version" else (pl.col(c) if c in records.columns else pl.lit(None))
         cols.append(value.cast(dtype).alias(name))
     records.select(cols).write_parquet(path, compression="gzip")
+
+
+def busy_destination_records(connections: int, *, gateway_private: str, destination: str, dport: int = 443,
+                             start_s: int = 1_800_000_000, ramp_s: int = 300, hold_s: int = 240,
+                             interval_s: int = 60, interface_id: str = INTERFACE_ID) -> pl.DataFrame:
+    """Public-side records of ``connections`` TCP connections from one gateway address to one destination: the
+    k-th opens ``k * ramp_s / connections`` seconds after ``start_s``, sends one packet per second for ``hold_s``
+    seconds, and takes gateway port 1024 + k (AWS's pool per destination is the ports of one address). One record
+    per connection per ``interval_s`` window, as the aggregation rule makes them; for the port-use measure
+    (natproof.flowlogs.ports), whose peak is then every connection open at once when ``hold_s`` > ``ramp_s``."""
+    k = pl.int_range(0, connections, dtype=pl.Int64, eager=True)
+    conns = pl.DataFrame({"k": k}).with_columns(
+        (start_s + pl.col("k") * ramp_s // max(connections, 1)).alias("open_s"))
+    conns = conns.with_columns((pl.col("open_s") + hold_s).alias("close_s"))
+    # Split each connection at the interval boundaries it crosses: one record per window.
+    first = pl.col("open_s") // interval_s
+    last = pl.col("close_s") // interval_s
+    rec = conns.with_columns(pl.int_ranges(first, last + 1).alias("w")).explode("w").with_columns(
+        pl.max_horizontal(pl.col("open_s"), pl.col("w") * interval_s).alias("start_s"),
+        pl.min_horizontal(pl.col("close_s"), pl.col("w") * interval_s + interval_s - 1).alias("end_s"))
+    return rec.select(
+        pl.lit(ACCOUNT_ID).alias("account_id"), pl.lit(interface_id).alias("interface_id"),
+        pl.lit(gateway_private).alias("srcaddr"), pl.lit(destination).alias("dstaddr"),
+        (1024 + pl.col("k")).cast(pl.Int32).alias("srcport"), pl.lit(dport, pl.Int32).alias("dstport"),
+        pl.lit(6, pl.Int32).alias("protocol"), (pl.col("end_s") - pl.col("start_s") + 1).alias("packets"),
+        ((pl.col("end_s") - pl.col("start_s") + 1) * 52).alias("bytes"), "start_s", "end_s",
+        pl.lit(gateway_private).alias("pkt_srcaddr"), pl.lit(destination).alias("pkt_dstaddr"),
+        pl.lit("ACCEPT").alias("action"), pl.lit("OK").alias("log_status"), pl.lit("egress").alias("flow_direction"),
+        pl.lit(8, pl.Int32).alias("traffic_path"),
+    ).sort("start_s", "srcport")
