@@ -149,6 +149,8 @@ def parse_format(text: str) -> tuple[str, ...]:
     names = [t.strip().removeprefix("${").removesuffix("}") for t in text.replace(",", " ").split()]
     if not names:
         raise InputError("--flow-log-format: no field named (e.g. '${version} ${srcaddr} ${dstaddr}')")
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise InputError(f"--flow-log-format: {', '.join(twice)} named more than once")
     for n in names:
         canonical = ALIASES.get(n.lower().replace("_", "-"), n.lower().replace("_", "-"))
         if canonical not in FIELDS:
@@ -360,8 +362,10 @@ def _read_parquet(name: str, data: bytes) -> tuple[pl.DataFrame, FlowLogFile]:
 
 
 def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) -> tuple[pl.DataFrame, FlowLogFile]:
-    # polars reads the lines (a separator no record holds keeps each line whole); every later step is a column
-    # operation: no Python per line.
+    # polars reads the lines (a separator no record holds keeps each line whole; the byte is made a space where some
+    # garbage holds it); every later step is a column operation: no Python per line.
+    if b"\x1f" in data:
+        data = data.replace(b"\x1f", b" ")
     lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
                         schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
                         raise_if_empty=False)
@@ -386,6 +390,8 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
         if all(_is_name(t) for t in tokens) and sum(n in FIELDS for n in names) * 2 > len(names):
             header = frame["line"][0]
             fields, fields_from = tuple(names), "header"
+            if twice := sorted({f for f in names if names.count(f) > 1}):
+                raise InputError(f"{name}: its header line names {', '.join(twice)} more than once")
     if header is not None:
         repeated = frame.filter(line == header).height
         frame = frame.filter(line != header)
