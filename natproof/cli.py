@@ -405,6 +405,8 @@ def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flow
                 at: str | None, window: float, peer: str | None, result: natproof.Result | None,
                 as_json: bool, conntrack: list[tuple[str, list[str]]] | None = None) -> None:
     """who on a NAT gateway's public tuple: print the paths to nodes (and pods), exit 1 when none reaches a node."""
+    import polars as pl
+
     from natproof.flowlogs.who import who_via_gateway
     from natproof.lookup import parse_endpoint, parse_time
 
@@ -423,6 +425,10 @@ def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flow
                    f"{len(answer.paths)} path{'s' if len(answer.paths) != 1 else ''}")
         for m in answer.missing:
             click.echo(f"missing link {m.link}: {m.why}; close with: {m.close_with}")
+        for f in answer.flows.filter(pl.col("candidates") > 1).iter_rows(named=True):
+            click.echo(f"the flow log cannot tell {f['candidates']} node tuples apart for {f['proto']} "
+                       f"{format_address(f['gateway_private'], f['sport'])} -> {format_address(f['dst'], f['dport'])}: "
+                       "the connection is one of these paths, not all of them")
         for i, path in enumerate(answer.paths, 1):
             _print_whole(_path_table(i, path))
             for m in path.missing:

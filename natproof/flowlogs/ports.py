@@ -227,11 +227,12 @@ def port_usage_chart(usage: PortUsage):  # type: ignore[no-untyped-def]
                    label=f"{usage.limit:,} simultaneous connections per gateway address and destination (AWS)")
         if peak * 20 < usage.limit:
             ax.set_yscale("symlog", linthresh=1)
-            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
             ax.set_ylabel("ports live at once (log scale)")
+            ax.set_ylim(0, usage.limit * 1.5)
         else:
             ax.set_ylabel("ports live at once")
-        ax.set_ylim(0, usage.limit * 1.5)
+            ax.set_ylim(0, max(peak, usage.limit) * 1.15)
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_xlabel("time since the first public-side record (s, AWS clock)")
         fig.legend(loc="outside lower center", frameon=False, fontsize=8)
         return fig
