@@ -490,7 +490,7 @@ def gateway_hops(answer: natproof.lookup.Answer, flowlog: natproof.flowlogs.Flow
     if not rows:
         return []
     joined = join_nat_gateway(node_tuples(rows), flowlog, gateways)
-    return joined.drop("others").to_dicts()
+    return joined.to_dicts()
 
 
 def _gateway_hops_table(hops: list[dict]) -> Table:

@@ -170,6 +170,10 @@ def node_tuples_from_conntrack(lines: Iterable[str], source: str = "conntrack") 
 
 # ------------------------------------------------------------------------------------------- the records
 
+IDLE_TIMEOUT_S = 350
+"""AWS ("NAT gateway basics"): a connection through a NAT gateway idle for 350 seconds times out. Records of one
+5-tuple further apart than this are two uses of it (two connections)."""
+
 
 def gateway_interfaces(flowlog: FlowLog, gateways: Sequence[NatGateway]) -> pl.DataFrame:
     """The network interfaces that belong to the given gateways: those whose records carry a gateway's private
@@ -199,13 +203,140 @@ def _flows(flowlog: FlowLog) -> pl.DataFrame:
 
 
 def _overlaps(lo: pl.Expr, hi: pl.Expr) -> pl.Expr:
-    """A record whose [start_s, end_s] meets [lo, hi] (null bounds: no limit)."""
+    """A record or use whose [start_s, end_s] meets [lo, hi] (null bounds: no limit)."""
     return (lo.is_null() | (pl.col("end_s") >= lo)) & (hi.is_null() | (pl.col("start_s") <= hi))
 
 
-_SUMS = (pl.col("packets").sum().alias("packets"), pl.col("bytes").sum().alias("bytes"),
-         pl.col("start_s").min().alias("start_s"), pl.col("end_s").max().alias("end_s"),
-         pl.col("where").alias("records"))
+def _uses(records: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Records of one 5-tuple grouped into uses: a new use after IDLE_TIMEOUT_S without a record. Per use: packets,
+    bytes, start_s, end_s and the records (file:line)."""
+    # Sorted by tuple and time, a use starts where the tuple changes or after a gap: one pass, no window function.
+    same = pl.all_horizontal(pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys)
+    new = ~same.fill_null(False) | ((pl.col("start_s") - pl.col("end_s").shift(1)) > IDLE_TIMEOUT_S).fill_null(True)
+    return (records.sort(*keys, "start_s").with_columns(new.cum_sum().alias("_use"))
+            .group_by("_use", maintain_order=True)
+            .agg(*(pl.col(k).first() for k in keys), pl.col("packets").sum(), pl.col("bytes").sum(),
+                 pl.col("start_s").min(), pl.col("end_s").max(), pl.col("where").alias("records"))
+            .drop("_use"))
+
+
+def _with_replies(out: pl.DataFrame, back: pl.DataFrame, on: list[str], extra: pl.Expr | None = None) -> pl.DataFrame:
+    """Each use of ``out`` with the counts of its reply use(s) in ``back`` (joined on ``on``, overlapping in time)."""
+    back = back.rename({"packets": "reply_packets", "bytes": "reply_bytes", "start_s": "_rs", "end_s": "_re",
+                        "records": "reply_records"})
+    cond = (pl.col("_re") >= pl.col("start_s")) & (pl.col("_rs") <= pl.col("end_s"))
+    if extra is not None:
+        cond = cond & extra
+    matched = (out.with_row_index("_row").join(back, on=on, how="inner").filter(cond)
+               .group_by("_row").agg(pl.col("reply_packets").sum(), pl.col("reply_bytes").sum(),
+                                     pl.col("reply_records").list.explode(keep_nulls=False, empty_as_null=False)))
+    return (out.with_row_index("_row").join(matched, on="_row", how="left").drop("_row")
+            .with_columns(pl.col("reply_records").fill_null(pl.lit([], pl.List(pl.String)))))
+
+
+@dataclass(frozen=True)
+class GatewaySides:
+    """A NAT gateway interface's records as uses of each side (see the module docstring for which record is which).
+
+    ``private``: the nodes' side, one row per use of a node tuple: interface_id, gateway_private, gateway_public,
+    protocol, node, node_port, dst (pkt-dstaddr; null in the default format, which does not name it), dport,
+    packets, bytes, start_s, end_s, records, and its reply's reply_packets, reply_bytes (null: no reply logged),
+    reply_records. ``public``: the gateway's side, one row per use of a gateway port: interface_id,
+    gateway_private, gateway_address (pkt-srcaddr: the gateway address the port belongs to), gateway_public,
+    protocol, sport, dst, dport, the counts and records, and its reply's. ``interfaces``: gateway_interfaces.
+    ``elsewhere``: records on other interfaces (protocol, srcaddr, srcport, dstport, start_s, end_s,
+    interface_id)."""
+
+    interfaces: pl.DataFrame
+    private: pl.DataFrame
+    public: pl.DataFrame
+    elsewhere: pl.DataFrame
+
+
+VPC_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                        "100.64.0.0/10", "fc00::/7"))
+"""Addresses a VPC uses for itself (RFC 1918, RFC 6598, IPv6 ULA). Without pkt-* fields, a record between the gateway
+and one of these is taken for its private side (a node), any other address for the internet."""
+
+
+def in_vpc(address: str) -> bool:
+    """Whether ``address`` is in VPC_NETWORKS (an unparsable one is not)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in VPC_NETWORKS if net.version == ip.version)
+
+
+def gateway_sides(flowlog: FlowLog, gateways: Sequence[NatGateway]) -> GatewaySides:
+    """Classify the gateways' interface records by side and direction, and group each side into uses. With the
+    pkt-* fields the packet's own addresses say the side (AWS's NAT gateway example); without them (the default
+    format) a VPC address (VPC_NETWORKS) is taken for a node and any other for the internet. Give every address of
+    a gateway with secondary addresses (--nat-gateway for each): pkt-srcaddr names the one a port belongs to."""
+    privates = [g.private for g in gateways]
+    public_of = {g.private: g.public for g in gateways}
+    ifaces = gateway_interfaces(flowlog, gateways)
+    flows = _flows(flowlog)
+    on_gw = flows.join(ifaces.select("interface_id", "gateway_private", "gateway_public"), on="interface_id")
+    gw, src, dst = pl.col("gateway_private"), pl.col("srcaddr"), pl.col("dstaddr")
+    psrc, pdst = pl.col("pkt_srcaddr"), pl.col("pkt_dstaddr")
+    to_gw = (dst == gw) & (src != gw)
+    from_gw = (src == gw) & (dst != gw)
+    # Without pkt-* fields (the default format) "X -> gateway" is a node's egress or a far end's reply, and
+    # "gateway -> X" the gateway's egress or a reply to a node: a VPC address (VPC_NETWORKS) is taken for a node.
+    addresses = pl.concat([on_gw["srcaddr"], on_gw["dstaddr"]]).unique().drop_nulls().to_list()
+    vpc = [a for a in addresses if in_vpc(a)]
+    node_src, node_dst = src.is_in(vpc), dst.is_in(vpc)
+    node_egress = on_gw.filter(to_gw & pl.when(pdst.is_null()).then(node_src).otherwise(~pdst.is_in(privates))).select(
+        "interface_id", "gateway_private", "gateway_public", "protocol", src.alias("node"),
+        pl.col("srcport").alias("node_port"), pdst.alias("dst"), pl.col("dstport").alias("dport"),
+        "packets", "bytes", "start_s", "end_s", "where")
+    node_reply = on_gw.filter(from_gw & pl.when(psrc.is_null()).then(node_dst).otherwise(~psrc.is_in(privates))).select(
+        "interface_id", "protocol", dst.alias("node"), pl.col("dstport").alias("node_port"),
+        psrc.alias("_remote"), pl.col("srcport").alias("dport"), "packets", "bytes", "start_s", "end_s", "where")
+    keys = ["interface_id", "gateway_private", "gateway_public", "protocol", "node", "node_port", "dst", "dport"]
+    private = _with_replies(
+        _uses(node_egress, keys), _uses(node_reply, ["interface_id", "protocol", "node", "node_port", "_remote",
+                                                     "dport"]),
+        ["interface_id", "protocol", "node", "node_port", "dport"],
+        pl.col("dst").is_null() | pl.col("_remote").is_null() | (pl.col("dst") == pl.col("_remote")))
+    gw_egress = on_gw.filter(from_gw & pl.when(psrc.is_null()).then(~node_dst).otherwise(psrc.is_in(privates))).select(
+        "interface_id", "gateway_private", pl.coalesce(psrc, src).alias("gateway_address"), "protocol",
+        pl.col("srcport").alias("sport"), dst.alias("dst"), pl.col("dstport").alias("dport"), "packets", "bytes",
+        "start_s", "end_s", "where")
+    gw_reply = on_gw.filter(to_gw & pl.when(pdst.is_null()).then(~node_src).otherwise(pdst.is_in(privates))).select(
+        "interface_id", pl.coalesce(pdst, dst).alias("gateway_address"), "protocol",
+        pl.col("dstport").alias("sport"), src.alias("dst"), pl.col("srcport").alias("dport"), "packets", "bytes",
+        "start_s", "end_s", "where")
+    pkeys = ["interface_id", "gateway_address", "protocol", "sport", "dst", "dport"]
+    public = _with_replies(_uses(gw_egress, ["gateway_private", *pkeys]), _uses(gw_reply, pkeys), pkeys)
+    public = public.with_columns(pl.col("gateway_address").replace_strict(public_of, default=None,
+                                                                          return_dtype=pl.String)
+                                 .alias("gateway_public"))
+    elsewhere = flows.join(ifaces.select("interface_id"), on="interface_id", how="anti").select(
+        "protocol", "srcaddr", "srcport", "dstport", "start_s", "end_s", "interface_id")
+    return GatewaySides(ifaces, private, public, elsewhere)
+
+
+def _same_counts(a: str = "", b: str = "p_") -> pl.Expr:
+    """Both directions' packets and bytes equal between two uses (a direction logged on one side only: not)."""
+    def c(prefix: str, name: str) -> pl.Expr:
+        return pl.col(f"{prefix}{name}")
+
+    replies = ((c(a, "reply_packets").is_null() & c(b, "reply_packets").is_null())
+               | ((c(a, "reply_packets") == c(b, "reply_packets")) & (c(a, "reply_bytes") == c(b, "reply_bytes"))))
+    return replies.fill_null(False)
+
+
+def _close_in_time(slack_s: int, a: str = "", b: str = "p_") -> pl.Expr:
+    """Two uses of the same packets: their starts and ends each within ``slack_s`` (each record may lag)."""
+    return (((pl.col(f"{a}start_s") - pl.col(f"{b}start_s")).abs() <= slack_s)
+            & ((pl.col(f"{a}end_s") - pl.col(f"{b}end_s")).abs() <= slack_s))
+
+
+_PUBLIC_COLS = ["interface_id", "gateway_private", "gateway_public", "gateway_address", "sport", "packets", "bytes",
+                "reply_packets", "reply_bytes", "start_s", "end_s", "records"]
+_NODE_COLS = ["packets", "bytes", "reply_packets", "reply_bytes", "start_s", "end_s", "records"]
 
 
 def join_nat_gateway(node_tuples: pl.DataFrame, flowlog: FlowLog, gateways: Sequence[NatGateway], *,
@@ -213,155 +344,152 @@ def join_nat_gateway(node_tuples: pl.DataFrame, flowlog: FlowLog, gateways: Sequ
     """For each node-side tuple (NODE_TUPLE_SCHEMA: the node's address:port -> destination, after the node's own
     NAT), the NAT gateway tuple(s) the flow log allows, with the evidence.
 
-    Records are read on the gateways' interfaces (``gateway_interfaces``) that overlap the tuple's time, from
-    ``tolerance_s`` before its first packet to ``lag_s + tolerance_s`` after its last. The node side is the
-    private-side records of the tuple (srcaddr, srcport = the node's; dstport = the destination's; pkt-dstaddr the
-    destination when the format has it) and their replies; a candidate is a public-side flow of the same interface
-    (srcaddr the gateway, dstaddr:dstport the destination, same protocol) grouped by the gateway's source port. A
-    candidate is consistent when its packets and bytes equal the node side's in each direction (the gateway
-    forwards the same packets; a direction seen on one side only rules it out).
+    The node side is the use(s) of the tuple on a gateway's interface (gateway_sides: srcaddr, srcport = the
+    node's; dstport = the destination's; pkt-dstaddr the destination when the format has it) that overlap the
+    tuple's time, from ``tolerance_s`` before its first packet to ``lag_s + tolerance_s`` after its last. A
+    candidate is a use of a gateway port on the same interface to the same destination and protocol whose packets
+    and bytes equal the node side's in each direction (the gateway forwards the same packets; a direction logged
+    on one side only rules it out) and whose start and end are each within ``lag_s + tolerance_s`` of the node
+    side's. Joins are on these keys, counts included: many connections to one destination do not multiply.
 
     Returns one row per node tuple, in its order: its columns, then ``evidence`` ("flow log, unique candidate",
     "flow log, ambiguous: N candidates" or "no candidate"), ``candidates`` (consistent candidates), ``why`` (one
-    sentence), ``interface_id``, ``gateway_private``, ``gateway_public`` and ``gateway_sport`` (set only for a
-    unique candidate), ``node_side`` (struct: packets, bytes, reply_packets, reply_bytes, records as file:line),
-    ``gateway_tuples`` (list of struct, the consistent candidates: interface_id, gateway_private, gateway_public,
-    sport, packets, bytes, reply_packets, reply_bytes, start_s, end_s, records) and ``others`` (public-side flows
-    to the same destination in the window that the counts rule out).
+    sentence), ``interface_id``, ``gateway_private``, ``gateway_public``, ``gateway_sport`` (set only for a unique
+    candidate), ``node_side`` (struct: packets, bytes, reply_packets, reply_bytes, start_s, end_s, records as
+    file:line), ``gateway_tuples`` (list of struct, the consistent candidates: interface_id, gateway_private,
+    gateway_public, gateway_address, sport, the counts, start_s, end_s, records) and ``ruled_out`` (uses of gateway
+    ports to the same destination in the window that the counts or times rule out).
     """
     missing = [c for c in NODE_TUPLE_SCHEMA if c not in node_tuples.columns]
     if missing:
         raise ValueError(f"node_tuples lacks {', '.join(missing)} (see NODE_TUPLE_SCHEMA)")
     if not gateways:
         raise InputError("no NAT gateway given: pass --nat-gateway PRIVATE=PUBLIC (aws ec2 describe-nat-gateways)")
+    slack = int(lag_s + tolerance_s) + 1
     n = node_tuples.select(
-        "node_tuple", "proto", "src", "sport", "dst", "dport",
+        "node_tuple", "src", "sport", "dst", "dport",
         pl.coalesce(pl.col("proto").replace_strict({v: k for k, v in PROTOCOLS.items()}, default=None,
                                                    return_dtype=pl.Int32),
                     pl.col("proto").cast(pl.Int32, strict=False)).alias("protocol"),
         (pl.col("first_ts_ns") // 10**9 - int(tolerance_s) - 1).alias("lo"),
-        ((pl.col("last_ts_ns") + 10**9 - 1) // 10**9 + int(lag_s + tolerance_s) + 1).alias("hi"),
+        ((pl.col("last_ts_ns") + 10**9 - 1) // 10**9 + slack).alias("hi"),
     )
-    ifaces = gateway_interfaces(flowlog, gateways)
-    flows = _flows(flowlog)
-    on_gw = flows.join(ifaces.select("interface_id", "gateway_private", "gateway_public"), on="interface_id")
-    window = _overlaps(pl.col("lo"), pl.col("hi"))
-
-    # The node side: private-side egress (the node's tuple, to the gateway) and its reply.
-    egress = (on_gw.join(n, left_on=["protocol", "srcaddr", "srcport", "dstport"],
-                         right_on=["protocol", "src", "sport", "dport"])
-              .filter(window & (pl.col("srcaddr") != pl.col("gateway_private"))
-                      & pl.when(pl.col("pkt_dstaddr").is_null())
-                      .then((pl.col("dstaddr") == pl.col("gateway_private")) | (pl.col("dstaddr") == pl.col("dst")))
-                      .otherwise(pl.col("pkt_dstaddr") == pl.col("dst")))
-              .group_by("node_tuple", "interface_id", "gateway_private", "gateway_public").agg(*_SUMS))
-    reply = (on_gw.join(n, left_on=["protocol", "dstaddr", "dstport", "srcport"],
-                        right_on=["protocol", "src", "sport", "dport"])
-             .filter(window & pl.when(pl.col("pkt_srcaddr").is_null())
-                     .then((pl.col("srcaddr") == pl.col("gateway_private")) | (pl.col("srcaddr") == pl.col("dst")))
-                     .otherwise(pl.col("pkt_srcaddr") == pl.col("dst")))
-             .group_by("node_tuple", "interface_id").agg(pl.col("packets").sum().alias("reply_packets"),
-                                                         pl.col("bytes").sum().alias("reply_bytes"),
-                                                         pl.col("where").alias("reply_records")))
-    node_side = egress.join(reply, on=["node_tuple", "interface_id"], how="left")
-
-    # Candidates: public-side egress from the gateway to the destination, per gateway source port, and its reply.
-    pub = (on_gw.join(n, left_on=["protocol", "dstaddr", "dstport"], right_on=["protocol", "dst", "dport"])
-           .filter(window & (pl.col("srcaddr") == pl.col("gateway_private"))
-                   & (pl.col("pkt_dstaddr").is_null() | (pl.col("pkt_dstaddr") == pl.col("dstaddr"))))
-           .with_columns(pl.coalesce("pkt_srcaddr", "srcaddr").alias("gateway_address"))
-           .group_by("node_tuple", "interface_id", "gateway_private", "gateway_public", "gateway_address",
-                     pl.col("srcport").alias("sport")).agg(*_SUMS))
-    pub_reply = (on_gw.join(n, left_on=["protocol", "srcaddr", "srcport"], right_on=["protocol", "dst", "dport"])
-                 .filter(window & (pl.col("dstaddr") == pl.col("gateway_private"))
-                         & (pl.col("pkt_srcaddr").is_null() | (pl.col("pkt_srcaddr") == pl.col("srcaddr"))))
-                 .with_columns(pl.coalesce("pkt_dstaddr", "dstaddr").alias("gateway_address"))
-                 .group_by("node_tuple", "interface_id", "gateway_address", pl.col("dstport").alias("sport"))
-                 .agg(pl.col("packets").sum().alias("reply_packets"), pl.col("bytes").sum().alias("reply_bytes")))
-    cands = pub.join(pub_reply, on=["node_tuple", "interface_id", "gateway_address", "sport"], how="left")
-    cands = cands.join(node_side.select("node_tuple", "interface_id", pl.col("packets").alias("n_packets"),
-                                        pl.col("bytes").alias("n_bytes"), pl.col("reply_packets").alias("n_rpackets"),
-                                        pl.col("reply_bytes").alias("n_rbytes")),
-                       on=["node_tuple", "interface_id"], how="left")
-    same = (pl.col("packets") == pl.col("n_packets")) & (pl.col("bytes") == pl.col("n_bytes")) & (
-        (pl.col("reply_packets").is_null() & pl.col("n_rpackets").is_null())
-        | ((pl.col("reply_packets") == pl.col("n_rpackets")) & (pl.col("reply_bytes") == pl.col("n_rbytes"))))
-    cands = cands.with_columns(same.fill_null(False).alias("consistent"))
-    cand_struct = pl.struct("interface_id", "gateway_private", "gateway_public", pl.col("gateway_address"),
-                            "sport", "packets", "bytes", "reply_packets", "reply_bytes", "start_s", "end_s",
-                            "records")
-    per_tuple = cands.sort("node_tuple", "start_s", "sport").group_by("node_tuple").agg(
-        cand_struct.filter(pl.col("consistent")).alias("gateway_tuples"),
-        cand_struct.filter(~pl.col("consistent")).alias("others"),
-        pl.len().alias("public_flows"),
-    )
-    # Records of the node tuple on interfaces that are not a given gateway's: the wrong interface was logged.
-    elsewhere = (flows.join(ifaces.select("interface_id"), on="interface_id", how="anti")
-                 .join(n, left_on=["protocol", "srcaddr", "srcport", "dstport"],
-                       right_on=["protocol", "src", "sport", "dport"]).filter(window)
+    sides = gateway_sides(flowlog, gateways)
+    # The node side: uses of the node tuple on a gateway's interface, in its window.
+    node = (sides.private.join(n, left_on=["protocol", "node", "node_port", "dport"],
+                               right_on=["protocol", "src", "sport", "dport"])
+            .filter(_overlaps(pl.col("lo"), pl.col("hi"))
+                    & (pl.col("dst").is_null() | (pl.col("dst") == pl.col("dst_right"))))
+            .drop("dst").rename({"dst_right": "dst"}))
+    node = node.sort("node_tuple", "start_s").with_row_index("_side")
+    # Candidates: joined on the interface, destination and counts (equal or no candidate), then checked in time.
+    pub = sides.public.rename({c: f"p_{c}" for c in sides.public.columns})
+    cands = (node.join(pub, left_on=["interface_id", "protocol", "dst", "dport", "packets", "bytes"],
+                       right_on=["p_interface_id", "p_protocol", "p_dst", "p_dport", "p_packets", "p_bytes"])
+             # the gateway's copy of the packets is no earlier than the node's first packet: in the node's window too
+             .filter(_same_counts() & _close_in_time(slack)
+                     & (pl.col("lo").is_null() | (pl.col("p_end_s") >= pl.col("lo")))
+                     & (pl.col("hi").is_null() | (pl.col("p_start_s") <= pl.col("hi")))))
+    cands = cands.with_columns(pl.col("interface_id").alias("p_interface_id"), pl.col("packets").alias("p_packets"),
+                               pl.col("bytes").alias("p_bytes"))
+    cand = pl.struct(*(pl.col(f"p_{c}").alias(c) for c in _PUBLIC_COLS[:-1]),
+                     pl.concat_list("p_records", "p_reply_records").alias("records"))
+    per_tuple = (cands.sort("node_tuple", "p_start_s", "p_sport").group_by("node_tuple")
+                 .agg(cand.unique(maintain_order=True).alias("gateway_tuples")))
+    first = (node.group_by("node_tuple", maintain_order=True)
+             .agg(pl.col("interface_id").first(), pl.col("gateway_private").first(), pl.col("gateway_public").first(),
+                  pl.struct(*_NODE_COLS[:-1], pl.concat_list("records", "reply_records").alias("records"))
+                  .first().alias("node_side")))
+    in_window = _count_overlapping(sides.public, n)
+    elsewhere = (sides.elsewhere.join(n, left_on=["protocol", "srcaddr", "srcport", "dstport"],
+                                      right_on=["protocol", "src", "sport", "dport"])
+                 .filter(_overlaps(pl.col("lo"), pl.col("hi")))
                  .group_by("node_tuple").agg(pl.col("interface_id").unique().sort().alias("other_interfaces")))
-    no_records = pl.lit([], pl.List(pl.String))
-    node_struct = pl.struct("packets", "bytes", "reply_packets", "reply_bytes",
-                            pl.concat_list(pl.col("records"), pl.col("reply_records").fill_null(no_records))
-                            .alias("records"))
-    node_first = (node_side.sort("node_tuple", "interface_id").group_by("node_tuple", maintain_order=True)
-                  .agg(pl.col("interface_id").first(), pl.col("gateway_private").first(),
-                       pl.col("gateway_public").first(), node_struct.first().alias("node_side"),
-                       pl.len().alias("node_interfaces")))
-    out = (node_tuples.join(node_first, on="node_tuple", how="left").join(per_tuple, on="node_tuple", how="left")
-           .join(elsewhere, on="node_tuple", how="left").sort("node_tuple"))
-    rows = []
-    for r in out.iter_rows(named=True):
-        rows.append(_explain(r, ifaces, lag_s, tolerance_s))
-    explained = pl.DataFrame(rows, schema={"node_tuple": pl.UInt32, "evidence": pl.String, "candidates": pl.UInt32,
-                                           "why": pl.String, "gateway_sport": pl.Int32})
-    out = out.join(explained, on="node_tuple").with_columns(
-        pl.col("gateway_tuples").fill_null([]), pl.col("others").fill_null([]))
+    out = (node_tuples.join(first, on="node_tuple", how="left").join(per_tuple, on="node_tuple", how="left")
+           .join(in_window, on="node_tuple", how="left").join(elsewhere, on="node_tuple", how="left")
+           .sort("node_tuple")
+           .with_columns(pl.col("gateway_tuples").fill_null([]), pl.col("in_window").fill_null(0)))
+    out = out.with_columns(pl.col("gateway_tuples").list.len().cast(pl.UInt32).alias("candidates"))
+    out = out.with_columns((pl.col("in_window").cast(pl.Int64) - pl.col("candidates")).clip(0).cast(pl.UInt32)
+                           .alias("ruled_out"))
+    gw_ifaces = sides.interfaces["interface_id"].unique().sort().to_list()
+    out = out.with_columns(_evidence_expr(pl.col("candidates")).alias("evidence"),
+                           _why_expr(gw_ifaces, lag_s, tolerance_s).alias("why"),
+                           pl.when(pl.col("candidates") == 1)
+                           .then(pl.col("gateway_tuples").list.first().struct.field("sport"))
+                           .cast(pl.Int32).alias("gateway_sport"))
     return out.select(*NODE_TUPLE_SCHEMA, "evidence", "candidates", "why", "interface_id", "gateway_private",
-                      "gateway_public", "gateway_sport", "node_side", "gateway_tuples", "others")
+                      "gateway_public", "gateway_sport", "node_side", "gateway_tuples", "ruled_out")
 
 
-def _explain(r: dict[str, Any], ifaces: pl.DataFrame, lag_s: float, tolerance_s: float) -> dict[str, Any]:
-    """Evidence, candidate count and the reason, for one node tuple's joined row."""
-    from natproof.report.table import format_address
+def _count_overlapping(public: pl.DataFrame, n: pl.DataFrame) -> pl.DataFrame:
+    """Per node tuple: uses of gateway ports to its destination (protocol, address, port) that meet its window,
+    counted from sorted starts and ends (uses started by its end minus those ended before its start), so that
+    thousands of connections to one destination cost a sort, not a cross product."""
+    keys = ["protocol", "dst", "dport"]
+    lo = pl.col("lo").fill_null(-(2**62))
+    hi = pl.col("hi").fill_null(2**62)
+    q = n.select("node_tuple", *keys, lo.alias("lo"), hi.alias("hi"))
+    starts = (public.select(*keys, "start_s").sort(*keys, "start_s")
+              .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(keys).alias("started")))
+    ends = (public.select(*keys, "end_s").sort(*keys, "end_s")
+            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(keys).alias("ended")))
+    a = q.sort(*keys, "hi").join_asof(starts, left_on="hi", right_on="start_s", by=keys, strategy="backward",
+                                      check_sortedness=False)
+    b = q.with_columns((pl.col("lo") - 1).alias("before")).sort(*keys, "before").join_asof(
+        ends, left_on="before", right_on="end_s", by=keys, strategy="backward", check_sortedness=False)
+    return (a.select("node_tuple", pl.col("started").fill_null(0))
+            .join(b.select("node_tuple", pl.col("ended").fill_null(0)), on="node_tuple")
+            .select("node_tuple", (pl.col("started") - pl.col("ended")).clip(0).alias("in_window")))
 
-    tup = f"{r['proto']} {format_address(r['src'], r['sport'])} -> {format_address(r['dst'], r['dport'])}"
-    good = r["gateway_tuples"] or []
-    others = r["others"] or []
-    out = {"node_tuple": r["node_tuple"], "candidates": len(good), "evidence": evidence_level(len(good)),
-           "gateway_sport": good[0]["sport"] if len(good) == 1 else None}
-    span = (f"between {tolerance_s:g} s before its first packet and {lag_s + tolerance_s:g} s after its last"
-            if r["first_ts_ns"] is not None else "at any time")
-    if ifaces.is_empty():
-        why = ("no record carries a given NAT gateway's private address: the flow log is not of the gateway's "
-               "interface, or --nat-gateway names another gateway")
-    elif r["node_side"] is None:
-        if r["other_interfaces"]:
-            why = (f"{tup} is only on interface(s) {', '.join(r['other_interfaces'])}, which no given NAT gateway "
-                   f"owns (gateway interfaces: {', '.join(ifaces['interface_id'].unique().sort().to_list())}): the "
-                   "flow log of the node's own interface does not show the gateway's port; log the gateway's")
-        else:
-            why = f"no record of {tup} on the gateway's interface {span}"
-    elif not good and not others:
-        why = (f"the gateway's interface logged {tup} on its private side, but no public-side record to "
-               f"{format_address(r['dst'], r['dport'])} {span}")
-    elif not good:
-        ns = r["node_side"]
-        why = (f"{len(others)} public-side flow(s) to {format_address(r['dst'], r['dport'])} {span}, none with the "
-               f"private side's counts ({ns['packets']} packets/{ns['bytes']} bytes out, "
-               f"{ns['reply_packets'] or 0}/{ns['reply_bytes'] or 0} back)")
-    elif len(good) == 1:
-        g = good[0]
-        why = (f"the only public-side flow to {format_address(r['dst'], r['dport'])} {span} with the private side's "
-               f"counts ({g['packets']} packets/{g['bytes']} bytes out, {g['reply_packets'] or 0}/"
-               f"{g['reply_bytes'] or 0} back)" + (f"; {len(others)} other(s) to it ruled out by their counts"
-                                                  if others else ""))
-    else:
-        ports = ", ".join(str(g["sport"]) for g in good)
-        why = (f"{len(good)} public-side flows to {format_address(r['dst'], r['dport'])} {span} have the private "
-               f"side's counts (gateway ports {ports}): the records cannot tell which one carried {tup}")
-    out["why"] = why
-    return out
+
+def _evidence_expr(candidates: pl.Expr) -> pl.Expr:
+    """evidence_level as an expression."""
+    return (pl.when(candidates == 0).then(pl.lit(EVIDENCE_NONE)).when(candidates == 1).then(pl.lit(EVIDENCE_UNIQUE))
+            .otherwise(pl.format("flow log, ambiguous: {} candidates", candidates)))
+
+
+def _address_expr(addr: str, port: str) -> pl.Expr:
+    """format_address as an expression: 10.0.1.5:40000, [2001:db8::1]:443."""
+    a, p = pl.col(addr), pl.col(port)
+    return pl.when(a.str.contains(":", literal=True)).then(pl.format("[{}]:{}", a, p)).otherwise(
+        pl.format("{}:{}", a, p))
+
+
+def _why_expr(gw_ifaces: list[str], lag_s: float, tolerance_s: float) -> pl.Expr:
+    """The one-sentence reason for each joined node tuple's evidence (column expressions, no loop per row)."""
+    if not gw_ifaces:
+        return pl.lit("no record carries a given NAT gateway's private address: the flow log is not of the gateway's "
+                      "interface, or --nat-gateway names another gateway")
+    tup = pl.format("{} {} -> {}", pl.col("proto"), _address_expr("src", "sport"), _address_expr("dst", "dport"))
+    target = _address_expr("dst", "dport")
+    span = pl.when(pl.col("first_ts_ns").is_null()).then(pl.lit("at any time")).otherwise(pl.lit(
+        f"between {tolerance_s:g} s before its first packet and {lag_s + tolerance_s:g} s after its last"))
+    ns = pl.col("node_side")
+    counts = pl.format("({} packets/{} bytes out, {}/{} back)", ns.struct.field("packets"), ns.struct.field("bytes"),
+                       ns.struct.field("reply_packets").fill_null(0), ns.struct.field("reply_bytes").fill_null(0))
+    ruled = pl.when(pl.col("ruled_out") > 0).then(
+        pl.format("; {} other(s) to it ruled out by their counts", pl.col("ruled_out"))).otherwise(pl.lit(""))
+    ports = pl.col("gateway_tuples").list.eval(pl.element().struct.field("sport").cast(pl.String)).list.join(", ")
+    others = pl.col("other_interfaces").list.join(", ")
+    return (
+        pl.when(ns.is_null() & pl.col("other_interfaces").list.len().fill_null(0).gt(0))
+        .then(pl.format("{} is only on interface(s) {}, which no given NAT gateway owns (gateway interfaces: {}): the "
+                        "flow log of the node's own interface does not show the gateway's port; log the gateway's",
+                        tup, others, pl.lit(", ".join(gw_ifaces))))
+        .when(ns.is_null()).then(pl.format("no record of {} on the gateway's interface {}", tup, span))
+        .when((pl.col("candidates") == 0) & (pl.col("ruled_out") == 0))
+        .then(pl.format("the gateway's interface logged {} on its private side, but no public-side record to {} {}",
+                        tup, target, span))
+        .when(pl.col("candidates") == 0)
+        .then(pl.format("{} public-side flow(s) to {} {}, none with the private side's counts {}",
+                        pl.col("ruled_out"), target, span, counts))
+        .when(pl.col("candidates") == 1)
+        .then(pl.format("the only public-side flow to {} {} with the private side's counts {}{}", target, span, counts,
+                        ruled))
+        .otherwise(pl.format("{} public-side flows to {} {} have the private side's counts (gateway ports {}): the "
+                             "records cannot tell which one carried {}", pl.col("candidates"), target, span, ports,
+                             tup)))
 
 
 # ---------------------------------------------------------------------------------- from the public tuple
@@ -372,15 +500,15 @@ def trace_public(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str,
                  lag_s: float = LAG_S, tolerance_s: float = TOLERANCE_S) -> pl.DataFrame:
     """From a gateway's public (or private) address and port, as an abuse report names it, to the node tuple(s).
 
-    Finds the public-side flows from that address:port (within ``window_s`` of ``at_ns`` when given, widened by
-    ``lag_s`` after and ``tolerance_s`` both ways; to ``peer`` = (address, port or None) when given), then for each
-    the private-side flows of the same interface to the same destination whose counts equal its own in each
-    direction (the same rule as join_nat_gateway, run backwards).
+    Finds the uses of that gateway port (within ``window_s`` of ``at_ns`` when given, widened by ``lag_s`` after
+    and ``tolerance_s`` both ways; to ``peer`` = (address, port or None) when given), then for each the uses of
+    node tuples on the same interface to the same destination whose counts equal its own in each direction and
+    whose times are within the records' lag (the same rule as join_nat_gateway, run backwards).
 
-    One row per public-side flow: interface_id, gateway_private, gateway_public, sport (the gateway's port),
+    One row per use of the port: interface_id, gateway_private, gateway_public, sport (the gateway's port),
     proto, dst, dport, packets, bytes, reply_packets, reply_bytes, start_s, end_s, records, then ``evidence``,
     ``candidates``, ``why`` and ``nodes`` (list of struct: src, sport, packets, bytes, reply_packets, reply_bytes,
-    start_s, end_s, records) and ``others`` (private-side flows to the destination the counts rule out).
+    start_s, end_s, records) and ``others`` (node tuples to the destination near it that the counts rule out).
     Raises InputError when ``address`` is none of the gateways' addresses.
     """
     gw = [g for g in gateways if address in (g.private, g.public)]
@@ -388,93 +516,71 @@ def trace_public(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str,
         known = ", ".join(str(g) for g in gateways) or "none given"
         raise InputError(f"{address} is not a given NAT gateway's address (--nat-gateway PRIVATE=PUBLIC; given: "
                          f"{known})")
-    ifaces = gateway_interfaces(flowlog, gw)
-    flows = _flows(flowlog).join(ifaces.select("interface_id", "gateway_private", "gateway_public"),
-                                 on="interface_id")
+    sides = gateway_sides(flowlog, gateways)
     lo = hi = None
     if at_ns is not None:
         lo = at_ns // 10**9 - int(window_s + tolerance_s) - 1
         hi = at_ns // 10**9 + int(window_s + lag_s + tolerance_s) + 1
-    window = _overlaps(pl.lit(lo, pl.Int64), pl.lit(hi, pl.Int64))
-    pub = flows.filter(window & (pl.col("srcaddr") == pl.col("gateway_private")) & (pl.col("srcport") == port)
-                       & (pl.col("pkt_srcaddr").is_null() | (pl.col("pkt_srcaddr") == pl.col("srcaddr")))
-                       & (pl.col("pkt_dstaddr").is_null() | (pl.col("pkt_dstaddr") == pl.col("dstaddr"))))
+    pub = sides.public.filter(pl.col("gateway_address").is_in([g.private for g in gw]) & (pl.col("sport") == port)
+                              & _overlaps(pl.lit(lo, pl.Int64), pl.lit(hi, pl.Int64)))
     if peer is not None:
-        pub = pub.filter(pl.col("dstaddr") == peer[0])
+        pub = pub.filter(pl.col("dst") == peer[0])
         if peer[1] is not None:
-            pub = pub.filter(pl.col("dstport") == peer[1])
-    keys = ["interface_id", "gateway_private", "gateway_public", "protocol", "dstaddr", "dstport"]
-    pub = pub.group_by(*keys).agg(*_SUMS)
-    pub_reply = (flows.join(pub.select(keys), on=keys[:3] + ["protocol"])
-                 .filter(window & (pl.col("srcaddr") == pl.col("dstaddr_right")) & (pl.col("srcport") ==
-                                                                                    pl.col("dstport_right"))
-                         & (pl.col("dstaddr") == pl.col("gateway_private")) & (pl.col("dstport") == port))
-                 .group_by("interface_id", "protocol", pl.col("dstaddr_right").alias("dstaddr"),
-                           pl.col("dstport_right").alias("dstport"))
-                 .agg(pl.col("packets").sum().alias("reply_packets"), pl.col("bytes").sum().alias("reply_bytes")))
-    pub = pub.join(pub_reply, on=["interface_id", "protocol", "dstaddr", "dstport"], how="left")
+            pub = pub.filter(pl.col("dport") == peer[1])
+    pub = pub.sort("start_s", "dst", "dport").with_row_index("_flow")
+    slack = int(lag_s + tolerance_s) + 1
+    priv = sides.private.rename({c: f"p_{c}" for c in sides.private.columns})
+    near = (pub.join(priv, left_on=["interface_id", "protocol", "dport"], right_on=["p_interface_id", "p_protocol",
+                                                                                   "p_dport"])
+            .filter((pl.col("p_dst").is_null() | (pl.col("p_dst") == pl.col("dst")))
+                    & (pl.col("p_node") != pl.col("dst")) & _close_in_time(slack)))
+    same = ((pl.col("packets") == pl.col("p_packets")) & (pl.col("bytes") == pl.col("p_bytes")) & _same_counts())
+    node = pl.struct(pl.col("p_node").alias("src"), pl.col("p_node_port").alias("sport"),
+                     *(pl.col(f"p_{c}").alias(c) for c in _NODE_COLS[:-1]),
+                     pl.concat_list("p_records", "p_reply_records").alias("records"))
+    near = near.with_columns(same.fill_null(False).alias("_same")).sort("_flow", "p_start_s", "p_node", "p_node_port")
+    lists = near.group_by("_flow").agg(node.filter(pl.col("_same")).alias("nodes"),
+                                       node.filter(~pl.col("_same")).alias("others"))
+    pub = pub.join(lists, on="_flow", how="left").sort("_flow")
     rows = []
-    for p in pub.sort("start_s", "dstaddr", "dstport").iter_rows(named=True):
-        rows.append(p | _nodes_for(flows, p, lag_s, tolerance_s))
+    for p in pub.iter_rows(named=True):
+        good, others = p["nodes"] or [], p["others"] or []
+        evidence, why = _explain_public(p, good, others, lag_s + tolerance_s)
+        rows.append({"interface_id": p["interface_id"], "gateway_private": p["gateway_private"],
+                     "gateway_public": p["gateway_public"], "sport": port,
+                     "proto": PROTOCOLS.get(p["protocol"], str(p["protocol"])), "dst": p["dst"], "dport": p["dport"],
+                     "packets": p["packets"], "bytes": p["bytes"], "reply_packets": p["reply_packets"],
+                     "reply_bytes": p["reply_bytes"], "start_s": p["start_s"], "end_s": p["end_s"],
+                     "records": p["records"] + p["reply_records"], "evidence": evidence,
+                     "candidates": len(good), "why": why, "nodes": good, "others": others})
+    node_t = pl.Struct({"src": pl.String, "sport": pl.Int32, "packets": pl.Int64, "bytes": pl.Int64,
+                        "reply_packets": pl.Int64, "reply_bytes": pl.Int64, "start_s": pl.Int64, "end_s": pl.Int64,
+                        "records": pl.List(pl.String)})
     schema = {"interface_id": pl.String, "gateway_private": pl.String, "gateway_public": pl.String,
               "sport": pl.Int32, "proto": pl.String, "dst": pl.String, "dport": pl.Int32, "packets": pl.Int64,
               "bytes": pl.Int64, "reply_packets": pl.Int64, "reply_bytes": pl.Int64, "start_s": pl.Int64,
               "end_s": pl.Int64, "records": pl.List(pl.String), "evidence": pl.String, "candidates": pl.UInt32,
-              "why": pl.String}
-    node = pl.Struct({"src": pl.String, "sport": pl.Int32, "packets": pl.Int64, "bytes": pl.Int64,
-                      "reply_packets": pl.Int64, "reply_bytes": pl.Int64, "start_s": pl.Int64, "end_s": pl.Int64,
-                      "records": pl.List(pl.String)})
-    out = [{"interface_id": r["interface_id"], "gateway_private": r["gateway_private"],
-            "gateway_public": r["gateway_public"], "sport": port, "proto": PROTOCOLS.get(r["protocol"],
-                                                                                      str(r["protocol"])),
-            "dst": r["dstaddr"], "dport": r["dstport"], "packets": r["packets"], "bytes": r["bytes"],
-            "reply_packets": r["reply_packets"], "reply_bytes": r["reply_bytes"], "start_s": r["start_s"],
-            "end_s": r["end_s"], "records": r["records"], "evidence": r["evidence"], "candidates": r["candidates"],
-            "why": r["why"], "nodes": r["nodes"], "others": r["others"]} for r in rows]
-    return pl.DataFrame(out, schema=schema | {"nodes": pl.List(node), "others": pl.List(node)})
+              "why": pl.String, "nodes": pl.List(node_t), "others": pl.List(node_t)}
+    return pl.DataFrame(rows, schema=schema)
 
 
-def _nodes_for(flows: pl.DataFrame, p: dict[str, Any], lag_s: float, tolerance_s: float) -> dict[str, Any]:
-    """The private-side flows one public-side flow may have come from, split by whether their counts agree."""
+def _explain_public(p: dict[str, Any], good: list[dict[str, Any]], others: list[dict[str, Any]],
+                    slack_s: float) -> tuple[str, str]:
+    """(evidence, why) for one use of the asked gateway port."""
     from natproof.report.table import format_address
 
-    lo = p["start_s"] - int(lag_s + tolerance_s) - 1
-    hi = p["end_s"] + int(lag_s + tolerance_s) + 1
-    same_iface = flows.filter((pl.col("interface_id") == p["interface_id"]) & (pl.col("protocol") == p["protocol"])
-                              & _overlaps(pl.lit(lo), pl.lit(hi)))
-    gw = p["gateway_private"]
-    dst, dport = p["dstaddr"], p["dstport"]
-    egress = (same_iface.filter((pl.col("dstport") == dport) & (pl.col("srcaddr") != gw) & (pl.col("srcaddr") != dst)
-                                & pl.when(pl.col("pkt_dstaddr").is_null()).then(pl.col("dstaddr") == gw)
-                                .otherwise(pl.col("pkt_dstaddr") == dst))
-              .group_by(pl.col("srcaddr").alias("src"), pl.col("srcport").alias("sport")).agg(*_SUMS))
-    reply = (same_iface.filter((pl.col("srcport") == dport) & (pl.col("srcaddr") == gw)
-                               & pl.when(pl.col("pkt_srcaddr").is_null()).then(pl.lit(True))
-                               .otherwise(pl.col("pkt_srcaddr") == dst))
-             .group_by(pl.col("dstaddr").alias("src"), pl.col("dstport").alias("sport"))
-             .agg(pl.col("packets").sum().alias("reply_packets"), pl.col("bytes").sum().alias("reply_bytes")))
-    cands = egress.join(reply, on=["src", "sport"], how="left").sort("start_s", "src", "sport")
-    same = (pl.col("packets") == p["packets"]) & (pl.col("bytes") == p["bytes"])
-    if p["reply_packets"] is None:
-        same = same & pl.col("reply_packets").is_null()
-    else:
-        same = same & (pl.col("reply_packets") == p["reply_packets"]) & (pl.col("reply_bytes") == p["reply_bytes"])
-    cols = ["src", "sport", "packets", "bytes", "reply_packets", "reply_bytes", "start_s", "end_s", "records"]
-    good = cands.filter(same.fill_null(False)).select(cols).to_dicts()
-    others = cands.filter(~same.fill_null(False)).select(cols).to_dicts()
-    target = format_address(dst, dport)
+    target = format_address(p["dst"], p["dport"])
     if not good and not others:
-        why = (f"no private-side record to {target} on the gateway's interface within {lag_s + tolerance_s:g} s of "
-               "this flow: the node side was not logged (a flow log filtered to REJECT, or of another interface)")
+        why = (f"no private-side record to {target} on the gateway's interface within {slack_s:g} s of this flow: "
+               "the node side was not logged (a flow log filtered to REJECT, or of another interface)")
     elif not good:
         why = (f"{len(others)} private-side flow(s) to {target} near it, none with its counts ({p['packets']} "
                f"packets/{p['bytes']} bytes out, {p['reply_packets'] or 0}/{p['reply_bytes'] or 0} back)")
     elif len(good) == 1:
-        why = (f"the only private-side flow to {target} within {lag_s + tolerance_s:g} s with its counts"
+        why = (f"the only private-side flow to {target} within {slack_s:g} s with its counts"
                + (f"; {len(others)} other(s) ruled out by their counts" if others else ""))
     else:
         nodes = ", ".join(format_address(g["src"], g["sport"]) for g in good)
-        why = (f"{len(good)} private-side flows to {target} within {lag_s + tolerance_s:g} s have its counts "
-               f"({nodes}): the records cannot tell which node sent it")
-    return {"nodes": good, "others": others, "candidates": len(good), "evidence": evidence_level(len(good)),
-            "why": why}
+        why = (f"{len(good)} private-side flows to {target} within {slack_s:g} s have its counts ({nodes}): the "
+               "records cannot tell which node sent it")
+    return evidence_level(len(good)), why

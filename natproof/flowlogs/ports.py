@@ -17,7 +17,6 @@ limit in the records means the limit was reached.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,23 +24,17 @@ from typing import Any
 import polars as pl
 
 from natproof.diagnose import Finding
-from natproof.flowlogs.gateway import NatGateway, _flows, gateway_interfaces
+from natproof.flowlogs.gateway import IDLE_TIMEOUT_S as IDLE_TIMEOUT_S  # re-exported: the port-use rule
+from natproof.flowlogs.gateway import NatGateway, gateway_sides
 from natproof.flowlogs.records import PROTOCOLS, FlowLog
 from natproof.report.table import format_address
 
 CONNECTIONS_PER_DESTINATION = 55_000
 """AWS: simultaneous connections each NAT gateway IPv4 address supports to one unique destination."""
-IDLE_TIMEOUT_S = 350
-"""AWS: a connection through a NAT gateway idle this long times out (and its port is freed)."""
 NEAR_LIMIT = 0.9
 """A peak at this share of the limit or more is reported as a warning before it fails."""
 MAX_GROUPS = 4
 """Destinations drawn in the chart, busiest first."""
-
-_VPC_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                                         "100.64.0.0/10", "fc00::/7"))
-"""Addresses a VPC uses for itself (RFC 1918, RFC 6598, IPv6 ULA): without pkt-srcaddr, a record from the gateway
-to one of these is taken for its private side (the reply to a node), not for a public-side flow."""
 
 GROUP_KEYS = ("gateway_address", "proto", "dst", "dport")
 
@@ -120,26 +113,16 @@ def port_usage(flowlog: FlowLog, gateways: Sequence[NatGateway] = (), *, hold_s:
     if not gateways:
         return PortUsage(empty.groups, empty.series, notes=("no NAT gateway given or found in the records "
                                                             "(pass --nat-gateway PRIVATE=PUBLIC)",))
-    ifaces = gateway_interfaces(flowlog, gateways)
-    flows = _flows(flowlog).join(ifaces.select("interface_id", "gateway_private", "gateway_public"),
-                                 on="interface_id")
-    public_dst = _public_expr(flows)
-    pub = flows.filter((pl.col("srcaddr") == pl.col("gateway_private")) & public_dst).select(
-        "interface_id", "gateway_public", pl.coalesce("pkt_srcaddr", "srcaddr").alias("gateway_address"),
-        pl.col("protocol").replace_strict(PROTOCOLS, default=None, return_dtype=pl.String)
-        .fill_null(pl.col("protocol").cast(pl.String)).alias("proto"),
-        pl.col("dstaddr").alias("dst"), "dstport", pl.col("srcport").alias("sport"), "start_s", "end_s")
-    pub = pub.rename({"dstport": "dport"})
-    if pub.is_empty():
+    # One connection per port use: records of one 5-tuple closer than the idle timeout are one connection.
+    uses = gateway_sides(flowlog, gateways).public
+    if uses.is_empty():
         return PortUsage(empty.groups, empty.series, notes=(*notes, "no public-side record on the gateways' "
                                                                     "interfaces"))
-    # One connection per port use: records of one 5-tuple closer than the idle timeout are one connection.
-    keys = [*GROUP_KEYS, "sport"]
-    conns = (pub.sort(*keys, "start_s")
-             .with_columns((pl.col("start_s") - pl.col("end_s").shift(1).over(keys) > IDLE_TIMEOUT_S)
-                           .fill_null(True).cum_sum().over(keys).alias("use"))
-             .group_by(*keys, "use").agg(pl.col("interface_id").first(), pl.col("gateway_public").first(),
-                                         pl.col("start_s").min(), (pl.col("end_s").max() + hold_s).alias("end_s")))
+    conns = uses.select(
+        "interface_id", "gateway_public", "gateway_address",
+        pl.col("protocol").replace_strict(PROTOCOLS, default=None, return_dtype=pl.String)
+        .fill_null(pl.col("protocol").cast(pl.String)).alias("proto"),
+        "dst", "dport", "sport", "start_s", (pl.col("end_s") + hold_s).alias("end_s"))
     events = pl.concat([
         conns.select(*GROUP_KEYS, pl.col("start_s").alias("ts_s"), pl.lit(1, pl.Int32).alias("delta")),
         # a port is live through its end second; it is free the second after
@@ -177,24 +160,6 @@ _SERIES_SCHEMA: dict[str, pl.DataType] = {
     "dst": pl.String(), "dport": pl.Int32(), "ts_s": pl.Int64(), "t_s": pl.Int64(), "delta": pl.Int32(),
     "concurrent": pl.Int32(),
 }
-
-
-def _public_expr(flows: pl.DataFrame) -> pl.Expr:
-    """Records from the gateway that went to the internet: pkt-srcaddr is the gateway itself where the format has
-    it (a private-side reply carries the far end there), else a destination outside _VPC_NETWORKS."""
-    addrs = flows["dstaddr"].unique().to_list()
-    vpc = [a for a in addrs if a is not None and _in_vpc(a)]
-    by_address = ~pl.col("dstaddr").is_in(vpc)
-    by_pkt = pl.col("pkt_srcaddr") == pl.col("srcaddr")
-    return pl.when(pl.col("pkt_srcaddr").is_null()).then(by_address).otherwise(by_pkt)
-
-
-def _in_vpc(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in _VPC_NETWORKS if net.version == ip.version)
 
 
 def port_usage_chart(usage: PortUsage):  # type: ignore[no-untyped-def]

@@ -115,6 +115,15 @@ SAME_TUPLE = "same tuple (routed, nothing rewritten)"
 """The node's eth0 capture holds the very tuple the gateway's private side logged: no NAT between them."""
 
 
+def cite(records: Sequence[str]) -> str:
+    """file:line references, each file named once: ``flows.log:14,18; other.parquet:3``."""
+    by_file: dict[str, list[str]] = {}
+    for ref in records:
+        path, _, line = ref.rpartition(":")
+        by_file.setdefault(path, []).append(line)
+    return "; ".join(f"{path}:{','.join(sorted(set(lines), key=int))}" for path, lines in by_file.items())
+
+
 def frame(conn: dict[str, Any], side: str) -> int | None:
     """The first egress frame of a connection object on one capture (``inside_frame`` or ``outside_frame``)."""
     return (conn["evidence"]["egress"] or {}).get(side)
@@ -152,7 +161,7 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
                       "the question (an abuse report, a firewall log)")
         gw_pub = Hop(f"NAT gateway public side ({f['interface_id']})",
                      _tup(f["proto"], f["gateway_private"], port, f["dst"], f["dport"]),
-                     "--nat-gateway" if gw.public else None, ", ".join(f["records"]))
+                     "--nat-gateway" if gw.public else None, cite(f["records"]))
         if not f["nodes"]:
             paths.append(Path((far_end, gw_pub), (Missing(
                 "NAT gateway -> node", f["why"],
@@ -162,7 +171,7 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
         for node in f["nodes"]:
             gw_priv = Hop(f"NAT gateway private side ({f['interface_id']})",
                           _tup(f["proto"], node["src"], node["sport"], f["dst"], f["dport"]), f["evidence"],
-                          ", ".join(node["records"]))
+                          cite(node["records"]))
             hops = [far_end, gw_pub, gw_priv]
             missing: list[Missing] = []
             pod = None
