@@ -233,3 +233,24 @@ def test_record_like_lines_give_records_or_an_input_error(lines: list[list[str]]
         else:
             assert frame.height == info.records > 0
             assert info.records + sum(info.skipped.values()) <= info.lines
+
+
+@pytest.mark.parametrize("variant", ["as is", "crlf", "trailing blank line", "no final newline"])
+def test_the_one_pass_reader_and_the_line_reader_agree(tmp_path: Path, variant: str) -> None:
+    from natproof.flowlogs import records
+
+    text = "\n".join([HEADER, ACCEPTED, REJECTED, NODATA, SKIPDATA]) + "\n"
+    text = {"as is": text, "crlf": text.replace("\n", "\r\n"), "trailing blank line": text + "\n",
+            "no final newline": text.rstrip("\n")}[variant]
+    data = text.encode()
+    import unittest.mock
+
+    one_pass = records._read_text_regular("f.log", data, "text", None)
+    with unittest.mock.patch.object(records, "_read_text_regular", return_value=None):
+        line_by_line = records._read_text("f.log", data, "text", None)
+    if variant == "trailing blank line":
+        assert one_pass is None  # not regular: the line reader counts the blank line
+        assert line_by_line[1].skipped == {"blank": 1}
+        return
+    assert one_pass is not None
+    assert one_pass[0].equals(line_by_line[0]) and one_pass[1] == line_by_line[1]

@@ -334,7 +334,7 @@ def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | 
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{name}: damaged gzip file ({exc})") from None
         fmt = "text+gzip"
-    if not data.strip():
+    if not data[:65536].strip() and not data.strip():
         raise InputError(f"{name}: empty file: no flow log record in it")
     if data[:4] == _PARQUET_MAGIC:
         return _read_parquet(name, data)
@@ -361,7 +361,66 @@ def _read_parquet(name: str, data: bytes) -> tuple[pl.DataFrame, FlowLogFile]:
     return frame, _summary(name, "parquet", fields, "parquet", raw.height, frame, {}, 0)
 
 
+def _header_fields(name: str, line: str) -> tuple[str, ...] | None:
+    """The fields a header line names (S3 delivery's first line): every token a field-like name, most of them
+    documented ones; None for a line that is no header. InputError for a header naming a field twice."""
+    tokens = line.strip().split()
+    names = [ALIASES.get(t.lower().replace("_", "-"), t.lower().replace("_", "-")) for t in tokens]
+    if not tokens or not all(_is_name(t) for t in tokens) or sum(n in FIELDS for n in names) * 2 <= len(names):
+        return None
+    if twice := sorted({f for f in names if names.count(f) > 1}):
+        raise InputError(f"{name}: its header line names {', '.join(twice)} more than once")
+    return tuple(names)
+
+
+def _read_text_regular(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None
+                       ) -> tuple[pl.DataFrame, FlowLogFile] | None:
+    """The common case in one typed pass of polars' CSV reader: every line one record of the file's fields, one space
+    between them, no blank line, no event timestamp, every number a number. None when the file is not that regular
+    (then _read_text reads it line by line and counts what it passes over)."""
+    # A doubled, leading or trailing space makes a line one field too many (the reader refuses it), a blank line one
+    # row too few (counted below); a tab is searched for (one byte: memchr).
+    if b"\t" in data or data[:1] in (b" ", b"\n"):
+        return None
+    first = data[:data.find(b"\n")] if b"\n" in data else data
+    head = first.decode("utf-8", "replace")
+    fields = _header_fields(name, head)
+    skip = 1 if fields is not None else 0
+    fields_from = "header" if fields is not None else "given"
+    if fields is None:
+        tokens = head.split()
+        if given is not None:
+            fields = given
+        elif len(tokens) == len(DEFAULT_FORMAT) and tokens[0] == "2":
+            fields, fields_from = DEFAULT_FORMAT, "default"
+        else:
+            return None
+    n = len(fields)
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    # No line has more fields than the schema (the reader would refuse it); the spaces say none has fewer.
+    if data.count(b" ") != (n - 1) * lines:
+        return None
+    cols = [column_name(f) for f in fields]
+    schema = {c: (pl.Int64() if f in INTEGER_FIELDS else pl.String()) for c, f in zip(cols, fields, strict=True)}
+    try:
+        frame = pl.read_csv(io.BytesIO(data), separator=" ", has_header=False, skip_rows=skip, new_columns=cols,
+                            schema=schema, quote_char=None, encoding="utf8-lossy", null_values="-")
+    except Exception:  # noqa: BLE001 - any irregularity: the line-by-line path says which lines and why
+        return None
+    if frame.height != lines - skip or frame.is_empty():
+        return None
+    for c in ("srcaddr", "dstaddr", "pkt_srcaddr", "pkt_dstaddr"):
+        if c in frame.columns and not frame[c].drop_nulls().unique().str.contains(_ADDRESS).all():
+            return None
+    frame = frame.with_columns(pl.lit(name).alias("file"),
+                               pl.int_range(1 + skip, frame.height + 1 + skip, dtype=pl.UInt32).alias("line_no"))
+    good = _conform(frame)
+    return good, _summary(name, fmt, fields, fields_from, lines, good, {}, 0)
+
+
 def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) -> tuple[pl.DataFrame, FlowLogFile]:
+    if (regular := _read_text_regular(name, data, fmt, given)) is not None:
+        return regular
     # polars reads the lines (a separator no record holds keeps each line whole; the byte is made a space where some
     # garbage holds it); every later step is a column operation: no Python per line.
     if b"\x1f" in data:
@@ -381,17 +440,11 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
     if blank := lines.height - frame.height:
         skipped["blank"] = blank
 
-    # A header names fields: every token a field-like name, most of them documented ones (S3 delivery's first line).
     # The file's own header wins over a given format: the format applies to files without one (CloudWatch).
     fields, fields_from, header = given, "given" if given else "", None
-    if not frame.is_empty():
-        tokens = frame["line"][0].split(" ")
-        names = [ALIASES.get(t.lower().replace("_", "-"), t.lower().replace("_", "-")) for t in tokens]
-        if all(_is_name(t) for t in tokens) and sum(n in FIELDS for n in names) * 2 > len(names):
-            header = frame["line"][0]
-            fields, fields_from = tuple(names), "header"
-            if twice := sorted({f for f in names if names.count(f) > 1}):
-                raise InputError(f"{name}: its header line names {', '.join(twice)} more than once")
+    if not frame.is_empty() and (names := _header_fields(name, frame["line"][0])) is not None:
+        header = frame["line"][0]
+        fields, fields_from = names, "header"
     if header is not None:
         repeated = frame.filter(line == header).height
         frame = frame.filter(line != header)
