@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -119,8 +120,9 @@ def names_from(obj: dict) -> natproof.Names | None:
     return obj["names"]
 
 
-def capture_options(f: Callable) -> Callable:
-    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+def capture_options(f: Callable, *, required: bool = True) -> Callable:
+    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures);
+    ``required=False`` for a command that can answer without captures (who with flow logs)."""
     f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
                      type=click.Path(dir_okay=False),
                      help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
@@ -145,8 +147,23 @@ def capture_options(f: Callable) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True))(f)
-    f = click.argument("inside", type=click.Path(dir_okay=True))(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True), required=required)(f)
+    f = click.argument("inside", type=click.Path(dir_okay=True), required=required)(f)
+    return f
+
+
+def flow_log_options(f: Callable) -> Callable:
+    """--flow-log FILE (repeatable), --nat-gateway PRIVATE=PUBLIC (repeatable) and --flow-log-format FORMAT."""
+    f = click.option("--flow-log-format", metavar="FORMAT",
+                     help="The flow log's fields, for text without a header line (CloudWatch Logs): its --log-format, "
+                          "e.g. '${version} ${srcaddr} ${dstaddr} ...'. Default: the header line, else AWS's default "
+                          "format.")(f)
+    f = click.option("--nat-gateway", "nat_gateways", multiple=True, metavar="PRIVATE=PUBLIC",
+                     help="A NAT gateway's private and public (Elastic IP) address, as aws ec2 describe-nat-gateways "
+                          "lists them (repeatable).")(f)
+    f = click.option("--flow-log", "flow_logs", multiple=True, type=click.Path(), metavar="FILE",
+                     help="AWS VPC Flow Logs of the NAT gateway's network interface: text (default or custom "
+                          "format, gzip) or Parquet, a file or a directory of them (repeatable).")(f)
     return f
 
 
@@ -311,7 +328,13 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
-@capture_options
+@functools.partial(capture_options, required=False)
+@flow_log_options
+@click.option("--peer", metavar="ADDR[:PORT]",
+              help="With --flow-log: only connections to this far end (the reporter's address, and port).")
+@click.option("--conntrack", "conntrack_files", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --flow-log: a node's conntrack -E -o timestamp or -L output, to go from its tuple to the "
+                   "pod (repeatable).")
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite,
@@ -322,27 +345,59 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
               help="Which capture's clock TIME and the printed times are on (outside: the node uplink's, as in a "
                    "far end's logs or an abuse report).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None,
-        tolerance: float, decoder: str, at: str | None, window: float, clock: str, fmt: str | None,
-        quiet: bool) -> None:
+def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+        tolerance: float, decoder: str, flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...],
+        flow_log_format: str | None, peer: str | None, conntrack_files: tuple[str, ...], at: str | None,
+        window: float, clock: str, fmt: str | None, quiet: bool) -> None:
     """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
     (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
     ClusterIP (which backend?), a backend, a remote client. With --pods/--services, NAME (namespace/name, or a bare
     name) finds a pod's or Service's connections. Exit 0 when a connection was found, 1 when none was.
+
+    With --flow-log and --nat-gateway, ADDR:PORT may be a NAT gateway's public address and port, as an abuse
+    report names it: the answer walks through the gateway's flow log to the node tuple (with the evidence level),
+    and with INSIDE OUTSIDE (the node's captures) on to the pod; a link nothing given proves is named, with what
+    would prove it.
     """
-    from natproof.lookup import check_query
+    from natproof.lookup import check_query, parse_endpoint
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
 
-    # A bad ADDR:PORT, or a name with nothing to name by, is reported before the captures are read.
+    # A bad ADDR:PORT, or a name with nothing to name by, is reported before any file is read.
+    if (inside is None) != (outside is None):
+        raise click.UsageError("give both INSIDE and OUTSIDE captures, or neither")
     obj = click.get_current_context().find_root().ensure_object(dict)
-    check_query(endpoint, bool(names_from(obj)) or is_ptcpdump(inside) or is_ptcpdump(outside))
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+    ptcpdump = inside is not None and (is_ptcpdump(inside) or is_ptcpdump(outside))  # type: ignore[arg-type]
+    check_query(endpoint, bool(names_from(obj)) or ptcpdump)
+    as_json = (fmt or ("table" if sys.stdout.isatty() else "json")) == "json"
+    if flow_logs:
+        flowlog, gateways = read_flow_log_inputs(flow_logs, nat_gateways, flow_log_format)
+        try:
+            addr: str | None = parse_endpoint(endpoint)[0]
+        except NatproofError:
+            addr = None  # a pod's or Service's name: no gateway address
+        if addr is not None and any(addr in (g.private, g.public) for g in gateways):
+            result = None if inside is None else run_correlate(inside, outside, pod_cidr, clock_offset,  # type: ignore[arg-type]
+                                                               tolerance, quiet, decoder)
+            who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json,
+                        [(f, _read_lines(f)) for f in conntrack_files])
+            return
+        if inside is None:
+            known = ", ".join(str(g) for g in gateways)
+            raise NatproofError(f"{endpoint} is not a --nat-gateway address ({known}): give the gateway's public "
+                                "address, or the node's captures INSIDE OUTSIDE to look up a node or pod tuple")
+    elif inside is None:
+        raise click.UsageError("give the node's captures INSIDE OUTSIDE, or --flow-log with --nat-gateway")
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)  # type: ignore[arg-type]
     answer = run_who(result, endpoint, at, window, clock)
-    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
-        click.echo(json.dumps(answer.to_dict(), indent=2))
+    hops = gateway_hops(answer, flowlog, gateways) if flow_logs else None
+    if as_json:
+        doc = answer.to_dict()
+        if hops is not None:
+            doc["nat_gateway_hops"] = hops
+        click.echo(json.dumps(doc, indent=2))
     else:
         when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({answer.clock} capture's clock)"
         shift = answer.clock_offset_s if answer.clock == "outside" else 0.0
@@ -354,8 +409,131 @@ def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_of
             click.echo(f"no connection used {answer.query}{when}")
             if answer.nearest:
                 _print_whole(_who_table("nearest in time", answer.nearest, answer.clock, shift))
+        if hops:
+            _print_whole(_gateway_hops_table(hops))
     if not answer.connections:
         raise SystemExit(ExitStatus.FAILED)
+
+
+def read_flow_log_inputs(flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_format: str | None
+                         ) -> tuple[natproof.flowlogs.FlowLog, list[natproof.flowlogs.NatGateway]]:
+    """The flow log files and the gateways (given, else inferred from pkt-dstaddr); an error without any."""
+    from natproof.flowlogs import infer_gateways, parse_nat_gateway, read_flow_logs
+
+    gateways = [parse_nat_gateway(g) for g in nat_gateways]  # a bad address is reported before any file is read
+    flowlog = read_flow_logs(list(flow_logs), fields=flow_log_format)
+    for problem in flowlog.passed_over:
+        warn(f"{problem} (passed over)")
+    if not gateways:
+        gateways = infer_gateways(flowlog)
+    return flowlog, gateways
+
+
+def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flowlogs.NatGateway], endpoint: str,
+                at: str | None, window: float, peer: str | None, result: natproof.Result | None,
+                as_json: bool, conntrack: list[tuple[str, list[str]]] | None = None) -> None:
+    """who on a NAT gateway's public tuple: print the paths to nodes (and pods), exit 1 when none reaches a node."""
+    import polars as pl
+
+    from natproof.flowlogs.who import who_via_gateway
+    from natproof.lookup import parse_endpoint, parse_time
+
+    addr, port = parse_endpoint(endpoint)
+    peer_at = None if peer is None else _parse_peer(peer)
+    first = flowlog.records["start_s"].min()
+    at_ns = None if at is None else parse_time(at, None if first is None else int(first) * 10**9)  # type: ignore[arg-type]
+    answer = who_via_gateway(flowlog, gateways, addr, port, at_ns=at_ns, window_s=window, peer=peer_at,
+                             result=result, conntrack=conntrack or ())
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), indent=2, default=str))
+    else:
+        when = "" if at_ns is None else f" at {_iso(at_ns)}"
+        gw = answer.gateway
+        click.echo(f"{answer.query}{when}: NAT gateway {gw.private} (public {gw.public or 'not given'}), "
+                   f"{len(answer.paths)} path{'s' if len(answer.paths) != 1 else ''}")
+        for m in answer.missing:
+            click.echo(f"missing link {m.link}: {m.why}; close with: {m.close_with}")
+        for f in answer.flows.filter(pl.col("candidates") > 1).iter_rows(named=True):
+            click.echo(f"the flow log cannot tell {f['candidates']} node tuples apart for {f['proto']} "
+                       f"{format_address(f['gateway_private'], f['sport'])} -> {format_address(f['dst'], f['dport'])}: "
+                       "the connection is one of these paths, not all of them")
+        for i, path in enumerate(answer.paths, 1):
+            _print_whole(_path_table(i, path))
+            for m in path.missing:
+                click.echo(f"  missing link {m.link}: {m.why}; close with: {m.close_with}")
+    if not answer.found:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().splitlines()
+    except OSError as exc:
+        raise NatproofError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _parse_peer(text: str) -> tuple[str, int | None]:
+    """--peer ADDR[:PORT] (an IPv6 address with a port in brackets)."""
+    import ipaddress
+
+    from natproof.lookup import parse_endpoint
+
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]"))), None
+    except ValueError:
+        return parse_endpoint(text, "--peer")
+
+
+def _path_table(i: int, path: natproof.flowlogs.who.Path) -> Table:
+    from rich import box
+
+    who = "" if path.pod is None else f", pod {format_address(path.pod['address'], path.pod['port'])}"
+    node = "" if path.node is None else f": node {format_address(path.node['address'], path.node['port'])}"
+    table = Table(title=f"path {i}{node}{who} ({path.evidence})", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("hop", "tuple", "tied by", "records / frames"):
+        table.add_column(col, no_wrap=col != "records / frames")
+    for h in path.hops:
+        t = h.tuple
+        table.add_row(h.observation_point, f"{t['proto']} {format_address(t['src'], t['sport'])} -> "
+                                           f"{format_address(t['dst'], t['dport'])}", h.evidence or "-", h.source)
+    return table
+
+
+def gateway_hops(answer: natproof.lookup.Answer, flowlog: natproof.flowlogs.FlowLog,
+                 gateways: list[natproof.flowlogs.NatGateway]) -> list[dict]:
+    """For each connection a who answer found that left the node: its NAT gateway hop from the flow log."""
+    from natproof.flowlogs import join_nat_gateway, node_tuples
+
+    rows = []
+    off = answer.clock_offset_s
+    for c in answer.connections:
+        t = c.get("translated")
+        if c.get("initiator") != "inside" or t is None:
+            continue
+        rows.append({"proto": c["proto"], "src": t["src"], "sport": t["sport"], "dst": t["dst"], "dport": t["dport"],
+                     "first_ts_ns": int((c["first_seen"] + off) * 1e9), "last_ts_ns": int((c["last_seen"] + off) * 1e9),
+                     "source": f"connection #{c['conn']}"})
+    if not rows:
+        return []
+    joined = join_nat_gateway(node_tuples(rows), flowlog, gateways)
+    return joined.to_dicts()
+
+
+def _gateway_hops_table(hops: list[dict]) -> Table:
+    from rich import box
+
+    table = Table(title="NAT gateway hop (flow log)", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("connection", "node tuple", "gateway public tuple", "evidence", "why"):
+        table.add_column(col, no_wrap=col != "why", max_width=60 if col == "why" else None)
+    for h in hops:
+        public = ", ".join(format_address(g["gateway_public"] or g["gateway_private"], g["sport"])
+                           for g in h["gateway_tuples"]) or "-"
+        table.add_row(h["source"], f"{h['proto']} {format_address(h['src'], h['sport'])} -> "
+                                   f"{format_address(h['dst'], h['dport'])}", public, h["evidence"], h["why"])
+    return table
 
 
 def _iso(ts_ns: int) -> str:
@@ -442,6 +620,166 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
         raise click.UsageError("--format parquet needs -o FILE")
     sys.stdout.buffer.write(render_bytes(result, fmt, schema))
     sys.stdout.flush()
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(), metavar="FILE...")
+@click.option("--nat-gateway", "nat_gateways", multiple=True, metavar="PRIVATE=PUBLIC",
+              help="A NAT gateway's private and public (Elastic IP) address, as aws ec2 describe-nat-gateways lists "
+                   "them (repeatable). Default: gateways inferred from pkt-dstaddr, public address unknown.")
+@click.option("--flow-log-format", metavar="FORMAT",
+              help="The flow log's fields, for text without a header line (CloudWatch Logs): its --log-format.")
+@click.option("--captures", nargs=2, type=click.Path(dir_okay=False), metavar="INSIDE OUTSIDE",
+              help="Join the node-side tuple of every connection these captures of one node show leaving it.")
+@click.option("--result", "result_json", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Join the node-side tuples of a natproof.correlate/2 JSON document (natproof correlate --format "
+                   "json).")
+@click.option("--conntrack", "conntrack_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Join the node-side tuples of a node's conntrack -L or -E -o timestamp output.")
+@click.option("--lag", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+              callback=_finite, help="How late a record's start/end may be after its packets (AWS: up to 60 s).")
+@click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write the NAT gateway port-use chart (PNG and SVG) into DIR.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows of each table in the table format.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_format: str | None,
+            captures: tuple[str, str] | None, result_json: str | None, conntrack_file: str | None, lag: float,
+            charts_dir: str | None, limit: int, fmt: str | None) -> None:
+    """Summarise AWS VPC Flow Logs; join node tuples to a NAT gateway's ports; measure the gateway's port use.
+
+    FILE may be text (AWS's default format, or a custom format named by its header line or --flow-log-format;
+    gzip is sniffed), a CloudWatch Logs export, Parquet (S3's Parquet delivery), or a directory of them. With
+    --captures, --result or --conntrack, each node-side tuple is joined to the gateway's public-side flow(s) with
+    its evidence: "flow log, unique candidate", "flow log, ambiguous: N candidates" or "no candidate" (and why).
+    """
+    from natproof.flowlogs import join_nat_gateway, node_tuples, node_tuples_from_conntrack, node_tuples_from_result
+    from natproof.flowlogs.gateway import gateway_interfaces
+    from natproof.flowlogs.ports import port_usage, port_usage_chart
+
+    flowlog_, gateways = read_flow_log_inputs(files, nat_gateways, flow_log_format)
+    tuples = []
+    if captures:
+        res = run_correlate(captures[0], captures[1], None, None, 1.0, True)
+        tuples.append(node_tuples_from_result(res))
+    if result_json:
+        tuples.append(_node_tuples_from_json(result_json))
+    if conntrack_file:
+        tuples.append(node_tuples_from_conntrack(_read_lines(conntrack_file), source=conntrack_file))
+    joined = None
+    if tuples:
+        if not gateways:
+            raise NatproofError("no NAT gateway given or found in the records (pkt-dstaddr): pass --nat-gateway "
+                                "PRIVATE=PUBLIC (aws ec2 describe-nat-gateways)")
+        rows = [r for t in tuples for r in t.drop("node_tuple").to_dicts()]
+        joined = join_nat_gateway(node_tuples(rows), flowlog_, gateways, lag_s=lag)
+    usage = port_usage(flowlog_, gateways)
+    ifaces = gateway_interfaces(flowlog_, gateways) if gateways else None
+    if charts_dir:
+        from natproof.report.charts import figure_bytes
+        from natproof.report.export import write_bytes
+
+        fig = port_usage_chart(usage)
+        if fig is not None:
+            Path(charts_dir).mkdir(parents=True, exist_ok=True)
+            for ext in ("png", "svg"):
+                write_bytes(Path(charts_dir) / f"nat_gateway_ports.{ext}", figure_bytes(fig, ext))
+            click.echo(f"natproof: wrote nat_gateway_ports.png and .svg to {charts_dir}", err=True)
+    summary = flowlog_.summary()
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        doc = {"schema": "natproof.flowlog/1", "summary": summary,
+               "nat_gateways": [{"private": g.private, "public": g.public} for g in gateways],
+               "gateway_interfaces": [] if ifaces is None else ifaces.to_dicts(),
+               "port_usage": usage.to_dict(),
+               "join": None if joined is None else joined.to_dicts()}
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    _print_flowlog(summary, gateways, ifaces, usage, joined, limit)
+
+
+def _node_tuples_from_json(path: str) -> object:
+    """The node-side tuples of a natproof.correlate/2 document: each connection started inside with a translated
+    tuple, timed by its first_seen/last_seen (on the inside clock, moved by the document's clock offset)."""
+    from natproof.flowlogs import node_tuples
+
+    try:
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise NatproofError(f"{path}: not a natproof JSON document ({exc})") from None
+    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("natproof.correlate/"):
+        raise NatproofError(f"{path}: not a natproof.correlate document (natproof correlate --format json)")
+    off = float(doc.get("summary", {}).get("clock_offset_s") or doc.get("clock_offset_s") or 0.0)
+    rows = []
+    for i, c in enumerate(doc.get("connections", [])):
+        t = c.get("translated") or c.get("outside")
+        if t is None or c.get("initiator", "inside") != "inside":
+            continue
+        rows.append({"proto": c["proto"], "src": t["src"], "sport": t["sport"], "dst": t["dst"], "dport": t["dport"],
+                     "first_ts_ns": int((c["first_seen"] + off) * 1e9), "last_ts_ns": int((c["last_seen"] + off) * 1e9),
+                     "source": f"{path} connection #{i}"})
+    return node_tuples(rows)
+
+
+def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object, joined: object, limit: int) -> None:
+    """The flowlog command's table format: files, records by interface/action/protocol, gateways, port use, join."""
+    from rich import box
+
+    def table(title: str, cols: tuple[str, ...]) -> Table:
+        t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+        numbers = ("lines", "records", "NODATA", "SKIPDATA", "packets", "bytes", "ports", "connections", "peak")
+        for c in cols:
+            wrap = c in ("why", "skipped")
+            t.add_column(c, no_wrap=not wrap, max_width=60 if wrap else None,
+                         justify="right" if c in numbers else "left")
+        return t
+
+    files = table("flow log files", ("file", "format", "fields", "lines", "records", "NODATA", "SKIPDATA", "skipped"))
+    for f in summary["files"]:
+        skipped = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in f["skipped"].items()) or "-"
+        files.add_row(f["path"], f["format"], f"{len(f['fields'])} from {f['fields_from']}", str(f["lines"]),
+                      str(f["records"]), str(f["nodata"]), str(f["skipdata"]), skipped)
+    _print_whole(files)
+    span = "-" if summary["first_start"] is None else (f"{_iso(summary['first_start'] * 10**9)} to "
+                                                       f"{_iso(summary['last_end'] * 10**9)}")
+    dupes = f" ({summary['duplicates']} more read twice, kept once)" if summary["duplicates"] else ""
+    click.echo(f"{summary['records']} records{dupes}, {summary['flows']} with traffic, {summary['nodata']} NODATA, "
+               f"{summary['skipdata']} SKIPDATA; {span}")
+    for key, title in (("by_interface", "interface"), ("by_action", "action"), ("by_protocol", "protocol")):
+        t = table(f"records by {title}", (title, "records", "packets", "bytes"))
+        for row in summary[key][:limit]:
+            t.add_row(str(row["value"] if row["value"] is not None else "-"), str(row["records"]),
+                      str(row["packets"]), str(row["bytes"]))
+        _print_whole(t)
+    if gateways:
+        found = {} if ifaces is None else {r["gateway_private"]: r["interface_id"]
+                                           for r in ifaces.iter_rows(named=True)}  # type: ignore[attr-defined]
+        for g in gateways:
+            where = f"interface {found[g.private]}" if g.private in found else "no record carries this address"
+            click.echo(f"NAT gateway {g.private} (public {g.public or 'not given'}): {where}")
+    groups = usage.groups  # type: ignore[attr-defined]
+    if not groups.is_empty():
+        t = table(f"NAT gateway ports in use per destination (AWS limit {usage.limit:,} per address)",  # type: ignore[attr-defined]
+                  ("gateway address", "proto", "destination", "ports", "connections", "peak", "of limit"))
+        for g in groups.head(limit).iter_rows(named=True):
+            t.add_row(g["gateway_address"], g["proto"], format_address(g["dst"], g["dport"]), str(g["ports"]),
+                      str(g["connections"]), str(g["peak"]), f"{g['share']:.3%}")
+        _print_whole(t)
+    for f in usage.findings():  # type: ignore[attr-defined]
+        click.echo(f"[{f.severity.upper()}] {f.title}\n  {f.summary}\n  fix: {f.fix}")
+    for note in usage.notes:  # type: ignore[attr-defined]
+        click.echo(f"note: {note}")
+    if joined is not None:
+        t = table("node tuples joined to the NAT gateway (flow log)",
+                  ("node tuple", "gateway public tuple", "evidence", "why"))
+        for r in joined.iter_rows(named=True):  # type: ignore[attr-defined]
+            public = ", ".join(format_address(g["gateway_public"] or g["gateway_private"], g["sport"])
+                               for g in r["gateway_tuples"]) or "-"
+            t.add_row(f"{r['proto']} {format_address(r['src'], r['sport'])} -> {format_address(r['dst'], r['dport'])}",
+                      public, r["evidence"], r["why"])
+        _print_whole(t)
 
 
 @cli.group()

@@ -1,0 +1,210 @@
+"""The flow-log observation point on captures/double-nat (a real-kernel run): the join against the gateway kernel's
+conntrack record, who from the gateway's public tuple to the pod, and the record generator's formats agreeing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import natproof
+from natproof.cli import main
+from natproof.flowlogs import (
+    EVIDENCE_NONE,
+    EVIDENCE_PACKETS,
+    EVIDENCE_UNIQUE,
+    evidence_ambiguous,
+    join_nat_gateway,
+    node_tuples,
+    node_tuples_from_conntrack,
+    node_tuples_from_result,
+    parse_nat_gateway,
+    read_flow_logs,
+)
+from natproof.flowlogs.who import who_via_gateway
+
+CASE = Path(__file__).resolve().parent.parent / "captures" / "double-nat"
+FLOWLOGS = CASE / "flowlogs"
+pytestmark = pytest.mark.skipif(not (FLOWLOGS / "custom.log").is_file(), reason="captures/double-nat not recorded")
+
+FORMS = {
+    "default.log.gz": {},
+    "custom.log": {},
+    "custom.parquet": {},
+    "cloudwatch.log": {"fields": "cloudwatch-format.txt"},
+}
+"""Each delivery form of the same records, with what reading it needs."""
+
+
+def gateway() -> natproof.flowlogs.NatGateway:
+    return parse_nat_gateway((CASE / "gateway" / "nat-gateway.txt").read_text())
+
+
+def read(form: str) -> natproof.flowlogs.FlowLog:
+    kw = {k: (FLOWLOGS / v).read_text() for k, v in FORMS[form].items()}
+    return read_flow_logs(FLOWLOGS / form, **kw)
+
+
+def gateway_truth() -> list[dict]:
+    return json.loads((CASE / "gateway" / "truth.json").read_text())["connections"]
+
+
+def truth_tuples() -> pl.DataFrame:
+    """The node tuples the gateway's kernel saw (its conntrack original tuples), untimed."""
+    return node_tuples([(c["proto"], c["inside"]["src"], c["inside"]["sport"], c["inside"]["dst"], c["inside"]["dport"])
+                        for c in gateway_truth()])
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_the_gateway_mapping_from_flow_logs_is_the_gateway_kernels(form: str) -> None:
+    truth = gateway_truth()
+    joined = join_nat_gateway(truth_tuples(), read(form), [gateway()]).to_dicts()
+    same_counts: dict[tuple, int] = {}
+    for c in truth:
+        key = (c["proto"], c["inside"]["dst"], c["inside"]["dport"])
+        same_counts[key] = same_counts.get(key, 0) + 1
+    for c, j in zip(truth, joined, strict=True):
+        public = (c["outside"]["src"], c["outside"]["sport"])
+        candidates = {(g["gateway_public"], g["sport"]) for g in j["gateway_tuples"]}
+        # The kernel's mapping is always among the candidates; unique ones are exactly it.
+        assert public in candidates, (c, j["why"])
+        if j["evidence"] == EVIDENCE_UNIQUE:
+            assert (j["gateway_public"], j["gateway_sport"]) == public
+        else:
+            assert j["evidence"] == evidence_ambiguous(len(candidates)) and j["gateway_sport"] is None
+    # The design: TCP connections differ in size (unique); the two same-sized datagrams in one interval do not.
+    evidence = {(j["proto"], j["src"]): j["evidence"] for j in joined}
+    assert {e for (p, _), e in evidence.items() if p == "tcp"} == {EVIDENCE_UNIQUE}
+    assert {e for (p, _), e in evidence.items() if p == "udp"} == {evidence_ambiguous(2)}
+    # The gateway rewrote the port one node had kept, and the flow log says which node got which.
+    rewritten = [j for j, c in zip(joined, truth, strict=True) if c["outside"]["sport"] != c["inside"]["sport"]
+                 and j["proto"] == "tcp"]
+    assert len(rewritten) == 1 and rewritten[0]["evidence"] == EVIDENCE_UNIQUE
+
+
+def test_node_tuples_from_the_nodes_own_record_and_captures_join_alike() -> None:
+    log = read("custom.log")
+    from_ct = node_tuples_from_conntrack((CASE / "conntrack.log").read_text().splitlines(), "node1")
+    result = natproof.correlate(CASE / "inside.pcap", CASE / "outside.pcap")
+    from_pcap = node_tuples_from_result(result)
+    a = join_nat_gateway(from_ct, log, [gateway()]).select("proto", "src", "sport", "evidence", "gateway_sport")
+    b = join_nat_gateway(from_pcap, log, [gateway()]).select("proto", "src", "sport", "evidence", "gateway_sport")
+    assert sorted(a.rows()) == sorted(b.rows()) and a.height == 5
+    # Timed tuples (first/last packet of node1's record) give the same answers as the untimed kernel tuples.
+    truth = {(c["proto"], c["inside"]["src"], c["inside"]["sport"]): c["outside"]["sport"] for c in gateway_truth()}
+    for proto, src, sport, evidence, gport in a.rows():
+        assert evidence in (EVIDENCE_UNIQUE, evidence_ambiguous(2))
+        assert gport in (None, truth[(proto, src, sport)])
+
+
+def test_who_walks_from_the_public_tuple_to_the_pod() -> None:
+    truth = gateway_truth()
+    node = json.loads((CASE / "truth.json").read_text())["connections"]
+    pods = {(c["outside"]["src"], c["outside"]["sport"], c["outside"]["dst"], c["outside"]["dport"]): c["inside"]
+            for c in node}
+    result = natproof.correlate(CASE / "inside.pcap", CASE / "outside.pcap")
+    log = read("custom.log")
+    for c in truth:
+        answer = who_via_gateway(log, [gateway()], c["outside"]["src"], c["outside"]["sport"], result=result)
+        assert answer.found
+        key = (c["inside"]["src"], c["inside"]["sport"], c["inside"]["dst"], c["inside"]["dport"])
+        (path,) = [p for p in answer.paths if (p.node["address"], p.node["port"]) == key[:2]]
+        if key in pods:  # node1: the captures close the chain to the pod, with packets
+            assert path.pod == {"address": pods[key]["src"], "port": pods[key]["sport"]}
+            assert path.hops[-1].evidence == EVIDENCE_PACKETS and path.missing == ()
+        else:  # node2: nobody captured it; the answer says which link is missing and what would close it
+            assert path.pod is None and [m.link for m in path.missing] == ["node -> pod"]
+            assert "10.0.1.11" in path.missing[0].close_with
+        assert len(answer.paths) == (2 if c["proto"] == "udp" else 1)
+
+
+def test_who_cli_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    c = next(c for c in gateway_truth() if c["proto"] == "tcp" and c["inside"]["src"] == "10.0.1.10")
+    public = f"{c['outside']['src']}:{c['outside']['sport']}"
+    common = ["--flow-log", str(FLOWLOGS / "default.log.gz"), "--nat-gateway", str(gateway()), "--format", "json"]
+    assert main(["who", public, str(CASE / "inside.pcap"), str(CASE / "outside.pcap"), *common]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (path,) = doc["paths"]
+    assert path["evidence"] == EVIDENCE_UNIQUE and path["pod"]["port"] == c["inside"]["sport"]
+    assert [h["observation_point"].split(" (")[0] for h in path["hops"]] == [
+        "far end", "NAT gateway public side", "NAT gateway private side", "node eth0", "pod side"]
+    # Without captures: the gateway hop alone, and the missing link named.
+    assert main(["who", public, *common]) == 0
+    (path,) = json.loads(capsys.readouterr().out)["paths"]
+    assert path["pod"] is None and path["missing"][0]["link"] == "node -> pod"
+    # With the node's conntrack record instead of captures: the kernel record closes it.
+    assert main(["who", public, *common, "--conntrack", str(CASE / "conntrack.log")]) == 0
+    (path,) = json.loads(capsys.readouterr().out)["paths"]
+    assert path["hops"][-1]["evidence"] == "kernel record" and path["pod"]["port"] == c["inside"]["sport"]
+    # A port the gateway never used then: exit 1, the first link named as missing.
+    assert main(["who", f"{c['outside']['src']}:9", *common]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["paths"] == [] and doc["missing"][0]["link"] == "far end -> NAT gateway"
+
+
+def test_who_cli_refuses_what_it_cannot_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--flow-log", str(FLOWLOGS / "custom.log"), "--nat-gateway", str(gateway())]
+    assert main(["who", "10.0.1.10:40000", *common]) == 2
+    assert "is not a --nat-gateway address" in capsys.readouterr().err
+    assert main(["who", "203.0.113.20:40000", str(CASE / "inside.pcap")]) == 2
+    assert "give both INSIDE and OUTSIDE" in capsys.readouterr().err
+    assert main(["who", "203.0.113.20:40000"]) == 2
+    assert "or --flow-log with --nat-gateway" in capsys.readouterr().err
+
+
+def test_who_on_a_node_tuple_adds_the_gateway_hop(capsys: pytest.CaptureFixture[str]) -> None:
+    c = next(c for c in gateway_truth() if c["proto"] == "tcp" and c["inside"]["src"] == "10.0.1.10")
+    node = f"{c['inside']['src']}:{c['inside']['sport']}"
+    assert main(["who", node, str(CASE / "inside.pcap"), str(CASE / "outside.pcap"), "--flow-log",
+                 str(FLOWLOGS / "custom.parquet"), "--nat-gateway", str(gateway()), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (hop,) = doc["nat_gateway_hops"]
+    assert hop["evidence"] == EVIDENCE_UNIQUE and hop["gateway_sport"] == c["outside"]["sport"]
+
+
+def test_flowlog_cli_joins_captures_result_and_conntrack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = tmp_path / "result.json"
+    assert main(["correlate", str(CASE / "inside.pcap"), str(CASE / "outside.pcap"), "-o", str(result),
+                 "--format", "json"]) == 0
+    capsys.readouterr()
+    answers = []
+    for extra in (["--captures", str(CASE / "inside.pcap"), str(CASE / "outside.pcap")], ["--result", str(result)],
+                  ["--conntrack", str(CASE / "conntrack.log")]):
+        assert main(["flowlog", str(FLOWLOGS / "custom.log"), "--nat-gateway", str(gateway()), *extra,
+                     "--format", "json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        answers.append(sorted((j["src"], j["sport"], j["evidence"], j["gateway_sport"]) for j in doc["join"]))
+        assert doc["gateway_interfaces"][0]["gateway_private"] == gateway().private
+    assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 5
+    assert main(["flowlog", str(FLOWLOGS / "custom.log"), "--result", str(CASE / "truth.json")]) == 2
+    assert "not a natproof.correlate document" in capsys.readouterr().err
+
+
+def test_the_generator_writes_one_set_of_records_in_every_form(tmp_path: Path) -> None:
+    from natproof.testing.flowlogs import CUSTOM_FORMAT, records_from_captures, write_parquet, write_text
+
+    records = records_from_captures(CASE / "gateway" / "inside.pcap", CASE / "gateway" / "outside.pcap",
+                                    gateway_private="10.0.1.1", gateway_public="203.0.113.20", vpc="10.0.1.0/24")
+    write_text(records, tmp_path / "a.log", CUSTOM_FORMAT)
+    write_parquet(records, tmp_path / "a.parquet", CUSTOM_FORMAT)
+    cols = ["srcaddr", "dstaddr", "srcport", "dstport", "protocol", "packets", "bytes", "start_s", "end_s",
+            "pkt_srcaddr", "pkt_dstaddr", "tcp_flags", "flow_direction", "traffic_path"]
+    text, parquet = (read_flow_logs(tmp_path / n).records.select(cols) for n in ("a.log", "a.parquet"))
+    assert text.equals(parquet) and text.equals(records.select(cols))
+    # The committed records are what the generator makes of the committed captures.
+    assert read("custom.log").records.select(cols).equals(text)
+    # Every packet of the gateway's two sides is in exactly one record, per direction of each side.
+    _, inside = natproof.load_packets(CASE / "gateway" / "inside.pcap")
+    ip4 = inside.filter((pl.col("ip_version") == 4) & pl.col("proto").is_in([6, 17]))
+    private_side = records.filter(pl.col("srcaddr").is_in(["10.0.1.10", "10.0.1.11"])
+                                  | pl.col("dstaddr").is_in(["10.0.1.10", "10.0.1.11"]))
+    assert private_side["packets"].sum() == ip4.height
+    assert private_side["bytes"].sum() == ip4["ip_len"].sum()
+
+
+def test_no_candidate_for_a_node_tuple_that_never_reached_the_gateway() -> None:
+    log = read("custom.log")
+    (j,) = join_nat_gateway(node_tuples([("tcp", "10.0.1.10", 1, "198.51.100.10", 80)]), log, [gateway()]).to_dicts()
+    assert j["evidence"] == EVIDENCE_NONE and j["why"].startswith("no record of tcp 10.0.1.10:1")
