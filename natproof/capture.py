@@ -53,8 +53,10 @@ class Record:
     """Bytes the packet had on the wire (larger than caplen when the snaplen cut it)."""
     linktype: int
     """LINKTYPE_ of the interface the packet was captured on."""
-    ifindex: int
-    """pcapng interface id (0 for classic pcap)."""
+    iface: int
+    """The file's interface the packet was captured on: its position among the pcapng Interface Description
+    Blocks of the whole file (sections counted in order; ``CaptureInfo.link_types`` and ``if_names`` are indexed
+    by it); 0 for classic pcap."""
     data: bytes
 
 
@@ -67,6 +69,9 @@ class CaptureInfo:
     """"pcap" or "pcapng", with "+gzip" when compressed."""
     link_types: list[int] = field(default_factory=list)
     """LINKTYPE_ of each interface, in file order (one for classic pcap)."""
+    if_names: list[str] = field(default_factory=list)
+    """pcapng ``if_name`` of each interface, in file order ("" where the block names none; [""] for classic
+    pcap, which names no interface)."""
     ts_precision_ns: int = 1_000
     records: int = 0
     first_ts_ns: int | None = None
@@ -78,6 +83,13 @@ class CaptureInfo:
     """Frames that are not part of any connection, by reason (non_ip, malformed, unsupported_link, ...)."""
     fallback_frames: int = 0
     """Frames the fast decoder (natproof.fastdecode) handed to the dpkt reference decoder; 0 on the dpkt path."""
+    interface_frames: Counter[tuple[int, int]] = field(default_factory=Counter)
+    """Records by the interface they were captured on, ``(iface, ifindex)``: ``iface`` as Record.iface, ``ifindex``
+    the Linux interface index a LINUX_SLL2 frame carries (``tcpdump -i any``), -1 for every other link type.
+    Filled by the decoders (natproof.packets, natproof.fastdecode), not by read_capture."""
+    interface_skipped: Counter[tuple[int, int, str]] = field(default_factory=Counter)
+    """``skipped`` by interface: ``(iface, ifindex, reason)``. Frames lost to a malformed pcapng block belong to no
+    interface and are only in ``skipped``."""
 
     @property
     def link_type(self) -> str:
@@ -184,6 +196,7 @@ def _iter_pcap(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
     # The upper 16 bits of the link-type field may carry FCS information (pcap-savefile(5)).
     linktype = network & 0x0FFFFFFF if network > 0xFFFF else network
     info.link_types = [linktype]
+    info.if_names = [""]
     info.ts_precision_ns = unit
     hdr = struct.Struct(endian + "IIII")
     off, end, frame = 24, len(buf), 0
@@ -226,12 +239,16 @@ def read_idb(buf: bytes | mmap.mmap, off: int, blen: int, endian: str, info: Cap
     body = off + 8
     linktype = struct.unpack_from(endian + "H", buf, body)[0]
     mul, div, tsoff = _TSRESOL_DEFAULT, 1, 0
+    name = ""
     for code, value in _options(buf, body + 8, off + blen - 4, endian):
         if code == 9 and value:
             mul, div = _tsresol_ns(value[0])
         elif code == 14 and len(value) == 8:
             tsoff = struct.unpack(endian + "q", value)[0]
+        elif code == 2:  # if_name, UTF-8 (pcapng spec 4.2); some writers end it with NULs
+            name = value.rstrip(b"\0").decode("utf-8", errors="replace")
     info.link_types.append(linktype)
+    info.if_names.append(name)
     info.ts_precision_ns = min(info.ts_precision_ns, max(1, mul // div))
     return linktype, mul, div, tsoff
 
@@ -254,8 +271,10 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
     end = len(buf)
     off, frame = 0, 0
     endian = "<"
-    # Interfaces of the current section: (linktype, mul, div, tsoffset_s)
+    # Interfaces of the current section: (linktype, mul, div, tsoffset_s); ``base`` is the file-wide number of
+    # the section's first one (interface ids restart at 0 in each section).
     ifaces: list[tuple[int, int, int, int]] = []
+    base = 0
     while off < end:
         if end - off < 12:
             info.warnings.append(f"last block truncated after frame {frame}; {frame} frames used")
@@ -267,6 +286,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
                 return
             endian = order
             ifaces = []
+            base = len(info.link_types)
         btype, blen = struct.unpack_from(endian + "II", buf, off)
         if blen < 12 or blen % 4 or off + blen > end:
             if frame == 0 and btype_raw == PCAPNG_SHB and off + blen > end:
@@ -294,7 +314,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             ticks = (ts_hi << 32) | ts_lo
             ts_ns = ticks * mul // div + tsoff * 1_000_000_000
             start = body + 20
-            yield _note(info, Record(frame, ts_ns, caplen, max(wire_len, caplen), linktype, iface,
+            yield _note(info, Record(frame, ts_ns, caplen, max(wire_len, caplen), linktype, base + iface,
                                      bytes(buf[start:start + caplen])))
         elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
             frame += 1
@@ -304,7 +324,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
                 wire_len = struct.unpack_from(endian + "I", buf, body)[0]
                 caplen = min(wire_len, blen - 16)
                 ts_ns = info.last_ts_ns or 0
-                yield _note(info, Record(frame, ts_ns, caplen, wire_len, ifaces[0][0], 0,
+                yield _note(info, Record(frame, ts_ns, caplen, wire_len, ifaces[0][0], base,
                                          bytes(buf[body + 4:body + 4 + caplen])))
         off += blen
     if frame == 0 and not ifaces and not info.link_types:

@@ -10,7 +10,7 @@ import xxhash
 
 # Field order of a decoded row; packets.PACKET_SCHEMA gives each its type.
 FIELDS: tuple[str, ...] = (
-    "frame_no", "ts_ns", "wire_len", "caplen", "ifindex",
+    "frame_no", "ts_ns", "wire_len", "caplen", "iface", "ifindex",
     "ip_version", "src", "dst", "proto", "sport", "dport",
     "ip_id", "ttl", "ip_len",
     "tcp_seq", "tcp_ack", "tcp_flags", "tcp_win",
@@ -43,6 +43,14 @@ class Skip(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def sll2_ifindex(linktype: int, data: bytes) -> int:
+    """The Linux interface index a LINUX_SLL2 frame carries (``tcpdump -i any``); -1 for other link types and for
+    a frame too short to hold the header."""
+    if linktype != 276 or len(data) < 20:
+        return -1
+    return int(struct.unpack_from("!i", data, 4)[0])
 
 
 def link_payload(linktype: int, data: bytes) -> tuple[int, bytes, int]:
@@ -98,8 +106,9 @@ def _addr(version: int, raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
 
 
-def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int, data: bytes) -> tuple:
-    """Decode one frame into a row ordered as FIELDS, or raise Skip with the reason."""
+def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int, data: bytes, iface: int = 0) -> tuple:
+    """Decode one frame into a row ordered as FIELDS, or raise Skip with the reason. ``iface`` is the file's
+    interface it was captured on (Record.iface), carried into the row as it is."""
     version, ipb, ifindex = link_payload(linktype, data)
     try:
         if version == 4:
@@ -174,7 +183,7 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
         raise Skip("other_proto")
     head = xxhash.xxh3_64_intdigest(payload[:HEAD_DIGEST_BYTES]) if payload else None
     return (
-        frame_no, ts_ns, wire_len, caplen, ifindex,
+        frame_no, ts_ns, wire_len, caplen, iface, ifindex,
         version, src, dst, proto, sport, dport,
         ip_id, ttl, ip_len,
         tcp_seq, tcp_ack, tcp_flags, tcp_win,

@@ -12,6 +12,7 @@ import struct
 import sys
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -29,7 +30,7 @@ from natproof.capture import (
     open_section,
     read_idb,
 )
-from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode
+from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode, sll2_ifindex
 from natproof.errors import CaptureError
 from natproof.memory import trim
 
@@ -65,6 +66,8 @@ class _Chunk:
     """Original length as stored (truncated_records compares caplen with it)."""
     ts_ns: np.ndarray
     linktype: np.ndarray
+    iface: np.ndarray
+    """The file's interface of each record (capture.Record.iface)."""
     resume_off: int
     """File offset where the next chunk starts; bytes before it are no longer needed."""
 
@@ -182,6 +185,7 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
     network = struct.unpack_from(endian + "I", buf, 20)[0]
     linktype = network & 0x0FFFFFFF if network > 0xFFFF else network
     info.link_types = [linktype]
+    info.if_names = [""]
     info.ts_precision_ns = unit
     caplen_at = struct.Struct(endian + "8xI").unpack_from
     off, frame = 24, 0
@@ -214,7 +218,7 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
         yield _Chunk(
             frame_no=np.arange(frame + 1, frame + n + 1, dtype=np.int64), data_off=o + 16, caplen=cap,
             wire_len=np.maximum(wire, cap), orig_wire=wire, ts_ns=sec * 1_000_000_000 + frac * unit,
-            linktype=np.full(n, linktype, dtype=np.int64), resume_off=off,
+            linktype=np.full(n, linktype, dtype=np.int64), iface=np.zeros(n, dtype=np.int64), resume_off=off,
         )
         frame += n
         if done:
@@ -228,6 +232,8 @@ class _Section:
     start: int
     endian: str
     ifaces: tuple[tuple[int, int, int, int], ...]
+    base: int = 0
+    """File-wide number of the section's first interface (see capture.Record.iface)."""
 
 
 def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator[_Chunk]:
@@ -237,6 +243,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
     off, frame = 0, 0
     endian = "<"
     ifaces: list[tuple[int, int, int, int]] = []
+    base = 0
     pair = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
     last_ts: int | None = None
     finished = False
@@ -246,7 +253,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
         offs: list[int] = []
         ap = offs.append
         specials: list[tuple[int, int, int, int, int, int] | None] = []
-        sections = [_Section(0, endian, tuple(ifaces))]
+        sections = [_Section(0, endian, tuple(ifaces), base)]
         unpack = pair[endian]
         while off < stop:
             if end - off < 12:
@@ -266,8 +273,9 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                     break
                 endian = order
                 ifaces = []
+                base = len(info.link_types)
                 unpack = pair[endian]
-                sections.append(_Section(len(offs), endian, ()))
+                sections.append(_Section(len(offs), endian, (), base))
                 btype, blen = unpack(buf, off)
             if blen < 12 or blen % 4 or off + blen > end:
                 if frame == 0 and btype == _SHB_TYPE and off + blen > end:
@@ -282,7 +290,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                 continue
             if btype == 1:
                 ifaces.append(read_idb(buf, off, blen, endian, info))
-                sections.append(_Section(len(offs), endian, tuple(ifaces)))
+                sections.append(_Section(len(offs), endian, tuple(ifaces), base))
             elif btype == 6:
                 ap(off)
                 frame += 1
@@ -295,7 +303,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                 else:
                     lt, mul, div, tsoff = ifaces[iface]
                     ts = ((ts_hi << 32) | ts_lo) * mul // div + tsoff * 1_000_000_000
-                    specials.append((body + 20, caplen, wire, ts, lt, iface))
+                    specials.append((body + 20, caplen, wire, ts, lt, base + iface))
             elif btype == 3:
                 frame += 1
                 ap(-1 - len(specials))
@@ -304,7 +312,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
                 else:
                     wire = struct.unpack_from(endian + "I", buf, body)[0]
                     caplen = min(wire, blen - 16)
-                    specials.append((body + 4, caplen, wire, _SPB_PREVIOUS_TS, ifaces[0][0], 0))
+                    specials.append((body + 4, caplen, wire, _SPB_PREVIOUS_TS, ifaces[0][0], base))
             off += blen
         else:
             finished = off >= end
@@ -323,6 +331,7 @@ def _pcapng_chunk(buf: mmap.mmap, info: CaptureInfo, offs: list[int], specials: 
     wire = np.zeros(n, dtype=np.int64)
     ts = np.zeros(n, dtype=np.int64)
     lt = np.zeros(n, dtype=np.int64)
+    ifc = np.zeros(n, dtype=np.int64)
     ok = np.zeros(n, dtype=bool)
     bounds = [s.start for s in sections[1:]] + [n]
     for sec, stop in zip(sections, bounds, strict=True):
@@ -344,6 +353,7 @@ def _pcapng_chunk(buf: mmap.mmap, info: CaptureInfo, offs: list[int], specials: 
         table = np.array(sec.ifaces, dtype=object)
         idx = np.where(good, iface, -1)
         lt[part] = np.where(good, table[np.maximum(idx, 0), 0].astype(np.int64), 0)
+        ifc[part] = np.where(good, iface + sec.base, 0)
         ts[part] = _ticks_to_ns(ts_hi, ts_lo, idx, sec.ifaces)
     spb: list[int] = []
     for i in np.nonzero(o < 0)[0].tolist():
@@ -351,7 +361,7 @@ def _pcapng_chunk(buf: mmap.mmap, info: CaptureInfo, offs: list[int], specials: 
         if rec is None:
             continue
         ok[i] = True
-        data_off[i], cap[i], wire[i], t, lt[i], _ = rec
+        data_off[i], cap[i], wire[i], t, lt[i], ifc[i] = rec
         if t == _SPB_PREVIOUS_TS:
             spb.append(i)
         else:
@@ -374,7 +384,7 @@ def _pcapng_chunk(buf: mmap.mmap, info: CaptureInfo, offs: list[int], specials: 
         last_ts = int(ts[sel[-1]])
     return _Chunk(frame_no=frame_no[sel], data_off=data_off[sel], caplen=cap[sel],
                   wire_len=np.maximum(wire[sel], cap[sel]), orig_wire=wire[sel], ts_ns=ts[sel], linktype=lt[sel],
-                  resume_off=resume), last_ts
+                  iface=ifc[sel], resume_off=resume), last_ts
 
 
 def _ticks_to_ns(hi: np.ndarray, lo: np.ndarray, iface: np.ndarray,
@@ -469,6 +479,20 @@ class _Addresses:
                 t = cache6[u] = socket.inet_ntop(socket.AF_INET6, u)
             texts6.append(t)
         return out.scatter(rows6, pl.Series(texts6, dtype=pl.Categorical).gather(inv6.ravel()))
+
+
+def _where(iface: np.ndarray, ifindex: np.ndarray) -> np.ndarray:
+    """(iface, ifindex) of each record as one int64: iface in the high 32 bits, ifindex's 32 bits below."""
+    return (iface.astype(np.int64) << 32) | (ifindex.astype(np.int64) & 0xFFFFFFFF)
+
+
+def _count_where(counter: Counter, where: np.ndarray, reason: str | None) -> None:
+    """Add each distinct _where value's count to ``counter`` as (iface, ifindex) or (iface, ifindex, reason)."""
+    values, counts = np.unique(where, return_counts=True)
+    for v, n in zip(values.tolist(), counts.tolist(), strict=True):
+        ifindex = v & 0xFFFFFFFF
+        key = (v >> 32, ifindex - (1 << 32) if ifindex >= 1 << 31 else ifindex)
+        counter[key if reason is None else (*key, reason)] += n
 
 
 def _masked(values: np.ndarray, valid: np.ndarray | None, dtype: type) -> np.ndarray:
@@ -572,16 +596,20 @@ class _ChunkDecoder:
         slow[fast_rows] = False
         slow &= ~skip_nonip & ~skip_frag
         info = self.info
+        where = _where(ch.iface, ifindex)
+        _count_where(info.interface_frames, where, None)
         if skip_nonip.any():
             info.skipped["non_ip"] += int(skip_nonip.sum())
+            _count_where(info.interface_skipped, where[skip_nonip], "non_ip")
         if skip_frag.any():
             info.skipped["ip_fragment"] += int(skip_frag.sum())
+            _count_where(info.interface_skipped, where[skip_frag], "ip_fragment")
 
         frames: list[pl.DataFrame] = []
         if len(fast_rows):
             frames.append(self._fast_frame(ch, fast_rows, hdr[fast], l4[fast], is4[fast], proto[fast], typ[fast],
                                            req[fast], tcp[fast], echo[fast], doff[fast], seg[fast], ip_len[fast],
-                                           hl[fast], starts[fast], ifindex[fast_rows]))
+                                           hl[fast], starts[fast], ch.iface[fast_rows], ifindex[fast_rows]))
         slow_rows = np.nonzero(slow)[0]
         if len(slow_rows):
             info.fallback_frames += len(slow_rows)
@@ -597,7 +625,7 @@ class _ChunkDecoder:
     def _fast_frame(self, ch: _Chunk, r: np.ndarray, hdr: np.ndarray, l4: np.ndarray, is4: np.ndarray,
                     proto: np.ndarray, typ: np.ndarray, req: np.ndarray, tcp: np.ndarray, echo: np.ndarray,
                     doff: np.ndarray, seg: np.ndarray, ip_len: np.ndarray, hl: np.ndarray, l3: np.ndarray,
-                    ifindex: np.ndarray) -> pl.DataFrame:
+                    iface: np.ndarray, ifindex: np.ndarray) -> pl.DataFrame:
         p1, p2 = _u(l4, 0, 2), _u(l4, 2, 2)
         icmp_id, icmp_seq = _u(l4, 4, 2), _u(l4, 6, 2)
         is_req = typ == req
@@ -623,6 +651,7 @@ class _ChunkDecoder:
             "ts_ns": ch.ts_ns[r],
             "wire_len": ch.wire_len[r].astype(np.uint32),
             "caplen": ch.caplen[r].astype(np.uint32),
+            "iface": iface.astype(np.uint32),
             "ifindex": ifindex.astype(np.int32),
             "ip_version": np.where(is4, 4, 6).astype(np.uint8),
             "src": src,
@@ -678,15 +707,20 @@ class _ChunkDecoder:
         out: list[tuple] = []
         skipped = self.info.skipped
         buf = self.buf
+        on_if = self.info.interface_skipped
         cols = (ch.frame_no[rows].tolist(), ch.ts_ns[rows].tolist(), ch.wire_len[rows].tolist(),
-                ch.caplen[rows].tolist(), ch.linktype[rows].tolist(), ch.data_off[rows].tolist())
-        for frame_no, ts, wire, cap, lt, off in zip(*cols, strict=True):
+                ch.caplen[rows].tolist(), ch.linktype[rows].tolist(), ch.data_off[rows].tolist(),
+                ch.iface[rows].tolist())
+        for frame_no, ts, wire, cap, lt, off, iface in zip(*cols, strict=True):
+            data = buf[off:off + cap]
             try:
-                out.append(decode(frame_no, ts, wire, cap, lt, buf[off:off + cap]))
+                out.append(decode(frame_no, ts, wire, cap, lt, data, iface))
             except Skip as skip:
                 skipped[skip.reason] += 1
+                on_if[(iface, sll2_ifindex(lt, data), skip.reason)] += 1
             except Exception:  # noqa: BLE001 - a malformed packet is counted, never fatal
                 skipped["malformed"] += 1
+                on_if[(iface, sll2_ifindex(lt, data), "malformed")] += 1
         if not out:
             return None
         from natproof.packets import PACKET_SCHEMA

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, CaptureInfo, Record, read_capture
-from natproof.decode import FIELDS, Skip, decode
+from natproof.decode import FIELDS, Skip, decode, sll2_ifindex
 from natproof.errors import CaptureError
 
 PACKET_SCHEMA: dict[str, pl.DataType] = {
@@ -16,6 +16,7 @@ PACKET_SCHEMA: dict[str, pl.DataType] = {
     "ts_ns": pl.Int64(),
     "wire_len": pl.UInt32(),
     "caplen": pl.UInt32(),
+    "iface": pl.UInt32(),
     "ifindex": pl.Int32(),
     "ip_version": pl.UInt8(),
     "src": pl.Categorical(),
@@ -45,6 +46,10 @@ PACKET_SCHEMA: dict[str, pl.DataType] = {
     "icmp_mtu": pl.UInt32(),
 }
 assert tuple(PACKET_SCHEMA) == FIELDS
+"""Every column of a decoded packet. ``iface`` and ``ifindex`` say which interface it was captured on: ``iface`` the
+file's interface (Record.iface: the pcapng interface block, 0 for classic pcap), ``ifindex`` the Linux interface
+index of a LINUX_SLL2 frame (``tcpdump -i any``), -1 for other link types. CaptureInfo names the first
+(``if_names``); natproof.points names both (an SLL2 index from ``ip -o link`` output, else ``if<N>``)."""
 
 Progress = Callable[[int], None]
 """Called with the number of file bytes (record headers and data) decoded since the last call."""
@@ -58,15 +63,20 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
     rows: list[tuple] = []
     append = rows.append
     skipped = info.skipped
+    on_if, skipped_on_if = info.interface_frames, info.interface_skipped
     n = 0
     done = 0
     for rec in records:
+        where = (rec.iface, sll2_ifindex(rec.linktype, rec.data))
+        on_if[where] += 1
         try:
-            append(decode(rec.frame_no, rec.ts_ns, rec.wire_len, rec.caplen, rec.linktype, rec.data))
+            append(decode(rec.frame_no, rec.ts_ns, rec.wire_len, rec.caplen, rec.linktype, rec.data, rec.iface))
         except Skip as skip:
             skipped[skip.reason] += 1
+            skipped_on_if[(*where, skip.reason)] += 1
         except Exception:  # noqa: BLE001 - a malformed packet is counted, never fatal
             skipped["malformed"] += 1
+            skipped_on_if[(*where, "malformed")] += 1
         n += 1
         done += rec.caplen + 16
         if progress is not None and n == 4096:

@@ -59,8 +59,8 @@ def test_pcapng_interfaces_keep_their_own_link_type_and_resolution(tmp_path: Pat
     data = pcapng([(1, None), (101, 9)], [(0, T0 // 1000, FRAME), (1, T0, raw)])
     info, recs = read_capture(write(tmp_path, data, "c.pcapng"))
     a, b = list(recs)
-    assert (a.linktype, a.ts_ns, a.ifindex) == (1, T0 // 1000 * 1000, 0)
-    assert (b.linktype, b.ts_ns, b.ifindex) == (101, T0, 1)
+    assert (a.linktype, a.ts_ns, a.iface) == (1, T0 // 1000 * 1000, 0)
+    assert (b.linktype, b.ts_ns, b.iface) == (101, T0, 1)
     assert info.link_types == [1, 101]
     assert info.link_type == "EN10MB,RAW"
 

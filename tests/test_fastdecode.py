@@ -29,7 +29,8 @@ BUNDLED = sorted(p for p in CAPTURES.glob("*/*.pcap*") if p.name.startswith(("in
 
 def _info(info: CaptureInfo) -> tuple:
     return (info.path, info.format, info.link_types, info.ts_precision_ns, info.records, info.first_ts_ns,
-            info.last_ts_ns, info.truncated_records, info.warnings, dict(info.skipped))
+            info.last_ts_ns, info.truncated_records, info.warnings, dict(info.skipped), info.if_names,
+            dict(info.interface_frames), dict(info.interface_skipped))
 
 
 def assert_same(path: Path | str, chunk_bytes: int | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
