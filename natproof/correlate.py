@@ -6,7 +6,7 @@ import dataclasses
 import filecmp
 import ipaddress
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -28,6 +28,17 @@ from natproof.names import Names, apply_names
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
+from natproof.points import (
+    Interface,
+    Link,
+    ObservationPoint,
+    choose_point,
+    choose_points,
+    parse_names,
+    point_info,
+    read_links,
+    split,
+)
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,14 +51,15 @@ def _fmt_time(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S")
 
 
-DECODE_COLUMNS = ("frame_no", "ts_ns", "proto", "src", "dst", "sport", "dport", "ip_id", "ttl", "tcp_seq", "tcp_ack",
-                  "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code", "icmp_seq",
-                  "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu")
+DECODE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "src", "dst", "sport", "dport", "ip_id", "ttl",
+                  "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code",
+                  "icmp_seq", "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
-FEATURE_COLUMNS = ("frame_no", "ts_ns", "proto", "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type",
-                   "icmp_code", "icmp_mtu", "payload_len", "head_digest")
-"""Decoded columns kept as they are; the rest are read once into the flow columns and the signature."""
+FEATURE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "ip_id", "ttl", "tcp_seq", "tcp_ack",
+                   "tcp_flags", "icmp_type", "icmp_code", "icmp_mtu", "payload_len", "head_digest")
+"""Decoded columns kept as they are; the rest are read once into the flow columns and the signature. (iface and
+ifindex are dropped once the packets are split into observation points: natproof.points.)"""
 
 
 def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
@@ -71,14 +83,60 @@ until the Result is made."""
 class _Side:
     info: CaptureInfo
     networks: tuple[Network, ...]
+    point: ObservationPoint | None = None
+    interfaces: tuple[Interface, ...] = ()
+
+
+def _load(path: str | os.PathLike[str], progress: Callable[[int], None] | None,
+          fast: bool | None) -> tuple[CaptureInfo, pl.DataFrame]:
+    return load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
 
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
                   timeouts: IdleTimeouts | None, inside: bool, pod_cidr: str | Sequence[str] | None,
-                  services: Services) -> tuple[_Side, dict[str, pl.DataFrame]]:
-    """Decode, group and key one capture. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS; ``row``
-    indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
-    info, pk = load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
+                  services: Services, if_names: Sequence[str] = (),
+                  links: Mapping[int, Link] | None = None) -> tuple[_Side, dict[str, pl.DataFrame]]:
+    """Decode one capture given for one side, keep its observation point (natproof.points.choose_point: the whole
+    file, or the interfaces ``if_names`` gives or natproof chooses) and prepare it (see _prepare_point)."""
+    info, pk = _load(path, progress, fast)
+    role = "inside" if inside else "outside"
+    point, interfaces = choose_point(role, info, pk, names=if_names, links=links,
+                                     pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
+                                     service_networks=services.networks)
+    pk, copies = split(pk, point)
+    side, frames = _prepare_point(pk, point_info(info, point), copies, timeouts=timeouts, inside=inside,
+                                  pod_cidr=pod_cidr, services=services)
+    return dataclasses.replace(side, point=point, interfaces=interfaces), frames
+
+
+def _prepare_one_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
+                      timeouts: IdleTimeouts | None, pod_cidr: str | Sequence[str] | None, services: Services,
+                      inside_if: Sequence[str], outside_if: Sequence[str], links: Mapping[int, Link] | None,
+                      ) -> list[tuple[_Side, dict[str, pl.DataFrame]]]:
+    """Decode one capture of several interfaces once, choose both observation points in it
+    (natproof.points.choose_points) and prepare each."""
+    info, pk = _load(path, progress, fast)
+    plan = choose_points(info, pk, inside_if=inside_if, outside_if=outside_if, links=links,
+                         pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
+                         service_networks=services.networks)
+    out = []
+    for point, first in ((plan.inside, True), (plan.outside, False)):
+        part, copies = split(pk, point)
+        side, frames = _prepare_point(part, point_info(info, point, first=first), copies, timeouts=timeouts,
+                                      inside=first, pod_cidr=pod_cidr, services=services)
+        out.append((dataclasses.replace(side, point=point, interfaces=plan.interfaces), frames))
+        del part
+    return out
+
+
+def _prepare_point(pk: pl.DataFrame, info: CaptureInfo, interface_copies: int, *, timeouts: IdleTimeouts | None,
+                   inside: bool, pod_cidr: str | Sequence[str] | None,
+                   services: Services) -> tuple[_Side, dict[str, pl.DataFrame]]:
+    """Group and key one observation point's packets. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS;
+    ``row`` indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
+    pk = pk.drop("iface", "ifindex")
+    if interface_copies:
+        info.skipped["interface_copy"] += interface_copies
     pk, never = split_never_forwarded(pk)
     info.skipped.update(never)
     pk, copies = drop_duplicates(pk)
@@ -111,8 +169,11 @@ def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services:
 
 def correlate(
     inside: str | os.PathLike[str],
-    outside: str | os.PathLike[str],
+    outside: str | os.PathLike[str] | None = None,
     *,
+    inside_if: str | Sequence[str] | None = None,
+    outside_if: str | Sequence[str] | None = None,
+    interfaces: str | os.PathLike[str] | Mapping[int, str] | None = None,
     pod_cidr: str | Sequence[str] | None = None,
     clock_offset_s: float | None = None,
     tolerance_s: float = 1.0,
@@ -123,12 +184,29 @@ def correlate(
     allow_swap: bool = False,
     names: Names | None = None,
 ) -> Result:
-    """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
+    """Prove each connection's NAT mapping from an inside (pod side) and an outside observation point.
+
+    Two shapes. ``correlate(inside, outside)``: two capture files, one per side of the NAT. ``correlate(capture)``
+    (``outside=None``): one capture of several interfaces, a ``tcpdump -i any`` file (LINUX_SLL2, an interface
+    index per packet) or a pcapng with an interface block per interface (dumpcap with several ``-i``), split into
+    the two points there. ``inside_if`` / ``outside_if`` (a name, a comma-separated list, or a sequence of names;
+    ``if<N>`` for an unnamed SLL2 index N, ``idb<N>`` for an unnamed pcapng interface N) say which interfaces make
+    each point; in the two-file form they apply within that side's file when it holds several interfaces. What
+    is not given is chosen by natproof.points: where connections cross the NAT between interfaces (the first
+    packet seen with the TTL one lower on the far side), then the interface names (veth*, cni0, cali*, lxc*,
+    eni* ... for the inside, eth*, ens* ... for the outside); of a bridge and its ports, which hold the same
+    packets, one is kept (the ports). ``interfaces`` names SLL2 indexes: a file of ``ip -o link`` output (or
+    ``ip -j link``), or a mapping {index: name}; without it they are ``if<N>``. ``result.inside`` /
+    ``result.outside`` say which interfaces each point is and why, ``result.interfaces`` every interface of the
+    file(s) and what became of it. Each packet counts once per point: a copy under the same tuple on another of
+    the point's interfaces (pod to pod, both veths) is skipped as ``interface_copy``.
 
     ``pod_cidr`` names the pod network (destinations in it are ``internal``); by default it is inferred
     from the inside capture. ``clock_offset_s`` (outside minus inside) is estimated when not given.
     Raises :class:`~natproof.errors.CaptureError` for an unusable file and
-    :class:`~natproof.errors.InputError` for captures that cannot be used together.
+    :class:`~natproof.errors.InputError` for captures that cannot be used together, a single file with one
+    interface, an unknown interface name, an ``interfaces`` file that is not ``ip -o link`` output, or a single
+    file whose inside or outside natproof cannot tell (the message names the interfaces and the option to use).
     ``decoder`` picks the packet decoder: "auto" or "fast" (columnar), or "dpkt" (the reference); the
     result is the same. ``services`` says how Kubernetes Services are recognised (ClusterIP network, NodePort
     range; kube-apiserver's defaults when None). Captures that look given in the wrong order (see
@@ -142,15 +220,24 @@ def correlate(
     fast = decoder_flag(decoder)
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
-    _check_distinct(inside, outside)
-    cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
-           for label, path in (("inside", inside), ("outside", outside))]
-    # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
-    # are large; then the two meet in matching.
+    links = read_links(interfaces) if interfaces is not None else None
+    in_names, out_names = parse_names(inside_if), parse_names(outside_if)
     services = services or Services()
-    (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, timeouts=timeouts,
-                                   pod_cidr=pod_cidr, services=services,
-                                   each=[{"inside": True}, {"inside": False}])
+    if outside is None:
+        cb = progress(f"capture: {os.fspath(inside)}", _size(inside)) if progress else None
+        (ins, a), (outs, b) = _prepare_one_file(inside, cb, fast=fast, timeouts=timeouts, pod_cidr=pod_cidr,
+                                                services=services, inside_if=in_names, outside_if=out_names,
+                                                links=links)
+    else:
+        _check_distinct(inside, outside)
+        cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
+               for label, path in (("inside", inside), ("outside", outside))]
+        # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
+        # are large; then the two meet in matching.
+        (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, timeouts=timeouts,
+                                       pod_cidr=pod_cidr, services=services, links=links,
+                                       each=[{"inside": True, "if_names": in_names},
+                                             {"inside": False, "if_names": out_names}])
     in_pk, in_conns, in_match = a["packets"], a["connections"], a["match"]
     out_pk, out_conns, out_match = b["packets"], b["connections"], b["match"]
     if pod_cidr:
@@ -174,16 +261,27 @@ def correlate(
                                .then(pl.lit("not_captured")).otherwise(pl.col("verdict")).alias("verdict"))
     swapped = looks_swapped(conns, services)
     if swapped:
-        if not allow_swap:
-            raise InputError(
-                f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
-                f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
-        result = correlate(outside, inside, pod_cidr=pod_cidr,
-                           clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
-                           tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
-                           services=services, names=names)
-        note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked swapped "
-                f"({swapped}), so natproof swapped them")
+        again = dict(pod_cidr=pod_cidr, clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
+                     tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
+                     services=services, names=names, interfaces=links and {k: v.name for k, v in links.items()})
+        if outside is None:
+            assert ins.point is not None and outs.point is not None
+            in_ifs, out_ifs = ",".join(ins.point.names), ",".join(outs.point.names)
+            if not allow_swap:
+                raise InputError(f"{os.fspath(inside)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
+                                 f"{swapped}; pass --inside-if {out_ifs} --outside-if {in_ifs} (or --allow-swap)")
+            result = correlate(inside, None, inside_if=out_ifs, outside_if=in_ifs, **again)  # type: ignore[arg-type]
+            note = (f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), so natproof swapped "
+                    "them")
+        else:
+            if not allow_swap:
+                raise InputError(
+                    f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
+                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
+            result = correlate(outside, inside, inside_if=out_names, outside_if=in_names,
+                               **again)  # type: ignore[arg-type]
+            note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked swapped "
+                    f"({swapped}), so natproof swapped them")
         return dataclasses.replace(result, inside=dataclasses.replace(
             result.inside, warnings=(*result.inside.warnings, note)))
     in_pk, out_pk = _with_icmp(in_pk, a["icmp"]), _with_icmp(out_pk, b["icmp"])
@@ -196,8 +294,9 @@ def correlate(
     internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
     unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
     return apply_names(Result(
-        inside=CaptureSummary.from_info(ins.info, in_pk.height),
-        outside=CaptureSummary.from_info(outs.info, out_pk.height),
+        inside=CaptureSummary.from_info(ins.info, in_pk.height, ins.point),
+        outside=CaptureSummary.from_info(outs.info, out_pk.height, outs.point),
+        interfaces=ins.interfaces if outside is None else (*ins.interfaces, *outs.interfaces),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
         pod_networks=tuple(str(n) for n in nets),
         pod_networks_why=why,

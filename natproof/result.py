@@ -10,6 +10,7 @@ import polars as pl
 
 from natproof.assemble import FATES
 from natproof.capture import CaptureInfo
+from natproof.points import Interface, ObservationPoint
 from natproof.verdicts import V1_VERDICTS, Verdict
 
 SCHEMA = "natproof.correlate/2"
@@ -86,14 +87,14 @@ side started the connection. DNAT-only connections (NodePort with externalTraffi
 
 @dataclass(frozen=True)
 class CaptureSummary:
-    """What natproof read from one capture file."""
+    """What natproof read at one observation point: a capture file, or some interfaces of one (natproof.points)."""
 
     path: str
     format: str
     link_type: str
     """libpcap link-type name(s), e.g. EN10MB or LINUX_SLL2."""
     records: int
-    """Packet records in the file (frames)."""
+    """Packet records in the file (frames); of a point that is some of a file's interfaces, the frames on those."""
     packets: int
     """IP packets that belong to a connection."""
     first_ts_ns: int
@@ -101,13 +102,21 @@ class CaptureSummary:
     skipped: dict[str, int]
     """Frames left out of every connection, by reason (non_ip, icmp_other, malformed, ...)."""
     warnings: tuple[str, ...]
+    interfaces: tuple[str, ...] = ()
+    """Names of the interfaces this point is (natproof.points.Interface.name); () for a file with one unnamed
+    interface (a classic pcap of one interface)."""
+    chosen: str = "file"
+    """How: "file" (the whole file, one interface), "given" (--inside-if / --outside-if) or "chosen" by natproof."""
+    why: str = "the whole file (one interface)"
+    """Why these interfaces, in a sentence (natproof.points.ObservationPoint.why)."""
 
     @classmethod
-    def from_info(cls, info: CaptureInfo, packets: int) -> CaptureSummary:
+    def from_info(cls, info: CaptureInfo, packets: int, point: ObservationPoint | None = None) -> CaptureSummary:
+        where = {} if point is None else {"interfaces": point.names, "chosen": point.how, "why": point.why}
         return cls(
             path=info.path, format=info.format, link_type=info.link_type, records=info.records,
             packets=packets, first_ts_ns=info.first_ts_ns or 0, last_ts_ns=info.last_ts_ns or 0,
-            skipped=dict(sorted(info.skipped.items())), warnings=tuple(info.warnings),
+            skipped=dict(sorted(info.skipped.items())), warnings=tuple(info.warnings), **where,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +124,7 @@ class CaptureSummary:
             "path": self.path, "packets": self.records, "link_type": self.link_type,
             "first_ts": _secs(self.first_ts_ns), "last_ts": _secs(self.last_ts_ns),
             "format": self.format, "ip_packets": self.packets, "skipped": self.skipped,
+            "interfaces": list(self.interfaces), "chosen": self.chosen, "why": self.why,
         }
 
 
@@ -154,6 +164,14 @@ class Result:
     """When the connections were named (natproof.names; then ``connections`` has NAME_SCHEMA's columns too): the
     files the names came from ("sources"), how many pods and Services they held, and the addresses whose pod stays
     ambiguous ("ambiguous": address, candidates, why, connections). None when not named."""
+    interfaces: tuple[Interface, ...] = ()
+    """Every interface of the capture file(s), with the point it is part of (or none) and why
+    (natproof.points.Interface)."""
+
+    @property
+    def split_by_interface(self) -> bool:
+        """Whether a point is some of a file's interfaces (one capture of several interfaces), not a whole file."""
+        return any(c.chosen != "file" for c in (self.inside, self.outside))
 
     def overlap(self) -> dict[str, Any]:
         """When both captures were running, on the inside capture's clock (the outside's span moved by
@@ -252,6 +270,7 @@ class Result:
             "overlap": self.overlap(),
             "pod_networks": list(self.pod_networks),
             "pod_networks_why": self.pod_networks_why,
+            "interfaces": [i.to_dict() for i in self.interfaces],
             "connections": conns,
             "services": self.services(),
             "unmatched": {"inside": self.unmatched_inside, "outside": self.unmatched_outside},

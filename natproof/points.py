@@ -1,0 +1,641 @@
+"""Observation points: which interfaces of which capture file are the inside and the outside of the NAT."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from natproof.capture import LINKTYPE_NAMES, CaptureInfo
+from natproof.errors import InputError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Key = tuple[int, int]
+"""An interface of one file: (iface, ifindex) as the decoded columns give them (natproof.packets.PACKET_SCHEMA)."""
+
+ROLES = ("inside", "outside")
+
+# Interface names, as CNIs, container runtimes and distributions make them. Only a hint: traffic decides first.
+_KIND_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("loopback", re.compile(r"lo$")),
+    # Bridges pods hang off: the bridge CNI plugin (cni0), kubenet (cbr0), Docker, kube-router, Weave, LXC, libvirt.
+    ("bridge", re.compile(r"(cni\d*|cbr\d+|docker\d+|br-[0-9a-f]+|kube-bridge|weave|lxcbr\d+|virbr\d+)$")),
+    # A pod's host-side interface: veth (bridge, ptp, Flannel, Docker), Calico, Cilium, the AWS VPC CNI, GKE, Azure.
+    ("port", re.compile(r"(veth|cali|lxc|eni|gke|azv|vnet|tap)")),
+    # The node's own uplinks: classic, systemd-predictable (ens5, enp0s3, eno1, enx...), bonds, teams, Wi-Fi.
+    ("uplink", re.compile(r"(eth\d|en[sopx]|em\d|bond|team|wl|ib\d)")),
+)
+KINDS = ("port", "bridge", "uplink", "loopback", "other")
+"""What an interface's name says it is: a pod's host-side port (veth*, cali*, lxc*, eni* ...), a bridge of pod
+ports (cni0, cbr0, docker0 ...), an uplink of the node (eth*, ens*, bond* ...), loopback, or other (tunnels,
+kube-ipvs0, unknown names such as if<N>)."""
+
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                                   "fc00::/7"))
+COPY_NS = 1_000_000
+"""Two copies of one packet on two interfaces of one observation point (a pod-to-pod packet on both pods' veths)
+are at most this far apart (1 ms); a retransmission never is (the shortest retransmission timer, TLP, is 10 ms)."""
+COPY_SHARE = 0.9
+"""An interface whose IP packets are at least this share copies of packets already on the point's interfaces (same
+invariant fields and TTL: a bridge and its ports, a Service backend's veth) adds nothing and is left out."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """One line of ``ip -o link``."""
+
+    index: int
+    name: str
+    master: str | None = None
+    """The bridge (or bond) it is a port of (``master cni0``)."""
+    loopback: bool = False
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One interface of one capture file, and what natproof made of it."""
+
+    path: str
+    iface: int
+    """The file's interface (Record.iface: its pcapng interface block; 0 for classic pcap)."""
+    ifindex: int
+    """The Linux interface index of LINUX_SLL2 frames (``tcpdump -i any``); -1 for other link types."""
+    name: str
+    """pcapng if_name; for an SLL2 index its name in ``--interfaces`` (``ip -o link``), else ``if<N>``; for an unnamed
+    pcapng block ``idb<N>``; "" for the one interface of a classic pcap (which names none)."""
+    link_type: str
+    frames: int
+    """Records captured on it."""
+    packets: int
+    """Of them, IP packets natproof decoded."""
+    kind: str
+    """One of KINDS, from ``ip -o link`` (``master``, loopback) and the name."""
+    point: str | None = None
+    """"inside" or "outside" when it is (part of) that observation point, else None."""
+    note: str = ""
+    """Why it is in its point, or why it was left out."""
+
+    @property
+    def key(self) -> Key:
+        return self.iface, self.ifindex
+
+    def label(self) -> str:
+        """The name, with the SLL2 index or pcapng block when the name does not already say it."""
+        if self.ifindex >= 0:
+            return self.name if self.name == f"if{self.ifindex}" else f"{self.name} (if{self.ifindex})"
+        return self.name or "the file's one interface"
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "name": self.name or None, "ifindex": None if self.ifindex < 0 else self.ifindex,
+                "pcapng_interface": self.iface, "link_type": self.link_type, "kind": self.kind,
+                "frames": self.frames, "ip_packets": self.packets, "point": self.point, "note": self.note}
+
+
+@dataclass(frozen=True)
+class ObservationPoint:
+    """Where one side of the NAT was observed: a capture file, and which of its interfaces (docs/model.md)."""
+
+    role: str
+    """"inside" or "outside"."""
+    path: str
+    interfaces: tuple[Interface, ...]
+    """The interfaces whose packets make this point (all of the file's, when it has one)."""
+    how: str
+    """"file" (the whole file: it holds one interface), "given" (``--inside-if`` / ``--outside-if``) or "chosen"
+    (natproof chose from the traffic and the names: see ``why``)."""
+    why: str
+    """One sentence: why these interfaces."""
+
+    @property
+    def keys(self) -> frozenset[Key]:
+        return frozenset(i.key for i in self.interfaces)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.interfaces if i.name)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "interfaces": [i.name or None for i in self.interfaces], "how": self.how,
+                "why": self.why}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Naming: ip -o link output, and the interfaces of a file.
+
+
+_LINK_LINE = re.compile(r"^(\d+):\s+([^:\s@]+)(?:@[^:\s]*)?:\s+<([^>]*)>(.*)$")
+
+
+def read_links(source: str | os.PathLike[str] | Mapping[int, str]) -> dict[int, Link]:
+    """Interface indexes and names from ``ip -o link`` output (or ``ip link``, or ``ip -j link``) in a file, or
+    from a mapping {index: name}. Raises InputError naming the file and the line that does not parse."""
+    if isinstance(source, Mapping):
+        return {int(k): Link(int(k), str(v), loopback=str(v) == "lo") for k, v in source.items()}
+    path = os.fspath(source)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (--interfaces wants the output of `ip -o link`)") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not `ip -o link` output") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror})") from None
+    if text.lstrip().startswith("["):
+        return _json_links(path, text)
+    links: dict[int, Link] = {}
+    last: int | None = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line[0].isspace():  # `ip link` puts link/ether ... on a second, indented line
+            if last is not None and "link/loopback" in line:
+                links[last] = dataclasses.replace(links[last], loopback=True)
+            continue
+        m = _LINK_LINE.match(line)
+        if m is None:
+            shown = line if len(line) <= 40 else line[:37] + "..."
+            raise InputError(f"{path}: line {n} is not `ip -o link` output: {shown!r} (expected 'INDEX: NAME: "
+                             "<FLAGS> ...')")
+        index, name, rest = int(m.group(1)), m.group(2), m.group(4)
+        master = re.search(r"\bmaster (\S+)", rest)
+        links[index] = Link(index, name, master.group(1) if master else None, "link/loopback" in rest)
+        last = index
+    if not links:
+        raise InputError(f"{path}: no interface in it (--interfaces wants the output of `ip -o link`)")
+    return links
+
+
+def _json_links(path: str, text: str) -> dict[int, Link]:
+    try:
+        doc = json.loads(text)
+        return {int(d["ifindex"]): Link(int(d["ifindex"]), str(d["ifname"]), d.get("master"),
+                                        d.get("link_type") == "loopback") for d in doc}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"{path}: not `ip -j link` output ({type(exc).__name__}: {exc})") from None
+
+
+def kind_of(name: str, link: Link | None = None, bridges: Iterable[str] = ()) -> str:
+    """KINDS of an interface from ``ip -o link`` (a port of a bridge, loopback) or else from its name."""
+    if link is not None and link.loopback:
+        return "loopback"
+    if name in set(bridges):
+        return "bridge"
+    if link is not None and link.master:
+        return "port"
+    for kind, pattern in _KIND_PATTERNS:
+        if pattern.match(name):
+            return kind
+    return "other"
+
+
+def interfaces_of(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None
+                  ) -> list[Interface]:
+    """Every interface of one decoded file: those that carried a frame, the pcapng interfaces that carried none,
+    and, for a ``tcpdump -i any`` capture with ``links``, the interfaces ``ip -o link`` lists that were silent."""
+    links = links or {}
+    per_key: Counter[Key] = Counter()
+    if packets.height and "iface" in packets.columns:
+        for a, b, n in packets.group_by("iface", "ifindex").len().iter_rows():
+            per_key[(int(a), int(b))] = n
+    elif packets.height:
+        per_key[(0, -1)] = packets.height
+    frames = Counter(info.interface_frames) or Counter({(0, -1): info.records})
+    keys = set(frames) | set(per_key)
+    sll2_blocks = [i for i, lt in enumerate(info.link_types) if lt == 276]
+    for i, lt in enumerate(info.link_types):
+        if lt != 276 and (i, -1) not in keys:
+            keys.add((i, -1))
+    if links and len(sll2_blocks) == 1:
+        keys |= {(sll2_blocks[0], idx) for idx in links}
+    bridges = {link.master for link in links.values() if link.master}
+    out = []
+    for iface, ifindex in sorted(keys):
+        link = links.get(ifindex) if ifindex >= 0 else None
+        if ifindex >= 0:
+            name = link.name if link else f"if{ifindex}"
+        else:
+            named = info.if_names[iface] if iface < len(info.if_names) else ""
+            name = named or (f"idb{iface}" if len(info.link_types) > 1 else "")
+        lt = info.link_types[iface] if iface < len(info.link_types) else -1
+        out.append(Interface(path=info.path, iface=iface, ifindex=ifindex, name=name,
+                             link_type=LINKTYPE_NAMES.get(lt, f"LINKTYPE_{lt}"), frames=frames.get((iface, ifindex), 0),
+                             packets=per_key.get((iface, ifindex), 0), kind=kind_of(name, link, bridges)))
+    seen = Counter(i.name for i in out)
+    # One name twice (the same index under two SLL2 blocks, two blocks both named eth0): tell them apart.
+    return [dataclasses.replace(i, name=f"{i.name}@idb{i.iface}") if seen[i.name] > 1 and i.name else i for i in out]
+
+
+def parse_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--inside-if`` / ``--outside-if``: a comma-separated list, or a sequence of names."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else [v for part in value for v in str(part).split(",")]
+    return tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
+
+
+def resolve(names: Sequence[str], interfaces: Sequence[Interface], path: str, option: str) -> list[Interface]:
+    """The interfaces ``names`` mean: a name, ``if<N>`` (SLL2 index N, named or not), ``idb<N>`` (pcapng block N) or
+    a bare number (an SLL2 index where the file has them, else a pcapng block). InputError for an unknown one."""
+    out: list[Interface] = []
+    for n in names:
+        m = re.fullmatch(r"(if|idb)?(\d+)", n)
+        found = [i for i in interfaces if i.name == n]
+        if not found and m:
+            num = int(m.group(2))
+            sll2 = any(i.ifindex >= 0 for i in interfaces)
+            by_index = m.group(1) == "if" or (m.group(1) is None and sll2)
+            found = [i for i in interfaces if (i.ifindex == num if by_index else (i.iface == num and i.ifindex < 0))]
+        if not found:
+            known = ", ".join(i.label() for i in interfaces) or "none"
+            raise InputError(f"{path}: no interface {n!r} ({option}); it has {known}")
+        out += [i for i in found if i not in out]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evidence: connections whose first packet crosses the NAT from one interface to another.
+
+
+@dataclass
+class Evidence:
+    """What the traffic of one file says about each interface."""
+
+    inside: Counter[Key] = dataclasses.field(default_factory=Counter)
+    """Crossings that put the interface before the NAT for egress or after it for inbound (pod side)."""
+    outside: Counter[Key] = dataclasses.field(default_factory=Counter)
+    """Crossings that put it on the node's far side."""
+    starts: Counter[Key] = dataclasses.field(default_factory=Counter)
+    """Connections started on it by a pod-side (private, not the node's own) address, crossing or not."""
+    sources: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
+    """Those pod-side sources."""
+    translated: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
+    """Sources connections started inside carried after the NAT, on the interface where they appeared."""
+    copies: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
+    """Distinct (where, sig, ttl) of the IP packets (``where``: see where_expr): the same packet on two interfaces of
+    one side has the same signature and TTL."""
+
+    def copy_share(self, key: Key, taken: Sequence[Key]) -> float:
+        """The share of ``key``'s distinct packets that are also on one of ``taken`` (0.0 when it has none)."""
+        if self.copies.is_empty() or not taken:
+            return 0.0
+        mine = self.copies.filter(pl.col("where") == _where_value(key)).select("sig", "ttl")
+        if mine.is_empty():
+            return 0.0
+        theirs = self.copies.filter(pl.col("where").is_in([_where_value(k) for k in taken])).select("sig", "ttl")
+        return mine.join(theirs.unique(), on=["sig", "ttl"], how="semi").height / mine.height
+
+
+def where_expr() -> pl.Expr:
+    """``where``: a packet's interface (iface, ifindex) as one Int64, iface in the high 32 bits."""
+    return ((pl.col("iface").cast(pl.Int64) * (1 << 32)) + (pl.col("ifindex").cast(pl.Int64) & 0xFFFFFFFF)).alias(
+        "where")
+
+
+def _where_value(key: Key) -> int:
+    return key[0] * (1 << 32) + (key[1] & 0xFFFFFFFF)
+
+
+def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
+    """Each interface's connection starts: TCP SYNs, ICMP echo requests, a UDP flow's first datagram."""
+    err = pl.col("is_icmp_error")
+    syn = (pl.col("f_proto") == 6) & ((pl.col("tcp_flags") & 0x12) == 0x02)
+    echo = ((pl.col("proto") == 1) & (pl.col("icmp_type") == 8)) | ((pl.col("proto") == 58)
+                                                                      & (pl.col("icmp_type") == 128))
+    flow = ["iface", "ifindex", "f_src", "f_sport", "f_dst", "f_dport"]
+    udp = (pl.col("f_proto") == 17) & pl.struct(flow).is_first_distinct()
+    return packets.filter(~err & (syn.fill_null(False) | echo.fill_null(False) | udp)).select(
+        "iface", "ifindex", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
+        pl.col("f_dst").cast(pl.String).alias("dst"))
+
+
+def _private(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr)
+    return any(ip.version == n.version and ip in n for n in _PRIVATE)
+
+
+def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
+                    service_networks: Sequence[Network] = ()) -> Evidence:
+    """Where connections cross the NAT between this file's interfaces.
+
+    A connection's first packet (SYN, echo request, a UDP flow's first datagram) seen on two interfaces with a TTL
+    one lower on the second crossed the node's routing step, where NAT happens; the copy with the higher TTL is the
+    earlier one. Egress (a pod-side source, by ``pod_networks`` or else any private address that is not one the
+    NAT translated to) puts the earlier interface inside and the later outside; inbound (rewritten to a pod-side
+    destination from an address that is not, as a NodePort does) the other way round. Copies with equal TTL were
+    bridged: the same side."""
+    from natproof.connections import split_never_forwarded
+
+    ev = Evidence()
+    if packets.is_empty():
+        return ev
+    ev.copies = packets.select(where_expr(), "sig", "ttl").unique()
+    starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
+        "iface", "ifindex", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
+        "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
+    starts = _start_rows(starts)
+    if starts.is_empty():
+        return ev
+    by_sig = starts.group_by("sig").agg(
+        pl.struct("iface", "ifindex").n_unique().alias("where"), pl.col("ttl").max().alias("hi"),
+        pl.col("ttl").min().alias("lo"))
+    routed = by_sig.filter((pl.col("where") > 1) & (pl.col("hi") > pl.col("lo")))
+    rows = starts.join(routed.select("sig", "hi"), on="sig")
+    pre = rows.filter(pl.col("ttl") == pl.col("hi"))
+    post = rows.filter(pl.col("ttl") < pl.col("hi"))
+    ends = pre.group_by("sig").agg(pl.col("src").first().alias("pre_src"), pl.col("dst").first().alias("pre_dst")).join(
+        post.group_by("sig").agg(pl.col("src").first().alias("post_src"), pl.col("dst").first().alias("post_dst")),
+        on="sig")
+    # The addresses the NAT translated sources to are the node's own (eth0's address, the bridge address of a
+    # NodePort's masquerade), never a pod's, even where they are private too.
+    node_owned = {p for a, p in zip(ends["pre_src"].to_list(), ends["post_src"].to_list(), strict=True) if a != p}
+
+    def service(addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return any(ip.version == n.version and ip in n for n in service_networks)
+
+    def pod_side(addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        if pod_networks:
+            return any(ip.version == n.version and ip in n for n in pod_networks)
+        return _private(addr) and addr not in node_owned and not service(addr)
+
+    where_pre = pre.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
+    where_post = post.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
+    pre_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_pre.iter_rows()}
+    post_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_post.iter_rows()}
+    for sig, pre_src, pre_dst, post_src, post_dst in ends.iter_rows():
+        if pre_dst != post_dst and pod_side(post_dst) and not pod_side(pre_dst) and not service(pre_dst):
+            inside, outside = post_at[sig], pre_at[sig]  # inbound: DNAT to a pod (NodePort, an ALG's expectation)
+        elif pod_side(pre_src) and (not pod_side(post_src) or pre_src == post_src):
+            inside, outside = pre_at[sig], post_at[sig]  # egress, translated or not
+            for k in outside:
+                ev.translated.setdefault(k, set()).add(post_src)
+        elif pod_side(post_dst) and not pod_side(pre_src):
+            inside, outside = post_at[sig], pre_at[sig]
+        else:
+            continue
+        for k in inside:
+            ev.inside[k] += 1
+        for k in outside:
+            ev.outside[k] += 1
+    by_source = starts.group_by("iface", "ifindex", "src").len()
+    for a, b, src, n in by_source.iter_rows():
+        if pod_side(src):
+            ev.starts[(a, b)] += n
+            ev.sources.setdefault((a, b), set()).add(src)
+    return ev
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing.
+
+
+_PREFERENCE = {"port": 0, "bridge": 1, "other": 2, "uplink": 3, "loopback": 4}
+
+
+def _addresses(addrs: Iterable[str], most: int = 3) -> str:
+    shown = sorted(addrs, key=ipaddress.ip_address)
+    return ", ".join(shown[:most]) + (f" and {len(shown) - most} more" if len(shown) > most else "")
+
+
+def _names(ifs: Iterable[Interface]) -> str:
+    return ", ".join(i.name or i.label() for i in ifs)
+
+
+def _without_copies(order: list[Interface], ev: Evidence) -> tuple[list[Interface], dict[Key, str]]:
+    """``order`` less the interfaces whose packets are copies of those already taken (COPY_SHARE): a bridge and
+    its ports, the veth of a Service backend that only receives a pod's DNATed packets."""
+    taken: list[Interface] = []
+    notes: dict[Key, str] = {}
+    for i in order:
+        share = ev.copy_share(i.key, [t.key for t in taken])
+        if share >= COPY_SHARE:
+            notes[i.key] = (f"left out: {share:.0%} of its packets are copies of those on {_names(taken)} (a bridge "
+                            "and its ports, or a Service backend's veth, see the same packets)")
+            continue
+        taken.append(i)
+    return taken, notes
+
+
+def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: bool) -> tuple[list[Interface], str,
+                                                                                           dict[Key, str]]:
+    """Choose ``role``'s interfaces among ``cands``: (chosen, why, notes on those left out)."""
+    mine, theirs = (ev.inside, ev.outside) if role == "inside" else (ev.outside, ev.inside)
+    usable = [i for i in cands if i.kind != "loopback"]
+    voted = [i for i in usable if mine[i.key] > theirs[i.key]]
+    if voted:
+        n = sum(mine[i.key] for i in voted)
+        if role == "inside":
+            srcs = set().union(*(ev.sources.get(i.key, set()) for i in voted))
+            why = (f"{n} connection start(s) crossed the NAT between here and another interface, on this side of it "
+                   f"(pod-side addresses {_addresses(srcs)}; TTL one lower on the far side)")
+        else:
+            trans = set().union(*(ev.translated.get(i.key, set()) for i in voted))
+            shown = f" (as {_addresses(trans)})" if trans else ""
+            why = (f"{n} connection start(s) crossed the NAT between the pod side and here{shown}; "
+                   "TTL one lower after the node's routing step")
+        base = voted
+        if role == "inside":
+            # Pods whose connections never crossed (dropped on the node, pod to pod) are inside all the same.
+            more = [i for i in usable if i not in voted and i.kind in ("port", "bridge") and i.packets
+                    and not theirs[i.key]]
+            if more:
+                why += f"; {_names(more)}: the same side by name"
+                base = voted + more
+    else:
+        kinds = ("port", "bridge") if role == "inside" else ("uplink",)
+        named = [i for i in usable if i.kind in kinds and (i.packets or role == "outside")]
+        if named and role == "outside" and not whole_file_role:
+            named = [max(named, key=lambda i: (i.frames, -i.iface, -i.ifindex))]
+        if named:
+            what = "a pod's veth or its bridge" if role == "inside" else "the node's uplink"
+            why = f"no connection crossed the NAT between the interfaces; chosen by name ({what})"
+            base = named
+        elif role == "inside" and (started := [i for i in usable if ev.starts[i.key]]):
+            srcs = set().union(*(ev.sources.get(i.key, set()) for i in started))
+            why = f"private sources start connections here ({_addresses(srcs)}); no connection crossed the NAT"
+            base = started
+        elif role == "outside" and (rest := [i for i in usable if i.kind not in ("port", "bridge")]):
+            base = [max(rest, key=lambda i: (i.frames, -i.iface, -i.ifindex))]
+            why = "no connection crossed the NAT and no name says uplink; the busiest other interface"
+        else:
+            return [], "", {}
+    order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], -mine[i.key], -i.packets, i.name))
+    chosen, notes = _without_copies(order, ev)
+    return chosen, why, notes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The two observation points, and every interface of the file(s) with its place."""
+
+    inside: ObservationPoint
+    outside: ObservationPoint
+    interfaces: tuple[Interface, ...]
+
+
+def _cannot(path: str, role: str, interfaces: Sequence[Interface]) -> InputError:
+    option = "--inside-if" if role == "inside" else "--outside-if"
+    what = "the pod side (a veth or cni0)" if role == "inside" else "the node's uplink (eth0)"
+    return InputError(f"{path}: cannot tell which interface is the {role}, {what}; name it with {option} "
+                      f"(interfaces: {', '.join(i.label() for i in interfaces) or 'none'})")
+
+
+def _point(role: str, path: str, chosen: Sequence[Interface], how: str, why: str) -> ObservationPoint:
+    names = _names(chosen)
+    text = why if how == "file" else f"{names}: {why}"
+    return ObservationPoint(role, path, tuple(chosen), how, text)
+
+
+def _marked(interfaces: Sequence[Interface], points: Sequence[ObservationPoint], notes: Mapping[Key, str],
+            default: str) -> tuple[Interface, ...]:
+    out = []
+    for i in interfaces:
+        role = next((p.role for p in points if i.key in p.keys and p.path == i.path), None)
+        if role is not None:
+            p = next(p for p in points if p.role == role)
+            note = {"given": f"{role}: given", "file": f"{role}: the whole file"}.get(p.how, f"{role}: chosen")
+        elif i.kind == "loopback":
+            note = "left out: loopback"
+        else:
+            note = notes.get(i.key) or default
+        out.append(dataclasses.replace(i, point=role, note=note))
+    return tuple(out)
+
+
+def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequence[str] = (),
+                  outside_if: Sequence[str] = (), links: Mapping[int, Link] | None = None,
+                  pod_networks: Sequence[Network] = (), service_networks: Sequence[Network] = ()) -> Plan:
+    """Both observation points within one capture of several interfaces (``tcpdump -i any``, dumpcap with several
+    ``-i``). Given names win; the rest is chosen from where connections cross the NAT (see gather_evidence), then
+    from the names (KINDS). One interface of a kind is kept where several hold the same packets (a bridge and its
+    ports: the ports). InputError when the file has one interface, or a name is unknown or on both sides."""
+    path = info.path
+    interfaces = interfaces_of(info, packets, links)
+    if len([i for i in interfaces if i.frames or i.packets]) < 2:
+        only = interfaces[0].label() if interfaces else info.link_type
+        raise InputError(f"{path}: one interface ({only}) only: give a second capture from the other side of the "
+                         "NAT, or a capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
+    given_in = resolve(inside_if, interfaces, path, "--inside-if")
+    given_out = resolve(outside_if, interfaces, path, "--outside-if")
+    if both := [i for i in given_in if i in given_out]:
+        raise InputError(f"{path}: {_names(both)} given as both --inside-if and --outside-if")
+    ev = gather_evidence(packets, pod_networks, service_networks)
+    notes: dict[Key, str] = {}
+    if given_in:
+        inside = _point("inside", path, given_in, "given", "given (--inside-if)")
+    else:
+        cands = [i for i in interfaces if i not in given_out]
+        chosen, why, notes_in = _auto("inside", cands, ev, whole_file_role=False)
+        if not chosen:
+            raise _cannot(path, "inside", interfaces)
+        inside = _point("inside", path, chosen, "chosen", why)
+        notes |= notes_in
+    if given_out:
+        outside = _point("outside", path, given_out, "given", "given (--outside-if)")
+    else:
+        # What the inside left out as copies of its own packets is the inside's, not a candidate outside.
+        cands = [i for i in interfaces if i.key not in inside.keys and i.key not in notes]
+        chosen, why, notes_out = _auto("outside", cands, ev, whole_file_role=False)
+        if not chosen:
+            raise _cannot(path, "outside", interfaces)
+        outside = _point("outside", path, chosen, "chosen", why)
+        notes |= notes_out
+    default = "left out: no connection crossed the NAT to or from it (--inside-if / --outside-if take it in)"
+    return Plan(inside, outside, _marked(interfaces, (inside, outside), notes, default))
+
+
+def choose_point(role: str, info: CaptureInfo, packets: pl.DataFrame, *, names: Sequence[str] = (),
+                 links: Mapping[int, Link] | None = None, pod_networks: Sequence[Network] = (),
+                 service_networks: Sequence[Network] = ()) -> tuple[ObservationPoint, tuple[Interface, ...]]:
+    """One side's observation point in a file given for that side (the two-file form): the whole file when it holds
+    one interface; else the interfaces ``names`` give, or those of the side's kind (pod-side names for inside,
+    uplinks for outside; loopback never) less copies of each other's packets."""
+    path = info.path
+    option = "--inside-if" if role == "inside" else "--outside-if"
+    interfaces = interfaces_of(info, packets, links)
+    carrying = [i for i in interfaces if i.frames or i.packets]
+    if names:
+        chosen = resolve(names, interfaces, path, option)
+        point = _point(role, path, chosen, "given", f"given ({option})")
+        return point, _marked(interfaces, (point,), {}, f"left out: not in {option}")
+    if len(carrying) <= 1:
+        only = carrying or interfaces[:1]
+        point = _point(role, path, only, "file", "the whole file (one interface)")
+        return point, _marked(interfaces, (point,), {}, "left out: no frame on it")
+    ev = gather_evidence(packets, pod_networks, service_networks)
+    other = ("uplink",) if role == "inside" else ("port", "bridge")
+    cands = [i for i in carrying if i.kind not in other and i.kind != "loopback"] or \
+        [i for i in carrying if i.kind != "loopback"]
+    order = sorted(cands, key=lambda i: (_PREFERENCE[i.kind], -i.packets, i.name))
+    chosen, notes = _without_copies(order, ev)
+    if not chosen:
+        raise _cannot(path, role, interfaces)
+    kinds = sorted({i.kind for i in chosen})
+    why = (f"the file's {'/'.join(kinds)} interfaces (given as the {role} capture; the other side's kind and "
+           "loopback left out)")
+    point = _point(role, path, chosen, "chosen", why)
+    left = f"left out: {'an uplink' if role == 'inside' else 'pod side'} in the {role} capture (or loopback)"
+    return point, _marked(interfaces, (point,), notes, left)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splitting a file's packets into a point's.
+
+
+def split(packets: pl.DataFrame, point: ObservationPoint, *, whole_file: bool = False) -> tuple[pl.DataFrame, int]:
+    """The packets of ``point`` (rows of its interfaces), each packet once: a copy of the same packet under the same
+    tuple and TTL on another of its interfaces within COPY_NS (pod to pod, on both pods' veths) is dropped. Returns
+    (packets, copies dropped). The frame needs iface, ifindex, ts_ns, sig, ttl and the flow columns."""
+    if whole_file or point.how == "file":
+        return packets, 0
+    keys = point.keys
+    mine = packets.filter(where_expr().is_in([_where_value(k) for k in keys]))
+    if len(keys) < 2 or mine.height < 2:
+        return mine, 0
+    cols = ["sig", "f_src", "f_sport", "f_dst", "f_dport", "ttl"]
+    order = mine.with_row_index("_row").with_columns(where_expr()).sort([*cols, "ts_ns", "_row"])
+    same = pl.all_horizontal([(pl.col(c) == pl.col(c).shift(1)).fill_null(False) for c in cols])
+    other_if = pl.col("where") != pl.col("where").shift(1)
+    near = (pl.col("ts_ns") - pl.col("ts_ns").shift(1)) <= COPY_NS
+    dup_rows = order.filter(same & other_if.fill_null(False) & near.fill_null(False))["_row"]
+    if dup_rows.is_empty():
+        return mine, 0
+    keep = ~pl.int_range(mine.height, dtype=pl.UInt32).is_in(dup_rows.implode())
+    return mine.filter(keep), dup_rows.len()
+
+
+def point_info(info: CaptureInfo, point: ObservationPoint, *, first: bool = True) -> CaptureInfo:
+    """The CaptureInfo of one observation point of a file: frames and skipped frames of its interfaces only (frames
+    lost to a malformed block, which belong to no interface, go to the ``first`` point). Times, format and warnings
+    are the file's: every interface was captured for the file's whole span."""
+    if point.how == "file":
+        return info
+    keys = point.keys
+    skipped: Counter[str] = Counter()
+    for (a, b, reason), n in info.interface_skipped.items():
+        if (a, b) in keys:
+            skipped[reason] += n
+    if first:
+        attributed: Counter[str] = Counter()
+        for (_, _, reason), n in info.interface_skipped.items():
+            attributed[reason] += n
+        skipped.update({r: n - attributed[r] for r, n in info.skipped.items() if n > attributed[r]})
+    blocks = sorted({a for a, _ in keys})
+    return dataclasses.replace(
+        info, link_types=[info.link_types[a] for a in blocks if a < len(info.link_types)],
+        if_names=[info.if_names[a] for a in blocks if a < len(info.if_names)],
+        records=sum(n for k, n in info.interface_frames.items() if k in keys),
+        truncated_records=info.truncated_records if first else 0, skipped=skipped,
+        fallback_frames=info.fallback_frames if first else 0,
+        interface_frames=Counter({k: n for k, n in info.interface_frames.items() if k in keys}),
+        interface_skipped=Counter({k: n for k, n in info.interface_skipped.items() if k[:2] in keys}),
+        warnings=list(info.warnings))
