@@ -120,9 +120,16 @@ def names_from(obj: dict) -> natproof.Names | None:
     return obj["names"]
 
 
+def _points_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Keep --inside-if / --outside-if / --interfaces for run_correlate in the context (as _services_option)."""
+    ctx.find_root().ensure_object(dict).setdefault("points", {})[param.name] = value
+    return value
+
+
 def capture_options(f: Callable, *, required: bool = True) -> Callable:
-    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures);
-    ``required=False`` for a command that can answer without captures (who with flow logs)."""
+    """INSIDE [OUTSIDE] and the options that shape a correlation (shared by every command that reads captures);
+    ``required=False`` for a command that can answer without captures (who with flow logs). OUTSIDE may be left
+    out: INSIDE is then one capture of several interfaces (--inside-if, --outside-if, --interfaces)."""
     f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
                      type=click.Path(dir_okay=False),
                      help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
@@ -131,6 +138,15 @@ def capture_options(f: Callable, *, required: bool = True) -> Callable:
                      type=click.Path(dir_okay=False),
                      help="kubectl get pods -A -o json output: name pods (namespace/name) next to their addresses; "
                           "a reused pod IP is told apart by the pods' timestamps, else flagged (repeatable).")(f)
+    f = click.option("--interfaces", "interfaces", metavar="FILE", expose_value=False, callback=_points_option,
+                     help="Names for the interface indexes of a 'tcpdump -i any' capture: the output of "
+                          "'ip -o link' on the node (default: shown as if<N>).")(f)
+    f = click.option("--outside-if", metavar="NAME[,NAME...]", expose_value=False, callback=_points_option,
+                     help="The interface(s) of a capture of several interfaces that are the outside (the node's "
+                          "uplink). Default: chosen from the traffic, and said.")(f)
+    f = click.option("--inside-if", metavar="NAME[,NAME...]", expose_value=False, callback=_points_option,
+                     help="The interface(s) of a capture of several interfaces that are the inside (pod veths, "
+                          "or the bridge). Default: chosen from the traffic, and said.")(f)
     f = click.option("--allow-swap", is_flag=True, expose_value=False, callback=_services_option,
                      help="If INSIDE and OUTSIDE look given in the wrong order, swap them (and say so) "
                           "instead of refusing.")(f)
@@ -147,7 +163,7 @@ def capture_options(f: Callable, *, required: bool = True) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True), required=required)(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True), required=False)(f)
     f = click.argument("inside", type=click.Path(dir_okay=True), required=required)(f)
     return f
 
@@ -167,12 +183,12 @@ def flow_log_options(f: Callable) -> Callable:
     return f
 
 
-def refuse_overwriting_inputs(output: str | None, *inputs: str) -> None:
+def refuse_overwriting_inputs(output: str | None, *inputs: str | None) -> None:
     """-o naming one of the captures would replace the evidence with the report: an error, before any work."""
     if not output or not os.path.exists(output):
         return
     for path in inputs:
-        if path != "-" and os.path.exists(path) and os.path.samefile(output, path):
+        if path is not None and path != "-" and os.path.exists(path) and os.path.samefile(output, path):
             raise NatproofError(f"{output}: is the capture {path}; write the output elsewhere")
 
 
@@ -183,22 +199,29 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-                  quiet: bool, decoder: str = "auto") -> natproof.Result:
-    """Correlate with a progress bar, and print the captures' warnings unless quiet."""
+def run_correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+                  tolerance: float, quiet: bool, decoder: str = "auto") -> natproof.Result:
+    """Correlate with a progress bar, and print the captures' warnings unless quiet. OUTSIDE None: INSIDE is one
+    capture of several interfaces (natproof.correlate's single-file form)."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
     names = names_from(obj)
+    points = obj.get("points", {})
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
                                     tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
-                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")), names=names)
+                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")), names=names,
+                                    inside_if=points.get("inside_if"), outside_if=points.get("outside_if"),
+                                    interfaces=points.get("interfaces"))
     if not quiet:
+        said = set()
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
-                warn(f"{cap.path}: {w}")
+                if (cap.path, w) not in said:  # one file as both points warns once
+                    said.add((cap.path, w))
+                    warn(f"{cap.path}: {w}")
     return result
 
 
@@ -211,12 +234,14 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
 @click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
               help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
 @output_options
-def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-              decoder: str, limit: int, charts_dir: str | None, schema: str, fmt: str | None, output: str | None,
-              quiet: bool) -> None:
+def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+              tolerance: float, decoder: str, limit: int, charts_dir: str | None, schema: str, fmt: str | None,
+              output: str | None, quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
-    Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
+    Or from ONE capture of several interfaces (tcpdump -i any; dumpcap -i A -i B): natproof splits it into the
+    inside and outside interfaces and says which it chose and why (--inside-if, --outside-if to choose). Either
+    file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
     """
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
@@ -234,7 +259,7 @@ def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: flo
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="The HTML file to write (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
            decoder: str, output: str, quiet: bool) -> None:
     """Write one self-contained HTML report: summary, diagnosis, a sortable mapping table, charts."""
     from natproof.diagnose import diagnose as run_diagnose
@@ -252,7 +277,7 @@ def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
              decoder: str, fmt: str | None, quiet: bool) -> None:
     """Name what went wrong (forwarding, MASQUERADE, port pool, dropped replies), with evidence and the fix."""
     from natproof.diagnose import diagnose as run_diagnose
@@ -292,7 +317,7 @@ def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: floa
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
            decoder: str, expectations_file: str | None, expect_snat_ip: str | None, expect_all: str | None,
            expect_no: tuple[str, ...], expect_port_preserved: bool, min_connections: int | None,
            expect_dnat: tuple[str, ...], expect_no_leak: bool, fmt: str | None, quiet: bool) -> None:
@@ -365,11 +390,10 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
 
-    # A bad ADDR:PORT, or a name with nothing to name by, is reported before any file is read.
-    if (inside is None) != (outside is None):
-        raise click.UsageError("give both INSIDE and OUTSIDE captures, or neither")
+    # A bad ADDR:PORT, or a name with nothing to name by, is reported before any file is read. OUTSIDE may be left
+    # out: INSIDE is then one capture of several interfaces.
     obj = click.get_current_context().find_root().ensure_object(dict)
-    ptcpdump = inside is not None and (is_ptcpdump(inside) or is_ptcpdump(outside))  # type: ignore[arg-type]
+    ptcpdump = inside is not None and (is_ptcpdump(inside) or (outside is not None and is_ptcpdump(outside)))
     check_query(endpoint, bool(names_from(obj)) or ptcpdump)
     as_json = (fmt or ("table" if sys.stdout.isatty() else "json")) == "json"
     if flow_logs:

@@ -32,10 +32,10 @@ _KIND_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # The node's own uplinks: classic, systemd-predictable (ens5, enp0s3, eno1, enx...), bonds, teams, Wi-Fi.
     ("uplink", re.compile(r"(eth\d|en[sopx]|em\d|bond|team|wl|ib\d)")),
 )
-KINDS = ("port", "bridge", "uplink", "loopback", "other")
+KINDS = ("port", "bridge", "uplink", "loopback", "other", "unknown")
 """What an interface's name says it is: a pod's host-side port (veth*, cali*, lxc*, eni* ...), a bridge of pod
-ports (cni0, cbr0, docker0 ...), an uplink of the node (eth*, ens*, bond* ...), loopback, or other (tunnels,
-kube-ipvs0, unknown names such as if<N>)."""
+ports (cni0, cbr0, docker0 ...), an uplink of the node (eth*, ens*, bond* ...), loopback, other (tunnels,
+kube-ipvs0, ...), or unknown (no name: if<N> without ``ip -o link``, an unnamed pcapng interface)."""
 
 _PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
                                                    "fc00::/7"))
@@ -193,7 +193,7 @@ def kind_of(name: str, link: Link | None = None, bridges: Iterable[str] = ()) ->
     for kind, pattern in _KIND_PATTERNS:
         if pattern.match(name):
             return kind
-    return "other"
+    return "unknown" if re.fullmatch(r"(if|idb)\d+|", name) else "other"
 
 
 def interfaces_of(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None
@@ -279,8 +279,13 @@ class Evidence:
     translated: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """Sources connections started inside carried after the NAT, on the interface where they appeared."""
     copies: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
-    """Distinct (where, sig, ttl) of the IP packets (``where``: see where_expr): the same packet on two interfaces of
-    one side has the same signature and TTL."""
+    """Distinct (where, sig, ttl, tsig) of the IP packets (``where``: see where_expr; ``tsig``: the signature and the
+    flow's tuple): the same packet on two interfaces of one side has the same signature and TTL, and under the same
+    tuple unless a DNAT on the bridge rewrote it (a Service backend on the node)."""
+    service_starts: Counter[Key] = dataclasses.field(default_factory=Counter)
+    """Connection starts to a ClusterIP (the tuple before kube-proxy's DNAT exists only where the client sent it)."""
+    aggregates: frozenset[Key] = frozenset()
+    """Interfaces that hold, under the same tuples, the packets of two or more others (a bridge and its ports)."""
 
     def copy_share(self, key: Key, taken: Sequence[Key]) -> float:
         """The share of ``key``'s distinct packets that are also on one of ``taken`` (0.0 when it has none)."""
@@ -301,6 +306,26 @@ def where_expr() -> pl.Expr:
 
 def _where_value(key: Key) -> int:
     return key[0] * (1 << 32) + (key[1] & 0xFFFFFFFF)
+
+
+def _aggregates(copies: pl.DataFrame) -> frozenset[Key]:
+    """Interfaces B with two or more partners A whose packets are nearly all (COPY_SHARE) on B under the same tuple:
+    a bridge, seen beside its ports, whatever its name."""
+    if copies.is_empty():
+        return frozenset()
+    same = copies.select("where", "tsig", "ttl")
+    pairs = same.join(same, on=["tsig", "ttl"], suffix="_b").filter(pl.col("where") != pl.col("where_b"))
+    if pairs.is_empty():
+        return frozenset()
+    sizes = same.group_by("where").len("size")
+    shared = pairs.group_by("where", "where_b").len("shared").join(sizes, on="where")
+    parts = shared.filter(pl.col("shared") >= COPY_SHARE * pl.col("size")).group_by("where_b").len("parts")
+    found = parts.filter(pl.col("parts") >= 2)["where_b"].to_list()
+    return frozenset((int(w) >> 32, _signed(int(w) & 0xFFFFFFFF)) for w in found)
+
+
+def _signed(u32: int) -> int:
+    return u32 - (1 << 32) if u32 >= 1 << 31 else u32
 
 
 def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
@@ -336,7 +361,9 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     ev = Evidence()
     if packets.is_empty():
         return ev
-    ev.copies = packets.select(where_expr(), "sig", "ttl").unique()
+    tsig = pl.struct("sig", "f_src", "f_sport", "f_dst", "f_dport").hash(seed=0x7473).alias("tsig")
+    ev.copies = packets.select(where_expr(), "sig", "ttl", tsig).unique()
+    ev.aggregates = _aggregates(ev.copies)
     starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
         "iface", "ifindex", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
         "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
@@ -386,6 +413,9 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
             ev.inside[k] += 1
         for k in outside:
             ev.outside[k] += 1
+    for a, b, dst, n in starts.group_by("iface", "ifindex", "dst").len().iter_rows():
+        if service(dst):
+            ev.service_starts[(a, b)] += n
     by_source = starts.group_by("iface", "ifindex", "src").len()
     for a, b, src, n in by_source.iter_rows():
         if pod_side(src):
@@ -398,7 +428,7 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
 # Choosing.
 
 
-_PREFERENCE = {"port": 0, "bridge": 1, "other": 2, "uplink": 3, "loopback": 4}
+_PREFERENCE = {"port": 0, "bridge": 1, "unknown": 2, "other": 2, "uplink": 3, "loopback": 4}
 
 
 def _addresses(addrs: Iterable[str], most: int = 3) -> str:
@@ -445,10 +475,10 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
         base = voted
         if role == "inside":
             # Pods whose connections never crossed (dropped on the node, pod to pod) are inside all the same.
-            more = [i for i in usable if i not in voted and i.kind in ("port", "bridge") and i.packets
-                    and not theirs[i.key]]
+            more = [i for i in usable if i not in voted and i.packets and not theirs[i.key]
+                    and (i.kind in ("port", "bridge") or (i.kind == "unknown" and ev.starts[i.key]))]
             if more:
-                why += f"; {_names(more)}: the same side by name"
+                why += f"; {_names(more)}: the same side (by name, or pod-side sources start connections there)"
                 base = voted + more
     else:
         kinds = ("port", "bridge") if role == "inside" else ("uplink",)
@@ -468,7 +498,8 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
             why = "no connection crossed the NAT and no name says uplink; the busiest other interface"
         else:
             return [], "", {}
-    order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], -mine[i.key], -i.packets, i.name))
+    order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, -ev.service_starts[i.key],
+                                        -mine[i.key], -i.packets, i.name))
     chosen, notes = _without_copies(order, ev)
     return chosen, why, notes
 
@@ -490,9 +521,7 @@ def _cannot(path: str, role: str, interfaces: Sequence[Interface]) -> InputError
 
 
 def _point(role: str, path: str, chosen: Sequence[Interface], how: str, why: str) -> ObservationPoint:
-    names = _names(chosen)
-    text = why if how == "file" else f"{names}: {why}"
-    return ObservationPoint(role, path, tuple(chosen), how, text)
+    return ObservationPoint(role, path, tuple(chosen), how, why)
 
 
 def _marked(interfaces: Sequence[Interface], points: Sequence[ObservationPoint], notes: Mapping[Key, str],
@@ -575,7 +604,8 @@ def choose_point(role: str, info: CaptureInfo, packets: pl.DataFrame, *, names: 
     other = ("uplink",) if role == "inside" else ("port", "bridge")
     cands = [i for i in carrying if i.kind not in other and i.kind != "loopback"] or \
         [i for i in carrying if i.kind != "loopback"]
-    order = sorted(cands, key=lambda i: (_PREFERENCE[i.kind], -i.packets, i.name))
+    order = sorted(cands, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, -ev.service_starts[i.key],
+                                         -i.packets, i.name))
     chosen, notes = _without_copies(order, ev)
     if not chosen:
         raise _cannot(path, role, interfaces)

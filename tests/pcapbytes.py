@@ -70,13 +70,19 @@ def _block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, blen) + body + b"\0" * pad + struct.pack("<I", blen)
 
 
-def pcapng(interfaces: list[tuple[int, int | None]], packets: list[tuple[int, int, bytes]]) -> bytes:
-    """interfaces: (linktype, if_tsresol option byte or None); packets: (iface, ticks, frame)."""
+def pcapng(interfaces: list[tuple[int, int | None]] | list[tuple[int, int | None, str]],
+           packets: list[tuple[int, int, bytes]]) -> bytes:
+    """interfaces: (linktype, if_tsresol option byte or None[, if_name]); packets: (iface, ticks, frame)."""
     out = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    for lt, tsresol in interfaces:
+    for lt, tsresol, *name in interfaces:
         opts = b""
+        if name:
+            raw = name[0].encode()
+            opts += struct.pack("<HH", 2, len(raw)) + raw + b"\0" * ((-len(raw)) % 4)
         if tsresol is not None:
-            opts = struct.pack("<HHB3x", 9, 1, tsresol) + struct.pack("<HH", 0, 0)
+            opts += struct.pack("<HHB3x", 9, 1, tsresol)
+        if opts:
+            opts += struct.pack("<HH", 0, 0)
         out += _block(1, struct.pack("<HHI", lt, 0, 262144) + opts)
     for iface, ticks, data in packets:
         body = struct.pack("<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))

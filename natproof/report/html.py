@@ -370,8 +370,14 @@ def _summary(result: Result) -> str:
                       f'<span class="mono">{_e(cap.path)}</span> — {_e(cap.format)}, {_e(cap.link_type)}, '
                       f"{cap.records} frames, {cap.packets} IP packets in connections; skipped: {skipped}; "
                       f"{_e(_span(cap.first_ts_ns, cap.last_ts_ns))}"))
+        if cap.chosen != "file":
+            facts.append((f"{side} interfaces", f'<span class="mono">{_e(", ".join(cap.interfaces))}</span> — '
+                          f"{_e(cap.chosen)}: {_e(cap.why)}"))
         for w in cap.warnings:
             facts.append((f"{side} warning", _e(w)))
+    left = [f"{i.label()}: {i.note.removeprefix('left out: ')}" for i in result.interfaces if i.point is None]
+    if result.split_by_interface and left:
+        facts.append(("interfaces left out", _e("; ".join(left))))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     return (f'<section id="summary"><h2>Summary</h2><div class="verdicts">{"".join(buttons)}</div>'
             f'<dl class="facts">{dl}</dl></section>')

@@ -118,6 +118,22 @@ def overlap_text(result: Result) -> str:
     return text
 
 
+def points_lines(result: Result) -> list[str]:
+    """Which interfaces each observation point is and why, and what was left out: one line each, for a capture of
+    several interfaces (none when each point is a whole file)."""
+    if not result.split_by_interface:
+        return []
+    labels = {(i.path, i.name): i.label() for i in result.interfaces}
+    lines = []
+    for role, cap in (("inside", result.inside), ("outside", result.outside)):
+        names = ", ".join(labels.get((cap.path, n), n) for n in cap.interfaces) or "the whole file"
+        lines.append(f"{role}: {cap.path} {names}, {cap.chosen}: {cap.why}")
+    left = [f"{i.label()}: {i.note.removeprefix('left out: ')}" for i in result.interfaces if i.point is None]
+    if left:
+        lines.append("left out: " + "; ".join(left))
+    return lines
+
+
 def summary_line(result: Result) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in result.by_verdict().items() if n)
     skipped_in = sum(result.inside.skipped.values())
@@ -128,7 +144,8 @@ def summary_line(result: Result) -> str:
     n = result.connections.height
     ports = (f"port preserved {result.port_preserved_ratio():.0%} of {rewritten} with the source rewritten"
              if rewritten else "no source rewritten")
-    return (
+    points = "".join(f"{line}\n" for line in points_lines(result))
+    return points + (
         f"{n} connection{'' if n == 1 else 's'}{started}: {counts or 'none'}\n"
         f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
         f"{ports}; clock offset {result.clock_offset_s:+.6f} s; {overlap_text(result)}\n"

@@ -1,0 +1,283 @@
+"""Tests of natproof/points.py: one capture of several interfaces split into the inside and outside observation
+points, against the two-file form of the same simulated traffic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pcapbytes import ipv4, pcap, pcapng, sll2, tcp, udp
+
+import natproof
+from natproof.cli import main
+from natproof.packets import load_packets
+from natproof.points import read_links
+from natproof.testing.interfaces import (
+    BRIDGE,
+    any_records,
+    ip_link_text,
+    single_scenario,
+    write_any,
+    write_node_pcapng,
+    write_pcap,
+)
+from natproof.testing.scenario import MODEL_SCENARIOS, SCENARIOS, simulate, write_scenario
+
+T0 = 1_700_000_000 * 10**9
+
+
+def write(tmp_path: Path, data: bytes, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def mappings(result: natproof.Result) -> list[tuple]:
+    """What the single-file and two-file forms must agree on: protocol, original and translated tuples, verdict."""
+    def t(d: dict | None) -> tuple | None:
+        return None if d is None else (d["src"], d["sport"], d["dst"], d["dport"])
+
+    return sorted((c["proto"], t(c["original"]), t(c["translated"]), c["initiator"], c["verdict"])
+                  for c in result.to_dict()["connections"])
+
+
+def two_files(scenario, tmp_path: Path, link: str) -> natproof.Result:
+    folder = tmp_path / f"pair-{link}"
+    write_scenario(single_scenario(scenario, link), folder)
+    return natproof.correlate(folder / "inside.pcap", folder / "outside.pcap", pod_cidr=scenario.pod_cidr)
+
+
+# -- naming: ip -o link ---------------------------------------------------------------------------------------
+
+
+def test_ip_o_link_names_indexes_and_knows_ports_and_loopback(tmp_path: Path) -> None:
+    sim = simulate(single_scenario(SCENARIOS["basic"]))
+    links = read_links(write(tmp_path, ip_link_text(sim).encode(), "links.txt"))
+    assert {i: (v.name, v.master, v.loopback) for i, v in links.items()} == {
+        1: ("lo", None, True), 2: ("eth0", None, False), 3: ("cni0", None, False),
+        10: ("veth10", "cni0", False), 11: ("veth11", "cni0", False)}
+
+
+def test_ip_link_without_o_and_ip_j_link_parse_too(tmp_path: Path) -> None:
+    two_lines = ("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN\n"
+                 "    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n"
+                 "7: vethab12@if3: <BROADCAST,MULTICAST,UP> mtu 1500 master cni0 state UP\n"
+                 "    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff link-netnsid 1\n")
+    links = read_links(write(tmp_path, two_lines.encode(), "link.txt"))
+    assert [(v.index, v.name, v.master, v.loopback) for v in links.values()] == [
+        (1, "lo", None, True), (7, "vethab12", "cni0", False)]
+    doc = [{"ifindex": 2, "ifname": "eth0", "link_type": "ether"}, {"ifindex": 1, "ifname": "lo",
+                                                                      "link_type": "loopback"}]
+    links = read_links(write(tmp_path, json.dumps(doc).encode(), "link.json"))
+    assert [(v.index, v.name, v.loopback) for v in links.values()] == [(2, "eth0", False), (1, "lo", True)]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("2: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n",
+     "line 1 is not `ip -o link` output: '2: eth0    inet 10.0.0.5/24 brd 10.0....' (expected 'INDEX: NAME: "
+     "<FLAGS> ...')"),
+    ("\n\n", "no interface in it (--interfaces wants the output of `ip -o link`)"),
+    ("[{\"name\": \"eth0\"}]", "not `ip -j link` output (KeyError: 'ifindex')"),
+])
+def test_a_file_that_is_not_ip_link_output_is_an_input_error(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, text.encode(), "links.txt")
+    with pytest.raises(natproof.InputError) as exc:
+        read_links(path)
+    assert str(exc.value) == f"{path}: {problem}"
+
+
+# -- the interface column -------------------------------------------------------------------------------------
+
+
+def test_both_decoders_give_each_packet_its_interface(tmp_path: Path) -> None:
+    raw = ipv4("10.244.0.10", "198.51.100.10", 17, udp(1000, 53, b"q"))
+    data = pcapng([(101, 9, "vethab12"), (276, 9, "any"), (101, 9)],
+                  [(0, T0, raw), (1, T0 + 1, sll2(raw, ifindex=7)), (1, T0 + 2, sll2(raw, ifindex=2)),
+                   (2, T0 + 3, raw), (1, T0 + 4, sll2(b"\x00" * 30, ifindex=7, proto=0x0806))])
+    path = write(tmp_path, data, "multi.pcapng")
+    frames = []
+    for fast in (True, False):
+        info, pk = load_packets(path, fast=fast)
+        frames.append(pk)
+        assert pk.select("iface", "ifindex").rows() == [(0, -1), (1, 7), (1, 2), (2, -1)]
+        assert info.if_names == ["vethab12", "any", ""]
+        assert info.interface_frames == Counter({(0, -1): 1, (1, 7): 2, (1, 2): 1, (2, -1): 1})
+        assert info.interface_skipped == Counter({(1, 7, "non_ip"): 1})
+    assert frames[0].equals(frames[1])
+
+
+# -- one capture, both points ---------------------------------------------------------------------------------
+
+
+FORMS = ["basic", "every_verdict", "nodeport_inbound", "clusterip_dnat", "ftp_alg", "failures_combined"]
+
+
+@pytest.mark.parametrize("name", FORMS)
+def test_tcpdump_any_gives_the_connections_of_the_two_file_form(name: str, tmp_path: Path) -> None:
+    scenario = SCENARIOS.get(name) or MODEL_SCENARIOS[name]
+    write_any(scenario, tmp_path / "any.pcap", links=tmp_path / "links.txt")
+    one = natproof.correlate(tmp_path / "any.pcap", interfaces=tmp_path / "links.txt", pod_cidr=scenario.pod_cidr)
+    assert mappings(one) == mappings(two_files(scenario, tmp_path, "sll2"))
+    pods = sorted(f"veth{p}" for p in {struct.unpack_from("!i", p.data, 4)[0] for p in
+                                       simulate(single_scenario(scenario)).inside})
+    assert sorted(one.inside.interfaces) == pods and one.outside.interfaces == ("eth0",)
+    assert one.inside.chosen == one.outside.chosen == "chosen"
+    points = {i.name: (i.point, i.note) for i in one.interfaces}
+    assert points["cni0"][0] is None and points["cni0"][1].startswith("left out: 100% of its packets are copies")
+
+
+@pytest.mark.parametrize("name", ["basic", "nodeport_inbound"])
+def test_dumpcap_pcapng_gives_the_connections_of_the_two_file_form(name: str, tmp_path: Path) -> None:
+    scenario = SCENARIOS.get(name) or MODEL_SCENARIOS[name]
+    write_node_pcapng(scenario, tmp_path / "node.pcapng")
+    one = natproof.correlate(tmp_path / "node.pcapng", pod_cidr=scenario.pod_cidr)
+    assert mappings(one) == mappings(two_files(scenario, tmp_path, "ethernet"))
+    assert (one.inside.interfaces, one.outside.interfaces) == (("cni0",), ("eth0",))
+    assert [(i.name, i.point, i.note) for i in one.interfaces if i.name == "lo"] == [("lo", None, "left out: loopback")]
+
+
+def test_without_names_indexes_read_if_n_and_the_bridge_is_still_left_out(tmp_path: Path) -> None:
+    scenario = SCENARIOS["every_verdict"]
+    write_any(scenario, tmp_path / "any.pcap")
+    one = natproof.correlate(tmp_path / "any.pcap", pod_cidr=scenario.pod_cidr, decoder="dpkt")
+    assert sorted(one.inside.interfaces) == ["if10", "if11", "if12"] and one.outside.interfaces == ("if2",)
+    assert [i.name for i in one.interfaces if i.point is None] == [f"if{BRIDGE}"]
+    assert mappings(one) == mappings(two_files(scenario, tmp_path, "sll2"))
+
+
+def test_the_json_and_table_say_which_interfaces_and_why(tmp_path: Path) -> None:
+    write_any(SCENARIOS["basic"], tmp_path / "any.pcap", links=tmp_path / "links.txt")
+    one = natproof.correlate(tmp_path / "any.pcap", interfaces=tmp_path / "links.txt")
+    doc = one.to_dict()
+    inside = doc["captures"]["inside"]
+    assert (inside["interfaces"], inside["chosen"]) == (["veth10", "veth11"], "chosen")
+    assert "crossed the NAT" in inside["why"]
+    by_name = {i["name"]: i for i in doc["interfaces"]}
+    assert by_name["eth0"] | {"frames": 0, "ip_packets": 0, "note": ""} == {
+        "path": str(tmp_path / "any.pcap"), "name": "eth0", "ifindex": 2, "pcapng_interface": 0,
+        "link_type": "LINUX_SLL2", "kind": "uplink", "frames": 0, "ip_packets": 0, "point": "outside", "note": ""}
+    assert by_name["lo"]["point"] is None and by_name["lo"]["frames"] == 0
+    from natproof.report.table import points_lines
+
+    lines = points_lines(one)
+    assert lines[0].startswith(f"inside: {tmp_path / 'any.pcap'} veth10 (if10), veth11 (if11), chosen: ")
+    assert lines[1].startswith(f"outside: {tmp_path / 'any.pcap'} eth0 (if2), chosen: ")
+    assert lines[2].startswith("left out: lo (if1): loopback; cni0 (if3): 100% of its packets are copies")
+
+
+def test_a_pod_to_pod_packet_on_both_veths_counts_once(tmp_path: Path) -> None:
+    scenario = SCENARIOS["every_verdict"]  # has a pod-to-pod (internal) connection, 10.244.0.10 -> 10.244.1.20
+    sim = simulate(single_scenario(scenario))
+    veth = {f"10.244.{i}.{a}": 10 + n for n, (i, a) in enumerate([(0, 10), (1, 20), (2, 30)])}
+    records, copies = [], 0
+    for ts, frame in any_records(sim, bridge=False):
+        records.append((ts, frame))
+        ip = frame[20:]
+        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
+        if frame[:2] == b"\x08\x00" and src in veth and dst in veth:
+            # Bridged between the two pods: the other pod's veth sees the same frame a few microseconds later.
+            own = struct.unpack_from("!i", frame, 4)[0]
+            other = veth[src] if veth[dst] == own else veth[dst]
+            records.append((ts + 3_000, frame[:4] + struct.pack("!i", other) + frame[8:]))
+            copies += 1
+    assert copies
+    path = tmp_path / "any.pcap"
+    write_pcap(path, sorted(records), 276)
+    one = natproof.correlate(path, inside_if="if10,if11,if12", outside_if="if2")
+    assert one.inside.skipped["interface_copy"] == copies
+    assert (one.inside.chosen, one.outside.chosen) == ("given", "given")
+    two = two_files(scenario, tmp_path, "sll2")
+    assert mappings(one) == mappings(two)
+    internal = one.connections.filter(pl.col("verdict") == "internal")
+    assert internal["fate_inside_only"].to_list() == two.connections.filter(
+        pl.col("verdict") == "internal")["fate_inside_only"].to_list()
+
+
+def test_a_two_file_form_whose_inside_file_holds_several_interfaces(tmp_path: Path) -> None:
+    scenario = SCENARIOS["basic"]
+    sim = simulate(single_scenario(scenario))
+    write_pcap(tmp_path / "pods.pcap", [r for r in any_records(sim) if r[1][4:8] != struct.pack("!i", 2)], 276)
+    write_pcap(tmp_path / "eth0.pcap", [(p.ts_ns, p.data) for p in sim.outside], 276)
+    write(tmp_path, ip_link_text(sim).encode(), "links.txt")
+    res = natproof.correlate(tmp_path / "pods.pcap", tmp_path / "eth0.pcap", interfaces=tmp_path / "links.txt")
+    assert (res.inside.interfaces, res.inside.chosen) == (("veth10", "veth11"), "chosen")
+    assert (res.outside.interfaces, res.outside.chosen) == (("eth0",), "file")
+    assert mappings(res) == mappings(two_files(scenario, tmp_path, "sll2"))
+    given = natproof.correlate(tmp_path / "pods.pcap", tmp_path / "eth0.pcap", inside_if=["cni0"],
+                               interfaces=tmp_path / "links.txt")
+    assert (given.inside.interfaces, given.inside.chosen) == (("cni0",), "given")
+    assert mappings(given) == mappings(res)
+
+
+def test_inside_and_outside_given_the_wrong_way_round_look_swapped(tmp_path: Path) -> None:
+    write_any(SCENARIOS["basic"], tmp_path / "any.pcap", links=tmp_path / "links.txt")
+    args = {"inside_if": "eth0", "outside_if": "veth10,veth11", "interfaces": tmp_path / "links.txt"}
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate(tmp_path / "any.pcap", **args)
+    assert str(exc.value).startswith(f"{tmp_path / 'any.pcap'}: the inside (eth0) and outside (veth10,veth11) look "
+                                     "swapped: ")
+    assert str(exc.value).endswith("; pass --inside-if veth10,veth11 --outside-if eth0 (or --allow-swap)")
+    swapped = natproof.correlate(tmp_path / "any.pcap", allow_swap=True, **args)
+    assert swapped.inside.interfaces == ("veth10", "veth11")
+    assert mappings(swapped) == mappings(natproof.correlate(tmp_path / "any.pcap", interfaces=tmp_path / "links.txt"))
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+
+
+def test_one_file_of_one_interface_is_an_input_error(tmp_path: Path) -> None:
+    path = write(tmp_path, pcap([(T0, sll2(ipv4("10.244.0.10", "198.51.100.10", 6, tcp(1, 80, 1, 0, 2)), 5))],
+                                linktype=276), "eth0.pcap")
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate(path)
+    assert str(exc.value) == (f"{path}: one interface (if5) only: give a second capture from the other side of the "
+                              "NAT, or a capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
+
+
+def test_unknown_or_doubly_given_interfaces_are_input_errors(tmp_path: Path) -> None:
+    write_any(SCENARIOS["basic"], tmp_path / "any.pcap", links=tmp_path / "links.txt")
+    path, links = tmp_path / "any.pcap", tmp_path / "links.txt"
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate(path, inside_if="vethX", interfaces=links)
+    assert str(exc.value) == (f"{path}: no interface 'vethX' (--inside-if); it has lo (if1), eth0 (if2), cni0 (if3), "
+                              "veth10 (if10), veth11 (if11)")
+    with pytest.raises(natproof.InputError, match="veth10 given as both --inside-if and --outside-if"):
+        natproof.correlate(path, inside_if="veth10", outside_if="if10", interfaces=links)
+
+
+def test_the_cli_reads_one_capture_and_exits_2_on_bad_interface_input(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    write_any(SCENARIOS["basic"], tmp_path / "any.pcap", links=tmp_path / "links.txt")
+    path, links = str(tmp_path / "any.pcap"), str(tmp_path / "links.txt")
+    assert main(["correlate", path, "--interfaces", links, "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["captures"]["outside"]["interfaces"] == ["eth0"]
+    assert main(["correlate", path, "--interfaces", links, "--format", "table"]) == 0
+    assert f"outside: {path} eth0 (if2), chosen: " in capsys.readouterr().out
+    assert main(["correlate", path, "--outside-if", "wlan9"]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: {path}: no interface 'wlan9' (--outside-if); it has if2, "
+                                       "if3, if10, if11\n")
+    bad = write(tmp_path, b"eth0 is up\n", "bad.txt")
+    assert main(["correlate", path, "--interfaces", str(bad)]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: {bad}: line 1 is not `ip -o link` output: 'eth0 is up' "
+                                       "(expected 'INDEX: NAME: <FLAGS> ...')\n")
+    assert main(["who", "203.0.113.2:40000", path, "--interfaces", links, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["connections"]
+
+
+def test_decoders_agree_on_a_capture_of_many_interfaces(tmp_path: Path) -> None:
+    sim = write_any(MODEL_SCENARIOS["nodeport_inbound"], tmp_path / "any.pcap")
+    assert sim.truth["connections"]
+    fast, ref = (load_packets(tmp_path / "any.pcap", fast=f) for f in (True, False))
+    assert fast[1].equals(ref[1])
+    assert fast[0].interface_frames == ref[0].interface_frames and len(fast[0].interface_frames) > 3
+    sim2 = write_node_pcapng(SCENARIOS["udp"], tmp_path / "node.pcapng")
+    assert sim2.truth["connections"]
+    fast, ref = (load_packets(tmp_path / "node.pcapng", fast=f) for f in (True, False))
+    assert fast[1].equals(ref[1])
+    assert dataclasses.replace(fast[0], fallback_frames=0) == ref[0]  # the fast one hands ICMP errors over
