@@ -511,6 +511,8 @@ class _ChunkDecoder:
         self.info = info
         self.schema = schema
         self.addresses = _Addresses()
+        self._slow_kept: list[int] = []
+        """Frame numbers of the rows the last _slow_frame decoded."""
 
     def close(self) -> None:
         self.mv.release()
@@ -620,7 +622,9 @@ class _ChunkDecoder:
             return None
         if len(frames) == 1:
             return frames[0]
-        return pl.concat(frames).sort("frame_no")
+        # Back into file order by the records' frame numbers (the kept columns need not include frame_no).
+        order = pl.concat([pl.Series(ch.frame_no[fast_rows]), pl.Series(self._slow_kept)])
+        return pl.concat(frames).with_columns(order.alias("_order")).sort("_order").drop("_order")
 
     def _fast_frame(self, ch: _Chunk, r: np.ndarray, hdr: np.ndarray, l4: np.ndarray, is4: np.ndarray,
                     proto: np.ndarray, typ: np.ndarray, req: np.ndarray, tcp: np.ndarray, echo: np.ndarray,
@@ -705,6 +709,8 @@ class _ChunkDecoder:
     def _slow_frame(self, ch: _Chunk, rows: np.ndarray) -> pl.DataFrame | None:
         """The reference decoder, record by record, exactly as packets.build_packets runs it."""
         out: list[tuple] = []
+        kept: list[int] = []
+        self._slow_kept = kept
         skipped = self.info.skipped
         buf = self.buf
         on_if = self.info.interface_skipped
@@ -715,6 +721,7 @@ class _ChunkDecoder:
             data = buf[off:off + cap]
             try:
                 out.append(decode(frame_no, ts, wire, cap, lt, data, iface))
+                kept.append(frame_no)
             except Skip as skip:
                 skipped[skip.reason] += 1
                 on_if[(iface, sll2_ifindex(lt, data), skip.reason)] += 1
