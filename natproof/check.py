@@ -170,12 +170,36 @@ def capture_pair(case: str | os.PathLike[str]) -> tuple[Path, Path]:
     return found[0], found[1]
 
 
-def check_case(case: str | os.PathLike[str], **correlate_options: Any) -> CheckReport:
-    """Correlate a scenario folder's inside and outside captures and compare with its truth.json."""
+SINGLE_FILES = ("any.pcap", "node.pcapng")
+"""A scenario folder's captures of many interfaces (natproof.lab.scenarios.NODE_FILES): ``tcpdump -i any`` and one
+pcapng of every node interface; links.txt (``ip -o link``) names any.pcap's interface indexes."""
+
+
+def single_captures(case: str | os.PathLike[str]) -> list[Path]:
+    """A scenario folder's captures of many interfaces (SINGLE_FILES, or gzip-compressed), those it has."""
+    folder = Path(case)
+    found = []
+    for name in SINGLE_FILES:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                found.append(candidate)
+                break
+    return found
+
+
+def check_case(case: str | os.PathLike[str], single: str | os.PathLike[str] | None = None,
+               **correlate_options: Any) -> CheckReport:
+    """Correlate a scenario folder's inside and outside captures and compare with its truth.json; with ``single``
+    (one of single_captures(case)), that one capture of many interfaces instead (its links.txt naming the indexes,
+    natproof choosing the inside and outside interfaces)."""
     from natproof.correlate import correlate
 
     folder = Path(case)
     truth = load_truth(folder / "truth.json")
     options = {"pod_cidr": truth.get("pod_cidr")} | correlate_options
-    result = correlate(*capture_pair(folder), **options)
+    if single is None:
+        result = correlate(*capture_pair(folder), **options)
+    else:
+        links = folder / "links.txt"
+        result = correlate(single, None, interfaces=links if links.is_file() else None, **options)
     return compare(result, truth)

@@ -823,12 +823,13 @@ def lab_list() -> None:
 @lab.command("run")
 @click.argument("scenario")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Folder for inside.pcap, outside.pcap, conntrack.log, truth.json, scenario.txt and the "
-                   "kubectl-style pods.json and services.json.")
+              help="Folder for inside.pcap, outside.pcap, any.pcap, node.pcapng, links.txt, conntrack.log, truth.json, "
+                   "scenario.txt and the kubectl-style pods.json and services.json.")
 @click.option("--keep-going", is_flag=True,
               help="Write the files even when the kernel's record disagrees with the scenario's design.")
 def lab_run(scenario: str, out: str, keep_going: bool) -> None:
-    """Build SCENARIO in network namespaces, capture both sides, record the kernel's truth, tear down."""
+    """Build SCENARIO in network namespaces, capture both sides (and the whole node), record the kernel's truth,
+    tear down."""
     from natproof.lab import run_scenario
 
     truth = run_scenario(scenario, Path(out), keep_going=keep_going)
@@ -840,15 +841,26 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
 @lab.command("check")
 @click.argument("folders", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def lab_check(folders: tuple[str, ...], fmt: str) -> None:
+@click.option("--single-file", is_flag=True,
+              help="Check the captures of many interfaces instead of the pair: any.pcap (tcpdump -i any, named by "
+                   "links.txt) and node.pcapng, each on its own, natproof choosing the inside and outside.")
+def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
     """Correlate each scenario folder's captures and compare with its truth.json (exit 1 on any mismatch).
 
     A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/).
     """
-    from natproof.check import check_case, find_cases
+    from natproof.check import check_case, find_cases, single_captures
 
     cases = find_cases(list(folders))
-    reports = {case.name: check_case(case) for case in cases}
+    if not single_file:
+        reports = {case.name: check_case(case) for case in cases}
+    else:
+        reports = {}
+        for case in cases:
+            singles = single_captures(case)
+            if not singles:
+                raise NatproofError(f"{case}: no any.pcap or node.pcapng in it (natproof lab run writes them)")
+            reports |= {f"{case.name} ({path.name})": check_case(case, path) for path in singles}
     if fmt == "json":
         click.echo(json.dumps({name: rep.to_dict() for name, rep in reports.items()}, indent=2))
     else:

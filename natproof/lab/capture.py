@@ -41,9 +41,17 @@ class CaptureStats:
 
 
 class PacketCapture:
-    """One tcpdump writing a nanosecond pcap of one interface; stopped by SIGINT to its pid."""
+    """One tcpdump writing a nanosecond pcap of one interface; stopped by SIGINT to its pid.
 
-    def __init__(self, lab: Lab, role: str, interface: str, path: Path) -> None:
+    ``interface="any"`` captures every interface of the namespace at once (``tcpdump -i any``): ``link_type``
+    LINUX_SLL2 makes each frame carry its interface index (tcpdump 4.99 picks it for any by default; named so an
+    older default, LINUX_SLL without the index, cannot slip in)."""
+
+    ready = "listening on"
+    """What the tool prints on stderr once its capture sockets are bound."""
+
+    def __init__(self, lab: Lab, role: str, interface: str, path: Path, link_type: str | None = None,
+                 ring_kib: int = RING_KIB) -> None:
         self.lab, self.role, self.interface, self.path = lab, role, interface, path
         # No capture filter: ARP, IPv6 router solicitations and MLD reports stay in, as on a real node.
         # -U writes each packet as it arrives. --immediate-mode: with TPACKET_V3 libpcap hands packets over
@@ -52,8 +60,10 @@ class PacketCapture:
         # tcpdump from switching to an unprivileged user before it opens the output file. -B: in immediate
         # mode every ring slot is snaplen-sized (256 KiB), so the default 2 MiB ring holds 8 packets and a
         # burst of GSO packets or of 300 connections overflows it ("dropped by kernel").
-        options = f"-n -U --immediate-mode --time-stamp-precision=nano -s {SNAPLEN} -B {RING_KIB} -Z root"
+        options = f"-n -U --immediate-mode --time-stamp-precision=nano -s {SNAPLEN} -B {ring_kib} -Z root"
         self.argv = ["tcpdump", "-i", interface, *options.split(), "-w", str(path)]
+        if link_type:
+            self.argv[3:3] = ["-y", link_type]
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: list[str] = []
         self._listening = threading.Event()
@@ -73,32 +83,43 @@ class PacketCapture:
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._reader.join(1.0)
                 text = " ".join(self._stderr).strip() or "no output"
-                raise LabError(f"tcpdump on {self.interface} did not start: {text}")
+                raise LabError(f"{self.argv[0]} on {self.interface} did not start: {text}")
 
     def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for raw in self._proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self._stderr.append(line)
-            if "listening on" in line:
+            if self.ready in line:
                 self._listening.set()
 
     def stop(self) -> CaptureStats:
         """SIGINT by pid (tcpdump then flushes and prints its counts) and wait for it to exit."""
         if self._proc is None:
-            raise LabError(f"tcpdump on {self.interface} was never started")
+            raise LabError(f"{self.argv[0]} on {self.interface} was never started")
         self.lab.stop(self._proc, signal.SIGINT, timeout=STOP_TIMEOUT_S)
         if self._reader is not None:
             self._reader.join(STOP_TIMEOUT_S)
-        text = "\n".join(self._stderr)
+        captured, dropped = self._counts("\n".join(self._stderr))
         return CaptureStats(
             interface=self.interface,
             path=self.path,
-            captured=_count(text, r"(\d+) packets? captured"),
-            dropped_by_kernel=_count(text, r"(\d+) packets? dropped by kernel"),
+            captured=captured,
+            dropped_by_kernel=dropped,
             size_bytes=self.path.stat().st_size if self.path.exists() else 0,
             command=" ".join(self.argv),
         )
+
+    def _counts(self, text: str) -> tuple[int | None, int | None]:
+        """(packets written, packets the kernel dropped) from what the tool printed when it stopped."""
+        return _count(text, r"(\d+) packets? captured"), _count(text, r"(\d+) packets? dropped by kernel")
+
+
+def node_links(lab: Lab, role: str) -> tuple[str, list[str]]:
+    """``ip -o link`` of a namespace: (its text, the names of its interfaces other than lo)."""
+    text = lab.run(["ip", "-o", "link"], role=role).stdout
+    names = [m.group(1) for m in re.finditer(r"^\d+:\s+([^:@\s]+)", text, re.M)]
+    return text, [n for n in names if n != "lo"]
 
 
 def _count(text: str, pattern: str) -> int | None:
@@ -241,4 +262,21 @@ def foreign_addresses(path: Path) -> Counter[str]:
                 address = ipaddress.ip_address(packed)
                 if not any(address in net for net in LAB_NETWORKS if net.version == address.version):
                     found[str(address)] += 1
+    return found
+
+
+def foreign_ip_addresses(path: Path) -> Counter[str]:
+    """foreign_addresses for a capture of any link type natproof reads (``tcpdump -i any``, a pcapng of several
+    interfaces): IP sources and destinations outside the lab's ranges, with their packet counts."""
+    import polars as pl
+
+    from natproof.packets import load_packets
+
+    _, packets = load_packets(path, columns=("src", "dst"))
+    found: Counter[str] = Counter()
+    for col in ("src", "dst"):
+        for address, count in packets[col].cast(pl.String).value_counts().iter_rows():
+            ip = ipaddress.ip_address(address)
+            if not any(ip in net for net in LAB_NETWORKS if net.version == ip.version):
+                found[address] += count
     return found

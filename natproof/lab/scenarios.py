@@ -34,12 +34,15 @@ from typing import Any
 import dpkt
 
 from natproof.lab.capture import (
+    RING_KIB,
     CaptureStats,
     ConntrackRecorder,
     PacketCapture,
     RecorderStats,
     count_syns,
     foreign_addresses,
+    foreign_ip_addresses,
+    node_links,
     snapshot_conntrack,
 )
 from natproof.lab.kube import Endpoint, Service, kube_proxy_rules
@@ -59,6 +62,7 @@ from natproof.lab.topology import (
 )
 from natproof.lab.traffic import Action, Attempt, ClientPlan, Server, run_clients, start_servers
 from natproof.lab.truth import SCHEMA, Connection, ServiceRule, TruthRules, build_connections, parse_lines
+from natproof.testing.interfaces import merge_pcapng
 
 SETTLE_S = 0.3
 """Wait after the last client before stopping the captures, for the last FIN/ACKs and late replies."""
@@ -72,6 +76,14 @@ PHASE_GAP_S = 0.5
 SERVER = "198.51.100.10"
 HTTP = Server(INET, "http", SERVER, 80)
 OUTPUT_FILES = ("inside.pcap", "outside.pcap", "conntrack.log", "truth.json", "scenario.txt")
+NODE_FILES = ("any.pcap", "node.pcapng", "links.txt")
+"""The same run as one capture of many interfaces: ``tcpdump -i any`` (LINUX_SLL2), and one pcapng of every node
+interface but lo with an interface block each (a tcpdump per interface, merged: what dumpcap with several -i
+writes; dumpcap itself starts capturing on some interfaces up to seconds after it prints "Capturing on", measured
+2.7 s on the third of three veths, and would miss the first connections); ``ip -o link`` of the node names the
+indexes. ``natproof correlate any.pcap --interfaces links.txt`` must find the two-file form's connections."""
+NODE_CAPTURE_FACTOR = 4
+"""A node-wide capture holds each forwarded packet on up to three interfaces (veth, cni0, eth0)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,10 @@ class Recording:
     finished: float
     outside_off: frozenset[tuple[str, str, int, str, int]] = frozenset()
     """Attempts (Attempt.key) made while the outside capture was not running (Scenario.outside_phases)."""
+    node_captures: list[CaptureStats] = field(default_factory=list)
+    """any.pcap and node.pcapng (NODE_FILES)."""
+    links: str = ""
+    """``ip -o link`` of the node namespace (links.txt)."""
 
 
 Check = Callable[[list[Connection], Recording], list[str]]
@@ -1459,7 +1475,8 @@ def get_scenario(name: str) -> Scenario:
 
 def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
     """Run one scenario and write inside.pcap, outside.pcap, conntrack.log, truth.json and scenario.txt, and the
-    kubectl-style dumps of its pods and Services (pods.json, services.json: natproof.lab.kubectl).
+    kubectl-style dumps of its pods and Services (pods.json, services.json: natproof.lab.kubectl), and the
+    same traffic as captures of many interfaces (NODE_FILES: any.pcap, node.pcapng, links.txt).
 
     The files appear in ``outdir`` only once all of them are written. When the kernel's truth disagrees
     with the scenario's design (or a capture is incomplete), LabError is raised and nothing is written,
@@ -1483,16 +1500,19 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
         (stage / "scenario.txt").write_text(
             _describe(scenario, recording, truth, connections, notes, problems)
         )
-        outputs = list(OUTPUT_FILES)
+        if recording.node_captures:
+            (stage / "links.txt").write_text(recording.links)
+        outputs = list(OUTPUT_FILES) + [n for n in NODE_FILES if (stage / n).exists()]
         outputs += write_dumps(stage, scenario.topology.pods, scenario.services,
                                str(ipaddress.ip_interface(scenario.topology.node_address).ip), recording.started)
         if scenario.gzip_pcaps:
-            for pcap in ("inside.pcap", "outside.pcap"):
+            for pcap in [n for n in outputs if n.endswith((".pcap", ".pcapng"))]:
                 with open(stage / pcap, "rb") as src, open(stage / f"{pcap}.gz", "wb") as raw, \
                         gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
                     shutil.copyfileobj(src, dst)
                 outputs[outputs.index(pcap)] = f"{pcap}.gz"
-        for stale in ("inside.pcap", "outside.pcap", "inside.pcap.gz", "outside.pcap.gz", *DUMP_FILES):
+        captures = ("inside.pcap", "outside.pcap", "any.pcap", "node.pcapng")
+        for stale in (*captures, *(f"{c}.gz" for c in captures), *DUMP_FILES):
             if stale not in outputs:
                 (outdir / stale).unlink(missing_ok=True)
         for filename in outputs:
@@ -1517,6 +1537,19 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         outside = PacketCapture(lab, NODE, "eth0", stage / "outside.pcap")
         phases = (scenario.clients, *scenario.phases)
         first, last = scenario.outside_phases or (0, len(phases) - 1)
+        # The same run as one capture of many interfaces (NODE_FILES), over the inside capture's span; not where
+        # the design has the outside capture miss part of the run (one file cannot miss part of one interface).
+        links, names = node_links(lab, NODE)
+        node_captures: list[PacketCapture] = []
+        if scenario.outside_phases is None:
+            # Every forwarded packet reaches -i any once per interface it crosses: a ring four times as deep
+            # (many-connections dropped 2,010 of ~65,000 frames with the per-interface size).
+            node_captures.append(PacketCapture(lab, NODE, "any", stage / "any.pcap", link_type="LINUX_SLL2",
+                                               ring_kib=4 * RING_KIB))
+            node_captures += [PacketCapture(lab, NODE, n, stage / f".if-{n}.pcap") for n in names
+                              if n not in (scenario.inside_interface, "eth0")]
+        for capture in node_captures:
+            capture.start()
         inside.start()
         outside_stats = None
         attempts: list[Attempt] = []
@@ -1535,6 +1568,9 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
                 outside_stats = outside.stop()
         time.sleep(SETTLE_S + scenario.settle_s)
         capture_stats = [inside.stop(), outside_stats or outside.stop()]
+        node_stats = [capture.stop() for capture in node_captures]
+        if node_stats:
+            node_stats = [node_stats[0], _merge_node(names, [*capture_stats, *node_stats[1:]], stage / "node.pcapng")]
         recorder_stats = [recorder.stop() for recorder in recorders]
         listing_command, listing = snapshot_conntrack(lab, NODE)
         node_state = _node_state(lab)
@@ -1550,6 +1586,24 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         setup_commands=list(lab.commands),
         started=started,
         finished=time.time(),
+        node_captures=node_stats,
+        links=links,
+    )
+
+
+def _merge_node(names: list[str], parts: list[CaptureStats], path: Path) -> CaptureStats:
+    """node.pcapng from the per-interface captures, in ``ip -o link`` order; the extra ones are deleted."""
+    by_if = {c.interface: c for c in parts}
+    merged = merge_pcapng([(n, by_if[n].path) for n in names], path)
+    for c in parts:
+        if c.path.name.startswith(".if-"):
+            c.path.unlink()
+    drops = [c.dropped_by_kernel for c in parts if c.interface in names]
+    return CaptureStats(
+        interface=",".join(names), path=path, captured=merged,
+        dropped_by_kernel=None if None in drops else sum(d or 0 for d in drops),
+        size_bytes=path.stat().st_size,
+        command=" + ".join(f"tcpdump -i {n}" for n in names) + " merged into one pcapng (an interface block each)",
     )
 
 
@@ -1738,6 +1792,17 @@ def _problems(
             )
         if cap.size_bytes > scenario.max_pcap_bytes:
             problems.append(f"{cap.path.name}: {cap.size_bytes} bytes, over {scenario.max_pcap_bytes}")
+    for cap in rec.node_captures:
+        if cap.dropped_by_kernel:
+            problems.append(f"{cap.path.name}: {cap.dropped_by_kernel} packets dropped by kernel")
+        if not cap.captured:
+            problems.append(f"{cap.path.name}: no packet captured on {cap.interface}")
+        else:
+            for address, count in sorted(foreign_ip_addresses(cap.path).items()):
+                problems.append(f"{cap.path.name}: {count} packets to or from {address}, outside the lab's ranges")
+        if cap.size_bytes > NODE_CAPTURE_FACTOR * scenario.max_pcap_bytes:
+            problems.append(f"{cap.path.name}: {cap.size_bytes} bytes, over "
+                            f"{NODE_CAPTURE_FACTOR * scenario.max_pcap_bytes}")
     for stats in rec.recorders:
         if stats.socket_drops:
             problems.append(f"{stats.command}: {stats.socket_drops} events dropped by the netlink socket")
@@ -1818,6 +1883,20 @@ def _describe(
             f"SIGINT {SETTLE_S:g} s after the last one. The clients ran in {1 + len(scenario.phases)} phases "
             f"{PHASE_GAP_S:g} s apart, and the outside capture ran for phases {first} to {last} only: started "
             f"{PHASE_GAP_S:g} s after the phase before, stopped {SETTLE_S:g} s after phase {last}."
+        )
+    for cap in rec.node_captures:
+        out.append(
+            f"{cap.path.name} (one capture of many interfaces): "
+            f"`{cap.command.replace(str(cap.path.parent) + '/', '')}` in the node namespace: {cap.captured} "
+            f"packets, {cap.dropped_by_kernel} dropped by kernel, {cap.size_bytes} bytes"
+        )
+    if rec.node_captures:
+        out += _wrap(
+            "The node-wide captures ran over the same span as the two above and hold the same traffic, each "
+            "forwarded packet once per interface it crossed (pod veth, cni0, eth0). links.txt is `ip -o link` of the "
+            "node namespace: it names any.pcap's interface indexes (natproof correlate any.pcap --interfaces "
+            "links.txt). node.pcapng holds a tcpdump of each node interface but lo (started, like the others, "
+            "before the first client), merged into one pcapng with an interface block (if_name) each."
         )
     out += _wrap(
         "No capture filter: ARP, IPv6 (router solicitations, MLD, DAD) and IGMP noise is kept as it was. "

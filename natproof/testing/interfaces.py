@@ -98,6 +98,36 @@ def write_pcapng(path: Path, interfaces: Sequence[tuple[str, int]], records: Ite
             fh.write(_block(6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + data))
 
 
+def read_pcap(path: Path) -> tuple[int, list[tuple[int, bytes]]]:
+    """(linktype, [(ts_ns, frame)]) of a classic pcap (either byte order, micro- or nanosecond); a file with no
+    packet gives an empty list (read_capture would refuse it)."""
+    data = Path(path).read_bytes()
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    unit = 1 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1_000
+    linktype = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
+    out, off = [], 24
+    while off + 16 <= len(data):
+        sec, frac, caplen, _ = struct.unpack_from(endian + "IIII", data, off)
+        out.append((sec * 1_000_000_000 + frac * unit, data[off + 16:off + 16 + caplen]))
+        off += 16 + caplen
+    return linktype, out
+
+
+def merge_pcapng(parts: Sequence[tuple[str, Path]], out: Path) -> int:
+    """One pcapng of several single-interface pcaps, as dumpcap with one ``-i`` per interface writes it: an
+    interface block per part (if_name its name, its link type) and every record in time order (ties: part order).
+    Returns the records written."""
+    interfaces, records = [], []
+    for n, (name, path) in enumerate(parts):
+        linktype, recs = read_pcap(path)
+        interfaces.append((name, linktype))
+        records += [(ts, n, i, data) for i, (ts, data) in enumerate(recs)]
+    records.sort()
+    write_pcapng(Path(out), interfaces, [(n, ts, data) for ts, n, _, data in records])
+    return len(records)
+
+
 def write_any(scenario: Scenario, path: Path, *, bridge: bool = True, links: Path | None = None) -> Simulation:
     """Simulate ``scenario`` on one clock and write it as one ``tcpdump -i any`` capture (and, with ``links``,
     the node's ``ip -o link``); returns the simulation (its truth is the two-file form's)."""
