@@ -43,8 +43,9 @@ COPY_NS = 1_000_000
 """Two copies of one packet on two interfaces of one observation point (a pod-to-pod packet on both pods' veths)
 are at most this far apart (1 ms); a retransmission never is (the shortest retransmission timer, TLP, is 10 ms)."""
 COPY_SHARE = 0.9
-"""An interface whose IP packets are at least this share copies of packets already on the point's interfaces (same
-invariant fields and TTL: a bridge and its ports, a Service backend's veth) adds nothing and is left out."""
+"""An interface whose connection starts (or, with none, IP packets) are at least this share copies of packets
+already on the point's interfaces (same invariant fields: a bridge and its ports, the veth of a Service backend
+that a pod on the node calls) adds no connection and is left out."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,8 @@ class Evidence:
     """Crossings that put the interface before the NAT for egress or after it for inbound (pod side)."""
     outside: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Crossings that put it on the node's far side."""
+    crossings: dict[Key, set[int]] = dataclasses.field(default_factory=dict)
+    """The signatures of the connection starts that crossed at each interface (to count connections, not copies)."""
     starts: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Connections started on it by a pod-side (private, not the node's own) address, crossing or not."""
     sources: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
@@ -287,15 +290,23 @@ class Evidence:
     aggregates: frozenset[Key] = frozenset()
     """Interfaces that hold, under the same tuples, the packets of two or more others (a bridge and its ports)."""
 
-    def copy_share(self, key: Key, taken: Sequence[Key]) -> float:
-        """The share of ``key``'s distinct packets that are also on one of ``taken`` (0.0 when it has none)."""
+    start_sigs: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
+    """Distinct (where, sig) of each interface's connection starts."""
+
+    def copy_share(self, key: Key, taken: Sequence[Key]) -> tuple[float, str]:
+        """How much of ``key``'s traffic is copies of packets on ``taken`` (by signature: a bridge's copy keeps the
+        TTL and tuple, a DNATed or routed copy neither): the share of its connection starts, or of its packets
+        when it has no start; and which of the two was measured."""
         if self.copies.is_empty() or not taken:
-            return 0.0
-        mine = self.copies.filter(pl.col("where") == _where_value(key)).select("sig", "ttl")
-        if mine.is_empty():
-            return 0.0
-        theirs = self.copies.filter(pl.col("where").is_in([_where_value(k) for k in taken])).select("sig", "ttl")
-        return mine.join(theirs.unique(), on=["sig", "ttl"], how="semi").height / mine.height
+            return 0.0, "packets"
+        theirs = self.copies.filter(pl.col("where").is_in([_where_value(k) for k in taken])).select("sig").unique()
+        for what, frame in (("connection starts", self.start_sigs), ("packets", self.copies)):
+            if frame.is_empty():
+                continue
+            mine = frame.filter(pl.col("where") == _where_value(key)).select("sig").unique()
+            if not mine.is_empty():
+                return mine.join(theirs, on="sig", how="semi").height / mine.height, what
+        return 0.0, "packets"
 
 
 def where_expr() -> pl.Expr:
@@ -336,9 +347,16 @@ def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
                                                                       & (pl.col("icmp_type") == 128))
     flow = ["iface", "ifindex", "f_src", "f_sport", "f_dst", "f_dport"]
     udp = (pl.col("f_proto") == 17) & pl.struct(flow).is_first_distinct()
-    return packets.filter(~err & (syn.fill_null(False) | echo.fill_null(False) | udp)).select(
-        "iface", "ifindex", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
-        pl.col("f_dst").cast(pl.String).alias("dst"))
+    rows = packets.filter(~err & (syn.fill_null(False) | echo.fill_null(False) | udp))
+    # A datagram is no start where the opposite direction was seen before it, on any interface (under the NAT's
+    # tuple too): replies that come in on an interface their request did not leave by (asymmetric routing).
+    tuple_ = ["f_src", "f_sport", "f_dst", "f_dport"]
+    first = packets.filter(pl.col("f_proto") == 17).group_by(tuple_).agg(pl.col("ts_ns").min().alias("_first"))
+    reverse = first.rename({"f_src": "f_dst", "f_dst": "f_src", "f_sport": "f_dport", "f_dport": "f_sport"})
+    rows = rows.join(reverse, on=tuple_, how="left").filter(
+        (pl.col("f_proto") != 17) | pl.col("_first").is_null() | (pl.col("_first") > pl.col("ts_ns")))
+    return rows.select("iface", "ifindex", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
+                       pl.col("f_dst").cast(pl.String).alias("dst"))
 
 
 def _private(addr: str) -> bool:
@@ -365,9 +383,10 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     ev.copies = packets.select(where_expr(), "sig", "ttl", tsig).unique()
     ev.aggregates = _aggregates(ev.copies)
     starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
-        "iface", "ifindex", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
+        "iface", "ifindex", "ts_ns", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
         "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
     starts = _start_rows(starts)
+    ev.start_sigs = starts.select(where_expr(), "sig").unique()
     if starts.is_empty():
         return ev
     by_sig = starts.group_by("sig").agg(
@@ -401,6 +420,8 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     for sig, pre_src, pre_dst, post_src, post_dst in ends.iter_rows():
         if pre_dst != post_dst and pod_side(post_dst) and not pod_side(pre_dst) and not service(pre_dst):
             inside, outside = post_at[sig], pre_at[sig]  # inbound: DNAT to a pod (NodePort, an ALG's expectation)
+        elif pod_side(post_src) and pod_side(post_dst):
+            continue  # pod to pod, through a ClusterIP or not: no crossing between inside and outside
         elif pod_side(pre_src) and (not pod_side(post_src) or pre_src == post_src):
             inside, outside = pre_at[sig], post_at[sig]  # egress, translated or not
             for k in outside:
@@ -413,6 +434,8 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
             ev.inside[k] += 1
         for k in outside:
             ev.outside[k] += 1
+        for k in (*inside, *outside):
+            ev.crossings.setdefault(k, set()).add(sig)
     for a, b, dst, n in starts.group_by("iface", "ifindex", "dst").len().iter_rows():
         if service(dst):
             ev.service_starts[(a, b)] += n
@@ -446,9 +469,9 @@ def _without_copies(order: list[Interface], ev: Evidence) -> tuple[list[Interfac
     taken: list[Interface] = []
     notes: dict[Key, str] = {}
     for i in order:
-        share = ev.copy_share(i.key, [t.key for t in taken])
+        share, what = ev.copy_share(i.key, [t.key for t in taken])
         if share >= COPY_SHARE:
-            notes[i.key] = (f"left out: {share:.0%} of its packets are copies of those on {_names(taken)} (a bridge "
+            notes[i.key] = (f"left out: {share:.0%} of its {what} are copies of packets on {_names(taken)} (a bridge "
                             "and its ports, or a Service backend's veth, see the same packets)")
             continue
         taken.append(i)
@@ -462,7 +485,7 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
     usable = [i for i in cands if i.kind != "loopback"]
     voted = [i for i in usable if mine[i.key] > theirs[i.key]]
     if voted:
-        n = sum(mine[i.key] for i in voted)
+        n = len(set().union(*(ev.crossings.get(i.key, set()) for i in voted)))
         if role == "inside":
             srcs = set().union(*(ev.sources.get(i.key, set()) for i in voted))
             why = (f"{n} connection start(s) crossed the NAT between here and another interface, on this side of it "
