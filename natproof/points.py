@@ -573,9 +573,11 @@ def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequen
     path = info.path
     interfaces = interfaces_of(info, packets, links)
     if len([i for i in interfaces if i.frames or i.packets]) < 2:
-        only = interfaces[0].label() if interfaces else info.link_type
-        raise InputError(f"{path}: one interface ({only}) only: give a second capture from the other side of the "
-                         "NAT, or a capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
+        named = [i for i in interfaces if i.frames or i.packets][:1] or interfaces[:1]
+        only = named[0].label() if named and named[0].name else info.link_type
+        raise InputError(f"{path}: a capture of one interface ({only}) and no second capture: give the other side's "
+                         "too (natproof correlate INSIDE OUTSIDE), or one capture of several interfaces (tcpdump -i "
+                         "any, dumpcap -i A -i B)")
     given_in = resolve(inside_if, interfaces, path, "--inside-if")
     given_out = resolve(outside_if, interfaces, path, "--outside-if")
     if both := [i for i in given_in if i in given_out]:

@@ -95,8 +95,9 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "correlate", str(pair[0]))
-    assert code == 2 and err == ("natproof: error: Missing argument 'OUTSIDE'. "
-                                 "(see 'natproof correlate --help')\n")
+    assert code == 2 and err == (f"natproof: error: {pair[0]}: a capture of one interface (RAW) and no second "
+                                 "capture: give the other side's too (natproof correlate INSIDE OUTSIDE), or one "
+                                 "capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)\n")
     code, _, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "parquet")
     assert (code, err) == (2, "natproof: error: --format parquet needs -o FILE (see 'natproof correlate --help')\n")
 

@@ -128,7 +128,7 @@ def test_tcpdump_any_gives_the_connections_of_the_two_file_form(name: str, tmp_p
     assert sorted(one.inside.interfaces) == pods and one.outside.interfaces == ("eth0",)
     assert one.inside.chosen == one.outside.chosen == "chosen"
     points = {i.name: (i.point, i.note) for i in one.interfaces}
-    assert points["cni0"][0] is None and points["cni0"][1].startswith("left out: 100% of its packets are copies")
+    assert points["cni0"][0] is None and points["cni0"][1].startswith("left out: 100% of its connection starts are copies")
 
 
 @pytest.mark.parametrize("name", ["basic", "nodeport_inbound"])
@@ -167,7 +167,7 @@ def test_the_json_and_table_say_which_interfaces_and_why(tmp_path: Path) -> None
     lines = points_lines(one)
     assert lines[0].startswith(f"inside: {tmp_path / 'any.pcap'} veth10 (if10), veth11 (if11), chosen: ")
     assert lines[1].startswith(f"outside: {tmp_path / 'any.pcap'} eth0 (if2), chosen: ")
-    assert lines[2].startswith("left out: lo (if1): loopback; cni0 (if3): 100% of its packets are copies")
+    assert lines[2].startswith("left out: lo (if1): loopback; cni0 (if3): 100% of its connection starts are copies")
 
 
 def test_a_pod_to_pod_packet_on_both_veths_counts_once(tmp_path: Path) -> None:
@@ -235,8 +235,9 @@ def test_one_file_of_one_interface_is_an_input_error(tmp_path: Path) -> None:
                                 linktype=276), "eth0.pcap")
     with pytest.raises(natproof.InputError) as exc:
         natproof.correlate(path)
-    assert str(exc.value) == (f"{path}: one interface (if5) only: give a second capture from the other side of the "
-                              "NAT, or a capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
+    assert str(exc.value) == (f"{path}: a capture of one interface (if5) and no second capture: give the other "
+                              "side's too (natproof correlate INSIDE OUTSIDE), or one capture of several interfaces "
+                              "(tcpdump -i any, dumpcap -i A -i B)")
 
 
 def test_unknown_or_doubly_given_interfaces_are_input_errors(tmp_path: Path) -> None:
