@@ -18,6 +18,10 @@ import dpkt
 from natproof.lab.topology import Lab, LabError
 
 SNAPLEN = 262144
+ANY_SNAPLEN = 65600
+"""Snaplen of ``tcpdump -i any``: the largest IP packet (65,535 bytes, a GSO packet at the veths' gso_max_size
+65536) plus the 20-byte SLL2 header. Immediate mode makes every ring slot snaplen-sized, so this gives four times the
+slots of SNAPLEN in the same memory: -i any sees each forwarded packet up to three times."""
 RING_KIB = 64 * 1024
 START_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
@@ -51,7 +55,7 @@ class PacketCapture:
     """What the tool prints on stderr once its capture sockets are bound."""
 
     def __init__(self, lab: Lab, role: str, interface: str, path: Path, link_type: str | None = None,
-                 ring_kib: int = RING_KIB) -> None:
+                 ring_kib: int = RING_KIB, snaplen: int = SNAPLEN) -> None:
         self.lab, self.role, self.interface, self.path = lab, role, interface, path
         # No capture filter: ARP, IPv6 router solicitations and MLD reports stay in, as on a real node.
         # -U writes each packet as it arrives. --immediate-mode: with TPACKET_V3 libpcap hands packets over
@@ -60,7 +64,7 @@ class PacketCapture:
         # tcpdump from switching to an unprivileged user before it opens the output file. -B: in immediate
         # mode every ring slot is snaplen-sized (256 KiB), so the default 2 MiB ring holds 8 packets and a
         # burst of GSO packets or of 300 connections overflows it ("dropped by kernel").
-        options = f"-n -U --immediate-mode --time-stamp-precision=nano -s {SNAPLEN} -B {ring_kib} -Z root"
+        options = f"-n -U --immediate-mode --time-stamp-precision=nano -s {snaplen} -B {ring_kib} -Z root"
         self.argv = ["tcpdump", "-i", interface, *options.split(), "-w", str(path)]
         if link_type:
             self.argv[3:3] = ["-y", link_type]
