@@ -288,7 +288,8 @@ class Evidence:
     service_starts: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Connection starts to a ClusterIP (the tuple before kube-proxy's DNAT exists only where the client sent it)."""
     aggregates: frozenset[Key] = frozenset()
-    """Interfaces that hold, under the same tuples, the packets of two or more others (a bridge and its ports)."""
+    """Interfaces that hold, under the same tuples, the packets of two or more others, and connections started by
+    two or more pod-side sources: a bridge beside its ports, whatever its name."""
 
     start_sigs: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
     """Distinct (where, sig) of each interface's connection starts."""
@@ -381,13 +382,14 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
         return ev
     tsig = pl.struct("sig", "f_src", "f_sport", "f_dst", "f_dport").hash(seed=0x7473).alias("tsig")
     ev.copies = packets.select(where_expr(), "sig", "ttl", tsig).unique()
-    ev.aggregates = _aggregates(ev.copies)
+    shares_all = _aggregates(ev.copies)
     starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
         "iface", "ifindex", "ts_ns", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
         "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
     starts = _start_rows(starts)
     ev.start_sigs = starts.select(where_expr(), "sig").unique()
     if starts.is_empty():
+        ev.aggregates = frozenset()
         return ev
     by_sig = starts.group_by("sig").agg(
         pl.struct("iface", "ifindex").n_unique().alias("where"), pl.col("ttl").max().alias("hi"),
@@ -444,6 +446,9 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
         if pod_side(src):
             ev.starts[(a, b)] += n
             ev.sources.setdefault((a, b), set()).add(src)
+    # A bridge holds its ports' packets and, unlike a pod's veth (which may hold a peer pod's copies too), the
+    # connections of several pods.
+    ev.aggregates = frozenset(k for k in shares_all if len(ev.sources.get(k, ())) >= 2)
     return ev
 
 
@@ -484,25 +489,24 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
     mine, theirs = (ev.inside, ev.outside) if role == "inside" else (ev.outside, ev.inside)
     usable = [i for i in cands if i.kind != "loopback"]
     voted = [i for i in usable if mine[i.key] > theirs[i.key]]
+    more: list[Interface] = []
     if voted:
         n = len(set().union(*(ev.crossings.get(i.key, set()) for i in voted)))
         if role == "inside":
             srcs = set().union(*(ev.sources.get(i.key, set()) for i in voted))
-            why = (f"{n} connection start(s) crossed the NAT between here and another interface, on this side of it "
-                   f"(pod-side addresses {_addresses(srcs)}; TTL one lower on the far side)")
+            why = (f"the pod side of {n} connection(s) that crossed the NAT (pod-side addresses {_addresses(srcs)}; "
+                   "the copy past the node's routing step has the TTL one lower)")
         else:
             trans = set().union(*(ev.translated.get(i.key, set()) for i in voted))
-            shown = f" (as {_addresses(trans)})" if trans else ""
-            why = (f"{n} connection start(s) crossed the NAT between the pod side and here{shown}; "
-                   "TTL one lower after the node's routing step")
+            shown = f" (as {_addresses(trans)}" if trans else " ("
+            why = (f"the node's side of {n} connection(s) that crossed the NAT{shown}; the copy past the node's "
+                   "routing step has the TTL one lower)")
         base = voted
         if role == "inside":
             # Pods whose connections never crossed (dropped on the node, pod to pod) are inside all the same.
             more = [i for i in usable if i not in voted and i.packets and not theirs[i.key]
                     and (i.kind in ("port", "bridge") or (i.kind == "unknown" and ev.starts[i.key]))]
-            if more:
-                why += f"; {_names(more)}: the same side (by name, or pod-side sources start connections there)"
-                base = voted + more
+            base = voted + more
     else:
         kinds = ("port", "bridge") if role == "inside" else ("uplink",)
         named = [i for i in usable if i.kind in kinds and (i.packets or role == "outside")]
@@ -524,6 +528,8 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
     order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, -ev.service_starts[i.key],
                                         -mine[i.key], -i.packets, i.name))
     chosen, notes = _without_copies(order, ev)
+    if added := [i for i in chosen if i in more]:
+        why += f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"
     return chosen, why, notes
 
 

@@ -55,7 +55,7 @@ class PacketCapture:
     """What the tool prints on stderr once its capture sockets are bound."""
 
     def __init__(self, lab: Lab, role: str, interface: str, path: Path, link_type: str | None = None,
-                 ring_kib: int = RING_KIB, snaplen: int = SNAPLEN) -> None:
+                 ring_kib: int = RING_KIB, snaplen: int = SNAPLEN, promiscuous: bool = True) -> None:
         self.lab, self.role, self.interface, self.path = lab, role, interface, path
         # No capture filter: ARP, IPv6 router solicitations and MLD reports stay in, as on a real node.
         # -U writes each packet as it arrives. --immediate-mode: with TPACKET_V3 libpcap hands packets over
@@ -68,6 +68,10 @@ class PacketCapture:
         self.argv = ["tcpdump", "-i", interface, *options.split(), "-w", str(path)]
         if link_type:
             self.argv[3:3] = ["-y", link_type]
+        if not promiscuous:
+            # A bridge device in promiscuous mode is handed every frame its ports forward to each other (PACKET_
+            # OTHERHOST): a capture that only watches must not change what the bridge does.
+            self.argv[3:3] = ["-p"]
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: list[str] = []
         self._listening = threading.Event()

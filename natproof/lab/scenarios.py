@@ -1547,7 +1547,7 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
             # (many-connections dropped 2,010 of ~65,000 frames with the per-interface ring, 347 with four times).
             node_captures.append(PacketCapture(lab, NODE, "any", stage / "any.pcap", link_type="LINUX_SLL2",
                                                ring_kib=4 * RING_KIB, snaplen=ANY_SNAPLEN))
-            node_captures += [PacketCapture(lab, NODE, n, stage / f".if-{n}.pcap") for n in names
+            node_captures += [PacketCapture(lab, NODE, n, stage / f".if-{n}.pcap", promiscuous=False) for n in names
                               if n not in (scenario.inside_interface, "eth0")]
         for capture in node_captures:
             capture.start()
