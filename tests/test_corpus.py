@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from natproof.check import capture_pair, compare, load_truth
+from natproof.check import capture_pair, compare, load_truth, single_captures
 from natproof.correlate import correlate
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -39,6 +39,27 @@ def test_kernel_truth_with_inferred_pod_network(case: Path) -> None:
     truth = load_truth(case / "truth.json")
     rep = compare(correlate(*capture_pair(case)), truth)
     assert rep.ok, rep.to_dict()
+
+
+SINGLE = [(d, f) for d in DIRS for f in single_captures(d)]
+
+
+@pytest.mark.parametrize(("case", "single"), SINGLE, ids=[f"{d.name}/{f.name}" for d, f in SINGLE])
+def test_kernel_truth_from_one_capture_of_many_interfaces(case: Path, single: Path) -> None:
+    # The same run as tcpdump -i any (named by links.txt) and as one pcapng: natproof chooses the points itself.
+    truth = load_truth(case / "truth.json")
+    result = correlate(single, interfaces=case / "links.txt")
+    assert compare(result, truth).ok
+    assert result.inside.chosen == result.outside.chosen == "chosen"
+    assert result.outside.interfaces == ("eth0",)
+    pair = correlate(*capture_pair(case)).to_dict()["connections"]
+    keys = ("proto", "initiator", "original", "translated", "verdict", "fates", "flags")
+    assert [{k: c[k] for k in keys} for c in result.to_dict()["connections"]] == [{k: c[k] for k in keys}
+                                                                                  for c in pair]
+
+
+def test_single_file_forms_are_in_the_corpus() -> None:
+    assert SINGLE, "no scenario in captures/ has any.pcap or node.pcapng; record one with make captures"
 
 
 def test_icmp_port_unreachable_is_reverse_translated_but_not_a_reply() -> None:
