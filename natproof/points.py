@@ -476,8 +476,9 @@ def _without_copies(order: list[Interface], ev: Evidence) -> tuple[list[Interfac
     for i in order:
         share, what = ev.copy_share(i.key, [t.key for t in taken])
         if share >= COPY_SHARE:
-            notes[i.key] = (f"left out: {share:.0%} of its {what} are copies of packets on {_names(taken)} (a bridge "
-                            "and its ports, or a Service backend's veth, see the same packets)")
+            most = "all" if share == 1 else f"{share:.0%} of"
+            notes[i.key] = (f"left out: {most} its {what} are copies of packets on {_names(taken)} (a bridge beside "
+                            "its ports, a Service backend's veth)")
             continue
         taken.append(i)
     return taken, notes
@@ -494,13 +495,12 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
         n = len(set().union(*(ev.crossings.get(i.key, set()) for i in voted)))
         if role == "inside":
             srcs = set().union(*(ev.sources.get(i.key, set()) for i in voted))
-            why = (f"the pod side of {n} connection(s) that crossed the NAT (pod-side addresses {_addresses(srcs)}; "
-                   "the copy past the node's routing step has the TTL one lower)")
+            why = (f"pod side of {n} connection(s) that crossed the NAT (from {_addresses(srcs)}; TTL one lower past "
+                   "the node)")
         else:
             trans = set().union(*(ev.translated.get(i.key, set()) for i in voted))
             shown = f" (as {_addresses(trans)}" if trans else " ("
-            why = (f"the node's side of {n} connection(s) that crossed the NAT{shown}; the copy past the node's "
-                   "routing step has the TTL one lower)")
+            why = f"node side of {n} connection(s) that crossed the NAT{shown}; TTL one lower past the node)"
         base = voted
         if role == "inside":
             # Pods whose connections never crossed (dropped on the node, pod to pod) are inside all the same.

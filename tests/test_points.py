@@ -129,7 +129,7 @@ def test_tcpdump_any_gives_the_connections_of_the_two_file_form(name: str, tmp_p
     assert one.inside.chosen == one.outside.chosen == "chosen"
     points = {i.name: (i.point, i.note) for i in one.interfaces}
     assert points["cni0"][0] is None
-    assert points["cni0"][1].startswith("left out: 100% of its connection starts are copies")
+    assert points["cni0"][1].startswith("left out: all its connection starts are copies of packets on veth")
 
 
 @pytest.mark.parametrize("name", ["basic", "nodeport_inbound"])
@@ -168,7 +168,8 @@ def test_the_json_and_table_say_which_interfaces_and_why(tmp_path: Path) -> None
     lines = points_lines(one)
     assert lines[0].startswith(f"inside: {tmp_path / 'any.pcap'} veth10 (if10), veth11 (if11), chosen: ")
     assert lines[1].startswith(f"outside: {tmp_path / 'any.pcap'} eth0 (if2), chosen: ")
-    assert lines[2].startswith("left out: lo (if1): loopback; cni0 (if3): 100% of its connection starts are copies")
+    assert lines[2:] == ["left out: lo (if1): loopback", "left out: cni0 (if3): all its connection starts are copies "
+                         "of packets on veth10, veth11 (a bridge beside its ports, a Service backend's veth)"]
 
 
 def test_a_pod_to_pod_packet_on_both_veths_counts_once(tmp_path: Path) -> None:

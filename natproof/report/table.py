@@ -128,9 +128,8 @@ def points_lines(result: Result) -> list[str]:
     for role, cap in (("inside", result.inside), ("outside", result.outside)):
         names = ", ".join(labels.get((cap.path, n), n) for n in cap.interfaces) or "the whole file"
         lines.append(f"{role}: {cap.path} {names}, {cap.chosen}: {cap.why}")
-    left = [f"{i.label()}: {i.note.removeprefix('left out: ')}" for i in result.interfaces if i.point is None]
-    if left:
-        lines.append("left out: " + "; ".join(left))
+    lines += [f"left out: {i.label()}: {i.note.removeprefix('left out: ')}" for i in result.interfaces
+              if i.point is None]
     return lines
 
 
