@@ -119,9 +119,12 @@ def _prepare_one_file(path: str | os.PathLike[str], progress: Callable[[int], No
     plan = choose_points(info, pk, inside_if=inside_if, outside_if=outside_if, links=links,
                          pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
                          service_networks=services.networks)
+    parts = [split(pk, point) for point in (plan.inside, plan.outside)]
+    del pk  # each point's packets from here on, never the whole file's as well
+    trim()
     out = []
     for point, first in ((plan.inside, True), (plan.outside, False)):
-        part, copies = split(pk, point)
+        part, copies = parts.pop(0)
         side, frames = _prepare_point(part, point_info(info, point, first=first), copies, timeouts=timeouts,
                                       inside=first, pod_cidr=pod_cidr, services=services)
         out.append((dataclasses.replace(side, point=point, interfaces=plan.interfaces), frames))

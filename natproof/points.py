@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -281,10 +282,8 @@ class Evidence:
     """Those pod-side sources."""
     translated: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """Sources connections started inside carried after the NAT, on the interface where they appeared."""
-    copies: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
-    """Distinct (where, sig, ttl, tsig) of the IP packets (``where``: see where_expr; ``tsig``: the signature and the
-    flow's tuple): the same packet on two interfaces of one side has the same signature and TTL, and under the same
-    tuple unless a DNAT on the bridge rewrote it (a Service backend on the node)."""
+    packets: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
+    """(where, sig) of every IP packet (``where``: see where_expr), for interfaces with no connection start."""
     service_starts: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Connection starts to a ClusterIP (the tuple before kube-proxy's DNAT exists only where the client sent it)."""
     aggregates: frozenset[Key] = frozenset()
@@ -298,10 +297,10 @@ class Evidence:
         """How much of ``key``'s traffic is copies of packets on ``taken`` (by signature: a bridge's copy keeps the
         TTL and tuple, a DNATed or routed copy neither): the share of its connection starts, or of its packets
         when it has no start; and which of the two was measured."""
-        if self.copies.is_empty() or not taken:
+        if self.packets.is_empty() or not taken:
             return 0.0, "packets"
-        theirs = self.copies.filter(pl.col("where").is_in([_where_value(k) for k in taken])).select("sig").unique()
-        for what, frame in (("connection starts", self.start_sigs), ("packets", self.copies)):
+        theirs = self.packets.filter(pl.col("where").is_in([_where_value(k) for k in taken])).select("sig").unique()
+        for what, frame in (("connection starts", self.start_sigs), ("packets", self.packets)):
             if frame.is_empty():
                 continue
             mine = frame.filter(pl.col("where") == _where_value(key)).select("sig").unique()
@@ -320,12 +319,13 @@ def _where_value(key: Key) -> int:
     return key[0] * (1 << 32) + (key[1] & 0xFFFFFFFF)
 
 
-def _aggregates(copies: pl.DataFrame) -> frozenset[Key]:
-    """Interfaces B with two or more partners A whose packets are nearly all (COPY_SHARE) on B under the same tuple:
-    a bridge, seen beside its ports, whatever its name."""
-    if copies.is_empty():
+def _aggregates(starts: pl.DataFrame) -> frozenset[Key]:
+    """Interfaces B with two or more partners A whose connection starts are nearly all (COPY_SHARE) on B under the
+    same tuple and TTL: a bridge, seen beside its ports, whatever its name."""
+    if starts.is_empty():
         return frozenset()
-    same = copies.select("where", "tsig", "ttl")
+    tsig = pl.struct("sig", "src", "dst").hash(seed=0x7473).alias("tsig")
+    same = starts.select(where_expr(), tsig, "ttl").unique()
     pairs = same.join(same, on=["tsig", "ttl"], suffix="_b").filter(pl.col("where") != pl.col("where_b"))
     if pairs.is_empty():
         return frozenset()
@@ -380,17 +380,16 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     ev = Evidence()
     if packets.is_empty():
         return ev
-    tsig = pl.struct("sig", "f_src", "f_sport", "f_dst", "f_dport").hash(seed=0x7473).alias("tsig")
-    ev.copies = packets.select(where_expr(), "sig", "ttl", tsig).unique()
-    shares_all = _aggregates(ev.copies)
+    # Not unique(): a copy share reads each interface's part once, and most interfaces need none.
+    ev.packets = packets.select(where_expr(), "sig")
     starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
         "iface", "ifindex", "ts_ns", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
         "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
     starts = _start_rows(starts)
     ev.start_sigs = starts.select(where_expr(), "sig").unique()
     if starts.is_empty():
-        ev.aggregates = frozenset()
         return ev
+    shares_all = _aggregates(starts)
     by_sig = starts.group_by("sig").agg(
         pl.struct("iface", "ifindex").n_unique().alias("where"), pl.col("ttl").max().alias("hi"),
         pl.col("ttl").min().alias("lo"))
@@ -405,10 +404,12 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     # NodePort's masquerade), never a pod's, even where they are private too.
     node_owned = {p for a, p in zip(ends["pre_src"].to_list(), ends["post_src"].to_list(), strict=True) if a != p}
 
+    @functools.cache
     def service(addr: str) -> bool:
         ip = ipaddress.ip_address(addr)
         return any(ip.version == n.version and ip in n for n in service_networks)
 
+    @functools.cache
     def pod_side(addr: str) -> bool:
         ip = ipaddress.ip_address(addr)
         if pod_networks:
