@@ -283,29 +283,35 @@ class Evidence:
     translated: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """Sources connections started inside carried after the NAT, on the interface where they appeared."""
     packets: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
-    """(where, sig) of every IP packet (``where``: see where_expr), for interfaces with no connection start."""
+    """(where, sig, ts_ns) of every IP packet (``where``: see where_expr)."""
     service_starts: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Connection starts to a ClusterIP (the tuple before kube-proxy's DNAT exists only where the client sent it)."""
     aggregates: frozenset[Key] = frozenset()
     """Interfaces that hold, under the same tuples, the packets of two or more others, and connections started by
     two or more pod-side sources: a bridge beside its ports, whatever its name."""
-
-    start_sigs: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
-    """Distinct (where, sig) of each interface's connection starts."""
+    start_rows: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
+    """(where, sig, ts_ns) of each interface's connection starts."""
 
     def copy_share(self, key: Key, taken: Sequence[Key]) -> tuple[float, str]:
-        """How much of ``key``'s traffic is copies of packets on ``taken`` (by signature: a bridge's copy keeps the
-        TTL and tuple, a DNATed or routed copy neither): the share of its connection starts, or of its packets
-        when it has no start; and which of the two was measured."""
+        """How much of ``key``'s traffic is copies of packets on ``taken``: the same invariant fields (a bridge's
+        copy keeps the TTL and tuple, a DNATed or routed copy neither) within COPY_NS, so that look-alike packets of
+        other connections (IP id 0, the same query) are no copies. Measured on its connection starts, or on its
+        packets when it has no start; returns the share and which of the two was measured."""
         if self.packets.is_empty() or not taken:
             return 0.0, "packets"
-        theirs = self.packets.filter(pl.col("where").is_in([_where_value(k) for k in taken])).select("sig").unique()
-        for what, frame in (("connection starts", self.start_sigs), ("packets", self.packets)):
+        theirs = (self.packets.filter(pl.col("where").is_in([_where_value(k) for k in taken]))
+                  .select("sig", pl.col("ts_ns").alias("their_ts")).sort("sig", "their_ts"))
+        for what, frame in (("connection starts", self.start_rows), ("packets", self.packets)):
             if frame.is_empty():
                 continue
-            mine = frame.filter(pl.col("where") == _where_value(key)).select("sig").unique()
-            if not mine.is_empty():
-                return mine.join(theirs, on="sig", how="semi").height / mine.height, what
+            mine = frame.filter(pl.col("where") == _where_value(key)).select("sig", "ts_ns").sort("sig", "ts_ns")
+            if mine.is_empty():
+                continue
+            if theirs.is_empty():
+                return 0.0, what
+            near = mine.join_asof(theirs, left_on="ts_ns", right_on="their_ts", by="sig", strategy="nearest",
+                                  tolerance=COPY_NS, check_sortedness=False)
+            return near["their_ts"].is_not_null().sum() / mine.height, what
         return 0.0, "packets"
 
 
@@ -356,7 +362,7 @@ def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
     reverse = first.rename({"f_src": "f_dst", "f_dst": "f_src", "f_sport": "f_dport", "f_dport": "f_sport"})
     rows = rows.join(reverse, on=tuple_, how="left").filter(
         (pl.col("f_proto") != 17) | pl.col("_first").is_null() | (pl.col("_first") > pl.col("ts_ns")))
-    return rows.select("iface", "ifindex", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
+    return rows.select("iface", "ifindex", "ts_ns", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
                        pl.col("f_dst").cast(pl.String).alias("dst"))
 
 
@@ -381,12 +387,12 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     if packets.is_empty():
         return ev
     # Not unique(): a copy share reads each interface's part once, and most interfaces need none.
-    ev.packets = packets.select(where_expr(), "sig")
+    ev.packets = packets.select(where_expr(), "sig", "ts_ns")
     starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
         "iface", "ifindex", "ts_ns", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
         "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
     starts = _start_rows(starts)
-    ev.start_sigs = starts.select(where_expr(), "sig").unique()
+    ev.start_rows = starts.select(where_expr(), "sig", "ts_ns")
     if starts.is_empty():
         return ev
     shares_all = _aggregates(starts)
