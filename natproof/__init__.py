@@ -16,6 +16,7 @@ from natproof.diagnose import Finding, diagnose
 from natproof.errors import CaptureError, InputError, NatproofError
 from natproof.names import Names
 from natproof.packets import load_packets
+from natproof.points import Interface, ObservationPoint
 from natproof.result import Result
 from natproof.verdicts import Verdict
 from natproof.verify import Check, Expectations, ExpectedConnection, load_expectations, verify
@@ -30,8 +31,10 @@ __all__ = [
     "Expectations",
     "Finding",
     "InputError",
+    "Interface",
     "Names",
     "NatproofError",
+    "ObservationPoint",
     "Record",
     "Result",
     "Services",
