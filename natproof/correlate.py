@@ -21,7 +21,9 @@ from natproof.connections import (
     group_connections,
     split_never_forwarded,
 )
+from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.errors import InputError
+from natproof.kernel import join_kernel
 from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
 from natproof.memory import trim
 from natproof.packets import decoder_flag, load_packets
@@ -161,6 +163,7 @@ def correlate(
     decoder: str = "auto",
     services: Services | None = None,
     allow_swap: bool = False,
+    conntrack: str | os.PathLike[str] | ConntrackRecord | None = None,
 ) -> Result:
     """Prove each inside connection's NAT mapping from an inside (pod side) and an outside capture.
 
@@ -172,11 +175,15 @@ def correlate(
     result is the same. ``services`` says how Kubernetes Services are recognised (ClusterIP network, NodePort
     range; kube-apiserver's defaults when None). Captures that look given in the wrong order (see
     :func:`looks_swapped`) raise InputError naming the right order, unless ``allow_swap``: then they are swapped
-    and the result says so in the inside capture's warnings.
+    and the result says so in the inside capture's warnings. ``conntrack``: the kernel's conntrack record (a file in
+    any format natproof.conntrack reads, or a record already read) to hold every connection against
+    (natproof.kernel.join_kernel; ``tolerance_s`` is its time tolerance too).
     """
     fast = decoder_flag(decoder)
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
+    if conntrack is not None and not isinstance(conntrack, ConntrackRecord):
+        conntrack = read_conntrack(conntrack)  # a bad record is an error before any capture is read
     _check_distinct(inside, outside)
     cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
            for label, path in (("inside", inside), ("outside", outside))]
@@ -209,7 +216,7 @@ def correlate(
         result = correlate(outside, inside, pod_cidr=pod_cidr,
                            clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
                            tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
-                           services=services)
+                           services=services, conntrack=conntrack)
         note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked swapped "
                 f"({swapped}), so natproof swapped them")
         return dataclasses.replace(result, inside=dataclasses.replace(
@@ -223,7 +230,7 @@ def correlate(
     )
     internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
     unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
-    return Result(
+    result = Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height),
         outside=CaptureSummary.from_info(outs.info, out_pk.height),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
@@ -235,6 +242,7 @@ def correlate(
         inside_packets=in_pk,
         outside_packets=out_pk,
     )
+    return result if conntrack is None else join_kernel(result, conntrack, tolerance_s=tolerance_s)
 
 
 def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str | None:
@@ -359,7 +367,11 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     df = df.with_columns([pl.when(no_out).then(0).otherwise(pl.col(c)).alias(c)
                           for c in ("egress_outside", "reply_outside", "icmp_errors_outside")])
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
-              and not c.endswith("_conn_id") and c != "conn"]
+              and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts]).with_columns(
-        pl.lit(False).alias("other_capture_off"))  # set by correlate, which knows the captures' spans
+        pl.lit(False).alias("other_capture_off"),  # set by correlate, which knows the captures' spans
+        pl.when(pl.col("trans_src").is_not_null()).then(pl.lit("packets")).alias("evidence_level"),
+        # Set by natproof.kernel.join_kernel when a conntrack record is given.
+        *[pl.lit(None, t).alias(c) for c, t in CONNECTION_SCHEMA.items() if c.startswith("kernel")],
+    )
     return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])

@@ -103,6 +103,7 @@ def diagnose(result: Result) -> list[Finding]:
     Each finding cites connections and frames, and its summary's counts are those of its evidence. Patterns
     come from the kernel's behaviour as measured in captures/ and the shared cases (docs/model.md)."""
     rows = list(result.connections.iter_rows(named=True))
+    every = rows
     by_verdict: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_verdict.setdefault(r["verdict"], []).append(r)
@@ -142,7 +143,11 @@ def diagnose(result: Result) -> list[Finding]:
     silent = by_verdict.get("no_reply", [])
     findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]])
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
+    findings += _kernel_contradicts(result, [r for r in every if r["kernel"] == "contradicts"])
     problems = bool(findings)
+    findings += _kernel_gaps(result, [r for r in every if r["kernel_reason"] in ("not_recorded",
+                                                                               "record_starts_after",
+                                                                               "record_ends_before")])
     findings += _routed(result, routed)
     findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r)])
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
@@ -817,3 +822,56 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
             evidence=tuple(evidence), data={"conflicts": len(conflicts)}))
         blocked = []
     return findings, {r["conn"] for r in blocked}
+
+
+def _kernel_entry_text(r: dict[str, Any]) -> str:
+    """The reply tuple a kernel entry recorded, in conntrack's notation, and the mapping it means."""
+    icmp = r["proto"] == "icmp"
+    reply = (f"src={r['kernel_reply_src']} dst={r['kernel_reply_dst']} "
+             + (f"id={r['kernel_reply_sport']}" if icmp else
+                f"sport={r['kernel_reply_sport']} dport={r['kernel_reply_dport']}"))
+    means = (f"{format_address(r['kernel_reply_dst'], r['kernel_reply_sport'] if icmp else r['kernel_reply_dport'])}"
+             f" -> {format_address(r['kernel_reply_src'], 0 if icmp else r['kernel_reply_sport'])}")
+    return f"reply tuple {reply}, i.e. translated to {means}"
+
+
+def _kernel_contradicts(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """The kernel's conntrack record holds another mapping for a connection's original tuple, in its time: the
+    packets and the kernel disagree (natproof.kernel: conntrack's reply tuple is the translated tuple reversed)."""
+    if not rows:
+        return []
+    path = result.conntrack.path if result.conntrack is not None else "the conntrack record"
+    evidence = [f"{_conn_label(r)}: the captures show it translated to "
+                f"{format_address(r['trans_src'], r['trans_sport'])} -> "
+                f"{format_address(r['trans_dst'], r['trans_dport'])}; {path} line {r['kernel_line']}: "
+                f"{_kernel_entry_text(r)}" for r in rows[:20]]
+    return [Finding(
+        "kernel_contradicts", "error", "The kernel's conntrack record contradicts the captured mapping",
+        f"{len(rows)} connection(s) crossed the NAT, by the captures, under a translated tuple that the kernel's "
+        "conntrack record does not hold: its entry for the same original tuple, at the same time, names another "
+        "mapping. The record is from another node or another time, or was edited, or the captures are not of the "
+        "NAT that wrote it.",
+        "Check that the record was taken on this node while the captures ran (conntrack -E -o timestamp, started "
+        "before the traffic); list the entry itself with `conntrack -L -p PROTO -s ORIGINAL_SRC --sport "
+        "ORIGINAL_SPORT`; the line cited is the entry's NEW event (else its first line).",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        data={"record": path, "lines": [r["kernel_line"] for r in rows]})]
+
+
+def _kernel_gaps(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Connections that crossed the node but are missing from an event log (kernel_reason not_recorded,
+    record_starts_after, record_ends_before): a gap in the record, not a NAT failure."""
+    if not rows:
+        return []
+    path = result.conntrack.path if result.conntrack is not None else "the conntrack record"
+    why = Counter(r["kernel_reason"] for r in rows)
+    evidence = [f"{_conn_label(r)} ({r['verdict']}): {r['kernel_reason']}" for r in rows[:20]]
+    return [Finding(
+        "kernel_record_gaps", "info", "The conntrack record misses some connections",
+        f"{len(rows)} connection(s) have no entry in {path}: "
+        + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in why.items())
+        + ". Their mappings rest on the packets alone.",
+        "Start `conntrack -E -o timestamp,extended` before the traffic and stop it after; give it a large socket "
+        "buffer (`-b 8388608`) or listen for NEW events alone (`-e NEW`): a listener drops events when its buffer "
+        "fills (conntrack -E prints 'No buffer space available').",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data=dict(why))]

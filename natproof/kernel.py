@@ -1,0 +1,218 @@
+"""Hold a correlation against the kernel's own conntrack record: confirmed, contradicted, or absent and why."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import polars as pl
+
+from natproof.conntrack import ConntrackRecord, read_conntrack
+from natproof.result import CONNECTION_SCHEMA, Result
+
+KERNEL_STATES = ("confirmed", "contradicts", "absent")
+"""A connection's ``kernel`` (null when no record was given):
+
+confirmed: the record holds an entry, in time, with the connection's original tuple and, as its reply tuple, the
+translated tuple reversed (conntrack's reply tuple is what the kernel expects back: source NAT shows in its
+destination, destination NAT in its source). When no capture showed the translated tuple, an entry with the
+original tuple confirms the connection and gives the translated tuple (``evidence_level`` kernel_record).
+contradicts: entries in time have the original tuple but none has the captured mapping (a finding).
+absent: no entry in time has the original tuple; ``kernel_reason`` says which of ABSENT_REASONS allows it."""
+
+ABSENT_REASONS = {
+    "dropped_before_confirmation":
+        "nothing of it crossed the node: a packet dropped before conntrack confirms its entry (an unreplied SYN "
+        "dropped in FORWARD, a REJECT, a port pool with no free port) leaves no entry and no event",
+    "record_starts_after":
+        "the event log starts after the connection began: its NEW event came before the listener",
+    "record_ends_before": "the event log ends before the connection began",
+    "snapshot_after_expiry":
+        "a listing (conntrack -L, /proc/net/nf_conntrack) holds only the entries alive when it was taken: this "
+        "one had closed or timed out by then",
+    "not_recorded":
+        "no entry although the event log covers its time: the listener lost events (ENOBUFS when its socket "
+        "buffer fills: raise conntrack -E -b, or listen for NEW alone) or did not listen for its event types",
+}
+"""Why a connection can be absent from the kernel's record, by ``kernel_reason``."""
+
+EVIDENCE_LEVELS = {
+    "packets": "the translated tuple is proven by packets: the same packets seen before and after the NAT",
+    "kernel_record": "the translated tuple comes from the kernel's conntrack record alone (no capture showed the "
+                     "leg after the NAT)",
+}
+"""``evidence_level`` values: what the connection's translated tuple rests on (null when it has none)."""
+
+_KEY = ["proto", "orig_src", "orig_sport", "orig_dst", "orig_dport"]
+_REPLY = ["reply_src", "reply_sport", "reply_dst", "reply_dport"]
+_ICMP = ("icmp", "icmpv6")
+
+FLOW_SCHEMA: dict[str, pl.DataType] = {
+    "flow": pl.UInt32(),
+    "line": pl.UInt32(),
+    "kind": pl.String(),
+    "proto": pl.String(),
+    "orig_src": pl.String(), "orig_sport": pl.UInt16(), "orig_dst": pl.String(), "orig_dport": pl.UInt16(),
+    "reply_src": pl.String(), "reply_sport": pl.UInt16(), "reply_dst": pl.String(), "reply_dport": pl.UInt16(),
+    "zone": pl.UInt16(),
+    "has_new": pl.Boolean(),
+    "start_ts_ns": pl.Int64(),
+    "end_ts_ns": pl.Int64(),
+    "last_ts_ns": pl.Int64(),
+    "state": pl.String(),
+    "assured": pl.Boolean(),
+    "replied": pl.Boolean(),
+    "lines": pl.UInt32(),
+}
+"""One row per entry's life in the record (kernel_flows). proto: natproof's name (icmpv6 is icmp). kind: events or
+listing. line: its NEW event's line, else its first line. start_ts_ns: its first event's stamp (null for a
+listing); end_ts_ns: its DESTROY's stamp (null while it lived on); state, assured, replied: as last recorded
+(replied: some line had no [UNREPLIED])."""
+
+
+def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
+    """Entries (natproof.conntrack.ENTRY_SCHEMA) grouped into the lives of kernel entries (FLOW_SCHEMA).
+
+    Events of one original tuple, in time order, are one entry until a DESTROY, a second NEW, or another reply
+    tuple (an entry's reply tuple is fixed once conntrack confirms it) starts the next: conntrack ids are reused
+    and identify nothing over time. Two listeners stamp events on their own, so an UPDATE may carry an earlier
+    stamp than its NEW: a NEW after an UPDATE does not start a new entry. Every listing line is an entry."""
+    e = entries.with_columns(
+        pl.col("proto").replace({"icmpv6": "icmp"}),
+        pl.col("zone").fill_null(0),
+    )
+    events = e.filter(pl.col("event").is_not_null()).sort([*_KEY, "zone", "ts_ns", "line"], nulls_last=True)
+    first = pl.int_range(pl.len()) == 0
+    changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in [*_KEY, "zone", *_REPLY]])
+    prev = pl.col("event").shift(1)
+    starts = first | changed | (prev == "DESTROY") | ((pl.col("event") == "NEW") & (prev == "NEW"))
+    events = events.with_columns(starts.cum_sum().cast(pl.UInt32).alias("flow"))
+    n_event_flows = int(events["flow"].max() or 0)  # type: ignore[arg-type]
+    listing = e.filter(pl.col("event").is_null()).with_row_index("flow", offset=n_event_flows + 1)
+    is_new = pl.col("event") == "NEW"
+    ev = events.group_by("flow").agg(
+        pl.col("line").filter(is_new).min().fill_null(pl.col("line").min()).alias("line"),
+        pl.lit("events").alias("kind"),
+        *[pl.col(c).first() for c in [*_KEY, *_REPLY, "zone"]],
+        is_new.any().alias("has_new"),
+        pl.col("ts_ns").min().alias("start_ts_ns"),
+        pl.col("ts_ns").filter(pl.col("event") == "DESTROY").max().alias("end_ts_ns"),
+        pl.col("ts_ns").max().alias("last_ts_ns"),
+        # The state of its last UPDATE or DESTROY: a NEW listener may stamp the NEW after them.
+        pl.col("state").filter(~is_new).drop_nulls().last().fill_null(pl.col("state").drop_nulls().first())
+        .alias("state"),
+        pl.col("assured").any().alias("assured"),
+        (~pl.col("unreplied")).any().alias("replied"),
+        pl.len().alias("lines"),
+    )
+    ls = listing.select(
+        "flow", "line", pl.lit("listing").alias("kind"), *_KEY, *_REPLY, "zone", pl.lit(False).alias("has_new"),
+        pl.lit(None, pl.Int64).alias("start_ts_ns"), pl.lit(None, pl.Int64).alias("end_ts_ns"),
+        pl.lit(None, pl.Int64).alias("last_ts_ns"), "state", "assured", (~pl.col("unreplied")).alias("replied"),
+        pl.lit(1).alias("lines"),
+    )
+    flows = pl.concat([ev.select(list(FLOW_SCHEMA)).cast(FLOW_SCHEMA), ls.select(list(FLOW_SCHEMA)).cast(FLOW_SCHEMA)])
+    return flows.sort("flow")
+
+
+def join_kernel(result: Result, record: ConntrackRecord | str | os.PathLike[str], *,
+                tolerance_s: float = 1.0) -> Result:
+    """The result with every connection held against the kernel's record (a ConntrackRecord, or a file to read):
+    ``kernel`` (KERNEL_STATES), ``kernel_reason`` (ABSENT_REASONS), the entry it rests on (``kernel_line``, its
+    state, flags and reply tuple), and the translated tuple filled from the entry where no capture showed it
+    (``evidence_level`` kernel_record; ``rewrites`` and a Service's backend follow).
+
+    "In time": an entry's life (its first event to its DESTROY; from before the log for an entry whose NEW is not
+    in it) overlaps the connection's first to last packet, widened by ``tolerance_s`` (the stamps are the
+    listener's receive times, up to ~1 ms late, on the node's clock; connections are timed on the inside
+    capture's). Listings carry no time: every entry of one is in time. Raises InputError for an unreadable
+    record."""
+    rec = record if isinstance(record, ConntrackRecord) else read_conntrack(record)
+    conns = result.connections
+    tol = int(tolerance_s * 1e9) + (1_000_000_000 if any(k == "xml_events" for k in rec.formats) else 0)
+    flows = kernel_flows(rec.entries)
+    decided = _decide(conns, flows, rec, tol)
+    conns = conns.drop([c for c in _KERNEL_COLUMNS if c in conns.columns]).join(decided, on="conn", how="left")
+    conns = conns.with_columns((pl.col("trans_src").is_null() & (pl.col("kernel") == "confirmed")).alias("_filled"))
+    filled = pl.col("_filled")
+    icmp = pl.col("proto").is_in(_ICMP)
+    conns = conns.with_columns(
+        pl.when(filled).then(pl.col("kernel_reply_dst")).otherwise(pl.col("trans_src")).alias("trans_src"),
+        pl.when(filled).then(pl.col("kernel_reply_src")).otherwise(pl.col("trans_dst")).alias("trans_dst"),
+        pl.when(filled).then(pl.when(icmp).then(pl.col("kernel_reply_sport")).otherwise(pl.col("kernel_reply_dport")))
+        .otherwise(pl.col("trans_sport")).alias("trans_sport"),
+        pl.when(filled).then(pl.when(icmp).then(pl.lit(0, pl.UInt16)).otherwise(pl.col("kernel_reply_sport")))
+        .otherwise(pl.col("trans_dport")).alias("trans_dport"),
+        pl.when(filled).then(pl.lit("kernel_record")).otherwise(pl.col("evidence_level")).alias("evidence_level"),
+    )
+    rewrites = pl.concat_list([pl.when(pl.col(f"orig_{f}") != pl.col(f"trans_{f}")).then(pl.lit(f))
+                               for f in ("src", "sport", "dst", "dport")]).list.drop_nulls()
+    backend = filled & pl.col("service_type").is_not_null() & pl.col("backend_ip").is_null()
+    conns = conns.with_columns(
+        pl.when(filled).then(rewrites).otherwise(pl.col("rewrites")).alias("rewrites"),
+        pl.when(backend).then(pl.col("trans_dst")).otherwise(pl.col("backend_ip")).alias("backend_ip"),
+        pl.when(backend).then(pl.col("trans_dport")).otherwise(pl.col("backend_port")).alias("backend_port"),
+    )
+    conns = conns.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
+    return dataclasses.replace(result, connections=conns, conntrack=rec)
+
+
+_KERNEL_COLUMNS = ("kernel", "kernel_reason", "kernel_line", "kernel_state", "kernel_assured", "kernel_replied",
+                   "kernel_reply_src", "kernel_reply_sport", "kernel_reply_dst", "kernel_reply_dport")
+
+
+def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol: int) -> pl.DataFrame:
+    """Per connection: the kernel columns (_KERNEL_COLUMNS), from its candidate entries."""
+    c = conns.select(
+        "conn", "proto", "orig_src", "orig_sport", "orig_dst", "orig_dport", "first_ts_ns", "last_ts_ns",
+        pl.col("trans_src").is_not_null().alias("has_trans"),
+        pl.col("trans_dst").alias("exp_src"), pl.col("trans_src").alias("exp_dst"),
+        # conntrack's reply tuple is the translated one reversed; ICMP's identifier stays in sport both ways.
+        pl.when(pl.col("proto").is_in(_ICMP)).then(pl.col("trans_sport")).otherwise(pl.col("trans_dport"))
+        .alias("exp_sport"),
+        pl.when(pl.col("proto").is_in(_ICMP)).then(pl.lit(0, pl.UInt16)).otherwise(pl.col("trans_sport"))
+        .alias("exp_dport"),
+    )
+    flows = flows.rename({"start_ts_ns": "flow_start", "end_ts_ns": "flow_end", "last_ts_ns": "flow_last"})
+    ported = flows.filter(pl.col("orig_sport").is_not_null())
+    # conntrack's XML prints no ICMP identifier: those entries are found by their addresses alone.
+    portless = flows.filter(pl.col("orig_sport").is_null()).drop("orig_sport", "orig_dport")
+    cand = pl.concat([
+        c.join(ported, on=_KEY, how="inner"),
+        c.join(portless, on=["proto", "orig_src", "orig_dst"], how="inner"),
+    ], how="diagonal_relaxed")
+    start, end = pl.col("flow_start"), pl.col("flow_end")
+    start_ok = ~pl.col("has_new") | start.is_null() | (start <= pl.col("last_ts_ns") + tol)
+    end_ok = end.is_null() | (end >= pl.col("first_ts_ns") - tol)
+    match = ((pl.col("reply_src") == pl.col("exp_src")) & (pl.col("reply_dst") == pl.col("exp_dst"))
+             & (pl.col("reply_sport").is_null() | (pl.col("reply_sport") == pl.col("exp_sport")))
+             & (pl.col("reply_dport").is_null() | (pl.col("reply_dport") == pl.col("exp_dport")))).fill_null(False)
+    cand = cand.with_columns((start_ok & end_ok).alias("in_time"), match.alias("match")).filter("in_time")
+    distance = (start - pl.col("first_ts_ns")).abs()
+    best = (cand.with_columns(distance.alias("distance"))
+            .sort(["conn", "match", "distance", "line"], descending=[False, True, False, False], nulls_last=True)
+            .group_by("conn", maintain_order=True).first())
+    state = (pl.when(pl.col("match") | ~pl.col("has_trans")).then(pl.lit("confirmed"))
+             .otherwise(pl.lit("contradicts")))
+    found = best.select(
+        "conn", state.alias("kernel"), pl.lit(None, pl.String).alias("kernel_reason"),
+        pl.col("line").alias("kernel_line"), pl.col("state").alias("kernel_state"),
+        pl.col("assured").alias("kernel_assured"), pl.col("replied").alias("kernel_replied"),
+        *[pl.col(f"reply_{f}").alias(f"kernel_reply_{f}") for f in ("src", "sport", "dst", "dport")])
+    missing = conns.filter(~pl.col("conn").is_in(found["conn"].implode()))
+    first_ts, last_ts = rec.first_ts_ns, rec.last_ts_ns
+    if rec.has_events and first_ts is not None:
+        timed = (pl.when(pl.col("first_ts_ns") < first_ts).then(pl.lit("record_starts_after"))
+                 .when(pl.col("first_ts_ns") > (last_ts or 0) + tol).then(pl.lit("record_ends_before"))
+                 .otherwise(pl.lit("not_recorded")))
+    elif rec.has_events:
+        timed = pl.lit("not_recorded")
+    else:
+        timed = pl.lit("snapshot_after_expiry")
+    dropped = (pl.col("verdict") == "not_forwarded") & (pl.col("fate_crossed") == 0) & (pl.col("fate_leaked") == 0)
+    reason = pl.when(dropped).then(pl.lit("dropped_before_confirmation")).otherwise(timed)
+    absent = missing.select(
+        "conn", pl.lit("absent").alias("kernel"), reason.alias("kernel_reason"),
+        *[pl.lit(None, CONNECTION_SCHEMA[k]).alias(k) for k in _KERNEL_COLUMNS[2:]])
+    return pl.concat([found.cast({k: CONNECTION_SCHEMA[k] for k in found.columns if k != "conn"}),
+                      absent.cast({k: CONNECTION_SCHEMA[k] for k in absent.columns if k != "conn"})])
