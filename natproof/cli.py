@@ -83,8 +83,8 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 
 def _services_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --service-cidr / --nodeport-range / --allow-swap for run_correlate in the context (every command
-    that reads captures takes them; they never reach the command's own signature)."""
+    """Keep --service-cidr / --nodeport-range / --allow-swap / --conntrack for run_correlate in the context (every
+    command that reads captures takes them; they never reach the command's own signature)."""
     obj = ctx.find_root().ensure_object(dict)
     obj.setdefault("services", {})[param.name] = value
     return value
@@ -111,6 +111,10 @@ def services_from(obj: dict) -> natproof.Services:
 
 def capture_options(f: Callable) -> Callable:
     """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+    f = click.option("--conntrack", "conntrack", metavar="FILE", expose_value=False, callback=_services_option,
+                     help="The kernel's conntrack record from the node (conntrack -L or -E output in any -o format, "
+                          "/proc/net/nf_conntrack, gzip or not): each connection is confirmed by it, contradicts it "
+                          "or is absent from it (with the reason), and a leg no capture shows is taken from it.")(f)
     f = click.option("--allow-swap", is_flag=True, expose_value=False, callback=_services_option,
                      help="If INSIDE and OUTSIDE look given in the wrong order, swap them (and say so) "
                           "instead of refusing.")(f)
@@ -158,11 +162,17 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
                                     tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
-                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")))
+                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")),
+                                    conntrack=obj.get("services", {}).get("conntrack"))
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
                 warn(f"{cap.path}: {w}")
+        if result.conntrack is not None and result.conntrack.unparsed:
+            rec = result.conntrack
+            first = ", ".join(map(str, rec.unparsed_lines[:5]))
+            warn(f"{rec.path}: {rec.unparsed} line(s) are no conntrack entry and were left out (line {first}"
+                 f"{' ...' if rec.unparsed > 5 else ''})")
     return result
 
 
