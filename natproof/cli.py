@@ -109,8 +109,15 @@ def services_from(obj: dict) -> natproof.Services:
     return natproof.Services(**kw)
 
 
-def capture_options(f: Callable) -> Callable:
-    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures)."""
+def capture_options(f: Callable | None = None, *, captures_required: bool = True) -> Callable:
+    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures).
+    ``captures_required=False``: both may be left out (a command that can answer from --conntrack alone)."""
+    if f is None:
+        return lambda g: _capture_options(g, captures_required)
+    return _capture_options(f, captures_required)
+
+
+def _capture_options(f: Callable, captures_required: bool) -> Callable:
     f = click.option("--conntrack", "conntrack", metavar="FILE", expose_value=False, callback=_services_option,
                      help="The kernel's conntrack record from the node (conntrack -L or -E output in any -o format, "
                           "/proc/net/nf_conntrack, gzip or not): each connection is confirmed by it, contradicts it "
@@ -131,8 +138,8 @@ def capture_options(f: Callable) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True))(f)
-    f = click.argument("inside", type=click.Path(dir_okay=True))(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True), required=captures_required)(f)
+    f = click.argument("inside", type=click.Path(dir_okay=True), required=captures_required)(f)
     return f
 
 
@@ -302,7 +309,7 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT")
-@capture_options
+@capture_options(captures_required=False)
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite,
@@ -313,25 +320,41 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
               help="Which capture's clock TIME and the printed times are on (outside: the node uplink's, as in a "
                    "far end's logs or an abuse report).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def who(endpoint: str, inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None,
+def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
         tolerance: float, decoder: str, at: str | None, window: float, clock: str, fmt: str | None,
         quiet: bool) -> None:
     """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
     (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
-    ClusterIP (which backend?), a backend, a remote client. Exit 0 when a connection was found, 1 when none was.
+    ClusterIP (which backend?), a backend, a remote client. Without INSIDE and OUTSIDE, --conntrack FILE (an event
+    log: conntrack -E -o timestamp) answers alone, on the node's clock. Exit 0 when a connection was found, 1 when
+    none was.
     """
-    from natproof.lookup import parse_endpoint
+    from natproof.lookup import parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
 
     parse_endpoint(endpoint)  # a bad ADDR:PORT is reported before the captures are read
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
-    answer = run_who(result, endpoint, at, window, clock)
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    record = obj.get("services", {}).get("conntrack")
+    if inside is None or outside is None:
+        if inside is not None or record is None:
+            raise click.UsageError("give INSIDE and OUTSIDE captures, or neither and --conntrack FILE (a conntrack "
+                                   "event log) to answer from the kernel's record alone")
+        from natproof.conntrack import read_conntrack
+        from natproof.correlate import parse_networks
+
+        nets = parse_networks(pod_cidr) if pod_cidr else ()
+        answer = who_kernel(read_conntrack(record), endpoint, at, window, pod_networks=nets,
+                            services=services_from(obj))
+    else:
+        result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+        answer = run_who(result, endpoint, at, window, clock)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps(answer.to_dict(), indent=2))
     else:
-        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({answer.clock} capture's clock)"
+        clock_name = "the node's clock" if answer.clock == "node" else f"{answer.clock} capture's clock"
+        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({clock_name})"
         shift = answer.clock_offset_s if answer.clock == "outside" else 0.0
         if answer.connections:
             n = len(answer.connections)
@@ -367,8 +390,9 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
     Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times)."""
     from rich import box
 
-    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns})
-    table = Table(title=f"{title} (times UTC on the {clock} capture's clock, {', '.join(days)})",
+    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns if c["first_seen"] is not None})
+    where = "the node's clock, as conntrack stamped its events" if clock == "node" else f"the {clock} capture's clock"
+    table = Table(title=f"{title} (times UTC on {where}{', ' if days else ''}{', '.join(days)})",
                   header_style="bold", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict", "frames"):
@@ -381,9 +405,15 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         svc = c["service"]
         ev = c["evidence"]["egress"] or {}
         frames = ", ".join(f"{op} {ev[k]}" for op, k in (("in", "inside_frame"), ("out", "outside_frame"),
-                                                          ("in", "inside_translated_frame")) if ev.get(k)) or "-"
-        first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
-        seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
+                                                          ("in", "inside_translated_frame")) if ev.get(k))
+        if not frames and c.get("kernel_entry"):
+            frames = f"conntrack line {c['kernel_entry']['line']}"
+        frames = frames or "-"
+        if c["first_seen"] is None:
+            seen = "- (a listing)"
+        else:
+            first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
+            seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
         table.add_row(str(c["conn"]), ", ".join(c["roles"]), c["proto"], addr(c["ends"]["pod"]),
                       addr(c["ends"]["node"]), addr(c["ends"]["peer"]),
                       "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}",

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+from collections.abc import Sequence
 
 import polars as pl
 
+from natproof.assemble import Services, in_networks
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.result import CONNECTION_SCHEMA, Result
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 KERNEL_STATES = ("confirmed", "contradicts", "absent")
 """A connection's ``kernel`` (null when no record was given):
@@ -216,3 +221,82 @@ def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol:
         *[pl.lit(None, CONNECTION_SCHEMA[k]).alias(k) for k in _KERNEL_COLUMNS[2:]])
     return pl.concat([found.cast({k: CONNECTION_SCHEMA[k] for k in found.columns if k != "conn"}),
                       absent.cast({k: CONNECTION_SCHEMA[k] for k in absent.columns if k != "conn"})])
+
+
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                                   "fc00::/7"))
+"""Where pods live when no pod network is given: RFC 1918, shared address space (RFC 6598) and ULA."""
+
+
+def kernel_connections(record: ConntrackRecord, *, pod_networks: Sequence[Network] = (),
+                       services: Services | None = None) -> pl.DataFrame:
+    """Connections (CONNECTION_SCHEMA rows) from the kernel's record alone, with no capture: one per entry's life
+    (kernel_flows) of TCP, UDP or ICMP, in order of its first event (listing entries, which carry no time, last).
+
+    original is the entry's original tuple, translated its reply tuple reversed (evidence_level kernel_record,
+    kernel confirmed, kernel_line its NEW event or first line). first_ts_ns/last_ts_ns: its first event's stamp,
+    and its DESTROY's (else its last event's); null for a listing (a listing line that repeats an entry the events
+    hold is left out). The initiator is "inside" when the original
+    source is in ``pod_networks`` (default: private and ULA space), else "outside"; inside_* and outside_* follow
+    (egress: inside = original). Verdicts come from the entry's flags, not from packets: untranslated when nothing
+    was rewritten (internal when the destination is in the pod networks), else translated when the kernel saw a
+    reply, no_reply when it stayed [UNREPLIED]. A destination in a Service network is a ClusterIP, a NodePort in the
+    NodePort range addressed from outside; its backend is the translated destination. Packet counts and fates are
+    0: no packet was seen."""
+    svc = services or Services()
+    pods = tuple(pod_networks) or _PRIVATE
+    flows = kernel_flows(record.entries).filter(pl.col("proto").is_in(["tcp", "udp", "icmp"]))
+    # A file with events and a listing (natproof lab's conntrack.log) shows a live entry twice: keep its events.
+    same = [*_KEY, "zone", *_REPLY]
+    timed = flows.filter(pl.col("kind") == "events").select(same).unique()
+    listed = flows.filter(pl.col("kind") == "listing").join(timed, on=same, how="anti", nulls_equal=True)
+    flows = pl.concat([flows.filter(pl.col("kind") == "events"), listed])
+    flows = flows.sort(["start_ts_ns", "line"], nulls_last=True)
+    icmp = pl.col("proto") == "icmp"
+    rows = flows.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"),
+        "proto",
+        *[pl.col(f"orig_{f}") for f in ("src", "sport", "dst", "dport")],
+        pl.col("reply_dst").alias("trans_src"),
+        pl.when(icmp).then(pl.col("reply_sport")).otherwise(pl.col("reply_dport")).alias("trans_sport"),
+        pl.col("reply_src").alias("trans_dst"),
+        pl.when(icmp).then(pl.lit(0, pl.UInt16)).otherwise(pl.col("reply_sport")).alias("trans_dport"),
+        pl.col("start_ts_ns").alias("first_ts_ns"),
+        pl.coalesce("end_ts_ns", "last_ts_ns").alias("last_ts_ns"),
+        "replied",
+        pl.lit("confirmed").alias("kernel"), pl.col("line").alias("kernel_line"), pl.col("state").alias("kernel_state"),
+        pl.col("assured").alias("kernel_assured"), pl.col("replied").alias("kernel_replied"),
+        *[pl.col(f"reply_{f}").alias(f"kernel_reply_{f}") for f in ("src", "sport", "dst", "dport")],
+    )
+    from_pod = in_networks(rows["orig_src"], pods)
+    to_pod = in_networks(rows["orig_dst"], pods)
+    clusterip = in_networks(rows["orig_dst"], svc.networks)
+    rows = rows.with_columns(from_pod.alias("_from_pod"), to_pod.alias("_to_pod"), clusterip.alias("_clusterip"))
+    rewrites = pl.concat_list([pl.when(pl.col(f"orig_{f}") != pl.col(f"trans_{f}")).then(pl.lit(f))
+                               for f in ("src", "sport", "dst", "dport")]).list.drop_nulls()
+    egress = pl.col("_from_pod")
+    lo, hi = svc.nodeport_range
+    nodeport = ~egress & pl.col("orig_dport").is_between(lo, hi) & (pl.col("proto") != "icmp")
+    service = pl.when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
+    rows = rows.with_columns(rewrites.alias("rewrites")).with_columns(
+        pl.when(pl.col("rewrites").list.len() == 0)
+        .then(pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("untranslated")))
+        .when(pl.col("replied")).then(pl.lit("translated")).otherwise(pl.lit("no_reply")).alias("verdict"),
+        pl.when(egress).then(pl.lit("inside")).otherwise(pl.lit("outside")).alias("initiator"),
+        *[pl.when(egress).then(pl.col(f"orig_{f}")).otherwise(pl.col(f"trans_{f}")).alias(f"inside_{f}")
+          for f in ("src", "sport", "dst", "dport")],
+        *[pl.when(egress).then(pl.col(f"trans_{f}")).otherwise(pl.col(f"orig_{f}")).alias(f"outside_{f}")
+          for f in ("src", "sport", "dst", "dport")],
+        service.alias("service_type"),
+        pl.when(service.is_not_null()).then(pl.col("orig_dst")).alias("service_ip"),
+        pl.when(service.is_not_null()).then(pl.col("orig_dport")).alias("service_port"),
+        pl.when(service.is_not_null()).then(pl.col("trans_dst")).alias("backend_ip"),
+        pl.when(service.is_not_null()).then(pl.col("trans_dport")).alias("backend_port"),
+        pl.lit("kernel_record").alias("evidence_level"),
+        pl.lit(False).alias("other_capture_off"),
+    )
+    counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and c not in rows.columns
+              and not c.startswith("evidence_") and not c.endswith("_conn_id")]
+    rows = rows.with_columns([pl.lit(0, pl.UInt32).alias(c) for c in counts])
+    return rows.select([(pl.col(c) if c in rows.columns else pl.lit(None)).cast(t).alias(c)
+                        for c, t in CONNECTION_SCHEMA.items()])

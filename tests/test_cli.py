@@ -460,3 +460,22 @@ def test_conntrack_lines_it_cannot_read_are_a_warning(capsys: pytest.CaptureFixt
                        str(record), "--format", "json")
     assert code == 0
     assert err.startswith(f"natproof: warning: {record}: 21 line(s) are no conntrack entry and were left out (line ")
+
+
+def test_who_with_a_conntrack_event_log_and_no_capture(capsys: pytest.CaptureFixture[str]) -> None:
+    record = str(CAPTURES / "clusterip" / "conntrack.log")
+    code, out, err = run(capsys, "who", "203.0.113.2:38372", "--at", "2026-11-29T13:07:07.300Z", "--conntrack",
+                         record, "--format", "json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["clock"] == "node"
+    assert [(c["ends"]["pod"]["address"], c["kernel_entry"]["line"]) for c in doc["connections"]] == [
+        ("10.244.0.10", 4)]
+    code, out, _ = run(capsys, "who", "203.0.113.2:38372", "--conntrack", record, "--format", "table")
+    assert code == 0 and "conntrack line 4" in out and "10.244.0.10:38372" in out
+    code, out, _ = run(capsys, "who", "203.0.113.2:1", "--conntrack", record, "--format", "table")
+    assert (code, out) == (1, "no connection used 203.0.113.2:1\n")
+    code, _, err = run(capsys, "who", "203.0.113.2:38372")
+    assert code == 2 and err == ("natproof: error: give INSIDE and OUTSIDE captures, or neither and --conntrack FILE "
+                                 "(a conntrack event log) to answer from the kernel's record alone (see 'natproof "
+                                 "who --help')\n")

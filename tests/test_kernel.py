@@ -188,3 +188,117 @@ def test_flows_split_on_destroy_and_reuse_but_not_on_a_late_new(tmp_path: Path) 
 def test_schema_columns_exist() -> None:
     result = _correlate("basic")
     assert result.connections.schema == pl.Schema(CONNECTION_SCHEMA)
+
+
+# -- live lab records (called by tests/test_lab_live.py on each scenario it runs) ------------------------------
+
+
+def _kept(lines: list[str]) -> set[tuple[str, str, int, str, int]]:
+    """(proto, original tuple) of every entry in conntrack text lines, read by the lab's own parser
+    (natproof.lab.truth), not by natproof.conntrack."""
+    from natproof.lab.truth import parse_line
+
+    kept = set()
+    for line in lines:
+        try:
+            entry = parse_line(line)
+        except ValueError:
+            continue
+        if entry is not None:
+            proto = "icmp" if entry.proto == "icmpv6" else entry.proto
+            o = entry.original
+            kept.add((proto, o.src, o.sport, o.dst, o.dport))
+    return kept
+
+
+def kernel_records_agree(folder: Path) -> dict[str, dict[str, int]]:
+    """Correlate a lab run's captures with each kernel record beside them (conntrack.log and every file of
+    conntrack/), and check each connection: confirmed when the record holds an entry for its original tuple (by
+    the lab's parser; for XML, by the listing taken just before it), absent otherwise. Returns the kernel
+    states per record file, for the report."""
+    inside = next(folder.glob("inside.pcap*"))
+    outside = next(folder.glob("outside.pcap*"))
+    records = [folder / "conntrack.log", *sorted(p for p in (folder / "conntrack").iterdir()
+                                                 if p.name != "index.json")]
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        source = folder / "conntrack" / "list-extended.txt" if record.suffix == ".xml" else record
+        kept = _kept(source.read_text().splitlines())
+        if not kept:
+            with pytest.raises(natproof.InputError, match="no conntrack entry"):
+                read_conntrack(record)
+            counts[record.name] = {}
+            continue
+        result = natproof.correlate(inside, outside, conntrack=record)
+        for r in result.connections.iter_rows(named=True):
+            key = (r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])
+            where = f"{folder.name}/{record.name}: #{r['conn']} {key}"
+            if key in kept:
+                assert r["kernel"] == "confirmed", f"{where}: {r['kernel']} (line {r['kernel_line']})"
+                assert r["trans_src"] is not None, where
+            else:
+                assert r["kernel"] == "absent", f"{where}: {r['kernel']}"
+        states = result.connections["kernel"].value_counts().rows()
+        counts[record.name] = dict(states)
+    return counts
+
+
+def tampered_record_contradicts(folder: Path, tmp_path: Path) -> bool:
+    """Edit one translated port in the run's ``conntrack -L`` listing (the reply tuple's dport of a connection
+    natproof translated with a source rewrite) and check natproof says contradicts, with the finding citing that
+    line. False when the run has no such connection in the listing."""
+    d = folder
+    inside, outside = next(d.glob("inside.pcap*")), next(d.glob("outside.pcap*"))
+    listing = (d / "conntrack" / "list.txt").read_text().splitlines()
+    clean = natproof.correlate(inside, outside, conntrack=d / "conntrack" / "list.txt")
+    candidates = clean.connections.filter((pl.col("kernel") == "confirmed") & (pl.col("evidence_level") == "packets")
+                                          & pl.col("rewrites").list.contains("src") & (pl.col("proto") != "icmp"))
+    if candidates.is_empty():
+        return False
+    victim = candidates.row(0, named=True)
+    line_no = victim["kernel_line"]
+    head, sep, reply = listing[line_no - 1].rpartition(" src=")
+    new_port = 1024 + (victim["trans_sport"] + 7) % 60000
+    listing[line_no - 1] = head + sep + re.sub(r"dport=\d+", f"dport={new_port}", reply, count=1)
+    tampered = tmp_path / f"{d.name}-tampered.txt"
+    tampered.write_text("\n".join(listing) + "\n")
+    result = natproof.correlate(inside, outside, conntrack=tampered)
+    row = result.connections.filter(pl.col("conn") == victim["conn"]).row(0, named=True)
+    assert row["kernel"] == "contradicts", f"{d.name}: {row['kernel']}"
+    assert row["kernel_line"] == line_no and row["kernel_reply_dport"] == new_port
+    finding = next(f for f in diagnose(result) if f.kind == "kernel_contradicts")
+    assert finding.connections == (victim["conn"],)
+    assert f"{tampered} line {line_no}" in finding.evidence[0]
+    others = result.connections.filter(pl.col("conn") != victim["conn"])["kernel"]
+    assert "contradicts" not in others.to_list()
+    return True
+
+
+def test_who_from_the_kernel_record_alone() -> None:
+    from natproof.lookup import who_kernel
+
+    record = read_conntrack(CAPTURES / "clusterip" / "conntrack.log")
+    # The node's public source port, at a time inside the entry's life: which pod, which Service, which backend.
+    answer = who_kernel(record, "203.0.113.2:38372", at="1795957627.30", window_s=0.0)
+    (conn,) = answer.connections
+    assert answer.clock == "node" and answer.side == "outside"
+    assert conn["roles"] == ["translated source"]
+    assert conn["ends"]["pod"] == {"address": "10.244.0.10", "port": 38372}
+    assert conn["service"] == {"type": "ClusterIP", "address": "10.96.0.1", "port": 443,
+                               "backend": {"address": "198.51.100.10", "port": 6443}}
+    assert conn["evidence_level"] == "kernel_record" and conn["kernel_entry"]["line"] == 4
+    # A time after the entry's last event: none live, the nearest one is named.
+    late = who_kernel(record, "203.0.113.2:38372", at="1795957727.30")
+    assert late.connections == () and [c["kernel_entry"]["line"] for c in late.nearest] == [4]
+    # Without a time the listing's copy of the same entry is not a second connection.
+    assert len(who_kernel(record, "203.0.113.2:38372").connections) == 1
+
+
+def test_who_from_the_kernel_record_inbound() -> None:
+    from natproof.lookup import who_kernel
+
+    record = read_conntrack(CAPTURES / "nodeport" / "conntrack.log")
+    answer = who_kernel(record, "203.0.113.2:30080")
+    assert [(c["roles"], c["ends"]["pod"], c["translated"]["src"]) for c in answer.connections] == [
+        (["original destination (NodePort)"], {"address": "10.244.0.10", "port": 8080}, "10.244.0.1")] * 2
+    assert {c["initiator"] for c in answer.connections} == {"outside"}

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_kernel import kernel_records_agree, tampered_record_contradicts
 
 from natproof.cli import main
 from natproof.lab import leftover_namespaces, list_scenarios
@@ -24,7 +25,7 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     out = tmp_path / name
     assert main(["lab", "run", name, "--out", str(out)]) == 0, capsys.readouterr().err
     names = sorted(p.name.removesuffix(".gz") for p in out.iterdir())
-    assert names == ["conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json"]
+    assert names == ["conntrack", "conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json"]
     # Namespaces are named np<pid in hex><random>-...: none of this process's may outlive the run.
     assert leftover_namespaces(f"np{os.getpid():x}") == []
     capsys.readouterr()
@@ -32,3 +33,9 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     report = capsys.readouterr().out
     assert code == 0, report
     assert report.rstrip().endswith("1 of 1 scenarios match their truth")
+    # The kernel's record in each format beside the captures: every connection it kept is confirmed, and one
+    # translated port edited in the conntrack -L listing contradicts.
+    records = sorted(p.name for p in (out / "conntrack").iterdir())
+    assert {"events.log", "index.json", "list.txt", "list-extended.txt", "list.xml"} <= set(records)
+    kernel_records_agree(out)
+    tampered_record_contradicts(out, tmp_path)

@@ -40,6 +40,7 @@ from natproof.lab.capture import (
     count_syns,
     foreign_addresses,
     snapshot_conntrack,
+    snapshot_kernel_records,
 )
 from natproof.lab.kube import Endpoint, Service, kube_proxy_rules
 from natproof.lab.topology import (
@@ -68,6 +69,11 @@ MAX_PCAP_BYTES = 500_000
 SERVER = "198.51.100.10"
 HTTP = Server(INET, "http", SERVER, 80)
 OUTPUT_FILES = ("inside.pcap", "outside.pcap", "conntrack.log", "truth.json", "scenario.txt")
+KERNEL_RECORDS = "conntrack"
+"""Folder beside the captures holding the kernel's record in each format users hold (``natproof correlate
+--conntrack`` reads each): events.log (``conntrack -E -o timestamp``, one listener for every event, started
+before the traffic), the listings of natproof.lab.capture.KERNEL_SNAPSHOTS taken after it, and index.json (the
+command behind each file, its entries, and the listener's netlink socket drops)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class Recording:
     setup_commands: list[str]
     started: float
     finished: float
+    kernel_records: dict[str, dict[str, object]] = field(default_factory=dict)
+    """What the KERNEL_RECORDS folder holds: file name -> command, entries (and socket_drops for events.log)."""
 
 
 Check = Callable[[list[Connection], Recording], list[str]]
@@ -1192,6 +1200,9 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
                 (outdir / stale).unlink(missing_ok=True)
         for filename in outputs:
             os.replace(stage / filename, outdir / filename)
+        (stage / KERNEL_RECORDS / "index.json").write_text(json.dumps(recording.kernel_records, indent=2) + "\n")
+        shutil.rmtree(outdir / KERNEL_RECORDS, ignore_errors=True)
+        os.replace(stage / KERNEL_RECORDS, outdir / KERNEL_RECORDS)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return truth
@@ -1206,7 +1217,11 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
             ConntrackRecorder(lab, NODE, "NEW", stage / "conntrack-new.log"),
             ConntrackRecorder(lab, NODE, "UPDATE,DESTROY", stage / "conntrack-update.log"),
         ]
-        for recorder in recorders:
+        kernel_dir = stage / KERNEL_RECORDS
+        kernel_dir.mkdir()
+        # One more listener, for every event in conntrack's plain timestamped format: the event log users keep.
+        event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp")
+        for recorder in (*recorders, event_log):
             recorder.start()
         captures = [
             PacketCapture(lab, NODE, scenario.inside_interface, stage / "inside.pcap"),
@@ -1218,7 +1233,11 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         time.sleep(SETTLE_S + scenario.settle_s)
         capture_stats = [capture.stop() for capture in captures]
         recorder_stats = [recorder.stop() for recorder in recorders]
+        events = event_log.stop()
         listing_command, listing = snapshot_conntrack(lab, NODE)
+        kernel_records = {"events.log": {"command": events.command, "entries": events.events,
+                                         "socket_drops": events.socket_drops}}
+        kernel_records |= snapshot_kernel_records(lab, NODE, kernel_dir)
         node_state = _node_state(lab)
     return Recording(
         prefix=lab.prefix,
@@ -1231,6 +1250,7 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         setup_commands=list(lab.commands),
         started=started,
         finished=time.time(),
+        kernel_records=kernel_records,
     )
 
 
@@ -1495,6 +1515,14 @@ def _describe(
         "untranslated when the reply tuple points back at the pod address; internal when the destination is "
         "in pod_cidr (outside null); not_forwarded and reply_dropped as the design above says. Every verdict "
         "is checked against what the pod's client saw and what the design expects."
+    )
+    out += _wrap(
+        f"{KERNEL_RECORDS}/ holds the same kernel's record in the other formats users hold, for `natproof "
+        "correlate --conntrack`: " + "; ".join(f"{name}: `{info['command']}` ({info['entries']} entries"
+                                               + (f", netlink socket drops: {info['socket_drops']}"
+                                                  if "socket_drops" in info else "") + ")"
+                                               for name, info in rec.kernel_records.items())
+        + ". The listings are taken one after another after the traffic, after the listeners stopped."
     )
     out += [f"note: {note}" for note in notes]
     counts = Counter(c.verdict for c in connections)
