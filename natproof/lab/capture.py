@@ -126,9 +126,12 @@ class ConntrackRecorder:
     is full the event is dropped for that listener only and the socket's drop counter grows.
     """
 
-    def __init__(self, lab: Lab, role: str, events: str, path: Path, output: str = CONNTRACK_OUTPUT) -> None:
+    def __init__(self, lab: Lab, role: str, events: str, path: Path, output: str = CONNTRACK_OUTPUT,
+                 niceness: int = 0) -> None:
         self.lab, self.role, self.path = lab, role, path
-        self.argv = ["conntrack", "-E", "-e", events, "-o", output]
+        # nice execs conntrack in place: the pid stays the listener's own (its socket is found by it).
+        self.argv = ["nice", "-n", str(niceness)] if niceness else []
+        self.argv += ["conntrack", "-E", "-e", events, "-o", output]
         self.argv += ["-b", str(CONNTRACK_BUFFER_BYTES)]
         self._proc: subprocess.Popen[bytes] | None = None
 

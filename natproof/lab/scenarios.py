@@ -1220,7 +1220,8 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         kernel_dir = stage / KERNEL_RECORDS
         kernel_dir.mkdir()
         # One more listener, for every event in conntrack's plain timestamped format: the event log users keep.
-        event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp")
+        # Niced: on a busy machine the truth's own listeners must not lose events to it (many-connections).
+        event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp", niceness=10)
         for recorder in (*recorders, event_log):
             recorder.start()
         captures = [
