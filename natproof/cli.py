@@ -109,19 +109,24 @@ def services_from(obj: dict) -> natproof.Services:
     return natproof.Services(**kw)
 
 
-def capture_options(f: Callable | None = None, *, captures_required: bool = True) -> Callable:
+def capture_options(f: Callable | None = None, *, required: tuple[str, ...] = ("inside", "outside")) -> Callable:
     """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures).
-    ``captures_required=False``: both may be left out (a command that can answer from --conntrack alone)."""
+    ``required`` names the captures that must be given: OUTSIDE may be left out with --conntrack (the kernel's
+    record gives the other side), both by a command that can answer from --conntrack alone (who)."""
     if f is None:
-        return lambda g: _capture_options(g, captures_required)
-    return _capture_options(f, captures_required)
+        return lambda g: _capture_options(g, required)
+    return _capture_options(f, required)
 
 
-def _capture_options(f: Callable, captures_required: bool) -> Callable:
+def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
     f = click.option("--conntrack", "conntrack", metavar="FILE", expose_value=False, callback=_services_option,
                      help="The kernel's conntrack record from the node (conntrack -L or -E output in any -o format, "
                           "/proc/net/nf_conntrack, gzip or not): each connection is confirmed by it, contradicts it "
                           "or is absent from it (with the reason), and a leg no capture shows is taken from it.")(f)
+    f = click.option("--side", type=click.Choice(["auto", "inside", "outside"]), default="auto",
+                     show_default=True, expose_value=False, callback=_services_option,
+                     help="With ONE capture and --conntrack: the side of the NAT it was taken on (auto: told from "
+                          "the record).")(f)
     f = click.option("--allow-swap", is_flag=True, expose_value=False, callback=_services_option,
                      help="If INSIDE and OUTSIDE look given in the wrong order, swap them (and say so) "
                           "instead of refusing.")(f)
@@ -138,18 +143,21 @@ def _capture_options(f: Callable, captures_required: bool) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True), required=captures_required)(f)
-    f = click.argument("inside", type=click.Path(dir_okay=True), required=captures_required)(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True), required="outside" in required)(f)
+    f = click.argument("inside", type=click.Path(dir_okay=True), required="inside" in required)(f)
     return f
 
 
-def refuse_overwriting_inputs(output: str | None, *inputs: str) -> None:
-    """-o naming one of the captures would replace the evidence with the report: an error, before any work."""
+def refuse_overwriting_inputs(output: str | None, *inputs: str | None) -> None:
+    """-o naming one of the captures (or the conntrack record) would replace the evidence with the report: an error,
+    before any work."""
     if not output or not os.path.exists(output):
         return
-    for path in inputs:
-        if path != "-" and os.path.exists(path) and os.path.samefile(output, path):
-            raise NatproofError(f"{output}: is the capture {path}; write the output elsewhere")
+    record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
+    for path in (*inputs, record):
+        if path is not None and path != "-" and os.path.exists(path) and os.path.samefile(output, path):
+            what = "the conntrack record" if path is record else "the capture"
+            raise NatproofError(f"{output}: is {what} {path}; write the output elsewhere")
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -159,22 +167,34 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-                  quiet: bool, decoder: str = "auto") -> natproof.Result:
+def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+                  tolerance: float, quiet: bool, decoder: str = "auto") -> natproof.Result:
     """Correlate with a progress bar, and print the captures' warnings unless quiet."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
+    opts = obj.get("services", {})
+    record = opts.get("conntrack")
+    if outside is None and (inside is None or record is None):
+        raise click.UsageError("give INSIDE and OUTSIDE captures, or one capture and --conntrack FILE (the node's "
+                               "conntrack record gives the other side)")
     with make_progress(quiet) as progress:
-        result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
-                                    tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
-                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")),
-                                    conntrack=obj.get("services", {}).get("conntrack"))
+        if outside is None:
+            from natproof.correlate import correlate_one
+
+            result = correlate_one(inside, record, side=opts.get("side") or "auto", pod_cidr=pod_cidr,
+                                   tolerance_s=tolerance, progress=progress, decoder=decoder, services=services)
+        else:
+            result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
+                                        tolerance_s=tolerance, progress=progress, decoder=decoder,
+                                        services=services, allow_swap=bool(opts.get("allow_swap")),
+                                        conntrack=record)
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
-                warn(f"{cap.path}: {w}")
+                if cap.path:  # the side not captured (one capture and --conntrack) says so in the summary
+                    warn(f"{cap.path}: {w}")
         if result.conntrack is not None and result.conntrack.unparsed:
             rec = result.conntrack
             first = ", ".join(map(str, rec.unparsed_lines[:5]))
@@ -184,7 +204,7 @@ def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset:
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -211,7 +231,7 @@ def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: flo
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="The HTML file to write (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -229,7 +249,7 @@ def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -255,7 +275,7 @@ def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: floa
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--expectations", "expectations_file", type=click.Path(dir_okay=False),
               help="A TOML file of expectations (see README); the options below add to it.")
 @click.option("--expect-snat-ip", metavar="ADDR", help="Every connection that left did so from ADDR.")
@@ -309,7 +329,7 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT")
-@capture_options(captures_required=False)
+@capture_options(required=())
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite,

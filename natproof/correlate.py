@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from natproof.assemble import Services, assemble, in_networks
+from natproof.assemble import FATE, Services, assemble, in_networks
 from natproof.capture import CaptureInfo
 from natproof.connections import (
     PROTO_NAMES,
@@ -23,8 +23,8 @@ from natproof.connections import (
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.errors import InputError
-from natproof.kernel import join_kernel
-from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
+from natproof.kernel import join_kernel, one_side_connections, which_side
+from natproof.match import MATCH_COLUMNS, PAIR_SCHEMA, match_sides, signature, with_keys
 from natproof.memory import trim
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
@@ -152,8 +152,8 @@ def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services:
 
 
 def correlate(
-    inside: str | os.PathLike[str],
-    outside: str | os.PathLike[str],
+    inside: str | os.PathLike[str] | None,
+    outside: str | os.PathLike[str] | None,
     *,
     pod_cidr: str | Sequence[str] | None = None,
     clock_offset_s: float | None = None,
@@ -178,12 +178,25 @@ def correlate(
     and the result says so in the inside capture's warnings. ``conntrack``: the kernel's conntrack record (a file in
     any format natproof.conntrack reads, or a record already read) to hold every connection against
     (natproof.kernel.join_kernel; ``tolerance_s`` is its time tolerance too).
+
+    With ONE capture (the other argument None) the record is required: it gives each connection's other side
+    (:func:`correlate_one`; the capture's side is told from the record).
     """
     fast = decoder_flag(decoder)
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
     if conntrack is not None and not isinstance(conntrack, ConntrackRecord):
         conntrack = read_conntrack(conntrack)  # a bad record is an error before any capture is read
+    if inside is None or outside is None:
+        if inside is None and outside is None:
+            raise InputError("no capture given: give INSIDE and OUTSIDE, or one capture and a conntrack record")
+        if conntrack is None:
+            raise InputError(f"{os.fspath(inside or outside)}: one capture shows one side of the NAT; give the "
+                             "other capture too, or the node's conntrack record (--conntrack FILE) for the other side")
+        return correlate_one(inside if inside is not None else outside,  # type: ignore[arg-type]
+                             conntrack, side="inside" if inside is not None else "outside", pod_cidr=pod_cidr,
+                             tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
+                             services=services)
     _check_distinct(inside, outside)
     cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
            for label, path in (("inside", inside), ("outside", outside))]
@@ -375,3 +388,82 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
         *[pl.lit(None, t).alias(c) for c, t in CONNECTION_SCHEMA.items() if c.startswith("kernel")],
     )
     return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
+
+
+def correlate_one(
+    capture: str | os.PathLike[str],
+    conntrack: str | os.PathLike[str] | ConntrackRecord,
+    *,
+    side: str = "auto",
+    pod_cidr: str | Sequence[str] | None = None,
+    tolerance_s: float = 1.0,
+    timeouts: IdleTimeouts | None = None,
+    progress: ProgressFactory | None = None,
+    decoder: str = "auto",
+    services: Services | None = None,
+) -> Result:
+    """Connections from ONE capture (the pod side or the node's uplink) and the node's conntrack record, which gives
+    each connection's tuple on the side not captured (natproof.kernel.one_side_connections: evidence_level
+    kernel_record, never "crossed" fates: no packet was seen on both sides).
+
+    ``side``: "inside", "outside", or "auto": told from the record (natproof.kernel.which_side), and said in the
+    capture's warnings. The result's summary of the side not captured has format "none" and no packets. Raises
+    CaptureError for an unusable capture, InputError for an unusable record."""
+    if side not in ("auto", "inside", "outside"):
+        raise InputError(f"--side {side}: inside, outside or auto")
+    record = conntrack if isinstance(conntrack, ConntrackRecord) else read_conntrack(conntrack)
+    services = services or Services()
+    cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
+    sd, fr = _prepare_side(capture, cb, fast=decoder_flag(decoder), timeouts=timeouts, inside=side != "outside",
+                           pod_cidr=pod_cidr, services=services)
+    legs = fr["connections"].with_columns(pl.col("proto").replace_strict(PROTO_NAMES, return_dtype=pl.String))
+    nets, why = sd.networks, sd.networks_why
+    note = ""
+    if side == "auto":
+        side, ins, outs = which_side(legs, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
+        if ins or outs:
+            note = (f"the only capture; taken as the {side} one: {max(ins, outs)} of its connections have the "
+                    f"{'pre' if side == 'inside' else 'post'}-NAT tuple of an egress entry in {record.path} (or the "
+                    f"other of an inbound one), {min(ins, outs)} the other way (--side sets it)")
+        else:
+            note = (f"the only capture; taken as the inside one: no entry of {record.path} that rewrote anything "
+                    "has its tuples, so the record cannot tell the side (--side sets it)")
+    if side == "outside":
+        nets = parse_networks(pod_cidr) if pod_cidr else ()
+        why = "given (--pod-cidr)" if pod_cidr else "the only capture is the outside one; --pod-cidr sets it"
+    conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
+    conn_of = dict(zip(conns["leg"].to_list(), conns["inside_conn_id"].to_list(), strict=True))
+    owned = conns["leg"].implode()
+    pk = _with_icmp(fr["packets"], fr["icmp"]).with_columns(
+        pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
+        pl.when(pl.col("conn_id").is_in(owned)).then(pl.lit(f"{side}_only")).cast(FATE).alias("fate"),
+    ).select(*PACKET_COLUMNS, "anchor", "fate", *ICMP_COLUMNS)
+    match_cols = [pl.lit(None, pl.UInt32).alias("out_frame"), pl.lit(None, pl.Int64).alias("dt_ns"),
+                  pl.lit(None, PAIR_SCHEMA["method"]).alias("method")]
+    empty = pk.clear()
+    in_pk = (pk if side == "inside" else empty).with_columns(match_cols)
+    out_pk = pk if side == "outside" else empty
+    info = sd.info
+    if note:
+        info.warnings.append(note)
+    summary = CaptureSummary.from_info(info, pk.height)
+    other = "outside" if side == "inside" else "inside"
+    missing = CaptureSummary(path="", format="none", link_type="", records=0, packets=0, first_ts_ns=0,
+                             last_ts_ns=0, skipped={}, warnings=(f"not captured: each connection's {other} tuple "
+                                                                 f"comes from the kernel's record {record.path}",))
+    internal = pl.col("verdict") == "internal"
+    unmatched = int(conns.filter(~internal).select(pl.col(f"fate_{side}_only").sum()).item() or 0)
+    result = Result(
+        inside=summary if side == "inside" else missing,
+        outside=summary if side == "outside" else missing,
+        clock_offset_s=0.0,
+        pod_networks=tuple(str(n) for n in nets),
+        pod_networks_why=why,
+        connections=conns.drop("leg"),
+        unmatched_inside=unmatched if side == "inside" else 0,
+        unmatched_outside=unmatched if side == "outside" else pk.height - int(pk["fate"].is_not_null().sum()),
+        inside_packets=in_pk,
+        outside_packets=out_pk,
+        conntrack=record,
+    )
+    return result

@@ -60,10 +60,10 @@ def _conn_label(r: dict[str, Any]) -> str:
 def _frames(result: Result, conn: int, side: str, egress: bool, limit: int = 6) -> list[int]:
     """Frame numbers of one connection's packets in one capture (inside: by conn; outside: by matched conn)."""
     pk = result.inside_packets if side == "inside" else result.outside_packets
-    if side == "inside":
-        sel = pk.filter((pl.col("conn_id") == _in_conn_id(result, conn)) & (pl.col("is_egress") == egress))
-    else:
-        sel = pk.filter((pl.col("conn_id") == _out_conn_id(result, conn)) & (pl.col("is_egress") == egress))
+    leg = _in_conn_id(result, conn) if side == "inside" else _out_conn_id(result, conn)
+    if leg is None:  # no leg on that side (one capture and a conntrack record)
+        return []
+    sel = pk.filter((pl.col("conn_id") == leg) & (pl.col("is_egress") == egress))
     return sel.sort("frame_no")["frame_no"].head(limit).to_list()
 
 
@@ -81,8 +81,11 @@ def _fmt_frames(frames: list[int]) -> str:
 
 def _syn_retransmissions(result: Result, conn: int) -> int:
     """Extra SYNs (same ISN, at least 0.5 s apart) the pod sent on one connection, seen inside."""
+    leg = _in_conn_id(result, conn)
+    if leg is None:
+        return 0
     pk = result.inside_packets.filter(
-        (pl.col("conn_id") == _in_conn_id(result, conn)) & pl.col("is_egress") & (pl.col("proto") == 6)
+        (pl.col("conn_id") == leg) & pl.col("is_egress") & (pl.col("proto") == 6)
         & ((pl.col("tcp_flags") & 0x12) == 0x02)
     ).sort("ts_ns")
     if pk.height < 2:
@@ -169,7 +172,12 @@ def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = No
              egress: bool | None = None) -> pl.DataFrame:
     """A connection's packets in one capture (all its legs there), optionally of one fate and direction."""
     pk = result.inside_packets if side == "inside" else result.outside_packets
-    cond = pl.col("anchor") == r["inside_conn_id"]
+    if r["inside_conn_id"] is not None:
+        cond = pl.col("anchor") == r["inside_conn_id"]
+    elif side == "outside" and r["outside_conn_id"] is not None:  # one capture, the outside one
+        cond = pl.col("conn_id") == r["outside_conn_id"]
+    else:
+        return pk.clear()
     if fate is not None:
         cond &= pl.col("fate") == fate
     if egress is not None:

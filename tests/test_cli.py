@@ -94,9 +94,12 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "correlate", str(pair[0]))
-    assert code == 2 and err == ("natproof: error: Missing argument 'OUTSIDE'. "
-                                 "(see 'natproof correlate --help')\n")
+    code, _, err = run(capsys, "correlate", str(pair[0]))  # OUTSIDE may be left out only with --conntrack
+    assert code == 2 and err == ("natproof: error: give INSIDE and OUTSIDE captures, or one capture and --conntrack "
+                                 "FILE (the node's conntrack record gives the other side) (see 'natproof correlate "
+                                 "--help')\n")
+    code, _, err = run(capsys, "correlate")
+    assert code == 2 and err == "natproof: error: Missing argument 'INSIDE'. (see 'natproof correlate --help')\n"
     code, _, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "parquet")
     assert (code, err) == (2, "natproof: error: --format parquet needs -o FILE (see 'natproof correlate --help')\n")
 
@@ -479,3 +482,23 @@ def test_who_with_a_conntrack_event_log_and_no_capture(capsys: pytest.CaptureFix
     assert code == 2 and err == ("natproof: error: give INSIDE and OUTSIDE captures, or neither and --conntrack FILE "
                                  "(a conntrack event log) to answer from the kernel's record alone (see 'natproof "
                                  "who --help')\n")
+
+
+def test_one_capture_with_conntrack(capsys: pytest.CaptureFixture[str]) -> None:
+    d = CAPTURES / "nodeport"
+    code, out, err = run(capsys, "correlate", str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"),
+                         "--format", "json")
+    assert code == 0
+    assert err.startswith(f"natproof: warning: {d / 'outside.pcap'}: the only capture; taken as the outside one: 5 ")
+    doc = json.loads(out)
+    assert doc["captures"]["inside"]["format"] == "none"
+    assert {c["evidence_level"] for c in doc["connections"]} == {"kernel_record"}
+    pods = sorted((c["inside"]["src"], c["inside"]["dport"]) for c in doc["connections"] if c["initiator"] == "outside")
+    assert pods == [("10.244.0.1", 8080)] * 2 + [("198.51.100.20", 8080)] * 2
+    code, out, _ = run(capsys, "correlate", str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"),
+                       "--side", "inside", "--format", "json", "-q")
+    assert code == 0 and json.loads(out)["captures"]["outside"]["format"] == "none"
+    code, out, err = run(capsys, "correlate", str(d / "outside.pcap"))
+    assert (code, out) == (2, "")
+    assert err == ("natproof: error: give INSIDE and OUTSIDE captures, or one capture and --conntrack FILE (the node's "
+                   "conntrack record gives the other side) (see 'natproof correlate --help')\n")

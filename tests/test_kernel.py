@@ -308,3 +308,67 @@ def test_who_from_the_kernel_record_inbound() -> None:
     assert [(c["roles"], c["ends"]["pod"], c["translated"]["src"]) for c in answer.connections] == [
         (["original destination (NodePort)"], {"address": "10.244.0.10", "port": 8080}, "10.244.0.1")] * 2
     assert {c["initiator"] for c in answer.connections} == {"outside"}
+
+
+# -- one capture and the kernel's record -----------------------------------------------------------------------
+
+
+def _mapping(result: natproof.Result) -> set[tuple]:
+    return {(r["proto"], r["initiator"], *(r[f"{p}_{f}"] for p in ("orig", "trans")
+                                          for f in ("src", "sport", "dst", "dport")))
+            for r in result.connections.iter_rows(named=True) if r["trans_src"] is not None}
+
+
+@pytest.mark.parametrize("name", ["basic", "nodeport", "clusterip", "icmp", "udp", "random-fully", "port-collision",
+                                  "port-exhaustion", "ftp-alg"])
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_one_capture_and_the_record_give_the_mappings_of_two_captures(name: str, side: str) -> None:
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / name
+    both = _correlate(name)
+    one = correlate_one(d / f"{side}.pcap", d / "conntrack.log")
+    assert _mapping(one) == _mapping(both)
+    # The side was told from the record, and said so; the other side is marked as not captured.
+    captured, missing = (one.inside, one.outside) if side == "inside" else (one.outside, one.inside)
+    assert captured.path == str(d / f"{side}.pcap") and missing.format == "none" and missing.records == 0
+    assert any(w.startswith(f"the only capture; taken as the {side} one") for w in captured.warnings)
+    conns = one.connections.filter(pl.col("trans_src").is_not_null())
+    assert set(conns["evidence_level"]) == {"kernel_record"} and set(conns["kernel"]) == {"confirmed"}
+    assert conns["fate_crossed"].sum() == 0 and (conns[f"fate_{side}_only"] > 0).all()
+    # Each leg is the capture's own: its first frame and tuple.
+    for r in conns.iter_rows(named=True):
+        (leg,) = r["legs"]
+        assert leg["observation_point"] == side
+        assert (leg["src"], leg["sport"]) == (r[f"{side}_src"], r[f"{side}_sport"])
+
+
+def test_one_pod_side_capture_without_an_entry_is_not_forwarded() -> None:
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "forward-drop"
+    result = correlate_one(d / "inside.pcap", d / "conntrack.log", side="inside")
+    assert result.connections.select("verdict", "kernel", "kernel_reason", "trans_src").rows() == [
+        ("not_forwarded", "absent", "dropped_before_confirmation", None),
+        ("translated", "confirmed", None, "203.0.113.2"), ("translated", "confirmed", None, "203.0.113.2")]
+    assert [f.kind for f in diagnose(result)][0] == "forwarding_blocked"
+
+
+def test_one_pod_side_capture_reply_dropped() -> None:
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "reply-drop"
+    both = _correlate("reply-drop")
+    one = correlate_one(d / "inside.pcap", d / "conntrack.log")
+    # The kernel saw the replies (the entry is not [UNREPLIED]); the pod's capture holds none.
+    assert dict(zip(one.connections["orig_sport"], one.connections["verdict"], strict=True)) == dict(
+        zip(both.connections["orig_sport"], both.connections["verdict"], strict=True))
+    assert "reply_dropped" in one.connections["verdict"].to_list()
+
+
+def test_one_capture_needs_the_record(tmp_path: Path) -> None:
+    d = CAPTURES / "basic"
+    with pytest.raises(natproof.InputError, match="one capture shows one side of the NAT"):
+        natproof.correlate(d / "inside.pcap", None)
+    result = natproof.correlate(None, d / "outside.pcap", conntrack=d / "conntrack.log")
+    assert result.inside.format == "none" and result.connections.height == 3

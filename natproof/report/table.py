@@ -77,6 +77,7 @@ KERNEL_REASON_SHORT = {
     "record_ends_before": "log ends before",
     "snapshot_after_expiry": "snapshot taken\nafter it ended",
     "not_recorded": "not recorded",
+    "not_tracked": "bridged, untracked",
 }
 """natproof.kernel.ABSENT_REASONS in a few words, for the table's kernel column."""
 
