@@ -372,3 +372,21 @@ def test_one_capture_needs_the_record(tmp_path: Path) -> None:
         natproof.correlate(d / "inside.pcap", None)
     result = natproof.correlate(None, d / "outside.pcap", conntrack=d / "conntrack.log")
     assert result.inside.format == "none" and result.connections.height == 3
+
+
+def one_capture_agrees(folder: Path) -> tuple[int, int]:
+    """A lab run's captures one at a time with its conntrack.log: the pod side's mappings are those of both
+    captures, the uplink's a part of them (pod-to-pod and hairpin traffic never reaches it). Returns how many
+    mappings each gave."""
+    from natproof.correlate import correlate_one
+
+    inside, outside = next(folder.glob("inside.pcap*")), next(folder.glob("outside.pcap*"))
+    if not _kept((folder / "conntrack.log").read_text().splitlines()):
+        return 0, 0  # the kernel tracked nothing at all (forwarding off): no record to read
+    record = read_conntrack(folder / "conntrack.log")
+    ref = _mapping(natproof.correlate(inside, outside, conntrack=record))
+    got_in = _mapping(correlate_one(inside, record))
+    got_out = _mapping(correlate_one(outside, record))
+    assert got_in == ref, f"{folder.name}: pod side only: {got_in ^ ref}"
+    assert got_out <= ref, f"{folder.name}: uplink only: {got_out - ref}"
+    return len(got_in), len(got_out)

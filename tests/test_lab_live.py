@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_kernel import kernel_records_agree, tampered_record_contradicts
+from test_kernel import kernel_records_agree, one_capture_agrees, tampered_record_contradicts
 
 from natproof.cli import main
 from natproof.lab import leftover_namespaces, list_scenarios
@@ -39,3 +39,5 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     assert {"events.log", "index.json", "list.txt", "list-extended.txt", "list.xml"} <= set(records)
     kernel_records_agree(out)
     tampered_record_contradicts(out, tmp_path)
+    # One capture and the record: the pod side alone gives the same mappings as both captures.
+    one_capture_agrees(out)
