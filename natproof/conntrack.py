@@ -129,6 +129,13 @@ class ConntrackRecord:
     unparsed_lines: tuple[int, ...] = ()
     """The first few of those (1-based line numbers)."""
 
+    @classmethod
+    def from_entries(cls, entries: pl.DataFrame, path: str = "(entries)") -> ConntrackRecord:
+        """A record of entries already read (ENTRY_SCHEMA columns; a script may have filtered them)."""
+        entries = entries.select([pl.col(c).cast(t) for c, t in ENTRY_SCHEMA.items()])
+        return cls(path=path, entries=entries, formats=dict(Counter(entries["source"].to_list())),
+                   lines=entries.height, unparsed=0)
+
     @property
     def first_ts_ns(self) -> int | None:
         """The earliest event timestamp, or None when the record has none (a listing, untimed events)."""

@@ -123,9 +123,10 @@ def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
     return flows.sort("flow")
 
 
-def join_kernel(result: Result, record: ConntrackRecord | str | os.PathLike[str], *,
+def join_kernel(result: Result, record: ConntrackRecord | pl.DataFrame | str | os.PathLike[str], *,
                 tolerance_s: float = 1.0) -> Result:
-    """The result with every connection held against the kernel's record (a ConntrackRecord, or a file to read):
+    """The result with every connection held against the kernel's record (a ConntrackRecord, its entries frame
+    (natproof.conntrack.ENTRY_SCHEMA, e.g. filtered by a script), or a file to read):
     ``kernel`` (KERNEL_STATES), ``kernel_reason`` (ABSENT_REASONS), the entry it rests on (``kernel_line``, its
     state, flags and reply tuple), and the translated tuple filled from the entry where no capture showed it
     (``evidence_level`` kernel_record; ``rewrites`` and a Service's backend follow).
@@ -135,6 +136,8 @@ def join_kernel(result: Result, record: ConntrackRecord | str | os.PathLike[str]
     listener's receive times, up to ~1 ms late, on the node's clock; connections are timed on the inside
     capture's). Listings carry no time: every entry of one is in time. Raises InputError for an unreadable
     record."""
+    if isinstance(record, pl.DataFrame):
+        record = ConntrackRecord.from_entries(record)
     rec = record if isinstance(record, ConntrackRecord) else read_conntrack(record)
     conns = result.connections
     tol = int(tolerance_s * 1e9) + (1_000_000_000 if any(k == "xml_events" for k in rec.formats) else 0)

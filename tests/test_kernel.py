@@ -390,3 +390,24 @@ def one_capture_agrees(folder: Path) -> tuple[int, int]:
     assert got_in == ref, f"{folder.name}: pod side only: {got_in ^ ref}"
     assert got_out <= ref, f"{folder.name}: uplink only: {got_out - ref}"
     return len(got_in), len(got_out)
+
+
+def test_join_kernel_from_a_script() -> None:
+    d = CAPTURES / "port-collision"
+    result = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    entries = natproof.read_conntrack(d / "conntrack.log").entries
+    # A grading script may keep only the listing: still every connection is confirmed.
+    joined = natproof.join_kernel(result, entries.filter(pl.col("event").is_null()))
+    assert joined.connections["kernel"].to_list() == ["confirmed", "confirmed"]
+    assert joined.conntrack is not None and joined.conntrack.formats == {"list_extended": 3}  # and an IGMP entry
+    assert result.connections["kernel"].is_null().all()  # the input result is left as it was
+
+
+def test_html_report_shows_the_kernel_column() -> None:
+    from natproof.report.html import COLUMNS, render_html
+
+    result = _correlate("forward-drop")
+    page = render_html(result, diagnose(result))
+    assert "kernel" in [c[0] for c in COLUMNS]
+    assert '<span class="k-absent"' in page and page.count('class="k-confirmed"') == 2
+    assert "<dt>kernel record</dt>" in page and "2 confirmed, 1 absent" in page
