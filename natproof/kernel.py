@@ -134,8 +134,9 @@ def join_kernel(result: Result, record: ConntrackRecord | pl.DataFrame | str | o
     "In time": an entry's life (its first event to its DESTROY; from before the log for an entry whose NEW is not
     in it) overlaps the connection's first to last packet, widened by ``tolerance_s`` (the stamps are the
     listener's receive times, up to ~1 ms late, on the node's clock; connections are timed on the inside
-    capture's). Listings carry no time: every entry of one is in time. Raises InputError for an unreadable
-    record."""
+    capture's). Listings carry no time: an entry of one is in time for the last connection of its original tuple
+    (the kernel keeps one entry per tuple: reopening a tuple replaces the earlier entry). Raises InputError for an
+    unreadable record."""
     if isinstance(record, pl.DataFrame):
         record = ConntrackRecord.from_entries(record)
     rec = record if isinstance(record, ConntrackRecord) else read_conntrack(record)
@@ -174,8 +175,12 @@ _KERNEL_COLUMNS = ("kernel", "kernel_reason", "kernel_line", "kernel_state", "ke
 
 def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol: int) -> pl.DataFrame:
     """Per connection: the kernel columns (_KERNEL_COLUMNS), from its candidate entries."""
+    # A listing holds each tuple's current entry only: when the tuple was used again, the entry is the last
+    # connection's (an earlier one's was replaced when its tuple was reopened).
+    latest = pl.col("first_ts_ns") == pl.col("first_ts_ns").max().over(_KEY)
     c = conns.select(
         "conn", "proto", "orig_src", "orig_sport", "orig_dst", "orig_dport", "first_ts_ns", "last_ts_ns",
+        latest.alias("latest_of_tuple"),
         pl.col("trans_src").is_not_null().alias("has_trans"),
         pl.col("trans_dst").alias("exp_src"), pl.col("trans_src").alias("exp_dst"),
         # conntrack's reply tuple is the translated one reversed; ICMP's identifier stays in sport both ways.
@@ -198,7 +203,9 @@ def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol:
     match = ((pl.col("reply_src") == pl.col("exp_src")) & (pl.col("reply_dst") == pl.col("exp_dst"))
              & (pl.col("reply_sport").is_null() | (pl.col("reply_sport") == pl.col("exp_sport")))
              & (pl.col("reply_dport").is_null() | (pl.col("reply_dport") == pl.col("exp_dport")))).fill_null(False)
-    cand = cand.with_columns((start_ok & end_ok).alias("in_time"), match.alias("match")).filter("in_time")
+    listed = pl.col("kind") == "listing"
+    in_time = pl.when(listed).then(pl.col("latest_of_tuple")).otherwise(start_ok & end_ok)
+    cand = cand.with_columns(in_time.alias("in_time"), match.alias("match")).filter("in_time")
     distance = (start - pl.col("first_ts_ns")).abs()
     best = (cand.with_columns(distance.alias("distance"))
             .sort(["conn", "match", "distance", "line"], descending=[False, True, False, False], nulls_last=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 from pathlib import Path
 
@@ -207,7 +209,9 @@ def _kept(lines: list[str]) -> set[tuple[str, str, int, str, int]]:
         if entry is not None:
             proto = "icmp" if entry.proto == "icmpv6" else entry.proto
             o = entry.original
-            kept.add((proto, o.src, o.sport, o.dst, o.dport))
+            # /proc/net/nf_conntrack writes IPv6 addresses in full; natproof prints them compressed.
+            src, dst = (str(ipaddress.ip_address(a)) for a in (o.src, o.dst))
+            kept.add((proto, src, o.sport, dst, o.dport))
     return kept
 
 
@@ -220,20 +224,25 @@ def kernel_records_agree(folder: Path) -> dict[str, dict[str, int]]:
     outside = next(folder.glob("outside.pcap*"))
     records = [folder / "conntrack.log", *sorted(p for p in (folder / "conntrack").iterdir()
                                                  if p.name != "index.json")]
+    index = json.loads((folder / "conntrack" / "index.json").read_text())
     counts: dict[str, dict[str, int]] = {}
     for record in records:
         source = folder / "conntrack" / "list-extended.txt" if record.suffix == ".xml" else record
         kept = _kept(source.read_text().splitlines())
         if not kept:
-            with pytest.raises(natproof.InputError, match="no conntrack entry"):
+            with pytest.raises(natproof.InputError, match="no conntrack entry|empty file"):
                 read_conntrack(record)
             counts[record.name] = {}
             continue
         result = natproof.correlate(inside, outside, conntrack=record)
+        listing = record.name.startswith(("list", "proc"))
+        last = {}  # a listing holds a reused tuple's last entry only: that of the tuple's last connection
+        for r in result.connections.sort("first_ts_ns").iter_rows(named=True):
+            last[(r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])] = r["conn"]
         for r in result.connections.iter_rows(named=True):
             key = (r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])
             where = f"{folder.name}/{record.name}: #{r['conn']} {key}"
-            if key in kept:
+            if key in kept and (not listing or last[key] == r["conn"]):
                 assert r["kernel"] == "confirmed", f"{where}: {r['kernel']} (line {r['kernel_line']})"
                 assert r["trans_src"] is not None, where
             else:
@@ -241,8 +250,10 @@ def kernel_records_agree(folder: Path) -> dict[str, dict[str, int]]:
                 # An event log that ran through the traffic misses only what the kernel never confirmed; a
                 # listing also what had closed or timed out before it was taken.
                 allowed = {"dropped_before_confirmation"}
-                if record.name.startswith(("list", "proc")):
+                if listing:
                     allowed.add("snapshot_after_expiry")
+                if index.get(record.name, {}).get("socket_drops"):
+                    allowed.add("not_recorded")  # the niced listener lost events on a busy machine, and says so
                 assert r["kernel_reason"] in allowed, f"{where}: {r['kernel_reason']}"
         states = result.connections["kernel"].value_counts().rows()
         counts[record.name] = dict(states)
@@ -411,3 +422,25 @@ def test_html_report_shows_the_kernel_column() -> None:
     assert "kernel" in [c[0] for c in COLUMNS]
     assert '<span class="k-absent"' in page and page.count('class="k-confirmed"') == 2
     assert "<dt>kernel record</dt>" in page and "2 confirmed, 1 absent" in page
+
+
+def test_a_listing_holds_a_reused_tuple_for_its_last_connection(tmp_path: Path) -> None:
+    import dataclasses
+
+    # Two connections on one original tuple (the pod reused its port): the second one under another port
+    # outside. The kernel keeps one entry per tuple, the second's; a listing taken after both holds only it.
+    result = natproof.correlate(CAPTURES / "basic" / "inside.pcap", CAPTURES / "basic" / "outside.pcap")
+    first = result.connections.row(0, named=True)
+    conns = result.connections.with_columns(
+        pl.when(pl.col("conn") == 1).then(pl.lit(first["orig_sport"], pl.UInt16)).otherwise(pl.col("orig_sport"))
+        .alias("orig_sport"),
+        pl.when(pl.col("conn") == 1).then(pl.lit(61000, pl.UInt16)).otherwise(pl.col("trans_sport"))
+        .alias("trans_sport"))
+    reused = dataclasses.replace(result, connections=conns)
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f"tcp      6 118 TIME_WAIT src=10.244.0.10 dst=198.51.100.10 sport={first['orig_sport']} dport=80 "
+        "src=198.51.100.10 dst=203.0.113.2 sport=80 dport=61000 [ASSURED] mark=0 use=1\n")
+    joined = natproof.join_kernel(reused, listing)
+    assert joined.connections.select("kernel", "kernel_reason").rows()[:2] == [
+        ("absent", "snapshot_after_expiry"), ("confirmed", None)]

@@ -1220,8 +1220,9 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         kernel_dir = stage / KERNEL_RECORDS
         kernel_dir.mkdir()
         # One more listener, for every event in conntrack's plain timestamped format: the event log users keep.
-        # Niced: on a busy machine the truth's own listeners must not lose events to it (many-connections).
-        event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp", niceness=10)
+        # Niced as far as it goes: on a busy machine the truth's own listeners must not lose events to it
+        # (many-connections); its own losses are counted in index.json.
+        event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp", niceness=19)
         for recorder in (*recorders, event_log):
             recorder.start()
         captures = [
