@@ -267,6 +267,8 @@ def tampered_record_contradicts(folder: Path, tmp_path: Path) -> bool:
     d = folder
     inside, outside = next(d.glob("inside.pcap*")), next(d.glob("outside.pcap*"))
     listing = (d / "conntrack" / "list.txt").read_text().splitlines()
+    if not _kept(listing):
+        return False  # the kernel held no entry when the listing was taken (forwarding off)
     clean = natproof.correlate(inside, outside, conntrack=d / "conntrack" / "list.txt")
     candidates = clean.connections.filter((pl.col("kernel") == "confirmed") & (pl.col("evidence_level") == "packets")
                                           & pl.col("rewrites").list.contains("src") & (pl.col("proto") != "icmp"))
