@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -84,8 +83,9 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 
 def _services_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --service-cidr / --nodeport-range / --allow-swap / --pods / --services for run_correlate in the context
-    (every command that reads captures takes them; they never reach the command's own signature)."""
+    """Keep --service-cidr / --nodeport-range / --allow-swap / --pods / --services / --conntrack / --side for
+    run_correlate in the context (every command that reads captures takes them; they never reach the command's own
+    signature)."""
     obj = ctx.find_root().ensure_object(dict)
     obj.setdefault("services", {})[param.name] = value
     return value
@@ -120,9 +120,24 @@ def names_from(obj: dict) -> natproof.Names | None:
     return obj["names"]
 
 
-def capture_options(f: Callable, *, required: bool = True) -> Callable:
-    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures);
-    ``required=False`` for a command that can answer without captures (who with flow logs)."""
+def capture_options(f: Callable | None = None, *, required: tuple[str, ...] = ("inside", "outside")) -> Callable:
+    """INSIDE OUTSIDE and the options that shape a correlation (shared by every command that reads captures).
+    ``required`` names the captures that must be given: OUTSIDE may be left out with --conntrack (the kernel's
+    record gives the other side), both by a command that can answer from --conntrack alone (who)."""
+    if f is None:
+        return lambda g: _capture_options(g, required)
+    return _capture_options(f, required)
+
+
+def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
+    f = click.option("--conntrack", "conntrack", metavar="FILE", expose_value=False, callback=_services_option,
+                     help="The kernel's conntrack record from the node (conntrack -L or -E output in any -o format, "
+                          "/proc/net/nf_conntrack, gzip or not): each connection is confirmed by it, contradicts it "
+                          "or is absent from it (with the reason), and a leg no capture shows is taken from it.")(f)
+    f = click.option("--side", type=click.Choice(["auto", "inside", "outside"]), default="auto",
+                     show_default=True, expose_value=False, callback=_services_option,
+                     help="With ONE capture and --conntrack: the side of the NAT it was taken on (auto: told from "
+                          "the record).")(f)
     f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
                      type=click.Path(dir_okay=False),
                      help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
@@ -147,8 +162,8 @@ def capture_options(f: Callable, *, required: bool = True) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True), required=required)(f)
-    f = click.argument("inside", type=click.Path(dir_okay=True), required=required)(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True), required="outside" in required)(f)
+    f = click.argument("inside", type=click.Path(dir_okay=True), required="inside" in required)(f)
     return f
 
 
@@ -167,13 +182,16 @@ def flow_log_options(f: Callable) -> Callable:
     return f
 
 
-def refuse_overwriting_inputs(output: str | None, *inputs: str) -> None:
-    """-o naming one of the captures would replace the evidence with the report: an error, before any work."""
+def refuse_overwriting_inputs(output: str | None, *inputs: str | None) -> None:
+    """-o naming one of the captures (or the conntrack record) would replace the evidence with the report: an error,
+    before any work."""
     if not output or not os.path.exists(output):
         return
-    for path in inputs:
-        if path != "-" and os.path.exists(path) and os.path.samefile(output, path):
-            raise NatproofError(f"{output}: is the capture {path}; write the output elsewhere")
+    record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
+    for path in (*inputs, record):
+        if path is not None and path != "-" and os.path.exists(path) and os.path.samefile(output, path):
+            what = "the conntrack record" if path is record else "the capture"
+            raise NatproofError(f"{output}: is {what} {path}; write the output elsewhere")
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -183,27 +201,47 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def run_correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-                  quiet: bool, decoder: str = "auto") -> natproof.Result:
+def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+                  tolerance: float, quiet: bool, decoder: str = "auto") -> natproof.Result:
     """Correlate with a progress bar, and print the captures' warnings unless quiet."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
     names = names_from(obj)
+    opts = obj.get("services", {})
+    record = opts.get("conntrack")
+    if outside is None and (inside is None or record is None):
+        raise click.UsageError("give INSIDE and OUTSIDE captures, or one capture and --conntrack FILE (the node's "
+                               "conntrack record gives the other side)")
     with make_progress(quiet) as progress:
-        result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
-                                    tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
-                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")), names=names)
+        if outside is None:
+            from natproof.correlate import correlate_one
+            from natproof.names import apply_names
+
+            result = apply_names(correlate_one(inside, record, side=opts.get("side") or "auto", pod_cidr=pod_cidr,
+                                               tolerance_s=tolerance, progress=progress, decoder=decoder,
+                                               services=services), names)
+        else:
+            result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
+                                        tolerance_s=tolerance, progress=progress, decoder=decoder,
+                                        services=services, allow_swap=bool(opts.get("allow_swap")),
+                                        conntrack=record, names=names)
     if not quiet:
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
-                warn(f"{cap.path}: {w}")
+                if cap.path:  # the side not captured (one capture and --conntrack) says so in the summary
+                    warn(f"{cap.path}: {w}")
+        if result.conntrack is not None and result.conntrack.unparsed:
+            rec = result.conntrack
+            first = ", ".join(map(str, rec.unparsed_lines[:5]))
+            warn(f"{rec.path}: {rec.unparsed} line(s) are no conntrack entry and were left out (line {first}"
+                 f"{' ...' if rec.unparsed > 5 else ''})")
     return result
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -230,7 +268,7 @@ def correlate(inside: str, outside: str, pod_cidr: str | None, clock_offset: flo
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="The HTML file to write (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -248,7 +286,7 @@ def report(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -274,7 +312,7 @@ def diagnose(inside: str, outside: str, pod_cidr: str | None, clock_offset: floa
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--expectations", "expectations_file", type=click.Path(dir_okay=False),
               help="A TOML file of expectations (see README); the options below add to it.")
 @click.option("--expect-snat-ip", metavar="ADDR", help="Every connection that left did so from ADDR.")
@@ -328,13 +366,10 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
-@functools.partial(capture_options, required=False)
+@capture_options(required=())
 @flow_log_options
 @click.option("--peer", metavar="ADDR[:PORT]",
               help="With --flow-log: only connections to this far end (the reporter's address, and port).")
-@click.option("--conntrack", "conntrack_files", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="With --flow-log: a node's conntrack -E -o timestamp or -L output, to go from its tuple to the "
-                   "pod (repeatable).")
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite,
@@ -347,21 +382,23 @@ def verify(inside: str, outside: str, pod_cidr: str | None, clock_offset: float 
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
         tolerance: float, decoder: str, flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...],
-        flow_log_format: str | None, peer: str | None, conntrack_files: tuple[str, ...], at: str | None,
-        window: float, clock: str, fmt: str | None, quiet: bool) -> None:
+        flow_log_format: str | None, peer: str | None, at: str | None, window: float, clock: str, fmt: str | None,
+        quiet: bool) -> None:
     """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
     (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
     ClusterIP (which backend?), a backend, a remote client. With --pods/--services, NAME (namespace/name, or a bare
-    name) finds a pod's or Service's connections. Exit 0 when a connection was found, 1 when none was.
+    name) finds a pod's or Service's connections. Without INSIDE and OUTSIDE, --conntrack FILE (an event log:
+    conntrack -E -o timestamp) answers alone, on the node's clock. Exit 0 when a connection was found, 1 when none
+    was.
 
     With --flow-log and --nat-gateway, ADDR:PORT may be a NAT gateway's public address and port, as an abuse
     report names it: the answer walks through the gateway's flow log to the node tuple (with the evidence level),
-    and with INSIDE OUTSIDE (the node's captures) on to the pod; a link nothing given proves is named, with what
-    would prove it.
+    and with INSIDE OUTSIDE (the node's captures, or --conntrack: the node's record) on to the pod; a link nothing
+    given proves is named, with what would prove it.
     """
-    from natproof.lookup import check_query, parse_endpoint
+    from natproof.lookup import check_query, parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
 
@@ -369,6 +406,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
     if (inside is None) != (outside is None):
         raise click.UsageError("give both INSIDE and OUTSIDE captures, or neither")
     obj = click.get_current_context().find_root().ensure_object(dict)
+    record = obj.get("services", {}).get("conntrack")
     ptcpdump = inside is not None and (is_ptcpdump(inside) or is_ptcpdump(outside))  # type: ignore[arg-type]
     check_query(endpoint, bool(names_from(obj)) or ptcpdump)
     as_json = (fmt or ("table" if sys.stdout.isatty() else "json")) == "json"
@@ -379,19 +417,30 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
         except NatproofError:
             addr = None  # a pod's or Service's name: no gateway address
         if addr is not None and any(addr in (g.private, g.public) for g in gateways):
-            result = None if inside is None else run_correlate(inside, outside, pod_cidr, clock_offset,  # type: ignore[arg-type]
+            result = None if inside is None else run_correlate(inside, outside, pod_cidr, clock_offset,
                                                                tolerance, quiet, decoder)
             who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json,
-                        [(f, _read_lines(f)) for f in conntrack_files])
+                        [(record, _read_lines(record))] if record else [])
             return
-        if inside is None:
+    if inside is None:
+        if record is None and flow_logs:
             known = ", ".join(str(g) for g in gateways)
             raise NatproofError(f"{endpoint} is not a --nat-gateway address ({known}): give the gateway's public "
-                                "address, or the node's captures INSIDE OUTSIDE to look up a node or pod tuple")
-    elif inside is None:
-        raise click.UsageError("give the node's captures INSIDE OUTSIDE, or --flow-log with --nat-gateway")
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)  # type: ignore[arg-type]
-    answer = run_who(result, endpoint, at, window, clock)
+                                "address, or the node's captures INSIDE OUTSIDE (or --conntrack FILE) to look up a "
+                                "node or pod tuple")
+        if record is None:
+            raise click.UsageError("give INSIDE and OUTSIDE captures, or neither and --conntrack FILE (a conntrack "
+                                   "event log) to answer from the kernel's record alone, or --flow-log with "
+                                   "--nat-gateway")
+        from natproof.conntrack import read_conntrack
+        from natproof.networks import parse_networks
+
+        nets = parse_networks(pod_cidr) if pod_cidr else ()
+        answer = who_kernel(read_conntrack(record), endpoint, at, window, pod_networks=nets,
+                            services=services_from(obj))
+    else:
+        result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+        answer = run_who(result, endpoint, at, window, clock)
     hops = gateway_hops(answer, flowlog, gateways) if flow_logs else None
     if as_json:
         doc = answer.to_dict()
@@ -399,7 +448,8 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
             doc["nat_gateway_hops"] = hops
         click.echo(json.dumps(doc, indent=2))
     else:
-        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({answer.clock} capture's clock)"
+        clock_name = "the node's clock" if answer.clock == "node" else f"{answer.clock} capture's clock"
+        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({clock_name})"
         shift = answer.clock_offset_s if answer.clock == "outside" else 0.0
         if answer.connections:
             n = len(answer.connections)
@@ -558,8 +608,9 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
     Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times)."""
     from rich import box
 
-    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns})
-    table = Table(title=f"{title} (times UTC on the {clock} capture's clock, {', '.join(days)})",
+    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns if c["first_seen"] is not None})
+    where = "the node's clock, as conntrack stamped its events" if clock == "node" else f"the {clock} capture's clock"
+    table = Table(title=f"{title} (times UTC on {where}{', ' if days else ''}{', '.join(days)})",
                   header_style="bold", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict", "frames"):
@@ -579,9 +630,15 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         svc = c["service"]
         ev = c["evidence"]["egress"] or {}
         frames = ", ".join(f"{op} {ev[k]}" for op, k in (("in", "inside_frame"), ("out", "outside_frame"),
-                                                          ("in", "inside_translated_frame")) if ev.get(k)) or "-"
-        first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
-        seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
+                                                          ("in", "inside_translated_frame")) if ev.get(k))
+        if not frames and c.get("kernel_entry"):
+            frames = f"conntrack line {c['kernel_entry']['line']}"
+        frames = frames or "-"
+        if c["first_seen"] is None:
+            seen = "- (a listing)"
+        else:
+            first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
+            seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
         service = "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}"
         if svc is not None and svc.get("name"):
             service += f" {svc['name']}" + (f":{svc['port_name']}" if svc.get("port_name") else "")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_kernel import kernel_records_agree, one_capture_agrees, tampered_record_contradicts
 
 from natproof.check import capture_pair, compare, load_truth
 from natproof.cli import main
@@ -35,12 +36,14 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     out = tmp_path / name
     assert main(["lab", "run", name, "--out", str(out)]) == 0, capsys.readouterr().err
     names = sorted(p.name.removesuffix(".gz") for p in out.iterdir())
-    # Single-node scenarios write kubectl-style dumps of their pods (and Services) beside the captures.
-    dumps = [] if name in MULTI_HOP else ["pods.json", *(["services.json"] if get_scenario(name).services else [])]
+    # Single-node scenarios write kubectl-style dumps of their pods (and Services) beside the captures, and the
+    # kernel's conntrack record in each format (conntrack/).
+    single = name not in MULTI_HOP
+    dumps = ["pods.json", *(["services.json"] if get_scenario(name).services else [])] if single else []
     # Scenarios with several NATs add their further hops' folders (double-nat: gateway/, flowlogs/).
     extra = {"double-nat": ["flowlogs", "gateway"]}.get(name, [])
     assert names == sorted(["conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json", *dumps,
-                            *extra])
+                            *extra, *(["conntrack"] if single else [])])
     # Namespaces are named np<pid in hex><random>-...: none of this process's may outlive the run.
     assert leftover_namespaces(f"np{os.getpid():x}") == []
     _RUNS[name] = out
@@ -49,6 +52,16 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     report = capsys.readouterr().out
     assert code == 0, report
     assert report.rstrip().endswith("1 of 1 scenarios match their truth")
+    if not single:
+        return  # double-nat: its own live test checks both hops and the flow logs
+    # The kernel's record in each format beside the captures: every connection it kept is confirmed, and one
+    # translated port edited in the conntrack -L listing contradicts.
+    records = sorted(p.name for p in (out / "conntrack").iterdir())
+    assert {"events.log", "index.json", "list.txt", "list-extended.txt", "list.xml"} <= set(records)
+    kernel_records_agree(out)
+    tampered_record_contradicts(out, tmp_path)
+    # One capture and the record: the pod side alone gives the same mappings as both captures.
+    one_capture_agrees(out)
 
 
 def _run(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
