@@ -11,9 +11,11 @@ os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 from natproof.assemble import Services
 from natproof.capture import CaptureInfo, Record, read_capture
+from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
 from natproof.errors import CaptureError, InputError, NatproofError
+from natproof.kernel import join_kernel
 from natproof.names import Names
 from natproof.packets import load_packets
 from natproof.points import Interface, ObservationPoint
@@ -27,6 +29,7 @@ __all__ = [
     "CaptureError",
     "CaptureInfo",
     "Check",
+    "ConntrackRecord",
     "ExpectedConnection",
     "Expectations",
     "Finding",
@@ -42,8 +45,10 @@ __all__ = [
     "__version__",
     "correlate",
     "diagnose",
+    "join_kernel",
     "load_expectations",
     "load_packets",
     "read_capture",
+    "read_conntrack",
     "verify",
 ]

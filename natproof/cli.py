@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -84,8 +83,9 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 
 def _services_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --service-cidr / --nodeport-range / --allow-swap / --pods / --services for run_correlate in the context
-    (every command that reads captures takes them; they never reach the command's own signature)."""
+    """Keep --service-cidr / --nodeport-range / --allow-swap / --pods / --services / --conntrack / --side for
+    run_correlate in the context (every command that reads captures takes them; they never reach the command's own
+    signature)."""
     obj = ctx.find_root().ensure_object(dict)
     obj.setdefault("services", {})[param.name] = value
     return value
@@ -126,10 +126,26 @@ def _points_option(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-def capture_options(f: Callable, *, required: bool = True) -> Callable:
-    """INSIDE [OUTSIDE] and the options that shape a correlation (shared by every command that reads captures);
-    ``required=False`` for a command that can answer without captures (who with flow logs). OUTSIDE may be left
-    out: INSIDE is then one capture of several interfaces (--inside-if, --outside-if, --interfaces)."""
+def capture_options(f: Callable | None = None, *, required: tuple[str, ...] = ("inside",)) -> Callable:
+    """INSIDE [OUTSIDE] and the options that shape a correlation (shared by every command that reads captures).
+    ``required`` names the captures that must be given: OUTSIDE may be left out (INSIDE is then one capture of
+    several interfaces: --inside-if, --outside-if, --interfaces; or one capture and --conntrack, the kernel's record
+    giving the other side), both by a command that can answer without captures (who with --conntrack or flow
+    logs)."""
+    if f is None:
+        return lambda g: _capture_options(g, required)
+    return _capture_options(f, required)
+
+
+def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
+    f = click.option("--conntrack", "conntrack", metavar="FILE", expose_value=False, callback=_services_option,
+                     help="The kernel's conntrack record from the node (conntrack -L or -E output in any -o format, "
+                          "/proc/net/nf_conntrack, gzip or not): each connection is confirmed by it, contradicts it "
+                          "or is absent from it (with the reason), and a leg no capture shows is taken from it.")(f)
+    f = click.option("--side", type=click.Choice(["auto", "inside", "outside"]), default="auto",
+                     show_default=True, expose_value=False, callback=_services_option,
+                     help="With ONE capture of one interface and --conntrack: the side of the NAT it was taken "
+                          "on (auto: told from the record).")(f)
     f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
                      type=click.Path(dir_okay=False),
                      help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
@@ -163,8 +179,8 @@ def capture_options(f: Callable, *, required: bool = True) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True), required=False)(f)
-    f = click.argument("inside", type=click.Path(dir_okay=True), required=required)(f)
+    f = click.argument("outside", type=click.Path(dir_okay=True), required="outside" in required)(f)
+    f = click.argument("inside", type=click.Path(dir_okay=True), required="inside" in required)(f)
     return f
 
 
@@ -184,12 +200,15 @@ def flow_log_options(f: Callable) -> Callable:
 
 
 def refuse_overwriting_inputs(output: str | None, *inputs: str | None) -> None:
-    """-o naming one of the captures would replace the evidence with the report: an error, before any work."""
+    """-o naming one of the captures (or the conntrack record) would replace the evidence with the report: an error,
+    before any work."""
     if not output or not os.path.exists(output):
         return
-    for path in inputs:
+    record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
+    for path in (*inputs, record):
         if path is not None and path != "-" and os.path.exists(path) and os.path.samefile(output, path):
-            raise NatproofError(f"{output}: is the capture {path}; write the output elsewhere")
+            what = "the conntrack record" if path is record else "the capture"
+            raise NatproofError(f"{output}: is {what} {path}; write the output elsewhere")
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -199,34 +218,46 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def run_correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
                   tolerance: float, quiet: bool, decoder: str = "auto") -> natproof.Result:
     """Correlate with a progress bar, and print the captures' warnings unless quiet. OUTSIDE None: INSIDE is one
-    capture of several interfaces (natproof.correlate's single-file form)."""
+    capture of several interfaces, or one capture and --conntrack (natproof.correlate's single-file forms)."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
     names = names_from(obj)
+    opts = obj.get("services", {})
+    record = opts.get("conntrack")
     points = obj.get("points", {})
+    if inside is None:
+        raise click.UsageError("give INSIDE and OUTSIDE captures, one capture of several interfaces, or one capture "
+                               "and --conntrack FILE (the node's conntrack record gives the other side)")
     with make_progress(quiet) as progress:
         result = natproof.correlate(inside, outside, pod_cidr=pod_cidr, clock_offset_s=clock_offset,
                                     tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
-                                    allow_swap=bool(obj.get("services", {}).get("allow_swap")), names=names,
-                                    inside_if=points.get("inside_if"), outside_if=points.get("outside_if"),
-                                    interfaces=points.get("interfaces"))
+                                    allow_swap=bool(opts.get("allow_swap")), names=names, conntrack=record,
+                                    side=opts.get("side") or "auto", inside_if=points.get("inside_if"),
+                                    outside_if=points.get("outside_if"), interfaces=points.get("interfaces"))
     if not quiet:
         said = set()
         for cap in (result.inside, result.outside):
             for w in cap.warnings:
-                if (cap.path, w) not in said:  # one file as both points warns once
+                # One file as both points warns once; the side not captured (one capture and --conntrack) says
+                # so in the summary.
+                if cap.path and (cap.path, w) not in said:
                     said.add((cap.path, w))
                     warn(f"{cap.path}: {w}")
+        if result.conntrack is not None and result.conntrack.unparsed:
+            rec = result.conntrack
+            first = ", ".join(map(str, rec.unparsed_lines[:5]))
+            warn(f"{rec.path}: {rec.unparsed} line(s) are no conntrack entry and were left out (line {first}"
+                 f"{' ...' if rec.unparsed > 5 else ''})")
     return result
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -240,8 +271,9 @@ def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offs
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
     Or from ONE capture of several interfaces (tcpdump -i any; dumpcap -i A -i B): natproof splits it into the
-    inside and outside interfaces and says which it chose and why (--inside-if, --outside-if to choose). Either
-    file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
+    inside and outside interfaces and says which it chose and why (--inside-if, --outside-if to choose). Or from
+    ONE capture of one interface and --conntrack FILE: the node's conntrack record gives the other side (--side).
+    Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
     """
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
@@ -255,7 +287,7 @@ def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offs
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="The HTML file to write (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -273,7 +305,7 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -299,7 +331,7 @@ def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offse
 
 
 @cli.command()
-@capture_options
+@capture_options(required=("inside",))
 @click.option("--expectations", "expectations_file", type=click.Path(dir_okay=False),
               help="A TOML file of expectations (see README); the options below add to it.")
 @click.option("--expect-snat-ip", metavar="ADDR", help="Every connection that left did so from ADDR.")
@@ -353,13 +385,10 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
-@functools.partial(capture_options, required=False)
+@capture_options(required=())
 @flow_log_options
 @click.option("--peer", metavar="ADDR[:PORT]",
               help="With --flow-log: only connections to this far end (the reporter's address, and port).")
-@click.option("--conntrack", "conntrack_files", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="With --flow-log: a node's conntrack -E -o timestamp or -L output, to go from its tuple to the "
-                   "pod (repeatable).")
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite,
@@ -372,27 +401,30 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
         tolerance: float, decoder: str, flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...],
-        flow_log_format: str | None, peer: str | None, conntrack_files: tuple[str, ...], at: str | None,
-        window: float, clock: str, fmt: str | None, quiet: bool) -> None:
+        flow_log_format: str | None, peer: str | None, at: str | None, window: float, clock: str, fmt: str | None,
+        quiet: bool) -> None:
     """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
     (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
     ClusterIP (which backend?), a backend, a remote client. With --pods/--services, NAME (namespace/name, or a bare
-    name) finds a pod's or Service's connections. Exit 0 when a connection was found, 1 when none was.
+    name) finds a pod's or Service's connections. Without INSIDE and OUTSIDE, --conntrack FILE (an event log:
+    conntrack -E -o timestamp) answers alone, on the node's clock. Exit 0 when a connection was found, 1 when none
+    was.
 
     With --flow-log and --nat-gateway, ADDR:PORT may be a NAT gateway's public address and port, as an abuse
     report names it: the answer walks through the gateway's flow log to the node tuple (with the evidence level),
-    and with INSIDE OUTSIDE (the node's captures) on to the pod; a link nothing given proves is named, with what
-    would prove it.
+    and with INSIDE OUTSIDE (the node's captures, or --conntrack: the node's record) on to the pod; a link nothing
+    given proves is named, with what would prove it.
     """
-    from natproof.lookup import check_query, parse_endpoint
+    from natproof.lookup import check_query, parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
 
     # A bad ADDR:PORT, or a name with nothing to name by, is reported before any file is read. OUTSIDE may be left
     # out: INSIDE is then one capture of several interfaces.
     obj = click.get_current_context().find_root().ensure_object(dict)
+    record = obj.get("services", {}).get("conntrack")
     ptcpdump = inside is not None and (is_ptcpdump(inside) or (outside is not None and is_ptcpdump(outside)))
     check_query(endpoint, bool(names_from(obj)) or ptcpdump)
     as_json = (fmt or ("table" if sys.stdout.isatty() else "json")) == "json"
@@ -403,19 +435,30 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
         except NatproofError:
             addr = None  # a pod's or Service's name: no gateway address
         if addr is not None and any(addr in (g.private, g.public) for g in gateways):
-            result = None if inside is None else run_correlate(inside, outside, pod_cidr, clock_offset,  # type: ignore[arg-type]
+            result = None if inside is None else run_correlate(inside, outside, pod_cidr, clock_offset,
                                                                tolerance, quiet, decoder)
             who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json,
-                        [(f, _read_lines(f)) for f in conntrack_files])
+                        [(record, _read_lines(record))] if record else [])
             return
-        if inside is None:
+    if inside is None:
+        if record is None and flow_logs:
             known = ", ".join(str(g) for g in gateways)
             raise NatproofError(f"{endpoint} is not a --nat-gateway address ({known}): give the gateway's public "
-                                "address, or the node's captures INSIDE OUTSIDE to look up a node or pod tuple")
-    elif inside is None:
-        raise click.UsageError("give the node's captures INSIDE OUTSIDE, or --flow-log with --nat-gateway")
-    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)  # type: ignore[arg-type]
-    answer = run_who(result, endpoint, at, window, clock)
+                                "address, or the node's captures INSIDE OUTSIDE (or --conntrack FILE) to look up a "
+                                "node or pod tuple")
+        if record is None:
+            raise click.UsageError("give INSIDE and OUTSIDE captures, or neither and --conntrack FILE (a conntrack "
+                                   "event log) to answer from the kernel's record alone, or --flow-log with "
+                                   "--nat-gateway")
+        from natproof.conntrack import read_conntrack
+        from natproof.networks import parse_networks
+
+        nets = parse_networks(pod_cidr) if pod_cidr else ()
+        answer = who_kernel(read_conntrack(record), endpoint, at, window, pod_networks=nets,
+                            services=services_from(obj))
+    else:
+        result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+        answer = run_who(result, endpoint, at, window, clock)
     hops = gateway_hops(answer, flowlog, gateways) if flow_logs else None
     if as_json:
         doc = answer.to_dict()
@@ -423,7 +466,8 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
             doc["nat_gateway_hops"] = hops
         click.echo(json.dumps(doc, indent=2))
     else:
-        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({answer.clock} capture's clock)"
+        clock_name = "the node's clock" if answer.clock == "node" else f"{answer.clock} capture's clock"
+        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({clock_name})"
         shift = answer.clock_offset_s if answer.clock == "outside" else 0.0
         if answer.connections:
             n = len(answer.connections)
@@ -582,8 +626,9 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
     Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times)."""
     from rich import box
 
-    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns})
-    table = Table(title=f"{title} (times UTC on the {clock} capture's clock, {', '.join(days)})",
+    days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns if c["first_seen"] is not None})
+    where = "the node's clock, as conntrack stamped its events" if clock == "node" else f"the {clock} capture's clock"
+    table = Table(title=f"{title} (times UTC on {where}{', ' if days else ''}{', '.join(days)})",
                   header_style="bold", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("#", "role", "proto", "pod", "node", "peer", "service", "backend", "seen", "verdict", "frames"):
@@ -603,9 +648,15 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         svc = c["service"]
         ev = c["evidence"]["egress"] or {}
         frames = ", ".join(f"{op} {ev[k]}" for op, k in (("in", "inside_frame"), ("out", "outside_frame"),
-                                                          ("in", "inside_translated_frame")) if ev.get(k)) or "-"
-        first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
-        seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
+                                                          ("in", "inside_translated_frame")) if ev.get(k))
+        if not frames and c.get("kernel_entry"):
+            frames = f"conntrack line {c['kernel_entry']['line']}"
+        frames = frames or "-"
+        if c["first_seen"] is None:
+            seen = "- (a listing)"
+        else:
+            first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
+            seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
         service = "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}"
         if svc is not None and svc.get("name"):
             service += f" {svc['name']}" + (f":{svc['port_name']}" if svc.get("port_name") else "")

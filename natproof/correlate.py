@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from natproof.assemble import Services, assemble, in_networks
+from natproof.assemble import FATE, Services, assemble, in_networks
 from natproof.capture import CaptureInfo
 from natproof.connections import (
     PROTO_NAMES,
@@ -21,8 +21,10 @@ from natproof.connections import (
     group_connections,
     split_never_forwarded,
 )
+from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.errors import InputError
-from natproof.match import MATCH_COLUMNS, match_sides, signature, with_keys
+from natproof.kernel import join_kernel, one_side_connections, which_side
+from natproof.match import MATCH_COLUMNS, PAIR_SCHEMA, match_sides, signature, with_keys
 from natproof.memory import trim
 from natproof.names import Names, apply_names
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
@@ -37,6 +39,7 @@ from natproof.points import (
     parse_names,
     point_info,
     read_links,
+    several_interfaces,
     split,
 )
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
@@ -94,11 +97,16 @@ def _load(path: str | os.PathLike[str], progress: Callable[[int], None] | None,
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
                   timeouts: IdleTimeouts | None, inside: bool, pod_cidr: str | Sequence[str] | None,
-                  services: Services, if_names: Sequence[str] = (),
-                  links: Mapping[int, Link] | None = None) -> tuple[_Side, dict[str, pl.DataFrame]]:
+                  services: Services, if_names: Sequence[str] = (), links: Mapping[int, Link] | None = None,
+                  loaded: list | None = None) -> tuple[_Side, dict[str, pl.DataFrame]]:
     """Decode one capture given for one side, keep its observation point (natproof.points.choose_point: the whole
-    file, or the interfaces ``if_names`` gives or natproof chooses) and prepare it (see _prepare_point)."""
-    info, pk = _load(path, progress, fast)
+    file, or the interfaces ``if_names`` gives or natproof chooses) and prepare it (see _prepare_point).
+    ``loaded``: the capture already decoded ([info, packets] from _load, emptied here)."""
+    if loaded:
+        info, pk = loaded
+        loaded.clear()
+    else:
+        info, pk = _load(path, progress, fast)
     role = "inside" if inside else "outside"
     point, interfaces = choose_point(role, info, pk, names=if_names, links=links,
                                      pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
@@ -109,13 +117,15 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
     return dataclasses.replace(side, point=point, interfaces=interfaces), frames
 
 
-def _prepare_one_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
-                      timeouts: IdleTimeouts | None, pod_cidr: str | Sequence[str] | None, services: Services,
-                      inside_if: Sequence[str], outside_if: Sequence[str], links: Mapping[int, Link] | None,
+def _prepare_one_file(loaded: list, *, fast: bool | None, timeouts: IdleTimeouts | None,
+                      pod_cidr: str | Sequence[str] | None, services: Services, inside_if: Sequence[str],
+                      outside_if: Sequence[str], links: Mapping[int, Link] | None,
                       ) -> list[tuple[_Side, dict[str, pl.DataFrame]]]:
-    """Decode one capture of several interfaces once, choose both observation points in it
-    (natproof.points.choose_points) and prepare each."""
-    info, pk = _load(path, progress, fast)
+    """Choose both observation points in one capture of several interfaces, decoded once (``loaded``: [info,
+    packets] from _load, emptied here so that the whole file's frame is dropped once split;
+    natproof.points.choose_points) and prepare each."""
+    info, pk = loaded
+    loaded.clear()
     plan = choose_points(info, pk, inside_if=inside_if, outside_if=outside_if, links=links,
                          pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
                          service_networks=services.networks)
@@ -171,7 +181,7 @@ def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services:
 
 
 def correlate(
-    inside: str | os.PathLike[str],
+    inside: str | os.PathLike[str] | None,
     outside: str | os.PathLike[str] | None = None,
     *,
     inside_if: str | Sequence[str] | None = None,
@@ -186,6 +196,8 @@ def correlate(
     services: Services | None = None,
     allow_swap: bool = False,
     names: Names | None = None,
+    conntrack: str | os.PathLike[str] | ConntrackRecord | None = None,
+    side: str | None = None,
 ) -> Result:
     """Prove each connection's NAT mapping from an inside (pod side) and an outside observation point.
 
@@ -217,21 +229,48 @@ def correlate(
     and the result says so in the inside capture's warnings. ``names`` (natproof.names.Names, from kubectl dumps)
     names pods and Services in the result, and its ClusterIPs and nodePorts count as Services whatever the ranges;
     a ptcpdump capture's packet comments name pods without it.
+    ``conntrack``: the kernel's conntrack record (a file in
+    any format natproof.conntrack reads, or a record already read) to hold every connection against
+    (natproof.kernel.join_kernel; ``tolerance_s`` is its time tolerance too).
+
+    ONE capture (the other argument None): a file of several interfaces (or one given ``inside_if`` /
+    ``outside_if``) is split into both points as above, and a record is joined to that result as to two files'.
+    A file of one interface needs the record: it gives each connection's other side (:func:`correlate_one`,
+    evidence_level kernel_record; ``side``: "inside", "outside" or "auto", told from the record; by default the
+    argument the capture was given as). Without a record such a file is an InputError naming both ways out (the
+    other side's capture, or ``--conntrack``).
     """
     if names is not None:
         services = names.recognise(services)
     fast = decoder_flag(decoder)
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
+    if side not in (None, "auto", "inside", "outside"):
+        raise InputError(f"--side {side}: inside, outside or auto")
+    if conntrack is not None and not isinstance(conntrack, ConntrackRecord):
+        conntrack = read_conntrack(conntrack)  # a bad record is an error before any capture is read
     links = read_links(interfaces) if interfaces is not None else None
     in_names, out_names = parse_names(inside_if), parse_names(outside_if)
+    if inside is None and outside is None:
+        raise InputError("no capture given: give INSIDE and OUTSIDE, one capture of several interfaces, or one "
+                         "capture and a conntrack record")
     services = services or Services()
-    if outside is None:
-        cb = progress(f"capture: {os.fspath(inside)}", _size(inside)) if progress else None
-        (ins, a), (outs, b) = _prepare_one_file(inside, cb, fast=fast, timeouts=timeouts, pod_cidr=pod_cidr,
+    capture = inside if outside is None else outside if inside is None else None
+    if capture is not None:
+        # One capture: split into both observation points when it holds several interfaces (or names are given);
+        # else, with a record, the record gives the other side; else choose_points says what is missing.
+        cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
+        loaded = [*_load(capture, cb, fast)]
+        if conntrack is not None and not in_names and not out_names and not several_interfaces(*loaded, links):
+            return apply_names(_correlate_one(
+                capture, conntrack, side=side or ("inside" if inside is not None else "outside"), pod_cidr=pod_cidr,
+                tolerance_s=tolerance_s, timeouts=timeouts, fast=fast, services=services, loaded=loaded,
+                links=links), names)
+        (ins, a), (outs, b) = _prepare_one_file(loaded, fast=fast, timeouts=timeouts, pod_cidr=pod_cidr,
                                                 services=services, inside_if=in_names, outside_if=out_names,
                                                 links=links)
     else:
+        assert inside is not None and outside is not None
         _check_distinct(inside, outside)
         cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
                for label, path in (("inside", inside), ("outside", outside))]
@@ -259,24 +298,23 @@ def correlate(
                                            services=services, icmp=(a["icmp"], b["icmp"]))
     conns = _contract_rows(conns)
     conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
-    # Nothing crossed, but the other capture was not running: no drop is proven.
-    conns = conns.with_columns(pl.when(pl.col("other_capture_off") & (pl.col("verdict") == "not_forwarded"))
-                               .then(pl.lit("not_captured")).otherwise(pl.col("verdict")).alias("verdict"))
     swapped = looks_swapped(conns, services)
     if swapped:
         again = dict(pod_cidr=pod_cidr, clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
                      tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
-                     services=services, names=names, interfaces=links and {k: v.name for k, v in links.items()})
-        if outside is None:
+                     services=services, names=names, conntrack=conntrack,
+                     interfaces=links and {k: v.name for k, v in links.items()})
+        if capture is not None:
             assert ins.point is not None and outs.point is not None
             in_ifs, out_ifs = ",".join(ins.point.names), ",".join(outs.point.names)
             if not allow_swap:
-                raise InputError(f"{os.fspath(inside)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
+                raise InputError(f"{os.fspath(capture)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
                                  f"{swapped}; pass --inside-if {out_ifs} --outside-if {in_ifs} (or --allow-swap)")
-            result = correlate(inside, None, inside_if=out_ifs, outside_if=in_ifs, **again)  # type: ignore[arg-type]
+            result = correlate(capture, None, inside_if=out_ifs, outside_if=in_ifs, **again)  # type: ignore[arg-type]
             note = (f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), so natproof swapped "
                     "them")
         else:
+            assert inside is not None and outside is not None
             if not allow_swap:
                 raise InputError(
                     f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
@@ -296,10 +334,10 @@ def correlate(
     )
     internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
     unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
-    return apply_names(Result(
+    result = Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height, ins.point),
         outside=CaptureSummary.from_info(outs.info, out_pk.height, outs.point),
-        interfaces=ins.interfaces if outside is None else (*ins.interfaces, *outs.interfaces),
+        interfaces=ins.interfaces if capture is not None else (*ins.interfaces, *outs.interfaces),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
         pod_networks=tuple(str(n) for n in nets),
         pod_networks_why=why,
@@ -308,7 +346,10 @@ def correlate(
         unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
         inside_packets=in_pk,
         outside_packets=out_pk,
-    ), names)
+    )
+    if conntrack is not None:
+        result = join_kernel(result, conntrack, tolerance_s=tolerance_s)
+    return apply_names(result, names)
 
 
 def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str | None:
@@ -364,15 +405,16 @@ def _size(path: str | os.PathLike[str]) -> int:
         return 0
 
 
-CAPTURE_EDGE_NS = 100_000_000
-"""A packet seen this long (100 ms) before the other capture's first packet or after its last was seen while that
-capture was not running; closer, it may be the very packet the other capture starts or ends with."""
+CAPTURE_EDGE_NS = 500_000_000
+"""A connection whose every packet came this long (500 ms) before the other capture's first packet, or that began
+this long after its last, was seen while that capture was not running; closer, the other capture may have been
+running and quiet (a pcap records no start or stop time), and a drop is the likelier reading."""
 
 
 def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: CaptureInfo, offset_ns: int) -> pl.Series:
-    """Per connection: it began while the other capture showed nothing yet or any more (before its first packet
-    or after its last, on one clock). Such a connection seen on one side only proves nothing about the other:
-    captures that only partly overlap are judged on what both could see."""
+    """Per connection: it was seen while the other capture showed nothing yet or any more (wholly before its
+    first packet, or begun after its last, on one clock). Such a connection seen on one side only proves nothing
+    about the other: captures that only partly overlap are judged on what both could see."""
     crossed = int(conns["fate_crossed"].sum() + conns["fate_leaked"].sum()) if conns.height else 0
     if not inside.first_ts_ns or not outside.first_ts_ns or not crossed:
         # Nothing crossed at all: the other capture's silence is the finding (forwarding off, a filter that
@@ -383,12 +425,13 @@ def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: Captur
     out_first = outside.first_ts_ns - offset_ns - CAPTURE_EDGE_NS
     out_last = (outside.last_ts_ns or 0) - offset_ns + CAPTURE_EDGE_NS
     in_first, in_last = inside.first_ts_ns - CAPTURE_EDGE_NS, (inside.last_ts_ns or 0) + CAPTURE_EDGE_NS
-    first = pl.col("first_ts_ns")
-    # Only a connection that began while the other side showed nothing: one that began while it was capturing
-    # and then fell silent is what a drop looks like (captures/forward-drop: SYN retransmissions after the
-    # other pod's traffic ended).
-    off = (pl.when(pl.col("inside_conn_id").is_not_null()).then((first < out_first) | (first > out_last))
-           .otherwise((first < in_first) | (first > in_last)))
+    first, last = pl.col("first_ts_ns"), pl.col("last_ts_ns")
+    # A connection still sending while the other side was capturing, and never crossing, is what a drop looks
+    # like (captures/forward-drop: SYN retransmissions into the other pod's traffic), so "before" takes its last
+    # packet, and "after" its first: one that began while the other capture ran and then fell silent is no
+    # schedule either.
+    off = (pl.when(pl.col("inside_conn_id").is_not_null()).then((last < out_first) | (first > out_last))
+           .otherwise((last < in_first) | (first > in_last)))
     return conns.select(off.fill_null(False).alias("other_capture_off")).to_series()
 
 
@@ -433,7 +476,106 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     df = df.with_columns([pl.when(no_out).then(0).otherwise(pl.col(c)).alias(c)
                           for c in ("egress_outside", "reply_outside", "icmp_errors_outside")])
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
-              and not c.endswith("_conn_id") and c != "conn"]
+              and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts]).with_columns(
-        pl.lit(False).alias("other_capture_off"))  # set by correlate, which knows the captures' spans
+        pl.lit(False).alias("other_capture_off"),  # set by correlate, which knows the captures' spans
+        pl.when(pl.col("trans_src").is_not_null()).then(pl.lit("packets")).alias("evidence_level"),
+        # Set by natproof.kernel.join_kernel when a conntrack record is given.
+        *[pl.lit(None, t).alias(c) for c, t in CONNECTION_SCHEMA.items() if c.startswith("kernel")],
+    )
     return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
+
+
+def correlate_one(
+    capture: str | os.PathLike[str],
+    conntrack: str | os.PathLike[str] | ConntrackRecord,
+    *,
+    side: str = "auto",
+    pod_cidr: str | Sequence[str] | None = None,
+    tolerance_s: float = 1.0,
+    timeouts: IdleTimeouts | None = None,
+    progress: ProgressFactory | None = None,
+    decoder: str = "auto",
+    services: Services | None = None,
+) -> Result:
+    """Connections from ONE capture (the pod side or the node's uplink) and the node's conntrack record, which gives
+    each connection's tuple on the side not captured (natproof.kernel.one_side_connections: evidence_level
+    kernel_record, never "crossed" fates: no packet was seen on both sides).
+
+    ``side``: "inside", "outside", or "auto": told from the record (natproof.kernel.which_side), and said in the
+    capture's warnings. The result's summary of the side not captured has format "none" and no packets. Raises
+    CaptureError for an unusable capture, InputError for an unusable record."""
+    if side not in ("auto", "inside", "outside"):
+        raise InputError(f"--side {side}: inside, outside or auto")
+    record = conntrack if isinstance(conntrack, ConntrackRecord) else read_conntrack(conntrack)
+    cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
+    fast = decoder_flag(decoder)
+    return _correlate_one(capture, record, side=side, pod_cidr=pod_cidr, tolerance_s=tolerance_s, timeouts=timeouts,
+                          fast=fast, services=services, loaded=[*_load(capture, cb, fast)])
+
+
+def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, side: str,
+                   pod_cidr: str | Sequence[str] | None, tolerance_s: float, timeouts: IdleTimeouts | None,
+                   fast: bool | None, services: Services | None, loaded: list,
+                   links: Mapping[int, Link] | None = None) -> Result:
+    """correlate_one on a capture already decoded (``loaded``: [info, packets] from _load)."""
+    services = services or Services()
+    sd, fr = _prepare_side(capture, None, fast=fast, timeouts=timeouts, inside=side != "outside",
+                           pod_cidr=pod_cidr, services=services, links=links, loaded=loaded)
+    legs = fr["connections"].with_columns(pl.col("proto").replace_strict(PROTO_NAMES, return_dtype=pl.String))
+    if pod_cidr:
+        nets, why = sd.networks, "given (--pod-cidr)"
+    else:
+        inferred = infer_pod_networks(fr["connections"])
+        nets, why = inferred.networks, inferred.why
+    note = ""
+    if side == "auto":
+        side, ins, outs = which_side(legs, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
+        if ins or outs:
+            note = (f"the only capture; taken as the {side} one: {max(ins, outs)} of its connections have the "
+                    f"{'pre' if side == 'inside' else 'post'}-NAT tuple of an egress entry in {record.path} (or the "
+                    f"other of an inbound one), {min(ins, outs)} the other way (--side sets it)")
+        else:
+            note = (f"the only capture; taken as the inside one: no entry of {record.path} that rewrote anything "
+                    "has its tuples, so the record cannot tell the side (--side sets it)")
+    if side == "outside":
+        nets = parse_networks(pod_cidr) if pod_cidr else ()
+        why = "given (--pod-cidr)" if pod_cidr else "the only capture is the outside one; --pod-cidr sets it"
+    conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
+    conn_of = dict(zip(conns["leg"].to_list(), conns["inside_conn_id"].to_list(), strict=True))
+    owned = conns["leg"].implode()
+    pk = _with_icmp(fr["packets"], fr["icmp"]).with_columns(
+        pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
+        pl.when(pl.col("conn_id").is_in(owned)).then(pl.lit(f"{side}_only")).cast(FATE).alias("fate"),
+    ).select(*PACKET_COLUMNS, "anchor", "fate", *ICMP_COLUMNS)
+    match_cols = [pl.lit(None, pl.UInt32).alias("out_frame"), pl.lit(None, pl.Int64).alias("dt_ns"),
+                  pl.lit(None, PAIR_SCHEMA["method"]).alias("method")]
+    empty = pk.clear()
+    in_pk = (pk if side == "inside" else empty).with_columns(match_cols)
+    out_pk = pk if side == "outside" else empty
+    info = sd.info
+    if note:
+        info.warnings.append(note)
+    summary = CaptureSummary.from_info(info, pk.height, sd.point)
+    other = "outside" if side == "inside" else "inside"
+    missing = CaptureSummary(path="", format="none", link_type="", records=0, packets=0, first_ts_ns=0,
+                             last_ts_ns=0, skipped={}, warnings=(f"not captured: each connection's {other} tuple "
+                                                                 f"comes from the kernel's record {record.path}",),
+                             chosen="none", why=f"not captured: the kernel's record {record.path} gives it")
+    internal = pl.col("verdict") == "internal"
+    unmatched = int(conns.filter(~internal).select(pl.col(f"fate_{side}_only").sum()).item() or 0)
+    result = Result(
+        inside=summary if side == "inside" else missing,
+        outside=summary if side == "outside" else missing,
+        clock_offset_s=0.0,
+        pod_networks=tuple(str(n) for n in nets),
+        pod_networks_why=why,
+        connections=conns.drop("leg"),
+        unmatched_inside=unmatched if side == "inside" else 0,
+        unmatched_outside=unmatched if side == "outside" else pk.height - int(pk["fate"].is_not_null().sum()),
+        inside_packets=in_pk,
+        outside_packets=out_pk,
+        conntrack=record,
+        interfaces=sd.interfaces,
+    )
+    return result

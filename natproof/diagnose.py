@@ -60,10 +60,10 @@ def _conn_label(r: dict[str, Any]) -> str:
 def _frames(result: Result, conn: int, side: str, egress: bool, limit: int = 6) -> list[int]:
     """Frame numbers of one connection's packets in one capture (inside: by conn; outside: by matched conn)."""
     pk = result.inside_packets if side == "inside" else result.outside_packets
-    if side == "inside":
-        sel = pk.filter((pl.col("conn_id") == _in_conn_id(result, conn)) & (pl.col("is_egress") == egress))
-    else:
-        sel = pk.filter((pl.col("conn_id") == _out_conn_id(result, conn)) & (pl.col("is_egress") == egress))
+    leg = _in_conn_id(result, conn) if side == "inside" else _out_conn_id(result, conn)
+    if leg is None:  # no leg on that side (one capture and a conntrack record)
+        return []
+    sel = pk.filter((pl.col("conn_id") == leg) & (pl.col("is_egress") == egress))
     return sel.sort("frame_no")["frame_no"].head(limit).to_list()
 
 
@@ -81,8 +81,11 @@ def _fmt_frames(frames: list[int]) -> str:
 
 def _syn_retransmissions(result: Result, conn: int) -> int:
     """Extra SYNs (same ISN, at least 0.5 s apart) the pod sent on one connection, seen inside."""
+    leg = _in_conn_id(result, conn)
+    if leg is None:
+        return 0
     pk = result.inside_packets.filter(
-        (pl.col("conn_id") == _in_conn_id(result, conn)) & pl.col("is_egress") & (pl.col("proto") == 6)
+        (pl.col("conn_id") == leg) & pl.col("is_egress") & (pl.col("proto") == 6)
         & ((pl.col("tcp_flags") & 0x12) == 0x02)
     ).sort("ts_ns")
     if pk.height < 2:
@@ -103,6 +106,7 @@ def diagnose(result: Result) -> list[Finding]:
     Each finding cites connections and frames, and its summary's counts are those of its evidence. Patterns
     come from the kernel's behaviour as measured in captures/ and the shared cases (docs/model.md)."""
     rows = list(result.connections.iter_rows(named=True))
+    every = rows
     by_verdict: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_verdict.setdefault(r["verdict"], []).append(r)
@@ -111,8 +115,8 @@ def diagnose(result: Result) -> list[Finding]:
     if mismatch:
         return mismatch
     # What the other capture could not have seen is judged by nobody: set it aside and say so.
-    unseen = [r for r in rows if r["other_capture_off"] and r["verdict"] in ("not_captured", "no_reply",
-                                                                             "reply_dropped", "reply_other_path")]
+    unseen = [r for r in rows if r["verdict"] == "not_captured" or (
+        r["other_capture_off"] and r["verdict"] in ("not_forwarded", "no_reply", "reply_dropped", "reply_other_path"))]
     findings += _partial_overlap(result, unseen)
     rows = [r for r in rows if r not in unseen]
     by_verdict = {}
@@ -142,7 +146,11 @@ def diagnose(result: Result) -> list[Finding]:
     silent = by_verdict.get("no_reply", [])
     findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]])
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
+    findings += _kernel_contradicts(result, [r for r in every if r["kernel"] == "contradicts"])
     problems = bool(findings)
+    findings += _kernel_gaps(result, [r for r in every if r["kernel_reason"] in ("not_recorded",
+                                                                               "record_starts_after",
+                                                                               "record_ends_before")])
     findings += _routed(result, routed)
     findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r)])
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
@@ -164,7 +172,12 @@ def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = No
              egress: bool | None = None) -> pl.DataFrame:
     """A connection's packets in one capture (all its legs there), optionally of one fate and direction."""
     pk = result.inside_packets if side == "inside" else result.outside_packets
-    cond = pl.col("anchor") == r["inside_conn_id"]
+    if r["inside_conn_id"] is not None:
+        cond = pl.col("anchor") == r["inside_conn_id"]
+    elif side == "outside" and r["outside_conn_id"] is not None:  # one capture, the outside one
+        cond = pl.col("conn_id") == r["outside_conn_id"]
+    else:
+        return pk.clear()
     if fate is not None:
         cond &= pl.col("fate") == fate
     if egress is not None:
@@ -221,16 +234,31 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
     off = int(result.clock_offset_s * 1e9)
     span_out = f"{hms(result.outside.first_ts_ns - off)}-{hms(result.outside.last_ts_ns - off)}"
     span_in = f"{hms(result.inside.first_ts_ns)}-{hms(result.inside.last_ts_ns)}"
-    evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}-{hms(r['last_ts_ns'])}"
+    timed = [r for r in unseen if r["other_capture_off"]]
+    answered = [r for r in unseen if not r["other_capture_off"]]
+
+    def why(r: dict[str, Any]) -> str:
+        if r["other_capture_off"]:
+            return "while the other capture showed nothing"
+        return "answered by the far end, crossing in neither capture of the other side"
+
+    evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}-{hms(r['last_ts_ns'])}, {why(r)}"
                 for r in unseen[:20]]
+    parts = []
+    if timed:
+        parts.append(f"{len(timed)} were seen while the capture on the other side of the NAT was not running")
+    if answered:
+        parts.append(f"{len(answered)} were answered by the far end (so they crossed) although the other capture "
+                     "shows neither direction: it was not running then, or they took an interface it does not see")
     return [Finding(
-        "partial_overlap", "warning", "Some connections fall outside the other capture's time",
-        f"{len(unseen)} connection(s) were seen while the capture on the other side of the NAT was not running "
-        f"(inside capture {span_in}, outside capture {span_out} UTC, on the inside clock): their verdicts say "
-        "what the captures show, not what the NAT did; they are left out of the other findings.",
-        "Capture both sides over the same time (start both before the traffic, stop both after it).",
+        "partial_overlap", "warning", "Some connections fall outside what the other capture saw",
+        f"{len(unseen)} connection(s) are seen on one side only: {'; '.join(parts)} (inside capture {span_in}, "
+        f"outside capture {span_out} UTC, on the inside clock). Their verdicts say what the captures show, not "
+        "what the NAT did; they are left out of the other findings.",
+        "Capture both sides over the same time (start both before the traffic, stop both after it), on the "
+        "interfaces the traffic takes.",
         connections=tuple(r["conn"] for r in unseen), evidence=tuple(evidence),
-        data={"inside": span_in, "outside": span_out})]
+        data={"inside": span_in, "outside": span_out, "capture_off": len(timed), "answered_unseen": len(answered)})]
 
 
 def _refused_by_node(result: Result, refused: list[dict[str, Any]]) -> list[Finding]:
@@ -861,3 +889,56 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
             evidence=tuple(evidence), data={"conflicts": len(conflicts)}))
         blocked = []
     return findings, {r["conn"] for r in blocked}
+
+
+def _kernel_entry_text(r: dict[str, Any]) -> str:
+    """The reply tuple a kernel entry recorded, in conntrack's notation, and the mapping it means."""
+    icmp = r["proto"] == "icmp"
+    reply = (f"src={r['kernel_reply_src']} dst={r['kernel_reply_dst']} "
+             + (f"id={r['kernel_reply_sport']}" if icmp else
+                f"sport={r['kernel_reply_sport']} dport={r['kernel_reply_dport']}"))
+    means = (f"{format_address(r['kernel_reply_dst'], r['kernel_reply_sport'] if icmp else r['kernel_reply_dport'])}"
+             f" -> {format_address(r['kernel_reply_src'], 0 if icmp else r['kernel_reply_sport'])}")
+    return f"reply tuple {reply}, i.e. translated to {means}"
+
+
+def _kernel_contradicts(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """The kernel's conntrack record holds another mapping for a connection's original tuple, in its time: the
+    packets and the kernel disagree (natproof.kernel: conntrack's reply tuple is the translated tuple reversed)."""
+    if not rows:
+        return []
+    path = result.conntrack.path if result.conntrack is not None else "the conntrack record"
+    evidence = [f"{_conn_label(r)}: the captures show it translated to "
+                f"{format_address(r['trans_src'], r['trans_sport'])} -> "
+                f"{format_address(r['trans_dst'], r['trans_dport'])}; {path} line {r['kernel_line']}: "
+                f"{_kernel_entry_text(r)}" for r in rows[:20]]
+    return [Finding(
+        "kernel_contradicts", "error", "The kernel's conntrack record contradicts the captured mapping",
+        f"{len(rows)} connection(s) crossed the NAT, by the captures, under a translated tuple that the kernel's "
+        "conntrack record does not hold: its entry for the same original tuple, at the same time, names another "
+        "mapping. The record is from another node or another time, or was edited, or the captures are not of the "
+        "NAT that wrote it.",
+        "Check that the record was taken on this node while the captures ran (conntrack -E -o timestamp, started "
+        "before the traffic); list the entry itself with `conntrack -L -p PROTO -s ORIGINAL_SRC --sport "
+        "ORIGINAL_SPORT`; the line cited is the entry's NEW event (else its first line).",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        data={"record": path, "lines": [r["kernel_line"] for r in rows]})]
+
+
+def _kernel_gaps(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Connections that crossed the node but are missing from an event log (kernel_reason not_recorded,
+    record_starts_after, record_ends_before): a gap in the record, not a NAT failure."""
+    if not rows:
+        return []
+    path = result.conntrack.path if result.conntrack is not None else "the conntrack record"
+    why = Counter(r["kernel_reason"] for r in rows)
+    evidence = [f"{_conn_label(r)} ({r['verdict']}): {r['kernel_reason']}" for r in rows[:20]]
+    return [Finding(
+        "kernel_record_gaps", "info", "The conntrack record misses some connections",
+        f"{len(rows)} connection(s) have no entry in {path}: "
+        + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in why.items())
+        + ". Their mappings rest on the packets alone.",
+        "Start `conntrack -E -o timestamp,extended` before the traffic and stop it after; give it a large socket "
+        "buffer (`-b 8388608`) or listen for NEW events alone (`-e NEW`): a listener drops events when its buffer "
+        "fills (conntrack -E prints 'No buffer space available').",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data=dict(why))]

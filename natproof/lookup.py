@@ -5,10 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
+
+from natproof.assemble import Services
+from natproof.conntrack import ConntrackRecord
 from natproof.errors import InputError
+from natproof.kernel import Network, kernel_connections
 from natproof.report.table import format_address
 from natproof.result import Result, connection_dict
 
@@ -30,7 +36,8 @@ class Answer:
     nearest: tuple[dict[str, Any], ...] = ()
     """When none was live at the time: the closest connection before and after it."""
     clock: str = "inside"
-    """The capture whose clock ``at`` was given on (the connections' own times are on the inside clock)."""
+    """The capture whose clock ``at`` was given on (the connections' own times are on the inside clock); "node"
+    for an answer from the kernel's record alone (who_kernel): the event listener's clock."""
     clock_offset_s: float = 0.0
     """Outside clock minus inside clock (Result.clock_offset_s): add it to an inside time to read it outside."""
 
@@ -217,18 +224,41 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
     """
     if clock not in ("inside", "outside"):
         raise InputError(f"--clock {clock}: inside or outside")
-    by_name = check_query(endpoint, result.names is not None)
-    addr, port = ("", 0) if by_name else parse_endpoint(endpoint)
     offset_ns = int(round(result.clock_offset_s * 1e9))
     day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None
+    return _answer(result.connections, endpoint, at, window_s, clock, offset_ns, day, named=result.names is not None)
+
+
+def who_kernel(record: ConntrackRecord, endpoint: str, at: str | None = None, window_s: float = 1.0, *,
+               pod_networks: Sequence[Network] = (), services: Services | None = None) -> Answer:
+    """``who`` from the kernel's conntrack record alone, with no capture (natproof.kernel.kernel_connections): the
+    entries whose original or reply tuple has ADDR:PORT, live at ``at`` (from the first event of the entry to its
+    DESTROY, else its last event; the stamps are the event listener's clock, the node's). Entries of a listing
+    carry no time: with ``at`` they are left out. Times are on the node's clock (``clock`` "node")."""
+    conns = kernel_connections(record, pod_networks=pod_networks, services=services)
+    if at is not None:
+        conns = conns.filter(pl.col("first_ts_ns").is_not_null())
+    return _answer(conns, endpoint, at, window_s, "node", 0, record.first_ts_ns)
+
+
+def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: float, clock: str, offset_ns: int,
+            day: int | None, *, named: bool = False) -> Answer:
+    """The connections of ``connections`` (CONNECTION_SCHEMA) ADDR:PORT (or, ``named``, a pod's or Service's name)
+    took part in, at ``at`` on ``clock``'s capture (``offset_ns``: outside minus inside clock, applied for
+    "outside")."""
+    by_name = check_query(endpoint, named)
+    addr, port = ("", 0) if by_name else parse_endpoint(endpoint)
     at_ns = None if at is None else parse_time(at, day) - (offset_ns if clock == "outside" else 0)
     rows = []
-    for row in result.connections.iter_rows(named=True):
+    for row in connections.iter_rows(named=True):
         roles = name_roles(row, endpoint) if by_name else roles_of(row, addr, port)
         if roles:
             rows.append(row | {"roles": roles})
     seen_at = {leg["observation_point"] for r in rows for leg in (r["legs"] or [])
                if (leg["src"], leg["sport"]) == (addr, port) or (leg["dst"], leg["dport"]) == (addr, port)}
+    if not seen_at:  # no capture (the kernel's record alone): the side whose tuple holds it
+        seen_at = {side for r in rows for side in ("inside", "outside")
+                   if (addr, port) in ((r[f"{side}_src"], r[f"{side}_sport"]), (r[f"{side}_dst"], r[f"{side}_dport"]))}
     side = "inside" if "inside" in seen_at else "outside" if "outside" in seen_at else None
     if by_name:
         side = "inside" if rows else None  # pods live on the inside; a Service's address is reached from there
@@ -246,7 +276,7 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
         rows = live
     shown_at = None if at_ns is None else at_ns + (offset_ns if clock == "outside" else 0)
     return Answer(query=endpoint if by_name else format_address(addr, port), at_ns=shown_at, side=side, clock=clock,
-                  clock_offset_s=result.clock_offset_s,
+                  clock_offset_s=round(offset_ns / 1e9, 9),
                   connections=tuple(_with_index(r) for r in rows), nearest=tuple(_with_index(r) for r in nearest))
 
 

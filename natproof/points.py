@@ -576,6 +576,11 @@ def _marked(interfaces: Sequence[Interface], points: Sequence[ObservationPoint],
     return tuple(out)
 
 
+def several_interfaces(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None) -> bool:
+    """Whether one decoded file carried frames on two interfaces or more (choose_points can split it)."""
+    return len([i for i in interfaces_of(info, packets, links) if i.frames or i.packets]) >= 2
+
+
 def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequence[str] = (),
                   outside_if: Sequence[str] = (), links: Mapping[int, Link] | None = None,
                   pod_networks: Sequence[Network] = (), service_networks: Sequence[Network] = ()) -> Plan:
@@ -589,8 +594,9 @@ def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequen
         named = [i for i in interfaces if i.frames or i.packets][:1] or interfaces[:1]
         only = named[0].label() if named and named[0].name else info.link_type
         raise InputError(f"{path}: a capture of one interface ({only}) and no second capture: give the other side's "
-                         "too (natproof correlate INSIDE OUTSIDE), or one capture of several interfaces (tcpdump -i "
-                         "any, dumpcap -i A -i B)")
+                         "too (natproof correlate INSIDE OUTSIDE), or the node's conntrack record for the other side "
+                         "(--conntrack FILE), or one capture of several interfaces (tcpdump -i any, dumpcap -i A -i "
+                         "B)")
     given_in = resolve(inside_if, interfaces, path, "--inside-if")
     given_out = resolve(outside_if, interfaces, path, "--outside-if")
     if both := [i for i in given_in if i in given_out]:

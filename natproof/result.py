@@ -10,6 +10,7 @@ import polars as pl
 
 from natproof.assemble import FATES
 from natproof.capture import CaptureInfo
+from natproof.conntrack import ConntrackRecord
 from natproof.points import Interface, ObservationPoint
 from natproof.verdicts import V1_VERDICTS, Verdict
 
@@ -54,6 +55,11 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "reply_ack_shift": pl.Int64(),
     "legs": pl.List(LEG),
     "other_capture_off": pl.Boolean(),
+    "evidence_level": pl.String(),
+    "kernel": pl.String(), "kernel_reason": pl.String(), "kernel_line": pl.UInt32(), "kernel_state": pl.String(),
+    "kernel_assured": pl.Boolean(), "kernel_replied": pl.Boolean(),
+    "kernel_reply_src": pl.String(), "kernel_reply_sport": pl.UInt16(),
+    "kernel_reply_dst": pl.String(), "kernel_reply_dport": pl.UInt16(),
 }
 """One row per connection (docs/model.md), anchored on an inside leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -63,7 +69,12 @@ outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for e
 fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: the constant by
 which an ALG's payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside
 (null when none). other_capture_off: its packets were seen while the capture on the other side of the NAT was not
-running (before it started or after it stopped): what the other side did is unknown."""
+running (before it started or after it stopped): what the other side did is unknown. evidence_level: what trans_*
+rests on (natproof.kernel.EVIDENCE_LEVELS: packets, kernel_record; null without a translated tuple). kernel ...
+kernel_reply_*: the connection held against a conntrack record (natproof.kernel.join_kernel; all null without
+one): kernel is confirmed, contradicts or absent, kernel_reason why it may be absent, kernel_line the line of the
+entry it rests on (its NEW event, else its first line), kernel_state/assured/replied that entry's last state and
+flags, kernel_reply_* its reply tuple as the kernel recorded it."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -106,7 +117,8 @@ class CaptureSummary:
     """Names of the interfaces this point is (natproof.points.Interface.name); () for a file with one unnamed
     interface (a classic pcap of one interface)."""
     chosen: str = "file"
-    """How: "file" (the whole file, one interface), "given" (--inside-if / --outside-if) or "chosen" by natproof."""
+    """How: "file" (the whole file, one interface), "given" (--inside-if / --outside-if) or "chosen" by natproof;
+    "none" for the side not captured (one capture and a conntrack record: natproof.correlate.correlate_one)."""
     why: str = "the whole file (one interface)"
     """Why these interfaces, in a sentence (natproof.points.ObservationPoint.why)."""
 
@@ -171,7 +183,7 @@ class Result:
     @property
     def split_by_interface(self) -> bool:
         """Whether a point is some of a file's interfaces (one capture of several interfaces), not a whole file."""
-        return any(c.chosen != "file" for c in (self.inside, self.outside))
+        return any(c.chosen in ("given", "chosen") for c in (self.inside, self.outside))
 
     def overlap(self) -> dict[str, Any]:
         """When both captures were running, on the inside capture's clock (the outside's span moved by
@@ -191,6 +203,8 @@ class Result:
 
         return {"start": _secs(start), "end": _secs(end), "seconds": round((end - start) / 1e9, 6),
                 "clock": "inside", "inside_share": share(a0, a1), "outside_share": share(b0, b1)}
+    conntrack: ConntrackRecord | None = field(default=None, repr=False)
+    """The kernel's conntrack record the connections were held against (natproof.kernel.join_kernel), or None."""
 
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)
@@ -271,6 +285,7 @@ class Result:
             "pod_networks": list(self.pod_networks),
             "pod_networks_why": self.pod_networks_why,
             "interfaces": [i.to_dict() for i in self.interfaces],
+            "conntrack": None if self.conntrack is None else self.conntrack.to_dict(),
             "connections": conns,
             "services": self.services(),
             "unmatched": {"inside": self.unmatched_inside, "outside": self.unmatched_outside},
@@ -457,6 +472,14 @@ def connection_struct(named: bool = False) -> pl.Expr:
                                    for n in ("seq", "ack")])).then(pl.struct(
             *[pl.col(f"{k}_{n}_shift").alias(f"{w}_{n}") for w, k in (("initiator", "init"), ("reply", "reply"))
               for n in ("seq", "ack")])).alias("seq_shift"),
+        pl.col("evidence_level"),
+        pl.col("kernel"),
+        pl.col("kernel_reason"),
+        pl.when(pl.col("kernel_line").is_not_null()).then(pl.struct(
+            pl.col("kernel_line").alias("line"), pl.col("kernel_state").alias("state"),
+            pl.col("kernel_assured").alias("assured"), pl.col("kernel_replied").alias("replied"),
+            pl.struct(*[pl.col(f"kernel_reply_{f}").alias(f) for f in TUPLE_FIELDS]).alias("reply"),
+        )).alias("kernel_entry"),
     ).alias("connection")
 
 

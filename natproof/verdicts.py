@@ -30,9 +30,10 @@ class Verdict(StrEnum):
     routing) or that capture missed them, so reverse translation is not proven (cases/asymmetric-reply).
     natproof.correlate/1 called this ``translated``."""
     NOT_CAPTURED = "not_captured"
-    """Seen on one side only, while the capture on the other side of the NAT was not running (before it started or
-    after it stopped: flag other_capture_off): what the NAT did is not in the captures. natproof.correlate/1
-    called this ``not_forwarded``."""
+    """Seen on one side only, yet not dropped: the far end answered the initiator, so its packets crossed out of
+    the other capture's sight (that capture was not running then, flag other_capture_off; or they took an
+    interface it does not see). What the NAT did is not in the captures. natproof.correlate/1 called this
+    ``not_forwarded``."""
 
 
 def verdict_expr() -> pl.Expr:
@@ -45,6 +46,7 @@ def verdict_expr() -> pl.Expr:
     the first that holds wins.
     """
     return (pl.when(pl.col("internal")).then(pl.lit(Verdict.INTERNAL.value))
+            .when((pl.col("cross_init") == 0) & (pl.col("pre_reply") > 0)).then(pl.lit(Verdict.NOT_CAPTURED.value))
             .when(pl.col("cross_init") == 0).then(pl.lit(Verdict.NOT_FORWARDED.value))
             .when(~pl.col("rewritten")).then(pl.lit(Verdict.UNTRANSLATED.value))
             .when(pl.col("cross_reply") > 0).then(pl.lit(Verdict.TRANSLATED.value))

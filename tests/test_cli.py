@@ -94,10 +94,13 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "correlate", str(pair[0]))
+    code, _, err = run(capsys, "correlate", str(pair[0]))  # OUTSIDE may be left out: several interfaces, or --conntrack
     assert code == 2 and err == (f"natproof: error: {pair[0]}: a capture of one interface (RAW) and no second "
-                                 "capture: give the other side's too (natproof correlate INSIDE OUTSIDE), or one "
-                                 "capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)\n")
+                                 "capture: give the other side's too (natproof correlate INSIDE OUTSIDE), or the "
+                                 "node's conntrack record for the other side (--conntrack FILE), or one capture of "
+                                 "several interfaces (tcpdump -i any, dumpcap -i A -i B)\n")
+    code, _, err = run(capsys, "correlate")
+    assert code == 2 and err == "natproof: error: Missing argument 'INSIDE'. (see 'natproof correlate --help')\n"
     code, _, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "parquet")
     assert (code, err) == (2, "natproof: error: --format parquet needs -o FILE (see 'natproof correlate --help')\n")
 
@@ -413,3 +416,92 @@ def test_verify_refuses_expectations_of_the_wrong_type(pair: tuple[Path, Path], 
     toml.write_text('min_connections = "two"\n')
     code, _, err = run(capsys, "verify", *map(str, pair), "--expectations", str(toml))
     assert code == 2 and err == f"natproof: error: {toml}: min_connections must be a whole number\n"
+
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+
+
+def test_conntrack_record_in_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    d = CAPTURES / "forward-drop"
+    args = ("correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"))
+    code, out, err = run(capsys, *args, "--format", "json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["conntrack"]["entries"] == 14
+    assert [(c["kernel"], c["kernel_reason"]) for c in doc["connections"]] == [
+        ("absent", "dropped_before_confirmation"), ("confirmed", None), ("confirmed", None)]
+    code, out, _ = run(capsys, *args, "--format", "table")
+    assert code == 0
+    assert re.search(r"│ absent +│", out) and out.count("confirmed") >= 2
+    assert (f"kernel record {d / 'conntrack.log'} (14 entries): 2 confirmed, 1 absent (1 "
+            "dropped_before_confirmation)") in out
+    code, out, _ = run(capsys, *args[:3], "--format", "csv")
+    assert "kernel" in out.splitlines()[0].split(",")
+
+
+@pytest.mark.parametrize("command", ["correlate", "diagnose", "report", "verify", "who"])
+def test_conntrack_record_errors_are_one_line(command: str, pair: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.log"
+    junk.write_text("not conntrack\n")
+    extra = {"report": ["-o", str(tmp_path / "r.html")], "verify": ["--expect-all", "translated"],
+             "who": []}.get(command, [])
+    head = [command, "203.0.113.2:40000"] if command == "who" else [command]
+    code, out, err = run(capsys, *head, str(pair[0]), str(pair[1]), "--conntrack", str(junk), *extra)
+    assert (code, out) == (2, "")
+    assert err == (f"natproof: error: {junk}: no conntrack entry in 1 line(s) (natproof reads conntrack -L and -E "
+                   "output, default, -o extended, -o timestamp and -o xml, and /proc/net/nf_conntrack)\n")
+    code, _, err = run(capsys, *head, str(pair[0]), str(pair[1]), "--conntrack", str(tmp_path / "none.log"), *extra)
+    assert code == 2
+    missing = tmp_path / "none.log"
+    assert err == f"natproof: error: {missing}: cannot read the conntrack record: No such file or directory\n"
+
+
+def test_conntrack_lines_it_cannot_read_are_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    d = CAPTURES / "basic"
+    record = Path(__file__).resolve().parent / "cases" / "clusterip-dnat" / "kernel-record.txt"
+    code, _, err = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--conntrack",
+                       str(record), "--format", "json")
+    assert code == 0
+    assert err.startswith(f"natproof: warning: {record}: 21 line(s) are no conntrack entry and were left out (line ")
+
+
+def test_who_with_a_conntrack_event_log_and_no_capture(capsys: pytest.CaptureFixture[str]) -> None:
+    record = str(CAPTURES / "clusterip" / "conntrack.log")
+    code, out, err = run(capsys, "who", "203.0.113.2:38372", "--at", "2026-11-29T13:07:07.300Z", "--conntrack",
+                         record, "--format", "json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["clock"] == "node"
+    assert [(c["ends"]["pod"]["address"], c["kernel_entry"]["line"]) for c in doc["connections"]] == [
+        ("10.244.0.10", 4)]
+    code, out, _ = run(capsys, "who", "203.0.113.2:38372", "--conntrack", record, "--format", "table")
+    assert code == 0 and "conntrack line 4" in out and "10.244.0.10:38372" in out
+    code, out, _ = run(capsys, "who", "203.0.113.2:1", "--conntrack", record, "--format", "table")
+    assert (code, out) == (1, "no connection used 203.0.113.2:1\n")
+    code, _, err = run(capsys, "who", "203.0.113.2:38372")
+    assert code == 2 and err == ("natproof: error: give INSIDE and OUTSIDE captures, or neither and --conntrack FILE "
+                                 "(a conntrack event log) to answer from the kernel's record alone, or --flow-log "
+                                 "with --nat-gateway (see 'natproof who --help')\n")
+
+
+def test_one_capture_with_conntrack(capsys: pytest.CaptureFixture[str]) -> None:
+    d = CAPTURES / "nodeport"
+    code, out, err = run(capsys, "correlate", str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"),
+                         "--format", "json")
+    assert code == 0
+    assert err.startswith(f"natproof: warning: {d / 'outside.pcap'}: the only capture; taken as the outside one: 5 ")
+    doc = json.loads(out)
+    assert doc["captures"]["inside"]["format"] == "none"
+    assert {c["evidence_level"] for c in doc["connections"]} == {"kernel_record"}
+    pods = sorted((c["inside"]["src"], c["inside"]["dport"]) for c in doc["connections"] if c["initiator"] == "outside")
+    assert pods == [("10.244.0.1", 8080)] * 2 + [("198.51.100.20", 8080)] * 2
+    code, out, _ = run(capsys, "correlate", str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"),
+                       "--side", "inside", "--format", "json", "-q")
+    assert code == 0 and json.loads(out)["captures"]["outside"]["format"] == "none"
+    code, out, err = run(capsys, "correlate", str(d / "outside.pcap"))
+    assert (code, out) == (2, "")
+    assert err == (f"natproof: error: {d / 'outside.pcap'}: a capture of one interface (EN10MB) and no second capture: "
+                   "give the other side's too (natproof correlate INSIDE OUTSIDE), or the node's conntrack record for "
+                   "the other side (--conntrack FILE), or one capture of several interfaces (tcpdump -i any, dumpcap "
+                   "-i A -i B)\n")

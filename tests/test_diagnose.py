@@ -137,13 +137,16 @@ def test_an_outside_capture_that_stopped_early_is_no_forward_drop(tmp_path: Path
             if i < 8:
                 writer.writepkt(buf, ts)
     result = correlate(CAPTURES / "basic" / "inside.pcap", tmp_path / "early.pcap")
-    assert [("other_capture_off" in c["flags"]) for c in result.to_dict()["connections"]] == [False, True, True]
+    # 100 ms after the cut a quiet running capture is as likely as a stopped one (the flag needs 500 ms), but the
+    # far end answered both later connections: they crossed, out of the outside capture's sight.
+    assert [("other_capture_off" in c["flags"]) for c in result.to_dict()["connections"]] == [False, False, False]
     assert [c["verdict"] for c in result.to_dict()["connections"]] == ["translated", "not_captured", "not_captured"]
     assert [c["verdict"] for c in result.to_dict("natproof.correlate/1")["connections"]] == [
         "translated", "not_forwarded", "not_forwarded"]  # /1 readers see the name they know
     found = {f.kind: f for f in diagnose(result)}
     assert list(found) == ["partial_overlap"]
     assert found["partial_overlap"].connections == (1, 2)
+    assert found["partial_overlap"].data["answered_unseen"] == 2 and found["partial_overlap"].data["capture_off"] == 0
     # The window both ran in, on the inside clock: from the outside's first packet to its last (offset ~0).
     ov = result.to_dict()["overlap"]
     assert ov["clock"] == "inside" and ov["outside_share"] == 1.0 and 0 < ov["inside_share"] < 1

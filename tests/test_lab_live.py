@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_kernel import kernel_records_agree, one_capture_agrees, tampered_record_contradicts
 
 import natproof
 from natproof.check import capture_pair, compare, load_truth, single_captures
@@ -36,8 +37,10 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     out = tmp_path / name
     assert main(["lab", "run", name, "--out", str(out)]) == 0, capsys.readouterr().err
     names = sorted(p.name.removesuffix(".gz") for p in out.iterdir())
-    # Single-node scenarios write kubectl-style dumps of their pods (and Services) beside the captures.
-    dumps = [] if name in MULTI_HOP else ["pods.json", *(["services.json"] if get_scenario(name).services else [])]
+    # Single-node scenarios write kubectl-style dumps of their pods (and Services) beside the captures, and the
+    # kernel's conntrack record in each format (conntrack/).
+    single = name not in MULTI_HOP
+    dumps = ["pods.json", *(["services.json"] if get_scenario(name).services else [])] if single else []
     # Scenarios with several NATs add their further hops' folders (double-nat: gateway/, flowlogs/).
     extra = {"double-nat": ["flowlogs", "gateway"]}.get(name, [])
     # One capture of many interfaces cannot miss part of one interface: a design whose outside capture ran for part
@@ -45,7 +48,7 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     single_file = (out / "any.pcap").exists() or (out / "any.pcap.gz").exists()
     assert single_file == (name not in MULTI_HOP and get_scenario(name).outside_phases is None)
     assert names == sorted(["conntrack.log", "inside.pcap", "outside.pcap", "scenario.txt", "truth.json", *dumps,
-                            *extra, *(NODE_FILES if single_file else ())])
+                            *extra, *(["conntrack"] if single else []), *(NODE_FILES if single_file else ())])
     # Namespaces are named np<pid in hex><random>-...: none of this process's may outlive the run.
     assert leftover_namespaces(f"np{os.getpid():x}") == []
     _RUNS[name] = out
@@ -54,6 +57,15 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     report = capsys.readouterr().out
     assert code == 0, report
     assert report.rstrip().endswith("1 of 1 scenarios match their truth")
+    if single:  # double-nat: its own live test checks both hops and the flow logs
+        # The kernel's record in each format beside the captures: every connection it kept is confirmed, and one
+        # translated port edited in the conntrack -L listing contradicts.
+        records = sorted(p.name for p in (out / "conntrack").iterdir())
+        assert {"events.log", "index.json", "list.txt", "list-extended.txt", "list.xml"} <= set(records)
+        kernel_records_agree(out)
+        tampered_record_contradicts(out, tmp_path)
+        # One capture and the record: the pod side alone gives the same mappings as both captures.
+        one_capture_agrees(out)
     if not single_file:
         return
     # The same run as one capture of many interfaces: tcpdump -i any (SLL2) and one pcapng of every interface.
@@ -62,10 +74,17 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     assert code == 0, report
     assert report.rstrip().endswith("2 of 2 scenarios match their truth")
     pair = mappings(natproof.correlate(*capture_pair(out)))
-    for single in single_captures(out):
-        result = natproof.correlate(single, interfaces=out / "links.txt")
-        assert mappings(result) == pair, single.name
+    for one in single_captures(out):
+        result = natproof.correlate(one, interfaces=out / "links.txt")
+        assert mappings(result) == pair, one.name
         assert result.inside.chosen == result.outside.chosen == "chosen"
+    # One capture of many interfaces and the record: the record is joined to the split capture's connections as to
+    # both captures' (not taken for the side not captured).
+    record = out / "conntrack.log"
+    kernel_pair = kernel_states(natproof.correlate(*capture_pair(out), conntrack=record))
+    result = natproof.correlate(single_captures(out)[0], interfaces=out / "links.txt", conntrack=record)
+    assert result.conntrack is not None and result.inside.chosen == "chosen"
+    assert kernel_states(result) == kernel_pair
 
 
 def mappings(result: natproof.Result) -> list[tuple]:
@@ -75,6 +94,16 @@ def mappings(result: natproof.Result) -> list[tuple]:
 
     return sorted((c["proto"], t(c["original"]), t(c["translated"]), c["initiator"], c["verdict"])
                   for c in result.to_dict()["connections"])
+
+
+def kernel_states(result: natproof.Result) -> list[tuple]:
+    """Each connection's original and translated tuples with its kernel state (confirmed, contradicts, absent, and
+    why) and evidence level, in a stable order."""
+    def t(d: dict | None) -> tuple | None:
+        return None if d is None else (d["src"], d["sport"], d["dst"], d["dport"])
+
+    return sorted((c["proto"], t(c["original"]), t(c["translated"]), str(c["kernel"]), str(c["kernel_reason"]),
+                   str(c["evidence_level"])) for c in result.to_dict()["connections"])
 
 
 def _run(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:

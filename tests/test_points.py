@@ -238,8 +238,9 @@ def test_one_file_of_one_interface_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(natproof.InputError) as exc:
         natproof.correlate(path)
     assert str(exc.value) == (f"{path}: a capture of one interface (if5) and no second capture: give the other "
-                              "side's too (natproof correlate INSIDE OUTSIDE), or one capture of several interfaces "
-                              "(tcpdump -i any, dumpcap -i A -i B)")
+                              "side's too (natproof correlate INSIDE OUTSIDE), or the node's conntrack record for "
+                              "the other side (--conntrack FILE), or one capture of several interfaces (tcpdump -i "
+                              "any, dumpcap -i A -i B)")
 
 
 def test_unknown_or_doubly_given_interfaces_are_input_errors(tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ def test_contract_strings() -> None:
     ("kw", "expected"),
     [
         ({"internal": True, "cross_init": 3}, Verdict.INTERNAL),
-        ({"cross_init": 0, "pre_reply": 1}, Verdict.NOT_FORWARDED),  # a forged RST is node-made, never a reply
+        ({"cross_init": 0}, Verdict.NOT_FORWARDED),
+        # The far end answered, so it crossed where the other capture did not look (node-made RSTs and ICMP errors
+        # are never counted as replies: they stay not_forwarded).
+        ({"cross_init": 0, "pre_reply": 1}, Verdict.NOT_CAPTURED),
         ({"cross_init": 2, "rewritten": False, "cross_reply": 2}, Verdict.UNTRANSLATED),
         ({"cross_init": 2}, Verdict.NO_REPLY),
         ({"cross_init": 2, "post_reply": 3}, Verdict.REPLY_DROPPED),

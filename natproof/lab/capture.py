@@ -149,15 +149,18 @@ class RecorderStats:
 
 
 class ConntrackRecorder:
-    """``conntrack -E`` for the given event types, writing ``-o timestamp,extended`` lines to a file.
+    """``conntrack -E`` for the given event types, writing ``-o timestamp,extended`` lines (or ``output``) to a file.
 
     The kernel multicasts each conntrack event to the listeners' netlink sockets; when a socket's buffer
     is full the event is dropped for that listener only and the socket's drop counter grows.
     """
 
-    def __init__(self, lab: Lab, role: str, events: str, path: Path) -> None:
+    def __init__(self, lab: Lab, role: str, events: str, path: Path, output: str = CONNTRACK_OUTPUT,
+                 niceness: int = 0) -> None:
         self.lab, self.role, self.path = lab, role, path
-        self.argv = ["conntrack", "-E", "-e", events, "-o", CONNTRACK_OUTPUT]
+        # nice execs conntrack in place: the pid stays the listener's own (its socket is found by it).
+        self.argv = ["nice", "-n", str(niceness)] if niceness else []
+        self.argv += ["conntrack", "-E", "-e", events, "-o", output]
         self.argv += ["-b", str(CONNTRACK_BUFFER_BYTES)]
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -288,3 +291,28 @@ def foreign_ip_addresses(path: Path) -> Counter[str]:
             if not any(ip in net for net in LAB_NETWORKS if net.version == ip.version):
                 found[address] += count
     return found
+
+
+KERNEL_SNAPSHOTS = {
+    "list.txt": ["conntrack", "-L"],
+    "list-extended.txt": ["conntrack", "-L", "-o", "extended"],
+    "list.xml": ["conntrack", "-L", "-o", "xml"],
+    "proc-nf_conntrack.txt": ["cat", "/proc/net/nf_conntrack"],
+}
+"""The conntrack table in every listing format users hold, taken one after another after the traffic: file name,
+command. /proc/net/nf_conntrack is written only where the namespace has it (CONFIG_NF_CONNTRACK_PROCFS)."""
+
+
+def snapshot_kernel_records(lab: Lab, role: str, folder: Path) -> dict[str, dict[str, object]]:
+    """Write KERNEL_SNAPSHOTS into ``folder``; returns, per file written, its command and entry count."""
+    written: dict[str, dict[str, object]] = {}
+    for name, argv in KERNEL_SNAPSHOTS.items():
+        done = lab.run(argv, role=role, check=False)
+        if done.returncode != 0:
+            if argv[0] == "cat":
+                continue  # no /proc/net/nf_conntrack in this kernel: nothing to record
+            raise LabError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        (folder / name).write_text(done.stdout)
+        entries = done.stdout.count("<flow") if name.endswith(".xml") else len(done.stdout.splitlines())
+        written[name] = {"command": " ".join(argv), "entries": entries}
+    return written

@@ -45,6 +45,7 @@ from natproof.lab.capture import (
     foreign_ip_addresses,
     node_links,
     snapshot_conntrack,
+    snapshot_kernel_records,
 )
 from natproof.lab.kube import Endpoint, Service, kube_proxy_rules
 from natproof.lab.kubectl import DUMP_FILES, write_dumps
@@ -71,8 +72,9 @@ FAILURE_TIMEOUT_S = 3.3
 """Client timeout where no answer comes. SYNs are retransmitted 1 s apart for the first four tries on
 kernels with net.ipv4.tcp_syn_linear_timeouts (6.7+), at 1 s and 3 s before: 2-3 retransmissions in all."""
 MAX_PCAP_BYTES = 500_000
-PHASE_GAP_S = 0.5
-"""Pause between two rounds of clients (Scenario.phases): more than natproof's 100 ms capture-edge margin."""
+PHASE_GAP_S = 1.5
+"""Pause between two rounds of clients (Scenario.phases): well past natproof's 500 ms capture-edge margin
+(natproof.correlate.CAPTURE_EDGE_NS)."""
 
 SERVER = "198.51.100.10"
 HTTP = Server(INET, "http", SERVER, 80)
@@ -85,6 +87,11 @@ writes; dumpcap itself starts capturing on some interfaces up to seconds after i
 indexes. ``natproof correlate any.pcap --interfaces links.txt`` must find the two-file form's connections."""
 NODE_CAPTURE_FACTOR = 4
 """A node-wide capture holds each forwarded packet on up to three interfaces (veth, cni0, eth0)."""
+KERNEL_RECORDS = "conntrack"
+"""Folder beside the captures holding the kernel's record in each format users hold (``natproof correlate
+--conntrack`` reads each): events.log (``conntrack -E -o timestamp``, one listener for every event, started
+before the traffic), the listings of natproof.lab.capture.KERNEL_SNAPSHOTS taken after it, and index.json (the
+command behind each file, its entries, and the listener's netlink socket drops)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class Recording:
     """any.pcap and node.pcapng (NODE_FILES)."""
     links: str = ""
     """``ip -o link`` of the node namespace (links.txt)."""
+    kernel_records: dict[str, dict[str, object]] = field(default_factory=dict)
+    """What the KERNEL_RECORDS folder holds: file name -> command, entries (and socket_drops for events.log)."""
 
 
 Check = Callable[[list[Connection], Recording], list[str]]
@@ -1397,7 +1406,7 @@ SCENARIOS: dict[str, Scenario] = {
             "partial-overlap",
             "the outside capture starts late and stops early: connections before and after it are on the inside "
             "capture only",
-            "Three phases of the same traffic, 0.5 s apart: pod1 makes one HTTP request to 198.51.100.10:80 and "
+            "Three phases of the same traffic, 1.5 s apart: pod1 makes one HTTP request to 198.51.100.10:80 and "
             "sends two datagrams to a UDP echo on :7. The inside capture (vethpod1) runs throughout; the outside "
             "capture (eth0) is started after phase 0 and stopped after phase 1. The kernel translates every "
             "connection (conntrack saw replies, and the pod got them), but only phase 1's crossed a running outside "
@@ -1518,6 +1527,9 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
                 (outdir / stale).unlink(missing_ok=True)
         for filename in outputs:
             os.replace(stage / filename, outdir / filename)
+        (stage / KERNEL_RECORDS / "index.json").write_text(json.dumps(recording.kernel_records, indent=2) + "\n")
+        shutil.rmtree(outdir / KERNEL_RECORDS, ignore_errors=True)
+        os.replace(stage / KERNEL_RECORDS, outdir / KERNEL_RECORDS)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return truth
@@ -1532,7 +1544,13 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
             ConntrackRecorder(lab, NODE, "NEW", stage / "conntrack-new.log"),
             ConntrackRecorder(lab, NODE, "UPDATE,DESTROY", stage / "conntrack-update.log"),
         ]
-        for recorder in recorders:
+        kernel_dir = stage / KERNEL_RECORDS
+        kernel_dir.mkdir()
+        # One more listener, for every event in conntrack's plain timestamped format: the event log users keep.
+        # Niced as far as it goes: on a busy machine the truth's own listeners must not lose events to it
+        # (many-connections); its own losses are counted in index.json.
+        event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp", niceness=19)
+        for recorder in (*recorders, event_log):
             recorder.start()
         inside = PacketCapture(lab, NODE, scenario.inside_interface, stage / "inside.pcap")
         outside = PacketCapture(lab, NODE, "eth0", stage / "outside.pcap")
@@ -1573,7 +1591,11 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         if node_stats:
             node_stats = [node_stats[0], _merge_node(names, [*capture_stats, *node_stats[1:]], stage / "node.pcapng")]
         recorder_stats = [recorder.stop() for recorder in recorders]
+        events = event_log.stop()
         listing_command, listing = snapshot_conntrack(lab, NODE)
+        kernel_records = {"events.log": {"command": events.command, "entries": events.events,
+                                         "socket_drops": events.socket_drops}}
+        kernel_records |= snapshot_kernel_records(lab, NODE, kernel_dir)
         node_state = _node_state(lab)
     return Recording(
         prefix=lab.prefix,
@@ -1589,6 +1611,7 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         finished=time.time(),
         node_captures=node_stats,
         links=links,
+        kernel_records=kernel_records,
     )
 
 
@@ -1934,6 +1957,14 @@ def _describe(
         "untranslated when the reply tuple points back at the pod address; internal when the destination is "
         "in pod_cidr (outside null); not_forwarded and reply_dropped as the design above says. Every verdict "
         "is checked against what the pod's client saw and what the design expects."
+    )
+    out += _wrap(
+        f"{KERNEL_RECORDS}/ holds the same kernel's record in the other formats users hold, for `natproof "
+        "correlate --conntrack`: " + "; ".join(f"{name}: `{info['command']}` ({info['entries']} entries"
+                                               + (f", netlink socket drops: {info['socket_drops']}"
+                                                  if "socket_drops" in info else "") + ")"
+                                               for name, info in rec.kernel_records.items())
+        + ". The listings are taken one after another after the traffic, after the listeners stopped."
     )
     out += [f"note: {note}" for note in notes]
     counts = Counter(c.verdict for c in connections)

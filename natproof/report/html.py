@@ -15,7 +15,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 import natproof
+from natproof.conntrack import FORMATS
 from natproof.diagnose import Finding
+from natproof.kernel import ABSENT_REASONS
 from natproof.report.charts import build_charts, chart_title, figure_bytes
 from natproof.report.export import write_bytes
 from natproof.report.table import (
@@ -26,6 +28,7 @@ from natproof.report.table import (
     format_service,
     format_service_name,
     format_tuple,
+    kernel_line,
     overlap_text,
 )
 from natproof.result import SCHEMA, Result
@@ -77,6 +80,10 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("service", "Service → backend", "text",
      "the ClusterIP or NodePort the connection was sent to, and the backend the DNAT chose"),
     ("verdict", "verdict", "text", "what the NAT did to the connection"),
+    ("kernel", "kernel\nrecord", "text",
+     "held against the node's conntrack record (--conntrack): confirmed (an entry with the same original and "
+     "translated tuples), contradicts (an entry names another mapping: see the diagnosis) or absent (and why); — "
+     "without a record"),
     ("fates", "packets by fate", "num",
      "every packet once: crossed (translated as the mapping says), leaked (crossed untranslated), inside only, "
      "outside only, node-made (a REJECT, an RST for an INVALID packet); sorts by the packets that did not cross"),
@@ -145,6 +152,7 @@ cursor:pointer;font:inherit;color:inherit;min-width:150px}
 .vbtn.v-reply_dropped b,.vbtn.v-untranslated b,.vbtn.v-not_forwarded b{color:var(--bad)}
 .v-internal td.verdict,.vbtn.v-internal b{color:var(--dim)}
 .f-leaked{color:var(--bad);font-weight:700}.f-inside_only,.f-outside_only{color:var(--warn)}
+.k-confirmed{color:var(--ok)}.k-contradicts{color:var(--bad);font-weight:700}.k-absent{color:var(--warn)}
 .f-node_generated{color:#8250df;font-weight:600}.inbound{color:#0a7ea4;font-weight:600}
 td.addr .sub{display:block;color:var(--muted)}.ambiguous{color:var(--warn)}
 .legs summary{cursor:pointer;color:var(--link)}.legs ol{margin:2px 0 2px;padding-left:18px}
@@ -364,6 +372,11 @@ def _summary(result: Result) -> str:
             links = " ".join(f'<a href="#c{int(c)}">#{int(c)}</a>' for c in a["connections"][:_CONN_LINKS])
             facts.append(("ambiguous name", f'<span class="ambiguous">{_e(a["why"])}</span>: every candidate is '
                                             f"named, none picked — {links}"))
+    kernel = kernel_line(result)
+    if kernel is not None and result.conntrack is not None:
+        kinds = ", ".join(FORMATS[k] for k in result.conntrack.formats)
+        unread = f"; {result.conntrack.unparsed} line(s) were no entry" if result.conntrack.unparsed else ""
+        facts.append(("kernel record", f"{_e(kernel.removeprefix('kernel record '))} — {_e(kinds)}{_e(unread)}"))
     for side, cap in (("inside", result.inside), ("outside", result.outside)):
         skipped = ", ".join(f"{_e(k)} {v}" for k, v in cap.skipped.items()) or "none"
         facts.append((f"{side} capture",
@@ -461,6 +474,8 @@ def _rows(result: Result) -> str:
         trans = format_tuple(r, "trans", "→")
         if trans is not None and (r["outside_tuples"] or 0) > 1:
             trans += f" (+{r['outside_tuples'] - 1} tuples)"
+        if trans is not None and r["evidence_level"] == "kernel_record":
+            trans += " (from the kernel's record)"
         med, mx = r["latency_median_us"], r["latency_max_us"]
         lat = "—" if med is None else f"{med:.1f} / {mx:.1f}"
         ev_e = (r["evidence_egress_inside_frame"], r["evidence_egress_outside_frame"])
@@ -483,6 +498,7 @@ def _rows(result: Result) -> str:
             + (_td("pod", _names_cell(r), format_pod(r) or "") if named else "")
             + _td("service", _e(svc).replace(" → ", " <br>→ ", 1) if svc else "", svc_key)
             + _td("verdict", _e(r["verdict"]))
+            + _td("kernel", _kernel_cell(r), r["kernel"] or "")
             + _td("fates", _fates(r), str(not_crossed))
             + _td("egress", _pair(r["egress_inside"], r["egress_outside"]))
             + _td("reply", _pair(r["reply_outside"], r["reply_inside"]))
@@ -490,6 +506,21 @@ def _rows(result: Result) -> str:
             + _td("legs", _legs(r), str(len(r["legs"] or [])))
             + "</tr>")
     return "\n".join(out)
+
+
+def _kernel_cell(row: dict[str, Any]) -> str:
+    """confirmed, contradicts (with the entry's line) or absent (with the reason, in full on hover); — without a
+    record."""
+    state = row["kernel"]
+    if state is None:
+        return "—"
+    if state == "contradicts":
+        return f'<span class="k-contradicts">contradicts</span> (line {_e(row["kernel_line"])})'
+    if state == "absent":
+        reason = row["kernel_reason"] or ""
+        return (f'<span class="k-absent" title="{_e(ABSENT_REASONS.get(reason, reason))}">absent</span> '
+                f'<span class="muted">{_e(reason.replace("_", " "))}</span>')
+    return f'<span class="k-confirmed" title="entry at line {_e(row["kernel_line"])}">confirmed</span>'
 
 
 def _services(result: Result) -> str:

@@ -133,6 +133,45 @@ def points_lines(result: Result) -> list[str]:
     return lines
 
 
+KERNEL_STYLE = {"confirmed": "green", "contradicts": "bold red", "absent": "yellow"}
+KERNEL_REASON_SHORT = {
+    "dropped_before_confirmation": "dropped before\nconfirmation",
+    "record_starts_after": "log starts after",
+    "record_ends_before": "log ends before",
+    "snapshot_after_expiry": "snapshot taken\nafter it ended",
+    "not_recorded": "not recorded",
+    "not_tracked": "bridged, untracked",
+}
+"""natproof.kernel.ABSENT_REASONS in a few words, for the table's kernel column."""
+
+
+def kernel_text(row: dict[str, Any]) -> Text:
+    """A connection's ``kernel`` cell: confirmed, contradicts (with the entry's line) or absent (and why)."""
+    state = row.get("kernel")
+    if state is None:
+        return Text("-")
+    text = Text(state, style=KERNEL_STYLE.get(state, ""))
+    if state == "contradicts":
+        text.append(f"\nline {row['kernel_line']}")
+    elif state == "absent" and row.get("kernel_reason"):
+        text.append("\n" + KERNEL_REASON_SHORT.get(row["kernel_reason"], row["kernel_reason"]), style="dim")
+    return text
+
+
+def kernel_line(result: Result) -> str | None:
+    """``kernel record FILE (N entries): N confirmed, ...``, or None without a record."""
+    rec = result.conntrack
+    if rec is None:
+        return None
+    states = result.connections["kernel"].value_counts(sort=True).rows()
+    reasons = result.connections["kernel_reason"].drop_nulls().value_counts(sort=True).rows()
+    why = f" ({', '.join(f'{n} {r}' for r, n in reasons)})" if reasons else ""
+    filled = int((result.connections["evidence_level"] == "kernel_record").sum())
+    taken = f"; {filled} translated tuple(s) taken from it" if filled else ""
+    return (f"kernel record {rec.path} ({rec.entries.height} entries): "
+            + ", ".join(f"{n} {s}" for s, n in states) + why + taken)
+
+
 def summary_line(result: Result) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in result.by_verdict().items() if n)
     skipped_in = sum(result.inside.skipped.values())
@@ -151,6 +190,7 @@ def summary_line(result: Result) -> str:
         f"pod networks {', '.join(result.pod_networks) or 'none'}: {result.pod_networks_why or 'given'}\n"
         f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
+        + (f"\n{kernel_line(result)}" if result.conntrack is not None else "")
     )
 
 
@@ -198,6 +238,9 @@ def render_table(result: Result, limit: int | None = None) -> Group:
         table.add_column("Service\n-> backend", max_width=28)
     table.add_column("verdict", no_wrap=True)
     table.add_column("packets by fate", max_width=17)
+    has_kernel = result.conntrack is not None
+    if has_kernel:
+        table.add_column("kernel", no_wrap=True)
     for i, r in enumerate(conns.iter_rows(named=True)):
         if limit is not None and i >= limit:
             table.add_row("...", "", f"{conns.height - limit} more", *([""] * (len(table.columns) - 3)))
@@ -207,6 +250,8 @@ def render_table(result: Result, limit: int | None = None) -> Group:
             trans += f" (+{r['outside_tuples'] - 1} tuples)"
         conn = Text(format_tuple(r, "orig") or "-")
         conn.append(f"\n=> {trans}", style="" if r["trans_src"] is not None else "dim")
+        if r["evidence_level"] == "kernel_record":
+            conn.append(" (kernel record)", style="cyan")
         proto = Text(r["proto"])
         if r["initiator"] == "outside":
             proto.append("\ninbound", style="cyan")
@@ -217,6 +262,8 @@ def render_table(result: Result, limit: int | None = None) -> Group:
             svc = format_service(r)
             cells.append("" if svc is None else svc.replace(" -> ", "\n-> "))
         cells += [Text(r["verdict"], style=VERDICT_STYLE.get(r["verdict"], "")), _fates_text(r)]
+        if has_kernel:
+            cells.append(kernel_text(r))
         table.add_row(*cells)
     parts: list[Any] = [table]
     services = render_services(result)

@@ -1,0 +1,474 @@
+"""Hold a correlation against the kernel's own conntrack record: confirmed, contradicted, or absent and why."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Sequence
+
+import polars as pl
+
+from natproof.assemble import Services, in_networks
+from natproof.conntrack import ConntrackRecord, read_conntrack
+from natproof.result import CONNECTION_SCHEMA, Result
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+KERNEL_STATES = ("confirmed", "contradicts", "absent")
+"""A connection's ``kernel`` (null when no record was given):
+
+confirmed: the record holds an entry, in time, with the connection's original tuple and, as its reply tuple, the
+translated tuple reversed (conntrack's reply tuple is what the kernel expects back: source NAT shows in its
+destination, destination NAT in its source). When no capture showed the translated tuple, an entry with the
+original tuple confirms the connection and gives the translated tuple (``evidence_level`` kernel_record).
+contradicts: entries in time have the original tuple but none has the captured mapping (a finding).
+absent: no entry in time has the original tuple; ``kernel_reason`` says which of ABSENT_REASONS allows it."""
+
+ABSENT_REASONS = {
+    "dropped_before_confirmation":
+        "nothing of it crossed the node: a packet dropped before conntrack confirms its entry (an unreplied SYN "
+        "dropped in FORWARD, a REJECT, a port pool with no free port) leaves no entry and no event",
+    "record_starts_after":
+        "the event log starts after the connection began: its NEW event came before the listener",
+    "record_ends_before": "the event log ends before the connection began",
+    "snapshot_after_expiry":
+        "a listing (conntrack -L, /proc/net/nf_conntrack) holds only the entries alive when it was taken: this "
+        "one had closed or timed out by then",
+    "not_recorded":
+        "no entry although the event log covers its time: the listener lost events (ENOBUFS when its socket "
+        "buffer fills: raise conntrack -E -b, or listen for NEW alone) or did not listen for its event types",
+    "not_tracked":
+        "pod-to-pod traffic on one bridge is bridged, not routed: conntrack sees it only when br_netfilter hands "
+        "bridged frames to iptables (net.bridge.bridge-nf-call-iptables=1)",
+}
+"""Why a connection can be absent from the kernel's record, by ``kernel_reason``."""
+
+EVIDENCE_LEVELS = {
+    "packets": "the translated tuple is proven by packets: the same packets seen before and after the NAT",
+    "kernel_record": "the translated tuple comes from the kernel's conntrack record alone (no capture showed the "
+                     "leg after the NAT)",
+}
+"""``evidence_level`` values: what the connection's translated tuple rests on (null when it has none)."""
+
+_KEY = ["proto", "orig_src", "orig_sport", "orig_dst", "orig_dport"]
+_REPLY = ["reply_src", "reply_sport", "reply_dst", "reply_dport"]
+_ICMP = ("icmp", "icmpv6")
+
+FLOW_SCHEMA: dict[str, pl.DataType] = {
+    "flow": pl.UInt32(),
+    "line": pl.UInt32(),
+    "kind": pl.String(),
+    "proto": pl.String(),
+    "orig_src": pl.String(), "orig_sport": pl.UInt16(), "orig_dst": pl.String(), "orig_dport": pl.UInt16(),
+    "reply_src": pl.String(), "reply_sport": pl.UInt16(), "reply_dst": pl.String(), "reply_dport": pl.UInt16(),
+    "zone": pl.UInt16(),
+    "has_new": pl.Boolean(),
+    "start_ts_ns": pl.Int64(),
+    "end_ts_ns": pl.Int64(),
+    "last_ts_ns": pl.Int64(),
+    "state": pl.String(),
+    "assured": pl.Boolean(),
+    "replied": pl.Boolean(),
+    "lines": pl.UInt32(),
+}
+"""One row per entry's life in the record (kernel_flows). proto: natproof's name (icmpv6 is icmp). kind: events or
+listing. line: its NEW event's line, else its first line. start_ts_ns: its first event's stamp (null for a
+listing); end_ts_ns: its DESTROY's stamp (null while it lived on); state, assured, replied: as last recorded
+(replied: some line had no [UNREPLIED])."""
+
+
+def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
+    """Entries (natproof.conntrack.ENTRY_SCHEMA) grouped into the lives of kernel entries (FLOW_SCHEMA).
+
+    Events of one original tuple, in time order, are one entry until a DESTROY, a second NEW, or another reply
+    tuple (an entry's reply tuple is fixed once conntrack confirms it) starts the next: conntrack ids are reused
+    and identify nothing over time. Two listeners stamp events on their own, so an UPDATE may carry an earlier
+    stamp than its NEW: a NEW after an UPDATE does not start a new entry. Every listing line is an entry."""
+    e = entries.with_columns(
+        pl.col("proto").replace({"icmpv6": "icmp"}),
+        pl.col("zone").fill_null(0),
+    )
+    events = e.filter(pl.col("event").is_not_null()).sort([*_KEY, "zone", "ts_ns", "line"], nulls_last=True)
+    first = pl.int_range(pl.len()) == 0
+    changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in [*_KEY, "zone", *_REPLY]])
+    prev = pl.col("event").shift(1)
+    starts = first | changed | (prev == "DESTROY") | ((pl.col("event") == "NEW") & (prev == "NEW"))
+    events = events.with_columns(starts.cum_sum().cast(pl.UInt32).alias("flow"))
+    n_event_flows = int(events["flow"].max() or 0)  # type: ignore[arg-type]
+    listing = e.filter(pl.col("event").is_null()).with_row_index("flow", offset=n_event_flows + 1)
+    is_new = pl.col("event") == "NEW"
+    ev = events.group_by("flow").agg(
+        pl.col("line").filter(is_new).min().fill_null(pl.col("line").min()).alias("line"),
+        pl.lit("events").alias("kind"),
+        *[pl.col(c).first() for c in [*_KEY, *_REPLY, "zone"]],
+        is_new.any().alias("has_new"),
+        pl.col("ts_ns").min().alias("start_ts_ns"),
+        pl.col("ts_ns").filter(pl.col("event") == "DESTROY").max().alias("end_ts_ns"),
+        pl.col("ts_ns").max().alias("last_ts_ns"),
+        # The state of its last UPDATE or DESTROY: a NEW listener may stamp the NEW after them.
+        pl.col("state").filter(~is_new).drop_nulls().last().fill_null(pl.col("state").drop_nulls().first())
+        .alias("state"),
+        pl.col("assured").any().alias("assured"),
+        (~pl.col("unreplied")).any().alias("replied"),
+        pl.len().alias("lines"),
+    )
+    ls = listing.select(
+        "flow", "line", pl.lit("listing").alias("kind"), *_KEY, *_REPLY, "zone", pl.lit(False).alias("has_new"),
+        pl.lit(None, pl.Int64).alias("start_ts_ns"), pl.lit(None, pl.Int64).alias("end_ts_ns"),
+        pl.lit(None, pl.Int64).alias("last_ts_ns"), "state", "assured", (~pl.col("unreplied")).alias("replied"),
+        pl.lit(1).alias("lines"),
+    )
+    flows = pl.concat([ev.select(list(FLOW_SCHEMA)).cast(FLOW_SCHEMA), ls.select(list(FLOW_SCHEMA)).cast(FLOW_SCHEMA)])
+    return flows.sort("flow")
+
+
+def join_kernel(result: Result, record: ConntrackRecord | pl.DataFrame | str | os.PathLike[str], *,
+                tolerance_s: float = 1.0) -> Result:
+    """The result with every connection held against the kernel's record (a ConntrackRecord, its entries frame
+    (natproof.conntrack.ENTRY_SCHEMA, e.g. filtered by a script), or a file to read):
+    ``kernel`` (KERNEL_STATES), ``kernel_reason`` (ABSENT_REASONS), the entry it rests on (``kernel_line``, its
+    state, flags and reply tuple), and the translated tuple filled from the entry where no capture showed it
+    (``evidence_level`` kernel_record; ``rewrites`` and a Service's backend follow).
+
+    "In time": an entry's life (its first event to its DESTROY; from before the log for an entry whose NEW is not
+    in it) overlaps the connection's first to last packet, widened by ``tolerance_s`` (the stamps are the
+    listener's receive times, up to ~1 ms late, on the node's clock; connections are timed on the inside
+    capture's). Listings carry no time: an entry of one is in time for the last connection of its original tuple
+    (the kernel keeps one entry per tuple: reopening a tuple replaces the earlier entry). Raises InputError for an
+    unreadable record."""
+    if isinstance(record, pl.DataFrame):
+        record = ConntrackRecord.from_entries(record)
+    rec = record if isinstance(record, ConntrackRecord) else read_conntrack(record)
+    conns = result.connections
+    tol = int(tolerance_s * 1e9) + (1_000_000_000 if any(k == "xml_events" for k in rec.formats) else 0)
+    flows = kernel_flows(rec.entries)
+    decided = _decide(conns, flows, rec, tol)
+    conns = conns.drop([c for c in _KERNEL_COLUMNS if c in conns.columns]).join(decided, on="conn", how="left")
+    conns = conns.with_columns((pl.col("trans_src").is_null() & (pl.col("kernel") == "confirmed")).alias("_filled"))
+    filled = pl.col("_filled")
+    icmp = pl.col("proto").is_in(_ICMP)
+    conns = conns.with_columns(
+        pl.when(filled).then(pl.col("kernel_reply_dst")).otherwise(pl.col("trans_src")).alias("trans_src"),
+        pl.when(filled).then(pl.col("kernel_reply_src")).otherwise(pl.col("trans_dst")).alias("trans_dst"),
+        pl.when(filled).then(pl.when(icmp).then(pl.col("kernel_reply_sport")).otherwise(pl.col("kernel_reply_dport")))
+        .otherwise(pl.col("trans_sport")).alias("trans_sport"),
+        pl.when(filled).then(pl.when(icmp).then(pl.lit(0, pl.UInt16)).otherwise(pl.col("kernel_reply_sport")))
+        .otherwise(pl.col("trans_dport")).alias("trans_dport"),
+        pl.when(filled).then(pl.lit("kernel_record")).otherwise(pl.col("evidence_level")).alias("evidence_level"),
+    )
+    rewrites = pl.concat_list([pl.when(pl.col(f"orig_{f}") != pl.col(f"trans_{f}")).then(pl.lit(f))
+                               for f in ("src", "sport", "dst", "dport")]).list.drop_nulls()
+    backend = filled & pl.col("service_type").is_not_null() & pl.col("backend_ip").is_null()
+    conns = conns.with_columns(
+        pl.when(filled).then(rewrites).otherwise(pl.col("rewrites")).alias("rewrites"),
+        pl.when(backend).then(pl.col("trans_dst")).otherwise(pl.col("backend_ip")).alias("backend_ip"),
+        pl.when(backend).then(pl.col("trans_dport")).otherwise(pl.col("backend_port")).alias("backend_port"),
+    )
+    conns = conns.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
+    return dataclasses.replace(result, connections=conns, conntrack=rec)
+
+
+_KERNEL_COLUMNS = ("kernel", "kernel_reason", "kernel_line", "kernel_state", "kernel_assured", "kernel_replied",
+                   "kernel_reply_src", "kernel_reply_sport", "kernel_reply_dst", "kernel_reply_dport")
+
+
+def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol: int) -> pl.DataFrame:
+    """Per connection: the kernel columns (_KERNEL_COLUMNS), from its candidate entries."""
+    # A listing holds each tuple's current entry only: when the tuple was used again, the entry is the last
+    # connection's (an earlier one's was replaced when its tuple was reopened).
+    latest = pl.col("first_ts_ns") == pl.col("first_ts_ns").max().over(_KEY)
+    c = conns.select(
+        "conn", "proto", "orig_src", "orig_sport", "orig_dst", "orig_dport", "first_ts_ns", "last_ts_ns",
+        latest.alias("latest_of_tuple"),
+        pl.col("trans_src").is_not_null().alias("has_trans"),
+        pl.col("trans_dst").alias("exp_src"), pl.col("trans_src").alias("exp_dst"),
+        # conntrack's reply tuple is the translated one reversed; ICMP's identifier stays in sport both ways.
+        pl.when(pl.col("proto").is_in(_ICMP)).then(pl.col("trans_sport")).otherwise(pl.col("trans_dport"))
+        .alias("exp_sport"),
+        pl.when(pl.col("proto").is_in(_ICMP)).then(pl.lit(0, pl.UInt16)).otherwise(pl.col("trans_sport"))
+        .alias("exp_dport"),
+    )
+    flows = flows.rename({"start_ts_ns": "flow_start", "end_ts_ns": "flow_end", "last_ts_ns": "flow_last"})
+    ported = flows.filter(pl.col("orig_sport").is_not_null())
+    # conntrack's XML prints no ICMP identifier: those entries are found by their addresses alone.
+    portless = flows.filter(pl.col("orig_sport").is_null()).drop("orig_sport", "orig_dport")
+    cand = pl.concat([
+        c.join(ported, on=_KEY, how="inner"),
+        c.join(portless, on=["proto", "orig_src", "orig_dst"], how="inner"),
+    ], how="diagonal_relaxed")
+    start, end = pl.col("flow_start"), pl.col("flow_end")
+    start_ok = ~pl.col("has_new") | start.is_null() | (start <= pl.col("last_ts_ns") + tol)
+    end_ok = end.is_null() | (end >= pl.col("first_ts_ns") - tol)
+    match = ((pl.col("reply_src") == pl.col("exp_src")) & (pl.col("reply_dst") == pl.col("exp_dst"))
+             & (pl.col("reply_sport").is_null() | (pl.col("reply_sport") == pl.col("exp_sport")))
+             & (pl.col("reply_dport").is_null() | (pl.col("reply_dport") == pl.col("exp_dport")))).fill_null(False)
+    listed = pl.col("kind") == "listing"
+    in_time = pl.when(listed).then(pl.col("latest_of_tuple")).otherwise(start_ok & end_ok)
+    cand = cand.with_columns(in_time.alias("in_time"), match.alias("match")).filter("in_time")
+    distance = (start - pl.col("first_ts_ns")).abs()
+    best = (cand.with_columns(distance.alias("distance"))
+            .sort(["conn", "match", "distance", "line"], descending=[False, True, False, False], nulls_last=True)
+            .group_by("conn", maintain_order=True).first())
+    state = (pl.when(pl.col("match") | ~pl.col("has_trans")).then(pl.lit("confirmed"))
+             .otherwise(pl.lit("contradicts")))
+    found = best.select(
+        "conn", state.alias("kernel"), pl.lit(None, pl.String).alias("kernel_reason"),
+        pl.col("line").alias("kernel_line"), pl.col("state").alias("kernel_state"),
+        pl.col("assured").alias("kernel_assured"), pl.col("replied").alias("kernel_replied"),
+        *[pl.col(f"reply_{f}").alias(f"kernel_reply_{f}") for f in ("src", "sport", "dst", "dport")])
+    missing = conns.filter(~pl.col("conn").is_in(found["conn"].implode()))
+    first_ts, last_ts = rec.first_ts_ns, rec.last_ts_ns
+    if rec.has_events and first_ts is not None:
+        timed = (pl.when(pl.col("first_ts_ns") < first_ts).then(pl.lit("record_starts_after"))
+                 .when(pl.col("first_ts_ns") > (last_ts or 0) + tol).then(pl.lit("record_ends_before"))
+                 .otherwise(pl.lit("not_recorded")))
+    elif rec.has_events:
+        timed = pl.lit("not_recorded")
+    else:
+        timed = pl.lit("snapshot_after_expiry")
+    dropped = (pl.col("verdict") == "not_forwarded") & (pl.col("fate_crossed") == 0) & (pl.col("fate_leaked") == 0)
+    reason = (pl.when(dropped).then(pl.lit("dropped_before_confirmation"))
+              .when((pl.col("verdict") == "internal") & pl.col("trans_src").is_null()).then(pl.lit("not_tracked"))
+              .otherwise(timed))
+    absent = missing.select(
+        "conn", pl.lit("absent").alias("kernel"), reason.alias("kernel_reason"),
+        *[pl.lit(None, CONNECTION_SCHEMA[k]).alias(k) for k in _KERNEL_COLUMNS[2:]])
+    return pl.concat([found.cast({k: CONNECTION_SCHEMA[k] for k in found.columns if k != "conn"}),
+                      absent.cast({k: CONNECTION_SCHEMA[k] for k in absent.columns if k != "conn"})])
+
+
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                                   "fc00::/7"))
+"""Where pods live when no pod network is given: RFC 1918, shared address space (RFC 6598) and ULA."""
+
+
+def kernel_connections(record: ConntrackRecord, *, pod_networks: Sequence[Network] = (),
+                       services: Services | None = None) -> pl.DataFrame:
+    """Connections (CONNECTION_SCHEMA rows) from the kernel's record alone, with no capture: one per entry's life
+    (kernel_flows) of TCP, UDP or ICMP, in order of its first event (listing entries, which carry no time, last; a
+    listing line that repeats an entry the events hold is left out). See flow_rows for what each row holds;
+    packet counts and fates are 0: no packet was seen."""
+    rows = flow_rows(_record_flows(record), pod_networks=pod_networks, services=services)
+    return contract_columns(rows)
+
+
+def contract_columns(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` as CONNECTION_SCHEMA columns, null where a column is missing."""
+    return rows.select([(pl.col(c) if c in rows.columns else pl.lit(None)).cast(t).alias(c)
+                        for c, t in CONNECTION_SCHEMA.items()])
+
+
+def _record_flows(record: ConntrackRecord) -> pl.DataFrame:
+    """kernel_flows of TCP, UDP and ICMP, in time order; a listing entry the events also hold only once."""
+    flows = kernel_flows(record.entries).filter(pl.col("proto").is_in(["tcp", "udp", "icmp"]))
+    # A file with events and a listing (natproof lab's conntrack.log) shows a live entry twice: keep its events.
+    same = [*_KEY, "zone", *_REPLY]
+    timed = flows.filter(pl.col("kind") == "events").select(same).unique()
+    listed = flows.filter(pl.col("kind") == "listing").join(timed, on=same, how="anti", nulls_equal=True)
+    flows = pl.concat([flows.filter(pl.col("kind") == "events"), listed])
+    return flows.sort(["start_ts_ns", "line"], nulls_last=True)
+
+
+def flow_rows(flows: pl.DataFrame, *, pod_networks: Sequence[Network] = (),
+              services: Services | None = None) -> pl.DataFrame:
+    """One connection row (the CONNECTION_SCHEMA columns it can fill, plus ``replied`` and ``egress``) per kernel
+    flow (FLOW_SCHEMA), numbered in order.
+
+    original is the entry's original tuple, translated its reply tuple reversed (evidence_level kernel_record,
+    kernel confirmed, kernel_line its NEW event or first line). first_ts_ns/last_ts_ns: its first event's stamp, and
+    its DESTROY's (else its last event's); null for a listing. Initiator: an entry whose destination was rewritten
+    while it was no ClusterIP was opened from outside (a NodePort, an ALG's expectation: DNAT to a pod); any other
+    rewrite is egress (MASQUERADE, a ClusterIP's DNAT, hairpin); with nothing rewritten, the source's network
+    decides (``pod_networks``; default private and ULA space). inside_* and outside_* follow (egress: inside =
+    original). Verdicts come from the entry's flags: untranslated when nothing was rewritten (internal when the
+    destination is in the pod networks; so is a ClusterIP DNATed to a pod with the source kept), else translated
+    when the kernel saw a reply, no_reply when it stayed [UNREPLIED]. A destination in a Service network is a
+    ClusterIP, one in the NodePort range addressed from outside a NodePort; its backend is the translated
+    destination."""
+    svc = services or Services()
+    pods = tuple(pod_networks) or _PRIVATE
+    icmp = pl.col("proto") == "icmp"
+    rows = flows.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"),
+        "proto",
+        *[pl.col(f"orig_{f}") for f in ("src", "sport", "dst", "dport")],
+        pl.col("reply_dst").alias("trans_src"),
+        pl.when(icmp).then(pl.col("reply_sport")).otherwise(pl.col("reply_dport")).alias("trans_sport"),
+        pl.col("reply_src").alias("trans_dst"),
+        pl.when(icmp).then(pl.lit(0, pl.UInt16)).otherwise(pl.col("reply_sport")).alias("trans_dport"),
+        pl.col("start_ts_ns").alias("first_ts_ns"),
+        pl.coalesce("end_ts_ns", "last_ts_ns").alias("last_ts_ns"),
+        "replied", "has_new", pl.col("start_ts_ns").alias("flow_start"), pl.col("end_ts_ns").alias("flow_end"),
+        pl.lit("confirmed").alias("kernel"), pl.col("line").alias("kernel_line"), pl.col("state").alias("kernel_state"),
+        pl.col("assured").alias("kernel_assured"), pl.col("replied").alias("kernel_replied"),
+        *[pl.col(f"reply_{f}").alias(f"kernel_reply_{f}") for f in ("src", "sport", "dst", "dport")],
+    )
+    rows = rows.with_columns(in_networks(rows["orig_src"], pods).alias("_from_pod"),
+                             in_networks(rows["orig_dst"], pods).alias("_to_pod"),
+                             in_networks(rows["orig_dst"], svc.networks).alias("_clusterip"))
+    rewrites = pl.concat_list([pl.when(pl.col(f"orig_{f}") != pl.col(f"trans_{f}")).then(pl.lit(f))
+                               for f in ("src", "sport", "dst", "dport")]).list.drop_nulls()
+    rows = rows.with_columns(rewrites.alias("rewrites"))
+    dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
+    egress = (pl.when(pl.col("rewrites").list.len() == 0).then(pl.col("_from_pod"))
+              .otherwise(~dnat | pl.col("_clusterip")))
+    rows = rows.with_columns(egress.alias("egress"))
+    egress = pl.col("egress")
+    lo, hi = svc.nodeport_range
+    nodeport = ~egress & pl.col("orig_dport").is_between(lo, hi) & (pl.col("proto") != "icmp")
+    service = pl.when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
+    # A ClusterIP DNATed to a pod with the source kept stays in the pod network (bridged on the node); hairpin
+    # rewrites the source too and is NAT proper.
+    to_pod_endpoint = egress & in_networks(rows["trans_dst"], pods) & ~pl.col("rewrites").list.contains("src")
+    return rows.with_columns(
+        pl.when(pl.col("rewrites").list.len() == 0)
+        .then(pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("untranslated")))
+        .when(to_pod_endpoint).then(pl.lit("internal"))
+        .when(pl.col("replied")).then(pl.lit("translated")).otherwise(pl.lit("no_reply")).alias("verdict"),
+        pl.when(egress).then(pl.lit("inside")).otherwise(pl.lit("outside")).alias("initiator"),
+        *[pl.when(egress).then(pl.col(f"orig_{f}")).otherwise(pl.col(f"trans_{f}")).alias(f"inside_{f}")
+          for f in ("src", "sport", "dst", "dport")],
+        *[pl.when(egress).then(pl.col(f"trans_{f}")).otherwise(pl.col(f"orig_{f}")).alias(f"outside_{f}")
+          for f in ("src", "sport", "dst", "dport")],
+        service.alias("service_type"),
+        pl.when(service.is_not_null()).then(pl.col("orig_dst")).alias("service_ip"),
+        pl.when(service.is_not_null()).then(pl.col("orig_dport")).alias("service_port"),
+        pl.when(service.is_not_null()).then(pl.col("trans_dst")).alias("backend_ip"),
+        pl.when(service.is_not_null()).then(pl.col("trans_dport")).alias("backend_port"),
+        pl.lit("kernel_record").alias("evidence_level"),
+        pl.lit(False).alias("other_capture_off"),
+        *[pl.lit(0, pl.UInt32).alias(c) for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32()
+          and c not in ("conn", "kernel_line") and not c.startswith("evidence_") and not c.endswith("_conn_id")],
+    ).drop("_from_pod", "_to_pod", "_clusterip")
+
+
+SIDES = ("inside", "outside")
+
+
+def _leg_matches(legs: pl.DataFrame, rows: pl.DataFrame, tol: int) -> pl.DataFrame:
+    """Each (leg, kernel row) pair where the leg's tuple (its initiator's view) is the row's original tuple
+    (``seen`` "original": the capture saw the connection before the NAT) or its translated tuple ("translated":
+    after it), in time. Legs: natproof.connections.group_connections' frame with proto as natproof names it."""
+    tup = ["proto", "src", "sport", "dst", "dport"]
+    out = []
+    for seen in ("original", "translated"):
+        p = "orig" if seen == "original" else "trans"
+        right = rows.select("conn", "has_new", "flow_start", "flow_end", "egress",
+                            *[pl.col(f"{p}_{f}" if f != "proto" else "proto").alias(f) for f in tup])
+        out.append(legs.join(right, on=tup, how="inner").with_columns(pl.lit(seen).alias("seen")))
+    pairs = pl.concat(out)
+    start, end = pl.col("flow_start"), pl.col("flow_end")
+    in_time = ((~pl.col("has_new") | start.is_null() | (start <= pl.col("last_ts_ns") + tol))
+               & (end.is_null() | (end >= pl.col("first_ts_ns") - tol)))
+    # Best first: the entry begun last within the leg's own life (a connection whose SYN was answered by a
+    # RST and retried is tracked as several entries in turn, and the last one carried it), then the nearest.
+    within = pl.col("has_new") & start.is_between(pl.col("first_ts_ns") - tol, pl.col("last_ts_ns"))
+    return (pairs.filter(in_time)
+            .with_columns(within.fill_null(False).alias("within"),
+                          (start - pl.col("first_ts_ns")).abs().alias("distance"))
+            .sort(["conn_id", "within", "flow_start", "distance", "seen"],
+                  descending=[False, True, True, False, False], nulls_last=True)
+            .unique(["conn_id", "conn"], keep="first", maintain_order=True))
+
+
+def which_side(legs: pl.DataFrame, record: ConntrackRecord, *, pod_networks: Sequence[Network] = (),
+               services: Services | None = None, tolerance_s: float = 1.0) -> tuple[str, int, int]:
+    """Which side of the NAT one capture was taken on, from the kernel's record: (side, inside votes, outside
+    votes). A leg that is the original tuple of an egress entry (or the translated tuple of an inbound one) was seen
+    on the pod side; the translated tuple of an egress entry (or the original of an inbound one) on the node's
+    uplink. Entries that rewrote nothing say nothing. Ties go to "inside"."""
+    rows = flow_rows(_record_flows(record), pod_networks=pod_networks, services=services)
+    rows = rows.filter(pl.col("rewrites").list.len() > 0)
+    pairs = _leg_matches(legs, rows, int(tolerance_s * 1e9))
+    inside = pairs.filter((pl.col("seen") == "original") == pl.col("egress"))["conn_id"].n_unique()
+    outside = pairs.filter((pl.col("seen") == "original") != pl.col("egress"))["conn_id"].n_unique()
+    return ("inside" if inside >= outside else "outside"), inside, outside
+
+
+def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord, *,
+                         pod_networks: Sequence[Network] = (), services: Services | None = None,
+                         tolerance_s: float = 1.0) -> pl.DataFrame:
+    """Connections (CONNECTION_SCHEMA rows, plus ``leg`` = the capture's conn_id) from ONE capture, taken on
+    ``side`` of the NAT, and the kernel's record, which gives the other side's tuple (evidence_level
+    kernel_record).
+
+    Each leg (group_connections' frame, proto as natproof names it) is paired with the kernel entry, in time, whose
+    original or translated tuple it is (see flow_rows for original, translated, initiator and Service). Times,
+    packet counts, the first frame and the leg are the capture's; the tuple of the side not captured (in inside_*
+    or outside_*, and in orig_* or trans_*) is the kernel's. Fates: every packet ``{side}_only``. Verdicts are the
+    entry's (flow_rows), except that an egress connection whose entry saw a reply while the pod capture holds none
+    is reply_dropped. A pod-side leg with no entry: internal when its destination is in the pod networks, else
+    not_forwarded, kernel absent with the reason the record allows (other_capture_off when the record does not
+    cover its time: then nothing is known of the node's side). A leg on the uplink with no entry is the node's
+    own traffic (or untracked): not a connection."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, not {side!r}")
+    tol = int(tolerance_s * 1e9)
+    rows = flow_rows(_record_flows(record), pod_networks=pod_networks, services=services)
+    best = _leg_matches(legs, rows, tol).unique("conn_id", keep="first", maintain_order=True)
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    leg_struct = pl.concat_list(pl.struct(
+        pl.lit(side).alias("observation_point"), pl.col("leg_src").alias("src"), pl.col("leg_sport").alias("sport"),
+        pl.col("leg_dst").alias("dst"), pl.col("leg_dport").alias("dport"), "first_frame",
+        packets.alias("packets")))
+    leg_cols = legs.select(pl.col("conn_id").alias("leg"), *[pl.col(f).alias(f"leg_{f}") for f in
+                                                             ("src", "sport", "dst", "dport")],
+                           pl.col("first_ts_ns").alias("leg_first"), pl.col("last_ts_ns").alias("leg_last"),
+                           "egress_packets", "reply_packets", "icmp_error_packets", "first_frame")
+    found = (best.select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("row"))
+             .join(rows.rename({"conn": "row"}), on="row").join(leg_cols, on="leg"))
+    found = found.with_columns(
+        pl.col("leg_first").alias("first_ts_ns"), pl.col("leg_last").alias("last_ts_ns"),
+        pl.col("egress_packets").alias(f"egress_{side}"), pl.col("reply_packets").alias(f"reply_{side}"),
+        pl.col("icmp_error_packets").alias(f"icmp_errors_{side}"), packets.alias(f"fate_{side}_only"),
+        pl.col("first_frame").alias(f"evidence_egress_{side}_frame"), pl.col("leg").alias(f"{side}_conn_id"),
+        leg_struct.alias("legs"),
+        pl.when((pl.lit(side) == "inside") & pl.col("egress") & (pl.col("verdict") == "translated")
+                & (pl.col("reply_packets") == 0)).then(pl.lit("reply_dropped")).otherwise(pl.col("verdict"))
+        .alias("verdict"),
+    )
+    parts = [found]
+    if side == "inside":
+        missing = legs.filter(~pl.col("conn_id").is_in(found["leg"].implode()))
+        parts.append(_unrecorded_inside_legs(missing, record, pod_networks or _PRIVATE, tol))
+    conns = pl.concat([contract_columns(p).with_columns(p["leg"].cast(pl.UInt32).alias("leg")) for p in parts])
+    conns = conns.sort(["first_ts_ns", "leg"]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
+    return conns
+
+
+def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: Sequence[Network],
+                            tol: int) -> pl.DataFrame:
+    """Pod-side legs the record holds no entry for, as connection rows (see one_side_connections)."""
+    first, last = record.first_ts_ns, record.last_ts_ns
+    to_pod = in_networks(legs["dst"], pods)
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    if record.has_events and first is not None:
+        # Only a leg wholly before the first event, or after the last, is known to be out of the log's sight: the
+        # listener may have run long before its first event (a dropped SYN makes none).
+        reason = (pl.when(pl.col("last_ts_ns") < first - tol).then(pl.lit("record_starts_after"))
+                  .when(pl.col("first_ts_ns") > (last or 0) + tol).then(pl.lit("record_ends_before"))
+                  .otherwise(pl.lit("dropped_before_confirmation")))
+    elif record.has_events:
+        reason = pl.lit("dropped_before_confirmation")
+    else:
+        reason = pl.lit("snapshot_after_expiry")
+    uncovered = reason.is_in(["record_starts_after", "record_ends_before"])
+    return legs.with_columns(to_pod.alias("_to_pod")).select(
+        pl.col("conn_id").alias("leg"), "proto", "first_ts_ns", "last_ts_ns",
+        *[pl.col(f).alias(f"{p}_{f}") for p in ("inside", "orig") for f in ("src", "sport", "dst", "dport")],
+        pl.lit("inside").alias("initiator"),
+        pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("not_forwarded")).alias("verdict"),
+        pl.lit([], pl.List(pl.String)).alias("rewrites"),
+        pl.col("egress_packets").alias("egress_inside"), pl.col("reply_packets").alias("reply_inside"),
+        pl.col("icmp_error_packets").alias("icmp_errors_inside"), packets.alias("fate_inside_only"),
+        *[pl.lit(0, pl.UInt32).alias(c) for c in ("egress_outside", "reply_outside", "icmp_errors_outside",
+                                                  "matched_egress", "matched_reply", "outside_tuples", "fate_crossed",
+                                                  "fate_leaked", "fate_outside_only", "fate_node_generated")],
+        pl.col("first_frame").alias("evidence_egress_inside_frame"), pl.col("conn_id").alias("inside_conn_id"),
+        pl.concat_list(pl.struct(pl.lit("inside").alias("observation_point"), "src", "sport", "dst", "dport",
+                                 "first_frame", packets.alias("packets"))).alias("legs"),
+        (uncovered & ~pl.col("_to_pod")).alias("other_capture_off"),
+        pl.lit("absent").alias("kernel"),
+        pl.when(pl.col("_to_pod")).then(pl.lit("not_tracked")).otherwise(reason).alias("kernel_reason"),
+    )

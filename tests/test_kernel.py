@@ -1,0 +1,448 @@
+"""natproof.kernel: connections held against the kernel's conntrack record (real-kernel captures in captures/)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import natproof
+from natproof.conntrack import read_conntrack
+from natproof.diagnose import diagnose
+from natproof.kernel import kernel_flows
+from natproof.result import CONNECTION_SCHEMA
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+
+
+def _correlate(name: str, record: Path | str | None = None) -> natproof.Result:
+    d = CAPTURES / name
+    return natproof.correlate(d / "inside.pcap", d / "outside.pcap",
+                              conntrack=d / "conntrack.log" if record is None else record)
+
+
+def _lines(name: str) -> list[str]:
+    return (CAPTURES / name / "conntrack.log").read_text().splitlines()
+
+
+def test_without_a_record_kernel_is_null() -> None:
+    d = CAPTURES / "basic"
+    result = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    assert result.conntrack is None
+    assert result.connections["kernel"].is_null().all()
+    assert result.connections["evidence_level"].to_list() == ["packets"] * 3
+    doc = result.to_dict()
+    assert doc["conntrack"] is None
+    assert {c["kernel"] for c in doc["connections"]} == {None}
+
+
+@pytest.mark.parametrize("name", ["basic", "icmp", "nodeport", "hairpin", "clusterip", "port-collision", "udp",
+                                  "random-fully", "no-masquerade", "asymmetric-reply", "ftp-alg"])
+def test_every_entry_the_kernel_kept_confirms_its_connection(name: str) -> None:
+    result = _correlate(name)
+    conns = result.connections
+    assert conns["kernel"].to_list() == ["confirmed"] * conns.height
+    # Each one rests on the NEW event of its own original tuple: the line names it.
+    lines = _lines(name)
+    for r in conns.iter_rows(named=True):
+        line = lines[r["kernel_line"] - 1]
+        assert "[NEW]" in line
+        assert f"src={r['orig_src']} dst={r['orig_dst']}" in line
+
+
+def test_dropped_before_confirmation_is_absent_with_its_reason() -> None:
+    result = _correlate("forward-drop")
+    conns = result.connections.sort("conn")
+    assert conns.select("verdict", "kernel", "kernel_reason").rows() == [
+        ("not_forwarded", "absent", "dropped_before_confirmation"),
+        ("translated", "confirmed", None), ("translated", "confirmed", None)]
+    assert [f.kind for f in diagnose(result) if f.kind.startswith("kernel")] == []
+
+
+def test_json_carries_the_entry() -> None:
+    result = _correlate("icmp")
+    doc = result.to_dict()
+    assert doc["conntrack"]["formats"] == {"conntrack -E -o extended,timestamp": 4, "conntrack -L -o extended": 2}
+    second = doc["connections"][1]
+    assert second["kernel"] == "confirmed"
+    assert second["kernel_reason"] is None
+    assert second["evidence_level"] == "packets"
+    # ICMP echo: the identifier was rewritten 16962 -> 53572; the kernel's reply tuple holds it.
+    assert second["kernel_entry"] == {"line": 4, "state": None, "assured": False, "replied": True,
+                                      "reply": {"src": "198.51.100.10", "sport": 53572, "dst": "203.0.113.2",
+                                                "dport": 0}}
+    assert second["translated"]["sport"] == 53572
+    assert b'"kernel":"confirmed"' in result.to_json()
+
+
+def _tamper(name: str, tmp_path: Path, src: str, sport: int, new_port: int) -> Path:
+    """conntrack.log with the translated port of the entry whose original source is ``src``:``sport`` changed on
+    every line that records it (its NEW, its UPDATEs, its DESTROY and its listing line)."""
+    out = []
+    for line in _lines(name):
+        if f" src={src} " in line and f"sport={sport} " in line:
+            head, sep, reply = line.rpartition(" src=")
+            line = head + sep + re.sub(r"dport=\d+", f"dport={new_port}", reply, count=1)
+        out.append(line)
+    path = tmp_path / "conntrack.log"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_tampered_record_contradicts_with_a_finding(tmp_path: Path) -> None:
+    clean = _correlate("port-collision")
+    victim = clean.connections.filter(pl.col("trans_sport") != pl.col("orig_sport")).row(0, named=True)
+    record = _tamper("port-collision", tmp_path, victim["orig_src"], victim["orig_sport"], 4242)
+    result = _correlate("port-collision", record)
+    conns = result.connections
+    assert conns.filter(pl.col("conn") == victim["conn"])["kernel"].item() == "contradicts"
+    assert conns.filter(pl.col("conn") != victim["conn"])["kernel"].to_list() == ["confirmed"]
+    row = conns.filter(pl.col("conn") == victim["conn"]).row(0, named=True)
+    assert row["kernel_reply_dport"] == 4242
+    assert row["trans_sport"] == victim["trans_sport"]  # the captured mapping stands; the kernel's is beside it
+    findings = {f.kind: f for f in diagnose(result)}
+    assert "healthy" not in findings
+    finding = findings["kernel_contradicts"]
+    assert finding.severity == "error"
+    assert finding.connections == (victim["conn"],)
+    assert finding.data["lines"] == [row["kernel_line"]]
+    (evidence,) = finding.evidence
+    assert f"{record} line {row['kernel_line']}" in evidence
+    assert "dport=4242" in evidence
+    assert f"203.0.113.2:{victim['trans_sport']} -> 198.51.100.10:80" in evidence
+
+
+def test_listing_only_says_the_snapshot_came_after(tmp_path: Path) -> None:
+    # Keep only the closing listing, minus one connection's line: that one had closed before the snapshot.
+    lines = _lines("basic")
+    listing = [line for line in lines if line.startswith("ipv4")]
+    dropped = listing.pop(0)
+    path = tmp_path / "ct-list.txt"
+    path.write_text("\n".join(listing) + "\n")
+    result = _correlate("basic", path)
+    sport = int(re.search(r"sport=(\d+)", dropped).group(1))  # type: ignore[union-attr]
+    conns = result.connections
+    assert conns.filter(pl.col("orig_sport") == sport).select("kernel", "kernel_reason").row(0) == (
+        "absent", "snapshot_after_expiry")
+    assert set(conns.filter(pl.col("orig_sport") != sport)["kernel"]) == {"confirmed"}
+    assert result.conntrack is not None and result.conntrack.formats == {"list_extended": 3}
+
+
+def test_event_log_started_late(tmp_path: Path) -> None:
+    # The first connection's events cut away: the log now starts after that connection began.
+    lines = [line for line in _lines("basic") if line.startswith("[")]
+    first_sport = re.search(r"sport=(\d+)", lines[0]).group(1)  # type: ignore[union-attr]
+    late = [line for line in lines if f"sport={first_sport} " not in line]
+    path = tmp_path / "late.log"
+    path.write_text("\n".join(late) + "\n")
+    result = _correlate("basic", path)
+    assert result.connections.select("kernel", "kernel_reason").rows() == [
+        ("absent", "record_starts_after"), ("confirmed", None), ("confirmed", None)]
+    gaps = [f for f in diagnose(result) if f.kind == "kernel_record_gaps"]
+    assert gaps and gaps[0].severity == "info" and gaps[0].connections == (0,)
+
+
+def test_missing_leg_is_filled_from_the_kernel() -> None:
+    # clusterip-local: the DNAT happens as the frame is bridged; the endpoint's leg is in neither capture. The
+    # kernel's entry names the endpoint it chose.
+    result = _correlate("clusterip-local")
+    services = result.connections.filter(pl.col("service_type") == "ClusterIP")
+    assert services.height > 0
+    assert services["evidence_level"].to_list() == ["kernel_record"] * services.height
+    assert services["kernel"].to_list() == ["confirmed"] * services.height
+    for r in services.iter_rows(named=True):
+        assert r["backend_ip"] == r["trans_dst"] == r["kernel_reply_src"]
+        assert r["backend_port"] == r["trans_dport"] == r["kernel_reply_sport"]
+        assert r["backend_ip"].startswith("10.244.0.")
+        assert "dst" in r["rewrites"]
+    egress = result.connections.filter(pl.col("service_type").is_null())
+    assert egress["evidence_level"].to_list() == ["packets"]
+
+
+def test_flows_split_on_destroy_and_reuse_but_not_on_a_late_new(tmp_path: Path) -> None:
+    new = ("[{ts}]\t    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=10.244.0.10 dst=198.51.100.10 sport=40000 "
+           "dport=80 [UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=80 dport={port}")
+    upd = ("[{ts}]\t [UPDATE] ipv4     2 tcp      6 432000 ESTABLISHED src=10.244.0.10 dst=198.51.100.10 sport=40000 "
+           "dport=80 src=198.51.100.10 dst=203.0.113.2 sport=80 dport={port} [ASSURED]")
+    dst = ("[{ts}]\t[DESTROY] ipv4     2 tcp      6 TIME_WAIT src=10.244.0.10 dst=198.51.100.10 sport=40000 "
+           "dport=80 src=198.51.100.10 dst=203.0.113.2 sport=80 dport={port} [ASSURED]")
+    lines = [
+        upd.format(ts="100.000100", port=40000),  # stamped before its own NEW by another listener
+        new.format(ts="100.000200", port=40000),
+        dst.format(ts="220.0", port=40000),
+        new.format(ts="300.0", port=40000),  # the tuple reused after the DESTROY: another entry
+        new.format(ts="400.0", port=40001),  # and again without a DESTROY seen, under another port
+    ]
+    path = tmp_path / "ev.log"
+    path.write_text("\n".join(lines) + "\n")
+    flows = kernel_flows(read_conntrack(path).entries)
+    assert flows.select("line", "has_new", "start_ts_ns", "end_ts_ns", "state", "reply_dport").rows() == [
+        (2, True, 100_000100000, 220_000000000, "TIME_WAIT", 40000),
+        (4, True, 300_000000000, None, "SYN_SENT", 40000),
+        (5, True, 400_000000000, None, "SYN_SENT", 40001),
+    ]
+
+
+def test_schema_columns_exist() -> None:
+    result = _correlate("basic")
+    assert result.connections.schema == pl.Schema(CONNECTION_SCHEMA)
+
+
+# -- live lab records (called by tests/test_lab_live.py on each scenario it runs) ------------------------------
+
+
+def _kept(lines: list[str]) -> set[tuple[str, str, int, str, int]]:
+    """(proto, original tuple) of every entry in conntrack text lines, read by the lab's own parser
+    (natproof.lab.truth), not by natproof.conntrack."""
+    from natproof.lab.truth import parse_line
+
+    kept = set()
+    for line in lines:
+        try:
+            entry = parse_line(line)
+        except ValueError:
+            continue
+        if entry is not None:
+            proto = "icmp" if entry.proto == "icmpv6" else entry.proto
+            o = entry.original
+            # /proc/net/nf_conntrack writes IPv6 addresses in full; natproof prints them compressed.
+            src, dst = (str(ipaddress.ip_address(a)) for a in (o.src, o.dst))
+            kept.add((proto, src, o.sport, dst, o.dport))
+    return kept
+
+
+def kernel_records_agree(folder: Path) -> dict[str, dict[str, int]]:
+    """Correlate a lab run's captures with each kernel record beside them (conntrack.log and every file of
+    conntrack/), and check each connection: confirmed when the record holds an entry for its original tuple (by
+    the lab's parser; for XML, by the listing taken just before it), absent otherwise. Returns the kernel
+    states per record file, for the report."""
+    inside = next(folder.glob("inside.pcap*"))
+    outside = next(folder.glob("outside.pcap*"))
+    records = [folder / "conntrack.log", *sorted(p for p in (folder / "conntrack").iterdir()
+                                                 if p.name != "index.json")]
+    index = json.loads((folder / "conntrack" / "index.json").read_text())
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        source = folder / "conntrack" / "list-extended.txt" if record.suffix == ".xml" else record
+        kept = _kept(source.read_text().splitlines())
+        if not kept:
+            with pytest.raises(natproof.InputError, match="no conntrack entry|empty file"):
+                read_conntrack(record)
+            counts[record.name] = {}
+            continue
+        result = natproof.correlate(inside, outside, conntrack=record)
+        listing = record.name.startswith(("list", "proc"))
+        last = {}  # a listing holds a reused tuple's last entry only: that of the tuple's last connection
+        for r in result.connections.sort("first_ts_ns").iter_rows(named=True):
+            last[(r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])] = r["conn"]
+        for r in result.connections.iter_rows(named=True):
+            key = (r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])
+            where = f"{folder.name}/{record.name}: #{r['conn']} {key}"
+            if key in kept and (not listing or last[key] == r["conn"]):
+                assert r["kernel"] == "confirmed", f"{where}: {r['kernel']} (line {r['kernel_line']})"
+                assert r["trans_src"] is not None, where
+            else:
+                assert r["kernel"] == "absent", f"{where}: {r['kernel']}"
+                # An event log that ran through the traffic misses only what the kernel never confirmed; a
+                # listing also what had closed or timed out before it was taken.
+                allowed = {"dropped_before_confirmation"}
+                if listing:
+                    allowed.add("snapshot_after_expiry")
+                if index.get(record.name, {}).get("socket_drops"):
+                    allowed.add("not_recorded")  # the niced listener lost events on a busy machine, and says so
+                assert r["kernel_reason"] in allowed, f"{where}: {r['kernel_reason']}"
+        states = result.connections["kernel"].value_counts().rows()
+        counts[record.name] = dict(states)
+    return counts
+
+
+def tampered_record_contradicts(folder: Path, tmp_path: Path) -> bool:
+    """Edit one translated port in the run's ``conntrack -L`` listing (the reply tuple's dport of a connection
+    natproof translated with a source rewrite) and check natproof says contradicts, with the finding citing that
+    line. False when the run has no such connection in the listing."""
+    d = folder
+    inside, outside = next(d.glob("inside.pcap*")), next(d.glob("outside.pcap*"))
+    listing = (d / "conntrack" / "list.txt").read_text().splitlines()
+    if not _kept(listing):
+        return False  # the kernel held no entry when the listing was taken (forwarding off)
+    clean = natproof.correlate(inside, outside, conntrack=d / "conntrack" / "list.txt")
+    candidates = clean.connections.filter((pl.col("kernel") == "confirmed") & (pl.col("evidence_level") == "packets")
+                                          & pl.col("rewrites").list.contains("src") & (pl.col("proto") != "icmp"))
+    if candidates.is_empty():
+        return False
+    victim = candidates.row(0, named=True)
+    line_no = victim["kernel_line"]
+    head, sep, reply = listing[line_no - 1].rpartition(" src=")
+    new_port = 1024 + (victim["trans_sport"] + 7) % 60000
+    listing[line_no - 1] = head + sep + re.sub(r"dport=\d+", f"dport={new_port}", reply, count=1)
+    tampered = tmp_path / f"{d.name}-tampered.txt"
+    tampered.write_text("\n".join(listing) + "\n")
+    result = natproof.correlate(inside, outside, conntrack=tampered)
+    row = result.connections.filter(pl.col("conn") == victim["conn"]).row(0, named=True)
+    assert row["kernel"] == "contradicts", f"{d.name}: {row['kernel']}"
+    assert row["kernel_line"] == line_no and row["kernel_reply_dport"] == new_port
+    finding = next(f for f in diagnose(result) if f.kind == "kernel_contradicts")
+    assert finding.connections == (victim["conn"],)
+    assert f"{tampered} line {line_no}" in finding.evidence[0]
+    others = result.connections.filter(pl.col("conn") != victim["conn"])["kernel"]
+    assert "contradicts" not in others.to_list()
+    return True
+
+
+def test_who_from_the_kernel_record_alone() -> None:
+    from natproof.lookup import who_kernel
+
+    record = read_conntrack(CAPTURES / "clusterip" / "conntrack.log")
+    # The node's public source port, at a time inside the entry's life: which pod, which Service, which backend.
+    answer = who_kernel(record, "203.0.113.2:38372", at="1795957627.30", window_s=0.0)
+    (conn,) = answer.connections
+    assert answer.clock == "node" and answer.side == "outside"
+    assert conn["roles"] == ["translated source"]
+    assert conn["ends"]["pod"] == {"address": "10.244.0.10", "port": 38372}
+    assert conn["service"] == {"type": "ClusterIP", "address": "10.96.0.1", "port": 443,
+                               "backend": {"address": "198.51.100.10", "port": 6443}}
+    assert conn["evidence_level"] == "kernel_record" and conn["kernel_entry"]["line"] == 4
+    # A time after the entry's last event: none live, the nearest one is named.
+    late = who_kernel(record, "203.0.113.2:38372", at="1795957727.30")
+    assert late.connections == () and [c["kernel_entry"]["line"] for c in late.nearest] == [4]
+    # Without a time the listing's copy of the same entry is not a second connection.
+    assert len(who_kernel(record, "203.0.113.2:38372").connections) == 1
+
+
+def test_who_from_the_kernel_record_inbound() -> None:
+    from natproof.lookup import who_kernel
+
+    record = read_conntrack(CAPTURES / "nodeport" / "conntrack.log")
+    answer = who_kernel(record, "203.0.113.2:30080")
+    assert [(c["roles"], c["ends"]["pod"], c["translated"]["src"]) for c in answer.connections] == [
+        (["original destination (NodePort)"], {"address": "10.244.0.10", "port": 8080}, "10.244.0.1")] * 2
+    assert {c["initiator"] for c in answer.connections} == {"outside"}
+
+
+# -- one capture and the kernel's record -----------------------------------------------------------------------
+
+
+def _mapping(result: natproof.Result) -> set[tuple]:
+    return {(r["proto"], r["initiator"], *(r[f"{p}_{f}"] for p in ("orig", "trans")
+                                          for f in ("src", "sport", "dst", "dport")))
+            for r in result.connections.iter_rows(named=True) if r["trans_src"] is not None}
+
+
+@pytest.mark.parametrize("name", ["basic", "nodeport", "clusterip", "icmp", "udp", "random-fully", "port-collision",
+                                  "port-exhaustion", "ftp-alg"])
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_one_capture_and_the_record_give_the_mappings_of_two_captures(name: str, side: str) -> None:
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / name
+    both = _correlate(name)
+    one = correlate_one(d / f"{side}.pcap", d / "conntrack.log")
+    assert _mapping(one) == _mapping(both)
+    # The side was told from the record, and said so; the other side is marked as not captured.
+    captured, missing = (one.inside, one.outside) if side == "inside" else (one.outside, one.inside)
+    assert captured.path == str(d / f"{side}.pcap") and missing.format == "none" and missing.records == 0
+    assert any(w.startswith(f"the only capture; taken as the {side} one") for w in captured.warnings)
+    conns = one.connections.filter(pl.col("trans_src").is_not_null())
+    assert set(conns["evidence_level"]) == {"kernel_record"} and set(conns["kernel"]) == {"confirmed"}
+    assert conns["fate_crossed"].sum() == 0 and (conns[f"fate_{side}_only"] > 0).all()
+    # Each leg is the capture's own: its first frame and tuple.
+    for r in conns.iter_rows(named=True):
+        (leg,) = r["legs"]
+        assert leg["observation_point"] == side
+        assert (leg["src"], leg["sport"]) == (r[f"{side}_src"], r[f"{side}_sport"])
+
+
+def test_one_pod_side_capture_without_an_entry_is_not_forwarded() -> None:
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "forward-drop"
+    result = correlate_one(d / "inside.pcap", d / "conntrack.log", side="inside")
+    assert result.connections.select("verdict", "kernel", "kernel_reason", "trans_src").rows() == [
+        ("not_forwarded", "absent", "dropped_before_confirmation", None),
+        ("translated", "confirmed", None, "203.0.113.2"), ("translated", "confirmed", None, "203.0.113.2")]
+    assert [f.kind for f in diagnose(result)][0] == "forwarding_blocked"
+
+
+def test_one_pod_side_capture_reply_dropped() -> None:
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "reply-drop"
+    both = _correlate("reply-drop")
+    one = correlate_one(d / "inside.pcap", d / "conntrack.log")
+    # The kernel saw the replies (the entry is not [UNREPLIED]); the pod's capture holds none.
+    assert dict(zip(one.connections["orig_sport"], one.connections["verdict"], strict=True)) == dict(
+        zip(both.connections["orig_sport"], both.connections["verdict"], strict=True))
+    assert "reply_dropped" in one.connections["verdict"].to_list()
+
+
+def test_one_capture_needs_the_record(tmp_path: Path) -> None:
+    d = CAPTURES / "basic"
+    with pytest.raises(natproof.InputError, match="a capture of one interface .* the node's conntrack record"):
+        natproof.correlate(d / "inside.pcap", None)
+    result = natproof.correlate(None, d / "outside.pcap", conntrack=d / "conntrack.log")
+    assert result.inside.format == "none" and result.connections.height == 3
+
+
+def one_capture_agrees(folder: Path) -> tuple[int, int]:
+    """A lab run's captures one at a time with its conntrack.log: the pod side's mappings are those of both
+    captures, the uplink's a part of them (pod-to-pod and hairpin traffic never reaches it). Returns how many
+    mappings each gave."""
+    from natproof.correlate import correlate_one
+
+    inside, outside = next(folder.glob("inside.pcap*")), next(folder.glob("outside.pcap*"))
+    if not _kept((folder / "conntrack.log").read_text().splitlines()):
+        return 0, 0  # the kernel tracked nothing at all (forwarding off): no record to read
+    record = read_conntrack(folder / "conntrack.log")
+    ref = _mapping(natproof.correlate(inside, outside, conntrack=record))
+    got_in = _mapping(correlate_one(inside, record))
+    got_out = _mapping(correlate_one(outside, record))
+    assert got_in == ref, f"{folder.name}: pod side only: {got_in ^ ref}"
+    assert got_out <= ref, f"{folder.name}: uplink only: {got_out - ref}"
+    return len(got_in), len(got_out)
+
+
+def test_join_kernel_from_a_script() -> None:
+    d = CAPTURES / "port-collision"
+    result = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    entries = natproof.read_conntrack(d / "conntrack.log").entries
+    # A grading script may keep only the listing: still every connection is confirmed.
+    joined = natproof.join_kernel(result, entries.filter(pl.col("event").is_null()))
+    assert joined.connections["kernel"].to_list() == ["confirmed", "confirmed"]
+    assert joined.conntrack is not None and joined.conntrack.formats == {"list_extended": 3}  # and an IGMP entry
+    assert result.connections["kernel"].is_null().all()  # the input result is left as it was
+
+
+def test_html_report_shows_the_kernel_column() -> None:
+    from natproof.report.html import COLUMNS, render_html
+
+    result = _correlate("forward-drop")
+    page = render_html(result, diagnose(result))
+    assert "kernel" in [c[0] for c in COLUMNS]
+    assert '<span class="k-absent"' in page and page.count('class="k-confirmed"') == 2
+    assert "<dt>kernel record</dt>" in page and "2 confirmed, 1 absent" in page
+
+
+def test_a_listing_holds_a_reused_tuple_for_its_last_connection(tmp_path: Path) -> None:
+    import dataclasses
+
+    # Two connections on one original tuple (the pod reused its port): the second one under another port
+    # outside. The kernel keeps one entry per tuple, the second's; a listing taken after both holds only it.
+    result = natproof.correlate(CAPTURES / "basic" / "inside.pcap", CAPTURES / "basic" / "outside.pcap")
+    first = result.connections.row(0, named=True)
+    conns = result.connections.with_columns(
+        pl.when(pl.col("conn") == 1).then(pl.lit(first["orig_sport"], pl.UInt16)).otherwise(pl.col("orig_sport"))
+        .alias("orig_sport"),
+        pl.when(pl.col("conn") == 1).then(pl.lit(61000, pl.UInt16)).otherwise(pl.col("trans_sport"))
+        .alias("trans_sport"))
+    reused = dataclasses.replace(result, connections=conns)
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f"tcp      6 118 TIME_WAIT src=10.244.0.10 dst=198.51.100.10 sport={first['orig_sport']} dport=80 "
+        "src=198.51.100.10 dst=203.0.113.2 sport=80 dport=61000 [ASSURED] mark=0 use=1\n")
+    joined = natproof.join_kernel(reused, listing)
+    assert joined.connections.select("kernel", "kernel_reason").rows()[:2] == [
+        ("absent", "snapshot_after_expiry"), ("confirmed", None)]
