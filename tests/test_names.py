@@ -278,12 +278,13 @@ def test_correlate_names_the_pod_and_flags_an_ambiguous_one(tmp_path: Path) -> N
 def test_dump_clusterips_are_services_outside_the_configured_range() -> None:
     # captures/clusterip-local: the DNATed leg is in neither capture (the endpoints are on the node), so nothing
     # but the Service network says 10.96.0.20 and 10.96.0.10 are ClusterIPs. With a wrong --service-cidr the
-    # eight connections to them read as dropped on the node; the dump's ClusterIPs set that right.
+    # eight connections to them read as answered out of the outside capture's sight; the dump's ClusterIPs set
+    # that right.
     case = CAPTURES / "clusterip-local"
     narrow = Services(networks=(ipaddress.ip_network("10.200.0.0/16"),))
     truth = load_truth(case / "truth.json")
     plain = correlate(*capture_pair(case), services=narrow)
-    assert plain.connections["verdict"].to_list().count("not_forwarded") == 8 and not compare(plain, truth).ok
+    assert plain.connections["verdict"].to_list().count("not_captured") == 8 and not compare(plain, truth).ok
     named = correlate(*capture_pair(case), services=narrow, names=Names.load(case / "services.json"))
     assert compare(named, truth).ok
     got = {(r["service_ip"], r["service_type"], r["verdict"], r["service_name"])
