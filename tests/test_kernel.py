@@ -387,6 +387,27 @@ def test_one_capture_needs_the_record(tmp_path: Path) -> None:
     assert result.inside.format == "none" and result.connections.height == 3
 
 
+def test_one_capture_of_many_interfaces_is_split_then_held_against_the_record() -> None:
+    # A tcpdump -i any file holds both sides: it is split into observation points (not read as one side with the
+    # record giving the other), and the record is joined to that result as to the two captures'.
+    d = CAPTURES / "internal"
+    record = d / "conntrack.log"
+    both = natproof.correlate(d / "inside.pcap", d / "outside.pcap", conntrack=record)
+    one = natproof.correlate(d / "any.pcap", interfaces=d / "links.txt", conntrack=record)
+    assert one.inside.chosen == one.outside.chosen == "chosen" and one.conntrack is not None
+
+    def states(result: natproof.Result) -> list[tuple]:
+        cols = ["proto", "orig_src", "orig_sport", "trans_src", "trans_sport", "verdict", "evidence_level", "kernel",
+                "kernel_reason"]
+        return sorted(result.connections.select(cols).rows(), key=str)
+
+    assert states(one) == states(both)
+    assert "packets" in one.connections["evidence_level"].to_list()  # what crossed is proven by the packets
+    # --side is for a capture of one interface; it does not make a split file one side.
+    assert states(natproof.correlate(d / "any.pcap", interfaces=d / "links.txt", conntrack=record,
+                                     side="outside")) == states(both)
+
+
 def one_capture_agrees(folder: Path) -> tuple[int, int]:
     """A lab run's captures one at a time with its conntrack.log: the pod side's mappings are those of both
     captures, the uplink's a part of them (pod-to-pod and hairpin traffic never reaches it). Returns how many
