@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import filecmp
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ def correlate(
     if names is not None:
         services = names.recognise(services)
     fast = decoder_flag(decoder)
+    for name, value in (("clock offset", clock_offset_s), ("tolerance", tolerance_s)):
+        if value is not None and not (math.isfinite(value) and abs(value) <= 10 * 365 * 86_400):
+            raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
     if conntrack is not None and not isinstance(conntrack, ConntrackRecord):

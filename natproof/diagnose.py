@@ -156,7 +156,20 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
     n = Counter(r["verdict"] for r in rows)
-    if not problems and (n.get("translated") or not routed):
+    if not problems and not n.get("translated") and not routed:
+        # Nothing failed, and nothing crossed both ways either: no sentence about the NAT would rest on packets.
+        skipped = sum(result.inside.skipped.values())
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(n.items())) or "none"
+        findings.insert(0, Finding(
+            "nothing_proven", "warning", "No connection proves anything about the NAT",
+            f"No connection crossed the NAT with a reply in these captures: {len(rows)} connection(s) judged "
+            f"({counts}); {skipped} inside frame(s) skipped; {result.unmatched_outside} outside packet(s) have no "
+            "counterpart inside.",
+            "Capture traffic that crosses the NAT on both sides at the same time (the pod's veth and the node's "
+            "uplink), or check that the captures are of the same node.",
+            connections=tuple(r["conn"] for r in rows),
+            data={"connections": len(rows), "inside_skipped": skipped, "unmatched_outside": result.unmatched_outside}))
+    elif not problems and (n.get("translated") or not routed):
         inbound = sum(1 for r in rows if r["initiator"] == "outside" and r["verdict"] == "translated")
         findings.insert(0, Finding(
             "healthy", "info", "NAT working as expected",

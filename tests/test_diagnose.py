@@ -216,3 +216,17 @@ def test_ipv6_packet_too_big_is_named_in_ipv6_terms_and_says_only_what_the_insid
     assert ("reverse-translated the ICMP error to the pod" in f.summary) == relayed
     assert ("not proven" in f.summary) == (not relayed)
     assert "packet too big, mtu 1280 from 2001:db8:100::1 (a router on the path" in f.evidence[0]
+
+
+def test_captures_that_prove_nothing_about_the_nat_are_not_called_healthy(tmp_path: Path) -> None:
+    # Only pod-to-pod traffic: nothing failed, and nothing crossed the NAT either. "NAT working as expected" would
+    # rest on no packet at all.
+    from natproof.testing.scenario import Flow, Scenario, write_scenario
+
+    sc = Scenario(name="pods", flows=(Flow("tcp", "10.244.0.5", 41001, "10.244.0.7", 8080, outcome="internal"),))
+    write_scenario(sc, tmp_path)
+    found = {f.kind: f for f in diagnose(correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap"))}
+    assert list(found) == ["nothing_proven"]
+    f = found["nothing_proven"]
+    assert f.severity == "warning" and "1 connection(s) judged (internal 1)" in f.summary
+    assert f.data["connections"] == 1 and f.connections == (0,)
