@@ -230,3 +230,23 @@ def test_captures_that_prove_nothing_about_the_nat_are_not_called_healthy(tmp_pa
     f = found["nothing_proven"]
     assert f.severity == "warning" and "1 connection(s) judged (internal 1)" in f.summary
     assert f.data["connections"] == 1 and f.connections == (0,)
+
+
+def test_an_inside_capture_that_stopped_early_is_said_so_not_healthy(tmp_path: Path) -> None:
+    # captures/many-connections with the pod side cut to its first 40%: every connection it holds is translated,
+    # but the outside capture ran on, and what it saw afterwards belongs to no connection in the table.
+    import gzip
+
+    import dpkt
+
+    records = list(dpkt.pcap.Reader(gzip.open(CAPTURES / "many-connections" / "inside.pcap.gz")))
+    with open(tmp_path / "early.pcap", "wb") as out:
+        writer = dpkt.pcap.Writer(out, nano=True)
+        for ts, buf in records[: len(records) * 2 // 5]:
+            writer.writepkt(buf, ts)
+    result = correlate(tmp_path / "early.pcap", CAPTURES / "many-connections" / "outside.pcap.gz")
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["partial_overlap"]  # not "NAT working as expected"
+    beyond = found["partial_overlap"].data["outside_packets_beyond"]
+    assert 0 < beyond <= result.unmatched_outside
+    assert f"{beyond} outside packet(s) with no counterpart" in found["partial_overlap"].summary
