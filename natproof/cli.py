@@ -211,10 +211,17 @@ def refuse_overwriting_inputs(output: str | None, *inputs: str | None) -> None:
             raise NatproofError(f"{output}: is {what} {path}; write the output elsewhere")
 
 
+MAX_SECONDS = 10 * 365 * 86_400
+"""The largest clock offset, tolerance or window natproof takes (ten years): nanosecond times are 64-bit integers,
+and no two captures of one NAT are further apart."""
+
+
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """NaN and infinity are no times (click's FloatRange lets them through)."""
+    """NaN and infinity are no times (click's FloatRange lets them through), nor are spans past MAX_SECONDS."""
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a finite number of seconds")
+    if value is not None and abs(value) > MAX_SECONDS:
+        raise click.BadParameter(f"{value:g} s is more than ten years")
     return value
 
 

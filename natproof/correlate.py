@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import filecmp
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -243,6 +244,9 @@ def correlate(
     if names is not None:
         services = names.recognise(services)
     fast = decoder_flag(decoder)
+    for name, value in (("clock offset", clock_offset_s), ("tolerance", tolerance_s)):
+        if value is not None and not (math.isfinite(value) and abs(value) <= 10 * 365 * 86_400):
+            raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
     if side not in (None, "auto", "inside", "outside"):
@@ -288,10 +292,13 @@ def correlate(
         inferred = infer_pod_networks(in_conns, out_conns)
         nets, why = inferred.networks, inferred.why
 
+    if capture is None:  # a copy of one file; two points of one file are told apart by natproof.points
+        _check_same_packets(ins.info.path, outs.info.path, in_match, out_match)
     offset_ns = None if clock_offset_s is None else int(round(clock_offset_s * 1e9))
     matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9))
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
-        _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns)
+        _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns,
+                       given=clock_offset_s is not None)
     del in_match, out_match
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
@@ -452,13 +459,27 @@ def _check_distinct(inside: str | os.PathLike[str], outside: str | os.PathLike[s
                          "and the node's eth0)")
 
 
-def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.DataFrame, offset: int) -> None:
+def _check_same_packets(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.DataFrame) -> None:
+    """InputError when the two captures hold the very same packets at the very same times (one is a copy of the
+    other under another name or compression, or read from standard input): no NAT lies between them."""
+    if in_pk.is_empty() or in_pk.height != out_pk.height:
+        return
+    same = in_pk.select("ts_ns", "k_strong").equals(out_pk.select("ts_ns", "k_strong"))
+    if same:
+        raise InputError(f"{in_path} and {out_path} hold the same packets at the same times (one is a copy of the "
+                         "other): give one capture from each side of the NAT")
+
+
+def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.DataFrame, offset: int, *,
+                   given: bool = False) -> None:
     a0, a1 = in_pk["ts_ns"].min() + offset, in_pk["ts_ns"].max() + offset  # type: ignore[operator]
     b0, b1 = out_pk["ts_ns"].min(), out_pk["ts_ns"].max()
     if a1 < b0 or b1 < a0:  # type: ignore[operator]
+        hint = ("with the --clock-offset given; check its sign (OUTSIDE minus INSIDE)" if given
+                else "pass --clock-offset if the clocks differ")
         raise InputError(
             f"{in_path} and {out_path} do not overlap in time ({_fmt_time(a0)}-{_fmt_time(a1)} vs "
-            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC); pass --clock-offset if the clocks differ"  # type: ignore[arg-type]
+            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC, on the outside clock); {hint}"  # type: ignore[arg-type]
         )
 
 

@@ -156,7 +156,20 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
     n = Counter(r["verdict"] for r in rows)
-    if not problems and (n.get("translated") or not routed):
+    if not problems and not n.get("translated") and not routed:
+        # Nothing failed, and nothing crossed both ways either: no sentence about the NAT would rest on packets.
+        skipped = sum(result.inside.skipped.values())
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(n.items())) or "none"
+        findings.insert(0, Finding(
+            "nothing_proven", "warning", "No connection proves anything about the NAT",
+            f"No connection crossed the NAT with a reply in these captures: {len(rows)} connection(s) judged "
+            f"({counts}); {skipped} inside frame(s) skipped; {result.unmatched_outside} outside packet(s) have no "
+            "counterpart inside.",
+            "Capture traffic that crosses the NAT on both sides at the same time (the pod's veth and the node's "
+            "uplink), or check that the captures are of the same node.",
+            connections=tuple(r["conn"] for r in rows),
+            data={"connections": len(rows), "inside_skipped": skipped, "unmatched_outside": result.unmatched_outside}))
+    elif not problems and (n.get("translated") or not routed):
         inbound = sum(1 for r in rows if r["initiator"] == "outside" and r["verdict"] == "translated")
         findings.insert(0, Finding(
             "healthy", "info", "NAT working as expected",
@@ -221,10 +234,30 @@ def _not_two_sides(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         data={"inside_packets": inside_packets, "outside_packets": result.outside.packets, "crossed": crossed})]
 
 
+def _outside_beyond(result: Result) -> int:
+    """Outside packets that no connection owns and that fall outside the window both captures ran in (the
+    inside capture started late or stopped early): what the inside capture could not have shown."""
+    ov = result.overlap()
+    pk = result.outside_packets
+    if ov["start"] is None or pk.is_empty() or ov["outside_share"] >= 0.99:
+        return 0
+    off = int(round(result.clock_offset_s * 1e9))
+    start, end = int(ov["start"] * 1e9) + off - CAPTURE_MARGIN_NS, int(ov["end"] * 1e9) + off + CAPTURE_MARGIN_NS
+    return int(pk.select((pl.col("anchor").is_null() & ((pl.col("ts_ns") < start) | (pl.col("ts_ns") > end)))
+                         .sum()).item())
+
+
+CAPTURE_MARGIN_NS = 500_000_000
+"""natproof.correlate.CAPTURE_EDGE_NS: how far outside the other capture's span a packet must be to count as
+seen while it was not running."""
+
+
 def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Finding]:
-    """Connections seen while the capture on the other side of the NAT was not running: their verdict says what
-    the captures show, not what the NAT did."""
-    if not unseen:
+    """Connections seen while the capture on the other side of the NAT was not running, or answered out of its
+    sight: their verdict says what the captures show, not what the NAT did. Also outside traffic from before the
+    inside capture started or after it stopped, which no connection can own."""
+    beyond = _outside_beyond(result)
+    if not unseen and not beyond:
         return []
     import datetime as dt
 
@@ -250,15 +283,21 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
     if answered:
         parts.append(f"{len(answered)} were answered by the far end (so they crossed) although the other capture "
                      "shows neither direction: it was not running then, or they took an interface it does not see")
+    summary = f"{len(unseen)} connection(s) are seen on one side only: {'; '.join(parts)}. " if unseen else ""
+    if beyond:
+        summary += (f"{beyond} outside packet(s) with no counterpart came while the inside capture was not running: "
+                    "their connections are in no table. ")
+        evidence.append(f"{beyond} outside packet(s) outside the window both captures ran in "
+                        f"({result.overlap()['seconds']:.3f} s)")
     return [Finding(
         "partial_overlap", "warning", "Some connections fall outside what the other capture saw",
-        f"{len(unseen)} connection(s) are seen on one side only: {'; '.join(parts)} (inside capture {span_in}, "
-        f"outside capture {span_out} UTC, on the inside clock). Their verdicts say what the captures show, not "
-        "what the NAT did; they are left out of the other findings.",
+        f"{summary}Inside capture {span_in}, outside capture {span_out} UTC, on the inside clock. What one capture "
+        "alone shows says nothing about what the NAT did; it is left out of the other findings.",
         "Capture both sides over the same time (start both before the traffic, stop both after it), on the "
         "interfaces the traffic takes.",
         connections=tuple(r["conn"] for r in unseen), evidence=tuple(evidence),
-        data={"inside": span_in, "outside": span_out, "capture_off": len(timed), "answered_unseen": len(answered)})]
+        data={"inside": span_in, "outside": span_out, "capture_off": len(timed), "answered_unseen": len(answered),
+              "outside_packets_beyond": beyond})]
 
 
 def _refused_by_node(result: Result, refused: list[dict[str, Any]]) -> list[Finding]:

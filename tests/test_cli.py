@@ -89,8 +89,10 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
     a, b = write_pair(tmp_path, inside, outside)
     code, _, err = run(capsys, "correlate", str(a), str(b))
     assert code == 2
-    assert err == (f"natproof: error: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC);"
-                   " pass --clock-offset if the clocks differ\n")
+    assert err == (f"natproof: error: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC, "
+                   "on the outside clock); pass --clock-offset if the clocks differ\n")
+    code, _, err = run(capsys, "correlate", str(a), str(b), "--clock-offset", "-3600")
+    assert code == 2 and err.endswith("with the --clock-offset given; check its sign (OUTSIDE minus INSIDE)\n")
 
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

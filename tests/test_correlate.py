@@ -171,3 +171,15 @@ def test_the_result_says_where_its_pod_networks_came_from() -> None:
     given = correlate(captures / "inside.pcap", captures / "outside.pcap", pod_cidr="10.244.0.0/24")
     assert given.pod_networks == ("10.244.0.0/24",) and given.pod_networks_why == "given (--pod-cidr)"
     assert given.to_dict()["pod_networks_why"] == "given (--pod-cidr)"
+
+
+def test_a_copy_of_a_capture_under_another_name_or_compression_is_refused(tmp_path: Path) -> None:
+    # Not byte-identical (gzip), yet the same packets at the same times: no NAT between them.
+    import gzip
+
+    from natproof.errors import InputError
+
+    src = Path(__file__).resolve().parent.parent / "captures" / "basic" / "inside.pcap"
+    (tmp_path / "copy.pcap.gz").write_bytes(gzip.compress(src.read_bytes()))
+    with pytest.raises(InputError, match="hold the same packets at the same times"):
+        correlate(src, tmp_path / "copy.pcap.gz")

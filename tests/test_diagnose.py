@@ -109,17 +109,20 @@ def test_every_summary_count_is_its_evidence_count() -> None:
 
 
 def test_two_captures_of_one_place_say_there_is_no_nat_between_them(tmp_path: Path) -> None:
-    # The same eth0 capture, minus its first frame, given as the other side: every packet "crosses" unchanged
-    # in no time.
+    # The same eth0 capture, minus one IP packet, given as the other side (a copy of the very same packets is
+    # refused outright): every packet "crosses" unchanged in no time.
     import dpkt
 
     src = CAPTURES / "basic" / "outside.pcap"
     with open(src, "rb") as fh, open(tmp_path / "same.pcap", "wb") as out:
         reader = dpkt.pcap.Reader(fh)
         writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
-        for i, (ts, buf) in enumerate(reader):
-            if i:
-                writer.writepkt(buf, ts)
+        dropped = False
+        for ts, buf in reader:
+            if not dropped and isinstance(dpkt.ethernet.Ethernet(buf).data, dpkt.ip.IP):
+                dropped = True
+                continue
+            writer.writepkt(buf, ts)
     found = {f.kind: f for f in diagnose(correlate(src, tmp_path / "same.pcap"))}
     assert list(found) == ["same_place"]
     assert found["same_place"].connections == (0, 1, 2)
@@ -216,3 +219,37 @@ def test_ipv6_packet_too_big_is_named_in_ipv6_terms_and_says_only_what_the_insid
     assert ("reverse-translated the ICMP error to the pod" in f.summary) == relayed
     assert ("not proven" in f.summary) == (not relayed)
     assert "packet too big, mtu 1280 from 2001:db8:100::1 (a router on the path" in f.evidence[0]
+
+
+def test_captures_that_prove_nothing_about_the_nat_are_not_called_healthy(tmp_path: Path) -> None:
+    # Only pod-to-pod traffic: nothing failed, and nothing crossed the NAT either. "NAT working as expected" would
+    # rest on no packet at all.
+    from natproof.testing.scenario import Flow, Scenario, write_scenario
+
+    sc = Scenario(name="pods", flows=(Flow("tcp", "10.244.0.5", 41001, "10.244.0.7", 8080, outcome="internal"),))
+    write_scenario(sc, tmp_path)
+    found = {f.kind: f for f in diagnose(correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap"))}
+    assert list(found) == ["nothing_proven"]
+    f = found["nothing_proven"]
+    assert f.severity == "warning" and "1 connection(s) judged (internal 1)" in f.summary
+    assert f.data["connections"] == 1 and f.connections == (0,)
+
+
+def test_an_inside_capture_that_stopped_early_is_said_so_not_healthy(tmp_path: Path) -> None:
+    # captures/many-connections with the pod side cut to its first 40%: every connection it holds is translated,
+    # but the outside capture ran on, and what it saw afterwards belongs to no connection in the table.
+    import gzip
+
+    import dpkt
+
+    records = list(dpkt.pcap.Reader(gzip.open(CAPTURES / "many-connections" / "inside.pcap.gz")))
+    with open(tmp_path / "early.pcap", "wb") as out:
+        writer = dpkt.pcap.Writer(out, nano=True)
+        for ts, buf in records[: len(records) * 2 // 5]:
+            writer.writepkt(buf, ts)
+    result = correlate(tmp_path / "early.pcap", CAPTURES / "many-connections" / "outside.pcap.gz")
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["partial_overlap"]  # not "NAT working as expected"
+    beyond = found["partial_overlap"].data["outside_packets_beyond"]
+    assert 0 < beyond <= result.unmatched_outside
+    assert f"{beyond} outside packet(s) with no counterpart" in found["partial_overlap"].summary
