@@ -121,7 +121,8 @@ def names_from(obj: dict) -> natproof.Names | None:
 
 
 def _points_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --inside-if / --outside-if / --interfaces for run_correlate in the context (as _services_option)."""
+    """Keep --inside-if / --outside-if / --interfaces / --vxlan-port for run_correlate in the context (as
+    _services_option)."""
     ctx.find_root().ensure_object(dict).setdefault("points", {})[param.name] = value
     return value
 
@@ -170,6 +171,10 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                      help="NodePort range (kube-apiserver --service-node-port-range). Default: 30000-32767.")(f)
     f = click.option("--service-cidr", metavar="CIDR[,CIDR...]", expose_value=False, callback=_services_option,
                      help="ClusterIP range (kube-apiserver --service-cluster-ip-range). Default: 10.96.0.0/12.")(f)
+    f = click.option("--vxlan-port", "vxlan_port", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+                     expose_value=False, callback=_points_option,
+                     help="Also read UDP to PORT as VXLAN (repeatable; 4789 and 8472 always are; Geneve 6081, "
+                          "IP-in-IP and GRE too): overlay packets are matched by their inner packet.")(f)
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
     f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
@@ -245,7 +250,8 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                                     tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
                                     allow_swap=bool(opts.get("allow_swap")), names=names, conntrack=record,
                                     side=opts.get("side") or "auto", inside_if=points.get("inside_if"),
-                                    outside_if=points.get("outside_if"), interfaces=points.get("interfaces"))
+                                    outside_if=points.get("outside_if"), interfaces=points.get("interfaces"),
+                                    vxlan_ports=points.get("vxlan_port") or ())
     if not quiet:
         said = set()
         for cap in (result.inside, result.outside):
