@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -271,6 +272,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 
 @cli.command()
 @capture_options(required=("inside",))
+@click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -278,16 +280,23 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 @click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
               help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
 @output_options
-def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
-              tolerance: float, decoder: str, limit: int, charts_dir: str | None, schema: str, fmt: str | None,
-              output: str | None, quiet: bool) -> None:
+def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
+              clock_offset: float | None, tolerance: float, decoder: str, limit: int, charts_dir: str | None,
+              schema: str, fmt: str | None, output: str | None, quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
     Or from ONE capture of several interfaces (tcpdump -i any; dumpcap -i A -i B): natproof splits it into the
     inside and outside interfaces and says which it chose and why (--inside-if, --outside-if to choose). Or from
     ONE capture of one interface and --conntrack FILE: the node's conntrack record gives the other side (--side).
     Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
+
+    Or from THREE OR MORE captures along a chain of NATs, from the pod outwards (pod veth, node eth0, a NAT
+    gateway's or router's public side): each adjacent pair is correlated with its own clock offset and every
+    connection followed through each hop (natproof.chain/1 document; table or json).
     """
+    if further:
+        return _correlate_chain((inside, outside or "", *further), pod_cidr, tolerance, decoder, limit, fmt,
+                                output, quiet, clock_offset, charts_dir)
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
@@ -297,6 +306,83 @@ def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offs
         written = save_charts(result, charts_dir)
         if not quiet:
             click.echo(f"natproof: wrote {len(written)} chart files to {charts_dir}", err=True)
+
+
+def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str, limit: int,
+                     fmt: str | None, output: str | None, quiet: bool, clock_offset: float | None,
+                     charts_dir: str | None) -> None:
+    """``natproof correlate CAP1 CAP2 CAP3 ...``: the chain (natproof.chain.correlate_chain) as a table or JSON."""
+    from natproof.chain import correlate_chain
+    from natproof.report.export import write_bytes
+
+    if clock_offset is not None or charts_dir:
+        raise click.UsageError("--clock-offset and --charts apply to one pair of captures; a chain estimates each "
+                               "hop's clock offset")
+    if "-" in paths:
+        raise click.UsageError("a chain reads files: standard input ('-') is for one pair of captures")
+    if fmt not in (None, "table", "json"):
+        raise click.UsageError(f"--format {fmt}: a chain of captures is written as table or json")
+    refuse_overwriting_inputs(output, *paths)
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    points = obj.get("points", {})
+    if points.get("inside_if") or points.get("outside_if") or obj.get("services", {}).get("conntrack"):
+        raise click.UsageError("--inside-if, --outside-if and --conntrack apply to one pair of captures, not a chain")
+    with make_progress(quiet) as progress:
+        chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
+                                services=services_from(obj), names=names_from(obj), progress=progress,
+                                vxlan_ports=points.get("vxlan_port") or ())
+    if not quiet:
+        for i, hop in enumerate(chain.hops):
+            for cap in (hop.inside, hop.outside):
+                for w in cap.warnings:
+                    warn(f"hop {i}: {cap.path}: {w}")
+    if fmt is None:
+        fmt = "table" if output is None and sys.stdout.isatty() else "json"
+    if fmt == "json":
+        data = chain.to_json()
+    else:
+        con = Console(record=True, width=None if output is None and sys.stdout.isatty() else 160,
+                      file=io.StringIO() if output else None)
+        con.print(render_chain(chain, limit))
+        data = con.export_text().encode() if output else b""
+    if output:
+        write_bytes(output, data)
+    elif data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def render_chain(chain: natproof.Chain, limit: int) -> Table:
+    """A chain's connections: the tuple at each observation point (what that hop rewrote), the verdict, where a
+    connection stopped."""
+    table = Table(title="NATs in a chain: each connection at every observation point (pod outwards)",
+                  header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("proto")
+    table.add_column("tuple at each point (rewritten by the hop before it)")
+    table.add_column("verdict")
+    table.add_column("lost at")
+    for c in chain.connections[:limit]:
+        lines = []
+        for h in c["hops"]:
+            t = h["tuple"]
+            what = f"  \\[{', '.join(h['rewrites'])}]" if h["rewrites"] else ""
+            lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])} -> "
+                         f"{format_address(t['dst'], t['dport'])}{what}")
+        lost = c["lost_at"]
+        table.add_row(str(c["conn"]), c["proto"], "\n".join(lines), c["verdict"],
+                      "-" if lost is None else f"hop {lost['hop']} ({lost['from']} -> {lost['to']})")
+    caption = [f"{i}: {p}" for i, p in enumerate(chain.captures)]
+    caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} connections"
+                for i, h in enumerate(chain.hops)]
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(chain.by_verdict().items()))
+    caption.append(f"{len(chain.connections)} connections: {counts or 'none'}; "
+                   f"{sum(c['lost_at'] is None for c in chain.connections)} reached the last capture")
+    if len(chain.connections) > limit:
+        caption.append(f"(first {limit} of {len(chain.connections)}; --limit N for more)")
+    table.caption = "\n".join(caption)
+    table.caption_justify = "left"
+    return table
 
 
 @cli.command()
