@@ -107,3 +107,15 @@ def test_a_capture_twice_in_the_chain_is_refused(capsys: pytest.CaptureFixture[s
     assert main(["correlate", str(CHAIN[0]), str(CHAIN[1]), str(CHAIN[0]), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "given twice in the chain" in err and "Traceback" not in err
+
+
+def test_the_readme_chain_example_is_what_the_command_prints(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("$ natproof correlate captures/double-nat/inside.pcap", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines()[2:] if line.strip()]
+    out = tmp_path / "t.txt"
+    assert main(["correlate", *map(str, CHAIN[:2]), str(CHAIN[3]), "--format", "table", "--quiet", "-o",
+                 str(out)]) == 0
+    printed = [line.rstrip().replace(str(LAB.parent.parent) + "/", "") for line in out.read_text().splitlines()]
+    assert len(shown) > 20 and shown == [line for line in printed if line.strip()]
