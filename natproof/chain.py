@@ -169,6 +169,7 @@ def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence
         "proto": first["proto"],
         "first_point": start,
         "first_seen": first["first_seen"],
+        "last_seen": max((c["last_seen"] for c in chain if c["last_seen"] is not None), default=None),
         "hops": points,
         "inside": first["inside"],
         "outside": final if len(points) > 1 else None,
@@ -186,3 +187,23 @@ def _diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
     if a is None or b is None:
         return []
     return [f for f in TUPLE_FIELDS if a[f] != b[f]]
+
+
+def who_chain(chain: Chain, address: str, port: int, *, at_ns: int | None = None,
+              window_s: float = 1.0) -> list[dict[str, Any]]:
+    """The chained connections in which ``address``:``port`` is an end of the tuple at any observation point (a NAT
+    gateway's or node's public source port, a pod's source, a destination), active within ``window_s`` seconds of
+    ``at_ns`` (Unix ns on the first capture's clock; None: any time). Each answer is a Chain.connections object:
+    its first point's source is who was behind it (the pod, when the chain starts at the pod's veth)."""
+    found = []
+    for c in chain.connections:
+        if not any((h["tuple"]["src"] == address and h["tuple"]["sport"] == port)
+                   or (h["tuple"]["dst"] == address and h["tuple"]["dport"] == port) for h in c["hops"]):
+            continue
+        if at_ns is not None:
+            at, w = at_ns / 1e9, window_s
+            first, last = c["first_seen"], c["last_seen"] if c["last_seen"] is not None else c["first_seen"]
+            if first is None or not first - w <= at <= last + w:
+                continue
+        found.append(c)
+    return found

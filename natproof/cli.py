@@ -485,6 +485,7 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
 @capture_options(required=())
+@click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
 @flow_log_options
 @click.option("--peer", metavar="ADDR[:PORT]",
               help="With --flow-log: only connections to this far end (the reporter's address, and port).")
@@ -498,7 +499,8 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
               help="Which capture's clock TIME and the printed times are on (outside: the node uplink's, as in a "
                    "far end's logs or an abuse report).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
+        clock_offset: float | None,
         tolerance: float, decoder: str, flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...],
         flow_log_format: str | None, peer: str | None, at: str | None, window: float, clock: str, fmt: str | None,
         quiet: bool) -> None:
@@ -515,7 +517,14 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
     report names it: the answer walks through the gateway's flow log to the node tuple (with the evidence level),
     and with INSIDE OUTSIDE (the node's captures, or --conntrack: the node's record) on to the pod; a link nothing
     given proves is named, with what would prove it.
+
+    With THREE OR MORE captures along a chain of NATs (pod outwards, as correlate takes them), ADDR:PORT may be an
+    end at any point: the answer gives each connection's tuple at every point, the first point's source being who
+    was behind it (--at on the first capture's clock).
     """
+    if further:
+        return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
+                          window, fmt, quiet)
     from natproof.lookup import check_query, parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
@@ -579,6 +588,41 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
         if hops:
             _print_whole(_gateway_hops_table(hops))
     if not answer.connections:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str,
+               at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
+    """who over a chain of captures (natproof.chain.who_chain): exit 1 when no connection used ENDPOINT."""
+    from natproof.chain import correlate_chain, who_chain
+    from natproof.lookup import parse_endpoint, parse_time
+
+    addr, port = parse_endpoint(endpoint)
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    with make_progress(quiet) as progress:
+        chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
+                                services=services_from(obj), names=names_from(obj), progress=progress,
+                                vxlan_ports=obj.get("points", {}).get("vxlan_port") or ())
+    first = chain.hops[0].inside.first_ts_ns
+    at_ns = None if at is None else parse_time(at, first)
+    found = who_chain(chain, addr, port, at_ns=at_ns, window_s=window)
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps({"query": endpoint, "at": None if at_ns is None else at_ns / 1e9,
+                               "window_s": window, "captures": list(chain.captures), "connections": found},
+                              indent=2))
+    else:
+        when = "" if at_ns is None else f" at {_iso(at_ns)} (first capture's clock)"
+        if not found:
+            click.echo(f"no connection used {endpoint}{when}")
+        else:
+            picked = natproof.Chain(chain.captures, chain.hops, found)
+            _print_whole(render_chain(picked, len(found)))
+            for c in found:
+                t = c["inside"]
+                pod = f" (pod {t['pod']})" if t.get("pod") else ""
+                click.echo(f"#{c['conn']}: behind {endpoint} was {format_address(t['src'], t['sport'])}{pod} (as "
+                           f"{chain.captures[c['first_point']]} saw it)")
+    if not found:
         raise SystemExit(ExitStatus.FAILED)
 
 

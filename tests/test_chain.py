@@ -119,3 +119,23 @@ def test_the_readme_chain_example_is_what_the_command_prints(capsys: pytest.Capt
                  str(out)]) == 0
     printed = [line.rstrip().replace(str(LAB.parent.parent) + "/", "") for line in out.read_text().splitlines()]
     assert len(shown) > 20 and shown == [line for line in printed if line.strip()]
+
+
+def test_who_across_the_chain_finds_the_pod_behind_the_gateway_port(capsys: pytest.CaptureFixture[str]) -> None:
+    node, gateway = _truth()
+    udp = next(t for t in node if t["proto"] == "udp")
+    public = gateway[_key(udp["translated"])]["translated"]
+    query = f"{public['src']}:{public['sport']}"
+    caps = [str(CHAIN[0]), str(CHAIN[1]), str(CHAIN[3])]
+    assert main(["who", query, *caps, "--format", "json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [c] = doc["connections"]
+    assert _key(c["inside"]) == _key(udp["original"]) and _key(c["outside"]) == _key(public)
+    # At the time it happened (first capture's clock), and not an hour later.
+    at = c["first_seen"]
+    assert main(["who", query, *caps, "--at", str(at + 0.5), "--format", "json", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["who", query, *caps, "--at", str(at + 3600), "--format", "table", "--quiet"]) == 1
+    assert f"no connection used {query}" in capsys.readouterr().out
+    assert main(["who", query, *caps, "--format", "table", "--quiet"]) == 0
+    assert f"behind {query} was {udp['original']['src']}:{udp['original']['sport']}" in capsys.readouterr().out
