@@ -393,7 +393,13 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
 
     Every connection that crossed reads as NAT seen from the wrong side (cases/swapped-sides); the TTL step and
     the order of the copies put its initiator on the capture that saw its packets first:
-    - egress reversed: a private source rewritten to a public one, started on the "outside" capture;
+    - egress reversed: started on the "outside" capture, with its source rewritten on the way to the "inside" one
+      and its destination kept. A source NAT rewrites the initiator's source on its way out, so the capture the
+      initiator is on is the NAT's inside, whatever the addresses: a pod's to a node's (10.244.0.10 -> 203.0.113.2),
+      a private one to another (EKS: a pod's VPC address to the primary ENI's, 10.0.1.50 -> 10.0.1.10; a node's to
+      a NAT gateway's), a global IPv6 one to another (NAT66). Connections from outside that a node rewrites the
+      source of (NodePort, externalTrafficPolicy=Cluster) are DNATed too. Also, with the destination rewritten as
+      well, a private source rewritten to a public one;
     - a ClusterIP reversed: addressed to a ClusterIP (only ever addressed from the node's side) but started on
       the "outside" capture;
     - inbound reversed (NodePort, an ALG's expectation): a public source DNATed to a private address, started
@@ -414,7 +420,8 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
         return pl.col(col).replace_strict(priv, default=False, return_dtype=pl.Boolean).fill_null(False)
 
     out_first, in_first = pl.col("initiator") == "outside", pl.col("initiator") == "inside"
-    snat_reversed = out_first & rw.list.contains("src") & private("orig_src") & ~private("trans_src")
+    dnat = rw.list.contains("dst") | rw.list.contains("dport")
+    snat_reversed = out_first & rw.list.contains("src") & (~dnat | (private("orig_src") & ~private("trans_src")))
     inbound_reversed = in_first & rw.list.contains("dst") & private("trans_dst") & ~private("orig_src")
     clusterip_reversed = in_networks(crossed["orig_dst"], svc.networks) & (crossed["initiator"] == "outside")
     reversed_ = crossed.select((snat_reversed | inbound_reversed).alias("r"))["r"] | clusterip_reversed
