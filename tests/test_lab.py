@@ -552,5 +552,91 @@ def test_new_scenarios_are_listed() -> None:
     assert [name for name, _ in list_scenarios()][len(names):] == list(MULTI_HOP)
     new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
            "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg",
-           "lan-noise", "routed", "partial-overlap", "nat66"]  # fmt: skip
-    assert names[-len(new):] == new and len(names) == 28
+           "lan-noise", "routed", "partial-overlap", "nat66", "eks-vpc-cni"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 29
+
+
+# -- eks-vpc-cni: the VPC CNI's wiring -------------------------------------------------------------------------------
+
+
+def test_vpc_cni_host_veth_names_are_the_plugins() -> None:
+    from natproof.lab.vpccni import host_veth_name
+
+    # aws/amazon-vpc-cni-k8s pkg/networkutils/names_test.go: eni + the first 11 hex digits of SHA-1("ns.name").
+    assert host_veth_name("kube-system", "coredns-57ff979f67-qqbdh") == "enib5faff8a083"
+    assert host_veth_name("default", "sample-pod", prefix="") == "cc21c2d7785"
+    assert host_veth_name("kube-system", "coredns-57ff979f67-qqbdh", prefix="vlan") == "vlanb5faff8a083"
+
+
+def test_vpc_cni_snat_rules_return_for_the_vpc_and_exclusions_then_snat_randomly() -> None:
+    from natproof.lab.vpccni import snat_rules
+
+    rules = [" ".join(r) for r in snat_rules(("10.0.0.0/16",), ("172.16.0.0/16",), "10.0.1.10")]
+    chain = [r for r in rules if r.startswith("-t nat -A AWS-SNAT-CHAIN-0")]
+    assert chain == [
+        "-t nat -A AWS-SNAT-CHAIN-0 -d 10.0.0.0/16 -m comment --comment AWS SNAT CHAIN -j RETURN",
+        "-t nat -A AWS-SNAT-CHAIN-0 -d 172.16.0.0/16 -m comment --comment AWS SNAT CHAIN EXCLUSION -j RETURN",
+        "-t nat -A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment AWS, SNAT -m addrtype ! --dst-type LOCAL -j SNAT "
+        "--to-source 10.0.1.10 --random-fully",
+    ]
+    assert "-t nat -A POSTROUTING -m comment --comment AWS SNAT CHAIN -j AWS-SNAT-CHAIN-0" in rules
+    # RANDOMIZESNAT=hashrandom is --random, none no flag.
+    assert [" ".join(r) for r in snat_rules(("10.0.0.0/16",), (), "10.0.1.10", random="none")][-2].endswith(
+        "--to-source 10.0.1.10")
+
+
+def test_a_vpc_destination_beyond_the_node_is_internal_and_crossed_unchanged() -> None:
+    pod, vpc_host, peer = "10.0.1.50", "10.0.2.20", "10.0.1.51"
+    rules = TruthRules(frozenset({pod, peer}), ("10.0.0.0/16",), routed_networks=("10.0.0.0/16",))
+    lines = _entry(1.0, f"{pod} 40000 {vpc_host} 80", f"{vpc_host} 80 {pod} 40000")
+    doc = _one(lines, [_attempt(pod, 40000, vpc_host, 80, 1.0, "internal")], rules)
+    # It left by eth0 unchanged (the VPC routes it): outside = inside, translated = original.
+    assert doc["verdict"] == "internal" and doc["outside"] == doc["inside"] == _t(pod, 40000, vpc_host, 80)
+    assert doc["translated"] == doc["original"] and doc["rewrites"] == []
+    # A pod of this node is reached over its routed veth: no outside leg.
+    lines = _entry(2.0, f"{pod} 40001 {peer} 80", f"{peer} 80 {pod} 40001")
+    doc = _one(lines, [_attempt(pod, 40001, peer, 80, 2.0, "internal")], rules)
+    assert doc["verdict"] == "internal" and doc["outside"] is None and doc["translated"] is None
+
+
+def test_merged_pcaps_keep_every_record_in_time_order(tmp_path: Path) -> None:
+    from natproof.lab.capture import merge_pcaps
+
+    def pcap(path: Path, times: list[int]) -> None:
+        with open(path, "wb") as fh:
+            fh.write(bytes.fromhex("4d3cb2a1") + (2).to_bytes(2, "little") + (4).to_bytes(2, "little")
+                     + bytes(8) + (65535).to_bytes(4, "little") + (1).to_bytes(4, "little"))
+            for t in times:
+                frame = t.to_bytes(8, "big") + bytes(6)
+                fh.write(b"".join(n.to_bytes(4, "little") for n in (t // 10**9, t % 10**9, len(frame), len(frame))))
+                fh.write(frame)
+
+    pcap(tmp_path / "a.pcap", [1, 5 * 10**9, 7 * 10**9])
+    pcap(tmp_path / "b.pcap", [2, 5 * 10**9, 6 * 10**9 + 1])
+    assert merge_pcaps([tmp_path / "a.pcap", tmp_path / "b.pcap"], tmp_path / "m.pcap") == 6
+    with open(tmp_path / "m.pcap", "rb") as f:
+        stamps = [int.from_bytes(frame[:8], "big") for _, frame in dpkt.pcap.Reader(f)]
+    assert stamps == [1, 2, 5 * 10**9, 5 * 10**9, 6 * 10**9 + 1, 7 * 10**9]
+    (tmp_path / "us.pcap").write_bytes(bytes.fromhex("d4c3b2a1") + bytes(20))
+    with pytest.raises(LabError, match="nanosecond"):
+        merge_pcaps([tmp_path / "us.pcap"], tmp_path / "x.pcap")
+
+
+@pytest.mark.lab
+def test_vpc_cni_node_is_torn_down_after_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The VPC CNI's node (no bridge, two ENIs, ip rules, routed veths) rides the same teardown as every scenario.
+    prefix = new_prefix() + "v"
+    seen = {}
+
+    def failing_clients(lab, plans):  # type: ignore[no-untyped-def]
+        seen["rules"] = lab.run(["ip", "rule"], role="node").stdout
+        raise RuntimeError("forced failure in the traffic step")
+
+    monkeypatch.setattr(lab_scenarios, "new_prefix", lambda: prefix)
+    monkeypatch.setattr(lab_scenarios, "run_clients", failing_clients)
+    with pytest.raises(RuntimeError):
+        run_scenario("eks-vpc-cni", tmp_path / "out")
+    assert leftover_namespaces(prefix) == []
+    assert "1536:\tfrom 10.0.1.60 lookup 2" in seen["rules"] and "1024:\tfrom all fwmark 0x80/0x80 lookup main" in \
+        seen["rules"]
+    assert list((tmp_path / "out").iterdir()) == []

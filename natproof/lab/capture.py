@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -236,8 +237,42 @@ LAB_NETWORKS = tuple(
         "169.254.0.0/16", "127.0.0.0/8",  # link-local, loopback (lan-noise)
         "::/128", "fe80::/10", "ff00::/8", "::1/128",  # IPv6 noise: DAD, router solicitations, MLD; loopback
         "2001:db8::/32",  # IPv6 documentation range (nat66)
+        "10.0.0.0/16", "172.16.0.0/16",  # a VPC (eks-vpc-cni, double-nat) and a network behind a VPN (eks-vpc-cni)
     )
 )  # fmt: skip
+
+
+PCAP_HEADER = struct.Struct("<IHHiIII")
+RECORD_HEADER = struct.Struct("<IIII")
+NANO_MAGIC = 0xA1B23C4D
+
+
+def merge_pcaps(parts: list[Path], path: Path) -> int:
+    """One nanosecond pcap of every record of ``parts`` (tcpdump's own nanosecond little-endian pcaps of one link
+    type), in time order (a stable sort: ties keep the order of ``parts``), as ``mergecap -w`` writes it. Returns
+    the records written."""
+    records: list[tuple[int, int, bytes]] = []
+    header = b""
+    for i, part in enumerate(parts):
+        data = part.read_bytes()
+        magic, *_ = PCAP_HEADER.unpack_from(data, 0) if len(data) >= PCAP_HEADER.size else (0,)
+        if magic != NANO_MAGIC:
+            raise LabError(f"{part}: not a little-endian nanosecond pcap (tcpdump --time-stamp-precision=nano)")
+        if header and data[20:24] != header[20:24]:
+            raise LabError(f"{part}: another link type than {parts[0]}")
+        header = header or data[:PCAP_HEADER.size]
+        pos = PCAP_HEADER.size
+        while pos + RECORD_HEADER.size <= len(data):
+            sec, nsec, caplen, _ = RECORD_HEADER.unpack_from(data, pos)
+            end = pos + RECORD_HEADER.size + caplen
+            records.append((sec * 1_000_000_000 + nsec, i, data[pos:end]))
+            pos = end
+    records.sort(key=lambda r: (r[0], r[1]))
+    with open(path, "wb") as out:
+        out.write(header)
+        for _, _, record in records:
+            out.write(record)
+    return len(records)
 
 
 def count_syns(path: Path) -> int:

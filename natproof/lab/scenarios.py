@@ -43,6 +43,7 @@ from natproof.lab.capture import (
     count_syns,
     foreign_addresses,
     foreign_ip_addresses,
+    merge_pcaps,
     node_links,
     snapshot_conntrack,
     snapshot_kernel_records,
@@ -64,6 +65,8 @@ from natproof.lab.topology import (
 )
 from natproof.lab.traffic import Action, Attempt, ClientPlan, Server, run_clients, start_servers
 from natproof.lab.truth import SCHEMA, Connection, ServiceRule, TruthRules, build_connections, parse_lines
+from natproof.lab.vpccni import Eni, EniPod, VpcCniLab, VpcCniSpec, snat_rules
+from natproof.lab.vpccni import describe as describe_vpc_cni
 from natproof.testing.interfaces import merge_pcapng
 
 SETTLE_S = 0.3
@@ -135,6 +138,8 @@ class Scenario:
     topology: TopologySpec = field(default_factory=TopologySpec)
     servers: tuple[Server, ...] = (HTTP,)
     inside_interface: str = "cni0"
+    """The interface the inside capture is taken on; several, comma-separated (each pod's routed veth where there is
+    no bridge: the VPC CNI), are captured one tcpdump each and merged in time order into inside.pcap."""
     pod_cidr: str = POD_CIDR
     reply_dropped: frozenset[tuple[str, int]] = frozenset()
     not_forwarded_pods: tuple[str, ...] = ()
@@ -187,6 +192,8 @@ class Scenario:
                 for net in (ipaddress.ip_interface(a).network for a in self.topology.bridge_addresses)
                 if net.version == 4 and net.prefixlen < 31
             ),
+            # The VPC CNI's pod network is the VPC: beyond this node's pods it is reached over eth0, unchanged.
+            routed_networks=self.topology.vpc_cidrs if isinstance(self.topology, VpcCniSpec) else (),
         )
 
 
@@ -670,6 +677,51 @@ def _check_partial_overlap(connections: list[Connection], rec: Recording) -> lis
 def _check_nat66(connections: list[Connection], _: Recording) -> list[str]:
     return [f"{c.inside}: left as {c.outside}, not as the node's address {NODE_IP6}" for c in connections
             if c.outside is None or c.outside.src != NODE_IP6]
+
+
+# -- eks-vpc-cni: pods with VPC addresses, SNAT to the primary ENI for what leaves the VPC -----------------------
+
+VPC_CIDR = "10.0.0.0/16"
+VPC_HOST = "10.0.2.20"
+"""A host in another subnet of the VPC (a database, another node's pod): reached unchanged."""
+ONPREM_CIDR = "172.16.0.0/16"
+"""AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: a network reached over a VPN or Direct Connect, never SNATed."""
+ONPREM_HOST = "172.16.5.5"
+PRIMARY_IP = "10.0.1.10"
+EKS_NODE = VpcCniSpec(
+    pods=(EniPod("pod1", "10.0.1.50/32"), EniPod("pod2", "10.0.1.51/32"), EniPod("pod3", "10.0.1.60/32", eni=1)),
+    enis=(Eni("eth0", f"{PRIMARY_IP}/24", "02:00:0a:00:01:0a"), Eni("eth1", "10.0.1.11/24", "02:00:0a:00:01:0b")),
+    vpc_cidrs=(VPC_CIDR,),
+    exclude_snat_cidrs=(ONPREM_CIDR,),
+    server_addresses=(SERVER, VPC_HOST, ONPREM_HOST),
+    iptables_rules=snat_rules((VPC_CIDR,), (ONPREM_CIDR,), PRIMARY_IP, random="prng"),
+)
+
+
+def _check_vpc_cni(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    translated = [c for c in connections if c.verdict == "translated"]
+    for c in translated:
+        if c.outside is None or c.outside.src != PRIMARY_IP:
+            problems.append(f"{c.inside}: left as {c.outside}, not as the primary ENI's {PRIMARY_IP}")
+    if not any(c.inside.src == "10.0.1.60" for c in translated):
+        problems.append("no translated connection of pod3 (secondary ENI)")
+    kept = [c for c in translated if c.proto != "icmp" and c.outside and c.outside.sport == c.inside.sport]
+    if len(kept) > 1:  # a random port equals the original one with probability ~1/64512
+        problems.append(f"{len(kept)} of {len(translated)} source ports kept under --random-fully")
+    # What stays in the VPC or goes to an excluded network leaves eth0 unchanged and is answered; the secondary ENI's
+    # pod address never leaves eth0 (its internet traffic is SNATed there, it sent nothing else).
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    for pod, far in (("10.0.1.50", VPC_HOST), ("10.0.1.51", ONPREM_HOST)):
+        for src, dst in ((pod, far), (far, pod)):
+            if not any(s == src and d == dst for s, d, _ in outside):
+                problems.append(f"outside.pcap: no packet {src} -> {dst}")
+    if any("10.0.1.60" in (s, d) for s, d, _ in outside):
+        problems.append("outside.pcap: pod3's own address on eth0")
+    for needles in (("AWS SNAT CHAIN\"", "RETURN"), ("AWS SNAT CHAIN EXCLUSION", "RETURN"), ("AWS, SNAT", "SNAT"),
+                    ("AWS, CONNMARK", "--set-xmark")):
+        problems += _counted(*needles)(connections, rec)
+    return problems
 
 
 def _kube(services: tuple[Service, ...], *extra: tuple[str, ...], **topology: Any) -> TopologySpec:
@@ -1458,6 +1510,61 @@ SCENARIOS: dict[str, Scenario] = {
                 _nowhere("outside.pcap", POD6_CIDR),
             ),
         ),
+        Scenario(
+            "eks-vpc-cni",
+            "an EKS node as the AWS VPC CNI wires it: pods with VPC addresses on routed veths (no bridge), SNAT "
+            "--random-fully to the primary ENI only for traffic leaving the VPC (and not to an excluded CIDR), a pod "
+            "on a secondary ENI SNATed to the primary ENI's address too",
+            "The VPC is 10.0.0.0/16; the node's primary ENI eth0 is 10.0.1.10/24 and its secondary ENI eth1 "
+            "10.0.1.11/24, both on the subnet's router 10.0.1.1 (the inet namespace, which stands for the VPC: it "
+            f"routes the VPC CIDR back and holds another subnet's host {VPC_HOST}, a host of a network behind a VPN "
+            f"{ONPREM_HOST} and the internet server {SERVER}). pod1 (10.0.1.50) and pod2 (10.0.1.51) hold secondary "
+            "addresses of eth0, pod3 (10.0.1.60) one of eth1; each pod is a /32 on a routed veth eni<hash>, default "
+            "via 169.254.1.1 (a static neighbour), as the plugin wires it. iptables as the plugin writes it "
+            f"(AWS_VPC_K8S_CNI_RANDOMIZESNAT=prng, AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS={ONPREM_CIDR}): AWS-SNAT-CHAIN-0 "
+            f"RETURNs for {VPC_CIDR} and {ONPREM_CIDR} and SNATs the rest to 10.0.1.10 --random-fully; "
+            "AWS-CONNMARK-CHAIN-0 marks (0x80) new pod connections leaving the VPC, so `ip rule 1024 fwmark 0x80 "
+            "lookup main` sends pod3's internet traffic out of eth0 (its own rule 1536 would send it out of eth1). "
+            f"pod1 makes two HTTP requests to {SERVER}:80 and one echo request (translated), and two HTTP requests "
+            f"and two datagrams to {VPC_HOST} (internal: the VPC is the pod network; they leave eth0 unchanged and "
+            f"are answered); pod2 two HTTP requests and three datagrams to {SERVER} (translated) and one HTTP "
+            f"request to {ONPREM_HOST} (untranslated, answered: an SNAT exclusion, no failure); pod3 two HTTP "
+            f"requests to {SERVER}:80 (translated to 10.0.1.10, via eth0). pod3 sends nothing to the VPC: that would "
+            "leave by eth1, which neither capture holds. The inside capture is one tcpdump per pod veth, merged in "
+            f"time order (no bridge holds every pod's traffic). pod_cidr in truth.json is the VPC CIDR {VPC_CIDR}, "
+            "what the CNI never SNATs.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", SERVER, 80, count=2, interval=0.1),
+                        Action("ping", SERVER, sport=0x0105, count=2, interval=0.2, at=0.02, timeout=1.0),
+                        Action("http", VPC_HOST, 80, count=2, interval=0.1, at=0.05, expect="internal"),
+                        Action("udp", VPC_HOST, 7, count=2, interval=0.1, at=0.08, timeout=1.0, expect="internal"),
+                    ),
+                ),
+                ClientPlan(
+                    "pod2",
+                    (
+                        Action("http", SERVER, 80, count=2, interval=0.1, at=0.1),
+                        Action("udp", SERVER, 7, count=3, interval=0.1, at=0.12, timeout=1.0),
+                        Action("http", ONPREM_HOST, 80, at=0.15, expect="untranslated", outcome="ok"),
+                    ),
+                ),
+                ClientPlan("pod3", (Action("http", SERVER, 80, count=2, interval=0.1, at=0.2),)),
+            ),
+            topology=EKS_NODE,
+            servers=(
+                HTTP,
+                Server(INET, "udp-echo", SERVER, 7),
+                Server(INET, "http", VPC_HOST, 80),
+                Server(INET, "udp-echo", VPC_HOST, 7),
+                Server(INET, "http", ONPREM_HOST, 80),
+            ),
+            inside_interface=",".join(p.host_veth for p in EKS_NODE.pods),
+            pod_cidr=VPC_CIDR,
+            check=_all(_count(12), _verdicts(translated=8, internal=3, untranslated=1), _check_vpc_cni),
+        ),
     )
 }
 
@@ -1538,7 +1645,8 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
 def _record(scenario: Scenario, stage: Path) -> Recording:
     """Build the namespaces, run the traffic under captures and conntrack listeners, always tear down."""
     started = time.time()
-    with Lab(scenario.topology, prefix=new_prefix()) as lab:
+    lab_type = VpcCniLab if isinstance(scenario.topology, VpcCniSpec) else Lab
+    with lab_type(scenario.topology, prefix=new_prefix()) as lab:
         start_servers(lab, scenario.servers)
         recorders = [
             ConntrackRecorder(lab, NODE, "NEW", stage / "conntrack-new.log"),
@@ -1552,7 +1660,9 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         event_log = ConntrackRecorder(lab, NODE, "ALL", kernel_dir / "events.log", output="timestamp", niceness=19)
         for recorder in (*recorders, event_log):
             recorder.start()
-        inside = PacketCapture(lab, NODE, scenario.inside_interface, stage / "inside.pcap")
+        inside_ifs = scenario.inside_interface.split(",")
+        insides = [PacketCapture(lab, NODE, n, stage / ("inside.pcap" if len(inside_ifs) == 1 else f".if-{n}.pcap"))
+                   for n in inside_ifs]
         outside = PacketCapture(lab, NODE, "eth0", stage / "outside.pcap")
         phases = (scenario.clients, *scenario.phases)
         first, last = scenario.outside_phases or (0, len(phases) - 1)
@@ -1566,10 +1676,11 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
             node_captures.append(PacketCapture(lab, NODE, "any", stage / "any.pcap", link_type="LINUX_SLL2",
                                                ring_kib=4 * RING_KIB, snaplen=ANY_SNAPLEN))
             node_captures += [PacketCapture(lab, NODE, n, stage / f".if-{n}.pcap", promiscuous=False) for n in names
-                              if n not in (scenario.inside_interface, "eth0")]
+                              if n not in (*inside_ifs, "eth0")]
         for capture in node_captures:
             capture.start()
-        inside.start()
+        for inside in insides:
+            inside.start()
         outside_stats = None
         attempts: list[Attempt] = []
         off: set[tuple[str, str, int, str, int]] = set()
@@ -1586,10 +1697,16 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
                 time.sleep(SETTLE_S)
                 outside_stats = outside.stop()
         time.sleep(SETTLE_S + scenario.settle_s)
-        capture_stats = [inside.stop(), outside_stats or outside.stop()]
+        inside_stats = [inside.stop() for inside in insides]
+        outside_stats = outside_stats or outside.stop()
+        capture_stats = [inside_stats[0] if len(insides) == 1 else _merge_inside(inside_stats, stage / "inside.pcap"),
+                         outside_stats]
         node_stats = [capture.stop() for capture in node_captures]
         if node_stats:
-            node_stats = [node_stats[0], _merge_node(names, [*capture_stats, *node_stats[1:]], stage / "node.pcapng")]
+            node_stats = [node_stats[0], _merge_node(names, [*inside_stats, outside_stats, *node_stats[1:]],
+                                                     stage / "node.pcapng")]
+        for part in inside_stats if len(insides) > 1 else ():
+            part.path.unlink(missing_ok=True)
         recorder_stats = [recorder.stop() for recorder in recorders]
         events = event_log.stop()
         listing_command, listing = snapshot_conntrack(lab, NODE)
@@ -1612,6 +1729,22 @@ def _record(scenario: Scenario, stage: Path) -> Recording:
         node_captures=node_stats,
         links=links,
         kernel_records=kernel_records,
+    )
+
+
+def _merge_inside(parts: list[CaptureStats], path: Path) -> CaptureStats:
+    """inside.pcap from one capture per pod veth (Ethernet, nanosecond): every record in time order, as ``mergecap
+    -w inside.pcap`` writes them. The parts are kept (node.pcapng is made from them too)."""
+    merge_pcaps([c.path for c in parts], path)
+    counts = [c.captured for c in parts]
+    drops = [c.dropped_by_kernel for c in parts]
+    return CaptureStats(
+        interface=",".join(c.interface for c in parts), path=path,
+        captured=None if None in counts else sum(n or 0 for n in counts),
+        dropped_by_kernel=None if None in drops else sum(d or 0 for d in drops),
+        size_bytes=path.stat().st_size,
+        command=" + ".join(f"tcpdump -i {c.interface}" for c in parts) + " (each with the options above) merged in "
+                "time order into one pcap (mergecap -w inside.pcap)",
     )
 
 
@@ -1668,6 +1801,14 @@ def _node_state(lab: Lab) -> dict[str, str]:
     if lab.spec.ip6tables_rules:
         state["ip6tables-save -c"] = lab.run(["ip6tables-save", "-c"], role=NODE).stdout
     state["node: ip -s -br link"] = lab.run(["ip", "-s", "link"], role=NODE).stdout
+    if isinstance(lab.spec, VpcCniSpec):
+        # The VPC CNI routes by policy: its ip rules, the secondary ENIs' tables, the VPC's mapping of addresses.
+        tables = [str(e.table) for e in lab.spec.enis[1:]]
+        state["node: ip rule; ip route show table " + ", ".join(tables or ["-"])] = (
+            lab.run(["ip", "rule"], role=NODE).stdout
+            + "".join(lab.run(["ip", "route", "show", "table", t], role=NODE).stdout for t in tables))
+        state["inet: ip neigh show nud permanent"] = lab.run(["ip", "neigh", "show", "nud", "permanent"],
+                                                             role=INET).stdout
     for role in lab.roles:
         addrs = lab.run(["ip", "-br", "addr"], role=role).stdout
         routes = lab.run(["ip", "route"], role=role).stdout
@@ -1697,7 +1838,8 @@ OFFLOAD_FEATURES = re.compile(
 def _offloads(lab: Lab) -> str:
     """GSO/GRO/TSO limits of the node's links (from ip -d link) and ethtool's feature flags when installed."""
     out = []
-    links = ["eth0", "cni0", *(pod.host_veth for pod in lab.spec.pods)]
+    present = set(node_links(lab, NODE)[1])
+    links = [n for n in ("eth0", "eth1", "cni0", *(pod.host_veth for pod in lab.spec.pods)) if n in present]
     for link in links:
         detail = lab.run(["ip", "-d", "link", "show", "dev", link], role=NODE).stdout
         limits = re.findall(r"\b((?:gso|tso|gro)_max_(?:size|segs) \d+)", detail)
@@ -1867,24 +2009,10 @@ def _describe(
             f"{a.outcome} ({a.detail}); design expects {a.expect}"
         )
     out += ["", "== Topology and node configuration =="]
-    out.append(
-        "node: bridge cni0 "
-        + ", ".join(scenario.topology.bridge_addresses)
-        + f"; eth0 {scenario.topology.node_address} (veth to inet's eth0 "
-        f"{scenario.topology.inet_address}); default via {scenario.topology.inet_ip}"
-    )
-    for pod in scenario.topology.pods:
-        out.append(f"{pod.name}: eth0 {pod.address}, default via {pod.gateway}; peer {pod.host_veth} on cni0")
-    out.append(
-        "inet: servers on "
-        + ", ".join(f"{a}/{ipaddress.ip_address(a).max_prefixlen} on lo" for a in scenario.topology.server_addresses)
-        + (
-            f"; routes {', '.join(scenario.topology.inet_routes)} back via the node, no other route to the pod "
-            "networks and no default route"
-            if scenario.topology.inet_routes
-            else "; no route to the pod networks and no default route"
-        )
-    )
+    if isinstance(scenario.topology, VpcCniSpec):
+        out += describe_vpc_cni(scenario.topology)
+    else:
+        out += _describe_bridge(scenario)
     out += ["", "setup commands, in order:", *(f"  {c}" for c in rec.setup_commands)]
     for title, text in rec.node_state.items():
         out += ["", f"{title}:", *(f"  {line}" for line in text.rstrip().splitlines())]
@@ -1917,8 +2045,9 @@ def _describe(
     if rec.node_captures:
         out += _wrap(
             "The node-wide captures ran over the same span as the two above and hold the same traffic, each "
-            "forwarded packet once per interface it crossed (pod veth, cni0, eth0). links.txt is `ip -o link` of the "
-            "node namespace: it names any.pcap's interface indexes (natproof correlate any.pcap --interfaces "
+            "forwarded packet once per interface it crossed (pod veth, cni0 where there is one, eth0). links.txt is "
+            "`ip -o link` of the node namespace: it names any.pcap's interface indexes (natproof correlate any.pcap "
+            "--interfaces "
             "links.txt). node.pcapng holds a tcpdump of each node interface but lo (started, like the others, "
             "before the first client), merged into one pcapng with an interface block (if_name) each."
         )
@@ -1987,6 +2116,30 @@ def _describe(
     out += ["", "== Checks =="]
     out += [f"PROBLEM: {p}" for p in problems] or ["all checks passed (design, kernel and pods agree)"]
     return "\n".join(out) + "\n"
+
+
+def _describe_bridge(scenario: Scenario) -> list[str]:
+    """scenario.txt's lines on a bridge node's topology (cni0, eth0 to inet, the pods' veths)."""
+    topology = scenario.topology
+    out = [
+        "node: bridge cni0 "
+        + ", ".join(topology.bridge_addresses)
+        + f"; eth0 {topology.node_address} (veth to inet's eth0 {topology.inet_address}); default via "
+        f"{topology.inet_ip}"
+    ]
+    for pod in topology.pods:
+        out.append(f"{pod.name}: eth0 {pod.address}, default via {pod.gateway}; peer {pod.host_veth} on cni0")
+    out.append(
+        "inet: servers on "
+        + ", ".join(f"{a}/{ipaddress.ip_address(a).max_prefixlen} on lo" for a in topology.server_addresses)
+        + (
+            f"; routes {', '.join(topology.inet_routes)} back via the node, no other route to the pod "
+            "networks and no default route"
+            if topology.inet_routes
+            else "; no route to the pod networks and no default route"
+        )
+    )
+    return out
 
 
 def _wrap(text: str, width: int = 110) -> list[str]:

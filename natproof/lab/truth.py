@@ -230,6 +230,11 @@ class TruthRules:
     broadcast_addresses: frozenset[str] = frozenset()
     """Directed broadcast addresses of the node's own subnets (10.244.0.255 for 10.244.0.1/24): a packet to one
     is delivered to the node and the bridge's ports, never routed on."""
+    routed_networks: tuple[str, ...] = ()
+    """Internal networks beyond the node, reached over its uplink by routing, not NAT (the VPC CNI's VPC CIDR: its
+    other subnets and other nodes' pods): a connection to one (not to a pod of this node) is internal, yet crosses
+    the outside capture untranslated, so its outside tuple is its inside tuple and its translated tuple its original
+    one, as for any connection that crossed unchanged."""
 
     def service_for(self, proto: str, address: str, port: int) -> ServiceRule | None:
         for rule in self.services:
@@ -583,9 +588,16 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
             )
         elif _internal(orig.dst, rules) or _internal(translated.dst, rules):
             mapped, verdict = None, "internal"
-            if translated == original:
+            routed = (translated == original and orig.dst not in rules.pod_addresses
+                      and any(ipaddress.ip_address(orig.dst) in ipaddress.ip_network(n) for n in rules.routed_networks))
+            if routed:
+                mapped = inside  # it left by the uplink unchanged, to be routed on
+            elif translated == original:
                 shown = None  # pod to pod, nothing rewritten: no leg after a NAT to show
-            if _internal(orig.dst, rules):
+            if routed:
+                why = (f"destination in the pod network beyond this node ({', '.join(rules.routed_networks)}): routed "
+                       "over the uplink, untranslated")
+            elif _internal(orig.dst, rules):
                 why = "destination in the pod network"
             else:
                 why = f"Service endpoint {translated.dst}:{translated.dport} in the pod network: DNAT on the bridge"
