@@ -30,7 +30,7 @@ class Finding:
 
     kind: str
     """Stable identifier: forwarding_blocked, no_masquerade, wrong_source_subnet, no_route_back, port_pool_exhausted,
-    mapping_conflict, replies_dropped, no_reply, healthy."""
+    mapping_conflict, replies_dropped, no_reply, stale_conntrack_entry, routed_path, snat_exclusion, healthy ..."""
     severity: str
     """"error", "warning" or "info"."""
     title: str
@@ -132,9 +132,13 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _forwarding(result, blocked, rows)
     untranslated = by_verdict.get("untranslated", [])
     translated_srcs = {r["orig_src"] for r in rows if r["initiator"] == "inside" and "src" in (r["rewrites"] or [])}
-    stale = [r for r in untranslated if r["inside_src"] in translated_srcs]
+    # Answered untranslated connections are a routed path, whatever else their source does: the far end routes the
+    # pod's address back. From a pod whose other connections are translated, the NAT rule leaves their destination
+    # out (an SNAT exclusion: the VPC CIDR and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS on EKS, ip-masq-agent's
+    # nonMasqueradeCIDRs, a `-d ... -j RETURN` ahead of the MASQUERADE: captures/eks-vpc-cni), no stale entry.
+    routed = [r for r in untranslated if r["matched_reply"]]
+    stale = [r for r in untranslated if r["inside_src"] in translated_srcs and r not in routed]
     findings += _stale_entries(result, stale)
-    routed = [r for r in untranslated if r not in stale and r["matched_reply"]]
     findings += _masquerade(result, [r for r in untranslated if r not in stale and r not in routed],
                             by_verdict.get("translated", []) + by_verdict.get("no_reply", [])
                             + by_verdict.get("reply_dropped", []), routed)
@@ -151,7 +155,9 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _kernel_gaps(result, [r for r in every if r["kernel_reason"] in ("not_recorded",
                                                                                "record_starts_after",
                                                                                "record_ends_before")])
-    findings += _routed(result, routed)
+    excluded = [r for r in routed if r["inside_src"] in translated_srcs]
+    findings += _routed(result, [r for r in routed if r not in excluded])
+    findings += _snat_exclusion(result, excluded)
     findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r)])
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
@@ -488,6 +494,33 @@ def _routed(result: Result, routed: list[dict[str, Any]]) -> list[Finding]:
         "Nothing to fix if no NAT is wanted here (a routed network, pods with routable addresses, an SNAT "
         "exclusion); if one was expected, check `iptables -t nat -L POSTROUTING -n -v`.",
         connections=tuple(r["conn"] for r in routed), evidence=tuple(evidence), data={"subnets": nets})]
+
+
+def _snat_exclusion(result: Result, excluded: list[dict[str, Any]]) -> list[Finding]:
+    """untranslated and answered, from pods whose other connections are translated: the NAT rule skips these
+    destinations on purpose and the path routes the pods' own addresses to them (captures/eks-vpc-cni: the VPC CNI
+    never SNATs traffic to the VPC CIDR or to AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS): information, not a failure."""
+    if not excluded:
+        return []
+    evidence = [f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside frame "
+                f"{r['evidence_egress_outside_frame']}); {r['matched_reply']} reply packet(s) crossed back (first: "
+                f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})"
+                for r in excluded[:20]]
+    sources = sorted({r["inside_src"] for r in excluded}, key=lambda a: ipaddress.ip_address(a).packed)
+    destinations = sorted({r["inside_dst"] for r in excluded}, key=lambda a: ipaddress.ip_address(a).packed)
+    shown = ", ".join(destinations[:5]) + (f" and {len(destinations) - 5} more" if len(destinations) > 5 else "")
+    return [Finding(
+        "snat_exclusion", "info", "SNAT skipped for some destinations: pod addresses kept, replies come back",
+        f"{len(excluded)} connection(s) to {shown} crossed with the pod's own address and were answered, while the "
+        f"same pod(s) ({', '.join(sources)}) had their other connections translated: the NAT rule leaves these "
+        "destinations out and the path routes the pods' addresses back to them.",
+        "Nothing to fix if these destinations are meant to see pod addresses (on EKS the VPC CNI never SNATs the VPC "
+        "CIDR or AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS; ip-masq-agent's nonMasqueradeCIDRs; a `-d ... -j RETURN` ahead "
+        "of the MASQUERADE rule); if they are meant to see the node's address, check the exclusions in "
+        "`iptables -t nat -S POSTROUTING` and the chains it jumps to (AWS-SNAT-CHAIN-0 on EKS).",
+        connections=tuple(r["conn"] for r in excluded), evidence=tuple(evidence),
+        data={"destinations": destinations, "sources": sources,
+              "destination_subnets": _subnets(destinations)})]
 
 
 def _masquerade(result: Result, leaked: list[dict[str, Any]], translated: list[dict[str, Any]],

@@ -253,3 +253,25 @@ def test_an_inside_capture_that_stopped_early_is_said_so_not_healthy(tmp_path: P
     beyond = found["partial_overlap"].data["outside_packets_beyond"]
     assert 0 < beyond <= result.unmatched_outside
     assert f"{beyond} outside packet(s) with no counterpart" in found["partial_overlap"].summary
+
+
+def test_an_answered_untranslated_flow_beside_translated_ones_is_an_snat_exclusion_not_a_stale_entry(
+        tmp_path: Path) -> None:
+    # One pod: translated to the internet, unchanged and answered to a network the NAT rule leaves out (the VPC CNI's
+    # VPC CIDR or AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: captures/eks-vpc-cni), unchanged and unanswered to the internet
+    # (an entry from before the rule: the far end cannot route the pod's address back).
+    pod, t0 = "10.244.0.10", 1_700_000_000 * 10**9
+    a_in, a_out = tcp_pair(t0, pod=pod, sport=40000, nat_sport=40000, isn=1000)
+    b_in, b_out = tcp_pair(t0 + 10**8, pod=pod, node=pod, srv="172.16.5.5", sport=41000, nat_sport=41000,
+                           isn=900_000)
+    c_in, c_out = tcp_pair(t0 + 2 * 10**8, pod=pod, node=pod, srv="198.51.100.20", sport=42000, nat_sport=42000,
+                           isn=5_000_000)
+    inside, outside = write_pair(tmp_path, a_in + b_in + c_in[:1], a_out + b_out + c_out[:1])
+    result = correlate(inside, outside)
+    assert list(result.connections["verdict"]) == ["translated", "untranslated", "untranslated"]
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["stale_conntrack_entry", "snat_exclusion"], {k: f.title for k, f in found.items()}
+    assert found["stale_conntrack_entry"].connections == (2,)
+    excluded = found["snat_exclusion"]
+    assert excluded.severity == "info" and excluded.connections == (1,)
+    assert excluded.data == {"destinations": ["172.16.5.5"], "sources": [pod], "destination_subnets": ["172.16.5.0/24"]}
