@@ -25,7 +25,7 @@ from natproof.connections import (
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import InputError
-from natproof.kernel import join_kernel, one_side_connections, which_side
+from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
 from natproof.match import MATCH_COLUMNS, PAIR_SCHEMA, match_sides, signature, with_keys
 from natproof.memory import trim
 from natproof.names import Names, apply_names
@@ -599,7 +599,16 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
                     "has its tuples, so the record cannot tell the side (--side sets it)")
     if side == "outside":
         nets = parse_networks(pod_cidr) if pod_cidr else ()
-        why = "given (--pod-cidr)" if pod_cidr else "the only capture is the outside one; --pod-cidr sets it"
+        why = "given (--pod-cidr)"
+        if not pod_cidr:
+            # The outside capture holds no pod address (or only leaked ones); the record's SNATed sources are pods.
+            # Without them every private destination would count as the pod network (natproof.kernel's default):
+            # an untranslated connection to a network the NAT excludes (eks-vpc-cni) would read internal.
+            egress = kernel_connections(record, services=services).filter(
+                (pl.col("initiator") == "inside") & pl.col("rewrites").list.contains("src"))
+            inferred = infer_pod_networks(egress.select(pl.col("inside_src").alias("src")),
+                                          where=f"that {record.path} rewrote (the only capture is the outside one)")
+            nets, why = inferred.networks, inferred.why
     conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
     conn_of = dict(zip(conns["leg"].to_list(), conns["inside_conn_id"].to_list(), strict=True))
     owned = conns["leg"].implode()

@@ -93,12 +93,14 @@ def _addresses(frames: Iterable[pl.DataFrame], cols: Sequence[str]) -> set[str]:
     return found
 
 
-def infer_pod_networks(inside: pl.DataFrame, outside: pl.DataFrame | None = None) -> PodNetworks:
+def infer_pod_networks(inside: pl.DataFrame, outside: pl.DataFrame | None = None, *,
+                       where: str = "on the inside") -> PodNetworks:
     """Infer the pod networks from the inside capture's connections (``src`` column: who sent each leg's first
     packet) and, for global space, the outside capture's (``src``/``dst``): see the module docstring.
 
     Without ``outside`` only private space is inferred (no evidence that a global source is hidden).
-    Returns networks sorted by version and address; none when nothing qualifies.
+    Returns networks sorted by version and address; none when nothing qualifies. ``where`` says in ``why`` where
+    the sources were seen (the pod sources of a conntrack record when the only capture is the outside one).
     """
     seen_outside = _addresses([outside], ("src", "dst")) if outside is not None else None
     private: dict[Network, list[str]] = {}
@@ -112,12 +114,12 @@ def infer_pod_networks(inside: pl.DataFrame, outside: pl.DataFrame | None = None
             net = ipaddress.ip_network(f"{src}/{HIDDEN_PREFIX[addr.version]}", strict=False)
             hidden.setdefault(net, []).append(src)
     nets = tuple(sorted({*private, *hidden}, key=lambda n: (n.version, n.network_address)))
-    return PodNetworks(nets, _why(private, hidden))
+    return PodNetworks(nets, _why(private, hidden, where))
 
 
-def _why(private: dict[Network, list[str]], hidden: dict[Network, list[str]]) -> str:
+def _why(private: dict[Network, list[str]], hidden: dict[Network, list[str]], where: str = "on the inside") -> str:
     if not private and not hidden:
-        return ("none inferred: no private source (RFC 1918, 100.64/10, ULA) on the inside and no global one "
+        return (f"none inferred: no private source (RFC 1918, 100.64/10, ULA) {where} and no global one "
                 "the outside capture never shows; --pod-cidr sets it")
 
     def shown(groups: dict[Network, list[str]]) -> str:
@@ -126,7 +128,7 @@ def _why(private: dict[Network, list[str]], hidden: dict[Network, list[str]]) ->
 
     parts = []
     if private:
-        parts.append(f"the /16 (192.168/16: /24; IPv6 ULA: /48) around each private source on the inside "
+        parts.append(f"the /16 (192.168/16: /24; IPv6 ULA: /48) around each private source {where} "
                      f"({shown(private)})")
     if hidden:
         parts.append(f"the /64 (IPv4: /24) around each global source on the inside that the outside capture "
