@@ -136,7 +136,7 @@ def diagnose(result: Result) -> list[Finding]:
     # pod's address back. From a pod whose other connections are translated, the NAT rule leaves their destination
     # out (an SNAT exclusion: the VPC CIDR and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS on EKS, ip-masq-agent's
     # nonMasqueradeCIDRs, a `-d ... -j RETURN` ahead of the MASQUERADE: captures/eks-vpc-cni), no stale entry.
-    routed = [r for r in untranslated if r["matched_reply"]]
+    routed = [r for r in untranslated if _answered(r)]
     stale = [r for r in untranslated if r["inside_src"] in translated_srcs and r not in routed]
     findings += _stale_entries(result, stale)
     findings += _masquerade(result, [r for r in untranslated if r not in stale and r not in routed],
@@ -471,10 +471,7 @@ def _routed(result: Result, routed: list[dict[str, Any]]) -> list[Finding]:
     pods with routable addresses, an SNAT exclusion for a VPC CIDR): information, not a failure."""
     if not routed:
         return []
-    evidence = [f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside frame "
-                f"{r['evidence_egress_outside_frame']}); {r['matched_reply']} reply packet(s) crossed back (first: "
-                f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})"
-                for r in routed[:20]]
+    evidence = [_unchanged_evidence(r) for r in routed[:20]]
     nets = _subnets([r["inside_src"] for r in routed])
     lat = [r["latency_median_us"] for r in routed if r["latency_median_us"] is not None]
     everything = len(routed) == result.connections.filter(pl.col("verdict") != "internal").height
@@ -496,16 +493,31 @@ def _routed(result: Result, routed: list[dict[str, Any]]) -> list[Finding]:
         connections=tuple(r["conn"] for r in routed), evidence=tuple(evidence), data={"subnets": nets})]
 
 
+def _answered(r: dict[str, Any]) -> bool:
+    """The far end answered a connection: replies crossed back, or, where one side was not captured and the kernel's
+    record gives it (evidence_level kernel_record), conntrack saw a reply."""
+    return bool(r["matched_reply"]) or (r["evidence_level"] == "kernel_record" and bool(r["kernel_replied"]))
+
+
+def _unchanged_evidence(r: dict[str, Any]) -> str:
+    """An evidence line for a connection that crossed unchanged and was answered."""
+    if not r["matched_reply"]:  # one capture and the kernel's record
+        side = "inside" if r["inside_conn_id"] is not None else "outside"
+        return (f"{_conn_label(r)} left unchanged by the kernel's record; the kernel saw its replies "
+                f"({r['reply_inside'] if side == 'inside' else r['reply_outside']} reply packet(s) in the {side} "
+                "capture)")
+    return (f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside frame "
+            f"{r['evidence_egress_outside_frame']}); {r['matched_reply']} reply packet(s) crossed back (first: "
+            f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})")
+
+
 def _snat_exclusion(result: Result, excluded: list[dict[str, Any]]) -> list[Finding]:
     """untranslated and answered, from pods whose other connections are translated: the NAT rule skips these
     destinations on purpose and the path routes the pods' own addresses to them (captures/eks-vpc-cni: the VPC CNI
     never SNATs traffic to the VPC CIDR or to AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS): information, not a failure."""
     if not excluded:
         return []
-    evidence = [f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside frame "
-                f"{r['evidence_egress_outside_frame']}); {r['matched_reply']} reply packet(s) crossed back (first: "
-                f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})"
-                for r in excluded[:20]]
+    evidence = [_unchanged_evidence(r) for r in excluded[:20]]
     sources = sorted({r["inside_src"] for r in excluded}, key=lambda a: ipaddress.ip_address(a).packed)
     destinations = sorted({r["inside_dst"] for r in excluded}, key=lambda a: ipaddress.ip_address(a).packed)
     shown = ", ".join(destinations[:5]) + (f" and {len(destinations) - 5} more" if len(destinations) > 5 else "")
