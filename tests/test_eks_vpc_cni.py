@@ -134,3 +134,18 @@ def test_one_capture_and_the_kernels_record_agree_and_infer_the_vpc(side: str, p
     assert [(c["proto"], c["verdict"], c["original"], c["translated"]) for c in rows(result)] == \
         [(c["proto"], c["verdict"], c["original"], c["translated"]) for c in rows(pair)]
     assert [f.kind for f in diagnose(result)] == ["healthy", "snat_exclusion"]
+
+
+def test_the_readme_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    from natproof.cli import main
+
+    readme = (CASE.parent.parent / "README.md").read_text()
+    block = readme.split("$ natproof correlate captures/eks-vpc-cni/inside.pcap", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines()[1:] if line.strip()]
+    out = tmp_path / "t.txt"
+    assert main(["correlate", *map(str, capture_pair(CASE)), "--format", "table", "--quiet", "-o", str(out)]) == 0
+    printed = [line.rstrip() for line in out.read_text().splitlines() if line.strip()]
+    assert len(shown) > 30 and shown == printed
+    quoted = " ".join(readme.split("and `natproof diagnose` says of the excluded network: \"", 1)[1].split('."', 1)[0]
+                      .split())
+    assert any(quoted + "." == f.summary for f in diagnose(natproof.correlate(*capture_pair(CASE))))
