@@ -46,7 +46,7 @@ class Chain:
     def to_dict(self) -> dict[str, Any]:
         """The ``natproof.chain/1`` document: {"schema", "captures", "hops": [{"inside", "outside",
         "clock_offset_s", "connections", "by_verdict"}], "connections": [...], "summary"}. Each connection:
-        {"conn", "proto", "first_point", "hops": [{"observation_point", "capture", "tuple", "rewrites",
+        {"conn", "proto", "initiator", "first_point", "hops": [{"observation_point", "capture", "tuple", "rewrites",
         "verdict", "hop_conn"}], "inside", "outside", "original", "translated", "rewrites", "nat", "verdict",
         "lost_at"}: ``hops`` lists the connection's tuple at each observation point it reached (``rewrites``:
         what the hop before that point changed; ``verdict``: the verdict of the hop that leaves it, null at the
@@ -167,6 +167,7 @@ def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence
     return {
         "conn": n,
         "proto": first["proto"],
+        "initiator": first["initiator"],
         "first_point": start,
         "first_seen": first["first_seen"],
         "last_seen": max((c["last_seen"] for c in chain if c["last_seen"] is not None), default=None),

@@ -203,3 +203,62 @@ def check_case(case: str | os.PathLike[str], single: str | os.PathLike[str] | No
         links = folder / "links.txt"
         result = correlate(single, None, interfaces=links if links.is_file() else None, **options)
     return compare(result, truth)
+
+
+CHAIN_HOPS = ("gateway",)
+"""Subfolders of a multi-NAT scenario folder holding the next hop's captures and truth, in order outwards
+(natproof.lab's double-nat: gateway/ with its inside.pcap, outside.pcap and truth.json)."""
+
+
+def chain_captures(case: str | os.PathLike[str]) -> list[Path]:
+    """A multi-NAT scenario folder's chain, pod outwards: its inside and outside captures, then each further hop's
+    outside capture (CHAIN_HOPS); [] for a folder of one NAT."""
+    folder = Path(case)
+    hops = [folder / h for h in CHAIN_HOPS if (folder / h / "truth.json").is_file()]
+    if not hops:
+        return []
+    return [*capture_pair(folder), *(capture_pair(h)[1] for h in hops)]
+
+
+def chain_truth(case: str | os.PathLike[str]) -> dict[str, Any]:
+    """The truth of a multi-NAT scenario's whole chain: each first-hop truth connection followed through the next
+    hops' truths (a hop's connection whose original is the previous hop's translated tuple), as one truth document:
+    inside the first point's tuple, outside and translated the last one's, rewrites between them, verdict the last
+    failing hop's, else translated (natproof.chain's rule). A connection a later hop's truth does not hold is left
+    out (the chain cannot be checked past what the kernels recorded)."""
+    folder = Path(case)
+    first = load_truth(folder / "truth.json")
+    later = [load_truth(folder / h / "truth.json") for h in CHAIN_HOPS if (folder / h / "truth.json").is_file()]
+    rows = []
+    for t in first["connections"]:
+        if t.get("translated") is None or t.get("initiator", "inside") != "inside":
+            continue
+        cur, verdicts = t, [t["verdict"]]
+        for hop in later:
+            after = [c for c in hop["connections"] if c.get("original") == cur["translated"]]
+            if len(after) != 1:
+                break
+            cur = after[0]
+            verdicts.append(cur["verdict"])
+        else:
+            original, final = t["original"], cur["translated"]
+            failing = [v for v in reversed(verdicts) if v not in ("translated", "untranslated", "internal")]
+            rewrites = [f for f in ("src", "sport", "dst", "dport") if original[f] != final[f]]
+            rows.append({"proto": t["proto"], "initiator": "inside", "inside": t["inside"], "outside": final,
+                         "original": original, "translated": final, "rewrites": rewrites,
+                         "verdict": failing[0] if failing else "translated" if rewrites else "untranslated"})
+    return {"schema": TRUTH_SCHEMA, "scenario": first.get("scenario"), "connections": rows}
+
+
+def check_chain(case: str | os.PathLike[str], **correlate_options: Any) -> CheckReport:
+    """Correlate a multi-NAT scenario folder's chain of captures (chain_captures: pod side, node eth0, each further
+    hop's public side; natproof.chain.correlate_chain) and compare the connections first seen at the pod side with
+    chain_truth. Raises InputError for a folder with one NAT."""
+    from natproof.chain import correlate_chain
+
+    paths = chain_captures(case)
+    if not paths:
+        raise InputError(f"{case}: one NAT only (no {', '.join(f'{h}/' for h in CHAIN_HOPS)} with a truth.json)")
+    truth = chain_truth(case)
+    chain = correlate_chain(paths, **correlate_options)
+    return compare({"connections": [c for c in chain.connections if c["first_point"] == 0]}, truth)
