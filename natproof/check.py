@@ -329,7 +329,9 @@ class OneCaptureReport:
     """Truth mappings not given: {"proto", "initiator", "original", "translated"}."""
     wrong: list[dict[str, Any]] = field(default_factory=list)
     """Mappings given that the truth holds otherwise (or not at all). A mapping of a connection whose truth has no
-    translated tuple (the leg after the NAT was in neither capture) is the record's to give and no difference."""
+    translated tuple (the leg after the NAT was in neither capture) is the record's to give and no difference.
+    Mappings are compared as sets: one given twice (correlate_one makes each of hairpin's two legs on the pod's
+    veth a connection today) counts once."""
     note: str = ""
 
     @property
