@@ -1038,18 +1038,19 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
 @click.option("--single-file", is_flag=True,
               help="Check the captures of many interfaces instead of the pair: any.pcap (tcpdump -i any, named by "
                    "links.txt) and node.pcapng, each on its own, natproof choosing the inside and outside.")
-def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
+@click.option("--conntrack", is_flag=True,
+              help="Also hold the connections against the folder's kernel record (conntrack.log): every one the "
+                   "kernel kept confirmed, none contradicts, any absent for an allowed reason; and (two-file form) "
+                   "the inside capture alone with the record must give the truth's mappings.")
+def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: bool) -> None:
     """Correlate each scenario folder's captures and compare with its truth.json (exit 1 on any mismatch).
 
     A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/).
     """
-    from natproof.check import check_case, find_cases, single_captures
+    from natproof.check import KERNEL_RECORD, check_case, find_cases, single_captures
 
     cases = find_cases(list(folders))
-    if not single_file:
-        reports = {case.name: check_case(case) for case in cases}
-    else:
-        reports = {}
+    if single_file:
         without = [case for case in cases if not single_captures(case)]
         if len(without) == len(cases):
             where = str(cases[0]) if len(cases) == 1 else f"none of the {len(cases)} scenario folders"
@@ -1057,20 +1058,46 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
         if without:
             warn(f"no any.pcap or node.pcapng in {', '.join(c.name for c in without)}: checked in the two-file "
                  "form only (recorded before the lab wrote them, or a design with no single-file form)")
-        for case in cases:
-            reports |= {f"{case.name} ({path.name})": check_case(case, path) for path in single_captures(case)}
+        cases = [case for case in cases if case not in without]
+    recorded = {case for case in cases if (case / KERNEL_RECORD).is_file()}
+    if conntrack:
+        if not recorded:
+            where = str(cases[0]) if len(cases) == 1 else f"none of the {len(cases)} scenario folders"
+            raise NatproofError(f"{where}: no {KERNEL_RECORD} in it (natproof lab run writes the kernel's record "
+                                "there)")
+        if len(recorded) < len(cases):
+            warn(f"no {KERNEL_RECORD} in {', '.join(c.name for c in cases if c not in recorded)}: checked against "
+                 "truth.json only")
+    reports = {}
+    for case in cases:
+        kernel = conntrack and case in recorded
+        if not single_file:
+            reports[case.name] = check_case(case, conntrack=kernel)
+        else:
+            reports |= {f"{case.name} ({path.name})": check_case(case, path, conntrack=kernel)
+                        for path in single_captures(case)}
     if fmt == "json":
         click.echo(json.dumps({name: rep.to_dict() for name, rep in reports.items()}, indent=2))
     else:
         table = Table(title="natproof lab check", header_style="bold")
-        for col in ("scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing",
-                    "unexpected", "result"):
-            table.add_column(col, justify="left" if col == "scenario" else "right")
+        cols = ["scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing", "unexpected"]
+        if conntrack:
+            cols += ["kernel"] + ([] if single_file else ["one capture"])
+        for col in [*cols, "result"]:
+            # The kernel's states one a line, each whole: the numeric columns give way.
+            table.add_column(col, justify="left" if col in ("scenario", "kernel") else "right",
+                             no_wrap=col in ("scenario", "kernel", "one capture"))
         for name, rep in reports.items():
-            table.add_row(name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
-                          str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected)),
-                          "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
-        Console(width=None if sys.stdout.isatty() else 160).print(table)
+            row = [name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
+                   str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected))]
+            if conntrack:
+                k = rep.kernel
+                row.append("no record" if k is None else k.summary().replace(", ", "\n"))
+                if not single_file:
+                    one = None if k is None else k.one_capture
+                    row.append("-" if one is None or one.note else one.summary())
+            table.add_row(*row, "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
+        Console(width=None if sys.stdout.isatty() else 180 if conntrack else 160).print(table)
         for name, rep in reports.items():
             for w in rep.wrong:
                 fields = f" (differs in {', '.join(w['fields'])})" if w.get("fields") else ""
@@ -1079,10 +1106,33 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
                 click.echo(f"{name}: missing: {_conn_text(m)}")
             for u in rep.unexpected:
                 click.echo(f"{name}: unexpected: {_conn_text(u)}")
+            k = rep.kernel
+            if k is None:
+                continue
+            for d in k.disagree:
+                c = d["connection"]
+                what = f"#{c['conn']} {_conn_text(c)}: " if c else ""
+                line = f" ({Path(k.record).name} line {d['kernel_line']})" if d.get("kernel_line") else ""
+                click.echo(f"{name}: kernel: {what}{d['why']}{line}")
+            one = k.one_capture
+            for m in [] if one is None else one.missing:
+                click.echo(f"{name}: one capture: missing: {_mapping_text(m)}")
+            for m in [] if one is None else one.wrong:
+                click.echo(f"{name}: one capture: not in the truth: {_mapping_text(m)}")
         ok = sum(rep.ok for rep in reports.values())
-        click.echo(f"{ok} of {len(reports)} scenarios match their truth")
+        against = " and the kernel's record" if conntrack else ""
+        unrecorded = sum(rep.kernel is None for rep in reports.values()) if conntrack else 0
+        if unrecorded:
+            against += f" ({unrecorded} without a record: their truth only)"
+        click.echo(f"{ok} of {len(reports)} scenarios match their truth{against}")
     if not all(rep.ok for rep in reports.values()):
         raise SystemExit(ExitStatus.FAILED)
+
+
+def _mapping_text(m: dict) -> str:
+    o, t = m["original"], m["translated"]
+    return (f"{m['proto']} {format_address(o['src'], o['sport'])} -> {format_address(o['dst'], o['dport'])} => "
+            f"{format_address(t['src'], t['sport'])} -> {format_address(t['dst'], t['dport'])}")
 
 
 def _conn_text(c: dict) -> str:
