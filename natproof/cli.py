@@ -1045,9 +1045,11 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
 def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: bool) -> None:
     """Correlate each scenario folder's captures and compare with its truth.json (exit 1 on any mismatch).
 
-    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/).
+    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/). A
+    scenario of several NATs (double-nat) is also checked as its chain of captures (pod side, node eth0, the
+    gateway's public side) against the composed truth of its kernels.
     """
-    from natproof.check import KERNEL_RECORD, check_case, find_cases, single_captures
+    from natproof.check import KERNEL_RECORD, chain_captures, check_case, check_chain, find_cases, single_captures
 
     cases = find_cases(list(folders))
     if single_file:
@@ -1073,6 +1075,9 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
         kernel = conntrack and case in recorded
         if not single_file:
             reports[case.name] = check_case(case, conntrack=kernel)
+            if not conntrack and (chain := chain_captures(case)):
+                # A scenario of several NATs: also its whole chain of captures against the kernels' composed truth.
+                reports[f"{case.name} (chain of {len(chain)} captures)"] = check_chain(case)
         else:
             reports |= {f"{case.name} ({path.name})": check_case(case, path, conntrack=kernel)
                         for path in single_captures(case)}

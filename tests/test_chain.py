@@ -139,3 +139,26 @@ def test_who_across_the_chain_finds_the_pod_behind_the_gateway_port(capsys: pyte
     assert f"no connection used {query}" in capsys.readouterr().out
     assert main(["who", query, *caps, "--format", "table", "--quiet"]) == 0
     assert f"behind {query} was {udp['original']['src']}:{udp['original']['sport']}" in capsys.readouterr().out
+
+
+def test_lab_check_holds_the_chain_against_both_kernels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from natproof.check import chain_captures, check_chain
+
+    assert [p.relative_to(LAB) for p in chain_captures(LAB)] == [
+        Path("inside.pcap"), Path("outside.pcap"), Path("gateway/outside.pcap")]
+    assert check_chain(LAB).ok
+    assert main(["lab", "check", str(LAB), "--format", "json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"double-nat", "double-nat (chain of 3 captures)"}
+    # The gateway's truth with one public port edited: the chain no longer agrees, and names that connection.
+    copy = tmp_path / "double-nat"
+    shutil.copytree(LAB, copy)
+    doc = json.loads((copy / "gateway" / "truth.json").read_text())
+    edited = next(c for c in doc["connections"] if c["proto"] == "tcp")
+    edited["translated"]["sport"] = edited["outside"]["sport"] = 4242
+    (copy / "gateway" / "truth.json").write_text(json.dumps(doc))
+    rep = check_chain(copy)
+    assert not rep.ok and len(rep.wrong) == 1 and rep.wrong[0]["truth"]["outside"]["sport"] == 4242
+    assert main(["lab", "check", str(copy)]) == 1
+    assert "1 of 2 scenarios match their truth" in capsys.readouterr().out
