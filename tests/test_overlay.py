@@ -181,6 +181,10 @@ def test_pod_to_pod_through_the_overlay_is_internal(tmp_path: Path, capsys: pyte
     assert main(["report", str(inside), str(outside), "--pod-cidr", "10.244.0.0/16", "-o", str(out), "--quiet"]) == 0
     assert f"(in VXLAN {NODE1} → {NODE2}, VNI 1)" in out.read_text()
     capsys.readouterr()
+    # So does the table, under the connection's translated tuple.
+    assert main(["correlate", str(inside), str(outside), "--pod-cidr", "10.244.0.0/16", "--format", "table",
+                 "--quiet"]) == 0
+    assert f"in VXLAN {NODE1} -> {NODE2}" in capsys.readouterr().out
 
 
 def test_vxlan_port_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
