@@ -583,3 +583,57 @@ def check_chain(case: str | os.PathLike[str], **correlate_options: Any) -> Check
     truth = chain_truth(case)
     chain = correlate_chain(paths, **correlate_options)
     return compare({"connections": [c for c in chain.connections if c["first_point"] == 0]}, truth)
+
+
+FLOW_LOGS = ("flowlogs/custom.log", "gateway/nat-gateway.txt")
+"""A multi-NAT scenario folder's NAT gateway flow log (natproof.lab's double-nat writes it in every format; the
+custom format with pkt-srcaddr/pkt-dstaddr is the one checked) and the gateway's PRIVATE=PUBLIC addresses."""
+
+
+def check_chain_flow_log(case: str | os.PathLike[str], **correlate_options: Any) -> CheckReport:
+    """The first hop's two captures and the NAT gateway's flow log (FLOW_LOGS) as a chain (natproof.chain with
+    flow_log) against chain_truth: a connection's mapping is right when the flow log's unique candidate is the
+    truth's gateway tuple, or, where the records allow several (evidence "flow log, ambiguous: N candidates"), when
+    the truth's is among them and ``translated`` is left null; wrong when the truth's tuple is not among them.
+    Raises InputError for a folder without them."""
+    from natproof.chain import correlate_chain
+    from natproof.flowlogs import parse_nat_gateway, read_flow_logs
+
+    folder = Path(case)
+    log_path, gw_path = (folder / f for f in FLOW_LOGS)
+    if not log_path.is_file() or not gw_path.is_file():
+        raise InputError(f"{folder}: no {FLOW_LOGS[0]} and {FLOW_LOGS[1]} in it (natproof lab run double-nat "
+                         "writes them)")
+    truth = chain_truth(folder)
+    chain = correlate_chain(list(capture_pair(folder)), flow_log=read_flow_logs(log_path),
+                            nat_gateways=[parse_nat_gateway(gw_path.read_text())], **correlate_options)
+    got: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for c in chain.connections:
+        got[(c["proto"], "inside", _tuple4(c["inside"]))].append(c)
+    rep = CheckReport(expected=len(truth["connections"]))
+    for t in truth["connections"]:
+        pool = got.get((t["proto"], "inside", _tuple4(t["inside"])))
+        if not pool:
+            rep.missing.append(t)
+            continue
+        c = pool.pop(0)
+        rep.found += 1
+        gateway = c["hops"][-1]
+        want = _tuple4(t["translated"])
+        if c["translated"] is not None:
+            right = _tuple4(c["translated"]) == want
+        else:
+            right = (gateway.get("evidence") or "").startswith("flow log, ambiguous") and \
+                want in [_tuple4(g) for g in gateway.get("candidates") or []]
+        same_verdict = c["verdict"] == t["verdict"]
+        rep.mapping_right += right
+        rep.verdict_right += same_verdict
+        if not (right and same_verdict):
+            rep.wrong.append({"truth": _brief(t), "natproof": {**_brief(c), "evidence": gateway.get("evidence"),
+                                                               "candidates": gateway.get("candidates")}})
+    rep.unexpected = [_brief(c) for rest in got.values() for c in rest if c["first_point"] == 0]
+    return rep
+
+
+def _tuple4(t: dict[str, Any] | None) -> Tuple4 | None:
+    return None if t is None else (t["src"], int(t["sport"]), t["dst"], int(t["dport"]))

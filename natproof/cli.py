@@ -273,6 +273,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 @cli.command()
 @capture_options(required=("inside",))
 @click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
+@flow_log_options
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -280,7 +281,8 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 @click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
               help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
 @output_options
-def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
+def correlate(inside: str, outside: str | None, further: tuple[str, ...], flow_logs: tuple[str, ...],
+              nat_gateways: tuple[str, ...], flow_log_format: str | None, pod_cidr: str | None,
               clock_offset: float | None, tolerance: float, decoder: str, limit: int, charts_dir: str | None,
               schema: str, fmt: str | None, output: str | None, quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
@@ -292,11 +294,17 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_ci
 
     Or from THREE OR MORE captures along a chain of NATs, from the pod outwards (pod veth, node eth0, a NAT
     gateway's or router's public side): each adjacent pair is correlated with its own clock offset and every
-    connection followed through each hop (natproof.chain/1 document; table or json).
+    connection followed through each hop (natproof.chain/1 document; table or json). With --flow-log (and
+    --nat-gateway), the NAT gateway past the last capture is one more point, from its flow log, with the evidence
+    level the records allow; INSIDE OUTSIDE and --flow-log are then a chain too.
     """
-    if further:
-        return _correlate_chain((inside, outside or "", *further), pod_cidr, tolerance, decoder, limit, fmt,
-                                output, quiet, clock_offset, charts_dir)
+    if further or flow_logs:
+        if outside is None:
+            raise click.UsageError("--flow-log follows connections past the last of two or more captures: give "
+                                   "INSIDE and OUTSIDE (and any further captures outwards)")
+        flow = read_flow_log_inputs(flow_logs, nat_gateways, flow_log_format) if flow_logs else None
+        return _correlate_chain((inside, outside, *further), pod_cidr, tolerance, decoder, limit, fmt,
+                                output, quiet, clock_offset, charts_dir, flow)
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
@@ -310,7 +318,7 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_ci
 
 def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str, limit: int,
                      fmt: str | None, output: str | None, quiet: bool, clock_offset: float | None,
-                     charts_dir: str | None) -> None:
+                     charts_dir: str | None, flow: tuple | None = None) -> None:
     """``natproof correlate CAP1 CAP2 CAP3 ...``: the chain (natproof.chain.correlate_chain) as a table or JSON."""
     from natproof.chain import correlate_chain
     from natproof.report.export import write_bytes
@@ -330,7 +338,9 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     with make_progress(quiet) as progress:
         chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
                                 services=services_from(obj), names=names_from(obj), progress=progress,
-                                vxlan_ports=points.get("vxlan_port") or ())
+                                vxlan_ports=points.get("vxlan_port") or (),
+                                flow_log=None if flow is None else flow[0],
+                                nat_gateways=() if flow is None else flow[1])
     if not quiet:
         for i, hop in enumerate(chain.hops):
             for cap in (hop.inside, hop.outside):
@@ -367,12 +377,20 @@ def render_chain(chain: natproof.Chain, limit: int) -> Table:
         for h in c["hops"]:
             t = h["tuple"]
             what = f"  \\[{', '.join(h['rewrites'])}]" if h["rewrites"] else ""
+            if h.get("evidence") is not None:  # the NAT gateway, from its flow log
+                what += f"  ({h['evidence']})"
+                if t is None:
+                    ends = ", ".join(format_address(g["src"], g["sport"]) for g in h["candidates"]) or "none"
+                    lines.append(f"{h['observation_point']}: one of {ends}{what}")
+                    continue
             lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])} -> "
                          f"{format_address(t['dst'], t['dport'])}{what}")
         lost = c["lost_at"]
         table.add_row(str(c["conn"]), c["proto"], "\n".join(lines), c["verdict"],
                       "-" if lost is None else f"hop {lost['hop']} ({lost['from']} -> {lost['to']})")
     caption = [f"{i}: {p}" for i, p in enumerate(chain.captures)]
+    if any(h.get("evidence") is not None for c in chain.connections for h in c["hops"]):
+        caption.append(f"{len(chain.captures)}: the NAT gateway's public side, from its flow log")
     caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} connections"
                 for i, h in enumerate(chain.hops)]
     counts = ", ".join(f"{n} {v}" for v, n in sorted(chain.by_verdict().items()))
@@ -1049,7 +1067,16 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
     scenario of several NATs (double-nat) is also checked as its chain of captures (pod side, node eth0, the
     gateway's public side) against the composed truth of its kernels.
     """
-    from natproof.check import KERNEL_RECORD, chain_captures, check_case, check_chain, find_cases, single_captures
+    from natproof.check import (
+        FLOW_LOGS,
+        KERNEL_RECORD,
+        chain_captures,
+        check_case,
+        check_chain,
+        check_chain_flow_log,
+        find_cases,
+        single_captures,
+    )
 
     cases = find_cases(list(folders))
     if single_file:
@@ -1078,6 +1105,8 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
             if not conntrack and (chain := chain_captures(case)):
                 # A scenario of several NATs: also its whole chain of captures against the kernels' composed truth.
                 reports[f"{case.name} (chain of {len(chain)} captures)"] = check_chain(case)
+                if all((case / f).is_file() for f in FLOW_LOGS):  # and the gateway from its flow log instead
+                    reports[f"{case.name} (2 captures + flow log)"] = check_chain_flow_log(case)
         else:
             reports |= {f"{case.name} ({path.name})": check_case(case, path, conntrack=kernel)
                         for path in single_captures(case)}

@@ -150,7 +150,8 @@ def test_lab_check_holds_the_chain_against_both_kernels(tmp_path: Path, capsys: 
         Path("inside.pcap"), Path("outside.pcap"), Path("gateway/outside.pcap")]
     assert check_chain(LAB).ok
     assert main(["lab", "check", str(LAB), "--format", "json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"double-nat", "double-nat (chain of 3 captures)"}
+    assert set(json.loads(capsys.readouterr().out)) == {"double-nat", "double-nat (chain of 3 captures)",
+                                                        "double-nat (2 captures + flow log)"}
     # The gateway's truth with one public port edited: the chain no longer agrees, and names that connection.
     copy = tmp_path / "double-nat"
     shutil.copytree(LAB, copy)
@@ -161,4 +162,37 @@ def test_lab_check_holds_the_chain_against_both_kernels(tmp_path: Path, capsys: 
     rep = check_chain(copy)
     assert not rep.ok and len(rep.wrong) == 1 and rep.wrong[0]["truth"]["outside"]["sport"] == 4242
     assert main(["lab", "check", str(copy)]) == 1
-    assert "1 of 2 scenarios match their truth" in capsys.readouterr().out
+    # The chain of captures and the flow log's unique candidate both disagree with the edited truth.
+    assert "1 of 3 scenarios match their truth" in capsys.readouterr().out
+
+
+def test_the_gateway_from_its_flow_log_is_one_more_point(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two captures and the NAT gateway's flow log: each TCP connection's gateway tuple is the unique candidate and
+    the gateway truth's; the two same-sized datagrams give two candidates, the truth's among them, and no
+    translated tuple (the records cannot tell)."""
+    from natproof.flowlogs import parse_nat_gateway, read_flow_logs
+
+    node, gateway = _truth()
+    gw = parse_nat_gateway((LAB / "gateway" / "nat-gateway.txt").read_text())
+    for form in ("custom.log", "custom.parquet", "default.log.gz"):
+        chain = natproof.correlate_chain(CHAIN[:2], flow_log=read_flow_logs(LAB / "flowlogs" / form),
+                                         nat_gateways=[gw])
+        by_pod = {_key(c["inside"]): c for c in chain.to_dict()["connections"]}
+        for t in node:
+            c = by_pod[_key(t["original"])]
+            want = gateway[_key(t["translated"])]["translated"]
+            point = c["hops"][-1]
+            assert point["capture"] == "flow log" and point["observation_point"] == 2
+            if t["proto"] == "tcp":
+                assert c["evidence_level"] == "flow log, unique candidate", (form, point["why"])
+                assert c["translated"] == point["tuple"] == want and "src" in c["rewrites"]
+            else:
+                assert c["evidence_level"] == "flow log, ambiguous: 2 candidates", (form, point["why"])
+                assert c["translated"] is None and want in point["candidates"]
+    args = ["correlate", *map(str, CHAIN[:2]), "--flow-log", str(LAB / "flowlogs" / "custom.log"), "--nat-gateway",
+            str(gw), "--format", "table", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(flow log, ambiguous: 2 candidates)" in out and "from its flow log" in out
+    assert main(["correlate", str(CHAIN[0]), "--flow-log", str(LAB / "flowlogs" / "custom.log"), "--quiet"]) == 2
+    assert "give INSIDE and OUTSIDE" in capsys.readouterr().err

@@ -57,7 +57,8 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     report = capsys.readouterr().out
     assert code == 0, report
     # A scenario of several NATs is also checked as its chain of captures (double-nat: pod, node eth0, gateway).
-    checked = 2 if name in MULTI_HOP else 1
+    # and as its first hop's two captures with the gateway's flow log.
+    checked = 3 if name in MULTI_HOP else 1
     assert report.rstrip().endswith(f"{checked} of {checked} scenarios match their truth")
     # The same connections against the kernel's record (conntrack.log; double-nat: its node hop's), and the pod
     # side's capture alone with the record against the truth's mappings.
