@@ -544,6 +544,26 @@ def test_ipv6_entries_are_kept() -> None:
     assert doc["outside"] == _t("2001:db8:100::2", 50164, "2001:db8:ff::10", 80)
 
 
+def test_pod_on_another_node_through_the_overlay_is_internal_with_its_tuple_on_the_outside() -> None:
+    # overlay: pod1 to pod2 on node2, through flannel's VXLAN: never NATed (reply tuple = original reversed), but the
+    # packets crossed eth0 (encapsulated), so outside = inside and translated = original. A pod on the node's own
+    # bridge stays internal with nothing on the outside; the tunnel's own UDP flow is no pod's connection.
+    rules = TruthRules(frozenset({POD}), ("10.244.0.0/16",), overlay_networks=("10.244.1.0/24",))
+    lines = _entry(1.0, f"{POD} 39448 10.244.1.10 8080", f"10.244.1.10 8080 {POD} 39448")
+    lines += _entry(2.0, f"{POD} 39500 10.244.0.11 8080", f"10.244.0.11 8080 {POD} 39500")
+    lines += _entry(3.0, "203.0.113.2 34906 203.0.113.3 8472", "203.0.113.3 8472 203.0.113.2 34906", proto="udp")
+    attempts = [_attempt(POD, 39448, "10.244.1.10", 8080, 1.0, "internal"),
+                _attempt(POD, 39500, "10.244.0.11", 8080, 2.0, "internal")]
+    connections, notes = build_connections(parse_lines(lines), [], attempts, rules)
+    across, local = (c.to_dict() for c in connections)
+    assert across["verdict"] == "internal" and across["rewrites"] == []
+    assert across["inside"] == across["outside"] == across["original"] == across["translated"] == _t(
+        POD, 39448, "10.244.1.10", 8080)
+    assert "overlay" in connections[0].evidence
+    assert local["verdict"] == "internal" and local["outside"] is None and local["translated"] is None
+    assert notes == ["left out (neither from a pod nor to one): 2 x ipv4 udp from 203.0.113.2"]
+
+
 def test_new_scenarios_are_listed() -> None:
     from natproof.lab import MULTI_HOP
 
@@ -552,5 +572,5 @@ def test_new_scenarios_are_listed() -> None:
     assert [name for name, _ in list_scenarios()][len(names):] == list(MULTI_HOP)
     new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
            "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg",
-           "lan-noise", "routed", "partial-overlap", "nat66"]  # fmt: skip
-    assert names[-len(new):] == new and len(names) == 28
+           "lan-noise", "routed", "partial-overlap", "nat66", "overlay"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 29
