@@ -345,6 +345,30 @@ def test_teardown_after_failure_mid_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.lab
+def test_overlay_setup_failing_on_the_second_node_leaves_no_namespace(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from natproof.lab.topology import Lab
+
+    prefix = new_prefix() + "o"
+    made = []
+    real = Lab._vxlan
+
+    def failing_vxlan(self, node, remote):  # type: ignore[no-untyped-def]
+        real(self, node, remote)
+        made.append(node.name)
+        if node.name == "node2":  # every namespace exists by now, both flannel.1 devices too
+            assert len(leftover_namespaces(prefix)) == 5
+            raise LabError("forced failure on the second node")
+
+    monkeypatch.setattr(lab_scenarios, "new_prefix", lambda: prefix)
+    monkeypatch.setattr(Lab, "_vxlan", failing_vxlan)
+    with pytest.raises(LabError, match="forced failure"):
+        run_scenario("overlay", tmp_path / "out")
+    assert made == ["node", "node2"] and leftover_namespaces(prefix) == []
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_tuple_the_client_used_twice_is_two_truth_connections() -> None:
     # Found in many-connections: a pod's ephemeral port reused 0.6 s after its previous connection closed.
     head = "ipv4 2 tcp 6 src=10.244.0.10 dst=198.51.100.10 sport=47230 dport=80"
