@@ -1585,7 +1585,8 @@ SCENARIOS: dict[str, Scenario] = {
             "as outside (and translated) tuple, since the inner packet crossed eth0 unchanged. Each tunnel flow is "
             "a conntrack entry of the node's own, left out of the truth (neither from a pod nor to one). Egress is "
             "masqueraded to 203.0.113.2 (random ports). Inside capture: cni0 (pod1's traffic is routed, both to "
-            "pod2 and to the internet, so the bridge device sees it); outside: eth0.",
+            "pod2 and to the internet, so the bridge device sees it); outside: eth0. The node-wide captures (any.pcap, "
+            "node.pcapng) hold flannel.1 too: the pod-to-pod packets once more, decapsulated, between cni0 and eth0.",
             (
                 ClientPlan(
                     "pod1",
