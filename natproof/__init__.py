@@ -11,6 +11,7 @@ os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 from natproof.assemble import Services
 from natproof.capture import CaptureInfo, Record, read_capture
+from natproof.chain import Chain, correlate_chain
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
@@ -28,6 +29,7 @@ __version__ = "0.2.0"
 __all__ = [
     "CaptureError",
     "CaptureInfo",
+    "Chain",
     "Check",
     "ConntrackRecord",
     "ExpectedConnection",
@@ -44,6 +46,7 @@ __all__ = [
     "Verdict",
     "__version__",
     "correlate",
+    "correlate_chain",
     "diagnose",
     "join_kernel",
     "load_expectations",

@@ -319,9 +319,16 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         pl.when(backend | nodeport).then(pl.col("trans_dport")).alias("backend_port"),
     )
     to_pods = in_networks(df["dst"], pod_networks)
-    df = df.with_columns(to_pods.alias("_to_pods"))
+    from_pods = in_networks(df["src"], pod_networks)
+    df = df.with_columns(to_pods.alias("_to_pods"), from_pods.alias("_from_pods"))
     crossed_any = (pl.col("_cross_init") + pl.col("_cross_reply") + pl.col("fate_leaked")) > 0
-    internal = ~crossed_any & ~has_hair & (pl.col("_to_pods") | (pl.col("_clusterip") & (pl.col("_pre_reply") > 0)))
+    # Pod to pod is never NATed (the CNI's rules exclude the pod network: flannel's RETURN, Calico's natOutgoing
+    # pools): a pod's connection to another pod is internal whether it stayed on the node or crossed unchanged to
+    # another node (through the overlay, where the outside capture sees it inside VXLAN/Geneve/IP-in-IP, or
+    # routed). One the node rewrote stays what the rewrite makes it.
+    pod_to_pod = pl.col("_to_pods") & pl.col("_from_pods") & ~pl.col("rewritten")
+    internal = ~has_hair & ((~crossed_any & (pl.col("_to_pods") | (pl.col("_clusterip") & (pl.col("_pre_reply") > 0))))
+                            | pod_to_pod)
     evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",
                          pl.col("_cross_reply").alias("cross_reply"), pl.col("_post_reply").alias("post_reply"),
                          pl.col("_pre_reply").alias("pre_reply"))
@@ -446,13 +453,16 @@ def _legs(df: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame, P: pl.DataFra
     first_ts_ns}, in time order: its inside legs (the anchor and legs holding its copies) and the outside legs
     its packets paired with."""
     packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    def underlay(conns: pl.DataFrame) -> pl.Expr:
+        return pl.col("underlay") if "underlay" in conns.columns else pl.lit(None, pl.String).alias("underlay")
+
     inside = ins.with_columns(roots.alias("anchor")).select(
         "anchor", pl.lit("inside").alias("observation_point"), *_TUPLE, "first_frame", packets.alias("packets"),
-        "first_ts_ns")
+        underlay(ins), "first_ts_ns")
     out_links = P.select("anchor", "out_conn").unique()
     outside = out_links.join(outs.rename({"conn_id": "out_conn"}), on="out_conn").select(
         "anchor", pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame", packets.alias("packets"),
-        "first_ts_ns")
+        underlay(outs), "first_ts_ns")
     legs = pl.concat([inside, outside.cast(inside.schema)]).sort("anchor", "first_ts_ns", "observation_point")
     return legs.group_by("anchor", maintain_order=True).agg(
-        pl.struct("observation_point", *_TUPLE, "first_frame", "packets").alias("legs"))
+        pl.struct("observation_point", *_TUPLE, "first_frame", "packets", "underlay").alias("legs"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -121,7 +122,8 @@ def names_from(obj: dict) -> natproof.Names | None:
 
 
 def _points_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Keep --inside-if / --outside-if / --interfaces for run_correlate in the context (as _services_option)."""
+    """Keep --inside-if / --outside-if / --interfaces / --vxlan-port for run_correlate in the context (as
+    _services_option)."""
     ctx.find_root().ensure_object(dict).setdefault("points", {})[param.name] = value
     return value
 
@@ -170,6 +172,10 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                      help="NodePort range (kube-apiserver --service-node-port-range). Default: 30000-32767.")(f)
     f = click.option("--service-cidr", metavar="CIDR[,CIDR...]", expose_value=False, callback=_services_option,
                      help="ClusterIP range (kube-apiserver --service-cluster-ip-range). Default: 10.96.0.0/12.")(f)
+    f = click.option("--vxlan-port", "vxlan_port", type=click.IntRange(1, 65535), multiple=True, metavar="PORT",
+                     expose_value=False, callback=_points_option,
+                     help="Also read UDP to PORT as VXLAN (repeatable; 4789 and 8472 always are; Geneve 6081, "
+                          "IP-in-IP and GRE too): overlay packets are matched by their inner packet.")(f)
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
     f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
@@ -245,7 +251,8 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                                     tolerance_s=tolerance, progress=progress, decoder=decoder, services=services,
                                     allow_swap=bool(opts.get("allow_swap")), names=names, conntrack=record,
                                     side=opts.get("side") or "auto", inside_if=points.get("inside_if"),
-                                    outside_if=points.get("outside_if"), interfaces=points.get("interfaces"))
+                                    outside_if=points.get("outside_if"), interfaces=points.get("interfaces"),
+                                    vxlan_ports=points.get("vxlan_port") or ())
     if not quiet:
         said = set()
         for cap in (result.inside, result.outside):
@@ -265,6 +272,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 
 @cli.command()
 @capture_options(required=("inside",))
+@click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -272,16 +280,23 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 @click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
               help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
 @output_options
-def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
-              tolerance: float, decoder: str, limit: int, charts_dir: str | None, schema: str, fmt: str | None,
-              output: str | None, quiet: bool) -> None:
+def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
+              clock_offset: float | None, tolerance: float, decoder: str, limit: int, charts_dir: str | None,
+              schema: str, fmt: str | None, output: str | None, quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
 
     Or from ONE capture of several interfaces (tcpdump -i any; dumpcap -i A -i B): natproof splits it into the
     inside and outside interfaces and says which it chose and why (--inside-if, --outside-if to choose). Or from
     ONE capture of one interface and --conntrack FILE: the node's conntrack record gives the other side (--side).
     Either file may be '-' for standard input (pcap, pcapng, or either gzip-compressed).
+
+    Or from THREE OR MORE captures along a chain of NATs, from the pod outwards (pod veth, node eth0, a NAT
+    gateway's or router's public side): each adjacent pair is correlated with its own clock offset and every
+    connection followed through each hop (natproof.chain/1 document; table or json).
     """
+    if further:
+        return _correlate_chain((inside, outside or "", *further), pod_cidr, tolerance, decoder, limit, fmt,
+                                output, quiet, clock_offset, charts_dir)
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
@@ -291,6 +306,83 @@ def correlate(inside: str, outside: str | None, pod_cidr: str | None, clock_offs
         written = save_charts(result, charts_dir)
         if not quiet:
             click.echo(f"natproof: wrote {len(written)} chart files to {charts_dir}", err=True)
+
+
+def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str, limit: int,
+                     fmt: str | None, output: str | None, quiet: bool, clock_offset: float | None,
+                     charts_dir: str | None) -> None:
+    """``natproof correlate CAP1 CAP2 CAP3 ...``: the chain (natproof.chain.correlate_chain) as a table or JSON."""
+    from natproof.chain import correlate_chain
+    from natproof.report.export import write_bytes
+
+    if clock_offset is not None or charts_dir:
+        raise click.UsageError("--clock-offset and --charts apply to one pair of captures; a chain estimates each "
+                               "hop's clock offset")
+    if "-" in paths:
+        raise click.UsageError("a chain reads files: standard input ('-') is for one pair of captures")
+    if fmt not in (None, "table", "json"):
+        raise click.UsageError(f"--format {fmt}: a chain of captures is written as table or json")
+    refuse_overwriting_inputs(output, *paths)
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    points = obj.get("points", {})
+    if points.get("inside_if") or points.get("outside_if") or obj.get("services", {}).get("conntrack"):
+        raise click.UsageError("--inside-if, --outside-if and --conntrack apply to one pair of captures, not a chain")
+    with make_progress(quiet) as progress:
+        chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
+                                services=services_from(obj), names=names_from(obj), progress=progress,
+                                vxlan_ports=points.get("vxlan_port") or ())
+    if not quiet:
+        for i, hop in enumerate(chain.hops):
+            for cap in (hop.inside, hop.outside):
+                for w in cap.warnings:
+                    warn(f"hop {i}: {cap.path}: {w}")
+    if fmt is None:
+        fmt = "table" if output is None and sys.stdout.isatty() else "json"
+    if fmt == "json":
+        data = chain.to_json()
+    else:
+        con = Console(record=True, width=None if output is None and sys.stdout.isatty() else 160,
+                      file=io.StringIO() if output else None)
+        con.print(render_chain(chain, limit))
+        data = con.export_text().encode() if output else b""
+    if output:
+        write_bytes(output, data)
+    elif data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def render_chain(chain: natproof.Chain, limit: int) -> Table:
+    """A chain's connections: the tuple at each observation point (what that hop rewrote), the verdict, where a
+    connection stopped."""
+    table = Table(title="NATs in a chain: each connection at every observation point (pod outwards)",
+                  header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("proto")
+    table.add_column("tuple at each point (rewritten by the hop before it)")
+    table.add_column("verdict")
+    table.add_column("lost at")
+    for c in chain.connections[:limit]:
+        lines = []
+        for h in c["hops"]:
+            t = h["tuple"]
+            what = f"  \\[{', '.join(h['rewrites'])}]" if h["rewrites"] else ""
+            lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])} -> "
+                         f"{format_address(t['dst'], t['dport'])}{what}")
+        lost = c["lost_at"]
+        table.add_row(str(c["conn"]), c["proto"], "\n".join(lines), c["verdict"],
+                      "-" if lost is None else f"hop {lost['hop']} ({lost['from']} -> {lost['to']})")
+    caption = [f"{i}: {p}" for i, p in enumerate(chain.captures)]
+    caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} connections"
+                for i, h in enumerate(chain.hops)]
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(chain.by_verdict().items()))
+    caption.append(f"{len(chain.connections)} connections: {counts or 'none'}; "
+                   f"{sum(c['lost_at'] is None for c in chain.connections)} reached the last capture")
+    if len(chain.connections) > limit:
+        caption.append(f"(first {limit} of {len(chain.connections)}; --limit N for more)")
+    table.caption = "\n".join(caption)
+    table.caption_justify = "left"
+    return table
 
 
 @cli.command()
@@ -393,6 +485,7 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
 @capture_options(required=())
+@click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
 @flow_log_options
 @click.option("--peer", metavar="ADDR[:PORT]",
               help="With --flow-log: only connections to this far end (the reporter's address, and port).")
@@ -406,7 +499,8 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
               help="Which capture's clock TIME and the printed times are on (outside: the node uplink's, as in a "
                    "far end's logs or an abuse report).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
-def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
+        clock_offset: float | None,
         tolerance: float, decoder: str, flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...],
         flow_log_format: str | None, peer: str | None, at: str | None, window: float, clock: str, fmt: str | None,
         quiet: bool) -> None:
@@ -423,7 +517,14 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
     report names it: the answer walks through the gateway's flow log to the node tuple (with the evidence level),
     and with INSIDE OUTSIDE (the node's captures, or --conntrack: the node's record) on to the pod; a link nothing
     given proves is named, with what would prove it.
+
+    With THREE OR MORE captures along a chain of NATs (pod outwards, as correlate takes them), ADDR:PORT may be an
+    end at any point: the answer gives each connection's tuple at every point, the first point's source being who
+    was behind it (--at on the first capture's clock).
     """
+    if further:
+        return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
+                          window, fmt, quiet)
     from natproof.lookup import check_query, parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
@@ -487,6 +588,41 @@ def who(endpoint: str, inside: str | None, outside: str | None, pod_cidr: str | 
         if hops:
             _print_whole(_gateway_hops_table(hops))
     if not answer.connections:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str,
+               at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
+    """who over a chain of captures (natproof.chain.who_chain): exit 1 when no connection used ENDPOINT."""
+    from natproof.chain import correlate_chain, who_chain
+    from natproof.lookup import parse_endpoint, parse_time
+
+    addr, port = parse_endpoint(endpoint)
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    with make_progress(quiet) as progress:
+        chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
+                                services=services_from(obj), names=names_from(obj), progress=progress,
+                                vxlan_ports=obj.get("points", {}).get("vxlan_port") or ())
+    first = chain.hops[0].inside.first_ts_ns
+    at_ns = None if at is None else parse_time(at, first)
+    found = who_chain(chain, addr, port, at_ns=at_ns, window_s=window)
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps({"query": endpoint, "at": None if at_ns is None else at_ns / 1e9,
+                               "window_s": window, "captures": list(chain.captures), "connections": found},
+                              indent=2))
+    else:
+        when = "" if at_ns is None else f" at {_iso(at_ns)} (first capture's clock)"
+        if not found:
+            click.echo(f"no connection used {endpoint}{when}")
+        else:
+            picked = natproof.Chain(chain.captures, chain.hops, found)
+            _print_whole(render_chain(picked, len(found)))
+            for c in found:
+                t = c["inside"]
+                pod = f" (pod {t['pod']})" if t.get("pod") else ""
+                click.echo(f"#{c['conn']}: behind {endpoint} was {format_address(t['src'], t['sport'])}{pod} (as "
+                           f"{chain.captures[c['first_point']]} saw it)")
+    if not found:
         raise SystemExit(ExitStatus.FAILED)
 
 
@@ -902,18 +1038,21 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
 @click.option("--single-file", is_flag=True,
               help="Check the captures of many interfaces instead of the pair: any.pcap (tcpdump -i any, named by "
                    "links.txt) and node.pcapng, each on its own, natproof choosing the inside and outside.")
-def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
+@click.option("--conntrack", is_flag=True,
+              help="Also hold the connections against the folder's kernel record (conntrack.log): every one the "
+                   "kernel kept confirmed, none contradicts, any absent for an allowed reason; and (two-file form) "
+                   "the inside capture alone with the record must give the truth's mappings.")
+def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: bool) -> None:
     """Correlate each scenario folder's captures and compare with its truth.json (exit 1 on any mismatch).
 
-    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/).
+    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/). A
+    scenario of several NATs (double-nat) is also checked as its chain of captures (pod side, node eth0, the
+    gateway's public side) against the composed truth of its kernels.
     """
-    from natproof.check import check_case, find_cases, single_captures
+    from natproof.check import KERNEL_RECORD, chain_captures, check_case, check_chain, find_cases, single_captures
 
     cases = find_cases(list(folders))
-    if not single_file:
-        reports = {case.name: check_case(case) for case in cases}
-    else:
-        reports = {}
+    if single_file:
         without = [case for case in cases if not single_captures(case)]
         if len(without) == len(cases):
             where = str(cases[0]) if len(cases) == 1 else f"none of the {len(cases)} scenario folders"
@@ -921,20 +1060,49 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
         if without:
             warn(f"no any.pcap or node.pcapng in {', '.join(c.name for c in without)}: checked in the two-file "
                  "form only (recorded before the lab wrote them, or a design with no single-file form)")
-        for case in cases:
-            reports |= {f"{case.name} ({path.name})": check_case(case, path) for path in single_captures(case)}
+        cases = [case for case in cases if case not in without]
+    recorded = {case for case in cases if (case / KERNEL_RECORD).is_file()}
+    if conntrack:
+        if not recorded:
+            where = str(cases[0]) if len(cases) == 1 else f"none of the {len(cases)} scenario folders"
+            raise NatproofError(f"{where}: no {KERNEL_RECORD} in it (natproof lab run writes the kernel's record "
+                                "there)")
+        if len(recorded) < len(cases):
+            warn(f"no {KERNEL_RECORD} in {', '.join(c.name for c in cases if c not in recorded)}: checked against "
+                 "truth.json only")
+    reports = {}
+    for case in cases:
+        kernel = conntrack and case in recorded
+        if not single_file:
+            reports[case.name] = check_case(case, conntrack=kernel)
+            if not conntrack and (chain := chain_captures(case)):
+                # A scenario of several NATs: also its whole chain of captures against the kernels' composed truth.
+                reports[f"{case.name} (chain of {len(chain)} captures)"] = check_chain(case)
+        else:
+            reports |= {f"{case.name} ({path.name})": check_case(case, path, conntrack=kernel)
+                        for path in single_captures(case)}
     if fmt == "json":
         click.echo(json.dumps({name: rep.to_dict() for name, rep in reports.items()}, indent=2))
     else:
         table = Table(title="natproof lab check", header_style="bold")
-        for col in ("scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing",
-                    "unexpected", "result"):
-            table.add_column(col, justify="left" if col == "scenario" else "right")
+        cols = ["scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing", "unexpected"]
+        if conntrack:
+            cols += ["kernel"] + ([] if single_file else ["one capture"])
+        for col in [*cols, "result"]:
+            # The kernel's states one a line, each whole: the numeric columns give way.
+            table.add_column(col, justify="left" if col in ("scenario", "kernel") else "right",
+                             no_wrap=col in ("scenario", "kernel", "one capture"))
         for name, rep in reports.items():
-            table.add_row(name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
-                          str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected)),
-                          "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
-        Console(width=None if sys.stdout.isatty() else 160).print(table)
+            row = [name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
+                   str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected))]
+            if conntrack:
+                k = rep.kernel
+                row.append("no record" if k is None else k.summary().replace(", ", "\n"))
+                if not single_file:
+                    one = None if k is None else k.one_capture
+                    row.append("-" if one is None or one.note else one.summary())
+            table.add_row(*row, "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
+        Console(width=None if sys.stdout.isatty() else 180 if conntrack else 160).print(table)
         for name, rep in reports.items():
             for w in rep.wrong:
                 fields = f" (differs in {', '.join(w['fields'])})" if w.get("fields") else ""
@@ -943,10 +1111,33 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
                 click.echo(f"{name}: missing: {_conn_text(m)}")
             for u in rep.unexpected:
                 click.echo(f"{name}: unexpected: {_conn_text(u)}")
+            k = rep.kernel
+            if k is None:
+                continue
+            for d in k.disagree:
+                c = d["connection"]
+                what = f"#{c['conn']} {_conn_text(c)}: " if c else ""
+                line = f" ({Path(k.record).name} line {d['kernel_line']})" if d.get("kernel_line") else ""
+                click.echo(f"{name}: kernel: {what}{d['why']}{line}")
+            one = k.one_capture
+            for m in [] if one is None else one.missing:
+                click.echo(f"{name}: one capture: missing: {_mapping_text(m)}")
+            for m in [] if one is None else one.wrong:
+                click.echo(f"{name}: one capture: not in the truth: {_mapping_text(m)}")
         ok = sum(rep.ok for rep in reports.values())
-        click.echo(f"{ok} of {len(reports)} scenarios match their truth")
+        against = " and the kernel's record" if conntrack else ""
+        unrecorded = sum(rep.kernel is None for rep in reports.values()) if conntrack else 0
+        if unrecorded:
+            against += f" ({unrecorded} without a record: their truth only)"
+        click.echo(f"{ok} of {len(reports)} scenarios match their truth{against}")
     if not all(rep.ok for rep in reports.values()):
         raise SystemExit(ExitStatus.FAILED)
+
+
+def _mapping_text(m: dict) -> str:
+    o, t = m["original"], m["translated"]
+    return (f"{m['proto']} {format_address(o['src'], o['sport'])} -> {format_address(o['dst'], o['dport'])} => "
+            f"{format_address(t['src'], t['sport'])} -> {format_address(t['dst'], t['dport'])}")
 
 
 def _conn_text(c: dict) -> str:

@@ -23,6 +23,7 @@ from natproof.connections import (
     split_never_forwarded,
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
+from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import InputError
 from natproof.kernel import join_kernel, one_side_connections, which_side
 from natproof.match import MATCH_COLUMNS, PAIR_SCHEMA, match_sides, signature, with_keys
@@ -57,13 +58,15 @@ def _fmt_time(ns: int) -> str:
 
 DECODE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "src", "dst", "sport", "dport", "ip_id", "ttl",
                   "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code",
-                  "icmp_seq", "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu")
+                  "icmp_seq", "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu",
+                  "underlay")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
 FEATURE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "ip_id", "ttl", "tcp_seq", "tcp_ack",
-                   "tcp_flags", "icmp_type", "icmp_code", "icmp_mtu", "payload_len", "head_digest")
+                   "tcp_flags", "icmp_type", "icmp_code", "icmp_mtu", "payload_len", "head_digest", "underlay")
 """Decoded columns kept as they are; the rest are read once into the flow columns and the signature. (iface and
-ifindex are dropped once the packets are split into observation points: natproof.points.)"""
+ifindex are dropped once the packets are split into observation points: natproof.points; underlay once each
+leg has its own: leg_underlay.)"""
 
 
 def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
@@ -92,14 +95,16 @@ class _Side:
 
 
 def _load(path: str | os.PathLike[str], progress: Callable[[int], None] | None,
-          fast: bool | None) -> tuple[CaptureInfo, pl.DataFrame]:
-    return load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features)
+          fast: bool | None, overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
+    return load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features,
+                        overlay=overlay)
 
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
                   timeouts: IdleTimeouts | None, inside: bool, pod_cidr: str | Sequence[str] | None,
                   services: Services, if_names: Sequence[str] = (), links: Mapping[int, Link] | None = None,
-                  loaded: list | None = None) -> tuple[_Side, dict[str, pl.DataFrame]]:
+                  loaded: list | None = None, overlay: Overlay = DEFAULT_OVERLAY,
+                  ) -> tuple[_Side, dict[str, pl.DataFrame]]:
     """Decode one capture given for one side, keep its observation point (natproof.points.choose_point: the whole
     file, or the interfaces ``if_names`` gives or natproof chooses) and prepare it (see _prepare_point).
     ``loaded``: the capture already decoded ([info, packets] from _load, emptied here)."""
@@ -107,7 +112,7 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
         info, pk = loaded
         loaded.clear()
     else:
-        info, pk = _load(path, progress, fast)
+        info, pk = _load(path, progress, fast, overlay)
     role = "inside" if inside else "outside"
     point, interfaces = choose_point(role, info, pk, names=if_names, links=links,
                                      pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
@@ -157,6 +162,8 @@ def _prepare_point(pk: pl.DataFrame, info: CaptureInfo, interface_copies: int, *
     if copies:
         info.skipped["duplicate"] += copies
     pk, conns = group_connections(pk, timeouts)
+    conns = leg_underlay(pk, conns)
+    pk = pk.drop("underlay", strict=False)
     nets: tuple[Network, ...] = ()
     if inside:  # private space only here: what the outside hides is settled once both sides are read
         nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns).networks
@@ -169,6 +176,17 @@ def _prepare_point(pk: pl.DataFrame, info: CaptureInfo, interface_copies: int, *
     del pk, keyed
     trim()
     return _Side(info, nets), {"packets": packets, "match": match, "connections": conns, "icmp": icmp}
+
+
+def leg_underlay(pk: pl.DataFrame, conns: pl.DataFrame) -> pl.DataFrame:
+    """``conns`` (one row per leg) with ``underlay`` (String): the outer packet of the leg's first overlay packet
+    ("ENCAP SRC DST VNI", natproof.decode.underlay_label), null for a leg seen as it is. ``pk``: the leg's packets,
+    with conn_id and the decoded ``underlay``."""
+    if "underlay" not in pk.columns:
+        return conns.with_columns(pl.lit(None, pl.String).alias("underlay"))
+    lay = (pk.filter(pl.col("underlay").is_not_null()).group_by("conn_id")
+           .agg(pl.col("underlay").sort_by("ts_ns").first().cast(pl.String)))
+    return conns.join(lay, on="conn_id", how="left", maintain_order="left")
 
 
 def _dnat_end(pk: pl.DataFrame, inside: bool, nets: Sequence[Network], services: Services) -> pl.Series:
@@ -198,6 +216,7 @@ def correlate(
     allow_swap: bool = False,
     names: Names | None = None,
     conntrack: str | os.PathLike[str] | ConntrackRecord | None = None,
+    vxlan_ports: Sequence[int] = (),
     side: str | None = None,
 ) -> Result:
     """Prove each connection's NAT mapping from an inside (pod side) and an outside observation point.
@@ -234,6 +253,11 @@ def correlate(
     any format natproof.conntrack reads, or a record already read) to hold every connection against
     (natproof.kernel.join_kernel; ``tolerance_s`` is its time tolerance too).
 
+    Overlay packets (VXLAN on UDP 4789 and 8472 and ``vxlan_ports``, Geneve on 6081, IP-in-IP, GRE) are matched by
+    their inner packet (natproof.decode.decapsulate); each leg keeps the outer packet as its ``underlay``. A pod's
+    connection to another pod that crossed unchanged (through the overlay to another node, or routed) is
+    ``internal``: pod to pod is never NATed.
+
     ONE capture (the other argument None): a file of several interfaces (or one given ``inside_if`` /
     ``outside_if``) is split into both points as above, and a record is joined to that result as to two files'.
     A file of one interface needs the record: it gives each connection's other side (:func:`correlate_one`,
@@ -244,6 +268,10 @@ def correlate(
     if names is not None:
         services = names.recognise(services)
     fast = decoder_flag(decoder)
+    try:
+        overlay = DEFAULT_OVERLAY.with_vxlan_ports(tuple(int(p) for p in vxlan_ports))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"--vxlan-port: {exc}") from None
     for name, value in (("clock offset", clock_offset_s), ("tolerance", tolerance_s)):
         if value is not None and not (math.isfinite(value) and abs(value) <= 10 * 365 * 86_400):
             raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
@@ -264,7 +292,7 @@ def correlate(
         # One capture: split into both observation points when it holds several interfaces (or names are given);
         # else, with a record, the record gives the other side; else choose_points says what is missing.
         cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
-        loaded = [*_load(capture, cb, fast)]
+        loaded = [*_load(capture, cb, fast, overlay)]
         if conntrack is not None and not in_names and not out_names and not several_interfaces(*loaded, links):
             return apply_names(_correlate_one(
                 capture, conntrack, side=side or ("inside" if inside is not None else "outside"), pod_cidr=pod_cidr,
@@ -280,7 +308,8 @@ def correlate(
                for label, path in (("inside", inside), ("outside", outside))]
         # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
         # are large; then the two meet in matching.
-        (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, timeouts=timeouts,
+        (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, overlay=overlay,
+                                       timeouts=timeouts,
                                        pod_cidr=pod_cidr, services=services, links=links,
                                        each=[{"inside": True, "if_names": in_names},
                                              {"inside": False, "if_names": out_names}])
@@ -518,6 +547,7 @@ def correlate_one(
     progress: ProgressFactory | None = None,
     decoder: str = "auto",
     services: Services | None = None,
+    vxlan_ports: Sequence[int] = (),
 ) -> Result:
     """Connections from ONE capture (the pod side or the node's uplink) and the node's conntrack record, which gives
     each connection's tuple on the side not captured (natproof.kernel.one_side_connections: evidence_level
@@ -531,8 +561,9 @@ def correlate_one(
     record = conntrack if isinstance(conntrack, ConntrackRecord) else read_conntrack(conntrack)
     cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
     fast = decoder_flag(decoder)
+    overlay = DEFAULT_OVERLAY.with_vxlan_ports(tuple(vxlan_ports))
     return _correlate_one(capture, record, side=side, pod_cidr=pod_cidr, tolerance_s=tolerance_s, timeouts=timeouts,
-                          fast=fast, services=services, loaded=[*_load(capture, cb, fast)])
+                          fast=fast, services=services, loaded=[*_load(capture, cb, fast, overlay)])
 
 
 def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, side: str,

@@ -30,7 +30,17 @@ from natproof.capture import (
     open_section,
     read_idb,
 )
-from natproof.decode import HEAD_DIGEST_BYTES, VLAN_TPIDS, Skip, decode, sll2_ifindex
+from natproof.decode import (
+    DEFAULT_OVERLAY,
+    ENCAPS,
+    HEAD_DIGEST_BYTES,
+    MAX_ENCAP_DEPTH,
+    VLAN_TPIDS,
+    Overlay,
+    Skip,
+    decode,
+    sll2_ifindex,
+)
 from natproof.errors import CaptureError
 from natproof.memory import trim
 
@@ -40,6 +50,9 @@ SNAP = 84
 """Frame bytes gathered per record: the longest fast link header (Ethernet with two VLAN tags, 22 bytes)
 plus an IPv6 header and a TCP header without options, with room to spare."""
 L3_SNAP = 62
+_PEEK = 24
+"""Bytes read after an outer IP header to recognise an encapsulation: UDP (8) and a VXLAN or Geneve header (8), or
+a GRE header with checksum, key and sequence (16)."""
 _RAW_LINKS = (101, 12, 14, 228, 229)
 _ETH, _SLL, _SLL2 = 1, 113, 276
 _MAX_CAPLEN = 0x4000000
@@ -502,11 +515,61 @@ def _masked(values: np.ndarray, valid: np.ndarray | None, dtype: type) -> np.nda
     return np.ma.masked_array(arr, mask=~valid)
 
 
+@dataclass
+class _IPLayer:
+    """The IP and transport headers of rows of a normalised header matrix (one row per frame, from the IP header
+    on): which rows the fast path decodes, and the fields it reads."""
+
+    is4: np.ndarray
+    frag: np.ndarray
+    """IPv4 fragments after the first (no transport header: skipped)."""
+    ipok: np.ndarray
+    ip_len: np.ndarray
+    seg: np.ndarray
+    """Transport bytes captured, within the IP length."""
+    hl: np.ndarray
+    proto: np.ndarray
+    l4: np.ndarray
+    doff: np.ndarray
+    typ: np.ndarray
+    tcp: np.ndarray
+    udp: np.ndarray
+    req: np.ndarray
+    echo: np.ndarray
+
+
+def _ip_layer(hdr: np.ndarray, avail: np.ndarray, is4: np.ndarray) -> _IPLayer:
+    """Parse the IP header (IPv4 without options, IPv6 without extension headers: the rest goes to the reference
+    decoder) and the first transport bytes of each row; ``avail`` is each row's bytes captured from the header on."""
+    tot, plen6 = _u(hdr, 2, 2), _u(hdr, 4, 2)
+    ok4 = is4 & (avail >= 20) & (hdr[:, 0] == 0x45)
+    frag = ok4 & ((_u(hdr, 6, 2) & 0x1FFF) != 0)
+    ok4 &= ~frag
+    ok6 = ~is4 & (avail >= 40)
+    ip_len = np.where(is4, np.where(tot > 0, tot, avail), np.where(plen6 > 0, plen6, avail - 40) + 40)
+    seg = np.where(is4, np.where(tot > 0, np.minimum(tot, avail), avail) - 20,
+                   np.where(plen6 > 0, np.minimum(plen6, avail - 40), avail - 40))
+    hl = np.where(is4, 20, 40)
+    proto = np.where(is4, hdr[:, 9], hdr[:, 6]).astype(np.int64)
+    l4 = np.where(is4[:, None], hdr[:, 20:42], hdr[:, 40:62])
+    doff = (l4[:, 12] >> 4).astype(np.int64)
+    typ = l4[:, 0].astype(np.int64)
+    ipok = ok4 | ok6
+    tcp = ipok & (proto == 6) & (seg >= 20) & (doff >= 5)
+    udp = ipok & (proto == 17) & (seg >= 8)
+    icmp = ipok & (seg >= 8) & (((proto == 1) & is4) | ((proto == 58) & ~is4))
+    req = np.where(proto == 1, 8, 128)
+    echo = icmp & ((typ == req) | (typ == np.where(proto == 1, 0, 129)))
+    return _IPLayer(is4, frag, ipok, ip_len, seg, hl, proto, l4, doff, typ, tcp, udp, req, echo)
+
+
 class _ChunkDecoder:
     """Decode chunks of one capture; keeps the address caches and counts frames sent to the reference."""
 
-    def __init__(self, buf: mmap.mmap, info: CaptureInfo, schema: dict[str, pl.DataType]) -> None:
+    def __init__(self, buf: mmap.mmap, info: CaptureInfo, schema: dict[str, pl.DataType],
+                 overlay: Overlay = DEFAULT_OVERLAY) -> None:
         self.buf = buf
+        self.overlay = overlay
         self.mv = memoryview(buf)
         self.info = info
         self.schema = schema
@@ -567,29 +630,24 @@ class _ChunkDecoder:
         for s in np.unique(starts).tolist():
             sel = np.nonzero(starts == s)[0]
             hdr[sel] = snap[rows[sel], s:s + L3_SNAP]
-        avail = cap[rows] - starts
         v = ver[rows]
-        is4 = v == 4
-        tot, plen6 = _u(hdr, 2, 2), _u(hdr, 4, 2)
-        ok4 = is4 & (avail >= 20) & (hdr[:, 0] == 0x45)
-        frag = ok4 & ((_u(hdr, 6, 2) & 0x1FFF) != 0)
-        ok4 &= ~frag
-        ok6 = ~is4 & (avail >= 40)
-        ip_len = np.where(is4, np.where(tot > 0, tot, avail), np.where(plen6 > 0, plen6, avail - 40) + 40)
-        seg = np.where(is4, np.where(tot > 0, np.minimum(tot, avail), avail) - 20,
-                       np.where(plen6 > 0, np.minimum(plen6, avail - 40), avail - 40))
-        hl = np.where(is4, 20, 40)
-        proto = np.where(is4, hdr[:, 9], hdr[:, 6]).astype(np.int64)
-        l4 = np.where(is4[:, None], hdr[:, 20:42], hdr[:, 40:62])
-        doff = (l4[:, 12] >> 4).astype(np.int64)
-        typ = l4[:, 0].astype(np.int64)
-        ipok = ok4 | ok6
-        tcp = ipok & (proto == 6) & (seg >= 20) & (doff >= 5)
-        udp = ipok & (proto == 17) & (seg >= 8)
-        icmp = ipok & (seg >= 8) & (((proto == 1) & is4) | ((proto == 58) & ~is4))
-        req = np.where(proto == 1, 8, 128)
-        echo = icmp & ((typ == req) | (typ == np.where(proto == 1, 0, 129)))
-        fast = tcp | udp | echo
+        ip = _ip_layer(hdr, cap[rows] - starts, v == 4)
+        underlay = None
+        refer = np.zeros(m, dtype=bool)  # overlay packets whose inner packet is the reference decoder's to judge
+        for _ in range(MAX_ENCAP_DEPTH):
+            peeled = self._peel(ch, rows, starts, hdr, ip, underlay, refer)
+            if peeled is None:
+                break
+            at, inner_start, inner_v, labels = peeled
+            underlay = labels
+            starts[at] = inner_start
+            v[at] = inner_v
+            hdr[at] = _gather(self.buf, ch.data_off[rows[at]] + inner_start, L3_SNAP)
+            refer[at] |= (hdr[at, 0] >> 4) != inner_v
+            ip = _ip_layer(hdr, cap[rows] - starts, v == 4)
+        is4, frag, proto, l4, doff, typ = ip.is4, ip.frag & ~refer, ip.proto, ip.l4, ip.doff, ip.typ
+        tcp, echo, req, seg, ip_len, hl = ip.tcp, ip.echo, ip.req, ip.seg, ip.ip_len, ip.hl
+        fast = (tcp | ip.udp | echo) & ~refer
 
         fast_rows = rows[fast]
         skip_frag = np.zeros(n, dtype=bool)
@@ -611,7 +669,8 @@ class _ChunkDecoder:
         if len(fast_rows):
             frames.append(self._fast_frame(ch, fast_rows, hdr[fast], l4[fast], is4[fast], proto[fast], typ[fast],
                                            req[fast], tcp[fast], echo[fast], doff[fast], seg[fast], ip_len[fast],
-                                           hl[fast], starts[fast], ch.iface[fast_rows], ifindex[fast_rows]))
+                                           hl[fast], starts[fast], ch.iface[fast_rows], ifindex[fast_rows],
+                                           None if underlay is None else underlay.filter(pl.Series(fast))))
         slow_rows = np.nonzero(slow)[0]
         if len(slow_rows):
             info.fallback_frames += len(slow_rows)
@@ -629,7 +688,7 @@ class _ChunkDecoder:
     def _fast_frame(self, ch: _Chunk, r: np.ndarray, hdr: np.ndarray, l4: np.ndarray, is4: np.ndarray,
                     proto: np.ndarray, typ: np.ndarray, req: np.ndarray, tcp: np.ndarray, echo: np.ndarray,
                     doff: np.ndarray, seg: np.ndarray, ip_len: np.ndarray, hl: np.ndarray, l3: np.ndarray,
-                    iface: np.ndarray, ifindex: np.ndarray) -> pl.DataFrame:
+                    iface: np.ndarray, ifindex: np.ndarray, underlay: pl.Series | None) -> pl.DataFrame:
         p1, p2 = _u(l4, 0, 2), _u(l4, 2, 2)
         icmp_id, icmp_seq = _u(l4, 4, 2), _u(l4, 6, 2)
         is_req = typ == req
@@ -678,6 +737,8 @@ class _ChunkDecoder:
             "icmp_id": _masked(icmp_id, icmp_or_none, np.uint16),
             "icmp_seq": _masked(icmp_seq, icmp_or_none, np.uint16),
         }
+        if underlay is not None:
+            data["underlay"] = underlay
         k = len(r)
         series = []
         for name, dtype in self.schema.items():
@@ -690,6 +751,86 @@ class _ChunkDecoder:
                 s = pl.repeat(None, k, dtype=dtype, eager=True).alias(name)
             series.append(s)
         return pl.DataFrame(series)
+
+    def _peel(self, ch: _Chunk, rows: np.ndarray, starts: np.ndarray, hdr: np.ndarray, ip: _IPLayer,
+              underlay: pl.Series | None, refer: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.Series] | None:
+        """One layer of overlay encapsulation off the rows that carry one (decode.decapsulate's rules, the common
+        cases): (indexes into ``rows`` peeled, their inner IP header's offset in the frame, its version, the
+        ``underlay`` column of all rows: the outermost label kept). None when no row is an overlay packet.
+        An encapsulation recognised whose inner packet is not plain IP within the bytes captured (ARP inside,
+        VLAN tags, cut short) is marked in ``refer``: the reference decoder peels it again and decides."""
+        ov = self.overlay
+        dport = _u(ip.l4, 2, 2)
+        vx = ip.udp & np.isin(dport, ov.vxlan_ports)
+        gn = ip.udp & np.isin(dport, ov.geneve_ports)
+        ipip = ip.ipok & ((ip.proto == 4) | (ip.proto == 41))
+        gre = ip.ipok & (ip.proto == 47)
+        cand = np.nonzero(vx | gn | ipip | gre)[0]
+        if not len(cand):
+            return None
+        cap = ch.caplen[rows[cand]]
+        base = starts[cand] + ip.hl[cand]  # the transport (or GRE) header's offset in the frame
+        room = np.minimum(cap - base, ip.seg[cand])  # its bytes captured, within the IP length
+        peek = _gather(self.buf, ch.data_off[rows[cand]] + base, _PEEK)
+        k = len(cand)
+        inner = np.full(k, -1, dtype=np.int64)  # offset of what follows the encapsulation, from base
+        eth = np.zeros(k, dtype=bool)  # an Ethernet frame follows
+        ptype = np.zeros(k, dtype=np.int64)  # else the IP version by EtherType
+        kind = np.zeros(k, dtype=np.int64)
+        vni = np.full(k, -1, dtype=np.int64)
+        # VXLAN (RFC 7348): the I flag, then VNI in bytes 4-6 of the 8-byte header.
+        c = vx[cand] & (room >= 16) & ((peek[:, 8] & 0x08) != 0)
+        inner[c], eth[c], kind[c], vni[c] = 16, True, 1, (_u(peek, 12, 4) >> 8)[c]
+        # Geneve (RFC 8926): version 0, options of 4-byte words, a protocol type.
+        c = gn[cand] & (room >= 16) & ((peek[:, 8] >> 6) == 0)
+        gtype = _u(peek, 10, 2)
+        inner[c], ptype[c], kind[c] = 16 + (peek[c, 8] & 0x3F).astype(np.int64) * 4, gtype[c], 2
+        vni[c] = (_u(peek, 12, 4) >> 8)[c]
+        # IP-in-IP: the inner header at once.
+        c = ipip[cand]
+        inner[c], ptype[c], kind[c] = 0, np.where(ip.proto[cand][c] == 4, 0x0800, 0x86DD), 3
+        # GRE version 0 (RFC 2784/2890): C, K, S add a word each; no routing, no other version.
+        flags, gtype = _u(peek, 0, 2), _u(peek, 2, 2)
+        c = gre[cand] & (room >= 4) & ((flags & 0x4007) == 0) & np.isin(gtype, (0x0800, 0x86DD, 0x6558))
+        has_c, has_k, has_s = (flags & 0x8000) != 0, (flags & 0x2000) != 0, (flags & 0x1000) != 0
+        key_at = np.where(has_c, 8, 4)
+        key = np.where(has_c, _u(peek, 8, 4), _u(peek, 4, 4))
+        inner[c] = (key_at + 4 * has_k + 4 * has_s)[c]
+        ptype[c], kind[c] = gtype[c], 4
+        vni[c & has_k] = key[c & has_k]
+        eth |= ptype == 0x6558
+        # An Ethernet frame inside: its EtherType (one VLAN tag skipped at most; more go to the reference).
+        e = np.nonzero(eth & (inner >= 0))[0]
+        if len(e):
+            head = _gather(self.buf, ch.data_off[rows[cand[e]]] + base[e] + inner[e], 18)
+            et = _u(head, 12, 2)
+            tagged = np.isin(et, VLAN_TPIDS)
+            ptype[e] = np.where(tagged, 0, et)  # tagged: the reference's
+            inner[e] += 14
+        ver = np.where(ptype == 0x0800, 4, np.where(ptype == 0x86DD, 6, 0))
+        ok = (inner >= 0) & (ver > 0) & (inner < room)
+        refer[cand[(inner >= 0) & ~ok]] = True
+        if not ok.any():
+            return None
+        at = cand[ok]
+        # The outer addresses, as text, for the rows peeled.
+        outer = hdr[at]
+        o4 = ip.is4[at]
+        addrs = self.addresses.series(np.concatenate([_u(outer, 12, 4), _u(outer, 16, 4)]),
+                                      np.concatenate([outer[:, 8:24], outer[:, 24:40]]), np.concatenate([o4, o4]))
+        n_at = len(at)
+        label = pl.DataFrame({
+            "e": pl.Series(np.array(ENCAPS)[kind[ok] - 1]),
+            "s": addrs.head(n_at).cast(pl.String), "d": addrs.tail(n_at).cast(pl.String),
+            "v": pl.Series(vni[ok]).cast(pl.String).replace("-1", "-"),
+        }).select(pl.concat_str("e", "s", "d", "v", separator=" ")).to_series()
+        if underlay is None:
+            underlay = pl.repeat(None, len(rows), dtype=pl.String, eager=True)
+        else:  # a second layer: the outermost stays the underlay
+            label = underlay.cast(pl.String).gather(at).fill_null(label)
+        underlay = underlay.cast(pl.String).scatter(at, label).cast(pl.Categorical)
+        return at, starts[at] + ip.hl[at] + inner[ok], ver[ok], underlay
 
     def _head_digests(self, start: np.ndarray, length: np.ndarray) -> np.ndarray:
         """xxh3_64 of each payload's first HEAD_DIGEST_BYTES bytes: vectorised for payloads at least that long,
@@ -720,7 +861,7 @@ class _ChunkDecoder:
         for frame_no, ts, wire, cap, lt, off, iface in zip(*cols, strict=True):
             data = buf[off:off + cap]
             try:
-                out.append(decode(frame_no, ts, wire, cap, lt, data, iface))
+                out.append(decode(frame_no, ts, wire, cap, lt, data, iface, self.overlay))
                 kept.append(frame_no)
             except Skip as skip:
                 skipped[skip.reason] += 1
@@ -741,11 +882,12 @@ class _ChunkDecoder:
 def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None, *,
                 chunk_bytes: int = CHUNK_BYTES, columns: Sequence[str] | None = None,
                 transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
-                ) -> tuple[CaptureInfo, pl.DataFrame]:
+                overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode a capture into (info, packets) equal to read_capture + build_packets on the same file.
 
     ``columns`` keeps only those columns of each chunk, then ``transform`` (row by row) turns each chunk into
-    what the caller keeps, so a full-width frame of the whole capture never exists. Raises CaptureError as
+    what the caller keeps, so a full-width frame of the whole capture never exists. ``overlay``: the ports of the
+    encapsulations to peel (decode.Overlay). Raises CaptureError as
     read_capture does, and Unsupported for the rare file the fast framing does not handle (the caller then
     uses the reference path).
     """
@@ -765,7 +907,8 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
         else:
             shown = " ".join(f"{b:02x}" for b in magic)
             raise CaptureError(str(path), f"not a pcap or pcapng capture (starts with {shown})")
-        dec = _ChunkDecoder(buf, info, PACKET_SCHEMA if columns is None else {c: PACKET_SCHEMA[c] for c in keep})
+        dec = _ChunkDecoder(buf, info, PACKET_SCHEMA if columns is None else {c: PACKET_SCHEMA[c] for c in keep},
+                            overlay)
         parts: list[pl.DataFrame] = []
         released = 0
         page = mmap.PAGESIZE

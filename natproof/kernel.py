@@ -411,11 +411,12 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     leg_struct = pl.concat_list(pl.struct(
         pl.lit(side).alias("observation_point"), pl.col("leg_src").alias("src"), pl.col("leg_sport").alias("sport"),
         pl.col("leg_dst").alias("dst"), pl.col("leg_dport").alias("dport"), "first_frame",
-        packets.alias("packets")))
+        packets.alias("packets"), pl.col("leg_underlay").alias("underlay")))
     leg_cols = legs.select(pl.col("conn_id").alias("leg"), *[pl.col(f).alias(f"leg_{f}") for f in
                                                              ("src", "sport", "dst", "dport")],
                            pl.col("first_ts_ns").alias("leg_first"), pl.col("last_ts_ns").alias("leg_last"),
-                           "egress_packets", "reply_packets", "icmp_error_packets", "first_frame")
+                           "egress_packets", "reply_packets", "icmp_error_packets", "first_frame",
+                           _underlay(legs).alias("leg_underlay"))
     found = (best.select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("row"))
              .join(rows.rename({"conn": "row"}), on="row").join(leg_cols, on="leg"))
     found = found.with_columns(
@@ -435,6 +436,11 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     conns = pl.concat([contract_columns(p).with_columns(p["leg"].cast(pl.UInt32).alias("leg")) for p in parts])
     conns = conns.sort(["first_ts_ns", "leg"]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
     return conns
+
+
+def _underlay(legs: pl.DataFrame) -> pl.Expr:
+    """A leg's underlay (natproof.correlate.leg_underlay), null where the legs carry none."""
+    return pl.col("underlay") if "underlay" in legs.columns else pl.lit(None, pl.String)
 
 
 def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: Sequence[Network],
@@ -467,7 +473,8 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
                                                   "fate_leaked", "fate_outside_only", "fate_node_generated")],
         pl.col("first_frame").alias("evidence_egress_inside_frame"), pl.col("conn_id").alias("inside_conn_id"),
         pl.concat_list(pl.struct(pl.lit("inside").alias("observation_point"), "src", "sport", "dst", "dport",
-                                 "first_frame", packets.alias("packets"))).alias("legs"),
+                                 "first_frame", packets.alias("packets"), _underlay(legs).alias("underlay")))
+        .alias("legs"),
         (uncovered & ~pl.col("_to_pod")).alias("other_capture_off"),
         pl.lit("absent").alias("kernel"),
         pl.when(pl.col("_to_pod")).then(pl.lit("not_tracked")).otherwise(reason).alias("kernel_reason"),

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, CaptureInfo, Record, read_capture
-from natproof.decode import FIELDS, Skip, decode, sll2_ifindex
+from natproof.decode import DEFAULT_OVERLAY, FIELDS, Overlay, Skip, decode, sll2_ifindex
 from natproof.errors import CaptureError
 
 PACKET_SCHEMA: dict[str, pl.DataType] = {
@@ -44,12 +44,15 @@ PACKET_SCHEMA: dict[str, pl.DataType] = {
     "inner_sport": pl.UInt16(),
     "inner_dport": pl.UInt16(),
     "icmp_mtu": pl.UInt32(),
+    "underlay": pl.Categorical(),
 }
 assert tuple(PACKET_SCHEMA) == FIELDS
 """Every column of a decoded packet. ``iface`` and ``ifindex`` say which interface it was captured on: ``iface`` the
 file's interface (Record.iface: the pcapng interface block, 0 for classic pcap), ``ifindex`` the Linux interface
 index of a LINUX_SLL2 frame (``tcpdump -i any``), -1 for other link types. CaptureInfo names the first
-(``if_names``); natproof.points names both (an SLL2 index from ``ip -o link`` output, else ``if<N>``)."""
+(``if_names``); natproof.points names both (an SLL2 index from ``ip -o link`` output, else ``if<N>``).
+``underlay``: an overlay packet's outer packet, "ENCAP SRC DST VNI" (natproof.decode.decapsulate and
+underlay_label; null for a packet captured as it is): every other column is the inner packet's."""
 
 Progress = Callable[[int], None]
 """Called with the number of file bytes (record headers and data) decoded since the last call."""
@@ -58,8 +61,10 @@ DECODERS = ("auto", "fast", "dpkt")
 """Values of the ``decoder`` option: the columnar decoder (auto, fast) or the dpkt reference."""
 
 
-def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progress | None = None) -> pl.DataFrame:
-    """Decode records into a frame of PACKET_SCHEMA; frames that are not IP packets are counted in info.skipped."""
+def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progress | None = None,
+                  overlay: Overlay = DEFAULT_OVERLAY) -> pl.DataFrame:
+    """Decode records into a frame of PACKET_SCHEMA; frames that are not IP packets are counted in info.skipped.
+    ``overlay``: the encapsulations' ports (natproof.decode.Overlay)."""
     rows: list[tuple] = []
     append = rows.append
     skipped = info.skipped
@@ -70,7 +75,8 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
         where = (rec.iface, sll2_ifindex(rec.linktype, rec.data))
         on_if[where] += 1
         try:
-            append(decode(rec.frame_no, rec.ts_ns, rec.wire_len, rec.caplen, rec.linktype, rec.data, rec.iface))
+            append(decode(rec.frame_no, rec.ts_ns, rec.wire_len, rec.caplen, rec.linktype, rec.data, rec.iface,
+                          overlay))
         except Skip as skip:
             skipped[skip.reason] += 1
             skipped_on_if[(*where, skip.reason)] += 1
@@ -89,7 +95,8 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
 
 def load_packets(path: str | os.PathLike[str], progress: Progress | None = None, *,
                  fast: bool | None = None, columns: Sequence[str] | None = None,
-                 transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
+                 transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+                 overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode one capture file; a capture with no frame of a link type natproof reads is an error.
 
     ``fast`` picks the decoder: True the columnar one (natproof.fastdecode), False the dpkt reference
@@ -106,12 +113,12 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
         from natproof.fastdecode import Unsupported, decode_file
 
         try:
-            info, packets = decode_file(path, progress, columns=columns, transform=transform)
+            info, packets = decode_file(path, progress, columns=columns, transform=transform, overlay=overlay)
             shaped = True
         except Unsupported:
-            info, packets = _load_reference(path, progress)
+            info, packets = _load_reference(path, progress, overlay)
     else:
-        info, packets = _load_reference(path, progress)
+        info, packets = _load_reference(path, progress, overlay)
     require_supported_link(info, packets)
     if not shaped and columns is not None and packets.columns != list(columns):
         packets = packets.select(columns)
@@ -128,9 +135,10 @@ def require_supported_link(info: CaptureInfo, packets: pl.DataFrame) -> tuple[Ca
     return info, packets
 
 
-def _load_reference(path: str | os.PathLike[str], progress: Progress | None) -> tuple[CaptureInfo, pl.DataFrame]:
+def _load_reference(path: str | os.PathLike[str], progress: Progress | None,
+                    overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
     info, records = read_capture(path)
-    return info, build_packets(records, info, progress)
+    return info, build_packets(records, info, progress, overlay)
 
 
 def decoder_flag(decoder: str) -> bool | None:

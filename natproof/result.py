@@ -22,7 +22,9 @@ packet fates and Services, and the verdict reply_other_path (which /1 called tra
 
 TUPLE_FIELDS = ("src", "sport", "dst", "dport")
 LEG = pl.Struct({"observation_point": pl.String(), "src": pl.String(), "sport": pl.UInt16(), "dst": pl.String(),
-                 "dport": pl.UInt16(), "first_frame": pl.UInt32(), "packets": pl.UInt32()})
+                 "dport": pl.UInt16(), "first_frame": pl.UInt32(), "packets": pl.UInt32(), "underlay": pl.String()})
+"""One leg of a connection: its packets at one observation point under one tuple. ``underlay``: the outer packet
+its packets arrived in, when they were overlay packets (natproof.decode.underlay_label), else null."""
 
 CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "conn": pl.UInt32(),
@@ -408,6 +410,17 @@ def _flags_expr() -> pl.Expr:
     return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()
 
 
+def underlay_struct(label: pl.Expr) -> pl.Expr:
+    """A leg's ``underlay`` label as the contract's object {encap, src, dst, vni} (vni null without a VNI or GRE
+    key), null when the leg was seen as it is."""
+    part = label.str.split(" ")
+    vni = part.list.get(3, null_on_oob=True)
+    return pl.when(label.is_not_null()).then(pl.struct(
+        part.list.get(0, null_on_oob=True).alias("encap"), part.list.get(1, null_on_oob=True).alias("src"),
+        part.list.get(2, null_on_oob=True).alias("dst"),
+        pl.when(vni != "-").then(vni).cast(pl.UInt32, strict=False).alias("vni")))
+
+
 def _named_inside() -> pl.Expr:
     """The inside tuple with the names of its pods (a named result): pod, peer_pod, their candidates, container."""
     return pl.when(pl.col("inside_src").is_not_null()).then(pl.struct(
@@ -461,7 +474,8 @@ def connection_struct(named: bool = False) -> pl.Expr:
         pl.col("legs").fill_null([]).list.eval(pl.struct(
             pl.element().struct.field("observation_point"),
             pl.struct(*[pl.element().struct.field(f) for f in TUPLE_FIELDS]).alias("tuple"),
-            pl.element().struct.field("first_frame"), pl.element().struct.field("packets"))).alias("legs"),
+            pl.element().struct.field("first_frame"), pl.element().struct.field("packets"),
+            underlay_struct(pl.element().struct.field("underlay")).alias("underlay"))).alias("legs"),
         pl.struct(*[pl.col(f"fate_{f}").alias(f) for f in FATES]).alias("fates"),
         pl.when(pl.col("service_type").is_not_null()).then(pl.struct(
             *service[:3],

@@ -16,11 +16,13 @@ from matplotlib.figure import Figure
 
 import natproof
 from natproof.conntrack import FORMATS
+from natproof.decode import parse_underlay
 from natproof.diagnose import Finding
 from natproof.kernel import ABSENT_REASONS
 from natproof.report.charts import build_charts, chart_title, figure_bytes
 from natproof.report.export import write_bytes
 from natproof.report.table import (
+    ENCAP_NAMES,
     FATE_LABEL,
     fate_counts,
     format_address,
@@ -433,12 +435,24 @@ def _fates(row: dict[str, Any]) -> str:
     return ", ".join(f'<span class="f-{f}">{n} {_e(FATE_LABEL[f])}</span>' for f, n in counts)
 
 
+def _underlay_text(label: str | None) -> str:
+    """" (in VXLAN 192.0.2.1 → 192.0.2.2, VNI 1)": how an overlay leg's packets travelled (its ``underlay``
+    label); "" for a plain leg."""
+    underlay = parse_underlay(label)
+    if not underlay:
+        return ""
+    vni = "" if underlay.get("vni") is None else f", {'key' if underlay['encap'] == 'gre' else 'VNI'} {underlay['vni']}"
+    name = ENCAP_NAMES.get(underlay["encap"], underlay["encap"])
+    return _e(f" (in {name} {underlay['src']} → {underlay['dst']}{vni})")
+
+
 def _legs(row: dict[str, Any]) -> str:
     legs = row["legs"] or []
     if not legs:
         return "—"
     items = "".join(
-        f"<li>{_e(leg['observation_point'])} {_e(format_address(leg['src'], leg['sport']))} → "
+        f"<li>{_e(leg['observation_point'])}{_underlay_text(leg.get('underlay'))} "
+        f"{_e(format_address(leg['src'], leg['sport']))} → "
         f"{_e(format_address(leg['dst'], leg['dport']))} · frame {_e(leg['first_frame'])} · {_e(leg['packets'])} "
         f"packet{'' if leg['packets'] == 1 else 's'}</li>" for leg in legs)
     return f'<details class="legs"><summary>{len(legs)}</summary><ol>{items}</ol></details>'

@@ -182,6 +182,11 @@ class Scenario:
     """Timestamp precision of inside.pcap; None follows ``nanosecond``."""
     outside_nanosecond: bool | None = None
     """Timestamp precision of outside.pcap; None follows ``nanosecond``."""
+    outside_underlay: str | None = None
+    """Deliver every outside frame inside an overlay encapsulation (natproof.decode.ENCAPS: vxlan, geneve, ipip,
+    gre), as AWS Traffic Mirroring delivers its copies (VXLAN) or a GRE/ERSPAN-less mirror port does: the outer
+    packet goes from UNDERLAY_SRC to UNDERLAY_DST; the truth is unchanged (matching reads the inner packet).
+    Needs outside_link ethernet."""
     model_truth: bool = False
     """Write docs/model.md's fields (initiator, original, translated, rewrites, service) in every truth
     row. Always on when a flow uses a Service, a failure option or a /2 verdict; off, rows keep the
@@ -801,6 +806,8 @@ def _check(scenario: Scenario) -> ipaddress.IPv4Network:
     if nat_ip in pod_net:
         raise ValueError(f"nat_ip {nat_ip} lies inside pod_cidr {pod_net}")
     for side in ("inside", "outside"):
+        if side == "outside" and scenario.outside_underlay and scenario.outside_link != "ethernet":
+            raise ValueError("outside_underlay needs outside_link ethernet")
         if scenario.link(side) not in LINKTYPES:
             raise ValueError(f"{side}_link must be one of {sorted(LINKTYPES)}, not {scenario.link(side)!r}")
     for flow in scenario.flows:
@@ -1306,7 +1313,10 @@ def simulate(scenario: Scenario) -> Simulation:
             if ts < 0:
                 raise ValueError(f"scenario {scenario.name!r}: clock offset puts a packet before 1970")
             conn = None if fr.flow_index is None else conn_of[fr.flow_index]
-            packets.append(Packet(ts - ts % unit, fr.data, conn, fr.direction))
+            data = fr.data
+            if side == "outside" and scenario.outside_underlay:
+                data = encapsulate(data, scenario.outside_underlay)
+            packets.append(Packet(ts - ts % unit, data, conn, fr.direction))
         sides[side] = tuple(packets)
 
     truth = {
@@ -1325,6 +1335,37 @@ def simulate(scenario: Scenario) -> Simulation:
         LINKTYPES[scenario.inside_link],
         LINKTYPES[scenario.outside_link],
     )
+
+
+UNDERLAY_SRC, UNDERLAY_DST = "192.0.2.250", "192.0.2.251"
+"""The outer addresses of Scenario.outside_underlay's packets (a mirror session's source and target)."""
+UNDERLAY_VNI = 4242
+
+
+def encapsulate(frame: bytes, kind: str) -> bytes:
+    """An Ethernet frame carried in an overlay packet of ``kind`` (vxlan: UDP 4789, geneve: UDP 6081, gre:
+    Transparent Ethernet Bridging with a key, ipip: its IP packet alone in IPv4, protocol 4 or 41), itself in an
+    Ethernet frame from UNDERLAY_SRC to UNDERLAY_DST. A frame with no IP packet (ARP) stays as it is for ipip."""
+    from scapy.contrib.geneve import GENEVE
+    from scapy.layers.inet import GRE, IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    from scapy.packet import Raw
+
+    outer = Ether(src="02:00:00:00:0a:01", dst="02:00:00:00:0a:02") / IP(src=UNDERLAY_SRC, dst=UNDERLAY_DST, id=0)
+    if kind == "vxlan":
+        return bytes(outer / UDP(sport=49152, dport=4789, chksum=0) / VXLAN(flags=0x08, vni=UNDERLAY_VNI) / frame)
+    if kind == "geneve":
+        return bytes(outer / UDP(sport=49152, dport=6081, chksum=0) / GENEVE(proto=0x6558, vni=UNDERLAY_VNI) / frame)
+    if kind == "gre":
+        return bytes(outer / GRE(key_present=1, key=UNDERLAY_VNI, proto=0x6558) / frame)
+    if kind == "ipip":
+        etype = int.from_bytes(frame[12:14], "big")
+        if etype not in (0x0800, 0x86DD):
+            return frame
+        outer[IP].proto = 4 if etype == 0x0800 else 41
+        return bytes(outer / Raw(frame[14:]))
+    raise ValueError(f"outside_underlay must be one of vxlan, geneve, ipip, gre, not {kind!r}")
 
 
 def _truth_row(lay: _Layout, frames: dict[Side, list[_Frame]], model: bool) -> dict[str, Any]:

@@ -1,0 +1,210 @@
+"""NATs in a chain: captures at several observation points along a path (pod veth, node eth0, a NAT gateway's or
+router's public side), each adjacent pair correlated on its own, connections followed through every hop.
+
+A hop is natproof.correlate on two adjacent captures, with its own clock offset and its own verdicts. A
+connection crosses from hop i to hop i+1 through the capture they share: hop i's outside leg and hop i+1's inside
+leg are the same packets of that capture, told by the leg's first frame (a frame belongs to one leg; both hops
+group the capture alike). Rows start at the first observation point that saw the connection: one that a
+later point shows but no earlier one (another node's traffic through a shared gateway) starts there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+
+from natproof.errors import InputError
+from natproof.result import TUPLE_FIELDS, Result
+from natproof.verdicts import Verdict
+
+SCHEMA = "natproof.chain/1"
+CROSSED = frozenset({Verdict.TRANSLATED.value, Verdict.UNTRANSLATED.value, Verdict.INTERNAL.value})
+"""Hop verdicts of a connection that crossed that hop both ways as it should."""
+
+
+@dataclass
+class Chain:
+    """Connections followed through every hop of a chain of captures."""
+
+    captures: tuple[str, ...]
+    """The captures, from the pod outwards (observation point i is captures[i])."""
+    hops: tuple[Result, ...]
+    """hops[i]: natproof.correlate(captures[i], captures[i+1])."""
+    connections: list[dict[str, Any]] = field(repr=False)
+    """One per connection, as the contract's JSON object (see :meth:`to_dict`), in order of first packet at the
+    first observation point that saw it."""
+
+    def by_verdict(self) -> dict[str, int]:
+        return dict(Counter(c["verdict"] for c in self.connections))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``natproof.chain/1`` document: {"schema", "captures", "hops": [{"inside", "outside",
+        "clock_offset_s", "connections", "by_verdict"}], "connections": [...], "summary"}. Each connection:
+        {"conn", "proto", "initiator", "first_point", "hops": [{"observation_point", "capture", "tuple", "rewrites",
+        "verdict", "hop_conn"}], "inside", "outside", "original", "translated", "rewrites", "nat", "verdict",
+        "lost_at"}: ``hops`` lists the connection's tuple at each observation point it reached (``rewrites``:
+        what the hop before that point changed; ``verdict``: the verdict of the hop that leaves it, null at the
+        last point), ``inside``/``outside`` the tuple at the first and last point it reached, ``lost_at`` the hop
+        where it stopped ({"hop", "from", "to"}) or null when it reached the last capture."""
+        return {
+            "schema": SCHEMA,
+            "captures": list(self.captures),
+            "hops": [{"hop": i, "inside": h.inside.path, "outside": h.outside.path,
+                      "clock_offset_s": h.clock_offset_s, "connections": h.connections.height,
+                      "by_verdict": {v: n for v, n in h.by_verdict().items() if n}}
+                     for i, h in enumerate(self.hops)],
+            "connections": self.connections,
+            "summary": {"connections": len(self.connections), "by_verdict": self.by_verdict(),
+                        "reached_last": sum(c["lost_at"] is None for c in self.connections)},
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Callable[..., Result] | None = None,
+                    **options: Any) -> Chain:
+    """Correlate each adjacent pair of ``captures`` (ordered from the pod outwards; at least three: two are
+    natproof.correlate) and follow every connection through the chain. ``options`` go to each hop's
+    natproof.correlate (pod_cidr, tolerance_s, services, decoder ...; clock offsets are estimated per hop).
+    Raises what natproof.correlate raises for a hop, with the hop named; InputError for fewer than three captures
+    or a capture given twice."""
+    paths = [os.fspath(c) for c in captures]
+    if len(paths) < 3:
+        raise InputError(f"a chain needs at least three captures, got {len(paths)}")
+    if len(set(paths)) != len(paths):
+        twice = next(p for p in paths if paths.count(p) > 1)
+        raise InputError(f"{twice}: given twice in the chain (each observation point is one capture)")
+    if correlate is None:
+        from natproof.correlate import correlate
+    hops = []
+    for i in range(len(paths) - 1):
+        try:
+            hops.append(correlate(paths[i], paths[i + 1], **options))
+        except InputError as exc:
+            raise InputError(f"hop {i} ({paths[i]} -> {paths[i + 1]}): {exc}") from None
+    return Chain(tuple(paths), tuple(hops), _follow(paths, hops))
+
+
+def _legs_at(conns: pl.DataFrame, point: str) -> pl.DataFrame:
+    """Per connection (``conn``): the first frame of its leg at ``point`` (inside or outside) under the tuple the
+    connection gives for that point (its anchor leg inside, its primary leg outside)."""
+    tup = [f"{point}_{f}" for f in TUPLE_FIELDS]
+    legs = (conns.select("conn", *tup, "legs").explode("legs").unnest("legs")
+            .filter((pl.col("observation_point") == point)
+                    & pl.all_horizontal([pl.col(f) == pl.col(t) for f, t in zip(TUPLE_FIELDS, tup, strict=True)])))
+    return legs.group_by("conn").agg(pl.col("first_frame").min().alias("frame"))
+
+
+def _follow(paths: Sequence[str], hops: Sequence[Result]) -> list[dict[str, Any]]:
+    """The chained connections (Chain.connections)."""
+    # Each hop's connections as its JSON objects, with ``conn`` (the row of hop.connections).
+    docs = [[{**c, "conn": j} for j, c in enumerate(h.to_dict()["connections"])] for h in hops]
+    # Hop i's connection -> hop i+1's connection, through the frame their shared leg starts with.
+    nxt: list[dict[int, int]] = []
+    for i in range(len(hops) - 1):
+        out = _legs_at(hops[i].connections, "outside")
+        inn = _legs_at(hops[i + 1].connections, "inside").rename({"conn": "next"})
+        pairs = out.join(inn, on="frame", how="inner")
+        nxt.append(dict(zip(pairs["conn"].to_list(), pairs["next"].to_list(), strict=True)))
+    reached = [set(m.values()) for m in nxt]
+    rows: list[tuple[int, int, list[dict[str, Any]]]] = []  # (first point, hop-0-based start order, chain)
+    for start, doc in enumerate(docs):
+        for c in doc:
+            if start and c["conn"] in reached[start - 1]:
+                continue  # followed from an earlier hop
+            chain = [c]
+            hop = start
+            while hop < len(nxt) and chain[-1]["conn"] in nxt[hop]:
+                chain.append(docs[hop + 1][nxt[hop][chain[-1]["conn"]]])
+                hop += 1
+            rows.append((start, c["first_seen"] or 0.0, chain))
+    rows.sort(key=lambda r: (r[1], r[0]))
+    return [_connection(n, start, chain, paths, len(hops)) for n, (start, _, chain) in enumerate(rows)]
+
+
+def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence[str],
+                n_hops: int) -> dict[str, Any]:
+    """One chained connection: the hop connections ``chain`` (hop ``start`` onwards) as the contract's object."""
+    first = chain[0]
+    points = [{"observation_point": start, "capture": paths[start], "tuple": first["inside"], "rewrites": [],
+               "verdict": first["verdict"], "hop_conn": first["conn"]}]
+    last_hop = start + len(chain) - 1
+    for k, c in enumerate(chain):
+        if c["outside"] is None:
+            break
+        after = chain[k + 1] if k + 1 < len(chain) else None
+        points.append({"observation_point": start + k + 1, "capture": paths[start + k + 1], "tuple": c["outside"],
+                       "rewrites": _diff(c["inside"], c["outside"]),
+                       "verdict": after["verdict"] if after else None,
+                       "hop_conn": after["conn"] if after else None})
+    reached_last = points[-1]["observation_point"] == n_hops
+    lost_at = None
+    if not reached_last:
+        hop = last_hop if chain[-1]["outside"] is None else last_hop + 1
+        lost_at = {"hop": hop, "from": paths[hop], "to": paths[hop + 1]}
+    original = first["original"] or first["inside"]
+    final = points[-1]["tuple"]
+    rewrites = _diff(first["inside"], final) if len(points) > 1 else []
+    verdicts = [c["verdict"] for c in chain]
+    if lost_at is not None:
+        verdict = chain[lost_at["hop"] - start]["verdict"] if lost_at["hop"] - start < len(chain) else \
+            Verdict.NOT_CAPTURED.value
+    else:
+        failing = [v for v in reversed(verdicts) if v not in CROSSED]
+        if failing:
+            verdict = failing[0]
+        elif all(v == Verdict.INTERNAL.value for v in verdicts):
+            verdict = Verdict.INTERNAL.value
+        else:
+            verdict = Verdict.TRANSLATED.value if rewrites else Verdict.UNTRANSLATED.value
+    return {
+        "conn": n,
+        "proto": first["proto"],
+        "initiator": first["initiator"],
+        "first_point": start,
+        "first_seen": first["first_seen"],
+        "last_seen": max((c["last_seen"] for c in chain if c["last_seen"] is not None), default=None),
+        "hops": points,
+        "inside": first["inside"],
+        "outside": final if len(points) > 1 else None,
+        "original": original,
+        "translated": final if reached_last else None,
+        "rewrites": rewrites,
+        "nat": [k for k, keys in (("SNAT", ("src", "sport")), ("DNAT", ("dst", "dport")))
+                if any(r in keys for r in rewrites)],
+        "verdict": verdict,
+        "lost_at": lost_at,
+    }
+
+
+def _diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
+    if a is None or b is None:
+        return []
+    return [f for f in TUPLE_FIELDS if a[f] != b[f]]
+
+
+def who_chain(chain: Chain, address: str, port: int, *, at_ns: int | None = None,
+              window_s: float = 1.0) -> list[dict[str, Any]]:
+    """The chained connections in which ``address``:``port`` is an end of the tuple at any observation point (a NAT
+    gateway's or node's public source port, a pod's source, a destination), active within ``window_s`` seconds of
+    ``at_ns`` (Unix ns on the first capture's clock; None: any time). Each answer is a Chain.connections object:
+    its first point's source is who was behind it (the pod, when the chain starts at the pod's veth)."""
+    found = []
+    for c in chain.connections:
+        if not any((h["tuple"]["src"] == address and h["tuple"]["sport"] == port)
+                   or (h["tuple"]["dst"] == address and h["tuple"]["dport"] == port) for h in c["hops"]):
+            continue
+        if at_ns is not None:
+            at, w = at_ns / 1e9, window_s
+            first, last = c["first_seen"], c["last_seen"] if c["last_seen"] is not None else c["first_seen"]
+            if first is None or not first - w <= at <= last + w:
+                continue
+        found.append(c)
+    return found

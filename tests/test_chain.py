@@ -1,0 +1,164 @@
+"""NATs in a chain (natproof.chain) on the lab's double-NAT run: pod -> node MASQUERADE -> a NAT gateway's SNAT,
+captured at the pod side, node1's eth0, the gateway's VPC bridge and its public side; the kernel's truth of
+each NAT composes into each connection's tuple at every point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import UDP
+from scapy.utils import rdpcap, wrpcap
+
+import natproof
+from natproof.cli import main
+
+LAB = Path(__file__).resolve().parent.parent / "captures" / "double-nat"
+CHAIN = [LAB / "inside.pcap", LAB / "outside.pcap", LAB / "gateway" / "inside.pcap", LAB / "gateway" / "outside.pcap"]
+
+
+def _key(t: dict) -> tuple:
+    return t["src"], t["sport"], t["dst"], t["dport"]
+
+
+def _truth() -> tuple[list[dict], dict[tuple, dict]]:
+    node = json.loads((LAB / "truth.json").read_text())["connections"]
+    gateway = {_key(c["original"]): c for c in json.loads((LAB / "gateway" / "truth.json").read_text())["connections"]}
+    return node, gateway
+
+
+def test_every_connection_is_followed_through_both_nats() -> None:
+    chain = natproof.correlate_chain(CHAIN)
+    doc = chain.to_dict()
+    assert doc["schema"] == "natproof.chain/1" and len(doc["hops"]) == 3
+    node, gateway = _truth()
+    by_pod = {_key(c["inside"]): c for c in doc["connections"] if c["first_point"] == 0}
+    assert len(by_pod) == len(node)
+    for t in node:
+        c = by_pod[_key(t["original"])]
+        gw = gateway[_key(t["translated"])]
+        points = {h["observation_point"]: h for h in c["hops"]}
+        assert _key(points[0]["tuple"]) == _key(t["original"])
+        assert _key(points[1]["tuple"]) == _key(t["translated"]) and points[1]["rewrites"] == t["rewrites"]
+        assert _key(points[2]["tuple"]) == _key(t["translated"]) and points[2]["rewrites"] == []  # the bridge
+        assert _key(points[3]["tuple"]) == _key(gw["translated"]) and points[3]["rewrites"] == gw["rewrites"]
+        assert c["translated"] == c["outside"] == points[3]["tuple"]
+        assert c["verdict"] == "translated" and c["lost_at"] is None
+        assert c["rewrites"] == [f for f in ("src", "sport", "dst", "dport")
+                                 if t["original"][f] != gw["translated"][f]]
+        assert c["nat"] == ["SNAT"]
+    # node2's connections: first seen at the gateway's bridge, its own SNAT there.
+    others = [c for c in doc["connections"] if c["first_point"] != 0]
+    node_tuples = {_key(t["translated"]) for t in node}
+    expected = [g for k, g in gateway.items() if k not in node_tuples]
+    assert sorted(_key(c["inside"]) for c in others) == sorted(_key(g["original"]) for g in expected)
+    assert all(c["first_point"] == 2 and c["hops"][-1]["observation_point"] == 3 for c in others)
+    # The gateway rewrote a port for exactly the flows whose node tuple clashed (the lab's design).
+    clashed = [c for c in doc["connections"] if "sport" in c["hops"][-1]["rewrites"]]
+    assert len(clashed) == sum("sport" in g["rewrites"] for g in gateway.values()) == 2
+    assert doc["summary"] == {"connections": len(node) + len(expected), "by_verdict": {"translated": 7},
+                              "reached_last": 7}
+
+
+def test_a_connection_lost_at_the_gateway_says_at_which_hop(tmp_path: Path) -> None:
+    """The gateway's public capture without pod1's UDP datagram and its answer (as if that capture had missed
+    them): the chain stops at hop 2, between the gateway's two sides, with that hop's verdict: not_captured, for
+    the answer reached the gateway's bridge, so the datagram did cross, out of the public capture's sight."""
+    node, gateway = _truth()
+    udp = next(t for t in node if t["proto"] == "udp")
+    public = _key(gateway[_key(udp["translated"])]["translated"])
+    kept = [p for p in rdpcap(str(CHAIN[3]))
+            if not (UDP in p and public[1] in (p[UDP].sport, p[UDP].dport))]
+    cut = tmp_path / "gw-outside.pcap"
+    wrpcap(str(cut), kept)
+    doc = natproof.correlate_chain([*CHAIN[:3], cut]).to_dict()
+    [lost] = [c for c in doc["connections"] if c["lost_at"] is not None]
+    assert _key(lost["inside"]) == _key(udp["original"])
+    assert lost["lost_at"] == {"hop": 2, "from": str(CHAIN[2]), "to": str(cut)}
+    assert lost["verdict"] == "not_captured" and lost["translated"] is None
+    assert [h["observation_point"] for h in lost["hops"]] == [0, 1, 2]
+    assert _key(lost["outside"]) == _key(udp["translated"])  # as far as it got
+
+
+def test_cli_chain_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["correlate", *map(str, CHAIN), "--quiet"]
+    assert main([*args, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "natproof.chain/1" and doc["summary"]["reached_last"] == 7
+    out = tmp_path / "chain.txt"
+    assert main([*args, "--format", "table", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "3: 203.0.113.20:19143 -> 198.51.100.10:7  [src, sport]" in text
+    assert "7 connections: 7 translated; 7 reached the last capture" in text
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--format", "csv"], "table or json"),
+    (["--clock-offset", "1"], "each hop's clock offset"),
+])
+def test_cli_chain_refuses_what_applies_to_one_pair(extra: list[str], message: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["correlate", *map(str, CHAIN), "--quiet", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_capture_twice_in_the_chain_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["correlate", str(CHAIN[0]), str(CHAIN[1]), str(CHAIN[0]), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "given twice in the chain" in err and "Traceback" not in err
+
+
+def test_the_readme_chain_example_is_what_the_command_prints(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("$ natproof correlate captures/double-nat/inside.pcap", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines()[2:] if line.strip()]
+    out = tmp_path / "t.txt"
+    assert main(["correlate", *map(str, CHAIN[:2]), str(CHAIN[3]), "--format", "table", "--quiet", "-o",
+                 str(out)]) == 0
+    printed = [line.rstrip().replace(str(LAB.parent.parent) + "/", "") for line in out.read_text().splitlines()]
+    assert len(shown) > 20 and shown == [line for line in printed if line.strip()]
+
+
+def test_who_across_the_chain_finds_the_pod_behind_the_gateway_port(capsys: pytest.CaptureFixture[str]) -> None:
+    node, gateway = _truth()
+    udp = next(t for t in node if t["proto"] == "udp")
+    public = gateway[_key(udp["translated"])]["translated"]
+    query = f"{public['src']}:{public['sport']}"
+    caps = [str(CHAIN[0]), str(CHAIN[1]), str(CHAIN[3])]
+    assert main(["who", query, *caps, "--format", "json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [c] = doc["connections"]
+    assert _key(c["inside"]) == _key(udp["original"]) and _key(c["outside"]) == _key(public)
+    # At the time it happened (first capture's clock), and not an hour later.
+    at = c["first_seen"]
+    assert main(["who", query, *caps, "--at", str(at + 0.5), "--format", "json", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["who", query, *caps, "--at", str(at + 3600), "--format", "table", "--quiet"]) == 1
+    assert f"no connection used {query}" in capsys.readouterr().out
+    assert main(["who", query, *caps, "--format", "table", "--quiet"]) == 0
+    assert f"behind {query} was {udp['original']['src']}:{udp['original']['sport']}" in capsys.readouterr().out
+
+
+def test_lab_check_holds_the_chain_against_both_kernels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from natproof.check import chain_captures, check_chain
+
+    assert [p.relative_to(LAB) for p in chain_captures(LAB)] == [
+        Path("inside.pcap"), Path("outside.pcap"), Path("gateway/outside.pcap")]
+    assert check_chain(LAB).ok
+    assert main(["lab", "check", str(LAB), "--format", "json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"double-nat", "double-nat (chain of 3 captures)"}
+    # The gateway's truth with one public port edited: the chain no longer agrees, and names that connection.
+    copy = tmp_path / "double-nat"
+    shutil.copytree(LAB, copy)
+    doc = json.loads((copy / "gateway" / "truth.json").read_text())
+    edited = next(c for c in doc["connections"] if c["proto"] == "tcp")
+    edited["translated"]["sport"] = edited["outside"]["sport"] = 4242
+    (copy / "gateway" / "truth.json").write_text(json.dumps(doc))
+    rep = check_chain(copy)
+    assert not rep.ok and len(rep.wrong) == 1 and rep.wrong[0]["truth"]["outside"]["sport"] == 4242
+    assert main(["lab", "check", str(copy)]) == 1
+    assert "1 of 2 scenarios match their truth" in capsys.readouterr().out
