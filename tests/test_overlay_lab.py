@@ -1,8 +1,9 @@
 """captures/overlay: two nodes joined by flannel's VXLAN, recorded with the real kernel (natproof lab run overlay).
 
 Pod to pod across the nodes crosses node1's eth0 inside VXLAN (UDP 8472) and is never NATed: natproof must call it
-internal, with the inner tuple unchanged on the outside, and must not be misled by the tunnel's own UDP flows;
-egress is masqueraded as on any node. Counts are those of the kernel's truth.json."""
+internal, with the inner tuple unchanged on the outside and the tunnel as that leg's underlay, and must not be misled
+by the tunnel's own UDP flows; egress is masqueraded as on any node. Counts are those of the kernel's truth.json.
+(tests/test_overlay.py tests the decoders on synthetic frames of every encapsulation.)"""
 
 from __future__ import annotations
 
@@ -70,8 +71,12 @@ def test_cross_node_pod_traffic_is_internal_and_egress_translated(pod_cidr: str)
             # Crossed eth0 encapsulated, unchanged: the outside tuple is the inside one.
             assert c["verdict"] == "internal" and c["rewrites"] == [], c
             assert _t(c["outside"]) == _t(c["inside"]) == _t(c["original"]) == _t(c["translated"]), c
+            # Its outside leg keeps the tunnel it crossed in: flannel's VXLAN between the two nodes, VNI 1.
+            assert [leg["underlay"] for leg in c["legs"]] == [None, {"encap": "vxlan", "src": NODE_IP,
+                                                                     "dst": NODE2.ip, "vni": 1}], c["legs"]
         else:
             assert c["verdict"] == "translated" and c["outside"]["src"] == NODE_IP, c
+            assert all(leg["underlay"] is None for leg in c["legs"]), c["legs"]
 
 
 @pytest.mark.parametrize("name", ["any.pcap", "node.pcapng"])
