@@ -230,6 +230,10 @@ class TruthRules:
     broadcast_addresses: frozenset[str] = frozenset()
     """Directed broadcast addresses of the node's own subnets (10.244.0.255 for 10.244.0.1/24): a packet to one
     is delivered to the node and the bridge's ports, never routed on."""
+    overlay_networks: tuple[str, ...] = ()
+    """Pod subnets of other nodes, reached through an overlay on the uplink (flannel's VXLAN): a pod-to-pod connection
+    to one is internal, yet crosses the outside capture, encapsulated and untranslated; its outside tuple is its
+    inside tuple (and its translated tuple its original one), as for any connection that crossed unchanged."""
 
     def service_for(self, proto: str, address: str, port: int) -> ServiceRule | None:
         for rule in self.services:
@@ -537,8 +541,12 @@ def _observe(track: _Track, entry: ConntrackLine) -> None:
 
 
 def _internal(address: str, rules: TruthRules) -> bool:
+    return _in(address, rules.internal_networks)
+
+
+def _in(address: str, networks: Iterable[str]) -> bool:
     ip = ipaddress.ip_address(address)
-    return any(ip in ipaddress.ip_network(net) for net in rules.internal_networks)
+    return any(ip in ipaddress.ip_network(net) for net in networks)
 
 
 def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str = "") -> Connection:
@@ -583,9 +591,16 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
             )
         elif _internal(orig.dst, rules) or _internal(translated.dst, rules):
             mapped, verdict = None, "internal"
-            if translated == original:
+            across = translated == original and _in(orig.dst, rules.overlay_networks)
+            if across:
+                # Pod to a pod on another node: it left by eth0 inside the overlay, unchanged.
+                mapped = inside
+            elif translated == original:
                 shown = None  # pod to pod, nothing rewritten: no leg after a NAT to show
-            if _internal(orig.dst, rules):
+            if across:
+                why = (f"destination in the pod network, on another node: crossed the uplink inside the overlay, "
+                       f"untranslated ({orig.dst} in {', '.join(rules.overlay_networks)})")
+            elif _internal(orig.dst, rules):
                 why = "destination in the pod network"
             else:
                 why = f"Service endpoint {translated.dst}:{translated.dport} in the pod network: DNAT on the bridge"
