@@ -99,3 +99,16 @@ def test_the_kernel_record_confirms_every_connection() -> None:
     # conntrack tracked the inner flows (reply tuple = original reversed) and, apart, each tunnel flow.
     doc = correlate(*capture_pair(CASE), conntrack=CASE / "conntrack.log").to_dict()
     assert [c["kernel"] for c in doc["connections"]] == ["confirmed"] * 8
+
+
+def test_the_readme_overlay_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    from natproof.cli import main
+
+    repo = Path(__file__).resolve().parent.parent
+    block = (repo / "README.md").read_text().split("$ natproof correlate captures/overlay/inside.pcap", 1)[1]
+    shown = [line for line in block.split("```", 1)[0].splitlines()[1:] if line.strip() and line != "..."]
+    out = tmp_path / "t.txt"
+    assert main(["correlate", str(repo / "captures/overlay/inside.pcap"), str(repo / "captures/overlay/outside.pcap"),
+                 "--format", "table", "--quiet", "-o", str(out)]) == 0
+    printed = [line.rstrip() for line in out.read_text().splitlines()]
+    assert len(shown) > 10 and all(line in printed for line in shown)
