@@ -97,9 +97,18 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
     hops = []
     for i in range(len(paths) - 1):
         try:
-            hops.append(correlate(paths[i], paths[i + 1], **options))
+            hop = correlate(paths[i], paths[i + 1], **options)
         except InputError as exc:
-            raise InputError(f"hop {i} ({paths[i]} -> {paths[i + 1]}): {exc}") from None
+            hint = " (a chain estimates each hop's clock offset: check that its captures overlap in time)" \
+                if "clock-offset" in str(exc) else ""
+            raise InputError(f"hop {i} ({paths[i]} -> {paths[i + 1]}): {exc}{hint}") from None
+        # Hops meet in the capture they share through its legs' frames: a file split into interfaces would be
+        # split differently as one hop's outside and the next one's inside.
+        for cap in (hop.inside, hop.outside):
+            if cap.chosen in ("given", "chosen"):
+                raise InputError(f"{cap.path}: a capture of several interfaces; a chain takes one interface per "
+                                 "file (split it first, or correlate it alone: natproof correlate FILE)")
+        hops.append(hop)
     connections = _follow(paths, hops)
     if flow_log is not None:
         _through_gateway(connections, hops, flow_log, nat_gateways, len(paths))
@@ -199,7 +208,9 @@ def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence
                        "hop_conn": after["conn"] if after else None})
     reached_last = points[-1]["observation_point"] == n_hops
     lost_at = None
-    if not reached_last:
+    # A connection a hop calls internal (pod to pod on the node) was never meant to cross it: not lost.
+    stays = chain[-1]["outside"] is None and chain[-1]["verdict"] == Verdict.INTERNAL.value
+    if not reached_last and not stays:
         hop = last_hop if chain[-1]["outside"] is None else last_hop + 1
         lost_at = {"hop": hop, "from": paths[hop], "to": paths[hop + 1]}
     original = first["original"] or first["inside"]

@@ -541,6 +541,11 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
     was behind it (--at on the first capture's clock).
     """
     if further:
+        record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
+        if flow_logs or nat_gateways or record or clock != "inside" or peer:
+            raise click.UsageError("who over a chain of captures takes none of --flow-log, --nat-gateway, "
+                                   "--conntrack, --clock outside, --peer: give the chain's captures only, or two "
+                                   "captures with those options")
         return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
                           window, fmt, quiet)
     from natproof.lookup import check_query, parse_endpoint, who_kernel
@@ -615,7 +620,11 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
     from natproof.chain import correlate_chain, who_chain
     from natproof.lookup import parse_endpoint, parse_time
 
-    addr, port = parse_endpoint(endpoint)
+    try:
+        addr, port = parse_endpoint(endpoint)
+    except NatproofError:
+        raise click.UsageError(f"{endpoint!r}: who over a chain of captures takes ADDR:PORT (pod and Service "
+                               "names work with two captures)") from None
     obj = click.get_current_context().find_root().ensure_object(dict)
     with make_progress(quiet) as progress:
         chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
@@ -632,6 +641,9 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
         when = "" if at_ns is None else f" at {_iso(at_ns)} (first capture's clock)"
         if not found:
             click.echo(f"no connection used {endpoint}{when}")
+            click.echo("a chain follows the connections its first captures show: one the last capture alone holds "
+                       "(another node's traffic through a shared gateway) needs that node's captures, or a capture "
+                       "of the gateway's inside before its public side")
         else:
             picked = natproof.Chain(chain.captures, chain.hops, found)
             _print_whole(render_chain(picked, len(found)))

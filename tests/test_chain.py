@@ -196,3 +196,38 @@ def test_the_gateway_from_its_flow_log_is_one_more_point(capsys: pytest.CaptureF
     assert "(flow log, ambiguous: 2 candidates)" in out and "from its flow log" in out
     assert main(["correlate", str(CHAIN[0]), "--flow-log", str(LAB / "flowlogs" / "custom.log"), "--quiet"]) == 2
     assert "give INSIDE and OUTSIDE" in capsys.readouterr().err
+
+
+def test_internal_connections_stop_without_being_lost_and_split_files_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scapy.layers.inet import IP
+
+    internal = LAB.parent / "internal"
+    # A third point past eth0: a router NATing the node's address again (192.0.2.99), made from eth0's packets.
+    routed = []
+    for p in rdpcap(str(internal / "outside.pcap")):
+        if IP in p:
+            p[IP].src = "192.0.2.99" if p[IP].src == "203.0.113.2" else p[IP].src
+            p[IP].dst = "192.0.2.99" if p[IP].dst == "203.0.113.2" else p[IP].dst
+            p[IP].ttl -= 1
+            del p[IP].chksum
+            if p[IP].payload.haslayer("TCP") or p[IP].payload.haslayer("UDP"):
+                del p[IP].payload.chksum
+            p.time += 0.00002 if p[IP].dst != "192.0.2.99" else -0.00002
+        routed.append(p)
+    third = tmp_path / "router.pcap"
+    wrpcap(str(third), routed)
+    chain = natproof.correlate_chain([internal / "inside.pcap", internal / "outside.pcap", third])
+    assert sum(c["lost_at"] is None and len(c["hops"]) == 3 for c in chain.connections) == 3
+    pod_to_pod = [c for c in chain.connections if c["verdict"] == "internal"]
+    assert pod_to_pod and all(c["lost_at"] is None and len(c["hops"]) == 1 for c in pod_to_pod)
+    assert main(["correlate", str(internal / "inside.pcap"), str(internal / "any.pcap"),
+                 str(internal / "outside.pcap"), "--quiet"]) == 2
+    assert "a capture of several interfaces; a chain takes one interface per file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--flow-log", str(LAB / "flowlogs" / "custom.log")], ["--clock", "outside"],
+                                   ["--peer", "198.51.100.10:7"]])
+def test_who_over_a_chain_refuses_options_of_a_pair(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["who", "203.0.113.20:19143", *map(str, CHAIN), "--quiet", *extra]) == 2
+    assert "who over a chain of captures takes none of" in capsys.readouterr().err
