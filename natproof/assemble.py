@@ -163,6 +163,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     df = (anchors.join(primary.rename({"anchor": "conn_id"}), on="conn_id", how="left")
           .join(side.rename({"anchor": "conn_id"}), on="conn_id", how="left")
           .join(outs.select(pl.col("conn_id").alias("primary_out"), *_leg_tuple(outs, "o"),
+                            (pl.col("underlay") if "underlay" in outs.columns else pl.lit(None, pl.String))
+                            .alias("o_underlay"),
                             pl.col("egress_packets").alias("egress_outside"),
                             pl.col("reply_packets").alias("reply_outside"),
                             pl.col("icmp_error_packets").alias("icmp_errors_outside")),
@@ -326,7 +328,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # pools): a pod's connection to another pod is internal whether it stayed on the node or crossed unchanged to
     # another node (through the overlay, where the outside capture sees it inside VXLAN/Geneve/IP-in-IP, or
     # routed). One the node rewrote stays what the rewrite makes it.
-    pod_to_pod = pl.col("_to_pods") & pl.col("_from_pods") & ~pl.col("rewritten")
+    # A private destination a pod reached through an overlay tunnel, unchanged, is a pod on another node whatever
+    # the inferred networks say (a CNI tunnels only its pod network: Calico's default 192.168.0.0/16 pool is wider
+    # than the /24 inferred around a pod's own address).
+    tunnelled = (pl.col("o_underlay").is_not_null()
+                 & in_networks(df["dst"], [space for space, _, _ in PRIVATE_SPACE]).alias("_private"))
+    pod_to_pod = (pl.col("_to_pods") | tunnelled) & pl.col("_from_pods") & ~pl.col("rewritten")
     internal = ~has_hair & ((~crossed_any & (pl.col("_to_pods") | (pl.col("_clusterip") & (pl.col("_pre_reply") > 0))))
                             | pod_to_pod)
     evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",

@@ -46,12 +46,16 @@ class Chain:
     def to_dict(self) -> dict[str, Any]:
         """The ``natproof.chain/1`` document: {"schema", "captures", "hops": [{"inside", "outside",
         "clock_offset_s", "connections", "by_verdict"}], "connections": [...], "summary"}. Each connection:
-        {"conn", "proto", "first_point", "hops": [{"observation_point", "capture", "tuple", "rewrites",
-        "verdict", "hop_conn"}], "inside", "outside", "original", "translated", "rewrites", "nat", "verdict",
-        "lost_at"}: ``hops`` lists the connection's tuple at each observation point it reached (``rewrites``:
-        what the hop before that point changed; ``verdict``: the verdict of the hop that leaves it, null at the
-        last point), ``inside``/``outside`` the tuple at the first and last point it reached, ``lost_at`` the hop
-        where it stopped ({"hop", "from", "to"}) or null when it reached the last capture."""
+        {"conn", "proto", "initiator", "first_point", "hops": [{"observation_point", "capture", "tuple",
+        "rewrites", "verdict", "hop_conn"}], "inside", "outside", "original", "translated", "rewrites", "nat",
+        "verdict", "lost_at", "evidence_level"}: ``hops`` lists the connection's tuple at each observation point
+        it reached (``rewrites``: what the hop before that point changed; ``verdict``: the verdict of the hop
+        that leaves it, null at the last point), ``inside``/``outside`` the tuple at the first and last point it
+        reached, ``lost_at`` the hop where it stopped ({"hop", "from", "to"}) or null when it reached the last
+        capture, ``evidence_level`` what ``translated`` rests on ("packets"; past a flow log's NAT gateway its
+        evidence: "flow log, unique candidate", "flow log, ambiguous: N candidates", "no candidate"). A flow
+        log's point has capture "flow log", ``evidence``, ``candidates`` (the gateway tuples the records allow)
+        and ``why``."""
         return {
             "schema": SCHEMA,
             "captures": list(self.captures),
@@ -69,15 +73,22 @@ class Chain:
 
 
 def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Callable[..., Result] | None = None,
-                    **options: Any) -> Chain:
-    """Correlate each adjacent pair of ``captures`` (ordered from the pod outwards; at least three: two are
-    natproof.correlate) and follow every connection through the chain. ``options`` go to each hop's
-    natproof.correlate (pod_cidr, tolerance_s, services, decoder ...; clock offsets are estimated per hop).
-    Raises what natproof.correlate raises for a hop, with the hop named; InputError for fewer than three captures
-    or a capture given twice."""
+                    flow_log: Any = None, nat_gateways: Sequence[Any] = (), **options: Any) -> Chain:
+    """Correlate each adjacent pair of ``captures`` (ordered from the pod outwards; at least three, or two with a
+    flow log: two alone are natproof.correlate) and follow every connection through the chain. ``options`` go to
+    each hop's natproof.correlate (pod_cidr, tolerance_s, services, decoder ...; clock offsets are estimated per
+    hop).
+
+    ``flow_log`` (natproof.flowlogs.FlowLog, with ``nat_gateways``: natproof.flowlogs.NatGateway; inferred from
+    the records when empty) adds the NAT gateway past the last capture as one more observation point: each
+    connection that reached the last capture is joined to the gateway's public side by
+    natproof.flowlogs.join_nat_gateway (on the last capture's clock), with its evidence level; a unique
+    candidate gives the point's tuple, an ambiguous one lists the candidates and leaves ``translated`` null.
+    Raises what natproof.correlate raises for a hop, with the hop named; InputError for too few captures or a
+    capture given twice."""
     paths = [os.fspath(c) for c in captures]
-    if len(paths) < 3:
-        raise InputError(f"a chain needs at least three captures, got {len(paths)}")
+    if len(paths) < (2 if flow_log is not None else 3):
+        raise InputError(f"a chain needs at least three captures (or two and a flow log), got {len(paths)}")
     if len(set(paths)) != len(paths):
         twice = next(p for p in paths if paths.count(p) > 1)
         raise InputError(f"{twice}: given twice in the chain (each observation point is one capture)")
@@ -86,10 +97,61 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
     hops = []
     for i in range(len(paths) - 1):
         try:
-            hops.append(correlate(paths[i], paths[i + 1], **options))
+            hop = correlate(paths[i], paths[i + 1], **options)
         except InputError as exc:
-            raise InputError(f"hop {i} ({paths[i]} -> {paths[i + 1]}): {exc}") from None
-    return Chain(tuple(paths), tuple(hops), _follow(paths, hops))
+            hint = " (a chain estimates each hop's clock offset: check that its captures overlap in time)" \
+                if "clock-offset" in str(exc) else ""
+            raise InputError(f"hop {i} ({paths[i]} -> {paths[i + 1]}): {exc}{hint}") from None
+        # Hops meet in the capture they share through its legs' frames: a file split into interfaces would be
+        # split differently as one hop's outside and the next one's inside.
+        for cap in (hop.inside, hop.outside):
+            if cap.chosen in ("given", "chosen"):
+                raise InputError(f"{cap.path}: a capture of several interfaces; a chain takes one interface per "
+                                 "file (split it first, or correlate it alone: natproof correlate FILE)")
+        hops.append(hop)
+    connections = _follow(paths, hops)
+    if flow_log is not None:
+        _through_gateway(connections, hops, flow_log, nat_gateways, len(paths))
+    return Chain(tuple(paths), tuple(hops), connections)
+
+
+def _through_gateway(connections: list[dict[str, Any]], hops: Sequence[Result], flow_log: Any,
+                     nat_gateways: Sequence[Any], point: int) -> None:
+    """Add the NAT gateway's public side (observation point ``point``) to each connection that reached the last
+    capture, from the flow log (see correlate_chain); sets ``evidence_level`` on every connection."""
+    from natproof.flowlogs import infer_gateways, join_nat_gateway, node_tuples
+
+    gateways = list(nat_gateways) or infer_gateways(flow_log)
+    # First-capture seconds -> the last capture's clock: each hop's offset is its outside minus its inside.
+    shift = sum(h.clock_offset_s for h in hops)
+    reached = [c for c in connections if c["lost_at"] is None]
+    if not reached:
+        return
+    rows = []
+    for c in reached:
+        t = c["translated"]
+        first = None if c["first_seen"] is None else round((c["first_seen"] + shift) * 1e9)
+        last = None if c["last_seen"] is None else round((c["last_seen"] + shift) * 1e9)
+        rows.append({"proto": c["proto"], "src": t["src"], "sport": t["sport"], "dst": t["dst"], "dport": t["dport"],
+                     "first_ts_ns": first, "last_ts_ns": last, "source": f"chain connection #{c['conn']}"})
+    joined = join_nat_gateway(node_tuples(rows), flow_log, gateways).to_dicts()
+    for c, j in zip(reached, joined, strict=True):
+        before = c["translated"]
+        candidates = [{"src": g["gateway_public"] or g["gateway_private"], "sport": g["sport"],
+                       "dst": before["dst"], "dport": before["dport"]} for g in j["gateway_tuples"] or []]
+        unique = candidates[0] if len(candidates) == 1 else None
+        c["hops"][-1]["verdict"] = None
+        c["hops"].append({"observation_point": point, "capture": "flow log", "tuple": unique,
+                          "rewrites": _diff(before, unique), "verdict": None, "hop_conn": None,
+                          "evidence": j["evidence"], "candidates": candidates, "why": j["why"]})
+        c["evidence_level"] = j["evidence"]
+        if unique is not None:
+            c["outside"] = c["translated"] = unique
+            c["rewrites"] = _diff(c["inside"], unique)
+            c["nat"] = [k for k, keys in (("SNAT", ("src", "sport")), ("DNAT", ("dst", "dport")))
+                        if any(r in keys for r in c["rewrites"])]
+        else:
+            c["translated"] = None  # the flow log cannot say which (or any) gateway tuple it was
 
 
 def _legs_at(conns: pl.DataFrame, point: str) -> pl.DataFrame:
@@ -146,7 +208,9 @@ def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence
                        "hop_conn": after["conn"] if after else None})
     reached_last = points[-1]["observation_point"] == n_hops
     lost_at = None
-    if not reached_last:
+    # A connection a hop calls internal (pod to pod on the node) was never meant to cross it: not lost.
+    stays = chain[-1]["outside"] is None and chain[-1]["verdict"] == Verdict.INTERNAL.value
+    if not reached_last and not stays:
         hop = last_hop if chain[-1]["outside"] is None else last_hop + 1
         lost_at = {"hop": hop, "from": paths[hop], "to": paths[hop + 1]}
     original = first["original"] or first["inside"]
@@ -167,6 +231,7 @@ def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence
     return {
         "conn": n,
         "proto": first["proto"],
+        "initiator": first["initiator"],
         "first_point": start,
         "first_seen": first["first_seen"],
         "last_seen": max((c["last_seen"] for c in chain if c["last_seen"] is not None), default=None),
@@ -180,6 +245,7 @@ def _connection(n: int, start: int, chain: list[dict[str, Any]], paths: Sequence
                 if any(r in keys for r in rewrites)],
         "verdict": verdict,
         "lost_at": lost_at,
+        "evidence_level": "packets" if reached_last else None,
     }
 
 

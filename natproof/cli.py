@@ -273,6 +273,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 @cli.command()
 @capture_options(required=("inside",))
 @click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
+@flow_log_options
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -280,7 +281,8 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 @click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
               help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
 @output_options
-def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
+def correlate(inside: str, outside: str | None, further: tuple[str, ...], flow_logs: tuple[str, ...],
+              nat_gateways: tuple[str, ...], flow_log_format: str | None, pod_cidr: str | None,
               clock_offset: float | None, tolerance: float, decoder: str, limit: int, charts_dir: str | None,
               schema: str, fmt: str | None, output: str | None, quiet: bool) -> None:
     """Prove each connection's NAT mapping from an INSIDE (pod side) and an OUTSIDE (node eth0) capture.
@@ -292,11 +294,17 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_ci
 
     Or from THREE OR MORE captures along a chain of NATs, from the pod outwards (pod veth, node eth0, a NAT
     gateway's or router's public side): each adjacent pair is correlated with its own clock offset and every
-    connection followed through each hop (natproof.chain/1 document; table or json).
+    connection followed through each hop (natproof.chain/1 document; table or json). With --flow-log (and
+    --nat-gateway), the NAT gateway past the last capture is one more point, from its flow log, with the evidence
+    level the records allow; INSIDE OUTSIDE and --flow-log are then a chain too.
     """
-    if further:
-        return _correlate_chain((inside, outside or "", *further), pod_cidr, tolerance, decoder, limit, fmt,
-                                output, quiet, clock_offset, charts_dir)
+    if further or flow_logs:
+        if outside is None:
+            raise click.UsageError("--flow-log follows connections past the last of two or more captures: give "
+                                   "INSIDE and OUTSIDE (and any further captures outwards)")
+        flow = read_flow_log_inputs(flow_logs, nat_gateways, flow_log_format) if flow_logs else None
+        return _correlate_chain((inside, outside, *further), pod_cidr, tolerance, decoder, limit, fmt,
+                                output, quiet, clock_offset, charts_dir, flow)
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
@@ -310,7 +318,7 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], pod_ci
 
 def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str, limit: int,
                      fmt: str | None, output: str | None, quiet: bool, clock_offset: float | None,
-                     charts_dir: str | None) -> None:
+                     charts_dir: str | None, flow: tuple | None = None) -> None:
     """``natproof correlate CAP1 CAP2 CAP3 ...``: the chain (natproof.chain.correlate_chain) as a table or JSON."""
     from natproof.chain import correlate_chain
     from natproof.report.export import write_bytes
@@ -330,7 +338,9 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     with make_progress(quiet) as progress:
         chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
                                 services=services_from(obj), names=names_from(obj), progress=progress,
-                                vxlan_ports=points.get("vxlan_port") or ())
+                                vxlan_ports=points.get("vxlan_port") or (),
+                                flow_log=None if flow is None else flow[0],
+                                nat_gateways=() if flow is None else flow[1])
     if not quiet:
         for i, hop in enumerate(chain.hops):
             for cap in (hop.inside, hop.outside):
@@ -367,12 +377,20 @@ def render_chain(chain: natproof.Chain, limit: int) -> Table:
         for h in c["hops"]:
             t = h["tuple"]
             what = f"  \\[{', '.join(h['rewrites'])}]" if h["rewrites"] else ""
+            if h.get("evidence") is not None:  # the NAT gateway, from its flow log
+                what += f"  ({h['evidence']})"
+                if t is None:
+                    ends = ", ".join(format_address(g["src"], g["sport"]) for g in h["candidates"]) or "none"
+                    lines.append(f"{h['observation_point']}: one of {ends}{what}")
+                    continue
             lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])} -> "
                          f"{format_address(t['dst'], t['dport'])}{what}")
         lost = c["lost_at"]
         table.add_row(str(c["conn"]), c["proto"], "\n".join(lines), c["verdict"],
                       "-" if lost is None else f"hop {lost['hop']} ({lost['from']} -> {lost['to']})")
     caption = [f"{i}: {p}" for i, p in enumerate(chain.captures)]
+    if any(h.get("evidence") is not None for c in chain.connections for h in c["hops"]):
+        caption.append(f"{len(chain.captures)}: the NAT gateway's public side, from its flow log")
     caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} connections"
                 for i, h in enumerate(chain.hops)]
     counts = ", ".join(f"{n} {v}" for v, n in sorted(chain.by_verdict().items()))
@@ -523,6 +541,11 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
     was behind it (--at on the first capture's clock).
     """
     if further:
+        record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
+        if flow_logs or nat_gateways or record or clock != "inside" or peer:
+            raise click.UsageError("who over a chain of captures takes none of --flow-log, --nat-gateway, "
+                                   "--conntrack, --clock outside, --peer: give the chain's captures only, or two "
+                                   "captures with those options")
         return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
                           window, fmt, quiet)
     from natproof.lookup import check_query, parse_endpoint, who_kernel
@@ -597,7 +620,11 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
     from natproof.chain import correlate_chain, who_chain
     from natproof.lookup import parse_endpoint, parse_time
 
-    addr, port = parse_endpoint(endpoint)
+    try:
+        addr, port = parse_endpoint(endpoint)
+    except NatproofError:
+        raise click.UsageError(f"{endpoint!r}: who over a chain of captures takes ADDR:PORT (pod and Service "
+                               "names work with two captures)") from None
     obj = click.get_current_context().find_root().ensure_object(dict)
     with make_progress(quiet) as progress:
         chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
@@ -614,6 +641,9 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
         when = "" if at_ns is None else f" at {_iso(at_ns)} (first capture's clock)"
         if not found:
             click.echo(f"no connection used {endpoint}{when}")
+            click.echo("a chain follows the connections its first captures show: one the last capture alone holds "
+                       "(another node's traffic through a shared gateway) needs that node's captures, or a capture "
+                       "of the gateway's inside before its public side")
         else:
             picked = natproof.Chain(chain.captures, chain.hops, found)
             _print_whole(render_chain(picked, len(found)))
@@ -1038,18 +1068,30 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
 @click.option("--single-file", is_flag=True,
               help="Check the captures of many interfaces instead of the pair: any.pcap (tcpdump -i any, named by "
                    "links.txt) and node.pcapng, each on its own, natproof choosing the inside and outside.")
-def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
+@click.option("--conntrack", is_flag=True,
+              help="Also hold the connections against the folder's kernel record (conntrack.log): every one the "
+                   "kernel kept confirmed, none contradicts, any absent for an allowed reason; and (two-file form) "
+                   "the inside capture alone with the record must give the truth's mappings.")
+def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: bool) -> None:
     """Correlate each scenario folder's captures and compare with its truth.json (exit 1 on any mismatch).
 
-    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/).
+    A FOLDER holding truth.json is one scenario; otherwise each subfolder holding one is (e.g. captures/). A
+    scenario of several NATs (double-nat) is also checked as its chain of captures (pod side, node eth0, the
+    gateway's public side) against the composed truth of its kernels.
     """
-    from natproof.check import check_case, find_cases, single_captures
+    from natproof.check import (
+        FLOW_LOGS,
+        KERNEL_RECORD,
+        chain_captures,
+        check_case,
+        check_chain,
+        check_chain_flow_log,
+        find_cases,
+        single_captures,
+    )
 
     cases = find_cases(list(folders))
-    if not single_file:
-        reports = {case.name: check_case(case) for case in cases}
-    else:
-        reports = {}
+    if single_file:
         without = [case for case in cases if not single_captures(case)]
         if len(without) == len(cases):
             where = str(cases[0]) if len(cases) == 1 else f"none of the {len(cases)} scenario folders"
@@ -1057,20 +1099,51 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
         if without:
             warn(f"no any.pcap or node.pcapng in {', '.join(c.name for c in without)}: checked in the two-file "
                  "form only (recorded before the lab wrote them, or a design with no single-file form)")
-        for case in cases:
-            reports |= {f"{case.name} ({path.name})": check_case(case, path) for path in single_captures(case)}
+        cases = [case for case in cases if case not in without]
+    recorded = {case for case in cases if (case / KERNEL_RECORD).is_file()}
+    if conntrack:
+        if not recorded:
+            where = str(cases[0]) if len(cases) == 1 else f"none of the {len(cases)} scenario folders"
+            raise NatproofError(f"{where}: no {KERNEL_RECORD} in it (natproof lab run writes the kernel's record "
+                                "there)")
+        if len(recorded) < len(cases):
+            warn(f"no {KERNEL_RECORD} in {', '.join(c.name for c in cases if c not in recorded)}: checked against "
+                 "truth.json only")
+    reports = {}
+    for case in cases:
+        kernel = conntrack and case in recorded
+        if not single_file:
+            reports[case.name] = check_case(case, conntrack=kernel)
+            if not conntrack and (chain := chain_captures(case)):
+                # A scenario of several NATs: also its whole chain of captures against the kernels' composed truth.
+                reports[f"{case.name} (chain of {len(chain)} captures)"] = check_chain(case)
+                if all((case / f).is_file() for f in FLOW_LOGS):  # and the gateway from its flow log instead
+                    reports[f"{case.name} (2 captures + flow log)"] = check_chain_flow_log(case)
+        else:
+            reports |= {f"{case.name} ({path.name})": check_case(case, path, conntrack=kernel)
+                        for path in single_captures(case)}
     if fmt == "json":
         click.echo(json.dumps({name: rep.to_dict() for name, rep in reports.items()}, indent=2))
     else:
         table = Table(title="natproof lab check", header_style="bold")
-        for col in ("scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing",
-                    "unexpected", "result"):
-            table.add_column(col, justify="left" if col == "scenario" else "right")
+        cols = ["scenario", "expected", "found", "mappings right", "verdicts right", "wrong", "missing", "unexpected"]
+        if conntrack:
+            cols += ["kernel"] + ([] if single_file else ["one capture"])
+        for col in [*cols, "result"]:
+            # The kernel's states one a line, each whole: the numeric columns give way.
+            table.add_column(col, justify="left" if col in ("scenario", "kernel") else "right",
+                             no_wrap=col in ("scenario", "kernel", "one capture"))
         for name, rep in reports.items():
-            table.add_row(name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
-                          str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected)),
-                          "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
-        Console(width=None if sys.stdout.isatty() else 160).print(table)
+            row = [name, str(rep.expected), str(rep.found), str(rep.mapping_right), str(rep.verdict_right),
+                   str(len(rep.wrong)), str(len(rep.missing)), str(len(rep.unexpected))]
+            if conntrack:
+                k = rep.kernel
+                row.append("no record" if k is None else k.summary().replace(", ", "\n"))
+                if not single_file:
+                    one = None if k is None else k.one_capture
+                    row.append("-" if one is None or one.note else one.summary())
+            table.add_row(*row, "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
+        Console(width=None if sys.stdout.isatty() else 180 if conntrack else 160).print(table)
         for name, rep in reports.items():
             for w in rep.wrong:
                 fields = f" (differs in {', '.join(w['fields'])})" if w.get("fields") else ""
@@ -1079,10 +1152,33 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool) -> None:
                 click.echo(f"{name}: missing: {_conn_text(m)}")
             for u in rep.unexpected:
                 click.echo(f"{name}: unexpected: {_conn_text(u)}")
+            k = rep.kernel
+            if k is None:
+                continue
+            for d in k.disagree:
+                c = d["connection"]
+                what = f"#{c['conn']} {_conn_text(c)}: " if c else ""
+                line = f" ({Path(k.record).name} line {d['kernel_line']})" if d.get("kernel_line") else ""
+                click.echo(f"{name}: kernel: {what}{d['why']}{line}")
+            one = k.one_capture
+            for m in [] if one is None else one.missing:
+                click.echo(f"{name}: one capture: missing: {_mapping_text(m)}")
+            for m in [] if one is None else one.wrong:
+                click.echo(f"{name}: one capture: not in the truth: {_mapping_text(m)}")
         ok = sum(rep.ok for rep in reports.values())
-        click.echo(f"{ok} of {len(reports)} scenarios match their truth")
+        against = " and the kernel's record" if conntrack else ""
+        unrecorded = sum(rep.kernel is None for rep in reports.values()) if conntrack else 0
+        if unrecorded:
+            against += f" ({unrecorded} without a record: their truth only)"
+        click.echo(f"{ok} of {len(reports)} scenarios match their truth{against}")
     if not all(rep.ok for rep in reports.values()):
         raise SystemExit(ExitStatus.FAILED)
+
+
+def _mapping_text(m: dict) -> str:
+    o, t = m["original"], m["translated"]
+    return (f"{m['proto']} {format_address(o['src'], o['sport'])} -> {format_address(o['dst'], o['dport'])} => "
+            f"{format_address(t['src'], t['sport'])} -> {format_address(t['dst'], t['dport'])}")
 
 
 def _conn_text(c: dict) -> str:

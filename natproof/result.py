@@ -274,8 +274,10 @@ class Result:
         if schema != SCHEMA:
             return orjson.dumps(self.to_dict(schema), option=option)
         text = orjson.dumps(self._document(_PLACEHOLDER), option=option)
-        lines = connection_lines(self.connections)
-        array = b"[\n" + b",\n".join(b"    " + line for line in lines) + b"\n  ]" if lines else b"[]"
+        body = connection_ndjson(self.connections)
+        # One object per line, indented inside the array: the writer's newlines become separators (a JSON string
+        # never holds a raw newline, so every b"\n" ends an object).
+        array = b"[\n    " + body[:-1].replace(b"\n", b",\n    ") + b"\n  ]" if body else b"[]"
         return text.replace(orjson.dumps(_PLACEHOLDER), array, 1)
 
     def _document(self, conns: Any) -> dict[str, Any]:
@@ -500,13 +502,18 @@ def connection_struct(named: bool = False) -> pl.Expr:
 _PLACEHOLDER = "\x00connections"
 
 
-def connection_lines(connections: pl.DataFrame) -> list[bytes]:
-    """Every connection row (CONNECTION_SCHEMA) as the contract's JSON object, one compact line each, written by
-    polars from the columns."""
+def connection_ndjson(connections: pl.DataFrame) -> bytes:
+    """Every connection row (CONNECTION_SCHEMA) as the contract's JSON object, one compact line each (each ending in
+    a newline), written by polars from the columns: no Python object per row or field."""
     if connections.is_empty():
-        return []
+        return b""
     named = "pod" in connections.columns
-    return connections.select(connection_struct(named)).unnest("connection").write_ndjson().encode().splitlines()
+    return connections.select(connection_struct(named)).unnest("connection").write_ndjson().encode()
+
+
+def connection_lines(connections: pl.DataFrame) -> list[bytes]:
+    """connection_ndjson as a list of lines (without their newlines)."""
+    return connection_ndjson(connections).splitlines()
 
 
 def connection_dicts(connections: pl.DataFrame) -> list[dict[str, Any]]:

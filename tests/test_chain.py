@@ -139,3 +139,95 @@ def test_who_across_the_chain_finds_the_pod_behind_the_gateway_port(capsys: pyte
     assert f"no connection used {query}" in capsys.readouterr().out
     assert main(["who", query, *caps, "--format", "table", "--quiet"]) == 0
     assert f"behind {query} was {udp['original']['src']}:{udp['original']['sport']}" in capsys.readouterr().out
+
+
+def test_lab_check_holds_the_chain_against_both_kernels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from natproof.check import chain_captures, check_chain
+
+    assert [p.relative_to(LAB) for p in chain_captures(LAB)] == [
+        Path("inside.pcap"), Path("outside.pcap"), Path("gateway/outside.pcap")]
+    assert check_chain(LAB).ok
+    assert main(["lab", "check", str(LAB), "--format", "json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"double-nat", "double-nat (chain of 3 captures)",
+                                                        "double-nat (2 captures + flow log)"}
+    # The gateway's truth with one public port edited: the chain no longer agrees, and names that connection.
+    copy = tmp_path / "double-nat"
+    shutil.copytree(LAB, copy)
+    doc = json.loads((copy / "gateway" / "truth.json").read_text())
+    edited = next(c for c in doc["connections"] if c["proto"] == "tcp")
+    edited["translated"]["sport"] = edited["outside"]["sport"] = 4242
+    (copy / "gateway" / "truth.json").write_text(json.dumps(doc))
+    rep = check_chain(copy)
+    assert not rep.ok and len(rep.wrong) == 1 and rep.wrong[0]["truth"]["outside"]["sport"] == 4242
+    assert main(["lab", "check", str(copy)]) == 1
+    # The chain of captures and the flow log's unique candidate both disagree with the edited truth.
+    assert "1 of 3 scenarios match their truth" in capsys.readouterr().out
+
+
+def test_the_gateway_from_its_flow_log_is_one_more_point(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two captures and the NAT gateway's flow log: each TCP connection's gateway tuple is the unique candidate and
+    the gateway truth's; the two same-sized datagrams give two candidates, the truth's among them, and no
+    translated tuple (the records cannot tell)."""
+    from natproof.flowlogs import parse_nat_gateway, read_flow_logs
+
+    node, gateway = _truth()
+    gw = parse_nat_gateway((LAB / "gateway" / "nat-gateway.txt").read_text())
+    for form in ("custom.log", "custom.parquet", "default.log.gz"):
+        chain = natproof.correlate_chain(CHAIN[:2], flow_log=read_flow_logs(LAB / "flowlogs" / form),
+                                         nat_gateways=[gw])
+        by_pod = {_key(c["inside"]): c for c in chain.to_dict()["connections"]}
+        for t in node:
+            c = by_pod[_key(t["original"])]
+            want = gateway[_key(t["translated"])]["translated"]
+            point = c["hops"][-1]
+            assert point["capture"] == "flow log" and point["observation_point"] == 2
+            if t["proto"] == "tcp":
+                assert c["evidence_level"] == "flow log, unique candidate", (form, point["why"])
+                assert c["translated"] == point["tuple"] == want and "src" in c["rewrites"]
+            else:
+                assert c["evidence_level"] == "flow log, ambiguous: 2 candidates", (form, point["why"])
+                assert c["translated"] is None and want in point["candidates"]
+    args = ["correlate", *map(str, CHAIN[:2]), "--flow-log", str(LAB / "flowlogs" / "custom.log"), "--nat-gateway",
+            str(gw), "--format", "table", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(flow log, ambiguous: 2 candidates)" in out and "from its flow log" in out
+    assert main(["correlate", str(CHAIN[0]), "--flow-log", str(LAB / "flowlogs" / "custom.log"), "--quiet"]) == 2
+    assert "give INSIDE and OUTSIDE" in capsys.readouterr().err
+
+
+def test_internal_connections_stop_without_being_lost_and_split_files_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scapy.layers.inet import IP
+
+    internal = LAB.parent / "internal"
+    # A third point past eth0: a router NATing the node's address again (192.0.2.99), made from eth0's packets.
+    routed = []
+    for p in rdpcap(str(internal / "outside.pcap")):
+        if IP in p:
+            p[IP].src = "192.0.2.99" if p[IP].src == "203.0.113.2" else p[IP].src
+            p[IP].dst = "192.0.2.99" if p[IP].dst == "203.0.113.2" else p[IP].dst
+            p[IP].ttl -= 1
+            del p[IP].chksum
+            if p[IP].payload.haslayer("TCP") or p[IP].payload.haslayer("UDP"):
+                del p[IP].payload.chksum
+            p.time += 0.00002 if p[IP].dst != "192.0.2.99" else -0.00002
+        routed.append(p)
+    third = tmp_path / "router.pcap"
+    wrpcap(str(third), routed)
+    chain = natproof.correlate_chain([internal / "inside.pcap", internal / "outside.pcap", third])
+    assert sum(c["lost_at"] is None and len(c["hops"]) == 3 for c in chain.connections) == 3
+    pod_to_pod = [c for c in chain.connections if c["verdict"] == "internal"]
+    assert pod_to_pod and all(c["lost_at"] is None and len(c["hops"]) == 1 for c in pod_to_pod)
+    assert main(["correlate", str(internal / "inside.pcap"), str(internal / "any.pcap"),
+                 str(internal / "outside.pcap"), "--quiet"]) == 2
+    assert "a capture of several interfaces; a chain takes one interface per file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--flow-log", str(LAB / "flowlogs" / "custom.log")], ["--clock", "outside"],
+                                   ["--peer", "198.51.100.10:7"]])
+def test_who_over_a_chain_refuses_options_of_a_pair(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["who", "203.0.113.20:19143", *map(str, CHAIN), "--quiet", *extra]) == 2
+    assert "who over a chain of captures takes none of" in capsys.readouterr().err

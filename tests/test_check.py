@@ -59,3 +59,139 @@ def test_load_truth_refuses_other_documents(tmp_path: Path) -> None:
         load_truth(p)
     with pytest.raises(InputError, match="no such file"):
         load_truth(tmp_path / "absent.json")
+
+
+# -- natproof lab check --conntrack on the bundled captures -----------------------------------------------------
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+
+
+def _lab_check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from natproof.cli import main
+
+    code = main(["lab", "check", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_conntrack_check_passes_on_a_bundled_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _lab_check(capsys, "--conntrack", str(CAPTURES / "basic"))
+    assert code == 0 and err == "", out
+    (row,) = [line for line in out.splitlines() if line.startswith("│ basic")]
+    assert "3 confirmed" in row and "3 of 3" in row and row.rstrip("│ ").endswith("ok")
+    assert out.rstrip().endswith("1 of 1 scenarios match their truth and the kernel's record")
+
+
+def test_conntrack_check_json_counts_states_reasons_and_the_one_capture_form(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _lab_check(capsys, "--conntrack", "--format", "json", str(CAPTURES / "forward-drop"),
+                              str(CAPTURES / "forwarding-off"))
+    doc = json.loads(out)
+    assert code == 0
+    drop = doc["forward-drop"]["kernel"]
+    assert drop["ok"] and drop["record"] == str(CAPTURES / "forward-drop" / "conntrack.log")
+    assert drop["states"] == {"confirmed": 2, "absent": 1}
+    assert drop["absent_reasons"] == {"dropped_before_confirmation": 1}
+    assert drop["summary"] == "2 confirmed, 1 absent (dropped_before_confirmation)"
+    assert drop["one_capture"] | {"capture": None} == {"ok": True, "capture": None, "expected": 2, "right": 2,
+                                                       "missing": [], "wrong": [], "note": None}
+    # Forwarding off: the kernel tracked nothing, and natproof's reader and the lab's parser agree on that.
+    off = doc["forwarding-off"]["kernel"]
+    assert off["ok"] and off["note"] == "no entry (the kernel tracked nothing)" and off["states"] == {}
+    # Without --conntrack the report is what it was.
+    code, out, _ = _lab_check(capsys, "--format", "json", str(CAPTURES / "forward-drop"))
+    assert "kernel" not in json.loads(out)["forward-drop"]
+
+
+def test_conntrack_check_fails_on_a_tampered_record_and_names_the_connection(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    import shutil
+
+    case = tmp_path / "basic"
+    shutil.copytree(CAPTURES / "basic", case)
+    record = case / "conntrack.log"
+    # The kernel's translated port of 10.244.0.10:37800 made 4242 on every line of its entry (the reply tuple's
+    # dport is the translated source port).
+    lines = [re.sub(r"(src=198\.51\.100\.10 dst=203\.0\.113\.2 sport=80) dport=37800", r"\1 dport=4242", line)
+             for line in record.read_text().splitlines()]
+    record.write_text("\n".join(lines) + "\n")
+    code, out, _ = _lab_check(capsys, "--conntrack", str(case))
+    assert code == 1
+    assert ("basic: kernel: #1 tcp 10.244.0.10:37800 -> 198.51.100.10:80 as 203.0.113.2:37800 translated: "
+            "contradicts: the kernel's entry expects replies 198.51.100.10:80 -> 203.0.113.2:4242, the captures "
+            "show the mapping 203.0.113.2:37800 -> 198.51.100.10:80 (conntrack.log line 4)") in out.splitlines()
+    # The pod side alone with the record takes the kernel's word: not the truth's mapping.
+    assert ("basic: one capture: missing: tcp 10.244.0.10:37800 -> 198.51.100.10:80 => 203.0.113.2:37800 -> "
+            "198.51.100.10:80") in out.splitlines()
+    assert out.rstrip().endswith("0 of 1 scenarios match their truth and the kernel's record")
+    # The truth alone still matches: only --conntrack fails.
+    assert _lab_check(capsys, str(case))[0] == 0
+    code, out, _ = _lab_check(capsys, "--conntrack", "--format", "json", str(case))
+    kernel = json.loads(out)["basic"]["kernel"]
+    assert code == 1 and not kernel["ok"] and kernel["states"] == {"confirmed": 2, "contradicts": 1}
+    assert [(d["connection"]["conn"], d["connection"]["inside"]["sport"], d["kernel"], d["kernel_line"])
+            for d in kernel["disagree"]] == [(1, 37800, "contradicts", 4)]
+
+
+def test_conntrack_check_without_a_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    case = tmp_path / "udp"
+    shutil.copytree(CAPTURES / "udp", case)
+    (case / "conntrack.log").unlink()
+    code, _, err = _lab_check(capsys, "--conntrack", str(case))
+    assert (code, err) == (2, f"natproof: error: {case}: no conntrack.log in it (natproof lab run writes the "
+                              "kernel's record there)\n")
+    code, out, err = _lab_check(capsys, "--conntrack", str(case), str(CAPTURES / "basic"))
+    assert code == 0
+    assert err == "natproof: warning: no conntrack.log in udp: checked against truth.json only\n"
+    assert "no record" in next(line for line in out.splitlines() if line.startswith("│ udp"))
+    assert out.rstrip().endswith("2 of 2 scenarios match their truth and the kernel's record (1 without a record: "
+                                 "their truth only)")
+
+
+def test_conntrack_check_of_one_capture_of_many_interfaces(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _lab_check(capsys, "--single-file", "--conntrack", str(CAPTURES / "internal"))
+    assert code == 0, out
+    rows = [line for line in out.splitlines() if line.startswith("│ internal")]
+    assert len(rows) == 2 and all("6 confirmed" in row for row in rows)
+    assert "one capture" not in out  # the pod side's capture alone is the two-file form's
+    assert out.rstrip().endswith("2 of 2 scenarios match their truth and the kernel's record")
+
+
+def test_kernel_check_allows_what_the_listener_says_it_lost(tmp_path: Path) -> None:
+    import natproof
+    from natproof.check import allowed_absent, kernel_check, listener_drops
+
+    d = CAPTURES / "basic"
+    result = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    # Every line of the middle connection's entry gone: the event log covers its time, so natproof calls it
+    # not_recorded, which a lab record allows only where its listener counted socket drops.
+    lines = [line for line in (d / "conntrack.log").read_text().splitlines() if "sport=37800 " not in line]
+    record = tmp_path / "conntrack.log"
+    record.write_text("\n".join(lines) + "\n")
+    assert listener_drops(record) == 0 and allowed_absent(record) == {"dropped_before_confirmation"}
+    rep = kernel_check(result, record)
+    assert not rep.ok and rep.summary() == "2 confirmed, 1 absent (not_recorded)"
+    assert [(x["connection"]["inside"]["sport"], x["kernel_reason"]) for x in rep.disagree] == [
+        (37800, "not_recorded")]
+    record.write_text("\n".join(line.replace("netlink socket drops: 0", "netlink socket drops: 3")
+                                for line in lines) + "\n")
+    assert listener_drops(record) == 6 and "not_recorded" in allowed_absent(record)
+    assert kernel_check(result, record).ok
+    # As a listing, the kernel may have let the entry go before the snapshot.
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(line for line in lines if line.startswith("ipv4")) + "\n")
+    rep = kernel_check(result, listing)
+    assert rep.ok and rep.absent_reasons == {"snapshot_after_expiry": 1}
+
+
+def test_check_case_from_a_script() -> None:
+    from natproof.check import check_case
+
+    rep = check_case(CAPTURES / "port-exhaustion", conntrack=True)
+    assert rep.ok and rep.kernel is not None
+    assert rep.kernel.summary() == "7 confirmed, 6 absent (dropped_before_confirmation)"
+    assert rep.kernel.one_capture is not None and rep.kernel.one_capture.summary() == "7 of 7"
+    assert check_case(CAPTURES / "port-exhaustion").kernel is None

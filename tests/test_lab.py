@@ -345,6 +345,30 @@ def test_teardown_after_failure_mid_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.lab
+def test_overlay_setup_failing_on_the_second_node_leaves_no_namespace(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from natproof.lab.topology import Lab
+
+    prefix = new_prefix() + "o"
+    made = []
+    real = Lab._vxlan
+
+    def failing_vxlan(self, node, remote):  # type: ignore[no-untyped-def]
+        real(self, node, remote)
+        made.append(node.name)
+        if node.name == "node2":  # every namespace exists by now, both flannel.1 devices too
+            assert len(leftover_namespaces(prefix)) == 5
+            raise LabError("forced failure on the second node")
+
+    monkeypatch.setattr(lab_scenarios, "new_prefix", lambda: prefix)
+    monkeypatch.setattr(Lab, "_vxlan", failing_vxlan)
+    with pytest.raises(LabError, match="forced failure"):
+        run_scenario("overlay", tmp_path / "out")
+    assert made == ["node", "node2"] and leftover_namespaces(prefix) == []
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_tuple_the_client_used_twice_is_two_truth_connections() -> None:
     # Found in many-connections: a pod's ephemeral port reused 0.6 s after its previous connection closed.
     head = "ipv4 2 tcp 6 src=10.244.0.10 dst=198.51.100.10 sport=47230 dport=80"
@@ -544,6 +568,26 @@ def test_ipv6_entries_are_kept() -> None:
     assert doc["outside"] == _t("2001:db8:100::2", 50164, "2001:db8:ff::10", 80)
 
 
+def test_pod_on_another_node_through_the_overlay_is_internal_with_its_tuple_on_the_outside() -> None:
+    # overlay: pod1 to pod2 on node2, through flannel's VXLAN: never NATed (reply tuple = original reversed), but the
+    # packets crossed eth0 (encapsulated), so outside = inside and translated = original. A pod on the node's own
+    # bridge stays internal with nothing on the outside; the tunnel's own UDP flow is no pod's connection.
+    rules = TruthRules(frozenset({POD}), ("10.244.0.0/16",), overlay_networks=("10.244.1.0/24",))
+    lines = _entry(1.0, f"{POD} 39448 10.244.1.10 8080", f"10.244.1.10 8080 {POD} 39448")
+    lines += _entry(2.0, f"{POD} 39500 10.244.0.11 8080", f"10.244.0.11 8080 {POD} 39500")
+    lines += _entry(3.0, "203.0.113.2 34906 203.0.113.3 8472", "203.0.113.3 8472 203.0.113.2 34906", proto="udp")
+    attempts = [_attempt(POD, 39448, "10.244.1.10", 8080, 1.0, "internal"),
+                _attempt(POD, 39500, "10.244.0.11", 8080, 2.0, "internal")]
+    connections, notes = build_connections(parse_lines(lines), [], attempts, rules)
+    across, local = (c.to_dict() for c in connections)
+    assert across["verdict"] == "internal" and across["rewrites"] == []
+    assert across["inside"] == across["outside"] == across["original"] == across["translated"] == _t(
+        POD, 39448, "10.244.1.10", 8080)
+    assert "overlay" in connections[0].evidence
+    assert local["verdict"] == "internal" and local["outside"] is None and local["translated"] is None
+    assert notes == ["left out (neither from a pod nor to one): 2 x ipv4 udp from 203.0.113.2"]
+
+
 def test_new_scenarios_are_listed() -> None:
     from natproof.lab import MULTI_HOP
 
@@ -552,8 +596,8 @@ def test_new_scenarios_are_listed() -> None:
     assert [name for name, _ in list_scenarios()][len(names):] == list(MULTI_HOP)
     new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
            "invalid-oow", "idle-expiry", "asymmetric-reply", "ftp-alg",
-           "lan-noise", "routed", "partial-overlap", "nat66", "eks-vpc-cni"]  # fmt: skip
-    assert names[-len(new):] == new and len(names) == 29
+           "lan-noise", "routed", "partial-overlap", "nat66", "overlay", "eks-vpc-cni"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 30
 
 
 # -- eks-vpc-cni: the VPC CNI's wiring -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ SERVICES_FILE = "services.json"
 DUMP_FILES = (PODS_FILE, SERVICES_FILE)
 
 NODE_NAME = NODE
-"""spec.nodeName of every lab pod: the lab's one node."""
+"""spec.nodeName of the captured node's pods (a peer node's pods carry its own name)."""
 IMAGE = "docker.io/library/python:3.12-slim"
 """The lab's servers and clients are python3 -c programs."""
 
@@ -67,15 +67,24 @@ def pod_namespaces(pods: Sequence[Pod], services: Sequence[Service]) -> dict[str
     return out
 
 
-def pods_list(pods: Sequence[Pod], services: Sequence[Service], node_ip: str, started: float) -> dict[str, Any]:
+PeerPods = tuple[str, str, Sequence[Pod]]
+"""Another node of the cluster and its pods: (node name, node address, pods)."""
+
+
+def pods_list(pods: Sequence[Pod], services: Sequence[Service], node_ip: str, started: float,
+              peers: Sequence[PeerPods] = ()) -> dict[str, Any]:
     """A v1 List of the scenario's Pods (kubectl get pods -A -o json): one per lab pod namespace, plus, where the
-    node runs kube-proxy's rules, its hostNetwork kube-proxy pod, whose podIP is the node's own address."""
+    node runs kube-proxy's rules, its hostNetwork kube-proxy pod, whose podIP is the node's own address; then the
+    pods of the other nodes (``peers``), with their own spec.nodeName and hostIP."""
     when = _stamp(started)
     spaces = pod_namespaces(pods, services)
     items = []
     for p in pods:
         ns, app = spaces[p.name]
         items.append(_pod(ns, p.name, {"app": app}, p.ip, node_ip, when, containers=("app",)))
+    for node, address, others in peers:
+        items += [_pod("default", p.name, {"app": p.name}, p.ip, address, when, containers=("app",), node=node)
+                  for p in others]
     if services:
         name = f"kube-proxy-{_suffix('kube-proxy', NODE_NAME)}"
         items.append(_pod("kube-system", name, {"k8s-app": "kube-proxy"}, node_ip, node_ip, when,
@@ -84,13 +93,14 @@ def pods_list(pods: Sequence[Pod], services: Sequence[Service], node_ip: str, st
 
 
 def _pod(ns: str, name: str, labels: dict[str, str], ip: str, node_ip: str, when: str, *,
-         containers: tuple[str, ...], host_network: bool = False, image: str = IMAGE) -> dict[str, Any]:
+         containers: tuple[str, ...], host_network: bool = False, image: str = IMAGE,
+         node: str = NODE_NAME) -> dict[str, Any]:
     family = [{"ip": ip}]
     spec: dict[str, Any] = {
         "containers": [{"image": image, "imagePullPolicy": "IfNotPresent", "name": c, "resources": {},
                         "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
                        for c in containers],
-        "dnsPolicy": "ClusterFirst", "enableServiceLinks": True, "nodeName": NODE_NAME,
+        "dnsPolicy": "ClusterFirst", "enableServiceLinks": True, "nodeName": node,
         "preemptionPolicy": "PreemptLowerPriority", "priority": 0, "restartPolicy": "Always",
         "schedulerName": "default-scheduler", "securityContext": {}, "terminationGracePeriodSeconds": 30,
     }
@@ -201,10 +211,10 @@ def _slice(ns: str, name: str, ports: list[Service], by_ip: dict[str, Pod],
 
 
 def write_dumps(outdir: Path, pods: Sequence[Pod], services: Sequence[Service], node_ip: str,
-                started: float) -> list[str]:
+                started: float, peers: Sequence[PeerPods] = ()) -> list[str]:
     """Write pods.json and, when the scenario has Services, services.json (kubectl's layout: indented by four,
-    final newline) into ``outdir``; returns their file names."""
-    docs = {PODS_FILE: pods_list(pods, services, node_ip, started)}
+    final newline) into ``outdir``; returns their file names. ``peers``: the other nodes' pods, in pods.json too."""
+    docs = {PODS_FILE: pods_list(pods, services, node_ip, started, peers)}
     if services:
         docs[SERVICES_FILE] = services_list(services, pods, started)
     for filename, doc in docs.items():

@@ -55,8 +55,12 @@ from natproof.lab.topology import (
     MASQUERADE_RULE,
     NODE,
     POD_CIDR,
+    VXLAN_DEVICE,
+    VXLAN_ID,
+    VXLAN_PORT,
     Lab,
     LabError,
+    PeerNode,
     Pod,
     TopologySpec,
     check_prerequisites,
@@ -192,6 +196,7 @@ class Scenario:
                 for net in (ipaddress.ip_interface(a).network for a in self.topology.bridge_addresses)
                 if net.version == 4 and net.prefixlen < 31
             ),
+            overlay_networks=(self.topology.peer_node.pod_subnet,) if self.topology.peer_node else (),
             # The VPC CNI's pod network is the VPC: beyond this node's pods it is reached over eth0, unchanged.
             routed_networks=self.topology.vpc_cidrs if isinstance(self.topology, VpcCniSpec) else (),
         )
@@ -677,6 +682,106 @@ def _check_partial_overlap(connections: list[Connection], rec: Recording) -> lis
 def _check_nat66(connections: list[Connection], _: Recording) -> list[str]:
     return [f"{c.inside}: left as {c.outside}, not as the node's address {NODE_IP6}" for c in connections
             if c.outside is None or c.outside.src != NODE_IP6]
+
+
+# -- overlay: two nodes joined by flannel's VXLAN ---------------------------------------------------------------
+
+
+def flannel_rules(lease: str, cluster: str = POD_CIDR) -> tuple[tuple[str, ...], ...]:
+    """The iptables rules flanneld (0.25) writes on a node holding ``lease`` of ``cluster``: its masquerade chain
+    (no NAT within the pod network, MASQUERADE --random-fully for the rest but multicast, kube-proxy's 0x4000 mark
+    left to kube-proxy) and its FORWARD accepts for the pod network."""
+    masq, fwd = ("-m", "comment", "--comment", "flanneld masq"), ("-m", "comment", "--comment", "flanneld forward")
+    chain = ("-t", "nat", "-A", "FLANNEL-POSTRTG")
+    return (
+        ("-t", "nat", "-N", "FLANNEL-POSTRTG"),
+        ("-t", "nat", "-A", "POSTROUTING", *masq, "-j", "FLANNEL-POSTRTG"),
+        (*chain, "-m", "mark", "--mark", "0x4000/0x4000", *masq, "-j", "RETURN"),
+        (*chain, "-s", lease, "-d", cluster, *masq, "-j", "RETURN"),
+        (*chain, "-s", cluster, "-d", lease, *masq, "-j", "RETURN"),
+        (*chain, "!", "-s", cluster, "-d", lease, *masq, "-j", "RETURN"),
+        (*chain, "-s", cluster, "!", "-d", "224.0.0.0/4", *masq, "-j", "MASQUERADE", "--random-fully"),
+        (*chain, "!", "-s", cluster, "-d", cluster, *masq, "-j", "MASQUERADE", "--random-fully"),
+        ("-N", "FLANNEL-FWD"),
+        ("-A", "FORWARD", *fwd, "-j", "FLANNEL-FWD"),
+        ("-A", "FLANNEL-FWD", "-s", cluster, *fwd, "-j", "ACCEPT"),
+        ("-A", "FLANNEL-FWD", "-d", cluster, *fwd, "-j", "ACCEPT"),
+    )
+
+
+NODE2 = PeerNode("node2", "203.0.113.3/24", "10.244.1.0/24", (Pod("pod2", "10.244.1.10/24"),),
+                 iptables_rules=flannel_rules("10.244.1.0/24"))
+POD2_REMOTE = "10.244.1.10"
+"""node2's pod, across the overlay."""
+
+
+def vxlan_packets(path: Path, port: int = VXLAN_PORT) -> list[tuple[tuple[str, str], tuple[str, str, int, int, int]]]:
+    """((outer src, outer dst), (inner src, inner dst, inner proto, sport, dport)) of each VXLAN packet (UDP to
+    ``port``, VNI flag set) carrying IPv4 in an Ethernet pcap; ICMP echo: the identifier as sport, 0 as dport."""
+    out = []
+    for src, dst, l4 in _ip_packets(path):
+        if not isinstance(l4, dpkt.udp.UDP) or l4.dport != port or len(l4.data) < 8 or not l4.data[0] & 0x08:
+            continue
+        inner = dpkt.ethernet.Ethernet(bytes(l4.data[8:])).data
+        if not isinstance(inner, dpkt.ip.IP):
+            continue
+        t = inner.data
+        if isinstance(t, dpkt.icmp.ICMP) and isinstance(t.data, dpkt.icmp.ICMP.Echo):
+            ports = (t.data.id, 0)
+        else:
+            ports = (getattr(t, "sport", 0), getattr(t, "dport", 0))
+        out.append(((src, dst), (_addr(inner.src), _addr(inner.dst), inner.p, *ports)))
+    return out
+
+
+def _vni(path: Path, port: int = VXLAN_PORT) -> set[int]:
+    """The VXLAN network identifiers of the packets to ``port`` in an Ethernet pcap."""
+    return {int.from_bytes(bytes(l4.data[4:7]), "big") for _, _, l4 in _ip_packets(path)
+            if isinstance(l4, dpkt.udp.UDP) and l4.dport == port and len(l4.data) >= 8}
+
+
+def _check_overlay(connections: list[Connection], rec: Recording) -> list[str]:
+    """The kernel and eth0's packets show the design: every pod-to-pod connection crossed eth0 both ways inside
+    VXLAN (UDP 8472, VNI 1) between the two nodes' addresses and nowhere in the clear, untranslated; egress left as
+    the node's address; flannel's RETURN and MASQUERADE rules counted; conntrack tracked the tunnel flows."""
+    problems = []
+    outside = _capture(rec, "outside.pcap")
+    tunnelled = vxlan_packets(outside)
+    nodes = (NODE_IP, NODE2.ip)
+    if not tunnelled:
+        return [f"outside.pcap: no VXLAN packet (UDP {VXLAN_PORT}) carrying IPv4"]
+    if wrong := {outer for outer, _ in tunnelled if outer not in (nodes, nodes[::-1])}:
+        problems.append(f"outside.pcap: VXLAN packets between {sorted(wrong)}, not the two nodes")
+    if (vnis := _vni(outside)) != {VXLAN_ID}:
+        problems.append(f"outside.pcap: VXLAN network identifiers {sorted(vnis)}, expected {{{VXLAN_ID}}}")
+    protos = {"tcp": 6, "udp": 17, "icmp": 1}
+    inner = {(outer, i) for outer, i in tunnelled}
+    across = [c for c in connections if c.inside.dst == POD2_REMOTE]
+    for c in across:
+        t = c.inside
+        forth = (nodes, (t.src, t.dst, protos[c.proto], t.sport, t.dport))
+        back = (nodes[::-1], (t.dst, t.src, protos[c.proto], t.dport if c.proto != "icmp" else t.sport,
+                              t.sport if c.proto != "icmp" else 0))
+        if c.verdict != "internal" or c.outside != c.inside:
+            problems.append(f"{c.proto} {t}: {c.verdict}, outside {c.outside}: expected internal, untranslated")
+        if forth not in inner or back not in inner:
+            problems.append(f"{c.proto} {t}: not in VXLAN on eth0 both ways (there: {forth in inner}, "
+                            f"back: {back in inner})")
+    if len(across) != 5:
+        problems.append(f"{len(across)} connections to {POD2_REMOTE}, the design makes 5")
+    # Never in the clear on the uplink: the pod network shows only inside the tunnel.
+    problems += _nowhere("outside.pcap", POD_CIDR)([], rec)
+    for c in connections:
+        if c.inside.dst == SERVER and (c.verdict != "translated" or c.outside is None or c.outside.src != NODE_IP):
+            problems.append(f"{c.proto} {c.inside}: {c.verdict} as {c.outside}, not masqueraded to {NODE_IP}")
+    problems += _counted("-s 10.244.0.0/24 -d 10.244.0.0/16", "RETURN")(connections, rec)
+    problems += _counted("-s 10.244.0.0/16 ! -d 224.0.0.0/4", "MASQUERADE")(connections, rec)
+    # Each tunnel flow is a conntrack entry of its own (the node's own UDP, outer source port a hash of the inner
+    # flow): the reason the truth leaves them out.
+    tunnels = [line for line in rec.listing if f"dport={VXLAN_PORT}" in line and f"src={NODE_IP}" in line]
+    if not tunnels:
+        problems.append(f"no conntrack entry of a tunnel flow from {NODE_IP} to port {VXLAN_PORT}")
+    return problems
 
 
 # -- eks-vpc-cni: pods with VPC addresses, SNAT to the primary ENI for what leaves the VPC -----------------------
@@ -1511,6 +1616,56 @@ SCENARIOS: dict[str, Scenario] = {
             ),
         ),
         Scenario(
+            "overlay",
+            "two nodes joined by flannel's VXLAN (UDP 8472): pod to pod across nodes is internal (encapsulated on "
+            "eth0, never NATed), egress is translated",
+            "A second node, node2 (eth0 203.0.113.3/24), shares the captured node's uplink network: both eth0s are "
+            "ports of one bridge in inet, which holds 203.0.113.1 and routes to the servers. node2 has its own cni0 "
+            "(10.244.1.1/24) with pod2 (10.244.1.10), which runs an HTTP server on :8080 and a UDP echo on :7. Each "
+            "node has flannel.1 as flanneld's vxlan backend makes it (`ip link add flannel.1 type vxlan id 1 local "
+            "<node ip> dev eth0 dstport 8472 nolearning`, its lease's network address /32, a fixed MAC) and, for the "
+            "other node's lease, what flanneld writes: a permanent neighbour entry for the other VTEP address "
+            "(10.244.1.0 on the node, 10.244.0.0 on node2), a `bridge fdb` entry sending that VTEP's MAC to the other "
+            "node's eth0 address, and the route of its pod subnet via that VTEP address dev flannel.1 onlink (no "
+            "`remote` peer, no learning). Pod MTU 1450, as flannel's CNI configuration sets it. Both nodes carry "
+            "flanneld's iptables rules (FLANNEL-POSTRTG: RETURN within 10.244.0.0/16, MASQUERADE --random-fully for "
+            "the rest but multicast; FLANNEL-FWD accepts). pod1 makes three HTTP requests to pod2:8080, sends three "
+            "datagrams on one socket to pod2:7 and two echo requests to pod2, and, interleaved, two HTTP requests "
+            "and two datagrams to 198.51.100.10. Pod to pod leaves the node by eth0 inside VXLAN (outer "
+            "203.0.113.2 -> 203.0.113.3:8472, source port a hash of the inner flow), untranslated: conntrack's "
+            "reply tuple is its original one reversed, and the truth gives it verdict internal with its inside tuple "
+            "as outside (and translated) tuple, since the inner packet crossed eth0 unchanged. Each tunnel flow is "
+            "a conntrack entry of the node's own, left out of the truth (neither from a pod nor to one). Egress is "
+            "masqueraded to 203.0.113.2 (random ports). Inside capture: cni0 (pod1's traffic is routed, both to "
+            "pod2 and to the internet, so the bridge device sees it); outside: eth0. The node-wide captures (any.pcap, "
+            "node.pcapng) hold flannel.1 too: the pod-to-pod packets once more, decapsulated, between cni0 and eth0.",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("http", POD2_REMOTE, 8080, count=3, interval=0.1, expect="internal"),
+                        Action("udp", POD2_REMOTE, 7, count=3, interval=0.1, at=0.03, timeout=1.0, expect="internal"),
+                        Action("ping", POD2_REMOTE, sport=0x0106, count=2, interval=0.2, at=0.06, timeout=1.0,
+                               expect="internal"),
+                        Action("http", SERVER, 80, count=2, interval=0.1, at=0.05),
+                        Action("udp", SERVER, 7, count=2, interval=0.1, at=0.08, timeout=1.0),
+                    ),
+                ),
+            ),
+            topology=TopologySpec(
+                peer_node=NODE2,
+                iptables_rules=flannel_rules("10.244.0.0/24"),
+                pod_mtu=1450,
+            ),
+            servers=(
+                HTTP,
+                Server(INET, "udp-echo", SERVER, 7),
+                Server("pod2", "http", POD2_REMOTE, 8080),
+                Server("pod2", "udp-echo", POD2_REMOTE, 7),
+            ),
+            check=_all(_count(8), _verdicts(internal=5, translated=3), _check_overlay),
+        ),
+        Scenario(
             "eks-vpc-cni",
             "an EKS node as the AWS VPC CNI wires it: pods with VPC addresses on routed veths (no bridge), SNAT "
             "--random-fully to the primary ENI only for traffic leaving the VPC (and not to an excluded CIDR), a pod "
@@ -1620,8 +1775,10 @@ def run_scenario(name: str, outdir: Path, *, keep_going: bool = False) -> dict:
         if recording.node_captures:
             (stage / "links.txt").write_text(recording.links)
         outputs = list(OUTPUT_FILES) + [n for n in NODE_FILES if (stage / n).exists()]
+        peer = scenario.topology.peer_node
         outputs += write_dumps(stage, scenario.topology.pods, scenario.services,
-                               str(ipaddress.ip_interface(scenario.topology.node_address).ip), recording.started)
+                               str(ipaddress.ip_interface(scenario.topology.node_address).ip), recording.started,
+                               peers=[(peer.name, peer.ip, peer.pods)] if peer else ())
         if scenario.gzip_pcaps:
             for pcap in [n for n in outputs if n.endswith((".pcap", ".pcapng"))]:
                 with open(stage / pcap, "rb") as src, open(stage / f"{pcap}.gz", "wb") as raw, \
@@ -1801,6 +1958,18 @@ def _node_state(lab: Lab) -> dict[str, str]:
     if lab.spec.ip6tables_rules:
         state["ip6tables-save -c"] = lab.run(["ip6tables-save", "-c"], role=NODE).stdout
     state["node: ip -s -br link"] = lab.run(["ip", "-s", "link"], role=NODE).stdout
+    peer = lab.spec.peer_node
+    if peer is not None:
+        # The overlay as the kernel holds it on both nodes: the VXLAN device, the remote VTEP's neighbour and
+        # forwarding entries, and node2's rules with their counters and its links' counters.
+        for role in (NODE, peer.name):
+            state[f"{role}: ip -d link show {VXLAN_DEVICE}"] = lab.run(
+                ["ip", "-d", "link", "show", VXLAN_DEVICE], role=role).stdout
+            state[f"{role}: ip neigh show dev {VXLAN_DEVICE}; bridge fdb show dev {VXLAN_DEVICE}"] = (
+                lab.run(["ip", "neigh", "show", "dev", VXLAN_DEVICE], role=role).stdout
+                + lab.run(["bridge", "fdb", "show", "dev", VXLAN_DEVICE], role=role).stdout)
+        state[f"{peer.name}: iptables-save -c"] = lab.run(["iptables-save", "-c"], role=peer.name).stdout
+        state[f"{peer.name}: ip -s link"] = lab.run(["ip", "-s", "link"], role=peer.name).stdout
     if isinstance(lab.spec, VpcCniSpec):
         # The VPC CNI routes by policy: its ip rules, the secondary ENIs' tables, the VPC's mapping of addresses.
         tables = [str(e.table) for e in lab.spec.enis[1:]]
@@ -1840,6 +2009,8 @@ def _offloads(lab: Lab) -> str:
     out = []
     present = set(node_links(lab, NODE)[1])
     links = [n for n in ("eth0", "eth1", "cni0", *(pod.host_veth for pod in lab.spec.pods)) if n in present]
+    if lab.spec.peer_node is not None:
+        links.append(VXLAN_DEVICE)
     for link in links:
         detail = lab.run(["ip", "-d", "link", "show", "dev", link], role=NODE).stdout
         limits = re.findall(r"\b((?:gso|tso|gro)_max_(?:size|segs) \d+)", detail)
@@ -1987,7 +2158,7 @@ def _describe(
 ) -> str:
     """scenario.txt: what was run, on what topology and configuration, and how the truth was derived."""
     t0 = min((a.t_start for a in rec.attempts), default=rec.started)
-    roles = (NODE, INET, *(pod.name for pod in scenario.topology.pods))
+    roles = scenario.topology.roles
     out: list[str] = [
         f"natproof lab scenario: {scenario.name}",
         scenario.description,
@@ -2087,6 +2258,13 @@ def _describe(
         "in pod_cidr (outside null); not_forwarded and reply_dropped as the design above says. Every verdict "
         "is checked against what the pod's client saw and what the design expects."
     )
+    if scenario.topology.peer_node is not None:
+        out += _wrap(
+            f"Overlay: a destination in another node's pod subnet ({scenario.topology.peer_node.pod_subnet}, "
+            "reached through the overlay), untranslated: internal, but outside = inside and translated = original, "
+            "since its packets crossed eth0 (inside VXLAN) unchanged. The tunnel's own flows (the node's UDP to port "
+            f"{VXLAN_PORT}) are conntrack entries neither from a pod nor to one: left out."
+        )
     out += _wrap(
         f"{KERNEL_RECORDS}/ holds the same kernel's record in the other formats users hold, for `natproof "
         "correlate --conntrack`: " + "; ".join(f"{name}: `{info['command']}` ({info['entries']} entries"
@@ -2119,16 +2297,35 @@ def _describe(
 
 
 def _describe_bridge(scenario: Scenario) -> list[str]:
-    """scenario.txt's lines on a bridge node's topology (cni0, eth0 to inet, the pods' veths)."""
+    """scenario.txt's lines on a bridge node's topology (cni0, eth0 to inet, the pods' veths, a peer node)."""
     topology = scenario.topology
-    out = [
+    out: list[str] = []
+    out.append(
         "node: bridge cni0 "
         + ", ".join(topology.bridge_addresses)
-        + f"; eth0 {topology.node_address} (veth to inet's eth0 {topology.inet_address}); default via "
-        f"{topology.inet_ip}"
-    ]
+        + f"; eth0 {topology.node_address} (veth to inet's eth0 "
+        f"{topology.inet_address}); default via {topology.inet_ip}"
+    )
     for pod in topology.pods:
         out.append(f"{pod.name}: eth0 {pod.address}, default via {pod.gateway}; peer {pod.host_veth} on cni0")
+    peer = topology.peer_node
+    if peer is not None:
+        local = ipaddress.ip_interface(topology.bridge_addresses[0]).network
+        out.append(
+            f"node: {VXLAN_DEVICE} (vxlan id {VXLAN_ID}, local {topology.node_ip} dev eth0, dstport "
+            f"{VXLAN_PORT}, nolearning) {local.network_address}/32, MAC {topology.vtep_mac}; route "
+            f"{peer.pod_subnet} via {peer.vtep_address} dev {VXLAN_DEVICE} onlink; neighbour {peer.vtep_address} "
+            f"lladdr {peer.vtep_mac} permanent; fdb {peer.vtep_mac} dst {peer.ip}"
+        )
+        out.append(
+            f"{peer.name}: a second node; eth0 {peer.address} (veth to {peer.uplink_peer}, a port of inet's underlay "
+            f"bridge with inet's eth0); default via {topology.inet_ip}; bridge cni0 {peer.bridge_address}; "
+            f"{VXLAN_DEVICE} {peer.vtep_address}/32, MAC {peer.vtep_mac}; route {local} via "
+            f"{local.network_address} dev {VXLAN_DEVICE} onlink; neighbour and fdb entries for the node's VTEP"
+        )
+        for pod in peer.pods:
+            out.append(f"{pod.name} (on {peer.name}): eth0 {pod.address}, default via {pod.gateway}; peer "
+                       f"{pod.host_veth} on {peer.name}'s cni0")
     out.append(
         "inet: servers on "
         + ", ".join(f"{a}/{ipaddress.ip_address(a).max_prefixlen} on lo" for a in topology.server_addresses)

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,14 @@ MASQUERADE_RULE = tuple(f"-t nat -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j
 NODE = "node"
 INET = "inet"
 COMMAND_TIMEOUT_S = 15.0
+
+VXLAN_DEVICE = "flannel.1"
+"""flannel's VXLAN device: VNI 1 (flannel's default VNI), named flannel.<VNI>."""
+VXLAN_ID = 1
+VXLAN_PORT = 8472
+"""flannel's VXLAN UDP port (the Linux kernel's historical default; IANA's is 4789)."""
+UNDERLAY_BRIDGE = "br0"
+"""The bridge in inet that joins the nodes' uplinks into one network (a cloud subnet with its router)."""
 
 
 def check_prerequisites() -> None:
@@ -97,6 +106,47 @@ class Pod:
 
 
 @dataclass(frozen=True)
+class PeerNode:
+    """A second node on the captured node's uplink network, joined to it by a flannel-style VXLAN overlay.
+
+    It has its own namespace, its own cni0 bridge with ``pods`` on ``pod_subnet``, an eth0 on the same underlay
+    bridge as the captured node's eth0, and ``flannel.1``. Each node routes the other's pod subnet via its
+    flannel.1 (onlink, with the permanent neighbour and ``bridge fdb`` entries flanneld writes), so pod-to-pod
+    traffic between them crosses both eth0s inside VXLAN (UDP VXLAN_PORT)."""
+
+    name: str = "node2"
+    address: str = "203.0.113.3/24"
+    """Its eth0 address, on the captured node's uplink network."""
+    pod_subnet: str = "10.244.1.0/24"
+    """Its pods' subnet (flannel's lease): the bridge gets the first host, flannel.1 the network address /32."""
+    pods: tuple[Pod, ...] = (Pod("pod2", "10.244.1.10/24"),)
+    iptables_rules: tuple[tuple[str, ...], ...] = ()
+    """Arguments of each ``iptables`` call in its namespace."""
+    vtep_mac: str = "0e:6e:70:00:00:02"
+    """Its flannel.1 MAC (flanneld publishes it in the node annotation flannel.alpha.coreos.com/backend-data; fixed
+    here so that every recording has the same)."""
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.address).ip)
+
+    @property
+    def bridge_address(self) -> str:
+        net = ipaddress.ip_network(self.pod_subnet)
+        return f"{next(net.hosts())}/{net.prefixlen}"
+
+    @property
+    def vtep_address(self) -> str:
+        """flannel.1's address: the network address of its subnet, /32."""
+        return str(ipaddress.ip_network(self.pod_subnet).network_address)
+
+    @property
+    def uplink_peer(self) -> str:
+        """Name of its eth0's other end, a port of the underlay bridge in inet."""
+        return f"v{self.name}"[:15]
+
+
+@dataclass(frozen=True)
 class TopologySpec:
     """The namespaces and node configuration of one scenario; defaults are the background note's node."""
 
@@ -120,10 +170,29 @@ class TopologySpec:
     """Networks inet routes back via the node's eth0 address (a routed pod network: no NAT needed)."""
     ip6tables_rules: tuple[tuple[str, ...], ...] = ()
     """Arguments of each ``ip6tables`` call in the node namespace, applied after the iptables ones."""
+    peer_node: PeerNode | None = None
+    """A second node joined by a VXLAN overlay (flannel's vxlan backend); None: a single node. When set, inet's
+    eth0 becomes a port of an underlay bridge (UNDERLAY_BRIDGE, holding inet's address) that the peer's eth0 joins
+    too, and the node gets ``flannel.1`` with a route to the peer's pod subnet."""
+    vtep_mac: str = "0e:6e:70:00:00:01"
+    """The node's flannel.1 MAC, with a peer node."""
+    pod_mtu: int | None = None
+    """MTU of the pods' veths (both ends) and the bridges, on every node; None: the kernel's 1500. flannel writes
+    the uplink's MTU less the VXLAN overhead (1450) into the CNI configuration."""
 
     @property
     def inet_ip(self) -> str:
         return str(ipaddress.ip_interface(self.inet_address).ip)
+
+    @property
+    def node_ip(self) -> str:
+        return str(ipaddress.ip_interface(self.node_address).ip)
+
+    @property
+    def roles(self) -> list[str]:
+        """Every namespace role: node, inet, the node's pods, then the peer node and its pods."""
+        peer = [self.peer_node.name, *(p.name for p in self.peer_node.pods)] if self.peer_node else []
+        return [NODE, INET, *(pod.name for pod in self.pods), *peer]
 
 
 @dataclass
@@ -143,7 +212,7 @@ class Lab:
 
     @property
     def roles(self) -> list[str]:
-        return [NODE, INET, *(pod.name for pod in self.spec.pods)]
+        return self.spec.roles
 
     # -- running commands -------------------------------------------------------------------------
 
@@ -159,7 +228,8 @@ class Lab:
         """Run a command (inside ``role``'s namespace when given) and return its output."""
         full = self._wrap(argv, role)
         if record:
-            self.commands.append(" ".join(full))
+            # Quoted where a word holds a space (an iptables --comment), so the line can be pasted into a shell.
+            self.commands.append(" ".join(shlex.quote(a) if any(c.isspace() for c in a) else a for a in full))
         try:
             done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
@@ -215,11 +285,11 @@ class Lab:
         out = self.run([sys.executable, "-c", script, *keys], role=role).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def iptables(self, *args: str, tool: str = "iptables") -> None:
+    def iptables(self, *args: str, tool: str = "iptables", role: str = NODE) -> None:
         # -w: the xtables lock file is shared by every namespace on the machine.
         if shutil.which(tool) is None:
             raise LabError(f"{tool} not found: apt-get install iptables")
-        self.run([tool, "-w", "5", *args], role=NODE, record=True)
+        self.run([tool, "-w", "5", *args], role=role, record=True)
 
     # -- setup and teardown ------------------------------------------------------------------------
 
@@ -258,16 +328,21 @@ class Lab:
             self._add_netns(role)
         inet = self.netns(INET)
 
-        self._ip(NODE, "link", "add", "cni0", "type", "bridge")
-        for address in spec.bridge_addresses:
-            self._addr(NODE, address, "cni0")
-        self._ip(NODE, "link", "set", "cni0", "up")
+        self._bridge(NODE, spec.bridge_addresses)
 
         # The node's uplink: eth0 in node <-> eth0 in inet, both ends created in place.
         self._ip(NODE, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", inet)
         self._addr(NODE, spec.node_address, "eth0")
         self._ip(NODE, "link", "set", "eth0", "up")
-        self._addr(INET, spec.inet_address, "eth0")
+        if spec.peer_node is not None:
+            # With a second node, inet's end is a port of the underlay bridge, which holds inet's address: the two
+            # nodes' uplinks share one network (a cloud subnet), inet is its router and the internet behind it.
+            self._ip(INET, "link", "add", UNDERLAY_BRIDGE, "type", "bridge")
+            self._ip(INET, "link", "set", "eth0", "master", UNDERLAY_BRIDGE)
+            self._addr(INET, spec.inet_address, UNDERLAY_BRIDGE)
+            self._ip(INET, "link", "set", UNDERLAY_BRIDGE, "up")
+        else:
+            self._addr(INET, spec.inet_address, "eth0")
         self._ip(INET, "link", "set", "eth0", "up")
         for address in spec.server_addresses:
             host = ipaddress.ip_address(address).max_prefixlen
@@ -279,16 +354,11 @@ class Lab:
             self._ip(INET, "route", "add", network, "via", str(ipaddress.ip_interface(spec.node_address).ip))
 
         for pod in spec.pods:
-            peer = f"peer name eth0 netns {self.netns(pod.name)}"
-            self._ip(NODE, "link", "add", pod.host_veth, "type", "veth", *peer.split())
-            self._ip(NODE, "link", "set", pod.host_veth, "master", "cni0")
-            self._ip(NODE, "link", "set", pod.host_veth, "up")
-            for address in (pod.address, *pod.extra_addresses):
-                self._addr(pod.name, address, "eth0")
-            self._ip(pod.name, "link", "set", "eth0", "up")
-            self._ip(pod.name, "route", "add", "default", "via", pod.gateway)
+            self._add_pod(NODE, pod)
             if pod.name in spec.hairpin_pods:
                 self._ip(NODE, "link", "set", "dev", pod.host_veth, "type", "bridge_slave", "hairpin", "on")
+        if spec.peer_node is not None:
+            self._add_peer(spec.peer_node)
 
         if spec.reply_link is not None:
             node_side, inet_side = spec.reply_link
@@ -338,12 +408,81 @@ class Lab:
         if spec.node_sysctls:
             self.write_sysctls(NODE, dict(spec.node_sysctls))
 
+        if spec.peer_node is not None:
+            self.write_sysctls(INET, {f"net.ipv4.conf.{UNDERLAY_BRIDGE}.rp_filter": "0"})
+            peer = spec.peer_node.name
+            self.write_sysctls(peer, {
+                "net.ipv4.ip_forward": "1",
+                "net.ipv4.conf.all.rp_filter": "0",
+                "net.ipv4.conf.default.rp_filter": "0",
+                "net.bridge.bridge-nf-call-iptables": "1",
+            })
+            for rule in spec.peer_node.iptables_rules:
+                self.iptables(*rule, role=peer)
+
         if spec.forward_policy != "ACCEPT":
             self.iptables("-P", "FORWARD", spec.forward_policy)
         for rule in spec.iptables_rules:
             self.iptables(*rule)
         for rule in spec.ip6tables_rules:
             self.iptables(*rule, tool="ip6tables")
+
+    def _bridge(self, role: str, addresses: Sequence[str]) -> None:
+        """A node's pod bridge, cni0, with its addresses (the first host of each pod subnet)."""
+        self._ip(role, "link", "add", "cni0", "type", "bridge")
+        if self.spec.pod_mtu is not None:
+            self._ip(role, "link", "set", "cni0", "mtu", str(self.spec.pod_mtu))
+        for address in addresses:
+            self._addr(role, address, "cni0")
+        self._ip(role, "link", "set", "cni0", "up")
+
+    def _add_pod(self, node: str, pod: Pod) -> None:
+        """A pod's namespace joined to ``node``'s cni0 by a veth (``veth<name>`` on the node, eth0 in the pod)."""
+        peer = f"peer name eth0 netns {self.netns(pod.name)}"
+        self._ip(node, "link", "add", pod.host_veth, "type", "veth", *peer.split())
+        if self.spec.pod_mtu is not None:
+            self._ip(node, "link", "set", pod.host_veth, "mtu", str(self.spec.pod_mtu))
+            self._ip(pod.name, "link", "set", "eth0", "mtu", str(self.spec.pod_mtu))
+        self._ip(node, "link", "set", pod.host_veth, "master", "cni0")
+        self._ip(node, "link", "set", pod.host_veth, "up")
+        for address in (pod.address, *pod.extra_addresses):
+            self._addr(pod.name, address, "eth0")
+        self._ip(pod.name, "link", "set", "eth0", "up")
+        self._ip(pod.name, "route", "add", "default", "via", pod.gateway)
+
+    def _add_peer(self, peer: PeerNode) -> None:
+        """The second node: its uplink on the underlay bridge, its cni0 and pods, and flannel.1 on both nodes."""
+        spec = self.spec
+        self._ip(peer.name, "link", "add", "eth0", "type", "veth", "peer", "name", peer.uplink_peer,
+                 "netns", self.netns(INET))
+        self._addr(peer.name, peer.address, "eth0")
+        self._ip(peer.name, "link", "set", "eth0", "up")
+        self._ip(INET, "link", "set", peer.uplink_peer, "master", UNDERLAY_BRIDGE)
+        self._ip(INET, "link", "set", peer.uplink_peer, "up")
+        self._ip(peer.name, "route", "add", "default", "via", spec.inet_ip)
+        self._bridge(peer.name, (peer.bridge_address,))
+        for pod in peer.pods:
+            self._add_pod(peer.name, pod)
+        local = PeerNode(NODE, spec.node_address, str(ipaddress.ip_interface(spec.bridge_addresses[0]).network),
+                         (), vtep_mac=spec.vtep_mac)
+        self._vxlan(local, peer)
+        self._vxlan(peer, local)
+
+    def _vxlan(self, node: PeerNode, remote: PeerNode) -> None:
+        """flannel.1 on ``node`` as flanneld's vxlan backend makes it, and what flanneld writes for ``remote``'s
+        lease: a permanent neighbour entry for the remote VTEP address, a ``bridge fdb`` entry sending its MAC to the
+        remote node's address, and the route of its pod subnet via that VTEP address, onlink."""
+        role = node.name
+        self._ip(role, "link", "add", VXLAN_DEVICE, "type", "vxlan", "id", str(VXLAN_ID), "local", node.ip,
+                 "dev", "eth0", "dstport", str(VXLAN_PORT), "nolearning")
+        self._ip(role, "link", "set", VXLAN_DEVICE, "address", node.vtep_mac)
+        self._addr(role, f"{node.vtep_address}/32", VXLAN_DEVICE)
+        self._ip(role, "link", "set", VXLAN_DEVICE, "up")
+        self._ip(role, "neigh", "replace", remote.vtep_address, "lladdr", remote.vtep_mac, "dev", VXLAN_DEVICE,
+                 "nud", "permanent")
+        self.run(["bridge", "-n", self.netns(role), "fdb", "replace", remote.vtep_mac, "dev", VXLAN_DEVICE,
+                  "dst", remote.ip, "self", "permanent"], record=True)
+        self._ip(role, "route", "add", remote.pod_subnet, "via", remote.vtep_address, "dev", VXLAN_DEVICE, "onlink")
 
     def stop(
         self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 3.0

@@ -230,11 +230,15 @@ class TruthRules:
     broadcast_addresses: frozenset[str] = frozenset()
     """Directed broadcast addresses of the node's own subnets (10.244.0.255 for 10.244.0.1/24): a packet to one
     is delivered to the node and the bridge's ports, never routed on."""
+    overlay_networks: tuple[str, ...] = ()
+    """Pod subnets of other nodes, reached through an overlay on the uplink (flannel's VXLAN): a pod-to-pod connection
+    to one is internal, yet crosses the outside capture, encapsulated and untranslated; its outside tuple is its
+    inside tuple (and its translated tuple its original one), as for any connection that crossed unchanged."""
     routed_networks: tuple[str, ...] = ()
-    """Internal networks beyond the node, reached over its uplink by routing, not NAT (the VPC CNI's VPC CIDR: its
-    other subnets and other nodes' pods): a connection to one (not to a pod of this node) is internal, yet crosses
-    the outside capture untranslated, so its outside tuple is its inside tuple and its translated tuple its original
-    one, as for any connection that crossed unchanged."""
+    """Internal networks beyond the node, reached over its uplink by routing, neither NAT nor an overlay (the VPC
+    CNI's VPC CIDR: its other subnets and other nodes' pods): a connection to one (not to a pod of this node) is
+    internal, yet crosses the outside capture untranslated, so its outside tuple is its inside tuple and its
+    translated tuple its original one, as for any connection that crossed unchanged."""
 
     def service_for(self, proto: str, address: str, port: int) -> ServiceRule | None:
         for rule in self.services:
@@ -542,8 +546,12 @@ def _observe(track: _Track, entry: ConntrackLine) -> None:
 
 
 def _internal(address: str, rules: TruthRules) -> bool:
+    return _in(address, rules.internal_networks)
+
+
+def _in(address: str, networks: Iterable[str]) -> bool:
     ip = ipaddress.ip_address(address)
-    return any(ip in ipaddress.ip_network(net) for net in rules.internal_networks)
+    return any(ip in ipaddress.ip_network(net) for net in networks)
 
 
 def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str = "") -> Connection:
@@ -588,13 +596,18 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
             )
         elif _internal(orig.dst, rules) or _internal(translated.dst, rules):
             mapped, verdict = None, "internal"
+            across = translated == original and _in(orig.dst, rules.overlay_networks)
             routed = (translated == original and orig.dst not in rules.pod_addresses
-                      and any(ipaddress.ip_address(orig.dst) in ipaddress.ip_network(n) for n in rules.routed_networks))
-            if routed:
-                mapped = inside  # it left by the uplink unchanged, to be routed on
+                      and _in(orig.dst, rules.routed_networks))
+            if across or routed:
+                # It left by eth0 unchanged: to a pod on another node inside the overlay, or routed on (the VPC).
+                mapped = inside
             elif translated == original:
                 shown = None  # pod to pod, nothing rewritten: no leg after a NAT to show
-            if routed:
+            if across:
+                why = (f"destination in the pod network, on another node: crossed the uplink inside the overlay, "
+                       f"untranslated ({orig.dst} in {', '.join(rules.overlay_networks)})")
+            elif routed:
                 why = (f"destination in the pod network beyond this node ({', '.join(rules.routed_networks)}): routed "
                        "over the uplink, untranslated")
             elif _internal(orig.dst, rules):

@@ -13,7 +13,7 @@ import orjson
 import polars as pl
 
 from natproof.errors import InputError
-from natproof.result import SCHEMA, Result, connection_lines
+from natproof.result import SCHEMA, Result, connection_ndjson
 
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 
@@ -54,7 +54,7 @@ def to_json(result: Result, schema: str = SCHEMA) -> str:
 def to_ndjson(result: Result, schema: str = SCHEMA) -> str:
     """One connection per line (for jq and log pipelines), as in the ``schema`` document."""
     if schema == SCHEMA:
-        return b"".join(line + b"\n" for line in connection_lines(result.connections)).decode()
+        return connection_ndjson(result.connections).decode()
     conns = result.to_dict(schema)["connections"]
     return b"".join(orjson.dumps(c, option=orjson.OPT_APPEND_NEWLINE) for c in conns).decode()
 

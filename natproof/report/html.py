@@ -22,6 +22,7 @@ from natproof.kernel import ABSENT_REASONS
 from natproof.report.charts import build_charts, chart_title, figure_bytes
 from natproof.report.export import write_bytes
 from natproof.report.table import (
+    ENCAP_NAMES,
     FATE_LABEL,
     fate_counts,
     format_address,
@@ -441,8 +442,7 @@ def _underlay_text(label: str | None) -> str:
     if not underlay:
         return ""
     vni = "" if underlay.get("vni") is None else f", {'key' if underlay['encap'] == 'gre' else 'VNI'} {underlay['vni']}"
-    name = {"vxlan": "VXLAN", "geneve": "Geneve", "ipip": "IP-in-IP", "gre": "GRE"}.get(underlay["encap"],
-                                                                                   underlay["encap"])
+    name = ENCAP_NAMES.get(underlay["encap"], underlay["encap"])
     return _e(f" (in {name} {underlay['src']} → {underlay['dst']}{vni})")
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from natproof.assemble import FATES
+from natproof.decode import parse_underlay
 from natproof.result import Result
 
 VERDICT_STYLE = {
@@ -219,6 +220,18 @@ def render_services(result: Result) -> Table | None:
     return table
 
 
+ENCAP_NAMES = {"vxlan": "VXLAN", "geneve": "Geneve", "ipip": "IP-in-IP", "gre": "GRE"}
+"""How the table and the report name an underlay's encapsulation (natproof.decode.ENCAPS)."""
+
+
+def _outside_underlay(row: dict[str, Any]) -> dict | None:
+    """The underlay of a connection's first outside leg that has one (its packets crossed inside an overlay)."""
+    for leg in row.get("legs") or []:
+        if leg["observation_point"] == "outside" and leg.get("underlay"):
+            return parse_underlay(leg["underlay"])
+    return None
+
+
 def render_table(result: Result, limit: int | None = None) -> Group:
     """The connections, one per row: original tuple and, below it, the translated one (initiator -> responder),
     the Service and backend, the verdict and the packets by fate; then the Services and the summary.
@@ -252,6 +265,9 @@ def render_table(result: Result, limit: int | None = None) -> Group:
         conn.append(f"\n=> {trans}", style="" if r["trans_src"] is not None else "dim")
         if r["evidence_level"] == "kernel_record":
             conn.append(" (kernel record)", style="cyan")
+        if (lay := _outside_underlay(r)) is not None:
+            name = ENCAP_NAMES.get(lay["encap"], lay["encap"])
+            conn.append(f"\n   in {name} {lay['src']} -> {lay['dst']}", style="dim")
         proto = Text(r["proto"])
         if r["initiator"] == "outside":
             proto.append("\ninbound", style="cyan")
