@@ -1030,6 +1030,86 @@ def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object,
         _print_whole(t)
 
 
+def _refuse_stdin(command: str, *paths: str | None) -> None:
+    """A command that reads the captures' frames again after correlating them cannot take standard input."""
+    if "-" in paths:
+        raise click.UsageError(f"{command} reads the captures' frames again after correlating them: give files, "
+                               "not standard input ('-')")
+
+
+@cli.command("export-pcap")
+@capture_options(required=("inside",))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The pcapng file to write (atomically).")
+@click.option("--conn", "conns", type=click.IntRange(min=0), multiple=True, metavar="N",
+              help="Export connection N (as correlate numbers them; repeatable).")
+@click.option("--finding", "findings", multiple=True, metavar="K",
+              help="Export the connections diagnosis finding K cites: its kind (e.g. port_pool_exhausted) or its "
+                   "index as diagnose lists them, from 0 (repeatable).")
+@click.option("--verdict", "verdicts", multiple=True, type=click.Choice([v.value for v in natproof.Verdict]),
+              help="Export the connections with this verdict (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Export every connection.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings, no summary line.")
+def export_pcap(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+                tolerance: float, decoder: str, output: str, conns: tuple[int, ...], findings: tuple[str, ...],
+                verdicts: tuple[str, ...], everything: bool, quiet: bool) -> None:
+    """Write the packets of chosen connections from both captures as ONE pcapng that Wireshark opens: an interface
+    per observation point, every packet in time order on the inside capture's clock, and on each a comment with
+    the connection, its verdict and tuples, the packet's fate and its counterpart on the other side.
+
+    --conn, --finding, --verdict and --all each add connections; without them, the connections the diagnosis's
+    errors and warnings cite. Exit 1 when nothing is selected (nothing is written).
+    """
+    from natproof.proof import select_connections, write_proof
+
+    _refuse_stdin("export-pcap", inside, outside)
+    refuse_overwriting_inputs(output, inside, outside)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+    selection = select_connections(result, conns=conns, finding=findings, verdicts=verdicts, everything=everything)
+    if not selection.conns:
+        _error(f"no connection selected ({selection.why}): nothing written to {output}; choose with --conn N, "
+               "--finding K, --verdict V or --all")
+        raise SystemExit(ExitStatus.FAILED)
+    summary = write_proof(result, output, selection, clock_given=clock_offset is not None)
+    if not quiet:
+        numbers = ", ".join(f"#{n}" for n in summary.connections)
+        click.echo(f"natproof: wrote {output}: {summary.packets} packets of {len(summary.connections)} "
+                   f"connection(s) ({numbers}; {selection.why}) on interfaces {', '.join(summary.interfaces)}; "
+                   f"outside times moved by {0.0 - summary.clock_offset_s:+.6f} s onto the inside clock", err=True)
+
+
+@cli.command()
+@capture_options(required=("inside",))
+@click.option("--conn", "conns", type=click.IntRange(min=0), multiple=True, required=True, metavar="N",
+              help="The connection to explain (as correlate numbers them; repeatable).")
+@click.option("--frame", type=click.IntRange(min=1), metavar="F",
+              help="Compare inside frame F (a packet of the one --conn) with its counterpart, instead of the "
+                   "connection's first egress and reply pairs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
+def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+            decoder: str, conns: tuple[int, ...], frame: int | None, fmt: str | None, quiet: bool) -> None:
+    """Which header fields the NAT changed in a connection's packets, and which it kept: MAC addresses, IP
+    addresses, TTL, checksums, ports, TCP numbers (an ALG's shift), for its first egress and first reply pair
+    (or --frame F), with its translation-table entry in conntrack notation."""
+    from natproof.explain import explain as run_explain
+    from natproof.explain import to_document
+    from natproof.report.diff import render_explanations
+
+    _refuse_stdin("explain", inside, outside)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+    points = click.get_current_context().find_root().ensure_object(dict).get("points", {})
+    explanations = run_explain(result, conns, frame, vxlan_ports=points.get("vxlan_port") or ())
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps(to_document(result, explanations), indent=2))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with console.capture() as out:
+        console.print(render_explanations(explanations))
+    click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
+
+
 @cli.group()
 def lab() -> None:
     """Real-kernel NAT scenarios with ground truth (run needs root, iproute2, iptables, tcpdump, conntrack)."""
