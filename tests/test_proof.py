@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from pcapbytes import ether, ipv4, pcapng, tcp, tcp_pair, write_pair
+from test_readme import blocks
 
 import natproof
 from natproof.capture import read_capture
@@ -122,6 +124,21 @@ def test_tshark_shows_every_comment_and_interface(tmp_path: Path, capsys: pytest
     # Each side's frames exactly once.
     seen = [origin(r[0]) for r in rows]
     assert len(set(seen)) == 40 and sum(p == "inside" for p, _ in seen) == 20
+
+
+@tshark
+def test_readme_example_is_what_it_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (shown,) = [b for b in blocks() if b and b[0].startswith("$ natproof export-pcap ")]
+    argv = shlex.split(shown[0][2:])
+    target = tmp_path / "proof.pcapng"
+    monkeypatch.chdir(ROOT)
+    code, out, err = run(capsys, *argv[1:-1], str(target))
+    assert argv[-2:] == ["-o", "proof.pcapng"] and code == 0 and out == ""
+    assert err.replace(str(target), "proof.pcapng").splitlines() == [shown[1]]
+    assert shown[2] == "$ tshark -r proof.pcapng -T fields -e frame.number -e frame.interface_name -e frame.comment"
+    rows = ["\t".join(r) for r in tshark_fields(target, "frame.number", "frame.interface_name", "frame.comment")]
+    assert shown[3:8] == rows[:5] and shown[8] == "..." and shown[9:] == rows[-1:]
 
 
 def test_frames_copied_byte_for_byte_in_time_order(tmp_path: Path) -> None:
