@@ -143,18 +143,25 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
     and fate; its counterpart on the other side and how much later (+) or earlier (-) it was seen there, on the
     inside clock). Built from the Result's packet frames and their matches: nothing is matched again."""
     offset_ns = int(round(result.clock_offset_s * 1e9))
-    rows = {r["inside_conn_id"]: r for r in result.connections.filter(pl.col("conn").is_in(list(conns)))
-            .iter_rows(named=True) if r["inside_conn_id"] is not None}
-    anchors = list(rows)
-    inside = result.inside_packets.filter(pl.col("anchor").is_in(anchors))
-    outside = result.outside_packets.filter(pl.col("anchor").is_in(anchors))
+    rows = {r["conn"]: r for r in result.connections.filter(pl.col("conn").is_in(list(conns))).iter_rows(named=True)}
+    # A connection's packets carry its anchor (its inside leg) on both sides; with no inside leg (one capture of the
+    # outside and a conntrack record) its outside leg's packets are its own.
+    by_anchor = {r["inside_conn_id"]: n for n, r in rows.items() if r["inside_conn_id"] is not None}
+    by_leg = {r["outside_conn_id"]: n for n, r in rows.items()
+              if r["inside_conn_id"] is None and r["outside_conn_id"] is not None}
+    owner = pl.col("anchor").replace_strict(by_anchor, default=None, return_dtype=pl.UInt32)
+    leg = pl.col("conn_id").replace_strict(by_leg, default=None, return_dtype=pl.UInt32)
+    inside = result.inside_packets.with_columns(owner.alias("owner")).filter(pl.col("owner").is_not_null())
+    outside = (result.outside_packets.with_columns(pl.when(pl.col("anchor").is_not_null()).then(owner)
+                                                   .otherwise(leg).alias("owner"))
+               .filter(pl.col("owner").is_not_null()))
     # Each outside packet's counterpart: the inside packet(s) matched to it (several when GRO merged segments).
     matched = (result.inside_packets.filter(pl.col("out_frame").is_not_null())
                .group_by("out_frame").agg(pl.col("frame_no").sort(), pl.col("dt_ns").sort_by("frame_no").first()))
     back = {f: (frames, dt) for f, frames, dt in matched.iter_rows()}
     out: list[tuple[str, int, int, str]] = []
     for p in inside.iter_rows(named=True):
-        row = rows[p["anchor"]]
+        row = rows[p["owner"]]
         text = (f"{_conn_text(row)}; inside frame {p['frame_no']}, "
                 f"{_direction(row['initiator'], p['is_egress'], p['is_icmp_error'])}, {FATE_LABEL[p['fate']]}")
         if p["conn_id"] != p["anchor"]:  # hairpin: the copy the pod's port saw again, DNATed and masqueraded
@@ -163,7 +170,7 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
             text += f" = outside frame {p['out_frame']}, {_us(p['dt_ns'] - offset_ns)}"
         out.append(("inside", p["frame_no"], p["ts_ns"], text))
     for p in outside.iter_rows(named=True):
-        row = rows[p["anchor"]]
+        row = rows[p["owner"]]
         text = (f"{_conn_text(row)}; outside frame {p['frame_no']}, "
                 f"{_direction(row['initiator'], p['is_egress'], p['is_icmp_error'])}, {FATE_LABEL[p['fate']]}")
         if p["frame_no"] in back:
@@ -214,6 +221,9 @@ def write_proof(result: Result, path: str | os.PathLike[str], selection: Selecti
     if not selection.conns:
         raise InputError(f"no connection selected ({selection.why}): nothing written")
     packets = proof_packets(result, selection.conns)
+    if packets.is_empty():
+        numbers = ", ".join(f"#{n}" for n in selection.conns)
+        raise InputError(f"no packet of connection(s) {numbers} in the captures: nothing written")
     records = _records(result, packets)
     from natproof import __version__
 

@@ -209,6 +209,20 @@ def test_one_capture_of_several_interfaces(tmp_path: Path) -> None:
     assert all("inside only" in c and " = " not in c for c in comments if c.startswith("#1 internal"))
 
 
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_one_capture_and_the_kernel_record(tmp_path: Path, side: str) -> None:
+    # One side captured, the other from conntrack: its packets alone, no counterpart, one interface block.
+    folder = CAPTURES / "basic"
+    capture = folder / f"{side}.pcap"
+    result = natproof.correlate(capture, conntrack=folder / "conntrack.log", side=side)
+    target = tmp_path / "proof.pcapng"
+    summary = write_proof(result, target, select_connections(result, everything=True))
+    assert summary.interfaces == (f"{side}:{side}.pcap",) and summary.packets == 30
+    comments = proof_packets(result, [0, 1, 2])["comment"].to_list()
+    assert all(f"{side} only" in c and " = " not in c for c in comments)
+    assert f"from {capture} ({side})." in section_comment(target)
+
+
 def test_a_point_of_two_link_types_gets_a_block_per_type(tmp_path: Path) -> None:
     # dumpcap with three -i: two pod veths (one Ethernet, one raw IP) and eth0; each pod one connection out.
     a_in, a_out = tcp_pair(sport=40000, nat_sport=40000)
