@@ -1055,7 +1055,8 @@ def _print_fleet(summary: dict, out_dir: str) -> None:
     from rich import box
 
     t = summary["totals"]
-    table = Table(title=f"fleet of {t['nodes']} nodes ({summary['manifest']})", header_style="bold",
+    plural = "s" if t["nodes"] != 1 else ""
+    table = Table(title=f"fleet of {t['nodes']} node{plural} ({summary['manifest']})", header_style="bold",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("node", "status", "connections", "verdicts", "findings", "connections table"):
         table.add_column(col, no_wrap=True, justify="right" if col == "connections" else "left")
@@ -1078,7 +1079,8 @@ def _print_fleet(summary: dict, out_dir: str) -> None:
         click.echo(f"NAT gateway {', '.join(gw['nat_gateways']) or '(none found)'} ({gw['records']} flow log "
                    f"records): {gateway_text(gw)}")
     failed = f", {t['failed']} failed ({', '.join(t['failed_nodes'])})" if t["failed"] else ""
-    click.echo(f"{t['nodes']} nodes: {t['ok']} correlated{failed}; {t['connections']} connections: "
+    click.echo(f"{t['nodes']} node{plural}: {t['ok']} correlated{failed}; "
+               f"{t['connections']} connection{'s' if t['connections'] != 1 else ''}: "
                f"{_fleet_verdicts(t['by_verdict'])}")
     click.echo(f"wrote {os.path.join(out_dir, summary['table'])}, {os.path.join(out_dir, 'fleet.json')}, "
                f"{os.path.join(out_dir, summary['report'])}")
@@ -1117,9 +1119,17 @@ def fleet_who(endpoint: str, out_dir: str, at: str | None, window: float, clock:
                                           answer.matches))
             for m in answer.matches:
                 pod = m["ends"]["pod"]
-                name = f" {pod['name']}" if pod and pod.get("name") else ""
-                if pod is not None:
-                    click.echo(f"{m['node']} #{m['conn']}: pod {format_address(pod['address'], pod['port'])}{name}")
+                if pod is None:
+                    continue
+                who = f"pod {format_address(pod['address'], pod['port'])}" + (f" {pod['name']}" if pod.get("name")
+                                                                              else "")
+                roles = " ".join(m["roles"])
+                if "ambiguous" in roles:
+                    who = (f"{answer.query} may have been its {who} (the flow log cannot tell this connection from "
+                           f"{len(m['gateway']['candidates']) - 1} other(s) to the same destination)")
+                elif "translated source" in roles or "NAT gateway" in roles:
+                    who = f"behind {answer.query} was {who}"
+                click.echo(f"{m['node']} #{m['conn']}: {who}")
         else:
             click.echo(f"no connection in the fleet used {answer.query}{when}")
             if answer.nearest:

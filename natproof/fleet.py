@@ -160,7 +160,7 @@ def _strings(where: str, label: str, key: str, value: Any) -> tuple[str, ...]:
 
 def _file(where: str, base: Path, label: str, key: str, value: str, check: bool, folder: bool = False) -> str:
     p = Path(os.path.expanduser(value))
-    p = p if p.is_absolute() else base / p
+    p = Path(os.path.normpath(p if p.is_absolute() else base / p))
     if check and not (p.exists() if folder else p.is_file()):
         problem = "is a directory, not a file" if p.is_dir() else "no such file"
         raise InputError(f"{where}: {label} {key}: {problem} {p}")
@@ -345,7 +345,7 @@ def _client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
             return Client(scheduler, timeout="10s"), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there: {exc}") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
@@ -646,11 +646,12 @@ def render_fleet_html(summary: Mapping[str, Any]) -> str:
                    f"{gw['records']} flow log records from {_e(', '.join(gw['flow_logs']))}. "
                    f"{_e(gateway_text(gw))}</p>")
     findings = ", ".join(f"{n} {s}" for s, n in t["findings"].items()) or "none"
+    plural = "" if t["nodes"] == 1 else "s"
     return "".join([
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-        f"<title>NAT proof: fleet of {t['nodes']} nodes</title><style>{_CSS}</style></head><body>",
-        f"<h1>NAT proof: fleet of {t['nodes']} nodes</h1>",
+        f"<title>NAT proof: fleet of {t['nodes']} node{plural}</title><style>{_CSS}</style></head><body>",
+        f"<h1>NAT proof: fleet of {t['nodes']} node{plural}</h1>",
         f"<p>manifest <span class='mono'>{_e(summary['manifest'])}</span>; {t['ok']} correlated, "
         f"<span class='{'error' if t['failed'] else ''}'>{t['failed']} failed</span>; "
         f"<strong>{t['connections']} connections</strong>: {_e(_verdict_text(t['by_verdict']))}; findings: "
