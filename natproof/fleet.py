@@ -46,6 +46,7 @@ NODE_KEYS = {
     "inside_if": "with capture: the inside interface(s), a name or a list",
     "outside_if": "with capture: the outside interface(s), a name or a list",
     "conntrack": "the node's conntrack record (conntrack -E -o timestamp, conntrack -L, /proc/net/nf_conntrack)",
+    "side": "with capture of one interface and conntrack: the side it was taken on (inside, outside; default auto)",
     "pods": "kubectl get pods -A -o json output (a path or a list)",
     "services": "kubectl get svc,endpointslices -A -o json output (a path or a list)",
     "pod_cidr": "the pod network(s): a CIDR or a list (default: inferred from the inside capture)",
@@ -79,6 +80,7 @@ class NodeSpec:
     pods: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
     pod_cidr: tuple[str, ...] = ()
+    side: str = "auto"
     worker: str | None = None
 
     def files(self) -> list[str]:
@@ -195,6 +197,12 @@ def _node(where: str, base: Path, i: int, raw: dict[str, Any]) -> NodeSpec:
     for key in ("inside_if", "outside_if", "pod_cidr"):
         if key in raw:
             kw[key] = _strings(where, label, key, raw[key])
+    if "side" in raw:
+        if raw["side"] not in ("auto", "inside", "outside"):
+            raise InputError(f"{where}: {label} side: inside, outside or auto, not {raw['side']!r}")
+        if "capture" not in kw:
+            raise InputError(f"{where}: {label} side: only with capture (one file of one interface, and conntrack)")
+        kw["side"] = raw["side"]
     if "capture" in kw and ("inside" in kw or "outside" in kw):
         raise InputError(f"{where}: {label}: give inside and outside, or capture (one file of several interfaces), "
                          "not both")
@@ -259,7 +267,7 @@ def correlate_node(node: NodeSpec, nodes_dir: str) -> dict[str, Any]:
         if node.capture is not None:
             result = natproof.correlate(node.capture, None, interfaces=node.interfaces,
                                         inside_if=list(node.inside_if) or None,
-                                        outside_if=list(node.outside_if) or None, **common)
+                                        outside_if=list(node.outside_if) or None, side=node.side, **common)
         else:
             result = natproof.correlate(node.inside, node.outside, **common)
         findings = natproof.diagnose(result)

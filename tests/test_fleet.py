@@ -33,6 +33,7 @@ NODES = {
     "internal": {"capture": "internal/any.pcap", "interfaces": "internal/links.txt", "pods": "internal/pods.json"},
     "double-nat": {"inside": "double-nat/inside.pcap", "outside": "double-nat/outside.pcap",
                     "conntrack": "double-nat/conntrack.log"},
+    "forward-drop": {"capture": "forward-drop/inside.pcap", "conntrack": "forward-drop/conntrack.log"},
 }
 
 
@@ -99,8 +100,9 @@ def per_pair(keys: dict[str, str | list[str]]) -> natproof.Result:
     names = natproof.Names.load(*paths) if paths else None
     conntrack = p(keys["conntrack"]) if "conntrack" in keys else None
     if "capture" in keys:
-        return natproof.correlate(p(keys["capture"]), None, interfaces=p(keys["interfaces"]), names=names,
-                                  conntrack=conntrack)
+        links = p(keys["interfaces"]) if "interfaces" in keys else None
+        return natproof.correlate(p(keys["capture"]), None, interfaces=links, names=names, conntrack=conntrack,
+                                  side="auto")
     return natproof.correlate(p(keys["inside"]), p(keys["outside"]), names=names, conntrack=conntrack)
 
 
@@ -133,6 +135,10 @@ def test_each_node_equals_its_per_pair_correlation(fleet: tuple[Path, natproof.f
     assert summary["gateway"]["joined"]["double-nat"] == {"flow log, unique candidate": 4,
                                                           "flow log, ambiguous: 2 candidates": 1}
     assert set(summary["gateway"]["joined"]["basic"]) == {"no candidate"}
+    # One capture of one interface and the node's record: its side told from the record, and said.
+    drop = next(n for n in summary["nodes"] if n["name"] == "forward-drop")
+    assert any("the only capture; taken as the inside one" in w for w in drop["warnings"])
+    assert drop["findings"][0]["kind"] == "forwarding_blocked"
     page = (out / "fleet.html").read_text()
     assert all(f'href="nodes/{name}.parquet"' in page for name in NODES)
 
