@@ -1,5 +1,4 @@
-"""export-pcap: the packets of chosen connections from both captures as one pcapng, each commented with natproof's
-finding."""
+"""export-pcap: the chosen connections' packets from both captures as one pcapng, each packet commented."""
 
 from __future__ import annotations
 
