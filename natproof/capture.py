@@ -9,7 +9,7 @@ import struct
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +160,29 @@ def read_capture(path: str | os.PathLike[str]) -> tuple[CaptureInfo, Iterator[Re
         raise CaptureError(str(path), f"not a pcap or pcapng capture (starts with {shown})")
     first = _prime(it, info)
     return info, first
+
+
+def read_frames(path: str | os.PathLike[str], frames: Iterable[int]) -> dict[int, Record]:
+    """The records of the given frame numbers (1-based, as Wireshark counts), byte for byte, read in one pass that
+    stops after the last one. Raises CaptureError for standard input ("-": it cannot be read a second time) and for
+    a frame the file does not hold (the file changed since it was correlated)."""
+    wanted = set(frames)
+    if not wanted:
+        return {}
+    if str(path) == "-":
+        raise CaptureError("-", "standard input cannot be read again to copy its frames: give the capture as a file")
+    last = max(wanted)
+    found: dict[int, Record] = {}
+    _, records = read_capture(path)
+    for rec in records:
+        if rec.frame_no in wanted:
+            found[rec.frame_no] = rec
+        if rec.frame_no >= last:
+            break
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise CaptureError(str(path), f"no frame {missing[0]} in it (did the file change since it was read?)")
+    return found
 
 
 def _prime(it: Iterator[Record], info: CaptureInfo) -> Iterator[Record]:

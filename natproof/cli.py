@@ -1030,6 +1030,255 @@ def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object,
         _print_whole(t)
 
 
+def _refuse_stdin(command: str, *paths: str | None) -> None:
+    """A command that reads the captures' frames again after correlating them cannot take standard input."""
+    if "-" in paths:
+        raise click.UsageError(f"{command} reads the captures' frames again after correlating them: give files, "
+                               "not standard input ('-')")
+
+
+@cli.command("export-pcap")
+@capture_options(required=("inside",))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The pcapng file to write (atomically).")
+@click.option("--conn", "conns", type=click.IntRange(min=0), multiple=True, metavar="N",
+              help="Export connection N (as correlate numbers them; repeatable).")
+@click.option("--finding", "findings", multiple=True, metavar="K",
+              help="Export the connections diagnosis finding K cites: its kind (e.g. port_pool_exhausted) or its "
+                   "index as diagnose lists them, from 0 (repeatable).")
+@click.option("--verdict", "verdicts", multiple=True, type=click.Choice([v.value for v in natproof.Verdict]),
+              help="Export the connections with this verdict (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Export every connection.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings, no summary line.")
+def export_pcap(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None,
+                tolerance: float, decoder: str, output: str, conns: tuple[int, ...], findings: tuple[str, ...],
+                verdicts: tuple[str, ...], everything: bool, quiet: bool) -> None:
+    """Write the packets of chosen connections from both captures as ONE pcapng that Wireshark opens: an interface
+    per observation point, every packet in time order on the inside capture's clock, and on each a comment with
+    the connection, its verdict and tuples, the packet's fate and its counterpart on the other side.
+
+    --conn, --finding, --verdict and --all each add connections; without them, the connections the diagnosis's
+    errors and warnings cite. Exit 1 when nothing is selected (nothing is written).
+    """
+    from natproof.proof import select_connections, write_proof
+
+    _refuse_stdin("export-pcap", inside, outside)
+    refuse_overwriting_inputs(output, inside, outside)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+    selection = select_connections(result, conns=conns, finding=findings, verdicts=verdicts, everything=everything)
+    if not selection.conns:
+        _error(f"no connection selected ({selection.why}): nothing written to {output}; choose with --conn N, "
+               "--finding K, --verdict V or --all")
+        raise SystemExit(ExitStatus.FAILED)
+    summary = write_proof(result, output, selection, clock_given=clock_offset is not None)
+    if not quiet:
+        numbers = ", ".join(f"#{n}" for n in summary.connections)
+        click.echo(f"natproof: wrote {output}: {summary.packets} packets of {len(summary.connections)} "
+                   f"connection(s) ({numbers}; {selection.why}) on interfaces {', '.join(summary.interfaces)}; "
+                   f"outside times moved by {0.0 - summary.clock_offset_s:+.6f} s onto the inside clock", err=True)
+
+
+@cli.command()
+@capture_options(required=("inside",))
+@click.option("--conn", "conns", type=click.IntRange(min=0), multiple=True, required=True, metavar="N",
+              help="The connection to explain (as correlate numbers them; repeatable).")
+@click.option("--frame", type=click.IntRange(min=1), metavar="F",
+              help="Compare inside frame F (a packet of the one --conn) with its counterpart, instead of the "
+                   "connection's first egress and reply pairs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
+def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
+            decoder: str, conns: tuple[int, ...], frame: int | None, fmt: str | None, quiet: bool) -> None:
+    """Which header fields the NAT changed in a connection's packets, and which it kept: MAC addresses, IP
+    addresses, TTL, checksums, ports, TCP numbers (an ALG's shift), for its first egress and first reply pair
+    (or --frame F), with its translation-table entry in conntrack notation."""
+    from natproof.explain import explain as run_explain
+    from natproof.explain import to_document
+    from natproof.report.diff import render_explanations
+
+    _refuse_stdin("explain", inside, outside)
+    result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+    points = click.get_current_context().find_root().ensure_object(dict).get("points", {})
+    explanations = run_explain(result, conns, frame, vxlan_ports=points.get("vxlan_port") or ())
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps(to_document(result, explanations), indent=2))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with console.capture() as out:
+        console.print(render_explanations(explanations))
+    click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False), metavar="MANIFEST")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder to write nodes/NAME.parquet, fleet.parquet, fleet.json and fleet.html in (made if missing; "
+                   "with --scheduler, a folder the workers can write).")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="A running Dask scheduler to run the nodes' tasks on. Default: a LocalCluster on this machine.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes of the LocalCluster (one thread each); not with --scheduler.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json (fleet.json) otherwise.")
+@click.option("-q", "--quiet", is_flag=True, help="No line per finished node and no warnings.")
+def fleet(manifest: str, out_dir: str, scheduler: str | None, workers: int, fmt: str | None, quiet: bool) -> None:
+    """Correlate every node of a fleet, each as a task on Dask distributed, into one table and one report.
+
+    MANIFEST is a TOML file of [[node]] tables (name; inside and outside, or capture; optional conntrack, pods,
+    services, pod_cidr, worker) and an optional [gateway] table (flow_logs, nat_gateways), paths relative to the
+    manifest's folder. Writes DIR/nodes/NAME.parquet per node (the columns of correlate --format parquet),
+    DIR/fleet.parquet (all of them, a node column in front), DIR/fleet.json and DIR/fleet.html. A node that cannot be
+    correlated is reported and the others go on; exit 1 when any failed. Needs pip install 'natproof[fleet]'.
+    """
+    from natproof.fleet import load_manifest, run_fleet
+
+    spec = load_manifest(manifest)  # a bad manifest is reported before any cluster starts
+    if scheduler and click.get_current_context().get_parameter_source("workers").name != "DEFAULT":
+        raise click.UsageError("--workers sizes the LocalCluster; a --scheduler's cluster has its own workers")
+
+    def progress(entry: dict) -> None:
+        if entry["status"] == "ok":
+            click.echo(f"natproof: {entry['name']}: {entry['connections']} connections "
+                       f"({_fleet_verdicts(entry['by_verdict'])}) in {entry['seconds']:.1f} s", err=True)
+            for w in entry.get("warnings", []):
+                warn(f"{entry['name']}: {w}")
+        else:
+            click.echo(f"natproof: {entry['name']}: failed: {entry['error']}", err=True)
+
+    result = run_fleet(spec, out_dir, scheduler=scheduler, workers=workers, progress=None if quiet else progress)
+    summary = result.summary
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        sys.stdout.buffer.write(Path(result.summary_path).read_bytes())
+        sys.stdout.flush()
+    else:
+        _print_fleet(summary, out_dir)
+    if result.failed:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _fleet_verdicts(by_verdict: dict) -> str:
+    return ", ".join(f"{n} {v}" for v, n in by_verdict.items()) or "none"
+
+
+def _print_fleet(summary: dict, out_dir: str) -> None:
+    from rich import box
+
+    t = summary["totals"]
+    plural = "s" if t["nodes"] != 1 else ""
+    table = Table(title=f"fleet of {t['nodes']} node{plural} ({summary['manifest']})", header_style="bold",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("node", "status", "connections", "verdicts", "findings", "connections table"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "connections" else "left")
+    for n in summary["nodes"]:
+        sev = Counter(f["severity"] for f in n["findings"])
+        findings = ", ".join(f"{sev[s]} {s}" for s in ("error", "warning", "info") if sev[s]) or "-"
+        table.add_row(n["name"], n["status"], str(n["connections"]) if n["status"] == "ok" else "-",
+                      _fleet_verdicts(n["by_verdict"]) if n["status"] == "ok" else "-", findings,
+                      os.path.join(out_dir, n["parquet"]) if n.get("parquet") else "-")
+    _print_whole(table)
+    for n in summary["nodes"]:
+        if n["status"] != "ok":
+            click.echo(f"{n['name']}: failed: {n['error']}")
+        for f in n["findings"]:
+            click.echo(f"diagnosis: {n['name']}: [{f['severity']}] {f['title']}")
+    gw = summary.get("gateway")
+    if gw:
+        from natproof.fleet import gateway_text
+
+        click.echo(f"NAT gateway {', '.join(gw['nat_gateways']) or '(none found)'} ({gw['records']} flow log "
+                   f"records): {gateway_text(gw)}")
+    failed = f", {t['failed']} failed ({', '.join(t['failed_nodes'])})" if t["failed"] else ""
+    click.echo(f"{t['nodes']} node{plural}: {t['ok']} correlated{failed}; "
+               f"{t['connections']} connection{'s' if t['connections'] != 1 else ''}: "
+               f"{_fleet_verdicts(t['by_verdict'])}")
+    click.echo(f"wrote {os.path.join(out_dir, summary['table'])}, {os.path.join(out_dir, 'fleet.json')}, "
+               f"{os.path.join(out_dir, summary['report'])}")
+
+
+@cli.command("fleet-who")
+@click.argument("endpoint", metavar="ADDR:PORT|NAME")
+@click.argument("out_dir", type=click.Path(file_okay=False), metavar="DIR")
+@click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
+@click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
+              callback=_finite, help="How far from TIME a connection may start or end and still count.")
+@click.option("--clock", type=click.Choice(["inside", "outside"]), default="inside", show_default=True,
+              help="Which capture's clock TIME is on, on each node (outside: the node uplink's).")
+@click.option("--node", metavar="NAME", help="Only this node's connections.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+              help="Default: table on a terminal, json otherwise.")
+def fleet_who(endpoint: str, out_dir: str, at: str | None, window: float, clock: str, node: str | None,
+              fmt: str | None) -> None:
+    """Which node and pod was behind ADDR:PORT (at TIME), from the fleet table natproof fleet wrote in DIR?
+
+    ADDR:PORT may be any end of a connection's original or translated tuple on any node (a node's public source
+    port, a pod's source, a NodePort, a ClusterIP, a remote end), or, with a [gateway] in the manifest, the NAT
+    gateway's public address and port; NAME a pod or Service (namespace/name, or a bare name) where the node had
+    kubectl dumps. Exit 0 when a connection was found, 1 when none was.
+    """
+    from natproof.fleet import fleet_who as run_fleet_who
+
+    answer = run_fleet_who(out_dir, endpoint, at, window, clock=clock, node=node)
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps(answer.to_dict(), indent=2))
+    else:
+        when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} (each node's {clock} capture's clock)"
+        if answer.matches:
+            n = len(answer.matches)
+            _print_whole(_fleet_who_table(f"{answer.query}{when}: {n} connection{'s' if n > 1 else ''} in the fleet",
+                                          answer.matches))
+            for m in answer.matches:
+                pod = m["ends"]["pod"]
+                if pod is None:
+                    continue
+                who = f"pod {format_address(pod['address'], pod['port'])}" + (f" {pod['name']}" if pod.get("name")
+                                                                              else "")
+                roles = " ".join(m["roles"])
+                if "ambiguous" in roles:
+                    who = (f"{answer.query} may have been its {who} (the flow log cannot tell this connection from "
+                           f"{len(m['gateway']['candidates']) - 1} other(s) to the same destination)")
+                elif "translated source" in roles or "NAT gateway" in roles:
+                    who = f"behind {answer.query} was {who}"
+                click.echo(f"{m['node']} #{m['conn']}: {who}")
+        else:
+            click.echo(f"no connection in the fleet used {answer.query}{when}")
+            if answer.nearest:
+                _print_whole(_fleet_who_table("nearest in time", answer.nearest))
+    if not answer.matches:
+        raise SystemExit(ExitStatus.FAILED)
+
+
+def _fleet_who_table(title: str, matches: tuple[dict, ...]) -> Table:
+    """One row per connection: its node, the role ADDR:PORT played, its original and translated tuples, its pod, and
+    the NAT gateway's public tuple when a [gateway] joined it."""
+    from rich import box
+
+    table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    for col in ("node", "#", "role", "proto", "original", "translated", "pod", "seen (UTC)", "verdict",
+                "NAT gateway"):
+        table.add_column(col, no_wrap=col not in ("role", "NAT gateway"), justify="right" if col == "#" else "left")
+
+    def tup(t: dict | None) -> str:
+        if t is None:
+            return "-"
+        return f"{format_address(t['src'], t['sport'])} -> {format_address(t['dst'], t['dport'])}"
+
+    for m in matches:
+        pod = m["ends"]["pod"]
+        pod_text = "-"
+        if pod is not None:
+            pod_text = pod.get("name") or (" | ".join(pod["name_candidates"]) if pod.get("name_candidates") else "-")
+        gw = m.get("gateway")
+        gw_text = "-"
+        if gw is not None and gw["candidates"]:
+            gw_text = f"{' | '.join(gw['candidates'])} ({gw['evidence']})"
+        seen = f"{_iso(int(m['first_seen'] * 1e9))[11:-1]}-{_iso(int(m['last_seen'] * 1e9))[11:-1]}"
+        table.add_row(m["node"], str(m["conn"]), ", ".join(m["roles"]), m["proto"], tup(m["original"]),
+                      tup(m["translated"]), pod_text, seen, m["verdict"], gw_text)
+    return table
+
+
 @cli.group()
 def lab() -> None:
     """Real-kernel NAT scenarios with ground truth (run needs root, iproute2, iptables, tcpdump, conntrack)."""

@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 import polars as pl
@@ -82,23 +82,27 @@ def _tuple(src: str, dst: str, sport: int | None, dport: int | None, proto: str)
     return f"src={src} dst={dst} sport={sport} dport={dport}"
 
 
-def to_conntrack(result: Result) -> str:
-    """conntrack -L notation: the original tuple, then the reply tuple (the translated one reversed), as the
-    kernel records a NAT mapping."""
-    lines = []
+def conntrack_line(r: dict[str, Any]) -> str:
+    """One connection row (CONNECTION_SCHEMA) in conntrack -L notation: the original tuple, then the reply tuple (the
+    translated one reversed), as the kernel records a NAT mapping; no timeout (natproof cannot know it), and
+    natproof's verdict as a trailing ``verdict=`` key, which conntrack parsers ignore."""
     numbers = {"tcp": 6, "udp": 17, "icmp": 1}
-    for r in result.connections.iter_rows(named=True):
-        proto = r["proto"]
-        orig = _tuple(r["orig_src"], r["orig_dst"], r["orig_sport"], r["orig_dport"], proto)
-        if r["trans_src"] is not None:
-            if proto == "icmp":
-                reply = f"src={r['trans_dst']} dst={r['trans_src']} type=0 code=0 id={r['trans_sport']}"
-            else:
-                reply = _tuple(r["trans_dst"], r["trans_src"], r["trans_dport"], r["trans_sport"], proto)
+    proto = r["proto"]
+    orig = _tuple(r["orig_src"], r["orig_dst"], r["orig_sport"], r["orig_dport"], proto)
+    if r["trans_src"] is not None:
+        if proto == "icmp":
+            reply = f"src={r['trans_dst']} dst={r['trans_src']} type=0 code=0 id={r['trans_sport']}"
         else:
-            reply = "src=- dst=- sport=- dport=-"
-        unreplied = "" if (r["reply_inside"] or r["reply_outside"]) else " [UNREPLIED]"
-        lines.append(f"{proto:<8} {numbers[proto]} - {orig}{unreplied} {reply} verdict={r['verdict']}")
+            reply = _tuple(r["trans_dst"], r["trans_src"], r["trans_dport"], r["trans_sport"], proto)
+    else:
+        reply = "src=- dst=- sport=- dport=-"
+    unreplied = "" if (r["reply_inside"] or r["reply_outside"]) else " [UNREPLIED]"
+    return f"{proto:<8} {numbers[proto]} - {orig}{unreplied} {reply} verdict={r['verdict']}"
+
+
+def to_conntrack(result: Result) -> str:
+    """conntrack -L notation, one line per connection (conntrack_line)."""
+    lines = [conntrack_line(r) for r in result.connections.iter_rows(named=True)]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

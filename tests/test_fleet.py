@@ -1,0 +1,261 @@
+"""natproof fleet: each node's correlation as a task on a Dask LocalCluster of two worker processes, checked against
+the per-pair correlation of the same lab captures; a node's bad capture, manifest errors, fleet-who."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import natproof
+from natproof.cli import main
+from natproof.fleet import fleet_who, load_manifest, run_fleet
+from natproof.report.export import flat_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "captures"
+
+NODES = {
+    # name: the node's manifest keys (paths under captures/)
+    "basic": {"inside": "basic/inside.pcap", "outside": "basic/outside.pcap", "conntrack": "basic/conntrack.log",
+               "pods": "basic/pods.json"},
+    "udp": {"inside": "udp/inside.pcap", "outside": "udp/outside.pcap"},
+    "clusterip": {"inside": "clusterip/inside.pcap", "outside": "clusterip/outside.pcap",
+                   "pods": "clusterip/pods.json", "services": ["clusterip/services.json"]},
+    "internal": {"capture": "internal/any.pcap", "interfaces": "internal/links.txt", "pods": "internal/pods.json"},
+    "double-nat": {"inside": "double-nat/inside.pcap", "outside": "double-nat/outside.pcap",
+                    "conntrack": "double-nat/conntrack.log"},
+    "forward-drop": {"capture": "forward-drop/inside.pcap", "conntrack": "forward-drop/conntrack.log"},
+}
+
+
+def toml_value(value: str | list[str]) -> str:
+    return json.dumps(value)  # a JSON string or list of strings is TOML too
+
+
+def write_manifest(folder: Path, nodes: dict[str, dict[str, str | list[str]]], gateway: str = "") -> Path:
+    """A manifest in ``folder`` whose capture paths are relative to it (as a user writes them)."""
+    rel = os.path.relpath(CAPTURES, folder)
+    lines = []
+    for name, keys in nodes.items():
+        lines += ["[[node]]", f"name = {toml_value(name)}"]
+        for key, value in keys.items():
+            if key in ("worker", "pod_cidr"):
+                lines.append(f"{key} = {toml_value(value)}")
+            elif isinstance(value, list):
+                lines.append(f"{key} = {toml_value([f'{rel}/{v}' for v in value])}")
+            else:
+                lines.append(f"{key} = {toml_value(f'{rel}/{value}')}")
+        lines.append("")
+    path = folder / "fleet.toml"
+    path.write_text("\n".join(lines) + gateway, encoding="utf-8")
+    return path
+
+
+GATEWAY = """[gateway]
+flow_logs = ["{rel}/double-nat/flowlogs/custom.log"]
+nat_gateways = ["10.0.1.1=203.0.113.20"]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A LocalCluster of two worker processes (one thread each), as natproof fleet starts by default; its
+    scheduler's address is given as --scheduler, the way a real cluster is."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=logging.ERROR) as lc:
+        yield lc.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, natproof.fleet.FleetResult]:
+    folder = tmp_path_factory.mktemp("fleet")
+    manifest = write_manifest(folder, NODES,
+                              GATEWAY.format(rel=os.path.relpath(CAPTURES, folder)))
+    finished: list[str] = []
+    result = run_fleet(manifest, folder / "out", scheduler=cluster, progress=lambda e: finished.append(e["name"]))
+    assert sorted(finished) == sorted(NODES)
+    return folder / "out", result
+
+
+def per_pair(keys: dict[str, str | list[str]]) -> natproof.Result:
+    """The node's files correlated on their own, as natproof correlate does."""
+    def p(v: str) -> str:
+        return str(CAPTURES / v)
+
+    def ps(v: str | list[str] | None) -> list[str]:
+        return [] if v is None else [p(x) for x in ([v] if isinstance(v, str) else v)]
+
+    paths = [*ps(keys.get("pods")), *ps(keys.get("services"))]
+    names = natproof.Names.load(*paths) if paths else None
+    conntrack = p(keys["conntrack"]) if "conntrack" in keys else None
+    if "capture" in keys:
+        links = p(keys["interfaces"]) if "interfaces" in keys else None
+        return natproof.correlate(p(keys["capture"]), None, interfaces=links, names=names, conntrack=conntrack,
+                                  side="auto")
+    return natproof.correlate(p(keys["inside"]), p(keys["outside"]), names=names, conntrack=conntrack)
+
+
+def test_each_node_equals_its_per_pair_correlation(fleet: tuple[Path, natproof.fleet.FleetResult]) -> None:
+    out, result = fleet
+    assert result.ok and result.failed == ()
+    table = pl.read_parquet(out / "fleet.parquet")
+    summary = json.loads((out / "fleet.json").read_text())
+    assert summary["schema"] == "natproof.fleet/1"
+    assert [n["name"] for n in summary["nodes"]] == list(NODES)  # the manifest's order
+    assert table["node"].unique(maintain_order=True).to_list() == list(NODES)
+    total = 0
+    for name, keys in NODES.items():
+        expected = flat_frame(per_pair(keys))
+        got = pl.read_parquet(out / "nodes" / f"{name}.parquet")
+        assert_frame_equal(got, expected)
+        # The fleet table holds the same rows and columns under its node (name columns null where a node had no
+        # dumps; the gateway's columns after them).
+        rows = table.filter(pl.col("node") == name).select(expected.columns)
+        assert_frame_equal(rows, expected)
+        entry = next(n for n in summary["nodes"] if n["name"] == name)
+        assert entry["status"] == "ok" and entry["parquet"] == f"nodes/{name}.parquet"
+        assert entry["connections"] == expected.height
+        assert entry["by_verdict"] == dict(expected["verdict"].value_counts().iter_rows())
+        assert [f["kind"] for f in entry["findings"]] == [f.kind for f in natproof.diagnose(per_pair(keys))]
+        total += expected.height
+    assert table.height == total == summary["totals"]["connections"]
+    assert summary["totals"]["failed"] == 0
+    # The gateway: node double-nat's connections joined to the NAT gateway's public side, the others not in it.
+    assert summary["gateway"]["joined"]["double-nat"] == {"flow log, unique candidate": 4,
+                                                          "flow log, ambiguous: 2 candidates": 1}
+    assert set(summary["gateway"]["joined"]["basic"]) == {"no candidate"}
+    # One capture of one interface and the node's record: its side told from the record, and said.
+    drop = next(n for n in summary["nodes"] if n["name"] == "forward-drop")
+    assert any("the only capture; taken as the inside one" in w for w in drop["warnings"])
+    assert drop["findings"][0]["kind"] == "forwarding_blocked"
+    page = (out / "fleet.html").read_text()
+    assert all(f'href="nodes/{name}.parquet"' in page for name in NODES)
+
+
+def test_fleet_who_finds_a_nodes_public_port_and_the_gateways(fleet: tuple[Path, natproof.fleet.FleetResult],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = fleet
+    # basic's pod1 left through the node's 203.0.113.2:37784.
+    code = main(["fleet-who", "203.0.113.2:37784", str(out), "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["schema"] == "natproof.fleet-who/1"
+    [m] = doc["matches"]
+    assert (m["node"], m["roles"], m["inside"]["pod"]) == ("basic", ["translated source"], "default/pod1")
+    assert m["original"] == {"src": "10.244.0.10", "sport": 37784, "dst": "198.51.100.10", "dport": 80}
+    assert m["translated"]["src"] == "203.0.113.2"
+    # The abuse report names the gateway's public port: node double-nat's pod 10.244.0.10:39264.
+    answer = fleet_who(out, "203.0.113.20:39264", at="16:19:41")
+    [m] = answer.matches
+    assert m["node"] == "double-nat" and m["roles"] == ["NAT gateway public source"]
+    assert (m["ends"]["pod"]["address"], m["ends"]["pod"]["port"]) == ("10.244.0.10", 39264)
+    assert m["gateway"]["evidence"] == "flow log, unique candidate"
+    # A port nobody used: exit 1, one line.
+    assert main(["fleet-who", "203.0.113.2:9", str(out), "--format", "table"]) == 1
+    assert capsys.readouterr().out.strip() == "no connection in the fleet used 203.0.113.2:9"
+
+
+def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.pcap"
+    broken.write_bytes(b"this is no capture\n")
+    manifest = write_manifest(tmp_path, {"udp": NODES["udp"], "elsewhere": {**NODES["udp"],
+                                                                               "worker": "tcp://192.0.2.1:8786"}})
+    outside = CAPTURES / "udp" / "outside.pcap"
+    text = manifest.read_text() + f'[[node]]\nname = "broken"\ninside = "{broken}"\noutside = "{outside}"\n'
+    manifest.write_text(text)
+    code = main(["fleet", str(manifest), "-o", str(tmp_path / "out"), "--scheduler", cluster, "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    doc = json.loads(captured.out)
+    by_name = {n["name"]: n for n in doc["nodes"]}
+    assert by_name["udp"]["status"] == "ok"
+    assert by_name["broken"]["status"] == "failed"
+    assert by_name["broken"]["error"] == f"{broken}: not a pcap or pcapng capture (starts with 74 68 69 73)"
+    assert by_name["elsewhere"]["status"] == "failed" and "no such worker" in by_name["elsewhere"]["error"]
+    assert doc["totals"]["failed_nodes"] == ["elsewhere", "broken"]
+    assert f"natproof: broken: failed: {broken}: not a pcap" in captured.err
+    assert "Traceback" not in captured.err
+    table = pl.read_parquet(tmp_path / "out" / "fleet.parquet")
+    assert table["node"].unique().to_list() == ["udp"]
+    assert "failed" in (tmp_path / "out" / "fleet.html").read_text()
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('[[node]]\nname = "a"\ninside = "nope.pcap"\noutside = "nope.pcap"\n',
+     r"fleet\.toml: \[\[node\]\] #1 \(a\) inside: no such file .*/nope\.pcap"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\ninterface = "links.txt"\n',
+     r"fleet\.toml: \[\[node\]\] #1 \(a\): unknown key 'interface' \(a node takes name, inside, "),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[[node]]\nname = "a"\ncapture = "{any}"\n',
+     r"fleet\.toml: \[\[node\]\] #2 name: 'a' is also \[\[node\]\] #1's name"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_log = "x"\n',
+     r"fleet\.toml: \[gateway\]: unknown key 'flow_log' \(the gateway takes flow_logs, "),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\nnat_gateways = ["10.0.1.1=x"]\n',
+     r"fleet\.toml: \[gateway\] nat_gateways: '10\.0\.1\.1=x': 'x' is not an IP address"),
+    ('[[node]]\nname = "a"\n', r"fleet\.toml: \[\[node\]\] #1 \(a\): no capture: give inside and outside"),
+    ('[node]\nname = "a"\n', r"fleet\.toml: node: write each node as a \[\[node\]\] table"),
+    ("nodes = 3\n", r"fleet\.toml: unknown key 'nodes' at the top"),
+    ('[[node]]\nname = "a\n', r"fleet\.toml: not TOML: "),
+])
+def test_manifest_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                      problem: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text.replace("{any}", str(CAPTURES / "internal/any.pcap")))
+    code = main(["fleet", str(path), "-o", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.err
+    assert re.match(rf"natproof: error: {re.escape(str(tmp_path))}/{problem}", captured.err), captured.err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_a_missing_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fleet", str(tmp_path / "fleet.toml"), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"natproof: error: {tmp_path}/fleet.toml: no such manifest\n"
+
+
+def test_manifest_paths_are_the_manifests_folders() -> None:
+    m = load_manifest(ROOT / "docs" / "examples" / "fleet.toml")
+    assert [n.name for n in m.nodes] == ["node-a", "node-b", "node-c", "ip-10-0-1-10"]
+    assert m.nodes[0].inside == str(CAPTURES / "basic" / "inside.pcap")
+    assert m.nodes[1].services == (str(CAPTURES / "clusterip" / "services.json"),)
+    assert m.gateway is not None and m.gateway.nat_gateways == ("10.0.1.1=203.0.113.20",)
+
+
+def readme_example(prefix: str) -> tuple[str, list[str]]:
+    from test_readme import example
+
+    return example(prefix)
+
+
+def test_readme_fleet_example_as_a_new_user_runs_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's command exactly as written, on the default LocalCluster of two workers, from a folder that has
+    the repository's docs/ and captures/ (so its output folder is written there, not in the repository)."""
+    command, shown = readme_example("natproof fleet docs/examples/fleet.toml")
+    for name in ("docs", "captures"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    monkeypatch.chdir(tmp_path)
+    code = main(shlex.split(command)[1:])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = [line.rstrip() for line in captured.out.splitlines()]
+    shown_out = [line for line in shown if not line.startswith("natproof: ")]
+    assert out == shown_out
+    # Progress lines come as nodes finish (any order) and carry their time.
+    def norm(lines: list[str]) -> list[str]:
+        return sorted(re.sub(r" in \d+\.\d s$", " in N s", line) for line in lines)
+
+    assert norm(captured.err.splitlines()) == norm([line for line in shown if line.startswith("natproof: ")])
+    command, shown = readme_example("natproof fleet-who 203.0.113.20:39264")
+    assert main(shlex.split(command)[1:]) == 0
+    assert [line.rstrip() for line in capsys.readouterr().out.splitlines()] == shown
