@@ -876,7 +876,7 @@ def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str |
     if not quiet:
         for name in ignored:
             warn(f"{os.path.join(class_dir, name)}: not a capture and not a folder: no student's, left out")
-    grades = grade_class(class_dir, grading, tolerance_s=tolerance, services=services_from({}))
+    grades = grade_class(class_dir, grading, tolerance_s=tolerance)
     if fmt is None:
         suffix = Path(output).suffix.lower() if output else ""
         fmt = {".csv": "csv", ".json": "json"}.get(suffix) or ("table" if not output and sys.stdout.isatty()

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from natproof.capture import GZIP_MAGIC, PCAP_MAGIC, PCAPNG_SHB
+from natproof.capture import PCAP_MAGIC, PCAPNG_SHB
 from natproof.errors import InputError, NatproofError
 from natproof.networks import parse_networks
 from natproof.result import Result
@@ -119,8 +119,11 @@ class Grading:
         where = f"{self.path} (for student {student})"
         out = []
         for e in self.expectations:
-            exp, _ = expectations_from_dict(_fill(dict(e.table), values), f"{where}: [[expect]] {e.name!r}",
-                                            known=EXPECT_KEYS)
+            spot = f"{where}: [[expect]] {e.name!r}"
+            try:
+                exp, _ = expectations_from_dict(_fill(dict(e.table), values), spot, known=EXPECT_KEYS)
+            except InputError as exc:  # verify's own checks of a value (an address) do not say where it was
+                raise exc if str(exc).startswith(spot) else InputError(f"{spot}: {exc}") from None
             out.append((e, exp))
         cidr = _fill(self.pod_cidr, values) if self.pod_cidr is not None else None
         if cidr is not None:
@@ -333,7 +336,7 @@ def _starts_like_capture(path: Path) -> bool:
             head = fh.read(4)
     except OSError:
         return False
-    return head in PCAP_MAGIC or head == PCAPNG_SHB or head[:2] == GZIP_MAGIC
+    return head in PCAP_MAGIC or head == PCAPNG_SHB
 
 
 def is_capture_file(path: Path) -> bool:
@@ -370,13 +373,9 @@ def find_submissions(class_dir: str | os.PathLike[str]) -> tuple[dict[str, Submi
     ignored = []
     for p in entries:
         if p.is_dir():
-            try:
-                inner = sorted(q for q in p.iterdir() if _visible(q) and q.is_file())
-            except OSError:
-                inner = []
             entry = found.setdefault(p.name, {"captures": [], "others": [], "folder": None})
             entry["folder"] = p
-            for q in inner:
+            for q in _folder_files(p):
                 entry["captures" if is_capture_file(q) else "others"].append(q)
         elif is_capture_file(p):
             entry = found.setdefault(_loose_student(p.name), {"captures": [], "others": [], "folder": None})
@@ -386,6 +385,23 @@ def find_submissions(class_dir: str | os.PathLike[str]) -> tuple[dict[str, Submi
     subs = {s: Submission(s, tuple(e["captures"]), tuple(e["others"]), e["folder"])
             for s, e in sorted(found.items(), key=lambda kv: _natural(kv[0]))}
     return subs, tuple(ignored)
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """A student folder's files; when none of them is a capture, those of its sub-folders too (a submission
+    unpacked into a folder of its own: alice/lab3/inside.pcap)."""
+    try:
+        files = sorted(q for q in folder.iterdir() if _visible(q) and q.is_file())
+    except OSError:
+        return []
+    if any(is_capture_file(q) for q in files):
+        return files
+    deeper = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if Path(dirpath) != folder:
+            deeper += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return files + [q for q in deeper if q.is_file()]
 
 
 def _loose_student(name: str) -> str:
@@ -556,17 +572,17 @@ def _correlate_submission(sub: Submission, root: Path, cidr: str | None, toleran
             raise _NotGraded("no submission: no folder or capture of this student in the class folder")
         if not sub.others:
             raise _NotGraded(f"{where}: empty folder, nothing submitted")
-        raise _NotGraded(f"{where}: no capture file (found {', '.join(p.name for p in sub.others)})")
+        raise _NotGraded(f"{where}: no capture file (found {', '.join(_rel(p, root) for p in sub.others)})")
     kw: dict[str, Any] = dict(pod_cidr=cidr, tolerance_s=tolerance_s, decoder=decoder, services=services,
                               allow_swap=True)
     if len(caps) > 2:
         ins = [p for p in caps if side_of(p.name) == "inside"]
         outs = [p for p in caps if side_of(p.name) == "outside"]
         if len(ins) != 1 or len(outs) != 1:
-            raise _NotGraded(f"{where}: {len(caps)} captures ({', '.join(p.name for p in caps)}) and no one pair "
-                             "named inside and outside to grade")
-        notes.append(f"graded {ins[0].name} and {outs[0].name}; left out "
-                     f"{', '.join(p.name for p in caps if p not in (ins[0], outs[0]))}")
+            raise _NotGraded(f"{where}: {len(caps)} captures ({', '.join(_rel(p, root) for p in caps)}) and no one "
+                             "pair named inside and outside to grade")
+        notes.append(f"graded {_rel(ins[0], root)} and {_rel(outs[0], root)}; left out "
+                     f"{', '.join(_rel(p, root) for p in caps if p not in (ins[0], outs[0]))}")
         caps = [ins[0], outs[0]]
     if len(caps) == 1:
         only = caps[0]
