@@ -919,7 +919,7 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
     console = Console(width=Console(width=1000).measure(table).maximum)
     with console.capture() as out:
         console.print(table)
-    lines = [line.rstrip() for line in out.get().rstrip().splitlines()]
+    lines = [line.rstrip() for line in out.get().splitlines() if line.strip()]
     for g in grades:
         for line in g.evidence:
             lines.append(f"{g.student}: {line}")

@@ -736,10 +736,17 @@ _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#1b1f24}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;
-vertical-align:top}th{background:#f6f8fa}td.n{text-align:right}.mono{font-family:ui-monospace,monospace}
+vertical-align:top}th{background:#f6f8fa}td.n{text-align:right;white-space:nowrap}.mono{font-family:ui-monospace,monospace}
 .pass{background:#dafbe1}.partial{background:#fff8c5}.fail{background:#ffebe9}.none{color:#57606a}
 .reason{color:#b42318}.note{color:#57606a}details{margin:.2em 0}summary{cursor:pointer}
 """
+
+
+def _files_html(g: StudentGrade) -> str:
+    if g.outside is None:
+        return f"graded <span class='mono'>{_e(g.inside)}</span>"
+    return (f"graded <span class='mono'>{_e(g.inside)}</span> as the inside, <span class='mono'>{_e(g.outside)}"
+            "</span> as the outside")
 
 
 def grades_html(grades: Iterable[StudentGrade], grading: Grading, class_dir: str | os.PathLike[str]) -> str:
@@ -772,7 +779,7 @@ def grades_html(grades: Iterable[StudentGrade], grading: Grading, class_dir: str
                              f"{points_text(e.max_points)}</summary><ul>{lines}</ul></details>")
         details.append(f"<h2 id='s-{_e(g.student)}'>{_e(g.student)}: {points_text(g.points)} of "
                        f"{points_text(g.max_points)}</h2>"
-                       f"<p class='mono note'>{_e(g.inside or '')} {_e(g.outside or '')}</p>{''.join(items)}")
+                       f"<p class='note'>{_files_html(g)}</p>{''.join(items)}")
     mean = "-" if s["mean"] is None else s["mean"]
     return "".join([
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
