@@ -435,7 +435,8 @@ class ExpectationGrade:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "points": _num(self.points), "max_points": _num(self.max_points),
-                "result": self.result, "checks": [c.to_dict() for c in self.checks], "evidence": list(self.evidence)}
+                "result": self.result, "checks": [{**c.to_dict(), "held": c.held, "of": c.of} for c in self.checks],
+                "evidence": list(self.evidence)}
 
 
 @dataclass(frozen=True)
