@@ -365,3 +365,48 @@ def test_unnamed_sides_with_nothing_crossed_are_said_so(tmp_path: Path) -> None:
     assert zoe.points == 0 and zoe.reason is None
     assert zoe.notes == ("sides not told apart (nothing crossed the NAT), taken in name order: zoe/one.pcap is the "
                          "inside, zoe/two.pcap the outside",)
+
+
+def _readme_blocks() -> list[list[str]]:
+    """The README's fenced code blocks, each as its lines."""
+    out: list[list[str]] = []
+    current: list[str] | None = None
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current = []
+            else:
+                out.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    return out
+
+
+def test_the_readme_class_is_graded_from_the_readme_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+    import subprocess
+
+    blocks = _readme_blocks()
+    setup = next(b for b in blocks if b and b[0].startswith("mkdir -p class/"))
+    grading = next(b for b in blocks if b and b[0] == "# grading.toml")
+    roster = next(b for b in blocks if b and b[0].startswith("student,"))
+    table = next(b for b in blocks if b and b[0].startswith("$ natproof grade class") and "--format table" in b[0])
+    files = next(b for b in blocks if b and b[0].startswith("$ natproof grade class") and "--html" in b[0])
+    # As a new user would, from the repository's root: here a folder with the bundled captures in it.
+    (tmp_path / "captures").symlink_to(CAPTURES)
+    subprocess.run(["bash", "-e", "-c", "\n".join(setup)], cwd=tmp_path, check=True)
+    (tmp_path / "grading.toml").write_text("\n".join(grading) + "\n")
+    (tmp_path / "assignments.csv").write_text("\n".join(roster) + "\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(shlex.split(table[0][2:])[1:])
+    out, err = capsys.readouterr()
+    end = table.index("$ echo $?")
+    assert (code, err) == (int(table[end + 1]), "")
+    assert out.splitlines() == table[1:end]
+    code = main(shlex.split(files[0][2:])[1:])
+    out, err = capsys.readouterr()
+    head = files.index("$ head -3 grades.csv")
+    assert (code, out) == (0, "") and err.splitlines() == files[1:head]
+    assert (tmp_path / "grades.csv").read_text().splitlines()[:3] == files[head + 1:]
