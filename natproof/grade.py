@@ -124,6 +124,9 @@ class Grading:
                 exp, _ = expectations_from_dict(_fill(dict(e.table), values), spot, known=EXPECT_KEYS)
             except InputError as exc:  # verify's own checks of a value (an address) do not say where it was
                 raise exc if str(exc).startswith(spot) else InputError(f"{spot}: {exc}") from None
+            if exp.is_empty():  # port_preserved = false, min_connections = 0: points for nothing
+                raise InputError(f"{spot}: checks nothing (port_preserved = false and min_connections = 0 check "
+                                 "nothing)")
             out.append((e, exp))
         cidr = _fill(self.pod_cidr, values) if self.pod_cidr is not None else None
         if cidr is not None:
@@ -514,35 +517,47 @@ def grade_submission(sub: Submission, grading: Grading, *, root: Path | None = N
     """One student's grade (see grade_class)."""
     root = root if root is not None else (sub.folder.parent if sub.folder else Path("."))
     notes: list[str] = []
-    inside = outside = None
+    where: dict[str, str | None] = {"inside": None, "outside": None}
+    try:
+        grades, swapped = _grade(sub, grading, root, tolerance_s, decoder, services, notes, where)
+    except _NotGraded as why:
+        return StudentGrade(sub.student, 0.0, grading.max_points,
+                            tuple(ExpectationGrade(e.name, 0.0, e.points, None) for e in grading.expectations),
+                            reason=_relative(str(why), root), notes=tuple(_relative(n, root) for n in notes),
+                            inside=where["inside"], outside=where["outside"])
+    total = sum(g.points for g in grades)
+    penalty = min(grading.swap_penalty, total) if swapped and grading.swapped == "grade" else 0.0
+    return StudentGrade(sub.student, _round(max(0.0, total - penalty)), grading.max_points, tuple(grades),
+                        notes=tuple(_relative(n, root) for n in notes), inside=where["inside"],
+                        outside=where["outside"], penalty=_round(penalty))
+
+
+def _grade(sub: Submission, grading: Grading, root: Path, tolerance_s: float, decoder: str, services: Any,
+           notes: list[str], where: dict[str, str | None]) -> tuple[list[ExpectationGrade], bool]:
+    """Each [[expect]]'s grade and whether the captures were swapped; _NotGraded with the reason, for what natproof
+    cannot use and for a bug of its own on this submission (the class goes on)."""
     try:
         if grading.values_for(sub.student) is None:
             raise _NotGraded(f"no row for {sub.student!r} in {grading.assignments_path}: nothing to fill "
                              f"{', '.join('{' + k + '}' for k in sorted(grading.placeholders - {'student'}))} with")
-        try:
-            filled, cidr = grading.for_student(sub.student)
-        except InputError as exc:
-            raise _NotGraded(str(exc)) from None
-        result, inside, outside, swapped = _correlate_submission(sub, root, cidr, tolerance_s, decoder, services,
-                                                                notes)
+        filled, cidr = grading.for_student(sub.student)
+        result, where["inside"], where["outside"], swapped = _correlate_submission(
+            sub, root, cidr, tolerance_s, decoder, services, notes)
         if swapped:
             if grading.swapped == "zero":
                 raise _NotGraded(swapped)
             notes.append(swapped + (f": {points_text(grading.swap_penalty)} point(s) off" if grading.swap_penalty
                                     else ""))
         _two_sides(result)
-    except _NotGraded as why:
-        return StudentGrade(sub.student, 0.0, grading.max_points,
-                            tuple(ExpectationGrade(e.name, 0.0, e.points, None) for e in grading.expectations),
-                            reason=_relative(str(why), root), notes=tuple(_relative(n, root) for n in notes),
-                            inside=inside, outside=outside)
-    rows = {r["conn"]: r for r in result.connections.iter_rows(named=True)}
-    grades = [_grade_expectation(e, verify(result, exp), rows) for e, exp in filled]
-    total = sum(g.points for g in grades)
-    penalty = min(grading.swap_penalty, total) if swapped and grading.swapped == "grade" else 0.0
-    return StudentGrade(sub.student, _round(max(0.0, total - penalty)), grading.max_points, tuple(grades),
-                        notes=tuple(_relative(n, root) for n in notes), inside=inside, outside=outside,
-                        penalty=_round(penalty))
+        rows = {r["conn"]: r for r in result.connections.iter_rows(named=True)}
+        return [_grade_expectation(e, verify(result, exp), rows) for e, exp in filled], bool(swapped)
+    except (_NotGraded, MemoryError, KeyboardInterrupt):
+        raise
+    except NatproofError as exc:
+        raise _NotGraded(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - one submission's bug must not stop the class's grading
+        raise _NotGraded(f"natproof failed on it (internal error: {type(exc).__name__}: {exc}; run natproof "
+                         "correlate on these files with --traceback and report it)") from None
 
 
 def _relative(text: str, root: Path) -> str:
@@ -622,16 +637,11 @@ def _correlate_submission(sub: Submission, root: Path, cidr: str | None, toleran
 
 
 def _run(correlate: Callable[..., Result], *args: Any, **kw: Any) -> Result:
-    """natproof.correlate; what it cannot use is the reason the submission is not graded (a bug too, said as one)."""
+    """natproof.correlate; what it cannot use is the reason the submission is not graded."""
     try:
         return correlate(*args, **kw)
     except NatproofError as exc:
         raise _NotGraded(str(exc)) from None
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - one submission's bug must not stop the class's grading
-        raise _NotGraded(f"natproof failed on it (internal error: {type(exc).__name__}: {exc}; run natproof "
-                         "correlate on these files with --traceback and report it)") from None
 
 
 def _two_sides(result: Result) -> None:

@@ -303,6 +303,7 @@ def test_a_swapped_submission_can_be_worth_nothing(graded: tuple, tmp_path: Path
     ('snat_ip = "203.0.113.2"\n', None, "unknown key(s) snat_ip at the top"),
     ('[[expect]]\npoints = 1\nall = "fine"\n', None, "unknown verdict 'fine'"),
     ('[[expect\n', None, "not a grading file (TOML)"),
+    ('[[expect]]\npoints = 1\nport_preserved = false\n', None, "checks nothing"),
 ])
 def test_a_grading_file_or_assignments_it_cannot_use_is_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], grading: str, assignments: str | None,
@@ -410,3 +411,24 @@ def test_the_readme_class_is_graded_from_the_readme_alone(tmp_path: Path, monkey
     head = files.index("$ head -3 grades.csv")
     assert (code, out) == (0, "") and err.splitlines() == files[1:head]
     assert (tmp_path / "grades.csv").read_text().splitlines()[:3] == files[head + 1:]
+
+
+def test_a_bug_on_one_submission_does_not_stop_the_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import natproof
+
+    cls = tmp_path / "class"
+    _lab("basic", cls / "ann")
+    _lab("udp", cls / "bug")
+    (tmp_path / "g.toml").write_text('[[expect]]\npoints = 1\nsnat_ip = "203.0.113.2"\n')
+    real = natproof.correlate
+
+    def correlate(inside: Path, *args: object, **kw: object) -> object:
+        if Path(inside).parent.name == "bug":
+            raise ZeroDivisionError("division by zero")
+        return real(inside, *args, **kw)
+
+    monkeypatch.setattr(natproof, "correlate", correlate)
+    ann, bug = grade_class(cls, load_grading(tmp_path / "g.toml"))
+    assert ann.points == 1 and bug.points == 0
+    assert bug.reason == ("natproof failed on it (internal error: ZeroDivisionError: division by zero; run natproof "
+                          "correlate on these files with --traceback and report it)")
