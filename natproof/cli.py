@@ -840,6 +840,96 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
     return table
 
 
+@cli.command()
+@click.argument("class_dir", type=click.Path(), metavar="DIR")
+@click.option("--expectations", "grading_file", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The grading file (TOML): [[expect]] tables, each what verify checks plus points (see README).")
+@click.option("--assignments", type=click.Path(dir_okay=False), metavar="FILE",
+              help="CSV of a student column and one column per {KEY} the grading file uses (student,snat_ip,...).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="Default: table on a terminal, json otherwise; with -o, csv or json as FILE's suffix says.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the grades to FILE (atomically) instead of standard output.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write a summary page: a row per student, each expectation's result, the evidence.")
+@click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True, metavar="SECONDS",
+              callback=_finite, help="How far apart (after the clock offset) two copies of a packet may be.")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings and no 'wrote' lines.")
+def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str | None, output: str | None,
+          html_file: str | None, tolerance: float, quiet: bool) -> None:
+    """Grade a class folder: every student's captures against the grading file's expectations, with points.
+
+    DIR holds one sub-folder per student (inside.pcap and outside.pcap, or captures named by interface, or one
+    capture of several interfaces) or files STUDENT-inside.pcap and STUDENT-outside.pcap. A submission that cannot
+    be graded gets 0 points and the reason. Exit 0 when the class was graded, whatever the marks; 2 when the
+    grading file, the assignments or DIR cannot be used.
+    """
+    from natproof.grade import find_submissions, grade_class, grades_csv, grades_document, grades_html, load_grading
+    from natproof.report.export import write_bytes
+
+    for target in (output, html_file):
+        refuse_overwriting_inputs(target, grading_file, assignments)
+    if output and html_file and os.path.abspath(output) == os.path.abspath(html_file):
+        raise click.UsageError("-o and --html name the same file")
+    grading = load_grading(grading_file, assignments)  # a bad file is reported before any capture is read
+    _, ignored = find_submissions(class_dir)
+    if not quiet:
+        for name in ignored:
+            warn(f"{os.path.join(class_dir, name)}: not a capture and not a folder: no student's, left out")
+    grades = grade_class(class_dir, grading, tolerance_s=tolerance)
+    if fmt is None:
+        suffix = Path(output).suffix.lower() if output else ""
+        fmt = {".csv": "csv", ".json": "json"}.get(suffix) or ("table" if not output and sys.stdout.isatty()
+                                                                else "json")
+    if fmt == "table":
+        text = _grades_table(grades, grading)
+    elif fmt == "csv":
+        text = grades_csv(grades, grading)
+    else:
+        text = json.dumps(grades_document(grades, grading, class_dir, ignored), indent=2) + "\n"
+    if output:
+        write_bytes(output, text.encode())
+    else:
+        click.echo(text, nl=False)
+    if html_file:
+        write_bytes(html_file, grades_html(grades, grading, class_dir).encode())
+    if not quiet:
+        for target in (output, html_file):
+            if target:
+                click.echo(f"natproof: wrote {target}", err=True)
+
+
+def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
+    """The grades as text: a row per student (points, each expectation's result and points, the reason or notes),
+    then each student's failing evidence, then the class in one line."""
+    from rich import box
+
+    from natproof.grade import class_summary, points_text
+
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("student", no_wrap=True)
+    table.add_column("points", no_wrap=True, justify="right")
+    for e in grading.expectations:
+        table.add_column(f"{e.name} ({points_text(e.points)})", no_wrap=True)
+    table.add_column("reason", no_wrap=True)
+    for g in grades:
+        cells = [f"{e.result} {points_text(e.points)}" if e.result else "-" for e in g.expectations]
+        table.add_row(g.student, f"{points_text(g.points)}/{points_text(g.max_points)}", *cells,
+                      g.reason or "; ".join(g.notes))
+    console = Console(width=Console(width=1000).measure(table).maximum)
+    with console.capture() as out:
+        console.print(table)
+    lines = [line.rstrip() for line in out.get().splitlines() if line.strip()]
+    for g in grades:
+        for line in g.evidence:
+            lines.append(f"{g.student}: {line}")
+    s = class_summary(grades, grading)
+    mean = "-" if s["mean"] is None else s["mean"]
+    lines.append(f"{s['students']} students: {s['full_marks']} with full marks, {s['not_graded']} not graded "
+                 f"(0 points, the reason given); mean {mean} of {points_text(grading.max_points)}")
+    return "\n".join(lines) + "\n"
+
+
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:
     """Print or write a result in the chosen format."""
     if fmt is None:

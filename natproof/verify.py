@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import polars as pl
@@ -94,6 +94,10 @@ class Check:
     expected: Any
     actual: Any
     evidence: tuple[str, ...] = ()
+    held: int = 0
+    """Of the ``of`` connections (or listed items) this expectation is about, how many satisfy it (partial credit
+    in natproof.grade); min_connections counts connections up to its minimum."""
+    of: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "expected": self.expected, "actual": self.actual,
@@ -146,15 +150,28 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
         raise InputError(f"{where}: no such file") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"{where}: not a TOML expectations file ({exc})") from None
-    known = {"pod_cidr", "snat_ip", "all", "port_preserved", "min_connections", "no_verdicts", "connection",
-             "dnat", "no_leak"}
-    unknown = sorted(set(doc) - known)
+    return expectations_from_dict(doc, where)
+
+
+EXPECTATION_KEYS = ("pod_cidr", "snat_ip", "all", "port_preserved", "min_connections", "no_verdicts", "connection",
+                    "dnat", "no_leak")
+"""The keys of an expectations file (and of each [[expect]] of a grading file, pod_cidr aside)."""
+
+
+def expectations_from_dict(doc: dict[str, Any], where: str, known: tuple[str, ...] = EXPECTATION_KEYS
+                           ) -> tuple[Expectations, str | None]:
+    """An expectations file's table (as load_expectations reads it) into the expectations and its pod_cidr;
+    ``where`` names it in errors, ``known`` the keys it may have."""
+    unknown = sorted(set(doc) - set(known))
     if unknown:
         raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     conn_keys = {f.name for f in fields(ExpectedConnection)}
     conns = []
+    for key in ("connection", "dnat"):
+        if not isinstance(doc.get(key, []), list):
+            raise InputError(f"{where}: {key} must be a list of tables ([[{key}]])")
     for i, c in enumerate(doc.get("connection", [])):
-        bad = sorted(set(c) - conn_keys)
+        bad = sorted(set(c) - conn_keys) if isinstance(c, dict) else ["?"]
         if bad or "inside" not in c:
             raise InputError(f"{where}: [[connection]] {i + 1} needs 'inside' and only {', '.join(sorted(conn_keys))}")
         if c.get("verdict"):
@@ -196,13 +213,14 @@ def _label(r: dict[str, Any]) -> str:
             f"{format_address(r['inside_dst'], r['inside_dport'])} as {out}: {r['verdict']}")
 
 
-def _check(name: str, expected: Any, actual: Any, offenders: list[dict[str, Any]], passed: bool | None = None
-           ) -> Check:
+def _check(name: str, expected: Any, actual: Any, offenders: list[dict[str, Any]], passed: bool | None = None,
+           of: int = 0) -> Check:
+    """``of``: how many connections the expectation is about (``offenders`` among them)."""
     ok = not offenders if passed is None else passed
     ev = [_label(r) for r in offenders[:EVIDENCE_LINES]]
     if len(offenders) > EVIDENCE_LINES:
         ev.append(f"... and {len(offenders) - EVIDENCE_LINES} more")
-    return Check(name, ok, expected, actual, tuple(ev))
+    return Check(name, ok, expected, actual, tuple(ev), held=of - len(offenders), of=of)
 
 
 def verify(result: Result, exp: Expectations) -> list[Check]:
@@ -211,26 +229,28 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
     egress = [r for r in rows if r["verdict"] != "internal"]
     checks: list[Check] = []
     if exp.min_connections:
-        checks.append(_check("min_connections", exp.min_connections, len(egress), [],
-                             passed=len(egress) >= exp.min_connections))
+        checks.append(replace(
+            _check("min_connections", exp.min_connections, len(egress), [], passed=len(egress) >= exp.min_connections),
+            held=min(len(egress), exp.min_connections), of=exp.min_connections))
     if exp.all_verdict:
         bad = [r for r in egress if r["verdict"] != exp.all_verdict]
         counts = {v: n for v, n in result.by_verdict().items() if n and v != "internal"}
-        checks.append(_check(f"all {exp.all_verdict}", exp.all_verdict, counts, bad, passed=not bad and bool(egress)))
+        checks.append(_check(f"all {exp.all_verdict}", exp.all_verdict, counts, bad, passed=not bad and bool(egress),
+                             of=len(egress)))
     if exp.no_verdicts:
         bad = [r for r in rows if r["verdict"] in exp.no_verdicts]
-        checks.append(_check(f"no {', '.join(exp.no_verdicts)}", 0, len(bad), bad))
+        checks.append(_check(f"no {', '.join(exp.no_verdicts)}", 0, len(bad), bad, of=len(rows)))
     if exp.snat_ip:
         left = [r for r in egress if r["outside_src"] is not None]
         bad = [r for r in left if r["outside_src"] != exp.snat_ip]
         seen = sorted({r["outside_src"] for r in left})
-        checks.append(_check("snat_ip", exp.snat_ip, seen, bad, passed=not bad and bool(left)))
+        checks.append(_check("snat_ip", exp.snat_ip, seen, bad, passed=not bad and bool(left), of=len(left)))
     if exp.port_preserved:
         # The set port_preserved_ratio counts: source address rewritten, original against translated tuple.
         translated = [r for r in egress if r["trans_src"] is not None and r["trans_src"] != r["orig_src"]]
         bad = [r for r in translated if r["trans_sport"] != r["orig_sport"]]
         checks.append(_check("port_preserved", 1.0, result.port_preserved_ratio(), bad,
-                             passed=not bad and bool(translated)))
+                             passed=not bad and bool(translated), of=len(translated)))
     for want in exp.dnat:
         checks.append(_expect_dnat(rows, want))
     if exp.no_leak:
@@ -281,13 +301,14 @@ def _expect_dnat(rows: list[dict[str, Any]], want: ExpectedDnat) -> Check:
         reached[where] = reached.get(where, 0) + 1
         if problem:
             evidence.append(f"{head}: {problem}{_frames(r)}")
-    return Check(want.name, not evidence, expected, reached, _limited(evidence))
+    return Check(want.name, not evidence, expected, reached, _limited(evidence), held=len(conns) - len(evidence),
+                 of=len(conns))
 
 
 def _expect_no_leak(result: Result, rows: list[dict[str, Any]]) -> Check:
     leaky = [r for r in rows if r["fate_leaked"] or "leak" in flags_of(r)]
     if not leaky:
-        return Check("no_leak", True, 0, 0)
+        return Check("no_leak", True, 0, 0, held=len(rows), of=len(rows))
     packets = result.inside_packets.filter(pl.col("fate") == "leaked")
     out_packets = result.outside_packets.filter(pl.col("fate") == "leaked")
     evidence = []
@@ -304,7 +325,8 @@ def _expect_no_leak(result: Result, rows: list[dict[str, Any]]) -> Check:
             f"{format_address(r['orig_dst'], r['orig_dport'])}: {r['fate_leaked']} packet(s) crossed untranslated"
             f"{carrying} (inside frames {_frame_list(mine['frame_no'].to_list())}; "
             f"outside frames {_frame_list(out_frames)})")
-    return Check("no_leak", False, 0, sum(r["fate_leaked"] for r in leaky), _limited(evidence))
+    return Check("no_leak", False, 0, sum(r["fate_leaked"] for r in leaky), _limited(evidence),
+                 held=len(rows) - len(leaky), of=len(rows))
 
 
 def _frame_list(frames: list[int], shown: int = 8) -> str:
@@ -322,7 +344,7 @@ def _expect_connection(rows: list[dict[str, Any]], want: ExpectedConnection) -> 
     name = f"connection {want.inside}" + (f" -> {want.dst}" if want.dst else "")
     expected = {k: v for k, v in (("outside", want.outside), ("verdict", want.verdict)) if v}
     if not cands:
-        return Check(name, False, expected or "present", "absent", ())
+        return Check(name, False, expected or "present", "absent", (), held=0, of=1)
     problems = []
     for r in cands:
         got_out = None if r["outside_src"] is None else format_address(r["outside_src"], r["outside_sport"])
@@ -333,4 +355,4 @@ def _expect_connection(rows: list[dict[str, Any]], want: ExpectedConnection) -> 
     r = cands[0]
     actual = {"outside": None if r["outside_src"] is None else format_address(r["outside_src"], r["outside_sport"]),
               "verdict": r["verdict"]}
-    return _check(name, expected or "present", actual, problems)
+    return _check(name, expected or "present", actual, problems, of=len(cands))
