@@ -16,6 +16,7 @@ from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.correlate import correlate
 from natproof.diagnose import Finding, diagnose
 from natproof.errors import CaptureError, InputError, NatproofError
+from natproof.grade import Grading, StudentGrade, grade_class, load_grading
 from natproof.kernel import join_kernel
 from natproof.names import Names
 from natproof.packets import load_packets
@@ -35,6 +36,7 @@ __all__ = [
     "ExpectedConnection",
     "Expectations",
     "Finding",
+    "Grading",
     "InputError",
     "Interface",
     "Names",
@@ -43,13 +45,16 @@ __all__ = [
     "Record",
     "Result",
     "Services",
+    "StudentGrade",
     "Verdict",
     "__version__",
     "correlate",
     "correlate_chain",
     "diagnose",
+    "grade_class",
     "join_kernel",
     "load_expectations",
+    "load_grading",
     "load_packets",
     "read_capture",
     "read_conntrack",
