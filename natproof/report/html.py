@@ -12,14 +12,16 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from matplotlib.collections import Collection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 import natproof
 from natproof.conntrack import FORMATS
 from natproof.decode import parse_underlay
 from natproof.diagnose import Finding
 from natproof.kernel import ABSENT_REASONS
-from natproof.report.charts import build_charts, chart_title, figure_bytes
+from natproof.report.charts import RASTERIZE_ABOVE, build_charts, chart_title, figure_bytes
 from natproof.report.export import write_bytes
 from natproof.report.table import (
     ENCAP_NAMES,
@@ -595,6 +597,18 @@ def inline_svg(fig: Figure, prefix: str) -> str:
                   rf'<svg class="chart" role="img" aria-label="{title}" \1', svg, count=1)
 
 
+def _rasterize_heavy(fig: Figure) -> None:
+    """Draw a line or area of more than RASTERIZE_ABOVE points as an image inside the page's SVG (as the charts
+    already draw big scatter plots): the concurrency curves of 100,000 connections are 20 MB of path otherwise."""
+    for artist in fig.findobj(lambda a: isinstance(a, (Line2D, Collection))):
+        if isinstance(artist, Line2D):
+            points = len(artist.get_xydata())
+        else:
+            points = max(len(artist.get_offsets()), sum(len(p.vertices) for p in artist.get_paths()))
+        if points > RASTERIZE_ABOVE:
+            artist.set_rasterized(True)
+
+
 def _charts(result: Result) -> str:
     figs = build_charts(result)
     parts = ['<section id="charts"><h2>Charts</h2><div class="charts">']
@@ -607,6 +621,7 @@ def _charts(result: Result) -> str:
                          "(no connection had its source address rewritten, or no packet matched exactly)."
                          "</p></figure>")
             continue
+        _rasterize_heavy(fig)
         parts.append(f'<figure id="chart-{name}">{inline_svg(fig, name)}<figcaption>{_e(caption)}</figcaption>'
                      "</figure>")
     parts.append("</div></section>")
