@@ -152,6 +152,12 @@ def test_title_summary_and_findings(collision: Result, page_text: str) -> None:
     assert page_text.index("Outside tuple &lt;b&gt;reused&lt;/b&gt;") < page_text.index("NAT working as expected")
 
 
+def test_a_finding_cites_runs_of_connections_as_ranges(collision: Result) -> None:
+    many = Finding("healthy", "info", "t", "s", "f", connections=(9, 0, 1, 2, 3, 4, 7, 8))
+    assert 'data-conns="0-4 7 8 9"' not in render_html(collision, [many])  # three in a row or more: a range
+    assert 'data-conns="0-4 7-9"' in render_html(collision, [many])
+
+
 def test_capture_text_is_escaped(collision: Result, page_text: str) -> None:
     assert EVIL not in page_text
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;" in page_text

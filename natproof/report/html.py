@@ -227,7 +227,11 @@ _JS = """
     var el = document.getElementById("finding-" + n);
     var list = el ? (el.getAttribute("data-conns") || "").split(" ") : [];
     var set = {};
-    for (var i = 0; i < list.length; i++) { if (list[i]) { set["c" + list[i]] = true; } }
+    list.forEach(function (item) {
+      if (!item) { return; }
+      var ends = item.split("-"), lo = +ends[0], hi = ends.length > 1 ? +ends[1] : lo;
+      for (var c = lo; c <= hi; c++) { set["c" + c] = true; }
+    });
     return set;
   }
 
@@ -403,7 +407,7 @@ def _summary(result: Result) -> str:
 def _finding(i: int, f: Finding) -> str:
     sev = f.severity if f.severity in _SEVERITIES else "info"
     parts = [f'<article class="finding sev-{sev}" id="finding-{i}" '
-             f'data-conns="{" ".join(str(int(c)) for c in f.connections)}">',
+             f'data-conns="{_ranges(f.connections)}">',
              f'<header><span class="sev">{_e(f.severity)}</span><h3>{_e(f.title)}</h3>'
              f'<span class="muted mono">{_e(f.kind)}</span></header>',
              f"<p>{_rich(f.summary)}</p>", f"<p><strong>Fix:</strong> {_rich(f.fix)}</p>"]
@@ -420,6 +424,18 @@ def _finding(i: int, f: Finding) -> str:
                      "</button></p>")
     parts.append("</article>")
     return "".join(parts)
+
+
+def _ranges(conns: Sequence[int]) -> str:
+    """``0 2 5-41999``: connection numbers, sorted, runs of three or more as first-last."""
+    nums, out, i = sorted({int(c) for c in conns}), [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.extend([f"{nums[i]}-{nums[j]}"] if j - i >= 2 else [str(c) for c in nums[i:j + 1]])
+        i = j + 1
+    return " ".join(out)
 
 
 def _findings(findings: Sequence[Finding]) -> str:
