@@ -410,15 +410,19 @@ def render_chain(chain: natproof.Chain, limit: int) -> Table:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
            decoder: str, output: str, quiet: bool) -> None:
-    """Write one self-contained HTML report: summary, diagnosis, a sortable mapping table, charts."""
+    """Write one self-contained HTML report: summary, diagnosis, a sortable mapping table, charts.
+
+    Above 20,000 connections the page leaves each connection's legs out, and links a Parquet file it writes beside
+    FILE with every connection, legs included (report.html: report.connections.parquet)."""
     from natproof.diagnose import diagnose as run_diagnose
     from natproof.report.html import write_html
 
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
-    write_html(result, run_diagnose(result), output)
+    sidecar = write_html(result, run_diagnose(result), output)
     if not quiet:
-        click.echo(f"natproof: wrote {output}", err=True)
+        click.echo(f"natproof: wrote {output}" + (f" and {sidecar} (every connection, legs included: too many to "
+                                                    "embed)" if sidecar else ""), err=True)
 
 
 @cli.command()
