@@ -205,16 +205,21 @@ def flow_log_options(f: Callable) -> Callable:
     return f
 
 
-def refuse_overwriting_inputs(output: str | None, *inputs: str | None) -> None:
-    """-o naming one of the captures (or the conntrack record) would replace the evidence with the report: an error,
-    before any work."""
+def refuse_overwriting_inputs(output: str | None, *inputs: str | None, what: str = "the capture") -> None:
+    """-o naming one of the inputs (a capture, or any file an option reads: the conntrack record, --interfaces,
+    --pods, --services, --flow-log) would replace the evidence with the output: an error, before any work. ``what``
+    names the positional inputs in the message."""
     if not output or not os.path.exists(output):
         return
-    record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
-    for path in (*inputs, record):
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    opts, points = obj.get("services", {}), obj.get("points", {})
+    side = [(opts.get(k), name) for k, name in (("conntrack", "the conntrack record"), ("pods", "the --pods dump"),
+                                                ("services", "the --services dump"))]
+    side.append((points.get("interfaces"), "the --interfaces file"))
+    flat = [(p, name) for value, name in side for p in (value if isinstance(value, (list, tuple)) else [value])]
+    for path, name in [*((p, what) for p in inputs), *flat]:
         if path is not None and path != "-" and os.path.exists(path) and os.path.samefile(output, path):
-            what = "the conntrack record" if path is record else "the capture"
-            raise NatproofError(f"{output}: is {what} {path}; write the output elsewhere")
+            raise NatproofError(f"{output}: is {name} {path}; write the output elsewhere")
 
 
 MAX_SECONDS = 10 * 365 * 86_400
@@ -872,9 +877,18 @@ def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str |
     from natproof.report.export import write_bytes
 
     for target in (output, html_file):
-        refuse_overwriting_inputs(target, grading_file, assignments)
+        refuse_overwriting_inputs(target, grading_file, assignments, what="an input")
+        # Nothing inside the class folder: a student's capture must never become the grades.
+        if target and os.path.isdir(class_dir) and Path(os.path.abspath(class_dir)) in Path(
+                os.path.abspath(target)).parents:
+            raise NatproofError(f"{target}: inside the class folder {class_dir}; write the grades elsewhere")
+        if target and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            raise NatproofError(f"{target}: no folder {os.path.dirname(target) or '.'} to write it in")
     if output and html_file and os.path.abspath(output) == os.path.abspath(html_file):
         raise click.UsageError("-o and --html name the same file")
+    if output and fmt is None and Path(output).suffix.lower() not in (".csv", ".json"):
+        raise click.UsageError(f"-o {output}: say --format table, csv or json (the suffix {Path(output).suffix!r} "
+                               "names none of them)")
     grading = load_grading(grading_file, assignments)  # a bad file is reported before any capture is read
     _, ignored = find_submissions(class_dir)
     if not quiet:
@@ -1157,6 +1171,8 @@ def export_pcap(inside: str, outside: str | None, pod_cidr: str | None, clock_of
     from natproof.proof import select_connections, write_proof
 
     _refuse_stdin("export-pcap", inside, outside)
+    if output == "-":
+        raise click.UsageError("-o -: export-pcap writes a pcapng file; name one (standard output is not written)")
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     selection = select_connections(result, conns=conns, finding=findings, verdicts=verdicts, everything=everything)

@@ -395,6 +395,10 @@ def run_fleet(manifest: Manifest | str | os.PathLike[str], out_dir: str | os.Pat
         raise InputError(f"{out}: is a file, not a folder to write the fleet's results in")
     nodes_dir = out / NODES_DIR
     nodes_dir.mkdir(parents=True, exist_ok=True)
+    # The nodes/ folder is the fleet's own: Parquet files an earlier run left (other nodes, a node that fails now)
+    # would sit beside this run's as if they were its results.
+    for stale in nodes_dir.glob("*.parquet"):
+        stale.unlink()
     started = time.perf_counter()
     client, cluster = _client(scheduler, workers)
     try:
@@ -553,6 +557,8 @@ def _summary(manifest: Manifest, entries: Mapping[str, dict[str, Any]], address:
         e.setdefault("connections", 0)
         e.setdefault("by_verdict", {})
         e.setdefault("findings", [])
+        for key in ("parquet", "captures", "clock_offset_s", "warnings", "named", "error"):
+            e.setdefault(key, None)  # every node entry has every key: a failed node's are null
         e["files"] = spec.files()
         verdicts.update(e["by_verdict"])
         severities.update(f["severity"] for f in e["findings"])

@@ -545,7 +545,7 @@ def _grade(sub: Submission, grading: Grading, root: Path, tolerance_s: float, de
             sub, root, cidr, tolerance_s, decoder, services, notes)
         if swapped:
             if grading.swapped == "zero":
-                raise _NotGraded(swapped)
+                raise _NotGraded(swapped.replace("graded the right way round", 'not graded (swapped = "zero")'))
             notes.append(swapped + (f": {points_text(grading.swap_penalty)} point(s) off" if grading.swap_penalty
                                     else ""))
         _two_sides(result)

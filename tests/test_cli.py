@@ -507,3 +507,22 @@ def test_one_capture_with_conntrack(capsys: pytest.CaptureFixture[str]) -> None:
                    "give the other side's too (natproof correlate INSIDE OUTSIDE), or the node's conntrack record for "
                    "the other side (--conntrack FILE), or one capture of several interfaces (tcpdump -i any, dumpcap "
                    "-i A -i B)\n")
+
+
+def test_output_never_replaces_a_file_an_option_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the new-user trial: -o naming the --pods dump or the --interfaces file replaced it."""
+    import shutil
+
+    src = Path(__file__).resolve().parent.parent / "captures" / "internal"
+    for name in ("any.pcap", "links.txt", "pods.json"):
+        shutil.copy(src / name, tmp_path / name)
+    before = (tmp_path / "pods.json").read_bytes()
+    assert main(["report", str(tmp_path / "any.pcap"), "--interfaces", str(tmp_path / "links.txt"), "--pods",
+                 str(tmp_path / "pods.json"), "-o", str(tmp_path / "pods.json"), "--quiet"]) == 2
+    assert "is the --pods dump" in capsys.readouterr().err and (tmp_path / "pods.json").read_bytes() == before
+    assert main(["export-pcap", str(tmp_path / "any.pcap"), "--interfaces", str(tmp_path / "links.txt"), "--all",
+                 "-o", str(tmp_path / "links.txt"), "--quiet"]) == 2
+    assert "is the --interfaces file" in capsys.readouterr().err
+    assert main(["export-pcap", str(tmp_path / "any.pcap"), "--interfaces", str(tmp_path / "links.txt"), "--all",
+                 "-o", "-", "--quiet"]) == 2
+    assert "writes a pcapng file" in capsys.readouterr().err

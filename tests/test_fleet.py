@@ -173,6 +173,8 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     outside = CAPTURES / "udp" / "outside.pcap"
     text = manifest.read_text() + f'[[node]]\nname = "broken"\ninside = "{broken}"\noutside = "{outside}"\n'
     manifest.write_text(text)
+    (tmp_path / "out" / "nodes").mkdir(parents=True)
+    (tmp_path / "out" / "nodes" / "broken.parquet").write_bytes(b"an earlier run's")
     code = main(["fleet", str(manifest), "-o", str(tmp_path / "out"), "--scheduler", cluster, "--format", "json"])
     captured = capsys.readouterr()
     assert code == 1
@@ -182,6 +184,9 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     assert by_name["broken"]["status"] == "failed"
     assert by_name["broken"]["error"] == f"{broken}: not a pcap or pcapng capture (starts with 74 68 69 73)"
     assert by_name["elsewhere"]["status"] == "failed" and "no such worker" in by_name["elsewhere"]["error"]
+    # Every entry has every key (a failed node's null), and no Parquet file of an earlier run stays for it.
+    assert set(by_name["broken"]) == set(by_name["udp"]) and by_name["broken"]["parquet"] is None
+    assert sorted(p.name for p in (tmp_path / "out" / "nodes").iterdir()) == ["udp.parquet"]
     assert doc["totals"]["failed_nodes"] == ["elsewhere", "broken"]
     assert f"natproof: broken: failed: {broken}: not a pcap" in captured.err
     assert "Traceback" not in captured.err

@@ -283,8 +283,8 @@ def test_a_swapped_submission_can_be_worth_nothing(graded: tuple, tmp_path: Path
     strict.write_text('swapped = "zero"\n' + grading_file.read_text())
     grades = {g.student: g for g in grade_class(cls, load_grading(strict, assignments))}
     assert grades["s16"].points == 0 and grades["s16"].reason == (
-        "s16/inside.pcap and s16/outside.pcap are swapped: s16/outside.pcap holds the inside (pod side), graded the "
-        "right way round")
+        "s16/inside.pcap and s16/outside.pcap are swapped: s16/outside.pcap holds the inside (pod side), not graded "
+        '(swapped = "zero")')
     assert grades["s01"].points == 10
 
 
@@ -432,3 +432,27 @@ def test_a_bug_on_one_submission_does_not_stop_the_class(tmp_path: Path, monkeyp
     assert ann.points == 1 and bug.points == 0
     assert bug.reason == ("natproof failed on it (internal error: ZeroDivisionError: division by zero; run natproof "
                           "correlate on these files with --traceback and report it)")
+
+
+def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the new-user trial: -o naming a student's capture replaced it with the grades; an unknown suffix
+    was written as JSON; --html into a missing folder failed after the CSV was written."""
+    from natproof.cli import main
+
+    cls = tmp_path / "class"
+    (cls / "ann").mkdir(parents=True)
+    src = Path(__file__).resolve().parent.parent / "captures" / "basic"
+    for name in ("inside.pcap", "outside.pcap"):
+        (cls / "ann" / name).write_bytes((src / name).read_bytes())
+    grading = tmp_path / "grading.toml"
+    grading.write_text('[[expect]]\nverdict = "translated"\npoints = 1\n')
+    before = (cls / "ann" / "inside.pcap").read_bytes()
+    args = ["grade", str(cls), "--expectations", str(grading), "-q"]
+    assert main([*args, "-o", str(cls / "ann" / "inside.pcap")]) == 2
+    assert "inside the class folder" in capsys.readouterr().err
+    assert (cls / "ann" / "inside.pcap").read_bytes() == before
+    assert main([*args, "-o", str(tmp_path / "grades.xlsx")]) == 2
+    assert "--format" in capsys.readouterr().err and not (tmp_path / "grades.xlsx").exists()
+    assert main([*args, "-o", str(tmp_path / "g.csv"), "--html", str(tmp_path / "nodir" / "g.html")]) == 2
+    assert "no folder" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()

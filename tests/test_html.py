@@ -440,6 +440,10 @@ def test_above_the_limit_legs_go_to_a_parquet_file_beside_the_page(collision: Re
     test_self_contained(text)
     # Written by render_html alone, the page names no file it did not write.
     assert "natproof report writes them to a Parquet file" in render_html(collision, FINDINGS)
+    # The same name again below the limit: the earlier sidecar goes, not to sit beside a page that is not its own.
+    monkeypatch.setattr(html_module, "EMBED_LEGS_MAX", 100)
+    assert write_html(collision, FINDINGS, out) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["incident.html"]
 
 
 @needs_chromium

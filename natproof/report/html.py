@@ -1188,11 +1188,15 @@ def render_html(result: Result, findings: Sequence[Finding], sidecar: str | None
 def write_html(result: Result, findings: Sequence[Finding], path: str | os.PathLike[str]) -> Path | None:
     """Write the report to ``path`` atomically (a failure leaves no half-written file). Above EMBED_LEGS_MAX
     connections, first write every connection to ``sidecar_path(path)`` (Parquet, atomically) and link it from
-    the page; returns that path, or None when the page holds everything."""
+    the page; returns that path, or None when the page holds everything (and removes the sidecar an earlier report
+    of the same name left)."""
     target = Path(path)
     sidecar = None
     if result.connections.height > EMBED_LEGS_MAX and (target.is_file() or not target.exists()):
         sidecar = sidecar_path(target)
         write_result(result, "parquet", sidecar)
     write_bytes(path, render_html(result, findings, None if sidecar is None else sidecar.name).encode("utf-8"))
+    if sidecar is None and target.is_file():
+        # A sidecar an earlier, bigger report of the same name left would sit beside a page that is not its own.
+        sidecar_path(target).unlink(missing_ok=True)
     return sidecar
