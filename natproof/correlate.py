@@ -611,8 +611,16 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
             # an untranslated connection to a network the NAT excludes (eks-vpc-cni) would read internal.
             egress = kernel_connections(record, services=services).filter(
                 (pl.col("initiator") == "inside") & pl.col("rewrites").list.contains("src"))
-            inferred = infer_pod_networks(egress.select(pl.col("inside_src").alias("src")),
-                                          where=f"that {record.path} rewrote (the only capture is the outside one)")
+            # And a private source the kernel saw talk to a global address unrewritten: a pod the NAT missed
+            # (wrong-subnet's leak), never an internet client.
+            ents = record.entries
+            private = [space for space, _, _ in PRIVATE_SPACE]
+            leaked = ents.filter(in_networks(ents["orig_src"], private) & ~in_networks(ents["orig_dst"], private)
+                                 & (pl.col("orig_src") == pl.col("reply_dst")))
+            sources = pl.concat([egress.select(pl.col("inside_src").cast(pl.String).alias("src")),
+                                 leaked.select(pl.col("orig_src").cast(pl.String).alias("src"))]).unique()
+            inferred = infer_pod_networks(sources, where=f"that {record.path} rewrote or saw leave unrewritten (the "
+                                                         "only capture is the outside one)")
             nets, why = inferred.networks, inferred.why
     conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
     conn_of = dict(zip(conns["leg"].to_list(), conns["inside_conn_id"].to_list(), strict=True))

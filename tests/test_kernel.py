@@ -436,3 +436,16 @@ def test_a_listing_holds_a_reused_tuple_for_its_last_connection(tmp_path: Path) 
     joined = natproof.join_kernel(reused, listing)
     assert joined.connections.select("kernel", "kernel_reason").rows()[:2] == [
         ("absent", "snapshot_after_expiry"), ("confirmed", None)]
+
+
+def test_uplink_only_a_pod_the_nat_missed_is_still_a_pod() -> None:
+    """captures/wrong-subnet from its uplink capture and the record: pod1 (10.244.0.10), outside the MASQUERADE
+    rule's 10.245.0.0/16, left unrewritten; its connection started inside (untranslated), not an inbound one
+    (the pod networks inferred from the record's rewritten sources alone missed it: found by CI's live run)."""
+    from natproof.correlate import correlate_one
+
+    folder = Path(__file__).resolve().parent.parent / "captures" / "wrong-subnet"
+    result = correlate_one(folder / "outside.pcap", folder / "conntrack.log")
+    leak = [c for c in result.to_dict()["connections"] if c["original"]["src"] == "10.244.0.10"]
+    assert leak and all((c["initiator"], c["verdict"]) == ("inside", "untranslated") for c in leak)
+    assert "10.244.0.0/16" in result.pod_networks and "10.245.0.0/16" in result.pod_networks
