@@ -424,7 +424,19 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
-    sidecar = write_html(result, run_diagnose(result), output)
+    findings = run_diagnose(result)
+    explanations: list = []
+    try:  # the header changes read the frames again from the files (not from standard input)
+        from natproof.explain import explain
+        from natproof.report.html import explained_connections
+
+        explanations = explain(result, explained_connections(result, findings),
+                               vxlan_ports=click.get_current_context().find_root().ensure_object(dict)
+                               .get("points", {}).get("vxlan_port") or ())
+    except NatproofError as exc:
+        if not quiet:
+            warn(f"the report has no header changes: {exc}")
+    sidecar = write_html(result, findings, output, explanations)
     if not quiet:
         click.echo(f"natproof: wrote {output}" + (f" and {sidecar} (every connection, legs included: too many to "
                                                     "embed)" if sidecar else ""), err=True)

@@ -38,6 +38,7 @@ from natproof.report.table import (
     format_pod,
     format_service,
     format_service_name,
+    format_tuple,
     kernel_line,
     overlap_text,
 )
@@ -149,6 +150,9 @@ _PROBLEMS_TIP = ("connections to look at first: a verdict other than translated 
 
 # The mapping table is styled by cell class (see _CELL_CLASS): num, addr, verdict.
 _CSS = """
+table.diff{border-collapse:collapse;margin:4px 0 10px}table.diff td,table.diff th{padding:2px 10px;
+border-bottom:1px solid var(--line);text-align:left}table.diff tr.changed td{font-weight:600}
+details.headers{margin:4px 0}details.headers summary{cursor:pointer}
 :root{color-scheme:light;--fg:#1d2127;--muted:#5f6b7a;--line:#d9dee5;--bg:#fff;--soft:#f5f7fa;
 --ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--dim:#6e7781;--link:#0969da}
 *{box-sizing:border-box}
@@ -1153,11 +1157,65 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(stem + SIDECAR_SUFFIX)
 
 
-def render_html(result: Result, findings: Sequence[Finding], sidecar: str | None = None) -> str:
+EXPLAIN_MAX = 20
+"""Connections whose header changes the report shows (natproof.explain): the ones findings cite first."""
+
+
+def explained_connections(result: Result, findings: Sequence[Finding], limit: int = EXPLAIN_MAX) -> list[int]:
+    """The connection numbers the report's "Header changes" section explains: those the findings cite (errors and
+    warnings first), then the first connections that crossed, at most ``limit``."""
+    picked: list[int] = []
+    order = sorted(findings, key=lambda f: _SEVERITIES.index(f.severity) if f.severity in _SEVERITIES else 9)
+    for f in order:
+        picked += [c for c in f.connections if c not in picked]
+    crossed = result.connections.filter(pl.col("fate_crossed") > 0)["conn"].to_list()
+    picked += [c for c in crossed if c not in picked]
+    return [c for c in picked if 0 <= c < result.connections.height][:limit]
+
+
+def _header_changes(explanations: Sequence[Any]) -> str:
+    """The collapsed "Header changes" section: per connection, each field of its first egress and reply pair,
+    changed or kept (natproof.explain), and its entry in conntrack notation."""
+    if not explanations:
+        return ""
+    from natproof.explain import FIELD_LABELS
+
+    parts = ['<section id="headers"><h2>Header changes</h2><p class="note">What the NAT changed in each header '
+             "field, per connection: its first packet to cross each way, before and after (as <code>natproof "
+             "explain --conn N</code> shows it).</p>"]
+    for ex in explanations:
+        r = ex.row
+        changed = sorted({FIELD_LABELS.get(f, f) for p in ex.pairs for f in p.to_dict()["changed"]})
+        head = (f"#{r['conn']} {_e(r['proto'])} {_e(format_tuple(r, 'orig') or '-')} · {_e(r['verdict'])}"
+                + (f" · changed: {_e(', '.join(changed))}" if changed else ""))
+        body = [f'<p class="mono">{_e(ex.conntrack)}</p>']
+        for p in ex.pairs:
+            d = p.to_dict()
+            body.append(f"<p>{_e(p.kind)}: {_e(d['before']['observation_point'])} frame {d['before']['frame']} → "
+                        f"{_e(d['after']['observation_point'])} frame {d['after']['frame']}, "
+                        f"{d['nat_latency_us']} µs</p><table class=\"diff\"><tr><th>field</th><th>before</th>"
+                        "<th>after</th><th></th></tr>")
+            for row in d["fields"]:
+                state = "" if row["changed"] is None else "changed" if row["changed"] else "kept"
+                shift = f" (shift {row['shift']:+d})" if row.get("shift") else ""
+                body.append(f"<tr class=\"{state}\"><td>{_e(FIELD_LABELS.get(row['field'], row['field']))}</td>"
+                            f"<td class=\"mono\">{_e(row['before'])}</td><td class=\"mono\">{_e(row['after'])}"
+                            f"</td><td>{state}{_e(shift)}</td></tr>")
+            body.append("</table>")
+        body += [f'<p class="note">{_e(n)}</p>' for n in ex.notes]
+        parts.append(f'<details class="headers" id="h{r["conn"]}"><summary>{head}</summary>{"".join(body)}'
+                     "</details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_html(result: Result, findings: Sequence[Finding], sidecar: str | None = None,
+                explanations: Sequence[Any] = ()) -> str:
     """The report as one HTML document with everything inline; fetches nothing from the network.
 
     ``sidecar``: the name of the Parquet file beside the page that holds every connection (write_html writes it
-    above EMBED_LEGS_MAX connections), linked from the table."""
+    above EMBED_LEGS_MAX connections), linked from the table. ``explanations`` (natproof.explain.Explanation,
+    e.g. of explained_connections) fill a collapsed "Header changes" section."""
     ins, outs = result.inside, result.outside
     first = ins.first_ts_ns or outs.first_ts_ns
     last = ins.last_ts_ns or outs.last_ts_ns
@@ -1177,15 +1235,18 @@ def render_html(result: Result, findings: Sequence[Finding], sidecar: str | None
         f"<div><strong>{result.connections.height} connections</strong>: {_e(verdict_line)}"
         + (f"; diagnosis: {len(findings)} finding(s), worst {_e(worst)}" if worst else "") + "</div>",
         '<nav><a href="#summary">Summary</a><a href="#diagnosis">Diagnosis</a><a href="#services">Services</a>'
-        '<a href="#mappings-section">Mappings</a><a href="#charts">Charts</a></nav></header><main>',
-        _summary(result), _findings(findings), _services(result), _table(result, data, sidecar), _charts(result),
+        '<a href="#mappings-section">Mappings</a>' + ('<a href="#headers">Header changes</a>' if explanations else "")
+        + '<a href="#charts">Charts</a></nav></header><main>',
+        _summary(result), _findings(findings), _services(result), _table(result, data, sidecar),
+        _header_changes(explanations), _charts(result),
         f"</main><footer>natproof {_e(natproof.__version__)} · {SCHEMA} · frame numbers count from 1, as "
         "Wireshark does</footer>",
         f"<script>{_JS}</script></body></html>\n",
     ])
 
 
-def write_html(result: Result, findings: Sequence[Finding], path: str | os.PathLike[str]) -> Path | None:
+def write_html(result: Result, findings: Sequence[Finding], path: str | os.PathLike[str],
+               explanations: Sequence[Any] = ()) -> Path | None:
     """Write the report to ``path`` atomically (a failure leaves no half-written file). Above EMBED_LEGS_MAX
     connections, first write every connection to ``sidecar_path(path)`` (Parquet, atomically) and link it from
     the page; returns that path, or None when the page holds everything (and removes the sidecar an earlier report
@@ -1195,7 +1256,8 @@ def write_html(result: Result, findings: Sequence[Finding], path: str | os.PathL
     if result.connections.height > EMBED_LEGS_MAX and (target.is_file() or not target.exists()):
         sidecar = sidecar_path(target)
         write_result(result, "parquet", sidecar)
-    write_bytes(path, render_html(result, findings, None if sidecar is None else sidecar.name).encode("utf-8"))
+    write_bytes(path, render_html(result, findings, None if sidecar is None else sidecar.name,
+                                  explanations).encode("utf-8"))
     if sidecar is None and target.is_file():
         # A sidecar an earlier, bigger report of the same name left would sit beside a page that is not its own.
         sidecar_path(target).unlink(missing_ok=True)
