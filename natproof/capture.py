@@ -87,6 +87,9 @@ class CaptureInfo:
     """Records by the interface they were captured on, ``(iface, ifindex)``: ``iface`` as Record.iface, ``ifindex``
     the Linux interface index a LINUX_SLL2 frame carries (``tcpdump -i any``), -1 for every other link type.
     Filled by the decoders (natproof.packets, natproof.fastdecode), not by read_capture."""
+    vxlan_like: Counter[int] = field(default_factory=Counter)
+    """UDP packets that look like VXLAN on a port not read as VXLAN, by destination port (natproof.decode.vxlan_like):
+    the decoders fill it and suggest --vxlan-port in ``warnings``."""
     interface_skipped: Counter[tuple[int, int, str]] = field(default_factory=Counter)
     """``skipped`` by interface: ``(iface, ifindex, reason)``. Frames lost to a malformed pcapng block belong to no
     interface and are only in ``skipped``."""

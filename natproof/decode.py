@@ -316,6 +316,29 @@ def decapsulate(version: int, ipb: bytes, overlay: Overlay = DEFAULT_OVERLAY) ->
     return inner_v, inner, underlay_label(encap, _addr(version, src), _addr(version, dst), vni)
 
 
+VXLAN_LIKE_MIN = 8
+"""UDP packets to one port that must look like VXLAN (see vxlan_like) before natproof suggests --vxlan-port."""
+
+
+def vxlan_like(version: int, ipb: bytes) -> int | None:
+    """The UDP destination port of a packet that is not peeled but looks like VXLAN (RFC 7348): flags exactly the I
+    flag, reserved bytes zero, then an Ethernet frame carrying IPv4 or IPv6 (an overlay or mirror session on a port
+    not given with --vxlan-port); None otherwise. IPv4 without options and IPv6 without extension headers only."""
+    if version == 4:
+        if len(ipb) < 20 or ipb[0] != 0x45 or ipb[9] != 17:
+            return None
+        udp = ipb[20:]
+    else:
+        if len(ipb) < 40 or ipb[6] != 17:
+            return None
+        udp = ipb[40:]
+    if len(udp) < 30 or udp[8] != 0x08 or udp[9:12] != b"\0\0\0" or udp[15] != 0:
+        return None
+    if struct.unpack_from("!H", udp, 28)[0] not in (ETH_IPV4, ETH_IPV6):
+        return None
+    return int(struct.unpack_from("!H", udp, 2)[0])
+
+
 def _inner_by_type(ptype: int, body: bytes) -> tuple[int, bytes]:
     """(version, IP bytes) after a GRE/Geneve protocol type: IP directly, or an Ethernet frame."""
     if ptype == ETH_TEB:

@@ -39,8 +39,11 @@ from natproof.decode import (
     Overlay,
     Skip,
     decode,
+    link_payload,
     sll2_ifindex,
+    vxlan_like,
 )
+from natproof.decode import FIELDS as _FIELDS
 from natproof.errors import CaptureError
 from natproof.memory import trim
 
@@ -50,6 +53,7 @@ SNAP = 84
 """Frame bytes gathered per record: the longest fast link header (Ethernet with two VLAN tags, 22 bytes)
 plus an IPv6 header and a TCP header without options, with room to spare."""
 L3_SNAP = 62
+_PROTO, _UNDERLAY = _FIELDS.index("proto"), _FIELDS.index("underlay")
 _PEEK = 24
 """Bytes read after an outer IP header to recognise an encapsulation: UDP (8) and a VXLAN or Geneve header (8), or
 a GRE header with checksum, key and sequence (16)."""
@@ -648,6 +652,7 @@ class _ChunkDecoder:
         is4, frag, proto, l4, doff, typ = ip.is4, ip.frag & ~refer, ip.proto, ip.l4, ip.doff, ip.typ
         tcp, echo, req, seg, ip_len, hl = ip.tcp, ip.echo, ip.req, ip.seg, ip.ip_len, ip.hl
         fast = (tcp | ip.udp | echo) & ~refer
+        self._count_vxlan_like(ch, rows, starts, ip, fast if underlay is None else fast & underlay.is_null().to_numpy())
 
         fast_rows = rows[fast]
         skip_frag = np.zeros(n, dtype=bool)
@@ -751,6 +756,23 @@ class _ChunkDecoder:
                 s = pl.repeat(None, k, dtype=dtype, eager=True).alias(name)
             series.append(s)
         return pl.DataFrame(series)
+
+    def _count_vxlan_like(self, ch: _Chunk, rows: np.ndarray, starts: np.ndarray, ip: _IPLayer,
+                          plain: np.ndarray) -> None:
+        """Count, by destination port, the plain UDP packets that look like VXLAN (decode.vxlan_like's rule) into
+        info.vxlan_like."""
+        l4 = ip.l4
+        c = plain & ip.udp & (ip.seg >= 30) & (l4[:, 8] == 0x08) & (l4[:, 9] == 0) & (l4[:, 10] == 0) \
+            & (l4[:, 11] == 0) & (l4[:, 15] == 0) & ((ip.is4 & (ip.hl == 20)) | ~ip.is4)
+        idx = np.nonzero(c)[0]
+        if not len(idx):
+            return
+        cap = ch.caplen[rows[idx]]
+        at = starts[idx] + ip.hl[idx] + 28
+        et = _u(_gather(self.buf, ch.data_off[rows[idx]] + at, 2), 0, 2)
+        hit = ((et == 0x0800) | (et == 0x86DD)) & (at + 2 <= cap)
+        for port, n in zip(*np.unique(_u(l4[idx[hit]], 2, 2), return_counts=True), strict=True):
+            self.info.vxlan_like[int(port)] += int(n)
 
     def _peel(self, ch: _Chunk, rows: np.ndarray, starts: np.ndarray, hdr: np.ndarray, ip: _IPLayer,
               underlay: pl.Series | None, refer: np.ndarray,
@@ -861,7 +883,12 @@ class _ChunkDecoder:
         for frame_no, ts, wire, cap, lt, off, iface in zip(*cols, strict=True):
             data = buf[off:off + cap]
             try:
-                out.append(decode(frame_no, ts, wire, cap, lt, data, iface, self.overlay))
+                row = decode(frame_no, ts, wire, cap, lt, data, iface, self.overlay)
+                out.append(row)
+                if row[_PROTO] == 17 and row[_UNDERLAY] is None:
+                    port = vxlan_like(*link_payload(lt, data)[:2])
+                    if port is not None:
+                        self.info.vxlan_like[port] += 1
                 kept.append(frame_no)
             except Skip as skip:
                 skipped[skip.reason] += 1

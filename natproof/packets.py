@@ -8,7 +8,17 @@ from collections.abc import Callable, Iterable, Sequence
 import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, CaptureInfo, Record, read_capture
-from natproof.decode import DEFAULT_OVERLAY, FIELDS, Overlay, Skip, decode, sll2_ifindex
+from natproof.decode import (
+    DEFAULT_OVERLAY,
+    FIELDS,
+    VXLAN_LIKE_MIN,
+    Overlay,
+    Skip,
+    decode,
+    link_payload,
+    sll2_ifindex,
+    vxlan_like,
+)
 from natproof.errors import CaptureError
 
 PACKET_SCHEMA: dict[str, pl.DataType] = {
@@ -54,6 +64,8 @@ index of a LINUX_SLL2 frame (``tcpdump -i any``), -1 for other link types. Captu
 ``underlay``: an overlay packet's outer packet, "ENCAP SRC DST VNI" (natproof.decode.decapsulate and
 underlay_label; null for a packet captured as it is): every other column is the inner packet's."""
 
+_PROTO, _UNDERLAY = FIELDS.index("proto"), FIELDS.index("underlay")
+
 Progress = Callable[[int], None]
 """Called with the number of file bytes (record headers and data) decoded since the last call."""
 
@@ -75,8 +87,13 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
         where = (rec.iface, sll2_ifindex(rec.linktype, rec.data))
         on_if[where] += 1
         try:
-            append(decode(rec.frame_no, rec.ts_ns, rec.wire_len, rec.caplen, rec.linktype, rec.data, rec.iface,
-                          overlay))
+            row = decode(rec.frame_no, rec.ts_ns, rec.wire_len, rec.caplen, rec.linktype, rec.data, rec.iface,
+                         overlay)
+            append(row)
+            if row[_PROTO] == 17 and row[_UNDERLAY] is None:
+                port = vxlan_like(*link_payload(rec.linktype, rec.data)[:2])
+                if port is not None:
+                    info.vxlan_like[port] += 1
         except Skip as skip:
             skipped[skip.reason] += 1
             skipped_on_if[(*where, skip.reason)] += 1
@@ -120,6 +137,11 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
     else:
         info, packets = _load_reference(path, progress, overlay)
     require_supported_link(info, packets)
+    for port, n in sorted(info.vxlan_like.items()):
+        if n >= VXLAN_LIKE_MIN:
+            info.warnings.append(f"{n} UDP packets to port {port} look like VXLAN (the I flag, an Ethernet frame with "
+                                 f"IP inside) but were read as plain UDP: --vxlan-port {port} reads them as overlay "
+                                 "packets")
     if not shaped and columns is not None and packets.columns != list(columns):
         packets = packets.select(columns)
     if not shaped and transform is not None:

@@ -235,3 +235,18 @@ def test_calico_ipip_in_its_default_pool_is_internal(tmp_path: Path) -> None:
     from natproof.diagnose import diagnose
 
     assert all(f.severity != "error" for f in diagnose(result))
+
+
+def test_vxlan_on_a_port_not_given_is_suggested(tmp_path: Path) -> None:
+    """Found by the new-user trial: VXLAN on UDP 9999 was read as plain UDP with no hint; now both decoders count
+    the packets that look like VXLAN by port and warn with the option that reads them."""
+    path = tmp_path / "vx9999.pcap"
+    frames = [_eth() / _outer() / UDP(sport=1, dport=9999) / VXLAN(flags=8, vni=1) / _eth() / _inner()
+              for _ in range(10)]
+    frames += [_eth() / _outer() / UDP(sport=1, dport=5000) / (b"\x08\x00\x00\x00" + b"x" * 40) for _ in range(10)]
+    wrpcap(str(path), frames)
+    infos = [load_packets(path, fast=fast)[0] for fast in (True, False)]
+    assert infos[0].vxlan_like == infos[1].vxlan_like == {9999: 10}
+    assert all(any("--vxlan-port 9999" in w for w in i.warnings) for i in infos)
+    peeled = load_packets(path, overlay=Overlay().with_vxlan_ports((9999,)))[0]
+    assert not peeled.vxlan_like and not any("--vxlan-port" in w for w in peeled.warnings)
