@@ -388,7 +388,8 @@ def render_chain(chain: natproof.Chain, limit: int) -> Table:
                     ends = ", ".join(format_address(g["src"], g["sport"]) for g in h["candidates"]) or "none"
                     lines.append(f"{h['observation_point']}: one of {ends}{what}")
                     continue
-            lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])} -> "
+            pod = f" ({t['pod']})" if h is c["hops"][0] and t.get("pod") else ""
+            lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])}{pod} -> "
                          f"{format_address(t['dst'], t['dport'])}{what}")
         lost = c["lost_at"]
         table.add_row(str(c["conn"]), c["proto"], "\n".join(lines), c["verdict"],

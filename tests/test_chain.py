@@ -219,6 +219,10 @@ def test_internal_connections_stop_without_being_lost_and_split_files_are_refuse
     wrpcap(str(third), routed)
     chain = natproof.correlate_chain([internal / "inside.pcap", internal / "outside.pcap", third])
     assert sum(c["lost_at"] is None and len(c["hops"]) == 3 for c in chain.connections) == 3
+    # With --pods the table names the pod at the first point.
+    assert main(["correlate", str(internal / "inside.pcap"), str(internal / "outside.pcap"), str(third), "--pods",
+                 str(internal / "pods.json"), "--format", "table", "--quiet"]) == 0
+    assert "0: 10.244.0.10:" in (out := capsys.readouterr().out) and "(default/pod1)" in out
     pod_to_pod = [c for c in chain.connections if c["verdict"] == "internal"]
     assert pod_to_pod and all(c["lost_at"] is None and len(c["hops"]) == 1 for c in pod_to_pod)
     assert main(["correlate", str(internal / "inside.pcap"), str(internal / "any.pcap"),
