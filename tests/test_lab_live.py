@@ -65,7 +65,7 @@ def test_scenario_runs_checks_and_tears_down(name: str, tmp_path: Path, capsys: 
     code = main(["lab", "check", "--conntrack", str(out)])
     report = capsys.readouterr().out
     assert code == 0, report
-    assert report.rstrip().endswith("1 of 1 scenarios match their truth and the kernel's record")
+    assert report.rstrip().endswith(f"{checked} of {checked} scenarios match their truth and the kernel's record")
     if single:  # double-nat: its own live test checks both hops and the flow logs
         # The kernel's record in each format beside the captures: every connection it kept is confirmed, and one
         # translated port edited in the conntrack -L listing contradicts.
