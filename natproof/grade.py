@@ -270,7 +270,8 @@ def load_grading(path: str | os.PathLike[str], assignments: str | os.PathLike[st
             raise InputError(f"{spot}: unknown key(s) {', '.join(bad)} (known: {', '.join(EXPECT_KEYS)})")
         points = b.get("points")
         if isinstance(points, bool) or not isinstance(points, int | float) or not math.isfinite(points) or points < 0:
-            raise InputError(f"{spot}: points must be a number, 0 or more (points = 2)")
+            given = "no points given" if points is None else f"points = {points!r} is not a number, 0 or more"
+            raise InputError(f"{spot}: {given} (e.g. points = 2)")
         partial = b.get("partial", "none")
         if partial not in PARTIAL:
             raise InputError(f"{spot}: partial must be one of {', '.join(PARTIAL)}")
@@ -641,7 +642,8 @@ def _run(correlate: Callable[..., Result], *args: Any, **kw: Any) -> Result:
     try:
         return correlate(*args, **kw)
     except NatproofError as exc:
-        raise _NotGraded(str(exc)) from None
+        # correlate's hint for captures that do not overlap names an option grade does not take.
+        raise _NotGraded(str(exc).replace("; pass --clock-offset if the clocks differ", "")) from None
 
 
 def _two_sides(result: Result) -> None:
