@@ -158,6 +158,9 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
     matched = (result.inside_packets.filter(pl.col("out_frame").is_not_null())
                .group_by("out_frame").agg(pl.col("frame_no").sort(), pl.col("dt_ns").sort_by("frame_no").first()))
     back = {f: (frames, dt) for f, frames, dt in matched.iter_rows()}
+    hair = inside.filter(pl.col("copy_frame").is_not_null()) if "copy_frame" in inside.columns else inside.clear()
+    stamps = dict(result.inside_packets.filter(pl.col("frame_no").is_in(hair["copy_frame"].implode()))
+                  .select("frame_no", "ts_ns").iter_rows()) if hair.height else {}
     out: list[tuple[str, int, int, str]] = []
     for p in inside.iter_rows(named=True):
         row = rows[p["owner"]]
@@ -167,6 +170,9 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
             text += " (hairpin: the copy under the translated tuple)"
         if p["out_frame"] is not None:
             text += f" = outside frame {p['out_frame']}, {_us(p['dt_ns'] - offset_ns)}"
+        elif p.get("copy_frame") is not None:  # hairpin: its other copy is in the same capture
+            dt = stamps.get(p["copy_frame"])
+            text += f" = inside frame {p['copy_frame']}" + ("" if dt is None else f", {_us(dt - p['ts_ns'])}")
         out.append(("inside", p["frame_no"], p["ts_ns"], text))
     for p in outside.iter_rows(named=True):
         row = rows[p["owner"]]

@@ -249,8 +249,9 @@ def test_hairpin_copies_say_which_tuple(tmp_path: Path) -> None:
     result = natproof.correlate(*pair("hairpin"))
     comments = proof_packets(result, [0])["comment"].to_list()
     assert len(comments) == selected_packets(result, [0]) == 20
-    assert comments[0].endswith("; inside frame 11, egress, crossed")
-    assert comments[1].endswith("; inside frame 12, egress, crossed (hairpin: the copy under the translated tuple)")
+    assert comments[0].endswith("; inside frame 11, egress, crossed = inside frame 12, +52.027 us")
+    assert comments[1].endswith("; inside frame 12, egress, crossed (hairpin: the copy under the translated tuple) "
+                                "= inside frame 11, -52.027 us")
 
 
 def test_selection_by_finding_verdict_and_number() -> None:
@@ -339,3 +340,21 @@ def test_raw_ip_captures_keep_their_link_type(tmp_path: Path) -> None:
     write_proof(result, target, select_connections(result, conns=[0]))
     info, records = read_capture(target)
     assert info.format == "pcapng" and info.link_types == [101, 101] and len(list(records)) == 16
+
+
+@tshark
+def test_every_hairpinned_copy_names_its_other_copy(tmp_path: Path) -> None:
+    """captures/hairpin: both copies of a hairpinned packet are in the pod-side capture; each comment names the other
+    copy and how far apart they were (the second trial found them without a counterpart)."""
+    from natproof.cli import main
+
+    folder = Path(__file__).resolve().parent.parent / "captures" / "hairpin"
+    out = tmp_path / "h.pcapng"
+    assert main(["export-pcap", str(folder / "inside.pcap"), str(folder / "outside.pcap"), "--conn", "0", "-o",
+                 str(out), "--quiet"]) == 0
+    comments = [row[0] for row in tshark_fields(out, "frame.comment")]
+    crossed = [c for c in comments if "inside frame" in c and ", crossed" in c]
+    assert crossed and all(re.search(r"= inside frame \d+, [+-]\d+\.\d+ us$", c) for c in crossed)
+    pairs = {int(re.search(r"; inside frame (\d+)", c)[1]): int(re.search(r"= inside frame (\d+)", c)[1])
+             for c in crossed}
+    assert all(pairs[b] == a for a, b in pairs.items())  # each the other's
