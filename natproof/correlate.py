@@ -368,16 +368,18 @@ def correlate(
             result.inside, warnings=(*result.inside.warnings, note)))
     in_pk, out_pk = _with_icmp(in_pk, a["icmp"]), _with_icmp(out_pk, b["icmp"])
     in_rows = pairs["in_row"]
-    # Hairpin: the two copies of one packet the inside capture holds (natproof.match.pair_within), each the other's.
-    self_pairs = matches.inside_self
-    copy_rows = pl.concat([self_pairs["a_row"], self_pairs["b_row"]])
-    copy_of = in_pk["frame_no"].gather(pl.concat([self_pairs["b_row"], self_pairs["a_row"]]))
     in_pk = in_pk.with_columns(
         _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),
         _scatter(in_pk.height, in_rows, pairs["dt_ns"]).alias("dt_ns"),
         _scatter(in_pk.height, in_rows, pairs["method"]).alias("method"),
-        _scatter(in_pk.height, copy_rows, copy_of).alias("copy_frame"),
     )
+    # Hairpin: the two copies of one packet the inside capture holds (natproof.match.pair_within), each the other's
+    # (a column only when there are any: a column per packet costs at millions of packets).
+    self_pairs = matches.inside_self
+    if self_pairs.height:
+        copy_of = in_pk["frame_no"].gather(pl.concat([self_pairs["b_row"], self_pairs["a_row"]]))
+        in_pk = in_pk.with_columns(_scatter(in_pk.height, pl.concat([self_pairs["a_row"], self_pairs["b_row"]]),
+                                            copy_of).alias("copy_frame"))
     internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
     unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
     result = Result(

@@ -167,9 +167,10 @@ class Result:
     """Every inside packet that belongs to a leg, in capture order: frame_no, ts_ns, proto, tcp_flags, conn_id (its
     leg), is_egress (sent by its leg's initiator), is_icmp_error, err_src, icmp_type, icmp_code, icmp_mtu, anchor
     (its connection's inside_conn_id), fate (natproof.assemble.FATES), and its match: out_frame, dt_ns (outside
-    minus inside time, raw clocks), method (exact, bytes, ip_id, payload; null when unmatched), copy_frame (a
-    hairpinned packet's other copy in this capture: the one under the original tuple for the DNATed and
-    masqueraded copy, and back; null otherwise). Narrow on purpose: a full decoded frame is load_packets()."""
+    minus inside time, raw clocks), method (exact, bytes, ip_id, payload; null when unmatched), and when the
+    capture holds hairpinned packets copy_frame (a packet's other copy in this capture: the one under the original
+    tuple for the DNATed and masqueraded copy, and back; null otherwise). Narrow on purpose: a full decoded frame
+    is load_packets()."""
     outside_packets: pl.DataFrame = field(repr=False)
     """The same for the outside capture, without the match columns; anchor and fate are null for packets of
     legs no connection owns (the node's own traffic, a capture of more than the NAT)."""
