@@ -17,7 +17,6 @@ import html
 import os
 import re
 import time
-import tomllib
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ import orjson
 import polars as pl
 
 from natproof.errors import InputError, NatproofError
+from natproof.tomlfile import read_toml
 
 SCHEMA = "natproof.fleet/1"
 WHO_SCHEMA = "natproof.fleet-who/1"
@@ -111,20 +111,7 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     and the key, for a file that is no TOML, an unknown or missing key, a value of the wrong type, two nodes of one
     name, and a file that does not exist (except on a node pinned to a ``worker``: its paths are the worker's)."""
     where = os.fspath(path)
-    try:
-        data = Path(where).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{where}: no such manifest") from None
-    except IsADirectoryError:
-        raise InputError(f"{where}: is a directory, not a manifest (a TOML file)") from None
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read it: {exc.strerror}") from None
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{where}: not a manifest: not UTF-8 text (a TOML file of [[node]] tables)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{where}: not TOML: {exc}") from None
+    doc = read_toml(where, "TOML", noun="manifest")
     base = Path(where).resolve().parent
     unknown = sorted(set(doc) - {"node", "gateway"})
     if unknown:

@@ -20,7 +20,6 @@ import io
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from natproof.capture import PCAP_MAGIC, PCAPNG_SHB
 from natproof.errors import InputError, NatproofError
 from natproof.networks import parse_networks
 from natproof.result import Result
+from natproof.tomlfile import read_toml
 from natproof.verify import EXPECTATION_KEYS, Check, Expectations, _frames, expectations_from_dict, verify
 
 SCHEMA = "natproof.grade/1"
@@ -156,24 +156,6 @@ def _fill(value: Any, values: Mapping[str, str]) -> Any:
     return value
 
 
-def _read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    where = os.fspath(path)
-    try:
-        data = Path(where).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{where}: is a directory, not {what}") from None
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read it: {exc.strerror}") from None
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{where}: not {what}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{where}: not {what}: {exc}") from None
-
-
 def read_assignments(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, str]], tuple[str, ...]]:
     """An assignments CSV: a header with a ``student`` column and any others (snat_ip, pod_ip, ...), one row per
     student. Returns {student: {column: value}} and the columns. InputError for a file without a student column,
@@ -239,7 +221,7 @@ def load_grading(path: str | os.PathLike[str], assignments: str | os.PathLike[st
     ```
     """
     where = os.fspath(path)
-    doc = _read_toml(where, "a grading file (TOML)")
+    doc = read_toml(where, "a grading file (TOML)")
     unknown = sorted(set(doc) - set(GRADING_KEYS))
     if unknown:
         hint = (" (expectations go in [[expect]] tables, each with points)"

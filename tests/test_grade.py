@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from test_readme import blocks as readme_blocks
 
 from natproof.cli import main
 from natproof.grade import find_submissions, grade_class, grades_csv, load_grading, side_of
@@ -369,33 +370,17 @@ def test_unnamed_sides_with_nothing_crossed_are_said_so(tmp_path: Path) -> None:
                          "inside, zoe/two.pcap the outside",)
 
 
-def _readme_blocks() -> list[list[str]]:
-    """The README's fenced code blocks, each as its lines."""
-    out: list[list[str]] = []
-    current: list[str] | None = None
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            if current is None:
-                current = []
-            else:
-                out.append(current)
-                current = None
-        elif current is not None:
-            current.append(line)
-    return out
-
-
 def test_the_readme_class_is_graded_from_the_readme_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     import shlex
     import subprocess
 
-    blocks = _readme_blocks()
-    setup = next(b for b in blocks if b and b[0].startswith("mkdir -p class/"))
-    grading = next(b for b in blocks if b and b[0] == "# grading.toml")
-    roster = next(b for b in blocks if b and b[0].startswith("student,"))
-    table = next(b for b in blocks if b and b[0].startswith("$ natproof grade class") and "--format table" in b[0])
-    files = next(b for b in blocks if b and b[0].startswith("$ natproof grade class") and "--html" in b[0])
+    code = readme_blocks()
+    setup = next(b for b in code if b and b[0].startswith("mkdir -p class/"))
+    grading = next(b for b in code if b and b[0] == "# grading.toml")
+    roster = next(b for b in code if b and b[0].startswith("student,"))
+    table = next(b for b in code if b and b[0].startswith("$ natproof grade class") and "--format table" in b[0])
+    files = next(b for b in code if b and b[0].startswith("$ natproof grade class") and "--html" in b[0])
     # As a new user would, from the repository's root: here a folder with the bundled captures in it.
     (tmp_path / "captures").symlink_to(CAPTURES)
     subprocess.run(["bash", "-e", "-c", "\n".join(setup)], cwd=tmp_path, check=True)
