@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import polars as pl
@@ -53,21 +53,25 @@ DHCP_PORTS = (67, 68, 546, 547)
 """DHCP and DHCPv6: link-local exchanges with the local server or relay."""
 
 
-def split_never_forwarded(packets: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+def split_never_forwarded(packets: pl.DataFrame, *, senders: Collection[str] | None = None,
+                          directed: bool = True) -> tuple[pl.DataFrame, dict[str, int]]:
     """Packets (with the flow columns) less the traffic no router forwards: multicast, limited broadcast,
     link-local addresses, DHCP, loopback (127/8, ::1, and a packet to its own source address), and datagrams
     to an IPv4 directed broadcast (an x.x.x.255 destination that never sends anything in the capture: a host
     would, a subnet's broadcast address cannot). Returns (kept, {reason: packets left out}) so that it is
     counted as skipped, never judged as a connection that failed (an SSDP multicast on a LAN is not a FORWARD
-    drop: cases/lan-multicast)."""
+    drop: cases/lan-multicast). ``senders``: the addresses that send anything in the whole capture, when
+    ``packets`` are part of it (natproof.spill); ``directed=False`` leaves directed broadcast for later, when a
+    batch is read before the capture's senders are known."""
     import ipaddress
 
     nets = [(reason, [ipaddress.ip_network(n) for n in cidrs]) for reason, cidrs in NEVER_FORWARDED]
     addrs = pl.concat([packets["f_src"].drop_nulls().unique().cast(pl.String),
                        packets["f_dst"].drop_nulls().unique().cast(pl.String)]).unique().to_list()
     why: dict[str, str] = {}
-    senders = set(packets["f_src"].drop_nulls().unique().cast(pl.String).to_list())
-    directed = [a for a in addrs if a.endswith(".255") and a not in senders]
+    if senders is None:
+        senders = set(packets["f_src"].drop_nulls().unique().cast(pl.String).to_list())
+    to_bcast_addrs = [a for a in addrs if a.endswith(".255") and a not in senders] if directed else []
     for a in addrs:
         ip = ipaddress.ip_address(a)
         for reason, ns in nets:
@@ -83,7 +87,8 @@ def split_never_forwarded(packets: pl.DataFrame) -> tuple[pl.DataFrame, dict[str
     dhcp = (pl.col("f_proto") == 17) & (pl.col("f_sport").is_in(DHCP_PORTS) & pl.col("f_dport").is_in(DHCP_PORTS))
     to_self = (pl.col("f_src") == pl.col("f_dst")).fill_null(False)
     # TCP has no broadcast: a SYN to an x.x.x.255 host that never answers is a failure to report, not noise.
-    to_bcast = (pl.col("f_dst").cast(pl.String).is_in(directed) & (pl.col("f_proto") != 6)) if directed else False
+    to_bcast = ((pl.col("f_dst").cast(pl.String).is_in(to_bcast_addrs) & (pl.col("f_proto") != 6))
+                if to_bcast_addrs else False)
     reason = (pl.when(dhcp).then(pl.lit("dhcp")).when(to_self).then(pl.lit("loopback"))
               .when(to_bcast).then(pl.lit("broadcast")).otherwise(reason))
     tagged = packets.select(reason.alias("_why"))["_why"]
@@ -145,13 +150,18 @@ def select_in_slices(df: pl.DataFrame, exprs: list[pl.Expr], rows: int = GROUP_P
     return pl.concat(parts) if parts else df.clear().select(exprs)
 
 
-def _flow_partition(packets: pl.DataFrame, parts: int) -> pl.Series:
-    """Which of ``parts`` parts each packet's flow falls in; both directions of a flow fall in one."""
+def flow_hash() -> pl.Expr:
+    """A packet's flow as one UInt64: the protocol and both ends, either way round (both directions of a flow,
+    and an ICMP error about it, hash alike). Values, not dictionary codes: batches and processes agree."""
     one = pl.struct("f_src", "f_sport").hash(seed=0x666C)
     other = pl.struct(pl.col("f_dst").alias("f_src"), pl.col("f_dport").alias("f_sport")).hash(seed=0x666C)
-    part = pl.struct("f_proto", pl.min_horizontal(one, other).alias("lo"),
-                     pl.max_horizontal(one, other).alias("hi")).hash(seed=0x7061) % parts
-    return select_in_slices(packets, [part.cast(pl.UInt32).alias("part")]).to_series()
+    return pl.struct("f_proto", pl.min_horizontal(one, other).alias("lo"),
+                     pl.max_horizontal(one, other).alias("hi")).hash(seed=0x7061)
+
+
+def _flow_partition(packets: pl.DataFrame, parts: int) -> pl.Series:
+    """Which of ``parts`` parts each packet's flow falls in; both directions of a flow fall in one."""
+    return select_in_slices(packets, [(flow_hash() % parts).cast(pl.UInt32).alias("part")]).to_series()
 
 
 def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = None) -> tuple[pl.DataFrame,

@@ -909,11 +909,14 @@ class _ChunkDecoder:
 def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None, *,
                 chunk_bytes: int = CHUNK_BYTES, columns: Sequence[str] | None = None,
                 transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
-                overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
+                overlay: Overlay = DEFAULT_OVERLAY,
+                sink: Callable[[pl.DataFrame], None] | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode a capture into (info, packets) equal to read_capture + build_packets on the same file.
 
     ``columns`` keeps only those columns of each chunk, then ``transform`` (row by row) turns each chunk into
-    what the caller keeps, so a full-width frame of the whole capture never exists. ``overlay``: the ports of the
+    what the caller keeps, so a full-width frame of the whole capture never exists. ``sink``, when given, is
+    handed each chunk's frame in capture order instead (the packets returned are then an empty frame): a capture
+    larger than memory streams through (natproof.spill). ``overlay``: the ports of the
     encapsulations to peel (decode.Overlay). Raises CaptureError as
     read_capture does, and Unsupported for the rare file the fast framing does not handle (the caller then
     uses the reference path).
@@ -951,7 +954,11 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                     info.truncated_records += int((ch.caplen < ch.orig_wire).sum())
                     df = dec.decode(ch)
                     if df is not None:  # already only the ``keep`` columns: the decoder makes no others
-                        parts.append(transform(df) if transform is not None else df)
+                        df = transform(df) if transform is not None else df
+                        if sink is None:
+                            parts.append(df)
+                        else:
+                            sink(df)
                     if progress is not None:
                         progress(int(ch.caplen.sum()) + 16 * n)
                 # Pages before the next chunk are done with: drop them from this process (they stay cached).

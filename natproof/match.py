@@ -101,12 +101,15 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
     return packets.with_row_index("row").with_columns(keys)
 
 
-def _offset_from(dts: pl.DataFrame) -> int | None:
-    """NTP-style offset from (dt, is_egress) rows, dt = outside time minus inside time; None if no rows."""
-    if dts.is_empty():
+def offset_from(dts: pl.DataFrame | pl.LazyFrame) -> int | None:
+    """NTP-style offset from (dt, is_egress) rows, dt = outside time minus inside time; None if no rows. A
+    LazyFrame (samples spilled to Parquet) is read one column's medians at a time."""
+    med = dts.lazy().select(pl.col("dt").filter(pl.col("is_egress")).median().alias("e"),
+                            pl.col("dt").filter(~pl.col("is_egress")).median().alias("r"),
+                            pl.len().alias("n")).collect()
+    if not med["n"][0]:
         return None
-    med_e = dts.filter(pl.col("is_egress"))["dt"].median()
-    med_r = dts.filter(~pl.col("is_egress"))["dt"].median()
+    med_e, med_r = med["e"][0], med["r"][0]
     meds = [float(m) for m in (med_e, med_r) if m is not None]  # type: ignore[arg-type]
     offset = int(round(sum(meds) / len(meds)))
     return 0 if abs(offset) < SNAP_OFFSET_NS else offset
@@ -133,12 +136,28 @@ def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | 
     the two directions' median differences cancels the NAT's latency. With one direction only, its
     median is taken as it is. None when no key is unique on both sides.
     """
-    dts = []
-    for a, b in _key_parts(inside, outside, "k_strong", ["k_strong", "ts_ns", "is_egress"]):
-        one = pl.len().over("k_strong") == 1
-        pairs = a.filter(one).join(b.filter(one).drop("is_egress"), on="k_strong", suffix="_out")
-        dts.append(pairs.select((pl.col("ts_ns_out") - pl.col("ts_ns")).alias("dt"), "is_egress"))
-    return _offset_from(pl.concat(dts))
+    return offset_from(offset_samples(inside, outside))
+
+
+def offset_samples(inside: pl.DataFrame, outside: pl.DataFrame, *, by_rank: bool = False) -> pl.DataFrame:
+    """The (dt, is_egress) rows :func:`estimate_clock_offset` (or, ``by_rank``, :func:`_offset_by_rank`) takes its
+    medians of: dt is outside minus inside time of a key unique on both sides (the n-th copy of a key against the
+    n-th). Rows of sides that hold every copy of their keys (a set of whole flows linked by key: natproof.spill)
+    concatenate into the rows of the whole captures."""
+    cols = ["k_strong", "ts_ns", "is_egress"]
+    rank = pl.col("ts_ns").rank("ordinal").over("k_strong").alias("_n")
+    dts = [pl.DataFrame(schema={"dt": pl.Int64, "is_egress": pl.Boolean})]
+    for a, b in _key_parts(inside, outside, "k_strong", cols):
+        if by_rank:
+            a, b = a.with_columns(rank), b.with_columns(rank).drop("is_egress")
+            j = a.join(b, on=["k_strong", "_n"], suffix="_out")
+            dts.append(j.select((pl.col("ts_ns_out").cast(pl.Int64) - pl.col("ts_ns")).alias("dt"), "is_egress")
+                       .filter(pl.col("dt").abs() <= ROUGH_TOLERANCE_NS))
+        else:
+            one = pl.len().over("k_strong") == 1
+            pairs = a.filter(one).join(b.filter(one).drop("is_egress"), on="k_strong", suffix="_out")
+            dts.append(pairs.select((pl.col("ts_ns_out") - pl.col("ts_ns")).cast(pl.Int64).alias("dt"), "is_egress"))
+    return pl.concat(dts)
 
 
 def _offset_by_rank(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
@@ -146,15 +165,7 @@ def _offset_by_rank(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
     the other (within ROUGH_TOLERANCE_NS of each other): for captures where no key is unique (identical
     datagrams, a replayed capture). Copies are seen in the same order on both sides of a NAT, and the median
     of the two directions shrugs off the copies one side missed. One row per packet, never a cross product."""
-    cols = ["k_strong", "ts_ns", "is_egress"]
-    rank = pl.col("ts_ns").rank("ordinal").over("k_strong").alias("_n")
-    dts = []
-    for a, b in _key_parts(inside, outside, "k_strong", cols):
-        a, b = a.with_columns(rank), b.with_columns(rank).drop("is_egress")
-        j = a.join(b, on=["k_strong", "_n"], suffix="_out")
-        dts.append(j.select((pl.col("ts_ns_out").cast(pl.Int64) - pl.col("ts_ns")).alias("dt"), "is_egress")
-                   .filter(pl.col("dt").abs() <= ROUGH_TOLERANCE_NS))
-    return _offset_from(pl.concat(dts)) if dts else None
+    return offset_from(offset_samples(inside, outside, by_rank=True))
 
 
 REWRITE_PENALTY_NS = 1_000_000

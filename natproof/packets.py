@@ -113,7 +113,8 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
 def load_packets(path: str | os.PathLike[str], progress: Progress | None = None, *,
                  fast: bool | None = None, columns: Sequence[str] | None = None,
                  transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
-                 overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
+                 overlay: Overlay = DEFAULT_OVERLAY,
+                 sink: Callable[[pl.DataFrame], None] | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode one capture file; a capture with no frame of a link type natproof reads is an error.
 
     ``fast`` picks the decoder: True the columnar one (natproof.fastdecode), False the dpkt reference
@@ -121,7 +122,10 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
     columnar decoder hands every frame it does not handle to the reference (``info.fallback_frames``), and a
     file whose framing it does not handle to the reference path as a whole. ``columns`` (names of
     PACKET_SCHEMA) keeps only those, in that order, and ``transform``, a row-by-row function of such a frame,
-    is applied to it: the columnar decoder does both batch by batch and never holds the full width.
+    is applied to it: the columnar decoder does both batch by batch and never holds the full width. ``sink``
+    takes the packets batch by batch in capture order instead of their being returned (then an empty frame is):
+    the columnar decoder never holds the whole capture; the reference path, for the rare file the columnar
+    framing does not handle, hands it over in one batch.
     """
     if columns is not None and (unknown := [c for c in columns if c not in PACKET_SCHEMA]):
         raise ValueError(f"unknown packet columns: {', '.join(unknown)}")
@@ -130,7 +134,8 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
         from natproof.fastdecode import Unsupported, decode_file
 
         try:
-            info, packets = decode_file(path, progress, columns=columns, transform=transform, overlay=overlay)
+            info, packets = decode_file(path, progress, columns=columns, transform=transform, overlay=overlay,
+                                        sink=sink)
             shaped = True
         except Unsupported:
             info, packets = _load_reference(path, progress, overlay)
@@ -146,6 +151,9 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
         packets = packets.select(columns)
     if not shaped and transform is not None:
         packets = transform(packets)
+    if not shaped and sink is not None:
+        sink(packets)
+        packets = packets.clear()
     return info, packets
 
 

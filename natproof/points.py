@@ -198,13 +198,16 @@ def kind_of(name: str, link: Link | None = None, bridges: Iterable[str] = ()) ->
     return "unknown" if re.fullmatch(r"(if|idb)\d+|", name) else "other"
 
 
-def interfaces_of(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None
-                  ) -> list[Interface]:
+def interfaces_of(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None, *,
+                  counts: Mapping[Key, int] | None = None) -> list[Interface]:
     """Every interface of one decoded file: those that carried a frame, the pcapng interfaces that carried none,
-    and, for a ``tcpdump -i any`` capture with ``links``, the interfaces ``ip -o link`` lists that were silent."""
+    and, for a ``tcpdump -i any`` capture with ``links``, the interfaces ``ip -o link`` lists that were silent.
+    ``counts``: IP packets per (iface, ifindex) counted as the file was read, instead of ``packets``."""
     links = links or {}
-    per_key: Counter[Key] = Counter()
-    if packets.height and "iface" in packets.columns:
+    per_key: Counter[Key] = Counter(counts or {})
+    if counts is not None:
+        pass
+    elif packets.height and "iface" in packets.columns:
         for a, b, n in packets.group_by("iface", "ifindex").len().iter_rows():
             per_key[(int(a), int(b))] = n
     elif packets.height:
@@ -576,9 +579,10 @@ def _marked(interfaces: Sequence[Interface], points: Sequence[ObservationPoint],
     return tuple(out)
 
 
-def several_interfaces(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None) -> bool:
+def several_interfaces(info: CaptureInfo, packets: pl.DataFrame, links: Mapping[int, Link] | None = None, *,
+                       counts: Mapping[Key, int] | None = None) -> bool:
     """Whether one decoded file carried frames on two interfaces or more (choose_points can split it)."""
-    return len([i for i in interfaces_of(info, packets, links) if i.frames or i.packets]) >= 2
+    return len([i for i in interfaces_of(info, packets, links, counts=counts) if i.frames or i.packets]) >= 2
 
 
 def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequence[str] = (),
@@ -628,13 +632,14 @@ def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequen
 
 def choose_point(role: str, info: CaptureInfo, packets: pl.DataFrame, *, names: Sequence[str] = (),
                  links: Mapping[int, Link] | None = None, pod_networks: Sequence[Network] = (),
-                 service_networks: Sequence[Network] = ()) -> tuple[ObservationPoint, tuple[Interface, ...]]:
+                 service_networks: Sequence[Network] = (), counts: Mapping[Key, int] | None = None,
+                 ) -> tuple[ObservationPoint, tuple[Interface, ...]]:
     """One side's observation point in a file given for that side (the two-file form): the whole file when it holds
     one interface; else the interfaces ``names`` give, or those of the side's kind (pod-side names for inside,
     uplinks for outside; loopback never) less copies of each other's packets."""
     path = info.path
     option = "--inside-if" if role == "inside" else "--outside-if"
-    interfaces = interfaces_of(info, packets, links)
+    interfaces = interfaces_of(info, packets, links, counts=counts)
     carrying = [i for i in interfaces if i.frames or i.packets]
     if names:
         chosen = resolve(names, interfaces, path, option)
