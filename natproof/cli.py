@@ -24,6 +24,7 @@ from natproof.errors import NatproofError
 from natproof.report.export import FORMATS, render_bytes, write_result
 from natproof.report.table import format_address, render_table
 from natproof.result import SCHEMA, SCHEMAS
+from natproof.spill import default_memory_limit
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 """Captures smaller than this decode in well under a second: no bar for them."""
@@ -128,6 +129,20 @@ def _points_option(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--memory-limit as bytes (natproof.spill.parse_size), kept like _points_option."""
+    from natproof.spill import parse_size
+
+    size = None
+    if value is not None:
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    ctx.find_root().ensure_object(dict).setdefault("points", {})[param.name] = size
+    return size
+
+
 def capture_options(f: Callable | None = None, *, required: tuple[str, ...] = ("inside",)) -> Callable:
     """INSIDE [OUTSIDE] and the options that shape a correlation (shared by every command that reads captures).
     ``required`` names the captures that must be given: OUTSIDE may be left out (INSIDE is then one capture of
@@ -178,6 +193,14 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                           "IP-in-IP and GRE too): overlay packets are matched by their inner packet.")(f)
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
+    f = click.option("--spill-dir", "spill_dir", metavar="DIR", expose_value=False, callback=_points_option,
+                     type=click.Path(file_okay=False, exists=True, writable=True),
+                     help="Where captures correlated past --memory-limit keep their packets (Parquet, removed "
+                          "afterwards; about 40 bytes per packet). Default: $TMPDIR or /tmp.")(f)
+    f = click.option("--memory-limit", "memory_limit", metavar="SIZE", expose_value=False, callback=_size_option,
+                     help="Memory budget (512M, 2G, 1.5G): two captures whose correlation would need more are "
+                          "correlated a group of flows at a time, their packets spilled to disk; the same result. "
+                          "Default: three quarters of the memory available.")(f)
     f = click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True,
                      metavar="SECONDS", callback=_finite,
                      help="How far apart (after the clock offset) two copies of a packet may be.")(f)
@@ -257,7 +280,9 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                                     allow_swap=bool(opts.get("allow_swap")), names=names, conntrack=record,
                                     side=opts.get("side") or "auto", inside_if=points.get("inside_if"),
                                     outside_if=points.get("outside_if"), interfaces=points.get("interfaces"),
-                                    vxlan_ports=points.get("vxlan_port") or ())
+                                    vxlan_ports=points.get("vxlan_port") or (),
+                                    memory_limit=points.get("memory_limit") or default_memory_limit(),
+                                    spill_dir=points.get("spill_dir"))
     if not quiet:
         said = set()
         for cap in (result.inside, result.outside):

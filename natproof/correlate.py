@@ -7,7 +7,7 @@ import filecmp
 import ipaddress
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -45,6 +45,7 @@ from natproof.points import (
     split,
 )
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
+from natproof.spill import correlate_spilled, estimated_bytes
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -154,33 +155,52 @@ def _prepare_point(pk: pl.DataFrame, info: CaptureInfo, interface_copies: int, *
     """Group and key one observation point's packets. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS;
     ``row`` indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
     pk = pk.drop("iface", "ifindex")
-    if "underlay" in pk.columns and pk["underlay"].null_count() == pk.height:
-        pk = pk.drop("underlay")  # no overlay packet: nothing to carry through grouping (a column per packet)
     if interface_copies:
         info.skipped["interface_copy"] += interface_copies
-    pk, never = split_never_forwarded(pk)
+    pk, conns = group_point(pk, info, timeouts)
+    nets: tuple[Network, ...] = ()
+    if inside:  # private space only here: what the outside hides is settled once both sides are read
+        nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns).networks
+    trim()
+    dnat = (*nets, PRIVATE_SPACE[-1][0]) if pod_cidr else dnat_networks(conns, nets)
+    frames = key_point(pk, inside=inside, dnat=dnat, services=services)
+    del pk
+    trim()
+    return _Side(info, nets), frames | {"connections": conns}
+
+
+def group_point(pk: pl.DataFrame, info: CaptureInfo, timeouts: IdleTimeouts | None, *,
+                senders: Collection[str] | None = None,
+                duplicates: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One observation point's packets (packet_features' columns) less what no NAT sees (counted in
+    ``info.skipped``), grouped into legs: (packets with conn_id and the flow's ends, one row per leg with its
+    ``underlay``). ``senders`` and ``duplicates=False`` are for a part of a capture whose duplicates were dropped
+    as it was read, in capture order (natproof.spill: the parts of a capture larger than memory)."""
+    if "underlay" in pk.columns and pk["underlay"].null_count() == pk.height:
+        pk = pk.drop("underlay")  # no overlay packet: nothing to carry through grouping (a column per packet)
+    pk, never = split_never_forwarded(pk, senders=senders)
     info.skipped.update(never)
-    pk, copies = drop_duplicates(pk)
-    if copies:
-        info.skipped["duplicate"] += copies
+    if duplicates:
+        pk, copies = drop_duplicates(pk)
+        if copies:
+            info.skipped["duplicate"] += copies
     pk, conns = group_connections(pk, timeouts)
     conns = leg_underlay(pk, conns)
     # Only when there: polars' drop of an absent column (strict=False) still copied the whole frame (+200 MB peak
     # at 2 x 5M packets).
     if "underlay" in pk.columns:
         pk = pk.drop("underlay")
-    nets: tuple[Network, ...] = ()
-    if inside:  # private space only here: what the outside hides is settled once both sides are read
-        nets = parse_networks(pod_cidr) if pod_cidr else infer_pod_networks(conns).networks
-    trim()
-    dnat = (*nets, PRIVATE_SPACE[-1][0]) if pod_cidr else dnat_networks(conns, nets)
+    return pk, conns
+
+
+def key_point(pk: pl.DataFrame, *, inside: bool, dnat: Sequence[Network],
+              services: Services) -> dict[str, pl.DataFrame]:
+    """A grouped point's frames for matching and assembly: packets (PACKET_COLUMNS), match (MATCH_COLUMNS; ``row``
+    indexes packets) and icmp (the ICMP errors' ICMP_COLUMNS by row). ``dnat``: where a DNAT may lead
+    (natproof.networks.dnat_networks, from the inside's legs)."""
     keyed = with_keys(pk.with_columns(_dnat_end(pk, inside, dnat, services)))
-    packets = keyed.select(PACKET_COLUMNS)
-    icmp = keyed.filter(pl.col("is_icmp_error")).select("row", *ICMP_COLUMNS)
-    match = keyed.select(MATCH_COLUMNS)
-    del pk, keyed
-    trim()
-    return _Side(info, nets), {"packets": packets, "match": match, "connections": conns, "icmp": icmp}
+    return {"packets": keyed.select(PACKET_COLUMNS), "match": keyed.select(MATCH_COLUMNS),
+            "icmp": keyed.filter(pl.col("is_icmp_error")).select("row", *ICMP_COLUMNS)}
 
 
 def leg_underlay(pk: pl.DataFrame, conns: pl.DataFrame) -> pl.DataFrame:
@@ -223,6 +243,8 @@ def correlate(
     conntrack: str | os.PathLike[str] | ConntrackRecord | None = None,
     vxlan_ports: Sequence[int] = (),
     side: str | None = None,
+    memory_limit: int | None = None,
+    spill_dir: str | os.PathLike[str] | None = None,
 ) -> Result:
     """Prove each connection's NAT mapping from an inside (pod side) and an outside observation point.
 
@@ -269,6 +291,12 @@ def correlate(
     evidence_level kernel_record; ``side``: "inside", "outside" or "auto", told from the record; by default the
     argument the capture was given as). Without a record such a file is an InputError naming both ways out (the
     other side's capture, or ``--conntrack``).
+
+    ``memory_limit`` (bytes): two captures whose correlation would need more (natproof.spill.estimated_bytes)
+    are correlated past memory, a group of flows at a time, their packets spilled to Parquet under ``spill_dir``
+    (natproof.spill.correlate_spilled): the same connections and verdicts; the Result's packet frames are then
+    LazyFrames over those files. None: always in memory. Captures of several interfaces, and ``inside_if`` /
+    ``outside_if`` / ``interfaces``, are correlated in memory (a warning says the limit was not applied).
     """
     if names is not None:
         services = names.recognise(services)
@@ -292,6 +320,39 @@ def correlate(
         raise InputError("no capture given: give INSIDE and OUTSIDE, one capture of several interfaces, or one "
                          "capture and a conntrack record")
     services = services or Services()
+    memory_note = ""
+
+    def swap_again(swapped: str, in_point: ObservationPoint | None, out_point: ObservationPoint | None) -> Result:
+        """Captures (or a file's points) that look swapped: refused, or with ``allow_swap`` correlated the other
+        way round, said in the inside capture's warnings."""
+        again = dict(memory_limit=memory_limit, spill_dir=spill_dir, pod_cidr=pod_cidr,
+                     clock_offset_s=None if clock_offset_s is None else -clock_offset_s, tolerance_s=tolerance_s,
+                     timeouts=timeouts, progress=progress, decoder=decoder, services=services, names=names,
+                     conntrack=conntrack,
+                     interfaces=links and {k: v.name for k, v in links.items()})
+        if capture is not None:
+            assert in_point is not None and out_point is not None
+            in_ifs, out_ifs = ",".join(in_point.names), ",".join(out_point.names)
+            if not allow_swap:
+                raise InputError(f"{os.fspath(capture)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
+                                 f"{swapped}; pass --inside-if {out_ifs} --outside-if {in_ifs} (or --allow-swap)")
+            result = correlate(capture, None, inside_if=out_ifs, outside_if=in_ifs,
+                               **again)  # type: ignore[arg-type]
+            note = (f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), so natproof "
+                    "swapped them")
+        else:
+            assert inside is not None and outside is not None
+            if not allow_swap:
+                raise InputError(
+                    f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
+                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
+            result = correlate(outside, inside, inside_if=out_names, outside_if=in_names,
+                               **again)  # type: ignore[arg-type]
+            note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked "
+                    f"swapped ({swapped}), so natproof swapped them")
+        return dataclasses.replace(result, inside=dataclasses.replace(
+            result.inside, warnings=(*result.inside.warnings, note)))
+
     capture = inside if outside is None else outside if inside is None else None
     if capture is not None:
         # One capture: split into both observation points when it holds several interfaces (or names are given);
@@ -309,6 +370,24 @@ def correlate(
     else:
         assert inside is not None and outside is not None
         _check_distinct(inside, outside)
+        if memory_limit is not None and estimated_bytes([inside, outside]) > memory_limit:
+            spilled = None
+            if not in_names and not out_names and links is None:
+                spilled = correlate_spilled(inside, outside, memory_limit=memory_limit, spill_dir=spill_dir,
+                                            pod_cidr=pod_cidr, clock_offset_s=clock_offset_s, tolerance_s=tolerance_s,
+                                            timeouts=timeouts, progress=progress, fast=fast, services=services,
+                                            overlay=overlay)
+            if spilled is not None:
+                swapped = looks_swapped(spilled.connections, services)
+                if swapped:
+                    spilled.spill.cleanup()
+                    return swap_again(swapped, None, None)
+                if conntrack is not None:
+                    spilled = join_kernel(spilled, conntrack, tolerance_s=tolerance_s)
+                return apply_names(spilled, names)
+            memory_note = (f"--memory-limit not applied: correlating past memory takes two captures of one "
+                           f"interface each, without --inside-if/--outside-if/--interfaces; "
+                           f"{os.fspath(inside)} and {os.fspath(outside)} were correlated in memory")
         cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
                for label, path in (("inside", inside), ("outside", outside))]
         # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
@@ -341,47 +420,8 @@ def correlate(
     conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
     swapped = looks_swapped(conns, services)
     if swapped:
-        again = dict(pod_cidr=pod_cidr, clock_offset_s=None if clock_offset_s is None else -clock_offset_s,
-                     tolerance_s=tolerance_s, timeouts=timeouts, progress=progress, decoder=decoder,
-                     services=services, names=names, conntrack=conntrack,
-                     interfaces=links and {k: v.name for k, v in links.items()})
-        if capture is not None:
-            assert ins.point is not None and outs.point is not None
-            in_ifs, out_ifs = ",".join(ins.point.names), ",".join(outs.point.names)
-            if not allow_swap:
-                raise InputError(f"{os.fspath(capture)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
-                                 f"{swapped}; pass --inside-if {out_ifs} --outside-if {in_ifs} (or --allow-swap)")
-            result = correlate(capture, None, inside_if=out_ifs, outside_if=in_ifs, **again)  # type: ignore[arg-type]
-            note = (f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), so natproof swapped "
-                    "them")
-        else:
-            assert inside is not None and outside is not None
-            if not allow_swap:
-                raise InputError(
-                    f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
-                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
-            result = correlate(outside, inside, inside_if=out_names, outside_if=in_names,
-                               **again)  # type: ignore[arg-type]
-            note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked swapped "
-                    f"({swapped}), so natproof swapped them")
-        return dataclasses.replace(result, inside=dataclasses.replace(
-            result.inside, warnings=(*result.inside.warnings, note)))
-    in_pk, out_pk = _with_icmp(in_pk, a["icmp"]), _with_icmp(out_pk, b["icmp"])
-    in_rows = pairs["in_row"]
-    in_pk = in_pk.with_columns(
-        _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),
-        _scatter(in_pk.height, in_rows, pairs["dt_ns"]).alias("dt_ns"),
-        _scatter(in_pk.height, in_rows, pairs["method"]).alias("method"),
-    )
-    # Hairpin: the two copies of one packet the inside capture holds (natproof.match.pair_within), each the other's
-    # (a column only when there are any: a column per packet costs at millions of packets).
-    self_pairs = matches.inside_self
-    if self_pairs.height:
-        copy_of = in_pk["frame_no"].gather(pl.concat([self_pairs["b_row"], self_pairs["a_row"]]))
-        in_pk = in_pk.with_columns(_scatter(in_pk.height, pl.concat([self_pairs["a_row"], self_pairs["b_row"]]),
-                                            copy_of).alias("copy_frame"))
-    internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
-    unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
+        return swap_again(swapped, ins.point, outs.point)
+    in_pk, out_pk = result_packets(in_pk, out_pk, (a["icmp"], b["icmp"]), pairs, matches.inside_self)
     result = Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height, ins.point),
         outside=CaptureSummary.from_info(outs.info, out_pk.height, outs.point),
@@ -390,11 +430,14 @@ def correlate(
         pod_networks=tuple(str(n) for n in nets),
         pod_networks_why=why,
         connections=conns,
-        unmatched_inside=in_pk.select(unpaired.sum()).item(),
+        unmatched_inside=unmatched_inside(in_pk, conns),
         unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
         inside_packets=in_pk,
         outside_packets=out_pk,
     )
+    if memory_note:
+        result = dataclasses.replace(result, inside=dataclasses.replace(
+            result.inside, warnings=(*result.inside.warnings, memory_note)))
     if conntrack is not None:
         result = join_kernel(result, conntrack, tolerance_s=tolerance_s)
     return apply_names(result, names)
@@ -441,6 +484,33 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
         return None
     return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
             "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one)")
+
+
+def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.DataFrame, pl.DataFrame],
+                   pairs: pl.DataFrame, inside_self: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Assembled packet frames (natproof.assemble) as a Result holds them: ICMP_COLUMNS on both, and on the inside
+    each packet's match (out_frame, dt_ns, method) and, when any packet was hairpinned, copy_frame."""
+    in_pk, out_pk = _with_icmp(in_pk, icmp[0]), _with_icmp(out_pk, icmp[1])
+    in_rows = pairs["in_row"]
+    in_pk = in_pk.with_columns(
+        _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),
+        _scatter(in_pk.height, in_rows, pairs["dt_ns"]).alias("dt_ns"),
+        _scatter(in_pk.height, in_rows, pairs["method"]).alias("method"),
+    )
+    # Hairpin: the two copies of one packet the inside capture holds (natproof.match.pair_within), each the other's
+    # (a column only when there are any: a column per packet costs at millions of packets).
+    if inside_self.height:
+        copy_of = in_pk["frame_no"].gather(pl.concat([inside_self["b_row"], inside_self["a_row"]]))
+        in_pk = in_pk.with_columns(_scatter(in_pk.height, pl.concat([inside_self["a_row"], inside_self["b_row"]]),
+                                            copy_of).alias("copy_frame"))
+    return in_pk, out_pk
+
+
+def unmatched_inside(in_pk: pl.DataFrame, conns: pl.DataFrame) -> int:
+    """Result.unmatched_inside: inside packets of connections that are not internal that paired with nothing."""
+    internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
+    unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
+    return int(in_pk.select(unpaired.sum()).item())
 
 
 def _with_icmp(pk: pl.DataFrame, icmp: pl.DataFrame) -> pl.DataFrame:

@@ -209,6 +209,9 @@ class Result:
                 "clock": "inside", "inside_share": share(a0, a1), "outside_share": share(b0, b1)}
     conntrack: ConntrackRecord | None = field(default=None, repr=False)
     """The kernel's conntrack record the connections were held against (natproof.kernel.join_kernel), or None."""
+    spill: Any = field(default=None, repr=False, compare=False)
+    """When the captures were correlated past the memory limit (natproof.spill), the directory holding the packet
+    frames' Parquet files (a natproof.spill.SpillDir: removed once no Result holds it); None in memory."""
 
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)

@@ -1,0 +1,509 @@
+"""Correlate captures larger than memory: each side's packets spilled to Parquet, correlated a group of flows at a
+time.
+
+Matching pairs packets only on equal keys (natproof.match: the strong key, the loose key, the payload key; the
+byte-range and IP-id passes only within legs an exact pair already linked), and a connection is a set of whole
+flows. So the flows of both captures fall into components that never pair with each other: flows are joined
+when they share a packet key, and flows that share none with the other side (a drop, a capture started
+mid-transfer, a sequence-randomising middlebox) when they share an end (address, port), as the fallback passes
+need. A group of whole components is correlated as the two captures would be, with what depends on the whole
+captures settled first over all groups: the clock offset (the medians over every group's unique keys), the pod
+networks, the addresses that send, each packet's duplicate (in capture order, as it is read).
+
+Steps, each holding one batch or one group at a time:
+
+1. read each capture, batch by batch (natproof.fastdecode's sink): drop what no NAT sees and the duplicates,
+   write the packets' features to Parquet with their flow (natproof.connections.flow_hash), each flow's packet
+   keys to one of several key parts, and keep a row per flow;
+2. link flows part by part (a hub per key: linear in packets, never a product of look-alikes), then label the
+   components (label propagation with pointer jumping) and cut them into groups of about the budget's packets;
+3. write each side's packets again by group;
+4. group each group's packets into legs (natproof.correlate.group_point) and take its clock-offset samples;
+5. with the offset and networks of the whole captures, key, match and assemble each group and write its packet
+   frames to Parquet; the Result reads them lazily (``pl.scan_parquet``), its connections are in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from natproof.assemble import Services, assemble
+from natproof.capture import CaptureInfo
+from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
+from natproof.decode import DEFAULT_OVERLAY, Overlay
+from natproof.errors import InputError
+from natproof.match import match_sides, offset_from, offset_samples, with_keys
+from natproof.memory import trim
+from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
+from natproof.packets import load_packets
+from natproof.points import choose_point, several_interfaces
+from natproof.result import CaptureSummary, Result
+
+BYTES_PER_PACKET = 300
+"""Peak memory of an in-memory correlation per packet of both captures, measured by ``make bench`` (2 x 5M
+packets: 160 B on the synthetic pair, 290 B on the real-traffic one; rounded up)."""
+
+BASE_BYTES = 256 << 20
+"""What a correlation holds besides its packets (the interpreter, polars, the connections): taken off the limit
+before groups are sized."""
+
+MIN_GROUP_PACKETS = 1_000
+"""The smallest group: a tiny limit (a test's) still makes groups of some size."""
+
+KEY_PART_PACKETS = 2_000_000
+"""About this many packets' keys per key part when flows are linked."""
+
+_OUTSIDE = 0x5A5A_5A5A_5A5A_5A5A
+"""Outside flows' node ids in the component graph are their flow hash XOR this: a flow seen on both sides under
+one tuple (unchanged) is two nodes, linked by its packets' keys like any other."""
+
+
+def parse_size(text: str) -> int:
+    """``--memory-limit`` values: bytes, or a number with K, M, G or T (powers of 1024; "1.5G"). ValueError
+    otherwise."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if t and t[-1] in "KMGT":
+        scale, t = 1024 ** ("KMGT".index(t[-1]) + 1), t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000") from None
+    if not value > 0:
+        raise ValueError(f"{text!r}: a size above zero")
+    return int(value * scale)
+
+
+def default_memory_limit() -> int | None:
+    """Three quarters of the memory available now (MemAvailable in /proc/meminfo: free memory and what the page
+    cache can give back), the default ``--memory-limit``; None where the kernel does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 * 3 // 4
+    except OSError:
+        pass
+    return None
+
+
+def estimated_bytes(paths: Sequence[str | os.PathLike[str]]) -> int:
+    """An in-memory correlation's peak memory for these captures, estimated before reading them: packets (file
+    size over the mean record size of the first ones read; a gzip file counted at three times its size) times
+    BYTES_PER_PACKET, plus BASE_BYTES. Standard input and unreadable files count as nothing."""
+    from natproof.capture import read_capture
+
+    total = 0
+    for path in paths:
+        p = os.fspath(path)
+        if p == "-" or not os.path.isfile(p):
+            continue
+        size = os.path.getsize(p)
+        with open(p, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                size *= 3
+        try:
+            _, records = read_capture(p)
+            lens = [rec.caplen + 16 for _, rec in zip(range(2000), records, strict=False)]
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+            continue
+        if lens:
+            total += size * len(lens) // sum(lens) * BYTES_PER_PACKET
+    return total + BASE_BYTES
+
+
+class SpillDir:
+    """The directory a spilled correlation's Parquet files live in, removed when the last Result holding it is
+    gone (or at exit)."""
+
+    def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="natproof-spill-", dir=parent))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def cleanup(self) -> None:
+        self._finalizer()
+
+
+def _feature_columns() -> list[str]:
+    from natproof.correlate import DECODE_COLUMNS
+
+    return list(DECODE_COLUMNS)
+
+
+class _SideWriter:
+    """Step 1 for one capture: takes its decoded batches (packet_features' columns) in capture order."""
+
+    def __init__(self, root: Path, role: str, key_parts: int) -> None:
+        self.root, self.role, self.key_parts = root, role, key_parts
+        self.salt = _OUTSIDE if role == "outside" else 0
+        self.batches = 0
+        self.per_interface: dict[tuple[int, int], int] = {}
+        """IP packets per (iface, ifindex), as natproof.points.interfaces_of counts them."""
+        self.flows: list[pl.DataFrame] = []
+        self.senders: set[str] = set()
+        self.skipped: dict[str, int] = {}
+        self.tail: pl.DataFrame | None = None
+        self.packets = 0
+        self.schema: dict[str, pl.DataType] | None = None
+        """The packets' columns as written (less fid)."""
+
+    def __call__(self, df: pl.DataFrame) -> None:
+        for a, b, n in df.group_by("iface", "ifindex").len().iter_rows():
+            self.per_interface[(int(a), int(b))] = self.per_interface.get((int(a), int(b)), 0) + n
+        df = df.drop("iface", "ifindex")
+        df, never = split_never_forwarded(df, directed=False)
+        for k, v in never.items():
+            self.skipped[k] = self.skipped.get(k, 0) + v
+        if df.is_empty():
+            return
+        # Duplicates against the packet just before in the whole capture: the batch before's last one too.
+        both = df if self.tail is None else pl.concat([self.tail, df], how="vertical_relaxed")
+        kept, dups = drop_duplicates(both)
+        if self.tail is not None:
+            kept = kept.slice(1)
+        if dups:
+            self.skipped["duplicate"] = self.skipped.get("duplicate", 0) + dups
+        self.tail = df.tail(1)
+        self.schema = self.schema or dict(kept.schema)
+        df = kept.with_columns((flow_hash() ^ self.salt).alias("fid"))
+        self.packets += df.height
+        self.batches += 1
+        _write(df, self.root / self.role / f"b{self.batches:06d}.parquet")
+        self.senders.update(df["f_src"].drop_nulls().unique().cast(pl.String).to_list())
+        keys = df.select(pl.struct("f_proto", "sig").hash(seed=0x6E61).alias("k"), "fid").unique()
+        if self.key_parts == 1:
+            pieces = {0: keys}
+        else:
+            split = keys.with_columns((pl.col("k") % self.key_parts).cast(pl.UInt32).alias("_p"))
+            pieces = {int(p[0]): piece for p, piece in split.partition_by("_p", as_dict=True,  # type: ignore[index]
+                                                                             include_key=False).items()}
+        for p, piece in pieces.items():
+            _write(piece, self.root / f"{self.role}-keys-{p}" / f"b{self.batches:06d}.parquet")
+        self.flows.append(df.group_by("fid").agg(
+            pl.col("f_proto").first(), pl.col("f_src").first().cast(pl.String), pl.col("f_sport").first(),
+            pl.col("f_dst").first().cast(pl.String), pl.col("f_dport").first(), pl.len().alias("n")))
+        if len(self.flows) >= 16:
+            self.flows = [self._flow_table()]
+
+    def _flow_table(self) -> pl.DataFrame:
+        return pl.concat(self.flows).group_by("fid").agg(
+            pl.col("f_proto", "f_src", "f_sport", "f_dst", "f_dport").first(), pl.col("n").sum())
+
+    def close(self) -> pl.DataFrame:
+        """The flow table: fid, the flow's protocol and ends, its packets."""
+        flows = self._flow_table() if self.flows else pl.DataFrame(schema={
+            "fid": pl.UInt64, "f_proto": pl.UInt8, "f_src": pl.String, "f_sport": pl.UInt16, "f_dst": pl.String,
+            "f_dport": pl.UInt16, "n": pl.UInt32})
+        self.flows = []
+        return flows
+
+
+def _write(df: pl.DataFrame, path: Path) -> None:
+    """One batch's file in a folder of them (polars writes no appendable Parquet file; a folder of files reads as
+    one with a glob)."""
+    path.parent.mkdir(exist_ok=True)
+    df.write_parquet(path, compression="lz4", statistics=False)
+
+
+def _read(folder: Path) -> pl.DataFrame | None:
+    """A folder of batch files as one frame, in batch order; None when no batch was written."""
+    return pl.read_parquet(folder / "*.parquet") if folder.is_dir() else None
+
+
+def _link(root: Path, key_parts: int, flows_in: pl.DataFrame, flows_out: pl.DataFrame) -> pl.DataFrame:
+    """Edges (a, b) between flow nodes that may hold the same packet: a hub per key (its least inside flow), to
+    which every flow holding the key is joined, for keys on both sides and for keys in two inside flows (a
+    hairpinned packet's two copies); and, for flows with no key on the other side at all, a hub per end."""
+    edges = []
+    crossed = []
+    for p in range(key_parts):
+        ki = _read(root / f"inside-keys-{p}")
+        ko = _read(root / f"outside-keys-{p}")
+        if ki is None:
+            continue
+        ki = ki.unique()
+        hub = ki.group_by("k").agg(pl.col("fid").min().alias("hub"), pl.len().alias("n_in"))
+        if ko is not None:
+            ko = ko.unique()
+            on_out = ko.select("k").unique().with_columns(pl.lit(True).alias("out"))
+            hub = hub.join(on_out, on="k", how="left").with_columns(pl.col("out").fill_null(False))
+            both = hub.filter("out").select("k", "hub")
+            e_out = ko.join(both, on="k").select(pl.col("fid").alias("a"), "hub")
+            edges.append(e_out)
+            crossed.append(e_out.select(pl.col("a").alias("fid")).unique())
+            crossed.append(ki.join(both, on="k", how="semi").select("fid").unique())
+        else:
+            hub = hub.with_columns(pl.lit(False).alias("out"))
+        keep = hub.filter(pl.col("out") | (pl.col("n_in") > 1)).select("k", "hub")
+        edges.append(ki.join(keep, on="k").select(pl.col("fid").alias("a"), "hub"))
+        del ki, ko, hub
+    linked = pl.concat(crossed).unique() if crossed else pl.DataFrame(schema={"fid": pl.UInt64})
+    # Flows with no key on the other side: joined by their ends (the far end pure SNAT keeps, for the byte-range
+    # and payload passes' fallback).
+    def ends(flows: pl.DataFrame) -> pl.DataFrame:
+        lone = flows.join(linked, on="fid", how="anti")
+        return pl.concat([
+            lone.select("fid", pl.struct("f_proto", pl.col("f_src").alias("a"), pl.col("f_sport").alias("p"))
+                        .hash(seed=0x656E).alias("end")),
+            lone.select("fid", pl.struct("f_proto", pl.col("f_dst").alias("a"), pl.col("f_dport").alias("p"))
+                        .hash(seed=0x656E).alias("end"))])
+    ei, eo = ends(flows_in), ends(flows_out)
+    shared = ei.select("end").unique().join(eo.select("end").unique(), on="end")
+    hubs = pl.concat([ei, eo]).join(shared, on="end").group_by("end").agg(pl.col("fid").min().alias("hub"))
+    edges.append(pl.concat([ei, eo]).join(hubs, on="end").select(pl.col("fid").alias("a"), "hub"))
+    out = pl.concat(edges).rename({"hub": "b"}).filter(pl.col("a") != pl.col("b")).unique()
+    return out
+
+
+def _components(nodes: pl.Series, edges: pl.DataFrame) -> pl.DataFrame:
+    """(node, label): the least node of each node's connected component. Label propagation over both directions
+    of every edge, with pointer jumping (a label takes its own label's label), until nothing changes."""
+    labels = pl.DataFrame({"node": nodes.unique()}).with_columns(pl.col("node").alias("label"))
+    if edges.is_empty():
+        return labels
+    both = pl.concat([edges, edges.select(pl.col("b").alias("a"), pl.col("a").alias("b"))])
+    while True:
+        m = both.join(labels, left_on="b", right_on="node").group_by("a").agg(pl.col("label").min().alias("m"))
+        new = labels.join(m, left_on="node", right_on="a", how="left").select(
+            "node", pl.min_horizontal("label", "m").alias("label"))
+        new = new.join(new.select(pl.col("node").alias("label"), pl.col("label").alias("l2")), on="label",
+                       how="left").select("node", pl.min_horizontal("label", "l2").alias("label"))
+        if new.sort("node").equals(labels.sort("node")):
+            return new
+        labels = new
+
+
+def _groups(flows_in: pl.DataFrame, flows_out: pl.DataFrame, edges: pl.DataFrame, budget: int) -> pl.DataFrame:
+    """(fid, group): whole components, cut in order of their least node into groups of about ``budget`` packets
+    (a component larger than that is a group of its own)."""
+    sizes = pl.concat([flows_in.select("fid", "n"), flows_out.select("fid", "n")]).group_by("fid").agg(
+        pl.col("n").sum())
+    labels = _components(sizes["fid"], edges).join(sizes, left_on="node", right_on="fid")
+    comp = labels.group_by("label").agg(pl.col("n").sum()).sort("label")
+    comp = comp.with_columns(((pl.col("n").cum_sum() - pl.col("n")) // budget).alias("_g"))
+    comp = comp.with_columns(pl.col("_g").rank("dense").cast(pl.UInt32).sub(1).alias("group"))
+    return labels.join(comp.select("label", "group"), on="label").select(pl.col("node").alias("fid"), "group")
+
+
+def _split_by_group(root: Path, role: str, groups: pl.DataFrame) -> None:
+    """Step 3: the side's spilled packets written again, a folder per group, in capture order."""
+    src = root / role
+    if not src.is_dir():
+        return
+    for batch in sorted(src.glob("*.parquet")):
+        df = pl.read_parquet(batch).join(groups, on="fid", how="left", maintain_order="left")
+        for piece in df.partition_by("group", maintain_order=True):
+            _write(piece.drop("group"), root / f"{role}-g{int(piece['group'][0])}" / batch.name)
+        batch.unlink()
+    shutil.rmtree(src)
+
+
+def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike[str], *, memory_limit: int,
+                      spill_dir: str | os.PathLike[str] | None = None, pod_cidr: str | Sequence[str] | None = None,
+                      clock_offset_s: float | None = None, tolerance_s: float = 1.0,
+                      timeouts: IdleTimeouts | None = None,
+                      progress: Callable[[str, int], Callable[[int], None]] | None = None, fast: bool | None = None,
+                      services: Services | None = None, overlay: Overlay = DEFAULT_OVERLAY) -> Result | None:
+    """Two captures (one interface each) correlated within about ``memory_limit`` bytes: the same Result as
+    natproof.correlate's (the same connections, verdicts and packet fates; ``conn`` numbered in order of first
+    packet alike, conn_ids differ), its packet frames LazyFrames over Parquet in a temporary directory under
+    ``spill_dir`` (TMPDIR by default) kept while the Result is. None when a capture holds several interfaces
+    (choosing points needs the whole file: the caller correlates in memory). Raises what correlate raises."""
+    from natproof.correlate import (
+        _check_overlap,
+        _contract_rows,
+        _other_capture_off,
+        group_point,
+        key_point,
+        packet_features,
+        result_packets,
+        unmatched_inside,
+    )
+
+    services = services or Services()
+    spill = SpillDir(spill_dir)
+    root = spill.path
+    budget = max(MIN_GROUP_PACKETS, (memory_limit - BASE_BYTES) // BYTES_PER_PACKET)
+    est = max(1, (estimated_bytes([inside, outside]) - BASE_BYTES) // BYTES_PER_PACKET)
+    key_parts = max(1, -(-est // KEY_PART_PACKETS))
+    try:
+        # 1. read both captures, batch by batch
+        sides = []
+        schema: dict[str, pl.DataType] | None = None
+        for role, path in (("inside", inside), ("outside", outside)):
+            cb = progress(f"{role}: {os.fspath(path)}", os.path.getsize(path)) if progress else None
+            writer = _SideWriter(root, role, key_parts)
+            try:
+                info, _ = load_packets(path, cb, fast=fast, columns=_feature_columns(), transform=packet_features,
+                                       overlay=overlay, sink=writer)
+            finally:
+                flows = writer.close()
+            if several_interfaces(info, pl.DataFrame(), None, counts=writer.per_interface):
+                spill.cleanup()
+                return None
+            for k, v in writer.skipped.items():
+                info.skipped[k] += v
+            point, interfaces = choose_point(role, info, pl.DataFrame(), counts=writer.per_interface)
+            sides.append((info, point, interfaces, flows, writer.senders, writer.packets))
+            schema = schema or writer.schema
+        (in_info, in_point, in_ifs, flows_in, senders_in, n_in), \
+            (out_info, out_point, out_ifs, flows_out, senders_out, n_out) = sides
+
+        # 2. link flows into components, cut into groups; 3. each side's packets by group
+        edges = _link(root, key_parts, flows_in, flows_out)
+        groups = _groups(flows_in, flows_out, edges, budget)
+        n_groups = int(groups["group"].max()) + 1 if groups.height else 0
+        del edges, flows_in, flows_out
+        for role in ("inside", "outside"):
+            _split_by_group(root, role, groups)
+        del groups
+        trim()
+
+        # 4. legs per group, and the clock-offset samples
+        conns_in, conns_out = [], []
+        same = n_in == n_out and n_in > 0
+        for g in range(n_groups):
+            parts = []
+            for role, info, senders in (("inside", in_info, senders_in), ("outside", out_info, senders_out)):
+                pk = _read(root / f"{role}-g{g}")
+                pk = pk.drop("fid") if pk is not None else pl.DataFrame(schema=schema)
+                pk, conns = group_point(pk, info, timeouts, senders=senders, duplicates=False)
+                pk.write_parquet(root / f"{role}-grouped-g{g}.parquet")
+                (conns_in if role == "inside" else conns_out).append(conns.with_columns(pl.lit(g).alias("_g")))
+                parts.append(with_keys(pk))
+            a, b = parts
+            same = same and a.select("ts_ns", "k_strong").equals(b.select("ts_ns", "k_strong"))
+            if clock_offset_s is None:
+                offset_samples(a, b).write_parquet(root / f"offset-g{g}.parquet")
+            for role in ("inside", "outside"):
+                shutil.rmtree(root / f"{role}-g{g}", ignore_errors=True)
+            del parts, a, b
+        if same:
+            raise InputError(f"{os.fspath(inside)} and {os.fspath(outside)} hold the same packets at the same times "
+                             "(one is a copy of the other): give one capture from each side of the NAT")
+        all_in = pl.concat(conns_in) if conns_in else pl.DataFrame()
+        all_out = pl.concat(conns_out) if conns_out else pl.DataFrame()
+        if pod_cidr:
+            nets = parse_networks(pod_cidr)
+            why = "given (--pod-cidr)"
+            dnat = (*nets, PRIVATE_SPACE[-1][0])
+        else:
+            inferred = infer_pod_networks(all_in, all_out)
+            nets, why = inferred.networks, inferred.why
+            dnat = dnat_networks(all_in, infer_pod_networks(all_in).networks)
+        del all_in, all_out
+        if clock_offset_s is not None:
+            offset = int(round(clock_offset_s * 1e9))
+        else:
+            scan = pl.scan_parquet(root / "offset-g*.parquet") if n_groups else pl.DataFrame(
+                schema={"dt": pl.Int64, "is_egress": pl.Boolean}).lazy()
+            offset = offset_from(scan)
+            if offset is None:
+                for g in range(n_groups):
+                    a, b = (with_keys(pl.read_parquet(root / f"{r}-grouped-g{g}.parquet"))
+                            for r in ("inside", "outside"))
+                    offset_samples(a, b, by_rank=True).write_parquet(root / f"rank-g{g}.parquet")
+                offset = (offset_from(pl.scan_parquet(root / "rank-g*.parquet")) if n_groups else None) or 0
+
+        # 5. match and assemble each group with the whole captures' offset and networks
+        out_conns, any_pairs, hairpin = [], False, False
+        unmatched_in = unmatched_out = 0
+        in_base = out_base = 0
+        total_bytes = sum(os.path.getsize(p) for p in (inside, outside))
+        tick = progress(f"matching {n_groups} groups of flows", total_bytes) if progress and n_groups > 1 else None
+        for g in range(n_groups):
+            a_in = pl.read_parquet(root / f"inside-grouped-g{g}.parquet")
+            a_out = pl.read_parquet(root / f"outside-grouped-g{g}.parquet")
+            rows = a_in.height + a_out.height
+            legs_in, legs_out = conns_in[g].drop("_g"), conns_out[g].drop("_g")
+            conns_in[g] = conns_out[g] = pl.DataFrame()  # held once, by this group's assembly
+            fa = key_point(a_in, inside=True, dnat=dnat, services=services)
+            fb = key_point(a_out, inside=False, dnat=dnat, services=services)
+            del a_in, a_out
+            matches = match_sides(fa["match"], fb["match"], clock_offset_ns=offset,
+                                  tolerance_ns=int(tolerance_s * 1e9))
+            any_pairs = any_pairs or not matches.pairs.is_empty()
+            conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
+                                                   pod_networks=nets, services=services,
+                                                   icmp=(fa["icmp"], fb["icmp"]))
+            conns = _contract_rows(conns)
+            in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
+            hairpin = hairpin or matches.inside_self.height > 0
+            if "copy_frame" not in in_pk.columns:  # every group's file has the same columns
+                in_pk = in_pk.with_columns(pl.lit(None, in_pk["frame_no"].dtype).alias("copy_frame"))
+            unmatched_in += unmatched_inside(in_pk, conns)
+            unmatched_out += out_pk.height - pairs["out_row"].n_unique()
+            # conn_ids are each group's own (0 ..): the whole captures' are offset by the groups before.
+            ids_in = [c for c in ("conn_id", "anchor") if c in in_pk.columns]
+            in_pk = in_pk.with_columns(pl.col(c) + in_base for c in ids_in)
+            out_pk = out_pk.with_columns(pl.col("conn_id") + out_base, pl.col("anchor") + in_base)
+            conns = conns.with_columns(pl.col("inside_conn_id") + in_base, pl.col("outside_conn_id") + out_base)
+            in_pk.write_parquet(root / f"inside-packets-g{g:05d}.parquet")
+            out_pk.write_parquet(root / f"outside-packets-g{g:05d}.parquet")
+            out_conns.append(conns)
+            in_base += legs_in.height
+            out_base += legs_out.height
+            (root / f"inside-grouped-g{g}.parquet").unlink()
+            (root / f"outside-grouped-g{g}.parquet").unlink()
+            del fa, fb, matches, in_pk, out_pk, pairs, conns
+            trim()
+            if tick:
+                tick(total_bytes * rows // max(1, n_in + n_out))
+        del conns_in, conns_out
+        if not any_pairs and n_in and n_out:
+            _check_overlap_spans(inside, outside, in_info, out_info, offset, clock_offset_s is not None,
+                                 _check_overlap)
+        conns = pl.concat(out_conns) if out_conns else _contract_rows(pl.DataFrame())
+        conns = conns.sort(["first_ts_ns", "inside_conn_id"], nulls_last=False).with_columns(
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
+        conns = conns.with_columns(_other_capture_off(conns, in_info, out_info, offset))
+        in_packets = _scan(root, "inside", n_groups, hairpin)
+        out_packets = _scan(root, "outside", n_groups, hairpin)
+        return Result(
+            inside=CaptureSummary.from_info(in_info, _count(root, "inside", n_groups), in_point),
+            outside=CaptureSummary.from_info(out_info, _count(root, "outside", n_groups), out_point),
+            interfaces=(*in_ifs, *out_ifs),
+            clock_offset_s=round(offset / 1e9, 9),
+            pod_networks=tuple(str(n) for n in nets),
+            pod_networks_why=why,
+            connections=conns,
+            unmatched_inside=unmatched_in,
+            unmatched_outside=unmatched_out,
+            inside_packets=in_packets,
+            outside_packets=out_packets,
+            spill=spill,
+        )
+    except BaseException:
+        spill.cleanup()
+        raise
+
+
+def _scan(root: Path, role: str, n_groups: int, hairpin: bool) -> pl.LazyFrame:
+    """One side's packet frames of every group (a connection's packets in capture order); copy_frame only when
+    some packet was hairpinned, as in memory."""
+    if not n_groups:
+        return pl.LazyFrame()
+    scan = pl.scan_parquet(root / f"{role}-packets-g*.parquet")
+    return scan if hairpin or role == "outside" else scan.drop("copy_frame")
+
+
+def _count(root: Path, role: str, n_groups: int) -> int:
+    if not n_groups:
+        return 0
+    return int(pl.scan_parquet(root / f"{role}-packets-g*.parquet").select(pl.len()).collect().item())
+
+
+def _check_overlap_spans(inside: str | os.PathLike[str], outside: str | os.PathLike[str], in_info: CaptureInfo,
+                         out_info: CaptureInfo, offset: int, given: bool, check: Callable[..., None]) -> None:
+    """correlate's overlap check on the captures' spans (nothing paired at all)."""
+    a = pl.DataFrame({"ts_ns": [in_info.first_ts_ns or 0, in_info.last_ts_ns or 0]})
+    b = pl.DataFrame({"ts_ns": [out_info.first_ts_ns or 0, out_info.last_ts_ns or 0]})
+    check(os.fspath(inside), os.fspath(outside), a, b, offset, given=given)
+

@@ -1,0 +1,131 @@
+"""Correlation past memory (natproof.spill): the same result as in memory, a group of flows at a time."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import natproof
+from natproof import spill
+from natproof.errors import InputError
+from natproof.testing.bulk import generate_pair
+from natproof.testing.scenario import SCENARIOS, write_scenario
+
+CAPTURES = Path(__file__).resolve().parents[1] / "captures"
+PAIRS = sorted(d.name for d in CAPTURES.iterdir()
+               if any((d / f"inside.pcap{z}").is_file() for z in ("", ".gz")))
+
+IDS = ("inside_conn_id", "outside_conn_id")
+
+
+def pair(name: str) -> tuple[Path, Path]:
+    d = CAPTURES / name
+    z = "" if (d / "inside.pcap").is_file() else ".gz"
+    return d / f"inside.pcap{z}", d / f"outside.pcap{z}"
+
+
+def assert_same(mem: natproof.Result, spilled: natproof.Result) -> None:
+    """Every connection, verdict, count and packet fate alike; conn_ids are each correlation's own, so each
+    packet's connection is compared by the connection's number (``conn``)."""
+    assert spilled.spill is not None and mem.spill is None
+    a, b = mem.connections, spilled.connections
+    assert a.drop(IDS).equals(b.drop(IDS))
+    da, db = mem.to_dict(), spilled.to_dict()
+    assert {k: v for k, v in da.items() if k != "connections"} == {k: v for k, v in db.items() if k != "connections"}
+    for side, ids in (("inside", "inside_conn_id"), ("outside", "inside_conn_id")):
+        pa = getattr(mem, f"{side}_packets").lazy().collect()
+        pb = getattr(spilled, f"{side}_packets").lazy().collect()
+        conn_a = a.select(pl.col(ids).alias("anchor"), "conn").drop_nulls()
+        conn_b = b.select(pl.col(ids).alias("anchor"), "conn").drop_nulls()
+        pa = pa.join(conn_a, on="anchor", how="left").drop("conn_id", "anchor").sort("frame_no")
+        pb = pb.join(conn_b, on="anchor", how="left").drop("conn_id", "anchor").sort("frame_no")
+        assert pa.columns == pb.columns
+        assert pa.equals(pb), side
+    # A leg's packets belong to one connection in both.
+    assert mem.unmatched_inside == spilled.unmatched_inside
+    assert mem.unmatched_outside == spilled.unmatched_outside
+
+
+@pytest.fixture
+def tiny_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups of one component each: every join the matcher makes must fall within one."""
+    monkeypatch.setattr(spill, "MIN_GROUP_PACKETS", 1)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_every_bundled_pair_spilled_in_groups_of_one_component_equals_in_memory(name: str, tiny_groups: None) -> None:
+    inside, outside = pair(name)
+    mem = natproof.correlate(inside, outside)
+    spilled = natproof.correlate(inside, outside, memory_limit=1)
+    assert_same(mem, spilled)
+    if mem.connections.height > 1:
+        assert len(list(spilled.spill.path.glob("inside-packets-*.parquet"))) > 1
+
+
+def test_generator_scenario_with_every_verdict_equals_in_memory(tmp_path: Path, tiny_groups: None) -> None:
+    sc = SCENARIOS["every_verdict"]
+    write_scenario(sc, tmp_path)
+    kw = {"pod_cidr": sc.pod_cidr}
+    assert_same(natproof.correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap", **kw),
+                natproof.correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap", memory_limit=1, **kw))
+
+
+def test_a_bulk_pair_at_a_limit_of_a_few_thousand_packets_is_cut_into_groups(tmp_path: Path) -> None:
+    generate_pair(tmp_path, 30_000, seed=7)
+    inside, outside = tmp_path / "inside.pcap", tmp_path / "outside.pcap"
+    limit = spill.BASE_BYTES + 6_000 * spill.BYTES_PER_PACKET
+    assert spill.estimated_bytes([inside, outside]) > limit
+    spilled = natproof.correlate(inside, outside, memory_limit=limit)
+    groups = len(list(spilled.spill.path.glob("inside-packets-*.parquet")))
+    assert 5 <= groups <= 20, groups
+    assert_same(natproof.correlate(inside, outside), spilled)
+
+
+def test_inputs_within_the_limit_stay_in_memory() -> None:
+    inside, outside = pair("basic")
+    result = natproof.correlate(inside, outside, memory_limit=spill.default_memory_limit())
+    assert result.spill is None and isinstance(result.inside_packets, pl.DataFrame)
+
+
+def test_the_spill_directory_is_removed_with_the_result_and_on_error(tmp_path: Path, tiny_groups: None) -> None:
+    inside, outside = pair("basic")
+    result = natproof.correlate(inside, outside, memory_limit=1, spill_dir=tmp_path)
+    where = result.spill.path
+    assert where.parent == tmp_path and any(where.iterdir())
+    del result
+    gc.collect()
+    assert not where.exists()
+    with pytest.raises(InputError, match="look swapped"):
+        natproof.correlate(outside, inside, memory_limit=1, spill_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_swapped_pair_is_swapped_back_past_memory_too(tiny_groups: None) -> None:
+    inside, outside = pair("basic")
+    result = natproof.correlate(outside, inside, memory_limit=1, allow_swap=True)
+    assert result.spill is not None
+    assert any("looked swapped" in w for w in result.inside.warnings)
+    assert_same(natproof.correlate(inside, outside), result)
+
+
+def test_a_capture_of_several_interfaces_is_correlated_in_memory_and_says_so() -> None:
+    d = CAPTURES / "overlay"
+    result = natproof.correlate(d / "node.pcapng", d / "outside.pcap", memory_limit=1, allow_swap=True,
+                                inside_if=None)
+    assert result.spill is None
+    assert any("--memory-limit not applied" in w for w in result.inside.warnings)
+
+
+@pytest.mark.parametrize(("text", "size"), [("512M", 512 << 20), ("2G", 2 << 30), ("1.5g", 3 << 29),
+                                            ("1000", 1000), ("64KiB", 64 << 10), ("1TB", 1 << 40)])
+def test_sizes(text: str, size: int) -> None:
+    assert spill.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0", "-1G", "1X"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        spill.parse_size(text)
