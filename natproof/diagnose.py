@@ -59,12 +59,11 @@ def _conn_label(r: dict[str, Any]) -> str:
 
 def _frames(result: Result, conn: int, side: str, egress: bool, limit: int = 6) -> list[int]:
     """Frame numbers of one connection's packets in one capture (inside: by conn; outside: by matched conn)."""
-    pk = result.inside_packets if side == "inside" else result.outside_packets
     leg = _in_conn_id(result, conn) if side == "inside" else _out_conn_id(result, conn)
     if leg is None:  # no leg on that side (one capture and a conntrack record)
         return []
-    sel = pk.filter((pl.col("conn_id") == leg) & (pl.col("is_egress") == egress))
-    return sel.sort("frame_no")["frame_no"].head(limit).to_list()
+    sel = result.packets(side).filter((pl.col("conn_id") == leg) & (pl.col("is_egress") == egress))
+    return sel.select("frame_no").sort("frame_no").head(limit).collect()["frame_no"].to_list()
 
 
 def _in_conn_id(result: Result, conn: int) -> int | None:
@@ -84,10 +83,10 @@ def _syn_retransmissions(result: Result, conn: int) -> int:
     leg = _in_conn_id(result, conn)
     if leg is None:
         return 0
-    pk = result.inside_packets.filter(
+    pk = result.packets("inside").filter(
         (pl.col("conn_id") == leg) & pl.col("is_egress") & (pl.col("proto") == 6)
         & ((pl.col("tcp_flags") & 0x12) == 0x02)
-    ).sort("ts_ns")
+    ).select("ts_ns").sort("ts_ns").collect()
     if pk.height < 2:
         return 0
     gaps = pk["ts_ns"].diff().drop_nulls()
@@ -187,21 +186,45 @@ def diagnose(result: Result) -> list[Finding]:
     return sorted(findings, key=lambda f: order[f.severity])
 
 
-def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = None,
-             egress: bool | None = None) -> pl.DataFrame:
-    """A connection's packets in one capture (all its legs there), optionally of one fate and direction."""
-    pk = result.inside_packets if side == "inside" else result.outside_packets
+def _owned(r: dict[str, Any], side: str) -> pl.Expr | None:
+    """Which packets of one capture are the connection ``r``'s (all its legs there); None: none can be."""
     if r["inside_conn_id"] is not None:
-        cond = pl.col("anchor") == r["inside_conn_id"]
-    elif side == "outside" and r["outside_conn_id"] is not None:  # one capture, the outside one
-        cond = pl.col("conn_id") == r["outside_conn_id"]
-    else:
-        return pk.clear()
+        return pl.col("anchor") == r["inside_conn_id"]
+    if side == "outside" and r["outside_conn_id"] is not None:  # one capture, the outside one
+        return pl.col("conn_id") == r["outside_conn_id"]
+    return None
+
+
+def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = None,
+             egress: bool | None = None, among: pl.DataFrame | None = None) -> pl.DataFrame:
+    """A connection's packets in one capture (all its legs there), optionally of one fate and direction, in frame
+    order. Only those rows are collected from the packet table; ``among``: look in these packets instead (of
+    _packets_of, for a loop over many connections)."""
+    pk = result.packets(side) if among is None else among.lazy()
+    cond = _owned(r, side)
+    if cond is None:
+        return pk.clear().collect()
     if fate is not None:
         cond &= pl.col("fate") == fate
     if egress is not None:
         cond &= pl.col("is_egress") == egress
-    return pk.filter(cond).sort("frame_no")
+    return pk.filter(cond).sort("frame_no").collect()
+
+
+def _packets_of(result: Result, rows: list[dict[str, Any]], side: str, cond: pl.Expr | None = None) -> pl.DataFrame:
+    """The packets in one capture of every connection in ``rows`` (those ``cond`` keeps, when given), collected in
+    one pass over the packet table: _packets(..., among=) then finds each one's, where a loop over many
+    connections would read a table on disk once per connection."""
+    anchors = [r["inside_conn_id"] for r in rows if r["inside_conn_id"] is not None]
+    legs = [r["outside_conn_id"] for r in rows if side == "outside" and r["inside_conn_id"] is None
+            and r["outside_conn_id"] is not None]
+    pk = result.packets(side)
+    if not anchors and not legs:
+        return pk.clear().collect()
+    which = pl.col("anchor").is_in(pl.Series(anchors, dtype=pl.UInt32).implode())
+    if legs:
+        which |= pl.col("conn_id").is_in(pl.Series(legs, dtype=pl.UInt32).implode())
+    return pk.filter(which if cond is None else which & cond).collect()
 
 
 def _fate_frames(result: Result, r: dict[str, Any], side: str, fate: str, egress: bool | None = None,
@@ -244,13 +267,12 @@ def _outside_beyond(result: Result) -> int:
     """Outside packets that no connection owns and that fall outside the window both captures ran in (the
     inside capture started late or stopped early): what the inside capture could not have shown."""
     ov = result.overlap()
-    pk = result.outside_packets
-    if ov["start"] is None or pk.is_empty() or ov["outside_share"] >= 0.99:
+    if ov["start"] is None or ov["outside_share"] >= 0.99:
         return 0
     off = int(round(result.clock_offset_s * 1e9))
     start, end = int(ov["start"] * 1e9) + off - CAPTURE_MARGIN_NS, int(ov["end"] * 1e9) + off + CAPTURE_MARGIN_NS
-    return int(pk.select((pl.col("anchor").is_null() & ((pl.col("ts_ns") < start) | (pl.col("ts_ns") > end)))
-                         .sum()).item())
+    beyond = pl.col("anchor").is_null() & ((pl.col("ts_ns") < start) | (pl.col("ts_ns") > end))
+    return int(result.packets("outside").select(beyond.sum()).collect().item())
 
 
 CAPTURE_MARGIN_NS = 500_000_000
@@ -677,10 +699,11 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]]) -> list[Finding
         return []
     groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     reached_pod: set[int] = set()
+    errors = {side: _packets_of(result, answered, side, pl.col("is_icmp_error")) for side in ("inside", "outside")}
     for r in answered:
-        errs = _packets(result, r, "inside").filter(pl.col("is_icmp_error"))
+        errs = _packets(result, r, "inside", among=errors["inside"])
         if errs.is_empty():
-            errs = _packets(result, r, "outside").filter(pl.col("is_icmp_error"))
+            errs = _packets(result, r, "outside", among=errors["outside"])
         else:
             reached_pod.add(r["conn"])
         first = errs.row(0, named=True)
@@ -803,9 +826,10 @@ def _invalid_resets(result: Result, rows: list[dict[str, Any]]) -> list[Finding]
     hit = [r for r in rows if r["initiator"] == "inside" and r["fate_outside_only"] and r["fate_node_generated"]
            and r["verdict"] in ("translated", "no_reply", "reply_dropped")]
     hits = []
+    outside = _packets_of(result, hit, "outside", pl.col("fate").is_in(["outside_only", "node_generated"]))
     for r in hit:
-        lost = _packets(result, r, "outside", "outside_only", False)
-        rst = _packets(result, r, "outside", "node_generated", True)
+        lost = _packets(result, r, "outside", "outside_only", False, among=outside)
+        rst = _packets(result, r, "outside", "node_generated", True, among=outside)
         if lost.height and rst.height:
             hits.append((r, lost, rst))
     if not hits:

@@ -191,7 +191,7 @@ def _pair_frames(row: dict[str, Any], kind: str) -> tuple[tuple[str, int], tuple
 
 def _frame_pair(result: Result, row: dict[str, Any], frame: int) -> tuple[tuple[str, int], tuple[str, int]]:
     """The pair of inside frame ``frame`` of the connection ``row``: it and its match outside, in crossing order."""
-    pk = result.inside_packets.filter(pl.col("frame_no") == frame)
+    pk = result.packets("inside").filter(pl.col("frame_no") == frame).collect()
     conn = row["conn"]
     if pk.is_empty():
         raise InputError(f"--frame {frame}: no packet of a connection is inside frame {frame} (frames of #{conn}: "
@@ -213,10 +213,10 @@ def _frame_pair(result: Result, row: dict[str, Any], frame: int) -> tuple[tuple[
 
 
 def _frames_of(result: Result, row: dict[str, Any], crossed: bool = False, limit: int = 12) -> str:
-    pk = result.inside_packets.filter(pl.col("anchor") == row["inside_conn_id"])
+    pk = result.packets("inside").filter(pl.col("anchor") == row["inside_conn_id"])
     if crossed:
         pk = pk.filter(pl.col("out_frame").is_not_null())
-    frames = pk["frame_no"].sort().to_list()
+    frames = pk.select("frame_no").collect()["frame_no"].sort().to_list()
     text = ", ".join(map(str, frames[:limit])) or "none"
     return text + (" ..." if len(frames) > limit else "")
 

@@ -665,18 +665,18 @@ def pods_from_comments(result: Result, side: str) -> tuple[tuple[PodEntry, ...],
     named = {f: c for f, c in comments.items() if c.get("PodName")}
     if not named:
         return (), None
-    packets = result.inside_packets if side == "inside" else result.outside_packets
     # One row per commented packet, its pod by name; then each pod's packets gathered by polars, so Python
-    # only sees each pod's distinct (src, dst) pairs and connections.
+    # only sees each pod's distinct (src, dst) pairs and connections (lazily: a packet table on disk is never
+    # collected, only what each pod gathers).
     pod_of = {f: f"{c.get('PodNamespace') or 'default'}/{c['PodName']}" for f, c in named.items()}
     frames = pl.DataFrame({"frame_no": list(pod_of), "pod": list(pod_of.values()),
                            "container": [named[f].get("ContainerName") for f in pod_of]},
                           schema={"frame_no": pl.UInt32, "pod": pl.String, "container": pl.String})
-    per_pod = (_packet_ends(result, side, packets).join(frames, on="frame_no", how="inner")
+    per_pod = (_packet_ends(result, side).join(frames.lazy(), on="frame_no", how="inner")
                .group_by("pod").agg(pl.struct("src", "dst").unique().alias("pairs"),
                                     pl.col("ts_ns").min().alias("first"), pl.col("ts_ns").max().alias("last"),
                                     pl.col("container").drop_nulls().unique().alias("containers"),
-                                    pl.col("anchor").drop_nulls().unique().alias("anchors")))
+                                    pl.col("anchor").drop_nulls().unique().alias("anchors"))).collect()
     nets = [ipaddress.ip_network(n) for n in result.pod_networks]
     pod_ends = _pod_ends(result)
     seen: dict[str, dict[str, Any]] = {}
@@ -704,10 +704,12 @@ def pods_from_comments(result: Result, side: str) -> tuple[tuple[PodEntry, ...],
     return tuple(pods), info
 
 
-def _packet_ends(result: Result, side: str, packets: pl.DataFrame) -> pl.DataFrame:
+def _packet_ends(result: Result, side: str) -> pl.LazyFrame:
     """frame_no, ts_ns, src, dst and anchor of every packet of a connection leg on ``side``: each leg's tuple
-    (from the connections' legs, found by their first frame) read in the packet's own direction."""
-    legs = (result.connections.select("legs").explode("legs").drop_nulls().unnest("legs")
+    (from the connections' legs, found by their first frame) read in the packet's own direction. A LazyFrame over
+    Result.packets: the caller collects what it keeps of it."""
+    packets = result.packets(side)
+    legs = (result.connections.lazy().select("legs").explode("legs").drop_nulls().unnest("legs")
             .filter(pl.col("observation_point") == side).select("first_frame", "src", "dst").unique("first_frame"))
     firsts = packets.group_by("conn_id").agg(pl.col("frame_no").min().alias("first_frame"))
     tuples = firsts.join(legs, on="first_frame", how="inner").drop("first_frame")

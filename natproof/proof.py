@@ -140,7 +140,8 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
     ``point`` (inside, outside), ``frame_no`` (in its capture), ``ts_ns`` (inside clock: an outside packet's time
     less the clock offset) and ``comment`` (the connection, its verdict and tuples; the packet's frame, direction
     and fate; its counterpart on the other side and how much later (+) or earlier (-) it was seen there, on the
-    inside clock). Built from the Result's packet frames and their matches: nothing is matched again."""
+    inside clock). Built from the Result's packet frames and their matches: nothing is matched again, and only the
+    selected connections' packets are collected from them (Result.packets)."""
     offset_ns = int(round(result.clock_offset_s * 1e9))
     rows = {r["conn"]: r for r in result.connections.filter(pl.col("conn").is_in(list(conns))).iter_rows(named=True)}
     # A connection's packets carry its anchor (its inside leg) on both sides; with no inside leg (one capture of the
@@ -150,17 +151,19 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
               if r["inside_conn_id"] is None and r["outside_conn_id"] is not None}
     owner = pl.col("anchor").replace_strict(by_anchor, default=None, return_dtype=pl.UInt32)
     leg = pl.col("conn_id").replace_strict(by_leg, default=None, return_dtype=pl.UInt32)
-    inside = result.inside_packets.with_columns(owner.alias("owner")).filter(pl.col("owner").is_not_null())
-    outside = (result.outside_packets.with_columns(pl.when(pl.col("anchor").is_not_null()).then(owner)
-                                                   .otherwise(leg).alias("owner"))
-               .filter(pl.col("owner").is_not_null()))
+    inside = (result.packets("inside").with_columns(owner.alias("owner")).filter(pl.col("owner").is_not_null())
+              .collect())
+    outside = (result.packets("outside").with_columns(pl.when(pl.col("anchor").is_not_null()).then(owner)
+                                                      .otherwise(leg).alias("owner"))
+               .filter(pl.col("owner").is_not_null()).collect())
     # Each outside packet's counterpart: the inside packet(s) matched to it (several when GRO merged segments).
-    matched = (result.inside_packets.filter(pl.col("out_frame").is_not_null())
-               .group_by("out_frame").agg(pl.col("frame_no").sort(), pl.col("dt_ns").sort_by("frame_no").first()))
+    matched = (result.packets("inside").filter(pl.col("out_frame").is_in(outside["frame_no"].implode()))
+               .group_by("out_frame").agg(pl.col("frame_no").sort(), pl.col("dt_ns").sort_by("frame_no").first())
+               .collect())
     back = {f: (frames, dt) for f, frames, dt in matched.iter_rows()}
     hair = inside.filter(pl.col("copy_frame").is_not_null()) if "copy_frame" in inside.columns else inside.clear()
-    stamps = dict(result.inside_packets.filter(pl.col("frame_no").is_in(hair["copy_frame"].implode()))
-                  .select("frame_no", "ts_ns").iter_rows()) if hair.height else {}
+    stamps = dict(result.packets("inside").filter(pl.col("frame_no").is_in(hair["copy_frame"].implode()))
+                  .select("frame_no", "ts_ns").collect().iter_rows()) if hair.height else {}
     out: list[tuple[str, int, int, str]] = []
     for p in inside.iter_rows(named=True):
         row = rows[p["owner"]]

@@ -163,17 +163,20 @@ class Result:
     node_generated)."""
     unmatched_outside: int
     """Outside packets with no counterpart inside (includes the node's own traffic)."""
-    inside_packets: pl.DataFrame = field(repr=False)
+    inside_packets: pl.DataFrame | pl.LazyFrame = field(repr=False)
     """Every inside packet that belongs to a leg, in capture order: frame_no, ts_ns, proto, tcp_flags, conn_id (its
     leg), is_egress (sent by its leg's initiator), is_icmp_error, err_src, icmp_type, icmp_code, icmp_mtu, anchor
     (its connection's inside_conn_id), fate (natproof.assemble.FATES), and its match: out_frame, dt_ns (outside
     minus inside time, raw clocks), method (exact, bytes, ip_id, payload; null when unmatched), and when the
     capture holds hairpinned packets copy_frame (a packet's other copy in this capture: the one under the original
     tuple for the DNATed and masqueraded copy, and back; null otherwise). Narrow on purpose: a full decoded frame
-    is load_packets()."""
-    outside_packets: pl.DataFrame = field(repr=False)
+    is load_packets(). A DataFrame as correlate builds it, or a LazyFrame scanning Parquet files when the
+    correlation is larger than RAM (natproof.spill): read it through :meth:`packets`, filter and select there and
+    collect only the rows needed, never the whole table."""
+    outside_packets: pl.DataFrame | pl.LazyFrame = field(repr=False)
     """The same for the outside capture, without the match columns; anchor and fate are null for packets of
-    legs no connection owns (the node's own traffic, a capture of more than the NAT)."""
+    legs no connection owns (the node's own traffic, a capture of more than the NAT). A DataFrame or a LazyFrame,
+    as inside_packets."""
     pod_networks_why: str = ""
     """Where pod_networks came from: given, or what they were inferred from."""
     names: dict[str, Any] | None = None
@@ -212,6 +215,16 @@ class Result:
     spill: Any = field(default=None, repr=False, compare=False)
     """When the captures were correlated past the memory limit (natproof.spill), the directory holding the packet
     frames' Parquet files (a natproof.spill.SpillDir: removed once no Result holds it); None in memory."""
+
+    def packets(self, side: str) -> pl.LazyFrame:
+        """The packet table of one capture (``side``: "inside" or "outside"; inside_packets or outside_packets)
+        as a LazyFrame, whether the Result holds it in memory or scans it from Parquet: every reader filters and
+        selects on this and collects what it needs (one connection's packets, a fate), not the whole table."""
+        if side == "inside":
+            return self.inside_packets.lazy()
+        if side == "outside":
+            return self.outside_packets.lazy()
+        raise ValueError(f"side must be 'inside' or 'outside', not {side!r}")
 
     def by_verdict(self) -> dict[str, int]:
         counts = dict.fromkeys((v.value for v in Verdict), 0)

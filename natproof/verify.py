@@ -309,8 +309,10 @@ def _expect_no_leak(result: Result, rows: list[dict[str, Any]]) -> Check:
     leaky = [r for r in rows if r["fate_leaked"] or "leak" in flags_of(r)]
     if not leaky:
         return Check("no_leak", True, 0, 0, held=len(rows), of=len(rows))
-    packets = result.inside_packets.filter(pl.col("fate") == "leaked")
-    out_packets = result.outside_packets.filter(pl.col("fate") == "leaked")
+    # Only the leaked packets are collected (a few, against every packet of the captures).
+    packets = result.packets("inside").filter(pl.col("fate") == "leaked").select(
+        "anchor", "frame_no", "out_frame").collect()
+    out_packets = result.packets("outside").filter(pl.col("fate") == "leaked").select("anchor", "frame_no").collect()
     evidence = []
     for r in leaky:
         mine = packets.filter(pl.col("anchor") == r["inside_conn_id"])

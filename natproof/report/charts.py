@@ -204,19 +204,22 @@ def latency_data(result: Result) -> pl.DataFrame:
 
     egress: (dt_ns - offset_ns) / 1000; reply: (offset_ns - dt_ns) / 1000, with offset_ns the clock offset.
     ICMP errors cross the node outside-to-inside and count as reply, as in the connections' latency columns.
+    A chart of every matched packet: the one reader that collects a row per packet of the whole capture, built
+    lazily (Result.packets) so only these five columns of the exactly matched packets are ever collected.
     """
     offset_ns = int(round(result.clock_offset_s * 1e9))
-    pk = result.inside_packets
-    if "method" not in pk.columns:
+    pk = result.packets("inside")
+    if "method" not in pk.collect_schema().names():
         return pl.DataFrame(schema={"conn": pl.UInt32, "frame_no": pl.UInt32, "out_frame": pl.UInt32,
                                     "direction": pl.String, "latency_us": pl.Float64})
-    ids = result.connections.select("conn", pl.col("inside_conn_id").alias("conn_id"))
-    return pk.filter(pl.col("method") == "exact").join(ids, on="conn_id", how="left").sort("frame_no").select(
+    ids = result.connections.lazy().select("conn", pl.col("inside_conn_id").alias("conn_id"))
+    exact = pk.filter(pl.col("method") == "exact").select("frame_no", "conn_id", "out_frame", "is_egress", "dt_ns")
+    return exact.join(ids, on="conn_id", how="left").sort("frame_no").select(
         "conn", "frame_no", "out_frame",
         pl.when(pl.col("is_egress")).then(pl.lit("egress")).otherwise(pl.lit("reply")).alias("direction"),
         (pl.when(pl.col("is_egress")).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
          / 1000.0).alias("latency_us"),
-    )
+    ).collect()
 
 
 def service_backends_data(result: Result) -> pl.DataFrame:
