@@ -371,13 +371,13 @@ def correlate(
         assert inside is not None and outside is not None
         _check_distinct(inside, outside)
         if memory_limit is not None and estimated_bytes([inside, outside]) > memory_limit:
-            spilled = None
+            spilled: Result | str = "--inside-if/--outside-if/--interfaces are given"
             if not in_names and not out_names and links is None:
                 spilled = correlate_spilled(inside, outside, memory_limit=memory_limit, spill_dir=spill_dir,
                                             pod_cidr=pod_cidr, clock_offset_s=clock_offset_s, tolerance_s=tolerance_s,
                                             timeouts=timeouts, progress=progress, fast=fast, services=services,
                                             overlay=overlay)
-            if spilled is not None:
+            if isinstance(spilled, Result):
                 swapped = looks_swapped(spilled.connections, services)
                 if swapped:
                     spilled.spill.cleanup()
@@ -385,9 +385,9 @@ def correlate(
                 if conntrack is not None:
                     spilled = join_kernel(spilled, conntrack, tolerance_s=tolerance_s)
                 return apply_names(spilled, names)
-            memory_note = (f"--memory-limit not applied: correlating past memory takes two captures of one "
-                           f"interface each, without --inside-if/--outside-if/--interfaces; "
-                           f"{os.fspath(inside)} and {os.fspath(outside)} were correlated in memory")
+            if spilled:
+                memory_note = (f"--memory-limit not applied ({spilled}): correlating past memory takes two captures "
+                               "of one interface each; the captures were correlated in memory")
         cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
                for label, path in (("inside", inside), ("outside", outside))]
         # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both

@@ -58,7 +58,8 @@ MIN_GROUP_PACKETS = 1_000
 """The smallest group: a tiny limit (a test's) still makes groups of some size."""
 
 KEY_PART_PACKETS = 2_000_000
-"""About this many packets' keys per key part when flows are linked."""
+"""At most about this many packets' keys (both captures) per key part when flows are linked; fewer when the
+budget is smaller (a key row costs about what a packet does in a group: 190 B measured on 1M keys)."""
 
 _OUTSIDE = 0x5A5A_5A5A_5A5A_5A5A
 """Outside flows' node ids in the component graph are their flow hash XOR this: a flow seen on both sides under
@@ -221,30 +222,31 @@ def _link(root: Path, key_parts: int, flows_in: pl.DataFrame, flows_out: pl.Data
     """Edges (a, b) between flow nodes that may hold the same packet: a hub per key (its least inside flow), to
     which every flow holding the key is joined, for keys on both sides and for keys in two inside flows (a
     hairpinned packet's two copies); and, for flows with no key on the other side at all, a hub per end."""
-    edges = []
-    crossed = []
+    # Distinct (flow, hub) rows only, folded in part by part: a flow's packets spread over every part, and one
+    # row per key would hold a row per packet.
+    edges = pl.DataFrame(schema={"a": pl.UInt64, "hub": pl.UInt64})
+    linked = pl.DataFrame(schema={"fid": pl.UInt64})
     for p in range(key_parts):
         ki = _read(root / f"inside-keys-{p}")
         ko = _read(root / f"outside-keys-{p}")
         if ki is None:
             continue
-        ki = ki.unique()
-        hub = ki.group_by("k").agg(pl.col("fid").min().alias("hub"), pl.len().alias("n_in"))
+        hub = ki.group_by("k").agg(pl.col("fid").min().alias("hub"), pl.col("fid").n_unique().alias("n_in"))
+        found = []
         if ko is not None:
-            ko = ko.unique()
             on_out = ko.select("k").unique().with_columns(pl.lit(True).alias("out"))
             hub = hub.join(on_out, on="k", how="left").with_columns(pl.col("out").fill_null(False))
             both = hub.filter("out").select("k", "hub")
-            e_out = ko.join(both, on="k").select(pl.col("fid").alias("a"), "hub")
-            edges.append(e_out)
-            crossed.append(e_out.select(pl.col("a").alias("fid")).unique())
-            crossed.append(ki.join(both, on="k", how="semi").select("fid").unique())
+            e_out = ko.join(both, on="k").select(pl.col("fid").alias("a"), "hub").unique()
+            found.append(e_out)
+            linked = pl.concat([linked, e_out.select(pl.col("a").alias("fid")),
+                                ki.join(both, on="k", how="semi").select("fid")]).unique()
         else:
             hub = hub.with_columns(pl.lit(False).alias("out"))
         keep = hub.filter(pl.col("out") | (pl.col("n_in") > 1)).select("k", "hub")
-        edges.append(ki.join(keep, on="k").select(pl.col("fid").alias("a"), "hub"))
-        del ki, ko, hub
-    linked = pl.concat(crossed).unique() if crossed else pl.DataFrame(schema={"fid": pl.UInt64})
+        found.append(ki.join(keep, on="k").select(pl.col("fid").alias("a"), "hub").unique())
+        edges = pl.concat([edges, *found]).unique()
+        del ki, ko, hub, found
     # Flows with no key on the other side: joined by their ends (the far end pure SNAT keeps, for the byte-range
     # and payload passes' fallback).
     def ends(flows: pl.DataFrame) -> pl.DataFrame:
@@ -257,9 +259,8 @@ def _link(root: Path, key_parts: int, flows_in: pl.DataFrame, flows_out: pl.Data
     ei, eo = ends(flows_in), ends(flows_out)
     shared = ei.select("end").unique().join(eo.select("end").unique(), on="end")
     hubs = pl.concat([ei, eo]).join(shared, on="end").group_by("end").agg(pl.col("fid").min().alias("hub"))
-    edges.append(pl.concat([ei, eo]).join(hubs, on="end").select(pl.col("fid").alias("a"), "hub"))
-    out = pl.concat(edges).rename({"hub": "b"}).filter(pl.col("a") != pl.col("b")).unique()
-    return out
+    edges = pl.concat([edges, pl.concat([ei, eo]).join(hubs, on="end").select(pl.col("fid").alias("a"), "hub")])
+    return edges.rename({"hub": "b"}).filter(pl.col("a") != pl.col("b")).unique()
 
 
 def _components(nodes: pl.Series, edges: pl.DataFrame) -> pl.DataFrame:
@@ -310,12 +311,13 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
                       clock_offset_s: float | None = None, tolerance_s: float = 1.0,
                       timeouts: IdleTimeouts | None = None,
                       progress: Callable[[str, int], Callable[[int], None]] | None = None, fast: bool | None = None,
-                      services: Services | None = None, overlay: Overlay = DEFAULT_OVERLAY) -> Result | None:
+                      services: Services | None = None, overlay: Overlay = DEFAULT_OVERLAY) -> Result | str:
     """Two captures (one interface each) correlated within about ``memory_limit`` bytes: the same Result as
     natproof.correlate's (the same connections, verdicts and packet fates; ``conn`` numbered in order of first
     packet alike, conn_ids differ), its packet frames LazyFrames over Parquet in a temporary directory under
-    ``spill_dir`` (TMPDIR by default) kept while the Result is. None when a capture holds several interfaces
-    (choosing points needs the whole file: the caller correlates in memory). Raises what correlate raises."""
+    ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
+    correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
+    is left to correlate (""). Raises what correlate raises."""
     from natproof.correlate import (
         _check_overlap,
         _contract_rows,
@@ -332,7 +334,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     root = spill.path
     budget = max(MIN_GROUP_PACKETS, (memory_limit - BASE_BYTES) // BYTES_PER_PACKET)
     est = max(1, (estimated_bytes([inside, outside]) - BASE_BYTES) // BYTES_PER_PACKET)
-    key_parts = max(1, -(-est // KEY_PART_PACKETS))
+    key_parts = max(1, -(-est // min(budget, KEY_PART_PACKETS)))
     try:
         # 1. read both captures, batch by batch
         sides = []
@@ -347,7 +349,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
                 flows = writer.close()
             if several_interfaces(info, pl.DataFrame(), None, counts=writer.per_interface):
                 spill.cleanup()
-                return None
+                return f"{os.fspath(path)} holds several interfaces"
             for k, v in writer.skipped.items():
                 info.skipped[k] += v
             point, interfaces = choose_point(role, info, pl.DataFrame(), counts=writer.per_interface)
@@ -360,6 +362,9 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         edges = _link(root, key_parts, flows_in, flows_out)
         groups = _groups(flows_in, flows_out, edges, budget)
         n_groups = int(groups["group"].max()) + 1 if groups.height else 0
+        if not n_groups:
+            spill.cleanup()
+            return ""
         del edges, flows_in, flows_out
         for role in ("inside", "outside"):
             _split_by_group(root, role, groups)
@@ -367,7 +372,9 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         trim()
 
         # 4. legs per group, and the clock-offset samples
-        conns_in, conns_out = [], []
+        # Each group's legs go to disk; of all the legs, the pod networks read only the addresses.
+        ends_in: list[pl.DataFrame] = []
+        ends_out: list[pl.DataFrame] = []
         same = n_in == n_out and n_in > 0
         for g in range(n_groups):
             parts = []
@@ -376,7 +383,11 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
                 pk = pk.drop("fid") if pk is not None else pl.DataFrame(schema=schema)
                 pk, conns = group_point(pk, info, timeouts, senders=senders, duplicates=False)
                 pk.write_parquet(root / f"{role}-grouped-g{g}.parquet")
-                (conns_in if role == "inside" else conns_out).append(conns.with_columns(pl.lit(g).alias("_g")))
+                conns.write_parquet(root / f"{role}-legs-g{g}.parquet")
+                if role == "inside":
+                    ends_in.append(conns.select(pl.col("src").cast(pl.String)).unique())
+                else:
+                    ends_out.append(conns.select(pl.col("src", "dst").cast(pl.String)).unique())
                 parts.append(with_keys(pk))
             a, b = parts
             same = same and a.select("ts_ns", "k_strong").equals(b.select("ts_ns", "k_strong"))
@@ -388,8 +399,10 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         if same:
             raise InputError(f"{os.fspath(inside)} and {os.fspath(outside)} hold the same packets at the same times "
                              "(one is a copy of the other): give one capture from each side of the NAT")
-        all_in = pl.concat(conns_in) if conns_in else pl.DataFrame()
-        all_out = pl.concat(conns_out) if conns_out else pl.DataFrame()
+        all_in = pl.concat(ends_in).unique() if ends_in else pl.DataFrame(schema={"src": pl.String})
+        all_out = pl.concat(ends_out).unique() if ends_out else pl.DataFrame(schema={"src": pl.String,
+                                                                                   "dst": pl.String})
+        del ends_in, ends_out
         if pod_cidr:
             nets = parse_networks(pod_cidr)
             why = "given (--pod-cidr)"
@@ -422,8 +435,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             a_in = pl.read_parquet(root / f"inside-grouped-g{g}.parquet")
             a_out = pl.read_parquet(root / f"outside-grouped-g{g}.parquet")
             rows = a_in.height + a_out.height
-            legs_in, legs_out = conns_in[g].drop("_g"), conns_out[g].drop("_g")
-            conns_in[g] = conns_out[g] = pl.DataFrame()  # held once, by this group's assembly
+            legs_in = pl.read_parquet(root / f"inside-legs-g{g}.parquet")
+            legs_out = pl.read_parquet(root / f"outside-legs-g{g}.parquet")
             fa = key_point(a_in, inside=True, dnat=dnat, services=services)
             fb = key_point(a_out, inside=False, dnat=dnat, services=services)
             del a_in, a_out
@@ -450,17 +463,17 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             out_conns.append(conns)
             in_base += legs_in.height
             out_base += legs_out.height
-            (root / f"inside-grouped-g{g}.parquet").unlink()
-            (root / f"outside-grouped-g{g}.parquet").unlink()
+            for name in ("inside-grouped", "outside-grouped", "inside-legs", "outside-legs"):
+                (root / f"{name}-g{g}.parquet").unlink()
             del fa, fb, matches, in_pk, out_pk, pairs, conns
             trim()
             if tick:
                 tick(total_bytes * rows // max(1, n_in + n_out))
-        del conns_in, conns_out
         if not any_pairs and n_in and n_out:
             _check_overlap_spans(inside, outside, in_info, out_info, offset, clock_offset_s is not None,
                                  _check_overlap)
-        conns = pl.concat(out_conns) if out_conns else _contract_rows(pl.DataFrame())
+        conns = pl.concat(out_conns)
+        out_conns.clear()
         conns = conns.sort(["first_ts_ns", "inside_conn_id"], nulls_last=False).with_columns(
             pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
         conns = conns.with_columns(_other_capture_off(conns, in_info, out_info, offset))
@@ -488,15 +501,11 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
 def _scan(root: Path, role: str, n_groups: int, hairpin: bool) -> pl.LazyFrame:
     """One side's packet frames of every group (a connection's packets in capture order); copy_frame only when
     some packet was hairpinned, as in memory."""
-    if not n_groups:
-        return pl.LazyFrame()
     scan = pl.scan_parquet(root / f"{role}-packets-g*.parquet")
     return scan if hairpin or role == "outside" else scan.drop("copy_frame")
 
 
 def _count(root: Path, role: str, n_groups: int) -> int:
-    if not n_groups:
-        return 0
     return int(pl.scan_parquet(root / f"{role}-packets-g*.parquet").select(pl.len()).collect().item())
 
 

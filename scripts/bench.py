@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-synthetic", action="store_true", help="skip the synthetic (generated) pairs")
     ap.add_argument("--no-same-json", action="store_true",
                     help="skip checking that the dpkt decoder gives the same JSON (a full dpkt correlate)")
+    ap.add_argument("--huge", action="store_true", help=f"also the {HUGE_PACKETS // 1_000_000}M-packet synthetic pair "
+                    f"(about 36 GB on disk), correlated past memory with --memory-limit {HUGE_LIMIT}: peak RSS and RSS "
+                    "per packet against the smallest synthetic pair's")
     args = ap.parse_args(argv)
     sizes = [200_000] if args.small else [int(x) for x in args.packets.split(",")]
     if args.repeat is None:
@@ -331,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed |= not same
                 checks.append(f"{label}: correlate JSON with --decoder dpkt {'identical' if same else 'DIFFERENT'} "
                               f"to the fast path's ({time.perf_counter() - t:.0f} s)")
+    if args.huge:
+        failed |= huge_rows(root, args.regen, rows, checks, facts)
     head = ["size", "tool", "packets", "seconds", "packets/s", "vs dpkt", "vs tshark", "vs read", "peak RSS MB",
             "RSS B/pkt"]
     for kind in kinds:
@@ -368,6 +373,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{a['decode_rss']:.0f}->{b['decode_rss']:.0f} B, correlate {a['corr_rss']:.0f}->"
                   f"{b['corr_rss']:.0f} B -> "
                   f"{'met' if b['decode_rss'] <= a['decode_rss'] and b['corr_rss'] <= a['corr_rss'] else 'MISSED'}")
+    if ("huge", HUGE_PACKETS) in facts:
+        h = facts[("huge", HUGE_PACKETS)]
+        small = min((n, f) for (k, n), f in facts.items() if k == "synthetic")[1] if any(
+            k == "synthetic" for k, _ in facts) else None
+        limit_b = 2**30
+        print(f"target (synthetic, {h['packets']:,}/side, --memory-limit {HUGE_LIMIT}) peak RSS <= 1 GB: "
+              f"{h['corr_rss_total'] / 2**30:.2f} GiB -> {'met' if h['corr_rss_total'] <= limit_b else 'MISSED'}")
+        if small:
+            print(f"target RSS per packet at {h['packets']:,} not higher than at {small['packets']:,}: correlate "
+                  f"{small['corr_rss']:.0f} -> {h['corr_rss']:.0f} B -> "
+                  f"{'met' if h['corr_rss'] <= small['corr_rss'] else 'MISSED'}")
     for note in notes:
         print(f"note   {note}")
     print("note   every tool reads the same file, warmed into the page cache just before its run; natproof's rows are "
@@ -376,6 +392,52 @@ def main(argv: list[str] | None = None) -> int:
     print("note   peak RSS: largest sampled sum of VmRSS over the process tree (correlate decodes one capture in a "
           "second process), or the kernel's ru_maxrss if larger; each measurement is a fresh process.")
     return 1 if failed else 0
+
+
+HUGE_PACKETS = 20_000_000
+"""Packets per side of --huge's pair."""
+HUGE_LIMIT = "1G"
+"""--memory-limit of --huge's correlate."""
+
+
+def huge_rows(root: Path, regen: bool, rows: list[list[str]], checks: list[str],
+              facts: dict[tuple[str, int], dict[str, float]]) -> bool:
+    """--huge: the 2 x 20M synthetic pair correlated with --memory-limit 1G (spilled to disk), its row, result
+    check and facts; True when the check failed. The pair is bigger than this machine's page cache: it is read
+    from disk, and "vs read" is against reading it from disk."""
+    import polars as pl
+
+    from natproof.testing.bulk import check_mapping
+
+    d, meta, took = pair_for(HUGE_PACKETS, root, regen)
+    inside, outside = d / "inside.pcap", d / "outside.pcap"
+    n_in = meta["packets"]
+    print(f"  synthetic {HUGE_PACKETS:,}: {n_in:,} packets per side, {meta['connections']:,} connections, "
+          f"{inside.stat().st_size / 2**30:,.1f} GiB per side" + (f", made in {took:.1f} s" if took else ", reused"),
+          flush=True)
+    base_path = d / f"inside-first-{BASELINE_SLICE}.pcap"
+    if not base_path.exists():
+        prefix(inside, BASELINE_SLICE, base_path)
+    base, base_n = decode_run(base_path, fast=False)
+    floor_pps = n_in / (inside.stat().st_size / read_rate(inside, repeat=1))
+    out = d / "correlate-spilled.parquet"
+    run = measure([sys.executable, "-m", "natproof", "correlate", str(inside), str(outside), "--memory-limit",
+                   HUGE_LIMIT, "--format", "parquet", "-o", str(out), "-q"])
+    print(f"    correlate --memory-limit {HUGE_LIMIT}: {run.seconds:.1f} s", flush=True)
+    label = f"{HUGE_PACKETS // 1_000_000}M"
+    ref = (label, base_n / base.seconds, None, floor_pps)
+    rows.append(_row(ref, "dpkt object decode (baseline) (first 1M)", base_n, base))
+    rows.append(_row(ref, f"correlate --memory-limit {HUGE_LIMIT} (spilled)", 2 * n_in, run))
+    facts[("huge", HUGE_PACKETS)] = {"corr_rss": run.peak_rss / (2 * n_in), "corr_rss_total": run.peak_rss,
+                                     "packets": n_in}
+    conns = pl.read_parquet(out, columns=["proto", "inside_src", "inside_sport", "inside_dst", "inside_dport",
+                                          "outside_src", "outside_sport", "verdict"])
+    dicts = [{"proto": p, "inside": {"src": a, "sport": s, "dst": b, "dport": t},
+              "outside": {"src": o, "sport": q}, "verdict": v} for p, a, s, b, t, o, q, v in conns.iter_rows()]
+    ok, msg = check_mapping(dicts, d / "truth.json")
+    checks.append(f"{label} (spilled): mapping {'OK' if ok else 'WRONG'}: {msg}")
+    out.unlink()
+    return not ok
 
 
 def _row(ref: tuple[str, float, float | None, float], tool: str, packets: int, r: Run) -> list[str]:
