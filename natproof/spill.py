@@ -25,11 +25,13 @@ Steps, each holding one batch or one group at a time:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -43,8 +45,10 @@ from natproof.match import match_sides, offset_from, offset_samples, with_keys
 from natproof.memory import trim
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import load_packets
-from natproof.points import choose_point, several_interfaces
+from natproof.points import Interface, ObservationPoint, choose_point, several_interfaces
 from natproof.result import CaptureSummary, Result
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 BYTES_PER_PACKET = 300
 """Peak memory of an in-memory correlation per packet of both captures, measured by ``make bench`` (2 x 5M
@@ -130,12 +134,6 @@ class SpillDir:
 
     def cleanup(self) -> None:
         self._finalizer()
-
-
-def _feature_columns() -> list[str]:
-    from natproof.correlate import DECODE_COLUMNS
-
-    return list(DECODE_COLUMNS)
 
 
 class _SideWriter:
@@ -306,6 +304,122 @@ def _split_by_group(root: Path, role: str, groups: pl.DataFrame) -> None:
     shutil.rmtree(src)
 
 
+@dataclass
+class _Capture:
+    """One capture after step 1."""
+
+    info: CaptureInfo
+    point: ObservationPoint
+    interfaces: tuple[Interface, ...]
+    flows: pl.DataFrame
+    senders: set[str]
+    packets: int
+    schema: dict[str, pl.DataType] | None
+
+
+def _read_capture(root: Path, role: str, path: str | os.PathLike[str], key_parts: int,
+                  progress: Callable[[str, int], Callable[[int], None]] | None, fast: bool | None,
+                  overlay: Overlay) -> _Capture | str:
+    """Step 1 for one capture; why it must be correlated in memory instead (several interfaces)."""
+    from natproof.correlate import DECODE_COLUMNS, packet_features
+
+    cb = progress(f"{role}: {os.fspath(path)}", os.path.getsize(path)) if progress else None
+    writer = _SideWriter(root, role, key_parts)
+    try:
+        info, _ = load_packets(path, cb, fast=fast, columns=DECODE_COLUMNS, transform=packet_features,
+                               overlay=overlay, sink=writer)
+    finally:
+        flows = writer.close()
+    if several_interfaces(info, pl.DataFrame(), None, counts=writer.per_interface):
+        return f"{os.fspath(path)} holds several interfaces"
+    for k, v in writer.skipped.items():
+        info.skipped[k] += v
+    point, interfaces = choose_point(role, info, pl.DataFrame(), counts=writer.per_interface)
+    return _Capture(info, point, interfaces, flows, writer.senders, writer.packets, writer.schema)
+
+
+def _legs(root: Path, g: int, caps: tuple[_Capture, _Capture], timeouts: IdleTimeouts | None,
+          samples: bool) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+    """Step 4 for group ``g``: each side's packets grouped into legs (written to disk), the clock-offset samples
+    (when ``samples``); returns the inside legs' sources, the outside legs' ends (the pod networks read only
+    those) and whether both sides hold the very same packets."""
+    from natproof.correlate import group_point
+
+    keyed = []
+    for role, cap in zip(("inside", "outside"), caps, strict=True):
+        pk = _read(root / f"{role}-g{g}")
+        schema = caps[0].schema or caps[1].schema
+        pk = pk.drop("fid") if pk is not None else pl.DataFrame(schema=schema)
+        pk, legs = group_point(pk, cap.info, timeouts, senders=cap.senders, duplicates=False)
+        pk.write_parquet(root / f"{role}-grouped-g{g}.parquet")
+        legs.write_parquet(root / f"{role}-legs-g{g}.parquet")
+        ends = ["src"] if role == "inside" else ["src", "dst"]
+        keyed.append((with_keys(pk), legs.select(pl.col(ends).cast(pl.String)).unique()))
+        shutil.rmtree(root / f"{role}-g{g}", ignore_errors=True)
+    (a, ends_in), (b, ends_out) = keyed
+    if samples:
+        offset_samples(a, b).write_parquet(root / f"offset-g{g}.parquet")
+    return ends_in, ends_out, a.select("ts_ns", "k_strong").equals(b.select("ts_ns", "k_strong"))
+
+
+def _clock_offset(root: Path, n_groups: int) -> int:
+    """The whole captures' clock offset from every group's samples (natproof.match.offset_from: the same medians);
+    by rank when no key is unique on both sides."""
+    offset = offset_from(pl.scan_parquet(root / "offset-g*.parquet"))
+    if offset is not None:
+        return offset
+    for g in range(n_groups):
+        a, b = (with_keys(pl.read_parquet(root / f"{r}-grouped-g{g}.parquet")) for r in ("inside", "outside"))
+        offset_samples(a, b, by_rank=True).write_parquet(root / f"rank-g{g}.parquet")
+    return offset_from(pl.scan_parquet(root / "rank-g*.parquet")) or 0
+
+
+@dataclass
+class _Group:
+    """Step 5's result for one group."""
+
+    connections: pl.DataFrame
+    paired: bool
+    hairpin: bool
+    unmatched_inside: int
+    unmatched_outside: int
+    legs: tuple[int, int]
+
+
+def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[Network], services: Services,
+                 offset: int, tolerance_ns: int, base: tuple[int, int]) -> _Group:
+    """Step 5 for group ``g``: keyed, matched and assembled as natproof.correlate does the whole captures, its
+    packet frames written to Parquet; conn_ids offset by ``base`` (the legs of the groups before, per side)."""
+    from natproof.correlate import _contract_rows, key_point, result_packets, unmatched_inside
+
+    fa = key_point(pl.read_parquet(root / f"inside-grouped-g{g}.parquet"), inside=True, dnat=dnat,
+                   services=services)
+    fb = key_point(pl.read_parquet(root / f"outside-grouped-g{g}.parquet"), inside=False, dnat=dnat,
+                   services=services)
+    legs_in = pl.read_parquet(root / f"inside-legs-g{g}.parquet")
+    legs_out = pl.read_parquet(root / f"outside-legs-g{g}.parquet")
+    matches = match_sides(fa["match"], fb["match"], clock_offset_ns=offset, tolerance_ns=tolerance_ns)
+    conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
+                                           pod_networks=nets, services=services, icmp=(fa["icmp"], fb["icmp"]))
+    conns = _contract_rows(conns)
+    in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
+    if "copy_frame" not in in_pk.columns:  # every group's file has the same columns
+        in_pk = in_pk.with_columns(pl.lit(None, in_pk["frame_no"].dtype).alias("copy_frame"))
+    done = _Group(connections=conns, paired=not matches.pairs.is_empty(), hairpin=matches.inside_self.height > 0,
+                  unmatched_inside=unmatched_inside(in_pk, conns),
+                  unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
+                  legs=(legs_in.height, legs_out.height))
+    b_in, b_out = base
+    in_pk = in_pk.with_columns(pl.col("conn_id", "anchor") + b_in)
+    out_pk = out_pk.with_columns(pl.col("conn_id") + b_out, pl.col("anchor") + b_in)
+    done.connections = conns.with_columns(pl.col("inside_conn_id") + b_in, pl.col("outside_conn_id") + b_out)
+    in_pk.write_parquet(root / f"inside-packets-g{g:05d}.parquet")
+    out_pk.write_parquet(root / f"outside-packets-g{g:05d}.parquet")
+    for name in ("inside-grouped", "outside-grouped", "inside-legs", "outside-legs"):
+        (root / f"{name}-g{g}.parquet").unlink()
+    return done
+
+
 def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike[str], *, memory_limit: int,
                       spill_dir: str | os.PathLike[str] | None = None, pod_cidr: str | Sequence[str] | None = None,
                       clock_offset_s: float | None = None, tolerance_s: float = 1.0,
@@ -318,16 +432,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
     correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
     is left to correlate (""). Raises what correlate raises."""
-    from natproof.correlate import (
-        _check_overlap,
-        _contract_rows,
-        _other_capture_off,
-        group_point,
-        key_point,
-        packet_features,
-        result_packets,
-        unmatched_inside,
-    )
+    from natproof.correlate import _check_overlap, _other_capture_off
 
     services = services or Services()
     spill = SpillDir(spill_dir)
@@ -337,160 +442,80 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     key_parts = max(1, -(-est // min(budget, KEY_PART_PACKETS)))
     try:
         # 1. read both captures, batch by batch
-        sides = []
-        schema: dict[str, pl.DataType] | None = None
-        for role, path in (("inside", inside), ("outside", outside)):
-            cb = progress(f"{role}: {os.fspath(path)}", os.path.getsize(path)) if progress else None
-            writer = _SideWriter(root, role, key_parts)
-            try:
-                info, _ = load_packets(path, cb, fast=fast, columns=_feature_columns(), transform=packet_features,
-                                       overlay=overlay, sink=writer)
-            finally:
-                flows = writer.close()
-            if several_interfaces(info, pl.DataFrame(), None, counts=writer.per_interface):
-                spill.cleanup()
-                return f"{os.fspath(path)} holds several interfaces"
-            for k, v in writer.skipped.items():
-                info.skipped[k] += v
-            point, interfaces = choose_point(role, info, pl.DataFrame(), counts=writer.per_interface)
-            sides.append((info, point, interfaces, flows, writer.senders, writer.packets))
-            schema = schema or writer.schema
-        (in_info, in_point, in_ifs, flows_in, senders_in, n_in), \
-            (out_info, out_point, out_ifs, flows_out, senders_out, n_out) = sides
+        read = [_read_capture(root, role, path, key_parts, progress, fast, overlay)
+                for role, path in (("inside", inside), ("outside", outside))]
+        if reason := next((r for r in read if isinstance(r, str)), None):
+            spill.cleanup()
+            return reason
+        ins, outs = caps = (read[0], read[1])
+        assert isinstance(ins, _Capture) and isinstance(outs, _Capture)
 
         # 2. link flows into components, cut into groups; 3. each side's packets by group
-        edges = _link(root, key_parts, flows_in, flows_out)
-        groups = _groups(flows_in, flows_out, edges, budget)
+        groups = _groups(ins.flows, outs.flows, _link(root, key_parts, ins.flows, outs.flows), budget)
         n_groups = int(groups["group"].max()) + 1 if groups.height else 0
         if not n_groups:
             spill.cleanup()
             return ""
-        del edges, flows_in, flows_out
         for role in ("inside", "outside"):
             _split_by_group(root, role, groups)
         del groups
         trim()
 
-        # 4. legs per group, and the clock-offset samples
-        # Each group's legs go to disk; of all the legs, the pod networks read only the addresses.
-        ends_in: list[pl.DataFrame] = []
-        ends_out: list[pl.DataFrame] = []
-        same = n_in == n_out and n_in > 0
+        # 4. legs per group; then what depends on the whole captures
+        ends_in, ends_out, same = [], [], ins.packets == outs.packets > 0
         for g in range(n_groups):
-            parts = []
-            for role, info, senders in (("inside", in_info, senders_in), ("outside", out_info, senders_out)):
-                pk = _read(root / f"{role}-g{g}")
-                pk = pk.drop("fid") if pk is not None else pl.DataFrame(schema=schema)
-                pk, conns = group_point(pk, info, timeouts, senders=senders, duplicates=False)
-                pk.write_parquet(root / f"{role}-grouped-g{g}.parquet")
-                conns.write_parquet(root / f"{role}-legs-g{g}.parquet")
-                if role == "inside":
-                    ends_in.append(conns.select(pl.col("src").cast(pl.String)).unique())
-                else:
-                    ends_out.append(conns.select(pl.col("src", "dst").cast(pl.String)).unique())
-                parts.append(with_keys(pk))
-            a, b = parts
-            same = same and a.select("ts_ns", "k_strong").equals(b.select("ts_ns", "k_strong"))
-            if clock_offset_s is None:
-                offset_samples(a, b).write_parquet(root / f"offset-g{g}.parquet")
-            for role in ("inside", "outside"):
-                shutil.rmtree(root / f"{role}-g{g}", ignore_errors=True)
-            del parts, a, b
+            a, b, identical = _legs(root, g, caps, timeouts, samples=clock_offset_s is None)
+            ends_in.append(a)
+            ends_out.append(b)
+            same = same and identical
         if same:
             raise InputError(f"{os.fspath(inside)} and {os.fspath(outside)} hold the same packets at the same times "
                              "(one is a copy of the other): give one capture from each side of the NAT")
-        all_in = pl.concat(ends_in).unique() if ends_in else pl.DataFrame(schema={"src": pl.String})
-        all_out = pl.concat(ends_out).unique() if ends_out else pl.DataFrame(schema={"src": pl.String,
-                                                                                   "dst": pl.String})
+        all_in, all_out = pl.concat(ends_in).unique(), pl.concat(ends_out).unique()
         del ends_in, ends_out
         if pod_cidr:
-            nets = parse_networks(pod_cidr)
-            why = "given (--pod-cidr)"
+            nets, why = parse_networks(pod_cidr), "given (--pod-cidr)"
             dnat = (*nets, PRIVATE_SPACE[-1][0])
         else:
             inferred = infer_pod_networks(all_in, all_out)
             nets, why = inferred.networks, inferred.why
             dnat = dnat_networks(all_in, infer_pod_networks(all_in).networks)
-        del all_in, all_out
-        if clock_offset_s is not None:
-            offset = int(round(clock_offset_s * 1e9))
-        else:
-            scan = pl.scan_parquet(root / "offset-g*.parquet") if n_groups else pl.DataFrame(
-                schema={"dt": pl.Int64, "is_egress": pl.Boolean}).lazy()
-            offset = offset_from(scan)
-            if offset is None:
-                for g in range(n_groups):
-                    a, b = (with_keys(pl.read_parquet(root / f"{r}-grouped-g{g}.parquet"))
-                            for r in ("inside", "outside"))
-                    offset_samples(a, b, by_rank=True).write_parquet(root / f"rank-g{g}.parquet")
-                offset = (offset_from(pl.scan_parquet(root / "rank-g*.parquet")) if n_groups else None) or 0
+        offset = _clock_offset(root, n_groups) if clock_offset_s is None else int(round(clock_offset_s * 1e9))
 
         # 5. match and assemble each group with the whole captures' offset and networks
-        out_conns, any_pairs, hairpin = [], False, False
-        unmatched_in = unmatched_out = 0
-        in_base = out_base = 0
+        done: list[_Group] = []
+        base = (0, 0)
         total_bytes = sum(os.path.getsize(p) for p in (inside, outside))
         tick = progress(f"matching {n_groups} groups of flows", total_bytes) if progress and n_groups > 1 else None
         for g in range(n_groups):
-            a_in = pl.read_parquet(root / f"inside-grouped-g{g}.parquet")
-            a_out = pl.read_parquet(root / f"outside-grouped-g{g}.parquet")
-            rows = a_in.height + a_out.height
-            legs_in = pl.read_parquet(root / f"inside-legs-g{g}.parquet")
-            legs_out = pl.read_parquet(root / f"outside-legs-g{g}.parquet")
-            fa = key_point(a_in, inside=True, dnat=dnat, services=services)
-            fb = key_point(a_out, inside=False, dnat=dnat, services=services)
-            del a_in, a_out
-            matches = match_sides(fa["match"], fb["match"], clock_offset_ns=offset,
-                                  tolerance_ns=int(tolerance_s * 1e9))
-            any_pairs = any_pairs or not matches.pairs.is_empty()
-            conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
-                                                   pod_networks=nets, services=services,
-                                                   icmp=(fa["icmp"], fb["icmp"]))
-            conns = _contract_rows(conns)
-            in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
-            hairpin = hairpin or matches.inside_self.height > 0
-            if "copy_frame" not in in_pk.columns:  # every group's file has the same columns
-                in_pk = in_pk.with_columns(pl.lit(None, in_pk["frame_no"].dtype).alias("copy_frame"))
-            unmatched_in += unmatched_inside(in_pk, conns)
-            unmatched_out += out_pk.height - pairs["out_row"].n_unique()
-            # conn_ids are each group's own (0 ..): the whole captures' are offset by the groups before.
-            ids_in = [c for c in ("conn_id", "anchor") if c in in_pk.columns]
-            in_pk = in_pk.with_columns(pl.col(c) + in_base for c in ids_in)
-            out_pk = out_pk.with_columns(pl.col("conn_id") + out_base, pl.col("anchor") + in_base)
-            conns = conns.with_columns(pl.col("inside_conn_id") + in_base, pl.col("outside_conn_id") + out_base)
-            in_pk.write_parquet(root / f"inside-packets-g{g:05d}.parquet")
-            out_pk.write_parquet(root / f"outside-packets-g{g:05d}.parquet")
-            out_conns.append(conns)
-            in_base += legs_in.height
-            out_base += legs_out.height
-            for name in ("inside-grouped", "outside-grouped", "inside-legs", "outside-legs"):
-                (root / f"{name}-g{g}.parquet").unlink()
-            del fa, fb, matches, in_pk, out_pk, pairs, conns
+            done.append(_match_group(root, g, dnat=dnat, nets=nets, services=services, offset=offset,
+                                     tolerance_ns=int(tolerance_s * 1e9), base=base))
+            base = (base[0] + done[-1].legs[0], base[1] + done[-1].legs[1])
             trim()
             if tick:
-                tick(total_bytes * rows // max(1, n_in + n_out))
-        if not any_pairs and n_in and n_out:
-            _check_overlap_spans(inside, outside, in_info, out_info, offset, clock_offset_s is not None,
+                tick(total_bytes // n_groups)
+        if not any(d.paired for d in done) and ins.packets and outs.packets:
+            _check_overlap_spans(inside, outside, ins.info, outs.info, offset, clock_offset_s is not None,
                                  _check_overlap)
-        conns = pl.concat(out_conns)
-        out_conns.clear()
+        conns = pl.concat([d.connections for d in done])
+        hairpin = any(d.hairpin for d in done)
+        unmatched = (sum(d.unmatched_inside for d in done), sum(d.unmatched_outside for d in done))
+        done.clear()
         conns = conns.sort(["first_ts_ns", "inside_conn_id"], nulls_last=False).with_columns(
             pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
-        conns = conns.with_columns(_other_capture_off(conns, in_info, out_info, offset))
-        in_packets = _scan(root, "inside", n_groups, hairpin)
-        out_packets = _scan(root, "outside", n_groups, hairpin)
+        conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, offset))
         return Result(
-            inside=CaptureSummary.from_info(in_info, _count(root, "inside", n_groups), in_point),
-            outside=CaptureSummary.from_info(out_info, _count(root, "outside", n_groups), out_point),
-            interfaces=(*in_ifs, *out_ifs),
+            inside=CaptureSummary.from_info(ins.info, _count(root, "inside"), ins.point),
+            outside=CaptureSummary.from_info(outs.info, _count(root, "outside"), outs.point),
+            interfaces=(*ins.interfaces, *outs.interfaces),
             clock_offset_s=round(offset / 1e9, 9),
             pod_networks=tuple(str(n) for n in nets),
             pod_networks_why=why,
             connections=conns,
-            unmatched_inside=unmatched_in,
-            unmatched_outside=unmatched_out,
-            inside_packets=in_packets,
-            outside_packets=out_packets,
+            unmatched_inside=unmatched[0],
+            unmatched_outside=unmatched[1],
+            inside_packets=_scan(root, "inside", hairpin),
+            outside_packets=_scan(root, "outside", hairpin),
             spill=spill,
         )
     except BaseException:
@@ -498,14 +523,14 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         raise
 
 
-def _scan(root: Path, role: str, n_groups: int, hairpin: bool) -> pl.LazyFrame:
+def _scan(root: Path, role: str, hairpin: bool) -> pl.LazyFrame:
     """One side's packet frames of every group (a connection's packets in capture order); copy_frame only when
     some packet was hairpinned, as in memory."""
     scan = pl.scan_parquet(root / f"{role}-packets-g*.parquet")
     return scan if hairpin or role == "outside" else scan.drop("copy_frame")
 
 
-def _count(root: Path, role: str, n_groups: int) -> int:
+def _count(root: Path, role: str) -> int:
     return int(pl.scan_parquet(root / f"{role}-packets-g*.parquet").select(pl.len()).collect().item())
 
 
