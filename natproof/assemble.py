@@ -249,10 +249,16 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         *[pl.col(f"{s}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
           for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply), ("icmp_error", pl.col("is_icmp_error")))
           for s, name in (("in", "inside"), ("out", "outside"))],
-        *[pl.col(f"{n}_delta").filter((pl.col("is_egress") == egress) & (pl.col(f"{n}_delta") != 0)).mode().first()
-          .alias(f"{who}_{n}_shift") for who, egress in (("init", True), ("reply", False)) for n in ("seq", "ack")],
         pl.col("out_conn").filter(~pl.col("same")).n_unique().cast(pl.UInt32).alias("outside_tuples"),
     )
+    # The shifts from the few packets whose numbers a middlebox changed, not a mode over every anchor's packets
+    # (2x1M real: 0.3 s less).
+    shifted = (pl.col("seq_delta") != 0) | (pl.col("ack_delta") != 0)
+    shifts = P.filter(shifted).group_by("anchor").agg(
+        *[pl.col(f"{n}_delta").filter((pl.col("is_egress") == egress) & (pl.col(f"{n}_delta") != 0)).mode().first()
+          .alias(f"{who}_{n}_shift") for who, egress in (("init", True), ("reply", False)) for n in ("seq", "ack")])
+    stats = stats.join(shifts, on="anchor", how="left", maintain_order="left").select(
+        *stats.columns[:-1], *shifts.columns[1:], stats.columns[-1])
     # Hairpin: the copies seen twice at the inside are its matched packets and its evidence.
     hair_stats = S.sort("pre_frame").group_by("anchor").agg(
         pl.col("is_egress").sum().cast(pl.UInt32).alias("_hair_egress"),
@@ -426,10 +432,10 @@ def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl
     n = int(info["anchor"].max()) + 1 if info.height else 0
     init_inside = pl.repeat(None, n, dtype=pl.Boolean, eager=True).scatter(info["anchor"], info["init_inside"])
     has_anchor = pk["anchor"].is_not_null()
-    init = pl.Series("init", [None] * pk.height, dtype=pl.Boolean)
-    if has_anchor.any():
-        idx = pk["anchor"].fill_null(0)
-        init = init_inside.gather(idx) if n else init
+    if has_anchor.any() and n:
+        init = init_inside.gather(pk["anchor"].fill_null(0))
+    else:  # no Python list of a None per packet (1M packets: 0.08 s)
+        init = pl.repeat(None, pk.height, dtype=pl.Boolean, eager=True)
     pre = (init & (pk["conn_id"] == pk["anchor"])) if inside else ~init
     pk = pk.with_columns(pre.fill_null(False).alias("_pre"))
     # Only packets of a connection that paired with nothing need a fate decided here (a few, as a rule).
