@@ -241,7 +241,7 @@ class Result:
     def port_preserved_ratio(self, initiator: str | None = None) -> float:
         """Share of connections whose source address the NAT rewrote that kept their source port (translated
         source port equal to the original one); of those started on ``initiator``'s side only, when given."""
-        rewritten = self.source_rewritten()
+        rewritten = self.connections.filter(SOURCE_REWRITTEN)  # counted: no need of source_rewritten's sort
         if initiator is not None:
             rewritten = rewritten.filter(pl.col("initiator") == initiator)
         if rewritten.is_empty():
