@@ -124,14 +124,17 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # One outside leg belongs to one connection: a pair chosen among look-alikes (a key seen more than once:
     # replies with IP id 0 and one payload) that ties a connection's packet to a leg another connection owns is
     # not a crossing. Pairs on a unique key stand: two connections can truly share a leg (a broken NAT).
+    paired = P.height
     P = P.join(owner, on="out_conn", how="left").filter(
         (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner", "unique")
+    if P.height != paired:  # else the same pairs: per_leg as it is (no two legs of a connection tie on first_out)
+        per_leg = _per_leg(P, ins, outs)
     # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
     # initiator's packets first: conntrack fixes the mapping on them); a leg under the inside's own tuple is
     # primary only when there is no other (no NAT at all): packets conntrack marked INVALID, or sent after the
     # entry expired, leave untranslated inside an otherwise translated connection
     # (cases/idle-expiry-fin-leak), however many of them there are.
-    primary = (_per_leg(P, ins, outs).sort(["anchor", "unchanged", "n_init", "n", "first_out"],
+    primary = (per_leg.sort(["anchor", "unchanged", "n_init", "n", "first_out"],
                                            descending=[False, False, True, True, False])
                .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
 
