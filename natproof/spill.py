@@ -25,6 +25,7 @@ Steps, each holding one batch or one group at a time:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import shutil
@@ -57,6 +58,10 @@ packets: 160 B on the synthetic pair, 290 B on the real-traffic one; rounded up)
 BASE_BYTES = 256 << 20
 """What a correlation holds besides its packets (the interpreter, polars, the connections): taken off the limit
 before groups are sized."""
+
+DISK_BYTES_PER_PACKET = 60
+"""What the spill folder holds at most per packet of both captures (each packet's features and keys, lz4
+Parquet: about 50 bytes measured on the 1M synthetic pair), for the message when the disk is full."""
 
 MIN_GROUP_PACKETS = 1_000
 """The smallest group: a tiny limit (a test's) still makes groups of some size."""
@@ -518,9 +523,18 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             outside_packets=_scan(root, "outside", hairpin),
             spill=spill,
         )
-    except BaseException:
+    except BaseException as exc:
         spill.cleanup()
+        if _no_space(exc):
+            raise InputError(f"{root.parent}: no space left for the spilled packets (about {DISK_BYTES_PER_PACKET} "
+                             "bytes per packet of both captures): give --spill-dir on a larger disk, or a larger "
+                             "--memory-limit") from None
         raise
+
+
+def _no_space(exc: BaseException) -> bool:
+    """A write failed for want of disk space (polars reports it inside a ComputeError's text)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
 
 
 def _scan(root: Path, role: str, hairpin: bool) -> pl.LazyFrame:

@@ -133,3 +133,16 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="size"):
         spill.parse_size(text)
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          tiny_groups: None) -> None:
+    """The write fails as polars reports ENOSPC (inside a ComputeError's text, seen on a 64 KiB tmpfs)."""
+    def full(df: pl.DataFrame, path: Path) -> None:
+        raise pl.exceptions.ComputeError("parquet: underlying IO error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(spill, "_write", full)
+    inside, outside = pair("basic")
+    with pytest.raises(InputError, match=f"{tmp_path}: no space left for the spilled packets"):
+        natproof.correlate(inside, outside, memory_limit=1, spill_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
