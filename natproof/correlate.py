@@ -601,11 +601,21 @@ def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.
         )
 
 
+def number_connections(conns: pl.DataFrame) -> pl.DataFrame:
+    """Connections (CONNECTION_SCHEMA's tuple columns) sorted and numbered (``conn``, 0 ..) in order of first
+    packet; connections whose first packets share a timestamp (a microsecond pcap at speed) in order of their
+    inside tuple, then their outside one: what they are, never the order they were found in, so a correlation
+    past memory (natproof.spill) numbers them alike."""
+    by = ["inside_src", "inside_sport", "inside_dst", "inside_dport", "outside_src", "outside_sport", "outside_dst",
+          "outside_dport", "proto"]
+    return conns.sort([pl.col("first_ts_ns"), *(pl.col(c).cast(pl.String) for c in by)],
+                      nulls_last=False).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
+
+
 def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     """Assembled connections (natproof.assemble) as CONNECTION_SCHEMA rows, numbered in order of first packet."""
-    df = df.sort(["first_ts_ns", "anchor"]).with_columns(
+    df = df.with_columns(
         pl.col("proto").replace_strict(PROTO_NAMES, return_dtype=pl.String),
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"),
     ).rename({
         "src": "inside_src", "sport": "inside_sport", "dst": "inside_dst", "dport": "inside_dport",
         "egress_packets": "egress_inside", "reply_packets": "reply_inside",
@@ -622,7 +632,7 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
         # Set by natproof.kernel.join_kernel when a conntrack record is given.
         *[pl.lit(None, t).alias(c) for c, t in CONNECTION_SCHEMA.items() if c.startswith("kernel")],
     )
-    return df.select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
+    return number_connections(df).select([pl.col(c).cast(t) for c, t in CONNECTION_SCHEMA.items()])
 
 
 def correlate_one(

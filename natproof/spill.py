@@ -437,7 +437,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
     correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
     is left to correlate (""). Raises what correlate raises."""
-    from natproof.correlate import _check_overlap, _other_capture_off
+    from natproof.correlate import _check_overlap, _other_capture_off, number_connections
 
     services = services or Services()
     spill = SpillDir(spill_dir)
@@ -506,8 +506,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         hairpin = any(d.hairpin for d in done)
         unmatched = (sum(d.unmatched_inside for d in done), sum(d.unmatched_outside for d in done))
         done.clear()
-        conns = conns.sort(["first_ts_ns", "inside_conn_id"], nulls_last=False).with_columns(
-            pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
+        conns = number_connections(conns)
         conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, offset))
         return Result(
             inside=CaptureSummary.from_info(ins.info, _count(root, "inside"), ins.point),
