@@ -146,3 +146,27 @@ def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tmp_path: Path, monke
     with pytest.raises(InputError, match=f"{tmp_path}: no space left for the spilled packets"):
         natproof.correlate(inside, outside, memory_limit=1, spill_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_the_command_prints_the_same_past_memory(fmt: str, capsys: pytest.CaptureFixture[str],
+                                                 tiny_groups: None) -> None:
+    """(CSV and Parquet carry the conn_ids, which differ: compared in assert_same without them.)"""
+    from natproof.cli import main
+
+    inside, outside = pair("reply-drop")
+    outs = []
+    for extra in ([], ["--memory-limit", "1K"]):
+        assert main(["correlate", str(inside), str(outside), "--format", fmt, "-q", *extra]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0]
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "-1G"])
+def test_a_bad_memory_limit_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from natproof.cli import main
+
+    inside, outside = pair("basic")
+    assert main(["correlate", str(inside), str(outside), "--memory-limit", value]) == 2
+    err = capsys.readouterr().err
+    assert "--memory-limit" in err and "size" in err and len(err.strip().splitlines()) == 1
