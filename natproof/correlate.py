@@ -45,7 +45,7 @@ from natproof.points import (
     split,
 )
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
-from natproof.spill import correlate_spilled, estimated_bytes
+from natproof.spill import correlate_spilled, estimated_bytes, parse_size
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -243,7 +243,7 @@ def correlate(
     conntrack: str | os.PathLike[str] | ConntrackRecord | None = None,
     vxlan_ports: Sequence[int] = (),
     side: str | None = None,
-    memory_limit: int | None = None,
+    memory_limit: int | str | None = None,
     spill_dir: str | os.PathLike[str] | None = None,
 ) -> Result:
     """Prove each connection's NAT mapping from an inside (pod side) and an outside observation point.
@@ -292,11 +292,13 @@ def correlate(
     argument the capture was given as). Without a record such a file is an InputError naming both ways out (the
     other side's capture, or ``--conntrack``).
 
-    ``memory_limit`` (bytes): two captures whose correlation would need more (natproof.spill.estimated_bytes)
-    are correlated past memory, a group of flows at a time, their packets spilled to Parquet under ``spill_dir``
-    (natproof.spill.correlate_spilled): the same connections and verdicts; the Result's packet frames are then
-    LazyFrames over those files. None: always in memory. Captures of several interfaces, and ``inside_if`` /
-    ``outside_if`` / ``interfaces``, are correlated in memory (a warning says the limit was not applied).
+    ``memory_limit`` (bytes, or a size such as "2G": natproof.spill.parse_size; InputError below one byte): two
+    captures whose correlation would need more (natproof.spill.estimated_bytes) are correlated past memory, a group
+    of flows at a time, their packets spilled to Parquet under ``spill_dir`` (natproof.spill.correlate_spilled):
+    the same connections and verdicts; the Result's packet frames are then LazyFrames over those files, removed
+    with the Result (keep it while reading them). None: always in memory. Captures of several interfaces, standard
+    input, and ``inside_if`` / ``outside_if`` / ``interfaces``, are correlated in memory (a warning says the limit
+    was not applied). Limits below about 512 MiB are not kept to: the interpreter and polars alone take ~250 MB.
     """
     if names is not None:
         services = names.recognise(services)
@@ -310,6 +312,13 @@ def correlate(
             raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
+    if isinstance(memory_limit, str):
+        try:
+            memory_limit = parse_size(memory_limit)
+        except ValueError as exc:
+            raise InputError(f"memory limit {exc}") from None
+    if memory_limit is not None and memory_limit < 1:
+        raise InputError(f"memory limit {memory_limit!r}: a size of one byte or more")
     if side not in (None, "auto", "inside", "outside"):
         raise InputError(f"--side {side}: inside, outside or auto")
     if conntrack is not None and not isinstance(conntrack, ConntrackRecord):
@@ -372,7 +381,9 @@ def correlate(
         _check_distinct(inside, outside)
         if memory_limit is not None and estimated_bytes([inside, outside]) > memory_limit:
             spilled: Result | str = "--inside-if/--outside-if/--interfaces are given"
-            if not in_names and not out_names and links is None:
+            if "-" in (os.fspath(inside), os.fspath(outside)):
+                spilled = "a capture is read from standard input"
+            elif not in_names and not out_names and links is None:
                 spilled = correlate_spilled(inside, outside, memory_limit=memory_limit, spill_dir=spill_dir,
                                             pod_cidr=pod_cidr, clock_offset_s=clock_offset_s, tolerance_s=tolerance_s,
                                             timeouts=timeouts, progress=progress, fast=fast, services=services,

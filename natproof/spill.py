@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import os
 import shutil
 import tempfile
@@ -86,8 +87,10 @@ def parse_size(text: str) -> int:
         value = float(t)
     except ValueError:
         raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000") from None
-    if not value > 0:
-        raise ValueError(f"{text!r}: a size above zero")
+    if not math.isfinite(value) or value * scale > 1 << 60:
+        raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000, below an exabyte")
+    if not value * scale >= 1:
+        raise ValueError(f"{text!r}: a size of one byte or more")
     return int(value * scale)
 
 
@@ -134,7 +137,12 @@ class SpillDir:
     gone (or at exit)."""
 
     def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="natproof-spill-", dir=parent))
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix="natproof-spill-", dir=parent))
+        except OSError as exc:
+            where = parent if parent is not None else tempfile.gettempdir()
+            raise InputError(f"{os.fspath(where)}: cannot make the spill folder there ({exc.strerror or exc}): give "
+                             "--spill-dir a writable folder") from None
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
 
     def cleanup(self) -> None:

@@ -170,3 +170,34 @@ def test_a_bad_memory_limit_is_a_usage_error(value: str, capsys: pytest.CaptureF
     assert main(["correlate", str(inside), str(outside), "--memory-limit", value]) == 2
     err = capsys.readouterr().err
     assert "--memory-limit" in err and "size" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400", "0.5", "nan"])
+def test_sizes_that_are_no_bytes(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        spill.parse_size(text)
+
+
+def test_standard_input_is_correlated_in_memory_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    inside, outside = pair("basic")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(outside.read_bytes())))
+    result = natproof.correlate(inside, "-", memory_limit=1)
+    assert result.spill is None
+    assert any("standard input" in w for w in result.inside.warnings)
+
+
+@pytest.mark.parametrize("where", ["/proc", "/dev/null"])
+def test_a_spill_dir_that_cannot_hold_a_folder_is_one_clear_error(where: str) -> None:
+    inside, outside = pair("basic")
+    with pytest.raises(InputError, match=f"{where}: cannot make the spill folder there"):
+        natproof.correlate(inside, outside, memory_limit=1, spill_dir=where)
+
+
+def test_the_library_takes_a_size_and_refuses_less_than_a_byte() -> None:
+    inside, outside = pair("basic")
+    assert natproof.correlate(inside, outside, memory_limit="1K").spill is not None
+    with pytest.raises(InputError, match="one byte or more"):
+        natproof.correlate(inside, outside, memory_limit=-5)
