@@ -445,7 +445,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
     correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
     is left to correlate (""). Raises what correlate raises."""
-    from natproof.correlate import _check_overlap, _other_capture_off, number_connections
+    from natproof.correlate import _other_capture_off, number_connections
 
     services = services or Services()
     spill = SpillDir(spill_dir)
@@ -508,8 +508,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             if tick:
                 tick(total_bytes // n_groups)
         if not any(d.paired for d in done) and ins.packets and outs.packets:
-            _check_overlap_spans(inside, outside, ins.info, outs.info, offset, clock_offset_s is not None,
-                                 _check_overlap)
+            _check_overlap_spans(inside, outside, ins.info, outs.info, offset, clock_offset_s is not None)
         conns = pl.concat([d.connections for d in done])
         hairpin = any(d.hairpin for d in done)
         unmatched = (sum(d.unmatched_inside for d in done), sum(d.unmatched_outside for d in done))
@@ -556,9 +555,11 @@ def _count(root: Path, role: str) -> int:
 
 
 def _check_overlap_spans(inside: str | os.PathLike[str], outside: str | os.PathLike[str], in_info: CaptureInfo,
-                         out_info: CaptureInfo, offset: int, given: bool, check: Callable[..., None]) -> None:
-    """correlate's overlap check on the captures' spans (nothing paired at all)."""
+                         out_info: CaptureInfo, offset: int, given: bool) -> None:
+    """correlate's overlap check (nothing paired at all) on the captures' first and last packets."""
+    from natproof.correlate import _check_overlap
+
     a = pl.DataFrame({"ts_ns": [in_info.first_ts_ns or 0, in_info.last_ts_ns or 0]})
     b = pl.DataFrame({"ts_ns": [out_info.first_ts_ns or 0, out_info.last_ts_ns or 0]})
-    check(os.fspath(inside), os.fspath(outside), a, b, offset, given=given)
+    _check_overlap(os.fspath(inside), os.fspath(outside), a, b, offset, given=given)
 
