@@ -2,11 +2,14 @@
 
 import os
 
-# polars allocates through jemalloc, which by default keeps freed pages for seconds (and polars disables the
+# polars allocates through jemalloc, which by default keeps freed pages for ten seconds (and polars disables the
 # second stage of returning them), so a pipeline of large transient frames holds several times its live data.
-# Returning freed pages at once costs a few percent of time and keeps the peak near the live data. Set here,
-# before polars is first imported; a value the user set wins. (Without effect if polars was imported first.)
-os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+# Returning freed pages at once (0 ms) keeps the peak nearest the live data but makes every large allocation fault
+# in fresh pages: measured on 2 x 5M packets, correlate took 31.8 s at 0 ms, 21.9 s at 300 ms and 20.5 s at 10 s,
+# with peak RSS 1.57, 1.65 and 1.77 GB; past --memory-limit 1G (2 x 5M real) 937 MB at 0 ms, 966 MB at 300 ms.
+# Set here, before polars is first imported; a value the user set wins. (Without effect if polars was imported
+# first.)
+os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:300,muzzy_decay_ms:0")
 
 
 from natproof.assemble import Services
