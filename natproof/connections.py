@@ -196,21 +196,24 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
         which = _flow_partition(packets, parts)
         pieces = ((idx, packets.select(pl.col(GROUP_COLUMNS).gather(idx)))  # one part at a time
                   for idx in (which.eq(p).arg_true().cast(pl.UInt32) for p in range(parts)))
-    # Each part's results go back to the packets' own rows (sorting or joining the packet frame would copy it).
-    added = {c: pl.repeat(None, n, dtype=dt, eager=True).alias(c) for c, dt in (
-        ("conn_id", pl.UInt32), ("is_egress", pl.Boolean), ("remote", pl.Categorical), ("rport", pl.UInt16),
-        ("local", pl.Categorical), ("lport", pl.UInt16))}
+    # Each part's results go back to the packets' own rows (sorting or joining the packet frame would copy it),
+    # all parts' at once: a scatter per part copied each whole column again (2 x 5M real: 0.55 s of 3.2).
+    got_parts = []
     conns_parts = []
     first_id = 0
     for idx, piece in pieces:
         got, conns = _group_part(piece, lut, t)
         rows = got["_i"] if idx is None else idx.gather(got["_i"])
-        got = got.with_columns(pl.col("conn_id") + first_id)
-        for c in ADDED_COLUMNS:
-            added[c] = added[c].scatter(rows, got[c])
+        got_parts.append(got.with_columns(rows.alias("_i"), pl.col("conn_id") + first_id))
         conns_parts.append(conns.with_columns(pl.col("conn_id") + first_id))
         first_id += conns.height
     del pieces
+    got = pl.concat(got_parts)
+    del got_parts
+    added = {c: pl.repeat(None, n, dtype=dt, eager=True).alias(c).scatter(got["_i"], got[c]) for c, dt in (
+        ("conn_id", pl.UInt32), ("is_egress", pl.Boolean), ("remote", pl.Categorical), ("rport", pl.UInt16),
+        ("local", pl.Categorical), ("lport", pl.UInt16))}
+    del got
     conns = pl.concat(conns_parts).sort(["first_ts_ns", "conn_id"])
     out = packets.hstack(list(added.values()))
     if out["conn_id"].null_count():
