@@ -10,7 +10,7 @@ import polars as pl
 import polars.selectors as cs
 
 from natproof.match import Matches
-from natproof.networks import PRIVATE_SPACE
+from natproof.networks import PRIVATE_SPACE, address_bits, in_any
 from natproof.verdicts import verdict_expr
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,13 +48,12 @@ class Services:
 
 def in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
     """Boolean per address (a String or Categorical series): in any of ``nets``; null addresses give False."""
-    # Each distinct address judged once, then joined back on the series' own values (a Categorical by its codes):
-    # no string per row (1M packets, 20k addresses: 0.18 -> 0.05 s).
+    # Each distinct address judged once, by its bits (natproof.networks.address_bits), then joined back on the
+    # series' own values (a Categorical by its codes): no string per row, and no Python parse per address (2 x 5M
+    # synthetic, 32k addresses: the calls of a correlation 2.3 -> 0.2 s).
     if not nets:
         return pl.repeat(False, len(addrs), eager=True).alias(addrs.name)
-    distinct = addrs.drop_nulls().unique()
-    flags = [any(ip in n for n in nets) for ip in map(ipaddress.ip_address, distinct.cast(pl.String).to_list())]
-    table = pl.DataFrame({"a": distinct, "f": pl.Series(flags, dtype=pl.Boolean)})
+    table = address_bits(addrs).select("a", in_any(nets).alias("f"))
     found = addrs.alias("a").to_frame().join(table, on="a", how="left", maintain_order="left", nulls_equal=False)
     return found["f"].fill_null(False).alias(addrs.name)
 

@@ -479,11 +479,11 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     rw = pl.col("rewrites")
     # RFC 1918, shared (RFC 6598) and ULA space: ipaddress's is_private also counts the documentation ranges.
     inside_space = [space for space, _, _ in PRIVATE_SPACE]
-    priv = {a: any(ipaddress.ip_address(a) in n for n in inside_space if n.version == ipaddress.ip_address(a).version)
-            for c in ("orig_src", "trans_src", "trans_dst") for a in crossed[c].drop_nulls().unique().to_list()}
+    crossed = crossed.with_columns(in_networks(crossed[c], inside_space).alias(f"_private_{c}")
+                                   for c in ("orig_src", "trans_src", "trans_dst"))
 
     def private(col: str) -> pl.Expr:
-        return pl.col(col).replace_strict(priv, default=False, return_dtype=pl.Boolean).fill_null(False)
+        return pl.col(f"_private_{col}")
 
     out_first, in_first = pl.col("initiator") == "outside", pl.col("initiator") == "inside"
     dnat = rw.list.contains("dst") | rw.list.contains("dport")

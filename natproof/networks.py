@@ -53,24 +53,6 @@ def parse_networks(cidrs: str | Sequence[str], option: str = "--pod-cidr") -> tu
         raise InputError(f"invalid {option}: {exc}") from None
 
 
-def private_prefix(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
-    """The prefix length a private ``addr`` is widened to (PRIVATE_SPACE), or None when it is not private."""
-    for space, prefix, _ in PRIVATE_SPACE:
-        if addr.version == space.version and addr in space:
-            return prefix
-    return None
-
-
-def _global(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Unicast space a NAT can hide: global IPv6, or IPv4 that is neither private nor special (loopback,
-    multicast, link-local, 0/8, reserved). The documentation ranges count as global: labs stand for the
-    internet with them."""
-    if addr.version == 6:
-        return addr in GLOBAL_V6
-    return not (addr.is_loopback or addr.is_multicast or addr.is_link_local or addr.is_unspecified
-                or addr.is_reserved or addr in ipaddress.ip_network("0.0.0.0/8"))
-
-
 @dataclass(frozen=True)
 class PodNetworks:
     """The inferred pod networks and the sentence that says why (shown in the table, the report and JSON)."""
@@ -79,9 +61,75 @@ class PodNetworks:
     why: str
 
 
-def _order(a: str) -> tuple[int, int]:
-    ip = ipaddress.ip_address(a)
-    return ip.version, int(ip)
+_M64 = (1 << 64) - 1
+_NO_ROUTE_V4 = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                                                        "240.0.0.0/4"))
+"""IPv4 space :func:`_global` leaves out: 0/8 (unspecified), loopback, link-local, multicast and reserved (with the
+limited broadcast), as ipaddress's is_* properties define them."""
+
+
+def address_bits(addrs: pl.Series) -> pl.DataFrame:
+    """Each distinct address of a String or Categorical series once, as (a, version, hi, lo): ``a`` the address in
+    the series' own type, its 128 bits as two UInt64 (an IPv4 address in ``lo``, ``hi`` 0). IPv4 text is parsed by
+    polars, IPv6 by ipaddress (one call per distinct address: a capture's addresses are mostly IPv4, and a Python
+    parse of each cost seconds at 100k addresses); text that is no address has a null version."""
+    distinct = addrs.drop_nulls().unique().alias("a")
+    text = distinct.cast(pl.String)
+    dotted = text.str.contains(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+    octets = text.str.split_exact(".", 3).struct.unnest()
+    parts = [octets.to_series(i).cast(pl.UInt64, strict=False) for i in range(4)]
+    lo4 = (parts[0] * (1 << 24) + parts[1] * (1 << 16) + parts[2] * (1 << 8) + parts[3])
+    ok4 = dotted
+    for p in parts:
+        ok4 = ok4 & (p <= 255).fill_null(False)
+    v6_at = (~ok4 & text.str.contains(":")).arg_true()
+    hi6: list[int | None] = []
+    lo6: list[int | None] = []
+    ok6: list[bool] = []
+    for t in text.gather(v6_at).to_list():
+        try:
+            v = int(ipaddress.IPv6Address(t))
+        except ValueError:
+            hi6.append(None)
+            lo6.append(None)
+            ok6.append(False)
+            continue
+        hi6.append(v >> 64)
+        lo6.append(v & _M64)
+        ok6.append(True)
+    n = len(distinct)
+    version = pl.select(pl.when(pl.lit(ok4)).then(pl.lit(4, pl.UInt8)).alias("version")).to_series() if n else \
+        pl.Series("version", [], dtype=pl.UInt8)
+    hi = pl.repeat(0, n, dtype=pl.UInt64, eager=True).alias("hi")
+    lo = lo4.fill_null(0).alias("lo")
+    if len(v6_at):
+        version = version.scatter(v6_at, pl.Series([6 if k else None for k in ok6], dtype=pl.UInt8))
+        hi = hi.scatter(v6_at, pl.Series(hi6, dtype=pl.UInt64))
+        lo = lo.scatter(v6_at, pl.Series(lo6, dtype=pl.UInt64))
+    return pl.DataFrame([distinct, version, hi, lo])
+
+
+def in_any(nets: Iterable[Network]) -> pl.Expr:
+    """Over :func:`address_bits`' columns: the address is in one of ``nets`` (False for no address)."""
+    conds = []
+    for n in nets:
+        bits = n.max_prefixlen
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - n.prefixlen)) - 1)
+        net = int(n.network_address)
+        cond = (pl.col("version") == n.version) & (
+            (pl.col("lo") & pl.lit(mask & _M64, pl.UInt64)) == pl.lit(net & _M64, pl.UInt64))
+        if n.version == 6:
+            cond = cond & ((pl.col("hi") & pl.lit(mask >> 64, pl.UInt64)) == pl.lit(net >> 64, pl.UInt64))
+        conds.append(cond)
+    return pl.any_horizontal(conds).fill_null(False) if conds else pl.lit(False)
+
+
+def _global() -> pl.Expr:
+    """Over :func:`address_bits`' columns: unicast space a NAT can hide: global IPv6 (2000::/3), or IPv4 that is
+    neither private nor special (_NO_ROUTE_V4). The documentation ranges count as global: labs stand for the
+    internet with them."""
+    return (((pl.col("version") == 6) & in_any([GLOBAL_V6]))
+            | ((pl.col("version") == 4) & ~in_any(_NO_ROUTE_V4)))
 
 
 def _addresses(frames: Iterable[pl.DataFrame], cols: Sequence[str]) -> set[str]:
@@ -93,6 +141,12 @@ def _addresses(frames: Iterable[pl.DataFrame], cols: Sequence[str]) -> set[str]:
     return found
 
 
+def _network(version: int, hi: int, lo: int, prefix: int) -> Network:
+    if version == 4:
+        return ipaddress.IPv4Network((lo, prefix))
+    return ipaddress.IPv6Network(((hi << 64) | lo, prefix))
+
+
 def infer_pod_networks(inside: pl.DataFrame, outside: pl.DataFrame | None = None, *,
                        where: str = "on the inside") -> PodNetworks:
     """Infer the pod networks from the inside capture's connections (``src`` column: who sent each leg's first
@@ -102,19 +156,34 @@ def infer_pod_networks(inside: pl.DataFrame, outside: pl.DataFrame | None = None
     Returns networks sorted by version and address; none when nothing qualifies. ``where`` says in ``why`` where
     the sources were seen (the pod sources of a conntrack record when the only capture is the outside one).
     """
-    seen_outside = _addresses([outside], ("src", "dst")) if outside is not None else None
+    sources = address_bits(inside["src"].cast(pl.String) if "src" in inside.columns
+                           else pl.Series([], dtype=pl.String))
+    prefix = pl.lit(None, pl.UInt8)
+    for space, plen, _ in reversed(PRIVATE_SPACE):  # the first space that holds it (they do not overlap)
+        prefix = pl.when(in_any([space])).then(pl.lit(plen, pl.UInt8)).otherwise(prefix)
+    hidden = pl.lit(False)
+    if outside is not None:
+        seen = pl.Series(sorted(_addresses([outside], ("src", "dst"))), dtype=pl.String)
+        hidden = _global() & ~pl.col("a").is_in(seen.implode())
+    rows = (sources.filter(pl.col("version").is_not_null())
+            .with_columns(prefix.alias("private"), hidden.alias("hidden"))
+            .filter(pl.col("private").is_not_null() | pl.col("hidden"))
+            .sort("version", "hi", "lo"))
     private: dict[Network, list[str]] = {}
-    hidden: dict[Network, list[str]] = {}
-    for src in sorted(_addresses([inside], ("src",)), key=_order):
-        addr = ipaddress.ip_address(src)
-        prefix = private_prefix(addr)
-        if prefix is not None:
-            private.setdefault(ipaddress.ip_network(f"{src}/{prefix}", strict=False), []).append(src)
-        elif seen_outside is not None and _global(addr) and src not in seen_outside:
-            net = ipaddress.ip_network(f"{src}/{HIDDEN_PREFIX[addr.version]}", strict=False)
-            hidden.setdefault(net, []).append(src)
-    nets = tuple(sorted({*private, *hidden}, key=lambda n: (n.version, n.network_address)))
-    return PodNetworks(nets, _why(private, hidden, where))
+    hidden_nets: dict[Network, list[str]] = {}
+    made: dict[tuple[int, int, int, int], Network] = {}
+    for a, version, hi, lo, plen in rows.select("a", "version", "hi", "lo", "private").iter_rows():
+        groups = private if plen is not None else hidden_nets
+        plen = plen if plen is not None else HIDDEN_PREFIX[version]
+        host = (32 if version == 4 else 128) - plen
+        whole = ((hi << 64) | lo) >> host << host
+        key = (version, whole >> 64, whole & _M64, plen)
+        net = made.get(key)
+        if net is None:
+            net = made[key] = _network(*key)
+        groups.setdefault(net, []).append(a)
+    nets = tuple(sorted({*private, *hidden_nets}, key=lambda n: (n.version, n.network_address)))
+    return PodNetworks(nets, _why(private, hidden_nets, where))
 
 
 def _why(private: dict[Network, list[str]], hidden: dict[Network, list[str]], where: str = "on the inside") -> str:
