@@ -187,12 +187,15 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         *[pl.when(init_in & has_out).then(pl.col(f"o_{c}")).when(init_in & has_hair).then(pl.col(f"h_{c}"))
           .when(init_in).then(None).otherwise(pl.col(c)).alias(f"trans_{c}") for c in _TUPLE],
     )
-    changed = [(pl.col(f"orig_{c}") != pl.col(f"trans_{c}")).fill_null(False) for c in _TUPLE]
-    df = df.with_columns(
-        pl.concat_list([pl.when(ch).then(pl.lit(c)) for c, ch in zip(_TUPLE, changed, strict=True)])
-        .list.drop_nulls().alias("rewrites"),
-        pl.any_horizontal(changed).alias("rewritten"),
-    )
+    # Which of the tuple's fields changed, as bits, then the list of their names from a table of the 16 lists (a
+    # list built row by row took 0.6 s at 500k connections).
+    changed = pl.sum_horizontal([(pl.col(f"orig_{c}") != pl.col(f"trans_{c}")).fill_null(False).cast(pl.UInt8) * (1 << i)
+                                 for i, c in enumerate(_TUPLE)]).alias("_rw")
+    names = pl.DataFrame({"_rw": pl.int_range(16, dtype=pl.UInt8, eager=True),
+                          "rewrites": [[c for i, c in enumerate(_TUPLE) if m >> i & 1] for m in range(16)]},
+                         schema={"_rw": pl.UInt8, "rewrites": pl.List(pl.String)})
+    df = (df.with_columns(changed).join(names, on="_rw", how="left", maintain_order="left")
+          .with_columns((pl.col("_rw") != 0).alias("rewritten")).drop("_rw"))
     conn_info = df.select("conn_id", "init_inside", "rewritten", "dst", "o_src").rename({"conn_id": "anchor"})
 
     # -- fates ---------------------------------------------------------------------------------------------------
