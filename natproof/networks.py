@@ -15,6 +15,7 @@ Each source is widened to the prefix such networks are usually cut to (:data:`PR
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,40 +74,22 @@ def address_bits(addrs: pl.Series) -> pl.DataFrame:
     the series' own type, its 128 bits as two UInt64 (an IPv4 address in ``lo``, ``hi`` 0). IPv4 text is parsed by
     polars, IPv6 by ipaddress (one call per distinct address: a capture's addresses are mostly IPv4, and a Python
     parse of each cost seconds at 100k addresses); text that is no address has a null version."""
-    distinct = addrs.drop_nulls().unique().alias("a")
-    text = distinct.cast(pl.String)
-    dotted = text.str.contains(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
-    octets = text.str.split_exact(".", 3).struct.unnest()
-    parts = [octets.to_series(i).cast(pl.UInt64, strict=False) for i in range(4)]
-    lo4 = (parts[0] * (1 << 24) + parts[1] * (1 << 16) + parts[2] * (1 << 8) + parts[3])
-    ok4 = dotted
-    for p in parts:
-        ok4 = ok4 & (p <= 255).fill_null(False)
-    v6_at = (~ok4 & text.str.contains(":")).arg_true()
-    hi6: list[int | None] = []
-    lo6: list[int | None] = []
-    ok6: list[bool] = []
-    for t in text.gather(v6_at).to_list():
-        try:
-            v = int(ipaddress.IPv6Address(t))
-        except ValueError:
-            hi6.append(None)
-            lo6.append(None)
-            ok6.append(False)
-            continue
-        hi6.append(v >> 64)
-        lo6.append(v & _M64)
-        ok6.append(True)
-    n = len(distinct)
-    version = pl.select(pl.when(pl.lit(ok4)).then(pl.lit(4, pl.UInt8)).alias("version")).to_series() if n else \
-        pl.Series("version", [], dtype=pl.UInt8)
-    hi = pl.repeat(0, n, dtype=pl.UInt64, eager=True).alias("hi")
-    lo = lo4.fill_null(0).alias("lo")
-    if len(v6_at):
-        version = version.scatter(v6_at, pl.Series([6 if k else None for k in ok6], dtype=pl.UInt8))
-        hi = hi.scatter(v6_at, pl.Series(hi6, dtype=pl.UInt64))
-        lo = lo.scatter(v6_at, pl.Series(lo6, dtype=pl.UInt64))
-    return pl.DataFrame([distinct, version, hi, lo])
+    df = addrs.drop_nulls().unique().alias("a").to_frame().with_columns(pl.col("a").cast(pl.String).alias("_t"))
+    octets = [pl.col("_t").str.split_exact(".", 3).struct.field(f"field_{i}").cast(pl.UInt64, strict=False)
+              for i in range(4)]
+    v4 = pl.col("_t").str.contains(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$") & pl.all_horizontal(
+        [(o <= 255).fill_null(False) for o in octets])
+    df = df.select("a", "_t", pl.when(v4).then(pl.lit(4, pl.UInt8)).alias("version"), pl.lit(0, pl.UInt64).alias("hi"),
+                   pl.when(v4).then(octets[0] * (1 << 24) + octets[1] * (1 << 16) + octets[2] * (1 << 8) + octets[3])
+                   .otherwise(0).alias("lo"))
+    v6 = []
+    for a, t in df.filter(pl.col("version").is_null() & pl.col("_t").str.contains(":")).select("a", "_t").iter_rows():
+        with contextlib.suppress(ValueError):
+            value = int(ipaddress.IPv6Address(t))
+            v6.append((a, 6, value >> 64, value & _M64))
+    if v6:
+        df = df.update(pl.DataFrame(v6, schema=df.drop("_t").schema, orient="row"), on="a")
+    return df.drop("_t")
 
 
 def in_any(nets: Iterable[Network]) -> pl.Expr:
