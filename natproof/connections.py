@@ -210,10 +210,12 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     del pieces
     got = pl.concat(got_parts)
     del got_parts
-    added = {c: pl.repeat(None, n, dtype=dt, eager=True).alias(c).scatter(got["_i"], got[c]) for c, dt in (
-        ("conn_id", pl.UInt32), ("is_egress", pl.Boolean), ("remote", pl.Categorical), ("rport", pl.UInt16),
-        ("local", pl.Categorical), ("lport", pl.UInt16))}
-    del got
+    # Where each packet's row is in ``got`` (null: a packet of no flow), then every column gathered by it: one
+    # scatter of row numbers, not one of each column (a Categorical's scatter is slow: 0.6 -> 0.1 s at 5M).
+    at = pl.repeat(None, n, dtype=pl.UInt32, eager=True).scatter(
+        got["_i"], pl.int_range(got.height, dtype=pl.UInt32, eager=True))
+    added = {c: got[c].gather(at) for c in ADDED_COLUMNS}
+    del got, at
     conns = pl.concat(conns_parts).sort(["first_ts_ns", "conn_id"])
     out = packets.hstack(list(added.values()))
     if out["conn_id"].null_count():
