@@ -147,9 +147,15 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # from the inside is egress), else the estimated offset does.
     d = (pl.col("dt_ns") - offset)
     onward_ttl = pl.when(pl.col("is_egress")).then(-pl.col("ttl_delta")).otherwise(pl.col("ttl_delta")).sign()
-    side = P.filter(~pl.col("is_icmp_error")).group_by("anchor").agg(
-        d.filter(pl.col("is_egress")).median().alias("d_e"), d.filter(~pl.col("is_egress")).median().alias("d_r"),
-        onward_ttl.sum().alias("ttl_vote"))
+    # The medians only where the TTL does not decide (most connections cross a routed NAT: 500k connections, 0.6
+    # -> 0.2 s).
+    crossed = P.filter(~pl.col("is_icmp_error"))
+    side = crossed.group_by("anchor").agg(onward_ttl.sum().alias("ttl_vote"))
+    undecided = side.filter(pl.col("ttl_vote") == 0)["anchor"]
+    timed = crossed.filter(pl.col("anchor").is_in(undecided.implode())).group_by("anchor").agg(
+        d.filter(pl.col("is_egress")).median().alias("d_e"), d.filter(~pl.col("is_egress")).median().alias("d_r"))
+    side = side.join(timed, on="anchor", how="left")
+    del crossed
     to_pod = ins.select(pl.col("conn_id").alias("anchor"), in_networks(ins["dst"], pod_networks).alias("_in_dst_pod"))
     side = side.join(to_pod, on="anchor", how="left").select(
         "anchor", pl.when(pl.col("ttl_vote") != 0).then(pl.col("ttl_vote") > 0)
@@ -189,8 +195,9 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     )
     # Which of the tuple's fields changed, as bits, then the list of their names from a table of the 16 lists (a
     # list built row by row took 0.6 s at 500k connections).
-    changed = pl.sum_horizontal([(pl.col(f"orig_{c}") != pl.col(f"trans_{c}")).fill_null(False).cast(pl.UInt8) * (1 << i)
-                                 for i, c in enumerate(_TUPLE)]).alias("_rw")
+    changed = pl.sum_horizontal([
+        (pl.col(f"orig_{c}") != pl.col(f"trans_{c}")).fill_null(False).cast(pl.UInt8) * (1 << i)
+        for i, c in enumerate(_TUPLE)]).alias("_rw")
     names = pl.DataFrame({"_rw": pl.int_range(16, dtype=pl.UInt8, eager=True),
                           "rewrites": [[c for i, c in enumerate(_TUPLE) if m >> i & 1] for m in range(16)]},
                          schema={"_rw": pl.UInt8, "rewrites": pl.List(pl.String)})
