@@ -201,22 +201,28 @@ def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame,
     each cost two joins of every key: 2x1M real 1.5 -> 1.1 s; 2x5M synthetic, all of match_sides 4.7 -> 3.3 s).
     (None, None) when no key is unique."""
     key = "k_strong"
-    n = pl.len().over(key).alias("n")
     raw = (pl.col("ts_ns_out") - pl.col("ts_ns")).cast(pl.Int64)
     dts, kept = [], []
     for a, b in _key_parts(inside, outside, key, ["row", key, "ts_ns", *_TUPLE, "is_egress"]):
-        a, b = a.with_columns(n), b.drop("is_egress").with_columns(n)
-        once = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out")
+        a, b, once = _split_unique(a, b.drop("is_egress"), key)
         dts.append(once.select(raw.alias("dt"), "is_egress"))
-        keys = once[key].implode()
-        kept.append((a.drop("is_egress").filter(~pl.col(key).is_in(keys)), b.filter(~pl.col(key).is_in(keys)),
-                     once.select("row", "row_out", raw.alias("raw"))))
+        kept.append((a.drop("is_egress"), b, once.select("row", "row_out", raw.alias("raw"))))
         del once
     offset = offset_from(pl.concat(dts))
     if offset is None:
         return None, None
     found = [_pair_part(a, b, key, offset, tolerance_ns, unique=u) for a, b, u in kept]
     return offset, pl.concat(found).with_columns(pl.lit("exact").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _split_unique(a: pl.DataFrame, b: pl.DataFrame, key: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(``a``'s rows, ``b``'s rows, both with ``n``, of the keys not seen once on each side; the join of the rows
+    of the keys that are, ``b``'s columns suffixed _out)."""
+    n = pl.len().over(key).alias("n")
+    a, b = a.with_columns(n), b.with_columns(n)
+    once = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out")
+    keys = once[key].implode()
+    return a.filter(~pl.col(key).is_in(keys)), b.filter(~pl.col(key).is_in(keys)), once
 
 
 def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int,
@@ -231,19 +237,14 @@ def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, toler
     time); ``a`` and ``b`` then hold only the other keys' rows, with their ``n`` (_offset_and_exact).
     """
     if unique is None:
-        a = a.with_columns(pl.len().over(key).alias("n"))
-        b = b.with_columns(pl.len().over(key).alias("n"))
-        joined = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out")
-        keys = joined[key].implode()
-        a, b = a.filter(~pl.col(key).is_in(keys)), b.filter(~pl.col(key).is_in(keys))
-        unique = joined.select("row", "row_out", (pl.col("ts_ns_out") - pl.col("ts_ns")).alias("raw"))
+        a, b, once = _split_unique(a, b, key)
+        unique = once.select("row", "row_out", (pl.col("ts_ns_out") - pl.col("ts_ns")).alias("raw"))
     j = unique.with_columns((pl.col("raw") - offset_ns).alias("dt")).filter(pl.col("dt").abs() <= tolerance_ns)
     found = [j.select(pl.col("row").alias("in_row"), pl.col("row_out").alias("out_row"),
                       (pl.col("dt") + offset_ns).alias("dt_ns"), pl.lit(True).alias("unique"))]
-    a_dup, b_dup = a, b
-    multi = _near_candidates(a_dup, b_dup, key, offset_ns, tolerance_ns)
+    multi = _near_candidates(a, b, key, offset_ns, tolerance_ns)
     if multi is None:
-        found.append(_pair_rounds(a_dup, b_dup, [key], offset_ns, tolerance_ns))
+        found.append(_pair_rounds(a, b, [key], offset_ns, tolerance_ns))
     elif not multi.is_empty():
         # A candidate that is the only one of its inside row and of its outside row needs no ranking.
         alone = (pl.len().over("row") == 1) & (pl.len().over("row_out") == 1)

@@ -146,7 +146,7 @@ def infer_pod_networks(inside: pl.DataFrame, outside: pl.DataFrame | None = None
         prefix = pl.when(in_any([space])).then(pl.lit(plen, pl.UInt8)).otherwise(prefix)
     hidden = pl.lit(False)
     if outside is not None:
-        seen = pl.Series(sorted(_addresses([outside], ("src", "dst"))), dtype=pl.String)
+        seen = pl.Series(list(_addresses([outside], ("src", "dst"))), dtype=pl.String)
         hidden = _global() & ~pl.col("a").is_in(seen.implode())
     rows = (sources.filter(pl.col("version").is_not_null())
             .with_columns(prefix.alias("private"), hidden.alias("hidden"))
