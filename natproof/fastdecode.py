@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
+from natproof import recordwalk
 from natproof.capture import (
     _MIN_BLOCK,
     GZIP_MAGIC,
@@ -204,16 +205,9 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
     info.link_types = [linktype]
     info.if_names = [""]
     info.ts_precision_ns = unit
-    caplen_at = struct.Struct(endian + "8xI").unpack_from
     off, frame = 24, 0
     while True:
-        lim = min(off + chunk_bytes, end - 16)
-        offs: list[int] = []
-        ap = offs.append
-        while off <= lim:
-            ap(off)
-            off += 16 + caplen_at(buf, off)[0]
-        o = np.array(offs, dtype=np.int64)
+        o, off = recordwalk.pcap_run(buf, off, min(off + chunk_bytes, end - 16), endian, unit == 1)
         hdr = _gather(buf, o, 16)
         sec, frac, cap, wire = (_u(hdr, c, 4, endian) for c in (0, 4, 8, 12))
         bad = (cap > _MAX_CAPLEN) | (o + 16 + cap > end)
@@ -968,6 +962,7 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                         buf.madvise(dontneed, released, upto - released)
                     released = upto
         finally:
+            chunks.close()  # its views of the mapped file go before the map is closed
             dec.close()
             trim()  # the chunks' numpy temporaries
         if info.records == 0:
