@@ -158,7 +158,8 @@ def _guesses(u32: np.ndarray, off: int, lim: int, nano: bool, segment: int, wind
     # ts_sec first, on every offset of every window (a strided view, no copy): few bytes of a payload pass it.
     secs = np.lib.stride_tricks.as_strided(u32[int(cuts[0]):], shape=(len(cuts), window), strides=(segment, 1),
                                            writeable=False)
-    rows, cols = np.nonzero((secs >= max(0, sec0 - _SEC_SPAN + 1)) & (secs < sec0 + _SEC_SPAN))
+    lo, hi = max(0, sec0 - _SEC_SPAN + 1), min(0xFFFFFFFF, sec0 + _SEC_SPAN - 1)  # bounds within uint32
+    rows, cols = np.nonzero((secs >= lo) & (secs <= hi))
     at = cuts[rows] + cols
     keep = sane(at)
     rows, at = rows[keep], at[keep]

@@ -131,3 +131,11 @@ def test_real_sized_span_uses_many_walkers(nano: bool) -> None:
     guesses = recordwalk._guesses(u32, 24, len(data) - 16, nano, segment, 256)
     assert len(guesses) == len(range(24 + segment, len(data) - 16 - 256, segment)) + 1 > 50
     assert set(guesses.tolist()) <= set(ref)
+
+
+@pytest.mark.parametrize("sec", [0, 5, 0xFFFFFFF0, 0xFFFFFFFF])
+def test_timestamps_at_the_ends_of_the_range(sec: int) -> None:
+    """A first record stamped near 0 or 2^32 s (a corrupt or odd file): the sanity window stays within uint32."""
+    frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"q" * 20)))
+    data = pcap([(sec * 10**9 + i, frame) for i in range(400)])
+    _both(data)
