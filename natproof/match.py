@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from natproof.connections import select_in_slices
@@ -122,23 +123,23 @@ only between equal keys, so the parts give what one join would, while holding a 
 
 def _key_parts(inside: pl.DataFrame, outside: pl.DataFrame, key: str,
                cols: list[str]) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """(inside, outside) rows with a non-null ``key``, ``cols`` only, a part of the key space at a time."""
+    """(inside, outside) rows with a non-null ``key``, ``cols`` only, a part of the key space at a time, each
+    sorted by ``key`` (and flagged so: polars then counts and joins its keys on the sorted paths)."""
     parts = max(1, -(-max(inside.height, outside.height) // PART_ROWS))
-    if parts == 1:
-        present = pl.col(key).is_not_null()
-        yield inside.select(cols).filter(present), outside.select(cols).filter(present)
-        return
-    # Each row's part hashed once and the rows of each part gathered in their order, not a hash and a filter of
-    # every row for each part (2 x 5M real: 1.2 -> 0.8 s; match_sides 2.8 -> 2.4 s, the same pairs).
-    part = (pl.col(key).hash(seed=0x7061) % parts).cast(pl.UInt32)
+    # A key is a 64-bit hash already (_strong_key, ...): a part is a range of its values. Each side's rows are
+    # put in part order by one stable sort and a part's rows, gathered in capture order (a gather in key order
+    # is slow), are then sorted by key. (2 x 5M real: a hash and a filter of every row for each part, 1.2 s,
+    # then the splits' counts and joins on unsorted keys; match_sides 2.9 -> 2.3 s, the same pairs.)
+    which = pl.col(key).cast(pl.UInt64) // pl.lit(-(-(1 << 64) // parts), dtype=pl.UInt64) if parts > 1 else pl.lit(0)
     sides = []
     for df in (inside, outside):
-        p = df.select(part).to_series()
-        order = p.to_frame().select(pl.arg_sort_by(p.name, maintain_order=True)).to_series()
-        ends = p.gather(order).search_sorted(pl.int_range(parts + 1, dtype=pl.UInt32, eager=True), side="left")
-        sides.append((df.select(cols), order, ends.to_list()))
+        part = df.select(pl.when(pl.col(key).is_not_null()).then(which).cast(pl.UInt32).alias("_part")).to_series()
+        order = part.to_frame().select(pl.arg_sort_by("_part", maintain_order=True, nulls_last=True)).to_series()
+        ends = [0, *np.cumsum(np.bincount(part.drop_nulls().to_numpy(), minlength=parts)).tolist()]
+        sides.append((df.select(cols), order, ends))
     for p in range(parts):
-        yield tuple(df.select(pl.all().gather(order.slice(e[p], e[p + 1] - e[p]))) for df, order, e in sides)
+        yield tuple(df.select(pl.all().gather(order.slice(e[p], e[p + 1] - e[p]))).sort(key).with_columns(
+            pl.col(key).set_sorted()) for df, order, e in sides)
 
 
 def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
@@ -232,9 +233,10 @@ def _split_unique(a: pl.DataFrame, b: pl.DataFrame, key: str) -> tuple[pl.DataFr
     of the keys that are, ``b``'s columns suffixed _out)."""
     n = pl.len().over(key).alias("n")
     a, b = a.with_columns(n), b.with_columns(n)
-    once = a.filter(pl.col("n") == 1).join(b.filter(pl.col("n") == 1), on=key, suffix="_out")
-    keys = once[key].implode()
-    return a.filter(~pl.col(key).is_in(keys)), b.filter(~pl.col(key).is_in(keys)), once
+    a1, b1 = a.filter(pl.col("n") == 1), b.filter(pl.col("n") == 1)
+    once = a1.join(b1, on=key, suffix="_out")
+    return (pl.concat([a.filter(pl.col("n") != 1), a1.join(b1.select(key), on=key, how="anti")]),
+            pl.concat([b.filter(pl.col("n") != 1), b1.join(a1.select(key), on=key, how="anti")]), once)
 
 
 def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, tolerance_ns: int,
