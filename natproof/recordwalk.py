@@ -32,7 +32,10 @@ SEGMENT_RECORDS = 64
 """Records per lockstep walker, about: a segment is this many times the mean record length of a sample."""
 
 _SAMPLE_RECORDS = 64
+"""Records walked first, in Python, whose mean and longest lengths size the segments and the guess window."""
+
 _MIN_SEGMENT = 4096
+"""Bytes per segment at least."""
 
 LOCKSTEP_MIN_BYTES = 1024 * 1024
 """Spans shorter than this are walked by the plain loop (the numpy set-up costs more)."""
