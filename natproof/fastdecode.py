@@ -267,16 +267,17 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
         sections = [_Section(0, endian, tuple(ifaces), base)]
         unpack = pair[endian]
         while off < stop:
+            run, off = recordwalk.pcapng_epb_run(buf, off, stop, endian)  # packets up to the next other block
+            if len(run):
+                offs.extend(run.tolist())
+                frame += len(run)
+                if off >= stop:
+                    continue
             if end - off < 12:
                 info.warnings.append(f"last block truncated after frame {frame}; {frame} frames used")
                 finished = True
                 break
-            btype, blen = unpack(buf, off)
-            if btype == 6 and blen >= 32 and not blen & 3 and off + blen <= end:
-                ap(off)
-                frame += 1
-                off += blen
-                continue
+            btype, blen = unpack(buf, off)  # not a well-formed EPB: the run above took those
             if btype == _SHB_TYPE:
                 order = open_section(buf, off, frame, info)
                 if order is None:

@@ -1,8 +1,9 @@
-"""Record offsets of a classic pcap file: the one step of decoding that is sequential by nature.
+"""Record offsets of a capture file: the one step of decoding that is sequential by nature.
 
-Each pcap record header gives the length of its own record (``incl_len``), so where record n + 1 starts is
-known only once record n has been read. A Python loop over the records costs ~200 ns each (5M records of a
-real capture: 0.9-1.3 s). Here the walk is many walks at once, in numpy:
+Each pcap record header gives the length of its own record (``incl_len``), and each pcapng block its own
+(``Block Total Length``), so where record n + 1 starts is known only once record n has been read. A Python
+loop over the records costs ~200 ns each (5M records of a real capture: 0.9-1.3 s). Here the walk is many walks
+at once, in numpy:
 
 1. The span is cut into segments of about SEGMENT_RECORDS records (from a sample's mean length); in the first
    bytes past each cut (as many as the sample's longest record) the first offset that looks like a record header
@@ -18,13 +19,17 @@ So the offsets are those of the plain loop whatever the guesses were (tests/test
 truncated, corrupt and adversarial files); the guesses only decide how much of the work is vectorised.
 Measured on this 2-core machine, per 5M records: a real capture (88-byte mean frame) 0.87 -> 0.35 s; the
 synthetic bench pair (875-byte frames, 4.4 GB) 1.8 -> 0.85 s. numba compiled the plain loop
-to 0.07 s but its import held ~150 MB more in each process, which the memory targets cannot spare. pcapng files
-keep the plain loop (natproof.fastdecode._frame_pcapng).
+to 0.07 s but its import held ~150 MB more in each process, which the memory targets cannot spare.
+
+pcapng (pcapng_epb_run): the same walk over runs of Enhanced Packet Blocks; a walk stops at any other block
+(an interface description, a section header, statistics), which natproof.fastdecode._frame_pcapng reads the
+long way before the next run. A guess must repeat its length at the block's end, as every pcapng block does.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
@@ -94,21 +99,101 @@ def pcap_run(buf, off: int, lim: int, endian: str, nano: bool) -> tuple[np.ndarr
         offs, nxt = python_run(buf, off, lim + 1, endian)
         return np.array(offs, dtype=np.int64), nxt
     stops = np.append(guesses[1:], lim + 1)
+
+    def step(cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return cur + 16 + u32[cur + 8], np.ones(len(cur), dtype=bool)
+
+    def rewalk(pos: int, stop: int) -> tuple[list[int], int, bool]:
+        offs, nxt = python_run(buf, pos, stop, endian)
+        return offs, nxt, False
+
+    return _walk(guesses, stops, step, rewalk)
+
+
+def pcapng_epb_run(buf, off: int, stop: int, endian: str) -> tuple[np.ndarray, int]:
+    """Offsets of the consecutive well-formed Enhanced Packet Blocks from ``off`` while they start before
+    ``stop``. A block ends the run unless its type is 6, its length at least 32, a multiple of 4 and within the
+    file; the caller reads that block the long way (pcapng, draft-ietf-opsawg-pcapng section 4.3).
+
+    Returns (offsets as int64, offset of the block that ended the run, or the first at or past ``stop``).
+    """
+    end = len(buf)
+    if stop - off < LOCKSTEP_MIN_BYTES:
+        offs, nxt = python_epb_run(buf, off, stop, endian)
+        return np.array(offs, dtype=np.int64), nxt
+    u32 = np.ndarray((end - 3,), dtype=endian + "u4", buffer=buf, strides=(1,))
+    sample, after = python_epb_run(buf, off, stop, endian, _SAMPLE_RECORDS)
+    if len(sample) < _SAMPLE_RECORDS:  # the run ends within the sample
+        return np.array(sample, dtype=np.int64), after
+    lengths = np.diff(np.append(sample, after))
+    segment = max(_MIN_SEGMENT, int(lengths.mean() * SEGMENT_RECORDS))
+    window = min(segment // 2, max(64, int(lengths.max())))
+    guesses = _epb_guesses(u32, off, stop, end, segment, window)
+    if len(guesses) < _MIN_WALKERS:
+        offs, nxt = python_epb_run(buf, off, stop, endian)
+        return np.array(offs, dtype=np.int64), nxt
+    stops = np.append(guesses[1:], stop)
+
+    def step(cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        room = end - cur >= 12
+        at = np.where(room, cur, 0)
+        blen = u32[at + 4].astype(np.int64)
+        ok = room & (u32[at] == 6) & (blen >= 32) & ((blen & 3) == 0) & (cur + blen <= end)
+        return np.where(ok, cur + blen, cur), ok
+
+    def rewalk(pos: int, stop_at: int) -> tuple[list[int], int, bool]:
+        offs, nxt = python_epb_run(buf, pos, stop_at, endian)
+        return offs, nxt, nxt < stop_at
+
+    return _walk(guesses, stops, step, rewalk)
+
+
+def python_epb_run(buf, off: int, stop: int, endian: str, limit: int | None = None) -> tuple[list[int], int]:
+    """The plain loop of pcapng_epb_run (at most ``limit`` blocks); (offsets, offset where the run ended)."""
+    unpack = struct.Struct(endian + "II").unpack_from
+    end = len(buf)
+    offs: list[int] = []
+    ap = offs.append
+    while off < stop and end - off >= 12 and (limit is None or len(offs) < limit):
+        btype, blen = unpack(buf, off)
+        if btype != 6 or blen < 32 or blen & 3 or off + blen > end:
+            break
+        ap(off)
+        off += blen
+    return offs, off
+
+
+Step = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Rewalk = Callable[[int, int], tuple[list[int], int, bool]]
+
+
+def _walk(guesses: np.ndarray, stops: np.ndarray, step: Step, rewalk: Rewalk) -> tuple[np.ndarray, int]:
+    """Walk every segment [guesses[i], stops[i]) in lockstep and keep the true chain (see the module docstring).
+
+    ``step(cur)`` gives each walker's next offset and whether the record at ``cur`` was one (False: the walk
+    stops there, the chain ends at that block); ``rewalk(pos, stop)`` is the plain loop from ``pos``: (offsets,
+    where it ended, whether the chain ended before ``stop``). guesses[0] is a true record start."""
     k = len(guesses)
-    # Lockstep: the active walkers' positions, ids and stops, in id order; each step's offsets kept with it.
+    # The active walkers' positions, ids and stops, in id order; each step's offsets kept with it.
     cur, ids, stop = guesses.copy(), np.arange(k, dtype=np.int64), stops.copy()
     land = np.empty(k, dtype=np.int64)
+    blocked = np.zeros(k, dtype=bool)
     steps_off: list[np.ndarray] = []
     steps_id: list[np.ndarray] = []
     while len(cur) and len(steps_off) < _MAX_STEPS:
+        nxt, ok = step(cur)
+        if not ok.all():  # these walkers met something other than a record: they stop where they are
+            bad = ~ok
+            land[ids[bad]] = cur[bad]
+            blocked[ids[bad]] = True
+            cur, ids, stop, nxt = cur[ok], ids[ok], stop[ok], nxt[ok]
         steps_off.append(cur)
         steps_id.append(ids)
-        cur = cur + 16 + u32[cur + 8]
-        going = cur < stop
+        going = nxt < stop
         if not going.all():
             done = ~going
-            land[ids[done]] = cur[done]
-            cur, ids, stop = cur[going], ids[going], stop[going]
+            land[ids[done]] = nxt[done]
+        cur, ids, stop = nxt[going], ids[going], stop[going]
     # Walkers still going (a segment of many tiny records, or a wrong guess walking zeros) finish in Python.
     unfinished = np.zeros(k, dtype=bool)
     unfinished[ids] = True
@@ -128,6 +213,9 @@ def pcap_run(buf, off: int, lim: int, endian: str, nano: bool) -> tuple[np.ndarr
     for i in range(k):
         if pos == guesses[i]:
             pos = int(land[i])
+            if blocked[i]:  # the chain ends inside this segment, at ``pos``
+                pieces.append(walked[start[run_from]:start[i] + counts[i]])
+                return np.concatenate(pieces), pos
             if not unfinished[i]:
                 continue
             upto = int(start[i] + counts[i])  # this walker's records stand; the rest of its segment follows
@@ -135,8 +223,10 @@ def pcap_run(buf, off: int, lim: int, endian: str, nano: bool) -> tuple[np.ndarr
             upto = int(start[i])  # a wrong guess: its records go
         if upto > start[run_from]:
             pieces.append(walked[start[run_from]:upto])
-        again, pos = python_run(buf, pos, int(stops[i]), endian)
+        again, pos, ended = rewalk(pos, int(stops[i]))
         pieces.append(np.array(again, dtype=np.int64))
+        if ended:
+            return np.concatenate(pieces), pos
         run_from = i + 1
     if run_from < k:
         pieces.append(walked[start[run_from]:])
@@ -172,4 +262,24 @@ def _guesses(u32: np.ndarray, off: int, lim: int, nano: bool, segment: int, wind
     good[inside] = sane(nxt[inside])
     rows, at = rows[good], at[good]
     first = np.unique(rows, return_index=True)[1]  # np.nonzero goes row by row: the first per row is the earliest
+    return np.concatenate(([off], at[first])).astype(np.int64)
+
+
+def _epb_guesses(u32: np.ndarray, off: int, stop: int, end: int, segment: int, window: int) -> np.ndarray:
+    """``off`` and, in the ``window`` bytes past each cut every ``segment`` bytes, the first offset that holds
+    an Enhanced Packet Block type whose length is sane and repeated at the block's end, as is the next block's
+    if that is an EPB too; strictly increasing, all below ``stop``."""
+    cuts = np.arange(off + segment, stop - window, segment, dtype=np.int64)
+    cuts = cuts[cuts + window + 12 <= end]
+    if not len(cuts):
+        return np.array([off], dtype=np.int64)
+    types = np.lib.stride_tricks.as_strided(u32[int(cuts[0]):], shape=(len(cuts), window), strides=(segment, 1),
+                                            writeable=False)
+    rows, cols = np.nonzero(types == 6)
+    at = cuts[rows] + cols
+    blen = u32[at + 4].astype(np.int64)
+    ok = (blen >= 32) & ((blen & 3) == 0) & (at + blen <= end)
+    ok[ok] = u32[at[ok] + blen[ok] - 4] == blen[ok]
+    rows, at = rows[ok], at[ok]
+    first = np.unique(rows, return_index=True)[1]
     return np.concatenate(([off], at[first])).astype(np.int64)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pcapbytes import ether, ipv4, pcap, udp
+from pcapbytes import ether, ipv4, pcap, pcapng, udp
 from test_fastdecode import BUNDLED, _info, assert_same, captures
 
 from natproof import recordwalk
@@ -25,9 +25,9 @@ def tiny_segments(records: int = 2) -> Iterator[None]:
     """Walk every span in lockstep, with segments of a few records (so small files have many walkers); a context
     manager, not a fixture: hypothesis reruns the body."""
     saved = {k: getattr(recordwalk, k) for k in ("LOCKSTEP_MIN_BYTES", "SEGMENT_RECORDS", "_MIN_SEGMENT",
-                                                  "_MIN_WALKERS")}
+                                                  "_MIN_WALKERS", "_SAMPLE_RECORDS")}
     recordwalk.LOCKSTEP_MIN_BYTES, recordwalk.SEGMENT_RECORDS = 0, records
-    recordwalk._MIN_SEGMENT, recordwalk._MIN_WALKERS = 48, 1
+    recordwalk._MIN_SEGMENT, recordwalk._MIN_WALKERS, recordwalk._SAMPLE_RECORDS = 48, 1, 2
     try:
         yield
     finally:
@@ -51,11 +51,10 @@ def _record_header(ts: int, incl: int, orig: int | None = None) -> bytes:
 
 
 def test_bundled_captures_walked_in_lockstep_decode_as_the_plain_loop() -> None:
-    """Every bundled capture (real kernel captures), walked in lockstep in one chunk and in many (each walk stops
-    and resumes at a chunk's end), decodes as the plain loop does (which tests/test_fastdecode.py holds to dpkt)."""
+    """Every bundled capture (real kernel captures; pcap and pcapng), walked in lockstep in one chunk and in many
+    (each walk stops and resumes at a chunk's end), decodes as the plain loop does (which tests/test_fastdecode.py
+    holds to dpkt)."""
     for path in BUNDLED:
-        if ".pcapng" in path.name:  # pcapng keeps the plain loop
-            continue
         info, plain = decode_file(path)
         with tiny_segments(8):
             for chunk in (None, 4096):
@@ -147,3 +146,48 @@ def test_timestamps_at_the_ends_of_the_range(sec: int) -> None:
     frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"q" * 20)))
     data = pcap([(sec * 10**9 + i, frame) for i in range(400)])
     _both(data)
+
+
+def _epb_both(data: bytes, off: int, stop: int | None = None) -> list[int]:
+    stop = len(data) if stop is None else stop
+    ref, ref_next = recordwalk.python_epb_run(data, off, stop, "<")
+    with tiny_segments():
+        got, nxt = recordwalk.pcapng_epb_run(data, off, stop, "<")
+    assert got.tolist() == ref and nxt == ref_next
+    return ref
+
+
+def _fake_epb(body_len: int) -> bytes:
+    """Bytes that look like a whole EPB (type, length, the length again at the end) inside a payload."""
+    blen = 32 + body_len
+    return struct.pack("<II", 6, blen) + b"\0" * (blen - 12) + struct.pack("<I", blen)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.binary(max_size=30), st.integers(0, 40).map(lambda n: _fake_epb(4 * n))),
+                min_size=1, max_size=50), st.integers(0, 49), st.sampled_from([1, 3, 5, None]))
+def test_pcapng_runs_in_lockstep_stop_where_the_loop_does(payloads: list[bytes], other_at: int,
+                                                          other: int | None) -> None:
+    """Packets whose payloads hold EPB lookalikes, with an interface, statistics or section block in the run."""
+    frames = [(0, 1_700_000_000_000_000 + i, ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, p))))
+              for i, p in enumerate(payloads)]
+    data = bytearray(pcapng([(1, 9)], frames))
+    shb = int.from_bytes(data[4:8], "little")
+    first = shb + int.from_bytes(data[shb + 4: shb + 8], "little")
+    if other is not None:  # put a block of another type in place of one EPB (same length: the file stays whole)
+        at = first
+        for _ in range(min(other_at, len(frames) - 1)):
+            at += int.from_bytes(data[at + 4: at + 8], "little")
+        data[at: at + 4] = other.to_bytes(4, "little")
+    offs = _epb_both(bytes(data), first)
+    assert len(offs) == (len(frames) if other is None else min(other_at, len(frames) - 1))
+    _epb_both(bytes(data), first, len(data) - 40)  # a stop inside the last block
+
+
+def test_pcapng_run_at_a_truncated_end() -> None:
+    frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"t" * 30)))
+    data = pcapng([(1, None)], [(0, i, frame) for i in range(50)])
+    shb = int.from_bytes(data[4:8], "little")
+    first = shb + int.from_bytes(data[shb + 4: shb + 8], "little")
+    for cut in (1, 8, 11, 12, 40):
+        _epb_both(data[:-cut], first)
