@@ -116,7 +116,25 @@ def pcapng_epb_run(buf, off: int, stop: int, endian: str) -> tuple[np.ndarray, i
     file; the caller reads that block the long way (pcapng, draft-ietf-opsawg-pcapng section 4.3).
 
     Returns (offsets as int64, offset of the block that ended the run, or the first at or past ``stop``).
+
+    The run is walked over spans that double while it lasts (1 MiB, 2 MiB, ...), so a file with another block
+    every few packets (statistics, interface descriptions) costs about what the plain loop costs, not a guess
+    over the whole chunk each time.
     """
+    pieces: list[np.ndarray] = []
+    span = max(LOCKSTEP_MIN_BYTES, 4096)  # never 0: each span walks at least one block or ends the run
+    while True:
+        upto = min(stop, off + span)
+        offs, nxt = _epb_span(buf, off, upto, endian)
+        pieces.append(offs)
+        if nxt < upto or upto >= stop:  # the run ended, or the span reached ``stop``
+            return (np.concatenate(pieces) if len(pieces) > 1 else pieces[0]), nxt
+        off, span = nxt, 2 * span
+
+
+def _epb_span(buf, off: int, stop: int, endian: str) -> tuple[np.ndarray, int]:
+    """pcapng_epb_run within one span: in Python below LOCKSTEP_MIN_BYTES or when the run ends in the sample,
+    else in lockstep."""
     end = len(buf)
     if stop - off < LOCKSTEP_MIN_BYTES:
         offs, nxt = python_epb_run(buf, off, stop, endian)

@@ -191,3 +191,29 @@ def test_pcapng_run_at_a_truncated_end() -> None:
     first = shb + int.from_bytes(data[shb + 4: shb + 8], "little")
     for cut in (1, 8, 11, 12, 40):
         _epb_both(data[:-cut], first)
+
+
+def test_pcapng_runs_between_frequent_other_blocks_at_default_sizes() -> None:
+    """A statistics block every 50 packets in 2 MiB: every run ends where the plain loop's does, over spans that
+    start at LOCKSTEP_MIN_BYTES and double (each run is short, so none costs a guess over the whole chunk)."""
+    frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"s" * 40)))
+    n = 2 * 1024 * 1024 // (32 + len(frame) + 2)
+    data = bytearray(pcapng([(1, None)], [(0, i, frame) for i in range(n)]))
+    shb = int.from_bytes(data[4:8], "little")
+    off = first = shb + int.from_bytes(data[shb + 4: shb + 8], "little")
+    i = 0
+    while off < len(data):
+        if i % 50 == 49:
+            data[off: off + 4] = (5).to_bytes(4, "little")
+        off += int.from_bytes(data[off + 4: off + 8], "little")
+        i += 1
+    data = bytes(data)
+    got_runs, ref_runs, off = [], [], first
+    while off < len(data):
+        ref, ref_next = recordwalk.python_epb_run(data, off, len(data), "<")
+        got, nxt = recordwalk.pcapng_epb_run(data, off, len(data), "<")
+        assert got.tolist() == ref and nxt == ref_next
+        got_runs.append(len(got))
+        ref_runs.append(len(ref))
+        off = nxt + int.from_bytes(data[nxt + 4: nxt + 8], "little") if nxt < len(data) else nxt
+    assert got_runs == ref_runs and set(got_runs[:-1]) == {49}
