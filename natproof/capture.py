@@ -188,14 +188,22 @@ def read_frames(path: str | os.PathLike[str], frames: Iterable[int]) -> dict[int
     return found
 
 
+def no_packets_problem(info: CaptureInfo) -> str:
+    """Why a capture gave no packet: its first warning, its malformed packet blocks, or its being empty."""
+    if info.warnings:
+        return info.warnings[0]
+    if bad := info.skipped.get("malformed_block"):
+        return (f"no packet to read: {bad} malformed packet block{'s' if bad > 1 else ''} (an interface number, "
+                "length or timestamp out of range)")
+    return "empty capture (file header only, no packets)"
+
+
 def _prime(it: Iterator[Record], info: CaptureInfo) -> Iterator[Record]:
     """Read the file header eagerly (so header errors raise now) and fail on a capture with no packets."""
     try:
         first = next(it)
     except StopIteration:
-        if info.warnings:
-            raise CaptureError(info.path, info.warnings[0]) from None
-        raise CaptureError(info.path, "empty capture (file header only, no packets)") from None
+        raise CaptureError(info.path, no_packets_problem(info)) from None
 
     def chained() -> Iterator[Record]:
         yield first
@@ -339,6 +347,10 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             linktype, mul, div, tsoff = ifaces[iface]
             ticks = (ts_hi << 32) | ts_lo
             ts_ns = ticks * mul // div + tsoff * 1_000_000_000
+            if not -(2**63) <= ts_ns < 2**63:  # past what an int64 of ns holds (the years 1677-2262): a bad clock
+                info.skipped["malformed_block"] += 1
+                off += blen
+                continue
             start = body + 20
             yield _note(info, Record(frame, ts_ns, caplen, max(wire_len, caplen), linktype, base + iface,
                                      bytes(buf[start:start + caplen])))

@@ -28,6 +28,7 @@ from natproof.capture import (
     PCAP_MAGIC,
     PCAPNG_SHB,
     CaptureInfo,
+    no_packets_problem,
     open_section,
     read_idb,
 )
@@ -967,9 +968,7 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
             dec.close()
             trim()  # the chunks' numpy temporaries
         if info.records == 0:
-            if info.warnings:
-                raise CaptureError(info.path, info.warnings[0])
-            raise CaptureError(info.path, "empty capture (file header only, no packets)")
+            raise CaptureError(info.path, no_packets_problem(info))
     if not parts:
         empty = pl.DataFrame(schema={c: PACKET_SCHEMA[c] for c in keep})
         return info, transform(empty) if transform is not None else empty

@@ -316,3 +316,20 @@ def test_columns_without_frame_no_keep_file_order_across_fallback_frames() -> No
     _, ref = load_packets(path, fast=False)
     assert info.fallback_frames > 0
     assert fast.equals(ref.select("src", "dst", "icmp_type"))
+
+
+def test_timestamps_past_int64_are_malformed_blocks_not_an_error(tmp_path: Path) -> None:
+    """An interface in milliseconds (if_tsresol 3) whose ticks put a packet past the year 2262: that packet is
+    a malformed block, counted, and the others decode (the fast decoder hands such a file to the reference)."""
+    frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"x")))
+    path = tmp_path / "clock.pcapng"
+    path.write_bytes(pcapng([(1, 3)], [(0, 1_700_000_000_000, frame), (0, 1 << 63, frame),
+                                        (0, 1_700_000_000_001, frame)]))
+    info, got = assert_same(path)
+    assert got["frame_no"].to_list() == [1, 3]
+    assert info.skipped["malformed_block"] == 1
+    only_bad = tmp_path / "all-bad.pcapng"
+    only_bad.write_bytes(pcapng([(1, 3)], [(0, 1 << 63, frame)]))
+    for fast in (True, False):
+        with pytest.raises(CaptureError, match="no packet to read: 1 malformed packet block "):
+            load_packets(only_bad, fast=fast)
