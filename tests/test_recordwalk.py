@@ -195,7 +195,7 @@ def test_pcapng_run_at_a_truncated_end() -> None:
 
 def test_pcapng_runs_between_frequent_other_blocks_at_default_sizes() -> None:
     """A statistics block every 50 packets in 2 MiB: every run ends where the plain loop's does, over spans that
-    start at LOCKSTEP_MIN_BYTES and double (each run is short, so none costs a guess over the whole chunk)."""
+    start at twice LOCKSTEP_MIN_BYTES and double (each run is short, so none costs a guess over the whole chunk)."""
     frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"s" * 40)))
     n = 2 * 1024 * 1024 // (32 + len(frame) + 2)
     data = bytearray(pcapng([(1, None)], [(0, i, frame) for i in range(n)]))
