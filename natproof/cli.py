@@ -21,7 +21,7 @@ from rich.text import Text
 
 import natproof
 from natproof.errors import NatproofError
-from natproof.report.export import FORMATS, render_bytes, write_parts, write_result
+from natproof.report.export import FORMATS, render_parts, write_parts, write_result
 from natproof.report.table import format_address, render_table
 from natproof.result import SCHEMA, SCHEMAS
 from natproof.spill import default_memory_limit
@@ -1012,10 +1012,8 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
         return
     if fmt == "parquet":
         raise click.UsageError("--format parquet needs -o FILE")
-    if fmt == "json":  # in pieces: the document is never held whole (Result.json_parts)
-        write_parts(sys.stdout.buffer, result.json_parts(schema))
-    else:
-        sys.stdout.buffer.write(render_bytes(result, fmt, schema))
+    # In pieces: json and ndjson are never held whole (render_parts).
+    write_parts(sys.stdout.buffer, render_parts(result, fmt, schema))
     sys.stdout.flush()
 
 

@@ -336,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"to the fast path's ({time.perf_counter() - t:.0f} s)")
     if args.huge:
         failed |= huge_rows(root, args.regen, rows, checks, facts)
+    outputs = None
+    if "real" in kinds:
+        small_pair = real_pair_for(sizes[0], root, args.regen)[0]
+        outputs = output_rows(small_pair, 50_000 if args.small else OUTPUT_CONNECTIONS, rows)
     head = ["size", "tool", "packets", "seconds", "packets/s", "vs dpkt", "vs tshark", "vs read", "peak RSS MB",
             "RSS B/pkt"]
     for kind in kinds:
@@ -373,6 +377,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{a['decode_rss']:.0f}->{b['decode_rss']:.0f} B, correlate {a['corr_rss']:.0f}->"
                   f"{b['corr_rss']:.0f} B -> "
                   f"{'met' if b['decode_rss'] <= a['decode_rss'] and b['corr_rss'] <= a['corr_rss'] else 'MISSED'}")
+    if outputs and outputs[0] < OUTPUT_CONNECTIONS:
+        print(f"target output of {OUTPUT_CONNECTIONS:,} connections in about a second: not judged on "
+              f"{outputs[0]:,} (the rows above are per connection, connections/s in the packets/s column)")
+    elif outputs:
+        n_conns, took = outputs
+        slow = {f: s for f, s in took.items() if s > OUTPUT_TARGET_S}
+        print(f"target output of {n_conns:,} connections in about a second (<= {OUTPUT_TARGET_S:g} s each): "
+              + ", ".join(f"{f} {s:.2f} s" for f, s in took.items())
+              + (" -> met" if not slow else f" -> MISSED ({', '.join(slow)})"))
     if ("huge", HUGE_PACKETS) in facts:
         h = facts[("huge", HUGE_PACKETS)]
         small = min((n, f) for (k, n), f in facts.items() if k == "synthetic")[1] if any(
@@ -392,6 +405,51 @@ def main(argv: list[str] | None = None) -> int:
     print("note   peak RSS: largest sampled sum of VmRSS over the process tree (correlate decodes one capture in a "
           "second process), or the kernel's ru_maxrss if larger; each measurement is a fresh process.")
     return 1 if failed else 0
+
+
+OUTPUT_CONNECTIONS = 1_000_000
+"""Connections of the output rows: the smallest real pair's connections, stacked until there are this many."""
+OUTPUT_TARGET_S = 1.5
+"""What "about a second" for writing OUTPUT_CONNECTIONS connections in one format is taken to mean."""
+
+OUTPUT = """
+import dataclasses, os, sys, time
+import natproof
+import polars as pl
+from natproof.report.export import write_result
+d, want, target = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+r = natproof.correlate(os.path.join(d, "inside.pcap"), os.path.join(d, "outside.pcap"))
+one = r.connections
+copies = -(-want // one.height)
+conns = pl.concat([one.with_columns(pl.col("conn") + i * one.height) for i in range(copies)]).head(want).rechunk()
+r = dataclasses.replace(r, connections=conns)
+for fmt in ("json", "ndjson", "csv", "parquet", "conntrack"):
+    t = time.perf_counter()
+    write_result(r, fmt, target)
+    took = time.perf_counter() - t
+    print(fmt, conns.height, took, os.path.getsize(target), flush=True)
+    os.unlink(target)
+"""
+
+
+def output_rows(pair: Path, connections: int, rows: list[list[str]]) -> tuple[int, dict[str, float]]:
+    """Write ``connections`` real connections (the pair's, stacked with new numbers) in each output format, to a
+    file in /dev/shm when there is one (the writers, not the disk); a row per format and {format: seconds}."""
+    shm = Path("/dev/shm")
+    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(dir=where) as t:
+        r = measure([sys.executable, "-c", OUTPUT, str(pair), str(connections), str(Path(t) / "out")])
+    took: dict[str, float] = {}
+    n = connections
+    for line in r.output.splitlines():
+        fmt, n_s, secs, size = line.split()
+        n, took[fmt] = int(n_s), float(secs)
+        rows.append([f"{n / 1e6:g}M conns" if n >= 1_000_000 else f"{n / 1e3:g}k conns", f"write {fmt} "
+                     f"({int(size) / 2**20:,.0f} MiB)", f"{n:,}", f"{took[fmt]:.2f}", f"{fmt_rate(n / took[fmt])}",
+                     "-", "-", "-", "-", "-"])
+    print(f"  output: {n:,} connections written in " + ", ".join(f"{f} {s:.2f} s" for f, s in took.items()),
+          flush=True)
+    return n, took
 
 
 HUGE_PACKETS = 20_000_000

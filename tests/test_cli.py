@@ -526,3 +526,23 @@ def test_output_never_replaces_a_file_an_option_reads(tmp_path: Path, capsys: py
     assert main(["export-pcap", str(tmp_path / "any.pcap"), "--interfaces", str(tmp_path / "links.txt"), "--all",
                  "-o", "-", "--quiet"]) == 2
     assert "writes a pcapng file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["icmp", "asymmetric-reply", "udp", "hairpin"])
+def test_conntrack_lines_are_conntrack_line(case: str) -> None:
+    """The conntrack form is built from columns (export.conntrack_lines); each line must be the per-row
+    conntrack_line's text, ICMP echo identifiers (original and reply) and unreplied entries included, and a row with
+    no translation or null ports too."""
+    from natproof.report.export import conntrack_line, conntrack_lines
+
+    d = Path(__file__).parent.parent / "captures" / case
+    conns = natproof.correlate(*sorted(d.glob("*side.pcap*"))).connections
+    odd = conns.head(1).with_columns(pl.lit(None, pl.String).alias("trans_src"), pl.lit(None, pl.UInt16)
+                                     .alias("orig_sport"), pl.lit(None, pl.UInt32).alias("reply_inside"),
+                                     pl.lit(0, pl.UInt32).alias("reply_outside"))
+    frame = pl.concat([conns, odd])
+    assert conntrack_lines(frame).to_list() == [conntrack_line(r) for r in frame.iter_rows(named=True)]
+    if case == "icmp":  # the second ping's identifier was rewritten by the NAT: the reply tuple shows the new one
+        assert conntrack_lines(conns)[1] == (
+            "icmp     1 - src=10.244.0.11 dst=198.51.100.10 type=8 code=0 id=16962 "
+            "src=198.51.100.10 dst=203.0.113.2 type=0 code=0 id=53572 verdict=translated")
