@@ -333,3 +333,41 @@ def test_timestamps_past_int64_are_malformed_blocks_not_an_error(tmp_path: Path)
     for fast in (True, False):
         with pytest.raises(CaptureError, match="no packet to read: 1 malformed packet block "):
             load_packets(only_bad, fast=fast)
+
+
+def test_read_ahead_gives_the_chunks_then_the_error_and_stops_when_closed() -> None:
+    """The framing thread (fastdecode._read_ahead) hands over every chunk in order, then the framing's error; a
+    reader that stops early stops the thread and closes the framing generator."""
+    import threading
+
+    from natproof.fastdecode import _read_ahead
+
+    closed = []
+
+    def frames(n: int, fail: bool):
+        try:
+            yield from range(n)
+            if fail:
+                raise CaptureError("x.pcap", "last record truncated")
+        finally:
+            closed.append(n)
+
+    got = []
+    with pytest.raises(CaptureError, match="last record truncated"):
+        for ch in _read_ahead(frames(5, True)):  # type: ignore[arg-type]
+            got.append(ch)
+    assert got == [0, 1, 2, 3, 4]
+    early = _read_ahead(frames(1000, False))  # type: ignore[arg-type]
+    assert [next(early), next(early)] == [0, 1]
+    early.close()
+    assert closed == [5, 1000]
+    assert not [t for t in threading.enumerate() if t.name == "natproof-framing"]
+
+
+@pytest.mark.parametrize("name", ["many-connections/inside.pcap.gz", "overlay/inside.pcap", "overlay/node.pcapng"])
+def test_read_ahead_decodes_the_same(name: str) -> None:
+    """Framing a chunk ahead in a thread changes nothing: same frames and capture info, in small chunks."""
+    path = CAPTURES / name
+    one = decode_file(path, chunk_bytes=4096, read_ahead=False)
+    two = decode_file(path, chunk_bytes=4096, read_ahead=True)
+    assert two[1].equals(one[1]) and _info(two[0]) == _info(one[0])
