@@ -1003,6 +1003,7 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
         else:
             # Piped table output keeps whole addresses rather than wrapping at 80 columns.
             con = Console(width=None if sys.stdout.isatty() else 160)
+            con.on_broken_pipe = lambda: _stdout_nowhere(con)  # type: ignore[method-assign]  # rich: exit 1
             con.print(render_table(result, limit))
             for line in lines:
                 con.print(line)
@@ -1013,8 +1014,27 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
     if fmt == "parquet":
         raise click.UsageError("--format parquet needs -o FILE")
     # In pieces: json and ndjson are never held whole (render_parts).
-    write_parts(sys.stdout.buffer, render_parts(result, fmt, schema))
-    sys.stdout.flush()
+    with reader_may_leave():
+        write_parts(sys.stdout.buffer, render_parts(result, fmt, schema))
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Writing to standard output: a reader that went away (`| head`) took what it wanted. Exit 0 without a
+    word (click would exit 1); standard output then goes nowhere, so the interpreter's last flush cannot fail
+    again."""
+    try:
+        yield
+    except BrokenPipeError:
+        _stdout_nowhere()
+
+
+def _stdout_nowhere(console: Console | None = None) -> None:
+    """Point standard output at /dev/null (its reader left), and quiet ``console``."""
+    if console is not None:
+        console.quiet = True
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()

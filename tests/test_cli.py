@@ -546,3 +546,22 @@ def test_conntrack_lines_are_conntrack_line(case: str) -> None:
         assert conntrack_lines(conns)[1] == (
             "icmp     1 - src=10.244.0.11 dst=198.51.100.10 type=8 code=0 id=16962 "
             "src=198.51.100.10 dst=203.0.113.2 type=0 code=0 id=53572 verdict=translated")
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "json", "table"])
+def test_a_reader_that_leaves_early_is_no_error(fmt: str) -> None:
+    """`natproof correlate ... | head`: the reader closes the pipe after a few bytes; natproof stops quietly with
+    status 0 (click and rich would exit 1), whatever the format."""
+    import subprocess
+    import sys
+
+    d = Path(__file__).resolve().parent.parent / "captures" / "many-connections"
+    rows = ["--limit", "100000"] if fmt == "table" else []  # more than a pipe holds, in every format
+    with subprocess.Popen([sys.executable, "-m", "natproof", "correlate", str(d / "inside.pcap.gz"),
+                           str(d / "outside.pcap.gz"), "--format", fmt, *rows, "-q"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        head = proc.stdout.read(100)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert (proc.wait(timeout=120), err, len(head)) == (0, b"", 100)
