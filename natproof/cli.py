@@ -20,8 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 import natproof
-from natproof.errors import NatproofError
-from natproof.report.export import FORMATS, render_parts, write_parts, write_result
+from natproof.errors import InputError, NatproofError
+from natproof.report.export import FORMATS, render_parts, write_bytes, write_parts, write_result
 from natproof.report.table import format_address, render_table
 from natproof.result import SCHEMA, SCHEMAS
 from natproof.spill import default_memory_limit
@@ -994,19 +994,20 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
         from natproof.diagnose import diagnose
 
         lines = [Text(f"diagnosis: [{f.severity}] {f.title}") for f in diagnose(result)]
-        if output:
-            con = Console(file=open(output, "w"), width=160)  # noqa: SIM115 - closed below
+        if output:  # written whole at once, atomically, as every other format (the table holds --limit rows)
+            con = Console(file=io.StringIO(), width=160)
             con.print(render_table(result, limit))
             for line in lines:
                 con.print(line)
-            con.file.close()
+            write_bytes(output, con.file.getvalue().encode())  # type: ignore[attr-defined]
         else:
             # Piped table output keeps whole addresses rather than wrapping at 80 columns.
             con = Console(width=None if sys.stdout.isatty() else 160)
             con.on_broken_pipe = lambda: _stdout_nowhere(con)  # type: ignore[method-assign]  # rich: exit 1
-            con.print(render_table(result, limit))
-            for line in lines:
-                con.print(line)
+            with reader_may_leave():
+                con.print(render_table(result, limit))
+                for line in lines:
+                    con.print(line)
         return
     if output:
         write_result(result, fmt, output, schema)
@@ -1023,11 +1024,13 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
 def reader_may_leave() -> Iterator[None]:
     """Writing to standard output: a reader that went away (`| head`) took what it wanted. Exit 0 without a
     word (click would exit 1); standard output then goes nowhere, so the interpreter's last flush cannot fail
-    again."""
+    again. Any other failure to write (a full disk) is an InputError."""
     try:
         yield
     except BrokenPipeError:
         _stdout_nowhere()
+    except OSError as exc:  # a full disk behind `> file`, ...
+        raise InputError(f"standard output: cannot write it ({exc.strerror or exc})") from None
 
 
 def _stdout_nowhere(console: Console | None = None) -> None:

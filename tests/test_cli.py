@@ -398,6 +398,66 @@ def test_output_into_a_missing_folder(pair: tuple[Path, Path], tmp_path: Path,
     assert code == 2 and err == f"natproof: error: {target}: cannot write it, no such directory {target.parent}\n"
 
 
+@pytest.mark.parametrize("fmt", ["json", "table", "csv", "parquet"])
+def test_output_that_cannot_be_written(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       fmt: str) -> None:
+    """A missing folder, a full disk (/dev/full), a place no file can be made (/proc): one line naming the target,
+    status 2, no temporary file left; the table too (it was written in place, and a missing folder was an internal
+    error)."""
+    for target, problem in ((tmp_path / "nodir" / f"x.{fmt}", f"no such directory {tmp_path / 'nodir'}"),
+                            (Path("/dev/full"), "(No space left on device)"),
+                            (Path(f"/proc/natproof-test.{fmt}"), "(No such file or directory)")):
+        code, _, err = run(capsys, "correlate", *map(str, pair), "--format", fmt, "-o", str(target))
+        assert code == 2 and err.startswith(f"natproof: error: {target}: cannot write it") and problem in err, err
+        assert err.count("\n") == 1
+    assert sorted(tmp_path.iterdir()) == sorted(tmp_path.glob("*.pcap"))
+
+
+def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None:
+    """`> /dev/full`: one line, status 2, in every format written to standard output."""
+    import subprocess
+    import sys
+
+    for fmt in ("json", "ndjson", "table"):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "natproof", "correlate", *map(str, pair), "--format", fmt],
+                                  stdout=full, stderr=subprocess.PIPE, check=False)
+        assert (proc.returncode, proc.stderr) == (
+            2, b"natproof: error: standard output: cannot write it (No space left on device)\n")
+
+
+def test_a_table_written_to_a_file_is_the_table_shown(pair: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "t.txt"
+    assert run(capsys, "correlate", *map(str, pair), "--format", "table", "-o", str(target))[0] == 0
+    code, out, _ = run(capsys, "correlate", *map(str, pair), "--format", "table")
+    assert code == 0 and target.read_text() == out and "203.0.113.2:61001" in out
+
+
+def test_atomic_write_cleans_up_even_if_interrupted_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while writing, and again while the temporary file is removed (polars raised the one it saw a second
+    time, in a captured case): the temporary file still goes, the KeyboardInterrupt goes on."""
+    import os
+
+    from natproof.report import export
+
+    real_unlink, calls = os.unlink, []
+
+    def unlink_once_interrupted(path: str) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real_unlink(path)
+
+    def write(fh: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export.os, "unlink", unlink_once_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.atomic_write(tmp_path / "out.json", write)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["--clock-offset", "nan"], ["--tolerance", "inf"]])
 def test_times_that_are_not_finite_are_bad_input(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
                                                  args: list[str]) -> None:

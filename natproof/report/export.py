@@ -22,19 +22,24 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     """Write through a temporary file in the target's folder, then rename: never a half-written file.
 
     A target that exists and is no regular file (``/dev/null``, a FIFO) is written in place: renaming over it
-    would replace the device. A folder that does not exist is an InputError naming it."""
+    would replace the device. A folder that does not exist, one natproof may not write in, a full disk: an
+    InputError naming the target, and no file left behind (not even after Ctrl-C)."""
     target = Path(path)
     if target.exists() and not target.is_file():
         if target.is_dir():
             raise InputError(f"{target}: is a directory, not a file to write")
-        with open(target, "wb") as fh:
-            write(fh)
+        try:
+            with open(target, "wb") as fh:
+                write(fh)
+        except OSError as exc:
+            raise _cannot_write(target, exc) from None
         return
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{target}: cannot write it, no such directory {parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             # mkstemp makes the file 0600; give it the mode any new file gets (0666 less the umask).
@@ -42,9 +47,24 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.umask(mask)
             os.fchmod(fh.fileno(), 0o666 & ~mask)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        # Remove the temporary file even if Ctrl-C comes again (polars may raise the one it saw a second time):
+        # inline, not in a function, whose entry is where Python would raise it.
+        while tmp is not None:
+            try:
+                os.unlink(tmp)
+                tmp = None
+            except FileNotFoundError:
+                tmp = None
+            except KeyboardInterrupt:
+                continue
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise _cannot_write(target, exc) from None
         raise
+
+
+def _cannot_write(target: Path, exc: OSError) -> InputError:
+    return InputError(f"{target}: cannot write it ({exc.strerror or exc})")
 
 
 def to_json(result: Result, schema: str = SCHEMA) -> str:
