@@ -426,6 +426,16 @@ def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None
             2, b"natproof: error: standard output: cannot write it (No space left on device)\n")
 
 
+def test_output_through_a_symlink_writes_the_file_it_names(pair: tuple[Path, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    real = tmp_path / "data" / "result.csv"
+    real.parent.mkdir()
+    link = tmp_path / "latest.csv"
+    link.symlink_to(real)
+    assert run(capsys, "correlate", *map(str, pair), "--format", "csv", "-o", str(link))[0] == 0
+    assert link.is_symlink() and real.read_text().startswith("conn,proto,")
+
+
 def test_a_table_written_to_a_file_is_the_table_shown(pair: tuple[Path, Path], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "t.txt"

@@ -25,6 +25,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     would replace the device. A folder that does not exist, one natproof may not write in, a full disk: an
     InputError naming the target, and no file left behind (not even after Ctrl-C)."""
     target = Path(path)
+    if target.is_symlink():  # write the file the link names, as `>` does; renaming over it would replace the link
+        target = target.resolve()
     if target.exists() and not target.is_file():
         if target.is_dir():
             raise InputError(f"{target}: is a directory, not a file to write")
