@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from natproof import parallel
 from natproof.assemble import FATE, Services, assemble, in_networks
 from natproof.capture import CaptureInfo
 from natproof.connections import (
@@ -96,24 +97,26 @@ class _Side:
 
 
 def _load(path: str | os.PathLike[str], progress: Callable[[int], None] | None,
-          fast: bool | None, overlay: Overlay = DEFAULT_OVERLAY) -> tuple[CaptureInfo, pl.DataFrame]:
+          fast: bool | None, overlay: Overlay = DEFAULT_OVERLAY,
+          read_ahead: bool | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
     return load_packets(path, progress, fast=fast, columns=DECODE_COLUMNS, transform=packet_features,
-                        overlay=overlay)
+                        overlay=overlay, read_ahead=read_ahead)
 
 
 def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] | None, *, fast: bool | None,
                   timeouts: IdleTimeouts | None, inside: bool, pod_cidr: str | Sequence[str] | None,
                   services: Services, if_names: Sequence[str] = (), links: Mapping[int, Link] | None = None,
-                  loaded: list | None = None, overlay: Overlay = DEFAULT_OVERLAY,
+                  loaded: list | None = None, overlay: Overlay = DEFAULT_OVERLAY, read_ahead: bool | None = None,
                   ) -> tuple[_Side, dict[str, pl.DataFrame]]:
     """Decode one capture given for one side, keep its observation point (natproof.points.choose_point: the whole
     file, or the interfaces ``if_names`` gives or natproof chooses) and prepare it (see _prepare_point).
-    ``loaded``: the capture already decoded ([info, packets] from _load, emptied here)."""
+    ``loaded``: the capture already decoded ([info, packets] from _load, emptied here); ``read_ahead``: see
+    natproof.fastdecode.decode_file."""
     if loaded:
         info, pk = loaded
         loaded.clear()
     else:
-        info, pk = _load(path, progress, fast, overlay)
+        info, pk = _load(path, progress, fast, overlay, read_ahead)
     role = "inside" if inside else "outside"
     point, interfaces = choose_point(role, info, pk, names=if_names, links=links,
                                      pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
@@ -403,8 +406,10 @@ def correlate(
                for label, path in (("inside", inside), ("outside", outside))]
         # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
         # are large; then the two meet in matching.
+        # Two processes have the two cores then: no framing thread besides (natproof.parallel.pairs).
+        ahead = False if parallel.pairs([inside, outside]) else None
         (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, overlay=overlay,
-                                       timeouts=timeouts,
+                                       timeouts=timeouts, read_ahead=ahead,
                                        pod_cidr=pod_cidr, services=services, links=links,
                                        each=[{"inside": True, "if_names": in_names},
                                              {"inside": False, "if_names": out_names}])

@@ -114,7 +114,8 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
                  fast: bool | None = None, columns: Sequence[str] | None = None,
                  transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
                  overlay: Overlay = DEFAULT_OVERLAY,
-                 sink: Callable[[pl.DataFrame], None] | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
+                 sink: Callable[[pl.DataFrame], None] | None = None,
+                 read_ahead: bool | None = None) -> tuple[CaptureInfo, pl.DataFrame]:
     """Read and decode one capture file; a capture with no frame of a link type natproof reads is an error.
 
     ``fast`` picks the decoder: True the columnar one (natproof.fastdecode), False the dpkt reference
@@ -125,7 +126,8 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
     is applied to it: the columnar decoder does both batch by batch and never holds the full width. ``sink``
     takes the packets batch by batch in capture order instead of their being returned (then an empty frame is):
     the columnar decoder never holds the whole capture; the reference path, for the rare file the columnar
-    framing does not handle, hands it over in one batch.
+    framing does not handle, hands it over in one batch. ``read_ahead``: the columnar decoder's framing thread
+    (natproof.fastdecode.decode_file; False when another process has the other core).
     """
     if columns is not None and (unknown := [c for c in columns if c not in PACKET_SCHEMA]):
         raise ValueError(f"unknown packet columns: {', '.join(unknown)}")
@@ -135,7 +137,7 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
 
         try:
             info, packets = decode_file(path, progress, columns=columns, transform=transform, overlay=overlay,
-                                        sink=sink)
+                                        sink=sink, read_ahead=read_ahead)
             shaped = True
         except Unsupported:
             info, packets = _load_reference(path, progress, overlay)
@@ -181,12 +183,14 @@ def decoder_flag(decoder: str) -> bool | None:
 def load_pair(paths: Sequence[str | os.PathLike[str]], progress: Sequence[Progress | None] | None = None, *,
               fast: bool | None = None) -> list[tuple[CaptureInfo, pl.DataFrame]]:
     """load_packets on each path; two large captures decode in parallel (see natproof.parallel)."""
-    from natproof.parallel import run_pair
+    from natproof.parallel import pairs, run_pair
 
-    return [(info, frames["packets"]) for info, frames in run_pair(_load_job, paths, progress, fast=fast)]
+    ahead = False if pairs(paths) else None  # two processes have the two cores: no framing thread besides
+    return [(info, frames["packets"])
+            for info, frames in run_pair(_load_job, paths, progress, fast=fast, read_ahead=ahead)]
 
 
 def _load_job(path: str | os.PathLike[str], progress: Progress | None, *,
-              fast: bool | None) -> tuple[CaptureInfo, dict[str, pl.DataFrame]]:
-    info, packets = load_packets(path, progress, fast=fast)
+              fast: bool | None, read_ahead: bool | None = None) -> tuple[CaptureInfo, dict[str, pl.DataFrame]]:
+    info, packets = load_packets(path, progress, fast=fast, read_ahead=read_ahead)
     return info, {"packets": packets}
