@@ -394,3 +394,22 @@ def test_no_framing_thread_when_two_processes_share_the_cores(tmp_path: Path, mo
     alone = natproof.correlate(pair.inside, pair.outside)
     assert len(started) == (2 if (os.cpu_count() or 1) >= 2 else 0)
     assert alone.connections.equals(paired.connections)
+
+
+def test_a_decoder_that_stops_early_leaves_the_file_closable() -> None:
+    """The decoding side fails after a few chunks while the thread has framed the next: the error is the one
+    raised (the map of the file closes: a framed chunk holds copies, no view of it) and no framing thread stays."""
+    import threading
+
+    calls = []
+
+    def fail_on_third(df: pl.DataFrame) -> pl.DataFrame:
+        calls.append(df.height)
+        if len(calls) == 3:
+            raise RuntimeError("stop here")
+        return df
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        decode_file(CAPTURES / "many-connections" / "inside.pcap.gz", chunk_bytes=4096, transform=fail_on_third,
+                    read_ahead=True)
+    assert not [t for t in threading.enumerate() if t.name == "natproof-framing"]
