@@ -319,7 +319,8 @@ def test_failure_while_writing_leaves_no_file(tmp_path: Path, monkeypatch: pytes
         real(self, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(PcapngWriter, "write_packet", fail)
-    with pytest.raises(OSError, match="disk full"):
+    # The failure is the user's to fix (a full disk), said in one line naming the file: an InputError.
+    with pytest.raises(InputError, match=r"proof\.pcapng: cannot write it \(disk full\)"):
         write_proof(result, target, select_connections(result, everything=True))
     assert target.read_bytes() == b"an older proof" and [p.name for p in tmp_path.iterdir()] == ["proof.pcapng"]
 
