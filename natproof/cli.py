@@ -1004,7 +1004,7 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
             # Piped table output keeps whole addresses rather than wrapping at 80 columns.
             con = Console(width=None if sys.stdout.isatty() else 160)
             con.on_broken_pipe = lambda: _stdout_nowhere(con)  # type: ignore[method-assign]  # rich: exit 1
-            with reader_may_leave():
+            with _reader_may_leave():
                 con.print(render_table(result, limit))
                 for line in lines:
                     con.print(line)
@@ -1015,13 +1015,13 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
     if fmt == "parquet":
         raise click.UsageError("--format parquet needs -o FILE")
     # In pieces: json and ndjson are never held whole (render_parts).
-    with reader_may_leave():
+    with _reader_may_leave():
         write_parts(sys.stdout.buffer, render_parts(result, fmt, schema))
         sys.stdout.flush()
 
 
 @contextlib.contextmanager
-def reader_may_leave() -> Iterator[None]:
+def _reader_may_leave() -> Iterator[None]:
     """Writing to standard output: a reader that went away (`| head`) took what it wanted. Exit 0 without a
     word (click would exit 1); standard output then goes nowhere, so the interpreter's last flush cannot fail
     again. Any other failure to write (a full disk) is an InputError."""
