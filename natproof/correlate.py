@@ -27,7 +27,16 @@ from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import InputError
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
-from natproof.match import MATCH_COLUMNS, PAIR_SCHEMA, match_sides, signature, with_keys
+from natproof.match import (
+    MATCH_COLUMNS,
+    PAIR_SCHEMA,
+    KeyParts,
+    arrange_keys,
+    key_part_count,
+    match_sides,
+    signature,
+    with_keys,
+)
 from natproof.memory import trim
 from natproof.names import Names, apply_names
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
@@ -366,6 +375,7 @@ def correlate(
             result.inside, warnings=(*result.inside.warnings, note)))
 
     capture = inside if outside is None else outside if inside is None else None
+    arranged: list[KeyParts] = []  # the inside side's keys cut for matching while the outside one was prepared
     if capture is not None:
         # One capture: split into both observation points when it holds several interfaces (or names are given);
         # else, with a record, the record gives the other side; else choose_points says what is missing.
@@ -408,8 +418,15 @@ def correlate(
         # are large; then the two meet in matching.
         # Two processes have the two cores then: no framing thread besides (natproof.parallel.pairs).
         ahead = False if parallel.pairs([inside, outside]) else None
+
+        def arrange_inside(first: tuple[_Side, dict[str, pl.DataFrame]]) -> None:
+            # The worker finishes its side ~1 s after this process (2 x 5M real): cut this side's keys for the
+            # exact pass meanwhile, guessing the other side is no larger (else matching cuts them again).
+            rows = first[1]["match"].height
+            arranged.append(arrange_keys(first[1]["match"], key_part_count(rows)))
+
         (ins, a), (outs, b) = run_pair(_prepare_side, [inside, outside], cbs, fast=fast, overlay=overlay,
-                                       timeouts=timeouts, read_ahead=ahead,
+                                       timeouts=timeouts, read_ahead=ahead, while_waiting=arrange_inside,
                                        pod_cidr=pod_cidr, services=services, links=links,
                                        each=[{"inside": True, "if_names": in_names},
                                              {"inside": False, "if_names": out_names}])
@@ -424,7 +441,9 @@ def correlate(
     if capture is None:  # a copy of one file; two points of one file are told apart by natproof.points
         _check_same_packets(ins.info.path, outs.info.path, in_match, out_match)
     offset_ns = None if clock_offset_s is None else int(round(clock_offset_s * 1e9))
-    matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9))
+    matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9),
+                          inside_parts=arranged[0] if arranged else None)
+    arranged.clear()
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
         _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns,
                        given=clock_offset_s is not None)

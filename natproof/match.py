@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,25 +121,67 @@ PART_ROWS = 1 << 20
 only between equal keys, so the parts give what one join would, while holding a copy of one part at a time."""
 
 
-def _key_parts(inside: pl.DataFrame, outside: pl.DataFrame, key: str,
-               cols: list[str]) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """(inside, outside) rows with a non-null ``key``, ``cols`` only, a part of the key space at a time, each
-    sorted by ``key`` (and flagged so: polars then counts and joins its keys on the sorted paths)."""
-    parts = max(1, -(-max(inside.height, outside.height) // PART_ROWS))
-    # A key is a 64-bit hash already (_strong_key, ...): a part is a range of its values. Each side's rows are
-    # put in part order by one stable sort and a part's rows, gathered in capture order (a gather in key order
-    # is slow), are then sorted by key. (2 x 5M real: a hash and a filter of every row for each part, 1.2 s,
-    # then the splits' counts and joins on unsorted keys: match_sides 3.4 -> 2.8 s, the same pairs.)
+def key_part_count(*heights: int) -> int:
+    """How many parts of the key space _key_parts cuts sides of these heights (rows) into: one per PART_ROWS rows
+    of the larger side."""
+    return max(1, -(-max(heights, default=0) // PART_ROWS))
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    """One side's rows as _key_parts yields them for that side, made ahead of matching (:func:`arrange_keys`):
+    ``frames[p]`` holds part ``p`` of the key space's rows with a non-null ``key``, columns ``cols``, sorted by
+    ``key`` (flagged so)."""
+
+    key: str
+    cols: tuple[str, ...]
+    frames: tuple[pl.DataFrame, ...]
+
+    def fits(self, key: str, cols: Sequence[str], parts: int) -> bool:
+        """Whether these parts are the ones _key_parts would make for ``key``, ``cols`` and ``parts`` parts."""
+        return self.key == key and len(self.frames) == parts and set(cols) <= set(self.cols)
+
+
+EXACT_COLUMNS = ("row", "k_strong", "ts_ns", "local", "lport", "remote", "rport", "is_egress")
+"""The columns the exact pass reads of each side's parts of the ``k_strong`` key space (_offset_and_exact)."""
+
+
+def arrange_keys(side: pl.DataFrame, parts: int) -> KeyParts:
+    """``side``'s rows (from :func:`with_keys`) cut into ``parts`` parts of the ``k_strong`` key space and sorted,
+    as the exact pass of :func:`match_sides` reads them (``inside_parts``). natproof.correlate makes the inside
+    side's while the outside capture is still prepared in the other process (2 x 5M real: that process finishes
+    ~1 s later, and this is ~0.5 s of matching's 2 s)."""
+    return KeyParts("k_strong", EXACT_COLUMNS, tuple(_side_parts(side, "k_strong", list(EXACT_COLUMNS), parts)))
+
+
+def _side_parts(df: pl.DataFrame, key: str, cols: list[str], parts: int) -> Iterator[pl.DataFrame]:
+    """``df``'s rows with a non-null ``key``, ``cols`` only, a part of the key space at a time, each sorted by
+    ``key``. A key is a 64-bit hash already (_strong_key, ...): a part is a range of its values. The rows are
+    put in part order by one stable sort and a part's rows, gathered in capture order (a gather in key order is
+    slow), are then sorted by key. (2 x 5M real: a hash and a filter of every row for each part, 1.2 s, then the
+    splits' counts and joins on unsorted keys: match_sides 3.4 -> 2.8 s, the same pairs.)"""
     which = pl.col(key).cast(pl.UInt64) // pl.lit(-(-(1 << 64) // parts), dtype=pl.UInt64) if parts > 1 else pl.lit(0)
-    sides = []
-    for df in (inside, outside):
-        part = df.select(pl.when(pl.col(key).is_not_null()).then(which).cast(pl.UInt32).alias("_part")).to_series()
-        order = part.to_frame().select(pl.arg_sort_by("_part", maintain_order=True, nulls_last=True)).to_series()
-        ends = [0, *np.cumsum(np.bincount(part.drop_nulls().to_numpy(), minlength=parts)).tolist()]
-        sides.append((df.select(cols), order, ends))
+    part = df.select(pl.when(pl.col(key).is_not_null()).then(which).cast(pl.UInt32).alias("_part")).to_series()
+    order = part.to_frame().select(pl.arg_sort_by("_part", maintain_order=True, nulls_last=True)).to_series()
+    ends = [0, *np.cumsum(np.bincount(part.drop_nulls().to_numpy(), minlength=parts)).tolist()]
+    del part
+    df = df.select(cols)
     for p in range(parts):
-        yield tuple(df.select(pl.all().gather(order.slice(e[p], e[p + 1] - e[p]))).sort(key).with_columns(
-            pl.col(key).set_sorted()) for df, order, e in sides)
+        yield df.select(pl.all().gather(order.slice(ends[p], ends[p + 1] - ends[p]))).sort(key).with_columns(
+            pl.col(key).set_sorted())
+
+
+def _key_parts(inside: pl.DataFrame, outside: pl.DataFrame, key: str, cols: list[str],
+               inside_parts: KeyParts | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """(inside, outside) rows with a non-null ``key``, ``cols`` only, a part of the key space at a time, each
+    sorted by ``key`` (and flagged so: polars then counts and joins its keys on the sorted paths). The inside
+    side's parts are taken from ``inside_parts`` when it holds them (:meth:`KeyParts.fits`)."""
+    parts = key_part_count(inside.height, outside.height)
+    if inside_parts is not None and inside_parts.fits(key, cols, parts):
+        ins: Iterator[pl.DataFrame] = (f.select(cols) for f in inside_parts.frames)
+    else:
+        ins = _side_parts(inside, key, cols, parts)
+    yield from zip(ins, _side_parts(outside, key, cols, parts), strict=True)
 
 
 def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
@@ -206,8 +248,8 @@ def _pair_by_key(inside: pl.DataFrame, outside: pl.DataFrame, key: str, offset_n
 _TUPLE = ("local", "lport", "remote", "rport")
 
 
-def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame,
-                      tolerance_ns: int) -> tuple[int | None, pl.DataFrame | None]:
+def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame, tolerance_ns: int,
+                      inside_parts: KeyParts | None = None) -> tuple[int | None, pl.DataFrame | None]:
     """estimate_clock_offset, then the exact pairs of ``k_strong`` as _pair_by_key gives them, in one pass over the
     parts of the key space: each part's join of the keys unique on both sides gives the offset's samples and,
     kept as (row, row_out, raw) beside the part's other rows, its exact pairs once the offset is known (a pass for
@@ -216,7 +258,7 @@ def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame,
     key = "k_strong"
     raw = (pl.col("ts_ns_out") - pl.col("ts_ns")).cast(pl.Int64)
     dts, kept = [], []
-    for a, b in _key_parts(inside, outside, key, ["row", key, "ts_ns", *_TUPLE, "is_egress"]):
+    for a, b in _key_parts(inside, outside, key, list(EXACT_COLUMNS), inside_parts):
         a, b, once = _split_unique(a, b.drop("is_egress"), key)
         dts.append(once.select(raw.alias("dt"), "is_egress"))
         kept.append((a.drop("is_egress"), b, once.select("row", "row_out", raw.alias("raw"))))
@@ -490,17 +532,18 @@ class Matches:
 
 
 def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns: int | None = None,
-                tolerance_ns: int = 1_000_000_000) -> Matches:
+                tolerance_ns: int = 1_000_000_000, inside_parts: KeyParts | None = None) -> Matches:
     """Match packets of ``inside`` to packets of ``outside`` (both from :func:`with_keys`).
 
     Passes, each on the rows still unmatched: exact invariant fields; TCP byte ranges (GRO/TSO) and then IP id
     (ALG payload rewrites), both within legs the exact pass linked; payload digest (sequence-randomising
     middleboxes); and, among inside packets that crossed nowhere, copies of one packet under two legs
-    (hairpin).
+    (hairpin). ``inside_parts``: ``inside`` already cut for the exact pass (:func:`arrange_keys`), used when its
+    part count is the one both sides' heights give.
     """
     exact = None
     if clock_offset_ns is None:
-        offset, exact = _offset_and_exact(inside, outside, tolerance_ns)
+        offset, exact = _offset_and_exact(inside, outside, tolerance_ns, inside_parts)
     else:
         offset = clock_offset_ns
     if offset is None:

@@ -35,9 +35,14 @@ Output = tuple[Any, dict[str, pl.DataFrame]]
 
 
 def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequence[Progress | None] | None = None,
-             *, each: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> list[Output]:
+             *, each: Sequence[dict[str, Any]] | None = None, while_waiting: Callable[[Output], None] | None = None,
+             **kwargs: Any) -> list[Output]:
     """``job(path, progress, **kwargs, **each[i])`` for each path: the second in a worker process when both files
     are at least PARALLEL_MIN_BYTES and there are two cores, else one after the other.
+
+    ``while_waiting(first output)`` runs in this process once its job is done while the worker's still runs: work
+    that would come next anyway, moved into the wait (only when there is a worker: one after the other there is
+    no wait to fill).
 
     Errors are raised as a sequential run would raise them: the first path's first. Arguments must pickle.
     """
@@ -62,6 +67,8 @@ def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequen
     try:
         listener.start()
         first = job(paths[0], cbs[0], **args[0])
+        if while_waiting is not None:
+            while_waiting(first)
         # The worker's status line (or the end of its output), not its exit: a worker that has written its frames
         # spends another 0.3 s giving back its memory (2 x 5M real), which this process need not wait for.
         listener.join()

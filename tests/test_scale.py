@@ -10,11 +10,13 @@ import polars as pl
 import pytest
 
 from natproof import connections, match, parallel
+from natproof.assemble import Services
 from natproof.capture import CaptureInfo
 from natproof.connections import group_connections
-from natproof.correlate import DECODE_COLUMNS, correlate, packet_features
+from natproof.correlate import DECODE_COLUMNS, _prepare_side, correlate, packet_features
 from natproof.fastdecode import decode_file
 from natproof.packets import load_packets
+from natproof.parallel import run_pair
 from natproof.testing.bulk import generate_pair
 from natproof.testing.scenario import SCENARIOS, write_scenario
 
@@ -75,6 +77,48 @@ def test_correlate_in_parts_and_in_two_processes_gives_the_same_document(name: s
     parts = correlate(inside, outside).to_dict()
     assert parts == whole
     assert whole["summary"]["connections"] > 0
+
+
+def _match_frames(name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Both captures of a pair as correlate prepares them for matching."""
+    frames = [_prepare_side(path, None, inside=inside, fast=None, timeouts=None, pod_cidr=None,
+                            services=Services())[1]["match"]
+              for inside, path in zip((True, False), _pair(name), strict=True)]
+    return frames[0], frames[1]
+
+
+def test_inside_keys_cut_ahead_give_the_same_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # correlate cuts the inside side's keys while the worker still prepares the outside capture (arrange_keys);
+    # matching then takes them as they are, or cuts again when the other side's height gives another part count.
+    monkeypatch.setattr(match, "PART_ROWS", 97)
+    ins, outs = _match_frames("many-connections")
+    parts = match.key_part_count(ins.height, outs.height)
+    assert parts > 2
+    whole = match.match_sides(ins, outs).pairs
+    ahead = match.arrange_keys(ins, parts)
+    assert len(ahead.frames) == parts and sum(f.height for f in ahead.frames) == ins["k_strong"].count()
+    assert all(f["k_strong"].is_sorted() for f in ahead.frames)
+    assert match.match_sides(ins, outs, inside_parts=ahead).pairs.equals(whole)
+    other = match.arrange_keys(ins, parts + 1)  # guessed from this side alone, wrongly: not used
+    assert not other.fits("k_strong", list(match.EXACT_COLUMNS), parts)
+    assert match.match_sides(ins, outs, inside_parts=other).pairs.equals(whole)
+
+
+def test_the_worker_leaves_time_for_the_next_step_only_when_there_is_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    inside, outside = _pair("icmp")
+    seen: list[int] = []
+
+    def waiting(first: tuple) -> None:
+        seen.append(first[1]["match"].height)
+
+    kwargs = dict(each=[{"inside": True}, {"inside": False}], fast=None, timeouts=None, pod_cidr=None,
+                  services=Services(), while_waiting=waiting)
+    run_pair(_prepare_side, [inside, outside], **kwargs)
+    assert seen == []  # one after the other: nothing to wait for
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    (_, first), _ = run_pair(_prepare_side, [inside, outside], **kwargs)
+    assert seen == [first["match"].height] and seen[0] > 0
 
 
 def test_generated_scenarios_survive_parts_and_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
