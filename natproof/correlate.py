@@ -617,7 +617,10 @@ def _check_same_packets(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk
     other under another name or compression, or read from standard input): no NAT lies between them."""
     if in_pk.is_empty() or in_pk.height != out_pk.height:
         return
-    same = in_pk.select("ts_ns", "k_strong").equals(out_pk.select("ts_ns", "k_strong"))
+    cols = ["ts_ns", "k_strong"]
+    # The first packets tell two captures of a NAT apart: only copies go on to compare every row (5M: 0.1 s).
+    same = (in_pk.head(1000).select(cols).equals(out_pk.head(1000).select(cols))
+            and in_pk.select(cols).equals(out_pk.select(cols)))
     if same:
         raise InputError(f"{in_path} and {out_path} hold the same packets at the same times (one is a copy of the "
                          "other): give one capture from each side of the NAT")
@@ -643,8 +646,11 @@ def number_connections(conns: pl.DataFrame) -> pl.DataFrame:
     past memory (natproof.spill) numbers them alike."""
     by = ["inside_src", "inside_sport", "inside_dst", "inside_dport", "outside_src", "outside_sport", "outside_dst",
           "outside_dport", "proto"]
-    return conns.sort([pl.col("first_ts_ns"), *(pl.col(c).cast(pl.String) for c in by)],
-                      nulls_last=False).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
+    if conns["first_ts_ns"].is_duplicated().any() or conns["first_ts_ns"].null_count():
+        conns = conns.sort([pl.col("first_ts_ns"), *(pl.col(c).cast(pl.String) for c in by)], nulls_last=False)
+    else:  # no two share a first packet's time: that alone orders them (500k connections: 0.2 -> 0.1 s)
+        conns = conns.sort("first_ts_ns")
+    return conns.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
 
 
 def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
