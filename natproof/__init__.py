@@ -12,21 +12,91 @@ import os
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:300,muzzy_decay_ms:0")
 
 
-from natproof.assemble import Services
-from natproof.capture import CaptureInfo, Record, read_capture
-from natproof.chain import Chain, correlate_chain
-from natproof.conntrack import ConntrackRecord, read_conntrack
-from natproof.correlate import correlate
-from natproof.diagnose import Finding, diagnose
-from natproof.errors import CaptureError, InputError, NatproofError
-from natproof.grade import Grading, StudentGrade, grade_class, load_grading
-from natproof.kernel import join_kernel
-from natproof.names import Names
-from natproof.packets import load_packets
-from natproof.points import Interface, ObservationPoint
-from natproof.result import Result
-from natproof.verdicts import Verdict
-from natproof.verify import Check, Expectations, ExpectedConnection, load_expectations, verify
+import sys
+import types
+from typing import TYPE_CHECKING
+
+# Each public name is imported from its module on first use (PEP 562): ``natproof correlate`` never loads the
+# grading, diagnosis or chain modules it does not run, nor does the worker process correlate starts.
+_PUBLIC = {
+    "CaptureError": "natproof.errors",
+    "CaptureInfo": "natproof.capture",
+    "Chain": "natproof.chain",
+    "Check": "natproof.verify",
+    "ConntrackRecord": "natproof.conntrack",
+    "Expectations": "natproof.verify",
+    "ExpectedConnection": "natproof.verify",
+    "Finding": "natproof.diagnose",
+    "Grading": "natproof.grade",
+    "InputError": "natproof.errors",
+    "Interface": "natproof.points",
+    "Names": "natproof.names",
+    "NatproofError": "natproof.errors",
+    "ObservationPoint": "natproof.points",
+    "Record": "natproof.capture",
+    "Result": "natproof.result",
+    "Services": "natproof.assemble",
+    "StudentGrade": "natproof.grade",
+    "Verdict": "natproof.verdicts",
+    "correlate": "natproof.correlate",
+    "correlate_chain": "natproof.chain",
+    "diagnose": "natproof.diagnose",
+    "grade_class": "natproof.grade",
+    "join_kernel": "natproof.kernel",
+    "load_expectations": "natproof.verify",
+    "load_grading": "natproof.grade",
+    "load_packets": "natproof.packets",
+    "read_capture": "natproof.capture",
+    "read_conntrack": "natproof.conntrack",
+    "verify": "natproof.verify",
+}
+
+if TYPE_CHECKING:
+    from natproof.assemble import Services
+    from natproof.capture import CaptureInfo, Record, read_capture
+    from natproof.chain import Chain, correlate_chain
+    from natproof.conntrack import ConntrackRecord, read_conntrack
+    from natproof.correlate import correlate
+    from natproof.diagnose import Finding, diagnose
+    from natproof.errors import CaptureError, InputError, NatproofError
+    from natproof.grade import Grading, StudentGrade, grade_class, load_grading
+    from natproof.kernel import join_kernel
+    from natproof.names import Names
+    from natproof.packets import load_packets
+    from natproof.points import Interface, ObservationPoint
+    from natproof.result import Result
+    from natproof.verdicts import Verdict
+    from natproof.verify import Check, Expectations, ExpectedConnection, load_expectations, verify
+
+
+class _Package(types.ModuleType):
+    """natproof itself: importing a submodule named like a public function (natproof.correlate, .diagnose,
+    .verify) leaves ``natproof.<name>`` the function, as an import of every name at once used to."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and name in _PUBLIC and _PUBLIC[name] == value.__name__:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> object:
+    """The public name ``name``, imported from its module (the first time it is asked for)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'natproof' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
 
 __version__ = "0.2.0"
 
