@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -66,9 +67,19 @@ def make_progress(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], 
         yield factory
 
 
+class _Named(click.Path):
+    """click.Path that refuses an empty name: click passes "" through, and ``-o ""`` wrote to standard output as
+    if no -o had been given."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("an empty name names no file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def output_options(f: Callable) -> Callable:
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")(f)
-    f = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+    f = click.option("-o", "--output", type=_Named(dir_okay=False, writable=True),
                      help="Write to FILE (atomically) instead of standard output.")(f)
     f = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                      help="Output format; default: table on a terminal, json otherwise.")(f)
@@ -164,11 +175,11 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                      help="With ONE capture of one interface and --conntrack: the side of the NAT it was taken "
                           "on (auto: told from the record).")(f)
     f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
-                     type=click.Path(dir_okay=False),
+                     type=_Named(dir_okay=False),
                      help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
                           "pods; its ClusterIPs and nodePorts count as Services whatever the ranges (repeatable).")(f)
     f = click.option("--pods", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
-                     type=click.Path(dir_okay=False),
+                     type=_Named(dir_okay=False),
                      help="kubectl get pods -A -o json output: name pods (namespace/name) next to their addresses; "
                           "a reused pod IP is told apart by the pods' timestamps, else flagged (repeatable).")(f)
     f = click.option("--interfaces", "interfaces", metavar="FILE", expose_value=False, callback=_points_option,
@@ -194,7 +205,7 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
     f = click.option("--spill-dir", "spill_dir", metavar="DIR", expose_value=False, callback=_points_option,
-                     type=click.Path(file_okay=False, exists=True, writable=True),
+                     type=_Named(file_okay=False, exists=True, writable=True),
                      help="Where captures correlated past --memory-limit keep their packets (Parquet, removed "
                           "afterwards; about 40 bytes per packet). Default: $TMPDIR or /tmp.")(f)
     f = click.option("--memory-limit", "memory_limit", metavar="SIZE", expose_value=False, callback=_size_option,
@@ -208,8 +219,8 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=click.Path(dir_okay=True), required="outside" in required)(f)
-    f = click.argument("inside", type=click.Path(dir_okay=True), required="inside" in required)(f)
+    f = click.argument("outside", type=_Named(dir_okay=True), required="outside" in required)(f)
+    f = click.argument("inside", type=_Named(dir_okay=True), required="inside" in required)(f)
     return f
 
 
@@ -222,7 +233,7 @@ def flow_log_options(f: Callable) -> Callable:
     f = click.option("--nat-gateway", "nat_gateways", multiple=True, metavar="PRIVATE=PUBLIC",
                      help="A NAT gateway's private and public (Elastic IP) address, as aws ec2 describe-nat-gateways "
                           "lists them (repeatable).")(f)
-    f = click.option("--flow-log", "flow_logs", multiple=True, type=click.Path(), metavar="FILE",
+    f = click.option("--flow-log", "flow_logs", multiple=True, type=_Named(), metavar="FILE",
                      help="AWS VPC Flow Logs of the NAT gateway's network interface: text (default or custom "
                           "format, gzip) or Parquet, a file or a directory of them (repeatable).")(f)
     return f
@@ -302,11 +313,11 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
 
 @cli.command()
 @capture_options(required=("inside",))
-@click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
+@click.argument("further", nargs=-1, type=_Named(dir_okay=False), metavar="[FURTHER...]")
 @flow_log_options
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows shown in the table format.")
-@click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--charts", "charts_dir", type=_Named(file_okay=False), metavar="DIR",
               help="Also write the port-allocation and latency charts (PNG and SVG) into DIR.")
 @click.option("--schema", type=click.Choice(sorted(SCHEMAS)), default="2", show_default=True,
               help="JSON document version: 2 (natproof.correlate/2), or 1 for scripts written against 0.1.")
@@ -436,7 +447,7 @@ def render_chain(chain: natproof.Chain, limit: int) -> Table:
 
 @cli.command()
 @capture_options(required=("inside",))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("-o", "--output", required=True, type=_Named(dir_okay=False), metavar="FILE",
               help="The HTML file to write (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
@@ -496,7 +507,7 @@ def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offse
 
 @cli.command()
 @capture_options(required=("inside",))
-@click.option("--expectations", "expectations_file", type=click.Path(dir_okay=False),
+@click.option("--expectations", "expectations_file", type=_Named(dir_okay=False),
               help="A TOML file of expectations (see README); the options below add to it.")
 @click.option("--expect-snat-ip", metavar="ADDR", help="Every connection that left did so from ADDR.")
 @click.option("--expect-all", type=click.Choice([v.value for v in natproof.Verdict]),
@@ -550,7 +561,7 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @cli.command()
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
 @capture_options(required=())
-@click.argument("further", nargs=-1, type=click.Path(dir_okay=False), metavar="[FURTHER...]")
+@click.argument("further", nargs=-1, type=_Named(dir_okay=False), metavar="[FURTHER...]")
 @flow_log_options
 @click.option("--peer", metavar="ADDR[:PORT]",
               help="With --flow-log: only connections to this far end (the reporter's address, and port).")
@@ -888,16 +899,16 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
 
 
 @cli.command()
-@click.argument("class_dir", type=click.Path(), metavar="DIR")
-@click.option("--expectations", "grading_file", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+@click.argument("class_dir", type=_Named(), metavar="DIR")
+@click.option("--expectations", "grading_file", required=True, type=_Named(dir_okay=False), metavar="FILE",
               help="The grading file (TOML): [[expect]] tables, each what verify checks plus points (see README).")
-@click.option("--assignments", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--assignments", type=_Named(dir_okay=False), metavar="FILE",
               help="CSV of a student column and one column per {KEY} the grading file uses (student,snat_ip,...).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Default: table on a terminal, json otherwise; with -o, csv or json as FILE's suffix says.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("-o", "--output", type=_Named(dir_okay=False), metavar="FILE",
               help="Write the grades to FILE (atomically) instead of standard output.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--html", "html_file", type=_Named(dir_okay=False), metavar="FILE",
               help="Also write a summary page: a row per student, each expectation's result, the evidence.")
 @click.option("--tolerance", type=click.FloatRange(min=0.000001), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite, help="How far apart (after the clock offset) two copies of a packet may be.")
@@ -1041,22 +1052,22 @@ def _stdout_nowhere(console: Console | None = None) -> None:
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(), metavar="FILE...")
+@click.argument("files", nargs=-1, required=True, type=_Named(), metavar="FILE...")
 @click.option("--nat-gateway", "nat_gateways", multiple=True, metavar="PRIVATE=PUBLIC",
               help="A NAT gateway's private and public (Elastic IP) address, as aws ec2 describe-nat-gateways lists "
                    "them (repeatable). Default: gateways inferred from pkt-dstaddr, public address unknown.")
 @click.option("--flow-log-format", metavar="FORMAT",
               help="The flow log's fields, for text without a header line (CloudWatch Logs): its --log-format.")
-@click.option("--captures", nargs=2, type=click.Path(dir_okay=False), metavar="INSIDE OUTSIDE",
+@click.option("--captures", nargs=2, type=_Named(dir_okay=False), metavar="INSIDE OUTSIDE",
               help="Join the node-side tuple of every connection these captures of one node show leaving it.")
-@click.option("--result", "result_json", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--result", "result_json", type=_Named(dir_okay=False), metavar="FILE",
               help="Join the node-side tuples of a natproof.correlate/2 JSON document (natproof correlate --format "
                    "json).")
-@click.option("--conntrack", "conntrack_file", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--conntrack", "conntrack_file", type=_Named(dir_okay=False), metavar="FILE",
               help="Join the node-side tuples of a node's conntrack -L or -E -o timestamp output.")
 @click.option("--lag", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
               callback=_finite, help="How late a record's start/end may be after its packets (AWS: up to 60 s).")
-@click.option("--charts", "charts_dir", type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--charts", "charts_dir", type=_Named(file_okay=False), metavar="DIR",
               help="Write the NAT gateway port-use chart (PNG and SVG) into DIR.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="Rows of each table in the table format.")
@@ -1209,7 +1220,7 @@ def _refuse_stdin(command: str, *paths: str | None) -> None:
 
 @cli.command("export-pcap")
 @capture_options(required=("inside",))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("-o", "--output", required=True, type=_Named(dir_okay=False), metavar="FILE",
               help="The pcapng file to write (atomically).")
 @click.option("--conn", "conns", type=click.IntRange(min=0), multiple=True, metavar="N",
               help="Export connection N (as correlate numbers them; repeatable).")
@@ -1283,8 +1294,8 @@ def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(dir_okay=False), metavar="MANIFEST")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+@click.argument("manifest", type=_Named(dir_okay=False), metavar="MANIFEST")
+@click.option("-o", "--output", "out_dir", required=True, type=_Named(file_okay=False), metavar="DIR",
               help="Folder to write nodes/NAME.parquet, fleet.parquet, fleet.json and fleet.html in (made if missing; "
                    "with --scheduler, a folder the workers can write).")
 @click.option("--scheduler", metavar="tcp://HOST:PORT",
@@ -1370,7 +1381,7 @@ def _print_fleet(summary: dict, out_dir: str) -> None:
 
 @cli.command("fleet-who")
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
-@click.argument("out_dir", type=click.Path(file_okay=False), metavar="DIR")
+@click.argument("out_dir", type=_Named(file_okay=False), metavar="DIR")
 @click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite, help="How far from TIME a connection may start or end and still count.")
@@ -1467,7 +1478,7 @@ def lab_list() -> None:
 
 @lab.command("run")
 @click.argument("scenario")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=_Named(file_okay=False),
               help="Folder for inside.pcap, outside.pcap, any.pcap, node.pcapng, links.txt, conntrack.log, truth.json, "
                    "scenario.txt and the kubectl-style pods.json and services.json.")
 @click.option("--keep-going", is_flag=True,
@@ -1484,7 +1495,7 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
 
 
 @lab.command("check")
-@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@click.argument("folders", nargs=-1, required=True, type=_Named())
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--single-file", is_flag=True,
               help="Check the captures of many interfaces instead of the pair: any.pcap (tcpdump -i any, named by "

@@ -413,6 +413,15 @@ def test_output_that_cannot_be_written(pair: tuple[Path, Path], tmp_path: Path, 
     assert sorted(tmp_path.iterdir()) == sorted(tmp_path.glob("*.pcap"))
 
 
+@pytest.mark.parametrize("args", [("correlate", "{i}", "{o}", "-o", ""), ("report", "{i}", "{o}", "-o", ""),
+                                  ("correlate", "", "{o}"), ("export-pcap", "{i}", "{o}", "-o", "")])
+def test_an_empty_file_name_is_refused(pair: tuple[Path, Path], args: tuple[str, ...],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """-o "" wrote the result to standard output as if no -o was given; an empty name is no file, in or out."""
+    code, out, err = run(capsys, *(a.format(i=pair[0], o=pair[1]) for a in args))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "an empty name names no file" in err, err
+
+
 def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None:
     """`> /dev/full`: one line, status 2, in every format written to standard output."""
     import subprocess
