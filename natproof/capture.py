@@ -301,6 +301,16 @@ def open_section(buf: bytes | mmap.mmap, off: int, frame: int, info: CaptureInfo
     return order
 
 
+def bad_block(blen: int, frame: int) -> str:
+    """The warning for a pcapng block whose length cannot be used where frame ``frame + 1`` would start (reading
+    stops there): a length past the end of the file is a truncated last block; a length below 12 bytes (type and
+    two lengths) or not a multiple of 4 (draft-ietf-opsawg-pcapng, "General Block Structure") is a corrupt block,
+    wherever it is."""
+    if blen < 12 or blen % 4:
+        return f"corrupt block length ({blen} bytes) at frame {frame + 1}; {frame} frames used"
+    return f"last block truncated at frame {frame + 1}; {frame} frames used"
+
+
 def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
     end = len(buf)
     off, frame = 0, 0
@@ -325,7 +335,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
         if blen < 12 or blen % 4 or off + blen > end:
             if frame == 0 and btype_raw == PCAPNG_SHB and off + blen > end:
                 raise CaptureError(info.path, "truncated pcapng section header")
-            info.warnings.append(f"last block truncated at frame {frame + 1}; {frame} frames used")
+            info.warnings.append(bad_block(blen, frame))
             return
         body = off + 8
         if blen < _MIN_BLOCK.get(btype, 12):

@@ -30,6 +30,7 @@ from natproof.capture import (
     PCAP_MAGIC,
     PCAPNG_SHB,
     CaptureInfo,
+    bad_block,
     no_packets_problem,
     open_section,
     read_idb,
@@ -295,7 +296,7 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
             if blen < 12 or blen % 4 or off + blen > end:
                 if frame == 0 and btype == _SHB_TYPE and off + blen > end:
                     raise CaptureError(info.path, "truncated pcapng section header")
-                info.warnings.append(f"last block truncated at frame {frame + 1}; {frame} frames used")
+                info.warnings.append(bad_block(blen, frame))
                 finished = True
                 break
             body = off + 8

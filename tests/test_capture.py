@@ -72,6 +72,31 @@ def test_last_record_cut_short_is_a_warning(tmp_path: Path) -> None:
     assert info.warnings == ["last record truncated at frame 2; 1 frames used"]
 
 
+def test_pcapng_block_cut_short_or_of_a_corrupt_length_says_which(tmp_path: Path) -> None:
+    """A length past the end is the last block cut short; a length no block can have (not a multiple of 4) in the
+    middle of the file is a corrupt block, not a truncation. Both decoders say the same."""
+    import struct
+
+    from natproof.fastdecode import decode_file
+
+    data = pcapng([(1, None)], [(0, T0 // 1000 + i, FRAME) for i in range(3)])
+    epbs, off = [], 0
+    while off < len(data):
+        btype, blen = struct.unpack_from("<II", data, off)
+        epbs += [off] if btype == 6 else []
+        off += blen
+    second = epbs[1]
+    corrupt = bytearray(data)
+    corrupt[second + 4:second + 8] = struct.pack("<I", 30)
+    for blob, warning in ((data[:-5], "last block truncated at frame 3; 2 frames used"),
+                          (bytes(corrupt), "corrupt block length (30 bytes) at frame 2; 1 frames used")):
+        path = write(tmp_path, blob, "c.pcapng")
+        info, recs = read_capture(path)
+        assert len(list(recs)) == int(warning.split("; ")[1].split()[0])
+        assert info.warnings == [warning]
+        assert decode_file(path)[0].warnings == [warning]
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
