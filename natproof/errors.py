@@ -15,6 +15,11 @@ class CaptureError(NatproofError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type[CaptureError], tuple[str, str]]:
+        # Exception pickles its message alone, which __init__ cannot take back: a CaptureError raised in a
+        # process pool's child (a grading script's) broke the pool instead of reaching the caller.
+        return type(self), (self.path, self.problem)
+
 
 class InputError(NatproofError):
     """The inputs are each readable but cannot be used together (e.g. they do not overlap in time)."""
