@@ -301,12 +301,12 @@ def open_section(buf: bytes | mmap.mmap, off: int, frame: int, info: CaptureInfo
     return order
 
 
-def bad_block(blen: int, frame: int) -> str:
+def bad_block(blen: int, frame: int, *, corrupt: bool = False) -> str:
     """The warning for a pcapng block whose length cannot be used where frame ``frame + 1`` would start (reading
     stops there): a length past the end of the file is a truncated last block; a length below 12 bytes (type and
-    two lengths) or not a multiple of 4 (draft-ietf-opsawg-pcapng, "General Block Structure") is a corrupt block,
-    wherever it is."""
-    if blen < 12 or blen % 4:
+    two lengths), not a multiple of 4, or (``corrupt``) not repeated at the block's end (draft-ietf-opsawg-pcapng,
+    "General Block Structure") is a corrupt block, wherever it is."""
+    if corrupt or blen < 12 or blen % 4:
         return f"corrupt block length ({blen} bytes) at frame {frame + 1}; {frame} frames used"
     return f"last block truncated at frame {frame + 1}; {frame} frames used"
 
@@ -339,6 +339,11 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             return
         body = off + 8
         if blen < _MIN_BLOCK.get(btype, 12):
+            # Too short for its type: a well-formed short block (its length repeated at its end) is skipped and
+            # counted; else the length itself is corrupt and what follows cannot be found.
+            if struct.unpack_from(endian + "I", buf, off + blen - 4)[0] != blen:
+                info.warnings.append(bad_block(blen, frame, corrupt=True))
+                return
             info.skipped["malformed_block"] += 1
             off += blen
             continue
