@@ -167,6 +167,7 @@ def capture_options(f: Callable | None = None, *, required: tuple[str, ...] = ("
 
 def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
     f = click.option("--conntrack", "conntrack", metavar="FILE", expose_value=False, callback=_services_option,
+                     type=_Named(dir_okay=False),
                      help="The kernel's conntrack record from the node (conntrack -L or -E output in any -o format, "
                           "/proc/net/nf_conntrack, gzip or not): each connection is confirmed by it, contradicts it "
                           "or is absent from it (with the reason), and a leg no capture shows is taken from it.")(f)
@@ -183,6 +184,7 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                      help="kubectl get pods -A -o json output: name pods (namespace/name) next to their addresses; "
                           "a reused pod IP is told apart by the pods' timestamps, else flagged (repeatable).")(f)
     f = click.option("--interfaces", "interfaces", metavar="FILE", expose_value=False, callback=_points_option,
+                     type=_Named(dir_okay=False),
                      help="Names for the interface indexes of a 'tcpdump -i any' capture: the output of "
                           "'ip -o link' on the node (default: shown as if<N>).")(f)
     f = click.option("--outside-if", metavar="NAME[,NAME...]", expose_value=False, callback=_points_option,
@@ -459,6 +461,9 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
     from natproof.diagnose import diagnose as run_diagnose
     from natproof.report.html import write_html
 
+    if output == "-":
+        raise click.UsageError("-o -: report writes an HTML file and its data beside it; name one (standard output "
+                               "is not written)")
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
@@ -998,7 +1003,9 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
 
 
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:
-    """Print or write a result in the chosen format."""
+    """Print or write a result in the chosen format (``output`` "-": standard output, as "-" reads standard input)."""
+    if output == "-":
+        output = None
     if fmt is None:
         fmt = "table" if output is None and sys.stdout.isatty() else "json"
     if fmt == "table":
@@ -1635,9 +1642,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=args, prog_name="natproof", standalone_mode=False)
     except click.UsageError as exc:
-        hint = f" (see 'natproof {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
-        if exc.ctx and not exc.ctx.parent:
-            hint = " (see 'natproof --help')"
+        # The command's whole path: 'natproof lab run --help', not 'natproof run --help'.
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         _error(f"{exc.format_message()}{hint}")
         return ExitStatus.BAD_INPUT
     except click.ClickException as exc:
