@@ -65,6 +65,16 @@ def test_pcapng_interfaces_keep_their_own_link_type_and_resolution(tmp_path: Pat
     assert info.link_type == "EN10MB,RAW"
 
 
+def test_a_capture_error_crosses_a_process_boundary() -> None:
+    """Raised in a process pool's child (a grading script's), it reaches the caller whole: pickled, it came back
+    as a TypeError that broke the pool."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(CaptureError("x.pcap", "not a pcap or pcapng capture")))
+    assert (type(err), err.path, err.problem, str(err)) == (
+        CaptureError, "x.pcap", "not a pcap or pcapng capture", "x.pcap: not a pcap or pcapng capture")
+
+
 def test_last_record_cut_short_is_a_warning(tmp_path: Path) -> None:
     data = pcap([(T0, FRAME), (T0 + 5, FRAME)])
     info, recs = read_capture(write(tmp_path, data[:-5]))
@@ -88,8 +98,11 @@ def test_pcapng_block_cut_short_or_of_a_corrupt_length_says_which(tmp_path: Path
     second = epbs[1]
     corrupt = bytearray(data)
     corrupt[second + 4:second + 8] = struct.pack("<I", 30)
+    short = bytearray(data)  # a length a block may have, too short for a packet block, not repeated at its end
+    short[second + 4:second + 8] = struct.pack("<I", 12)
     for blob, warning in ((data[:-5], "last block truncated at frame 3; 2 frames used"),
-                          (bytes(corrupt), "corrupt block length (30 bytes) at frame 2; 1 frames used")):
+                          (bytes(corrupt), "corrupt block length (30 bytes) at frame 2; 1 frames used"),
+                          (bytes(short), "corrupt block length (12 bytes) at frame 2; 1 frames used")):
         path = write(tmp_path, blob, "c.pcapng")
         info, recs = read_capture(path)
         assert len(list(recs)) == int(warning.split("; ")[1].split()[0])

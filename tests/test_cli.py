@@ -414,12 +414,27 @@ def test_output_that_cannot_be_written(pair: tuple[Path, Path], tmp_path: Path, 
 
 
 @pytest.mark.parametrize("args", [("correlate", "{i}", "{o}", "-o", ""), ("report", "{i}", "{o}", "-o", ""),
-                                  ("correlate", "", "{o}"), ("export-pcap", "{i}", "{o}", "-o", "")])
+                                  ("correlate", "", "{o}"), ("export-pcap", "{i}", "{o}", "-o", ""),
+                                  ("correlate", "{i}", "{o}", "--conntrack", ""),
+                                  ("diagnose", "{i}", "{o}", "--interfaces", "")])
 def test_an_empty_file_name_is_refused(pair: tuple[Path, Path], args: tuple[str, ...],
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """-o "" wrote the result to standard output as if no -o was given; an empty name is no file, in or out."""
     code, out, err = run(capsys, *(a.format(i=pair[0], o=pair[1]) for a in args))
     assert code == 2 and out == "" and err.count("\n") == 1 and "an empty name names no file" in err, err
+
+
+def test_dash_as_output_is_standard_output_or_refused(pair: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o - is standard output, as - is standard input for a capture; it wrote a file named '-'. report writes an
+    HTML file and its data beside it: there -o - is refused."""
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "correlate", *map(str, pair), "--format", "csv", "-o", "-")
+    assert code == 0 and out.startswith("conn,proto,") and not (tmp_path / "-").exists()
+    code, out, err = run(capsys, "report", *map(str, pair), "-o", "-")
+    assert code == 2 and out == "" and err.startswith("natproof: error: -o -: report writes an HTML file")
+    assert not (tmp_path / "-").exists()
 
 
 def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None:
