@@ -163,9 +163,20 @@ def flow_hash() -> pl.Expr:
                      pl.max_horizontal(one, other).alias("hi")).hash(seed=0x7061)
 
 
-def _flow_partition(packets: pl.DataFrame, parts: int) -> pl.Series:
-    """Which of ``parts`` parts each packet's flow falls in; both directions of a flow fall in one."""
-    return select_in_slices(packets, [(flow_hash() % parts).cast(pl.UInt32).alias("part")]).to_series()
+def _flow_partition(packets: pl.DataFrame, lut: pl.Series, parts: int) -> pl.Series:
+    """Which of ``parts`` parts each packet's flow falls in (null: no flow, a port missing); both directions of a
+    flow, and an ICMP error about it, fall in one. From the addresses' ranks (``lut``: _rank_lut), not flow_hash's
+    hashes of their text: the parts only split this capture's grouping, so they need not agree across captures or
+    processes (2 x 5M real: 0.45-0.55 -> 0.2 s per side)."""
+    ranks = packets.select(lut.gather(packets["f_src"].to_physical()).alias("_s"),
+                           lut.gather(packets["f_dst"].to_physical()).alias("_d"), "f_proto", "f_sport", "f_dport")
+    a = pl.col("_s").cast(pl.UInt64) * (1 << 16) + pl.col("f_sport").cast(pl.UInt64)
+    b = pl.col("_d").cast(pl.UInt64) * (1 << 16) + pl.col("f_dport").cast(pl.UInt64)
+    # Either end first, then mixed by two odd 64-bit constants (multiplication wraps): the high half spreads flows
+    # evenly over the parts.
+    mixed = (pl.min_horizontal(a, b) * 0x9E3779B97F4A7C15 + pl.max_horizontal(a, b) * 0xC2B2AE3D27D4EB4F
+             + pl.col("f_proto").cast(pl.UInt64))
+    return ranks.select(((mixed // (1 << 32)) % parts).cast(pl.UInt32).alias("part")).to_series()
 
 
 def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = None) -> tuple[pl.DataFrame,
@@ -193,7 +204,7 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     if parts == 1:
         pieces = [(None, packets.select(GROUP_COLUMNS))]
     else:
-        which = _flow_partition(packets, parts)
+        which = _flow_partition(packets, lut, parts)
         pieces = ((idx, packets.select(pl.col(GROUP_COLUMNS).gather(idx)))  # one part at a time
                   for idx in (which.eq(p).arg_true().cast(pl.UInt32) for p in range(parts)))
     # Each part's results go back to the packets' own rows (sorting or joining the packet frame would copy it),
