@@ -132,7 +132,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # From here the pairs by connection, each connection's in capture order: every per-connection aggregate below
     # then runs over contiguous slices (polars' sorted fast path: 2 x 5M real, the evidence and counts 0.6 -> 0.13
     # s for a sort of 0.45 s), and "first" means first in the inside capture. The joins below keep this order.
-    P = P.sort("anchor", "in_frame")
+    # Both keys packed into one UInt64 (frame numbers are UInt32): a one-key sort (2 x 5M real: 0.45 -> 0.33 s).
+    P = P.sort(pl.col("anchor").cast(pl.UInt64) * (1 << 32) + pl.col("in_frame").cast(pl.UInt64))
     # The connection's mapping is the outside leg that carried most of it under a rewritten tuple (the
     # initiator's packets first: conntrack fixes the mapping on them); a leg under the inside's own tuple is
     # primary only when there is no other (no NAT at all): packets conntrack marked INVALID, or sent after the
