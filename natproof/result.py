@@ -144,6 +144,7 @@ class CaptureSummary:
             "first_ts": _secs(self.first_ts_ns), "last_ts": _secs(self.last_ts_ns),
             "format": self.format, "ip_packets": self.packets, "skipped": self.skipped,
             "interfaces": list(self.interfaces), "chosen": self.chosen, "why": self.why,
+            "warnings": list(self.warnings),
         }
 
 

@@ -194,8 +194,12 @@ def test_truncated_last_record_warns_and_goes_on(pair: tuple[Path, Path], tmp_pa
     assert code == 0
     assert err == f"natproof: warning: {cut}: last record truncated at frame 16; 15 frames used\n"
     assert json.loads(out)["captures"]["inside"]["packets"] == 15
-    code, _, err = run(capsys, "correlate", str(cut), str(pair[1]), "--format", "json", "--quiet")
+    code, out, err = run(capsys, "correlate", str(cut), str(pair[1]), "--format", "json", "--quiet")
     assert code == 0 and err == ""
+    # Quiet on stderr, still in the document a script reads.
+    captures = json.loads(out)["captures"]
+    assert captures["inside"]["warnings"] == ["last record truncated at frame 16; 15 frames used"]
+    assert captures["outside"]["warnings"] == []
 
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"

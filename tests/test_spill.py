@@ -34,6 +34,9 @@ def assert_same(mem: natproof.Result, spilled: natproof.Result) -> None:
     a, b = mem.connections, spilled.connections
     assert a.drop(IDS).equals(b.drop(IDS))
     da, db = mem.to_dict(), spilled.to_dict()
+    for doc in (da, db):  # what reading each capture warned of may differ: a pair swapped back says so
+        for summary in doc["captures"].values():
+            summary.pop("warnings")
     assert {k: v for k, v in da.items() if k != "connections"} == {k: v for k, v in db.items() if k != "connections"}
     for side, ids in (("inside", "inside_conn_id"), ("outside", "inside_conn_id")):
         pa = getattr(mem, f"{side}_packets").lazy().collect()
