@@ -148,6 +148,14 @@ class SpillDir:
     def cleanup(self) -> None:
         self._finalizer()
 
+    def __reduce__(self) -> tuple:
+        # A copy in another process would outlive the folder: the folder goes with this process's last Result (a
+        # process pool's child returning one removed it on its way out, and the caller got a Result whose packets
+        # failed to load). Said at once instead.
+        raise TypeError(f"a Result correlated past memory cannot be pickled: its packets are the Parquet files in "
+                        f"{self.path}, removed with the Result in the process that made it; pass on what you need "
+                        "(result.to_json(), result.connections) or correlate in memory")
+
 
 class _SideWriter:
     """Step 1 for one capture: takes its decoded batches (packet_features' columns) in capture order."""

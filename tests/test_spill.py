@@ -110,6 +110,19 @@ def test_the_spill_directory_is_removed_with_the_result_and_on_error(tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_result_past_memory_refuses_to_be_pickled_and_says_why(tiny_groups: None) -> None:
+    """Its packets live in a folder removed with it: a copy in another process (a process pool's child returning
+    it) would outlive the folder. An in-memory Result pickles."""
+    import pickle
+
+    inside, outside = pair("basic")
+    spilled = natproof.correlate(inside, outside, memory_limit=1)
+    with pytest.raises(TypeError, match="a Result correlated past memory cannot be pickled"):
+        pickle.dumps(spilled)
+    mem = pickle.loads(pickle.dumps(natproof.correlate(inside, outside)))
+    assert mem.spill is None and mem.connections.drop(IDS).equals(spilled.connections.drop(IDS))
+
+
 def test_a_swapped_pair_is_swapped_back_past_memory_too(tiny_groups: None) -> None:
     inside, outside = pair("basic")
     result = natproof.correlate(outside, inside, memory_limit=1, allow_swap=True)
