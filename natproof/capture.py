@@ -141,6 +141,29 @@ def _load(path: Path) -> tuple[bytes | mmap.mmap, bool]:
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), False
 
 
+SAMPLE_RECORDS = 2000
+"""Records read from the start of a capture to estimate how many it holds (estimated_records)."""
+
+
+def estimated_records(path: str | os.PathLike[str]) -> int | None:
+    """How many records (packets) a capture file holds, estimated before reading it: its size over the mean size
+    of its first SAMPLE_RECORDS records, a gzip file counted at three times its size. None for standard input
+    and for a file that cannot be read as a capture (reading it says why)."""
+    p = os.fspath(path)
+    if p == "-" or not os.path.isfile(p):
+        return None
+    try:
+        size = os.path.getsize(p)
+        with open(p, "rb") as f:
+            if f.read(2) == GZIP_MAGIC[:2]:
+                size *= 3
+        _, records = read_capture(p)
+        lens = [rec.caplen + 16 for _, rec in zip(range(SAMPLE_RECORDS), records, strict=False)]
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+        return None
+    return size * len(lens) // sum(lens) if lens else 0
+
+
 def read_capture(path: str | os.PathLike[str]) -> tuple[CaptureInfo, Iterator[Record]]:
     """Open a capture and return its info and an iterator over its packet records.
 

@@ -108,28 +108,13 @@ def default_memory_limit() -> int | None:
 
 
 def estimated_bytes(paths: Sequence[str | os.PathLike[str]]) -> int:
-    """An in-memory correlation's peak memory for these captures, estimated before reading them: packets (file
-    size over the mean record size of the first ones read; a gzip file counted at three times its size) times
-    BYTES_PER_PACKET, plus BASE_BYTES. Standard input and unreadable files count as nothing."""
-    from natproof.capture import read_capture
+    """An in-memory correlation's peak memory for these captures, estimated before reading them: packets
+    (natproof.capture.estimated_records: file size over the mean record size of the first ones read; a gzip file
+    counted at three times its size) times BYTES_PER_PACKET, plus BASE_BYTES. Standard input and unreadable
+    files count as nothing."""
+    from natproof.capture import estimated_records
 
-    total = 0
-    for path in paths:
-        p = os.fspath(path)
-        if p == "-" or not os.path.isfile(p):
-            continue
-        size = os.path.getsize(p)
-        with open(p, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":
-                size *= 3
-        try:
-            _, records = read_capture(p)
-            lens = [rec.caplen + 16 for _, rec in zip(range(2000), records, strict=False)]
-        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
-            continue
-        if lens:
-            total += size * len(lens) // sum(lens) * BYTES_PER_PACKET
-    return total + BASE_BYTES
+    return sum((estimated_records(p) or 0) * BYTES_PER_PACKET for p in paths) + BASE_BYTES
 
 
 class SpillDir:

@@ -121,6 +121,25 @@ def test_the_worker_leaves_time_for_the_next_step_only_when_there_is_one(tmp_pat
     assert seen == [first["match"].height] and seen[0] > 0
 
 
+def test_two_processes_for_many_small_packets_not_only_for_big_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The work is per packet: captures of small packets go to two processes by their estimated packet count
+    # (file size over the first records' mean size) even below PARALLEL_MIN_BYTES; files too small to hold that
+    # many packets are not even sampled.
+    inside, outside = _pair("basic")
+    from natproof.capture import estimated_records, read_capture
+
+    packets = sum(1 for _ in read_capture(inside)[1])
+    assert estimated_records(inside) == packets  # all of it sampled: exact (but for the file header)
+    assert not parallel.pairs([inside, outside])
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_PACKETS", packets // 2)
+    assert parallel.pairs([inside, outside]) and not parallel.pairs([inside, "-"])
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_PACKETS", packets + 1)
+    assert not parallel.pairs([inside, outside])
+    monkeypatch.setattr(parallel, "_packets", lambda path: pytest.fail(f"{path} sampled"))
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_PACKETS", inside.stat().st_size)  # more than the bytes can hold
+    assert not parallel.pairs([inside, outside])
+
+
 def test_generated_scenarios_survive_parts_and_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     docs = {}
     for name in ("retransmit", "gro", "every_verdict", "clock_offset"):
