@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import mmap
 import os
@@ -148,12 +149,21 @@ SAMPLE_RECORDS = 2000
 def estimated_records(path: str | os.PathLike[str]) -> int | None:
     """How many records (packets) a capture file holds, estimated before reading it: its size over the mean size
     of its first SAMPLE_RECORDS records, a gzip file counted at three times its size. None for standard input
-    and for a file that cannot be read as a capture (reading it says why)."""
+    and for a file that cannot be read as a capture (reading it says why). Sampled once per version of a file
+    (correlate asks for the memory estimate and for the choice of two processes)."""
     p = os.fspath(path)
     if p == "-" or not os.path.isfile(p):
         return None
     try:
-        size = os.path.getsize(p)
+        st = os.stat(p)
+    except OSError:
+        return None
+    return _sampled_records(p, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sampled_records(p: str, size: int, _mtime_ns: int) -> int | None:
+    try:
         with open(p, "rb") as f:
             if f.read(2) == GZIP_MAGIC[:2]:
                 size *= 3

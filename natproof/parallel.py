@@ -9,7 +9,6 @@ again) runs the job on the second capture and hands its frames back through Arro
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import pickle
@@ -121,20 +120,10 @@ def pairs(paths: Sequence[str | os.PathLike[str]]) -> bool:
     return min(_packets(p) for p in paths) >= PARALLEL_MIN_PACKETS
 
 
-@functools.lru_cache(maxsize=8)
-def _sampled_packets(path: str, size: int, mtime_ns: int) -> int:
+def _packets(path: str | os.PathLike[str]) -> int:
     from natproof.capture import estimated_records
 
     return estimated_records(path) or 0
-
-
-def _packets(path: str | os.PathLike[str]) -> int:
-    """estimated_records, sampled once per file version (pairs is asked more than once per correlation)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0
-    return _sampled_packets(os.fspath(path), st.st_size, st.st_mtime_ns)
 
 
 def _file_size(path: str | os.PathLike[str]) -> int:
