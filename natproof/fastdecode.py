@@ -474,7 +474,8 @@ class _Addresses:
         self.v6: dict[bytes, str] = {}
 
     def series(self, v4: np.ndarray, v6: np.ndarray, is_v4: np.ndarray) -> pl.Series:
-        """One string per row: ``v4`` (uint32) where is_v4, else ``v6`` ((n, 16) uint8)."""
+        """One string per row: ``v4`` (uint32) where is_v4, else the next row of ``v6`` ((number of rows not
+        is_v4, 16) uint8: only those rows, in order; the caller copies no IPv6 field of an IPv4 packet)."""
         key = pl.Series("a", _masked(v4, is_v4, np.uint32))
         uniq = key.drop_nulls().unique()
         cache = self.v4
@@ -489,7 +490,7 @@ class _Addresses:
         if is_v4.all():
             return out
         rows6 = np.nonzero(~is_v4)[0]
-        raw = np.ascontiguousarray(v6[rows6]).view("V16").ravel()
+        raw = np.ascontiguousarray(v6).view("V16").ravel()
         uniq6, inv6 = np.unique(raw, return_inverse=True)
         cache6 = self.v6
         texts6 = []
@@ -712,8 +713,10 @@ class _ChunkDecoder:
         head_full[has] = self._head_digests(pstart[has], pcl[has])
         src4, dst4 = _u(hdr, 12, 4), _u(hdr, 16, 4)
         addrs = self.addresses
-        # Sources and destinations in one lookup: its cost is mostly per call, not per address.
-        both = addrs.series(np.concatenate([src4, dst4]), np.concatenate([hdr[:, 8:24], hdr[:, 24:40]]),
+        # Sources and destinations in one lookup: its cost is mostly per call, not per address. The IPv6 fields
+        # of IPv6 packets only (copying them for every row took 0.14 s of 5M IPv4 packets).
+        six = ~is4
+        both = addrs.series(np.concatenate([src4, dst4]), np.concatenate([hdr[six, 8:24], hdr[six, 24:40]]),
                             np.concatenate([is4, is4]))
         src, dst = both.head(len(r)), both.tail(len(r))
         icmp_or_none = echo
@@ -843,7 +846,7 @@ class _ChunkDecoder:
         outer = hdr[at]
         o4 = ip.is4[at]
         addrs = self.addresses.series(np.concatenate([_u(outer, 12, 4), _u(outer, 16, 4)]),
-                                      np.concatenate([outer[:, 8:24], outer[:, 24:40]]), np.concatenate([o4, o4]))
+                                      np.concatenate([outer[~o4, 8:24], outer[~o4, 24:40]]), np.concatenate([o4, o4]))
         n_at = len(at)
         label = pl.DataFrame({
             "e": pl.Series(np.array(ENCAPS)[kind[ok] - 1]),
