@@ -559,7 +559,9 @@ def _ip_layer(hdr: np.ndarray, avail: np.ndarray, is4: np.ndarray) -> _IPLayer:
                    np.where(plen6 > 0, np.minimum(plen6, avail - 40), avail - 40))
     hl = np.where(is4, 20, 40)
     proto = np.where(is4, hdr[:, 9], hdr[:, 6]).astype(np.int64)
-    l4 = np.where(is4[:, None], hdr[:, 20:42], hdr[:, 40:62])
+    # A view of the rows' bytes where all rows are of one version (no per-byte choice: 0.18 s of 5M packets).
+    l4 = (hdr[:, 20:42] if is4.all() else hdr[:, 40:62] if not is4.any()
+          else np.where(is4[:, None], hdr[:, 20:42], hdr[:, 40:62]))
     doff = (l4[:, 12] >> 4).astype(np.int64)
     typ = l4[:, 0].astype(np.int64)
     ipok = ok4 | ok6
@@ -634,10 +636,14 @@ class _ChunkDecoder:
         rows = np.nonzero(l3 >= 0)[0]
         m = len(rows)
         starts = l3[rows]
-        hdr = np.empty((m, L3_SNAP), dtype=np.uint8)
-        for s in np.unique(starts).tolist():
-            sel = np.nonzero(starts == s)[0]
-            hdr[sel] = snap[rows[sel], s:s + L3_SNAP]
+        firsts = np.unique(starts).tolist()
+        if len(firsts) == 1:  # one link header length (the usual case): one copy, not a gather and a scatter
+            hdr = snap[rows, firsts[0]:firsts[0] + L3_SNAP]
+        else:
+            hdr = np.empty((m, L3_SNAP), dtype=np.uint8)
+            for s in firsts:
+                sel = np.nonzero(starts == s)[0]
+                hdr[sel] = snap[rows[sel], s:s + L3_SNAP]
         v = ver[rows]
         ip = _ip_layer(hdr, cap[rows] - starts, v == 4)
         underlay = None
