@@ -502,6 +502,14 @@ class _Addresses:
         return out.scatter(rows6, pl.Series(texts6, dtype=pl.Categorical).gather(inv6.ravel()))
 
 
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_counts=True), without its sort where every value is one (a chunk's link type,
+    link header length and interface usually are: 5 ms a call on 300k records, 16 chunks to 5M packets)."""
+    if len(values) and values.min() == values.max():
+        return values[:1], np.array([len(values)])
+    return np.unique(values, return_counts=True)
+
+
 def _where(iface: np.ndarray, ifindex: np.ndarray) -> np.ndarray:
     """(iface, ifindex) of each record as one int64: iface in the high 32 bits, ifindex's 32 bits below."""
     return (iface.astype(np.int64) << 32) | (ifindex.astype(np.int64) & 0xFFFFFFFF)
@@ -509,7 +517,7 @@ def _where(iface: np.ndarray, ifindex: np.ndarray) -> np.ndarray:
 
 def _count_where(counter: Counter, where: np.ndarray, reason: str | None) -> None:
     """Add each distinct _where value's count to ``counter`` as (iface, ifindex) or (iface, ifindex, reason)."""
-    values, counts = np.unique(where, return_counts=True)
+    values, counts = _distinct(where)
     for v, n in zip(values.tolist(), counts.tolist(), strict=True):
         ifindex = v & 0xFFFFFFFF
         key = (v >> 32, ifindex - (1 << 32) if ifindex >= 1 << 31 else ifindex)
@@ -600,7 +608,7 @@ class _ChunkDecoder:
         ver = np.zeros(n, dtype=np.int64)
         ifindex = np.full(n, -1, dtype=np.int64)
         skip_nonip = np.zeros(n, dtype=bool)
-        for t in np.unique(lt).tolist():
+        for t in _distinct(lt)[0].tolist():
             sel = lt == t
             if t in _RAW_LINKS:
                 nib = snap[:, 0] >> 4
@@ -636,7 +644,7 @@ class _ChunkDecoder:
         rows = np.nonzero(l3 >= 0)[0]
         m = len(rows)
         starts = l3[rows]
-        firsts = np.unique(starts).tolist()
+        firsts = _distinct(starts)[0].tolist()
         if len(firsts) == 1:  # one link header length (the usual case): one copy, not a gather and a scatter
             hdr = snap[rows, firsts[0]:firsts[0] + L3_SNAP]
         else:
