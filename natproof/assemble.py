@@ -138,9 +138,11 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # initiator's packets first: conntrack fixes the mapping on them); a leg under the inside's own tuple is
     # primary only when there is no other (no NAT at all): packets conntrack marked INVALID, or sent after the
     # entry expired, leave untranslated inside an otherwise translated connection
-    # (cases/idle-expiry-fin-leak), however many of them there are.
+    # (cases/idle-expiry-fin-leak), however many of them there are. Between legs that carried as much, the later
+    # one: the mapping the connection ended under (a flow mapped anew after its entry expired: lab udp-remap; the
+    # lab's truth takes the last conntrack entry alike).
     primary = (per_leg.sort(["anchor", "unchanged", "n_init", "n", "first_out"],
-                                           descending=[False, False, True, True, False])
+                                           descending=[False, False, True, True, True])
                .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
 
     # -- the initiator's side --------------------------------------------------------------------------------------

@@ -942,6 +942,11 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
                 evidence.append(f"{format_address(key[1], key[2])} -> {format_address(key[3], key[4])} carried "
                                 f"{_conn_label(a)} and then {_conn_label(b)} {when}")
     multi = [r for r in rows if (r["outside_tuples"] or 0) > 1]
+    # A connection whose outside tuples follow one another, with a silence before each new one, was mapped again
+    # after its entry expired: not a clash, and no sign of a full pool.
+    remaps = _remaps_after_silence(result, multi)
+    multi = [r for r in multi if r["conn"] not in remaps]
+    findings += _remapped_after_idle(result, [r for r in rows if r["conn"] in remaps], remaps)
     for r in multi[:20]:
         evidence.append(f"{_conn_label(r)} left under {r['outside_tuples']} outside tuples")
     # Concurrency against the ports in use, per (outside ip, destination, protocol).
@@ -987,16 +992,98 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
                                      | {r["conn"] for r in blocked})),
             evidence=tuple(evidence), data={"pools": pool_rows, "conflicts": len(conflicts)}))
     elif conflicts or multi:
+        said = ([f"{len(conflicts)} outside tuple(s) carried two different inside connections within conntrack's "
+                 "lifetime"] if conflicts else []) + (
+            [f"{len(multi)} connection(s) left under more than one outside tuple at once"] if multi else [])
         findings.append(Finding(
-            "mapping_conflict", "warning", "Outside tuple reused by two connections",
-            f"{len(conflicts)} outside tuple(s) carried two different inside connections within conntrack's "
-            f"lifetime, and {len(multi)} connection(s) left under more than one outside tuple.",
+            "mapping_conflict", "warning", "Outside tuple reused by two connections" if conflicts
+            else "Connection left under two outside tuples at once",
+            "; ".join(said) + ".",
             "Check `conntrack -L` for clashing entries and the SNAT port range; the server may refuse a reused "
             "tuple still in its TIME_WAIT.",
             connections=tuple(sorted({r["conn"] for pair in conflicts for r in pair} | {r["conn"] for r in multi})),
             evidence=tuple(evidence), data={"conflicts": len(conflicts)}))
         blocked = []
     return findings, {r["conn"] for r in blocked}
+
+
+IDLE_TIMEOUT_SYSCTL = {
+    "udp": "net.netfilter.nf_conntrack_udp_timeout (30 s) and nf_conntrack_udp_timeout_stream (120 s, for a "
+           "flow answered and still active after 2 s)",
+    "tcp": "net.netfilter.nf_conntrack_tcp_timeout_established (5 days)",
+    "icmp": "net.netfilter.nf_conntrack_icmp_timeout (30 s)",
+}
+"""The conntrack timeout that ends an idle entry, per protocol, with the kernel's default."""
+
+
+IDLE_GAP_NS = 10**9
+"""A silence of at least this long (1 s) before a connection's next outside tuple makes it a new mapping after
+the entry ended; conntrack's timeouts are whole seconds. A shorter one is the TCP state machine at work (a RST
+answering a challenge ACK ends the entry, the SYN sent again is mapped anew 12 ms later: captures/port-exhaustion)."""
+
+
+def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[tuple[int, int, int, str]]]:
+    """Of the connections ``rows`` left under several outside tuples, those whose translated legs follow one
+    another in time (each next one starts IDLE_GAP_NS or more after the last packet of the one before): {conn:
+    [(first ns, last ns, first outside frame, the leg's source ADDR:PORT) per leg, in time order]}. Legs under the
+    inside's own tuple (leaked) aside."""
+    if not rows:
+        return {}
+    pk = _packets_of(result, rows, "outside")
+    spans = (pk.group_by("anchor", "conn_id").agg(pl.col("ts_ns").min().alias("first"),
+                                                  pl.col("ts_ns").max().alias("last"),
+                                                  pl.col("frame_no").min().alias("frame"))
+             .sort("anchor", "first"))
+    by_anchor: dict[int, list[tuple[int, int, int]]] = {}
+    for a, first, last, frame in spans.select("anchor", "first", "last", "frame").iter_rows():
+        by_anchor.setdefault(a, []).append((first, last, frame))
+    out: dict[int, list[tuple[int, int, int, str]]] = {}
+    for r in rows:
+        inside = (r["inside_src"], r["inside_sport"], r["inside_dst"], r["inside_dport"])
+        translated = {leg["first_frame"]: format_address(leg["src"], leg["sport"]) for leg in (r["legs"] or [])
+                      if leg["observation_point"] == "outside"
+                      and (leg["src"], leg["sport"], leg["dst"], leg["dport"]) != inside}
+        legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(r["inside_conn_id"], []) if leg[2] in translated]
+        if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_NS for a, b in zip(legs, legs[1:], strict=False)):
+            out[r["conn"]] = legs
+    return out
+
+
+def _remapped_after_idle(result: Result, rows: list[dict[str, Any]],
+                         remaps: dict[int, list[tuple[int, int, int, str]]]) -> list[Finding]:
+    """Connections given a new outside tuple after a silence: their conntrack entry expired while the flow was
+    idle (a NAT44 session delete, then a session create for the next packet, in RFC 8158's terms), and the new
+    mapping took another port (--random-fully, or the old one taken). Seen in the kernel: a UDP flow silent for
+    longer than nf_conntrack_udp_timeout under MASQUERADE --random-fully (natproof lab run udp-remap)."""
+    if not rows:
+        return []
+    evidence, silences = [], []
+    for r in rows[:20]:
+        legs = remaps[r["conn"]]
+        steps = []
+        for a, b in zip(legs, legs[1:], strict=False):
+            silences.append((b[0] - a[1]) / 1e9)
+            steps.append(f"{b[3]} from outside frame {b[2]}, {(b[0] - a[1]) / 1e9:.1f} s after {a[3]}'s last packet")
+        evidence.append(f"{_conn_label(r)} left as {legs[0][3]} (outside frame {legs[0][2]}), then as "
+                        + "; then as ".join(steps))
+    for r in rows[20:]:
+        legs = remaps[r["conn"]]
+        silences += [(b[0] - a[1]) / 1e9 for a, b in zip(legs, legs[1:], strict=False)]
+    protos = sorted({r["proto"] for r in rows})
+    knobs = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
+    return [Finding(
+        "remapped_after_idle", "warning", "New outside tuple after an idle gap",
+        f"{len(rows)} connection(s) left the node under a new outside tuple after falling silent (shortest "
+        f"silence {min(silences):.1f} s, longest {max(silences):.1f} s): the first mapping ended during the silence "
+        "(its conntrack entry expired, or was deleted: kube-proxy deletes a UDP Service's entries when its "
+        "endpoints change) and the next packet was mapped anew, to another port. The far end sees a new client "
+        "address:port (a UDP session, a QUIC or SIP peer, a game server may drop it); this is not a port clash.",
+        "Keep the flow alive more often than the conntrack timeout, or raise it on the node: " + knobs
+        + " (RFC 4787 REQ-5 asks a UDP mapping to outlive 2 minutes of silence). `conntrack -E` shows the first "
+        "entry's DESTROY and the new one's NEW.",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        data={"connections": len(rows), "silence_s": {"min": round(min(silences), 3), "max": round(max(silences), 3)},
+              "protocols": protos})]
 
 
 def _kernel_entry_text(r: dict[str, Any]) -> str:

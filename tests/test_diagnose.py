@@ -27,6 +27,7 @@ def findings_of(name: str) -> dict:
     ("clusterip", "healthy"), ("clusterip-local", "healthy"), ("hairpin", "healthy"),
     ("hairpin-off", "service_unanswered"), ("idle-expiry", "private_address_leak"),
     ("invalid-oow", "invalid_reply_reset"), ("asymmetric-reply", "reply_other_path"),
+    ("udp-remap", "remapped_after_idle"),
 ])
 def test_each_lab_scenario_gets_its_diagnosis(scenario: str, kind: str) -> None:
     found = findings_of(scenario)
@@ -56,6 +57,26 @@ def test_reply_drop_cites_outside_frames_of_the_lost_replies() -> None:
     assert "reply packet(s) to 203.0.113.2:" in line and "none inside" in line
 
 
+def test_a_flow_mapped_anew_after_its_entry_expired_is_no_port_clash() -> None:
+    # captures/udp-remap: UDP timeout 2 s, --random-fully; one socket's datagrams 5 s apart left as two tuples
+    # in turn (conntrack.log: NEW, DESTROY, NEW). Not "outside tuple reused": no tuple carried two connections.
+    r = correlate(*capture_pair(CAPTURES / "udp-remap"))
+    found = {f.kind: f for f in diagnose(r)}
+    assert list(found) == ["remapped_after_idle"]
+    f = found["remapped_after_idle"]
+    (conn,) = f.connections
+    row = r.connections.row(conn, named=True)
+    assert row["proto"] == "udp" and row["outside_tuples"] == 2 and row["verdict"] == "translated"
+    outside = [leg for leg in row["legs"] if leg["observation_point"] == "outside"]
+    first, last = sorted(outside, key=lambda leg: leg["first_frame"])
+    (line,) = f.evidence
+    assert f"left as 203.0.113.2:{first['sport']}" in line and f"then as 203.0.113.2:{last['sport']}" in line
+    assert 4.5 < f.data["silence_s"]["min"] <= f.data["silence_s"]["max"] < 6
+    assert f.data["protocols"] == ["udp"] and "nf_conntrack_udp_timeout" in f.fix
+    # The mapping is the one the flow ended under, as the lab's truth (the last conntrack entry) has it.
+    assert row["outside_sport"] == last["sport"]
+
+
 def test_two_pods_on_one_outside_tuple_at_once_is_a_mapping_conflict(tmp_path: Path) -> None:
     # A broken NAT: two pods' connections leave concurrently on the same outside tuple.
     a_in, a_out = tcp_pair(pod="10.244.0.10", sport=40000, nat_sport=40000, isn=1000)
@@ -65,6 +86,10 @@ def test_two_pods_on_one_outside_tuple_at_once_is_a_mapping_conflict(tmp_path: P
     assert list(found) == ["mapping_conflict"]
     assert found["mapping_conflict"].connections == (0, 1)
     assert "while it was in use" in found["mapping_conflict"].evidence[0]
+    # The summary states what was seen, no count of nothing beside it.
+    assert found["mapping_conflict"].summary == (
+        "1 outside tuple(s) carried two different inside connections within conntrack's lifetime; 1 connection(s) "
+        "left under more than one outside tuple at once.")
 
 
 def test_port_exhaustion_explains_the_dropped_connections_and_the_reused_tuples() -> None:

@@ -477,6 +477,18 @@ def _check_idle_expiry(connections: list[Connection], rec: Recording) -> list[st
     return problems
 
 
+def _check_udp_remap(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    udp = [c for c in connections if c.proto == "udp"]
+    if len(udp) != 1 or "2 conntrack entries in turn, under 2 outside ports" not in udp[0].notes:
+        problems.append("the UDP flow was not tracked as 2 conntrack entries in turn under 2 outside ports")
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    ports = {l4.sport for s, _, l4 in outside if s == NODE_IP and isinstance(l4, dpkt.udp.UDP) and l4.dport == 7}
+    if len(ports) != 2:
+        problems.append(f"outside.pcap: the UDP flow left under {len(ports)} source port(s), expected 2")
+    return problems
+
+
 def _check_asymmetric(connections: list[Connection], rec: Recording) -> list[str]:
     problems = []
     outside = _ip_packets(_capture(rec, "outside.pcap"))
@@ -1441,6 +1453,36 @@ SCENARIOS: dict[str, Scenario] = {
             settle_s=2.5,
             inside_interface="vethpod1",
             check=_all(_count(2), _verdicts(translated=2), _check_idle_expiry),
+        ),
+        Scenario(
+            "udp-remap",
+            "UDP timeout 2 s: a UDP flow falls silent for 5 s, its conntrack entry expires, and its next datagram "
+            "is mapped anew to another port (--random-fully)",
+            "nf_conntrack_udp_timeout and nf_conntrack_udp_timeout_stream are 2 s in the node namespace and the "
+            "MASQUERADE rule carries --random-fully. pod1 sends a datagram to the UDP echo on 198.51.100.10:7 from "
+            "one socket, and another 5 s later from the same socket; one HTTP request in between. The first "
+            "entry expires during the silence (DESTROY event) and the second datagram makes a new one (NEW) with "
+            "another random source port: one inside 5-tuple leaves eth0 under two outside tuples in turn, each "
+            "answered. Translated, under the last entry's tuple (the lab's truth takes the last entry of a "
+            "connection tracked in turn).",
+            (
+                ClientPlan(
+                    "pod1",
+                    (
+                        Action("udp", SERVER, 7, count=2, interval=5.0, timeout=1.0),
+                        Action("http", SERVER, 80, at=0.3),
+                    ),
+                ),
+            ),
+            topology=TopologySpec(
+                iptables_rules=((*MASQUERADE_RULE, "--random-fully"),),
+                node_sysctls=(("net.netfilter.nf_conntrack_udp_timeout", "2"),
+                              ("net.netfilter.nf_conntrack_udp_timeout_stream", "2")),
+            ),
+            servers=(HTTP, Server(INET, "udp-echo", SERVER, 7)),
+            settle_s=0.5,
+            inside_interface="vethpod1",
+            check=_all(_count(2), _verdicts(translated=2), _check_udp_remap),
         ),
         Scenario(
             "asymmetric-reply",
