@@ -147,10 +147,15 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _replies(result, by_verdict.get("reply_dropped", []))
     findings += _other_path(result, by_verdict.get("reply_other_path", []))
     silent = by_verdict.get("no_reply", [])
-    findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]])
+    # An ICMP error on a connection that went on anyway matters when it is a path-MTU signal (the router dropped a
+    # packet too big, the sender resent smaller ones): a helper's variants of cases/pmtud-frag-needed.
+    went_on = [r for r in rows if r["verdict"] in ("translated", "reply_other_path", "reply_dropped", "untranslated")
+               and (r["icmp_errors_outside"] or r["icmp_errors_inside"])]
+    findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]],
+                             went_on)
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
     findings += _kernel_contradicts(result, [r for r in every if r["kernel"] == "contradicts"])
-    problems = bool(findings)
+    problems = any(f.severity != "info" for f in findings)  # path MTU discovery at work is no problem
     findings += _kernel_gaps(result, [r for r in every if r["kernel_reason"] in ("not_recorded",
                                                                                "record_starts_after",
                                                                                "record_ends_before")])
@@ -692,21 +697,33 @@ def _icmp_kind(pk: dict[str, Any], r: dict[str, Any]) -> str:
     return "unreachable"
 
 
-def _icmp_errors(result: Result, answered: list[dict[str, Any]]) -> list[Finding]:
+def _icmp_errors(result: Result, answered: list[dict[str, Any]],
+                 went_on: list[dict[str, Any]] | None = None) -> list[Finding]:
     """no_reply answered by an ICMP error: named for what it is and who sent it (cases/pmtud-frag-needed: a
-    router's "fragmentation needed", reverse-translated by the node like any related ICMP error)."""
-    if not answered:
+    router's "fragmentation needed", reverse-translated by the node like any related ICMP error). ``went_on``:
+    connections with an ICMP error that were answered all the same; only a path-MTU error among them is named
+    (path MTU discovery at work: the sender resent smaller packets)."""
+    went_on = went_on or []
+    if not answered and not went_on:
         return []
     groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     reached_pod: set[int] = set()
-    errors = {side: _packets_of(result, answered, side, pl.col("is_icmp_error")) for side in ("inside", "outside")}
-    for r in answered:
+    every = answered + went_on
+    silent = {r["conn"] for r in answered}
+    errors = {side: _packets_of(result, every, side, pl.col("is_icmp_error")) for side in ("inside", "outside")}
+    for r in every:
         errs = _packets(result, r, "inside", among=errors["inside"])
-        if errs.is_empty():
+        seen_inside = not errs.is_empty()
+        if not seen_inside:
             errs = _packets(result, r, "outside", among=errors["outside"])
-        else:
+        if r["conn"] in silent:
+            first = errs.row(0, named=True)
+        else:  # the first path-MTU error among its ICMP errors, if any
+            first = next((e for e in errs.iter_rows(named=True) if _icmp_kind(e, r) == "path_mtu"), None)
+            if first is None:
+                continue
+        if seen_inside:
             reached_pod.add(r["conn"])
-        first = errs.row(0, named=True)
         groups.setdefault(_icmp_kind(first, r), []).append((r, first))
     findings = []
     for kind, items in groups.items():
@@ -736,16 +753,28 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]]) -> list[Finding
             clamp = ("`ip6tables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`"
                      if v6 else "`iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                      "--clamp-mss-to-pmtu`")
+            carried = sum(1 for r, _ in items if r["conn"] not in silent)
+            if carried == len(items):
+                after = (" Every one of them was answered afterwards: the sender resent smaller packets (path MTU "
+                         "discovery worked, at the cost of a drop and a delay for each new destination).")
+            elif carried:
+                after = (f" {carried} of them were answered afterwards (path MTU discovery worked for them); "
+                         f"{len(items) - carried} got no reply.")
+            else:
+                after = ""
+            # Nothing lost for good: the NAT passed the signal back and every connection was answered.
+            fine = carried == len(items) and seen_in == len(items)
             findings.append(Finding(
-                "path_mtu", "warning", f"Packets too big for the path ({said})",
+                "path_mtu", "info" if fine else "warning",
+                f"Path MTU discovery at work ({said})" if fine else f"Packets too big for the path ({said})",
                 f"{len(items)} connection(s) sent packets larger than a link on the path allows: router(s) "
                 f"{', '.join(routers)} answered \"{said}\" (next-hop MTU {', '.join(map(str, mtus))})"
-                f" and dropped them. {relay}",
+                f" and dropped them. {relay}{after}",
                 f"Lower the MTU on the path's near side or clamp TCP MSS ({clamp}); for UDP, send datagrams that fit "
                 f"{min(mtus) if mtus else 'the path MTU'} bytes, and make sure "
                 f"{'ICMPv6 type 2' if v6 else 'ICMP type 3 code 4'} is not filtered.",
                 connections=conns, evidence=tuple(evidence),
-                data={"mtu": mtus, "routers": routers, "reached_pod": seen_in}))
+                data={"mtu": mtus, "routers": routers, "reached_pod": seen_in, "answered_after": carried}))
         elif kind == "refused":
             findings.append(Finding(
                 "refused", "warning", "The far end refused (port or protocol unreachable)",

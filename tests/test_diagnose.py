@@ -246,6 +246,71 @@ def test_ipv6_packet_too_big_is_named_in_ipv6_terms_and_says_only_what_the_insid
     assert "packet too big, mtu 1280 from 2001:db8:100::1 (a router on the path" in f.evidence[0]
 
 
+def _frag_needed_then_answered(directory: Path, relayed: bool) -> tuple[Path, Path]:
+    """A translated TCP connection whose 1448-byte DF segment a router on the path (203.0.113.1) drops with
+    "fragmentation needed, mtu 1280" (RFC 1191); the node reverse-translates the error to the pod (``relayed``)
+    or not, the pod resends the bytes in two smaller segments, and the server acknowledges them (a helper's
+    variant of cases/pmtud-frag-needed, which got no reply)."""
+    from scapy.all import ICMP, IP, TCP, Ether, wrpcap
+
+    pod, node, srv, rtr = "10.244.0.10", "203.0.113.2", "198.51.100.80", "203.0.113.1"
+    t0 = 1_700_000_000.0
+    inside: list = []
+    outside: list = []
+
+    def at(p, dt):  # noqa: ANN001, ANN202
+        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
+        p.time = t0 + dt
+        return p
+
+    def egress(dt, ip_id, flags, seq, ack, data=b"", lost=False):  # noqa: ANN001, ANN202
+        seg = TCP(sport=41500, dport=443, flags=flags, seq=seq, ack=ack, window=64240) / data
+        inside.append(at(IP(src=pod, dst=srv, ttl=64, id=ip_id, flags="DF") / seg, dt))
+        out = IP(src=node, dst=srv, ttl=63, id=ip_id, flags="DF") / seg
+        outside.append(at(out, dt + 20e-6))
+        return out
+
+    def reply(dt, ip_id, flags, seq, ack):  # noqa: ANN001, ANN202
+        seg = TCP(sport=443, dport=41500, flags=flags, seq=seq, ack=ack, window=65160)
+        outside.append(at(IP(src=srv, dst=node, ttl=60, id=ip_id, flags="DF") / seg, dt))
+        inside.append(at(IP(src=srv, dst=pod, ttl=59, id=ip_id, flags="DF") / seg, dt + 20e-6))
+
+    egress(0.0, 100, "S", 1000, 0)
+    reply(0.01, 500, "SA", 9000, 1001)
+    egress(0.0101, 101, "A", 1001, 9001)
+    big = egress(0.011, 102, "PA", 1001, 9001, b"a" * 1448)
+    quote = bytes(big)[:28]  # the IP header and 8 bytes: the least a router must quote
+    outside.append(at(IP(src=rtr, dst=node, ttl=64, id=7) / ICMP(type=3, code=4, nexthopmtu=1280) / quote, 0.0112))
+    if relayed:
+        inner = bytes(IP(src=pod, dst=srv, ttl=63, id=102, flags="DF") / big[TCP])[:28]
+        inside.append(at(IP(src=rtr, dst=pod, ttl=63, id=7) / ICMP(type=3, code=4, nexthopmtu=1280) / inner, 0.01122))
+    egress(0.012, 103, "A", 1001, 9001, b"a" * 1228)
+    egress(0.0121, 104, "PA", 2229, 9001, b"a" * 220)
+    reply(0.022, 501, "A", 9001, 2449)
+    wrpcap(str(directory / "inside.pcap"), sorted(inside, key=lambda p: p.time))
+    wrpcap(str(directory / "outside.pcap"), sorted(outside, key=lambda p: p.time))
+    return directory / "inside.pcap", directory / "outside.pcap"
+
+
+@pytest.mark.parametrize("relayed", [True, False], ids=["relayed", "not-relayed"])
+def test_fragmentation_needed_on_a_connection_answered_after_it_is_named(tmp_path: Path, relayed: bool) -> None:
+    result = correlate(*_frag_needed_then_answered(tmp_path, relayed))
+    (conn,) = result.connections.iter_rows(named=True)
+    assert conn["verdict"] == "translated" and conn["icmp_errors_outside"] == 1
+    assert conn["icmp_errors_inside"] == (1 if relayed else 0)
+    found = {f.kind: f for f in diagnose(result)}
+    f = found["path_mtu"]
+    assert f.data == {"mtu": [1280], "routers": ["203.0.113.1"], "reached_pod": 1 if relayed else 0,
+                      "answered_after": 1}
+    assert "answered afterwards" in f.summary and "fragmentation needed, mtu 1280 from 203.0.113.1" in f.evidence[0]
+    if relayed:  # nothing lost for good: an info beside the healthy NAT, not a problem
+        assert (f.severity, f.title) == ("info", "Path MTU discovery at work (fragmentation needed)")
+        assert list(found) == ["healthy", "path_mtu"]
+    else:  # the NAT may not have passed the signal back: not proven, so a warning and no "healthy"
+        assert (f.severity, f.title) == ("warning", "Packets too big for the path (fragmentation needed)")
+        assert "not proven" in f.summary and list(found) == ["path_mtu"]
+
+
 def test_captures_that_prove_nothing_about_the_nat_are_not_called_healthy(tmp_path: Path) -> None:
     # Only pod-to-pod traffic: nothing failed, and nothing crossed the NAT either. "NAT working as expected" would
     # rest on no packet at all.
