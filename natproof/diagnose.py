@@ -898,8 +898,10 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
 
 
 def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
-    """A constant TCP sequence shift after a payload rewrite: an ALG (conntrack's FTP helper) edited the payload
-    (cases/ftp-alg-active); its expectation admits the related inbound connection."""
+    """A TCP sequence shift after a payload rewrite: an ALG (conntrack's FTP helper) edited the payload
+    (cases/ftp-alg-active); its expectation admits the related inbound connection. The shift is the one most
+    shifted packets show: each later rewrite that changes the length adds to it (two PORT commands: +1, then +2;
+    a helper's kernel variant), so it is not called constant."""
     if not rows:
         return []
     def moved(r: dict[str, Any]) -> str:
@@ -907,7 +909,8 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
                  ("reply", "reply")) for n in ("seq", "ack") if r[f"{k}_{n}_shift"]]
         return ", ".join(parts)
 
-    evidence = [f"{_conn_label(r)}: after a payload rewrite, {moved(r)} on the outside" for r in rows[:20]]
+    evidence = [f"{_conn_label(r)}: after a payload rewrite, {moved(r)} on the outside (the shift most of its "
+                "shifted packets show)" for r in rows[:20]]
     related = [r for r in result.connections.iter_rows(named=True) if r["initiator"] == "outside"
                and r["service_type"] is None and r["verdict"] == "translated"]
     for r in related[:10]:
@@ -916,8 +919,9 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     return [Finding(
         "alg_rewrite", "info", "An ALG rewrote payloads (sequence numbers shifted)",
         f"{len(rows)} connection(s) had their payload rewritten on the node (conntrack's FTP helper rewrites the "
-        "address in PORT commands), shifting every later sequence number by a constant; natproof matched the "
-        "shifted packets on their IP id or on the TCP numbers the shift left alone. "
+        "address in PORT commands), shifting the sequence numbers after it by the change in length, and again "
+        "with each later rewrite that changes it; natproof matched the shifted packets on their IP id or on the "
+        "TCP numbers the shift left alone. "
         f"{len(related)} connection(s) started outside were admitted to the pod.",
         "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
         "and `conntrack -L expect` its expectations.",

@@ -438,9 +438,9 @@ def _pair_by_ip_id(inside: pl.DataFrame, outside: pl.DataFrame, offset_ns: int,
     """Pair packets of linked legs on direction, IP id and TCP flags, nearest in time.
 
     An ALG rewrites the payload (conntrack's FTP helper rewrites PORT commands, changing their length) and then
-    shifts every later sequence number of that direction by a constant, and the other direction's acks back
-    (see cases/ftp-alg-active): the exact signature no longer agrees, the IP id still does. IP id 0 (DF
-    packets of some stacks) is no key.
+    shifts every later sequence number of that direction (by the change in length, added up over rewrites), and
+    the other direction's acks back (see cases/ftp-alg-active): the exact signature no longer agrees, the IP id
+    still does. IP id 0 (DF packets of some stacks) is no key.
     """
     usable = (pl.col("link") < _UNLINKED) & pl.col("ip_id").is_not_null() & (pl.col("ip_id") != 0)
     cols = ["row", "ts_ns", "link", "is_egress", "ip_id", pl.col("tcp_flags").fill_null(0)]

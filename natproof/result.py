@@ -73,15 +73,16 @@ for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the
 as the initiator sent it, trans_* as the responder received it (null when no leg after the NAT was captured).
 inside_conn_id / outside_conn_id are the conn_id of its anchor leg in inside_packets and of its primary leg in
 outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for every packet of the connection).
-fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: the constant by
-which an ALG's payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside
-(null when none). other_capture_off: its packets were seen while the capture on the other side of the NAT was not
-running (before it started or after it stopped): what the other side did is unknown. evidence_level: what trans_*
-rests on (natproof.kernel.EVIDENCE_LEVELS: packets, kernel_record; null without a translated tuple). kernel ...
-kernel_reply_*: the connection held against a conntrack record (natproof.kernel.join_kernel; all null without
-one): kernel is confirmed, contradicts or absent, kernel_reason why it may be absent, kernel_line the line of the
-entry it rests on (its NEW event, else its first line), kernel_state/assured/replied that entry's last state and
-flags, kernel_reply_* its reply tuple as the kernel recorded it."""
+fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: how far an ALG's
+payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside: the shift most
+shifted packets show (each later rewrite that changes the length adds to it; null when none). other_capture_off: its
+packets were seen while the capture on the other side of the NAT was not running (before it started or after it
+stopped): what the other side did is unknown. evidence_level: what trans_* rests on
+(natproof.kernel.EVIDENCE_LEVELS: packets, kernel_record; null without a translated tuple). kernel ...
+kernel_reply_*: the connection held against a conntrack record (natproof.kernel.join_kernel; all null without one):
+kernel is confirmed, contradicts or absent, kernel_reason why it may be absent, kernel_line the line of the entry it
+rests on (its NEW event, else its first line), kernel_state/assured/replied that entry's last state and flags,
+kernel_reply_* its reply tuple as the kernel recorded it."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
