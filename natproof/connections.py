@@ -332,6 +332,8 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
         pl.col("f_dport").first().alias("_first_dport"),
         pl.col("f_proto").first().alias("_proto"),
     )
+    # Whether the originator was seen opening it (a SYN, an echo request), not guessed from the first packet.
+    origin_seen = origin["_o_src"].is_not_null().alias("origin_seen")
     # The first packet's sender is the originator, as conntrack takes it; but a TCP connection seen
     # without its SYN (the capture started mid-way) is judged by ports: the client's is the higher one.
     client_is_dst = (pl.col("_proto") == 6) & (pl.col("_first_dport") > pl.col("_first_sport"))
@@ -367,5 +369,5 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
         # replies: the entry stays [UNREPLIED] (see captures/udp).
         pl.col("is_icmp_error").sum().cast(pl.UInt32).alias("icmp_error_packets"),
         pl.col("frame_no").min().alias("first_frame"),
-    ).with_columns(pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String))
+    ).with_columns(pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String), origin_seen)
     return df.select("_i", *ADDED_COLUMNS), conns

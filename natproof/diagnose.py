@@ -146,6 +146,8 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _invalid_resets(result, rows)
     findings += _replies(result, by_verdict.get("reply_dropped", []))
     findings += _other_path(result, by_verdict.get("reply_other_path", []))
+    findings += _egress_other_path(result, [r for r in by_verdict.get("translated", [])
+                                            if "egress_other_path" in flags_of(r)])
     silent = by_verdict.get("no_reply", [])
     # An ICMP error on a connection that went on anyway matters when it is a path-MTU signal (the router dropped a
     # packet too big, the sender resent smaller ones): a helper's variants of cases/pmtud-frag-needed.
@@ -894,6 +896,30 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         "capture missed them. The source rewrite is proven; the reverse translation is not.",
         "Capture every uplink (`tcpdump -i any`) or check `ip route` / policy routing for a second return path; "
         "with rp_filter strict, asymmetric replies get dropped.",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Translated connections none of whose initiator's packets crossed the outside capture while it ran, though
+    replies to the translated tuple crossed it and reached the initiator: the mirror of reply_other_path (a helper's
+    variant of cases/asymmetric-reply: the pod's egress left by an uncaptured link, the replies came over eth0)."""
+    if not rows:
+        return []
+    evidence = [f"{_conn_label(r)}: {r['reply_outside']} reply packet(s) to "
+                f"{format_address(r['outside_src'], r['outside_sport'])} crossed (outside frame "
+                f"{r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']}); its "
+                f"{r['egress_inside']} egress packet(s) (inside frames "
+                f"{_fmt_frames(_fate_frames(result, r, 'inside', 'inside_only', True))}) are not on the outside "
+                "capture" for r in rows[:20]]
+    return [Finding(
+        "egress_other_path", "warning", "The initiator's packets left by a path the outside capture does not see",
+        f"{len(rows)} connection(s) got replies addressed to their translated tuple, which crossed the captured "
+        "outside interface and were reverse-translated to the initiator, but none of the initiator's own packets "
+        "crossed it while it ran: they left over another interface (asymmetric routing, a second uplink or "
+        "policy route) or the capture missed them. The mapping is proven by the replies; how the initiator's "
+        "packets were translated on their way out is not seen.",
+        "Capture every uplink (`tcpdump -i any`) or check `ip route` / `ip rule` for a second way out; with "
+        "rp_filter strict on the return interface, such flows can be dropped.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
 
 

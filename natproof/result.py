@@ -394,7 +394,9 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     answered it), leak (some packets crossed untranslated: the private address left the node),
     not_reverse_translated (a reply reached the far side and never the initiator while others did),
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
-    rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside), other_capture_off,
+    rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside), egress_other_path
+    (translated, proven by replies that crossed back, while none of the initiator's packets crossed the far
+    capture running then: they left by another path), other_capture_off,
     ambiguous_name (a named result: more than one pod may have held one of its addresses then)."""
     flags = []
     if (row["outside_tuples"] or 0) > 1:
@@ -411,6 +413,9 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("seq_shift")
     if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
         flags.append("hairpin")
+    if (row.get("verdict") == "translated" and not row.get("matched_egress") and row.get("matched_reply")
+            and not row.get("other_capture_off")):
+        flags.append("egress_other_path")
     if row.get("other_capture_off"):
         flags.append("other_capture_off")
     if any(row.get(c) for c in NAME_SCHEMA if c.endswith("_candidates")):
@@ -445,6 +450,8 @@ def _flags_expr() -> pl.Expr:
         ("seq_shift", shifted),
         ("hairpin", pl.col("trans_src").is_not_null() & pl.col("outside_src").is_null()
          & (pl.col("initiator") == "inside")),
+        ("egress_other_path", (pl.col("verdict") == "translated") & (pl.col("matched_egress").fill_null(0) == 0)
+         & (pl.col("matched_reply").fill_null(0) > 0) & ~pl.col("other_capture_off").fill_null(False)),
         ("other_capture_off", pl.col("other_capture_off").fill_null(False)),
     ]
     return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()

@@ -12,7 +12,9 @@ class Verdict(StrEnum):
     "the far side" is the capture after the NAT for the initiator's packets; docs/model.md)."""
 
     TRANSLATED = "translated"
-    """The initiator's packets crossed with a rewrite, and at least one reply crossed back (reverse-translated)."""
+    """The initiator's packets crossed with a rewrite, and at least one reply crossed back (reverse-translated).
+    Also when only replies crossed, reverse-translated: the initiator's packets left out of the far capture's sight
+    (flag egress_other_path, or other_capture_off), and the replies prove the mapping."""
     NO_REPLY = "no_reply"
     """The initiator's packets crossed with a rewrite; no reply on the far side (an ICMP error may have come)."""
     REPLY_DROPPED = "reply_dropped"
@@ -43,11 +45,13 @@ def verdict_expr() -> pl.Expr:
     ones included), ``rewritten`` (Boolean: original and translated tuples differ), ``cross_reply`` (replies
     that crossed back), ``post_reply`` (replies seen on the far side, node-made ones excluded), ``pre_reply``
     (replies seen on the initiator's side, node-made ones excluded). The order of the rules is the contract:
-    the first that holds wins.
+    the first that holds wins. Replies that crossed back prove the mapping even when none of the initiator's
+    packets crossed the far capture (they took another link: a helper's variant of cases/asymmetric-reply).
     """
+    nothing_crossed = (pl.col("cross_init") == 0) & (pl.col("cross_reply") == 0)
     return (pl.when(pl.col("internal")).then(pl.lit(Verdict.INTERNAL.value))
-            .when((pl.col("cross_init") == 0) & (pl.col("pre_reply") > 0)).then(pl.lit(Verdict.NOT_CAPTURED.value))
-            .when(pl.col("cross_init") == 0).then(pl.lit(Verdict.NOT_FORWARDED.value))
+            .when(nothing_crossed & (pl.col("pre_reply") > 0)).then(pl.lit(Verdict.NOT_CAPTURED.value))
+            .when(nothing_crossed).then(pl.lit(Verdict.NOT_FORWARDED.value))
             .when(~pl.col("rewritten")).then(pl.lit(Verdict.UNTRANSLATED.value))
             .when(pl.col("cross_reply") > 0).then(pl.lit(Verdict.TRANSLATED.value))
             .when(pl.col("post_reply") > 0).then(pl.lit(Verdict.REPLY_DROPPED.value))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import orjson
+import polars as pl
 import pytest
 from pcapbytes import tcp_pair, write_pair
 
 from natproof.check import capture_pair
 from natproof.correlate import correlate
 from natproof.diagnose import diagnose
+from natproof.result import flags_of
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 
@@ -309,6 +312,53 @@ def test_fragmentation_needed_on_a_connection_answered_after_it_is_named(tmp_pat
     else:  # the NAT may not have passed the signal back: not proven, so a warning and no "healthy"
         assert (f.severity, f.title) == ("warning", "Packets too big for the path (fragmentation needed)")
         assert "not proven" in f.summary and list(found) == ["path_mtu"]
+
+
+def _without_egress(src: Path, out: Path, proto: str, sport: int) -> tuple[Path, Path]:
+    """A kernel capture pair whose outside copy lacks one connection's egress (node -> far end, source port
+    ``sport``): they left by a link the outside capture does not see; its replies still cross it."""
+    import shutil
+
+    from scapy.all import IP, TCP, UDP, rdpcap, wrpcap
+
+    layer = {"udp": UDP, "tcp": TCP}[proto]
+    kept = [p for p in rdpcap(str(src / "outside.pcap"))
+            if not (IP in p and p[IP].src == "203.0.113.2" and layer in p and p[layer].sport == sport)]
+    out.mkdir()
+    wrpcap(str(out / "outside.pcap"), kept)
+    shutil.copy(src / "inside.pcap", out / "inside.pcap")
+    return out / "inside.pcap", out / "outside.pcap"
+
+
+@pytest.mark.parametrize(("scenario", "proto", "sport"), [("udp", "udp", 46647), ("basic", "tcp", None)])
+def test_egress_by_another_path_is_translated_by_its_replies_and_named(
+        tmp_path: Path, scenario: str, proto: str, sport: int | None) -> None:
+    # A helper's variant of cases/asymmetric-reply the other way round. The UDP echo's replies carry the server's
+    # own IP ids: read first on the outside, they made its leg look opened by the server (translated tuple
+    # printed backwards, rewrites of all four fields, port preserved 86%); the TCP one was not_captured with
+    # "neither direction" though five replies crossed.
+    full = correlate(*capture_pair(CAPTURES / scenario))
+    row = full.connections.filter(pl.col("proto") == proto).row(0, named=True)
+    sport = sport or row["outside_sport"]
+    result = correlate(*_without_egress(CAPTURES / scenario, tmp_path / "cut", proto, sport))
+    conn = result.connections.filter((pl.col("proto") == proto) & (pl.col("inside_sport") == row["inside_sport"]))
+    (c,) = conn.iter_rows(named=True)
+    assert c["verdict"] == "translated" and c["matched_egress"] == 0 and c["matched_reply"] == row["matched_reply"]
+    assert (c["trans_src"], c["trans_sport"], c["trans_dst"], c["trans_dport"]) == (
+        row["trans_src"], row["trans_sport"], row["trans_dst"], row["trans_dport"])
+    assert c["rewrites"] == row["rewrites"] and c["initiator"] == "inside"
+    assert (c["egress_outside"], c["reply_outside"]) == (0, row["reply_outside"])
+    assert "egress_other_path" in flags_of(c)
+    found = {f.kind: f for f in diagnose(result)}
+    f = found["egress_other_path"]
+    assert f.connections == (c["conn"],) and "healthy" not in found
+    assert f"{c['egress_inside']} egress packet(s)" in f.evidence[0]
+    assert "are not on the outside capture" in f.evidence[0]
+    # The JSON says so too, and every other connection is as before.
+    assert "egress_other_path" in orjson.loads(result.to_json())["connections"][c["conn"]]["flags"]
+    others = result.connections.filter(pl.col("conn") != c["conn"]).select("inside_sport", "verdict", "trans_sport")
+    assert others.sort("inside_sport").equals(full.connections.filter(pl.col("conn") != row["conn"]).select(
+        "inside_sport", "verdict", "trans_sport").sort("inside_sport"))
 
 
 def test_captures_that_prove_nothing_about_the_nat_are_not_called_healthy(tmp_path: Path) -> None:

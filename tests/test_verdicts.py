@@ -30,6 +30,10 @@ def test_contract_strings() -> None:
         # cases/asymmetric-reply: the pod got its replies, none crossed the outside capture.
         ({"cross_init": 2, "pre_reply": 5}, Verdict.REPLY_OTHER_PATH),
         ({"cross_init": 2, "post_reply": 1, "pre_reply": 5}, Verdict.REPLY_DROPPED),
+        # The initiator's packets left by another link, its replies crossed back: the replies prove the mapping.
+        ({"cross_init": 0, "cross_reply": 5, "post_reply": 5, "pre_reply": 5}, Verdict.TRANSLATED),
+        ({"cross_init": 0, "cross_reply": 2, "rewritten": False, "post_reply": 2, "pre_reply": 2},
+         Verdict.UNTRANSLATED),
     ],
 )
 def test_classify(kw: dict, expected: Verdict) -> None:
