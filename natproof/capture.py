@@ -76,7 +76,10 @@ class CaptureInfo:
     ts_precision_ns: int = 1_000
     records: int = 0
     first_ts_ns: int | None = None
+    """The earliest record's time (ns since the epoch), not the first in file order: a capture merged or written
+    out of order still spans what its packets do."""
     last_ts_ns: int | None = None
+    """The latest record's time."""
     truncated_records: int = 0
     """Records whose stored length is smaller than the original packet (snaplen)."""
     warnings: list[str] = field(default_factory=list)
@@ -247,19 +250,39 @@ def _prime(it: Iterator[Record], info: CaptureInfo) -> Iterator[Record]:
 
 def _note(info: CaptureInfo, rec: Record) -> Record:
     info.records += 1
-    if info.first_ts_ns is None:
+    if info.first_ts_ns is None or rec.ts_ns < info.first_ts_ns:
         info.first_ts_ns = rec.ts_ns
-    info.last_ts_ns = rec.ts_ns
+    if info.last_ts_ns is None or rec.ts_ns > info.last_ts_ns:
+        info.last_ts_ns = rec.ts_ns
     if rec.caplen < rec.wire_len:
         info.truncated_records += 1
     return rec
+
+
+def overrun_record(frame: int, frac: int, caplen: int, wire_len: int, snaplen: int, unit: int) -> str:
+    """The warning for a pcap record whose stored length runs past the end of the file (``frame``: the frames
+    before it). A header no writer makes (a sub-second field of a second or more, a stored length above the
+    file's snaplen or above the original length) follows a wrong length earlier in the file: the file is corrupt
+    from there, not cut short (a helper's file: a record's length set to 3 read as 'last record truncated', its
+    33 later frames dropped without a word of corruption)."""
+    why = []
+    if frac * unit >= 1_000_000_000:
+        why.append(f"sub-second field {frac}")
+    if snaplen and caplen > max(snaplen, 0xFFFF):
+        why.append(f"stored length {caplen} above the snaplen {snaplen}")
+    if wire_len < caplen:
+        why.append(f"stored length {caplen} above the original {wire_len}")
+    if why:
+        return (f"the record header after frame {frame} is not valid ({', '.join(why)}): the file is corrupt from "
+                f"there (a wrong record length before it?); {frame} frames used")
+    return f"last record truncated at frame {frame + 1}; {frame} frames used"
 
 
 def _iter_pcap(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
     if len(buf) < 24:
         raise CaptureError(info.path, f"truncated pcap file header ({len(buf)} of 24 bytes)")
     endian, unit = PCAP_MAGIC[bytes(buf[:4])]
-    _, _vmaj, _vmin, _tz, _sig, _snap, network = struct.unpack(endian + "IHHiIII", buf[:24])
+    _, _vmaj, _vmin, _tz, _sig, snaplen, network = struct.unpack(endian + "IHHiIII", buf[:24])
     # The upper 16 bits of the link-type field may carry FCS information (pcap-savefile(5)).
     linktype = network & 0x0FFFFFFF if network > 0xFFFF else network
     info.link_types = [linktype]
@@ -277,7 +300,7 @@ def _iter_pcap(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             info.warnings.append(f"record {frame + 1} claims {caplen} bytes; file corrupt from there")
             return
         if end - off < caplen:
-            info.warnings.append(f"last record truncated at frame {frame + 1}; {frame} frames used")
+            info.warnings.append(overrun_record(frame, frac, caplen, wire_len, snaplen, unit))
             return
         frame += 1
         yield _note(info, Record(frame, sec * 1_000_000_000 + frac * unit, caplen, max(wire_len, caplen),
@@ -347,6 +370,7 @@ def bad_block(blen: int, frame: int, *, corrupt: bool = False) -> str:
 def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
     end = len(buf)
     off, frame = 0, 0
+    prev_ts = 0  # a Simple Packet Block has no time of its own: it takes the previous record's
     endian = "<"
     # Interfaces of the current section: (linktype, mul, div, tsoffset_s); ``base`` is the file-wide number of
     # the section's first one (interface ids restart at 0 in each section).
@@ -400,6 +424,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
                 off += blen
                 continue
             start = body + 20
+            prev_ts = ts_ns
             yield _note(info, Record(frame, ts_ns, caplen, max(wire_len, caplen), linktype, base + iface,
                                      bytes(buf[start:start + caplen])))
         elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
@@ -409,7 +434,7 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
             else:
                 wire_len = struct.unpack_from(endian + "I", buf, body)[0]
                 caplen = min(wire_len, blen - 16)
-                ts_ns = info.last_ts_ns or 0
+                ts_ns = prev_ts
                 yield _note(info, Record(frame, ts_ns, caplen, wire_len, ifaces[0][0], base,
                                          bytes(buf[body + 4:body + 4 + caplen])))
         off += blen

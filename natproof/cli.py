@@ -22,7 +22,7 @@ from rich.text import Text
 
 import natproof
 from natproof.errors import InputError, NatproofError
-from natproof.report.export import FORMATS, render_parts, write_bytes, write_parts, write_result
+from natproof.report.export import FORMATS, render_parts, writable_folder, write_bytes, write_parts, write_result
 from natproof.report.table import format_address, render_table
 from natproof.result import SCHEMA, SCHEMAS
 from natproof.spill import default_memory_limit
@@ -349,6 +349,8 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], flow_l
         return _correlate_chain((inside, outside, *further), pod_cidr, tolerance, decoder, limit, fmt,
                                 output, quiet, clock_offset, charts_dir, flow)
     refuse_overwriting_inputs(output, inside, outside)
+    if charts_dir:  # a folder that cannot be written is said before any work or output
+        writable_folder(charts_dir, "charts folder")
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
     if charts_dir:
@@ -546,7 +548,9 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
         no_verdicts=tuple(dict.fromkeys(exp.no_verdicts + expect_no)), connections=exp.connections,
         dnat=tuple(dict.fromkeys(exp.dnat + dnat)), no_leak=expect_no_leak or exp.no_leak)
     if exp.is_empty():
-        raise click.UsageError("nothing to verify: give --expectations FILE or an --expect-* option")
+        raise click.UsageError(f"nothing to verify: {expectations_file} expects nothing (false or empty values "
+                               "ask for nothing); add an expectation or an --expect-* option" if expectations_file
+                               else "nothing to verify: give --expectations FILE or an --expect-* option")
     result = run_correlate(inside, outside, pod_cidr or file_cidr, clock_offset, tolerance, quiet, decoder)
     checks = run_verify(result, exp)
     passed = all(c.passed for c in checks)
@@ -1094,6 +1098,8 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
     from natproof.flowlogs.gateway import gateway_interfaces
     from natproof.flowlogs.ports import port_usage, port_usage_chart
 
+    if charts_dir:  # said before any work or output
+        writable_folder(charts_dir, "charts folder")
     flowlog_, gateways = read_flow_log_inputs(files, nat_gateways, flow_log_format)
     tuples = []
     if captures:
@@ -1118,7 +1124,6 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
 
         fig = port_usage_chart(usage)
         if fig is not None:
-            Path(charts_dir).mkdir(parents=True, exist_ok=True)
             for ext in ("png", "svg"):
                 write_bytes(Path(charts_dir) / f"nat_gateway_ports.{ext}", figure_bytes(fig, ext))
             click.echo(f"natproof: wrote nat_gateway_ports.png and .svg to {charts_dir}", err=True)

@@ -322,6 +322,8 @@ def correlate(
     for name, value in (("clock offset", clock_offset_s), ("tolerance", tolerance_s)):
         if value is not None and not (math.isfinite(value) and abs(value) <= 10 * 365 * 86_400):
             raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
+    if tolerance_s is not None and tolerance_s < 1e-6:  # as --tolerance: no pair forms within nothing
+        raise InputError(f"tolerance {tolerance_s!r}: must be at least 1e-6 s (a microsecond)")
     if pod_cidr:
         parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
     if isinstance(memory_limit, str):

@@ -33,6 +33,7 @@ from natproof.capture import (
     bad_block,
     no_packets_problem,
     open_section,
+    overrun_record,
     read_idb,
 )
 from natproof.decode import (
@@ -204,7 +205,7 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
     if end < 24:
         raise CaptureError(info.path, f"truncated pcap file header ({end} of 24 bytes)")
     endian, unit = PCAP_MAGIC[bytes(buf[:4])]
-    network = struct.unpack_from(endian + "I", buf, 20)[0]
+    snaplen, network = struct.unpack_from(endian + "II", buf, 16)
     linktype = network & 0x0FFFFFFF if network > 0xFFFF else network
     info.link_types = [linktype]
     info.if_names = [""]
@@ -221,7 +222,8 @@ def _frame_pcap(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterator
             if cap[i] > _MAX_CAPLEN:
                 info.warnings.append(f"record {frame + i + 1} claims {int(cap[i])} bytes; file corrupt from there")
             else:
-                info.warnings.append(f"last record truncated at frame {frame + i + 1}; {frame + i} frames used")
+                info.warnings.append(overrun_record(frame + i, int(frac[i]), int(cap[i]), int(wire[i]), snaplen,
+                                                    unit))
             o, sec, frac, cap, wire = o[:i], sec[:i], frac[:i], cap[:i], wire[:i]
             done = True
         elif off > end - 16:
@@ -1018,9 +1020,9 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
                 n = len(ch.frame_no)
                 if n:
                     info.records += n
-                    if info.first_ts_ns is None:
-                        info.first_ts_ns = int(ch.ts_ns[0])
-                    info.last_ts_ns = int(ch.ts_ns[-1])
+                    lo, hi = int(ch.ts_ns.min()), int(ch.ts_ns.max())  # the span, whatever the file's order
+                    info.first_ts_ns = lo if info.first_ts_ns is None else min(info.first_ts_ns, lo)
+                    info.last_ts_ns = hi if info.last_ts_ns is None else max(info.last_ts_ns, hi)
                     info.truncated_records += int((ch.caplen < ch.orig_wire).sum())
                     df = dec.decode(ch)
                     if df is not None:  # already only the ``keep`` columns: the decoder makes no others

@@ -377,11 +377,10 @@ def run_fleet(manifest: Manifest | str | os.PathLike[str], out_dir: str | os.Pat
     others go on. Raises InputError for a manifest or scheduler that cannot be used."""
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is a file, not a folder to write the fleet's results in")
-    nodes_dir = out / NODES_DIR
-    nodes_dir.mkdir(parents=True, exist_ok=True)
+    from natproof.report.export import writable_folder
+
+    out = writable_folder(out_dir, "folder for the fleet's results")
+    nodes_dir = writable_folder(out / NODES_DIR, "folder for the fleet's results")
     # The nodes/ folder is the fleet's own: Parquet files an earlier run left (other nodes, a node that fails now)
     # would sit beside this run's as if they were its results.
     for stale in nodes_dir.glob("*.parquet"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -12,6 +11,7 @@ import polars as pl
 
 from natproof.errors import InputError
 from natproof.lookup import parse_endpoint
+from natproof.networks import parse_networks
 from natproof.report.table import format_address
 from natproof.result import Result, flags_of
 from natproof.verdicts import Verdict
@@ -142,15 +142,19 @@ def load_expectations(path: str | os.PathLike[str]) -> tuple[Expectations, str |
     verdict = "translated"
     ```
     """
+    from natproof.tomlfile import read_toml
+
     where = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{where}: no such file") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"{where}: not a TOML expectations file ({exc})") from None
-    return expectations_from_dict(doc, where)
+    doc = read_toml(where, "a TOML expectations file")
+    exp, cidr = expectations_from_dict(doc, where)
+    if cidr is not None:
+        if not isinstance(cidr, str):
+            raise InputError(f"{where}: pod_cidr must be a CIDR in quotes")
+        try:
+            parse_networks(cidr)
+        except InputError:  # named here, not as if it came from --pod-cidr
+            raise InputError(f"{where}: pod_cidr {cidr!r} is not a CIDR (or comma-separated CIDRs)") from None
+    return exp, cidr
 
 
 EXPECTATION_KEYS = ("pod_cidr", "snat_ip", "all", "port_preserved", "min_connections", "no_verdicts", "connection",
@@ -194,6 +198,8 @@ def expectations_from_dict(doc: dict[str, Any], where: str, known: tuple[str, ..
                             ("snat_ip", str, "an address in quotes"), ("all", str, "a verdict in quotes")):
         if key in doc and (not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool))):
             raise InputError(f"{where}: {key} must be {word}")
+    if doc.get("min_connections", 1) < 1:
+        raise InputError(f"{where}: min_connections must be 1 or more (as --min-connections)")
     exp = Expectations(
         snat_ip=doc.get("snat_ip"),
         all_verdict=_verdict(doc["all"], where) if "all" in doc else None,

@@ -82,6 +82,50 @@ def test_last_record_cut_short_is_a_warning(tmp_path: Path) -> None:
     assert info.warnings == ["last record truncated at frame 2; 1 frames used"]
 
 
+def test_a_wrong_record_length_mid_file_is_corruption_not_a_truncated_last_record(tmp_path: Path) -> None:
+    """A helper's file: record 2's stored length set to 3, so the next header is read from inside its frame and
+    claims more than is left. Both decoders call that corruption after frame 2 (it was 'last record truncated',
+    the later frames dropped with no word of it); a file merely cut short still says truncated."""
+    import struct
+
+    from natproof.fastdecode import decode_file
+
+    data = bytearray(pcap([(T0 + i, FRAME) for i in range(6)]))
+    struct.pack_into("<I", data, 24 + (16 + len(FRAME)) + 8, 3)  # record 2's incl_len
+    path = write(tmp_path, bytes(data))
+    info, recs = read_capture(path)
+    assert len(list(recs)) == 2
+    (warning,) = info.warnings
+    assert "corrupt from there" in warning and "truncated" not in warning
+    fast_info, _ = decode_file(path)
+    assert fast_info.warnings == info.warnings
+    # The helper's own file: the kernel capture captures/basic/inside.pcap with record 4's length set to 3. The
+    # header read from inside its frame claims a length that runs past the end, and a sub-second field no writer
+    # makes.
+    data = bytearray((Path(__file__).resolve().parent.parent / "captures" / "basic" / "inside.pcap").read_bytes())
+    struct.pack_into("<I", data, 334 + 8, 3)
+    path = write(tmp_path, bytes(data), "basic.pcap")
+    info, recs = read_capture(path)
+    assert len(list(recs)) == 4
+    (warning,) = info.warnings
+    assert warning.startswith("the record header after frame 4 is not valid (sub-second field ")
+    assert warning.endswith("the file is corrupt from there (a wrong record length before it?); 4 frames used")
+    assert decode_file(path)[0].warnings == info.warnings
+
+
+def test_a_capture_out_of_time_order_spans_its_earliest_to_its_latest_packet(tmp_path: Path) -> None:
+    """A helper moved a capture's last record to its front: the span was read from the first and last records
+    in file order, and two captures that overlap were said never to have run at the same time."""
+    from natproof.fastdecode import decode_file
+
+    path = write(tmp_path, pcap([(T0 + 9_000, FRAME), (T0, FRAME), (T0 + 5_000, FRAME)]))
+    info, recs = read_capture(path)
+    times = [r.ts_ns for r in recs]
+    assert times[0] > times[1] < times[2] and (info.first_ts_ns, info.last_ts_ns) == (min(times), max(times))
+    fast_info, _ = decode_file(path)
+    assert (fast_info.first_ts_ns, fast_info.last_ts_ns) == (info.first_ts_ns, info.last_ts_ns)
+
+
 def test_pcapng_block_cut_short_or_of_a_corrupt_length_says_which(tmp_path: Path) -> None:
     """A length past the end is the last block cut short; a length no block can have (not a multiple of 4) in the
     middle of the file is a corrupt block, not a truncation. Both decoders say the same."""

@@ -28,6 +28,18 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.parametrize("where", ["afile/sub", "afile", "/proc/natproof-none"])
+def test_a_charts_folder_that_cannot_be_written_is_said_before_any_output(
+        pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    # Found by a helper: the JSON was written, then an internal error (NotADirectoryError, exit 70).
+    (tmp_path / "afile").write_text("")
+    charts = where if where.startswith("/") else str(tmp_path / where)
+    out = tmp_path / "c.json"
+    code, stdout, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--charts", charts, "-o", str(out))
+    assert code == 2 and stdout == "" and len(err.splitlines()) == 1 and charts in err
+    assert not out.exists()
+
+
 def test_json_to_stdout(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "correlate", str(pair[0]), str(pair[1]), "--format", "json")
     assert code == 0 and err == ""

@@ -198,3 +198,14 @@ def test_connections_written_in_pieces_on_several_threads_are_the_one_piece_in_o
     first = connection_ndjson_parts(many, rows=7)
     assert next(first) == pieces[0]
     first.close()  # a reader that stops early (a closed pipe) leaves no thread behind to wait for
+
+
+@pytest.mark.parametrize("tolerance", [0, -1.0, 1e-9])
+def test_the_library_refuses_a_tolerance_the_cli_refuses(tolerance: float) -> None:
+    # Found by a helper: tolerance_s=0 matched nothing within the window and returned wrong verdicts (4
+    # not_forwarded, 4 internal on captures/nodeport) where --tolerance refuses it.
+    from natproof.errors import InputError
+
+    base = Path(__file__).resolve().parent.parent / "captures" / "nodeport"
+    with pytest.raises(InputError, match=r"must be at least 1e-6 s"):
+        correlate(base / "inside.pcap", base / "outside.pcap", tolerance_s=tolerance)

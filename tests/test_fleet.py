@@ -223,6 +223,18 @@ def test_manifest_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by a helper: -o under a file, or under /proc, was an internal error (NotADirectoryError).
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[[node]]\nname = "a"\ninside = "{CAPTURES}/basic/inside.pcap"\n'
+                        f'outside = "{CAPTURES}/basic/outside.pcap"\n')
+    (tmp_path / "afile").write_text("")
+    code = main(["fleet", str(manifest), "-o", str(tmp_path / "afile" / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"natproof: error: {tmp_path}/afile/out: cannot make the folder for the fleet's "
+                                 "results (Not a directory)\n")
+
+
 def test_a_missing_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fleet", str(tmp_path / "fleet.toml"), "-o", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"natproof: error: {tmp_path}/fleet.toml: no such manifest\n"

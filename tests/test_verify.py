@@ -83,6 +83,25 @@ def test_bad_expectations_files(tmp_path: Path) -> None:
     f.write_text("this is = not toml =\n")
     with pytest.raises(InputError, match="not a TOML expectations file"):
         load_expectations(f)
+    # Found by a helper: bytes that are not UTF-8 were an internal error; a negative min_connections passed; a bad
+    # pod_cidr was blamed on --pod-cidr.
+    f.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(InputError, match=r"x.toml: not a TOML expectations file: not UTF-8 text$"):
+        load_expectations(f)
+    f.write_text("min_connections = -3\n")
+    with pytest.raises(InputError, match=r"x.toml: min_connections must be 1 or more"):
+        load_expectations(f)
+    f.write_text('pod_cidr = "bad"\nall = "translated"\n')
+    with pytest.raises(InputError, match=r"x.toml: pod_cidr 'bad' is not a CIDR"):
+        load_expectations(f)
+
+
+def test_an_expectations_file_that_asks_for_nothing_says_so(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "x.toml"
+    f.write_text("no_leak = false\n")
+    code, _, err = run(capsys, "verify", *case_pair(CASES / "clusterip-dnat"), "--expectations", str(f))
+    assert code == 2 and f"nothing to verify: {f} expects nothing" in err and len(err.splitlines()) == 1
 
 
 ROOT = Path(__file__).resolve().parent.parent

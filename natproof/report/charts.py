@@ -19,7 +19,7 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from natproof.report.export import write_bytes
+from natproof.report.export import writable_folder, write_bytes
 from natproof.report.table import format_address
 from natproof.result import Result
 
@@ -504,8 +504,7 @@ def save_charts(result: Result, outdir: str | os.PathLike[str],
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown chart format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(outdir, "charts folder")
     written = []
     for name, fig in build_charts(result).items():
         for fmt in formats:

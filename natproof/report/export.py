@@ -65,6 +65,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         raise
 
 
+def writable_folder(path: str | os.PathLike[str], what: str = "folder") -> Path:
+    """``path`` as a folder natproof can write in, made (with its parents) if missing: checked before any work or
+    output, so a bad folder costs nothing written. InputError naming it otherwise (a file in the way, no
+    permission, a path under a device or /proc)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{folder}: is there and is not a folder, so no {what} can be written there") \
+            from None
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot make the {what} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: cannot write in this {what} (permission denied)")
+    return folder
+
+
 def _cannot_write(target: Path, exc: OSError) -> InputError:
     return InputError(f"{target}: cannot write it ({exc.strerror or exc})")
 
