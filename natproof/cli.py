@@ -1640,9 +1640,43 @@ def _error(msg: str) -> None:
     click.echo(f"natproof: error: {msg}", err=True)
 
 
+class _ReaderMayLeave:
+    """Standard output whose reader may go away (`| head`, `| true`): the write that finds the pipe closed sends
+    the rest to /dev/null and the command goes on, so its exit status is its own (click and rich would exit 1
+    there: a passed verify read as failed, a found `who` as not found). Everything else is the stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _stdout_nowhere()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _stdout_nowhere()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every outcome into one line on stderr and an exit status."""
     args = sys.argv[1:] if argv is None else argv
+    stdout = sys.stdout
+    sys.stdout = _ReaderMayLeave(stdout)  # type: ignore[assignment]
+    try:
+        return _main(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _main(args: list[str]) -> int:
     show_tb = "--traceback" in args
     try:
         rv = cli.main(args=args, prog_name="natproof", standalone_mode=False)

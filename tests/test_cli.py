@@ -675,3 +675,27 @@ def test_a_reader_that_leaves_early_is_no_error(fmt: str) -> None:
         proc.stdout.close()
         err = proc.stderr.read()
         assert (proc.wait(timeout=120), err, len(head)) == (0, b"", 100)
+
+
+@pytest.mark.parametrize(("args", "status"), [
+    (["verify", "--expect-all", "translated", "--format", "json"], 0),
+    (["verify", "--expect-all", "no_reply", "--format", "table"], 1),  # failed: it says so, reader or not
+    (["diagnose", "--format", "table"], 0),
+    (["explain", "--conn", "0", "--format", "json"], 0),
+    (["who", "198.51.100.10:80", "--format", "table"], 0),
+], ids=["verify-passed", "verify-failed", "diagnose", "explain", "who"])
+def test_every_command_keeps_its_own_status_when_the_reader_left(args: list[str], status: int) -> None:
+    """Found by a helper: outside `correlate`, a closed pipe made every command exit 1 (click's and rich's
+    handling), so a passed verify read as failed and a found `who` as not found."""
+    import subprocess
+    import sys
+
+    d = Path(__file__).resolve().parent.parent / "captures" / "basic"
+    cmd, *rest = args
+    head = [cmd, rest.pop(0)] if cmd == "who" else [cmd]
+    with subprocess.Popen([sys.executable, "-m", "natproof", *head, str(d / "inside.pcap"), str(d / "outside.pcap"),
+                           *rest], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # before natproof writes a byte
+        err = proc.stderr.read()
+        assert (proc.wait(timeout=120), err) == (status, b"")
