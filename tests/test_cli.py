@@ -699,3 +699,13 @@ def test_every_command_keeps_its_own_status_when_the_reader_left(args: list[str]
         proc.stdout.close()  # before natproof writes a byte
         err = proc.stderr.read()
         assert (proc.wait(timeout=120), err) == (status, b"")
+
+
+def test_one_capture_and_a_kernel_record_is_not_two_captures_that_never_overlapped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by a helper: the summary said "the captures never ran at the same time" of a single capture.
+    d = Path(__file__).resolve().parent.parent / "captures" / "forward-drop"
+    code, out, _ = run(capsys, "correlate", str(d / "inside.pcap"), "--conntrack", str(d / "conntrack.log"),
+                       "--format", "table")
+    assert code == 0 and "one capture; the other side from the kernel's record" in out
+    assert "never ran at the same time" not in out

@@ -111,6 +111,8 @@ def _fates_text(row: dict[str, Any]) -> Text:
 def overlap_text(result: Result) -> str:
     """How long both captures ran, and how much of each one's span that is when they only partly overlap."""
     ov = result.overlap()
+    if result.outside.format == "none" or result.inside.format == "none":  # one capture and a kernel record
+        return "one capture; the other side from the kernel's record"
     if ov["start"] is None:
         return "the captures never ran at the same time"
     text = f"captures overlap {ov['seconds']:.3f} s"
