@@ -1016,15 +1016,23 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
         from natproof.diagnose import diagnose
 
         lines = [Text(f"diagnosis: [{f.severity}] {f.title}") for f in diagnose(result)]
-        if output:  # written whole at once, atomically, as every other format (the table holds --limit rows)
+        if output or not sys.stdout.isatty():
+            # A file or a pipe: whole addresses rather than wrapping at 80 columns, and no trailing blanks (rich
+            # pads centred titles and panels to the width); a file is written whole at once, atomically, as every
+            # other format (the table holds --limit rows).
             con = Console(file=io.StringIO(), width=160)
             con.print(render_table(result, limit))
             for line in lines:
                 con.print(line)
-            write_bytes(output, con.file.getvalue().encode())  # type: ignore[attr-defined]
+            text = "".join(f"{line.rstrip()}\n" for line in con.file.getvalue().splitlines())  # type: ignore[attr-defined]
+            if output:
+                write_bytes(output, text.encode())
+            else:
+                with _reader_may_leave():
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
         else:
-            # Piped table output keeps whole addresses rather than wrapping at 80 columns.
-            con = Console(width=None if sys.stdout.isatty() else 160)
+            con = Console()
             con.on_broken_pipe = lambda: _stdout_nowhere(con)  # type: ignore[method-assign]  # rich: exit 1
             with _reader_may_leave():
                 con.print(render_table(result, limit))

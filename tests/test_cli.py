@@ -709,3 +709,11 @@ def test_one_capture_and_a_kernel_record_is_not_two_captures_that_never_overlapp
                        "--format", "table")
     assert code == 0 and "one capture; the other side from the kernel's record" in out
     assert "never ran at the same time" not in out
+
+
+def test_a_piped_table_has_no_trailing_blanks(capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by a helper: rich padded the centred title and the Services block to the width.
+    d = Path(__file__).resolve().parent.parent / "captures" / "clusterip"
+    code, out, _ = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--format", "table")
+    assert code == 0 and "Services (VIP:port -> backends chosen)" in out
+    assert [line for line in out.splitlines() if line != line.rstrip()] == []
