@@ -161,12 +161,18 @@ def _looks_address(text: str) -> bool:
 def parse_endpoint(text: str, where: str | None = None) -> tuple[str, int]:
     """ADDR:PORT or [V6]:PORT into (address, port); ``where`` (an option's name) starts the error message."""
     host, sep, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep:
-        problem = "no port"
+    if not text.strip():
+        problem = "nothing given"
+    elif not sep:
+        problem = "no port" if _is_address(text) else f"{text!r} is not an IP address, and there is no port"
     elif not host:
         problem = "no address"
-    elif not port.isdigit():
+    elif ":" in host and not bracketed:  # 2001:db8::1:443 is itself an address: which part is the port?
+        problem = ("no port (an IPv6 address with a port goes in brackets)" if _is_address(text)
+                   else "an IPv6 address with a port goes in brackets")
+    elif not (port.isascii() and port.isdigit()):
         problem = f"port {port!r} is not a number"
     elif int(port) > 65535:
         problem = f"port {port} is out of range 0-65535"
@@ -177,6 +183,14 @@ def parse_endpoint(text: str, where: str | None = None) -> tuple[str, int]:
             problem = f"{host!r} is not an IP address"
     prefix = f"{where}: " if where else ""
     raise InputError(f"{prefix}{text!r} is not ADDR:PORT ({problem}; e.g. 203.0.113.5:38472 or [2001:db8::1]:443)")
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
 
 
 _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")

@@ -200,12 +200,26 @@ def test_cli_who_table_names_pod_node_service_and_backend(capsys: pytest.Capture
     ("pod-a:8080", "'pod-a' is not an IP address"),
     (":443", "no address"),
     ("10.96.0.1:https", "port 'https' is not a number"),
+    # Found by a helper: ::1:443 was read as [::1]:443 (it is itself an address), a port in Arabic-Indic digits
+    # as 443, and an address that is none as one missing its port.
+    ("::1:443", "no port (an IPv6 address with a port goes in brackets)"),
+    ("2001:db8::1:x", "an IPv6 address with a port goes in brackets"),
+    ("10.96.0.1:\u0664\u0664\u0663", "port '\u0664\u0664\u0663' is not a number"),
 ])
 def test_cli_who_bad_endpoint_is_one_line_exit_2(endpoint: str, problem: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["who", endpoint, *map(str, capture_pair(CASES / "clusterip-dnat"))])
     assert (code, capsys.readouterr().err) == (2, f"natproof: error: {endpoint!r} is not ADDR:PORT ({problem}; "
                                                   "e.g. 203.0.113.5:38472 or [2001:db8::1]:443)\n")
+
+
+def test_an_address_that_is_none_is_not_called_one_missing_its_port() -> None:
+    from natproof.lookup import parse_endpoint
+
+    with pytest.raises(InputError, match=r"'999.1.1.1' is not an IP address, and there is no port;"):
+        parse_endpoint("999.1.1.1", "--peer")
+    with pytest.raises(InputError, match=r"^--expect-dnat: '' is not ADDR:PORT \(nothing given;"):
+        parse_endpoint("", "--expect-dnat")
 
 
 def test_cli_who_at_a_time_with_no_connection_shows_the_nearest(capsys: pytest.CaptureFixture[str]) -> None:
