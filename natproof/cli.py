@@ -963,12 +963,14 @@ def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str |
         text = grades_csv(grades, grading)
     else:
         text = json.dumps(grades_document(grades, grading, class_dir, ignored), indent=2) + "\n"
+    # The HTML first: a target that cannot be written (a full disk, /dev/full) then stops natproof before the
+    # grades went anywhere, not after they were printed or written (found by a helper).
+    if html_file:
+        write_bytes(html_file, grades_html(grades, grading, class_dir).encode())
     if output:
         write_bytes(output, text.encode())
     else:
         click.echo(text, nl=False)
-    if html_file:
-        write_bytes(html_file, grades_html(grades, grading, class_dir).encode())
     if not quiet:
         for target in (output, html_file):
             if target:
@@ -1303,7 +1305,8 @@ def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset
     _refuse_stdin("explain", inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     points = click.get_current_context().find_root().ensure_object(dict).get("points", {})
-    explanations = run_explain(result, conns, frame, vxlan_ports=points.get("vxlan_port") or ())
+    explanations = run_explain(result, tuple(dict.fromkeys(conns)), frame,  # a connection named twice, once
+                               vxlan_ports=points.get("vxlan_port") or ())
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps(to_document(result, explanations), indent=2))
         return

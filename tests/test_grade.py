@@ -233,6 +233,19 @@ def test_failing_evidence_cites_the_frames(graded: tuple) -> None:
     assert (grades["s25"].inside, grades["s25"].outside) == ("s25/lab3/inside.pcap", "s25/lab3/outside.pcap")
 
 
+def test_an_html_target_that_cannot_be_written_stops_before_the_grades_go_anywhere(
+        graded: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by a helper: with --html /dev/full the grades were printed (or -o written) first, then exit 2.
+    cls, grading_file, assignments, _ = graded
+    out = tmp_path / "grades.csv"
+    for extra in ([], ["-o", str(out)]):
+        code = main(["grade", str(cls), "--expectations", str(grading_file), "--assignments", str(assignments),
+                     "--html", "/dev/full", "-q", *extra])
+        stdout, err = capsys.readouterr()
+        assert code == 2 and stdout == "" and err.startswith("natproof: error: /dev/full: cannot write it")
+        assert not out.exists()
+
+
 def test_the_command_writes_csv_json_and_html(graded: tuple, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     cls, grading_file, assignments, grades = graded
