@@ -443,7 +443,8 @@ def test_who_names_the_pod_behind_a_node_port_and_finds_connections_by_name(
     # Without names a name is bad input.
     assert main(args[:4]) == 2
     assert capsys.readouterr().err == (
-        "natproof: error: 'default/web' is not ADDR:PORT (no port; e.g. 203.0.113.5:38472 or [2001:db8::1]:443); "
+        "natproof: error: 'default/web' is not ADDR:PORT ('default/web' is not an IP address, and there is no "
+        "port; e.g. 203.0.113.5:38472 or [2001:db8::1]:443); "
         "a pod or Service name needs --pods and --services (kubectl JSON dumps)\n")
 
 
