@@ -1023,9 +1023,10 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
             # pads centred titles and panels to the width); a file is written whole at once, atomically, as every
             # other format (the table holds --limit rows).
             con = Console(file=io.StringIO(), width=160)
-            con.print(render_table(result, limit))
+            for part in render_table(result, limit).renderables:  # a line of text whole, not wrapped at 160
+                con.print(part, soft_wrap=isinstance(part, Text))
             for line in lines:
-                con.print(line)
+                con.print(line, soft_wrap=True)
             text = "".join(f"{line.rstrip()}\n" for line in con.file.getvalue().splitlines())  # type: ignore[attr-defined]
             if output:
                 write_bytes(output, text.encode())
