@@ -506,7 +506,8 @@ def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl
       for an ICMP error, its source is a node address (the bridge's in the pod network, or the translated
       source) rather than the far end (cases/reject-no-endpoints).
     - An RST or ICMP error in the initiator's direction seen only after the NAT was made by the node (the RST a
-      node sends for a reply conntrack marked INVALID and did not reverse-translate: cases/oow-invalid-node-rst).
+      node sends for a reply conntrack marked INVALID and did not reverse-translate: cases/oow-invalid-node-rst);
+      so was an RST towards an outside initiator seen only outside (the node answering its packet, not DNATed).
     - Anything else is ``inside_only`` or ``outside_only``: dropped on the node, or carried by a path not captured.
     """
     # _pre for every packet, from two lookups by anchor (no join of the packet frame).
@@ -538,6 +539,12 @@ def _unmatched_fates(pk: pl.DataFrame, conn_info: pl.DataFrame, crossed_init: pl
         (pl.col("_pre") & ~pl.col("is_egress") & (rst | err) & (nothing_crossed | (err & pl.col("_err_from_node"))))
         | (~pl.col("_pre") & pl.col("is_egress") & (rst | err))
     )
+    if not inside:
+        # Started outside (a NodePort), an RST towards the client seen only outside comes from the node's own
+        # address with no pod packet behind it: the node's stack answering a client packet conntrack did not DNAT
+        # (INVALID: out of window, or sent after the entry expired), delivered locally to a port nothing listens
+        # on (a helper's kernel variant of the idle-expiry and oow kinds, inbound).
+        node = node | (pl.col("_pre") & ~pl.col("is_egress") & rst)
     here = "inside_only" if inside else "outside_only"
     fates = todo.select(pl.when(node).then(pl.lit("node_generated")).otherwise(pl.lit(here)).cast(FATE))
     return pk.with_columns(pk["fate"].scatter(todo["_i"], fates.to_series()).alias("fate"))

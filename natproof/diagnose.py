@@ -854,30 +854,46 @@ def _invalid_resets(result: Result, rows: list[dict[str, Any]]) -> list[Finding]
     tuple: conntrack marked the reply INVALID (out of window), did not reverse-translate it, delivered it to the
     node's own stack, which reset the connection (the kube-proxy connection-reset bug;
     cases/oow-invalid-node-rst)."""
-    hit = [r for r in rows if r["initiator"] == "inside" and r["fate_outside_only"] and r["fate_node_generated"]
+    hit = [r for r in rows if r["fate_outside_only"] and r["fate_node_generated"]
            and r["verdict"] in ("translated", "no_reply", "reply_dropped")]
     hits = []
     outside = _packets_of(result, hit, "outside", pl.col("fate").is_in(["outside_only", "node_generated"]))
     for r in hit:
-        lost = _packets(result, r, "outside", "outside_only", False, among=outside)
-        rst = _packets(result, r, "outside", "node_generated", True, among=outside)
+        # Pod-initiated: the far end's reply is lost, the node's RST goes the pod's way. Started outside (a
+        # NodePort): the client's packet is lost, the node's RST goes back to the client.
+        egress = r["initiator"] != "inside"
+        lost = _packets(result, r, "outside", "outside_only", egress, among=outside)
+        rst = _packets(result, r, "outside", "node_generated", not egress, among=outside)
         if lost.height and rst.height:
             hits.append((r, lost, rst))
     if not hits:
         return []
-    evidence = [f"{_conn_label(r)}: reply frame(s) {_fmt_frames(lost['frame_no'].head(6).to_list())} on the outside "
-                f"never reached the pod; outside frame(s) {_fmt_frames(rst['frame_no'].head(6).to_list())}: an RST "
-                f"from {format_address(r['outside_src'], r['outside_sport'])} the pod never sent"
-                for r, lost, rst in hits[:20]]
+
+    def line(r: dict[str, Any], lost: pl.DataFrame, rst: pl.DataFrame) -> str:
+        if r["initiator"] == "inside":
+            return (f"{_conn_label(r)}: reply frame(s) {_fmt_frames(lost['frame_no'].head(6).to_list())} on the "
+                    f"outside never reached the pod; outside frame(s) {_fmt_frames(rst['frame_no'].head(6).to_list())}"
+                    f": an RST from {format_address(r['outside_src'], r['outside_sport'])} the pod never sent")
+        return (f"{_conn_label(r)}: the client's frame(s) {_fmt_frames(lost['frame_no'].head(6).to_list())} on the "
+                f"outside never reached the pod; outside frame(s) {_fmt_frames(rst['frame_no'].head(6).to_list())}: "
+                f"an RST from {format_address(r['outside_dst'], r['outside_dport'])} the pod never sent")
+
+    evidence = [line(r, lost, rst) for r, lost, rst in hits[:20]]
+    inbound = sum(1 for r, _, _ in hits if r["initiator"] != "inside")
     return [Finding(
-        "invalid_reply_reset", "error", "Replies not reverse-translated; the node reset the connection",
-        f"{len(hits)} connection(s) got a reply that conntrack did not reverse-translate (marked INVALID: out of "
-        "the TCP window) and the node answered it with its own RST under the translated tuple, which kills the "
-        "connection at the far end.",
+        "invalid_reply_reset", "error", "Packets not translated; the node reset the connection",
+        f"{len(hits)} connection(s) had a packet from the far end that conntrack did not translate (marked INVALID: "
+        "out of the TCP window, or sent after the entry expired), which the node's own stack answered with an RST "
+        "under the translated tuple, killing the connection at the far end"
+        + (f" ({inbound} of them started outside, through a NodePort: the client's packet was not DNATed)"
+           if inbound else "") + ".",
         "Drop INVALID packets before the node answers them: `iptables -I INPUT -m conntrack --ctstate INVALID -j "
         "DROP` and in FORWARD (kube-proxy's KUBE-FORWARD rule), or let conntrack accept out-of-window segments: "
-        "`sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1`; `conntrack -S` counts them as invalid.",
-        connections=tuple(r["conn"] for r, _, _ in hits), evidence=tuple(evidence), data={})]
+        "`sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1`; for packets sent after the entry expired (an "
+        "idle connection), keep the connection alive more often than `net.netfilter."
+        "nf_conntrack_tcp_timeout_established` or raise it; `conntrack -S` counts them as invalid.",
+        connections=tuple(r["conn"] for r, _, _ in hits), evidence=tuple(evidence),
+        data={"connections": len(hits), "inbound": inbound})]
 
 
 def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:

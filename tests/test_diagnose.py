@@ -60,6 +60,25 @@ def test_reply_drop_cites_outside_frames_of_the_lost_replies() -> None:
     assert "reply packet(s) to 203.0.113.2:" in line and "none inside" in line
 
 
+def test_a_nodeport_client_reset_by_the_node_after_its_entry_expired() -> None:
+    # captures/nodeport-idle (a helper's kernel variant, inbound, of the idle-expiry and oow kinds): the client's
+    # FIN after 6 s idle (timeout 3 s) is not DNATed, reaches the node's own stack, which answers with a RST from
+    # the NodePort. It was 'NAT working as expected' with both packets merely outside_only.
+    r = correlate(*capture_pair(CAPTURES / "nodeport-idle"))
+    found = {f.kind: f for f in diagnose(r)}
+    f = found["invalid_reply_reset"]
+    assert f.severity == "error" and f.data == {"connections": 2, "inbound": 2} and "healthy" not in found
+    rows = {c["conn"]: c for c in r.connections.iter_rows(named=True)}
+    for conn, line in zip(f.connections, f.evidence, strict=True):
+        c = rows[conn]
+        assert c["initiator"] == "outside" and c["verdict"] == "translated"
+        assert (c["fate_outside_only"], c["fate_node_generated"]) == (1, 1)
+        assert f"an RST from 203.0.113.2:{c['outside_dport']} the pod never sent" in line
+    assert sorted(rows[c]["outside_dport"] for c in f.connections) == [30080, 30081]
+    # The request answered in between, and the pod's egress, are not in it.
+    assert all(c["fate_node_generated"] == 0 for n, c in rows.items() if n not in f.connections)
+
+
 def test_a_flow_mapped_anew_after_its_entry_expired_is_no_port_clash() -> None:
     # captures/udp-remap: UDP timeout 2 s, --random-fully; one socket's datagrams 5 s apart left as two tuples
     # in turn (conntrack.log: NEW, DESTROY, NEW). Not "outside tuple reused": no tuple carried two connections.

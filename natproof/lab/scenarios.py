@@ -489,6 +489,24 @@ def _check_udp_remap(connections: list[Connection], rec: Recording) -> list[str]
     return problems
 
 
+def _check_nodeport_idle(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = []
+    if _conntrack_stat(rec, "invalid") < 1:
+        problems.append("conntrack -S counted no invalid packet")
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    resets = {l4.sport for s, d, l4 in outside if s == NODE_IP and d == CLIENT and isinstance(l4, dpkt.tcp.TCP)
+              and l4.flags & dpkt.tcp.TH_RST}
+    if resets != {30080, 30081}:
+        problems.append(f"outside.pcap: the node reset the client from NodePorts {sorted(resets)}, expected 30080 "
+                        "and 30081")
+    inside = _ip_packets(_capture(rec, "inside.pcap"))
+    fins = [l4 for s, _, l4 in inside if isinstance(l4, dpkt.tcp.TCP) and l4.flags & dpkt.tcp.TH_FIN
+            and s in (CLIENT, "10.244.0.1") and l4.dport == 8080]
+    if len(fins) > 1:  # the one answered request's FIN only
+        problems.append(f"inside.pcap: {len(fins)} client FINs reached the pod, expected only the answered request's")
+    return problems
+
+
 def _check_asymmetric(connections: list[Connection], rec: Recording) -> list[str]:
     problems = []
     outside = _ip_packets(_capture(rec, "outside.pcap"))
@@ -1483,6 +1501,38 @@ SCENARIOS: dict[str, Scenario] = {
             settle_s=0.5,
             inside_interface="vethpod1",
             check=_all(_count(2), _verdicts(translated=2), _check_udp_remap),
+        ),
+        Scenario(
+            "nodeport-idle",
+            "established timeout 3 s: internet clients hold NodePort connections idle for 6 s; their entries expire, "
+            "the client's FIN is not DNATed, and the node's own stack answers it with a RST from the NodePort",
+            "nf_conntrack_tcp_timeout_established is 3 s in the node namespace. The internet client (198.51.100.20) "
+            "opens one connection to 203.0.113.2:30080 (default/web, externalTrafficPolicy=Cluster) and one to "
+            "203.0.113.2:30081 (default/web-local, Local), holds both idle for 6 s and closes them, and makes one "
+            "HTTP request to 30081 in between; pod2 makes one egress request. The idle entries expire; the "
+            "client's FIN then finds none, cannot start one (INVALID), so no DNAT applies: it is addressed to the "
+            "node itself, where nothing listens on the NodePort, and the node's TCP answers with a RST from "
+            "203.0.113.2:3008x. Neither FIN nor RST reaches the pod. The entries saw replies: translated.",
+            (
+                ClientPlan(
+                    INET,
+                    (
+                        Action("connect", NODE_IP, 30080, hold=6.0, bind=CLIENT),
+                        Action("connect", NODE_IP, 30081, at=0.1, hold=6.0, bind=CLIENT),
+                        Action("http", NODE_IP, 30081, at=0.2, bind=CLIENT),
+                    ),
+                ),
+                ClientPlan("pod2", (Action("http", SERVER, 80, at=0.3),)),
+            ),
+            topology=_kube((WEB_NODEPORT, WEB_NODEPORT_LOCAL), pods=(Pod("pod1", "10.244.0.10/24"),
+                                                                     Pod("pod2", "10.244.0.11/24")),
+                           server_addresses=(SERVER, CLIENT),
+                           node_sysctls=(("net.netfilter.nf_conntrack_tcp_timeout_established", "3"),)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(WEB_NODEPORT, WEB_NODEPORT_LOCAL),
+            settle_s=2.5,
+            inside_interface="vethpod1,vethpod2",
+            check=_all(_count(4), _verdicts(translated=4), _check_nodeport_idle),
         ),
         Scenario(
             "asymmetric-reply",
