@@ -880,13 +880,19 @@ def _invalid_resets(result: Result, rows: list[dict[str, Any]]) -> list[Finding]
 
     evidence = [line(r, lost, rst) for r, lost, rst in hits[:20]]
     inbound = sum(1 for r, _, _ in hits if r["initiator"] != "inside")
+    if inbound:
+        title = "Packets not translated; the node reset the connection"
+        summary = (f"{len(hits)} connection(s) had a packet from the far end that conntrack did not translate "
+                   "(marked INVALID: out of the TCP window, or sent after the entry expired), which the node's own "
+                   "stack answered with an RST under the translated tuple, killing the connection at the far end "
+                   f"({inbound} of them started outside, through a NodePort: the client's packet was not DNATed).")
+    else:
+        title = "Replies not reverse-translated; the node reset the connection"
+        summary = (f"{len(hits)} connection(s) got a reply that conntrack did not reverse-translate (marked INVALID: "
+                   "out of the TCP window) and the node answered it with its own RST under the translated tuple, "
+                   "which kills the connection at the far end.")
     return [Finding(
-        "invalid_reply_reset", "error", "Packets not translated; the node reset the connection",
-        f"{len(hits)} connection(s) had a packet from the far end that conntrack did not translate (marked INVALID: "
-        "out of the TCP window, or sent after the entry expired), which the node's own stack answered with an RST "
-        "under the translated tuple, killing the connection at the far end"
-        + (f" ({inbound} of them started outside, through a NodePort: the client's packet was not DNATed)"
-           if inbound else "") + ".",
+        "invalid_reply_reset", "error", title, summary,
         "Drop INVALID packets before the node answers them: `iptables -I INPUT -m conntrack --ctstate INVALID -j "
         "DROP` and in FORWARD (kube-proxy's KUBE-FORWARD rule), or let conntrack accept out-of-window segments: "
         "`sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1`; for packets sent after the entry expired (an "
