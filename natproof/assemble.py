@@ -144,7 +144,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # lab's truth takes the last conntrack entry alike).
     primary = (per_leg.sort(["anchor", "unchanged", "n_init", "n", "first_out"],
                                            descending=[False, False, True, True, True])
-               .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out")))
+               .unique("anchor", keep="first").select("anchor", pl.col("out_conn").alias("primary_out"),
+                                                      pl.col("unchanged").alias("_primary_unchanged")))
 
     # -- the initiator's side --------------------------------------------------------------------------------------
     # Which way did the initiator's packets cross? Routing costs a packet one TTL per hop (bridging none: see
@@ -183,7 +184,14 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
             .sort("root", "first_ts_ns").unique("root", keep="first")
             .join(ins.select(pl.col("conn_id").alias("late"), *_leg_tuple(ins, "h")), on="late")
             .select(pl.col("root").alias("conn_id"), "h_src", "h_sport", "h_dst", "h_dport"))
+    # A hairpin's leg after the NAT is its second inside copy, also when packets of it left eth0 untranslated (its
+    # entry expired: the FINs go out with the pod's address and the ClusterIP, a helper's kernel variant): an
+    # outside leg under the inside's own tuple is then no primary leg, its packets leaked.
     df = (anchors.join(primary.rename({"anchor": "conn_id"}), on="conn_id", how="left")
+          .join(hair.select("conn_id", pl.lit(True).alias("_hair")), on="conn_id", how="left")
+          .with_columns(pl.when(pl.col("_hair").fill_null(False) & pl.col("_primary_unchanged").fill_null(False))
+                        .then(None).otherwise(pl.col("primary_out")).alias("primary_out"))
+          .drop("_hair", "_primary_unchanged")
           .join(side.rename({"anchor": "conn_id"}), on="conn_id", how="left")
           .join(outs.select(pl.col("conn_id").alias("primary_out"), *_leg_tuple(outs, "o"),
                             (pl.col("underlay") if "underlay" in outs.columns else pl.lit(None, pl.String))

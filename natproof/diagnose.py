@@ -822,7 +822,8 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
         evidence.append(f"{_conn_label(r)}: {r['fate_leaked']} packet(s) ({', '.join(flags) or 'no TCP flags'}) left "
                         f"as {format_address(r['inside_src'], r['inside_sport'])}{after} (inside frames "
                         f"{_fmt_frames(leaked['frame_no'].head(20).to_list())}, outside frames {_fmt_frames(outs)}), "
-                        f"the rest as {format_address(r['outside_src'], r['outside_sport'])}")
+                        f"the rest as {format_address(r['trans_src'], r['trans_sport'])}"
+                        + (" (a hairpin: back to the pod through the bridge)" if "hairpin" in flags_of(r) else ""))
     total = sum(r["fate_leaked"] for r in leaky)
     cause = (f"in {idle} of them after the connection sat idle: its conntrack entry had expired "
              "(nf_conntrack_tcp_timeout_established, or a conntrack -D), so its next packets matched no entry and "

@@ -79,6 +79,31 @@ def test_a_nodeport_client_reset_by_the_node_after_its_entry_expired() -> None:
     assert all(c["fate_node_generated"] == 0 for n, c in rows.items() if n not in f.connections)
 
 
+def test_a_hairpin_whose_fins_leaked_after_its_entry_expired_stays_a_translated_hairpin() -> None:
+    # tests/variants/hairpin-idle (kernel): the hairpin connection's FINs left eth0 untranslated after 6 s idle
+    # (timeout 3 s). That outside leg made the connection 'untranslated' (outside tuple = inside tuple, hairpin
+    # flag lost, finding "SNAT skipped for some destinations") and its leak went uncounted.
+    import json
+
+    d = Path(__file__).resolve().parent / "variants" / "hairpin-idle"
+    result = correlate(d / "inside.pcap", d / "outside.pcap")
+    truth = {c["inside"]["sport"]: c for c in json.loads((d / "truth.json").read_text())["connections"]}
+    rows = {r["inside_sport"]: r for r in result.connections.iter_rows(named=True)}
+    assert set(rows) == set(truth)
+    for sport, t in truth.items():
+        r = rows[sport]
+        assert r["verdict"] == t["verdict"] == "translated"
+        assert {f: r[f"trans_{f}"] for f in ("src", "sport", "dst", "dport")} == t["translated"]
+    hair = rows[52492]
+    assert "hairpin" in flags_of(hair) and "leak" in flags_of(hair) and hair["outside_src"] is None
+    assert hair["fate_leaked"] == 5
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["private_address_leak"]
+    leak = found["private_address_leak"]
+    assert sorted(leak.connections) == sorted([hair["conn"], rows[47668]["conn"]])
+    assert any("the rest as 10.244.0.1:" in line and "(a hairpin" in line for line in leak.evidence)
+
+
 def test_a_flow_mapped_anew_after_its_entry_expired_is_no_port_clash() -> None:
     # captures/udp-remap: UDP timeout 2 s, --random-fully; one socket's datagrams 5 s apart left as two tuples
     # in turn (conntrack.log: NEW, DESTROY, NEW). Not "outside tuple reused": no tuple carried two connections.
