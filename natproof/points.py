@@ -294,6 +294,8 @@ class Evidence:
     two or more pod-side sources: a bridge beside its ports, whatever its name."""
     start_rows: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
     """(where, sig, ts_ns) of each interface's connection starts."""
+    destinations: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
+    """The destination addresses of each interface's packets (ICMP errors aside)."""
 
     def copy_share(self, key: Key, taken: Sequence[Key]) -> tuple[float, str]:
         """How much of ``key``'s traffic is copies of packets on ``taken``: the same invariant fields (a bridge's
@@ -398,6 +400,9 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     ev.start_rows = starts.select(where_expr(), "sig", "ts_ns")
     if starts.is_empty():
         return ev
+    for a, b, dst in (packets.filter(~pl.col("is_icmp_error")).select("iface", "ifindex", "f_dst").unique()
+                      .drop_nulls().iter_rows()):
+        ev.destinations.setdefault((a, b), set()).add(str(dst))
     shares_all = _aggregates(starts)
     by_sig = starts.group_by("sig").agg(
         pl.struct("iface", "ifindex").n_unique().alias("where"), pl.col("ttl").max().alias("hi"),
@@ -511,12 +516,16 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
             trans = set().union(*(ev.translated.get(i.key, set()) for i in voted))
             shown = f" (as {_addresses(trans)}" if trans else " ("
             why = f"node side of {n} connection(s) that crossed the NAT{shown}; TTL one lower past the node)"
-        base = voted
         if role == "inside":
             # Pods whose connections never crossed (dropped on the node, pod to pod) are inside all the same.
             more = [i for i in usable if i not in voted and i.packets and not theirs[i.key]
                     and (i.kind in ("port", "bridge") or (i.kind == "unknown" and ev.starts[i.key]))]
-            base = voted + more
+        else:
+            # Replies to the NAT's address that come in over another uplink (asymmetric routing: a helper's -i any
+            # capture of the asymmetric-reply scenario, its eth1) are the node side too, though nothing starts there.
+            more = [i for i in usable if i not in voted and i.kind not in ("port", "bridge") and not ev.inside[i.key]
+                    and trans & ev.destinations.get(i.key, set())]
+        base = voted + more
     else:
         kinds = ("port", "bridge") if role == "inside" else ("uplink",)
         named = [i for i in usable if i.kind in kinds and (i.packets or role == "outside")]
@@ -539,7 +548,9 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
                                         -mine[i.key], -i.packets, i.name))
     chosen, notes = _without_copies(order, ev)
     if added := [i for i in chosen if i in more]:
-        why += f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"
+        why += (f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"
+                if role == "inside" else f"; {_names(added)}: replies to that address come in there (another way "
+                "back)")
     return chosen, why, notes
 
 

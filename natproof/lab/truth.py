@@ -279,6 +279,11 @@ class Connection:
     """Set where the design stops a capture during the traffic: True for a connection made while the outside
     capture was not running (natproof.correlate/2's ``other_capture_off`` flag), False for the others; None (not in
     truth.json) elsewhere."""
+    single_file_verdict: str | None = None
+    """The verdict of the run's capture of every interface (any.pcap, node.pcapng) where it differs from the two
+    captures' (truth.json's ``single_file_verdict``): replies that come back over a link the outside capture does
+    not see cross one that capture holds, so reverse translation is proven there (translated, not
+    reply_other_path)."""
 
     @property
     def rewrites(self) -> list[str] | None:
@@ -300,6 +305,8 @@ class Connection:
         }
         if self.other_capture_off is not None:
             doc["other_capture_off"] = self.other_capture_off
+        if self.single_file_verdict is not None:
+            doc["single_file_verdict"] = self.single_file_verdict
         if self.notes:
             doc["notes"] = self.notes
         return doc
@@ -661,4 +668,5 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
         original=original,
         translated=shown,
         service=service,
+        single_file_verdict="translated" if verdict == "reply_other_path" else None,
     )
