@@ -126,7 +126,13 @@ def diagnose(result: Result) -> list[Finding]:
     refused = [r for r in not_forwarded if r["fate_node_generated"]]
     services = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] == "ClusterIP"]
     blocked = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] != "ClusterIP"]
-    findings += _refused_by_node(result, refused)
+    # A ClusterIP the node refused for some connections refused the unanswered others too: the kernel rate-limits
+    # the ICMP errors of kube-proxy's REJECT (a helper's kernel variant: 16 of 40 attempts got one).
+    refused_vips = {(r["proto"], r["service_ip"], r["service_port"]) for r in refused
+                    if r["service_type"] == "ClusterIP"}
+    quiet = [r for r in services if (r["proto"], r["service_ip"], r["service_port"]) in refused_vips]
+    services = [r for r in services if r not in quiet]
+    findings += _refused_by_node(result, refused, quiet)
     findings += _service_unanswered(result, services, rows)
     findings += _forwarding(result, blocked, rows)
     untranslated = by_verdict.get("untranslated", [])
@@ -335,19 +341,29 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
               "outside_packets_beyond": beyond})]
 
 
-def _refused_by_node(result: Result, refused: list[dict[str, Any]]) -> list[Finding]:
+def _refused_by_node(result: Result, refused: list[dict[str, Any]],
+                     quiet: list[dict[str, Any]] | None = None) -> list[Finding]:
     """not_forwarded, answered by the node itself: kube-proxy's REJECT for a Service without endpoints, or a
-    REJECT rule (ICMP from the bridge address, or an RST forged as the far end; cases/reject-no-endpoints)."""
+    REJECT rule (ICMP from the bridge address, or an RST forged as the far end; cases/reject-no-endpoints).
+    ``quiet``: unanswered connections to a ClusterIP:port the node refused for others (their ICMP error
+    rate-limited away)."""
+    quiet = quiet or []
     if not refused:
         return []
     findings = []
-    no_endpoints = [r for r in refused if r["service_type"] == "ClusterIP"]
+    no_endpoints = [r for r in refused if r["service_type"] == "ClusterIP"] + quiet
+    quiet_ids = {r["conn"] for r in quiet}
     rules = [r for r in refused if r["service_type"] != "ClusterIP"]
     for group, kind in ((no_endpoints, "service_no_endpoints"), (rules, "rejected_by_node")):
         if not group:
             continue
         evidence = []
         for r in group[:20]:
+            if r["conn"] in quiet_ids:
+                evidence.append(f"{_conn_label(r)}: nothing reached the outside and nothing answered it in the "
+                                "captures: the node refused others to this ClusterIP:port, and rate-limits the ICMP "
+                                "errors it sends (net.ipv4.icmp_ratelimit)")
+                continue
             made = _packets(result, r, "inside", "node_generated")
             what = []
             for f in made.head(3).iter_rows(named=True):
@@ -363,14 +379,17 @@ def _refused_by_node(result: Result, refused: list[dict[str, Any]]) -> list[Find
             vips = sorted({format_address(r["service_ip"], r["service_port"]) for r in group})
             findings.append(Finding(
                 kind, "error", "Service without endpoints: the node rejects its ClusterIP",
-                f"{len(group)} connection(s) to ClusterIP(s) {', '.join(vips)} were answered by the node itself "
+                f"{len(group)} connection(s) to ClusterIP(s) {', '.join(vips)} were "
+                f"{'refused' if quiet else 'answered'} by the node itself "
                 "(kube-proxy's REJECT for a Service with no ready endpoints), never by a backend; nothing left "
-                "the node.",
+                "the node."
+                + (f" {len(quiet)} of them got no ICMP error in the captures: the kernel rate-limits them, and the "
+                   "node refused the others to the same ClusterIP:port." if quiet else ""),
                 "Check the Service's endpoints: `kubectl get endpointslices -A -l kubernetes.io/service-name=NAME` "
                 "(empty, or no ready address), the selector against the pods' labels, and the pods' readiness "
                 "probes; kube-proxy's rule is `iptables -t filter -S KUBE-SERVICES | grep 'has no endpoints'`.",
                 connections=tuple(r["conn"] for r in group), evidence=tuple(evidence),
-                data={"services": vips}))
+                data={"services": vips, "rate_limited": len(quiet)}))
         else:
             dests = sorted({format_address(r["inside_dst"], r["inside_dport"]) for r in group})
             findings.append(Finding(

@@ -405,6 +405,50 @@ def test_egress_by_another_path_is_translated_by_its_replies_and_named(
         "inside_sport", "verdict", "trans_sport").sort("inside_sport"))
 
 
+def test_a_clusterip_the_node_refused_is_refused_for_the_attempts_its_icmp_limit_left_unanswered(
+        tmp_path: Path) -> None:
+    """A helper's kernel variant of cases/reject-no-endpoints at scale: the kernel rate-limits the ICMP errors of
+    kube-proxy's REJECT, so only some attempts to the endpoint-less ClusterIP got one; the others were blamed on
+    'an endpoint on this node that did not answer'. Here 6 attempts, 2 answered by the node's ICMP."""
+    from scapy.all import ICMP, IP, TCP, Ether, wrpcap
+
+    pod, node, vip, bridge, srv = "10.244.0.10", "203.0.113.2", "10.96.0.30", "10.244.0.1", "198.51.100.10"
+    t0 = 1_700_000_000.0
+    inside: list = []
+    outside: list = []
+
+    def at(p, dt):  # noqa: ANN001, ANN202
+        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
+        p.time = t0 + dt
+        return p
+
+    for i in range(6):
+        syn = IP(src=pod, dst=vip, ttl=64, id=100 + i) / TCP(sport=40000 + i, dport=80, flags="S", seq=1000 * i)
+        inside.append(at(syn, 0.1 * i))
+        if i < 2:
+            inside.append(at(IP(src=bridge, dst=pod, ttl=64, id=7 + i) / ICMP(type=3, code=3) / bytes(syn)[:28],
+                             0.1 * i + 0.0001))
+    for i, dt in enumerate((0.0, 0.3, 0.6)):  # a healthy egress connection beside them, on both sides
+        ports = (80, 45000) if i == 1 else (45000, 80)
+        seg = TCP(sport=ports[0], dport=ports[1], flags=("S", "SA", "A")[i], seq=(5000, 9000, 5001)[i],
+                  ack=(0, 5001, 9001)[i])
+        if i == 1:
+            outside.append(at(IP(src=srv, dst=node, ttl=60, id=300) / seg, dt))
+            inside.append(at(IP(src=srv, dst=pod, ttl=59, id=300) / seg, dt + 2e-5))
+        else:
+            inside.append(at(IP(src=pod, dst=srv, ttl=64, id=200 + i) / seg, dt))
+            outside.append(at(IP(src=node, dst=srv, ttl=63, id=200 + i) / seg, dt + 2e-5))
+    wrpcap(str(tmp_path / "inside.pcap"), sorted(inside, key=lambda p: p.time))
+    wrpcap(str(tmp_path / "outside.pcap"), sorted(outside, key=lambda p: p.time))
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["service_no_endpoints"]
+    f = found["service_no_endpoints"]
+    assert len(f.connections) == 6 and f.data == {"services": ["10.96.0.30:80"], "rate_limited": 4}
+    assert "4 of them got no ICMP error in the captures: the kernel rate-limits them" in f.summary
+    assert sum("rate-limits the ICMP errors" in line for line in f.evidence) == 4
+
+
 def test_captures_that_prove_nothing_about_the_nat_are_not_called_healthy(tmp_path: Path) -> None:
     # Only pod-to-pod traffic: nothing failed, and nothing crossed the NAT either. "NAT working as expected" would
     # rest on no packet at all.
