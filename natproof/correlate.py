@@ -550,6 +550,28 @@ def unmatched_inside(in_pk: pl.DataFrame, conns: pl.DataFrame) -> int:
     return int(in_pk.select(unpaired.sum()).item())
 
 
+def _node_made_one_side(pk: pl.DataFrame, conns: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One pod-side capture and the kernel's record: an RST or ICMP error towards the pod, of a connection the
+    kernel never confirmed an entry for (not_forwarded), was made by the node (a REJECT; kube-proxy's for a Service
+    without endpoints), as in two captures (natproof.assemble._unmatched_fates; a helper found the one-capture form
+    calling cases/reject-no-endpoints 'dropped in the FORWARD chain'). (packets, connections) with those fates."""
+    refused = conns.filter(pl.col("verdict") == "not_forwarded")["leg"]
+    if refused.is_empty():
+        return pk, conns
+    rst = (pl.col("proto") == 6) & ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0)
+    made = (pl.col("fate") == "inside_only") & ~pl.col("is_egress") & (rst | pl.col("is_icmp_error")) \
+        & pl.col("conn_id").is_in(refused.implode())
+    pk = pk.with_columns(pl.when(made).then(pl.lit("node_generated")).otherwise(pl.col("fate")).cast(FATE)
+                         .alias("fate"))
+    counts = pk.filter(pl.col("fate") == "node_generated").group_by("conn_id").len().select(
+        pl.col("conn_id").alias("leg"), pl.col("len").cast(pl.UInt32).alias("_made"))
+    conns = conns.join(counts, on="leg", how="left", maintain_order="left").with_columns(
+        (pl.col("fate_inside_only") - pl.col("_made").fill_null(0)).alias("fate_inside_only"),
+        (pl.col("fate_node_generated") + pl.col("_made").fill_null(0)).alias("fate_node_generated"),
+    ).drop("_made")
+    return pk, conns
+
+
 def _with_icmp(pk: pl.DataFrame, icmp: pl.DataFrame) -> pl.DataFrame:
     """``pk`` with ICMP_COLUMNS: the errors' values at their rows, null elsewhere."""
     return pk.with_columns(_scatter(pk.height, icmp["row"], icmp[c]).alias(c) for c in ICMP_COLUMNS)
@@ -759,6 +781,8 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
         pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
         pl.when(pl.col("conn_id").is_in(owned)).then(pl.lit(f"{side}_only")).cast(FATE).alias("fate"),
     ).select(*PACKET_COLUMNS, "anchor", "fate", *ICMP_COLUMNS)
+    if side == "inside":
+        pk, conns = _node_made_one_side(pk, conns)
     match_cols = [pl.lit(None, pl.UInt32).alias("out_frame"), pl.lit(None, pl.Int64).alias("dt_ns"),
                   pl.lit(None, PAIR_SCHEMA["method"]).alias("method")]
     empty = pk.clear()

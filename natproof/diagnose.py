@@ -308,19 +308,28 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
     off = int(result.clock_offset_s * 1e9)
     span_out = f"{hms(result.outside.first_ts_ns - off)}-{hms(result.outside.last_ts_ns - off)}"
     span_in = f"{hms(result.inside.first_ts_ns)}-{hms(result.inside.last_ts_ns)}"
+    # One capture and the kernel's record (natproof.correlate_one): the record stands for the other side.
+    record = result.conntrack if "none" in (result.inside.format, result.outside.format) else None
+    other = "the kernel's record" if record is not None else "the capture on the other side of the NAT"
+    if record is not None:
+        first, last = record.first_ts_ns, record.last_ts_ns
+        span = f"{hms(first)}-{hms(last)}" if first and last else "no time"
+        span_in, span_out = ((span_in, span) if result.outside.format == "none" else (span, span_out))
     timed = [r for r in unseen if r["other_capture_off"]]
     answered = [r for r in unseen if not r["other_capture_off"]]
 
     def why(r: dict[str, Any]) -> str:
         if r["other_capture_off"]:
-            return "while the other capture showed nothing"
+            return "while the kernel's record has no event" if record is not None else \
+                "while the other capture showed nothing"
         return "answered by the far end, crossing in neither capture of the other side"
 
     evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}-{hms(r['last_ts_ns'])}, {why(r)}"
                 for r in unseen[:20]]
     parts = []
     if timed:
-        parts.append(f"{len(timed)} were seen while the capture on the other side of the NAT was not running")
+        parts.append(f"{len(timed)} were seen while {other} was not running" if record is None else
+                     f"{len(timed)} were seen before the first or after the last event of {other}")
     if answered:
         parts.append(f"{len(answered)} were answered by the far end (so they crossed) although the other capture "
                      "shows neither direction: it was not running then, or they took an interface it does not see")
@@ -332,7 +341,12 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
                         f"({result.overlap()['seconds']:.3f} s)")
     return [Finding(
         "partial_overlap", "warning", "Some connections fall outside what the other capture saw",
-        f"{summary}Inside capture {span_in}, outside capture {span_out} UTC, on the inside clock. What one capture "
+        f"{summary}"
+        + (f"Inside capture {span_in}, outside capture {span_out} UTC, on the inside clock. " if record is None else
+           f"{'Inside' if result.outside.format == 'none' else 'Outside'} capture "
+           f"{span_in if result.outside.format == 'none' else span_out}, the kernel's record {record.path} "
+           f"{span_out if result.outside.format == 'none' else span_in} UTC. ")
+        + "What one capture "
         "alone shows says nothing about what the NAT did; it is left out of the other findings.",
         "Capture both sides over the same time (start both before the traffic, stop both after it), on the "
         "interfaces the traffic takes.",

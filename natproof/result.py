@@ -392,7 +392,7 @@ def flags_of(row: dict[str, Any]) -> list[str]:
 
     multiple_outside_tuples (left under more than one translated outside tuple), icmp_error (an ICMP error
     answered it), leak (some packets crossed untranslated: the private address left the node),
-    not_reverse_translated (a reply reached the far side and never the initiator while others did),
+    not_reverse_translated (a reply reached the far side and never the initiator while others crossed),
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
     rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside), egress_other_path
     (translated, proven by replies that crossed back, while none of the initiator's packets crossed the far
@@ -405,7 +405,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("icmp_error")
     if row.get("fate_leaked"):
         flags.append("leak")
-    if row.get("fate_outside_only") and row.get("verdict") == "translated" and row.get("initiator") == "inside":
+    if (row.get("fate_outside_only") and row.get("fate_crossed") and row.get("verdict") == "translated"
+            and row.get("initiator") == "inside"):
         flags.append("not_reverse_translated")
     if row.get("fate_node_generated"):
         flags.append("node_generated")
@@ -445,6 +446,7 @@ def _flags_expr() -> pl.Expr:
         ("icmp_error", (pl.col("icmp_errors_outside").fill_null(0) + pl.col("icmp_errors_inside").fill_null(0)) > 0),
         ("leak", pl.col("fate_leaked").fill_null(0) > 0),
         ("not_reverse_translated", (pl.col("fate_outside_only").fill_null(0) > 0)
+         & (pl.col("fate_crossed").fill_null(0) > 0)  # others crossed: not a capture of one side alone
          & (pl.col("verdict") == "translated") & (pl.col("initiator") == "inside")),
         ("node_generated", pl.col("fate_node_generated").fill_null(0) > 0),
         ("seq_shift", shifted),

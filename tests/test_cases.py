@@ -14,7 +14,7 @@ from natproof.correlate import correlate
 from natproof.diagnose import diagnose
 from natproof.errors import InputError
 from natproof.lookup import who
-from natproof.result import Result
+from natproof.result import Result, flags_of
 
 CASES = Path(__file__).resolve().parent / "cases"
 
@@ -213,3 +213,27 @@ def test_a_clusterip_outside_the_configured_service_network_is_still_a_service()
     assert elsewhere.services() == default.services() and len(default.services()) == 2
     assert [c["service"] for c in conns(elsewhere)] == [c["service"] for c in conns(default)]
     assert list(kinds(elsewhere)) == ["healthy"]
+
+
+def test_reject_from_the_pod_side_capture_and_the_kernel_record_alone() -> None:
+    """A helper: the pod-side capture with the case's kernel-record.txt (no outside capture) gave the README's wrong
+    answer, "dropped in the FORWARD chain", counted the forged RST a plain inside-only packet, and set the node's
+    ICMP side against "outside capture 00:00:00.000-00:00:00.000"; healthy connections of an outside capture with a
+    record were all flagged not_reverse_translated."""
+    from natproof.correlate import correlate_one
+
+    case = CASES / "reject-no-endpoints"
+    result = correlate_one(case / "inside.pcap", case / "kernel-record.txt", side="inside")
+    rows = {(r["inside_dst"], r["inside_dport"]): r for r in result.connections.iter_rows(named=True)}
+    rst = rows[("198.51.100.10", 443)]
+    assert rst["verdict"] == "not_forwarded" and (rst["fate_node_generated"], rst["fate_inside_only"]) == (1, 1)
+    found = {f.kind: f for f in diagnose(result)}
+    assert "forwarding_blocked" not in found and found["rejected_by_node"].connections == (rst["conn"],)
+    overlap = found["partial_overlap"]
+    assert "00:00:00.000" not in overlap.summary and "the kernel's record" in overlap.summary
+    healthy = rows[("198.51.100.10", 80)]
+    assert healthy["verdict"] == "translated" and "not_reverse_translated" not in flags_of(healthy)
+    captures = Path(__file__).resolve().parent.parent / "captures" / "basic"
+    outside = correlate_one(captures / "outside.pcap", captures / "conntrack.log", side="outside")
+    assert outside.connections.height and not any("not_reverse_translated" in flags_of(r)
+                                                  for r in outside.connections.iter_rows(named=True))
