@@ -451,10 +451,10 @@ def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame,
     translated tuple printed backwards). Turned round only when the outside leg's direction was guessed and the
     inside leg's was seen, or both were guessed (the inside leg anchors the connection)."""
     pairs = P.filter(~pl.col("is_icmp_error"))
-    if pairs.is_empty():
+    agree = pairs["is_egress"] == out_pk["is_egress"].gather(pairs["out_row"])
+    if agree.all():  # every pair agrees (as a rule): no vote to count (2 x 5M real: a group-by of 10M pairs)
         return out_pk, outs
-    votes = (pairs.select("in_conn", "out_conn", (pl.col("is_egress") == out_pk["is_egress"].gather(pairs["out_row"]))
-                          .alias("agree"))
+    votes = (pairs.select("in_conn", "out_conn", agree.alias("agree"))
              .group_by("out_conn").agg(pl.col("agree").sum().alias("agree"), pl.len().alias("n"),
                                        pl.col("in_conn").first()))
     seen_in = ins.select(pl.col("conn_id").alias("in_conn"), pl.col("origin_seen").alias("in_seen"))
