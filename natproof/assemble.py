@@ -117,7 +117,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         out_pk["frame_no"].gather(P["out_row"]).alias("out_frame"),
     )
     P = P.with_columns(roots.gather(P["in_conn"]).alias("anchor"))
-    out_pk, outs = _orient_outside(P, out_pk, ins, outs)
+    out_pk, outs = _orient_outside(P, out_pk, ins, outs, offset)
     per_leg = _per_leg(P, ins, outs)
     owner = (per_leg.sort(["out_conn", "n_init", "n", "first_out"], descending=[False, True, True, False])
              .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
@@ -441,15 +441,16 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     return rows, out_pk
 
 
-def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame,
-                    outs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame,
+                    offset_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(out_pk, outs) with each outside leg turned round where its pairs say it runs the other way from the inside
     leg they pair with: most of its paired packets are egress on one side and replies on the other. A leg's
     direction comes from who opened it (a SYN, an echo request), else from its first packet; an outside capture
     that missed the initiator's packets (they left by another link, or before it started) takes the first reply
     for the opening (a helper's variant of cases/asymmetric-reply: echo replies read as the pod's egress, the
     translated tuple printed backwards). Turned round only when the outside leg's direction was guessed and the
-    inside leg's was seen, or both were guessed (the inside leg anchors the connection)."""
+    inside leg's was seen, or both were guessed and the inside capture saw the flow first (``offset_ns``: outside
+    minus inside clock): the leg that saw its start guessed better."""
     pairs = P.filter(~pl.col("is_icmp_error"))
     agree = pairs["is_egress"] == out_pk["is_egress"].gather(pairs["out_row"])
     if agree.all():  # every pair agrees (as a rule): no vote to count (2 x 5M real: a group-by of 10M pairs)
@@ -457,11 +458,15 @@ def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame,
     votes = (pairs.select("in_conn", "out_conn", agree.alias("agree"))
              .group_by("out_conn").agg(pl.col("agree").sum().alias("agree"), pl.len().alias("n"),
                                        pl.col("in_conn").first()))
-    seen_in = ins.select(pl.col("conn_id").alias("in_conn"), pl.col("origin_seen").alias("in_seen"))
-    seen_out = outs.select(pl.col("conn_id").alias("out_conn"), pl.col("origin_seen").alias("out_seen"))
+    seen_in = ins.select(pl.col("conn_id").alias("in_conn"), pl.col("origin_seen").alias("in_seen"),
+                         pl.col("first_ts_ns").alias("in_first"))
+    seen_out = outs.select(pl.col("conn_id").alias("out_conn"), pl.col("origin_seen").alias("out_seen"),
+                           (pl.col("first_ts_ns") - offset_ns).alias("out_first"))
+    in_seen, out_seen = pl.col("in_seen").fill_null(False), pl.col("out_seen").fill_null(False)
     turn = (votes.filter(pl.col("agree") * 2 < pl.col("n"))
             .join(seen_out, on="out_conn", how="left").join(seen_in, on="in_conn", how="left")
-            .filter(~pl.col("out_seen").fill_null(False) | pl.col("in_seen").fill_null(False))["out_conn"])
+            .filter((in_seen & ~out_seen) | (~in_seen & ~out_seen & (pl.col("in_first") <= pl.col("out_first"))))
+            ["out_conn"])
     if turn.is_empty():
         return out_pk, outs
     turned = pl.col("conn_id").is_in(turn.implode())
