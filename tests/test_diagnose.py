@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
@@ -246,19 +247,22 @@ def test_two_busy_unrelated_captures_are_not_two_sides_of_a_nat(tmp_path: Path) 
     assert len(found[0].connections) == 20
 
 
+def at(packet: Any, dt: float) -> Any:
+    """A scapy IP packet on Ethernet, stamped dt seconds after 1_700_000_000 (the scapy pairs below)."""
+    from scapy.all import Ether
+
+    packet = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / packet
+    packet.time = 1_700_000_000.0 + dt
+    return packet
+
+
 def _ptb_pair(directory: Path, relayed: bool) -> tuple[Path, Path]:
     """A NAT66'd datagram too big for the path: a router on the node's side answers ICMPv6 "packet too big"
     (RFC 4443 type 2), which the node reverse-translates to the pod (``relayed``) or not; and one query that
     works."""
-    from scapy.all import UDP, Ether, ICMPv6PacketTooBig, IPv6, wrpcap
+    from scapy.all import UDP, ICMPv6PacketTooBig, IPv6, wrpcap
 
     pod, node, srv, rtr = "fd00:244::10", "2001:db8:100::2", "2001:db8:ff::53", "2001:db8:100::1"
-    t0 = 1_700_000_000.0
-
-    def at(p, dt):  # noqa: ANN001, ANN202
-        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
-        p.time = t0 + dt
-        return p
 
     e_in = IPv6(src=pod, dst=srv, hlim=64) / UDP(sport=40000, dport=53) / (b"x" * 1400)
     e_out = IPv6(src=node, dst=srv, hlim=63) / UDP(sport=40000, dport=53) / (b"x" * 1400)
@@ -298,17 +302,11 @@ def _frag_needed_then_answered(directory: Path, relayed: bool) -> tuple[Path, Pa
     "fragmentation needed, mtu 1280" (RFC 1191); the node reverse-translates the error to the pod (``relayed``)
     or not, the pod resends the bytes in two smaller segments, and the server acknowledges them (a helper's
     variant of cases/pmtud-frag-needed, which got no reply)."""
-    from scapy.all import ICMP, IP, TCP, Ether, wrpcap
+    from scapy.all import ICMP, IP, TCP, wrpcap
 
     pod, node, srv, rtr = "10.244.0.10", "203.0.113.2", "198.51.100.80", "203.0.113.1"
-    t0 = 1_700_000_000.0
     inside: list = []
     outside: list = []
-
-    def at(p, dt):  # noqa: ANN001, ANN202
-        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
-        p.time = t0 + dt
-        return p
 
     def egress(dt, ip_id, flags, seq, ack, data=b"", lost=False):  # noqa: ANN001, ANN202
         seg = TCP(sport=41500, dport=443, flags=flags, seq=seq, ack=ack, window=64240) / data
@@ -410,17 +408,11 @@ def test_a_clusterip_the_node_refused_is_refused_for_the_attempts_its_icmp_limit
     """A helper's kernel variant of cases/reject-no-endpoints at scale: the kernel rate-limits the ICMP errors of
     kube-proxy's REJECT, so only some attempts to the endpoint-less ClusterIP got one; the others were blamed on
     'an endpoint on this node that did not answer'. Here 6 attempts, 2 answered by the node's ICMP."""
-    from scapy.all import ICMP, IP, TCP, Ether, wrpcap
+    from scapy.all import ICMP, IP, TCP, wrpcap
 
     pod, node, vip, bridge, srv = "10.244.0.10", "203.0.113.2", "10.96.0.30", "10.244.0.1", "198.51.100.10"
-    t0 = 1_700_000_000.0
     inside: list = []
     outside: list = []
-
-    def at(p, dt):  # noqa: ANN001, ANN202
-        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
-        p.time = t0 + dt
-        return p
 
     for i in range(6):
         syn = IP(src=pod, dst=vip, ttl=64, id=100 + i) / TCP(sport=40000 + i, dport=80, flags="S", seq=1000 * i)
