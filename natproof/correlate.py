@@ -776,7 +776,11 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
             nets, why = inferred.networks, inferred.why
     conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
     conn_of = dict(zip(conns["leg"].to_list(), conns["inside_conn_id"].to_list(), strict=True))
-    owned = conns["leg"].implode()
+    # A hairpin's second leg on the pod side belongs to the connection of its first (natproof.kernel).
+    conn_of |= {f: c for f, c in zip(conns["folded"].to_list(), conns["inside_conn_id"].to_list(), strict=True)
+                if f is not None}
+    owned = pl.Series(list(conn_of), dtype=pl.UInt32).implode()
+    conns = conns.drop("folded")
     pk = _with_icmp(fr["packets"], fr["icmp"]).with_columns(
         pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
         pl.when(pl.col("conn_id").is_in(owned)).then(pl.lit(f"{side}_only")).cast(FATE).alias("fate"),

@@ -407,6 +407,16 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     tol = int(tolerance_s * 1e9)
     rows = flow_rows(_record_flows(record), pod_networks=pod_networks, services=services)
     best = _leg_matches(legs, rows, tol).unique("conn_id", keep="first", maintain_order=True)
+    # Two legs of one capture on one entry: a hairpin, seen before and after the NAT on the pod side (a helper
+    # found each listed twice). The connection is the leg seen as the side sees its entries (the pod side: an
+    # egress entry's original tuple, an inbound one's translated tuple; the uplink the other way round).
+    # The other leg's packets are that connection's too (``folded``: its leg id).
+    as_side = (pl.col("seen") == "original") == (pl.col("egress") == (side == "inside"))
+    ranked = best.with_columns((~as_side).alias("_other_view")).sort("conn", "_other_view", maintain_order=True)
+    kept = ranked.unique("conn", keep="first", maintain_order=True)
+    folded = (ranked.join(kept.select("conn_id"), on="conn_id", how="anti")
+              .select("conn", pl.col("conn_id").alias("folded")).unique("conn", keep="first"))
+    best = kept.drop("_other_view").join(folded, on="conn", how="left").sort("conn_id")
     packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
     leg_struct = pl.concat_list(pl.struct(
         pl.lit(side).alias("observation_point"), pl.col("leg_src").alias("src"), pl.col("leg_sport").alias("sport"),
@@ -417,7 +427,7 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
                            pl.col("first_ts_ns").alias("leg_first"), pl.col("last_ts_ns").alias("leg_last"),
                            "egress_packets", "reply_packets", "icmp_error_packets", "first_frame",
                            _underlay(legs).alias("leg_underlay"))
-    found = (best.select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("row"))
+    found = (best.select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("row"), "folded")
              .join(rows.rename({"conn": "row"}), on="row").join(leg_cols, on="leg"))
     found = found.with_columns(
         pl.col("leg_first").alias("first_ts_ns"), pl.col("leg_last").alias("last_ts_ns"),
@@ -431,9 +441,13 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     )
     parts = [found]
     if side == "inside":
-        missing = legs.filter(~pl.col("conn_id").is_in(found["leg"].implode()))
+        missing = legs.filter(~pl.col("conn_id").is_in(found["leg"].implode())
+                              & ~pl.col("conn_id").is_in(found["folded"].drop_nulls().implode()))
         parts.append(_unrecorded_inside_legs(missing, record, pod_networks or _PRIVATE, tol))
-    conns = pl.concat([contract_columns(p).with_columns(p["leg"].cast(pl.UInt32).alias("leg")) for p in parts])
+    conns = pl.concat([contract_columns(p).with_columns(
+        p["leg"].cast(pl.UInt32).alias("leg"),
+        (p["folded"] if "folded" in p.columns else pl.repeat(None, p.height, dtype=pl.UInt32, eager=True))
+        .cast(pl.UInt32).alias("folded")) for p in parts])
     conns = conns.sort(["first_ts_ns", "leg"]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
     return conns
 

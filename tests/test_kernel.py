@@ -454,3 +454,18 @@ def test_uplink_only_a_pod_the_nat_missed_is_still_a_pod() -> None:
     leak = [c for c in result.to_dict()["connections"] if c["original"]["src"] == "10.244.0.10"]
     assert leak and all((c["initiator"], c["verdict"]) == ("inside", "untranslated") for c in leak)
     assert "10.244.0.0/16" in result.pod_networks and "10.245.0.0/16" in result.pod_networks
+
+
+def test_a_hairpin_from_the_pod_side_and_the_record_is_one_connection() -> None:
+    # Found by a helper: the pod side of captures/hairpin holds each hairpin twice (before and after the DNAT back
+    # to the pod), both on one kernel entry; each was listed as a connection of its own (7 instead of 4).
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "hairpin"
+    one = correlate_one(d / "inside.pcap", d / "conntrack.log", side="inside")
+    two = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    assert _mapping(one) == _mapping(two) and one.connections.height == two.connections.height == 4
+    assert one.connections["kernel"].to_list() == ["confirmed"] * 4
+    # Both legs' packets are the connection's: each hairpin owns its 10 packets before the DNAT and 10 after.
+    hairpins = one.connections.filter(pl.col("service_type") == "ClusterIP")["inside_conn_id"].to_list()
+    assert [one.inside_packets.filter(pl.col("anchor") == c).height for c in hairpins] == [20, 20, 20]
