@@ -775,11 +775,17 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
                                                          "only capture is the outside one)")
             nets, why = inferred.networks, inferred.why
     conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
-    conn_of = dict(zip(conns["leg"].to_list(), conns["inside_conn_id"].to_list(), strict=True))
+    # Each leg's connection, by its leg on the captured side (the uplink's connections have no inside leg).
+    ids = conns[f"{side}_conn_id"].to_list()
+    conn_of = dict(zip(conns["leg"].to_list(), ids, strict=True))
     # A hairpin's second leg on the pod side belongs to the connection of its first (natproof.kernel).
-    conn_of |= {f: c for f, c in zip(conns["folded"].to_list(), conns["inside_conn_id"].to_list(), strict=True)
-                if f is not None}
+    conn_of |= {f: c for f, c in zip(conns["folded"].to_list(), ids, strict=True) if f is not None}
     owned = pl.Series(list(conn_of), dtype=pl.UInt32).implode()
+    # On the uplink, an egress connection's leg under its pre-NAT tuple left untranslated (its entry expired, or
+    # INVALID): its packets leaked, as with two captures (a helper: idle-expiry's FINs read as a second
+    # translated connection).
+    leaked_legs = (conns.filter((pl.lit(side) == "outside") & (pl.col("initiator") == "inside"))
+                   ["folded"].drop_nulls().implode())
     conns = conns.drop("folded")
     pk = _with_icmp(fr["packets"], fr["icmp"]).with_columns(
         pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
@@ -787,6 +793,15 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
     ).select(*PACKET_COLUMNS, "anchor", "fate", *ICMP_COLUMNS)
     if side == "inside":
         pk, conns = _node_made_one_side(pk, conns)
+    else:
+        leak = pl.col("conn_id").is_in(leaked_legs) & pl.col("fate").is_not_null()
+        pk = pk.with_columns(pl.when(leak).then(pl.lit("leaked")).otherwise(pl.col("fate")).cast(FATE)
+                             .alias("fate"))
+        counts = pk.filter(leak).group_by("anchor").len().select(
+            pl.col("anchor").alias("outside_conn_id"), pl.col("len").cast(pl.UInt32).alias("_leaked"))
+        conns = conns.join(counts, on="outside_conn_id", how="left", maintain_order="left").with_columns(
+            (pl.col("fate_leaked") + pl.col("_leaked").fill_null(0)).alias("fate_leaked")).drop("_leaked")
+        pk = pk.with_columns(pl.when(pl.col("conn_id").is_in(owned)).then(pl.col("anchor")).alias("anchor"))
     match_cols = [pl.lit(None, pl.UInt32).alias("out_frame"), pl.lit(None, pl.Int64).alias("dt_ns"),
                   pl.lit(None, PAIR_SCHEMA["method"]).alias("method")]
     empty = pk.clear()

@@ -199,13 +199,20 @@ def diagnose(result: Result) -> list[Finding]:
     return sorted(findings, key=lambda f: order[f.severity])
 
 
-def _owned(r: dict[str, Any], side: str) -> pl.Expr | None:
-    """Which packets of one capture are the connection ``r``'s (all its legs there); None: none can be."""
+def _owned(r: dict[str, Any], side: str, uplink_only: bool = False) -> pl.Expr | None:
+    """Which packets of one capture are the connection ``r``'s (all its legs there); None: none can be.
+    ``uplink_only``: the uplink is the only capture (with the kernel's record), where ``anchor`` is the
+    connection's outside leg for all its legs (natproof.correlate._correlate_one)."""
     if r["inside_conn_id"] is not None:
         return pl.col("anchor") == r["inside_conn_id"]
     if side == "outside" and r["outside_conn_id"] is not None:  # one capture, the outside one
-        return pl.col("conn_id") == r["outside_conn_id"]
+        own = pl.col("conn_id") == r["outside_conn_id"]
+        return (own | (pl.col("anchor") == r["outside_conn_id"])) if uplink_only else own
     return None
+
+
+def _uplink_only(result: Result) -> bool:
+    return result.inside.format == "none"
 
 
 def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = None,
@@ -214,7 +221,7 @@ def _packets(result: Result, r: dict[str, Any], side: str, fate: str | None = No
     order. Only those rows are collected from the packet table; ``among``: look in these packets instead (of
     _packets_of, for a loop over many connections)."""
     pk = result.packets(side) if among is None else among.lazy()
-    cond = _owned(r, side)
+    cond = _owned(r, side, _uplink_only(result))
     if cond is None:
         return pk.clear().collect()
     if fate is not None:
@@ -237,6 +244,8 @@ def _packets_of(result: Result, rows: list[dict[str, Any]], side: str, cond: pl.
     which = pl.col("anchor").is_in(pl.Series(anchors, dtype=pl.UInt32).implode())
     if legs:
         which |= pl.col("conn_id").is_in(pl.Series(legs, dtype=pl.UInt32).implode())
+        if _uplink_only(result):
+            which |= pl.col("anchor").is_in(pl.Series(legs, dtype=pl.UInt32).implode())
     return pk.filter(which if cond is None else which & cond).collect()
 
 
@@ -843,7 +852,8 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
         return []
     evidence, idle = [], 0
     for r in leaky[:20]:
-        inside = _packets(result, r, "inside").sort("ts_ns")
+        # The pod side's copies; the uplink's where it is the only capture (with the kernel's record).
+        inside = _packets(result, r, "outside" if _uplink_only(result) else "inside").sort("ts_ns")
         leaked = inside.filter(pl.col("fate") == "leaked")
         first = leaked.row(0, named=True)
         before = inside.filter(pl.col("ts_ns") < first["ts_ns"])
@@ -853,8 +863,10 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
         after = f" after {gap_s:.1f} s of silence" if gap_s is not None and gap_s >= IDLE_GAP_S else ""
         idle += bool(after)
         evidence.append(f"{_conn_label(r)}: {r['fate_leaked']} packet(s) ({', '.join(flags) or 'no TCP flags'}) left "
-                        f"as {format_address(r['inside_src'], r['inside_sport'])}{after} (inside frames "
-                        f"{_fmt_frames(leaked['frame_no'].head(20).to_list())}, outside frames {_fmt_frames(outs)}), "
+                        f"as {format_address(r['inside_src'], r['inside_sport'])}{after} ("
+                        + ("" if _uplink_only(result) else
+                           f"inside frames {_fmt_frames(leaked['frame_no'].head(20).to_list())}, ")
+                        + f"outside frames {_fmt_frames(outs)}), "
                         f"the rest as {format_address(r['trans_src'], r['trans_sport'])}"
                         + (" (a hairpin: back to the pod through the bridge)" if "hairpin" in flags_of(r) else ""))
     total = sum(r["fate_leaked"] for r in leaky)

@@ -469,3 +469,20 @@ def test_a_hairpin_from_the_pod_side_and_the_record_is_one_connection() -> None:
     # Both legs' packets are the connection's: each hairpin owns its 10 packets before the DNAT and 10 after.
     hairpins = one.connections.filter(pl.col("service_type") == "ClusterIP")["inside_conn_id"].to_list()
     assert [one.inside_packets.filter(pl.col("anchor") == c).height for c in hairpins] == [20, 20, 20]
+
+
+def test_fins_that_left_untranslated_are_a_leak_from_the_uplink_and_the_record_too() -> None:
+    # Found by a helper: from captures/idle-expiry's uplink capture and conntrack.log, the FINs that left with the
+    # pod's address (its entry expired) read as a second 'translated' connection, 'NAT working as expected'.
+    from natproof.correlate import correlate_one
+    from natproof.diagnose import diagnose
+
+    d = CAPTURES / "idle-expiry"
+    one = correlate_one(d / "outside.pcap", d / "conntrack.log", side="outside")
+    two = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    assert _mapping(one) == _mapping(two)
+    assert sorted(one.connections["fate_leaked"].to_list()) == sorted(two.connections["fate_leaked"].to_list())
+    found = {f.kind: f for f in diagnose(one)}
+    assert "healthy" not in found and "private_address_leak" in found
+    (line,) = found["private_address_leak"].evidence
+    assert "left as 10.244.0.10:" in line and "inside frames" not in line
