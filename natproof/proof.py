@@ -153,8 +153,11 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
     leg = pl.col("conn_id").replace_strict(by_leg, default=None, return_dtype=pl.UInt32)
     inside = (result.packets("inside").with_columns(owner.alias("owner")).filter(pl.col("owner").is_not_null())
               .collect())
+    if result.inside.format == "none":  # the uplink alone: anchor is the connection's outside leg, for all its legs
+        leg = pl.col("anchor").replace_strict(by_leg, default=None, return_dtype=pl.UInt32)
     outside = (result.packets("outside").with_columns(pl.when(pl.col("anchor").is_not_null()).then(owner)
-                                                      .otherwise(leg).alias("owner"))
+                                                      .otherwise(leg).alias("owner") if result.inside.format != "none"
+                                                      else leg.alias("owner"))
                .filter(pl.col("owner").is_not_null()).collect())
     # Each outside packet's counterpart: the inside packet(s) matched to it (several when GRO merged segments).
     matched = (result.packets("inside").filter(pl.col("out_frame").is_in(outside["frame_no"].implode()))
