@@ -752,6 +752,7 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
         return []
     groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     reached_pod: set[int] = set()
+    answered_after: set[int] = set()
     every = answered + went_on
     silent = {r["conn"] for r in answered}
     errors = {side: _packets_of(result, every, side, pl.col("is_icmp_error")) for side in ("inside", "outside")}
@@ -768,6 +769,13 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
                 continue
         if seen_inside:
             reached_pod.add(r["conn"])
+        if r["conn"] not in silent:
+            # A reply after the error, on the capture that shows it: path MTU discovery went on (a reply before
+            # it, the handshake's, says nothing of it: a helper's variant).
+            later = _packets(result, r, "inside" if seen_inside else "outside").filter(
+                ~pl.col("is_egress") & ~pl.col("is_icmp_error") & (pl.col("ts_ns") > first["ts_ns"]))
+            if later.height:
+                answered_after.add(r["conn"])
         groups.setdefault(_icmp_kind(first, r), []).append((r, first))
     findings = []
     for kind, items in groups.items():
@@ -797,16 +805,16 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             clamp = ("`ip6tables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`"
                      if v6 else "`iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                      "--clamp-mss-to-pmtu`")
-            carried = sum(1 for r, _ in items if r["conn"] not in silent)
+            carried = sum(1 for r, _ in items if r["conn"] in answered_after)
             if carried == len(items):
                 after = (" Every one of them was answered afterwards: the sender resent smaller packets (path MTU "
                          "discovery worked, at the cost of a drop and a delay for each new destination).")
             elif carried:
                 after = (f" {carried} of them were answered afterwards (path MTU discovery worked for them); "
-                         f"{len(items) - carried} got no reply.")
+                         f"{len(items) - carried} got no reply after it.")
             else:
-                after = ""
-            # Nothing lost for good: the NAT passed the signal back and every connection was answered.
+                after = "" if all(r["conn"] in silent for r, _ in items) else " None was answered after it."
+            # Nothing lost for good: the NAT passed the signal back and every connection was answered after it.
             fine = carried == len(items) and seen_in == len(items)
             findings.append(Finding(
                 "path_mtu", "info" if fine else "warning",

@@ -348,6 +348,17 @@ def test_fragmentation_needed_on_a_connection_answered_after_it_is_named(tmp_pat
     assert f.data == {"mtu": [1280], "routers": ["203.0.113.1"], "reached_pod": 1 if relayed else 0,
                       "answered_after": 1}
     assert "answered afterwards" in f.summary and "fragmentation needed, mtu 1280 from 203.0.113.1" in f.evidence[0]
+    # Answered before the error only (the handshake), not after: not "path MTU discovery worked" (a helper's variant).
+    early = tmp_path / "early"
+    early.mkdir()
+    from scapy.all import rdpcap, wrpcap
+
+    for name in ("inside.pcap", "outside.pcap"):
+        kept = [p for p in rdpcap(str(tmp_path / name)) if not (p.time > 1_700_000_000.0115 and p.haslayer("TCP")
+                                                                 and p["TCP"].sport == 443)]
+        wrpcap(str(early / name), kept)
+    g = {x.kind: x for x in diagnose(correlate(early / "inside.pcap", early / "outside.pcap"))}["path_mtu"]
+    assert g.severity == "warning" and g.data["answered_after"] == 0 and "None was answered after it." in g.summary
     if relayed:  # nothing lost for good: an info beside the healthy NAT, not a problem
         assert (f.severity, f.title) == ("info", "Path MTU discovery at work (fragmentation needed)")
         assert list(found) == ["healthy", "path_mtu"]
