@@ -577,9 +577,14 @@ def _unchanged_evidence(r: dict[str, Any]) -> str:
         return (f"{_conn_label(r)} left unchanged by the kernel's record; the kernel saw its replies "
                 f"({r['reply_inside'] if side == 'inside' else r['reply_outside']} reply packet(s) in the {side} "
                 "capture)")
-    return (f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside frame "
-            f"{r['evidence_egress_outside_frame']}); {r['matched_reply']} reply packet(s) crossed back (first: "
-            f"outside frame {r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})")
+    if r["evidence_egress_outside_frame"] is None:  # its own packets left by a path the outside capture misses
+        went = (f"{_conn_label(r)} was answered unchanged; its {r['egress_inside']} packet(s) are not on the outside "
+                "capture")
+    else:
+        went = (f"{_conn_label(r)} crossed unchanged (inside frame {r['evidence_egress_inside_frame']}, outside "
+                f"frame {r['evidence_egress_outside_frame']})")
+    return (f"{went}; {r['matched_reply']} reply packet(s) crossed back (first: outside frame "
+            f"{r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']})")
 
 
 def _snat_exclusion(result: Result, excluded: list[dict[str, Any]]) -> list[Finding]:
@@ -878,17 +883,18 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
                         f"the rest as {format_address(r['trans_src'], r['trans_sport'])}"
                         + (" (a hairpin: back to the pod through the bridge)" if "hairpin" in flags_of(r) else ""))
     total = sum(r["fate_leaked"] for r in leaky)
-    cause = (f"in {idle} of them after the connection sat idle: its conntrack entry had expired "
-             "(nf_conntrack_tcp_timeout_established, or a conntrack -D), so its next packets matched no entry and "
-             "were INVALID" if idle else "conntrack marked them INVALID (out of the TCP window)")
+    protos = sorted({r["proto"] for r in leaky})
+    timeouts = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
+    cause = (f"in {idle} of them after the connection sat idle: its conntrack entry had expired ({timeouts}; or a "
+             "conntrack -D), so its next packets matched no entry and left without NAT" if idle
+             else "conntrack marked them INVALID (out of the TCP window)")
     return [Finding(
         "private_address_leak", "error", "Pod addresses leaked: packets left untranslated mid-connection",
         f"{len(leaky)} translated connection(s) sent {total} packet(s) out of the node untranslated, carrying the "
         f"pod's own address; {cause}. This is not a port clash: the connection kept one mapping.",
         "Drop what conntrack cannot translate: `iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP` (as "
-        "kube-proxy's KUBE-FORWARD does); keep idle connections alive shorter than "
-        "`sysctl net.netfilter.nf_conntrack_tcp_timeout_established` (TCP keepalives), or raise it; check "
-        "`conntrack -S` for invalid.",
+        "kube-proxy's KUBE-FORWARD does); keep idle connections alive more often than the timeout "
+        f"(`sysctl {timeouts.split(' ')[0]}`; TCP keepalives), or raise it; check `conntrack -S` for invalid.",
         connections=tuple(r["conn"] for r in leaky), evidence=tuple(evidence),
         data={"leaked_packets": total, "after_idle": idle})]
 
@@ -981,22 +987,35 @@ def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Findi
     variant of cases/asymmetric-reply: the pod's egress left by an uncaptured link, the replies came over eth0)."""
     if not rows:
         return []
-    evidence = [f"{_conn_label(r)}: {r['reply_outside']} reply packet(s) to "
-                f"{format_address(r['outside_src'], r['outside_sport'])} crossed (outside frame "
-                f"{r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']}); its "
-                f"{r['egress_inside']} egress packet(s) (inside frames "
-                f"{_fmt_frames(_fate_frames(result, r, 'inside', 'inside_only', True))}) are not on the outside "
-                "capture" for r in rows[:20]]
+    def line(r: dict[str, Any]) -> str:
+        if r["initiator"] == "inside":
+            return (f"{_conn_label(r)}: {r['reply_outside']} reply packet(s) to "
+                    f"{format_address(r['outside_src'], r['outside_sport'])} crossed (outside frame "
+                    f"{r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']}); its "
+                    f"{r['egress_inside']} egress packet(s) (inside frames "
+                    f"{_fmt_frames(_fate_frames(result, r, 'inside', 'inside_only', True))}) are not on the "
+                    "outside capture")
+        # Started outside (a NodePort): the pod's replies crossed out, the client's packets are not seen inside.
+        return (f"{_conn_label(r)}: {r['reply_inside']} reply packet(s) from the pod crossed out (inside frame "
+                f"{r['evidence_reply_inside_frame']}, outside frame {r['evidence_reply_outside_frame']}); the "
+                f"client's {r['egress_outside']} packet(s) (outside frames "
+                f"{_fmt_frames(_fate_frames(result, r, 'outside', 'outside_only', True))}) are not on the inside "
+                "capture")
+
+    evidence = [line(r) for r in rows[:20]]
+    inbound = sum(1 for r in rows if r["initiator"] != "inside")
     return [Finding(
-        "egress_other_path", "warning", "The initiator's packets left by a path the outside capture does not see",
-        f"{len(rows)} connection(s) got replies addressed to their translated tuple, which crossed the captured "
-        "outside interface and were reverse-translated to the initiator, but none of the initiator's own packets "
-        "crossed it while it ran: they left over another interface (asymmetric routing, a second uplink or "
-        "policy route) or the capture missed them. The mapping is proven by the replies; how the initiator's "
-        "packets were translated on their way out is not seen.",
-        "Capture every uplink (`tcpdump -i any`) or check `ip route` / `ip rule` for a second way out; with "
-        "rp_filter strict on the return interface, such flows can be dropped.",
-        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+        "egress_other_path", "warning", "The initiator's packets took a path a capture does not see",
+        f"{len(rows)} connection(s) got replies addressed to their translated tuple, which crossed the NAT and "
+        "were reverse-translated to the initiator, but none of the initiator's own packets crossed the captures "
+        "while they ran: they took another interface (asymmetric routing, a second uplink or policy route) or "
+        "the capture missed them"
+        + (f" ({inbound} started outside: the client's packets are not on the inside capture)" if inbound else "")
+        + ". The mapping is proven by the replies; how the initiator's packets were translated is not seen.",
+        "Capture every uplink and the pod's own interface (`tcpdump -i any`), or check `ip route` / `ip rule` for "
+        "a second way; with rp_filter strict on the return interface, such flows can be dropped.",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        data={"connections": len(rows), "inbound": inbound})]
 
 
 def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
@@ -1129,15 +1148,16 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
     elif conflicts or multi:
         said = ([f"{len(conflicts)} outside tuple(s) carried two different inside connections within conntrack's "
                  "lifetime"] if conflicts else []) + (
-            [f"{len(multi)} connection(s) left under more than one outside tuple at once"] if multi else [])
+            [f"{len(multi)} connection(s) left under more than one outside tuple (at once, or in turn with less "
+             "than 1 s between them)"] if multi else [])
         findings.append(Finding(
             "mapping_conflict", "warning", "Outside tuple reused by two connections" if conflicts
-            else "Connection left under two outside tuples at once",
+            else "Connection left under more than one outside tuple",
             "; ".join(said) + ".",
             "Check `conntrack -L` for clashing entries and the SNAT port range; the server may refuse a reused "
             "tuple still in its TIME_WAIT.",
             connections=tuple(sorted({r["conn"] for pair in conflicts for r in pair} | {r["conn"] for r in multi})),
-            evidence=tuple(evidence), data={"conflicts": len(conflicts)}))
+            evidence=tuple(evidence), data={"conflicts": len(conflicts), "multiple_outside_tuples": len(multi)}))
         blocked = []
     return findings, {r["conn"] for r in blocked}
 

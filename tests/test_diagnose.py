@@ -137,7 +137,7 @@ def test_two_pods_on_one_outside_tuple_at_once_is_a_mapping_conflict(tmp_path: P
     # The summary states what was seen, no count of nothing beside it.
     assert found["mapping_conflict"].summary == (
         "1 outside tuple(s) carried two different inside connections within conntrack's lifetime; 1 connection(s) "
-        "left under more than one outside tuple at once.")
+        "left under more than one outside tuple (at once, or in turn with less than 1 s between them).")
 
 
 def test_port_exhaustion_explains_the_dropped_connections_and_the_reused_tuples() -> None:
