@@ -493,16 +493,20 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl
     Hairpin NAT sends a pod's packet back to the pod's own veth, DNATed and masqueraded; a `tcpdump -i any`
     capture holds one copy per interface. Copies share the strong key; consecutive copies (in time) of one key
     in different legs, at most ``tolerance_ns`` apart, pair as (earlier, later). Copies in one leg
-    (retransmissions, a bridge's duplicate) never pair.
+    (retransmissions, a bridge's duplicate) never pair, nor copies whose two ends' addresses are the same (no
+    DNAT, no masquerade between them: two connections from one pod's ports to one Service whose first packets
+    agree on every field the key holds, a helper's synthetic SYNs).
     """
-    df = side.filter(pl.col("k_strong").is_not_null()).select("row", "k_strong", "ts_ns", "conn_id")
+    df = side.filter(pl.col("k_strong").is_not_null()).select("row", "k_strong", "ts_ns", "conn_id", "local",
+                                                                "remote")
     if df.height < 2:
         return pl.DataFrame(schema=SELF_PAIR_SCHEMA)
     df = df.sort("k_strong", "ts_ns", "row")
     nxt = df.select(
         pl.col("row").alias("a_row"), pl.col("row").shift(-1).alias("b_row"),
         (pl.col("ts_ns").shift(-1) - pl.col("ts_ns")).alias("dt_ns"),
-        ((pl.col("k_strong").shift(-1) == pl.col("k_strong")) & (pl.col("conn_id").shift(-1) != pl.col("conn_id")))
+        ((pl.col("k_strong").shift(-1) == pl.col("k_strong")) & (pl.col("conn_id").shift(-1) != pl.col("conn_id"))
+         & ((pl.col("local").shift(-1) != pl.col("local")) | (pl.col("remote").shift(-1) != pl.col("remote"))))
         .alias("ok"),
     )
     return nxt.filter(pl.col("ok") & (pl.col("dt_ns") <= tolerance_ns)).select(

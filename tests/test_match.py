@@ -124,3 +124,17 @@ def test_offset_found_even_when_no_key_is_unique() -> None:
     m = match_sides(a, b)
     assert m.clock_offset_ns == 5_000_040
     assert frames_of_pairs(a, b, m.pairs) == [(1, 1), (2, 2)]
+
+
+def test_copies_with_the_same_two_addresses_are_no_hairpin() -> None:
+    """Found by a helper: two SYNs from one pod's ports to one ClusterIP, alike in every field the key holds
+    (synthetic: the same ISN and IP id), paired as a hairpin's two copies, and the Service's refusals became a
+    translated 'hairpin'. A hairpin's second copy is DNATed (and masqueraded): its addresses differ."""
+    from natproof.match import pair_within
+
+    side = pl.DataFrame({"row": [0, 1, 2, 3], "k_strong": [7, 7, 9, 9], "ts_ns": [0, 50, 0, 20],
+                         "conn_id": [0, 1, 2, 3],
+                         "local": ["10.244.0.10", "10.244.0.10", "10.244.0.10", "10.244.0.1"],
+                         "remote": ["10.96.0.30", "10.96.0.30", "10.96.0.50", "10.244.0.10"]})
+    pairs = pair_within(side, tolerance_ns=100)
+    assert pairs.select("a_row", "b_row").rows() == [(2, 3)]
