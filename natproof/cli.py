@@ -1036,7 +1036,6 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
                     sys.stdout.flush()
         else:
             con = Console()
-            con.on_broken_pipe = lambda: _stdout_nowhere(con)  # type: ignore[method-assign]  # rich: exit 1
             with _reader_may_leave():
                 con.print(render_table(result, limit))
                 for line in lines:
@@ -1066,10 +1065,8 @@ def _reader_may_leave() -> Iterator[None]:
         raise InputError(f"standard output: cannot write it ({exc.strerror or exc})") from None
 
 
-def _stdout_nowhere(console: Console | None = None) -> None:
-    """Point standard output at /dev/null (its reader left), and quiet ``console``."""
-    if console is not None:
-        console.quiet = True
+def _stdout_nowhere() -> None:
+    """Point standard output at /dev/null (its reader left)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 

@@ -550,25 +550,35 @@ def unmatched_inside(in_pk: pl.DataFrame, conns: pl.DataFrame) -> int:
     return int(in_pk.select(unpaired.sum()).item())
 
 
-def _node_made_one_side(pk: pl.DataFrame, conns: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One pod-side capture and the kernel's record: an RST or ICMP error towards the pod, of a connection the
-    kernel never confirmed an entry for (not_forwarded), was made by the node (a REJECT; kube-proxy's for a Service
-    without endpoints), as in two captures (natproof.assemble._unmatched_fates; a helper found the one-capture form
-    calling cases/reject-no-endpoints 'dropped in the FORWARD chain'). (packets, connections) with those fates."""
-    refused = conns.filter(pl.col("verdict") == "not_forwarded")["leg"]
-    if refused.is_empty():
-        return pk, conns
-    rst = (pl.col("proto") == 6) & ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0)
-    made = (pl.col("fate") == "inside_only") & ~pl.col("is_egress") & (rst | pl.col("is_icmp_error")) \
-        & pl.col("conn_id").is_in(refused.implode())
-    pk = pk.with_columns(pl.when(made).then(pl.lit("node_generated")).otherwise(pl.col("fate")).cast(FATE)
-                         .alias("fate"))
-    counts = pk.filter(pl.col("fate") == "node_generated").group_by("conn_id").len().select(
-        pl.col("conn_id").alias("leg"), pl.col("len").cast(pl.UInt32).alias("_made"))
-    conns = conns.join(counts, on="leg", how="left", maintain_order="left").with_columns(
-        (pl.col("fate_inside_only") - pl.col("_made").fill_null(0)).alias("fate_inside_only"),
-        (pl.col("fate_node_generated") + pl.col("_made").fill_null(0)).alias("fate_node_generated"),
-    ).drop("_made")
+def _one_side_fates(pk: pl.DataFrame, conns: pl.DataFrame, side: str,
+                    leaked_legs: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One capture and the kernel's record: the fates two captures would give, moved out of ``{side}_only``
+    (packets, and each connection's fate counts by its leg on the captured side, the packets' anchor).
+
+    - The pod side: an RST or ICMP error towards the pod, of a connection the kernel never confirmed an entry for
+      (not_forwarded), was made by the node (a REJECT; kube-proxy's for a Service without endpoints), as in
+      natproof.assemble._unmatched_fates (a helper found cases/reject-no-endpoints called 'dropped in the FORWARD
+      chain').
+    - The uplink: the packets of ``leaked_legs`` (an egress connection's leg under its pre-NAT tuple, folded into
+      it by natproof.kernel) left untranslated: leaked (a helper found idle-expiry's FINs read as a second
+      translated connection). Those legs' packets were in no count."""
+    if side == "inside":
+        rst = (pl.col("proto") == 6) & ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0)
+        refused = conns.filter(pl.col("verdict") == "not_forwarded")["leg"].implode()
+        made = ((pl.col("fate") == "inside_only") & ~pl.col("is_egress") & (rst | pl.col("is_icmp_error"))
+                & pl.col("conn_id").is_in(refused))
+        fate, taken = "node_generated", "fate_inside_only"
+    else:
+        made = pl.col("conn_id").is_in(leaked_legs) & pl.col("fate").is_not_null()
+        fate, taken = "leaked", None
+    counts = pk.filter(made).group_by("anchor").len().select(
+        pl.col("anchor").alias(f"{side}_conn_id"), pl.col("len").cast(pl.UInt32).alias("_moved"))
+    moved = pl.col("_moved").fill_null(0)
+    conns = conns.join(counts, on=f"{side}_conn_id", how="left", maintain_order="left").with_columns(
+        (pl.col(f"fate_{fate}") + moved).alias(f"fate_{fate}"),
+        *([(pl.col(taken) - moved).alias(taken)] if taken else []),
+    ).drop("_moved")
+    pk = pk.with_columns(pl.when(made).then(pl.lit(fate)).otherwise(pl.col("fate")).cast(FATE).alias("fate"))
     return pk, conns
 
 
@@ -791,17 +801,7 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
         pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
         pl.when(pl.col("conn_id").is_in(owned)).then(pl.lit(f"{side}_only")).cast(FATE).alias("fate"),
     ).select(*PACKET_COLUMNS, "anchor", "fate", *ICMP_COLUMNS)
-    if side == "inside":
-        pk, conns = _node_made_one_side(pk, conns)
-    else:
-        leak = pl.col("conn_id").is_in(leaked_legs) & pl.col("fate").is_not_null()
-        pk = pk.with_columns(pl.when(leak).then(pl.lit("leaked")).otherwise(pl.col("fate")).cast(FATE)
-                             .alias("fate"))
-        counts = pk.filter(leak).group_by("anchor").len().select(
-            pl.col("anchor").alias("outside_conn_id"), pl.col("len").cast(pl.UInt32).alias("_leaked"))
-        conns = conns.join(counts, on="outside_conn_id", how="left", maintain_order="left").with_columns(
-            (pl.col("fate_leaked") + pl.col("_leaked").fill_null(0)).alias("fate_leaked")).drop("_leaked")
-        pk = pk.with_columns(pl.when(pl.col("conn_id").is_in(owned)).then(pl.col("anchor")).alias("anchor"))
+    pk, conns = _one_side_fates(pk, conns, side, leaked_legs)
     match_cols = [pl.lit(None, pl.UInt32).alias("out_frame"), pl.lit(None, pl.Int64).alias("dt_ns"),
                   pl.lit(None, PAIR_SCHEMA["method"]).alias("method")]
     empty = pk.clear()

@@ -900,7 +900,10 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
 
 
 IDLE_GAP_S = 1.0
-"""A leak after at least this much silence (1 s) is told as an expired entry (captures/idle-expiry: 6 s)."""
+"""A leak after at least this much silence (1 s) is told as an expired entry (captures/idle-expiry: 6 s); so is a
+connection's next outside tuple after it (a new mapping: conntrack's timeouts are whole seconds). A shorter gap is
+the TCP state machine at work (a RST answering a challenge ACK ends the entry, the SYN sent again is mapped anew 12
+ms later: captures/port-exhaustion)."""
 
 
 def _flag_names(flags: int) -> str:
@@ -1171,15 +1174,9 @@ IDLE_TIMEOUT_SYSCTL = {
 """The conntrack timeout that ends an idle entry, per protocol, with the kernel's default."""
 
 
-IDLE_GAP_NS = 10**9
-"""A silence of at least this long (1 s) before a connection's next outside tuple makes it a new mapping after
-the entry ended; conntrack's timeouts are whole seconds. A shorter one is the TCP state machine at work (a RST
-answering a challenge ACK ends the entry, the SYN sent again is mapped anew 12 ms later: captures/port-exhaustion)."""
-
-
 def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[tuple[int, int, int, str]]]:
     """Of the connections ``rows`` left under several outside tuples, those whose translated legs follow one
-    another in time (each next one starts IDLE_GAP_NS or more after the last packet of the one before): {conn:
+    another in time (each next one starts IDLE_GAP_S or more after the last packet of the one before): {conn:
     [(first ns, last ns, first outside frame, the leg's source ADDR:PORT) per leg, in time order]}. Legs under the
     inside's own tuple (leaked) aside."""
     if not rows:
@@ -1199,7 +1196,7 @@ def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[in
                       if leg["observation_point"] == "outside"
                       and (leg["src"], leg["sport"], leg["dst"], leg["dport"]) != inside}
         legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(r["inside_conn_id"], []) if leg[2] in translated]
-        if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_NS for a, b in zip(legs, legs[1:], strict=False)):
+        if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_S * 1e9 for a, b in zip(legs, legs[1:], strict=False)):
             out[r["conn"]] = legs
     return out
 
