@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## correlate the bundled real-kernel capture pair (captures/port-collision)
 	$(BIN)/natproof correlate captures/port-collision/inside.pcap captures/port-collision/outside.pcap --format table
 
+# Two workers, a test file to each at a time: the live lab files mostly wait on the kernel's timers, and their
+# module-level runs are shared by the tests of one file.
 test: $(STAMP)  ## run the whole test suite (live lab tests need root; they skip otherwise)
-	MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider
+	MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check natproof tests scripts

@@ -38,6 +38,9 @@ MASQUERADE_RULE = tuple(f"-t nat -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j
 NODE = "node"
 INET = "inet"
 COMMAND_TIMEOUT_S = 15.0
+RECORDER_NICE = -10
+"""Nice value of the lab's recorders (Lab.spawn): -10 weighs about ten times a nice-0 process in the kernel's
+fair scheduler."""
 
 VXLAN_DEVICE = "flannel.1"
 """flannel's VXLAN device: VNI 1 (flannel's default VNI), named flannel.<VNI>."""
@@ -241,16 +244,25 @@ class Lab:
             raise LabError(f"{' '.join(full)}: {reason}")
         return done
 
-    def spawn(self, argv: Sequence[str], *, role: str, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: Sequence[str], *, role: str, recorder: bool = False,
+              **popen_kwargs: Any) -> subprocess.Popen[bytes]:
         """Start a long-running process in ``role``'s namespace; it is kept for teardown by its Popen.
 
         ``ip netns exec`` execs the command in place (it forks only in batch mode), so the Popen's pid is
-        the pid of the tool itself and signals sent to it reach the tool, not a wrapper.
+        the pid of the tool itself and signals sent to it reach the tool, not a wrapper. ``recorder``: the
+        process records what the kernel does (tcpdump, conntrack -E) and runs at RECORDER_NICE, ahead of
+        whatever else keeps the machine's cores busy: a recorder that falls behind loses packets or events
+        for good (many-connections' -i any dropped 1,938 frames beside a second pytest worker at nice 0).
         """
         # A new session keeps a terminal's Ctrl-C away from the children: run_scenario stops each of
         # them itself, in order, so that tcpdump can flush its file.
         proc = subprocess.Popen(self._wrap(argv, role), start_new_session=True, **popen_kwargs)
         self.processes.append(proc)
+        if recorder:
+            try:  # only root may raise a priority; the lab runs as root, a dry test may not
+                os.setpriority(os.PRIO_PROCESS, proc.pid, RECORDER_NICE)
+            except OSError:
+                pass
         return proc
 
     def _wrap(self, argv: Sequence[str], role: str | None) -> list[str]:
