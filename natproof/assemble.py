@@ -418,8 +418,17 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     if legs.is_empty():
         return legs.clear(), out_pk
     ids = legs["conn_id"]
-    out_pk = out_pk.with_columns(pl.when(pl.col("conn_id").is_in(ids.implode())).then(pl.lit("outside_only", FATE))
+    # What answered the client there came from the node itself, nothing having reached a pod: an ICMP error or a
+    # RST (kube-proxy's REJECT of a NodePort without endpoints: ICMP port unreachable from the node's address, a
+    # helper's kernel variant; the node's TCP for a port nothing DNATs).
+    lost = pl.col("conn_id").is_in(ids.implode())
+    made = ~pl.col("is_egress") & (pl.col("is_icmp_error") | ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0))
+    out_pk = out_pk.with_columns(pl.when(lost & made).then(pl.lit("node_generated", FATE))
+                                 .when(lost).then(pl.lit("outside_only", FATE))
                                  .otherwise(pl.col("fate")).alias("fate"))
+    by_node = (out_pk.filter(lost & (pl.col("fate") == "node_generated")).group_by("conn_id")
+               .agg(pl.len().cast(pl.UInt32).alias("_by_node")))
+    legs = legs.join(by_node, on="conn_id", how="left").with_columns(pl.col("_by_node").fill_null(0))
     packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
     rows = legs.select(
         pl.lit(None, pl.UInt32).alias("anchor"), pl.col("conn_id").alias("primary_out"), "proto",
@@ -432,7 +441,7 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
         *[pl.col(c).alias(f"outside_{c}") for c in _TUPLE], *[pl.col(c).alias(f"orig_{c}") for c in _TUPLE],
         pl.lit("outside").alias("initiator"), pl.lit("not_forwarded").alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
-        packets.alias("fate_outside_only"),
+        (packets - pl.col("_by_node")).alias("fate_outside_only"), pl.col("_by_node").alias("fate_node_generated"),
         pl.lit("NodePort").alias("service_type"), pl.col("dst").alias("service_ip"),
         pl.col("dport").alias("service_port"),
         pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame",

@@ -123,6 +123,9 @@ def diagnose(result: Result) -> list[Finding]:
         by_verdict.setdefault(r["verdict"], []).append(r)
     pool, explained = _pool(result, rows)
     not_forwarded = [r for r in by_verdict.get("not_forwarded", []) if r["conn"] not in explained]
+    # Started outside and never seen inside: a NodePort (or other DNAT) attempt that reached no pod.
+    findings += _inbound_not_forwarded(result, [r for r in not_forwarded if r["initiator"] == "outside"])
+    not_forwarded = [r for r in not_forwarded if r["initiator"] != "outside"]
     refused = [r for r in not_forwarded if r["fate_node_generated"]]
     services = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] == "ClusterIP"]
     blocked = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] != "ClusterIP"]
@@ -495,6 +498,69 @@ def _stale_entries(result: Result, stale: list[dict[str, Any]]) -> list[Finding]
         f"{stale[0]['inside_src']} -d {stale[0]['inside_dst']}` (see `conntrack -L -s {stale[0]['inside_src']}`).",
         connections=tuple(r["conn"] for r in stale), evidence=tuple(evidence),
         data={"sources": sorted({r["inside_src"] for r in stale})})]
+
+
+def _inbound_not_forwarded(result: Result, inbound: list[dict[str, Any]]) -> list[Finding]:
+    """not_forwarded connections started outside (to a NodePort, or any address the node DNATs): none of their
+    packets reached the inside. Answered on the outside by an ICMP error or a RST, the node refused them itself
+    (no pod saw them): kube-proxy's REJECT in KUBE-EXTERNAL-SERVICES for a NodePort whose Service has no
+    endpoints (a helper's kernel variant: ICMP port unreachable from the node's own address), or a firewall's
+    REJECT, or the node's TCP for a port nothing DNATs. Unanswered, they were dropped on the node."""
+    if not inbound:
+        return []
+    answered, silent = [], []
+    for r in inbound:
+        made = _packets(result, r, "outside", egress=False)
+        made = made.filter(pl.col("is_icmp_error") | ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0))
+        (answered if made.height else silent).append((r, made))
+    findings = []
+    for group, kind in ((answered, "inbound_refused"), (silent, "inbound_dropped")):
+        if not group:
+            continue
+        evidence = []
+        for r, made in group[:20]:
+            first = _packets(result, r, "outside", egress=True)["frame_no"].head(6).to_list()
+            what = []
+            for f in made.head(3).iter_rows(named=True):
+                if f["is_icmp_error"]:
+                    what.append(f"frame {f['frame_no']}: ICMP type {f['icmp_type']} code {f['icmp_code']} from "
+                                f"{f['err_src']}")
+                else:
+                    what.append(f"frame {f['frame_no']}: TCP RST from "
+                                f"{format_address(r['orig_dst'], r['orig_dport'])}")
+            evidence.append(f"{_conn_label(r)}: {r['egress_outside']} packet(s) from the client outside (frames "
+                            f"{_fmt_frames(first)}), none inside"
+                            + (f"; the node answered itself ({'; '.join(what)})" if what else "; no answer"))
+        ports = sorted({format_address(r["orig_dst"], r["orig_dport"]) for r, _ in group})
+        services = sorted({format_address(r["service_ip"], r["service_port"]) for r, _ in group
+                           if r["service_type"] == "NodePort"})
+        named = f" (NodePort {', '.join(services)})" if services else ""
+        if kind == "inbound_refused":
+            findings.append(Finding(
+                kind, "error", "Connections from outside refused by the node",
+                f"{len(group)} connection(s) from outside to {', '.join(ports)}{named} reached no pod: the node "
+                "answered them itself (the error or RST came from the node, none of their packets crossed to the "
+                "inside). kube-proxy REJECTs a NodePort whose Service has no ready endpoints "
+                "(KUBE-EXTERNAL-SERVICES); a firewall's REJECT rule, or the node's own TCP for a port nothing "
+                "DNATs, answer alike.",
+                "Check the Service's endpoints (`kubectl get endpointslices -A -l kubernetes.io/service-name=NAME`)"
+                " and kube-proxy's rule (`iptables -t filter -S KUBE-EXTERNAL-SERVICES | grep 'has no endpoints'`);"
+                " else `iptables -L -v -n | grep REJECT` and the NodePort's DNAT (`iptables -t nat -S "
+                "KUBE-NODEPORTS`).",
+                connections=tuple(r["conn"] for r, _ in group), evidence=tuple(evidence),
+                data={"destinations": ports, "services": services}))
+        else:
+            findings.append(Finding(
+                kind, "error", "Connections from outside never reached a pod",
+                f"{len(group)} connection(s) from outside to {', '.join(ports)}{named} arrived on the outside "
+                "and reached no pod, with no answer: the node dropped them (a DROP rule or policy, a NodePort "
+                "with externalTrafficPolicy=Local and no endpoint on this node, no DNAT rule for the port), or "
+                "the DNAT sent them to an endpoint the inside capture does not see.",
+                "Check the NodePort's rules (`iptables -t nat -S KUBE-NODEPORTS`, `iptables -L -v -n` for DROP "
+                "counters that grow with these attempts) and the Service's endpoints on this node.",
+                connections=tuple(r["conn"] for r, _ in group), evidence=tuple(evidence),
+                data={"destinations": ports, "services": services}))
+    return findings
 
 
 def _forwarding(result: Result, blocked: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[Finding]:

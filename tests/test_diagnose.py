@@ -166,6 +166,23 @@ def test_reject_scenario_names_the_service_without_endpoints_and_the_reject_rule
     assert "forwarding_blocked" not in found
 
 
+def test_a_nodeport_without_endpoints_is_refused_by_the_node_for_the_internet_client() -> None:
+    # Kernel capture (lab nodeport-no-endpoints): kube-proxy's KUBE-EXTERNAL-SERVICES REJECTs the SYN to NodePort
+    # 30090 in INPUT with ICMP port unreachable from 203.0.113.2; nothing reaches the pod (was an internal error:
+    # the FORWARD finding joined the missing inside source).
+    result = correlate(*capture_pair(CAPTURES / "nodeport-no-endpoints"))
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["inbound_refused", "nodeport_source_lost"]
+    refused = found["inbound_refused"]
+    assert refused.data["destinations"] == ["203.0.113.2:30090"]
+    assert "ICMP type 3 code 3 from 203.0.113.2" in refused.evidence[0]
+    row = result.connections.filter(pl.col("conn") == refused.connections[0]).row(0, named=True)
+    assert (row["verdict"], row["initiator"], row["inside_src"]) == ("not_forwarded", "outside", None)
+    # The client's SYN went nowhere (outside only); the ICMP error was made by the node.
+    assert (row["fate_outside_only"], row["fate_node_generated"]) == (1, 1)
+    assert "forwarding_blocked" not in found
+
+
 def test_every_summary_count_is_its_evidence_count() -> None:
     # A finding's sentence may not contradict the lines it cites: the number of connections it names is the
     # number of connections it lists (up to the 20 it shows).

@@ -595,9 +595,9 @@ def test_new_scenarios_are_listed() -> None:
     names = [name for name, _ in list_scenarios() if name not in MULTI_HOP]
     assert [name for name, _ in list_scenarios()][len(names):] == list(MULTI_HOP)
     new = ["clusterip", "clusterip-local", "nodeport", "hairpin", "hairpin-off", "reject-no-endpoints",
-           "invalid-oow", "idle-expiry", "udp-remap", "nodeport-idle", "asymmetric-reply", "ftp-alg",
-           "lan-noise", "routed", "partial-overlap", "nat66", "overlay", "eks-vpc-cni"]  # fmt: skip
-    assert names[-len(new):] == new and len(names) == 32
+           "nodeport-no-endpoints", "invalid-oow", "idle-expiry", "udp-remap", "nodeport-idle", "asymmetric-reply",
+           "ftp-alg", "lan-noise", "routed", "partial-overlap", "nat66", "overlay", "eks-vpc-cni"]  # fmt: skip
+    assert names[-len(new):] == new and len(names) == 33
 
 
 # -- eks-vpc-cni: the VPC CNI's wiring -------------------------------------------------------------------------------

@@ -99,6 +99,22 @@ def kube_proxy_rules(
                  *_comment(f"{s.name} has no endpoints"), "-m", s.proto, "--dport", str(s.port),
                  "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
             )  # fmt: skip
+    # A NodePort of a Service without endpoints is REJECTed for packets to any of the node's own addresses, in
+    # INPUT and FORWARD (kube-proxy's filter KUBE-EXTERNAL-SERVICES): the internet client gets ICMP port
+    # unreachable from the node itself.
+    external = [s for s in rejected if s.node_port is not None]
+    if external:
+        filt += [
+            ("-N", "KUBE-EXTERNAL-SERVICES"),
+            *[("-A", chain, "-m", "conntrack", "--ctstate", "NEW", *_comment("kubernetes externally-visible service "
+               "portals"), "-j", "KUBE-EXTERNAL-SERVICES") for chain in ("INPUT", "FORWARD")],
+        ]  # fmt: skip
+        for s in external:
+            filt.append(
+                ("-A", "KUBE-EXTERNAL-SERVICES", "-p", s.proto, *_comment(f"{s.name} has no endpoints"),
+                 "-m", "addrtype", "--dst-type", "LOCAL", "-m", s.proto, "--dport", str(s.node_port),
+                 "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
+            )  # fmt: skip
     filt += [
         ("-N", "KUBE-FORWARD"),
         ("-A", "FORWARD", *_comment("kubernetes forwarding rules"), "-j", "KUBE-FORWARD"),

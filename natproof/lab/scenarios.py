@@ -429,6 +429,19 @@ def _check_rejects(connections: list[Connection], rec: Recording) -> list[str]:
     return problems
 
 
+def _check_nodeport_rejected(connections: list[Connection], rec: Recording) -> list[str]:
+    problems = _counted("KUBE-EXTERNAL-SERVICES", "REJECT")(connections, rec)
+    outside = _ip_packets(_capture(rec, "outside.pcap"))
+    icmp = [1 for s, d, l4 in outside if s == NODE_IP and d == CLIENT and isinstance(l4, dpkt.icmp.ICMP)
+            and l4.type == 3 and l4.code == 3]
+    if not icmp:
+        problems.append("outside.pcap: no ICMP port unreachable from the node to the client")
+    inside = _ip_packets(_capture(rec, "inside.pcap"))
+    if any(getattr(l4, "sport", None) == 30090 or getattr(l4, "dport", None) == 30090 for _, _, l4 in inside):
+        problems.append("inside.pcap: a packet of the refused NodePort reached the pod")
+    return problems
+
+
 OOW_PAYLOAD = b"natproof out-of-window segment\n"
 
 
@@ -587,6 +600,7 @@ WEB_NODEPORT_LOCAL = Service(
 )
 SELF = Service("default/self:http", "tcp", "10.96.0.50", 80, (Endpoint("10.244.0.10", 8080),))
 WEB_NONE = Service("default/web:http", "tcp", "10.96.0.30", 80)
+GONE_NODEPORT = Service("default/gone:http", "tcp", "10.96.0.33", 80, node_port=30090)
 DNS_NONE = Service("default/dns:dns", "udp", "10.96.0.31", 53)
 FTP_HELPER = tuple(
     _rule(f"-t raw -A {chain} -p tcp --dport 21 -j CT --helper ftp") for chain in ("PREROUTING", "OUTPUT")
@@ -1419,6 +1433,36 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             inside_interface="vethpod1",
             check=_all(_count(4), _verdicts(not_forwarded=3, translated=1), _check_rejects),
+        ),
+        Scenario(
+            "nodeport-no-endpoints",
+            "an internet client calls a NodePort whose Service has no endpoints: kube-proxy's "
+            "KUBE-EXTERNAL-SERVICES REJECTs it with ICMP port unreachable from the node; a working NodePort beside it",
+            "default/gone 10.96.0.33:80/tcp, NodePort 30090, has no endpoints: kube-proxy's filter chain "
+            "KUBE-EXTERNAL-SERVICES, jumped from INPUT and FORWARD for ctstate NEW, REJECTs packets to a local "
+            "address on port 30090 with icmp-port-unreachable. default/web (NodePort 30080, endpoint pod1's "
+            "10.244.0.10:8080) works. The internet client (198.51.100.20) connects to 203.0.113.2:30090 and makes "
+            "two HTTP requests to 203.0.113.2:30080; pod1 makes one egress request. The node answers the first "
+            "with ICMP port unreachable from 203.0.113.2 on eth0: the SYN is dropped before conntrack confirms an "
+            "entry (no event) and nothing reaches the pod. Its truth comes from the design: not_forwarded, "
+            "started outside, no inside tuple (the client saw 'refused').",
+            (
+                ClientPlan(
+                    INET,
+                    (
+                        Action("http", NODE_IP, 30090, bind=CLIENT, timeout=1.0, expect="not_forwarded"),
+                        Action("http", NODE_IP, 30080, count=2, interval=0.1, at=0.05, bind=CLIENT),
+                    ),
+                ),
+                ClientPlan("pod1", (Action("http", SERVER, 80, at=0.3),)),
+            ),
+            topology=_kube((WEB_NODEPORT, GONE_NODEPORT), server_addresses=(SERVER, CLIENT)),
+            servers=(HTTP, Server("pod1", "http", "10.244.0.10", 8080)),
+            services=(WEB_NODEPORT, GONE_NODEPORT),
+            refused=((("tcp", NODE_IP, 30090), "kube-proxy's filter KUBE-EXTERNAL-SERVICES REJECTs a NodePort "
+                      "without endpoints in INPUT (ICMP port unreachable from the node's address)"),),
+            inside_interface="vethpod1",
+            check=_all(_count(4), _verdicts(not_forwarded=1, translated=3), _check_nodeport_rejected),
         ),
         Scenario(
             "invalid-oow",

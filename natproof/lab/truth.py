@@ -279,6 +279,9 @@ class Connection:
     """Set where the design stops a capture during the traffic: True for a connection made while the outside
     capture was not running (natproof.correlate/2's ``other_capture_off`` flag), False for the others; None (not in
     truth.json) elsewhere."""
+    reached_inside: bool = True
+    """False for an inbound attempt that reached no pod (no entry: refused or dropped on the node): truth.json
+    gives it no inside tuple, its client's tuple as the outside one (``inside`` keeps it for the design's checks)."""
     single_file_verdict: str | None = None
     """The verdict of the run's capture of every interface (any.pcap, node.pcapng) where it differs from the two
     captures' (truth.json's ``single_file_verdict``): replies that come back over a link the outside capture does
@@ -294,7 +297,7 @@ class Connection:
     def to_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {
             "proto": self.proto,
-            "inside": self.inside.to_dict(),
+            "inside": self.inside.to_dict() if self.reached_inside else None,
             "outside": self.outside.to_dict() if self.outside else None,
             "verdict": self.verdict,
             "initiator": self.initiator,
@@ -496,8 +499,13 @@ def build_connections(
         else:
             notes.append(f"{attempt.proto} {inside}: attempted by {attempt.pod} but no conntrack entry")
             verdict, why = "not_forwarded", "no conntrack entry and the design does not explain it"
+        # A client outside the pod network (an internet client of a NodePort) whose attempt made no entry never
+        # reached a pod: its tuple is the outside capture's, and it started there.
+        inbound = attempt.src not in rules.pod_addresses and not _internal(attempt.src, rules)
         connections.append(
-            Connection(attempt.proto, inside, None, verdict, attempt.t_start, why, original=inside, service=service)
+            Connection(attempt.proto, inside, inside if inbound else None, verdict, attempt.t_start, why,
+                       original=inside, service=service, initiator="outside" if inbound else "inside",
+                       reached_inside=not inbound)
         )
     connections.sort(key=lambda c: c.first_seen)
     return connections, notes
