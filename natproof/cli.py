@@ -1639,7 +1639,12 @@ def _mapping_text(m: dict) -> str:
 
 
 def _conn_text(c: dict) -> str:
-    i, o = c["inside"], c.get("outside")
+    """A truth or result connection in one line: its inside tuple (the outside one where it reached no pod), and
+    the outside source it left as."""
+    i, o = c.get("inside"), c.get("outside")
+    if i is None:  # started outside and never reached the inside (a refused NodePort attempt)
+        return (f"{c['proto']} {format_address(o['src'], o['sport'])} -> {format_address(o['dst'], o['dport'])} "
+                f"(outside only) {c['verdict']}")
     outside = "-" if o is None else format_address(o["src"], o["sport"])
     return (f"{c['proto']} {format_address(i['src'], i['sport'])} -> {format_address(i['dst'], i['dport'])} "
             f"as {outside} {c['verdict']}")

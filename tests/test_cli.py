@@ -717,3 +717,13 @@ def test_a_piped_table_has_no_trailing_blanks(capsys: pytest.CaptureFixture[str]
     code, out, _ = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--format", "table")
     assert code == 0 and "Services (VIP:port -> backends chosen)" in out
     assert [line for line in out.splitlines() if line != line.rstrip()] == []
+
+
+def test_lab_check_prints_a_connection_that_reached_no_pod() -> None:
+    # A refused NodePort attempt has no inside tuple (truth and result alike): lab check's miss and surplus lines
+    # name it by its outside tuple (was an internal error).
+    from natproof.cli import _conn_text
+
+    refused = {"proto": "tcp", "inside": None, "verdict": "not_forwarded",
+               "outside": {"src": "198.51.100.20", "sport": 45915, "dst": "203.0.113.2", "dport": 30090}}
+    assert _conn_text(refused) == "tcp 198.51.100.20:45915 -> 203.0.113.2:30090 (outside only) not_forwarded"
