@@ -153,6 +153,10 @@ def diagnose(result: Result) -> list[Finding]:
     findings += pool
     findings += _leaks(result, [r for r in rows if r["fate_leaked"]])
     findings += _invalid_resets(result, rows)
+    findings += _dropped_mid_connection(result, [r for r in rows if r["verdict"] == "translated"
+                                                 and (r["fate_inside_only"] or r["fate_outside_only"])
+                                                 and not r["fate_node_generated"]],
+                                        partial=any(f.kind == "partial_overlap" for f in findings))
     findings += _replies(result, by_verdict.get("reply_dropped", []))
     findings += _other_path(result, by_verdict.get("reply_other_path", []))
     findings += _egress_other_path(result, [r for r in by_verdict.get("translated", [])
@@ -958,11 +962,104 @@ def _leaks(result: Result, leaky: list[dict[str, Any]]) -> list[Finding]:
         "private_address_leak", "error", "Pod addresses leaked: packets left untranslated mid-connection",
         f"{len(leaky)} translated connection(s) sent {total} packet(s) out of the node untranslated, carrying the "
         f"pod's own address; {cause}. This is not a port clash: the connection kept one mapping.",
-        "Drop what conntrack cannot translate: `iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP` (as "
-        "kube-proxy's KUBE-FORWARD does); keep idle connections alive more often than the timeout "
+        f"Drop what conntrack cannot translate: `{_iptables(leaky)} -I FORWARD -m conntrack --ctstate INVALID -j "
+        "DROP` (as kube-proxy's KUBE-FORWARD does); keep idle connections alive more often than the timeout "
         f"(`sysctl {timeouts.split(' ')[0]}`; TCP keepalives), or raise it; check `conntrack -S` for invalid.",
         connections=tuple(r["conn"] for r in leaky), evidence=tuple(evidence),
         data={"leaked_packets": total, "after_idle": idle})]
+
+
+def _iptables(rows: list[dict[str, Any]]) -> str:
+    """The tool whose rules apply to these connections: ip6tables for IPv6 ones (NAT66), iptables otherwise, both
+    for a mix."""
+    v6 = {":" in (r["orig_src"] or "") for r in rows}
+    return "ip6tables" if v6 == {True} else "iptables" if v6 == {False} else "iptables (and ip6tables)"
+
+
+def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial: bool = False) -> list[Finding]:
+    """Translated connections that lost packets: seen in one capture, never in the other, while the rest of the
+    connection crossed, and nothing the node made answered them (else invalid_reply_reset). Dropped on the node:
+    after a silence the conntrack entry had expired and the packets, matching no entry and unable to start one
+    (INVALID), were dropped by a ctstate INVALID DROP rule instead of leaking (a helper's kernel variant of
+    cases/idle-expiry-fin-leak: two pods' FINs after 6 s idle with a 3 s timeout); mid-flow, conntrack marked a
+    segment INVALID (out of window) and the rule dropped it (a kernel variant of cases/oow-invalid-node-rst).
+    Packets sent after the other capture's last packet may as well have been missed by a capture that had stopped
+    (a pcap records no end of capture): said so, and left to partial_overlap where that finding speaks
+    (``partial``)."""
+    a0, a1 = result.inside.first_ts_ns, result.inside.last_ts_ns
+    b0, b1 = result.outside.first_ts_ns, result.outside.last_ts_ns
+    if not (rows and a0 and b0):  # one capture (and a record): what it misses of the other side is not known
+        return []
+    off = int(round(result.clock_offset_s * 1e9))
+    hits = []
+    for r in rows:
+        # ICMP errors aside: path_mtu and the ICMP findings speak of those.
+        inside = _packets(result, r, "inside").sort("ts_ns")
+        lost_in = inside.filter((pl.col("fate") == "inside_only") & ~pl.col("is_icmp_error"))
+        lost_out = _packets(result, r, "outside", "outside_only").filter(~pl.col("is_icmp_error"))
+        beyond = (lost_in.filter(~pl.col("ts_ns").is_between(b0 - off, b1 - off)).height
+                  + lost_out.filter(~pl.col("ts_ns").is_between(a0 + off, a1 + off)).height)
+        if beyond and partial:
+            continue
+        if not lost_in.height and not lost_out.height:
+            continue
+        gap_s = None
+        if lost_in.height:
+            first = lost_in.row(0, named=True)
+            before = inside.filter(pl.col("ts_ns") < first["ts_ns"])
+            gap_s = (first["ts_ns"] - before["ts_ns"].max()) / 1e9 if before.height else None
+        hits.append((r, lost_in, lost_out, gap_s, beyond))
+    if not hits:
+        return []
+    evidence, idle, total, beyond_total = [], 0, 0, 0
+    for r, lost_in, lost_out, gap_s, beyond in hits:
+        total += lost_in.height + lost_out.height
+        beyond_total += beyond
+        after = gap_s is not None and gap_s >= IDLE_GAP_S
+        idle += after
+        if len(evidence) >= 20:
+            continue
+        parts = []
+        if lost_in.height:
+            flags = sorted({_flag_names(f) for f in lost_in["tcp_flags"].drop_nulls().to_list()})
+            parts.append(f"{lost_in.height} packet(s) ({', '.join(flags) or 'no TCP flags'}) inside frames "
+                         f"{_fmt_frames(lost_in['frame_no'].head(6).to_list())} never seen outside"
+                         + (f" (sent after {gap_s:.1f} s of silence)" if after else ""))
+        if lost_out.height:
+            parts.append(f"{lost_out.height} packet(s) outside frames "
+                         f"{_fmt_frames(lost_out['frame_no'].head(6).to_list())} never seen inside")
+        evidence.append(f"{_conn_label(r)}: " + "; ".join(parts)
+                        + f", while {r['fate_crossed']} of its packets crossed"
+                        + (f"; {beyond} of them after the other capture's last packet" if beyond else ""))
+    protos = sorted({r["proto"] for r, *_ in hits})
+    timeouts = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
+    unsure = (f" {beyond_total} of them were sent after the other capture's last packet: the node dropped them, or "
+              "that capture had already stopped; these captures cannot tell which (the node's counters can)."
+              if beyond_total else "")
+    cause = (f" {idle} connection(s) sent theirs after 1 s or more of silence: once the conntrack entry has "
+             f"expired ({timeouts}), such packets match no entry and cannot start one (INVALID), and a DROP rule "
+             "stops them before they leak untranslated." if idle else "")
+    fix = ("Count the drops: `conntrack -S` (invalid) and `" + _iptables([r for r, *_ in hits])
+           + " -L -v -n | grep INVALID`. ")
+    if idle:
+        fix += ("After an idle period the far end still holds the connection open: keep idle connections alive "
+                "more often than the timeout (TCP keepalives) or raise it"
+                + (f" (`sysctl {timeouts.split(' ')[0]}`)." if timeouts else "."))
+    else:
+        fix += ("An out-of-window packet dropped this way spares the connection the node's RST (cases/"
+                "oow-invalid-node-rst); if such drops grow, look for reordering or a middlebox that rewrites "
+                "sequence numbers, or let conntrack accept them: `sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal"
+                "=1`.")
+    return [Finding(
+        "dropped_mid_connection", "warning", "Packets lost mid-connection",
+        f"{len(hits)} translated connection(s) have {total} packet(s) seen in one capture and never in the other "
+        "while the rest of the connection crossed, with nothing the node made answering them: dropped on the node"
+        + (", or missed by a capture that had stopped. " if beyond_total else ". ")
+        + "A ctstate INVALID DROP rule (kube-proxy's KUBE-FORWARD has one) drops what conntrack marks INVALID: out of "
+        "the TCP window, or sent after the entry expired." + cause + unsure,
+        fix,
+        connections=tuple(r["conn"] for r, *_ in hits), evidence=tuple(evidence),
+        data={"lost_packets": total, "after_idle": idle, "after_other_capture": beyond_total})]
 
 
 IDLE_GAP_S = 1.0
@@ -1232,10 +1329,10 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
 
 
 IDLE_TIMEOUT_SYSCTL = {
-    "udp": "net.netfilter.nf_conntrack_udp_timeout (30 s) and nf_conntrack_udp_timeout_stream (120 s, for a "
-           "flow answered and still active after 2 s)",
-    "tcp": "net.netfilter.nf_conntrack_tcp_timeout_established (5 days)",
-    "icmp": "net.netfilter.nf_conntrack_icmp_timeout (30 s)",
+    "udp": "net.netfilter.nf_conntrack_udp_timeout (default 30 s) and nf_conntrack_udp_timeout_stream (default "
+           "120 s, for a flow answered and still active after 2 s)",
+    "tcp": "net.netfilter.nf_conntrack_tcp_timeout_established (default 5 days)",
+    "icmp": "net.netfilter.nf_conntrack_icmp_timeout (default 30 s)",
 }
 """The conntrack timeout that ends an idle entry, per protocol, with the kernel's default."""
 

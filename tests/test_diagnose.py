@@ -80,6 +80,28 @@ def test_a_nodeport_client_reset_by_the_node_after_its_entry_expired() -> None:
     assert all(c["fate_node_generated"] == 0 for n, c in rows.items() if n not in f.connections)
 
 
+def test_packets_dropped_on_the_node_mid_connection_are_no_healthy_nat() -> None:
+    # Kernel variants (tests/variants): "NAT working as expected" stood beside "10 inside only" and beside a
+    # not_reverse_translated flag. idle-drop-invalid: two pods' FINs after 6 s idle (timeout 3 s) matched no
+    # entry and a FORWARD INVALID DROP rule counted all 10. oow-drop-invalid: an out-of-window segment from the
+    # server was INVALID (conntrack -S invalid=1) and dropped on the node, no RST.
+    d = Path(__file__).resolve().parent / "variants"
+    found = {f.kind: f for f in diagnose(correlate(d / "idle-drop-invalid" / "inside.pcap",
+                                                   d / "idle-drop-invalid" / "outside.pcap"))}
+    assert list(found) == ["dropped_mid_connection"]
+    f = found["dropped_mid_connection"]
+    assert f.severity == "warning" and len(f.connections) == 2
+    assert f.data == {"lost_packets": 10, "after_idle": 2, "after_other_capture": 10}
+    assert all("(FIN,ACK)" in e and "after 6.0 s of silence" in e for e in f.evidence)
+    assert "keepalives" in f.fix
+    found = {f.kind: f for f in diagnose(correlate(d / "oow-drop-invalid" / "inside.pcap",
+                                                   d / "oow-drop-invalid" / "outside.pcap"))}
+    assert list(found) == ["dropped_mid_connection"]
+    f = found["dropped_mid_connection"]
+    assert f.data == {"lost_packets": 1, "after_idle": 0, "after_other_capture": 0}
+    assert "never seen inside" in f.evidence[0] and "nf_conntrack_tcp_be_liberal" in f.fix
+
+
 def test_a_hairpin_whose_fins_leaked_after_its_entry_expired_stays_a_translated_hairpin() -> None:
     # tests/variants/hairpin-idle (kernel): the hairpin connection's FINs left eth0 untranslated after 6 s idle
     # (timeout 3 s). That outside leg made the connection 'untranslated' (outside tuple = inside tuple, hairpin
