@@ -292,6 +292,12 @@ class Evidence:
     aggregates: frozenset[Key] = frozenset()
     """Interfaces that hold, under the same tuples, the packets of two or more others, and connections started by
     two or more pod-side sources: a bridge beside its ports, whatever its name."""
+    past_hook: Counter[Key] = dataclasses.field(default_factory=Counter)
+    """Packets on an interface that are a later copy, with the same TTL (bridged, not routed), of a packet on
+    another interface under another tuple: the bridge device beside its port sees a pod's packets after
+    br_netfilter's PREROUTING hook (a ClusterIP already DNATed to its endpoint; a NodePort reply already
+    de-masqueraded to the client, its DNAT not yet undone: two helpers' kernel captures of lab nodeport), the
+    port before it. An interface with such packets is no pod's own view when its port is there."""
     start_rows: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
     """(where, sig, ts_ns) of each interface's connection starts."""
     destinations: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
@@ -345,6 +351,24 @@ def _aggregates(starts: pl.DataFrame) -> frozenset[Key]:
     parts = shared.filter(pl.col("shared") >= COPY_SHARE * pl.col("size")).group_by("where_b").len("parts")
     found = parts.filter(pl.col("parts") >= 2)["where_b"].to_list()
     return frozenset((int(w) >> 32, _signed(int(w) & 0xFFFFFFFF)) for w in found)
+
+
+def _past_hook(packets: pl.DataFrame) -> Counter[Key]:
+    """Evidence.past_hook of every interface: packets that are a later copy (within COPY_NS, same invariant fields
+    and TTL) of a packet on another interface under another 5-tuple."""
+    tup = pl.struct("f_src", "f_sport", "f_dst", "f_dport").hash(seed=0x6870).alias("tup")
+    p = packets.filter(~pl.col("is_icmp_error")).select(where_expr(), "sig", "ttl", "ts_ns", tup)
+    # Only where one packet shows two tuples on two interfaces: most packets look the same everywhere.
+    both = (p.group_by("sig", "ttl").agg(pl.col("where").n_unique().alias("w"), pl.col("tup").n_unique().alias("t"))
+            .filter((pl.col("w") > 1) & (pl.col("t") > 1)).select("sig", "ttl"))
+    if both.is_empty():
+        return Counter()
+    cand = p.join(both, on=["sig", "ttl"])
+    later = cand.join(cand, on=["sig", "ttl"], suffix="_b").filter(
+        (pl.col("where") != pl.col("where_b")) & (pl.col("tup") != pl.col("tup_b"))
+        & (pl.col("ts_ns_b") >= pl.col("ts_ns")) & (pl.col("ts_ns_b") - pl.col("ts_ns") <= COPY_NS))
+    counts = later.select("where_b", "ts_ns_b", "tup_b").unique().group_by("where_b").len()
+    return Counter({(int(w) >> 32, _signed(int(w) & 0xFFFFFFFF)): n for w, n in counts.iter_rows()})
 
 
 def _signed(u32: int) -> int:
@@ -404,6 +428,7 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
                       .drop_nulls().iter_rows()):
         ev.destinations.setdefault((a, b), set()).add(str(dst))
     shares_all = _aggregates(starts)
+    ev.past_hook = _past_hook(packets)
     by_sig = starts.group_by("sig").agg(
         pl.struct("iface", "ifindex").n_unique().alias("where"), pl.col("ttl").max().alias("hi"),
         pl.col("ttl").min().alias("lo"))
@@ -417,6 +442,11 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     # The addresses the NAT translated sources to are the node's own (eth0's address, the bridge address of a
     # NodePort's masquerade), never a pod's, even where they are private too.
     node_owned = {p for a, p in zip(ends["pre_src"].to_list(), ends["post_src"].to_list(), strict=True) if a != p}
+    # A source the NAT rewrote while keeping the destination (SNAT of egress) is a pod's, whatever the address
+    # looks like: NAT66 between global prefixes (the lab's nat66: pods in 2001:db8:244::/64, no private range).
+    snatted = {a for a, p, d, e in zip(ends["pre_src"].to_list(), ends["post_src"].to_list(),
+                                       ends["pre_dst"].to_list(), ends["post_dst"].to_list(), strict=True)
+               if a != p and d == e}
 
     @functools.cache
     def service(addr: str) -> bool:
@@ -428,7 +458,7 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
         ip = ipaddress.ip_address(addr)
         if pod_networks:
             return any(ip.version == n.version and ip in n for n in pod_networks)
-        return _private(addr) and addr not in node_owned and not service(addr)
+        return (_private(addr) or addr in snatted) and addr not in node_owned and not service(addr)
 
     where_pre = pre.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
     where_post = post.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
@@ -544,8 +574,8 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
             why = "no connection crossed the NAT and no name says uplink; the busiest other interface"
         else:
             return [], "", {}
-    order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, -ev.service_starts[i.key],
-                                        -mine[i.key], -i.packets, i.name))
+    order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, ev.past_hook[i.key] > 0,
+                                        -ev.service_starts[i.key], -mine[i.key], -i.packets, i.name))
     chosen, notes = _without_copies(order, ev)
     if added := [i for i in chosen if i in more]:
         why += (f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"

@@ -285,3 +285,38 @@ def test_decoders_agree_on_a_capture_of_many_interfaces(tmp_path: Path) -> None:
     fast, ref = (load_packets(tmp_path / "node.pcapng", fast=f) for f in (True, False))
     assert fast[1].equals(ref[1])
     assert dataclasses.replace(fast[0], fallback_frames=0) == ref[0]  # the fast one hands ICMP errors over
+
+
+def test_a_bridge_that_shows_packets_past_its_nat_hook_gives_way_to_its_port() -> None:
+    # Kernel capture (lab nodeport-no-endpoints, tcpdump -i any, no interface names): with br_netfilter the bridge
+    # cni0 sees the pod's NodePort replies after PREROUTING undid the masquerade and before the DNAT is undone
+    # (10.244.0.10:8080 -> the client), a tuple no capture point of the pod has. Chosen as the inside (its index
+    # sorts first), it split each masqueraded NodePort connection into a no_reply and a made-up translated one.
+    import natproof.check
+
+    case = Path(__file__).resolve().parents[1] / "captures" / "nodeport-no-endpoints"
+    one = natproof.correlate(case / "any.pcap")
+    links = {link.name: link for link in read_links(case / "links.txt").values()}
+    veth = next(n for n, link in links.items() if link.master == "cni0")
+    assert one.inside.interfaces == (f"if{links[veth].index}",)
+    assert any(i.note and i.note.startswith("left out: all its connection starts are copies of packets on")
+               for i in one.interfaces if i.name == f"if{links['cni0'].index}")
+    truth = json.loads((case / "truth.json").read_text())
+    report = natproof.check.compare(one, truth, single_file=True)
+    assert (report.found, report.mapping_right, report.verdict_right) == (4, 4, 4) and not report.unexpected
+
+
+def test_nat66_between_global_prefixes_finds_its_pod_side_without_names() -> None:
+    # Kernel capture (lab nat66 as tcpdump -i any, tests/variants/nat66-any): pods in 2001:db8:244::/64, no private
+    # range, so nothing marked a source as a pod's and natproof refused ("cannot tell which interface is the
+    # inside"). A source the NAT rewrote while keeping the destination is a pod's.
+    import natproof.check
+
+    case = Path(__file__).resolve().parent / "variants" / "nat66-any"
+    one = natproof.correlate(case / "any.pcap")
+    links = {link.name: link for link in read_links(case / "links.txt").values()}
+    assert sorted(one.inside.interfaces) == sorted(f"if{links[n].index}" for n in ("vethpod1", "vethpod2"))
+    assert one.outside.interfaces == (f"if{links['eth0'].index}",)
+    assert "2001:db8:244::10" in one.inside.why
+    report = natproof.check.compare(one, json.loads((case / "truth.json").read_text()), single_file=True)
+    assert report.expected == report.found == report.mapping_right == report.verdict_right == 4
