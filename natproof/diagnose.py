@@ -857,8 +857,9 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
         def line(r: dict[str, Any], e: dict[str, Any]) -> str:
             name = icmp_error_name(e["icmp_type"], e["icmp_code"], ":" in (r["inside_src"] or ""))
             mtu = f", mtu {e['icmp_mtu']}" if e["icmp_mtu"] is not None else ""
-            who = "the destination" if e["err_src"] == r["inside_dst"] or e["err_src"] == r["trans_dst"] \
-                else f"{e['err_src']} (a router on the path, not the destination)"
+            who = ("the destination" if e["err_src"] == r["inside_dst"] or e["err_src"] == r["trans_dst"]
+                   else f"{e['err_src']} (the node itself: made here, never crossed)" if e.get("fate") ==
+                   "node_generated" else f"{e['err_src']} (a router on the path, not the destination)")
             return f"{_conn_label(r)}: {name}{mtu} from {who} (frame {e['frame_no']})"
         evidence = [line(r, e) for r, e in items[:20]]
         conns = tuple(r["conn"] for r, _ in items)
@@ -868,7 +869,13 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             v6 = all(":" in (r["inside_src"] or "") for r, _ in items)
             said = "packet too big" if v6 else "fragmentation needed"
             seen_in = sum(1 for r, _ in items if r["conn"] in reached_pod)
-            if seen_in == len(items):
+            # Made by the node itself (its pod-side address), not relayed: the node could not forward the packet
+            # out of its own uplink (a helper's kernel variant: pod MTU 9000, eth0 1500). No NAT was involved.
+            by_node = sorted({e["err_src"] for _, e in items if e.get("fate") == "node_generated"})
+            if by_node and len(by_node) == len(routers):
+                relay = ("The node made the error itself (it is the pod's gateway): the packet never reached the "
+                         "NAT, and the pod's MTU is larger than the node's uplink.")
+            elif seen_in == len(items):
                 relay = ("The NAT reverse-translated the ICMP error to the pod, as it should; the server is not at "
                          "fault.")
             elif seen_in == 0:
@@ -894,14 +901,18 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             findings.append(Finding(
                 "path_mtu", "info" if fine else "warning",
                 f"Path MTU discovery at work ({said})" if fine else f"Packets too big for the path ({said})",
-                f"{len(items)} connection(s) sent packets larger than a link on the path allows: router(s) "
-                f"{', '.join(routers)} answered \"{said}\" (next-hop MTU {', '.join(map(str, mtus))})"
-                f" and dropped them. {relay}{after}",
-                f"Lower the MTU on the path's near side or clamp TCP MSS ({clamp}); for UDP, send datagrams that fit "
+                f"{len(items)} connection(s) sent packets larger than a link on the path allows: "
+                + (f"the node itself ({', '.join(by_node)})" if by_node and len(by_node) == len(routers)
+                   else f"router(s) {', '.join(routers)}")
+                + f" answered \"{said}\" (next-hop MTU {', '.join(map(str, mtus))}) and dropped them. {relay}{after}",
+                ("Give the pods the uplink's MTU, less any overlay's overhead (the CNI's mtu setting), "
+                 if by_node and len(by_node) == len(routers) else "Lower the MTU on the path's near side ")
+                + f"or clamp TCP MSS ({clamp}); for UDP, send datagrams that fit "
                 f"{min(mtus) if mtus else 'the path MTU'} bytes, and make sure "
                 f"{'ICMPv6 type 2' if v6 else 'ICMP type 3 code 4'} is not filtered.",
                 connections=conns, evidence=tuple(evidence),
-                data={"mtu": mtus, "routers": routers, "reached_pod": seen_in, "answered_after": carried}))
+                data={"mtu": mtus, "routers": routers, "reached_pod": seen_in, "answered_after": carried,
+                      "by_node": by_node}))
         elif kind == "refused":
             findings.append(Finding(
                 "refused", "warning", "The far end refused (port or protocol unreachable)",

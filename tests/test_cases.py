@@ -114,7 +114,8 @@ def test_node_made_rejects_are_not_replies_and_not_a_forward_drop() -> None:
 def test_fragmentation_needed_is_a_path_mtu_signal_from_a_router() -> None:
     r = run("pmtud-frag-needed")
     f = kinds(r)["path_mtu"]
-    assert f.data == {"mtu": [1400], "routers": ["203.0.113.1"], "reached_pod": 1, "answered_after": 0}  # relayed
+    assert f.data == {"mtu": [1400], "routers": ["203.0.113.1"], "reached_pod": 1, "answered_after": 0,
+                      "by_node": []}  # relayed
     assert "MSS" in f.fix and "no_reply" not in kinds(r)
 
 

@@ -102,6 +102,16 @@ def test_packets_dropped_on_the_node_mid_connection_are_no_healthy_nat() -> None
     assert "never seen inside" in f.evidence[0] and "nf_conntrack_tcp_be_liberal" in f.fix
 
 
+def test_fragmentation_needed_made_by_the_node_itself_points_at_the_pod_mtu() -> None:
+    # Kernel variant (tests/variants/pmtu-node): pod MTU 9000, eth0 1500; the node (10.244.0.1) answered the pod's
+    # DF datagram itself. Was told as "a router on the path ... the NAT reverse-translated the ICMP error".
+    d = Path(__file__).resolve().parent / "variants" / "pmtu-node"
+    f = {f.kind: f for f in diagnose(correlate(d / "inside.pcap", d / "outside.pcap"))}["path_mtu"]
+    assert f.data["by_node"] == ["10.244.0.1"] and f.data["mtu"] == [1500]
+    assert "the node itself (10.244.0.1)" in f.summary and "reverse-translated" not in f.summary
+    assert "the node itself: made here" in f.evidence[0] and "CNI's mtu" in f.fix
+
+
 def test_a_hairpin_whose_fins_leaked_after_its_entry_expired_stays_a_translated_hairpin() -> None:
     # tests/variants/hairpin-idle (kernel): the hairpin connection's FINs left eth0 untranslated after 6 s idle
     # (timeout 3 s). That outside leg made the connection 'untranslated' (outside tuple = inside tuple, hairpin
@@ -385,7 +395,7 @@ def test_fragmentation_needed_on_a_connection_answered_after_it_is_named(tmp_pat
     found = {f.kind: f for f in diagnose(result)}
     f = found["path_mtu"]
     assert f.data == {"mtu": [1280], "routers": ["203.0.113.1"], "reached_pod": 1 if relayed else 0,
-                      "answered_after": 1}
+                      "answered_after": 1, "by_node": []}
     assert "answered afterwards" in f.summary and "fragmentation needed, mtu 1280 from 203.0.113.1" in f.evidence[0]
     # Answered before the error only (the handshake), not after: not "path MTU discovery worked" (a helper's variant).
     early = tmp_path / "early"
