@@ -505,8 +505,9 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     rw = pl.col("rewrites")
     # RFC 1918, shared (RFC 6598) and ULA space: ipaddress's is_private also counts the documentation ranges.
     inside_space = [space for space, _, _ in PRIVATE_SPACE]
-    crossed = crossed.with_columns(in_networks(crossed[c], inside_space).alias(f"_private_{c}")
-                                   for c in ("orig_src", "trans_src", "trans_dst"))
+    crossed = crossed.with_columns(in_networks(crossed[c].fill_null("0.0.0.0"), inside_space).alias(f"_private_{c}")
+                                   for c in ("orig_src", "trans_src", "trans_dst", "inside_src", "inside_dst",
+                                             "outside_src", "outside_dst"))
 
     def private(col: str) -> pl.Expr:
         return pl.col(f"_private_{col}")
@@ -516,11 +517,17 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     snat_reversed = out_first & rw.list.contains("src") & (~dnat | (private("orig_src") & ~private("trans_src")))
     inbound_reversed = in_first & rw.list.contains("dst") & private("trans_dst") & ~private("orig_src")
     clusterip_reversed = in_networks(crossed["orig_dst"], svc.networks) & (crossed["initiator"] == "outside")
-    reversed_ = crossed.select((snat_reversed | inbound_reversed).alias("r"))["r"] | clusterip_reversed
+    # Private space only on the "outside" capture, none on the "inside" one: a NAT does not translate into private
+    # space on its way out (a helper's swap of a pair whose eth0 capture held only the replies: they read as
+    # inbound connections DNATed to a pod, started on the "outside" capture).
+    into_private = ((private("outside_src") | private("outside_dst")) & ~private("inside_src")
+                    & ~private("inside_dst"))
+    reversed_ = crossed.select((snat_reversed | inbound_reversed | into_private).alias("r"))["r"] | clusterip_reversed
     if not reversed_.all():
         return None
     return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
-            "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one)")
+            "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one, "
+            "private addresses on the outside capture only)")
 
 
 def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.DataFrame, pl.DataFrame],

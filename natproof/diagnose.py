@@ -153,9 +153,12 @@ def diagnose(result: Result) -> list[Finding]:
     findings += pool
     findings += _leaks(result, [r for r in rows if r["fate_leaked"]])
     findings += _invalid_resets(result, rows)
+    # Mid-connection: both directions crossed otherwise (one direction never crossing is a path or a capture:
+    # egress_other_path, reply_other_path).
     findings += _dropped_mid_connection(result, [r for r in rows if r["verdict"] == "translated"
                                                  and (r["fate_inside_only"] or r["fate_outside_only"])
-                                                 and not r["fate_node_generated"]],
+                                                 and not r["fate_node_generated"] and r["matched_egress"]
+                                                 and r["matched_reply"]],
                                         partial=any(f.kind == "partial_overlap" for f in findings))
     findings += _replies(result, by_verdict.get("reply_dropped", []))
     findings += _other_path(result, by_verdict.get("reply_other_path", []))

@@ -238,3 +238,24 @@ def test_reject_from_the_pod_side_capture_and_the_kernel_record_alone() -> None:
     outside = correlate_one(captures / "outside.pcap", captures / "conntrack.log", side="outside")
     assert outside.connections.height and not any("not_reverse_translated" in flags_of(r)
                                                   for r in outside.connections.iter_rows(named=True))
+
+
+def test_a_pair_whose_outside_holds_only_replies_is_refused_the_wrong_way_round(tmp_path: Path) -> None:
+    # A helper's swap: basic's eth0 capture cut to the packets addressed to the node (the replies), given first.
+    # Each connection then read as an inbound one DNATed to a pod, started on the "outside" capture; natproof
+    # inferred the node's public /24 as the pod network and called them translated. Private space only on the
+    # capture given as outside is NAT seen from the wrong side.
+    import dpkt
+
+    src = Path(__file__).resolve().parents[1] / "captures" / "basic"
+    with open(src / "outside.pcap", "rb") as fh, open(tmp_path / "replies.pcap", "wb") as out:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
+        for ts, buf in reader:
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if isinstance(ip, dpkt.ip.IP) and ip.dst == bytes([203, 0, 113, 2]):
+                writer.writepkt(buf, ts)
+    right = correlate(src / "inside.pcap", tmp_path / "replies.pcap")
+    assert set(right.connections["verdict"]) == {"translated"}
+    with pytest.raises(InputError, match="look swapped: .*private addresses on the outside capture only"):
+        correlate(tmp_path / "replies.pcap", src / "inside.pcap")
