@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
+from natproof.errors import NatproofError
 from natproof.report.table import format_address
 from natproof.result import Result, flags_of
 
@@ -172,6 +174,7 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]],
                              went_on)
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
+    findings += _alg_missing(result, rows)
     findings += _kernel_contradicts(result, [r for r in every if r["kernel"] == "contradicts"])
     problems = any(f.severity != "info" for f in findings)  # path MTU discovery at work is no problem
     findings += _kernel_gaps(result, [r for r in every if r["kernel_reason"] in ("not_recorded",
@@ -1227,6 +1230,84 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
         "and `conntrack -L expect` its expectations.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+FTP_CONTROL_PORT = 21
+_PORT_COMMAND = re.compile(rb"(?:PORT|port) (\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})\r?\n")
+_EPRT_COMMAND = re.compile(rb"(?:EPRT|eprt) \|([12])\|([0-9A-Fa-f:.]+)\|(\d{1,5})\|\r?\n")
+
+
+def ftp_data_addresses(payload: bytes) -> list[tuple[str, int]]:
+    """The (address, port) an FTP client's PORT (RFC 959) and EPRT (RFC 2428) commands in ``payload`` ask the server
+    to connect back to; [] when it holds none."""
+    found = []
+    for m in _PORT_COMMAND.finditer(payload):
+        n = [int(x) for x in m.groups()]
+        if all(x <= 255 for x in n):
+            found.append((".".join(map(str, n[:4])), n[4] * 256 + n[5]))
+    for m in _EPRT_COMMAND.finditer(payload):
+        try:
+            found.append((str(ipaddress.ip_address(m.group(2).decode())), int(m.group(3))))
+        except ValueError:
+            continue
+    return found
+
+
+def _alg_missing(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Translated FTP control connections (to port 21) whose PORT or EPRT command left the node still naming the
+    pod's own address: no ALG rewrote it (conntrack's FTP helper is not attached: since kernel 4.7 helpers are not
+    assigned automatically, nf_conntrack_helper=0; a helper's kernel variant of cases/ftp-alg-active: the server
+    answered '425 cannot open data connection'). Read from the outside capture's frames of those connections."""
+    from natproof.capture import read_frames
+    from natproof.decode import Skip, link_payload
+
+    ftp = [r for r in rows if r["proto"] == "tcp" and r["initiator"] == "inside" and r["verdict"] == "translated"
+           and r["orig_dport"] == FTP_CONTROL_PORT and "seq_shift" not in flags_of(r)]
+    if not ftp or str(result.outside.path) == "-":
+        return []
+    hits = []
+    for r in ftp[:50]:
+        egress = _packets(result, r, "outside", egress=True)
+        if "payload_len" in egress.columns:
+            egress = egress.filter(pl.col("payload_len") > 0)
+        frames = egress["frame_no"].head(200).to_list()
+        try:
+            records = read_frames(result.outside.path, frames)
+        except (OSError, NatproofError):
+            return []
+        for frame in frames:
+            rec = records[frame]
+            try:
+                version, ipb, _ = link_payload(rec.linktype, rec.data)
+            except Skip:
+                continue
+            if version == 4 and len(ipb) >= 20 and ipb[9] == 6:
+                tcp = ipb[(ipb[0] & 0x0F) * 4:]
+            elif version == 6 and len(ipb) >= 40 and ipb[6] == 6:
+                tcp = ipb[40:]
+            else:
+                continue
+            if len(tcp) < 20:
+                continue
+            for address, port in ftp_data_addresses(tcp[(tcp[12] >> 4) * 4:]):
+                if address == r["orig_src"] and address != r["trans_src"]:
+                    hits.append((r, frame, address, port))
+    if not hits:
+        return []
+    conns = sorted({r["conn"] for r, *_ in hits})
+    evidence = [f"{_conn_label(r)}: outside frame {frame} asks the server to connect to "
+                f"{format_address(address, port)}, the pod's own address, while the connection left as "
+                f"{format_address(r['trans_src'], r['trans_sport'])}" for r, frame, address, port in hits[:20]]
+    return [Finding(
+        "alg_missing", "warning", "FTP commands left the node with the pod's address (no ALG)",
+        f"{len(conns)} FTP control connection(s) were translated, but their PORT/EPRT commands crossed unchanged, "
+        "naming the pod's own address: no ALG rewrote the payload (conntrack's FTP helper is not attached to "
+        "them), so the server cannot open the data connection back (servers answer 425) and no expectation "
+        "admits it.",
+        "Attach the FTP helper: `modprobe nf_conntrack_ftp` and `iptables -t raw -A PREROUTING -p tcp --dport 21 "
+        "-j CT --helper ftp` (helpers are not assigned automatically since kernel 4.7), or have the client use "
+        "passive mode (PASV/EPSV).",
+        connections=tuple(conns), evidence=tuple(evidence), data={"commands": len(hits)})]
 
 
 def _nodeport_source(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:

@@ -112,6 +112,25 @@ def test_fragmentation_needed_made_by_the_node_itself_points_at_the_pod_mtu() ->
     assert "the node itself: made here" in f.evidence[0] and "CNI's mtu" in f.fix
 
 
+def test_ftp_commands_that_crossed_with_the_pod_address_say_no_alg_rewrote_them() -> None:
+    # Kernel variant (tests/variants/ftp-no-helper): no FTP helper attached, the PORT command left eth0 naming
+    # 10.244.0.5 and the transfer failed; was "NAT working as expected". With the helper (captures/ftp-alg) the
+    # commands are rewritten: no such finding.
+    from natproof.diagnose import ftp_data_addresses
+
+    d = Path(__file__).resolve().parent / "variants" / "ftp-no-helper"
+    found = {f.kind: f for f in diagnose(correlate(d / "inside.pcap", d / "outside.pcap"))}
+    assert list(found) == ["alg_missing"]
+    f = found["alg_missing"]
+    assert f.severity == "warning" and f.data == {"commands": 1}
+    assert "asks the server to connect to 10.244.0.5:" in f.evidence[0] and "CT --helper ftp" in f.fix
+    assert "alg_missing" not in {f.kind for f in diagnose(correlate(*capture_pair(CAPTURES / "ftp-alg")))}
+    assert ftp_data_addresses(b"PORT 10,244,0,5,182,163\r\n") == [("10.244.0.5", 46755)]
+    assert ftp_data_addresses(b"EPRT |2|2001:db8:244::10|5282|\r\nEPRT |1|10.0.0.1|1|\r\n") == [
+        ("2001:db8:244::10", 5282), ("10.0.0.1", 1)]
+    assert ftp_data_addresses(b"PORT 300,1,1,1,1,1\r\nUSER x\r\n") == []
+
+
 def test_a_hairpin_whose_fins_leaked_after_its_entry_expired_stays_a_translated_hairpin() -> None:
     # tests/variants/hairpin-idle (kernel): the hairpin connection's FINs left eth0 untranslated after 6 s idle
     # (timeout 3 s). That outside leg made the connection 'untranslated' (outside tuple = inside tuple, hairpin
