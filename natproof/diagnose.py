@@ -184,6 +184,7 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _routed(result, [r for r in routed if r not in excluded])
     findings += _snat_exclusion(result, excluded)
     findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r)])
+    findings += _refused_by_far_end(result, rows)
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
     n = Counter(r["verdict"] for r in rows)
@@ -1230,6 +1231,39 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
         "and `conntrack -L expect` its expectations.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+def _refused_by_far_end(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Translated TCP connections whose only answer to the SYN was a RST (no SYN-ACK): the far end (a server, a
+    NodePort's endpoint pod) refused them; the NAT did its part, replies reverse-translated (a helper's kernel
+    variant: a NodePort endpoint with nothing listening on its targetPort read only as 'NAT working as expected')."""
+    tcp = [r for r in rows if r["proto"] == "tcp" and r["verdict"] == "translated" and r["inside_conn_id"] is not None]
+    if not tcp or _uplink_only(result):
+        return []
+    replies = _packets_of(result, tcp, "inside", ~pl.col("is_egress") & ~pl.col("is_icmp_error")
+                          & (pl.col("fate") == "crossed"))
+    if replies.is_empty():
+        return []
+    flags = pl.col("tcp_flags").fill_null(0)
+    per = replies.group_by("anchor").agg(((flags & 0x12) == 0x12).any().alias("synack"),
+                                         ((flags & 0x04) != 0).any().alias("rst"),
+                                         pl.col("frame_no").min().alias("frame"))
+    refused = {a: f for a, s, rst, f in per.iter_rows() if rst and not s}
+    hits = [r for r in tcp if r["inside_conn_id"] in refused]
+    if not hits:
+        return []
+    evidence = [f"{_conn_label(r)}: answered with a RST (inside frame {refused[r['inside_conn_id']]}) and no "
+                f"SYN-ACK, reverse-translated to the {'client' if r['initiator'] == 'outside' else 'pod'}"
+                for r in hits[:20]]
+    dests = sorted({format_address(r["trans_dst"], r["trans_dport"]) for r in hits})
+    return [Finding(
+        "refused_by_far_end", "info", "The far end refused (TCP RST to the SYN)",
+        f"{len(hits)} connection(s) were translated and reached {', '.join(dests[:5])}"
+        + (f" and {len(dests) - 5} more" if len(dests) > 5 else "")
+        + ", which answered the SYN with a RST: nothing listened on that port there. The NAT did its part: the "
+        "RST was reverse-translated like any reply.",
+        "Check that the server (for a Service, the endpoint pod: its targetPort) listens on that port.",
+        connections=tuple(r["conn"] for r in hits), evidence=tuple(evidence), data={"destinations": dests})]
 
 
 FTP_CONTROL_PORT = 21

@@ -131,6 +131,27 @@ def test_ftp_commands_that_crossed_with_the_pod_address_say_no_alg_rewrote_them(
     assert ftp_data_addresses(b"PORT 300,1,1,1,1,1\r\nUSER x\r\n") == []
 
 
+def test_a_connection_refused_by_its_endpoint_is_named_beside_a_healthy_nat() -> None:
+    # Kernel variant (tests/variants/nodeport-two-clients): NodePort 30082's endpoint 10.244.0.11:9090 answers the
+    # SYN with a RST, reverse-translated to the client; it read only "NAT working as expected".
+    import json
+
+    import natproof.check
+
+    d = Path(__file__).resolve().parent / "variants" / "nodeport-two-clients"
+    result = correlate(d / "inside.pcap", d / "outside.pcap")
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["healthy", "refused_by_far_end", "nodeport_source_lost"]
+    f = found["refused_by_far_end"]
+    assert f.data == {"destinations": ["10.244.0.11:9090"]} and len(f.connections) == 1
+    assert "203.0.113.2:30082" in f.evidence[0] and "reverse-translated to the client" in f.evidence[0]
+    # The same run as one tcpdump -i any capture without interface names: cni0 holds half-translated NodePort
+    # replies (br_netfilter) and must give way to the pods' veths; every mapping as the kernel's truth has it.
+    one = correlate(d / "any.pcap")
+    report = natproof.check.compare(one, json.loads((d / "truth.json").read_text()), single_file=True)
+    assert report.expected == report.found == report.mapping_right == report.verdict_right == 15
+
+
 def test_a_hairpin_whose_fins_leaked_after_its_entry_expired_stays_a_translated_hairpin() -> None:
     # tests/variants/hairpin-idle (kernel): the hairpin connection's FINs left eth0 untranslated after 6 s idle
     # (timeout 3 s). That outside leg made the connection 'untranslated' (outside tuple = inside tuple, hairpin
