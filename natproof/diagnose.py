@@ -378,6 +378,14 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
               "outside_packets_beyond": beyond})]
 
 
+def _node_answers(made: pl.DataFrame, rst_from: str) -> list[str]:
+    """The first three packets the node made in answer (ICMP errors, RSTs) as evidence phrases; ``rst_from``
+    says whose a RST claims to be ("as if from 198.51.100.10:443")."""
+    return [f"frame {f['frame_no']}: ICMP type {f['icmp_type']} code {f['icmp_code']} from {f['err_src']}"
+            if f["is_icmp_error"] else f"frame {f['frame_no']}: TCP RST {rst_from}"
+            for f in made.head(3).iter_rows(named=True)]
+
+
 def _refused_by_node(result: Result, refused: list[dict[str, Any]],
                      quiet: list[dict[str, Any]] | None = None) -> list[Finding]:
     """not_forwarded, answered by the node itself: kube-proxy's REJECT for a Service without endpoints, or a
@@ -402,14 +410,7 @@ def _refused_by_node(result: Result, refused: list[dict[str, Any]],
                                 "errors it sends (net.ipv4.icmp_ratelimit)")
                 continue
             made = _packets(result, r, "inside", "node_generated")
-            what = []
-            for f in made.head(3).iter_rows(named=True):
-                if f["is_icmp_error"]:
-                    what.append(f"frame {f['frame_no']}: ICMP type {f['icmp_type']} code {f['icmp_code']} from "
-                                f"{f['err_src']}")
-                else:
-                    forged = format_address(r["inside_dst"], r["inside_dport"])
-                    what.append(f"frame {f['frame_no']}: TCP RST as if from {forged}")
+            what = _node_answers(made, f"as if from {format_address(r['inside_dst'], r['inside_dport'])}")
             evidence.append(f"{_conn_label(r)}: nothing reached the outside; the node answered itself "
                             f"({'; '.join(what)})")
         if kind == "service_no_endpoints":
@@ -531,14 +532,7 @@ def _inbound_not_forwarded(result: Result, inbound: list[dict[str, Any]]) -> lis
         evidence = []
         for r, made in group[:20]:
             first = _packets(result, r, "outside", egress=True)["frame_no"].head(6).to_list()
-            what = []
-            for f in made.head(3).iter_rows(named=True):
-                if f["is_icmp_error"]:
-                    what.append(f"frame {f['frame_no']}: ICMP type {f['icmp_type']} code {f['icmp_code']} from "
-                                f"{f['err_src']}")
-                else:
-                    what.append(f"frame {f['frame_no']}: TCP RST from "
-                                f"{format_address(r['orig_dst'], r['orig_dport'])}")
+            what = _node_answers(made, f"from {format_address(r['orig_dst'], r['orig_dport'])}")
             evidence.append(f"{_conn_label(r)}: {r['egress_outside']} packet(s) from the client outside (frames "
                             f"{_fmt_frames(first)}), none inside"
                             + (f"; the node answered itself ({'; '.join(what)})" if what else "; no answer"))
