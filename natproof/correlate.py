@@ -517,10 +517,12 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     snat_reversed = out_first & rw.list.contains("src") & (~dnat | (private("orig_src") & ~private("trans_src")))
     inbound_reversed = in_first & rw.list.contains("dst") & private("trans_dst") & ~private("orig_src")
     clusterip_reversed = in_networks(crossed["orig_dst"], svc.networks) & (crossed["initiator"] == "outside")
-    # Private space only on the "outside" capture, none on the "inside" one: a NAT does not translate into private
-    # space on its way out (a helper's swap of a pair whose eth0 capture held only the replies: they read as
-    # inbound connections DNATed to a pod, started on the "outside" capture).
-    into_private = ((private("outside_src") | private("outside_dst")) & ~private("inside_src")
+    # Private space only on the "outside" capture, none on the "inside" one, other than as egress SNAT (a helper's
+    # swap of a pair whose eth0 capture held only the replies: they read as connections started outside, or with
+    # every field rewritten). Started inside with only the source rewritten, the same addresses are a node with a
+    # private address masquerading pods with public ones (GKE's privately used public pod ranges behind a 10.x
+    # node: another helper's pair), no swap.
+    into_private = ((out_first | dnat) & (private("outside_src") | private("outside_dst")) & ~private("inside_src")
                     & ~private("inside_dst"))
     reversed_ = crossed.select((snat_reversed | inbound_reversed | into_private).alias("r"))["r"] | clusterip_reversed
     if not reversed_.all():

@@ -259,3 +259,14 @@ def test_a_pair_whose_outside_holds_only_replies_is_refused_the_wrong_way_round(
     assert set(right.connections["verdict"]) == {"translated"}
     with pytest.raises(InputError, match="look swapped: .*private addresses on the outside capture only"):
         correlate(tmp_path / "replies.pcap", src / "inside.pcap")
+
+
+def test_pods_with_public_addresses_behind_a_private_node_address_are_no_swap() -> None:
+    # tests/variants/public-pods: egress SNAT into private space (GKE's privately used public pod ranges behind a
+    # 10.x node). The rule "private space only on the outside capture" refused this pair in both orders.
+    d = Path(__file__).resolve().parent / "variants" / "public-pods"
+    right = correlate(d / "inside.pcap", d / "outside.pcap")
+    assert set(right.connections["verdict"]) == {"translated"} and right.connections.height == 3
+    assert set(right.connections["trans_src"]) == {"10.0.1.10"}
+    with pytest.raises(InputError, match="look swapped"):
+        correlate(d / "outside.pcap", d / "inside.pcap")
