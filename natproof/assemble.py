@@ -426,9 +426,13 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     out_pk = out_pk.with_columns(pl.when(lost & made).then(pl.lit("node_generated", FATE))
                                  .when(lost).then(pl.lit("outside_only", FATE))
                                  .otherwise(pl.col("fate")).alias("fate"))
-    by_node = (out_pk.filter(lost & (pl.col("fate") == "node_generated")).group_by("conn_id")
-               .agg(pl.len().cast(pl.UInt32).alias("_by_node")))
-    legs = legs.join(by_node, on="conn_id", how="left").with_columns(pl.col("_by_node").fill_null(0))
+    # Answered otherwise (a SYN-ACK, data): the DNAT sent it to an endpoint the inside capture does not see (another
+    # pod's veth: a helper's kernel variant), so it is not_captured, not not_forwarded.
+    by_node = (out_pk.filter(lost).group_by("conn_id").agg(
+        (pl.col("fate") == "node_generated").sum().cast(pl.UInt32).alias("_by_node"),
+        (~pl.col("is_egress") & (pl.col("fate") != "node_generated")).sum().cast(pl.UInt32).alias("_answered")))
+    legs = legs.join(by_node, on="conn_id", how="left").with_columns(pl.col("_by_node").fill_null(0),
+                                                                     pl.col("_answered").fill_null(0))
     packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
     rows = legs.select(
         pl.lit(None, pl.UInt32).alias("anchor"), pl.col("conn_id").alias("primary_out"), "proto",
@@ -439,7 +443,9 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
         pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
         pl.col("icmp_error_packets").alias("icmp_errors_outside"),
         *[pl.col(c).alias(f"outside_{c}") for c in _TUPLE], *[pl.col(c).alias(f"orig_{c}") for c in _TUPLE],
-        pl.lit("outside").alias("initiator"), pl.lit("not_forwarded").alias("verdict"),
+        pl.lit("outside").alias("initiator"),
+        pl.when(pl.col("_answered") > 0).then(pl.lit("not_captured")).otherwise(pl.lit("not_forwarded"))
+        .alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
         (packets - pl.col("_by_node")).alias("fate_outside_only"), pl.col("_by_node").alias("fate_node_generated"),
         pl.lit("NodePort").alias("service_type"), pl.col("dst").alias("service_ip"),

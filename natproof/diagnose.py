@@ -989,89 +989,131 @@ def _iptables(rows: list[dict[str, Any]]) -> str:
 
 
 def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial: bool = False) -> list[Finding]:
-    """Translated connections that lost packets: seen in one capture, never in the other, while the rest of the
-    connection crossed, and nothing the node made answered them (else invalid_reply_reset). Dropped on the node:
-    after a silence the conntrack entry had expired and the packets, matching no entry and unable to start one
-    (INVALID), were dropped by a ctstate INVALID DROP rule instead of leaking (a helper's kernel variant of
-    cases/idle-expiry-fin-leak: two pods' FINs after 6 s idle with a 3 s timeout); mid-flow, conntrack marked a
-    segment INVALID (out of window) and the rule dropped it (a kernel variant of cases/oow-invalid-node-rst).
-    Packets sent after the other capture's last packet may as well have been missed by a capture that had stopped
-    (a pcap records no end of capture): said so, and left to partial_overlap where that finding speaks
-    (``partial``)."""
+    """Translated connections with packets seen on one side of the node only while the rest of the connection
+    crossed, nothing the node made answering them (else invalid_reply_reset).
+
+    By the way a packet was going: one seen past the node (a reply at the pod, a pod's packet on the uplink) and
+    missing before it was missed by a capture (capture_missed_packets). One missing past the node was dropped there
+    or missed by the capture past it; packets-only cannot tell the two apart (the sender's retransmission, the
+    node's counters can), except TCP segments sent after a silence of IDLE_GAP_S or more: the conntrack entry had
+    expired, they matched no entry and could not start one (INVALID), and a ctstate INVALID DROP rule stopped
+    them before they leaked (a helper's kernel variant of cases/idle-expiry-fin-leak: two pods' FINs after 6 s idle,
+    timeout 3 s). Those after the other capture's last packet may have met a capture that had stopped (a pcap
+    records no end of capture); where partial_overlap speaks (``partial``), they are its."""
     a0, a1 = result.inside.first_ts_ns, result.inside.last_ts_ns
     b0, b1 = result.outside.first_ts_ns, result.outside.last_ts_ns
     if not (rows and a0 and b0):  # one capture (and a record): what it misses of the other side is not known
         return []
     off = int(round(result.clock_offset_s * 1e9))
-    hits = []
+    # Each connection's packets read in one pass per capture; ICMP errors aside (path_mtu and the ICMP findings).
+    among = {side: _packets_of(result, rows, side) for side in ("inside", "outside")}
+    idle, unsure, stopped, missed = [], [], [], []  # (row, side, frames)
     for r in rows:
-        # ICMP errors aside: path_mtu and the ICMP findings speak of those.
-        inside = _packets(result, r, "inside").sort("ts_ns")
+        inbound = r["initiator"] == "outside"
+        inside = _packets(result, r, "inside", among=among["inside"]).sort("ts_ns")
+        outside = _packets(result, r, "outside", among=among["outside"])
+        # Going out: the initiator's packets of a connection started inside, the replies of one started outside.
+        out_dir = pl.col("is_egress") != inbound
         lost_in = inside.filter((pl.col("fate") == "inside_only") & ~pl.col("is_icmp_error"))
-        lost_out = _packets(result, r, "outside", "outside_only").filter(~pl.col("is_icmp_error"))
-        beyond = (lost_in.filter(~pl.col("ts_ns").is_between(b0 - off, b1 - off)).height
-                  + lost_out.filter(~pl.col("ts_ns").is_between(a0 + off, a1 + off)).height)
-        if beyond and partial:
-            continue
-        if not lost_in.height and not lost_out.height:
-            continue
-        gap_s = None
-        if lost_in.height:
-            first = lost_in.row(0, named=True)
-            before = inside.filter(pl.col("ts_ns") < first["ts_ns"])
+        lost_out = outside.filter((pl.col("fate") == "outside_only") & ~pl.col("is_icmp_error"))
+        # Only while the capture that missed them ran (else partial_overlap's, or no capture's fault).
+        for side, seen_past, span in (("inside", lost_in.filter(~out_dir), (b0 - off, b1 - off)),
+                                      ("outside", lost_out.filter(out_dir), (a0 + off, a1 + off))):
+            seen_past = seen_past.filter(pl.col("ts_ns").is_between(*span))
+            if seen_past.height:
+                missed.append((r, side, seen_past["frame_no"].to_list()))
+        for side, lost, span in (("inside", lost_in.filter(out_dir), (b0 - off, b1 - off)),
+                                 ("outside", lost_out.filter(~out_dir), (a0 + off, a1 + off))):
+            if not lost.height:
+                continue
+            first = lost.row(0, named=True)
+            before = (inside if side == "inside" else outside).filter(pl.col("ts_ns") < first["ts_ns"])
             gap_s = (first["ts_ns"] - before["ts_ns"].max()) / 1e9 if before.height else None
-        hits.append((r, lost_in, lost_out, gap_s, beyond))
-    if not hits:
-        return []
-    evidence, idle, total, beyond_total = [], 0, 0, 0
-    for r, lost_in, lost_out, gap_s, beyond in hits:
-        total += lost_in.height + lost_out.height
-        beyond_total += beyond
-        after = gap_s is not None and gap_s >= IDLE_GAP_S
-        idle += after
-        if len(evidence) >= 20:
-            continue
-        parts = []
-        if lost_in.height:
-            flags = sorted({_flag_names(f) for f in lost_in["tcp_flags"].drop_nulls().to_list()})
-            parts.append(f"{lost_in.height} packet(s) ({', '.join(flags) or 'no TCP flags'}) inside frames "
-                         f"{_fmt_frames(lost_in['frame_no'].head(6).to_list())} never seen outside"
-                         + (f" (sent after {gap_s:.1f} s of silence)" if after else ""))
-        if lost_out.height:
-            parts.append(f"{lost_out.height} packet(s) outside frames "
-                         f"{_fmt_frames(lost_out['frame_no'].head(6).to_list())} never seen inside")
-        evidence.append(f"{_conn_label(r)}: " + "; ".join(parts)
-                        + f", while {r['fate_crossed']} of its packets crossed"
-                        + (f"; {beyond} of them after the other capture's last packet" if beyond else ""))
-    protos = sorted({r["proto"] for r, *_ in hits})
-    timeouts = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
-    unsure = (f" {beyond_total} of them were sent after the other capture's last packet: the node dropped them, or "
-              "that capture had already stopped; these captures cannot tell which (the node's counters can)."
-              if beyond_total else "")
-    cause = (f" {idle} connection(s) sent theirs after 1 s or more of silence: once the conntrack entry has "
-             f"expired ({timeouts}), such packets match no entry and cannot start one (INVALID), and a DROP rule "
-             "stops them before they leak untranslated." if idle else "")
-    fix = ("Count the drops: `conntrack -S` (invalid) and `" + _iptables([r for r, *_ in hits])
-           + " -L -v -n | grep INVALID`. ")
-    if idle:
-        fix += ("After an idle period the far end still holds the connection open: keep idle connections alive "
-                "more often than the timeout (TCP keepalives) or raise it"
-                + (f" (`sysctl {timeouts.split(' ')[0]}`)." if timeouts else "."))
-    else:
-        fix += ("An out-of-window packet dropped this way spares the connection the node's RST (cases/"
-                "oow-invalid-node-rst); if such drops grow, look for reordering or a middlebox that rewrites "
-                "sequence numbers, or let conntrack accept them: `sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal"
-                "=1`.")
-    return [Finding(
-        "dropped_mid_connection", "warning", "Packets lost mid-connection",
-        f"{len(hits)} translated connection(s) have {total} packet(s) seen in one capture and never in the other "
-        "while the rest of the connection crossed, with nothing the node made answering them: dropped on the node"
-        + (", or missed by a capture that had stopped. " if beyond_total else ". ")
-        + "A ctstate INVALID DROP rule (kube-proxy's KUBE-FORWARD has one) drops what conntrack marks INVALID: out of "
-        "the TCP window, or sent after the entry expired." + cause + unsure,
-        fix,
-        connections=tuple(r["conn"] for r, *_ in hits), evidence=tuple(evidence),
-        data={"lost_packets": total, "after_idle": idle, "after_other_capture": beyond_total})]
+            after_idle = r["proto"] == "tcp" and gap_s is not None and gap_s >= IDLE_GAP_S
+            late = lost.filter(~pl.col("ts_ns").is_between(*span))
+            if late.height:
+                if partial:
+                    continue
+                stopped.append((r, side, late["frame_no"].to_list(), *([gap_s] if after_idle else [])))
+                lost = lost.filter(pl.col("ts_ns").is_between(*span))
+                if not lost.height:
+                    continue
+            if after_idle:
+                idle.append((r, side, lost["frame_no"].to_list(), gap_s))
+            else:
+                unsure.append((r, side, lost["frame_no"].to_list()))
+    findings = []
+    dropped = idle + unsure + stopped
+    if dropped:
+        conns = sorted({item[0]["conn"] for item in dropped})
+        n_idle, n_unsure, n_stopped = (sum(len(item[2]) for item in group) for group in (idle, unsure, stopped))
+        total = n_idle + n_unsure + n_stopped
+        evidence = []
+        for r, side, frames, *gap in dropped[:20]:
+            where = "never left the node (not on the uplink)" if side == "inside" else "never reached the pod side"
+            after = f", sent after {gap[0]:.1f} s of silence" if gap else ""
+            late = " (after the other capture's last packet)" if any(x is r for x, *_ in stopped) else ""
+            evidence.append(f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])} {where}{after}{late}, "
+                            f"while {r['fate_crossed']} of its packets crossed")
+        timeouts = IDLE_TIMEOUT_SYSCTL["tcp"]
+        parts = [f"{len(conns)} translated connection(s) have {total} packet(s) that reached the node and were "
+                 "not seen past it, while the rest of the connection crossed and nothing the node made answered "
+                 "them."]
+        if n_idle:
+            parts.append(f"{n_idle} of them were sent after 1 s or more of silence: the conntrack entry had expired "
+                         f"({timeouts}), so they matched no entry and could not start one (INVALID: a TCP segment "
+                         "other than a SYN), and a ctstate INVALID DROP rule (kube-proxy's KUBE-FORWARD has one) "
+                         "stopped them before they leaked untranslated.")
+        if n_unsure:
+            lossy = ("; the capture past the node is shown to miss packets (below), so missed is likely"
+                     if missed else "")
+            parts.append(f"{n_unsure} were dropped on the node (a ctstate INVALID DROP rule drops what conntrack "
+                         "marks INVALID, such as a segment out of the TCP window) or missed by the capture past it: "
+                         f"these captures cannot tell which{lossy} (the sender's retransmission, `conntrack -S` and "
+                         "the rule's counters can).")
+        quiet = sum(len(item[2]) for item in stopped if len(item) > 3)
+        if n_stopped:
+            parts.append(f"{n_stopped} were sent after the other capture's last packet: the node dropped them, or "
+                         "that capture had already stopped"
+                         + (f" ({quiet} of them after 1 s or more of silence, when an expired conntrack entry "
+                            f"({timeouts}) makes a TCP segment INVALID and a ctstate INVALID DROP rule drops it)."
+                            if quiet else "."))
+        fix = "Count the drops: `conntrack -S` (invalid) and `" + _iptables(
+            [item[0] for item in dropped]) + " -L -v -n | grep INVALID`."
+        if n_idle or quiet:
+            fix += (" After an idle period the far end still holds the connection open: keep idle connections alive "
+                    "more often than the timeout (TCP keepalives) or raise it (`sysctl "
+                    f"{timeouts.split(' ')[0]}`).")
+        if n_unsure:
+            fix += (" An out-of-window packet dropped this way spares the connection the node's RST "
+                    "(cases/oow-invalid-node-rst); if such drops grow, look for reordering or a middlebox that "
+                    "rewrites sequence numbers, or let conntrack accept them: `sysctl -w "
+                    "net.netfilter.nf_conntrack_tcp_be_liberal=1`.")
+        findings.append(Finding(
+            "dropped_mid_connection", "warning", "Packets lost mid-connection", " ".join(parts), fix,
+            connections=tuple(conns), evidence=tuple(evidence),
+            data={"lost_packets": total, "after_idle": n_idle, "unproven": n_unsure,
+                  "after_other_capture": n_stopped}))
+    if missed:
+        conns = sorted({r["conn"] for r, *_ in missed})
+        per_side = {side: sum(len(f) for _, s, f in missed if s == side) for side in ("inside", "outside")}
+        # A packet seen only on the inside and going in was missed by the outside capture, and the other way round.
+        sides = [f"the {'outside' if side == 'inside' else 'inside'} capture missed {n}"
+                 for side, n in per_side.items() if n]
+        evidence = [f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])} went "
+                    f"{'in' if side == 'inside' else 'out'} through the node yet are not in the "
+                    f"{'outside' if side == 'inside' else 'inside'} capture" for r, side, frames in missed[:20]]
+        findings.append(Finding(
+            "capture_missed_packets", "info", "The captures missed packets",
+            f"{len(conns)} connection(s) have packets seen only past the node, never before it ({'; '.join(sides)}):"
+            " a packet cannot reach the far side of the node without crossing it, so a capture lost them "
+            "(tcpdump's 'packets dropped by kernel', a capture filter, a snaplen-cut or offloaded frame). Counts "
+            "of packets seen on one side only are not all the node's doing.",
+            "Capture with a larger buffer (`tcpdump -B 65536`), no filter, and check tcpdump's own count of packets "
+            "dropped by kernel.",
+            connections=tuple(conns), evidence=tuple(evidence),
+            data={"inside_missed": per_side["outside"], "outside_missed": per_side["inside"]}))
+    return findings
 
 
 IDLE_GAP_S = 1.0
