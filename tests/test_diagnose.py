@@ -279,6 +279,22 @@ def test_a_nodeport_without_endpoints_is_refused_by_the_node_for_the_internet_cl
     assert "forwarding_blocked" not in found
 
 
+def test_connections_from_outside_that_reached_no_captured_pod_are_told_apart() -> None:
+    # Kernel variant (tests/variants/nodeport-unseen): a port nothing DNATs (the node's RST), one dropped on the
+    # node (no answer), and one DNATed to a pod the inside capture does not see, answered on eth0: that one was
+    # "not_forwarded ... no answer", false.
+    d = Path(__file__).resolve().parent / "variants" / "nodeport-unseen"
+    result = correlate(d / "inside.pcap", d / "outside.pcap")
+    by_port = {r["orig_dport"]: r for r in result.connections.iter_rows(named=True) if r["initiator"] == "outside"}
+    assert {p: r["verdict"] for p, r in by_port.items()} == {
+        30099: "not_forwarded", 30091: "not_forwarded", 30082: "not_captured", 30080: "translated"}
+    found = {f.kind: f for f in diagnose(result)}
+    assert found["inbound_refused"].connections == (by_port[30099]["conn"],)
+    assert "TCP RST from 203.0.113.2:30099" in found["inbound_refused"].evidence[0]
+    assert found["inbound_dropped"].connections == (by_port[30091]["conn"],)
+    assert by_port[30082]["conn"] in found["partial_overlap"].connections
+
+
 def test_every_summary_count_is_its_evidence_count() -> None:
     # A finding's sentence may not contradict the lines it cites: the number of connections it names is the
     # number of connections it lists (up to the 20 it shows).
