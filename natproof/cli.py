@@ -1508,8 +1508,12 @@ def lab_run(scenario: str, out: str, keep_going: bool) -> None:
     """Build SCENARIO in network namespaces, capture both sides (and the whole node), record the kernel's truth,
     tear down."""
     from natproof.lab import run_scenario
+    from natproof.lab.scenarios import check_prerequisites, get_scenario
+    from natproof.report.export import writable_folder
 
-    truth = run_scenario(scenario, Path(out), keep_going=keep_going)
+    get_scenario(scenario)  # an unknown name, or no root, is refused before the folder is made
+    check_prerequisites()
+    truth = run_scenario(scenario, writable_folder(out, "scenario folder"), keep_going=keep_going)
     verdicts = Counter(c["verdict"] for c in truth["connections"])
     counts = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
     click.echo(f"{scenario}: {len(truth['connections'])} connections ({counts}) written to {out}")

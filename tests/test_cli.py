@@ -727,3 +727,11 @@ def test_lab_check_prints_a_connection_that_reached_no_pod() -> None:
     refused = {"proto": "tcp", "inside": None, "verdict": "not_forwarded",
                "outside": {"src": "198.51.100.20", "sport": 45915, "dst": "203.0.113.2", "dport": 30090}}
     assert _conn_text(refused) == "tcp 198.51.100.20:45915 -> 203.0.113.2:30090 (outside only) not_forwarded"
+
+
+def test_lab_run_names_a_folder_it_cannot_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A helper's new-user trial: --out under /proc was an internal error (exit 70).
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "lab", "run", "basic", "--out", str(tmp_path / "file" / "run"))
+    assert code == 2 and err.startswith(f"natproof: error: {tmp_path / 'file' / 'run'}: cannot make the scenario "
+                                        "folder") and err.count("\n") == 1
