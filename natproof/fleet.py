@@ -184,6 +184,13 @@ def _node(where: str, base: Path, i: int, raw: dict[str, Any]) -> NodeSpec:
     for key in ("inside_if", "outside_if", "pod_cidr"):
         if key in raw:
             kw[key] = _strings(where, label, key, raw[key])
+    if kw.get("pod_cidr"):
+        from natproof.networks import parse_networks
+
+        try:  # refused before any worker starts, as every other key
+            parse_networks(list(kw["pod_cidr"]), option="pod_cidr")
+        except InputError as exc:
+            raise InputError(f"{where}: {label} {exc}") from None
     if "side" in raw:
         if raw["side"] not in ("auto", "inside", "outside"):
             raise InputError(f"{where}: {label} side: inside, outside or auto, not {raw['side']!r}")

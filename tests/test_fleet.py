@@ -209,6 +209,8 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     ('[[node]]\nname = "a"\n', r"fleet\.toml: \[\[node\]\] #1 \(a\): no capture: give inside and outside"),
     ('[node]\nname = "a"\n', r"fleet\.toml: node: write each node as a \[\[node\]\] table"),
     ("nodes = 3\n", r"fleet\.toml: unknown key 'nodes' at the top"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\npod_cidr = "nonsense"\n',
+     r"fleet\.toml: \[\[node\]\] #1 \(a\) invalid pod_cidr: 'nonsense' does not appear"),
     ('[[node]]\nname = "a\n', r"fleet\.toml: not TOML: "),
 ])
 def test_manifest_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
