@@ -838,11 +838,17 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
         if not seen_inside:
             errs = _packets(result, r, "outside", among=errors["outside"])
         if r["conn"] in silent:
-            first = errs.row(0, named=True)
+            # The first error of each kind: a datagram too big for the node's uplink, then one that crossed and was
+            # refused (a helper's kernel variant) is both a path-MTU signal and a refusal.
+            kinds: dict[str, dict[str, Any]] = {}
+            for e in errs.iter_rows(named=True):
+                kinds.setdefault(_icmp_kind(e, r), e)
+            first = next(iter(kinds.values()))
         else:  # the first path-MTU error among its ICMP errors, if any
             first = next((e for e in errs.iter_rows(named=True) if _icmp_kind(e, r) == "path_mtu"), None)
             if first is None:
                 continue
+            kinds = {"path_mtu": first}
         if seen_inside:
             reached_pod.add(r["conn"])
         if r["conn"] not in silent:
@@ -852,7 +858,8 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
                 ~pl.col("is_egress") & ~pl.col("is_icmp_error") & (pl.col("ts_ns") > first["ts_ns"]))
             if later.height:
                 answered_after.add(r["conn"])
-        groups.setdefault(_icmp_kind(first, r), []).append((r, first))
+        for kind, e in kinds.items():
+            groups.setdefault(kind, []).append((r, e))
     findings = []
     for kind, items in groups.items():
         def line(r: dict[str, Any], e: dict[str, Any]) -> str:
@@ -874,8 +881,8 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             # out of its own uplink (a helper's kernel variant: pod MTU 9000, eth0 1500). No NAT was involved.
             by_node = sorted({e["err_src"] for _, e in items if e.get("fate") == "node_generated"})
             if by_node and len(by_node) == len(routers):
-                relay = ("The node made the error itself (it is the pod's gateway): the packet never reached the "
-                         "NAT, and the pod's MTU is larger than the node's uplink.")
+                relay = ("The node made the error itself (it is the pod's gateway): the packets too big for its "
+                         "uplink never reached the NAT; the pod's MTU is larger than the uplink's.")
             elif seen_in == len(items):
                 relay = ("The NAT reverse-translated the ICMP error to the pod, as it should; the server is not at "
                          "fault.")

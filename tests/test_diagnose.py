@@ -130,7 +130,12 @@ def test_fragmentation_needed_made_by_the_node_itself_points_at_the_pod_mtu() ->
     # Kernel variant (tests/variants/pmtu-node): pod MTU 9000, eth0 1500; the node (10.244.0.1) answered the pod's
     # DF datagram itself. Was told as "a router on the path ... the NAT reverse-translated the ICMP error".
     d = Path(__file__).resolve().parent / "variants" / "pmtu-node"
-    f = {f.kind: f for f in diagnose(correlate(d / "inside.pcap", d / "outside.pcap"))}["path_mtu"]
+    found = {f.kind: f for f in diagnose(correlate(d / "inside.pcap", d / "outside.pcap"))}
+    # The same datagram flow's next, smaller datagram crossed and the server refused it: both are said (the MTU
+    # finding alone hid the refusal, a helper found).
+    assert found["refused"].connections == found["path_mtu"].connections
+    assert "port unreachable from the destination" in found["refused"].evidence[0]
+    f = found["path_mtu"]
     assert f.data["by_node"] == ["10.244.0.1"] and f.data["mtu"] == [1500]
     assert "the node itself (10.244.0.1)" in f.summary and "reverse-translated" not in f.summary
     assert "the node itself: made here" in f.evidence[0] and "CNI's mtu" in f.fix
