@@ -1507,11 +1507,12 @@ def lab_list() -> None:
 def lab_run(scenario: str, out: str, keep_going: bool) -> None:
     """Build SCENARIO in network namespaces, capture both sides (and the whole node), record the kernel's truth,
     tear down."""
-    from natproof.lab import run_scenario
+    from natproof.lab import MULTI_HOP, run_scenario
     from natproof.lab.scenarios import check_prerequisites, get_scenario
     from natproof.report.export import writable_folder
 
-    get_scenario(scenario)  # an unknown name, or no root, is refused before the folder is made
+    if scenario not in MULTI_HOP:  # an unknown name, or no root, is refused before the folder is made
+        get_scenario(scenario)
     check_prerequisites()
     truth = run_scenario(scenario, writable_folder(out, "scenario folder"), keep_going=keep_going)
     verdicts = Counter(c["verdict"] for c in truth["connections"])
