@@ -1283,15 +1283,16 @@ def _refused_by_far_end(result: Result, rows: list[dict[str, Any]]) -> list[Find
     tcp = [r for r in rows if r["proto"] == "tcp" and r["verdict"] == "translated" and r["inside_conn_id"] is not None]
     if not tcp or _uplink_only(result):
         return []
-    replies = _packets_of(result, tcp, "inside", ~pl.col("is_egress") & ~pl.col("is_icmp_error")
-                          & (pl.col("fate") == "crossed"))
-    if replies.is_empty():
+    crossed = _packets_of(result, tcp, "inside", ~pl.col("is_icmp_error") & (pl.col("fate") == "crossed"))
+    if crossed.is_empty():
         return []
-    flags = pl.col("tcp_flags").fill_null(0)
-    per = replies.group_by("anchor").agg(((flags & 0x12) == 0x12).any().alias("synack"),
-                                         ((flags & 0x04) != 0).any().alias("rst"),
-                                         pl.col("frame_no").min().alias("frame"))
-    refused = {a: f for a, s, rst, f in per.iter_rows() if rst and not s}
+    flags, reply = pl.col("tcp_flags").fill_null(0), ~pl.col("is_egress")
+    # The SYN must be in the capture: a capture that began mid-connection holds no SYN-ACK either.
+    per = crossed.group_by("anchor").agg((~reply & ((flags & 0x12) == 0x02)).any().alias("syn"),
+                                         (reply & ((flags & 0x12) == 0x12)).any().alias("synack"),
+                                         (reply & ((flags & 0x04) != 0)).any().alias("rst"),
+                                         pl.col("frame_no").filter(reply & ((flags & 0x04) != 0)).min().alias("frame"))
+    refused = {a: f for a, syn, synack, rst, f in per.iter_rows() if syn and rst and not synack}
     hits = [r for r in tcp if r["inside_conn_id"] in refused]
     if not hits:
         return []

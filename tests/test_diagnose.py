@@ -160,7 +160,7 @@ def test_ftp_commands_that_crossed_with_the_pod_address_say_no_alg_rewrote_them(
     assert ftp_data_addresses(b"PORT 300,1,1,1,1,1\r\nUSER x\r\n") == []
 
 
-def test_a_connection_refused_by_its_endpoint_is_named_beside_a_healthy_nat() -> None:
+def test_a_connection_refused_by_its_endpoint_is_named_beside_a_healthy_nat(tmp_path: Path) -> None:
     # Kernel variant (tests/variants/nodeport-two-clients): NodePort 30082's endpoint 10.244.0.11:9090 answers the
     # SYN with a RST, reverse-translated to the client; it read only "NAT working as expected".
     import json
@@ -174,6 +174,18 @@ def test_a_connection_refused_by_its_endpoint_is_named_beside_a_healthy_nat() ->
     f = found["refused_by_far_end"]
     assert f.data == {"destinations": ["10.244.0.11:9090"]} and len(f.connections) == 1
     assert "203.0.113.2:30082" in f.evidence[0] and "reverse-translated to the client" in f.evidence[0]
+    # A capture that begins after the SYN proves no refusal of it.
+    import dpkt
+
+    with open(d / "inside.pcap", "rb") as fh, open(tmp_path / "late.pcap", "wb") as out:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
+        for ts, buf in reader:
+            tcp = getattr(getattr(dpkt.ethernet.Ethernet(buf), "data", None), "data", None)
+            if not (isinstance(tcp, dpkt.tcp.TCP) and tcp.dport == 9090 and tcp.flags & 0x12 == 0x02):
+                writer.writepkt(buf, ts)
+    late = {f.kind for f in diagnose(correlate(tmp_path / "late.pcap", d / "outside.pcap"))}
+    assert "refused_by_far_end" not in late
     # The same run as one tcpdump -i any capture without interface names: cni0 holds half-translated NodePort
     # replies (br_netfilter) and must give way to the pods' veths; every mapping as the kernel's truth has it.
     one = correlate(d / "any.pcap")
