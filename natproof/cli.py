@@ -889,6 +889,9 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         ev = c["evidence"]["egress"] or {}
         frames = ", ".join(f"{op} {ev[k]}" for op, k in (("in", "inside_frame"), ("out", "outside_frame"),
                                                           ("in", "inside_translated_frame")) if ev.get(k))
+        if not frames:  # nothing crossed: the first frame of each leg, where it was seen
+            frames = ", ".join(f"{'in' if leg['observation_point'] == 'inside' else 'out'} {leg['first_frame']}"
+                               for leg in c.get("legs") or () if leg.get("first_frame") is not None)
         if not frames and c.get("kernel_entry"):
             frames = f"conntrack line {c['kernel_entry']['line']}"
         frames = frames or "-"

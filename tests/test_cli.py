@@ -735,3 +735,11 @@ def test_lab_run_names_a_folder_it_cannot_make(tmp_path: Path, capsys: pytest.Ca
     code, _, err = run(capsys, "lab", "run", "basic", "--out", str(tmp_path / "file" / "run"))
     assert code == 2 and err.startswith(f"natproof: error: {tmp_path / 'file' / 'run'}: cannot make the scenario "
                                         "folder") and err.count("\n") == 1
+
+
+def test_who_gives_the_first_frame_of_a_connection_that_crossed_nowhere(capsys: pytest.CaptureFixture[str]) -> None:
+    # A helper's new-user trial: a refused NodePort attempt showed frames "-" though the outside capture holds it.
+    case = Path(__file__).resolve().parents[1] / "captures" / "nodeport-no-endpoints"
+    code, out, _ = run(capsys, "who", "203.0.113.2:30090", str(case / "inside.pcap"), str(case / "outside.pcap"),
+                       "--format", "table")
+    assert code == 0 and out.rstrip().splitlines()[-1].endswith("not_forwarded  out 3")
