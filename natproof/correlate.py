@@ -324,8 +324,11 @@ def correlate(
             raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
     if tolerance_s is not None and tolerance_s < 1e-6:  # as --tolerance: no pair forms within nothing
         raise InputError(f"tolerance {tolerance_s!r}: must be at least 1e-6 s (a microsecond)")
-    if pod_cidr:
-        parse_networks(pod_cidr)  # a bad --pod-cidr is an error before any capture is read
+    if pod_cidr is not None:
+        # A bad --pod-cidr is an error before any capture is read; so is one that names no network ('', ','),
+        # which would otherwise fall back to inference without a word.
+        if not parse_networks(pod_cidr):
+            raise InputError(f"invalid --pod-cidr: no network in {pod_cidr!r}")
     if isinstance(memory_limit, str):
         try:
             memory_limit = parse_size(memory_limit)

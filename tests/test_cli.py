@@ -743,3 +743,12 @@ def test_who_gives_the_first_frame_of_a_connection_that_crossed_nowhere(capsys: 
     code, out, _ = run(capsys, "who", "203.0.113.2:30090", str(case / "inside.pcap"), str(case / "outside.pcap"),
                        "--format", "table")
     assert code == 0 and out.rstrip().splitlines()[-1].endswith("not_forwarded  out 3")
+
+
+def test_a_pod_cidr_that_names_no_network_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # A helper's new-user trial: --pod-cidr '' fell back to inference without a word.
+    case = Path(__file__).resolve().parents[1] / "captures" / "basic"
+    for value in ("", ","):
+        code, out, err = run(capsys, "correlate", str(case / "inside.pcap"), str(case / "outside.pcap"),
+                             "--pod-cidr", value)
+        assert (code, out) == (2, "") and err == f"natproof: error: invalid --pod-cidr: no network in {value!r}\n"
