@@ -161,7 +161,7 @@ def find_cases(paths: list[str | os.PathLike[str]]) -> list[Path]:
     cases: list[Path] = []
     for p in map(Path, paths):
         if (p / "truth.json").is_file():
-            cases.append(p)
+            cases.append(p.resolve() if not p.name else p)  # "." is named by the folder it is
         elif p.is_dir():
             found = sorted(d for d in p.iterdir() if (d / "truth.json").is_file())
             if not found:

@@ -1496,8 +1496,10 @@ def lab_list() -> None:
     """List the scenarios."""
     from natproof.lab import list_scenarios
 
-    for name, description in list_scenarios():
-        click.echo(f"{name:18} {description}")
+    scenarios = list_scenarios()
+    width = max(len(name) for name, _ in scenarios) + 1
+    for name, description in scenarios:
+        click.echo(f"{name:{width}} {description}")
 
 
 @lab.command("run")

@@ -752,3 +752,14 @@ def test_a_pod_cidr_that_names_no_network_is_refused(capsys: pytest.CaptureFixtu
         code, out, err = run(capsys, "correlate", str(case / "inside.pcap"), str(case / "outside.pcap"),
                              "--pod-cidr", value)
         assert (code, out) == (2, "") and err == f"natproof: error: invalid --pod-cidr: no network in {value!r}\n"
+
+
+def test_lab_check_of_the_current_folder_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A helper's new-user trial: `lab check .` printed an empty scenario name.
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "captures" / "basic", tmp_path / "basic")
+    monkeypatch.chdir(tmp_path / "basic")
+    code, out, _ = run(capsys, "lab", "check", ".")
+    assert code == 0 and "│ basic " in out
