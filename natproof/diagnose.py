@@ -1378,10 +1378,10 @@ def _alg_missing(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
                 f"{format_address(r['trans_src'], r['trans_sport'])}" for r, frame, address, port in hits[:20]]
     return [Finding(
         "alg_missing", "warning", "FTP commands left the node with the pod's address (no ALG)",
-        f"{len(conns)} FTP control connection(s) were translated, but their PORT/EPRT commands crossed unchanged, "
-        "naming the pod's own address: no ALG rewrote the payload (conntrack's FTP helper is not attached to "
-        "them), so the server cannot open the data connection back (servers answer 425) and no expectation "
-        "admits it.",
+        f"{len(conns)} translated connection(s) to FTP's control port sent PORT/EPRT commands that crossed "
+        "unchanged, naming the pod's own address: no ALG rewrote the payload (conntrack's FTP helper is not "
+        "attached to them), so the server cannot open the data connection back (servers answer 425) and no "
+        "expectation admits it.",
         "Attach the FTP helper: `modprobe nf_conntrack_ftp` and `iptables -t raw -A PREROUTING -p tcp --dport 21 "
         "-j CT --helper ftp` (helpers are not assigned automatically since kernel 4.7), or have the client use "
         "passive mode (PASV/EPSV).",

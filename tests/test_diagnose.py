@@ -315,7 +315,9 @@ def test_connections_from_outside_that_reached_no_captured_pod_are_told_apart() 
 def test_every_summary_count_is_its_evidence_count() -> None:
     # A finding's sentence may not contradict the lines it cites: the number of connections it names is the
     # number of connections it lists (up to the 20 it shows).
-    for case in sorted(p for p in CAPTURES.iterdir() if (p / "truth.json").exists()):
+    variants = Path(__file__).resolve().parent / "variants"
+    for case in sorted([p for p in CAPTURES.iterdir() if (p / "truth.json").exists()]
+                       + [p for p in variants.iterdir() if (p / "inside.pcap").exists()]):
         for f in diagnose(correlate(*capture_pair(case))):
             if f.kind in ("healthy", "port_pool_exhausted", "mapping_conflict"):
                 continue
