@@ -82,6 +82,9 @@ class CheckReport:
     kernel: KernelReport | None = None
     """How the same connections agree with the kernel's record (check_case with ``conntrack``); None when not
     asked."""
+    warnings: list[str] = field(default_factory=list)
+    """What reading the captures warned of (a last record cut short, an unknown link type): a comparison that
+    fails beside one is about the file as much as about natproof."""
 
     @property
     def truth_ok(self) -> bool:
@@ -96,7 +99,7 @@ class CheckReport:
         doc = {
             "ok": self.ok, "expected": self.expected, "found": self.found, "mapping_right": self.mapping_right,
             "verdict_right": self.verdict_right, "missing": self.missing, "wrong": self.wrong,
-            "unexpected": self.unexpected,
+            "unexpected": self.unexpected, "warnings": self.warnings,
         }
         return doc if self.kernel is None else doc | {"kernel": self.kernel.to_dict()}
 
@@ -229,6 +232,7 @@ def check_case(case: str | os.PathLike[str], single: str | os.PathLike[str] | No
         links = folder / "links.txt"
         result = correlate(single, None, interfaces=links if links.is_file() else None, **options)
     rep = compare(result, truth, single_file=single is not None)
+    rep.warnings = [f"{c.path}: {w}" for c in (result.inside, result.outside) for w in c.warnings]
     if record is not None:
         rep.kernel = kernel_check(result, record, tolerance_s=options.get("tolerance_s", 1.0))
         if single is None:

@@ -1618,6 +1618,9 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
                 click.echo(f"{name}: missing: {_conn_text(m)}")
             for u in rep.unexpected:
                 click.echo(f"{name}: unexpected: {_conn_text(u)}")
+            if not rep.ok:  # a file cut short explains a failure as much as natproof does
+                for w in dict.fromkeys(rep.warnings):
+                    click.echo(f"{name}: capture warning: {w}")
             k = rep.kernel
             if k is None:
                 continue

@@ -763,3 +763,17 @@ def test_lab_check_of_the_current_folder_names_it(tmp_path: Path, capsys: pytest
     monkeypatch.chdir(tmp_path / "basic")
     code, out, _ = run(capsys, "lab", "check", ".")
     assert code == 0 and "│ basic " in out
+
+
+def test_lab_check_says_which_capture_was_cut_short_when_it_fails(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # A helper's new-user trial: a truncated capture's warning was dropped and lab check only said FAIL.
+    import shutil
+
+    case = tmp_path / "basic"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "captures" / "basic", case)
+    data = (case / "inside.pcap").read_bytes()
+    (case / "inside.pcap").write_bytes(data[: len(data) * 2 // 5 + 7])
+    code, out, _ = run(capsys, "lab", "check", str(case))
+    assert code == 1
+    assert f"basic: capture warning: {case / 'inside.pcap'}: last record truncated at frame 16" in out
