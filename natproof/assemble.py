@@ -38,6 +38,10 @@ class Services:
     nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
     node_ports: tuple[int, ...] = ()
     """NodePorts known outside the range (a Service dump's nodePorts: natproof.names)."""
+    listed_node_ports: tuple[int, ...] | None = None
+    """Every nodePort of a Service dump (natproof.names), or None without one: with a dump, a port in the range
+    that no Service lists is still watched for connections from outside, but not named a NodePort (a helper's
+    kernel variant: a port nothing DNATs, answered by the node's own RST)."""
 
     def is_node_port(self, port: pl.Expr) -> pl.Expr:
         """Whether a destination port is a NodePort: in the range, or one of ``node_ports``."""
@@ -434,6 +438,8 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
     legs = legs.join(by_node, on="conn_id", how="left").with_columns(pl.col("_by_node").fill_null(0),
                                                                      pl.col("_answered").fill_null(0))
     packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    listed = (pl.lit(True) if services.listed_node_ports is None
+              else pl.col("dport").is_in(list(services.listed_node_ports)))
     rows = legs.select(
         pl.lit(None, pl.UInt32).alias("anchor"), pl.col("conn_id").alias("primary_out"), "proto",
         *[pl.lit(None, pl.String if c in ("src", "dst") else pl.UInt16).alias(c) for c in _TUPLE],
@@ -448,8 +454,8 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
         .alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
         (packets - pl.col("_by_node")).alias("fate_outside_only"), pl.col("_by_node").alias("fate_node_generated"),
-        pl.lit("NodePort").alias("service_type"), pl.col("dst").alias("service_ip"),
-        pl.col("dport").alias("service_port"),
+        *[pl.when(listed).then(value).alias(name) for name, value in (
+            ("service_type", pl.lit("NodePort")), ("service_ip", pl.col("dst")), ("service_port", pl.col("dport")))],
         pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame",
                                  packets.alias("packets"))).alias("legs"),
     )

@@ -243,9 +243,11 @@ class Names:
         lo, hi = base.nodeport_range
         ports = sorted({p.node_port for s in self.services for p in s.ports
                         if p.node_port and not lo <= p.node_port <= hi} - set(base.node_ports))
-        if not extra and not ports:
+        listed = tuple(sorted({p.node_port for s in self.services for p in s.ports if p.node_port}))
+        if not extra and not ports and not self.services:
             return base
-        return dataclasses.replace(base, networks=(*base.networks, *extra), node_ports=(*base.node_ports, *ports))
+        return dataclasses.replace(base, networks=(*base.networks, *extra), node_ports=(*base.node_ports, *ports),
+                                   listed_node_ports=listed)
 
     # -- naming a result --------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pcapbytes import tcp_pair, write_pair
 from natproof.check import capture_pair
 from natproof.correlate import correlate
 from natproof.diagnose import diagnose
+from natproof.names import load_names
 from natproof.result import flags_of
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -310,6 +311,13 @@ def test_connections_from_outside_that_reached_no_captured_pod_are_told_apart() 
     assert "TCP RST from 203.0.113.2:30099" in found["inbound_refused"].evidence[0]
     assert found["inbound_dropped"].connections == (by_port[30091]["conn"],)
     assert by_port[30082]["conn"] in found["partial_overlap"].connections
+    assert {p: r["service_type"] for p, r in by_port.items() if p != 30080} == {
+        30099: "NodePort", 30091: "NodePort", 30082: "NodePort"}  # by the range alone
+    # With the Service dump, a port in the range that no Service lists is not named a NodePort (a helper's trial).
+    named = correlate(d / "inside.pcap", d / "outside.pcap", names=load_names(services=d / "services.json"))
+    types = {r["orig_dport"]: r["service_type"] for r in named.connections.iter_rows(named=True)
+             if r["initiator"] == "outside"}
+    assert types == {30099: None, 30091: None, 30082: "NodePort", 30080: "NodePort"}
 
 
 def test_every_summary_count_is_its_evidence_count() -> None:
