@@ -89,7 +89,11 @@ def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
         pl.col("proto").replace({"icmpv6": "icmp"}),
         pl.col("zone").fill_null(0),
     )
-    events = e.filter(pl.col("event").is_not_null()).sort([*_KEY, "zone", "ts_ns", "line"], nulls_last=True)
+    # By reply tuple too, before time: an entry's events stay together when another entry of the same original
+    # tuple begins before the kernel reports the first one's DESTROY (an expired UDP entry is reaped when the next
+    # datagram makes a new one: lab udp-remap's events read NEW a, NEW b, DESTROY a, UPDATE b).
+    events = e.filter(pl.col("event").is_not_null()).sort([*_KEY, "zone", *_REPLY, "ts_ns", "line"],
+                                                          nulls_last=True)
     first = pl.int_range(pl.len()) == 0
     changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in [*_KEY, "zone", *_REPLY]])
     prev = pl.col("event").shift(1)

@@ -486,3 +486,27 @@ def test_fins_that_left_untranslated_are_a_leak_from_the_uplink_and_the_record_t
     assert "healthy" not in found and "private_address_leak" in found
     (line,) = found["private_address_leak"].evidence
     assert "left as 10.244.0.10:" in line and "inside frames" not in line
+
+
+def test_an_entry_reaped_after_its_successor_began_keeps_its_own_events(tmp_path: Path) -> None:
+    # Lab udp-remap, as a second pytest worker's run recorded it: the expired UDP entry is reaped (DESTROY) only when
+    # the next datagram has made a new entry (NEW) with another port, so in time order the events read NEW a, NEW b,
+    # DESTROY a, UPDATE b. Split by time alone, b's mapping ended in a lone DESTROY of a.
+    import polars as pl
+
+    from natproof.conntrack import read_conntrack
+    from natproof.kernel import kernel_flows
+
+    t = "udp      17 2 src=10.244.0.10 dst=198.51.100.10 sport=41933 dport=7"
+    log = tmp_path / "conntrack.log"
+    r = "src=198.51.100.10 dst=203.0.113.2 sport=7"
+    log.write_text(
+        f"[1796046247.682042]\t    [NEW] ipv4     2 {t} [UNREPLIED] {r} dport=29665\n"
+        f"[1796046247.682120]\t [UPDATE] ipv4     2 {t} {r} dport=29665\n"
+        f"[1796046252.682892]\t    [NEW] ipv4     2 {t} [UNREPLIED] {r} dport=53643\n"
+        f"[1796046252.682965]\t[DESTROY] ipv4     2 {t.replace(' 2 src', ' src')} {r} dport=29665\n"
+        f"[1796046252.682984]\t [UPDATE] ipv4     2 {t} {r} dport=53643\n")
+    flows = kernel_flows(read_conntrack(log).entries).sort("start_ts_ns")
+    assert flows.select("reply_dport", "has_new", "lines").rows() == [(29665, True, 3), (53643, True, 2)]
+    assert flows["end_ts_ns"].to_list()[0] == 1796046252682965000 and flows["end_ts_ns"][1] is None
+    assert flows.filter(pl.col("reply_dport") == 53643)["start_ts_ns"].item() == 1796046252682892000
