@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## correlate the bundled real-kernel capture pair (captures/port-collision)
 	$(BIN)/natproof correlate captures/port-collision/inside.pcap captures/port-collision/outside.pcap --format table
 
-# Two workers, a test file to each at a time: the live lab files mostly wait on the kernel's timers, and their
-# module-level runs are shared by the tests of one file.
+# Two workers, a test file to each at a time, for all but the live lab's scenario runs; those run after, alone:
+# beside a busy worker the kernel's recorders lost events (many-connections) and udp-remap's timing slipped.
 test: $(STAMP)  ## run the whole test suite (live lab tests need root; they skip otherwise)
-	MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --ignore tests/test_lab_live.py
+	MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider tests/test_lab_live.py
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check natproof tests scripts
