@@ -522,8 +522,7 @@ def _inbound_not_forwarded(result: Result, inbound: list[dict[str, Any]]) -> lis
         return []
     answered, silent = [], []
     for r in inbound:
-        made = _packets(result, r, "outside", egress=False)
-        made = made.filter(pl.col("is_icmp_error") | ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0))
+        made = _packets(result, r, "outside", "node_generated")  # the node's ICMP errors and RSTs (assemble)
         (answered if made.height else silent).append((r, made))
     findings = []
     for group, kind in ((answered, "inbound_refused"), (silent, "inbound_dropped")):
@@ -880,7 +879,8 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             # Made by the node itself (its pod-side address), not relayed: the node could not forward the packet
             # out of its own uplink (a helper's kernel variant: pod MTU 9000, eth0 1500). No NAT was involved.
             by_node = sorted({e["err_src"] for _, e in items if e.get("fate") == "node_generated"})
-            if by_node and len(by_node) == len(routers):
+            node_made = bool(by_node) and len(by_node) == len(routers)
+            if node_made:
                 relay = ("The node made the error itself (it is the pod's gateway): the packets too big for its "
                          "uplink never reached the NAT; the pod's MTU is larger than the uplink's.")
             elif seen_in == len(items):
@@ -910,11 +910,11 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
                 "path_mtu", "info" if fine else "warning",
                 f"Path MTU discovery at work ({said})" if fine else f"Packets too big for the path ({said})",
                 f"{len(items)} connection(s) sent packets larger than a link on the path allows: "
-                + (f"the node itself ({', '.join(by_node)})" if by_node and len(by_node) == len(routers)
+                + (f"the node itself ({', '.join(by_node)})" if node_made
                    else f"router(s) {', '.join(routers)}")
                 + f" answered \"{said}\" (next-hop MTU {', '.join(map(str, mtus))}) and dropped them. {relay}{after}",
                 ("Give the pods the uplink's MTU, less any overlay's overhead (the CNI's mtu setting), "
-                 if by_node and len(by_node) == len(routers) else "Lower the MTU on the path's near side ")
+                 if node_made else "Lower the MTU on the path's near side ")
                 + f"or clamp TCP MSS ({clamp}); for UDP, send datagrams that fit "
                 f"{min(mtus) if mtus else 'the path MTU'} bytes, and make sure "
                 f"{'ICMPv6 type 2' if v6 else 'ICMP type 3 code 4'} is not filtered.",
@@ -1014,7 +1014,9 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
     off = int(round(result.clock_offset_s * 1e9))
     # Each connection's packets read in one pass per capture; ICMP errors aside (path_mtu and the ICMP findings).
     among = {side: _packets_of(result, rows, side) for side in ("inside", "outside")}
-    idle, unsure, stopped, missed = [], [], [], []  # (row, side, frames)
+    # (row, side, frames, silence in s or None): lost after an idle silence, unprovable, after the other capture's
+    # last packet; and (row, side, frames) missed by a capture.
+    idle, unsure, stopped, missed = [], [], [], []
     for r in rows:
         inbound = r["initiator"] == "outside"
         inside = _packets(result, r, "inside", among=among["inside"]).sort("ts_ns")
@@ -1041,14 +1043,14 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
             if late.height:
                 if partial:
                     continue
-                stopped.append((r, side, late["frame_no"].to_list(), *([gap_s] if after_idle else [])))
+                stopped.append((r, side, late["frame_no"].to_list(), gap_s if after_idle else None))
                 lost = lost.filter(pl.col("ts_ns").is_between(*span))
                 if not lost.height:
                     continue
             if after_idle:
                 idle.append((r, side, lost["frame_no"].to_list(), gap_s))
             else:
-                unsure.append((r, side, lost["frame_no"].to_list()))
+                unsure.append((r, side, lost["frame_no"].to_list(), None))
     findings = []
     dropped = idle + unsure + stopped
     if dropped:
@@ -1056,10 +1058,11 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
         n_idle, n_unsure, n_stopped = (sum(len(item[2]) for item in group) for group in (idle, unsure, stopped))
         total = n_idle + n_unsure + n_stopped
         evidence = []
-        for r, side, frames, *gap in dropped[:20]:
+        n_late = len(idle) + len(unsure)
+        for i, (r, side, frames, gap) in enumerate(dropped[:20]):
             where = "never left the node (not on the uplink)" if side == "inside" else "never reached the pod side"
-            after = f", sent after {gap[0]:.1f} s of silence" if gap else ""
-            late = " (after the other capture's last packet)" if any(x is r for x, *_ in stopped) else ""
+            after = f", sent after {gap:.1f} s of silence" if gap is not None else ""
+            late = " (after the other capture's last packet)" if i >= n_late else ""
             evidence.append(f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])} {where}{after}{late}, "
                             f"while {r['fate_crossed']} of its packets crossed")
         timeouts = IDLE_TIMEOUT_SYSCTL["tcp"]
@@ -1078,7 +1081,7 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
                          "marks INVALID, such as a segment out of the TCP window) or missed by the capture past it: "
                          f"these captures cannot tell which{lossy} (the sender's retransmission, `conntrack -S` and "
                          "the rule's counters can).")
-        quiet = sum(len(item[2]) for item in stopped if len(item) > 3)
+        quiet = sum(len(frames) for _, _, frames, gap in stopped if gap is not None)
         if n_stopped:
             parts.append(f"{n_stopped} were sent after the other capture's last packet: the node dropped them, or "
                          "that capture had already stopped"
