@@ -216,6 +216,8 @@ def check_case(case: str | os.PathLike[str], single: str | os.PathLike[str] | No
     or a record's path) with kernel_check, and, in the two-file form, correlate the inside capture alone with the
     record (one_capture_check); both go to the report's ``kernel``. InputError when the record is not there."""
     from natproof.correlate import correlate
+    from natproof.lab.kubectl import SERVICES_FILE
+    from natproof.names import Names
 
     folder = Path(case)
     truth = load_truth(folder / "truth.json")
@@ -225,6 +227,10 @@ def check_case(case: str | os.PathLike[str], single: str | os.PathLike[str] | No
         if not record.is_file():
             raise InputError(f"{folder}: no {record.name} in it (natproof lab run writes the kernel's record there)")
     options = {"pod_cidr": truth.get("pod_cidr")} | correlate_options
+    if "services" not in options and (folder / SERVICES_FILE).is_file():
+        # What a user with the lab's kubectl dump gets: its ClusterIPs and nodePorts are the Services, and a port in
+        # the NodePort range that no Service lists is not labelled NodePort (tests/variants/nodeport-unseen).
+        options["services"] = Names.load(folder / SERVICES_FILE).recognise()
     if single is None:
         inside, outside = capture_pair(folder)
         result = correlate(inside, outside, **options)

@@ -195,3 +195,16 @@ def test_check_case_from_a_script() -> None:
     assert rep.kernel.summary() == "7 confirmed, 6 absent (dropped_before_confirmation)"
     assert rep.kernel.one_capture is not None and rep.kernel.one_capture.summary() == "7 of 7"
     assert check_case(CAPTURES / "port-exhaustion").kernel is None
+
+
+def test_check_case_reads_the_folders_services_dump() -> None:
+    # tests/variants/nodeport-unseen: 30091 is in the NodePort range but no Service lists it (its INPUT DROP
+    # stands for externalTrafficPolicy=Local without a local endpoint). With the folder's services.json, as a user
+    # with the dump gets it, it is not labelled NodePort, as the kernel's truth says; the one connection left is
+    # the one DNATed to a pod whose veth the inside capture does not see (not_captured: the truth has its inside).
+    from natproof.check import check_case
+
+    rep = check_case(Path(__file__).resolve().parent / "variants" / "nodeport-unseen")
+    assert rep.wrong == []
+    assert [(m["outside"]["dport"], m["verdict"]) for m in rep.missing] == [(30082, "translated")]
+    assert [(u["outside"]["dport"], u["verdict"]) for u in rep.unexpected] == [(30082, "not_captured")]
