@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -277,8 +278,10 @@ class Evidence:
     """Crossings that put the interface before the NAT for egress or after it for inbound (pod side)."""
     outside: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Crossings that put it on the node's far side."""
-    crossings: dict[Key, set[int]] = dataclasses.field(default_factory=dict)
-    """The signatures of the connection starts that crossed at each interface (to count connections, not copies)."""
+    crossings: dict[Key, set[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
+    """The connections that crossed at each interface, by their tuple before the NAT (proto, src, sport, dst,
+    dport): counted once whatever their copies, SYN retransmissions or echo requests (an echo series is one
+    connection)."""
     starts: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Connections started on it by a pod-side (private, not the node's own) address, crossing or not."""
     sources: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
@@ -392,7 +395,8 @@ def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
     rows = rows.join(reverse, on=tuple_, how="left").filter(
         (pl.col("f_proto") != 17) | pl.col("_first").is_null() | (pl.col("_first") > pl.col("ts_ns")))
     return rows.select("iface", "ifindex", "ts_ns", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
-                       pl.col("f_dst").cast(pl.String).alias("dst"))
+                       pl.col("f_dst").cast(pl.String).alias("dst"), pl.col("f_proto").alias("proto"),
+                       pl.col("f_sport").alias("sport"), pl.col("f_dport").alias("dport"))
 
 
 def _private(addr: str) -> bool:
@@ -436,7 +440,8 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     rows = starts.join(routed.select("sig", "hi"), on="sig")
     pre = rows.filter(pl.col("ttl") == pl.col("hi"))
     post = rows.filter(pl.col("ttl") < pl.col("hi"))
-    ends = pre.group_by("sig").agg(pl.col("src").first().alias("pre_src"), pl.col("dst").first().alias("pre_dst")).join(
+    ends = pre.group_by("sig").agg(pl.col("src").first().alias("pre_src"), pl.col("dst").first().alias("pre_dst"),
+                                   pl.struct("proto", "src", "sport", "dst", "dport").first().alias("flow")).join(
         post.group_by("sig").agg(pl.col("src").first().alias("post_src"), pl.col("dst").first().alias("post_dst")),
         on="sig")
     # The addresses the NAT translated sources to are the node's own (eth0's address, the bridge address of a
@@ -464,7 +469,8 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     where_post = post.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
     pre_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_pre.iter_rows()}
     post_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_post.iter_rows()}
-    for sig, pre_src, pre_dst, post_src, post_dst in ends.iter_rows():
+    for sig, pre_src, pre_dst, post_src, post_dst, flow in ends.select(
+            "sig", "pre_src", "pre_dst", "post_src", "post_dst", "flow").iter_rows():
         if pre_dst != post_dst and pod_side(post_dst) and not pod_side(pre_dst) and not service(pre_dst):
             inside, outside = post_at[sig], pre_at[sig]  # inbound: DNAT to a pod (NodePort, an ALG's expectation)
         elif pod_side(post_src) and pod_side(post_dst):
@@ -482,7 +488,7 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
         for k in outside:
             ev.outside[k] += 1
         for k in (*inside, *outside):
-            ev.crossings.setdefault(k, set()).add(sig)
+            ev.crossings.setdefault(k, set()).add(tuple(flow.values()))
     for a, b, dst, n in starts.group_by("iface", "ifindex", "dst").len().iter_rows():
         if service(dst):
             ev.service_starts[(a, b)] += n

@@ -320,3 +320,15 @@ def test_nat66_between_global_prefixes_finds_its_pod_side_without_names() -> Non
     assert "2001:db8:244::10" in one.inside.why
     report = natproof.check.compare(one, json.loads((case / "truth.json").read_text()), single_file=True)
     assert report.expected == report.found == report.mapping_right == report.verdict_right == 4
+
+
+def test_the_choice_counts_connections_not_their_echo_requests(tmp_path: Path) -> None:
+    # The generator's icmp scenario: two pods' echo series of three requests each crossed (one id kept, one
+    # remapped), a third pod's two requests got no reply. Each echo series is one connection, as in the summary;
+    # the choice line counted every request (8) before.
+    write_any(SCENARIOS["icmp"], tmp_path / "any.pcap", links=tmp_path / "links.txt")
+    one = natproof.correlate(tmp_path / "any.pcap", interfaces=tmp_path / "links.txt")
+    crossed = [c for c in one.to_dict()["connections"] if c["outside"] is not None]
+    assert len(crossed) == 3
+    assert one.inside.why.startswith("pod side of 3 connection(s) that crossed the NAT")
+    assert one.outside.why.startswith("node side of 3 connection(s) that crossed the NAT")
