@@ -67,9 +67,10 @@ def _strong_key() -> pl.Expr:
 
 
 def _loose_key() -> pl.Expr:
-    """A weak datagram's key without the far end, where DNAT may have changed it (``dnat_end``: inside, a
-    ClusterIP or pod far end; outside, any): the second exact pass pairs what the first left over with it."""
-    return pl.when(_weak() & pl.col("dnat_end").fill_null(False)).then(pl.struct("f_proto", "sig").hash(seed=0x6E63))
+    """A weak datagram's key without the far end, where DNAT may have changed it: the second exact pass pairs what
+    the first left over with it, on the inside only where the far end is one a DNAT may stand for or lead to
+    (``dnat_end``: a ClusterIP or a pod) or one the outside capture never shows (match_sides)."""
+    return pl.when(_weak()).then(pl.struct("f_proto", "sig").hash(seed=0x6E63))
 
 
 def _payload_key() -> pl.Expr:
@@ -82,7 +83,7 @@ def _payload_key() -> pl.Expr:
 
 MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
                  "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "is_icmp_error",
-                 "k_strong", "k_loose")
+                 "k_strong", "k_loose", "dnat_end")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
@@ -513,6 +514,22 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl
         [pl.col(c).cast(t) for c, t in SELF_PAIR_SCHEMA.items()])
 
 
+def _across_dnat(in_left: pl.DataFrame, outside: pl.DataFrame) -> pl.DataFrame:
+    """The inside rows left over that may have crossed a DNAT: a weak datagram (``k_loose``) whose far end is one a
+    DNAT may stand for or lead to (``dnat_end``: a ClusterIP in the Service networks, a pod), or one the outside
+    capture never shows. A Service address is virtual: no packet to or from it leaves the node, whatever its prefix
+    (an IPv6 cluster's ClusterIPs are often global: 2001:db8:96::/112 in tests/variants/clusterip6), while a
+    destination a pod reached unchanged is on the outside too."""
+    if in_left["k_loose"].dtype == pl.Null or in_left["k_loose"].null_count() == in_left.height:
+        return in_left
+    weak = in_left.filter(pl.col("k_loose").is_not_null())
+    if "dnat_end" not in weak.columns:
+        return in_left
+    shown = pl.concat([outside["remote"].unique().cast(pl.String), outside["local"].unique().cast(pl.String)])
+    keep = pl.col("dnat_end").fill_null(False) | ~pl.col("remote").cast(pl.String).is_in(shown.unique().implode())
+    return weak.filter(keep)
+
+
 def _without(df: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
     """``df`` less the rows whose ``row`` is one of ``rows`` (a mask by row number: no hash table of them)."""
     if rows.is_empty() or df.is_empty():
@@ -558,10 +575,11 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = _without(inside, exact["in_row"])
     out_left = _without(outside, exact["out_row"])
-    if (in_left["k_loose"].dtype != pl.Null and out_left["k_loose"].dtype != pl.Null
-            and in_left["k_loose"].null_count() < in_left.height
+    loose_in = _across_dnat(in_left, outside)
+    if (loose_in["k_loose"].dtype != pl.Null and out_left["k_loose"].dtype != pl.Null
+            and loose_in["k_loose"].null_count() < loose_in.height
             and out_left["k_loose"].null_count() < out_left.height):
-        loose = _pair_by_key(in_left, out_left, "k_loose", offset, tolerance_ns, "exact")
+        loose = _pair_by_key(loose_in, out_left, "k_loose", offset, tolerance_ns, "exact")
         exact = pl.concat([exact, loose])
         in_left = _without(in_left, loose["in_row"])
         out_left = _without(out_left, loose["out_row"])

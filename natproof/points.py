@@ -358,18 +358,26 @@ def _aggregates(starts: pl.DataFrame) -> frozenset[Key]:
 
 def _past_hook(packets: pl.DataFrame) -> Counter[Key]:
     """Evidence.past_hook of every interface: packets that are a later copy (within COPY_NS, same invariant fields
-    and TTL) of a packet on another interface under another 5-tuple."""
+    and TTL) of a packet on another interface under another 5-tuple with the same source. PREROUTING rewrites only
+    destinations (DNAT, and SNAT undone on a reply); a copy whose source changed was rewritten on its way out (a
+    ClusterIP reply un-DNATed to the client's port: the port is before the hook for the client's own packets), or
+    is another packet with the same fields (an IPv6 UDP echo's reply: no IP id, the request's payload). Of two copies
+    with one timestamp (microsecond captures), the one later in the file is the later."""
     tup = pl.struct("f_src", "f_sport", "f_dst", "f_dport").hash(seed=0x6870).alias("tup")
-    p = packets.filter(~pl.col("is_icmp_error")).select(where_expr(), "sig", "ttl", "ts_ns", tup)
+    sender = pl.struct("f_src", "f_sport").hash(seed=0x6873).alias("sender")
+    p = packets.filter(~pl.col("is_icmp_error")).select(where_expr(), "sig", "ttl", "ts_ns", "frame_no", tup, sender)
     # Only where one packet shows two tuples on two interfaces: most packets look the same everywhere.
-    both = (p.group_by("sig", "ttl").agg(pl.col("where").n_unique().alias("w"), pl.col("tup").n_unique().alias("t"))
-            .filter((pl.col("w") > 1) & (pl.col("t") > 1)).select("sig", "ttl"))
+    both = (p.group_by("sig", "ttl", "sender").agg(pl.col("where").n_unique().alias("w"),
+                                                    pl.col("tup").n_unique().alias("t"))
+            .filter((pl.col("w") > 1) & (pl.col("t") > 1)).select("sig", "ttl", "sender"))
     if both.is_empty():
         return Counter()
-    cand = p.join(both, on=["sig", "ttl"])
-    later = cand.join(cand, on=["sig", "ttl"], suffix="_b").filter(
+    cand = p.join(both, on=["sig", "ttl", "sender"])
+    later = cand.join(cand, on=["sig", "ttl", "sender"], suffix="_b").filter(
         (pl.col("where") != pl.col("where_b")) & (pl.col("tup") != pl.col("tup_b"))
-        & (pl.col("ts_ns_b") >= pl.col("ts_ns")) & (pl.col("ts_ns_b") - pl.col("ts_ns") <= COPY_NS))
+        & ((pl.col("ts_ns_b") > pl.col("ts_ns"))
+           | ((pl.col("ts_ns_b") == pl.col("ts_ns")) & (pl.col("frame_no_b") > pl.col("frame_no"))))
+        & (pl.col("ts_ns_b") - pl.col("ts_ns") <= COPY_NS))
     counts = later.select("where_b", "ts_ns_b", "tup_b").unique().group_by("where_b").len()
     return Counter({(int(w) >> 32, _signed(int(w) & 0xFFFFFFFF)): n for w, n in counts.iter_rows()})
 

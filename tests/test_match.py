@@ -138,3 +138,40 @@ def test_copies_with_the_same_two_addresses_are_no_hairpin() -> None:
                          "remote": ["10.96.0.30", "10.96.0.30", "10.96.0.50", "10.244.0.10"]})
     pairs = pair_within(side, tolerance_ns=100)
     assert pairs.select("a_row", "b_row").rows() == [(2, 3)]
+
+
+def test_ipv6_clusterip_datagrams_pair_across_dnat_and_name_the_service() -> None:
+    # Kernel capture (tests/variants/clusterip6): IPv6 ClusterIPs in 2001:db8:96::/112, outside the default Service
+    # network, DNATed by ip6tables. An IPv6 datagram has no IP id, so its key keeps the far end, which the DNAT to
+    # [2001:db8:ff::10]:53 changed: the UDP flow read not_captured though eth0 held its six datagrams. A far end the
+    # outside capture never shows (a Service address is virtual) is one a DNAT may stand for, whatever its prefix:
+    # the datagrams pair without it. The ClusterIP is named only where a Service network (or a dump) says so: a
+    # public address DNATed on the node may as well be a LoadBalancer's ingress IP that kube-proxy short-circuits.
+    import json
+    from ipaddress import ip_network
+    from pathlib import Path
+
+    import natproof
+    import natproof.check
+    from natproof.assemble import Services
+    from natproof.result import connection_dicts
+
+    case = Path(__file__).resolve().parent / "variants" / "clusterip6"
+    truth = json.loads((case / "truth.json").read_text())
+    for files in ((case / "inside.pcap", case / "outside.pcap"), (case / "any.pcap",)):
+        rows = {(c["proto"], c["inside"]["dst"]): c for c in connection_dicts(natproof.correlate(*files).connections)}
+        udp = rows[("udp", "2001:db8:96::53")]
+        assert udp["verdict"] == "translated" and udp["fates"]["crossed"] == 6
+        assert udp["translated"]["dst"] == "2001:db8:ff::10" and udp["service"] is None
+        assert rows[("tcp", "2001:db8:96::1")]["verdict"] == "translated"
+        assert rows[("tcp", "2001:db8:ff::10")]["service"] is None  # plain egress: its destination is on eth0
+        # Served on the node by pod2, out of both captures' sight: no DNAT seen, so only a Service network says so.
+        assert rows[("udp", "2001:db8:96::10")]["verdict"] == "not_captured"
+    named = natproof.correlate(case / "inside.pcap", case / "outside.pcap",
+                               services=Services(networks=(ip_network("2001:db8:96::/112"),)))
+    report = natproof.check.compare(named, truth)
+    assert report.expected == report.found == report.mapping_right == report.verdict_right == 7
+    rows = {(c["proto"], c["inside"]["dst"]): c for c in connection_dicts(named.connections)}
+    assert rows[("udp", "2001:db8:96::53")]["service"] == {
+        "type": "ClusterIP", "address": "2001:db8:96::53", "port": 53,
+        "backend": {"address": "2001:db8:ff::10", "port": 53}}

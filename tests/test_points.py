@@ -332,3 +332,33 @@ def test_the_choice_counts_connections_not_their_echo_requests(tmp_path: Path) -
     assert len(crossed) == 3
     assert one.inside.why.startswith("pod side of 3 connection(s) that crossed the NAT")
     assert one.outside.why.startswith("node side of 3 connection(s) that crossed the NAT")
+
+
+def test_ipv6_clusterip_client_port_is_not_past_the_hook() -> None:
+    # Kernel capture (tests/variants/clusterip6, tcpdump -i any read without links.txt): pod1 calls IPv6 ClusterIPs
+    # that ip6tables DNATs to pod2 on the bridge and to a server outside. pod2's replies reach pod1's port un-DNATed
+    # (their source rewritten on the way out, not by PREROUTING), and an IPv6 UDP echo's reply carries its request's
+    # fields (no IP id): neither is a copy past br_netfilter's hook, so pod1's port was marked like cni0 (19 and 17
+    # packets) and only the packet count kept it inside. The bridge, holding the requests already DNATed, is past it.
+    import sys
+
+    import natproof.check
+    from natproof.points import gather_evidence, interfaces_of
+    from natproof.result import connection_dicts
+
+    case = Path(__file__).resolve().parent / "variants" / "clusterip6"
+    names = {link.index: link.name for link in read_links(case / "links.txt").values()}
+    correlate_module = sys.modules["natproof.correlate"]
+    info, pk = load_packets(case / "any.pcap", columns=correlate_module.DECODE_COLUMNS,
+                            transform=correlate_module.packet_features)
+    ev = gather_evidence(pk)
+    hooked = {names[i.ifindex]: ev.past_hook[i.key] for i in interfaces_of(info, pk, None)}
+    assert hooked["vethpod1"] == hooked["eth0"] == 0
+    assert hooked["cni0"] > 0 and hooked["vethpod2"] > 0
+    one = natproof.correlate(case / "any.pcap")
+    index = {name: i for i, name in names.items()}
+    assert one.inside.interfaces == (f"if{index['vethpod1']}",)
+    assert one.outside.interfaces == (f"if{index['eth0']}",)
+    report = natproof.check.compare(one, json.loads((case / "truth.json").read_text()), single_file=True)
+    assert report.found == 7 and not report.unexpected
+    assert not [c for c in connection_dicts(one.connections) if c["verdict"] in ("reply_dropped", "no_reply")]
