@@ -6,7 +6,6 @@ import socket
 import struct
 from dataclasses import dataclass
 
-import dpkt
 import xxhash
 
 # Field order of a decoded row; packets.PACKET_SCHEMA gives each its type.
@@ -139,6 +138,8 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
     """Decode one frame into a row ordered as FIELDS, or raise Skip with the reason. ``iface`` is the file's
     interface it was captured on (Record.iface), carried into the row as it is. An overlay packet (see
     :func:`decapsulate`) is decoded from its inner packet, the outer one kept as ``underlay``."""
+    import dpkt  # here, not at the top: the fast path never needs it, and it takes 40 ms to import
+
     version, ipb, ifindex = link_payload(linktype, data)
     underlay = None
     for _ in range(MAX_ENCAP_DEPTH):
