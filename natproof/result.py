@@ -246,13 +246,13 @@ class Result:
     def port_preserved_ratio(self, initiator: str | None = None) -> float:
         """Share of connections whose source address the NAT rewrote that kept their source port (translated
         source port equal to the original one); of those started on ``initiator``'s side only, when given."""
-        rewritten = self.connections.filter(SOURCE_REWRITTEN)  # counted: no need of source_rewritten's sort
+        # Counted, not filtered: a filter copies every column of every row it keeps (0.2 s for 1M connections).
+        rewritten = SOURCE_REWRITTEN.fill_null(False)
         if initiator is not None:
-            rewritten = rewritten.filter(pl.col("initiator") == initiator)
-        if rewritten.is_empty():
-            return 0.0
-        kept = rewritten.filter(pl.col("trans_sport") == pl.col("orig_sport")).height
-        return round(kept / rewritten.height, 6)
+            rewritten = rewritten & (pl.col("initiator") == initiator)
+        kept = rewritten & (pl.col("trans_sport") == pl.col("orig_sport")).fill_null(False)
+        n, k = self.connections.select(rewritten.sum(), kept.sum().alias("kept")).row(0)
+        return round(k / n, 6) if n else 0.0
 
     def by_fate(self) -> dict[str, int]:
         """Packets of every connection by fate (a crossing packet once)."""
