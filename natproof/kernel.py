@@ -350,6 +350,11 @@ def flow_rows(flows: pl.DataFrame, *, pod_networks: Sequence[Network] = (),
 SIDES = ("inside", "outside")
 
 
+EVENT_LAG_NS = 10_000_000
+"""How long after the packet that made it a conntrack event may be stamped (``conntrack -E -o timestamp`` stamps
+an event when the listener reads it from netlink: 65 us in a lab run, more on a busy node)."""
+
+
 def _leg_matches(legs: pl.DataFrame, rows: pl.DataFrame, tol: int) -> pl.DataFrame:
     """Each (leg, kernel row) pair where the leg's tuple (its initiator's view) is the row's original tuple
     (``seen`` "original": the capture saw the connection before the NAT) or its translated tuple ("translated":
@@ -367,13 +372,24 @@ def _leg_matches(legs: pl.DataFrame, rows: pl.DataFrame, tol: int) -> pl.DataFra
                & (end.is_null() | (end >= pl.col("first_ts_ns") - tol)))
     # Best first: the entry begun last within the leg's own life (a connection whose SYN was answered by a
     # RST and retried is tracked as several entries in turn, and the last one carried it), then the nearest.
-    within = pl.col("has_new") & start.is_between(pl.col("first_ts_ns") - tol, pl.col("last_ts_ns"))
+    # An entry's NEW is stamped when the listener reads it, after the packet that made it: one made by the leg's
+    # last packet (a UDP flow mapped anew by its last datagram: lab udp-remap, 65 us later) is within the leg
+    # too, where the leg is the entry's original tuple (the sender's own view: no other socket's connection, and
+    # the capture saw the packet that made it) and no later leg of that tuple began before it. Not by the
+    # translated tuple: a port pool hands it to another pod's connection, whose first packet may be in no capture
+    # (port-exhaustion's uplink: a SYN the NAT dropped after its entry was made).
+    pairs = pairs.with_columns(
+        pl.col("first_ts_ns").filter(pl.col("first_ts_ns") <= start).max().over("conn", "seen").alias("_maker"))
+    made_here = (pl.col("_maker") == pl.col("first_ts_ns")).fill_null(False) & (pl.col("seen") == "original")
+    within = pl.col("has_new") & (start.is_between(pl.col("first_ts_ns") - tol, pl.col("last_ts_ns"))
+                                  | (start.is_between(pl.col("last_ts_ns"), pl.col("last_ts_ns") + EVENT_LAG_NS)
+                                     & made_here))
     return (pairs.filter(in_time)
             .with_columns(within.fill_null(False).alias("within"),
                           (start - pl.col("first_ts_ns")).abs().alias("distance"))
             .sort(["conn_id", "within", "flow_start", "distance", "seen"],
                   descending=[False, True, True, False, False], nulls_last=True)
-            .unique(["conn_id", "conn"], keep="first", maintain_order=True))
+            .unique(["conn_id", "conn"], keep="first", maintain_order=True).drop("_maker"))
 
 
 def which_side(legs: pl.DataFrame, record: ConntrackRecord, *, pod_networks: Sequence[Network] = (),

@@ -510,3 +510,25 @@ def test_an_entry_reaped_after_its_successor_began_keeps_its_own_events(tmp_path
     assert flows.select("reply_dport", "has_new", "lines").rows() == [(29665, True, 3), (53643, True, 2)]
     assert flows["end_ts_ns"].to_list()[0] == 1796046252682965000 and flows["end_ts_ns"][1] is None
     assert flows.filter(pl.col("reply_dport") == 53643)["start_ts_ns"].item() == 1796046252682892000
+
+
+def test_an_entry_made_by_the_legs_last_packet_is_stamped_after_it(tmp_path: Path) -> None:
+    # lab udp-remap: a UDP flow whose entry expired is mapped anew (46807, then 52490) by its next datagram. The
+    # listener stamps an event when it reads it: in a run where the reply came back within the 65 us it took, the
+    # second NEW was stamped after the leg's last packet, and the pod side alone read the first mapping.
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "udp-remap"
+    last_reply = "1796030773.638711"  # inside.pcap frame 21, the echo's reply to the second datagram
+    text = (d / "conntrack.log").read_text()
+    moved = {"[1796030773.638414]": "[1796030773.638776]", "[1796030773.638737]": "[1796030773.638790]"}
+    for old, new in moved.items():
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    assert float(moved["[1796030773.638414]"].strip("[]")) > float(last_reply)
+    record = tmp_path / "conntrack.log"
+    record.write_text(text)
+    one = correlate_one(d / "inside.pcap", record)
+    udp = one.connections.filter(pl.col("proto") == "udp")
+    assert udp.select("inside_sport", "outside_sport").rows() == [(37557, 52490)]
+    assert _mapping(one) == _mapping(correlate_one(d / "inside.pcap", d / "conntrack.log"))
