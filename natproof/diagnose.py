@@ -381,7 +381,8 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
 def _node_answers(made: pl.DataFrame, rst_from: str) -> list[str]:
     """The first three packets the node made in answer (ICMP errors, RSTs) as evidence phrases; ``rst_from``
     says whose a RST claims to be ("as if from 198.51.100.10:443")."""
-    return [f"frame {f['frame_no']}: ICMP type {f['icmp_type']} code {f['icmp_code']} from {f['err_src']}"
+    return [f"frame {f['frame_no']}: "
+            f"{icmp_error_name(f['icmp_type'], f['icmp_code'], ':' in (f['err_src'] or ''))} from {f['err_src']}"
             if f["is_icmp_error"] else f"frame {f['frame_no']}: TCP RST {rst_from}"
             for f in made.head(3).iter_rows(named=True)]
 
@@ -425,7 +426,8 @@ def _refused_by_node(result: Result, refused: list[dict[str, Any]],
                    "node refused the others to the same ClusterIP:port." if quiet else ""),
                 "Check the Service's endpoints: `kubectl get endpointslices -A -l kubernetes.io/service-name=NAME` "
                 "(empty, or no ready address), the selector against the pods' labels, and the pods' readiness "
-                "probes; kube-proxy's rule is `iptables -t filter -S KUBE-SERVICES | grep 'has no endpoints'`.",
+                f"probes; kube-proxy's rule is `{_iptables(group)} -t filter -S KUBE-SERVICES | grep 'has no "
+                "endpoints'`.",
                 connections=tuple(r["conn"] for r in group), evidence=tuple(evidence),
                 data={"services": vips, "rate_limited": len(quiet)}))
         else:
@@ -435,7 +437,8 @@ def _refused_by_node(result: Result, refused: list[dict[str, Any]],
                 f"{len(group)} connection(s) to {', '.join(dests)} were refused by the node itself: the RST or "
                 "ICMP error the pod got was made on the node (nothing of the connection left it), not by the far "
                 "end. A REJECT rule (a firewall, a NetworkPolicy) matches them.",
-                "Find the rule: `iptables -S | grep REJECT` and `iptables -L -v -n | grep REJECT` (its counter grows "
+                f"Find the rule: `{_iptables(group)} -S | grep REJECT` and `{_iptables(group)} -L -v -n | grep "
+                "REJECT` (its counter grows "
                 "with these attempts); for a NetworkPolicy, `kubectl get networkpolicy -A`.",
                 connections=tuple(r["conn"] for r in group), evidence=tuple(evidence),
                 data={"destinations": dests}))
@@ -1183,7 +1186,8 @@ def _invalid_resets(result: Result, rows: list[dict[str, Any]]) -> list[Finding]
                    "which kills the connection at the far end.")
     return [Finding(
         "invalid_reply_reset", "error", title, summary,
-        "Drop INVALID packets before the node answers them: `iptables -I INPUT -m conntrack --ctstate INVALID -j "
+        f"Drop INVALID packets before the node answers them: `{_iptables([r for r, _, _ in hits])} -I INPUT -m "
+        "conntrack --ctstate INVALID -j "
         "DROP` and in FORWARD (kube-proxy's KUBE-FORWARD rule), or let conntrack accept out-of-window segments: "
         "`sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1`; for packets sent after the entry expired (an "
         "idle connection), keep the connection alive more often than `net.netfilter."

@@ -289,7 +289,7 @@ def test_a_nodeport_without_endpoints_is_refused_by_the_node_for_the_internet_cl
     assert list(found) == ["inbound_refused", "nodeport_source_lost"]
     refused = found["inbound_refused"]
     assert refused.data["destinations"] == ["203.0.113.2:30090"]
-    assert "ICMP type 3 code 3 from 203.0.113.2" in refused.evidence[0]
+    assert "port unreachable from 203.0.113.2" in refused.evidence[0]
     row = result.connections.filter(pl.col("conn") == refused.connections[0]).row(0, named=True)
     assert (row["verdict"], row["initiator"], row["inside_src"]) == ("not_forwarded", "outside", None)
     # The client's SYN went nowhere (outside only); the ICMP error was made by the node.
@@ -662,3 +662,26 @@ def test_an_answered_untranslated_flow_beside_translated_ones_is_an_snat_exclusi
     excluded = found["snat_exclusion"]
     assert excluded.severity == "info" and excluded.connections == (1,)
     assert excluded.data == {"destinations": ["172.16.5.5"], "sources": [pod], "destination_subnets": ["172.16.5.0/24"]}
+
+
+def test_ipv6_node_answers_are_named_in_icmpv6_words_and_point_at_ip6tables() -> None:
+    # Kernel variants (tests/variants, NAT66 by ip6tables): reject6, ClusterIPs without endpoints REJECTed with
+    # icmp6-port-unreachable from the bridge address and an egress REJECT --reject-with tcp-reset; oow6, an
+    # out-of-window segment from the server (INVALID) answered by the node's RST. The ICMPv6 errors read "ICMP type
+    # 1 code 4" (ICMPv4's numbering has no such error) and the fixes named iptables, whose rules IPv6 never meets.
+    d = Path(__file__).resolve().parent / "variants"
+    case = d / "reject6"
+    found = {f.kind: f for f in diagnose(correlate(case / "inside.pcap", case / "outside.pcap",
+                                                   names=load_names(services=case / "services.json")))}
+    assert list(found) == ["service_no_endpoints", "rejected_by_node"]
+    assert found["service_no_endpoints"].data["services"] == ["[2001:db8:96::30]:80", "[2001:db8:96::31]:53"]
+    assert all("port unreachable from 2001:db8:244::1" in e for e in found["service_no_endpoints"].evidence)
+    assert "`ip6tables -t filter -S KUBE-SERVICES" in found["service_no_endpoints"].fix
+    rejected = found["rejected_by_node"]
+    assert rejected.data["destinations"] == ["[2001:db8:ff::10]:443"]
+    assert "TCP RST as if from [2001:db8:ff::10]:443" in rejected.evidence[0]
+    assert "`ip6tables -S | grep REJECT`" in rejected.fix and "`iptables" not in rejected.fix
+    case = d / "oow6"
+    found = {f.kind: f for f in diagnose(correlate(case / "inside.pcap", case / "outside.pcap"))}
+    assert list(found) == ["invalid_reply_reset"]
+    assert "`ip6tables -I INPUT -m conntrack --ctstate INVALID" in found["invalid_reply_reset"].fix
