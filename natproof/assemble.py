@@ -21,6 +21,7 @@ FATES = ("crossed", "leaked", "inside_only", "outside_only", "node_generated")
 FATE = pl.Enum(list(FATES))
 
 _RST = 0x04
+_FIN, _SYN, _ACK = 0x01, 0x02, 0x10
 _TUPLE = ("src", "sport", "dst", "dport")
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
@@ -93,16 +94,18 @@ def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: p
 def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
              matches: Matches, *, pod_networks: Sequence[Network], services: Services,
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
+             acked: tuple[pl.Series, pl.Series] | None = None,
              ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
     frame_no, ts_ns; ``err_src`` too, or else ``icmp`` holds (row, err_src) of each side's ICMP errors);
     ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
-    anchored on an inside leg (docs/model.md). Returns (connections, in_pk, out_pk, pairs): the packet frames gain
-    ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the connection's
-    anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes dropped
-    (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
+    anchored on an inside leg (docs/model.md). ``acked``: each side's rows of unpaired TCP replies the initiator
+    acknowledged (:func:`acked_replies`; None: none known). Returns (connections, in_pk, out_pk, pairs): the
+    packet frames gain ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the
+    connection's anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
+    dropped (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
     """
     offset = matches.clock_offset_ns
     n_in = in_conns.height
@@ -342,10 +345,10 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     )
     df = (df.rename({"conn_id": "anchor"})
           .join(stats, on="anchor", how="left").join(crossings, on="anchor", how="left")
-          .join(seen, on="anchor", how="left"))
+          .join(seen, on="anchor", how="left").join(_acked_replies(in_pk, out_pk, acked), on="anchor", how="left"))
     counts = ["matched_egress", "matched_reply", "outside_tuples", "fate_crossed", "fate_leaked", "fate_inside_only",
               "fate_outside_only", "fate_node_generated", "_cross_init", "_cross_reply", "_post_alone", "_pre_alone",
-              "egress_outside", "reply_outside", "icmp_errors_outside"]
+              "egress_outside", "reply_outside", "icmp_errors_outside", "_acked"]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
     # A reply that crossed was seen on both sides of the NAT.
     df = df.with_columns((pl.col("_post_alone") + pl.col("_cross_reply")).alias("_post_reply"),
@@ -391,7 +394,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
                             | pod_to_pod)
     evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",
                          pl.col("_cross_reply").alias("cross_reply"), pl.col("_post_reply").alias("post_reply"),
-                         pl.col("_pre_reply").alias("pre_reply"))
+                         pl.col("_pre_reply").alias("pre_reply"), pl.col("_acked").alias("acked"))
     verdict = evidence.select(verdict_expr()).to_series()
     df = df.with_columns(verdict.alias("verdict"),
                          pl.when(init_in).then(pl.lit("inside")).otherwise(pl.lit("outside")).alias("initiator"))
@@ -405,6 +408,45 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     if lost.height:
         df = pl.concat([df, lost], how="diagonal_relaxed")
     return df, in_pk.drop("_pre"), out_pk.drop("_pre"), kept
+
+
+def acked_replies(match: pl.DataFrame, paired: pl.Series) -> pl.Series:
+    """Rows (``row`` of a side's match frame, natproof.match.MATCH_COLUMNS) of TCP replies that paired with nothing
+    on the other side and that the initiator acknowledged in the same leg: a packet of its, on this side, whose
+    ack is exactly the reply's sequence number plus its length (SYN and FIN counted). ``paired``: this side's rows
+    that paired. Such a reply did not cross the captured path, yet the initiator got it. Few rows are unpaired:
+    only their legs' acks are looked at. Read before the match frames are let go (assemble has no TCP numbers)."""
+    mask = pl.repeat(False, match.height, dtype=pl.Boolean, eager=True)
+    if paired.len():
+        mask = mask.scatter(paired, True)
+    flags = pl.col("tcp_flags").cast(pl.Int64)
+    alone = match.filter(~mask & (pl.col("proto") == 6) & ~pl.col("is_egress") & ~pl.col("is_icmp_error"))
+    if alone.is_empty():
+        return pl.Series("row", [], dtype=match.schema["row"])
+    ends = alone.select("row", "conn_id", ((pl.col("tcp_seq").cast(pl.Int64) + pl.col("payload_len")
+                                            + ((flags & _SYN) != 0).cast(pl.Int64)
+                                            + ((flags & _FIN) != 0).cast(pl.Int64)) % (1 << 32)).alias("_end"))
+    acks = (match.filter(pl.col("conn_id").is_in(ends["conn_id"].unique().implode()) & pl.col("is_egress")
+                         & (pl.col("proto") == 6) & ((flags & _ACK) != 0))
+            .select("conn_id", pl.col("tcp_ack").cast(pl.Int64).alias("_end")).unique())
+    return ends.join(acks, on=["conn_id", "_end"], how="semi")["row"]
+
+
+def _acked_replies(in_pk: pl.DataFrame, out_pk: pl.DataFrame,
+                   acked: tuple[pl.Series, pl.Series] | None) -> pl.DataFrame:
+    """(anchor, _acked): per connection, its replies seen on the far side of the NAT only (not crossed, not made by
+    the node) that the initiator acknowledged (:func:`acked_replies`): they reached it by a path the captures do
+    not see (an inbound connection whose replies leave by an uplink the outside capture misses), not dropped."""
+    frames = []
+    for pk, rows in zip((in_pk, out_pk), acked or (), strict=False):
+        if rows.len():
+            frames.append(pk.select("anchor", "fate", "_pre").gather(rows))
+    schema = {"anchor": in_pk.schema["anchor"], "_acked": pl.UInt32}
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    return (pl.concat(frames).filter(pl.col("anchor").is_not_null() & ~pl.col("_pre")
+                                     & pl.col("fate").is_in(["inside_only", "outside_only"]))
+            .group_by("anchor").agg(pl.len().cast(pl.UInt32).alias("_acked")).cast(schema))
 
 
 def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame, services: Services,

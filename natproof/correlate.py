@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from natproof import parallel
-from natproof.assemble import FATE, Services, assemble, in_networks
+from natproof.assemble import FATE, Services, acked_replies, assemble, in_networks
 from natproof.capture import CaptureInfo
 from natproof.connections import (
     PROTO_NAMES,
@@ -452,10 +452,11 @@ def correlate(
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
         _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns,
                        given=clock_offset_s is not None)
+    acked = (acked_replies(in_match, matches.pairs["in_row"]), acked_replies(out_match, matches.pairs["out_row"]))
     del in_match, out_match
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services, icmp=(a["icmp"], b["icmp"]))
+                                           services=services, icmp=(a["icmp"], b["icmp"]), acked=acked)
     conns = _contract_rows(conns)
     conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
     swapped = looks_swapped(conns, services)

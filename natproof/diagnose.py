@@ -737,15 +737,29 @@ def _replies(result: Result, dropped: list[dict[str, Any]]) -> list[Finding]:
         return []
     evidence = []
     for r in dropped[:20]:
+        if r["initiator"] == "outside":  # the pod answered; its replies never left on the outside
+            frames = _fate_frames(result, r, "inside", "inside_only", False)
+            evidence.append(f"{_conn_label(r)}: {r['reply_inside']} reply packet(s) from the pod to "
+                            f"{format_address(r['inside_src'], r['inside_sport'])} on the inside (frames "
+                            f"{_fmt_frames(frames)}), none on the outside")
+            continue
         frames = _frames(result, r["conn"], "outside", False)
         evidence.append(f"{_conn_label(r)}: {r['reply_outside']} reply packet(s) to "
                         f"{format_address(r['outside_src'], r['outside_sport'])} on the outside (frames "
                         f"{_fmt_frames(frames)}), none inside")
     ports = sorted({r["inside_dport"] for r in dropped})
+    inbound = sum(r["initiator"] == "outside" for r in dropped)
+    # Replies of a connection started outside are sent by the pod: not seen on the outside, they were dropped on
+    # the node or left by an uplink the outside capture does not see (its initiator's TCP acks would have told
+    # natproof the latter: reply_other_path); the captures cannot tell which for datagrams.
+    other_way = (f" For the {inbound} started outside, the pod's replies never reached the captured outside "
+                 "interface: dropped on the node, or sent out of another uplink (asymmetric routing; no TCP "
+                 "acknowledgement in the captures shows the client got them)." if inbound else "")
     return [Finding(
         "replies_dropped", "error", "Replies dropped on the node (reverse NAT never delivered)",
-        f"{len(dropped)} connection(s) got replies on the outside, addressed to the translated tuple, that never "
-        "reached the pod: the node drops them after conntrack (a FORWARD rule, rp_filter, or a policy).",
+        f"{len(dropped)} connection(s) got replies on the far side of the NAT, addressed to the translated tuple, "
+        "that never reached the initiator: the node drops them after conntrack (a FORWARD rule, rp_filter, or a "
+        f"policy).{other_way}",
         f"Run `iptables -L FORWARD -v -n` for rules dropping traffic from source port(s) "
         f"{', '.join(map(str, ports))} toward the pods; check `conntrack -L` shows the entries as replied.",
         connections=tuple(r["conn"] for r in dropped), evidence=tuple(evidence), data={"server_ports": ports})]
@@ -1200,16 +1214,26 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     """reply_other_path: the source rewrite is proven, the reverse translation is not (cases/asymmetric-reply)."""
     if not rows:
         return []
-    evidence = [f"{_conn_label(r)}: {r['egress_inside']} packet(s) crossed as "
+    def line(r: dict[str, Any]) -> str:
+        frames = _fmt_frames(_fate_frames(result, r, "inside", "inside_only", False))
+        if r["initiator"] == "outside":  # the pod's replies left by an uplink not captured; the client acked them
+            return (f"{_conn_label(r)}: {r['egress_outside']} packet(s) from the client crossed to the pod as "
+                    f"{format_address(r['inside_src'], r['inside_sport'])} -> "
+                    f"{format_address(r['inside_dst'], r['inside_dport'])}; {r['reply_inside']} reply packet(s) "
+                    f"from the pod (inside frames {frames}) never crossed the outside capture, yet the client "
+                    "acknowledged them")
+        return (f"{_conn_label(r)}: {r['egress_inside']} packet(s) crossed as "
                 f"{format_address(r['outside_src'], r['outside_sport'])}; {r['reply_inside']} reply packet(s) "
-                f"reached the pod (inside frames "
-                f"{_fmt_frames(_fate_frames(result, r, 'inside', 'inside_only', False))}), none crossed the outside "
-                "capture" for r in rows[:20]]
+                f"reached the pod (inside frames {frames}), none crossed the outside capture")
+    evidence = [line(r) for r in rows[:20]]
+    inbound = sum(r["initiator"] == "outside" for r in rows)
+    started_outside = (f" {inbound} of them started outside (a NodePort): the pod's replies left the node by "
+                       "another interface, and the client's acknowledgements show it got them." if inbound else "")
     return [Finding(
         "reply_other_path", "warning", "Replies came back by a path the outside capture does not see",
-        f"{len(rows)} connection(s) were translated on the way out and their replies reached the pod, but no reply "
-        "crossed the captured outside interface: they returned over another interface (asymmetric routing) or the "
-        "capture missed them. The source rewrite is proven; the reverse translation is not.",
+        f"{len(rows)} connection(s) were translated and their replies reached the initiator, but no reply "
+        "crossed the captured outside interface: they went over another interface (asymmetric routing) or the "
+        f"capture missed them. The initiator's rewrite is proven; the reverse translation is not.{started_outside}",
         "Capture every uplink (`tcpdump -i any`) or check `ip route` / policy routing for a second return path; "
         "with rp_filter strict, asymmetric replies get dropped.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]

@@ -194,6 +194,32 @@ def test_a_connection_refused_by_its_endpoint_is_named_beside_a_healthy_nat(tmp_
     assert report.expected == report.found == report.mapping_right == report.verdict_right == 15
 
 
+def test_nodeport_replies_leaving_by_an_uncaptured_uplink_are_another_path_not_dropped() -> None:
+    # Kernel variant (tests/variants/asym-nodeport): the node routes the internet client via eth1, so the pod's
+    # replies to NodePort 30080/tcp and 30053/udp leave by eth1, never eth0 (the outside capture); the client got
+    # every one. natproof said reply_dropped, ERROR "Replies dropped on the node", for the TCP ones too, whose
+    # client acknowledged each reply. A datagram carries no acknowledgement: its replies stay unproven either way.
+    import json
+
+    import natproof.check
+
+    d = Path(__file__).resolve().parent / "variants" / "asym-nodeport"
+    result = correlate(d / "inside.pcap", d / "outside.pcap")
+    got = sorted((c["proto"], c["original"]["dport"], c["verdict"]) for c in result.to_dict()["connections"])
+    assert got == [("tcp", 80, "translated"), ("tcp", 30080, "reply_other_path"), ("tcp", 30080, "reply_other_path"),
+                   ("udp", 30053, "reply_dropped")]
+    found = {f.kind: f for f in diagnose(result)}
+    assert found["reply_other_path"].connections and len(found["reply_other_path"].connections) == 2
+    assert "the client acknowledged them" in found["reply_other_path"].evidence[0]
+    assert "another uplink" in found["replies_dropped"].summary
+    assert "from the pod" in found["replies_dropped"].evidence[0]
+    truth = json.loads((d / "truth.json").read_text())
+    for one in (correlate(d / "any.pcap", interfaces=d / "links.txt"),):
+        report = natproof.check.compare(one, truth, single_file=True)
+        assert report.expected == report.found == report.mapping_right == 4
+        assert report.verdict_right == 3  # the datagrams' reply_other_path is beyond the captures
+
+
 def test_a_hairpin_whose_fins_leaked_after_its_entry_expired_stays_a_translated_hairpin() -> None:
     # tests/variants/hairpin-idle (kernel): the hairpin connection's FINs left eth0 untranslated after 6 s idle
     # (timeout 3 s). That outside leg made the connection 'untranslated' (outside tuple = inside tuple, hairpin
