@@ -749,19 +749,32 @@ def _replies(result: Result, dropped: list[dict[str, Any]]) -> list[Finding]:
                         f"{_fmt_frames(frames)}), none inside")
     ports = sorted({r["inside_dport"] for r in dropped})
     inbound = sum(r["initiator"] == "outside" for r in dropped)
+    toward = ("the pods" if not inbound else "the clients outside" if inbound == len(dropped)
+              else "the pods, or the clients outside")
     # Replies of a connection started outside are sent by the pod: not seen on the outside, they were dropped on
     # the node or left by an uplink the outside capture does not see (its initiator's TCP acks would have told
     # natproof the latter: reply_other_path); the captures cannot tell which for datagrams.
-    other_way = (f" For the {inbound} started outside, the pod's replies never reached the captured outside "
-                 "interface: dropped on the node, or sent out of another uplink (asymmetric routing; no TCP "
-                 "acknowledgement in the captures shows the client got them)." if inbound else "")
+    egress = len(dropped) - inbound
+    said = []
+    if egress:
+        said.append(f"{egress} connection(s) got replies on the outside, addressed to the translated tuple, that "
+                    "never reached the pod: the node drops them after conntrack (a FORWARD rule, rp_filter, or a "
+                    "policy).")
+    if inbound:
+        said.append(f"{inbound} connection(s) started outside got the pod's replies on the inside that never "
+                    "reached the captured outside interface: dropped on the node after conntrack (a FORWARD rule, "
+                    "rp_filter, a policy), or sent out of another uplink (asymmetric routing). The captures "
+                    "cannot tell which: nothing the client sent acknowledges them (a datagram carries no "
+                    "acknowledgement; a TCP client's acks would prove the latter).")
     return [Finding(
-        "replies_dropped", "error", "Replies dropped on the node (reverse NAT never delivered)",
-        f"{len(dropped)} connection(s) got replies on the far side of the NAT, addressed to the translated tuple, "
-        "that never reached the initiator: the node drops them after conntrack (a FORWARD rule, rp_filter, or a "
-        f"policy).{other_way}",
-        f"Run `iptables -L FORWARD -v -n` for rules dropping traffic from source port(s) "
-        f"{', '.join(map(str, ports))} toward the pods; check `conntrack -L` shows the entries as replied.",
+        "replies_dropped", "error",
+        "Replies dropped on the node (reverse NAT never delivered)" if not inbound
+        else "Replies never crossed the node (dropped, or left by an uplink not captured)",
+        " ".join(said),
+        f"Run `{_iptables(dropped)} -L FORWARD -v -n` for rules dropping traffic from source port(s) "
+        f"{', '.join(map(str, ports))} toward {toward}; check `conntrack -L` shows the entries as replied"
+        + ("; for the ones started outside, `ip route get CLIENT` on the node names the uplink their replies take."
+           if inbound else "."),
         connections=tuple(r["conn"] for r in dropped), evidence=tuple(evidence), data={"server_ports": ports})]
 
 
