@@ -1483,7 +1483,8 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
     # after its entry expired: not a clash, and no sign of a full pool.
     remaps = _remaps_after_silence(result, multi)
     multi = [r for r in multi if r["conn"] not in remaps]
-    findings += _remapped_after_idle(result, [r for r in rows if r["conn"] in remaps], remaps)
+    findings += _remapped_after_idle(result, [r for r in rows if r["conn"] in remaps], remaps,
+                                     _inbound_remaps(rows))
     for r in multi[:20]:
         evidence.append(f"{_conn_label(r)} left under {r['outside_tuples']} outside tuples")
     # Concurrency against the ports in use, per (outside ip, destination, protocol).
@@ -1581,15 +1582,55 @@ def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[in
     return out
 
 
+def _inbound_remaps(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Connections started outside that are one client flow mapped anew after a silence: the same original tuple
+    (client -> NodePort) reached the pod under another tuple, each next connection starting IDLE_GAP_S or more
+    after the last packet of the one before (its entry expired while the flow was idle, and masquerade chose
+    another port: a helper's kernel variant, a UDP NodePort flow silent past nf_conntrack_udp_timeout). Each
+    chain in time order. (Started inside, such a flow is one connection under several outside tuples:
+    _remaps_after_silence.) Not TCP: a client's new SYN from the same port is a new connection, mapped anew."""
+    flows: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if (r["initiator"] == "outside" and r["proto"] != "tcp" and r["orig_src"] is not None
+                and r["inside_src"] is not None):
+            flows.setdefault((r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"]),
+                             []).append(r)
+    chains = []
+    for users in flows.values():
+        users.sort(key=lambda r: r["first_ts_ns"])
+        if (len(users) > 1 and all(b["first_ts_ns"] - a["last_ts_ns"] >= IDLE_GAP_S * 1e9
+                                   for a, b in zip(users, users[1:], strict=False))
+                and len({(r["inside_src"], r["inside_sport"]) for r in users}) == len(users)):
+            chains.append(users)
+    return chains
+
+
+def _inside_frame(r: dict[str, Any]) -> int | None:
+    return min((leg["first_frame"] for leg in (r["legs"] or []) if leg["observation_point"] == "inside"),
+               default=None)
+
+
 def _remapped_after_idle(result: Result, rows: list[dict[str, Any]],
-                         remaps: dict[int, list[tuple[int, int, int, str]]]) -> list[Finding]:
+                         remaps: dict[int, list[tuple[int, int, int, str]]],
+                         inbound: list[list[dict[str, Any]]] = ()) -> list[Finding]:
     """Connections given a new outside tuple after a silence: their conntrack entry expired while the flow was
     idle (a NAT44 session delete, then a session create for the next packet, in RFC 8158's terms), and the new
     mapping took another port (--random-fully, or the old one taken). Seen in the kernel: a UDP flow silent for
-    longer than nf_conntrack_udp_timeout under MASQUERADE --random-fully (natproof lab run udp-remap)."""
-    if not rows:
+    longer than nf_conntrack_udp_timeout under MASQUERADE --random-fully (natproof lab run udp-remap). ``inbound``:
+    the same for flows started outside (_inbound_remaps): one client flow, a connection per mapping."""
+    if not rows and not inbound:
         return []
     evidence, silences = [], []
+    for chain in inbound:
+        first = chain[0]
+        steps = [f"{format_address(b['inside_src'], b['inside_sport'])} (inside frame {_inside_frame(b)}), "
+                 f"{(b['first_ts_ns'] - a['last_ts_ns']) / 1e9:.1f} s after the last packet of {_conn_label(a)}"
+                 for a, b in zip(chain, chain[1:], strict=False)]
+        silences += [(b["first_ts_ns"] - a["last_ts_ns"]) / 1e9 for a, b in zip(chain, chain[1:], strict=False)]
+        evidence.append(f"{first['proto']} {format_address(first['orig_src'], first['orig_sport'])} -> "
+                        f"{format_address(first['orig_dst'], first['orig_dport'])} reached the pod as "
+                        f"{format_address(first['inside_src'], first['inside_sport'])} (inside frame "
+                        f"{_inside_frame(first)}), then as " + "; then as ".join(steps))
     for r in rows[:20]:
         legs = remaps[r["conn"]]
         steps = []
@@ -1601,21 +1642,32 @@ def _remapped_after_idle(result: Result, rows: list[dict[str, Any]],
     for r in rows[20:]:
         legs = remaps[r["conn"]]
         silences += [(b[0] - a[1]) / 1e9 for a, b in zip(legs, legs[1:], strict=False)]
-    protos = sorted({r["proto"] for r in rows})
+    started_outside = [r for chain in inbound for r in chain]
+    protos = sorted({r["proto"] for r in (*rows, *started_outside)})
     knobs = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
+    said = []
+    if rows:
+        said.append(f"{len(rows)} connection(s) left the node under a new outside tuple after falling silent")
+    if inbound:
+        said.append(f"{len(inbound)} flow(s) from outside reached the pod under a new tuple after falling silent, "
+                    f"each mapping a connection of its own ({len(started_outside)} in all)")
     return [Finding(
-        "remapped_after_idle", "warning", "New outside tuple after an idle gap",
-        f"{len(rows)} connection(s) left the node under a new outside tuple after falling silent (shortest "
-        f"silence {min(silences):.1f} s, longest {max(silences):.1f} s): the first mapping ended during the silence "
-        "(its conntrack entry expired, or was deleted: kube-proxy deletes a UDP Service's entries when its "
-        "endpoints change) and the next packet was mapped anew, to another port. The far end sees a new client "
-        "address:port (a UDP session, a QUIC or SIP peer, a game server may drop it); this is not a port clash.",
+        "remapped_after_idle", "warning", "New outside tuple after an idle gap" if not inbound else
+        "New tuple after an idle gap",
+        f"{'; '.join(said)} (shortest silence {min(silences):.1f} s, longest {max(silences):.1f} s): the first "
+        "mapping ended during the silence (its conntrack entry expired, or was deleted: kube-proxy deletes a UDP "
+        "Service's entries when its endpoints change) and the next packet was mapped anew, to another port. "
+        + ("The far end sees a new client address:port (a UDP session, a QUIC or SIP peer, a game server may drop "
+           "it)" if rows else "The pod sees a new client address:port (masqueraded NodePort traffic: a session "
+           "keyed on it is lost)")
+        + "; this is not a port clash.",
         "Keep the flow alive more often than the conntrack timeout, or raise it on the node: " + knobs
         + " (RFC 4787 REQ-5 asks a UDP mapping to outlive 2 minutes of silence). `conntrack -E` shows the first "
         "entry's DESTROY and the new one's NEW.",
-        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
-        data={"connections": len(rows), "silence_s": {"min": round(min(silences), 3), "max": round(max(silences), 3)},
-              "protocols": protos})]
+        connections=tuple(r["conn"] for r in (*rows, *started_outside)), evidence=tuple(evidence),
+        data={"connections": len(rows) + len(started_outside),
+              "silence_s": {"min": round(min(silences), 3), "max": round(max(silences), 3)},
+              "protocols": protos, "flows_from_outside": len(inbound)})]
 
 
 def _kernel_entry_text(r: dict[str, Any]) -> str:

@@ -711,3 +711,23 @@ def test_ipv6_node_answers_are_named_in_icmpv6_words_and_point_at_ip6tables() ->
     found = {f.kind: f for f in diagnose(correlate(case / "inside.pcap", case / "outside.pcap"))}
     assert list(found) == ["invalid_reply_reset"]
     assert "`ip6tables -I INPUT -m conntrack --ctstate INVALID" in found["invalid_reply_reset"].fix
+
+
+def test_a_flow_from_outside_mapped_anew_after_idling_is_named() -> None:
+    # Kernel variant (tests/variants/udp-idle-nodeport): UDP timeouts of 2 s; an internet client's socket sends to
+    # NodePort 30053/udp (externalTrafficPolicy=Cluster), then again 5 s later. Its entry expired meanwhile, and the
+    # second datagram was masqueraded to another port: the pod saw 10.244.0.1:36985, then 10.244.0.1:21091. natproof
+    # makes a connection per mapping (connections are anchored on the pod side's tuple); diagnose said "NAT
+    # working as expected". The pod's own flows idled too but kept their ports: one connection each, no finding.
+    d = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
+    result = correlate(d / "inside.pcap", d / "outside.pcap")
+    conns = result.to_dict()["connections"]
+    inbound = sorted((c["inside"]["src"], c["inside"]["sport"]) for c in conns if c["initiator"] == "outside")
+    assert inbound == [("10.244.0.1", 21091), ("10.244.0.1", 36985)]
+    assert sum(c["initiator"] == "inside" for c in conns) == 3
+    found = {f.kind: f for f in diagnose(result)}
+    remap = found["remapped_after_idle"]
+    assert remap.data["flows_from_outside"] == 1 and len(remap.connections) == 2
+    assert remap.evidence[0].startswith("udp 198.51.100.20:49963 -> 203.0.113.2:30053 reached the pod as "
+                                        "10.244.0.1:36985 (inside frame 4), then as 10.244.0.1:21091")
+    assert "healthy" not in found and not [f for f in found.values() if f.severity == "error"]
