@@ -1621,16 +1621,16 @@ def _remapped_after_idle(result: Result, rows: list[dict[str, Any]],
     if not rows and not inbound:
         return []
     evidence, silences = [], []
-    for chain in inbound:
+    for chain in inbound:  # a line per connection: each mapping of the flow is one
         first = chain[0]
-        steps = [f"{format_address(b['inside_src'], b['inside_sport'])} (inside frame {_inside_frame(b)}), "
-                 f"{(b['first_ts_ns'] - a['last_ts_ns']) / 1e9:.1f} s after the last packet of {_conn_label(a)}"
-                 for a, b in zip(chain, chain[1:], strict=False)]
-        silences += [(b["first_ts_ns"] - a["last_ts_ns"]) / 1e9 for a, b in zip(chain, chain[1:], strict=False)]
-        evidence.append(f"{first['proto']} {format_address(first['orig_src'], first['orig_sport'])} -> "
-                        f"{format_address(first['orig_dst'], first['orig_dport'])} reached the pod as "
+        evidence.append(f"{_conn_label(first)} reached the pod as "
                         f"{format_address(first['inside_src'], first['inside_sport'])} (inside frame "
-                        f"{_inside_frame(first)}), then as " + "; then as ".join(steps))
+                        f"{_inside_frame(first)})")
+        for a, b in zip(chain, chain[1:], strict=False):
+            silences.append((b["first_ts_ns"] - a["last_ts_ns"]) / 1e9)
+            evidence.append(f"{_conn_label(b)}, the same client flow {silences[-1]:.1f} s after the last packet of "
+                            f"#{a['conn']}, reached the pod as {format_address(b['inside_src'], b['inside_sport'])} "
+                            f"(inside frame {_inside_frame(b)})")
     for r in rows[:20]:
         legs = remaps[r["conn"]]
         steps = []
@@ -1645,18 +1645,21 @@ def _remapped_after_idle(result: Result, rows: list[dict[str, Any]],
     started_outside = [r for chain in inbound for r in chain]
     protos = sorted({r["proto"] for r in (*rows, *started_outside)})
     knobs = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
-    said = []
-    if rows:
-        said.append(f"{len(rows)} connection(s) left the node under a new outside tuple after falling silent")
-    if inbound:
-        said.append(f"{len(inbound)} flow(s) from outside reached the pod under a new tuple after falling silent, "
-                    f"each mapping a connection of its own ({len(started_outside)} in all)")
+    silence = f"shortest silence {min(silences):.1f} s, longest {max(silences):.1f} s"
+    if not inbound:
+        head = f"{len(rows)} connection(s) left the node under a new outside tuple after falling silent ({silence})"
+    else:
+        parts = ([f"{len(rows)} left the node under a new outside tuple"] if rows else []) + [
+            f"{len(started_outside)} are {len(inbound)} flow(s) from outside that reached the pod under a new tuple, "
+            "a connection per mapping"]
+        head = (f"{len(rows) + len(started_outside)} connection(s) were mapped anew after falling silent "
+                f"({'; '.join(parts)}; {silence})")
     return [Finding(
         "remapped_after_idle", "warning", "New outside tuple after an idle gap" if not inbound else
         "New tuple after an idle gap",
-        f"{'; '.join(said)} (shortest silence {min(silences):.1f} s, longest {max(silences):.1f} s): the first "
-        "mapping ended during the silence (its conntrack entry expired, or was deleted: kube-proxy deletes a UDP "
-        "Service's entries when its endpoints change) and the next packet was mapped anew, to another port. "
+        f"{head}: the first mapping ended during the silence (its conntrack entry expired, or was deleted: "
+        "kube-proxy deletes a UDP Service's entries when its endpoints change) and the next packet was mapped anew, "
+        "to another port. "
         + ("The far end sees a new client address:port (a UDP session, a QUIC or SIP peer, a game server may drop "
            "it)" if rows else "The pod sees a new client address:port (masqueraded NodePort traffic: a session "
            "keyed on it is lost)")

@@ -728,6 +728,10 @@ def test_a_flow_from_outside_mapped_anew_after_idling_is_named() -> None:
     found = {f.kind: f for f in diagnose(result)}
     remap = found["remapped_after_idle"]
     assert remap.data["flows_from_outside"] == 1 and len(remap.connections) == 2
-    assert remap.evidence[0].startswith("udp 198.51.100.20:49963 -> 203.0.113.2:30053 reached the pod as "
-                                        "10.244.0.1:36985 (inside frame 4), then as 10.244.0.1:21091")
+    assert remap.evidence[0].endswith("udp 198.51.100.20:49963 -> 203.0.113.2:30053 reached the pod as "
+                                      "10.244.0.1:36985 (inside frame 4)")
+    assert remap.evidence[1].endswith("the same client flow 5.0 s after the last packet of #0, reached the pod as "
+                                      "10.244.0.1:21091 (inside frame 23)")
+    assert remap.summary.startswith("2 connection(s) were mapped anew after falling silent (2 are 1 flow(s) from "
+                                    "outside")
     assert "healthy" not in found and not [f for f in found.values() if f.severity == "error"]
