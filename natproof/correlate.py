@@ -435,8 +435,11 @@ def correlate(
                                        pod_cidr=pod_cidr, services=services, links=links,
                                        each=[{"inside": True, "if_names": in_names},
                                              {"inside": False, "if_names": out_names}])
-    in_pk, in_conns, in_match = a["packets"], a["connections"], a["match"]
-    out_pk, out_conns, out_match = b["packets"], b["connections"], b["match"]
+    # Taken out of the sides' dicts, not referenced from them: each frame is let go as soon as its last name here
+    # is (the match frames after matching, the decoded packets after assembly), which the dicts would prevent
+    # until correlate returns (2 x 5M synthetic: peak RSS of the two processes 1,618 -> 1,558 MiB).
+    in_pk, in_conns, in_match = a.pop("packets"), a.pop("connections"), a.pop("match")
+    out_pk, out_conns, out_match = b.pop("packets"), b.pop("connections"), b.pop("match")
     if pod_cidr:
         nets, why = ins.networks, "given (--pod-cidr)"
     else:
