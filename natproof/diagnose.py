@@ -1311,7 +1311,7 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     return [Finding(
         "alg_rewrite", "info", "An ALG rewrote payloads (sequence numbers shifted)",
         f"{len(rows)} connection(s) had their payload rewritten on the node (conntrack's FTP helper rewrites the "
-        "address in PORT commands), shifting the sequence numbers after it by the change in length, and again "
+        "address in PORT and EPRT commands), shifting the sequence numbers after it by the change in length, and again "
         "with each later rewrite that changes it; natproof matched the shifted packets on their IP id or on the "
         "TCP numbers the shift left alone. "
         f"{len(related)} connection(s) started outside were admitted to the pod.",

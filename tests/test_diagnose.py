@@ -735,3 +735,23 @@ def test_a_flow_from_outside_mapped_anew_after_idling_is_named() -> None:
     assert remap.summary.startswith("2 connection(s) were mapped anew after falling silent (2 are 1 flow(s) from "
                                     "outside")
     assert "healthy" not in found and not [f for f in found.values() if f.severity == "error"]
+
+
+def test_ftp_list_over_port_then_retr_over_eprt_with_random_fully() -> None:
+    # Kernel variant (tests/variants/ftp-eprt-random): the FTP helper with MASQUERADE --random-fully rewrote a PORT
+    # and then an EPRT command (+1 byte each): every control packet matched on both sides, the two data connections
+    # inbound and translated, each admitted by an expectation; the finding names EPRT too.
+    d = Path(__file__).resolve().parent / "variants" / "ftp-eprt-random"
+    for result in (correlate(d / "inside.pcap", d / "outside.pcap", conntrack=d / "conntrack.log"),
+                   correlate(d / "any.pcap", interfaces=d / "links.txt")):
+        rows = sorted(result.connections.iter_rows(named=True), key=lambda r: r["conn"])
+        assert [(r["initiator"], r["verdict"], r["orig_sport"], r["trans_sport"]) for r in rows] == [
+            ("inside", "translated", 34636, 1756), ("outside", "translated", 20, 20),
+            ("outside", "translated", 20, 20)]
+        assert [r["fate_crossed"] for r in rows] == [33, 8, 8]
+        # +1 after PORT, +2 after EPRT: the shift reported is one of the two steps (the most common one)
+        assert rows[0]["init_seq_shift"] in (1, 2) and rows[0]["reply_ack_shift"] in (1, 2)
+        found = {f.kind: f for f in diagnose(result)}
+        assert list(found) == ["healthy", "alg_rewrite"]
+        assert "PORT and EPRT" in found["alg_rewrite"].summary
+        assert sum("an expectation" in e for e in found["alg_rewrite"].evidence) == 2
