@@ -94,15 +94,15 @@ def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: p
 def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
              matches: Matches, *, pod_networks: Sequence[Network], services: Services,
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
-             acked: tuple[pl.Series, pl.Series] | None = None,
+             evidence: MatchEvidence | None = None,
              ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
     frame_no, ts_ns; ``err_src`` too, or else ``icmp`` holds (row, err_src) of each side's ICMP errors);
     ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
-    anchored on an inside leg (docs/model.md). ``acked``: each side's rows of unpaired TCP replies the initiator
-    acknowledged (:func:`acked_replies`; None: none known). Returns (connections, in_pk, out_pk, pairs): the
+    anchored on an inside leg (docs/model.md). ``evidence``: what the match frames showed beyond the pairs
+    (:func:`match_evidence`; None: nothing). Returns (connections, in_pk, out_pk, pairs): the
     packet frames gain ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the
     connection's anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
     dropped (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
@@ -345,10 +345,11 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     )
     df = (df.rename({"conn_id": "anchor"})
           .join(stats, on="anchor", how="left").join(crossings, on="anchor", how="left")
-          .join(seen, on="anchor", how="left").join(_acked_replies(in_pk, out_pk, acked), on="anchor", how="left"))
+          .join(seen, on="anchor", how="left").join(_acked_replies(in_pk, out_pk, evidence), on="anchor", how="left")
+          .join(_payload_rewrites(in_pk, evidence), on="anchor", how="left"))
     counts = ["matched_egress", "matched_reply", "outside_tuples", "fate_crossed", "fate_leaked", "fate_inside_only",
               "fate_outside_only", "fate_node_generated", "_cross_init", "_cross_reply", "_post_alone", "_pre_alone",
-              "egress_outside", "reply_outside", "icmp_errors_outside", "_acked"]
+              "egress_outside", "reply_outside", "icmp_errors_outside", "_acked", "payload_rewrites"]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
     # A reply that crossed was seen on both sides of the NAT.
     df = df.with_columns((pl.col("_post_alone") + pl.col("_cross_reply")).alias("_post_reply"),
@@ -432,13 +433,62 @@ def acked_replies(match: pl.DataFrame, paired: pl.Series) -> pl.Series:
     return ends.join(acks, on=["conn_id", "_end"], how="semi")["row"]
 
 
-def _acked_replies(in_pk: pl.DataFrame, out_pk: pl.DataFrame,
-                   acked: tuple[pl.Series, pl.Series] | None) -> pl.DataFrame:
+@dataclass(frozen=True)
+class MatchEvidence:
+    """What the match frames show beyond the pairs, read before they are let go (the packet frames assemble gets
+    carry no TCP numbers or payload digests)."""
+
+    acked: tuple[pl.Series, pl.Series]
+    """Each side's rows of unpaired TCP replies the initiator acknowledged (acked_replies)."""
+    rewritten: pl.Series
+    """Inside rows of packets that crossed with their payload changed (rewritten_payloads)."""
+
+
+def match_evidence(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.DataFrame) -> MatchEvidence:
+    """MatchEvidence of two sides' match frames (natproof.match.MATCH_COLUMNS) and their pairs (in_row, out_row)."""
+    return MatchEvidence((acked_replies(inside, pairs["in_row"]), acked_replies(outside, pairs["out_row"])),
+                         rewritten_payloads(inside, outside, pairs))
+
+
+def rewritten_payloads(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.DataFrame) -> pl.Series:
+    """Rows (``row`` of the inside match frame) of packets that crossed with their payload changed: paired with a
+    copy whose payload head (``head_digest``: its first natproof.decode.HEAD_DIGEST_BYTES bytes) differs, both
+    carrying a payload and each head digested whole (``head_whole``: a snaplen that cut into it digests fewer bytes,
+    so a capture cut short would read as every packet rewritten). NAT rewrites headers, never payloads; an ALG does
+    (conntrack's FTP helper names the node for the pod in a PORT command, whether or not the length changes: a
+    helper's kernel variant where it did not, so no sequence number moved). ICMP errors aside: the header they
+    quote is translated."""
+    if pairs.is_empty():
+        return pl.Series("row", [], dtype=inside.schema["row"])
+    # Pairs come in inside row order: the inside side's columns are read in order, the outside's (in no order) only
+    # for the pairs left, and its payload length for the few whose digests differ (2 x 5M synthetic: 0.52 -> s).
+    i, o = pairs["in_row"], pairs["out_row"]
+    if "head_whole" not in inside.columns or "head_whole" not in outside.columns:
+        return pl.Series("row", [], dtype=inside.schema["row"])
+    carries = ((inside["payload_len"].gather(i) > 0) & ~inside["is_icmp_error"].gather(i)
+               & inside["head_whole"].gather(i)).fill_null(False)
+    i, o = i.filter(carries), o.filter(carries)
+    differ = (inside["head_digest"].gather(i) != outside["head_digest"].gather(o)).fill_null(False)
+    i, o = i.filter(differ), o.filter(differ)
+    return i.filter(((outside["payload_len"].gather(o) > 0) & outside["head_whole"].gather(o)).fill_null(False)
+                    ).alias("row")
+
+
+def _payload_rewrites(in_pk: pl.DataFrame, evidence: MatchEvidence | None) -> pl.DataFrame:
+    """(anchor, payload_rewrites): per connection, its packets that crossed with their payload changed."""
+    schema = {"anchor": in_pk.schema["anchor"], "payload_rewrites": pl.UInt32}
+    if evidence is None or not evidence.rewritten.len():
+        return pl.DataFrame(schema=schema)
+    return (in_pk.select("anchor").gather(evidence.rewritten).filter(pl.col("anchor").is_not_null())
+            .group_by("anchor").agg(pl.len().cast(pl.UInt32).alias("payload_rewrites")).cast(schema))
+
+
+def _acked_replies(in_pk: pl.DataFrame, out_pk: pl.DataFrame, evidence: MatchEvidence | None) -> pl.DataFrame:
     """(anchor, _acked): per connection, its replies seen on the far side of the NAT only (not crossed, not made by
     the node) that the initiator acknowledged (:func:`acked_replies`): they reached it by a path the captures do
     not see (an inbound connection whose replies leave by an uplink the outside capture misses), not dropped."""
     frames = []
-    for pk, rows in zip((in_pk, out_pk), acked or (), strict=False):
+    for pk, rows in zip((in_pk, out_pk), evidence.acked if evidence else (), strict=False):
         if rows.len():
             frames.append(pk.select("anchor", "fate", "_pre").gather(rows))
     schema = {"anchor": in_pk.schema["anchor"], "_acked": pl.UInt32}

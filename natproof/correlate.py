@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from natproof import parallel
-from natproof.assemble import FATE, Services, acked_replies, assemble, in_networks
+from natproof.assemble import FATE, Services, assemble, in_networks, match_evidence
 from natproof.capture import CaptureInfo
 from natproof.connections import (
     PROTO_NAMES,
@@ -24,7 +24,7 @@ from natproof.connections import (
     split_never_forwarded,
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
-from natproof.decode import DEFAULT_OVERLAY, Overlay
+from natproof.decode import DEFAULT_OVERLAY, HEAD_DIGEST_BYTES, Overlay
 from natproof.errors import InputError
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
 from natproof.match import (
@@ -68,7 +68,8 @@ def _fmt_time(ns: int) -> str:
 
 
 DECODE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "src", "dst", "sport", "dport", "ip_id", "ttl",
-                  "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "icmp_type", "icmp_code",
+                  "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "payload_captured_len", "head_digest",
+                  "icmp_type", "icmp_code",
                   "icmp_seq", "inner_proto", "inner_src", "inner_dst", "inner_sport", "inner_dport", "icmp_mtu",
                   "underlay")
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
@@ -85,7 +86,11 @@ def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
     and the match signature (natproof.match.signature). Row by row: applied to each decoded batch."""
     # An ICMP error's own source: the far end, a router on the path, or the node itself (REJECT).
     err_src = pl.when(pl.col("inner_proto").is_not_null()).then(pl.col("src")).alias("err_src")
-    return packets.select(*FEATURE_COLUMNS, err_src, *flow_columns(), signature())
+    # Whether head_digest covers the payload's whole head (HEAD_DIGEST_BYTES, or all of a shorter payload): a
+    # snaplen that cut into it digests fewer bytes, which only another capture cut alike agrees with.
+    head_whole = (pl.col("payload_captured_len") >= pl.min_horizontal(pl.col("payload_len"),
+                                                                      pl.lit(HEAD_DIGEST_BYTES))).alias("head_whole")
+    return packets.select(*FEATURE_COLUMNS, head_whole, err_src, *flow_columns(), signature())
 
 
 PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
@@ -455,11 +460,11 @@ def correlate(
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
         _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns,
                        given=clock_offset_s is not None)
-    acked = (acked_replies(in_match, matches.pairs["in_row"]), acked_replies(out_match, matches.pairs["out_row"]))
+    evidence = match_evidence(in_match, out_match, matches.pairs)
     del in_match, out_match
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services, icmp=(a["icmp"], b["icmp"]), acked=acked)
+                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence)
     conns = _contract_rows(conns)
     conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
     swapped = looks_swapped(conns, services)

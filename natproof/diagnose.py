@@ -183,7 +183,7 @@ def diagnose(result: Result) -> list[Finding]:
     excluded = [r for r in routed if r["inside_src"] in translated_srcs]
     findings += _routed(result, [r for r in routed if r not in excluded])
     findings += _snat_exclusion(result, excluded)
-    findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r)])
+    findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r) or (r["payload_rewrites"] or 0) > 0])
     findings += _refused_by_far_end(result, rows)
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
@@ -1290,10 +1290,12 @@ def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Findi
 
 
 def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
-    """A TCP sequence shift after a payload rewrite: an ALG (conntrack's FTP helper) edited the payload
-    (cases/ftp-alg-active); its expectation admits the related inbound connection. The shift is the one most
-    shifted packets show: each later rewrite that changes the length adds to it (two PORT commands: +1, then +2;
-    a helper's kernel variant), so it is not called constant."""
+    """A payload rewrite: an ALG (conntrack's FTP helper) edited the payload (cases/ftp-alg-active), seen as
+    packets that crossed with their payload changed and, where the length changed, as a TCP sequence shift; its
+    expectation admits the related inbound connection. The shift is the one most shifted packets show: each later
+    rewrite that changes the length adds to it (two PORT commands: +1, then +2; a helper's kernel variant), so it
+    is not called constant. A rewrite of the same length moves no number (a pod address as long as the node's: a
+    helper's kernel variant, which read 'NAT working as expected')."""
     if not rows:
         return []
     def moved(r: dict[str, Any]) -> str:
@@ -1301,20 +1303,30 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
                  ("reply", "reply")) for n in ("seq", "ack") if r[f"{k}_{n}_shift"]]
         return ", ".join(parts)
 
-    evidence = [f"{_conn_label(r)}: after a payload rewrite, {moved(r)} on the outside (the shift most of its "
-                "shifted packets show)" for r in rows[:20]]
+    def line(r: dict[str, Any]) -> str:
+        n = r["payload_rewrites"] or 0
+        changed = f"{n} packet(s) crossed with their payload changed" if n else "a payload rewrite"
+        if "seq_shift" not in flags_of(r):
+            return f"{_conn_label(r)}: {changed}, its length kept (no sequence number moved)"
+        return f"{_conn_label(r)}: {changed}; after it {moved(r)} on the outside (the shift most of its shifted " \
+               "packets show)"
+
+    evidence = [line(r) for r in rows[:20]]
+    same_length = sum("seq_shift" not in flags_of(r) for r in rows)
     related = [r for r in result.connections.iter_rows(named=True) if r["initiator"] == "outside"
                and r["service_type"] is None and r["verdict"] == "translated"]
     for r in related[:10]:
         evidence.append(f"{_conn_label(r)} came in from {format_address(r['orig_src'], r['orig_sport'])} to "
                         f"{format_address(r['orig_dst'], r['orig_dport'])}, DNATed to the pod: an expectation")
     return [Finding(
-        "alg_rewrite", "info", "An ALG rewrote payloads (sequence numbers shifted)",
+        "alg_rewrite", "info", "An ALG rewrote payloads" + ("" if same_length == len(rows)
+                                                            else " (sequence numbers shifted)"),
         f"{len(rows)} connection(s) had their payload rewritten on the node (conntrack's FTP helper rewrites the "
-        "address in PORT and EPRT commands), shifting the sequence numbers after it by the change in length, and again "
-        "with each later rewrite that changes it; natproof matched the shifted packets on their IP id or on the "
-        "TCP numbers the shift left alone. "
-        f"{len(related)} connection(s) started outside were admitted to the pod.",
+        "address in PORT and EPRT commands): a rewrite that changes the length shifts the sequence numbers after it, "
+        "and again with each later one; natproof matched the shifted packets on their IP id or on the TCP numbers "
+        "the shift left alone."
+        + (f" {same_length} kept the length, and no number moved." if same_length else "")
+        + f" {len(related)} connection(s) started outside were admitted to the pod.",
         "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
         "and `conntrack -L expect` its expectations.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
@@ -1384,7 +1396,7 @@ def _alg_missing(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     from natproof.decode import Skip, link_payload
 
     ftp = [r for r in rows if r["proto"] == "tcp" and r["initiator"] == "inside" and r["verdict"] == "translated"
-           and r["orig_dport"] == FTP_CONTROL_PORT and "seq_shift" not in flags_of(r)]
+           and r["orig_dport"] == FTP_CONTROL_PORT and not {"seq_shift", "payload_rewritten"} & set(flags_of(r))]
     if not ftp or str(result.outside.path) == "-":
         return []
     hits = []

@@ -82,7 +82,8 @@ def _payload_key() -> pl.Expr:
 
 
 MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
-                 "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "is_icmp_error",
+                 "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "head_whole",
+                 "is_icmp_error",
                  "k_strong", "k_loose", "dnat_end")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 

@@ -67,6 +67,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "kernel_assured": pl.Boolean(), "kernel_replied": pl.Boolean(),
     "kernel_reply_src": pl.String(), "kernel_reply_sport": pl.UInt16(),
     "kernel_reply_dst": pl.String(), "kernel_reply_dport": pl.UInt16(),
+    "payload_rewrites": pl.UInt32(),
 }
 """One row per connection (docs/model.md), anchored on an inside leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -82,7 +83,8 @@ stopped): what the other side did is unknown. evidence_level: what trans_* rests
 kernel_reply_*: the connection held against a conntrack record (natproof.kernel.join_kernel; all null without one):
 kernel is confirmed, contradicts or absent, kernel_reason why it may be absent, kernel_line the line of the entry it
 rests on (its NEW event, else its first line), kernel_state/assured/replied that entry's last state and flags,
-kernel_reply_* its reply tuple as the kernel recorded it."""
+kernel_reply_* its reply tuple as the kernel recorded it. payload_rewrites: its packets that crossed with their
+payload changed (an ALG's rewrite: natproof.assemble.rewritten_payloads), whether or not their length did."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -394,9 +396,10 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     answered it), leak (some packets crossed untranslated: the private address left the node),
     not_reverse_translated (a reply reached the far side and never the initiator while others crossed),
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
-    rewrote the payload and shifted TCP sequence numbers), hairpin (both legs seen at the inside), egress_other_path
-    (translated, proven by replies that crossed back, while none of the initiator's packets crossed the far
-    capture running then: they left by another path), other_capture_off,
+    rewrote the payload and shifted TCP sequence numbers), payload_rewritten (packets crossed with their payload
+    changed: an ALG's rewrite, whether or not it changed the length), hairpin (both legs seen at the inside),
+    egress_other_path (translated, proven by replies that crossed back, while none of the initiator's packets
+    crossed the far capture running then: they left by another path), other_capture_off,
     ambiguous_name (a named result: more than one pod may have held one of its addresses then)."""
     flags = []
     if (row["outside_tuples"] or 0) > 1:
@@ -412,6 +415,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("node_generated")
     if any(row.get(f"{w}_{n}_shift") for w in ("init", "reply") for n in ("seq", "ack")):
         flags.append("seq_shift")
+    if row.get("payload_rewrites"):
+        flags.append("payload_rewritten")
     if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
         flags.append("hairpin")
     if (row.get("verdict") == "translated" and not row.get("matched_egress") and row.get("matched_reply")
@@ -450,6 +455,7 @@ def _flags_expr() -> pl.Expr:
          & (pl.col("verdict") == "translated") & (pl.col("initiator") == "inside")),
         ("node_generated", pl.col("fate_node_generated").fill_null(0) > 0),
         ("seq_shift", shifted),
+        ("payload_rewritten", pl.col("payload_rewrites").fill_null(0) > 0),
         ("hairpin", pl.col("trans_src").is_not_null() & pl.col("outside_src").is_null()
          & (pl.col("initiator") == "inside")),
         ("egress_other_path", (pl.col("verdict") == "translated") & (pl.col("matched_egress").fill_null(0) == 0)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import polars as pl
 
-from natproof.assemble import Services, acked_replies, assemble
+from natproof.assemble import Services, assemble, match_evidence
 from natproof.capture import CaptureInfo
 from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
 from natproof.decode import DEFAULT_OVERLAY, Overlay
@@ -405,10 +405,10 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     legs_in = pl.read_parquet(root / f"inside-legs-g{g}.parquet")
     legs_out = pl.read_parquet(root / f"outside-legs-g{g}.parquet")
     matches = match_sides(fa["match"], fb["match"], clock_offset_ns=offset, tolerance_ns=tolerance_ns)
-    acked = (acked_replies(fa["match"], matches.pairs["in_row"]), acked_replies(fb["match"], matches.pairs["out_row"]))
+    evidence = match_evidence(fa["match"], fb["match"], matches.pairs)
     conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
                                            pod_networks=nets, services=services, icmp=(fa["icmp"], fb["icmp"]),
-                                           acked=acked)
+                                           evidence=evidence)
     conns = _contract_rows(conns)
     in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
     if "copy_frame" not in in_pk.columns:  # every group's file has the same columns

@@ -755,3 +755,54 @@ def test_ftp_list_over_port_then_retr_over_eprt_with_random_fully() -> None:
         assert list(found) == ["healthy", "alg_rewrite"]
         assert "PORT and EPRT" in found["alg_rewrite"].summary
         assert sum("an expectation" in e for e in found["alg_rewrite"].evidence) == 2
+
+
+def test_an_alg_rewrite_that_keeps_the_length_is_still_named() -> None:
+    # Kernel variant (tests/variants/ftp-samelen): active FTP from 10.244.0.55, whose '10,244,0,55' is as long as
+    # the node's '203,0,113,2': the FTP helper rewrote the PORT and EPRT commands without changing their length, so
+    # no sequence number moved, and diagnose said only "NAT working as expected". The two packets crossed with their
+    # payload head changed (head_digest): natproof.assemble.rewritten_payloads.
+    d = Path(__file__).resolve().parent / "variants" / "ftp-samelen"
+    result = correlate(d / "inside.pcap", d / "outside.pcap")
+    doc = dict(enumerate(result.to_dict()["connections"]))  # in row order: "conn" 0, 1, ...
+    at, control = next((i, c) for i, c in doc.items() if c["original"]["dport"] == 21)
+    assert "payload_rewritten" in control["flags"] and "seq_shift" not in control["flags"]
+    assert result.connections.filter(pl.col("conn") == at)["payload_rewrites"].item() == 2
+    assert sorted(c["initiator"] for c in doc.values()) == ["inside", "outside", "outside"]
+    assert all(c["verdict"] == "translated" for c in doc.values())
+    assert not [c for c in doc.values() if c["original"]["dport"] != 21 and c["flags"]]
+    found = {f.kind: f for f in diagnose(result)}
+    alg = found["alg_rewrite"]
+    assert alg.title == "An ALG rewrote payloads" and "1 kept the length, and no number moved" in alg.summary
+    assert alg.evidence[0].endswith("2 packet(s) crossed with their payload changed, its length kept (no sequence "
+                                    "number moved)")
+    assert "alg_missing" not in found
+
+
+def test_a_capture_cut_short_by_its_snaplen_shows_no_payload_rewrite(tmp_path: Path) -> None:
+    # captures/many-connections with the inside capture cut to 80 bytes a frame (tcpdump -s 80): every payload's
+    # head digests fewer bytes there than on the outside, which read as 4,200 packets rewritten by an ALG before
+    # heads were compared only where both captures hold them whole.
+    import gzip
+    import struct
+
+    src = CAPTURES / "many-connections"
+    data = gzip.decompress((src / "inside.pcap.gz").read_bytes())
+    e = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    out = bytearray(data[:16] + struct.pack(e + "I", 80) + data[20:24])  # the file header, snaplen 80
+    at = 24
+    while at < len(data):
+        sec, frac, caplen, wire = struct.unpack_from(e + "IIII", data, at)
+        frame = data[at + 16:at + 16 + caplen]
+        out += struct.pack(e + "IIII", sec, frac, min(caplen, 80), wire) + frame[:80]
+        at += 16 + caplen
+    (tmp_path / "inside.pcap").write_bytes(bytes(out))
+    with gzip.open(src / "outside.pcap.gz") as fh:
+        (tmp_path / "outside.pcap").write_bytes(fh.read())
+    cut = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    whole = correlate(src / "inside.pcap.gz", src / "outside.pcap.gz")
+    assert cut.by_verdict() == whole.by_verdict()
+    assert cut.connections["payload_rewrites"].sum() == 0 == whole.connections["payload_rewrites"].sum()
+    assert "alg_rewrite" not in {f.kind for f in diagnose(cut)}
+    ftp = correlate(CAPTURES / "ftp-alg" / "inside.pcap", CAPTURES / "ftp-alg" / "outside.pcap")
+    assert ftp.connections.filter(pl.col("payload_rewrites") > 0)["orig_dport"].to_list() == [21]

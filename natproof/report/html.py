@@ -736,7 +736,7 @@ def problem_connections(result: Result, findings: Sequence[Finding] = ()) -> pl.
     conns = result.connections
     candidates = [c for c in conns.columns if c.endswith("_candidates")]
     expr = (~pl.col("verdict").is_in(["translated", "internal"])
-            | _flags_expr().list.set_difference(pl.lit(["hairpin", "seq_shift"])).list.len().gt(0)
+            | _flags_expr().list.set_difference(pl.lit(["hairpin", "seq_shift", "payload_rewritten"])).list.len().gt(0)
             | pl.col("kernel").eq("contradicts").fill_null(False)
             | pl.col("conn").is_in(cited))
     for c in candidates:
