@@ -191,8 +191,8 @@ def group_connections(packets: pl.DataFrame, timeouts: IdleTimeouts | None = Non
     A connection is a bidirectional 5-tuple (ICMP echo: addresses and identifier). The same 5-tuple used
     again later is a new connection when a SYN with a new initial sequence number starts it, or after
     the protocol's idle timeout. The originator is the sender of the SYN (or echo request), else of the
-    first packet (for TCP caught mid-way: the end with the higher port); its packets are ``egress``,
-    the other direction's are replies.
+    first packet, unless that packet is by its kind an answer to one the capture missed (caught mid-way:
+    see _answers_first): then its destination; its packets are ``egress``, the other direction's are replies.
     """
     t = timeouts or IdleTimeouts()
     if "f_src" not in packets.columns:
@@ -253,6 +253,30 @@ def _packed_key(df: pl.DataFrame, lut: pl.Series) -> list[pl.Expr] | None:
                  + u("k_b") * (1 << 16) + u("k_bp")).alias("_k")]
     return [(u("f_proto") * (1 << 48) + u("k_a") * (1 << 16) + u("k_ap")).alias("_k"),
             (u("k_b") * (1 << 16) + u("k_bp")).alias("_k2")]
+
+
+SYSTEM_PORTS = 1024
+"""Ports below this are IANA's system ports, where services listen (53, 123, 443, ...)."""
+EPHEMERAL_FROM = 32768
+"""The lowest port common stacks give a client by default (Linux 32768-60999; Windows, macOS and IANA's dynamic
+range 49152-65535): a datagram from a system port to one at or above this is a service answering its client."""
+
+
+def _answers_first() -> pl.Expr:
+    """Whether a connection whose opening was not seen (no SYN, no echo request) starts, in the capture, with an
+    answer to a packet the capture missed (it started after the request, a helper's variant of
+    cases/swapped-sides: a DNS reply first, read as a datagram from the internet DNATed to the LAN host, and
+    "no reply"), judged by the first packet's own kind (the ``_first_*`` columns of _group_part's origin):
+    - TCP: sent from the lower port to the higher one (the client's);
+    - UDP: sent from a system port to an ephemeral one (EPHEMERAL_FROM): a service answering its client. Any
+      other first datagram's sender stays the originator: an inbound one to a port-forwarded service
+      (40000 -> 51820), NTP's 123 -> 123, an NFS client's reserved port to 2049;
+    - ICMP: an echo reply."""
+    sport, dport, proto = pl.col("_first_sport"), pl.col("_first_dport"), pl.col("_proto")
+    tcp = (proto == 6) & (dport > sport)
+    udp = (proto == 17) & (sport < SYSTEM_PORTS) & (dport >= EPHEMERAL_FROM)
+    echo_reply = proto.is_in([1, 58]) & ~pl.col("_first_error") & pl.col("_first_icmp_type").is_in([0, 129])
+    return (tcp | udp | echo_reply).fill_null(False)
 
 
 def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -331,12 +355,14 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
         pl.col("f_dst").first().alias("_first_dst"),
         pl.col("f_dport").first().alias("_first_dport"),
         pl.col("f_proto").first().alias("_proto"),
+        pl.col("icmp_type").first().alias("_first_icmp_type"),
+        pl.col("is_icmp_error").first().alias("_first_error"),
     )
     # Whether the originator was seen opening it (a SYN, an echo request), not guessed from the first packet.
     origin_seen = origin["_o_src"].is_not_null().alias("origin_seen")
-    # The first packet's sender is the originator, as conntrack takes it; but a TCP connection seen
-    # without its SYN (the capture started mid-way) is judged by ports: the client's is the higher one.
-    client_is_dst = (pl.col("_proto") == 6) & (pl.col("_first_dport") > pl.col("_first_sport"))
+    # The first packet's sender is the originator, as conntrack takes it, unless that packet answers one the
+    # capture missed (it started mid-way): then the originator is its destination.
+    client_is_dst = _answers_first()
     origin = origin.select(
         pl.when(pl.col("_o_src").is_not_null()).then(pl.col("_o_src"))
         .when(client_is_dst).then(pl.col("_first_dst")).otherwise(pl.col("_first_src")).alias("o_src"),

@@ -398,8 +398,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
     rewrote the payload and shifted TCP sequence numbers), payload_rewritten (packets crossed with their payload
     changed: an ALG's rewrite, whether or not it changed the length), hairpin (both legs seen at the inside),
-    egress_other_path (translated, proven by replies that crossed back, while none of the initiator's packets
-    crossed the far capture running then: they left by another path), other_capture_off,
+    egress_other_path (translated, proven by replies that crossed back, while none of the initiator's packets, seen
+    on its own side, crossed the far capture running then: they left by another path), other_capture_off,
     ambiguous_name (a named result: more than one pod may have held one of its addresses then)."""
     flags = []
     if (row["outside_tuples"] or 0) > 1:
@@ -419,8 +419,9 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("payload_rewritten")
     if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
         flags.append("hairpin")
+    own = row.get("egress_inside") if row.get("initiator") == "inside" else row.get("egress_outside")
     if (row.get("verdict") == "translated" and not row.get("matched_egress") and row.get("matched_reply")
-            and not row.get("other_capture_off")):
+            and own and not row.get("other_capture_off")):
         flags.append("egress_other_path")
     if row.get("other_capture_off"):
         flags.append("other_capture_off")
@@ -459,7 +460,11 @@ def _flags_expr() -> pl.Expr:
         ("hairpin", pl.col("trans_src").is_not_null() & pl.col("outside_src").is_null()
          & (pl.col("initiator") == "inside")),
         ("egress_other_path", (pl.col("verdict") == "translated") & (pl.col("matched_egress").fill_null(0) == 0)
-         & (pl.col("matched_reply").fill_null(0) > 0) & ~pl.col("other_capture_off").fill_null(False)),
+         & (pl.col("matched_reply").fill_null(0) > 0) & ~pl.col("other_capture_off").fill_null(False)
+         # the initiator's packets seen on its own side, only not after the NAT: else both captures began after
+         # them (a DNS reply whose query came before either started), no other path
+         & (pl.when(pl.col("initiator") == "inside").then(pl.col("egress_inside"))
+            .otherwise(pl.col("egress_outside")).fill_null(0) > 0)),
         ("other_capture_off", pl.col("other_capture_off").fill_null(False)),
     ]
     return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()

@@ -116,3 +116,25 @@ def test_a_replayed_connection_is_a_connection_of_its_own() -> None:
     pk, conns = group_connections(frame_of([syn(0, 100), (1, ipv4(SRV, POD, 6, tcp(80, 40000, 0, 101, 0x14))),
                                             syn(3 * S, 100)]))
     assert conns.height == 2  # refused (RST), then the same connect() replayed
+
+
+def test_a_udp_answer_from_a_system_port_caught_first_is_a_reply() -> None:
+    # The capture began after the query (tests/variants/home-reply-first): the answer from port 53 is no datagram
+    # the server opened, as a high port's first datagram to a low one is (an inbound one to a forwarded port).
+    answer = (0, ipv4(SRV, POD, 17, udp(53, 51553, b"a")))
+    _, conns = group_connections(frame_of([answer, (10, ipv4(POD, SRV, 17, udp(51553, 53, b"q")))]))
+    assert conns.select("src", "sport", "dst", "dport", "egress_packets", "reply_packets").row(0) == (
+        POD, 51553, SRV, 53, 1, 1)
+    _, conns = group_connections(frame_of([answer]))
+    assert conns.select("src", "sport", "egress_packets", "reply_packets").row(0) == (POD, 51553, 0, 1)
+    inbound = (0, ipv4(SRV, POD, 17, udp(40000, 51820, b"hs")))
+    _, conns = group_connections(frame_of([inbound]))
+    assert conns.select("src", "sport", "egress_packets").row(0) == (SRV, 40000, 1)
+    nfs = (0, ipv4(POD, SRV, 17, udp(800, 2049, b"rpc")))  # a client's reserved port to a registered one
+    _, conns = group_connections(frame_of([nfs]))
+    assert conns.select("src", "sport", "egress_packets").row(0) == (POD, 800, 1)
+
+
+def test_an_echo_reply_caught_first_is_a_reply() -> None:
+    _, conns = group_connections(frame_of([(0, ipv4(SRV, POD, 1, icmp_echo(0, 77, 3)))]))
+    assert conns.select("src", "dst", "sport", "egress_packets", "reply_packets").row(0) == (POD, SRV, 77, 0, 1)

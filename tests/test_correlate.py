@@ -209,3 +209,27 @@ def test_the_library_refuses_a_tolerance_the_cli_refuses(tolerance: float) -> No
     base = Path(__file__).resolve().parent.parent / "captures" / "nodeport"
     with pytest.raises(InputError, match=r"must be at least 1e-6 s"):
         correlate(base / "inside.pcap", base / "outside.pcap", tolerance_s=tolerance)
+
+
+def test_a_flow_whose_first_packet_in_both_captures_is_a_reply_is_the_lan_hosts(tmp_path: Path) -> None:
+    # Helper's variant of cases/swapped-sides (tests/variants/home-reply-first, scapy): a home router's captures
+    # both begun after a DNS query and an echo request had left; their replies came first and read as datagrams
+    # from the internet DNATed to the LAN host, "no_reply", finding "No reply from the far end". The replies'
+    # flows are the LAN host's egress, translated; the port-forwarded datagram after them stays inbound.
+    import json
+
+    from natproof.diagnose import diagnose
+    from natproof.errors import InputError
+
+    v = Path(__file__).resolve().parent / "variants" / "home-reply-first"
+    truth = json.loads((v / "truth.json").read_text())
+    result = correlate(v / "inside.pcap", v / "outside.pcap")
+    doc = result.to_dict()
+    got = [(c["proto"], c["initiator"], c["original"], c["translated"], c["verdict"]) for c in doc["connections"]]
+    assert got == [(t["proto"], t["initiator"], t["original"], t["translated"], t["verdict"])
+                   for t in truth["connections"]]
+    assert all(c["flags"] == [] for c in doc["connections"])
+    assert doc["clock_offset_s"] == pytest.approx(truth["clock_offset_s"], abs=1e-3)
+    assert [f.kind for f in diagnose(result)] == ["healthy"]
+    with pytest.raises(InputError, match="look swapped"):
+        correlate(v / "outside.pcap", v / "inside.pcap")
