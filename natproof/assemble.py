@@ -43,6 +43,11 @@ class Services:
     """Every nodePort of a Service dump (natproof.names), or None without one: with a dump, a port in the range
     that no Service lists is still watched for connections from outside, but not named a NodePort (a helper's
     kernel variant: a port nothing DNATs, answered by the node's own RST)."""
+    load_balancers: tuple[Network, ...] = ()
+    """LoadBalancer ingress IPs (a Service dump's status.loadBalancer.ingress): kube-proxy DNATs them in
+    KUBE-SERVICES as it does ClusterIPs, so a pod's call to one is a Service call like a ClusterIP's."""
+    external_ips: tuple[Network, ...] = ()
+    """A Service dump's spec.externalIPs: DNATed in KUBE-SERVICES the same way."""
 
     def is_node_port(self, port: pl.Expr) -> pl.Expr:
         """Whether a destination port is a NodePort: in the range, or one of ``node_ports``."""
@@ -357,6 +362,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
 
     # -- services and verdicts -------------------------------------------------------------------------------------
     clusterip = in_networks(df["orig_dst"], services.networks)
+    balancer = in_networks(df["orig_dst"], services.load_balancers)
+    external = in_networks(df["orig_dst"], services.external_ips)
     dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
     # A ClusterIP outside the configured Service network (EKS's 172.20.0.0/16, a custom range): a connection a
     # pod started to a private address no pod holds, whose destination the node rewrote (DNAT), on a port
@@ -365,11 +372,24 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     not_pod = ~in_networks(df["orig_dst"], pod_networks)
     node_port = services.is_node_port(pl.col("orig_dport"))
     seen_dnat = df.select(pl.col("init_inside") & dnat & ~node_port).to_series()
-    df = df.with_columns((clusterip | (private & not_pod & seen_dnat)).alias("_clusterip"))
-    nodeport = ~pl.col("_clusterip") & dnat & node_port
+    # A LoadBalancer or external IP a Service dump names is DNATed in KUBE-SERVICES like a ClusterIP.
+    df = df.with_columns((clusterip | balancer | external | (private & not_pod & seen_dnat)).alias("_clusterip"),
+                         balancer.alias("_balancer"), external.alias("_external"))
+    # The node's own addresses, as the captures show them: the source MASQUERADE gave a pod's connection, the
+    # destination an outside client addressed a NodePort on. A pod's connection to one of them is answered on the
+    # node (a NodePort DNATed to a pod of this node, the node's own service): nothing of it crosses the uplink.
+    node_addrs = pl.concat([
+        df.filter(pl.col("init_inside") & pl.col("rewrites").list.contains("src")
+                  & (pl.col("_cross_init") > 0))["trans_src"],
+        df.filter(~pl.col("init_inside") & dnat)["orig_dst"],
+    ]).drop_nulls().unique()
+    to_node = pl.col("init_inside") & pl.col("orig_dst").is_in(node_addrs.implode())
+    df = df.with_columns(to_node.alias("_to_node"))
+    nodeport = ~pl.col("_clusterip") & (dnat | pl.col("_to_node")) & node_port
     backend = pl.col("_clusterip") & dnat
     df = df.with_columns(
-        pl.when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
+        pl.when(pl.col("_balancer")).then(pl.lit("LoadBalancer")).when(pl.col("_external")).then(pl.lit("ExternalIP"))
+        .when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
         .alias("service_type"),
     ).with_columns(
         pl.when(pl.col("service_type").is_not_null()).then(pl.col("orig_dst")).alias("service_ip"),
@@ -391,7 +411,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     tunnelled = (pl.col("o_underlay").is_not_null()
                  & in_networks(df["dst"], [space for space, _, _ in PRIVATE_SPACE]).alias("_private"))
     pod_to_pod = (pl.col("_to_pods") | tunnelled) & pl.col("_from_pods") & ~pl.col("rewritten")
-    internal = ~has_hair & ((~crossed_any & (pl.col("_to_pods") | (pl.col("_clusterip") & (pl.col("_pre_reply") > 0))))
+    answered_here = (pl.col("_clusterip") | pl.col("_to_node")) & (pl.col("_pre_reply") > 0)
+    internal = ~has_hair & ((~crossed_any & (pl.col("_to_pods") | answered_here))
                             | pod_to_pod)
     evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",
                          pl.col("_cross_reply").alias("cross_reply"), pl.col("_post_reply").alias("post_reply"),

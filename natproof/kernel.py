@@ -164,7 +164,15 @@ def join_kernel(result: Result, record: ConntrackRecord | pl.DataFrame | str | o
     rewrites = pl.concat_list([pl.when(pl.col(f"orig_{f}") != pl.col(f"trans_{f}")).then(pl.lit(f))
                                for f in ("src", "sport", "dst", "dport")]).list.drop_nulls()
     backend = filled & pl.col("service_type").is_not_null() & pl.col("backend_ip").is_null()
+    # A pod's connection answered while nothing of it crossed, whose entry the kernel DNATed to a pod: answered on
+    # the node (a LoadBalancer or external IP, a NodePort, served by a pod of this node), not a capture that missed
+    # it: internal, as a ClusterIP served on the node is.
+    pods = [ipaddress.ip_network(n) for n in result.pod_networks]
+    to_pod = in_networks(conns["trans_dst"], pods) if pods else pl.repeat(False, conns.height, eager=True)
+    served_here = (filled & (pl.col("verdict") == "not_captured") & (pl.col("initiator") == "inside")
+                   & to_pod & (pl.col("trans_dst") != pl.col("orig_src")))
     conns = conns.with_columns(
+        pl.when(served_here).then(pl.lit("internal")).otherwise(pl.col("verdict")).alias("verdict"),
         pl.when(filled).then(rewrites).otherwise(pl.col("rewrites")).alias("rewrites"),
         pl.when(backend).then(pl.col("trans_dst")).otherwise(pl.col("backend_ip")).alias("backend_ip"),
         pl.when(backend).then(pl.col("trans_dport")).otherwise(pl.col("backend_port")).alias("backend_port"),
@@ -310,21 +318,35 @@ def flow_rows(flows: pl.DataFrame, *, pod_networks: Sequence[Network] = (),
     )
     rows = rows.with_columns(in_networks(rows["orig_src"], pods).alias("_from_pod"),
                              in_networks(rows["orig_dst"], pods).alias("_to_pod"),
-                             in_networks(rows["orig_dst"], svc.networks).alias("_clusterip"))
+                             in_networks(rows["orig_dst"], svc.load_balancers).alias("_balancer"),
+                             in_networks(rows["orig_dst"], svc.external_ips).alias("_external"))
+    rows = rows.with_columns((in_networks(rows["orig_dst"], svc.networks) | pl.col("_balancer")
+                              | pl.col("_external")).alias("_clusterip"))
     rewrites = pl.concat_list([pl.when(pl.col(f"orig_{f}") != pl.col(f"trans_{f}")).then(pl.lit(f))
                                for f in ("src", "sport", "dst", "dport")]).list.drop_nulls()
     rows = rows.with_columns(rewrites.alias("rewrites"))
     dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
+    # A destination rewrite opened from a known pod network is the pod's own call (to a NodePort on a node address,
+    # a LoadBalancer or external IP kube-proxy DNATs like a ClusterIP): the initiator is where the original source
+    # is. Without pod networks (private space stands in) a private client of a NodePort stays inbound.
+    from_pod = pl.col("_from_pod") if pod_networks else pl.lit(False)
     egress = (pl.when(pl.col("rewrites").list.len() == 0).then(pl.col("_from_pod"))
-              .otherwise(~dnat | pl.col("_clusterip")))
+              .otherwise(~dnat | pl.col("_clusterip") | from_pod))
     rows = rows.with_columns(egress.alias("egress"))
     egress = pl.col("egress")
     lo, hi = svc.nodeport_range
-    nodeport = ~egress & pl.col("orig_dport").is_between(lo, hi) & (pl.col("proto") != "icmp")
-    service = pl.when(pl.col("_clusterip")).then(pl.lit("ClusterIP")).when(nodeport).then(pl.lit("NodePort"))
-    # A ClusterIP DNATed to a pod with the source kept stays in the pod network (bridged on the node); hairpin
-    # rewrites the source too and is NAT proper.
-    to_pod_endpoint = egress & in_networks(rows["trans_dst"], pods) & ~pl.col("rewrites").list.contains("src")
+    # Addressed from outside, or DNATed from a pod (a pod calling a NodePort on a node address).
+    nodeport = ((~egress | (dnat & ~pl.col("_clusterip"))) & pl.col("orig_dport").is_between(lo, hi)
+                & (pl.col("proto") != "icmp"))
+    service = (pl.when(pl.col("_balancer")).then(pl.lit("LoadBalancer")).when(pl.col("_external"))
+               .then(pl.lit("ExternalIP")).when(pl.col("_clusterip")).then(pl.lit("ClusterIP"))
+               .when(nodeport).then(pl.lit("NodePort")))
+    # A Service DNATed to a pod stays in the pod network (bridged, or routed with the source masqueraded to the
+    # bridge address: a NodePort or LoadBalancer IP called from a pod); hairpin, DNATed back to the caller itself,
+    # has both legs on the caller's own port and is NAT proper.
+    hairpin = pl.col("trans_dst") == pl.col("orig_src")
+    to_pod_endpoint = (egress & in_networks(rows["trans_dst"], pods)
+                       & (~pl.col("rewrites").list.contains("src") | ~hairpin))
     return rows.with_columns(
         pl.when(pl.col("rewrites").list.len() == 0)
         .then(pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("untranslated")))
@@ -344,7 +366,7 @@ def flow_rows(flows: pl.DataFrame, *, pod_networks: Sequence[Network] = (),
         pl.lit(False).alias("other_capture_off"),
         *[pl.lit(0, pl.UInt32).alias(c) for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32()
           and c not in ("conn", "kernel_line") and not c.startswith("evidence_") and not c.endswith("_conn_id")],
-    ).drop("_from_pod", "_to_pod", "_clusterip")
+    ).drop("_from_pod", "_to_pod", "_clusterip", "_balancer", "_external")
 
 
 SIDES = ("inside", "outside")

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from natproof.assemble import Services
+from natproof.assemble import Network, Services
 from natproof.errors import InputError
 from natproof.result import NAME_SCHEMA, Result
 
@@ -82,6 +82,15 @@ class ServiceEntry:
     """spec.clusterIPs (both families of a dual-stack Service); empty for a headless one."""
     ports: tuple[ServicePort, ...]
     source: str = ""
+    load_balancer_ips: tuple[str, ...] = ()
+    """status.loadBalancer.ingress[].ip: kube-proxy DNATs them in KUBE-SERVICES, like the ClusterIPs."""
+    external_ips: tuple[str, ...] = ()
+    """spec.externalIPs: likewise."""
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address kube-proxy DNATs to this Service's endpoints on its ports (NodePorts aside)."""
+        return (*self.cluster_ips, *self.load_balancer_ips, *self.external_ips)
 
     @property
     def full_name(self) -> str:
@@ -208,7 +217,7 @@ class Names:
         by_node_port: dict[tuple[int, str], tuple[ServiceEntry, ServicePort]] = {}
         by_ip: dict[str, ServiceEntry] = {}
         for s in self.services:
-            for ip in s.cluster_ips:
+            for ip in s.addresses:
                 by_ip.setdefault(ip, s)
                 for p in s.ports:
                     by_port.setdefault((ip, p.port, p.proto), (s, p))
@@ -240,6 +249,14 @@ class Names:
         ips = sorted({ipaddress.ip_address(ip) for s in self.services for ip in s.cluster_ips},
                      key=lambda a: (a.version, a))
         extra = tuple(ipaddress.ip_network(a) for a in ips if not any(a in n for n in base.networks))
+
+        def hosts(field: str, known: tuple[Network, ...]) -> tuple[Network, ...]:
+            found = sorted({ipaddress.ip_address(ip) for s in self.services for ip in getattr(s, field)},
+                           key=lambda a: (a.version, a))
+            return tuple(ipaddress.ip_network(a) for a in found if not any(a in n for n in known))
+
+        balancers = hosts("load_balancer_ips", base.load_balancers)
+        externals = hosts("external_ips", base.external_ips)
         lo, hi = base.nodeport_range
         ports = sorted({p.node_port for s in self.services for p in s.ports
                         if p.node_port and not lo <= p.node_port <= hi} - set(base.node_ports))
@@ -247,7 +264,8 @@ class Names:
         if not extra and not ports and not self.services:
             return base
         return dataclasses.replace(base, networks=(*base.networks, *extra), node_ports=(*base.node_ports, *ports),
-                                   listed_node_ports=listed)
+                                   listed_node_ports=listed, load_balancers=(*base.load_balancers, *balancers),
+                                   external_ips=(*base.external_ips, *externals))
 
     # -- naming a result --------------------------------------------------------------------------------------------
 
@@ -533,8 +551,11 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
                               proto=(p.get("protocol") or "TCP").lower(),
                               node_port=int(p["nodePort"]) if p.get("nodePort") else None,
                               target_port=p.get("targetPort")) for p in spec.get("ports") or [])
+    ingress = ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     return ServiceEntry(namespace=meta.get("namespace") or "default", name=meta["name"], type=kind,
-                        cluster_ips=tuple(_ip(ip) for ip in ips if ip and ip != "None"), ports=ports, source=source)
+                        cluster_ips=tuple(_ip(ip) for ip in ips if ip and ip != "None"), ports=ports, source=source,
+                        load_balancer_ips=tuple(_ip(i["ip"]) for i in ingress if i.get("ip")),
+                        external_ips=tuple(_ip(ip) for ip in spec.get("externalIPs") or [] if ip))
 
 
 def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:

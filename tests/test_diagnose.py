@@ -806,3 +806,37 @@ def test_a_capture_cut_short_by_its_snaplen_shows_no_payload_rewrite(tmp_path: P
     assert "alg_rewrite" not in {f.kind for f in diagnose(cut)}
     ftp = correlate(CAPTURES / "ftp-alg" / "inside.pcap", CAPTURES / "ftp-alg" / "outside.pcap")
     assert ftp.connections.filter(pl.col("payload_rewrites") > 0)["orig_dport"].to_list() == [21]
+
+
+def test_a_pods_call_to_its_nodes_nodeport_or_a_load_balancer_ip_is_answered_on_the_node() -> None:
+    # Kernel variant (tests/variants/pod-nodeport-lb): pod1 calls the node's own NodePort 203.0.113.2:30080 and
+    # the LoadBalancer IP 192.0.2.100:80, both DNATed to pod2 (10.244.0.11:8080) and masqueraded to 10.244.0.1
+    # (the DNATed leg is on pod2's veth, in neither capture), and 192.0.2.101:80, DNATed to 198.51.100.30:8080
+    # outside and masqueraded. natproof said not_captured with a "capture both sides" warning for the first six;
+    # the record alone (inside capture + conntrack.log) read all nine as inbound connections.
+    from natproof.check import check_case
+    from natproof.correlate import correlate_one
+
+    d = Path(__file__).resolve().parent / "variants" / "pod-nodeport-lb"
+    rows = correlate(d / "inside.pcap", d / "outside.pcap").connections.to_dicts()
+    nodeport = [r for r in rows if r["orig_dport"] == 30080]
+    assert len(nodeport) == 3 and all(r["verdict"] == "internal" and r["service_type"] == "NodePort"
+                                      and r["service_ip"] == "203.0.113.2" for r in nodeport)
+    # Without a dump nothing says 192.0.2.100 is a Service: it was answered and crossed neither capture.
+    assert [r["verdict"] for r in rows if r["orig_dst"] == "192.0.2.100"] == ["not_captured"] * 3
+    # The Service dump names the LoadBalancer IPs (status.loadBalancer.ingress): every verdict and Service right.
+    names = load_names(services=[d / "services.json"])
+    result = correlate(d / "inside.pcap", d / "outside.pcap", services=names.recognise())
+    by_dst = {r["orig_dst"]: (r["verdict"], r["service_type"]) for r in result.connections.to_dicts()}
+    assert by_dst == {"203.0.113.2": ("internal", "NodePort"), "192.0.2.100": ("internal", "LoadBalancer"),
+                      "192.0.2.101": ("translated", "LoadBalancer"), "198.51.100.10": ("translated", None)}
+    assert [f.kind for f in diagnose(result)] == ["healthy"]
+    # The kernel's record shows the DNAT to a pod of this node: internal without the dump too.
+    kernel = correlate(d / "inside.pcap", d / "outside.pcap", conntrack=d / "conntrack.log").connections
+    assert kernel.filter(pl.col("orig_dst") == "192.0.2.100")["verdict"].to_list() == ["internal"] * 3
+    # The inside capture alone with the record: pod-initiated, not inbound.
+    one = correlate_one(d / "inside.pcap", d / "conntrack.log").connections
+    assert one["initiator"].unique().to_list() == ["inside"]
+    assert one.filter(pl.col("orig_dport") == 30080)["service_type"].to_list() == ["NodePort"] * 3
+    for rep in (check_case(d, conntrack=True), check_case(d, d / "any.pcap")):
+        assert rep.expected == rep.found == rep.mapping_right == rep.verdict_right == 10
