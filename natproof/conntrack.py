@@ -71,6 +71,9 @@ FORMATS = {
 }
 """``source`` values, and the command that writes each."""
 
+PORTED_PROTOCOLS = frozenset({6, 17, 33, 132, 136})
+"""TCP, UDP, DCCP, SCTP and UDP-Lite: conntrack prints sport= and dport= in both tuples of their entries."""
+
 _ADDR = r"[0-9A-Fa-f.:]+"
 _TUPLE = (r"src=(?P<{p}src>" + _ADDR + r")\s+dst=(?P<{p}dst>" + _ADDR + r")"
           r"(?:\s+sport=(?P<{p}sport>\d+)\s+dport=(?P<{p}dport>\d+))?"
@@ -279,13 +282,18 @@ def _parse_lines(lines: pl.LazyFrame) -> pl.LazyFrame:
     def num(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         return expr.cast(dtype, strict=False)
 
+    # A protocol with ports whose tuple lacks one, or holds one outside 0-65535 (sport=-4, dport=70000), is no entry:
+    # a tuple read without its ports would stand for every port of its addresses (a new user's garbage line was
+    # "confirmed" by every connection between them).
+    ported = pl.col("protonum").cast(pl.Int64, strict=False).is_in(list(PORTED_PROTOCOLS))
+    no_port = pl.any_horizontal([port(p, w).is_null() for p in ("o", "r") for w in ("sport", "dport")])
     return parts.select(
         pl.col("line").cast(pl.UInt32),
         source.alias("source"),
         pl.col("event"),
         ts.alias("ts_ns"),
         family.alias("family"),
-        pl.col("proto"),
+        pl.when(ported & no_port).then(None).otherwise(pl.col("proto")).alias("proto"),
         num(pl.col("protonum"), pl.UInt8()).alias("protonum"),
         num(pl.col("timeout"), pl.UInt32()).alias("timeout_s"),
         pl.col("state"),
@@ -472,8 +480,10 @@ def _read_xml(name: str, data: bytes) -> tuple[pl.DataFrame, int, list[int]]:
         "stop_ts_ns": [None] * len(rows),
     }, schema={c: _XML_TYPES.get(c, pl.String()) for c in ENTRY_SCHEMA})
     frame = frame.with_columns(pl.col(c).cast(t, strict=False) for c, t in ENTRY_SCHEMA.items())
+    no_port = pl.col("protonum").cast(pl.Int64, strict=False).is_in(list(PORTED_PROTOCOLS)) & pl.any_horizontal(
+        [pl.col(f"{d}_{f}").is_null() for d in ("orig", "reply") for f in ("sport", "dport")])  # as _parse_lines
     bad_tuple = pl.any_horizontal([pl.col(c).is_null() for c in ("proto", "orig_src", "orig_dst", "reply_src",
-                                                                 "reply_dst")])
+                                                                 "reply_dst")]) | no_port
     unparsed += frame.filter(bad_tuple)["line"].to_list()
     frame = frame.filter(~bad_tuple)
     frame = frame.with_columns(pl.col("family").fill_null(

@@ -274,3 +274,19 @@ def test_broken_xml_keeps_what_it_read(tmp_path: Path) -> None:
     rec = read_conntrack(_write(tmp_path / "broken.xml", text))
     assert rec.entries.height == 2
     assert rec.unparsed == 1
+
+
+def test_a_tuple_without_its_ports_is_no_entry(tmp_path: Path) -> None:
+    # A new user's garbage line (sport=-4, dport=70000) was read with null ports, and a null port stood for any:
+    # every connection between its addresses was "confirmed" by it, even one with an entry of its own.
+    good = ("tcp      6 431999 ESTABLISHED src=10.244.0.10 dst=198.51.100.10 sport=37784 dport=80 src=198.51.100.10 "
+            "dst=203.0.113.2 sport=80 dport=37784 [ASSURED] mark=0 use=1\n")
+    bad = ("tcp      6 431999 ESTABLISHED src=10.244.0.10 dst=198.51.100.10 sport=-4 dport=80 src=198.51.100.10 "
+           "dst=203.0.113.2 sport=80 dport=70000 [ASSURED] mark=0 use=1\n"
+           "udp      17 29 src=10.244.0.10 dst=198.51.100.53 src=198.51.100.53 dst=203.0.113.2 mark=0 use=1\n")
+    rec = read_conntrack(_write(tmp_path / "record.txt", bad + good))
+    assert rec.unparsed_lines == (1, 2)
+    assert rec.entries.select("line", "orig_sport", "reply_dport").rows() == [(3, 37784, 37784)]
+    icmp = "icmp     1 29 src=10.244.0.10 dst=198.51.100.7 type=8 code=0 id=7 src=198.51.100.7 dst=203.0.113.2 " \
+           "type=0 code=0 id=7 mark=0 use=1\n"
+    assert read_conntrack(_write(tmp_path / "icmp.txt", icmp)).entries.height == 1  # no ports: its id stands in
