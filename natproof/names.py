@@ -446,8 +446,8 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             meta = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
             what = f"{kind} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
-            raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({type(exc).__name__}: {exc})"
-                             ) from None
+            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({why})") from None
     source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
               "endpoints": len(endpoints), "host_network_pods": host_network}
     return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,))
@@ -490,14 +490,14 @@ def _objects(path: str) -> list[dict[str, Any]]:
     for v in values:
         for item in v if isinstance(v, list) else [v]:
             if not isinstance(item, dict):
-                raise InputError(f"{path}: not a kubectl JSON dump (a {type(item).__name__} where an object with "
-                                 "kind belongs)")
+                raise InputError(f"{path}: not a kubectl JSON dump ({_article(type(item).__name__)} where an "
+                                 "object with kind belongs)")
             if isinstance(item.get("items"), list) or item.get("kind", "").endswith("List"):
                 # kubectl's "List", or the API's PodList/ServiceList, whose items may leave their kind out.
                 of = str(item.get("kind", ""))[:-4] if str(item.get("kind", "")).endswith("List") else ""
                 for sub in item.get("items") or []:
                     if not isinstance(sub, dict):
-                        raise InputError(f"{path}: not a kubectl JSON dump (an item is a {type(sub).__name__})")
+                        raise InputError(f"{path}: not a kubectl JSON dump (an item is {_article(type(sub).__name__)})")
                     objects.append(sub if sub.get("kind") or not of else {**sub, "kind": of})
             else:
                 objects.append(item)
@@ -541,15 +541,30 @@ def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
         uid=meta.get("uid"), source=source)
 
 
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def _port(value: Any, field: str) -> int:
+    """A Service port field as an int, ValueError naming it when it is no port (1-65535)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} {value!r} is no port number") from None
+    if not 1 <= n <= 65535:
+        raise ValueError(f"{field} {n} is out of range (1-65535)")
+    return n
+
+
 def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
     meta, spec = o.get("metadata") or {}, o.get("spec") or {}
     kind = spec.get("type") or "ClusterIP"
     if kind == "ExternalName":
         return None
     ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
-    ports = tuple(ServicePort(name=p.get("name") or None, port=int(p["port"]),
+    ports = tuple(ServicePort(name=p.get("name") or None, port=_port(p["port"], "port"),
                               proto=(p.get("protocol") or "TCP").lower(),
-                              node_port=int(p["nodePort"]) if p.get("nodePort") else None,
+                              node_port=_port(p["nodePort"], "nodePort") if p.get("nodePort") else None,
                               target_port=p.get("targetPort")) for p in spec.get("ports") or [])
     ingress = ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     return ServiceEntry(namespace=meta.get("namespace") or "default", name=meta["name"], type=kind,

@@ -208,10 +208,17 @@ def test_every_form_kubectl_writes(tmp_path: Path) -> None:
                               "give -A for every namespace"),
     (json.dumps(kube_list({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}})),
      "no Pod, Service or EndpointSlice in it (Deployment x1)"),
-    ("[1, 2]", "not a kubectl JSON dump (a int where an object with kind belongs)"),
+    ("[1, 2]", "not a kubectl JSON dump (an int where an object with kind belongs)"),
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
                            "spec": {"ports": [{"port": "eighty"}]}})), "Service ?/x is not shaped as kubectl "
-                                                                        "writes it"),
+                                                                        "writes it (port 'eighty' is no port number)"),
+    # A port out of range went on to a polars column of UInt16: an internal error, exit 70 (new user's break test).
+    (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
+                           "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 99999}]}})),
+     "Service d/x is not shaped as kubectl writes it (port 99999 is out of range (1-65535))"),
+    (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
+                           "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": -5}]}})),
+     "Service d/x is not shaped as kubectl writes it (nodePort -5 is out of range (1-65535))"),
 ])
 def test_bad_dumps_are_one_clear_error_naming_the_file(tmp_path: Path, content: str, problem: str) -> None:
     path = write(tmp_path, "dump.json", content)
