@@ -1112,14 +1112,25 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
                          f"these captures cannot tell which{lossy} (the sender's retransmission, `conntrack -S` and "
                          "the rule's counters can).")
         quiet = sum(len(frames) for _, _, frames, gap in stopped if gap is not None)
+        # A file that ends in a record cut short was still being written, or was copied before it was whole: it
+        # stopped there (a new user's truncated capture read as packets the node dropped).
+        cut = {side: [w for w in summary.warnings if w.startswith(("last record", "last block"))]
+               for side, summary in (("inside", result.inside), ("outside", result.outside))}
+        ends_cut = [f"{other} file ends cut short ({cut[other][0]})" for other in ("outside", "inside")
+                    if cut[other] and any(s == ("inside" if other == "outside" else "outside")
+                                          for _, s, _, _ in stopped)]
         if n_stopped:
             parts.append(f"{n_stopped} were sent after the other capture's last packet: the node dropped them, or "
                          "that capture had already stopped"
                          + (f" ({quiet} of them after 1 s or more of silence, when an expired conntrack entry "
                             f"({timeouts}) makes a TCP segment INVALID and a ctstate INVALID DROP rule drops it)."
-                            if quiet else "."))
-        fix = "Count the drops: `conntrack -S` (invalid) and `" + _iptables(
-            [item[0] for item in dropped]) + " -L -v -n | grep INVALID`."
+                            if quiet else ".")
+                         + (f" The {' and the '.join(ends_cut)}: it stopped there, which is likely." if ends_cut
+                            else ""))
+        fix = ("" if not ends_cut or n_idle or n_unsure else "Take the capture again, or copy it once tcpdump has "
+               "exited (a file cut short holds no more than its whole records); else ") + "count the drops: " \
+            "`conntrack -S` (invalid) and `" + _iptables([item[0] for item in dropped]) + " -L -v -n | grep INVALID`."
+        fix = fix[0].upper() + fix[1:]
         if n_idle or quiet:
             fix += (" After an idle period the far end still holds the connection open: keep idle connections alive "
                     "more often than the timeout (TCP keepalives) or raise it (`sysctl "
@@ -1143,12 +1154,19 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
         evidence = [f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])} went "
                     f"{'in' if side == 'inside' else 'out'} through the node yet are not in the "
                     f"{'outside' if side == 'inside' else 'inside'} capture" for r, side, frames in missed[:20]]
+        # A frame the decoder skipped as malformed is in the file: the packet may be one of these (a new user's
+        # capture with one frame cut to 30 bytes read as a capture loss).
+        malformed = [f"the {side} file has {n} frame(s) skipped as malformed, which may be among them"
+                     for side, summary in (("inside", result.inside), ("outside", result.outside))
+                     if (n := summary.skipped.get("malformed", 0))
+                     and per_side["outside" if side == "inside" else "inside"]]
         findings.append(Finding(
             "capture_missed_packets", "info", "The captures missed packets",
             f"{len(conns)} connection(s) have packets seen only past the node, never before it ({'; '.join(sides)}):"
             " a packet cannot reach the far side of the node without crossing it, so a capture lost them "
-            "(tcpdump's 'packets dropped by kernel', a capture filter, a snaplen-cut or offloaded frame). Counts "
-            "of packets seen on one side only are not all the node's doing.",
+            "(tcpdump's 'packets dropped by kernel', a capture filter, a snaplen-cut or offloaded frame"
+            + (f"; {'; '.join(malformed)}: natproof could not read their headers" if malformed else "")
+            + "). Counts of packets seen on one side only are not all the node's doing.",
             "Capture with a larger buffer (`tcpdump -B 65536`), no filter, and check tcpdump's own count of packets "
             "dropped by kernel.",
             connections=tuple(conns), evidence=tuple(evidence),

@@ -840,3 +840,45 @@ def test_a_pods_call_to_its_nodes_nodeport_or_a_load_balancer_ip_is_answered_on_
     assert one.filter(pl.col("orig_dport") == 30080)["service_type"].to_list() == ["NodePort"] * 3
     for rep in (check_case(d, conntrack=True), check_case(d, d / "any.pcap")):
         assert rep.expected == rep.found == rep.mapping_right == rep.verdict_right == 10
+
+
+def _records(data: bytes) -> list[tuple[int, int]]:
+    """(offset, caplen) of each record of a little-endian pcap."""
+    import struct
+
+    out, at = [], 24
+    while at + 16 <= len(data):
+        caplen = struct.unpack_from("<I", data, at + 8)[0]
+        out.append((at, caplen))
+        at += 16 + caplen
+    return out
+
+
+def test_a_file_cut_short_or_a_malformed_frame_is_said_not_blamed_on_the_node(tmp_path: Path) -> None:
+    # A new user's break test on captures/basic: the inside file cut in the middle of a record read as "the node
+    # dropped them, or that capture had already stopped" with "count the drops"; an inside frame cut to 30 bytes
+    # (skipped as malformed) as a capture that lost the packet.
+    import struct
+
+    src = CAPTURES / "basic"
+    data = (src / "inside.pcap").read_bytes()
+    assert data[:4] == b"\x4d\x3c\xb2\xa1"
+    recs = _records(data)
+    at, caplen = recs[-12]
+    (tmp_path / "cut.pcap").write_bytes(data[:at + 16 + caplen // 2])
+    cut = correlate(tmp_path / "cut.pcap", src / "outside.pcap")
+    assert any(w.startswith("last record truncated") for w in cut.inside.warnings)
+    lost = {f.kind: f for f in diagnose(cut)}["dropped_mid_connection"]
+    assert lost.data["after_other_capture"] == lost.data["lost_packets"] > 0
+    assert "The inside file ends cut short (last record truncated at frame" in lost.summary
+    assert lost.fix.startswith("Take the capture again")
+    whole = correlate(src / "inside.pcap", src / "outside.pcap")
+    egress = whole.inside_packets.filter(pl.col("is_egress") & (pl.col("fate") == "crossed"))["frame_no"][3]
+    at, caplen = recs[egress - 1]
+    short = bytearray(data)
+    struct.pack_into("<I", short, at + 8, 30)
+    (tmp_path / "short.pcap").write_bytes(bytes(short[:at + 16 + 30] + short[at + 16 + caplen:]))
+    one = correlate(tmp_path / "short.pcap", src / "outside.pcap")
+    assert one.inside.skipped.get("malformed") == 1
+    missed = {f.kind: f for f in diagnose(one)}["capture_missed_packets"]
+    assert "the inside file has 1 frame(s) skipped as malformed, which may be among them" in missed.summary
