@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import gzip
+import io
 import mmap
 import os
 import struct
@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from natproof.errors import CaptureError
 
@@ -104,18 +105,51 @@ class CaptureInfo:
         return ",".join(names) if names else "unknown"
 
 
-def _load(path: Path) -> tuple[bytes | mmap.mmap, bool]:
-    """Return the file's bytes (mmap for plain files, decompressed bytes for gzip) and whether it was gzip."""
+GZIP_CUT = "gzip stream cut short: the capture ends where its compressed data does"
+"""The warning of a gzip capture whose compressed stream stops before its end (a file still being written, or
+copied before it was whole): what decompressed is read, as a plain capture cut short is."""
+
+
+def gunzip(src: IO[bytes], dst: IO[bytes], name: str, chunk: int = 1 << 20) -> bool:
+    """Decompress the gzip stream ``src`` (one member or several) into ``dst``; False when it stops before the
+    end of its last member (cut short: everything before the cut is written). CaptureError naming ``name`` for a
+    stream that is corrupt, or that decompresses to nothing."""
+    d = zlib.decompressobj(wbits=31)
+    wrote = 0
+    try:
+        while block := src.read(chunk):
+            while block:
+                out = d.decompress(block)
+                dst.write(out)
+                wrote += len(out)
+                if not d.eof:
+                    break
+                block = d.unused_data  # the next member of a multi-member stream, or trailing bytes
+                if block[:2] != GZIP_MAGIC:
+                    break  # bytes after the last member are ignored, as gzip(1) ignores trailing zeros
+                d = zlib.decompressobj(wbits=31)
+        tail = d.flush()
+        dst.write(tail)
+        wrote += len(tail)
+    except zlib.error as exc:
+        raise CaptureError(name, f"corrupt gzip stream ({exc})") from None
+    if not wrote:
+        raise CaptureError(name, "empty gzip stream (nothing after decompression)")
+    return d.eof
+
+
+def _load(path: Path) -> tuple[bytes | mmap.mmap, bool, bool]:
+    """Return the file's bytes (mmap for plain files, decompressed bytes for gzip), whether it was gzip and
+    whether its gzip stream was cut short (gunzip)."""
     if str(path) == "-":
         data = sys.stdin.buffer.read()
         if not data:
             raise CaptureError("-", "empty file (0 bytes)")
         if data[:2] == GZIP_MAGIC:
-            try:
-                return gzip.decompress(data), True
-            except (OSError, EOFError, zlib.error) as exc:
-                raise CaptureError("-", f"corrupt gzip stream ({exc})") from None
-        return data, False
+            out = io.BytesIO()
+            whole = gunzip(io.BytesIO(data), out, "-")
+            return out.getvalue(), True, not whole
+        return data, False, False
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below or owned by the mmap
     except FileNotFoundError:
@@ -132,17 +166,15 @@ def _load(path: Path) -> tuple[bytes | mmap.mmap, bool]:
             raise CaptureError(str(path), "empty file (0 bytes)")
         if head[:2] == GZIP_MAGIC:
             fh.seek(0)
-            try:
-                with gzip.GzipFile(fileobj=fh) as gz:
-                    return gz.read(), True
-            except (OSError, EOFError, zlib.error) as exc:
-                raise CaptureError(str(path), f"corrupt gzip stream ({exc})") from None
+            out = io.BytesIO()
+            whole = gunzip(fh, out, str(path))
+            return out.getvalue(), True, not whole
         size = os.fstat(fh.fileno()).st_size
         if size < 4096:
             fh.seek(0)
-            return fh.read(), False
+            return fh.read(), False, False
         # A single read() stops near 2 GiB; mmap has no such limit and pages in lazily.
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), False
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), False, False
 
 
 SAMPLE_RECORDS = 2000
@@ -185,8 +217,10 @@ def read_capture(path: str | os.PathLike[str]) -> tuple[CaptureInfo, Iterator[Re
     the iteration and adds a warning to ``info.warnings``.
     """
     p = Path(path)
-    buf, gz = _load(p)
+    buf, gz, cut = _load(p)
     info = CaptureInfo(path=str(path))
+    if cut:
+        info.warnings.append(GZIP_CUT)
     magic = bytes(buf[:4])
     if magic in PCAP_MAGIC:
         info.format = "pcap+gzip" if gz else "pcap"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import mmap
 import os
 import queue
@@ -13,7 +12,6 @@ import struct
 import sys
 import tempfile
 import threading
-import zlib
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,11 +24,13 @@ import xxhash
 from natproof import recordwalk
 from natproof.capture import (
     _MIN_BLOCK,
+    GZIP_CUT,
     GZIP_MAGIC,
     PCAP_MAGIC,
     PCAPNG_SHB,
     CaptureInfo,
     bad_block,
+    gunzip,
     no_packets_problem,
     open_section,
     overrun_record,
@@ -100,8 +100,10 @@ class _Chunk:
 
 
 @contextlib.contextmanager
-def open_buffer(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, bool]]:
-    """Map a capture file read-only; gzip input and standard input are spooled to a temporary file first.
+def open_buffer(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, bool, bool]]:
+    """Map a capture file read-only, with whether it was gzip and whether its gzip stream was cut short
+    (capture.gunzip: what decompressed is used); gzip input and standard input are spooled to a temporary file
+    first.
 
     Raises the same CaptureError messages as capture.read_capture for files that cannot be opened.
     """
@@ -124,6 +126,7 @@ def open_buffer(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, bool]
         if not head:
             raise CaptureError(name, "empty file (0 bytes)")
         gz = head[:2] == GZIP_MAGIC
+        cut = False
         if name != "-" and not gz:
             fh = src
         else:
@@ -134,22 +137,14 @@ def open_buffer(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, bool]
                 else:
                     src.seek(0)
                     reader = src
-                try:
-                    with gzip.GzipFile(fileobj=reader) as z:
-                        shutil.copyfileobj(z, fh, 8 * 1024 * 1024)
-                except (OSError, EOFError, zlib.error) as exc:
-                    raise CaptureError(name, f"corrupt gzip stream ({exc})") from None
+                cut = not gunzip(reader, fh, name, 8 * 1024 * 1024)
             else:
                 fh.write(head)
                 shutil.copyfileobj(src, fh, 8 * 1024 * 1024)
             fh.flush()
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            # A gzip stream of nothing: the reference reads it as an empty buffer, which has no magic.
-            raise CaptureError(name, "not a pcap or pcapng capture (starts with )")
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            yield buf, gz
+            yield buf, gz, cut
         finally:
             with contextlib.suppress(BufferError):
                 buf.close()
@@ -995,8 +990,10 @@ def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | 
 
     keep = list(PACKET_SCHEMA) if columns is None else list(columns)
 
-    with open_buffer(path) as (buf, gz):
+    with open_buffer(path) as (buf, gz, cut):
         info = CaptureInfo(path=str(path))
+        if cut:
+            info.warnings.append(GZIP_CUT)
         magic = bytes(buf[:4])
         if magic in PCAP_MAGIC:
             info.format = "pcap+gzip" if gz else "pcap"

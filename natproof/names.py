@@ -635,7 +635,7 @@ def read_comments(path: str | os.PathLike[str]) -> dict[int, dict[str, str]]:
     from natproof.fastdecode import open_buffer
 
     out: dict[int, dict[str, str]] = {}
-    with open_buffer(path) as (buf, _gz):
+    with open_buffer(path) as (buf, _gz, _cut):
         if bytes(buf[:4]) != b"\x0a\x0d\x0d\x0a":
             return out
         end, off, frame, endian = len(buf), 0, 0, "<"

@@ -163,6 +163,7 @@ def test_pcapng_block_cut_short_or_of_a_corrupt_length_says_which(tmp_path: Path
         (pcap([])[:10], "truncated pcap file header (10 of 24 bytes)"),
         (pcap([(T0, FRAME)])[:30], "last record header truncated after frame 0; 0 frames used"),
         (b"\x1f\x8bnot really gzip", None),
+        (gzip.compress(b""), "empty gzip stream (nothing after decompression)"),
     ],
 )
 def test_unusable_files_raise_one_clear_error(tmp_path: Path, data: bytes, problem: str | None) -> None:
@@ -221,3 +222,25 @@ def test_pcapng_short_packet_block_is_counted_not_fatal(tmp_path: Path) -> None:
     info, recs = read_capture(write(tmp_path, good + bad_epb + good[-(12 + 20 + len(FRAME) + 2 + 4):]))
     assert len(list(recs)) >= 1
     assert info.skipped["malformed_block"] == 1
+
+
+def test_a_gzip_stream_cut_short_is_read_up_to_the_cut_in_both_decoders(tmp_path: Path) -> None:
+    # A half-written (or half-copied) capture.pcap.gz was refused outright ("corrupt gzip stream"), while the same
+    # capture cut short uncompressed is read up to its last whole record (a new user's break test).
+    from natproof.capture import GZIP_CUT
+    from natproof.packets import load_packets
+
+    raw = pcap([(T0 + i * 1000, FRAME) for i in range(400)])
+    whole = gzip.compress(raw)
+    cut = write(tmp_path, whole[:len(whole) * 2 // 3], name="cut.pcap.gz")
+    frames = []
+    for fast in (True, False):
+        info, pk = load_packets(cut, fast=fast)
+        assert info.format == "pcap+gzip"
+        assert info.warnings[0] == GZIP_CUT
+        assert 0 < pk.height < 400
+        frames.append(pk)
+    assert frames[0].equals(frames[1])
+    two = write(tmp_path, gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]), name="members.pcap.gz")
+    info, pk = load_packets(two)
+    assert pk.height == 400 and not info.warnings  # a multi-member stream is whole
