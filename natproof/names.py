@@ -470,11 +470,12 @@ def _objects(path: str) -> list[dict[str, Any]]:
                          ) from None
     body = text.lstrip()
     if not body:
-        raise InputError(f"{path}: empty file; give the output of kubectl get pods -A -o json")
+        raise InputError(f"{path}: empty file; give the output of kubectl get pods -A -o json (or svc,endpointslices)")
     if body[0] not in "{[":
         if _YAML_START.match(body):
             raise InputError(f"{path}: looks like YAML; natproof reads JSON: kubectl get ... -o json")
-        raise InputError(f"{path}: not JSON (starts with {body[:12]!r}); give the output of kubectl get ... -o json")
+        what = "JSON, but not an object or a list" if body[0] in '"-0123456789tfn' and _is_json(body) else "not JSON"
+        raise InputError(f"{path}: {what} (starts with {body[:12]!r}); give the output of kubectl get ... -o json")
     decoder = json.JSONDecoder()
     values = []
     pos = len(text) - len(body)
@@ -539,6 +540,14 @@ def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
         start_ns=parse_timestamp(meta.get("creationTimestamp")) or parse_timestamp(status.get("startTime")),
         end_ns=end, node=spec.get("nodeName"), containers=tuple(c["name"] for c in spec.get("containers") or []),
         uid=meta.get("uid"), source=source)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _article(word: str) -> str:

@@ -203,6 +203,7 @@ def test_every_form_kubectl_writes(tmp_path: Path) -> None:
     ("", "empty file; give the output of kubectl get pods -A -o json"),
     ("apiVersion: v1\nitems: []\nkind: List\n", "looks like YAML; natproof reads JSON: kubectl get ... -o json"),
     ("NAME   READY   STATUS\n", "not JSON (starts with 'NAME   READY')"),
+    ('"just a string"', "JSON, but not an object or a list (starts with '\"just a stri')"),
     ('{"kind": "List", "items": [', "not valid JSON (line 1 column 28: Expecting value)"),
     (json.dumps(kube_list()), "an empty List (no items): kubectl found nothing to dump; check the context and "
                               "give -A for every namespace"),

@@ -171,7 +171,7 @@ def kernel_line(result: Result) -> str | None:
     why = f" ({', '.join(f'{n} {r}' for r, n in reasons)})" if reasons else ""
     filled = int((result.connections["evidence_level"] == "kernel_record").sum())
     taken = f"; {filled} translated tuple(s) taken from it" if filled else ""
-    return (f"kernel record {rec.path} ({rec.entries.height} entries): "
+    return (f"kernel record {rec.path} ({rec.entries.height} {'entry' if rec.entries.height == 1 else 'entries'}): "
             + ", ".join(f"{n} {s}" for s, n in states) + why + taken)
 
 
