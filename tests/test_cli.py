@@ -422,7 +422,9 @@ def test_output_that_cannot_be_written(pair: tuple[Path, Path], tmp_path: Path, 
     error)."""
     for target, problem in ((tmp_path / "nodir" / f"x.{fmt}", f"no such directory {tmp_path / 'nodir'}"),
                             (Path("/dev/full"), "(No space left on device)"),
-                            (Path(f"/proc/natproof-test.{fmt}"), "(No such file or directory)")):
+                            (Path(f"/proc/natproof-test.{fmt}"), "its folder /proc takes no new file"),
+                            # a file that is there, in a folder that takes none: not "no such file" alone
+                            (Path("/proc/self/status"), "its folder /proc/self takes no new file")):
         code, _, err = run(capsys, "correlate", *map(str, pair), "--format", fmt, "-o", str(target))
         assert code == 2 and err.startswith(f"natproof: error: {target}: cannot write it") and problem in err, err
         assert err.count("\n") == 1
@@ -708,6 +710,21 @@ def test_one_capture_and_a_kernel_record_is_not_two_captures_that_never_overlapp
     code, out, _ = run(capsys, "correlate", str(d / "inside.pcap"), "--conntrack", str(d / "conntrack.log"),
                        "--format", "table")
     assert code == 0 and "one capture; the other side from the kernel's record" in out
+    assert "never ran at the same time" not in out
+
+
+def test_a_capture_of_no_ip_packet_is_not_said_to_run_apart(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # A new user's break test: an inside file left with two ARP frames read as "the captures never ran at the same
+    # time"; it holds no IP packet, so there is nothing to line up in time.
+    from pcapbytes import ether
+
+    d = Path(__file__).resolve().parent.parent / "captures" / "basic"
+    arp = ether(b"\x00" * 28, ethertype=0x0806)
+    (tmp_path / "inside.pcap").write_bytes(pcap([(1_700_000_000 * 10**9, arp), (1_700_000_001 * 10**9, arp)]))
+    code, out, _ = run(capsys, "correlate", str(tmp_path / "inside.pcap"), str(d / "outside.pcap"), "--format",
+                       "table")
+    assert code == 0 and "the inside capture holds no IP packet" in out
     assert "never ran at the same time" not in out
 
 

@@ -42,6 +42,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
+    except OSError as exc:  # the folder takes no new file (/proc, a read-only mount): say so, not "no such file"
+        raise InputError(f"{target}: cannot write it, its folder {parent} takes no new file "
+                         f"({exc.strerror or exc})") from None
+    try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             # mkstemp makes the file 0600; give it the mode any new file gets (0666 less the umask).

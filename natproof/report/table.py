@@ -113,6 +113,9 @@ def overlap_text(result: Result) -> str:
     ov = result.overlap()
     if result.outside.format == "none" or result.inside.format == "none":  # one capture and a kernel record
         return "one capture; the other side from the kernel's record"
+    empty = [side for side in ("inside", "outside") if not getattr(result, side).packets]
+    if empty:  # no time to line up: that capture's span is unknown, not apart from the other's
+        return f"the {' and the '.join(empty)} capture{'s hold' if len(empty) > 1 else ' holds'} no IP packet"
     if ov["start"] is None:
         return "the captures never ran at the same time"
     text = f"captures overlap {ov['seconds']:.3f} s"
