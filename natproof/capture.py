@@ -138,6 +138,13 @@ def gunzip(src: IO[bytes], dst: IO[bytes], name: str, chunk: int = 1 << 20) -> b
     return d.eof
 
 
+def _gunzipped(src: IO[bytes], name: str) -> tuple[bytes, bool, bool]:
+    """_load's answer for a gzip stream: its decompressed bytes, True, and whether it was cut short."""
+    out = io.BytesIO()
+    whole = gunzip(src, out, name)
+    return out.getvalue(), True, not whole
+
+
 def _load(path: Path) -> tuple[bytes | mmap.mmap, bool, bool]:
     """Return the file's bytes (mmap for plain files, decompressed bytes for gzip), whether it was gzip and
     whether its gzip stream was cut short (gunzip)."""
@@ -146,9 +153,7 @@ def _load(path: Path) -> tuple[bytes | mmap.mmap, bool, bool]:
         if not data:
             raise CaptureError("-", "empty file (0 bytes)")
         if data[:2] == GZIP_MAGIC:
-            out = io.BytesIO()
-            whole = gunzip(io.BytesIO(data), out, "-")
-            return out.getvalue(), True, not whole
+            return _gunzipped(io.BytesIO(data), "-")
         return data, False, False
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below or owned by the mmap
@@ -166,9 +171,7 @@ def _load(path: Path) -> tuple[bytes | mmap.mmap, bool, bool]:
             raise CaptureError(str(path), "empty file (0 bytes)")
         if head[:2] == GZIP_MAGIC:
             fh.seek(0)
-            out = io.BytesIO()
-            whole = gunzip(fh, out, str(path))
-            return out.getvalue(), True, not whole
+            return _gunzipped(fh, str(path))
         size = os.fstat(fh.fileno()).st_size
         if size < 4096:
             fh.seek(0)

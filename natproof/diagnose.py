@@ -183,7 +183,7 @@ def diagnose(result: Result) -> list[Finding]:
     excluded = [r for r in routed if r["inside_src"] in translated_srcs]
     findings += _routed(result, [r for r in routed if r not in excluded])
     findings += _snat_exclusion(result, excluded)
-    findings += _alg(result, [r for r in rows if "seq_shift" in flags_of(r) or (r["payload_rewrites"] or 0) > 0])
+    findings += _alg(result, [r for r in rows if _ALG_FLAGS & set(flags_of(r))])
     findings += _refused_by_far_end(result, rows)
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
@@ -1127,10 +1127,11 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
                             if quiet else ".")
                          + (f" The {' and the '.join(ends_cut)}: it stopped there, which is likely." if ends_cut
                             else ""))
-        fix = ("" if not ends_cut or n_idle or n_unsure else "Take the capture again, or copy it once tcpdump has "
-               "exited (a file cut short holds no more than its whole records); else ") + "count the drops: " \
-            "`conntrack -S` (invalid) and `" + _iptables([item[0] for item in dropped]) + " -L -v -n | grep INVALID`."
-        fix = fix[0].upper() + fix[1:]
+        count = ("count the drops: `conntrack -S` (invalid) and `" + _iptables([item[0] for item in dropped])
+                 + " -L -v -n | grep INVALID`.")
+        fix = ("Take the capture again, or copy it once tcpdump has exited (a file cut short holds no more than its "
+               f"whole records); else {count}" if ends_cut and not n_idle and not n_unsure
+               else count[0].upper() + count[1:])
         if n_idle or quiet:
             fix += (" After an idle period the far end still holds the connection open: keep idle connections alive "
                     "more often than the timeout (TCP keepalives) or raise it (`sysctl "
@@ -1307,6 +1308,10 @@ def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Findi
         data={"connections": len(rows), "inbound": inbound})]
 
 
+_ALG_FLAGS = frozenset({"seq_shift", "payload_rewritten"})
+"""The flags of a connection whose payload an ALG rewrote (its numbers shifted, or its bytes changed)."""
+
+
 def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     """A payload rewrite: an ALG (conntrack's FTP helper) edited the payload (cases/ftp-alg-active), seen as
     packets that crossed with their payload changed and, where the length changed, as a TCP sequence shift; its
@@ -1414,7 +1419,7 @@ def _alg_missing(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     from natproof.decode import Skip, link_payload
 
     ftp = [r for r in rows if r["proto"] == "tcp" and r["initiator"] == "inside" and r["verdict"] == "translated"
-           and r["orig_dport"] == FTP_CONTROL_PORT and not {"seq_shift", "payload_rewritten"} & set(flags_of(r))]
+           and r["orig_dport"] == FTP_CONTROL_PORT and not _ALG_FLAGS & set(flags_of(r))]
     if not ftp or str(result.outside.path) == "-":
         return []
     hits = []
