@@ -37,7 +37,7 @@ _PUBLIC = {
     "Result": "natproof.result",
     "Services": "natproof.assemble",
     "StudentGrade": "natproof.grade",
-    "Verdict": "natproof.verdicts",
+    "Verdict": "natproof.contracts",
     "correlate": "natproof.correlate",
     "correlate_chain": "natproof.chain",
     "diagnose": "natproof.diagnose",
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from natproof.capture import CaptureInfo, Record, read_capture
     from natproof.chain import Chain, correlate_chain
     from natproof.conntrack import ConntrackRecord, read_conntrack
+    from natproof.contracts import Verdict
     from natproof.correlate import correlate
     from natproof.diagnose import Finding, diagnose
     from natproof.errors import CaptureError, InputError, NatproofError
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from natproof.packets import load_packets
     from natproof.points import Interface, ObservationPoint
     from natproof.result import Result
-    from natproof.verdicts import Verdict
     from natproof.verify import Check, Expectations, ExpectedConnection, load_expectations, verify
 
 

@@ -21,11 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 import natproof
+from natproof.contracts import FORMATS, SCHEMA, SCHEMAS
 from natproof.errors import InputError, NatproofError
-from natproof.report.export import FORMATS, render_parts, writable_folder, write_bytes, write_parts, write_result
-from natproof.report.table import format_address, render_table
-from natproof.result import SCHEMA, SCHEMAS
-from natproof.spill import default_memory_limit
+from natproof.report.table import format_address
+
+# Everything that loads polars is imported where a command needs it: correlate starts its second process
+# (natproof.parallel.prestart) before this one loads the libraries, and --help answers at once.
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 """Captures smaller than this decode in well under a second: no bar for them."""
@@ -278,6 +279,13 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
     capture of several interfaces, or one capture and --conntrack (natproof.correlate's single-file forms)."""
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
+    if inside is not None and outside is not None:
+        # The outside capture's process (when there is one) loads its libraries while this one loads its own.
+        from natproof import parallel
+
+        parallel.prestart((inside, outside), "natproof.correlate")
+    from natproof import spill
+
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
     names = names_from(obj)
@@ -294,7 +302,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                                     side=opts.get("side") or "auto", inside_if=points.get("inside_if"),
                                     outside_if=points.get("outside_if"), interfaces=points.get("interfaces"),
                                     vxlan_ports=points.get("vxlan_port") or (),
-                                    memory_limit=points.get("memory_limit") or default_memory_limit(),
+                                    memory_limit=points.get("memory_limit") or spill.default_memory_limit(),
                                     spill_dir=points.get("spill_dir"))
     if not quiet:
         said = set()
@@ -350,6 +358,8 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], flow_l
                                 output, quiet, clock_offset, charts_dir, flow)
     refuse_overwriting_inputs(output, inside, outside)
     if charts_dir:  # a folder that cannot be written is said before any work or output
+        from natproof.report.export import writable_folder
+
         writable_folder(charts_dir, "charts folder")
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     emit(result, fmt, output, limit, SCHEMAS[schema])
@@ -1013,6 +1023,9 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
 
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:
     """Print or write a result in the chosen format (``output`` "-": standard output, as "-" reads standard input)."""
+    from natproof.report.export import render_parts, write_bytes, write_parts, write_result
+    from natproof.report.table import render_table
+
     if output == "-":
         output = None
     if fmt is None:
@@ -1110,6 +1123,8 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
     from natproof.flowlogs.ports import port_usage, port_usage_chart
 
     if charts_dir:  # said before any work or output
+        from natproof.report.export import writable_folder
+
         writable_folder(charts_dir, "charts folder")
     flowlog_, gateways = read_flow_log_inputs(files, nat_gateways, flow_log_format)
     tuples = []

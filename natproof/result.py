@@ -16,14 +16,9 @@ import polars as pl
 from natproof.assemble import FATES
 from natproof.capture import CaptureInfo
 from natproof.conntrack import ConntrackRecord
+from natproof.contracts import SCHEMA, SCHEMA_V1, SCHEMAS
 from natproof.points import Interface, ObservationPoint
 from natproof.verdicts import V1_VERDICTS, Verdict
-
-SCHEMA = "natproof.correlate/2"
-SCHEMA_V1 = "natproof.correlate/1"
-SCHEMAS = {"2": SCHEMA, "1": SCHEMA_V1}
-"""``--schema`` values and the documents they name. /2 added connections started on either side, DNAT, legs,
-packet fates and Services, and the verdict reply_other_path (which /1 called translated)."""
 
 TUPLE_FIELDS = ("src", "sport", "dst", "dport")
 LEG = pl.Struct({"observation_point": pl.String(), "src": pl.String(), "sport": pl.UInt16(), "dst": pl.String(),

@@ -4,6 +4,8 @@ the outside capture in a second process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -119,6 +121,40 @@ def test_the_worker_leaves_time_for_the_next_step_only_when_there_is_one(tmp_pat
     monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
     (_, first), _ = run_pair(_prepare_side, [inside, outside], **kwargs)
     assert seen == [first["match"].height] and seen[0] > 0
+
+
+def test_a_prestarted_worker_takes_the_job_and_an_unused_one_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command line starts the outside capture's process before it loads polars (parallel.prestart), so both
+    # load their libraries at once; run_pair hands that process its job, and one no run_pair takes ends.
+    inside, outside = _pair("icmp")
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    kwargs = dict(each=[{"inside": True}, {"inside": False}], fast=None, timeouts=None, pod_cidr=None,
+                  services=Services())
+    fresh = run_pair(_prepare_side, [inside, outside], **kwargs)
+    parallel.prestart([inside, outside], _prepare_side.__module__)
+    assert parallel._prestarted is not None
+    worker = parallel._prestarted[2]
+    taken = run_pair(_prepare_side, [inside, outside], **kwargs)
+    assert parallel._prestarted is None and worker.wait(timeout=30) == 0
+    assert all(taken[i][1][n].equals(fresh[i][1][n]) for i in (0, 1) for n in fresh[i][1])
+    # Started for other captures (or never taken): ended, not left behind; run_pair starts its own.
+    parallel.prestart([inside, outside], _prepare_side.__module__)
+    unused = parallel._prestarted[2]
+    other = run_pair(_prepare_side, [outside, inside], each=[{"inside": True}, {"inside": False}], fast=None,
+                     timeouts=None, pod_cidr=None, services=Services())
+    assert unused.poll() is not None and other[1][1]["match"].height == fresh[0][1]["match"].height
+    parallel.prestart([inside, outside], _prepare_side.__module__)
+    unused = parallel._prestarted[2]
+    parallel.discard_prestarted()
+    assert parallel._prestarted is None and unused.poll() is not None
+
+
+def test_the_command_line_loads_no_polars_before_a_command_runs() -> None:
+    # What lets prestart's worker load its libraries while this process loads its own (and --help answer at
+    # once): the command line imports polars, numpy and the pipeline only inside the commands.
+    code = "import sys, natproof.cli; print(sorted({'polars', 'numpy', 'natproof.correlate'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_two_processes_for_many_small_packets_not_only_for_big_files(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,10 +12,9 @@ from typing import IO, Any
 import orjson
 import polars as pl
 
+from natproof.contracts import FORMATS  # noqa: F401 (named here before natproof.contracts)
 from natproof.errors import InputError
 from natproof.result import SCHEMA, Result, connection_ndjson_parts
-
-FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from natproof.assemble import FATES
-from natproof.decode import parse_underlay
-from natproof.result import Result
+if TYPE_CHECKING:  # the command line imports format_address without loading polars
+    from natproof.result import Result
 
 VERDICT_STYLE = {
     "translated": "green", "no_reply": "yellow", "reply_dropped": "red", "untranslated": "red",
@@ -90,6 +89,8 @@ def _names_text(row: dict[str, Any]) -> Text:
 
 def fate_counts(row: dict[str, Any]) -> list[tuple[str, int]]:
     """A connection's non-zero packet fates, in FATES order."""
+    from natproof.assemble import FATES
+
     return [(f, int(row[f"fate_{f}"] or 0)) for f in FATES if row.get(f"fate_{f}")]
 
 
@@ -233,6 +234,8 @@ def _outside_underlay(row: dict[str, Any]) -> dict | None:
     """The underlay of a connection's first outside leg that has one (its packets crossed inside an overlay)."""
     for leg in row.get("legs") or []:
         if leg["observation_point"] == "outside" and leg.get("underlay"):
+            from natproof.decode import parse_underlay
+
             return parse_underlay(leg["underlay"])
     return None
 
