@@ -514,6 +514,21 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     crossed = conns.filter(pl.col("verdict").is_in(["translated", "no_reply", "reply_dropped", "reply_other_path"]))
     if crossed.is_empty():
         return None
+    # One that reads right is enough: the first connections first (nearly always one of them does), then all.
+    if crossed.height > _SWAP_SAMPLE and not _read_reversed(crossed.head(_SWAP_SAMPLE), svc).all():
+        return None
+    if not _read_reversed(crossed, svc).all():
+        return None
+    return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
+            "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one, "
+            "private addresses on the outside capture only)")
+
+
+_SWAP_SAMPLE = 1000
+
+
+def _read_reversed(crossed: pl.DataFrame, svc: Services) -> pl.Series:
+    """Boolean per connection that crossed: it reads as NAT seen from the wrong side (see looks_swapped)."""
     rw = pl.col("rewrites")
     # RFC 1918, shared (RFC 6598) and ULA space: ipaddress's is_private also counts the documentation ranges.
     inside_space = [space for space, _, _ in PRIVATE_SPACE]
@@ -536,12 +551,7 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     # node: another helper's pair), no swap.
     into_private = ((out_first | dnat) & (private("outside_src") | private("outside_dst")) & ~private("inside_src")
                     & ~private("inside_dst"))
-    reversed_ = crossed.select((snat_reversed | inbound_reversed | into_private).alias("r"))["r"] | clusterip_reversed
-    if not reversed_.all():
-        return None
-    return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
-            "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one, "
-            "private addresses on the outside capture only)")
+    return crossed.select((snat_reversed | inbound_reversed | into_private).alias("r"))["r"] | clusterip_reversed
 
 
 def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.DataFrame, pl.DataFrame],

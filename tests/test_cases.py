@@ -170,6 +170,17 @@ def test_swapped_sides_are_refused_with_the_right_order_or_swapped_on_request() 
     assert [c["outside"]["src"] for c in conns(r)] == ["203.0.113.71"] * 2
 
 
+def test_a_swap_is_judged_alike_when_a_first_sample_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # looks_swapped judges the first connections that crossed before all of them (one that reads right rules a
+    # swap out): with a sample of one, the same answers both ways round.
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("natproof.correlate"), "_SWAP_SAMPLE", 1)
+    with pytest.raises(InputError, match="look swapped"):
+        run("swapped-sides", "isp-side.pcap", "home-side.pcap")
+    assert [c["verdict"] for c in conns(run("swapped-sides", "home-side.pcap", "isp-side.pcap"))] == ["translated"] * 2
+
+
 def test_cli_refuses_a_swapped_pair_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     from natproof.cli import main
 
