@@ -142,8 +142,8 @@ def _points_option(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """--memory-limit as bytes (natproof.spill.parse_size), kept like _points_option."""
-    from natproof.spill import parse_size
+    """--memory-limit as bytes (natproof.memory.parse_size), kept like _points_option."""
+    from natproof.memory import parse_size
 
     size = None
     if value is not None:
@@ -284,7 +284,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
         from natproof import parallel
 
         parallel.prestart((inside, outside), "natproof.correlate")
-    from natproof import spill
+    from natproof.memory import default_memory_limit
 
     obj = click.get_current_context().find_root().ensure_object(dict)
     services = services_from(obj)
@@ -302,7 +302,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                                     side=opts.get("side") or "auto", inside_if=points.get("inside_if"),
                                     outside_if=points.get("outside_if"), interfaces=points.get("interfaces"),
                                     vxlan_ports=points.get("vxlan_port") or (),
-                                    memory_limit=points.get("memory_limit") or spill.default_memory_limit(),
+                                    memory_limit=points.get("memory_limit") or default_memory_limit(),
                                     spill_dir=points.get("spill_dir"))
     if not quiet:
         said = set()

@@ -37,7 +37,7 @@ from natproof.match import (
     signature,
     with_keys,
 )
-from natproof.memory import trim
+from natproof.memory import parse_size, trim
 from natproof.names import Names, apply_names
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import decoder_flag, load_packets
@@ -55,7 +55,7 @@ from natproof.points import (
     split,
 )
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
-from natproof.spill import correlate_spilled, estimated_bytes, parse_size
+from natproof.spill import correlate_spilled, estimated_bytes
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]

@@ -1,10 +1,13 @@
-"""Give freed memory back to the operating system between the pipeline's big steps."""
+"""Memory: ``--memory-limit`` sizes and their default, and giving freed memory back to the operating system
+between the pipeline's big steps. Light to import: the command line reads its options with it before polars
+loads."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import math
 
 
 @functools.cache
@@ -26,3 +29,34 @@ def trim() -> None:
     fn = _malloc_trim()
     if fn is not None:
         fn(0)
+
+
+def parse_size(text: str) -> int:
+    """``--memory-limit`` values: bytes, or a number with K, M, G or T (powers of 1024; "1.5G"). ValueError
+    otherwise."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if t and t[-1] in "KMGT":
+        scale, t = 1024 ** ("KMGT".index(t[-1]) + 1), t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000") from None
+    if not math.isfinite(value) or value * scale > 1 << 60:
+        raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000, below an exabyte")
+    if not value * scale >= 1:
+        raise ValueError(f"{text!r}: a size of one byte or more")
+    return int(value * scale)
+
+
+def default_memory_limit() -> int | None:
+    """Three quarters of the memory available now (MemAvailable in /proc/meminfo: free memory and what the page
+    cache can give back), the default ``--memory-limit``; None where the kernel does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 * 3 // 4
+    except OSError:
+        pass
+    return None

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import math
 import os
 import shutil
 import tempfile
@@ -44,7 +43,7 @@ from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split
 from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import InputError
 from natproof.match import match_sides, offset_from, offset_samples, with_keys
-from natproof.memory import trim
+from natproof.memory import default_memory_limit, parse_size, trim  # noqa: F401 (named here before natproof.memory)
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import load_packets
 from natproof.points import Interface, ObservationPoint, choose_point, several_interfaces
@@ -74,37 +73,6 @@ budget is smaller (a key row costs about what a packet does in a group: 190 B me
 _OUTSIDE = 0x5A5A_5A5A_5A5A_5A5A
 """Outside flows' node ids in the component graph are their flow hash XOR this: a flow seen on both sides under
 one tuple (unchanged) is two nodes, linked by its packets' keys like any other."""
-
-
-def parse_size(text: str) -> int:
-    """``--memory-limit`` values: bytes, or a number with K, M, G or T (powers of 1024; "1.5G"). ValueError
-    otherwise."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = 1
-    if t and t[-1] in "KMGT":
-        scale, t = 1024 ** ("KMGT".index(t[-1]) + 1), t[:-1]
-    try:
-        value = float(t)
-    except ValueError:
-        raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000") from None
-    if not math.isfinite(value) or value * scale > 1 << 60:
-        raise ValueError(f"{text!r}: a size such as 512M, 2G or 1500000000, below an exabyte")
-    if not value * scale >= 1:
-        raise ValueError(f"{text!r}: a size of one byte or more")
-    return int(value * scale)
-
-
-def default_memory_limit() -> int | None:
-    """Three quarters of the memory available now (MemAvailable in /proc/meminfo: free memory and what the page
-    cache can give back), the default ``--memory-limit``; None where the kernel does not say."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 * 3 // 4
-    except OSError:
-        pass
-    return None
 
 
 def estimated_bytes(paths: Sequence[str | os.PathLike[str]]) -> int:

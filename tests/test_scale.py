@@ -149,12 +149,23 @@ def test_a_prestarted_worker_takes_the_job_and_an_unused_one_ends(monkeypatch: p
     assert parallel._prestarted is None and unused.poll() is not None
 
 
-def test_the_command_line_loads_no_polars_before_a_command_runs() -> None:
+def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: Path) -> None:
     # What lets prestart's worker load its libraries while this process loads its own (and --help answer at
-    # once): the command line imports polars, numpy and the pipeline only inside the commands.
-    code = "import sys, natproof.cli; print(sorted({'polars', 'numpy', 'natproof.correlate'} & set(sys.modules)))"
+    # once): the command line, its options' callbacks included, imports polars, numpy and the pipeline only
+    # once a command runs, after prestart.
+    inside, outside = _pair("icmp")
+    code = f"""if True:
+        import sys
+        from natproof import parallel
+        seen = []
+        parallel.prestart = lambda paths, module: seen.append(sorted({{"polars", "numpy"}} & set(sys.modules)))
+        from natproof.cli import main
+        code = main(["correlate", {str(inside)!r}, {str(outside)!r}, "--memory-limit", "8G", "--nodeport-range",
+                     "30000-32767", "--service-cidr", "10.96.0.0/12", "-q", "-o", {str(tmp_path / "r.json")!r}])
+        print(code, seen)
+    """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "0 [[]]"
 
 
 def test_two_processes_for_many_small_packets_not_only_for_big_files(monkeypatch: pytest.MonkeyPatch) -> None:
