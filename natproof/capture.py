@@ -394,14 +394,26 @@ def open_section(buf: bytes | mmap.mmap, off: int, frame: int, info: CaptureInfo
     return order
 
 
-def bad_block(blen: int, frame: int, *, corrupt: bool = False) -> str:
-    """The warning for a pcapng block whose length cannot be used where frame ``frame + 1`` would start (reading
-    stops there): a length past the end of the file is a truncated last block; a length below 12 bytes (type and
-    two lengths), not a multiple of 4, or (``corrupt``) not repeated at the block's end (draft-ietf-opsawg-pcapng,
-    "General Block Structure") is a corrupt block, wherever it is."""
-    if corrupt or blen < 12 or blen % 4:
-        return f"corrupt block length ({blen} bytes) at frame {frame + 1}; {frame} frames used"
-    return f"last block truncated at frame {frame + 1}; {frame} frames used"
+def bad_block(blen: int, frame: int, off: int, left: int, *, trailer: int | None = None) -> str:
+    """The warning for a pcapng block at byte ``off`` (``left`` bytes from there to the end of the file) whose
+    length cannot be used where frame ``frame + 1`` would start (reading stops there, as at a pcap record cut
+    short). A length below 12 bytes (type and two lengths), not a multiple of 4, or not repeated at the block's end
+    (``trailer``: the length found there; draft-ietf-opsawg-pcapng, "General Block Structure") is a corrupt block,
+    wherever it is. A length past the end of the file is that: the last block cut short (a file still being
+    written) or a damaged length mid-file (a helper's block claiming 0x7ffffff0 bytes read as 'last block
+    truncated', the frames after it dropped with no word of damage); the bytes cannot tell which."""
+    if trailer is not None or blen < 12 or blen % 4:
+        tail = f", {trailer} at its end" if trailer is not None else ""
+        return f"corrupt block length ({blen} bytes{tail}) at frame {frame + 1} (offset {off}); {frame} frames used"
+    return (f"block length past the end of the file at offset {off} (frame {frame + 1}: {blen} bytes, {left} left): "
+            f"the file is damaged or cut short; {frame} frames used")
+
+
+def block_trailer(buf: bytes | mmap.mmap, off: int, blen: int, endian: str) -> int | None:
+    """The length a pcapng block repeats at its end when it differs from ``blen`` (its leading one), else None:
+    one of the two is corrupt, and where the next block starts cannot be known."""
+    trailer = struct.unpack_from(endian + "I", buf, off + blen - 4)[0]
+    return trailer if trailer != blen else None
 
 
 def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
@@ -429,15 +441,14 @@ def _iter_pcapng(buf: bytes | mmap.mmap, info: CaptureInfo) -> Iterator[Record]:
         if blen < 12 or blen % 4 or off + blen > end:
             if frame == 0 and btype_raw == PCAPNG_SHB and off + blen > end:
                 raise CaptureError(info.path, "truncated pcapng section header")
-            info.warnings.append(bad_block(blen, frame))
+            info.warnings.append(bad_block(blen, frame, off, end - off))
+            return
+        if (trailer := block_trailer(buf, off, blen, endian)) is not None:
+            # Its length not repeated at its end: one of the two is corrupt, and what follows cannot be found.
+            info.warnings.append(bad_block(blen, frame, off, end - off, trailer=trailer))
             return
         body = off + 8
-        if blen < _MIN_BLOCK.get(btype, 12):
-            # Too short for its type: a well-formed short block (its length repeated at its end) is skipped and
-            # counted; else the length itself is corrupt and what follows cannot be found.
-            if struct.unpack_from(endian + "I", buf, off + blen - 4)[0] != blen:
-                info.warnings.append(bad_block(blen, frame, corrupt=True))
-                return
+        if blen < _MIN_BLOCK.get(btype, 12):  # too short for its type, well-formed: skipped and counted
             info.skipped["malformed_block"] += 1
             off += blen
             continue

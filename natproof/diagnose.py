@@ -1114,7 +1114,7 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
         quiet = sum(len(frames) for _, _, frames, gap in stopped if gap is not None)
         # A file that ends in a record cut short was still being written, or was copied before it was whole: it
         # stopped there (a new user's truncated capture read as packets the node dropped).
-        cut = {side: [w for w in summary.warnings if w.startswith(("last record", "last block"))]
+        cut = {side: [w for w in summary.warnings if w.startswith(("last record", "last block", "block length past"))]
                for side, summary in (("inside", result.inside), ("outside", result.outside))}
         ends_cut = [f"{other} file ends cut short ({cut[other][0]})" for other in ("outside", "inside")
                     if cut[other] and any(s == ("inside" if other == "outside" else "outside")

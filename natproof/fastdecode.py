@@ -30,6 +30,7 @@ from natproof.capture import (
     PCAPNG_SHB,
     CaptureInfo,
     bad_block,
+    block_trailer,
     gunzip,
     no_packets_problem,
     open_section,
@@ -293,15 +294,15 @@ def _frame_pcapng(buf: mmap.mmap, info: CaptureInfo, chunk_bytes: int) -> Iterat
             if blen < 12 or blen % 4 or off + blen > end:
                 if frame == 0 and btype == _SHB_TYPE and off + blen > end:
                     raise CaptureError(info.path, "truncated pcapng section header")
-                info.warnings.append(bad_block(blen, frame))
+                info.warnings.append(bad_block(blen, frame, off, end - off))
+                finished = True
+                break
+            if (trailer := block_trailer(buf, off, blen, endian)) is not None:  # as natproof.capture reads it
+                info.warnings.append(bad_block(blen, frame, off, end - off, trailer=trailer))
                 finished = True
                 break
             body = off + 8
             if blen < _MIN_BLOCK.get(btype, 12):  # as natproof.capture reads a block too short for its type
-                if struct.unpack_from(endian + "I", buf, off + blen - 4)[0] != blen:
-                    info.warnings.append(bad_block(blen, frame, corrupt=True))
-                    finished = True
-                    break
                 info.skipped["malformed_block"] += 1
                 off += blen
                 continue

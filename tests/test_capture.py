@@ -126,32 +126,114 @@ def test_a_capture_out_of_time_order_spans_its_earliest_to_its_latest_packet(tmp
     assert (fast_info.first_ts_ns, fast_info.last_ts_ns) == (info.first_ts_ns, info.last_ts_ns)
 
 
-def test_pcapng_block_cut_short_or_of_a_corrupt_length_says_which(tmp_path: Path) -> None:
-    """A length past the end is the last block cut short; a length no block can have (not a multiple of 4) in the
-    middle of the file is a corrupt block, not a truncation. Both decoders say the same."""
+def _epb_offsets(data: bytes) -> list[int]:
     import struct
 
-    from natproof.fastdecode import decode_file
-
-    data = pcapng([(1, None)], [(0, T0 // 1000 + i, FRAME) for i in range(3)])
     epbs, off = [], 0
     while off < len(data):
         btype, blen = struct.unpack_from("<II", data, off)
         epbs += [off] if btype == 6 else []
         off += blen
-    second = epbs[1]
+    return epbs
+
+
+def test_pcapng_block_cut_short_or_of_a_corrupt_length_says_which(tmp_path: Path) -> None:
+    """A length past the end is the file cut short or damaged (which, the bytes cannot tell); a length no block can
+    have (not a multiple of 4) in the middle of the file is a corrupt block, not a truncation. Both decoders say
+    the same."""
+    import struct
+
+    from natproof.fastdecode import decode_file
+
+    data = pcapng([(1, None)], [(0, T0 // 1000 + i, FRAME) for i in range(3)])
+    epbs = _epb_offsets(data)
+    second, third = epbs[1], epbs[2]
     corrupt = bytearray(data)
     corrupt[second + 4:second + 8] = struct.pack("<I", 30)
     short = bytearray(data)  # a length a block may have, too short for a packet block, not repeated at its end
     short[second + 4:second + 8] = struct.pack("<I", 12)
-    for blob, warning in ((data[:-5], "last block truncated at frame 3; 2 frames used"),
-                          (bytes(corrupt), "corrupt block length (30 bytes) at frame 2; 1 frames used"),
-                          (bytes(short), "corrupt block length (12 bytes) at frame 2; 1 frames used")):
+    blen = len(data) - third
+    trail = struct.unpack_from("<I", data, second + 8)[0]  # what the 12-byte block's end holds: the next field
+    for blob, warning in ((data[:-5], f"block length past the end of the file at offset {third} (frame 3: {blen} "
+                                      f"bytes, {blen - 5} left): the file is damaged or cut short; 2 frames used"),
+                          (bytes(corrupt), f"corrupt block length (30 bytes) at frame 2 (offset {second}); "
+                                           "1 frames used"),
+                          (bytes(short), f"corrupt block length (12 bytes, {trail} at its end) at frame 2 "
+                                         f"(offset {second}); 1 frames used")):
         path = write(tmp_path, blob, "c.pcapng")
         info, recs = read_capture(path)
-        assert len(list(recs)) == int(warning.split("; ")[1].split()[0])
+        assert len(list(recs)) == int(warning.split("; ")[-1].split()[0])
         assert info.warnings == [warning]
         assert decode_file(path)[0].warnings == [warning]
+
+
+def test_pcapng_block_whose_trailing_length_differs_ends_the_file_with_a_warning(tmp_path: Path) -> None:
+    """A block whose Block Total Length at its end differs from the one at its start was accepted silently (the
+    leading one trusted). One of the two is corrupt and where the next block starts cannot be known: it is read as
+    the nearest case is, a length no block can have mid-file (corrupt block length), so reading ends there with
+    a warning naming the frame and the offset, the frames before it kept; not an error (a file cut short or
+    corrupt later on keeps what was whole, as a pcap record cut short does). Both decoders, the dpkt reference and
+    the fast one's EPB run in lockstep, stop at the same block and say the same."""
+    import struct
+
+    from natproof.fastdecode import decode_file
+    from natproof.packets import load_packets
+
+    data = pcapng([(1, None)], [(0, T0 // 1000 + i, FRAME) for i in range(6)])
+    epbs = _epb_offsets(data)
+    for k in (0, 3, 5):  # the first packet block (no frame read), one mid-file, the last
+        at = epbs[k]
+        blen = struct.unpack_from("<I", data, at + 4)[0]
+        bad = bytearray(data)
+        struct.pack_into("<I", bad, at + blen - 4, blen + 4)  # the trailer says 4 bytes more
+        path = write(tmp_path, bytes(bad), f"trailer{k}.pcapng")
+        warning = f"corrupt block length ({blen} bytes, {blen + 4} at its end) at frame {k + 1} (offset {at}); " \
+                  f"{k} frames used"
+        if k == 0:  # nothing before it: the file gives no packet, one error naming it (exit 2 on the CLI)
+            with pytest.raises(CaptureError) as exc:
+                read_capture(path)
+            assert (exc.value.path, exc.value.problem) == (str(path), warning)
+            for fast in (False, True):
+                with pytest.raises(CaptureError) as exc:
+                    load_packets(path, fast=fast)
+                assert exc.value.problem == warning
+            continue
+        info, recs = read_capture(path)
+        assert [r.frame_no for r in recs] == list(range(1, k + 1))
+        assert info.warnings == [warning]
+        for fast in (False, True):
+            got_info, frame = load_packets(path, fast=fast)
+            assert got_info.warnings == [warning] and frame.height == k
+        assert decode_file(path, chunk_bytes=64)[0].warnings == [warning]
+    # The Interface Description Block's trailer: no interface is read, the file gives no packet.
+    idb = struct.unpack_from("<I", data, 4)[0]
+    blen = struct.unpack_from("<I", data, idb + 4)[0]
+    bad = bytearray(data)
+    struct.pack_into("<I", bad, idb + blen - 4, 0)
+    with pytest.raises(CaptureError, match=rf"corrupt block length \({blen} bytes, 0 at its end\) at frame 1 "):
+        read_capture(write(tmp_path, bytes(bad), "idb.pcapng"))
+
+
+def test_pcapng_block_claiming_far_past_the_end_mid_file_is_not_called_the_last_block_truncated(
+        tmp_path: Path) -> None:
+    """A block mid-file claiming 0x7ffffff0 bytes read as 'last block truncated at frame 3': the frames after it
+    dropped under a word that blamed the file's end. It is a block length past the end of the file at an offset:
+    the file is damaged there or cut short. Both decoders say the same."""
+    import struct
+
+    from natproof.fastdecode import decode_file
+
+    data = bytearray(pcapng([(1, None)], [(0, T0 // 1000 + i, FRAME) for i in range(6)]))
+    at = _epb_offsets(bytes(data))[2]
+    struct.pack_into("<I", data, at + 4, 0x7FFFFFF0)
+    path = write(tmp_path, bytes(data), "huge.pcapng")
+    info, recs = read_capture(path)
+    assert len(list(recs)) == 2
+    warning = (f"block length past the end of the file at offset {at} (frame 3: 2147483632 bytes, {len(data) - at} "
+               "left): the file is damaged or cut short; 2 frames used")
+    assert info.warnings == [warning]
+    assert "truncated" not in warning
+    assert decode_file(path)[0].warnings == [warning]
 
 
 @pytest.mark.parametrize(

@@ -281,11 +281,14 @@ def captures(draw: st.DrawFn) -> tuple[bytes, int | None]:
             iface = draw(st.integers(0, len(lts)))  # one past the last is a malformed block
             frame = draw(frames(lts[iface] if iface < len(lts) else 1))
             ticks = draw(st.integers(0, 2**40))
-            kind = draw(st.sampled_from(["epb", "epb", "epb", "spb", "pb", "short"]))
-            if kind == "epb":
+            kind = draw(st.sampled_from(["epb", "epb", "epb", "spb", "pb", "short", "trailer"]))
+            if kind in ("epb", "trailer"):
                 body = struct.pack(e + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame),
                                    len(frame) + draw(st.sampled_from([0, 3])))
-                out += _ng_block(e, 6, body + frame)
+                block = _ng_block(e, 6, body + frame)
+                if kind == "trailer":  # its length at its end differs from its leading one: reading stops there
+                    block = block[:-4] + struct.pack(e + "I", draw(st.sampled_from([0, len(block) + 4, 0xFFFFFFFF])))
+                out += block
             elif kind == "pb":
                 body = struct.pack(e + "HHIIII", iface, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame))
                 out += _ng_block(e, 2, body + frame)

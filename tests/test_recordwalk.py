@@ -184,6 +184,21 @@ def test_pcapng_runs_in_lockstep_stop_where_the_loop_does(payloads: list[bytes],
     _epb_both(bytes(data), first, len(data) - 40)  # a stop inside the last block
 
 
+def test_pcapng_run_stops_at_a_block_whose_trailing_length_differs() -> None:
+    """A packet block whose length at its end differs from its leading one ends the run in lockstep where the plain
+    loop ends it (the framing then reads it the long way and stops with a warning, as natproof.capture does)."""
+    frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"t" * 30)))
+    data = pcapng([(1, None)], [(0, i, frame) for i in range(50)])
+    shb = int.from_bytes(data[4:8], "little")
+    first = shb + int.from_bytes(data[shb + 4: shb + 8], "little")
+    blen = int.from_bytes(data[first + 4: first + 8], "little")
+    for k in (0, 1, 17, 49):
+        bad = bytearray(data)
+        at = first + k * blen
+        bad[at + blen - 4: at + blen] = (blen + 4).to_bytes(4, "little")
+        assert _epb_both(bytes(bad), first) == [first + i * blen for i in range(k)]
+
+
 def test_pcapng_run_at_a_truncated_end() -> None:
     frame = ether(ipv4("10.0.0.1", "192.0.2.1", 17, udp(1, 2, b"t" * 30)))
     data = pcapng([(1, None)], [(0, i, frame) for i in range(50)])
