@@ -428,9 +428,11 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
                          "kubectl get pods -A -o json or kubectl get svc,endpointslices -A -o json")
     pods, services, endpoints = [], [], []
     host_network = 0
-    for o in objects:
+    for i, o in enumerate(objects, 1):
         kind = o.get("kind")
         try:
+            if kind in _SHAPED:
+                _require_objects(o, _SHAPED[kind])
             if kind == "Pod":
                 pod = _pod(o, name)
                 if pod is None:
@@ -445,12 +447,32 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
                 endpoints += _endpoints(o)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             meta = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
-            what = f"{kind} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+            what = (f"{kind} {meta.get('namespace', '?')}/{meta['name']}" if isinstance(meta.get("name"), str)
+                    else f"{kind} #{i} of the file (no metadata.name)")
             why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({why})") from None
     source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
               "endpoints": len(endpoints), "host_network_pods": host_network}
     return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,))
+
+
+_SHAPED = {"Pod": ("metadata", "spec"), "Service": ("metadata", "spec"), "EndpointSlice": ("metadata",),
+           "Endpoints": ("metadata",)}
+"""The fields kubectl always writes as objects in each kind natproof reads. A Service of "spec": null read as a
+ClusterIP Service of no address and no port (a helper's break test): accepted, and nothing named after it."""
+
+
+def _require_objects(o: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """ValueError naming the first of ``fields`` that is missing or not a JSON object in ``o``."""
+    for field in fields:
+        value = o.get(field)
+        if not isinstance(value, dict):
+            got = "missing" if field not in o else "null" if value is None else _article(_JSON_TYPES.get(
+                type(value), type(value).__name__))
+            raise ValueError(f"{field} is {got}, not an object")
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 def _objects(path: str) -> list[dict[str, Any]]:

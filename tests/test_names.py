@@ -220,6 +220,29 @@ def test_every_form_kubectl_writes(tmp_path: Path) -> None:
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
                            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": -5}]}})),
      "Service d/x is not shaped as kubectl writes it (nodePort -5 is out of range (1-65535))"),
+    # A Service of "spec": null read as a ClusterIP Service of no address and no port, accepted without a word
+    # (a helper's break test); a spec or metadata of another JSON type is refused the same way, naming the item.
+    (json.dumps(kube_list(service("d", "web", "10.96.0.50", {"port": 80}),
+                          {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
+                           "spec": None})),
+     "Service d/x is not shaped as kubectl writes it (spec is null, not an object)"),
+    (json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"}, "spec": []}),
+     "Service d/x is not shaped as kubectl writes it (spec is an array, not an object)"),
+    (json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"}}),
+     "Service d/x is not shaped as kubectl writes it (spec is missing, not an object)"),
+    (json.dumps(kube_list(service("d", "web", "10.96.0.50", {"port": 80}),
+                          {"apiVersion": "v1", "kind": "Service", "metadata": None,
+                           "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 80}]}})),
+     "Service #2 of the file (no metadata.name) is not shaped as kubectl writes it (metadata is null, not an "
+     "object)"),
+    (json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": "x", "spec": {"ports": [{"port": 80}]}}),
+     "Service #1 of the file (no metadata.name) is not shaped as kubectl writes it (metadata is a string, not an "
+     "object)"),
+    (json.dumps(kube_list(pod("d", "web-0", "10.244.0.5") | {"spec": None})),
+     "Pod d/web-0 is not shaped as kubectl writes it (spec is null, not an object)"),
+    (json.dumps(kube_list(endpoint_slice("d", "web", ("10.244.0.5", "web-0")) | {"metadata": 7})),
+     "EndpointSlice #1 of the file (no metadata.name) is not shaped as kubectl writes it (metadata is a number, "
+     "not an object)"),
 ])
 def test_bad_dumps_are_one_clear_error_naming_the_file(tmp_path: Path, content: str, problem: str) -> None:
     path = write(tmp_path, "dump.json", content)
@@ -238,6 +261,15 @@ def test_cli_bad_dump_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["who", "10.96.0.50:80", str(case / "inside.pcap"), str(case / "outside.pcap"),
                  "--services", str(tmp_path / "missing.json")])
     assert code == 2 and capsys.readouterr().err == f"natproof: error: {tmp_path / 'missing.json'}: no such file\n"
+    # A Service item of "spec": null: one line naming the file and the item, exit 2, nothing on stdout.
+    null_spec = write(tmp_path, "svc.json", kube_list({"apiVersion": "v1", "kind": "Service",
+                                                       "metadata": {"name": "web", "namespace": "shop"},
+                                                       "spec": None}))
+    code = main(["correlate", str(case / "inside.pcap"), str(case / "outside.pcap"), "--services", str(null_spec)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == (f"natproof: error: {null_spec}: Service shop/web is not shaped as kubectl writes it (spec is "
+                   "null, not an object)\n")
 
 
 # -- naming a correlation ---------------------------------------------------------------------------------------
