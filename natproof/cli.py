@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -27,6 +27,9 @@ from natproof.report.table import format_address
 
 # Everything that loads polars is imported where a command needs it: correlate starts its second process
 # (natproof.parallel.prestart) before this one loads the libraries, and --help answers at once.
+
+if TYPE_CHECKING:
+    from natproof.conntrack import ConntrackRecord
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 """Captures smaller than this decode in well under a second: no bar for them."""
@@ -313,12 +316,19 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                 if cap.path and (cap.path, w) not in said:
                     said.add((cap.path, w))
                     warn(f"{cap.path}: {w}")
-        if result.conntrack is not None and result.conntrack.unparsed:
-            rec = result.conntrack
-            first = ", ".join(map(str, rec.unparsed_lines[:5]))
-            warn(f"{rec.path}: {rec.unparsed} line(s) are no conntrack entry and were left out (line {first}"
-                 f"{' ...' if rec.unparsed > 5 else ''})")
+        if result.conntrack is not None:
+            warn_record(result.conntrack)
     return result
+
+
+def warn_record(rec: ConntrackRecord) -> None:
+    """The conntrack record's warnings on stderr: lines that are no entry, entries of a time no record can have."""
+    if rec.unparsed:
+        first = ", ".join(map(str, rec.unparsed_lines[:5]))
+        warn(f"{rec.path}: {rec.unparsed} line(s) are no conntrack entry and were left out (line {first}"
+             f"{' ...' if rec.unparsed > 5 else ''})")
+    for w in rec.warnings:
+        warn(f"{rec.path}: {w}")
 
 
 @cli.command()
@@ -662,8 +672,10 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
         from natproof.networks import parse_networks
 
         nets = parse_networks(pod_cidr) if pod_cidr else ()
-        answer = who_kernel(read_conntrack(record), endpoint, at, window, pod_networks=nets,
-                            services=services_from(obj))
+        kernel_record = read_conntrack(record)
+        if not quiet:
+            warn_record(kernel_record)
+        answer = who_kernel(kernel_record, endpoint, at, window, pod_networks=nets, services=services_from(obj))
     else:
         result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
         answer = run_who(result, endpoint, at, window, clock)

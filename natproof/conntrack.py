@@ -131,13 +131,16 @@ class ConntrackRecord:
     """Lines that are neither an entry nor blank, a comment or conntrack's summary line."""
     unparsed_lines: tuple[int, ...] = ()
     """The first few of those (1-based line numbers)."""
+    warnings: tuple[str, ...] = ()
+    """What reading it found suspect in the entries it kept (time_warnings), as a capture's warnings are: the CLI
+    prints each on stderr (``natproof: warning: PATH: ...``), the JSON has them under ``conntrack.warnings``."""
 
     @classmethod
     def from_entries(cls, entries: pl.DataFrame, path: str = "(entries)") -> ConntrackRecord:
         """A record of entries already read (ENTRY_SCHEMA columns; a script may have filtered them)."""
         entries = entries.select([pl.col(c).cast(t) for c, t in ENTRY_SCHEMA.items()])
         return cls(path=path, entries=entries, formats=dict(Counter(entries["source"].to_list())),
-                   lines=entries.height, unparsed=0)
+                   lines=entries.height, unparsed=0, warnings=time_warnings(entries))
 
     @property
     def first_ts_ns(self) -> int | None:
@@ -169,7 +172,34 @@ class ConntrackRecord:
         return {"path": self.path, "formats": {FORMATS[k]: n for k, n in self.formats.items()},
                 "entries": self.entries.height, "lines": self.lines, "unparsed": self.unparsed,
                 "first_ts": None if first is None else round(first / 1e9, 9),
-                "last_ts": None if last is None else round(last / 1e9, 9)}
+                "last_ts": None if last is None else round(last / 1e9, 9), "warnings": list(self.warnings)}
+
+
+PLAUSIBLE_FROM_NS = 946_684_800 * 10**9
+"""2000-01-01T00:00:00Z: no conntrack record natproof reads can be older (nf_conntrack_timestamp came with Linux 2.6.38,
+in 2011). A stamp before it is a clock that was never set (it starts at 0, 1970) or a field that is no epoch time."""
+
+_TIME_COLUMNS = {"ts_ns": "stamped", "start_ts_ns": "with [start=]", "stop_ts_ns": "with [stop=]"}
+
+
+def time_warnings(entries: pl.DataFrame) -> tuple[str, ...]:
+    """One warning per time column (the event stamp, ``-o ktimestamp``'s start and stop) that has entries before
+    2000 (PLAUSIBLE_FROM_NS): how many, the first lines and the first such time. Such an entry is still read as
+    stamped (a helper's event log with a stamp of 0 was held against the captures without a word, the record
+    spanning 56 years); the warning says the time is none a record can have."""
+    out = []
+    for column, what in _TIME_COLUMNS.items():
+        early = entries.filter(pl.col(column) < PLAUSIBLE_FROM_NS)
+        if early.is_empty():
+            continue
+        n = early.height
+        lines = ", ".join(str(v) for v in early["line"].head(5).to_list()) + (" ..." if n > 5 else "")
+        when = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(early[column][0]) // 1000)
+        span = "; read as stamped, the record's span reaches back to then" if column == "ts_ns" else ""
+        out.append(f"{n} entr{'y' if n == 1 else 'ies'} {what} before 2000 (line {lines}: {when:%Y-%m-%dT%H:%M:%SZ}"
+                   f"{' first' if n > 1 else ''}), a time no conntrack record can have: the node's clock was not set "
+                   f"(it starts at 1970) or the field is no epoch time{span}")
+    return tuple(out)
 
 
 def read_conntrack(path: str | os.PathLike[str]) -> ConntrackRecord:
@@ -204,7 +234,7 @@ def read_conntrack(path: str | os.PathLike[str]) -> ConntrackRecord:
         entries = entries.with_columns(pl.col("source").replace("list_extended", "proc"))
     formats = dict(Counter(entries["source"].to_list()))
     return ConntrackRecord(path=name, entries=entries, formats=formats, lines=lines, unparsed=len(unparsed),
-                           unparsed_lines=tuple(unparsed[:10]))
+                           unparsed_lines=tuple(unparsed[:10]), warnings=time_warnings(entries))
 
 
 CHUNK_LINES = 250_000

@@ -278,6 +278,8 @@ def correlate_node(node: NodeSpec, nodes_dir: str) -> dict[str, Any]:
                       "seconds": round(time.perf_counter() - start, 3)}
     verdicts = Counter(frame["verdict"].to_list())
     warnings = [f"{cap.path}: {w}" for cap in (result.inside, result.outside) for w in cap.warnings if cap.path]
+    if result.conntrack is not None:
+        warnings += [f"{result.conntrack.path}: {w}" for w in result.conntrack.warnings]
     return out | {
         "status": "ok", "error": None, "parquet": str(target), "connections": frame.height,
         "by_verdict": dict(sorted(verdicts.items(), key=lambda kv: (-kv[1], kv[0]))),

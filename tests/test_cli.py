@@ -580,6 +580,28 @@ def test_conntrack_lines_it_cannot_read_are_a_warning(capsys: pytest.CaptureFixt
     assert err.startswith(f"natproof: warning: {record}: 21 line(s) are no conntrack entry and were left out (line ")
 
 
+def test_conntrack_stamps_before_2000_are_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record with an event stamped 0 (1970) is read with a warning on stderr and in the JSON's conntrack
+    section, as lines that are no entry are; -q silences it, as it does every warning."""
+    d = CAPTURES / "basic"
+    text = (d / "conntrack.log").read_text()
+    first = text.index("\n[") + 1
+    record = tmp_path / "zero.log"
+    record.write_text(text[:first] + "[0.000000]" + text[text.index("]", first) + 1:])
+    code, out, err = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--conntrack",
+                         str(record), "--format", "json")
+    assert code == 0
+    warning = (f"natproof: warning: {record}: 1 entry stamped before 2000 (line 3: 1970-01-01T00:00:00Z), a time no "
+               "conntrack record can have: the node's clock was not set (it starts at 1970) or the field is no epoch "
+               "time; read as stamped, the record's span reaches back to then\n")
+    assert err == warning
+    assert json.loads(out)["conntrack"]["warnings"] == [warning.split(f"{record}: ", 1)[1].rstrip("\n")]
+    code, _, err = run(capsys, "who", "203.0.113.2:37784", "--conntrack", str(record), "--format", "json")
+    assert err == warning
+    code, _, err = run(capsys, "who", "203.0.113.2:37784", "--conntrack", str(record), "--format", "json", "-q")
+    assert err == ""
+
+
 def test_who_with_a_conntrack_event_log_and_no_capture(capsys: pytest.CaptureFixture[str]) -> None:
     record = str(CAPTURES / "clusterip" / "conntrack.log")
     code, out, err = run(capsys, "who", "203.0.113.2:38372", "--at", "2026-11-29T13:07:07.300Z", "--conntrack",

@@ -198,6 +198,35 @@ def test_ktimestamp_start(tmp_path: Path) -> None:
     assert e["use"][0] == 1
 
 
+def test_timestamps_before_2000_are_a_warning(tmp_path: Path) -> None:
+    """An event log with a stamp of 0 (1970: the node's clock never set) was read without a word, the record
+    spanning 56 years. Each time column with entries before 2000 gives one warning naming the lines and the first
+    such time; the entries are still read as stamped (the stamps are the record's own; nothing is dropped). A
+    plausible record has none."""
+    assert read_conntrack(_write(tmp_path / "good.log", EVENTS)).warnings == ()
+    lines = EVENTS.splitlines(keepends=True)
+    zero = "".join([lines[0].replace("[1795965652.672624]", "[0.000000]"), *lines[1:]])
+    rec = read_conntrack(_write(tmp_path / "zero.log", zero))
+    assert rec.entries.height == 6 and rec.first_ts_ns == 0
+    assert rec.warnings == ("1 entry stamped before 2000 (line 1: 1970-01-01T00:00:00Z), a time no conntrack "
+                            "record can have: the node's clock was not set (it starts at 1970) or the field is no "
+                            "epoch time; read as stamped, the record's span reaches back to then",)
+    assert rec.to_dict()["warnings"] == list(rec.warnings)
+    # Several, the last just before 2000; and conntrack -L -o ktimestamp's [start=] of 1970.
+    many = EVENTS.replace("[1795965652.8129", "[946684799.8129")
+    (warning,) = read_conntrack(_write(tmp_path / "many.log", many)).warnings
+    assert warning.startswith("2 entries stamped before 2000 (line 2, 3: 1999-12-31T23:59:59Z first), ")
+    listing = ("tcp      6 119 TIME_WAIT src=::1 dst=::1 sport=42128 dport=8080 src=::1 dst=::1 sport=8080 "
+               "dport=42128 [ASSURED] mark=0 [start=Thu Jan  1 00:00:00 1970] use=1\n")
+    (warning,) = read_conntrack(_write(tmp_path / "list.txt", listing)).warnings
+    assert warning.startswith("1 entry with [start=] before 2000 (line 1: 1970-01-01T00:00:00Z), ")
+    assert warning.endswith("or the field is no epoch time")
+    # A record made of entries already read says the same.
+    from natproof.conntrack import ConntrackRecord
+
+    assert ConntrackRecord.from_entries(rec.entries).warnings == rec.warnings
+
+
 def test_xml_listing(tmp_path: Path) -> None:
     e = _read(tmp_path, XML, "ct.xml")
     assert e["source"].to_list() == ["xml", "xml"]

@@ -596,6 +596,8 @@ def _summary(result: Result) -> str:
         kinds = ", ".join(FORMATS[k] for k in result.conntrack.formats)
         unread = f"; {result.conntrack.unparsed} line(s) were no entry" if result.conntrack.unparsed else ""
         facts.append(("kernel record", f"{_e(kernel.removeprefix('kernel record '))} — {_e(kinds)}{_e(unread)}"))
+        for w in result.conntrack.warnings:
+            facts.append(("kernel record warning", _e(w)))
     for side, cap in (("inside", result.inside), ("outside", result.outside)):
         skipped = ", ".join(f"{_e(k)} {v}" for k, v in cap.skipped.items()) or "none"
         facts.append((f"{side} capture",
