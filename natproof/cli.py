@@ -509,27 +509,36 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @cli.command()
 @capture_options(required=("inside",))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
-              help="Default: table on a terminal, json otherwise.")
+              help="Default: table on a terminal, json otherwise (with -o too).")
+@click.option("-o", "--output", type=_Named(dir_okay=False, writable=True), metavar="FILE",
+              help="Write to FILE (atomically) instead of standard output ('-': standard output).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offset: float | None, tolerance: float,
-             decoder: str, fmt: str | None, quiet: bool) -> None:
+             decoder: str, fmt: str | None, output: str | None, quiet: bool) -> None:
     """Name what went wrong (forwarding, MASQUERADE, port pool, dropped replies), with evidence and the fix."""
     from natproof.diagnose import diagnose as run_diagnose
+    from natproof.report.export import write_bytes
 
+    if output == "-":  # as correlate's -o: "-" is standard output, as "-" reads standard input
+        output = None
+    refuse_overwriting_inputs(output, inside, outside)  # before any work: never the evidence replaced
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
-    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
+    if fmt is None:  # as correlate: a table on a terminal, JSON into a file or a pipe
+        fmt = "table" if output is None and sys.stdout.isatty() else "json"
+    if fmt == "json":
         doc = {"schema": "natproof.diagnose/1", "inside": result.inside.path, "outside": result.outside.path,
                "summary": result.to_dict()["summary"], "findings": [f.to_dict() for f in findings]}
-        click.echo(json.dumps(doc, indent=2))
+        text = json.dumps(doc, indent=2) + "\n"
+    else:
+        text = "".join(f"[{f.severity.upper()}] {f.title}\n  {f.summary}\n  fix: {f.fix}\n"
+                       + "".join(f"  - {line}\n" for line in f.evidence) + "\n" for f in findings)
+    if output:  # whole at once, atomically: a file that cannot be written is one line and nothing half-written
+        write_bytes(output, text.encode())
         return
-    for f in findings:
-        click.echo(f"[{f.severity.upper()}] {f.title}")
-        click.echo(f"  {f.summary}")
-        click.echo(f"  fix: {f.fix}")
-        for line in f.evidence:
-            click.echo(f"  - {line}")
-        click.echo("")
+    with _reader_may_leave():
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 @cli.command()

@@ -431,7 +431,47 @@ def test_output_that_cannot_be_written(pair: tuple[Path, Path], tmp_path: Path, 
     assert sorted(tmp_path.iterdir()) == sorted(tmp_path.glob("*.pcap"))
 
 
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_diagnose_writes_to_a_file_atomically(pair: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                              fmt: str) -> None:
+    """diagnose had no -o (the other commands write atomically with it). Now: the same bytes as on standard
+    output, nothing on standard output; "-" is standard output; never over a capture; a target that cannot be
+    written is one line, status 2, no file and no temporary left."""
+    d = CAPTURES / "hairpin-off"
+    inside, outside = str(d / "inside.pcap"), str(d / "outside.pcap")
+    code, printed, _ = run(capsys, "diagnose", inside, outside, "--format", fmt, "-q")
+    assert code == 0 and printed
+    target = tmp_path / f"diagnosis.{fmt}"
+    code, out, err = run(capsys, "diagnose", inside, outside, "--format", fmt, "-q", "-o", str(target))
+    assert (code, out, err) == (0, "", "")
+    assert target.read_text() == printed
+    if fmt == "json":
+        assert json.loads(printed)["schema"] == "natproof.diagnose/1"
+    else:
+        assert printed.startswith("[ERROR] ClusterIP connections got no answer and left no trace outside\n")
+    # Without --format, a file gets JSON, as correlate's -o does.
+    code, _, _ = run(capsys, "diagnose", inside, outside, "-q", "-o", str(tmp_path / "plain"))
+    assert code == 0 and json.loads((tmp_path / "plain").read_text())["schema"] == "natproof.diagnose/1"
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "diagnose", inside, outside, "--format", fmt, "-q", "-o", "-")
+    assert (code, out) == (0, printed) and not (tmp_path / "-").exists()
+    # Never over the evidence: refused before any work.
+    before = pair[0].read_bytes()
+    code, out, err = run(capsys, "diagnose", *map(str, pair), "-o", str(pair[0]))
+    assert (code, out) == (2, "") and err == (f"natproof: error: {pair[0]}: is the capture {pair[0]}; write the "
+                                              "output elsewhere\n")
+    assert pair[0].read_bytes() == before
+    for bad, problem in ((tmp_path / "nodir" / "x", f"no such directory {tmp_path / 'nodir'}"),
+                         (Path("/dev/full"), "(No space left on device)")):
+        code, out, err = run(capsys, "diagnose", inside, outside, "--format", fmt, "-q", "-o", str(bad))
+        assert (code, out) == (2, "") and err.startswith(f"natproof: error: {bad}: cannot write it") and problem in err
+        assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["inside.pcap", "outside.pcap", target.name, "plain"])
+
+
 @pytest.mark.parametrize("args", [("correlate", "{i}", "{o}", "-o", ""), ("report", "{i}", "{o}", "-o", ""),
+                                  ("diagnose", "{i}", "{o}", "-o", ""),
                                   ("correlate", "", "{o}"), ("export-pcap", "{i}", "{o}", "-o", ""),
                                   ("correlate", "{i}", "{o}", "--conntrack", ""),
                                   ("diagnose", "{i}", "{o}", "--interfaces", "")])
