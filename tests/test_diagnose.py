@@ -882,3 +882,28 @@ def test_a_file_cut_short_or_a_malformed_frame_is_said_not_blamed_on_the_node(tm
     assert one.inside.skipped.get("malformed") == 1
     missed = {f.kind: f for f in diagnose(one)}["capture_missed_packets"]
     assert "the inside file has 1 frame(s) skipped as malformed, which may be among them" in missed.summary
+
+
+def test_a_pcapng_file_cut_short_is_said_too(tmp_path: Path) -> None:
+    """The pcapng form of the test above: a block whose length runs past the end of the file is worded 'block
+    length past the end of the file ...: the file is damaged or cut short' (it was 'last block truncated'), and
+    diagnose still reads it as the file ending cut short."""
+    from pcapbytes import pcapng
+
+    from natproof.capture import read_capture
+
+    src = CAPTURES / "basic"
+    info, recs = read_capture(src / "inside.pcap")
+    records = list(recs)
+    data = pcapng([(records[0].linktype, 9)], [(0, r.ts_ns, r.data) for r in records])
+    at, blen = len(data), 0
+    for r in reversed(records[-12:]):  # the 12th block from the end, as above
+        blen = 32 + len(r.data) + (-len(r.data)) % 4
+        at -= blen
+    (tmp_path / "cut.pcapng").write_bytes(data[:at + blen // 2])
+    cut = correlate(tmp_path / "cut.pcapng", src / "outside.pcap")
+    (warning,) = cut.inside.warnings
+    assert warning.startswith(f"block length past the end of the file at offset {at} (frame {len(records) - 11}: ")
+    lost = {f.kind: f for f in diagnose(cut)}["dropped_mid_connection"]
+    assert "The inside file ends cut short (block length past the end of the file at offset" in lost.summary
+    assert lost.fix.startswith("Take the capture again")
