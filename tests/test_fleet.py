@@ -250,6 +250,25 @@ def test_manifest_paths_are_the_manifests_folders() -> None:
     assert m.gateway is not None and m.gateway.nat_gateways == ("10.0.1.1=203.0.113.20",)
 
 
+def test_a_nodes_conntrack_warnings_are_among_its_warnings(tmp_path: Path) -> None:
+    """A node's conntrack record stamped before 2000 warns in fleet.json's node entry, as its captures' warnings
+    do (one node's task, called directly: no cluster needed)."""
+    from natproof.fleet import NodeSpec, correlate_node
+
+    d = CAPTURES / "basic"
+    text = (d / "conntrack.log").read_text()
+    first = text.index("\n[") + 1
+    record = tmp_path / "zero.log"
+    record.write_text(text[:first] + "[0.000000]" + text[text.index("]", first) + 1:])
+    out = correlate_node(NodeSpec(name="n", inside=str(d / "inside.pcap"), outside=str(d / "outside.pcap"),
+                                  conntrack=str(record)), str(tmp_path))
+    assert out["status"] == "ok"
+    assert [w for w in out["warnings"] if w.startswith(f"{record}: ")] == [
+        f"{record}: 1 entry stamped before 2000 (line 3: 1970-01-01T00:00:00Z), a time no conntrack record can "
+        "have: the node's clock was not set (it starts at 1970) or the field is no epoch time; read as stamped, "
+        "the record's span reaches back to then"]
+
+
 def readme_example(prefix: str) -> tuple[str, list[str]]:
     from test_readme import example
 
