@@ -679,7 +679,8 @@ def read_comments(path: str | os.PathLike[str]) -> dict[int, dict[str, str]]:
                     break
                 endian = order
             btype, blen = unpack(endian + "II", buf, off)
-            if blen < 12 or off + blen > end:
+            # Where the capture readers stop (natproof.capture.bad_block): no comment for a frame they never read.
+            if blen < 12 or blen % 4 or off + blen > end or unpack(endian + "I", buf, off + blen - 4)[0] != blen:
                 break
             if btype in (2, 3, 6):  # packet blocks count as frames, as natproof.capture counts them
                 frame += 1

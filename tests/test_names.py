@@ -444,6 +444,19 @@ def test_ptcpdump_comments_name_the_pod_without_any_dump(tmp_path: Path) -> None
     (src,) = result.names["sources"]
     assert src == {"path": str(inside), "kind": "pcapng comments", "commented_packets": 8, "pods": 1,
                    "undecided_pods": 0}
+    # A block whose length is not repeated at its end ends the capture there (natproof.capture): its comments and
+    # those after it name no frame either.
+    data = bytearray(ptcpdump_pcapng(a_in, {i + 1: ctx for i in range(len(a_in))}))
+    off, blocks = 0, []
+    while off < len(data):
+        blocks.append(off)
+        off += struct.unpack_from("<I", data, off + 4)[0]
+    third = blocks[2 + 2]  # the section header, the interface, then the packets: frame 3's block
+    blen = struct.unpack_from("<I", data, third + 4)[0]
+    struct.pack_into("<I", data, third + blen - 4, blen + 4)
+    cut = tmp_path / "trailer.pcapng"
+    cut.write_bytes(bytes(data))
+    assert sorted(read_comments(cut)) == [1, 2]
     # The same file written by another tool is not read unless names are asked for.
     other = tmp_path / "other.pcapng"
     other.write_bytes(ptcpdump_pcapng(a_in, {1: ctx}, app="Wireshark 4.2"))
