@@ -96,40 +96,15 @@ def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: p
     return roots
 
 
-def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
-             matches: Matches, *, pod_networks: Sequence[Network], services: Services,
-             icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
-             evidence: MatchEvidence | None = None,
-             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Build one row per connection, and each packet's fate.
-
-    ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
-    frame_no, ts_ns; ``err_src`` too, or else ``icmp`` holds (row, err_src) of each side's ICMP errors);
-    ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
-    anchored on an inside leg (docs/model.md). ``evidence``: what the match frames showed beyond the pairs
-    (:func:`match_evidence`; None: nothing). Returns (connections, in_pk, out_pk, pairs): the
-    packet frames gain ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the
-    connection's anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
-    dropped (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
-    """
-    offset = matches.clock_offset_ns
-    n_in = in_conns.height
-    ins = in_conns.sort("conn_id")
-    outs = out_conns.sort("conn_id")
-    roots = _roots(n_in, in_pk, ins, matches.inside_self)
-
-    # -- cross pairs, with the legs they link ------------------------------------------------------------------
-    P = matches.pairs
-    P = P.with_columns(
-        in_pk["conn_id"].gather(P["in_row"]).alias("in_conn"),
-        out_pk["conn_id"].gather(P["out_row"]).alias("out_conn"),
-        in_pk["is_egress"].gather(P["in_row"]).alias("is_egress"),
-        in_pk["is_icmp_error"].gather(P["in_row"]).alias("is_icmp_error"),
-        in_pk["frame_no"].gather(P["in_row"]).alias("in_frame"),
-        out_pk["frame_no"].gather(P["out_row"]).alias("out_frame"),
-    )
+def _link(P: pl.DataFrame, roots: pl.Series, ins: pl.DataFrame, outs: pl.DataFrame, pair_columns: Sequence[str],
+          pod_networks: Sequence[Network], offset: int) -> tuple[pl.DataFrame, ...]:
+    """The cross pairs ``P`` (in_row, out_row, in_conn, out_conn, is_egress, is_icmp_error, in_frame, out_frame,
+    dt_ns, ttl_delta, unique, ...) given to connections by ``roots`` (each inside leg's connection, by its anchor's
+    conn_id). Returns (P, per_leg, owner, primary, side, kept): the pairs kept, with ``anchor``, sorted by
+    connection then inside frame; per (anchor, outside leg) the pairs (_per_leg); each outside leg's owner
+    (out_conn, owner); each connection's primary outside leg (anchor, primary_out, _primary_unchanged); whether
+    its initiator is inside (anchor, init_inside); and the pairs kept in inside row order, ``pair_columns`` only."""
     P = P.with_columns(roots.gather(P["in_conn"]).alias("anchor"))
-    out_pk, outs = _orient_outside(P, out_pk, ins, outs, offset)
     per_leg = _per_leg(P, ins, outs)
     owner = (per_leg.sort(["out_conn", "n_init", "n", "first_out"], descending=[False, True, True, False])
              .unique("out_conn", keep="first").select("out_conn", pl.col("anchor").alias("owner")))
@@ -141,7 +116,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner", "unique")
     if P.height != paired:  # else the same pairs: per_leg as it is (no two legs of a connection tie on first_out)
         per_leg = _per_leg(P, ins, outs)
-    kept = P.select(c for c in matches.pairs.columns if c in P.columns and c != "ttl_delta").sort("in_row")
+    kept = P.select(c for c in pair_columns if c in P.columns and c != "ttl_delta").sort("in_row")
     # From here the pairs by connection, each connection's in capture order: every per-connection aggregate below
     # then runs over contiguous slices (polars' sorted fast path: 2 x 5M real, the evidence and counts 0.6 -> 0.13
     # s for a sort of 0.45 s), and "first" means first in the inside capture. The joins below keep this order.
@@ -186,12 +161,98 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         .when(pl.col("d_e").is_not_null()).then(pl.col("d_e") >= 0)
         .when(pl.col("d_r").is_not_null()).then(pl.col("d_r") < 0)
         .otherwise(True).alias("init_inside"))
-    P = P.drop("ttl_delta")
+    return P.drop("ttl_delta"), per_leg, owner, primary, side, kept
+
+
+def _join_mappings(roots: pl.Series, link: tuple[pl.DataFrame, ...], ins: pl.DataFrame) -> pl.Series | None:
+    """``roots`` (each inside leg's connection, by its anchor's conn_id) with the inside legs of one connection
+    started outside given one anchor, or None when no two are (as a rule). ``link``: what _link made of
+    ``roots``. Connections whose initiator is outside and whose primary outside leg, the initiator's own, is the
+    same are one: conntrack tracks an original tuple as one entry at a time, so each is that flow's entry in turn,
+    mapped anew after the one before expired while the flow idled (tests/variants/udp-idle-nodeport), as an
+    outside leg is for a flow started inside (lab udp-remap). Their anchor is the inside leg that carried most of
+    the initiator's packets, between legs that carried as much the later: the mapping the flow ended under, as
+    _link's primary outside leg is (the lab's truth takes the last conntrack entry alike)."""
+    _, per_leg, _, primary, side, _ = link
+    started_outside = side.filter(~pl.col("init_inside")).select("anchor")
+    if started_outside.is_empty():
+        return None
+    shared = (primary.join(started_outside, on="anchor").filter(pl.col("primary_out").is_not_null())
+              .filter(pl.col("primary_out").is_duplicated()))
+    if shared.is_empty():
+        return None
+    ranked = (shared.join(per_leg.select("anchor", pl.col("out_conn").alias("primary_out"), "n_init", "n"),
+                          on=["anchor", "primary_out"])
+              .join(ins.select(pl.col("conn_id").alias("anchor"), "first_ts_ns"), on="anchor")
+              .sort(["primary_out", "n_init", "n", "first_ts_ns"], descending=[False, True, True, True]))
+    top = ranked.unique("primary_out", keep="first").select("primary_out", pl.col("anchor").alias("to"))
+    moves = ranked.join(top, on="primary_out").select("anchor", "to")
+    lut = pl.int_range(roots.len(), dtype=pl.UInt32, eager=True).scatter(moves["anchor"], moves["to"])
+    return lut.gather(roots)
+
+
+def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
+             matches: Matches, *, pod_networks: Sequence[Network], services: Services,
+             icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
+             evidence: MatchEvidence | None = None,
+             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Build one row per connection, and each packet's fate.
+
+    ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
+    frame_no, ts_ns; ``err_src`` too, or else ``icmp`` holds (row, err_src) of each side's ICMP errors);
+    ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
+    anchored on an inside leg (docs/model.md). ``evidence``: what the match frames showed beyond the pairs
+    (:func:`match_evidence`; None: nothing). Returns (connections, in_pk, out_pk, pairs): the
+    packet frames gain ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the
+    connection's anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
+    dropped (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
+    """
+    offset = matches.clock_offset_ns
+    n_in = in_conns.height
+    ins = in_conns.sort("conn_id")
+    outs = out_conns.sort("conn_id")
+    copy_roots = _roots(n_in, in_pk, ins, matches.inside_self)
+    # A leg that is no copy of another carries the connection under a tuple of its own (a mapping); a hairpin's
+    # copies are no mapping: their packets are counted once, on the leg they copy.
+    own_leg = copy_roots == pl.int_range(n_in, dtype=pl.UInt32, eager=True)
+
+    # -- cross pairs, with the legs they link ------------------------------------------------------------------
+    P = matches.pairs
+    P = P.with_columns(
+        in_pk["conn_id"].gather(P["in_row"]).alias("in_conn"),
+        out_pk["conn_id"].gather(P["out_row"]).alias("out_conn"),
+        in_pk["is_egress"].gather(P["in_row"]).alias("is_egress"),
+        in_pk["is_icmp_error"].gather(P["in_row"]).alias("is_icmp_error"),
+        in_pk["frame_no"].gather(P["in_row"]).alias("in_frame"),
+        out_pk["frame_no"].gather(P["out_row"]).alias("out_frame"),
+    )
+    out_pk, outs = _orient_outside(P, out_pk, ins, outs, offset)
+    roots = copy_roots
+    link = _link(P, roots, ins, outs, matches.pairs.columns, pod_networks, offset)
+    # A connection is anchored on its initiator's leg (docs/model.md). A connection started outside whose packets
+    # reached the pod under several tuples (its entry expired while the flow idled and the next packet was mapped
+    # anew: tests/variants/udp-idle-nodeport) is one connection, as one started inside and mapped anew is one
+    # (lab udp-remap): its inside legs are joined, and the links made again (rare: only then twice).
+    joined = _join_mappings(roots, link, ins)
+    if joined is not None:
+        roots = joined
+        link = _link(P, roots, ins, outs, matches.pairs.columns, pod_networks, offset)
+    P, per_leg, owner, primary, side, kept = link
+    del link
 
     # -- one row per connection: its anchor leg, primary outside leg and hairpin leg ---------------------------
     anchors = ins.with_columns(roots.alias("root")).filter(pl.col("root") == pl.col("conn_id"))
+    if joined is None:
+        anchors = anchors.with_columns(pl.lit(1, pl.UInt32).alias("inside_tuples"))
+    else:  # a connection of several inside legs: its span and its packets on each, copies aside
+        legs_of = ins.with_columns(roots.alias("root")).filter(own_leg).group_by("root").agg(
+            pl.col("first_ts_ns").min(), pl.col("last_ts_ns").max(), pl.col("first_frame").min(),
+            *[pl.col(c).sum() for c in ("egress_packets", "reply_packets", "icmp_error_packets")],
+            pl.len().cast(pl.UInt32).alias("inside_tuples"))
+        anchors = anchors.drop(c for c in legs_of.columns if c in anchors.columns and c != "root").join(
+            legs_of, on="root", how="left")
     self_legs = pl.DataFrame({"late": pl.int_range(n_in, dtype=pl.UInt32, eager=True), "root": roots}).filter(
-        pl.col("late") != pl.col("root"))
+        ~own_leg)
     hair = (self_legs.join(ins.select(pl.col("conn_id").alias("late"), "first_ts_ns"), on="late")
             .sort("root", "first_ts_ns").unique("root", keep="first")
             .join(ins.select(pl.col("conn_id").alias("late"), *_leg_tuple(ins, "h")), on="late")
@@ -252,8 +313,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     S = S.with_columns(in_pk["conn_id"].gather(S["a_row"]).alias("a_conn"),
                        in_pk["conn_id"].gather(S["b_row"]).alias("b_conn"))
     S = S.with_columns(roots.gather(S["a_conn"]).alias("anchor"))
-    # The copy on the anchor leg says which way the packet went.
-    S = S.with_columns(pl.when(pl.col("a_conn") == pl.col("anchor")).then(pl.col("a_row")).otherwise(pl.col("b_row"))
+    # The copy on the connection's own leg (not a copy leg) says which way the packet went.
+    S = S.with_columns(pl.when(own_leg.gather(S["a_conn"])).then(pl.col("a_row")).otherwise(pl.col("b_row"))
                        .alias("pre_row"))
     S = S.with_columns(pl.when(pl.col("pre_row") == pl.col("a_row")).then(pl.col("b_row")).otherwise(pl.col("a_row"))
                        .alias("post_row"))
@@ -286,11 +347,13 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     onward = pl.col("is_egress") == pl.col("init_inside")  # crossed inside -> outside
     lat_us = (pl.when(onward).then(pl.col("dt_ns") - offset).otherwise(offset - pl.col("dt_ns")) / 1000.0).filter(
         pl.col("method") == "exact")
+    # Matched: the pairs of the connection's own inside legs (a hairpin's copies are counted as its own below).
     P = P.join(primary, on="anchor", how="left", maintain_order="left").with_columns(
-        (pl.col("out_conn") == pl.col("primary_out")).alias("_on_primary"), pl.col("anchor").set_sorted())
+        (pl.col("out_conn") == pl.col("primary_out")).alias("_on_primary"), pl.col("anchor").set_sorted(),
+        own_leg.gather(P["in_conn"]).alias("_own"))
     stats = P.group_by("anchor").agg(
-        (pl.col("is_egress") & (pl.col("in_conn") == pl.col("anchor"))).sum().cast(pl.UInt32).alias("matched_egress"),
-        (reply & (pl.col("in_conn") == pl.col("anchor"))).sum().cast(pl.UInt32).alias("matched_reply"),
+        (pl.col("is_egress") & pl.col("_own")).sum().cast(pl.UInt32).alias("matched_egress"),
+        (reply & pl.col("_own")).sum().cast(pl.UInt32).alias("matched_reply"),
         lat_us.median().round(3).alias("latency_median_us"),
         lat_us.max().round(3).alias("latency_max_us"),
         *[pl.col(f"{s}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")

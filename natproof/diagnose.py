@@ -1513,15 +1513,16 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
                 when = "while it was in use" if gap < 0 else f"{gap / 1e9:.1f} s after its last packet"
                 evidence.append(f"{format_address(key[1], key[2])} -> {format_address(key[3], key[4])} carried "
                                 f"{_conn_label(a)} and then {_conn_label(b)} {when}")
-    multi = [r for r in rows if (r["outside_tuples"] or 0) > 1]
-    # A connection whose outside tuples follow one another, with a silence before each new one, was mapped again
-    # after its entry expired: not a clash, and no sign of a full pool.
+    multi = [r for r in rows if (r["outside_tuples"] or 0) > 1 or (r["inside_tuples"] or 0) > 1]
+    # A connection whose tuples after the NAT follow one another, with a silence before each new one, was mapped
+    # again after its entry expired: not a clash, and no sign of a full pool.
     remaps = _remaps_after_silence(result, multi)
     multi = [r for r in multi if r["conn"] not in remaps]
-    findings += _remapped_after_idle(result, [r for r in rows if r["conn"] in remaps], remaps,
-                                     _inbound_remaps(rows))
+    findings += _remapped_after_idle([r for r in rows if r["conn"] in remaps], remaps)
     for r in multi[:20]:
-        evidence.append(f"{_conn_label(r)} left under {r['outside_tuples']} outside tuples")
+        evidence.append(f"{_conn_label(r)} left under {r['outside_tuples']} outside tuples"
+                        if r["initiator"] != "outside" or (r["outside_tuples"] or 0) > 1 else
+                        f"{_conn_label(r)} reached the pod under {r['inside_tuples']} tuples")
     # Concurrency against the ports in use, per (outside ip, destination, protocol).
     pool_rows = []
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -1591,119 +1592,90 @@ IDLE_TIMEOUT_SYSCTL = {
 
 
 def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[tuple[int, int, int, str]]]:
-    """Of the connections ``rows`` left under several outside tuples, those whose translated legs follow one
-    another in time (each next one starts IDLE_GAP_S or more after the last packet of the one before): {conn:
-    [(first ns, last ns, first outside frame, the leg's source ADDR:PORT) per leg, in time order]}. Legs under the
-    inside's own tuple (leaked) aside."""
-    if not rows:
-        return {}
-    pk = _packets_of(result, rows, "outside")
-    spans = (pk.group_by("anchor", "conn_id").agg(pl.col("ts_ns").min().alias("first"),
-                                                  pl.col("ts_ns").max().alias("last"),
-                                                  pl.col("frame_no").min().alias("frame"))
-             .sort("anchor", "first"))
-    by_anchor: dict[int, list[tuple[int, int, int]]] = {}
-    for a, first, last, frame in spans.select("anchor", "first", "last", "frame").iter_rows():
-        by_anchor.setdefault(a, []).append((first, last, frame))
+    """Of the connections ``rows`` that reached their responder under several tuples, those whose legs after the
+    NAT follow one another in time (each next one starts IDLE_GAP_S or more after the last packet of the one
+    before): {conn: [(first ns, last ns, first frame, the leg's source ADDR:PORT) per leg, in time order]}. The legs
+    after the NAT are the outside ones of a connection started inside (lab udp-remap), the inside ones of a
+    connection started outside (tests/variants/udp-idle-nodeport); legs under the initiator's own tuple (leaked)
+    aside."""
     out: dict[int, list[tuple[int, int, int, str]]] = {}
-    for r in rows:
-        inside = (r["inside_src"], r["inside_sport"], r["inside_dst"], r["inside_dport"])
-        translated = {leg["first_frame"]: format_address(leg["src"], leg["sport"]) for leg in (r["legs"] or [])
-                      if leg["observation_point"] == "outside"
-                      and (leg["src"], leg["sport"], leg["dst"], leg["dport"]) != inside}
-        legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(r["inside_conn_id"], []) if leg[2] in translated]
-        if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_S * 1e9 for a, b in zip(legs, legs[1:], strict=False)):
-            out[r["conn"]] = legs
+    for started, side in (("inside", "outside"), ("outside", "inside")):
+        these = [r for r in rows if (r["initiator"] == "outside") == (started == "outside")]
+        if not these:
+            continue
+        pk = _packets_of(result, these, side)
+        spans = (pk.group_by("anchor", "conn_id").agg(pl.col("ts_ns").min().alias("first"),
+                                                      pl.col("ts_ns").max().alias("last"),
+                                                      pl.col("frame_no").min().alias("frame"))
+                 .sort("anchor", "first"))
+        by_anchor: dict[int, list[tuple[int, int, int]]] = {}
+        for a, first, last, frame in spans.select("anchor", "first", "last", "frame").iter_rows():
+            by_anchor.setdefault(a, []).append((first, last, frame))
+        for r in these:
+            own = (r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])
+            translated = {leg["first_frame"]: format_address(leg["src"], leg["sport"]) for leg in (r["legs"] or [])
+                          if leg["observation_point"] == side
+                          and (leg["src"], leg["sport"], leg["dst"], leg["dport"]) != own}
+            legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(r["inside_conn_id"], [])
+                    if leg[2] in translated]
+            if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_S * 1e9 for a, b in zip(legs, legs[1:], strict=False)):
+                out[r["conn"]] = legs
     return out
 
 
-def _inbound_remaps(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Connections started outside that are one client flow mapped anew after a silence: the same original tuple
-    (client -> NodePort) reached the pod under another tuple, each next connection starting IDLE_GAP_S or more
-    after the last packet of the one before (its entry expired while the flow was idle, and masquerade chose
-    another port: a helper's kernel variant, a UDP NodePort flow silent past nf_conntrack_udp_timeout). Each
-    chain in time order. (Started inside, such a flow is one connection under several outside tuples:
-    _remaps_after_silence.) Not TCP: a client's new SYN from the same port is a new connection, mapped anew."""
-    flows: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        if (r["initiator"] == "outside" and r["proto"] != "tcp" and r["orig_src"] is not None
-                and r["inside_src"] is not None):
-            flows.setdefault((r["proto"], r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"]),
-                             []).append(r)
-    chains = []
-    for users in flows.values():
-        users.sort(key=lambda r: r["first_ts_ns"])
-        if (len(users) > 1 and all(b["first_ts_ns"] - a["last_ts_ns"] >= IDLE_GAP_S * 1e9
-                                   for a, b in zip(users, users[1:], strict=False))
-                and len({(r["inside_src"], r["inside_sport"]) for r in users}) == len(users)):
-            chains.append(users)
-    return chains
-
-
-def _inside_frame(r: dict[str, Any]) -> int | None:
-    return min((leg["first_frame"] for leg in (r["legs"] or []) if leg["observation_point"] == "inside"),
-               default=None)
-
-
-def _remapped_after_idle(result: Result, rows: list[dict[str, Any]],
-                         remaps: dict[int, list[tuple[int, int, int, str]]],
-                         inbound: list[list[dict[str, Any]]] = ()) -> list[Finding]:
-    """Connections given a new outside tuple after a silence: their conntrack entry expired while the flow was
-    idle (a NAT44 session delete, then a session create for the next packet, in RFC 8158's terms), and the new
-    mapping took another port (--random-fully, or the old one taken). Seen in the kernel: a UDP flow silent for
-    longer than nf_conntrack_udp_timeout under MASQUERADE --random-fully (natproof lab run udp-remap). ``inbound``:
-    the same for flows started outside (_inbound_remaps): one client flow, a connection per mapping."""
-    if not rows and not inbound:
+def _remapped_after_idle(rows: list[dict[str, Any]],
+                         remaps: dict[int, list[tuple[int, int, int, str]]]) -> list[Finding]:
+    """Connections given a new tuple after a silence (``remaps``: _remaps_after_silence): their conntrack entry
+    expired while the flow was idle (a NAT44 session delete, then a session create for the next packet, in RFC
+    8158's terms), and the new mapping took another port (--random-fully, or the old one taken). Seen in the
+    kernel: a UDP flow silent for longer than nf_conntrack_udp_timeout under MASQUERADE --random-fully, left the
+    node under a new outside tuple (natproof lab run udp-remap); a UDP NodePort flow from outside, masqueraded
+    (externalTrafficPolicy=Cluster), reached the pod from a new port (tests/variants/udp-idle-nodeport). One
+    connection each, its tuples named in turn."""
+    if not rows:
         return []
     evidence, silences = [], []
-    for chain in inbound:  # a line per connection: each mapping of the flow is one
-        first = chain[0]
-        evidence.append(f"{_conn_label(first)} reached the pod as "
-                        f"{format_address(first['inside_src'], first['inside_sport'])} (inside frame "
-                        f"{_inside_frame(first)})")
-        for a, b in zip(chain, chain[1:], strict=False):
-            silences.append((b["first_ts_ns"] - a["last_ts_ns"]) / 1e9)
-            evidence.append(f"{_conn_label(b)}, the same client flow {silences[-1]:.1f} s after the last packet of "
-                            f"#{a['conn']}, reached the pod as {format_address(b['inside_src'], b['inside_sport'])} "
-                            f"(inside frame {_inside_frame(b)})")
-    for r in rows[:20]:
+    for r in rows:
         legs = remaps[r["conn"]]
-        steps = []
-        for a, b in zip(legs, legs[1:], strict=False):
-            silences.append((b[0] - a[1]) / 1e9)
-            steps.append(f"{b[3]} from outside frame {b[2]}, {(b[0] - a[1]) / 1e9:.1f} s after {a[3]}'s last packet")
-        evidence.append(f"{_conn_label(r)} left as {legs[0][3]} (outside frame {legs[0][2]}), then as "
+        gaps = [(b[0] - a[1]) / 1e9 for a, b in zip(legs, legs[1:], strict=False)]
+        silences += gaps
+        if len(evidence) >= 20:
+            continue
+        side = "inside" if r["initiator"] == "outside" else "outside"
+        steps = [f"{b[3]} from {side} frame {b[2]}, {gap:.1f} s after {a[3]}'s last packet"
+                 for a, b, gap in zip(legs, legs[1:], gaps, strict=False)]
+        went = "reached the pod as" if side == "inside" else "left as"
+        evidence.append(f"{_conn_label(r)} {went} {legs[0][3]} ({side} frame {legs[0][2]}), then as "
                         + "; then as ".join(steps))
-    for r in rows[20:]:
-        legs = remaps[r["conn"]]
-        silences += [(b[0] - a[1]) / 1e9 for a, b in zip(legs, legs[1:], strict=False)]
-    started_outside = [r for chain in inbound for r in chain]
-    protos = sorted({r["proto"] for r in (*rows, *started_outside)})
+    inbound = [r for r in rows if r["initiator"] == "outside"]
+    outbound = [r for r in rows if r["initiator"] != "outside"]
+    protos = sorted({r["proto"] for r in rows})
     knobs = "; ".join(IDLE_TIMEOUT_SYSCTL[p] for p in protos if p in IDLE_TIMEOUT_SYSCTL)
     silence = f"shortest silence {min(silences):.1f} s, longest {max(silences):.1f} s"
+    left = "left the node under a new outside tuple"
+    reached = "started outside, reached the pod under a new tuple"
     if not inbound:
-        head = f"{len(rows)} connection(s) left the node under a new outside tuple after falling silent ({silence})"
+        head = f"{len(rows)} connection(s) {left} after falling silent ({silence})"
+    elif not outbound:
+        head = f"{len(rows)} connection(s) {reached} after falling silent ({silence})"
     else:
-        parts = ([f"{len(rows)} left the node under a new outside tuple"] if rows else []) + [
-            f"{len(started_outside)} are {len(inbound)} flow(s) from outside that reached the pod under a new tuple, "
-            "a connection per mapping"]
-        head = (f"{len(rows) + len(started_outside)} connection(s) were mapped anew after falling silent "
-                f"({'; '.join(parts)}; {silence})")
+        head = (f"{len(rows)} connection(s) were mapped anew after falling silent ({len(outbound)} {left}; "
+                f"{len(inbound)} {reached}; {silence})")
+    effects = ([] if not outbound else ["The far end sees a new client address:port (a UDP session, a QUIC or SIP "
+                                        "peer, a game server may drop it)"]) + (
+        [] if not inbound else [f"{'the' if outbound else 'The'} pod sees a new client address:port (masqueraded "
+                                "NodePort traffic: a session keyed on it is lost)"])
     return [Finding(
         "remapped_after_idle", "warning", "New outside tuple after an idle gap" if not inbound else
         "New tuple after an idle gap",
         f"{head}: the first mapping ended during the silence (its conntrack entry expired, or was deleted: "
         "kube-proxy deletes a UDP Service's entries when its endpoints change) and the next packet was mapped anew, "
-        "to another port. "
-        + ("The far end sees a new client address:port (a UDP session, a QUIC or SIP peer, a game server may drop "
-           "it)" if rows else "The pod sees a new client address:port (masqueraded NodePort traffic: a session "
-           "keyed on it is lost)")
-        + "; this is not a port clash.",
+        "to another port. " + "; ".join(effects) + "; this is not a port clash.",
         "Keep the flow alive more often than the conntrack timeout, or raise it on the node: " + knobs
         + " (RFC 4787 REQ-5 asks a UDP mapping to outlive 2 minutes of silence). `conntrack -E` shows the first "
         "entry's DESTROY and the new one's NEW.",
-        connections=tuple(r["conn"] for r in (*rows, *started_outside)), evidence=tuple(evidence),
-        data={"connections": len(rows) + len(started_outside),
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        data={"connections": len(rows),
               "silence_s": {"min": round(min(silences), 3), "max": round(max(silences), 3)},
               "protocols": protos, "flows_from_outside": len(inbound)})]
 

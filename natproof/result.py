@@ -39,7 +39,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "icmp_errors_outside": pl.UInt32(), "icmp_errors_inside": pl.UInt32(),
     "matched_egress": pl.UInt32(), "matched_reply": pl.UInt32(),
     "latency_median_us": pl.Float64(), "latency_max_us": pl.Float64(),
-    "outside_tuples": pl.UInt32(),
+    "outside_tuples": pl.UInt32(), "inside_tuples": pl.UInt32(),
     "evidence_egress_inside_frame": pl.UInt32(), "evidence_egress_outside_frame": pl.UInt32(),
     "evidence_reply_outside_frame": pl.UInt32(), "evidence_reply_inside_frame": pl.UInt32(),
     "evidence_icmp_error_outside_frame": pl.UInt32(), "evidence_icmp_error_inside_frame": pl.UInt32(),
@@ -64,11 +64,17 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "kernel_reply_dst": pl.String(), "kernel_reply_dport": pl.UInt16(),
     "payload_rewrites": pl.UInt32(),
 }
-"""One row per connection (docs/model.md), anchored on an inside leg. Ports are the ICMP echo identifier and 0
+"""One row per connection (docs/model.md), anchored on its initiator's leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
 as the initiator sent it, trans_* as the responder received it (null when no leg after the NAT was captured).
-inside_conn_id / outside_conn_id are the conn_id of its anchor leg in inside_packets and of its primary leg in
+inside_conn_id / outside_conn_id are the conn_id of its inside leg in inside_packets (started inside: its anchor
+leg; started outside: its primary inside leg, the mapping it ended under) and of its primary leg in
 outside_packets (both packet frames also carry ``anchor`` = inside_conn_id for every packet of the connection).
+egress_* / reply_* / icmp_errors_* count its packets at each observation point, on every leg of it there (a
+hairpin's copies aside: its packets once, as the pod sent them), as matched_* count its pairs. outside_tuples: its
+outside legs under a translated tuple (more than one: left under several in turn or at once); inside_tuples: its
+inside legs, copies aside (more than one: started outside and mapped anew after idling, the pod seeing each
+mapping's tuple in turn; 0 when nothing of it reached the inside capture).
 fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: how far an ALG's
 payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside: the shift most
 shifted packets show (each later rewrite that changes the length adds to it; null when none). other_capture_off: its
@@ -384,10 +390,19 @@ def _shifts(row: dict[str, Any]) -> dict[str, int | None] | None:
     return shifts if any(v is not None for v in shifts.values()) else None
 
 
+def translated_tuples(row: dict[str, Any]) -> int:
+    """How many tuples a connection row reached its responder under (its mappings): its outside tuples when it
+    started inside, its inside tuples when it started outside; more than one when mapped anew after idling."""
+    if row.get("initiator") == "outside":
+        return row.get("inside_tuples") or 0
+    return row.get("outside_tuples") or 0
+
+
 def flags_of(row: dict[str, Any]) -> list[str]:
     """A connection's flags (contract strings), from its row:
 
-    multiple_outside_tuples (left under more than one translated outside tuple), icmp_error (an ICMP error
+    multiple_outside_tuples (left under more than one translated outside tuple), multiple_inside_tuples (started
+    outside, reached the pod under more than one tuple: mapped anew after idling), icmp_error (an ICMP error
     answered it), leak (some packets crossed untranslated: the private address left the node),
     not_reverse_translated (a reply reached the far side and never the initiator while others crossed),
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
@@ -399,6 +414,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     flags = []
     if (row["outside_tuples"] or 0) > 1:
         flags.append("multiple_outside_tuples")
+    if (row.get("inside_tuples") or 0) > 1:
+        flags.append("multiple_inside_tuples")
     if row["icmp_errors_outside"] or row["icmp_errors_inside"]:
         flags.append("icmp_error")
     if row.get("fate_leaked"):
@@ -444,6 +461,7 @@ def _flags_expr() -> pl.Expr:
                                  for n in ("seq", "ack")])
     rules = [
         ("multiple_outside_tuples", pl.col("outside_tuples").fill_null(0) > 1),
+        ("multiple_inside_tuples", pl.col("inside_tuples").fill_null(0) > 1),
         ("icmp_error", (pl.col("icmp_errors_outside").fill_null(0) + pl.col("icmp_errors_inside").fill_null(0)) > 0),
         ("leak", pl.col("fate_leaked").fill_null(0) > 0),
         ("not_reverse_translated", (pl.col("fate_outside_only").fill_null(0) > 0)

@@ -713,27 +713,41 @@ def test_ipv6_node_answers_are_named_in_icmpv6_words_and_point_at_ip6tables() ->
     assert "`ip6tables -I INPUT -m conntrack --ctstate INVALID" in found["invalid_reply_reset"].fix
 
 
-def test_a_flow_from_outside_mapped_anew_after_idling_is_named() -> None:
+def test_a_flow_from_outside_mapped_anew_after_idling_is_one_connection_named() -> None:
     # Kernel variant (tests/variants/udp-idle-nodeport): UDP timeouts of 2 s; an internet client's socket sends to
     # NodePort 30053/udp (externalTrafficPolicy=Cluster), then again 5 s later. Its entry expired meanwhile, and the
-    # second datagram was masqueraded to another port: the pod saw 10.244.0.1:36985, then 10.244.0.1:21091. natproof
-    # makes a connection per mapping (connections are anchored on the pod side's tuple); diagnose said "NAT
-    # working as expected". The pod's own flows idled too but kept their ports: one connection each, no finding.
+    # second datagram was masqueraded to another port: the pod saw 10.244.0.1:36985, then 10.244.0.1:21091. A
+    # connection is anchored on its initiator's leg (here the outside one), so the flow is one connection with two
+    # mappings, as the kernel's truth counts it (it once made a connection per mapping, both counting the one
+    # outside leg's packets). The pod's own flows idled too but kept their ports: one connection each, no finding.
     d = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
     result = correlate(d / "inside.pcap", d / "outside.pcap")
     conns = result.to_dict()["connections"]
-    inbound = sorted((c["inside"]["src"], c["inside"]["sport"]) for c in conns if c["initiator"] == "outside")
-    assert inbound == [("10.244.0.1", 21091), ("10.244.0.1", 36985)]
+    (inbound,) = [c for c in conns if c["initiator"] == "outside"]
     assert sum(c["initiator"] == "inside" for c in conns) == 3
+    # Its tuple inside is the mapping it ended under, as the kernel's truth (the last conntrack entry) has it.
+    assert (inbound["inside"]["src"], inbound["inside"]["sport"]) == ("10.244.0.1", 21091)
+    assert [(leg["observation_point"], leg["tuple"]["sport"], leg["first_frame"]) for leg in inbound["legs"]] == [
+        ("outside", 49963, 3), ("inside", 36985, 4), ("inside", 21091, 23)]
+    # Each packet counted once, on both sides, as matched and as fates say.
+    assert inbound["packets"] == {"egress_inside": 2, "egress_outside": 2, "reply_outside": 2, "reply_inside": 2,
+                                  "icmp_error_outside": 0, "icmp_error_inside": 0}
+    assert inbound["matched"] == {"egress": 2, "reply": 2} and inbound["fates"]["crossed"] == 4
+    assert inbound["flags"] == ["multiple_inside_tuples"]
+    assert result.unmatched_inside == 0 and result.unmatched_outside == 0
     found = {f.kind: f for f in diagnose(result)}
     remap = found["remapped_after_idle"]
-    assert remap.data["flows_from_outside"] == 1 and len(remap.connections) == 2
-    assert remap.evidence[0].endswith("udp 198.51.100.20:49963 -> 203.0.113.2:30053 reached the pod as "
-                                      "10.244.0.1:36985 (inside frame 4)")
-    assert remap.evidence[1].endswith("the same client flow 5.0 s after the last packet of #0, reached the pod as "
-                                      "10.244.0.1:21091 (inside frame 23)")
-    assert remap.summary.startswith("2 connection(s) were mapped anew after falling silent (2 are 1 flow(s) from "
-                                    "outside")
+    conn = result.connections.filter(pl.col("initiator") == "outside")["conn"].item()
+    assert remap.connections == (conn,) and remap.data["flows_from_outside"] == 1
+    assert remap.data["connections"] == 1 and 4.5 < remap.data["silence_s"]["min"] < 6
+    (line,) = remap.evidence
+    assert line == (f"#{conn} udp 198.51.100.20:49963 -> 203.0.113.2:30053 reached the pod as 10.244.0.1:36985 "
+                    "(inside frame 4), then as 10.244.0.1:21091 from inside frame 23, 5.0 s after "
+                    "10.244.0.1:36985's last packet")
+    assert remap.summary.startswith("1 connection(s) started outside, reached the pod under a new tuple after "
+                                    "falling silent")
+    assert "The pod sees a new client address:port" in remap.summary and "nf_conntrack_udp_timeout" in remap.fix
+    assert "mapping_conflict" not in found
     assert "healthy" not in found and not [f for f in found.values() if f.severity == "error"]
 
 

@@ -42,7 +42,7 @@ from natproof.report.table import (
     kernel_line,
     overlap_text,
 )
-from natproof.result import NAME_SCHEMA, SCHEMA, Result, _flags_expr
+from natproof.result import NAME_SCHEMA, SCHEMA, Result, _flags_expr, translated_tuples
 from natproof.verdicts import Verdict
 
 VERDICT_MEANING = {
@@ -725,7 +725,7 @@ def _service_cell(row: dict[str, Any]) -> tuple[str, str]:
 def _trans_suffix(row: dict[str, Any]) -> str:
     if not row["has_trans"]:
         return ""
-    text = f" (+{row['outside_tuples'] - 1} tuples)" if (row["outside_tuples"] or 0) > 1 else ""
+    text = f" (+{mappings - 1} tuples)" if (mappings := translated_tuples(row)) > 1 else ""
     return _e(text + (" (from the kernel's record)" if row["evidence_level"] == "kernel_record" else ""))
 
 
@@ -977,7 +977,8 @@ def table_data(result: Result, findings: Sequence[Finding] = (), *, legs: bool |
         "init": _family(frame, ["initiator"], lambda r: [
             '<span class="inbound">outside (inbound)</span>' if r["initiator"] == "outside" else _e(r["initiator"]),
             r["initiator"] or ""], tables["init"]),
-        "suffix": _family(frame, ["has_trans", "outside_tuples", "evidence_level"], _trans_suffix, tables["suffix"]),
+        "suffix": _family(frame, ["has_trans", "initiator", "outside_tuples", "inside_tuples", "evidence_level"],
+                          _trans_suffix, tables["suffix"]),
         "pod": (_family(frame, name_cols, lambda r: [_names_cell(r), format_pod(r) or ""], tables["pod"]) if named
                 else np.full(len(frame), -1)),
         "service": _family(frame, ["service_type", "service_ip", "service_port", "backend_ip", "backend_port",

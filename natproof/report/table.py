@@ -245,6 +245,8 @@ def render_table(result: Result, limit: int | None = None) -> Group:
     the Service and backend, the verdict and the packets by fate; then the Services and the summary.
 
     Fits 120 columns for IPv4: the latency and frame columns of the JSON are left to the other formats."""
+    from natproof.result import translated_tuples
+
     conns = result.connections
     has_service = conns["service_type"].is_not_null().any()
     named = "pod" in conns.columns
@@ -267,8 +269,8 @@ def render_table(result: Result, limit: int | None = None) -> Group:
             table.add_row("...", "", f"{conns.height - limit} more", *([""] * (len(table.columns) - 3)))
             break
         trans = format_tuple(r, "trans") or "(no leg after the NAT captured)"
-        if (r["outside_tuples"] or 0) > 1:
-            trans += f" (+{r['outside_tuples'] - 1} tuples)"
+        if (mappings := translated_tuples(r)) > 1:
+            trans += f" (+{mappings - 1} tuples)"
         conn = Text(format_tuple(r, "orig") or "-")
         conn.append(f"\n=> {trans}", style="" if r["trans_src"] is not None else "dim")
         if r["evidence_level"] == "kernel_record":
