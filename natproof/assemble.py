@@ -73,7 +73,7 @@ def _leg_tuple(conns: pl.DataFrame, prefix: str) -> list[pl.Expr]:
 
 
 def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: pl.DataFrame) -> pl.Series:
-    """For each inside leg, the leg that anchors its connection: itself, or for a leg that holds copies of an
+    """For each inside leg, the leg whose packets it holds: itself, or for a leg that holds copies of an
     earlier leg's packets under another tuple (hairpin: DNAT back to the pod, masqueraded to the bridge
     address), that earlier leg. Legs are linked whichever copy came first: a hairpinned SYN is seen first
     under the original tuple, its SYN-ACK first under the translated one."""
@@ -200,11 +200,13 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
     frame_no, ts_ns; ``err_src`` too, or else ``icmp`` holds (row, err_src) of each side's ICMP errors);
-    ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is
-    anchored on an inside leg (docs/model.md). ``evidence``: what the match frames showed beyond the pairs
+    ``in_conns``/``out_conns`` one row per leg (conn_id 0.. in any order). A connection is anchored on its
+    initiator's leg (docs/model.md): the pod's leg when it started inside, the outside leg when it started outside;
+    either way it is keyed by an inside conn_id, its anchor leg, or for one started outside its primary inside leg
+    (the mapping it ended under: _join_mappings). ``evidence``: what the match frames showed beyond the pairs
     (:func:`match_evidence`; None: nothing). Returns (connections, in_pk, out_pk, pairs): the
     packet frames gain ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the
-    connection's anchor leg, the inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
+    connection's key, that inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
     dropped (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
     """
     offset = matches.clock_offset_ns
@@ -268,11 +270,9 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
           .join(side.rename({"anchor": "conn_id"}), on="conn_id", how="left")
           .join(outs.select(pl.col("conn_id").alias("primary_out"), *_leg_tuple(outs, "o"),
                             (pl.col("underlay") if "underlay" in outs.columns else pl.lit(None, pl.String))
-                            .alias("o_underlay"),
-                            pl.col("egress_packets").alias("egress_outside"),
-                            pl.col("reply_packets").alias("reply_outside"),
-                            pl.col("icmp_error_packets").alias("icmp_errors_outside")),
+                            .alias("o_underlay")),
                 on="primary_out", how="left")
+          .join(_outside_counts(per_leg, outs), on="conn_id", how="left")
           .join(hair, on="conn_id", how="left")
           .with_columns(pl.col("init_inside").fill_null(True)))
     has_out = pl.col("o_src").is_not_null()
@@ -636,6 +636,20 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
                                  packets.alias("packets"))).alias("legs"),
     )
     return rows, out_pk
+
+
+def _outside_counts(per_leg: pl.DataFrame, outs: pl.DataFrame) -> pl.DataFrame:
+    """(conn_id, egress_outside, reply_outside, icmp_errors_outside): per connection (conn_id: its anchor), the
+    packets of every outside leg its pairs link it to (``per_leg``: _per_leg), not of its primary leg alone: a
+    flow mapped anew after idling left under each of its outside tuples in turn (lab udp-remap), and its packets
+    leaked under the inside's own tuple are on the outside too (cases/idle-expiry-fin-leak), as its matched
+    counts say."""
+    legs = per_leg.select("anchor", "out_conn").join(
+        outs.select(pl.col("conn_id").alias("out_conn"), "egress_packets", "reply_packets", "icmp_error_packets"),
+        on="out_conn", how="left")
+    return legs.group_by("anchor").agg(
+        pl.col("egress_packets").sum().alias("egress_outside"), pl.col("reply_packets").sum().alias("reply_outside"),
+        pl.col("icmp_error_packets").sum().alias("icmp_errors_outside")).rename({"anchor": "conn_id"})
 
 
 def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame, outs: pl.DataFrame,

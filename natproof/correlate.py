@@ -727,9 +727,6 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
         "egress_packets": "egress_inside", "reply_packets": "reply_inside",
         "icmp_error_packets": "icmp_errors_inside", "anchor": "inside_conn_id", "primary_out": "outside_conn_id",
     })
-    no_out = pl.col("outside_src").is_null()
-    df = df.with_columns([pl.when(no_out).then(0).otherwise(pl.col(c)).alias(c)
-                          for c in ("egress_outside", "reply_outside", "icmp_errors_outside")])
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
               and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts]).with_columns(

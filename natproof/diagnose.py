@@ -60,20 +60,21 @@ def _conn_label(r: dict[str, Any]) -> str:
 
 
 def _frames(result: Result, conn: int, side: str, egress: bool, limit: int = 6) -> list[int]:
-    """Frame numbers of one connection's packets in one capture (inside: by conn; outside: by matched conn)."""
-    leg = _in_conn_id(result, conn) if side == "inside" else _out_conn_id(result, conn)
-    if leg is None:  # no leg on that side (one capture and a conntrack record)
+    """Frame numbers of one connection's packets in one capture, the first ``limit``: of every leg of it there, as
+    its packet counts (egress_outside, ...) count them: a flow mapped anew left under each of its tuples in turn;
+    a hairpin's copies aside (its inside packets are the pod's own leg's)."""
+    row = result.connections.row(by_predicate=pl.col("conn") == conn, named=True)
+    own = _owned(row, side, _uplink_only(result))
+    if own is None:  # no leg on that side (one capture and a conntrack record)
         return []
-    sel = result.packets(side).filter((pl.col("conn_id") == leg) & (pl.col("is_egress") == egress))
+    if side == "inside" and row["initiator"] != "outside" and row["inside_conn_id"] is not None:
+        own &= pl.col("conn_id") == row["inside_conn_id"]
+    sel = result.packets(side).filter(own & (pl.col("is_egress") == egress))
     return sel.select("frame_no").sort("frame_no").head(limit).collect()["frame_no"].to_list()
 
 
 def _in_conn_id(result: Result, conn: int) -> int | None:
     return result.connections.filter(pl.col("conn") == conn)["inside_conn_id"].item()
-
-
-def _out_conn_id(result: Result, conn: int) -> int | None:
-    return result.connections.filter(pl.col("conn") == conn)["outside_conn_id"].item()
 
 
 def _fmt_frames(frames: list[int]) -> str:

@@ -13,7 +13,7 @@ from pcapbytes import tcp_pair, write_pair
 
 from natproof.check import capture_pair
 from natproof.correlate import correlate
-from natproof.diagnose import diagnose
+from natproof.diagnose import _frames, diagnose
 from natproof.names import load_names
 from natproof.result import flags_of
 
@@ -749,6 +749,23 @@ def test_a_flow_from_outside_mapped_anew_after_idling_is_one_connection_named() 
     assert "The pod sees a new client address:port" in remap.summary and "nf_conntrack_udp_timeout" in remap.fix
     assert "mapping_conflict" not in found
     assert "healthy" not in found and not [f for f in found.values() if f.severity == "error"]
+
+
+def test_a_flow_mapped_anew_counts_its_packets_on_every_outside_tuple() -> None:
+    # captures/udp-remap #0: two datagrams and their replies, one under each outside tuple in turn. The outside
+    # counts are of both legs, as matched counts the pairs of both (they once counted the primary leg alone:
+    # egress_outside 1 beside matched egress 2); frames listed beside them are of both legs too.
+    r = correlate(*capture_pair(CAPTURES / "udp-remap"))
+    (c,) = [c for c in r.to_dict()["connections"] if c["proto"] == "udp"]
+    assert c["matched"] == {"egress": 2, "reply": 2}
+    assert c["packets"] == {"egress_inside": 2, "egress_outside": 2, "reply_outside": 2, "reply_inside": 2,
+                            "icmp_error_outside": 0, "icmp_error_inside": 0}
+    assert sum(leg["packets"] for leg in c["legs"] if leg["observation_point"] == "outside") == 4
+    assert c["fates"]["crossed"] == 4 and c["flags"] == ["multiple_outside_tuples"]
+    row = r.connections.filter(pl.col("proto") == "udp").row(0, named=True)
+    assert row["outside_tuples"] == 2 and row["inside_tuples"] == 1
+    assert len(_frames(r, row["conn"], "outside", True)) == row["egress_outside"]
+    assert len(_frames(r, row["conn"], "outside", False)) == row["reply_outside"]
 
 
 def test_ftp_list_over_port_then_retr_over_eprt_with_random_fully() -> None:
