@@ -208,3 +208,14 @@ def test_check_case_reads_the_folders_services_dump() -> None:
     assert rep.wrong == []
     assert [(m["outside"]["dport"], m["verdict"]) for m in rep.missing] == [(30082, "translated")]
     assert [(u["outside"]["dport"], u["verdict"]) for u in rep.unexpected] == [(30082, "not_captured")]
+
+
+def test_a_flow_from_outside_mapped_anew_matches_the_kernels_truth() -> None:
+    # tests/variants/udp-idle-nodeport: one client flow to a UDP NodePort, its entry expired while it idled and the
+    # pod saw it under a second masqueraded port. The truth counts it once (its last entry's tuple inside), and
+    # so does natproof now that a connection is anchored on its initiator's leg (it once made two, one unexpected).
+    from natproof.check import check_case
+
+    rep = check_case(Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport")
+    assert rep.ok and (rep.expected, rep.found, rep.mapping_right, rep.verdict_right) == (4, 4, 4, 4)
+    assert rep.unexpected == [] and rep.missing == [] and rep.wrong == []
