@@ -59,8 +59,9 @@ def split_never_forwarded(packets: pl.DataFrame, *, senders: Collection[str] | N
                           directed: bool = True) -> tuple[pl.DataFrame, dict[str, int]]:
     """Packets (with the flow columns) less the traffic no router forwards: multicast, limited broadcast,
     link-local addresses, DHCP, loopback (127/8, ::1, and a packet to its own source address), and datagrams
-    to an IPv4 directed broadcast (an x.x.x.255 destination that never sends anything in the capture: a host
-    would, a subnet's broadcast address cannot). Returns (kept, {reason: packets left out}) so that it is
+    to an IPv4 directed broadcast (see directed_broadcasts: a destination that never sends anything in the
+    capture, x.x.x.255 or the all-ones host of a prefix around the datagram's source, such as .127 on a /25
+    LAN). Returns (kept, {reason: packets left out}) so that it is
     counted as skipped, never judged as a connection that failed (an SSDP multicast on a LAN is not a FORWARD
     drop: cases/lan-multicast). ``senders``: the addresses that send anything in the whole capture, when
     ``packets`` are part of it (natproof.spill); ``directed=False`` leaves directed broadcast for later, when a
@@ -73,7 +74,7 @@ def split_never_forwarded(packets: pl.DataFrame, *, senders: Collection[str] | N
     why: dict[str, str] = {}
     if senders is None:
         senders = set(packets["f_src"].drop_nulls().unique().cast(pl.String).to_list())
-    to_bcast_addrs = [a for a in addrs if a.endswith(".255") and a not in senders] if directed else []
+    to_bcast_addrs = directed_broadcasts(packets, senders) if directed else []
     for a in addrs:
         if ":" not in a and a[:a.find(".")] not in _NEVER_FIRST_OCTETS:
             continue  # an IPv4 address in none of NEVER_FORWARDED's networks (most): no parse (20k: 0.25 s)
@@ -100,6 +101,67 @@ def split_never_forwarded(packets: pl.DataFrame, *, senders: Collection[str] | N
         return packets, {}
     counts = dict(tagged.drop_nulls().value_counts().iter_rows())
     return packets.filter(tagged.is_null()), counts
+
+
+BROADCAST_PORTS = frozenset({7, 9, 137, 138, 520, 1947, 5678, 10001, 17500, 21027, 32412, 32414})
+"""UDP ports of protocols that send to the subnet's broadcast address: echo and discard (Wake-on-LAN magic packets),
+NetBIOS name and datagram service, RIP, Sentinel license discovery, MikroTik MNDP, Ubiquiti discovery, Dropbox LAN
+sync, Syncthing, Plex GDM."""
+UNICAST_PORTS = frozenset({53, 123})
+"""DNS and NTP: a client may bind the service's own port, so a same-port datagram there is no sign of broadcast."""
+_MIN_HOST_BITS = 3
+"""The narrowest subnet whose all-ones host is taken for its broadcast address without its being x.x.x.255: a /29."""
+
+
+def directed_broadcasts(packets: pl.DataFrame, senders: Collection[str]) -> list[str]:
+    """The IPv4 destinations of ``packets``' datagrams that are a subnet's directed broadcast address, without
+    knowing the subnet: a destination that never sends anything in the capture (``senders``: a host would, a
+    broadcast address cannot) and, for TCP-less traffic,
+
+    - x.x.x.255, as any /24 or wider subnet's broadcast; or
+    - the all-ones host of a /8 to /29 prefix that holds the datagram's own source (192.168.1.127 from
+      192.168.1.20: a /25 LAN; .63 a /26), reached by a datagram of the kind hosts broadcast: to a port
+      BROADCAST_PORTS names, from the same port it goes to (NetBIOS 137 -> 137; not DNS or NTP), or from two
+      or more sources of that prefix. One host's unanswered datagram to a LAN host that happens to be numbered
+      .127 is none of these, and stays a datagram."""
+    dgrams = packets.filter((pl.col("f_proto") != 6) & pl.col("f_dst").is_not_null())
+    if dgrams.is_empty():
+        return []
+    pairs = (dgrams.select(pl.col("f_src").cast(pl.String).alias("s"), pl.col("f_dst").cast(pl.String).alias("d"),
+                           pl.col("f_sport").alias("sp"), pl.col("f_dport").alias("dp"))
+             .filter(pl.col("d").str.contains(r"^\d+\.\d+\.\d+\.\d+$")
+                     & ~pl.col("d").is_in(pl.Series(list(senders), dtype=pl.String).implode()))
+             .unique())
+    found: set[str] = set()
+    styled: dict[str, set[str]] = {}
+    for s, d, sp, dp in pairs.iter_rows():
+        if d in found:
+            continue
+        if d.endswith(".255"):
+            found.add(d)
+            continue
+        dst = _v4(d)
+        src = _v4(s) if s is not None and "." in s else None
+        if dst is None or src is None or src == 0:
+            continue
+        trailing = (dst ^ (dst + 1)).bit_length() - 1  # the widest host part the destination is all ones of
+        if trailing < _MIN_HOST_BITS or max((src ^ dst).bit_length(), _MIN_HOST_BITS) > min(trailing, 24):
+            continue  # not the all-ones host of a prefix (/8 to /29) that holds the source
+        styled.setdefault(d, set()).add(s)
+        if dp in BROADCAST_PORTS or (sp == dp and dp not in UNICAST_PORTS) or len(styled[d]) > 1:
+            found.add(d)
+    return sorted(found)
+
+
+def _v4(addr: str) -> int | None:
+    parts = addr.split(".")
+    try:
+        octets = [int(p) for p in parts]
+    except ValueError:
+        return None
+    if len(octets) != 4 or any(not 0 <= o <= 255 for o in octets):
+        return None
+    return (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
 
 
 DUPLICATE_NS = 50_000

@@ -100,6 +100,32 @@ def test_traffic_no_router_forwards_is_split_off_by_reason() -> None:
     assert sorted(kept["frame_no"].to_list()) == [7, 8, 9, 10]
 
 
+def test_a_directed_broadcast_is_known_without_the_prefix() -> None:
+    # A /25 LAN's broadcast is .127, a /26's .63: the all-ones host of a prefix that holds the sender, reached by a
+    # datagram of the kind hosts broadcast (a port BROADCAST_PORTS names, the same port both ends, or two senders),
+    # and never a sender itself. A LAN host that happens to be .127 and one unanswered datagram to it stay.
+    from natproof.connections import split_never_forwarded
+
+    frames = [
+        (0, ipv4("192.168.1.20", "192.168.1.127", 17, udp(137, 137, b"nbns"))),  # /25: NetBIOS
+        (1, ipv4("192.168.1.30", "192.168.1.127", 17, udp(40800, 9, b"wol"))),  # Wake-on-LAN
+        (2, ipv4("192.168.1.70", "192.168.1.127", 17, udp(50000, 4000, b"x"))),  # /26 .64-.127: one sender...
+        (3, ipv4("192.168.1.71", "192.168.1.127", 17, udp(50001, 4000, b"x"))),  # ...and a second one
+        (4, ipv4("192.168.1.20", "192.168.1.63", 17, udp(17500, 17500, b"db"))),  # /26: same port both ends
+        (5, ipv4("192.168.1.20", "192.168.1.31", 17, udp(40000, 514, b"log"))),  # one datagram to a host: kept
+        (6, ipv4("192.168.1.20", "192.168.1.31", 17, udp(123, 123, b"ntp"))),  # NTP client on 123: kept
+        (7, ipv4("192.168.1.20", "192.168.1.127", 6, tcp(40001, 445, 1, 0, SYN))),  # TCP has no broadcast: kept
+        (8, ipv4("192.168.1.200", "192.168.1.191", 17, udp(137, 137, b"nbns"))),  # not in a prefix it ends: kept
+        (9, ipv4("203.0.113.2", "198.51.100.127", 17, udp(137, 137, b"x"))),  # another network's: kept
+        (10, ipv4("192.168.1.2", "192.168.1.7", 17, udp(137, 137, b"nbns"))),  # a /29's: taken
+        (11, ipv4("192.168.1.1", "192.168.1.3", 17, udp(137, 137, b"nbns"))),  # a /30's: too narrow, kept
+    ]
+    pk, _ = group_connections(frame_of(frames))
+    kept, counts = split_never_forwarded(pk)
+    assert counts == {"broadcast": 6}
+    assert sorted(kept["frame_no"].to_list()) == [6, 7, 8, 9, 10, 12]
+
+
 def test_a_replayed_connection_is_a_connection_of_its_own() -> None:
     # tcpreplay --loop repeats a capture byte for byte: the same tuple, the same ISN. Once a FIN or RST closed the
     # first copy, the second SYN reopens the tuple as conntrack would (TIME_WAIT/CLOSE), not a retransmission.
