@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -66,6 +66,24 @@ def in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
     table = address_bits(addrs).select("a", in_any(nets).alias("f"))
     found = addrs.alias("a").to_frame().join(table, on="a", how="left", maintain_order="left", nulls_equal=False)
     return found["f"].fill_null(False).alias(addrs.name)
+
+
+def on_one_link(src: pl.Series, dst: pl.Series, senders: pl.Series) -> pl.Series:
+    """Boolean per row: ``src`` and ``dst`` are IPv6 addresses of one /64 (a subnet on one link: RFC 4291's
+    64-bit interface identifiers, SLAAC; a router forwards between links, not within one) and ``dst`` sends on
+    this capture (``senders``): two hosts of the capture's own link, which talk without a router (a LAN's global
+    IPv6 /64 that the router routes, no NAT66: the printer's IPP, the unicast answer to an SSDP search). A destination
+    that never sends here may stand behind a router (an L3 fabric's /64 spans several hosts), so it is not
+    judged so."""
+    bits = address_bits(pl.concat([src.cast(pl.String), dst.cast(pl.String)])).filter(pl.col("version") == 6)
+    if bits.is_empty():
+        return pl.repeat(False, len(src), eager=True)
+    net = bits.select(pl.col("a").cast(pl.String), pl.col("hi").alias("net"))  # the top 64 bits: the /64
+    rows = pl.DataFrame({"s": src.cast(pl.String), "d": dst.cast(pl.String)})
+    rows = (rows.join(net.rename({"a": "s", "net": "sn"}), on="s", how="left", maintain_order="left")
+            .join(net.rename({"a": "d", "net": "dn"}), on="d", how="left", maintain_order="left"))
+    sends = pl.col("d").is_in(senders.cast(pl.String).drop_nulls().unique().implode())
+    return rows.select(((pl.col("sn") == pl.col("dn")) & sends).fill_null(False)).to_series()
 
 
 def _leg_tuple(conns: pl.DataFrame, prefix: str) -> list[pl.Expr]:
@@ -194,7 +212,7 @@ def _join_mappings(roots: pl.Series, link: tuple[pl.DataFrame, ...], ins: pl.Dat
 def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, out_conns: pl.DataFrame,
              matches: Matches, *, pod_networks: Sequence[Network], services: Services,
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
-             evidence: MatchEvidence | None = None,
+             evidence: MatchEvidence | None = None, inside_senders: Collection[str] | None = None,
              ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
@@ -204,10 +222,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     initiator's leg (docs/model.md): the pod's leg when it started inside, the outside leg when it started outside;
     either way it is keyed by an inside conn_id, its anchor leg, or for one started outside its primary inside leg
     (the mapping it ended under: _join_mappings). ``evidence``: what the match frames showed beyond the pairs
-    (:func:`match_evidence`; None: nothing). Returns (connections, in_pk, out_pk, pairs): the
-    packet frames gain ``fate`` (FATE; null for outside packets of legs no connection owns) and ``anchor`` (the
-    connection's key, that inside conn_id; null likewise); ``pairs`` are matches.pairs less the look-alikes
-    dropped (a packet paired with a leg another connection owns). Connection columns: result.CONNECTION_SCHEMA.
+    (:func:`match_evidence`; None: nothing). ``inside_senders``: the addresses that send on the whole inside
+    capture, when ``in_conns`` are part of it (natproof.spill); else read from ``in_conns``. Returns (connections,
+    in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets of legs no connection
+    owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise); ``pairs`` are matches.pairs
+    less the look-alikes dropped (a packet paired with a leg another connection owns). Connection columns:
+    result.CONNECTION_SCHEMA.
     """
     offset = matches.clock_offset_ns
     n_in = in_conns.height
@@ -475,7 +495,13 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
                  & in_networks(df["dst"], [space for space, _, _ in PRIVATE_SPACE]).alias("_private"))
     pod_to_pod = (pl.col("_to_pods") | tunnelled) & pl.col("_from_pods") & ~pl.col("rewritten")
     answered_here = (pl.col("_clusterip") | pl.col("_to_node")) & (pl.col("_pre_reply") > 0)
-    internal = ~has_hair & ((~crossed_any & (pl.col("_to_pods") | answered_here))
+    # Two hosts of one IPv6 /64 on the inside's own link (a home LAN whose global /64 the router routes without
+    # NAT66, so the /64 is no pod network): nothing of theirs is for the router to forward.
+    senders = (pl.Series(list(inside_senders), dtype=pl.String) if inside_senders is not None else
+               pl.concat([ins.filter(pl.col("egress_packets") > 0)["src"].cast(pl.String),
+                          ins.filter(pl.col("reply_packets") > 0)["dst"].cast(pl.String)]))
+    df = df.with_columns(on_one_link(df["src"], df["dst"], senders).alias("_on_link"))
+    internal = ~has_hair & ((~crossed_any & (pl.col("_to_pods") | answered_here | pl.col("_on_link")))
                             | pod_to_pod)
     evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",
                          pl.col("_cross_reply").alias("cross_reply"), pl.col("_post_reply").alias("post_reply"),

@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,7 +361,7 @@ class _Group:
 
 
 def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[Network], services: Services,
-                 offset: int, tolerance_ns: int, base: tuple[int, int]) -> _Group:
+                 offset: int, tolerance_ns: int, base: tuple[int, int], inside_senders: Collection[str]) -> _Group:
     """Step 5 for group ``g``: keyed, matched and assembled as natproof.correlate does the whole captures, its
     packet frames written to Parquet; conn_ids offset by ``base`` (the legs of the groups before, per side)."""
     from natproof.correlate import _contract_rows, key_point, result_packets, unmatched_inside
@@ -376,7 +376,7 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     evidence = match_evidence(fa["match"], fb["match"], matches.pairs)
     conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
                                            pod_networks=nets, services=services, icmp=(fa["icmp"], fb["icmp"]),
-                                           evidence=evidence)
+                                           evidence=evidence, inside_senders=inside_senders)
     conns = _contract_rows(conns)
     in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
     if "copy_frame" not in in_pk.columns:  # every group's file has the same columns
@@ -465,7 +465,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         tick = progress(f"matching {n_groups} groups of flows", total_bytes) if progress and n_groups > 1 else None
         for g in range(n_groups):
             done.append(_match_group(root, g, dnat=dnat, nets=nets, services=services, offset=offset,
-                                     tolerance_ns=int(tolerance_s * 1e9), base=base))
+                                     tolerance_ns=int(tolerance_s * 1e9), base=base, inside_senders=ins.senders))
             base = (base[0] + done[-1].legs[0], base[1] + done[-1].legs[1])
             trim()
             if tick:

@@ -152,6 +152,55 @@ def test_lan_multicast_is_skipped_and_the_routed_path_is_information() -> None:
     assert "forwarding_blocked" not in found
 
 
+VARIANTS = Path(__file__).resolve().parent / "variants"
+
+
+def _lan(name: str) -> Result:
+    return correlate(VARIANTS / name / "inside.pcap", VARIANTS / name / "outside.pcap")
+
+
+def test_a_slash25_lans_directed_broadcast_is_no_connection() -> None:
+    # Helper's scapy variant of cases/lan-multicast (tests/variants/lan-broadcast25): a /25 LAN, whose NetBIOS and
+    # Wake-on-LAN datagrams go to 192.168.1.127. Only x.x.x.255 was taken for a directed broadcast: the NetBIOS
+    # flows were "internal" connections, and the two magic packets (port 9 and port 7, one payload) paired with
+    # each other as a translated datagram with "no_reply", finding "No reply from the far end".
+    r = _lan("lan-broadcast25")
+    cs = conns(r)
+    assert not [c for c in cs if c["inside"]["dst"] == "192.168.1.127"]
+    # To .127: 4 NetBIOS name, 1 datagram, 2 Wake-on-LAN; and APIPA 169.254.23.7 to 169.254.255.255.
+    assert r.inside.skipped.get("broadcast") == 8
+    verdicts = {(c["inside"]["src"], c["inside"]["dst"], c["inside"]["dport"]): c["verdict"] for c in cs}
+    assert sorted(verdicts.values()) == ["internal"] * 10 + ["translated"] * 6
+    # The NATed ones stay translated, the printer and the unicast answers to multicast queries (SSDP, mDNS,
+    # LLMNR, WS-Discovery, over IPv4 and IPv6) are LAN-internal.
+    assert {k for k, v in verdicts.items() if v == "translated"} == {
+        ("192.168.1.20", "198.51.100.53", 53), ("192.168.1.20", "198.51.100.10", 443), ("192.168.1.30", "192.0.2.1", 0),
+        ("192.168.1.30", "198.51.100.20", 80), ("192.168.1.121", "192.0.2.123", 123), ("192.168.1.20", "192.0.2.1", 0)}
+    summary = r.to_dict()["summary"]
+    assert summary["connections"] == len(cs) == 16
+    assert {k: v for k, v in summary["by_verdict"].items() if v} == {"translated": 6, "internal": 10}
+    assert list(kinds(r)) == ["healthy"]
+
+
+def test_a_lans_routed_ipv6_slash64_is_one_link_not_a_forward_drop() -> None:
+    # Helper's scapy variant (tests/variants/lan-v6-routed): a home router NATs IPv4 and routes the LAN's IPv6 /64
+    # unchanged, so the /64 shows on the outside and is no pod network. The printer's unicast answer to an SSDP
+    # search and its syslog datagram to the PC were "not_forwarded" with ERROR "dropped in the FORWARD chain", the
+    # PC's IPP connection to it "not_captured" with a warning: two hosts of one /64 talk on their link.
+    r = _lan("lan-v6-routed")
+    by = {(c["inside"]["src"], c["inside"]["dst"]): c["verdict"] for c in conns(r) if ":" in c["inside"]["src"]}
+    assert by == {("2001:db8:1::40", "2001:db8:1::20"): "internal",  # the SSDP answer and the syslog datagram
+                  ("2001:db8:1::20", "2001:db8:1::40"): "internal",
+                  ("2001:db8:1::20", "2001:db8:ff::10"): "untranslated",
+                  ("2001:db8:1::40", "2001:db8:ff::20"): "untranslated"}
+    assert [c["verdict"] for c in conns(r) if ":" in c["inside"]["src"]].count("internal") == 3
+    assert {k: v for k, v in r.to_dict()["summary"]["by_verdict"].items() if v} == {
+        "translated": 6, "untranslated": 2, "internal": 12}
+    found = kinds(r)
+    assert list(found) == ["healthy", "routed_path"]
+    assert all(f.severity == "info" for f in found.values())
+
+
 def test_swapped_sides_in_the_right_order_map_right() -> None:
     r = run("swapped-sides", "home-side.pcap", "isp-side.pcap")
     cs = conns(r)
