@@ -124,7 +124,9 @@ def directed_broadcasts(packets: pl.DataFrame, senders: Collection[str]) -> list
       BROADCAST_PORTS names, from the same port it goes to (NetBIOS 137 -> 137; not DNS or NTP), or from two
       or more sources of that prefix. One host's unanswered datagram to a LAN host that happens to be numbered
       .127 is none of these, and stays a datagram."""
-    dgrams = packets.filter((pl.col("f_proto") != 6) & pl.col("f_dst").is_not_null())
+    # The distinct flows first (on the columns as they are, Categorical codes): a string per packet is not needed.
+    dgrams = packets.filter((pl.col("f_proto") != 6) & pl.col("f_dst").is_not_null()).select(
+        "f_src", "f_dst", "f_sport", "f_dport").unique()
     if dgrams.is_empty():
         return []
     pairs = (dgrams.select(pl.col("f_src").cast(pl.String).alias("s"), pl.col("f_dst").cast(pl.String).alias("d"),
