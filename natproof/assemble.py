@@ -114,6 +114,19 @@ def _roots(n_in: int, in_pk: pl.DataFrame, in_conns: pl.DataFrame, self_pairs: p
     return roots
 
 
+def node_addresses(df: pl.DataFrame) -> pl.Series:
+    """The node's own addresses (String, distinct) as assembled connections show them (``df``: assemble's rows,
+    with init_inside, rewrites, _cross_init, trans_src and orig_dst): the source MASQUERADE gave a pod's
+    connection whose packets crossed, and the destination an outside client addressed that the node DNATed (a
+    NodePort). Every connection adds its own, so the addresses of a whole capture are the union of its parts'."""
+    dnat = pl.col("rewrites").list.contains("dst") | pl.col("rewrites").list.contains("dport")
+    return pl.concat([
+        df.filter(pl.col("init_inside") & pl.col("rewrites").list.contains("src")
+                  & (pl.col("_cross_init") > 0))["trans_src"].cast(pl.String),
+        df.filter(~pl.col("init_inside") & dnat)["orig_dst"].cast(pl.String),
+    ]).drop_nulls().unique()
+
+
 def _link(P: pl.DataFrame, roots: pl.Series, ins: pl.DataFrame, outs: pl.DataFrame, pair_columns: Sequence[str],
           pod_networks: Sequence[Network], offset: int) -> tuple[pl.DataFrame, ...]:
     """The cross pairs ``P`` (in_row, out_row, in_conn, out_conn, is_egress, is_icmp_error, in_frame, out_frame,
@@ -213,6 +226,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
              matches: Matches, *, pod_networks: Sequence[Network], services: Services,
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
              evidence: MatchEvidence | None = None, inside_senders: Collection[str] | None = None,
+             known_node_addresses: Collection[str] = (),
              ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
@@ -223,7 +237,9 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     either way it is keyed by an inside conn_id, its anchor leg, or for one started outside its primary inside leg
     (the mapping it ended under: _join_mappings). ``evidence``: what the match frames showed beyond the pairs
     (:func:`match_evidence`; None: nothing). ``inside_senders``: the addresses that send on the whole inside
-    capture, when ``in_conns`` are part of it (natproof.spill); else read from ``in_conns``. Returns (connections,
+    capture, when ``in_conns`` are part of it (natproof.spill); else read from ``in_conns``.
+    ``known_node_addresses``: the node's addresses as other connections of the same captures show them
+    (node_addresses of natproof.spill's other groups), beside those these connections show. Returns (connections,
     in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets of legs no connection
     owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise); ``pairs`` are matches.pairs
     less the look-alikes dropped (a packet paired with a leg another connection owns). Connection columns:
@@ -458,14 +474,11 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # A LoadBalancer or external IP a Service dump names is DNATed in KUBE-SERVICES like a ClusterIP.
     df = df.with_columns((clusterip | balancer | external | (private & not_pod & seen_dnat)).alias("_clusterip"),
                          balancer.alias("_balancer"), external.alias("_external"))
-    # The node's own addresses, as the captures show them: the source MASQUERADE gave a pod's connection, the
-    # destination an outside client addressed a NodePort on. A pod's connection to one of them is answered on the
-    # node (a NodePort DNATed to a pod of this node, the node's own service): nothing of it crosses the uplink.
-    node_addrs = pl.concat([
-        df.filter(pl.col("init_inside") & pl.col("rewrites").list.contains("src")
-                  & (pl.col("_cross_init") > 0))["trans_src"],
-        df.filter(~pl.col("init_inside") & dnat)["orig_dst"],
-    ]).drop_nulls().unique()
+    # The node's own addresses (node_addresses): a pod's connection to one of them is answered on the node (a
+    # NodePort DNATed to a pod of this node, the node's own service): nothing of it crosses the uplink.
+    node_addrs = node_addresses(df)
+    if known_node_addresses:
+        node_addrs = pl.concat([node_addrs, pl.Series(list(known_node_addresses), dtype=pl.String)]).unique()
     to_node = pl.col("init_inside") & pl.col("orig_dst").is_in(node_addrs.implode())
     df = df.with_columns(to_node.alias("_to_node"))
     nodeport = ~pl.col("_clusterip") & (dnat | pl.col("_to_node")) & node_port

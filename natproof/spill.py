@@ -38,6 +38,7 @@ from pathlib import Path
 import polars as pl
 
 from natproof.assemble import Services, assemble, match_evidence
+from natproof.assemble import node_addresses as assembled_node_addresses
 from natproof.capture import CaptureInfo
 from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
 from natproof.decode import DEFAULT_OVERLAY, Overlay
@@ -358,12 +359,21 @@ class _Group:
     unmatched_inside: int
     unmatched_outside: int
     legs: tuple[int, int]
+    node_addresses: frozenset[str] = frozenset()
+    """The node's addresses its connections show (natproof.assemble.node_addresses)."""
+    calls: frozenset[str] = frozenset()
+    """Destinations of its pods' connections that nothing of crossed, not known here as the node's: another
+    group's node_addresses may name one (a pod calling its node's NodePort, tests/variants/pod-nodeport-lb), and
+    the group is then assembled again knowing them, as the whole captures in memory are."""
 
 
 def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[Network], services: Services,
-                 offset: int, tolerance_ns: int, base: tuple[int, int], inside_senders: Collection[str]) -> _Group:
+                 offset: int, tolerance_ns: int, base: tuple[int, int], inside_senders: Collection[str],
+                 node_addresses: Collection[str] = ()) -> _Group:
     """Step 5 for group ``g``: keyed, matched and assembled as natproof.correlate does the whole captures, its
-    packet frames written to Parquet; conn_ids offset by ``base`` (the legs of the groups before, per side)."""
+    packet frames written to Parquet; conn_ids offset by ``base`` (the legs of the groups before, per side).
+    ``node_addresses``: the node's addresses other groups showed. The group's input files are removed unless it
+    has calls (_Group.calls: it may be assembled again)."""
     from natproof.correlate import _contract_rows, key_point, result_packets, unmatched_inside
 
     fa = key_point(pl.read_parquet(root / f"inside-grouped-g{g}.parquet"), inside=True, dnat=dnat,
@@ -376,7 +386,11 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     evidence = match_evidence(fa["match"], fb["match"], matches.pairs)
     conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
                                            pod_networks=nets, services=services, icmp=(fa["icmp"], fb["icmp"]),
-                                           evidence=evidence, inside_senders=inside_senders)
+                                           evidence=evidence, inside_senders=inside_senders,
+                                           known_node_addresses=node_addresses)
+    known = frozenset(assembled_node_addresses(conns).to_list()) | frozenset(node_addresses)
+    calls = frozenset(conns.filter(pl.col("init_inside") & (pl.col("_cross_init") == 0) & ~pl.col("_to_node"))
+                      ["orig_dst"].drop_nulls().cast(pl.String).to_list()) - known
     conns = _contract_rows(conns)
     in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
     if "copy_frame" not in in_pk.columns:  # every group's file has the same columns
@@ -384,16 +398,21 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     done = _Group(connections=conns, paired=not matches.pairs.is_empty(), hairpin=matches.inside_self.height > 0,
                   unmatched_inside=unmatched_inside(in_pk, conns),
                   unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
-                  legs=(legs_in.height, legs_out.height))
+                  legs=(legs_in.height, legs_out.height), node_addresses=known, calls=calls)
     b_in, b_out = base
     in_pk = in_pk.with_columns(pl.col("conn_id", "anchor") + b_in)
     out_pk = out_pk.with_columns(pl.col("conn_id") + b_out, pl.col("anchor") + b_in)
     done.connections = conns.with_columns(pl.col("inside_conn_id") + b_in, pl.col("outside_conn_id") + b_out)
     in_pk.write_parquet(root / f"inside-packets-g{g:05d}.parquet")
     out_pk.write_parquet(root / f"outside-packets-g{g:05d}.parquet")
-    for name in ("inside-grouped", "outside-grouped", "inside-legs", "outside-legs"):
-        (root / f"{name}-g{g}.parquet").unlink()
+    if not calls:
+        _drop_inputs(root, g)
     return done
+
+
+def _drop_inputs(root: Path, g: int) -> None:
+    for name in ("inside-grouped", "outside-grouped", "inside-legs", "outside-legs"):
+        (root / f"{name}-g{g}.parquet").unlink(missing_ok=True)
 
 
 def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike[str], *, memory_limit: int,
@@ -460,16 +479,24 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
 
         # 5. match and assemble each group with the whole captures' offset and networks
         done: list[_Group] = []
-        base = (0, 0)
+        bases = [(0, 0)]
         total_bytes = sum(os.path.getsize(p) for p in (inside, outside))
         tick = progress(f"matching {n_groups} groups of flows", total_bytes) if progress and n_groups > 1 else None
+        step = dict(dnat=dnat, nets=nets, services=services, offset=offset, tolerance_ns=int(tolerance_s * 1e9),
+                    inside_senders=ins.senders)
         for g in range(n_groups):
-            done.append(_match_group(root, g, dnat=dnat, nets=nets, services=services, offset=offset,
-                                     tolerance_ns=int(tolerance_s * 1e9), base=base, inside_senders=ins.senders))
-            base = (base[0] + done[-1].legs[0], base[1] + done[-1].legs[1])
+            done.append(_match_group(root, g, base=bases[g], **step))
+            bases.append((bases[g][0] + done[-1].legs[0], bases[g][1] + done[-1].legs[1]))
             trim()
             if tick:
                 tick(total_bytes // n_groups)
+        # The node's addresses are those of every group's connections (as in memory, of all of them): a group
+        # whose pods called one another group showed is assembled again knowing them (rare: its files were kept).
+        node = frozenset().union(*(d.node_addresses for d in done))
+        for g, d in enumerate(done):
+            if d.calls & node:
+                done[g] = _match_group(root, g, base=bases[g], node_addresses=node, **step)
+            _drop_inputs(root, g)
         if not any(d.paired for d in done) and ins.packets and outs.packets:
             _check_overlap_spans(inside, outside, ins.info, outs.info, offset, clock_offset_s is not None)
         conns = pl.concat([d.connections for d in done])

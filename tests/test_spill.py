@@ -72,6 +72,21 @@ def test_every_bundled_pair_spilled_in_small_groups_equals_in_memory(name: str,
         assert len(list(spilled.spill.path.glob("inside-packets-*.parquet"))) > 1
 
 
+def test_a_pod_calling_its_nodes_nodeport_in_a_group_of_its_own_equals_in_memory(tiny_groups: None) -> None:
+    # Kernel variant (tests/variants/pod-nodeport-lb): pod1 calls its node's NodePort 203.0.113.2:30080 (answered on
+    # the node: internal, NodePort). The node's address is known from the connections the node masqueraded; in
+    # groups of one component each, the NodePort calls' group has none of them and read them not_captured. Such a
+    # group is assembled again knowing every group's node addresses.
+    d = Path(__file__).resolve().parent / "variants" / "pod-nodeport-lb"
+    mem = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    calls = mem.connections.filter(pl.col("orig_dst") == "203.0.113.2")
+    assert calls["verdict"].to_list() == ["internal"] * 3 and calls["service_type"].to_list() == ["NodePort"] * 3
+    spilled = natproof.correlate(d / "inside.pcap", d / "outside.pcap", memory_limit=1)
+    assert len(list(spilled.spill.path.glob("inside-packets-*.parquet"))) == mem.connections.height
+    assert_same(mem, spilled)
+    assert not list(spilled.spill.path.glob("*-grouped-*")) and not list(spilled.spill.path.glob("*-legs-*"))
+
+
 def test_generator_scenario_with_every_verdict_equals_in_memory(tmp_path: Path, tiny_groups: None) -> None:
     sc = SCENARIOS["every_verdict"]
     write_scenario(sc, tmp_path)
