@@ -175,6 +175,9 @@ class ConntrackRecord:
                 "last_ts": None if last is None else round(last / 1e9, 9), "warnings": list(self.warnings)}
 
 
+MAX_STAMP_S = (2**63 - 1) // 10**9 - 1
+"""The last whole second whose every nanosecond an Int64 holds (2262-04-11): a stamp past it is no time."""
+
 PLAUSIBLE_FROM_NS = 946_684_800 * 10**9
 """2000-01-01T00:00:00Z: no conntrack record natproof reads can be older (nf_conntrack_timestamp came with Linux 2.6.38,
 in 2011). A stamp before it is a clock that was never set (it starts at 0, 1970) or a field that is no epoch time."""
@@ -287,7 +290,11 @@ def _parse_lines(lines: pl.LazyFrame) -> pl.LazyFrame:
     entry."""
     parts = lines.select("line", pl.col("text").str.extract_groups(LINE_PATTERN).alias("m")).unnest("m")
     rest = pl.col("rest")
-    ts = (pl.col("ts_s").cast(pl.Int64) * 1_000_000_000
+    # A stamp past what nanoseconds in 64 bits hold (year 2262) is no time: the line is no entry (it raised, or,
+    # multiplied past the range, wrapped to a time before 1970).
+    ts_s = pl.col("ts_s").cast(pl.Int64, strict=False)
+    bad_ts = pl.col("ts_s").is_not_null() & ~ts_s.is_between(0, MAX_STAMP_S).fill_null(False)
+    ts = (pl.when(~bad_ts).then(ts_s * 1_000_000_000)
           + pl.col("ts_frac").str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64))
     family = pl.col("family").fill_null(
         pl.when(pl.col("osrc").str.contains(":")).then(pl.lit("ipv6")).otherwise(pl.lit("ipv4")))
@@ -323,7 +330,7 @@ def _parse_lines(lines: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("event"),
         ts.alias("ts_ns"),
         family.alias("family"),
-        pl.when(ported & no_port).then(None).otherwise(pl.col("proto")).alias("proto"),
+        pl.when(ported & no_port | bad_ts).then(None).otherwise(pl.col("proto")).alias("proto"),
         num(pl.col("protonum"), pl.UInt8()).alias("protonum"),
         num(pl.col("timeout"), pl.UInt32()).alias("timeout_s"),
         pl.col("state"),
@@ -353,7 +360,8 @@ def _ctime_ns(values: pl.Series) -> pl.Series:
     for text in values.drop_nulls().unique().to_list():
         try:
             when = dt.datetime.strptime(" ".join(text.split()), "%a %b %d %H:%M:%S %Y").replace(tzinfo=dt.UTC)
-            mapping[text] = int(when.timestamp()) * 1_000_000_000
+            seconds = int(when.timestamp())
+            mapping[text] = seconds * 1_000_000_000 if 0 <= seconds <= MAX_STAMP_S else None
         except ValueError:
             mapping[text] = None
     if not mapping:
@@ -534,4 +542,5 @@ def _when_ns(when: dict[str, str]) -> int | None:
                             int(when["min"]), int(when["sec"]), tzinfo=dt.UTC)
     except (KeyError, ValueError):
         return None
-    return int(stamp.timestamp()) * 1_000_000_000
+    seconds = int(stamp.timestamp())
+    return seconds * 1_000_000_000 if 0 <= seconds <= MAX_STAMP_S else None

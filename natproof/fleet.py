@@ -755,6 +755,10 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
         for tup in ("orig", "trans"):
             for end, p in (("src", "sport"), ("dst", "dport")):
                 cond = cond | ((pl.col(f"{tup}_{end}") == addr) & (pl.col(f"{tup}_{p}") == port)).fill_null(False)
+        if "legs" in cols:  # a leg under another tuple (a flow mapped anew after idling): lookup.roles_of names it
+            leg = pl.element().struct.field
+            on_leg = ((leg("src") == addr) & (leg("sport") == port)) | ((leg("dst") == addr) & (leg("dport") == port))
+            cond = cond | pl.col("legs").list.eval(on_leg).list.any().fill_null(False)
         if "gateway_public" in cols:
             cond = cond | pl.col("gateway_candidates").list.contains(f"{query}").fill_null(False)
     if node is not None:

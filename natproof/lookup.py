@@ -66,6 +66,14 @@ def roles_of(row: dict[str, Any], addr: str, port: int) -> list[str]:
         elif end == "dst" and tup == "trans" and (row["backend_ip"], row["backend_port"]) == (addr, port):
             label += " (backend)"
         roles.append(label)
+    if not roles:  # a leg under another tuple: a flow mapped anew after idling (udp-remap, udp-idle-nodeport)
+        far = "inside" if row.get("initiator") == "outside" else "outside"
+        for leg in row.get("legs") or []:
+            for end, p in (("src", "sport"), ("dst", "dport")):
+                side = "translated" if leg["observation_point"] == far else "original"
+                label = f"{side} {'source' if end == 'src' else 'destination'} (another mapping)"
+                if (leg[end], leg[p]) == (addr, port) and label not in roles:
+                    roles.append(label)
     return roles
 
 

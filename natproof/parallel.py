@@ -69,21 +69,24 @@ def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequen
         return [job(p, cb, **a) for p, cb, a in zip(paths, cbs, args, strict=True)]
     shm = "/dev/shm"  # the frames cross in RAM when there is a tmpfs for them, not through the disk
     tmp = tempfile.mkdtemp(prefix="natproof-", dir=shm if os.access(shm, os.W_OK) else None)
-    with open(os.path.join(tmp, "job.pickle"), "wb") as fh:
-        pickle.dump((job.__module__, job.__qualname__, os.fspath(paths[1]), args[1]), fh)
-    proc = _take_prestarted(paths[1], job.__module__) or _start_worker(job.__module__)
-    assert proc.stdin is not None
-    try:  # the job, by the folder that holds it; the worker ends at the end of its input
-        proc.stdin.write(tmp.encode() + b"\n")
-        proc.stdin.close()
-    except OSError:  # a worker that died before its job came: the status below says failed, and the job runs here
-        pass
-    import polars as pl
-
-    reply: list[str] = []
-    listener = threading.Thread(target=_relay, args=(proc.stdout, cbs[1], reply), daemon=True)
+    # From here on the folder and the worker are this call's to end, whatever interrupts it (Ctrl-C between the
+    # folder's making and the job's start left both behind: a job.pickle in /dev/shm, a worker nobody reaped).
+    proc: subprocess.Popen[bytes] | None = None
     status = "failed"
     try:
+        with open(os.path.join(tmp, "job.pickle"), "wb") as fh:
+            pickle.dump((job.__module__, job.__qualname__, os.fspath(paths[1]), args[1]), fh)
+        proc = _take_prestarted(paths[1], job.__module__) or _start_worker(job.__module__)
+        assert proc.stdin is not None
+        try:  # the job, by the folder that holds it; the worker ends at the end of its input
+            proc.stdin.write(tmp.encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # a worker that died before its job came: the status below says failed, and the job runs here
+            pass
+        import polars as pl
+
+        reply: list[str] = []
+        listener = threading.Thread(target=_relay, args=(proc.stdout, cbs[1], reply), daemon=True)
         listener.start()
         first = job(paths[0], cbs[0], **args[0])
         if while_waiting is not None:
@@ -102,14 +105,15 @@ def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequen
         else:  # the worker failed unexpectedly: run the job here, so the real error (if any) surfaces
             second = job(paths[1], None, **args[1])
     finally:
-        if proc.poll() is None:
-            if status == "ok":
-                threading.Thread(target=proc.wait, daemon=True).start()  # reaped once it has exited
-            else:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        if proc is not None:
+            if proc.poll() is None:
+                if status == "ok":
+                    threading.Thread(target=proc.wait, daemon=True).start()  # reaped once it has exited
+                else:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return [first, second]
 
@@ -171,7 +175,10 @@ def _start_worker(module: str) -> subprocess.Popen[bytes]:
     # The worker shares the cores with this process for its whole life: half of them for its polars pool, not a
     # pool as large as this one's (2 x 5M real on two cores: 23.4 -> 21.0 s). A POLARS_MAX_THREADS the user set wins.
     env.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-    cmd = [sys.executable, "-c", "from natproof.parallel import _worker_main; _worker_main()", module]
+    # Ctrl-C while the worker imports this module is quiet too (see _worker_main).
+    code = ("import sys\ntry:\n    from natproof.parallel import _worker_main\nexcept KeyboardInterrupt:\n"
+            "    sys.exit(130)\n_worker_main()")
+    cmd = [sys.executable, "-c", code, module]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
 
@@ -218,12 +225,19 @@ def _relay(stream: IO[bytes], progress: Progress | None, reply: list[str]) -> No
 def _worker_main() -> None:
     """Worker process: imports the module named on its command line, then reads a folder's path from standard
     input (none: it was not needed, and exits); the folder holds job.pickle. Writes one Arrow IPC file per frame
-    and meta.pickle, prints progress lines and then one status line (ok, or capture_error<TAB>path<TAB>problem)."""
+    and meta.pickle, prints progress lines and then one status line (ok, or capture_error<TAB>path<TAB>problem).
+
+    Ctrl-C reaches the whole process group, this worker too, at any moment of its life (loading, waiting, in the
+    job): the caller says so in one line and ends it; this worker ends quietly, no traceback of its own."""
     try:
-        importlib.import_module(sys.argv[1])
-        tmp = sys.stdin.readline().strip()
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the caller says so, not this worker
-        return
+        _work()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _work() -> None:
+    importlib.import_module(sys.argv[1])
+    tmp = sys.stdin.readline().strip()
     if not tmp:
         return
     with open(os.path.join(tmp, "job.pickle"), "rb") as fh:

@@ -172,8 +172,11 @@ def proof_packets(result: Result, conns: Sequence[int]) -> pl.DataFrame:
         row = rows[p["owner"]]
         text = (f"{_conn_text(row)}; inside frame {p['frame_no']}, "
                 f"{_direction(row['initiator'], p['is_egress'], p['is_icmp_error'])}, {FATE_LABEL[p['fate']]}")
-        if p["conn_id"] != p["anchor"]:  # hairpin: the copy the pod's port saw again, DNATed and masqueraded
-            text += " (hairpin: the copy under the translated tuple)"
+        if p["conn_id"] != p["anchor"]:
+            if row["initiator"] == "inside":  # hairpin: the copy the pod's port saw again, DNATed and masqueraded
+                text += " (hairpin: the copy under the translated tuple)"
+            else:  # started outside and mapped anew after idling: this packet crossed under another mapping
+                text += " (under another inside tuple: mapped anew after idling)"
         if p["out_frame"] is not None:
             text += f" = outside frame {p['out_frame']}, {_us(p['dt_ns'] - offset_ns)}"
         elif p.get("copy_frame") is not None:  # hairpin: its other copy is in the same capture

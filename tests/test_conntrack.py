@@ -227,6 +227,23 @@ def test_timestamps_before_2000_are_a_warning(tmp_path: Path) -> None:
     assert ConntrackRecord.from_entries(rec.entries).warnings == rec.warnings
 
 
+def test_stamps_no_64_bit_time_holds_are_no_entry(tmp_path: Path) -> None:
+    """A stamp of [99999999999999999999.x] was an internal error (polars could not cast it), one of
+    [10000000000.x] wrapped past 2**63 ns to a time in 1702. A stamp past 2262 is no time: the line is no entry,
+    counted as such, and the rest is read; [start=] of the year 9999 is no time either."""
+    lines = EVENTS.splitlines(keepends=True)
+    for stamp in ("[99999999999999999999.672624]", "[10000000000.672624]", "[9223372037.672624]"):
+        rec = read_conntrack(_write(tmp_path / "far.log", "".join([lines[0].replace("[1795965652.672624]", stamp),
+                                                                  *lines[1:]])))
+        assert rec.unparsed == 1 and rec.unparsed_lines == (1,), stamp
+        assert rec.entries.height == 5 and rec.warnings == ()
+        assert rec.entries["ts_ns"].min() > 1_700_000_000 * 10**9
+    listing = ("tcp      6 119 TIME_WAIT src=::1 dst=::1 sport=42128 dport=8080 src=::1 dst=::1 sport=8080 "
+               "dport=42128 [ASSURED] mark=0 [start=Fri Dec 31 23:59:59 9999] use=1\n")
+    e = _read(tmp_path, listing)
+    assert e.height == 1 and e["start_ts_ns"][0] is None
+
+
 def test_xml_listing(tmp_path: Path) -> None:
     e = _read(tmp_path, XML, "ct.xml")
     assert e["source"].to_list() == ["xml", "xml"]

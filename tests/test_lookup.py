@@ -45,6 +45,21 @@ def test_time_outside_every_connection_gives_the_nearest(result) -> None:  # typ
     assert ans.connections == () and [n["conn"] for n in ans.nearest] == [0]
 
 
+def test_who_finds_a_connection_by_the_tuple_of_its_other_mapping() -> None:
+    # A flow mapped anew after idling is one connection with several legs on one side; its primary tuple is the
+    # last mapping. The first mapping's tuple (the public port an abuse report of that moment names, the client
+    # address the pod saw first) found nothing: "no connection used".
+    root = Path(__file__).resolve().parent.parent
+    for folder, endpoint, primary in ((root / "captures" / "udp-remap", "203.0.113.2:46807", "203.0.113.2:52490"),
+                                      (root / "tests" / "variants" / "udp-idle-nodeport", "10.244.0.1:36985",
+                                       "10.244.0.1:21091")):
+        res = correlate(folder / "inside.pcap", folder / "outside.pcap")
+        (found,) = who(res, endpoint).connections
+        assert found["conn"] == 0 and found["roles"] == ["translated source (another mapping)"]
+        assert who(res, endpoint).side == who(res, primary).side
+        assert who(res, primary).connections[0]["roles"] == ["translated source"]
+
+
 def test_parse_time_forms() -> None:
     day = 1_795_500_362_369_528_800  # 2026-11-24T06:06:02Z
     assert parse_time("1795500362.5") == 1_795_500_362_500_000_000

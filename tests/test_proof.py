@@ -254,6 +254,20 @@ def test_hairpin_copies_say_which_tuple(tmp_path: Path) -> None:
                                 "= inside frame 11, -52.027 us")
 
 
+def test_a_flow_from_outside_mapped_anew_is_no_hairpin() -> None:
+    # tests/variants/udp-idle-nodeport: one connection from outside, reaching the pod under two inside tuples in turn.
+    # The first tuple's packets are not anchored on the connection's inside leg (the last mapping); they were
+    # commented "(hairpin: the copy under the translated tuple)", and no copy of them is in the capture.
+    folder = ROOT / "tests" / "variants" / "udp-idle-nodeport"
+    result = natproof.correlate(folder / "inside.pcap", folder / "outside.pcap")
+    packets = proof_packets(result, [0])
+    comments = packets["comment"].to_list()
+    assert packets["point"].to_list().count("inside") == 4 and not any("hairpin" in c for c in comments)
+    earlier = [c for p, c in zip(packets["point"], comments, strict=True)
+               if p == "inside" and "(under another inside tuple: mapped anew after idling)" in c]
+    assert [re.search(r"inside frame (\d+),", c).group(1) for c in earlier] == ["4", "5"]
+
+
 def test_selection_by_finding_verdict_and_number() -> None:
     result = natproof.correlate(*pair("reject-no-endpoints"))
     kinds = [f.kind for f in natproof.diagnose(result)]

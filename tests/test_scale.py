@@ -4,9 +4,12 @@ the outside capture in a second process."""
 
 from __future__ import annotations
 
+import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -147,6 +150,51 @@ def test_a_prestarted_worker_takes_the_job_and_an_unused_one_ends(monkeypatch: p
     unused = parallel._prestarted[2]
     parallel.discard_prestarted()
     assert parallel._prestarted is None and unused.poll() is not None
+
+
+def test_ctrl_c_ends_a_worker_in_its_job_without_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C reaches the whole process group: the command line says "natproof: interrupted" and ends the worker,
+    # which must print nothing of its own (it printed KeyboardInterrupt's traceback when caught in its job).
+    (tmp_path / "slowjob.py").write_text("import time\ndef job(path, progress):\n    progress(1)\n    time.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: popen(*a, stderr=subprocess.PIPE, **k))
+    proc = parallel._start_worker("slowjob")
+    job = tmp_path / "job"
+    job.mkdir()
+    with open(job / "job.pickle", "wb") as fh:
+        pickle.dump(("slowjob", "job", "x", {}), fh)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(f"{job}\n".encode())
+    proc.stdin.close()
+    assert proc.stdout.readline() == b"progress 1\n"  # in its job
+    proc.send_signal(signal.SIGINT)
+    with proc.stdout, proc.stderr:
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr.read() == b""
+
+
+def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Interrupted between making the job's folder and starting the job (here: as the listener thread is made), the
+    # folder in /dev/shm was left behind with its job.pickle, and the worker unreaped.
+    inside, outside = _pair("icmp")
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    made: list[str] = []
+    started: list[subprocess.Popen[bytes]] = []
+    mkdtemp, start_worker = parallel.tempfile.mkdtemp, parallel._start_worker
+    monkeypatch.setattr(parallel, "tempfile",
+                        SimpleNamespace(mkdtemp=lambda **k: made.append(mkdtemp(**k)) or made[-1]))
+    monkeypatch.setattr(parallel, "_start_worker", lambda m: started.append(start_worker(m)) or started[-1])
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parallel, "threading", SimpleNamespace(Thread=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run_pair(_prepare_side, [inside, outside], each=[{"inside": True}, {"inside": False}], fast=None,
+                 timeouts=None, pod_cidr=None, services=Services())
+    assert len(made) == 1 and not Path(made[0]).exists()
+    assert len(started) == 1 and started[0].poll() is not None
 
 
 def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: Path) -> None:
