@@ -407,6 +407,7 @@ def correlate(
             if "-" in (os.fspath(inside), os.fspath(outside)):
                 spilled = "a capture is read from standard input"
             elif not in_names and not out_names and links is None:
+                parallel.discard_prestarted()  # a worker the command line started has no job here: its memory back
                 spilled = correlate_spilled(inside, outside, memory_limit=memory_limit, spill_dir=spill_dir,
                                             pod_cidr=pod_cidr, clock_offset_s=clock_offset_s, tolerance_s=tolerance_s,
                                             timeouts=timeouts, progress=progress, fast=fast, services=services,
