@@ -23,6 +23,7 @@ from rich.text import Text
 import natproof
 from natproof.contracts import FORMATS, SCHEMA, SCHEMAS
 from natproof.errors import InputError, NatproofError
+from natproof.report.files import check_target
 from natproof.report.table import format_address
 
 # Everything that loads polars is imported where a command needs it: correlate starts its second process
@@ -247,9 +248,13 @@ def flow_log_options(f: Callable) -> Callable:
 
 def refuse_overwriting_inputs(output: str | None, *inputs: str | None, what: str = "the capture") -> None:
     """-o naming one of the inputs (a capture, or any file an option reads: the conntrack record, --interfaces,
-    --pods, --services, --flow-log) would replace the evidence with the output: an error, before any work. ``what``
-    names the positional inputs in the message."""
-    if not output or not os.path.exists(output):
+    --pods, --services, --flow-log) would replace the evidence with the output: an error, before any work, as is a
+    target natproof cannot write (natproof.report.files.check_target). ``what`` names the positional inputs in the
+    message."""
+    if not output:
+        return
+    check_target(output)  # a folder that is missing or takes no new file: said now, not after the work
+    if not os.path.exists(output):
         return
     obj = click.get_current_context().find_root().ensure_object(dict)
     opts, points = obj.get("services", {}), obj.get("points", {})

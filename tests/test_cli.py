@@ -407,11 +407,22 @@ def test_output_never_overwrites_a_capture(pair: tuple[Path, Path], capsys: pyte
     assert inside.read_bytes() == before
 
 
-def test_output_into_a_missing_folder(pair: tuple[Path, Path], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_into_a_missing_folder(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Said before any work (a new user's trial: -o into a missing folder failed after 10 s of a 1M pair's
+    # correlation), for every command that writes a result with -o.
+    import natproof
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("correlated before the output target was checked")
+
+    monkeypatch.setattr(natproof, "correlate", no_work)
     target = tmp_path / "nodir" / "x.json"
-    code, _, err = run(capsys, "correlate", *map(str, pair), "-o", str(target))
-    assert code == 2 and err == f"natproof: error: {target}: cannot write it, no such directory {target.parent}\n"
+    for command in ("correlate", "diagnose", "report"):
+        code, _, err = run(capsys, command, *map(str, pair), "-o", str(target))
+        assert code == 2 and err == f"natproof: error: {target}: cannot write it, no such directory {target.parent}\n"
+    code, _, err = run(capsys, "correlate", *map(str, pair), "-o", "/proc/natproof-test.json")
+    assert code == 2 and "its folder /proc takes no new file" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("fmt", ["json", "table", "csv", "parquet"])

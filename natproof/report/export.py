@@ -4,89 +4,15 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import polars as pl
 
 from natproof.contracts import FORMATS  # noqa: F401 (named here before natproof.contracts)
-from natproof.errors import InputError
+from natproof.report.files import atomic_write, writable_folder, write_bytes  # noqa: F401 (named here first)
 from natproof.result import SCHEMA, Result, connection_ndjson_parts
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the target's folder, then rename: never a half-written file.
-
-    A target that exists and is no regular file (``/dev/null``, a FIFO) is written in place: renaming over it
-    would replace the device. A folder that does not exist, one natproof may not write in, a full disk: an
-    InputError naming the target, and no file left behind (not even after Ctrl-C)."""
-    target = Path(path)
-    if target.is_symlink():  # write the file the link names, as `>` does; renaming over it would replace the link
-        target = target.resolve()
-    if target.exists() and not target.is_file():
-        if target.is_dir():
-            raise InputError(f"{target}: is a directory, not a file to write")
-        try:
-            with open(target, "wb") as fh:
-                write(fh)
-        except OSError as exc:
-            raise _cannot_write(target, exc) from None
-        return
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{target}: cannot write it, no such directory {parent}")
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
-    except OSError as exc:  # the folder takes no new file (/proc, a read-only mount): say so, not "no such file"
-        raise InputError(f"{target}: cannot write it, its folder {parent} takes no new file "
-                         f"({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            # mkstemp makes the file 0600; give it the mode any new file gets (0666 less the umask).
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(fh.fileno(), 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        # Remove the temporary file even if Ctrl-C comes again (polars may raise the one it saw a second time):
-        # inline, not in a function, whose entry is where Python would raise it.
-        while tmp is not None:
-            try:
-                os.unlink(tmp)
-                tmp = None
-            except FileNotFoundError:
-                tmp = None
-            except KeyboardInterrupt:
-                continue
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-            raise _cannot_write(target, exc) from None
-        raise
-
-
-def writable_folder(path: str | os.PathLike[str], what: str = "folder") -> Path:
-    """``path`` as a folder natproof can write in, made (with its parents) if missing: checked before any work or
-    output, so a bad folder costs nothing written. InputError naming it otherwise (a file in the way, no
-    permission, a path under a device or /proc)."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise InputError(f"{folder}: is there and is not a folder, so no {what} can be written there") \
-            from None
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot make the {what} ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{folder}: cannot write in this {what} (permission denied)")
-    return folder
-
-
-def _cannot_write(target: Path, exc: OSError) -> InputError:
-    return InputError(f"{target}: cannot write it ({exc.strerror or exc})")
 
 
 def to_json(result: Result, schema: str = SCHEMA) -> str:
@@ -228,11 +154,6 @@ def render_parts(result: Result, fmt: str, schema: str = SCHEMA) -> Iterator[byt
 def render_bytes(result: Result, fmt: str, schema: str = SCHEMA) -> bytes:
     """The result in a file format, as bytes (render_parts joined)."""
     return b"".join(render_parts(result, fmt, schema))
-
-
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes atomically (see atomic_write)."""
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 def write_result(result: Result, fmt: str, path: str | os.PathLike[str], schema: str = SCHEMA) -> None:
