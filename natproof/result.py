@@ -398,6 +398,13 @@ def translated_tuples(row: dict[str, Any]) -> int:
     return row.get("outside_tuples") or 0
 
 
+def other_mappings_text(row: dict[str, Any]) -> str:
+    """" (+1 tuple)", " (+2 tuples)": the mappings beside the translated tuple a table shows (translated_tuples
+    less one); "" when there is one."""
+    more = translated_tuples(row) - 1
+    return f" (+{more} tuple{'s' if more > 1 else ''})" if more > 0 else ""
+
+
 def flags_of(row: dict[str, Any]) -> list[str]:
     """A connection's flags (contract strings), from its row:
 

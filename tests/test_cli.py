@@ -867,3 +867,11 @@ def test_lab_check_says_which_capture_was_cut_short_when_it_fails(tmp_path: Path
     code, out, _ = run(capsys, "lab", "check", str(case))
     assert code == 1
     assert f"basic: capture warning: {case / 'inside.pcap'}: last record truncated at frame 16" in out
+
+
+def test_the_table_counts_a_flows_other_mappings(capsys: pytest.CaptureFixture[str]) -> None:
+    # Kernel variant (tests/variants/udp-idle-nodeport): one flow from outside reached the pod under two tuples in
+    # turn; the table shows the last and counts the other ("(+1 tuple)": a new user's trial read "(+1 tuples)").
+    d = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
+    code, out, _ = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--format", "table")
+    assert code == 0 and "=> 10.244.0.1:21091 -> 10.244.0.10:5353 (+1 tuple) " in out and "tuples)" not in out

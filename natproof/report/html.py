@@ -42,7 +42,7 @@ from natproof.report.table import (
     kernel_line,
     overlap_text,
 )
-from natproof.result import NAME_SCHEMA, SCHEMA, Result, _flags_expr, translated_tuples
+from natproof.result import NAME_SCHEMA, SCHEMA, Result, _flags_expr, other_mappings_text
 from natproof.verdicts import Verdict
 
 VERDICT_MEANING = {
@@ -725,8 +725,8 @@ def _service_cell(row: dict[str, Any]) -> tuple[str, str]:
 def _trans_suffix(row: dict[str, Any]) -> str:
     if not row["has_trans"]:
         return ""
-    text = f" (+{mappings - 1} tuples)" if (mappings := translated_tuples(row)) > 1 else ""
-    return _e(text + (" (from the kernel's record)" if row["evidence_level"] == "kernel_record" else ""))
+    kernel = " (from the kernel's record)" if row["evidence_level"] == "kernel_record" else ""
+    return _e(other_mappings_text(row) + kernel)
 
 
 def problem_connections(result: Result, findings: Sequence[Finding] = ()) -> pl.Series:

@@ -245,7 +245,7 @@ def render_table(result: Result, limit: int | None = None) -> Group:
     the Service and backend, the verdict and the packets by fate; then the Services and the summary.
 
     Fits 120 columns for IPv4: the latency and frame columns of the JSON are left to the other formats."""
-    from natproof.result import translated_tuples
+    from natproof.result import other_mappings_text
 
     conns = result.connections
     has_service = conns["service_type"].is_not_null().any()
@@ -269,8 +269,7 @@ def render_table(result: Result, limit: int | None = None) -> Group:
             table.add_row("...", "", f"{conns.height - limit} more", *([""] * (len(table.columns) - 3)))
             break
         trans = format_tuple(r, "trans") or "(no leg after the NAT captured)"
-        if (mappings := translated_tuples(r)) > 1:
-            trans += f" (+{mappings - 1} tuples)"
+        trans += other_mappings_text(r)
         conn = Text(format_tuple(r, "orig") or "-")
         conn.append(f"\n=> {trans}", style="" if r["trans_src"] is not None else "dim")
         if r["evidence_level"] == "kernel_record":
