@@ -533,7 +533,7 @@ def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offse
         fmt = "table" if output is None and sys.stdout.isatty() else "json"
     if fmt == "json":
         doc = {"schema": "natproof.diagnose/1", "inside": result.inside.path, "outside": result.outside.path,
-               "summary": result.to_dict()["summary"], "findings": [f.to_dict() for f in findings]}
+               "summary": result.summary(), "findings": [f.to_dict() for f in findings]}
         text = json.dumps(doc, indent=2) + "\n"
     else:
         text = "".join(f"[{f.severity.upper()}] {f.title}\n  {f.summary}\n  fix: {f.fix}\n"
