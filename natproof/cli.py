@@ -159,6 +159,17 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
     return size
 
 
+def _prestart_worker(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """OUTSIDE, once parsed: the process that would prepare it (natproof.parallel.prestart) starts now, before the
+    command loads polars and its modules, so both processes load their libraries at once."""
+    inside = ctx.params.get("inside")
+    if value is not None and inside is not None:
+        from natproof import parallel
+
+        parallel.prestart((inside, value), "natproof.correlate")
+    return value
+
+
 def capture_options(f: Callable | None = None, *, required: tuple[str, ...] = ("inside",)) -> Callable:
     """INSIDE [OUTSIDE] and the options that shape a correlation (shared by every command that reads captures).
     ``required`` names the captures that must be given: OUTSIDE may be left out (INSIDE is then one capture of
@@ -226,7 +237,8 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                      help="OUTSIDE clock minus INSIDE clock. Default: estimated from the packets.")(f)
     f = click.option("--pod-cidr", metavar="CIDR[,CIDR...]",
                      help="The pod network; destinations in it are 'internal'. Default: inferred from INSIDE.")(f)
-    f = click.argument("outside", type=_Named(dir_okay=True), required="outside" in required)(f)
+    f = click.argument("outside", type=_Named(dir_okay=True), required="outside" in required,
+                       callback=_prestart_worker)(f)
     f = click.argument("inside", type=_Named(dir_okay=True), required="inside" in required)(f)
     return f
 
@@ -288,7 +300,8 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
     if inside == "-" and outside == "-":
         raise click.UsageError("only one of INSIDE and OUTSIDE can be '-' (standard input)")
     if inside is not None and outside is not None:
-        # The outside capture's process (when there is one) loads its libraries while this one loads its own.
+        # The outside capture's process (when there is one) loads its libraries while this one loads its own:
+        # started here for callers without capture_options, as its OUTSIDE argument does (_prestart_worker).
         from natproof import parallel
 
         parallel.prestart((inside, outside), "natproof.correlate")

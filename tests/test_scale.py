@@ -197,10 +197,12 @@ def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch
     assert len(started) == 1 and started[0].poll() is not None
 
 
-def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["correlate", "diagnose", "report"])
+def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: Path, command: str) -> None:
     # What lets prestart's worker load its libraries while this process loads its own (and --help answer at
-    # once): the command line, its options' callbacks included, imports polars, numpy and the pipeline only
-    # once a command runs, after prestart.
+    # once): the command line, its options' callbacks included, imports polars, numpy and the pipeline only once
+    # a command runs, and the worker starts as OUTSIDE is parsed, before the command's body imports its modules
+    # (diagnose imported natproof.diagnose, and with it polars, before it correlated).
     inside, outside = _pair("icmp")
     code = f"""if True:
         import sys
@@ -208,12 +210,12 @@ def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: 
         seen = []
         parallel.prestart = lambda paths, module: seen.append(sorted({{"polars", "numpy"}} & set(sys.modules)))
         from natproof.cli import main
-        code = main(["correlate", {str(inside)!r}, {str(outside)!r}, "--memory-limit", "8G", "--nodeport-range",
-                     "30000-32767", "--service-cidr", "10.96.0.0/12", "-q", "-o", {str(tmp_path / "r.json")!r}])
-        print(code, seen)
+        code = main([{command!r}, {str(inside)!r}, {str(outside)!r}, "--memory-limit", "8G", "--nodeport-range",
+                     "30000-32767", "--service-cidr", "10.96.0.0/12", "-q", "-o", {str(tmp_path / "r.out")!r}])
+        print(code, seen[0])
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "0 [[]]"
+    assert out.strip() == "0 []"
 
 
 def test_two_processes_for_many_small_packets_not_only_for_big_files(monkeypatch: pytest.MonkeyPatch) -> None:
