@@ -162,6 +162,7 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
             proto = ip.p
             if ip.offset:  # a non-first fragment carries no transport header
                 raise Skip("ip_fragment")
+            first_fragment = bool(ip.off & dpkt.ip.IP_MF)
         else:
             ip = dpkt.ip6.IP6(ipb)
             ext = sum(len(h) for h in ip.all_extension_headers)
@@ -170,6 +171,10 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
             ip_id = None
             ttl = ip.hlim
             proto = ip.p
+            frag = next((h for h in ip.all_extension_headers if isinstance(h, dpkt.ip6.IP6FragmentHeader)), None)
+            if frag is not None and frag.frag_off:  # a non-first fragment carries no transport header
+                raise Skip("ip_fragment")
+            first_fragment = frag is not None and bool(frag.m_flag)
     except (dpkt.UnpackError, struct.error):
         raise Skip("malformed") from None
     src, dst = _addr(version, ip.src), _addr(version, ip.dst)
@@ -193,6 +198,11 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
         sport, dport = l4.sport, l4.dport
         payload = bytes(l4.data)
         payload_len = max(0, l4_len - 8)
+        if first_fragment and l4.ulen >= 8:
+            # A datagram's first fragment: its UDP length is the whole datagram's. Counting that, not the
+            # fragment's bytes, the first fragment and the datagram whole (reassembled by the node's conntrack,
+            # nf_defrag_ipv4/ipv6, and forwarded so) agree on every field the match signature reads.
+            payload_len = l4.ulen - 8
     elif proto in (1, 58):
         if not isinstance(l4, dpkt.icmp.ICMP | dpkt.icmp6.ICMP6):
             raise Skip("truncated_l4")

@@ -719,6 +719,13 @@ class _ChunkDecoder:
         skip = np.where(tcp, doff * 4, 8)
         pcl = np.maximum(seg - skip, 0)
         payload_len = np.maximum(l4_len - skip, 0)
+        # An IPv4 datagram's first fragment (more fragments, offset 0: later ones are skipped): its UDP length is the
+        # whole datagram's, as the reference decoder counts it (natproof.decode.decode). IPv6 fragments carry a
+        # fragment header, which the reference decodes.
+        ulen = _u(l4, 4, 2)
+        first_frag = is4 & ~tcp & ~echo & ((hdr[:, 6] & 0x20) != 0) & (ulen >= 8)
+        if first_frag.any():
+            payload_len = np.where(first_frag, ulen - 8, payload_len)
         pstart = ch.data_off[r] + l3 + hl + skip
         has = pcl > 0
         head_full = np.zeros(len(r), dtype=np.uint64)
