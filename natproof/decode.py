@@ -162,7 +162,7 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
             proto = ip.p
             if ip.offset:  # a non-first fragment carries no transport header
                 raise Skip("ip_fragment")
-            first_fragment = bool(ip.off & dpkt.ip.IP_MF)
+            first_fragment = bool(ip.mf)
         else:
             ip = dpkt.ip6.IP6(ipb)
             ext = sum(len(h) for h in ip.all_extension_headers)

@@ -233,3 +233,110 @@ def test_a_flow_whose_first_packet_in_both_captures_is_a_reply_is_the_lan_hosts(
     assert [f.kind for f in diagnose(result)] == ["healthy"]
     with pytest.raises(InputError, match="look swapped"):
         correlate(v / "outside.pcap", v / "inside.pcap")
+
+
+def test_a_pods_fragmented_datagram_pairs_with_the_nodes_whole_copy_in_one_any_capture() -> None:
+    # Kernel variant (tests/variants/pmtud6): pod1 fragments its second 1400-byte datagram (after a packet too big,
+    # MTU 1280) into 1232 + 176 bytes on vethpod1; the node's nf_defrag_ipv6 reassembles it for conntrack and
+    # cni0 and eth0 carry it whole (1408 bytes of UDP). The first fragment (frame 68) and eth0's copy (frame 71)
+    # did not pair (1 inside only, 1 outside only), and the second fragment was read as truncated_l4.
+    import json
+
+    from natproof.diagnose import diagnose
+
+    v = Path(__file__).resolve().parent / "variants" / "pmtud6"
+    truth = json.loads((v / "truth.json").read_text())
+    result = correlate(v / "any.pcap", interfaces=v / "links.txt")
+    doc = result.to_dict()
+    assert compare(doc, truth).ok
+    udp_conn, tcp_conn = doc["connections"]
+    assert (udp_conn["proto"], udp_conn["verdict"], tcp_conn["verdict"]) == ("udp", "no_reply", "translated")
+    assert udp_conn["matched"] == {"egress": 2, "reply": 0}
+    assert udp_conn["fates"] == {"crossed": 4, "leaked": 0, "inside_only": 0, "outside_only": 0,
+                                 "node_generated": 0}
+    assert doc["unmatched"] == {"inside": 0, "outside": 0}
+    assert doc["captures"]["inside"]["skipped"] == {"icmp_other": 18, "ip_fragment": 1}
+    crossed = result.packets("inside").filter(pl.col("proto") == 17).select("frame_no", "out_frame").collect()
+    assert crossed.rows() == [(25, 29), (68, 71)]
+    # The same as the two-capture pair (cni0, whose copies are whole, and eth0) says.
+    pair = correlate(v / "inside.pcap", v / "outside.pcap").to_dict()
+    assert [(c["packets"], c["matched"], c["fates"]) for c in pair["connections"]] == [
+        (c["packets"], c["matched"], c["fates"]) for c in doc["connections"]]
+    assert [f.kind for f in diagnose(result)] == ["path_mtu"]
+
+
+def _frags4(src: str, dst: str, datagram: bytes, ip_id: int, ttl: int) -> list[bytes]:
+    """An IPv4 datagram's fragments at 1480 bytes (an MTU of 1500)."""
+    from pcapbytes import ipv4
+
+    out = []
+    for off in range(0, len(datagram), 1480):
+        more = 0x2000 if off + 1480 < len(datagram) else 0
+        out.append(ipv4(src, dst, 17, datagram[off:off + 1480], ip_id=ip_id, ttl=ttl, frag=more | off // 8))
+    return out
+
+
+def _frags6(src: str, dst: str, datagram: bytes, ident: int, hlim: int) -> list[bytes]:
+    """An IPv6 datagram's fragments at 1232 bytes (an MTU of 1280)."""
+    import struct
+
+    from pcapbytes import ipv6
+
+    out = []
+    for off in range(0, len(datagram), 1232):
+        more = int(off + 1232 < len(datagram))
+        out.append(ipv6(src, dst, 44, struct.pack("!BBHI", 17, 0, off | more, ident) + datagram[off:off + 1232],
+                        hlim=hlim))
+    return out
+
+
+@pytest.mark.parametrize("answered", [True, False])
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("fragmented", ["inside", "outside", "both"])
+def test_identical_fragmented_datagrams_pair_one_to_one_whichever_side_saw_them_whole(
+        v6: bool, fragmented: str, answered: bool, tmp_path: Path) -> None:
+    # Two identical 3000-byte datagrams 200 ms apart, answered or not. A pod's fragments reassembled by the node
+    # (inside), the node fragmenting on a smaller uplink MTU (outside), or both: each first fragment stands for its
+    # datagram (the UDP length is the whole one's) and pairs with its own copy; later fragments are skipped. Before,
+    # a fragment and a whole copy paired only by IPv4's IP id, and only once the answer had linked the two legs:
+    # unanswered, the flow read not_forwarded beside an outside-only leg.
+    from pcapbytes import ipv4, ipv6, udp, write_pair
+
+    pod, node, srv = ("2001:db8:244::10", "2001:db8:100::2", "2001:db8:ff::99") if v6 else (
+        "10.244.0.10", "203.0.113.2", "198.51.100.10")
+    t0 = 1_700_000_000 * 10**9
+    inside, outside = [], []
+    for i in range(2):
+        t = t0 + i * 200_000_000
+        datagram = udp(40000, 7, b"same request " * 230)
+        for side, rows, src, ttl, dt in (("inside", inside, pod, 64, 0), ("outside", outside, node, 63, 30_000)):
+            if fragmented in (side, "both"):
+                frags = (_frags6(src, srv, datagram, 0xA6DC0000 + i, ttl) if v6
+                         else _frags4(src, srv, datagram, 700 + i, ttl))
+            else:
+                frags = [ipv6(src, srv, 17, datagram, hlim=ttl) if v6 else ipv4(src, srv, 17, datagram, ip_id=700 + i,
+                                                                                 ttl=ttl)]
+            rows.extend((t + dt + k * 1000, f) for k, f in enumerate(frags))
+    answer = udp(7, 40000, b"ok")
+    t = t0 + 300_000_000
+    if answered:
+        outside.append((t, ipv6(srv, node, 17, answer, hlim=50) if v6
+                        else ipv4(srv, node, 17, answer, ip_id=9, ttl=50)))
+        inside.append((t + 30_000, ipv6(srv, pod, 17, answer, hlim=49) if v6
+                       else ipv4(srv, pod, 17, answer, ip_id=9, ttl=49)))
+    else:  # a packet of another connection, so the captures overlap in time past the datagrams
+        from pcapbytes import tcp_pair
+
+        more_in, more_out = tcp_pair(t, pod="10.244.0.11")
+        inside += more_in
+        outside += more_out
+    a, b = write_pair(tmp_path, inside, outside)
+    result = correlate(a, b)
+    c = result.to_dict()["connections"][0]
+    assert (c["proto"], c["original"]["src"], c["translated"]["src"]) == ("udp", pod, node)
+    assert c["verdict"] == ("translated" if answered else "no_reply")
+    assert c["matched"] == {"egress": 2, "reply": int(answered)}
+    assert c["fates"]["crossed"] == 2 + answered and c["fates"]["inside_only"] == c["fates"]["outside_only"] == 0
+    # Each datagram with its own copy: 30 us apart, never 200 ms.
+    egress = result.packets("inside").filter(pl.col("is_egress") & (pl.col("proto") == 17)).select("dt_ns").collect()
+    assert egress["dt_ns"].to_list() == [30_000, 30_000]

@@ -90,9 +90,41 @@ def test_icmp_error_quotes_the_offending_tuple() -> None:
         (101, ipv6("fe80::1", "ff02::2", 58, struct.pack("!BBHI", 133, 0, 0, 0)), "icmp_other"),  # RS
         (101, ipv4(POD, SRV, 6, b"\x00\x50"), "truncated_l4"),
         (101, ipv4(POD, SRV, 17, udp(1, 2, b"abcdefgh"), frag=0x0010), "ip_fragment"),
+        # IPv6: a fragment header (next header 44) with a non-zero offset (154 x 8 bytes), more fragments or not.
+        (101, ipv6("2001:db8:244::10", "2001:db8:ff::99", 44, struct.pack("!BBHI", 17, 0, 154 << 3, 7) + b"x" * 176),
+         "ip_fragment"),
+        (101, ipv6("2001:db8:244::10", "2001:db8:ff::99", 44, struct.pack("!BBHI", 17, 0, 1 << 3 | 1, 7) + b"x" * 16),
+         "ip_fragment"),
     ],
 )
 def test_frames_without_a_connection_are_skipped_with_a_reason(linktype: int, frame: bytes, reason: str) -> None:
     with pytest.raises(Skip) as exc:
         decode(1, 0, len(frame), len(frame), linktype, frame)
     assert exc.value.reason == reason
+
+
+def _first_fragment(v6: bool, datagram: bytes, cut: int) -> bytes:
+    """The first fragment (``cut`` bytes of ``datagram``'s UDP header and payload) as a pod's stack sends it."""
+    if v6:
+        return ipv6("2001:db8:244::10", "2001:db8:ff::99", 44, struct.pack("!BBHI", 17, 0, 1, 0xA6DCF8C4)
+                    + datagram[:cut])
+    return ipv4(POD, SRV, 17, datagram[:cut], ip_id=4242, frag=0x2000)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_first_fragment_is_the_whole_datagram_its_udp_header_describes(v6: bool) -> None:
+    # tests/variants/pmtud6: a pod fragments a 1400-byte datagram (1232 bytes, then 176), the node's conntrack
+    # reassembles it and forwards it whole. The first fragment's UDP length is the datagram's: payload_len counts
+    # that, so the fragment and the whole copy agree on every field the match signature reads.
+    datagram = udp(54979, 7, bytes(range(256)) * 5 + b"z" * 120)
+    whole = row(101, ipv6("2001:db8:100::2", "2001:db8:ff::99", 17, datagram) if v6
+                else ipv4("203.0.113.2", SRV, 17, datagram, ip_id=4242))
+    first = row(101, _first_fragment(v6, datagram, 1232))
+    assert whole["payload_len"] == first["payload_len"] == 1400
+    assert (first["payload_captured_len"], first["ip_len"]) == (1224, 1280 if v6 else 1252)
+    assert first["head_digest"] == whole["head_digest"]
+    assert (first["sport"], first["dport"], first["ip_id"]) == (54979, 7, None if v6 else 4242)
+    # Not a fragment after all (an atomic fragment: offset 0, no more): its own length.
+    atomic = ipv6("2001:db8::1", "2001:db8::2", 44, struct.pack("!BBHI", 17, 0, 0, 1)
+                  + udp(1, 2, b"abc"))
+    assert row(101, atomic)["payload_len"] == 3

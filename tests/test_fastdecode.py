@@ -67,6 +67,30 @@ def test_bundled_captures_are_there() -> None:
     assert len(BUNDLED) >= 20
 
 
+def test_fragments_decode_alike_and_a_first_fragment_counts_its_whole_datagram(tmp_path: Path) -> None:
+    # The columnar decoder reads an IPv4 first fragment itself and hands IPv6 ones (a fragment header) to the
+    # reference: both give the datagram's UDP length less the header as payload_len and skip the later fragments
+    # (ip_fragment). tests/variants/pmtud6/any.pcap holds a pod's two IPv6 fragments and the node's whole copies.
+    datagram = udp(54979, 7, bytes(range(256)) * 8)
+    frames = [
+        (0, ether(ipv4(POD4, SRV4, 17, datagram[:1480], ip_id=9, frag=0x2000))),  # first of two
+        (1, ether(ipv4(POD4, SRV4, 17, datagram[1480:], ip_id=9, frag=185))),  # 185 x 8 = 1480
+        (2, ether(ipv4(NODE4, SRV4, 17, datagram, ip_id=9))),  # reassembled on the node
+        (3, ether(ipv6(POD6, SRV6, 44, struct.pack("!BBHI", 17, 0, 1, 77) + datagram[:1232]), ethertype=0x86DD)),
+        (4, ether(ipv6(POD6, SRV6, 44, struct.pack("!BBHI", 17, 0, 154 << 3, 77) + datagram[1232:]),
+                  ethertype=0x86DD)),
+        (5, ether(ipv6(POD6, SRV6, 17, datagram), ethertype=0x86DD)),
+    ]
+    (tmp_path / "f.pcap").write_bytes(pcap(frames))
+    info, got = assert_same(tmp_path / "f.pcap")
+    assert got["frame_no"].to_list() == [1, 3, 4, 6]
+    assert got["payload_len"].to_list() == [2048] * 4
+    assert got["payload_captured_len"].to_list() == [1472, 2048, 1224, 2048]
+    assert got["head_digest"].n_unique() == 1
+    assert info.skipped == {"ip_fragment": 2}
+    assert_same(Path(__file__).resolve().parent / "variants" / "pmtud6" / "any.pcap")
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_generator_scenarios(name: str, tmp_path: Path) -> None:
     write_scenario(SCENARIOS[name], tmp_path)
@@ -167,7 +191,8 @@ def _v6(l4: bytes, nxt: int, plen: int | None) -> bytes:
 def ip_packets(draw: st.DrawFn) -> bytes:
     v6 = draw(st.booleans())
     kind = draw(st.sampled_from(["tcp", "tcp", "tcp_opts", "tcp_badoff", "udp", "udp", "echo_req", "echo_rep",
-                                 "icmp_error", "icmp_other", "other", "frag", "ipopts", "v6ext", "icmp_short"]))
+                                 "icmp_error", "icmp_other", "other", "frag", "ipopts", "v6ext", "icmp_short",
+                                 "udp_frag"]))
     payload = draw(st.binary(max_size=80))
     sport, dport = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
     icmp_p = 58 if v6 else 1
@@ -196,13 +221,20 @@ def ip_packets(draw: st.DrawFn) -> bytes:
         l4, proto = struct.pack("!BBHI", 133 if v6 else 13, 0, 0, 0) + payload, icmp_p
     elif kind == "v6ext" and v6:
         l4, proto = bytes([6, 0]) + b"\0" * 6 + tcp(sport, dport, 1, 2, 0x10, payload), 0
+    elif kind == "udp_frag":
+        # A fragment of a UDP datagram whose UDP length says more than the fragment holds (the whole datagram's).
+        l4, proto = udp(sport, dport, payload), 17
+        l4 = l4[:4] + struct.pack("!H", draw(st.integers(0, 65535))) + l4[6:]
+        if v6:  # a fragment header: offset 0 or not, more fragments or not
+            off, more = draw(st.sampled_from([0, 0, 1, 154])), draw(st.integers(0, 1))
+            l4, proto = struct.pack("!BBHI", 17, 0, off << 3 | more, draw(st.integers(0, 2**32 - 1))) + l4, 44
     else:
         l4, proto = payload, draw(st.sampled_from([2, 47, 50, 132, 6, 17]))
     if v6:
         plen = draw(st.one_of(st.none(), st.integers(0, len(l4) + 20)))
         return _v6(l4, proto, plen)
     total = draw(st.one_of(st.none(), st.just(0), st.integers(0, 20 + len(l4) + 20)))
-    frag = draw(st.sampled_from([0x0010, 0x2000 | 0x0008, 0x2000])) if kind == "frag" else draw(
+    frag = draw(st.sampled_from([0x0010, 0x2000 | 0x0008, 0x2000])) if kind in ("frag", "udp_frag") else draw(
         st.sampled_from([0, 0x4000]))
     pkt = ipv4(POD4, SRV4, proto, l4, total=total, frag=frag, ttl=draw(st.integers(0, 255)),
                ip_id=draw(st.integers(0, 65535)))
