@@ -813,19 +813,22 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
             inferred = infer_pod_networks(sources, where=f"that {record.path} rewrote or saw leave unrewritten (the "
                                                          "only capture is the outside one)")
             nets, why = inferred.networks, inferred.why
-    conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s)
+    conns = one_side_connections(legs, side, record, pod_networks=nets, services=services, tolerance_s=tolerance_s,
+                                 timeouts=timeouts)
     # Each leg's connection, by its leg on the captured side (the uplink's connections have no inside leg).
     ids = conns[f"{side}_conn_id"].to_list()
     conn_of = dict(zip(conns["leg"].to_list(), ids, strict=True))
     # A hairpin's second leg on the pod side belongs to the connection of its first (natproof.kernel).
     conn_of |= {f: c for f, c in zip(conns["folded"].to_list(), ids, strict=True) if f is not None}
+    # So do the other mappings of a flow mapped anew after idling (natproof.kernel: its packets on every leg).
+    conn_of |= {m: c for ms, c in zip(conns["mapped"].to_list(), ids, strict=True) for m in ms or ()}
     owned = pl.Series(list(conn_of), dtype=pl.UInt32).implode()
     # On the uplink, an egress connection's leg under its pre-NAT tuple left untranslated (its entry expired, or
     # INVALID): its packets leaked, as with two captures (a helper: idle-expiry's FINs read as a second
     # translated connection).
     leaked_legs = (conns.filter((pl.lit(side) == "outside") & (pl.col("initiator") == "inside"))
                    ["folded"].drop_nulls().implode())
-    conns = conns.drop("folded")
+    conns = conns.drop("folded", "mapped")
     pk = _with_icmp(fr["packets"], fr["icmp"]).with_columns(
         pl.col("conn_id").replace_strict(conn_of, default=None, return_dtype=pl.UInt32).alias("anchor"),
         pl.when(pl.col("conn_id").is_in(owned)).then(pl.lit(f"{side}_only")).cast(FATE).alias("fate"),

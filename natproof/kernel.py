@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from natproof.assemble import Services, in_networks
+from natproof.connections import IdleTimeouts
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.result import CONNECTION_SCHEMA, Result
 
@@ -430,7 +431,7 @@ def which_side(legs: pl.DataFrame, record: ConntrackRecord, *, pod_networks: Seq
 
 def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord, *,
                          pod_networks: Sequence[Network] = (), services: Services | None = None,
-                         tolerance_s: float = 1.0) -> pl.DataFrame:
+                         tolerance_s: float = 1.0, timeouts: IdleTimeouts | None = None) -> pl.DataFrame:
     """Connections (CONNECTION_SCHEMA rows, plus ``leg`` = the capture's conn_id) from ONE capture, taken on
     ``side`` of the NAT, and the kernel's record, which gives the other side's tuple (evidence_level
     kernel_record).
@@ -443,11 +444,22 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     is reply_dropped. A pod-side leg with no entry: internal when its destination is in the pod networks, else
     not_forwarded, kernel absent with the reason the record allows (other_capture_off when the record does not
     cover its time: then nothing is known of the node's side). A leg on the uplink with no entry is the node's
-    own traffic (or untracked): not a connection."""
+    own traffic (or untracked): not a connection.
+
+    A flow mapped anew after its entry expired while it idled is one connection, as with two captures
+    (docs/model.md): conntrack tracks an original tuple as one entry at a time, so legs of the side after the NAT
+    that are translated tuples of entries sharing an original tuple (and zone), in turn, each begun less than the
+    protocol's idle timeout (``timeouts``, as group_connections splits a leg) after the one before ended (and, for
+    TCP, not opened by a SYN of its own: a reused tuple), are that flow's mappings (_mapping_chains: the pod's
+    legs of a UDP NodePort flow, tests/variants/udp-idle-nodeport; the uplink's of a pod's UDP socket, lab
+    udp-remap). The connection is the mapping that carried most of the initiator's packets (the later on a tie):
+    its translated tuple and kernel entry; its times, packets and legs are every mapping's, inside_tuples (started
+    outside) or outside_tuples (started inside) count them, and ``mapped`` lists the other legs' ids."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, not {side!r}")
     tol = int(tolerance_s * 1e9)
-    rows = flow_rows(_record_flows(record), pod_networks=pod_networks, services=services)
+    flows = _record_flows(record)
+    rows = flow_rows(flows, pod_networks=pod_networks, services=services).with_columns(flows["zone"])
     best = _leg_matches(legs, rows, tol).unique("conn_id", keep="first", maintain_order=True)
     # Two legs of one capture on one entry: a hairpin, seen before and after the NAT on the pod side (a helper
     # found each listed twice). The connection is the leg seen as the side sees its entries (the pod side: an
@@ -459,24 +471,49 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     folded = (ranked.join(kept.select("conn_id"), on="conn_id", how="anti")
               .select("conn", pl.col("conn_id").alias("folded")).unique("conn", keep="first"))
     best = kept.drop("_other_view").join(folded, on="conn", how="left").sort("conn_id")
+    best = best.join(_mapping_chains(best, rows, side, tol, timeouts or IdleTimeouts()), on="conn_id", how="left")
     packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
-    leg_struct = pl.concat_list(pl.struct(
+    leg_struct = pl.struct(
         pl.lit(side).alias("observation_point"), pl.col("leg_src").alias("src"), pl.col("leg_sport").alias("sport"),
         pl.col("leg_dst").alias("dst"), pl.col("leg_dport").alias("dport"), "first_frame",
-        packets.alias("packets"), pl.col("leg_underlay").alias("underlay")))
+        packets.alias("packets"), pl.col("leg_underlay").alias("underlay"))
     leg_cols = legs.select(pl.col("conn_id").alias("leg"), *[pl.col(f).alias(f"leg_{f}") for f in
                                                              ("src", "sport", "dst", "dport")],
                            pl.col("first_ts_ns").alias("leg_first"), pl.col("last_ts_ns").alias("leg_last"),
                            "egress_packets", "reply_packets", "icmp_error_packets", "first_frame",
                            _underlay(legs).alias("leg_underlay"))
-    found = (best.select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("row"), "folded")
-             .join(rows.rename({"conn": "row"}), on="row").join(leg_cols, on="leg"))
+    per_leg = (best.select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("row"), "folded", "primary",
+                           "mapping")
+               .join(rows.rename({"conn": "row"}), on="row").join(leg_cols, on="leg"))
+    # One row per connection: its primary leg's (entry, tuples, flags), with the packets, times and legs of all
+    # its mappings (one leg but where a flow was mapped anew: _mapping_chains).
+    summed = ("leg_first", "leg_last", "egress_packets", "reply_packets", "icmp_error_packets", "first_frame")
+    chain = per_leg.sort("leg_first", "leg").group_by("primary", maintain_order=True).agg(
+        pl.col("leg_first").min(), pl.col("leg_last").max(),
+        *[pl.col(c).sum() for c in ("egress_packets", "reply_packets", "icmp_error_packets")],
+        pl.col("first_frame").min(),
+        leg_struct.alias("legs"),
+        pl.col("leg").filter(pl.col("leg") != pl.col("primary")).alias("mapped"),
+        pl.len().cast(pl.UInt32).alias("_mappings"),
+        pl.col("replied").any().alias("_replied_any"),
+        # A leaked or hairpin leg folded into any of its entries (the primary's first).
+        pl.col("folded").sort_by(pl.col("leg") != pl.col("primary")).drop_nulls().first().alias("_folded"),
+    )
+    found = (per_leg.filter(pl.col("leg") == pl.col("primary")).drop(*summed, "folded")
+             .join(chain, on="primary", how="left").rename({"_folded": "folded"}))
+    tuples = "inside_tuples" if side == "inside" else "outside_tuples"
+    found = found.with_columns(
+        # The mappings seen, as two captures count them on the side after the NAT.
+        pl.when(pl.col("mapping")).then(pl.col("_mappings")).otherwise(pl.col(tuples)).alias(tuples),
+        # A flow's later entry may have been answered where the one it ended under was not.
+        pl.when((pl.col("verdict") == "no_reply") & pl.col("_replied_any")).then(pl.lit("translated"))
+        .otherwise(pl.col("verdict")).alias("verdict"),
+    ).drop("_mappings", "_replied_any")
     found = found.with_columns(
         pl.col("leg_first").alias("first_ts_ns"), pl.col("leg_last").alias("last_ts_ns"),
         pl.col("egress_packets").alias(f"egress_{side}"), pl.col("reply_packets").alias(f"reply_{side}"),
         pl.col("icmp_error_packets").alias(f"icmp_errors_{side}"), packets.alias(f"fate_{side}_only"),
         pl.col("first_frame").alias(f"evidence_egress_{side}_frame"), pl.col("leg").alias(f"{side}_conn_id"),
-        leg_struct.alias("legs"),
         pl.when((pl.lit(side) == "inside") & pl.col("egress") & (pl.col("verdict") == "translated")
                 & (pl.col("reply_packets") == 0)).then(pl.lit("reply_dropped")).otherwise(pl.col("verdict"))
         .alias("verdict"),
@@ -484,14 +521,51 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     parts = [found]
     if side == "inside":
         missing = legs.filter(~pl.col("conn_id").is_in(found["leg"].implode())
-                              & ~pl.col("conn_id").is_in(found["folded"].drop_nulls().implode()))
+                              & ~pl.col("conn_id").is_in(found["folded"].drop_nulls().implode())
+                              & ~pl.col("conn_id").is_in(found["mapped"].explode().drop_nulls().implode()))
         parts.append(_unrecorded_inside_legs(missing, record, pod_networks or _PRIVATE, tol))
     conns = pl.concat([contract_columns(p).with_columns(
         p["leg"].cast(pl.UInt32).alias("leg"),
         (p["folded"] if "folded" in p.columns else pl.repeat(None, p.height, dtype=pl.UInt32, eager=True))
-        .cast(pl.UInt32).alias("folded")) for p in parts])
+        .cast(pl.UInt32).alias("folded"),
+        (p["mapped"] if "mapped" in p.columns else pl.repeat([], p.height, dtype=pl.List(pl.UInt32), eager=True))
+        .cast(pl.List(pl.UInt32)).alias("mapped")) for p in parts])
     conns = conns.sort(["first_ts_ns", "leg"]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
     return conns
+
+
+def _mapping_chains(best: pl.DataFrame, rows: pl.DataFrame, side: str, tol: int,
+                    timeouts: IdleTimeouts) -> pl.DataFrame:
+    """Each leg of ``best`` (one_side_connections' legs, each on its own kernel entry) with ``primary``: the leg of
+    the connection it belongs to, and ``mapping``: whether it is a mapping of that connection (a translated tuple
+    of its entry, seen on the side after the NAT). Legs that are mappings of entries with one original tuple (and
+    zone), in time order, each beginning less than the protocol's idle timeout after the one before ended (TCP: not
+    opened by a SYN of its own, a reused tuple's new connection), are one flow mapped anew after idling: conntrack
+    tracks an original tuple as one entry at a time, so each entry followed the one before. Their primary is the
+    leg that carried most of the initiator's packets, the later on a tie (the mapping the flow ended under, as
+    natproof.assemble._join_mappings takes it). Every other leg is its own primary."""
+    key = ["proto", "orig_src", "orig_sport", "orig_dst", "orig_dport", "zone"]
+    # A leg seen as its entry's translated tuple, on the side that sees the entry's mappings (the uplink for
+    # egress, the pod side for a connection started outside): one of the flow's mappings.
+    mapping = (pl.col("seen") == "translated") & (pl.col("egress") == (side == "outside"))
+    opened = pl.col("origin_seen") if "origin_seen" in best.columns else pl.lit(False)
+    idle = (pl.when(pl.col("proto") == "tcp").then(pl.lit(int(timeouts.tcp_s * 1e9)))
+            .when(pl.col("proto") == "udp").then(pl.lit(int(timeouts.udp_s * 1e9)))
+            .otherwise(pl.lit(int(timeouts.icmp_s * 1e9))))
+    m = (best.select("conn_id", "conn", "first_ts_ns", "last_ts_ns", "egress_packets", mapping.alias("mapping"),
+                     opened.alias("_opened"))
+         .join(rows.select("conn", *key), on="conn", how="left")
+         .sort([*key, "first_ts_ns", "conn_id"], nulls_last=True))
+    same_key = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in key])
+    follows = (same_key & pl.col("mapping") & pl.col("mapping").shift(1)
+               & (pl.col("conn") != pl.col("conn").shift(1))
+               & (pl.col("first_ts_ns") >= pl.col("last_ts_ns").shift(1) - tol)
+               & (pl.col("first_ts_ns") - pl.col("last_ts_ns").shift(1) <= idle)
+               & ~((pl.col("proto") == "tcp") & pl.col("_opened").fill_null(False)))
+    m = m.with_columns((~follows.fill_null(False)).cum_sum().alias("_chain"))
+    top = (m.sort(["_chain", "egress_packets", "first_ts_ns", "conn_id"], descending=[False, True, True, True])
+           .unique("_chain", keep="first").select("_chain", pl.col("conn_id").alias("primary")))
+    return m.join(top, on="_chain").select("conn_id", pl.col("primary").cast(pl.UInt32), "mapping")
 
 
 def _underlay(legs: pl.DataFrame) -> pl.Expr:
