@@ -1623,12 +1623,16 @@ def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[in
         by_anchor: dict[int, list[tuple[int, int, int]]] = {}
         for a, first, last, frame in spans.select("anchor", "first", "last", "frame").iter_rows():
             by_anchor.setdefault(a, []).append((first, last, frame))
+        uplink_only = _uplink_only(result)
         for r in these:
             own = (r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])
             translated = {leg["first_frame"]: format_address(leg["src"], leg["sport"]) for leg in (r["legs"] or [])
                           if leg["observation_point"] == side
                           and (leg["src"], leg["sport"], leg["dst"], leg["dport"]) != own}
-            legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(r["inside_conn_id"], [])
+            # The uplink alone with the kernel's record (natproof.correlate_one): its packets' anchor is the
+            # connection's outside leg, as no inside leg exists.
+            anchor = r["outside_conn_id"] if uplink_only and r["inside_conn_id"] is None else r["inside_conn_id"]
+            legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(anchor, [])
                     if leg[2] in translated]
             if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_S * 1e9 for a, b in zip(legs, legs[1:], strict=False)):
                 out[r["conn"]] = legs
