@@ -453,8 +453,9 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     TCP, not opened by a SYN of its own: a reused tuple), are that flow's mappings (_mapping_chains: the pod's
     legs of a UDP NodePort flow, tests/variants/udp-idle-nodeport; the uplink's of a pod's UDP socket, lab
     udp-remap). The connection is the mapping that carried most of the initiator's packets (the later on a tie):
-    its translated tuple and kernel entry; its times, packets and legs are every mapping's, inside_tuples (started
-    outside) or outside_tuples (started inside) count them, and ``mapped`` lists the other legs' ids."""
+    its translated tuple and kernel entry; its times, packets and legs are every mapping's, ``{side}_tuples``
+    counts its legs on the captured side as two captures do (one, or each mapping), and ``mapped`` lists the other
+    legs' ids."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, not {side!r}")
     tol = int(tolerance_s * 1e9)
@@ -501,10 +502,10 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     )
     found = (per_leg.filter(pl.col("leg") == pl.col("primary")).drop(*summed, "folded")
              .join(chain, on="primary", how="left").rename({"_folded": "folded"}))
-    tuples = "inside_tuples" if side == "inside" else "outside_tuples"
     found = found.with_columns(
-        # The mappings seen, as two captures count them on the side after the NAT.
-        pl.when(pl.col("mapping")).then(pl.col("_mappings")).otherwise(pl.col(tuples)).alias(tuples),
+        # Its legs on the captured side, as two captures count them (a hairpin's copy and a leaked leg aside): one,
+        # or each mapping of a flow mapped anew.
+        pl.col("_mappings").alias(f"{side}_tuples"),
         # A flow's later entry may have been answered where the one it ended under was not.
         pl.when((pl.col("verdict") == "no_reply") & pl.col("_replied_any")).then(pl.lit("translated"))
         .otherwise(pl.col("verdict")).alias("verdict"),
@@ -598,6 +599,7 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
         pl.col("egress_packets").alias("egress_inside"), pl.col("reply_packets").alias("reply_inside"),
         pl.col("icmp_error_packets").alias("icmp_errors_inside"), packets.alias("fate_inside_only"),
+        pl.lit(1, pl.UInt32).alias("inside_tuples"),
         *[pl.lit(0, pl.UInt32).alias(c) for c in ("egress_outside", "reply_outside", "icmp_errors_outside",
                                                   "matched_egress", "matched_reply", "outside_tuples", "fate_crossed",
                                                   "fate_leaked", "fate_outside_only", "fate_node_generated")],
