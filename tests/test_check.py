@@ -219,3 +219,15 @@ def test_a_flow_from_outside_mapped_anew_matches_the_kernels_truth() -> None:
     rep = check_case(Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport")
     assert rep.ok and (rep.expected, rep.found, rep.mapping_right, rep.verdict_right) == (4, 4, 4, 4)
     assert rep.unexpected == [] and rep.missing == [] and rep.wrong == []
+
+
+def test_a_flow_from_outside_mapped_anew_is_one_connection_from_the_pod_side_and_the_record() -> None:
+    # The same folder as `natproof lab check --conntrack` holds it: the pod side alone with the kernel's record
+    # once made a connection of each of the flow's two entries, and the first (36985) was not in the truth.
+    from natproof.check import check_case
+
+    rep = check_case(Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport", conntrack=True)
+    assert rep.kernel is not None and rep.kernel.summary() == "4 confirmed" and rep.kernel.disagree == []
+    one = rep.kernel.one_capture
+    assert one is not None and one.ok and one.summary() == "4 of 4" and one.wrong == [] and one.missing == []
+    assert rep.ok

@@ -390,12 +390,9 @@ def one_capture_agrees(folder: Path) -> tuple[int, int]:
     originals = record.entries.select("proto", "reply_dst", "reply_dport", "reply_src", "reply_sport", "orig_src",
                                       "orig_sport").unique().drop("orig_src", "orig_sport")
     reuse = Counter(originals.rows())
-    # And an original tuple the kernel tracked as several entries in turn (udp-remap: a UDP flow mapped anew after
-    # its entry expired): from the uplink each entry's tuple is a connection of its own, each mapping true in its
-    # time, where both captures make one connection of them under the last.
-    turns = Counter(record.entries.select("proto", "orig_src", "orig_sport", "orig_dst", "orig_dport", "reply_dst",
-                                          "reply_dport").unique().drop("reply_dst", "reply_dport").rows())
-    wrong = {m for m in got_out - ref if reuse[(m[0], m[6], m[7], m[8], m[9])] < 2 and turns[m[0], *m[2:6]] < 2}
+    # An original tuple the kernel tracked as several entries in turn (udp-remap: a UDP flow mapped anew after its
+    # entry expired) is one connection from the uplink too, under the last mapping, as both captures make it.
+    wrong = {m for m in got_out - ref if reuse[(m[0], m[6], m[7], m[8], m[9])] < 2}
     assert not wrong, f"{folder.name}: uplink only: {wrong}"
     return pod_side.right, len(got_out)
 
@@ -532,3 +529,97 @@ def test_an_entry_made_by_the_legs_last_packet_is_stamped_after_it(tmp_path: Pat
     udp = one.connections.filter(pl.col("proto") == "udp")
     assert udp.select("inside_sport", "outside_sport").rows() == [(37557, 52490)]
     assert _mapping(one) == _mapping(correlate_one(d / "inside.pcap", d / "conntrack.log"))
+
+
+# -- a flow mapped anew after idling, from one capture and the record ------------------------------------------
+
+
+def _one_view(result: natproof.Result) -> list[tuple]:
+    """What the two-capture and one-capture forms must agree on for each connection: its mapping, the mappings it
+    was seen under (translated_tuples), its flags, and its packets (once each, on every leg)."""
+    from natproof.result import connection_dicts
+
+    return sorted((c["proto"], c["initiator"], tuple(c["original"].values()), tuple(c["translated"].values()),
+                   c["verdict"], tuple(f for f in c["flags"] if f != "other_capture_off"))
+                  for c in connection_dicts(result.connections) if c["translated"] is not None)
+
+
+def test_a_nodeport_flow_mapped_anew_is_one_connection_from_the_pod_side_and_the_record() -> None:
+    # tests/variants/udp-idle-nodeport: an internet client's UDP flow to NodePort 30053, masqueraded to the pod as
+    # 10.244.0.1:36985, then (its entry expired while it idled 5 s) as 10.244.0.1:21091. Two kernel entries of one
+    # original tuple, one after the other: one connection, as two captures make it (it was two, the first one's
+    # mapping not in the kernel's truth).
+    from natproof.correlate import correlate_one
+    from natproof.result import connection_dicts
+
+    d = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
+    both = natproof.correlate(d / "inside.pcap", d / "outside.pcap", conntrack=d / "conntrack.log")
+    one = correlate_one(d / "inside.pcap", d / "conntrack.log")
+    assert one.connections.height == both.connections.height == 4
+    assert _one_view(one) == _one_view(both)
+    (flow,) = [c for c in connection_dicts(one.connections) if c["initiator"] == "outside"]
+    assert flow["original"] == {"src": "198.51.100.20", "sport": 49963, "dst": "203.0.113.2", "dport": 30053}
+    assert flow["translated"] == {"src": "10.244.0.1", "sport": 21091, "dst": "10.244.0.10", "dport": 5353}
+    assert flow["flags"] == ["multiple_inside_tuples"]
+    # Both mappings are its legs, in time order, with their packets; its packets are counted on every leg.
+    assert [(leg["observation_point"], leg["tuple"]["sport"], leg["first_frame"], leg["packets"])
+            for leg in flow["legs"]] == [("inside", 36985, 4, 2), ("inside", 21091, 23, 2)]
+    assert flow["packets"] == {"egress_inside": 2, "egress_outside": 0, "reply_outside": 0, "reply_inside": 2,
+                               "icmp_error_outside": 0, "icmp_error_inside": 0}
+    assert flow["fates"]["inside_only"] == 4 and flow["evidence"]["egress"]["inside_frame"] == 4
+    # Its entry is the last one's (the mapping it ended under), as the two captures' join finds it.
+    assert flow["kernel"] == "confirmed" and flow["kernel_entry"]["line"] == 7
+    row = one.connections.filter(pl.col("initiator") == "outside").row(0, named=True)
+    assert (row["inside_tuples"], row["outside_tuples"]) == (2, 0)
+    assert row["first_ts_ns"] == both.connections.filter(pl.col("initiator") == "outside")["first_ts_ns"].item()
+    # Every packet of the capture's two legs is the connection's.
+    pk = one.packets("inside").filter(pl.col("anchor") == row["inside_conn_id"]).collect()
+    assert pk.height == 4 and pk["conn_id"].n_unique() == 2 and set(pk["fate"]) == {"inside_only"}
+    # diagnose names the remap as with two captures: both tuples, the silence, one connection.
+    found = {f.kind: f for f in diagnose(one)}
+    ref = {f.kind: f for f in diagnose(both)}
+    assert "remapped_after_idle" in found and "mapping_conflict" not in found
+    assert found["remapped_after_idle"].evidence == ref["remapped_after_idle"].evidence
+    assert found["remapped_after_idle"].data == ref["remapped_after_idle"].data
+
+
+def test_a_pod_socket_mapped_anew_is_one_connection_from_the_uplink_and_the_record() -> None:
+    # captures/udp-remap: a pod's UDP socket left as 203.0.113.2:46807, then (its entry expired while it idled) as
+    # 52490. From eth0 alone each entry's translated tuple was a connection of its own; now one, as both captures
+    # make it, and as the pod side alone does (one leg, the entry it ended under).
+    from natproof.correlate import correlate_one
+    from natproof.result import connection_dicts
+
+    d = CAPTURES / "udp-remap"
+    both = natproof.correlate(d / "inside.pcap", d / "outside.pcap", conntrack=d / "conntrack.log")
+    uplink = correlate_one(d / "outside.pcap", d / "conntrack.log")
+    assert uplink.inside.format == "none"  # told from the record: the uplink
+    assert _one_view(uplink) == _one_view(both)
+    assert correlate_one(d / "outside.pcap", d / "conntrack.log", side="outside").connections.equals(
+        uplink.connections)
+    pod = correlate_one(d / "inside.pcap", d / "conntrack.log")
+    assert _mapping(pod) == _mapping(uplink) == _mapping(both)
+    (flow,) = [c for c in connection_dicts(uplink.connections) if c["proto"] == "udp"]
+    assert flow["translated"]["sport"] == 52490 and flow["flags"] == ["multiple_outside_tuples"]
+    assert [(leg["observation_point"], leg["tuple"]["sport"], leg["packets"]) for leg in flow["legs"]] == [
+        ("outside", 46807, 2), ("outside", 52490, 2)]
+    assert flow["fates"]["outside_only"] == 4 and flow["fates"]["leaked"] == 0
+    assert flow["kernel_entry"]["reply"]["dport"] == 52490
+    row = uplink.connections.filter(pl.col("proto") == "udp").row(0, named=True)
+    assert (row["outside_tuples"], row["inside_tuples"]) == (2, 0)
+    found = {f.kind: f for f in diagnose(uplink)}
+    ref = {f.kind: f for f in diagnose(both)}
+    assert "remapped_after_idle" in found and "mapping_conflict" not in found
+    assert found["remapped_after_idle"].evidence == ref["remapped_after_idle"].evidence
+
+
+def test_one_original_tuple_reused_after_the_idle_timeout_is_two_connections() -> None:
+    # The fold is for one flow: entries of one original tuple whose legs are further apart than the protocol's idle
+    # timeout (group_connections would split the initiator's own leg there too) stay two connections.
+    from natproof.connections import IdleTimeouts
+    from natproof.correlate import correlate_one
+
+    d = CAPTURES / "udp-remap"
+    short = correlate_one(d / "outside.pcap", d / "conntrack.log", timeouts=IdleTimeouts(udp_s=2.0))
+    udp = short.connections.filter(pl.col("proto") == "udp").sort("first_ts_ns")
+    assert udp["trans_sport"].to_list() == [46807, 52490] and udp["outside_tuples"].to_list() == [1, 1]

@@ -60,6 +60,27 @@ def test_who_finds_a_connection_by_the_tuple_of_its_other_mapping() -> None:
         assert who(res, primary).connections[0]["roles"] == ["translated source"]
 
 
+def test_who_with_one_capture_and_the_record_finds_a_flow_mapped_anew_by_either_mapping() -> None:
+    # The capture after the NAT (the uplink for a pod's socket, the pod side for a NodePort client) and the
+    # kernel's record: the flow's two mappings are one connection, found by either tuple as with two captures (it
+    # was two connections, each found by its own tuple only).
+    from natproof.correlate import correlate_one
+
+    root = Path(__file__).resolve().parent.parent
+    for folder, side, endpoint, primary in (
+            (root / "captures" / "udp-remap", "outside", "203.0.113.2:46807", "203.0.113.2:52490"),
+            (root / "tests" / "variants" / "udp-idle-nodeport", "inside", "10.244.0.1:36985", "10.244.0.1:21091")):
+        res = correlate_one(folder / f"{side}.pcap", folder / "conntrack.log")
+        both = correlate(folder / "inside.pcap", folder / "outside.pcap")
+        (found,) = who(res, endpoint).connections
+        (ref,) = who(both, endpoint).connections
+        assert found["roles"] == ref["roles"] == ["translated source (another mapping)"]
+        assert (found["original"], found["translated"]) == (ref["original"], ref["translated"])
+        assert [c["conn"] for c in who(res, primary).connections] == [found["conn"]]
+        assert who(res, primary).connections[0]["roles"] == ["translated source"]
+        assert who(res, endpoint).side == side
+
+
 def test_parse_time_forms() -> None:
     day = 1_795_500_362_369_528_800  # 2026-11-24T06:06:02Z
     assert parse_time("1795500362.5") == 1_795_500_362_500_000_000
