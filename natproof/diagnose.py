@@ -470,7 +470,8 @@ def _service_unanswered(result: Result, unanswered: list[dict[str, Any]],
         if r["service_type"] and r["backend_ip"]:
             backends.setdefault((r["service_ip"], r["service_port"]), set()).add(r["backend_ip"])
     hairpin = [r for r in unanswered if r["inside_src"] in backends.get((r["service_ip"], r["service_port"]), set())]
-    other = [r for r in unanswered if r not in hairpin]
+    at_backend = {r["conn"] for r in hairpin}  # by number: a list's `in` compares whole rows
+    other = [r for r in unanswered if r["conn"] not in at_backend]
     findings = []
     for group, kind in ((hairpin, "hairpin_failed"), (other, "service_unanswered")):
         if not group:
@@ -797,7 +798,8 @@ def _no_reply(result: Result, silent: list[dict[str, Any]]) -> list[Finding]:
         return []
     findings = []
     backends = [r for r in silent if r["service_type"] == "ClusterIP" and r["backend_ip"]]
-    rest = [r for r in silent if r not in backends]
+    at_backends = {r["conn"] for r in backends}  # by number: a list's `in` compares whole rows
+    rest = [r for r in silent if r["conn"] not in at_backends]
     if backends:
         evidence = [f"{_conn_label(r)} DNATed to {format_address(r['backend_ip'], r['backend_port'])} and left as "
                     f"{format_address(r['outside_src'], r['outside_sport'])} (outside frame "
