@@ -992,8 +992,6 @@ def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str |
         if target and os.path.isdir(class_dir) and Path(os.path.abspath(class_dir)) in Path(
                 os.path.abspath(target)).parents:
             raise NatproofError(f"{target}: inside the class folder {class_dir}; write the grades elsewhere")
-        if target and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
-            raise NatproofError(f"{target}: no folder {os.path.dirname(target) or '.'} to write it in")
     if output and html_file and os.path.abspath(output) == os.path.abspath(html_file):
         raise click.UsageError("-o and --html name the same file")
     if output and fmt is None and Path(output).suffix.lower() not in (".csv", ".json"):

@@ -454,4 +454,4 @@ def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path,
     assert main([*args, "-o", str(tmp_path / "grades.xlsx")]) == 2
     assert "--format" in capsys.readouterr().err and not (tmp_path / "grades.xlsx").exists()
     assert main([*args, "-o", str(tmp_path / "g.csv"), "--html", str(tmp_path / "nodir" / "g.html")]) == 2
-    assert "no folder" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
+    assert "no such directory" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
