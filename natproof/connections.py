@@ -94,8 +94,11 @@ def split_never_forwarded(packets: pl.DataFrame, *, senders: Collection[str] | N
     # TCP has no broadcast: a SYN to an x.x.x.255 host that never answers is a failure to report, not noise.
     to_bcast = ((pl.col("f_dst").cast(pl.String).is_in(to_bcast_addrs) & (pl.col("f_proto") != 6))
                 if to_bcast_addrs else False)
+    # What an address alone says (link-local, multicast, ...) comes before a directed broadcast, which needs the
+    # whole capture's senders: read batch by batch past memory (natproof.spill), 169.254.255.255 is link-local
+    # before any sender is known, so it is in memory too.
     reason = (pl.when(dhcp).then(pl.lit("dhcp")).when(to_self).then(pl.lit("loopback"))
-              .when(to_bcast).then(pl.lit("broadcast")).otherwise(reason))
+              .when(reason.is_null() & to_bcast).then(pl.lit("broadcast")).otherwise(reason))
     tagged = packets.select(reason.alias("_why"))["_why"]
     if tagged.null_count() == tagged.len():
         return packets, {}

@@ -87,6 +87,17 @@ def test_a_pod_calling_its_nodes_nodeport_in_a_group_of_its_own_equals_in_memory
     assert not list(spilled.spill.path.glob("*-grouped-*")) and not list(spilled.spill.path.glob("*-legs-*"))
 
 
+def test_a_lans_broadcasts_spilled_equal_in_memory(tiny_groups: None) -> None:
+    # Helper's scapy variant (tests/variants/lan-broadcast25): directed broadcasts (.127 on a /25) are known only
+    # from the whole capture's senders, link-local ones from the address alone; 169.254.255.255 is both, and was
+    # counted as broadcast in memory, link_local past memory (read batch by batch before the senders are known).
+    d = Path(__file__).resolve().parent / "variants" / "lan-broadcast25"
+    mem = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    spilled = natproof.correlate(d / "inside.pcap", d / "outside.pcap", memory_limit=1)
+    assert_same(mem, spilled)
+    assert mem.inside.skipped.get("broadcast") == 7 and mem.inside.skipped.get("link_local")
+
+
 def test_generator_scenario_with_every_verdict_equals_in_memory(tmp_path: Path, tiny_groups: None) -> None:
     sc = SCENARIOS["every_verdict"]
     write_scenario(sc, tmp_path)
