@@ -98,6 +98,21 @@ def test_a_lans_broadcasts_spilled_equal_in_memory(tiny_groups: None) -> None:
     assert mem.inside.skipped.get("broadcast") == 7 and mem.inside.skipped.get("link_local")
 
 
+VARIANTS = sorted(d.name for d in (Path(__file__).resolve().parent / "variants").iterdir()
+                  if (d / "inside.pcap").is_file() and (d / "outside.pcap").is_file())
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_kernel_variant_spilled_in_small_groups_equals_in_memory(name: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variants of the shared cases' kinds (tests/variants), as the bundled pairs above: what a group cannot
+    see of the others (the node's addresses, the senders a directed broadcast needs) is the fault this guards."""
+    d = Path(__file__).resolve().parent / "variants" / name
+    mem = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
+    monkeypatch.setattr(spill, "MIN_GROUP_PACKETS", max(1, (mem.inside.packets + mem.outside.packets) // 8))
+    assert_same(mem, natproof.correlate(d / "inside.pcap", d / "outside.pcap", memory_limit=1))
+
+
 def test_generator_scenario_with_every_verdict_equals_in_memory(tmp_path: Path, tiny_groups: None) -> None:
     sc = SCENARIOS["every_verdict"]
     write_scenario(sc, tmp_path)
