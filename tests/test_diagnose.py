@@ -780,8 +780,9 @@ def test_ftp_list_over_port_then_retr_over_eprt_with_random_fully() -> None:
             ("inside", "translated", 34636, 1756), ("outside", "translated", 20, 20),
             ("outside", "translated", 20, 20)]
         assert [r["fate_crossed"] for r in rows] == [33, 8, 8]
-        # +1 after PORT, +2 after EPRT: the shift reported is one of the two steps (the most common one)
-        assert rows[0]["init_seq_shift"] in (1, 2) and rows[0]["reply_ack_shift"] in (1, 2)
+        # +1 after PORT, +2 after EPRT: the shift reported is the most common one, between as common ones the
+        # largest (it was whichever mode() listed first, and varied from run to run)
+        assert rows[0]["init_seq_shift"] == 2 and rows[0]["reply_ack_shift"] == 2
         found = {f.kind: f for f in diagnose(result)}
         assert list(found) == ["healthy", "alg_rewrite"]
         assert "PORT and EPRT" in found["alg_rewrite"].summary
