@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from natproof.errors import CaptureError
+from natproof.errors import CaptureError, NatproofError
 
 if TYPE_CHECKING:  # polars loads when a job runs, not with this module: see prestart
     import polars as pl
@@ -102,6 +102,9 @@ def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequen
         elif status.startswith("capture_error\t"):
             _, path, problem = status.split("\t", 2)
             raise CaptureError(path, problem)
+        elif status == "error":
+            with open(os.path.join(tmp, "error.pickle"), "rb") as fh:
+                raise pickle.load(fh)
         else:  # the worker failed unexpectedly: run the job here, so the real error (if any) surfaces
             second = job(paths[1], None, **args[1])
     finally:
@@ -225,7 +228,8 @@ def _relay(stream: IO[bytes], progress: Progress | None, reply: list[str]) -> No
 def _worker_main() -> None:
     """Worker process: imports the module named on its command line, then reads a folder's path from standard
     input (none: it was not needed, and exits); the folder holds job.pickle. Writes one Arrow IPC file per frame
-    and meta.pickle, prints progress lines and then one status line (ok, or capture_error<TAB>path<TAB>problem).
+    and meta.pickle, prints progress lines and then one status line (ok, or capture_error<TAB>path<TAB>problem, or
+    error: another NatproofError, pickled in error.pickle; or failed: a bug, which the caller meets again itself).
 
     Ctrl-C reaches the whole process group, this worker too, at any moment of its life (loading, waiting, in the
     job): the caller says so in one line and ends it; this worker ends quietly, no traceback of its own."""
@@ -253,6 +257,14 @@ def _work() -> None:
         meta, frames = job(path, progress, **kwargs)
     except CaptureError as exc:
         out.write(f"capture_error\t{exc.path}\t{exc.problem}\n")
+        return
+    except NatproofError as exc:  # e.g. an --outside-if the capture has not: its one line, by the caller
+        with open(os.path.join(tmp, "error.pickle"), "wb") as fh:
+            pickle.dump(exc, fh)
+        out.write("error\n")
+        return
+    except Exception:  # a bug: the caller runs the job again itself, where --traceback shows it (not twice here)
+        out.write("failed\n")
         return
     for n, df in frames.items():
         df.write_ipc(os.path.join(tmp, f"{n}.arrow"), compression="uncompressed")

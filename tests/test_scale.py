@@ -174,6 +174,39 @@ def test_ctrl_c_ends_a_worker_in_its_job_without_a_traceback(tmp_path: Path, mon
         assert proc.stderr.read() == b""
 
 
+@pytest.mark.parametrize("error", ["InputError('b.pcap: no interface eth0')", "ValueError('a bug')"])
+def test_a_worker_that_cannot_do_its_job_prints_no_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             error: str) -> None:
+    # An --outside-if the outside capture has not: the worker printed InputError's traceback above the command
+    # line's one error line. Now the worker's NatproofError is raised here as it is, and a bug in the worker is
+    # met again by the caller running the job itself (one traceback, with --traceback), the worker silent.
+    from natproof.errors import InputError
+
+    (tmp_path / "failjob.py").write_text("from natproof.errors import InputError\n"
+                                         "def job(path, progress):\n"
+                                         "    if str(path).endswith('b'):\n"
+                                         f"        raise {error}\n"
+                                         "    return path, {}\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    for name in "ab":
+        (tmp_path / name).write_bytes(b"x")
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen",
+                        lambda *a, **k: started.append(popen(*a, stderr=subprocess.PIPE, **k)) or started[-1])
+    import failjob  # type: ignore[import-not-found]
+
+    with pytest.raises(InputError if error.startswith("InputError") else ValueError, match="eth0|a bug"):
+        run_pair(failjob.job, [tmp_path / "a", tmp_path / "b"])
+    assert len(started) == 1
+    with started[0].stderr as stderr:
+        started[0].wait(timeout=30)
+        assert stderr.read() == b""
+    sys.modules.pop("failjob", None)
+
+
 def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     # Interrupted between making the job's folder and starting the job (here: as the listener thread is made), the
     # folder in /dev/shm was left behind with its job.pickle, and the worker unreaped.
