@@ -178,10 +178,16 @@ def _start_worker(module: str) -> subprocess.Popen[bytes]:
     # The worker shares the cores with this process for its whole life: half of them for its polars pool, not a
     # pool as large as this one's (2 x 5M real on two cores: 23.4 -> 21.0 s). A POLARS_MAX_THREADS the user set wins.
     env.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-    # Ctrl-C while the worker imports this module is quiet too (see _worker_main).
-    code = ("import sys\ntry:\n    from natproof.parallel import _worker_main\nexcept KeyboardInterrupt:\n"
-            "    sys.exit(130)\n_worker_main()")
+    # Ctrl-C while the worker imports this module is quiet too (see _worker_main). Before that, while the
+    # interpreter starts (its site module), Ctrl-C printed "Fatal Python error: init_import_site" and a traceback:
+    # the worker starts with SIGINT ignored and takes Python's handler back once it can catch it; the caller,
+    # interrupted meanwhile, ends it (run_pair, discard_prestarted).
+    code = ("import signal, sys\ntry:\n    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "    from natproof.parallel import _worker_main\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
+            "_worker_main()")
     cmd = [sys.executable, "-c", code, module]
+    if os.name == "posix" and os.path.exists("/bin/sh"):  # an ignored signal stays ignored across exec
+        cmd = ["/bin/sh", "-c", 'trap "" INT; exec "$0" "$@"', *cmd]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
 

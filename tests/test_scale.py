@@ -207,6 +207,27 @@ def test_a_worker_that_cannot_do_its_job_prints_no_traceback(tmp_path: Path, mon
     sys.modules.pop("failjob", None)
 
 
+def test_ctrl_c_while_the_worker_starts_is_left_to_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C in the worker's first ~50 ms (the interpreter importing its site module; the command line prestarts
+    # the worker 0.15 s after natproof starts) printed "Fatal Python error: init_import_site" and a traceback. The
+    # worker now ignores it until it can catch it; the caller, interrupted too, ends the worker.
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: popen(*a, stderr=subprocess.PIPE, **k))
+    import time
+
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08):
+        proc = parallel._start_worker("natproof.correlate")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.close()  # no job: a worker that lived through the signal exits by itself
+        with proc.stdout, proc.stderr:
+            # 0: lived through it; 130: caught it once it could (quietly); -SIGINT: ended by it before its shell could
+            # ignore it (a millisecond), silently. Not 1, "Fatal Python error" and a traceback.
+            assert proc.wait(timeout=30) in (0, 130, -signal.SIGINT), delay
+            assert proc.stderr.read() == b"", delay
+
+
 def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     # Interrupted between making the job's folder and starting the job (here: as the listener thread is made), the
     # folder in /dev/shm was left behind with its job.pickle, and the worker unreaped.
