@@ -986,6 +986,10 @@ def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str |
     from natproof.grade import find_submissions, grade_class, grades_csv, grades_document, grades_html, load_grading
     from natproof.report.export import write_bytes
 
+    if html_file == "-":  # as report refuses it: a file named "-" was written
+        raise click.UsageError("--html -: grade writes an HTML file; name one (standard output is not written)")
+    if output == "-":  # standard output, as correlate and diagnose take it (a file named "-" was written)
+        output = None
     for target in (output, html_file):
         refuse_overwriting_inputs(target, grading_file, assignments, what="an input")
         # Nothing inside the class folder: a student's capture must never become the grades.

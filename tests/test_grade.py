@@ -433,8 +433,8 @@ def test_a_bug_on_one_submission_does_not_stop_the_class(tmp_path: Path, monkeyp
                           "correlate on these files with --traceback and report it)")
 
 
-def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by the new-user trial: -o naming a student's capture replaced it with the grades; an unknown suffix
     was written as JSON; --html into a missing folder failed after the CSV was written."""
     from natproof.cli import main
@@ -455,3 +455,11 @@ def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path,
     assert "--format" in capsys.readouterr().err and not (tmp_path / "grades.xlsx").exists()
     assert main([*args, "-o", str(tmp_path / "g.csv"), "--html", str(tmp_path / "nodir" / "g.html")]) == 2
     assert "no such directory" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
+    # -o - is standard output, as for correlate and diagnose; --html - is refused, as report refuses -o -: each
+    # wrote a file named "-" in the current folder.
+    monkeypatch.chdir(tmp_path)
+    grading.write_text("[[expect]]\nno_leak = true\npoints = 1\n")
+    assert main([*args, "-o", "-", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["students"] and not (tmp_path / "-").exists()
+    assert main([*args, "--html", "-"]) == 2
+    assert "standard output is not written" in capsys.readouterr().err and not (tmp_path / "-").exists()

@@ -45,6 +45,8 @@ def _target(path: str | os.PathLike[str]) -> Path:
 def _parent(target: Path) -> Path:
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():  # tgt/file/x.json: the folder named is a file, not a missing folder
+            raise InputError(f"{target}: cannot write it, {parent} is a file, not a folder")
         raise InputError(f"{target}: cannot write it, no such directory {parent}")
     return parent
 
