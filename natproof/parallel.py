@@ -178,17 +178,12 @@ def _start_worker(module: str) -> subprocess.Popen[bytes]:
     # The worker shares the cores with this process for its whole life: half of them for its polars pool, not a
     # pool as large as this one's (2 x 5M real on two cores: 23.4 -> 21.0 s). A POLARS_MAX_THREADS the user set wins.
     env.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-    # Ctrl-C while the worker imports this module is quiet too (see _worker_main). Before that, while the
-    # interpreter starts (its site module), Ctrl-C printed "Fatal Python error: init_import_site" and a traceback:
-    # the worker starts with SIGINT ignored and takes Python's handler back once it can catch it; the caller,
-    # interrupted meanwhile, ends it (run_pair, discard_prestarted).
-    code = ("import signal, sys\ntry:\n    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            "    from natproof.parallel import _worker_main\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
-            "_worker_main()")
-    cmd = [sys.executable, "-c", code, module]
-    if os.name == "posix" and os.path.exists("/bin/sh"):  # an ignored signal stays ignored across exec
-        cmd = ["/bin/sh", "-c", 'trap "" INT; exec "$0" "$@"', *cmd]
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    # Ctrl-C reaches the terminal's foreground process group: the worker has a group of its own, so it never sees
+    # one (while its interpreter started, Ctrl-C printed "Fatal Python error: init_import_site" and a traceback);
+    # the caller, interrupted, ends it (run_pair, discard_prestarted), and a caller that is gone closes its input.
+    cmd = [sys.executable, "-c", "from natproof.parallel import _worker_main; _worker_main()", module]
+    group = {"process_group": 0} if os.name == "posix" else {}
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, **group)
 
 
 def pairs(paths: Sequence[str | os.PathLike[str]]) -> bool:
@@ -237,8 +232,8 @@ def _worker_main() -> None:
     and meta.pickle, prints progress lines and then one status line (ok, or capture_error<TAB>path<TAB>problem, or
     error: another NatproofError, pickled in error.pickle; or failed: a bug, which the caller meets again itself).
 
-    Ctrl-C reaches the whole process group, this worker too, at any moment of its life (loading, waiting, in the
-    job): the caller says so in one line and ends it; this worker ends quietly, no traceback of its own."""
+    The worker is in a process group of its own (_start_worker): a terminal's Ctrl-C reaches the caller, which
+    says so in one line and ends it. A SIGINT sent to it directly ends it quietly, no traceback of its own."""
     try:
         _work()
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ the outside capture in a second process."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import subprocess
@@ -207,25 +208,39 @@ def test_a_worker_that_cannot_do_its_job_prints_no_traceback(tmp_path: Path, mon
     sys.modules.pop("failjob", None)
 
 
-def test_ctrl_c_while_the_worker_starts_is_left_to_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_while_the_worker_starts_is_left_to_the_caller(tmp_path: Path) -> None:
     # Ctrl-C in the worker's first ~50 ms (the interpreter importing its site module; the command line prestarts
-    # the worker 0.15 s after natproof starts) printed "Fatal Python error: init_import_site" and a traceback. The
-    # worker now ignores it until it can catch it; the caller, interrupted too, ends the worker.
-    popen = subprocess.Popen
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: popen(*a, stderr=subprocess.PIPE, **k))
+    # the worker as it parses OUTSIDE) printed "Fatal Python error: init_import_site" and a traceback (a new user's
+    # trial). A terminal's Ctrl-C goes to its foreground process group: the worker has a group of its own, and the
+    # caller, interrupted, says so in one line and ends it. Here the command line runs in a session of its own and
+    # the whole group is signalled, as a terminal does, at moments around the worker's start.
+    inside, outside = _pair("icmp")
+    code = f"""if True:
+        import sys
+        from natproof import parallel
+        parallel.PARALLEL_MIN_BYTES = 0
+        from natproof.cli import main
+        print("ready", flush=True)
+        sys.exit(main(["correlate", {str(inside)!r}, {str(outside)!r}, "-q", "-o", {str(tmp_path / "r.json")!r}]))
+    """
     import time
 
-    for delay in (0.0, 0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08):
-        proc = parallel._start_worker("natproof.correlate")
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        proc.stdin.close()  # no job: a worker that lived through the signal exits by itself
+    for delay in (0.0, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        assert proc.stdout is not None and proc.stderr is not None
         with proc.stdout, proc.stderr:
-            # 0: lived through it; 130: caught it once it could (quietly); -SIGINT: ended by it before its shell could
-            # ignore it (a millisecond), silently. Not 1, "Fatal Python error" and a traceback.
-            assert proc.wait(timeout=30) in (0, 130, -signal.SIGINT), delay
-            assert proc.stderr.read() == b"", delay
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)
+            code_, err = proc.wait(timeout=60), proc.stderr.read().decode()
+        assert "Traceback" not in err and "Fatal" not in err, (delay, err)
+        assert code_ == 0 or (code_ == 130 and err.strip() == "natproof: interrupted"), (delay, code_, err)
+    worker = parallel._start_worker("natproof.correlate")  # its own group: no terminal's signal reaches it
+    try:
+        assert os.getpgid(worker.pid) == worker.pid != os.getpgid(0)
+    finally:
+        parallel._end(worker)
 
 
 def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
