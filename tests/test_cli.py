@@ -883,3 +883,25 @@ def test_the_table_counts_a_flows_other_mappings(capsys: pytest.CaptureFixture[s
     d = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
     code, out, _ = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--format", "table")
     assert code == 0 and "=> 10.244.0.1:21091 -> 10.244.0.10:5353 (+1 tuple) " in out and "tuples)" not in out
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # The console script imported natproof.cli before any handler of natproof's: Ctrl-C in its first ~0.1 s printed
+    # a KeyboardInterrupt traceback (a new user's trial). Both entries (the script, python -m natproof) are run().
+    import builtins
+    import sys
+
+    from natproof.__main__ import run
+
+    real = builtins.__import__
+
+    def interrupted(name: str, *args: object, **kwargs: object) -> object:
+        if name == "natproof.cli":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "natproof.cli")
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert run(["--help"]) == 130
+    assert capsys.readouterr().err == "natproof: interrupted\n"
