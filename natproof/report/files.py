@@ -22,15 +22,9 @@ def check_target(path: str | os.PathLike[str]) -> None:
     if os.fspath(path) == "-":
         return
     target = _target(path)
-    if target.exists() and not target.is_file():
-        if target.is_dir():
-            raise InputError(f"{target}: is a directory, not a file to write")
+    if _in_place(target):
         return
-    parent = _parent(target)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
-    except OSError as exc:
-        raise _no_new_file(target, parent, exc) from None
+    fd, tmp = _temporary(target)
     os.close(fd)
     os.unlink(tmp)
 
@@ -42,18 +36,29 @@ def _target(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _parent(target: Path) -> Path:
+def _in_place(target: Path) -> bool:
+    """Whether ``target`` is there and no regular file (/dev/null, a FIFO): written in place, not renamed over.
+    InputError for a directory."""
+    if target.exists() and not target.is_file():
+        if target.is_dir():
+            raise InputError(f"{target}: is a directory, not a file to write")
+        return True
+    return False
+
+
+def _temporary(target: Path) -> tuple[int, str]:
+    """A new temporary file beside ``target`` (fd, path); InputError naming the target when its folder is missing,
+    is a file, or takes no new file (/proc, a read-only mount: said so, not "no such file")."""
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         if parent.exists():  # tgt/file/x.json: the folder named is a file, not a missing folder
             raise InputError(f"{target}: cannot write it, {parent} is a file, not a folder")
         raise InputError(f"{target}: cannot write it, no such directory {parent}")
-    return parent
-
-
-def _no_new_file(target: Path, parent: Path, exc: OSError) -> InputError:
-    # The folder takes no new file (/proc, a read-only mount): say so, not "no such file".
-    return InputError(f"{target}: cannot write it, its folder {parent} takes no new file ({exc.strerror or exc})")
+    try:
+        return tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write it, its folder {parent} takes no new file "
+                         f"({exc.strerror or exc})") from None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
@@ -63,21 +68,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     would replace the device. A folder that does not exist, one natproof may not write in, a full disk: an
     InputError naming the target, and no file left behind (not even after Ctrl-C)."""
     target = _target(path)
-    if target.exists() and not target.is_file():
-        if target.is_dir():
-            raise InputError(f"{target}: is a directory, not a file to write")
+    if _in_place(target):
         try:
             with open(target, "wb") as fh:
                 write(fh)
         except OSError as exc:
             raise _cannot_write(target, exc) from None
         return
-    parent = _parent(target)
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
-    except OSError as exc:
-        raise _no_new_file(target, parent, exc) from None
+    fd, tmp_path = _temporary(target)
+    tmp: str | None = tmp_path
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -85,7 +84,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             mask = os.umask(0)
             os.umask(mask)
             os.fchmod(fh.fileno(), 0o666 & ~mask)
-        os.replace(tmp, target)
+        os.replace(tmp_path, target)
     except BaseException as exc:
         # Remove the temporary file even if Ctrl-C comes again (polars may raise the one it saw a second time):
         # inline, not in a function, whose entry is where Python would raise it.
