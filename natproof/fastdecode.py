@@ -41,6 +41,8 @@ from natproof.decode import (
     DEFAULT_OVERLAY,
     ENCAPS,
     HEAD_DIGEST_BYTES,
+    ICMP4_ERRORS,
+    ICMP6_ERRORS,
     MAX_ENCAP_DEPTH,
     VLAN_TPIDS,
     Overlay,
@@ -468,23 +470,22 @@ class _Addresses:
     """Address text for IPv4 (uint32) and IPv6 (16 bytes) values, exactly as socket.inet_ntop writes it."""
 
     def __init__(self) -> None:
-        self.v4: dict[int, str] = {}
+        self.v4_keys = pl.Series("a", [], dtype=pl.UInt32)
+        """IPv4 addresses seen, as numbers; v4_texts holds their text at the same positions."""
+        self.v4_texts = pl.Series("s", [], dtype=pl.Categorical)
         self.v6: dict[bytes, str] = {}
 
     def series(self, v4: np.ndarray, v6: np.ndarray, is_v4: np.ndarray) -> pl.Series:
         """One string per row: ``v4`` (uint32) where is_v4, else the next row of ``v6`` ((number of rows not
         is_v4, 16) uint8: only those rows, in order; the caller copies no IPv6 field of an IPv4 packet)."""
         key = pl.Series("a", _masked(v4, is_v4, np.uint32))
-        uniq = key.drop_nulls().unique()
-        cache = self.v4
-        texts = []
-        for u in uniq.to_list():
-            t = cache.get(u)
-            if t is None:
-                t = cache[u] = socket.inet_ntop(socket.AF_INET, u.to_bytes(4, "big"))
-            texts.append(t)
-        table = pl.DataFrame({"a": uniq, "s": pl.Series(texts, dtype=pl.Categorical)})
-        out = key.to_frame().join(table, on="a", how="left", maintain_order="left").to_series(1)
+        out = key.replace_strict(self.v4_keys, self.v4_texts, default=None, return_dtype=pl.Categorical)
+        if out.null_count() > key.null_count():  # addresses not seen before (mostly in the first chunk)
+            new = key.filter(out.is_null()).drop_nulls().unique()
+            texts = [socket.inet_ntop(socket.AF_INET, u.to_bytes(4, "big")) for u in new.to_list()]
+            self.v4_keys = pl.concat([self.v4_keys, new])
+            self.v4_texts = pl.concat([self.v4_texts, pl.Series("s", texts, dtype=pl.Categorical)])
+            out = key.replace_strict(self.v4_keys, self.v4_texts, default=None, return_dtype=pl.Categorical)
         if is_v4.all():
             return out
         rows6 = np.nonzero(~is_v4)[0]
@@ -577,6 +578,56 @@ def _ip_layer(hdr: np.ndarray, avail: np.ndarray, is4: np.ndarray) -> _IPLayer:
     req = np.where(proto == 1, 8, 128)
     echo = icmp & ((typ == req) | (typ == np.where(proto == 1, 0, 129)))
     return _IPLayer(is4, frag, ipok, ip_len, seg, hl, proto, l4, doff, typ, tcp, udp, req, echo)
+
+
+_DECODED_PROTOS = frozenset({1, 4, 6, 17, 41, 47, 58})
+"""IP protocols the reference decoder reads (transports, ICMP, the encapsulations it peels): any other is its
+Skip("other_proto")."""
+_IP6_EXTENSIONS = frozenset({0, 43, 44, 50, 51, 60})
+"""IPv6 next headers dpkt walks as extension headers (dpkt.ip6.EXT_HDRS)."""
+_MLD_HOP_BY_HOP = (0, 5, 2, 0, 0, 1, 0)
+"""The hop-by-hop header every MLD message carries after its next-header byte (RFC 3810 5: a Router Alert
+option, RFC 2711, then a PadN of no data), eight bytes: the one extension header read here."""
+
+
+def _known_skips(hdr: np.ndarray, avail: np.ndarray, is4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a few rows the reference decoder would only count as skipped, without running it (importing dpkt
+    and decoding in Python took ~70 ms a process on a node's captures, for its ICMPv6 neighbour discovery, MLD
+    reports and IGMP): (other_proto, icmp_other) boolean masks. ``hdr`` rows hold the bytes from the IP header on
+    (L3_SNAP of them), ``avail`` each row's bytes captured from there. Read here: IPv4 with or without options
+    and not a later fragment, IPv6 with no extension header or the MLD hop-by-hop header; a protocol outside
+    _DECODED_PROTOS is other_proto; an ICMP (IPv4) or ICMPv6 (IPv6) message of at least its 4-byte header whose
+    type is neither echo nor an error is icmp_other. Every other row stays with the reference decoder, which
+    decides as decode.decode does (malformed, truncated_l4, fragments, quoted packets)."""
+    n = len(hdr)
+    other = np.zeros(n, dtype=bool)
+    icmp = np.zeros(n, dtype=bool)
+    for j in range(n):
+        h = hdr[j].tolist()
+        have = int(avail[j])
+        if is4[j]:
+            ihl = (h[0] & 0x0F) * 4
+            if have < 20 or h[0] >> 4 != 4 or ihl < 20 or (h[6] << 8 | h[7]) & 0x1FFF:
+                continue
+            proto, at, total = h[9], ihl, h[2] << 8 | h[3]
+            body = (min(total, have) if total else have) - ihl  # dpkt's slice [ihl:len]
+            types = (0, 8, *ICMP4_ERRORS) if proto == 1 else None
+        else:
+            if have < 40 or h[0] >> 4 != 6:
+                continue
+            plen = h[4] << 8 | h[5]
+            body = min(plen, have - 40) if plen else have - 40
+            proto, at = h[6], 40
+            if proto == 0 and tuple(h[41:48]) == _MLD_HOP_BY_HOP and body >= 8:
+                proto, at, body = h[40], 48, body - 8
+            elif proto in _IP6_EXTENSIONS:
+                continue
+            types = (128, 129, *ICMP6_ERRORS) if proto == 58 else None
+        if proto not in _DECODED_PROTOS:
+            other[j] = True
+        elif types is not None and body >= 4 and at < len(h) and h[at] not in types:
+            icmp[j] = True
+    return other, icmp
 
 
 class _ChunkDecoder:
@@ -673,18 +724,27 @@ class _ChunkDecoder:
         fast_rows = rows[fast]
         skip_frag = np.zeros(n, dtype=bool)
         skip_frag[rows[frag]] = True
+        # Rows the reference decoder would only count (neighbour discovery, MLD, IGMP): counted here instead.
+        skip_other = np.zeros(n, dtype=bool)
+        skip_icmp = np.zeros(n, dtype=bool)
+        plain = ~fast & ~frag & ~refer
+        if underlay is not None:
+            plain &= underlay.is_null().to_numpy()
+        if (at := np.nonzero(plain)[0]).size:
+            other, icmp = _known_skips(hdr[at], cap[rows[at]] - starts[at], v[at] == 4)
+            skip_other[rows[at[other]]] = True
+            skip_icmp[rows[at[icmp]]] = True
         slow = np.ones(n, dtype=bool)
         slow[fast_rows] = False
-        slow &= ~skip_nonip & ~skip_frag
+        slow &= ~skip_nonip & ~skip_frag & ~skip_other & ~skip_icmp
         info = self.info
         where = _where(ch.iface, ifindex)
         _count_where(info.interface_frames, where, None)
-        if skip_nonip.any():
-            info.skipped["non_ip"] += int(skip_nonip.sum())
-            _count_where(info.interface_skipped, where[skip_nonip], "non_ip")
-        if skip_frag.any():
-            info.skipped["ip_fragment"] += int(skip_frag.sum())
-            _count_where(info.interface_skipped, where[skip_frag], "ip_fragment")
+        for reason, skip in (("non_ip", skip_nonip), ("ip_fragment", skip_frag), ("other_proto", skip_other),
+                             ("icmp_other", skip_icmp)):
+            if skip.any():
+                info.skipped[reason] += int(skip.sum())
+                _count_where(info.interface_skipped, where[skip], reason)
 
         frames: list[pl.DataFrame] = []
         if len(fast_rows):

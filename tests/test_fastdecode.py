@@ -192,7 +192,7 @@ def ip_packets(draw: st.DrawFn) -> bytes:
     v6 = draw(st.booleans())
     kind = draw(st.sampled_from(["tcp", "tcp", "tcp_opts", "tcp_badoff", "udp", "udp", "echo_req", "echo_rep",
                                  "icmp_error", "icmp_other", "other", "frag", "ipopts", "v6ext", "icmp_short",
-                                 "udp_frag"]))
+                                 "udp_frag", "mld"]))
     payload = draw(st.binary(max_size=80))
     sport, dport = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
     icmp_p = 58 if v6 else 1
@@ -217,8 +217,14 @@ def ip_packets(draw: st.DrawFn) -> bytes:
                   else ipv4(NODE4, SRV4, draw(st.sampled_from([6, 17, 1])), udp(sport, dport, payload)))
         l4 = icmp_error(1 if v6 else 3, 3, quoted[:draw(st.integers(0, len(quoted)))])
         proto = icmp_p
-    elif kind == "icmp_other":
-        l4, proto = struct.pack("!BBHI", 133 if v6 else 13, 0, 0, 0) + payload, icmp_p
+    elif kind == "icmp_other":  # neighbour discovery, timestamps... and any type at all, some cut short
+        icmp_type = draw(st.one_of(st.just(133 if v6 else 13), st.integers(0, 255)))
+        l4, proto = struct.pack("!BBHI", icmp_type, 0, 0, 0)[:draw(st.sampled_from([8, 8, 4, 3]))] + payload, icmp_p
+    elif kind == "mld" and v6:  # an MLD report behind its hop-by-hop Router Alert header, or one a byte off it
+        hop = bytearray([58, 0, 5, 2, 0, 0, 1, 0])
+        if draw(st.booleans()):
+            hop[draw(st.integers(0, 7))] = draw(st.integers(0, 255))
+        l4, proto = bytes(hop) + struct.pack("!BBHI", draw(st.sampled_from([143, 130, 128, 1])), 0, 0, 1) + payload, 0
     elif kind == "v6ext" and v6:
         l4, proto = bytes([6, 0]) + b"\0" * 6 + tcp(sport, dport, 1, 2, 0x10, payload), 0
     elif kind == "udp_frag":
@@ -229,7 +235,7 @@ def ip_packets(draw: st.DrawFn) -> bytes:
             off, more = draw(st.sampled_from([0, 0, 1, 154])), draw(st.integers(0, 1))
             l4, proto = struct.pack("!BBHI", 17, 0, off << 3 | more, draw(st.integers(0, 2**32 - 1))) + l4, 44
     else:
-        l4, proto = payload, draw(st.sampled_from([2, 47, 50, 132, 6, 17]))
+        l4, proto = payload, draw(st.sampled_from([2, 47, 50, 132, 6, 17, 59, 89, 112, 4, 41, 43, 60]))
     if v6:
         plen = draw(st.one_of(st.none(), st.integers(0, len(l4) + 20)))
         return _v6(l4, proto, plen)
