@@ -185,9 +185,12 @@ def load_pair(paths: Sequence[str | os.PathLike[str]], progress: Sequence[Progre
     """load_packets on each path; two large captures decode in parallel (see natproof.parallel)."""
     from natproof.parallel import pairs, run_pair
 
-    ahead = False if pairs(paths) else None  # two processes have the two cores: no framing thread besides
+    # Two processes have the two cores: this one frames no chunk ahead in a thread; the worker, with half the
+    # cores for its polars pool, does (as natproof.correlate).
+    ahead = False if pairs(paths) else None
     return [(info, frames["packets"])
-            for info, frames in run_pair(_load_job, paths, progress, fast=fast, read_ahead=ahead)]
+            for info, frames in run_pair(_load_job, paths, progress, fast=fast,
+                                         each=[{"read_ahead": ahead}, {"read_ahead": None}])]
 
 
 def _load_job(path: str | os.PathLike[str], progress: Progress | None, *,

@@ -416,9 +416,10 @@ def test_read_ahead_decodes_the_same(name: str) -> None:
 
 
 def test_no_framing_thread_when_two_processes_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two large captures are prepared in two processes at once (natproof.parallel.pairs): the framing thread would
-    only compete with the other process for the cores (2 x 5M synthetic: 13.6-14.0 s without it, 14.1-15.5 s
-    with), so neither decoder starts one; one capture at a time, it does (when there are two cores)."""
+    """Two large captures are prepared in two processes at once (natproof.parallel.pairs): a framing thread in
+    this process would only compete with the worker for the cores (2 x 5M synthetic: 13.6-14.0 s without it,
+    14.1-15.5 s with both), so this one's decoder starts none (the worker's, with half the cores for polars, may);
+    one capture at a time, it does (when there are two cores)."""
     import natproof
     from natproof import fastdecode
 
