@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 import natproof
 from natproof.contracts import FORMATS, SCHEMA, SCHEMAS
@@ -27,9 +23,12 @@ from natproof.report.files import check_target
 from natproof.report.table import format_address
 
 # Everything that loads polars is imported where a command needs it: correlate starts its second process
-# (natproof.parallel.prestart) before this one loads the libraries, and --help answers at once.
+# (natproof.parallel.prestart) before this one loads the libraries, and --help answers at once. So is rich (50 ms
+# of imports): a quiet correlate written to a file never loads it, and its worker starts that much sooner.
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from natproof.conntrack import ConntrackRecord
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
@@ -47,9 +46,6 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130
 
 
-_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 def warn(msg: str) -> None:
     click.echo(f"natproof: warning: {msg}", err=True)
 
@@ -57,11 +53,18 @@ def warn(msg: str) -> None:
 @contextlib.contextmanager
 def make_progress(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
     """A rich progress bar on stderr for large captures; none when quiet or stderr is not a terminal."""
-    if quiet or not _stderr.is_terminal:
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not stderr.is_terminal:
         yield None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=_stderr, transient=True) as bar:
+                  console=stderr, transient=True) as bar:
 
         def factory(label: str, total: int) -> Callable[[int], None]:
             if total < PROGRESS_MIN_BYTES:
@@ -403,6 +406,8 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
                      fmt: str | None, output: str | None, quiet: bool, clock_offset: float | None,
                      charts_dir: str | None, flow: tuple | None = None) -> None:
     """``natproof correlate CAP1 CAP2 CAP3 ...``: the chain (natproof.chain.correlate_chain) as a table or JSON."""
+    from rich.console import Console
+
     from natproof.chain import correlate_chain
     from natproof.report.export import write_bytes
 
@@ -448,6 +453,7 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
 def render_chain(chain: natproof.Chain, limit: int) -> Table:
     """A chain's connections: the tuple at each observation point (what that hop rewrote), the verdict, where a
     connection stopped."""
+    from rich.table import Table
     table = Table(title="NATs in a chain: each connection at every observation point (pod outwards)",
                   header_style="bold")
     table.add_column("#", justify="right")
@@ -844,6 +850,7 @@ def _parse_peer(text: str) -> tuple[str, int | None]:
 
 def _path_table(i: int, path: natproof.flowlogs.who.Path) -> Table:
     from rich import box
+    from rich.table import Table
 
     who = "" if path.pod is None else f", pod {format_address(path.pod['address'], path.pod['port'])}"
     node = "" if path.node is None else f": node {format_address(path.node['address'], path.node['port'])}"
@@ -880,6 +887,7 @@ def gateway_hops(answer: natproof.lookup.Answer, flowlog: natproof.flowlogs.Flow
 
 def _gateway_hops_table(hops: list[dict]) -> Table:
     from rich import box
+    from rich.table import Table
 
     table = Table(title="NAT gateway hop (flow log)", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1, 0, 0))
@@ -901,6 +909,7 @@ def _iso(ts_ns: int) -> str:
 
 def _print_whole(table: Table) -> None:
     """Print a table on a terminal at its width; piped, at its natural width (no address wraps, no trailing blanks)."""
+    from rich.console import Console
     if sys.stdout.isatty():
         Console().print(table)
         return
@@ -914,6 +923,7 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
     """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend).
     Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times)."""
     from rich import box
+    from rich.table import Table
 
     days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns if c["first_seen"] is not None})
     where = "the node's clock, as conntrack stamped its events" if clock == "node" else f"the {clock} capture's clock"
@@ -1035,6 +1045,8 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
     """The grades as text: a row per student (points, each expectation's result and points, the reason or notes),
     then each student's failing evidence, then the class in one line."""
     from rich import box
+    from rich.console import Console
+    from rich.table import Table
 
     from natproof.grade import class_summary, points_text
 
@@ -1064,6 +1076,9 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
 
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:
     """Print or write a result in the chosen format (``output`` "-": standard output, as "-" reads standard input)."""
+    from rich.console import Console
+    from rich.text import Text
+
     from natproof.report.export import render_parts, write_bytes, write_parts, write_result
     from natproof.report.table import render_table
 
@@ -1233,6 +1248,7 @@ def _node_tuples_from_json(path: str) -> object:
 def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object, joined: object, limit: int) -> None:
     """The flowlog command's table format: files, records by interface/action/protocol, gateways, port use, join."""
     from rich import box
+    from rich.table import Table
 
     def table(title: str, cols: tuple[str, ...]) -> Table:
         t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
@@ -1355,6 +1371,8 @@ def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset
     """Which header fields the NAT changed in a connection's packets, and which it kept: MAC addresses, IP
     addresses, TTL, checksums, ports, TCP numbers (an ALG's shift), for its first egress and first reply pair
     (or --frame F), with its translation-table entry in conntrack notation."""
+    from rich.console import Console
+
     from natproof.explain import explain as run_explain
     from natproof.explain import to_document
     from natproof.report.diff import render_explanations
@@ -1426,6 +1444,7 @@ def _fleet_verdicts(by_verdict: dict) -> str:
 
 def _print_fleet(summary: dict, out_dir: str) -> None:
     from rich import box
+    from rich.table import Table
 
     t = summary["totals"]
     plural = "s" if t["nodes"] != 1 else ""
@@ -1515,6 +1534,7 @@ def _fleet_who_table(title: str, matches: tuple[dict, ...]) -> Table:
     """One row per connection: its node, the role ADDR:PORT played, its original and translated tuples, its pod, and
     the NAT gateway's public tuple when a [gateway] joined it."""
     from rich import box
+    from rich.table import Table
 
     table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1, 0, 0))
@@ -1598,6 +1618,9 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
     scenario of several NATs (double-nat) is also checked as its chain of captures (pod side, node eth0, the
     gateway's public side) against the composed truth of its kernels.
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from natproof.check import (
         FLOW_LOGS,
         KERNEL_RECORD,

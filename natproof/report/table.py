@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:  # the command line imports format_address without loading polars (nor rich: see natproof.cli)
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
 
-if TYPE_CHECKING:  # the command line imports format_address without loading polars
     from natproof.result import Result
 
 VERDICT_STYLE = {
@@ -70,6 +69,7 @@ def format_service_name(row: dict[str, Any]) -> str | None:
 
 def _names_text(row: dict[str, Any]) -> Text:
     """The pod (and the far end's, pod to pod), then the Service and the backend's pod, one per line."""
+    from rich.text import Text
     text = Text()
     # Candidates one per line: a reused address's pods never squeeze the other columns.
     pod, peer = format_pod(row, sep="\n  | "), format_pod(row, "peer_pod", sep="\n  | ")
@@ -101,6 +101,7 @@ def format_fates(counts: list[tuple[str, int]] | dict[str, int]) -> str:
 
 
 def _fates_text(row: dict[str, Any]) -> Text:
+    from rich.text import Text
     text = Text()
     for i, (f, n) in enumerate(fate_counts(row)):
         if i:
@@ -154,6 +155,7 @@ KERNEL_REASON_SHORT = {
 
 def kernel_text(row: dict[str, Any]) -> Text:
     """A connection's ``kernel`` cell: confirmed, contradicts (with the entry's line) or absent (and why)."""
+    from rich.text import Text
     state = row.get("kernel")
     if state is None:
         return Text("-")
@@ -203,6 +205,8 @@ def summary_line(result: Result) -> str:
 
 def render_services(result: Result) -> Table | None:
     """Each Service (VIP:port) and the backends kube-proxy chose for its connections, most used first."""
+    from rich import box
+    from rich.table import Table
     services = result.services()
     if not services:
         return None
@@ -245,6 +249,10 @@ def render_table(result: Result, limit: int | None = None) -> Group:
     the Service and backend, the verdict and the packets by fate; then the Services and the summary.
 
     Fits 120 columns for IPv4: the latency and frame columns of the JSON are left to the other formats."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     from natproof.result import other_mappings_text
 
     conns = result.connections
