@@ -10,6 +10,12 @@ import os
 # Set here, before polars is first imported; a value the user set wins. (Without effect if polars was imported
 # first.)
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:300,muzzy_decay_ms:0")
+# numpy's OpenBLAS starts a thread per core as numpy is imported, which spin a while: 0.14 s of CPU per process
+# here, taken from the decoding when two capture processes fill the cores (2 x 1M real packets, correlate: 4.5 ->
+# 4.3 s of user CPU). natproof calls no BLAS routine. Like the allocator's setting above: set before numpy is first
+# imported, a value the user set wins (set OPENBLAS_NUM_THREADS before importing natproof to keep BLAS threads
+# for your own matrix work in the same process).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 import sys

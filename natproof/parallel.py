@@ -178,7 +178,6 @@ def _start_worker(module: str) -> subprocess.Popen[bytes]:
     # The worker shares the cores with this process for its whole life: half of them for its polars pool, not a
     # pool as large as this one's (2 x 5M real on two cores: 23.4 -> 21.0 s). A POLARS_MAX_THREADS the user set wins.
     env.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads: natproof makes no BLAS call (see __main__)
     # Ctrl-C reaches the terminal's foreground process group: the worker has a group of its own, so it never sees
     # one (while its interpreter started, Ctrl-C printed "Fatal Python error: init_import_site" and a traceback);
     # the caller, interrupted, ends it (run_pair, discard_prestarted), and a caller that is gone closes its input.
