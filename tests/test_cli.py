@@ -905,3 +905,22 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch: pytest.Mon
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert run(["--help"]) == 130
     assert capsys.readouterr().err == "natproof: interrupted\n"
+
+
+def test_the_command_leaves_after_its_atexit_handlers_and_a_flush() -> None:
+    # natproof.__main__.leave skips the interpreter's teardown (os._exit) but not what the exit owes: atexit
+    # handlers (natproof.parallel ends an unused prestarted worker there), buffered output, the status; a thread
+    # that is not a daemon is waited for as by the usual exit.
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys, threading, time\n"
+            "from natproof.__main__ import leave\n"
+            "atexit.register(lambda: print('handler'))\n"
+            "if sys.argv[1] == 'thread':\n"
+            "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread'))).start()\n"
+            "sys.stdout.write('buffered ')\n"
+            "leave(3)\n")
+    for how, want in (("plain", "buffered handler\n"), ("thread", "buffered thread\nhandler\n")):
+        got = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60)
+        assert (got.returncode, got.stdout, got.stderr) == (3, want, "")
