@@ -470,22 +470,23 @@ class _Addresses:
     """Address text for IPv4 (uint32) and IPv6 (16 bytes) values, exactly as socket.inet_ntop writes it."""
 
     def __init__(self) -> None:
-        self.v4_keys = pl.Series("a", [], dtype=pl.UInt32)
-        """IPv4 addresses seen, as numbers; v4_texts holds their text at the same positions."""
-        self.v4_texts = pl.Series("s", [], dtype=pl.Categorical)
+        self.v4: dict[int, str] = {}
         self.v6: dict[bytes, str] = {}
 
     def series(self, v4: np.ndarray, v6: np.ndarray, is_v4: np.ndarray) -> pl.Series:
         """One string per row: ``v4`` (uint32) where is_v4, else the next row of ``v6`` ((number of rows not
         is_v4, 16) uint8: only those rows, in order; the caller copies no IPv6 field of an IPv4 packet)."""
         key = pl.Series("a", _masked(v4, is_v4, np.uint32))
-        out = key.replace_strict(self.v4_keys, self.v4_texts, default=None, return_dtype=pl.Categorical)
-        if out.null_count() > key.null_count():  # addresses not seen before (mostly in the first chunk)
-            new = key.filter(out.is_null()).drop_nulls().unique()
-            texts = [socket.inet_ntop(socket.AF_INET, u.to_bytes(4, "big")) for u in new.to_list()]
-            self.v4_keys = pl.concat([self.v4_keys, new])
-            self.v4_texts = pl.concat([self.v4_texts, pl.Series("s", texts, dtype=pl.Categorical)])
-            out = key.replace_strict(self.v4_keys, self.v4_texts, default=None, return_dtype=pl.Categorical)
+        uniq = key.drop_nulls().unique()
+        cache = self.v4
+        texts = []
+        for u in uniq.to_list():
+            t = cache.get(u)
+            if t is None:
+                t = cache[u] = socket.inet_ntop(socket.AF_INET, u.to_bytes(4, "big"))
+            texts.append(t)
+        table = pl.DataFrame({"a": uniq, "s": pl.Series(texts, dtype=pl.Categorical)})
+        out = key.to_frame().join(table, on="a", how="left", maintain_order="left").to_series(1)
         if is_v4.all():
             return out
         rows6 = np.nonzero(~is_v4)[0]
