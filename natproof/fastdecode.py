@@ -830,18 +830,19 @@ class _ChunkDecoder:
         }
         if underlay is not None:
             data["underlay"] = underlay
-        k = len(r)
-        series = []
+        series, absent = [], []
         for name, dtype in self.schema.items():
             if name in data:
                 col = data[name]
                 s = col.alias(name) if isinstance(col, pl.Series) else pl.Series(name, col)
-                if s.dtype != dtype:
-                    s = s.cast(dtype)
-            else:
-                s = pl.repeat(None, k, dtype=dtype, eager=True).alias(name)
-            series.append(s)
-        return pl.DataFrame(series)
+                series.append(s if s.dtype == dtype else s.cast(dtype))
+            else:  # a column of nulls as a literal, not made row by row (pl.repeat: 0.7 ms a chunk)
+                absent.append(pl.lit(None, dtype=dtype).alias(name))
+        if not absent:
+            return pl.DataFrame(series)
+        # (A frame of no column has no rows to give the literals: a stand-in column holds their count.)
+        frame = pl.DataFrame(series) if series else pl.DataFrame({"_rows": np.zeros(len(r), dtype=np.uint8)})
+        return frame.with_columns(absent).select(list(self.schema))
 
     def _count_vxlan_like(self, ch: _Chunk, rows: np.ndarray, starts: np.ndarray, ip: _IPLayer,
                           plain: np.ndarray) -> None:
