@@ -105,9 +105,11 @@ def test_inside_keys_cut_ahead_give_the_same_pairs(monkeypatch: pytest.MonkeyPat
     assert len(ahead.frames) == parts and sum(f.height for f in ahead.frames) == ins["k_strong"].count()
     assert all(f["k_strong"].is_sorted() for f in ahead.frames)
     assert match.match_sides(ins, outs, inside_parts=ahead).pairs.equals(whole)
+    assert ahead.frames == []  # each part let go of as matching read it: not held to the end beside a copy
     other = match.arrange_keys(ins, parts + 1)  # guessed from this side alone, wrongly: not used
     assert not other.fits("k_strong", list(match.EXACT_COLUMNS), parts)
     assert match.match_sides(ins, outs, inside_parts=other).pairs.equals(whole)
+    assert other.frames == []
 
 
 def test_the_worker_leaves_time_for_the_next_step_only_when_there_is_one(tmp_path: Path,
