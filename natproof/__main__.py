@@ -24,14 +24,16 @@ def leave(status: int) -> NoReturn:
     """End the process with ``status`` once the command is done, without the interpreter's teardown of every
     module it loaded (polars and numpy: ~35 ms of each command's time, measured): the atexit handlers run (an
     unused prestarted worker is ended there, natproof.parallel), standard output and error are flushed, then
-    os._exit. Every file natproof writes is closed by then (written atomically, natproof.report.files). While a
-    thread that is not a daemon still runs, the usual exit, which waits for it."""
+    os._exit. Every file natproof writes is closed by then (written atomically, natproof.report.files). The usual
+    exit while a thread that is not a daemon still runs (it waits for it), or under a profiler or tracer (which
+    write their findings after the program: ``python -m pyinstrument -m natproof ...``, coverage)."""
     import atexit
     import os
     import threading
 
     main = threading.main_thread()
-    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    if (sys.getprofile() is not None or sys.gettrace() is not None
+            or any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate())):
         sys.exit(status)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

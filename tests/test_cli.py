@@ -907,7 +907,7 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch: pytest.Mon
     assert capsys.readouterr().err == "natproof: interrupted\n"
 
 
-def test_the_command_leaves_after_its_atexit_handlers_and_a_flush() -> None:
+def test_the_command_leaves_after_its_atexit_handlers_and_a_flush(tmp_path: Path) -> None:
     # natproof.__main__.leave skips the interpreter's teardown (os._exit) but not what the exit owes: atexit
     # handlers (natproof.parallel ends an unused prestarted worker there), buffered output, the status; a thread
     # that is not a daemon is waited for as by the usual exit.
@@ -924,3 +924,11 @@ def test_the_command_leaves_after_its_atexit_handlers_and_a_flush() -> None:
     for how, want in (("plain", "buffered handler\n"), ("thread", "buffered thread\nhandler\n")):
         got = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60)
         assert (got.returncode, got.stdout, got.stderr) == (3, want, "")
+    # Under a profiler the usual exit, teardown and all (the profiler writes its findings after the program ends):
+    # a file left open is flushed by the teardown, not by os._exit.
+    left = code.replace("leave(3)", "left = open(sys.argv[2], 'w')\nleft.write('flushed')\n{}leave(3)")
+    for profile, want in (("", ""), ("sys.setprofile(lambda *a: None)\n", "flushed")):
+        target = tmp_path / "left.txt"
+        got = subprocess.run([sys.executable, "-c", left.format(profile), "plain", str(target)], capture_output=True,
+                             text=True, timeout=60)
+        assert (got.returncode, got.stdout, target.read_text()) == (3, "buffered handler\n", want)
