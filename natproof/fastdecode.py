@@ -629,7 +629,7 @@ def _known_skips(hdr: np.ndarray, avail: np.ndarray, is4: np.ndarray) -> tuple[n
             proto, at = h[6], 40
             if proto == 0 and tuple(h[41:48]) == _MLD_HOP_BY_HOP and body >= 8:
                 proto, at, body = h[40], 48, body - 8
-            elif proto in _IP6_EXTENSIONS:
+            if proto in _IP6_EXTENSIONS:  # (another one after MLD's: destination options, a fragment header...)
                 continue
             types = (128, 129, *ICMP6_ERRORS) if proto == 58 else None
         if proto not in _DECODED_PROTOS:

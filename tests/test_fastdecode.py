@@ -221,10 +221,16 @@ def ip_packets(draw: st.DrawFn) -> bytes:
         icmp_type = draw(st.one_of(st.just(133 if v6 else 13), st.integers(0, 255)))
         l4, proto = struct.pack("!BBHI", icmp_type, 0, 0, 0)[:draw(st.sampled_from([8, 8, 4, 3]))] + payload, icmp_p
     elif kind == "mld" and v6:  # an MLD report behind its hop-by-hop Router Alert header, or one a byte off it
-        hop = bytearray([58, 0, 5, 2, 0, 0, 1, 0])
+        # Its next header ICMPv6, or another extension header (destination options, routing, fragment, hop-by-hop
+        # again, ESP) or a transport (a new user's trial found those behind MLD's header read as other_proto).
+        hop = bytearray([draw(st.sampled_from([58, 58, 60, 43, 44, 0, 50, 17, 59])), 0, 5, 2, 0, 0, 1, 0])
         if draw(st.booleans()):
-            hop[draw(st.integers(0, 7))] = draw(st.integers(0, 255))
-        l4, proto = bytes(hop) + struct.pack("!BBHI", draw(st.sampled_from([143, 130, 128, 1])), 0, 0, 1) + payload, 0
+            hop[draw(st.integers(1, 7))] = draw(st.integers(0, 255))
+        rest = (struct.pack("!BBHI", draw(st.sampled_from([143, 130, 128, 1])), 0, 0, 1) if hop[0] == 58 else
+                bytes([58, 0]) + b"\0" * 6 + struct.pack("!BBHI", 143, 0, 0, 1) if hop[0] in (60, 43, 0) else
+                struct.pack("!BBHI", 17, 0, draw(st.sampled_from([0, 1, 8])), 5) + udp(sport, dport, b"x")
+                if hop[0] == 44 else udp(sport, dport, payload))
+        l4, proto = bytes(hop) + rest + payload, 0
     elif kind == "v6ext" and v6:
         l4, proto = bytes([6, 0]) + b"\0" * 6 + tcp(sport, dport, 1, 2, 0x10, payload), 0
     elif kind == "udp_frag":
@@ -465,3 +471,18 @@ def test_a_nodes_control_traffic_is_counted_without_the_reference_decoder() -> N
     info, _ = assert_same(path)
     assert info.fallback_frames == 0
     assert info.skipped["icmp_other"] > 0 and info.skipped["other_proto"] > 0
+
+
+@pytest.mark.parametrize("after", [58, 60, 43, 44, 0, 50, 17, 59])
+def test_what_follows_an_mld_hop_by_hop_header_is_decoded_as_the_reference_does(tmp_path: Path, after: int) -> None:
+    # The columnar decoder reads MLD's hop-by-hop header itself (a Router Alert, RFC 3810); another extension
+    # header after it (destination options, routing, a fragment, ESP) is the reference decoder's to walk. A new
+    # user's trial found a UDP flow behind hop-by-hop and destination options read as other_proto: no reply.
+    rest = {58: struct.pack("!BBHI", 143, 0, 0, 1),
+            17: udp(5353, 5353, b"q" * 12),
+            44: struct.pack("!BBHI", 17, 0, 0, 9) + udp(5353, 5353, b"q" * 12),
+            59: b""}.get(after, bytes([17, 0]) + b"\0" * 6 + udp(5353, 5353, b"q" * 12))
+    packet = ipv6(POD6, SRV6, 0, bytes([after, 0, 5, 2, 0, 0, 1, 0]) + rest)
+    (tmp_path / "c.pcap").write_bytes(pcap([(0, ether(packet, ethertype=0x86DD))]))
+    info, frame = assert_same(tmp_path / "c.pcap")
+    assert frame.height + sum(info.skipped.values()) == 1
