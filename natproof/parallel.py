@@ -73,10 +73,12 @@ def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequen
     # folder's making and the job's start left both behind: a job.pickle in /dev/shm, a worker nobody reaped).
     proc: subprocess.Popen[bytes] | None = None
     status = "failed"
+    _jobs[tmp] = None
     try:
         with open(os.path.join(tmp, "job.pickle"), "wb") as fh:
             pickle.dump((job.__module__, job.__qualname__, os.fspath(paths[1]), args[1]), fh)
         proc = _take_prestarted(paths[1], job.__module__) or _start_worker(job.__module__)
+        _jobs[tmp] = proc
         assert proc.stdin is not None
         try:  # the job, by the folder that holds it; the worker ends at the end of its input
             proc.stdin.write(tmp.encode() + b"\n")
@@ -108,17 +110,45 @@ def run_pair(job: Job, paths: Sequence[str | os.PathLike[str]], progress: Sequen
         else:  # the worker failed unexpectedly: run the job here, so the real error (if any) surfaces
             second = job(paths[1], None, **args[1])
     finally:
-        if proc is not None:
-            if proc.poll() is None:
-                if status == "ok":
-                    threading.Thread(target=proc.wait, daemon=True).start()  # reaped once it has exited
-                else:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        # To its end through a second KeyboardInterrupt (Ctrl-C again, or GNU timeout's SIGINT, sent to the process
+        # and to its group: twice), which cut it short and left the worker and its folder behind (a new user's
+        # trial); inline, as a function's entry is where Python would raise it. What still escapes is ended at exit.
+        interrupted = False
+        while True:
+            try:
+                _end_job(proc, status == "ok", tmp)
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
     return [first, second]
+
+
+_jobs: dict[str, subprocess.Popen[bytes] | None] = {}
+"""run_pair's job folders not yet removed, with their workers: ended at exit if a clean-up was cut short."""
+
+
+def _end_job(proc: subprocess.Popen[bytes] | None, ok: bool, tmp: str) -> None:
+    """End run_pair's worker (let it exit by itself once it said ok: it is giving back its memory, reaped in a
+    thread) and remove the job's folder. Safe to run again."""
+    if proc is not None:
+        if proc.poll() is None:
+            if ok:
+                threading.Thread(target=proc.wait, daemon=True).start()  # reaped once it has exited
+            else:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    _jobs.pop(tmp, None)
+
+
+@atexit.register
+def _end_jobs_left() -> None:
+    for tmp, proc in list(_jobs.items()):
+        _end_job(proc, False, tmp)
 
 
 _prestarted: tuple[str, str, subprocess.Popen[bytes]] | None = None
@@ -239,13 +269,23 @@ def _worker_main() -> None:
         _work()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # the caller went away (interrupted) before the status line: its folder is no one's
+        if _job_folder:
+            shutil.rmtree(_job_folder, ignore_errors=True)
+        os._exit(1)  # quietly: the interpreter's last flush of the closed pipe would fail again
+
+
+_job_folder = ""
+"""The worker's job folder once it has one (_worker_main removes it when its caller has gone)."""
 
 
 def _work() -> None:
+    global _job_folder
     importlib.import_module(sys.argv[1])
     tmp = sys.stdin.readline().strip()
     if not tmp:
         return
+    _job_folder = tmp
     with open(os.path.join(tmp, "job.pickle"), "rb") as fh:
         module, name, path, kwargs = pickle.load(fh)
     job = getattr(importlib.import_module(module), name)

@@ -268,6 +268,62 @@ def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch
     assert len(started) == 1 and started[0].poll() is not None
 
 
+def test_a_second_ctrl_c_during_the_clean_up_still_ends_the_worker_and_its_folder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # GNU timeout sends SIGINT to the command and then to its process group: twice. The second interrupt, raised
+    # inside run_pair's clean-up after the first, cut it short: the worker lived on, wrote its frames, met a closed
+    # pipe (a BrokenPipeError traceback) and left its folder in /dev/shm (a new user's trial).
+    inside, outside = _pair("icmp")
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    made: list[str] = []
+    started: list[subprocess.Popen[bytes]] = []
+    mkdtemp, start_worker = parallel.tempfile.mkdtemp, parallel._start_worker
+    monkeypatch.setattr(parallel, "tempfile",
+                        SimpleNamespace(mkdtemp=lambda **k: made.append(mkdtemp(**k)) or made[-1]))
+    monkeypatch.setattr(parallel, "_start_worker", lambda m: started.append(start_worker(m)) or started[-1])
+    rmtree, kills = parallel.shutil.rmtree, []
+
+    def second_interrupt(path: str, **kwargs: object) -> None:
+        if not kills:
+            kills.append(path)
+            raise KeyboardInterrupt  # the second one, inside the clean-up
+        rmtree(path, **kwargs)
+
+    monkeypatch.setattr(parallel, "shutil", SimpleNamespace(rmtree=second_interrupt))
+
+    def first_interrupt(first: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pair(_prepare_side, [inside, outside], each=[{"inside": True}, {"inside": False}], fast=None,
+                 timeouts=None, pod_cidr=None, services=Services(), while_waiting=first_interrupt)
+    assert kills and len(made) == 1 and not Path(made[0]).exists() and parallel._jobs == {}
+    assert len(started) == 1 and started[0].poll() is not None
+
+
+def test_a_worker_whose_caller_has_gone_removes_its_folder_quietly(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its status line meets a closed pipe: no traceback, and the folder with its frames is no one's to remove.
+    (tmp_path / "quickjob.py").write_text("import polars as pl\n"
+                                          "def job(path, progress):\n    return 1, {'f': pl.DataFrame({'a': [1]})}\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: popen(*a, stderr=subprocess.PIPE, **k))
+    proc = parallel._start_worker("quickjob")
+    job = tmp_path / "job"
+    job.mkdir()
+    with open(job / "job.pickle", "wb") as fh:
+        pickle.dump(("quickjob", "job", "x", {}), fh)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the caller went away
+    proc.stdin.write(f"{job}\n".encode())
+    proc.stdin.close()
+    with proc.stderr:
+        assert proc.wait(timeout=60) == 1
+        assert proc.stderr.read() == b""
+    assert not job.exists()
+
+
 @pytest.mark.parametrize("command", ["correlate", "diagnose", "report"])
 def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: Path, command: str) -> None:
     # What lets prestart's worker load its libraries while this process loads its own (and --help answer at
