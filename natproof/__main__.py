@@ -38,8 +38,9 @@ def leave(status: int) -> NoReturn:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that left (natproof.cli says nothing of it), a closed stream
+            if stream is not None:  # (None: started with it closed, >&-)
+                stream.flush()
+        except (OSError, ValueError):  # natproof.cli.main flushed standard output and said what failed
             pass
     os._exit(status)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -52,27 +53,38 @@ def warn(msg: str) -> None:
 
 @contextlib.contextmanager
 def make_progress(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
-    """A rich progress bar on stderr for large captures; none when quiet or stderr is not a terminal."""
+    """A rich progress bar on stderr for large captures; none when quiet or stderr is not a terminal. The bar
+    starts with its first capture of PROGRESS_MIN_BYTES or more: with none, nothing is written to the terminal
+    (rich hid and showed the cursor and cleared a line for small captures, a new user's trial)."""
     if quiet:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     if not stderr.is_terminal:
         yield None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=stderr, transient=True) as bar:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-        def factory(label: str, total: int) -> Callable[[int], None]:
-            if total < PROGRESS_MIN_BYTES:
-                return lambda n: None
-            task = bar.add_task(label, total=total)
-            return lambda n: bar.advance(task, n)
+    started: list[Progress] = []
 
+    def factory(label: str, total: int) -> Callable[[int], None]:
+        if total < PROGRESS_MIN_BYTES:
+            return lambda n: None
+        if not started:
+            started.append(Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                    TimeRemainingColumn(), console=stderr, transient=True))
+            started[0].start()
+        bar = started[0]
+        task = bar.add_task(label, total=total)
+        return lambda n: bar.advance(task, n)
+
+    try:
         yield factory
+    finally:
+        if started:
+            started[0].stop()
 
 
 class _Named(click.Path):
@@ -94,7 +106,21 @@ def output_options(f: Callable) -> Callable:
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Interrupted(Exception):
+    """Ctrl-C in a command, carried past click: click answers a KeyboardInterrupt with a blank line on stderr (to end
+    the terminal's ^C echo) even where stderr is no terminal (a log then read a blank line, a new user's trial);
+    _main says it in one line, after a newline on a terminal only."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(natproof.__version__, prog_name="natproof")
 @click.option("--traceback", is_flag=True, help="Show the Python traceback of an error (for bug reports).")
 @click.pass_context
@@ -1134,7 +1160,7 @@ def _reader_may_leave() -> Iterator[None]:
     except BrokenPipeError:
         _stdout_nowhere()
     except OSError as exc:  # a full disk behind `> file`, ...
-        raise InputError(f"standard output: cannot write it ({exc.strerror or exc})") from None
+        raise _cannot_write_stdout(exc) from None
 
 
 def _stdout_nowhere() -> None:
@@ -1749,7 +1775,9 @@ def _error(msg: str) -> None:
 class _ReaderMayLeave:
     """Standard output whose reader may go away (`| head`, `| true`): the write that finds the pipe closed sends
     the rest to /dev/null and the command goes on, so its exit status is its own (click and rich would exit 1
-    there: a passed verify read as failed, a found `who` as not found). Everything else is the stream's."""
+    there: a passed verify read as failed, a found `who` as not found). Any other failure to write (a full disk
+    behind `> file`, /dev/full) is an InputError naming standard output, whichever command wrote: `who`, `explain`,
+    `--help`... ended as internal errors (a new user's trial). Everything else is the stream's."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -1760,24 +1788,72 @@ class _ReaderMayLeave:
         except BrokenPipeError:
             _stdout_nowhere()
             return len(text)
+        except OSError as exc:
+            raise _cannot_write_stdout(exc) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             _stdout_nowhere()
+        except OSError as exc:
+            raise _cannot_write_stdout(exc) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
+class _ClosedStdout:
+    """Standard output when the command was started without one (``>&-``: sys.stdout is None): every write fails
+    as a closed descriptor's does, and is said as such (it was an AttributeError on None)."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    @property
+    def buffer(self) -> _ClosedStdout:
+        return self
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _cannot_write_stdout(exc: OSError) -> InputError:
+    return InputError(f"standard output: cannot write it ({exc.strerror or exc})")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and turn every outcome into one line on stderr and an exit status."""
+    """Entry point: run the CLI and turn every outcome into one line on stderr and an exit status. What is still
+    buffered for standard output is written before the status is returned, so a failure to write it (a full disk)
+    is said and is exit 2 (natproof.__main__.leave ends the process without the interpreter's last flush)."""
     args = sys.argv[1:] if argv is None else argv
     stdout = sys.stdout
-    sys.stdout = _ReaderMayLeave(stdout)  # type: ignore[assignment]
+    sys.stdout = _ReaderMayLeave(stdout if stdout is not None else _ClosedStdout())  # type: ignore[assignment]
     try:
-        return _main(args)
+        status = _main(args)
+        try:
+            sys.stdout.flush()
+        except InputError as exc:  # the output is lost, whatever the command found: said, and status 2 as for -o
+            _error(str(exc))
+            status = ExitStatus.BAD_INPUT
+        return status
     finally:
         sys.stdout = stdout
 
@@ -1799,7 +1875,10 @@ def _main(args: list[str]) -> int:
             raise
         _error(str(exc))
         return ExitStatus.BAD_INPUT
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _Interrupted:
+        click.echo(("\n" if _stderr_is_terminal() else "") + "natproof: interrupted", err=True)
+        return ExitStatus.INTERRUPTED
+    except (KeyboardInterrupt, click.exceptions.Abort):  # (while click parsed: it wrote its blank line)
         click.echo("natproof: interrupted", err=True)
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:

@@ -516,6 +516,7 @@ def test_dash_as_output_is_standard_output_or_refused(pair: tuple[Path, Path], t
 
 def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None:
     """`> /dev/full`: one line, status 2, in every format written to standard output."""
+    import os
     import subprocess
     import sys
 
@@ -525,6 +526,17 @@ def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None
                                   stdout=full, stderr=subprocess.PIPE, check=False)
         assert (proc.returncode, proc.stderr) == (
             2, b"natproof: error: standard output: cannot write it (No space left on device)\n")
+    # Every command, not only correlate's formats (who, --help, lab list were internal errors), and standard output
+    # closed (>&-: an AttributeError on None, then a traceback from the exit).
+    for args in (["who", "203.0.113.2:1", *map(str, pair), "--format", "json"], ["--help"], ["lab", "list"],
+                 ["--version"]):
+        for where, why in (("/dev/full", "No space left on device"), (None, "standard output is closed")):
+            with open(where or os.devnull, "wb") as sink:
+                proc = subprocess.run([sys.executable, "-m", "natproof", *args], stdout=sink if where else None,
+                                      stderr=subprocess.PIPE, check=False,
+                                      preexec_fn=None if where else (lambda: os.close(1)))
+            assert (proc.returncode, proc.stderr.decode()) == (
+                2, f"natproof: error: standard output: cannot write it ({why})\n"), (args, where)
 
 
 def test_output_through_a_symlink_writes_the_file_it_names(pair: tuple[Path, Path], tmp_path: Path,
@@ -932,3 +944,17 @@ def test_the_command_leaves_after_its_atexit_handlers_and_a_flush(tmp_path: Path
         got = subprocess.run([sys.executable, "-c", left.format(profile), "plain", str(target)], capture_output=True,
                              text=True, timeout=60)
         assert (got.returncode, got.stdout, target.read_text()) == (3, "buffered handler\n", want)
+
+
+def test_ctrl_c_in_a_command_is_one_line_with_no_blank_line_before_it(pair: tuple[Path, Path],
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # click writes a blank line to end a terminal's ^C echo, whatever stderr is: a log read "\nnatproof:
+    # interrupted" (a new user's trial). Only on a terminal is there a line to end.
+    from natproof import cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_correlate", interrupted)
+    assert run(capsys, "correlate", *map(str, pair), "-q") == (130, "", "natproof: interrupted\n")
