@@ -367,7 +367,11 @@ def _inner_ethernet(frame: bytes) -> tuple[int, bytes]:
 
 
 def _quoted(version: int, quoted: bytes) -> tuple:
-    """Parse the IP header and first transport bytes an ICMP error quotes: (proto, src, dst, sport, dport)."""
+    """Parse the IP header and first transport bytes an ICMP error quotes: (proto, src, dst, sport, dport).
+
+    A quoted fragment: the ports of a first fragment are read (past an IPv6 fragment header, RFC 8200 4.5: its
+    next header is the transport's, so the error joins the flow it quotes, as a whole datagram's would), a later
+    fragment has none (its bytes are payload, read as ports before: the error made a leg of its own)."""
     try:
         if version == 4:
             if len(quoted) < 20 or quoted[0] >> 4 != 4:
@@ -375,14 +379,19 @@ def _quoted(version: int, quoted: bytes) -> tuple:
             hl = (quoted[0] & 0x0F) * 4
             proto = quoted[9]
             src, dst = _addr(4, quoted[12:16]), _addr(4, quoted[16:20])
+            later = struct.unpack_from("!H", quoted, 6)[0] & 0x1FFF
         else:
             if len(quoted) < 40 or quoted[0] >> 4 != 6:
                 raise Skip("malformed")
-            hl = 40
+            hl, later = 40, 0
             proto = quoted[6]
             src, dst = _addr(6, quoted[8:24]), _addr(6, quoted[24:40])
+            if proto == 44 and len(quoted) >= 48:
+                proto, hl, later = quoted[40], 48, struct.unpack_from("!H", quoted, 42)[0] >> 3
     except (IndexError, ValueError):
         raise Skip("malformed") from None
+    if later:
+        return proto, src, dst, None, None
     l4 = quoted[hl:hl + 8]
     sport = dport = None
     if proto in (6, 17) and len(l4) >= 4:

@@ -486,3 +486,30 @@ def test_what_follows_an_mld_hop_by_hop_header_is_decoded_as_the_reference_does(
     (tmp_path / "c.pcap").write_bytes(pcap([(0, ether(packet, ethertype=0x86DD))]))
     info, frame = assert_same(tmp_path / "c.pcap")
     assert frame.height + sum(info.skipped.values()) == 1
+
+
+def test_an_icmp_error_quoting_a_fragment_reads_the_ports_of_a_first_one_only(tmp_path: Path) -> None:
+    # An ICMPv6 error quoting a pod's first fragment reads the ports past the fragment header (its inner_proto was
+    # 44 and it joined no flow); a quoted later fragment, IPv4 or IPv6, has no ports (its payload bytes were read
+    # as ports, an IPv4 error then made a leg of its own).
+    datagram = udp(54979, 7, bytes(range(256)) * 8)
+    first6 = ipv6(POD6, SRV6, 44, struct.pack("!BBHI", 17, 0, 1, 77) + datagram[:1232])
+    later6 = ipv6(POD6, SRV6, 44, struct.pack("!BBHI", 17, 0, 154 << 3, 77) + datagram[1232:])
+    later4 = ipv4(POD4, SRV4, 17, b"\x12\x34\x56\x78" + datagram[1480:1500], ip_id=9, frag=185)
+    frames = [
+        (0, ether(first6, ethertype=0x86DD)),
+        (1, ether(ipv6("2001:db8::1", POD6, 58, icmp_error(2, 0, first6[:1232])), ethertype=0x86DD)),  # too big
+        (2, ether(ipv6("2001:db8::1", POD6, 58, icmp_error(3, 1, later6[:200])), ethertype=0x86DD)),  # reassembly
+        (3, ether(ipv4("192.0.2.1", POD4, 1, icmp_error(11, 1, later4)))),
+    ]
+    (tmp_path / "f.pcap").write_bytes(pcap(frames))
+    _, got = assert_same(tmp_path / "f.pcap")
+    errors = got.filter(pl.col("icmp_type").is_not_null())
+    assert errors.select("inner_proto", "inner_sport", "inner_dport").rows() == [(17, 54979, 7), (17, None, None),
+                                                                                 (17, None, None)]
+    from natproof.connections import group_connections
+
+    grouped, _ = group_connections(got)
+    too_big = grouped.filter(pl.col("frame_no") == 2)
+    assert too_big.height == 1 and too_big["conn_id"][0] == grouped.filter(pl.col("frame_no") == 1)["conn_id"][0]
+    assert grouped.filter(pl.col("frame_no").is_in([3, 4])).is_empty()  # no ports: no flow of their own
