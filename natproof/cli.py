@@ -8,7 +8,9 @@ import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from enum import IntEnum
@@ -45,6 +47,8 @@ class ExitStatus(IntEnum):
     INTERNAL = 70
     """A bug in natproof (sysexits EX_SOFTWARE); rerun with --traceback."""
     INTERRUPTED = 130
+    TERMINATED = 143
+    """SIGTERM (128 + 15), after the same clean-up as an interrupt's."""
 
 
 def warn(msg: str) -> None:
@@ -1839,14 +1843,30 @@ def _cannot_write_stdout(exc: OSError) -> InputError:
     return InputError(f"standard output: cannot write it ({exc.strerror or exc})")
 
 
+_terminated: list[bool] = []
+"""Set while a SIGTERM is being handled (_on_sigterm)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (timeout, kill, Kubernetes, systemd, a CI job's limit) ends the command as Ctrl-C does: its
+    clean-up runs (the worker and its folder in /dev/shm, a spill folder, a temporary -o file), then one line and
+    exit 143. By default it ended the process at once and left them (a trial: spill folders in /tmp)."""
+    _terminated.append(True)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every outcome into one line on stderr and an exit status. What is still
     buffered for standard output is written before the status is returned, so a failure to write it (a full disk)
     is said and is exit 2 (natproof.__main__.leave ends the process without the interpreter's last flush)."""
     args = sys.argv[1:] if argv is None else argv
     stdout = sys.stdout
-    sys.stdout = _ReaderMayLeave(stdout if stdout is not None else _ClosedStdout())  # type: ignore[assignment]
-    try:
+    previous = None
+    try:  # Ctrl-C from here on, in setting up or in the last flush too, is one line, not a traceback
+        sys.stdout = _ReaderMayLeave(stdout if stdout is not None else _ClosedStdout())  # type: ignore[assignment]
+        _terminated.clear()
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         status = _main(args)
         try:
             sys.stdout.flush()
@@ -1854,8 +1874,13 @@ def main(argv: list[str] | None = None) -> int:
             _error(str(exc))
             status = ExitStatus.BAD_INPUT
         return status
+    except KeyboardInterrupt:
+        click.echo(f"natproof: {'terminated' if _terminated else 'interrupted'}", err=True)
+        return ExitStatus.TERMINATED if _terminated else ExitStatus.INTERRUPTED
     finally:
         sys.stdout = stdout
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(args: list[str]) -> int:
@@ -1876,11 +1901,14 @@ def _main(args: list[str]) -> int:
         _error(str(exc))
         return ExitStatus.BAD_INPUT
     except _Interrupted:
+        if _terminated:
+            click.echo("natproof: terminated", err=True)
+            return ExitStatus.TERMINATED
         click.echo(("\n" if _stderr_is_terminal() else "") + "natproof: interrupted", err=True)
         return ExitStatus.INTERRUPTED
     except (KeyboardInterrupt, click.exceptions.Abort):  # (while click parsed: it wrote its blank line)
-        click.echo("natproof: interrupted", err=True)
-        return ExitStatus.INTERRUPTED
+        click.echo(f"natproof: {'terminated' if _terminated else 'interrupted'}", err=True)
+        return ExitStatus.TERMINATED if _terminated else ExitStatus.INTERRUPTED
     except BrokenPipeError:
         return ExitStatus.OK
     except SystemExit as exc:

@@ -97,7 +97,7 @@ class SpillDir:
             where = parent if parent is not None else tempfile.gettempdir()
             raise InputError(f"{os.fspath(where)}: cannot make the spill folder there ({exc.strerror or exc}): give "
                              "--spill-dir a writable folder") from None
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self._finalizer = weakref.finalize(self, _remove, self.path)
 
     def cleanup(self) -> None:
         self._finalizer()
@@ -109,6 +109,18 @@ class SpillDir:
         raise TypeError(f"a Result correlated past memory cannot be pickled: its packets are the Parquet files in "
                         f"{self.path}, removed with the Result in the process that made it; pass on what you need "
                         "(result.to_json(), result.connections) or correlate in memory")
+
+
+def _remove(path: Path) -> None:
+    """A spill folder removed to its end through a second Ctrl-C (GNU timeout signals the command and then its
+    group: twice; a trial once found a folder left after an interrupted run). The interrupt is not raised again:
+    this runs as a finalizer (the Result gone, or at exit), where an exception is only printed as ignored."""
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 class _SideWriter:

@@ -258,3 +258,42 @@ def test_the_library_takes_a_size_and_refuses_less_than_a_byte() -> None:
     assert natproof.correlate(inside, outside, memory_limit="1K").spill is not None
     with pytest.raises(InputError, match="one byte or more"):
         natproof.correlate(inside, outside, memory_limit=-5)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT twice"])
+def test_a_spilled_run_ended_by_a_signal_leaves_no_spill_folder(tmp_path: Path, how: str) -> None:
+    # SIGTERM (timeout, kill, a CI job's limit) ended the process at once: its spill folder stayed (a trial found
+    # 3-4 MB folders in /tmp after each). It now ends as Ctrl-C does, clean-up first, exit 143; and a second
+    # SIGINT during the clean-up (GNU timeout signals the command and its group) does not cut it short.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    d = CAPTURES / "many-connections"
+    proc = subprocess.Popen([sys.executable, "-m", "natproof", "correlate", str(d / "inside.pcap.gz"),
+                             str(d / "outside.pcap.gz"), "--memory-limit", "64M", "--spill-dir", str(spill_dir),
+                             "-o", str(tmp_path / "r.json")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(spill_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the spilled work
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
+    with proc.stderr:
+        code, err = proc.wait(timeout=60), proc.stderr.read().decode()
+    if code == 0:  # finished before the signal: nothing to say of it
+        return
+    if how == "SIGTERM":
+        assert (code, err) == (143, "natproof: terminated\n")
+    else:  # (the second SIGINT may land as the process ends, past the one line: what it must not do is stop the
+        # clean-up)
+        assert code == 130 and err.startswith("natproof: interrupted\n"), err
+    assert list(spill_dir.iterdir()) == [] and not (tmp_path / "r.json").exists()
