@@ -155,19 +155,27 @@ def test_a_prestarted_worker_takes_the_job_and_an_unused_one_ends(monkeypatch: p
     assert parallel._prestarted is None and unused.poll() is not None
 
 
-def test_ctrl_c_ends_a_worker_in_its_job_without_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Ctrl-C reaches the whole process group: the command line says "natproof: interrupted" and ends the worker,
-    # which must print nothing of its own (it printed KeyboardInterrupt's traceback when caught in its job).
-    (tmp_path / "slowjob.py").write_text("import time\ndef job(path, progress):\n    progress(1)\n    time.sleep(60)\n")
+def _worker_with_a_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str,
+                       source: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A worker (its stderr piped) for a job module of ``source``, and the job's folder, not yet handed to it."""
+    (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     popen = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: popen(*a, stderr=subprocess.PIPE, **k))
-    proc = parallel._start_worker("slowjob")
+    proc = parallel._start_worker(module)
     job = tmp_path / "job"
     job.mkdir()
     with open(job / "job.pickle", "wb") as fh:
-        pickle.dump(("slowjob", "job", "x", {}), fh)
+        pickle.dump((module, "job", "x", {}), fh)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    return proc, job
+
+
+def test_ctrl_c_ends_a_worker_in_its_job_without_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C reaches the whole process group: the command line says "natproof: interrupted" and ends the worker,
+    # which must print nothing of its own (it printed KeyboardInterrupt's traceback when caught in its job).
+    proc, job = _worker_with_a_job(tmp_path, monkeypatch, "slowjob",
+                                   "import time\ndef job(path, progress):\n    progress(1)\n    time.sleep(60)\n")
     proc.stdin.write(f"{job}\n".encode())
     proc.stdin.close()
     assert proc.stdout.readline() == b"progress 1\n"  # in its job
@@ -245,10 +253,8 @@ def test_ctrl_c_while_the_worker_starts_is_left_to_the_caller(tmp_path: Path) ->
         parallel._end(worker)
 
 
-def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Interrupted between making the job's folder and starting the job (here: as the listener thread is made), the
-    # folder in /dev/shm was left behind with its job.pickle, and the worker unreaped.
-    inside, outside = _pair("icmp")
+def _record_jobs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
+    """Every pair in two processes; the job folders run_pair makes and the workers it starts, as they come."""
     monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
     made: list[str] = []
     started: list[subprocess.Popen[bytes]] = []
@@ -256,6 +262,14 @@ def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch
     monkeypatch.setattr(parallel, "tempfile",
                         SimpleNamespace(mkdtemp=lambda **k: made.append(mkdtemp(**k)) or made[-1]))
     monkeypatch.setattr(parallel, "_start_worker", lambda m: started.append(start_worker(m)) or started[-1])
+    return made, started
+
+
+def test_ctrl_c_before_the_job_starts_leaves_no_folder_and_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Interrupted between making the job's folder and starting the job (here: as the listener thread is made), the
+    # folder in /dev/shm was left behind with its job.pickle, and the worker unreaped.
+    inside, outside = _pair("icmp")
+    made, started = _record_jobs(monkeypatch)
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -274,13 +288,7 @@ def test_a_second_ctrl_c_during_the_clean_up_still_ends_the_worker_and_its_folde
     # inside run_pair's clean-up after the first, cut it short: the worker lived on, wrote its frames, met a closed
     # pipe (a BrokenPipeError traceback) and left its folder in /dev/shm (a new user's trial).
     inside, outside = _pair("icmp")
-    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
-    made: list[str] = []
-    started: list[subprocess.Popen[bytes]] = []
-    mkdtemp, start_worker = parallel.tempfile.mkdtemp, parallel._start_worker
-    monkeypatch.setattr(parallel, "tempfile",
-                        SimpleNamespace(mkdtemp=lambda **k: made.append(mkdtemp(**k)) or made[-1]))
-    monkeypatch.setattr(parallel, "_start_worker", lambda m: started.append(start_worker(m)) or started[-1])
+    made, started = _record_jobs(monkeypatch)
     rmtree, kills = parallel.shutil.rmtree, []
 
     def second_interrupt(path: str, **kwargs: object) -> None:
@@ -304,17 +312,9 @@ def test_a_second_ctrl_c_during_the_clean_up_still_ends_the_worker_and_its_folde
 def test_a_worker_whose_caller_has_gone_removes_its_folder_quietly(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Its status line meets a closed pipe: no traceback, and the folder with its frames is no one's to remove.
-    (tmp_path / "quickjob.py").write_text("import polars as pl\n"
-                                          "def job(path, progress):\n    return 1, {'f': pl.DataFrame({'a': [1]})}\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    popen = subprocess.Popen
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: popen(*a, stderr=subprocess.PIPE, **k))
-    proc = parallel._start_worker("quickjob")
-    job = tmp_path / "job"
-    job.mkdir()
-    with open(job / "job.pickle", "wb") as fh:
-        pickle.dump(("quickjob", "job", "x", {}), fh)
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc, job = _worker_with_a_job(tmp_path, monkeypatch, "quickjob",
+                                   "import polars as pl\n"
+                                   "def job(path, progress):\n    return 1, {'f': pl.DataFrame({'a': [1]})}\n")
     proc.stdout.close()  # the caller went away
     proc.stdin.write(f"{job}\n".encode())
     proc.stdin.close()
