@@ -707,18 +707,28 @@ def csv_columns(grading: Grading) -> list[str]:
     return [*cols, "reason", "evidence"]
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""How a cell a spreadsheet would run as a formula starts (OWASP, CSV injection)."""
+
+
+def _text_cell(text: str) -> str:
+    """A text cell of grades.csv, with a ' before it where a spreadsheet would run it as a formula: a student's
+    folder is named by the student (a trial named one =HYPERLINK(1))."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
+
+
 def grades_csv(grades: Iterable[StudentGrade], grading: Grading) -> str:
     """One row per student: student, points, max_points, each expectation's points and result (pass, partial, fail;
     empty when not graded), the reason (why not graded, or what was noted) and the failing evidence (`` | ``
-    between lines)."""
+    between lines). A text cell that would start a formula (=, +, -, @) starts with ' instead."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(csv_columns(grading))
     for g in grades:
-        row: list[Any] = [g.student, points_text(g.points), points_text(g.max_points)]
+        row: list[Any] = [_text_cell(g.student), points_text(g.points), points_text(g.max_points)]
         for e in g.expectations:
             row += [points_text(e.points), e.result or ""]
-        row += [g.reason or "; ".join(g.notes), " | ".join(g.evidence)]
+        row += [_text_cell(g.reason or "; ".join(g.notes)), _text_cell(" | ".join(g.evidence))]
         w.writerow(row)
     return buf.getvalue()
 

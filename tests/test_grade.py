@@ -463,3 +463,16 @@ def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path, 
     assert json.loads(capsys.readouterr().out)["students"] and not (tmp_path / "-").exists()
     assert main([*args, "--html", "-"]) == 2
     assert "standard output is not written" in capsys.readouterr().err and not (tmp_path / "-").exists()
+
+
+def test_a_grades_csv_cell_never_starts_a_spreadsheet_formula(graded: tuple) -> None:
+    # A student names their own folder: one named =HYPERLINK(1) became a cell a spreadsheet runs (a trial). Such a
+    # text cell starts with ' (OWASP's CSV-injection advice); numbers and other names are as they were.
+    _cls, grading_file, assignments, grades = graded
+    one = next(iter(grades.values()))
+    named = [dataclasses.replace(one, student=name, reason=reason)
+             for name, reason in (("=HYPERLINK(1)", None), ("+1", "@SUM(A1)"), ("-x", None), ("ana", None))]
+    rows = list(csv.DictReader(io.StringIO(grades_csv(named, load_grading(grading_file, assignments)))))
+    assert [r["student"] for r in rows] == ["'=HYPERLINK(1)", "'+1", "'-x", "ana"]
+    assert rows[1]["reason"] == "'@SUM(A1)"
+    assert all(not r[k].startswith(("=", "+", "-", "@")) for r in rows for k in ("student", "reason", "evidence"))
