@@ -1855,6 +1855,16 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _said_interrupted(end_echo: bool = False) -> int:
+    """Say an interrupt (or a SIGTERM, _on_sigterm) in one line and give its status; ``end_echo``: a newline
+    first on a terminal, to end its ^C echo (click's own newline did so, on a terminal or not)."""
+    if _terminated:
+        click.echo("natproof: terminated", err=True)
+        return ExitStatus.TERMINATED
+    click.echo(("\n" if end_echo and _stderr_is_terminal() else "") + "natproof: interrupted", err=True)
+    return ExitStatus.INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every outcome into one line on stderr and an exit status. What is still
     buffered for standard output is written before the status is returned, so a failure to write it (a full disk)
@@ -1875,8 +1885,7 @@ def main(argv: list[str] | None = None) -> int:
             status = ExitStatus.BAD_INPUT
         return status
     except KeyboardInterrupt:
-        click.echo(f"natproof: {'terminated' if _terminated else 'interrupted'}", err=True)
-        return ExitStatus.TERMINATED if _terminated else ExitStatus.INTERRUPTED
+        return _said_interrupted()
     finally:
         sys.stdout = stdout
         if previous is not None:
@@ -1901,14 +1910,9 @@ def _main(args: list[str]) -> int:
         _error(str(exc))
         return ExitStatus.BAD_INPUT
     except _Interrupted:
-        if _terminated:
-            click.echo("natproof: terminated", err=True)
-            return ExitStatus.TERMINATED
-        click.echo(("\n" if _stderr_is_terminal() else "") + "natproof: interrupted", err=True)
-        return ExitStatus.INTERRUPTED
+        return _said_interrupted(end_echo=True)
     except (KeyboardInterrupt, click.exceptions.Abort):  # (while click parsed: it wrote its blank line)
-        click.echo(f"natproof: {'terminated' if _terminated else 'interrupted'}", err=True)
-        return ExitStatus.TERMINATED if _terminated else ExitStatus.INTERRUPTED
+        return _said_interrupted()
     except BrokenPipeError:
         return ExitStatus.OK
     except SystemExit as exc:
