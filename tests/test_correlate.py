@@ -200,6 +200,28 @@ def test_connections_written_in_pieces_on_several_threads_are_the_one_piece_in_o
     first.close()  # a reader that stops early (a closed pipe) leaves no thread behind to wait for
 
 
+def test_a_json_document_of_many_pieces_is_the_document_of_its_dicts(tmp_path: Path) -> None:
+    # json_parts puts the array's separators into each piece where polars wrote it (its pool's threads) and keeps
+    # polars' own bytes: the document of more than one piece must still be to_dict's, byte for byte.
+    import dataclasses
+
+    import orjson
+
+    from natproof.result import NDJSON_PART_ROWS
+
+    write_scenario(SCENARIOS["basic"], tmp_path)
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    copies = -(-(2 * NDJSON_PART_ROWS + 1) // result.connections.height)
+    many = dataclasses.replace(result, connections=pl.concat([result.connections] * copies))
+    text = many.to_json()
+    assert many.connections.height > 2 * NDJSON_PART_ROWS
+    assert orjson.loads(text) == many.to_dict()
+    lines = text.split(b"\n")
+    items = [line for line in lines if line.startswith(b'    {"proto":')]  # one connection object per line
+    assert len(items) == many.connections.height and all(i.endswith(b"},") for i in items[:-1])
+    assert items[-1].endswith(b"}") and lines[lines.index(items[-1]) + 1] == b"  ],"
+
+
 @pytest.mark.parametrize("tolerance", [0, -1.0, 1e-9])
 def test_the_library_refuses_a_tolerance_the_cli_refuses(tolerance: float) -> None:
     # Found by a helper: tolerance_s=0 matched nothing within the window and returned wrong verdicts (4
