@@ -614,7 +614,9 @@ def connection_ndjson_parts(connections: pl.DataFrame, rows: int = NDJSON_PART_R
     if connections.is_empty():
         return
     named = "pod" in connections.columns
-    objects = connections.select(connection_struct(named)).unnest("connection")
+    # Lazily: polars' optimiser shares the sub-expressions the contract's fields repeat (1M connections: 0.29 ->
+    # 0.10 s against select on the frame).
+    objects = connections.lazy().select(connection_struct(named)).unnest("connection").collect()
 
     def write(start: int) -> bytes:
         kept = _Kept()
