@@ -61,6 +61,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 """Called as (label, total_bytes) for each capture; returns a callback advanced by records decoded."""
 
+SWAPPED_THEM = "so natproof swapped them"
+"""How the inside capture's warning that ``allow_swap`` swapped the captures (or a file's points) ends: a caller that
+asked for the swap and says it in its own words (natproof.grade) leaves it out."""
+
 def _fmt_time(ns: int) -> str:
     import datetime as dt
 
@@ -369,8 +373,7 @@ def correlate(
                                  f"{swapped}; pass --inside-if {out_ifs} --outside-if {in_ifs} (or --allow-swap)")
             result = correlate(capture, None, inside_if=out_ifs, outside_if=in_ifs,
                                **again)  # type: ignore[arg-type]
-            note = (f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), so natproof "
-                    "swapped them")
+            note = f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), {SWAPPED_THEM}"
         else:
             assert inside is not None and outside is not None
             if not allow_swap:
@@ -380,7 +383,7 @@ def correlate(
             result = correlate(outside, inside, inside_if=out_names, outside_if=in_names,
                                **again)  # type: ignore[arg-type]
             note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked "
-                    f"swapped ({swapped}), so natproof swapped them")
+                    f"swapped ({swapped}), {SWAPPED_THEM}")
         return dataclasses.replace(result, inside=dataclasses.replace(
             result.inside, warnings=(*result.inside.warnings, note)))
 

@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from natproof.capture import PCAP_MAGIC, PCAPNG_SHB
+from natproof.correlate import SWAPPED_THEM
 from natproof.errors import InputError, NatproofError
 from natproof.networks import parse_networks
 from natproof.result import Result
@@ -531,6 +532,7 @@ def _grade(sub: Submission, grading: Grading, root: Path, tolerance_s: float, de
                 raise _NotGraded(swapped.replace("graded the right way round", 'not graded (swapped = "zero")'))
             notes.append(swapped + (f": {points_text(grading.swap_penalty)} point(s) off" if grading.swap_penalty
                                     else ""))
+        notes.extend(capture_warnings(result))
         _two_sides(result)
         rows = {r["conn"]: r for r in result.connections.iter_rows(named=True)}
         return [_grade_expectation(e, verify(result, exp), rows) for e, exp in filled], bool(swapped)
@@ -541,6 +543,15 @@ def _grade(sub: Submission, grading: Grading, root: Path, tolerance_s: float, de
     except Exception as exc:  # noqa: BLE001 - one submission's bug must not stop the class's grading
         raise _NotGraded(f"natproof failed on it (internal error: {type(exc).__name__}: {exc}; run natproof "
                          "correlate on these files with --traceback and report it)") from None
+
+
+def capture_warnings(result: Result) -> list[str]:
+    """What correlate warned of in the captures graded (one cut short, a snaplen that cut packets, ...), each as the
+    command line says it (``PATH: warning``; once for a file that is both points): the student's grade notes them.
+    The warning that the sides were swapped is left out: grade asked for the swap (allow_swap) and notes it itself."""
+    said = (f"{cap.path}: {w}" for cap in (result.inside, result.outside) if cap.path for w in cap.warnings
+            if not w.endswith(SWAPPED_THEM))
+    return list(dict.fromkeys(said))
 
 
 def _relative(text: str, root: Path) -> str:

@@ -476,3 +476,23 @@ def test_a_grades_csv_cell_never_starts_a_spreadsheet_formula(graded: tuple) -> 
     assert [r["student"] for r in rows] == ["'=HYPERLINK(1)", "'+1", "'-x", "ana"]
     assert rows[1]["reason"] == "'@SUM(A1)"
     assert all(not r[k].startswith(("=", "+", "-", "@")) for r in rows for k in ("student", "reason", "evidence"))
+
+
+def test_a_capture_warning_is_in_the_students_notes_and_grades_csv(tmp_path: Path) -> None:
+    """Found by a new user's trial: a submission cut short (correlate warns 'last record truncated') was graded with
+    no word of it. Each capture warning is a note, as correlate words it, paths relative to the class folder, and
+    so in grades.csv's reason column; swapped captures still get grade's one note of it, not correlate's too."""
+    cls = tmp_path / "class"
+    _lab("basic", cls / "ann")
+    outside = cls / "ann" / "outside.pcap"
+    outside.write_bytes(outside.read_bytes()[:-30])
+    _lab("basic", cls / "bob", "outside.pcap", "inside.pcap")
+    (tmp_path / "g.toml").write_text('[[expect]]\npoints = 1\nall = "translated"\n')
+    grading = load_grading(tmp_path / "g.toml")
+    ann, bob = grade_class(cls, grading)
+    cut = "ann/outside.pcap: last record truncated at frame 36; 35 frames used"
+    assert (ann.points, ann.reason, ann.notes) == (1, None, (cut,))
+    assert bob.notes == ("bob/inside.pcap and bob/outside.pcap are swapped: bob/outside.pcap holds the inside (pod "
+                         "side), graded the right way round",)
+    rows = list(csv.DictReader(io.StringIO(grades_csv([ann, bob], grading))))
+    assert rows[0]["reason"] == cut
