@@ -318,8 +318,9 @@ def correlate(
     of flows at a time, their packets spilled to Parquet under ``spill_dir`` (natproof.spill.correlate_spilled):
     the same connections and verdicts; the Result's packet frames are then LazyFrames over those files, removed
     with the Result (keep it while reading them). None: always in memory. Captures of several interfaces, standard
-    input, and ``inside_if`` / ``outside_if`` / ``interfaces``, are correlated in memory (a warning says the limit
-    was not applied). Limits below about 512 MiB are not kept to: the interpreter and polars alone take ~250 MB.
+    input, and ``inside_if`` / ``outside_if`` / ``interfaces``, are correlated in memory, as is ONE capture (of
+    several interfaces, or with a record); when they would need more, a warning says the limit was not applied, and
+    why. Limits below about 512 MiB are not kept to: the interpreter and polars alone take ~250 MB.
     """
     if names is not None:
         services = names.recognise(services)
@@ -384,21 +385,26 @@ def correlate(
                                **again)  # type: ignore[arg-type]
             note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked "
                     f"swapped ({swapped}), {SWAPPED_THEM}")
-        return dataclasses.replace(result, inside=dataclasses.replace(
-            result.inside, warnings=(*result.inside.warnings, note)))
+        return _warned(result, note)
 
     capture = inside if outside is None else outside if inside is None else None
     arranged: list[KeyParts] = []  # the inside side's keys cut for matching while the outside one was prepared
     if capture is not None:
         # One capture: split into both observation points when it holds several interfaces (or names are given);
         # else, with a record, the record gives the other side; else choose_points says what is missing.
+        over = memory_limit is not None and estimated_bytes([capture]) > memory_limit
         cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
         loaded = [*_load(capture, cb, fast, overlay)]
         if conntrack is not None and not in_names and not out_names and not several_interfaces(*loaded, links):
-            return apply_names(_correlate_one(
+            one = _correlate_one(
                 capture, conntrack, side=side or ("inside" if inside is not None else "outside"), pod_cidr=pod_cidr,
                 tolerance_s=tolerance_s, timeouts=timeouts, fast=fast, services=services, loaded=loaded,
-                links=links), names)
+                links=links)
+            if over:
+                one = _warned(one, _memory_note("one capture and a conntrack record", 1))
+            return apply_names(one, names)
+        if over:
+            memory_note = _memory_note("one capture of several interfaces", 1)
         (ins, a), (outs, b) = _prepare_one_file(loaded, fast=fast, timeouts=timeouts, pod_cidr=pod_cidr,
                                                 services=services, inside_if=in_names, outside_if=out_names,
                                                 links=links)
@@ -424,8 +430,7 @@ def correlate(
                     spilled = join_kernel(spilled, conntrack, tolerance_s=tolerance_s)
                 return apply_names(spilled, names)
             if spilled:
-                memory_note = (f"--memory-limit not applied ({spilled}): correlating past memory takes two captures "
-                               "of one interface each; the captures were correlated in memory")
+                memory_note = _memory_note(spilled, 2)
         cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
                for label, path in (("inside", inside), ("outside", outside))]
         # Each capture is prepared on its own (decode, group, key), the outside one in a second process when both
@@ -491,11 +496,26 @@ def correlate(
         outside_packets=out_pk,
     )
     if memory_note:
-        result = dataclasses.replace(result, inside=dataclasses.replace(
-            result.inside, warnings=(*result.inside.warnings, memory_note)))
+        result = _warned(result, memory_note)
     if conntrack is not None:
         result = join_kernel(result, conntrack, tolerance_s=tolerance_s)
     return apply_names(result, names)
+
+
+def _memory_note(why: str, captures: int) -> str:
+    """The warning that a memory limit was given and not applied, and ``why`` (its ``captures`` were correlated in
+    memory): correlating past memory (natproof.spill) takes two captures of one interface each."""
+    were = "the captures were" if captures > 1 else "the capture was"
+    return (f"--memory-limit not applied ({why}): correlating past memory takes two captures of one interface each; "
+            f"{were} correlated in memory")
+
+
+def _warned(result: Result, note: str) -> Result:
+    """``result`` with ``note`` last among its inside capture's warnings (the outside one's when only that one was
+    captured: one capture and the kernel's record)."""
+    side = "inside" if result.inside.path or not result.outside.path else "outside"
+    summary = getattr(result, side)
+    return dataclasses.replace(result, **{side: dataclasses.replace(summary, warnings=(*summary.warnings, note))})
 
 
 def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str | None:

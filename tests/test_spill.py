@@ -180,6 +180,27 @@ def test_a_capture_of_several_interfaces_is_correlated_in_memory_and_says_so() -
     assert any("--memory-limit not applied" in w for w in result.inside.warnings)
 
 
+def test_one_capture_is_correlated_in_memory_and_says_so() -> None:
+    """Found by a new user's trial: the one-capture forms ignored the limit without the warning the README
+    promises (only two files said it). Within the limit, no word of it."""
+    d = CAPTURES / "internal"
+    split = natproof.correlate(d / "any.pcap", interfaces=d / "links.txt", memory_limit=1)
+    assert split.spill is None
+    assert split.inside.warnings[-1] == (
+        "--memory-limit not applied (one capture of several interfaces): correlating past memory takes two captures "
+        "of one interface each; the capture was correlated in memory")
+    inside, outside = pair("basic")
+    record = CAPTURES / "basic" / "conntrack.log"
+    one = natproof.correlate(inside, None, conntrack=record, memory_limit=1)
+    assert one.spill is None and one.inside.warnings[-1].startswith(
+        "--memory-limit not applied (one capture and a conntrack record): ")
+    uplink = natproof.correlate(None, outside, conntrack=record, memory_limit=1)
+    assert uplink.outside.warnings[-1].startswith("--memory-limit not applied (one capture and a conntrack record)")
+    assert len(uplink.inside.warnings) == len(one.outside.warnings) == 1  # the side not captured: only that
+    roomy = natproof.correlate(d / "any.pcap", interfaces=d / "links.txt", memory_limit=2**40)
+    assert not any("--memory-limit" in w for w in roomy.inside.warnings)
+
+
 @pytest.mark.parametrize(("text", "size"), [("512M", 512 << 20), ("2G", 2 << 30), ("1.5g", 3 << 29),
                                             ("1000", 1000), ("64KiB", 64 << 10), ("1TB", 1 << 40)])
 def test_sizes(text: str, size: int) -> None:
