@@ -100,8 +100,8 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
             hop = correlate(paths[i], paths[i + 1], **options)
         except InputError as exc:
             hint = " (a chain estimates each hop's clock offset: check that its captures overlap in time)" \
-                if "clock-offset" in str(exc) else ""
-            raise InputError(f"hop {i} ({paths[i]} -> {paths[i + 1]}): {exc}{hint}") from None
+                if "do not overlap in time" in str(exc) else ""
+            raise exc.reworded(f"hop {i} ({paths[i]} -> {paths[i + 1]}): ", hint) from None
         # Hops meet in the capture they share through its legs' frames: a file split into interfaces would be
         # split differently as one hop's outside and the next one's inside.
         for cap in (hop.inside, hop.outside):

@@ -553,7 +553,7 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
                                .get("points", {}).get("vxlan_port") or ())
     except NatproofError as exc:
         if not quiet:
-            warn(f"the report has no header changes: {exc}")
+            warn(f"the report has no header changes: {exc.for_command_line()}")
     sidecar = write_html(result, findings, output, explanations)
     if not quiet:
         click.echo(f"natproof: wrote {output}" + (f" and {sidecar} (every connection, legs included: too many to "
@@ -1881,7 +1881,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sys.stdout.flush()
         except InputError as exc:  # the output is lost, whatever the command found: said, and status 2 as for -o
-            _error(str(exc))
+            _error(exc.for_command_line())
             status = ExitStatus.BAD_INPUT
         return status
     except KeyboardInterrupt:
@@ -1907,7 +1907,7 @@ def _main(args: list[str]) -> int:
     except NatproofError as exc:
         if show_tb:
             raise
-        _error(str(exc))
+        _error(exc.for_command_line())
         return ExitStatus.BAD_INPUT
     except _Interrupted:
         return _said_interrupted(end_echo=True)

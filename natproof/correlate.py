@@ -25,7 +25,7 @@ from natproof.connections import (
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.decode import DEFAULT_OVERLAY, HEAD_DIGEST_BYTES, Overlay
-from natproof.errors import InputError
+from natproof.errors import InputError, Said, setting
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
 from natproof.match import (
     MATCH_COLUMNS,
@@ -328,7 +328,7 @@ def correlate(
     try:
         overlay = DEFAULT_OVERLAY.with_vxlan_ports(tuple(int(p) for p in vxlan_ports))
     except (TypeError, ValueError) as exc:
-        raise InputError(f"--vxlan-port: {exc}") from None
+        raise InputError(setting("vxlan_ports"), f": {exc}") from None
     for name, value in (("clock offset", clock_offset_s), ("tolerance", tolerance_s)):
         if value is not None and not (math.isfinite(value) and abs(value) <= 10 * 365 * 86_400):
             raise InputError(f"{name} {value!r}: not a number of seconds within ten years")
@@ -338,7 +338,7 @@ def correlate(
         # A bad --pod-cidr is an error before any capture is read; so is one that names no network ('', ','),
         # which would otherwise fall back to inference without a word.
         if not parse_networks(pod_cidr):
-            raise InputError(f"invalid --pod-cidr: no network in {pod_cidr!r}")
+            raise InputError("invalid ", setting("pod_cidr"), f": no network in {pod_cidr!r}")
     if isinstance(memory_limit, str):
         try:
             memory_limit = parse_size(memory_limit)
@@ -347,13 +347,14 @@ def correlate(
     if memory_limit is not None and memory_limit < 1:
         raise InputError(f"memory limit {memory_limit!r}: a size of one byte or more")
     if side not in (None, "auto", "inside", "outside"):
-        raise InputError(f"--side {side}: inside, outside or auto")
+        raise InputError(setting("side", side), ": inside, outside or auto")
     if conntrack is not None and not isinstance(conntrack, ConntrackRecord):
         conntrack = read_conntrack(conntrack)  # a bad record is an error before any capture is read
     links = read_links(interfaces) if interfaces is not None else None
     in_names, out_names = parse_names(inside_if), parse_names(outside_if)
     if inside is None and outside is None:
-        raise InputError("no capture given: give INSIDE and OUTSIDE, one capture of several interfaces, or one "
+        raise InputError("no capture given: give ", Said("inside and outside", "INSIDE and OUTSIDE"),
+                         ", one capture of several interfaces, or one "
                          "capture and a conntrack record")
     services = services or Services()
     memory_note = ""
@@ -371,7 +372,8 @@ def correlate(
             in_ifs, out_ifs = ",".join(in_point.names), ",".join(out_point.names)
             if not allow_swap:
                 raise InputError(f"{os.fspath(capture)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
-                                 f"{swapped}; pass --inside-if {out_ifs} --outside-if {in_ifs} (or --allow-swap)")
+                                 f"{swapped}; pass ", setting("inside_if", out_ifs), Said(", ", " "),
+                                 setting("outside_if", in_ifs), " (or ", setting("allow_swap", True), ")")
             result = correlate(capture, None, inside_if=out_ifs, outside_if=in_ifs,
                                **again)  # type: ignore[arg-type]
             note = f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), {SWAPPED_THEM}"
@@ -380,7 +382,7 @@ def correlate(
             if not allow_swap:
                 raise InputError(
                     f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
-                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass --allow-swap)")
+                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass ", setting("allow_swap", True), ")")
             result = correlate(outside, inside, inside_if=out_names, outside_if=in_names,
                                **again)  # type: ignore[arg-type]
             note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked "
@@ -722,11 +724,12 @@ def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.
     a0, a1 = in_pk["ts_ns"].min() + offset, in_pk["ts_ns"].max() + offset  # type: ignore[operator]
     b0, b1 = out_pk["ts_ns"].min(), out_pk["ts_ns"].max()
     if a1 < b0 or b1 < a0:  # type: ignore[operator]
-        hint = ("with the --clock-offset given; check its sign (OUTSIDE minus INSIDE)" if given
-                else "pass --clock-offset if the clocks differ")
+        hint = (("with the ", setting("clock_offset_s"), " given; check its sign (",
+                 Said("outside minus inside", "OUTSIDE minus INSIDE"), ")") if given
+                else ("pass ", setting("clock_offset_s"), " if the clocks differ"))
         raise InputError(
             f"{in_path} and {out_path} do not overlap in time ({_fmt_time(a0)}-{_fmt_time(a1)} vs "
-            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC, on the outside clock); {hint}"  # type: ignore[arg-type]
+            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC, on the outside clock); ", *hint  # type: ignore[arg-type]
         )
 
 
@@ -785,7 +788,7 @@ def correlate_one(
     capture's warnings. The result's summary of the side not captured has format "none" and no packets. Raises
     CaptureError for an unusable capture, InputError for an unusable record."""
     if side not in ("auto", "inside", "outside"):
-        raise InputError(f"--side {side}: inside, outside or auto")
+        raise InputError(setting("side", side), ": inside, outside or auto")
     record = conntrack if isinstance(conntrack, ConntrackRecord) else read_conntrack(conntrack)
     cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
     fast = decoder_flag(decoder)

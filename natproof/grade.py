@@ -539,7 +539,7 @@ def _grade(sub: Submission, grading: Grading, root: Path, tolerance_s: float, de
     except (_NotGraded, MemoryError, KeyboardInterrupt):
         raise
     except NatproofError as exc:
-        raise _NotGraded(str(exc)) from None
+        raise _NotGraded(exc.for_command_line()) from None
     except Exception as exc:  # noqa: BLE001 - one submission's bug must not stop the class's grading
         raise _NotGraded(f"natproof failed on it (internal error: {type(exc).__name__}: {exc}; run natproof "
                          "correlate on these files with --traceback and report it)") from None
@@ -635,8 +635,9 @@ def _run(correlate: Callable[..., Result], *args: Any, **kw: Any) -> Result:
     try:
         return correlate(*args, **kw)
     except NatproofError as exc:
-        # correlate's hint for captures that do not overlap names an option grade does not take.
-        raise _NotGraded(str(exc).replace("; pass --clock-offset if the clocks differ", "")) from None
+        # A reason in the command's words, as grade's own are; less correlate's hint for captures that do not
+        # overlap, which names an option grade does not take.
+        raise _NotGraded(exc.for_command_line().replace("; pass --clock-offset if the clocks differ", "")) from None
 
 
 def _two_sides(result: Result) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from natproof.errors import InputError
+from natproof.errors import InputError, Said, setting
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,13 +45,14 @@ HIDDEN_PREFIX = {4: 24, 6: 64}
 PREFIXES = "/16 (192.168/16: /24; ULA: /48) around private sources, /64 (IPv4 /24) around hidden global ones"
 
 
-def parse_networks(cidrs: str | Sequence[str], option: str = "--pod-cidr") -> tuple[Network, ...]:
-    """Parse one CIDR, a comma-separated list, or a sequence of CIDRs; InputError names ``option``."""
+def parse_networks(cidrs: str | Sequence[str], option: str | Said | None = None) -> tuple[Network, ...]:
+    """Parse one CIDR, a comma-separated list, or a sequence of CIDRs; InputError names ``option`` (by default
+    natproof.correlate's pod_cidr, the command line's --pod-cidr)."""
     items = cidrs.split(",") if isinstance(cidrs, str) else list(cidrs)
     try:
         return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in items if c.strip())
     except ValueError as exc:
-        raise InputError(f"invalid {option}: {exc}") from None
+        raise InputError("invalid ", setting("pod_cidr") if option is None else option, f": {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, CaptureInfo
-from natproof.errors import InputError
+from natproof.errors import InputError, Said, setting
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Key = tuple[int, int]
@@ -146,7 +146,8 @@ def read_links(source: str | os.PathLike[str] | Mapping[int, str]) -> dict[int, 
         with open(path, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file (--interfaces wants the output of `ip -o link`)") from None
+        raise InputError(f"{path}: no such file (", setting("interfaces"),
+                         " wants the output of `ip -o link`)") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not `ip -o link` output") from None
     except OSError as exc:
@@ -172,7 +173,7 @@ def read_links(source: str | os.PathLike[str] | Mapping[int, str]) -> dict[int, 
         links[index] = Link(index, name, master.group(1) if master else None, "link/loopback" in rest)
         last = index
     if not links:
-        raise InputError(f"{path}: no interface in it (--interfaces wants the output of `ip -o link`)")
+        raise InputError(f"{path}: no interface in it (", setting("interfaces"), " wants the output of `ip -o link`)")
     return links
 
 
@@ -247,9 +248,10 @@ def parse_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
 
 
-def resolve(names: Sequence[str], interfaces: Sequence[Interface], path: str, option: str) -> list[Interface]:
+def resolve(names: Sequence[str], interfaces: Sequence[Interface], path: str, keyword: str) -> list[Interface]:
     """The interfaces ``names`` mean: a name, ``if<N>`` (SLL2 index N, named or not), ``idb<N>`` (pcapng block N) or
-    a bare number (an SLL2 index where the file has them, else a pcapng block). InputError for an unknown one."""
+    a bare number (an SLL2 index where the file has them, else a pcapng block). InputError for an unknown one, naming
+    ``keyword`` (inside_if, outside_if) as the caller gave it."""
     out: list[Interface] = []
     for n in names:
         m = re.fullmatch(r"(if|idb)?(\d+)", n)
@@ -261,7 +263,7 @@ def resolve(names: Sequence[str], interfaces: Sequence[Interface], path: str, op
             found = [i for i in interfaces if (i.ifindex == num if by_index else (i.iface == num and i.ifindex < 0))]
         if not found:
             known = ", ".join(i.label() for i in interfaces) or "none"
-            raise InputError(f"{path}: no interface {n!r} ({option}); it has {known}")
+            raise InputError(f"{path}: no interface {n!r} (", setting(keyword), f"); it has {known}")
         out += [i for i in found if i not in out]
     return out
 
@@ -608,10 +610,9 @@ class Plan:
 
 
 def _cannot(path: str, role: str, interfaces: Sequence[Interface]) -> InputError:
-    option = "--inside-if" if role == "inside" else "--outside-if"
     what = "the pod side (a veth or cni0)" if role == "inside" else "the node's uplink (eth0)"
-    return InputError(f"{path}: cannot tell which interface is the {role}, {what}; name it with {option} "
-                      f"(interfaces: {', '.join(i.label() for i in interfaces) or 'none'})")
+    return InputError(f"{path}: cannot tell which interface is the {role}, {what}; name it with ",
+                      setting(f"{role}_if"), f" (interfaces: {', '.join(i.label() for i in interfaces) or 'none'})")
 
 
 def _point(role: str, path: str, chosen: Sequence[Interface], how: str, why: str) -> ObservationPoint:
@@ -653,13 +654,13 @@ def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequen
         named = [i for i in interfaces if i.frames or i.packets][:1] or interfaces[:1]
         only = named[0].label() if named and named[0].name else info.link_type
         raise InputError(f"{path}: a capture of one interface ({only}) and no second capture: give the other side's "
-                         "too (natproof correlate INSIDE OUTSIDE), or the node's conntrack record for the other side "
-                         "(--conntrack FILE), or one capture of several interfaces (tcpdump -i any, dumpcap -i A -i "
-                         "B)")
-    given_in = resolve(inside_if, interfaces, path, "--inside-if")
-    given_out = resolve(outside_if, interfaces, path, "--outside-if")
+                         "too (", Said("correlate(inside, outside)", "natproof correlate INSIDE OUTSIDE"), "), or the "
+                         "node's conntrack record for the other side (", setting("conntrack", metavar="FILE"), "), or "
+                         "one capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
+    given_in = resolve(inside_if, interfaces, path, "inside_if")
+    given_out = resolve(outside_if, interfaces, path, "outside_if")
     if both := [i for i in given_in if i in given_out]:
-        raise InputError(f"{path}: {_names(both)} given as both --inside-if and --outside-if")
+        raise InputError(f"{path}: {_names(both)} given as both ", setting("inside_if"), " and ", setting("outside_if"))
     ev = gather_evidence(packets, pod_networks, service_networks)
     notes: dict[Key, str] = {}
     if given_in:
@@ -697,7 +698,7 @@ def choose_point(role: str, info: CaptureInfo, packets: pl.DataFrame, *, names: 
     interfaces = interfaces_of(info, packets, links, counts=counts)
     carrying = [i for i in interfaces if i.frames or i.packets]
     if names:
-        chosen = resolve(names, interfaces, path, option)
+        chosen = resolve(names, interfaces, path, f"{role}_if")
         point = _point(role, path, chosen, "given", f"given ({option})")
         return point, _marked(interfaces, (point,), {}, f"left out: not in {option}")
     if len(carrying) <= 1:

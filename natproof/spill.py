@@ -42,7 +42,7 @@ from natproof.assemble import node_addresses as assembled_node_addresses
 from natproof.capture import CaptureInfo
 from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
 from natproof.decode import DEFAULT_OVERLAY, Overlay
-from natproof.errors import InputError
+from natproof.errors import InputError, setting
 from natproof.match import match_sides, offset_from, offset_samples, with_keys
 from natproof.memory import default_memory_limit, parse_size, trim  # noqa: F401 (named here before natproof.memory)
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
@@ -95,8 +95,8 @@ class SpillDir:
             self.path = Path(tempfile.mkdtemp(prefix="natproof-spill-", dir=parent))
         except OSError as exc:
             where = parent if parent is not None else tempfile.gettempdir()
-            raise InputError(f"{os.fspath(where)}: cannot make the spill folder there ({exc.strerror or exc}): give "
-                             "--spill-dir a writable folder") from None
+            raise InputError(f"{os.fspath(where)}: cannot make the spill folder there ({exc.strerror or exc}): "
+                             "give ", setting("spill_dir"), " a writable folder") from None
         self._finalizer = weakref.finalize(self, _remove, self.path)
 
     def cleanup(self) -> None:
@@ -535,8 +535,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         spill.cleanup()
         if _no_space(exc):
             raise InputError(f"{root.parent}: no space left for the spilled packets (about {DISK_BYTES_PER_PACKET} "
-                             "bytes per packet of both captures): give --spill-dir on a larger disk, or a larger "
-                             "--memory-limit") from None
+                             "bytes per packet of both captures): give ", setting("spill_dir"), " on a larger disk, or "
+                             "a larger ", setting("memory_limit")) from None
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from itertools import takewhile
 from pathlib import Path
@@ -105,6 +106,18 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
                    "on the outside clock); pass --clock-offset if the clocks differ\n")
     code, _, err = run(capsys, "correlate", str(a), str(b), "--clock-offset", "-3600")
     assert code == 2 and err.endswith("with the --clock-offset given; check its sign (OUTSIDE minus INSIDE)\n")
+    # The library's caller is told the keyword, not the option (a new user's trial), from the same error.
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate(a, b)
+    assert str(exc.value).endswith("on the outside clock); pass clock_offset_s if the clocks differ")
+    assert exc.value.for_command_line().endswith("; pass --clock-offset if the clocks differ")
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate(a, b, clock_offset_s=-3600)
+    assert str(exc.value).endswith("with the clock_offset_s given; check its sign (outside minus inside)")
+    # A hop of a chain says where, in either wording; a worker's error reaches the caller with both (pickled).
+    hop = pickle.loads(pickle.dumps(exc.value.reworded("hop 0: ")))
+    assert str(hop).startswith(f"hop 0: {a} and {b} do not overlap")
+    assert hop.for_command_line().startswith("hop 0: ") and hop.for_command_line().endswith("(OUTSIDE minus INSIDE)")
 
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,7 +110,7 @@ def test_the_captures_given_the_wrong_way_round_are_refused(pair: natproof.Resul
     # One capture of many interfaces with its interfaces named the wrong way round: the same.
     single = natproof.correlate(CASE / "any.pcap", interfaces=CASE / "links.txt")
     veths = ",".join(single.inside.interfaces)
-    with pytest.raises(InputError, match=f"look swapped: .*--inside-if {veths} --outside-if eth0"):
+    with pytest.raises(InputError, match=f"look swapped: .*inside_if='{veths}', outside_if='eth0'"):
         natproof.correlate(CASE / "any.pcap", interfaces=CASE / "links.txt", inside_if="eth0", outside_if=veths)
 
 

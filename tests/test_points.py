@@ -81,7 +81,7 @@ def test_ip_link_without_o_and_ip_j_link_parse_too(tmp_path: Path) -> None:
     ("2: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n",
      "line 1 is not `ip -o link` output: '2: eth0    inet 10.0.0.5/24 brd 10.0....' (expected 'INDEX: NAME: "
      "<FLAGS> ...')"),
-    ("\n\n", "no interface in it (--interfaces wants the output of `ip -o link`)"),
+    ("\n\n", "no interface in it (interfaces wants the output of `ip -o link`)"),
     ("[{\"name\": \"eth0\"}]", "not `ip -j link` output (KeyError: 'ifindex')"),
 ])
 def test_a_file_that_is_not_ip_link_output_is_an_input_error(tmp_path: Path, text: str, problem: str) -> None:
@@ -223,7 +223,8 @@ def test_inside_and_outside_given_the_wrong_way_round_look_swapped(tmp_path: Pat
         natproof.correlate(tmp_path / "any.pcap", **args)
     assert str(exc.value).startswith(f"{tmp_path / 'any.pcap'}: the inside (eth0) and outside (veth10,veth11) look "
                                      "swapped: ")
-    assert str(exc.value).endswith("; pass --inside-if veth10,veth11 --outside-if eth0 (or --allow-swap)")
+    assert str(exc.value).endswith("; pass inside_if='veth10,veth11', outside_if='eth0' (or allow_swap=True)")
+    assert exc.value.for_command_line().endswith("; pass --inside-if veth10,veth11 --outside-if eth0 (or --allow-swap)")
     swapped = natproof.correlate(tmp_path / "any.pcap", allow_swap=True, **args)
     assert swapped.inside.interfaces == ("veth10", "veth11")
     assert mappings(swapped) == mappings(natproof.correlate(tmp_path / "any.pcap", interfaces=tmp_path / "links.txt"))
@@ -238,9 +239,13 @@ def test_one_file_of_one_interface_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(natproof.InputError) as exc:
         natproof.correlate(path)
     assert str(exc.value) == (f"{path}: a capture of one interface (if5) and no second capture: give the other "
-                              "side's too (natproof correlate INSIDE OUTSIDE), or the node's conntrack record for "
-                              "the other side (--conntrack FILE), or one capture of several interfaces (tcpdump -i "
-                              "any, dumpcap -i A -i B)")
+                              "side's too (correlate(inside, outside)), or the node's conntrack record for the other "
+                              "side (conntrack=FILE), or one capture of several interfaces (tcpdump -i any, dumpcap "
+                              "-i A -i B)")
+    assert exc.value.for_command_line() == (
+        f"{path}: a capture of one interface (if5) and no second capture: give the other side's too (natproof "
+        "correlate INSIDE OUTSIDE), or the node's conntrack record for the other side (--conntrack FILE), or one "
+        "capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
 
 
 def test_unknown_or_doubly_given_interfaces_are_input_errors(tmp_path: Path) -> None:
@@ -248,9 +253,9 @@ def test_unknown_or_doubly_given_interfaces_are_input_errors(tmp_path: Path) -> 
     path, links = tmp_path / "any.pcap", tmp_path / "links.txt"
     with pytest.raises(natproof.InputError) as exc:
         natproof.correlate(path, inside_if="vethX", interfaces=links)
-    assert str(exc.value) == (f"{path}: no interface 'vethX' (--inside-if); it has lo (if1), eth0 (if2), cni0 (if3), "
+    assert str(exc.value) == (f"{path}: no interface 'vethX' (inside_if); it has lo (if1), eth0 (if2), cni0 (if3), "
                               "veth10 (if10), veth11 (if11)")
-    with pytest.raises(natproof.InputError, match="veth10 given as both --inside-if and --outside-if"):
+    with pytest.raises(natproof.InputError, match="veth10 given as both inside_if and outside_if"):
         natproof.correlate(path, inside_if="veth10", outside_if="if10", interfaces=links)
 
 
