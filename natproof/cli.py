@@ -192,6 +192,17 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
     return size
 
 
+def _spill_dir_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--spill-dir checked as the library checks spill_dir (natproof.memory.check_spill_dir: its one wording),
+    kept like _points_option."""
+    from natproof.memory import check_spill_dir
+
+    if value is not None:
+        check_spill_dir(value)
+        value = click.Path(file_okay=False, exists=True, writable=True).convert(value, param, ctx)
+    return _points_option(ctx, param, value)
+
+
 def _prestart_worker(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """OUTSIDE, once parsed: the process that would prepare it (natproof.parallel.prestart) starts now, before the
     command loads polars and its modules, so both processes load their libraries at once."""
@@ -255,8 +266,7 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
                           "IP-in-IP and GRE too): overlay packets are matched by their inner packet.")(f)
     f = click.option("--decoder", type=click.Choice(["auto", "fast", "dpkt"]), default="auto", show_default=True,
                      help="Packet decoder: the columnar one (auto, fast) or the dpkt reference (slower).")(f)
-    f = click.option("--spill-dir", "spill_dir", metavar="DIR", expose_value=False, callback=_points_option,
-                     type=_Named(file_okay=False, exists=True, writable=True),
+    f = click.option("--spill-dir", "spill_dir", metavar="DIR", expose_value=False, callback=_spill_dir_option,
                      help="Where captures correlated past --memory-limit keep their packets (Parquet, removed "
                           "afterwards; about 40 bytes per packet). Default: $TMPDIR or /tmp.")(f)
     f = click.option("--memory-limit", "memory_limit", metavar="SIZE", expose_value=False, callback=_size_option,

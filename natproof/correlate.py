@@ -37,7 +37,7 @@ from natproof.match import (
     signature,
     with_keys,
 )
-from natproof.memory import parse_size, trim
+from natproof.memory import check_spill_dir, parse_size, trim
 from natproof.names import Names, apply_names
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import decoder_flag, load_packets
@@ -315,7 +315,8 @@ def correlate(
 
     ``memory_limit`` (bytes, or a size such as "2G": natproof.spill.parse_size; InputError below one byte): two
     captures whose correlation would need more (natproof.spill.estimated_bytes) are correlated past memory, a group
-    of flows at a time, their packets spilled to Parquet under ``spill_dir`` (natproof.spill.correlate_spilled):
+    of flows at a time, their packets spilled to Parquet under ``spill_dir`` (natproof.spill.correlate_spilled;
+    TMPDIR when None; InputError for an empty name, natproof.memory.check_spill_dir):
     the same connections and verdicts; the Result's packet frames are then LazyFrames over those files, removed
     with the Result (keep it while reading them). None: always in memory. Captures of several interfaces, standard
     input, and ``inside_if`` / ``outside_if`` / ``interfaces``, are correlated in memory, as is ONE capture (of
@@ -346,6 +347,8 @@ def correlate(
             raise InputError(f"memory limit {exc}") from None
     if memory_limit is not None and memory_limit < 1:
         raise InputError(f"memory limit {memory_limit!r}: a size of one byte or more")
+    if spill_dir is not None:
+        check_spill_dir(spill_dir)
     if side not in (None, "auto", "inside", "outside"):
         raise InputError(setting("side", side), ": inside, outside or auto")
     if conntrack is not None and not isinstance(conntrack, ConntrackRecord):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shlex
 from dataclasses import dataclass
 from typing import Self
 
@@ -37,14 +38,15 @@ _NAMED = object()
 def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None) -> Said:
     """A setting an error message advises, as each caller gives it: ``setting("allow_swap", True)`` is
     ``allow_swap=True`` and ``--allow-swap``; ``setting("inside_if", "eth0")`` ``inside_if='eth0'`` and ``--inside-if
-    eth0``; ``setting("conntrack", metavar="FILE")`` ``conntrack=FILE`` and ``--conntrack FILE``; the setting alone,
-    ``setting("clock_offset_s")``, ``clock_offset_s`` and ``--clock-offset``. ``keyword`` is one of OPTIONS."""
+    eth0`` (a value quoted as a shell needs it: ``--spill-dir ''``); ``setting("conntrack", metavar="FILE")``
+    ``conntrack=FILE`` and ``--conntrack FILE``; the setting alone, ``setting("clock_offset_s")``, ``clock_offset_s``
+    and ``--clock-offset``. ``keyword`` is one of OPTIONS."""
     option = OPTIONS[keyword]
     if metavar is not None:
         return Said(f"{keyword}={metavar}", f"{option} {metavar}")
     if value is _NAMED:
         return Said(keyword, option)
-    return Said(f"{keyword}={value!r}", option if value is True else f"{option} {value}")
+    return Said(f"{keyword}={value!r}", option if value is True else f"{option} {shlex.quote(str(value))}")
 
 
 class NatproofError(Exception):

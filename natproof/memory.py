@@ -1,6 +1,6 @@
-"""Memory: ``--memory-limit`` sizes and their default, and giving freed memory back to the operating system
-between the pipeline's big steps. Light to import: the command line reads its options with it before polars
-loads."""
+"""Memory: ``--memory-limit`` sizes and their default, where a correlation past it spills (``--spill-dir``), and
+giving freed memory back to the operating system between the pipeline's big steps. Light to import: the command
+line reads its options with it before polars loads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import os
+
+from natproof.errors import InputError, setting
 
 
 @functools.cache
@@ -47,6 +50,16 @@ def parse_size(text: str) -> int:
     if not value * scale >= 1:
         raise ValueError(f"{text!r}: a size of one byte or more")
     return int(value * scale)
+
+
+def check_spill_dir(path: str | os.PathLike[str]) -> str:
+    """The folder a correlation past memory spills under (natproof.correlate's ``spill_dir``, the command line's
+    ``--spill-dir``), checked before any capture is read, as a str: InputError for an empty name (which
+    tempfile would read as the current folder)."""
+    where = os.fspath(path)
+    if not where:
+        raise InputError(setting("spill_dir", where), ": an empty name names no folder")
+    return where
 
 
 def default_memory_limit() -> int | None:

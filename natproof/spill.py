@@ -44,7 +44,12 @@ from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split
 from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import InputError, setting
 from natproof.match import match_sides, offset_from, offset_samples, with_keys
-from natproof.memory import default_memory_limit, parse_size, trim  # noqa: F401 (named here before natproof.memory)
+from natproof.memory import (  # noqa: F401 (named here before natproof.memory)
+    check_spill_dir,
+    default_memory_limit,
+    parse_size,
+    trim,
+)
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import load_packets
 from natproof.points import Interface, ObservationPoint, choose_point, several_interfaces
@@ -91,6 +96,8 @@ class SpillDir:
     gone (or at exit)."""
 
     def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
+        if parent is not None:
+            check_spill_dir(parent)  # "" is no folder, not the current one
         try:
             self.path = Path(tempfile.mkdtemp(prefix="natproof-spill-", dir=parent))
         except OSError as exc:

@@ -274,6 +274,24 @@ def test_a_spill_dir_that_cannot_hold_a_folder_is_one_clear_error(where: str) ->
         natproof.correlate(inside, outside, memory_limit=1, spill_dir=where)
 
 
+def test_an_empty_spill_dir_is_refused_alike_by_the_library_and_the_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """spill_dir="" spilled into the current folder (tempfile reads "" so) where --spill-dir "" was refused: a new
+    user's trial. One check (natproof.memory.check_spill_dir), before any capture is read, each in its words."""
+    from natproof.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    inside, outside = pair("basic")
+    with pytest.raises(InputError) as exc:
+        natproof.correlate(inside, outside, memory_limit=1, spill_dir="")
+    assert str(exc.value) == "spill_dir='': an empty name names no folder"
+    with pytest.raises(InputError, match="^spill_dir='': an empty name names no folder$"):
+        spill.SpillDir("")
+    assert main(["correlate", str(inside), str(outside), "--memory-limit", "1", "--spill-dir", ""]) == 2
+    assert capsys.readouterr().err == "natproof: error: --spill-dir '': an empty name names no folder\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_library_takes_a_size_and_refuses_less_than_a_byte() -> None:
     inside, outside = pair("basic")
     assert natproof.correlate(inside, outside, memory_limit="1K").spill is not None
