@@ -193,14 +193,11 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _spill_dir_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """--spill-dir checked as the library checks spill_dir (natproof.memory.check_spill_dir: its one wording),
-    kept like _points_option."""
+    """--spill-dir checked as the library checks spill_dir (natproof.memory.check_spill_dir: one line naming the
+    folder and its problem, whatever the problem), kept like _points_option."""
     from natproof.memory import check_spill_dir
 
-    if value is not None:
-        check_spill_dir(value)
-        value = click.Path(file_okay=False, exists=True, writable=True).convert(value, param, ctx)
-    return _points_option(ctx, param, value)
+    return _points_option(ctx, param, None if value is None else check_spill_dir(value))
 
 
 def _prestart_worker(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

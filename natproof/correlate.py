@@ -316,7 +316,7 @@ def correlate(
     ``memory_limit`` (bytes, or a size such as "2G": natproof.spill.parse_size; InputError below one byte): two
     captures whose correlation would need more (natproof.spill.estimated_bytes) are correlated past memory, a group
     of flows at a time, their packets spilled to Parquet under ``spill_dir`` (natproof.spill.correlate_spilled;
-    TMPDIR when None; InputError for an empty name, natproof.memory.check_spill_dir):
+    TMPDIR when None; InputError for one that can hold no folder, natproof.memory.check_spill_dir):
     the same connections and verdicts; the Result's packet frames are then LazyFrames over those files, removed
     with the Result (keep it while reading them). None: always in memory. Captures of several interfaces, standard
     input, and ``inside_if`` / ``outside_if`` / ``interfaces``, are correlated in memory, as is ONE capture (of

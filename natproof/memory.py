@@ -9,6 +9,8 @@ import ctypes.util
 import functools
 import math
 import os
+import stat
+import tempfile
 
 from natproof.errors import InputError, setting
 
@@ -54,12 +56,31 @@ def parse_size(text: str) -> int:
 
 def check_spill_dir(path: str | os.PathLike[str]) -> str:
     """The folder a correlation past memory spills under (natproof.correlate's ``spill_dir``, the command line's
-    ``--spill-dir``), checked before any capture is read, as a str: InputError for an empty name (which
-    tempfile would read as the current folder)."""
+    ``--spill-dir``), checked before any capture is read, as a str. InputError (spill_dir_error: one line, the path
+    and the problem) for an empty name (which tempfile would read as the current folder), a missing one, a file or
+    a device, and a folder natproof cannot make its folder in (read-only, or /proc: tried, and the trial removed)."""
     where = os.fspath(path)
     if not where:
-        raise InputError(setting("spill_dir", where), ": an empty name names no folder")
+        raise spill_dir_error(where, "an empty name names no folder")
+    try:
+        mode = os.stat(where).st_mode
+    except FileNotFoundError:
+        raise spill_dir_error(where, "no such folder") from None
+    except OSError as exc:
+        raise spill_dir_error(where, f"cannot look at it ({exc.strerror or exc})") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a file, " if stat.S_ISREG(mode) else "a device, " if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else ""
+        raise spill_dir_error(where, f"{kind}not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".natproof-check-", dir=where))
+    except OSError as exc:
+        raise spill_dir_error(where, f"cannot make a folder in it ({exc.strerror or exc})") from None
     return where
+
+
+def spill_dir_error(where: str, problem: str) -> InputError:
+    """What is wrong with a spill folder given (``spill_dir``, ``--spill-dir``): ``--spill-dir PATH: problem``."""
+    return InputError(setting("spill_dir", where), f": {problem}")
 
 
 def default_memory_limit() -> int | None:

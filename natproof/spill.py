@@ -48,6 +48,7 @@ from natproof.memory import (  # noqa: F401 (named here before natproof.memory)
     check_spill_dir,
     default_memory_limit,
     parse_size,
+    spill_dir_error,
     trim,
 )
 from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
@@ -101,9 +102,11 @@ class SpillDir:
         try:
             self.path = Path(tempfile.mkdtemp(prefix="natproof-spill-", dir=parent))
         except OSError as exc:
-            where = parent if parent is not None else tempfile.gettempdir()
-            raise InputError(f"{os.fspath(where)}: cannot make the spill folder there ({exc.strerror or exc}): "
-                             "give ", setting("spill_dir"), " a writable folder") from None
+            problem = f"cannot make a folder in it ({exc.strerror or exc})"
+            if parent is not None:
+                raise spill_dir_error(os.fspath(parent), problem) from None
+            raise InputError(f"{tempfile.gettempdir()} (TMPDIR): {problem}; give ", setting("spill_dir"),
+                             " a writable folder") from None
         self._finalizer = weakref.finalize(self, _remove, self.path)
 
     def cleanup(self) -> None:

@@ -267,11 +267,30 @@ def test_standard_input_is_correlated_in_memory_and_says_so(monkeypatch: pytest.
     assert any("standard input" in w for w in result.inside.warnings)
 
 
-@pytest.mark.parametrize("where", ["/proc", "/dev/null"])
-def test_a_spill_dir_that_cannot_hold_a_folder_is_one_clear_error(where: str) -> None:
+@pytest.mark.parametrize(("where", "problem"), [
+    ("{tmp}/file", "a file, not a folder"),
+    ("/dev/null", "a device, not a folder"),
+    ("/proc", "cannot make a folder in it (No such file or directory)"),
+    ("{tmp}/missing", "no such folder"),
+])
+def test_a_spill_dir_that_cannot_hold_a_folder_is_one_line_naming_it_and_the_problem(
+        where: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A regular file, /dev/null and /proc were each worded differently (click's 'Directory ... is a file.', and
+    'cannot make the spill folder there' only once the limit was reached): a new user's trial. One check
+    (natproof.memory.check_spill_dir), before any capture is read, limit reached or not, in one form."""
+    from natproof.cli import main
+
+    where = where.format(tmp=tmp_path)
+    (tmp_path / "file").write_text("not a folder\n")
     inside, outside = pair("basic")
-    with pytest.raises(InputError, match=f"{where}: cannot make the spill folder there"):
-        natproof.correlate(inside, outside, memory_limit=1, spill_dir=where)
+    for limit in (1, None):
+        with pytest.raises(InputError) as exc:
+            natproof.correlate(inside, outside, memory_limit=limit, spill_dir=where)
+        assert str(exc.value) == f"spill_dir={where!r}: {problem}"
+    assert main(["correlate", str(inside), str(outside), "--memory-limit", "1", "--spill-dir", where, "-q"]) == 2
+    assert capsys.readouterr().err == f"natproof: error: --spill-dir {where}: {problem}\n"
+    assert natproof.correlate(inside, outside, memory_limit=None, spill_dir=tmp_path).spill is None
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # a folder that takes one: the trial's removed
 
 
 def test_an_empty_spill_dir_is_refused_alike_by_the_library_and_the_command(
