@@ -52,3 +52,28 @@ def test_one_tcpdump_any_capture_with_pod_names(capsys: pytest.CaptureFixture[st
     named = [line for line in shown if "default/pod" in line or line.startswith("names: ")]
     assert len(named) == 7, named
     assert [line for line in named if line not in lines] == []
+
+
+def test_the_library_section_lists_what_a_result_offers() -> None:
+    """A new user's trial found the library section silent on Result's methods (summary(), by_verdict(), by_fate()
+    ...) and on to_json() giving bytes: every public attribute, method and property of natproof.Result is named
+    there, and what it says of them holds."""
+    import dataclasses
+    import re
+
+    import natproof
+
+    [block] = [b for b in blocks() if b[:1] == ["import natproof"] and any("= natproof.correlate(" in x for x in b)]
+    text = "\n".join(block)
+    public = {n for n in dir(natproof.Result) if not n.startswith("_")}
+    public |= {f.name for f in dataclasses.fields(natproof.Result)}
+    assert sorted(n for n in public if not re.search(rf"\.{n}\b", text)) == []
+    basic = ROOT / "captures" / "basic"
+    result = natproof.correlate(basic / "inside.pcap", basic / "outside.pcap")
+    assert "result.to_json()                          # the document as bytes" in text
+    assert isinstance(result.to_json(), bytes) and b"".join(result.json_parts()) == result.to_json()
+    keys = re.search(r"result.summary\(\) .*summary \(a dict\): (.*)\n +# (.*)", text)
+    assert keys is not None and set(result.summary()) == {k.strip() for k in " ".join(keys.groups()).split(",")}
+    assert set(result.by_verdict()) == {v.value for v in natproof.Verdict}
+    assert list(result.by_fate())[:2] == ["crossed", "leaked"]
+    assert set(result.overlap()) == {"start", "end", "seconds", "clock", "inside_share", "outside_share"}
