@@ -3,11 +3,13 @@ with dpkt against the truth (docs/model.md's fields)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -414,17 +416,21 @@ def test_rejects_what_is_not_modelled() -> None:
         simulate(Scenario("bad", twice))
 
 
-def write_and_read(scenario: Scenario) -> tuple[dict[str, Any], Capture, Capture, Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="natproof-model-"))
-    truth = write_scenario(scenario, tmp)
-    return truth, read_capture(tmp / "inside.pcap"), read_capture(tmp / "outside.pcap"), tmp
+@contextlib.contextmanager
+def scenario_files(scenario: Scenario) -> Iterator[tuple[dict[str, Any], Capture, Capture, Path]]:
+    """The scenario's truth and captures, in a folder removed afterwards (hypothesis runs many examples: the
+    folders were left in /tmp, ~40 a run)."""
+    with tempfile.TemporaryDirectory(prefix="natproof-model-") as name:
+        tmp = Path(name)
+        truth = write_scenario(scenario, tmp)
+        yield truth, read_capture(tmp / "inside.pcap"), read_capture(tmp / "outside.pcap"), tmp
 
 
 @settings(deadline=None)
 @given(model_scenarios())
 def test_random_model_scenarios_agree_with_truth(scenario: Scenario) -> None:
-    truth, inside, outside, _tmp = write_and_read(scenario)
-    check_capture_pair(scenario, truth, inside, outside)
+    with scenario_files(scenario) as (truth, inside, outside, _tmp):
+        check_capture_pair(scenario, truth, inside, outside)
 
 
 # What correlate/2 must recover for every connection (docs/model.md's per-connection contract).
@@ -455,18 +461,18 @@ def test_correlate_recovers_named_model_scenarios(name: str, tmp_path: Path) -> 
 def test_property_correlate_recovers_exactly_the_generated_truth(scenario: Scenario) -> None:
     import natproof
 
-    truth, _inside, _outside, tmp = write_and_read(scenario)
-    try:
-        doc = natproof.correlate(tmp / "inside.pcap", tmp / "outside.pcap").to_dict()
-    except natproof.CaptureError as exc:
-        # A capture with no packet at all (every flow lost before it) is refused, as documented.
-        assert "empty capture" in str(exc)
-        assert all(c["verdict"] in ("not_forwarded", "internal") for c in truth["connections"])
-        return
-    except natproof.InputError as exc:
-        # Nothing crossed and the two captures' packets are apart in time: a clock offset cannot be told from
-        # traffic that never crossed, so natproof asks for --clock-offset (documented).
-        assert "do not overlap in time" in str(exc)
-        assert all(c["verdict"] in ("not_forwarded", "internal") for c in truth["connections"])
-        return
-    assert_recovered(truth, doc)
+    with scenario_files(scenario) as (truth, _inside, _outside, tmp):
+        try:
+            doc = natproof.correlate(tmp / "inside.pcap", tmp / "outside.pcap").to_dict()
+        except natproof.CaptureError as exc:
+            # A capture with no packet at all (every flow lost before it) is refused, as documented.
+            assert "empty capture" in str(exc)
+            assert all(c["verdict"] in ("not_forwarded", "internal") for c in truth["connections"])
+            return
+        except natproof.InputError as exc:
+            # Nothing crossed and the two captures' packets are apart in time: a clock offset cannot be told from
+            # traffic that never crossed, so natproof asks for --clock-offset (documented).
+            assert "do not overlap in time" in str(exc)
+            assert all(c["verdict"] in ("not_forwarded", "internal") for c in truth["connections"])
+            return
+        assert_recovered(truth, doc)
