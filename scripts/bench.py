@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             facts[(kind, n)] = {"decode_us": fast.seconds / fast_n * 1e6, "decode_rss": fast.peak_rss / fast_n,
                                 "corr_us": corr.seconds / (2 * n_in) * 1e6, "corr_rss": corr.peak_rss / (2 * n_in),
                                 "pps": fast_n / fast.seconds, "base_pps": base_pps, "corr_s": corr.seconds,
-                                "corr_rss_total": corr.peak_rss, "packets": n_in, "floor_pps": floor_pps}
+                                "decode_s": fast.seconds, "corr_rss_total": corr.peak_rss, "packets": n_in,
+                                "floor_pps": floor_pps}
             doc = json.loads(out_json.read_text())
             if kind == "synthetic":
                 from natproof.testing.bulk import check_mapping
@@ -386,15 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     for c in checks:
         print(f"check  {c}")
     for kind in kinds:
+        # Issue 13 asks for both ratios at every size (1M and 5M), not only the largest: a line per size.
+        for n in sorted(n for k, n in facts if k == kind):
+            f = facts[(kind, n)]
+            dec = f["pps"] / f["base_pps"]
+            e2e = 2 * f["packets"] / f["corr_s"]
+            print(f"target ({kind}, {f['packets']:,}/side) decode >= 20x baseline: {fmt_rate(f['pps'])}/s = "
+                  f"{dec:.1f}x in {f['decode_s']:.2f} s -> {'met' if dec >= 20 else 'MISSED'}; "
+                  f"{f['pps'] / f['floor_pps']:.1%} of the page-cache read rate ({fmt_rate(f['floor_pps'])} packets/s)")
+            print(f"target ({kind}, {f['packets']:,}/side) correlate >= 10x baseline decode (2 sides / wall time): "
+                  f"{fmt_rate(e2e)}/s = {e2e / f['base_pps']:.1f}x in {f['corr_s']:.1f} s -> "
+                  f"{'met' if e2e >= 10 * f['base_pps'] else 'MISSED'}")
         big = facts[(kind, max(n for k, n in facts if k == kind))]
-        dec = big["pps"] / big["base_pps"]
-        e2e = 2 * big["packets"] / big["corr_s"]
-        print(f"target ({kind}, {big['packets']:,}/side) decode >= 20x baseline: {fmt_rate(big['pps'])}/s = {dec:.1f}x"
-              f" -> {'met' if dec >= 20 else 'MISSED'}; {big['pps'] / big['floor_pps']:.1%} of the page-cache read "
-              f"rate ({fmt_rate(big['floor_pps'])} packets/s)")
-        print(f"target ({kind}) correlate >= 10x baseline decode (2 sides / wall time): {fmt_rate(e2e)}/s = "
-              f"{e2e / big['base_pps']:.1f}x in {big['corr_s']:.1f} s -> "
-              f"{'met' if e2e >= 10 * big['base_pps'] else 'MISSED'}")
         print(f"target ({kind}) peak RSS of correlate <= 1.5 GB: {big['corr_rss_total'] / 2**30:.2f} GiB -> "
               f"{'met' if big['corr_rss_total'] <= 1.5 * 2**30 else 'MISSED'}")
         mine = sorted((n, f) for (k, n), f in facts.items() if k == kind)
