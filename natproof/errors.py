@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Self
 
 OPTIONS = {
+    # natproof.correlate (and correlate_chain, correlate_one)
     "allow_swap": "--allow-swap",
     "clock_offset_s": "--clock-offset",
     "conntrack": "--conntrack",
@@ -19,14 +20,34 @@ OPTIONS = {
     "side": "--side",
     "spill_dir": "--spill-dir",
     "vxlan_ports": "--vxlan-port",
+    # natproof.explain.explain and natproof.proof.select_connections (explain, export-pcap)
+    "conns": "--conn",
+    "finding": "--finding",
+    "frame": "--frame",
+    "verdicts": "--verdict",
+    # natproof.lookup.who and natproof.fleet.fleet_who (who, fleet-who), natproof.fleet.run_fleet (fleet)
+    "at": "--at",
+    "clock": "--clock",
+    "node": "--node",
+    "scheduler": "--scheduler",
+    # natproof.flowlogs: read_flow_logs, join_nat_gateway, trace_public (flowlog, who --flow-log)
+    "fields": "--flow-log-format",
+    "gateways": "--nat-gateway",
+    # natproof.verify.Expectations (verify)
+    "min_connections": "--min-connections",
 }
-"""natproof.correlate's keywords that an error message may advise, and the command line's option for each."""
+"""The keywords of natproof's public functions that an error message may advise or name, and the command line's
+option for each: the one table of both spellings. A keyword is one setting wherever it is taken (``clock`` is
+who's and fleet_who's ``--clock``; ``conns`` explain's and select_connections' ``--conn``), so one entry serves
+every function and command that takes it; a keyword that came to mean different options in different commands would
+need :func:`setting` to be told the option."""
 
 
 @dataclass(frozen=True)
 class Said:
     """A part of an error message that a library caller and the command line say differently: ``library`` as
-    natproof.correlate's keywords say it, ``command_line`` as natproof's options do (see :func:`setting`)."""
+    natproof's keywords say it, ``command_line`` as natproof's options do (see :func:`setting`; a part that is not
+    a setting, such as ``Said("inside and outside", "INSIDE and OUTSIDE")``, is made directly)."""
 
     library: str
     command_line: str
@@ -35,18 +56,23 @@ class Said:
 _NAMED = object()
 
 
-def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None) -> Said:
-    """A setting an error message advises, as each caller gives it: ``setting("allow_swap", True)`` is
+def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None, index: int | None = None,
+            quoted: bool = True) -> Said:
+    """A setting an error message advises or names, as each caller gives it: ``setting("allow_swap", True)`` is
     ``allow_swap=True`` and ``--allow-swap``; ``setting("inside_if", "eth0")`` ``inside_if='eth0'`` and ``--inside-if
-    eth0`` (a value quoted as a shell needs it: ``--spill-dir ''``); ``setting("conntrack", metavar="FILE")``
-    ``conntrack=FILE`` and ``--conntrack FILE``; the setting alone, ``setting("clock_offset_s")``, ``clock_offset_s``
-    and ``--clock-offset``. ``keyword`` is one of OPTIONS."""
+    eth0`` (a value quoted as a shell needs it: ``--spill-dir ''``; ``quoted=False`` shows it as given, for the
+    messages that always have: ``--at yesterday noon``); ``setting("conntrack", metavar="FILE")`` ``conntrack=FILE``
+    and ``--conntrack FILE``; the setting alone, ``setting("clock_offset_s")``, ``clock_offset_s`` and
+    ``--clock-offset``. ``index``: the value is that item of the sequence the keyword takes, one use of a repeatable
+    option: ``setting("conns", 9, index=1)`` is ``conns[1]=9`` and ``--conn 9``. ``keyword`` is one of OPTIONS."""
     option = OPTIONS[keyword]
     if metavar is not None:
         return Said(f"{keyword}={metavar}", f"{option} {metavar}")
     if value is _NAMED:
         return Said(keyword, option)
-    return Said(f"{keyword}={value!r}", option if value is True else f"{option} {shlex.quote(str(value))}")
+    name = keyword if index is None else f"{keyword}[{index}]"
+    shown = shlex.quote(str(value)) if quoted else str(value)
+    return Said(f"{name}={value!r}", option if value is True else f"{option} {shown}")
 
 
 class NatproofError(Exception):

@@ -12,7 +12,7 @@ import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, Record, read_frames
 from natproof.decode import DEFAULT_OVERLAY, MAX_ENCAP_DEPTH, Overlay, Skip, decapsulate, link_payload
-from natproof.errors import InputError
+from natproof.errors import OPTIONS, InputError, Said, setting
 from natproof.report.export import conntrack_line
 from natproof.result import TUPLE_FIELDS, Result
 
@@ -194,18 +194,18 @@ def _frame_pair(result: Result, row: dict[str, Any], frame: int) -> tuple[tuple[
     pk = result.packets("inside").filter(pl.col("frame_no") == frame).collect()
     conn = row["conn"]
     if pk.is_empty():
-        raise InputError(f"--frame {frame}: no packet of a connection is inside frame {frame} (frames of #{conn}: "
-                         f"{_frames_of(result, row)})")
+        raise InputError(setting("frame", frame), f": no packet of a connection is inside frame {frame} (frames of "
+                         f"#{conn}: {_frames_of(result, row)})")
     p = pk.row(0, named=True)
     if p["anchor"] != row["inside_conn_id"]:
-        raise InputError(f"--frame {frame}: inside frame {frame} is not a packet of connection #{conn} (its frames: "
-                         f"{_frames_of(result, row)})")
+        raise InputError(setting("frame", frame), f": inside frame {frame} is not a packet of connection #{conn} (its "
+                         f"frames: {_frames_of(result, row)})")
     for kind in ("egress", "reply"):  # a hairpin's evidence pairs are the only ones kept within one side
         ends = _pair_frames(row, kind)
         if ends and ("inside", frame) in ends and ends[0][0] == ends[1][0]:
             return ends
     if p["out_frame"] is None:
-        raise InputError(f"--frame {frame}: inside frame {frame} of #{conn} has no counterpart outside (fate "
+        raise InputError(setting("frame", frame), f": inside frame {frame} of #{conn} has no counterpart outside (fate "
                          f"{p['fate']}); frames that crossed: {_frames_of(result, row, crossed=True)}")
     onward = bool(p["is_egress"]) == (row["initiator"] == "inside")
     ends = [("inside", frame), ("outside", p["out_frame"])]
@@ -240,12 +240,14 @@ def explain(result: Result, conns: Sequence[int], frame: int | None = None,
     from the capture files, byte for byte. Raises InputError for a connection the result does not have, a frame
     that is not its or that has no counterpart, or a capture given as standard input."""
     known = result.connections.height
-    for n in conns:
+    for i, n in enumerate(conns):
         if not 0 <= n < known:
             have = f"#0 to #{known - 1}" if known else "none"
-            raise InputError(f"--conn {n}: no such connection (the captures' connections are {have})")
+            raise InputError(setting("conns", n, index=i), f": no such connection (the captures' connections are "
+                             f"{have})")
     if frame is not None and len(conns) != 1:
-        raise InputError("--frame F explains one packet of one connection: give one --conn N with it")
+        raise InputError(setting("frame", metavar="F"), " explains one packet of one connection: give ",
+                         Said("conns=[N]", f"one {OPTIONS['conns']} N"), " with it")
     overlay = DEFAULT_OVERLAY.with_vxlan_ports(tuple(vxlan_ports))
     rows = {r["conn"]: r for r in result.connections.filter(pl.col("conn").is_in(list(conns))).iter_rows(named=True)}
     plans: list[tuple[dict[str, Any], list[tuple[str, tuple[tuple[str, int], tuple[str, int]]]], list[str]]] = []

@@ -12,7 +12,7 @@ import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, Record, read_frames
 from natproof.diagnose import Finding
-from natproof.errors import InputError
+from natproof.errors import InputError, setting
 from natproof.report.export import atomic_write
 from natproof.report.pcapng import PcapngWriter
 from natproof.report.table import FATE_LABEL, format_tuple
@@ -44,16 +44,18 @@ class ProofSummary:
     clock_offset_s: float
 
 
-def _finding_index(spec: str, findings: Sequence[Finding]) -> list[int]:
-    """The findings ``--finding`` names: an index as ``natproof diagnose`` lists them (0-based), or a kind."""
+def _finding_index(spec: str, findings: Sequence[Finding], given: int) -> list[int]:
+    """The findings ``finding[given]`` (``--finding``) names: an index as ``natproof diagnose`` lists them (0-based),
+    or a kind."""
     listed = ", ".join(f"{i} {f.kind}" for i, f in enumerate(findings)) or "none"
+    said = setting("finding", spec, index=given, quoted=False)
     if spec.isdigit():
         if int(spec) >= len(findings):
-            raise InputError(f"--finding {spec}: no such finding (the diagnosis's findings: {listed})")
+            raise InputError(said, f": no such finding (the diagnosis's findings: {listed})")
         return [int(spec)]
     hits = [i for i, f in enumerate(findings) if f.kind == spec]
     if not hits:
-        raise InputError(f"--finding {spec}: the diagnosis found no {spec} here (its findings: {listed})")
+        raise InputError(said, f": the diagnosis found no {spec} here (its findings: {listed})")
     return hits
 
 
@@ -68,13 +70,15 @@ def select_connections(result: Result, findings: Sequence[Finding] | None = None
     an unknown verdict; an empty selection (nothing matched) is no error: ``conns`` is then ()."""
     conns, finding, verdicts = list(conns), list(finding), list(verdicts)
     known = result.connections.height
-    for n in conns:
+    for i, n in enumerate(conns):
         if not 0 <= n < known:
             have = f"#0 to #{known - 1}" if known else "none"
-            raise InputError(f"--conn {n}: no such connection (the captures' connections are {have})")
-    for v in verdicts:
+            raise InputError(setting("conns", n, index=i), f": no such connection (the captures' connections are "
+                             f"{have})")
+    for i, v in enumerate(verdicts):
         if v not in {x.value for x in Verdict}:
-            raise InputError(f"--verdict {v}: not a verdict ({', '.join(x.value for x in Verdict)})")
+            raise InputError(setting("verdicts", v, index=i, quoted=False),
+                             f": not a verdict ({', '.join(x.value for x in Verdict)})")
     if findings is None and (finding or not (conns or verdicts or everything)):
         from natproof.diagnose import diagnose
 
@@ -84,8 +88,8 @@ def select_connections(result: Result, findings: Sequence[Finding] | None = None
     why = []
     if conns:
         why.append("--conn")
-    for spec in finding:
-        for i in _finding_index(spec, findings):
+    for given, spec in enumerate(finding):
+        for i in _finding_index(spec, findings, given):
             chosen.update(findings[i].connections)
         why.append(f"--finding {spec}")
     if verdicts:

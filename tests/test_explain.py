@@ -193,6 +193,30 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], ar
 
 
 def test_a_frame_that_never_crossed() -> None:
-    with pytest.raises(InputError, match=r"^--frame 5: inside frame 5 of #0 has no counterpart outside \(fate "
-                                         r"inside_only\); frames that crossed: none$"):
+    with pytest.raises(InputError, match=r"^frame=5: inside frame 5 of #0 has no counterpart outside \(fate "
+                                         r"inside_only\); frames that crossed: none$") as exc:
         explain(correlated("forwarding-off"), [0], frame=5)
+    assert exc.value.for_command_line().startswith("--frame 5: inside frame 5 of #0 has no counterpart outside")
+
+
+@pytest.mark.parametrize(("conns", "frame", "library", "command_line"), [
+    ([0, 2], None, "conns[1]=2: no such connection", "--conn 2: no such connection"),
+    ([0], 14, "frame=14: inside frame 14 is not a packet of connection #0",
+     "--frame 14: inside frame 14 is not a packet of connection #0"),
+    ([0], 99, "frame=99: no packet of a connection is inside frame 99", "--frame 99: no packet of a connection is"
+                                                                        " inside frame 99"),
+    ([0, 1], 8, "frame=F explains one packet of one connection: give conns=[N] with it",
+     "--frame F explains one packet of one connection: give one --conn N with it"),
+])
+def test_a_library_caller_is_told_explains_keywords_the_command_line_its_options(
+        capsys: pytest.CaptureFixture[str], conns: list[int], frame: int | None, library: str,
+        command_line: str) -> None:
+    """explain(result, conns, frame=) names its own keywords to a Python caller, who has no --conn or --frame; the
+    command prints the same error with its options, as it always has."""
+    with pytest.raises(InputError) as exc:
+        explain(correlated("port-collision"), conns, frame=frame)
+    assert str(exc.value).startswith(library) and "--" not in str(exc.value)
+    assert exc.value.for_command_line().startswith(command_line)
+    options = [a for n in conns for a in ("--conn", str(n))] + ([] if frame is None else ["--frame", str(frame)])
+    code, out, err = run(capsys, "explain", *pair("port-collision"), *options)
+    assert (code, out, err) == (2, "", f"natproof: error: {exc.value.for_command_line()}\n")

@@ -279,12 +279,40 @@ def test_selection_by_finding_verdict_and_number() -> None:
     for verdict, conns in verdicts:
         assert select_connections(result, verdicts=[verdict]).conns == tuple(sorted(conns))
     assert select_connections(result).conns == (0, 1, 2)
-    with pytest.raises(InputError, match=r"^--conn 4: no such connection \(the captures' connections are #0 to #3\)$"):
+    with pytest.raises(InputError, match=r"^conns\[0\]=4: no such connection \(the captures' connections are #0 to "
+                                         r"#3\)$"):
         select_connections(result, conns=[4])
-    with pytest.raises(InputError, match="^--finding 9: no such finding"):
+    with pytest.raises(InputError, match=r"^finding\[0\]='9': no such finding"):
         select_connections(result, finding=["9"])
-    with pytest.raises(InputError, match="^--finding healthy: the diagnosis found no healthy here"):
-        select_connections(result, finding=["healthy"])
+    with pytest.raises(InputError, match=r"^finding\[1\]='healthy': the diagnosis found no healthy here"):
+        select_connections(result, finding=["0", "healthy"])
+
+
+@pytest.mark.parametrize(("keywords", "options", "library", "command_line"), [
+    ({"conns": [0, 7]}, ("--conn", "0", "--conn", "7"), "conns[1]=7: no such connection",
+     "--conn 7: no such connection (the captures' connections are #0 to #1)"),
+    ({"finding": ["mapping_conflict"]}, ("--finding", "mapping_conflict"),
+     "finding[0]='mapping_conflict': the diagnosis found no mapping_conflict here",
+     "--finding mapping_conflict: the diagnosis found no mapping_conflict here (its findings: 0 healthy)"),
+    ({"finding": ["3"]}, ("--finding", "3"), "finding[0]='3': no such finding",
+     "--finding 3: no such finding (the diagnosis's findings: 0 healthy)"),
+    # The command's --verdict is a choice, refused before select_connections runs.
+    ({"verdicts": ["no_reply", "noreply"]}, None, "verdicts[1]='noreply': not a verdict (translated, ",
+     "--verdict noreply: not a verdict (translated, "),
+])
+def test_a_library_caller_is_told_select_connections_keywords(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], keywords: dict[str, list[int | str]],
+        options: tuple[str, ...] | None, library: str, command_line: str) -> None:
+    """select_connections names its own keywords (and which item) to a Python caller, who has no --conn, --finding
+    or --verdict; export-pcap prints the same error with its options, as it always has."""
+    with pytest.raises(InputError) as exc:
+        select_connections(natproof.correlate(*pair("port-collision")), **keywords)  # type: ignore[arg-type]
+    assert str(exc.value).startswith(library) and "--" not in str(exc.value)
+    assert exc.value.for_command_line().startswith(command_line)
+    if options is not None:
+        code, out, err = run(capsys, "export-pcap", *pair("port-collision"), "-o", str(tmp_path / "p.pcapng"),
+                             *options)
+        assert (code, out, err) == (2, "", f"natproof: error: {command_line}\n")
 
 
 # -- bad input: one line, the documented status, nothing written ---------------------------------------------------
