@@ -13,7 +13,7 @@ import polars as pl
 
 from natproof.assemble import Services
 from natproof.conntrack import ConntrackRecord
-from natproof.errors import InputError
+from natproof.errors import InputError, Said, setting
 from natproof.kernel import Network, kernel_connections
 from natproof.report.table import format_address
 from natproof.result import Result, connection_dict
@@ -156,9 +156,15 @@ def is_name(text: str) -> bool:
     return ":" not in text and not text.startswith("[") and text.strip() != "" and not _looks_address(text)
 
 
-def check_query(text: str, named: bool) -> bool:
+NAMES_FROM = Said("a result named from kubectl JSON dumps (correlate's names=natproof.Names.load(...), or "
+                  "Names.name_result)", "--pods and --services (kubectl JSON dumps)")
+"""What names a ``who`` query's pods and Services, as a library caller and the command line give it (check_query)."""
+
+
+def check_query(text: str, named: bool, names_from: Said = NAMES_FROM) -> bool:
     """Whether a ``who`` query is a name (True) or ADDR:PORT (False); InputError when it is neither, or a name
-    with nothing to name by (``named``: kubectl dumps given, or a ptcpdump capture)."""
+    with nothing to name by (``named``: kubectl dumps given, or a ptcpdump capture), saying that a name needs
+    ``names_from``."""
     if not is_name(text):
         parse_endpoint(text)
         return False
@@ -167,7 +173,7 @@ def check_query(text: str, named: bool) -> bool:
     try:
         parse_endpoint(text)
     except InputError as exc:
-        raise InputError(f"{exc}; a pod or Service name needs --pods and --services (kubectl JSON dumps)") from None
+        raise InputError(f"{exc}; a pod or Service name needs ", names_from) from None
     return False  # pragma: no cover - a name is never ADDR:PORT
 
 
@@ -218,7 +224,9 @@ _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
 
 
 def parse_time(text: str, day_of_ns: int | None = None) -> int:
-    """Epoch seconds, ISO-8601 (no zone means UTC), or a time of day (UTC) on the day of ``day_of_ns``."""
+    """Epoch seconds, ISO-8601 (no zone means UTC), or a time of day (UTC) on the day of ``day_of_ns``; InputError
+    names ``text`` as who's ``at`` (``--at``)."""
+    at = setting("at", text, quoted=False)
     t = text.strip()
     try:
         seconds = float(t)
@@ -227,18 +235,18 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
     else:
         # A time a capture can hold: after 1970 and before 2262 (int64 nanoseconds), not NaN.
         if not 0 <= seconds < 9.2e9:
-            raise InputError(f"--at {text}: not a time a capture can hold (epoch seconds between 0 and 9.2e9)")
+            raise InputError(at, ": not a time a capture can hold (epoch seconds between 0 and 9.2e9)")
         return int(round(seconds * 1e9))
     if _TIME_OF_DAY.match(t):
         if day_of_ns is None:
-            raise InputError(f"--at {text}: a time of day needs a capture to give the date")
+            raise InputError(at, ": a time of day needs a capture to give the date")
         day = dt.datetime.fromtimestamp(day_of_ns / 1e9, dt.UTC).date()
         t = f"{day.isoformat()}T{t}"
     try:
         when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise InputError(f"--at {text}: not a time (use epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, "
-                         "or HH:MM:SS in UTC)") from None
+        raise InputError(at, ": not a time (use epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or HH:MM:SS "
+                         "in UTC)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -258,7 +266,7 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
     uplink is the clock they share), converted with the estimated clock offset.
     """
     if clock not in ("inside", "outside"):
-        raise InputError(f"--clock {clock}: inside or outside")
+        raise InputError(setting("clock", clock, quoted=False), ": inside or outside")
     offset_ns = int(round(result.clock_offset_s * 1e9))
     day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None
     return _answer(result.connections, endpoint, at, window_s, clock, offset_ns, day, named=result.names is not None)

@@ -91,6 +91,42 @@ def test_parse_time_forms() -> None:
         parse_time("yesterday")
 
 
+BASIC = CASE.parent / "basic"
+NOT_NAMED = ("'default/pod1' is not ADDR:PORT ('default/pod1' is not an IP address, and there is no port; e.g. "
+             "203.0.113.5:38472 or [2001:db8::1]:443); a pod or Service name needs ")
+NOT_A_TIME = ": not a time (use epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or HH:MM:SS in UTC)"
+
+
+@pytest.mark.parametrize(("query", "keywords", "options", "library", "command_line"), [
+    ("203.0.113.2:1", {"at": "yesterday noon"}, ("--at", "yesterday noon"), f"at='yesterday noon'{NOT_A_TIME}",
+     f"--at yesterday noon{NOT_A_TIME}"),
+    ("203.0.113.2:1", {"at": "inf"}, ("--at", "inf"), "at='inf': not a time a capture can hold (epoch seconds "
+     "between 0 and 9.2e9)", "--at inf: not a time a capture can hold (epoch seconds between 0 and 9.2e9)"),
+    # The command's --clock is a choice, refused before who runs.
+    ("203.0.113.2:1", {"clock": "uplink"}, None, "clock='uplink': inside or outside", "--clock uplink: inside or "
+     "outside"),
+    ("default/pod1", {}, (), f"{NOT_NAMED}a result named from kubectl JSON dumps (correlate's "
+     "names=natproof.Names.load(...), or Names.name_result)", f"{NOT_NAMED}--pods and --services (kubectl JSON dumps)"),
+])
+def test_a_library_caller_is_told_whos_keywords(capsys: pytest.CaptureFixture[str], query: str,
+                                                keywords: dict[str, str], options: tuple[str, ...] | None,
+                                                library: str, command_line: str) -> None:
+    """who() names its own keywords (at, clock) and how a result gets names to a Python caller, who has no --at or
+    --pods; natproof who prints the same error with its options, as it always has."""
+    with pytest.raises(InputError) as exc:
+        who(correlate(*capture_pair(BASIC)), query, **keywords)
+    assert (str(exc.value), exc.value.for_command_line()) == (library, command_line)
+    if options is not None:
+        code = main(["who", query, *map(str, capture_pair(BASIC)), *options])
+        assert (code, capsys.readouterr().err) == (2, f"natproof: error: {command_line}\n")
+
+
+def test_a_time_of_day_needs_a_date() -> None:
+    with pytest.raises(InputError, match=r"^at='14:02:10': a time of day needs a capture to give the date$") as exc:
+        parse_time("14:02:10")
+    assert exc.value.for_command_line() == "--at 14:02:10: a time of day needs a capture to give the date"
+
+
 def test_cli_who_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
     truth = load_truth(CASE / "truth.json")["connections"][5]
     o = truth["outside"]
