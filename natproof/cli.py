@@ -822,7 +822,7 @@ def read_flow_log_inputs(flow_logs: tuple[str, ...], nat_gateways: tuple[str, ..
 
     gateways = [parse_nat_gateway(g) for g in nat_gateways]  # a bad address is reported before any file is read
     flowlog = read_flow_logs(list(flow_logs), fields=flow_log_format)
-    for problem in flowlog.passed_over:
+    for problem in flowlog.passed_over_for_command_line():
         warn(f"{problem} (passed over)")
     if not gateways:
         gateways = infer_gateways(flowlog)
@@ -1246,7 +1246,7 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
             for ext in ("png", "svg"):
                 write_bytes(Path(charts_dir) / f"nat_gateway_ports.{ext}", figure_bytes(fig, ext))
             click.echo(f"natproof: wrote nat_gateway_ports.png and .svg to {charts_dir}", err=True)
-    summary = flowlog_.summary()
+    summary = flowlog_.summary(command_line=True)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         doc = {"schema": "natproof.flowlog/1", "summary": summary,
                "nat_gateways": [{"private": g.private, "public": g.public} for g in gateways],

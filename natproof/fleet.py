@@ -232,10 +232,7 @@ def _gateway(where: str, base: Path, raw: Any) -> GatewaySpec:
 
         gateways = _strings(where, label, "nat_gateways", raw["nat_gateways"])
         for g in gateways:
-            try:
-                parse_nat_gateway(g)
-            except InputError as exc:
-                raise InputError(f"{where}: {label} nat_gateways: {str(exc).removeprefix('--nat-gateway ')}") from None
+            parse_nat_gateway(g, where=f"{where}: {label} nat_gateways: {g!r}")
     fmt = raw.get("flow_log_format")
     if fmt is not None and (not isinstance(fmt, str) or not fmt.strip()):
         raise InputError(f"{where}: {label} flow_log_format: the flow log's --log-format, not {fmt!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -9,10 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from natproof.cli import main
 from natproof.errors import InputError
 from natproof.flowlogs import (
     EVIDENCE_NONE,
     EVIDENCE_UNIQUE,
+    FlowLog,
     NatGateway,
     evidence_ambiguous,
     join_nat_gateway,
@@ -203,14 +206,40 @@ def test_parse_nat_gateway(text: str, want: NatGateway) -> None:
     ("10.0.0.220=", "no public address"),
     ("nat-0abc=198.51.100.20", "'nat-0abc' is not an IP address"),
 ])
-def test_parse_nat_gateway_refuses(text: str, problem: str) -> None:
-    with pytest.raises(InputError, match=problem):
+def test_parse_nat_gateway_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                   problem: str) -> None:
+    """A library caller is told the call it made, natproof's commands --nat-gateway, as they always were."""
+    tail = f": {problem} (PRIVATE=PUBLIC, e.g. 10.0.0.220=203.0.113.20)"
+    with pytest.raises(InputError) as exc:
         parse_nat_gateway(text)
+    assert str(exc.value) == f"parse_nat_gateway({text!r}){tail}"
+    assert exc.value.for_command_line() == f"--nat-gateway {text!r}{tail}"
+    log = flowlog(tmp_path, nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443))
+    assert main(["flowlog", str(log.files[0].path), "--nat-gateway", text]) == 2
+    assert capsys.readouterr().err == f"natproof: error: --nat-gateway {text!r}{tail}\n"
+
+
+@pytest.mark.parametrize(("call", "library", "command_line"), [
+    (lambda log: join_nat_gateway(node_tuples([("tcp", "10.0.1.5", 40000, "203.0.113.5", 443)]), log, []),
+     "no NAT gateway given: pass gateways=[parse_nat_gateway('PRIVATE=PUBLIC')] (aws ec2 describe-nat-gateways)",
+     "no NAT gateway given: pass --nat-gateway PRIVATE=PUBLIC (aws ec2 describe-nat-gateways)"),
+    (lambda log: trace_public(log, [GW], "203.0.113.99", 1025),
+     "203.0.113.99 is not a given NAT gateway's address (gateways=[parse_nat_gateway('PRIVATE=PUBLIC')]; given: "
+     "10.0.0.220=198.51.100.20)",
+     "203.0.113.99 is not a given NAT gateway's address (--nat-gateway PRIVATE=PUBLIC; given: "
+     "10.0.0.220=198.51.100.20)"),
+])
+def test_a_library_caller_is_told_gateways_the_command_line_nat_gateway(
+        tmp_path: Path, call: Callable[[FlowLog], object], library: str, command_line: str) -> None:
+    log = flowlog(tmp_path, nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443))
+    with pytest.raises(InputError) as exc:
+        call(log)
+    assert (str(exc.value), exc.value.for_command_line()) == (library, command_line)
 
 
 def test_join_needs_a_gateway_and_the_tuple_columns(tmp_path: Path) -> None:
     log = flowlog(tmp_path, nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443))
-    with pytest.raises(InputError, match="--nat-gateway PRIVATE=PUBLIC"):
+    with pytest.raises(InputError, match=r"gateways=\[parse_nat_gateway\('PRIVATE=PUBLIC'\)\]"):
         join_nat_gateway(node_tuples([("tcp", "10.0.1.5", 40000, "203.0.113.5", 443)]), log, [])
     with pytest.raises(ValueError, match="node_tuples lacks"):
         join_nat_gateway(pl.DataFrame({"src": ["10.0.1.5"]}), log, [GW])

@@ -86,8 +86,9 @@ def test_cloudwatch_export_with_timestamps_needs_the_format(tmp_path: Path) -> N
     lines = [f"2026-11-24T14:02:10.000Z {NAT_LINES[0]}", f"1795500000000 {NAT_LINES[1]}"]
     path = write(tmp_path, "cloudwatch.log", "\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"cloudwatch\.log: not a VPC flow log in the default format .*"
-                                          r"--flow-log-format"):
+                                          r"pass fields with the flow log's format$") as exc:
         read_flow_logs(path)
+    assert exc.value.for_command_line().endswith("pass --flow-log-format with the flow log's format")
     log = read_flow_logs(path, fields="${" + "} ${".join(NAT_FORMAT.split()) + "}")
     (f,) = log.files
     assert (f.fields_from, f.records, f.cloudwatch_timestamps) == ("given", 2, 2)
@@ -201,6 +202,59 @@ def test_cli_flowlog_exits_2_with_one_line_for_a_bad_file(tmp_path: Path, capsys
     assert main(["flowlog", str(path), "--nat-gateway", "10.0.0.220=public"]) == 2
     assert capsys.readouterr().err == ("natproof: error: --nat-gateway '10.0.0.220=public': 'public' is not an IP "
                                        "address (PRIVATE=PUBLIC, e.g. 10.0.0.220=203.0.113.20)\n")
+
+
+UNKNOWN = f": unknown field 'srcadr' (fields: {', '.join(FIELDS)})"
+
+
+@pytest.mark.parametrize(("fields", "library", "command_line"), [
+    ("${version} ${srcadr}", f"fields{UNKNOWN}", f"--flow-log-format{UNKNOWN}"),
+    ("srcaddr dstaddr srcaddr", "fields: srcaddr named more than once", "--flow-log-format: srcaddr named more than "
+                                                                         "once"),
+    (" , ", "fields: no field named (e.g. '${version} ${srcaddr} ${dstaddr}')",
+     "--flow-log-format: no field named (e.g. '${version} ${srcaddr} ${dstaddr}')"),
+])
+def test_a_library_caller_is_told_fields_the_command_line_flow_log_format(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: str, library: str, command_line: str) -> None:
+    """read_flow_logs(fields=) (and parse_format) name the keyword to a Python caller, who has no
+    --flow-log-format; natproof flowlog prints the same error with its option, as it always has."""
+    path = write(tmp_path, "s3.log", f"{HEADER}\n{ACCEPTED}\n")
+    for call in (lambda: read_flow_logs(path, fields=fields), lambda: parse_format(fields)):
+        with pytest.raises(InputError) as exc:
+            call()
+        assert (str(exc.value), exc.value.for_command_line()) == (library, command_line)
+    assert main(["flowlog", str(path), "--flow-log-format", fields]) == 2
+    assert capsys.readouterr().err == f"natproof: error: {command_line}\n"
+
+
+def test_a_file_passed_over_is_said_to_each_in_its_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory's file that is no flow log is passed over with why: to a library caller with the keyword
+    (passed_over), on the command line with the option (its warning, and its JSON as it always was); a directory
+    of nothing else is an error with both wordings."""
+    import json
+
+    folder = tmp_path / "AWSLogs"
+    folder.mkdir()
+    write(folder, "b.log", f"{HEADER}\n{ACCEPTED}\n")
+    write(folder, "cloudwatch.log", f"2026-11-24T14:02:10.000Z {NAT_LINES[0]}\n")
+    cloudwatch = str(folder / "cloudwatch.log")
+    log = read_flow_logs(folder)
+    ([passed], [said]) = (log.passed_over, log.passed_over_for_command_line())
+    assert passed.startswith(f"{cloudwatch}: not a VPC flow log in the default format")
+    assert passed.endswith(", pass fields with the flow log's format") and "--" not in passed
+    assert said == passed.replace("pass fields", "pass --flow-log-format")
+    assert log.summary()["passed_over"] == [passed] and log.summary(command_line=True)["passed_over"] == [said]
+    assert main(["flowlog", str(folder), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"natproof: warning: {said} (passed over)\n"
+    assert json.loads(out)["summary"]["passed_over"] == [said]
+    (folder / "b.log").unlink()
+    with pytest.raises(InputError) as exc:
+        read_flow_logs(folder)
+    assert str(exc.value) == f"no flow log in {folder}: {passed}"
+    assert exc.value.for_command_line() == f"no flow log in {folder}: {said}"
+    assert main(["flowlog", str(folder)]) == 2
+    assert capsys.readouterr().err == f"natproof: error: no flow log in {folder}: {said}\n"
 
 
 def test_cli_flowlog_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from natproof.errors import InputError
+from natproof.errors import OPTIONS, InputError, Said
 from natproof.flowlogs.records import PROTOCOLS, FlowLog
 
 LAG_S = 60
@@ -78,19 +78,25 @@ class NatGateway:
         return f"{self.private}={self.public}" if self.public else self.private
 
 
-def parse_nat_gateway(text: str) -> NatGateway:
-    """``PRIVATE=PUBLIC`` (or ``PRIVATE`` alone) into a NatGateway; InputError on anything else."""
+GIVE_GATEWAYS = Said("gateways=[parse_nat_gateway('PRIVATE=PUBLIC')]", f"{OPTIONS['gateways']} PRIVATE=PUBLIC")
+"""How a NAT gateway is given: to join_nat_gateway and trace_public (``gateways``), and to natproof's commands."""
+
+
+def parse_nat_gateway(text: str, where: str | None = None) -> NatGateway:
+    """``PRIVATE=PUBLIC`` (or ``PRIVATE`` alone) into a NatGateway; InputError on anything else, starting with
+    ``where`` (a fleet manifest's key and the text) or by default this call (``--nat-gateway 'TEXT'`` on the
+    command line)."""
+    head = Said(f"parse_nat_gateway({text!r})", f"{OPTIONS['gateways']} {text!r}") if where is None else where
     private, sep, public = text.strip().partition("=")
     out = []
     for what, value in (("private", private), ("public", public)):
         if not value and (what == "private" or sep):
-            raise InputError(f"--nat-gateway {text!r}: no {what} address "
-                             "(PRIVATE=PUBLIC, e.g. 10.0.0.220=203.0.113.20)")
+            raise InputError(head, f": no {what} address (PRIVATE=PUBLIC, e.g. 10.0.0.220=203.0.113.20)")
         if value:
             try:
                 out.append(str(ipaddress.ip_address(value.strip())))
             except ValueError:
-                raise InputError(f"--nat-gateway {text!r}: {value.strip()!r} is not an IP address "
+                raise InputError(head, f": {value.strip()!r} is not an IP address "
                                  "(PRIVATE=PUBLIC, e.g. 10.0.0.220=203.0.113.20)") from None
         else:
             out.append(None)
@@ -364,7 +370,7 @@ def join_nat_gateway(node_tuples: pl.DataFrame, flowlog: FlowLog, gateways: Sequ
     if missing:
         raise ValueError(f"node_tuples lacks {', '.join(missing)} (see NODE_TUPLE_SCHEMA)")
     if not gateways:
-        raise InputError("no NAT gateway given: pass --nat-gateway PRIVATE=PUBLIC (aws ec2 describe-nat-gateways)")
+        raise InputError("no NAT gateway given: pass ", GIVE_GATEWAYS, " (aws ec2 describe-nat-gateways)")
     slack = int(lag_s + tolerance_s) + 1
     n = node_tuples.select(
         "node_tuple", "src", "sport", "dst", "dport",
@@ -514,8 +520,7 @@ def trace_public(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str,
     gw = [g for g in gateways if address in (g.private, g.public)]
     if not gw:
         known = ", ".join(str(g) for g in gateways) or "none given"
-        raise InputError(f"{address} is not a given NAT gateway's address (--nat-gateway PRIVATE=PUBLIC; given: "
-                         f"{known})")
+        raise InputError(f"{address} is not a given NAT gateway's address (", GIVE_GATEWAYS, f"; given: {known})")
     sides = gateway_sides(flowlog, gateways)
     lo = hi = None
     if at_ns is not None:

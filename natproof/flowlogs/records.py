@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from natproof.errors import InputError
+from natproof.errors import InputError, setting
 
 # name: (version introduced, Parquet type, description). From "Available fields" in the Amazon VPC User Guide
 # (https://docs.aws.amazon.com/vpc/latest/userguide/flow-log-records.html#flow-logs-fields).
@@ -143,18 +143,20 @@ def column_name(field_name: str) -> str:
     return name.replace("-", "_")
 
 
-def parse_format(text: str) -> tuple[str, ...]:
+def parse_format(text: str, where: str | None = None) -> tuple[str, ...]:
     """A flow log's field list from its ``--log-format`` (``${version} ${srcaddr} ...``) or a plain list of names
-    separated by spaces or commas. Raises InputError naming the first unknown field."""
+    separated by spaces or commas. Raises InputError naming the first unknown field, after ``where`` (a fleet
+    manifest's key) or by default read_flow_logs' ``fields`` (the command line's ``--flow-log-format``)."""
+    head = setting("fields") if where is None else where
     names = [t.strip().removeprefix("${").removesuffix("}") for t in text.replace(",", " ").split()]
     if not names:
-        raise InputError("--flow-log-format: no field named (e.g. '${version} ${srcaddr} ${dstaddr}')")
+        raise InputError(head, ": no field named (e.g. '${version} ${srcaddr} ${dstaddr}')")
     if twice := sorted({n for n in names if names.count(n) > 1}):
-        raise InputError(f"--flow-log-format: {', '.join(twice)} named more than once")
+        raise InputError(head, f": {', '.join(twice)} named more than once")
     for n in names:
         canonical = ALIASES.get(n.lower().replace("_", "-"), n.lower().replace("_", "-"))
         if canonical not in FIELDS:
-            raise InputError(f"--flow-log-format: unknown field {n!r} (fields: {', '.join(FIELDS)})")
+            raise InputError(head, f": unknown field {n!r} (fields: {', '.join(FIELDS)})")
     return tuple(ALIASES.get(n.lower().replace("_", "-"), n.lower().replace("_", "-")) for n in names)
 
 
@@ -203,6 +205,14 @@ class FlowLog:
     """Files found in a given directory that are no flow log, each with why (``FILE: problem``)."""
     duplicates: int = 0
     """Records read more than once (same interface, flow, interval and counts), kept once in ``records``."""
+    passed_over_command_line: tuple[str, ...] | None = field(default=None, repr=False)
+    """passed_over, each as the command line says it (InputError.for_command_line: its options where passed_over names
+    read_flow_logs' keywords), as natproof's commands print them; None: as passed_over (see
+    passed_over_for_command_line)."""
+
+    def passed_over_for_command_line(self) -> tuple[str, ...]:
+        """passed_over as the command line says it (as NatproofError.for_command_line says an error)."""
+        return self.passed_over if self.passed_over_command_line is None else self.passed_over_command_line
 
     def flows(self) -> pl.DataFrame:
         """The records that describe traffic: log-status OK (or absent from the format) and a source address."""
@@ -228,9 +238,11 @@ class FlowLog:
         """Whether any record has a value in ``column`` (a format without the field leaves it null throughout)."""
         return column in self.records.columns and self.records[column].null_count() < self.records.height
 
-    def summary(self) -> dict[str, Any]:
-        """Records per interface, action, protocol and log-status, the time span, and per-file reading notes."""
+    def summary(self, command_line: bool = False) -> dict[str, Any]:
+        """Records per interface, action, protocol and log-status, the time span, and per-file reading notes (in the
+        command line's words with ``command_line``: passed_over_command_line)."""
         flows = self.flows()
+        passed = self.passed_over_for_command_line() if command_line else self.passed_over
 
         def counts(col: str, name: Any = None) -> list[dict[str, Any]]:
             if flows.is_empty():
@@ -243,7 +255,7 @@ class FlowLog:
 
         span = self.records.select(pl.col("start_s").min(), pl.col("end_s").max()).row(0)
         return {
-            "files": [f.to_dict() for f in self.files], "passed_over": list(self.passed_over),
+            "files": [f.to_dict() for f in self.files], "passed_over": list(passed),
             "records": self.records.height, "duplicates": self.duplicates, "flows": flows.height,
             "nodata": self.nodata, "skipdata": self.skipdata,
             "skipped": self.skipped(), "first_start": span[0], "last_end": span[1],
@@ -289,21 +301,24 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
             files.append((p, None))
     if not files:
         raise InputError("no flow log file given")
-    frames, summaries, passed = [], [], []
+    frames, summaries = [], []
+    passed: list[InputError] = []
     for path, folder in files:
         try:
             frame, summary = read_flow_log_file(path, fields=given)
         except InputError as exc:
             if folder is None:
                 raise
-            passed.append(str(exc))  # a file in a directory that is no flow log: said, not fatal
+            passed.append(exc)  # a file in a directory that is no flow log: said, not fatal
             continue
         frames.append(frame)
         summaries.append(summary)
     if not frames:
-        raise InputError(f"no flow log in {', '.join(sorted({str(f) for _, f in files if f}))}: {passed[0]}")
+        raise passed[0].reworded(f"no flow log in {', '.join(sorted({str(f) for _, f in files if f}))}: ")
+    said = {"passed_over": tuple(map(str, passed)),
+            "passed_over_command_line": tuple(exc.for_command_line() for exc in passed)}
     if len(frames) == 1:
-        return FlowLog(records=frames[0], files=tuple(summaries), passed_over=tuple(passed))
+        return FlowLog(records=frames[0], files=tuple(summaries), **said)
     records = _conform(pl.concat(frames, how="diagonal_relaxed"))
     # One record per interface, flow and interval: the same record read twice (a file given twice, or its text and
     # Parquet deliveries) would double every count. Keep one, the one with the pkt-* fields when there is a choice.
@@ -311,8 +326,7 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
            "bytes", "log_status"]
     unique = (records.with_row_index("_row").sort(pl.col("pkt_dstaddr").is_null(), "_row")
               .unique(subset=key, keep="first", maintain_order=True).sort("_row").drop("_row"))
-    return FlowLog(records=unique, files=tuple(summaries), passed_over=tuple(passed),
-                   duplicates=records.height - unique.height)
+    return FlowLog(records=unique, files=tuple(summaries), duplicates=records.height - unique.height, **said)
 
 
 def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | None = None
@@ -469,7 +483,7 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
             raise InputError(
                 f"{name}: not a VPC flow log in the default format (no header line naming the fields, and lines have "
                 f"{most} fields, not 14; starts with {start}); for a custom format without a header (CloudWatch "
-                "Logs), pass --flow-log-format with the flow log's format")
+                "Logs), pass ", setting("fields"), " with the flow log's format")
     n = len(fields)
     # A CloudWatch export leads each record with its event's timestamp: one token more, dropped.
     frame = frame.with_columns(((pl.col("_n") == n + 1) & has_ts).alias("_ts"))
