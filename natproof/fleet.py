@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from natproof.errors import InputError, NatproofError
+from natproof.errors import InputError, NatproofError, Said, setting
 from natproof.tomlfile import read_toml
 
 SCHEMA = "natproof.fleet/1"
@@ -345,7 +345,8 @@ def _client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
         try:
             return Client(scheduler, timeout="10s"), None
         except (OSError, TimeoutError, ValueError) as exc:
-            raise InputError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there: {exc}") from None
+            raise InputError(setting("scheduler", scheduler, quoted=False),
+                             f": cannot reach a Dask scheduler there: {exc}") from None
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     return Client(cluster), cluster
@@ -720,20 +721,23 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
     pod's or Service's name where the node had kubectl dumps. ``at`` is on each node's ``clock`` ("inside" or
     "outside" capture; HH:MM:SS on the day of the node's capture); a connection counts when live within
     ``window_s`` of it, else the nearest before and after are given. ``node`` keeps one node's."""
-    from natproof.lookup import check_query, ends_of, name_roles, parse_endpoint, parse_time, roles_of
+    from natproof.lookup import NAMES_FROM, check_query, ends_of, name_roles, parse_endpoint, parse_time, roles_of
     from natproof.report.table import format_address
     from natproof.result import CONNECTION_SCHEMA, NAME_SCHEMA, connection_dict
 
     if clock not in ("inside", "outside"):
-        raise InputError(f"--clock {clock}: inside or outside")
+        raise InputError(setting("clock", clock, quoted=False), ": inside or outside")
     summary = read_summary(out_dir)
     nodes = {n["name"]: n for n in summary["nodes"]}
     if node is not None and node not in nodes:
-        raise InputError(f"--node {node}: no such node in {out_dir} (nodes: {', '.join(nodes)})")
+        raise InputError(setting("node", node, quoted=False), f": no such node in {out_dir} (nodes: "
+                         f"{', '.join(nodes)})")
     lf = pl.scan_parquet(Path(out_dir) / TABLE)
     cols = lf.collect_schema().names()
     named = "pod" in cols
-    by_name = check_query(endpoint, named)
+    # A library caller names a fleet's pods by its manifest's keys; the command line's words are who's, as ever.
+    by_name = check_query(endpoint, named, names_from=Said("a node's pods and services in the fleet's manifest "
+                                                           "(kubectl JSON dumps)", NAMES_FROM.command_line))
     if by_name:
         cond = pl.lit(False)
         bare = "/" not in endpoint

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -223,6 +223,55 @@ def test_manifest_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.err
     assert re.match(rf"natproof: error: {re.escape(str(tmp_path))}/{problem}", captured.err), captured.err
     assert not (tmp_path / "out").exists()  # nothing started
+    # The manifest's own words, to a library caller as to the command line.
+    with pytest.raises(natproof.InputError) as exc:
+        load_manifest(path)
+    assert f"natproof: error: {exc.value}\n" == f"natproof: error: {exc.value.for_command_line()}\n" == captured.err
+
+
+def fleet_folder(folder: Path) -> Path:
+    """A folder as natproof fleet writes it, of nodes a and b, whose table has no pod names."""
+    out = folder / "out"
+    out.mkdir()
+    (out / "fleet.json").write_text(json.dumps({"schema": "natproof.fleet/1", "nodes": [{"name": "a"},
+                                                                                       {"name": "b"}]}))
+    pl.DataFrame({"node": ["a"], "conn": [0]}).write_parquet(out / "fleet.parquet")
+    return out
+
+
+NOT_NAMED = ("'default/pod1' is not ADDR:PORT ('default/pod1' is not an IP address, and there is no port; e.g. "
+             "203.0.113.5:38472 or [2001:db8::1]:443); a pod or Service name needs ")
+
+
+@pytest.mark.parametrize(("call", "command", "library", "command_line"), [
+    (lambda manifest, out: run_fleet(manifest, out / "new", scheduler="nope://x"),
+     ["fleet", "{manifest}", "-o", "{out}/new", "--scheduler", "nope://x"],
+     "scheduler='nope://x': cannot reach a Dask scheduler there: ", "--scheduler nope://x: cannot reach a Dask "
+                                                                    "scheduler there: "),
+    (lambda manifest, out: fleet_who(out, "203.0.113.2:1", node="c"), ["fleet-who", "203.0.113.2:1", "{out}", "--node",
+                                                                        "c"],
+     "node='c': no such node in {out} (nodes: a, b)", "--node c: no such node in {out} (nodes: a, b)"),
+    # fleet-who's --clock is a choice, refused before fleet_who runs.
+    (lambda manifest, out: fleet_who(out, "203.0.113.2:1", clock="uplink"), None,
+     "clock='uplink': inside or outside", "--clock uplink: inside or outside"),
+    (lambda manifest, out: fleet_who(out, "default/pod1"), ["fleet-who", "default/pod1", "{out}"],
+     f"{NOT_NAMED}a node's pods and services in the fleet's manifest (kubectl JSON dumps)",
+     f"{NOT_NAMED}--pods and --services (kubectl JSON dumps)"),
+])
+def test_a_library_caller_is_told_run_fleets_and_fleet_whos_keywords(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], call: Callable[[Path, Path], object],
+        command: list[str] | None, library: str, command_line: str) -> None:
+    """run_fleet(scheduler=) and fleet_who(node=, clock=) name their keywords to a Python caller, who has no
+    --scheduler, --node or --clock, and a pod's name the manifest's keys; natproof fleet and fleet-who print the
+    same errors with their options, as they always have."""
+    manifest, out = write_manifest(tmp_path, {"udp": NODES["udp"]}), fleet_folder(tmp_path)
+    with pytest.raises(natproof.InputError) as exc:
+        call(manifest, out)
+    assert str(exc.value).startswith(library.format(out=out)) and "--" not in str(exc.value)
+    assert exc.value.for_command_line().startswith(command_line.format(out=out))
+    if command is not None:
+        assert main([a.format(manifest=manifest, out=out) for a in command]) == 2
+        assert capsys.readouterr().err == f"natproof: error: {exc.value.for_command_line()}\n"
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
