@@ -234,8 +234,13 @@ def _gateway(where: str, base: Path, raw: Any) -> GatewaySpec:
         for g in gateways:
             parse_nat_gateway(g, where=f"{where}: {label} nat_gateways: {g!r}")
     fmt = raw.get("flow_log_format")
+    # The flow log's --log-format: AWS's option (aws ec2 create-flow-logs), as the manifest user gave it there.
     if fmt is not None and (not isinstance(fmt, str) or not fmt.strip()):
         raise InputError(f"{where}: {label} flow_log_format: the flow log's --log-format, not {fmt!r}")
+    if fmt is not None:
+        from natproof.flowlogs import parse_format
+
+        parse_format(fmt, where=f"{where}: {label} flow_log_format")
     return GatewaySpec(flow_logs=logs, nat_gateways=gateways, flow_log_format=fmt)
 
 

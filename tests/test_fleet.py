@@ -206,6 +206,10 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
      r"fleet\.toml: \[gateway\]: unknown key 'flow_log' \(the gateway takes flow_logs, "),
     ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\nnat_gateways = ["10.0.1.1=x"]\n',
      r"fleet\.toml: \[gateway\] nat_gateways: '10\.0\.1\.1=x': 'x' is not an IP address"),
+    # Refused with the manifest's key before any node runs (it named --flow-log-format, after every node had run).
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\n'
+     'flow_log_format = "${version} ${srcadr}"\n',
+     r"fleet\.toml: \[gateway\] flow_log_format: unknown field 'srcadr' \(fields: version, account-id, "),
     ('[[node]]\nname = "a"\n', r"fleet\.toml: \[\[node\]\] #1 \(a\): no capture: give inside and outside"),
     ('[node]\nname = "a"\n', r"fleet\.toml: node: write each node as a \[\[node\]\] table"),
     ("nodes = 3\n", r"fleet\.toml: unknown key 'nodes' at the top"),
