@@ -124,7 +124,7 @@ class Grading:
             try:
                 exp, _ = expectations_from_dict(_fill(dict(e.table), values), spot, known=EXPECT_KEYS)
             except InputError as exc:  # verify's own checks of a value (an address) do not say where it was
-                raise exc if str(exc).startswith(spot) else InputError(f"{spot}: {exc}") from None
+                raise exc if str(exc).startswith(spot) else exc.reworded(f"{spot}: ") from None
             if exp.is_empty():  # port_preserved = false, min_connections = 0: points for nothing
                 raise InputError(f"{spot}: checks nothing (port_preserved = false and min_connections = 0 check "
                                  "nothing)")

@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from natproof.errors import InputError
+from natproof.errors import OPTIONS, InputError, Said
 from natproof.lookup import parse_endpoint
 from natproof.networks import parse_networks
 from natproof.report.table import format_address
@@ -199,7 +199,9 @@ def expectations_from_dict(doc: dict[str, Any], where: str, known: tuple[str, ..
         if key in doc and (not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool))):
             raise InputError(f"{where}: {key} must be {word}")
     if doc.get("min_connections", 1) < 1:
-        raise InputError(f"{where}: min_connections must be 1 or more (as --min-connections)")
+        # The file's key to both audiences; the command line is also told that its option refuses 0 alike.
+        raise InputError(f"{where}: min_connections must be 1 or more",
+                         Said("", f" (as {OPTIONS['min_connections']})"))
     exp = Expectations(
         snat_ip=doc.get("snat_ip"),
         all_verdict=_verdict(doc["all"], where) if "all" in doc else None,

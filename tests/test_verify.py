@@ -89,11 +89,25 @@ def test_bad_expectations_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"x.toml: not a TOML expectations file: not UTF-8 text$"):
         load_expectations(f)
     f.write_text("min_connections = -3\n")
-    with pytest.raises(InputError, match=r"x.toml: min_connections must be 1 or more"):
+    with pytest.raises(InputError, match=r"x.toml: min_connections must be 1 or more$"):
         load_expectations(f)
     f.write_text('pod_cidr = "bad"\nall = "translated"\n')
     with pytest.raises(InputError, match=r"x.toml: pod_cidr 'bad' is not a CIDR"):
         load_expectations(f)
+
+
+def test_min_connections_of_0_is_said_to_each_in_its_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file's key to both; the command line is told its --min-connections refuses 0 alike, a library caller
+    (who has no such option) is not."""
+    f = tmp_path / "e.toml"
+    f.write_text("min_connections = 0\n")
+    with pytest.raises(InputError) as exc:
+        load_expectations(f)
+    assert str(exc.value) == f"{f}: min_connections must be 1 or more"
+    assert exc.value.for_command_line() == f"{f}: min_connections must be 1 or more (as --min-connections)"
+    code, out, err = run(capsys, "verify", *pair("port-collision"), "--expectations", str(f))
+    assert (code, out, err) == (2, "", f"natproof: error: {f}: min_connections must be 1 or more (as "
+                                       "--min-connections)\n")
 
 
 def test_an_expectations_file_that_asks_for_nothing_says_so(tmp_path: Path,
