@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Callable
 from itertools import takewhile
 from pathlib import Path
 
@@ -118,6 +119,52 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
     hop = pickle.loads(pickle.dumps(exc.value.reworded("hop 0: ")))
     assert str(hop).startswith(f"hop 0: {a} and {b} do not overlap")
     assert hop.for_command_line().startswith("hop 0: ") and hop.for_command_line().endswith("(OUTSIDE minus INSIDE)")
+
+
+def _library_errors(result: natproof.Result, tmp_path: Path) -> list[tuple[Callable[[], object], str, str]]:
+    """Calls of natproof's other public functions that fail, and the start of each wording of their error."""
+    from natproof.explain import explain
+    from natproof.fleet import fleet_who
+    from natproof.flowlogs import parse_format, parse_nat_gateway
+    from natproof.lookup import who
+    from natproof.proof import select_connections
+    from natproof.verify import expectations_from_dict
+
+    return [
+        (lambda: explain(result, [0, 9]), "conns[1]=9: no such connection", "--conn 9: no such connection"),
+        (lambda: explain(result, [0], frame=99), "frame=99: no packet", "--frame 99: no packet"),
+        (lambda: select_connections(result, verdicts=["lost"]), "verdicts[0]='lost': not a verdict",
+         "--verdict lost: not a verdict"),
+        (lambda: select_connections(result, finding=["7"]), "finding[0]='7': no such finding",
+         "--finding 7: no such finding"),
+        (lambda: who(result, "203.0.113.2:1", at="noon"), "at='noon': not a time", "--at noon: not a time"),
+        (lambda: who(result, "web"), "'web' is not ADDR:PORT", "'web' is not ADDR:PORT"),
+        (lambda: fleet_who(tmp_path, "203.0.113.2:1", clock="uplink"), "clock='uplink': inside or outside",
+         "--clock uplink: inside or outside"),
+        (lambda: parse_nat_gateway("10.0.0.220="), "parse_nat_gateway('10.0.0.220='): no public address",
+         "--nat-gateway '10.0.0.220=': no public address"),
+        (lambda: parse_format("${version} ${srcadr}"), "fields: unknown field 'srcadr'",
+         "--flow-log-format: unknown field 'srcadr'"),
+        (lambda: expectations_from_dict({"min_connections": 0}, "e.toml"), "e.toml: min_connections must be 1 or more",
+         "e.toml: min_connections must be 1 or more (as --min-connections)"),
+    ]
+
+
+def test_every_library_error_keeps_both_wordings_across_a_process_boundary(pair: tuple[Path, Path],
+                                                                           tmp_path: Path) -> None:
+    """Beyond correlate: the other public functions' errors tell a library caller their keywords and the command
+    line its options, and keep both when pickled (a worker's error: a process pool, Dask in natproof fleet)."""
+    result = natproof.correlate(*pair)
+    for call, library, command_line in _library_errors(result, tmp_path):
+        with pytest.raises(natproof.InputError) as exc:
+            call()
+        assert str(exc.value).startswith(library) and exc.value.for_command_line().startswith(command_line)
+        sent = pickle.loads(pickle.dumps(exc.value))
+        assert type(sent) is natproof.InputError
+        assert (str(sent), sent.for_command_line()) == (str(exc.value), exc.value.for_command_line())
+        where = pickle.loads(pickle.dumps(exc.value.reworded("node-a: ")))
+        assert (str(where), where.for_command_line()) == (f"node-a: {exc.value}",
+                                                          f"node-a: {exc.value.for_command_line()}")
 
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
