@@ -745,7 +745,8 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
         kernel_record = read_conntrack(record)
         if not quiet:
             warn_record(kernel_record)
-        answer = who_kernel(kernel_record, endpoint, at, window, pod_networks=nets, services=services_from(obj))
+        answer = who_kernel(kernel_record, endpoint, at, window, pod_networks=nets, services=services_from(obj),
+                            names=names_from(obj))
     else:
         result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
         answer = run_who(result, endpoint, at, window, clock)

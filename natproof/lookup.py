@@ -7,7 +7,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -17,6 +17,9 @@ from natproof.errors import InputError, Said, setting
 from natproof.kernel import Network, kernel_connections
 from natproof.report.table import format_address
 from natproof.result import Result, connection_dict
+
+if TYPE_CHECKING:
+    from natproof.names import Names
 
 
 @dataclass(frozen=True)
@@ -273,15 +276,20 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
 
 
 def who_kernel(record: ConntrackRecord, endpoint: str, at: str | None = None, window_s: float = 1.0, *,
-               pod_networks: Sequence[Network] = (), services: Services | None = None) -> Answer:
+               pod_networks: Sequence[Network] = (), services: Services | None = None,
+               names: Names | None = None) -> Answer:
     """``who`` from the kernel's conntrack record alone, with no capture (natproof.kernel.kernel_connections): the
     entries whose original or reply tuple has ADDR:PORT, live at ``at`` (from the first event of the entry to its
     DESTROY, else its last event; the stamps are the event listener's clock, the node's). Entries of a listing
-    carry no time: with ``at`` they are left out. Times are on the node's clock (``clock`` "node")."""
+    carry no time: with ``at`` they are left out. Times are on the node's clock (``clock`` "node"). With ``names``
+    (natproof.names.load_names: kubectl dumps), the entries are named as a result's connections are, and
+    ``endpoint`` may be a pod's or Service's name."""
     conns = kernel_connections(record, pod_networks=pod_networks, services=services)
+    if names is not None:
+        conns = names.name_connections(conns)[0]
     if at is not None:
         conns = conns.filter(pl.col("first_ts_ns").is_not_null())
-    return _answer(conns, endpoint, at, window_s, "node", 0, record.first_ts_ns)
+    return _answer(conns, endpoint, at, window_s, "node", 0, record.first_ts_ns, named=names is not None)
 
 
 def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: float, clock: str, offset_ns: int,

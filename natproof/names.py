@@ -284,9 +284,16 @@ class Names:
         return names._apply(result, tuple(found))
 
     def _apply(self, result: Result, comment_sources: tuple[dict[str, Any], ...]) -> Result:
-        """Name every connection at once (joins on address, not a look-up per row: 100k connections in well under
-        a second); the same answers as pod_at and service per row."""
-        conns = result.connections
+        """``result`` with its connections named (name_connections) and ``names`` its summary."""
+        named_conns, summary = self.name_connections(result.connections, comment_sources)
+        return dataclasses.replace(result, connections=named_conns, names=summary)
+
+    def name_connections(self, conns: pl.DataFrame, comment_sources: tuple[dict[str, Any], ...] = (),
+                         ) -> tuple[pl.DataFrame, dict[str, Any]]:
+        """Connections (CONNECTION_SCHEMA rows: a Result's, or the kernel record's alone,
+        natproof.kernel.kernel_connections) with NAME_SCHEMA's columns, and the document's ``names`` summary
+        (sources, pods, services, ambiguous). Every connection at once (joins on address, not a look-up per row:
+        100k connections in well under a second); the same answers as pod_at and service per row."""
         base = conns.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "conn", "initiator",
                             "first_ts_ns", "proto", "inside_src", "inside_dst", "service_type", "service_ip",
                             "service_port", "backend_ip")
@@ -318,7 +325,7 @@ class Names:
                            "connections": sorted(set(ids))}
                           for (a, c), ids in sorted(ambiguous.items(), key=lambda kv: min(kv[1]))],
         }
-        return dataclasses.replace(result, connections=named_conns, names=summary)
+        return named_conns, summary
 
     @cached_property
     def _pod_table(self) -> pl.DataFrame:

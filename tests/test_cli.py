@@ -752,6 +752,27 @@ def test_who_with_a_conntrack_event_log_and_no_capture(capsys: pytest.CaptureFix
                                  "with --nat-gateway (see 'natproof who --help')\n")
 
 
+def test_who_from_the_kernel_record_alone_names_pods_and_finds_one_by_name(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by a helper's trial: with --conntrack and no capture, --pods named nothing and a pod's name was
+    # refused as "needs --pods and --services" although they were given.
+    d = CAPTURES / "port-collision"
+    code, out, err = run(capsys, "who", "203.0.113.2:53585", "--conntrack", str(d / "conntrack.log"), "--pods",
+                         str(d / "pods.json"), "--format", "json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert [c["ends"]["pod"]["name"] for c in doc["connections"]] == ["default/pod2"]
+    code, out, err = run(capsys, "who", "pod2", "--conntrack", str(d / "conntrack.log"), "--pods",
+                         str(d / "pods.json"), "--format", "json")
+    assert (code, err) == (0, "")
+    named = json.loads(out)["connections"]
+    captured = json.loads(run(capsys, "who", "pod2", str(d / "inside.pcap"), str(d / "outside.pcap"), "--pods",
+                              str(d / "pods.json"), "--format", "json")[1])["connections"]
+    # The record alone names the same connections the captures do (the kernel's tuples, the captures' pod).
+    assert named and [c["ends"]["pod"]["address"] + f":{c['ends']['pod']['port']}" for c in named] == [
+        c["ends"]["pod"]["address"] + f":{c['ends']['pod']['port']}" for c in captured]
+
+
 def test_one_capture_with_conntrack(capsys: pytest.CaptureFixture[str]) -> None:
     d = CAPTURES / "nodeport"
     code, out, err = run(capsys, "correlate", str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"),
