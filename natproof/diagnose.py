@@ -190,7 +190,8 @@ def diagnose(result: Result) -> list[Finding]:
     problems = any(f.severity != "info" for f in findings)  # path MTU discovery at work is no problem
     findings += _kernel_gaps(result, [r for r in every if r["kernel_reason"] in ("not_recorded",
                                                                                "record_starts_after",
-                                                                               "record_ends_before")])
+                                                                               "record_ends_before")],
+                             judged=len(every))
     excluded = [r for r in routed if r["inside_src"] in translated_srcs]
     excluded_conns = {r["conn"] for r in excluded}
     findings += _routed(result, [r for r in routed if r["conn"] not in excluded_conns])
@@ -1732,16 +1733,47 @@ def _kernel_contradicts(result: Result, rows: list[dict[str, Any]]) -> list[Find
         data={"record": path, "lines": [r["kernel_line"] for r in rows]})]
 
 
-def _kernel_gaps(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+def _utc(ns: int) -> str:
+    """A time (ns since the epoch) as ISO-8601 UTC to the millisecond, without the zone's letter."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+def _kernel_gaps(result: Result, rows: list[dict[str, Any]], judged: int) -> list[Finding]:
     """Connections that crossed the node but are missing from an event log (kernel_reason not_recorded,
-    record_starts_after, record_ends_before): a gap in the record, not a NAT failure."""
+    record_starts_after, record_ends_before): a gap in the record, not a NAT failure. When every one of the
+    ``judged`` connections of two captures lies before or after the log's events, the log is of another time (or
+    node): a warning, kernel_record_other_time, saying so with both spans (a helper's trial: a record of 06:06 given
+    with captures of 09:26 read as "misses some connections")."""
     if not rows:
         return []
-    path = result.conntrack.path if result.conntrack is not None else "the conntrack record"
+    record = result.conntrack
+    path = record.path if record is not None else "the conntrack record"
     why = Counter(r["kernel_reason"] for r in rows)
+    outside_events = set(why) <= {"record_starts_after", "record_ends_before"}
+    # (With one capture, partial_overlap already says it, with the capture's span and the record's.)
+    two_captures = "none" not in (result.inside.format, result.outside.format)
+    if (outside_events and two_captures and len(rows) == judged and record is not None
+            and record.first_ts_ns is not None and record.last_ts_ns is not None):
+        first = min(r["first_ts_ns"] for r in rows)
+        last = max(r["last_ts_ns"] for r in rows)
+        return [Finding(
+            "kernel_record_other_time", "warning", "The conntrack record is of another time",
+            f"None of the {judged} connection(s) falls within the events of {path} ({_utc(record.first_ts_ns)} - "
+            f"{_utc(record.last_ts_ns)} UTC, the node's clock), the captures' are {_utc(first)} - {_utc(last)} UTC: "
+            "the record says nothing of them, and every mapping rests on the packets alone.",
+            "Give the record taken on this node while the captures ran (`conntrack -E -o timestamp,extended`, "
+            "started before the traffic and stopped after), or check the node's clock against the captures'.",
+            connections=tuple(r["conn"] for r in rows),
+            evidence=(f"{path}: events {_utc(record.first_ts_ns)} - {_utc(record.last_ts_ns)} UTC",
+                      f"connections {_utc(first)} - {_utc(last)} UTC"),
+            data=dict(why) | {"record_first_ts": record.first_ts_ns / 1e9, "record_last_ts": record.last_ts_ns / 1e9,
+                              "connections_first_ts": first / 1e9, "connections_last_ts": last / 1e9})]
     evidence = [f"{_conn_label(r)} ({r['verdict']}): {r['kernel_reason']}" for r in rows[:20]]
     return [Finding(
-        "kernel_record_gaps", "info", "The conntrack record misses some connections",
+        "kernel_record_gaps", "info", "The conntrack record misses "
+        + ("every connection" if len(rows) == judged else "some connections"),
         f"{len(rows)} connection(s) have no entry in {path}: "
         + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in why.items())
         + ". Their mappings rest on the packets alone.",

@@ -443,8 +443,8 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     entry's (flow_rows), except that an egress connection whose entry saw a reply while the pod capture holds none
     is reply_dropped. A pod-side leg with no entry: internal when its destination is in the pod networks, else
     not_forwarded, kernel absent with the reason the record allows (other_capture_off when the record does not
-    cover its time: then nothing is known of the node's side). A leg on the uplink with no entry is the node's
-    own traffic (or untracked): not a connection.
+    cover its time: then nothing is known of the node's side, and a leg the far end answered is not_captured). A
+    leg on the uplink with no entry is the node's own traffic (or untracked): not a connection.
 
     A flow mapped anew after its entry expired while it idled is one connection, as with two captures
     (docs/model.md): conntrack tracks an original tuple as one entry at a time, so legs of the side after the NAT
@@ -591,11 +591,16 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
     else:
         reason = pl.lit("snapshot_after_expiry")
     uncovered = reason.is_in(["record_starts_after", "record_ends_before"])
+    # Out of the record's sight, a leg the far end answered crossed the NAT where nothing shows it: not_captured
+    # (the verdict two captures give a flow the other capture missed), never not_forwarded beside its replies (a
+    # helper's trial: a record of another hour made three answered connections not_forwarded).
     return legs.with_columns(to_pod.alias("_to_pod")).select(
         pl.col("conn_id").alias("leg"), "proto", "first_ts_ns", "last_ts_ns",
         *[pl.col(f).alias(f"{p}_{f}") for p in ("inside", "orig") for f in ("src", "sport", "dst", "dport")],
         pl.lit("inside").alias("initiator"),
-        pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("not_forwarded")).alias("verdict"),
+        pl.when(pl.col("_to_pod")).then(pl.lit("internal"))
+        .when(uncovered & (pl.col("reply_packets") > 0)).then(pl.lit("not_captured"))
+        .otherwise(pl.lit("not_forwarded")).alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
         pl.col("egress_packets").alias("egress_inside"), pl.col("reply_packets").alias("reply_inside"),
         pl.col("icmp_error_packets").alias("icmp_errors_inside"), packets.alias("fate_inside_only"),

@@ -145,6 +145,41 @@ def test_event_log_started_late(tmp_path: Path) -> None:
     assert gaps and gaps[0].severity == "info" and gaps[0].connections == (0,)
 
 
+def _events_a_day_later(name: str, path: Path) -> Path:
+    """``name``'s event lines (its listing left out: untimed, a listing matches at any time) a day later."""
+    day = 86400
+    shifted = [re.sub(r"^\[(\d+)\.", lambda m: f"[{int(m.group(1)) + day}.", line)
+               for line in _lines(name) if line.startswith("[")]
+    path.write_text("\n".join(shifted) + "\n")
+    return path
+
+
+def test_an_event_log_of_another_day_is_said_to_be_of_another_time(tmp_path: Path) -> None:
+    # A helper's trial: every connection outside the log's events read as an info finding that the record
+    # "misses some connections". Two captures: a warning naming both spans; the packets' verdicts stand.
+    result = _correlate("port-collision", _events_a_day_later("port-collision", tmp_path / "nextday.log"))
+    assert set(result.connections["kernel_reason"]) == {"record_starts_after"}
+    assert set(result.connections["verdict"]) == {"translated"}
+    kinds = {f.kind: f for f in diagnose(result)}
+    other = kinds["kernel_record_other_time"]
+    assert other.severity == "warning" and other.connections == (0, 1)
+    assert "2026-11-25T06:06:02.432" in other.summary and "2026-11-24T06:06:02.757" in other.summary
+    assert "kernel_record_gaps" not in kinds and "healthy" in kinds  # the NAT worked; the record is elsewhere
+
+
+def test_one_capture_with_a_record_of_another_time_keeps_answered_connections_from_not_forwarded(
+        tmp_path: Path) -> None:
+    # A helper's trial: the pod side alone with another hour's record made connections the far end answered (5
+    # replies each) not_forwarded. Out of the record's sight they crossed unseen: not_captured, flag
+    # other_capture_off; one without a reply stays not_forwarded, as two captures would say.
+    record = _events_a_day_later("forward-drop", tmp_path / "nextday.log")
+    result = natproof.correlate(CAPTURES / "forward-drop" / "inside.pcap", conntrack=record)
+    rows = result.connections.select("verdict", "reply_inside", "kernel_reason").rows()
+    assert rows == [("not_forwarded", 0, "record_starts_after"), ("not_captured", 5, "record_starts_after"),
+                    ("not_captured", 5, "record_starts_after")]
+    assert result.connections["other_capture_off"].all()
+
+
 def test_missing_leg_is_filled_from_the_kernel() -> None:
     # clusterip-local: the DNAT happens as the frame is bridged; the endpoint's leg is in neither capture. The
     # kernel's entry names the endpoint it chose.
