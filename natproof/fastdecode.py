@@ -731,7 +731,10 @@ class _ChunkDecoder:
             ip = _ip_layer(hdr, cap[rows] - starts, v == 4)
         is4, frag, proto, l4, doff, typ = ip.is4, ip.frag & ~refer, ip.proto, ip.l4, ip.doff, ip.typ
         tcp, echo, req, seg, ip_len, hl = ip.tcp, ip.echo, ip.req, ip.seg, ip.ip_len, ip.hl
-        fast = (tcp | ip.udp | echo) & ~refer
+        # An IP length past the frame's length on the wire (captured bytes and those a snaplen cut) is malformed:
+        # the reference decoder's to count (natproof.decode.decode).
+        overlong = ip_len > ch.wire_len[rows] - starts
+        fast = (tcp | ip.udp | echo) & ~refer & ~overlong
         self._count_vxlan_like(ch, rows, starts, ip, fast if underlay is None else fast & underlay.is_null().to_numpy())
 
         fast_rows = rows[fast]
@@ -740,7 +743,7 @@ class _ChunkDecoder:
         # Rows the reference decoder would only count (neighbour discovery, MLD, IGMP): counted here instead.
         skip_other = np.zeros(n, dtype=bool)
         skip_icmp = np.zeros(n, dtype=bool)
-        plain = ~fast & ~frag & ~refer
+        plain = ~fast & ~frag & ~refer & ~overlong
         if underlay is not None:
             plain &= underlay.is_null().to_numpy()
         if (at := np.nonzero(plain)[0]).size:

@@ -916,6 +916,28 @@ def test_a_file_cut_short_or_a_malformed_frame_is_said_not_blamed_on_the_node(tm
     assert "the inside file has 1 frame(s) skipped as malformed, which may be among them" in missed.summary
 
 
+@pytest.mark.parametrize("decoder", ["fast", "dpkt"])
+def test_an_ip_length_past_the_frame_is_a_malformed_frame_not_a_lost_packet(tmp_path: Path, decoder: str) -> None:
+    # A new user's trial: an inside frame of 74 bytes on the wire whose IPv4 total length says 65535 was read as
+    # a packet (its payload length 65k), matched nothing, and diagnose said it "never left the node". No packet
+    # is longer than its frame: both decoders count it malformed.
+    import struct
+
+    src = CAPTURES / "basic"
+    data = bytearray((src / "inside.pcap").read_bytes())
+    whole = correlate(src / "inside.pcap", src / "outside.pcap")
+    egress = whole.inside_packets.filter(pl.col("is_egress") & (pl.col("fate") == "crossed"))["frame_no"][3]
+    at, caplen = _records(bytes(data))[egress - 1]
+    frame = at + 16
+    assert data[frame + 12:frame + 14] == b"\x08\x00" and caplen < 1500  # Ethernet, IPv4
+    struct.pack_into(">H", data, frame + 14 + 2, 65535)
+    (tmp_path / "long.pcap").write_bytes(bytes(data))
+    one = correlate(tmp_path / "long.pcap", src / "outside.pcap", decoder=decoder)
+    assert one.inside.skipped.get("malformed") == 1
+    kinds = {f.kind for f in diagnose(one)}
+    assert "dropped_mid_connection" not in kinds and "capture_missed_packets" in kinds
+
+
 def test_a_pcapng_file_cut_short_is_said_too(tmp_path: Path) -> None:
     """The pcapng form of the test above: a block whose length runs past the end of the file is worded 'block
     length past the end of the file ...: the file is damaged or cut short' (it was 'last block truncated'), and
