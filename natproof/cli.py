@@ -890,7 +890,10 @@ def _path_table(i: int, path: natproof.flowlogs.who.Path) -> Table:
     from rich import box
     from rich.table import Table
 
-    who = "" if path.pod is None else f", pod {format_address(path.pod['address'], path.pod['port'])}"
+    pod = path.pod or {}
+    named = pod.get("name") or (" | ".join(pod["name_candidates"]) if pod.get("name_candidates") else None)
+    who = "" if path.pod is None else (f", pod {format_address(pod['address'], pod['port'])}"
+                                       + (f" {named}" if named else ""))
     node = "" if path.node is None else f": node {format_address(path.node['address'], path.node['port'])}"
     table = Table(title=f"path {i}{node}{who} ({path.evidence})", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
