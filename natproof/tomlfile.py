@@ -23,7 +23,9 @@ def read_toml(path: str | os.PathLike[str], what: str, *, noun: str = "file") ->
     except OSError as exc:
         raise InputError(f"{where}: cannot read it: {exc.strerror}") from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        # A byte-order mark first (Windows editors save UTF-8 so) is no TOML statement; it is taken off rather than
+        # read as "Invalid statement (at line 1, column 1)" (a new user's trial, a fleet manifest).
+        return tomllib.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise InputError(f"{where}: not {what}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:

@@ -88,6 +88,9 @@ def test_bad_expectations_files(tmp_path: Path) -> None:
     f.write_bytes(b"\xff\xfe garbage")
     with pytest.raises(InputError, match=r"x.toml: not a TOML expectations file: not UTF-8 text$"):
         load_expectations(f)
+    f.write_bytes('\ufeffall = "translatd"\n'.encode())  # a byte-order mark first (Notepad's UTF-8): read past
+    with pytest.raises(InputError, match="unknown verdict 'translatd'"):
+        load_expectations(f)
     f.write_text("min_connections = -3\n")
     with pytest.raises(InputError, match=r"x.toml: min_connections must be 1 or more$"):
         load_expectations(f)
