@@ -159,11 +159,30 @@ def test_several_files_and_a_directory_keep_one_copy_of_each_record(tmp_path: Pa
     (f"{HEADER}\n{ACCEPTED.replace(' 20641 ', ' x ')}\n".encode(), r"\(1 bad number\)"),
     (b"\x1f\x8b\x08\x00garbage", "damaged gzip file"),
     (b"PAR1 not really", "not a readable Parquet file"),
+    # Records, none of traffic: counted as what they are, and nothing to summarise or join.
+    (f"{HEADER}\n{NODATA}\n{NODATA}\n".encode(),
+     r"no record of traffic: its 2 record\(s\) are 2 NODATA \(no traffic on the interface in their interval\)$"),
+    (f"{SKIPDATA}\n".encode(), r"no record of traffic: its 1 record\(s\) are 1 SKIPDATA \(flows the flow log skipped"),
+    (f"{NODATA}\n{SKIPDATA}\n".encode(), r"its 2 record\(s\) are 1 NODATA \(.*\), 1 SKIPDATA \("),
 ])
-def test_a_file_with_nothing_usable_is_one_error_naming_it(tmp_path: Path, content: bytes, problem: str) -> None:
+def test_a_file_with_nothing_usable_is_one_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           content: bytes, problem: str) -> None:
     path = write(tmp_path, "input.log", content)
     with pytest.raises(InputError, match=rf"^{path}: .*{problem}"):
         read_flow_logs(path)
+    assert main(["flowlog", str(path), "--format", "json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"natproof: error: {path}: ")
+
+
+def test_a_file_of_no_traffic_beside_one_with_traffic_is_counted_not_refused(tmp_path: Path) -> None:
+    """An S3 folder holds a file per interval: one of a quiet interval (NODATA only) is a flow log like the others."""
+    folder = tmp_path / "AWSLogs"
+    folder.mkdir()
+    write(folder, "quiet.log", f"{HEADER}\n{NODATA}\n")
+    write(folder, "busy.log", f"{HEADER}\n{ACCEPTED}\n")
+    log = read_flow_logs(folder)
+    assert (log.passed_over, log.nodata, log.flows().height) == ((), 1, 1)
 
 
 def test_missing_file_and_unknown_format_field(tmp_path: Path) -> None:

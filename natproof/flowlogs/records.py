@@ -283,10 +283,10 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     (S3 delivery), else from ``fields`` (the flow log's ``--log-format``, a string or a sequence of names), else the
     default format when its lines have 14 fields. Lines that do not parse are counted by reason in
     ``FlowLogFile.skipped``, never an error. Raises InputError (one line, naming the file) for a missing or
-    unreadable file, a file in which no line is a record, and a file whose fields cannot be known.
+    unreadable file, a file in which no line is a record, and a file whose fields cannot be known; and (naming the
+    paths given) for records of which none is of traffic (only NODATA or SKIPDATA): nothing to join or count.
     """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     given = parse_format(fields) if isinstance(fields, str) else (tuple(fields) if fields else None)
     if given is not None:
         given = parse_format(" ".join(given))
@@ -318,15 +318,30 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     said = {"passed_over": tuple(map(str, passed)),
             "passed_over_command_line": tuple(exc.for_command_line() for exc in passed)}
     if len(frames) == 1:
-        return FlowLog(records=frames[0], files=tuple(summaries), **said)
-    records = _conform(pl.concat(frames, how="diagonal_relaxed"))
-    # One record per interface, flow and interval: the same record read twice (a file given twice, or its text and
-    # Parquet deliveries) would double every count. Keep one, the one with the pkt-* fields when there is a choice.
-    key = ["interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "start_s", "end_s", "packets",
-           "bytes", "log_status"]
-    unique = (records.with_row_index("_row").sort(pl.col("pkt_dstaddr").is_null(), "_row")
-              .unique(subset=key, keep="first", maintain_order=True).sort("_row").drop("_row"))
-    return FlowLog(records=unique, files=tuple(summaries), duplicates=records.height - unique.height, **said)
+        log = FlowLog(records=frames[0], files=tuple(summaries), **said)
+    else:
+        records = _conform(pl.concat(frames, how="diagonal_relaxed"))
+        # One record per interface, flow and interval: the same record read twice (a file given twice, or its text
+        # and Parquet deliveries) would double every count. Keep one, the one with the pkt-* fields when there is a
+        # choice.
+        key = ["interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "start_s", "end_s", "packets",
+               "bytes", "log_status"]
+        unique = (records.with_row_index("_row").sort(pl.col("pkt_dstaddr").is_null(), "_row")
+                  .unique(subset=key, keep="first", maintain_order=True).sort("_row").drop("_row"))
+        log = FlowLog(records=unique, files=tuple(summaries), duplicates=records.height - unique.height, **said)
+    if log.flows().is_empty():
+        # Records, but none of traffic: nothing to summarise, join or count ports of.
+        raise InputError(f"{', '.join(map(os.fspath, paths))}: {_no_traffic(log)}")
+    return log
+
+
+def _no_traffic(log: FlowLog) -> str:
+    """Why a flow log holds no record of traffic (FlowLog.flows() empty), from its records' log-status."""
+    n, nodata, skipdata = log.records.height, log.nodata, log.skipdata
+    parts = [f"{nodata} NODATA (no traffic on the interface in their interval)" if nodata else "",
+             f"{skipdata} SKIPDATA (flows the flow log skipped for want of capacity)" if skipdata else "",
+             f"{n - nodata - skipdata} without a source address" if n - nodata - skipdata else ""]
+    return f"no record of traffic: its {n} record(s) are {', '.join(p for p in parts if p)}"
 
 
 def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | None = None
