@@ -841,8 +841,12 @@ def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flow
 
     addr, port = parse_endpoint(endpoint)
     peer_at = None if peer is None else _parse_peer(peer)
-    first = flowlog.records["start_s"].min()
-    at_ns = None if at is None else parse_time(at, None if first is None else int(first) * 10**9)  # type: ignore[arg-type]
+    if at is not None:
+        from natproof.flowlogs.gateway import require_times
+
+        require_times(flowlog)  # before a time of day looks for the records' date
+    first = flowlog.records.select(pl.coalesce("start_s", "end_s").min()).item()
+    at_ns = None if at is None else parse_time(at, None if first is None else int(first) * 10**9)
     answer = who_via_gateway(flowlog, gateways, addr, port, at_ns=at_ns, window_s=window, peer=peer_at,
                              result=result, conntrack=conntrack or ())
     if as_json:
@@ -1307,8 +1311,8 @@ def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object,
         files.add_row(f["path"], f["format"], f"{len(f['fields'])} from {f['fields_from']}", str(f["lines"]),
                       str(f["records"]), str(f["nodata"]), str(f["skipdata"]), skipped)
     _print_whole(files)
-    span = "-" if summary["first_start"] is None else (f"{_iso(summary['first_start'] * 10**9)} to "
-                                                       f"{_iso(summary['last_end'] * 10**9)}")
+    span = "no record has a start or end time" if summary["first_start"] is None else (
+        f"{_iso(summary['first_start'] * 10**9)} to {_iso((summary['last_end'] or summary['first_start']) * 10**9)}")
     dupes = f" ({summary['duplicates']} more read twice, kept once)" if summary["duplicates"] else ""
     click.echo(f"{summary['records']} records{dupes}, {summary['flows']} with traffic, {summary['nodata']} NODATA, "
                f"{summary['skipdata']} SKIPDATA; {span}")
@@ -1330,7 +1334,8 @@ def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object,
                   ("gateway address", "proto", "destination", "ports", "connections", "peak", "of limit"))
         for g in groups.head(limit).iter_rows(named=True):
             t.add_row(g["gateway_address"], g["proto"], format_address(g["dst"], g["dport"]), str(g["ports"]),
-                      str(g["connections"]), str(g["peak"]), f"{g['share']:.3%}")
+                      str(g["connections"]), "-" if g["peak"] is None else str(g["peak"]),
+                      "-" if g["share"] is None else f"{g['share']:.3%}")
         _print_whole(t)
     for f in usage.findings():  # type: ignore[attr-defined]
         click.echo(f"[{f.severity.upper()}] {f.title}\n  {f.summary}\n  fix: {f.fix}")

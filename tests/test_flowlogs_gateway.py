@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -247,3 +248,88 @@ def test_join_needs_a_gateway_and_the_tuple_columns(tmp_path: Path) -> None:
                              [NatGateway("10.9.9.9", "198.51.100.99")]).row(0, named=True)
     assert other["evidence"] == EVIDENCE_NONE
     assert "no record carries a given NAT gateway's private address" in other["why"]
+
+
+def undated(tmp_path: Path, form: str, lines: list[str]) -> FlowLog:
+    """``lines`` (FORMAT) as a flow log whose records carry no time: a format without start and end, '-' for both,
+    or a Parquet delivery without their columns."""
+    names = FORMAT.split()
+    keep = [i for i, n in enumerate(names) if n not in ("start", "end")]
+    if form == "dash":
+        return flowlog(tmp_path, [" ".join("-" if names[i] in ("start", "end") else v
+                                           for i, v in enumerate(line.split())) for line in lines])
+    text = flowlog(tmp_path, [" ".join(line.split()[i] for i in keep) for line in lines],
+                   fields=" ".join(names[i] for i in keep))
+    if form == "text":
+        return text
+    path = tmp_path / "nat.parquet"
+    text.records.select([n.replace("-", "_") for i, n in enumerate(names) if i in keep]).write_parquet(path)
+    return read_flow_logs(path)
+
+
+UNDATED = ["text", "dash", "parquet"]
+
+
+@pytest.mark.parametrize("form", UNDATED)
+def test_records_without_times_are_joined_at_any_time(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      form: str) -> None:
+    """A format without start and end (or '-' in them) is AWS's to allow: the join and the walk back need no time,
+    so they take the records at any time and say so; the counts still tell the flows apart."""
+    log = undated(tmp_path, form, [*nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443, back=(4, 3000)),
+                                   *nat_flow("10.0.1.6", 40000, 1025, "203.0.113.5", 443, back=(4, 5000))])
+    assert not log.dated() and log.summary()["first_start"] is None
+    a, b = join(log, ("tcp", "10.0.1.5", 40000, "203.0.113.5", 443, T0 * NS),
+                ("tcp", "10.0.1.6", 40000, "203.0.113.5", 443, T0 * NS))
+    assert (a["evidence"], a["gateway_sport"], b["evidence"], b["gateway_sport"]) == (
+        EVIDENCE_UNIQUE, 40000, EVIDENCE_UNIQUE, 1025)
+    assert "at any time (its records carry no start or end time)" in b["why"] and b["ruled_out"] == 1
+    (flow,) = trace_public(log, [GW], GW.public, 1025).to_dicts()  # type: ignore[arg-type]
+    assert flow["evidence"] == EVIDENCE_UNIQUE and [n["src"] for n in flow["nodes"]] == ["10.0.1.6"]
+    assert "at any time (this flow's records carry no start or end time)" in flow["why"]
+    # Port use: the ports are counted, how many were live at once is not known.
+    from natproof.flowlogs import port_usage
+
+    usage = port_usage(log, [GW])
+    assert usage.groups.select("ports", "connections", "peak", "share").rows() == [(2, 2, None, None)]
+    assert usage.series.is_empty() and usage.findings() == [] and usage.t0_s is None
+    assert any("no start or end time" in n for n in usage.notes)
+    path = log.files[0].path
+    assert main(["flowlog", path, "--nat-gateway", str(GW), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "no record has a start or end time" in out and "not how many were live at once" in out
+
+
+@pytest.mark.parametrize("form", UNDATED)
+def test_a_time_asked_of_records_without_times_is_refused_in_one_line(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      form: str) -> None:
+    """A gateway reuses a port over time: a record with no time cannot answer 'who had it at T'. Asked anyway,
+    natproof says the records have no time (never 'no record within 1 s', never a traceback)."""
+    log = undated(tmp_path, form, nat_flow("10.0.1.5", 40000, 1025, "203.0.113.5", 443))
+    path = log.files[0].path
+    tail = ": no record has a start or end time (its format has no start and end fields, or they read '-'): "
+    with pytest.raises(InputError) as exc:
+        trace_public(log, [GW], GW.public, 1025, at_ns=T0 * NS)  # type: ignore[arg-type]
+    assert str(exc.value).startswith(f"{path}{tail}at_ns cannot be placed among them")
+    assert exc.value.for_command_line().startswith(f"{path}{tail}--at cannot be placed among them")
+    for at in ("12:00:00", str(T0)):
+        assert main(["who", f"{GW.public}:1025", "--at", at, "--flow-log", path, "--nat-gateway", str(GW)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"natproof: error: {exc.value.for_command_line()}\n"
+    assert main(["who", f"{GW.public}:1025", "--flow-log", path, "--nat-gateway", str(GW), "--format", "json"]) == 0
+    (p,) = json.loads(capsys.readouterr().out)["paths"]
+    assert p["node"] == {"address": "10.0.1.5", "port": 40000}
+
+
+def test_a_port_whose_records_have_no_time_is_named_when_a_time_is_asked(tmp_path: Path) -> None:
+    """Some records dated, the asked port's not: the missing link says why the time asked cannot reach it."""
+    from natproof.flowlogs.who import who_via_gateway
+
+    dated = nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443)
+    untimed = [" ".join("-" if i in (8, 9) else v for i, v in enumerate(line.split()))
+               for line in nat_flow("10.0.1.6", 40001, 1025, "203.0.113.5", 443)]
+    log = flowlog(tmp_path, [*dated, *untimed])
+    answer = who_via_gateway(log, [GW], GW.public, 1025, at_ns=T0 * NS)
+    (m,) = answer.missing
+    assert not answer.found and "1 use(s) of the port have records without a start or end time" in m.why
+    assert who_via_gateway(log, [GW], GW.public, 1025).found

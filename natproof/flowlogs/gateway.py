@@ -199,18 +199,23 @@ def gateway_interfaces(flowlog: FlowLog, gateways: Sequence[NatGateway]) -> pl.D
 
 
 def _flows(flowlog: FlowLog) -> pl.DataFrame:
-    """OK records with the columns the join reads; a format without interface-id puts every record on "-"."""
+    """OK records with the columns the join reads; a format without interface-id puts every record on "-". A record
+    with one of start and end takes it for both; one with neither (a format without them, or '-') is *undated*:
+    null start_s and end_s, which no time rules out (see _overlaps)."""
     f = flowlog.flows()
     return f.select(
         pl.col("interface_id").fill_null("-"), "srcaddr", "dstaddr", "srcport", "dstport", "protocol",
-        pl.col("packets").fill_null(0), pl.col("bytes").fill_null(0), "start_s", "end_s", "pkt_srcaddr",
-        "pkt_dstaddr", (pl.col("file") + ":" + pl.col("line_no").cast(pl.String)).alias("where"),
+        pl.col("packets").fill_null(0), pl.col("bytes").fill_null(0),
+        pl.coalesce("start_s", "end_s").alias("start_s"), pl.coalesce("end_s", "start_s").alias("end_s"),
+        "pkt_srcaddr", "pkt_dstaddr", (pl.col("file") + ":" + pl.col("line_no").cast(pl.String)).alias("where"),
     )
 
 
-def _overlaps(lo: pl.Expr, hi: pl.Expr) -> pl.Expr:
-    """A record or use whose [start_s, end_s] meets [lo, hi] (null bounds: no limit)."""
-    return (lo.is_null() | (pl.col("end_s") >= lo)) & (hi.is_null() | (pl.col("start_s") <= hi))
+def _overlaps(lo: pl.Expr, hi: pl.Expr, *, undated: bool = True) -> pl.Expr:
+    """A record or use whose [start_s, end_s] meets [lo, hi] (null bounds: no limit). An undated one (null start_s
+    and end_s) meets every window with ``undated``, none without."""
+    dated = (lo.is_null() | (pl.col("end_s") >= lo)) & (hi.is_null() | (pl.col("start_s") <= hi))
+    return pl.when(pl.col("start_s").is_null()).then(pl.lit(undated) | (lo.is_null() & hi.is_null())).otherwise(dated)
 
 
 def _uses(records: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -218,7 +223,9 @@ def _uses(records: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     bytes, start_s, end_s and the records (file:line)."""
     # Sorted by tuple and time, a use starts where the tuple changes or after a gap: one pass, no window function.
     same = pl.all_horizontal(pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys)
-    new = ~same.fill_null(False) | ((pl.col("start_s") - pl.col("end_s").shift(1)) > IDLE_TIMEOUT_S).fill_null(True)
+    # An undated record (null start_s, sorted first) never starts a use by itself: without times, a tuple's records
+    # cannot be told into uses, and are taken for one.
+    new = ~same.fill_null(False) | ((pl.col("start_s") - pl.col("end_s").shift(1)) > IDLE_TIMEOUT_S).fill_null(False)
     return (records.sort(*keys, "start_s").with_columns(new.cum_sum().alias("_use"))
             .group_by("_use", maintain_order=True)
             .agg(*(pl.col(k).first() for k in keys), pl.col("packets").sum(), pl.col("bytes").sum(),
@@ -226,11 +233,16 @@ def _uses(records: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
             .drop("_use"))
 
 
+def _meets(a_start: str, a_end: str, b_start: str, b_end: str) -> pl.Expr:
+    """Two spans of time that overlap, or one of them undated (null): time does not rule them apart."""
+    return ((pl.col(b_end) >= pl.col(a_start)) & (pl.col(b_start) <= pl.col(a_end))).fill_null(True)
+
+
 def _with_replies(out: pl.DataFrame, back: pl.DataFrame, on: list[str], extra: pl.Expr | None = None) -> pl.DataFrame:
     """Each use of ``out`` with the counts of its reply use(s) in ``back`` (joined on ``on``, overlapping in time)."""
     back = back.rename({"packets": "reply_packets", "bytes": "reply_bytes", "start_s": "_rs", "end_s": "_re",
                         "records": "reply_records"})
-    cond = (pl.col("_re") >= pl.col("start_s")) & (pl.col("_rs") <= pl.col("end_s"))
+    cond = _meets("start_s", "end_s", "_rs", "_re")
     if extra is not None:
         cond = cond & extra
     matched = (out.with_row_index("_row").join(back, on=on, how="inner").filter(cond)
@@ -335,9 +347,10 @@ def _same_counts(a: str = "", b: str = "p_") -> pl.Expr:
 
 
 def _close_in_time(slack_s: int, a: str = "", b: str = "p_") -> pl.Expr:
-    """Two uses of the same packets: their starts and ends each within ``slack_s`` (each record may lag)."""
+    """Two uses of the same packets: their starts and ends each within ``slack_s`` (each record may lag). An undated
+    use (null times) is close to any: time does not rule it out."""
     return (((pl.col(f"{a}start_s") - pl.col(f"{b}start_s")).abs() <= slack_s)
-            & ((pl.col(f"{a}end_s") - pl.col(f"{b}end_s")).abs() <= slack_s))
+            & ((pl.col(f"{a}end_s") - pl.col(f"{b}end_s")).abs() <= slack_s)).fill_null(True)
 
 
 _PUBLIC_COLS = ["interface_id", "gateway_private", "gateway_public", "gateway_address", "sport", "packets", "bytes",
@@ -394,8 +407,8 @@ def join_nat_gateway(node_tuples: pl.DataFrame, flowlog: FlowLog, gateways: Sequ
                        right_on=["p_interface_id", "p_protocol", "p_dst", "p_dport", "p_packets", "p_bytes"])
              # the gateway's copy of the packets is no earlier than the node's first packet: in the node's window too
              .filter(_same_counts() & _close_in_time(slack)
-                     & (pl.col("lo").is_null() | (pl.col("p_end_s") >= pl.col("lo")))
-                     & (pl.col("hi").is_null() | (pl.col("p_start_s") <= pl.col("hi")))))
+                     & (pl.col("lo").is_null() | (pl.col("p_end_s") >= pl.col("lo"))).fill_null(True)
+                     & (pl.col("hi").is_null() | (pl.col("p_start_s") <= pl.col("hi"))).fill_null(True)))
     cands = cands.with_columns(pl.col("interface_id").alias("p_interface_id"), pl.col("packets").alias("p_packets"),
                                pl.col("bytes").alias("p_bytes"))
     cand = pl.struct(*(pl.col(f"p_{c}").alias(c) for c in _PUBLIC_COLS[:-1]),
@@ -436,6 +449,9 @@ def _count_overlapping(public: pl.DataFrame, n: pl.DataFrame) -> pl.DataFrame:
     lo = pl.col("lo").fill_null(-(2**62))
     hi = pl.col("hi").fill_null(2**62)
     q = n.select("node_tuple", *keys, lo.alias("lo"), hi.alias("hi"))
+    # Undated uses (no start or end) are in every window: counted per destination, beside the dated ones.
+    undated = public.filter(pl.col("start_s").is_null()).group_by(keys).len("undated")
+    public = public.filter(pl.col("start_s").is_not_null())
     starts = (public.select(*keys, "start_s").sort(*keys, "start_s")
               .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(keys).alias("started")))
     ends = (public.select(*keys, "end_s").sort(*keys, "end_s")
@@ -444,9 +460,11 @@ def _count_overlapping(public: pl.DataFrame, n: pl.DataFrame) -> pl.DataFrame:
                                       check_sortedness=False)
     b = q.with_columns((pl.col("lo") - 1).alias("before")).sort(*keys, "before").join_asof(
         ends, left_on="before", right_on="end_s", by=keys, strategy="backward", check_sortedness=False)
-    return (a.select("node_tuple", pl.col("started").fill_null(0))
+    return (a.select("node_tuple", *keys, pl.col("started").fill_null(0))
             .join(b.select("node_tuple", pl.col("ended").fill_null(0)), on="node_tuple")
-            .select("node_tuple", (pl.col("started") - pl.col("ended")).clip(0).alias("in_window")))
+            .join(undated, on=keys, how="left", nulls_equal=True)
+            .select("node_tuple", ((pl.col("started") - pl.col("ended")).clip(0)
+                                   + pl.col("undated").fill_null(0)).alias("in_window")))
 
 
 def _evidence_expr(candidates: pl.Expr) -> pl.Expr:
@@ -469,9 +487,12 @@ def _why_expr(gw_ifaces: list[str], lag_s: float, tolerance_s: float) -> pl.Expr
                       "interface, or --nat-gateway names another gateway")
     tup = pl.format("{} {} -> {}", pl.col("proto"), _address_expr("src", "sport"), _address_expr("dst", "dport"))
     target = _address_expr("dst", "dport")
-    span = pl.when(pl.col("first_ts_ns").is_null()).then(pl.lit("at any time")).otherwise(pl.lit(
-        f"between {tolerance_s:g} s before its first packet and {lag_s + tolerance_s:g} s after its last"))
     ns = pl.col("node_side")
+    span = (pl.when(pl.col("first_ts_ns").is_null()).then(pl.lit("at any time"))
+            .when(ns.is_not_null() & ns.struct.field("start_s").is_null())
+            .then(pl.lit("at any time (its records carry no start or end time)"))
+            .otherwise(pl.lit(f"between {tolerance_s:g} s before its first packet and {lag_s + tolerance_s:g} s after "
+                              "its last")))
     counts = pl.format("({} packets/{} bytes out, {}/{} back)", ns.struct.field("packets"), ns.struct.field("bytes"),
                        ns.struct.field("reply_packets").fill_null(0), ns.struct.field("reply_bytes").fill_null(0))
     ruled = pl.when(pl.col("ruled_out") > 0).then(
@@ -500,6 +521,25 @@ def _why_expr(gw_ifaces: list[str], lag_s: float, tolerance_s: float) -> pl.Expr
 
 # ---------------------------------------------------------------------------------- from the public tuple
 
+ASKED_TIME = Said("at_ns", "--at")
+"""A time asked about (trace_public's and who_via_gateway's ``at_ns``, who's --at)."""
+
+
+def require_times(flowlog: FlowLog) -> None:
+    """InputError (naming the files) when no record of traffic has a start or end time: a time asked about cannot be
+    placed among them (a port is reused over time). Records without times are otherwise joined at any time."""
+    if not flowlog.dated():
+        raise InputError(f"{flowlog.named()}: no record has a start or end time (its format has no start and end "
+                         "fields, or they read '-'): ", ASKED_TIME, " cannot be placed among them; leave it out to "
+                         "take the port's records at any time")
+
+
+def undated_uses(flowlog: FlowLog, gateway: NatGateway, port: int) -> int:
+    """Uses of ``gateway``'s ``port`` whose records have no start or end time: no time asked about can reach them."""
+    public = gateway_sides(flowlog, [gateway]).public
+    return public.filter((pl.col("gateway_address") == gateway.private) & (pl.col("sport") == port)
+                         & pl.col("start_s").is_null()).height
+
 
 def trace_public(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str, port: int, *,
                  at_ns: int | None = None, window_s: float = 60.0, peer: tuple[str, int | None] | None = None,
@@ -507,7 +547,8 @@ def trace_public(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str,
     """From a gateway's public (or private) address and port, as an abuse report names it, to the node tuple(s).
 
     Finds the uses of that gateway port (within ``window_s`` of ``at_ns`` when given, widened by ``lag_s`` after
-    and ``tolerance_s`` both ways; to ``peer`` = (address, port or None) when given), then for each the uses of
+    and ``tolerance_s`` both ways: a use whose records have no start or end time is then left out, see undated_uses;
+    without ``at_ns`` every use; to ``peer`` = (address, port or None) when given), then for each the uses of
     node tuples on the same interface to the same destination whose counts equal its own in each direction and
     whose times are within the records' lag (the same rule as join_nat_gateway, run backwards).
 
@@ -515,19 +556,22 @@ def trace_public(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str,
     proto, dst, dport, packets, bytes, reply_packets, reply_bytes, start_s, end_s, records, then ``evidence``,
     ``candidates``, ``why`` and ``nodes`` (list of struct: src, sport, packets, bytes, reply_packets, reply_bytes,
     start_s, end_s, records) and ``others`` (node tuples to the destination near it that the counts rule out).
-    Raises InputError when ``address`` is none of the gateways' addresses.
+    Raises InputError when ``address`` is none of the gateways' addresses, and with ``at_ns`` when no record has a
+    time (require_times).
     """
     gw = [g for g in gateways if address in (g.private, g.public)]
     if not gw:
         known = ", ".join(str(g) for g in gateways) or "none given"
         raise InputError(f"{address} is not a given NAT gateway's address (", GIVE_GATEWAYS, f"; given: {known})")
+    if at_ns is not None:
+        require_times(flowlog)
     sides = gateway_sides(flowlog, gateways)
     lo = hi = None
     if at_ns is not None:
         lo = at_ns // 10**9 - int(window_s + tolerance_s) - 1
         hi = at_ns // 10**9 + int(window_s + lag_s + tolerance_s) + 1
     pub = sides.public.filter(pl.col("gateway_address").is_in([g.private for g in gw]) & (pl.col("sport") == port)
-                              & _overlaps(pl.lit(lo, pl.Int64), pl.lit(hi, pl.Int64)))
+                              & _overlaps(pl.lit(lo, pl.Int64), pl.lit(hi, pl.Int64), undated=False))
     if peer is not None:
         pub = pub.filter(pl.col("dst") == peer[0])
         if peer[1] is not None:
@@ -575,17 +619,20 @@ def _explain_public(p: dict[str, Any], good: list[dict[str, Any]], others: list[
     from natproof.report.table import format_address
 
     target = format_address(p["dst"], p["dport"])
+    near = (f"within {slack_s:g} s" if p["start_s"] is not None
+            else "at any time (this flow's records carry no start or end time)")
     if not good and not others:
-        why = (f"no private-side record to {target} on the gateway's interface within {slack_s:g} s of this flow: "
+        of_it = " of this flow" if p["start_s"] is not None else ""
+        why = (f"no private-side record to {target} on the gateway's interface {near}{of_it}: "
                "the node side was not logged (a flow log filtered to REJECT, or of another interface)")
     elif not good:
         why = (f"{len(others)} private-side flow(s) to {target} near it, none with its counts ({p['packets']} "
                f"packets/{p['bytes']} bytes out, {p['reply_packets'] or 0}/{p['reply_bytes'] or 0} back)")
     elif len(good) == 1:
-        why = (f"the only private-side flow to {target} within {slack_s:g} s with its counts"
+        why = (f"the only private-side flow to {target} {near} with its counts"
                + (f"; {len(others)} other(s) ruled out by their counts" if others else ""))
     else:
         nodes = ", ".join(format_address(g["src"], g["sport"]) for g in good)
-        why = (f"{len(good)} private-side flows to {target} within {slack_s:g} s have its counts ({nodes}): the "
+        why = (f"{len(good)} private-side flows to {target} {near} have its counts ({nodes}): the "
                "records cannot tell which node sent it")
     return evidence_level(len(good)), why

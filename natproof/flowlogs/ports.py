@@ -57,7 +57,8 @@ class PortUsage:
     groups: pl.DataFrame
     """One row per (gateway_address, proto, dst, dport), busiest first: gateway_public, interface_id, ports (distinct
     gateway ports seen), connections (port uses, split at IDLE_TIMEOUT_S of silence), peak (ports live at once),
-    peak_start_s (Unix seconds the peak began), limit, share (peak / limit), label."""
+    peak_start_s (Unix seconds the peak began), limit, share (peak / limit), label. peak, peak_start_s and share are
+    null for a destination none of whose uses has a time (records without start and end: see ``notes``)."""
     series: pl.DataFrame
     """The MAX_GROUPS busiest groups over time: rank, label, GROUP_KEYS, ts_s (Unix seconds), t_s (seconds since the
     first public-side record), delta (+1 a port taken, -1 freed), concurrent (live after the event)."""
@@ -123,10 +124,17 @@ def port_usage(flowlog: FlowLog, gateways: Sequence[NatGateway] = (), *, hold_s:
         pl.col("protocol").replace_strict(PROTOCOLS, default=None, return_dtype=pl.String)
         .fill_null(pl.col("protocol").cast(pl.String)).alias("proto"),
         "dst", "dport", "sport", "start_s", (pl.col("end_s") + hold_s).alias("end_s"))
+    # A use without start or end (a format without them, or '-') holds a port at no known time: counted among the
+    # ports and connections, never in how many were live at once.
+    dated = conns.filter(pl.col("start_s").is_not_null())
+    if undated := conns.height - dated.height:
+        notes.append(f"gateway port uses whose records have no start or end time: {undated:,} of {conns.height:,}; "
+                     + ("ports live at once are counted from the others" if dated.height else
+                        "ports are counted per destination, not how many were live at once"))
     events = pl.concat([
-        conns.select(*GROUP_KEYS, pl.col("start_s").alias("ts_s"), pl.lit(1, pl.Int32).alias("delta")),
+        dated.select(*GROUP_KEYS, pl.col("start_s").alias("ts_s"), pl.lit(1, pl.Int32).alias("delta")),
         # a port is live through its end second; it is free the second after
-        conns.select(*GROUP_KEYS, (pl.col("end_s") + 1).alias("ts_s"), pl.lit(-1, pl.Int32).alias("delta")),
+        dated.select(*GROUP_KEYS, (pl.col("end_s") + 1).alias("ts_s"), pl.lit(-1, pl.Int32).alias("delta")),
     ]).sort(*GROUP_KEYS, "ts_s", "delta")
     events = events.with_columns(pl.col("delta").cum_sum().over(GROUP_KEYS).alias("concurrent"))
     peaks = (events.sort("concurrent", "ts_s", descending=[True, False]).group_by(GROUP_KEYS, maintain_order=True)
@@ -135,17 +143,20 @@ def port_usage(flowlog: FlowLog, gateways: Sequence[NatGateway] = (), *, hold_s:
     groups = (conns.group_by(GROUP_KEYS).agg(pl.col("gateway_public").first(), pl.col("interface_id").first(),
                                              pl.col("sport").n_unique().cast(pl.UInt32).alias("ports"),
                                              pl.len().cast(pl.UInt32).alias("connections"))
-              .join(peaks, on=GROUP_KEYS)
+              .join(peaks, on=GROUP_KEYS, how="left")
               .with_columns(pl.col("peak").cast(pl.UInt32), pl.lit(limit, pl.UInt32).alias("limit"),
                             (pl.col("peak") / limit).alias("share"))
-              .sort(["peak", "connections", *GROUP_KEYS], descending=[True, True, False, False, False, False]))
+              .sort(["peak", "connections", *GROUP_KEYS], descending=[True, True, False, False, False, False],
+                    nulls_last=True))
     groups = groups.with_columns(pl.struct(*GROUP_KEYS, "gateway_public").map_elements(
         lambda g: (f"{g['proto']} {g['gateway_address']}" + (f" ({g['gateway_public']})" if g["gateway_public"] else "")
                    + f" → {format_address(g['dst'], g['dport'])}"),
         return_dtype=pl.String).alias("label")).select(_GROUP_SCHEMA.keys())
-    t0 = int(conns["start_s"].min())  # type: ignore[arg-type]
-    top = groups.head(MAX_GROUPS).with_row_index("rank").select("rank", "label", *GROUP_KEYS)
-    series = (events.join(top, on=list(GROUP_KEYS)).with_columns((pl.col("ts_s") - t0).alias("t_s"))
+    first = dated["start_s"].min()
+    t0 = None if first is None else int(first)  # type: ignore[arg-type]
+    top = (groups.filter(pl.col("peak").is_not_null()).head(MAX_GROUPS).with_row_index("rank")
+           .select("rank", "label", *GROUP_KEYS))
+    series = (events.join(top, on=list(GROUP_KEYS)).with_columns((pl.col("ts_s") - (t0 or 0)).alias("t_s"))
               .sort("rank", "ts_s").select(_SERIES_SCHEMA.keys()))
     return PortUsage(groups.cast(_GROUP_SCHEMA), series.cast(_SERIES_SCHEMA), limit, t0, tuple(notes))  # type: ignore[arg-type]
 
@@ -173,7 +184,7 @@ def port_usage_chart(usage: PortUsage):  # type: ignore[no-untyped-def]
     df = usage.series
     if df.is_empty():
         return None
-    groups = usage.groups.head(MAX_GROUPS)
+    groups = usage.groups.filter(pl.col("peak").is_not_null()).head(MAX_GROUPS)  # the series' groups, by rank
     peak = int(groups["peak"].max())  # type: ignore[arg-type]
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
     with _style():

@@ -214,6 +214,15 @@ class FlowLog:
         """passed_over as the command line says it (as NatproofError.for_command_line says an error)."""
         return self.passed_over if self.passed_over_command_line is None else self.passed_over_command_line
 
+    def named(self) -> str:
+        """The files read, for a message: ``a.log``, ``a.log, b.log``, ``a.log, b.log, c.log and 7 more``."""
+        paths = [f.path for f in self.files]
+        return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+    def dated(self) -> bool:
+        """Whether any record of traffic has a start or end time (a format may lack them; a record may read '-')."""
+        return bool(self.flows().select(pl.coalesce("start_s", "end_s").is_not_null().any()).item())
+
     def flows(self) -> pl.DataFrame:
         """The records that describe traffic: log-status OK (or absent from the format) and a source address."""
         status = pl.col("log_status")

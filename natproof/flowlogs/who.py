@@ -22,6 +22,7 @@ from natproof.flowlogs.gateway import (
     TOLERANCE_S,
     NatGateway,
     trace_public,
+    undated_uses,
 )
 from natproof.flowlogs.records import FlowLog
 from natproof.report.table import format_address
@@ -149,8 +150,12 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
     if flows.is_empty():
         span = "" if at_ns is None else f" within {window_s:g} s of the time asked (records may lag 60 s)"
         to = "" if peer is None else f" to {format_address(peer[0], peer[1])}"
+        undated = 0 if at_ns is None else undated_uses(flowlog, gw, port)
+        untimed = (f"; {undated} use(s) of the port have records without a start or end time, which no time asked "
+                   "can reach (leave out --at to take them)" if undated else "")
         missing = Missing("far end -> NAT gateway",
-                          f"no public-side record from {gw.private}:{port}{to} on the gateway's interface{span}",
+                          f"no public-side record from {format_address(gw.private, port)}{to} on the gateway's "
+                          f"interface{span}{untimed}",
                           "the flow log of the NAT gateway's network interface for that time (all of it: S3 files "
                           "are per 5 minutes); check --nat-gateway, --at and --window")
         return GatewayAnswer(query, at_ns, window_s, gw, (), flows, (missing,))
@@ -235,21 +240,30 @@ def _conntrack_entries(lines: Sequence[str]) -> list[tuple[int, Any]]:
 def _pods_from_conntrack(entries: list[tuple[str, int, Any]], node: dict[str, Any], flow: dict[str, Any],
                          lag_s: float, tolerance_s: float) -> list[tuple[str, int, Any]]:
     """Conntrack entries whose translated tuple (the reply reversed) is the node tuple to the flow's destination,
-    one per connection (its first line), within the records' time when the entry carries one."""
-    lo, hi = node["start_s"] - lag_s - tolerance_s - 1, node["end_s"] + tolerance_s + 1
+    one per connection (its first line), within the records' time when the entry and the records carry one."""
+    lo, hi = _span(node, lag_s, tolerance_s)
     out, seen = [], set()
     for name, no, e in entries:
         r = e.reply
         if (e.proto, r.dst, r.dport, r.src, r.sport) != (flow["proto"], node["src"], node["sport"], flow["dst"],
                                                           flow["dport"]):
             continue
-        if e.ts is not None and not lo <= e.ts <= hi:
+        if e.ts is not None and lo is not None and not lo <= e.ts <= hi:
             continue
         key = (name, e.original.src, e.original.sport)
         if key not in seen:
             seen.add(key)
             out.append((name, no, e))
     return out
+
+
+def _span(node: dict[str, Any], lag_s: float, tolerance_s: float, offset_s: float = 0.0
+          ) -> tuple[float, float] | tuple[None, None]:
+    """When the node side's packets may have been, on a clock ``offset_s`` ahead of the records' (their start/end
+    lag the packets by up to ``lag_s``); (None, None) for records without a start or end time: any time."""
+    if node["start_s"] is None:
+        return None, None
+    return node["start_s"] - lag_s - tolerance_s - 1 - offset_s, node["end_s"] + tolerance_s + 1 - offset_s
 
 
 def _pods_for(result: Any, node: dict[str, Any], flow: dict[str, Any], lag_s: float,
@@ -259,15 +273,14 @@ def _pods_for(result: Any, node: dict[str, Any], flow: dict[str, Any], lag_s: fl
     from natproof.lookup import who
 
     answer = who(result, format_address(node["src"], node["sport"]))
-    lo = (node["start_s"] - lag_s - tolerance_s - 1) - result.clock_offset_s
-    hi = (node["end_s"] + tolerance_s + 1) - result.clock_offset_s
+    lo, hi = _span(node, lag_s, tolerance_s, result.clock_offset_s)
     out = []
     for c in answer.connections:
         t = c.get("translated")
         if t is None or (t["src"], t["sport"], t["dst"], t["dport"]) != (node["src"], node["sport"], flow["dst"],
                                                                          flow["dport"]):
             continue
-        if c["last_seen"] < lo or c["first_seen"] > hi:
+        if lo is not None and (c["last_seen"] < lo or c["first_seen"] > hi):
             continue
         out.append(c)
     return out
