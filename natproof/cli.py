@@ -705,6 +705,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
                                    "captures with those options")
         return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
                           window, fmt, quiet)
+    from natproof.conntrack import read_conntrack
     from natproof.lookup import check_query, parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
@@ -725,8 +726,13 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
         if addr is not None and any(addr in (g.private, g.public) for g in gateways):
             result = None if inside is None else run_correlate(inside, outside, pod_cidr, clock_offset,
                                                                tolerance, quiet, decoder)
-            who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json,
-                        [(record, _read_lines(record))] if record else [])
+            kernel = []
+            if record is not None:  # read and checked as correlate reads it (and did, with the captures)
+                kernel = [result.conntrack if result is not None and result.conntrack is not None
+                          else read_conntrack(record)]
+                if result is None and not quiet:
+                    warn_record(kernel[0])
+            who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json, kernel)
             return
     if inside is None:
         if record is None and flow_logs:
@@ -738,7 +744,6 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
             raise click.UsageError("give INSIDE and OUTSIDE captures, or neither and --conntrack FILE (a conntrack "
                                    "event log) to answer from the kernel's record alone, or --flow-log with "
                                    "--nat-gateway")
-        from natproof.conntrack import read_conntrack
         from natproof.networks import parse_networks
 
         nets = parse_networks(pod_cidr) if pod_cidr else ()
@@ -832,7 +837,7 @@ def read_flow_log_inputs(flow_logs: tuple[str, ...], nat_gateways: tuple[str, ..
 
 def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flowlogs.NatGateway], endpoint: str,
                 at: str | None, window: float, peer: str | None, result: natproof.Result | None,
-                as_json: bool, conntrack: list[tuple[str, list[str]]] | None = None) -> None:
+                as_json: bool, conntrack: list[ConntrackRecord] | None = None) -> None:
     """who on a NAT gateway's public tuple: print the paths to nodes (and pods), exit 1 when none reaches a node."""
     import polars as pl
 
@@ -868,14 +873,6 @@ def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flow
                 click.echo(f"  missing link {m.link}: {m.why}; close with: {m.close_with}")
     if not answer.found:
         raise SystemExit(ExitStatus.FAILED)
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read().splitlines()
-    except OSError as exc:
-        raise NatproofError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _parse_peer(text: str) -> tuple[str, int | None]:
@@ -1235,7 +1232,11 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
     if result_json:
         tuples.append(_node_tuples_from_json(result_json))
     if conntrack_file:
-        tuples.append(node_tuples_from_conntrack(_read_lines(conntrack_file), source=conntrack_file))
+        from natproof.conntrack import read_conntrack
+
+        record = read_conntrack(conntrack_file)  # read and checked as correlate and who --conntrack read it
+        warn_record(record)
+        tuples.append(node_tuples_from_conntrack(record))
     joined = None
     if tuples:
         if not gateways:

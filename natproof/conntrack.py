@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import ipaddress
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,10 +218,18 @@ def read_conntrack(path: str | os.PathLike[str]) -> ConntrackRecord:
             data = fh.read()
     except OSError as exc:
         raise InputError(f"{name}: cannot read the conntrack record: {exc.strerror or exc}") from None
+    return parse_conntrack(data, name)
+
+
+def parse_conntrack(data: bytes | str, name: str = "conntrack") -> ConntrackRecord:
+    """A conntrack record already in memory (a file's bytes, or text such as lines joined by newlines), read as
+    read_conntrack reads a file, with its checks; ``name`` stands for the file in the record and its errors."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{name}: not a readable gzip file ({exc})") from None
     head = data[:4096].lstrip()
     if head.startswith((b"<?xml", b"<conntrack", b"<flow")):

@@ -3,6 +3,7 @@ conntrack record, who from the gateway's public tuple to the pod, and the record
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -228,3 +229,57 @@ def test_no_candidate_for_a_node_tuple_that_never_reached_the_gateway() -> None:
     log = read("custom.log")
     (j,) = join_nat_gateway(node_tuples([("tcp", "10.0.1.10", 1, "198.51.100.10", 80)]), log, [gateway()]).to_dicts()
     assert j["evidence"] == EVIDENCE_NONE and j["why"].startswith("no record of tcp 10.0.1.10:1")
+
+
+BAD_CONNTRACK = {
+    "garbage": bytes(range(256)) * 4,
+    "empty": b"",
+    "plain text": b"this is not a conntrack record\n",
+    "an XML DOCTYPE": b'<?xml version="1.0"?>\n<!DOCTYPE conntrack [<!ENTITY a "b">]>\n<conntrack>&a;</conntrack>\n',
+    "a truncated gzip file": gzip.compress((CASE / "conntrack.log").read_bytes())[:60],
+}
+
+
+@pytest.mark.parametrize("kind", [*BAD_CONNTRACK, "/dev/null"])
+def test_a_bad_conntrack_record_is_refused_alike_with_a_flow_log(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 kind: str) -> None:
+    """flowlog --conntrack and who --flow-log --conntrack read the node's record as correlate and who --conntrack
+    do, with their checks: one line and exit 2, not an empty join and 'no conntrack record of node ... given'."""
+    if kind == "/dev/null":
+        path = "/dev/null"
+    else:
+        (tmp_path / "ct.log").write_bytes(BAD_CONNTRACK[kind])
+        path = str(tmp_path / "ct.log")
+    assert main(["who", "10.0.1.10:39264", "--conntrack", path]) == 2
+    refused = capsys.readouterr().err
+    assert refused.startswith(f"natproof: error: {path}: ") and refused.count("\n") == 1
+    public = next(f"{c['outside']['src']}:{c['outside']['sport']}" for c in gateway_truth() if c["proto"] == "tcp")
+    flow_log = ["--flow-log", str(FLOWLOGS / "custom.log"), "--nat-gateway", str(gateway())]
+    for args in (["flowlog", str(FLOWLOGS / "custom.log"), "--nat-gateway", str(gateway()), "--conntrack", path],
+                 ["who", public, *flow_log, "--conntrack", path]):
+        assert main([*args, "--format", "json"]) == 2
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", refused)
+
+
+def test_the_library_reads_a_conntrack_record_as_a_file_of_it() -> None:
+    """node_tuples_from_conntrack and who_via_gateway take a record, a path or lines alike, refused alike."""
+    from natproof.conntrack import read_conntrack
+
+    path = CASE / "conntrack.log"
+    lines = path.read_text().splitlines()
+    by_record = node_tuples_from_conntrack(read_conntrack(path))
+    assert by_record.drop("source").equals(node_tuples_from_conntrack(lines).drop("source"))
+    assert by_record.equals(node_tuples_from_conntrack(str(path)))
+    assert by_record["source"][0].startswith(f"{path} line ")
+    with pytest.raises(natproof.InputError, match=r"^node1: no conntrack entry in 1 line\(s\)"):
+        node_tuples_from_conntrack(["not a conntrack line"], "node1")
+    c = next(c for c in gateway_truth() if c["proto"] == "tcp" and c["inside"]["src"] == "10.0.1.10")
+    log = read("custom.log")
+    for record in ((str(path), lines), read_conntrack(path), str(path)):
+        answer = who_via_gateway(log, [gateway()], c["outside"]["src"], c["outside"]["sport"], conntrack=[record])
+        (p,) = answer.paths
+        assert p.hops[-1].evidence == "kernel record" and p.pod["port"] == c["inside"]["sport"]
+        assert p.hops[-1].source.startswith(f"{path}:")
+    with pytest.raises(natproof.InputError, match=r"^node1: empty file"):
+        who_via_gateway(log, [gateway()], c["outside"]["src"], c["outside"]["sport"], conntrack=[("node1", [])])

@@ -30,14 +30,18 @@ private-side record does not name its destination at all, only its destination p
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from natproof.errors import OPTIONS, InputError, Said
 from natproof.flowlogs.records import PROTOCOLS, FlowLog
+
+if TYPE_CHECKING:
+    from natproof.conntrack import ConntrackRecord
 
 LAG_S = 60
 """AWS: a record's start and end are "up to 60 seconds after the packet was transmitted or received"."""
@@ -140,38 +144,50 @@ def node_tuples_from_result(result: Any) -> pl.DataFrame:
     return node_tuples(rows)
 
 
-def node_tuples_from_conntrack(lines: Iterable[str], source: str = "conntrack") -> pl.DataFrame:
-    """The node's side of each conntrack entry (``conntrack -L`` or ``-E -o timestamp`` lines): the reply tuple
-    reversed, i.e. what left the node after its NAT. The events of one entry give its first and last time (NEW to
-    DESTROY); a listing line carries no time (matched over the whole flow log). Lines that are no conntrack entry
-    are passed over."""
-    from natproof.lab.truth import parse_line
-
+def node_tuples_from_conntrack(record: ConntrackRecord | str | os.PathLike[str] | Iterable[str],
+                               source: str | None = None) -> pl.DataFrame:
+    """The node's side of each conntrack entry (``conntrack -L`` or ``-E`` output, any format natproof.conntrack
+    reads): the reply tuple reversed, i.e. what left the node after its NAT. ``record`` is a ConntrackRecord
+    (natproof.read_conntrack), a file's path, or its lines; each is read, and refused (InputError) when it holds no
+    entry, as read_conntrack refuses a file. The events of one entry give its first and last time (NEW to DESTROY);
+    a listing line carries no time (matched over the whole flow log). ``source`` names the record in each row's
+    ``source`` (``NAME line N``; default: the record's path, ``conntrack`` for lines)."""
+    rec = conntrack_record(record, source or "conntrack")
+    name = rec.path if source is None else source
     rows: list[dict[str, Any]] = []
     live: dict[tuple, dict[str, Any]] = {}
-    for no, line in enumerate(lines, 1):
-        try:
-            entry = parse_line(line)
-        except ValueError:
-            continue
-        if entry is None or entry.proto not in ("tcp", "udp", "icmp"):
-            continue
-        o, r = entry.original, entry.reply
-        key = (entry.proto, o.src, o.sport, o.dst, o.dport, r.dst, r.dport)
-        ts = None if entry.ts is None else int(entry.ts * 1e9)
+    entries = rec.entries.filter(pl.col("proto").is_in(["tcp", "udp", "icmp"]))
+    for e in entries.iter_rows(named=True):
+        key = (e["proto"], e["orig_src"], e["orig_sport"], e["orig_dst"], e["orig_dport"], e["reply_dst"],
+               e["reply_dport"])
+        ts = e["ts_ns"]
         row = live.get(key)
-        if row is None or (entry.event == "NEW" and row["closed"]):
-            icmp = entry.proto == "icmp"  # the echo identifier stands in sport, dport is 0
-            row = {"proto": entry.proto, "src": r.dst, "sport": r.sport if icmp else r.dport, "dst": r.src,
-                   "dport": 0 if icmp else r.sport, "first_ts_ns": ts, "last_ts_ns": ts,
-                   "source": f"{source} line {no}", "closed": False}
+        if row is None or (e["event"] == "NEW" and row["closed"]):
+            icmp = e["proto"] == "icmp"  # the echo identifier stands in sport, dport is 0
+            row = {"proto": e["proto"], "src": e["reply_dst"], "sport": e["reply_sport"] if icmp else e["reply_dport"],
+                   "dst": e["reply_src"], "dport": 0 if icmp else e["reply_sport"], "first_ts_ns": ts,
+                   "last_ts_ns": ts, "source": f"{name} line {e['line']}", "closed": False}
             live[key] = row
             rows.append(row)
         if ts is not None:
             row["first_ts_ns"] = ts if row["first_ts_ns"] is None else min(row["first_ts_ns"], ts)
             row["last_ts_ns"] = ts if row["last_ts_ns"] is None else max(row["last_ts_ns"], ts)
-        row["closed"] = row["closed"] or entry.event == "DESTROY"
+        row["closed"] = row["closed"] or e["event"] == "DESTROY"
     return node_tuples(sorted(rows, key=lambda r: (r["first_ts_ns"] or 0, r["source"])))
+
+
+def conntrack_record(record: ConntrackRecord | str | os.PathLike[str] | Iterable[str],
+                     name: str = "conntrack") -> ConntrackRecord:
+    """A node's conntrack record as natproof.conntrack reads it, with its checks (no entry, a DOCTYPE, a damaged
+    gzip file: InputError): a ConntrackRecord as it is, a path read with read_conntrack, lines parsed as a file of
+    them called ``name``."""
+    from natproof.conntrack import ConntrackRecord, parse_conntrack, read_conntrack
+
+    if isinstance(record, ConntrackRecord):
+        return record
+    if isinstance(record, str | os.PathLike):
+        return read_conntrack(record)
+    return parse_conntrack("\n".join(record), name)
 
 
 # ------------------------------------------------------------------------------------------- the records

@@ -21,6 +21,7 @@ from natproof.flowlogs.gateway import (
     LAG_S,
     TOLERANCE_S,
     NatGateway,
+    conntrack_record,
     trace_public,
     undated_uses,
 )
@@ -136,13 +137,17 @@ def _tup(proto: str, src: str, sport: int, dst: str, dport: int) -> dict[str, An
 
 def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str, port: int, *,
                     at_ns: int | None = None, window_s: float = 60.0, peer: tuple[str, int | None] | None = None,
-                    result: Any = None, conntrack: Sequence[tuple[str, Sequence[str]]] = (),
+                    result: Any = None, conntrack: Sequence[Any] = (),
                     lag_s: float = LAG_S, tolerance_s: float = TOLERANCE_S) -> GatewayAnswer:
     """Walk from ``address:port`` (a gateway's public or private address, as a far end logged it, at ``at_ns``)
     through the flow log to node tuples, and on to the pod that opened each connection with ``result`` (a natproof
-    Result of one node's captures: evidence "packets") or ``conntrack`` ((source name, lines) of nodes' ``conntrack
-    -L`` or ``-E -o timestamp`` output: evidence "kernel record"). See trace_public for the flow-log step."""
-    entries = [(name, no, e) for name, lines in conntrack for no, e in _conntrack_entries(lines)]
+    Result of one node's captures: evidence "packets") or ``conntrack`` (nodes' conntrack records: each a
+    ConntrackRecord, natproof.read_conntrack's, a path, or (name, lines) of ``conntrack -L`` or ``-E`` output, read
+    and checked as read_conntrack reads a file: evidence "kernel record"). See trace_public for the flow-log
+    step."""
+    records = [conntrack_record(c[1], c[0]) if isinstance(c, tuple) else conntrack_record(c) for c in conntrack]
+    entries = [(r.path, e) for r in records
+               for e in r.entries.filter(pl.col("proto").is_in(["tcp", "udp", "icmp"])).iter_rows(named=True)]
     flows = trace_public(flowlog, gateways, address, port, at_ns=at_ns, window_s=window_s, peer=peer, lag_s=lag_s,
                          tolerance_s=tolerance_s)
     gw = next(g for g in gateways if address in (g.private, g.public))
@@ -181,12 +186,12 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
             missing: list[Missing] = []
             pod = None
             kernel = _pods_from_conntrack(entries, node, f, lag_s, tolerance_s)
-            for name, no, e in kernel:
-                o = e.original
-                paths.append(Path((*hops, Hop(f"node conntrack ({name})", _tup(e.proto, o.src, o.sport, o.dst,
-                                                                               o.dport), EVIDENCE_KERNEL,
-                                              f"{name}:{no}")), (), {"address": node["src"], "port": node["sport"]},
-                                  {"address": o.src, "port": o.sport}))
+            for name, e in kernel:
+                paths.append(Path((*hops, Hop(f"node conntrack ({name})",
+                                              _tup(e["proto"], e["orig_src"], e["orig_sport"], e["orig_dst"],
+                                                   e["orig_dport"]), EVIDENCE_KERNEL, f"{name}:{e['line']}")),
+                                  (), {"address": node["src"], "port": node["sport"]},
+                                  {"address": e["orig_src"], "port": e["orig_sport"]}))
             if kernel and result is None:
                 continue
             if result is None:
@@ -222,38 +227,23 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
     return GatewayAnswer(query, at_ns, window_s, gw, tuple(paths), flows)
 
 
-def _conntrack_entries(lines: Sequence[str]) -> list[tuple[int, Any]]:
-    """(line number, entry) of every conntrack line that parses (natproof.lab.truth's reader)."""
-    from natproof.lab.truth import parse_line
-
-    out = []
-    for no, line in enumerate(lines, 1):
-        try:
-            entry = parse_line(line)
-        except ValueError:
-            continue
-        if entry is not None:
-            out.append((no, entry))
-    return out
-
-
-def _pods_from_conntrack(entries: list[tuple[str, int, Any]], node: dict[str, Any], flow: dict[str, Any],
-                         lag_s: float, tolerance_s: float) -> list[tuple[str, int, Any]]:
-    """Conntrack entries whose translated tuple (the reply reversed) is the node tuple to the flow's destination,
-    one per connection (its first line), within the records' time when the entry and the records carry one."""
+def _pods_from_conntrack(entries: list[tuple[str, dict[str, Any]]], node: dict[str, Any], flow: dict[str, Any],
+                         lag_s: float, tolerance_s: float) -> list[tuple[str, dict[str, Any]]]:
+    """Conntrack entries (record path, natproof.conntrack ENTRY_SCHEMA row) whose translated tuple (the reply
+    reversed) is the node tuple to the flow's destination, one per connection (its first line), within the records'
+    time when the entry and the records carry one."""
     lo, hi = _span(node, lag_s, tolerance_s)
     out, seen = [], set()
-    for name, no, e in entries:
-        r = e.reply
-        if (e.proto, r.dst, r.dport, r.src, r.sport) != (flow["proto"], node["src"], node["sport"], flow["dst"],
-                                                          flow["dport"]):
+    for name, e in entries:
+        if (e["proto"], e["reply_dst"], e["reply_dport"], e["reply_src"], e["reply_sport"]) != (
+                flow["proto"], node["src"], node["sport"], flow["dst"], flow["dport"]):
             continue
-        if e.ts is not None and lo is not None and not lo <= e.ts <= hi:
+        if e["ts_ns"] is not None and lo is not None and not lo <= e["ts_ns"] / 1e9 <= hi:
             continue
-        key = (name, e.original.src, e.original.sport)
+        key = (name, e["orig_src"], e["orig_sport"])
         if key not in seen:
             seen.add(key)
-            out.append((name, no, e))
+            out.append((name, e))
     return out
 
 
