@@ -206,6 +206,9 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
      r"fleet\.toml: \[gateway\]: unknown key 'flow_log' \(the gateway takes flow_logs, "),
     ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\nnat_gateways = ["10.0.1.1=x"]\n',
      r"fleet\.toml: \[gateway\] nat_gateways: '10\.0\.1\.1=x': 'x' is not an IP address"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\n'
+     'nat_gateways = "203.0.113.20=10.0.1.1"\n',
+     r"fleet\.toml: \[gateway\] nat_gateways: '203\.0\.113\.20=10\.0\.1\.1': looks swapped: 10\.0\.1\.1 is a VPC "),
     # Refused with the manifest's key before any node runs (it named --flow-log-format, after every node had run).
     ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\n'
      'flow_log_format = "${version} ${srcadr}"\n',

@@ -220,6 +220,50 @@ def test_parse_nat_gateway_refuses(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().err == f"natproof: error: --nat-gateway {text!r}{tail}\n"
 
 
+@pytest.mark.parametrize(("text", "problem"), [
+    ("2001:db8::1=203.0.113.20", "2001:db8::1 and 203.0.113.20 are not of one IP version: a NAT gateway's private "
+                                 "address and its public one are of the same family (PRIVATE=PUBLIC, e.g. "
+                                 "10.0.0.220=203.0.113.20)"),
+    ("10.0.0.220=2001:db8::20", "10.0.0.220 and 2001:db8::20 are not of one IP version"),
+    ("203.0.113.20=10.0.1.1", "looks swapped: 10.0.1.1 is a VPC (private) address, which no Elastic IP is, and "
+                              "203.0.113.20 is not one; give PRIVATE=PUBLIC: 10.0.1.1=203.0.113.20"),
+    ("198.51.100.20=100.64.0.9", "looks swapped: 100.64.0.9 is a VPC (private) address"),
+    ("2001:db8::1=fd00::1", "looks swapped: fd00::1 is a VPC (private) address"),
+])
+def test_gateway_addresses_that_cannot_be_one_gateways_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str) -> None:
+    """Mixed IP versions, and PUBLIC a VPC address with PRIVATE none (no Elastic IP is one): one line, exit 2."""
+    with pytest.raises(InputError) as exc:
+        parse_nat_gateway(text)
+    assert str(exc.value).startswith(f"parse_nat_gateway({text!r}): {problem}")
+    log = flowlog(tmp_path, nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443))
+    for command in (["flowlog", str(log.files[0].path)], ["who", "203.0.113.20:1", "--flow-log", log.files[0].path]):
+        assert main([*command, "--nat-gateway", text]) == 2
+        assert capsys.readouterr().err == f"natproof: error: {exc.value.for_command_line()}\n"
+    assert exc.value.for_command_line().startswith(f"--nat-gateway {text!r}: {problem}")
+
+
+@pytest.mark.parametrize("text", [
+    "10.0.1.1=203.0.113.20",
+    "198.51.100.5=203.0.113.20",  # a VPC may use a public range for itself: its NAT gateway's address is in it
+    "10.0.1.1=10.0.2.1",  # not an Elastic IP, but nothing says which side is which
+    "203.0.113.20=198.51.100.5",
+    "2001:db8::1=2001:db8::2",
+])
+def test_gateway_addresses_not_certainly_wrong_are_taken(text: str) -> None:
+    private, public = text.split("=")
+    assert parse_nat_gateway(text) == NatGateway(private, public)
+
+
+def test_an_ipv6_gateway_port_is_written_in_brackets(tmp_path: Path) -> None:
+    from natproof.flowlogs.who import who_via_gateway
+
+    log = flowlog(tmp_path, nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443))
+    gw = parse_nat_gateway("2001:db8::1=2001:db8::2")
+    (m,) = who_via_gateway(log, [gw], "2001:db8::2", 39264).missing
+    assert m.why.startswith("no public-side record from [2001:db8::1]:39264 on the gateway's interface")
+
+
 @pytest.mark.parametrize(("call", "library", "command_line"), [
     (lambda log: join_nat_gateway(node_tuples([("tcp", "10.0.1.5", 40000, "203.0.113.5", 443)]), log, []),
      "no NAT gateway given: pass gateways=[parse_nat_gateway('PRIVATE=PUBLIC')] (aws ec2 describe-nat-gateways)",

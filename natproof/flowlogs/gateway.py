@@ -89,7 +89,9 @@ GIVE_GATEWAYS = Said("gateways=[parse_nat_gateway('PRIVATE=PUBLIC')]", f"{OPTION
 def parse_nat_gateway(text: str, where: str | None = None) -> NatGateway:
     """``PRIVATE=PUBLIC`` (or ``PRIVATE`` alone) into a NatGateway; InputError on anything else, starting with
     ``where`` (a fleet manifest's key and the text) or by default this call (``--nat-gateway 'TEXT'`` on the
-    command line)."""
+    command line). Refused too: two addresses of different IP versions, and two given the wrong way round where
+    that is certain (PUBLIC a VPC address, RFC 1918, 100.64/10 or ULA, which no Elastic IP is, and PRIVATE not one:
+    a VPC may use other ranges for itself, so a non-VPC PRIVATE alone says nothing)."""
     head = Said(f"parse_nat_gateway({text!r})", f"{OPTIONS['gateways']} {text!r}") if where is None else where
     private, sep, public = text.strip().partition("=")
     out = []
@@ -104,7 +106,18 @@ def parse_nat_gateway(text: str, where: str | None = None) -> NatGateway:
                                  "(PRIVATE=PUBLIC, e.g. 10.0.0.220=203.0.113.20)") from None
         else:
             out.append(None)
-    return NatGateway(out[0], out[1])  # type: ignore[arg-type]
+    private, public = out
+    if public is not None:
+        if ipaddress.ip_address(private).version != ipaddress.ip_address(public).version:
+            raise InputError(head, f": {private} and {public} are not of one IP version: a NAT gateway's private "
+                             "address and its public one are of the same family (PRIVATE=PUBLIC, e.g. "
+                             "10.0.0.220=203.0.113.20)")
+        if in_vpc(public) and not in_vpc(private):
+            # A VPC's own address (RFC 1918, 100.64/10, ULA) is never an Elastic IP; a VPC may use others, so only
+            # both sides together say the two were given the wrong way round.
+            raise InputError(head, f": looks swapped: {public} is a VPC (private) address, which no Elastic IP is, "
+                             f"and {private} is not one; give PRIVATE=PUBLIC: {public}={private}")
+    return NatGateway(private, public)  # type: ignore[arg-type]
 
 
 NODE_TUPLE_SCHEMA: dict[str, pl.DataType] = {
