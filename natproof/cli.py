@@ -736,10 +736,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
             return
     if inside is None:
         if record is None and flow_logs:
-            known = ", ".join(str(g) for g in gateways)
-            raise NatproofError(f"{endpoint} is not a --nat-gateway address ({known}): give the gateway's public "
-                                "address, or the node's captures INSIDE OUTSIDE (or --conntrack FILE) to look up a "
-                                "node or pod tuple")
+            raise NatproofError(_not_a_gateway(endpoint, flowlog, gateways, given=bool(nat_gateways)))
         if record is None:
             raise click.UsageError("give INSIDE and OUTSIDE captures, or neither and --conntrack FILE (a conntrack "
                                    "event log) to answer from the kernel's record alone, or --flow-log with "
@@ -819,6 +816,25 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
                            f"{chain.captures[c['first_point']]} saw it)")
     if not found:
         raise SystemExit(ExitStatus.FAILED)
+
+
+def _not_a_gateway(endpoint: str, flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flowlogs.NatGateway],
+                   given: bool) -> str:
+    """Why who cannot look ENDPOINT up with a flow log and no captures: the gateways given, found (from
+    pkt-dstaddr, their public addresses unknown) or neither, and what to give."""
+    from natproof.flowlogs.ports import why_no_gateway
+
+    node = "the node's captures INSIDE OUTSIDE (or --conntrack FILE) to look up a node or pod tuple"
+    if given:
+        return (f"{endpoint} is not a --nat-gateway address ({', '.join(map(str, gateways))}): give the gateway's "
+                f"public address, or {node}")
+    if gateways:
+        found = ", ".join(g.private for g in gateways)
+        return (f"{endpoint} is not the address of a NAT gateway found in the flow log ({found}, from pkt-dstaddr; a "
+                f"public address is in no record): pass --nat-gateway {gateways[0].private}=PUBLIC to look up the "
+                f"gateway's public address, or {node}")
+    return (f"{endpoint}: no NAT gateway given, and {why_no_gateway(flowlog)}: pass --nat-gateway PRIVATE=PUBLIC to "
+            f"look up a gateway's public address, or {node}")
 
 
 def read_flow_log_inputs(flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_format: str | None
@@ -1240,8 +1256,10 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
     joined = None
     if tuples:
         if not gateways:
-            raise NatproofError("no NAT gateway given or found in the records (pkt-dstaddr): pass --nat-gateway "
-                                "PRIVATE=PUBLIC (aws ec2 describe-nat-gateways)")
+            from natproof.flowlogs.ports import why_no_gateway
+
+            raise NatproofError(f"{flowlog_.named()}: no NAT gateway given, and {why_no_gateway(flowlog_)}: pass "
+                                "--nat-gateway PRIVATE=PUBLIC (aws ec2 describe-nat-gateways)")
         rows = [r for t in tuples for r in t.drop("node_tuple").to_dicts()]
         joined = join_nat_gateway(node_tuples(rows), flowlog_, gateways, lag_s=lag)
     usage = port_usage(flowlog_, gateways)

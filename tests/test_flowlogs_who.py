@@ -283,3 +283,37 @@ def test_the_library_reads_a_conntrack_record_as_a_file_of_it() -> None:
         assert p.hops[-1].source.startswith(f"{path}:")
     with pytest.raises(natproof.InputError, match=r"^node1: empty file"):
         who_via_gateway(log, [gateway()], c["outside"]["src"], c["outside"]["sport"], conntrack=[("node1", [])])
+
+
+NO_GATEWAY = ("no NAT gateway given, and none can be found in the flow log: its format has no pkt-dstaddr (the "
+              "default format's case), which is how a NAT gateway's private side shows")
+LOOK_UP_A_NODE = "the node's captures INSIDE OUTSIDE (or --conntrack FILE) to look up a node or pod tuple"
+
+
+@pytest.mark.parametrize(("form", "nat_gateway", "said"), [
+    # Nothing given, nothing to find in the default format: say so, and ask for the addresses (not "()").
+    ("default.log.gz", None, f"203.0.113.20:32074: {NO_GATEWAY}: pass --nat-gateway PRIVATE=PUBLIC to look up a "
+                             f"gateway's public address, or {LOOK_UP_A_NODE}"),
+    # Found from pkt-dstaddr, never given: named as found, with its public address unknown to the records.
+    ("custom.log", None, "203.0.113.20:32074 is not the address of a NAT gateway found in the flow log (10.0.1.1, "
+                         "from pkt-dstaddr; a public address is in no record): pass --nat-gateway 10.0.1.1=PUBLIC to "
+                         f"look up the gateway's public address, or {LOOK_UP_A_NODE}"),
+    ("custom.log", "10.0.1.1=203.0.113.21", "203.0.113.20:32074 is not a --nat-gateway address "
+                                            "(10.0.1.1=203.0.113.21): give the gateway's public address, or "
+                                            f"{LOOK_UP_A_NODE}"),
+])
+def test_who_says_which_gateways_it_knows_of(capsys: pytest.CaptureFixture[str], form: str, nat_gateway: str | None,
+                                             said: str) -> None:
+    given = [] if nat_gateway is None else ["--nat-gateway", nat_gateway]
+    assert main(["who", "203.0.113.20:32074", "--at", "16:19:40", "--flow-log", str(FLOWLOGS / form), *given]) == 2
+    assert capsys.readouterr().err == f"natproof: error: {said}\n"
+
+
+def test_flowlog_says_why_no_gateway_was_found(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FLOWLOGS / "default.log.gz"
+    assert main(["flowlog", str(path), "--conntrack", str(CASE / "conntrack.log")]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: {path}: {NO_GATEWAY}: pass --nat-gateway PRIVATE=PUBLIC (aws "
+                                       "ec2 describe-nat-gateways)\n")
+    assert main(["flowlog", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["port_usage"]["notes"] == [
+        f"{NO_GATEWAY} (pass --nat-gateway PRIVATE=PUBLIC)"]

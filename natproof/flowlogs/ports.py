@@ -50,6 +50,16 @@ def infer_gateways(flowlog: FlowLog) -> list[NatGateway]:
     return [NatGateway(a) for a in f["dstaddr"].unique().sort().to_list()]
 
 
+def why_no_gateway(flowlog: FlowLog) -> str:
+    """Why infer_gateways finds no gateway in ``flowlog``, as a clause for a message that asks for the addresses:
+    ``none can be found in the flow log: ...``."""
+    if not flowlog.has("pkt_dstaddr"):
+        return ("none can be found in the flow log: its format has no pkt-dstaddr (the default format's case), which "
+                "is how a NAT gateway's private side shows")
+    return ("none found in the flow log: no record's pkt-dstaddr differs from its dstaddr, as on a NAT gateway's "
+            "interface")
+
+
 @dataclass(frozen=True)
 class PortUsage:
     """Ports a NAT gateway had in use per destination over time, from its flow log."""
@@ -112,7 +122,7 @@ def port_usage(flowlog: FlowLog, gateways: Sequence[NatGateway] = (), *, hold_s:
             notes.append("gateway addresses inferred from pkt-dstaddr: " + ", ".join(g.private for g in gateways))
     empty = PortUsage(pl.DataFrame(schema=_GROUP_SCHEMA), pl.DataFrame(schema=_SERIES_SCHEMA), notes=tuple(notes))
     if not gateways:
-        return PortUsage(empty.groups, empty.series, notes=("no NAT gateway given or found in the records "
+        return PortUsage(empty.groups, empty.series, notes=(f"no NAT gateway given, and {why_no_gateway(flowlog)} "
                                                             "(pass --nat-gateway PRIVATE=PUBLIC)",))
     # One connection per port use: records of one 5-tuple closer than the idle timeout are one connection.
     uses = gateway_sides(flowlog, gateways).public
