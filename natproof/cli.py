@@ -1531,9 +1531,9 @@ def _print_fleet(summary: dict, out_dir: str) -> None:
             click.echo(f"diagnosis: {n['name']}: [{f['severity']}] {f['title']}")
     gw = summary.get("gateway")
     if gw:
-        from natproof.fleet import gateway_text
+        from natproof.fleet import gateway_addresses, gateway_text
 
-        click.echo(f"NAT gateway {', '.join(gw['nat_gateways']) or '(none found)'} ({gw['records']} flow log "
+        click.echo(f"NAT gateway {gateway_addresses(gw)} ({gw['records']} flow log "
                    f"records): {gateway_text(gw)}")
     failed = f", {t['failed']} failed ({', '.join(t['failed_nodes'])})" if t["failed"] else ""
     click.echo(f"{t['nodes']} node{plural}: {t['ok']} correlated{failed}; "

@@ -22,13 +22,16 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import polars as pl
 
 from natproof.errors import InputError, NatproofError, Said, setting
 from natproof.tomlfile import read_toml
+
+if TYPE_CHECKING:
+    from natproof.flowlogs import FlowLog, NatGateway
 
 SCHEMA = "natproof.fleet/1"
 WHO_SCHEMA = "natproof.fleet-who/1"
@@ -96,6 +99,9 @@ class GatewaySpec:
     flow_logs: tuple[str, ...]
     nat_gateways: tuple[str, ...] = ()
     flow_log_format: str | None = None
+    flow_log: FlowLog | None = field(default=None, repr=False, compare=False)
+    """The flow logs as load_manifest read them (checked with the manifest, before any worker starts); None: read
+    when the fleet's connections are joined to them."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read a fleet manifest (TOML): ``[[node]]`` tables (NODE_KEYS) and an optional ``[gateway]`` table
     (GATEWAY_KEYS). Relative paths are taken from the manifest's folder. Raises InputError, one line naming the file
     and the key, for a file that is no TOML, an unknown or missing key, a value of the wrong type, two nodes of one
-    name, and a file that does not exist (except on a node pinned to a ``worker``: its paths are the worker's)."""
+    name, and a file that does not exist (except on a node pinned to a ``worker``: its paths are the worker's). The
+    ``[gateway]``'s flow logs are read here (``GatewaySpec.flow_log``), so that one natproof cannot read, or a log
+    in which no gateway is given or found, is refused with the manifest too."""
     where = os.fspath(path)
     doc = read_toml(where, "TOML", noun="manifest")
     base = Path(where).resolve().parent
@@ -241,7 +249,34 @@ def _gateway(where: str, base: Path, raw: Any) -> GatewaySpec:
         from natproof.flowlogs import parse_format
 
         parse_format(fmt, where=f"{where}: {label} flow_log_format")
-    return GatewaySpec(flow_logs=logs, nat_gateways=gateways, flow_log_format=fmt)
+    spec = GatewaySpec(flow_logs=logs, nat_gateways=gateways, flow_log_format=fmt)
+    # The flow logs are read now, with the manifest: one that cannot be used is refused before any worker starts,
+    # named by the manifest and its key (it was found after every node had run, named by the file alone).
+    log = _read_gateway(where, spec)
+    return GatewaySpec(flow_logs=logs, nat_gateways=gateways, flow_log_format=fmt, flow_log=log)
+
+
+def _read_gateway(where: str, spec: GatewaySpec) -> FlowLog:
+    """The [gateway]'s flow logs, read (InputError naming the manifest and the key), and a gateway to join them to:
+    given, or found from pkt-dstaddr (none: InputError asking for nat_gateways)."""
+    from natproof.flowlogs import read_flow_logs
+    from natproof.flowlogs.ports import why_no_gateway
+
+    try:
+        log = read_flow_logs(list(spec.flow_logs), fields=spec.flow_log_format, fields_named="flow_log_format")
+    except InputError as exc:
+        raise exc.reworded(f"{where}: [gateway] flow_logs: ") from None
+    if not _gateways(spec, log):
+        raise InputError(f"{where}: [gateway] nat_gateways: none given, and {why_no_gateway(log)}: give nat_gateways "
+                         "= [\"PRIVATE=PUBLIC\"] (aws ec2 describe-nat-gateways)")
+    return log
+
+
+def _gateways(spec: GatewaySpec, log: FlowLog) -> list[NatGateway]:
+    """The gateway's addresses: as the manifest gives them, else found from the flow log's pkt-dstaddr."""
+    from natproof.flowlogs import infer_gateways, parse_nat_gateway
+
+    return [parse_nat_gateway(g) for g in spec.nat_gateways] or infer_gateways(log)
 
 
 # -- one node, on a worker -------------------------------------------------------------------------------------------
@@ -406,7 +441,7 @@ def run_fleet(manifest: Manifest | str | os.PathLike[str], out_dir: str | os.Pat
         client.close()
         if cluster is not None:
             cluster.close()
-    gateway = _gateway_join(manifest.gateway, entries) if manifest.gateway else None
+    gateway = _gateway_join(manifest.gateway, entries, manifest.path) if manifest.gateway else None
     table = out / TABLE
     _write_table(entries, gateway, table)
     summary = _summary(manifest, entries, address, scheduler is None, workers, gateway,
@@ -460,16 +495,14 @@ def _run_tasks(client: Any, manifest: Manifest, nodes_dir: Path,
     return {node.name: entries[node.name] for node in manifest.nodes}  # the manifest's order, not completion's
 
 
-def _gateway_join(spec: GatewaySpec, entries: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+def _gateway_join(spec: GatewaySpec, entries: Mapping[str, dict[str, Any]], manifest_path: str) -> dict[str, Any]:
     """Each node's connections that left it, joined to the NAT gateway's flow log: per (node, conn) the gateway's
     public tuple (``gateway_public``, ``gateway_sport`` when one candidate), ``gateway_evidence`` and every candidate
     (``gateway_candidates``: public:port)."""
-    from natproof.flowlogs import infer_gateways, join_nat_gateway, node_tuples, parse_nat_gateway, read_flow_logs
+    from natproof.flowlogs import join_nat_gateway, node_tuples
 
-    gateways = [parse_nat_gateway(g) for g in spec.nat_gateways]
-    log = read_flow_logs(list(spec.flow_logs), fields=spec.flow_log_format)
-    if not gateways:
-        gateways = infer_gateways(log)
+    log = spec.flow_log if spec.flow_log is not None else _read_gateway(manifest_path, spec)
+    gateways = _gateways(spec, log)
     rows: list[dict[str, Any]] = []
     keys: list[tuple[str, int]] = []
     for name, e in entries.items():
@@ -609,6 +642,12 @@ def _worst(findings: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def gateway_addresses(gw: Mapping[str, Any]) -> str:
+    """The gateway's addresses as the fleet used them: ``10.0.1.1=203.0.113.20``, or ``10.0.1.1 (public not
+    given)`` for a private address alone (a private NAT gateway; its candidates are then that address's ports)."""
+    return ", ".join(a if "=" in a else f"{a} (public not given)" for a in gw["nat_gateways"])
+
+
 def gateway_text(gw: Mapping[str, Any]) -> str:
     """Per node, how its connections that left it joined to the NAT gateway's flow log; the nodes none of whose
     connections the flow log holds, together."""
@@ -654,7 +693,7 @@ def render_fleet_html(summary: Mapping[str, Any]) -> str:
     gw = summary.get("gateway")
     gw_html = ""
     if gw:
-        gw_html = (f"<h2>NAT gateway</h2><p>{_e(', '.join(gw['nat_gateways']) or 'no gateway address')}: "
+        gw_html = (f"<h2>NAT gateway</h2><p>{_e(gateway_addresses(gw))}: "
                    f"{gw['records']} flow log records from {_e(', '.join(gw['flow_logs']))}. "
                    f"{_e(gateway_text(gw))}</p>")
     findings = ", ".join(f"{n} {s}" for s, n in t["findings"].items()) or "none"

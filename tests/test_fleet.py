@@ -213,6 +213,19 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{any}"\n'
      'flow_log_format = "${version} ${srcadr}"\n',
      r"fleet\.toml: \[gateway\] flow_log_format: unknown field 'srcadr' \(fields: version, account-id, "),
+    # The flow logs are read with the manifest: one natproof cannot use is named by the manifest and its key, before
+    # any node runs (it was found after every node had run, and named by the file alone).
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{pods}"\n',
+     r"fleet\.toml: \[gateway\] flow_logs: .*/basic/pods\.json: not a VPC flow log in the default format \(.*\); for a "
+     r"custom format without a header \(CloudWatch Logs\), pass flow_log_format with the flow log's format$"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{empty}"\n',
+     r"fleet\.toml: \[gateway\] flow_logs: .*/empty\.log: empty file: no flow log record in it$"),
+    # The default format has no pkt-dstaddr: no gateway to find, so none to join ("(none found) ... no connection
+    # left a node" after every node had run).
+    ('[[node]]\nname = "a"\ncapture = "{any}"\n[gateway]\nflow_logs = "{default}"\n',
+     r"fleet\.toml: \[gateway\] nat_gateways: none given, and none can be found in the flow log: its format has no "
+     r"pkt-dstaddr \(the default format's case\), which is how a NAT gateway's private side shows: give nat_gateways "
+     r"= \[\"PRIVATE=PUBLIC\"\] \(aws ec2 describe-nat-gateways\)$"),
     ('[[node]]\nname = "a"\n', r"fleet\.toml: \[\[node\]\] #1 \(a\): no capture: give inside and outside"),
     ('[node]\nname = "a"\n', r"fleet\.toml: node: write each node as a \[\[node\]\] table"),
     ("nodes = 3\n", r"fleet\.toml: unknown key 'nodes' at the top"),
@@ -223,12 +236,16 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
 def test_manifest_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                       problem: str) -> None:
     path = tmp_path / "fleet.toml"
-    path.write_text(text.replace("{any}", str(CAPTURES / "internal/any.pcap")))
+    (tmp_path / "empty.log").write_text("")
+    path.write_text(text.replace("{any}", str(CAPTURES / "internal/any.pcap"))
+                    .replace("{pods}", str(CAPTURES / "basic/pods.json"))
+                    .replace("{empty}", str(tmp_path / "empty.log"))
+                    .replace("{default}", str(CAPTURES / "double-nat/flowlogs/default.log.gz")))
     code = main(["fleet", str(path), "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.err
-    assert re.match(rf"natproof: error: {re.escape(str(tmp_path))}/{problem}", captured.err), captured.err
+    assert re.match(rf"natproof: error: {re.escape(str(tmp_path))}/{problem}", captured.err.rstrip("\n")), captured.err
     assert not (tmp_path / "out").exists()  # nothing started
     # The manifest's own words, to a library caller as to the command line.
     with pytest.raises(natproof.InputError) as exc:
@@ -304,6 +321,41 @@ def test_manifest_paths_are_the_manifests_folders() -> None:
     assert m.nodes[0].inside == str(CAPTURES / "basic" / "inside.pcap")
     assert m.nodes[1].services == (str(CAPTURES / "clusterip" / "services.json"),)
     assert m.gateway is not None and m.gateway.nat_gateways == ("10.0.1.1=203.0.113.20",)
+
+
+@pytest.mark.parametrize(("form", "nat_gateways"), [
+    ("as recorded", '"10.0.1.1=203.0.113.20"'),
+    ("no start and end fields", '"10.0.1.1=203.0.113.20"'),
+    ("'-' in start and end", '"10.0.1.1=203.0.113.20"'),
+    ("as recorded", None),  # found from pkt-dstaddr: the private address alone, and said so
+])
+def test_the_gateways_flow_log_joins_the_nodes_connections(tmp_path: Path, form: str,
+                                                           nat_gateways: str | None) -> None:
+    """A gateway log whose records carry no time joins as the recorded one does (its counts tell the flows apart),
+    not 'no connection in its flow log'. One node's task called directly, then the join: no cluster needed."""
+    from natproof.fleet import _gateway_join, correlate_node, gateway_addresses, gateway_text
+
+    lines = (CAPTURES / "double-nat" / "flowlogs" / "custom.log").read_text().splitlines()
+    fields = lines[0].split()
+    timed = [i for i, f in enumerate(fields) if f in ("start", "end")]
+    if form == "no start and end fields":
+        lines = [" ".join(v for i, v in enumerate(line.split()) if i not in timed) for line in lines]
+    elif form == "'-' in start and end":
+        lines = [lines[0]] + [" ".join("-" if i in timed else v for i, v in enumerate(line.split()))
+                              for line in lines[1:]]
+    (tmp_path / "gw.log").write_text("\n".join(lines) + "\n")
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[[node]]\nname = "a"\ninside = "{CAPTURES}/double-nat/inside.pcap"\n'
+                        f'outside = "{CAPTURES}/double-nat/outside.pcap"\n[gateway]\nflow_logs = "gw.log"\n'
+                        + ("" if nat_gateways is None else f"nat_gateways = {nat_gateways}\n"))
+    spec = load_manifest(manifest)
+    assert spec.gateway is not None and spec.gateway.flow_log is not None  # read once, with the manifest
+    node = correlate_node(spec.nodes[0], str(tmp_path))
+    gw = _gateway_join(spec.gateway, {"a": node}, spec.path)
+    assert gw["joined"] == {"a": {"flow log, unique candidate": 4, "flow log, ambiguous: 2 candidates": 1}}
+    assert gateway_text(gw) == "a: 4 flow log, unique candidate, 1 flow log, ambiguous: 2 candidates"
+    assert gateway_addresses(gw) == ("10.0.1.1 (public not given)" if nat_gateways is None
+                                     else "10.0.1.1=203.0.113.20")
 
 
 def test_a_nodes_conntrack_warnings_are_among_its_warnings(tmp_path: Path) -> None:

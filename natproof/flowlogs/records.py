@@ -284,7 +284,7 @@ def protocol_name(number: int | None) -> str:
 
 
 def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-                   fields: Sequence[str] | str | None = None) -> FlowLog:
+                   fields: Sequence[str] | str | None = None, fields_named: str | None = None) -> FlowLog:
     """Read flow log files (a directory stands for every file under it, as an S3 download lays them out).
 
     Each file is sniffed by its first bytes: gzip (``1f 8b``) is decompressed and sniffed again, Parquet (``PAR1``)
@@ -294,6 +294,8 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     ``FlowLogFile.skipped``, never an error. Raises InputError (one line, naming the file) for a missing or
     unreadable file, a file in which no line is a record, and a file whose fields cannot be known; and (naming the
     paths given) for records of which none is of traffic (only NODATA or SKIPDATA): nothing to join or count.
+    An error that advises the format names it ``fields`` (the command line's ``--flow-log-format``), or
+    ``fields_named`` for a caller that takes it under another name (a fleet manifest's ``flow_log_format``).
     """
     paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     given = parse_format(fields) if isinstance(fields, str) else (tuple(fields) if fields else None)
@@ -314,7 +316,7 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     passed: list[InputError] = []
     for path, folder in files:
         try:
-            frame, summary = read_flow_log_file(path, fields=given)
+            frame, summary = read_flow_log_file(path, fields=given, fields_named=fields_named)
         except InputError as exc:
             if folder is None:
                 raise
@@ -353,8 +355,8 @@ def _no_traffic(log: FlowLog) -> str:
     return f"no record of traffic: its {n} record(s) are {', '.join(p for p in parts if p)}"
 
 
-def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | None = None
-                       ) -> tuple[pl.DataFrame, FlowLogFile]:
+def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | None = None,
+                       fields_named: str | None = None) -> tuple[pl.DataFrame, FlowLogFile]:
     """One file: (records, what was read). See read_flow_logs."""
     name = os.fspath(path)
     try:
@@ -376,7 +378,7 @@ def read_flow_log_file(path: str | os.PathLike[str], *, fields: Sequence[str] | 
         raise InputError(f"{name}: empty file: no flow log record in it")
     if data[:4] == _PARQUET_MAGIC:
         return _read_parquet(name, data)
-    return _read_text(name, data, fmt, tuple(fields) if fields else None)
+    return _read_text(name, data, fmt, tuple(fields) if fields else None, fields_named)
 
 
 def _read_parquet(name: str, data: bytes) -> tuple[pl.DataFrame, FlowLogFile]:
@@ -456,7 +458,8 @@ def _read_text_regular(name: str, data: bytes, fmt: str, given: tuple[str, ...] 
     return good, _summary(name, fmt, fields, fields_from, lines, good, {}, 0)
 
 
-def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) -> tuple[pl.DataFrame, FlowLogFile]:
+def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None, fields_named: str | None = None
+               ) -> tuple[pl.DataFrame, FlowLogFile]:
     if (regular := _read_text_regular(name, data, fmt, given)) is not None:
         return regular
     # polars reads the lines (a separator no record holds keeps each line whole; the byte is made a space where some
@@ -507,7 +510,7 @@ def _read_text(name: str, data: bytes, fmt: str, given: tuple[str, ...] | None) 
             raise InputError(
                 f"{name}: not a VPC flow log in the default format (no header line naming the fields, and lines have "
                 f"{most} fields, not 14; starts with {start}); for a custom format without a header (CloudWatch "
-                "Logs), pass ", setting("fields"), " with the flow log's format")
+                "Logs), pass ", fields_named or setting("fields"), " with the flow log's format")
     n = len(fields)
     # A CloudWatch export leads each record with its event's timestamp: one token more, dropped.
     frame = frame.with_columns(((pl.col("_n") == n + 1) & has_ts).alias("_ts"))
