@@ -65,6 +65,23 @@ def test_one_port_used_twice_across_the_idle_timeout_is_two_connections(tmp_path
     assert (g["ports"], g["connections"], g["peak"], g["peak_start_s"]) == (2, 3, 2, T0 + 5)
 
 
+def test_records_without_a_time_are_one_use_of_their_port_apart_from_its_dated_ones(tmp_path: Path) -> None:
+    """A port's records with '-' for start and end cannot be told into uses: together they are one, counted among
+    the connections, never among the ports live at once (nor merged into a dated use)."""
+    lines = ["srcaddr dstaddr srcport dstport protocol packets bytes start end",
+             f"10.0.1.1 198.51.100.10 1024 443 6 3 200 {T0} {T0 + 10}",
+             "10.0.1.1 198.51.100.10 1024 443 6 3 200 - -",
+             "10.0.1.1 198.51.100.10 1024 443 6 3 200 - -",
+             "10.0.1.1 198.51.100.10 1025 443 6 3 200 - -"]
+    path = tmp_path / "ports.log"
+    path.write_text("\n".join(lines) + "\n")
+    usage = port_usage(read_flow_logs(path), [GW])
+    (g,) = usage.groups.to_dicts()
+    assert (g["ports"], g["connections"], g["peak"], g["peak_start_s"]) == (2, 3, 1, T0)
+    assert usage.notes == ("gateway port uses whose records have no start or end time: 2 of 3; ports live at once "
+                           "are counted from the others",)
+
+
 def test_gateways_are_inferred_from_pkt_dstaddr(tmp_path: Path) -> None:
     lines = ["srcaddr dstaddr srcport dstport protocol packets bytes start end pkt-srcaddr pkt-dstaddr",
              f"10.0.1.10 10.0.1.1 40000 443 6 3 200 {T0} {T0} 10.0.1.10 198.51.100.10",

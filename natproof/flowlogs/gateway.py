@@ -252,9 +252,11 @@ def _uses(records: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     bytes, start_s, end_s and the records (file:line)."""
     # Sorted by tuple and time, a use starts where the tuple changes or after a gap: one pass, no window function.
     same = pl.all_horizontal(pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys)
-    # An undated record (null start_s, sorted first) never starts a use by itself: without times, a tuple's records
-    # cannot be told into uses, and are taken for one.
-    new = ~same.fill_null(False) | ((pl.col("start_s") - pl.col("end_s").shift(1)) > IDLE_TIMEOUT_S).fill_null(False)
+    # Records without a time (null start_s, sorted first) cannot be told into uses: a tuple's are taken for one, apart
+    # from its dated ones.
+    undated = pl.col("start_s").is_null()
+    new = (~same.fill_null(False) | (undated != undated.shift(1)).fill_null(True)
+           | ((pl.col("start_s") - pl.col("end_s").shift(1)) > IDLE_TIMEOUT_S).fill_null(False))
     return (records.sort(*keys, "start_s").with_columns(new.cum_sum().alias("_use"))
             .group_by("_use", maintain_order=True)
             .agg(*(pl.col(k).first() for k in keys), pl.col("packets").sum(), pl.col("bytes").sum(),
