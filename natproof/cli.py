@@ -869,7 +869,8 @@ def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flow
     first = flowlog.records.select(pl.coalesce("start_s", "end_s").min()).item()
     at_ns = None if at is None else parse_time(at, None if first is None else int(first) * 10**9)
     answer = who_via_gateway(flowlog, gateways, addr, port, at_ns=at_ns, window_s=window, peer=peer_at,
-                             result=result, conntrack=conntrack or ())
+                             result=result, conntrack=conntrack or (),
+                             names=names_from(click.get_current_context().find_root().ensure_object(dict)))
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, default=str))
     else:

@@ -145,9 +145,11 @@ def test_who_cli_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None
     assert doc["paths"] == [] and doc["missing"][0]["link"] == "far end -> NAT gateway"
 
 
+@pytest.mark.parametrize("node_evidence", ["captures", "conntrack"])
 def test_who_through_the_gateway_names_the_pod_in_the_table_as_in_json(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # A new user's trial: with --pods, the JSON's path named the pod and the table did not.
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], node_evidence: str) -> None:
+    # A new user's trial: with --pods, the JSON's path named the pod and the table did not; from the node's
+    # conntrack record instead of its captures, nothing named it at all.
     c = next(c for c in gateway_truth() if c["proto"] == "tcp" and c["inside"]["src"] == "10.0.1.10")
     node = json.loads((CASE / "truth.json").read_text())["connections"]
     pod = next(x for x in node if x["outside"] == c["inside"])["inside"]["src"]
@@ -155,8 +157,10 @@ def test_who_through_the_gateway_names_the_pod_in_the_table_as_in_json(
     pods.write_text(json.dumps({"kind": "Pod", "metadata": {"name": "web", "namespace": "shop"}, "spec": {},
                                 "status": {"podIP": pod, "podIPs": [{"ip": pod}]}}))
     public = f"{c['outside']['src']}:{c['outside']['sport']}"
-    args = ["who", public, str(CASE / "inside.pcap"), str(CASE / "outside.pcap"), "--flow-log",
-            str(FLOWLOGS / "default.log.gz"), "--nat-gateway", str(gateway()), "--pods", str(pods)]
+    node = ([str(CASE / "inside.pcap"), str(CASE / "outside.pcap")] if node_evidence == "captures"
+            else ["--conntrack", str(CASE / "conntrack.log")])
+    args = ["who", public, *node, "--flow-log", str(FLOWLOGS / "default.log.gz"), "--nat-gateway", str(gateway()),
+            "--pods", str(pods)]
     assert main([*args, "--format", "json"]) == 0
     (path,) = json.loads(capsys.readouterr().out)["paths"]
     assert path["pod"]["name"] == "shop/web"

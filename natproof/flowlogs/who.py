@@ -137,14 +137,15 @@ def _tup(proto: str, src: str, sport: int, dst: str, dport: int) -> dict[str, An
 
 def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: str, port: int, *,
                     at_ns: int | None = None, window_s: float = 60.0, peer: tuple[str, int | None] | None = None,
-                    result: Any = None, conntrack: Sequence[Any] = (),
+                    result: Any = None, conntrack: Sequence[Any] = (), names: Any = None,
                     lag_s: float = LAG_S, tolerance_s: float = TOLERANCE_S) -> GatewayAnswer:
     """Walk from ``address:port`` (a gateway's public or private address, as a far end logged it, at ``at_ns``)
     through the flow log to node tuples, and on to the pod that opened each connection with ``result`` (a natproof
     Result of one node's captures: evidence "packets") or ``conntrack`` (nodes' conntrack records: each a
     ConntrackRecord, natproof.read_conntrack's, a path, or (name, lines) of ``conntrack -L`` or ``-E`` output, read
-    and checked as read_conntrack reads a file: evidence "kernel record"). See trace_public for the flow-log
-    step."""
+    and checked as read_conntrack reads a file: evidence "kernel record"). ``names`` (natproof.Names, from kubectl
+    dumps) names the pods the records lead to, as a named ``result`` names its own. See trace_public for the
+    flow-log step."""
     records = [conntrack_record(c[1], c[0]) if isinstance(c, tuple) else conntrack_record(c) for c in conntrack]
     entries = [(r.path, e) for r in records
                for e in r.entries.filter(pl.col("proto").is_in(["tcp", "udp", "icmp"])).iter_rows(named=True)]
@@ -191,7 +192,7 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
                                               _tup(e["proto"], e["orig_src"], e["orig_sport"], e["orig_dst"],
                                                    e["orig_dport"]), EVIDENCE_KERNEL, f"{name}:{e['line']}")),
                                   (), {"address": node["src"], "port": node["sport"]},
-                                  {"address": e["orig_src"], "port": e["orig_sport"]}))
+                                  _kernel_pod(e, names, _first_ns(node))))
             if kernel and result is None:
                 continue
             if result is None:
@@ -225,6 +226,22 @@ def who_via_gateway(flowlog: FlowLog, gateways: Sequence[NatGateway], address: s
                     continue
             paths.append(Path(tuple(hops), tuple(missing), {"address": node["src"], "port": node["sport"]}, pod))
     return GatewayAnswer(query, at_ns, window_s, gw, tuple(paths), flows)
+
+
+def _first_ns(node: dict[str, Any]) -> int | None:
+    """A node tuple's first time in the flow log (epoch ns), its records' start (else end); None undated."""
+    t = node.get("start_s") if node.get("start_s") is not None else node.get("end_s")
+    return None if t is None else int(t * 1e9)
+
+
+def _kernel_pod(entry: dict[str, Any], names: Any, ts_ns: int | None) -> dict[str, Any]:
+    """The pod end of a conntrack entry's original tuple, named by ``names`` (natproof.Names) when given: ``name``
+    and ``name_candidates`` as a named result's ends (natproof.lookup.pod_ends)."""
+    pod: dict[str, Any] = {"address": entry["orig_src"], "port": entry["orig_sport"]}
+    if names is not None:
+        match = names.pod_at(entry["orig_src"], entry.get("ts_ns") or ts_ns)
+        pod |= {"name": match.name, "name_candidates": list(match.candidates) or None}
+    return pod
 
 
 def _pods_from_conntrack(entries: list[tuple[str, dict[str, Any]]], node: dict[str, Any], flow: dict[str, Any],
