@@ -376,7 +376,8 @@ def correlate(
             if not allow_swap:
                 raise InputError(f"{os.fspath(capture)}: the inside ({in_ifs}) and outside ({out_ifs}) look swapped: "
                                  f"{swapped}; pass ", setting("inside_if", out_ifs), Said(", ", " "),
-                                 setting("outside_if", in_ifs), " (or ", setting("allow_swap", True), ")")
+                                 setting("outside_if", in_ifs), " (or ",
+                                 setting("allow_swap", True, verb=""), ")")
             result = correlate(capture, None, inside_if=out_ifs, outside_if=in_ifs,
                                **again)  # type: ignore[arg-type]
             note = f"{in_ifs} and {out_ifs} looked swapped as inside and outside ({swapped}), {SWAPPED_THEM}"
@@ -385,7 +386,8 @@ def correlate(
             if not allow_swap:
                 raise InputError(
                     f"{os.fspath(inside)} and {os.fspath(outside)} look swapped: {swapped}; give them in the other "
-                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or pass ", setting("allow_swap", True), ")")
+                    f"order: {os.fspath(outside)} {os.fspath(inside)} (or ", setting("allow_swap", True, verb="pass"),
+                    ")")
             result = correlate(outside, inside, inside_if=out_names, outside_if=in_names,
                                **again)  # type: ignore[arg-type]
             note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked "
@@ -729,7 +731,7 @@ def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.
     if a1 < b0 or b1 < a0:  # type: ignore[operator]
         hint = (("with the ", setting("clock_offset_s"), " given; check its sign (",
                  Said("outside minus inside", "OUTSIDE minus INSIDE"), ")") if given
-                else ("pass ", setting("clock_offset_s"), " if the clocks differ"))
+                else (setting("clock_offset_s", verb="pass"), " if the clocks differ"))
         raise InputError(
             f"{in_path} and {out_path} do not overlap in time ({_fmt_time(a0)}-{_fmt_time(a1)} vs "
             f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC, on the outside clock); ", *hint  # type: ignore[arg-type]

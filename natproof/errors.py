@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shlex
 from dataclasses import dataclass
 from typing import Self
@@ -42,37 +43,75 @@ who's and fleet_who's ``--clock``; ``conns`` explain's and select_connections' `
 every function and command that takes it; a keyword that came to mean different options in different commands would
 need :func:`setting` to be told the option."""
 
+MANIFEST_KEYS = {
+    # natproof.fleet: a [[node]] table's key for each keyword of natproof.correlate that a node passes (NODE_KEYS)
+    "conntrack": "conntrack",
+    "inside_if": "inside_if",
+    "interfaces": "interfaces",
+    "outside_if": "outside_if",
+    "pod_cidr": "pod_cidr",
+    "side": "side",
+}
+"""The keywords of natproof.correlate a fleet manifest's node sets, and its key for each: an error of a node's
+correlation names the key its manifest's user writes (:meth:`NatproofError.for_manifest`)."""
+
+INSTEAD = {
+    "allow_swap": "swap the node's inside and outside",
+    "clock_offset_s": "correlate the node alone with natproof correlate --clock-offset",
+}
+"""What a fleet manifest's user does where an error of a node's correlation advises a keyword no node has a key for
+(``pass allow_swap=True``): the advice as the manifest's user reads it, in place of the verb and the setting."""
+
 
 @dataclass(frozen=True)
 class Said:
     """A part of an error message that a library caller and the command line say differently: ``library`` as
-    natproof's keywords say it, ``command_line`` as natproof's options do (see :func:`setting`; a part that is not
-    a setting, such as ``Said("inside and outside", "INSIDE and OUTSIDE")``, is made directly)."""
+    natproof's keywords say it, ``command_line`` as natproof's options do, ``manifest`` as a fleet manifest's keys
+    do where they differ from the library's (see :func:`setting`; a part that is not a setting, such as
+    ``Said("inside and outside", "INSIDE and OUTSIDE")``, is made directly)."""
 
     library: str
     command_line: str
+    manifest: str | None = None
+    """As a fleet manifest's user reads it (a node's correlation: the node's keys); None: as the library's."""
 
 
 _NAMED = object()
 
 
 def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None, index: int | None = None,
-            quoted: bool = True) -> Said:
+            quoted: bool = True, verb: str | None = None) -> Said:
     """A setting an error message advises or names, as each caller gives it: ``setting("allow_swap", True)`` is
     ``allow_swap=True`` and ``--allow-swap``; ``setting("inside_if", "eth0")`` ``inside_if='eth0'`` and ``--inside-if
     eth0`` (a value quoted as a shell needs it: ``--spill-dir ''``; ``quoted=False`` shows it as given, for the
     messages that always have: ``--at yesterday noon``); ``setting("conntrack", metavar="FILE")`` ``conntrack=FILE``
     and ``--conntrack FILE``; the setting alone, ``setting("clock_offset_s")``, ``clock_offset_s`` and
     ``--clock-offset``. ``index``: the value is that item of the sequence the keyword takes, one use of a repeatable
-    option: ``setting("conns", 9, index=1)`` is ``conns[1]=9`` and ``--conn 9``. ``keyword`` is one of OPTIONS."""
+    option: ``setting("conns", 9, index=1)`` is ``conns[1]=9`` and ``--conn 9``. ``keyword`` is one of OPTIONS.
+
+    A fleet manifest's user (:meth:`NatproofError.for_manifest`) is told the node's key (MANIFEST_KEYS) as the
+    manifest writes it: ``inside_if = "eth0"``, ``conntrack = "FILE"``. ``verb`` (``"pass"``; ``""`` for none):
+    the setting is advised, the verb in front of it in each wording (``pass allow_swap=True``, ``pass
+    --allow-swap``); for a keyword no node has a key for, the manifest's user reads what to do instead, verb and
+    all (INSTEAD: ``swap the node's inside and outside``). A keyword only named, never advised, is the library's
+    word to a manifest's user too (a node never gave it)."""
     option = OPTIONS[keyword]
+    key = MANIFEST_KEYS.get(keyword)
     if metavar is not None:
-        return Said(f"{keyword}={metavar}", f"{option} {metavar}")
-    if value is _NAMED:
-        return Said(keyword, option)
-    name = keyword if index is None else f"{keyword}[{index}]"
-    shown = shlex.quote(str(value)) if quoted else str(value)
-    return Said(f"{name}={value!r}", option if value is True else f"{option} {shown}")
+        said = Said(f"{keyword}={metavar}", f"{option} {metavar}", key and f"{key} = {json.dumps(metavar)}")
+    elif value is _NAMED:
+        said = Said(keyword, option, key)
+    else:
+        name = keyword if index is None else f"{keyword}[{index}]"
+        shown = shlex.quote(str(value)) if quoted else str(value)
+        said = Said(f"{name}={value!r}", option if value is True else f"{option} {shown}",
+                    key and f"{key} = {json.dumps(value, default=str)}")  # as TOML writes it
+    if verb is None:
+        return said
+    instead = INSTEAD.get(keyword) if key is None else None
+    do = f"{verb} " if verb else ""
+    manifest = instead or (said.manifest and f"{do}{said.manifest}")
+    return Said(f"{do}{said.library}", f"{do}{said.command_line}", manifest)
 
 
 class NatproofError(Exception):
@@ -80,25 +119,35 @@ class NatproofError(Exception):
 
     Built from parts: strings, and :class:`Said` parts (:func:`setting`) where a library caller and the command line
     name what to do differently. ``str(error)`` is the library's wording (``pass allow_swap=True``);
-    :meth:`for_command_line` the command line's (``pass --allow-swap``), which natproof's commands print."""
+    :meth:`for_command_line` the command line's (``pass --allow-swap``), which natproof's commands print;
+    :meth:`for_manifest` a fleet manifest's (``swap the node's inside and outside``), which a fleet's failed node
+    gives. Every wording survives pickling (a worker's error) and :meth:`reworded`."""
 
     def __init__(self, *parts: object) -> None:
         message = "".join(p.library if isinstance(p, Said) else str(p) for p in parts)
         super().__init__(*((message,) if parts else ()))
         if any(isinstance(p, Said) for p in parts):
             self.command_line = "".join(p.command_line if isinstance(p, Said) else str(p) for p in parts)
+            self.manifest = "".join((p.library if p.manifest is None else p.manifest) if isinstance(p, Said)
+                                    else str(p) for p in parts)
 
     def for_command_line(self) -> str:
         """The message as the command line says it: its options where the library names keywords."""
         return vars(self).get("command_line", str(self))
 
+    def for_manifest(self) -> str:
+        """The message as a fleet manifest's user reads it (a node's correlation failed): the node's keys where the
+        library names correlate's keywords, and what to do instead where the manifest has no key (INSTEAD)."""
+        return vars(self).get("manifest", str(self))
+
     def reworded(self, before: str = "", after: str = "") -> Self:
-        """The same error with ``before`` and ``after`` around its message, in both wordings (a caller that names
+        """The same error with ``before`` and ``after`` around its message, in every wording (a caller that names
         where it happened: natproof.chain's hop)."""
         new = copy.copy(self)
         new.args = (f"{before}{self}{after}",)
-        if "command_line" in vars(self):
-            new.command_line = f"{before}{self.command_line}{after}"
+        for wording in ("command_line", "manifest"):
+            if wording in vars(self):
+                setattr(new, wording, f"{before}{vars(self)[wording]}{after}")
         return new
 
 

@@ -308,7 +308,8 @@ def correlate_node(node: NodeSpec, nodes_dir: str) -> dict[str, Any]:
         buf = _parquet_bytes(frame)
         write_bytes(target, buf)
     except NatproofError as exc:
-        return out | {"status": "failed", "error": str(exc), "seconds": round(time.perf_counter() - start, 3)}
+        # A manifest's user set the node's keys, not correlate's keywords: said in the manifest's words.
+        return out | {"status": "failed", "error": exc.for_manifest(), "seconds": round(time.perf_counter() - start, 3)}
     except Exception as exc:  # noqa: BLE001 - one node's bug must not end the fleet; reported as its error
         return out | {"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc} (rerun this node "
                                                    "with natproof correlate --traceback and report it)",

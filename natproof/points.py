@@ -654,7 +654,8 @@ def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequen
         named = [i for i in interfaces if i.frames or i.packets][:1] or interfaces[:1]
         only = named[0].label() if named and named[0].name else info.link_type
         raise InputError(f"{path}: a capture of one interface ({only}) and no second capture: give the other side's "
-                         "too (", Said("correlate(inside, outside)", "natproof correlate INSIDE OUTSIDE"), "), or the "
+                         "too (", Said("correlate(inside, outside)", "natproof correlate INSIDE OUTSIDE",
+                                       "the node's inside and outside instead of capture"), "), or the "
                          "node's conntrack record for the other side (", setting("conntrack", metavar="FILE"), "), or "
                          "one capture of several interfaces (tcpdump -i any, dumpcap -i A -i B)")
     given_in = resolve(inside_if, interfaces, path, "inside_if")

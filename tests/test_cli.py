@@ -119,6 +119,14 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
     hop = pickle.loads(pickle.dumps(exc.value.reworded("hop 0: ")))
     assert str(hop).startswith(f"hop 0: {a} and {b} do not overlap")
     assert hop.for_command_line().startswith("hop 0: ") and hop.for_command_line().endswith("(OUTSIDE minus INSIDE)")
+    # A fleet's node has no clock offset key: its manifest's user is told what to do instead, from a Dask worker.
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate(a, b)
+    node = pickle.loads(pickle.dumps(exc.value.reworded("node-a: ")))
+    assert node.for_manifest() == (f"node-a: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs "
+                                   "23:13:20-23:13:20 UTC, on the outside clock); correlate the node alone with "
+                                   "natproof correlate --clock-offset if the clocks differ")
+    assert (str(node), node.for_command_line()) == (f"node-a: {exc.value}", f"node-a: {exc.value.for_command_line()}")
 
 
 def _library_errors(result: natproof.Result, tmp_path: Path) -> list[tuple[Callable[[], object], str, str]]:
@@ -161,10 +169,11 @@ def test_every_library_error_keeps_both_wordings_across_a_process_boundary(pair:
         assert str(exc.value).startswith(library) and exc.value.for_command_line().startswith(command_line)
         sent = pickle.loads(pickle.dumps(exc.value))
         assert type(sent) is natproof.InputError
-        assert (str(sent), sent.for_command_line()) == (str(exc.value), exc.value.for_command_line())
+        assert (str(sent), sent.for_command_line(), sent.for_manifest()) == (
+            str(exc.value), exc.value.for_command_line(), exc.value.for_manifest())
         where = pickle.loads(pickle.dumps(exc.value.reworded("node-a: ")))
-        assert (str(where), where.for_command_line()) == (f"node-a: {exc.value}",
-                                                          f"node-a: {exc.value.for_command_line()}")
+        assert (str(where), where.for_command_line(), where.for_manifest()) == (
+            f"node-a: {exc.value}", f"node-a: {exc.value.for_command_line()}", f"node-a: {exc.value.for_manifest()}")
 
 
 def test_usage_errors_are_one_line(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

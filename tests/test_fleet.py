@@ -405,3 +405,44 @@ def test_readme_fleet_example_as_a_new_user_runs_it(tmp_path: Path, monkeypatch:
     command, shown = readme_example("natproof fleet-who 203.0.113.20:39264")
     assert main(shlex.split(command)[1:]) == 0
     assert [line.rstrip() for line in capsys.readouterr().out.splitlines()] == shown
+
+
+@pytest.mark.parametrize(("keys", "said"), [
+    # One file of one interface: the manifest's keys, not correlate(inside, outside) and conntrack=FILE.
+    ({"capture": "basic/inside.pcap"},
+     "no second capture: give the other side's too (the node's inside and outside instead of capture), or the node's "
+     'conntrack record for the other side (conntrack = "FILE"), or one capture of several interfaces'),
+    # A manifest refuses allow_swap: its user is told to swap the node's inside and outside.
+    ({"inside": "udp/outside.pcap", "outside": "udp/inside.pcap"},
+     f"give them in the other order: {CAPTURES}/udp/inside.pcap {CAPTURES}/udp/outside.pcap (or swap the node's "
+     "inside and outside)"),
+])
+def test_a_failed_nodes_error_names_its_manifests_keys(tmp_path: Path, keys: dict[str, str], said: str) -> None:
+    """A node's correlation fails in the words of the manifest that set it up, not in correlate's keywords (which a
+    manifest refuses: "unknown key 'allow_swap'") nor the command line's options (a new user's trial)."""
+    from natproof.fleet import NodeSpec, correlate_node
+
+    out = correlate_node(NodeSpec(name="n", **{k: str(CAPTURES / v) for k, v in keys.items()}), str(tmp_path))
+    assert out["status"] == "failed" and said in out["error"], out["error"]
+    assert not re.search(r"allow_swap|correlate\(|=FILE|--", out["error"])
+
+
+def test_every_correlate_keyword_a_node_passes_has_its_manifest_key(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one table of a node's keys for correlate's keywords (errors.MANIFEST_KEYS) holds every keyword a node's
+    task passes that an error may advise, each a key of a [[node]] table."""
+    from natproof.errors import MANIFEST_KEYS, OPTIONS
+    from natproof.fleet import NODE_KEYS, NodeSpec, correlate_node
+
+    passed: set[str] = set()
+
+    def record(*args: object, **kw: object) -> None:
+        passed.update(kw)
+        raise natproof.InputError("recorded")
+
+    monkeypatch.setattr(natproof, "correlate", record)
+    correlate_node(NodeSpec(name="n", inside="a", outside="b"), str(tmp_path))
+    correlate_node(NodeSpec(name="n", capture="a"), str(tmp_path))
+    assert {"conntrack", "inside_if", "outside_if", "interfaces", "side", "pod_cidr"} <= passed
+    assert passed & set(OPTIONS) <= set(MANIFEST_KEYS)
+    assert set(MANIFEST_KEYS.values()) <= set(NODE_KEYS)
