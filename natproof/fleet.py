@@ -758,6 +758,28 @@ def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+def _scan_table(out_dir: str | os.PathLike[str]) -> pl.LazyFrame:
+    """fleet.parquet of a folder ``run_fleet`` wrote, to scan; InputError, naming the file, for one that is no
+    Parquet file (truncated, damaged) or not the fleet's table (a node's table copied over it, another file)."""
+    from natproof.result import CONNECTION_SCHEMA
+
+    path = Path(out_dir) / TABLE
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(f"{path}: not a Parquet file ({_first_line(exc)}): rerun natproof fleet") from None
+    want = {"node": pl.String(), **CONNECTION_SCHEMA}
+    for col, dtype in want.items():
+        if schema.get(col) != dtype:
+            problem = f"no column {col!r}" if col not in schema else f"column {col!r} is {schema[col]}, not {dtype}"
+            raise InputError(f"{path}: not the table natproof fleet writes ({problem}): rerun natproof fleet")
+    return pl.scan_parquet(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = None, window_s: float = 1.0, *,
               clock: str = "inside", node: str | None = None) -> FleetAnswer:
     """Which node's connections ADDR:PORT took part in, from the table ``run_fleet`` wrote: as any end of a
@@ -777,7 +799,7 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
     if node is not None and node not in nodes:
         raise InputError(setting("node", node, quoted=False), f": no such node in {out_dir} (nodes: "
                          f"{', '.join(nodes)})")
-    lf = pl.scan_parquet(Path(out_dir) / TABLE)
+    lf = _scan_table(out_dir)
     cols = lf.collect_schema().names()
     named = "pod" in cols
     # A library caller names a fleet's pods by its manifest's keys; the command line's words are who's, as ever.
@@ -809,7 +831,11 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
             cond = cond | pl.col("gateway_candidates").list.contains(f"{query}").fill_null(False)
     if node is not None:
         cond = cond & (pl.col("node") == node)
-    rows = lf.filter(cond).collect().sort("node", "conn").iter_rows(named=True)
+    try:
+        frame = lf.filter(cond).collect()
+    except (pl.exceptions.ComputeError, OSError) as exc:  # its footer whole, a page of its rows not
+        raise InputError(f"{Path(out_dir) / TABLE}: damaged ({_first_line(exc)}): rerun natproof fleet") from None
+    rows = frame.sort("node", "conn").iter_rows(named=True)
     schema = CONNECTION_SCHEMA | (NAME_SCHEMA if named else {})
     found = []
     for row in rows:

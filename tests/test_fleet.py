@@ -259,8 +259,48 @@ def fleet_folder(folder: Path) -> Path:
     out.mkdir()
     (out / "fleet.json").write_text(json.dumps({"schema": "natproof.fleet/1", "nodes": [{"name": "a"},
                                                                                        {"name": "b"}]}))
-    pl.DataFrame({"node": ["a"], "conn": [0]}).write_parquet(out / "fleet.parquet")
+    from natproof.fleet import _empty_frame
+
+    _empty_frame().with_columns(pl.lit(None, pl.String).alias("node")).write_parquet(out / "fleet.parquet")
     return out
+
+
+def truncated(table: Path) -> None:
+    table.write_bytes(table.read_bytes()[:100])
+
+
+def a_nodes_table(table: Path) -> None:
+    (table.parent / "nodes" / "basic.parquet").replace(table)
+
+
+def pages_damaged(table: Path) -> None:
+    data = bytearray(table.read_bytes())
+    for i in range(100, 3000, 3):  # its rows; the footer (the schema) whole
+        data[i] ^= 0x5A
+    table.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (truncated, r"not a Parquet file \(parquet: File out of specification: The file must end with PAR1 or PARE\)"),
+    (a_nodes_table, r"not the table natproof fleet writes \(no column 'node'\)"),
+    (pages_damaged, r"damaged \(parquet: .*\)"),
+])
+def test_fleet_who_on_a_damaged_or_foreign_table_is_one_line(
+        fleet: tuple[Path, natproof.fleet.FleetResult], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        damage: Callable[[Path], None], problem: str) -> None:
+    """A truncated fleet.parquet, a node's table copied in as it, or one whose rows are damaged, is said as a damaged
+    fleet.json is: one line naming the file, exit 2 (it was an internal error: polars' ComputeError,
+    ColumnNotFoundError)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(fleet[0], out)
+    damage(out / "fleet.parquet")
+    assert main(["fleet-who", "203.0.113.20:39264", str(out), "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(rf"natproof: error: {re.escape(str(out))}/fleet\.parquet: {problem}: rerun natproof fleet\n",
+                        captured.err), captured.err
 
 
 NOT_NAMED = ("'default/pod1' is not ADDR:PORT ('default/pod1' is not an IP address, and there is no port; e.g. "
