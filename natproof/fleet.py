@@ -40,8 +40,15 @@ SUMMARY = "fleet.json"
 REPORT = "fleet.html"
 NODES_DIR = "nodes"
 
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_NAME_BYTES = 255 - len(".") - len(".parquet.") - 8
+"""The longest node name (UTF-8 bytes): its table nodes/NAME.parquet is written as a temporary file
+.NAME.parquet.XXXXXXXX (natproof.report.files.atomic_write: mkstemp's 8 characters), then renamed, and either name
+must fit a file name (255 bytes: Linux's NAME_MAX on ext4, xfs, btrfs, tmpfs and NFS)."""
+
 NODE_KEYS = {
-    "name": "the node's name (letters, digits, '.', '-', '_'): its Parquet file is nodes/NAME.parquet",
+    "name": f"the node's name (letters, digits, '.', '-', '_'; up to {_NAME_BYTES}): its Parquet file is "
+            "nodes/NAME.parquet",
     "inside": "the pod-side capture (the pod's veth or cni0)",
     "outside": "the node's uplink capture (eth0)",
     "capture": "one capture of several interfaces (tcpdump -i any), or of one interface with conntrack",
@@ -65,7 +72,6 @@ GATEWAY_KEYS = {
 """The keys of the [gateway] table."""
 
 _PATH_KEYS = ("inside", "outside", "capture", "interfaces", "conntrack", "pods", "services")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,10 @@ def _node(where: str, base: Path, i: int, raw: dict[str, Any]) -> NodeSpec:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InputError(f"{where}: {label} name: {name!r} is no node name (letters, digits, '.', '-', '_'; "
                          "it names the node's Parquet file)")
+    if len(name.encode()) > _NAME_BYTES:
+        raise InputError(f"{where}: [[node]] #{i} name: {len(name.encode())} bytes, longer than a node's name can "
+                         f"be ({_NAME_BYTES} bytes: it names the node's Parquet file, whose name a file system holds "
+                         "to 255 bytes)")
     worker = raw.get("worker")
     if worker is not None and (not isinstance(worker, str) or not worker.strip()):
         raise InputError(f"{where}: {label} worker: a Dask worker's address, host or name, not {worker!r}")

@@ -232,6 +232,10 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     ('[[node]]\nname = "a"\ncapture = "{any}"\npod_cidr = "nonsense"\n',
      r"fleet\.toml: \[\[node\]\] #1 \(a\) invalid pod_cidr: 'nonsense' does not appear"),
     ('[[node]]\nname = "a\n', r"fleet\.toml: not TOML: "),
+    # A name no file name can hold: refused here, not an OSError (File name too long) in the node's task.
+    (f'[[node]]\nname = "{"x" * 300}"\ncapture = "{{any}}"\n',
+     r"fleet\.toml: \[\[node\]\] #1 name: 300 bytes, longer than a node's name can be \(237 bytes: "),
+    (f'[[node]]\nname = "{"x" * 238}"\ncapture = "{{any}}"\n', r"fleet\.toml: \[\[node\]\] #1 name: 238 bytes, "),
 ])
 def test_manifest_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                       problem: str) -> None:
@@ -486,3 +490,16 @@ def test_every_correlate_keyword_a_node_passes_has_its_manifest_key(tmp_path: Pa
     assert {"conntrack", "inside_if", "outside_if", "interfaces", "side", "pod_cidr"} <= passed
     assert passed & set(OPTIONS) <= set(MANIFEST_KEYS)
     assert set(MANIFEST_KEYS.values()) <= set(NODE_KEYS)
+
+
+def test_the_longest_node_name_writes_its_table(tmp_path: Path) -> None:
+    """A node's name of the most bytes the manifest takes names a table the node's task can write (its temporary
+    file's name, longer, too)."""
+    from natproof.fleet import correlate_node
+
+    name = "n" * 237
+    manifest = write_manifest(tmp_path, {name: NODES["udp"]})
+    [node] = load_manifest(manifest).nodes
+    out = correlate_node(node, str(tmp_path / "nodes"))
+    assert out["status"] == "ok", out["error"]
+    assert Path(out["parquet"]) == tmp_path / "nodes" / f"{name}.parquet"
