@@ -437,14 +437,26 @@ def run_fleet(manifest: Manifest | str | os.PathLike[str], out_dir: str | os.Pat
         manifest = load_manifest(manifest)
     from natproof.report.export import writable_folder
 
+    # The folders are made before a cluster starts (one natproof cannot write costs no workers), and removed again
+    # when no scheduler is reached: a run that did nothing leaves nothing, not an empty nodes/ folder.
+    made = _missing_folders(Path(out_dir) / NODES_DIR)
     out = writable_folder(out_dir, "folder for the fleet's results")
     nodes_dir = writable_folder(out / NODES_DIR, "folder for the fleet's results")
+    started = time.perf_counter()
+    try:
+        client, cluster = _client(scheduler, workers)
+    except BaseException:
+        for folder in made:  # deepest first; one something else has put a file in since stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     # The nodes/ folder is the fleet's own: Parquet files an earlier run left (other nodes, a node that fails now)
-    # would sit beside this run's as if they were its results.
+    # would sit beside this run's as if they were its results. (Only once this run goes ahead: a run refused
+    # leaves the earlier run's results whole.)
     for stale in nodes_dir.glob("*.parquet"):
         stale.unlink()
-    started = time.perf_counter()
-    client, cluster = _client(scheduler, workers)
     try:
         address = client.scheduler.address
         entries = _run_tasks(client, manifest, nodes_dir.resolve(), progress)
@@ -465,6 +477,17 @@ def run_fleet(manifest: Manifest | str | os.PathLike[str], out_dir: str | os.Pat
     return FleetResult(out_dir=str(out), nodes=nodes, summary=summary, table=str(table),
                        summary_path=str(out / SUMMARY), report=str(out / REPORT), scheduler=address,
                        failed=tuple(n["name"] for n in nodes if n["status"] != "ok"))
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: the folders making it makes."""
+    missing = []
+    whole = Path(os.path.abspath(path))
+    for folder in (whole, *whole.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def _run_tasks(client: Any, manifest: Manifest, nodes_dir: Path,

@@ -503,3 +503,19 @@ def test_the_longest_node_name_writes_its_table(tmp_path: Path) -> None:
     out = correlate_node(node, str(tmp_path / "nodes"))
     assert out["status"] == "ok", out["error"]
     assert Path(out["parquet"]) == tmp_path / "nodes" / f"{name}.parquet"
+
+
+def test_a_scheduler_not_reached_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No scheduler reached, nothing done: the folders the run made are gone (an empty nodes/ stayed, a new user's
+    trial), and an earlier run's results in a folder that was there are left whole."""
+    manifest = write_manifest(tmp_path, {"udp": NODES["udp"]})
+    new = tmp_path / "new" / "out"
+    assert main(["fleet", str(manifest), "-o", str(new), "--scheduler", "nope://x"]) == 2
+    assert "cannot reach a Dask scheduler there" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    earlier = tmp_path / "earlier"
+    (earlier / "nodes").mkdir(parents=True)
+    (earlier / "nodes" / "udp.parquet").write_bytes(b"an earlier run's")
+    with pytest.raises(natproof.InputError):
+        run_fleet(manifest, earlier, scheduler="nope://x")
+    assert [p.name for p in (earlier / "nodes").iterdir()] == ["udp.parquet"]
