@@ -1521,7 +1521,9 @@ def _print_fleet(summary: dict, out_dir: str) -> None:
     for n in summary["nodes"]:
         sev = Counter(f["severity"] for f in n["findings"])
         findings = ", ".join(f"{sev[s]} {s}" for s in ("error", "warning", "info") if sev[s]) or "-"
-        table.add_row(n["name"], n["status"], str(n["connections"]) if n["status"] == "ok" else "-",
+        # Its connections as fleet.json counts them (a failed node's rows in fleet.parquet: 0), not "-" beside a 0
+        # there; no verdicts, as none was reached.
+        table.add_row(n["name"], n["status"], str(n["connections"]),
                       _fleet_verdicts(n["by_verdict"]) if n["status"] == "ok" else "-", findings,
                       os.path.join(out_dir, n["parquet"]) if n.get("parquet") else "-")
     _print_whole(table)

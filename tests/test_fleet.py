@@ -193,6 +193,12 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     table = pl.read_parquet(tmp_path / "out" / "fleet.parquet")
     assert table["node"].unique().to_list() == ["udp"]
     assert "failed" in (tmp_path / "out" / "fleet.html").read_text()
+    # The table says a failed node's connections as fleet.json counts them (it said "-" beside JSON's 0).
+    from natproof.cli import _print_fleet
+
+    _print_fleet(doc, str(tmp_path / "out"))
+    [row] = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(" broken ")]
+    assert row[:3] == ["broken", "failed", str(by_name["broken"]["connections"])]
 
 
 @pytest.mark.parametrize(("text", "problem"), [
