@@ -231,7 +231,8 @@ def _capture_options(f: Callable, required: tuple[str, ...]) -> Callable:
     f = click.option("--side", type=click.Choice(["auto", "inside", "outside"]), default="auto",
                      show_default=True, expose_value=False, callback=_services_option,
                      help="With ONE capture of one interface and --conntrack: the side of the NAT it was taken "
-                          "on (auto: told from the record).")(f)
+                          "on (auto: told from the record). A file of several interfaces, or two captures, holds "
+                          "both sides: there it changes nothing (a warning says so).")(f)
     f = click.option("--services", metavar="FILE", multiple=True, expose_value=False, callback=_services_option,
                      type=_Named(dir_okay=False),
                      help="kubectl get svc,endpointslices -A -o json output: name Services and their backend "
@@ -458,8 +459,11 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     refuse_overwriting_inputs(output, *paths)
     obj = click.get_current_context().find_root().ensure_object(dict)
     points = obj.get("points", {})
-    if points.get("inside_if") or points.get("outside_if") or obj.get("services", {}).get("conntrack"):
-        raise click.UsageError("--inside-if, --outside-if and --conntrack apply to one pair of captures, not a chain")
+    opts = obj.get("services", {})
+    if points.get("inside_if") or points.get("outside_if") or opts.get("conntrack") or opts.get("side") not in (
+            None, "auto"):
+        raise click.UsageError("--inside-if, --outside-if, --conntrack and --side apply to one pair of captures, not a "
+                               "chain")
     with make_progress(quiet) as progress:
         chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
                                 services=services_from(obj), names=names_from(obj), progress=progress,

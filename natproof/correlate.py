@@ -61,6 +61,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 """Called as (label, total_bytes) for each capture; returns a callback advanced by records decoded."""
 
+SIDE_IS_FOR = "it is for one capture of one interface and a conntrack record"
+"""What ``side`` is for, in the warning that says it was given where it does not apply."""
+
 SWAPPED_THEM = "so natproof swapped them"
 """How the inside capture's warning that ``allow_swap`` swapped the captures (or a file's points) ends: a caller that
 asked for the swap and says it in its own words (natproof.grade) leaves it out."""
@@ -307,11 +310,12 @@ def correlate(
     ``internal``: pod to pod is never NATed.
 
     ONE capture (the other argument None): a file of several interfaces (or one given ``inside_if`` /
-    ``outside_if``) is split into both points as above, and a record is joined to that result as to two files'.
-    A file of one interface needs the record: it gives each connection's other side (:func:`correlate_one`,
+    ``outside_if``) is split into both points as above, and a record is joined to that result as to two files'. A
+    file of one interface needs the record: it gives each connection's other side (:func:`correlate_one`,
     evidence_level kernel_record; ``side``: "inside", "outside" or "auto", told from the record; by default the
-    argument the capture was given as). Without a record such a file is an InputError naming both ways out (the
-    other side's capture, or ``--conntrack``).
+    argument the capture was given as; "inside" or "outside" with a file of several interfaces, or two files, where
+    both sides are there, changes nothing and is said in the inside capture's warnings). Without a record such a
+    file is an InputError naming both ways out (the other side's capture, or ``--conntrack``).
 
     ``memory_limit`` (bytes, or a size such as "2G": natproof.spill.parse_size; InputError below one byte): two
     captures whose correlation would need more (natproof.spill.estimated_bytes) are correlated past memory, a group
@@ -351,6 +355,9 @@ def correlate(
         check_spill_dir(spill_dir)
     if side not in (None, "auto", "inside", "outside"):
         raise InputError(setting("side", side), ": inside, outside or auto")
+    side_note = ""  # a side given where both sides are captured: used as ever (not at all), but said
+    if side in ("inside", "outside") and inside is not None and outside is not None:
+        side_note = f"given with the other side's capture: the side given ({side}) does not apply ({SIDE_IS_FOR})"
     if conntrack is not None and not isinstance(conntrack, ConntrackRecord):
         conntrack = read_conntrack(conntrack)  # a bad record is an error before any capture is read
     links = read_links(interfaces) if interfaces is not None else None
@@ -392,7 +399,10 @@ def correlate(
                                **again)  # type: ignore[arg-type]
             note = (f"given as the outside capture; {os.fspath(inside)} and {os.fspath(outside)} looked "
                     f"swapped ({swapped}), {SWAPPED_THEM}")
-        return _warned(result, note)
+        return side_said(_warned(result, note))
+
+    def side_said(result: Result) -> Result:
+        return _warned(result, side_note) if side_note else result
 
     capture = inside if outside is None else outside if inside is None else None
     arranged: list[KeyParts] = []  # the inside side's keys cut for matching while the outside one was prepared
@@ -402,7 +412,13 @@ def correlate(
         over = memory_limit is not None and estimated_bytes([capture]) > memory_limit
         cb = progress(f"capture: {os.fspath(capture)}", _size(capture)) if progress else None
         loaded = [*_load(capture, cb, fast, overlay)]
-        if conntrack is not None and not in_names and not out_names and not several_interfaces(*loaded, links):
+        given_side = side in ("inside", "outside")
+        one_side = conntrack is not None and not in_names and not out_names
+        several = (one_side or given_side) and several_interfaces(*loaded, links)
+        if given_side and several:
+            side_note = (f"holds several interfaces, both sides of the NAT, and is split into them: the side given "
+                         f"({side}) does not apply ({SIDE_IS_FOR})")
+        if one_side and not several:
             one = _correlate_one(
                 capture, conntrack, side=side or ("inside" if inside is not None else "outside"), pod_cidr=pod_cidr,
                 tolerance_s=tolerance_s, timeouts=timeouts, fast=fast, services=services, loaded=loaded,
@@ -435,7 +451,7 @@ def correlate(
                     return swap_again(swapped, None, None)
                 if conntrack is not None:
                     spilled = join_kernel(spilled, conntrack, tolerance_s=tolerance_s)
-                return apply_names(spilled, names)
+                return apply_names(side_said(spilled), names)
             if spilled:
                 memory_note = _memory_note(spilled, 2)
         cbs = [progress(f"{label}: {os.fspath(path)}", _size(path)) if progress else None
@@ -506,7 +522,7 @@ def correlate(
         result = _warned(result, memory_note)
     if conntrack is not None:
         result = join_kernel(result, conntrack, tolerance_s=tolerance_s)
-    return apply_names(result, names)
+    return apply_names(side_said(result), names)
 
 
 def _memory_note(why: str, captures: int) -> str:

@@ -782,6 +782,33 @@ def test_who_from_the_kernel_record_alone_names_pods_and_finds_one_by_name(
         c["ends"]["pod"]["address"] + f":{c['ends']['pod']['port']}" for c in captured]
 
 
+def test_a_side_that_does_not_apply_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """--side says which side one capture of one interface was taken on: given with a file of several interfaces
+    (split into both sides) or with two captures, it changes nothing, as before, but is no longer dropped without a
+    word (a new user's trial): a warning says so."""
+    d = CAPTURES / "internal"
+    not_for = "(it is for one capture of one interface and a conntrack record)"
+    code, out, err = run(capsys, "correlate", str(d / "any.pcap"), "--conntrack", str(d / "conntrack.log"),
+                         "--side", "outside", "--format", "json")
+    assert code == 0
+    assert (f"natproof: warning: {d / 'any.pcap'}: holds several interfaces, both sides of the NAT, and is split into "
+            f"them: the side given (outside) does not apply {not_for}\n") in err
+    split = json.loads(out)
+    assert (split["captures"]["inside"]["interfaces"], split["captures"]["outside"]["interfaces"]) == (
+        ["if4"], ["if3"])  # split, as without --side
+    code, _, err = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--side", "inside",
+                       "--format", "json")
+    assert code == 0 and err == (f"natproof: warning: {d / 'inside.pcap'}: given with the other side's capture: the "
+                                 f"side given (inside) does not apply {not_for}\n")
+    # auto, the default, claims nothing: no warning.
+    code, _, err = run(capsys, "correlate", str(d / "inside.pcap"), str(d / "outside.pcap"), "--format", "json")
+    assert (code, err) == (0, "")
+    chain = [str(CAPTURES / "double-nat" / p) for p in ("inside.pcap", "outside.pcap", "gateway/outside.pcap")]
+    code, _, err = run(capsys, "correlate", *chain, "--side", "inside")
+    assert code == 2 and err.startswith("natproof: error: --inside-if, --outside-if, --conntrack and --side apply to "
+                                        "one pair of captures, not a chain")
+
+
 def test_one_capture_with_conntrack(capsys: pytest.CaptureFixture[str]) -> None:
     d = CAPTURES / "nodeport"
     code, out, err = run(capsys, "correlate", str(d / "outside.pcap"), "--conntrack", str(d / "conntrack.log"),

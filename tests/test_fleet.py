@@ -477,6 +477,20 @@ def test_a_failed_nodes_error_names_its_manifests_keys(tmp_path: Path, keys: dic
     assert not re.search(r"allow_swap|correlate\(|=FILE|--", out["error"])
 
 
+def test_a_side_given_to_a_capture_of_several_interfaces_is_among_its_warnings(tmp_path: Path) -> None:
+    """A node's side with a capture of several interfaces changes nothing (the file holds both sides) and was
+    dropped without a word (a new user's trial): the node's warnings say so."""
+    from natproof.fleet import NodeSpec, correlate_node
+
+    d = CAPTURES / "internal"
+    out = correlate_node(NodeSpec(name="n", capture=str(d / "any.pcap"), conntrack=str(d / "conntrack.log"),
+                                  side="outside"), str(tmp_path))
+    assert out["status"] == "ok"
+    assert f"{d / 'any.pcap'}: holds several interfaces, both sides of the NAT, and is split into them: the side " \
+           "given (outside) does not apply (it is for one capture of one interface and a conntrack record)" \
+           in out["warnings"]
+
+
 def test_every_correlate_keyword_a_node_passes_has_its_manifest_key(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The one table of a node's keys for correlate's keywords (errors.MANIFEST_KEYS) holds every keyword a node's
