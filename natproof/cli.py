@@ -1845,6 +1845,13 @@ class _ReaderMayLeave:
         except OSError as exc:
             raise _cannot_write_stdout(exc) from None
 
+    @property
+    def buffer(self) -> _ReaderMayLeave:
+        """The byte stream beneath, written with the same care: a command that writes bytes (fleet's and a chain's
+        JSON) reached the stream's own buffer through __getattr__, past this class, and a full disk or a closed
+        standard output was an internal error there."""
+        return _ReaderMayLeave(self._stream.buffer)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
@@ -1881,8 +1888,12 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+class _StdoutLost(InputError):
+    """Standard output cannot be written (a full disk, closed): what is still buffered for it is lost too."""
+
+
 def _cannot_write_stdout(exc: OSError) -> InputError:
-    return InputError(f"standard output: cannot write it ({exc.strerror or exc})")
+    return _StdoutLost(f"standard output: cannot write it ({exc.strerror or exc})")
 
 
 _terminated: list[bool] = []
@@ -1950,6 +1961,12 @@ def _main(args: list[str]) -> int:
         if show_tb:
             raise
         _error(exc.for_command_line())
+        if isinstance(exc, _StdoutLost):
+            # Said once: what is still buffered goes to /dev/null, or main's last flush failed on it again and said
+            # it twice (`diagnose --format json > /dev/full`). Here, once the command is over, not where it is
+            # raised: click tries a write to tell a stream's kind and passes over what that raises.
+            with contextlib.suppress(OSError, ValueError):  # closed (>&-): no descriptor, nothing buffered
+                _stdout_nowhere()
         return ExitStatus.BAD_INPUT
     except _Interrupted:
         return _said_interrupted(end_echo=True)

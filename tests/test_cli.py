@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import takewhile
 from pathlib import Path
 
@@ -606,6 +606,88 @@ def test_standard_output_that_cannot_be_written(pair: tuple[Path, Path]) -> None
                                       preexec_fn=None if where else (lambda: os.close(1)))
             assert (proc.returncode, proc.stderr.decode()) == (
                 2, f"natproof: error: standard output: cannot write it ({why})\n"), (args, where)
+
+
+JSON_COMMANDS = ["correlate", "correlate chain", "correlate --flow-log", "diagnose", "explain", "verify", "who",
+                 "flowlog", "grade", "lab check", "fleet", "fleet-who"]
+"""Every command that prints JSON, and the forms of correlate that print it by their own path."""
+
+
+def json_command(name: str, tmp_path: Path) -> list[str]:
+    """The arguments of command ``name`` (JSON_COMMANDS) printing JSON, on small inputs of the repository's."""
+    c = Path(__file__).resolve().parent.parent / "captures"
+    basic, dn = [str(c / "basic" / "inside.pcap"), str(c / "basic" / "outside.pcap")], c / "double-nat"
+    gateway = [str(dn / "flowlogs" / "custom.log"), "10.0.1.1=203.0.113.20"]
+    if name == "grade":
+        (tmp_path / "class" / "ann").mkdir(parents=True)
+        for side in ("inside", "outside"):
+            (tmp_path / "class" / "ann" / f"{side}.pcap").symlink_to(c / "basic" / f"{side}.pcap")
+        (tmp_path / "g.toml").write_text('[[expect]]\npoints = 1\nall = "translated"\n')
+    if name == "fleet":
+        (tmp_path / "fleet.toml").write_text(f'[[node]]\nname = "a"\ninside = "{basic[0]}"\noutside = "{basic[1]}"\n')
+    if name == "fleet-who":
+        from natproof.fleet import _empty_frame
+
+        (tmp_path / "fleet").mkdir()
+        (tmp_path / "fleet" / "fleet.json").write_text(json.dumps({"schema": "natproof.fleet/1", "nodes": []}))
+        _empty_frame().with_columns(pl.lit(None, pl.String).alias("node")).write_parquet(
+            tmp_path / "fleet" / "fleet.parquet")
+    return {
+        "correlate": ["correlate", *basic],
+        "correlate chain": ["correlate", str(dn / "inside.pcap"), str(dn / "outside.pcap"),
+                            str(dn / "gateway" / "outside.pcap")],
+        "correlate --flow-log": ["correlate", str(dn / "inside.pcap"), str(dn / "outside.pcap"), "--flow-log",
+                                 gateway[0], "--nat-gateway", gateway[1]],
+        "diagnose": ["diagnose", *basic],
+        "explain": ["explain", *basic, "--conn", "0"],
+        "verify": ["verify", *basic, "--expect-snat-ip", "203.0.113.2"],
+        "who": ["who", "203.0.113.2:37784", *basic],
+        "flowlog": ["flowlog", gateway[0], "--nat-gateway", gateway[1]],
+        "grade": ["grade", str(tmp_path / "class"), "--expectations", str(tmp_path / "g.toml")],
+        "lab check": ["lab", "check", str(c / "basic")],
+        "fleet": ["fleet", str(tmp_path / "fleet.toml"), "-o", str(tmp_path / "out"), "--workers", "1", "-q"],
+        "fleet-who": ["fleet-who", "203.0.113.2:1", str(tmp_path / "fleet")],
+    }[name] + ["--format", "json"]
+
+
+def test_every_command_that_prints_json_is_among_those_written_to_a_full_disk() -> None:
+    import click
+
+    from natproof.cli import cli
+
+    def leaves(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from leaves(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    printing = {name for name, command in leaves(cli) for p in command.params
+                if p.name == "fmt" and "json" in getattr(p.type, "choices", ())}
+    assert printing == {name.split(" -")[0] for name in JSON_COMMANDS if name != "correlate chain"}
+
+
+@pytest.mark.parametrize("sink", ["/dev/full", "closed"])
+@pytest.mark.parametrize("name", JSON_COMMANDS)
+def test_json_to_standard_output_that_cannot_be_written(name: str, sink: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`> /dev/full` or `>&-` under every command's JSON: one line, status 2, whichever path wrote it (fleet's and
+    a chain's JSON, written as bytes, went past the handling every other command had: internal errors)."""
+    import contextlib
+    import sys
+
+    args = json_command(name, tmp_path)
+    stream = open("/dev/full", "w", encoding="utf-8") if sink == "/dev/full" else None  # noqa: SIM115
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        code = main(args)
+    finally:
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    why = "No space left on device" if stream is not None else "standard output is closed"
+    assert (code, capsys.readouterr().err) == (2, f"natproof: error: standard output: cannot write it ({why})\n")
 
 
 def test_output_through_a_symlink_writes_the_file_it_names(pair: tuple[Path, Path], tmp_path: Path,
