@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shlex
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 OPTIONS = {
     # natproof.correlate (and correlate_chain, correlate_one)
@@ -114,6 +113,14 @@ def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None,
     return Said(f"{do}{said.library}", f"{do}{said.command_line}", manifest)
 
 
+def _restore(cls: type[NatproofError], args: tuple[Any, ...], state: dict[str, Any]) -> NatproofError:
+    """A pickled NatproofError back (NatproofError.__reduce__)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class NatproofError(Exception):
     """Base class: natproof could not answer. The message is one line, fit for a user.
 
@@ -131,6 +138,12 @@ class NatproofError(Exception):
             self.manifest = "".join((p.library if p.manifest is None else p.manifest) if isinstance(p, Said)
                                     else str(p) for p in parts)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Its message and every attribute as they are, not through __init__ (Exception pickles the arguments it was
+        # built from: a CaptureError's two, which a message cannot give back, broke a grading script's process
+        # pool; a reworded error lost its prefix), whether pickled for a worker or by tblib (dask.distributed).
+        return _restore, (type(self), self.args, dict(vars(self)))
+
     def for_command_line(self) -> str:
         """The message as the command line says it: its options where the library names keywords."""
         return vars(self).get("command_line", str(self))
@@ -143,7 +156,11 @@ class NatproofError(Exception):
     def reworded(self, before: str = "", after: str = "") -> Self:
         """The same error with ``before`` and ``after`` around its message, in every wording (a caller that names
         where it happened: natproof.chain's hop)."""
-        new = copy.copy(self)
+        # A new instance with a dict of its own: copy.copy goes through the class's pickling, which tblib (loaded
+        # with dask.distributed: a fleet) replaces by one that shares the original's __dict__, so the original's
+        # wordings were reworded too.
+        new = type(self).__new__(type(self))
+        new.__dict__.update(vars(self))
         new.args = (f"{before}{self}{after}",)
         for wording in ("command_line", "manifest"):
             if wording in vars(self):
@@ -159,10 +176,6 @@ class CaptureError(NatproofError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
-    def __reduce__(self) -> tuple[type[CaptureError], tuple[str, str]]:
-        # Exception pickles its message alone, which __init__ cannot take back: a CaptureError raised in a
-        # process pool's child (a grading script's) broke the pool instead of reaching the caller.
-        return type(self), (self.path, self.problem)
 
 
 class InputError(NatproofError):
