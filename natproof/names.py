@@ -427,7 +427,7 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
     objects = _objects(name)
     kinds = Counter(o.get("kind") for o in objects)
     if not any(kinds[k] for k in KINDS):
-        found = ", ".join(f"{k} x{n}" for k, n in kinds.most_common()) if objects else "no items"
+        found = ", ".join(f"{k or 'no kind'} x{n}" for k, n in kinds.most_common()) if objects else "no items"
         if not objects:
             raise InputError(f"{name}: an empty List (no items): kubectl found nothing to dump; check the context "
                              "and give -A for every namespace")
@@ -437,9 +437,10 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
     host_network = 0
     for i, o in enumerate(objects, 1):
         kind = o.get("kind")
+        if kind not in KINDS:
+            continue
         try:
-            if kind in _SHAPED:
-                _require_objects(o, _SHAPED[kind])
+            _require_objects(o, _SHAPED[kind])
             if kind == "Pod":
                 pod = _pod(o, name)
                 if pod is None:
@@ -450,14 +451,14 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
                 svc = _service(o, name)
                 if svc is not None:
                     services.append(svc)
-            elif kind in ("EndpointSlice", "Endpoints"):
+            else:
                 endpoints += _endpoints(o)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except _Bad as exc:
             meta = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
-            what = (f"{kind} {meta.get('namespace', '?')}/{meta['name']}" if isinstance(meta.get("name"), str)
-                    else f"{kind} #{i} of the file (no metadata.name)")
-            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({why})") from None
+            ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "?"
+            what = (f"{kind} {ns}/{meta['name']}" if isinstance(meta.get("name"), str) and meta["name"]
+                    else f"{kind} #{i} of the file")
+            raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({exc})") from None
     source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
               "endpoints": len(endpoints), "host_network_pods": host_network}
     return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,))
@@ -469,17 +470,81 @@ _SHAPED = {"Pod": ("metadata", "spec"), "Service": ("metadata", "spec"), "Endpoi
 ClusterIP Service of no address and no port (a helper's break test): accepted, and nothing named after it."""
 
 
+class _Bad(ValueError):
+    """A field of a kubectl object that is not as kubectl writes it; the message names the field by its path in the
+    object (``status.podIPs[0].ip``) and says what is wrong with it."""
+
+
 def _require_objects(o: dict[str, Any], fields: tuple[str, ...]) -> None:
-    """ValueError naming the first of ``fields`` that is missing or not a JSON object in ``o``."""
+    """_Bad naming the first of ``fields`` that is missing or not a JSON object in ``o``."""
     for field in fields:
         value = o.get(field)
         if not isinstance(value, dict):
-            got = "missing" if field not in o else "null" if value is None else _article(_JSON_TYPES.get(
-                type(value), type(value).__name__))
-            raise ValueError(f"{field} is {got}, not an object")
+            raise _Bad(f"{field} is {'missing' if field not in o else _json_type(value)}, not an object")
 
 
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+def _json_type(value: Any) -> str:
+    """What a JSON value is, as a message says it: null, a string, a number, a boolean, an array, an object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__)
+
+
+def _field(o: dict[str, Any], key: str, path: str, want: type) -> Any:
+    """``o[key]`` when it is a JSON value of type ``want`` (dict, list, str, bool, int), None when it is missing or
+    null; _Bad naming ``path`` (the field's place in the object) when it is anything else."""
+    value = o.get(key)
+    if value is None or (isinstance(value, want) and not (want is int and isinstance(value, bool))):
+        return value
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean (true or false)", int: "a number"}
+    raise _Bad(f"{path} is {_json_type(value)}, not {names[want]}")
+
+
+def _objects_in(o: dict[str, Any], key: str, path: str, example: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """The objects of the array ``o[key]`` (none when it is missing or null), each with its path (``path[i]``); _Bad
+    when it is no array or an element is no object (``example``: what an element looks like, for the message)."""
+    such = f" such as {example}" if example else ""
+    value = o.get(key)
+    if value is not None and not isinstance(value, list):
+        raise _Bad(f"{path} is {_json_type(value)}, not an array of objects{such}")
+    out = []
+    for j, item in enumerate(value or []):
+        where = f"{path}[{j}]"
+        if not isinstance(item, dict):
+            raise _Bad(f"{where} is {_json_type(item)}, not an object{such}")
+        out.append((where, item))
+    return out
+
+
+def _name_field(meta: dict[str, Any], path: str = "metadata.name") -> str:
+    """metadata.name: a string that is not empty; _Bad otherwise."""
+    value = _field(meta, "name", path, str)
+    if not value:
+        raise _Bad(f"{path} is {'missing' if 'name' not in meta else _json_type(value) if value is None else 'empty'}")
+    return value
+
+
+def _address(value: Any, path: str) -> str:
+    """An IP address field, as natproof writes addresses (inet_ntop's text); _Bad naming ``path`` otherwise."""
+    if not isinstance(value, str):
+        raise _Bad(f"{path} is {_json_type(value)}, not an IP address")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise _Bad(f"{path} {value!r} is not an IP address") from None
+
+
+def _time_field(o: dict[str, Any], key: str, path: str) -> int | None:
+    """A timestamp field in epoch ns, None when missing or empty; _Bad naming ``path`` when it is no RFC 3339 time."""
+    text = _field(o, key, path, str)
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise _Bad(f"{path} {text!r} is not a time as Kubernetes writes it (RFC 3339, e.g. 2024-05-01T10:00:00Z)"
+                   ) from None
 
 
 def _objects(path: str) -> list[dict[str, Any]]:
@@ -520,55 +585,91 @@ def _objects(path: str) -> list[dict[str, Any]]:
     for v in values:
         for item in v if isinstance(v, list) else [v]:
             if not isinstance(item, dict):
-                raise InputError(f"{path}: not a kubectl JSON dump ({_article(type(item).__name__)} where an "
-                                 "object with kind belongs)")
-            if isinstance(item.get("items"), list) or item.get("kind", "").endswith("List"):
+                raise InputError(f"{path}: not a kubectl JSON dump ({_json_type(item)} where an object with kind "
+                                 "belongs)")
+            kind = _kind(item, path, len(objects) + 1)
+            if isinstance(item.get("items"), list) or kind.endswith("List"):
                 # kubectl's "List", or the API's PodList/ServiceList, whose items may leave their kind out.
-                of = str(item.get("kind", ""))[:-4] if str(item.get("kind", "")).endswith("List") else ""
-                for sub in item.get("items") or []:
+                items = item.get("items")
+                if items is not None and not isinstance(items, list):
+                    raise InputError(f"{path}: not a kubectl JSON dump (the {kind or 'List'}'s items is "
+                                     f"{_json_type(items)}, not an array)")
+                of = kind[:-4] if kind.endswith("List") else ""
+                for sub in items or []:
                     if not isinstance(sub, dict):
-                        raise InputError(f"{path}: not a kubectl JSON dump (an item is {_article(type(sub).__name__)})")
-                    objects.append(sub if sub.get("kind") or not of else {**sub, "kind": of})
+                        raise InputError(f"{path}: not a kubectl JSON dump (item #{len(objects) + 1} is "
+                                         f"{_json_type(sub)}, not an object)")
+                    objects.append(sub if _kind(sub, path, len(objects) + 1) or not of else {**sub, "kind": of})
             else:
                 objects.append(item)
     return objects
 
 
+def _kind(o: dict[str, Any], path: str, number: int) -> str:
+    """An object's kind ("" when it has none); InputError when it is not a string."""
+    kind = o.get("kind")
+    if kind is None:
+        return ""
+    if not isinstance(kind, str):
+        raise InputError(f"{path}: not a kubectl JSON dump (object #{number}'s kind is {_json_type(kind)}, not a "
+                         "string)")
+    return kind
+
+
 def parse_timestamp(text: str | None) -> int | None:
-    """An RFC 3339 timestamp as kubectl writes it (2024-05-01T10:00:00Z) in epoch ns; None when absent."""
+    """An RFC 3339 timestamp as kubectl writes it (2024-05-01T10:00:00Z) in epoch ns; None when absent. ValueError
+    when it is no such time."""
     if not text:
         return None
-    when = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    t = str(text).strip()
+    when = dt.datetime.fromisoformat(t[:-1] + "+00:00" if t[-1:] in "zZ" else t)
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
 
 
-def _ip(text: Any) -> str:
-    return str(ipaddress.ip_address(str(text).strip()))
+def _namespace(meta: dict[str, Any]) -> str:
+    return _field(meta, "namespace", "metadata.namespace", str) or "default"
 
 
 def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
     """A Pod object as a PodEntry; None for a hostNetwork pod (its podIP is its node's address, which is not the
-    pod's alone: naming it after one pod would name every other host-network pod's and the node's traffic)."""
-    meta, spec, status = o.get("metadata") or {}, o.get("spec") or {}, o.get("status") or {}
-    if spec.get("hostNetwork"):
+    pod's alone: naming it after one pod would name every other host-network pod's and the node's traffic). A pod
+    whose podIP is its node's (status.hostIP) is one, whatever spec says (a dump trimmed of spec.hostNetwork)."""
+    meta, spec = o["metadata"], o["spec"]
+    status = _field(o, "status", "status", dict) or {}
+    name, namespace = _name_field(meta), _namespace(meta)
+    if _field(spec, "hostNetwork", "spec.hostNetwork", bool):
         return None
-    ips = [_ip(e["ip"]) for e in status.get("podIPs") or [] if e.get("ip")]
-    if not ips and status.get("podIP"):
-        ips = [_ip(status["podIP"])]
-    end = parse_timestamp(meta.get("deletionTimestamp"))
-    if end is None and status.get("phase") in ("Succeeded", "Failed"):
-        finished = [parse_timestamp(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
-                    for c in (status.get("containerStatuses") or [])]
-        known = [t for t in finished if t is not None]
+    ips = [_address(e.get("ip"), f"{where}.ip")
+           for where, e in _objects_in(status, "podIPs", "status.podIPs", '{"ip": "10.244.0.5"}')]
+    if not ips and _field(status, "podIP", "status.podIP", str):
+        ips = [_address(status["podIP"], "status.podIP")]
+    host = [_address(e.get("ip"), f"{where}.ip")
+            for where, e in _objects_in(status, "hostIPs", "status.hostIPs", '{"ip": "192.0.2.10"}')]
+    if _field(status, "hostIP", "status.hostIP", str):
+        host.append(_address(status["hostIP"], "status.hostIP"))
+    if set(ips) & set(host):
+        return None
+    end = _time_field(meta, "deletionTimestamp", "metadata.deletionTimestamp")
+    if end is None and _field(status, "phase", "status.phase", str) in ("Succeeded", "Failed"):
+        known = []
+        for where, c in _objects_in(status, "containerStatuses", "status.containerStatuses"):
+            state = _field(c, "state", f"{where}.state", dict) or {}
+            done = _field(state, "terminated", f"{where}.state.terminated", dict) or {}
+            finished = _time_field(done, "finishedAt", f"{where}.state.terminated.finishedAt")
+            if finished is not None:
+                known.append(finished)
         end = max(known) if known else None
-    return PodEntry(
-        namespace=meta.get("namespace") or "default", name=meta["name"], addresses=tuple(dict.fromkeys(ips)),
-        start_ns=parse_timestamp(meta.get("creationTimestamp")) or parse_timestamp(status.get("startTime")),
-        end_ns=end, node=spec.get("nodeName"), containers=tuple(c["name"] for c in spec.get("containers") or []),
-        uid=meta.get("uid"), source=source)
+    start = _time_field(meta, "creationTimestamp", "metadata.creationTimestamp")
+    if start is None:
+        start = _time_field(status, "startTime", "status.startTime")
+    containers = tuple(_name_field(c, f"{where}.name") for where, c in _objects_in(spec, "containers",
+                                                                                   "spec.containers"))
+    return PodEntry(namespace=namespace, name=name, addresses=tuple(dict.fromkeys(ips)), start_ns=start, end_ns=end,
+                    node=_field(spec, "nodeName", "spec.nodeName", str), containers=containers,
+                    uid=_field(meta, "uid", "metadata.uid", str), source=source)
 
 
 def _is_json(text: str) -> bool:
@@ -579,60 +680,85 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _article(word: str) -> str:
-    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
-
-
-def _port(value: Any, field: str) -> int:
-    """A Service port field as an int, ValueError naming it when it is no port (1-65535)."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field} {value!r} is no port number") from None
+def _port(value: Any, path: str) -> int:
+    """A Service port field (a number, as kubectl writes it, or its digits as a string) as an int; _Bad naming
+    ``path`` when it is no port (1-65535)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isascii()
+                                                                  and value.strip().isdigit())):
+        raise _Bad(f"{path} {value!r} is no port number" if isinstance(value, str | float | bool)
+                   else f"{path} is {'missing' if value is None else _json_type(value)}, not a port number")
+    n = int(value)
     if not 1 <= n <= 65535:
-        raise ValueError(f"{field} {n} is out of range (1-65535)")
+        raise _Bad(f"{path} {n} is out of range (1-65535)")
     return n
 
 
+_PROTOCOLS = ("tcp", "udp", "sctp")
+"""spec.ports[].protocol (the API's: TCP, UDP, SCTP), as natproof names a connection's protocol."""
+
+
 def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
-    meta, spec = o.get("metadata") or {}, o.get("spec") or {}
-    kind = spec.get("type") or "ClusterIP"
+    meta, spec = o["metadata"], o["spec"]
+    name, namespace = _name_field(meta), _namespace(meta)
+    kind = _field(spec, "type", "spec.type", str) or "ClusterIP"
     if kind == "ExternalName":
         return None
-    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
-    ports = tuple(ServicePort(name=p.get("name") or None, port=_port(p["port"], "port"),
-                              proto=(p.get("protocol") or "TCP").lower(),
-                              node_port=_port(p["nodePort"], "nodePort") if p.get("nodePort") else None,
-                              target_port=p.get("targetPort")) for p in spec.get("ports") or [])
-    ingress = ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    return ServiceEntry(namespace=meta.get("namespace") or "default", name=meta["name"], type=kind,
-                        cluster_ips=tuple(_ip(ip) for ip in ips if ip and ip != "None"), ports=ports, source=source,
-                        load_balancer_ips=tuple(_ip(i["ip"]) for i in ingress if i.get("ip")),
-                        external_ips=tuple(_ip(ip) for ip in spec.get("externalIPs") or [] if ip))
+    given = _field(spec, "clusterIPs", "spec.clusterIPs", list)
+    listed = [(f"spec.clusterIPs[{j}]", ip) for j, ip in enumerate(given)] if given else [
+        ("spec.clusterIP", _field(spec, "clusterIP", "spec.clusterIP", str))]
+    cluster_ips = tuple(_address(ip, where) for where, ip in listed if ip not in (None, "", "None"))
+    ports = []
+    for where, p in _objects_in(spec, "ports", "spec.ports"):
+        proto = (_field(p, "protocol", f"{where}.protocol", str) or "TCP").lower()
+        if proto not in _PROTOCOLS:
+            raise _Bad(f"{where}.protocol {p['protocol']!r} is not TCP, UDP or SCTP")
+        node_port = p.get("nodePort")
+        ports.append(ServicePort(name=_field(p, "name", f"{where}.name", str) or None,
+                                 port=_port(p.get("port"), f"{where}.port"), proto=proto,
+                                 node_port=_port(node_port, f"{where}.nodePort") if node_port not in (None, 0)
+                                 else None, target_port=p.get("targetPort")))
+    status = _field(o, "status", "status", dict) or {}
+    balancer = _field(status, "loadBalancer", "status.loadBalancer", dict) or {}
+    ingress = tuple(_address(i["ip"], f"{where}.ip")
+                    for where, i in _objects_in(balancer, "ingress", "status.loadBalancer.ingress")
+                    if i.get("ip") is not None)  # an ingress of a hostname alone (an AWS ELB) has no address
+    external = tuple(_address(ip, f"spec.externalIPs[{j}]")
+                     for j, ip in enumerate(_field(spec, "externalIPs", "spec.externalIPs", list) or []) if ip)
+    return ServiceEntry(namespace=namespace, name=name, type=kind, cluster_ips=cluster_ips, ports=tuple(ports),
+                        source=source, load_balancer_ips=ingress, external_ips=external)
 
 
 def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
     """The endpoints of an EndpointSlice (discovery.k8s.io/v1) or of a v1 Endpoints object."""
-    meta = o.get("metadata") or {}
-    ns = meta.get("namespace") or "default"
+    meta = o["metadata"]
+    ns = _namespace(meta)
     out = []
 
-    def pod_of(ref: dict[str, Any] | None) -> str | None:
-        if not ref or ref.get("kind", "Pod") != "Pod" or not ref.get("name"):
+    def pod_of(ref: dict[str, Any] | None, where: str) -> str | None:
+        if not ref or (_field(ref, "kind", f"{where}.kind", str) or "Pod") != "Pod":
             return None
-        return f"{ref.get('namespace') or ns}/{ref['name']}"
+        name = _field(ref, "name", f"{where}.name", str)
+        return f"{_field(ref, 'namespace', f'{where}.namespace', str) or ns}/{name}" if name else None
 
     if o.get("kind") == "EndpointSlice":
-        label = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        labels = _field(meta, "labels", "metadata.labels", dict) or {}
+        label = _field(labels, "kubernetes.io/service-name", "metadata.labels['kubernetes.io/service-name']", str)
         service = f"{ns}/{label}" if label else None
-        for ep in o.get("endpoints") or []:
-            for a in ep.get("addresses") or []:
-                out.append(EndpointEntry(service, _ip(a), pod_of(ep.get("targetRef")), ep.get("nodeName")))
+        if _field(o, "addressType", "addressType", str) == "FQDN":
+            return out  # its endpoints are host names: no address to name
+        for where, ep in _objects_in(o, "endpoints", "endpoints"):
+            pod = pod_of(_field(ep, "targetRef", f"{where}.targetRef", dict), f"{where}.targetRef")
+            node = _field(ep, "nodeName", f"{where}.nodeName", str)
+            for k, a in enumerate(_field(ep, "addresses", f"{where}.addresses", list) or []):
+                out.append(EndpointEntry(service, _address(a, f"{where}.addresses[{k}]"), pod, node))
     else:
-        service = f"{ns}/{meta['name']}"
-        for subset in o.get("subsets") or []:
-            for a in [*(subset.get("addresses") or []), *(subset.get("notReadyAddresses") or [])]:
-                out.append(EndpointEntry(service, _ip(a["ip"]), pod_of(a.get("targetRef")), a.get("nodeName")))
+        service = f"{ns}/{_name_field(meta)}"
+        for where, subset in _objects_in(o, "subsets", "subsets"):
+            for key in ("addresses", "notReadyAddresses"):
+                for at, a in _objects_in(subset, key, f"{where}.{key}", '{"ip": "10.244.0.5"}'):
+                    out.append(EndpointEntry(service, _address(a.get("ip"), f"{at}.ip"),
+                                             pod_of(_field(a, "targetRef", f"{at}.targetRef", dict), f"{at}.targetRef"),
+                                             _field(a, "nodeName", f"{at}.nodeName", str)))
     return out
 
 

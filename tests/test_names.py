@@ -209,17 +209,18 @@ def test_every_form_kubectl_writes(tmp_path: Path) -> None:
                               "give -A for every namespace"),
     (json.dumps(kube_list({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}})),
      "no Pod, Service or EndpointSlice in it (Deployment x1)"),
-    ("[1, 2]", "not a kubectl JSON dump (an int where an object with kind belongs)"),
+    ("[1, 2]", "not a kubectl JSON dump (a number where an object with kind belongs)"),
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
                            "spec": {"ports": [{"port": "eighty"}]}})), "Service ?/x is not shaped as kubectl "
-                                                                        "writes it (port 'eighty' is no port number)"),
+                                                                        "writes it (spec.ports[0].port 'eighty' is no "
+                                                                        "port number)"),
     # A port out of range went on to a polars column of UInt16: an internal error, exit 70 (new user's break test).
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
                            "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 99999}]}})),
-     "Service d/x is not shaped as kubectl writes it (port 99999 is out of range (1-65535))"),
+     "Service d/x is not shaped as kubectl writes it (spec.ports[0].port 99999 is out of range (1-65535))"),
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
                            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": -5}]}})),
-     "Service d/x is not shaped as kubectl writes it (nodePort -5 is out of range (1-65535))"),
+     "Service d/x is not shaped as kubectl writes it (spec.ports[0].nodePort -5 is out of range (1-65535))"),
     # A Service of "spec": null read as a ClusterIP Service of no address and no port, accepted without a word
     # (a helper's break test); a spec or metadata of another JSON type is refused the same way, naming the item.
     (json.dumps(kube_list(service("d", "web", "10.96.0.50", {"port": 80}),
@@ -233,16 +234,13 @@ def test_every_form_kubectl_writes(tmp_path: Path) -> None:
     (json.dumps(kube_list(service("d", "web", "10.96.0.50", {"port": 80}),
                           {"apiVersion": "v1", "kind": "Service", "metadata": None,
                            "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 80}]}})),
-     "Service #2 of the file (no metadata.name) is not shaped as kubectl writes it (metadata is null, not an "
-     "object)"),
+     "Service #2 of the file is not shaped as kubectl writes it (metadata is null, not an object)"),
     (json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": "x", "spec": {"ports": [{"port": 80}]}}),
-     "Service #1 of the file (no metadata.name) is not shaped as kubectl writes it (metadata is a string, not an "
-     "object)"),
+     "Service #1 of the file is not shaped as kubectl writes it (metadata is a string, not an object)"),
     (json.dumps(kube_list(pod("d", "web-0", "10.244.0.5") | {"spec": None})),
      "Pod d/web-0 is not shaped as kubectl writes it (spec is null, not an object)"),
     (json.dumps(kube_list(endpoint_slice("d", "web", ("10.244.0.5", "web-0")) | {"metadata": 7})),
-     "EndpointSlice #1 of the file (no metadata.name) is not shaped as kubectl writes it (metadata is a number, "
-     "not an object)"),
+     "EndpointSlice #1 of the file is not shaped as kubectl writes it (metadata is a number, not an object)"),
 ])
 def test_bad_dumps_are_one_clear_error_naming_the_file(tmp_path: Path, content: str, problem: str) -> None:
     path = write(tmp_path, "dump.json", content)
@@ -270,6 +268,180 @@ def test_cli_bad_dump_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (code, out) == (2, "")
     assert err == (f"natproof: error: {null_spec}: Service shop/web is not shaped as kubectl writes it (spec is "
                    "null, not an object)\n")
+
+
+def _full_dump() -> dict[str, Any]:
+    """A List of every kind natproof reads, with every field it reads (and a few it does not), as kubectl writes
+    them: the base of the shape tests below."""
+    done = pod("batch", "job-x7k2p", "10.244.0.7", created=T0, phase="Succeeded", finished=T0 + 10**9)
+    done["metadata"]["deletionTimestamp"] = stamp(T0 + 2 * 10**9)
+    done["status"]["startTime"] = stamp(T0)
+    lb = service("shop", "web", "10.96.0.50", {"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080,
+                                               "targetPort": "http"}, type_="LoadBalancer")
+    lb["spec"]["externalIPs"] = ["192.0.2.80"]
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.80"}, {"hostname": "lb.example.com"}]}}
+    endpoints = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "shop"},
+                 "subsets": [{"addresses": [{"ip": "10.244.0.9", "nodeName": "node-a",
+                                             "targetRef": {"kind": "Pod", "name": "web-2", "namespace": "shop"}}],
+                              "notReadyAddresses": [{"ip": "10.244.0.10"}], "ports": [{"port": 8080}]}]}
+    return kube_list(pod("default", "web-0", "10.244.0.5", "fd00:10:244::5", created=T0), done, lb,
+                     endpoint_slice("shop", "web", ("10.244.0.9", "web-2")), endpoints)
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every value in a JSON document, objects and arrays included (not the document itself)."""
+    out = [path] if path else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _leaves(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _leaves(v, (*path, i))
+    return out
+
+
+@pytest.mark.parametrize("replacement", [None, "x", "", 7, 1.5, True, [], {}, ["x"], [7], [{}]],
+                         ids=["null", "string", "empty", "number", "float", "bool", "array", "object", "strings",
+                              "numbers", "objects"])
+def test_any_field_of_any_shape_is_read_or_one_clear_error(tmp_path: Path, replacement: Any) -> None:
+    """Whatever a field holds instead of what kubectl writes there, Names.load reads the dump or raises InputError
+    naming the file, the item and the field: never a Python exception's own words (AttributeError: 'str' object has
+    no attribute 'get', KeyError: 'name', Invalid isoformat string)."""
+    import copy
+
+    base = _full_dump()
+    assert Names.load(write(tmp_path, "base.json", base)).pods  # the base itself reads
+    for n, where in enumerate(_leaves(base)):
+        doc = copy.deepcopy(base)
+        parent = doc
+        for key in where[:-1]:
+            parent = parent[key]
+        parent[where[-1]] = replacement
+        path = write(tmp_path, f"d{n}.json", doc)
+        try:
+            Names.load(path)
+        except InputError as exc:
+            message = str(exc)
+            assert message.startswith(f"{path}: "), (where, message)
+            for internal in ("Error:", "Error(", "object has no attribute", "isoformat", "indices must be",
+                             "does not appear to be", "unhashable"):
+                assert internal not in message, (where, message)
+            _, shaped, reason = message.partition(" is not shaped as kubectl writes it (")
+            if shaped:  # an item's field: named by its path in the item (status.podIPs[0].ip ...)
+                assert len(where) > 2 and reason.startswith(str(where[2])), (where, message)
+
+
+@pytest.mark.parametrize(("item", "problem"), [
+    # A new user's break tests: the Python error's words came out ('str' object has no attribute 'get', KeyError:
+    # 'name', Invalid isoformat string).
+    (pod("n", "p", "10.244.0.10") | {"status": {"podIPs": "10.244.0.10"}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIPs is a string, not an array of objects such as "
+     '{"ip": "10.244.0.5"})'),
+    (pod("n", "p", "10.244.0.10") | {"status": {"podIPs": ["10.244.0.10"]}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIPs[0] is a string, not an object such as "
+     '{"ip": "10.244.0.5"})'),
+    (pod("n", "p", "10.244.0.10") | {"metadata": {"namespace": "n"}},
+     "Pod #1 of the file is not shaped as kubectl writes it (metadata.name is missing)"),
+    (pod("n", "p", "10.244.0.10") | {"metadata": {"name": "p", "namespace": "n", "creationTimestamp": "yesterday"}},
+     "Pod n/p is not shaped as kubectl writes it (metadata.creationTimestamp 'yesterday' is not a time as "
+     "Kubernetes writes it (RFC 3339, e.g. 2024-05-01T10:00:00Z))"),
+    (pod("n", "p", "10.244.0.10", phase="Failed", finished=T0) | {"status": {
+        "podIP": "10.244.0.10", "phase": "Failed",
+        "containerStatuses": [{"name": "app", "state": {"terminated": {"finishedAt": "garbage"}}}]}},
+     "Pod n/p is not shaped as kubectl writes it (status.containerStatuses[0].state.terminated.finishedAt "
+     "'garbage' is not a time"),
+    (pod("n", "p") | {"status": {"podIP": 12345}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIP is a number, not a string)"),
+    (pod("n", "p") | {"status": {"podIP": "not-an-ip"}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIP 'not-an-ip' is not an IP address)"),
+    (pod("n", "p", "10.244.0.10") | {"spec": {"hostNetwork": "yes"}},
+     "Pod n/p is not shaped as kubectl writes it (spec.hostNetwork is a string, not a boolean (true or false))"),
+    (pod("n", "p", "10.244.0.10") | {"spec": {"containers": ["app"]}},
+     "Pod n/p is not shaped as kubectl writes it (spec.containers[0] is a string, not an object)"),
+    (pod("n", "p", "10.244.0.10") | {"metadata": {"name": "p", "namespace": 7}},
+     "Pod ?/p is not shaped as kubectl writes it (metadata.namespace is a number, not a string)"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "protocol": "SCTP2"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].protocol 'SCTP2' is not TCP, UDP or SCTP)"),
+    (service("shop", "web", "10.96.0.9", {"port": True}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].port True is no port number)"),
+    (service("shop", "web", "10.96.0.9", {"protocol": "TCP"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].port is missing, not a port number)"),
+    (endpoint_slice("shop", "web", ("bogus", "web-0")),
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (endpoints[0].addresses[0] 'bogus' is not an "
+     "IP address)"),
+    ({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "shop"},
+      "subsets": [{"addresses": [{"hostname": "web-0"}]}]},
+     "Endpoints shop/web is not shaped as kubectl writes it (subsets[0].addresses[0].ip is null, not an IP address)"),
+])
+def test_a_malformed_field_is_named_by_its_path(tmp_path: Path, item: dict[str, Any], problem: str) -> None:
+    path = write(tmp_path, "dump.json", kube_list(item))
+    with pytest.raises(InputError) as err:
+        Names.load(path)
+    assert str(err.value).startswith(f"{path}: {problem}")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{"kind": ["Pod"]}', "not a kubectl JSON dump (object #1's kind is an array, not a string)"),
+    ('{"kind": 5, "metadata": {}}', "not a kubectl JSON dump (object #1's kind is a number, not a string)"),
+    ('{"kind": null}', "no Pod, Service or EndpointSlice in it (no kind x1)"),
+    ('{"kind": "List", "items": {"a": 1}}', "not a kubectl JSON dump (the List's items is an object, not an array)"),
+    ('{"kind": "List", "items": [{"kind": "Pod"}, 7]}', "not a kubectl JSON dump (item #2 is a number, not an "
+                                                        "object)"),
+])
+def test_a_malformed_kind_or_list_is_one_clear_error(tmp_path: Path, content: str, problem: str) -> None:
+    path = write(tmp_path, "dump.json", content)
+    with pytest.raises(InputError) as err:
+        Names.load(path)
+    assert str(err.value) == f"{path}: {problem}" or str(err.value).startswith(f"{path}: {problem};")
+
+
+def test_what_real_kubectl_output_holds_is_read(tmp_path: Path) -> None:
+    """Shapes a cluster's real dumps hold: a pod not yet given an address, a host-network pod (and one whose
+    spec a trimmed dump left out, known by its podIP being its node's), RFC 3339 times with fractions or a lower
+    case z, an FQDN EndpointSlice (host names, no address), a load balancer known by host name only, Endpoints'
+    not-ready addresses, a List of several kinds."""
+    pending = pod("default", "pending-0")
+    pending["status"] = {"phase": "Pending", "podIPs": [], "podIP": ""}
+    trimmed = pod("kube-system", "kube-proxy-abcde", "192.0.2.10")
+    trimmed["status"]["hostIPs"] = [{"ip": "192.0.2.10"}]
+    host = pod("kube-system", "node-exporter-x", "192.0.2.10", host_network=True)
+    fraction = pod("default", "web-0", "10.244.0.5")
+    fraction["metadata"]["creationTimestamp"] = stamp(T0).replace("Z", ".123456789z")
+    fqdn = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "FQDN",
+            "metadata": {"name": "ext-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "ext"}},
+            "endpoints": [{"addresses": ["db.example.com"]}]}
+    lb = service("shop", "web", "10.96.0.50", {"port": 80})
+    lb["status"] = {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}}
+    not_ready = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "shop"},
+                 "subsets": [{"notReadyAddresses": [{"ip": "10.244.0.12", "targetRef": {"kind": "Pod",
+                                                                                        "name": "web-3"}}]}]}
+    names = Names.load(write(tmp_path, "all.json", kube_list(pending, trimmed, host, fraction, fqdn, lb, not_ready)))
+    assert names.sources[0]["host_network_pods"] == 2 and names.sources[0]["pods"] == 1
+    assert names.pod_at("192.0.2.10", T0).name is None and not names.pod_at("192.0.2.10", T0).ambiguous
+    assert names.pod_at("10.244.0.5", T0 + 10**9).name == "default/web-0"
+    assert names.pod_at("10.244.0.5", T0 - 10**9).candidates == ("default/web-0",)  # created after: not then
+    assert names.pod_at("10.244.0.12", T0).name == "shop/web-3"
+    assert names.service("ClusterIP", "10.96.0.50", 80, "tcp") == ("shop/web", None)
+    assert parse_timestamp("2024-05-01T10:00:00.5z") == parse_timestamp("2024-05-01T10:00:00Z") + 5 * 10**8
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"n"},"status":{"podIPs":"10.244.0.10"},'
+     '"spec":{}}', "Pod n/p is not shaped as kubectl writes it (status.podIPs is a string, not an array"),
+    ('{"apiVersion":"v1","kind":"Pod","metadata":{"namespace":"n"},"status":{"podIP":"10.244.0.10"},"spec":{}}',
+     "Pod #1 of the file is not shaped as kubectl writes it (metadata.name is missing)"),
+    ('{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"n","creationTimestamp":"yesterday"},'
+     '"status":{"podIPs":[{"ip":"10.244.0.10"}],"podIP":"10.244.0.10"},"spec":{}}',
+     "Pod n/p is not shaped as kubectl writes it (metadata.creationTimestamp 'yesterday' is not a time"),
+], ids=["podIPs-string", "no-name", "bad-time"])
+def test_cli_a_malformed_pod_is_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
+                                                problem: str) -> None:
+    dump = write(tmp_path, "pods.json", content)
+    case = CAPTURES / "hairpin"
+    code = main(["correlate", str(case / "inside.pcap"), str(case / "outside.pcap"), "--pods", str(dump)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err.startswith(f"natproof: error: {dump}: {problem}") and err.count("\n") == 1
 
 
 # -- naming a correlation ---------------------------------------------------------------------------------------
