@@ -688,7 +688,8 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
     (which pod was behind it?), a pod's source (where did it go?), a NodePort (which pod did it reach?), a
     ClusterIP (which backend?), a backend, a remote client. With --pods/--services, NAME (namespace/name, or a bare
-    name) finds a pod's or Service's connections. Without INSIDE and OUTSIDE, --conntrack FILE (an event log:
+    name) finds a pod's or Service's connections (a name the dumps do not hold is bad input: exit 2, with the names
+    close to it). Without INSIDE and OUTSIDE, --conntrack FILE (an event log:
     conntrack -E -o timestamp) answers alone, on the node's clock. Exit 0 when a connection was found, 1 when none
     was.
 
@@ -719,7 +720,9 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
     obj = click.get_current_context().find_root().ensure_object(dict)
     record = obj.get("services", {}).get("conntrack")
     ptcpdump = inside is not None and (is_ptcpdump(inside) or (outside is not None and is_ptcpdump(outside)))
-    check_query(endpoint, bool(names_from(obj)) or ptcpdump)
+    names = names_from(obj)
+    if check_query(endpoint, bool(names) or ptcpdump) and names is not None and not _may_name_pods(inside, outside):
+        names.check_name(endpoint)  # a name the dumps do not hold, before any capture is read (else natproof.who)
     as_json = (fmt or ("table" if sys.stdout.isatty() else "json")) == "json"
     if flow_logs:
         flowlog, gateways = read_flow_log_inputs(flow_logs, nat_gateways, flow_log_format)
@@ -778,6 +781,24 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
             _print_whole(_gateway_hops_table(hops))
     if not answer.connections:
         raise SystemExit(ExitStatus.FAILED)
+
+
+def _may_name_pods(*captures: str | None) -> bool:
+    """Whether a capture may name pods in its packet comments (pcapng: ptcpdump's, read with --pods): any that is
+    not a plain pcap file (pcapng, gzip, standard input; one that cannot be read is left to correlate to report)."""
+    from natproof.capture import PCAP_MAGIC
+
+    for path in captures:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(4) in PCAP_MAGIC:
+                    continue
+        except OSError:
+            pass
+        return True
+    return False
 
 
 def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str,

@@ -165,12 +165,19 @@ NAMES_FROM = Said("a result named from kubectl JSON dumps (correlate's names=nat
 
 
 def check_query(text: str, named: bool, names_from: Said = NAMES_FROM) -> bool:
-    """Whether a ``who`` query is a name (True) or ADDR:PORT (False); InputError when it is neither, or a name
-    with nothing to name by (``named``: kubectl dumps given, or a ptcpdump capture), saying that a name needs
+    """Whether a ``who`` query is a name (True) or ADDR:PORT (False); InputError when it is neither, a name of an
+    empty part (``kube-system/``, ``/web``, ``a/b/c``: a name is namespace/name or a bare name), or a name with
+    nothing to name by (``named``: kubectl dumps given, or a ptcpdump capture), saying that a name needs
     ``names_from``."""
     if not is_name(text):
         parse_endpoint(text)
         return False
+    parts = text.split("/")
+    if len(parts) > 2 or not all(p.strip() for p in parts):
+        problem = ("more than one /" if len(parts) > 2 else "no namespace before the /" if not parts[0].strip()
+                   else "no name after the /")
+        raise InputError(f"{text!r} is not a pod or Service name ({problem}; give namespace/name, e.g. "
+                         "kube-system/kube-dns, or a bare name, in any namespace) nor ADDR:PORT")
     if named:
         return True
     try:
@@ -272,7 +279,8 @@ def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 
         raise InputError(setting("clock", clock, quoted=False), ": inside or outside")
     offset_ns = int(round(result.clock_offset_s * 1e9))
     day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None
-    return _answer(result.connections, endpoint, at, window_s, clock, offset_ns, day, named=result.names is not None)
+    return _answer(result.connections, endpoint, at, window_s, clock, offset_ns, day, named=result.names is not None,
+                   names=result.named_by)
 
 
 def who_kernel(record: ConntrackRecord, endpoint: str, at: str | None = None, window_s: float = 1.0, *,
@@ -289,15 +297,19 @@ def who_kernel(record: ConntrackRecord, endpoint: str, at: str | None = None, wi
         conns = names.name_connections(conns)[0]
     if at is not None:
         conns = conns.filter(pl.col("first_ts_ns").is_not_null())
-    return _answer(conns, endpoint, at, window_s, "node", 0, record.first_ts_ns, named=names is not None)
+    return _answer(conns, endpoint, at, window_s, "node", 0, record.first_ts_ns, named=names is not None,
+                   names=names)
 
 
 def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: float, clock: str, offset_ns: int,
-            day: int | None, *, named: bool = False) -> Answer:
+            day: int | None, *, named: bool = False, names: Names | None = None) -> Answer:
     """The connections of ``connections`` (CONNECTION_SCHEMA) ADDR:PORT (or, ``named``, a pod's or Service's name)
     took part in, at ``at`` on ``clock``'s capture (``offset_ns``: outside minus inside clock, applied for
-    "outside")."""
+    "outside"). A name ``names`` (what named the connections) does not hold is an InputError (Names.check_name):
+    it can match nothing, which is not the same as a pod with no connection."""
     by_name = check_query(endpoint, named)
+    if by_name and names is not None:
+        names.check_name(endpoint)
     addr, port = ("", 0) if by_name else parse_endpoint(endpoint)
     at_ns = None if at is None else parse_time(at, day) - (offset_ns if clock == "outside" else 0)
     if not by_name:  # only the rows that hold ADDR:PORT somewhere become Python objects (100k rows: 1.5 s)

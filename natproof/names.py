@@ -139,6 +139,10 @@ class Names:
     what it held); name_result adds the captures whose pcapng comments named pods ("kind": "pcapng comments")."""
     comments: bool = True
     """Also read ptcpdump's packet comments (pcapng) from the captures when naming a result."""
+    unaddressed: tuple[tuple[str, str], ...] = ()
+    """Pods the dumps hold that name no address, each (namespace/name, why): a hostNetwork pod (its address is its
+    node's), a pod not given one yet; and ExternalName Services (a DNS name). ``check_name`` says why such a name
+    names no connection."""
 
     @classmethod
     def load(cls, *paths: str | os.PathLike[str]) -> Names:
@@ -153,7 +157,7 @@ class Names:
     def merged(self, other: Names) -> Names:
         return Names(pods=(*self.pods, *other.pods), services=(*self.services, *other.services),
                      endpoints=(*self.endpoints, *other.endpoints), sources=(*self.sources, *other.sources),
-                     comments=self.comments and other.comments)
+                     comments=self.comments and other.comments, unaddressed=(*self.unaddressed, *other.unaddressed))
 
     # -- look-ups ---------------------------------------------------------------------------------------------------
 
@@ -204,6 +208,63 @@ class Names:
         # Several pods may have held it then (timestamps missing or overlapping), or none of the known ones did:
         # never pick one.
         return Match(candidates=tuple(names or sorted({p.full_name for p in pods})))
+
+    @cached_property
+    def _named(self) -> dict[str, str]:
+        """Every pod and Service name a connection can be named after (namespace/name -> "pod" or "Service"): the
+        pods that held an address (from a dump, an EndpointSlice's targetRef, ptcpdump's comments), the Services
+        with a ClusterIP, load balancer or external address, or a nodePort."""
+        out = {p.full_name: "pod" for ps in self._by_address.values() for p in ps}
+        for s in self.services:
+            if s.addresses or any(p.node_port for p in s.ports):
+                out.setdefault(s.full_name, "Service")
+        return out
+
+    def means(self, query: str) -> list[str]:
+        """The namespace/names of pods and Services that ``query`` (namespace/name, or a bare name in any
+        namespace) names, among those a connection can be named after (as natproof.lookup.name_roles matches)."""
+        if "/" in query:
+            return [query] if query in self._named else []
+        return sorted(n for n in self._named if n.partition("/")[2] == query)
+
+    def check_name(self, query: str) -> None:
+        """InputError when ``query`` (namespace/name, or a bare name) can name no connection: no pod or Service of
+        that name in the dumps (nor in ptcpdump's comments), with the close names there are; or only pods and
+        Services that hold no address of their own (a host-network pod, a pod without an address yet, a headless
+        or ExternalName Service), saying which and why."""
+        if self.means(query):
+            return
+
+        def same(full: str) -> bool:
+            return full == query or ("/" not in query and full.partition("/")[2] == query)
+
+        why = {full: reason for full, reason in self.unaddressed if same(full)}
+        for svc in self.services:
+            if same(svc.full_name) and svc.full_name not in self._named:
+                why[svc.full_name] = ("a headless Service (no ClusterIP: its clients reach its pods' own addresses, "
+                                      "named after the pods)")
+        if why:
+            said = "; ".join(f"{full} is {reason}" for full, reason in sorted(why.items()))
+            raise InputError(f"{query!r}: {said}: no connection is named after it (give an ADDR:PORT instead)")
+        where = ", ".join(dict.fromkeys(str(s.get("path")) for s in self.sources if s.get("path"))) or "the dumps"
+        close = self._close_to(query)
+        raise InputError(f"{query!r}: no pod or Service of that name in {where}"
+                         + (f" (close: {', '.join(close)})" if close else ""))
+
+    def _close_to(self, query: str, n: int = 5) -> list[str]:
+        """Names like ``query``: those it begins (a Deployment's pods for its name), then the closest spellings."""
+        import difflib
+
+        want = query.rpartition("/")[2]
+        known = sorted(set(self._named) | {full for full, _ in self.unaddressed} | {s.full_name for s in self.services})
+        keys = {full: full.partition("/")[2] for full in known}  # by name, in any namespace
+        starts = [full for full, key in keys.items() if key.startswith(want) or want.startswith(f"{key}-")]
+        by_key: dict[str, list[str]] = defaultdict(list)
+        for full, key in keys.items():
+            by_key[key].append(full)
+        similar = [full for key in difflib.get_close_matches(want, list(by_key), n=n, cutoff=0.6)
+                   for full in by_key[key]]
+        return list(dict.fromkeys([*starts, *similar]))[:n]
 
     def held_by(self, address: str) -> list[PodEntry]:
         """Every pod known to have held ``address``."""
@@ -274,19 +335,16 @@ class Names:
         ``service.backend.pod`` ...), and ``result.names`` saying from what. Pods named in ptcpdump's packet
         comments in either capture are used too (unless ``comments`` is False)."""
         names = self
-        found: list[dict[str, Any]] = []
         if self.comments:
             for side in ("inside", "outside"):
                 pods, info = pods_from_comments(result, side)
-                if info:
-                    found.append(info)
-                names = names.merged(Names(pods=pods))
-        return names._apply(result, tuple(found))
+                names = names.merged(Names(pods=pods, sources=(info,) if info else ()))
+        return names._apply(result)
 
-    def _apply(self, result: Result, comment_sources: tuple[dict[str, Any], ...]) -> Result:
-        """``result`` with its connections named (name_connections) and ``names`` its summary."""
-        named_conns, summary = self.name_connections(result.connections, comment_sources)
-        return dataclasses.replace(result, connections=named_conns, names=summary)
+    def _apply(self, result: Result) -> Result:
+        """``result`` with its connections named (name_connections), ``names`` its summary and ``named_by`` self."""
+        named_conns, summary = self.name_connections(result.connections)
+        return dataclasses.replace(result, connections=named_conns, names=summary, named_by=self)
 
     def name_connections(self, conns: pl.DataFrame, comment_sources: tuple[dict[str, Any], ...] = (),
                          ) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -434,6 +492,7 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
         raise InputError(f"{name}: no Pod, Service or EndpointSlice in it ({found}); give the output of "
                          "kubectl get pods -A -o json or kubectl get svc,endpointslices -A -o json")
     pods, services, endpoints = [], [], []
+    unaddressed: list[tuple[str, str]] = []
     host_network = 0
     for i, o in enumerate(objects, 1):
         kind = o.get("kind")
@@ -445,12 +504,19 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
                 pod = _pod(o, name)
                 if pod is None:
                     host_network += 1
+                    unaddressed.append((_full_name(o), "a host-network pod (its address is its node's, shared with "
+                                                       "the node and every other host-network pod)"))
                 elif pod.addresses:
                     pods.append(pod)
+                else:
+                    unaddressed.append((pod.full_name, "a pod with no address in the dump (not given one yet)"))
             elif kind == "Service":
                 svc = _service(o, name)
                 if svc is not None:
                     services.append(svc)
+                else:
+                    unaddressed.append((_full_name(o), "an ExternalName Service (a DNS name, no address of its "
+                                                       "own)"))
             else:
                 endpoints += _endpoints(o)
         except _Bad as exc:
@@ -461,7 +527,13 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
             raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({exc})") from None
     source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
               "endpoints": len(endpoints), "host_network_pods": host_network}
-    return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,))
+    return Names(pods=tuple(pods), services=tuple(services), endpoints=tuple(endpoints), sources=(source,),
+                 unaddressed=tuple(unaddressed))
+
+
+def _full_name(o: dict[str, Any]) -> str:
+    """namespace/name of an object read without error (its metadata checked)."""
+    return f"{_namespace(o['metadata'])}/{_name_field(o['metadata'])}"
 
 
 _SHAPED = {"Pod": ("metadata", "spec"), "Service": ("metadata", "spec"), "EndpointSlice": ("metadata",),

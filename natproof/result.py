@@ -195,6 +195,9 @@ class Result:
     interfaces: tuple[Interface, ...] = ()
     """Every interface of the capture file(s), with the point it is part of (or none) and why
     (natproof.points.Interface)."""
+    named_by: Any = field(default=None, repr=False, compare=False)
+    """The natproof.names.Names that named the connections (the dumps, and the pods ptcpdump's comments named), in
+    which natproof.lookup.who looks a queried pod or Service name up; None when not named."""
 
     @property
     def split_by_interface(self) -> bool:

@@ -673,6 +673,82 @@ def test_who_names_the_pod_behind_a_node_port_and_finds_connections_by_name(
         "a pod or Service name needs --pods and --services (kubectl JSON dumps)\n")
 
 
+@pytest.mark.parametrize(("query", "problem"), [
+    ("kube-system/", "no name after the /"),
+    ("/", "no namespace before the /"),
+    ("/kube-dns", "no namespace before the /"),
+    ("kube-system/kube-dns/x", "more than one /"),
+])
+def test_who_refuses_a_name_of_an_empty_part(capsys: pytest.CaptureFixture[str], query: str, problem: str) -> None:
+    """A name with an empty namespace or name part was taken, and answered as "no connection used kube-system/"."""
+    d = CAPTURES / "clusterip"
+    code = main(["who", query, str(d / "inside.pcap"), str(d / "outside.pcap"), "--pods", str(d / "pods.json"),
+                 "--services", str(d / "services.json"), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == (f"natproof: error: {query!r} is not a pod or Service name ({problem}; give namespace/name, e.g. "
+                   "kube-system/kube-dns, or a bare name, in any namespace) nor ADDR:PORT\n")
+
+
+@pytest.mark.parametrize(("query", "said"), [
+    ("nosuch", "'nosuch': no pod or Service of that name in {pods}, {services}\n"),
+    ("kube-system/nosuch", "'kube-system/nosuch': no pod or Service of that name in {pods}, {services}\n"),
+    ("kube", "'kube': no pod or Service of that name in {pods}, {services} (close: default/kubernetes, "
+             "kube-system/kube-dns, kube-system/kube-proxy-hz6mh)\n"),
+    ("default/kube-dnss", "'default/kube-dnss': no pod or Service of that name in {pods}, {services} (close: "
+                          "kube-system/kube-dns, default/kubernetes)\n"),
+    ("kube-proxy-hz6mh", "'kube-proxy-hz6mh': kube-system/kube-proxy-hz6mh is a host-network pod (its address is "
+                         "its node's, shared with the node and every other host-network pod): no connection is "
+                         "named after it (give an ADDR:PORT instead)\n"),
+], ids=["unknown", "unknown-namespaced", "prefix", "misspelt", "host-network"])
+def test_who_a_name_no_dump_holds_is_bad_input_and_says_so(capsys: pytest.CaptureFixture[str], query: str,
+                                                           said: str) -> None:
+    """A name the dumps do not hold can match nothing: exit 2 and one line saying so (with the close names), not
+    "no connection used nosuch" and exit 1 as for a pod that had no connection (plain pcap captures: refused
+    before they are read)."""
+    d = CAPTURES / "clusterip"
+    code = main(["who", query, str(d / "inside.pcap"), str(d / "outside.pcap"), "--pods", str(d / "pods.json"),
+                 "--services", str(d / "services.json"), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == "natproof: error: " + said.format(pods=d / "pods.json", services=d / "services.json")
+
+
+def test_who_a_name_only_ptcpdump_comments_hold_is_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a pcapng capture the dumps are not the only names: a pod its comments name is found, and a name
+    neither holds is refused once the captures are read, naming both sources."""
+    a_in, a_out = tcp_pair(T0, sport=40000, nat_sport=40000)
+    ctx = ["PodName: client-6d9f7b8c5-p9x2w\nPodNamespace: shop\nPodUID: 1b2c"]
+    inside = tmp_path / "inside.pcapng"
+    inside.write_bytes(ptcpdump_pcapng(a_in, {i + 1: ctx for i in range(len(a_in))}))
+    outside = tmp_path / "outside.pcap"
+    outside.write_bytes(pcap(a_out, linktype=101))
+    dump = write(tmp_path, "pods.json", kube_list(pod("default", "web-0", "10.244.9.9")))
+    base = [str(inside), str(outside), "--pods", str(dump), "--format", "json"]
+    assert main(["who", "client-6d9f7b8c5-p9x2w", *base]) == 0
+    assert [c["roles"] for c in json.loads(capsys.readouterr().out)["connections"]] == [["pod"]]
+    assert main(["who", "shop/client", *base]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: 'shop/client': no pod or Service of that name in {dump}, "
+                                       f"{inside} (close: shop/client-6d9f7b8c5-p9x2w)\n")
+
+
+def test_who_a_known_name_with_no_connection_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from natproof.lookup import who
+
+    d = CAPTURES / "clusterip"
+    idle = json.loads((d / "pods.json").read_text())
+    idle["items"].append(pod("default", "idle-0", "10.244.0.99", created=T0))
+    dump = write(tmp_path, "pods.json", idle)
+    result = correlate(*capture_pair(d), names=Names.load(dump))
+    assert who(result, "default/idle-0").connections == ()  # a pod of the dump that opened nothing
+    with pytest.raises(InputError, match="'nosuch': no pod or Service of that name in "):
+        who(result, "nosuch")
+    code = main(["who", "idle-0", str(d / "inside.pcap"), str(d / "outside.pcap"), "--pods", str(dump),
+                 "--format", "table"])
+    out, err = capsys.readouterr()
+    assert (code, out, err) == (1, "no connection used idle-0\n", "")
+
+
 # -- table and report ----------------------------------------------------------------------------------------------
 
 
