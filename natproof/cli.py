@@ -668,7 +668,8 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @flow_log_options
 @click.option("--peer", metavar="ADDR[:PORT]",
               help="With --flow-log: only connections to this far end (the reporter's address, and port).")
-@click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
+@click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (2026-11-24T14:02:10Z), or a time of day "
+              "HH:MM[:SS[.ffffff]] on the captures' day; UTC unless a zone is given (Z, +02:00).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite,
               help="How far from TIME a connection may start or end and still count.")
@@ -1574,7 +1575,8 @@ def _print_fleet(summary: dict, out_dir: str) -> None:
 @cli.command("fleet-who")
 @click.argument("endpoint", metavar="ADDR:PORT|NAME")
 @click.argument("out_dir", type=_Named(file_okay=False), metavar="DIR")
-@click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (UTC unless it says), or HH:MM:SS (UTC).")
+@click.option("--at", metavar="TIME", help="Epoch seconds, ISO-8601 (2026-11-24T14:02:10Z), or a time of day "
+              "HH:MM[:SS[.ffffff]] on the captures' day; UTC unless a zone is given (Z, +02:00).")
 @click.option("--window", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
               callback=_finite, help="How far from TIME a connection may start or end and still count.")
 @click.option("--clock", type=click.Choice(["inside", "outside"]), default="inside", show_default=True,

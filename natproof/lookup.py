@@ -230,12 +230,18 @@ def _is_address(text: str) -> bool:
     return True
 
 
-_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_TIME_OF_DAY = re.compile(r"^(\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)([zZ]|[+-]\d{2}:?\d{2})?$")
+"""HH:MM, HH:MM:SS or HH:MM:SS.ffffff, then an optional zone (Z, +02:00): the time part of ISO-8601 alone."""
+
+TIME_FORMS = ("epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or a time of day HH:MM[:SS[.ffffff]] on the "
+              "captures' day; UTC unless a zone is given (Z, +02:00)")
+"""The forms of TIME parse_time takes, as the errors and the options' help say them."""
 
 
 def parse_time(text: str, day_of_ns: int | None = None) -> int:
-    """Epoch seconds, ISO-8601 (no zone means UTC), or a time of day (UTC) on the day of ``day_of_ns``; InputError
-    names ``text`` as who's ``at`` (``--at``)."""
+    """Epoch seconds, ISO-8601 (no zone means UTC), or a time of day (the time part of ISO-8601: HH:MM, HH:MM:SS or
+    HH:MM:SS.ffffff, UTC unless it ends in a zone) on the day of ``day_of_ns``; InputError names ``text`` as who's
+    ``at`` (``--at``)."""
     at = setting("at", text, quoted=False)
     t = text.strip()
     try:
@@ -251,12 +257,13 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
         if day_of_ns is None:
             raise InputError(at, ": a time of day needs a capture to give the date")
         day = dt.datetime.fromtimestamp(day_of_ns / 1e9, dt.UTC).date()
-        t = f"{day.isoformat()}T{t}"
+        t = f"{day.isoformat()}T{t.zfill(len(t) + 1) if t.index(':') == 1 else t}"  # 6:06 is 06:06
+    if t[-1:] in ("z", "Z"):
+        t = t[:-1] + "+00:00"
     try:
-        when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(t)
     except ValueError:
-        raise InputError(at, ": not a time (use epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or HH:MM:SS "
-                         "in UTC)") from None
+        raise InputError(at, f": not a time (use {TIME_FORMS})") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

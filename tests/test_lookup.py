@@ -91,10 +91,44 @@ def test_parse_time_forms() -> None:
         parse_time("yesterday")
 
 
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("06:06:02", 1_795_500_362), ("06:06", 1_795_500_360), ("6:06:02", 1_795_500_362),
+    ("06:06:02.25", 1_795_500_362.25),  # seconds; compared in ns below
+    # A time of day with a zone, as ISO-8601's time part: refused while "2026-11-24T06:06:02Z" was taken.
+    ("06:06:02Z", 1_795_500_362), ("06:06:02z", 1_795_500_362), ("06:06Z", 1_795_500_360),
+    ("08:06:02+02:00", 1_795_500_362), ("08:06:02+0200", 1_795_500_362), ("01:06:02.5-05:00", 1_795_500_362.5),
+    ("2026-11-24T06:06:02z", 1_795_500_362), ("2026-11-24 06:06:02Z", 1_795_500_362),
+])
+def test_parse_time_a_time_of_day_in_every_form_the_help_names(text: str, seconds: float) -> None:
+    day = 1_795_500_362_369_528_800  # 2026-11-24T06:06:02Z
+    assert parse_time(text, day) == round(seconds * 4) * 250_000_000
+
+
+@pytest.mark.parametrize("text", ["25:00", "06:06:02 Z", "06:61", "06:06:02+2", "noon"])
+def test_parse_time_refuses_what_is_no_time_and_names_the_forms(text: str) -> None:
+    with pytest.raises(InputError) as exc:
+        parse_time(text, 1_795_500_362_369_528_800)
+    assert str(exc.value) == f"at={text!r}{NOT_A_TIME}"
+
+
+@pytest.mark.parametrize("command", ["who", "fleet-who"])
+def test_the_help_of_at_names_the_forms_parse_time_takes(command: str) -> None:
+    from click.testing import CliRunner
+
+    from natproof.cli import cli
+
+    help_text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+    assert "ISO-8601 (2026-11-24T14:02:10Z), or a time of day HH:MM[:SS[.ffffff]] on the captures' day; UTC unless " \
+           "a zone is given (Z, +02:00)." in help_text
+    day = 1_795_500_362_369_528_800
+    assert parse_time("2026-11-24T14:02:10Z") == parse_time("14:02:10", day) == parse_time("16:02:10+02:00", day)
+
+
 BASIC = CASE.parent / "basic"
 NOT_NAMED = ("'default/pod1' is not ADDR:PORT ('default/pod1' is not an IP address, and there is no port; e.g. "
              "203.0.113.5:38472 or [2001:db8::1]:443); a pod or Service name needs ")
-NOT_A_TIME = ": not a time (use epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or HH:MM:SS in UTC)"
+NOT_A_TIME = (": not a time (use epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or a time of day "
+              "HH:MM[:SS[.ffffff]] on the captures' day; UTC unless a zone is given (Z, +02:00))")
 
 
 @pytest.mark.parametrize(("query", "keywords", "options", "library", "command_line"), [
