@@ -43,6 +43,18 @@ class Chain:
     def by_verdict(self) -> dict[str, int]:
         return dict(Counter(c["verdict"] for c in self.connections))
 
+    def summary(self) -> dict[str, Any]:
+        """{"connections", "by_verdict", "reached_last", "lost", "unsettled_at_last"}, counted from the rows so that
+        it never says more than they do: ``reached_last`` the connections whose tuple at the last point is known
+        (``translated`` not null), ``lost`` those with ``lost_at``, ``unsettled_at_last`` the numbers (``conn``) of
+        those that reached the last capture but whose tuple at a flow log's NAT gateway past it the records do not
+        settle (several candidates, or none: ``evidence_level`` says). The rest stopped where a hop called them
+        internal (pod to pod on a node)."""
+        return {"connections": len(self.connections), "by_verdict": self.by_verdict(),
+                "reached_last": sum(c["translated"] is not None for c in self.connections),
+                "lost": sum(c["lost_at"] is not None for c in self.connections),
+                "unsettled_at_last": [c["conn"] for c in self.connections if _unsettled(c)]}
+
     def to_dict(self) -> dict[str, Any]:
         """The ``natproof.chain/1`` document: {"schema", "captures", "hops": [{"inside", "outside",
         "clock_offset_s", "connections", "by_verdict"}], "connections": [...], "summary"}. Each connection:
@@ -64,8 +76,7 @@ class Chain:
                       "by_verdict": {v: n for v, n in h.by_verdict().items() if n}}
                      for i, h in enumerate(self.hops)],
             "connections": self.connections,
-            "summary": {"connections": len(self.connections), "by_verdict": self.by_verdict(),
-                        "reached_last": sum(c["lost_at"] is None for c in self.connections)},
+            "summary": self.summary(),
         }
 
     def to_json(self) -> bytes:
@@ -152,6 +163,13 @@ def _through_gateway(connections: list[dict[str, Any]], hops: Sequence[Result], 
                         if any(r in keys for r in c["rewrites"])]
         else:
             c["translated"] = None  # the flow log cannot say which (or any) gateway tuple it was
+
+
+def _unsettled(c: dict[str, Any]) -> bool:
+    """Whether a connection reached the last capture and a flow log's NAT gateway past it holds no one tuple for
+    it (``translated`` null: the records allow several, or none)."""
+    last = c["hops"][-1]
+    return c["lost_at"] is None and last.get("evidence") is not None and last["tuple"] is None
 
 
 def _legs_at(conns: pl.DataFrame, point: str) -> pl.DataFrame:

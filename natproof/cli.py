@@ -524,9 +524,18 @@ def render_chain(chain: natproof.Chain, limit: int) -> Table:
         caption.append(f"{len(chain.captures)}: the NAT gateway's public side, from its flow log")
     caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} connections"
                 for i, h in enumerate(chain.hops)]
-    counts = ", ".join(f"{n} {v}" for v, n in sorted(chain.by_verdict().items()))
-    caption.append(f"{len(chain.connections)} connections: {counts or 'none'}; "
-                   f"{sum(c['lost_at'] is None for c in chain.connections)} reached the last capture")
+    summary = chain.summary()
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(summary["by_verdict"].items()))
+    gateway = any(h.get("evidence") is not None for c in chain.connections for h in c["hops"])
+    last = "the last point (the NAT gateway, from its flow log)" if gateway else "the last capture"
+    lost = f"; {summary['lost']} lost on the way" if summary["lost"] else ""
+    n = summary["connections"]
+    caption.append(f"{n} connection{'' if n == 1 else 's'}: {counts or 'none'}; {summary['reached_last']} reached "
+                   f"{last}{lost}")
+    if unsettled := summary["unsettled_at_last"]:
+        evidence = {c["conn"]: c["evidence_level"] for c in chain.connections}
+        caption.append("reached the last capture, their tuple at the NAT gateway not settled by its flow log: "
+                       + ", ".join(f"#{i} ({evidence[i]})" for i in unsettled))
     if len(chain.connections) > limit:
         caption.append(f"(first {limit} of {len(chain.connections)}; --limit N for more)")
     table.caption = "\n".join(caption)

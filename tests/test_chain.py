@@ -58,7 +58,7 @@ def test_every_connection_is_followed_through_both_nats() -> None:
     clashed = [c for c in doc["connections"] if "sport" in c["hops"][-1]["rewrites"]]
     assert len(clashed) == sum("sport" in g["rewrites"] for g in gateway.values()) == 2
     assert doc["summary"] == {"connections": len(node) + len(expected), "by_verdict": {"translated": 7},
-                              "reached_last": 7}
+                              "reached_last": 7, "lost": 0, "unsettled_at_last": []}
 
 
 def test_a_connection_lost_at_the_gateway_says_at_which_hop(tmp_path: Path) -> None:
@@ -79,6 +79,7 @@ def test_a_connection_lost_at_the_gateway_says_at_which_hop(tmp_path: Path) -> N
     assert lost["verdict"] == "not_captured" and lost["translated"] is None
     assert [h["observation_point"] for h in lost["hops"]] == [0, 1, 2]
     assert _key(lost["outside"]) == _key(udp["translated"])  # as far as it got
+    assert doc["summary"]["reached_last"] == doc["summary"]["connections"] - 1 and doc["summary"]["lost"] == 1
 
 
 def test_cli_chain_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,6 +199,50 @@ def test_the_gateway_from_its_flow_log_is_one_more_point(capsys: pytest.CaptureF
     assert "give INSIDE and OUTSIDE" in capsys.readouterr().err
 
 
+def _summary_agrees_with_rows(chain: natproof.Chain) -> dict:
+    """The chain's summary, checked against its rows: it never counts more than they prove."""
+    doc = chain.to_dict()
+    rows, summary = doc["connections"], doc["summary"]
+    assert summary["reached_last"] == sum(c["translated"] is not None for c in rows)
+    assert summary["lost"] == sum(c["lost_at"] is not None for c in rows)
+    assert summary["unsettled_at_last"] == [c["conn"] for c in rows if c["lost_at"] is None
+                                            and c["translated"] is None and c["hops"][-1]["capture"] == "flow log"]
+    stayed = [c for c in rows if c["lost_at"] is None and c["translated"] is None
+              and c["conn"] not in summary["unsettled_at_last"]]
+    assert all(c["verdict"] == "internal" for c in stayed)
+    assert summary["reached_last"] + summary["lost"] + len(summary["unsettled_at_last"]) + len(stayed) == len(rows)
+    return summary
+
+
+def test_the_summary_counts_only_what_reached_the_gateway_and_names_the_unsettled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two captures and the flow log: the datagram whose gateway tuple the records leave at two candidates has no
+    translated tuple, and was counted as having reached the last point all the same ("reached_last": 5, "5
+    reached the last capture")."""
+    from natproof.flowlogs import parse_nat_gateway, read_flow_logs
+
+    gw = parse_nat_gateway((LAB / "gateway" / "nat-gateway.txt").read_text())
+    chain = natproof.correlate_chain(CHAIN[:2], flow_log=read_flow_logs(LAB / "flowlogs" / "custom.log"),
+                                     nat_gateways=[gw])
+    [udp] = [c["conn"] for c in chain.connections if c["proto"] == "udp"]
+    assert _summary_agrees_with_rows(chain) == {"connections": 5, "by_verdict": {"translated": 5},
+                                                "reached_last": 4, "lost": 0, "unsettled_at_last": [udp]}
+    out = tmp_path / "t.txt"
+    assert main(["correlate", *map(str, CHAIN[:2]), "--flow-log", str(LAB / "flowlogs" / "custom.log"),
+                 "--nat-gateway", str(gw), "--format", "table", "--quiet", "-o", str(out)]) == 0
+    text = "".join(f"{line.rstrip()}\n" for line in out.read_text().splitlines())
+    assert "5 connections: 5 translated; 4 reached the last point (the NAT gateway, from its flow log)\n" in text
+    assert (f"reached the last capture, their tuple at the NAT gateway not settled by its flow log: #{udp} (flow "
+            "log, ambiguous: 2 candidates)\n") in text
+
+
+@pytest.mark.parametrize("captures", [CHAIN, [CHAIN[0], CHAIN[1], CHAIN[3]], CHAIN[1:]],
+                         ids=["four", "three", "from-eth0"])
+def test_the_summary_agrees_with_the_rows_of_every_chain(captures: list[Path]) -> None:
+    summary = _summary_agrees_with_rows(natproof.correlate_chain(captures))
+    assert summary["lost"] == 0 and summary["unsettled_at_last"] == []
+
+
 def test_internal_connections_stop_without_being_lost_and_split_files_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from scapy.layers.inet import IP
@@ -225,6 +270,8 @@ def test_internal_connections_stop_without_being_lost_and_split_files_are_refuse
     assert "0: 10.244.0.10:" in (out := capsys.readouterr().out) and "(default/pod1)" in out
     pod_to_pod = [c for c in chain.connections if c["verdict"] == "internal"]
     assert pod_to_pod and all(c["lost_at"] is None and len(c["hops"]) == 1 for c in pod_to_pod)
+    # They stayed on the node: not counted as having reached the last capture, as they were.
+    assert _summary_agrees_with_rows(chain)["reached_last"] == len(chain.connections) - len(pod_to_pod) == 3
     assert main(["correlate", str(internal / "inside.pcap"), str(internal / "any.pcap"),
                  str(internal / "outside.pcap"), "--quiet"]) == 2
     assert "a capture of several interfaces; a chain takes one interface per file" in capsys.readouterr().err
