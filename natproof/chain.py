@@ -273,16 +273,24 @@ def _diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
     return [f for f in TUPLE_FIELDS if a[f] != b[f]]
 
 
+def _holds(c: dict[str, Any], address: str, port: int) -> bool:
+    """Whether ``address``:``port`` is an end of a chained connection's tuple at any point it was seen at (a flow
+    log's gateway point of several candidates has no tuple, and holds none)."""
+    end = (address, port)
+    return any(t is not None and end in ((t["src"], t["sport"]), (t["dst"], t["dport"]))
+               for t in (h["tuple"] for h in c["hops"]))
+
+
 def who_chain(chain: Chain, address: str, port: int, *, at_ns: int | None = None,
               window_s: float = 1.0) -> list[dict[str, Any]]:
     """The chained connections in which ``address``:``port`` is an end of the tuple at any observation point (a NAT
     gateway's or node's public source port, a pod's source, a destination), active within ``window_s`` seconds of
     ``at_ns`` (Unix ns on the first capture's clock; None: any time). Each answer is a Chain.connections object:
-    its first point's source is who was behind it (the pod, when the chain starts at the pod's veth)."""
+    its first point's source is who was behind it (the pod, when the chain starts at the pod's veth). When none
+    is active then, nearest_chain gives the closest ones."""
     found = []
     for c in chain.connections:
-        if not any((h["tuple"]["src"] == address and h["tuple"]["sport"] == port)
-                   or (h["tuple"]["dst"] == address and h["tuple"]["dport"] == port) for h in c["hops"]):
+        if not _holds(c, address, port):
             continue
         if at_ns is not None:
             at, w = at_ns / 1e9, window_s
@@ -291,3 +299,19 @@ def who_chain(chain: Chain, address: str, port: int, *, at_ns: int | None = None
                 continue
         found.append(c)
     return found
+
+
+def nearest_chain(chain: Chain, address: str, port: int, at_ns: int) -> list[dict[str, Any]]:
+    """The chained connections with ``address``:``port`` at some point that are nearest in time to ``at_ns`` (Unix
+    ns, first capture's clock): the one that ended last before it and the one that began first after it (as
+    natproof.lookup.who gives ``nearest``); empty when no connection holds that end at all."""
+    at = at_ns / 1e9
+    held = [c for c in chain.connections if _holds(c, address, port) and c["first_seen"] is not None]
+    before = [c for c in held if (c["last_seen"] if c["last_seen"] is not None else c["first_seen"]) < at]
+    after = [c for c in held if c["first_seen"] > at]
+    out = []
+    if before:
+        out.append(max(before, key=lambda c: c["last_seen"] if c["last_seen"] is not None else c["first_seen"]))
+    if after:
+        out.append(min(after, key=lambda c: c["first_seen"]))
+    return out

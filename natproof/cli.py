@@ -491,12 +491,12 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
         sys.stdout.flush()
 
 
-def render_chain(chain: natproof.Chain, limit: int) -> Table:
+def render_chain(chain: natproof.Chain, limit: int,
+                 title: str = "NATs in a chain: each connection at every observation point (pod outwards)") -> Table:
     """A chain's connections: the tuple at each observation point (what that hop rewrote), the verdict, where a
     connection stopped."""
     from rich.table import Table
-    table = Table(title="NATs in a chain: each connection at every observation point (pod outwards)",
-                  header_style="bold")
+    table = Table(title=title, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("proto")
     table.add_column("tuple at each point (rewritten by the hop before it)")
@@ -814,7 +814,7 @@ def _may_name_pods(*captures: str | None) -> bool:
 def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tolerance: float, decoder: str,
                at: str | None, window: float, fmt: str | None, quiet: bool) -> None:
     """who over a chain of captures (natproof.chain.who_chain): exit 1 when no connection used ENDPOINT."""
-    from natproof.chain import correlate_chain, who_chain
+    from natproof.chain import correlate_chain, nearest_chain, who_chain
     from natproof.lookup import parse_endpoint, parse_time
 
     try:
@@ -830,14 +830,26 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
     first = chain.hops[0].inside.first_ts_ns
     at_ns = None if at is None else parse_time(at, first)
     found = who_chain(chain, addr, port, at_ns=at_ns, window_s=window)
+    # None live then: the nearest before and after, as who over two captures shows them.
+    nearest = nearest_chain(chain, addr, port, at_ns) if at_ns is not None and not found else []
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps({"query": endpoint, "at": None if at_ns is None else at_ns / 1e9,
-                               "window_s": window, "captures": list(chain.captures), "connections": found},
-                              indent=2))
+                               "window_s": window, "captures": list(chain.captures), "connections": found,
+                               "nearest": nearest}, indent=2))
     else:
         when = "" if at_ns is None else f" at {_iso(at_ns)} (first capture's clock)"
         if not found:
             click.echo(f"no connection used {endpoint}{when}")
+        if nearest:
+            picked = natproof.Chain(chain.captures, chain.hops, nearest)
+            _print_whole(render_chain(picked, len(nearest), title="nearest in time"))
+            for c in nearest:
+                first = int(c["first_seen"] * 1e9)
+                last = first if c["last_seen"] is None else int(c["last_seen"] * 1e9)
+                gap = (first - at_ns) / 1e9 if first > at_ns else (at_ns - last) / 1e9  # type: ignore[operator]
+                click.echo(f"#{c['conn']}: seen {_iso(first)[11:-1]}-{_iso(last)[11:-1]} (first capture's clock), "
+                           f"{_duration(gap)} {'after' if first > at_ns else 'before'} {_iso(at_ns)[11:-1]}")  # type: ignore[operator]
+        elif not found:
             click.echo("a chain follows the connections its first captures show: one the last capture alone holds "
                        "(another node's traffic through a shared gateway) needs that node's captures, or a capture "
                        "of the gateway's inside before its public side")
@@ -993,6 +1005,17 @@ def _gateway_hops_table(hops: list[dict]) -> Table:
         table.add_row(h["source"], f"{h['proto']} {format_address(h['src'], h['sport'])} -> "
                                    f"{format_address(h['dst'], h['dport'])}", public, h["evidence"], h["why"])
     return table
+
+
+def _duration(seconds: float) -> str:
+    """A span of time as people say it: 0.250 s, 42 s, 9 min 40 s, 2 h 5 min."""
+    if seconds < 60:
+        return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 def _iso(ts_ns: int) -> str:

@@ -142,6 +142,35 @@ def test_who_across_the_chain_finds_the_pod_behind_the_gateway_port(capsys: pyte
     assert f"behind {query} was {udp['original']['src']}:{udp['original']['sport']}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("shift", "side"), [(-600.0, "after"), (3600.0, "before")])
+def test_who_across_the_chain_at_another_time_shows_the_nearest(capsys: pytest.CaptureFixture[str], shift: float,
+                                                                side: str) -> None:
+    """The endpoint was used, at another time: the answer is the nearest connection (as who over two captures
+    gives it), not the hint about a connection the last capture alone holds, which was printed instead."""
+    from natproof.chain import nearest_chain, who_chain
+
+    caps = [str(CHAIN[0]), str(CHAIN[1]), str(CHAIN[3])]
+    chain = natproof.correlate_chain(caps)
+    [c] = who_chain(chain, "203.0.113.20", 19143)
+    at = (c["first_seen"] if shift < 0 else c["last_seen"]) + shift
+    assert who_chain(chain, "203.0.113.20", 19143, at_ns=round(at * 1e9)) == []
+    assert nearest_chain(chain, "203.0.113.20", 19143, round(at * 1e9)) == [c]
+    assert nearest_chain(chain, "203.0.113.20", 1, round(at * 1e9)) == []
+    assert main(["who", "203.0.113.20:19143", *caps, "--at", f"{at:.6f}", "--format", "json", "--quiet"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["connections"] == [] and [n["conn"] for n in doc["nearest"]] == [c["conn"]]
+    assert main(["who", "203.0.113.20:19143", *caps, "--at", f"{at:.6f}", "--format", "table", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("no connection used 203.0.113.20:19143 at ") and "nearest in time" in out
+    assert "2: 203.0.113.20:19143 -> 198.51.100.10:7" in out and "needs that node's captures" not in out
+    gap = "10 min 0 s" if shift < 0 else "1 h 0 min"
+    assert f" (first capture's clock), {gap} {side} " in out
+    # A port no connection of the chain used at any time: the hint, and no nearest.
+    assert main(["who", "203.0.113.20:1", *caps, "--at", f"{at:.6f}", "--format", "table", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "nearest in time" not in out and "needs that node's captures" in out
+
+
 def test_lab_check_holds_the_chain_against_both_kernels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
