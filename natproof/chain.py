@@ -105,6 +105,12 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
         raise InputError(f"{twice}: given twice in the chain (each observation point is one capture)")
     if correlate is None:
         from natproof.correlate import correlate
+    # Hops meet in the capture they share through its legs' frames: a file split into interfaces would be split
+    # differently as one hop's outside and the next one's inside. Every file is checked before any hop runs: a hop
+    # with such a file fails first on what its mix of interfaces looks like (one capture copied, two swapped).
+    for path in paths:
+        if len(_interfaces(path)) > 1:
+            raise InputError(f"{path}: {SEVERAL_INTERFACES}")
     hops = []
     for i in range(len(paths) - 1):
         try:
@@ -113,17 +119,32 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
             hint = " (a chain estimates each hop's clock offset: check that its captures overlap in time)" \
                 if "do not overlap in time" in str(exc) else ""
             raise exc.reworded(f"hop {i} ({paths[i]} -> {paths[i + 1]}): ", hint) from None
-        # Hops meet in the capture they share through its legs' frames: a file split into interfaces would be
-        # split differently as one hop's outside and the next one's inside.
-        for cap in (hop.inside, hop.outside):
+        for cap in (hop.inside, hop.outside):  # one the framing above could not read (Unsupported)
             if cap.chosen in ("given", "chosen"):
-                raise InputError(f"{cap.path}: a capture of several interfaces; a chain takes one interface per "
-                                 "file (split it first, or correlate it alone: natproof correlate FILE)")
+                raise InputError(f"{cap.path}: {SEVERAL_INTERFACES}")
         hops.append(hop)
     connections = _follow(paths, hops)
     if flow_log is not None:
         _through_gateway(connections, hops, flow_log, nat_gateways, len(paths))
     return Chain(tuple(paths), tuple(hops), connections)
+
+
+SEVERAL_INTERFACES = ("a capture of several interfaces; a chain takes one interface per file (split it first, or "
+                      "correlate it alone: natproof correlate FILE)")
+
+
+def _interfaces(path: str) -> set[tuple[int, int]]:
+    """The interfaces a chain's file has frames on (natproof.fastdecode.interfaces_used); none for what it cannot
+    frame (no such file, not a capture, standard input): the hop that reads it says what is wrong."""
+    from natproof.errors import NatproofError
+    from natproof.fastdecode import Unsupported, interfaces_used
+
+    if path == "-":
+        return set()
+    try:
+        return interfaces_used(path)
+    except (NatproofError, Unsupported):
+        return set()
 
 
 def _through_gateway(connections: list[dict[str, Any]], hops: Sequence[Result], flow_log: Any,

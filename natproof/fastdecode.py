@@ -1054,6 +1054,41 @@ def _read_ahead(chunks: Generator[_Chunk, None, None], depth: int = 1) -> Genera
         chunks.close()
 
 
+def interfaces_used(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> set[tuple[int, int]]:
+    """The (iface, ifindex) of every frame of a capture file, by framing alone, nothing decoded: its pcapng
+    interface, and an SLL2 frame's interface index (-1 for other link types), the keys CaptureInfo.interface_frames
+    counts. Two or more: a capture of several interfaces (natproof.points.several_interfaces, which decode_file's
+    packets decide), told at a fraction of a decode's cost (natproof.chain checks each file of a chain with it).
+    Raises CaptureError as decode_file does, and Unsupported where its framing does."""
+    with open_buffer(path) as (buf, _gz, _cut):
+        info = CaptureInfo(path=str(path))
+        magic = bytes(buf[:4])
+        if magic in PCAP_MAGIC:
+            chunks = _frame_pcap(buf, info, chunk_bytes)
+        elif magic == PCAPNG_SHB:
+            chunks = _frame_pcapng(buf, info, chunk_bytes)
+        else:
+            shown = " ".join(f"{b:02x}" for b in magic)
+            raise CaptureError(str(path), f"not a pcap or pcapng capture (starts with {shown})")
+        keys: set[tuple[int, int]] = set()
+        try:
+            for ch in chunks:
+                n = len(ch.frame_no)
+                if not n:
+                    continue
+                ifindex = np.full(n, -1, dtype=np.int64)
+                rows = np.nonzero((ch.linktype == _SLL2) & (ch.caplen >= 20))[0]  # as _ChunkDecoder.decode reads it
+                if len(rows):
+                    raw = np.ascontiguousarray(_gather(buf, ch.data_off[rows] + 4, 4))
+                    ifindex[rows] = raw.view(">i4").ravel()
+                counts: Counter[tuple[int, int]] = Counter()
+                _count_where(counts, _where(ch.iface, ifindex), None)
+                keys |= set(counts)
+        finally:
+            chunks.close()  # its views of the mapped file go before the map is closed
+    return keys
+
+
 def decode_file(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None, *,
                 chunk_bytes: int = CHUNK_BYTES, columns: Sequence[str] | None = None,
                 transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,

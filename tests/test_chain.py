@@ -306,6 +306,37 @@ def test_internal_connections_stop_without_being_lost_and_split_files_are_refuse
     assert "a capture of several interfaces; a chain takes one interface per file" in capsys.readouterr().err
 
 
+INTERNAL = LAB.parent / "internal"
+
+
+@pytest.mark.parametrize("several", ["node.pcapng", "any.pcap"])
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_a_file_of_several_interfaces_is_refused_in_every_position(capsys: pytest.CaptureFixture[str], several: str,
+                                                                   position: int) -> None:
+    """Before any hop runs: as the first file a hop called it a copy of the next ("hold the same packets"), as the
+    last "look swapped"; only the middle one got "a chain takes one interface per file"."""
+    paths = [str(INTERNAL / "inside.pcap"), str(INTERNAL / "outside.pcap")]
+    paths.insert(position, str(INTERNAL / several))
+    assert main(["correlate", *paths, "--quiet", "--format", "json"]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: {INTERNAL / several}: a capture of several interfaces; a "
+                                       "chain takes one interface per file (split it first, or correlate it alone: "
+                                       "natproof correlate FILE)\n")
+    with pytest.raises(natproof.InputError, match="a chain takes one interface per file"):
+        natproof.correlate_chain(paths, correlate=lambda *a, **k: pytest.fail("a hop ran"))
+
+
+@pytest.mark.parametrize("path", [INTERNAL / "any.pcap", INTERNAL / "node.pcapng", INTERNAL / "inside.pcap",
+                                  LAB / "gateway" / "outside.pcap",
+                                  LAB.parent / "many-connections" / "inside.pcap.gz"], ids=lambda p: p.name)
+def test_framing_alone_tells_a_file_of_several_interfaces_as_decoding_does(path: Path) -> None:
+    from natproof.fastdecode import decode_file, interfaces_used
+    from natproof.points import several_interfaces
+
+    info, packets = decode_file(path)
+    assert interfaces_used(path) == set(info.interface_frames)
+    assert (len(interfaces_used(path)) > 1) == several_interfaces(info, packets)
+
+
 @pytest.mark.parametrize("extra", [["--flow-log", str(LAB / "flowlogs" / "custom.log")], ["--clock", "outside"],
                                    ["--peer", "198.51.100.10:7"]])
 def test_who_over_a_chain_refuses_options_of_a_pair(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
