@@ -30,6 +30,7 @@ from natproof.report.table import format_address
 # of imports): a quiet correlate written to a file never loads it, and its worker starts that much sooner.
 
 if TYPE_CHECKING:
+    from rich.console import Group, RenderableType
     from rich.table import Table
 
     from natproof.conntrack import ConntrackRecord
@@ -479,11 +480,11 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
         fmt = "table" if output is None and sys.stdout.isatty() else "json"
     if fmt == "json":
         data = chain.to_json()
-    else:
-        con = Console(record=True, width=None if output is None and sys.stdout.isatty() else 160,
-                      file=io.StringIO() if output else None)
-        con.print(render_chain(chain, limit))
-        data = con.export_text().encode() if output else b""
+    elif output is None and sys.stdout.isatty():
+        Console().print(render_chain(chain, limit))
+        data = b""
+    else:  # a file or a pipe: whole lines, no trailing blanks, as the two-capture table
+        data = _plain_text(render_chain(chain, limit)).encode()
     if output:
         write_bytes(output, data)
     elif data:
@@ -492,10 +493,13 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
 
 
 def render_chain(chain: natproof.Chain, limit: int,
-                 title: str = "NATs in a chain: each connection at every observation point (pod outwards)") -> Table:
+                 title: str = "NATs in a chain: each connection at every observation point (pod outwards)") -> Group:
     """A chain's connections: the tuple at each observation point (what that hop rewrote), the verdict, where a
-    connection stopped."""
+    connection stopped; then the captures, the hops and the summary, a line each (not a caption, which would wrap
+    at the table's width)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
     table = Table(title=title, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("proto")
@@ -522,8 +526,8 @@ def render_chain(chain: natproof.Chain, limit: int,
     caption = [f"{i}: {p}" for i, p in enumerate(chain.captures)]
     if any(h.get("evidence") is not None for c in chain.connections for h in c["hops"]):
         caption.append(f"{len(chain.captures)}: the NAT gateway's public side, from its flow log")
-    caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} connections"
-                for i, h in enumerate(chain.hops)]
+    caption += [f"hop {i}: clock offset {h.clock_offset_s:+.6f} s, {h.connections.height} "
+                f"connection{'' if h.connections.height == 1 else 's'}" for i, h in enumerate(chain.hops)]
     summary = chain.summary()
     counts = ", ".join(f"{n} {v}" for v, n in sorted(summary["by_verdict"].items()))
     gateway = any(h.get("evidence") is not None for c in chain.connections for h in c["hops"])
@@ -538,9 +542,7 @@ def render_chain(chain: natproof.Chain, limit: int,
                        + ", ".join(f"#{i} ({evidence[i]})" for i in unsettled))
     if len(chain.connections) > limit:
         caption.append(f"(first {limit} of {len(chain.connections)}; --limit N for more)")
-    table.caption = "\n".join(caption)
-    table.caption_justify = "left"
-    return table
+    return Group(table, Text("\n".join(caption)))
 
 
 @cli.command()
@@ -1024,16 +1026,24 @@ def _iso(ts_ns: int) -> str:
     return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _print_whole(table: Table) -> None:
+def _print_whole(table: RenderableType) -> None:
     """Print a table on a terminal at its width; piped, at its natural width (no address wraps, no trailing blanks)."""
     from rich.console import Console
     if sys.stdout.isatty():
         Console().print(table)
         return
-    console = Console(width=Console(width=1000).measure(table).maximum)
-    with console.capture() as out:
-        console.print(table)
-    click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
+    click.echo(_plain_text(table), nl=False)
+
+
+def _plain_text(renderable: RenderableType) -> str:
+    """A table (or a group of them and lines) as plain text at its natural width, for a pipe or a file: no address
+    wraps, no styles, no trailing blanks (rich pads every line to the width)."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=Console(width=1000).measure(renderable).maximum, color_system=None)
+    console.print(renderable)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    return "".join(f"{line.rstrip()}\n" for line in text.rstrip().splitlines())
 
 
 def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift_s: float = 0.0) -> Table:

@@ -94,6 +94,36 @@ def test_cli_chain_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "7 connections: 7 translated; 7 reached the last capture" in text
 
 
+@pytest.mark.parametrize("flow_log", [False, True], ids=["captures", "flow-log"])
+@pytest.mark.parametrize("to", ["pipe", "file"])
+def test_the_chain_table_piped_or_in_a_file_has_no_trailing_blanks_and_no_wrapped_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], to: str, flow_log: bool) -> None:
+    """The chain's table padded every line to 160 columns with blanks (the two-capture table strips them), and
+    wrapped its summary lines at the table's width."""
+    args = ["correlate", *map(str, CHAIN[:2]), "--format", "table", "--quiet"]
+    args += ["--flow-log", str(LAB / "flowlogs" / "custom.log"), "--nat-gateway", "10.0.1.1=203.0.113.20"] \
+        if flow_log else [str(CHAIN[3])]
+    out = tmp_path / "chain.txt"
+    assert main([*args, "-o", str(out)] if to == "file" else args) == 0
+    text = out.read_text() if to == "file" else capsys.readouterr().out
+    lines = text.splitlines()
+    assert text.endswith("\n") and lines and all(line == line.rstrip() for line in lines)
+    last = lines[-1] if not flow_log else lines[-2]
+    assert last.startswith("5 connections: 5 translated; ")
+    if flow_log:
+        assert lines[-1].startswith("reached the last capture, their tuple at the NAT gateway not settled by its "
+                                    "flow log: #4 (flow log, ambiguous: 2 candidates)")
+
+
+def test_one_connection_is_one_connection(capsys: pytest.CaptureFixture[str]) -> None:
+    """who over a chain printed "1 connections" under the table of the one it found."""
+    assert main(["who", "203.0.113.20:19143", str(CHAIN[0]), str(CHAIN[1]), str(CHAIN[3]), "--format", "table",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "\n1 connection: 1 translated; 1 reached the last capture\n" in out and "1 connections" not in out
+    assert all(line == line.rstrip() for line in out.splitlines())
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--format", "csv"], "table or json"),
     (["--clock-offset", "1"], "each hop's clock offset"),
