@@ -28,6 +28,7 @@ _PUBLIC = {
     "CaptureError": "natproof.errors",
     "CaptureInfo": "natproof.capture",
     "Chain": "natproof.chain",
+    "CapturesApart": "natproof.errors",
     "Check": "natproof.verify",
     "ConntrackRecord": "natproof.conntrack",
     "Expectations": "natproof.verify",
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from natproof.contracts import Verdict
     from natproof.correlate import correlate
     from natproof.diagnose import Finding, diagnose
-    from natproof.errors import CaptureError, InputError, NatproofError
+    from natproof.errors import CaptureError, CapturesApart, InputError, NatproofError
     from natproof.grade import Grading, StudentGrade, grade_class, load_grading
     from natproof.kernel import join_kernel
     from natproof.names import Names
@@ -109,6 +110,7 @@ __version__ = "0.2.0"
 __all__ = [
     "CaptureError",
     "CaptureInfo",
+    "CapturesApart",
     "Chain",
     "Check",
     "ConntrackRecord",

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from natproof.errors import InputError
+from natproof.errors import CapturesApart, InputError
 from natproof.result import TUPLE_FIELDS, Result
 from natproof.verdicts import Verdict
 
@@ -117,7 +117,7 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
             hop = correlate(paths[i], paths[i + 1], **options)
         except InputError as exc:
             hint = " (a chain estimates each hop's clock offset: check that its captures overlap in time)" \
-                if "do not overlap in time" in str(exc) else ""
+                if isinstance(exc, CapturesApart) else ""
             raise exc.reworded(f"hop {i} ({paths[i]} -> {paths[i + 1]}): ", hint) from None
         for cap in (hop.inside, hop.outside):  # one the framing above could not read (Unsupported)
             if cap.chosen in ("given", "chosen"):

@@ -25,7 +25,7 @@ from natproof.connections import (
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.decode import DEFAULT_OVERLAY, HEAD_DIGEST_BYTES, Overlay
-from natproof.errors import InputError, Said, setting
+from natproof.errors import CapturesApart, InputError, Said, setting
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
 from natproof.match import (
     MATCH_COLUMNS,
@@ -748,9 +748,9 @@ def _check_overlap(in_path: str, out_path: str, in_pk: pl.DataFrame, out_pk: pl.
         hint = (("with the ", setting("clock_offset_s"), " given; check its sign (",
                  Said("outside minus inside", "OUTSIDE minus INSIDE"), ")") if given
                 else (setting("clock_offset_s", verb="pass"), " if the clocks differ"))
-        raise InputError(
+        raise CapturesApart(
             f"{in_path} and {out_path} do not overlap in time ({_fmt_time(a0)}-{_fmt_time(a1)} vs "
-            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC, on the outside clock); ", *hint  # type: ignore[arg-type]
+            f"{_fmt_time(b0)}-{_fmt_time(b1)} UTC, on the outside clock)", "; ", *hint  # type: ignore[arg-type]
         )
 
 

@@ -180,3 +180,13 @@ class CaptureError(NatproofError):
 
 class InputError(NatproofError):
     """The inputs are each readable but cannot be used together (e.g. they do not overlap in time)."""
+
+
+class CapturesApart(InputError):
+    """Two captures that do not overlap in time, after the clock offset (natproof.correlate): ``apart`` is that fact
+    alone (the files, their spans on the outside clock), without the advice that follows it in the message, for a
+    caller that gives its own (a chain's hop, grade, which takes no clock offset)."""
+
+    def __init__(self, apart: str, *advice: object) -> None:
+        super().__init__(apart, *advice)
+        self.apart = apart

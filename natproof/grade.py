@@ -29,7 +29,7 @@ import polars as pl
 
 from natproof.capture import PCAP_MAGIC, PCAPNG_SHB
 from natproof.correlate import SWAPPED_THEM
-from natproof.errors import InputError, NatproofError
+from natproof.errors import CapturesApart, InputError, NatproofError
 from natproof.networks import parse_networks
 from natproof.result import Result
 from natproof.tomlfile import read_toml
@@ -635,9 +635,9 @@ def _run(correlate: Callable[..., Result], *args: Any, **kw: Any) -> Result:
     try:
         return correlate(*args, **kw)
     except NatproofError as exc:
-        # A reason in the command's words, as grade's own are; less correlate's hint for captures that do not
-        # overlap, which names an option grade does not take.
-        raise _NotGraded(exc.for_command_line().replace("; pass --clock-offset if the clocks differ", "")) from None
+        # A reason in the command's words, as grade's own are; for captures that do not overlap, the fact without
+        # correlate's advice, which names an option grade does not take.
+        raise _NotGraded(exc.apart if isinstance(exc, CapturesApart) else exc.for_command_line()) from None
 
 
 def _two_sides(result: Result) -> None:
