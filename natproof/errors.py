@@ -177,7 +177,6 @@ class CaptureError(NatproofError):
         super().__init__(f"{self.path}: {problem}")
 
 
-
 class InputError(NatproofError):
     """The inputs are each readable but cannot be used together (e.g. they do not overlap in time)."""
 
