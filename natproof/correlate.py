@@ -644,10 +644,26 @@ def _one_side_fates(pk: pl.DataFrame, conns: pl.DataFrame, side: str,
       translated connection). Those legs' packets were in no count."""
     if side == "inside":
         rst = (pl.col("proto") == 6) & ((pl.col("tcp_flags").fill_null(0) & 0x04) != 0)
-        refused = conns.filter(pl.col("verdict") == "not_forwarded")["leg"].implode()
+        # Only where the record covered the leg and has no entry for it (dropped_before_confirmation): out of the
+        # record's sight nothing says the node made it (a helper's trial: a far end's port unreachable, with a
+        # record of the next day, read as node_generated).
+        refused = conns.filter((pl.col("verdict") == "not_forwarded")
+                               & (pl.col("kernel_reason") == "dropped_before_confirmation"))["leg"].implode()
         made = ((pl.col("fate") == "inside_only") & ~pl.col("is_egress") & (rst | pl.col("is_icmp_error"))
                 & pl.col("conn_id").is_in(refused))
         fate, taken = "node_generated", "fate_inside_only"
+        # Out of its sight, an ICMP error sent by the flow's own destination is the far end's answer: the flow
+        # crossed unseen, not_captured (as a reply makes it: natproof.kernel._unrecorded_inside_legs).
+        unseen = conns.filter((pl.col("verdict") == "not_forwarded") & pl.col("other_capture_off"))
+        if unseen.height:
+            answered = (pk.filter(pl.col("is_icmp_error") & ~pl.col("is_egress")
+                                  & pl.col("conn_id").is_in(unseen["leg"].implode()))
+                        .join(unseen.select(pl.col("leg").alias("conn_id"), pl.col("inside_dst").cast(pl.String)),
+                              on="conn_id")
+                        .filter(pl.col("err_src").cast(pl.String) == pl.col("inside_dst"))["conn_id"].unique())
+            conns = conns.with_columns(
+                pl.when(pl.col("leg").is_in(answered.implode()) & pl.col("other_capture_off"))
+                .then(pl.lit("not_captured")).otherwise(pl.col("verdict")).alias("verdict"))
     else:
         made = pl.col("conn_id").is_in(leaked_legs) & pl.col("fate").is_not_null()
         fate, taken = "leaked", None

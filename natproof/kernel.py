@@ -241,7 +241,17 @@ def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol:
     else:
         timed = pl.lit("snapshot_after_expiry")
     dropped = (pl.col("verdict") == "not_forwarded") & (pl.col("fate_crossed") == 0) & (pl.col("fate_leaked") == 0)
-    reason = (pl.when(dropped).then(pl.lit("dropped_before_confirmation"))
+    # Out of the log's sight first: a connection before its first event or after its last says nothing of what the
+    # kernel did with it (a helper's trial: a log of the next day called a dropped connection
+    # dropped_before_confirmation, a claim that the log covered it).
+    # Wholly before the first event or after the last: the listener may have run long before its first event (a
+    # dropped SYN makes none), as _unrecorded_inside_legs judges a pod-side leg.
+    if rec.has_events and first_ts is not None:
+        outside_log = ((pl.col("last_ts_ns") < first_ts - tol) | (pl.col("first_ts_ns") > (last_ts or 0) + tol))
+    else:
+        outside_log = pl.lit(False)
+    reason = (pl.when(outside_log).then(timed)
+              .when(dropped).then(pl.lit("dropped_before_confirmation"))
               .when((pl.col("verdict") == "internal") & pl.col("trans_src").is_null()).then(pl.lit("not_tracked"))
               .otherwise(timed))
     absent = missing.select(

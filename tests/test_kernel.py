@@ -180,6 +180,21 @@ def test_one_capture_with_a_record_of_another_time_keeps_answered_connections_fr
     assert result.connections["other_capture_off"].all()
 
 
+def test_a_record_of_another_day_claims_nothing_of_a_dropped_connection_or_a_far_ends_icmp(tmp_path: Path) -> None:
+    # A second trial: with forward-drop's captures, the connection the node dropped was still
+    # dropped_before_confirmation (a claim the record covered it) and hid the other-time warning; with the pod side
+    # alone, a far end's port unreachable read as node_generated beside not_forwarded.
+    record = _events_a_day_later("forward-drop", tmp_path / "fd.log")
+    result = _correlate("forward-drop", record)
+    assert set(result.connections["kernel_reason"]) == {"record_starts_after"}
+    assert "kernel_record_other_time" in {f.kind for f in diagnose(result)}
+    udp = natproof.correlate(CAPTURES / "udp" / "inside.pcap", conntrack=_events_a_day_later("udp", tmp_path / "u.log"))
+    refused = udp.connections.filter(pl.col("icmp_errors_inside") > 0)
+    assert refused.select("verdict", "fate_node_generated", "other_capture_off").rows() == [("not_captured", 0, True)]
+    own = natproof.correlate(CAPTURES / "udp" / "inside.pcap", conntrack=CAPTURES / "udp" / "conntrack.log")
+    assert own.connections.filter(pl.col("icmp_errors_inside") > 0)["verdict"].to_list() == ["no_reply"]
+
+
 def test_missing_leg_is_filled_from_the_kernel() -> None:
     # clusterip-local: the DNAT happens as the frame is bridged; the endpoint's leg is in neither capture. The
     # kernel's entry names the endpoint it chose.
