@@ -98,12 +98,24 @@ class CaptureInfo:
     interface_skipped: Counter[tuple[int, int, str]] = field(default_factory=Counter)
     """``skipped`` by interface: ``(iface, ifindex, reason)``. Frames lost to a malformed pcapng block belong to no
     interface and are only in ``skipped``."""
+    malformed_frames: list[tuple[int, int]] = field(default_factory=list)
+    """(frame number, time in ns) of the frames skipped as malformed, the first MALFORMED_KEPT: a packet the other
+    capture saw and this one has only as such a frame was not lost (natproof.diagnose)."""
+
+    def note_malformed(self, frame_no: int, ts_ns: int) -> None:
+        """Count a frame skipped as malformed, and keep where it is (the first MALFORMED_KEPT)."""
+        self.skipped["malformed"] += 1
+        if len(self.malformed_frames) < MALFORMED_KEPT:
+            self.malformed_frames.append((frame_no, ts_ns))
 
     @property
     def link_type(self) -> str:
         names = sorted({LINKTYPE_NAMES.get(lt, f"LINKTYPE_{lt}") for lt in self.link_types})
         return ",".join(names) if names else "unknown"
 
+
+MALFORMED_KEPT = 10_000
+"""Malformed frames whose number and time a CaptureInfo keeps (each is counted)."""
 
 GZIP_CUT = "gzip stream cut short: the capture ends where its compressed data does"
 """The warning of a gzip capture whose compressed stream stops before its end (a file still being written, or

@@ -177,10 +177,10 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
             first_fragment = frag is not None and bool(frag.m_flag)
     except (dpkt.UnpackError, struct.error):
         raise Skip("malformed") from None
-    if ip_len > len(ipb) + (wire_len - caplen):
-        # Longer than the frame was on the wire (its bytes captured, and those a snaplen cut): no packet the
-        # kernel sent or received; counted, not read (a helper's trial: a total length of 65535 in a 74-byte frame
-        # made a spurious "lost mid-connection" finding).
+    if ip_len > len(ipb) + (wire_len - caplen) or (version == 4 and ip_len < hdr_len):
+        # Longer than the frame was on the wire (its bytes captured, and those a snaplen cut), or an IPv4 total
+        # length shorter than its own header: no packet the kernel sent or received; counted, not read (a helper's
+        # trial: a total length of 65535 in a 74-byte frame made a spurious "lost mid-connection" finding).
         raise Skip("malformed")
     src, dst = _addr(version, ip.src), _addr(version, ip.dst)
     l4 = ip.data

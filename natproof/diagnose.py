@@ -12,7 +12,7 @@ import polars as pl
 
 from natproof.errors import NatproofError
 from natproof.report.table import format_address
-from natproof.result import Result, _flags_expr, flags_of
+from natproof.result import CaptureSummary, Result, _flags_expr, flags_of
 
 SYN_RETRANSMIT_MIN_GAP_NS = 500_000_000
 """Two SYNs with the same ISN at least this far apart (0.5 s) are a retransmission by the pod's stack
@@ -1062,6 +1062,11 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
     # (row, side, frames, silence in s or None): lost after an idle silence, unprovable, after the other capture's
     # last packet; and (row, side, frames) missed by a capture.
     idle, unsure, stopped, missed = [], [], [], []
+    # Frames the capture that should hold a lost packet's copy skipped as malformed, on the clock of the other
+    # side (inside + offset = outside): a lost packet near one in time may be it, unreadable, not lost (a second
+    # trial: an inside reply with a bad IP length read as "never reached the pod side").
+    unreadable = {"outside": _malformed_at(result.inside, off), "inside": _malformed_at(result.outside, -off)}
+    unread: list[tuple[dict[str, Any], str, list[int], list[int]]] = []
     for r in rows:
         inbound = r["initiator"] == "outside"
         inside = _packets(result, r, "inside", among=among["inside"]).sort("ts_ns")
@@ -1073,11 +1078,17 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
         # Only while the capture that missed them ran (else partial_overlap's, or no capture's fault).
         for side, seen_past, span in (("inside", lost_in.filter(~out_dir), (b0 - off, b1 - off)),
                                       ("outside", lost_out.filter(out_dir), (a0 + off, a1 + off))):
-            seen_past = seen_past.filter(pl.col("ts_ns").is_between(*span))
+            seen_past, theirs = _take_unreadable(seen_past.filter(pl.col("ts_ns").is_between(*span)),
+                                                 unreadable[side])
+            if theirs:
+                unread.append((r, side, *theirs))
             if seen_past.height:
                 missed.append((r, side, seen_past["frame_no"].to_list()))
         for side, lost, span in (("inside", lost_in.filter(out_dir), (b0 - off, b1 - off)),
                                  ("outside", lost_out.filter(~out_dir), (a0 + off, a1 + off))):
+            lost, theirs = _take_unreadable(lost, unreadable[side])
+            if theirs:
+                unread.append((r, side, *theirs))
             if not lost.height:
                 continue
             first = lost.row(0, named=True)
@@ -1161,6 +1172,20 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
             connections=tuple(conns), evidence=tuple(evidence),
             data={"lost_packets": total, "after_idle": n_idle, "unproven": n_unsure,
                   "after_other_capture": n_stopped}))
+    if unread:
+        n = sum(len(frames) for _, _, frames, _ in unread)
+        evidence = [f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])}, with "
+                    f"{'inside' if side == 'outside' else 'outside'} frame(s) {_fmt_frames(bad[:6])} skipped as "
+                    "malformed at the same time" for r, side, frames, bad in unread[:20]]
+        findings.append(Finding(
+            "unreadable_counterparts", "info", "Packets whose copy past the node could not be read",
+            f"{n} packet(s) of {len({r['conn'] for r, *_ in unread})} connection(s) seen on one side only have, at "
+            "the same time in the other capture, a frame natproof skipped as malformed (a header that cannot be): "
+            "that frame is likely the packet's copy, so they are not counted as lost.",
+            "Look at those frames in Wireshark (natproof explain --frame N names a readable one's fields); a frame "
+            "corrupted in the file, not on the wire, says nothing about the NAT.",
+            connections=tuple(sorted({r["conn"] for r, *_ in unread})), evidence=tuple(evidence),
+            data={"packets": n}))
     if missed:
         conns = sorted({r["conn"] for r, *_ in missed})
         per_side = {side: sum(len(f) for _, s, f in missed if s == side) for side in ("inside", "outside")}
@@ -1188,6 +1213,36 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
             connections=tuple(conns), evidence=tuple(evidence),
             data={"inside_missed": per_side["outside"], "outside_missed": per_side["inside"]}))
     return findings
+
+
+def _malformed_at(summary: CaptureSummary, shift_ns: int) -> list[tuple[int, int]]:
+    """(time on the other capture's clock, frame number) of a capture's frames skipped as malformed, in time order
+    (CaptureSummary.malformed_frames; none where its point skipped none)."""
+    if not summary.skipped.get("malformed"):
+        return []
+    return sorted((ts + shift_ns, frame) for frame, ts in summary.malformed_frames)
+
+
+UNREADABLE_WITHIN_NS = 1_000_000_000
+"""How near in time (1 s, correlate's default tolerance) a frame skipped as malformed must be to a lost packet to be
+taken as its copy."""
+
+
+def _take_unreadable(lost: pl.DataFrame, bad: list[tuple[int, int]]) -> tuple[pl.DataFrame,
+                                                                            tuple[list[int], list[int]] | None]:
+    """``lost`` less the packets a malformed frame of the other capture may be (one frame each, the nearest in time
+    within UNREADABLE_WITHIN_NS; ``bad`` is _malformed_at's list, consumed), and (their frames, those frames)."""
+    if not bad or not lost.height:
+        return lost, None
+    taken, used = [], []
+    for frame_no, ts in lost.select("frame_no", "ts_ns").iter_rows():
+        near = min(((abs(t - ts), i) for i, (t, _) in enumerate(bad)), default=None)
+        if near is not None and near[0] <= UNREADABLE_WITHIN_NS:
+            taken.append(frame_no)
+            used.append(bad.pop(near[1])[1])
+    if not taken:
+        return lost, None
+    return lost.filter(~pl.col("frame_no").is_in(taken)), (taken, used)
 
 
 IDLE_GAP_S = 1.0

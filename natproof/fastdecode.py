@@ -733,7 +733,9 @@ class _ChunkDecoder:
         tcp, echo, req, seg, ip_len, hl = ip.tcp, ip.echo, ip.req, ip.seg, ip.ip_len, ip.hl
         # An IP length past the frame's length on the wire (captured bytes and those a snaplen cut) is malformed:
         # the reference decoder's to count (natproof.decode.decode).
-        overlong = ip_len > ch.wire_len[rows] - starts
+        # So is an IPv4 total length shorter than its own header.
+        ihl = (hdr[:, 0] & 0x0F).astype(np.int64) * 4
+        overlong = (ip_len > ch.wire_len[rows] - starts) | (is4 & (ip_len < ihl))
         fast = (tcp | ip.udp | echo) & ~refer & ~overlong
         self._count_vxlan_like(ch, rows, starts, ip, fast if underlay is None else fast & underlay.is_null().to_numpy())
 
@@ -994,10 +996,13 @@ class _ChunkDecoder:
                         self.info.vxlan_like[port] += 1
                 kept.append(frame_no)
             except Skip as skip:
-                skipped[skip.reason] += 1
+                if skip.reason == "malformed":
+                    self.info.note_malformed(frame_no, ts)
+                else:
+                    skipped[skip.reason] += 1
                 on_if[(iface, sll2_ifindex(lt, data), skip.reason)] += 1
             except Exception:  # noqa: BLE001 - a malformed packet is counted, never fatal
-                skipped["malformed"] += 1
+                self.info.note_malformed(frame_no, ts)
                 on_if[(iface, sll2_ifindex(lt, data), "malformed")] += 1
         if not out:
             return None

@@ -95,10 +95,13 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
                 if port is not None:
                     info.vxlan_like[port] += 1
         except Skip as skip:
-            skipped[skip.reason] += 1
+            if skip.reason == "malformed":
+                info.note_malformed(rec.frame_no, rec.ts_ns)
+            else:
+                skipped[skip.reason] += 1
             skipped_on_if[(*where, skip.reason)] += 1
         except Exception:  # noqa: BLE001 - a malformed packet is counted, never fatal
-            skipped["malformed"] += 1
+            info.note_malformed(rec.frame_no, rec.ts_ns)
             skipped_on_if[(*where, "malformed")] += 1
         n += 1
         done += rec.caplen + 16

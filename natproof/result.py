@@ -131,6 +131,8 @@ class CaptureSummary:
     "none" for the side not captured (one capture and a conntrack record: natproof.correlate.correlate_one)."""
     why: str = "the whole file (one interface)"
     """Why these interfaces, in a sentence (natproof.points.ObservationPoint.why)."""
+    malformed_frames: tuple[tuple[int, int], ...] = field(default=(), repr=False)
+    """(frame number, time in ns) of the file's frames skipped as malformed (CaptureInfo.malformed_frames)."""
 
     @classmethod
     def from_info(cls, info: CaptureInfo, packets: int, point: ObservationPoint | None = None) -> CaptureSummary:
@@ -138,7 +140,8 @@ class CaptureSummary:
         return cls(
             path=info.path, format=info.format, link_type=info.link_type, records=info.records,
             packets=packets, first_ts_ns=info.first_ts_ns or 0, last_ts_ns=info.last_ts_ns or 0,
-            skipped=dict(sorted(info.skipped.items())), warnings=tuple(info.warnings), **where,
+            skipped=dict(sorted(info.skipped.items())), warnings=tuple(info.warnings),
+            malformed_frames=tuple(info.malformed_frames), **where,
         )
 
     def to_dict(self) -> dict[str, Any]:

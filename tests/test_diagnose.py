@@ -912,8 +912,12 @@ def test_a_file_cut_short_or_a_malformed_frame_is_said_not_blamed_on_the_node(tm
     (tmp_path / "short.pcap").write_bytes(bytes(short[:at + 16 + 30] + short[at + 16 + caplen:]))
     one = correlate(tmp_path / "short.pcap", src / "outside.pcap")
     assert one.inside.skipped.get("malformed") == 1
-    missed = {f.kind: f for f in diagnose(one)}["capture_missed_packets"]
-    assert "the inside file has 1 frame(s) skipped as malformed, which may be among them" in missed.summary
+    # The frame is kept with its time: the outside copy is tied to it (a second trial), not a capture loss.
+    found = {f.kind: f for f in diagnose(one)}
+    assert "capture_missed_packets" not in found and "dropped_mid_connection" not in found
+    unread = found["unreadable_counterparts"]
+    assert unread.severity == "info" and unread.data == {"packets": 1}
+    assert f"with inside frame(s) {egress} skipped as malformed" in unread.evidence[0]
 
 
 @pytest.mark.parametrize("decoder", ["fast", "dpkt"])
@@ -933,9 +937,34 @@ def test_an_ip_length_past_the_frame_is_a_malformed_frame_not_a_lost_packet(tmp_
     struct.pack_into(">H", data, frame + 14 + 2, 65535)
     (tmp_path / "long.pcap").write_bytes(bytes(data))
     one = correlate(tmp_path / "long.pcap", src / "outside.pcap", decoder=decoder)
-    assert one.inside.skipped.get("malformed") == 1
+    assert one.inside.skipped.get("malformed") == 1 and one.inside.malformed_frames[0][0] == egress
     kinds = {f.kind for f in diagnose(one)}
-    assert "dropped_mid_connection" not in kinds and "capture_missed_packets" in kinds
+    assert "dropped_mid_connection" not in kinds and "capture_missed_packets" not in kinds
+    assert "unreadable_counterparts" in kinds
+
+
+@pytest.mark.parametrize("direction", ["egress", "reply"])
+def test_a_packet_whose_copy_is_a_malformed_frame_is_not_lost(tmp_path: Path, direction: str) -> None:
+    # A second trial: an inside reply whose IP length was edited (65535, one byte too long, shorter than its
+    # header) left its outside copy "never reached the pod side" (dropped_mid_connection); a SYN's, "missed".
+    import struct
+
+    src = CAPTURES / "basic"
+    data = bytearray((src / "inside.pcap").read_bytes())
+    whole = correlate(src / "inside.pcap", src / "outside.pcap")
+    mine = pl.col("is_egress") if direction == "egress" else ~pl.col("is_egress")
+    frames = whole.inside_packets.filter(mine & (pl.col("fate") == "crossed"))["frame_no"]
+    records = _records(bytes(data))
+    for frame, length in zip(frames[2:5], (65535, 10, 0), strict=True):
+        at, caplen = records[frame - 1]
+        true = struct.unpack_from(">H", data, at + 16 + 14 + 2)[0]
+        struct.pack_into(">H", data, at + 16 + 14 + 2, length or true + 1)
+    (tmp_path / "edited.pcap").write_bytes(bytes(data))
+    one = correlate(tmp_path / "edited.pcap", src / "outside.pcap")
+    assert one.inside.skipped.get("malformed") == 3
+    found = {f.kind: f for f in diagnose(one)}
+    assert "dropped_mid_connection" not in found and "capture_missed_packets" not in found
+    assert found["unreadable_counterparts"].data == {"packets": 3}
 
 
 def test_a_pcapng_file_cut_short_is_said_too(tmp_path: Path) -> None:
