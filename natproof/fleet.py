@@ -39,6 +39,12 @@ TABLE = "fleet.parquet"
 SUMMARY = "fleet.json"
 REPORT = "fleet.html"
 NODES_DIR = "nodes"
+GATEWAY_SCHEMA: dict[str, pl.DataType] = {
+    "gateway_evidence": pl.String(), "gateway_public": pl.String(), "gateway_sport": pl.UInt16(),
+    "gateway_candidates": pl.List(pl.String()),
+}
+"""The columns a ``[gateway]`` joins onto fleet.parquet (per node and conn): its evidence, the public address, the
+public port when one candidate, and every candidate (public:port). All of them or none (no ``[gateway]``)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _NAME_BYTES = 255 - len(".") - len(".parquet.") - 8
@@ -560,9 +566,9 @@ def _gateway_join(spec: GatewaySpec, entries: Mapping[str, dict[str, Any]], mani
                          schema={"node": pl.String, "conn": pl.UInt32}).with_columns(
         joined["evidence"].alias("gateway_evidence"),
         joined["gateway_public"].alias("gateway_public"),
-        joined["gateway_sport"].cast(pl.UInt16).alias("gateway_sport"),
+        joined["gateway_sport"].alias("gateway_sport"),
         joined["gateway_tuples"].list.eval(_public_text(pl.element())).alias("gateway_candidates"),
-    )
+    ).cast(GATEWAY_SCHEMA)
     info["frame"] = frame
     for (name, _), evidence in zip(keys, frame["gateway_evidence"].to_list(), strict=True):
         info["joined"].setdefault(name, Counter())[evidence] += 1
@@ -593,9 +599,7 @@ def _write_table(entries: Mapping[str, dict[str, Any]], gateway: dict[str, Any] 
     if gateway is not None:
         g = gateway["frame"]
         if g is None:
-            g = pl.DataFrame(schema={"node": pl.String, "conn": pl.UInt32, "gateway_evidence": pl.String,
-                                     "gateway_public": pl.String, "gateway_sport": pl.UInt16,
-                                     "gateway_candidates": pl.List(pl.String)})
+            g = pl.DataFrame(schema={"node": pl.String(), "conn": pl.UInt32(), **GATEWAY_SCHEMA})
         lf = lf.join(g.lazy(), on=["node", "conn"], how="left", maintain_order="left")
     lf = lf.select("node", pl.exclude("node"))
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
@@ -788,13 +792,44 @@ def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{path}: not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not (Path(out_dir) / TABLE).is_file():
         raise InputError(f"{path}: not a {SCHEMA} summary with its {TABLE}: rerun natproof fleet")
+    problem = _nodes_problem(doc.get("nodes"))
+    if problem is not None:
+        raise InputError(f"{path}: not the summary natproof fleet writes ({problem}): rerun natproof fleet")
     return doc
+
+
+_NODE_FIELDS: dict[str, tuple[type, ...]] = {
+    # What fleet_who reads of a node's entry (_summary writes every one; a missing one reads as null).
+    "clock_offset_s": (int, float), "first_ts": (int, float), "last_ts": (int, float),
+}
+
+
+def _nodes_problem(nodes: Any) -> str | None:
+    """What is wrong with fleet.json's ``nodes`` as fleet_who reads it, or None."""
+    if nodes is None:
+        return "no 'nodes'"
+    if not isinstance(nodes, list):
+        return f"'nodes' is {type(nodes).__name__}, not a list"
+    if not nodes:
+        return "'nodes' is empty: a fleet has one node or more"
+    for i, n in enumerate(nodes):
+        if not isinstance(n, dict):
+            return f"nodes[{i}] is {type(n).__name__}, not an object"
+        if not isinstance(n.get("name"), str) or not n["name"]:
+            return f"nodes[{i}] has no name"
+        for key, types in _NODE_FIELDS.items():
+            value = n.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+                return f"nodes[{i}] ({n['name']}): {key!r} is {type(value).__name__}"
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                return f"nodes[{i}] ({n['name']}): {key!r} is not a list of paths"
+    return None
 
 
 def _scan_table(out_dir: str | os.PathLike[str]) -> pl.LazyFrame:
     """fleet.parquet of a folder ``run_fleet`` wrote, to scan; InputError, naming the file, for one that is no
     Parquet file (truncated, damaged) or not the fleet's table (a node's table copied over it, another file)."""
-    from natproof.result import CONNECTION_SCHEMA
+    from natproof.result import CONNECTION_SCHEMA, NAME_SCHEMA
 
     path = Path(out_dir) / TABLE
     try:
@@ -802,6 +837,10 @@ def _scan_table(out_dir: str | os.PathLike[str]) -> pl.LazyFrame:
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(f"{path}: not a Parquet file ({_first_line(exc)}): rerun natproof fleet") from None
     want = {"node": pl.String(), **CONNECTION_SCHEMA}
+    # Names (kubectl dumps) and the NAT gateway's join are all of their columns or none: fleet_who reads each.
+    for group in (NAME_SCHEMA, GATEWAY_SCHEMA):
+        if any(col in schema for col in group):
+            want |= group
     for col, dtype in want.items():
         if schema.get(col) != dtype:
             problem = f"no column {col!r}" if col not in schema else f"column {col!r} is {schema[col]}, not {dtype}"
@@ -860,7 +899,7 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
             leg = pl.element().struct.field
             on_leg = ((leg("src") == addr) & (leg("sport") == port)) | ((leg("dst") == addr) & (leg("dport") == port))
             cond = cond | pl.col("legs").list.eval(on_leg).list.any().fill_null(False)
-        if "gateway_public" in cols:
+        if "gateway_candidates" in cols:
             cond = cond | pl.col("gateway_candidates").list.contains(f"{query}").fill_null(False)
     if node is not None:
         cond = cond & (pl.col("node") == node)
@@ -868,6 +907,11 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
         frame = lf.filter(cond).collect()
     except (pl.exceptions.ComputeError, OSError) as exc:  # its footer whole, a page of its rows not
         raise InputError(f"{Path(out_dir) / TABLE}: damaged ({_first_line(exc)}): rerun natproof fleet") from None
+    strangers = sorted(set(frame["node"].drop_nulls().to_list()) - set(nodes))
+    if strangers:
+        raise InputError(f"{Path(out_dir) / TABLE}: connections of node {strangers[0]!r}, which "
+                         f"{Path(out_dir) / SUMMARY} does not list (nodes: {', '.join(nodes)}): not one run's files: "
+                         "rerun natproof fleet")
     rows = frame.sort("node", "conn").iter_rows(named=True)
     schema = CONNECTION_SCHEMA | (NAME_SCHEMA if named else {})
     found = []

@@ -539,3 +539,70 @@ def test_a_scheduler_not_reached_leaves_nothing(tmp_path: Path, capsys: pytest.C
     with pytest.raises(natproof.InputError):
         run_fleet(manifest, earlier, scheduler="nope://x")
     assert [p.name for p in (earlier / "nodes").iterdir()] == ["udp.parquet"]
+
+
+def drop_column(name: str) -> Callable[[Path], None]:
+    def drop(out: Path) -> None:
+        table = out / "fleet.parquet"
+        from natproof.fleet import GATEWAY_SCHEMA
+        from natproof.result import NAME_SCHEMA
+
+        frame = pl.read_parquet(table).with_columns(pl.lit(None, t).alias(c) for c, t in
+                                                     (NAME_SCHEMA | GATEWAY_SCHEMA).items())
+        frame.drop(name).write_parquet(table)
+    return drop
+
+
+def summary_of(doc: object) -> Callable[[Path], None]:
+    def write(out: Path) -> None:
+        (out / "fleet.json").write_text(json.dumps(doc))
+    return write
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (summary_of({"schema": "natproof.fleet/1"}), "fleet.json: not the summary natproof fleet writes (no 'nodes')"),
+    (summary_of({"schema": "natproof.fleet/1", "nodes": 5}),
+     "fleet.json: not the summary natproof fleet writes ('nodes' is int, not a list)"),
+    (summary_of({"schema": "natproof.fleet/1", "nodes": [5]}),
+     "fleet.json: not the summary natproof fleet writes (nodes[0] is int, not an object)"),
+    (summary_of({"schema": "natproof.fleet/1", "nodes": [{"name": "a", "first_ts": "noon"}]}),
+     "fleet.json: not the summary natproof fleet writes (nodes[0] (a): 'first_ts' is str)"),
+    (summary_of({"schema": "natproof.fleet/1", "nodes": []}),
+     "fleet.json: not the summary natproof fleet writes ('nodes' is empty: a fleet has one node or more)"),
+    (drop_column("gateway_candidates"),
+     "fleet.parquet: not the table natproof fleet writes (no column 'gateway_candidates')"),
+    (drop_column("peer_pod"), "fleet.parquet: not the table natproof fleet writes (no column 'peer_pod')"),
+])
+def test_fleet_who_on_a_summary_or_table_of_the_wrong_shape_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[Path], None], problem: str) -> None:
+    """fleet.json without its nodes list, or of nodes that are no objects, and a fleet.parquet without one of the
+    columns fleet_who reads (a [gateway]'s, a name's), are one line naming the file, exit 2 (they were internal
+    errors: KeyError, TypeError, ColumnNotFoundError); no nodes at all is said so, not as a --at problem."""
+    out = fleet_folder(tmp_path)
+    damage(out)
+    assert main(["fleet-who", "203.0.113.20:39264", str(out), "--at", "16:19:41", "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"natproof: error: {out}/{problem}: rerun natproof fleet\n")
+
+
+def test_fleet_who_refuses_a_table_of_nodes_its_summary_does_not_list(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = fleet_folder(tmp_path)
+    frame = pl.read_parquet(out / "fleet.parquet")
+    row = pl.DataFrame({"node": ["zz"], "conn": [0], "proto": ["tcp"], "orig_src": ["203.0.113.20"],
+                        "orig_sport": [39264]}, schema_overrides={"conn": pl.UInt32, "orig_sport": pl.UInt16})
+    pl.concat([frame, row], how="diagonal_relaxed").select(frame.columns).write_parquet(out / "fleet.parquet")
+    assert main(["fleet-who", "203.0.113.20:39264", str(out), "--format", "json"]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: {out}/fleet.parquet: connections of node 'zz', which "
+                                       f"{out}/fleet.json does not list (nodes: a, b): not one run's files: rerun "
+                                       "natproof fleet\n")
+
+
+def test_the_fleet_table_has_every_column_fleet_who_reads(fleet: tuple[Path, natproof.fleet.FleetResult]) -> None:
+    """One schema: what run_fleet writes (with names and a [gateway]) is what fleet_who checks and reads."""
+    from natproof.fleet import GATEWAY_SCHEMA
+    from natproof.result import CONNECTION_SCHEMA, NAME_SCHEMA
+
+    schema = pl.read_parquet_schema(fleet[0] / "fleet.parquet")
+    want = {"node": pl.String(), **CONNECTION_SCHEMA, **NAME_SCHEMA, **GATEWAY_SCHEMA}
+    assert {c: schema.get(c) for c in want} == want
