@@ -629,6 +629,7 @@ def _summary(manifest: Manifest, entries: Mapping[str, dict[str, Any]], address:
         for key in ("parquet", "captures", "clock_offset_s", "warnings", "named", "error"):
             e.setdefault(key, None)  # every node entry has every key: a failed node's are null
         e["files"] = spec.files()
+        e["pods"], e["services"] = list(spec.pods), list(spec.services)  # fleet-who checks a name against them
         verdicts.update(e["by_verdict"])
         severities.update(f["severity"] for f in e["findings"])
         nodes.append(e)
@@ -800,7 +801,8 @@ def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 _NODE_FIELDS: dict[str, tuple[type, ...]] = {
     # What fleet_who reads of a node's entry (_summary writes every one; a missing one reads as null).
-    "clock_offset_s": (int, float), "first_ts": (int, float), "last_ts": (int, float),
+    "clock_offset_s": (int, float), "first_ts": (int, float), "last_ts": (int, float), "pods": (list,),
+    "services": (list,),
 }
 
 
@@ -850,6 +852,25 @@ def _scan_table(out_dir: str | os.PathLike[str]) -> pl.LazyFrame:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_name(query: str, nodes: Sequence[Mapping[str, Any]]) -> None:
+    """As ``who`` refuses a name its dumps do not hold: InputError, with the close names, when no pod or Service of
+    the nodes' kubectl dumps (the manifest's ``pods`` and ``services``, as fleet.json lists them) is ``query``. Said
+    nothing when no node had dumps, or they cannot be read now (moved since the run): the table's names are all
+    there is then."""
+    from natproof.names import load_names
+
+    pods = [p for n in nodes for p in n.get("pods") or ()]
+    services = [p for n in nodes for p in n.get("services") or ()]
+    if not pods and not services:
+        return
+    try:
+        names = load_names(pods or None, services or None)
+    except NatproofError:
+        return
+    if names is not None:
+        names.check_name(query)
 
 
 def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = None, window_s: float = 1.0, *,
@@ -930,6 +951,8 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
         found.append({"node": row["node"], "conn": row["conn"]} | connection_dict(conn)
                      | {"roles": roles, "ends": ends_of(conn), "gateway": gw,
                         "_first": row["first_ts_ns"], "_last": row["last_ts_ns"]})
+    if by_name and not found:
+        _check_name(endpoint, [n for n in summary["nodes"] if node is None or n["name"] == node])
     at_ns = None
     nearest: list[dict[str, Any]] = []
     if at is not None:

@@ -606,3 +606,42 @@ def test_the_fleet_table_has_every_column_fleet_who_reads(fleet: tuple[Path, nat
     schema = pl.read_parquet_schema(fleet[0] / "fleet.parquet")
     want = {"node": pl.String(), **CONNECTION_SCHEMA, **NAME_SCHEMA, **GATEWAY_SCHEMA}
     assert {c: schema.get(c) for c in want} == want
+    # And fleet.json lists each node's dumps, which fleet-who checks a name against.
+    nodes = {n["name"]: n for n in json.loads((fleet[0] / "fleet.json").read_text())["nodes"]}
+    assert nodes["clusterip"]["pods"] == [str(CAPTURES / "clusterip/pods.json")]
+    assert nodes["clusterip"]["services"] == [str(CAPTURES / "clusterip/services.json")]
+    assert nodes["udp"]["pods"] == nodes["udp"]["services"] == []
+
+
+def named_fleet_folder(folder: Path, pods: list[str]) -> Path:
+    """fleet_folder whose table has the name columns and whose node a had ``pods`` for its dumps."""
+    from natproof.result import NAME_SCHEMA
+
+    out = fleet_folder(folder)
+    doc = json.loads((out / "fleet.json").read_text())
+    doc["nodes"][0] |= {"pods": pods, "services": []}
+    (out / "fleet.json").write_text(json.dumps(doc))
+    table = out / "fleet.parquet"
+    pl.read_parquet(table).with_columns(pl.lit(None, t).alias(c) for c, t in NAME_SCHEMA.items()).write_parquet(table)
+    return out
+
+
+def test_fleet_who_of_a_name_no_nodes_dump_holds_is_bad_input_with_close_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As who: a name no node's kubectl dump holds is exit 2 naming the dumps and the close names (it was exit 1,
+    "no connection"); a name a dump holds that no connection had stays exit 1."""
+    dump = str(CAPTURES / "basic" / "pods.json")
+    out = named_fleet_folder(tmp_path, [dump])
+    assert main(["fleet-who", "default/pod2", str(out), "--format", "json"]) == 2
+    assert capsys.readouterr().err == (f"natproof: error: 'default/pod2': no pod or Service of that name in {dump} "
+                                       "(close: default/pod1)\n")
+    with pytest.raises(natproof.InputError):
+        fleet_who(out, "pod2")
+    assert main(["fleet-who", "default/pod1", str(out), "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["matches"] == []
+    # --node keeps that node's dumps: node b had none, so nothing to check a name against.
+    assert main(["fleet-who", "default/pod2", str(out), "--node", "b", "--format", "json"]) == 1
+    # Dumps moved since the run: the table's names are all there is, and no match is no connection.
+    (tmp_path / "moved").mkdir()
+    moved = named_fleet_folder(tmp_path / "moved", [str(tmp_path / "gone.json")])
+    assert main(["fleet-who", "default/pod2", str(moved), "--format", "json"]) == 1
