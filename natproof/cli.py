@@ -1399,8 +1399,10 @@ def _print_flowlog(summary: dict, gateways: list, ifaces: object, usage: object,
         files.add_row(f["path"], f["format"], f"{len(f['fields'])} from {f['fields_from']}", str(f["lines"]),
                       str(f["records"]), str(f["nodata"]), str(f["skipdata"]), skipped)
     _print_whole(files)
-    span = "no record has a start or end time" if summary["first_start"] is None else (
-        f"{_iso(summary['first_start'] * 10**9)} to {_iso((summary['last_end'] or summary['first_start']) * 10**9)}")
+    span = "no record has a start or end time" if summary["first"] is None else (
+        f"{_iso(summary['first'] * 10**9)} to {_iso(summary['last'] * 10**9)}"
+        + {"start and end": "", "start": " (start times only: the records have no end)",
+           "end": " (end times only: the records have no start)"}[summary["span_from"]])
     dupes = f" ({summary['duplicates']} more read twice, kept once)" if summary["duplicates"] else ""
     click.echo(f"{summary['records']} records{dupes}, {summary['flows']} with traffic, {summary['nodata']} NODATA, "
                f"{summary['skipdata']} SKIPDATA; {span}")

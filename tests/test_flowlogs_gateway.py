@@ -377,3 +377,29 @@ def test_a_port_whose_records_have_no_time_is_named_when_a_time_is_asked(tmp_pat
     (m,) = answer.missing
     assert not answer.found and "1 use(s) of the port have records without a start or end time" in m.why
     assert who_via_gateway(log, [GW], GW.public, 1025).found
+
+
+@pytest.mark.parametrize(("drop", "said"), [
+    ("end", " (start times only: the records have no end)"),
+    ("start", " (end times only: the records have no start)"),
+    (None, ""),
+])
+def test_the_span_is_from_the_times_the_records_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     drop: str | None, said: str) -> None:
+    """A format with start and no end spans from the earliest start to the latest start, and says that only starts
+    were known (it printed the first start to the first start: last_end null)."""
+    names = FORMAT.split()
+    keep = [i for i, n in enumerate(names) if n != drop]
+    lines = [*nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443),
+             *nat_flow("10.0.1.6", 40001, 1025, "203.0.113.5", 443, t=T0 + 3)]  # end = start + 2
+    log = flowlog(tmp_path, [" ".join(line.split()[i] for i in keep) for line in lines],
+                  fields=" ".join(names[i] for i in keep))
+    first, last = {"end": (T0, T0 + 3), "start": (T0 + 2, T0 + 5), None: (T0, T0 + 5)}[drop]
+    summary = log.summary()
+    assert (summary["first"], summary["last"]) == (first, last)
+    assert summary["span_from"] == {"end": "start", "start": "end", None: "start and end"}[drop]
+    assert main(["flowlog", str(tmp_path / "nat.log"), "--nat-gateway", str(GW), "--format", "table"]) == 0
+    from natproof.cli import _iso
+
+    span = f"{_iso(first * NS)} to {_iso(last * NS)}{said}\n"
+    assert f"0 SKIPDATA; {span}" in capsys.readouterr().out

@@ -247,6 +247,20 @@ class FlowLog:
         """Whether any record has a value in ``column`` (a format without the field leaves it null throughout)."""
         return column in self.records.columns and self.records[column].null_count() < self.records.height
 
+    def span(self) -> tuple[int | None, int | None, str | None]:
+        """The records' time span, from what they hold: (earliest start or end, latest end or start, which times
+        there were: "start and end", "start" when the format has no end, "end" when no start), seconds; (None,
+        None, None) when no record has a time."""
+        row = self.records.select(pl.col("start_s").min().alias("s0"), pl.col("start_s").max().alias("s1"),
+                                  pl.col("end_s").min().alias("e0"), pl.col("end_s").max().alias("e1")).row(0)
+        s0, s1, e0, e1 = row
+        starts, ends = s0 is not None, e0 is not None
+        if not starts and not ends:
+            return None, None, None
+        first = min(t for t in (s0, e0) if t is not None)
+        last = max(t for t in (s1, e1) if t is not None)
+        return first, last, "start and end" if starts and ends else "start" if starts else "end"
+
     def summary(self, command_line: bool = False) -> dict[str, Any]:
         """Records per interface, action, protocol and log-status, the time span, and per-file reading notes (in the
         command line's words with ``command_line``: passed_over_command_line)."""
@@ -263,11 +277,13 @@ class FlowLog:
                     for v, n, p, b in g.iter_rows()]
 
         span = self.records.select(pl.col("start_s").min(), pl.col("end_s").max()).row(0)
+        first, last, span_from = self.span()
         return {
             "files": [f.to_dict() for f in self.files], "passed_over": list(passed),
             "records": self.records.height, "duplicates": self.duplicates, "flows": flows.height,
             "nodata": self.nodata, "skipdata": self.skipdata,
             "skipped": self.skipped(), "first_start": span[0], "last_end": span[1],
+            "first": first, "last": last, "span_from": span_from,
             "by_interface": counts("interface_id"), "by_action": counts("action"),
             "by_protocol": counts("protocol", protocol_name), "by_log_status": [
                 {"value": s, "records": n} for s, n in
