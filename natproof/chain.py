@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from natproof.errors import CapturesApart, InputError
+from natproof.errors import CapturesApart, InputError, Said
 from natproof.result import TUPLE_FIELDS, Result
 from natproof.verdicts import Verdict
 
@@ -125,9 +125,11 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
         hops.append(hop)
     connections = _follow(paths, hops)
     if flow_log is not None:
-        _through_gateway(connections, hops, flow_log, nat_gateways, len(paths))
+        _through_gateway(connections, hops, flow_log, nat_gateways, paths)
     return Chain(tuple(paths), tuple(hops), connections)
 
+
+FLOW_LOG = Said("flow_log", "--flow-log")
 
 SEVERAL_INTERFACES = ("a capture of several interfaces; a chain takes one interface per file (split it first, or "
                       "correlate it alone: natproof correlate FILE)")
@@ -148,17 +150,26 @@ def _interfaces(path: str) -> set[tuple[int, int]]:
 
 
 def _through_gateway(connections: list[dict[str, Any]], hops: Sequence[Result], flow_log: Any,
-                     nat_gateways: Sequence[Any], point: int) -> None:
-    """Add the NAT gateway's public side (observation point ``point``) to each connection that reached the last
-    capture, from the flow log (see correlate_chain); sets ``evidence_level`` on every connection."""
+                     nat_gateways: Sequence[Any], paths: Sequence[str]) -> None:
+    """Add the NAT gateway's public side (observation point ``len(paths)``) to each connection that reached the last
+    capture, from the flow log (see correlate_chain); sets ``evidence_level`` on every connection. InputError when
+    the last capture is already past the gateway (its connections leave from the gateway's public address): the
+    flow log's point would be the same place again, and no record joins it."""
     from natproof.flowlogs import infer_gateways, join_nat_gateway, node_tuples
 
     gateways = list(nat_gateways) or infer_gateways(flow_log)
+    point = len(paths)
     # First-capture seconds -> the last capture's clock: each hop's offset is its outside minus its inside.
     shift = sum(h.clock_offset_s for h in hops)
     reached = [c for c in connections if c["lost_at"] is None]
     if not reached:
         return
+    publics = {g.public for g in gateways}
+    past = sorted({c["translated"]["src"] for c in reached} & publics)
+    if past:
+        raise InputError(f"{paths[-1]}: already past the NAT gateway (its connections leave from {past[0]}, the "
+                         "gateway's public address): the ", FLOW_LOG, " adds nothing after it; give the chain "
+                         "without it, or without this capture")
     rows = []
     for c in reached:
         t = c["translated"]

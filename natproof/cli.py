@@ -514,8 +514,9 @@ def render_chain(chain: natproof.Chain, limit: int,
             if h.get("evidence") is not None:  # the NAT gateway, from its flow log
                 what += f"  ({h['evidence']})"
                 if t is None:
-                    ends = ", ".join(format_address(g["src"], g["sport"]) for g in h["candidates"]) or "none"
-                    lines.append(f"{h['observation_point']}: one of {ends}{what}")
+                    ends = ", ".join(format_address(g["src"], g["sport"]) for g in h["candidates"])
+                    lines.append(f"{h['observation_point']}: " + (f"one of {ends}" if ends else "no tuple in the flow "
+                                                                   "log") + what)
                     continue
             pod = f" ({t['pod']})" if h is c["hops"][0] and t.get("pod") else ""
             lines.append(f"{h['observation_point']}: {format_address(t['src'], t['sport'])}{pod} -> "

@@ -372,3 +372,37 @@ def test_framing_alone_tells_a_file_of_several_interfaces_as_decoding_does(path:
 def test_who_over_a_chain_refuses_options_of_a_pair(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["who", "203.0.113.20:19143", *map(str, CHAIN), "--quiet", *extra]) == 2
     assert "who over a chain of captures takes none of" in capsys.readouterr().err
+
+
+def test_a_flow_log_past_a_capture_already_past_the_gateway_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway's public side captured as the chain's last point, and its flow log after it: the flow log's point
+    would be the same place again, and no record joins it (every row read "3: one of none (no candidate)" and "0
+    reached the last point"). Refused in one line naming the capture."""
+    from natproof.flowlogs import parse_nat_gateway, read_flow_logs
+
+    gw = parse_nat_gateway((LAB / "gateway" / "nat-gateway.txt").read_text())
+    log = LAB / "flowlogs" / "custom.log"
+    last = CHAIN[3]
+    tail = (f"{last}: already past the NAT gateway (its connections leave from {gw.public}, the gateway's public "
+            "address): the {} adds nothing after it; give the chain without it, or without this capture")
+    with pytest.raises(natproof.InputError) as exc:
+        natproof.correlate_chain([CHAIN[0], CHAIN[1], last], flow_log=read_flow_logs(log), nat_gateways=[gw])
+    assert str(exc.value) == tail.format("flow_log")
+    assert main(["correlate", str(CHAIN[0]), str(CHAIN[1]), str(last), "--flow-log", str(log), "--nat-gateway",
+                 str(gw), "--format", "table"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"natproof: error: {tail.format('--flow-log')}\n")
+
+
+def test_a_gateway_point_without_a_candidate_says_so(tmp_path: Path) -> None:
+    """A connection the flow log holds no record of at the gateway is "no tuple in the flow log", never "one of
+    none"."""
+    from natproof.flowlogs import NatGateway
+
+    out = tmp_path / "t.txt"
+    assert main(["correlate", *map(str, CHAIN[:2]), "--flow-log", str(LAB / "flowlogs" / "custom.log"),
+                 "--nat-gateway", str(NatGateway("10.0.1.99", "198.51.100.99")), "--format", "table",
+                 "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "one of none" not in text and "one of " not in text
+    assert text.count("2: no tuple in the flow log  (no candidate)") == 5
