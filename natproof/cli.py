@@ -493,10 +493,12 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
 
 
 def render_chain(chain: natproof.Chain, limit: int,
-                 title: str = "NATs in a chain: each connection at every observation point (pod outwards)") -> Group:
+                 title: str = "NATs in a chain: each connection at every observation point (pod outwards)",
+                 whose: str = "") -> Group:
     """A chain's connections: the tuple at each observation point (what that hop rewrote), the verdict, where a
     connection stopped; then the captures, the hops and the summary, a line each (not a caption, which would wrap
-    at the table's width)."""
+    at the table's width). ``whose`` starts the summary line: whose connections it counts, when not the chain's
+    (who's nearest ones)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -535,8 +537,8 @@ def render_chain(chain: natproof.Chain, limit: int,
     last = "the last point (the NAT gateway, from its flow log)" if gateway else "the last capture"
     lost = f"; {summary['lost']} lost on the way" if summary["lost"] else ""
     n = summary["connections"]
-    caption.append(f"{n} connection{'' if n == 1 else 's'}: {counts or 'none'}; {summary['reached_last']} reached "
-                   f"{last}{lost}")
+    caption.append(f"{whose}{n} connection{'' if n == 1 else 's'}: {counts or 'none'}; {summary['reached_last']} "
+                   f"reached {last}{lost}")
     if unsettled := summary["unsettled_at_last"]:
         evidence = {c["conn"]: c["evidence_level"] for c in chain.connections}
         caption.append("reached the last capture, their tuple at the NAT gateway not settled by its flow log: "
@@ -845,7 +847,8 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
             click.echo(f"no connection used {endpoint}{when}")
         if nearest:
             picked = natproof.Chain(chain.captures, chain.hops, nearest)
-            _print_whole(render_chain(picked, len(nearest), title="nearest in time"))
+            _print_whole(render_chain(picked, len(nearest), title="nearest in time",
+                                      whose=f"nearest in time (none live at {_iso(at_ns)[11:-1]}): "))  # type: ignore[arg-type]
             for c in nearest:
                 first = int(c["first_seen"] * 1e9)
                 last = first if c["last_seen"] is None else int(c["last_seen"] * 1e9)

@@ -195,6 +195,12 @@ def test_who_across_the_chain_at_another_time_shows_the_nearest(capsys: pytest.C
     assert "2: 203.0.113.20:19143 -> 198.51.100.10:7" in out and "needs that node's captures" not in out
     gap = "10 min 0 s" if shift < 0 else "1 h 0 min"
     assert f" (first capture's clock), {gap} {side} " in out
+    # The summary under the nearest is theirs: "1 connection: 1 translated; 1 reached the last capture" read as
+    # contradicting "no connection used".
+    from natproof.cli import _iso
+
+    assert (f"\nnearest in time (none live at {_iso(round(at * 1e9))[11:-1]}): 1 connection: 1 translated; 1 "
+            "reached the last capture\n") in out
     # A port no connection of the chain used at any time: the hint, and no nearest.
     assert main(["who", "203.0.113.20:1", *caps, "--at", f"{at:.6f}", "--format", "table", "--quiet"]) == 1
     out = capsys.readouterr().out
