@@ -174,8 +174,9 @@ def check_query(text: str, named: bool, names_from: Said = NAMES_FROM) -> bool:
         return False
     parts = text.split("/")
     if len(parts) > 2 or not all(p.strip() for p in parts):
-        problem = ("more than one /" if len(parts) > 2 else "no namespace before the /" if not parts[0].strip()
-                   else "no name after the /")
+        problem = ("more than one /" if len(parts) > 2
+                   else "no namespace before the / and no name after it" if not any(p.strip() for p in parts)
+                   else "no namespace before the /" if not parts[0].strip() else "no name after the /")
         raise InputError(f"{text!r} is not a pod or Service name ({problem}; give namespace/name, e.g. "
                          "kube-system/kube-dns, or a bare name, in any namespace) nor ADDR:PORT")
     if named:

@@ -675,7 +675,8 @@ def test_who_names_the_pod_behind_a_node_port_and_finds_connections_by_name(
 
 @pytest.mark.parametrize(("query", "problem"), [
     ("kube-system/", "no name after the /"),
-    ("/", "no namespace before the /"),
+    ("/", "no namespace before the / and no name after it"),
+    (" / ", "no namespace before the / and no name after it"),
     ("/kube-dns", "no namespace before the /"),
     ("kube-system/kube-dns/x", "more than one /"),
 ])
