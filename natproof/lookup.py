@@ -231,8 +231,18 @@ def _is_address(text: str) -> bool:
     return True
 
 
-_TIME_OF_DAY = re.compile(r"^(\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)([zZ]|[+-]\d{2}:?\d{2})?$")
-"""HH:MM, HH:MM:SS or HH:MM:SS.ffffff, then an optional zone (Z, +02:00): the time part of ISO-8601 alone."""
+_TIME_OF_DAY = re.compile(r"^(\d{1,2}:\d{2}(:\d{2}([.,]\d+)?)?)([zZ]|[+-]\d{2}(:?\d{2})?)?$")
+"""HH:MM, HH:MM:SS or HH:MM:SS.ffffff, then an optional zone (Z, +02:00, +0200, +02): the time part of ISO-8601
+alone."""
+
+_FRACTION = re.compile(r"(?<=:\d\d)[.,](\d+)")
+"""The fraction of a second after HH:MM:SS (ISO-8601 allows a comma)."""
+
+_EPOCH = re.compile(r"^\d+(\.\d*)?$")
+
+NS_DIGITS = 9
+"""A capture's clock holds nanoseconds (pcapng's finest resolution): a TIME's fraction is read to its ninth digit,
+exactly, and one of more digits is refused rather than cut."""
 
 TIME_FORMS = ("epoch seconds, ISO-8601 such as 2026-11-24T14:02:10Z, or a time of day HH:MM[:SS[.ffffff]] on the "
               "captures' day; UTC unless a zone is given (Z, +02:00)")
@@ -245,6 +255,17 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
     ``at`` (``--at``)."""
     at = setting("at", text, quoted=False)
     t = text.strip()
+    fraction = _FRACTION.search(t) if not _EPOCH.match(t) else None
+    digits = (t.partition(".")[2] if _EPOCH.match(t) else fraction.group(1) if fraction else "")
+    if len(digits) > NS_DIGITS:
+        raise InputError(at, f": {len(digits)} digits after the second's point; a capture's clock holds nanoseconds "
+                             f"(at most {NS_DIGITS})")
+    if _EPOCH.match(t):  # exactly, to the nanosecond (a float's 53 bits hold ~0.2 us of today's epoch seconds)
+        whole, _, frac = t.partition(".")
+        ns = int(whole) * 10**9 + int(frac.ljust(NS_DIGITS, "0") or 0)
+        if ns >= 9_200_000_000 * 10**9:
+            raise InputError(at, ": not a time a capture can hold (epoch seconds between 0 and 9.2e9)")
+        return ns
     try:
         seconds = float(t)
     except ValueError:
@@ -254,6 +275,9 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
         if not 0 <= seconds < 9.2e9:
             raise InputError(at, ": not a time a capture can hold (epoch seconds between 0 and 9.2e9)")
         return int(round(seconds * 1e9))
+    sub_us = 0
+    if fraction is not None:  # fromisoformat keeps microseconds and drops the rest: the rest is added back
+        sub_us = int(fraction.group(1).ljust(NS_DIGITS, "0")) % 1000
     if _TIME_OF_DAY.match(t):
         if day_of_ns is None:
             raise InputError(at, ": a time of day needs a capture to give the date")
@@ -268,7 +292,7 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000 + sub_us
 
 
 def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 1.0,

@@ -357,3 +357,26 @@ def test_who_at_a_time_on_the_outside_clock() -> None:
     (found,) = on_outside.connections
     assert found["original"]["src"] == "192.168.1.100" and found["original"]["sport"] == 4330
     assert on_outside.to_dict()["clock_offset_s"] == pytest.approx(0.42, abs=0.01)
+
+
+@pytest.mark.parametrize(("text", "ns"), [
+    # A zone of hours alone is ISO-8601's too: refused in a time of day while "2026-11-24T08:06:02+02" was taken.
+    ("08:06:02.5+02", 1_795_500_362_500_000_000), ("01:06:02-05", 1_795_500_362_000_000_000),
+    # To the nanosecond, as a capture's clock holds it: a fraction's seventh to ninth digits were dropped.
+    ("06:06:02.123456789", 1_795_500_362_123_456_789), ("06:06:02.1234567", 1_795_500_362_123_456_700),
+    ("2026-11-24T06:06:02.000000001Z", 1_795_500_362_000_000_001), ("06:06:02,25", 1_795_500_362_250_000_000),
+    ("1795500362.123456789", 1_795_500_362_123_456_789), ("1795500362.5", 1_795_500_362_500_000_000),
+])
+def test_parse_time_takes_a_zone_of_hours_and_nanoseconds(text: str, ns: int) -> None:
+    assert parse_time(text, 1_795_500_362_369_528_800) == ns
+
+
+@pytest.mark.parametrize("text", ["06:06:02.1234567891", "1795500362.1234567891",
+                                  "2026-11-24T06:06:02.1234567891Z"])
+def test_parse_time_refuses_more_than_nanoseconds_rather_than_cut_them(text: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InputError) as exc:
+        parse_time(text, 1_795_500_362_369_528_800)
+    said = "10 digits after the second's point; a capture's clock holds nanoseconds (at most 9)"
+    assert str(exc.value) == f"at={text!r}: {said}"
+    assert exc.value.for_command_line() == f"--at {text}: {said}"
