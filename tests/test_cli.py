@@ -629,7 +629,8 @@ def json_command(name: str, tmp_path: Path) -> list[str]:
         from natproof.fleet import _empty_frame
 
         (tmp_path / "fleet").mkdir()
-        (tmp_path / "fleet" / "fleet.json").write_text(json.dumps({"schema": "natproof.fleet/1", "nodes": []}))
+        (tmp_path / "fleet" / "fleet.json").write_text(json.dumps({"schema": "natproof.fleet/1",
+                                                                  "nodes": [{"name": "a"}]}))
         _empty_frame().with_columns(pl.lit(None, pl.String).alias("node")).write_parquet(
             tmp_path / "fleet" / "fleet.parquet")
     return {
