@@ -241,13 +241,13 @@ def _decide(conns: pl.DataFrame, flows: pl.DataFrame, rec: ConntrackRecord, tol:
     else:
         timed = pl.lit("snapshot_after_expiry")
     dropped = (pl.col("verdict") == "not_forwarded") & (pl.col("fate_crossed") == 0) & (pl.col("fate_leaked") == 0)
-    # Out of the log's sight first: a connection before its first event or after its last says nothing of what the
-    # kernel did with it (a helper's trial: a log of the next day called a dropped connection
-    # dropped_before_confirmation, a claim that the log covered it).
-    # Wholly before the first event or after the last: the listener may have run long before its first event (a
-    # dropped SYN makes none), as _unrecorded_inside_legs judges a pod-side leg.
+    # Out of the log's sight first: a connection wholly before its first event says nothing of what the kernel did
+    # with it (a helper's trial: a log of the next day called a dropped connection dropped_before_confirmation, a
+    # claim that the log covered it). Not one after its last event: a listener started before the traffic, as it
+    # should be, writes nothing for connections dropped before confirmation (lab forwarding-off: every event is
+    # from before them).
     if rec.has_events and first_ts is not None:
-        outside_log = ((pl.col("last_ts_ns") < first_ts - tol) | (pl.col("first_ts_ns") > (last_ts or 0) + tol))
+        outside_log = pl.col("last_ts_ns") < first_ts - tol
     else:
         outside_log = pl.lit(False)
     reason = (pl.when(outside_log).then(timed)
@@ -601,16 +601,13 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
     else:
         reason = pl.lit("snapshot_after_expiry")
     uncovered = reason.is_in(["record_starts_after", "record_ends_before"])
-    # Out of the record's sight, a leg the far end answered crossed the NAT where nothing shows it: not_captured
-    # (the verdict two captures give a flow the other capture missed), never not_forwarded beside its replies (a
-    # helper's trial: a record of another hour made three answered connections not_forwarded).
+    # (A leg out of the record's sight that the far end answered is not_captured: natproof.correlate._one_side_fates,
+    # which reads its packets.)
     return legs.with_columns(to_pod.alias("_to_pod")).select(
         pl.col("conn_id").alias("leg"), "proto", "first_ts_ns", "last_ts_ns",
         *[pl.col(f).alias(f"{p}_{f}") for p in ("inside", "orig") for f in ("src", "sport", "dst", "dport")],
         pl.lit("inside").alias("initiator"),
-        pl.when(pl.col("_to_pod")).then(pl.lit("internal"))
-        .when(uncovered & (pl.col("reply_packets") > 0)).then(pl.lit("not_captured"))
-        .otherwise(pl.lit("not_forwarded")).alias("verdict"),
+        pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("not_forwarded")).alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
         pl.col("egress_packets").alias("egress_inside"), pl.col("reply_packets").alias("reply_inside"),
         pl.col("icmp_error_packets").alias("icmp_errors_inside"), packets.alias("fate_inside_only"),
