@@ -754,7 +754,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
                           else read_conntrack(record)]
                 if result is None and not quiet:
                     warn_record(kernel[0])
-            who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json, kernel)
+            who_gateway(flowlog, gateways, endpoint, at, window, peer, result, as_json, kernel, names)
             return
     if inside is None:
         if record is None and flow_logs:
@@ -770,7 +770,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
         if not quiet:
             warn_record(kernel_record)
         answer = who_kernel(kernel_record, endpoint, at, window, pod_networks=nets, services=services_from(obj),
-                            names=names_from(obj))
+                            names=names)
     else:
         result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
         answer = run_who(result, endpoint, at, window, clock)
@@ -906,7 +906,8 @@ def read_flow_log_inputs(flow_logs: tuple[str, ...], nat_gateways: tuple[str, ..
 
 def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flowlogs.NatGateway], endpoint: str,
                 at: str | None, window: float, peer: str | None, result: natproof.Result | None,
-                as_json: bool, conntrack: list[ConntrackRecord] | None = None) -> None:
+                as_json: bool, conntrack: list[ConntrackRecord] | None = None,
+                names: natproof.Names | None = None) -> None:
     """who on a NAT gateway's public tuple: print the paths to nodes (and pods), exit 1 when none reaches a node."""
     import polars as pl
 
@@ -922,8 +923,7 @@ def who_gateway(flowlog: natproof.flowlogs.FlowLog, gateways: list[natproof.flow
     first = flowlog.records.select(pl.coalesce("start_s", "end_s").min()).item()
     at_ns = None if at is None else parse_time(at, None if first is None else int(first) * 10**9)
     answer = who_via_gateway(flowlog, gateways, addr, port, at_ns=at_ns, window_s=window, peer=peer_at,
-                             result=result, conntrack=conntrack or (),
-                             names=names_from(click.get_current_context().find_root().ensure_object(dict)))
+                             result=result, conntrack=conntrack or (), names=names)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, default=str))
     else:

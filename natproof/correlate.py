@@ -68,6 +68,7 @@ SWAPPED_THEM = "so natproof swapped them"
 """How the inside capture's warning that ``allow_swap`` swapped the captures (or a file's points) ends: a caller that
 asked for the swap and says it in its own words (natproof.grade) leaves it out."""
 
+
 def _fmt_time(ns: int) -> str:
     import datetime as dt
 

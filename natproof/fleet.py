@@ -49,7 +49,7 @@ public port when one candidate, and every candidate (public:port). All of them o
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _NAME_BYTES = 255 - len(".") - len(".parquet.") - 8
 """The longest node name (UTF-8 bytes): its table nodes/NAME.parquet is written as a temporary file
-.NAME.parquet.XXXXXXXX (natproof.report.files.atomic_write: mkstemp's 8 characters), then renamed, and either name
+.NAME.parquet. and 8 random characters (natproof.report.files.atomic_write: mkstemp's), then renamed, and either name
 must fit a file name (255 bytes: Linux's NAME_MAX on ext4, xfs, btrfs, tmpfs and NFS)."""
 
 NODE_KEYS = {
