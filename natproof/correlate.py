@@ -863,7 +863,7 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
                     f"other of an inbound one), {min(ins, outs)} the other way (--side sets it)")
         else:
             note = (f"the only capture; taken as the inside one: no entry of {record.path} that rewrote anything "
-                    "has its tuples, so the record cannot tell the side (--side sets it)")
+                    "has its tuples at its connections' times, so the record cannot tell the side (--side sets it)")
     if side == "outside":
         nets = parse_networks(pod_cidr) if pod_cidr else ()
         why = "given (--pod-cidr)"

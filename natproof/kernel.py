@@ -76,7 +76,8 @@ FLOW_SCHEMA: dict[str, pl.DataType] = {
 """One row per entry's life in the record (kernel_flows). proto: natproof's name (icmpv6 is icmp). kind: events or
 listing. line: its NEW event's line, else its first line. start_ts_ns: its first event's stamp (null for a
 listing); end_ts_ns: its DESTROY's stamp (null while it lived on); state, assured, replied: as last recorded
-(replied: some line had no [UNREPLIED])."""
+(replied: some line had no [UNREPLIED]). A listing line that repeats an entry the events leave alive is that
+entry's (kernel_flows), not a row of its own."""
 
 
 def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
@@ -85,7 +86,9 @@ def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
     Events of one original tuple, in time order, are one entry until a DESTROY, a second NEW, or another reply
     tuple (an entry's reply tuple is fixed once conntrack confirms it) starts the next: conntrack ids are reused
     and identify nothing over time. Two listeners stamp events on their own, so an UPDATE may carry an earlier
-    stamp than its NEW: a NEW after an UPDATE does not start a new entry. Every listing line is an entry."""
+    stamp than its NEW: a NEW after an UPDATE does not start a new entry. Every listing line is an entry, but one
+    that repeats an entry the events leave alive (same tuples and zone, no DESTROY): that is the same entry, once,
+    with the events' times (the listing was taken while it lived)."""
     e = entries.with_columns(
         pl.col("proto").replace({"icmpv6": "icmp"}),
         pl.col("zone").fill_null(0),
@@ -124,6 +127,13 @@ def kernel_flows(entries: pl.DataFrame) -> pl.DataFrame:
         pl.lit(None, pl.Int64).alias("last_ts_ns"), "state", "assured", (~pl.col("unreplied")).alias("replied"),
         pl.lit(1).alias("lines"),
     )
+    # A file with events and a listing (natproof lab's conntrack.log, a listing taken after the traffic) shows a live
+    # entry twice: the listing line that repeats an entry the events leave alive (no DESTROY) is that entry, taken
+    # once, as its events, which carry its time. Kept as a listing line, it was in time for any connection of its
+    # tuple: two captures read a log of another day as confirming what one capture called absent (a helper's trial).
+    same = [*_KEY, "zone", *_REPLY]
+    alive = ev.filter(pl.col("end_ts_ns").is_null()).select(same).cast({"zone": pl.UInt16}).unique()
+    ls = ls.cast({"zone": pl.UInt16}).join(alive, on=same, how="anti", nulls_equal=True)
     flows = pl.concat([ev.select(list(FLOW_SCHEMA)).cast(FLOW_SCHEMA), ls.select(list(FLOW_SCHEMA)).cast(FLOW_SCHEMA)])
     return flows.sort("flow")
 
@@ -283,13 +293,8 @@ def contract_columns(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _record_flows(record: ConntrackRecord) -> pl.DataFrame:
-    """kernel_flows of TCP, UDP and ICMP, in time order; a listing entry the events also hold only once."""
+    """kernel_flows of TCP, UDP and ICMP, in time order (listing entries, untimed, last)."""
     flows = kernel_flows(record.entries).filter(pl.col("proto").is_in(["tcp", "udp", "icmp"]))
-    # A file with events and a listing (natproof lab's conntrack.log) shows a live entry twice: keep its events.
-    same = [*_KEY, "zone", *_REPLY]
-    timed = flows.filter(pl.col("kind") == "events").select(same).unique()
-    listed = flows.filter(pl.col("kind") == "listing").join(timed, on=same, how="anti", nulls_equal=True)
-    flows = pl.concat([flows.filter(pl.col("kind") == "events"), listed])
     return flows.sort(["start_ts_ns", "line"], nulls_last=True)
 
 

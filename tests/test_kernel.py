@@ -195,6 +195,44 @@ def test_a_record_of_another_day_claims_nothing_of_a_dropped_connection_or_a_far
     assert own.connections.filter(pl.col("icmp_errors_inside") > 0)["verdict"].to_list() == ["no_reply"]
 
 
+def test_a_listing_beside_events_of_another_day_is_of_that_day_with_one_capture_or_two(tmp_path: Path) -> None:
+    # A fourth trial: the whole file a day later, its listing kept. Two captures confirmed every connection through
+    # the listing (untimed: in time for any connection) while the pod side alone called them absent. The listing
+    # repeats entries the events leave alive: those entries, of the events' day, on both paths.
+    day = 86400
+    path = tmp_path / "nextday.log"
+    path.write_text("\n".join(re.sub(r"^\[(\d+)\.", lambda m: f"[{int(m.group(1)) + day}.", line)
+                              for line in _lines("basic")) + "\n")
+    assert read_conntrack(path).has_listing
+    two = _correlate("basic", path)
+    one = natproof.correlate(CAPTURES / "basic" / "inside.pcap", conntrack=path)
+    for result in (two, one):
+        assert result.connections.select("kernel", "kernel_reason").unique().rows() == [
+            ("absent", "record_starts_after")]
+    assert two.connections["verdict"].to_list() == ["translated"] * 3
+    assert "kernel_record_other_time" in {f.kind for f in diagnose(two)}
+    # The record at its own time still confirms all three, once each.
+    assert set(_correlate("basic").connections["kernel"]) == {"confirmed"}
+
+
+def test_a_listing_line_is_the_live_entry_its_events_hold_but_not_a_destroyed_one(tmp_path: Path) -> None:
+    ev = ("[{ts}]\t    [NEW] ipv4     2 udp      17 30 src=10.244.0.10 dst=198.51.100.10 sport={port} dport=53 "
+          "[UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=53 dport={port}")
+    gone = ("[{ts}]\t[DESTROY] ipv4     2 udp      17 src=10.244.0.10 dst=198.51.100.10 sport={port} dport=53 "
+            "[UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=53 dport={port}")
+    listed = ("ipv4     2 udp      17 25 src=10.244.0.10 dst=198.51.100.10 sport={port} dport=53 packets=1 bytes=60 "
+              "[UNREPLIED] src=198.51.100.10 dst=203.0.113.2 sport=53 dport={port} packets=0 bytes=0 mark=0 use=1")
+    path = tmp_path / "both.log"
+    path.write_text("\n".join([
+        ev.format(ts="100.0", port=40000),  # alive at the end: its listing line is the same entry
+        ev.format(ts="101.0", port=40001), gone.format(ts="131.0", port=40001),  # destroyed: the listing's is later
+        listed.format(port=40000), listed.format(port=40001)]) + "\n")
+    flows = kernel_flows(read_conntrack(path).entries)
+    assert flows.select("kind", "orig_sport", "start_ts_ns", "end_ts_ns").rows() == [
+        ("events", 40000, 100_000_000_000, None), ("events", 40001, 101_000_000_000, 131_000_000_000),
+        ("listing", 40001, None, None)]
+
+
 def test_missing_leg_is_filled_from_the_kernel() -> None:
     # clusterip-local: the DNAT happens as the frame is bridged; the endpoint's leg is in neither capture. The
     # kernel's entry names the endpoint it chose.
