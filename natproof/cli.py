@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import natproof
-from natproof.contracts import FORMATS, SCHEMA, SCHEMAS
+from natproof.contracts import FORMATS, SCHEMA, SCHEMAS, epoch_seconds
 from natproof.errors import InputError, NatproofError
 from natproof.report.files import check_target
 from natproof.report.table import format_address
@@ -838,7 +838,7 @@ def _who_chain(endpoint: str, paths: tuple[str, ...], pod_cidr: str | None, tole
     # None live then: the nearest before and after, as who over two captures shows them.
     nearest = nearest_chain(chain, addr, port, at_ns) if at_ns is not None and not found else []
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
-        click.echo(json.dumps({"query": endpoint, "at": None if at_ns is None else at_ns / 1e9,
+        click.echo(json.dumps({"query": endpoint, "at": None if at_ns is None else epoch_seconds(at_ns),
                                "window_s": window, "captures": list(chain.captures), "connections": found,
                                "nearest": nearest}, indent=2))
     else:

@@ -14,6 +14,7 @@ from xml.parsers import expat
 
 import polars as pl
 
+from natproof.contracts import epoch_seconds
 from natproof.errors import InputError
 
 ENTRY_SCHEMA: dict[str, pl.DataType] = {
@@ -172,8 +173,8 @@ class ConntrackRecord:
         first, last = self.first_ts_ns, self.last_ts_ns
         return {"path": self.path, "formats": {FORMATS[k]: n for k, n in self.formats.items()},
                 "entries": self.entries.height, "lines": self.lines, "unparsed": self.unparsed,
-                "first_ts": None if first is None else round(first / 1e9, 9),
-                "last_ts": None if last is None else round(last / 1e9, 9), "warnings": list(self.warnings)}
+                "first_ts": None if first is None else epoch_seconds(first),
+                "last_ts": None if last is None else epoch_seconds(last), "warnings": list(self.warnings)}
 
 
 MAX_STAMP_S = (2**63 - 1) // 10**9 - 1

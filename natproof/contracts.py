@@ -13,6 +13,16 @@ SCHEMAS = {"2": SCHEMA, "1": SCHEMA_V1}
 """``--schema`` values and the documents they name. /2 added connections started on either side, DNAT, legs,
 packet fates and Services, and the verdict reply_other_path (which /1 called translated)."""
 
+def epoch_seconds(ns: int) -> float:
+    """A time in ns since the epoch as the contracts write it: float seconds, the whole seconds plus the fraction,
+    rounded once (within half a float64 step, ~0.12 us in this century). ``ns / 1e9`` rounds ns to a float first,
+    and polars' division of a long column differs from it by a step (a helper's trial: `who` and `correlate`
+    gave one connection first_seen ...2848773 and ...2848775); natproof.result.seconds_expr is the same sum in
+    polars, so every output agrees to the last digit."""
+    whole, frac = divmod(ns, 1_000_000_000)
+    return whole + frac / 1e9
+
+
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 """``--format`` values: a rich table, or a file format natproof.report.export writes."""
 

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from natproof.capture import LINKTYPE_NAMES, Record, read_frames
+from natproof.contracts import epoch_seconds
 from natproof.decode import DEFAULT_OVERLAY, MAX_ENCAP_DEPTH, Overlay, Skip, decapsulate, link_payload
 from natproof.errors import OPTIONS, InputError, Said, setting
 from natproof.report.export import conntrack_line
@@ -96,7 +97,7 @@ class End:
     fields: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"observation_point": self.observation_point, "frame": self.frame, "ts": round(self.ts_ns / 1e9, 9),
+        return {"observation_point": self.observation_point, "frame": self.frame, "ts": epoch_seconds(self.ts_ns),
                 "link_type": self.link_type}
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import polars as pl
 
+from natproof.contracts import epoch_seconds
 from natproof.errors import InputError, NatproofError, Said, setting
 from natproof.tomlfile import read_toml
 
@@ -583,10 +584,10 @@ def _public_text(t: pl.Expr) -> pl.Expr:
 
 
 def _empty_frame() -> pl.DataFrame:
-    from natproof.result import CONNECTION_SCHEMA
+    from natproof.result import CONNECTION_SCHEMA, seconds_expr
 
     return pl.DataFrame(schema=CONNECTION_SCHEMA).with_columns(
-        (pl.col("first_ts_ns") / 1e9).alias("first_seen"), (pl.col("last_ts_ns") / 1e9).alias("last_seen"))
+        seconds_expr("first_ts_ns").alias("first_seen"), seconds_expr("last_ts_ns").alias("last_seen"))
 
 
 def _write_table(entries: Mapping[str, dict[str, Any]], gateway: dict[str, Any] | None, target: Path) -> None:
@@ -622,7 +623,7 @@ def _summary(manifest: Manifest, entries: Mapping[str, dict[str, Any]], address:
             e["parquet"] = os.path.relpath(e["parquet"], out.resolve()) if os.path.isabs(e["parquet"]) else e["parquet"]
         for key in ("first_ts_ns", "last_ts_ns"):
             ns = e.pop(key, None)
-            e[key.replace("_ns", "")] = None if ns is None else round(ns / 1e9, 9)
+            e[key.replace("_ns", "")] = None if ns is None else epoch_seconds(ns)
         e.setdefault("connections", 0)
         e.setdefault("by_verdict", {})
         e.setdefault("findings", [])
@@ -772,7 +773,8 @@ class FleetAnswer:
     nearest: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": WHO_SCHEMA, "query": self.query, "at": None if self.at_ns is None else self.at_ns / 1e9,
+        return {"schema": WHO_SCHEMA, "query": self.query,
+                "at": None if self.at_ns is None else epoch_seconds(self.at_ns),
                 "window_s": self.window_s, "clock": self.clock, "matches": list(self.matches),
                 "nearest": list(self.nearest)}
 

@@ -13,6 +13,7 @@ import polars as pl
 
 from natproof.assemble import Services
 from natproof.conntrack import ConntrackRecord
+from natproof.contracts import epoch_seconds
 from natproof.errors import InputError, Said, setting
 from natproof.kernel import Network, kernel_connections
 from natproof.report.table import format_address
@@ -45,7 +46,8 @@ class Answer:
     """Outside clock minus inside clock (Result.clock_offset_s): add it to an inside time to read it outside."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "at": None if self.at_ns is None else self.at_ns / 1e9, "clock": self.clock,
+        return {"query": self.query, "at": None if self.at_ns is None else epoch_seconds(self.at_ns),
+                "clock": self.clock,
                 "clock_offset_s": self.clock_offset_s, "side": self.side,
                 "connections": list(self.connections), "nearest": list(self.nearest)}
 

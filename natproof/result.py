@@ -15,7 +15,7 @@ import polars as pl
 from natproof.assemble import FATES
 from natproof.capture import CaptureInfo
 from natproof.conntrack import ConntrackRecord
-from natproof.contracts import SCHEMA, SCHEMA_V1, SCHEMAS
+from natproof.contracts import SCHEMA, SCHEMA_V1, SCHEMAS, epoch_seconds
 from natproof.points import Interface, ObservationPoint
 from natproof.verdicts import V1_VERDICTS, Verdict
 
@@ -155,7 +155,15 @@ class CaptureSummary:
 
 
 def _secs(ts_ns: int | None) -> float | None:
-    return None if ts_ns is None else round(ts_ns / 1e9, 9)
+    return None if ts_ns is None else epoch_seconds(ts_ns)
+
+
+def seconds_expr(ns: str | pl.Expr) -> pl.Expr:
+    """natproof.contracts.epoch_seconds of an Int64 column of ns since the epoch (a column name or an
+    expression): float seconds, whole plus fraction, the same float for one row or a million."""
+    col = pl.col(ns) if isinstance(ns, str) else ns
+    whole = col // 1_000_000_000
+    return whole.cast(pl.Float64) + (col - whole * 1_000_000_000).cast(pl.Float64) / 1e9
 
 
 @dataclass(frozen=True)
@@ -543,8 +551,8 @@ def connection_struct(named: bool = False) -> pl.Expr:
         (_named_inside() if named else _struct_tuple("inside")).alias("inside"),
         _struct_tuple("outside").alias("outside"),
         pl.col("verdict"),
-        (pl.col("first_ts_ns") / 1e9).round(9).alias("first_seen"),
-        (pl.col("last_ts_ns") / 1e9).round(9).alias("last_seen"),
+        seconds_expr("first_ts_ns").alias("first_seen"),
+        seconds_expr("last_ts_ns").alias("last_seen"),
         pl.struct(pl.col("egress_inside"), pl.col("egress_outside"), pl.col("reply_outside"), pl.col("reply_inside"),
                   pl.col("icmp_errors_outside").alias("icmp_error_outside"),
                   pl.col("icmp_errors_inside").alias("icmp_error_inside")).alias("packets"),

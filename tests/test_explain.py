@@ -157,7 +157,7 @@ def test_json_document_and_table(capsys: pytest.CaptureFixture[str]) -> None:
                       "conntrack", "pairs", "notes"}
     egress = c["pairs"][0]
     assert set(egress) == {"kind", "before", "after", "nat_latency_us", "fields", "changed", "kept"}
-    assert egress["before"] == {"observation_point": "inside", "frame": 14, "ts": 1795500362.957089399,
+    assert egress["before"] == {"observation_point": "inside", "frame": 14, "ts": 1795500362.957089568,
                                 "link_type": "EN10MB"}
     assert egress["changed"] == ["src_mac", "dst_mac", "src", "ttl", "ip_checksum", "sport", "l4_checksum"]
     assert egress["kept"] == ["dst", "ip_id", "ip_len", "dport", "tcp_seq", "tcp_ack"]

@@ -81,6 +81,27 @@ def test_who_with_one_capture_and_the_record_finds_a_flow_mapped_anew_by_either_
         assert who(res, endpoint).side == side
 
 
+def test_who_and_correlate_give_every_connection_the_same_times(result) -> None:  # type: ignore[no-untyped-def]
+    # A trial: `who` (one row through polars) and `correlate` (2,100 rows) wrote one connection's first_seen a
+    # float step apart (...2848773 and ...2848775): polars divides a long column differently from one value.
+    doc = {(c["outside"]["src"], c["outside"]["sport"]): c for c in result.to_dict()["connections"]}
+    for key, c in random.Random(3).sample(sorted(doc.items()), 40):
+        found = who(result, f"{key[0]}:{key[1]}").to_dict()["connections"]
+        assert [(f["first_seen"], f["last_seen"]) for f in found] == [(c["first_seen"], c["last_seen"])]
+
+
+def test_epoch_seconds_is_one_float_in_python_and_polars() -> None:
+    import polars as pl
+
+    from natproof.contracts import epoch_seconds
+    from natproof.result import seconds_expr
+
+    ns = random.Random(6).sample(range(1_500_000_000_000_000_000, 2_000_000_000_000_000_000), 200_000)
+    got = pl.DataFrame({"ns": ns}, schema={"ns": pl.Int64}).select(seconds_expr("ns"))["ns"].to_list()
+    assert got == [epoch_seconds(n) for n in ns]
+    assert got[:3] == [pl.DataFrame({"ns": [n]}).select(seconds_expr("ns")).item() for n in ns[:3]]
+
+
 def test_parse_time_forms() -> None:
     day = 1_795_500_362_369_528_800  # 2026-11-24T06:06:02Z
     assert parse_time("1795500362.5") == 1_795_500_362_500_000_000

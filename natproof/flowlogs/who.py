@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from natproof.contracts import epoch_seconds
 from natproof.flowlogs.gateway import (
     EVIDENCE_KERNEL,
     EVIDENCE_PACKETS,
@@ -107,7 +108,7 @@ class GatewayAnswer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "natproof.who-gateway/1", "query": self.query,
-                "at": None if self.at_ns is None else self.at_ns / 1e9, "window_s": self.window_s,
+                "at": None if self.at_ns is None else epoch_seconds(self.at_ns), "window_s": self.window_s,
                 "nat_gateway": {"private": self.gateway.private, "public": self.gateway.public},
                 "paths": [p.to_dict() for p in self.paths], "missing": [m.to_dict() for m in self.missing],
                 "flows": self.flows.to_dicts()}

@@ -12,7 +12,7 @@ import polars as pl
 
 from natproof.contracts import FORMATS  # noqa: F401 (named here before natproof.contracts)
 from natproof.report.files import atomic_write, writable_folder, write_bytes  # noqa: F401 (named here first)
-from natproof.result import SCHEMA, Result, connection_ndjson_parts
+from natproof.result import SCHEMA, Result, connection_ndjson_parts, seconds_expr
 
 
 def to_json(result: Result, schema: str = SCHEMA) -> str:
@@ -38,7 +38,7 @@ def flat_frame(result: Result) -> pl.DataFrame:
     """The connections frame with SQL-friendly column names and first/last seen in epoch seconds (Parquet keeps
     ``rewrites`` and ``legs`` as lists)."""
     return result.connections.with_columns(
-        (pl.col("first_ts_ns") / 1e9).alias("first_seen"), (pl.col("last_ts_ns") / 1e9).alias("last_seen"),
+        seconds_expr("first_ts_ns").alias("first_seen"), seconds_expr("last_ts_ns").alias("last_seen"),
     )
 
 
