@@ -752,17 +752,38 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _port(value: Any, path: str) -> int:
-    """A Service port field (a number, as kubectl writes it, or its digits as a string) as an int; _Bad naming
-    ``path`` when it is no port (1-65535)."""
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isascii()
-                                                                  and value.strip().isdigit())):
+def _port(value: Any, path: str, low: int = 1) -> int:
+    """A port number field as an int: a JSON number, as kubectl writes every port (the API's int32); _Bad naming
+    ``path`` when it is anything else (a string of digits included: the API never writes "80") or out of range
+    (``low``-65535: 1 for Service and Endpoints ports, as the API validates them; 0 for an EndpointSlice's, whose
+    number the API leaves unchecked but no port exceeds 65535)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        raise _Bad(f"{path} {value!r} is a string, not a number (kubectl writes a port as a number: {int(value)})")
+    if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"{path} {value!r} is no port number" if isinstance(value, str | float | bool)
                    else f"{path} is {'missing' if value is None else _json_type(value)}, not a port number")
-    n = int(value)
-    if not 1 <= n <= 65535:
-        raise _Bad(f"{path} {n} is out of range (1-65535)")
-    return n
+    if not low <= value <= 65535:
+        raise _Bad(f"{path} {value} is out of range ({low}-65535)")
+    return value
+
+
+_PORT_NAME = re.compile(r"(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*\Z")
+"""A named port (IANA_SVC_NAME, RFC 6335: lower-case letters, digits and single inner hyphens, a letter at least),
+as a Service's targetPort names its pods' container port."""
+
+
+def _target_port(value: Any, path: str) -> int | str | None:
+    """spec.ports[].targetPort (the API's IntOrString): a port number, or the name of the pods' container port
+    ("http", at most 15 characters: IANA_SVC_NAME); None when missing (the API then uses port). _Bad naming
+    ``path`` otherwise: a string of digits is neither (the API refuses it as a name: no letter)."""
+    if value is None or isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
+        return _port(value, path) if value is not None else None
+    if isinstance(value, str) and len(value) <= 15 and _PORT_NAME.match(value):
+        return value
+    if isinstance(value, str):
+        raise _Bad(f"{path} {value!r} is neither a port number nor a port's name (IANA_SVC_NAME: at most 15 "
+                   "lower-case letters, digits and inner hyphens, such as 'http')")
+    raise _Bad(f"{path} is {_json_type(value)}, not a port number or a port's name")
 
 
 _PROTOCOLS = ("tcp", "udp", "sctp")
@@ -788,7 +809,7 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
         ports.append(ServicePort(name=_field(p, "name", f"{where}.name", str) or None,
                                  port=_port(p.get("port"), f"{where}.port"), proto=proto,
                                  node_port=_port(node_port, f"{where}.nodePort") if node_port not in (None, 0)
-                                 else None, target_port=p.get("targetPort")))
+                                 else None, target_port=_target_port(p.get("targetPort"), f"{where}.targetPort")))
     status = _field(o, "status", "status", dict) or {}
     balancer = _field(status, "loadBalancer", "status.loadBalancer", dict) or {}
     ingress = tuple(_address(i["ip"], f"{where}.ip")
@@ -801,7 +822,9 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
 
 
 def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
-    """The endpoints of an EndpointSlice (discovery.k8s.io/v1) or of a v1 Endpoints object."""
+    """The endpoints of an EndpointSlice (discovery.k8s.io/v1) or of a v1 Endpoints object. Their ports name
+    nothing (the Service's do) but are checked all the same: a dump that holds a port no API server writes is no
+    dump of a cluster. _Bad naming the first field that is not as kubectl writes it."""
     meta = o["metadata"]
     ns = _namespace(meta)
     out = []
@@ -816,6 +839,9 @@ def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
         labels = _field(meta, "labels", "metadata.labels", dict) or {}
         label = _field(labels, "kubernetes.io/service-name", "metadata.labels['kubernetes.io/service-name']", str)
         service = f"{ns}/{label}" if label else None
+        for where, port in _objects_in(o, "ports", "ports"):
+            if port.get("port") is not None:  # a port of no number is "all ports" (discovery.k8s.io/v1)
+                _port(port["port"], f"{where}.port", low=0)
         if _field(o, "addressType", "addressType", str) == "FQDN":
             return out  # its endpoints are host names: no address to name
         for where, ep in _objects_in(o, "endpoints", "endpoints"):
@@ -826,6 +852,8 @@ def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
     else:
         service = f"{ns}/{_name_field(meta)}"
         for where, subset in _objects_in(o, "subsets", "subsets"):
+            for at, port in _objects_in(subset, "ports", f"{where}.ports"):
+                _port(port.get("port"), f"{at}.port")
             for key in ("addresses", "notReadyAddresses"):
                 for at, a in _objects_in(subset, key, f"{where}.{key}", '{"ip": "10.244.0.5"}'):
                     out.append(EndpointEntry(service, _address(a.get("ip"), f"{at}.ip"),

@@ -372,6 +372,40 @@ def test_any_field_of_any_shape_is_read_or_one_clear_error(tmp_path: Path, repla
     ({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "shop"},
       "subsets": [{"addresses": [{"hostname": "web-0"}]}]},
      "Endpoints shop/web is not shaped as kubectl writes it (subsets[0].addresses[0].ip is null, not an IP address)"),
+    # A new user's trial: ports no API server writes were read without a word (an EndpointSlice's and Endpoints'
+    # were never looked at, nor a targetPort; a port's digits as a string passed for the number).
+    (endpoint_slice("shop", "web", ("10.244.0.5", "web-0")) | {"ports": [{"port": 99999, "protocol": "TCP"}]},
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (ports[0].port 99999 is out of range "
+     "(0-65535))"),
+    (endpoint_slice("shop", "web", ("10.244.0.5", "web-0")) | {"ports": [{"port": -1, "protocol": "TCP"}]},
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (ports[0].port -1 is out of range (0-65535))"),
+    ({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "shop"},
+      "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"port": 0, "protocol": "TCP"}]}]},
+     "Endpoints shop/web is not shaped as kubectl writes it (subsets[0].ports[0].port 0 is out of range (1-65535))"),
+    (service("shop", "web", "10.96.0.9", {"port": -80}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].port -80 is out of range (1-65535))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "targetPort": 70000}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].targetPort 70000 is out of range "
+     "(1-65535))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "targetPort": -1}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].targetPort -1 is out of range (1-65535))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "nodePort": 65536}, type_="NodePort"),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].nodePort 65536 is out of range "
+     "(1-65535))"),
+    (service("shop", "web", "10.96.0.9", {"port": "80"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].port '80' is a string, not a number "
+     "(kubectl writes a port as a number: 80))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "nodePort": "30080"}, type_="NodePort"),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].nodePort '30080' is a string, not a number "
+     "(kubectl writes a port as a number: 30080))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "targetPort": "8080"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].targetPort '8080' is a string, not a "
+     "number (kubectl writes a port as a number: 8080))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "targetPort": "HTTP"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].targetPort 'HTTP' is neither a port number "
+     "nor a port's name (IANA_SVC_NAME: at most 15 lower-case letters, digits and inner hyphens, such as 'http'))"),
+    (service("shop", "web", "10.96.0.9", {"port": 80, "targetPort": 80.5}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].targetPort 80.5 is no port number)"),
 ])
 def test_a_malformed_field_is_named_by_its_path(tmp_path: Path, item: dict[str, Any], problem: str) -> None:
     path = write(tmp_path, "dump.json", kube_list(item))
@@ -393,6 +427,23 @@ def test_a_malformed_kind_or_list_is_one_clear_error(tmp_path: Path, content: st
     with pytest.raises(InputError) as err:
         Names.load(path)
     assert str(err.value) == f"{path}: {problem}" or str(err.value).startswith(f"{path}: {problem};")
+
+
+def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
+    """What the checks of ports, protocols, addresses and names must let through, as kubectl writes it: a targetPort
+    that names the pods' port, an EndpointSlice port of no number ("all ports") or 0, ports at both ends of the
+    range."""
+    named = service("shop", "web", "10.96.0.50", {"name": "http", "port": 1, "targetPort": "http-alt"},
+                    {"name": "top", "port": 65535, "targetPort": 65535, "nodePort": 30080}, type_="NodePort")
+    everything = endpoint_slice("shop", "web", ("10.244.0.5", "web-0")) | {"ports": [{"port": None,
+                                                                                      "protocol": "TCP"},
+                                                                                     {"name": "z", "port": 0,
+                                                                                      "protocol": "UDP"}]}
+    names = Names.load(write(tmp_path, "svc.json", kube_list(named, everything)))
+    (web,) = names.services
+    assert [(p.port, p.target_port, p.node_port) for p in web.ports] == [(1, "http-alt", None), (65535, 65535, 30080)]
+    assert names.service("ClusterIP", "10.96.0.50", 65535, "tcp") == ("shop/web", "top")
+    assert names.pod_at("10.244.0.5", T0).name == "shop/web-0"
 
 
 def test_what_real_kubectl_output_holds_is_read(tmp_path: Path) -> None:
