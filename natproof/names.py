@@ -786,8 +786,21 @@ def _target_port(value: Any, path: str) -> int | str | None:
     raise _Bad(f"{path} is {_json_type(value)}, not a port number or a port's name")
 
 
-_PROTOCOLS = ("tcp", "udp", "sctp")
-"""spec.ports[].protocol (the API's: TCP, UDP, SCTP), as natproof names a connection's protocol."""
+_PROTOCOLS = ("TCP", "UDP", "SCTP")
+"""A port's protocol, spelt as the API spells it (core/v1 Protocol: "TCP", "UDP", "SCTP"; no other case)."""
+
+
+def _protocol(o: dict[str, Any], path: str) -> str:
+    """A port's protocol as natproof names a connection's (tcp, udp, sctp): TCP when it is missing, null or empty,
+    as the API defaults it; _Bad naming ``path`` when it is anything but TCP, UDP or SCTP in capitals (a "tcp" is
+    nothing the API writes: it refuses it)."""
+    value = _field(o, "protocol", path, str)
+    if not value:
+        return "tcp"
+    if value not in _PROTOCOLS:
+        hint = f" (the API spells it {value.upper()!r})" if value.upper() in _PROTOCOLS else ""
+        raise _Bad(f"{path} {value!r} is not TCP, UDP or SCTP{hint}")
+    return value.lower()
 
 
 def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
@@ -802,9 +815,7 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
     cluster_ips = tuple(_address(ip, where) for where, ip in listed if ip not in (None, "", "None"))
     ports = []
     for where, p in _objects_in(spec, "ports", "spec.ports"):
-        proto = (_field(p, "protocol", f"{where}.protocol", str) or "TCP").lower()
-        if proto not in _PROTOCOLS:
-            raise _Bad(f"{where}.protocol {p['protocol']!r} is not TCP, UDP or SCTP")
+        proto = _protocol(p, f"{where}.protocol")
         node_port = p.get("nodePort")
         ports.append(ServicePort(name=_field(p, "name", f"{where}.name", str) or None,
                                  port=_port(p.get("port"), f"{where}.port"), proto=proto,
@@ -842,6 +853,7 @@ def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
         for where, port in _objects_in(o, "ports", "ports"):
             if port.get("port") is not None:  # a port of no number is "all ports" (discovery.k8s.io/v1)
                 _port(port["port"], f"{where}.port", low=0)
+            _protocol(port, f"{where}.protocol")
         if _field(o, "addressType", "addressType", str) == "FQDN":
             return out  # its endpoints are host names: no address to name
         for where, ep in _objects_in(o, "endpoints", "endpoints"):
@@ -854,6 +866,7 @@ def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
         for where, subset in _objects_in(o, "subsets", "subsets"):
             for at, port in _objects_in(subset, "ports", f"{where}.ports"):
                 _port(port.get("port"), f"{at}.port")
+                _protocol(port, f"{at}.protocol")
             for key in ("addresses", "notReadyAddresses"):
                 for at, a in _objects_in(subset, key, f"{where}.{key}", '{"ip": "10.244.0.5"}'):
                     out.append(EndpointEntry(service, _address(a.get("ip"), f"{at}.ip"),

@@ -406,6 +406,20 @@ def test_any_field_of_any_shape_is_read_or_one_clear_error(tmp_path: Path, repla
      "nor a port's name (IANA_SVC_NAME: at most 15 lower-case letters, digits and inner hyphens, such as 'http'))"),
     (service("shop", "web", "10.96.0.9", {"port": 80, "targetPort": 80.5}),
      "Service shop/web is not shaped as kubectl writes it (spec.ports[0].targetPort 80.5 is no port number)"),
+    # The same trial: a protocol in lower case was read as the API's (the API refuses it).
+    (service("shop", "web", "10.96.0.9", {"port": 80, "protocol": "tcp"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[0].protocol 'tcp' is not TCP, UDP or SCTP "
+     "(the API spells it 'TCP'))"),
+    (service("shop", "web", "10.96.0.9", {"port": 53, "protocol": "TCP"}, {"port": 53, "protocol": "Udp"}),
+     "Service shop/web is not shaped as kubectl writes it (spec.ports[1].protocol 'Udp' is not TCP, UDP or SCTP "
+     "(the API spells it 'UDP'))"),
+    (endpoint_slice("shop", "web", ("10.244.0.5", "web-0")) | {"ports": [{"port": 8080, "protocol": "sctp"}]},
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (ports[0].protocol 'sctp' is not TCP, UDP or "
+     "SCTP (the API spells it 'SCTP'))"),
+    ({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "shop"},
+      "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"port": 8080, "protocol": "HTTP"}]}]},
+     "Endpoints shop/web is not shaped as kubectl writes it (subsets[0].ports[0].protocol 'HTTP' is not TCP, UDP "
+     "or SCTP)"),
 ])
 def test_a_malformed_field_is_named_by_its_path(tmp_path: Path, item: dict[str, Any], problem: str) -> None:
     path = write(tmp_path, "dump.json", kube_list(item))
@@ -432,16 +446,20 @@ def test_a_malformed_kind_or_list_is_one_clear_error(tmp_path: Path, content: st
 def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
     """What the checks of ports, protocols, addresses and names must let through, as kubectl writes it: a targetPort
     that names the pods' port, an EndpointSlice port of no number ("all ports") or 0, ports at both ends of the
-    range."""
+    range, a protocol left out (TCP, as the API defaults it)."""
     named = service("shop", "web", "10.96.0.50", {"name": "http", "port": 1, "targetPort": "http-alt"},
-                    {"name": "top", "port": 65535, "targetPort": 65535, "nodePort": 30080}, type_="NodePort")
+                    {"name": "top", "port": 65535, "targetPort": 65535, "nodePort": 30080},
+                    {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "assoc", "port": 9, "protocol": "SCTP"},
+                    type_="NodePort")
     everything = endpoint_slice("shop", "web", ("10.244.0.5", "web-0")) | {"ports": [{"port": None,
                                                                                       "protocol": "TCP"},
                                                                                      {"name": "z", "port": 0,
                                                                                       "protocol": "UDP"}]}
     names = Names.load(write(tmp_path, "svc.json", kube_list(named, everything)))
     (web,) = names.services
-    assert [(p.port, p.target_port, p.node_port) for p in web.ports] == [(1, "http-alt", None), (65535, 65535, 30080)]
+    assert [(p.port, p.target_port, p.node_port, p.proto) for p in web.ports] == [
+        (1, "http-alt", None, "tcp"), (65535, 65535, 30080, "tcp"), (53, None, None, "udp"), (9, None, None, "sctp")]
+    assert names.service("ClusterIP", "10.96.0.50", 53, "udp") == ("shop/web", "dns")
     assert names.service("ClusterIP", "10.96.0.50", 65535, "tcp") == ("shop/web", "top")
     assert names.pod_at("10.244.0.5", T0).name == "shop/web-0"
 
