@@ -809,10 +809,7 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
     kind = _field(spec, "type", "spec.type", str) or "ClusterIP"
     if kind == "ExternalName":
         return None
-    given = _field(spec, "clusterIPs", "spec.clusterIPs", list)
-    listed = [(f"spec.clusterIPs[{j}]", ip) for j, ip in enumerate(given)] if given else [
-        ("spec.clusterIP", _field(spec, "clusterIP", "spec.clusterIP", str))]
-    cluster_ips = tuple(_address(ip, where) for where, ip in listed if ip not in (None, "", "None"))
+    cluster_ips = _cluster_ips(spec)
     ports = []
     for where, p in _objects_in(spec, "ports", "spec.ports"):
         proto = _protocol(p, f"{where}.protocol")
@@ -830,6 +827,28 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
                      for j, ip in enumerate(_field(spec, "externalIPs", "spec.externalIPs", list) or []) if ip)
     return ServiceEntry(namespace=namespace, name=name, type=kind, cluster_ips=cluster_ips, ports=tuple(ports),
                         source=source, load_balancer_ips=ingress, external_ips=external)
+
+
+def _cluster_ips(spec: dict[str, Any]) -> tuple[str, ...]:
+    """A Service's ClusterIPs: spec.clusterIPs (spec.clusterIP alone in a dump of a cluster older than 1.20, which
+    wrote no list); none for a headless Service ("None"). _Bad naming the field when an address is none, when
+    spec.clusterIP is not spec.clusterIPs[0] (the API keeps them equal: "first value must match `clusterIP`",
+    ValidateService) or when "None" is not the list's only value. A dump trimmed of clusterIP is read from the
+    list."""
+    given = _field(spec, "clusterIPs", "spec.clusterIPs", list) or []
+    listed = [ip if ip in (None, "", "None") else _address(ip, f"spec.clusterIPs[{j}]") for j, ip in enumerate(given)]
+    if "None" in listed and len(listed) > 1:
+        raise _Bad(f"spec.clusterIPs {given!r} holds 'None' (a headless Service) beside addresses; the API writes "
+                   "'None' alone")
+    single = _field(spec, "clusterIP", "spec.clusterIP", str)
+    if single not in (None, "", "None"):
+        single = _address(single, "spec.clusterIP")
+    if listed and single is not None and single != listed[0]:
+        raise _Bad(f"spec.clusterIP {spec['clusterIP']!r} is not spec.clusterIPs[0] {given[0]!r}; the API keeps "
+                   "them equal")
+    if not listed and single:
+        listed = [single]
+    return tuple(ip for ip in listed if ip not in (None, "", "None"))
 
 
 def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:

@@ -420,6 +420,29 @@ def test_any_field_of_any_shape_is_read_or_one_clear_error(tmp_path: Path, repla
       "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"port": 8080, "protocol": "HTTP"}]}]},
      "Endpoints shop/web is not shaped as kubectl writes it (subsets[0].ports[0].protocol 'HTTP' is not TCP, UDP "
      "or SCTP)"),
+    # The same trial: spec.clusterIP was not read when spec.clusterIPs was there, bad or not, nor compared with it.
+    (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "10.96.0.999",
+                                                                   "clusterIPs": ["10.96.0.9"]}},
+     "Service shop/web is not shaped as kubectl writes it (spec.clusterIP '10.96.0.999' is not an IP address)"),
+    (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "10.96.0.10",
+                                                                   "clusterIPs": ["10.96.0.9"]}},
+     "Service shop/web is not shaped as kubectl writes it (spec.clusterIP '10.96.0.10' is not spec.clusterIPs[0] "
+     "'10.96.0.9'; the API keeps them equal)"),
+    (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "None",
+                                                                   "clusterIPs": ["10.96.0.9"]}},
+     "Service shop/web is not shaped as kubectl writes it (spec.clusterIP 'None' is not spec.clusterIPs[0] "
+     "'10.96.0.9'; the API keeps them equal)"),
+    (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "", "clusterIPs": ["10.96.0.9"]}},
+     "Service shop/web is not shaped as kubectl writes it (spec.clusterIP '' is not spec.clusterIPs[0] "
+     "'10.96.0.9'; the API keeps them equal)"),
+    (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "fd00:10:96::9",
+                                                                   "clusterIPs": ["10.96.0.9", "fd00:10:96::9"]}},
+     "Service shop/web is not shaped as kubectl writes it (spec.clusterIP 'fd00:10:96::9' is not spec.clusterIPs[0] "
+     "'10.96.0.9'; the API keeps them equal)"),
+    (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "None",
+                                                                   "clusterIPs": ["None", "10.96.0.9"]}},
+     "Service shop/web is not shaped as kubectl writes it (spec.clusterIPs ['None', '10.96.0.9'] holds 'None' (a "
+     "headless Service) beside addresses; the API writes 'None' alone)"),
 ])
 def test_a_malformed_field_is_named_by_its_path(tmp_path: Path, item: dict[str, Any], problem: str) -> None:
     path = write(tmp_path, "dump.json", kube_list(item))
@@ -446,7 +469,8 @@ def test_a_malformed_kind_or_list_is_one_clear_error(tmp_path: Path, content: st
 def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
     """What the checks of ports, protocols, addresses and names must let through, as kubectl writes it: a targetPort
     that names the pods' port, an EndpointSlice port of no number ("all ports") or 0, ports at both ends of the
-    range, a protocol left out (TCP, as the API defaults it)."""
+    range, a protocol left out (TCP, as the API defaults it), a headless Service, a dual-stack one (its clusterIP
+    the first of its clusterIPs, written otherwise), a dump of clusterIP alone or of clusterIPs alone."""
     named = service("shop", "web", "10.96.0.50", {"name": "http", "port": 1, "targetPort": "http-alt"},
                     {"name": "top", "port": 65535, "targetPort": 65535, "nodePort": 30080},
                     {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "assoc", "port": 9, "protocol": "SCTP"},
@@ -455,8 +479,18 @@ def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
                                                                                       "protocol": "TCP"},
                                                                                      {"name": "z", "port": 0,
                                                                                       "protocol": "UDP"}]}
-    names = Names.load(write(tmp_path, "svc.json", kube_list(named, everything)))
-    (web,) = names.services
+    headless = service("shop", "db", "None", {"port": 5432})
+    dual = service("shop", "dual", "10.96.0.60", {"port": 80}) | {"spec": {
+        "clusterIP": "fd00:10:96:0::60", "clusterIPs": ["fd00:10:96::60", "10.96.0.60"], "ports": [{"port": 80}]}}
+    old = service("shop", "old", "10.96.0.70", {"port": 80})
+    del old["spec"]["clusterIPs"]  # a cluster before 1.20 wrote clusterIP alone
+    trimmed = service("shop", "trimmed", "10.96.0.80", {"port": 80})
+    del trimmed["spec"]["clusterIP"]  # a dump trimmed by jq: the list alone
+    names = Names.load(write(tmp_path, "svc.json", kube_list(named, everything, headless, dual, old, trimmed)))
+    assert {s.name: s.cluster_ips for s in names.services} == {
+        "web": ("10.96.0.50",), "db": (), "dual": ("fd00:10:96::60", "10.96.0.60"), "old": ("10.96.0.70",),
+        "trimmed": ("10.96.0.80",)}
+    web = names.services[0]
     assert [(p.port, p.target_port, p.node_port, p.proto) for p in web.ports] == [
         (1, "http-alt", None, "tcp"), (65535, 65535, 30080, "tcp"), (53, None, None, "udp"), (9, None, None, "sctp")]
     assert names.service("ClusterIP", "10.96.0.50", 53, "udp") == ("shop/web", "dns")
