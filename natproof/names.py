@@ -708,7 +708,9 @@ def _namespace(meta: dict[str, Any]) -> str:
 def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
     """A Pod object as a PodEntry; None for a hostNetwork pod (its podIP is its node's address, which is not the
     pod's alone: naming it after one pod would name every other host-network pod's and the node's traffic). A pod
-    whose podIP is its node's (status.hostIP) is one, whatever spec says (a dump trimmed of spec.hostNetwork)."""
+    whose podIP is its node's (status.hostIP) is one, whatever spec says (a dump trimmed of spec.hostNetwork). _Bad
+    naming the field that is not as kubectl writes it: status.podIP, when given beside status.podIPs, must be the
+    list's first (the API writes it so); either alone is read (a cluster before 1.16 wrote no list)."""
     meta, spec = o["metadata"], o["spec"]
     status = _field(o, "status", "status", dict) or {}
     name, namespace = _name_field(meta), _namespace(meta)
@@ -716,8 +718,15 @@ def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
         return None
     ips = [_address(e.get("ip"), f"{where}.ip")
            for where, e in _objects_in(status, "podIPs", "status.podIPs", '{"ip": "10.244.0.5"}')]
-    if not ips and _field(status, "podIP", "status.podIP", str):
-        ips = [_address(status["podIP"], "status.podIP")]
+    single = _field(status, "podIP", "status.podIP", str)
+    if single:
+        single = _address(single, "status.podIP")
+    if ips and single is not None and single != ips[0]:
+        # The API writes podIP as podIPs[0].ip (Convert_core_PodStatus_To_v1_PodStatus): which is true is unknown.
+        raise _Bad(f"status.podIP {status['podIP']!r} is not status.podIPs[0].ip {status['podIPs'][0]['ip']!r}; "
+                   "the API keeps them equal")
+    if not ips and single:
+        ips = [single]
     host = [_address(e.get("ip"), f"{where}.ip")
             for where, e in _objects_in(status, "hostIPs", "status.hostIPs", '{"ip": "192.0.2.10"}')]
     if _field(status, "hostIP", "status.hostIP", str):

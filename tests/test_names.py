@@ -420,6 +420,19 @@ def test_any_field_of_any_shape_is_read_or_one_clear_error(tmp_path: Path, repla
       "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"port": 8080, "protocol": "HTTP"}]}]},
      "Endpoints shop/web is not shaped as kubectl writes it (subsets[0].ports[0].protocol 'HTTP' is not TCP, UDP "
      "or SCTP)"),
+    # The same trial: status.podIP was not read when status.podIPs was there, bad or not, nor compared with it.
+    (pod("n", "p", "10.244.0.10") | {"status": {"podIP": "10.244.0.300", "podIPs": [{"ip": "10.244.0.10"}]}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIP '10.244.0.300' is not an IP address)"),
+    (pod("n", "p", "10.244.0.10") | {"status": {"podIP": "10.244.0.11", "podIPs": [{"ip": "10.244.0.10"}]}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIP '10.244.0.11' is not status.podIPs[0].ip "
+     "'10.244.0.10'; the API keeps them equal)"),
+    (pod("n", "p", "10.244.0.10") | {"status": {"podIP": "fd00:10:244::10",
+                                                "podIPs": [{"ip": "10.244.0.10"}, {"ip": "fd00:10:244::10"}]}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIP 'fd00:10:244::10' is not status.podIPs[0].ip "
+     "'10.244.0.10'; the API keeps them equal)"),
+    (pod("n", "p", "10.244.0.10") | {"status": {"podIP": "", "podIPs": [{"ip": "10.244.0.10"}]}},
+     "Pod n/p is not shaped as kubectl writes it (status.podIP '' is not status.podIPs[0].ip '10.244.0.10'; the API "
+     "keeps them equal)"),
     # The same trial: spec.clusterIP was not read when spec.clusterIPs was there, bad or not, nor compared with it.
     (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "10.96.0.999",
                                                                    "clusterIPs": ["10.96.0.9"]}},
@@ -491,6 +504,16 @@ def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
         "web": ("10.96.0.50",), "db": (), "dual": ("fd00:10:96::60", "10.96.0.60"), "old": ("10.96.0.70",),
         "trimmed": ("10.96.0.80",)}
     web = names.services[0]
+    # Pods: dual-stack (podIP the first of podIPs, written otherwise), podIP alone (before 1.16), podIPs alone.
+    dual_pod = pod("shop", "dual-0", "fd00:10:244::20", "10.244.0.20")
+    dual_pod["status"]["podIP"] = "fd00:10:244:0:0::20"
+    alone = pod("shop", "alone-0", "10.244.0.21")
+    del alone["status"]["podIPs"]
+    listed = pod("shop", "listed-0", "10.244.0.22")
+    del listed["status"]["podIP"]
+    pods = Names.load(write(tmp_path, "pods.json", kube_list(dual_pod, alone, listed)))
+    assert {p.name: p.addresses for p in pods.pods} == {"dual-0": ("fd00:10:244::20", "10.244.0.20"),
+                                                        "alone-0": ("10.244.0.21",), "listed-0": ("10.244.0.22",)}
     assert [(p.port, p.target_port, p.node_port, p.proto) for p in web.ports] == [
         (1, "http-alt", None, "tcp"), (65535, 65535, 30080, "tcp"), (53, None, None, "udp"), (9, None, None, "sctp")]
     assert names.service("ClusterIP", "10.96.0.50", 53, "udp") == ("shop/web", "dns")
