@@ -521,8 +521,9 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
                 endpoints += _endpoints(o)
         except _Bad as exc:
             meta = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
-            ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "?"
-            what = (f"{kind} {ns}/{meta['name']}" if isinstance(meta.get("name"), str) and meta["name"]
+            ns = meta.get("namespace") if _is_name(meta.get("namespace"), "namespace") else "?"
+            # An object is named by what the API would allow: a name that is none ("a/b") is quoted in the reason.
+            what = (f"{kind} {ns}/{meta['name']}" if _is_name(meta.get("name"), "pod" if kind == "Pod" else kind)
                     else f"{kind} #{i} of the file")
             raise InputError(f"{name}: {what} is not shaped as kubectl writes it ({exc})") from None
     source = {"path": name, "kind": "kubectl", "pods": len(pods), "services": len(services),
@@ -591,12 +592,45 @@ def _objects_in(o: dict[str, Any], key: str, path: str, example: str = "") -> li
     return out
 
 
-def _name_field(meta: dict[str, Any], path: str = "metadata.name") -> str:
-    """metadata.name: a string that is not empty; _Bad otherwise."""
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_NAME_RULES = {
+    "label": (re.compile(_LABEL + r"\Z"), 63, "a DNS-1123 label: lower-case letters, digits and '-', beginning and "
+              "ending with a letter or digit, at most 63 characters"),
+    "subdomain": (re.compile(rf"{_LABEL}(\.{_LABEL})*\Z"), 253, "a DNS-1123 subdomain: lower-case letters, digits, "
+                  "'-' and '.', beginning and ending with a letter or digit, at most 253 characters"),
+    "dns1035": (re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z"), 63, "a DNS-1035 label: lower-case letters, digits and "
+                "'-', beginning with a letter and ending with a letter or digit, at most 63 characters"),
+}
+"""Kubernetes' name rules (apimachinery's IsDNS1123Label, IsDNS1123Subdomain, IsDNS1035Label): the pattern, the
+longest name, and the rule in words."""
+
+_NAMED = {"pod": "subdomain", "namespace": "label", "Service": "dns1035", "Endpoints": "subdomain",
+          "EndpointSlice": "subdomain", "container": "label"}
+"""Which rule the API holds each name to (ValidatePodName, ValidateNamespaceName, ValidateServiceName, ...)."""
+
+
+def _is_name(value: Any, of: str) -> bool:
+    """Whether ``value`` is a name the API allows for ``of`` (a key of _NAMED)."""
+    pattern, longest, _ = _NAME_RULES[_NAMED[of]]
+    return isinstance(value, str) and len(value) <= longest and pattern.match(value) is not None
+
+
+def _checked_name(value: str, path: str, of: str) -> str:
+    """``value`` when the API allows it as the name of ``of`` (a pod, a namespace, a Service...); _Bad naming
+    ``path`` otherwise: natproof writes names namespace/name, so a name with a "/" (which none may hold) would name
+    another pod."""
+    if not _is_name(value, of):
+        raise _Bad(f"{path} {value!r} is no {of} name Kubernetes allows ({_NAME_RULES[_NAMED[of]][2]})")
+    return value
+
+
+def _name_field(meta: dict[str, Any], path: str = "metadata.name", of: str = "pod") -> str:
+    """metadata.name (or a container's name): a string that is not empty and is a name the API allows for ``of``
+    (see _NAMED); _Bad otherwise."""
     value = _field(meta, "name", path, str)
     if not value:
         raise _Bad(f"{path} is {'missing' if 'name' not in meta else _json_type(value) if value is None else 'empty'}")
-    return value
+    return _checked_name(value, path, of)
 
 
 def _address(value: Any, path: str) -> str:
@@ -702,7 +736,10 @@ def parse_timestamp(text: str | None) -> int | None:
 
 
 def _namespace(meta: dict[str, Any]) -> str:
-    return _field(meta, "namespace", "metadata.namespace", str) or "default"
+    """metadata.namespace; "default" when it is missing, null or empty (where kubectl puts a namespaced object
+    written without one). _Bad when it is no namespace name the API allows (a DNS-1123 label)."""
+    value = _field(meta, "namespace", "metadata.namespace", str)
+    return _checked_name(value, "metadata.namespace", "namespace") if value else "default"
 
 
 def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
@@ -746,8 +783,8 @@ def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
     start = _time_field(meta, "creationTimestamp", "metadata.creationTimestamp")
     if start is None:
         start = _time_field(status, "startTime", "status.startTime")
-    containers = tuple(_name_field(c, f"{where}.name") for where, c in _objects_in(spec, "containers",
-                                                                                   "spec.containers"))
+    containers = tuple(_name_field(c, f"{where}.name", "container")
+                       for where, c in _objects_in(spec, "containers", "spec.containers"))
     return PodEntry(namespace=namespace, name=name, addresses=tuple(dict.fromkeys(ips)), start_ns=start, end_ns=end,
                     node=_field(spec, "nodeName", "spec.nodeName", str), containers=containers,
                     uid=_field(meta, "uid", "metadata.uid", str), source=source)
@@ -814,7 +851,7 @@ def _protocol(o: dict[str, Any], path: str) -> str:
 
 def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
     meta, spec = o["metadata"], o["spec"]
-    name, namespace = _name_field(meta), _namespace(meta)
+    name, namespace = _name_field(meta, of="Service"), _namespace(meta)
     kind = _field(spec, "type", "spec.type", str) or "ClusterIP"
     if kind == "ExternalName":
         return None
@@ -872,12 +909,17 @@ def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
         if not ref or (_field(ref, "kind", f"{where}.kind", str) or "Pod") != "Pod":
             return None
         name = _field(ref, "name", f"{where}.name", str)
-        return f"{_field(ref, 'namespace', f'{where}.namespace', str) or ns}/{name}" if name else None
+        if not name:
+            return None
+        space = _field(ref, "namespace", f"{where}.namespace", str)
+        space = _checked_name(space, f"{where}.namespace", "namespace") if space else ns
+        return f"{space}/{_checked_name(name, f'{where}.name', 'pod')}"
 
     if o.get("kind") == "EndpointSlice":
         labels = _field(meta, "labels", "metadata.labels", dict) or {}
-        label = _field(labels, "kubernetes.io/service-name", "metadata.labels['kubernetes.io/service-name']", str)
-        service = f"{ns}/{label}" if label else None
+        at = "metadata.labels['kubernetes.io/service-name']"
+        label = _field(labels, "kubernetes.io/service-name", at, str)
+        service = f"{ns}/{_checked_name(label, at, 'Service')}" if label else None
         for where, port in _objects_in(o, "ports", "ports"):
             if port.get("port") is not None:  # a port of no number is "all ports" (discovery.k8s.io/v1)
                 _port(port["port"], f"{where}.port", low=0)
@@ -890,7 +932,7 @@ def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
             for k, a in enumerate(_field(ep, "addresses", f"{where}.addresses", list) or []):
                 out.append(EndpointEntry(service, _address(a, f"{where}.addresses[{k}]"), pod, node))
     else:
-        service = f"{ns}/{_name_field(meta)}"
+        service = f"{ns}/{_name_field(meta, of='Endpoints')}"
         for where, subset in _objects_in(o, "subsets", "subsets"):
             for at, port in _objects_in(subset, "ports", f"{where}.ports"):
                 _port(port.get("port"), f"{at}.port")

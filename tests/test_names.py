@@ -71,6 +71,14 @@ def kube_list(*items: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "List", "items": list(items), "metadata": {"resourceVersion": ""}}
 
 
+SUB = ("a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', beginning and ending with a letter or digit, "
+       "at most 253 characters")
+"""Kubernetes' rule for a pod's name, as natproof's message says it."""
+LABEL = ("a DNS-1123 label: lower-case letters, digits and '-', beginning and ending with a letter or digit, at most "
+         "63 characters")
+"""Kubernetes' rule for a namespace's name, as natproof's message says it."""
+
+
 def write(tmp_path: Path, name: str, doc: Any) -> Path:
     p = tmp_path / name
     p.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=4))
@@ -433,6 +441,47 @@ def test_any_field_of_any_shape_is_read_or_one_clear_error(tmp_path: Path, repla
     (pod("n", "p", "10.244.0.10") | {"status": {"podIP": "", "podIPs": [{"ip": "10.244.0.10"}]}},
      "Pod n/p is not shaped as kubectl writes it (status.podIP '' is not status.podIPs[0].ip '10.244.0.10'; the API "
      "keeps them equal)"),
+    # The same trial: a pod named "a/b" was read, and named "n/a/b" (which who would read as namespace n, pod a/b);
+    # names the API never allows (a "/", capitals, a space, too long) are refused, the object then named by its place.
+    (pod("n", "a/b", "10.244.0.10"),
+     "Pod #1 of the file is not shaped as kubectl writes it (metadata.name 'a/b' is no pod name Kubernetes allows "
+     f"({SUB}))"),
+    (pod("n", "Web-0", "10.244.0.10"), "Pod #1 of the file is not shaped as kubectl writes it (metadata.name 'Web-0' "
+                                       "is no pod name Kubernetes allows (a DNS-1123 subdomain"),
+    (pod("n", "web-0.", "10.244.0.10"), "Pod #1 of the file is not shaped as kubectl writes it (metadata.name "
+                                        "'web-0.' is no pod name Kubernetes allows"),
+    (pod("n", "w" * 254, "10.244.0.10"), "Pod #1 of the file is not shaped as kubectl writes it (metadata.name "
+                                         f"'{'w' * 254}' is no pod name Kubernetes allows"),
+    (pod("a/b", "p", "10.244.0.10"),
+     "Pod ?/p is not shaped as kubectl writes it (metadata.namespace 'a/b' is no namespace name Kubernetes allows "
+     f"({LABEL}))"),
+    (pod("kube.system", "p", "10.244.0.10"), "Pod ?/p is not shaped as kubectl writes it (metadata.namespace "
+                                             "'kube.system' is no namespace name Kubernetes allows (a DNS-1123 label"),
+    (pod("n", "p", "10.244.0.10", containers=("app", "side car")),
+     "Pod n/p is not shaped as kubectl writes it (spec.containers[1].name 'side car' is no container name Kubernetes "
+     "allows (a DNS-1123 label"),
+    (service("shop", "9web", "10.96.0.9", {"port": 80}),
+     "Service #1 of the file is not shaped as kubectl writes it (metadata.name '9web' is no Service name Kubernetes "
+     "allows (a DNS-1035 label: lower-case letters, digits and '-', beginning with a letter and ending with a letter "
+     "or digit, at most 63 characters))"),
+    (service("a b", "web", "10.96.0.9", {"port": 80}),
+     "Service ?/web is not shaped as kubectl writes it (metadata.namespace 'a b' is no namespace name Kubernetes "
+     "allows"),
+    (endpoint_slice("shop", "web", ("10.244.0.5", "web/0")),
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (endpoints[0].targetRef.name 'web/0' is no pod "
+     "name Kubernetes allows"),
+    (endpoint_slice("shop", "web", ("10.244.0.5", "web-0")) | {"endpoints": [{
+        "addresses": ["10.244.0.5"], "targetRef": {"kind": "Pod", "name": "web-0", "namespace": "Shop"}}]},
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (endpoints[0].targetRef.namespace 'Shop' is no "
+     "namespace name Kubernetes allows"),
+    (endpoint_slice("shop", "we/b", ("10.244.0.5", "web-0")) | {"metadata": {
+        "name": "web-x7k2p", "namespace": "shop", "labels": {"kubernetes.io/service-name": "we/b"}}},
+     "EndpointSlice shop/web-x7k2p is not shaped as kubectl writes it (metadata.labels['kubernetes.io/service-name'] "
+     "'we/b' is no Service name Kubernetes allows"),
+    ({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web_1", "namespace": "shop"},
+      "subsets": [{"addresses": [{"ip": "10.244.0.5"}]}]},
+     "Endpoints #1 of the file is not shaped as kubectl writes it (metadata.name 'web_1' is no Endpoints name "
+     "Kubernetes allows (a DNS-1123 subdomain"),
     # The same trial: spec.clusterIP was not read when spec.clusterIPs was there, bad or not, nor compared with it.
     (service("shop", "web", "10.96.0.9", {"port": 80}) | {"spec": {"clusterIP": "10.96.0.999",
                                                                    "clusterIPs": ["10.96.0.9"]}},
@@ -511,9 +560,15 @@ def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
     del alone["status"]["podIPs"]
     listed = pod("shop", "listed-0", "10.244.0.22")
     del listed["status"]["podIP"]
-    pods = Names.load(write(tmp_path, "pods.json", kube_list(dual_pod, alone, listed)))
-    assert {p.name: p.addresses for p in pods.pods} == {"dual-0": ("fd00:10:244::20", "10.244.0.20"),
-                                                        "alone-0": ("10.244.0.21",), "listed-0": ("10.244.0.22",)}
+    # Names at the edges of what the API allows: dots in a pod's name, 253 characters, a namespace of 63, digits first.
+    dotted = pod("shop", "web-0.v2.x", "10.244.0.23", containers=("app", "istio-proxy"))
+    longest = pod("n" * 63, "p" * 253, "10.244.0.24")
+    digits = pod("0ns", "0pod", "10.244.0.25")
+    pods = Names.load(write(tmp_path, "pods.json", kube_list(dual_pod, alone, listed, dotted, longest, digits)))
+    assert {p.full_name: p.addresses for p in pods.pods} == {
+        "shop/dual-0": ("fd00:10:244::20", "10.244.0.20"), "shop/alone-0": ("10.244.0.21",),
+        "shop/listed-0": ("10.244.0.22",), "shop/web-0.v2.x": ("10.244.0.23",), f"{'n' * 63}/{'p' * 253}":
+        ("10.244.0.24",), "0ns/0pod": ("10.244.0.25",)}
     assert [(p.port, p.target_port, p.node_port, p.proto) for p in web.ports] == [
         (1, "http-alt", None, "tcp"), (65535, 65535, 30080, "tcp"), (53, None, None, "udp"), (9, None, None, "sctp")]
     assert names.service("ClusterIP", "10.96.0.50", 53, "udp") == ("shop/web", "dns")
