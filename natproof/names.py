@@ -521,7 +521,10 @@ def read_dump(path: str | os.PathLike[str]) -> Names:
                 endpoints += _endpoints(o)
         except _Bad as exc:
             meta = o.get("metadata") if isinstance(o.get("metadata"), dict) else {}
-            ns = meta.get("namespace") if _is_name(meta.get("namespace"), "namespace") else "?"
+            # As the object is read (_namespace): one written without a namespace is in "default", where kubectl
+            # would put it; one of a namespace the API never allows is "?" (the reason says what it holds).
+            given = meta.get("namespace")
+            ns = "default" if given in (None, "") else given if _is_name(given, "namespace") else "?"
             # An object is named by what the API would allow: a name that is none ("a/b") is quoted in the reason.
             what = (f"{kind} {ns}/{meta['name']}" if _is_name(meta.get("name"), "pod" if kind == "Pod" else kind)
                     else f"{kind} #{i} of the file")

@@ -219,9 +219,18 @@ def test_every_form_kubectl_writes(tmp_path: Path) -> None:
      "no Pod, Service or EndpointSlice in it (Deployment x1)"),
     ("[1, 2]", "not a kubectl JSON dump (a number where an object with kind belongs)"),
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
-                           "spec": {"ports": [{"port": "eighty"}]}})), "Service ?/x is not shaped as kubectl "
-                                                                        "writes it (spec.ports[0].port 'eighty' is no "
-                                                                        "port number)"),
+                           "spec": {"ports": [{"port": "eighty"}]}})), "Service default/x is not shaped as "
+                                                                        "kubectl writes it (spec.ports[0].port "
+                                                                        "'eighty' is no port number)"),
+    # It was "Service ?/x" (a new user's trial): an object written without a namespace is read into "default", as
+    # kubectl would put it, and the message names it where it was read.
+    (json.dumps(kube_list({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": None},
+                           "spec": {}, "status": {"podIP": "10.244.0.300"}})),
+     "Pod default/p is not shaped as kubectl writes it (status.podIP '10.244.0.300' is not an IP address)"),
+    (json.dumps(kube_list({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                           "metadata": {"name": "x-abc", "namespace": ""}, "ports": [{"port": 65536}]})),
+     "EndpointSlice default/x-abc is not shaped as kubectl writes it (ports[0].port 65536 is out of range "
+     "(0-65535))"),
     # A port out of range went on to a polars column of UInt16: an internal error, exit 70 (new user's break test).
     (json.dumps(kube_list({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
                            "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 99999}]}})),
@@ -548,10 +557,13 @@ def test_the_checks_keep_what_kubectl_writes(tmp_path: Path) -> None:
     del old["spec"]["clusterIPs"]  # a cluster before 1.20 wrote clusterIP alone
     trimmed = service("shop", "trimmed", "10.96.0.80", {"port": 80})
     del trimmed["spec"]["clusterIP"]  # a dump trimmed by jq: the list alone
-    names = Names.load(write(tmp_path, "svc.json", kube_list(named, everything, headless, dual, old, trimmed)))
-    assert {s.name: s.cluster_ips for s in names.services} == {
-        "web": ("10.96.0.50",), "db": (), "dual": ("fd00:10:96::60", "10.96.0.60"), "old": ("10.96.0.70",),
-        "trimmed": ("10.96.0.80",)}
+    spaceless = service("shop", "bare", "10.96.0.90", {"port": 80})
+    del spaceless["metadata"]["namespace"]  # read into "default", as kubectl puts an object written without one
+    names = Names.load(write(tmp_path, "svc.json", kube_list(named, everything, headless, dual, old, trimmed,
+                                                             spaceless)))
+    assert {s.full_name: s.cluster_ips for s in names.services} == {
+        "shop/web": ("10.96.0.50",), "shop/db": (), "shop/dual": ("fd00:10:96::60", "10.96.0.60"),
+        "shop/old": ("10.96.0.70",), "shop/trimmed": ("10.96.0.80",), "default/bare": ("10.96.0.90",)}
     web = names.services[0]
     # Pods: dual-stack (podIP the first of podIPs, written otherwise), podIP alone (before 1.16), podIPs alone.
     dual_pod = pod("shop", "dual-0", "fd00:10:244::20", "10.244.0.20")
