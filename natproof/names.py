@@ -762,7 +762,8 @@ def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
     if single:
         single = _address(single, "status.podIP")
     if ips and single is not None and single != ips[0]:
-        # The API writes podIP as podIPs[0].ip (Convert_core_PodStatus_To_v1_PodStatus): which is true is unknown.
+        # The API writes podIP as podIPs[0].ip (its v1 conversion, as a node's podCIDR from podCIDRs): a dump where
+        # they differ was edited, and which one is the pod's is unknown.
         raise _Bad(f"status.podIP {status['podIP']!r} is not status.podIPs[0].ip {status['podIPs'][0]['ip']!r}; "
                    "the API keeps them equal")
     if not ips and single:
@@ -825,8 +826,10 @@ def _target_port(value: Any, path: str) -> int | str | None:
     """spec.ports[].targetPort (the API's IntOrString): a port number, or the name of the pods' container port
     ("http", at most 15 characters: IANA_SVC_NAME); None when missing (the API then uses port). _Bad naming
     ``path`` otherwise: a string of digits is neither (the API refuses it as a name: no letter)."""
-    if value is None or isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
-        return _port(value, path) if value is not None else None
+    if value is None:
+        return None
+    if isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
+        return _port(value, path)
     if isinstance(value, str) and len(value) <= 15 and _PORT_NAME.match(value):
         return value
     if isinstance(value, str):
@@ -881,8 +884,8 @@ def _service(o: dict[str, Any], source: str) -> ServiceEntry | None:
 def _cluster_ips(spec: dict[str, Any]) -> tuple[str, ...]:
     """A Service's ClusterIPs: spec.clusterIPs (spec.clusterIP alone in a dump of a cluster older than 1.20, which
     wrote no list); none for a headless Service ("None"). _Bad naming the field when an address is none, when
-    spec.clusterIP is not spec.clusterIPs[0] (the API keeps them equal: "first value must match `clusterIP`",
-    ValidateService) or when "None" is not the list's only value. A dump trimmed of clusterIP is read from the
+    spec.clusterIP is not spec.clusterIPs[0] (the API's Service validation keeps them equal: "first value must
+    match `clusterIP`") or when "None" is not the list's only value. A dump trimmed of clusterIP is read from the
     list."""
     given = _field(spec, "clusterIPs", "spec.clusterIPs", list) or []
     listed = [ip if ip in (None, "", "None") else _address(ip, f"spec.clusterIPs[{j}]") for j, ip in enumerate(given)]
