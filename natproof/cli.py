@@ -458,13 +458,9 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     if fmt not in (None, "table", "json"):
         raise click.UsageError(f"--format {fmt}: a chain of captures is written as table or json")
     refuse_overwriting_inputs(output, *paths)
+    refuse_pair_options_in_chain()
     obj = click.get_current_context().find_root().ensure_object(dict)
     points = obj.get("points", {})
-    opts = obj.get("services", {})
-    if points.get("inside_if") or points.get("outside_if") or opts.get("conntrack") or opts.get("side") not in (
-            None, "auto"):
-        raise click.UsageError("--inside-if, --outside-if, --conntrack and --side apply to one pair of captures, not a "
-                               "chain")
     with make_progress(quiet) as progress:
         chain = correlate_chain(paths, pod_cidr=pod_cidr, tolerance_s=tolerance, decoder=decoder,
                                 services=services_from(obj), names=names_from(obj), progress=progress,
@@ -490,6 +486,19 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     elif data:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+
+
+def refuse_pair_options_in_chain() -> None:
+    """--inside-if, --outside-if, --conntrack and --side choose within one pair of captures (its interfaces, its side,
+    the node's record): a chain of captures, in correlate and in who, refuses them in one usage error (exit 2) before
+    any hop runs, rather than running without them. Reads the options from the command's context (capture_options
+    keeps them there)."""
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    points, opts = obj.get("points", {}), obj.get("services", {})
+    if points.get("inside_if") or points.get("outside_if") or opts.get("conntrack") or opts.get("side") not in (
+            None, "auto"):
+        raise click.UsageError("--inside-if, --outside-if, --conntrack and --side apply to one pair of captures, not a "
+                               "chain")
 
 
 def render_chain(chain: natproof.Chain, limit: int,
@@ -723,6 +732,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
             raise click.UsageError("who over a chain of captures takes none of --flow-log, --nat-gateway, "
                                    "--conntrack, --clock outside, --peer: give the chain's captures only, or two "
                                    "captures with those options")
+        refuse_pair_options_in_chain()
         return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
                           window, fmt, quiet)
     from natproof.conntrack import read_conntrack

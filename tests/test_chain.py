@@ -412,3 +412,29 @@ def test_a_gateway_point_without_a_candidate_says_so(tmp_path: Path) -> None:
     text = out.read_text()
     assert "one of none" not in text and "one of " not in text
     assert text.count("2: no tuple in the flow log  (no candidate)") == 5
+
+
+PAIR_ONLY = ("natproof: error: --inside-if, --outside-if, --conntrack and --side apply to one pair of captures, not a "
+             "chain (see 'natproof {} --help')\n")
+
+
+@pytest.mark.parametrize("extra", [["--inside-if", "eth0"], ["--outside-if", "eth0"], ["--side", "inside"],
+                                   ["--conntrack", str(LAB / "conntrack.log")]], ids=lambda e: e[0])
+@pytest.mark.parametrize("command", ["correlate", "who"])
+def test_a_chain_refuses_the_options_of_one_pair_in_correlate_and_who_alike(
+        command: str, extra: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user's trial: who over a chain ran without a word past --inside-if, --outside-if and --side (correlate
+    refused them); both now refuse them in the same line, before any hop runs."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("natproof.correlate"), "correlate",
+                        lambda *a, **k: pytest.fail("a hop ran"))
+    query = ["203.0.113.20:19143"] if command == "who" else []
+    assert main([command, *query, *map(str, CHAIN), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    if command == "who" and extra[0] == "--conntrack":  # who's own list of what a chain takes none of names it
+        assert err.startswith("natproof: error: who over a chain of captures takes none of --flow-log, "
+                              "--nat-gateway, --conntrack")
+    else:
+        assert err == PAIR_ONLY.format(command)
+
