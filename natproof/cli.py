@@ -751,6 +751,12 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
     as_json = (fmt or ("table" if sys.stdout.isatty() else "json")) == "json"
     if flow_logs:
         flowlog, gateways = read_flow_log_inputs(flow_logs, nat_gateways, flow_log_format)
+        if inside is not None or record is not None:
+            # Whatever the captures or the record answer goes on through a gateway (gateway_hops): with none given
+            # or found, refused now, not once they have been read. (Without either, _not_a_gateway says more.)
+            from natproof.flowlogs.gateway import require_gateways
+
+            require_gateways(gateways)
         try:
             addr: str | None = parse_endpoint(endpoint)[0]
         except NatproofError:

@@ -321,3 +321,23 @@ def test_flowlog_says_why_no_gateway_was_found(capsys: pytest.CaptureFixture[str
     assert main(["flowlog", str(path), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["port_usage"]["notes"] == [
         f"{NO_GATEWAY} (pass --nat-gateway PRIVATE=PUBLIC)"]
+
+
+@pytest.mark.parametrize("node_evidence", ["captures", "conntrack"])
+def test_who_with_a_flow_log_and_no_gateway_is_refused_before_the_node_evidence_is_read(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, node_evidence: str) -> None:
+    """The default format has no pkt-dstaddr, so no gateway can be found: who on a node tuple failed for want of
+    --nat-gateway only once the captures had been correlated (or the record looked up). Same line, before."""
+    import natproof.lookup
+
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("the node's evidence was read")
+
+    monkeypatch.setattr(natproof, "correlate", never)
+    monkeypatch.setattr(natproof.lookup, "who_kernel", never)
+    node = ([str(CASE / "inside.pcap"), str(CASE / "outside.pcap")] if node_evidence == "captures"
+            else ["--conntrack", str(CASE / "conntrack.log")])
+    assert main(["who", "10.0.1.10:40000", *node, "--flow-log", str(FLOWLOGS / "default.log.gz"), "--format",
+                 "json"]) == 2
+    assert capsys.readouterr() == ("", "natproof: error: no NAT gateway given: pass --nat-gateway PRIVATE=PUBLIC (aws "
+                                       "ec2 describe-nat-gateways)\n")

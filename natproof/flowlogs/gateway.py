@@ -389,6 +389,14 @@ _PUBLIC_COLS = ["interface_id", "gateway_private", "gateway_public", "gateway_ad
 _NODE_COLS = ["packets", "bytes", "reply_packets", "reply_bytes", "start_s", "end_s", "records"]
 
 
+def require_gateways(gateways: Sequence[NatGateway]) -> None:
+    """InputError when ``gateways`` is empty: join_nat_gateway has no interface to join node tuples on. A caller
+    that will join (who on a node tuple, a chain with a flow log) checks the gateways given or inferred
+    (infer_gateways) with it before the work that makes the tuples, so that the refusal comes first."""
+    if not gateways:
+        raise InputError("no NAT gateway given: pass ", GIVE_GATEWAYS, " (aws ec2 describe-nat-gateways)")
+
+
 def join_nat_gateway(node_tuples: pl.DataFrame, flowlog: FlowLog, gateways: Sequence[NatGateway], *,
                      lag_s: float = LAG_S, tolerance_s: float = TOLERANCE_S) -> pl.DataFrame:
     """For each node-side tuple (NODE_TUPLE_SCHEMA: the node's address:port -> destination, after the node's own
@@ -413,8 +421,7 @@ def join_nat_gateway(node_tuples: pl.DataFrame, flowlog: FlowLog, gateways: Sequ
     missing = [c for c in NODE_TUPLE_SCHEMA if c not in node_tuples.columns]
     if missing:
         raise ValueError(f"node_tuples lacks {', '.join(missing)} (see NODE_TUPLE_SCHEMA)")
-    if not gateways:
-        raise InputError("no NAT gateway given: pass ", GIVE_GATEWAYS, " (aws ec2 describe-nat-gateways)")
+    require_gateways(gateways)
     slack = int(lag_s + tolerance_s) + 1
     n = node_tuples.select(
         "node_tuple", "src", "sport", "dst", "dport",
