@@ -95,14 +95,23 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
     connection that reached the last capture is joined to the gateway's public side by
     natproof.flowlogs.join_nat_gateway (on the last capture's clock), with its evidence level; a unique
     candidate gives the point's tuple, an ambiguous one lists the candidates and leaves ``translated`` null.
-    Raises what natproof.correlate raises for a hop, with the hop named; InputError for too few captures or a
-    capture given twice."""
+    Raises what natproof.correlate raises for a hop, with the hop named; InputError for too few captures, a
+    capture given twice, a file of several interfaces, or a flow log with no gateway given or found
+    (natproof.flowlogs.gateway.require_gateways): these before any hop runs."""
     paths = [os.fspath(c) for c in captures]
     if len(paths) < (2 if flow_log is not None else 3):
         raise InputError(f"a chain needs at least three captures (or two and a flow log), got {len(paths)}")
     if len(set(paths)) != len(paths):
         twice = next(p for p in paths if paths.count(p) > 1)
         raise InputError(f"{twice}: given twice in the chain (each observation point is one capture)")
+    if flow_log is not None:
+        # The flow log's point needs a gateway to join on: given, or found in the records (pkt-dstaddr). Without
+        # one the chain would be refused once every hop had run; it is refused before any.
+        from natproof.flowlogs import infer_gateways
+        from natproof.flowlogs.gateway import require_gateways
+
+        nat_gateways = list(nat_gateways) or infer_gateways(flow_log)
+        require_gateways(nat_gateways)
     if correlate is None:
         from natproof.correlate import correlate
     # Hops meet in the capture they share through its legs' frames: a file split into interfaces would be split
@@ -152,12 +161,13 @@ def _interfaces(path: str) -> set[tuple[int, int]]:
 def _through_gateway(connections: list[dict[str, Any]], hops: Sequence[Result], flow_log: Any,
                      nat_gateways: Sequence[Any], paths: Sequence[str]) -> None:
     """Add the NAT gateway's public side (observation point ``len(paths)``) to each connection that reached the last
-    capture, from the flow log (see correlate_chain); sets ``evidence_level`` on every connection. InputError when
+    capture, from the flow log (see correlate_chain; ``nat_gateways`` given or inferred, not empty); sets
+    ``evidence_level`` on every connection. InputError when
     the last capture is already past the gateway (its connections leave from the gateway's public address): the
     flow log's point would be the same place again, and no record joins it."""
-    from natproof.flowlogs import infer_gateways, join_nat_gateway, node_tuples
+    from natproof.flowlogs import join_nat_gateway, node_tuples
 
-    gateways = list(nat_gateways) or infer_gateways(flow_log)
+    gateways = list(nat_gateways)
     point = len(paths)
     # First-capture seconds -> the last capture's clock: each hop's offset is its outside minus its inside.
     shift = sum(h.clock_offset_s for h in hops)

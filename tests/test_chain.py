@@ -438,3 +438,23 @@ def test_a_chain_refuses_the_options_of_one_pair_in_correlate_and_who_alike(
     else:
         assert err == PAIR_ONLY.format(command)
 
+
+def test_a_flow_log_without_a_gateway_is_refused_before_any_hop_runs(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default format has no pkt-dstaddr, so no gateway can be inferred: the chain was refused for want of
+    --nat-gateway only once every hop had run."""
+    import importlib
+
+    from natproof.flowlogs import read_flow_logs
+
+    log = LAB / "flowlogs" / "default.log.gz"
+    monkeypatch.setattr(importlib.import_module("natproof.correlate"), "correlate",
+                        lambda *a, **k: pytest.fail("a hop ran"))
+    for caps in (CHAIN[:2], [CHAIN[0], CHAIN[1], CHAIN[3]]):
+        assert main(["correlate", *map(str, caps), "--flow-log", str(log), "--format", "json", "--quiet"]) == 2
+        assert capsys.readouterr() == ("", "natproof: error: no NAT gateway given: pass --nat-gateway PRIVATE=PUBLIC "
+                                           "(aws ec2 describe-nat-gateways)\n")
+    with pytest.raises(natproof.InputError, match="no NAT gateway given"):
+        natproof.correlate_chain(CHAIN[:2], flow_log=read_flow_logs(log),
+                                 correlate=lambda *a, **k: pytest.fail("a hop ran"))
+
