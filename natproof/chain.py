@@ -118,7 +118,7 @@ def correlate_chain(captures: Sequence[str | os.PathLike[str]], *, correlate: Ca
     # differently as one hop's outside and the next one's inside. Every file is checked before any hop runs: a hop
     # with such a file fails first on what its mix of interfaces looks like (one capture copied, two swapped).
     for path in paths:
-        if len(_interfaces(path)) > 1:
+        if _several_interfaces(path):
             raise InputError(f"{path}: {SEVERAL_INTERFACES}")
     hops = []
     for i in range(len(paths) - 1):
@@ -144,18 +144,24 @@ SEVERAL_INTERFACES = ("a capture of several interfaces; a chain takes one interf
                       "correlate it alone: natproof correlate FILE)")
 
 
-def _interfaces(path: str) -> set[tuple[int, int]]:
-    """The interfaces a chain's file has frames on (natproof.fastdecode.interfaces_used); none for what it cannot
-    frame (no such file, not a capture, standard input): the hop that reads it says what is wrong."""
+def _several_interfaces(path: str) -> bool:
+    """Whether a chain's file has frames on more than one interface (natproof.fastdecode.interfaces_used); not
+    for what it cannot frame (no such file, not a capture, standard input): the hop that reads it says what is
+    wrong. A pcap whose header's link type is not LINUX_SLL2 is told by the header alone (fastdecode.pcap_link_type):
+    its frames are all on its one interface, and a gzip one is decompressed only by the hops that read it."""
+    from natproof.capture import LINKTYPE_NAMES
     from natproof.errors import NatproofError
-    from natproof.fastdecode import Unsupported, interfaces_used
+    from natproof.fastdecode import Unsupported, interfaces_used, pcap_link_type
 
     if path == "-":
-        return set()
+        return False
+    link = pcap_link_type(path)
+    if link is not None and LINKTYPE_NAMES.get(link) != "LINUX_SLL2":
+        return False
     try:
-        return interfaces_used(path)
+        return len(interfaces_used(path)) > 1
     except (NatproofError, Unsupported):
-        return set()
+        return False
 
 
 def _through_gateway(connections: list[dict[str, Any]], hops: Sequence[Result], flow_log: Any,

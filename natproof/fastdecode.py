@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import mmap
 import os
 import queue
@@ -12,6 +13,7 @@ import struct
 import sys
 import tempfile
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -1057,6 +1059,29 @@ def _read_ahead(chunks: Generator[_Chunk, None, None], depth: int = 1) -> Genera
                 q.get(timeout=0.05)
         worker.join()
         chunks.close()
+
+
+def pcap_link_type(path: str | os.PathLike[str]) -> int | None:
+    """The link type a pcap file's header gives every frame (as _frame_pcap reads it), from the header alone: of
+    a gzip file only the stream's first block is decompressed. None for pcapng, standard input, anything else, or a
+    file that cannot be read (decode_file then says what is wrong with it). A pcap has one interface: its frames
+    are all on it unless the link type is LINUX_SLL2 (276), whose frames each carry an interface index
+    (interfaces_used); natproof.chain tells a file of one interface by this without framing it."""
+    if str(path) == "-":
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+            if head[:2] == GZIP_MAGIC:
+                fh.seek(0)
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    head = gz.read(24)
+    except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+        return None
+    if len(head) < 24 or head[:4] not in PCAP_MAGIC:
+        return None
+    (network,) = struct.unpack_from(PCAP_MAGIC[head[:4]][0] + "I", head, 20)
+    return network & 0x0FFFFFFF if network > 0xFFFF else network
 
 
 def interfaces_used(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> set[tuple[int, int]]:

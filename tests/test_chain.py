@@ -365,12 +365,17 @@ def test_a_file_of_several_interfaces_is_refused_in_every_position(capsys: pytes
                                   LAB / "gateway" / "outside.pcap",
                                   LAB.parent / "many-connections" / "inside.pcap.gz"], ids=lambda p: p.name)
 def test_framing_alone_tells_a_file_of_several_interfaces_as_decoding_does(path: Path) -> None:
-    from natproof.fastdecode import decode_file, interfaces_used
+    from natproof.fastdecode import decode_file, interfaces_used, pcap_link_type
     from natproof.points import several_interfaces
 
     info, packets = decode_file(path)
     assert interfaces_used(path) == set(info.interface_frames)
     assert (len(interfaces_used(path)) > 1) == several_interfaces(info, packets)
+    # The header alone (the chain's shortcut): a pcap's link type, each frame's; one interface unless SLL2.
+    link = pcap_link_type(path)
+    assert link == (info.link_types[0] if info.format.startswith("pcap+") or info.format == "pcap" else None)
+    if link is not None and link != 276:
+        assert len(set(info.interface_frames)) == 1
 
 
 @pytest.mark.parametrize("extra", [["--flow-log", str(LAB / "flowlogs" / "custom.log")], ["--clock", "outside"],
@@ -458,3 +463,39 @@ def test_a_flow_log_without_a_gateway_is_refused_before_any_hop_runs(capsys: pyt
         natproof.correlate_chain(CHAIN[:2], flow_log=read_flow_logs(log),
                                  correlate=lambda *a, **k: pytest.fail("a hop ran"))
 
+
+def test_a_gzip_capture_of_one_link_is_decompressed_only_by_the_hops_that_read_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain's check for files of several interfaces decompressed every gzip capture once more before the hops
+    decompressed it again: a pcap's header says it holds one interface unless its frames are SLL2."""
+    import gzip
+    from collections import Counter
+
+    from natproof import fastdecode
+
+    plain = [CHAIN[0], CHAIN[1], CHAIN[3]]
+    paths = []
+    for i, p in enumerate(plain):
+        (gz := tmp_path / f"{i}-{p.name}.gz").write_bytes(gzip.compress(p.read_bytes()))
+        paths.append(str(gz))
+    seen: Counter[str] = Counter()
+    real = fastdecode.gunzip
+
+    def counting(src, dst, name, *args):  # type: ignore[no-untyped-def]
+        seen[name] += 1
+        return real(src, dst, name, *args)
+
+    monkeypatch.setattr(fastdecode, "gunzip", counting)
+    assert main(["correlate", *paths, "--format", "json", "--quiet"]) == 0
+    assert seen == {paths[0]: 1, paths[1]: 2, paths[2]: 1}  # hop 0 reads the first two, hop 1 the last two
+    node, _ = _truth()  # node1's connections, each through both NATs to the gateway's public side
+    assert json.loads(capsys.readouterr().out)["summary"] == {
+        "connections": len(node), "by_verdict": {"translated": len(node)}, "reached_last": len(node), "lost": 0,
+        "unsettled_at_last": []}
+    # A gzip file of several interfaces is still refused, SLL2 pcap (tcpdump -i any) or pcapng.
+    for several in ("any.pcap", "node.pcapng"):
+        (gz := tmp_path / f"{several}.gz").write_bytes(gzip.compress((INTERNAL / several).read_bytes()))
+        assert main(["correlate", str(INTERNAL / "inside.pcap"), str(gz), str(INTERNAL / "outside.pcap"),
+                     "--quiet"]) == 2
+        assert f"{gz}: a capture of several interfaces; a chain takes one interface per file" in \
+            capsys.readouterr().err
