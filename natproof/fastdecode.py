@@ -1088,7 +1088,8 @@ def interfaces_used(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES
     """The (iface, ifindex) of every frame of a capture file, by framing alone, nothing decoded: its pcapng
     interface, and an SLL2 frame's interface index (-1 for other link types), the keys CaptureInfo.interface_frames
     counts. Two or more: a capture of several interfaces (natproof.points.several_interfaces, which decode_file's
-    packets decide), told at a fraction of a decode's cost (natproof.chain checks each file of a chain with it).
+    packets decide), told at a fraction of a decode's cost (natproof.chain checks each pcapng or SLL2 file of a
+    chain with it; another pcap's header settles it: pcap_link_type).
     Raises CaptureError as decode_file does, and Unsupported where its framing does."""
     with open_buffer(path) as (buf, _gz, _cut):
         info = CaptureInfo(path=str(path))
