@@ -186,14 +186,14 @@ _SERIES_SCHEMA: dict[str, pl.DataType] = {
 def port_usage_chart(usage: PortUsage):  # type: ignore[no-untyped-def]
     """A matplotlib Figure (never pyplot): ports live at once for the busiest destinations against the limit (a
     symlog axis when the peak is far below it); None when there is nothing to draw."""
+    df = usage.series
+    if df.is_empty():
+        return None  # before matplotlib is loaded (about a second): nothing to draw needs none of it
     from matplotlib import ticker
     from matplotlib.figure import Figure
 
     from natproof.report.charts import FIGSIZE, STYLE, _pct, _style
 
-    df = usage.series
-    if df.is_empty():
-        return None
     groups = usage.groups.filter(pl.col("peak").is_not_null()).head(MAX_GROUPS)  # the series' groups, by rank
     peak = int(groups["peak"].max())  # type: ignore[arg-type]
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
