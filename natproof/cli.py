@@ -1354,14 +1354,22 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
     usage = port_usage(flowlog_, gateways)
     ifaces = gateway_interfaces(flowlog_, gateways) if gateways else None
     if charts_dir:
-        from natproof.report.charts import figure_bytes
-        from natproof.report.export import write_bytes
-
         fig = port_usage_chart(usage)
         if fig is not None:
+            from natproof.report.charts import figure_bytes  # matplotlib: about a second, only to draw
+            from natproof.report.export import write_bytes
+
             for ext in ("png", "svg"):
                 write_bytes(Path(charts_dir) / f"nat_gateway_ports.{ext}", figure_bytes(fig, ext))
             click.echo(f"natproof: wrote nat_gateway_ports.png and .svg to {charts_dir}", err=True)
+        elif not flowlog_.dated():  # the chart is of ports live over time: records without times draw none
+            from natproof.flowlogs.gateway import UNDATED
+
+            warn(f"{flowlog_.named()}: {UNDATED}: no chart of the gateway's ports in use over time can be drawn; "
+                 f"none written to {charts_dir}")
+        else:  # no gateway given or found, none of its records public-side or dated: port_usage's note says which
+            warn(f"{flowlog_.named()}: no chart of the gateway's ports in use over time to draw "
+                 f"({usage.notes[-1] if usage.notes else 'no port use'}); none written to {charts_dir}")
     summary = flowlog_.summary(command_line=True)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         doc = {"schema": "natproof.flowlog/1", "summary": summary,

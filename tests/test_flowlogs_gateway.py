@@ -344,6 +344,24 @@ def test_records_without_times_are_joined_at_any_time(tmp_path: Path, capsys: py
 
 
 @pytest.mark.parametrize("form", UNDATED)
+def test_charts_of_records_without_times_say_why_none_is_drawn(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               form: str) -> None:
+    """A new user's trial: flowlog --charts DIR on records without start and end wrote no chart and said nothing.
+    Now one warning says no chart over time can be drawn; the command exits as before."""
+    log = undated(tmp_path, form, [*nat_flow("10.0.1.5", 40000, 40000, "203.0.113.5", 443),
+                                   *nat_flow("10.0.1.6", 40000, 1025, "203.0.113.5", 443)])
+    path, charts = log.files[0].path, tmp_path / "charts"
+    assert main(["flowlog", path, "--nat-gateway", str(GW), "--charts", str(charts), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"natproof: warning: {path}: no record has a start or end time (its format has no start and end "
+                   f"fields, or they read '-'): no chart of the gateway's ports in use over time can be drawn; none "
+                   f"written to {charts}\n")
+    assert list(charts.iterdir()) == []
+    usage = json.loads(out)["port_usage"]  # the JSON's own notes said it, and still do
+    assert [g["ports"] for g in usage["groups"]] == [2] and any("no start or end time" in n for n in usage["notes"])
+
+
+@pytest.mark.parametrize("form", UNDATED)
 def test_a_time_asked_of_records_without_times_is_refused_in_one_line(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str],
                                                                       form: str) -> None:

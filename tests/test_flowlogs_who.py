@@ -341,3 +341,14 @@ def test_who_with_a_flow_log_and_no_gateway_is_refused_before_the_node_evidence_
                  "json"]) == 2
     assert capsys.readouterr() == ("", "natproof: error: no NAT gateway given: pass --nat-gateway PRIVATE=PUBLIC (aws "
                                        "ec2 describe-nat-gateways)\n")
+
+
+def test_flowlog_charts_without_a_gateway_say_why_none_is_drawn(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Dated records, but no gateway to chart the ports of: --charts wrote nothing and said nothing."""
+    path, charts = FLOWLOGS / "default.log.gz", tmp_path / "charts"
+    assert main(["flowlog", str(path), "--charts", str(charts), "--format", "json"]) == 0
+    assert capsys.readouterr().err == (f"natproof: warning: {path}: no chart of the gateway's ports in use over time "
+                                       f"to draw ({NO_GATEWAY} (pass --nat-gateway PRIVATE=PUBLIC)); none written to "
+                                       f"{charts}\n")
+    assert list(charts.iterdir()) == []

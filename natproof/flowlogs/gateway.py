@@ -563,13 +563,16 @@ ASKED_TIME = Said("at_ns", "--at")
 """A time asked about (trace_public's and who_via_gateway's ``at_ns``, who's --at)."""
 
 
+UNDATED = "no record has a start or end time (its format has no start and end fields, or they read '-')"
+"""What is said of a flow log none of whose records of traffic has a time (FlowLog.dated false)."""
+
+
 def require_times(flowlog: FlowLog) -> None:
     """InputError (naming the files) when no record of traffic has a start or end time: a time asked about cannot be
     placed among them (a port is reused over time). Records without times are otherwise joined at any time."""
     if not flowlog.dated():
-        raise InputError(f"{flowlog.named()}: no record has a start or end time (its format has no start and end "
-                         "fields, or they read '-'): ", ASKED_TIME, " cannot be placed among them; leave it out to "
-                         "take the port's records at any time")
+        raise InputError(f"{flowlog.named()}: {UNDATED}: ", ASKED_TIME, " cannot be placed among them; leave it out "
+                         "to take the port's records at any time")
 
 
 def undated_uses(flowlog: FlowLog, gateway: NatGateway, port: int) -> int:
