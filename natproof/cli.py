@@ -1576,11 +1576,14 @@ def fleet(manifest: str, out_dir: str, scheduler: str | None, workers: int, fmt:
     DIR/fleet.parquet (all of them, a node column in front), DIR/fleet.json and DIR/fleet.html. A node that cannot be
     correlated is reported and the others go on; exit 1 when any failed. Needs pip install 'natproof[fleet]'.
     """
-    from natproof.fleet import load_manifest, run_fleet
+    from natproof.fleet import gateway_warnings, load_manifest, run_fleet
 
     spec = load_manifest(manifest)  # a bad manifest is reported before any cluster starts
     if scheduler and click.get_current_context().get_parameter_source("workers").name != "DEFAULT":
         raise click.UsageError("--workers sizes the LocalCluster; a --scheduler's cluster has its own workers")
+    if spec.gateway is not None and not quiet:
+        for w in gateway_warnings(spec.path, spec.gateway):  # said as the manifest is read, before any node runs
+            warn(w)
 
     def progress(entry: dict) -> None:
         if entry["status"] == "ok":

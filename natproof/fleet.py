@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +287,25 @@ def _read_gateway(where: str, spec: GatewaySpec) -> FlowLog:
         raise InputError(f"{where}: [gateway] nat_gateways: none given, and {why_no_gateway(log)}: give nat_gateways "
                          "= [\"PRIVATE=PUBLIC\"] (aws ec2 describe-nat-gateways)")
     return log
+
+
+PASSED_OVER_NAMED = 3
+"""How many of the files a [gateway]'s folder held that are no flow log its warning names (the rest are counted)."""
+
+
+def gateway_warnings(manifest_path: str, spec: GatewaySpec) -> list[str]:
+    """What a fleet says of its ``[gateway]`` before any node runs: the files under its ``flow_logs`` folders that
+    are no flow log and were passed over, in one line (their count, the first PASSED_OVER_NAMED of them; why for
+    each is fleet.json's ``gateway.passed_over``); [] when every file was read (or the logs are not read yet)."""
+    log = spec.flow_log
+    if log is None or not log.passed_over_files:
+        return []
+    files = list(log.passed_over_files)
+    named = ", ".join(files[:PASSED_OVER_NAMED]) + (f" and {len(files) - PASSED_OVER_NAMED} more"
+                                                    if len(files) > PASSED_OVER_NAMED else "")
+    plural = "s" if len(files) > 1 else ""
+    return [f"{manifest_path}: [gateway] flow_logs: {len(files)} file{plural} that {'are' if plural else 'is'} no "
+            f"flow log passed over: {named} (why, for each: fleet.json's gateway passed_over)"]
 
 
 def _gateways(spec: GatewaySpec, log: FlowLog) -> list[NatGateway]:
@@ -559,7 +578,9 @@ def _gateway_join(spec: GatewaySpec, entries: Mapping[str, dict[str, Any]], mani
                          "last_ts_ns": r["last_ts_ns"] + off, "source": f"{name} connection #{r['conn']}"})
             keys.append((name, r["conn"]))
     info = {"flow_logs": list(spec.flow_logs), "nat_gateways": [str(g) for g in gateways],
-            "records": log.records.height, "joined": {}, "frame": None}
+            "records": log.records.height, "joined": {}, "frame": None,
+            "passed_over": list(log.passed_over),
+            "warnings": gateway_warnings(manifest_path, replace(spec, flow_log=log))}
     if not rows or not gateways:
         return info
     joined = join_nat_gateway(node_tuples(rows), log, gateways)
@@ -736,6 +757,7 @@ def render_fleet_html(summary: Mapping[str, Any]) -> str:
         gw_html = (f"<h2>NAT gateway</h2><p>{_e(gateway_addresses(gw))}: "
                    f"{gw['records']} flow log records from {_e(', '.join(gw['flow_logs']))}. "
                    f"{_e(gateway_text(gw))}</p>")
+        gw_html += "".join(f'<p><span class="warning">[warning]</span> {_e(w)}</p>' for w in gw.get("warnings") or ())
     findings = ", ".join(f"{n} {s}" for s, n in t["findings"].items()) or "none"
     plural = "" if t["nodes"] == 1 else "s"
     return "".join([
@@ -989,4 +1011,5 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
 
 
 __all__ = ["GATEWAY_KEYS", "NODE_KEYS", "FleetAnswer", "FleetResult", "GatewaySpec", "Manifest", "NodeSpec",
-           "correlate_node", "fleet_who", "load_manifest", "read_summary", "render_fleet_html", "run_fleet"]
+           "correlate_node", "fleet_who", "gateway_warnings", "load_manifest", "read_summary", "render_fleet_html",
+           "run_fleet"]

@@ -645,3 +645,109 @@ def test_fleet_who_of_a_name_no_nodes_dump_holds_is_bad_input_with_close_names(
     (tmp_path / "moved").mkdir()
     moved = named_fleet_folder(tmp_path / "moved", [str(tmp_path / "gone.json")])
     assert main(["fleet-who", "default/pod2", str(moved), "--format", "json"]) == 1
+
+
+class _InProcessClient:
+    """Stands in for a Dask client where run_fleet is the question, not Dask: no scheduler, nothing to close."""
+
+    class scheduler:  # noqa: N801 - a Client's attribute
+        address = "inproc://test"
+
+    def close(self) -> None:
+        pass
+
+
+def run_in_process(monkeypatch: pytest.MonkeyPatch, interrupted_at: str | None = None) -> list[str]:
+    """run_fleet without a cluster: each node's task (correlate_node, as a worker runs it) called here, in the
+    manifest's order; Ctrl-C (KeyboardInterrupt) as node ``interrupted_at``'s task starts, where a real Ctrl-C
+    reaches run_fleet (its wait for the tasks). Returns the nodes whose task ran."""
+    import natproof.fleet as fleet_module
+
+    ran: list[str] = []
+
+    def run_tasks(client: object, manifest: natproof.fleet.Manifest, nodes_dir: Path,
+                  progress: Callable[[dict], None] | None) -> dict[str, dict]:
+        entries = {}
+        for node in manifest.nodes:
+            if node.name == interrupted_at:
+                raise KeyboardInterrupt
+            entries[node.name] = fleet_module.correlate_node(node, str(nodes_dir))
+            ran.append(node.name)
+            if progress:
+                progress(entries[node.name])
+        return entries
+
+    monkeypatch.setattr(fleet_module, "_client", lambda scheduler, workers: (_InProcessClient(), None))
+    monkeypatch.setattr(fleet_module, "_run_tasks", run_tasks)
+    return ran
+
+
+def gateway_folder(folder: Path, strays: list[str]) -> Path:
+    """A [gateway] flow_logs folder as an S3 download leaves it: the flow log, and ``strays`` that are no flow log."""
+    folder.mkdir()
+    (folder / "custom.log").write_bytes((CAPTURES / "double-nat" / "flowlogs" / "custom.log").read_bytes())
+    for name in strays:
+        (folder / name).write_text("not a flow log\n")
+    return folder
+
+
+def test_files_of_a_gateway_folder_that_are_no_flow_log_are_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A [gateway] folder's files that are no flow log were passed over without a word (a new user's trial): one
+    warning on stderr as the manifest is read, naming the first three and counting them all, and in fleet.json
+    (with why for each) and the report."""
+    strays = ["a.txt", "b.json", "c.md", "manifest.xml"]
+    gateway_folder(tmp_path / "AWSLogs", strays)
+    manifest = write_manifest(tmp_path, {"dn": NODES["double-nat"]},
+                              '[gateway]\nflow_logs = "AWSLogs"\nnat_gateways = ["10.0.1.1=203.0.113.20"]\n')
+    run_in_process(monkeypatch)
+    code = main(["fleet", str(manifest), "-o", str(tmp_path / "out"), "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    logs = tmp_path / "AWSLogs"
+    said = (f"{manifest}: [gateway] flow_logs: 4 files that are no flow log passed over: {logs}/a.txt, {logs}/b.json, "
+            f"{logs}/c.md and 1 more (why, for each: fleet.json's gateway passed_over)")
+    assert [line for line in captured.err.splitlines() if "warning" in line] == [f"natproof: warning: {said}"]
+    gw = json.loads(captured.out)["gateway"]
+    assert gw["warnings"] == [said]
+    assert [p.split(": ", 1)[0] for p in gw["passed_over"]] == [str(logs / s) for s in sorted(strays)]
+    assert all(": not a VPC flow log in the default format (" in p for p in gw["passed_over"])
+    assert gw["records"] == 28  # the flow log itself read as ever
+    assert html_escape(said) in (tmp_path / "out" / "fleet.html").read_text()
+    # One file passed over: said in the singular; none: nothing said.
+    from natproof.fleet import gateway_warnings
+
+    for name in ("a.txt", "b.json", "c.md"):
+        (logs / name).unlink()
+    spec = load_manifest(manifest)
+    assert spec.gateway is not None
+    assert gateway_warnings(spec.path, spec.gateway) == [
+        f"{manifest}: [gateway] flow_logs: 1 file that is no flow log passed over: {logs}/manifest.xml (why, for "
+        "each: fleet.json's gateway passed_over)"]
+    (logs / "manifest.xml").unlink()
+    spec = load_manifest(manifest)
+    assert spec.gateway is not None and gateway_warnings(spec.path, spec.gateway) == []
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_a_gateway_folder_of_no_flow_log_is_refused_with_the_manifest(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A [gateway] folder none of whose files is a flow log is refused before any node runs, in one line naming the
+    manifest, the key, the folder, how many files it holds and why the first is no flow log (it named the first
+    alone, as if it were the only one)."""
+    logs = tmp_path / "AWSLogs"
+    logs.mkdir()
+    for name in ("README.txt", "pods.json"):
+        (logs / name).write_text("not a flow log\n")
+    manifest = write_manifest(tmp_path, {"dn": NODES["double-nat"]}, '[gateway]\nflow_logs = "AWSLogs"\n')
+    assert main(["fleet", str(manifest), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"natproof: error: {manifest}: [gateway] flow_logs: no flow log in {logs}: none of its 2 "
+                          f"files is one; the first, {logs}/README.txt: not a VPC flow log in the default format (")
+    assert err.endswith("pass flow_log_format with the flow log's format\n") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

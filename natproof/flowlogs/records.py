@@ -203,6 +203,8 @@ class FlowLog:
     files: tuple[FlowLogFile, ...]
     passed_over: tuple[str, ...] = ()
     """Files found in a given directory that are no flow log, each with why (``FILE: problem``)."""
+    passed_over_files: tuple[str, ...] = ()
+    """The files of passed_over alone, in its order (for a message that names them without why)."""
     duplicates: int = 0
     """Records read more than once (same interface, flow, interval and counts), kept once in ``records``."""
     passed_over_command_line: tuple[str, ...] | None = field(default=None, repr=False)
@@ -307,9 +309,12 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     is read with polars, anything else is text. A text file's fields come from its header line when it has one
     (S3 delivery), else from ``fields`` (the flow log's ``--log-format``, a string or a sequence of names), else the
     default format when its lines have 14 fields. Lines that do not parse are counted by reason in
-    ``FlowLogFile.skipped``, never an error. Raises InputError (one line, naming the file) for a missing or
-    unreadable file, a file in which no line is a record, and a file whose fields cannot be known; and (naming the
-    paths given) for records of which none is of traffic (only NODATA or SKIPDATA): nothing to join or count.
+    ``FlowLogFile.skipped``, never an error. A file under a directory that is no flow log is passed over
+    (``FlowLog.passed_over``, with why; ``passed_over_files``), as a file given by itself is not. Raises InputError
+    (one line, naming the file) for a missing or unreadable file, a file in which no line is a record, and a file
+    whose fields cannot be known; (naming the directories, how many files they hold and why the first is no flow
+    log) for directories of which no file is a flow log; and (naming the paths given) for records of which none is
+    of traffic (only NODATA or SKIPDATA): nothing to join or count.
     An error that advises the format names it ``fields`` (the command line's ``--flow-log-format``), or
     ``fields_named`` for a caller that takes it under another name (a fleet manifest's ``flow_log_format``).
     """
@@ -330,6 +335,7 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
         raise InputError("no flow log file given")
     frames, summaries = [], []
     passed: list[InputError] = []
+    passed_files: list[str] = []
     for path, folder in files:
         try:
             frame, summary = read_flow_log_file(path, fields=given, fields_named=fields_named)
@@ -337,12 +343,15 @@ def read_flow_logs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
             if folder is None:
                 raise
             passed.append(exc)  # a file in a directory that is no flow log: said, not fatal
+            passed_files.append(str(path))
             continue
         frames.append(frame)
         summaries.append(summary)
     if not frames:
-        raise passed[0].reworded(f"no flow log in {', '.join(sorted({str(f) for _, f in files if f}))}: ")
-    said = {"passed_over": tuple(map(str, passed)),
+        # Why the first file is no flow log; how many others were not either (a folder of several named one alone).
+        many = f"none of its {len(passed)} files is one; the first, " if len(passed) > 1 else ""
+        raise passed[0].reworded(f"no flow log in {', '.join(sorted({str(f) for _, f in files if f}))}: {many}")
+    said = {"passed_over": tuple(map(str, passed)), "passed_over_files": tuple(passed_files),
             "passed_over_command_line": tuple(exc.for_command_line() for exc in passed)}
     if len(frames) == 1:
         log = FlowLog(records=frames[0], files=tuple(summaries), **said)
