@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -458,51 +459,85 @@ def run_fleet(manifest: Manifest | str | os.PathLike[str], out_dir: str | os.Pat
     pinned with ``worker``) and write ``out_dir`` (a table the client cannot see is fetched from the worker).
     Without it, a LocalCluster of ``workers`` processes of one thread each. ``progress`` is called with each node's
     entry as it finishes. A node whose task fails (a bad capture) gets ``status: failed`` and its ``error``; the
-    others go on. Raises InputError for a manifest or scheduler that cannot be used."""
+    others go on. Raises InputError for a manifest or scheduler that cannot be used.
+
+    Whole or not at all: every file is written in a folder of this run's in ``out_dir`` (``.natproof-fleet-RUN``)
+    and moved into place once all are (_move_into_place). A run that does not finish (Ctrl-C: KeyboardInterrupt, a
+    scheduler not reached, an error) removes that folder, and the folders it made for ``out_dir``, before its
+    exception goes on: an earlier run's results there are left whole, and nothing of this one's is."""
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
-    from natproof.report.export import writable_folder
+    from natproof.report.export import writable_folder, write_bytes
 
-    # The folders are made before a cluster starts (one natproof cannot write costs no workers), and removed again
-    # when no scheduler is reached: a run that did nothing leaves nothing, not an empty nodes/ folder.
-    made = _missing_folders(Path(out_dir) / NODES_DIR)
+    # The folders are made before a cluster starts (one natproof cannot write costs no workers).
+    made = _missing_folders(Path(out_dir))
     out = writable_folder(out_dir, "folder for the fleet's results")
-    nodes_dir = writable_folder(out / NODES_DIR, "folder for the fleet's results")
+    if (out / NODES_DIR).exists():  # an earlier run's (or something else in its place): said now, not at the end
+        writable_folder(out / NODES_DIR, "folder for the fleet's results")
+    staging = out / f".natproof-fleet-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     try:
+        nodes_dir = writable_folder(staging / NODES_DIR, "folder for the fleet's results")
         client, cluster = _client(scheduler, workers)
+        try:
+            address = client.scheduler.address
+            entries = _run_tasks(client, manifest, nodes_dir.resolve(), progress)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        gateway = _gateway_join(manifest.gateway, entries, manifest.path) if manifest.gateway else None
+        _write_table(entries, gateway, staging / TABLE)
+        for name, e in entries.items():  # where each node's table will be, once moved: what fleet.json names
+            if e.get("parquet"):
+                e["parquet"] = str(out.resolve() / NODES_DIR / f"{name}.parquet")
+        summary = _summary(manifest, entries, address, scheduler is None, workers, gateway,
+                           round(time.perf_counter() - started, 3), out)
+        write_bytes(staging / SUMMARY, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+        write_bytes(staging / REPORT, render_fleet_html(summary).encode("utf-8"))
+        _move_into_place(staging, out, [name for name, e in entries.items() if e.get("parquet")])
     except BaseException:
-        for folder in made:  # deepest first; one something else has put a file in since stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_unfinished(staging, made)
         raise
-    # The nodes/ folder is the fleet's own: Parquet files an earlier run left (other nodes, a node that fails now)
-    # would sit beside this run's as if they were its results. (Only once this run goes ahead: a run refused
-    # leaves the earlier run's results whole.)
-    for stale in nodes_dir.glob("*.parquet"):
-        stale.unlink()
-    try:
-        address = client.scheduler.address
-        entries = _run_tasks(client, manifest, nodes_dir.resolve(), progress)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    gateway = _gateway_join(manifest.gateway, entries, manifest.path) if manifest.gateway else None
-    table = out / TABLE
-    _write_table(entries, gateway, table)
-    summary = _summary(manifest, entries, address, scheduler is None, workers, gateway,
-                       round(time.perf_counter() - started, 3), out)
-    from natproof.report.export import write_bytes
-
-    write_bytes(out / SUMMARY, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-    write_bytes(out / REPORT, render_fleet_html(summary).encode("utf-8"))
     nodes = tuple(summary["nodes"])
-    return FleetResult(out_dir=str(out), nodes=nodes, summary=summary, table=str(table),
+    return FleetResult(out_dir=str(out), nodes=nodes, summary=summary, table=str(out / TABLE),
                        summary_path=str(out / SUMMARY), report=str(out / REPORT), scheduler=address,
                        failed=tuple(n["name"] for n in nodes if n["status"] != "ok"))
+
+
+def _move_into_place(staging: Path, out: Path, tables: Sequence[str]) -> None:
+    """A finished run's files, written under ``staging`` (a folder in ``out``: one file system, so each move is a
+    rename), moved into ``out``; ``tables``: the nodes whose nodes/NAME.parquet there is. fleet.json, what marks a
+    folder as a fleet's results (read_summary refuses one without it), is removed first and moved in last: between
+    the two, nothing reads the folder as one run's results while it holds an earlier run's files and this one's.
+    The nodes/ folder is the fleet's own: Parquet files an earlier run left there (other nodes, a node that failed
+    now) would sit beside this run's as if they were its results, and are removed."""
+    (out / SUMMARY).unlink(missing_ok=True)
+    nodes = out / NODES_DIR
+    nodes.mkdir(exist_ok=True)
+    for stale in nodes.glob("*.parquet"):
+        stale.unlink()
+    for name in tables:
+        os.replace(staging / NODES_DIR / f"{name}.parquet", nodes / f"{name}.parquet")
+    for name in (TABLE, REPORT, SUMMARY):
+        os.replace(staging / name, out / name)
+    shutil.rmtree(staging, ignore_errors=True)  # (empty but for a temporary file a task left behind)
+
+
+def _remove_unfinished(staging: Path, made: Sequence[Path]) -> None:
+    """A run that did not finish: its folder of files under way, then the folders made for its output (deepest
+    first; one something else has put a file in since stays), gone; begun again if Ctrl-C comes again meanwhile."""
+    while True:
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _missing_folders(path: Path) -> list[Path]:

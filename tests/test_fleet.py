@@ -751,3 +751,64 @@ def test_a_gateway_folder_of_no_flow_log_is_refused_with_the_manifest(tmp_path: 
                           f"files is one; the first, {logs}/README.txt: not a VPC flow log in the default format (")
     assert err.endswith("pass flow_log_format with the flow log's format\n") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_the_nodes_tasks_leaves_no_part_of_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while the nodes ran left the tables of those that had finished and no fleet.json (a new user's trial):
+    exit 130 and nothing of the run, in a folder it made (gone) or one an earlier run wrote (its results whole)."""
+    manifest = write_manifest(tmp_path, {"udp": NODES["udp"], "basic": NODES["basic"]})
+    ran = run_in_process(monkeypatch, interrupted_at="basic")
+    new = tmp_path / "new" / "out"
+    assert main(["fleet", str(manifest), "-o", str(new), "--format", "json"]) == 130
+    captured = capsys.readouterr()
+    assert ran == ["udp"]  # one node's table was written before Ctrl-C
+    assert captured.out == "" and captured.err.splitlines()[-1] == "natproof: interrupted"
+    assert not (tmp_path / "new").exists()
+    # Into the folder of an earlier run: its files as they were, and nothing beside them.
+    earlier = tmp_path / "earlier"
+    (earlier / "nodes").mkdir(parents=True)
+    before = {"nodes/udp.parquet": b"an earlier run's table", "fleet.json": b"an earlier run's summary",
+              "fleet.parquet": b"an earlier run's fleet", "notes.txt": b"the user's"}
+    for name, data in before.items():
+        (earlier / name).write_bytes(data)
+    assert main(["fleet", str(manifest), "-o", str(earlier), "--format", "json"]) == 130
+    capsys.readouterr()
+    after = {str(p.relative_to(earlier)): p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in earlier.iterdir()) == ["fleet.json", "fleet.parquet", "nodes", "notes.txt"]
+
+
+def test_a_finished_run_replaces_an_earlier_one_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that finishes moves every file into place: its own tables, fleet.json naming them, no earlier run's
+    node table left beside them, nothing of its folder of files under way; the user's other files stay."""
+    manifest = write_manifest(tmp_path, {"udp": NODES["udp"]})
+    out = tmp_path / "out"
+    (out / "nodes").mkdir(parents=True)
+    (out / "nodes" / "gone.parquet").write_bytes(b"an earlier run's node")
+    (out / "notes.txt").write_text("the user's")
+    run_in_process(monkeypatch)
+    result = run_fleet(manifest, out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "fleet.html", "fleet.json", "fleet.parquet", "nodes", "nodes/udp.parquet", "notes.txt"]
+    doc = json.loads((out / "fleet.json").read_text())
+    assert doc["nodes"][0]["parquet"] == "nodes/udp.parquet" and result.nodes[0]["parquet"] == "nodes/udp.parquet"
+    assert_frame_equal(pl.read_parquet(out / "nodes" / "udp.parquet"), flat_frame(per_pair(NODES["udp"])))
+    assert pl.read_parquet(out / "fleet.parquet")["node"].unique().to_list() == ["udp"]
+    assert fleet_who(out, "10.244.0.10:40000").query == "10.244.0.10:40000"  # the folder reads as a fleet's
+
+
+def test_a_run_that_fails_after_its_tasks_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any failure once the nodes have run (here, writing fleet.parquet) removes the run's files as Ctrl-C does."""
+    import natproof.fleet as fleet_module
+
+    manifest = write_manifest(tmp_path, {"udp": NODES["udp"]})
+    run_in_process(monkeypatch)
+
+    def full(*args: object) -> None:
+        raise natproof.InputError("fleet.parquet: cannot write it (No space left on device)")
+
+    monkeypatch.setattr(fleet_module, "_write_table", full)
+    with pytest.raises(natproof.InputError):
+        run_fleet(manifest, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
