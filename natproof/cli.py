@@ -1571,10 +1571,11 @@ def fleet(manifest: str, out_dir: str, scheduler: str | None, workers: int, fmt:
     """Correlate every node of a fleet, each as a task on Dask distributed, into one table and one report.
 
     MANIFEST is a TOML file of [[node]] tables (name; inside and outside, or capture; optional conntrack, pods,
-    services, pod_cidr, worker) and an optional [gateway] table (flow_logs, nat_gateways), paths relative to the
-    manifest's folder. Writes DIR/nodes/NAME.parquet per node (the columns of correlate --format parquet),
-    DIR/fleet.parquet (all of them, a node column in front), DIR/fleet.json and DIR/fleet.html. A node that cannot be
-    correlated is reported and the others go on; exit 1 when any failed. Needs pip install 'natproof[fleet]'.
+    services, pod_cidr, clock_offset, worker) and an optional [gateway] table (flow_logs, nat_gateways), paths
+    relative to the manifest's folder. Writes DIR/nodes/NAME.parquet per node (the columns of correlate --format
+    parquet), DIR/fleet.parquet (all of them, a node column in front), DIR/fleet.json and DIR/fleet.html. A node
+    that cannot be correlated is reported and the others go on; exit 1 when any failed. Needs pip install
+    'natproof[fleet]'.
     """
     from natproof.fleet import gateway_warnings, load_manifest, run_fleet
 

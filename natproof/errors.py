@@ -44,6 +44,7 @@ need :func:`setting` to be told the option."""
 
 MANIFEST_KEYS = {
     # natproof.fleet: a [[node]] table's key for each keyword of natproof.correlate that a node passes (NODE_KEYS)
+    "clock_offset_s": "clock_offset",
     "conntrack": "conntrack",
     "inside_if": "inside_if",
     "interfaces": "interfaces",
@@ -56,10 +57,12 @@ correlation names the key its manifest's user writes (:meth:`NatproofError.for_m
 
 INSTEAD = {
     "allow_swap": "swap the node's inside and outside",
-    "clock_offset_s": "correlate the node alone with natproof correlate --clock-offset",
+    "clock_offset_s": "set the node's clock_offset (seconds, its outside clock minus its inside clock)",
 }
-"""What a fleet manifest's user does where an error of a node's correlation advises a keyword no node has a key for
-(``pass allow_swap=True``): the advice as the manifest's user reads it, in place of the verb and the setting."""
+"""What a fleet manifest's user does where an error of a node's correlation advises a keyword (``pass
+allow_swap=True``): the advice as the manifest's user reads it, in place of the verb and the setting. For a keyword
+no node has a key for, what to do instead; for one a node has a key for but ``pass KEY`` would not say how to
+set (a number, and which way), the key as the manifest's user sets it."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,10 @@ def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None,
     A fleet manifest's user (:meth:`NatproofError.for_manifest`) is told the node's key (MANIFEST_KEYS) as the
     manifest writes it: ``inside_if = "eth0"``, ``conntrack = "FILE"``. ``verb`` (``"pass"``; ``""`` for none):
     the setting is advised, the verb in front of it in each wording (``pass allow_swap=True``, ``pass
-    --allow-swap``); for a keyword no node has a key for, the manifest's user reads what to do instead, verb and
-    all (INSTEAD: ``swap the node's inside and outside``). A keyword only named, never advised, is the library's
-    word to a manifest's user too (a node never gave it)."""
+    --allow-swap``); where INSTEAD has the keyword, the manifest's user reads what to do there, verb and all
+    (``swap the node's inside and outside``; ``set the node's clock_offset (seconds, ...)``). A keyword only
+    named, never advised, is the node's key to a manifest's user where it has one (``with the clock_offset
+    given``), else the library's word (a node never gave it)."""
     option = OPTIONS[keyword]
     key = MANIFEST_KEYS.get(keyword)
     if metavar is not None:
@@ -107,7 +111,7 @@ def setting(keyword: str, value: object = _NAMED, *, metavar: str | None = None,
                     key and f"{key} = {json.dumps(value, default=str)}")  # as TOML writes it
     if verb is None:
         return said
-    instead = INSTEAD.get(keyword) if key is None else None
+    instead = INSTEAD.get(keyword)
     do = f"{verb} " if verb else ""
     manifest = instead or (said.manifest and f"{do}{said.manifest}")
     return Said(f"{do}{said.library}", f"{do}{said.command_line}", manifest)

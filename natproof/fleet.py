@@ -14,6 +14,7 @@ Dask is an optional dependency (``pip install 'natproof[fleet]'``); everything b
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 import shutil
@@ -68,6 +69,8 @@ NODE_KEYS = {
     "pods": "kubectl get pods -A -o json output (a path or a list)",
     "services": "kubectl get svc,endpointslices -A -o json output (a path or a list)",
     "pod_cidr": "the pod network(s): a CIDR or a list (default: inferred from the inside capture)",
+    "clock_offset": "seconds, the node's outside clock minus its inside clock, as --clock-offset (default: "
+                    "estimated from the packets)",
     "worker": "the Dask worker that holds the node's files (address, host or name); its paths are that worker's",
 }
 """The keys of a [[node]] table, and what each holds."""
@@ -78,6 +81,9 @@ GATEWAY_KEYS = {
     "flow_log_format": "the flow log's fields, for text without a header line (its --log-format)",
 }
 """The keys of the [gateway] table."""
+
+_TEN_YEARS_S = 10 * 365 * 86_400
+"""The largest clock offset natproof.correlate (and --clock-offset) takes, seconds."""
 
 _PATH_KEYS = ("inside", "outside", "capture", "interfaces", "conntrack", "pods", "services")
 
@@ -97,6 +103,9 @@ class NodeSpec:
     pods: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
     pod_cidr: tuple[str, ...] = ()
+    clock_offset_s: float | None = None
+    """The manifest's clock_offset: outside clock minus inside clock, seconds (correlate's clock_offset_s); None:
+    estimated from the packets."""
     side: str = "auto"
     worker: str | None = None
 
@@ -217,6 +226,14 @@ def _node(where: str, base: Path, i: int, raw: dict[str, Any]) -> NodeSpec:
             parse_networks(list(kw["pod_cidr"]), option="pod_cidr")
         except InputError as exc:
             raise InputError(f"{where}: {label} {exc}") from None
+    if "clock_offset" in raw:
+        value = raw["clock_offset"]
+        # As --clock-offset takes it: a finite number of seconds within ten years (natproof.correlate's limit).
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                or abs(value) > _TEN_YEARS_S):
+            raise InputError(f"{where}: {label} clock_offset: a number of seconds within ten years (the node's "
+                             f"outside clock minus its inside clock), not {value!r}")
+        kw["clock_offset_s"] = float(value)
     if "side" in raw:
         if raw["side"] not in ("auto", "inside", "outside"):
             raise InputError(f"{where}: {label} side: inside, outside or auto, not {raw['side']!r}")
@@ -331,7 +348,8 @@ def correlate_node(node: NodeSpec, nodes_dir: str) -> dict[str, Any]:
     out: dict[str, Any] = {"name": node.name, "worker": _worker_address()}
     try:
         names = load_names(node.pods or None, node.services or None)
-        common: dict[str, Any] = {"names": names, "conntrack": node.conntrack, "pod_cidr": list(node.pod_cidr) or None}
+        common: dict[str, Any] = {"names": names, "conntrack": node.conntrack, "pod_cidr": list(node.pod_cidr) or None,
+                                  "clock_offset_s": node.clock_offset_s}
         if node.capture is not None:
             result = natproof.correlate(node.capture, None, interfaces=node.interfaces,
                                         inside_if=list(node.inside_if) or None,

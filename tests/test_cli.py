@@ -119,13 +119,13 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
     hop = pickle.loads(pickle.dumps(exc.value.reworded("hop 0: ")))
     assert str(hop).startswith(f"hop 0: {a} and {b} do not overlap")
     assert hop.for_command_line().startswith("hop 0: ") and hop.for_command_line().endswith("(OUTSIDE minus INSIDE)")
-    # A fleet's node has no clock offset key: its manifest's user is told what to do instead, from a Dask worker.
+    # A fleet's manifest user is told the node's clock_offset key, its unit and its sign, from a Dask worker.
     with pytest.raises(natproof.InputError) as exc:
         natproof.correlate(a, b)
     node = pickle.loads(pickle.dumps(exc.value.reworded("node-a: ")))
     assert node.for_manifest() == (f"node-a: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs "
-                                   "23:13:20-23:13:20 UTC, on the outside clock); correlate the node alone with "
-                                   "natproof correlate --clock-offset if the clocks differ")
+                                   "23:13:20-23:13:20 UTC, on the outside clock); set the node's clock_offset "
+                                   "(seconds, its outside clock minus its inside clock) if the clocks differ")
     assert (str(node), node.for_command_line()) == (f"node-a: {exc.value}", f"node-a: {exc.value.for_command_line()}")
 
 

@@ -238,6 +238,14 @@ def test_a_broken_node_fails_alone(cluster: str, tmp_path: Path, capsys: pytest.
     ('[[node]]\nname = "a"\ncapture = "{any}"\npod_cidr = "nonsense"\n',
      r"fleet\.toml: \[\[node\]\] #1 \(a\) invalid pod_cidr: 'nonsense' does not appear"),
     ('[[node]]\nname = "a\n', r"fleet\.toml: not TOML: "),
+    # A clock offset as --clock-offset takes it: a finite number of seconds (TOML has inf and nan; a string is none).
+    ('[[node]]\nname = "a"\ncapture = "{any}"\nclock_offset = "1h"\n',
+     r"fleet\.toml: \[\[node\]\] #1 \(a\) clock_offset: a number of seconds within ten years \(the node's outside "
+     r"clock minus its inside clock\), not '1h'$"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\nclock_offset = inf\n',
+     r"fleet\.toml: \[\[node\]\] #1 \(a\) clock_offset: a number of seconds within ten years .*, not inf$"),
+    ('[[node]]\nname = "a"\ncapture = "{any}"\nclock_offset = true\n',
+     r"fleet\.toml: \[\[node\]\] #1 \(a\) clock_offset: a number of seconds within ten years .*, not True$"),
     # A name no file name can hold: refused here, not an OSError (File name too long) in the node's task.
     (f'[[node]]\nname = "{"x" * 300}"\ncapture = "{{any}}"\n',
      r"fleet\.toml: \[\[node\]\] #1 name: 300 bytes, longer than a node's name can be \(237 bytes: "),
@@ -507,7 +515,7 @@ def test_every_correlate_keyword_a_node_passes_has_its_manifest_key(tmp_path: Pa
     monkeypatch.setattr(natproof, "correlate", record)
     correlate_node(NodeSpec(name="n", inside="a", outside="b"), str(tmp_path))
     correlate_node(NodeSpec(name="n", capture="a"), str(tmp_path))
-    assert {"conntrack", "inside_if", "outside_if", "interfaces", "side", "pod_cidr"} <= passed
+    assert {"conntrack", "inside_if", "outside_if", "interfaces", "side", "pod_cidr", "clock_offset_s"} <= passed
     assert passed & set(OPTIONS) <= set(MANIFEST_KEYS)
     assert set(MANIFEST_KEYS.values()) <= set(NODE_KEYS)
 
@@ -812,3 +820,43 @@ def test_a_run_that_fails_after_its_tasks_leaves_nothing(tmp_path: Path, monkeyp
     with pytest.raises(natproof.InputError):
         run_fleet(manifest, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nodes_clock_offset_reaches_its_correlation(tmp_path: Path) -> None:
+    """A node's clock_offset (seconds, outside clock minus inside clock, as --clock-offset) is the correlation's: a
+    pair whose outside clock runs an hour ahead is correlated with the offset given, not the one estimated."""
+    from pcapbytes import tcp_pair, write_pair
+
+    from natproof.fleet import correlate_node
+
+    write_pair(tmp_path, *tcp_pair(offset_ns=3600 * 10**9))
+    manifest = tmp_path / "fleet.toml"
+    text = '[[node]]\nname = "n"\ninside = "inside.pcap"\noutside = "outside.pcap"\n'
+    for given, offset in ((None, 3600.0), ("3599.9", 3599.9)):
+        manifest.write_text(text + ("" if given is None else f"clock_offset = {given}\n"))
+        [node] = load_manifest(manifest).nodes
+        assert node.clock_offset_s == (None if given is None else offset)
+        out = correlate_node(node, str(tmp_path / "nodes"))
+        assert out["status"] == "ok" and out["clock_offset_s"] == offset  # 3600.0 when estimated
+        assert out["by_verdict"] == {"translated": 1}
+
+
+def test_captures_apart_are_advised_the_nodes_clock_offset(tmp_path: Path) -> None:
+    """A node whose captures do not overlap was told to run natproof correlate --clock-offset, which a fleet's user
+    cannot set for a node: now the node's clock_offset, its unit and its sign; given, to check its sign."""
+    from pcapbytes import tcp_pair, write_pair
+
+    from natproof.fleet import NodeSpec, correlate_node
+
+    inside, _ = tcp_pair(1_700_000_000 * 10**9)
+    _, outside = tcp_pair(1_700_003_600 * 10**9, isn=42)  # an hour later, another connection: nothing to estimate by
+    a, b = write_pair(tmp_path, inside, outside)
+    out = correlate_node(NodeSpec(name="n", inside=str(a), outside=str(b)), str(tmp_path / "nodes"))
+    assert out["status"] == "failed"
+    assert out["error"] == (f"{a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC, on the "
+                            "outside clock); set the node's clock_offset (seconds, its outside clock minus its inside "
+                            "clock) if the clocks differ")
+    out = correlate_node(NodeSpec(name="n", inside=str(a), outside=str(b), clock_offset_s=-3600.0),
+                         str(tmp_path / "nodes"))
+    assert out["error"].endswith("on the outside clock); with the clock_offset given; check its sign (outside minus "
+                                 "inside)")
