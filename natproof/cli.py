@@ -1672,6 +1672,8 @@ def fleet_who(endpoint: str, out_dir: str, at: str | None, window: float, clock:
     from natproof.fleet import fleet_who as run_fleet_who
 
     answer = run_fleet_who(out_dir, endpoint, at, window, clock=clock, node=node)
+    for w in answer.warnings:
+        warn(w)
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps(answer.to_dict(), indent=2))
     else:

@@ -846,12 +846,15 @@ class FleetAnswer:
     clock: str
     matches: tuple[dict[str, Any], ...]
     nearest: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What the answer could not do: a NAME no connection had that could not be checked against the nodes' kubectl
+    dumps (a fleet.json that records none, written by an older natproof; dumps that cannot be read now)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": WHO_SCHEMA, "query": self.query,
                 "at": None if self.at_ns is None else epoch_seconds(self.at_ns),
                 "window_s": self.window_s, "clock": self.clock, "matches": list(self.matches),
-                "nearest": list(self.nearest)}
+                "nearest": list(self.nearest), "warnings": list(self.warnings)}
 
 
 GATEWAY_ROLE = "NAT gateway public source"
@@ -931,23 +934,30 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _check_name(query: str, nodes: Sequence[Mapping[str, Any]]) -> None:
+def _check_name(query: str, nodes: Sequence[Mapping[str, Any]], summary: Path) -> str | None:
     """As ``who`` refuses a name its dumps do not hold: InputError, with the close names, when no pod or Service of
-    the nodes' kubectl dumps (the manifest's ``pods`` and ``services``, as fleet.json lists them) is ``query``. Said
-    nothing when no node had dumps, or they cannot be read now (moved since the run): the table's names are all
-    there is then."""
+    the nodes' kubectl dumps (the manifest's ``pods`` and ``services``, as fleet.json lists them) is ``query``.
+    Said nothing when no node had dumps (the table's names are all there is). What could not be checked is
+    returned, to be said beside "no connection" (exit 1, not 2: the name may be a pod's all the same): a fleet.json
+    ``summary`` that lists no node's dumps at all (written by a natproof before it recorded them), and dumps that
+    cannot be read now (moved since the run)."""
     from natproof.names import load_names
 
+    unchecked = f"whether any pod or Service is named {query!r} cannot be checked"
+    if any("pods" not in n and "services" not in n for n in nodes):
+        return (f"{summary}: records no node's kubectl dumps (written by an older natproof): {unchecked}; rerun "
+                "natproof fleet to have names checked")
     pods = [p for n in nodes for p in n.get("pods") or ()]
     services = [p for n in nodes for p in n.get("services") or ()]
     if not pods and not services:
-        return
+        return None
     try:
         names = load_names(pods or None, services or None)
-    except NatproofError:
-        return
+    except NatproofError as exc:
+        return f"the nodes' kubectl dumps cannot be read now ({exc}): {unchecked}"
     if names is not None:
         names.check_name(query)
+    return None
 
 
 def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = None, window_s: float = 1.0, *,
@@ -1028,8 +1038,11 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
         found.append({"node": row["node"], "conn": row["conn"]} | connection_dict(conn)
                      | {"roles": roles, "ends": ends_of(conn), "gateway": gw,
                         "_first": row["first_ts_ns"], "_last": row["last_ts_ns"]})
+    warnings: list[str] = []
     if by_name and not found:
-        _check_name(endpoint, [n for n in summary["nodes"] if node is None or n["name"] == node])
+        unchecked = _check_name(endpoint, [n for n in summary["nodes"] if node is None or n["name"] == node],
+                                Path(out_dir) / SUMMARY)
+        warnings += [unchecked] if unchecked else []
     at_ns = None
     nearest: list[dict[str, Any]] = []
     if at is not None:
@@ -1060,7 +1073,7 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
     strip = [{k: v for k, v in m.items() if not k.startswith("_")} for m in found]
     near = [{k: v for k, v in m.items() if not k.startswith("_")} for m in nearest]
     return FleetAnswer(query=query, at_ns=at_ns, window_s=window_s, clock=clock, matches=tuple(strip),
-                       nearest=tuple(near))
+                       nearest=tuple(near), warnings=tuple(warnings))
 
 
 __all__ = ["GATEWAY_KEYS", "NODE_KEYS", "FleetAnswer", "FleetResult", "GatewaySpec", "Manifest", "NodeSpec",

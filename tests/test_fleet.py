@@ -622,12 +622,14 @@ def test_the_fleet_table_has_every_column_fleet_who_reads(fleet: tuple[Path, nat
 
 
 def named_fleet_folder(folder: Path, pods: list[str]) -> Path:
-    """fleet_folder whose table has the name columns and whose node a had ``pods`` for its dumps."""
+    """fleet_folder whose table has the name columns and whose node a had ``pods`` for its dumps (node b none), as
+    fleet.json lists them."""
     from natproof.result import NAME_SCHEMA
 
     out = fleet_folder(folder)
     doc = json.loads((out / "fleet.json").read_text())
     doc["nodes"][0] |= {"pods": pods, "services": []}
+    doc["nodes"][1] |= {"pods": [], "services": []}
     (out / "fleet.json").write_text(json.dumps(doc))
     table = out / "fleet.parquet"
     pl.read_parquet(table).with_columns(pl.lit(None, t).alias(c) for c, t in NAME_SCHEMA.items()).write_parquet(table)
@@ -860,3 +862,36 @@ def test_captures_apart_are_advised_the_nodes_clock_offset(tmp_path: Path) -> No
                          str(tmp_path / "nodes"))
     assert out["error"].endswith("on the outside clock); with the clock_offset given; check its sign (outside minus "
                                  "inside)")
+
+
+def test_fleet_who_of_a_name_on_a_fleet_json_that_records_no_dumps_says_it_cannot_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fleet.json of an older natproof lists no node's kubectl dumps: a name no connection had is exit 1 (no
+    connection; it may be a pod's all the same) and says that it could not be checked, where a fleet.json that
+    lists the dumps refuses an unknown name (exit 2). So are dumps that cannot be read now."""
+    dump = str(CAPTURES / "basic" / "pods.json")
+    out = named_fleet_folder(tmp_path, [dump])
+    assert main(["fleet-who", "default/pod2", str(out), "--format", "json"]) == 2  # names checked: unknown
+    capsys.readouterr()
+    doc = json.loads((out / "fleet.json").read_text())
+    for n in doc["nodes"]:  # as natproof wrote it before fleet.json recorded the dumps
+        del n["pods"], n["services"]
+    (out / "fleet.json").write_text(json.dumps(doc))
+    said = (f"{out}/fleet.json: records no node's kubectl dumps (written by an older natproof): whether any pod or "
+            "Service is named 'default/pod2' cannot be checked; rerun natproof fleet to have names checked")
+    assert main(["fleet-who", "default/pod2", str(out), "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"natproof: warning: {said}\n"
+    answer = json.loads(captured.out)
+    assert (answer["matches"], answer["warnings"]) == ([], [said])
+    assert fleet_who(out, "default/pod2").warnings == (said,)
+    assert fleet_who(out, "203.0.113.2:9").warnings == ()  # an ADDR:PORT has no name to check
+    # Dumps listed but moved since the run: said too (it was exit 1 without a word).
+    (tmp_path / "moved").mkdir()
+    moved = named_fleet_folder(tmp_path / "moved", [str(tmp_path / "gone.json")])
+    assert main(["fleet-who", "default/pod2", str(moved), "--format", "table"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "no connection in the fleet used default/pod2\n"
+    assert captured.err.startswith(f"natproof: warning: the nodes' kubectl dumps cannot be read now ({tmp_path}/"
+                                   "gone.json: ")
+    assert captured.err.endswith("): whether any pod or Service is named 'default/pod2' cannot be checked\n")
