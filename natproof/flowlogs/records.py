@@ -203,14 +203,14 @@ class FlowLog:
     files: tuple[FlowLogFile, ...]
     passed_over: tuple[str, ...] = ()
     """Files found in a given directory that are no flow log, each with why (``FILE: problem``)."""
-    passed_over_files: tuple[str, ...] = ()
-    """The files of passed_over alone, in its order (for a message that names them without why)."""
     duplicates: int = 0
     """Records read more than once (same interface, flow, interval and counts), kept once in ``records``."""
     passed_over_command_line: tuple[str, ...] | None = field(default=None, repr=False)
     """passed_over, each as the command line says it (InputError.for_command_line: its options where passed_over names
     read_flow_logs' keywords), as natproof's commands print them; None: as passed_over (see
     passed_over_for_command_line)."""
+    passed_over_files: tuple[str, ...] = ()
+    """The files of passed_over alone, in its order (for a message that names them without why)."""
 
     def passed_over_for_command_line(self) -> tuple[str, ...]:
         """passed_over as the command line says it (as NatproofError.for_command_line says an error)."""
