@@ -939,8 +939,9 @@ def _check_name(query: str, nodes: Sequence[Mapping[str, Any]], summary: Path) -
     the nodes' kubectl dumps (the manifest's ``pods`` and ``services``, as fleet.json lists them) is ``query``.
     Said nothing when no node had dumps (the table's names are all there is). What could not be checked is
     returned, to be said beside "no connection" (exit 1, not 2: the name may be a pod's all the same): a fleet.json
-    ``summary`` that lists no node's dumps at all (written by a natproof before it recorded them), and dumps that
-    cannot be read now (moved since the run)."""
+    ``summary`` with a node entry that has neither ``pods`` nor ``services`` (written by a natproof before it
+    recorded them: that node's dumps, if any, are unknown), and dumps that cannot be read now (moved since the
+    run)."""
     from natproof.names import load_names
 
     unchecked = f"whether any pod or Service is named {query!r} cannot be checked"
@@ -967,7 +968,12 @@ def fleet_who(out_dir: str | os.PathLike[str], endpoint: str, at: str | None = N
     ClusterIP), as the NAT gateway's public tuple a connection left through (a ``[gateway]``'s flow logs), or by a
     pod's or Service's name where the node had kubectl dumps. ``at`` is on each node's ``clock`` ("inside" or
     "outside" capture; HH:MM:SS on the day of the node's capture); a connection counts when live within
-    ``window_s`` of it, else the nearest before and after are given. ``node`` keeps one node's."""
+    ``window_s`` of it, else the nearest before and after are given. ``node`` keeps one node's.
+
+    A NAME no node's dump holds is an InputError with the close names (as ``who``'s); one no connection had whose
+    dumps cannot be checked (a fleet.json of an older natproof records none; moved since the run) is an answer
+    without matches whose ``warnings`` say so. InputError for a folder, fleet.json or fleet.parquet that is not
+    the fleet's, and a ``node`` or ``clock`` it does not have."""
     from natproof.lookup import NAMES_FROM, check_query, ends_of, name_roles, parse_endpoint, parse_time, roles_of
     from natproof.report.table import format_address
     from natproof.result import CONNECTION_SCHEMA, NAME_SCHEMA, connection_dict
