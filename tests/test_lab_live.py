@@ -154,17 +154,12 @@ def test_lan_noise_is_skipped_by_reason_and_judged_by_nobody(tmp_path_factory: p
     skipped = result.inside.skipped
     for reason in ("multicast", "link_local", "dhcp"):
         assert skipped.get(reason) == seen[reason] == LAN_NOISE_EXPECTED[reason], (reason, skipped, seen)
+    # The datagrams to the pod network's directed broadcast 10.244.0.255 are broadcast too, not a connection.
     directed = [r for r in rows if r["inside"]["dst"] == "10.244.0.255"]
-    if skipped.get("broadcast") == seen["broadcast"]:
-        # TODO(directed broadcast): natproof counts only the limited broadcast 255.255.255.255 under `broadcast`
-        # today and reports the datagrams to 10.244.0.255 as an internal connection (no failure). Once the main
-        # session's skip reason lands, the else branch holds and this one can go.
-        assert [r["verdict"] for r in directed] == ["internal"]
-    else:
-        assert skipped.get("broadcast") == seen["broadcast"] + seen["directed_broadcast"]
-        assert directed == []
-    # TODO(loopback): the node's datagrams to its own addresses went over lo, which neither capture sees (the
-    # scenario's check asserts that), so lan-noise cannot show the main session's `loopback` skip reason at work.
+    assert skipped.get("broadcast") == seen["broadcast"] + seen["directed_broadcast"]
+    assert directed == []
+    # The node's datagrams to its own addresses went over lo, which neither capture sees (the scenario's check
+    # asserts that): lan-noise cannot show the `loopback` skip reason at work (tests/test_connections.py does).
     assert seen["loopback"] == 0 and not skipped.get("loopback")
     assert not any(result.outside.skipped.get(r) for r in ("multicast", "broadcast", "link_local", "dhcp"))
     assert not lan_noise_counts(outside)
