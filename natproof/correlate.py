@@ -559,26 +559,41 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     - inbound reversed (NodePort, an ALG's expectation): a public source DNATed to a private address, started
       on the "inside" capture.
     One connection that reads right in the captures rules a swap out.
+
+    The reason names the readings that held, each with its count (a connection may read so more than one way): a
+    reading that held for none is not claimed (tests/variants/public-pods given swapped was said to hold "private
+    addresses on the outside capture only", which it did not: its private address is the node's, inside).
     """
     svc = services or Services()
     crossed = conns.filter(pl.col("verdict").is_in(["translated", "no_reply", "reply_dropped", "reply_other_path"]))
     if crossed.is_empty():
         return None
     # One that reads right is enough: the first connections first (nearly always one of them does), then all.
-    if crossed.height > _SWAP_SAMPLE and not _read_reversed(crossed.head(_SWAP_SAMPLE), svc).all():
+    if crossed.height > _SWAP_SAMPLE and not _read_reversed(crossed.head(_SWAP_SAMPLE), svc)["r"].all():
         return None
-    if not _read_reversed(crossed, svc).all():
+    ways = _read_reversed(crossed, svc)
+    if not ways["r"].all():
         return None
-    return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side (pod egress "
-            "and ClusterIP traffic first seen on the outside capture, inbound traffic first on the inside one, "
-            "private addresses on the outside capture only)")
+    held = [f"{n} {text}" for col, text in _SWAP_READINGS.items() if (n := int(ways[col].sum()))]
+    return (f"all {crossed.height} connection(s) that crossed read as NAT seen from the wrong side: "
+            + "; ".join(held))
 
 
 _SWAP_SAMPLE = 1000
 
+_SWAP_READINGS = {
+    "snat": "started on the outside capture with the source rewritten on the way to the inside one (a source NAT "
+            "seen backwards)",
+    "inbound": "from a public source DNATed to a private address, started on the inside capture",
+    "clusterip": "to a ClusterIP, started on the outside capture",
+    "private": "with private addresses on the outside capture only",
+}
+"""looks_swapped's readings (_read_reversed's columns), as its reason says them."""
 
-def _read_reversed(crossed: pl.DataFrame, svc: Services) -> pl.Series:
-    """Boolean per connection that crossed: it reads as NAT seen from the wrong side (see looks_swapped)."""
+
+def _read_reversed(crossed: pl.DataFrame, svc: Services) -> pl.DataFrame:
+    """Per connection that crossed, each way it reads as NAT seen from the wrong side (see looks_swapped): the
+    columns of _SWAP_READINGS, and ``r``, any of them."""
     rw = pl.col("rewrites")
     # RFC 1918, shared (RFC 6598) and ULA space: ipaddress's is_private also counts the documentation ranges.
     inside_space = [space for space, _, _ in PRIVATE_SPACE]
@@ -601,7 +616,9 @@ def _read_reversed(crossed: pl.DataFrame, svc: Services) -> pl.Series:
     # node: another helper's pair), no swap.
     into_private = ((out_first | dnat) & (private("outside_src") | private("outside_dst")) & ~private("inside_src")
                     & ~private("inside_dst"))
-    return crossed.select((snat_reversed | inbound_reversed | into_private).alias("r"))["r"] | clusterip_reversed
+    ways = crossed.select(snat_reversed.alias("snat"), inbound_reversed.alias("inbound"),
+                          into_private.alias("private")).with_columns(clusterip_reversed.alias("clusterip"))
+    return ways.with_columns(pl.any_horizontal("snat", "inbound", "clusterip", "private").alias("r"))
 
 
 def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.DataFrame, pl.DataFrame],

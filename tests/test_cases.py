@@ -328,5 +328,11 @@ def test_pods_with_public_addresses_behind_a_private_node_address_are_no_swap() 
     right = correlate(d / "inside.pcap", d / "outside.pcap")
     assert set(right.connections["verdict"]) == {"translated"} and right.connections.height == 3
     assert set(right.connections["trans_src"]) == {"10.0.1.10"}
+    # Given swapped, refused by what held, with its count: not "private addresses on the outside capture only".
+    with pytest.raises(InputError) as err:
+        correlate(d / "outside.pcap", d / "inside.pcap")
+    reason = str(err.value).split("wrong side: ")[1].split("; give them")[0]
+    assert reason == ("3 started on the outside capture with the source rewritten on the way to the inside one (a "
+                      "source NAT seen backwards)")
     with pytest.raises(InputError, match="look swapped"):
         correlate(d / "outside.pcap", d / "inside.pcap")
