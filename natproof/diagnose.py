@@ -1661,14 +1661,20 @@ IDLE_TIMEOUT_SYSCTL = {
 """The conntrack timeout that ends an idle entry, per protocol, with the kernel's default."""
 
 
-def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[tuple[int, int, int, str]]]:
+Remap = tuple[int, int, int, str, str]
+"""One mapping of a flow mapped anew: (first ns, last ns, first frame, the tuple's source ADDR:PORT after the NAT,
+the capture the frame is in)."""
+
+
+def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[Remap]]:
     """Of the connections ``rows`` that reached their responder under several tuples, those whose legs after the
     NAT follow one another in time (each next one starts IDLE_GAP_S or more after the last packet of the one
-    before): {conn: [(first ns, last ns, first frame, the leg's source ADDR:PORT) per leg, in time order]}. The legs
-    after the NAT are the outside ones of a connection started inside (lab udp-remap), the inside ones of a
-    connection started outside (tests/variants/udp-idle-nodeport); legs under the initiator's own tuple (leaked)
-    aside."""
-    out: dict[int, list[tuple[int, int, int, str]]] = {}
+    before): {conn: [Remap per leg, in time order]}. The legs after the NAT are the outside ones of a connection
+    started inside (lab udp-remap), the inside ones of a connection started outside
+    (tests/variants/udp-idle-nodeport); legs under the initiator's own tuple (leaked) aside. With one capture, of
+    the side before the NAT, and the kernel's record, the mappings are the record's entries in turn
+    (_remaps_in_record)."""
+    out: dict[int, list[Remap]] = {}
     for started, side in (("inside", "outside"), ("outside", "inside")):
         these = [r for r in rows if (r["initiator"] == "outside") == (started == "outside")]
         if not these:
@@ -1690,15 +1696,57 @@ def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[in
             # The uplink alone with the kernel's record (natproof.correlate_one): its packets' anchor is the
             # connection's outside leg, as no inside leg exists.
             anchor = r["outside_conn_id"] if uplink_only and r["inside_conn_id"] is None else r["inside_conn_id"]
-            legs = [(*leg, translated[leg[2]]) for leg in by_anchor.get(anchor, [])
+            legs = [(*leg, translated[leg[2]], side) for leg in by_anchor.get(anchor, [])
                     if leg[2] in translated]
             if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_S * 1e9 for a, b in zip(legs, legs[1:], strict=False)):
                 out[r["conn"]] = legs
+    return out | _remaps_in_record(result, [r for r in rows if r["conn"] not in out])
+
+
+def _remaps_in_record(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[Remap]]:
+    """_remaps_after_silence for a capture of the side before the NAT alone: a connection whose mappings came from
+    the kernel's record (legs after the NAT with no frame: natproof.kernel._with_earlier_mappings) is split among
+    the record's entries of its original tuple, in turn, at each entry's NEW (the packet that made it came up to
+    EVENT_LAG_NS before its stamp); a remap when each entry's first packet came IDLE_GAP_S or more after the last
+    one of the entry before (lab udp-remap's pod side: 5 s)."""
+    from natproof.kernel import EVENT_LAG_NS, kernel_flows
+
+    record = result.conntrack
+    mine = [r for r in rows if any(leg["first_frame"] is None for leg in r["legs"] or [])]
+    if record is None or not mine:
+        return {}
+    flows = kernel_flows(record.entries).filter(pl.col("has_new") & pl.col("start_ts_ns").is_not_null())
+    out: dict[int, list[Remap]] = {}
+    for r in mine:
+        after = "inside" if r["initiator"] == "outside" else "outside"
+        before = "outside" if after == "inside" else "inside"
+        mapped = [leg for leg in r["legs"] if leg["observation_point"] == after and leg["first_frame"] is None]
+        tup = {"proto": r["proto"], **{f"orig_{f}": r[f"orig_{f}"] for f in ("src", "sport", "dst", "dport")}}
+        starts = (flows.filter(pl.all_horizontal([pl.col(k).eq_missing(v) for k, v in tup.items()])
+                               & pl.col("start_ts_ns").is_between(r["first_ts_ns"] - int(IDLE_GAP_S * 1e9),
+                                                                  r["last_ts_ns"] + EVENT_LAG_NS))
+                  .sort("start_ts_ns")["start_ts_ns"].to_list())
+        if len(starts) != len(mapped):
+            continue
+        pk = _packets(result, r, before).sort("ts_ns").select("ts_ns", "frame_no")
+        cuts = [*(t - EVENT_LAG_NS for t in starts[1:]), None]
+        legs: list[Remap] = []
+        lo = None
+        for leg, hi in zip(mapped, cuts, strict=True):
+            part = pk.filter((pl.col("ts_ns") >= lo) if lo is not None else pl.lit(True))
+            part = part.filter(pl.col("ts_ns") < hi) if hi is not None else part
+            if part.is_empty():
+                break
+            legs.append((int(part["ts_ns"].min()), int(part["ts_ns"].max()),  # type: ignore[arg-type]
+                         int(part["frame_no"].min()), format_address(leg["src"], leg["sport"]), before))
+            lo = hi
+        if len(legs) == len(mapped) and all(b[0] - a[1] >= IDLE_GAP_S * 1e9
+                                            for a, b in zip(legs, legs[1:], strict=False)):
+            out[r["conn"]] = legs
     return out
 
 
-def _remapped_after_idle(rows: list[dict[str, Any]],
-                         remaps: dict[int, list[tuple[int, int, int, str]]]) -> list[Finding]:
+def _remapped_after_idle(rows: list[dict[str, Any]], remaps: dict[int, list[Remap]]) -> list[Finding]:
     """Connections given a new tuple after a silence (``remaps``: _remaps_after_silence): their conntrack entry
     expired while the flow was idle (a NAT44 session delete, then a session create for the next packet, in RFC
     8158's terms), and the new mapping took another port (--random-fully, or the old one taken). Seen in the
@@ -1716,10 +1764,12 @@ def _remapped_after_idle(rows: list[dict[str, Any]],
         if len(evidence) >= 20:
             continue
         side = "inside" if r["initiator"] == "outside" else "outside"
-        steps = [f"{b[3]} from {side} frame {b[2]}, {gap:.1f} s after {a[3]}'s last packet"
+        # (From the record: the frames are the captured side's, the tuples the kernel's entries.)
+        steps = [f"{b[3]} from {b[4]} frame {b[2]}, {gap:.1f} s after {a[3]}'s last packet"
                  for a, b, gap in zip(legs, legs[1:], gaps, strict=False)]
         went = "reached the pod as" if side == "inside" else "left as"
-        evidence.append(f"{_conn_label(r)} {went} {legs[0][3]} ({side} frame {legs[0][2]}), then as "
+        said = "the kernel's record; " if legs[0][4] != side else ""
+        evidence.append(f"{_conn_label(r)} {went} {legs[0][3]} ({said}{legs[0][4]} frame {legs[0][2]}), then as "
                         + "; then as ".join(steps))
     inbound = [r for r in rows if r["initiator"] == "outside"]
     outbound = [r for r in rows if r["initiator"] != "outside"]

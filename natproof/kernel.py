@@ -476,7 +476,8 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     tol = int(tolerance_s * 1e9)
     flows = _record_flows(record)
     rows = flow_rows(flows, pod_networks=pod_networks, services=services).with_columns(flows["zone"])
-    best = _leg_matches(legs, rows, tol).unique("conn_id", keep="first", maintain_order=True)
+    pairs = _leg_matches(legs, rows, tol)
+    best = pairs.unique("conn_id", keep="first", maintain_order=True)
     # Two legs of one capture on one entry: a hairpin, seen before and after the NAT on the pod side (a helper
     # found each listed twice). The connection is the leg seen as the side sees its entries (the pod side: an
     # egress entry's original tuple, an inbound one's translated tuple; the uplink the other way round).
@@ -525,6 +526,7 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
         pl.when((pl.col("verdict") == "no_reply") & pl.col("_replied_any")).then(pl.lit("translated"))
         .otherwise(pl.col("verdict")).alias("verdict"),
     ).drop("_mappings", "_replied_any")
+    found = _with_earlier_mappings(found, pairs, best, rows, side)
     found = found.with_columns(
         pl.col("leg_first").alias("first_ts_ns"), pl.col("leg_last").alias("last_ts_ns"),
         pl.col("egress_packets").alias(f"egress_{side}"), pl.col("reply_packets").alias(f"reply_{side}"),
@@ -548,6 +550,51 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
         .cast(pl.List(pl.UInt32)).alias("mapped")) for p in parts])
     conns = conns.sort(["first_ts_ns", "leg"]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("conn"))
     return conns
+
+
+def _with_earlier_mappings(found: pl.DataFrame, pairs: pl.DataFrame, best: pl.DataFrame, rows: pl.DataFrame,
+                           side: str) -> pl.DataFrame:
+    """``found`` (one_side_connections' rows, ``leg`` its primary leg, ``row`` its entry) with every mapping of a
+    flow mapped anew that the captured side cannot show: the leg is the original tuple of more than one entry
+    begun within its life (``within``: conntrack holds one entry per original tuple and zone at a time, so they
+    followed each other; lab udp-remap's pod side: one socket left as 203.0.113.2:46807, then 52490). Each entry's
+    translated tuple becomes a leg at the other observation point, from the record: no frame, 0 packets; they are
+    counted in ``{other}_tuples`` as two captures count them (flag multiple_*_tuples). Before, only the entry the
+    flow ended under was kept, and `who` on the earlier port found no connection (README once listed it among
+    what one capture cannot show; the record shows it)."""
+    other = "outside" if side == "inside" else "inside"
+    key = ["proto", "orig_src", "orig_sport", "orig_dst", "orig_dport", "zone"]
+    taken = best.select(pl.col("conn_id").alias("_own"), pl.col("conn").alias("_taken"))
+    primary = (found.select("leg", "row").join(rows.select(pl.col("conn").alias("row"), *key), on="row")
+               .rename({k: f"_p_{k}" for k in key}))
+    # Entries begun within a primary leg's life whose original tuple it is, of its entry's tuple and zone, that no
+    # other leg is carried by.
+    others = (pairs.filter(pl.col("within") & (pl.col("seen") == "original"))
+              .select(pl.col("conn_id").alias("leg"), pl.col("conn").alias("entry"), "flow_start")
+              .join(primary, on="leg")
+              .join(rows.select(pl.col("conn").alias("entry"), *key, *[f"trans_{f}" for f in
+                                                                        ("src", "sport", "dst", "dport")]),
+                    on="entry")
+              .filter(pl.all_horizontal([pl.col(k).eq_missing(pl.col(f"_p_{k}")) for k in key]))
+              .join(taken, left_on="entry", right_on="_taken", how="left")
+              .filter(pl.col("_own").is_null() | (pl.col("_own") == pl.col("leg"))))
+    several = others.group_by("leg").agg(pl.len().alias("_n")).filter(pl.col("_n") > 1)
+    if several.is_empty():
+        return found
+    kernel_legs = (others.join(several, on="leg").sort("leg", "flow_start", nulls_last=True)
+                   .group_by("leg", maintain_order=True).agg(
+                       pl.struct(pl.lit(other).alias("observation_point"),
+                                 *[pl.col(f"trans_{f}").alias(f) for f in ("src", "sport", "dst", "dport")],
+                                 pl.lit(None, pl.UInt32).alias("first_frame"), pl.lit(0, pl.UInt32).alias("packets"),
+                                 pl.lit(None, pl.String).alias("underlay")).alias("_kernel_legs"),
+                       pl.len().cast(pl.UInt32).alias("_n")))
+    found = found.join(kernel_legs, on="leg", how="left")
+    legs_type = found.schema["legs"]
+    return found.with_columns(
+        pl.when(pl.col("_n").is_not_null())
+        .then(pl.concat_list("legs", pl.col("_kernel_legs").cast(legs_type))).otherwise(pl.col("legs")).alias("legs"),
+        pl.col("_n").alias(f"{other}_tuples"),
+    ).drop("_kernel_legs", "_n")
 
 
 def _mapping_chains(best: pl.DataFrame, rows: pl.DataFrame, side: str, tol: int,

@@ -394,11 +394,21 @@ def test_one_capture_and_the_record_give_the_mappings_of_two_captures(name: str,
     conns = one.connections.filter(pl.col("trans_src").is_not_null())
     assert set(conns["evidence_level"]) == {"kernel_record"} and set(conns["kernel"]) == {"confirmed"}
     assert conns["fate_crossed"].sum() == 0 and (conns[f"fate_{side}_only"] > 0).all()
-    # Each leg is the capture's own: its first frame and tuple.
+    # Each leg is the capture's own: its first frame and tuple. A connection tracked as several entries in turn
+    # (port-exhaustion's SYN sent again after a RST, mapped anew: 40001, then 40003) also has, from the record, a leg
+    # per entry at the other point, no frame, no packet: the tuples two captures saw there.
+    other = "outside" if side == "inside" else "inside"
+    theirs = {(r["orig_src"], r["orig_sport"]): r for r in both.connections.iter_rows(named=True)}
     for r in conns.iter_rows(named=True):
-        (leg,) = r["legs"]
-        assert leg["observation_point"] == side
+        (leg, *kernel) = r["legs"]
+        assert leg["observation_point"] == side and leg["first_frame"] is not None
         assert (leg["src"], leg["sport"]) == (r[f"{side}_src"], r[f"{side}_sport"])
+        assert all(k["observation_point"] == other and k["first_frame"] is None and k["packets"] == 0 for k in kernel)
+        if kernel:
+            seen = [(k["src"], k["sport"]) for k in theirs[(r["orig_src"], r["orig_sport"])]["legs"]
+                    if k["observation_point"] == other]
+            assert [(k["src"], k["sport"]) for k in kernel] == seen and r[f"{other}_tuples"] == len(seen) > 1
+    assert (name, side) != ("port-exhaustion", "inside") or conns["outside_tuples"].max() == 2
 
 
 def test_one_pod_side_capture_without_an_entry_is_not_forwarded() -> None:
@@ -701,7 +711,41 @@ def test_a_pod_socket_mapped_anew_is_one_connection_from_the_uplink_and_the_reco
     assert found["remapped_after_idle"].evidence == ref["remapped_after_idle"].evidence
 
 
-def test_one_original_tuple_reused_after_the_idle_timeout_is_two_connections() -> None:
+def test_the_pod_side_and_the_record_keep_every_mapping_of_a_flow_mapped_anew() -> None:
+    # captures/udp-remap's pod side alone: the socket's one leg was tied to the entry it ended under (52490), and
+    # `who 203.0.113.2:46807` found no connection, though the record holds the first entry, begun within the leg.
+    # Each entry now gives a leg at the outside point (no frame, 0 packets), as the uplink shows them; the remap is
+    # told from the record's entries, the frames the pod side's.
+    from natproof.correlate import correlate_one
+    from natproof.lookup import who
+    from natproof.result import connection_dicts
+
+    d = CAPTURES / "udp-remap"
+    pod = correlate_one(d / "inside.pcap", d / "conntrack.log")
+    (flow,) = [c for c in connection_dicts(pod.connections) if c["proto"] == "udp"]
+    assert flow["translated"]["sport"] == 52490 and flow["flags"] == ["multiple_outside_tuples"]
+    assert [(leg["observation_point"], leg["tuple"]["sport"], leg["first_frame"], leg["packets"])
+            for leg in flow["legs"]] == [("inside", 37557, 5, 4), ("outside", 46807, None, 0),
+                                         ("outside", 52490, None, 0)]
+    for port in (46807, 52490):
+        (c,) = who(pod, f"203.0.113.2:{port}").connections
+        assert (c["inside"]["src"], c["inside"]["sport"]) == ("10.244.0.10", 37557)
+    found = {f.kind: f for f in diagnose(pod)}
+    assert "remapped_after_idle" in found and "mapping_conflict" not in found
+    assert found["remapped_after_idle"].evidence == (
+        "#0 udp 10.244.0.10:37557 -> 198.51.100.10:7 left as 203.0.113.2:46807 (the kernel's record; inside "
+        "frame 5), then as 203.0.113.2:52490 from inside frame 20, 5.0 s after 203.0.113.2:46807's last packet",)
+    # A NodePort client's flow from eth0 alone: the pod saw it from two ports in turn (tests/variants).
+    v = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
+    uplink = correlate_one(v / "outside.pcap", v / "conntrack.log", side="outside")
+    (inbound,) = [c for c in connection_dicts(uplink.connections) if c["initiator"] == "outside"]
+    assert [(leg["observation_point"], leg["tuple"]["sport"]) for leg in inbound["legs"]] == [
+        ("outside", 49963), ("inside", 36985), ("inside", 21091)]
+    assert inbound["flags"] == ["multiple_inside_tuples"]
+    assert "remapped_after_idle" in {f.kind for f in diagnose(uplink)}
+
+
+
     # The fold is for one flow: entries of one original tuple whose legs are further apart than the protocol's idle
     # timeout (group_connections would split the initiator's own leg there too) stay two connections.
     from natproof.connections import IdleTimeouts
