@@ -521,9 +521,21 @@ def correlate(
     )
     if memory_note:
         result = _warned(result, memory_note)
+    if matches.refused_lookalikes:
+        result = _warned(result, refused_lookalikes_note(matches.refused_lookalikes, matches.offset_grounded))
     if conntrack is not None:
         result = join_kernel(result, conntrack, tolerance_s=tolerance_s)
     return apply_names(side_said(result), names)
+
+
+def refused_lookalikes_note(n: int, grounded: bool) -> str:
+    """The inside capture's warning for ``n`` packet pairs the payload pass refused (natproof.match.
+    _causal_payload_pairs); ``grounded``: whether other packets tied the clocks (else that was the reason)."""
+    why = ("they would cross the NAT backwards in time against the clock offset the other packets give" if grounded
+           else "no other packet is in both captures to tie their clocks (--clock-offset gives it)")
+    return (f"{n} packet(s) look alike on both captures (far end, TCP payload length and head: identical requests "
+            f"or answers) but differ in IP id and TCP numbers, and {why}: not paired (unrelated traffic, or a "
+            "capture of another time or place)")
 
 
 def _memory_note(why: str, captures: int) -> str:

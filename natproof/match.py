@@ -560,17 +560,25 @@ class Matches:
     clock_offset_ns: int
     inside_self: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SELF_PAIR_SCHEMA))
     """Inside packets seen again at the inside under another leg (hairpin): SELF_PAIR_SCHEMA rows."""
+    refused_lookalikes: int = 0
+    """Pairs the payload pass found and refused (_causal_payload_pairs)."""
+    offset_grounded: bool = True
+    """Whether the clock offset rests on packets both captures hold, or was given (false: the payload pass's pairs
+    were refused for that alone)."""
 
 
 def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns: int | None = None,
-                tolerance_ns: int = 1_000_000_000, inside_parts: KeyParts | None = None) -> Matches:
+                tolerance_ns: int = 1_000_000_000, inside_parts: KeyParts | None = None,
+                offset_grounded: bool | None = None) -> Matches:
     """Match packets of ``inside`` to packets of ``outside`` (both from :func:`with_keys`).
 
     Passes, each on the rows still unmatched: exact invariant fields; TCP byte ranges (GRO/TSO) and then IP id
     (ALG payload rewrites), both within legs the exact pass linked; payload digest (sequence-randomising
     middleboxes); and, among inside packets that crossed nowhere, copies of one packet under two legs
     (hairpin). ``inside_parts``: ``inside`` already cut for the exact pass (:func:`arrange_keys`), used when its
-    part count is the one both sides' heights give.
+    part count is the one both sides' heights give. ``offset_grounded``: whether the clock offset rests on
+    packets both captures hold (natproof.spill knows it of the whole captures; by default: given, or some pass
+    before the payload one paired a packet), which the payload pass needs (_causal_payload_pairs).
     """
     exact = None
     if clock_offset_ns is None:
@@ -614,9 +622,12 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
             found.append(_with_tcp_deltas(got, in_left, out_left).with_columns(pl.lit(method).alias("method")))
             in_left = _without(in_left, got["in_row"])
             out_left = _without(out_left, got["out_row"])
+    grounded = (offset_grounded if offset_grounded is not None
+                else clock_offset_ns is not None or any(not f.is_empty() for f in found))
     by_payload = _pair_by_key(in_left.with_columns(_payload_key().alias("k_payload")),
                               out_left.with_columns(_payload_key().alias("k_payload")), "k_payload", offset,
                               tolerance_ns, "payload")
+    by_payload, refused = _causal_payload_pairs(by_payload, inside, offset, grounded)
     found.append(by_payload)
     in_left = _without(in_left, by_payload["in_row"])
     schema = PAIR_SCHEMA | {"seq_delta": pl.Int32(), "ack_delta": pl.Int32(), "unique": pl.Boolean()}
@@ -632,4 +643,40 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     strong = (inside["proto"].gather(in_rows) == 6) | (inside["ip_id"].gather(in_rows).fill_null(0) != 0)
     pairs = pairs.with_columns((pl.col("unique").fill_null(False) & strong & (pl.col("method") == "exact"))
                                .alias("unique"))
-    return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left))
+    return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left), refused_lookalikes=refused,
+                   offset_grounded=grounded)
+
+
+PAYLOAD_SLACK_NS = 5_000_000
+"""How far before its counterpart a packet paired on its payload alone may seem to cross (5 ms), or its
+capture's span times DRIFT_PER_NS when longer: the error of a clock offset taken from other pairs, and the two
+clocks' drift."""
+DRIFT_PER_NS = 1e-4
+"""Two capturing clocks drift apart by up to 100 ppm (unsynchronised quartz; NTP keeps them far closer)."""
+
+
+def _causal_payload_pairs(pairs: pl.DataFrame, inside: pl.DataFrame, offset_ns: int,
+                          grounded: bool) -> tuple[pl.DataFrame, int]:
+    """The payload pass's pairs that can be one packet crossing the NAT, and how many were refused. A pair rests on
+    the far end, the TCP payload's length and head only (IP id, TCP numbers and the near end all differ):
+    identical requests of unrelated connections have them too (a trial: port-collision's uplink, moved onto
+    basic's time, paired basic's HTTP exchanges, translated, each reply crossing 0.47 s before it was sent).
+
+    ``grounded``: the clock offset rests on packets the other passes paired, or was given (--clock-offset). Each
+    packet must then cross forward in time against it: an egress packet reach the outside capture after the inside
+    one (outside minus inside time, less the offset, not below minus the slack), a reply the inside capture after
+    the outside one. The slack: PAYLOAD_SLACK_NS, or DRIFT_PER_NS of the inside capture's span. Not grounded
+    (nothing else paired: no packet of one capture is in the other), every pair is refused: payload heads alone
+    cannot tell one path from alike traffic at another time, and a clock offset fitted to them would be fitted to
+    whatever they are. The decision is each pair's alone, so a spilled run's groups (natproof.spill) make it as
+    the whole captures do."""
+    if pairs.is_empty():
+        return pairs, 0
+    if not grounded:
+        return pairs.clear(), pairs.height
+    ts = inside["ts_ns"]
+    slack = max(PAYLOAD_SLACK_NS, int(((ts.max() or 0) - (ts.min() or 0)) * DRIFT_PER_NS))  # type: ignore[operator]
+    egress = inside["is_egress"].gather(pairs["in_row"])
+    late = pairs.select(pl.when(egress).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
+                        >= -slack).to_series()
+    return pairs.filter(late), int((~late).sum())

@@ -359,16 +359,18 @@ def _legs(root: Path, g: int, caps: tuple[_Capture, _Capture], timeouts: IdleTim
     return ends_in, ends_out, a.select("ts_ns", "k_strong").equals(b.select("ts_ns", "k_strong"))
 
 
-def _clock_offset(root: Path, n_groups: int) -> int:
+def _clock_offset(root: Path, n_groups: int) -> tuple[int, bool]:
     """The whole captures' clock offset from every group's samples (natproof.match.offset_from: the same medians);
-    by rank when no key is unique on both sides."""
+    by rank when no key is unique on both sides. And whether any sample grounds it (0 and False: no packet of one
+    capture is in the other; match_sides' ``offset_grounded``)."""
     offset = offset_from(pl.scan_parquet(root / "offset-g*.parquet"))
     if offset is not None:
-        return offset
+        return offset, True
     for g in range(n_groups):
         a, b = (with_keys(pl.read_parquet(root / f"{r}-grouped-g{g}.parquet")) for r in ("inside", "outside"))
         offset_samples(a, b, by_rank=True).write_parquet(root / f"rank-g{g}.parquet")
-    return offset_from(pl.scan_parquet(root / "rank-g*.parquet")) or 0
+    offset = offset_from(pl.scan_parquet(root / "rank-g*.parquet"))
+    return (0, False) if offset is None else (offset, True)
 
 
 @dataclass
@@ -383,6 +385,8 @@ class _Group:
     legs: tuple[int, int]
     node_addresses: frozenset[str] = frozenset()
     """The node's addresses its connections show (natproof.assemble.node_addresses)."""
+    refused_lookalikes: int = 0
+    """natproof.match.Matches.refused_lookalikes of the group."""
     calls: frozenset[str] = frozenset()
     """Destinations of its pods' connections that nothing of crossed, not known here as the node's: another
     group's node_addresses may name one (a pod calling its node's NodePort, tests/variants/pod-nodeport-lb), and
@@ -390,7 +394,8 @@ class _Group:
 
 
 def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[Network], services: Services,
-                 offset: int, tolerance_ns: int, base: tuple[int, int], inside_senders: Collection[str],
+                 offset: int, grounded: bool, tolerance_ns: int, base: tuple[int, int],
+                 inside_senders: Collection[str],
                  node_addresses: Collection[str] = ()) -> _Group:
     """Step 5 for group ``g``: keyed, matched and assembled as natproof.correlate does the whole captures, its
     packet frames written to Parquet; conn_ids offset by ``base`` (the legs of the groups before, per side).
@@ -404,7 +409,8 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
                    services=services)
     legs_in = pl.read_parquet(root / f"inside-legs-g{g}.parquet")
     legs_out = pl.read_parquet(root / f"outside-legs-g{g}.parquet")
-    matches = match_sides(fa["match"], fb["match"], clock_offset_ns=offset, tolerance_ns=tolerance_ns)
+    matches = match_sides(fa["match"], fb["match"], clock_offset_ns=offset, tolerance_ns=tolerance_ns,
+                          offset_grounded=grounded)
     evidence = match_evidence(fa["match"], fb["match"], matches.pairs)
     conns, in_pk, out_pk, pairs = assemble(fa["packets"], fb["packets"], legs_in, legs_out, matches,
                                            pod_networks=nets, services=services, icmp=(fa["icmp"], fb["icmp"]),
@@ -420,7 +426,8 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     done = _Group(connections=conns, paired=not matches.pairs.is_empty(), hairpin=matches.inside_self.height > 0,
                   unmatched_inside=unmatched_inside(in_pk, conns),
                   unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
-                  legs=(legs_in.height, legs_out.height), node_addresses=known, calls=calls)
+                  legs=(legs_in.height, legs_out.height), node_addresses=known, calls=calls,
+                  refused_lookalikes=matches.refused_lookalikes)
     b_in, b_out = base
     in_pk = in_pk.with_columns(pl.col("conn_id", "anchor") + b_in)
     out_pk = out_pk.with_columns(pl.col("conn_id") + b_out, pl.col("anchor") + b_in)
@@ -497,14 +504,16 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             inferred = infer_pod_networks(all_in, all_out)
             nets, why = inferred.networks, inferred.why
             dnat = dnat_networks(all_in, infer_pod_networks(all_in).networks)
-        offset = _clock_offset(root, n_groups) if clock_offset_s is None else int(round(clock_offset_s * 1e9))
+        offset, grounded = ((int(round(clock_offset_s * 1e9)), True) if clock_offset_s is not None
+                            else _clock_offset(root, n_groups))
 
         # 5. match and assemble each group with the whole captures' offset and networks
         done: list[_Group] = []
         bases = [(0, 0)]
         total_bytes = sum(os.path.getsize(p) for p in (inside, outside))
         tick = progress(f"matching {n_groups} groups of flows", total_bytes) if progress and n_groups > 1 else None
-        step = dict(dnat=dnat, nets=nets, services=services, offset=offset, tolerance_ns=int(tolerance_s * 1e9),
+        step = dict(dnat=dnat, nets=nets, services=services, offset=offset, grounded=grounded,
+                    tolerance_ns=int(tolerance_s * 1e9),
                     inside_senders=ins.senders)
         for g in range(n_groups):
             done.append(_match_group(root, g, base=bases[g], **step))
@@ -524,9 +533,14 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         conns = pl.concat([d.connections for d in done])
         hairpin = any(d.hairpin for d in done)
         unmatched = (sum(d.unmatched_inside for d in done), sum(d.unmatched_outside for d in done))
+        refused = sum(d.refused_lookalikes for d in done)
         done.clear()
         conns = number_connections(conns)
         conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, offset))
+        if refused:
+            from natproof.correlate import refused_lookalikes_note
+
+            ins.info.warnings.append(refused_lookalikes_note(refused, grounded))
         return Result(
             inside=CaptureSummary.from_info(ins.info, _count(root, "inside"), ins.point),
             outside=CaptureSummary.from_info(outs.info, _count(root, "outside"), outs.point),

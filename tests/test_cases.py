@@ -321,6 +321,26 @@ def test_a_pair_whose_outside_holds_only_replies_is_refused_the_wrong_way_round(
         correlate(tmp_path / "replies.pcap", src / "inside.pcap")
 
 
+def test_an_unrelated_uplink_capture_of_alike_exchanges_proves_no_mapping(tmp_path: Path) -> None:
+    # A trial: port-collision's uplink moved 1.5 s onto basic's time. Its HTTP exchanges have basic's payloads,
+    # not one IP id or TCP number of them: two connections read translated (to port-collision's ports), each
+    # reply crossing ~0.47 s before it was sent. Nothing else pairs, so nothing ties the clocks: not paired, said.
+    import dpkt
+
+    src = Path(__file__).resolve().parents[1] / "captures"
+    moved = tmp_path / "moved.pcap"
+    with open(src / "port-collision" / "outside.pcap", "rb") as fh, open(moved, "wb") as out:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(out, linktype=reader.datalink(), nano=True)
+        for ts, buf in reader:
+            writer.writepkt(buf, float(ts) - 1.5)
+    for limit in (None, 1):
+        r = correlate(src / "basic" / "inside.pcap", moved, memory_limit=limit)
+        assert set(r.connections["verdict"]) == {"not_captured"} and r.connections["fate_crossed"].sum() == 0
+        (note,) = [w for w in r.inside.warnings if "look alike" in w]
+        assert note.startswith("4 packet(s) look alike on both captures") and "--clock-offset" in note
+
+
 def test_pods_with_public_addresses_behind_a_private_node_address_are_no_swap() -> None:
     # tests/variants/public-pods: egress SNAT into private space (GKE's privately used public pod ranges behind a
     # 10.x node). The rule "private space only on the outside capture" refused this pair in both orders.

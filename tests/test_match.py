@@ -74,6 +74,30 @@ def test_payload_head_matches_when_a_middlebox_rewrites_sequence_numbers() -> No
     assert m.pairs["method"].to_list() == ["payload"]
 
 
+def test_payload_lookalikes_pair_only_forward_in_time_against_a_grounded_offset() -> None:
+    # A trial: an unrelated capture of alike HTTP exchanges, moved onto the inside's time, paired on payload heads
+    # alone, each reply crossing before it was sent. The payload pass keeps only pairs that cross forward in time
+    # against an offset other packets (or the user) give, and none when nothing else ties the clocks.
+    req, resp = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 40
+    inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 80, 1000, 1, 0x18, req), ip_id=5)),
+              (T0 + 2_000_000, ipv4(SRV, POD, 6, tcp(80, 40000, 1, 1000 + len(req), 0x18, resp), ip_id=9))]
+    a = keyed(inside)
+
+    def outside(egress_dt: int, reply_dt: int) -> pl.DataFrame:  # each packet's outside time minus inside time
+        return keyed([(T0 + egress_dt, ipv4(NODE, SRV, 6, tcp(40000, 80, 777, 5, 0x18, req), ip_id=50)),
+                      (T0 + 2_000_000 + reply_dt, ipv4(SRV, NODE, 6, tcp(80, 40000, 5, 777 + len(req), 0x18, resp),
+                                                       ip_id=90))])
+
+    causal = match_sides(a, outside(30_000, -30_000), clock_offset_ns=0)
+    assert causal.pairs["method"].to_list() == ["payload", "payload"] and causal.refused_lookalikes == 0
+    # The reply 0.4 s "before" it reached the inside capture against a given offset: refused, the egress kept.
+    late = match_sides(a, outside(30_000, 400_000_000), clock_offset_ns=0)
+    assert late.pairs["method"].to_list() == ["payload"] and late.refused_lookalikes == 1
+    # Nothing else pairs and no offset is given: nothing ties the clocks, both refused.
+    alone = match_sides(a, outside(30_000, -30_000))
+    assert alone.pairs.is_empty() and alone.refused_lookalikes == 2 and not alone.offset_grounded
+
+
 def test_a_rewritten_destination_still_matches() -> None:
     # kube-proxy DNATs a ClusterIP to its endpoint and MASQUERADE rewrites the source: no address or port is
     # left in common (cases/clusterip-dnat), the packet's own fields are.
