@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import natproof
-from natproof.contracts import FORMATS, SCHEMA, SCHEMAS, epoch_seconds
+from natproof.contracts import FORMATS, OUTPUT_SUFFIXES, SCHEMA, SCHEMAS, epoch_seconds
 from natproof.errors import InputError, NatproofError
 from natproof.report.files import check_target
 from natproof.report.table import format_address
@@ -105,10 +105,48 @@ class _Named(click.Path):
 def output_options(f: Callable) -> Callable:
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")(f)
     f = click.option("-o", "--output", type=_Named(dir_okay=False, writable=True),
-                     help="Write to FILE (atomically) instead of standard output.")(f)
+                     help="Write to FILE (atomically) instead of standard output ('-': standard output).")(f)
     f = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-                     help="Output format; default: table on a terminal, json otherwise.")(f)
+                     help="Output format; default: as -o FILE's suffix says (.json, .ndjson, .jsonl, .csv, "
+                          ".parquet), else table on a terminal, json otherwise.")(f)
     return f
+
+
+def _either(names: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def output_format(output: str | None, fmt: str | None, writes: Sequence[str], *, what: str | None = None,
+                  suffix_required: bool = False) -> str:
+    """The format a command writes, one of ``writes``: --format when given; else the one -o FILE's suffix names
+    (natproof.contracts.OUTPUT_SUFFIXES: .json, .ndjson/.jsonl, .csv, .parquet, any case); else a table on a terminal
+    and JSON into a file or a pipe. ``output`` None or "-" is standard output (no suffix). ``what`` names the writer
+    in messages (default: the command's name).
+
+    click.UsageError (exit 2, one line) before any work, when --format and the suffix name different formats
+    (``--format csv -o out.json``), when the suffix names a format the command does not write (``diagnose -o
+    out.csv``), or, with ``suffix_required`` (grade), when no --format is given and the suffix names no format.
+    Found by a new user's trial: correlate wrote JSON into out.parquet, out.csv and out.ndjson."""
+    target = output if output not in (None, "-") else None
+    suffix = Path(target).suffix.lower() if target else ""
+    named = OUTPUT_SUFFIXES.get(suffix)
+    if fmt is not None:
+        if named is not None and named != fmt:
+            raise click.UsageError(f"-o {target}: --format {fmt} and the suffix {suffix} ({named}) disagree; give "
+                                   "one of them, or make them agree")
+        return fmt
+    if named is not None:
+        if named not in writes:
+            who = what or click.get_current_context().info_name
+            raise click.UsageError(f"-o {target}: the suffix {suffix} names {named}, which {who} does not write "
+                                   f"(it writes {_either(writes)}); name the file for one of those, or give it "
+                                   "another suffix and --format")
+        return named
+    if target and suffix_required:
+        raise click.UsageError(f"-o {target}: say --format {_either(writes)} (the suffix {suffix!r} names none of "
+                               "them)")
+    return "table" if target is None and sys.stdout.isatty() else "json"
 
 
 class _Interrupted(Exception):
@@ -427,6 +465,7 @@ def correlate(inside: str, outside: str | None, further: tuple[str, ...], flow_l
         return _correlate_chain((inside, outside, *further), pod_cidr, tolerance, decoder, limit, fmt,
                                 output, quiet, clock_offset, charts_dir, flow)
     refuse_overwriting_inputs(output, inside, outside)
+    fmt = output_format(output, fmt, FORMATS)
     if charts_dir:  # a folder that cannot be written is said before any work or output
         from natproof.report.export import writable_folder
 
@@ -458,6 +497,7 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     if fmt not in (None, "table", "json"):
         raise click.UsageError(f"--format {fmt}: a chain of captures is written as table or json")
     refuse_overwriting_inputs(output, *paths)
+    fmt = output_format(output, fmt, ("table", "json"), what="a chain of captures")
     refuse_pair_options_in_chain()
     obj = click.get_current_context().find_root().ensure_object(dict)
     points = obj.get("points", {})
@@ -472,8 +512,6 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
             for cap in (hop.inside, hop.outside):
                 for w in cap.warnings:
                     warn(f"hop {i}: {cap.path}: {w}")
-    if fmt is None:
-        fmt = "table" if output is None and sys.stdout.isatty() else "json"
     if fmt == "json":
         data = chain.to_json()
     elif output is None and sys.stdout.isatty():
@@ -597,7 +635,7 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
 @cli.command()
 @capture_options(required=("inside",))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
-              help="Default: table on a terminal, json otherwise (with -o too).")
+              help="Default: json for -o FILE.json, else table on a terminal, json otherwise (with -o too).")
 @click.option("-o", "--output", type=_Named(dir_okay=False, writable=True), metavar="FILE",
               help="Write to FILE (atomically) instead of standard output ('-': standard output).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
@@ -610,10 +648,9 @@ def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offse
     if output == "-":  # as correlate's -o: "-" is standard output, as "-" reads standard input
         output = None
     refuse_overwriting_inputs(output, inside, outside)  # before any work: never the evidence replaced
+    fmt = output_format(output, fmt, ("table", "json"))  # as correlate: -o's suffix, else table on a terminal
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
-    if fmt is None:  # as correlate: a table on a terminal, JSON into a file or a pipe
-        fmt = "table" if output is None and sys.stdout.isatty() else "json"
     if fmt == "json":
         doc = {"schema": "natproof.diagnose/1", "inside": result.inside.path, "outside": result.outside.path,
                "summary": result.summary(), "findings": [f.to_dict() for f in findings]}
@@ -1155,19 +1192,13 @@ def grade(class_dir: str, grading_file: str, assignments: str | None, fmt: str |
             raise NatproofError(f"{target}: inside the class folder {class_dir}; write the grades elsewhere")
     if output and html_file and os.path.abspath(output) == os.path.abspath(html_file):
         raise click.UsageError("-o and --html name the same file")
-    if output and fmt is None and Path(output).suffix.lower() not in (".csv", ".json"):
-        raise click.UsageError(f"-o {output}: say --format table, csv or json (the suffix {Path(output).suffix!r} "
-                               "names none of them)")
+    fmt = output_format(output, fmt, ("table", "csv", "json"), suffix_required=True)
     grading = load_grading(grading_file, assignments)  # a bad file is reported before any capture is read
     _, ignored = find_submissions(class_dir)
     if not quiet:
         for name in ignored:
             warn(f"{os.path.join(class_dir, name)}: not a capture and not a folder: no student's, left out")
     grades = grade_class(class_dir, grading, tolerance_s=tolerance)
-    if fmt is None:
-        suffix = Path(output).suffix.lower() if output else ""
-        fmt = {".csv": "csv", ".json": "json"}.get(suffix) or ("table" if not output and sys.stdout.isatty()
-                                                                else "json")
     if fmt == "table":
         text = _grades_table(grades, grading)
     elif fmt == "csv":

@@ -26,6 +26,11 @@ def epoch_seconds(ns: int) -> float:
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 """``--format`` values: a rich table, or a file format natproof.report.export writes."""
 
+OUTPUT_SUFFIXES = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".parquet": "parquet"}
+"""The file formats an ``-o FILE`` suffix names (lower case), for the commands that take -o and --format
+(natproof.cli.output_format). The table and conntrack lines are plain text, with no suffix of their own: ``.txt``
+or ``.log`` names neither."""
+
 
 class Verdict(StrEnum):
     """What the NAT did to one connection, as the captures prove it (read in the initiator's direction:

@@ -73,6 +73,54 @@ def test_parquet_file(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.Ca
     assert pl.read_parquet(target)["outside_sport"].to_list() == [40000, 61001]
 
 
+def test_output_suffix_names_the_format(pair: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new user's trial: `correlate -o out.parquet` (and .csv, .ndjson) wrote indented JSON, where grade
+    reads the format from -o's suffix. Now a known suffix (any case) writes its format; a suffix that names no
+    format keeps JSON; a --format the suffix contradicts is refused before any file is written."""
+    args = ["correlate", *map(str, pair), "-q"]
+    for name in ("c.jsonl", "c.CSV", "c.parquet", "c.txt"):
+        assert run(capsys, *args, "-o", str(tmp_path / name)) == (0, "", "")
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert [json.loads(line)["outside"]["sport"] for line in lines] == [40000, 61001]
+    rows = (tmp_path / "c.CSV").read_text().splitlines()
+    assert rows[0].startswith("conn,proto,inside_src,") and len(rows) == 3
+    assert pl.read_parquet(tmp_path / "c.parquet")["outside_sport"].to_list() == [40000, 61001]
+    assert json.loads((tmp_path / "c.txt").read_text())["schema"] == "natproof.correlate/2"
+    target = tmp_path / "clash.json"
+    assert run(capsys, *args, "--format", "csv", "-o", str(target)) == (
+        2, "", f"natproof: error: -o {target}: --format csv and the suffix .json (json) disagree; give one of them, "
+               "or make them agree (see 'natproof correlate --help')\n")
+    assert not target.exists()
+    # A chain of captures writes table or json: a .csv name is refused before any hop is correlated.
+    target = tmp_path / "chain.csv"
+    code, out, err = run(capsys, "correlate", *map(str, pair), str(pair[1]), "-o", str(target))
+    assert (code, out) == (2, "") and err == (
+        f"natproof: error: -o {target}: the suffix .csv names csv, which a chain of captures does not write (it "
+        "writes table or json); name the file for one of those, or give it another suffix and --format (see "
+        "'natproof correlate --help')\n")
+    assert not target.exists()
+
+
+def test_diagnose_reads_the_format_from_the_output_suffix(pair: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """diagnose takes -o's suffix as correlate does: .json is JSON; a suffix naming a format diagnose does not
+    write (.csv), or one --format contradicts (a table into .json), is refused before any work, nothing written."""
+    args = ["diagnose", *map(str, pair), "-q"]
+    assert run(capsys, *args, "-o", str(tmp_path / "d.json")) == (0, "", "")
+    assert json.loads((tmp_path / "d.json").read_text())["schema"] == "natproof.diagnose/1"
+    target = tmp_path / "d.csv"
+    assert run(capsys, *args, "-o", str(target)) == (
+        2, "", f"natproof: error: -o {target}: the suffix .csv names csv, which diagnose does not write (it writes "
+               "table or json); name the file for one of those, or give it another suffix and --format (see "
+               "'natproof diagnose --help')\n")
+    target = tmp_path / "t.json"
+    assert run(capsys, *args, "--format", "table", "-o", str(target)) == (
+        2, "", f"natproof: error: -o {target}: --format table and the suffix .json (json) disagree; give one of "
+               "them, or make them agree (see 'natproof diagnose --help')\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "inside.pcap", "outside.pcap"]
+
+
 def test_missing_file(pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "correlate", str(tmp_path / "veth.pcap"), str(pair[1]))
     assert code == 2 and out == ""

@@ -465,6 +465,34 @@ def test_grades_never_overwrite_a_submission_nor_guess_a_format(tmp_path: Path, 
     assert "standard output is not written" in capsys.readouterr().err and not (tmp_path / "-").exists()
 
 
+def test_grades_output_suffix_and_format_must_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """grade reads -o's suffix as correlate and diagnose do (natproof.cli.output_format): a suffix naming a format
+    grade does not write (.parquet), or one --format contradicts, is refused before any submission is graded."""
+    import natproof
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("graded before the output was checked")
+
+    monkeypatch.setattr(natproof, "correlate", no_work)
+    (tmp_path / "class" / "ann").mkdir(parents=True)
+    grading = tmp_path / "grading.toml"
+    grading.write_text('[[expect]]\nverdict = "translated"\npoints = 1\n')
+    args = ["grade", str(tmp_path / "class"), "--expectations", str(grading), "-q"]
+    target = tmp_path / "grades.parquet"
+    assert main([*args, "-o", str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"natproof: error: -o {target}: the suffix .parquet names parquet, which grade does not write (it writes "
+        "table, csv or json); name the file for one of those, or give it another suffix and --format (see "
+        "'natproof grade --help')\n")
+    target = tmp_path / "grades.json"
+    assert main([*args, "--format", "csv", "-o", str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"natproof: error: -o {target}: --format csv and the suffix .json (json) disagree; give one of them, or make "
+        "them agree (see 'natproof grade --help')\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class", "grading.toml"]
+
+
 def test_a_grades_csv_cell_never_starts_a_spreadsheet_formula(graded: tuple) -> None:
     # A student names their own folder: one named =HYPERLINK(1) became a cell a spreadsheet runs (a trial). Such a
     # text cell starts with ' (OWASP's CSV-injection advice); numbers and other names are as they were.
