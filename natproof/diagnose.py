@@ -196,7 +196,11 @@ def diagnose(result: Result) -> list[Finding]:
     excluded_conns = {r["conn"] for r in excluded}
     findings += _routed(result, [r for r in routed if r["conn"] not in excluded_conns])
     findings += _snat_exclusion(result, excluded)
-    findings += _alg(result, [r for r in rows if r["conn"] in alg_flagged])
+    # A payload changed on a port a conntrack helper watches is that helper's rewrite (captures/ftp-alg); on any
+    # other port no ALG of the node's natproof knows did it (a damaged capture read so: a new user's trial).
+    changed = [r for r in rows if r["conn"] in alg_flagged]
+    findings += _alg(result, [r for r in changed if conntrack_helper(r)])
+    findings += _payload_changed(result, [r for r in changed if not conntrack_helper(r)])
     findings += _refused_by_far_end(result, rows)
     findings += _nodeport_source(result, [r for r in rows if r["service_type"] == "NodePort" and r["initiator"] ==
                                           "outside" and "src" in (r["rewrites"] or [])])
@@ -1379,30 +1383,60 @@ def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Findi
 
 
 _ALG_FLAGS = frozenset({"seq_shift", "payload_rewritten"})
-"""The flags of a connection whose payload an ALG rewrote (its numbers shifted, or its bytes changed)."""
+"""The flags of a connection whose payload changed in flight (its TCP numbers moved, or its bytes changed): an
+ALG's rewrite on a port a conntrack helper watches (conntrack_helper), else something natproof cannot name."""
+
+FTP_CONTROL_PORT = 21
+
+CONNTRACK_HELPER_PORTS: dict[tuple[str, int], str] = {
+    ("tcp", FTP_CONTROL_PORT): "ftp", ("udp", 69): "tftp", ("udp", 5060): "sip", ("tcp", 5060): "sip",
+    ("tcp", 6667): "irc", ("tcp", 1720): "h323", ("udp", 1719): "h323 (RAS)", ("tcp", 1723): "pptp",
+    ("udp", 10080): "amanda", ("udp", 137): "netbios-ns", ("udp", 161): "snmp", ("udp", 162): "snmp_trap",
+    ("tcp", 6566): "sane",
+}
+"""The (protocol, server port) each of the kernel's conntrack helpers watches by default, and the helper's name:
+nf_conntrack_ftp (FTP_PORT 21), _tftp (69), _sip (SIP_PORT 5060, UDP and TCP), _irc (IRC_PORT 6667), _h323
+(Q931_PORT 1720, RAS_PORT 1719), _pptp (PPTP_CONTROL_PORT 1723), _amanda (10080), _netbios_ns (NMBD_PORT 137),
+_snmp (161), nf_nat_snmp_basic's snmp_trap (162), _sane (SANE_PORT 6566), as the kernel's sources define them. A
+module's ``ports=`` parameter, or a raw-table ``CT --helper`` rule, can set a helper on any other port: natproof
+cannot see that in the captures."""
+
+
+def conntrack_helper(r: dict[str, Any]) -> str | None:
+    """The conntrack helper (CONNTRACK_HELPER_PORTS) that watches a connection row's server port by default, before
+    or after a DNAT (orig_dport, trans_dport: the kernel matches a helper on the reply tuple's source port); None
+    when none does, or the row has no ports (ICMP)."""
+    for port in (r.get("orig_dport"), r.get("trans_dport")):
+        if port is not None and (r.get("proto"), port) in CONNTRACK_HELPER_PORTS:
+            return CONNTRACK_HELPER_PORTS[(r["proto"], port)]
+    return None
+
+
+def _moved(r: dict[str, Any]) -> str:
+    """How a connection's TCP numbers differ outside minus inside (the difference most of its packets that differ
+    show), as ``the initiator's seq numbers +1, ...``."""
+    return ", ".join(f"the {who}'s {n} numbers {r[f'{k}_{n}_shift']:+d}" for who, k in (("initiator", "init"),
+                     ("reply", "reply")) for n in ("seq", "ack") if r[f"{k}_{n}_shift"])
 
 
 def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
-    """A payload rewrite: an ALG (conntrack's FTP helper) edited the payload (cases/ftp-alg-active), seen as
-    packets that crossed with their payload changed and, where the length changed, as a TCP sequence shift; its
-    expectation admits the related inbound connection. The shift is the one most shifted packets show: each later
-    rewrite that changes the length adds to it (two PORT commands: +1, then +2; a helper's kernel variant), so it
-    is not called constant. A rewrite of the same length moves no number (a pod address as long as the node's: a
-    helper's kernel variant, which read 'NAT working as expected')."""
+    """A payload rewrite on a port a conntrack helper watches (conntrack_helper): an ALG (conntrack's FTP helper)
+    edited the payload (cases/ftp-alg-active), seen as packets that crossed with their payload changed and, where
+    the length changed, as a TCP sequence shift; its expectation admits the related inbound connection. The shift is
+    the one most shifted packets show: each later rewrite that changes the length adds to it (two PORT commands:
+    +1, then +2; a helper's kernel variant), so it is not called constant. A rewrite of the same length moves no
+    number (a pod address as long as the node's: a helper's kernel variant, which read 'NAT working as
+    expected')."""
     if not rows:
         return []
-    def moved(r: dict[str, Any]) -> str:
-        parts = [f"the {who}'s {n} numbers {r[f'{k}_{n}_shift']:+d}" for who, k in (("initiator", "init"),
-                 ("reply", "reply")) for n in ("seq", "ack") if r[f"{k}_{n}_shift"]]
-        return ", ".join(parts)
 
     def line(r: dict[str, Any]) -> str:
         n = r["payload_rewrites"] or 0
         changed = f"{n} packet(s) crossed with their payload changed" if n else "a payload rewrite"
         if "seq_shift" not in flags_of(r):
             return f"{_conn_label(r)}: {changed}, its length kept (no sequence number moved)"
-        return f"{_conn_label(r)}: {changed}; after it {moved(r)} on the outside (the shift most of its shifted " \
-               "packets show)"
+        return f"{_conn_label(r)}: {changed}; after it {_moved(r)} on the outside (the shift most of its " \
+               "shifted packets show)"
 
     evidence = [line(r) for r in rows[:20]]
     same_length = sum("seq_shift" not in flags_of(r) for r in rows)
@@ -1423,6 +1457,43 @@ def _alg(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         "Nothing to fix if the ALG is wanted; `iptables -t raw -S | grep 'CT --helper'` shows which helper runs "
         "and `conntrack -L expect` its expectations.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+def _payload_changed(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Connections whose payload changed between the captures (flag payload_rewritten, or TCP numbers that differ
+    across the NAT: seq_shift) on ports no conntrack helper watches by default (conntrack_helper): what the packets
+    show, and no more. NAT rewrites headers, never payloads; no ALG natproof knows handles these ports, so the
+    cause is damage in a capture, a middlebox between the capture points, or a helper set on another port. Found by
+    a new user's trial: a capture with every 97th byte flipped read as "an ALG rewrote payloads", conntrack's FTP
+    helper named on plain HTTP to port 80, its flipped bytes called a sequence shift."""
+    if not rows:
+        return []
+    evidence = []
+    for r in rows[:20]:
+        n = r["payload_rewrites"] or 0
+        parts = [f"{n} packet(s) crossed with their payload changed"] if n else []
+        if "seq_shift" in flags_of(r):
+            parts.append(f"TCP numbers differ outside minus inside: {_moved(r)} (the difference most of its "
+                         "differing packets show)")
+        evidence.append(f"{_conn_label(r)}: {'; '.join(parts)}")
+    for side, cap in (("inside", result.inside), ("outside", result.outside)):
+        evidence += [f"the {side} capture {cap.path}: {w}" for w in cap.warnings[:2]]
+    ports = sorted({f"{r['proto']}/{r['orig_dport']}" for r in rows if r["orig_dport"] is not None})
+    shifted = sum("seq_shift" in flags_of(r) for r in rows)
+    return [Finding(
+        "payload_changed", "warning", "Payloads changed in flight, not by an ALG natproof knows",
+        f"{len(rows)} connection(s) crossed with their payload or TCP numbers changed between the captures"
+        + (f" ({shifted} with TCP numbers that differ across the NAT)" if shifted else "")
+        + f", on port(s) {', '.join(ports) or 'without a port'}, which no conntrack helper watches by default. "
+        "NAT rewrites headers, never payloads, and no ALG natproof knows works on these ports, so the captures do "
+        "not say what changed them: damage in a capture, a middlebox between the capture points, or a helper set "
+        "on another port.",
+        "Check the captures for damage (`natproof` warned of a corrupt file? open them in Wireshark: malformed "
+        "segments, bad checksums), and capture again if so; `iptables -t raw -S | grep 'CT --helper'` shows "
+        "helpers set on other ports; otherwise look for a middlebox (proxy, IPS, WAN optimiser) between the pod's "
+        "interface and the uplink.",
+        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        data={"ports": ports, "seq_shift": shifted})]
 
 
 def _refused_by_far_end(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
@@ -1459,7 +1530,6 @@ def _refused_by_far_end(result: Result, rows: list[dict[str, Any]]) -> list[Find
         connections=tuple(r["conn"] for r in hits), evidence=tuple(evidence), data={"destinations": dests})]
 
 
-FTP_CONTROL_PORT = 21
 _PORT_COMMAND = re.compile(rb"(?:PORT|port) (\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})\r?\n")
 _EPRT_COMMAND = re.compile(rb"(?:EPRT|eprt) \|([12])\|([0-9A-Fa-f:.]+)\|(\d{1,5})\|\r?\n")
 

@@ -142,6 +142,64 @@ def test_fragmentation_needed_made_by_the_node_itself_points_at_the_pod_mtu() ->
     assert "the node itself: made here" in f.evidence[0] and "CNI's mtu" in f.fix
 
 
+def _flip_every_97th_byte(src: Path, dst: Path) -> set[int]:
+    """Write ``src`` (a pcap of Ethernet frames) to ``dst`` with 0xff XORed into every 97th byte from offset 200 on,
+    as a new user's trial damaged captures/basic/outside.pcap; return the TCP ports of the packets whose payload
+    holds a flipped byte (read from the undamaged file)."""
+    import struct
+
+    import dpkt
+
+    data = bytearray(src.read_bytes())
+    flipped = set(range(200, len(data), 97))
+    e = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    ports, at = set(), 24
+    while at < len(data):
+        caplen = struct.unpack_from(e + "I", data, at + 8)[0]
+        frame = bytes(data[at + 16:at + 16 + caplen])
+        tcp = dpkt.ethernet.Ethernet(frame).data.data
+        if isinstance(tcp, dpkt.tcp.TCP) and tcp.data:
+            start = at + 16 + caplen - len(tcp.data)
+            if flipped & set(range(start, start + len(tcp.data))):
+                ports |= {tcp.sport, tcp.dport}
+        at += 16 + caplen
+    for i in flipped:
+        data[i] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return ports
+
+
+def test_a_payload_changed_on_a_port_no_helper_watches_is_no_alg(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: captures/basic/outside.pcap with every 97th byte flipped read as "[INFO] An ALG rewrote
+    payloads", conntrack's FTP helper named on HTTP to port 80, a flipped byte called "seq numbers +13303808". No
+    conntrack helper watches port 80: the finding says payloads changed in flight, cites the capture's own warning,
+    and names no ALG; the flags (payload_rewritten, seq_shift) stay, being true of the packets; explain does not
+    call the numbers an ALG's shift. captures/ftp-alg keeps its ALG finding (test_lab_nodeport_and_ftp_...)."""
+    from natproof.cli import main
+
+    inside = CAPTURES / "basic" / "inside.pcap"
+    damaged = tmp_path / "corrupt.pcap"
+    hit_ports = _flip_every_97th_byte(CAPTURES / "basic" / "outside.pcap", damaged)
+    result = correlate(inside, damaged)
+    found = {f.kind: f for f in diagnose(result)}
+    assert "alg_rewrite" not in found
+    f = found["payload_changed"]
+    assert f.severity == "warning" and f.data["ports"] == ["tcp/80"]
+    rows = {r["conn"]: r for r in result.connections.iter_rows(named=True)}
+    assert f.connections and all(rows[c]["orig_sport"] in hit_ports for c in f.connections)
+    assert all("payload_rewritten" in flags_of(rows[c]) for c in f.connections)
+    assert not re.search(r"\bALG rewrote|FTP helper", f.summary + " ".join(f.evidence))
+    assert any(e.startswith(f"the outside capture {damaged}: ") and "corrupt" in e for e in f.evidence)
+    assert main(["diagnose", str(inside), str(damaged), "--format", "table", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "[WARNING] Payloads changed in flight, not by an ALG natproof knows" in out and "[INFO] An ALG" not in out
+    (shifted, *_) = [c for c in f.connections if "seq_shift" in flags_of(rows[c])]
+    assert main(["explain", str(inside), str(damaged), "--conn", str(shifted), "--format", "table", "-q"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("seq shift")]
+    assert line.endswith("(outside minus inside; no conntrack helper watches this port: not an ALG natproof knows)")
+
+
 def test_ftp_commands_that_crossed_with_the_pod_address_say_no_alg_rewrote_them() -> None:
     # Kernel variant (tests/variants/ftp-no-helper): no FTP helper attached, the PORT command left eth0 naming
     # 10.244.0.5 and the transfer failed; was "NAT working as expected". With the helper (captures/ftp-alg) the

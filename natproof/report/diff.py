@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from natproof.diagnose import conntrack_helper
 from natproof.explain import FIELD_LABELS, Explanation, Pair
 from natproof.report.table import format_tuple
 
@@ -68,8 +69,13 @@ def render_explanation(ex: Explanation) -> Group:
     shifts = [(f"{w} {n}", r[f"{k}_{n}_shift"]) for w, k in (("initiator", "init"), ("reply", "reply"))
               for n in ("seq", "ack") if r[f"{k}_{n}_shift"]]
     if shifts:
+        # An ALG's shift only on a port a conntrack helper watches; elsewhere the numbers differ for a reason the
+        # captures do not name (a damaged capture read as the FTP helper's shift: a new user's trial).
+        helper = conntrack_helper(r)
+        why = (f"an ALG rewrote the payload: the {helper} helper's port" if helper else
+               "no conntrack helper watches this port: not an ALG natproof knows")
         lines.append(Text("seq shift   " + ", ".join(f"{name} {v:+d}" for name, v in shifts)
-                          + " (an ALG rewrote the payload; outside minus inside)"))
+                          + f" (outside minus inside; {why})"))
     for pair in ex.pairs:
         lines.append(Text(""))
         lines.append(Text(pair_heading(pair)))
