@@ -74,9 +74,10 @@ hairpin's copies aside: its packets once, as the pod sent them), as matched_* co
 outside legs under a translated tuple (more than one: left under several in turn or at once); inside_tuples: its
 inside legs, copies aside (more than one: started outside and mapped anew after idling, the pod seeing each
 mapping's tuple in turn; 0 when nothing of it reached the inside capture).
-fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: how far an ALG's
-payload rewrite moved the initiator's (reply's) sequence or ack numbers, outside minus inside: the shift most
-shifted packets show (each later rewrite that changes the length adds to it; null when none). other_capture_off: its
+fate_* count its packets by fate, a crossing packet once. init_seq_shift ... reply_ack_shift: how far the
+initiator's (reply's) sequence or ack numbers moved across the NAT, outside minus inside: the shift most shifted
+packets show (an ALG's payload rewrite, each later one that changes the length adding to it; on a port no conntrack
+helper watches, damage or a middlebox: natproof.diagnose.conntrack_helper; null when none). other_capture_off: its
 packets were seen while the capture on the other side of the NAT was not running (before it started or after it
 stopped): what the other side did is unknown. evidence_level: what trans_* rests on
 (natproof.kernel.EVIDENCE_LEVELS: packets, kernel_record; null without a translated tuple). kernel ...
@@ -84,7 +85,8 @@ kernel_reply_*: the connection held against a conntrack record (natproof.kernel.
 kernel is confirmed, contradicts or absent, kernel_reason why it may be absent, kernel_line the line of the entry it
 rests on (its NEW event, else its first line), kernel_state/assured/replied that entry's last state and flags,
 kernel_reply_* its reply tuple as the kernel recorded it. payload_rewrites: its packets that crossed with their
-payload changed (an ALG's rewrite: natproof.assemble.rewritten_payloads), whether or not their length did."""
+payload changed (natproof.assemble.rewritten_payloads), whether or not their length did: an ALG's rewrite on a
+helper's port, else damage or a middlebox."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -404,7 +406,7 @@ def _tuple(row: dict[str, Any], prefix: str) -> dict[str, Any] | None:
 
 
 def _shifts(row: dict[str, Any]) -> dict[str, int | None] | None:
-    """How an ALG moved TCP numbers (outside minus inside), or None."""
+    """How TCP numbers moved across the NAT (outside minus inside: an ALG's shift, or damage), or None."""
     shifts = {f"{w}_{n}": row[f"{k}_{n}_shift"] for w, k in (("initiator", "init"), ("reply", "reply"))
               for n in ("seq", "ack")}
     return shifts if any(v is not None for v in shifts.values()) else None
@@ -432,9 +434,11 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     outside, reached the pod under more than one tuple: mapped anew after idling), icmp_error (an ICMP error
     answered it), leak (some packets crossed untranslated: the private address left the node),
     not_reverse_translated (a reply reached the far side and never the initiator while others crossed),
-    node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (an ALG
-    rewrote the payload and shifted TCP sequence numbers), payload_rewritten (packets crossed with their payload
-    changed: an ALG's rewrite, whether or not it changed the length), hairpin (both legs seen at the inside),
+    node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (TCP numbers
+    differ across the NAT, outside minus inside: after an ALG's rewrite that changed the length, or damage or a
+    middlebox on a port no conntrack helper watches), payload_rewritten (packets crossed with their payload changed:
+    an ALG's rewrite, whether or not it changed the length, or damage; natproof.diagnose tells them apart by port),
+    hairpin (both legs seen at the inside),
     egress_other_path (translated, proven by replies that crossed back, while none of the initiator's packets, seen
     on its own side, crossed the far capture running then: they left by another path), other_capture_off,
     ambiguous_name (a named result: more than one pod may have held one of its addresses then)."""
