@@ -68,6 +68,18 @@ def in_networks(addrs: pl.Series, nets: Sequence[Network]) -> pl.Series:
     return found["f"].fill_null(False).alias(addrs.name)
 
 
+def private_to_outside(src: pl.Series, dst: pl.Series) -> pl.Series:
+    """Boolean per row: ``src`` is in private space (natproof.networks.PRIVATE_SPACE: RFC 1918, RFC 6598, ULA) and
+    ``dst`` is not. A flow so addressed that crossed the NAT unrewritten is a leak: the pod's own address left the
+    node for a network that does not route it back (captures/wrong-subnet, captures/no-masquerade). A private
+    destination is one a NAT leaves out by design (an SNAT exclusion: captures/eks-vpc-cni's 172.16.5.5), and a
+    global source is routed, not hidden (tests/variants/lan-v6-routed, public-pods): neither leaks. Null addresses
+    give False."""
+    private = [space for space, _, _ in PRIVATE_SPACE]
+    return (in_networks(src, private) & ~in_networks(dst, private) & src.is_not_null() & dst.is_not_null()).alias(
+        "private_to_outside")
+
+
 def on_one_link(src: pl.Series, dst: pl.Series, senders: pl.Series) -> pl.Series:
     """Boolean per row: ``src`` and ``dst`` are IPv6 addresses of one /64 (a subnet on one link: RFC 4291's
     64-bit interface identifiers, SLAAC; a router forwards between links, not within one) and ``dst`` sends on

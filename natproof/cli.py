@@ -681,7 +681,8 @@ def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offse
               help="Every connection to VIP:PORT was DNATed (to one of the BACKENDs when given), and there is at "
                    "least one (repeatable).")
 @click.option("--expect-no-leak", is_flag=True,
-              help="No packet crossed untranslated (no private address left the node; no 'leak' flag).")
+              help="No pod's private address left the node untranslated: no connection from a private source "
+                   "to a non-private destination crossed untranslated, and no packet leaked (no 'leak' flag).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from natproof import parallel
-from natproof.assemble import FATE, Services, assemble, in_networks, match_evidence
+from natproof.assemble import FATE, Services, assemble, in_networks, match_evidence, private_to_outside
 from natproof.capture import CaptureInfo
 from natproof.connections import (
     PROTO_NAMES,
@@ -905,8 +905,7 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
             # And a private source the kernel saw talk to a global address unrewritten: a pod the NAT missed
             # (wrong-subnet's leak), never an internet client.
             ents = record.entries
-            private = [space for space, _, _ in PRIVATE_SPACE]
-            leaked = ents.filter(in_networks(ents["orig_src"], private) & ~in_networks(ents["orig_dst"], private)
+            leaked = ents.filter(private_to_outside(ents["orig_src"], ents["orig_dst"])
                                  & (pl.col("orig_src") == pl.col("reply_dst")))
             sources = pl.concat([egress.select(pl.col("inside_src").cast(pl.String).alias("src")),
                                  leaked.select(pl.col("orig_src").cast(pl.String).alias("src"))]).unique()

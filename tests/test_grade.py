@@ -356,11 +356,11 @@ def test_per_check_partial_credit_and_a_student_without_a_row(tmp_path: Path) ->
     assert grades["ann"].points == 4
     assert grades["ben"].points == 0 and grades["ben"].reason == (
         f"no row for 'ben' in {tmp_path / 'a.csv'}: nothing to fill {{snat_ip}} with")
-    # Without the row's column in the file, ben is graded: no_leak holds, all translated and 2 of 3 connections do
-    # not: one check of three.
+    # Without the row's column in the file, ben is graded: no no_reply holds, all translated and 2 of 3 connections
+    # do not: one check of three. (no_leak does not hold for ben: his pod's address left the node untranslated.)
     (tmp_path / "g.toml").write_text(
-        '[[expect]]\nname = "three things"\npoints = 3\npartial = "per_check"\nall = "translated"\nno_leak = true\n'
-        'min_connections = 3\n')
+        '[[expect]]\nname = "three things"\npoints = 3\npartial = "per_check"\nall = "translated"\n'
+        'no_verdicts = ["no_reply"]\nmin_connections = 3\n')
     grades = {g.student: g for g in grade_class(cls, load_grading(tmp_path / "g.toml", tmp_path / "a.csv"))}
     ben = grades["ben"].expectations[0]
     assert (grades["ben"].points, ben.result, len(ben.checks)) == (1, "partial", 3)

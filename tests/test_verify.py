@@ -264,3 +264,54 @@ def test_toml_dnat_and_no_leak(tmp_path: Path, capsys: pytest.CaptureFixture[str
     f.write_text('no_leak = "yes"\n')
     code, _, err = run(capsys, "verify", *case_pair(CASES / "clusterip-dnat"), "--expectations", str(f))
     assert (code, err) == (2, f"natproof: error: {f}: no_leak must be true or false\n")
+
+
+VARIANTS = ROOT / "tests" / "variants"
+
+
+@pytest.mark.parametrize("scenario", ["no-masquerade", "wrong-subnet"])
+def test_no_leak_fails_where_the_pods_address_left_untranslated(scenario: str) -> None:
+    """A new user's trial: no_leak passed on these, where 10.244.0.10 left the node untranslated. The truth is the
+    lab's (truth.json): which connections the kernel left unrewritten, each read back from the outside capture."""
+    truth = json.loads((CAPTURES / scenario / "truth.json").read_text())
+    want = sorted((c["inside"]["src"], c["inside"]["sport"]) for c in truth["connections"]
+                  if c["verdict"] == "untranslated")
+    assert want  # the lab's truth holds the leak
+    result = correlate(*pair(scenario))
+    (check,) = verify(result, Expectations(no_leak=True))
+    assert not check.passed
+    named = sorted((line.split()[2].rsplit(":", 1)[0], int(line.split()[2].rsplit(":", 1)[1].rstrip(":")))
+                   for line in check.evidence)
+    assert named == want
+    from natproof.capture import read_capture
+
+    outside = {r.frame_no: r for r in read_capture(CAPTURES / scenario / "outside.pcap")[1]}
+    for line in check.evidence:
+        assert ": untranslated: " in line and "carrying the private address 10.244.0.10" in line
+        frame = int(line.split("outside frame ")[1].rstrip(")"))
+        assert outside[frame].data[14 + 12:14 + 16] == bytes([10, 244, 0, 10])  # EN10MB, IPv4 source
+    assert check.actual == sum(r["fate_crossed"] for r in result.connections.iter_rows(named=True)
+                               if r["verdict"] == "untranslated")
+
+
+@pytest.mark.parametrize("where", [VARIANTS / "public-pods", VARIANTS / "lan-v6-routed", CAPTURES / "eks-vpc-cni"])
+def test_no_leak_holds_where_addresses_are_kept_by_design(where: Path) -> None:
+    """Global pod addresses (routed, or hidden by the NAT) and a private destination the NAT leaves out (an SNAT
+    exclusion) are no leak, as diagnose reads them (routed_path, snat_exclusion: info)."""
+    result = correlate(*case_pair(where))
+    (check,) = verify(result, Expectations(no_leak=True))
+    assert check.passed and check.of == result.connections.height > 0
+    from natproof.diagnose import diagnose
+
+    assert all(f.severity == "info" for f in diagnose(result))
+
+
+def test_no_leak_in_a_file_and_as_an_option_fails_on_no_masquerade(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "e.toml"
+    f.write_text("no_leak = true\n")
+    for args in (["--expectations", str(f)], ["--expect-no-leak"]):
+        code, out, _ = run(capsys, "verify", *pair("no-masquerade"), *args, "--format", "json", "-q")
+        doc = json.loads(out)
+        assert code == 1 and [(e["name"], e["passed"], len(e["evidence"])) for e in doc["expectations"]] == [
+            ("no_leak", False, 2)]
