@@ -234,8 +234,16 @@ def _check(name: str, expected: Any, actual: Any, offenders: list[dict[str, Any]
     return Check(name, ok, expected, actual, tuple(ev), held=of - len(offenders), of=of)
 
 
+NO_CONNECTION = ("no connection to judge: natproof found none in the captures (correlate's summary gives the frames "
+                 "skipped, by reason)")
+"""The evidence of every expectation when the captures hold no connection: none holds for want of one."""
+
+
 def verify(result: Result, exp: Expectations) -> list[Check]:
-    """Evaluate every expectation that is set."""
+    """Evaluate every expectation that is set, in a fixed order; a Check each (for each [[dnat]] and [[connection]]
+    one). With no connection at all, every one fails with :data:`NO_CONNECTION` first in its evidence: an
+    expectation about connections (no_leak, no_verdicts) does not hold for want of any (a new user's trial: a capture
+    whose every frame was cut short passed "2 of 2")."""
     rows = list(result.connections.iter_rows(named=True))
     egress = [r for r in rows if r["verdict"] != "internal"]
     checks: list[Check] = []
@@ -246,8 +254,11 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
     if exp.all_verdict:
         bad = [r for r in egress if r["verdict"] != exp.all_verdict]
         counts = {v: n for v, n in result.by_verdict().items() if n and v != "internal"}
-        checks.append(_check(f"all {exp.all_verdict}", exp.all_verdict, counts, bad, passed=not bad and bool(egress),
-                             of=len(egress)))
+        check = _check(f"all {exp.all_verdict}", exp.all_verdict, counts, bad, passed=not bad and bool(egress),
+                       of=len(egress))
+        if rows and not egress:
+            check = replace(check, evidence=("no connection to judge: every one is internal (pod to pod)",))
+        checks.append(check)
     if exp.no_verdicts:
         bad = [r for r in rows if r["verdict"] in exp.no_verdicts]
         checks.append(_check(f"no {', '.join(exp.no_verdicts)}", 0, len(bad), bad, of=len(rows)))
@@ -255,19 +266,28 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
         left = [r for r in egress if r["outside_src"] is not None]
         bad = [r for r in left if r["outside_src"] != exp.snat_ip]
         seen = sorted({r["outside_src"] for r in left})
-        checks.append(_check("snat_ip", exp.snat_ip, seen, bad, passed=not bad and bool(left), of=len(left)))
+        check = _check("snat_ip", exp.snat_ip, seen, bad, passed=not bad and bool(left), of=len(left))
+        if rows and not left:
+            check = replace(check, evidence=("no connection to judge: none was seen leaving the node",))
+        checks.append(check)
     if exp.port_preserved:
         # The set port_preserved_ratio counts: source address rewritten, original against translated tuple.
         translated = [r for r in egress if r["trans_src"] is not None and r["trans_src"] != r["orig_src"]]
         bad = [r for r in translated if r["trans_sport"] != r["orig_sport"]]
-        checks.append(_check("port_preserved", 1.0, result.port_preserved_ratio(), bad,
-                             passed=not bad and bool(translated), of=len(translated)))
+        check = _check("port_preserved", 1.0, result.port_preserved_ratio(), bad, passed=not bad and bool(translated),
+                       of=len(translated))
+        if rows and not translated:
+            check = replace(check, evidence=("no connection had its source rewritten, so port preservation cannot be "
+                                             "judged",))
+        checks.append(check)
     for want in exp.dnat:
         checks.append(_expect_dnat(rows, want))
     if exp.no_leak:
         checks.append(_expect_no_leak(result, rows))
     for want in exp.connections:
         checks.append(_expect_connection(rows, want))
+    if not rows:
+        checks = [replace(c, passed=False, held=0, evidence=(NO_CONNECTION, *c.evidence)) for c in checks]
     return checks
 
 

@@ -315,3 +315,46 @@ def test_no_leak_in_a_file_and_as_an_option_fails_on_no_masquerade(tmp_path: Pat
         doc = json.loads(out)
         assert code == 1 and [(e["name"], e["passed"], len(e["evidence"])) for e in doc["expectations"]] == [
             ("no_leak", False, 2)]
+
+
+@pytest.mark.parametrize("scenario", ["no-masquerade", "forwarding-off"])
+def test_port_preserved_with_no_source_rewritten_says_it_cannot_be_judged(
+        scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: "expected 1.0, got 0.0" where no connection's source was rewritten (the lab's truth: no
+    connection left translated)."""
+    truth = json.loads((CAPTURES / scenario / "truth.json").read_text())["connections"]
+    assert not [c for c in truth if c.get("outside") and c["outside"]["src"] != c["inside"]["src"]]
+    code, out, _ = run(capsys, "verify", *pair(scenario), "--expect-port-preserved", "--format", "json", "-q")
+    (check,) = json.loads(out)["expectations"]
+    assert code == 1 and check["passed"] is False and check["actual"] is None
+    assert check["evidence"] == ["no connection had its source rewritten, so port preservation cannot be judged"]
+
+
+def _cut(source: Path, target: Path, snaplen: int = 40) -> Path:
+    """``source`` rewritten with every frame cut to ``snaplen`` bytes (tcpdump -s 40): no frame holds a whole header."""
+    import dpkt
+
+    with source.open("rb") as f, target.open("wb") as g:
+        reader = dpkt.pcap.Reader(f)
+        writer = dpkt.pcap.Writer(g, snaplen=snaplen, linktype=reader.datalink())
+        for ts, buf in reader:
+            writer.writepkt(buf[:snaplen], ts)
+    return target
+
+
+def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: with every inside frame cut short (0 connections), --expect-no untranslated and
+    --expect-no-leak passed: "2 of 2 expectations hold", exit 0."""
+    inside = _cut(CAPTURES / "basic" / "inside.pcap", tmp_path / "cut.pcap")
+    result = correlate(str(inside), pair("basic")[1])
+    assert result.connections.height == 0 and result.inside.skipped.get("malformed", 0) > 0
+    code, out, _ = run(capsys, "verify", str(inside), pair("basic")[1], "--expect-no", "untranslated",
+                       "--expect-no-leak", "--format", "table", "-q")
+    lines = out.splitlines()
+    assert code == 1 and lines[-1] == "0 of 2 expectations hold"
+    assert [line.split(":")[0] for line in lines if line.startswith(("PASS", "FAIL"))] == [
+        "FAIL  no untranslated", "FAIL  no_leak"]
+    assert sum(line.strip().startswith("no connection to judge") for line in lines) == 2
+    checks = verify(result, Expectations(snat_ip="203.0.113.2", port_preserved=True, min_connections=1,
+                                         connections=(ExpectedConnection("10.244.0.10:37784"),)))
+    assert [(c.passed, c.held, c.evidence[0].split(":")[0]) for c in checks] == [(False, 0, "no connection to judge")] * 4
