@@ -77,3 +77,27 @@ def test_the_library_section_lists_what_a_result_offers() -> None:
     assert set(result.by_verdict()) == {v.value for v in natproof.Verdict}
     assert list(result.by_fate())[:2] == ["crossed", "leaked"]
     assert set(result.overlap()) == {"start", "end", "seconds", "clock", "inside_share", "outside_share"}
+
+
+def test_the_library_section_names_only_what_exists() -> None:
+    """A new user's trial: the section said result.CONNECTION_SCHEMA, an AttributeError (the module's constant is
+    natproof.result.CONNECTION_SCHEMA). Every result.NAME there is an attribute of a Result, every natproof.X.NAME an
+    attribute of that module."""
+    import importlib
+    import re
+
+    import natproof
+
+    [block] = [b for b in blocks() if b[:1] == ["import natproof"] and any("= natproof.correlate(" in x for x in b)]
+    text = "\n".join(block)
+    basic = ROOT / "captures" / "basic"
+    result = natproof.correlate(basic / "inside.pcap", basic / "outside.pcap")
+    named = set(re.findall(r"(?<![\w.])result\.(\w+)", text))
+    assert named and sorted(n for n in named if not hasattr(result, n)) == []
+    for path in set(re.findall(r"\bnatproof((?:\.\w+)+)", text)):
+        obj: object = natproof
+        for part in path.split(".")[1:]:
+            if not hasattr(obj, part) and isinstance(obj, type(natproof)):
+                importlib.import_module(f"{obj.__name__}.{part}")  # a module not yet imported (natproof.result)
+            assert hasattr(obj, part), f"natproof{path}"
+            obj = getattr(obj, part)
