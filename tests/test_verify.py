@@ -357,4 +357,5 @@ def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: 
     assert sum(line.strip().startswith("no connection to judge") for line in lines) == 2
     checks = verify(result, Expectations(snat_ip="203.0.113.2", port_preserved=True, min_connections=1,
                                          connections=(ExpectedConnection("10.244.0.10:37784"),)))
-    assert [(c.passed, c.held, c.evidence[0].split(":")[0]) for c in checks] == [(False, 0, "no connection to judge")] * 4
+    assert [(c.passed, c.held, c.evidence[0].split(":")[0]) for c in checks] == [
+        (False, 0, "no connection to judge")] * 4
