@@ -35,6 +35,7 @@ OPTIONS = {
     "gateways": "--nat-gateway",
     # natproof.verify.Expectations (verify)
     "min_connections": "--min-connections",
+    "snat_ip": "--expect-snat-ip",
 }
 """The keywords of natproof's public functions that an error message may advise or name, and the command line's
 option for each: the one table of both spellings. A keyword is one setting wherever it is taken (``clock`` is

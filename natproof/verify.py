@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from natproof.assemble import private_to_outside
-from natproof.errors import OPTIONS, InputError, Said
+from natproof.errors import OPTIONS, InputError, Said, setting
 from natproof.lookup import parse_endpoint
 from natproof.networks import parse_networks
 from natproof.report.table import format_address
@@ -84,7 +84,8 @@ class Expectations:
             try:
                 ipaddress.ip_address(self.snat_ip)
             except ValueError:
-                raise InputError(f"SNAT address {self.snat_ip!r} is not an IP address (e.g. 203.0.113.2)") from None
+                raise InputError(setting("snat_ip"), f": {self.snat_ip!r} is not an IP address (e.g. 203.0.113.2)"
+                                 ) from None
 
     def is_empty(self) -> bool:
         return self == Expectations()
@@ -201,6 +202,11 @@ def expectations_from_dict(doc: dict[str, Any], where: str, known: tuple[str, ..
                             ("snat_ip", str, "an address in quotes"), ("all", str, "a verdict in quotes")):
         if key in doc and (not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool))):
             raise InputError(f"{where}: {key} must be {word}")
+    if "snat_ip" in doc:  # named here, not as if it came from --expect-snat-ip
+        try:
+            ipaddress.ip_address(doc["snat_ip"])
+        except ValueError:
+            raise InputError(f"{where}: snat_ip {doc['snat_ip']!r} is not an IP address (e.g. 203.0.113.2)") from None
     if doc.get("min_connections", 1) < 1:
         # The file's key to both audiences; the command line is also told that its option refuses 0 alike.
         raise InputError(f"{where}: min_connections must be 1 or more",

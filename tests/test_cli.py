@@ -796,7 +796,7 @@ def test_who_at_a_time_no_capture_can_hold(pair: tuple[Path, Path], capsys: pyte
 def test_verify_refuses_expectations_of_the_wrong_type(pair: tuple[Path, Path], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "verify", *map(str, pair), "--expect-snat-ip", "garbage")
-    assert code == 2 and err == "natproof: error: SNAT address 'garbage' is not an IP address (e.g. 203.0.113.2)\n"
+    assert code == 2 and err == "natproof: error: --expect-snat-ip: 'garbage' is not an IP address (e.g. 203.0.113.2)\n"
     toml = tmp_path / "e.toml"
     toml.write_text('min_connections = "two"\n')
     code, _, err = run(capsys, "verify", *map(str, pair), "--expectations", str(toml))

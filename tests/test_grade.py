@@ -311,7 +311,7 @@ def test_a_swapped_submission_can_be_worth_nothing(graded: tuple, tmp_path: Path
     ('[[expect]]\npoints = 1\nsnat_ip = "{snat_ip}"\n', "student,snat_ip\na,203.0.113.2\na,203.0.113.3\n",
      "student 'a' has a row already"),
     ('[[expect]]\npoints = 1\nsnat_ip = "{snat_ip}"\n', "student,snat_ip\na,nowhere\n",
-     "(for student a): [[expect]] 'snat_ip': SNAT address 'nowhere' is not an IP address"),
+     "(for student a): [[expect]] 'snat_ip': snat_ip 'nowhere' is not an IP address"),
     ('[[expect]]\nsnat_ip = "203.0.113.2"\n', None, "[[expect]] #1: no points given (e.g. points = 2)"),
     ('[[expect]]\npoints = 1\n', None, "[[expect]] #1: nothing to check"),
     ('[[expect]]\npoints = 1\nall = "translated"\npartial = "some"\n', None, "partial must be one of"),

@@ -359,3 +359,20 @@ def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: 
                                          connections=(ExpectedConnection("10.244.0.10:37784"),)))
     assert [(c.passed, c.held, c.evidence[0].split(":")[0]) for c in checks] == [
         (False, 0, "no connection to judge")] * 4
+
+
+def test_a_snat_ip_that_is_no_address_is_named_where_it_was_given(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: "SNAT address 'banana' is not an IP address" named neither --expect-snat-ip nor the file
+    (--expect-dnat's errors name their option). Reported before any capture is read: the files need not exist."""
+    missing = [str(tmp_path / "none.pcap")] * 2
+    code, out, err = run(capsys, "verify", *missing, "--expect-snat-ip", "banana")
+    assert (code, out, err) == (2, "", "natproof: error: --expect-snat-ip: 'banana' is not an IP address "
+                                       "(e.g. 203.0.113.2)\n")
+    f = tmp_path / "e.toml"
+    f.write_text('snat_ip = "banana"\n')
+    code, out, err = run(capsys, "verify", *missing, "--expectations", str(f))
+    assert (code, out, err) == (2, "", f"natproof: error: {f}: snat_ip 'banana' is not an IP address "
+                                       "(e.g. 203.0.113.2)\n")
+    with pytest.raises(InputError, match=r"^snat_ip: 'banana' is not an IP address"):  # a library caller's word
+        Expectations(snat_ip="banana")
