@@ -1547,9 +1547,12 @@ def export_pcap(inside: str, outside: str | None, pod_cidr: str | None, clock_of
     summary = write_proof(result, output, selection, clock_given=clock_offset is not None)
     if not quiet:
         numbers = ", ".join(f"#{n}" for n in summary.connections)
+        # One capture and the kernel's record: no other clock to move onto this one, so nothing is said of it.
+        both = "none" not in (result.inside.chosen, result.outside.chosen)
+        moved = f"; outside times moved by {0.0 - summary.clock_offset_s:+.6f} s onto the inside clock" if both else ""
         click.echo(f"natproof: wrote {output}: {summary.packets} packets of {len(summary.connections)} "
-                   f"connection(s) ({numbers}; {selection.why}) on interfaces {', '.join(summary.interfaces)}; "
-                   f"outside times moved by {0.0 - summary.clock_offset_s:+.6f} s onto the inside clock", err=True)
+                   f"connection(s) ({numbers}; {selection.why}) on interfaces {', '.join(summary.interfaces)}"
+                   f"{moved}", err=True)
 
 
 @cli.command()

@@ -223,6 +223,21 @@ def test_one_capture_and_the_kernel_record(tmp_path: Path, side: str) -> None:
     assert f"from {capture} ({side})." in section_comment(target)
 
 
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_one_capture_says_nothing_of_moving_the_other_clock(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            side: str) -> None:
+    """A new user's trial: with one capture and the kernel's record, export-pcap said "outside times moved by
+    +0.000000 s onto the inside clock", of a capture it never had. With both, it still says it."""
+    folder = CAPTURES / "basic"
+    target = tmp_path / "proof.pcapng"
+    code, out, err = run(capsys, "export-pcap", str(folder / f"{side}.pcap"), "--conntrack",
+                         str(folder / "conntrack.log"), "--side", side, "--all", "-o", str(target))
+    assert code == 0 and out == "" and err.startswith(f"natproof: wrote {target}: 30 packets of 3 connection(s)")
+    assert err.endswith(f"on interfaces {side}:{side}.pcap\n") and "clock" not in err
+    code, _, err = run(capsys, "export-pcap", *pair("basic"), "--all", "-o", str(target))
+    assert code == 0 and err.endswith("; outside times moved by +0.000000 s onto the inside clock\n")
+
+
 def test_a_point_of_two_link_types_gets_a_block_per_type(tmp_path: Path) -> None:
     # dumpcap with three -i: two pod veths (one Ethernet, one raw IP) and eth0; each pod one connection out.
     a_in, a_out = tcp_pair(sport=40000, nat_sport=40000)
