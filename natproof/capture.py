@@ -163,7 +163,7 @@ def _load(path: Path) -> tuple[bytes | mmap.mmap, bool, bool]:
     if str(path) == "-":
         data = sys.stdin.buffer.read()
         if not data:
-            raise CaptureError("-", "empty file (0 bytes)")
+            raise CaptureError("-", "empty (0 bytes)")
         if data[:2] == GZIP_MAGIC:
             return _gunzipped(io.BytesIO(data), "-")
         return data, False, False
@@ -258,7 +258,7 @@ def read_frames(path: str | os.PathLike[str], frames: Iterable[int]) -> dict[int
     if not wanted:
         return {}
     if str(path) == "-":
-        raise CaptureError("-", "standard input cannot be read again to copy its frames: give the capture as a file")
+        raise CaptureError("-", "cannot be read again to copy its frames: give the capture as a file")
     last = max(wanted)
     found: dict[int, Record] = {}
     _, records = read_capture(path)

@@ -21,7 +21,7 @@ import click
 
 import natproof
 from natproof.contracts import FORMATS, OUTPUT_SUFFIXES, SCHEMA, SCHEMAS, epoch_seconds
-from natproof.errors import InputError, NatproofError
+from natproof.errors import InputError, NatproofError, shown_path
 from natproof.report.files import check_target
 from natproof.report.table import format_address
 
@@ -413,7 +413,7 @@ def run_correlate(inside: str | None, outside: str | None, pod_cidr: str | None,
                 # so in the summary.
                 if cap.path and (cap.path, w) not in said:
                     said.add((cap.path, w))
-                    warn(f"{cap.path}: {w}")
+                    warn(f"{shown_path(cap.path)}: {w}")
         if result.conntrack is not None:
             warn_record(result.conntrack)
     return result

@@ -173,13 +173,20 @@ class NatproofError(Exception):
         return new
 
 
+def shown_path(path: object) -> str:
+    """A capture's path as a message names it: "standard input" for "-" (what the command line reads as standard
+    input: ``natproof correlate - outside.pcap``), else the path as given."""
+    return "standard input" if str(path) == "-" else str(path)
+
+
 class CaptureError(NatproofError):
-    """A capture file is missing, unreadable, not a capture, empty or otherwise unusable."""
+    """A capture file is missing, unreadable, not a capture, empty or otherwise unusable. ``path`` is as given
+    ("-" for standard input); the message names it by :func:`shown_path` ("standard input: empty (0 bytes)")."""
 
     def __init__(self, path: str, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{shown_path(self.path)}: {problem}")
 
 
 class InputError(NatproofError):

@@ -129,7 +129,7 @@ def open_buffer(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, bool,
                 raise CaptureError(name, f"cannot open ({exc.strerror})") from None
         head = src.read(2) if name == "-" else src.read(4)
         if not head:
-            raise CaptureError(name, "empty file (0 bytes)")
+            raise CaptureError(name, "empty (0 bytes)" if name == "-" else "empty file (0 bytes)")
         gz = head[:2] == GZIP_MAGIC
         cut = False
         if name != "-" and not gz:

@@ -263,6 +263,25 @@ def test_one_capture_from_stdin(pair: tuple[Path, Path], capsys: pytest.CaptureF
     assert code == 2 and "only one of INSIDE and OUTSIDE" in err
 
 
+@pytest.mark.parametrize("decoder", ["fast", "dpkt"])
+def test_standard_input_is_named_so_in_errors_and_warnings(pair: tuple[Path, Path], decoder: str,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user's trial: empty standard input said "-: empty file". Every message names it "standard input", as
+    the usage errors do ("only one of INSIDE and OUTSIDE can be '-' (standard input)")."""
+    import io
+    import sys
+
+    for data, said in ((b"", "error: standard input: empty (0 bytes)"),
+                       (b"hello", "error: standard input: not a pcap or pcapng capture (starts with 68 65 6c 6c)"),
+                       # the last record cut short: a warning, and the other frames used
+                       (pair[0].read_bytes()[:-3], "warning: standard input: last record truncated at frame ")):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        code, out, err = run(capsys, "correlate", "-", str(pair[1]), "--decoder", decoder, "--format", "json")
+        assert err.startswith(f"natproof: {said}") and len(err.splitlines()) == 1
+        assert code == (0 if said.startswith("warning") else 2)
+
+
 def test_snaplen_cut_inside_capture_still_proves_the_mapping(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from pcapbytes import pcap as make_pcap
