@@ -25,7 +25,7 @@ from natproof.connections import (
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
 from natproof.decode import DEFAULT_OVERLAY, HEAD_DIGEST_BYTES, Overlay
-from natproof.errors import CapturesApart, InputError, Said, setting
+from natproof.errors import CapturesApart, InputError, Said, setting, shown_path
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
 from natproof.match import (
     MATCH_COLUMNS,
@@ -487,14 +487,14 @@ def correlate(
         nets, why = inferred.networks, inferred.why
 
     if capture is None:  # a copy of one file; two points of one file are told apart by natproof.points
-        _check_same_packets(ins.info.path, outs.info.path, in_match, out_match)
+        _check_same_packets(shown_path(ins.info.path), shown_path(outs.info.path), in_match, out_match)
     offset_ns = None if clock_offset_s is None else int(round(clock_offset_s * 1e9))
     matches = match_sides(in_match, out_match, clock_offset_ns=offset_ns, tolerance_ns=int(tolerance_s * 1e9),
                           inside_parts=arranged[0] if arranged else None)
     arranged.clear()
     if matches.pairs.is_empty() and not in_match.is_empty() and not out_match.is_empty():
-        _check_overlap(ins.info.path, outs.info.path, in_match, out_match, matches.clock_offset_ns,
-                       given=clock_offset_s is not None)
+        _check_overlap(shown_path(ins.info.path), shown_path(outs.info.path), in_match, out_match,
+                       matches.clock_offset_ns, given=clock_offset_s is not None)
     evidence = match_evidence(in_match, out_match, matches.pairs)
     del in_match, out_match
 

@@ -42,7 +42,7 @@ from natproof.assemble import node_addresses as assembled_node_addresses
 from natproof.capture import CaptureInfo
 from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
 from natproof.decode import DEFAULT_OVERLAY, Overlay
-from natproof.errors import InputError, setting
+from natproof.errors import InputError, setting, shown_path
 from natproof.match import match_sides, offset_from, offset_samples, with_keys
 from natproof.memory import (  # noqa: F401 (named here before natproof.memory)
     check_spill_dir,
@@ -493,8 +493,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             ends_out.append(b)
             same = same and identical
         if same:
-            raise InputError(f"{os.fspath(inside)} and {os.fspath(outside)} hold the same packets at the same times "
-                             "(one is a copy of the other): give one capture from each side of the NAT")
+            raise InputError(f"{shown_path(inside)} and {shown_path(outside)} hold the same packets at the same "
+                             "times (one is a copy of the other): give one capture from each side of the NAT")
         all_in, all_out = pl.concat(ends_in).unique(), pl.concat(ends_out).unique()
         del ends_in, ends_out
         if pod_cidr:
@@ -587,5 +587,5 @@ def _check_overlap_spans(inside: str | os.PathLike[str], outside: str | os.PathL
 
     a = pl.DataFrame({"ts_ns": [in_info.first_ts_ns or 0, in_info.last_ts_ns or 0]})
     b = pl.DataFrame({"ts_ns": [out_info.first_ts_ns or 0, out_info.last_ts_ns or 0]})
-    _check_overlap(os.fspath(inside), os.fspath(outside), a, b, offset, given=given)
+    _check_overlap(shown_path(inside), shown_path(outside), a, b, offset, given=given)
 

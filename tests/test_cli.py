@@ -280,6 +280,9 @@ def test_standard_input_is_named_so_in_errors_and_warnings(pair: tuple[Path, Pat
         code, out, err = run(capsys, "correlate", "-", str(pair[1]), "--decoder", decoder, "--format", "json")
         assert err.startswith(f"natproof: {said}") and len(err.splitlines()) == 1
         assert code == (0 if said.startswith("warning") else 2)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(pair[1].read_bytes())))
+    code, _, err = run(capsys, "correlate", str(pair[1]), "-", "--decoder", decoder)
+    assert code == 2 and err.startswith(f"natproof: error: {pair[1]} and standard input hold the same packets")
 
 
 def test_snaplen_cut_inside_capture_still_proves_the_mapping(tmp_path: Path,
