@@ -119,7 +119,8 @@ class CaptureSummary:
     records: int
     """Packet records in the file (frames); of a point that is some of a file's interfaces, the frames on those."""
     packets: int
-    """IP packets that belong to a connection."""
+    """IP packets read from the capture (its frames not skipped), each in a leg: the outside capture's count holds
+    the node's own traffic too, which no connection holds (JSON ip_packets)."""
     first_ts_ns: int
     last_ts_ns: int
     skipped: dict[str, int]

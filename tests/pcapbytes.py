@@ -135,3 +135,17 @@ def write_pair(directory, inside, outside, linktype: int = 101):
         p.write_bytes(pcap(sorted(rows, key=lambda r: r[0]), linktype=linktype))
         paths.append(p)
     return paths
+
+
+def snaplen_cut(data: bytes, snaplen: int) -> bytes:
+    """A classic pcap file's bytes with every record cut to ``snaplen`` bytes and the header's snaplen set so, as
+    ``tcpdump -s SNAPLEN`` writes it (wire lengths kept)."""
+    end = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    out = [data[:16], struct.pack(f"{end}I", snaplen), data[20:24]]
+    at = 24
+    while at + 16 <= len(data):
+        sec, frac, caplen, wire = struct.unpack(f"{end}IIII", data[at:at + 16])
+        kept = min(caplen, snaplen)
+        out += [struct.pack(f"{end}IIII", sec, frac, kept, wire), data[at + 16:at + 16 + kept]]
+        at += 16 + caplen
+    return b"".join(out)

@@ -1228,3 +1228,20 @@ def test_ctrl_c_in_a_command_is_one_line_with_no_blank_line_before_it(pair: tupl
 
     monkeypatch.setattr(cli, "run_correlate", interrupted)
     assert run(capsys, "correlate", *map(str, pair), "-q") == (130, "", "natproof: interrupted\n")
+
+
+@pytest.mark.parametrize("scenario", ["internal", "reject-no-endpoints"])
+def test_table_says_which_inside_packets_unmatched_counts(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: "unmatched packets 0 inside" beside "30 inside only" (captures/internal) read as a
+    contradiction; unmatched counts the packets of connections that should have crossed (internal ones left out, the
+    node's REJECTs in: 6 against reject-no-endpoints' 3 inside only). The JSON numbers are unchanged."""
+    args = [str(CAPTURES / scenario / "inside.pcap"), str(CAPTURES / scenario / "outside.pcap")]
+    code, out, _ = run(capsys, "correlate", *args, "--format", "json")
+    doc = json.loads(out)
+    unmatched = [c for c in doc["connections"] if c["verdict"] != "internal"]
+    want = sum(c["fates"]["inside_only"] + c["fates"]["node_generated"] for c in unmatched)
+    assert code == 0 and doc["unmatched"]["inside"] == want
+    code, out, _ = run(capsys, "correlate", *args, "--format", "table")
+    (line,) = [x for x in out.splitlines() if x.startswith("unmatched packets ")]
+    assert line.startswith(f"unmatched packets {want} inside (of connections that should have crossed), "
+                           f"{doc['unmatched']['outside']} outside; ")

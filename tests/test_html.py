@@ -562,3 +562,30 @@ def test_the_report_shows_each_explained_connections_header_changes(tmp_path: Pa
     assert "<td>source port</td><td class=\"mono\">40000</td>" in second and 'class="changed"' in second
     assert "dport=53585" in second  # its entry in conntrack notation
     test_self_contained(text)
+
+
+def _facts(text: str) -> dict[str, str]:
+    """The summary's facts (<dt>name</dt><dd>text</dd>), their markup stripped."""
+    return {k: re.sub(r"<[^>]+>", "", v) for k, v in re.findall(r"<dt>([^<]*)</dt><dd>(.*?)</dd>", text)}
+
+
+def test_summary_facts_say_what_their_counts_count(tmp_path: Path) -> None:
+    """A new user's trial: "connections 0, all started inside"; "30 IP packets in connections" beside 0
+    connections (the outside capture's packets are read whether or not a connection holds them); "unmatched 0
+    inside (no counterpart outside)" beside 30 packets inside only (internal connections are left out of it)."""
+    from pcapbytes import snaplen_cut
+
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 40))
+    result = natproof.correlate(cut, CAPTURES / "basic" / "outside.pcap")
+    facts = _facts(render_html(result, []))
+    assert result.connections.height == 0 and facts["connections"] == "0"
+    assert f"{result.outside.packets} IP packets read;" in facts["outside capture"] and result.outside.packets > 0
+    assert "in connections" not in facts["outside capture"] + facts["inside capture"]
+    internal = natproof.correlate(CAPTURES / "internal" / "inside.pcap", CAPTURES / "internal" / "outside.pcap")
+    facts = _facts(render_html(internal, []))
+    assert internal.by_fate()["inside_only"] > 0 and internal.unmatched_inside == 0  # the JSON numbers, unchanged
+    assert facts["unmatched packets"].startswith("0 inside (of connections that should have crossed: no counterpart "
+                                                 "outside), 0 outside")
+    n = internal.connections.height
+    assert facts["connections"] == f"{n}, all started inside (egress)"

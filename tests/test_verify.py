@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pcapbytes import snaplen_cut
 
 from natproof.cli import main
 from natproof.correlate import correlate
@@ -330,22 +331,11 @@ def test_port_preserved_with_no_source_rewritten_says_it_cannot_be_judged(
     assert check["evidence"] == ["no connection had its source rewritten, so port preservation cannot be judged"]
 
 
-def _cut(source: Path, target: Path, snaplen: int = 40) -> Path:
-    """``source`` rewritten with every frame cut to ``snaplen`` bytes (tcpdump -s 40): no frame holds a whole header."""
-    import dpkt
-
-    with source.open("rb") as f, target.open("wb") as g:
-        reader = dpkt.pcap.Reader(f)
-        writer = dpkt.pcap.Writer(g, snaplen=snaplen, linktype=reader.datalink())
-        for ts, buf in reader:
-            writer.writepkt(buf[:snaplen], ts)
-    return target
-
-
 def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A new user's trial: with every inside frame cut short (0 connections), --expect-no untranslated and
     --expect-no-leak passed: "2 of 2 expectations hold", exit 0."""
-    inside = _cut(CAPTURES / "basic" / "inside.pcap", tmp_path / "cut.pcap")
+    inside = tmp_path / "cut.pcap"  # tcpdump -s 40: no frame holds a whole header
+    inside.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 40))
     result = correlate(str(inside), pair("basic")[1])
     assert result.connections.height == 0 and result.inside.skipped.get("malformed", 0) > 0
     code, out, _ = run(capsys, "verify", str(inside), pair("basic")[1], "--expect-no", "untranslated",

@@ -567,7 +567,8 @@ def _summary(result: Result) -> str:
     facts: list[tuple[str, str]] = [
         ("connections", f"{total}: {total - inbound} started inside (egress), "
                         f'<button type="button" class="linkbtn" data-filter="initiator:outside">{inbound} started '
-                        "outside</button> (inbound)" if inbound else f"{total}, all started inside (egress)"),
+                        "outside</button> (inbound)" if inbound
+                        else f"{total}, all started inside (egress)" if total else "0"),
         ("packets by fate", f"{fate_text} <span class=\"muted\">(every packet of a connection once)</span>"),
         ("Services", f'<a href="#services">{len(services)} Service(s)</a>, '
                      f"{sum(s['connections'] for s in services)} connection(s)" if services
@@ -579,7 +580,8 @@ def _summary(result: Result) -> str:
         ("overlap", overlap_text(result)),
         ("pod networks", _e(", ".join(result.pod_networks) or "none")
          + (f" — {_e(result.pod_networks_why)}" if result.pod_networks_why else "")),
-        ("unmatched packets", f"{result.unmatched_inside} inside (no counterpart outside), "
+        ("unmatched packets", f"{result.unmatched_inside} inside (of connections that should have crossed: no "
+                              "counterpart outside), "
                               f"{result.unmatched_outside} outside (no counterpart inside, includes the node's "
                               "own traffic)"),
     ]
@@ -602,7 +604,7 @@ def _summary(result: Result) -> str:
         skipped = ", ".join(f"{_e(k)} {v}" for k, v in cap.skipped.items()) or "none"
         facts.append((f"{side} capture",
                       f'<span class="mono">{_e(cap.path)}</span> — {_e(cap.format)}, {_e(cap.link_type)}, '
-                      f"{cap.records} frames, {cap.packets} IP packets in connections; skipped: {skipped}; "
+                      f"{cap.records} frames, {cap.packets} IP packets read; skipped: {skipped}; "
                       f"{_e(_span(cap.first_ts_ns, cap.last_ts_ns))}"))
         if cap.chosen != "file":
             facts.append((f"{side} interfaces", f'<span class="mono">{_e(", ".join(cap.interfaces))}</span> — '

@@ -197,7 +197,10 @@ def summary_line(result: Result) -> str:
         f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
         f"{ports}; clock offset {result.clock_offset_s:+.6f} s; {overlap_text(result)}\n"
         f"pod networks {', '.join(result.pod_networks) or 'none'}: {result.pod_networks_why or 'given'}\n"
-        f"unmatched packets {result.unmatched_inside} inside, {result.unmatched_outside} outside; "
+        # Result.unmatched_inside leaves internal connections out by design (their packets never cross): said so,
+        # beside "packets by fate" counting them as inside only (captures/internal: 0 unmatched, 30 inside only).
+        f"unmatched packets {result.unmatched_inside} inside (of connections that should have crossed), "
+        f"{result.unmatched_outside} outside; "
         f"frames skipped {skipped_in} inside, {skipped_out} outside"
         + (f"\n{kernel_line(result)}" if result.conntrack is not None else "")
     )
