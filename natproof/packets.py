@@ -147,11 +147,7 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
     else:
         info, packets = _load_reference(path, progress, overlay)
     require_supported_link(info, packets)
-    for port, n in sorted(info.vxlan_like.items()):
-        if n >= VXLAN_LIKE_MIN:
-            info.warnings.append(f"{n} UDP packets to port {port} look like VXLAN (the I flag, an Ethernet frame with "
-                                 f"IP inside) but were read as plain UDP: --vxlan-port {port} reads them as overlay "
-                                 "packets")
+    note_decoded(info)
     if not shaped and columns is not None and packets.columns != list(columns):
         packets = packets.select(columns)
     if not shaped and transform is not None:
@@ -160,6 +156,29 @@ def load_packets(path: str | os.PathLike[str], progress: Progress | None = None,
         sink(packets)
         packets = packets.clear()
     return info, packets
+
+
+def note_decoded(info: CaptureInfo) -> None:
+    """Append to ``info.warnings`` what load_packets says of a capture once it is decoded: frames a snaplen cut
+    (:func:`truncated_note`), UDP that looks like VXLAN on a port not read as VXLAN."""
+    if info.truncated_records:
+        info.warnings.append(truncated_note(info.truncated_records, info.records))
+    for port, n in sorted(info.vxlan_like.items()):
+        if n >= VXLAN_LIKE_MIN:
+            info.warnings.append(f"{n} UDP packets to port {port} look like VXLAN (the I flag, an Ethernet frame with "
+                                 f"IP inside) but were read as plain UDP: --vxlan-port {port} reads them as overlay "
+                                 "packets")
+
+
+def truncated_note(truncated: int, records: int) -> str:
+    """The warning of a capture ``truncated`` of whose ``records`` frames are stored shorter than they were on the
+    wire (CaptureInfo.truncated_records: a snaplen, tcpdump -s). A cut payload head digests what was captured,
+    which only a copy cut alike agrees with: natproof.match pairs such datagrams on their headers and lengths
+    (_pair_datagrams), TCP segments on their numbers; a frame cut inside its transport header is skipped
+    (truncated_l4)."""
+    return (f"{truncated} of {records} frames were captured shorter than they were on the wire (a snaplen: tcpdump "
+            "-s): their payload past the cut is not compared, and a frame cut inside its TCP/UDP/ICMP header is "
+            "skipped (truncated_l4)")
 
 
 def require_supported_link(info: CaptureInfo, packets: pl.DataFrame) -> tuple[CaptureInfo, pl.DataFrame]:

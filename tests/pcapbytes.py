@@ -50,17 +50,17 @@ def sll(payload: bytes, proto: int = 0x0800) -> bytes:
     return struct.pack("!HHH8sH", 4, 1, 6, b"\x02\x00\x00\x00\x00\x01\x00\x00", proto) + payload
 
 
-def pcap(records: list[tuple[int, bytes]], *, linktype: int = 1, nano: bool = True, big_endian: bool = False,
-         wire_extra: int = 0) -> bytes:
-    """records: (ts_ns, frame bytes)."""
+def pcap(records: list[tuple[int, bytes]] | list[tuple[int, bytes, int]], *, linktype: int = 1, nano: bool = True,
+         big_endian: bool = False, wire_extra: int = 0) -> bytes:
+    """records: (ts_ns, frame bytes[, original length: a frame cut by a snaplen])."""
     e = ">" if big_endian else "<"
     magic = 0xA1B23C4D if nano else 0xA1B2C3D4
     out = struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)
-    for ts, data in records:
+    for ts, data, *wire in records:
         sec, frac = divmod(ts, 1_000_000_000)
         if not nano:
             frac //= 1000
-        out += struct.pack(e + "IIII", sec, frac, len(data), len(data) + wire_extra) + data
+        out += struct.pack(e + "IIII", sec, frac, len(data), (wire[0] if wire else len(data)) + wire_extra) + data
     return out
 
 
@@ -90,12 +90,13 @@ def pcapng(interfaces: list[tuple[int, int | None]] | list[tuple[int, int | None
     return out
 
 
-def frame_of(rows: list[tuple[int, bytes]], linktype: int = 101):
-    """Decode (ts_ns, raw IP bytes) rows into natproof's packet frame, numbering frames from 1."""
+def frame_of(rows: list[tuple[int, bytes]], linktype: int = 101, *, snaplen: int | None = None):
+    """Decode (ts_ns, raw IP bytes) rows into natproof's packet frame, numbering frames from 1; ``snaplen`` cuts
+    each record to that many bytes, as tcpdump -s does (the original length kept)."""
     from natproof.capture import CaptureInfo, Record
     from natproof.packets import build_packets
 
-    recs = [Record(i + 1, ts, len(b), len(b), linktype, 0, b) for i, (ts, b) in enumerate(rows)]
+    recs = [Record(i + 1, ts, len(b[:snaplen]), len(b), linktype, 0, b[:snaplen]) for i, (ts, b) in enumerate(rows)]
     return build_packets(recs, CaptureInfo(path="<test>"))
 
 

@@ -20,7 +20,7 @@ from natproof import parallel
 from natproof.capture import CaptureInfo
 from natproof.errors import CaptureError
 from natproof.fastdecode import decode_file, xxh3_64_of_32
-from natproof.packets import PACKET_SCHEMA, load_packets, load_pair, require_supported_link
+from natproof.packets import PACKET_SCHEMA, load_packets, load_pair, note_decoded, require_supported_link
 from natproof.testing.bulk import check_mapping, generate_pair
 from natproof.testing.scenario import SCENARIOS, write_scenario
 
@@ -50,6 +50,7 @@ def assert_same(path: Path | str, chunk_bytes: int | None = None) -> tuple[Captu
         info, got = load_packets(path, fast=True)
     else:
         info, got = require_supported_link(*decode_file(path, chunk_bytes=chunk_bytes))
+        note_decoded(info)  # what load_packets says of the decoded capture
     assert got.schema == ref.schema == pl.Schema(PACKET_SCHEMA)
     if not got.equals(ref):
         diff = [c for c in ref.columns if got.height != ref.height or not got[c].equals(ref[c])]
