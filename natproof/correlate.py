@@ -24,7 +24,7 @@ from natproof.connections import (
     split_never_forwarded,
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
-from natproof.decode import DEFAULT_OVERLAY, HEAD_DIGEST_BYTES, Overlay
+from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import CapturesApart, InputError, Said, setting, shown_path
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
 from natproof.match import (
@@ -32,6 +32,7 @@ from natproof.match import (
     PAIR_SCHEMA,
     KeyParts,
     arrange_keys,
+    head_whole,
     key_part_count,
     match_sides,
     signature,
@@ -83,10 +84,11 @@ DECODE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "src", "dst"
 """The packet columns correlate decodes: what grouping, the keys and matching read (see PACKET_SCHEMA)."""
 
 FEATURE_COLUMNS = ("frame_no", "ts_ns", "iface", "ifindex", "proto", "ip_id", "ttl", "tcp_seq", "tcp_ack",
-                   "tcp_flags", "icmp_type", "icmp_code", "icmp_mtu", "payload_len", "head_digest", "underlay")
-"""Decoded columns kept as they are; the rest are read once into the flow columns and the signature. (iface and
-ifindex are dropped once the packets are split into observation points: natproof.points; underlay once each
-leg has its own: leg_underlay.)"""
+                   "tcp_flags", "icmp_type", "icmp_code", "icmp_seq", "icmp_mtu", "payload_len", "head_digest",
+                   "underlay")
+"""Decoded columns kept as they are; the rest are read once into the flow columns and the signature (icmp_seq is
+kept too: natproof.match pairs echoes a NAT gave a new IP id on it). (iface and ifindex are dropped once the
+packets are split into observation points: natproof.points; underlay once each leg has its own: leg_underlay.)"""
 
 
 def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
@@ -94,11 +96,7 @@ def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
     and the match signature (natproof.match.signature). Row by row: applied to each decoded batch."""
     # An ICMP error's own source: the far end, a router on the path, or the node itself (REJECT).
     err_src = pl.when(pl.col("inner_proto").is_not_null()).then(pl.col("src")).alias("err_src")
-    # Whether head_digest covers the payload's whole head (HEAD_DIGEST_BYTES, or all of a shorter payload): a
-    # snaplen that cut into it digests fewer bytes, which only another capture cut alike agrees with.
-    head_whole = (pl.col("payload_captured_len") >= pl.min_horizontal(pl.col("payload_len"),
-                                                                      pl.lit(HEAD_DIGEST_BYTES))).alias("head_whole")
-    return packets.select(*FEATURE_COLUMNS, head_whole, err_src, *flow_columns(), signature())
+    return packets.select(*FEATURE_COLUMNS, head_whole(), err_src, *flow_columns(), signature())
 
 
 PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from natproof.connections import select_in_slices
+from natproof.decode import HEAD_DIGEST_BYTES
 
 SNAP_OFFSET_NS = 100_000
 """Clock-offset estimates smaller than this (100 us) count as 0: captures taken on one host share a clock,
@@ -19,7 +20,7 @@ ROUGH_TOLERANCE_NS = 600 * 10**9
 
 PAIR_SCHEMA = {
     "in_row": pl.UInt32(), "out_row": pl.UInt32(), "dt_ns": pl.Int64(),
-    "method": pl.Enum(["exact", "bytes", "ip_id", "tcp_partial", "payload"]),
+    "method": pl.Enum(["exact", "bytes", "ip_id", "tcp_partial", "datagram", "payload"]),
 }
 """One matched packet: its row on each side, the time between (outside minus inside, raw clocks) and the pass."""
 
@@ -49,6 +50,14 @@ def signature() -> pl.Expr:
         "proto", "ip_id", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", head, "icmp_type", "icmp_code",
         "icmp_seq", "inner_proto",
     ).hash(seed=0x7369).alias("sig")
+
+
+def head_whole() -> pl.Expr:
+    """``head_whole``: whether ``head_digest`` covers the payload's whole head (HEAD_DIGEST_BYTES, or all of a shorter
+    payload), from ``payload_captured_len``. A snaplen that cut into it digests fewer bytes, which only another
+    capture cut alike agrees with (the datagram pass, _pair_datagrams, pairs the rest)."""
+    return (pl.col("payload_captured_len") >= pl.min_horizontal(pl.col("payload_len"), pl.lit(HEAD_DIGEST_BYTES))
+            ).alias("head_whole")
 
 
 def _weak() -> pl.Expr:
@@ -83,7 +92,7 @@ def _payload_key() -> pl.Expr:
 
 MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
                  "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "head_whole",
-                 "is_icmp_error",
+                 "is_icmp_error", "icmp_type", "icmp_code", "icmp_seq",
                  "k_strong", "k_loose", "dnat_end")
 """What match_sides reads of each side (from :func:`with_keys`)."""
 
@@ -97,6 +106,8 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
         packets = packets.with_columns(select_in_slices(packets, [signature()]).to_series())
     if "dnat_end" not in packets.columns:
         packets = packets.with_columns(pl.lit(True).alias("dnat_end"))
+    if "head_whole" not in packets.columns and "payload_captured_len" in packets.columns:
+        packets = packets.with_columns(head_whole())
     keys = select_in_slices(packets, [_strong_key().alias("k_strong"), _loose_key().alias("k_loose")])
     if keys["k_loose"].null_count() == keys.height:
         # No weak datagram to pair across DNAT (most captures): a column of the Null type holds no buffer.
@@ -321,20 +332,25 @@ def _pair_part(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int, toler
         multi = multi.filter(~pl.col("_alone"))
         cost = pl.col("dt").abs() + REWRITE_PENALTY_NS * pl.sum_horizontal(
             [(pl.col(c) != pl.col(f"{c}_out")).fill_null(True).cast(pl.Int64) for c in _TUPLE])
-        ranked = multi.select("row", "row_out", "dt", cost.alias("cost")).sort("cost", "row", "row_out")
-        taken_in: set[int] = set()
-        taken_out: set[int] = set()
-        rows: list[tuple[int, int, int]] = []
-        for r_in, r_out, dt, _ in ranked.iter_rows():
-            if r_in in taken_in or r_out in taken_out:
-                continue
-            taken_in.add(r_in)
-            taken_out.add(r_out)
-            rows.append((r_in, r_out, dt + offset_ns))
-        if rows:
-            found.append(pl.DataFrame(rows, schema=["in_row", "out_row", "dt_ns"], orient="row"))
+        found.append(_cheapest_first(multi.select("row", "row_out", "dt", cost.alias("cost")), offset_ns))
     return pl.concat([f.cast({"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}) for f in found],
                      how="diagonal").with_columns(pl.col("unique").fill_null(False))
+
+
+def _cheapest_first(candidates: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
+    """One-to-one pairs (in_row, out_row, dt_ns) from ``candidates`` (row, row_out, dt: outside minus inside time
+    less ``offset_ns``, cost), taken greedily cheapest first (ties by row numbers): a row once taken is taken."""
+    ranked = candidates.select("row", "row_out", "dt", "cost").sort("cost", "row", "row_out")
+    taken_in: set[int] = set()
+    taken_out: set[int] = set()
+    rows: list[tuple[int, int, int]] = []
+    for r_in, r_out, dt, _ in ranked.iter_rows():
+        if r_in in taken_in or r_out in taken_out:
+            continue
+        taken_in.add(r_in)
+        taken_out.add(r_out)
+        rows.append((r_in, r_out, dt + offset_ns))
+    return pl.DataFrame(rows, schema={"in_row": pl.UInt32, "out_row": pl.UInt32, "dt_ns": pl.Int64}, orient="row")
 
 
 def _near_candidates(a: pl.DataFrame, b: pl.DataFrame, key: str, offset_ns: int,
@@ -554,8 +570,8 @@ class Matches:
 
     pairs: pl.DataFrame
     """One row per matched inside packet: in_row, out_row, dt_ns (outside minus inside, raw clocks),
-    method ("exact", "bytes", "ip_id", "tcp_partial" or "payload"), seq_delta and ack_delta (TCP pairs of the
-    ALG passes: how far the sequence space moved; null otherwise), unique (a strong key, seen once on
+    method ("exact", "bytes", "ip_id", "tcp_partial", "datagram" or "payload"), seq_delta and ack_delta (TCP pairs
+    of the ALG passes: how far the sequence space moved; null otherwise), unique (a strong key, seen once on
     each side; false: chosen among look-alikes, or on a weak key), ttl_delta (outside minus inside TTL)."""
     clock_offset_ns: int
     inside_self: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SELF_PAIR_SCHEMA))
@@ -573,12 +589,13 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     """Match packets of ``inside`` to packets of ``outside`` (both from :func:`with_keys`).
 
     Passes, each on the rows still unmatched: exact invariant fields; TCP byte ranges (GRO/TSO) and then IP id
-    (ALG payload rewrites), both within legs the exact pass linked; payload digest (sequence-randomising
-    middleboxes); and, among inside packets that crossed nowhere, copies of one packet under two legs
-    (hairpin). ``inside_parts``: ``inside`` already cut for the exact pass (:func:`arrange_keys`), used when its
-    part count is the one both sides' heights give. ``offset_grounded``: whether the clock offset rests on
-    packets both captures hold (natproof.spill knows it of the whole captures; by default: given, or some pass
-    before the payload one paired a packet), which the payload pass needs (_causal_payload_pairs).
+    (ALG payload rewrites), both within legs the exact pass linked; datagrams less their IP id or their cut
+    payload head (:func:`_pair_datagrams`); payload digest (sequence-randomising middleboxes); and, among inside
+    packets that crossed nowhere, copies of one packet under two legs (hairpin). ``inside_parts``: ``inside``
+    already cut for the exact pass (:func:`arrange_keys`), used when its part count is the one both sides' heights
+    give. ``offset_grounded``: whether the clock offset rests on packets both captures hold (natproof.spill knows it
+    of the whole captures; by default: given, or some pass before the datagram one paired a packet), which the
+    payload pass needs (_causal_payload_pairs), and the datagram pass to choose among cut datagrams.
     """
     exact = None
     if clock_offset_ns is None:
@@ -624,6 +641,13 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
             out_left = _without(out_left, got["out_row"])
     grounded = (offset_grounded if offset_grounded is not None
                 else clock_offset_ns is not None or any(not f.is_empty() for f in found))
+    if "link" in in_left.columns and not in_left.is_empty() and not out_left.is_empty():
+        # Datagrams whose IP id a NAT rewrote, or whose payload head a snaplen cut on one side only.
+        got = _pair_datagrams(in_left, out_left, inside, offset, tolerance_ns, grounded).with_columns(
+            pl.lit("datagram").alias("method"))
+        found.append(got)
+        in_left = _without(in_left, got["in_row"])
+        out_left = _without(out_left, got["out_row"])
     by_payload = _pair_by_key(in_left.with_columns(_payload_key().alias("k_payload")),
                               out_left.with_columns(_payload_key().alias("k_payload")), "k_payload", offset,
                               tolerance_ns, "payload")
@@ -674,9 +698,61 @@ def _causal_payload_pairs(pairs: pl.DataFrame, inside: pl.DataFrame, offset_ns: 
         return pairs, 0
     if not grounded:
         return pairs.clear(), pairs.height
-    ts = inside["ts_ns"]
-    slack = max(PAYLOAD_SLACK_NS, int(((ts.max() or 0) - (ts.min() or 0)) * DRIFT_PER_NS))  # type: ignore[operator]
     egress = inside["is_egress"].gather(pairs["in_row"])
     late = pairs.select(pl.when(egress).then(pl.col("dt_ns") - offset_ns).otherwise(offset_ns - pl.col("dt_ns"))
-                        >= -slack).to_series()
+                        >= -_causal_slack(inside)).to_series()
     return pairs.filter(late), int((~late).sum())
+
+
+def _causal_slack(inside: pl.DataFrame) -> int:
+    """How far before its counterpart (ns) a packet paired without its own key may seem to cross:
+    PAYLOAD_SLACK_NS, or DRIFT_PER_NS of the inside capture's span when that is more."""
+    ts = inside["ts_ns"]
+    return max(PAYLOAD_SLACK_NS, int(((ts.max() or 0) - (ts.min() or 0)) * DRIFT_PER_NS))  # type: ignore[operator]
+
+
+DATAGRAM_KEY = ("link", "is_egress", "proto", "payload_len", "icmp_type", "icmp_code", "icmp_seq")
+"""What the datagram pass (_pair_datagrams) holds equal: the legs, the direction, and what neither a rewritten IP
+id nor a snaplen changes (the length is the IP header's, not the captured one)."""
+
+
+def _pair_datagrams(in_left: pl.DataFrame, out_left: pl.DataFrame, inside: pl.DataFrame, offset_ns: int,
+                    tolerance_ns: int, grounded: bool) -> pl.DataFrame:
+    """Pair datagrams (UDP, ICMP echo: neither TCP nor an ICMP error) the passes before left, in legs ``link``
+    says belong together, agreeing on DATAGRAM_KEY, nearest in time (in_row, out_row, dt_ns), where either
+
+    - a NAT gave them a new IP id (pf's ``scrub random-id``; Linux never does): only in legs linked by other pairs
+      (the replies), their payload heads equal (or one cut, below);
+    - a snaplen cut the payload head on one side (or on both, at different lengths): ``head_digest`` covers what
+      was captured, so the two digests differ (``head_whole``); the IP ids are then equal, and legs linked by other
+      pairs or, linked by none, at the same far end (_links).
+
+    A datagram whose head both sides hold whole pairs here only with the same head, as in the exact pass: unrelated
+    look-alikes pair no more loosely than there. Each pair must cross forward in time against the clock offset (the
+    rule of _causal_payload_pairs, ``inside`` giving the slack). When nothing else grounds the offset (``grounded``
+    false: a capture whose snaplen cut every TCP header, s08c of a trial, holds only the datagrams), a cut datagram
+    pairs only with the one candidate there is, itself that one's only candidate. ``in_left`` and ``out_left``
+    carry ``link`` (_links); sides without ``head_whole`` or the ICMP columns (frames made by hand) pair nothing
+    here. More candidates than MAX_CANDIDATES (alike leftovers by the million) pair nothing either."""
+    empty = pl.DataFrame(schema={k: PAIR_SCHEMA[k] for k in ("in_row", "out_row", "dt_ns")})
+    need = {"head_whole", "icmp_type", "icmp_code", "icmp_seq"}
+    if not need <= set(in_left.columns) or not need <= set(out_left.columns):
+        return empty
+    usable = (pl.col("proto") != 6) & (pl.col("f_proto") != 6) & ~pl.col("is_icmp_error").fill_null(False)
+    cols = ["row", "ts_ns", "link", "is_egress", "ip_id", "head_digest", "head_whole",
+            pl.struct(*DATAGRAM_KEY).hash(seed=0x6467).alias("k_dgram")]
+    a, b = in_left.filter(usable).select(cols), out_left.filter(usable).select(cols)
+    if a.is_empty() or b.is_empty():
+        return empty
+    cand = _near_candidates(a, b, "k_dgram", offset_ns, tolerance_ns)
+    if cand is None or cand.is_empty():
+        return empty
+    linked = pl.col("link") < _UNLINKED
+    cut = ~pl.col("head_whole").fill_null(True) | ~pl.col("head_whole_out").fill_null(True)
+    same_head = pl.col("head_digest").eq_missing(pl.col("head_digest_out"))
+    same_id = pl.col("ip_id").eq_missing(pl.col("ip_id_out"))
+    forward = pl.when(pl.col("is_egress")).then(pl.col("dt")).otherwise(-pl.col("dt")) >= -_causal_slack(inside)
+    cand = cand.filter((same_head | cut) & (same_id | linked) & forward)
+    if not grounded:
+        cand = cand.filter(cut & same_id & (pl.len().over("row") == 1) & (pl.len().over("row_out") == 1))
+    return _cheapest_first(cand.with_columns(pl.col("dt").abs().alias("cost")), offset_ns)

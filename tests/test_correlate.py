@@ -362,3 +362,29 @@ def test_identical_fragmented_datagrams_pair_one_to_one_whichever_side_saw_them_
     # Each datagram with its own copy: 30 us apart, never 200 ms.
     egress = result.packets("inside").filter(pl.col("is_egress") & (pl.col("proto") == 17)).select("dt_ns").collect()
     assert egress["dt_ns"].to_list() == [30_000, 30_000]
+
+
+def test_a_dns_exchange_one_capture_cut_short_crossed_and_the_cut_is_said(tmp_path: Path) -> None:
+    # A trial (s08b): the inside captured with snaplen 64, the outside whole. The DNS exchange (IP id 0) was
+    # not_captured, "the other capture shows neither direction", its outside copies in no connection, and nothing
+    # said the frames were cut. Raw IP here: a snaplen of 50 keeps TCP's headers and cuts DNS after 22 bytes.
+    from pcapbytes import ipv4, pcap, tcp_pair, udp
+
+    t0 = 1_700_000_000 * 10**9
+    tcp_in, tcp_out = tcp_pair(t0)
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+    answer = query[:2] + b"\x81\x80" + query[4:] + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\xc0\x00\x02\x01"
+    pod, node, dns = "10.244.0.10", "203.0.113.2", "198.51.100.53"
+    inside = [*tcp_in, (t0 + 10**9, ipv4(pod, dns, 17, udp(53000, 53, query), ip_id=0)),
+              (t0 + 10**9 + 10_030_000, ipv4(dns, pod, 17, udp(53, 53000, answer), ip_id=0, ttl=51))]
+    outside = [*tcp_out, (t0 + 10**9 + 30_000, ipv4(node, dns, 17, udp(53000, 53, query), ip_id=0, ttl=63)),
+               (t0 + 10**9 + 10_000_000, ipv4(dns, node, 17, udp(53, 53000, answer), ip_id=0, ttl=52))]
+    (tmp_path / "inside.pcap").write_bytes(pcap([(t, b[:50], len(b)) for t, b in inside], linktype=101))
+    (tmp_path / "outside.pcap").write_bytes(pcap(outside, linktype=101))
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    got = result.connections.sort("proto").select("proto", "verdict", "matched_egress", "matched_reply").rows()
+    assert got == [("tcp", "translated", 5, 3), ("udp", "translated", 1, 1)]
+    assert (result.unmatched_inside, result.unmatched_outside) == (0, 0)
+    cut = sum(len(b) > 50 for _, b in inside)
+    assert [w.split(" were ")[0] for w in result.inside.warnings] == [f"{cut} of {len(inside)} frames"]
+    assert result.outside.warnings == ()

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
-from pcapbytes import tcp_pair, write_pair
+from pcapbytes import icmp_echo, ipv4, tcp_pair, udp, write_pair
 
 from natproof.check import capture_pair
 from natproof.correlate import correlate
@@ -1048,3 +1048,31 @@ def test_a_pcapng_file_cut_short_is_said_too(tmp_path: Path) -> None:
     lost = {f.kind: f for f in diagnose(cut)}["dropped_mid_connection"]
     assert "The inside file ends cut short (block length past the end of the file at offset" in lost.summary
     assert lost.fix.startswith("Take the capture again")
+
+
+def test_requests_a_nat_gave_a_new_ip_id_are_no_other_path(tmp_path: Path) -> None:
+    # A trial (s17, s12): a NAT that rewrites the IP id (pf's scrub random-id) and an echo's identifier. Every
+    # request was on the outside capture under the translated tuple, yet matched none: egress_other_path, "they
+    # took another interface", and each request counted twice (inside_only and outside_only). The replies link the
+    # legs; the requests pair there on what the rewrite leaves, and the node is healthy.
+    pod, node, srv = "10.244.0.10", "203.0.113.2", "198.51.100.10"
+    t0, data = 1_700_000_000 * 10**9, b"abcdefgh" * 7
+    inside, outside = [], []
+    for i, new_id in enumerate((41000, 17, 60000)):
+        t = t0 + i * 200_000_000
+        inside.append((t, ipv4(pod, srv, 1, icmp_echo(8, 0x0101, i + 1, data), ip_id=7000 + i)))
+        outside.append((t + 30_000, ipv4(node, srv, 1, icmp_echo(8, 0x7777, i + 1, data), ip_id=new_id, ttl=63)))
+        outside.append((t + 10_000_000, ipv4(srv, node, 1, icmp_echo(0, 0x7777, i + 1, data), ip_id=9100 + i, ttl=52)))
+        inside.append((t + 10_030_000, ipv4(srv, pod, 1, icmp_echo(0, 0x0101, i + 1, data), ip_id=9100 + i, ttl=51)))
+        inside.append((t + 100_000_000, ipv4(pod, srv, 17, udp(52004, 5000, b"data%02d" % i), ip_id=3000 + i)))
+        outside.append((t + 100_030_000, ipv4(node, srv, 17, udp(52004, 5000, b"data%02d" % i), ip_id=new_id ^ 5,
+                                              ttl=63)))
+        outside.append((t + 105_000_000, ipv4(srv, node, 17, udp(5000, 52004, b"resp%02d" % i), ip_id=4000 + i,
+                                              ttl=52)))
+        inside.append((t + 105_030_000, ipv4(srv, pod, 17, udp(5000, 52004, b"resp%02d" % i), ip_id=4000 + i,
+                                             ttl=51)))
+    result = correlate(*write_pair(tmp_path, inside, outside))
+    rows = result.connections.sort("proto").select("proto", "verdict", "matched_egress", "matched_reply").rows()
+    assert rows == [("icmp", "translated", 3, 3), ("udp", "translated", 3, 3)]
+    assert all("egress_other_path" not in flags_of(c) for c in result.connections.iter_rows(named=True))
+    assert [f.kind for f in diagnose(result)] == ["healthy"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
-from pcapbytes import frame_of, ipv4, tcp, tcp_pair, udp
+from pcapbytes import frame_of, icmp_echo, ipv4, tcp, tcp_pair, udp
 
 from natproof.connections import group_connections
 from natproof.match import estimate_clock_offset, match_sides, with_keys
@@ -199,3 +199,113 @@ def test_ipv6_clusterip_datagrams_pair_across_dnat_and_name_the_service() -> Non
     assert rows[("udp", "2001:db8:96::53")]["service"] == {
         "type": "ClusterIP", "address": "2001:db8:96::53", "port": 53,
         "backend": {"address": "2001:db8:ff::10", "port": 53}}
+
+
+def keyed_cut(rows: list[tuple[int, bytes]], snaplen: int | None) -> pl.DataFrame:
+    pk, _ = group_connections(frame_of(rows, snaplen=snaplen))
+    return with_keys(pk)
+
+
+DNS, QUERY = "198.51.100.53", b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+ANSWER = QUERY[:2] + b"\x81\x80" + QUERY[4:] + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\xc0\x00\x02\x01"
+
+
+def dns_rows(t: int, src: str, sport: int, query: bytes = QUERY, answer: bytes = ANSWER, *, outside: bool,
+             ip_id: int = 0) -> list[tuple[int, bytes]]:
+    """A DNS query and its answer (IP id 0, as Linux sends UDP with DF... and as the trial's), seen inside or
+    outside: the outside copy of the query 30 us after the inside one, of the answer 30 us before."""
+    lat = 30_000 if outside else 0
+    return [(t + lat, ipv4(src, DNS, 17, udp(sport, 53, query), ip_id=ip_id)),
+            (t + 5_000_000 + 30_000 - lat, ipv4(DNS, src, 17, udp(53, sport, answer), ip_id=ip_id))]
+
+
+def test_datagrams_cut_short_on_one_side_still_pair() -> None:
+    # A trial (s08b): the inside captured with snaplen 64, the outside whole. The DNS payload's head digest covers
+    # the 10 bytes the inside kept and the 29 the outside did: they differ, and the exchange read as never having
+    # crossed. Its length, IP id and far end agree, and TCP of the same captures grounds the clock.
+    tcp_in, tcp_out = tcp_pair(T0)
+    a = keyed_cut([*tcp_in, *dns_rows(T0 + S, POD, 53000, outside=False)], 20 + 20 + 10)
+    b = keyed_cut([*tcp_out, *dns_rows(T0 + S, NODE, 53000, outside=True)], None)
+    m = match_sides(a, b)
+    assert frames_of_pairs(a, b, m.pairs) == [(k, k) for k in range(1, 11)]
+    got = m.pairs.join(a.select(pl.col("row").alias("in_row"), "proto"), on="in_row")
+    assert got.filter(pl.col("proto") == 17)["method"].to_list() == ["datagram", "datagram"]
+    assert set(got.filter(pl.col("proto") == 6)["method"]) == {"exact"}
+
+
+def test_a_cut_datagram_pairs_with_its_own_copy_not_a_lookalike_of_another_time_or_far_end() -> None:
+    # Two pods' queries of one length to one resolver, 20 ms apart; the inside cut them both. Each pairs with the
+    # nearest copy forward in time, never with the copy 2 s before (a look-alike in time), and a whole query to
+    # another resolver is no candidate at all.
+    other = "192.0.2.53"
+    tcp_in, tcp_out = tcp_pair(T0)
+    q2 = QUERY[:1] + b"\x99" + QUERY[2:]
+    inside = [*tcp_in, *dns_rows(T0 + S, POD, 53000, outside=False)[:1],
+              *dns_rows(T0 + S + 20_000_000, "10.244.0.11", 53002, q2, outside=False)[:1]]
+    outside = [*tcp_out, (T0 - S, ipv4(NODE, DNS, 17, udp(53004, 53, QUERY), ip_id=0)),
+               (T0 + S + 30_000, ipv4(NODE, other, 17, udp(53000, 53, QUERY), ip_id=0)),
+               *dns_rows(T0 + S, NODE, 53000, outside=True)[:1],
+               *dns_rows(T0 + S + 20_000_000, NODE, 53002, q2, outside=True)[:1]]
+    a, b = keyed_cut(sorted(inside), 20 + 20), keyed_cut(sorted(outside), None)  # TCP headers whole
+    m = match_sides(a, b, tolerance_ns=3 * S)
+    dgram = m.pairs.filter(pl.col("method") == "datagram")
+    ports = lambda df, rows: df.select("lport").gather(rows).to_series().to_list()  # noqa: E731
+    assert ports(a, dgram["in_row"]) == ports(b, dgram["out_row"]) == [53000, 53002]
+    assert b["remote"].gather(dgram["out_row"]).cast(pl.String).to_list() == [DNS, DNS]
+
+
+def test_whole_datagrams_with_different_heads_still_never_pair() -> None:
+    # Both sides hold the queries whole: unlike payload heads are two datagrams, the IP id alone no reason to pair.
+    tcp_in, tcp_out = tcp_pair(T0)
+    q2 = QUERY[:1] + b"\x99" + QUERY[2:]
+    a = keyed([*tcp_in, *dns_rows(T0 + S, POD, 53000, outside=False)[:1]])
+    b = keyed([*tcp_out, *dns_rows(T0 + S, NODE, 53000, q2, outside=True)[:1]])
+    assert "datagram" not in set(match_sides(a, b).pairs["method"])
+
+
+def test_a_cut_datagram_with_nothing_else_to_ground_the_clock_pairs_only_when_alone() -> None:
+    # A trial (s08c): snaplen 44 cut every TCP header on the inside, only the DNS exchange is left to pair. With
+    # one candidate each way it pairs; with a second query alike from another pod, neither is sure.
+    a = keyed_cut(dns_rows(T0, POD, 53000, outside=False), 20 + 8 + 2)
+    b = keyed_cut(dns_rows(T0, NODE, 53000, outside=True), None)
+    assert frames_of_pairs(a, b, match_sides(a, b).pairs) == [(1, 1), (2, 2)]
+    two = keyed_cut([*dns_rows(T0, POD, 53000, outside=False)[:1],
+                     *dns_rows(T0 + 1_000_000, "10.244.0.11", 53002, outside=False)[:1]], 20 + 8 + 2)
+    assert match_sides(two, keyed_cut(dns_rows(T0, NODE, 53000, outside=True)[:1], None)).pairs.is_empty()
+
+
+def echo_rows(ident: int, ip_ids: list[int], *, outside: bool) -> list[tuple[int, bytes]]:
+    """Three pings (alike payloads) 200 ms apart and their replies; outside: behind a NAT that gives each request a
+    new identifier and IP id, the replies' IP ids kept (the replier's)."""
+    rows = []
+    for i, ip_id in enumerate(ip_ids):
+        t = T0 + i * 200_000_000
+        lat = 30_000 if outside else 0
+        pod = NODE if outside else POD
+        rows.append((t + lat, ipv4(pod, SRV, 1, icmp_echo(8, ident, i + 1, b"abcdefgh" * 7), ip_id=ip_id)))
+        rows.append((t + 10_000_000 + 30_000 - lat, ipv4(SRV, pod, 1, icmp_echo(0, ident, i + 1, b"abcdefgh" * 7),
+                                                         ip_id=9100 + i)))
+    return rows
+
+
+def test_echo_requests_whose_ip_id_a_nat_rewrote_pair_within_legs_their_replies_link() -> None:
+    # A trial (s17): pf's scrub random-id gave each request a new IP id (and identifier). The replies pair exactly
+    # and link the legs; the requests pair there on length, payload head, type and sequence, each with its own.
+    a = keyed(echo_rows(0x0101, [7000, 7001, 7002], outside=False))
+    b = keyed(echo_rows(0x7777, [41000, 17, 60000], outside=True))
+    m = match_sides(a, b)
+    assert frames_of_pairs(a, b, m.pairs) == [(k, k) for k in range(1, 7)]
+    requests = m.pairs.filter(pl.col("method") == "datagram")
+    assert a["frame_no"].gather(requests["in_row"]).to_list() == [1, 3, 5]
+    # No reply pairs the legs: the rewritten requests have nothing to tie them, and stay apart.
+    lone_a, lone_b = (keyed([r for r in rows if r[1][20] == 8]) for rows in (
+        echo_rows(0x0101, [7000, 7001, 7002], outside=False), echo_rows(0x7777, [41000, 17, 60000], outside=True)))
+    assert match_sides(lone_a, lone_b).pairs.is_empty()
+
+
+def test_a_rewritten_ip_id_pairs_only_forward_in_time() -> None:
+    # The outside copy of a request 50 ms before the inside one cannot be it: that request is left unpaired.
+    a = keyed(echo_rows(0x0101, [7000], outside=False))
+    early = [(t - 50_000_000 if p[20] == 8 else t, p) for t, p in echo_rows(0x7777, [41000], outside=True)]
+    m = match_sides(a, keyed(early))
+    assert m.pairs["method"].to_list() == ["exact"]
