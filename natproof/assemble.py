@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import polars as pl
 import polars.selectors as cs
 
+from natproof.connections import EPHEMERAL_FROM
 from natproof.match import Matches
 from natproof.networks import PRIVATE_SPACE, address_bits, in_any
 from natproof.verdicts import verdict_expr
@@ -279,6 +280,15 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     out_pk, outs = _orient_outside(P, out_pk, ins, outs, offset)
     roots = copy_roots
     link = _link(P, roots, ins, outs, matches.pairs.columns, pod_networks, offset)
+    # A connection caught mid-flow whose packets read as a DNAT to the inside end, on a port no DNAT of a
+    # Service uses, was the inside end's own, masqueraded on its way out: its legs are turned round and the
+    # links made again (rare: only then twice).
+    in_turn, out_turn = _masquerade_read_as_dnat(link, roots, ins, outs, services)
+    if in_turn.len():
+        in_pk, ins = _turn_legs(in_pk, ins, in_turn)
+        out_pk, outs = _turn_legs(out_pk, outs, out_turn)
+        P = P.with_columns(in_pk["is_egress"].gather(P["in_row"]).alias("is_egress"))
+        link = _link(P, roots, ins, outs, matches.pairs.columns, pod_networks, offset)
     # A connection is anchored on its initiator's leg (docs/model.md). A connection started outside whose packets
     # reached the pod under several tuples (its entry expired while the flow idled and the next packet was mapped
     # anew: tests/variants/udp-idle-nodeport) is one connection, as one started inside and mapped anew is one
@@ -748,6 +758,64 @@ def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame, ou
     out_pk = out_pk.with_columns(pl.when(turned & ~pl.col("is_icmp_error")).then(~pl.col("is_egress"))
                                  .otherwise(pl.col("is_egress")).alias("is_egress"))
     return out_pk, outs
+
+
+def _masquerade_read_as_dnat(link: tuple[pl.DataFrame, ...], roots: pl.Series, ins: pl.DataFrame,
+                             outs: pl.DataFrame, services: Services) -> tuple[pl.Series, pl.Series]:
+    """(inside conn_ids, outside conn_ids) of the legs to turn round: connections read as started outside
+    (``link``: what _link made of ``roots``) whose opening neither capture holds (no SYN: a direction guessed from
+    the first packet, connections._answers_first), TCP or UDP, one inside leg, whose primary outside leg differs
+    from it in the inside end's address alone, that end's port kept and a port a client is given (EPHEMERAL_FROM
+    up), neither a NodePort (``services``: the range, the dump's nodePorts) nor a LoadBalancer or external IP.
+
+    Read forwards that is a DNAT of the node's address to the inside end on the same port, which no Service makes
+    (a NodePort is in its range, a hostPort a server's port); read backwards it is MASQUERADE: the inside end's
+    source rewritten to the node's address, its port kept (/tmp/trial6 s16: a gRPC stream from 10.244.0.10:33000
+    to :50051 caught mid-way, the pod's first segment taken for an answer to the server's). Where the port does
+    not say (a NodePort, a port changed, below 32768: a hostPort keeps its server's port), the reading stays."""
+    _, per_leg, owner, primary, side, _ = link
+    none = pl.Series([], dtype=pl.UInt32)
+    outside = side.filter(~pl.col("init_inside"))["anchor"]
+    if outside.is_empty():
+        return none, none
+    single = roots.value_counts().filter(pl.col("count") == 1)[roots.name]
+    leg = ins.select(pl.col("conn_id").alias("anchor"), "proto", "origin_seen", *_TUPLE)
+    out = outs.select(pl.col("conn_id").alias("primary_out"), pl.col("origin_seen").alias("o_seen"),
+                      *_leg_tuple(outs, "o"))
+    lo, hi = services.nodeport_range
+    listed = [*services.node_ports, *(services.listed_node_ports or ())]
+    rows = (primary.filter(pl.col("anchor").is_in(outside.implode()) & pl.col("anchor").is_in(single.implode()))
+            .join(leg, on="anchor").join(out, on="primary_out"))
+    service = in_networks(rows["o_dst"].cast(pl.String), (*services.load_balancers, *services.external_ips))
+    rows = rows.filter(
+        ~pl.col("origin_seen") & ~pl.col("o_seen") & pl.col("proto").is_in([6, 17])
+        & (pl.col("src") == pl.col("o_src")) & (pl.col("sport") == pl.col("o_sport"))
+        & (pl.col("dport") == pl.col("o_dport")) & (pl.col("dst").cast(pl.String) != pl.col("o_dst").cast(pl.String))
+        & (pl.col("dport") >= EPHEMERAL_FROM) & ~pl.col("dport").is_between(lo, hi) & ~pl.col("dport").is_in(listed)
+        & ~service)
+    if rows.is_empty():
+        return none, none
+    # Every outside leg the connection owns turns with it; one whose opening was seen keeps the reading.
+    linked = (per_leg.join(owner, on="out_conn").filter(pl.col("owner") == pl.col("anchor"))
+              .filter(pl.col("anchor").is_in(rows["anchor"].implode()))
+              .join(outs.select(pl.col("conn_id").alias("out_conn"), "origin_seen"), on="out_conn"))
+    seen = linked.filter(pl.col("origin_seen"))["anchor"]
+    rows = rows.filter(~pl.col("anchor").is_in(seen.implode()))
+    linked = linked.filter(pl.col("anchor").is_in(rows["anchor"].implode()))
+    return rows["anchor"].cast(pl.UInt32), linked["out_conn"].cast(pl.UInt32).unique()
+
+
+def _turn_legs(pk: pl.DataFrame, conns: pl.DataFrame, turn: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(pk, conns) with the legs ``turn`` (conn_ids) turned round: their other end is the initiator, every packet's
+    is_egress the other way (an ICMP error's too: it runs against the packet it quotes), and the leg's tuple and
+    counts swapped, as natproof.connections would have made them had it seen that end open the flow."""
+    turned = pl.col("conn_id").is_in(turn.implode())
+    conns = conns.with_columns(
+        *[pl.when(turned).then(pl.col(b)).otherwise(pl.col(a)).alias(a)
+          for a, b in (("src", "dst"), ("dst", "src"), ("sport", "dport"), ("dport", "sport"),
+                       ("egress_packets", "reply_packets"), ("reply_packets", "egress_packets"))])
+    pk = pk.with_columns(pl.when(turned).then(~pl.col("is_egress")).otherwise(pl.col("is_egress")).alias("is_egress"))
+    return pk, conns
 
 
 def _two(hi: str, lo: str) -> pl.Expr:

@@ -388,3 +388,58 @@ def test_a_dns_exchange_one_capture_cut_short_crossed_and_the_cut_is_said(tmp_pa
     cut = sum(len(b) > 50 for _, b in inside)
     assert [w.split(" were ")[0] for w in result.inside.warnings] == [f"{cut} of {len(inside)} frames"]
     assert result.outside.warnings == ()
+
+
+def _midflow(tmp_path: Path, proto: int, pod_port: int, far_port: int, *, far_first: bool) -> list[Path]:
+    """A flow both captures caught mid-way (no SYN): 10.244.0.10:pod_port <-> 198.51.100.10:far_port, the node's
+    203.0.113.2 on the outside, the port kept, routed (a TTL less across the node), four rounds, the far end's
+    packet first in each with ``far_first``."""
+    from pcapbytes import ipv4, tcp, udp, write_pair
+
+    pod, node, far = "10.244.0.10", "203.0.113.2", "198.51.100.10"
+    inside: list[tuple[int, bytes]] = []
+    outside: list[tuple[int, bytes]] = []
+    t0 = 1_700_000_000 * 10**9
+
+    def l4(sport: int, dport: int, n: int, data: bytes) -> bytes:
+        return tcp(sport, dport, 1000 + n * 100, 5000 + n * 100, 0x18, data) if proto == 6 else udp(sport, dport, data)
+
+    for n in range(4):
+        t = t0 + n * 10_000_000
+        pod_t, far_t = (t + 2_000_000, t) if far_first else (t, t + 2_000_000)
+        inside.append((pod_t, ipv4(pod, far, proto, l4(pod_port, far_port, n, b"p%d" % n), ttl=64, ip_id=100 + n)))
+        outside.append((pod_t + 30_000, ipv4(node, far, proto, l4(pod_port, far_port, n, b"p%d" % n),
+                                             ttl=63, ip_id=100 + n)))
+        outside.append((far_t, ipv4(far, node, proto, l4(far_port, pod_port, n, b"f%d" % n), ttl=50, ip_id=200 + n)))
+        inside.append((far_t + 30_000, ipv4(far, pod, proto, l4(far_port, pod_port, n, b"f%d" % n), ttl=49,
+                                            ip_id=200 + n)))
+    return write_pair(tmp_path, inside, outside, linktype=101)
+
+
+@pytest.mark.parametrize(("proto", "pod_port", "far_port", "far_first"), [
+    (6, 33000, 50051, False),  # the pod's segment first, from the lower port: taken for an answer
+    (17, 45000, 8443, True),  # the server's datagram first
+])
+def test_a_masqueraded_flow_caught_midway_is_the_pods_egress(tmp_path: Path, proto: int, pod_port: int,
+                                                             far_port: int, far_first: bool) -> None:
+    # /tmp/trial6 s16 and s23: read as an inbound DNAT of 203.0.113.2:PORT to the pod ("1 started outside", no
+    # source rewritten). The node's address on the inside end's own port, outside the NodePort range, is
+    # MASQUERADE of the pod's source.
+    (c,) = correlate(*_midflow(tmp_path, proto, pod_port, far_port, far_first=far_first)).to_dict()["connections"]
+    assert c["initiator"] == "inside"
+    assert c["original"] == {"src": "10.244.0.10", "sport": pod_port, "dst": "198.51.100.10", "dport": far_port}
+    assert c["translated"] == {"src": "203.0.113.2", "sport": pod_port, "dst": "198.51.100.10", "dport": far_port}
+    assert c["rewrites"] == ["src"] and c["verdict"] == "translated"
+    assert c["packets"]["egress_inside"] == c["matched"]["egress"] == 4
+    assert c["packets"]["reply_inside"] == c["matched"]["reply"] == 4
+
+
+def test_a_flow_caught_midway_on_a_nodeport_stays_inbound(tmp_path: Path) -> None:
+    # The same packets with 33000 a NodePort (a range that holds it): a DNAT to the pod is what a NodePort makes,
+    # so the reading from the packets' order stands.
+    from natproof.assemble import Services
+
+    paths = _midflow(tmp_path, 6, 33000, 50051, far_first=False)
+    (c,) = correlate(*paths, services=Services(nodeport_range=(33000, 33999))).to_dict()["connections"]
+    assert c["initiator"] == "outside" and c["rewrites"] == ["dst"]
+    assert c["original"]["dst"] == "203.0.113.2" and c["translated"]["dst"] == "10.244.0.10"
