@@ -283,7 +283,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     # A connection caught mid-flow whose packets read as a DNAT to the inside end, on a port no DNAT of a
     # Service uses, was the inside end's own, masqueraded on its way out: its legs are turned round and the
     # links made again (rare: only then twice).
-    in_turn, out_turn = _masquerade_read_as_dnat(link, roots, ins, outs, services)
+    in_turn, out_turn = _masquerade_read_as_dnat(link, roots, in_pk, ins, outs, services)
     if in_turn.len():
         in_pk, ins = _turn_legs(in_pk, ins, in_turn)
         out_pk, outs = _turn_legs(out_pk, outs, out_turn)
@@ -760,19 +760,23 @@ def _orient_outside(P: pl.DataFrame, out_pk: pl.DataFrame, ins: pl.DataFrame, ou
     return out_pk, outs
 
 
-def _masquerade_read_as_dnat(link: tuple[pl.DataFrame, ...], roots: pl.Series, ins: pl.DataFrame,
-                             outs: pl.DataFrame, services: Services) -> tuple[pl.Series, pl.Series]:
+def _masquerade_read_as_dnat(link: tuple[pl.DataFrame, ...], roots: pl.Series, in_pk: pl.DataFrame,
+                             ins: pl.DataFrame, outs: pl.DataFrame, services: Services) -> tuple[pl.Series, pl.Series]:
     """(inside conn_ids, outside conn_ids) of the legs to turn round: connections read as started outside
     (``link``: what _link made of ``roots``) whose opening neither capture holds (no SYN: a direction guessed from
     the first packet, connections._answers_first), TCP or UDP, one inside leg, whose primary outside leg differs
     from it in the inside end's address alone, that end's port kept and a port a client is given (EPHEMERAL_FROM
-    up), neither a NodePort (``services``: the range, the dump's nodePorts) nor a LoadBalancer or external IP.
+    up), neither a NodePort (``services``: the range, the dump's nodePorts) nor a LoadBalancer or external IP;
+    and either the inside end sent the first packet the inside capture holds (``in_pk``: the guess went against
+    the order, on the ports alone) or the far end's port is a server's (below EPHEMERAL_FROM).
 
     Read forwards that is a DNAT of the node's address to the inside end on the same port, which no Service makes
     (a NodePort is in its range, a hostPort a server's port); read backwards it is MASQUERADE: the inside end's
-    source rewritten to the node's address, its port kept (/tmp/trial6 s16: a gRPC stream from 10.244.0.10:33000
-    to :50051 caught mid-way, the pod's first segment taken for an answer to the server's). Where the port does
-    not say (a NodePort, a port changed, below 32768: a hostPort keeps its server's port), the reading stays."""
+    source rewritten to the node's address, its port kept (a helper's trial: a gRPC stream from
+    10.244.0.10:33000 to :50051 caught mid-way, the pod's first segment taken for an answer to the server's; a
+    UDP flow to :8443 whose server spoke first). Where the ports do not say (a NodePort, a port changed, below
+    32768: a hostPort keeps its server's port; a client's port at both ends and the far end first: a home
+    router's port forward of 51820, tests/variants/home-reply-first), the reading stays."""
     _, per_leg, owner, primary, side, _ = link
     none = pl.Series([], dtype=pl.UInt32)
     outside = side.filter(~pl.col("init_inside"))["anchor"]
@@ -795,6 +799,11 @@ def _masquerade_read_as_dnat(link: tuple[pl.DataFrame, ...], roots: pl.Series, i
         & ~service)
     if rows.is_empty():
         return none, none
+    first = (in_pk.filter(pl.col("conn_id").is_in(rows["anchor"].implode()) & ~pl.col("is_icmp_error"))
+             .group_by("conn_id").agg(pl.col("is_egress").sort_by("frame_no").first().alias("_far_first"))
+             .rename({"conn_id": "anchor"}))
+    rows = rows.join(first, on="anchor", how="left").filter(
+        ~pl.col("_far_first").fill_null(True) | (pl.col("sport") < EPHEMERAL_FROM))
     # Every outside leg the connection owns turns with it; one whose opening was seen keeps the reading.
     linked = (per_leg.join(owner, on="out_conn").filter(pl.col("owner") == pl.col("anchor"))
               .filter(pl.col("anchor").is_in(rows["anchor"].implode()))

@@ -422,7 +422,7 @@ def _midflow(tmp_path: Path, proto: int, pod_port: int, far_port: int, *, far_fi
 ])
 def test_a_masqueraded_flow_caught_midway_is_the_pods_egress(tmp_path: Path, proto: int, pod_port: int,
                                                              far_port: int, far_first: bool) -> None:
-    # /tmp/trial6 s16 and s23: read as an inbound DNAT of 203.0.113.2:PORT to the pod ("1 started outside", no
+    # A helper's trial (s16, s23): read as an inbound DNAT of 203.0.113.2:PORT to the pod ("1 started outside", no
     # source rewritten). The node's address on the inside end's own port, outside the NodePort range, is
     # MASQUERADE of the pod's source.
     (c,) = correlate(*_midflow(tmp_path, proto, pod_port, far_port, far_first=far_first)).to_dict()["connections"]
