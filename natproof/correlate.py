@@ -99,7 +99,7 @@ def packet_features(packets: pl.DataFrame) -> pl.DataFrame:
     return packets.select(*FEATURE_COLUMNS, head_whole(), err_src, *flow_columns(), signature())
 
 
-PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
+PACKET_COLUMNS = ("frame_no", "ts_ns", "proto", "ttl", "tcp_flags", "conn_id", "is_egress", "is_icmp_error")
 """What a correlation carries of each packet (a Result adds anchor and fate, ICMP_COLUMNS, and inside the match:
 out_frame, dt_ns, method)."""
 

@@ -138,6 +138,9 @@ def diagnose(result: Result) -> list[Finding]:
     findings += _inbound_not_forwarded(result, [r for r in not_forwarded if r["initiator"] == "outside"])
     not_forwarded = [r for r in not_forwarded if r["initiator"] != "outside"]
     refused = [r for r in not_forwarded if r["fate_node_generated"]]
+    # The node's time exceeded is no refusal: its TTL ran out there (a traceroute's first hop, or a loop: _expired).
+    expired = [r for r in refused if _only_time_exceeded(_packets(result, r, "inside", "node_generated"), r)]
+    refused = [r for r in refused if r not in expired]
     services = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] == "ClusterIP"]
     blocked = [r for r in not_forwarded if not r["fate_node_generated"] and r["service_type"] != "ClusterIP"]
     # A ClusterIP the node refused for some connections refused the unanswered others too: the kernel rate-limits
@@ -183,8 +186,8 @@ def diagnose(result: Result) -> list[Finding]:
     # packet too big, the sender resent smaller ones): a helper's variants of cases/pmtud-frag-needed.
     went_on = [r for r in rows if r["verdict"] in ("translated", "reply_other_path", "reply_dropped", "untranslated")
                and (r["icmp_errors_outside"] or r["icmp_errors_inside"])]
-    findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]],
-                             went_on)
+    findings += _icmp_errors(result, [r for r in silent if r["icmp_errors_outside"] or r["icmp_errors_inside"]]
+                             + expired, went_on)
     findings += _no_reply(result, [r for r in silent if not (r["icmp_errors_outside"] or r["icmp_errors_inside"])])
     findings += _alg_missing(result, rows)
     findings += _kernel_contradicts(result, [r for r in every if r["kernel"] == "contradicts"])
@@ -741,7 +744,7 @@ def _masquerade(result: Result, leaked: list[dict[str, Any]], translated: list[d
             connections=tuple(r["conn"] for r in leaked), evidence=tuple(evidence),
             data={"untranslated_subnets": leak_nets})]
     # A subnet whose other sources were translated is covered by the rule: its untranslated connections escaped
-    # the NAT some other way (/tmp/trial6 s21: pod .13 untranslated beside pod .10 translated, one /24).
+    # the NAT some other way (a helper's trial: pod .13 untranslated beside pod .10 translated, one /24).
     covered = [r for r in leaked if _subnets([r["inside_src"]])[0] in ok_nets]
     findings = _skipped_sources(covered, translated)
     covered_conns = {r["conn"] for r in covered}
@@ -897,9 +900,12 @@ def icmp_error_name(type_: int, code: int, v6: bool) -> str:
 def _icmp_kind(pk: dict[str, Any], r: dict[str, Any]) -> str:
     """What one ICMP error says: refused (port/protocol unreachable from the destination itself), path_mtu
     (fragmentation needed / packet too big, RFC 1191/4443), prohibited (administratively), unreachable (a
-    router on the path: host/net unreachable, time exceeded)."""
+    router on the path: host/net unreachable, reassembly time exceeded), time_exceeded (TTL or hop limit exceeded
+    in transit: a packet's TTL ran out at a hop, RFC 792/4443: _expired says whether a probe or a loop)."""
     v6 = ":" in (r["inside_src"] or "")
     t, c = pk["icmp_type"], pk["icmp_code"]
+    if (not v6 and t == 11 and c == 0) or (v6 and t == 3 and c == 0):
+        return "time_exceeded"
     if (not v6 and t == 3 and c == 4) or (v6 and t == 2):
         return "path_mtu"
     if (not v6 and t == 3 and c in (9, 10, 13)) or (v6 and t == 1 and c == 1):
@@ -907,6 +913,12 @@ def _icmp_kind(pk: dict[str, Any], r: dict[str, Any]) -> str:
     if (not v6 and t == 3 and c in (2, 3)) or (v6 and t == 1 and c == 4):
         return "refused"
     return "unreachable"
+
+
+def _only_time_exceeded(made: pl.DataFrame, r: dict[str, Any]) -> bool:
+    """Whether the packets a node made in answer (``made``) are all ICMP time exceeded (and there are some)."""
+    return made.height > 0 and all(e["is_icmp_error"] and _icmp_kind(e, r) == "time_exceeded"
+                                   for e in made.iter_rows(named=True))
 
 
 def _icmp_errors(result: Result, answered: list[dict[str, Any]],
@@ -929,6 +941,7 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
         seen_inside = not errs.is_empty()
         if not seen_inside:
             errs = _packets(result, r, "outside", among=errors["outside"])
+        errs = errs.with_columns(pl.lit("inside" if seen_inside else "outside").alias("_side"))
         if r["conn"] in silent:
             # The first error of each kind: a datagram too big for the node's uplink, then one that crossed and was
             # refused (a helper's kernel variant) is both a path-MTU signal and a refusal.
@@ -1021,6 +1034,8 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
                 "nothing listens there (ICMP port/protocol unreachable). The NAT did its part.",
                 "Check the service on the destination listens on that port and protocol.",
                 connections=conns, evidence=tuple(evidence), data={"refused": len(items)}))
+        elif kind == "time_exceeded":
+            findings += _expired(result, items)
         elif kind == "prohibited":
             findings.append(Finding(
                 "prohibited", "warning", "A firewall on the path prohibits the traffic",
@@ -1032,10 +1047,91 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             findings.append(Finding(
                 "unreachable", "warning", "Destination unreachable from the path",
                 f"{len(items)} connection(s) were translated and sent, and a router answered that the destination "
-                "cannot be reached (host/net unreachable or TTL exceeded).",
+                "cannot be reached (host/net unreachable).",
                 "Check routing beyond the node towards the destination (the ICMP error's source is the router "
                 "that gave up).",
                 connections=conns, evidence=tuple(evidence), data={}))
+    return findings
+
+
+PROBE_TTL_MAX = 30
+"""The largest TTL (IPv6 hop limit) a packet sent to probe the path carries: traceroute's default maximum hop count
+(-m 30; mtr's and tracepath's alike), where a host's own packets start at 64, 128 or 255."""
+
+
+def _sent_ttl(result: Result, r: dict[str, Any], e: dict[str, Any], side: str) -> tuple[int | None, int | None]:
+    """(TTL, frame) of the packet an ICMP error ``e`` (seen on ``side``) answers, as its sender sent it: the last
+    of the sender's packets before the error on the sender's side of the NAT (the initiator's side for its own
+    packets: the pod's as it sent them for a connection started inside), else its lowest TTL there; (None, None)
+    when that side holds none."""
+    init_side = "inside" if r["initiator"] == "inside" else "outside"
+    by_init = not e["is_egress"]  # an error runs against the packet it quotes
+    sender_side = init_side if by_init else ("outside" if init_side == "inside" else "inside")
+    sent = _packets(result, r, sender_side, egress=by_init).filter(~pl.col("is_icmp_error"))
+    if sent.is_empty() or "ttl" not in sent.columns:
+        return None, None
+    # The error's time on the sender's side's clock (clock_offset_s: outside minus inside).
+    offset = int(round(result.clock_offset_s * 1e9))
+    at = e["ts_ns"] + (0 if side == sender_side else -offset if side == "outside" else offset)
+    before = sent.filter(pl.col("ts_ns") <= at)
+    row = before.row(-1, named=True) if before.height else sent.sort("ttl").row(0, named=True)
+    return row["ttl"], row["frame_no"]
+
+
+def _expired(result: Result, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Finding]:
+    """Connections answered by ICMP time exceeded (IPv4 type 11, ICMPv6 type 3: a hop's TTL ran out), judged by
+    the TTL the packet was sent with (_sent_ttl): at most PROBE_TTL_MAX, a probe of the path (traceroute: a helper's
+    trial, read as a REJECT when the node answered TTL 1, as a routing failure when a router answered TTL 2), which is
+    forwarding at work (info); more, a packet that went round a routing loop (warning). A REJECT never sends time
+    exceeded (it answers port or host unreachable, or a TCP RST)."""
+    probes: list[tuple[dict[str, Any], dict[str, Any], int | None, int | None]] = []
+    loops: list[tuple[dict[str, Any], dict[str, Any], int | None, int | None]] = []
+    for r, e in items:
+        ttl, frame = _sent_ttl(result, r, e, e["_side"])
+        (loops if ttl is not None and ttl > PROBE_TTL_MAX else probes).append((r, e, ttl, frame))
+    probes.sort(key=lambda g: g[0]["conn"])
+    loops.sort(key=lambda g: g[0]["conn"])
+    findings = []
+
+    def hop(r: dict[str, Any], e: dict[str, Any]) -> str:
+        return (f"{e['err_src']} (the node itself)" if e.get("fate") == "node_generated"
+                else f"{e['err_src']} (the destination)" if e["err_src"] in (r["inside_dst"], r["trans_dst"])
+                else str(e["err_src"]))
+
+    def line(r: dict[str, Any], e: dict[str, Any], ttl: int | None, frame: int | None) -> str:
+        name = icmp_error_name(e["icmp_type"], e["icmp_code"], ":" in (r["inside_src"] or ""))
+        sent = (f" for a packet sent with TTL {ttl} ({'inside' if r['initiator'] == 'inside' else 'outside'} "
+                f"frame {frame})" if ttl is not None else "")
+        return f"{_conn_label(r)}: {name} from {hop(r, e)} (frame {e['frame_no']}){sent}"
+
+    for group, kind in ((probes, "path_probe"), (loops, "routing_loop")):
+        if not group:
+            continue
+        ttls = sorted({t for _, _, t, _ in group if t is not None})
+        hops = list(dict.fromkeys(hop(r, e) for r, e, _, _ in group))
+        said = (f"with a TTL of {', '.join(map(str, ttls))}" if ttls else "(their sending not captured)")
+        conns = tuple(r["conn"] for r, _, _, _ in group)
+        evidence = tuple(line(*g) for g in group[:20])
+        data = {"ttls": ttls, "hops": sorted({str(e["err_src"]) for _, e, _, _ in group})}
+        if kind == "path_probe":
+            findings.append(Finding(
+                kind, "info", "Path probes: time exceeded for packets sent with a small TTL (traceroute)",
+                f"{len(group)} connection(s) sent packets {said} and the hops where their TTL ran out answered "
+                f"ICMP time exceeded ({', '.join(hops)}): a traceroute (mtr, tracepath) mapping the path. That is "
+                "forwarding as it should be, not a REJECT (which answers unreachable or a TCP RST) nor a routing "
+                "failure.",
+                "Nothing to fix: a hop answers time exceeded when a packet's TTL runs out there, which is what "
+                "traceroute asks of it.",
+                connections=conns, evidence=evidence, data=data))
+        else:
+            findings.append(Finding(
+                kind, "warning", "Routing loop: packets ran out of TTL on the path",
+                f"{len(group)} connection(s) had packets {said}, no probe's, run out of TTL on the path (ICMP time "
+                f"exceeded from {', '.join(hops)}): with that many hops to live they went round a loop (two "
+                "routers, or the node and a router, routing the destination to each other).",
+                "Trace it from the node: `traceroute -n DST` shows the hops repeating; check `ip route get DST` on "
+                "the node and the routes of the hops named.",
+                connections=conns, evidence=evidence, data=data))
     return findings
 
 

@@ -187,7 +187,8 @@ class Result:
     unmatched_outside: int
     """Outside packets with no counterpart inside (includes the node's own traffic)."""
     inside_packets: pl.DataFrame | pl.LazyFrame = field(repr=False)
-    """Every inside packet that belongs to a leg, in capture order: frame_no, ts_ns, proto, tcp_flags, conn_id (its
+    """Every inside packet that belongs to a leg, in capture order: frame_no, ts_ns, proto, ttl (IPv6: hop limit, as
+    captured), tcp_flags, conn_id (its
     leg), is_egress (sent by its leg's initiator), is_icmp_error, err_src, icmp_type, icmp_code, icmp_mtu, anchor
     (its connection's inside_conn_id), fate (natproof.assemble.FATES), and its match: out_frame, dt_ns (outside
     minus inside time, raw clocks), method (exact, bytes, ip_id, payload; null when unmatched), and when the

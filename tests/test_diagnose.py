@@ -1092,9 +1092,9 @@ def _leaked_syns(t0: int, pod: str, sport: int) -> tuple[list[tuple[int, bytes]]
 
 
 def test_untranslated_pods_of_a_translated_subnet_are_not_a_wrong_subnet(tmp_path: Path) -> None:
-    # /tmp/trial6 s21: pod .10 translated, pod .13 of the same /24 untranslated and unanswered. It read "Connections
-    # from 10.244.0.0/24 leave untranslated while those from 10.244.0.0/24 are translated", the fix to cover
-    # 10.244.0.0/24 "too". A pod of 10.245.0.0/24, none of whose subnet is translated, is a wrong subnet still.
+    # A helper's trial (s21): pod .10 translated, pod .13 of the same /24 untranslated and unanswered. It read
+    # "Connections from 10.244.0.0/24 leave untranslated while those from 10.244.0.0/24 are translated", the fix to
+    # cover 10.244.0.0/24 "too". A pod of 10.245.0.0/24, none of whose subnet is translated, is a wrong subnet still.
     t0 = 1_700_000_000 * 10**9
     ok_in, ok_out = tcp_pair(t0, pod="10.244.0.10", sport=40000, nat_sport=40000)
     same_in, same_out = _leaked_syns(t0 + 200_000_000, "10.244.0.13", 51004)
@@ -1116,3 +1116,47 @@ def test_untranslated_pods_of_a_translated_subnet_are_not_a_wrong_subnet(tmp_pat
     assert skipped.data["sources"] == ["10.244.0.13"]
     assert set(wrong.connections).isdisjoint(skipped.connections)
     assert len(wrong.evidence) == len(wrong.connections) == 1 and "10.245.0.5" in wrong.evidence[0]
+
+
+def test_time_exceeded_for_a_small_ttl_is_a_path_probe_and_for_a_normal_one_a_loop(tmp_path: Path) -> None:
+    # A helper's trial (s20), traceroute from a pod: the node's time exceeded for the TTL 1 probe read as a REJECT rule
+    # ("iptables -S | grep REJECT"), a router's for TTL 2 as "Destination unreachable ... check routing". A REJECT
+    # never answers time exceeded; a packet sent with TTL 64 that runs out went round a loop.
+    from pcapbytes import icmp_error, ipv4, ipv6, udp
+
+    pod, node, far, bridge, hop = "10.244.0.10", "203.0.113.2", "198.51.100.10", "10.244.0.1", "198.51.100.1"
+    pod6, bridge6, far6 = "fd00:10:244::10", "fd00:10:244::1", "2001:db8::10"
+    t0 = 1_700_000_000 * 10**9
+    inside: list[tuple[int, bytes]] = []
+    outside: list[tuple[int, bytes]] = []
+    # TTL 1: the node answers from its bridge address; nothing leaves (IPv4, then IPv6's hop limit).
+    probe = ipv4(pod, far, 17, udp(45555, 33434, b"@" * 32), ttl=1, ip_id=2000)
+    inside += [(t0, probe), (t0 + 50_000, ipv4(bridge, pod, 1, icmp_error(11, 0, probe[:28]), ip_id=7))]
+    probe6 = ipv6(pod6, far6, 17, udp(45556, 33434, b"@" * 32), hlim=1)
+    inside += [(t0 + 10_000_000, probe6),
+               (t0 + 10_050_000, ipv6(bridge6, pod6, 58, icmp_error(3, 0, probe6[:48])))]
+    # TTL 2 and TTL 64: they cross masqueraded, a router answers time exceeded, the node passes it back.
+    for i, (dport, ttl) in enumerate(((33435, 2), (9999, 64))):
+        t = t0 + (i + 2) * 50_000_000
+        sent = ipv4(pod, far, 17, udp(45555, dport, b"@" * 32), ttl=ttl, ip_id=2001 + i)
+        left = ipv4(node, far, 17, udp(45555, dport, b"@" * 32), ttl=ttl - 1, ip_id=2001 + i)
+        inside.append((t, sent))
+        outside.append((t + 30_000, left))
+        outside.append((t + 5_000_000, ipv4(hop, node, 1, icmp_error(11, 0, left[:28]), ttl=254, ip_id=300 + i)))
+        back = ipv4(pod, far, 17, udp(45555, dport, b"@" * 32), ttl=1, ip_id=2001 + i)[:28]
+        inside.append((t + 5_030_000, ipv4(hop, pod, 1, icmp_error(11, 0, back), ttl=253, ip_id=300 + i)))
+    result = correlate(*write_pair(tmp_path, inside, outside))
+    rows = {(r["orig_dst"], r["orig_dport"]): r for r in result.connections.iter_rows(named=True)}
+    first = rows[(far, 33434)]
+    # The node's answer stays what it is: made on the node, nothing of the probe left it.
+    assert first["fate_node_generated"] == 1 and first["verdict"] == "not_forwarded"
+    found = {f.kind: f for f in diagnose(result)}
+    assert not {"rejected_by_node", "unreachable", "forwarding_blocked"} & set(found), list(found)
+    probes, loop = found["path_probe"], found["routing_loop"]
+    want = sorted(rows[k]["conn"] for k in ((far, 33434), (far6, 33434), (far, 33435)))
+    assert probes.severity == "info" and sorted(probes.connections) == want
+    assert probes.data == {"ttls": [1, 2], "hops": sorted([bridge, bridge6, hop])}
+    assert any(line.endswith("for a packet sent with TTL 1 (inside frame 1)") and "(the node itself)" in line
+               for line in probes.evidence)
+    assert loop.severity == "warning" and loop.connections == (rows[(far, 9999)]["conn"],)
+    assert loop.data == {"ttls": [64], "hops": [hop]}
