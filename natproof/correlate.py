@@ -499,7 +499,7 @@ def correlate(
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
                                            services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence)
     conns = _contract_rows(conns)
-    conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, matches.clock_offset_ns))
+    conns = mark_capture_off(conns, in_pk, out_pk, ins.info, outs.info, matches.clock_offset_ns)
     swapped = looks_swapped(conns, services)
     if swapped:
         return swap_again(swapped, ins.point, outs.point)
@@ -758,6 +758,73 @@ def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: Captur
     return conns.select(off.fill_null(False).alias("other_capture_off")).to_series()
 
 
+def mark_capture_off(conns: pl.DataFrame, in_pk: pl.DataFrame | pl.LazyFrame, out_pk: pl.DataFrame | pl.LazyFrame,
+                     inside: CaptureInfo, outside: CaptureInfo, offset_ns: int) -> pl.DataFrame:
+    """``conns`` (CONNECTION_SCHEMA rows) with other_capture_off and outside_only_before_inside set from the
+    captures' spans and the packet frames (anchor, fate, ts_ns, is_egress; DataFrames, or natproof.spill's
+    LazyFrames).
+
+    other_capture_off: _other_capture_off's whole connections, and a connection that crossed with packets seen on
+    one side only while the other capture was shown not running yet (capture_off_until): a connection begun before
+    that capture started (a trial: an inside capture started 0.9 s into a 3 s connection read as 30 replies not
+    reverse-translated), no drop. outside_only_before_inside counts those seen on the outside only (flag
+    not_reverse_translated leaves them out)."""
+    off = _other_capture_off(conns, inside, outside, offset_ns)
+    crossed = int(conns["fate_crossed"].sum() + conns["fate_leaked"].sum()) if conns.height else 0
+    until = capture_off_until(conns, in_pk, out_pk, inside.first_ts_ns, outside.first_ts_ns, offset_ns)
+    if not crossed or until == (None, None):
+        return conns.with_columns(off, pl.lit(0, pl.UInt32).alias("outside_only_before_inside"))
+    counts = [pk.lazy().filter((pl.col("fate") == f"{side}_only") & (pl.col("ts_ns") <= t)
+                               & pl.col("anchor").is_not_null())
+              .group_by("anchor").agg(pl.len().cast(pl.UInt32).alias(f"_{side}_before"))
+              for pk, side, t in ((in_pk, "inside", until[0]), (out_pk, "outside", until[1])) if t is not None]
+    early = counts[0] if len(counts) == 1 else counts[0].join(counts[1], on="anchor", how="full", coalesce=True)
+    marked = conns.with_columns(off).join(early.collect().rename({"anchor": "inside_conn_id"}),
+                                          on="inside_conn_id", how="left", maintain_order="left")
+    n_in, n_out = (pl.col(c).fill_null(0) if c in marked.columns else pl.lit(0, pl.UInt32)
+                   for c in ("_inside_before", "_outside_before"))
+    return marked.with_columns(
+        (pl.col("other_capture_off") | (((n_in + n_out) > 0) & ((pl.col("fate_crossed") + pl.col("fate_leaked")) > 0)))
+        .alias("other_capture_off"),
+        n_out.cast(pl.UInt32).alias("outside_only_before_inside"),
+    ).drop("_inside_before", "_outside_before", strict=False)
+
+
+def capture_off_until(conns: pl.DataFrame, in_pk: pl.DataFrame | pl.LazyFrame, out_pk: pl.DataFrame | pl.LazyFrame,
+                      in_first_ns: int | None, out_first_ns: int | None,
+                      offset_ns: int) -> tuple[int | None, int | None]:
+    """(on the inside clock, on the outside clock): up to when the capture on the other side of the NAT is shown
+    not running yet, before its first packet; None where nothing shows it.
+
+    What shows it: a packet seen past the node with no copy in the capture before it (fate inside_only of one
+    coming in: a reply of a connection started inside, the initiator's packet of one started outside; outside_only
+    of one going out) that came before that capture's first packet. It crossed that capture's point while the
+    capture saw nothing, so the capture was not yet running; every packet seen on one side only until then came
+    while it was not (captures are started once). The capture started between that packet and its own first one:
+    a packet nearer the former came likelier before the start (a trial: the pod's ACK 0.2 ms after the reply that
+    showed the uplink capture off, 90 ms before its first packet), so the time returned is halfway between them.
+    With nothing that shows it, a packet before the other capture's first one proves nothing: the capture may
+    have run and the node dropped it (tests/test_diagnose.py's egress_other_path: the uplink capture's first
+    packet a SYN/ACK, the SYN having left by another path). After the
+    other capture's last packet is no such rule: a pcap records no end of capture, and a drop there is as likely
+    (tests/variants/idle-drop-invalid: FINs the node dropped after the uplink's last packet; natproof.diagnose says
+    both readings)."""
+    if not in_first_ns or not out_first_ns or not conns.height:
+        return None, None
+    initiator = conns.lazy().filter(pl.col("inside_conn_id").is_not_null()).select(
+        pl.col("inside_conn_id").alias("anchor"), (pl.col("initiator") == "inside").alias("_from_inside"))
+    out = []
+    for pk, side, first in ((in_pk, "inside", out_first_ns - offset_ns), (out_pk, "outside", in_first_ns + offset_ns)):
+        # Coming in (seen inside) is the reply of a connection started inside; going out (seen outside) the
+        # initiator's packet of one started inside.
+        through = pl.col("is_egress") == (pl.col("_from_inside") if side == "outside" else ~pl.col("_from_inside"))
+        t = (pk.lazy().filter((pl.col("fate") == f"{side}_only") & (pl.col("ts_ns") < first))
+             .select("anchor", "ts_ns", "is_egress").join(initiator, on="anchor", how="inner")
+             .filter(through).select(pl.col("ts_ns").max()).collect().item())
+        out.append(None if t is None else int(t) + (first - int(t)) // 2)
+    return out[0], out[1]
+
+
 def _check_distinct(inside: str | os.PathLike[str], outside: str | os.PathLike[str]) -> None:
     """InputError when both arguments are one file, or two byte-identical files: one capture cannot show both
     sides of a NAT (every packet would 'cross' unchanged, in no time)."""
@@ -827,9 +894,11 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
         "icmp_error_packets": "icmp_errors_inside", "anchor": "inside_conn_id", "primary_out": "outside_conn_id",
     })
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
-              and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")]
+              and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")
+              and c != "outside_only_before_inside"]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts]).with_columns(
-        pl.lit(False).alias("other_capture_off"),  # set by correlate, which knows the captures' spans
+        # Set by correlate (mark_capture_off), which knows the captures' spans.
+        pl.lit(False).alias("other_capture_off"), pl.lit(0, pl.UInt32).alias("outside_only_before_inside"),
         pl.when(pl.col("trans_src").is_not_null()).then(pl.lit("packets")).alias("evidence_level"),
         # Set by natproof.kernel.join_kernel when a conntrack record is given.
         *[pl.lit(None, t).alias(c) for c, t in CONNECTION_SCHEMA.items() if c.startswith("kernel")],

@@ -62,6 +62,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "kernel_reply_src": pl.String(), "kernel_reply_sport": pl.UInt16(),
     "kernel_reply_dst": pl.String(), "kernel_reply_dport": pl.UInt16(),
     "payload_rewrites": pl.UInt32(),
+    "outside_only_before_inside": pl.UInt32(),
 }
 """One row per connection (docs/model.md), anchored on its initiator's leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -79,14 +80,17 @@ initiator's (reply's) sequence or ack numbers moved across the NAT, outside minu
 packets show (an ALG's payload rewrite, each later one that changes the length adding to it; on a port no conntrack
 helper watches, damage or a middlebox: natproof.diagnose.conntrack_helper; null when none). other_capture_off: its
 packets were seen while the capture on the other side of the NAT was not running (before it started or after it
-stopped): what the other side did is unknown. evidence_level: what trans_* rests on
-(natproof.kernel.EVIDENCE_LEVELS: packets, kernel_record; null without a translated tuple). kernel ...
+stopped): what the other side did is unknown; for a connection that crossed, some of its packets seen on one side
+only came before the other capture started (natproof.correlate.mark_capture_off). evidence_level: what trans_*
+rests on (natproof.kernel.EVIDENCE_LEVELS: packets, kernel_record; null without a translated tuple). kernel ...
 kernel_reply_*: the connection held against a conntrack record (natproof.kernel.join_kernel; all null without one):
 kernel is confirmed, contradicts or absent, kernel_reason why it may be absent, kernel_line the line of the entry it
 rests on (its NEW event, else its first line), kernel_state/assured/replied that entry's last state and flags,
 kernel_reply_* its reply tuple as the kernel recorded it. payload_rewrites: its packets that crossed with their
 payload changed (natproof.assemble.rewritten_payloads), whether or not their length did: an ALG's rewrite on a
-helper's port, else damage or a middlebox."""
+helper's port, else damage or a middlebox. outside_only_before_inside: its fate_outside_only packets that came
+while the inside capture is shown not running yet (natproof.correlate.capture_off_until), so they are no evidence
+of a reply not reverse-translated (null from one capture and the kernel's record)."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -442,7 +446,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     multiple_outside_tuples (left under more than one translated outside tuple), multiple_inside_tuples (started
     outside, reached the pod under more than one tuple: mapped anew after idling), icmp_error (an ICMP error
     answered it), leak (some packets crossed untranslated: the private address left the node),
-    not_reverse_translated (a reply reached the far side and never the initiator while others crossed),
+    not_reverse_translated (a reply reached the far side and never the initiator while others crossed, and while
+    the inside capture ran: outside_only_before_inside aside),
     node_generated (the node made packets of it: a REJECT, an RST for an INVALID packet), seq_shift (TCP numbers
     differ across the NAT, outside minus inside: after an ALG's rewrite that changed the length, or damage or a
     middlebox on a port no conntrack helper watches), payload_rewritten (packets crossed with their payload changed:
@@ -460,8 +465,9 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("icmp_error")
     if row.get("fate_leaked"):
         flags.append("leak")
-    if (row.get("fate_outside_only") and row.get("fate_crossed") and row.get("verdict") == "translated"
-            and row.get("initiator") == "inside"):
+    # Outside only before the inside capture's first packet: it was not running yet, no reply was lost then.
+    if (((row.get("fate_outside_only") or 0) - (row.get("outside_only_before_inside") or 0)) > 0
+            and row.get("fate_crossed") and row.get("verdict") == "translated" and row.get("initiator") == "inside"):
         flags.append("not_reverse_translated")
     if row.get("fate_node_generated"):
         flags.append("node_generated")
@@ -504,7 +510,8 @@ def _flags_expr() -> pl.Expr:
         ("multiple_inside_tuples", pl.col("inside_tuples").fill_null(0) > 1),
         ("icmp_error", (pl.col("icmp_errors_outside").fill_null(0) + pl.col("icmp_errors_inside").fill_null(0)) > 0),
         ("leak", pl.col("fate_leaked").fill_null(0) > 0),
-        ("not_reverse_translated", (pl.col("fate_outside_only").fill_null(0) > 0)
+        ("not_reverse_translated", (pl.col("fate_outside_only").fill_null(0)
+                                    > pl.col("outside_only_before_inside").fill_null(0))  # before: not yet running
          & (pl.col("fate_crossed").fill_null(0) > 0)  # others crossed: not a capture of one side alone
          & (pl.col("verdict") == "translated") & (pl.col("initiator") == "inside")),
         ("node_generated", pl.col("fate_node_generated").fill_null(0) > 0),

@@ -456,7 +456,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
     correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
     is left to correlate (""). Raises what correlate raises."""
-    from natproof.correlate import _other_capture_off, number_connections
+    from natproof.correlate import mark_capture_off, number_connections
 
     services = services or Services()
     spill = SpillDir(spill_dir)
@@ -536,7 +536,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         refused = sum(d.refused_lookalikes for d in done)
         done.clear()
         conns = number_connections(conns)
-        conns = conns.with_columns(_other_capture_off(conns, ins.info, outs.info, offset))
+        inside_packets, outside_packets = _scan(root, "inside", hairpin), _scan(root, "outside", hairpin)
+        conns = mark_capture_off(conns, inside_packets, outside_packets, ins.info, outs.info, offset)
         if refused:
             from natproof.correlate import refused_lookalikes_note
 
@@ -551,8 +552,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             connections=conns,
             unmatched_inside=unmatched[0],
             unmatched_outside=unmatched[1],
-            inside_packets=_scan(root, "inside", hairpin),
-            outside_packets=_scan(root, "outside", hairpin),
+            inside_packets=inside_packets,
+            outside_packets=outside_packets,
             spill=spill,
         )
     except BaseException as exc:
