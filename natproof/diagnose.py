@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from natproof.correlate import capture_off_until
 from natproof.errors import NatproofError
 from natproof.report.table import format_address
 from natproof.result import CaptureSummary, Result, _flags_expr, flags_of
@@ -126,8 +127,12 @@ def diagnose(result: Result) -> list[Finding]:
     # What the other capture could not have seen is judged by nobody: set it aside and say so.
     unseen = [r for r in rows if r["verdict"] == "not_captured" or (
         r["other_capture_off"] and r["verdict"] in ("not_forwarded", "no_reply", "reply_dropped", "reply_other_path"))]
-    findings += _partial_overlap(result, unseen)
     unseen_conns = {r["conn"] for r in unseen}  # by number: a list's `in` compares whole rows, each against all
+    # Connections that crossed and began before the other capture's first packet (flag other_capture_off): what
+    # they sent then is seen on one side only because that capture was not running yet.
+    began = _began_before(result, [r for r in rows if r["other_capture_off"] and r["conn"] not in unseen_conns
+                                   and r["verdict"] != "internal"])
+    findings += _partial_overlap(result, unseen, began)
     rows = [r for r in rows if r["conn"] not in unseen_conns]
     by_verdict = {}
     for r in rows:
@@ -176,7 +181,9 @@ def diagnose(result: Result) -> list[Finding]:
                                                  and (r["fate_inside_only"] or r["fate_outside_only"])
                                                  and not r["fate_node_generated"] and r["matched_egress"]
                                                  and r["matched_reply"]],
-                                        partial=any(f.kind == "partial_overlap" for f in findings))
+                                        partial=any(f.kind == "partial_overlap" and (
+                                            f.data["capture_off"] or f.data["answered_unseen"]
+                                            or f.data["outside_packets_beyond"]) for f in findings))
     findings += _replies(result, by_verdict.get("reply_dropped", []))
     findings += _other_path(result, by_verdict.get("reply_other_path", []))
     findings += _egress_other_path(result, [r for r in by_verdict.get("translated", [])
@@ -337,12 +344,36 @@ CAPTURE_MARGIN_NS = 500_000_000
 seen while it was not running."""
 
 
-def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Finding]:
+def _began_before(result: Result, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str, list[int]]]:
+    """(row, side, frames) of the packets of ``rows`` seen on one side only (``side``'s capture) while the other
+    capture is shown not running yet (natproof.correlate.capture_off_until, which flags their connections
+    other_capture_off): sent before it started, neither dropped nor left untranslated. A connection with none (a
+    whole one flagged so) is not in it."""
+    a0, b0 = result.inside.first_ts_ns, result.outside.first_ts_ns
+    if not (rows and a0 and b0):
+        return []
+    until = dict(zip(("inside", "outside"), capture_off_until(
+        result.connections, result.packets("inside"), result.packets("outside"), a0, b0,
+        int(round(result.clock_offset_s * 1e9))), strict=True))
+    among = {side: _packets_of(result, rows, side, (pl.col("fate") == f"{side}_only") & (pl.col("ts_ns") <= t))
+             for side, t in until.items() if t is not None}
+    out = []
+    for r in rows:
+        for side, pk in among.items():
+            early = _packets(result, r, side, among=pk)
+            if early.height:
+                out.append((r, side, early["frame_no"].to_list()))
+    return out
+
+
+def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
+                     began: list[tuple[dict[str, Any], str, list[int]]] = ()) -> list[Finding]:  # type: ignore[assignment]
     """Connections seen while the capture on the other side of the NAT was not running, or answered out of its
     sight: their verdict says what the captures show, not what the NAT did. Also outside traffic from before the
-    inside capture started or after it stopped, which no connection can own."""
+    inside capture started or after it stopped, which no connection can own; and (``began``: _began_before) the
+    packets of connections that crossed seen on one side only before the other capture's first packet."""
     beyond = _outside_beyond(result)
-    if not unseen and not beyond:
+    if not unseen and not beyond and not began:
         return []
     import datetime as dt
 
@@ -378,6 +409,17 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
         parts.append(f"{len(answered)} were answered by the far end (so they crossed) although the other capture "
                      "shows neither direction: it was not running then, or they took an interface it does not see")
     summary = f"{len(unseen)} connection(s) are seen on one side only: {'; '.join(parts)}. " if unseen else ""
+    early_conns = list({r["conn"]: r for r, _, _ in began}.values())
+    early_packets = sum(len(frames) for _, _, frames in began)
+    if began:
+        summary += (f"{len(early_conns)} connection(s) that crossed began before the other capture's first packet: "
+                    f"{early_packets} of their packets, seen on one side only, came before it, while it was not "
+                    "running yet (not dropped, not left untranslated). ")
+        for r, side, frames in began[:20]:
+            other = "outside" if side == "inside" else "inside"
+            evidence.append(f"{_conn_label(r)} ({r['verdict']}): {side} frame(s) {_fmt_frames(frames[:6])} "
+                            f"({len(frames)} seen on the {side} only) came before the {other} capture's first "
+                            f"packet; {r['fate_crossed']} of its packets crossed after")
     if beyond:
         summary += (f"{beyond} outside packet(s) with no counterpart came while the inside capture was not running: "
                     "their connections are in no table. ")
@@ -394,9 +436,9 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]]) -> list[Findi
         "alone shows says nothing about what the NAT did; it is left out of the other findings.",
         "Capture both sides over the same time (start both before the traffic, stop both after it), on the "
         "interfaces the traffic takes.",
-        connections=tuple(r["conn"] for r in unseen), evidence=tuple(evidence),
+        connections=tuple(sorted({r["conn"] for r in (*unseen, *early_conns)})), evidence=tuple(evidence),
         data={"inside": span_in, "outside": span_out, "capture_off": len(timed), "answered_unseen": len(answered),
-              "outside_packets_beyond": beyond})]
+              "outside_packets_beyond": beyond, "began_before": len(early_conns), "packets_before": early_packets})]
 
 
 def _node_answers(made: pl.DataFrame, rst_from: str) -> list[str]:
@@ -1194,8 +1236,10 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
     node's counters can), except TCP segments sent after a silence of IDLE_GAP_S or more: the conntrack entry had
     expired, they matched no entry and could not start one (INVALID), and a ctstate INVALID DROP rule stopped
     them before they leaked (a helper's kernel variant of cases/idle-expiry-fin-leak: two pods' FINs after 6 s idle,
-    timeout 3 s). Those after the other capture's last packet may have met a capture that had stopped (a pcap
-    records no end of capture); where partial_overlap speaks (``partial``), they are its."""
+    timeout 3 s). Those before the other capture's first packet came while it was not running yet: no drop, they
+    are partial_overlap's (_began_before). Those after its last packet may have met a capture that had stopped (a
+    pcap records no end of capture) or a drop (tests/variants/idle-drop-invalid): both are said; where
+    partial_overlap speaks of a capture not running (``partial``), they are its."""
     a0, a1 = result.inside.first_ts_ns, result.inside.last_ts_ns
     b0, b1 = result.outside.first_ts_ns, result.outside.last_ts_ns
     if not (rows and a0 and b0):  # one capture (and a record): what it misses of the other side is not known
@@ -1203,9 +1247,13 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
     off = int(round(result.clock_offset_s * 1e9))
     # Each connection's packets read in one pass per capture; ICMP errors aside (path_mtu and the ICMP findings).
     among = {side: _packets_of(result, rows, side) for side in ("inside", "outside")}
-    # (row, side, frames, silence in s or None): lost after an idle silence, unprovable, after the other capture's
-    # last packet; and (row, side, frames) missed by a capture.
-    idle, unsure, stopped, missed = [], [], [], []
+    # (row, side, frames, silence in s or None): lost after an idle silence, unprovable, before the other capture's
+    # first packet (not shown not running then), after its last packet; and (row, side, frames) missed by a capture.
+    idle, unsure, ahead, stopped, missed = [], [], [], [], []
+    # Until when each capture's side shows the other capture not running yet (natproof.correlate.capture_off_until):
+    # what is seen on one side only until then is partial_overlap's (_began_before).
+    until = dict(zip(("inside", "outside"), capture_off_until(
+        result.connections, result.packets("inside"), result.packets("outside"), a0, b0, off), strict=True))
     # Frames the capture that should hold a lost packet's copy skipped as malformed, on the clock of the other
     # side (inside + offset = outside): a lost packet near one in time may be it, unreadable, not lost (a second
     # trial: an inside reply with a bad IP length read as "never reached the pod side").
@@ -1230,6 +1278,8 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
                 missed.append((r, side, seen_past["frame_no"].to_list()))
         for side, lost, span in (("inside", lost_in.filter(out_dir), (b0 - off, b1 - off)),
                                  ("outside", lost_out.filter(~out_dir), (a0 + off, a1 + off))):
+            if until[side] is not None:  # the other capture was not running yet (partial_overlap names them)
+                lost = lost.filter(pl.col("ts_ns") > until[side])
             lost, theirs = _take_unreadable(lost, unreadable[side])
             if theirs:
                 unread.append((r, side, *theirs))
@@ -1239,11 +1289,13 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
             before = (inside if side == "inside" else outside).filter(pl.col("ts_ns") < first["ts_ns"])
             gap_s = (first["ts_ns"] - before["ts_ns"].max()) / 1e9 if before.height else None
             after_idle = r["proto"] == "tcp" and gap_s is not None and gap_s >= IDLE_GAP_S
-            late = lost.filter(~pl.col("ts_ns").is_between(*span))
-            if late.height:
+            if not lost.filter(~pl.col("ts_ns").is_between(*span)).is_empty():
                 if partial:
                     continue
-                stopped.append((r, side, late["frame_no"].to_list(), gap_s if after_idle else None))
+                for kept, beyond in ((ahead, lost.filter(pl.col("ts_ns") < span[0])),
+                                     (stopped, lost.filter(pl.col("ts_ns") > span[1]))):
+                    if beyond.height:
+                        kept.append((r, side, beyond["frame_no"].to_list(), gap_s if after_idle else None))
                 lost = lost.filter(pl.col("ts_ns").is_between(*span))
                 if not lost.height:
                     continue
@@ -1252,17 +1304,18 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
             else:
                 unsure.append((r, side, lost["frame_no"].to_list(), None))
     findings = []
-    dropped = idle + unsure + stopped
+    dropped = idle + unsure + ahead + stopped
     if dropped:
         conns = sorted({item[0]["conn"] for item in dropped})
-        n_idle, n_unsure, n_stopped = (sum(len(item[2]) for item in group) for group in (idle, unsure, stopped))
-        total = n_idle + n_unsure + n_stopped
+        n_idle, n_unsure, n_ahead, n_stopped = (sum(len(item[2]) for item in group)
+                                                for group in (idle, unsure, ahead, stopped))
+        total = n_idle + n_unsure + n_ahead + n_stopped
         evidence = []
-        n_late = len(idle) + len(unsure)
-        for i, (r, side, frames, gap) in enumerate(dropped[:20]):
+        edges = [""] * (len(idle) + len(unsure)) + [" (before the other capture's first packet)"] * len(ahead) + [
+            " (after the other capture's last packet)"] * len(stopped)
+        for (r, side, frames, gap), late in zip(dropped[:20], edges, strict=False):
             where = "never left the node (not on the uplink)" if side == "inside" else "never reached the pod side"
             after = f", sent after {gap:.1f} s of silence" if gap is not None else ""
-            late = " (after the other capture's last packet)" if i >= n_late else ""
             evidence.append(f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])} {where}{after}{late}, "
                             f"while {r['fate_crossed']} of its packets crossed")
         timeouts = IDLE_TIMEOUT_SYSCTL["tcp"]
@@ -1289,6 +1342,9 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
         ends_cut = [f"{other} file ends cut short ({cut[other][0]})" for other in ("outside", "inside")
                     if cut[other] and any(s == ("inside" if other == "outside" else "outside")
                                           for _, s, _, _ in stopped)]
+        if n_ahead:
+            parts.append(f"{n_ahead} were sent before the other capture's first packet, while nothing shows it "
+                         "running: that capture had not started yet, or the node dropped them.")
         if n_stopped:
             parts.append(f"{n_stopped} were sent after the other capture's last packet: the node dropped them, or "
                          "that capture had already stopped"
@@ -1300,7 +1356,7 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
         count = ("count the drops: `conntrack -S` (invalid) and `" + _iptables([item[0] for item in dropped])
                  + " -L -v -n | grep INVALID`.")
         fix = ("Take the capture again, or copy it once tcpdump has exited (a file cut short holds no more than its "
-               f"whole records); else {count}" if ends_cut and not n_idle and not n_unsure
+               f"whole records); else {count}" if ends_cut and not n_idle and not n_unsure and not n_ahead
                else count[0].upper() + count[1:])
         if n_idle or quiet:
             fix += (" After an idle period the far end still holds the connection open: keep idle connections alive "
@@ -1315,7 +1371,7 @@ def _dropped_mid_connection(result: Result, rows: list[dict[str, Any]], partial:
             "dropped_mid_connection", "warning", "Packets lost mid-connection", " ".join(parts), fix,
             connections=tuple(conns), evidence=tuple(evidence),
             data={"lost_packets": total, "after_idle": n_idle, "unproven": n_unsure,
-                  "after_other_capture": n_stopped}))
+                  "before_other_capture": n_ahead, "after_other_capture": n_stopped}))
     if unread:
         n = sum(len(frames) for _, _, frames, _ in unread)
         evidence = [f"{_conn_label(r)}: {side} frame(s) {_fmt_frames(frames[:6])}, with "

@@ -125,6 +125,36 @@ def tcp_pair(t0: int = 1_700_000_000 * 10**9, *, pod: str = "10.244.0.10", node:
     return inside, outside
 
 
+def tcp_rounds(t0: int = 1_700_000_000 * 10**9, *, rounds: int = 30, every_ns: int = 100_000_000,
+               pod: str = "10.244.0.10", node: str = "203.0.113.2", srv: str = "198.51.100.10", sport: int = 48000,
+               isn: int = 100_000, ip_id: int = 1000) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """A long-lived TCP connection through MASQUERADE (port kept, 30 us across the node): handshake, then
+    ``rounds`` request/response/ACK exchanges ``every_ns`` apart, 10 ms server time each. (inside rows, outside
+    rows) of raw IP packets, both captures running throughout; trim the rows by time to start one late."""
+    srv_isn, seq, ack = 5_000_000, isn + 1, 0
+    steps = [(0, "e", 0x02, isn, 0, b""), (10_000_000, "r", 0x12, srv_isn, isn + 1, b""),
+             (10_200_000, "e", 0x10, isn + 1, srv_isn + 1, b"")]
+    ack = srv_isn + 1
+    for i in range(rounds):
+        t = 50_000_000 + i * every_ns
+        req, resp = b"ping%03d" % i, b"pong%03d" % i
+        steps += [(t, "e", 0x18, seq, ack, req), (t + 10_000_000, "r", 0x18, ack, seq + len(req), resp),
+                  (t + 10_200_000, "e", 0x10, seq + len(req), ack + len(resp), b"")]
+        seq, ack = seq + len(req), ack + len(resp)
+    inside, outside = [], []
+    for i, (dt, d, flags, s, a, data) in enumerate(steps):
+        t = t0 + dt
+        if d == "e":
+            inside.append((t, ipv4(pod, srv, 6, tcp(sport, 80, s, a, flags, data), ttl=64, ip_id=ip_id + i)))
+            outside.append((t + 30_000, ipv4(node, srv, 6, tcp(sport, 80, s, a, flags, data), ttl=63,
+                                             ip_id=ip_id + i)))
+        else:
+            outside.append((t, ipv4(srv, node, 6, tcp(80, sport, s, a, flags, data), ttl=52, ip_id=ip_id + 5000 + i)))
+            inside.append((t + 30_000, ipv4(srv, pod, 6, tcp(80, sport, s, a, flags, data), ttl=51,
+                                            ip_id=ip_id + 5000 + i)))
+    return inside, outside
+
+
 def write_pair(directory, inside, outside, linktype: int = 101):
     """Write rows of raw IP packets as inside.pcap and outside.pcap; return both paths."""
     from pathlib import Path

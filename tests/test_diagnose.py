@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
-from pcapbytes import icmp_echo, ipv4, tcp_pair, udp, write_pair
+from pcapbytes import icmp_echo, ipv4, tcp_pair, tcp_rounds, udp, write_pair
 
 from natproof.check import capture_pair
 from natproof.correlate import correlate
@@ -93,7 +93,8 @@ def test_packets_dropped_on_the_node_mid_connection_are_no_healthy_nat() -> None
     f = found["dropped_mid_connection"]
     assert f.severity == "warning" and len(f.connections) == 2
     # The outside capture's last packet came before the FINs: a stopped capture reads the same, and is said so.
-    assert f.data == {"lost_packets": 10, "after_idle": 0, "unproven": 0, "after_other_capture": 10}
+    assert f.data == {"lost_packets": 10, "after_idle": 0, "unproven": 0, "before_other_capture": 0,
+                      "after_other_capture": 10}
     assert all("never left the node" in e and "after 6.0 s of silence" in e for e in f.evidence)
     assert "or that capture had already stopped (10 of them after 1 s or more of silence" in f.summary
     assert "keepalives" in f.fix
@@ -101,7 +102,8 @@ def test_packets_dropped_on_the_node_mid_connection_are_no_healthy_nat() -> None
                                                    d / "oow-drop-invalid" / "outside.pcap"))}
     assert list(found) == ["dropped_mid_connection"]
     f = found["dropped_mid_connection"]
-    assert f.data == {"lost_packets": 1, "after_idle": 0, "unproven": 1, "after_other_capture": 0}
+    assert f.data == {"lost_packets": 1, "after_idle": 0, "unproven": 1, "before_other_capture": 0,
+                      "after_other_capture": 0}
     assert "never reached the pod side" in f.evidence[0] and "nf_conntrack_tcp_be_liberal" in f.fix
     assert "these captures cannot tell which" in f.summary
 
@@ -469,6 +471,55 @@ def test_an_outside_capture_that_stopped_early_is_no_forward_drop(tmp_path: Path
     assert ov["start"] == pytest.approx(result.outside.first_ts_ns / 1e9, abs=1e-3)
     assert ov["end"] == pytest.approx(result.outside.last_ts_ns / 1e9, abs=1e-3)
     assert ov["seconds"] == pytest.approx(ov["end"] - ov["start"], abs=1e-6)
+
+
+@pytest.mark.parametrize("late", ["inside", "outside"])
+def test_a_capture_started_mid_connection_is_said_so_not_read_as_drops(tmp_path: Path, late: str) -> None:
+    # A trial (scapy, exact truth): one capture started 0.9 s into a 3 s connection. The other capture's packets
+    # from before read as 30 replies not reverse-translated and "10 sent after the other capture's last packet"
+    # dropped, though the node dropped nothing and that capture had not started yet.
+    t0 = 1_700_000_000 * 10**9
+    inside, outside = tcp_rounds(t0)
+    rows = {"inside": inside, "outside": outside}
+    start = t0 + 1_000_000_000
+    rows[late] = [(t, b) for t, b in rows[late] if t >= start]
+    other = "outside" if late == "inside" else "inside"
+    unseen = sum(t < start - 30_000 for t, _ in rows[other])  # the other side's packets the late one cannot hold
+    assert 20 < unseen < len(rows[other])
+    result = correlate(*write_pair(tmp_path, rows["inside"], rows["outside"]))
+    (c,) = result.to_dict()["connections"]
+    assert c["verdict"] == "translated" and c["translated"]["src"] == "203.0.113.2"
+    assert c["fates"][f"{other}_only"] == unseen and c["fates"]["crossed"] == len(rows[late])
+    assert "other_capture_off" in c["flags"] and "not_reverse_translated" not in c["flags"]
+    (row,) = result.connections.iter_rows(named=True)
+    assert row["outside_only_before_inside"] == (unseen if late == "inside" else 0)
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["partial_overlap"]  # no dropped_mid_connection
+    f = found["partial_overlap"]
+    assert f.connections == (0,) and f.data["began_before"] == 1 and f.data["packets_before"] == unseen
+    assert f"{unseen} of their packets, seen on one side only, came before it" in f.summary
+    assert f"({unseen} seen on the {other} only) came before the {late} capture's first packet" in f.evidence[0]
+
+
+def test_a_reply_dropped_while_both_ran_is_still_one_beside_a_late_started_capture(tmp_path: Path) -> None:
+    # The same connection, the inside capture started 1 s in, and the reply of round 20 (2.06 s in) never reaches
+    # the pod side: that one is a reply not reverse-translated, the first second's are not.
+    t0 = 1_700_000_000 * 10**9
+    inside, outside = tcp_rounds(t0)
+    lost_at = t0 + 50_000_000 + 20 * 100_000_000 + 10_000_000  # the server's reply of round 20, on the outside
+    start = t0 + 1_000_000_000
+    inside = [(t, b) for t, b in inside if t >= start and t != lost_at + 30_000]
+    before = sum(t < start for t, _ in outside)
+    result = correlate(*write_pair(tmp_path, inside, outside))
+    (c,) = result.to_dict()["connections"]
+    assert c["fates"]["outside_only"] == before + 1
+    assert {"other_capture_off", "not_reverse_translated"} <= set(c["flags"])
+    found = {f.kind: f for f in diagnose(result)}
+    assert found["partial_overlap"].data["packets_before"] == before
+    lost = found["dropped_mid_connection"]
+    assert lost.data["lost_packets"] == 1 and lost.data["before_other_capture"] == 0
+    frame = [t for t, _ in sorted(outside)].index(lost_at) + 1
+    assert f"outside frame(s) {frame} never reached the pod side" in lost.evidence[0]
 
 
 def test_two_busy_unrelated_captures_are_not_two_sides_of_a_nat(tmp_path: Path) -> None:
