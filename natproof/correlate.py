@@ -500,6 +500,8 @@ def correlate(
                                            services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence)
     conns = _contract_rows(conns)
     conns = mark_capture_off(conns, in_pk, out_pk, ins.info, outs.info, matches.clock_offset_ns)
+    if matches.offset_one_way:
+        conns = without_latency(conns)
     swapped = looks_swapped(conns, services)
     if swapped:
         return swap_again(swapped, ins.point, outs.point)
@@ -509,6 +511,7 @@ def correlate(
         outside=CaptureSummary.from_info(outs.info, out_pk.height, outs.point),
         interfaces=ins.interfaces if capture is not None else (*ins.interfaces, *outs.interfaces),
         clock_offset_s=round(matches.clock_offset_ns / 1e9, 9),
+        clock_offset_one_way=matches.offset_one_way,
         pod_networks=tuple(str(n) for n in nets),
         pod_networks_why=why,
         connections=conns,
@@ -756,6 +759,14 @@ def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: Captur
     off = (pl.when(pl.col("inside_conn_id").is_not_null()).then((last < out_first) | (first > out_last))
            .otherwise((last < in_first) | (first > in_last)))
     return conns.select(off.fill_null(False).alias("other_capture_off")).to_series()
+
+
+def without_latency(conns: pl.DataFrame) -> pl.DataFrame:
+    """``conns`` with latency_median_us and latency_max_us null: the clock offset was estimated from packets crossing
+    one way only (natproof.match.offset_and_way), so it holds the NAT's latency, and every packet's time across the
+    node measured against it is that latency's error, not the latency (a trial: one-way UDP, 30 us, read as 0)."""
+    return conns.with_columns(pl.lit(None, pl.Float64).alias("latency_median_us"),
+                              pl.lit(None, pl.Float64).alias("latency_max_us"))
 
 
 def mark_capture_off(conns: pl.DataFrame, in_pk: pl.DataFrame | pl.LazyFrame, out_pk: pl.DataFrame | pl.LazyFrame,

@@ -118,15 +118,26 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
 def offset_from(dts: pl.DataFrame | pl.LazyFrame) -> int | None:
     """NTP-style offset from (dt, is_egress) rows, dt = outside time minus inside time; None if no rows. A
     LazyFrame (samples spilled to Parquet) is read one column's medians at a time."""
+    return offset_and_way(dts)[0]
+
+
+def offset_and_way(dts: pl.DataFrame | pl.LazyFrame) -> tuple[int | None, bool]:
+    """offset_from, and whether it was taken from one direction's rows only: then the NAT's latency is in it (a
+    packet crossing outward reaches the outside capture that much later, and no crossing inward cancels it), and
+    latencies measured against it are not the NAT's (a trial: one-way UDP, 30 us across the node, read as 0). Not
+    when it snaps to 0 (under SNAP_OFFSET_NS): the clocks are taken as one (captures/no-masquerade, one host), and
+    each packet's time across the node is then measured on it."""
     med = dts.lazy().select(pl.col("dt").filter(pl.col("is_egress")).median().alias("e"),
                             pl.col("dt").filter(~pl.col("is_egress")).median().alias("r"),
                             pl.len().alias("n")).collect()
     if not med["n"][0]:
-        return None
+        return None, False
     med_e, med_r = med["e"][0], med["r"][0]
     meds = [float(m) for m in (med_e, med_r) if m is not None]  # type: ignore[arg-type]
     offset = int(round(sum(meds) / len(meds)))
-    return 0 if abs(offset) < SNAP_OFFSET_NS else offset
+    if abs(offset) < SNAP_OFFSET_NS:
+        return 0, False
+    return offset, len(meds) == 1
 
 
 PART_ROWS = 1 << 20
@@ -211,7 +222,7 @@ def estimate_clock_offset(inside: pl.DataFrame, outside: pl.DataFrame) -> int | 
 
     Egress packets cross the NAT inside to outside, replies the other way, so (as NTP does) the mean of
     the two directions' median differences cancels the NAT's latency. With one direction only, its
-    median is taken as it is. None when no key is unique on both sides.
+    median is taken as it is, the NAT's latency in it (offset_and_way). None when no key is unique on both sides.
     """
     return offset_from(offset_samples(inside, outside))
 
@@ -237,12 +248,13 @@ def offset_samples(inside: pl.DataFrame, outside: pl.DataFrame, *, by_rank: bool
     return pl.concat(dts)
 
 
-def _offset_by_rank(inside: pl.DataFrame, outside: pl.DataFrame) -> int | None:
+def _offset_by_rank(inside: pl.DataFrame, outside: pl.DataFrame) -> tuple[int | None, bool]:
     """Outside clock minus inside clock from the n-th copy of each strong key on one side against the n-th on
     the other (within ROUGH_TOLERANCE_NS of each other): for captures where no key is unique (identical
     datagrams, a replayed capture). Copies are seen in the same order on both sides of a NAT, and the median
-    of the two directions shrugs off the copies one side missed. One row per packet, never a cross product."""
-    return offset_from(offset_samples(inside, outside, by_rank=True))
+    of the two directions shrugs off the copies one side missed. One row per packet, never a cross product. With
+    whether it was taken from one direction only (offset_and_way)."""
+    return offset_and_way(offset_samples(inside, outside, by_rank=True))
 
 
 REWRITE_PENALTY_NS = 1_000_000
@@ -271,12 +283,13 @@ _TUPLE = ("local", "lport", "remote", "rport")
 
 
 def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame, tolerance_ns: int,
-                      inside_parts: KeyParts | None = None) -> tuple[int | None, pl.DataFrame | None]:
+                      inside_parts: KeyParts | None = None) -> tuple[int | None, pl.DataFrame | None, bool]:
     """estimate_clock_offset, then the exact pairs of ``k_strong`` as _pair_by_key gives them, in one pass over the
     parts of the key space: each part's join of the keys unique on both sides gives the offset's samples and,
     kept as (row, row_out, raw) beside the part's other rows, its exact pairs once the offset is known (a pass for
     each cost two joins of every key: 2x1M real 1.5 -> 1.1 s; 2x5M synthetic, all of match_sides 4.7 -> 3.3 s).
-    (None, None) when no key is unique."""
+    (None, None, False) when no key is unique. Last, whether the offset was taken from one direction only
+    (offset_and_way)."""
     key = "k_strong"
     raw = (pl.col("ts_ns_out") - pl.col("ts_ns")).cast(pl.Int64)
     dts, kept = [], []
@@ -285,11 +298,12 @@ def _offset_and_exact(inside: pl.DataFrame, outside: pl.DataFrame, tolerance_ns:
         dts.append(once.select(raw.alias("dt"), "is_egress"))
         kept.append((a.drop("is_egress"), b, once.select("row", "row_out", raw.alias("raw"))))
         del once
-    offset = offset_from(pl.concat(dts))
+    offset, one_way = offset_and_way(pl.concat(dts))
     if offset is None:
-        return None, None
+        return None, None, False
     found = [_pair_part(a, b, key, offset, tolerance_ns, unique=u) for a, b, u in kept]
-    return offset, pl.concat(found).with_columns(pl.lit("exact").alias("method")).cast(PAIR_SCHEMA)  # type: ignore[arg-type]
+    return (offset, pl.concat(found).with_columns(pl.lit("exact").alias("method")).cast(PAIR_SCHEMA),  # type: ignore[arg-type]
+            one_way)
 
 
 def _split_unique(a: pl.DataFrame, b: pl.DataFrame, key: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -581,6 +595,9 @@ class Matches:
     offset_grounded: bool = True
     """Whether the clock offset rests on packets both captures hold, or was given (false: the payload pass's pairs
     were refused for that alone)."""
+    offset_one_way: bool = False
+    """Whether the clock offset was estimated (not given) from packets crossing in one direction only: the NAT's
+    latency is in it and cannot be measured apart from it (offset_and_way)."""
 
 
 def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns: int | None = None,
@@ -597,15 +614,16 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     of the whole captures; by default: given, or some pass before the datagram one paired a packet), which the
     payload pass needs (_causal_payload_pairs), and the datagram pass to choose among cut datagrams.
     """
-    exact = None
+    exact, one_way = None, False
     if clock_offset_ns is None:
-        offset, exact = _offset_and_exact(inside, outside, tolerance_ns, inside_parts)
+        offset, exact, one_way = _offset_and_exact(inside, outside, tolerance_ns, inside_parts)
     else:
         offset = clock_offset_ns
     if offset is None:
         # No key is unique on both sides (identical datagrams with IP id 0, a capture replayed in a loop):
         # estimate from the n-th copy of each key on one side against the n-th on the other, then pair.
-        offset = _offset_by_rank(inside, outside) or 0
+        ranked, one_way = _offset_by_rank(inside, outside)
+        offset = ranked or 0
     if exact is None:
         exact = _pair_by_key(inside, outside, "k_strong", offset, tolerance_ns, "exact")
     in_left = _without(inside, exact["in_row"])
@@ -668,7 +686,7 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     pairs = pairs.with_columns((pl.col("unique").fill_null(False) & strong & (pl.col("method") == "exact"))
                                .alias("unique"))
     return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left), refused_lookalikes=refused,
-                   offset_grounded=grounded)
+                   offset_grounded=grounded, offset_one_way=one_way)
 
 
 PAYLOAD_SLACK_NS = 5_000_000

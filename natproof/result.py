@@ -223,6 +223,15 @@ class Result:
         """Whether a point is some of a file's interfaces (one capture of several interfaces), not a whole file."""
         return any(c.chosen in ("given", "chosen") for c in (self.inside, self.outside))
 
+    def clock_offset_note(self) -> str | None:
+        """What clock_offset_s does not separate, or None: estimated from packets crossing one way only, it
+        includes the NAT's latency (clock_offset_one_way)."""
+        if not self.clock_offset_one_way:
+            return None
+        return ("estimated from packets crossing in one direction only: it includes the NAT's latency, which cannot "
+                "be measured apart from it (nat_latency_us is null); --clock-offset gives the offset and so the "
+                "latency")
+
     def overlap(self) -> dict[str, Any]:
         """When both captures were running, on the inside capture's clock (the outside's span moved by
         clock_offset_s): {"start", "end"} in Unix seconds and "seconds" (0.0 and start == end == None when they
@@ -241,6 +250,9 @@ class Result:
 
         return {"start": _secs(start), "end": _secs(end), "seconds": round((end - start) / 1e9, 6),
                 "clock": "inside", "inside_share": share(a0, a1), "outside_share": share(b0, b1)}
+    clock_offset_one_way: bool = False
+    """Whether clock_offset_s was estimated (not given) from packets crossing in one direction only: the NAT's
+    latency is in it, and the connections' latency is null (natproof.match.offset_and_way)."""
     conntrack: ConntrackRecord | None = field(default=None, repr=False)
     """The kernel's conntrack record the connections were held against (natproof.kernel.join_kernel), or None."""
     spill: Any = field(default=None, repr=False, compare=False)
@@ -367,6 +379,7 @@ class Result:
             "schema": SCHEMA,
             "captures": {"inside": self.inside.to_dict(), "outside": self.outside.to_dict()},
             "clock_offset_s": self.clock_offset_s,
+            "clock_offset_note": self.clock_offset_note(),
             "overlap": self.overlap(),
             "pod_networks": list(self.pod_networks),
             "pod_networks_why": self.pod_networks_why,

@@ -43,7 +43,7 @@ from natproof.capture import CaptureInfo
 from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
 from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import InputError, setting, shown_path
-from natproof.match import match_sides, offset_from, offset_samples, with_keys
+from natproof.match import match_sides, offset_and_way, offset_samples, with_keys
 from natproof.memory import (  # noqa: F401 (named here before natproof.memory)
     check_spill_dir,
     default_memory_limit,
@@ -359,18 +359,19 @@ def _legs(root: Path, g: int, caps: tuple[_Capture, _Capture], timeouts: IdleTim
     return ends_in, ends_out, a.select("ts_ns", "k_strong").equals(b.select("ts_ns", "k_strong"))
 
 
-def _clock_offset(root: Path, n_groups: int) -> tuple[int, bool]:
-    """The whole captures' clock offset from every group's samples (natproof.match.offset_from: the same medians);
-    by rank when no key is unique on both sides. And whether any sample grounds it (0 and False: no packet of one
-    capture is in the other; match_sides' ``offset_grounded``)."""
-    offset = offset_from(pl.scan_parquet(root / "offset-g*.parquet"))
+def _clock_offset(root: Path, n_groups: int) -> tuple[int, bool, bool]:
+    """The whole captures' clock offset from every group's samples (natproof.match.offset_and_way: the same
+    medians); by rank when no key is unique on both sides. And whether any sample grounds it (0 and False: no packet
+    of one capture is in the other; match_sides' ``offset_grounded``), and whether the samples were of one direction
+    only (the NAT's latency in it: match_sides' ``offset_one_way``)."""
+    offset, one_way = offset_and_way(pl.scan_parquet(root / "offset-g*.parquet"))
     if offset is not None:
-        return offset, True
+        return offset, True, one_way
     for g in range(n_groups):
         a, b = (with_keys(pl.read_parquet(root / f"{r}-grouped-g{g}.parquet")) for r in ("inside", "outside"))
         offset_samples(a, b, by_rank=True).write_parquet(root / f"rank-g{g}.parquet")
-    offset = offset_from(pl.scan_parquet(root / "rank-g*.parquet"))
-    return (0, False) if offset is None else (offset, True)
+    offset, one_way = offset_and_way(pl.scan_parquet(root / "rank-g*.parquet"))
+    return (0, False, False) if offset is None else (offset, True, one_way)
 
 
 @dataclass
@@ -456,7 +457,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
     ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
     correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
     is left to correlate (""). Raises what correlate raises."""
-    from natproof.correlate import mark_capture_off, number_connections
+    from natproof.correlate import mark_capture_off, number_connections, without_latency
 
     services = services or Services()
     spill = SpillDir(spill_dir)
@@ -504,8 +505,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             inferred = infer_pod_networks(all_in, all_out)
             nets, why = inferred.networks, inferred.why
             dnat = dnat_networks(all_in, infer_pod_networks(all_in).networks)
-        offset, grounded = ((int(round(clock_offset_s * 1e9)), True) if clock_offset_s is not None
-                            else _clock_offset(root, n_groups))
+        offset, grounded, one_way = ((int(round(clock_offset_s * 1e9)), True, False) if clock_offset_s is not None
+                                     else _clock_offset(root, n_groups))
 
         # 5. match and assemble each group with the whole captures' offset and networks
         done: list[_Group] = []
@@ -538,6 +539,8 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
         conns = number_connections(conns)
         inside_packets, outside_packets = _scan(root, "inside", hairpin), _scan(root, "outside", hairpin)
         conns = mark_capture_off(conns, inside_packets, outside_packets, ins.info, outs.info, offset)
+        if one_way:
+            conns = without_latency(conns)
         if refused:
             from natproof.correlate import refused_lookalikes_note
 
@@ -547,6 +550,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             outside=CaptureSummary.from_info(outs.info, _count(root, "outside"), outs.point),
             interfaces=(*ins.interfaces, *outs.interfaces),
             clock_offset_s=round(offset / 1e9, 9),
+            clock_offset_one_way=one_way,
             pod_networks=tuple(str(n) for n in nets),
             pod_networks_why=why,
             connections=conns,

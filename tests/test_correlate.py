@@ -443,3 +443,60 @@ def test_a_flow_caught_midway_on_a_nodeport_stays_inbound(tmp_path: Path) -> Non
     (c,) = correlate(*paths, services=Services(nodeport_range=(33000, 33999))).to_dict()["connections"]
     assert c["initiator"] == "outside" and c["rewrites"] == ["dst"]
     assert c["original"]["dst"] == "203.0.113.2" and c["translated"]["dst"] == "10.244.0.10"
+
+
+def _heartbeats(offset_ns: int, *, replies: bool = False) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """A trial's statsd-like flow: a pod's datagram every 100 ms, 30 us across the node, the outside clock
+    ``offset_ns`` ahead; ``replies``: each answered 5 ms later, 40 us back across the node."""
+    from pcapbytes import ipv4, udp
+
+    t0, inside, outside = 1_700_000_000 * 10**9, [], []
+    for i in range(30):
+        t = t0 + i * 100_000_000
+        inside.append((t, ipv4("10.244.0.10", "198.51.100.70", 17, udp(52100, 8125, b"beat%02d" % i), ip_id=i + 1)))
+        outside.append((t + 30_000 + offset_ns,
+                        ipv4("203.0.113.2", "198.51.100.70", 17, udp(52100, 8125, b"beat%02d" % i), ttl=63,
+                             ip_id=i + 1)))
+        if replies:
+            outside.append((t + 5_000_000 + offset_ns,
+                            ipv4("198.51.100.70", "203.0.113.2", 17, udp(8125, 52100, b"ok%02d" % i), ttl=52,
+                                 ip_id=500 + i)))
+            inside.append((t + 5_040_000, ipv4("198.51.100.70", "10.244.0.10", 17, udp(8125, 52100, b"ok%02d" % i),
+                                               ttl=51, ip_id=500 + i)))
+    return inside, outside
+
+
+def test_one_way_traffic_cannot_measure_the_nat_latency_its_clock_offset_holds(tmp_path: Path) -> None:
+    # A trial: one-way UDP, the outside clock 2.5 s ahead, 30 us across the node, read as clock_offset_s 2.50003
+    # and nat_latency_us {median: 0.0, max: 0.0}. One direction's median is the offset plus the latency.
+    from pcapbytes import write_pair
+
+    paths = write_pair(tmp_path, *_heartbeats(2_500_000_000))
+    result = correlate(*paths)
+    doc = result.to_dict()
+    assert doc["clock_offset_s"] == pytest.approx(2.50003, abs=1e-6)  # the latency is in it
+    assert result.clock_offset_one_way and "one direction only" in doc["clock_offset_note"]
+    (c,) = doc["connections"]
+    assert c["matched"]["egress"] == 30 and c["nat_latency_us"] is None
+    from natproof.report.charts import latency_data
+    from natproof.report.table import summary_line
+
+    assert "clock offset +2.500030 s (from one direction's packets only: it includes the NAT's latency" in (
+        summary_line(result))
+    assert latency_data(result).is_empty()  # no chart of latencies that are the offset's error
+    # Given the offset, the latency is measured.
+    given = correlate(*paths, clock_offset_s=2.5).to_dict()
+    assert given["clock_offset_note"] is None
+    assert given["connections"][0]["nat_latency_us"] == {"median": pytest.approx(30.0), "max": pytest.approx(30.0)}
+
+
+def test_two_way_traffic_separates_the_clock_offset_from_the_nat_latency(tmp_path: Path) -> None:
+    from pcapbytes import write_pair
+
+    result = correlate(*write_pair(tmp_path, *_heartbeats(2_500_000_000, replies=True)))
+    doc = result.to_dict()
+    # Egress 30 us, replies 40 us: the two medians' mean is off by half their difference (5 us).
+    assert doc["clock_offset_s"] == pytest.approx(2.5, abs=1e-5) and doc["clock_offset_note"] is None
+    (c,) = doc["connections"]
+    assert c["nat_latency_us"]["median"] == pytest.approx(35.0, abs=0.01)
+    assert c["nat_latency_us"]["max"] == pytest.approx(35.0, abs=0.01)

@@ -205,11 +205,13 @@ def latency_data(result: Result) -> pl.DataFrame:
     egress: (dt_ns - offset_ns) / 1000; reply: (offset_ns - dt_ns) / 1000, with offset_ns the clock offset.
     ICMP errors cross the node outside-to-inside and count as reply, as in the connections' latency columns.
     A chart of every matched packet: the one reader that collects a row per packet of the whole capture, built
-    lazily (Result.packets) so only these five columns of the exactly matched packets are ever collected.
+    lazily (Result.packets) so only these five columns of the exactly matched packets are ever collected. No rows
+    when the offset was estimated from one direction's packets only (Result.clock_offset_one_way): the NAT's latency
+    is in it, and what is left of each packet's is its error.
     """
     offset_ns = int(round(result.clock_offset_s * 1e9))
     pk = result.packets("inside")
-    if "method" not in pk.collect_schema().names():
+    if "method" not in pk.collect_schema().names() or result.clock_offset_one_way:
         return pl.DataFrame(schema={"conn": pl.UInt32, "frame_no": pl.UInt32, "out_frame": pl.UInt32,
                                     "direction": pl.String, "latency_us": pl.Float64})
     ids = result.connections.lazy().select("conn", pl.col("inside_conn_id").alias("conn_id"))

@@ -576,7 +576,8 @@ def _summary(result: Result) -> str:
         ("port preserved", f"{ratio:.1%} of {rewritten} connection(s) whose source address the NAT rewrote "
                            "(original against translated source)"
                            if rewritten else "no connection had its source address rewritten"),
-        ("clock offset", f"{result.clock_offset_s:+.6f} s (outside clock minus inside clock)"),
+        ("clock offset", f"{result.clock_offset_s:+.6f} s (outside clock minus inside clock)"
+                         + (f"; {_e(result.clock_offset_note() or '')}" if result.clock_offset_one_way else "")),
         ("overlap", overlap_text(result)),
         ("pod networks", _e(", ".join(result.pod_networks) or "none")
          + (f" — {_e(result.pod_networks_why)}" if result.pod_networks_why else "")),

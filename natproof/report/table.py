@@ -195,7 +195,10 @@ def summary_line(result: Result) -> str:
     return points + (
         f"{n} connection{'' if n == 1 else 's'}{started}: {counts or 'none'}\n"
         f"packets by fate: {', '.join(f'{n} {FATE_LABEL[f]}' for f, n in result.by_fate().items())}\n"
-        f"{ports}; clock offset {result.clock_offset_s:+.6f} s; {overlap_text(result)}\n"
+        f"{ports}; clock offset {result.clock_offset_s:+.6f} s"
+        + (" (from one direction's packets only: it includes the NAT's latency, not measured)"
+           if result.clock_offset_one_way else "")
+        + f"; {overlap_text(result)}\n"
         f"pod networks {', '.join(result.pod_networks) or 'none'}: {result.pod_networks_why or 'given'}\n"
         # Result.unmatched_inside leaves internal connections out by design (their packets never cross): said so,
         # beside "packets by fate" counting them as inside only (captures/internal: 0 unmatched, 30 inside only).
