@@ -758,16 +758,9 @@ def _pod(o: dict[str, Any], source: str) -> PodEntry | None:
         return None
     ips = [_address(e.get("ip"), f"{where}.ip")
            for where, e in _objects_in(status, "podIPs", "status.podIPs", '{"ip": "10.244.0.5"}')]
-    single = _field(status, "podIP", "status.podIP", str)
-    if single:
-        single = _address(single, "status.podIP")
-    if ips and single is not None and single != ips[0]:
-        # The API writes podIP as podIPs[0].ip (its v1 conversion, as a node's podCIDR from podCIDRs): a dump where
-        # they differ was edited, and which one is the pod's is unknown.
-        raise _Bad(f"status.podIP {status['podIP']!r} is not status.podIPs[0].ip {status['podIPs'][0]['ip']!r}; "
-                   "the API keeps them equal")
-    if not ips and single:
-        ips = [single]
+    # The API writes podIP as podIPs[0].ip (its v1 conversion, as a node's podCIDR from podCIDRs).
+    ips = _with_first(ips, status, "podIP", "status.podIP", "status.podIPs[0].ip",
+                      status["podIPs"][0].get("ip") if ips else None)
     host = [_address(e.get("ip"), f"{where}.ip")
             for where, e in _objects_in(status, "hostIPs", "status.hostIPs", '{"ip": "192.0.2.10"}')]
     if _field(status, "hostIP", "status.hostIP", str):
@@ -892,15 +885,24 @@ def _cluster_ips(spec: dict[str, Any]) -> tuple[str, ...]:
     if "None" in listed and len(listed) > 1:
         raise _Bad(f"spec.clusterIPs {given!r} holds 'None' (a headless Service) beside addresses; the API writes "
                    "'None' alone")
-    single = _field(spec, "clusterIP", "spec.clusterIP", str)
-    if single not in (None, "", "None"):
-        single = _address(single, "spec.clusterIP")
-    if listed and single is not None and single != listed[0]:
-        raise _Bad(f"spec.clusterIP {spec['clusterIP']!r} is not spec.clusterIPs[0] {given[0]!r}; the API keeps "
-                   "them equal")
-    if not listed and single:
-        listed = [single]
+    listed = _with_first(listed, spec, "clusterIP", "spec.clusterIP", "spec.clusterIPs[0]",
+                         given[0] if given else None)
     return tuple(ip for ip in listed if ip not in (None, "", "None"))
+
+
+def _with_first(listed: list[Any], o: dict[str, Any], key: str, path: str, first_path: str,
+                first_given: Any) -> list[Any]:
+    """A list field's values (``listed``, already read) checked against the single field the API keeps equal to its
+    first (status.podIP beside status.podIPs, spec.clusterIP beside spec.clusterIPs): the single field ``key`` of
+    ``o`` (an address, or "" / "None", read as it is) must be ``listed[0]`` when both are given, else _Bad naming
+    both (a dump where they differ was edited, and which one holds is unknown); the list, or the single field alone
+    when no list is given (a cluster before 1.16 or 1.20 wrote none)."""
+    single = _field(o, key, path, str)
+    if single not in (None, "", "None"):
+        single = _address(single, path)
+    if listed and single is not None and single != listed[0]:
+        raise _Bad(f"{path} {o[key]!r} is not {first_path} {first_given!r}; the API keeps them equal")
+    return listed if listed or not single else [single]
 
 
 def _endpoints(o: dict[str, Any]) -> list[EndpointEntry]:
