@@ -661,6 +661,28 @@ def unmatched_inside(in_pk: pl.DataFrame, conns: pl.DataFrame) -> int:
     return int(in_pk.select(unpaired.sum()).item())
 
 
+def _record_elsewhere(info: CaptureInfo, record: ConntrackRecord, tolerance_s: float) -> str | None:
+    """The warning, for one capture and the kernel's record, that the record's events lie wholly before or after
+    the capture (by more than ``tolerance_s``): a record of another time or node, or a node clock far from the
+    capture's, that says nothing of its connections (a helper's trial: `who` on a record of the next day exited 1
+    with no hint why). None when they overlap, or the record has no timed events (a listing)."""
+    first, last = record.first_ts_ns, record.last_ts_ns
+    if not record.has_events or first is None or last is None or not info.first_ts_ns or not info.last_ts_ns:
+        return None
+    tol = int(tolerance_s * 1e9)
+    if info.last_ts_ns >= first - tol and info.first_ts_ns <= last + tol:
+        return None
+    import datetime as dt
+
+    def utc(ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+    return (f"the events of {record.path} ({utc(first)} - {utc(last)} UTC) do not cover the capture's time "
+            f"({utc(info.first_ts_ns)} - {utc(info.last_ts_ns)} UTC): the record is of another time (or node, or the "
+            "node's clock is off), so it tells nothing of these connections; give the record taken while the capture "
+            "ran")
+
+
 def _one_side_fates(pk: pl.DataFrame, conns: pl.DataFrame, side: str,
                     leaked_legs: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One capture and the kernel's record: the fates two captures would give, moved out of ``{side}_only``
@@ -1019,6 +1041,9 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
     info = sd.info
     if note:
         info.warnings.append(note)
+    off_time = _record_elsewhere(info, record, tolerance_s)
+    if off_time:
+        info.warnings.append(off_time)
     summary = CaptureSummary.from_info(info, pk.height, sd.point)
     other = "outside" if side == "inside" else "inside"
     missing = CaptureSummary(path="", format="none", link_type="", records=0, packets=0, first_ts_ns=0,

@@ -56,7 +56,11 @@ class Finding:
 
 
 def _conn_label(r: dict[str, Any]) -> str:
-    """``#N proto SRC -> DST`` in the initiator's own view (its original tuple)."""
+    """``#N proto SRC -> DST`` in the initiator's own view (its original tuple); where that is unknown (an uplink
+    leg out of a conntrack record's sight: natproof.kernel._unseen_outside_legs), its translated tuple, said so."""
+    if r["orig_src"] is None and r.get("trans_src") is not None:
+        return (f"#{r['conn']} {r['proto']} {format_address(r['trans_src'], r['trans_sport'])} -> "
+                f"{format_address(r['trans_dst'], r['trans_dport'])} (as translated)")
     return (f"#{r['conn']} {r['proto']} {format_address(r['orig_src'], r['orig_sport'])} -> "
             f"{format_address(r['orig_dst'], r['orig_dport'])}")
 
@@ -377,18 +381,29 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
         return []
     import datetime as dt
 
-    def hms(ns: int) -> str:
-        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-
     off = int(result.clock_offset_s * 1e9)
-    span_out = f"{hms(result.outside.first_ts_ns - off)}-{hms(result.outside.last_ts_ns - off)}"
-    span_in = f"{hms(result.inside.first_ts_ns)}-{hms(result.inside.last_ts_ns)}"
+    # Spans of different days (a record of another day) are dated, or read as printed they could overlap.
+    times = [t for fmt, ts in ((result.inside.format, (result.inside.first_ts_ns, result.inside.last_ts_ns)),
+                               (result.outside.format, (result.outside.first_ts_ns - off,
+                                                        result.outside.last_ts_ns - off))) if fmt != "none" for t in ts]
+    if result.conntrack is not None and "none" in (result.inside.format, result.outside.format):
+        times += [t for t in (result.conntrack.first_ts_ns, result.conntrack.last_ts_ns) if t]
+    dated = len({dt.datetime.fromtimestamp(t / 1e9, dt.UTC).date() for t in times}) > 1
+
+    def hms(ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f" if dated else "%H:%M:%S.%f")[:-3]
+
+    sep = " - " if dated else "-"
+
+    span_out = f"{hms(result.outside.first_ts_ns - off)}{sep}{hms(result.outside.last_ts_ns - off)}"
+    span_in = f"{hms(result.inside.first_ts_ns)}{sep}{hms(result.inside.last_ts_ns)}"
     # One capture and the kernel's record (natproof.correlate_one): the record stands for the other side.
     record = result.conntrack if "none" in (result.inside.format, result.outside.format) else None
     other = "the kernel's record" if record is not None else "the capture on the other side of the NAT"
     if record is not None:
         first, last = record.first_ts_ns, record.last_ts_ns
-        span = f"{hms(first)}-{hms(last)}" if first and last else "no time"
+        span = f"{hms(first)}{sep}{hms(last)}" if first and last else "no time"
         span_in, span_out = ((span_in, span) if result.outside.format == "none" else (span, span_out))
     timed = [r for r in unseen if r["other_capture_off"]]
     answered = [r for r in unseen if not r["other_capture_off"]]
@@ -399,7 +414,7 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
                 "while the other capture showed nothing"
         return "answered by the far end, crossing in neither capture of the other side"
 
-    evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}-{hms(r['last_ts_ns'])}, {why(r)}"
+    evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}{sep}{hms(r['last_ts_ns'])}, {why(r)}"
                 for r in unseen[:20]]
     parts = []
     if timed:
@@ -2114,25 +2129,28 @@ def _utc(ns: int) -> str:
 def _kernel_gaps(result: Result, rows: list[dict[str, Any]], judged: int) -> list[Finding]:
     """Connections that crossed the node but are missing from an event log (kernel_reason not_recorded,
     record_starts_after, record_ends_before): a gap in the record, not a NAT failure. When every one of the
-    ``judged`` connections of two captures lies before or after the log's events, the log is of another time (or
-    node): a warning, kernel_record_other_time, saying so with both spans (a helper's trial: a record of 06:06 given
-    with captures of 09:26 read as "misses some connections")."""
+    ``judged`` connections (of two captures, or of one) lies before or after the log's events, the log is of
+    another time (or node): a warning, kernel_record_other_time, saying so with both spans (a helper's trial: a
+    record of 06:06 given with captures of 09:26 read as "misses some connections")."""
     if not rows:
         return []
     record = result.conntrack
     path = record.path if record is not None else "the conntrack record"
     why = Counter(r["kernel_reason"] for r in rows)
     outside_events = set(why) <= {"record_starts_after", "record_ends_before"}
-    # (With one capture, partial_overlap already says it, with the capture's span and the record's.)
+    # With one capture too (partial_overlap sets its connections aside, but only this says why: a helper's trial of
+    # a record of the next day read as a listener's full buffer).
     two_captures = "none" not in (result.inside.format, result.outside.format)
-    if (outside_events and two_captures and len(rows) == judged and record is not None
+    if (outside_events and len(rows) == judged and record is not None
             and record.first_ts_ns is not None and record.last_ts_ns is not None):
         first = min(r["first_ts_ns"] for r in rows)
         last = max(r["last_ts_ns"] for r in rows)
+        theirs = "the captures'" if two_captures else "the capture's connections"
         return [Finding(
             "kernel_record_other_time", "warning", "The conntrack record is of another time",
             f"None of the {judged} connection(s) falls within the events of {path} ({_utc(record.first_ts_ns)} - "
-            f"{_utc(record.last_ts_ns)} UTC, the node's clock), the captures' are {_utc(first)} - {_utc(last)} UTC: "
+            f"{_utc(record.last_ts_ns)} UTC, the node's clock), "
+            f"{theirs} are {_utc(first)} - {_utc(last)} UTC: "
             "the record says nothing of them, and every mapping rests on the packets alone.",
             "Give the record taken on this node while the captures ran (`conntrack -E -o timestamp,extended`, "
             "started before the traffic and stopped after), or check the node's clock against the captures'.",

@@ -459,7 +459,9 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
     is reply_dropped. A pod-side leg with no entry: internal when its destination is in the pod networks, else
     not_forwarded, kernel absent with the reason the record allows (other_capture_off when the record does not
     cover its time: then nothing is known of the node's side, and a leg the far end answered is not_captured). A
-    leg on the uplink with no entry is the node's own traffic (or untracked): not a connection.
+    leg on the uplink with no entry, within the record's events, is the node's own traffic (or untracked): not a
+    connection; one wholly before the record's first event or after its last is out of its sight, and so of the
+    pod side's: not_captured, other_capture_off (_unseen_outside_legs).
 
     A flow mapped anew after its entry expired while it idled is one connection, as with two captures
     (docs/model.md): conntrack tracks an original tuple as one entry at a time, so legs of the side after the NAT
@@ -542,6 +544,12 @@ def one_side_connections(legs: pl.DataFrame, side: str, record: ConntrackRecord,
                               & ~pl.col("conn_id").is_in(found["folded"].drop_nulls().implode())
                               & ~pl.col("conn_id").is_in(found["mapped"].explode().drop_nulls().implode()))
         parts.append(_unrecorded_inside_legs(missing, record, pod_networks or _PRIVATE, tol))
+    else:
+        missing = legs.filter(~pl.col("conn_id").is_in(found["leg"].implode())
+                              & ~pl.col("conn_id").is_in(found["folded"].drop_nulls().implode())
+                              & ~pl.col("conn_id").is_in(found["mapped"].explode().drop_nulls().implode()))
+        node = rows.filter(pl.col("egress") & pl.col("rewrites").list.contains("src"))["trans_src"]
+        parts.append(_unseen_outside_legs(missing, record, node.cast(pl.String).unique(), tol))
     conns = pl.concat([contract_columns(p).with_columns(
         p["leg"].cast(pl.UInt32).alias("leg"),
         (p["folded"] if "folded" in p.columns else pl.repeat(None, p.height, dtype=pl.UInt32, eager=True))
@@ -674,4 +682,50 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
         (uncovered & ~pl.col("_to_pod")).alias("other_capture_off"),
         pl.lit("absent").alias("kernel"),
         pl.when(pl.col("_to_pod")).then(pl.lit("not_tracked")).otherwise(reason).alias("kernel_reason"),
+    )
+
+
+def _unseen_outside_legs(legs: pl.DataFrame, record: ConntrackRecord, node: pl.Series, tol: int) -> pl.DataFrame:
+    """Uplink legs with no entry that lie wholly before the record's first event or after its last, as connection
+    rows (see one_side_connections): verdict not_captured, other_capture_off, kernel absent (record_starts_after,
+    record_ends_before), as two captures say of a leg seen on the outside only while the inside capture was off
+    (natproof.assemble._lost_inbound's not_captured). Within the record's events a leg with no entry is the node's
+    own traffic, as before; out of them the record cannot say whose it is, and dropping it lost every packet of an
+    uplink capture given with a record of another day (a helper's trial: "0 connections", unmatched 0).
+
+    ``node``: the node's addresses (the translated source of the record's SNATed entries, even of another time): a
+    leg to one of them from elsewhere was opened from outside (its original tuple is the leg's), any other from
+    the node's side (its pre-NAT tuple is unknown: orig_* null). Without events (a listing) nothing is out of
+    sight: no rows."""
+    first, last = record.first_ts_ns, record.last_ts_ns
+    if not record.has_events or first is None or last is None:
+        legs = legs.clear()
+    else:
+        legs = legs.filter((pl.col("last_ts_ns") < first - tol) | (pl.col("first_ts_ns") > last + tol))
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    inbound = (pl.col("dst").cast(pl.String).is_in(node.implode())
+               & ~pl.col("src").cast(pl.String).is_in(node.implode()))
+    tup = ("src", "sport", "dst", "dport")
+    return legs.with_columns(inbound.alias("_inbound")).select(
+        pl.col("conn_id").alias("leg"), "proto", "first_ts_ns", "last_ts_ns",
+        *[pl.col(f).alias(f"outside_{f}") for f in tup],
+        *[pl.when(pl.col("_inbound")).then(pl.col(f)).alias(f"orig_{f}") for f in tup],
+        *[pl.when(~pl.col("_inbound")).then(pl.col(f)).alias(f"trans_{f}") for f in tup],
+        pl.when(pl.col("_inbound")).then(pl.lit("outside")).otherwise(pl.lit("inside")).alias("initiator"),
+        pl.lit("not_captured").alias("verdict"),
+        pl.lit([], pl.List(pl.String)).alias("rewrites"),
+        pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
+        pl.col("icmp_error_packets").alias("icmp_errors_outside"), packets.alias("fate_outside_only"),
+        pl.lit(1, pl.UInt32).alias("outside_tuples"),
+        *[pl.lit(0, pl.UInt32).alias(c) for c in ("egress_inside", "reply_inside", "icmp_errors_inside",
+                                                  "matched_egress", "matched_reply", "inside_tuples", "fate_crossed",
+                                                  "fate_leaked", "fate_inside_only", "fate_node_generated")],
+        pl.col("first_frame").alias("evidence_egress_outside_frame"), pl.col("conn_id").alias("outside_conn_id"),
+        pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *tup,
+                                 "first_frame", packets.alias("packets"), _underlay(legs).alias("underlay")))
+        .alias("legs"),
+        pl.lit(True).alias("other_capture_off"),
+        pl.lit("absent").alias("kernel"),
+        pl.when(pl.col("last_ts_ns") < first - tol).then(pl.lit("record_starts_after"))
+        .otherwise(pl.lit("record_ends_before")).alias("kernel_reason"),
     )

@@ -178,7 +178,7 @@ def kernel_line(result: Result) -> str | None:
     filled = int((result.connections["evidence_level"] == "kernel_record").sum())
     taken = f"; {filled} translated tuple(s) taken from it" if filled else ""
     return (f"kernel record {rec.path} ({rec.entries.height} {'entry' if rec.entries.height == 1 else 'entries'}): "
-            + ", ".join(f"{n} {s}" for s, n in states) + why + taken)
+            + (", ".join(f"{n} {s}" for s, n in states) or "no connection to hold against it") + why + taken)
 
 
 def summary_line(result: Result) -> str:
