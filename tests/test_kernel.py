@@ -755,3 +755,74 @@ def test_the_pod_side_and_the_record_keep_every_mapping_of_a_flow_mapped_anew() 
     short = correlate_one(d / "outside.pcap", d / "conntrack.log", timeouts=IdleTimeouts(udp_s=2.0))
     udp = short.connections.filter(pl.col("proto") == "udp").sort("first_ts_ns")
     assert udp["trans_sport"].to_list() == [46807, 52490] and udp["outside_tuples"].to_list() == [1, 1]
+
+
+def _file_a_day_later(name: str, path: Path) -> Path:
+    """``name``'s whole record a day later, its listing kept (as a user would shift it: every stamped line)."""
+    path.write_text("\n".join(re.sub(r"^\[(\d+)\.", lambda m: f"[{int(m.group(1)) + 86400}.", line)
+                              for line in _lines(name)) + "\n")
+    return path
+
+
+def test_the_pod_side_alone_with_a_record_of_another_day_is_said_to_be_of_another_time(tmp_path: Path) -> None:
+    # A helper's trial: the pod side alone with basic's record a day later gave kernel_record_gaps (advising a bigger
+    # socket buffer) and a partial_overlap printing both spans without dates: read as printed they overlapped.
+    record = _file_a_day_later("basic", tmp_path / "nextday.log")
+    result = natproof.correlate(CAPTURES / "basic" / "inside.pcap", conntrack=record)
+    kinds = {f.kind: f for f in diagnose(result)}
+    assert "kernel_record_gaps" not in kinds
+    other = kinds["kernel_record_other_time"]
+    assert other.severity == "warning" and other.connections == tuple(range(result.connections.height))
+    first = result.connections["first_ts_ns"].min()
+    assert f"the capture's connections are {_utc_ms(first)}" in other.summary
+    assert _utc_ms(read_conntrack(record).first_ts_ns) in other.summary
+    # partial_overlap compares a capture of one day with a record of the next: both dated.
+    overlap = kinds["partial_overlap"]
+    assert _utc_ms(result.inside.first_ts_ns) in overlap.summary
+    assert _utc_ms(read_conntrack(record).first_ts_ns) in overlap.summary
+    # The record at its own time: no dates where every span is of one day.
+    own = {f.kind: f for f in diagnose(natproof.correlate(CAPTURES / "basic" / "inside.pcap",
+                                                           conntrack=CAPTURES / "basic" / "conntrack.log"))}
+    assert "kernel_record_other_time" not in own
+
+
+def _utc_ms(ns: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+def test_the_uplink_alone_with_a_record_of_another_day_loses_no_packet(tmp_path: Path) -> None:
+    # A helper's trial: eth0 alone with basic's record a day later gave "0 connections", unmatched 0 of 30 IP
+    # packets, and nothing_proven. Out of the record's sight an uplink leg with no entry is not known to be the
+    # node's own: not_captured, other_capture_off, as the pod side says of its legs; its packets outside only.
+    from natproof.report.table import kernel_line
+
+    record = _file_a_day_later("basic", tmp_path / "nextday.log")
+    uplink = CAPTURES / "basic" / "outside.pcap"
+    result = natproof.correlate(uplink, conntrack=record, side="outside")
+    own = natproof.correlate(uplink, conntrack=CAPTURES / "basic" / "conntrack.log", side="outside")
+    conns = result.connections
+    assert conns.height == own.connections.height
+    assert set(conns["verdict"]) == {"not_captured"} and conns["other_capture_off"].all()
+    assert set(conns.select("kernel", "kernel_reason").rows()) == {("absent", "record_starts_after")}
+    # The node's side is unknown: no pre-NAT tuple; the uplink's is the one the record gave at its own time.
+    assert conns["orig_src"].is_null().all()
+    assert conns.select("outside_src", "outside_sport").rows() == own.connections.select(
+        "outside_src", "outside_sport").rows()
+    packets = result.outside.packets
+    assert result.unmatched_outside == int(conns["fate_outside_only"].sum()) == own.connections.select(
+        pl.col("fate_outside_only").sum() + pl.col("fate_crossed").sum()).item() == packets
+    kinds = {f.kind for f in diagnose(result)}
+    assert {"kernel_record_other_time", "partial_overlap"} <= kinds and "nothing_proven" not in kinds
+    assert kernel_line(result).endswith(f"({conns.height} record_starts_after)")
+
+
+def test_a_leg_on_the_uplink_within_the_records_time_with_no_entry_is_still_no_connection(tmp_path: Path) -> None:
+    # The rule _unseen_outside_legs leaves alone: within the record's events, an uplink leg with no entry is the
+    # node's own traffic. basic's record without the entry of its first connection (port 37784).
+    path = tmp_path / "less.log"
+    path.write_text("\n".join(line for line in _lines("basic") if "sport=37784" not in line) + "\n")
+    result = natproof.correlate(CAPTURES / "basic" / "outside.pcap", conntrack=path, side="outside")
+    assert 37784 not in result.connections["outside_sport"].to_list()
+    assert result.connections.height == 2

@@ -401,3 +401,17 @@ def test_parse_time_refuses_more_than_nanoseconds_rather_than_cut_them(text: str
     said = "10 digits after the second's point; a capture's clock holds nanoseconds (at most 9)"
     assert str(exc.value) == f"at={text!r}: {said}"
     assert exc.value.for_command_line() == f"--at {text}: {said}"
+
+
+def test_who_warns_when_the_record_is_of_another_time(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A helper's trial: `who` on the pod side with basic's record a day later exited 1 with no hint why.
+    record = tmp_path / "nextday.log"
+    record.write_text(re.sub(r"^\[(\d+)\.", lambda m: f"[{int(m.group(1)) + 86400}.",
+                             (BASIC / "conntrack.log").read_text(), flags=re.M))
+    query = ["who", "203.0.113.2:37784", str(BASIC / "inside.pcap")]
+    assert main([*query, "--conntrack", str(record)]) == 1
+    err = capsys.readouterr().err
+    assert f"the events of {record} (2026-11-25T" in err and "do not cover the capture's time (2026-11-24T" in err
+    # The record of the capture's own time finds it, and says nothing of the kind.
+    assert main([*query, "--conntrack", str(BASIC / "conntrack.log")]) == 0
+    assert "do not cover" not in capsys.readouterr().err
