@@ -250,6 +250,8 @@ class Result:
 
         return {"start": _secs(start), "end": _secs(end), "seconds": round((end - start) / 1e9, 6),
                 "clock": "inside", "inside_share": share(a0, a1), "outside_share": share(b0, b1)}
+    clock_offset_given: bool = False
+    """Whether clock_offset_s was given (--clock-offset), not estimated from the packets."""
     clock_offset_one_way: bool = False
     """Whether clock_offset_s was estimated (not given) from packets crossing in one direction only: the NAT's
     latency is in it, and the connections' latency is null (natproof.match.offset_and_way)."""

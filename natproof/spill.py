@@ -551,6 +551,7 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             interfaces=(*ins.interfaces, *outs.interfaces),
             clock_offset_s=round(offset / 1e9, 9),
             clock_offset_one_way=one_way,
+            clock_offset_given=clock_offset_s is not None,
             pod_networks=tuple(str(n) for n in nets),
             pod_networks_why=why,
             connections=conns,

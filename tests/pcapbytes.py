@@ -180,3 +180,30 @@ def snaplen_cut(data: bytes, snaplen: int) -> bytes:
         out += [struct.pack(f"{end}IIII", sec, frac, kept, wire), data[at + 16:at + 16 + kept]]
         at += 16 + caplen
     return b"".join(out)
+
+
+def traceroute_rows(t0: int = 1_700_000_000 * 10**9, *, pod: str = "10.244.0.10", gw: str = "10.244.0.1",
+                    node: str = "203.0.113.2", hops: tuple[str, ...] = ("203.0.113.1", "192.0.2.1"),
+                    dst: str = "198.51.100.10", sport: int = 40001
+                    ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """A UDP traceroute from a pod through MASQUERADE (port kept): one probe per TTL from 1 to len(hops) + 2, 50 ms
+    apart. The node answers TTL 1 itself (time exceeded from ``gw``, seen inside only), each of ``hops`` the next
+    TTLs (time exceeded, reverse-translated to the pod), ``dst`` the last (port unreachable). (inside rows,
+    outside rows) of raw IP packets."""
+    inside, outside = [], []
+    data = b"@" * 32
+    for ttl in range(1, len(hops) + 3):
+        t, ip_id, dport = t0 + (ttl - 1) * 50_000_000, 1000 + ttl, 33433 + ttl
+        inside.append((t, ipv4(pod, dst, 17, udp(sport, dport, data), ttl=ttl, ip_id=ip_id)))
+        if ttl == 1:
+            quoted = ipv4(pod, dst, 17, udp(sport, dport, data), ttl=1, ip_id=ip_id)
+            inside.append((t + 100_000, ipv4(gw, pod, 1, icmp_error(11, 0, quoted), ip_id=5000 + ttl)))
+            continue
+        outside.append((t + 20_000, ipv4(node, dst, 17, udp(sport, dport, data), ttl=ttl - 1, ip_id=ip_id)))
+        src, kind = (hops[ttl - 2], (11, 0)) if ttl - 2 < len(hops) else (dst, (3, 3))
+        left = 1 if src != dst else ttl - len(hops) - 1
+        out_q = ipv4(node, dst, 17, udp(sport, dport, data), ttl=left, ip_id=ip_id)
+        in_q = ipv4(pod, dst, 17, udp(sport, dport, data), ttl=left, ip_id=ip_id)
+        outside.append((t + 1_000_000, ipv4(src, node, 1, icmp_error(*kind, out_q), ttl=64 - ttl, ip_id=6000 + ttl)))
+        inside.append((t + 1_020_000, ipv4(src, pod, 1, icmp_error(*kind, in_q), ttl=63 - ttl, ip_id=6000 + ttl)))
+    return inside, outside

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from hypothesis import given
+from pcapbytes import ipv4, traceroute_rows, udp, write_pair
 
 from natproof.check import compare
 from natproof.correlate import correlate, infer_pod_networks
@@ -500,3 +501,18 @@ def test_two_way_traffic_separates_the_clock_offset_from_the_nat_latency(tmp_pat
     (c,) = doc["connections"]
     assert c["nat_latency_us"]["median"] == pytest.approx(35.0, abs=0.01)
     assert c["nat_latency_us"]["max"] == pytest.approx(35.0, abs=0.01)
+
+
+def test_a_probe_whose_ttl_ran_out_at_the_node_and_its_answer_are_not_unmatched(tmp_path: Path) -> None:
+    # A traceroute's first probe (TTL 1) cannot cross a routing node: it and the node's time exceeded are not
+    # packets that should have crossed. A probe the node drops otherwise still counts.
+    inside, outside = traceroute_rows()
+    result = correlate(*write_pair(tmp_path, inside, outside))
+    assert result.unmatched_outside == 0
+    fates = result.packets("inside").filter(pl.col("fate").is_in(["inside_only", "node_generated"])).collect()
+    assert fates.height == 2 and result.unmatched_inside == 0
+    lost = [(t, ipv4("10.244.0.10", "198.51.100.10", 17, udp(40002, 33500, b"@" * 32), ttl=2, ip_id=77))
+            for t in (inside[-1][0] + 10**6,)]
+    more = tmp_path / "more"
+    more.mkdir()
+    assert correlate(*write_pair(more, inside + lost, outside)).unmatched_inside == 1
