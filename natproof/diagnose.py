@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
@@ -241,8 +241,43 @@ def diagnose(result: Result) -> list[Finding]:
             + (f" ({inbound} of them started outside)" if inbound else "")
             + f"; {n.get('internal', 0)} internal.", "Nothing to fix.",
             connections=tuple(r["conn"] for r in rows if r["verdict"] == "translated")))
+    findings = _say_payload_only(result, findings)
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
+
+
+def _payload_only(result: Result) -> set[int]:
+    """The connections (``conn``) whose every paired inside packet was paired by the payload pass alone (method
+    "payload" in result.packets("inside"): same far end, payload length and head, under the clock offset;
+    natproof.match._causal_payload_pairs), none by a stronger key: the weakest evidence two packets are one."""
+    pk = result.packets("inside").filter(pl.col("method").is_not_null() & pl.col("anchor").is_not_null())
+    legs = pk.group_by("anchor").agg((pl.col("method") == "payload").all().alias("only")).filter(
+        pl.col("only")).select("anchor").collect()["anchor"]
+    if legs.is_empty():
+        return set()
+    return set(result.connections.filter(pl.col("inside_conn_id").is_in(legs.implode()))["conn"].to_list())
+
+
+def _say_payload_only(result: Result, findings: list[Finding]) -> list[Finding]:
+    """Each evidence line about a connection of _payload_only (a line starting ``#N ``, _conn_label) says that
+    its pairing rests on payload look-alikes and the clock offset: identical requests of unrelated traffic pair
+    so as well (a new user's trial: an unrelated uplink capture with --clock-offset 0)."""
+    weak = _payload_only(result)
+    if not weak:
+        return findings
+    given = "given" if result.clock_offset_given else "estimated"
+    note = ("; its pairing rests only on payload look-alikes (same far end, payload length and head; no "
+            f"stronger key agrees) and the clock offset {given} ({result.clock_offset_s:g} s): weak evidence, "
+            "identical requests of unrelated traffic pair so too")
+    out = []
+    for f in findings:
+        if not weak.intersection(f.connections):
+            out.append(f)
+            continue
+        lines = tuple(line + note if (m := re.match(r"#(\d+) ", line)) and int(m.group(1)) in weak else line
+                      for line in f.evidence)
+        out.append(replace(f, evidence=lines))
+    return out
 
 
 def _owned(r: dict[str, Any], side: str, uplink_only: bool = False) -> pl.Expr | None:
@@ -331,16 +366,33 @@ def _not_two_sides(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         data={"inside_packets": inside_packets, "outside_packets": result.outside.packets, "crossed": crossed})]
 
 
-def _outside_beyond(result: Result) -> int:
-    """Outside packets that no connection owns and that fall outside the window both captures ran in (the
-    inside capture started late or stopped early): what the inside capture could not have shown."""
+def _outside_beyond(result: Result, before: bool | None = None) -> int:
+    """Outside packets that no connection owns and that fall outside the window both captures ran in, by more
+    than CAPTURE_MARGIN_NS (the inside capture started late or stopped early): what the inside capture could not
+    have shown, and what raises partial_overlap (_outside_before then counts every unpaired one before it).
+    ``before``: True counts only those before the window, False only those after, None both."""
     ov = result.overlap()
     if ov["start"] is None or ov["outside_share"] >= 0.99:
         return 0
     off = int(round(result.clock_offset_s * 1e9))
     start, end = int(ov["start"] * 1e9) + off - CAPTURE_MARGIN_NS, int(ov["end"] * 1e9) + off + CAPTURE_MARGIN_NS
-    beyond = pl.col("anchor").is_null() & ((pl.col("ts_ns") < start) | (pl.col("ts_ns") > end))
+    early, late = pl.col("ts_ns") < start, pl.col("ts_ns") > end
+    beyond = pl.col("anchor").is_null() & (early | late if before is None else early if before else late)
     return int(result.packets("outside").select(beyond.sum()).collect().item())
+
+
+def _outside_before(result: Result) -> pl.DataFrame:
+    """The outside packets that paired with nothing (fate neither crossed nor leaked, or no connection owns them:
+    result.unmatched_outside counts them all) and came before the inside capture's first packet, on the inside
+    clock: anchor (the connection's inside leg; null for the node's own traffic and legs that make no connection)
+    and conn_id (the outside leg). No margin: partial_overlap accounts for every one of them once it is raised."""
+    first = result.inside.first_ts_ns
+    if not first or result.inside.format == "none" or result.outside.format == "none":
+        return pl.DataFrame(schema={"anchor": pl.UInt32, "conn_id": pl.UInt32})
+    off = int(round(result.clock_offset_s * 1e9))
+    unpaired = pl.col("fate").is_null() | ~pl.col("fate").is_in(["crossed", "leaked"])
+    return (result.packets("outside").filter(unpaired & (pl.col("ts_ns") - off < first))
+            .select(pl.col("anchor").cast(pl.UInt32), pl.col("conn_id").cast(pl.UInt32)).collect())
 
 
 CAPTURE_MARGIN_NS = 500_000_000
@@ -435,10 +487,31 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
             evidence.append(f"{_conn_label(r)} ({r['verdict']}): {side} frame(s) {_fmt_frames(frames[:6])} "
                             f"({len(frames)} seen on the {side} only) came before the {other} capture's first "
                             f"packet; {r['fate_crossed']} of its packets crossed after")
-    if beyond:
-        summary += (f"{beyond} outside packet(s) with no counterpart came while the inside capture was not running: "
-                    "their connections are in no table. ")
-        evidence.append(f"{beyond} outside packet(s) outside the window both captures ran in "
+    listed = {r["conn"] for r in (*unseen, *early_conns)}
+    before = _outside_before(result)
+    owners = dict(result.connections.filter(pl.col("inside_conn_id").is_not_null())
+                  .select("inside_conn_id", "conn").iter_rows()) if before.height else {}
+    conn_of = [owners.get(a) if a is not None else None for a in before["anchor"].to_list()]
+    of_listed = [c for c in conn_of if c in listed]
+    of_others = [c for c in conn_of if c is not None and c not in listed]
+    unowned = before.filter(pl.col("anchor").is_null())
+    if before.height:
+        # Every one of them, as `unmatched` counts them: of the connections listed here, of others, of none.
+        parts = [f"{len(of_listed)} of {len(set(of_listed))} connection(s) listed here"] if of_listed else []
+        if of_others:
+            parts.append(f"{len(of_others)} of {len(set(of_others))} other connection(s)")
+        if unowned.height:
+            parts.append(f"{unowned.height} of {unowned['conn_id'].n_unique()} flow(s) in no connection (the "
+                         "node's own traffic, or legs that make no connection)")
+        summary += (f"{before.height} outside packet(s) with no counterpart came before the inside capture's first "
+                    f"packet: {'; '.join(parts)}. ")
+        evidence.append(f"{before.height} outside packet(s) with no counterpart before the inside capture's first "
+                        f"packet ({hms(result.inside.first_ts_ns)}): {'; '.join(parts)}")
+    after = _outside_beyond(result, before=False)
+    if after:
+        summary += (f"{after} outside packet(s) with no counterpart came after the inside capture's last packet, "
+                    "while it was not running: their connections are in no table. ")
+        evidence.append(f"{after} outside packet(s) after the window both captures ran in "
                         f"({result.overlap()['seconds']:.3f} s)")
     return [Finding(
         "partial_overlap", "warning", "Some connections fall outside what the other capture saw",
@@ -453,7 +526,10 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
         "interfaces the traffic takes.",
         connections=tuple(sorted({r["conn"] for r in (*unseen, *early_conns)})), evidence=tuple(evidence),
         data={"inside": span_in, "outside": span_out, "capture_off": len(timed), "answered_unseen": len(answered),
-              "outside_packets_beyond": beyond, "began_before": len(early_conns), "packets_before": early_packets})]
+              "outside_packets_beyond": beyond, "began_before": len(early_conns), "packets_before": early_packets,
+              "outside_unmatched_before": before.height, "outside_unmatched_before_listed": len(of_listed),
+              "outside_unmatched_before_other_connections": len(of_others),
+              "outside_unmatched_before_no_connection": unowned.height})]
 
 
 def _node_answers(made: pl.DataFrame, rst_from: str) -> list[str]:
@@ -1030,7 +1106,7 @@ def _icmp_errors(result: Result, answered: list[dict[str, Any]],
             who = ("the destination" if e["err_src"] == r["inside_dst"] or e["err_src"] == r["trans_dst"]
                    else f"{e['err_src']} (the node itself: made here, never crossed)" if e.get("fate") ==
                    "node_generated" else f"{e['err_src']} (a router on the path, not the destination)")
-            return f"{_conn_label(r)}: {name}{mtu} from {who} (frame {e['frame_no']})"
+            return f"{_conn_label(r)}: {name}{mtu} from {who} ({e['_side']} frame {e['frame_no']})"
         evidence = [line(r, e) for r, e in items[:20]]
         conns = tuple(r["conn"] for r, _ in items)
         if kind == "path_mtu":
@@ -1159,7 +1235,7 @@ def _expired(result: Result, items: list[tuple[dict[str, Any], dict[str, Any]]])
         name = icmp_error_name(e["icmp_type"], e["icmp_code"], ":" in (r["inside_src"] or ""))
         sent = (f" for a packet sent with TTL {ttl} ({'inside' if r['initiator'] == 'inside' else 'outside'} "
                 f"frame {frame})" if ttl is not None else "")
-        return f"{_conn_label(r)}: {name} from {hop(r, e)} (frame {e['frame_no']}){sent}"
+        return f"{_conn_label(r)}: {name} from {hop(r, e)} ({e['_side']} frame {e['frame_no']}){sent}"
 
     for group, kind in ((probes, "path_probe"), (loops, "routing_loop")):
         if not group:
@@ -1539,18 +1615,30 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
                     f"{format_address(r['inside_dst'], r['inside_dport'])}; {r['reply_inside']} reply packet(s) "
                     f"from the pod (inside frames {frames}) never crossed the outside capture, yet the client "
                     "acknowledged them")
-        return (f"{_conn_label(r)}: {r['egress_inside']} packet(s) crossed as "
-                f"{format_address(r['outside_src'], r['outside_sport'])}; {r['reply_inside']} reply packet(s) "
-                f"reached the pod (inside frames {frames}), none crossed the outside capture")
+        # Counted as paired (matched_egress) of as seen (egress_inside): a connection whose pods' packets pair in
+        # part, and whose replies are on the outside capture but pair with none (a new user's trial: an unrelated
+        # uplink capture paired on payload look-alikes) is not one whose replies are missing there.
+        sent, paired = r["egress_inside"], r["matched_egress"] or 0
+        crossed = (f"{sent} packet(s) crossed as" if paired == sent else
+                   f"{paired} of its {sent} packet(s) paired with one crossing as")
+        line = (f"{_conn_label(r)}: {crossed} {format_address(r['outside_src'], r['outside_sport'])}; "
+                f"{r['reply_inside']} reply packet(s) reached the pod (inside frames {frames}), ")
+        if not r["reply_outside"]:
+            return line + "none crossed the outside capture"
+        return (line + f"none paired with the {r['reply_outside']} reply packet(s) to that tuple the outside "
+                f"capture holds (outside frames {_fmt_frames(_frames(result, r['conn'], 'outside', False))})")
     evidence = [line(r) for r in rows[:20]]
     inbound = sum(r["initiator"] == "outside" for r in rows)
     started_outside = (f" {inbound} of them started outside (a NodePort): the pod's replies left the node by "
                        "another interface, and the client's acknowledgements show it got them." if inbound else "")
+    unpaired = sum(1 for r in rows if r["initiator"] != "outside" and r["reply_outside"])
     return [Finding(
         "reply_other_path", "warning", "Replies came back by a path the outside capture does not see",
         f"{len(rows)} connection(s) were translated and their replies reached the initiator, but no reply "
         "crossed the captured outside interface: they went over another interface (asymmetric routing) or the "
-        f"capture missed them. The initiator's rewrite is proven; the reverse translation is not.{started_outside}",
+        f"capture missed them. The initiator's rewrite is proven; the reverse translation is not.{started_outside}"
+        + (f" {unpaired} of them have replies to their translated tuple on the outside capture that pair with none "
+           "the initiator got: a capture of other traffic, or of another time, looks so." if unpaired else ""),
         "Capture every uplink (`tcpdump -i any`) or check `ip route` / policy routing for a second return path; "
         "with rp_filter strict, asymmetric replies get dropped.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]

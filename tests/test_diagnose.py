@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
-from pcapbytes import icmp_echo, ipv4, tcp_pair, tcp_rounds, udp, write_pair
+from pcapbytes import icmp_echo, ipv4, tcp_pair, tcp_rounds, traceroute_rows, udp, write_pair
 
 from natproof.check import capture_pair
 from natproof.correlate import correlate
@@ -1211,3 +1211,78 @@ def test_time_exceeded_for_a_small_ttl_is_a_path_probe_and_for_a_normal_one_a_lo
                for line in probes.evidence)
     assert loop.severity == "warning" and loop.connections == (rows[(far, 9999)]["conn"],)
     assert loop.data == {"ttls": [64], "hops": [hop]}
+
+
+def _ip_ids_moved(rows: list[tuple[int, bytes]], by: int) -> list[tuple[int, bytes]]:
+    """Rows of raw IPv4 packets with every IP id moved by ``by``: packets of another run of the same exchange."""
+    return [(t, b[:4] + ((int.from_bytes(b[4:6], "big") + by) & 0xFFFF).to_bytes(2, "big") + b[6:]) for t, b in rows]
+
+
+def test_reply_other_path_counts_what_paired_and_says_payload_lookalikes_are_weak(tmp_path: Path) -> None:
+    # An uplink capture of another run of the same HTTP exchange (other ISN and IP ids, 20 ms later), its span
+    # around the inside's (the node's own DNS), correlated with --clock-offset 0: only the request's payload pairs.
+    t0 = 1_700_000_000 * 10**9
+    inside, _ = tcp_pair(t0)
+    _, other = tcp_pair(t0, isn=777_777, offset_ns=20_000_000)
+    node = [(t0 + dt, ipv4("203.0.113.2", "192.0.2.53", 17, udp(5353, 53, b"q"), ip_id=9))
+            for dt in (-50_000_000, 100_000_000)]
+    result = correlate(*write_pair(tmp_path, inside, _ip_ids_moved(other, 3000) + node), clock_offset_s=0.0)
+    row = result.connections.row(0, named=True)
+    assert row["verdict"] == "reply_other_path"
+    methods = result.packets("inside").filter(pl.col("method").is_not_null()).collect()["method"].to_list()
+    assert methods and set(methods) == {"payload"}
+    f = {f.kind: f for f in diagnose(result)}["reply_other_path"]
+    line = f.evidence[0]
+    assert (f"{row['matched_egress']} of its {row['egress_inside']} packet(s) paired with one crossing as "
+            "203.0.113.2:40000") in line
+    assert row["matched_egress"] < row["egress_inside"] and row["reply_outside"] > 0
+    assert f"none paired with the {row['reply_outside']} reply packet(s) to that tuple the outside capture" in line
+    assert "none crossed the outside capture" not in line
+    assert "rests only on payload look-alikes" in line and "clock offset given (0 s)" in line
+    assert "1 of them have replies to their translated tuple on the outside capture" in f.summary
+
+
+def test_asymmetric_reply_keeps_its_sentence_and_no_payload_note() -> None:
+    f = findings_of("asymmetric-reply")["reply_other_path"]
+    assert all("none crossed the outside capture" in e and "payload look-alikes" not in e for e in f.evidence)
+    assert "have replies to their translated tuple" not in f.summary
+
+
+def test_partial_overlap_accounts_for_every_unmatched_outside_packet_before_the_inside_capture(
+        tmp_path: Path) -> None:
+    # The pod-side capture started 1.5 s into a long connection; the uplink saw the start, an earlier connection
+    # and the node's own DNS. Every outside packet unmatched is from before the inside's first packet, and the
+    # finding counts them all (not only those more than CAPTURE_MARGIN_NS early), by whose they are.
+    t0 = 1_700_000_000 * 10**9
+    inside, outside = tcp_rounds(t0, rounds=30)
+    start = t0 + 1_500_000_000
+    _, gone = tcp_pair(t0 + 100_000_000, sport=41000, nat_sport=41000, isn=70_000)
+    node = [(t0 + 1_480_000_000 + i * 1_000_000, ipv4("203.0.113.2", "192.0.2.53", 17, udp(5353, 53, b"q"),
+                                                       ip_id=9 + i)) for i in range(3)]
+    result = correlate(*write_pair(tmp_path, [r for r in inside if r[0] >= start], outside + gone + node))
+    f = {f.kind: f for f in diagnose(result)}["partial_overlap"]
+    d = f.data
+    assert d["outside_unmatched_before"] == result.unmatched_outside > 0
+    assert d["outside_unmatched_before"] == (d["outside_unmatched_before_listed"]
+                                             + d["outside_unmatched_before_other_connections"]
+                                             + d["outside_unmatched_before_no_connection"])
+    assert d["outside_unmatched_before_no_connection"] == len(gone) + len(node)  # within 500 ms of it: 3
+    assert d["outside_unmatched_before_listed"] > 0 and f.connections == (0,)
+    assert (f"{result.unmatched_outside} outside packet(s) with no counterpart came before the inside capture's "
+            f"first packet: {d['outside_unmatched_before_listed']} of 1 connection(s) listed here; "
+            f"{len(gone) + len(node)} of 2 flow(s) in no connection") in f.summary
+
+
+def test_path_probe_evidence_names_the_capture_of_each_frame(tmp_path: Path) -> None:
+    inside, outside = traceroute_rows()
+    result = correlate(*write_pair(tmp_path, inside, outside))
+    f = {f.kind: f for f in diagnose(result)}["path_probe"]
+    assert f.data["ttls"] == [1, 2, 3]
+    pk = {side: result.packets(side).filter(pl.col("is_icmp_error")).collect() for side in ("inside", "outside")}
+    node, first_hop = f.evidence[0], f.evidence[1]
+    # The node's own answer is seen inside only; a hop's, reverse-translated, is cited where diagnose found it.
+    assert f"(inside frame {pk['inside']['frame_no'][0]}) for a packet sent with TTL 1 (inside frame 1)" in node
+    assert re.search(r"from 203\.0\.113\.1 \((inside|outside) frame \d+\)", first_hop)
+    assert not re.search(r"\(frame \d", " ".join(f.evidence))
+    refused = {f.kind: f for f in diagnose(result)}["refused"]
+    assert not re.search(r"\(frame \d", " ".join(refused.evidence)) and "inside frame" in refused.evidence[0]
