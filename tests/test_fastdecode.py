@@ -514,3 +514,19 @@ def test_an_icmp_error_quoting_a_fragment_reads_the_ports_of_a_first_one_only(tm
     too_big = grouped.filter(pl.col("frame_no") == 2)
     assert too_big.height == 1 and too_big["conn_id"][0] == grouped.filter(pl.col("frame_no") == 1)["conn_id"][0]
     assert grouped.filter(pl.col("frame_no").is_in([3, 4])).is_empty()  # no ports: no flow of their own
+
+
+@pytest.mark.parametrize("cut", [26, 40, 44])
+def test_a_frame_a_snaplen_cut_inside_its_ip_headers_is_truncated_not_malformed(tmp_path: Path, cut: int) -> None:
+    # A new user's trial: at -s 54 an MLD report (IPv6 header whole, its hop-by-hop header cut) counted as
+    # malformed, at -s 64 as truncated_l4. Cut inside the IPv6 header (26), after it (40) or inside the hop-by-hop
+    # header (44), a frame captured shorter than it was is truncated; the same bytes as the whole frame malformed.
+    mld = ipv6(POD6, SRV6, 0, bytes([58, 0, 5, 2, 0, 0, 1, 0]) + struct.pack("!BBHI", 143, 0, 0, 1))
+    frame = ether(mld, ethertype=0x86DD)
+    cut_frame = frame[:14 + cut]
+    (tmp_path / "cut.pcap").write_bytes(pcap([(0, cut_frame, len(frame))]))
+    (tmp_path / "short.pcap").write_bytes(pcap([(0, cut_frame)]))
+    info, rows = assert_same(tmp_path / "cut.pcap")
+    assert rows.height == 0 and dict(info.skipped) == {"truncated_l4": 1}
+    info, _ = assert_same(tmp_path / "short.pcap")
+    assert dict(info.skipped) == {"malformed": 1}
