@@ -1091,6 +1091,23 @@ def test_a_capture_of_no_ip_packet_is_not_said_to_run_apart(tmp_path: Path,
     assert "never ran at the same time" not in out
 
 
+def test_a_capture_whose_ip_packets_a_snaplen_cut_says_it_holds_none_natproof_could_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A new user's trial at -s 40: "the inside capture holds no IP packet" of 30 IP packets cut inside their TCP
+    # headers (skipped truncated_l4). They are IP packets; natproof could not read them.
+    from pcapbytes import ether, ipv4, tcp
+
+    d = Path(__file__).resolve().parent.parent / "captures" / "basic"
+    frame = ether(ipv4("10.244.0.10", "198.51.100.10", 6, tcp(40000, 80, 1, 0, 0x02)))
+    t0 = 1_700_000_000 * 10**9
+    (tmp_path / "inside.pcap").write_bytes(pcap([(t0 + i, frame[:40], len(frame)) for i in range(3)]))
+    code, out, _ = run(capsys, "correlate", str(tmp_path / "inside.pcap"), str(d / "outside.pcap"), "--format",
+                       "table")
+    assert code == 0
+    assert "the inside capture holds no IP packet natproof could read: 3 cut inside their headers" in " ".join(
+        out.split())
+
+
 def test_a_piped_table_has_no_trailing_blanks(capsys: pytest.CaptureFixture[str]) -> None:
     # Found by a helper: rich padded the centred title and the Services block to the width.
     d = Path(__file__).resolve().parent.parent / "captures" / "clusterip"

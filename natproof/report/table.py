@@ -110,6 +110,20 @@ def _fates_text(row: dict[str, Any]) -> Text:
     return text or Text("-")
 
 
+UNREAD_IP = {"truncated_l4": "cut inside their headers", "malformed": "malformed", "ip_fragment": "later fragments",
+             "icmp_other": "ICMP neither echo nor error", "other_proto": "neither TCP, UDP nor ICMP"}
+"""Skip reasons (CaptureSummary.skipped) of frames that hold an IP packet natproof did not read, in words."""
+
+
+def _no_packet_text(side: str, skipped: dict[str, int]) -> str:
+    """``the inside capture holds no IP packet``, or, when it skipped IP packets (a snaplen cut them inside their
+    headers: a new user's trial at -s 40), ``... no IP packet natproof could read: 30 cut inside their headers``."""
+    unread = [f"{skipped[r]} {words}" for r, words in UNREAD_IP.items() if skipped.get(r)]
+    if not unread:
+        return f"the {side} capture holds no IP packet"
+    return f"the {side} capture holds no IP packet natproof could read: {', '.join(unread)}"
+
+
 def overlap_text(result: Result) -> str:
     """How long both captures ran, and how much of each one's span that is when they only partly overlap."""
     ov = result.overlap()
@@ -117,7 +131,7 @@ def overlap_text(result: Result) -> str:
         return "one capture; the other side from the kernel's record"
     empty = [side for side in ("inside", "outside") if not getattr(result, side).packets]
     if empty:  # no time to line up: that capture's span is unknown, not apart from the other's
-        return f"the {' and the '.join(empty)} capture{'s hold' if len(empty) > 1 else ' holds'} no IP packet"
+        return "; ".join(_no_packet_text(side, getattr(result, side).skipped) for side in empty)
     if ov["start"] is None:
         return "the captures never ran at the same time"
     text = f"captures overlap {ov['seconds']:.3f} s"
