@@ -247,7 +247,8 @@ NO_CONNECTION = ("no connection to judge: natproof found none in the captures (c
 
 def verify(result: Result, exp: Expectations) -> list[Check]:
     """Evaluate every expectation that is set, in a fixed order; a Check each (for each [[dnat]] and [[connection]]
-    one). With no connection at all, every one fails with :data:`NO_CONNECTION` first in its evidence: an
+    one). With no connection at all, every one fails with :data:`NO_CONNECTION` first in its evidence and its
+    ``actual`` null (min_connections' 0 and an absent dnat or connection aside): an
     expectation about connections (no_leak, no_verdicts) does not hold for want of any (a new user's trial: a capture
     whose every frame was cut short passed "2 of 2")."""
     rows = list(result.connections.iter_rows(named=True))
@@ -293,8 +294,17 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
     for want in exp.connections:
         checks.append(_expect_connection(rows, want))
     if not rows:
-        checks = [replace(c, passed=False, held=0, evidence=(NO_CONNECTION, *c.evidence)) for c in checks]
+        # Nothing judged, nothing counted: ``actual`` null (as port_preserved's ratio of no connection), not a 0
+        # that reads as the expected 0 on a failed line ("no_leak: expected 0, got 0", a new user's trial), nor an
+        # empty {} or []. min_connections keeps its count, dnat and a connection "absent": true of no connection.
+        checks = [replace(c, passed=False, held=0, evidence=(NO_CONNECTION, *c.evidence),
+                          actual=c.actual if c.name in _COUNTED_WITHOUT_CONNECTIONS or c.actual == "absent" else None)
+                  for c in checks]
     return checks
+
+
+_COUNTED_WITHOUT_CONNECTIONS = ("min_connections",)
+"""Checks whose ``actual`` still says something of captures with no connection (their count, 0)."""
 
 
 def _frames(r: dict[str, Any]) -> str:

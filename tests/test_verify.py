@@ -337,7 +337,7 @@ def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: 
     inside = tmp_path / "cut.pcap"  # tcpdump -s 40: no frame holds a whole header
     inside.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 40))
     result = correlate(str(inside), pair("basic")[1])
-    assert result.connections.height == 0 and result.inside.skipped.get("malformed", 0) > 0
+    assert result.connections.height == 0 and result.inside.skipped.get("truncated_l4", 0) > 0
     code, out, _ = run(capsys, "verify", str(inside), pair("basic")[1], "--expect-no", "untranslated",
                        "--expect-no-leak", "--format", "table", "-q")
     lines = out.splitlines()
@@ -349,6 +349,29 @@ def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: 
                                          connections=(ExpectedConnection("10.244.0.10:37784"),)))
     assert [(c.passed, c.held, c.evidence[0].split(":")[0]) for c in checks] == [
         (False, 0, "no connection to judge")] * 4
+
+
+def test_with_no_connection_nothing_judged_is_counted_as_none(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: an ARP-only capture each side printed "FAIL  no_leak: expected 0, got 0": a failed line
+    whose numbers agree. With nothing judged, actual is null, as port_preserved's is; min_connections keeps its 0."""
+    from pcapbytes import ether, pcap
+
+    arp = ether(b"\x00" * 28, ethertype=0x0806)
+    for name, t in (("in.pcap", 1_700_000_000 * 10**9), ("out.pcap", 1_700_000_000 * 10**9 + 500_000_000)):
+        (tmp_path / name).write_bytes(pcap([(t, arp)]))
+    code, out, _ = run(capsys, "verify", str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap"), "--expect-no-leak",
+                       "--expect-no", "untranslated", "--expect-all", "translated", "--expect-snat-ip", "203.0.113.2",
+                       "--expect-port-preserved", "--min-connections", "1", "--expect-dnat", "10.96.0.10:53",
+                       "--format", "json", "-q")
+    got = {c["name"]: (c["passed"], c["actual"]) for c in json.loads(out)["expectations"]}
+    assert code == 1 and got == {"min_connections": (False, 0), "all translated": (False, None),
+                                 "no untranslated": (False, None), "snat_ip": (False, None),
+                                 "port_preserved": (False, None), "dnat 10.96.0.10:53": (False, "absent"),
+                                 "no_leak": (False, None)}
+    code, out, _ = run(capsys, "verify", str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap"), "--expect-no-leak",
+                       "--format", "table", "-q")
+    assert "FAIL  no_leak: expected 0, got None" in out.splitlines()
 
 
 def test_a_snat_ip_that_is_no_address_is_named_where_it_was_given(tmp_path: Path,
