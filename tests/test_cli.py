@@ -151,7 +151,8 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
     a, b = write_pair(tmp_path, inside, outside)
     code, _, err = run(capsys, "correlate", str(a), str(b))
     assert code == 2
-    assert err == (f"natproof: error: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC, "
+    assert err == (f"natproof: error: {a} and {b} do not overlap in time (22:13:20.000-22:13:20.007 vs "
+                   "23:13:20.000-23:13:20.007 UTC, "
                    "on the outside clock); pass --clock-offset if the clocks differ\n")
     code, _, err = run(capsys, "correlate", str(a), str(b), "--clock-offset", "-3600")
     assert code == 2 and err.endswith("with the --clock-offset given; check its sign (OUTSIDE minus INSIDE)\n")
@@ -171,8 +172,8 @@ def test_captures_that_do_not_overlap(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(natproof.InputError) as exc:
         natproof.correlate(a, b)
     node = pickle.loads(pickle.dumps(exc.value.reworded("node-a: ")))
-    assert node.for_manifest() == (f"node-a: {a} and {b} do not overlap in time (22:13:20-22:13:20 vs "
-                                   "23:13:20-23:13:20 UTC, on the outside clock); set the node's clock_offset "
+    assert node.for_manifest() == (f"node-a: {a} and {b} do not overlap in time (22:13:20.000-22:13:20.007 vs "
+                                   "23:13:20.000-23:13:20.007 UTC, on the outside clock); set the node's clock_offset "
                                    "(seconds, its outside clock minus its inside clock) if the clocks differ")
     assert (str(node), node.for_command_line()) == (f"node-a: {exc.value}", f"node-a: {exc.value.for_command_line()}")
 

@@ -48,7 +48,8 @@ def test_captures_apart_is_an_input_error_whose_fact_comes_without_its_advice(tm
         natproof.correlate(a, b)
     error = exc.value
     assert isinstance(error, natproof.InputError)
-    assert error.apart == (f"{a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC, on the "
+    assert error.apart == (f"{a} and {b} do not overlap in time (22:13:20.000-22:13:20.007 vs "
+                           "23:13:20.000-23:13:20.007 UTC, on the "
                            "outside clock)")
     assert str(error) == f"{error.apart}; pass clock_offset_s if the clocks differ"
     assert error.for_command_line() == f"{error.apart}; pass --clock-offset if the clocks differ"

@@ -855,7 +855,8 @@ def test_captures_apart_are_advised_the_nodes_clock_offset(tmp_path: Path) -> No
     a, b = write_pair(tmp_path, inside, outside)
     out = correlate_node(NodeSpec(name="n", inside=str(a), outside=str(b)), str(tmp_path / "nodes"))
     assert out["status"] == "failed"
-    assert out["error"] == (f"{a} and {b} do not overlap in time (22:13:20-22:13:20 vs 23:13:20-23:13:20 UTC, on the "
+    assert out["error"] == (f"{a} and {b} do not overlap in time (22:13:20.000-22:13:20.007 vs "
+                            "23:13:20.000-23:13:20.007 UTC, on the "
                             "outside clock); set the node's clock_offset (seconds, its outside clock minus its inside "
                             "clock) if the clocks differ")
     out = correlate_node(NodeSpec(name="n", inside=str(a), outside=str(b), clock_offset_s=-3600.0),
