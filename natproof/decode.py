@@ -176,9 +176,12 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
                 raise Skip("ip_fragment")
             first_fragment = frag is not None and bool(frag.m_flag)
     except (dpkt.UnpackError, struct.error):
-        # Headers that run out of bytes in a frame a snaplen cut (captured shorter than on the wire: an IPv6 MLD
-        # report's hop-by-hop header at -s 54) are cut, not malformed: truncated_l4, as a cut transport header is.
-        raise Skip("truncated_l4" if caplen < wire_len else "malformed") from None
+        # An extension header that runs out of bytes behind a whole IP header, in a frame a snaplen cut (captured
+        # shorter than on the wire: an IPv6 MLD report's hop-by-hop header at -s 54), is cut, not malformed:
+        # truncated_l4, as a cut transport header is. A cut inside the IP header itself stays malformed: its time
+        # is kept (CaptureInfo.malformed_frames), and diagnose takes such a frame for the other capture's copy.
+        whole_ip = len(ipb) >= (40 if version == 6 else 20)
+        raise Skip("truncated_l4" if caplen < wire_len and whole_ip else "malformed") from None
     if ip_len > len(ipb) + (wire_len - caplen) or (version == 4 and ip_len < hdr_len):
         # Longer than the frame was on the wire (its bytes captured, and those a snaplen cut), or an IPv4 total
         # length shorter than its own header: no packet the kernel sent or received; counted, not read (a helper's

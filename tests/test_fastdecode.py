@@ -516,11 +516,11 @@ def test_an_icmp_error_quoting_a_fragment_reads_the_ports_of_a_first_one_only(tm
     assert grouped.filter(pl.col("frame_no").is_in([3, 4])).is_empty()  # no ports: no flow of their own
 
 
-@pytest.mark.parametrize("cut", [26, 40, 44])
+@pytest.mark.parametrize("cut", [40, 44])
 def test_a_frame_a_snaplen_cut_inside_its_ip_headers_is_truncated_not_malformed(tmp_path: Path, cut: int) -> None:
     # A new user's trial: at -s 54 an MLD report (IPv6 header whole, its hop-by-hop header cut) counted as
-    # malformed, at -s 64 as truncated_l4. Cut inside the IPv6 header (26), after it (40) or inside the hop-by-hop
-    # header (44), a frame captured shorter than it was is truncated; the same bytes as the whole frame malformed.
+    # malformed, at -s 64 as truncated_l4. Cut right after the IPv6 header (40) or inside the hop-by-hop header
+    # (44), a frame captured shorter than it was is truncated; the same bytes as the whole frame malformed.
     mld = ipv6(POD6, SRV6, 0, bytes([58, 0, 5, 2, 0, 0, 1, 0]) + struct.pack("!BBHI", 143, 0, 0, 1))
     frame = ether(mld, ethertype=0x86DD)
     cut_frame = frame[:14 + cut]
@@ -530,3 +530,7 @@ def test_a_frame_a_snaplen_cut_inside_its_ip_headers_is_truncated_not_malformed(
     assert rows.height == 0 and dict(info.skipped) == {"truncated_l4": 1}
     info, _ = assert_same(tmp_path / "short.pcap")
     assert dict(info.skipped) == {"malformed": 1}
+    # Cut inside the IPv6 header itself: malformed, its frame kept for diagnose (test_diagnose's cut frame).
+    (tmp_path / "ip.pcap").write_bytes(pcap([(0, frame[:14 + 26], len(frame))]))
+    info, _ = assert_same(tmp_path / "ip.pcap")
+    assert dict(info.skipped) == {"malformed": 1} and info.malformed_frames == [(1, 0)]

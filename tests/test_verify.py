@@ -337,7 +337,7 @@ def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: 
     inside = tmp_path / "cut.pcap"  # tcpdump -s 40: no frame holds a whole header
     inside.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 40))
     result = correlate(str(inside), pair("basic")[1])
-    assert result.connections.height == 0 and result.inside.skipped.get("truncated_l4", 0) > 0
+    assert result.connections.height == 0 and result.inside.skipped.get("malformed", 0) > 0
     code, out, _ = run(capsys, "verify", str(inside), pair("basic")[1], "--expect-no", "untranslated",
                        "--expect-no-leak", "--format", "table", "-q")
     lines = out.splitlines()
