@@ -736,15 +736,16 @@ def verify(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
               help="How far from TIME a connection may start or end and still count.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Default: table on a terminal, json otherwise.")
-@click.option("--clock", type=click.Choice(["inside", "outside"]), default="inside", show_default=True,
+@click.option("--clock", type=click.Choice(["inside", "outside"]), default=None,
               help="Which capture's clock TIME and the printed times are on (outside: the node uplink's, as in a "
-                   "far end's logs or an abuse report).")
+                   "far end's logs or an abuse report). Default: inside; with ONE capture and --conntrack, that "
+                   "capture's, the only clock there is.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")
 def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[str, ...], pod_cidr: str | None,
         clock_offset: float | None,
         tolerance: float, decoder: str, flow_logs: tuple[str, ...], nat_gateways: tuple[str, ...],
-        flow_log_format: str | None, peer: str | None, at: str | None, window: float, clock: str, fmt: str | None,
-        quiet: bool) -> None:
+        flow_log_format: str | None, peer: str | None, at: str | None, window: float, clock: str | None,
+        fmt: str | None, quiet: bool) -> None:
     """Which connections did ADDR:PORT take part in (at TIME), and as what?
 
     ADDR:PORT may be any end of a connection's original or translated tuple: the node's public source port
@@ -766,7 +767,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
     """
     if further:
         record = click.get_current_context().find_root().ensure_object(dict).get("services", {}).get("conntrack")
-        if flow_logs or nat_gateways or record or clock != "inside" or peer:
+        if flow_logs or nat_gateways or record or clock == "outside" or peer:
             raise click.UsageError("who over a chain of captures takes none of --flow-log, --nat-gateway, "
                                    "--conntrack, --clock outside, --peer: give the chain's captures only, or two "
                                    "captures with those options")
@@ -774,7 +775,7 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
         return _who_chain(endpoint, (inside or "", outside or "", *further), pod_cidr, tolerance, decoder, at,
                           window, fmt, quiet)
     from natproof.conntrack import read_conntrack
-    from natproof.lookup import check_query, parse_endpoint, who_kernel
+    from natproof.lookup import check_query, one_clock, parse_endpoint, who_kernel
     from natproof.lookup import who as run_who
     from natproof.names import is_ptcpdump
 
@@ -827,7 +828,12 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
                             names=names)
     else:
         result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
+        only = one_clock(result)
+        if only and clock not in (None, only) and not quiet:
+            warn(f"--clock {clock}: no {clock} capture was given; TIME and the times shown are on the only "
+                 f"capture's clock, the {only} one")
         answer = run_who(result, endpoint, at, window, clock)
+    only = None if inside is None else one_clock(result)
     hops = gateway_hops(answer, flowlog, gateways) if flow_logs else None
     if as_json:
         doc = answer.to_dict()
@@ -835,17 +841,18 @@ def who(endpoint: str, inside: str | None, outside: str | None, further: tuple[s
             doc["nat_gateway_hops"] = hops
         click.echo(json.dumps(doc, indent=2))
     else:
-        clock_name = "the node's clock" if answer.clock == "node" else f"{answer.clock} capture's clock"
+        clock_name = ("the node's clock" if answer.clock == "node" else f"{answer.clock} capture's clock"
+                      + (", the only capture" if only else ""))
         when = "" if answer.at_ns is None else f" at {_iso(answer.at_ns)} ({clock_name})"
         shift = answer.clock_offset_s if answer.clock == "outside" else 0.0
         if answer.connections:
             n = len(answer.connections)
             _print_whole(_who_table(f"{answer.query}{when}: {n} connection{'s' if n > 1 else ''}",
-                                    answer.connections, answer.clock, shift))
+                                    answer.connections, answer.clock, shift, only=bool(only)))
         else:
             click.echo(f"no connection used {answer.query}{when}")
             if answer.nearest:
-                _print_whole(_who_table("nearest in time", answer.nearest, answer.clock, shift))
+                _print_whole(_who_table("nearest in time", answer.nearest, answer.clock, shift, only=bool(only)))
         if hops:
             _print_whole(_gateway_hops_table(hops))
     if not answer.connections:
@@ -1104,14 +1111,18 @@ def _plain_text(renderable: RenderableType) -> str:
     return "".join(f"{line.rstrip()}\n" for line in text.rstrip().splitlines())
 
 
-def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift_s: float = 0.0) -> Table:
+def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift_s: float = 0.0,
+               only: bool = False) -> Table:
     """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend).
-    Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times)."""
+    Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times); ``only``: it is
+    the only capture, beside the conntrack record, whose times are the node's clock (natproof.lookup.one_clock)."""
     from rich import box
     from rich.table import Table
 
     days = sorted({_iso(int((c["first_seen"] + shift_s) * 1e9))[:10] for c in conns if c["first_seen"] is not None})
     where = "the node's clock, as conntrack stamped its events" if clock == "node" else f"the {clock} capture's clock"
+    if only:
+        where += ", the only capture; the conntrack record's on the node's, read as the same"
     table = Table(title=f"{title} (times UTC on {where}{', ' if days else ''}{', '.join(days)})",
                   header_style="bold", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))

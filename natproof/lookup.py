@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from natproof.assemble import Services
 from natproof.conntrack import ConntrackRecord
 from natproof.contracts import epoch_seconds
 from natproof.errors import InputError, Said, setting
-from natproof.kernel import Network, kernel_connections
+from natproof.kernel import Network, kernel_connections, kernel_flows
 from natproof.report.table import format_address
 from natproof.result import Result, connection_dict
 
@@ -40,8 +40,9 @@ class Answer:
     nearest: tuple[dict[str, Any], ...] = ()
     """When none was live at the time: the closest connection before and after it."""
     clock: str = "inside"
-    """The capture whose clock ``at`` was given on (the connections' own times are on the inside clock); "node"
-    for an answer from the kernel's record alone (who_kernel): the event listener's clock."""
+    """The capture whose clock ``at`` was given on (the connections' own times are on the inside clock; with one
+    capture and the kernel's record, the only capture's: "outside" for the uplink's); "node" for an answer from the
+    kernel's record alone (who_kernel): the event listener's clock."""
     clock_offset_s: float = 0.0
     """Outside clock minus inside clock (Result.clock_offset_s): add it to an inside time to read it outside."""
 
@@ -298,23 +299,37 @@ def parse_time(text: str, day_of_ns: int | None = None) -> int:
 
 
 def who(result: Result, endpoint: str, at: str | None = None, window_s: float = 1.0,
-        clock: str = "inside") -> Answer:
+        clock: str | None = None) -> Answer:
     """Find the connections ADDR:PORT took part in, as the original or translated tuple's source or destination:
     which pod was behind a public source port, where a pod's source port went, which pod a NodePort reached,
     which backend a ClusterIP chose. In a named result (natproof.names), ``endpoint`` may instead be a pod or
     Service name (namespace/name, or a bare name in any namespace): the connections it opened, reached or served.
 
     With ``at``, keep those live within ``window_s`` of that time (a connection is live from its first to its
-    last packet); if none is, ``nearest`` holds the closest one on each side of it. ``clock`` says which
-    capture's clock ``at`` is on: "outside" for times from a far end's logs or an abuse report (the node's
-    uplink is the clock they share), converted with the estimated clock offset.
+    last packet; an ADDR:PORT that was the connection's tuple for part of its life only, a flow mapped anew after
+    idling, counts within its own leg's life: leg_spans); if none is, ``nearest`` holds the closest one on each
+    side of it. ``clock`` says which capture's clock ``at`` is on (None: the inside one): "outside" for times from
+    a far end's logs or an abuse report (the node's uplink is the clock they share), converted with the estimated
+    clock offset. A result of ONE capture and the kernel's record (natproof.correlate.correlate_one) has one
+    clock, that capture's: ``at`` is read on it, and a time of day takes its date, whatever ``clock`` names
+    (the answer's ``clock`` is the captured side; one_clock says it).
     """
-    if clock not in ("inside", "outside"):
+    if clock not in (None, "inside", "outside"):
         raise InputError(setting("clock", clock, quoted=False), ": inside or outside")
-    offset_ns = int(round(result.clock_offset_s * 1e9))
-    day = result.inside.first_ts_ns if clock == "inside" else (result.outside.first_ts_ns or 0) or None
+    only = one_clock(result)
+    clock = only or clock or "inside"
+    offset_ns = 0 if only else int(round(result.clock_offset_s * 1e9))
+    day = (result.inside if clock == "inside" else result.outside).first_ts_ns or None
     return _answer(result.connections, endpoint, at, window_s, clock, offset_ns, day, named=result.names is not None,
-                   names=result.named_by)
+                   names=result.named_by, leg_span=_leg_span_of(result, result.conntrack, offset_ns))
+
+
+def one_clock(result: Result) -> str | None:
+    """The side of the only capture of a result made of one capture and the kernel's record (the other side's
+    summary has format "none": natproof.correlate.correlate_one), whose clock every time of the answer is on (the
+    record's, the node's, taken as the same clock: correlate_one's clock_offset_s is 0.0); None with two points."""
+    captured = [side for side in ("inside", "outside") if getattr(result, side).format != "none"]
+    return captured[0] if len(captured) == 1 else None
 
 
 def who_kernel(record: ConntrackRecord, endpoint: str, at: str | None = None, window_s: float = 1.0, *,
@@ -332,11 +347,17 @@ def who_kernel(record: ConntrackRecord, endpoint: str, at: str | None = None, wi
     if at is not None:
         conns = conns.filter(pl.col("first_ts_ns").is_not_null())
     return _answer(conns, endpoint, at, window_s, "node", 0, record.first_ts_ns, named=names is not None,
-                   names=names)
+                   names=names, leg_span=_leg_span_of(None, record, 0))
+
+
+LegSpan = Callable[[dict[str, Any], dict[str, Any]], tuple[int, int] | None]
+"""(connection row, one of its legs) -> the leg's first and last time in ns on the connections' clock, or None
+when it cannot be known."""
 
 
 def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: float, clock: str, offset_ns: int,
-            day: int | None, *, named: bool = False, names: Names | None = None) -> Answer:
+            day: int | None, *, named: bool = False, names: Names | None = None,
+            leg_span: LegSpan | None = None) -> Answer:
     """The connections of ``connections`` (CONNECTION_SCHEMA) ADDR:PORT (or, ``named``, a pod's or Service's name)
     took part in, at ``at`` on ``clock``'s capture (``offset_ns``: outside minus inside clock, applied for
     "outside"). A name ``names`` (what named the connections) does not hold is an InputError (Names.check_name):
@@ -364,19 +385,83 @@ def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: 
     nearest: list[dict[str, Any]] = []
     if at_ns is not None:
         w = int(window_s * 1e9)
-        live = [r for r in rows if r["first_ts_ns"] - w <= at_ns <= r["last_ts_ns"] + w]
+        spans = {id(r): (leg_spans(r, addr, port, leg_span) if not by_name and leg_span else None)
+                 or [(r["first_ts_ns"], r["last_ts_ns"])] for r in rows}
+        live = [r for r in rows if any(a - w <= at_ns <= b + w for a, b in spans[id(r)])]
         if not live:
-            before = [r for r in rows if r["last_ts_ns"] < at_ns]
-            after = [r for r in rows if r["first_ts_ns"] > at_ns]
+            last = {id(r): max(b for _, b in spans[id(r)]) for r in rows}
+            first = {id(r): min(a for a, _ in spans[id(r)]) for r in rows}
+            before = [r for r in rows if last[id(r)] < at_ns]
+            after = [r for r in rows if first[id(r)] > at_ns]
             if before:
-                nearest.append(max(before, key=lambda r: r["last_ts_ns"]))
+                nearest.append(max(before, key=lambda r: last[id(r)]))
             if after:
-                nearest.append(min(after, key=lambda r: r["first_ts_ns"]))
+                nearest.append(min(after, key=lambda r: first[id(r)]))
         rows = live
     shown_at = None if at_ns is None else at_ns + (offset_ns if clock == "outside" else 0)
     return Answer(query=endpoint if by_name else format_address(addr, port), at_ns=shown_at, side=side, clock=clock,
                   clock_offset_s=round(offset_ns / 1e9, 9),
                   connections=tuple(_with_index(r) for r in rows), nearest=tuple(_with_index(r) for r in nearest))
+
+
+def _on(leg: dict[str, Any], addr: str, port: int) -> bool:
+    return (leg["src"], leg["sport"]) == (addr, port) or (leg["dst"], leg["dport"]) == (addr, port)
+
+
+def leg_spans(row: dict[str, Any], addr: str, port: int, leg_span: LegSpan) -> list[tuple[int, int]] | None:
+    """When ADDR:PORT was a connection's tuple for part of its life only (a flow mapped anew after idling: another
+    leg at the same observation point has another tuple; roles "... (another mapping)", or the last mapping that
+    is the connection's own translated tuple), the (first, last) ns of each leg that holds it: the port was used
+    only then. None when it held every leg at its point (the connection's span is its own), or when a leg's span
+    cannot be known (``leg_span`` None: a listing's entry, which has no time): the connection's span is kept."""
+    legs = row.get("legs") or []
+    held = [leg for leg in legs if _on(leg, addr, port)]
+    points = {leg["observation_point"] for leg in held}
+    if not held or all(_on(leg, addr, port) for leg in legs if leg["observation_point"] in points):
+        return None
+    spans = [leg_span(row, leg) for leg in held]
+    return None if any(s is None for s in spans) else spans  # type: ignore[return-value]
+
+
+def _leg_span_of(result: Result | None, record: ConntrackRecord | None, offset_ns: int) -> LegSpan:
+    """A leg's span: a captured leg's (``first_frame`` set) from its packets in ``result`` (the leg is the conn_id
+    of that frame in its point's packet table; outside times moved by ``offset_ns`` onto the inside clock); a leg
+    from the kernel's record (``first_frame`` null) from ``record``'s entry of that tuple (natproof.kernel.
+    kernel_flows: its first event to its DESTROY, else its last event; the node's clock) whose life meets the
+    connection's; None when neither tells it (a listing's entry carries no time)."""
+    flows: list[pl.DataFrame] = []
+
+    def span(row: dict[str, Any], leg: dict[str, Any]) -> tuple[int, int] | None:
+        point = leg["observation_point"]
+        if leg["first_frame"] is not None:
+            if result is None or point not in ("inside", "outside"):
+                return None
+            pk = result.packets(point)
+            ids = pk.filter(pl.col("frame_no") == leg["first_frame"]).select("conn_id").collect()["conn_id"]
+            if ids.is_empty() or ids[0] is None:
+                return None
+            got = (pk.filter(pl.col("conn_id") == ids[0])
+                   .select(pl.col("ts_ns").min().alias("a"), pl.col("ts_ns").max().alias("b")).collect().row(0))
+            if got[0] is None:
+                return None
+            shift = offset_ns if point == "outside" else 0
+            return got[0] - shift, got[1] - shift
+        if record is None:
+            return None
+        if not flows:
+            flows.append(kernel_flows(record.entries))
+        tup = (leg["src"], leg["sport"], leg["dst"], leg["dport"])
+        f = flows[0].filter(pl.col("proto") == row["proto"], pl.col("start_ts_ns").is_not_null()).filter(
+            pl.all_horizontal([pl.col(f"orig_{k}") == v for k, v in zip(("src", "sport", "dst", "dport"), tup,
+                                                                        strict=True)])
+            | pl.all_horizontal([pl.col(f"reply_{k}") == v for k, v in zip(("dst", "dport", "src", "sport"), tup,
+                                                                         strict=True)]))
+        ends = f.select("start_ts_ns", pl.coalesce("end_ts_ns", "last_ts_ns")).rows()
+        first, last = row["first_ts_ns"], row["last_ts_ns"]
+        meets = [(a, b) for a, b in ends if first is None or (a <= last + 10**9 and b >= first - 10**9)]
+        return (min(a for a, _ in meets), max(b for _, b in meets)) if meets else None
+
+    return span
 
 
 def _with_index(row: dict[str, Any]) -> dict[str, Any]:

@@ -415,3 +415,100 @@ def test_who_warns_when_the_record_is_of_another_time(capsys: pytest.CaptureFixt
     # The record of the capture's own time finds it, and says nothing of the kind.
     assert main([*query, "--conntrack", str(BASIC / "conntrack.log")]) == 0
     assert "do not cover" not in capsys.readouterr().err
+
+
+REMAP = ROOT / "captures" / "udp-remap"
+
+
+def _time_of_day(ns: int) -> str:
+    """ns since the epoch as the time of day an abuse report gives (HH:MM:SS.ffffff, UTC)."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%H:%M:%S.%f")
+
+
+def test_who_with_one_capture_reads_a_time_of_day_on_that_capture() -> None:
+    # A trial: the uplink capture and the record, `--at 09:26:08.7`, read the time on the inside capture's clock
+    # (the default) that was never captured: 1970-01-01, "no connection used" the abuse report's port.
+    # And the pod-side capture with --clock outside refused a time of day ("needs a capture to give the date").
+    from natproof.correlate import correlate_one
+
+    for side in ("outside", "inside"):
+        res = correlate_one(REMAP / f"{side}.pcap", REMAP / "conntrack.log", side=side)
+        (conn,) = who(res, "203.0.113.2:46807").connections
+        at = _time_of_day(int(conn["first_seen"] * 1e9) + 50_000_000)
+        day = getattr(res, side).first_ts_ns // 86_400_000_000_000
+        for clock in (None, "inside", "outside"):  # one capture: one clock, whichever --clock names
+            ans = who(res, "203.0.113.2:46807", at=at, window_s=1, clock=clock)
+            assert ans.clock == side and ans.clock_offset_s == 0.0
+            assert ans.at_ns is not None and ans.at_ns // 86_400_000_000_000 == day
+            assert [c["conn"] for c in ans.connections] == [conn["conn"]]
+            assert ans.connections[0]["ends"]["pod"]["address"] == conn["ends"]["pod"]["address"]
+
+
+def test_cli_who_with_one_capture_says_whose_clock(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["who", "203.0.113.2:46807", str(REMAP / "outside.pcap"), "--side", "outside", "--conntrack",
+            str(REMAP / "conntrack.log")]
+    assert main([*args, "-q", "--format", "json"]) == 0
+    conn = json.loads(capsys.readouterr().out)["connections"][0]
+    at = _time_of_day(int(conn["first_seen"] * 1e9) + 50_000_000)
+    assert main([*args, "-q", "--at", at, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["clock"] == "outside" and abs(doc["at"] - conn["first_seen"] - 0.05) < 1e-6
+    assert main([*args, "--at", at, "--clock", "inside", "--format", "table"]) == 0
+    out, err = capsys.readouterr()
+    assert "(outside capture's clock, the only capture): 1 connection" in out.splitlines()[0]
+    assert "inside capture" not in out and "the conntrack record's on the node's" in out
+    assert ("--clock inside: no inside capture was given; TIME and the times shown are on the only capture's "
+            "clock, the outside one") in err
+
+
+def _leg_times(res, conn: dict, sport: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """First and last time (s, inside clock) of a connection's outside leg under source port SPORT, from its
+    packets."""
+    import polars as pl
+
+    (leg,) = [g for g in conn["legs"] if g["observation_point"] == "outside" and g["tuple"]["sport"] == sport]
+    pk = res.packets("outside").collect()
+    leg_id = pk.filter(pl.col("frame_no") == leg["first_frame"])["conn_id"][0]
+    ts = pk.filter(pl.col("conn_id") == leg_id)["ts_ns"]
+    return ts.min() / 1e9 - res.clock_offset_s, ts.max() / 1e9 - res.clock_offset_s  # type: ignore[operator]
+
+
+def test_who_at_a_time_matches_a_mapping_only_while_it_lived() -> None:
+    # A trial: the flow's second public port (52490, its last mapping and the connection's translated tuple) was
+    # reported in use at the time of its first packet, when 46807 was the mapping: the connection's span was used.
+    res = correlate(REMAP / "inside.pcap", REMAP / "outside.pcap")
+    (conn,) = who(res, "203.0.113.2:52490").to_dict()["connections"]
+    first_a, last_a = _leg_times(res, conn, 46807)
+    first_b, last_b = _leg_times(res, conn, 52490)
+    assert last_a + 1 < first_b  # idled between the mappings
+    early, late = f"{last_a + 0.06:.6f}", f"{first_b:.6f}"  # the trial's 09:26:08.7, and the second mapping's start
+    assert [c["conn"] for c in who(res, "203.0.113.2:46807", at=early, window_s=0.5).connections] == [conn["conn"]]
+    ans = who(res, "203.0.113.2:52490", at=early, window_s=0.5)
+    assert ans.connections == () and [c["conn"] for c in ans.nearest] == [conn["conn"]]
+    assert [c["conn"] for c in who(res, "203.0.113.2:52490", at=late, window_s=0).connections] == [conn["conn"]]
+    assert who(res, "203.0.113.2:46807", at=late, window_s=0.5).connections == ()
+    # Ends every leg has (the pod's source, the far end) keep the connection's whole span.
+    assert who(res, f"{conn['original']['src']}:{conn['original']['sport']}", at=early, window_s=0).connections
+
+
+def test_who_at_a_time_matches_a_mapping_from_the_record_only_while_its_entry_lived() -> None:
+    # The pod-side capture and the record: the two public ports are legs from the record (no frame); their
+    # spans are their entries' (NEW to DESTROY, else the last event), on the node's clock.
+    from natproof.conntrack import read_conntrack
+    from natproof.correlate import correlate_one
+    from natproof.kernel import kernel_flows
+
+    record = read_conntrack(REMAP / "conntrack.log")
+    res = correlate_one(REMAP / "inside.pcap", record, side="inside")
+    flows = {r["reply_dport"]: r for r in kernel_flows(record.entries).iter_rows(named=True)
+             if r["reply_dport"] in (46807, 52490)}
+    new_b = flows[52490]["start_ts_ns"] / 1e9
+    end_a = flows[46807]["end_ts_ns"] / 1e9
+    early = f"{new_b - 2:.6f}"
+    (conn,) = who(res, "203.0.113.2:46807", at=early, window_s=0).connections
+    assert conn["first_seen"] < new_b - 2 < end_a  # the connection lived then, under 46807
+    assert who(res, "203.0.113.2:52490", at=early, window_s=0.5).connections == ()
+    assert who(res, "203.0.113.2:52490", at=f"{new_b:.6f}", window_s=0).connections
+    assert who(res, "203.0.113.2:46807", at=f"{end_a + 0.1:.6f}", window_s=0).connections == ()
