@@ -649,7 +649,6 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
     """Pod-side legs the record holds no entry for, as connection rows (see one_side_connections)."""
     first, last = record.first_ts_ns, record.last_ts_ns
     to_pod = in_networks(legs["dst"], pods)
-    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
     if record.has_events and first is not None:
         # Only a leg wholly before the first event, or after the last, is known to be out of the log's sight: the
         # listener may have run long before its first event (a dropped SYN makes none).
@@ -669,20 +668,31 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
         pl.lit("inside").alias("initiator"),
         pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("not_forwarded")).alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
-        pl.col("egress_packets").alias("egress_inside"), pl.col("reply_packets").alias("reply_inside"),
-        pl.col("icmp_error_packets").alias("icmp_errors_inside"), packets.alias("fate_inside_only"),
-        pl.lit(1, pl.UInt32).alias("inside_tuples"),
-        *[pl.lit(0, pl.UInt32).alias(c) for c in ("egress_outside", "reply_outside", "icmp_errors_outside",
-                                                  "matched_egress", "matched_reply", "outside_tuples", "fate_crossed",
-                                                  "fate_leaked", "fate_outside_only", "fate_node_generated")],
-        pl.col("first_frame").alias("evidence_egress_inside_frame"), pl.col("conn_id").alias("inside_conn_id"),
-        pl.concat_list(pl.struct(pl.lit("inside").alias("observation_point"), "src", "sport", "dst", "dport",
-                                 "first_frame", packets.alias("packets"), _underlay(legs).alias("underlay")))
-        .alias("legs"),
+        *_lone_leg_columns(legs, "inside"),
         (uncovered & ~pl.col("_to_pod")).alias("other_capture_off"),
         pl.lit("absent").alias("kernel"),
         pl.when(pl.col("_to_pod")).then(pl.lit("not_tracked")).otherwise(reason).alias("kernel_reason"),
     )
+
+
+def _lone_leg_columns(legs: pl.DataFrame, side: str) -> list[pl.Expr]:
+    """The connection columns of a leg seen on ``side`` alone with no kernel entry (_unrecorded_inside_legs,
+    _unseen_outside_legs): its packets by direction, every one ``{side}_only``, none matched or seen on the other
+    side, its first frame as evidence, and the leg as the connection's one leg."""
+    other = "outside" if side == "inside" else "inside"
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    return [
+        pl.col("egress_packets").alias(f"egress_{side}"), pl.col("reply_packets").alias(f"reply_{side}"),
+        pl.col("icmp_error_packets").alias(f"icmp_errors_{side}"), packets.alias(f"fate_{side}_only"),
+        pl.lit(1, pl.UInt32).alias(f"{side}_tuples"),
+        *[pl.lit(0, pl.UInt32).alias(c) for c in (f"egress_{other}", f"reply_{other}", f"icmp_errors_{other}",
+                                                  "matched_egress", "matched_reply", f"{other}_tuples", "fate_crossed",
+                                                  "fate_leaked", f"fate_{other}_only", "fate_node_generated")],
+        pl.col("first_frame").alias(f"evidence_egress_{side}_frame"), pl.col("conn_id").alias(f"{side}_conn_id"),
+        pl.concat_list(pl.struct(pl.lit(side).alias("observation_point"), "src", "sport", "dst", "dport",
+                                 "first_frame", packets.alias("packets"), _underlay(legs).alias("underlay")))
+        .alias("legs"),
+    ]
 
 
 def _unseen_outside_legs(legs: pl.DataFrame, record: ConntrackRecord, node: pl.Series, tol: int) -> pl.DataFrame:
@@ -702,7 +712,6 @@ def _unseen_outside_legs(legs: pl.DataFrame, record: ConntrackRecord, node: pl.S
         legs = legs.clear()
     else:
         legs = legs.filter((pl.col("last_ts_ns") < first - tol) | (pl.col("first_ts_ns") > last + tol))
-    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
     inbound = (pl.col("dst").cast(pl.String).is_in(node.implode())
                & ~pl.col("src").cast(pl.String).is_in(node.implode()))
     tup = ("src", "sport", "dst", "dport")
@@ -714,16 +723,7 @@ def _unseen_outside_legs(legs: pl.DataFrame, record: ConntrackRecord, node: pl.S
         pl.when(pl.col("_inbound")).then(pl.lit("outside")).otherwise(pl.lit("inside")).alias("initiator"),
         pl.lit("not_captured").alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
-        pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
-        pl.col("icmp_error_packets").alias("icmp_errors_outside"), packets.alias("fate_outside_only"),
-        pl.lit(1, pl.UInt32).alias("outside_tuples"),
-        *[pl.lit(0, pl.UInt32).alias(c) for c in ("egress_inside", "reply_inside", "icmp_errors_inside",
-                                                  "matched_egress", "matched_reply", "inside_tuples", "fate_crossed",
-                                                  "fate_leaked", "fate_inside_only", "fate_node_generated")],
-        pl.col("first_frame").alias("evidence_egress_outside_frame"), pl.col("conn_id").alias("outside_conn_id"),
-        pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *tup,
-                                 "first_frame", packets.alias("packets"), _underlay(legs).alias("underlay")))
-        .alias("legs"),
+        *_lone_leg_columns(legs, "outside"),
         pl.lit(True).alias("other_capture_off"),
         pl.lit("absent").alias("kernel"),
         pl.when(pl.col("last_ts_ns") < first - tol).then(pl.lit("record_starts_after"))
