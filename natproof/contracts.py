@@ -23,6 +23,15 @@ def epoch_seconds(ns: int) -> float:
     return whole + frac / 1e9
 
 
+def utc_ms(ns: int, dated: bool = True) -> str:
+    """A time in ns since the epoch as the texts write it: ISO-8601 UTC to the millisecond without the zone's
+    letter ("2026-11-24T06:06:01.284"), or the time of day alone (``dated`` false: "06:06:01.284")."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f" if dated
+                                                                else "%H:%M:%S.%f")[:-3]
+
+
 FORMATS = ("table", "json", "ndjson", "csv", "parquet", "conntrack")
 """``--format`` values: a rich table, or a file format natproof.report.export writes."""
 

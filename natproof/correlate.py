@@ -24,6 +24,7 @@ from natproof.connections import (
     split_never_forwarded,
 )
 from natproof.conntrack import ConntrackRecord, read_conntrack
+from natproof.contracts import utc_ms
 from natproof.decode import DEFAULT_OVERLAY, Overlay
 from natproof.errors import CapturesApart, InputError, Said, setting, shown_path
 from natproof.kernel import join_kernel, kernel_connections, one_side_connections, which_side
@@ -689,15 +690,10 @@ def _record_elsewhere(info: CaptureInfo, record: ConntrackRecord, tolerance_s: f
     tol = int(tolerance_s * 1e9)
     if info.last_ts_ns >= first - tol and info.first_ts_ns <= last + tol:
         return None
-    import datetime as dt
-
-    def utc(ns: int) -> str:
-        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-
-    return (f"the events of {record.path} ({utc(first)} - {utc(last)} UTC) do not cover the capture's time "
-            f"({utc(info.first_ts_ns)} - {utc(info.last_ts_ns)} UTC): the record is of another time (or node, or the "
-            "node's clock is off), so it tells nothing of these connections; give the record taken while the capture "
-            "ran")
+    return (f"the events of {record.path} ({utc_ms(first)} - {utc_ms(last)} UTC) do not cover the capture's time "
+            f"({utc_ms(info.first_ts_ns)} - {utc_ms(info.last_ts_ns)} UTC): the record is of another time (or node, "
+            "or the node's clock is off), so it tells nothing of these connections; give the record taken while the "
+            "capture ran")
 
 
 def _one_side_fates(pk: pl.DataFrame, conns: pl.DataFrame, side: str,

@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from natproof.contracts import utc_ms
 from natproof.correlate import capture_off_until
 from natproof.errors import NatproofError
 from natproof.report.table import format_address
@@ -443,8 +444,7 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
     dated = len({dt.datetime.fromtimestamp(t / 1e9, dt.UTC).date() for t in times}) > 1
 
     def hms(ns: int) -> str:
-        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S.%f" if dated else "%H:%M:%S.%f")[:-3]
+        return utc_ms(ns, dated)
 
     sep = " - " if dated else "-"
 
@@ -2207,13 +2207,6 @@ def _kernel_contradicts(result: Result, rows: list[dict[str, Any]]) -> list[Find
         data={"record": path, "lines": [r["kernel_line"] for r in rows]})]
 
 
-def _utc(ns: int) -> str:
-    """A time (ns since the epoch) as ISO-8601 UTC to the millisecond, without the zone's letter."""
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-
-
 def _kernel_gaps(result: Result, rows: list[dict[str, Any]], judged: int) -> list[Finding]:
     """Connections that crossed the node but are missing from an event log (kernel_reason not_recorded,
     record_starts_after, record_ends_before): a gap in the record, not a NAT failure. When every one of the
@@ -2236,15 +2229,15 @@ def _kernel_gaps(result: Result, rows: list[dict[str, Any]], judged: int) -> lis
         theirs = "the captures'" if two_captures else "the capture's connections"
         return [Finding(
             "kernel_record_other_time", "warning", "The conntrack record is of another time",
-            f"None of the {judged} connection(s) falls within the events of {path} ({_utc(record.first_ts_ns)} - "
-            f"{_utc(record.last_ts_ns)} UTC, the node's clock), "
-            f"{theirs} are {_utc(first)} - {_utc(last)} UTC: "
+            f"None of the {judged} connection(s) falls within the events of {path} ({utc_ms(record.first_ts_ns)} - "
+            f"{utc_ms(record.last_ts_ns)} UTC, the node's clock), "
+            f"{theirs} are {utc_ms(first)} - {utc_ms(last)} UTC: "
             "the record says nothing of them, and every mapping rests on the packets alone.",
             "Give the record taken on this node while the captures ran (`conntrack -E -o timestamp,extended`, "
             "started before the traffic and stopped after), or check the node's clock against the captures'.",
             connections=tuple(r["conn"] for r in rows),
-            evidence=(f"{path}: events {_utc(record.first_ts_ns)} - {_utc(record.last_ts_ns)} UTC",
-                      f"connections {_utc(first)} - {_utc(last)} UTC"),
+            evidence=(f"{path}: events {utc_ms(record.first_ts_ns)} - {utc_ms(record.last_ts_ns)} UTC",
+                      f"connections {utc_ms(first)} - {utc_ms(last)} UTC"),
             data=dict(why) | {"record_first_ts": record.first_ts_ns / 1e9, "record_last_ts": record.last_ts_ns / 1e9,
                               "connections_first_ts": first / 1e9, "connections_last_ts": last / 1e9})]
     evidence = [f"{_conn_label(r)} ({r['verdict']}): {r['kernel_reason']}" for r in rows[:20]]
