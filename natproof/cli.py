@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import math
@@ -2065,6 +2066,37 @@ def _said_interrupted(end_echo: bool = False) -> int:
     return ExitStatus.INTERRUPTED
 
 
+def _interrupt_not_lost(before: Callable[[Any], object], unraisable: Any) -> None:
+    """sys.unraisablehook while a command runs: a Ctrl-C (or SIGTERM, _on_sigterm) that lands in code whose
+    exceptions Python can only print and pass over (a weakref callback of the import system, a finalizer) printed
+    "Exception ignored in ..." with a traceback and was lost: the command went on (a CI run's Ctrl-C test, 40 ms
+    into a command). It is raised again in the main thread (``_thread.interrupt_main``) and said as any other
+    interrupt: by a thread of its own once this hook has returned, as in the hook it would be raised, and lost,
+    again. Any other unraisable exception goes to ``before``, the hook that was there."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        returned = [False]
+        again = threading.Thread(target=_interrupt_after, args=(returned,), daemon=True)
+        again.start()
+        _raised_again.append(again)
+        returned[0] = True  # the hook's last instruction: nothing here can meet the interrupt (no call, no loop)
+        return
+    before(unraisable)
+
+
+def _interrupt_after(returned: list[bool]) -> None:
+    """Interrupt the main thread once ``returned[0]`` is true (_interrupt_not_lost)."""
+    import _thread
+    import time
+
+    while not returned[0]:
+        time.sleep(0.001)
+    _thread.interrupt_main()
+
+
+_raised_again: list[threading.Thread] = []
+"""The threads that raise a lost interrupt again (_interrupt_not_lost): main waits for them before it ends."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every outcome into one line on stderr and an exit status. What is still
     buffered for standard output is written before the status is returned, so a failure to write it (a full disk)
@@ -2072,12 +2104,17 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     stdout = sys.stdout
     previous = None
+    unraisable_hook = sys.unraisablehook
     try:  # Ctrl-C from here on, in setting up or in the last flush too, is one line, not a traceback
         sys.stdout = _ReaderMayLeave(stdout if stdout is not None else _ClosedStdout())  # type: ignore[assignment]
         _terminated.clear()
+        _raised_again.clear()
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            sys.unraisablehook = functools.partial(_interrupt_not_lost, unraisable_hook)
         status = _main(args)
+        while _raised_again:  # an interrupt raised again arrives here if the command ended first
+            _raised_again.pop().join()
         try:
             sys.stdout.flush()
         except InputError as exc:  # the output is lost, whatever the command found: said, and status 2 as for -o
@@ -2090,6 +2127,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = stdout
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = unraisable_hook
 
 
 def _main(args: list[str]) -> int:
