@@ -102,6 +102,25 @@ class CaptureInfo:
     """(frame number, time in ns) of the frames skipped as malformed, the first MALFORMED_KEPT: a packet the other
     capture saw and this one has only as such a frame was not lost (natproof.diagnose)."""
 
+    cut_flows: dict[tuple[int, str, int, str, int], list[int]] = field(default_factory=dict)
+    """Frames skipped as truncated_l4 whose ports were captured (a snaplen cut the TCP or UDP header after them), by
+    flow as the frame went, (proto, src, sport, dst, dport): [frames, first time ns, last time ns, first frame
+    number]. One entry a flow and direction, however many frames: a capture cut so is still told apart from one
+    that missed the traffic (natproof.assemble._cut_legs)."""
+
+    def note_cut(self, frame_no: int, ts_ns: int, flow: tuple[int, str, int, str, int] | None) -> None:
+        """Count a frame skipped as truncated_l4, and, ``flow`` given (its ports captured: decode.Skip.cut), add
+        it to ``cut_flows``."""
+        self.skipped["truncated_l4"] += 1
+        if flow is None:
+            return
+        seen = self.cut_flows.get(flow)
+        if seen is None:
+            self.cut_flows[flow] = [1, ts_ns, ts_ns, frame_no]
+        else:
+            seen[0] += 1
+            seen[1], seen[2], seen[3] = min(seen[1], ts_ns), max(seen[2], ts_ns), min(seen[3], frame_no)
+
     def note_malformed(self, frame_no: int, ts_ns: int) -> None:
         """Count a frame skipped as malformed, and keep where it is (the first MALFORMED_KEPT)."""
         self.skipped["malformed"] += 1

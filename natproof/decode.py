@@ -65,11 +65,14 @@ ETH_TEB = 0x6558
 
 
 class Skip(Exception):
-    """The frame carries nothing natproof correlates; ``reason`` says why (counted, never fatal)."""
+    """The frame carries nothing natproof correlates; ``reason`` says why (counted, never fatal). ``cut``: for a
+    TCP or UDP frame a snaplen cut inside its transport header (truncated_l4) with its ports still captured, its
+    flow as (proto, src, sport, dst, dport): what the capture can still say of it (CaptureInfo.note_cut)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, cut: tuple[int, str, int, str, int] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.cut = cut
 
 
 def sll2_ifindex(linktype: int, data: bytes) -> int:
@@ -195,16 +198,18 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
     payload_len = 0
     icmp_type = icmp_code = icmp_id = icmp_seq = icmp_mtu = None
     inner: tuple = (None, None, None, None, None)
+    if proto in (6, 17) and not isinstance(l4, dpkt.tcp.TCP if proto == 6 else dpkt.udp.UDP):
+        # Cut inside its TCP/UDP header by a snaplen: not read, but its ports (the header's first 4 bytes) may be
+        # there, and with them its flow (natproof.assemble reads an unpaired leg of the other capture against it).
+        raw = l4 if isinstance(l4, bytes) else bytes(l4)
+        ports = struct.unpack_from("!HH", raw) if len(raw) >= 4 and caplen < wire_len else None
+        raise Skip("truncated_l4", (proto, src, ports[0], dst, ports[1]) if ports else None)
     if proto == 6:
-        if not isinstance(l4, dpkt.tcp.TCP):
-            raise Skip("truncated_l4")
         sport, dport = l4.sport, l4.dport
         tcp_seq, tcp_ack, tcp_flags, tcp_win = l4.seq, l4.ack, l4.flags, l4.win
         payload = bytes(l4.data)
         payload_len = max(0, l4_len - l4.off * 4)
     elif proto == 17:
-        if not isinstance(l4, dpkt.udp.UDP):
-            raise Skip("truncated_l4")
         sport, dport = l4.sport, l4.dport
         payload = bytes(l4.data)
         payload_len = max(0, l4_len - 8)

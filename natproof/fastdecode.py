@@ -1000,6 +1000,8 @@ class _ChunkDecoder:
             except Skip as skip:
                 if skip.reason == "malformed":
                     self.info.note_malformed(frame_no, ts)
+                elif skip.reason == "truncated_l4":
+                    self.info.note_cut(frame_no, ts, skip.cut)
                 else:
                     skipped[skip.reason] += 1
                 on_if[(iface, sll2_ifindex(lt, data), skip.reason)] += 1

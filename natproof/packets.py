@@ -97,6 +97,8 @@ def build_packets(records: Iterable[Record], info: CaptureInfo, progress: Progre
         except Skip as skip:
             if skip.reason == "malformed":
                 info.note_malformed(rec.frame_no, rec.ts_ns)
+            elif skip.reason == "truncated_l4":
+                info.note_cut(rec.frame_no, rec.ts_ns, skip.cut)
             else:
                 skipped[skip.reason] += 1
             skipped_on_if[(*where, skip.reason)] += 1

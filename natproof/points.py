@@ -752,7 +752,8 @@ def split(packets: pl.DataFrame, point: ObservationPoint, *, whole_file: bool = 
 def point_info(info: CaptureInfo, point: ObservationPoint, *, first: bool = True) -> CaptureInfo:
     """The CaptureInfo of one observation point of a file: frames and skipped frames of its interfaces only (frames
     lost to a malformed block, which belong to no interface, go to the ``first`` point). Times, format and warnings
-    are the file's: every interface was captured for the file's whole span."""
+    are the file's: every interface was captured for the file's whole span. Its ``cut_flows`` are none: they are
+    kept for the file, not by interface, and a point must not take another's for its own."""
     if point.how == "file":
         return info
     keys = point.keys
@@ -774,4 +775,4 @@ def point_info(info: CaptureInfo, point: ObservationPoint, *, first: bool = True
         fallback_frames=info.fallback_frames if first else 0,
         interface_frames=Counter({k: n for k, n in info.interface_frames.items() if k in keys}),
         interface_skipped=Counter({k: n for k, n in info.interface_skipped.items() if k[:2] in keys}),
-        warnings=list(info.warnings))
+        warnings=list(info.warnings), cut_flows={})
