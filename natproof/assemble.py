@@ -239,7 +239,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
              matches: Matches, *, pod_networks: Sequence[Network], services: Services,
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
              evidence: MatchEvidence | None = None, inside_senders: Collection[str] | None = None,
-             known_node_addresses: Collection[str] = (),
+             known_node_addresses: Collection[str] = (), inside_cut: pl.DataFrame | None = None,
              ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
@@ -252,10 +252,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     (:func:`match_evidence`; None: nothing). ``inside_senders``: the addresses that send on the whole inside
     capture, when ``in_conns`` are part of it (natproof.spill); else read from ``in_conns``.
     ``known_node_addresses``: the node's addresses as other connections of the same captures show them
-    (node_addresses of natproof.spill's other groups), beside those these connections show. Returns (connections,
-    in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets of legs no connection
-    owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise); ``pairs`` are matches.pairs
-    less the look-alikes dropped (a packet paired with a leg another connection owns). Connection columns:
+    (node_addresses of natproof.spill's other groups), beside those these connections show. ``inside_cut``: the
+    inside capture's flows it holds only as frames a snaplen cut inside their TCP/UDP header (cut_flow_frame of
+    CaptureInfo.cut_flows): an outside leg no inside leg paired with is read against them (_cut_legs). Returns
+    (connections, in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets of legs
+    no connection owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise); ``pairs`` are
+    matches.pairs less the look-alikes dropped (a packet paired with a leg another connection owns). Connection columns:
     result.CONNECTION_SCHEMA.
     """
     offset = matches.clock_offset_ns
@@ -562,6 +564,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     lost, out_pk = _lost_inbound(outs, out_pk, owner, services, pod_networks, offset)
     if lost.height:
         df = pl.concat([df, lost], how="diagonal_relaxed")
+    if inside_cut is not None and inside_cut.height:
+        taken = pl.concat([owner["out_conn"], lost.get_column("primary_out" if lost.height else "conn_id")
+                           .cast(owner["out_conn"].dtype)])
+        cut, out_pk = _cut_legs(outs, out_pk, taken, inside_cut, offset)
+        if cut.height:
+            df = pl.concat([df, cut], how="diagonal_relaxed")
     return df, in_pk.drop("_pre"), out_pk.drop("_pre"), kept
 
 
@@ -702,6 +710,86 @@ def _lost_inbound(outs: pl.DataFrame, out_pk: pl.DataFrame, owner: pl.DataFrame,
         (packets - pl.col("_by_node")).alias("fate_outside_only"), pl.col("_by_node").alias("fate_node_generated"),
         *[pl.when(listed).then(value).alias(name) for name, value in (
             ("service_type", pl.lit("NodePort")), ("service_ip", pl.col("dst")), ("service_port", pl.col("dport")))],
+        pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame",
+                                 packets.alias("packets"))).alias("legs"),
+    )
+    return rows, out_pk
+
+
+CUT_FLOW_SCHEMA: dict[str, pl.DataType] = {
+    "proto": pl.UInt8(), "src": pl.String(), "sport": pl.UInt16(), "dst": pl.String(), "dport": pl.UInt16(),
+    "frames": pl.UInt32(), "first_ts_ns": pl.Int64(), "last_ts_ns": pl.Int64(), "first_frame": pl.UInt32()}
+"""One row per flow and direction a capture holds only as frames cut inside their TCP/UDP header (truncated_l4)
+with their ports captured: cut_flow_frame of CaptureInfo.cut_flows. Times in ns on that capture's clock."""
+
+CUT_SLACK_NS = 1_000_000_000
+"""How far outside a cut flow's span (1 s, correlate's default tolerance) an outside leg may lie and still be read
+against it (_cut_legs): the clock offset's error."""
+
+
+def cut_flow_frame(flows: dict[tuple[int, str, int, str, int], list[int]]) -> pl.DataFrame:
+    """CaptureInfo.cut_flows as CUT_FLOW_SCHEMA rows."""
+    rows = [(*flow, *seen) for flow, seen in flows.items()]
+    return pl.DataFrame(rows, schema=CUT_FLOW_SCHEMA, orient="row")
+
+
+def _cut_legs(outs: pl.DataFrame, out_pk: pl.DataFrame, taken: pl.Series, cut: pl.DataFrame,
+              offset_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Outside legs no connection took (``taken``: out_conn ids owned or _lost_inbound's) that the inside capture
+    holds only as frames a snaplen cut inside their TCP/UDP header (``cut``: CUT_FLOW_SCHEMA, the inside clock):
+    a cut flow of the leg's protocol with an end of the leg's own (address and port: the far end a MASQUERADE
+    keeps, the client a DNAT keeps), within CUT_SLACK_NS of the leg's span put on the inside clock (``offset_ns``:
+    outside minus inside). Each cut flow goes to one leg: the one that also keeps its other port, then the nearest
+    in time. Such a leg crossed the inside capture's interface, which cut what would show how (its TCP flags and
+    numbers, or its UDP length): verdict not_captured, ``other_capture_cut`` its cut frames, its packets
+    ``outside_only``, as a leg seen while the inside capture was off is (_lost_inbound, natproof.kernel.
+    _unseen_outside_legs). Started at the leg's far end (only its source is a cut flow's end): started outside,
+    its original tuple the leg's; else started inside, its pre-NAT tuple unread (orig_* null). Returns
+    (connection rows, out_pk with those legs' packets outside_only); a leg no cut flow fits stays in none, the
+    node's own traffic, as before."""
+    legs = outs.join(pl.DataFrame({"conn_id": taken.cast(outs["conn_id"].dtype)}), on="conn_id", how="anti").filter(
+        pl.col("proto").is_in([6, 17]))
+    if legs.is_empty() or cut.is_empty():
+        return legs.clear(), out_pk
+    ends = pl.concat([cut.with_row_index("_flow").select("_flow", "proto", pl.col(a).alias("_end"), pl.col(p).alias(
+        "_end_port"), pl.col(o).alias("_other_port"), "frames", "first_ts_ns", "last_ts_ns")
+        for a, p, o in (("src", "sport", "dport"), ("dst", "dport", "sport"))])
+    cand = pl.concat([legs.select("conn_id", "proto", pl.col(a).alias("_end"), pl.col(p).alias("_end_port"),
+                                  pl.col(o).alias("_leg_other"), pl.lit(a == "dst").alias("_far_is_dst"),
+                                  (pl.col("first_ts_ns") - offset_ns).alias("_leg_first"),
+                                  (pl.col("last_ts_ns") - offset_ns).alias("_leg_last"))
+                      for a, p, o in (("src", "sport", "dport"), ("dst", "dport", "sport"))])
+    cand = cand.join(ends, on=["proto", "_end", "_end_port"]).filter(
+        (pl.col("first_ts_ns") <= pl.col("_leg_last") + CUT_SLACK_NS)
+        & (pl.col("last_ts_ns") >= pl.col("_leg_first") - CUT_SLACK_NS))
+    if cand.is_empty():
+        return legs.clear(), out_pk
+    best = (cand.with_columns((pl.col("_other_port") != pl.col("_leg_other")).alias("_port_moved"),
+                              (pl.col("first_ts_ns") - pl.col("_leg_first")).abs().alias("_apart"))
+            .sort("_flow", "_port_moved", "_apart", "conn_id").unique("_flow", keep="first"))
+    per_leg = best.group_by("conn_id").agg(pl.col("frames").sum().cast(pl.UInt32).alias("other_capture_cut"),
+                                           pl.col("_far_is_dst").any().alias("_from_inside"))
+    legs = legs.join(per_leg, on="conn_id")
+    ids = legs["conn_id"]
+    out_pk = out_pk.with_columns(pl.when(pl.col("conn_id").is_in(ids.implode())).then(pl.lit("outside_only", FATE))
+                                 .otherwise(pl.col("fate")).alias("fate"))
+    packets = pl.col("egress_packets") + pl.col("reply_packets") + pl.col("icmp_error_packets")
+    inbound = ~pl.col("_from_inside")
+    rows = legs.select(
+        pl.lit(None, pl.UInt32).alias("anchor"), pl.col("conn_id").alias("primary_out"), "proto",
+        *[pl.lit(None, pl.String if c in ("src", "dst") else pl.UInt16).alias(c) for c in _TUPLE],
+        *[(pl.col(c) - offset_ns).alias(c) for c in ("first_ts_ns", "last_ts_ns")],
+        "first_frame", *[pl.lit(0, pl.UInt32).alias(c) for c in ("egress_packets", "reply_packets",
+                                                                  "icmp_error_packets")],
+        pl.col("egress_packets").alias("egress_outside"), pl.col("reply_packets").alias("reply_outside"),
+        pl.col("icmp_error_packets").alias("icmp_errors_outside"),
+        pl.col("first_frame").alias("evidence_egress_outside_frame"),
+        *[pl.col(c).alias(f"outside_{c}") for c in _TUPLE],
+        *[pl.when(inbound).then(pl.col(c)).alias(f"orig_{c}") for c in _TUPLE],
+        *[pl.when(~inbound).then(pl.col(c)).alias(f"trans_{c}") for c in _TUPLE],
+        pl.when(inbound).then(pl.lit("outside")).otherwise(pl.lit("inside")).alias("initiator"),
+        pl.lit("not_captured").alias("verdict"), pl.lit([], pl.List(pl.String)).alias("rewrites"),
+        packets.alias("fate_outside_only"), pl.lit(1, pl.UInt32).alias("outside_tuples"), "other_capture_cut",
         pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame",
                                  packets.alias("packets"))).alias("legs"),
     )

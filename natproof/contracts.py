@@ -68,5 +68,6 @@ class Verdict(StrEnum):
     NOT_CAPTURED = "not_captured"
     """Seen on one side only, yet not dropped: the far end answered the initiator, so its packets crossed out of
     the other capture's sight (that capture was not running then, flag other_capture_off; or they took an
-    interface it does not see). What the NAT did is not in the captures. natproof.correlate/1 called this
-    ``not_forwarded``."""
+    interface it does not see). Also a flow the other capture holds only as frames a snaplen cut inside their
+    TCP/UDP header (flag other_capture_cut: natproof.assemble._cut_legs). What the NAT did is not in the
+    captures. natproof.correlate/1 called this ``not_forwarded``."""

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import polars as pl
 
 from natproof import parallel
-from natproof.assemble import FATE, Services, assemble, in_networks, match_evidence, private_to_outside
+from natproof.assemble import (
+    FATE,
+    Services,
+    assemble,
+    cut_flow_frame,
+    in_networks,
+    match_evidence,
+    private_to_outside,
+)
 from natproof.capture import CaptureInfo
 from natproof.connections import (
     PROTO_NAMES,
@@ -500,7 +508,8 @@ def correlate(
     del in_match, out_match
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence)
+                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence,
+                                           inside_cut=cut_flow_frame(ins.info.cut_flows))
     conns = _contract_rows(conns)
     conns = mark_capture_off(conns, in_pk, out_pk, ins.info, outs.info, matches.clock_offset_ns)
     if matches.offset_one_way:
@@ -939,6 +948,8 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
         "egress_packets": "egress_inside", "reply_packets": "reply_inside",
         "icmp_error_packets": "icmp_errors_inside", "anchor": "inside_conn_id", "primary_out": "outside_conn_id",
     })
+    if "other_capture_cut" not in df.columns:  # only rows of natproof.assemble._cut_legs carry it
+        df = df.with_columns(pl.lit(0, pl.UInt32).alias("other_capture_cut"))
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
               and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")
               and c != "outside_only_before_inside"]

@@ -137,7 +137,9 @@ def diagnose(result: Result) -> list[Finding]:
     # they sent then is seen on one side only because that capture was not running yet.
     began = _began_before(result, [r for r in rows if r["other_capture_off"] and r["conn"] not in unseen_conns
                                    and r["verdict"] != "internal"])
-    findings += _partial_overlap(result, unseen, began)
+    # Seen crossing the other capture's interface, which a snaplen cut inside their headers: a capture's fault too.
+    findings += _partial_overlap(result, [r for r in unseen if not r.get("other_capture_cut")], began)
+    findings += _headers_cut(result, [r for r in unseen if r.get("other_capture_cut")])
     rows = [r for r in rows if r["conn"] not in unseen_conns]
     by_verdict = {}
     for r in rows:
@@ -530,6 +532,38 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
               "outside_unmatched_before": before.height, "outside_unmatched_before_listed": len(of_listed),
               "outside_unmatched_before_other_connections": len(of_others),
               "outside_unmatched_before_no_connection": unowned.height})]
+
+
+def _headers_cut(result: Result, cut: list[dict[str, Any]]) -> list[Finding]:
+    """Connections seen on one side only whose flow the other capture holds only as frames a snaplen cut inside
+    their TCP/UDP header (other_capture_cut: natproof.assemble._cut_legs): they crossed that capture's
+    interface, which kept their addresses and ports and cut their flags, numbers and lengths, so neither a
+    translation nor a drop is proven (verdict not_captured). Counts: the connections' packets on the side that
+    read them, and the cut frames of their flows on the other (the capture's truncated_l4 beside them)."""
+    if not cut:
+        return []
+    packets = sum(r["fate_outside_only"] + r["fate_inside_only"] for r in cut)
+    frames = sum(r["other_capture_cut"] for r in cut)
+    side = "inside" if any(r["fate_outside_only"] for r in cut) else "outside"
+    read = "outside" if side == "inside" else "inside"
+    skipped = getattr(result, side).skipped.get("truncated_l4", 0)
+    evidence = [f"{_conn_label(r)}: {r['fate_outside_only'] + r['fate_inside_only']} packet(s) on the {read} "
+                f"capture only, from frame {r['evidence_egress_outside_frame'] or r['evidence_egress_inside_frame']}; "
+                f"{r['other_capture_cut']} frame(s) of its flow on the {side} capture cut inside their header"
+                for r in cut[:20]]
+    return [Finding(
+        "capture_cut", "warning", f"The {side} capture cut the headers of some connections' packets",
+        f"{len(cut)} connection(s) ({packets} packet(s) on the {read} capture) are on the {side} capture only as "
+        f"{frames} frame(s) a snaplen cut inside their TCP/UDP header ({skipped} {side} frame(s) skipped so in "
+        "all, truncated_l4): their addresses and ports are there, the rest of their headers (TCP flags and "
+        "numbers) is not, so no packet pairs with its copy. Both captures hold these flows, so the NAT did not "
+        "simply drop them; which packets crossed and how the NAT rewrote them is not in the captures (verdict "
+        "not_captured), and they are left out of the other findings.",
+        f"Capture the {side} again with a snaplen that keeps whole headers: tcpdump's default (-s 0, 262144 "
+        "bytes), or at least -s 128 (link, IP and TCP headers with options).",
+        connections=tuple(r["conn"] for r in cut), evidence=tuple(evidence),
+        data={"connections": len(cut), "packets": packets, "cut_frames": frames, "side": side,
+              "truncated_l4": skipped})]
 
 
 def _node_answers(made: pl.DataFrame, rst_from: str) -> list[str]:

@@ -63,6 +63,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "kernel_reply_dst": pl.String(), "kernel_reply_dport": pl.UInt16(),
     "payload_rewrites": pl.UInt32(),
     "outside_only_before_inside": pl.UInt32(),
+    "other_capture_cut": pl.UInt32(),
 }
 """One row per connection (docs/model.md), anchored on its initiator's leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -90,7 +91,9 @@ kernel_reply_* its reply tuple as the kernel recorded it. payload_rewrites: its 
 payload changed (natproof.assemble.rewritten_payloads), whether or not their length did: an ALG's rewrite on a
 helper's port, else damage or a middlebox. outside_only_before_inside: its fate_outside_only packets that came
 while the inside capture is shown not running yet (natproof.correlate.capture_off_until), so they are no evidence
-of a reply not reverse-translated (null from one capture and the kernel's record)."""
+of a reply not reverse-translated (null from one capture and the kernel's record). other_capture_cut: frames of
+its flow the other capture holds only cut inside their TCP/UDP header by a snaplen (natproof.assemble._cut_legs):
+that capture saw it cross, and cut what would show how (verdict not_captured); 0 otherwise."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -470,6 +473,7 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     hairpin (both legs seen at the inside),
     egress_other_path (translated, proven by replies that crossed back, while none of the initiator's packets, seen
     on its own side, crossed the far capture running then: they left by another path), other_capture_off,
+    other_capture_cut (the other capture holds its flow only as frames a snaplen cut inside their TCP/UDP header),
     ambiguous_name (a named result: more than one pod may have held one of its addresses then)."""
     flags = []
     if (row["outside_tuples"] or 0) > 1:
@@ -498,6 +502,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("egress_other_path")
     if row.get("other_capture_off"):
         flags.append("other_capture_off")
+    if row.get("other_capture_cut"):
+        flags.append("other_capture_cut")
     if any(row.get(c) for c in NAME_SCHEMA if c.endswith("_candidates")):
         flags.append("ambiguous_name")
     return flags
@@ -541,6 +547,7 @@ def _flags_expr() -> pl.Expr:
          & (pl.when(pl.col("initiator") == "inside").then(pl.col("egress_inside"))
             .otherwise(pl.col("egress_outside")).fill_null(0) > 0)),
         ("other_capture_off", pl.col("other_capture_off").fill_null(False)),
+        ("other_capture_cut", pl.col("other_capture_cut").fill_null(0) > 0),
     ]
     return pl.concat_list([pl.when(cond).then(pl.lit(name)) for name, cond in rules]).list.drop_nulls()
 
@@ -612,6 +619,7 @@ def connection_struct(named: bool = False) -> pl.Expr:
             pl.element().struct.field("first_frame"), pl.element().struct.field("packets"),
             underlay_struct(pl.element().struct.field("underlay")).alias("underlay"))).alias("legs"),
         pl.struct(*[pl.col(f"fate_{f}").alias(f) for f in FATES]).alias("fates"),
+        pl.col("other_capture_cut").fill_null(0).alias("other_capture_cut"),
         pl.when(pl.col("service_type").is_not_null()).then(pl.struct(
             *service[:3],
             pl.when(pl.col("backend_ip").is_not_null()).then(pl.struct(*backend)).alias("backend"),

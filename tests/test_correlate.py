@@ -391,6 +391,61 @@ def test_a_dns_exchange_one_capture_cut_short_crossed_and_the_cut_is_said(tmp_pa
     assert result.outside.warnings == ()
 
 
+def _cut_tcp_pair(tmp_path: Path, snaplen: int) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """An HTTP-like TCP connection and a DNS exchange through MASQUERADE, the inside captured with ``snaplen`` (raw
+    IP: 20 + 10 keeps TCP's ports and cuts its flags; UDP's 8-byte header stays whole), the outside whole, with
+    the node's own HTTPS connection beside them: (inside rows, outside rows) as captured, written to tmp_path."""
+    from pcapbytes import pcap, tcp, tcp_pair
+
+    t0 = 1_700_000_000 * 10**9
+    tcp_in, tcp_out = tcp_pair(t0)
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+    pod, node, dns, other = "10.244.0.10", "203.0.113.2", "198.51.100.53", "192.0.2.7"
+    inside = [*tcp_in, (t0 + 50_000_000, ipv4(pod, dns, 17, udp(53000, 53, query), ip_id=0)),
+              (t0 + 60_030_000, ipv4(dns, pod, 17, udp(53, 53000, query), ip_id=0, ttl=51))]
+    outside = [*tcp_out, (t0 + 50_030_000, ipv4(node, dns, 17, udp(53000, 53, query), ip_id=0, ttl=63)),
+               (t0 + 60_000_000, ipv4(dns, node, 17, udp(53, 53000, query), ip_id=0, ttl=52)),
+               (t0 + 2_000_000, ipv4(node, other, 6, tcp(50000, 443, 1, 0, 0x02), ip_id=7)),
+               (t0 + 3_000_000, ipv4(other, node, 6, tcp(443, 50000, 9, 2, 0x12), ip_id=8))]
+    (tmp_path / "inside.pcap").write_bytes(pcap([(t, b[:snaplen], len(b)) for t, b in inside], linktype=101))
+    (tmp_path / "outside.pcap").write_bytes(pcap(sorted(outside), linktype=101))
+    return inside, outside
+
+
+@pytest.mark.parametrize("decoder", ["fast", "dpkt"])
+def test_a_flow_whose_headers_the_inside_snaplen_cut_is_not_captured_not_lost(tmp_path: Path, decoder: str) -> None:
+    # A trial (s08c): the inside captured with snaplen 44 (Ethernet + IP + 10 bytes of TCP), the outside whole.
+    # Every TCP frame inside was skipped (truncated_l4), so the outside TCP legs paired with nothing and fell in no
+    # connection (unmatched 30, no connection counting them) while diagnose said "healthy". The inside still holds
+    # the flows' addresses and ports: each such leg is a connection not_captured, its cut frames counted.
+    inside, outside = _cut_tcp_pair(tmp_path, 20 + 10)
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap", decoder=decoder)
+    cut_in = sum(1 for _, b in inside if b[9] == 6)
+    out_http = sum(1 for _, b in outside if b[9] == 6 and 80 in (int.from_bytes(b[20:22]), int.from_bytes(b[22:24])))
+    assert result.inside.skipped == {"truncated_l4": cut_in}
+    rows = {r["proto"]: r for r in result.connections.iter_rows(named=True)}
+    assert set(rows) == {"tcp", "udp"} and rows["udp"]["verdict"] == "translated"
+    c = rows["tcp"]
+    assert (c["verdict"], c["initiator"], c["orig_src"]) == ("not_captured", "inside", None)
+    assert (c["trans_src"], c["trans_sport"], c["trans_dst"], c["trans_dport"]) == (
+        "203.0.113.2", 40000, "198.51.100.10", 80)
+    assert c["other_capture_cut"] == cut_in
+    assert c["fate_outside_only"] == c["egress_outside"] + c["reply_outside"] == out_http
+    assert c["fate_crossed"] == c["fate_inside_only"] == 0
+    (doc,) = [d for d in result.to_dict()["connections"] if d["proto"] == "tcp"]
+    assert "other_capture_cut" in doc["flags"] and doc["other_capture_cut"] == cut_in
+    # The node's own connection shares no end with a cut flow: in no connection, as before.
+    assert result.unmatched_outside == out_http + 2
+    from natproof.diagnose import diagnose
+
+    found = {f.kind: f for f in diagnose(result)}
+    assert list(found) == ["capture_cut"]  # not "NAT working as expected"
+    f = found["capture_cut"]
+    assert f.connections == (c["conn"],) and f.severity == "warning"
+    assert (f.data["cut_frames"], f.data["packets"], f.data["side"]) == (cut_in, out_http, "inside")
+    assert f"as {cut_in} frame(s) a snaplen cut" in f.summary and f"({out_http} packet(s) on the outside" in f.summary
+
+
 def _midflow(tmp_path: Path, proto: int, pod_port: int, far_port: int, *, far_first: bool) -> list[Path]:
     """A flow both captures caught mid-way (no SYN): 10.244.0.10:pod_port <-> 198.51.100.10:far_port, the node's
     203.0.113.2 on the outside, the port kept, routed (a TTL less across the node), four rounds, the far end's
