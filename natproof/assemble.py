@@ -240,7 +240,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
              evidence: MatchEvidence | None = None, inside_senders: Collection[str] | None = None,
              known_node_addresses: Collection[str] = (), inside_cut: pl.DataFrame | None = None,
-             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+             outside_cut: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
@@ -254,7 +254,9 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     ``known_node_addresses``: the node's addresses as other connections of the same captures show them
     (node_addresses of natproof.spill's other groups), beside those these connections show. ``inside_cut``: the
     inside capture's flows it holds only as frames a snaplen cut inside their TCP/UDP header (cut_flow_frame of
-    CaptureInfo.cut_flows): an outside leg no inside leg paired with is read against them (_cut_legs). Returns
+    CaptureInfo.cut_flows): an outside leg no inside leg paired with is read against them (_cut_legs);
+    ``outside_cut`` the outside capture's, which a connection with no outside leg is read against (_cut_outside).
+    Returns
     (connections, in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets of legs
     no connection owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise); ``pairs`` are
     matches.pairs less the look-alikes dropped (a packet paired with a leg another connection owns). Connection columns:
@@ -555,6 +557,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     verdict = evidence.select(verdict_expr()).to_series()
     df = df.with_columns(verdict.alias("verdict"),
                          pl.when(init_in).then(pl.lit("inside")).otherwise(pl.lit("outside")).alias("initiator"))
+    if outside_cut is not None and outside_cut.height:
+        df = _cut_outside(df, ins, outside_cut, offset)
     # A connection that never reached the outside has no outside tuple, whatever else the outside holds.
     no_out = pl.col("verdict").is_in(["not_forwarded", "internal"]) & ~has_out
     df = df.with_columns(
@@ -733,42 +737,77 @@ def cut_flow_frame(flows: dict[tuple[int, str, int, str, int], list[int]]) -> pl
     return pl.DataFrame(rows, schema=CUT_FLOW_SCHEMA, orient="row")
 
 
-def _cut_legs(outs: pl.DataFrame, out_pk: pl.DataFrame, taken: pl.Series, cut: pl.DataFrame,
-              offset_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Outside legs no connection took (``taken``: out_conn ids owned or _lost_inbound's) that the inside capture
-    holds only as frames a snaplen cut inside their TCP/UDP header (``cut``: CUT_FLOW_SCHEMA, the inside clock):
-    a cut flow of the leg's protocol with an end of the leg's own (address and port: the far end a MASQUERADE
-    keeps, the client a DNAT keeps), within CUT_SLACK_NS of the leg's span put on the inside clock (``offset_ns``:
-    outside minus inside). Each cut flow goes to one leg: the one that also keeps its other port, then the nearest
-    in time. Such a leg crossed the inside capture's interface, which cut what would show how (its TCP flags and
-    numbers, or its UDP length): verdict not_captured, ``other_capture_cut`` its cut frames, its packets
-    ``outside_only``, as a leg seen while the inside capture was off is (_lost_inbound, natproof.kernel.
-    _unseen_outside_legs). Started at the leg's far end (only its source is a cut flow's end): started outside,
-    its original tuple the leg's; else started inside, its pre-NAT tuple unread (orig_* null). Returns
-    (connection rows, out_pk with those legs' packets outside_only); a leg no cut flow fits stays in none, the
-    node's own traffic, as before."""
-    legs = outs.join(pl.DataFrame({"conn_id": taken.cast(outs["conn_id"].dtype)}), on="conn_id", how="anti").filter(
-        pl.col("proto").is_in([6, 17]))
+def _cut_flows_of(legs: pl.DataFrame, cut: pl.DataFrame, shift_ns: int) -> pl.DataFrame:
+    """(conn_id, other_capture_cut, _from_inside) of ``legs`` (conn_id, proto and the tuple, first_ts_ns and
+    last_ts_ns on their own capture's clock, ``shift_ns`` added to put them on the cut capture's) that the other
+    capture holds as cut flows (``cut``: CUT_FLOW_SCHEMA): a cut flow of the leg's protocol with an end, address
+    and port, of the leg's own (the far end a MASQUERADE keeps, the client a DNAT keeps), within CUT_SLACK_NS of
+    the leg's span. Each cut flow goes to one leg: the one that also has its other port, then the nearest in time.
+    other_capture_cut: the frames of a leg's cut flows; _from_inside: whether the end shared is the leg's
+    destination (the leg's source is behind the NAT, its initiator)."""
     if legs.is_empty() or cut.is_empty():
-        return legs.clear(), out_pk
+        return pl.DataFrame(schema={"conn_id": legs.schema["conn_id"], "other_capture_cut": pl.UInt32,
+                                    "_from_inside": pl.Boolean})
     ends = pl.concat([cut.with_row_index("_flow").select("_flow", "proto", pl.col(a).alias("_end"), pl.col(p).alias(
         "_end_port"), pl.col(o).alias("_other_port"), "frames", "first_ts_ns", "last_ts_ns")
         for a, p, o in (("src", "sport", "dport"), ("dst", "dport", "sport"))])
-    cand = pl.concat([legs.select("conn_id", "proto", pl.col(a).alias("_end"), pl.col(p).alias("_end_port"),
-                                  pl.col(o).alias("_leg_other"), pl.lit(a == "dst").alias("_far_is_dst"),
-                                  (pl.col("first_ts_ns") - offset_ns).alias("_leg_first"),
-                                  (pl.col("last_ts_ns") - offset_ns).alias("_leg_last"))
+    cand = pl.concat([legs.select("conn_id", pl.col("proto").cast(pl.UInt8), pl.col(a).cast(pl.String).alias("_end"),
+                                  pl.col(p).cast(pl.UInt16).alias("_end_port"),
+                                  pl.col(o).cast(pl.UInt16).alias("_leg_other"),
+                                  pl.lit(a == "dst").alias("_far_is_dst"),
+                                  (pl.col("first_ts_ns") + shift_ns).alias("_leg_first"),
+                                  (pl.col("last_ts_ns") + shift_ns).alias("_leg_last"))
                       for a, p, o in (("src", "sport", "dport"), ("dst", "dport", "sport"))])
     cand = cand.join(ends, on=["proto", "_end", "_end_port"]).filter(
         (pl.col("first_ts_ns") <= pl.col("_leg_last") + CUT_SLACK_NS)
         & (pl.col("last_ts_ns") >= pl.col("_leg_first") - CUT_SLACK_NS))
-    if cand.is_empty():
-        return legs.clear(), out_pk
     best = (cand.with_columns((pl.col("_other_port") != pl.col("_leg_other")).alias("_port_moved"),
                               (pl.col("first_ts_ns") - pl.col("_leg_first")).abs().alias("_apart"))
             .sort("_flow", "_port_moved", "_apart", "conn_id").unique("_flow", keep="first"))
-    per_leg = best.group_by("conn_id").agg(pl.col("frames").sum().cast(pl.UInt32).alias("other_capture_cut"),
-                                           pl.col("_far_is_dst").any().alias("_from_inside"))
+    return best.group_by("conn_id").agg(pl.col("frames").sum().cast(pl.UInt32).alias("other_capture_cut"),
+                                        pl.col("_far_is_dst").any().alias("_from_inside"))
+
+
+def _cut_outside(df: pl.DataFrame, ins: pl.DataFrame, cut: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
+    """``df`` (assemble's connection rows, anchor and verdict set) with its connections that crossed nothing the
+    outside capture shows (no outside leg, no pair, not internal) and whose anchor leg the outside capture holds
+    only as frames a snaplen cut inside their TCP/UDP header (``cut``: CUT_FLOW_SCHEMA, the outside clock;
+    _cut_flows_of, ``offset_ns`` outside minus inside) made not_captured, ``other_capture_cut`` its cut frames:
+    they reached the outside capture's interface, which cut what would show how they crossed, so they are neither
+    dropped (not_forwarded) nor answered unseen. Their packets stay inside_only: none paired."""
+    open_ = df.filter(pl.col("o_src").is_null() & (pl.col("_cross_init") + pl.col("_cross_reply")
+                                                     + pl.col("fate_leaked") == 0)
+                      & pl.col("verdict").is_in(["not_forwarded", "not_captured", "no_reply", "reply_dropped",
+                                                 "reply_other_path"]))["anchor"]
+    legs = ins.filter(pl.col("conn_id").is_in(open_.implode()) & pl.col("proto").is_in([6, 17]))
+    found = _cut_flows_of(legs, cut, offset_ns).select(pl.col("conn_id").alias("anchor"),
+                                                       pl.col("other_capture_cut").alias("_cut"))
+    if found.is_empty():
+        return df
+    df = df.join(found, on="anchor", how="left", maintain_order="left")
+    return df.with_columns(
+        pl.when(pl.col("_cut").is_not_null()).then(pl.lit("not_captured")).otherwise(pl.col("verdict"))
+        .alias("verdict"), pl.col("_cut").alias("other_capture_cut")).drop("_cut")
+
+
+def _cut_legs(outs: pl.DataFrame, out_pk: pl.DataFrame, taken: pl.Series, cut: pl.DataFrame,
+              offset_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Outside legs no connection took (``taken``: out_conn ids owned or _lost_inbound's) that the inside capture
+    holds only as frames a snaplen cut inside their TCP/UDP header (``cut``: CUT_FLOW_SCHEMA, the inside clock;
+    _cut_flows_of, the leg's span put on the inside clock: ``offset_ns`` is outside minus inside). Such a leg
+    crossed the inside capture's interface, which cut what would show how (its TCP flags and numbers): verdict
+    not_captured, ``other_capture_cut`` its cut frames, its packets ``outside_only``, as a leg seen while the
+    inside capture was off is (_lost_inbound, natproof.kernel._unseen_outside_legs). Started at the leg's far
+    end (only its source is a cut flow's end): started outside, its original tuple the leg's; else started
+    inside, its pre-NAT tuple unread (orig_* null). Returns (connection rows, out_pk with those legs' packets
+    outside_only); a leg no cut flow fits stays in none, the node's own traffic, as before."""
+    legs = outs.join(pl.DataFrame({"conn_id": taken.cast(outs["conn_id"].dtype)}), on="conn_id", how="anti").filter(
+        pl.col("proto").is_in([6, 17]))
+    if legs.is_empty() or cut.is_empty():
+        return legs.clear(), out_pk
+    per_leg = _cut_flows_of(legs, cut, -offset_ns)
+    if per_leg.is_empty():
+        return legs.clear(), out_pk
     legs = legs.join(per_leg, on="conn_id")
     ids = legs["conn_id"]
     out_pk = out_pk.with_columns(pl.when(pl.col("conn_id").is_in(ids.implode())).then(pl.lit("outside_only", FATE))

@@ -509,7 +509,8 @@ def correlate(
 
     conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
                                            services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence,
-                                           inside_cut=cut_flow_frame(ins.info.cut_flows))
+                                           inside_cut=cut_flow_frame(ins.info.cut_flows),
+                                           outside_cut=cut_flow_frame(outs.info.cut_flows))
     conns = _contract_rows(conns)
     conns = mark_capture_off(conns, in_pk, out_pk, ins.info, outs.info, matches.clock_offset_ns)
     if matches.offset_one_way:

@@ -536,34 +536,36 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
 
 def _headers_cut(result: Result, cut: list[dict[str, Any]]) -> list[Finding]:
     """Connections seen on one side only whose flow the other capture holds only as frames a snaplen cut inside
-    their TCP/UDP header (other_capture_cut: natproof.assemble._cut_legs): they crossed that capture's
-    interface, which kept their addresses and ports and cut their flags, numbers and lengths, so neither a
-    translation nor a drop is proven (verdict not_captured). Counts: the connections' packets on the side that
-    read them, and the cut frames of their flows on the other (the capture's truncated_l4 beside them)."""
-    if not cut:
-        return []
-    packets = sum(r["fate_outside_only"] + r["fate_inside_only"] for r in cut)
-    frames = sum(r["other_capture_cut"] for r in cut)
-    side = "inside" if any(r["fate_outside_only"] for r in cut) else "outside"
-    read = "outside" if side == "inside" else "inside"
-    skipped = getattr(result, side).skipped.get("truncated_l4", 0)
-    evidence = [f"{_conn_label(r)}: {r['fate_outside_only'] + r['fate_inside_only']} packet(s) on the {read} "
-                f"capture only, from frame {r['evidence_egress_outside_frame'] or r['evidence_egress_inside_frame']}; "
-                f"{r['other_capture_cut']} frame(s) of its flow on the {side} capture cut inside their header"
-                for r in cut[:20]]
-    return [Finding(
-        "capture_cut", "warning", f"The {side} capture cut the headers of some connections' packets",
-        f"{len(cut)} connection(s) ({packets} packet(s) on the {read} capture) are on the {side} capture only as "
-        f"{frames} frame(s) a snaplen cut inside their TCP/UDP header ({skipped} {side} frame(s) skipped so in "
-        "all, truncated_l4): their addresses and ports are there, the rest of their headers (TCP flags and "
-        "numbers) is not, so no packet pairs with its copy. Both captures hold these flows, so the NAT did not "
-        "simply drop them; which packets crossed and how the NAT rewrote them is not in the captures (verdict "
-        "not_captured), and they are left out of the other findings.",
-        f"Capture the {side} again with a snaplen that keeps whole headers: tcpdump's default (-s 0, 262144 "
-        "bytes), or at least -s 128 (link, IP and TCP headers with options).",
-        connections=tuple(r["conn"] for r in cut), evidence=tuple(evidence),
-        data={"connections": len(cut), "packets": packets, "cut_frames": frames, "side": side,
-              "truncated_l4": skipped})]
+    their TCP/UDP header (other_capture_cut: natproof.assemble._cut_legs, _cut_outside): they reached that
+    capture's interface, which kept their addresses and ports and cut their flags and numbers, so neither a
+    translation nor a drop is proven (verdict not_captured). One finding per capture that cut them; its counts:
+    the connections' packets on the side that read them, the cut frames of their flows on the other, and that
+    capture's truncated_l4 frames in all."""
+    findings = []
+    for side, read in (("inside", "outside"), ("outside", "inside")):
+        rows = [r for r in cut if (r[f"fate_{read}_only"] > 0) and not r[f"fate_{side}_only"]]
+        if not rows:
+            continue
+        packets = sum(r[f"fate_{read}_only"] for r in rows)
+        frames = sum(r["other_capture_cut"] for r in rows)
+        skipped = getattr(result, side).skipped.get("truncated_l4", 0)
+        evidence = [f"{_conn_label(r)}: {r[f'fate_{read}_only']} packet(s) on the {read} capture only, from frame "
+                    f"{r[f'evidence_egress_{read}_frame'] or r['legs'][0]['first_frame']}; {r['other_capture_cut']} "
+                    f"frame(s) of its flow on the {side} capture cut inside their header" for r in rows[:20]]
+        findings.append(Finding(
+            "capture_cut", "warning", f"The {side} capture cut the headers of some connections' packets",
+            f"{len(rows)} connection(s) ({packets} packet(s) on the {read} capture) are on the {side} capture only "
+            f"as {frames} frame(s) a snaplen cut inside their TCP/UDP header ({skipped} {side} frame(s) skipped so "
+            "in all, truncated_l4): their addresses and ports are there, the rest of their headers (TCP flags and "
+            "numbers) is not, so no packet pairs with its copy. Both captures hold these flows, so the NAT did not "
+            "simply drop them; which packets crossed and how the NAT rewrote them is not in the captures (verdict "
+            "not_captured), and they are left out of the other findings.",
+            f"Capture the {side} again with a snaplen that keeps whole headers: tcpdump's default (-s 0, 262144 "
+            "bytes), or at least -s 128 (link, IP and TCP headers with options).",
+            connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+            data={"connections": len(rows), "packets": packets, "cut_frames": frames, "side": side,
+                  "truncated_l4": skipped}))
+    return findings
 
 
 def _node_answers(made: pl.DataFrame, rst_from: str) -> list[str]:

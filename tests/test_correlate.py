@@ -446,6 +446,30 @@ def test_a_flow_whose_headers_the_inside_snaplen_cut_is_not_captured_not_lost(tm
     assert f"as {cut_in} frame(s) a snaplen cut" in f.summary and f"({out_http} packet(s) on the outside" in f.summary
 
 
+@pytest.mark.parametrize("answered", [True, False])
+def test_a_flow_whose_headers_the_outside_snaplen_cut_is_not_captured_not_dropped(tmp_path: Path,
+                                                                                  answered: bool) -> None:
+    # The mirror of s08c: the uplink captured with a snaplen that cut every TCP header. The pod's connection paired
+    # with nothing and read as crossing neither way: not_forwarded (dropped on the node) when unanswered, and when
+    # answered a partial_overlap blaming a capture not running. Its flow is on the outside, cut: not_captured.
+    from pcapbytes import pcap, tcp_pair
+
+    inside, outside = tcp_pair(1_700_000_000 * 10**9)
+    if not answered:
+        inside, outside = inside[:1], outside[:1]  # the SYN alone
+    (tmp_path / "inside.pcap").write_bytes(pcap(inside, linktype=101))
+    (tmp_path / "outside.pcap").write_bytes(pcap([(t, b[:30], len(b)) for t, b in outside], linktype=101))
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    (c,) = result.connections.iter_rows(named=True)
+    assert (c["verdict"], c["initiator"], c["other_capture_cut"]) == ("not_captured", "inside", len(outside))
+    assert c["fate_inside_only"] == len(inside) and c["fate_crossed"] == 0
+    from natproof.diagnose import diagnose
+
+    (f,) = diagnose(result)
+    assert (f.kind, f.data["side"], f.data["cut_frames"], f.data["packets"]) == (
+        "capture_cut", "outside", len(outside), len(inside))
+
+
 def _midflow(tmp_path: Path, proto: int, pod_port: int, far_port: int, *, far_first: bool) -> list[Path]:
     """A flow both captures caught mid-way (no SYN): 10.244.0.10:pod_port <-> 198.51.100.10:far_port, the node's
     203.0.113.2 on the outside, the port kept, routed (a TTL less across the node), four rounds, the far end's
