@@ -31,7 +31,7 @@ from natproof.report.table import format_address
 # of imports): a quiet correlate written to a file never loads it, and its worker starts that much sooner.
 
 if TYPE_CHECKING:
-    from rich.console import Group, RenderableType
+    from rich.console import Console, Group, RenderableType
     from rich.table import Table
 
     from natproof.conntrack import ConntrackRecord
@@ -148,6 +148,15 @@ def output_format(output: str | None, fmt: str | None, writes: Sequence[str], *,
         raise click.UsageError(f"-o {target}: say --format {_either(writes)} (the suffix {suffix!r} names none of "
                                "them)")
     return "table" if target is None and sys.stdout.isatty() else "json"
+
+
+def _console(**kwargs: Any) -> Console:
+    """The rich Console natproof prints its tables and text to (``kwargs``: Console's). Markup is off: text in
+    brackets is printed as it is, not read as a style tag, which deleted a pod's IPv6 address and port
+    ("[fd00:10:244::10]:8080" printed ":8080", a trial's who and Services tables). Styles come as rich Text."""
+    from rich.console import Console
+
+    return Console(markup=False, **kwargs)
 
 
 class _Interrupted(Exception):
@@ -485,7 +494,6 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
                      fmt: str | None, output: str | None, quiet: bool, clock_offset: float | None,
                      charts_dir: str | None, flow: tuple | None = None) -> None:
     """``natproof correlate CAP1 CAP2 CAP3 ...``: the chain (natproof.chain.correlate_chain) as a table or JSON."""
-    from rich.console import Console
 
     from natproof.chain import correlate_chain
     from natproof.report.export import write_bytes
@@ -516,7 +524,7 @@ def _correlate_chain(paths: tuple[str, ...], pod_cidr: str | None, tolerance: fl
     if fmt == "json":
         data = chain.to_json()
     elif output is None and sys.stdout.isatty():
-        Console().print(render_chain(chain, limit))
+        _console().print(render_chain(chain, limit))
         data = b""
     else:  # a file or a pipe: whole lines, no trailing blanks, as the two-capture table
         data = _plain_text(render_chain(chain, limit)).encode()
@@ -1094,9 +1102,8 @@ def _iso(ts_ns: int) -> str:
 
 def _print_whole(table: RenderableType) -> None:
     """Print a table on a terminal at its width; piped, at its natural width (no address wraps, no trailing blanks)."""
-    from rich.console import Console
     if sys.stdout.isatty():
-        Console().print(table)
+        _console().print(table)
         return
     click.echo(_plain_text(table), nl=False)
 
@@ -1104,9 +1111,8 @@ def _print_whole(table: RenderableType) -> None:
 def _plain_text(renderable: RenderableType) -> str:
     """A table (or a group of them and lines) as plain text at its natural width, for a pipe or a file: no address
     wraps, no styles, no trailing blanks (rich pads every line to the width)."""
-    from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=Console(width=1000).measure(renderable).maximum, color_system=None)
+    console = _console(file=io.StringIO(), width=_console(width=1000).measure(renderable).maximum, color_system=None)
     console.print(renderable)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     return "".join(f"{line.rstrip()}\n" for line in text.rstrip().splitlines())
@@ -1236,7 +1242,6 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
     """The grades as text: a row per student (points, each expectation's result and points, the reason or notes),
     then each student's failing evidence, then the class in one line."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     from natproof.grade import class_summary, points_text
@@ -1251,7 +1256,7 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
         cells = [f"{e.result} {points_text(e.points)}" if e.result else "-" for e in g.expectations]
         table.add_row(g.student, f"{points_text(g.points)}/{points_text(g.max_points)}", *cells,
                       g.reason or "; ".join(g.notes))
-    console = Console(width=Console(width=1000).measure(table).maximum)
+    console = _console(width=_console(width=1000).measure(table).maximum)
     with console.capture() as out:
         console.print(table)
     lines = [line.rstrip() for line in out.get().splitlines() if line.strip()]
@@ -1267,7 +1272,6 @@ def _grades_table(grades: list, grading: natproof.grade.Grading) -> str:
 
 def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: int, schema: str = SCHEMA) -> None:
     """Print or write a result in the chosen format (``output`` "-": standard output, as "-" reads standard input)."""
-    from rich.console import Console
     from rich.text import Text
 
     from natproof.report.export import render_parts, write_bytes, write_parts, write_result
@@ -1285,7 +1289,7 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
             # A file or a pipe: whole addresses rather than wrapping at 80 columns, and no trailing blanks (rich
             # pads centred titles and panels to the width); a file is written whole at once, atomically, as every
             # other format (the table holds --limit rows).
-            con = Console(file=io.StringIO(), width=160)
+            con = _console(file=io.StringIO(), width=160)
             for part in render_table(result, limit).renderables:  # a line of text whole, not wrapped at 160
                 con.print(part, soft_wrap=isinstance(part, Text))
             for line in lines:
@@ -1298,7 +1302,7 @@ def emit(result: natproof.Result, fmt: str | None, output: str | None, limit: in
                     sys.stdout.write(text)
                     sys.stdout.flush()
         else:
-            con = Console()
+            con = _console()
             with _reader_may_leave():
                 con.print(render_table(result, limit))
                 for line in lines:
@@ -1582,7 +1586,6 @@ def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset
     """Which header fields the NAT changed in a connection's packets, and which it kept: MAC addresses, IP
     addresses, TTL, checksums, ports, TCP numbers (an ALG's shift), for its first egress and first reply pair
     (or --frame F), with its translation-table entry in conntrack notation."""
-    from rich.console import Console
 
     from natproof.explain import explain as run_explain
     from natproof.explain import to_document
@@ -1596,7 +1599,7 @@ def explain(inside: str, outside: str | None, pod_cidr: str | None, clock_offset
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps(to_document(result, explanations), indent=2))
         return
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = _console(width=None if sys.stdout.isatty() else 160)
     with console.capture() as out:
         console.print(render_explanations(explanations))
     click.echo("\n".join(line.rstrip() for line in out.get().rstrip().splitlines()))
@@ -1838,8 +1841,8 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
     scenario of several NATs (double-nat) is also checked as its chain of captures (pod side, node eth0, the
     gateway's public side) against the composed truth of its kernels.
     """
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from natproof.check import (
         FLOW_LOGS,
@@ -1907,8 +1910,8 @@ def lab_check(folders: tuple[str, ...], fmt: str, single_file: bool, conntrack: 
                 if not single_file:
                     one = None if k is None else k.one_capture
                     row.append("-" if one is None or one.note else one.summary())
-            table.add_row(*row, "[green]ok[/]" if rep.ok else "[red]FAIL[/]")
-        Console(width=None if sys.stdout.isatty() else 180 if conntrack else 160).print(table)
+            table.add_row(*row, Text("ok", style="green") if rep.ok else Text("FAIL", style="red"))
+        _console(width=None if sys.stdout.isatty() else 180 if conntrack else 160).print(table)
         for name, rep in reports.items():
             for w in rep.wrong:
                 fields = f" (differs in {', '.join(w['fields'])})" if w.get("fields") else ""

@@ -1303,3 +1303,28 @@ def test_ctrl_c_in_code_python_only_prints_is_not_lost(pair: tuple[Path, Path], 
     assert run(capsys, "correlate", *map(str, pair), "-q") == (130, "", "natproof: interrupted\n")
     assert seen == [ValueError]
     assert sys.unraisablehook is before
+
+
+def test_ipv6_addresses_in_brackets_print_whole_in_tables(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # rich read "[fd00:10:244::10]" as a style tag and deleted it: a trial's who table named the pod ":40000"
+    # (fd00::/8, the usual IPv6 pod range; 2001:db8:: starts with a digit and survived). Tables print text as is.
+    from pcapbytes import ipv6, tcp
+
+    pod, node, srv = "fd00:10:244::10", "2001:db8:100::2", "2001:db8:ff::10"
+    inside, outside = [], []
+    steps = [("e", 0x02, 1000, 0), ("r", 0x12, 5000, 1001), ("e", 0x10, 1001, 5001), ("e", 0x11, 1001, 5001),
+             ("r", 0x11, 5001, 1002), ("e", 0x10, 1002, 5002)]
+    for i, (d, flags, seq, ack) in enumerate(steps):
+        t = 1_700_000_000 * 10**9 + i * 1_000_000
+        if d == "e":
+            inside.append((t, ipv6(pod, srv, 6, tcp(40000, 443, seq, ack, flags))))
+            outside.append((t + 30_000, ipv6(node, srv, 6, tcp(40000, 443, seq, ack, flags), hlim=63)))
+        else:
+            outside.append((t, ipv6(srv, node, 6, tcp(443, 40000, seq, ack, flags), hlim=50)))
+            inside.append((t + 30_000, ipv6(srv, pod, 6, tcp(443, 40000, seq, ack, flags), hlim=49)))
+    paths = write_pair(tmp_path, inside, outside)
+    code, out, _ = run(capsys, "correlate", *map(str, paths), "--format", "table")
+    assert code == 0 and f"[{pod}]:40000 -> [{srv}]:443" in out
+    code, out, _ = run(capsys, "who", f"[{node}]:40000", *map(str, paths), "--format", "table")
+    assert code == 0 and f"[{pod}]:40000" in out
