@@ -522,8 +522,20 @@ def _struct_frames(kind: str, hairpin: bool) -> pl.Expr:
     return pl.when(inside.is_not_null() | outside.is_not_null()).then(pl.struct(*fields))
 
 
-def _flags_expr() -> pl.Expr:
-    """The ``flags`` list (see flags_of), as one expression."""
+def flags_expr(named: bool = False) -> pl.Expr:
+    """The ``flags`` list (see flags_of) of each connection row, as one expression (List[String]); ``named``: the
+    rows have NAME_SCHEMA's columns, and a name with candidates adds ambiguous_name. The JSON forms' field, and a
+    column of the CSV and Parquet forms (natproof.report.export.flat_frame)."""
+    flags = _rule_flags()
+    if named:
+        ambiguous = pl.any_horizontal([pl.col(c).is_not_null() for c in NAME_SCHEMA if c.endswith("_candidates")])
+        flags = pl.concat_list(flags, pl.when(ambiguous).then(pl.lit(["ambiguous_name"])).otherwise(
+            pl.lit([], pl.List(pl.String))))
+    return flags
+
+
+def _rule_flags() -> pl.Expr:
+    """The flags the connection columns alone decide (all of flags_of's but ambiguous_name)."""
     shifted = pl.any_horizontal([pl.col(f"{w}_{n}_shift").fill_null(0) != 0 for w in ("init", "reply")
                                  for n in ("seq", "ack")])
     rules = [
@@ -577,11 +589,7 @@ def connection_struct(named: bool = False) -> pl.Expr:
     per row (21k connections in a fraction of what a dict comprehension per row takes). ``named``: the rows have
     NAME_SCHEMA's columns, and ``inside``, ``service`` and ``service.backend`` carry the names."""
     rewrites = pl.col("rewrites").fill_null([])
-    flags = _flags_expr()
-    if named:
-        ambiguous = pl.any_horizontal([pl.col(c).is_not_null() for c in NAME_SCHEMA if c.endswith("_candidates")])
-        flags = pl.concat_list(flags, pl.when(ambiguous).then(pl.lit(["ambiguous_name"])).otherwise(
-            pl.lit([], pl.List(pl.String))))
+    flags = flags_expr(named)
     backend = [pl.col("backend_ip").alias("address"), pl.col("backend_port").alias("port")]
     service = [pl.col("service_type").alias("type"), pl.col("service_ip").alias("address"),
                pl.col("service_port").alias("port")]

@@ -1328,3 +1328,17 @@ def test_ipv6_addresses_in_brackets_print_whole_in_tables(tmp_path: Path,
     assert code == 0 and f"[{pod}]:40000 -> [{srv}]:443" in out
     code, out, _ = run(capsys, "who", f"[{node}]:40000", *map(str, paths), "--format", "table")
     assert code == 0 and f"[{pod}]:40000" in out
+
+
+def test_csv_and_parquet_carry_the_flags_json_gives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A trial: a leaked FIN, a reply left untranslated... were flags of the JSON only; a CSV or Parquet reader saw
+    # a plain 'translated'. Both carry the JSON's flags, connection by connection.
+    case = Path(__file__).parent / "cases" / "idle-expiry-fin-leak"
+    pair = [str(case / "inside.pcap"), str(case / "outside.pcap")]
+    assert run(capsys, "correlate", *pair, "-q", "-o", str(tmp_path / "r.json"))[0] == 0
+    want = [c["flags"] for c in json.loads((tmp_path / "r.json").read_text())["connections"]]
+    assert ["leak"] in want
+    for suffix in ("csv", "parquet"):
+        assert run(capsys, "correlate", *pair, "-q", "-o", str(tmp_path / f"r.{suffix}"))[0] == 0
+    assert [f.split(",") if f else [] for f in pl.read_csv(tmp_path / "r.csv")["flags"].fill_null("")] == want
+    assert pl.read_parquet(tmp_path / "r.parquet")["flags"].to_list() == want

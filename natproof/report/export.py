@@ -12,7 +12,7 @@ import polars as pl
 
 from natproof.contracts import FORMATS  # noqa: F401 (named here before natproof.contracts)
 from natproof.report.files import atomic_write, writable_folder, write_bytes  # noqa: F401 (named here first)
-from natproof.result import SCHEMA, Result, connection_ndjson_parts, seconds_expr
+from natproof.result import SCHEMA, Result, connection_ndjson_parts, flags_expr, seconds_expr
 
 
 def to_json(result: Result, schema: str = SCHEMA) -> str:
@@ -35,19 +35,22 @@ def to_ndjson(result: Result, schema: str = SCHEMA) -> str:
 
 
 def flat_frame(result: Result) -> pl.DataFrame:
-    """The connections frame with SQL-friendly column names and first/last seen in epoch seconds (Parquet keeps
-    ``rewrites`` and ``legs`` as lists)."""
-    return result.connections.with_columns(
+    """The connections frame with SQL-friendly column names, first/last seen in epoch seconds and the JSON forms'
+    ``flags`` (natproof.result.flags_expr: a leak, a reply not reverse-translated, ... were in no column a CSV
+    showed, a trial). Parquet keeps ``rewrites``, ``flags`` and ``legs`` as lists."""
+    conns = result.connections
+    return conns.with_columns(
         seconds_expr("first_ts_ns").alias("first_seen"), seconds_expr("last_ts_ns").alias("last_seen"),
+        flags_expr("pod" in conns.columns).alias("flags"),
     )
 
 
 def csv_frame(result: Result) -> pl.DataFrame:
-    """The rows of the CSV form: ``rewrites`` joined by commas, a named result's pod candidates by ``|``, ``legs``
-    left to JSON and Parquet."""
+    """The rows of the CSV form: ``rewrites`` and ``flags`` joined by commas, a named result's pod candidates by
+    ``|``, ``legs`` left to JSON and Parquet."""
     frame = flat_frame(result).drop("first_ts_ns", "last_ts_ns", "legs")
-    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List) and c != "rewrites"]
-    return frame.with_columns(pl.col("rewrites").list.join(","), *[pl.col(c).list.join("|") for c in lists])
+    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List) and c not in ("rewrites", "flags")]
+    return frame.with_columns(pl.col("rewrites", "flags").list.join(","), *[pl.col(c).list.join("|") for c in lists])
 
 
 def csv_bytes(result: Result) -> bytes:

@@ -42,7 +42,7 @@ from natproof.report.table import (
     kernel_line,
     overlap_text,
 )
-from natproof.result import NAME_SCHEMA, SCHEMA, Result, _flags_expr, other_mappings_text
+from natproof.result import NAME_SCHEMA, SCHEMA, Result, flags_expr, other_mappings_text
 from natproof.verdicts import Verdict
 
 VERDICT_MEANING = {
@@ -741,7 +741,7 @@ def problem_connections(result: Result, findings: Sequence[Finding] = ()) -> pl.
     conns = result.connections
     candidates = [c for c in conns.columns if c.endswith("_candidates")]
     expr = (~pl.col("verdict").is_in(["translated", "internal"])
-            | _flags_expr().list.set_difference(pl.lit(["hairpin", "seq_shift", "payload_rewritten"])).list.len().gt(0)
+            | flags_expr().list.set_difference(pl.lit(["hairpin", "seq_shift", "payload_rewritten"])).list.len().gt(0)
             | pl.col("kernel").eq("contradicts").fill_null(False)
             | pl.col("conn").is_in(cited))
     for c in candidates:
