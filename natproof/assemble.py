@@ -256,11 +256,12 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     inside capture's flows it holds only as frames a snaplen cut inside their TCP/UDP header (cut_flow_frame of
     CaptureInfo.cut_flows): an outside leg no inside leg paired with is read against them (_cut_legs);
     ``outside_cut`` the outside capture's, which a connection with no outside leg is read against (_cut_outside).
-    Returns
-    (connections, in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets of legs
-    no connection owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise); ``pairs`` are
-    matches.pairs less the look-alikes dropped (a packet paired with a leg another connection owns). Connection columns:
-    result.CONNECTION_SCHEMA.
+    Returns (connections, in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets
+    of legs no connection owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise);
+    ``pairs`` are matches.pairs less the look-alikes dropped (a packet paired with a leg another connection owns).
+    Connection columns: result.CONNECTION_SCHEMA, and internal ones (a leading underscore) the contract drops,
+    among them ``_turned``: the anchor leg was turned round (_masquerade_read_as_dnat), its initiator the end
+    in_conns calls ``dst`` (turned_sources).
     """
     offset = matches.clock_offset_ns
     n_in = in_conns.height
@@ -305,7 +306,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     del link
 
     # -- one row per connection: its anchor leg, primary outside leg and hairpin leg ---------------------------
-    anchors = ins.with_columns(roots.alias("root")).filter(pl.col("root") == pl.col("conn_id"))
+    anchors = ins.with_columns(roots.alias("root"), pl.col("conn_id").is_in(in_turn.implode()).alias("_turned")
+                               ).filter(pl.col("root") == pl.col("conn_id"))
     if joined is None:
         anchors = anchors.with_columns(pl.lit(1, pl.UInt32).alias("inside_tuples"))
     else:  # a connection of several inside legs: its span and its packets on each, copies aside
@@ -939,6 +941,22 @@ def _masquerade_read_as_dnat(link: tuple[pl.DataFrame, ...], roots: pl.Series, i
     rows = rows.filter(~pl.col("anchor").is_in(seen.implode()))
     linked = linked.filter(pl.col("anchor").is_in(rows["anchor"].implode()))
     return rows["anchor"].cast(pl.UInt32), linked["out_conn"].cast(pl.UInt32).unique()
+
+
+def turned_sources(in_conns: pl.DataFrame, conns: pl.DataFrame) -> pl.DataFrame:
+    """``in_conns`` (one row per inside leg: conn_id, src, dst) with the legs :func:`assemble` turned round read as
+    it finally read them: ``src`` the end that started the leg, ``dst`` the other. ``conns``: assemble's connection
+    rows (``_turned``, ``anchor``: the inside conn_id). natproof.networks.infer_pod_networks reads the sources: the
+    pod of a masqueraded flow caught mid-flow is its leg's source only once the leg is turned (a helper's trial
+    s16: 10.244.0.10 shown beside "pod networks none")."""
+    if "_turned" not in conns.columns:
+        return in_conns
+    turned = conns.filter(pl.col("_turned").fill_null(False))["anchor"]
+    if turned.is_empty():
+        return in_conns
+    flip = pl.col("conn_id").is_in(turned.implode())
+    return in_conns.with_columns(pl.when(flip).then(pl.col("dst")).otherwise(pl.col("src")).alias("src"),
+                                 pl.when(flip).then(pl.col("src")).otherwise(pl.col("dst")).alias("dst"))
 
 
 def _turn_legs(pk: pl.DataFrame, conns: pl.DataFrame, turn: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:

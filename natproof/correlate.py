@@ -21,6 +21,7 @@ from natproof.assemble import (
     in_networks,
     match_evidence,
     private_to_outside,
+    turned_sources,
 )
 from natproof.capture import CaptureInfo
 from natproof.connections import (
@@ -507,10 +508,24 @@ def correlate(
     evidence = match_evidence(in_match, out_match, matches.pairs)
     del in_match, out_match
 
-    conns, in_pk, out_pk, pairs = assemble(in_pk, out_pk, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence,
-                                           inside_cut=cut_flow_frame(ins.info.cut_flows),
-                                           outside_cut=cut_flow_frame(outs.info.cut_flows))
+    packets = in_pk, out_pk
+    cut = {"inside_cut": cut_flow_frame(ins.info.cut_flows), "outside_cut": cut_flow_frame(outs.info.cut_flows)}
+    conns, in_pk, out_pk, pairs = assemble(*packets, in_conns, out_conns, matches, pod_networks=nets,
+                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence, **cut)
+    if not pod_cidr:
+        # The pod networks are inferred from who started each inside leg; a masqueraded flow caught mid-flow is
+        # known for the pod's own only once assembly has turned its leg round (a helper's trial s16: the pod's
+        # 10.244.0.10 shown beside "pod networks none"). Inferred again on that reading; when it adds a network
+        # the connections are assembled again with it (rare: a turned leg whose pod no other leg shows).
+        again = infer_pod_networks(turned_sources(in_conns, conns), out_conns)
+        if again.networks != nets:
+            nets, why = again.networks, again.why
+            conns, in_pk, out_pk, pairs = assemble(*packets, in_conns, out_conns, matches, pod_networks=nets,
+                                                   services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence,
+                                                   **cut)
+        else:
+            why = again.why
+    del packets, cut
     conns = _contract_rows(conns)
     conns = mark_capture_off(conns, in_pk, out_pk, ins.info, outs.info, matches.clock_offset_ns)
     if matches.offset_one_way:

@@ -505,13 +505,18 @@ def test_a_masqueraded_flow_caught_midway_is_the_pods_egress(tmp_path: Path, pro
     # A helper's trial (s16, s23): read as an inbound DNAT of 203.0.113.2:PORT to the pod ("1 started outside", no
     # source rewritten). The node's address on the inside end's own port, outside the NodePort range, is
     # MASQUERADE of the pod's source.
-    (c,) = correlate(*_midflow(tmp_path, proto, pod_port, far_port, far_first=far_first)).to_dict()["connections"]
+    result = correlate(*_midflow(tmp_path, proto, pod_port, far_port, far_first=far_first))
+    (c,) = result.to_dict()["connections"]
     assert c["initiator"] == "inside"
     assert c["original"] == {"src": "10.244.0.10", "sport": pod_port, "dst": "198.51.100.10", "dport": far_port}
     assert c["translated"] == {"src": "203.0.113.2", "sport": pod_port, "dst": "198.51.100.10", "dport": far_port}
     assert c["rewrites"] == ["src"] and c["verdict"] == "translated"
     assert c["packets"]["egress_inside"] == c["matched"]["egress"] == 4
     assert c["packets"]["reply_inside"] == c["matched"]["reply"] == 4
+    # The pod networks are inferred from that reading, not the one before it (the trial printed "pod networks
+    # none: none inferred: no private source ... on the inside" under the pod's own row).
+    assert result.pod_networks == ("10.244.0.0/16",)
+    assert "(10.244.0.10)" in result.pod_networks_why and not result.pod_networks_why.startswith("none")
 
 
 def test_a_flow_caught_midway_on_a_nodeport_stays_inbound(tmp_path: Path) -> None:
