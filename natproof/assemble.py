@@ -339,6 +339,7 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
           .join(_outside_counts(per_leg, outs), on="conn_id", how="left")
           .join(hair, on="conn_id", how="left")
           .with_columns(pl.col("init_inside").fill_null(True)))
+    df = _span_both_sides(df, per_leg, outs, offset)
     has_out = pl.col("o_src").is_not_null()
     has_hair = pl.col("h_src").is_not_null()
     init_in = pl.col("init_inside")
@@ -835,6 +836,24 @@ def _cut_legs(outs: pl.DataFrame, out_pk: pl.DataFrame, taken: pl.Series, cut: p
                                  packets.alias("packets"))).alias("legs"),
     )
     return rows, out_pk
+
+
+def _span_both_sides(df: pl.DataFrame, per_leg: pl.DataFrame, outs: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
+    """``df`` (one row per connection: conn_id, its anchor; first_ts_ns and last_ts_ns of its inside legs) with the
+    span widened to the outside legs its pairs link it to (``per_leg``, whose packets _outside_counts counts), their
+    times put on the inside clock (``offset_ns``: outside minus inside clock): a connection's first_seen and
+    last_seen cover every packet of it either capture holds. An outside capture started before the inside one
+    holds a long connection's first packets (a helper's trial s07b: outside from T0+0.1 s, first_seen the inside's
+    first packet at T0+1.05 s)."""
+    spans = (per_leg.select("anchor", "out_conn")
+             .join(outs.select(pl.col("conn_id").alias("out_conn"), "first_ts_ns", "last_ts_ns"), on="out_conn")
+             .group_by("anchor").agg((pl.col("first_ts_ns").min() - offset_ns).alias("_out_first"),
+                                     (pl.col("last_ts_ns").max() - offset_ns).alias("_out_last"))
+             .rename({"anchor": "conn_id"}))
+    return (df.join(spans, on="conn_id", how="left", maintain_order="left")
+            .with_columns(pl.min_horizontal("first_ts_ns", "_out_first").alias("first_ts_ns"),
+                          pl.max_horizontal("last_ts_ns", "_out_last").alias("last_ts_ns"))
+            .drop("_out_first", "_out_last"))
 
 
 def _outside_counts(per_leg: pl.DataFrame, outs: pl.DataFrame) -> pl.DataFrame:

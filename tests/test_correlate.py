@@ -600,3 +600,30 @@ def test_a_probe_whose_ttl_ran_out_at_the_node_and_its_answer_are_not_unmatched(
     more = tmp_path / "more"
     more.mkdir()
     assert correlate(*write_pair(more, inside + lost, outside)).unmatched_inside == 1
+
+
+@pytest.mark.parametrize("late", ["inside", "outside"])
+def test_a_connections_span_covers_its_packets_on_both_captures(tmp_path: Path, late: str) -> None:
+    # A trial (s07b): the inside capture started 1 s into a 3 s connection; first_seen was the inside's first packet
+    # though the outside held the connection's packets from its SYN on. The span is every packet natproof gave the
+    # connection on either side, the outside's on the inside clock (here 2.5 s behind the outside's).
+    from pcapbytes import tcp_rounds
+
+    t0, offset = 1_700_000_000 * 10**9, 2_500_000_000
+    inside, outside = tcp_rounds(t0, rounds=12)
+    start = t0 + 500_000_000
+    if late == "inside":
+        inside = [(t, b) for t, b in inside if t >= start]
+    else:
+        outside = [(t, b) for t, b in outside if t >= start]
+    result = correlate(*write_pair(tmp_path, inside, [(t + offset, b) for t, b in outside]))
+    assert result.clock_offset_s == pytest.approx(offset / 1e9, abs=1e-6)
+    (c,) = result.to_dict()["connections"]
+    assert c["fates"][f"{'outside' if late == 'inside' else 'inside'}_only"] > 0
+    times = [t for t, _ in inside] + [t for t, _ in outside]  # the outside's on the inside clock already
+    assert c["first_seen"] == pytest.approx(min(times) / 1e9, abs=1e-6)
+    assert c["last_seen"] == pytest.approx(max(times) / 1e9, abs=1e-6)
+    from natproof.report.export import csv_bytes
+
+    (csv_row,) = pl.read_csv(csv_bytes(result)).iter_rows(named=True)
+    assert (csv_row["first_seen"], csv_row["last_seen"]) == pytest.approx((c["first_seen"], c["last_seen"]))
