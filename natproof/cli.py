@@ -1121,6 +1121,8 @@ def _plain_text(renderable: RenderableType) -> str:
 def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift_s: float = 0.0,
                only: bool = False) -> Table:
     """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend).
+    "seen" is the connection's first to last packet, or where ADDR:PORT was its tuple for one mapping only (a flow
+    mapped anew after idling) that mapping's span first (natproof.lookup.Answer's leg_first_seen/leg_last_seen).
     Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times); ``only``: it is
     the only capture, beside the conntrack record, whose times are the node's clock (natproof.lookup.one_clock)."""
     from rich import box
@@ -1162,6 +1164,9 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         else:
             first, last = (int((c[k] + shift_s) * 1e9) for k in ("first_seen", "last_seen"))
             seen = f"{_iso(first)[11:-1]}-{_iso(last)[11:-1]}"
+            if c.get("leg_first_seen") is not None:  # ADDR:PORT was the tuple of one mapping only: its own span
+                a, b = (int((c[k] + shift_s) * 1e9) for k in ("leg_first_seen", "leg_last_seen"))
+                seen = f"{_iso(a)[11:-1]}-{_iso(b)[11:-1]} (this mapping; connection {seen})"
         service = "-" if svc is None else f"{svc['type']} {format_address(svc['address'], svc['port'])}"
         if svc is not None and svc.get("name"):
             service += f" {svc['name']}" + (f":{svc['port_name']}" if svc.get("port_name") else "")

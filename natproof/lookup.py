@@ -35,8 +35,12 @@ class Answer:
     ClusterIP, the bridge address), else "outside" (the node's public tuple, a NodePort, a remote end); None when
     no connection has it."""
     connections: tuple[dict[str, Any], ...]
-    """natproof.correlate/2 connection objects, plus "conn" (its index), "roles" (ROLES labels, in that order)
-    and "ends" (``ends_of``)."""
+    """natproof.correlate/2 connection objects, plus "conn" (its index), "roles" (ROLES labels, in that order),
+    "ends" (``ends_of``), and "leg_first_seen"/"leg_last_seen": when ADDR:PORT was the connection's tuple for part
+    of its life only (a flow mapped anew after idling: leg_spans), the first and last time it was (epoch seconds,
+    the connections' clock as first_seen's: the first packet of the first leg that holds it to the last packet of
+    the last, or for a leg from the kernel's record its entry's events); null when it held every leg at its point
+    (first_seen/last_seen are its times) or a leg's time cannot be known (a listing's entry)."""
     nearest: tuple[dict[str, Any], ...] = ()
     """When none was live at the time: the closest connection before and after it."""
     clock: str = "inside"
@@ -383,10 +387,14 @@ def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: 
     if by_name:
         side = "inside" if rows else None  # pods live on the inside; a Service's address is reached from there
     nearest: list[dict[str, Any]] = []
+    # Where ADDR:PORT was the connection's tuple for part of its life only, the legs that hold it say when.
+    legs = {id(r): leg_spans(r, addr, port, leg_span) if not by_name and leg_span else None for r in rows}
+    for r in rows:
+        held = legs[id(r)]
+        r["_leg_span"] = (min(a for a, _ in held), max(b for _, b in held)) if held else None
     if at_ns is not None:
         w = int(window_s * 1e9)
-        spans = {id(r): (leg_spans(r, addr, port, leg_span) if not by_name and leg_span else None)
-                 or [(r["first_ts_ns"], r["last_ts_ns"])] for r in rows}
+        spans = {id(r): legs[id(r)] or [(r["first_ts_ns"], r["last_ts_ns"])] for r in rows}
         live = [r for r in rows if any(a - w <= at_ns <= b + w for a, b in spans[id(r)])]
         if not live:
             last = {id(r): max(b for _, b in spans[id(r)]) for r in rows}
@@ -465,4 +473,8 @@ def _leg_span_of(result: Result | None, record: ConntrackRecord | None, offset_n
 
 
 def _with_index(row: dict[str, Any]) -> dict[str, Any]:
-    return {"conn": row["conn"]} | connection_dict(row) | {"roles": row["roles"], "ends": ends_of(row)}
+    leg = row.get("_leg_span")
+    return {"conn": row["conn"]} | connection_dict(row) | {
+        "roles": row["roles"], "ends": ends_of(row),
+        "leg_first_seen": None if leg is None else epoch_seconds(leg[0]),
+        "leg_last_seen": None if leg is None else epoch_seconds(leg[1])}

@@ -493,6 +493,36 @@ def test_who_at_a_time_matches_a_mapping_only_while_it_lived() -> None:
     assert who(res, f"{conn['original']['src']}:{conn['original']['sport']}", at=early, window_s=0).connections
 
 
+def test_who_shows_the_span_of_the_mapping_that_matched() -> None:
+    # `who` on the flow's first public port matched only while that mapping lived, yet its row's "seen" was the
+    # whole connection's. The row keeps first_seen/last_seen (the connection) and adds the mapping's own span.
+    import datetime as dt
+
+    res = correlate(REMAP / "inside.pcap", REMAP / "outside.pcap")
+    for port in (46807, 52490):
+        (c,) = who(res, f"203.0.113.2:{port}").to_dict()["connections"]
+        whole = res.to_dict()["connections"][c["conn"]]
+        assert (c["first_seen"], c["last_seen"]) == (whole["first_seen"], whole["last_seen"])
+        first, last = _leg_times(res, c, port)
+        assert (c["leg_first_seen"], c["leg_last_seen"]) == (pytest.approx(first, abs=1e-6),
+                                                             pytest.approx(last, abs=1e-6))
+        assert c["last_seen"] - c["first_seen"] > 1 + (c["leg_last_seen"] - c["leg_first_seen"])
+    # An end of every leg (the pod's source) was the tuple all along: no span of its own.
+    (c,) = who(res, f"{c['original']['src']}:{c['original']['sport']}").to_dict()["connections"]
+    assert c["leg_first_seen"] is None and c["leg_last_seen"] is None
+    from natproof.cli import _plain_text, _who_table
+
+    answer = who(res, "203.0.113.2:46807")
+    out = _plain_text(_who_table("who", answer.connections))  # what `natproof who --format table` prints
+
+    def hms(s: float) -> str:
+        return dt.datetime.fromtimestamp(s, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+    (row,) = answer.to_dict()["connections"]
+    (first, last), (a, b) = _leg_times(res, row, 46807), (row["first_seen"], row["last_seen"])
+    assert f"{hms(first)}-{hms(last)} (this mapping; connection {hms(a)}-{hms(b)})" in out
+
+
 def test_who_at_a_time_matches_a_mapping_from_the_record_only_while_its_entry_lived() -> None:
     # The pod-side capture and the record: the two public ports are legs from the record (no frame); their
     # spans are their entries' (NEW to DESTROY, else the last event), on the node's clock.
