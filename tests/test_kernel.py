@@ -669,10 +669,16 @@ def test_a_nodeport_flow_mapped_anew_is_one_connection_from_the_pod_side_and_the
     assert flow["kernel"] == "confirmed" and flow["kernel_entry"]["line"] == 7
     row = one.connections.filter(pl.col("initiator") == "outside").row(0, named=True)
     assert (row["inside_tuples"], row["outside_tuples"]) == (2, 0)
-    assert row["first_ts_ns"] == both.connections.filter(pl.col("initiator") == "outside")["first_ts_ns"].item()
     # Every packet of the capture's two legs is the connection's.
     pk = one.packets("inside").filter(pl.col("anchor") == row["inside_conn_id"]).collect()
     assert pk.height == 4 and pk["conn_id"].n_unique() == 2 and set(pk["fate"]) == {"inside_only"}
+    # It starts at the first of them; with the uplink's capture too, at the client's packet there, which came
+    # first (a connection's span is its packets on both captures, the outside's on the inside clock).
+    assert row["first_ts_ns"] == pk["ts_ns"].min()
+    both_row = both.connections.filter(pl.col("initiator") == "outside").row(0, named=True)
+    out_pk = both.packets("outside").filter(pl.col("anchor") == both_row["inside_conn_id"]).collect()
+    offset = int(round(both.clock_offset_s * 1e9))
+    assert both_row["first_ts_ns"] == out_pk["ts_ns"].min() - offset < row["first_ts_ns"]
     # diagnose names the remap as with two captures: both tuples, the silence, one connection.
     found = {f.kind: f for f in diagnose(one)}
     ref = {f.kind: f for f in diagnose(both)}
