@@ -37,7 +37,7 @@ from pathlib import Path
 
 import polars as pl
 
-from natproof.assemble import Services, assemble, match_evidence
+from natproof.assemble import Services, assemble, match_evidence, turned_sources
 from natproof.assemble import node_addresses as assembled_node_addresses
 from natproof.capture import CaptureInfo
 from natproof.connections import IdleTimeouts, drop_duplicates, flow_hash, split_never_forwarded
@@ -51,7 +51,7 @@ from natproof.memory import (  # noqa: F401 (named here before natproof.memory)
     spill_dir_error,
     trim,
 )
-from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
+from natproof.networks import PRIVATE_SPACE, PodNetworks, dnat_networks, infer_pod_networks, parse_networks
 from natproof.packets import load_packets
 from natproof.points import Interface, ObservationPoint, choose_point, several_interfaces
 from natproof.result import CaptureSummary, Result
@@ -392,6 +392,10 @@ class _Group:
     """Destinations of its pods' connections that nothing of crossed, not known here as the node's: another
     group's node_addresses may name one (a pod calling its node's NodePort, tests/variants/pod-nodeport-lb), and
     the group is then assembled again knowing them, as the whole captures in memory are."""
+    sources: pl.DataFrame | None = None
+    """When assembly turned a leg round (natproof.assemble.turned_sources): the sources (``src``, String, distinct)
+    of the group's inside legs as it finally read them, for the pod networks; None when it turned none (its
+    sources are those step 4 read)."""
 
 
 def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[Network], services: Services,
@@ -418,6 +422,9 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
                                            evidence=evidence, inside_senders=inside_senders,
                                            known_node_addresses=node_addresses)
     known = frozenset(assembled_node_addresses(conns).to_list()) | frozenset(node_addresses)
+    sources = None
+    if conns["_turned"].fill_null(False).any():
+        sources = turned_sources(legs_in, conns).select(pl.col("src").cast(pl.String)).unique()
     calls = frozenset(conns.filter(pl.col("init_inside") & (pl.col("_cross_init") == 0) & ~pl.col("_to_node"))
                       ["orig_dst"].drop_nulls().cast(pl.String).to_list()) - known
     conns = _contract_rows(conns)
@@ -428,7 +435,7 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
                   unmatched_inside=unmatched_inside(in_pk, conns),
                   unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),
                   legs=(legs_in.height, legs_out.height), node_addresses=known, calls=calls,
-                  refused_lookalikes=matches.refused_lookalikes)
+                  refused_lookalikes=matches.refused_lookalikes, sources=sources)
     b_in, b_out = base
     in_pk = in_pk.with_columns(pl.col("conn_id", "anchor") + b_in)
     out_pk = out_pk.with_columns(pl.col("conn_id") + b_out, pl.col("anchor") + b_in)
@@ -450,13 +457,19 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
                       clock_offset_s: float | None = None, tolerance_s: float = 1.0,
                       timeouts: IdleTimeouts | None = None,
                       progress: Callable[[str, int], Callable[[int], None]] | None = None, fast: bool | None = None,
-                      services: Services | None = None, overlay: Overlay = DEFAULT_OVERLAY) -> Result | str:
+                      services: Services | None = None, overlay: Overlay = DEFAULT_OVERLAY,
+                      networks: PodNetworks | None = None) -> Result | str:
     """Two captures (one interface each) correlated within about ``memory_limit`` bytes: the same Result as
     natproof.correlate's (the same connections, verdicts and packet fates; ``conn`` numbered in order of first
     packet alike, conn_ids differ), its packet frames LazyFrames over Parquet in a temporary directory under
     ``spill_dir`` (TMPDIR by default) kept while the Result is. Instead of a Result, why the captures are to be
     correlated in memory: a capture holds several interfaces (choosing points needs the whole file), or no packet
-    is left to correlate (""). Raises what correlate raises."""
+    is left to correlate (""). Raises what correlate raises.
+
+    ``networks``: the pod networks inferred on a first run, used instead of inferring them (without ``pod_cidr``):
+    a group's assembly can turn a leg round (a masqueraded flow caught mid-flow) whose pod no other leg shows, and
+    every group is then matched again with the networks that reading gives, as natproof.correlate assembles
+    again in memory."""
     from natproof.correlate import mark_capture_off, number_connections, without_latency
 
     services = services or Services()
@@ -497,12 +510,12 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             raise InputError(f"{shown_path(inside)} and {shown_path(outside)} hold the same packets at the same "
                              "times (one is a copy of the other): give one capture from each side of the NAT")
         all_in, all_out = pl.concat(ends_in).unique(), pl.concat(ends_out).unique()
-        del ends_in, ends_out
+        del ends_out
         if pod_cidr:
             nets, why = parse_networks(pod_cidr), "given (--pod-cidr)"
             dnat = (*nets, PRIVATE_SPACE[-1][0])
         else:
-            inferred = infer_pod_networks(all_in, all_out)
+            inferred = networks or infer_pod_networks(all_in, all_out)
             nets, why = inferred.networks, inferred.why
             dnat = dnat_networks(all_in, infer_pod_networks(all_in).networks)
         offset, grounded, one_way = ((int(round(clock_offset_s * 1e9)), True, False) if clock_offset_s is not None
@@ -529,6 +542,19 @@ def correlate_spilled(inside: str | os.PathLike[str], outside: str | os.PathLike
             if d.calls & node:
                 done[g] = _match_group(root, g, base=bases[g], node_addresses=node, **step)
             _drop_inputs(root, g)
+        if not pod_cidr and networks is None and any(d.sources is not None for d in done):
+            # Inferred again on the legs as assembly finally read them (natproof.correlate does the same): when that
+            # adds a network, every group is matched again with it, from the captures (rare; their inputs are gone).
+            again = infer_pod_networks(pl.concat([ends_in[g] if d.sources is None else d.sources
+                                                  for g, d in enumerate(done)]).unique(), all_out)
+            if again.networks != nets:
+                spill.cleanup()
+                return correlate_spilled(inside, outside, memory_limit=memory_limit, spill_dir=spill_dir,
+                                         clock_offset_s=clock_offset_s, tolerance_s=tolerance_s, timeouts=timeouts,
+                                         progress=progress, fast=fast, services=services, overlay=overlay,
+                                         networks=again)
+            why = again.why
+        del ends_in
         if not any(d.paired for d in done) and ins.packets and outs.packets:
             _check_overlap_spans(inside, outside, ins.info, outs.info, offset, clock_offset_s is not None)
         conns = pl.concat([d.connections for d in done])

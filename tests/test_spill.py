@@ -355,3 +355,30 @@ def test_a_spilled_run_ended_by_a_signal_leaves_no_spill_folder(tmp_path: Path, 
         # clean-up)
         assert code == 130 and err.startswith("natproof: interrupted\n"), err
     assert list(spill_dir.iterdir()) == [] and not (tmp_path / "r.json").exists()
+
+
+def test_a_masqueraded_flow_caught_midway_gives_the_pod_networks_past_memory_too(tmp_path: Path,
+                                                                                   tiny_groups: None) -> None:
+    # A helper's trial (s16): a pod's gRPC stream caught mid-flow, its leg turned round in assembly. The pod
+    # networks were inferred from the reading before it ("none"), and past memory they still were once the in-memory
+    # path read it right. Here a second connection, from a public address the outside shows, is a group of its own.
+    from pcapbytes import ipv4, tcp, tcp_pair, write_pair
+
+    pod, node, far = "10.244.0.10", "203.0.113.2", "198.51.100.10"
+    t0 = 1_700_000_000 * 10**9
+    inside, outside = tcp_pair(t0, pod="192.0.2.7", node="192.0.2.7", sport=41000, nat_sport=41000)
+    for n in range(4):
+        t = t0 + n * 10_000_000
+        seg = tcp(33000, 50051, 1000 + n * 100, 5000 + n * 100, 0x18, b"p%d" % n)
+        inside.append((t, ipv4(pod, far, 6, seg, ttl=64, ip_id=100 + n)))
+        outside.append((t + 30_000, ipv4(node, far, 6, seg, ttl=63, ip_id=100 + n)))
+        back = tcp(50051, 33000, 5000 + n * 100, 1000 + n * 100 + 2, 0x18, b"f%d" % n)
+        outside.append((t + 2_000_000, ipv4(far, node, 6, back, ttl=50, ip_id=200 + n)))
+        inside.append((t + 2_030_000, ipv4(far, pod, 6, back, ttl=49, ip_id=200 + n)))
+    paths = write_pair(tmp_path, inside, outside)
+    mem = natproof.correlate(*paths)
+    assert mem.pod_networks == ("10.244.0.0/16",)
+    spilled = natproof.correlate(*paths, memory_limit=1)
+    assert len(list(spilled.spill.path.glob("inside-packets-*.parquet"))) == 2
+    assert_same(mem, spilled)
+    assert spilled.pod_networks_why == mem.pod_networks_why and "(10.244.0.10)" in spilled.pod_networks_why
