@@ -307,6 +307,10 @@ class Evidence:
     """(where, sig, ts_ns) of each interface's connection starts."""
     destinations: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """The destination addresses of each interface's packets (ICMP errors aside)."""
+    replies: dict[Key, set[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
+    """The connections that crossed the NAT (by their tuple before it, as ``crossings``) whose replies, under the
+    tuple of the node's far side, each interface holds: a reply that leaves, or comes in, by an uplink the
+    connection's first packet did not take (asymmetric routing: ``tcpdump -i any`` holds both uplinks)."""
 
     def copy_share(self, key: Key, taken: Sequence[Key]) -> tuple[float, str]:
         """How much of ``key``'s traffic is copies of packets on ``taken``: the same invariant fields (a bridge's
@@ -409,6 +413,27 @@ def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
                        pl.col("f_sport").alias("sport"), pl.col("f_dport").alias("dport"))
 
 
+def _replies_at(packets: pl.DataFrame, far_legs: Mapping[tuple[Any, ...], tuple[Any, ...]],
+                ) -> dict[Key, set[tuple[Any, ...]]]:
+    """Evidence.replies: for each interface, the crossings whose reply tuple its packets carry. ``far_legs`` maps
+    a reply's tuple (proto, src, sport, dst, dport: the far side's tuple turned round) to the crossing's tuple
+    before the NAT. ICMP errors count as replies of the flow they quote (natproof.connections.flow_columns)."""
+    if not far_legs or packets.is_empty():
+        return {}
+    legs = pl.DataFrame([(*reply, i) for i, reply in enumerate(far_legs)],
+                        schema={"f_proto": pl.Int64, "f_src": pl.String, "f_sport": pl.Int64, "f_dst": pl.String,
+                                "f_dport": pl.Int64, "_leg": pl.Int64}, orient="row")
+    mine = packets.select("iface", "ifindex", pl.col("f_proto").cast(pl.Int64), pl.col("f_src").cast(pl.String),
+                          pl.col("f_sport").cast(pl.Int64), pl.col("f_dst").cast(pl.String),
+                          pl.col("f_dport").cast(pl.Int64)).unique()
+    hits = mine.join(legs, on=["f_proto", "f_src", "f_sport", "f_dst", "f_dport"]).select("iface", "ifindex", "_leg")
+    crossed = list(far_legs.values())
+    out: dict[Key, set[tuple[Any, ...]]] = {}
+    for a, b, leg in hits.unique().iter_rows():
+        out.setdefault((int(a), int(b)), set()).add(crossed[leg])
+    return out
+
+
 def _private(addr: str) -> bool:
     ip = ipaddress.ip_address(addr)
     return any(ip.version == n.version and ip in n for n in _PRIVATE)
@@ -452,7 +477,8 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     post = rows.filter(pl.col("ttl") < pl.col("hi"))
     ends = pre.group_by("sig").agg(pl.col("src").first().alias("pre_src"), pl.col("dst").first().alias("pre_dst"),
                                    pl.struct("proto", "src", "sport", "dst", "dport").first().alias("flow")).join(
-        post.group_by("sig").agg(pl.col("src").first().alias("post_src"), pl.col("dst").first().alias("post_dst")),
+        post.group_by("sig").agg(pl.col("src").first().alias("post_src"), pl.col("dst").first().alias("post_dst"),
+                                 pl.struct("proto", "src", "sport", "dst", "dport").first().alias("post_flow")),
         on="sig")
     # The addresses the NAT translated sources to are the node's own (eth0's address, the bridge address of a
     # NodePort's masquerade), never a pod's, even where they are private too.
@@ -479,18 +505,23 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     where_post = post.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
     pre_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_pre.iter_rows()}
     post_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_post.iter_rows()}
-    for sig, pre_src, pre_dst, post_src, post_dst, flow in ends.select(
-            "sig", "pre_src", "pre_dst", "post_src", "post_dst", "flow").iter_rows():
+    # Each crossing's tuple on the node's far side (proto, src, sport, dst, dport): its reply runs the other way.
+    far_legs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for sig, pre_src, pre_dst, post_src, post_dst, flow, post_flow in ends.select(
+            "sig", "pre_src", "pre_dst", "post_src", "post_dst", "flow", "post_flow").iter_rows():
         if pre_dst != post_dst and pod_side(post_dst) and not pod_side(pre_dst) and not service(pre_dst):
             inside, outside = post_at[sig], pre_at[sig]  # inbound: DNAT to a pod (NodePort, an ALG's expectation)
+            far = flow
         elif pod_side(post_src) and pod_side(post_dst):
             continue  # pod to pod, through a ClusterIP or not: no crossing between inside and outside
         elif pod_side(pre_src) and (not pod_side(post_src) or pre_src == post_src):
             inside, outside = pre_at[sig], post_at[sig]  # egress, translated or not
+            far = post_flow
             for k in outside:
                 ev.translated.setdefault(k, set()).add(post_src)
         elif pod_side(post_dst) and not pod_side(pre_src):
             inside, outside = post_at[sig], pre_at[sig]
+            far = flow
         else:
             continue
         for k in inside:
@@ -499,6 +530,8 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
             ev.outside[k] += 1
         for k in (*inside, *outside):
             ev.crossings.setdefault(k, set()).add(tuple(flow.values()))
+        far_legs[(far["proto"], far["dst"], far["dport"], far["src"], far["sport"])] = tuple(flow.values())
+    ev.replies = _replies_at(packets, far_legs)
     for a, b, dst, n in starts.group_by("iface", "ifindex", "dst").len().iter_rows():
         if service(dst):
             ev.service_starts[(a, b)] += n
@@ -567,10 +600,12 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
             more = [i for i in usable if i not in voted and i.packets and not theirs[i.key]
                     and (i.kind in ("port", "bridge") or (i.kind == "unknown" and ev.starts[i.key]))]
         else:
-            # Replies to the NAT's address that come in over another uplink (asymmetric routing: a helper's -i any
-            # capture of the asymmetric-reply scenario, its eth1) are the node side too, though nothing starts there.
+            # Replies that come in to the NAT's address over another uplink (asymmetric routing: a helper's -i any
+            # capture of the asymmetric-reply scenario, its eth1), or that leave by one under the node side's tuple
+            # (a NodePort's replies routed to the client by a second uplink: tests/variants/asym-nodeport), are the
+            # node side too, though nothing starts there.
             more = [i for i in usable if i not in voted and i.kind not in ("port", "bridge") and not ev.inside[i.key]
-                    and trans & ev.destinations.get(i.key, set())]
+                    and (trans & ev.destinations.get(i.key, set()) or ev.replies.get(i.key))]
         base = voted + more
     else:
         kinds = ("port", "bridge") if role == "inside" else ("uplink",)
@@ -593,11 +628,19 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
     order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, ev.past_hook[i.key] > 0,
                                         -ev.service_starts[i.key], -mine[i.key], -i.packets, i.name))
     chosen, notes = _without_copies(order, ev)
-    if added := [i for i in chosen if i in more]:
-        why += (f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"
-                if role == "inside" else f"; {_names(added)}: replies to that address come in there (another way "
-                "back)")
+    if (added := [i for i in chosen if i in more]) and role == "inside":
+        why += f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"
+    elif added:
+        why += "".join(f"; {_names([i])}: {_another_way_back(i, ev)}" for i in added)
     return chosen, why, notes
+
+
+def _another_way_back(i: Interface, ev: Evidence) -> str:
+    """Why an interface no connection crossed at is on the node side all the same (_auto's ``more``)."""
+    if replied := ev.replies.get(i.key):
+        return (f"it holds the replies of {len(replied)} connection(s) that crossed the NAT, under their node-side "
+                "tuples (another way back)")
+    return "replies to that address come in there (another way back)"
 
 
 @dataclass(frozen=True)
@@ -683,6 +726,11 @@ def choose_points(info: CaptureInfo, packets: pl.DataFrame, *, inside_if: Sequen
             raise _cannot(path, "outside", interfaces)
         outside = _point("outside", path, chosen, "chosen", why)
         notes |= notes_out
+    for i in interfaces:
+        if (i.key not in inside.keys | outside.keys and i.key not in notes and i.kind not in ("port", "bridge")
+                and (replied := ev.replies.get(i.key))):
+            notes[i.key] = (f"left out: it holds the replies of {len(replied)} connection(s) that crossed the NAT, "
+                            "under their node-side tuples (--outside-if takes it in)")
     default = "left out: no connection crossed the NAT to or from it (--inside-if / --outside-if take it in)"
     return Plan(inside, outside, _marked(interfaces, (inside, outside), notes, default))
 

@@ -367,3 +367,61 @@ def test_ipv6_clusterip_client_port_is_not_past_the_hook() -> None:
     report = natproof.check.compare(one, json.loads((case / "truth.json").read_text()), single_file=True)
     assert report.found == 7 and not report.unexpected
     assert not [c for c in connection_dicts(one.connections) if c["verdict"] in ("reply_dropped", "no_reply")]
+
+
+def test_a_second_uplink_holding_a_nodeports_replies_is_outside_too() -> None:
+    # Kernel capture (tests/variants/asym-nodeport, tcpdump -i any): the node routes the NodePort client via a second
+    # uplink, eth1, so the pod's replies leave there, reverse-translated (203.0.113.2:30080/30053 -> the client).
+    # No connection starts on eth1, so the choice left it out ("no connection crossed the NAT to or from it") and
+    # correlate called the datagram's replies dropped (ERROR) and the TCP ones another path, though the same file
+    # holds them leaving by eth1.
+    import natproof.check
+    from natproof.diagnose import diagnose
+
+    case = Path(__file__).resolve().parent / "variants" / "asym-nodeport"
+    one = natproof.correlate(case / "any.pcap", interfaces=case / "links.txt")
+    assert one.inside.interfaces == ("vethpod1",)
+    assert one.outside.interfaces == ("eth0", "eth1")
+    assert one.outside.why.endswith("; eth1: it holds the replies of 3 connection(s) that crossed the NAT, under "
+                                    "their node-side tuples (another way back)")
+    report = natproof.check.compare(one, json.loads((case / "truth.json").read_text()), single_file=True)
+    assert report.expected == report.found == report.mapping_right == report.verdict_right == 4
+    assert Counter(one.connections["verdict"]) == {"translated": 4}
+    assert not [f for f in diagnose(one) if f.severity in ("error", "warning")]
+    # Left out by hand, eth1's note says what it holds instead of that nothing crossed there.
+    given = natproof.correlate(case / "any.pcap", interfaces=case / "links.txt", outside_if="eth0")
+    assert {i.name: i.note for i in given.interfaces}["eth1"] == (
+        "left out: it holds the replies of 3 connection(s) that crossed the NAT, under their node-side tuples "
+        "(--outside-if takes it in)")
+
+
+def test_replies_that_leave_by_another_uplink_are_no_drops(tmp_path: Path) -> None:
+    # tcpdump -i any of a node whose NodePort replies leave by eth1 (if5), not eth0 (if3) where the requests came
+    # in: two clients' datagrams to 203.0.113.2:30053, DNATed to the pod 10.244.0.10:5353 on vethpod1 (if4) and
+    # masqueraded to 10.244.0.1; each reply leaves eth1 reverse-translated, TTL one lower than on the veth.
+    links = tmp_path / "links.txt"
+    links.write_text("".join(
+        f"{i}: {name}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue{master} state UP\\    link/ether "
+        "02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n"
+        for i, name, master in ((3, "eth0", ""), (4, "vethpod1", " master cni0"), (5, "eth1", ""))))
+    records = []
+    for n, (client, cport, masq) in enumerate((("198.51.100.20", 40001, 20001), ("198.51.100.21", 40002, 20002))):
+        t = T0 + n * 100_000_000
+        ask, answer = b"query %d" % n, b"answer %d" % n
+        records += [
+            (t, sll2(ipv4(client, "203.0.113.2", 17, udp(cport, 30053, ask), ttl=60, ip_id=100 + n), ifindex=3)),
+            (t + 20_000, sll2(ipv4("10.244.0.1", "10.244.0.10", 17, udp(masq, 5353, ask), ttl=59, ip_id=100 + n),
+                              ifindex=4)),
+            (t + 500_000, sll2(ipv4("10.244.0.10", "10.244.0.1", 17, udp(5353, masq, answer), ttl=64, ip_id=200 + n),
+                               ifindex=4)),
+            (t + 520_000, sll2(ipv4("203.0.113.2", client, 17, udp(30053, cport, answer), ttl=63, ip_id=200 + n),
+                               ifindex=5)),
+        ]
+    path = write(tmp_path, pcap(records, linktype=276), "any.pcap")
+    one = natproof.correlate(path, interfaces=links)
+    assert (one.inside.interfaces, one.outside.interfaces) == (("vethpod1",), ("eth0", "eth1"))
+    assert "eth1: it holds the replies of 2 connection(s) that crossed the NAT" in one.outside.why
+    rows = one.to_dict()["connections"]
+    assert sorted((c["original"]["src"], c["verdict"]) for c in rows) == [("198.51.100.20", "translated"),
+                                                                         ("198.51.100.21", "translated")]
+    assert all(c["translated"]["dst"] == "10.244.0.10" for c in rows)
