@@ -679,7 +679,9 @@ def diagnose(inside: str, outside: str | None, pod_cidr: str | None, clock_offse
 @capture_options(required=("inside",))
 @click.option("--expectations", "expectations_file", type=_Named(dir_okay=False),
               help="A TOML file of expectations (see README); the options below add to it.")
-@click.option("--expect-snat-ip", metavar="ADDR", help="Every connection that left did so from ADDR.")
+@click.option("--expect-snat-ip", metavar="ADDR",
+              help="Every connection started inside that left the node did so from ADDR (connections started outside, "
+                   "NodePort clients, are not judged).")
 @click.option("--expect-all", type=click.Choice([v.value for v in natproof.Verdict]),
               help="Every connection that is not internal has this verdict.")
 @click.option("--expect-no", "expect_no", multiple=True, type=click.Choice([v.value for v in natproof.Verdict]),

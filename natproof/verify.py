@@ -62,7 +62,8 @@ class Expectations:
     """What must hold; None (or False, or 0) means not checked."""
 
     snat_ip: str | None = None
-    """Every connection that left the node left with this source address."""
+    """Every connection started inside that left the node left with this source address (:func:`left_the_node`:
+    connections started outside, NodePort clients among them, are not judged)."""
     all_verdict: str | None = None
     """Every connection that is not internal has this verdict."""
     port_preserved: bool = False
@@ -270,12 +271,16 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
         bad = [r for r in rows if r["verdict"] in exp.no_verdicts]
         checks.append(_check(f"no {', '.join(exp.no_verdicts)}", 0, len(bad), bad, of=len(rows)))
     if exp.snat_ip:
-        left = [r for r in egress if r["outside_src"] is not None]
+        left = left_the_node(egress)
         bad = [r for r in left if r["outside_src"] != exp.snat_ip]
         seen = sorted({r["outside_src"] for r in left})
         check = _check("snat_ip", exp.snat_ip, seen, bad, passed=not bad and bool(left), of=len(left))
         if rows and not left:
-            check = replace(check, evidence=("no connection to judge: none was seen leaving the node",))
+            inbound = sum(r["initiator"] == "outside" for r in egress)
+            check = replace(check, evidence=(
+                "no connection to judge: none started inside was seen leaving the node"
+                + (f" ({inbound} started outside, not judged: their source on the outside is their client's)"
+                   if inbound else ""),))
         checks.append(check)
     if exp.port_preserved:
         # The set port_preserved_ratio counts: source address rewritten, original against translated tuple.
@@ -305,6 +310,17 @@ def verify(result: Result, exp: Expectations) -> list[Check]:
 
 _COUNTED_WITHOUT_CONNECTIONS = ("min_connections",)
 """Checks whose ``actual`` still says something of captures with no connection (their count, 0)."""
+
+
+def left_the_node(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The connections ``snat_ip`` judges, of ``rows`` (natproof.result.CONNECTION_SCHEMA rows as dicts): those
+    started inside (``initiator`` "inside") that were seen leaving on the outside (``outside_src`` set), rewritten
+    or not; the source each left with is its ``outside_src``. A connection started outside (a NodePort client, an FTP
+    server's active data connection) did not leave: its ``outside_src`` is its client's address, and a client
+    masqueraded on its way in (externalTrafficPolicy: Cluster) took the node's bridge address toward the pod (diagnose's
+    nodeport_source_lost, ``who`` names the client behind it), not the address traffic leaves the node from. Counting
+    those had a healthy NodePort node fail with its clients' addresses as "SNAT addresses" (a new user's trial)."""
+    return [r for r in rows if r["initiator"] == "inside" and r["outside_src"] is not None]
 
 
 def _frames(r: dict[str, Any]) -> str:

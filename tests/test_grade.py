@@ -524,3 +524,14 @@ def test_a_capture_warning_is_in_the_students_notes_and_grades_csv(tmp_path: Pat
                          "side), graded the right way round",)
     rows = list(csv.DictReader(io.StringIO(grades_csv([ann, bob], grading))))
     assert rows[0]["reason"] == cut
+
+
+def test_a_healthy_nodeport_node_earns_its_snat_points(tmp_path: Path) -> None:
+    """A new user's trial: captures/nodeport graded partial 0.8 of 4 on snat_ip, its four NodePort clients counted
+    as connections that left with another address; only the one started inside is (verify.left_the_node)."""
+    _lab("nodeport", tmp_path / "class" / "np")
+    (tmp_path / "g.toml").write_text('[[expect]]\npoints = 4\nsnat_ip = "203.0.113.2"\npartial = "per_connection"\n')
+    [np_] = grade_class(tmp_path / "class", load_grading(tmp_path / "g.toml"))
+    [exp] = np_.expectations
+    assert (np_.points, exp.result, exp.evidence) == (4, "pass", ())
+    assert [(c.held, c.of) for c in exp.checks] == [(1, 1)]

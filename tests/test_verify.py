@@ -389,3 +389,30 @@ def test_a_snat_ip_that_is_no_address_is_named_where_it_was_given(tmp_path: Path
                                        "(e.g. 203.0.113.2)\n")
     with pytest.raises(InputError, match=r"^snat_ip: 'banana' is not an IP address"):  # a library caller's word
         Expectations(snat_ip="banana")
+
+
+def test_snat_ip_judges_what_left_the_node_not_nodeport_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: on captures/nodeport (one pod's egress SNATed to 203.0.113.2, and four NodePort clients,
+    two masqueraded to the bridge 10.244.0.1 and two kept by externalTrafficPolicy: Local) --expect-snat-ip
+    203.0.113.2 failed with "got ['198.51.100.20', '203.0.113.2']": the clients' own addresses, as they arrived,
+    were counted as addresses the node's traffic left with. Only connections started inside are judged."""
+    import dataclasses
+
+    import polars as pl
+
+    result = correlate(*pair("nodeport"))
+    assert sorted(result.connections["initiator"].to_list()) == ["inside"] + ["outside"] * 4
+    [check] = verify(result, Expectations(snat_ip="203.0.113.2"))
+    assert (check.passed, check.actual, check.held, check.of, check.evidence) == (True, ["203.0.113.2"], 1, 1, ())
+    [check] = verify(result, Expectations(snat_ip="203.0.113.9"))  # the egress alone is the evidence against it
+    assert (check.passed, check.actual, check.held, check.of) == (False, ["203.0.113.2"], 0, 1)
+    assert check.evidence == ("#4 tcp 10.244.0.10:59688 -> 198.51.100.10:80 as 203.0.113.2:59688: translated",)
+    # Inbound connections alone: nothing left, and the evidence says why none was judged.
+    inbound = dataclasses.replace(result, connections=result.connections.filter(pl.col("initiator") == "outside"))
+    [check] = verify(inbound, Expectations(snat_ip="203.0.113.2"))
+    assert (check.passed, check.actual, check.of) == (False, [], 0)
+    assert check.evidence == ("no connection to judge: none started inside was seen leaving the node (4 started "
+                              "outside, not judged: their source on the outside is their client's)",)
+    code, out, _ = run(capsys, "verify", *pair("nodeport"), "--expect-snat-ip", "203.0.113.2", "--format", "table")
+    assert (code, out.splitlines()) == (0, ["PASS  snat_ip: expected 203.0.113.2, got ['203.0.113.2']",
+                                            "1 of 1 expectations hold"])
