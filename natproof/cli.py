@@ -1727,6 +1727,7 @@ def fleet_who(endpoint: str, out_dir: str, at: str | None, window: float, clock:
     kubectl dumps. Exit 0 when a connection was found, 1 when none was.
     """
     from natproof.fleet import fleet_who as run_fleet_who
+    from natproof.lookup import REWRITTEN_SOURCE, behind
 
     answer = run_fleet_who(out_dir, endpoint, at, window, clock=clock, node=node)
     for w in answer.warnings:
@@ -1740,16 +1741,22 @@ def fleet_who(endpoint: str, out_dir: str, at: str | None, window: float, clock:
             _print_whole(_fleet_who_table(f"{answer.query}{when}: {n} connection{'s' if n > 1 else ''} in the fleet",
                                           answer.matches))
             for m in answer.matches:
-                pod = m["ends"]["pod"]
-                if pod is None:
-                    continue
-                who = f"pod {format_address(pod['address'], pod['port'])}" + (f" {pod['name']}" if pod.get("name")
-                                                                              else "")
                 roles = " ".join(m["roles"])
+                # Behind a rewritten source (or the gateway's public one): lookup.behind, from the ends who's answer
+                # carries too: a NodePort client masqueraded to the bridge address, not the pod it reached.
+                rewritten = (REWRITTEN_SOURCE in roles and "original source" not in roles) or "NAT gateway" in roles
+                end = behind(m) if rewritten else None
+                if end is None:
+                    end = None if m["ends"]["pod"] is None else ("pod", m["ends"]["pod"])
+                    rewritten = False
+                if end is None:
+                    continue
+                what, e = end
+                who = f"{what} {format_address(e['address'], e['port'])}" + (f" {e['name']}" if e.get("name") else "")
                 if "ambiguous" in roles:
                     who = (f"{answer.query} may have been its {who} (the flow log cannot tell this connection from "
                            f"{len(m['gateway']['candidates']) - 1} other(s) to the same destination)")
-                elif "translated source" in roles or "NAT gateway" in roles:
+                elif rewritten:
                     who = f"behind {answer.query} was {who}"
                 click.echo(f"{m['node']} #{m['conn']}: {who}")
         else:

@@ -124,6 +124,25 @@ def ends_of(row: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     return ends
 
 
+REWRITTEN_SOURCE = "translated source"
+"""The role (ROLES; "... (another mapping)" too) of an address:port the NAT put in a connection's source: someone
+stood behind it (:func:`behind`) unless it is its "original source" as well (nothing was rewritten)."""
+
+
+def behind(conn: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """Who stood behind a connection's translated source, the address:port its NAT put in the initiator's source
+    (the README's ``who`` table): ``("pod", end)`` for a connection started inside (``ends_of``'s pod: a pod's
+    egress behind the node's public port, a hairpin's pod behind the bridge address), ``("client", end)`` for one
+    started outside (``ends_of``'s peer: a NodePort client masqueraded to the node's bridge address,
+    externalTrafficPolicy: Cluster, captures/nodeport). ``conn``: a connection with ``initiator`` and ``ends``
+    (``Answer.connections``, natproof.fleet's matches). None when that end is unknown. Whether the asked
+    address:port was the translated source is the caller's question (its roles: :data:`REWRITTEN_SOURCE`); fleet-who
+    once named the pod a NodePort reached as the one behind the masqueraded client (a new user's trial)."""
+    if conn["initiator"] == "outside":
+        return None if conn["ends"]["peer"] is None else ("client", conn["ends"]["peer"])
+    return None if conn["ends"]["pod"] is None else ("pod", conn["ends"]["pod"])
+
+
 def _name_ends(row: dict[str, Any], ends: dict[str, dict[str, Any] | None]) -> None:
     """A named row's pod names on its ends: ``name`` (namespace/name or None) and ``name_candidates`` (every pod
     that may have held a reused address then, or None). The peer is named when it is the backend the DNAT chose

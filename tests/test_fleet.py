@@ -896,3 +896,34 @@ def test_fleet_who_of_a_name_on_a_fleet_json_that_records_no_dumps_says_it_canno
     assert captured.err.startswith(f"natproof: warning: the nodes' kubectl dumps cannot be read now ({tmp_path}/"
                                    "gone.json: ")
     assert captured.err.endswith("): whether any pod or Service is named 'default/pod2' cannot be checked\n")
+
+
+def test_fleet_who_names_the_client_behind_a_masqueraded_nodeport_source(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: fleet-who 10.244.0.1:8028 (the bridge address a NodePort client was masqueraded to,
+    externalTrafficPolicy: Cluster) said "behind 10.244.0.1:8028 was pod 10.244.0.10:8080", the pod it reached;
+    who over the node's two captures names the client 198.51.100.20:38159 (the README's who table). Both answer
+    with natproof.lookup.behind. The node's table is written as its fleet task writes it (the flat frame of its
+    correlation; correlate_node), without a cluster."""
+    from natproof.fleet import TABLE, _write_table
+    from natproof.lookup import behind, who
+
+    pair = natproof.correlate(str(CAPTURES / "nodeport/inside.pcap"), str(CAPTURES / "nodeport/outside.pcap"))
+    out = tmp_path / "out"
+    (out / "nodes").mkdir(parents=True)
+    flat_frame(pair).write_parquet(out / "nodes" / "np.parquet")
+    _write_table({"np": {"status": "ok", "parquet": str(out / "nodes" / "np.parquet")}}, None, out / TABLE)
+    (out / "fleet.json").write_text(json.dumps({"schema": "natproof.fleet/1", "nodes": [{"name": "np"}]}))
+
+    [two] = who(pair, "10.244.0.1:8028").connections
+    [fleet] = fleet_who(out, "10.244.0.1:8028").matches
+    client = {"address": "198.51.100.20", "port": 38159}
+    assert behind(two) == behind(fleet) == ("client", client) and two["ends"]["peer"] == client
+    lines = []
+    for query in ("10.244.0.1:8028", "198.51.100.20:45329", "203.0.113.2:59688"):
+        assert main(["fleet-who", query, str(out), "--format", "table"]) == 0
+        lines += [line for line in capsys.readouterr().out.splitlines() if line.startswith("np #")]
+    assert lines == ["np #0: behind 10.244.0.1:8028 was client 198.51.100.20:38159",
+                     # externalTrafficPolicy: Local: the client's own source, nothing behind it; the pod it reached
+                     "np #1: pod 10.244.0.10:8080",
+                     "np #4: behind 203.0.113.2:59688 was pod 10.244.0.10:59688"]
