@@ -629,6 +629,8 @@ _SWAP_READINGS = {
     "inbound": "from a public source DNATed to a private address, started on the inside capture",
     "clusterip": "to a ClusterIP, started on the outside capture",
     "private": "with private addresses on the outside capture only",
+    "host": "started on the outside capture with the destination rewritten, by a host whose other connection is "
+            "a source NAT seen backwards (a Service's DNAT seen backwards)",
 }
 """looks_swapped's readings (_read_reversed's columns), as its reason says them."""
 
@@ -658,9 +660,21 @@ def _read_reversed(crossed: pl.DataFrame, svc: Services) -> pl.DataFrame:
     # node: another helper's pair), no swap.
     into_private = ((out_first | dnat) & (private("outside_src") | private("outside_dst")) & ~private("inside_src")
                     & ~private("inside_dst"))
+    # A host is on one side of the node: the hop limit a forwarding node decrements (never raises) put each
+    # initiator on the capture its packets were seen on first. A source NAT seen backwards (``snat``) puts its
+    # initiator on the NAT's inside, so that host's other connections started on the same capture whose
+    # destination was rewritten are a Service's DNAT seen backwards too (ClusterIP to a backend outside, with or
+    # without MASQUERADE), not connections from outside to a NodePort. Only where the addresses' class cannot
+    # tell (none private: IPv6 pods in global space, tests/variants/clusterip6 swapped, read 3 "inbound"
+    # connections and no swap); a private address gives the readings above their say.
+    swapped_hosts = crossed.filter(snat_reversed)["orig_src"].unique().implode()
+    all_global = ~(private("orig_src") | private("trans_src") | private("trans_dst")
+                   | in_networks(crossed["orig_dst"].fill_null("0.0.0.0"), inside_space))
+    host_reversed = out_first & dnat & all_global & pl.col("orig_src").is_in(swapped_hosts)
     ways = crossed.select(snat_reversed.alias("snat"), inbound_reversed.alias("inbound"),
-                          into_private.alias("private")).with_columns(clusterip_reversed.alias("clusterip"))
-    return ways.with_columns(pl.any_horizontal("snat", "inbound", "clusterip", "private").alias("r"))
+                          into_private.alias("private"), host_reversed.alias("host")).with_columns(
+        clusterip_reversed.alias("clusterip"))
+    return ways.with_columns(pl.any_horizontal("snat", "inbound", "clusterip", "private", "host").alias("r"))
 
 
 def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.DataFrame, pl.DataFrame],
