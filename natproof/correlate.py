@@ -599,7 +599,12 @@ def looks_swapped(conns: pl.DataFrame, services: Services | None = None) -> str 
     - a ClusterIP reversed: addressed to a ClusterIP (only ever addressed from the node's side) but started on
       the "outside" capture;
     - inbound reversed (NodePort, an ALG's expectation): a public source DNATed to a private address, started
-      on the "inside" capture.
+      on the "inside" capture;
+    - a host's Service DNAT reversed: where no address is private (IPv6 pods in global space: nothing tells a
+      pod's call to a ClusterIP seen backwards from a client's to a NodePort), a connection started on the
+      "outside" capture with its destination rewritten, from a host whose own connection is egress reversed
+      (above). A forwarding node lowers the hop limit, never raises it, so each initiator is on the capture its
+      packets were seen on first, and a host sits on one side of the node (tests/variants/clusterip6 swapped).
     One connection that reads right in the captures rules a swap out.
 
     The reason names the readings that held, each with its count (a connection may read so more than one way): a

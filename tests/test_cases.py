@@ -4,6 +4,7 @@ lab's own scenario of the same kind."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +357,46 @@ def test_pods_with_public_addresses_behind_a_private_node_address_are_no_swap() 
                       "source NAT seen backwards)")
     with pytest.raises(InputError, match="look swapped"):
         correlate(d / "outside.pcap", d / "inside.pcap")
+
+
+VARIANTS = Path(__file__).resolve().parent / "variants"
+
+
+def test_ipv6_pods_in_global_space_with_a_clusterip_given_swapped_are_refused() -> None:
+    # A new user's trial: tests/variants/clusterip6 (pods in 2001:db8:244::/64, NAT66 to the node's 2001:db8:100::2,
+    # ClusterIPs DNATed to a server outside) given the wrong way round exited 0 with three "inbound" connections,
+    # the uplink's /64 inferred as the pod network, and `who` naming the pod a server: no address is private, so
+    # the DNAT+SNAT connections read as a NodePort masquerade from outside. The pod's plain egress is a source
+    # NAT seen backwards, which puts the pod on the capture given as outside: its DNATed connections too.
+    d = VARIANTS / "clusterip6"
+    inside, outside = d / "inside.pcap", d / "outside.pcap"
+    right = correlate(inside, outside)
+    with pytest.raises(InputError) as err:
+        correlate(outside, inside)
+    reason = str(err.value)
+    assert "look swapped: all 3 connection(s) that crossed" in reason and reason.endswith(
+        f"give them in the other order: {inside} {outside} (or pass allow_swap=True)")
+    assert "1 started on the outside capture with the source rewritten" in reason
+    assert "2 started on the outside capture with the destination rewritten, by a host whose other" in reason
+    swapped = correlate(outside, inside, allow_swap=True)
+    assert swapped.connections.drop("conn").equals(right.connections.drop("conn"))
+    assert any("looked swapped" in w for w in swapped.outside.warnings + swapped.inside.warnings)
+    assert swapped.pod_networks == right.pod_networks == ("2001:db8:244::/64",)
+
+
+def test_who_on_ipv6_global_pod_captures_given_swapped_exits_2_or_answers_right_when_swapped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The same trial's `who`: it named the pod an internet server and the "node" the ClusterIP, exit 0.
+    from natproof.cli import main
+
+    d = VARIANTS / "clusterip6"
+    inside, outside = d / "inside.pcap", d / "outside.pcap"
+    assert main(["who", "[2001:db8:100::2]:53886", str(outside), str(inside), "--format", "json"]) == 2
+    err_text = capsys.readouterr().err
+    assert "look swapped" in err_text and err_text.count("\n") == 1
+    assert main(["who", "[2001:db8:100::2]:53886", str(outside), str(inside), "--allow-swap", "--format",
+                 "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    (hit,) = found["connections"]
+    assert found["side"] == "outside" and hit["initiator"] == "inside"
+    assert hit["inside"]["src"] == "2001:db8:244::10" and hit["outside"]["dst"] == "2001:db8:ff::10"

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from hypothesis import given
-from pcapbytes import ipv4, traceroute_rows, udp, write_pair
+from pcapbytes import ipv4, ipv6, tcp, traceroute_rows, udp, write_pair
 
 from natproof.check import compare
 from natproof.correlate import correlate, infer_pod_networks
@@ -627,3 +627,86 @@ def test_a_connections_span_covers_its_packets_on_both_captures(tmp_path: Path, 
 
     (csv_row,) = pl.read_csv(csv_bytes(result)).iter_rows(named=True)
     assert (csv_row["first_seen"], csv_row["last_seen"]) == pytest.approx((c["first_seen"], c["last_seen"]))
+
+
+Tuple = tuple[str, int, str, int]
+Rows = list[tuple[int, bytes]]
+
+
+def _tcp6(t0: int, inner: Tuple, outer: Tuple, isn: int) -> tuple[Rows, Rows]:
+    """One IPv6 TCP connection across a forwarding node: (inside rows, outside rows). ``inner`` and ``outer`` are
+    the initiator's (src, sport, dst, dport) on the inside and on the outside; its packets lose one hop on their
+    way out (64 -> 63), the responder's one on their way in (60 -> 59), 30 us across the node."""
+    (a, ap, b, bp), (c, cp, d, dp) = inner, outer
+    srv = isn + 50_000
+    req, resp = b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhello"
+    steps = [("e", 0x02, isn, 0, b""), ("r", 0x12, srv, isn + 1, b""), ("e", 0x10, isn + 1, srv + 1, b""),
+             ("e", 0x18, isn + 1, srv + 1, req), ("r", 0x18, srv + 1, isn + 1 + len(req), resp),
+             ("e", 0x11, isn + 1 + len(req), srv + 1 + len(resp), b""),
+             ("r", 0x11, srv + 1 + len(resp), isn + 2 + len(req), b""),
+             ("e", 0x10, isn + 2 + len(req), srv + 2 + len(resp), b"")]
+    inside: Rows = []
+    outside: Rows = []
+    for i, (way, flags, seq, ack, data) in enumerate(steps):
+        t = t0 + i * 1_000_000
+        if way == "e":
+            inside.append((t, ipv6(a, b, 6, tcp(ap, bp, seq, ack, flags, data), hlim=64)))
+            outside.append((t + 30_000, ipv6(c, d, 6, tcp(cp, dp, seq, ack, flags, data), hlim=63)))
+        else:
+            outside.append((t, ipv6(d, c, 6, tcp(dp, cp, seq, ack, flags, data), hlim=60)))
+            inside.append((t + 30_000, ipv6(b, a, 6, tcp(bp, ap, seq, ack, flags, data), hlim=59)))
+    return inside, outside
+
+
+def _udp6(t0: int, inner: Tuple, outer: Tuple) -> tuple[Rows, Rows]:
+    """One IPv6 datagram and its answer across the node, as _tcp6."""
+    (a, ap, b, bp), (c, cp, d, dp) = inner, outer
+    q, r = b"\x12\x34query", b"\x12\x34answer"
+    return ([(t0, ipv6(a, b, 17, udp(ap, bp, q), hlim=64)), (t0 + 1_030_000, ipv6(b, a, 17, udp(bp, ap, r), hlim=59))],
+            [(t0 + 30_000, ipv6(c, d, 17, udp(cp, dp, q), hlim=63)),
+             (t0 + 1_000_000, ipv6(d, c, 17, udp(dp, cp, r), hlim=60))])
+
+
+def _write6(tmp_path: Path, parts: list[tuple[Rows, Rows]]) -> list[Path]:
+    return write_pair(tmp_path, [r for ins, _ in parts for r in ins], [r for _, outs in parts for r in outs])
+
+
+POD6, NODE6, SRV6, T6 = "2001:db8:244::10", "2001:db8:100::2", "2001:db8:ff::10", 1_700_000_000 * 10**9
+
+
+def test_ipv6_global_pods_behind_nat66_and_a_service_dnat_given_swapped_are_refused(tmp_path: Path) -> None:
+    # A new user's trial (tests/variants/clusterip6 given the wrong way round: exit 0, three "inbound"
+    # connections). No address is private, so only the direction tells: the pod's plain egress is a source NAT seen
+    # backwards, and the same pod's calls to a ClusterIP (DNAT and NAT66; DNAT alone, pods routed) then are too.
+    inside, outside = _write6(tmp_path, [
+        _tcp6(T6, (POD6, 40000, SRV6, 80), (NODE6, 40000, SRV6, 80), 1000),
+        _tcp6(T6 + 20_000_000, (POD6, 40002, "2001:db8:96::1", 443), (NODE6, 40002, SRV6, 6443), 9000),
+        _udp6(T6 + 40_000_000, (POD6, 40004, "2001:db8:96::53", 53), (POD6, 40004, "2001:db8:ff::53", 53))])
+    from natproof.errors import InputError
+
+    right = correlate(inside, outside)
+    assert right.connections.select("initiator", "verdict", "rewrites").rows() == [
+        ("inside", "translated", ["src"]), ("inside", "translated", ["src", "dst", "dport"]),
+        ("inside", "translated", ["dst"])]
+    with pytest.raises(InputError) as err:
+        correlate(outside, inside)
+    reason = str(err.value).split("wrong side: ")[1].split("; give them")[0]
+    assert reason == ("1 started on the outside capture with the source rewritten on the way to the inside one (a "
+                      "source NAT seen backwards); 2 started on the outside capture with the destination rewritten, "
+                      "by a host whose other connection is a source NAT seen backwards (a Service's DNAT seen "
+                      "backwards)")
+    swapped = correlate(outside, inside, allow_swap=True)
+    assert swapped.connections.drop("conn").equals(right.connections.drop("conn"))
+
+
+def test_connections_from_outside_to_nodeports_in_global_ipv6_space_are_no_swap(tmp_path: Path) -> None:
+    # What a DNATed connection started on the outside capture is when nothing says otherwise: a client's to a
+    # NodePort (externalTrafficPolicy=Cluster: masqueraded to the bridge address; Local: DNAT alone), all in
+    # global space. No connection of that client is a source NAT seen backwards, so no swap.
+    client, bridge = "2001:db8:ff::20", "2001:db8:244::1"
+    inside, outside = _write6(tmp_path, [
+        tuple(reversed(_tcp6(T6, (client, 50000, NODE6, 30080), (bridge, 61000, POD6, 8080), 1000))),
+        tuple(reversed(_tcp6(T6 + 20_000_000, (client, 50002, NODE6, 30081), (client, 50002, POD6, 8080), 9000)))])
+    result = correlate(inside, outside)
+    assert result.connections.select("initiator", "verdict", "rewrites").rows() == [
+        ("outside", "translated", ["src", "sport", "dst", "dport"]), ("outside", "translated", ["dst", "dport"])]
