@@ -568,7 +568,7 @@ def render_chain(chain: natproof.Chain, limit: int,
         lines = []
         for h in c["hops"]:
             t = h["tuple"]
-            what = f"  \\[{', '.join(h['rewrites'])}]" if h["rewrites"] else ""
+            what = f"  [{', '.join(h['rewrites'])}]" if h["rewrites"] else ""
             if h.get("evidence") is not None:  # the NAT gateway, from its flow log
                 what += f"  ({h['evidence']})"
                 if t is None:
