@@ -470,7 +470,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
     differ across the NAT, outside minus inside: after an ALG's rewrite that changed the length, or damage or a
     middlebox on a port no conntrack helper watches), payload_rewritten (packets crossed with their payload changed:
     an ALG's rewrite, whether or not it changed the length, or damage; natproof.diagnose tells them apart by port),
-    hairpin (both legs seen at the inside),
+    hairpin (a pod calling a Service it backs: DNATed back to its own address, translated destination = original
+    source, both legs at the inside),
     egress_other_path (translated, proven by replies that crossed back, while none of the initiator's packets, seen
     on its own side, crossed the far capture running then: they left by another path), other_capture_off,
     other_capture_cut (the other capture holds its flow only as frames a snaplen cut inside their TCP/UDP header),
@@ -494,7 +495,8 @@ def flags_of(row: dict[str, Any]) -> list[str]:
         flags.append("seq_shift")
     if row.get("payload_rewrites"):
         flags.append("payload_rewritten")
-    if row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside":
+    if (row.get("trans_src") is not None and row.get("outside_src") is None and row.get("initiator") == "inside"
+            and row.get("trans_dst") == row.get("orig_src")):
         flags.append("hairpin")
     own = row.get("egress_inside") if row.get("initiator") == "inside" else row.get("egress_outside")
     if (row.get("verdict") == "translated" and not row.get("matched_egress") and row.get("matched_reply")
@@ -550,8 +552,10 @@ def _rule_flags() -> pl.Expr:
         ("node_generated", pl.col("fate_node_generated").fill_null(0) > 0),
         ("seq_shift", shifted),
         ("payload_rewritten", pl.col("payload_rewrites").fill_null(0) > 0),
+        # Its own backend: DNATed back to the caller itself (a kernel record's entry for a ClusterIP served by
+        # another pod on the bridge has no outside leg either, and is no hairpin: clusterip-local).
         ("hairpin", pl.col("trans_src").is_not_null() & pl.col("outside_src").is_null()
-         & (pl.col("initiator") == "inside")),
+         & (pl.col("initiator") == "inside") & (pl.col("trans_dst") == pl.col("orig_src")).fill_null(False)),
         ("egress_other_path", (pl.col("verdict") == "translated") & (pl.col("matched_egress").fill_null(0) == 0)
          & (pl.col("matched_reply").fill_null(0) > 0) & ~pl.col("other_capture_off").fill_null(False)
          # the initiator's packets seen on its own side, only not after the NAT: else both captures began after

@@ -495,6 +495,29 @@ def one_capture_agrees(folder: Path) -> tuple[int, int]:
     return pod_side.right, len(got_out)
 
 
+@pytest.mark.parametrize("folder", [CAPTURES / "clusterip-local", CAPTURES.parent / "tests" / "variants" / "clusterip6",
+                                    CAPTURES / "hairpin"])
+def test_a_record_filled_service_call_is_a_hairpin_only_when_the_backend_is_the_client(folder: Path) -> None:
+    # Found by a user's trial: with --conntrack every ClusterIP call of clusterip-local (10.244.0.10 to the backends
+    # .21, .22, .53) read hairpin, as the entry filled a translated tuple with no outside leg. Hairpin is a pod
+    # calling a Service it backs: DNATed back to its own address (captures/hairpin, proven by the packets too).
+    from natproof.result import flags_of
+
+    result = natproof.correlate(folder / "inside.pcap", folder / "outside.pcap", conntrack=folder / "conntrack.log")
+    # The calls DNATed to a pod (clusterip6's Service network is no default one: by the rewrite, not service_type).
+    services = [r for r in result.connections.iter_rows(named=True)
+                if "dst" in r["rewrites"] and r["outside_src"] is None]
+    assert len(services) == {"clusterip-local": 8, "clusterip6": 3, "hairpin": 3}[folder.name]
+    for r in services:
+        own = r["trans_dst"] == r["orig_src"]
+        assert ("hairpin" in flags_of(r)) is own, r
+    # The JSON's flags (one polars expression) say the same as flags_of, row by row.
+    doc = result.to_dict()
+    assert [("hairpin" in c["flags"]) for c in doc["connections"]] == [
+        "hairpin" in flags_of(r) for r in result.connections.iter_rows(named=True)]
+    assert any(r["trans_dst"] == r["orig_src"] for r in services) is (folder.name == "hairpin")
+
+
 def test_join_kernel_from_a_script() -> None:
     d = CAPTURES / "port-collision"
     result = natproof.correlate(d / "inside.pcap", d / "outside.pcap")
