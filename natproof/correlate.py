@@ -65,7 +65,7 @@ from natproof.points import (
     several_interfaces,
     split,
 )
-from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result
+from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result, unmatched_inside
 from natproof.spill import correlate_spilled, estimated_bytes
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -700,27 +700,6 @@ def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.Dat
         in_pk = in_pk.with_columns(_scatter(in_pk.height, pl.concat([inside_self["a_row"], inside_self["b_row"]]),
                                             copy_of).alias("copy_frame"))
     return in_pk, out_pk
-
-
-def unmatched_inside(in_pk: pl.DataFrame, conns: pl.DataFrame) -> int:
-    """Result.unmatched_inside: inside packets of connections that are not internal that paired with nothing, the
-    packets that should have crossed. Not those whose TTL (hop limit) ran out at the node: a packet going out
-    with TTL 1 or less, which a routing node drops (RFC 1812 5.3.1, RFC 8200: a traceroute's first probe), and
-    the node's own ICMP time exceeded (IPv4 type 11, ICMPv6 type 3, code 0) that answers it; natproof.diagnose
-    names them (path_probe, routing_loop)."""
-    internal = conns.filter(pl.col("verdict") == "internal")["inside_conn_id"]
-    unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
-    from_inside = conns.filter((pl.col("initiator") == "inside") & pl.col("inside_conn_id").is_not_null())[
-        "inside_conn_id"]
-    # Going out through the node: the initiator's packets of a connection started inside, the replies of one
-    # started outside.
-    out = pl.col("is_egress") == pl.col("anchor").is_in(from_inside.implode())
-    expired = ((pl.col("fate") == "inside_only") & out & (pl.col("ttl").fill_null(255) <= 1)) | (
-        (pl.col("fate") == "node_generated") & pl.col("is_icmp_error").fill_null(False)
-        & (((pl.col("proto") == 1) & (pl.col("icmp_type") == 11)) | ((pl.col("proto") == 58)
-                                                                      & (pl.col("icmp_type") == 3)))
-        & (pl.col("icmp_code") == 0))
-    return int(in_pk.select((unpaired & ~expired.fill_null(False)).sum()).item())
 
 
 def _record_elsewhere(info: CaptureInfo, record: ConntrackRecord, tolerance_s: float) -> str | None:

@@ -190,7 +190,7 @@ class Result:
     """One row per inside connection, columns of CONNECTION_SCHEMA, in order of first packet."""
     unmatched_inside: int
     """Inside packets of connections that are not internal that paired with nothing (fates inside_only and
-    node_generated)."""
+    node_generated), by the final verdicts (unmatched_inside: the kernel's record may make a connection internal)."""
     unmatched_outside: int
     """Outside packets with no counterpart inside (includes the node's own traffic)."""
     inside_packets: pl.DataFrame | pl.LazyFrame = field(repr=False)
@@ -456,6 +456,32 @@ def other_mappings_text(row: dict[str, Any]) -> str:
     less one); "" when there is one."""
     more = translated_tuples(row) - 1
     return f" (+{more} tuple{'s' if more > 1 else ''})" if more > 0 else ""
+
+
+def unmatched_inside(inside_packets: pl.DataFrame | pl.LazyFrame, connections: pl.DataFrame) -> int:
+    """Result.unmatched_inside from a final connection table: the inside packets (Result.inside_packets, in memory
+    or spilled) that paired with nothing (fates inside_only and node_generated) of the connections (their
+    ``anchor``, a row's ``inside_conn_id``) whose verdict is not internal: the packets that should have crossed.
+    Whatever made a connection internal, the packets (pod to pod on the bridge) or the kernel's record
+    (natproof.kernel.join_kernel: a Service served on the node's bridge), they count nowhere; each step that
+    changes verdicts counts again with this. Not those whose TTL (hop limit) ran out at the node: a packet going
+    out with TTL 1 or less, which a routing node drops (RFC 1812 5.3.1, RFC 8200: a traceroute's first probe), and
+    the node's own ICMP time exceeded (IPv4 type 11, ICMPv6 type 3, code 0) that answers it; natproof.diagnose
+    names them (path_probe, routing_loop)."""
+    internal = connections.filter(pl.col("verdict") == "internal")["inside_conn_id"]
+    unpaired = pl.col("fate").is_in(["inside_only", "node_generated"]) & ~pl.col("anchor").is_in(internal.implode())
+    from_inside = connections.filter((pl.col("initiator") == "inside") & pl.col("inside_conn_id").is_not_null())[
+        "inside_conn_id"]
+    # Going out through the node: the initiator's packets of a connection started inside, the replies of one
+    # started outside.
+    out = pl.col("is_egress") == pl.col("anchor").is_in(from_inside.implode())
+    expired = ((pl.col("fate") == "inside_only") & out & (pl.col("ttl").fill_null(255) <= 1)) | (
+        (pl.col("fate") == "node_generated") & pl.col("is_icmp_error").fill_null(False)
+        & (((pl.col("proto") == 1) & (pl.col("icmp_type") == 11)) | ((pl.col("proto") == 58)
+                                                                      & (pl.col("icmp_type") == 3)))
+        & (pl.col("icmp_code") == 0))
+    counted = inside_packets.select((unpaired & ~expired.fill_null(False)).sum())
+    return int((counted.collect() if isinstance(counted, pl.LazyFrame) else counted).item() or 0)
 
 
 def flags_of(row: dict[str, Any]) -> list[str]:
