@@ -741,23 +741,8 @@ def _one_side_fates(pk: pl.DataFrame, conns: pl.DataFrame, side: str,
         made = ((pl.col("fate") == "inside_only") & ~pl.col("is_egress") & (rst | pl.col("is_icmp_error"))
                 & pl.col("conn_id").is_in(refused))
         fate, taken = "node_generated", "fate_inside_only"
-        # Out of its sight (other_capture_off), a leg the far end answered crossed the NAT where nothing shows it:
-        # not_captured, as two captures say of a flow the other capture missed, never not_forwarded beside its
-        # replies (a helper's trial: a record of another hour made three answered connections not_forwarded). An
-        # answer is a reply the node never makes for a flow it dropped (not a TCP RST: REJECT's), or, when the leg
-        # lies wholly before the record's first event, an ICMP error from the flow's own destination (after its
-        # last event, kube-proxy's REJECT of a Service without endpoints sends one from the ClusterIP itself).
-        unseen = conns.filter((pl.col("verdict") == "not_forwarded") & pl.col("other_capture_off"))
-        if unseen.height:
-            ends = unseen.select(pl.col("leg").alias("conn_id"), pl.col("inside_dst").cast(pl.String), "kernel_reason")
-            answer = ((~pl.col("is_icmp_error") & ~rst)
-                      | (pl.col("is_icmp_error") & (pl.col("kernel_reason") == "record_starts_after")
-                         & (pl.col("err_src").cast(pl.String) == pl.col("inside_dst"))))
-            answered = (pk.filter(~pl.col("is_egress") & pl.col("conn_id").is_in(unseen["leg"].implode()))
-                        .join(ends, on="conn_id").filter(answer)["conn_id"].unique())
-            conns = conns.with_columns(
-                pl.when(pl.col("leg").is_in(answered.implode()) & pl.col("other_capture_off"))
-                .then(pl.lit("not_captured")).otherwise(pl.col("verdict")).alias("verdict"))
+        # Out of its sight (other_capture_off) a leg is not_captured, answered or not (natproof.kernel.
+        # _unrecorded_inside_legs), and its RST or ICMP error is no node's: nothing says the node made it.
     else:
         made = pl.col("conn_id").is_in(leaked_legs) & pl.col("fate").is_not_null()
         fate, taken = "leaked", None

@@ -665,13 +665,15 @@ def _unrecorded_inside_legs(legs: pl.DataFrame, record: ConntrackRecord, pods: S
     else:
         reason = pl.lit("snapshot_after_expiry")
     uncovered = reason.is_in(["record_starts_after", "record_ends_before"])
-    # (A leg out of the record's sight that the far end answered is not_captured: natproof.correlate._one_side_fates,
-    # which reads its packets.)
     return legs.with_columns(to_pod.alias("_to_pod")).select(
         pl.col("conn_id").alias("leg"), "proto", "first_ts_ns", "last_ts_ns",
         *[pl.col(f).alias(f"{p}_{f}") for p in ("inside", "orig") for f in ("src", "sport", "dst", "dport")],
         pl.lit("inside").alias("initiator"),
-        pl.when(pl.col("_to_pod")).then(pl.lit("internal")).otherwise(pl.lit("not_forwarded")).alias("verdict"),
+        # Wholly out of the record's sight, a leg with no entry is not_captured, answered or not: a record of another
+        # time says nothing of whether the node forwarded it, and one capture shows no leg past the NAT (a trial: a
+        # log of another day made an unanswered connection not_forwarded; _unseen_outside_legs is the mirror).
+        pl.when(pl.col("_to_pod")).then(pl.lit("internal")).when(uncovered).then(pl.lit("not_captured"))
+        .otherwise(pl.lit("not_forwarded")).alias("verdict"),
         pl.lit([], pl.List(pl.String)).alias("rewrites"),
         *_lone_leg_columns(legs, "inside"),
         (uncovered & ~pl.col("_to_pod")).alias("other_capture_off"),

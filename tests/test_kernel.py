@@ -167,17 +167,21 @@ def test_an_event_log_of_another_day_is_said_to_be_of_another_time(tmp_path: Pat
     assert "kernel_record_gaps" not in kinds and "healthy" in kinds  # the NAT worked; the record is elsewhere
 
 
-def test_one_capture_with_a_record_of_another_time_keeps_answered_connections_from_not_forwarded(
-        tmp_path: Path) -> None:
+def test_one_capture_with_a_record_of_another_time_calls_no_connection_not_forwarded(tmp_path: Path) -> None:
     # A helper's trial: the pod side alone with another hour's record made connections the far end answered (5
     # replies each) not_forwarded. Out of the record's sight they crossed unseen: not_captured, flag
-    # other_capture_off; one without a reply stays not_forwarded, as two captures would say.
+    # other_capture_off. A later trial: the one without a reply still read not_forwarded, which nothing proves (the
+    # record is of another time; one capture shows no leg past the NAT): not_captured too, and diagnose sets all
+    # three aside (partial_overlap), no forwarding finding.
     record = _events_a_day_later("forward-drop", tmp_path / "nextday.log")
     result = natproof.correlate(CAPTURES / "forward-drop" / "inside.pcap", conntrack=record)
     rows = result.connections.select("verdict", "reply_inside", "kernel_reason").rows()
-    assert rows == [("not_forwarded", 0, "record_starts_after"), ("not_captured", 5, "record_starts_after"),
+    assert rows == [("not_captured", 0, "record_starts_after"), ("not_captured", 5, "record_starts_after"),
                     ("not_captured", 5, "record_starts_after")]
     assert result.connections["other_capture_off"].all()
+    kinds = {f.kind: f for f in diagnose(result)}
+    assert kinds["partial_overlap"].connections == (0, 1, 2)
+    assert "kernel_record_other_time" in kinds and "forwarding_blocked" not in kinds
 
 
 def test_a_record_of_another_day_claims_nothing_of_a_dropped_connection_or_a_far_ends_icmp(tmp_path: Path) -> None:
