@@ -50,7 +50,7 @@ from natproof.match import (
 )
 from natproof.memory import check_spill_dir, parse_size, trim
 from natproof.names import Names, apply_names
-from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks
+from natproof.networks import PRIVATE_SPACE, dnat_networks, infer_pod_networks, parse_networks, pod_cidr_misses
 from natproof.packets import decoder_flag, load_packets
 from natproof.parallel import run_pair
 from natproof.points import (
@@ -490,8 +490,10 @@ def correlate(
     # until correlate returns (2 x 5M synthetic: peak RSS of the two processes 1,618 -> 1,558 MiB).
     in_pk, in_conns, in_match = a.pop("packets"), a.pop("connections"), a.pop("match")
     out_pk, out_conns, out_match = b.pop("packets"), b.pop("connections"), b.pop("match")
+    missed = None
     if pod_cidr:
         nets, why = ins.networks, "given (--pod-cidr)"
+        missed = pod_cidr_misses(nets, in_conns)
     else:
         inferred = infer_pod_networks(in_conns, out_conns)
         nets, why = inferred.networks, inferred.why
@@ -551,6 +553,8 @@ def correlate(
     )
     if memory_note:
         result = _warned(result, memory_note)
+    if missed:
+        result = _warned(result, missed)
     if matches.refused_lookalikes:
         result = _warned(result, refused_lookalikes_note(matches.refused_lookalikes, matches.offset_grounded))
     if conntrack is not None:
@@ -1064,6 +1068,9 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
     info = sd.info
     if note:
         info.warnings.append(note)
+    missed = pod_cidr_misses(nets, legs) if pod_cidr and side == "inside" else None
+    if missed:
+        info.warnings.append(missed)
     off_time = _record_elsewhere(info, record, tolerance_s)
     if off_time:
         info.warnings.append(off_time)
