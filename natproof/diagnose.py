@@ -137,8 +137,15 @@ def diagnose(result: Result) -> list[Finding]:
     # they sent then is seen on one side only because that capture was not running yet.
     began = _began_before(result, [r for r in rows if r["other_capture_off"] and r["conn"] not in unseen_conns
                                    and r["verdict"] != "internal"])
+    # Answered within the other capture's span, and shown by it in neither direction: it ran, so no schedule
+    # explains them (a trial: pod-to-pod traffic under a wrong --pod-cidr read "it was not running then" beside two
+    # identical spans); the rest of what it could not have seen is partial_overlap's.
+    running = {r["conn"] for r in unseen if not r["other_capture_off"] and not r.get("other_capture_cut")
+               and _within_other_span(result, r)}
     # Seen crossing the other capture's interface, which a snaplen cut inside their headers: a capture's fault too.
-    findings += _partial_overlap(result, [r for r in unseen if not r.get("other_capture_cut")], began)
+    findings += _partial_overlap(result, [r for r in unseen if not r.get("other_capture_cut")
+                                          and r["conn"] not in running], began)
+    findings += _unseen_while_running(result, [r for r in unseen if r["conn"] in running])
     findings += _headers_cut(result, [r for r in unseen if r.get("other_capture_cut")])
     rows = [r for r in rows if r["conn"] not in unseen_conns]
     by_verdict = {}
@@ -476,7 +483,8 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
                      f"{len(timed)} were seen before the first or after the last event of {other}")
     if answered:
         parts.append(f"{len(answered)} were answered by the far end (so they crossed) although the other capture "
-                     "shows neither direction: it was not running then, or they took an interface it does not see")
+                     "shows neither direction, and came before its first packet or after its last: it was not "
+                     "running then, or they took an interface it does not see")
     summary = f"{len(unseen)} connection(s) are seen on one side only: {'; '.join(parts)}. " if unseen else ""
     early_conns = list({r["conn"]: r for r, _, _ in began}.values())
     early_packets = sum(len(frames) for _, _, frames in began)
@@ -532,6 +540,78 @@ def _partial_overlap(result: Result, unseen: list[dict[str, Any]],
               "outside_unmatched_before": before.height, "outside_unmatched_before_listed": len(of_listed),
               "outside_unmatched_before_other_connections": len(of_others),
               "outside_unmatched_before_no_connection": unowned.height})]
+
+
+def _other_span(result: Result, r: dict[str, Any]) -> tuple[int, int] | None:
+    """(first, last) on the inside clock, ns: the span of what stands for the other side of the NAT for ``r`` (the
+    outside capture for a connection with an inside leg, else the inside one; the kernel's record with one
+    capture); None when it has none."""
+    if "none" in (result.inside.format, result.outside.format):
+        record = result.conntrack
+        span = (record.first_ts_ns, record.last_ts_ns) if record is not None else (None, None)
+    elif r["inside_conn_id"] is not None:
+        off = int(round(result.clock_offset_s * 1e9))
+        span = (result.outside.first_ts_ns - off, result.outside.last_ts_ns - off)
+    else:
+        span = (result.inside.first_ts_ns, result.inside.last_ts_ns)
+    return (span[0], span[1]) if span[0] and span[1] else None
+
+
+def _within_other_span(result: Result, r: dict[str, Any]) -> bool:
+    """``r`` (a connection seen on one side only) overlaps the span of the other side's capture or record
+    (_other_span), its first and last packets with no margin: that capture ran while it did."""
+    span = _other_span(result, r)
+    return span is not None and r["first_ts_ns"] <= span[1] and r["last_ts_ns"] >= span[0]
+
+
+def _unseen_while_running(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
+    """Connections the far end answered (so they crossed: not_captured, not flagged other_capture_off) that lie
+    within the span of the other capture (_within_other_span), which shows none of their packets: it ran, so they
+    took a path it does not see, or never crossed the NAT (traffic between pods that a given pod network leaves
+    out, natproof.networks.pod_cidr_misses). Set aside like partial_overlap's, with their own reason."""
+    if not rows:
+        return []
+    record = "none" in (result.inside.format, result.outside.format)
+    other = "the kernel's record" if record else "the other capture"
+    spans = [(r, _other_span(result, r)) for r in rows[:20]]
+    # Times of one day are shown as times of day, as partial_overlap does; of several, dated.
+    dated = len({utc_ms(t)[:10] for r, span in spans for t in (r["first_ts_ns"], r["last_ts_ns"], *(span or ()))}) > 1
+
+    def hms(ns: int) -> str:
+        return utc_ms(ns, dated)
+
+    evidence = [f"{_conn_label(r)} ({r['verdict']}): {hms(r['first_ts_ns'])}-{hms(r['last_ts_ns'])}, within "
+                f"{other}'s {hms(span[0])}-{hms(span[1])} (UTC, inside clock), answered by the far end; {other} "
+                "shows none of it" for r, span in spans if span]
+    given = result.pod_networks_why.startswith("given")
+    nets = [ipaddress.ip_network(n) for n in result.pod_networks]
+    private = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "100.64.0.0/10", "192.168.0.0/16",
+                                                  "fc00::/7")]
+
+    def left_out(a: str | None) -> bool:
+        if not a:
+            return False
+        ip = ipaddress.ip_address(a)
+        return any(ip in n for n in private) and not any(ip.version == n.version and ip in n for n in nets)
+
+    between = [r for r in rows if left_out(r["orig_src"]) and left_out(r["orig_dst"])] if given else []
+    summary = (f"{len(rows)} connection(s) are seen on one side only although {other} covered their time: the far "
+               f"end answered them (so they reached it), yet {other} shows none of their packets while it ran. They "
+               "took a path it does not see (another interface or uplink, a capture of another host), or never "
+               "crossed the NAT at all (traffic between pods is taken for traffic that should cross when the pod "
+               "network leaves them out). ")
+    if between:
+        summary += (f"{len(between)} of them run between private addresses the given pod network(s) "
+                    f"({', '.join(result.pod_networks)}, --pod-cidr) leave out: if those are pods, --pod-cidr is "
+                    "wrong and these connections are internal. ")
+    summary += "What one capture alone shows says nothing about what the NAT did; it is left out of the other findings."
+    return [Finding(
+        "unseen_while_running", "warning", f"Some connections crossed out of the sight of {other} while it ran",
+        summary,
+        "If these are pods talking to each other, give --pod-cidr the network they are in (or leave it out to infer "
+        "it); otherwise capture every interface the traffic takes (each uplink, or tcpdump -i any) at the same time.",
+        connections=tuple(sorted(r["conn"] for r in rows)), evidence=tuple(evidence),
+        data={"connections": len(rows), "between_private_outside_pod_networks": len(between)})]
 
 
 def _headers_cut(result: Result, cut: list[dict[str, Any]]) -> list[Finding]:

@@ -397,7 +397,9 @@ def test_connections_from_outside_that_reached_no_captured_pod_are_told_apart() 
     assert found["inbound_refused"].connections == (by_port[30099]["conn"],)
     assert "TCP RST from 203.0.113.2:30099" in found["inbound_refused"].evidence[0]
     assert found["inbound_dropped"].connections == (by_port[30091]["conn"],)
-    assert by_port[30082]["conn"] in found["partial_overlap"].connections
+    # Within the span of the inside capture, which ran and shows none of it: another pod's veth, no capture off.
+    assert by_port[30082]["conn"] in found["unseen_while_running"].connections
+    assert "partial_overlap" not in found or by_port[30082]["conn"] not in found["partial_overlap"].connections
     assert {p: r["service_type"] for p, r in by_port.items() if p != 30080} == {
         30099: "NodePort", 30091: "NodePort", 30082: "NodePort"}  # by the range alone
     # With the Service dump, a port in the range that no Service lists is not named a NodePort (a helper's trial).
@@ -1287,3 +1289,23 @@ def test_path_probe_evidence_names_the_capture_of_each_frame(tmp_path: Path) -> 
     assert not re.search(r"\(frame \d", " ".join(f.evidence))
     refused = {f.kind: f for f in diagnose(result)}["refused"]
     assert not re.search(r"\(frame \d", " ".join(refused.evidence)) and "inside frame" in refused.evidence[0]
+
+
+def test_a_pod_cidr_that_holds_no_inside_sender_is_warned_and_is_no_capture_off() -> None:
+    # A trial: captures/internal with --pod-cidr 10.245.0.0/16 made the pod-to-pod connections not_captured under
+    # partial_overlap's "it was not running then", beside two identical capture spans, and nothing said the given
+    # network holds none of the pods.
+    inside, outside = CAPTURES / "internal" / "inside.pcap", CAPTURES / "internal" / "outside.pcap"
+    wrong = correlate(inside, outside, pod_cidr="10.245.0.0/16")
+    (warning,) = [w for w in wrong.inside.warnings if "--pod-cidr" in w]
+    assert "10.245.0.0/16 holds none" in warning and "10.244.0.10, 10.244.0.11" in warning
+    pod_to_pod = wrong.connections.filter(pl.col("orig_dst") == "10.244.0.11")
+    assert set(pod_to_pod["verdict"]) == {"not_captured"} and not pod_to_pod["other_capture_off"].any()
+    found = {f.kind: f for f in diagnose(wrong)}
+    assert "partial_overlap" not in found  # both captures ran through them
+    unseen = found["unseen_while_running"]
+    assert unseen.connections == tuple(sorted(pod_to_pod["conn"].to_list()))
+    assert unseen.data["between_private_outside_pod_networks"] == 3 and "not running" not in unseen.summary
+    right = correlate(inside, outside, pod_cidr="10.244.0.0/16")
+    assert not [w for w in right.inside.warnings if "--pod-cidr" in w]
+    assert set(right.connections.filter(pl.col("orig_dst") == "10.244.0.11")["verdict"]) == {"internal"}
