@@ -536,6 +536,7 @@ def correlate(
     if swapped:
         return swap_again(swapped, ins.point, outs.point)
     in_pk, out_pk = result_packets(in_pk, out_pk, (a["icmp"], b["icmp"]), pairs, matches.inside_self)
+    conns = node_made_apart(conns, in_pk, out_pk)
     result = Result(
         inside=CaptureSummary.from_info(ins.info, in_pk.height, ins.point),
         outside=CaptureSummary.from_info(outs.info, out_pk.height, outs.point),
@@ -808,6 +809,45 @@ def _other_capture_off(conns: pl.DataFrame, inside: CaptureInfo, outside: Captur
     return conns.select(off.fill_null(False).alias("other_capture_off")).to_series()
 
 
+def node_made_apart(conns: pl.DataFrame, in_pk: pl.DataFrame | pl.LazyFrame | None,
+                    out_pk: pl.DataFrame | pl.LazyFrame | None, *, out_key: str = "inside_conn_id") -> pl.DataFrame:
+    """``conns`` (CONNECTION_SCHEMA rows) with the packets the node made itself (fate node_generated: a REJECT's TCP
+    reset, the RST for an INVALID packet) other than ICMP errors taken out of egress_* / reply_* and counted in
+    node_made_* (a trial: cases/reject-no-endpoints' forged RST read reply_inside 1 and "reply pkts 0/1"; the
+    RST is no reply). Verdicts were settled before, on every packet. Packet frames (anchor, conn_id, fate,
+    is_egress, is_icmp_error; DataFrames or natproof.spill's LazyFrames): inside ones by anchor = inside_conn_id;
+    outside ones by anchor (``out_key``: inside_conn_id with two captures, outside_conn_id from the uplink alone
+    with the kernel's record), and with two captures, one with no anchor (a connection started outside that never
+    reached the pod side) by its conn_id = outside_conn_id. The node's ICMP errors stay in icmp_errors_*."""
+    made = (pl.col("fate") == "node_generated") & ~pl.col("is_icmp_error")
+    counts = [pl.col("is_egress").sum().cast(pl.UInt32).alias("_e"), (~pl.col("is_egress")).sum().cast(pl.UInt32)
+              .alias("_r")]
+    for side, pk, keys in (("inside", in_pk, [("anchor", "inside_conn_id")]),
+                           ("outside", out_pk, [("anchor", out_key)] + (
+                               [("conn_id", "outside_conn_id")] if out_key == "inside_conn_id" else []))):
+        conns = conns.with_columns(pl.lit(0, pl.UInt32).alias(f"node_made_{side}"))
+        if pk is None:
+            continue
+        rows = pk.lazy().filter(made)
+        for i, (col, key) in enumerate(keys):
+            # The second key only for packets the first leaves unowned (no anchor), and rows with no inside leg.
+            part = (rows.filter(pl.col("anchor").is_null()) if i else rows.filter(pl.col(col).is_not_null()))
+            got = part.group_by(col).agg(*counts).collect()
+            if got.is_empty():
+                continue
+            got = got.rename({col: "_k"}).with_columns(pl.col("_k").cast(pl.UInt32))
+            target = pl.col(key).cast(pl.UInt32) if not i else pl.when(pl.col("inside_conn_id").is_null()).then(
+                pl.col(key).cast(pl.UInt32))
+            conns = (conns.with_columns(target.alias("_k")).join(got, on="_k", how="left", maintain_order="left")
+                     .with_columns(pl.col("_e").fill_null(0), pl.col("_r").fill_null(0)))
+            conns = conns.with_columns(
+                (pl.col(f"egress_{side}") - pl.min_horizontal("_e", f"egress_{side}")).alias(f"egress_{side}"),
+                (pl.col(f"reply_{side}") - pl.min_horizontal("_r", f"reply_{side}")).alias(f"reply_{side}"),
+                (pl.col(f"node_made_{side}") + pl.col("_e") + pl.col("_r")).alias(f"node_made_{side}"),
+            ).drop("_k", "_e", "_r")
+    return conns
+
+
 def without_latency(conns: pl.DataFrame) -> pl.DataFrame:
     """``conns`` with latency_median_us and latency_max_us null: the clock offset was estimated from packets crossing
     one way only (natproof.match.offset_and_way), so it holds the NAT's latency, and every packet's time across the
@@ -953,6 +993,8 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     })
     if "other_capture_cut" not in df.columns:  # only rows of natproof.assemble._cut_legs carry it
         df = df.with_columns(pl.lit(0, pl.UInt32).alias("other_capture_cut"))
+    # Set by node_made_apart once the packets' fates are final.
+    df = df.with_columns(*[pl.lit(0, pl.UInt32).alias(f"node_made_{side}") for side in ("inside", "outside")])
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")
               and not c.endswith("_conn_id") and c != "conn" and not c.startswith("kernel")
               and c != "outside_only_before_inside"]
@@ -1065,6 +1107,8 @@ def _correlate_one(capture: str | os.PathLike[str], record: ConntrackRecord, *, 
     empty = pk.clear()
     in_pk = (pk if side == "inside" else empty).with_columns(match_cols)
     out_pk = pk if side == "outside" else empty
+    conns = node_made_apart(conns, in_pk if side == "inside" else None, out_pk if side == "outside" else None,
+                            out_key="outside_conn_id")
     info = sd.info
     if note:
         info.warnings.append(note)

@@ -356,7 +356,8 @@ def _not_two_sides(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
     """Both captures busy, almost nothing in common: the wrong interface, the wrong host, or clocks further apart
     than --tolerance. Every other finding would then be about the mismatch, so this one stands alone."""
     judged = [r for r in rows if r["verdict"] != "internal" and r["inside_conn_id"] is not None]
-    inside_packets = sum(r["egress_inside"] + r["reply_inside"] + r["icmp_errors_inside"] for r in judged)
+    inside_packets = sum(r["egress_inside"] + r["reply_inside"] + r["icmp_errors_inside"] + (r["node_made_inside"] or 0)
+                         for r in judged)
     crossed = sum(r["fate_crossed"] + r["fate_leaked"] for r in judged)
     if inside_packets < BUSY_PACKETS or result.outside.packets < BUSY_PACKETS:
         return []
@@ -371,7 +372,8 @@ def _not_two_sides(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         "if the captures come from two hosts, pass --clock-offset SECONDS (outside minus inside) or a larger "
         "--tolerance.",
         connections=tuple(r["conn"] for r in judged),
-        evidence=tuple(f"{_conn_label(r)}: {r['egress_inside'] + r['reply_inside']} packet(s) inside, "
+        evidence=tuple(f"{_conn_label(r)}: {r['egress_inside'] + r['reply_inside'] + (r['node_made_inside'] or 0)} "
+                       "packet(s) inside, "
                        f"{r['fate_crossed'] + r['fate_leaked']} found outside" for r in judged[:20]),
         data={"inside_packets": inside_packets, "outside_packets": result.outside.packets, "crossed": crossed})]
 

@@ -64,6 +64,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "payload_rewrites": pl.UInt32(),
     "outside_only_before_inside": pl.UInt32(),
     "other_capture_cut": pl.UInt32(),
+    "node_made_inside": pl.UInt32(), "node_made_outside": pl.UInt32(),
 }
 """One row per connection (docs/model.md), anchored on its initiator's leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -93,7 +94,10 @@ helper's port, else damage or a middlebox. outside_only_before_inside: its fate_
 while the inside capture is shown not running yet (natproof.correlate.capture_off_until), so they are no evidence
 of a reply not reverse-translated (null from one capture and the kernel's record). other_capture_cut: frames of
 its flow the other capture holds only cut inside their TCP/UDP header by a snaplen (natproof.assemble._cut_legs):
-that capture saw it cross, and cut what would show how (verdict not_captured); 0 otherwise."""
+that capture saw it cross, and cut what would show how (verdict not_captured); 0 otherwise. node_made_*: its packets
+at that point the node made itself (fate node_generated) other than ICMP errors: a REJECT's TCP reset, the RST for
+an INVALID packet (natproof.correlate.node_made_apart); counted in neither egress_* nor reply_* (the far end's
+replies), as the node's ICMP errors stay in icmp_errors_*."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -635,7 +639,8 @@ def connection_struct(named: bool = False) -> pl.Expr:
         seconds_expr("last_ts_ns").alias("last_seen"),
         pl.struct(pl.col("egress_inside"), pl.col("egress_outside"), pl.col("reply_outside"), pl.col("reply_inside"),
                   pl.col("icmp_errors_outside").alias("icmp_error_outside"),
-                  pl.col("icmp_errors_inside").alias("icmp_error_inside")).alias("packets"),
+                  pl.col("icmp_errors_inside").alias("icmp_error_inside"),
+                  pl.col("node_made_outside").fill_null(0), pl.col("node_made_inside").fill_null(0)).alias("packets"),
         pl.struct(pl.col("matched_egress").alias("egress"), pl.col("matched_reply").alias("reply")).alias("matched"),
         pl.when(pl.col("latency_median_us").is_not_null()).then(pl.struct(
             pl.col("latency_median_us").alias("median"), pl.col("latency_max_us").alias("max")))

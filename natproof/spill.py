@@ -406,7 +406,7 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     packet frames written to Parquet; conn_ids offset by ``base`` (the legs of the groups before, per side).
     ``node_addresses``: the node's addresses other groups showed. The group's input files are removed unless it
     has calls (_Group.calls: it may be assembled again)."""
-    from natproof.correlate import _contract_rows, key_point, result_packets, unmatched_inside
+    from natproof.correlate import _contract_rows, key_point, node_made_apart, result_packets, unmatched_inside
 
     fa = key_point(pl.read_parquet(root / f"inside-grouped-g{g}.parquet"), inside=True, dnat=dnat,
                    services=services)
@@ -431,6 +431,7 @@ def _match_group(root: Path, g: int, *, dnat: Sequence[Network], nets: Sequence[
     in_pk, out_pk = result_packets(in_pk, out_pk, (fa["icmp"], fb["icmp"]), pairs, matches.inside_self)
     if "copy_frame" not in in_pk.columns:  # every group's file has the same columns
         in_pk = in_pk.with_columns(pl.lit(None, in_pk["frame_no"].dtype).alias("copy_frame"))
+    conns = node_made_apart(conns, in_pk, out_pk)
     done = _Group(connections=conns, paired=not matches.pairs.is_empty(), hairpin=matches.inside_self.height > 0,
                   unmatched_inside=unmatched_inside(in_pk, conns),
                   unmatched_outside=out_pk.height - pairs["out_row"].n_unique(),

@@ -400,3 +400,21 @@ def test_who_on_ipv6_global_pod_captures_given_swapped_exits_2_or_answers_right_
     (hit,) = found["connections"]
     assert found["side"] == "outside" and hit["initiator"] == "inside"
     assert hit["inside"]["src"] == "2001:db8:244::10" and hit["outside"]["dst"] == "2001:db8:ff::10"
+
+
+def test_the_nodes_forged_rst_is_no_reply_in_the_packet_counts() -> None:
+    # A trial: connection #2's RST, made by the node (REJECT --reject-with tcp-reset), read reply_inside 1 in JSON
+    # and "reply pkts out/in 0/1" in the HTML beside its fate node_generated. It counts as node-made, not a reply.
+    r = run("reject-no-endpoints")
+    (rst,) = [c for c in conns(r) if c["inside"]["dport"] == 443]
+    assert rst["fates"]["node_generated"] == 1
+    assert (rst["packets"]["reply_inside"], rst["packets"]["reply_outside"]) == (0, 0)
+    assert (rst["packets"]["node_made_inside"], rst["packets"]["node_made_outside"]) == (1, 0)
+    # Every packet still counted once: egress, replies, ICMP errors and the node's own add up to the fates.
+    for c in conns(r):
+        p, f = c["packets"], c["fates"]
+        assert (sum(p[k] for k in p if k.endswith("_inside")) + sum(p[k] for k in p if k.endswith("_outside"))
+                == 2 * f["crossed"] + 2 * f["leaked"] + f["inside_only"] + f["outside_only"] + f["node_generated"])
+    # The HTML's "reply pkts out/in" and the CSV read these columns.
+    row = r.connections.filter(pl.col("inside_dport") == 443).row(0, named=True)
+    assert (row["reply_outside"], row["reply_inside"], row["node_made_inside"]) == (0, 0, 1)

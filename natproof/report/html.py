@@ -101,7 +101,9 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("egress", "egress pkts\nin/out", "num",
      "the initiator's packets seen inside / outside under the connection's tuples (packets by fate tells which "
      "crossed, leaked or stayed on one side)"),
-    ("reply", "reply pkts\nout/in", "num", "reply packets seen outside / inside"),
+    ("reply", "reply pkts\nout/in", "num",
+     "reply packets seen outside / inside: the far end's (packets the node made, such as a REJECT's RST, are no "
+     "reply: packets by fate counts them as node-made)"),
     ("latency", "NAT µs\nmed / max", "num", "time to cross the node, median / max, microseconds"),
     ("egress_frames", "egress frames\nin/out", "num",
      "frame numbers (as Wireshark counts) of the first matched egress packet: inside capture / outside capture"),
