@@ -843,7 +843,8 @@ def test_a_flow_from_outside_mapped_anew_after_idling_is_one_connection_named() 
         ("outside", 49963, 3), ("inside", 36985, 4), ("inside", 21091, 23)]
     # Each packet counted once, on both sides, as matched and as fates say.
     assert inbound["packets"] == {"egress_inside": 2, "egress_outside": 2, "reply_outside": 2, "reply_inside": 2,
-                                  "icmp_error_outside": 0, "icmp_error_inside": 0}
+                                  "icmp_error_outside": 0, "icmp_error_inside": 0,
+                                  "node_made_outside": 0, "node_made_inside": 0}
     assert inbound["matched"] == {"egress": 2, "reply": 2} and inbound["fates"]["crossed"] == 4
     assert inbound["flags"] == ["multiple_inside_tuples"]
     assert result.unmatched_inside == 0 and result.unmatched_outside == 0
@@ -871,7 +872,8 @@ def test_a_flow_mapped_anew_counts_its_packets_on_every_outside_tuple() -> None:
     (c,) = [c for c in r.to_dict()["connections"] if c["proto"] == "udp"]
     assert c["matched"] == {"egress": 2, "reply": 2}
     assert c["packets"] == {"egress_inside": 2, "egress_outside": 2, "reply_outside": 2, "reply_inside": 2,
-                            "icmp_error_outside": 0, "icmp_error_inside": 0}
+                            "icmp_error_outside": 0, "icmp_error_inside": 0,
+                                  "node_made_outside": 0, "node_made_inside": 0}
     assert sum(leg["packets"] for leg in c["legs"] if leg["observation_point"] == "outside") == 4
     assert c["fates"]["crossed"] == 4 and c["flags"] == ["multiple_outside_tuples"]
     row = r.connections.filter(pl.col("proto") == "udp").row(0, named=True)

@@ -719,7 +719,8 @@ def test_a_nodeport_flow_mapped_anew_is_one_connection_from_the_pod_side_and_the
     assert [(leg["observation_point"], leg["tuple"]["sport"], leg["first_frame"], leg["packets"])
             for leg in flow["legs"]] == [("inside", 36985, 4, 2), ("inside", 21091, 23, 2)]
     assert flow["packets"] == {"egress_inside": 2, "egress_outside": 0, "reply_outside": 0, "reply_inside": 2,
-                               "icmp_error_outside": 0, "icmp_error_inside": 0}
+                               "icmp_error_outside": 0, "icmp_error_inside": 0,
+                                  "node_made_outside": 0, "node_made_inside": 0}
     assert flow["fates"]["inside_only"] == 4 and flow["evidence"]["egress"]["inside_frame"] == 4
     # Its entry is the last one's (the mapping it ended under), as the two captures' join finds it.
     assert flow["kernel"] == "confirmed" and flow["kernel_entry"]["line"] == 7
