@@ -14,13 +14,20 @@ PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 class IdleTimeouts:
     """Silence after which a reused 5-tuple counts as a new connection, per protocol (seconds).
 
-    The defaults follow conntrack's: udp stream 120 s, icmp 30 s. TCP splits on a new SYN instead,
-    and on an hour of silence.
+    The defaults follow conntrack's (nf_conntrack_proto_udp.c, nf_conntrack_udp_packet): a UDP entry answered and
+    still active 2 s after it was made (``udp_stream_after_s``) is a stream, refreshed to
+    nf_conntrack_udp_timeout_stream (``udp_s``, 120 s) by each packet; any other (unanswered, or answered within
+    its first 2 s: a DNS or NTP exchange) to nf_conntrack_udp_timeout (``udp_unreplied_s``, 30 s), so its tuple's
+    next datagram 40 s later makes a new entry (a trial: two pods' flows on one public port 40 s apart were read as
+    one outside leg, a port clash, and ``who`` named both). ICMP 30 s. TCP splits on a new SYN instead, and on an
+    hour of silence.
     """
 
     tcp_s: float = 3600.0
     udp_s: float = 120.0
     icmp_s: float = 30.0
+    udp_unreplied_s: float = 30.0
+    udp_stream_after_s: float = 2.0
 
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
@@ -346,6 +353,39 @@ def _answers_first() -> pl.Expr:
     return (tcp | udp | echo_reply).fill_null(False)
 
 
+def _udp_entries_expired(df: pl.DataFrame, t: IdleTimeouts) -> pl.DataFrame:
+    """``df`` (_group_part's rows sorted by flow, then time: f_proto, f_src, f_sport, ts_ns, is_icmp_error, _same,
+    _gap, and ``_new``: the row opens a connection) with ``_new`` also set where a UDP flow fell silent longer than
+    ``t.udp_unreplied_s`` while its entry was no stream yet (IdleTimeouts: at the packet before the silence, no
+    answer had come before it or the entry was not yet ``t.udp_stream_after_s`` old): conntrack's entry expired
+    there, and the next datagram made a new one. Each split moves the next entry's start, so the rule is applied
+    again until no split is added (once or twice). Only flows with such a silence are read."""
+    short, stream = int(t.udp_unreplied_s * 1e9), int(t.udp_s * 1e9)
+    if short >= stream:
+        return df
+    silent = ((pl.col("f_proto") == 17) & pl.col("_same") & ~pl.col("_new")
+              & (pl.col("_gap") > short) & (pl.col("_gap") <= stream))
+    if not df.select(silent.any()).item():
+        return df
+    rows = (df.with_row_index("_row").with_columns(silent.alias("_silent"))
+            .filter(pl.col("_silent").any().over("_flow"))
+            .select("_row", "_flow", "ts_ns", "f_src", "f_sport", "is_icmp_error", "_new", "_silent"))
+    after = int(t.udp_stream_after_s * 1e9)
+    while True:
+        entry = pl.col("_new").cast(pl.UInt32).cum_sum()
+        rows = rows.with_columns(entry.alias("_entry"))
+        opener = [pl.col(c).first().over("_entry") for c in ("ts_ns", "f_src", "f_sport")]
+        answer = (~pl.col("is_icmp_error") & ((pl.col("f_src") != opener[1]) | (pl.col("f_sport") != opener[2])))
+        # Answers before each packet of its entry: conntrack sets SEEN_REPLY after the answer's own refresh.
+        answered = (answer.cast(pl.UInt32).cum_sum().over("_entry") - answer.cast(pl.UInt32)) > 0
+        stream_before = (answered.shift(1) & (pl.col("ts_ns").shift(1) > opener[0].shift(1) + after)).fill_null(False)
+        split = rows.select(pl.col("_silent") & ~pl.col("_new") & ~stream_before).to_series()
+        if not split.any():
+            break
+        rows = rows.with_columns(pl.col("_new") | split)
+    return df.with_columns(df["_new"].scatter(rows["_row"], rows["_new"]))
+
+
 def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Group a set of whole flows: (ADDED_COLUMNS with ``_i``, the row in ``packets``; connections), conn_id from 0."""
     # The work happens on a narrow frame sorted by flow.
@@ -410,9 +450,10 @@ def _group_part(packets: pl.DataFrame, lut: pl.Series, t: IdleTimeouts) -> tuple
     reopened = (pl.col("_prev_syn_flow") == pl.col("_flow")) & pl.col("_closed").fill_null(False)
     new_syn = pl.col("_syn") & pl.col("_same") & (prev.is_null() | (prev != pl.col("tcp_seq")) | reopened)
     new_conn = ~pl.col("_same") | (pl.col("_gap") > idle_ns) | new_syn
+    df = _udp_entries_expired(df.with_columns(new_conn.fill_null(True).alias("_new")), t)
     df = df.with_columns(
-        (new_conn.fill_null(True).cast(pl.UInt32).cum_sum() - 1).alias("conn_id"),
-    ).drop("_same", "_flow", "_prev_syn_seq", "_prev_syn_flow", "_closed", "_gap", "tcp_seq", "tcp_flags")
+        (pl.col("_new").cast(pl.UInt32).cum_sum() - 1).alias("conn_id"),
+    ).drop("_same", "_flow", "_prev_syn_seq", "_prev_syn_flow", "_closed", "_gap", "tcp_seq", "tcp_flags", "_new")
     initiator = pl.col("_syn") | (pl.col("icmp_type").is_in([8, 128]) & ~pl.col("is_icmp_error"))
     origin = df.group_by("conn_id", maintain_order=True).agg(
         pl.col("f_src").filter(initiator).first().alias("_o_src"),

@@ -37,9 +37,22 @@ def test_reused_tuple_with_a_new_isn_is_a_new_connection() -> None:
 
 
 def test_udp_idle_gap_splits_like_conntrack() -> None:
-    q = ipv4(POD, SRV, 17, udp(5000, 53, b"q"))
+    # nf_conntrack_udp_packet: an entry answered and still active 2 s after it was made is a stream, kept 120 s
+    # past each packet; any other 30 s (a trial: two pods' flows on one public port 40 s apart were one leg).
+    q, a = ipv4(POD, SRV, 17, udp(5000, 53, b"q")), ipv4(SRV, POD, 17, udp(53, 5000, b"a"))
     _, conns = group_connections(frame_of([(0, q), (60 * S, q), (300 * S, q)]))
-    assert conns["egress_packets"].to_list() == [2, 1]
+    assert conns["egress_packets"].to_list() == [1, 1, 1]  # never answered: 30 s each
+    stream = [(0, q), (S // 10, a), (3 * S, q), (63 * S, q), (63 * S + S // 10, a), (200 * S, q)]
+    _, conns = group_connections(frame_of(stream))
+    assert conns.select("egress_packets", "reply_packets").rows() == [(3, 2), (1, 0)]  # 60 s kept, 137 s not
+    # Answered within its first 2 s only, then 40 s of silence: expired. The next entry begins at 40 s, so its
+    # own silence is judged from there: answered at 40.1 s, active at 43 s (a stream), 80 s of silence kept.
+    short = [(0, q), (S // 10, a), (40 * S, q), (40 * S + S // 10, a), (43 * S, q), (123 * S, q)]
+    _, conns = group_connections(frame_of(short))
+    assert conns.select("first_ts_ns", "egress_packets").rows() == [(0, 1), (40 * S, 3)]
+    # An answer's own packet is refreshed before conntrack marks the entry answered: a stream only from the next.
+    late = [(0, q), (3 * S, a), (40 * S, q)]
+    assert group_connections(frame_of(late))[1].height == 2
 
 
 def test_icmp_echo_flow_is_keyed_by_identifier() -> None:

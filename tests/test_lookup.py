@@ -542,3 +542,39 @@ def test_who_at_a_time_matches_a_mapping_from_the_record_only_while_its_entry_li
     assert who(res, "203.0.113.2:52490", at=early, window_s=0.5).connections == ()
     assert who(res, "203.0.113.2:52490", at=f"{new_b:.6f}", window_s=0).connections
     assert who(res, "203.0.113.2:46807", at=f"{end_a + 0.1:.6f}", window_s=0).connections == ()
+
+
+def test_a_public_port_two_pods_held_in_turn_past_the_udp_timeout_names_one_pod_each_time(tmp_path: Path) -> None:
+    # A trial (s07): pod .11 kept 5000 for a short exchange; pod .10, clashing, left as 61001; 40 s later (past
+    # conntrack's 30 s for an entry answered only in its first 2 s) .10 came back and got 5000. One outside leg
+    # held both pods' datagrams: who named both at either time, counts were doubled, and diagnose called it a
+    # port reused while in use.
+    from pcapbytes import ipv4, udp, write_pair
+
+    from natproof.diagnose import diagnose
+
+    t0, s, srv, node = 1_700_000_000 * 10**9, 10**9, "198.51.100.30", "203.0.113.2"
+    inside, outside = [], []
+
+    def exchange(t: int, pod: str, public: int, n: int) -> None:
+        for j in range(4):
+            at = t + j * s // 5
+            inside.append((at, ipv4(pod, srv, 17, udp(5000, 9000, b"q%d%d" % (n, j)), ip_id=1000 * n + j)))
+            outside.append((at + 30_000, ipv4(node, srv, 17, udp(public, 9000, b"q%d%d" % (n, j)), ttl=63,
+                                              ip_id=1000 * n + j)))
+            outside.append((at + s // 50, ipv4(srv, node, 17, udp(9000, public, b"a%d%d" % (n, j)), ip_id=5000 + j)))
+            inside.append((at + s // 50 + 30_000, ipv4(srv, pod, 17, udp(9000, 5000, b"a%d%d" % (n, j)), ttl=63,
+                                                       ip_id=5000 + j)))
+
+    exchange(t0, "10.244.0.11", 5000, 1)
+    exchange(t0 + s // 10, "10.244.0.10", 61001, 2)
+    exchange(t0 + 41 * s, "10.244.0.10", 5000, 3)
+    result = correlate(*write_pair(tmp_path, sorted(inside), sorted(outside)))
+    rows = result.to_dict()["connections"]
+    assert sorted((c["inside"]["src"], c["outside"]["sport"], c["packets"]["egress_outside"],
+                   c["packets"]["reply_outside"]) for c in rows) == [
+        ("10.244.0.10", 5000, 4, 4), ("10.244.0.10", 61001, 4, 4), ("10.244.0.11", 5000, 4, 4)]
+    for at, pod in ((t0 + 3 * s // 10, "10.244.0.11"), (t0 + 41 * s + 3 * s // 10, "10.244.0.10")):
+        (found,) = who(result, f"{node}:5000", at=str(at / 1e9), window_s=0).connections
+        assert found["inside"]["src"] == pod
+    assert [f.kind for f in diagnose(result)] == ["healthy"]
