@@ -240,7 +240,8 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
              icmp: tuple[pl.DataFrame, pl.DataFrame] | None = None,
              evidence: MatchEvidence | None = None, inside_senders: Collection[str] | None = None,
              known_node_addresses: Collection[str] = (), inside_cut: pl.DataFrame | None = None,
-             outside_cut: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+             outside_cut: pl.DataFrame | None = None, left_out: pl.DataFrame | None = None,
+             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Build one row per connection, and each packet's fate.
 
     ``in_pk``/``out_pk`` hold every packet of a leg (conn_id, is_egress, is_icmp_error, tcp_flags, proto,
@@ -256,6 +257,10 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     inside capture's flows it holds only as frames a snaplen cut inside their TCP/UDP header (cut_flow_frame of
     CaptureInfo.cut_flows): an outside leg no inside leg paired with is read against them (_cut_legs);
     ``outside_cut`` the outside capture's, which a connection with no outside leg is read against (_cut_outside).
+    ``left_out``: for one file of several interfaces, the flows it holds on interfaces left out of both points
+    (natproof.points.left_out_flows): each connection's packets among them under its outside tuple are counted in
+    ``left_out_replies`` / ``left_out_initiator`` with their ``left_out_interfaces`` (_left_out_counts), and replies
+    that left there toward an initiator outside make ``reply_other_path``, not ``reply_dropped``.
     Returns (connections, in_pk, out_pk, pairs): the packet frames gain ``fate`` (FATE; null for outside packets
     of legs no connection owns) and ``anchor`` (the connection's key, that inside conn_id; null likewise);
     ``pairs`` are matches.pairs less the look-alikes dropped (a packet paired with a leg another connection owns).
@@ -489,7 +494,9 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
           .join(stats, on="anchor", how="left").join(crossings, on="anchor", how="left")
           .join(seen, on="anchor", how="left").join(_acked_replies(in_pk, out_pk, evidence), on="anchor", how="left")
           .join(_payload_rewrites(in_pk, evidence), on="anchor", how="left"))
-    counts = ["matched_egress", "matched_reply", "outside_tuples", "fate_crossed", "fate_leaked", "fate_inside_only",
+    df = df.join(_left_out_counts(df, left_out), on="anchor", how="left")
+    counts = ["left_out_replies", "left_out_initiator",
+              "matched_egress", "matched_reply", "outside_tuples", "fate_crossed", "fate_leaked", "fate_inside_only",
               "fate_outside_only", "fate_node_generated", "_cross_init", "_cross_reply", "_post_alone", "_pre_alone",
               "egress_outside", "reply_outside", "icmp_errors_outside", "_acked", "payload_rewrites"]
     df = df.with_columns([pl.col(c).fill_null(0) for c in counts])
@@ -556,7 +563,10 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
                             | pod_to_pod)
     evidence = df.select(internal.alias("internal"), pl.col("_cross_init").alias("cross_init"), "rewritten",
                          pl.col("_cross_reply").alias("cross_reply"), pl.col("_post_reply").alias("post_reply"),
-                         pl.col("_pre_reply").alias("pre_reply"), pl.col("_acked").alias("acked"))
+                         pl.col("_pre_reply").alias("pre_reply"), pl.col("_acked").alias("acked"),
+                         # On the outside, the initiator's side only for a connection started there.
+                         pl.when(pl.col("init_inside")).then(0).otherwise(pl.col("left_out_replies"))
+                         .alias("other_reply"))
     verdict = evidence.select(verdict_expr()).to_series()
     df = df.with_columns(verdict.alias("verdict"),
                          pl.when(init_in).then(pl.lit("inside")).otherwise(pl.lit("outside")).alias("initiator"))
@@ -578,6 +588,31 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
         if cut.height:
             df = pl.concat([df, cut], how="diagonal_relaxed")
     return df, in_pk.drop("_pre"), out_pk.drop("_pre"), kept
+
+
+def _left_out_counts(df: pl.DataFrame, left_out: pl.DataFrame | None) -> pl.DataFrame:
+    """(anchor, left_out_replies, left_out_initiator, left_out_interfaces): per connection with an outside leg, the
+    packets a file of several interfaces holds on interfaces left out of both points (``left_out``:
+    natproof.points.left_out_flows) under its outside tuple: replies (the tuple turned round) and the initiator's
+    own, and the names of those interfaces (sorted). A connection started outside whose replies are there left the
+    node toward the client by an uplink the outside point does not hold; one started inside got its replies in
+    there, or sent its packets out there."""
+    schema = {"anchor": df.schema["anchor"], "left_out_replies": pl.UInt32(), "left_out_initiator": pl.UInt32(),
+              "left_out_interfaces": pl.List(pl.String())}
+    if left_out is None or left_out.is_empty():
+        return pl.DataFrame(schema=schema)
+    legs = df.filter(pl.col("o_src").is_not_null()).select(
+        "anchor", pl.col("proto").cast(pl.UInt8).alias("f_proto"),
+        *[pl.col(f"o_{c}").cast(pl.String if c in ("src", "dst") else pl.UInt16).alias(c) for c in _TUPLE])
+    flow = ["f_proto", "f_src", "f_sport", "f_dst", "f_dport"]
+    ahead = legs.rename({c: f"f_{c}" for c in _TUPLE}).join(left_out, on=flow).with_columns(pl.lit(True).alias("_i"))
+    back = (legs.rename({"src": "f_dst", "sport": "f_dport", "dst": "f_src", "dport": "f_sport"})
+            .join(left_out, on=flow).with_columns(pl.lit(False).alias("_i")))
+    both = pl.concat([ahead, back], how="diagonal")
+    return both.group_by("anchor").agg(
+        pl.col("packets").filter(~pl.col("_i")).sum().cast(pl.UInt32).alias("left_out_replies"),
+        pl.col("packets").filter(pl.col("_i")).sum().cast(pl.UInt32).alias("left_out_initiator"),
+        pl.col("interface").unique().sort().alias("left_out_interfaces")).cast(schema)
 
 
 def acked_replies(match: pl.DataFrame, paired: pl.Series) -> pl.Series:

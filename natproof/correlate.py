@@ -59,6 +59,7 @@ from natproof.points import (
     ObservationPoint,
     choose_point,
     choose_points,
+    left_out_flows,
     parse_names,
     point_info,
     read_links,
@@ -162,15 +163,17 @@ def _prepare_side(path: str | os.PathLike[str], progress: Callable[[int], None] 
 def _prepare_one_file(loaded: list, *, fast: bool | None, timeouts: IdleTimeouts | None,
                       pod_cidr: str | Sequence[str] | None, services: Services, inside_if: Sequence[str],
                       outside_if: Sequence[str], links: Mapping[int, Link] | None,
-                      ) -> list[tuple[_Side, dict[str, pl.DataFrame]]]:
+                      ) -> tuple[list[tuple[_Side, dict[str, pl.DataFrame]]], pl.DataFrame]:
     """Choose both observation points in one capture of several interfaces, decoded once (``loaded``: [info,
     packets] from _load, emptied here so that the whole file's frame is dropped once split;
-    natproof.points.choose_points) and prepare each."""
+    natproof.points.choose_points) and prepare each. Returns the two sides, and the flows the file holds on
+    interfaces left out of both points (natproof.points.left_out_flows)."""
     info, pk = loaded
     loaded.clear()
     plan = choose_points(info, pk, inside_if=inside_if, outside_if=outside_if, links=links,
                          pod_networks=parse_networks(pod_cidr) if pod_cidr else (),
                          service_networks=services.networks)
+    left_out = left_out_flows(pk, plan)
     parts = [split(pk, point) for point in (plan.inside, plan.outside)]
     del pk  # each point's packets from here on, never the whole file's as well
     trim()
@@ -181,7 +184,7 @@ def _prepare_one_file(loaded: list, *, fast: bool | None, timeouts: IdleTimeouts
                                       inside=first, pod_cidr=pod_cidr, services=services)
         out.append((dataclasses.replace(side, point=point, interfaces=plan.interfaces), frames))
         del part
-    return out
+    return out, left_out
 
 
 def _prepare_point(pk: pl.DataFrame, info: CaptureInfo, interface_copies: int, *, timeouts: IdleTimeouts | None,
@@ -417,6 +420,7 @@ def correlate(
 
     capture = inside if outside is None else outside if inside is None else None
     arranged: list[KeyParts] = []  # the inside side's keys cut for matching while the outside one was prepared
+    left_out = None  # one file's flows on interfaces left out of both points (natproof.points.left_out_flows)
     if capture is not None:
         # One capture: split into both observation points when it holds several interfaces (or names are given);
         # else, with a record, the record gives the other side; else choose_points says what is missing.
@@ -439,9 +443,9 @@ def correlate(
             return apply_names(one, names)
         if over:
             memory_note = _memory_note("one capture of several interfaces", 1)
-        (ins, a), (outs, b) = _prepare_one_file(loaded, fast=fast, timeouts=timeouts, pod_cidr=pod_cidr,
-                                                services=services, inside_if=in_names, outside_if=out_names,
-                                                links=links)
+        [(ins, a), (outs, b)], left_out = _prepare_one_file(
+            loaded, fast=fast, timeouts=timeouts, pod_cidr=pod_cidr, services=services, inside_if=in_names,
+            outside_if=out_names, links=links)
     else:
         assert inside is not None and outside is not None
         _check_distinct(inside, outside)
@@ -513,7 +517,8 @@ def correlate(
     packets = in_pk, out_pk
     cut = {"inside_cut": cut_flow_frame(ins.info.cut_flows), "outside_cut": cut_flow_frame(outs.info.cut_flows)}
     conns, in_pk, out_pk, pairs = assemble(*packets, in_conns, out_conns, matches, pod_networks=nets,
-                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence, **cut)
+                                           services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence,
+                                           left_out=left_out, **cut)
     if not pod_cidr:
         # The pod networks are inferred from who started each inside leg; a masqueraded flow caught mid-flow is
         # known for the pod's own only once assembly has turned its leg round (a helper's trial s16: the pod's
@@ -524,7 +529,7 @@ def correlate(
             nets, why = again.networks, again.why
             conns, in_pk, out_pk, pairs = assemble(*packets, in_conns, out_conns, matches, pod_networks=nets,
                                                    services=services, icmp=(a["icmp"], b["icmp"]), evidence=evidence,
-                                                   **cut)
+                                                   left_out=left_out, **cut)
         else:
             why = again.why
     del packets, cut
@@ -993,6 +998,10 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     })
     if "other_capture_cut" not in df.columns:  # only rows of natproof.assemble._cut_legs carry it
         df = df.with_columns(pl.lit(0, pl.UInt32).alias("other_capture_cut"))
+    if "left_out_interfaces" not in df.columns:  # assemble counts them (natproof.assemble._left_out_counts)
+        df = df.with_columns(pl.lit(0, pl.UInt32).alias("left_out_replies"),
+                             pl.lit(0, pl.UInt32).alias("left_out_initiator"),
+                             pl.lit(None, pl.List(pl.String)).alias("left_out_interfaces"))
     # Set by node_made_apart once the packets' fates are final.
     df = df.with_columns(*[pl.lit(0, pl.UInt32).alias(f"node_made_{side}") for side in ("inside", "outside")])
     counts = [c for c, t in CONNECTION_SCHEMA.items() if t == pl.UInt32() and not c.startswith("evidence_")

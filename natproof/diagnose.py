@@ -1727,12 +1727,16 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         return []
     def line(r: dict[str, Any]) -> str:
         frames = _fmt_frames(_fate_frames(result, r, "inside", "inside_only", False))
+        elsewhere = _left_out(r)
         if r["initiator"] == "outside":  # the pod's replies left by an uplink not captured; the client acked them
-            return (f"{_conn_label(r)}: {r['egress_outside']} packet(s) from the client crossed to the pod as "
+            said = (f"{_conn_label(r)}: {r['egress_outside']} packet(s) from the client crossed to the pod as "
                     f"{format_address(r['inside_src'], r['inside_sport'])} -> "
                     f"{format_address(r['inside_dst'], r['inside_dport'])}; {r['reply_inside']} reply packet(s) "
-                    f"from the pod (inside frames {frames}) never crossed the outside capture, yet the client "
-                    "acknowledged them")
+                    f"from the pod (inside frames {frames}) never crossed the outside capture")
+            if elsewhere:
+                return (f"{said}; the same file holds {r['left_out_replies']} reply packet(s) to the client leaving "
+                        f"by {elsewhere}, left out of the outside point")
+            return said + ", yet the client acknowledged them"
         # Counted as paired (matched_egress) of as seen (egress_inside): a connection whose pods' packets pair in
         # part, and whose replies are on the outside capture but pair with none (a new user's trial: an unrelated
         # uplink capture paired on payload look-alikes) is not one whose replies are missing there.
@@ -1741,14 +1745,24 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
                    f"{paired} of its {sent} packet(s) paired with one crossing as")
         line = (f"{_conn_label(r)}: {crossed} {format_address(r['outside_src'], r['outside_sport'])}; "
                 f"{r['reply_inside']} reply packet(s) reached the pod (inside frames {frames}), ")
+        came = (f"; the same file holds {r['left_out_replies']} reply packet(s) to that tuple coming in by "
+                f"{elsewhere}, left out of the outside point" if elsewhere and r["left_out_replies"] else "")
         if not r["reply_outside"]:
-            return line + "none crossed the outside capture"
+            return line + "none crossed the outside capture" + came
         return (line + f"none paired with the {r['reply_outside']} reply packet(s) to that tuple the outside "
-                f"capture holds (outside frames {_fmt_frames(_frames(result, r['conn'], 'outside', False))})")
+                f"capture holds (outside frames {_fmt_frames(_frames(result, r['conn'], 'outside', False))})" + came)
     evidence = [line(r) for r in rows[:20]]
     inbound = sum(r["initiator"] == "outside" for r in rows)
+    left = [r for r in rows if r["initiator"] == "outside" and _left_out(r)]
+    acked = inbound - len(left)
     started_outside = (f" {inbound} of them started outside (a NodePort): the pod's replies left the node by "
-                       "another interface, and the client's acknowledgements show it got them." if inbound else "")
+                       "another interface" + (f"; {'for ' + str(len(left)) + ', ' if acked else ''}the same file "
+                                              "holds them leaving by "
+                                              f"{_left_out_names(left)}, an interface left out of the outside point"
+                                              if left else "")
+                       + (f"; for {acked}, the client's acknowledgements show it got them" if acked and left else
+                          ", and the client's acknowledgements show it got them" if acked else "")
+                       + "." if inbound else "")
     unpaired = sum(1 for r in rows if r["initiator"] != "outside" and r["reply_outside"])
     return [Finding(
         "reply_other_path", "warning", "Replies came back by a path the outside capture does not see",
@@ -1757,9 +1771,32 @@ def _other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
         f"capture missed them. The initiator's rewrite is proven; the reverse translation is not.{started_outside}"
         + (f" {unpaired} of them have replies to their translated tuple on the outside capture that pair with none "
            "the initiator got: a capture of other traffic, or of another time, looks so." if unpaired else ""),
-        "Capture every uplink (`tcpdump -i any`) or check `ip route` / policy routing for a second return path; "
-        "with rp_filter strict, asymmetric replies get dropped.",
+        _take_in(result, [r for r in rows if _left_out(r)])
+        + ("Capture every uplink (`tcpdump -i any`) or check" if not all(_left_out(r) for r in rows) else "Check")
+        + " `ip route` / policy routing for a second return path; with rp_filter strict, asymmetric replies get "
+        "dropped.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence), data={})]
+
+
+def _left_out(r: dict[str, Any]) -> str:
+    """The interfaces, left out of both observation points, on which the same file holds packets of the connection
+    under its outside tuple (natproof.assemble._left_out_counts), comma-separated; "" when none."""
+    return ", ".join(r.get("left_out_interfaces") or ())
+
+
+def _left_out_names(rows: list[dict[str, Any]]) -> str:
+    return ", ".join(sorted({n for r in rows for n in r.get("left_out_interfaces") or ()}))
+
+
+def _take_in(result: Result, rows: list[dict[str, Any]]) -> str:
+    """The fix's first sentence for connections whose packets the same file holds on interfaces left out of the
+    outside point: the ``--outside-if`` that takes them in; "" when there are none."""
+    names = _left_out_names(rows)
+    if not names:
+        return ""
+    given = ",".join((*result.outside.interfaces, *names.split(", ")))
+    return (f"The capture holds them on {names}, left out of the outside point: `--outside-if {given}` takes it in "
+            "(the outside point is then every uplink they take). ")
 
 
 def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Finding]:
@@ -1775,13 +1812,19 @@ def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Findi
                     f"{r['evidence_reply_outside_frame']}, inside frame {r['evidence_reply_inside_frame']}); its "
                     f"{r['egress_inside']} egress packet(s) (inside frames "
                     f"{_fmt_frames(_fate_frames(result, r, 'inside', 'inside_only', True))}) are not on the "
-                    "outside capture")
+                    "outside capture" + went(r, "leaving"))
         # Started outside (a NodePort): the pod's replies crossed out, the client's packets are not seen inside.
         return (f"{_conn_label(r)}: {r['reply_inside']} reply packet(s) from the pod crossed out (inside frame "
                 f"{r['evidence_reply_inside_frame']}, outside frame {r['evidence_reply_outside_frame']}); the "
                 f"client's {r['egress_outside']} packet(s) (outside frames "
                 f"{_fmt_frames(_fate_frames(result, r, 'outside', 'outside_only', True))}) are not on the inside "
-                "capture")
+                "capture" + went(r, "coming in"))
+
+    def went(r: dict[str, Any], how: str) -> str:
+        if not (r.get("left_out_initiator") and _left_out(r)):
+            return ""
+        return (f"; the same file holds {r['left_out_initiator']} of the initiator's packet(s) under that tuple "
+                f"{how} by {_left_out(r)}, left out of the outside point")
 
     evidence = [line(r) for r in rows[:20]]
     inbound = sum(1 for r in rows if r["initiator"] != "inside")
@@ -1793,7 +1836,8 @@ def _egress_other_path(result: Result, rows: list[dict[str, Any]]) -> list[Findi
         "the capture missed them"
         + (f" ({inbound} started outside: the client's packets are not on the inside capture)" if inbound else "")
         + ". The mapping is proven by the replies; how the initiator's packets were translated is not seen.",
-        "Capture every uplink and the pod's own interface (`tcpdump -i any`), or check `ip route` / `ip rule` for "
+        _take_in(result, [r for r in rows if r.get("left_out_initiator") and _left_out(r)])
+        + "Capture every uplink and the pod's own interface (`tcpdump -i any`), or check `ip route` / `ip rule` for "
         "a second way; with rp_filter strict on the return interface, such flows can be dropped.",
         connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
         data={"connections": len(rows), "inbound": inbound})]

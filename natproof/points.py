@@ -775,6 +775,39 @@ def choose_point(role: str, info: CaptureInfo, packets: pl.DataFrame, *, names: 
 # Splitting a file's packets into a point's.
 
 
+LEFT_OUT_SCHEMA = {"f_proto": pl.UInt8(), "f_src": pl.String(), "f_sport": pl.UInt16(), "f_dst": pl.String(),
+                   "f_dport": pl.UInt16(), "interface": pl.String(), "packets": pl.UInt32()}
+"""left_out_flows' columns: one flow's packets on one interface left out of both points."""
+
+
+def left_out_flows(packets: pl.DataFrame, plan: Plan) -> pl.DataFrame:
+    """The packets a file of several interfaces holds on interfaces ``plan`` left out of both observation points,
+    by flow (f_proto, f_src, f_sport, f_dst, f_dport, as the packets carry them) and interface (its name, or
+    label): LEFT_OUT_SCHEMA rows. Only the node-side kinds count (an uplink, or an interface no name places):
+    loopback, and pod veths and bridges (which hold copies of the inside's packets), never do; nor do ICMP errors
+    (their flow is the one they quote). natproof.assemble reads a connection's packets among them under its
+    outside tuple: a second uplink its replies, or its initiator's packets, took (tests/variants/asym-nodeport given
+    ``--outside-if eth0``), so that what the file holds there is read as another path, never as a drop."""
+    taken = plan.inside.keys | plan.outside.keys
+    names = {_where_value(i.key): i.name or i.label() for i in plan.interfaces
+             if i.key not in taken and i.kind not in ("loopback", "port", "bridge") and i.packets}
+    if not names or packets.is_empty():
+        return pl.DataFrame(schema=LEFT_OUT_SCHEMA)
+    rows = packets.filter(~pl.col("is_icmp_error")).with_columns(where_expr()).filter(
+        pl.col("where").is_in(list(names)))
+    # A copy of a packet the outside holds (the same invariant fields within COPY_NS: an overlay's tunnel device
+    # beside the uplink that carries it encapsulated, a bond's port) took no other path.
+    outside = (packets.filter(where_expr().is_in([_where_value(k) for k in plan.outside.keys]))
+               .select("sig", pl.col("ts_ns").alias("_their")).sort("sig", "_their"))
+    if rows.height and outside.height:
+        near = rows.sort("sig", "ts_ns").join_asof(outside, left_on="ts_ns", right_on="_their", by="sig",
+                                                   strategy="nearest", tolerance=COPY_NS, check_sortedness=False)
+        rows = near.filter(pl.col("_their").is_null())
+    return (rows.group_by("where", "f_proto", "f_src", "f_sport", "f_dst", "f_dport").len("packets")
+            .with_columns(pl.col("where").replace_strict(names, return_dtype=pl.String).alias("interface"))
+            .select([pl.col(c).cast(t) for c, t in LEFT_OUT_SCHEMA.items()]))
+
+
 def split(packets: pl.DataFrame, point: ObservationPoint, *, whole_file: bool = False) -> tuple[pl.DataFrame, int]:
     """The packets of ``point`` (rows of its interfaces), each packet once: a copy of the same packet under the same
     tuple and TTL on another of its interfaces within COPY_NS (pod to pod, on both pods' veths) is dropped. Returns

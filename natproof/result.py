@@ -65,6 +65,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "outside_only_before_inside": pl.UInt32(),
     "other_capture_cut": pl.UInt32(),
     "node_made_inside": pl.UInt32(), "node_made_outside": pl.UInt32(),
+    "left_out_replies": pl.UInt32(), "left_out_initiator": pl.UInt32(), "left_out_interfaces": pl.List(pl.String()),
 }
 """One row per connection (docs/model.md), anchored on its initiator's leg. Ports are the ICMP echo identifier and 0
 for ICMP echo. inside_* and outside_* are the tuples seen on each capture in the initiator's direction; orig_*
@@ -97,7 +98,11 @@ its flow the other capture holds only cut inside their TCP/UDP header by a snapl
 that capture saw it cross, and cut what would show how (verdict not_captured); 0 otherwise. node_made_*: its packets
 at that point the node made itself (fate node_generated) other than ICMP errors: a REJECT's TCP reset, the RST for
 an INVALID packet (natproof.correlate.node_made_apart); counted in neither egress_* nor reply_* (the far end's
-replies), as the node's ICMP errors stay in icmp_errors_*."""
+replies), as the node's ICMP errors stay in icmp_errors_*. left_out_*: with one file of several interfaces, its
+packets that file holds on interfaces left out of both observation points (a second uplink ``--outside-if`` did
+not name), under its outside tuple: replies, the initiator's own, and those interfaces' names (null when none;
+natproof.assemble._left_out_counts). No drop: replies there of a connection started outside left toward the
+client by another path (verdict reply_other_path, not reply_dropped)."""
 
 NAME_SCHEMA: dict[str, pl.DataType] = {
     "pod": pl.String(), "pod_candidates": pl.List(pl.String()), "pod_container": pl.String(),
@@ -663,6 +668,9 @@ def connection_struct(named: bool = False) -> pl.Expr:
             underlay_struct(pl.element().struct.field("underlay")).alias("underlay"))).alias("legs"),
         pl.struct(*[pl.col(f"fate_{f}").alias(f) for f in FATES]).alias("fates"),
         pl.col("other_capture_cut").fill_null(0).alias("other_capture_cut"),
+        pl.when(pl.col("left_out_interfaces").list.len() > 0).then(pl.struct(
+            pl.col("left_out_interfaces").alias("interfaces"), pl.col("left_out_replies").alias("replies"),
+            pl.col("left_out_initiator").alias("initiator"))).alias("left_out"),
         pl.when(pl.col("service_type").is_not_null()).then(pl.struct(
             *service[:3],
             pl.when(pl.col("backend_ip").is_not_null()).then(pl.struct(*backend)).alias("backend"),

@@ -15,7 +15,10 @@ def verdict_expr() -> pl.Expr:
     that crossed back), ``post_reply`` (replies seen on the far side, node-made ones excluded), ``pre_reply``
     (replies seen on the initiator's side, node-made ones excluded), ``acked`` (the initiator's TCP packets that
     acknowledge a reply seen only on the far side: it got that reply, so it came by a path out of the captures'
-    sight rather than being dropped). The order of the rules is the contract:
+    sight rather than being dropped), ``other_reply`` (replies of a connection started outside that the same file
+    of several interfaces holds leaving toward the initiator, reverse-translated, by an interface left out of both
+    observation points: natproof.points.left_out_flows; they took another path, no drop). The order of the rules
+    is the contract:
     the first that holds wins. Replies that crossed back prove the mapping even when none of the initiator's
     packets crossed the far capture (they took another link: a helper's variant of cases/asymmetric-reply).
     """
@@ -25,17 +28,19 @@ def verdict_expr() -> pl.Expr:
             .when(nothing_crossed).then(pl.lit(Verdict.NOT_FORWARDED.value))
             .when(~pl.col("rewritten")).then(pl.lit(Verdict.UNTRANSLATED.value))
             .when(pl.col("cross_reply") > 0).then(pl.lit(Verdict.TRANSLATED.value))
-            .when((pl.col("post_reply") > 0) & (pl.col("acked") == 0)).then(pl.lit(Verdict.REPLY_DROPPED.value))
-            .when((pl.col("pre_reply") > 0) | (pl.col("acked") > 0)).then(pl.lit(Verdict.REPLY_OTHER_PATH.value))
+            .when((pl.col("post_reply") > 0) & (pl.col("acked") == 0) & (pl.col("other_reply") == 0))
+            .then(pl.lit(Verdict.REPLY_DROPPED.value))
+            .when((pl.col("pre_reply") > 0) | (pl.col("acked") > 0) | (pl.col("other_reply") > 0))
+            .then(pl.lit(Verdict.REPLY_OTHER_PATH.value))
             .otherwise(pl.lit(Verdict.NO_REPLY.value)))
 
 
 def classify(*, internal: bool = False, cross_init: int = 0, rewritten: bool = True, cross_reply: int = 0,
-             post_reply: int = 0, pre_reply: int = 0, acked: int = 0) -> Verdict:
+             post_reply: int = 0, pre_reply: int = 0, acked: int = 0, other_reply: int = 0) -> Verdict:
     """The verdict of one connection from its evidence (see :func:`verdict_expr`, which it evaluates)."""
     row = pl.DataFrame({"internal": [internal], "cross_init": [cross_init], "rewritten": [rewritten],
                         "cross_reply": [cross_reply], "post_reply": [post_reply], "pre_reply": [pre_reply],
-                        "acked": [acked]})
+                        "acked": [acked], "other_reply": [other_reply]})
     return Verdict(row.select(verdict_expr()).item())
 
 

@@ -395,6 +395,35 @@ def test_a_second_uplink_holding_a_nodeports_replies_is_outside_too() -> None:
         "(--outside-if takes it in)")
 
 
+def test_replies_on_an_uplink_left_out_by_hand_are_no_drop() -> None:
+    # The same file with --outside-if eth0: eth1, left out, holds every NodePort reply leaving toward the client,
+    # reverse-translated. The datagram's replies were called reply_dropped ("Replies never crossed the node") and the
+    # fix said to capture with tcpdump -i any, which this file is: they took another path, and eth1 is named.
+    from natproof.diagnose import diagnose
+
+    case = Path(__file__).resolve().parent / "variants" / "asym-nodeport"
+    given = natproof.correlate(case / "any.pcap", interfaces=case / "links.txt", outside_if="eth0")
+    rows = given.connections.filter(pl.col("initiator") == "outside").sort("conn").to_dicts()
+    assert [(r["proto"], r["verdict"], r["left_out_interfaces"], r["left_out_replies"], r["reply_inside"])
+            for r in rows] == [("tcp", "reply_other_path", ["eth1"], 5, 5), ("udp", "reply_other_path", ["eth1"], 2, 2),
+                               ("tcp", "reply_other_path", ["eth1"], 5, 5)]
+    doc = given.to_dict()
+    assert [c["left_out"] for c in doc["connections"] if c["initiator"] == "outside"][1] == {
+        "interfaces": ["eth1"], "replies": 2, "initiator": 0}
+    findings = {f.kind: f for f in diagnose(given)}
+    assert "reply_dropped" not in findings
+    other = findings["reply_other_path"]
+    assert other.fix.startswith("The capture holds them on eth1, left out of the outside point: `--outside-if "
+                                "eth0,eth1` takes it in")
+    assert "tcpdump -i any" not in other.fix
+    assert other.evidence[1].endswith("; the same file holds 2 reply packet(s) to the client leaving by eth1, left "
+                                      "out of the outside point")
+    # Chosen automatically, eth1 is in the outside point: nothing left out, all 4 translated.
+    auto = natproof.correlate(case / "any.pcap", interfaces=case / "links.txt")
+    assert Counter(auto.connections["verdict"]) == {"translated": 4}
+    assert auto.connections["left_out_interfaces"].null_count() == auto.connections.height
+
+
 def test_replies_that_leave_by_another_uplink_are_no_drops(tmp_path: Path) -> None:
     # tcpdump -i any of a node whose NodePort replies leave by eth1 (if5), not eth0 (if3) where the requests came
     # in: two clients' datagrams to 203.0.113.2:30053, DNATed to the pod 10.244.0.10:5353 on vethpod1 (if4) and
