@@ -454,3 +454,40 @@ def test_replies_that_leave_by_another_uplink_are_no_drops(tmp_path: Path) -> No
     assert sorted((c["original"]["src"], c["verdict"]) for c in rows) == [("198.51.100.20", "translated"),
                                                                          ("198.51.100.21", "translated")]
     assert all(c["translated"]["dst"] == "10.244.0.10" for c in rows)
+
+
+def test_egress_on_an_uplink_left_out_by_hand_is_named(tmp_path: Path) -> None:
+    # tcpdump -i any of a node whose pod's datagrams leave by eth1 (if5), masqueraded to 203.0.113.2, while the
+    # answers come in on eth0 (if3) and reach the pod on vethpod1 (if4). Given --outside-if eth0, the mapping rests on
+    # the replies (flag egress_other_path); the file holds the pod's packets leaving by eth1, which diagnose names,
+    # with the --outside-if that takes it in, rather than advising a capture of every uplink it already is.
+    from natproof.diagnose import diagnose
+
+    links = tmp_path / "links.txt"
+    links.write_text("".join(
+        f"{i}: {name}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue{master} state UP\\    link/ether "
+        "02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n"
+        for i, name, master in ((3, "eth0", ""), (4, "vethpod1", " master cni0"), (5, "eth1", ""))))
+    records = []
+    for n in range(2):
+        t, ask, answer = T0 + n * 100_000_000, b"query %d" % n, b"answer %d" % n
+        records += [
+            (t, sll2(ipv4("10.244.0.10", "198.51.100.10", 17, udp(40000, 53, ask), ttl=64, ip_id=100 + n),
+                     ifindex=4)),
+            (t + 20_000, sll2(ipv4("203.0.113.2", "198.51.100.10", 17, udp(40000, 53, ask), ttl=63, ip_id=100 + n),
+                              ifindex=5)),
+            (t + 500_000, sll2(ipv4("198.51.100.10", "203.0.113.2", 17, udp(53, 40000, answer), ttl=60,
+                                    ip_id=200 + n), ifindex=3)),
+            (t + 520_000, sll2(ipv4("198.51.100.10", "10.244.0.10", 17, udp(53, 40000, answer), ttl=59,
+                                    ip_id=200 + n), ifindex=4)),
+        ]
+    path = write(tmp_path, pcap(records, linktype=276), "any.pcap")
+    one = natproof.correlate(path, interfaces=links, outside_if="eth0")
+    (row,) = one.connections.to_dicts()
+    assert (row["verdict"], row["left_out_interfaces"], row["left_out_initiator"], row["left_out_replies"]) == (
+        "translated", ["eth1"], 2, 0)
+    (finding,) = [f for f in diagnose(one) if f.kind == "egress_other_path"]
+    assert finding.evidence[0].endswith("; the same file holds 2 of the initiator's packet(s) under that tuple "
+                                        "leaving by eth1, left out of the outside point")
+    assert finding.fix.startswith("The capture holds them on eth1, left out of the outside point: `--outside-if "
+                                  "eth0,eth1` takes it in")
