@@ -5,14 +5,15 @@ from typing import NoReturn
 
 
 def run(argv: list[str] | None = None) -> int:
-    """natproof.cli.main, and Ctrl-C while the command line itself loads said in the same one line as at any
-    other moment (exit 130), not a traceback."""
+    """natproof.cli.main, and Ctrl-C while the command line itself loads, or between that and main's own
+    handling, said in the same one line as at any other moment (exit 130), not a traceback."""
     try:
         from natproof.cli import main
+
+        return main(argv)
     except KeyboardInterrupt:
         sys.stderr.write("natproof: interrupted\n")
         return 130
-    return main(argv)
 
 
 def entry() -> NoReturn:
