@@ -621,6 +621,10 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
     if output == "-":
         raise click.UsageError("-o -: report writes an HTML file and its data beside it; name one (standard output "
                                "is not written)")
+    named = OUTPUT_SUFFIXES.get(Path(output).suffix.lower())
+    if named is not None:  # -o out.json: a trial's HTML page went into it without a word
+        raise click.UsageError(f"-o {output}: the suffix {Path(output).suffix} names {named}; report writes an HTML "
+                               "page: name the file .html")
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
@@ -1449,6 +1453,8 @@ def _node_tuples_from_json(path: str) -> object:
         raise NatproofError(f"{path}: not a natproof JSON document ({exc})") from None
     if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("natproof.correlate/"):
         raise NatproofError(f"{path}: not a natproof.correlate document (natproof correlate --format json)")
+    if not isinstance(doc.get("connections"), list):  # a trial: cut short or edited, it read as nothing to join
+        raise NatproofError(f"{path}: not a whole natproof.correlate document (no list of connections)")
     off = float(doc.get("summary", {}).get("clock_offset_s") or doc.get("clock_offset_s") or 0.0)
     rows = []
     for i, c in enumerate(doc.get("connections", [])):

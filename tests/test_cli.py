@@ -1342,3 +1342,19 @@ def test_csv_and_parquet_carry_the_flags_json_gives(tmp_path: Path, capsys: pyte
         assert run(capsys, "correlate", *pair, "-q", "-o", str(tmp_path / f"r.{suffix}"))[0] == 0
     assert [f.split(",") if f else [] for f in pl.read_csv(tmp_path / "r.csv")["flags"].fill_null("")] == want
     assert pl.read_parquet(tmp_path / "r.parquet")["flags"].to_list() == want
+
+
+def test_report_refuses_a_data_suffix_and_flowlog_a_result_with_no_connections(
+        pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A trial: `report -o out.json` wrote the HTML page into out.json; `flowlog --result` took {"schema":
+    # "natproof.correlate/2"} alone (cut short or edited) as a result with nothing to join, exit 0.
+    target = tmp_path / "out.json"
+    code, _, err = run(capsys, "report", *map(str, pair), "-o", str(target))
+    assert code == 2 and "report writes an HTML page: name the file .html" in err and not target.exists()
+    fake = tmp_path / "fake.json"
+    fake.write_text('{"schema": "natproof.correlate/2"}')
+    logs = Path(__file__).resolve().parent.parent / "captures" / "double-nat" / "flowlogs" / "custom.log"
+    code, out, err = run(capsys, "flowlog", str(logs), "--nat-gateway", "10.0.1.1=203.0.113.20", "--result",
+                         str(fake), "--format", "table")
+    assert (code, out) == (2, "") and err == (f"natproof: error: {fake}: not a whole natproof.correlate document (no "
+                                              "list of connections)\n")
