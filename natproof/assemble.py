@@ -10,6 +10,7 @@ import polars as pl
 import polars.selectors as cs
 
 from natproof.connections import EPHEMERAL_FROM
+from natproof.decode import HEAD_DIGEST_BYTES
 from natproof.match import Matches
 from natproof.networks import PRIVATE_SPACE, address_bits, in_any
 from natproof.verdicts import verdict_expr
@@ -160,7 +161,7 @@ def _link(P: pl.DataFrame, roots: pl.Series, ins: pl.DataFrame, outs: pl.DataFra
         (pl.col("owner") == pl.col("anchor")) | pl.col("unique").fill_null(False)).drop("owner", "unique")
     if P.height != paired:  # else the same pairs: per_leg as it is (no two legs of a connection tie on first_out)
         per_leg = _per_leg(P, ins, outs)
-    kept = P.select(c for c in pair_columns if c in P.columns and c != "ttl_delta").sort("in_row")
+    kept = P.select(c for c in pair_columns if c in P.columns and c != "ttl_delta").sort("in_row", "out_row")
     # From here the pairs by connection, each connection's in capture order: every per-connection aggregate below
     # then runs over contiguous slices (polars' sorted fast path: 2 x 5M real, the evidence and counts 0.6 -> 0.13
     # s for a sort of 0.45 s), and "first" means first in the inside capture. The joins below keep this order.
@@ -417,13 +418,17 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     onward = pl.col("is_egress") == pl.col("init_inside")  # crossed inside -> outside
     lat_us = (pl.when(onward).then(pl.col("dt_ns") - offset).otherwise(offset - pl.col("dt_ns")) / 1000.0).filter(
         pl.col("method") == "exact")
-    # Matched: the pairs of the connection's own inside legs (a hairpin's copies are counted as its own below).
+    # Matched: the pairs of the connection's own inside legs (a hairpin's copies are counted as its own below). An
+    # inside packet sent whole that the outside holds as segments (GSO/TSO, segmented before the outside capture)
+    # pairs with each of them (natproof.match, method "bytes"): it crossed once, and is counted once (``_once``).
     P = P.join(primary, on="anchor", how="left", maintain_order="left").with_columns(
         (pl.col("out_conn") == pl.col("primary_out")).alias("_on_primary"), pl.col("anchor").set_sorted(),
-        own_leg.gather(P["in_conn"]).alias("_own"))
+        own_leg.gather(P["in_conn"]).alias("_own"),
+        (pl.col("in_row").is_first_distinct() if (P["method"] == "bytes").any() else pl.lit(True)).alias("_once"))
+    once = pl.col("_once")
     stats = P.group_by("anchor").agg(
-        (pl.col("is_egress") & pl.col("_own")).sum().cast(pl.UInt32).alias("matched_egress"),
-        (reply & pl.col("_own")).sum().cast(pl.UInt32).alias("matched_reply"),
+        (pl.col("is_egress") & pl.col("_own") & once).sum().cast(pl.UInt32).alias("matched_egress"),
+        (reply & pl.col("_own") & once).sum().cast(pl.UInt32).alias("matched_reply"),
         lat_us.median().round(3).alias("latency_median_us"),
         lat_us.max().round(3).alias("latency_max_us"),
         *[pl.col(f"{s}_frame").filter(cond & pl.col("_on_primary")).first().alias(f"evidence_{kind}_{name}_frame")
@@ -431,10 +436,10 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
           for s, name in (("in", "inside"), ("out", "outside"))],
         pl.col("out_conn").filter(~pl.col("same")).n_unique().cast(pl.UInt32).alias("outside_tuples"),
         # What crossed, counted here on the sorted pairs; the hairpin copies are added below.
-        pl.col("is_egress").sum().cast(pl.UInt32).alias("_cross_init"),
-        reply.sum().cast(pl.UInt32).alias("_cross_reply"),
-        (pl.col("fate") == "crossed").sum().cast(pl.UInt32).alias("fate_crossed"),
-        (pl.col("fate") == "leaked").sum().cast(pl.UInt32).alias("fate_leaked"),
+        (pl.col("is_egress") & once).sum().cast(pl.UInt32).alias("_cross_init"),
+        (reply & once).sum().cast(pl.UInt32).alias("_cross_reply"),
+        ((pl.col("fate") == "crossed") & once).sum().cast(pl.UInt32).alias("fate_crossed"),
+        ((pl.col("fate") == "leaked") & once).sum().cast(pl.UInt32).alias("fate_leaked"),
     )
     crossed_counts = ["_cross_init", "_cross_reply", "fate_crossed", "fate_leaked"]
     crossings = stats.select("anchor", *crossed_counts)
@@ -661,7 +666,13 @@ def rewritten_payloads(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.Da
     so a capture cut short would read as every packet rewritten). NAT rewrites headers, never payloads; an ALG does
     (conntrack's FTP helper names the node for the pod in a PORT command, whether or not the length changes: a
     helper's kernel variant where it did not, so no sequence number moved). ICMP errors aside: the header they
-    quote is translated."""
+    quote is translated.
+
+    A pair by TCP byte range (method "bytes": GRO merged segments on one side, GSO/TSO sent one large packet the
+    other side holds as segments) holds one packet's bytes in several: the large one's head is the head of only
+    the segment that starts where it starts, so only that pair's heads are compared, and only when both digests
+    cover as many bytes (a segment shorter than HEAD_DIGEST_BYTES digests fewer). The bytes after the head no
+    digest covers: a change there is not seen."""
     if pairs.is_empty():
         return pl.Series("row", [], dtype=inside.schema["row"])
     # Pairs come in inside row order: the inside side's columns are read in order, the outside's (in no order) only
@@ -673,9 +684,20 @@ def rewritten_payloads(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.Da
                & inside["head_whole"].gather(i)).fill_null(False)
     i, o = i.filter(carries), o.filter(carries)
     differ = (inside["head_digest"].gather(i) != outside["head_digest"].gather(o)).fill_null(False)
+    by_bytes = pairs["method"].filter(carries).filter(differ) == "bytes" if "method" in pairs.columns else None
     i, o = i.filter(differ), o.filter(differ)
+    if by_bytes is not None and by_bytes.any():
+        # Not the same bytes' heads: a segment that starts after the merged packet does, or a shorter head.
+        cut = pl.lit(HEAD_DIGEST_BYTES)
+        heads = pl.DataFrame([
+            inside["tcp_seq"].gather(i).alias("s_in"), outside["tcp_seq"].gather(o).alias("s_out"),
+            inside["payload_len"].gather(i).alias("n_in"), outside["payload_len"].gather(o).alias("n_out")])
+        alike = heads.select((pl.col("s_in") == pl.col("s_out"))
+                             & (pl.min_horizontal("n_in", cut) == pl.min_horizontal("n_out", cut))).to_series()
+        keep = (~by_bytes | alike).fill_null(False)
+        i, o = i.filter(keep), o.filter(keep)
     return i.filter(((outside["payload_len"].gather(o) > 0) & outside["head_whole"].gather(o)).fill_null(False)
-                    ).alias("row")
+                    ).unique(maintain_order=True).alias("row")
 
 
 def _payload_rewrites(in_pk: pl.DataFrame, evidence: MatchEvidence | None) -> pl.DataFrame:

@@ -695,8 +695,12 @@ def _read_reversed(crossed: pl.DataFrame, svc: Services) -> pl.DataFrame:
 def result_packets(in_pk: pl.DataFrame, out_pk: pl.DataFrame, icmp: tuple[pl.DataFrame, pl.DataFrame],
                    pairs: pl.DataFrame, inside_self: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Assembled packet frames (natproof.assemble) as a Result holds them: ICMP_COLUMNS on both, and on the inside
-    each packet's match (out_frame, dt_ns, method) and, when any packet was hairpinned, copy_frame."""
+    each packet's match (out_frame, dt_ns, method: of its first segment when the outside holds it as several) and,
+    when any packet was hairpinned, copy_frame."""
     in_pk, out_pk = _with_icmp(in_pk, icmp[0]), _with_icmp(out_pk, icmp[1])
+    if "method" in pairs.columns and (pairs["method"] == "bytes").any():
+        # An inside packet the outside holds as segments pairs with each (natproof.match): its first segment.
+        pairs = pairs.sort("in_row", "out_row").unique("in_row", keep="first", maintain_order=True)
     in_rows = pairs["in_row"]
     in_pk = in_pk.with_columns(
         _scatter(in_pk.height, in_rows, out_pk["frame_no"].gather(pairs["out_row"])).alias("out_frame"),

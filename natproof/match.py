@@ -422,30 +422,64 @@ def _pair_rounds(inside: pl.DataFrame, outside: pl.DataFrame, by: list[str], off
     return pl.concat(found).cast(empty.schema) if found else empty  # type: ignore[arg-type]
 
 
+BYTES_ID_PENALTY_NS = 1_000_000
+"""Among byte-range candidates, one whose IPv4 id does not follow from the merged packet's counts as this much (1 ms)
+further away in time (_pair_by_bytes)."""
+
+
 def _pair_by_bytes(small: pl.DataFrame, big: pl.DataFrame, offset_ns: int, tolerance_ns: int) -> pl.DataFrame:
     """Pair TCP data segments of ``small`` with a segment of ``big`` whose byte range contains them.
 
-    GRO on eth0 merges segments, TSO hands the capture one large segment: only sequence ranges line up.
-    Many small segments may share one big segment. Only legs already linked by exact pairs are searched
-    (``link``, see :func:`_links`): the far end may be rewritten (DNAT), so alone it cannot say which legs
-    belong together. Returns (small_row, big_row, dt_ns) with dt taken as big minus small on the inside clock
-    (``offset_ns`` is added to the inside side's times by the caller's choice of which frame is which).
+    GRO on the outside NIC merges segments (the outside capture holds one large packet, the inside one its
+    segments); GSO/TSO hands the inside capture one large packet that the node segments in software before the
+    outside capture sees it (an uplink without TSO). Only the byte ranges line up: every small segment pairs with
+    the big one that holds its bytes, so one big packet pairs with many. A merge carries one ack (GRO merges only
+    segments of one ack; GSO segments keep the large packet's), so segments of the same direction, legs and ack
+    are searched, whatever the other direction's ACKs between them. Only legs already linked by exact pairs are
+    searched (``link``, see :func:`_links`): the far end may be rewritten (DNAT), so alone it cannot say which legs
+    belong together. Sequence numbers wrap: a big range across 2**32 holds the small ones after the wrap.
+
+    Among candidates (a retransmitted segment, a big packet sent twice) the nearest in time is taken, an IPv4 one
+    whose IP id does not follow from the big packet's BYTES_ID_PENALTY_NS further: software segmentation gives
+    the k-th segment the big packet's id plus k, GRO merges only segments whose ids count up so (or, DF, stay
+    equal), and the merged packet carries the first one's. IPv6 has no id: time alone. Each small segment takes
+    one big packet, and a big packet one small segment per byte range.
+
+    Returns (small_row, big_row, dt_ns) with dt taken as big minus small on the inside clock (``offset_ns`` is
+    added to the inside side's times by the caller's choice of which frame is which).
     """
-    cols = ["row", "is_egress", "link", "tcp_ack", "tcp_seq", "payload_len", "ts_ns"]
+    empty = pl.DataFrame(schema={"small_row": pl.UInt32(), "big_row": pl.UInt32(), "dt_ns": pl.Int64()})
+    by = ["is_egress", "link", "tcp_ack"]
+    cols = ["row", *by, "payload_len", "ts_ns", "ip_id", pl.col("tcp_seq").cast(pl.Int64).alias("seq")]
     data = (pl.col("f_proto") == 6) & (pl.col("proto") == 6) & (pl.col("payload_len") > 0)
-    s = small.filter(data).select(cols).sort("tcp_seq")
-    b = big.filter(data).select(*cols, pl.col("tcp_seq").alias("seq_b")).sort("tcp_seq")
+    s = small.filter(data).select(cols)
+    b = big.filter(data).select(cols)
     if s.is_empty() or b.is_empty():
-        return pl.DataFrame(schema={"small_row": pl.UInt32(), "big_row": pl.UInt32(), "dt_ns": pl.Int64()})
-    j = s.join_asof(
-        b, on="tcp_seq", by=["is_egress", "link", "tcp_ack"], strategy="backward",
-        suffix="_b", check_sortedness=False,
-    ).filter(pl.col("row_b").is_not_null())
-    j = j.with_columns((pl.col("ts_ns_b") - pl.col("ts_ns") - offset_ns).alias("dt_ns")).filter(
-        (pl.col("tcp_seq").cast(pl.Int64) + pl.col("payload_len"))
-        <= (pl.col("seq_b").cast(pl.Int64) + pl.col("payload_len_b"))
-    ).filter(pl.col("dt_ns").abs() <= tolerance_ns)
-    return j.select(pl.col("row").alias("small_row"), pl.col("row_b").alias("big_row"), "dt_ns")
+        return empty
+    wraps = (pl.col("seq") + pl.col("payload_len")) > (1 << 32)
+    b = pl.concat([b, b.filter(wraps).with_columns(pl.col("seq") - (1 << 32))])
+    # The start of the nearest big range at or below each small segment's start; then every big packet of that
+    # start (copies of one merge), each a candidate.
+    starts = s.sort("seq").join_asof(b.select(*by, pl.col("seq"), pl.col("seq").alias("seq_b")).sort("seq"),
+                                     on="seq", by=by, strategy="backward", check_sortedness=False)
+    cand = starts.filter(pl.col("seq_b").is_not_null()).join(
+        b.rename({"seq": "seq_b"}), on=[*by, "seq_b"], suffix="_b")
+    dt = pl.col("ts_ns_b").cast(pl.Int64) - pl.col("ts_ns").cast(pl.Int64) - offset_ns
+    cand = cand.with_columns(dt.alias("dt_ns")).filter(
+        (pl.col("seq") + pl.col("payload_len") <= pl.col("seq_b") + pl.col("payload_len_b"))
+        & (pl.col("dt_ns").abs() <= tolerance_ns))
+    if cand.is_empty():
+        return empty
+    # The k-th segment of a merge of segments of gso bytes (all but the last that long): k = offset // gso.
+    gso = pl.col("payload_len").max().over("row_b")
+    k = (pl.col("seq") - pl.col("seq_b")) // gso
+    step = (pl.col("ip_id").cast(pl.Int64) - pl.col("ip_id_b").cast(pl.Int64)) % (1 << 16)
+    off = pl.col("ip_id").is_not_null() & pl.col("ip_id_b").is_not_null() & (step != k) & (step != 0)
+    cand = cand.with_columns((pl.col("dt_ns").abs() + off.cast(pl.Int64) * BYTES_ID_PENALTY_NS).alias("cost"))
+    best = (cand.sort("cost", "row", "row_b").unique("row", keep="first", maintain_order=True)
+            .unique(["row_b", "seq", "payload_len"], keep="first", maintain_order=True))
+    return best.select(pl.col("row").alias("small_row"), pl.col("row_b").alias("big_row"), "dt_ns").cast(
+        empty.schema)  # type: ignore[arg-type]
 
 
 _UNLINKED = 1 << 63
@@ -583,7 +617,9 @@ class Matches:
     """Packet pairs across the two captures, and within the inside one."""
 
     pairs: pl.DataFrame
-    """One row per matched inside packet: in_row, out_row, dt_ns (outside minus inside, raw clocks),
+    """One row per matched inside packet (an inside packet GSO/TSO sent whole that the outside capture holds as
+    segments: one row per segment, method "bytes"; every other inside packet pairs once): in_row, out_row, dt_ns
+    (outside minus inside, raw clocks),
     method ("exact", "bytes", "ip_id", "tcp_partial", "datagram" or "payload"), seq_delta and ack_delta (TCP pairs
     of the ALG passes: how far the sequence space moved; null otherwise), unique (a strong key, seen once on
     each side; false: chosen among look-alikes, or on a weak key), ttl_delta (outside minus inside TTL)."""
@@ -639,15 +675,16 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     found = [exact]
     if not in_left.is_empty() and not out_left.is_empty():
         in_left, out_left = _links(inside, outside, exact, in_left, out_left)
-        # Inside segments inside a larger outside one (GRO on eth0), then the reverse (TSO on the pod side).
+        # Inside segments inside a larger outside one (GRO on eth0), then the reverse (GSO/TSO on the pod side,
+        # segmented before eth0's tap): an inside packet then pairs with each of its outside segments.
         a = _pair_by_bytes(in_left, out_left, offset, tolerance_ns).select(
             pl.col("small_row").alias("in_row"), pl.col("big_row").alias("out_row"),
             (pl.col("dt_ns") + offset).alias("dt_ns"))
         b = _pair_by_bytes(out_left, in_left, -offset, tolerance_ns).select(
             pl.col("big_row").alias("in_row"), pl.col("small_row").alias("out_row"),
-            (-pl.col("dt_ns") + offset).alias("dt_ns")).unique("in_row", keep="first")
-        by_bytes = pl.concat([a, b.join(a.select("in_row"), on="in_row", how="anti")]).with_columns(
-            pl.lit("bytes").alias("method"))
+            (-pl.col("dt_ns") + offset).alias("dt_ns"))
+        b = b.join(a.select("in_row"), on="in_row", how="anti").join(a.select("out_row"), on="out_row", how="anti")
+        by_bytes = pl.concat([a, b]).with_columns(pl.lit("bytes").alias("method"))
         found.append(by_bytes)
         in_left = _without(in_left, by_bytes["in_row"])
         out_left = _without(out_left, by_bytes["out_row"])
@@ -674,7 +711,7 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     in_left = _without(in_left, by_payload["in_row"])
     schema = PAIR_SCHEMA | {"seq_delta": pl.Int32(), "ack_delta": pl.Int32(), "unique": pl.Boolean()}
     pairs = pl.concat([f.select([pl.col(c).cast(t) if c in f.columns else pl.lit(None, t).alias(c)
-                                 for c, t in schema.items()]) for f in found]).sort("in_row")
+                                 for c, t in schema.items()]) for f in found]).sort("in_row", "out_row")
     # A routed crossing costs one TTL (bridged ones none): the sign says which way the packet went.
     ttl_delta = (outside["ttl"].gather(pairs["out_row"]).cast(pl.Int16)
                  - inside["ttl"].gather(pairs["in_row"]).cast(pl.Int16))

@@ -65,6 +65,42 @@ def test_gro_merged_outside_segments_match_by_byte_range() -> None:
     assert set(m.pairs["method"]) == {"bytes"}
 
 
+def _segments(src: str, dst: str, seq: int, data: bytes, ip_id: int, mss: int = 1000) -> list[bytes]:
+    """``data`` sent from ``seq`` as segments of ``mss`` bytes, IP ids counting up from ``ip_id``, as software
+    segmentation of a GSO packet gives them (and GRO merges them)."""
+    sport, dport = (40000, 80) if src in (POD, NODE) else (80, 40000)
+    return [ipv4(src, dst, 6, tcp(sport, dport, (seq + k) % 2**32, 77, 0x10, data[k:k + mss]), ip_id=(ip_id + k // mss))
+            for k in range(0, len(data), mss)]
+
+
+def test_a_gso_packet_whole_inside_pairs_with_every_segment_outside_across_the_sequence_wrap() -> None:
+    # The pod's veth shows one GSO packet; an uplink without TSO has the node segment it before eth0's tap. Its
+    # bytes run past 2**32: the segments after the wrap are inside it too.
+    data = bytes(range(256)) * 32
+    start = 2**32 - 2500
+    inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 80, start, 77, 0x18, data), ip_id=300))]
+    outside = [(T0 + 30_000 + k * 2_000, p) for k, p in enumerate(_segments(NODE, SRV, start, data, 300))]
+    a, b = keyed(inside), keyed(outside)
+    m = match_sides(a, b, clock_offset_ns=0)
+    assert frames_of_pairs(a, b, m.pairs) == [(1, k) for k in range(1, 10)]
+    assert set(m.pairs["method"]) == {"bytes"}
+
+
+def test_of_two_copies_of_a_segment_the_one_whose_ip_id_follows_the_merge_pairs_with_it() -> None:
+    # GRO merges only segments whose IP ids count up from the merged packet's; a retransmitted copy of the third
+    # segment (another id), nearer the merge in time, is not the one merged.
+    data = bytes(range(200)) * 40
+    segs = _segments(SRV, POD, 5000, data, 700)
+    inside = [(T0 + 30_000 + k * 2_000, p) for k, p in enumerate(segs)]
+    inside.append((T0 + 20_000, ipv4(SRV, POD, 6, tcp(80, 40000, 7000, 77, 0x10, data[2000:3000]), ip_id=9000)))
+    inside.sort()
+    outside = [(T0, ipv4(SRV, NODE, 6, tcp(80, 40000, 5000, 77, 0x18, data), ip_id=700))]
+    a, b = keyed(inside), keyed(outside)
+    m = match_sides(a, b, clock_offset_ns=0)
+    paired = [fi for fi, _ in frames_of_pairs(a, b, m.pairs)]
+    assert paired == [2, 3, 4, 5, 6, 7, 8, 9]  # frame 1 is the retransmitted copy
+
+
 def test_payload_head_matches_when_a_middlebox_rewrites_sequence_numbers() -> None:
     data = b"POST /upload HTTP/1.1\r\n\r\n" + b"x" * 100
     inside = [(T0, ipv4(POD, SRV, 6, tcp(40000, 80, 1000, 1, 0x18, data), ip_id=5))]
