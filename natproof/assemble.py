@@ -668,36 +668,43 @@ def rewritten_payloads(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.Da
     helper's kernel variant where it did not, so no sequence number moved). ICMP errors aside: the header they
     quote is translated.
 
-    A pair by TCP byte range (method "bytes": GRO merged segments on one side, GSO/TSO sent one large packet the
-    other side holds as segments) holds one packet's bytes in several: the large one's head is the head of only
-    the segment that starts where it starts, so only that pair's heads are compared, and only when both digests
-    cover as many bytes (a segment shorter than HEAD_DIGEST_BYTES digests fewer). The bytes after the head no
-    digest covers: a change there is not seen."""
+    A pair by TCP byte range (method "bytes") that holds one packet's bytes in several (GRO merged segments on one
+    side, GSO/TSO sent one large packet the other side holds as segments: the large packet pairs more than once)
+    is compared only where the segment starts where the large packet does, and both digests cover as many bytes
+    (a segment shorter than HEAD_DIGEST_BYTES digests fewer): the large one's head is that segment's head only.
+    The bytes after the head no digest covers: a change there is not seen. A byte-range pair of one packet on each
+    side (an ALG's rewrite that lengthened a segment) is compared as any other."""
     if pairs.is_empty():
         return pl.Series("row", [], dtype=inside.schema["row"])
+    if "head_whole" not in inside.columns or "head_whole" not in outside.columns:
+        return pl.Series("row", [], dtype=inside.schema["row"])
+    if "method" in pairs.columns and (pairs["method"] == "bytes").any():
+        pairs = pairs.filter(_same_heads(inside, outside, pairs))
     # Pairs come in inside row order: the inside side's columns are read in order, the outside's (in no order) only
     # for the pairs left, and its payload length for the few whose digests differ (2 x 5M synthetic: 0.52 -> s).
     i, o = pairs["in_row"], pairs["out_row"]
-    if "head_whole" not in inside.columns or "head_whole" not in outside.columns:
-        return pl.Series("row", [], dtype=inside.schema["row"])
     carries = ((inside["payload_len"].gather(i) > 0) & ~inside["is_icmp_error"].gather(i)
                & inside["head_whole"].gather(i)).fill_null(False)
     i, o = i.filter(carries), o.filter(carries)
     differ = (inside["head_digest"].gather(i) != outside["head_digest"].gather(o)).fill_null(False)
-    by_bytes = pairs["method"].filter(carries).filter(differ) == "bytes" if "method" in pairs.columns else None
     i, o = i.filter(differ), o.filter(differ)
-    if by_bytes is not None and by_bytes.any():
-        # Not the same bytes' heads: a segment that starts after the merged packet does, or a shorter head.
-        cut = pl.lit(HEAD_DIGEST_BYTES)
-        heads = pl.DataFrame([
-            inside["tcp_seq"].gather(i).alias("s_in"), outside["tcp_seq"].gather(o).alias("s_out"),
-            inside["payload_len"].gather(i).alias("n_in"), outside["payload_len"].gather(o).alias("n_out")])
-        alike = heads.select((pl.col("s_in") == pl.col("s_out"))
-                             & (pl.min_horizontal("n_in", cut) == pl.min_horizontal("n_out", cut))).to_series()
-        keep = (~by_bytes | alike).fill_null(False)
-        i, o = i.filter(keep), o.filter(keep)
     return i.filter(((outside["payload_len"].gather(o) > 0) & outside["head_whole"].gather(o)).fill_null(False)
-                    ).unique(maintain_order=True).alias("row")
+                    ).alias("row")
+
+
+def _same_heads(inside: pl.DataFrame, outside: pl.DataFrame, pairs: pl.DataFrame) -> pl.Series:
+    """Per pair (in_row, out_row, method), whether its two head digests are of the same bytes (rewritten_payloads):
+    every pair but one of a merge (method "bytes", a packet paired more than once) that starts past the large
+    packet's start or digests a shorter head than it."""
+    cut = pl.lit(HEAD_DIGEST_BYTES)
+    i, o = pairs["in_row"], pairs["out_row"]
+    heads = pairs.select("in_row", "out_row", "method").with_columns(
+        inside["tcp_seq"].gather(i).alias("s_in"), outside["tcp_seq"].gather(o).alias("s_out"),
+        inside["payload_len"].gather(i).alias("n_in"), outside["payload_len"].gather(o).alias("n_out"))
+    merge = (pl.col("method") == "bytes") & ((pl.len().over("in_row") > 1) | (pl.len().over("out_row") > 1))
+    alike = ((pl.col("s_in") == pl.col("s_out"))
+             & (pl.min_horizontal("n_in", cut) == pl.min_horizontal("n_out", cut)))
+    return heads.select((~merge | alike).fill_null(False)).to_series()
 
 
 def _payload_rewrites(in_pk: pl.DataFrame, evidence: MatchEvidence | None) -> pl.DataFrame:
