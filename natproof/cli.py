@@ -621,10 +621,11 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
     if output == "-":
         raise click.UsageError("-o -: report writes an HTML file and its data beside it; name one (standard output "
                                "is not written)")
-    named = OUTPUT_SUFFIXES.get(Path(output).suffix.lower())
-    if named is not None:  # -o out.json: a trial's HTML page went into it without a word
-        raise click.UsageError(f"-o {output}: the suffix {Path(output).suffix} names {named}; report writes an HTML "
-                               "page: name the file .html")
+    suffix = Path(output).suffix
+    if suffix and suffix.lower() not in (".html", ".htm", ".xhtml"):  # a trial's page went into out.json, out.pcap
+        named = OUTPUT_SUFFIXES.get(suffix.lower())
+        raise click.UsageError(f"-o {output}: the suffix {suffix} names {named or 'no HTML page'}; report writes an "
+                               "HTML page: name the file .html")
     refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
@@ -1442,8 +1443,12 @@ def flowlog(files: tuple[str, ...], nat_gateways: tuple[str, ...], flow_log_form
 
 
 def _node_tuples_from_json(path: str) -> object:
-    """The node-side tuples of a natproof.correlate/2 document: each connection started inside with a translated
-    tuple, timed by its first_seen/last_seen (on the inside clock, moved by the document's clock offset)."""
+    """The node-side tuples of a natproof.correlate document (/2 or /1): each connection started inside with a
+    translated tuple, timed by its first_seen/last_seen (on the inside clock, moved by the document's clock
+    offset). NatproofError naming the file (and the connection) for a document of another schema or version, or
+    one cut short or edited: no list of connections, a connection without the fields every version writes (proto,
+    verdict, first_seen, last_seen), a time or port of the wrong kind (a trial: "noon" was an internal error)."""
+    from natproof.contracts import SCHEMAS
     from natproof.flowlogs import node_tuples
 
     try:
@@ -1451,19 +1456,34 @@ def _node_tuples_from_json(path: str) -> object:
             doc = json.load(fh)
     except (OSError, ValueError) as exc:
         raise NatproofError(f"{path}: not a natproof JSON document ({exc})") from None
-    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("natproof.correlate/"):
+    schema = str(doc.get("schema", "")) if isinstance(doc, dict) else ""
+    if not schema.startswith("natproof.correlate/"):
         raise NatproofError(f"{path}: not a natproof.correlate document (natproof correlate --format json)")
-    if not isinstance(doc.get("connections"), list):  # a trial: cut short or edited, it read as nothing to join
+    if schema not in SCHEMAS.values():
+        raise NatproofError(f"{path}: {schema} is a version this natproof does not read (it reads "
+                            f"{', '.join(sorted(SCHEMAS.values()))})")
+    conns = doc.get("connections")
+    if not isinstance(conns, list):  # a trial: cut short or edited, it read as nothing to join
         raise NatproofError(f"{path}: not a whole natproof.correlate document (no list of connections)")
-    off = float(doc.get("summary", {}).get("clock_offset_s") or doc.get("clock_offset_s") or 0.0)
-    rows = []
-    for i, c in enumerate(doc.get("connections", [])):
-        t = c.get("translated") or c.get("outside")
-        if t is None or c.get("initiator", "inside") != "inside":
-            continue
-        rows.append({"proto": c["proto"], "src": t["src"], "sport": t["sport"], "dst": t["dst"], "dport": t["dport"],
-                     "first_ts_ns": int((c["first_seen"] + off) * 1e9), "last_ts_ns": int((c["last_seen"] + off) * 1e9),
-                     "source": f"{path} connection #{i}"})
+    rows, where = [], path
+    try:
+        summary = doc.get("summary") or {}
+        off = float(summary.get("clock_offset_s") or doc.get("clock_offset_s") or 0.0)
+        for i, c in enumerate(conns):
+            where = f"{path}: connection #{i}"
+            missing = [k for k in ("proto", "verdict", "first_seen", "last_seen")
+                       if not isinstance(c, dict) or k not in c]
+            if missing:
+                raise NatproofError(f"{where}: no {', '.join(missing)} (not as natproof correlate writes it)")
+            t = c.get("translated") or c.get("outside")
+            if t is None or c.get("initiator", "inside") != "inside":
+                continue
+            rows.append({"proto": str(c["proto"]), "src": str(t["src"]), "sport": int(t["sport"]),
+                         "dst": str(t["dst"]), "dport": int(t["dport"]),
+                         "first_ts_ns": int((float(c["first_seen"]) + off) * 1e9),
+                         "last_ts_ns": int((float(c["last_seen"]) + off) * 1e9), "source": f"{path} connection #{i}"})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise NatproofError(f"{where}: a field is missing or of the wrong kind ({exc!r})") from None
     return node_tuples(rows)
 
 

@@ -1348,13 +1348,29 @@ def test_report_refuses_a_data_suffix_and_flowlog_a_result_with_no_connections(
         pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A trial: `report -o out.json` wrote the HTML page into out.json; `flowlog --result` took {"schema":
     # "natproof.correlate/2"} alone (cut short or edited) as a result with nothing to join, exit 0.
-    target = tmp_path / "out.json"
-    code, _, err = run(capsys, "report", *map(str, pair), "-o", str(target))
-    assert code == 2 and "report writes an HTML page: name the file .html" in err and not target.exists()
-    fake = tmp_path / "fake.json"
-    fake.write_text('{"schema": "natproof.correlate/2"}')
+    for name in ("out.json", "out.pcap", "out.json.gz"):
+        target = tmp_path / name
+        code, _, err = run(capsys, "report", *map(str, pair), "-o", str(target))
+        assert code == 2 and "report writes an HTML page: name the file .html" in err and not target.exists()
+    assert run(capsys, "report", *map(str, pair), "-o", str(tmp_path / "r.HTML"), "-q")[0] == 0
     logs = Path(__file__).resolve().parent.parent / "captures" / "double-nat" / "flowlogs" / "custom.log"
-    code, out, err = run(capsys, "flowlog", str(logs), "--nat-gateway", "10.0.1.1=203.0.113.20", "--result",
-                         str(fake), "--format", "table")
-    assert (code, out) == (2, "") and err == (f"natproof: error: {fake}: not a whole natproof.correlate document (no "
-                                              "list of connections)\n")
+    fake = tmp_path / "fake.json"
+    whole = {"schema": "natproof.correlate/2", "connections": [
+        {"proto": "tcp", "verdict": "translated", "first_seen": 1.0, "last_seen": 2.0, "initiator": "inside",
+         "translated": {"src": "203.0.113.20", "sport": 40000, "dst": "198.51.100.10", "dport": 80}}]}
+    # A trial's edits: each one line naming the file (and the connection), exit 2; "noon" was an internal error.
+    for doc, said in (({"schema": "natproof.correlate/2"}, "not a whole natproof.correlate document (no list of "
+                                                           "connections)"),
+                      ({**whole, "schema": "natproof.correlate/9"}, "natproof.correlate/9 is a version this natproof "
+                                                                    "does not read"),
+                      ({**whole, "connections": [{"proto": "tcp"}]}, "connection #0: no verdict, first_seen, "
+                                                                     "last_seen"),
+                      ({**whole, "connections": [{**whole["connections"][0], "first_seen": "noon"}]},
+                       "connection #0: a field is missing or of the wrong kind")):
+        fake.write_text(json.dumps(doc))
+        code, out, err = run(capsys, "flowlog", str(logs), "--nat-gateway", "10.0.1.1=203.0.113.20", "--result",
+                             str(fake), "--format", "table")
+        assert (code, out) == (2, "") and err.startswith(f"natproof: error: {fake}: {said}") and err.count("\n") == 1
+    fake.write_text(json.dumps(whole))
+    assert run(capsys, "flowlog", str(logs), "--nat-gateway", "10.0.1.1=203.0.113.20", "--result", str(fake),
+               "--format", "json")[0] == 0
