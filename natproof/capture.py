@@ -102,14 +102,15 @@ class CaptureInfo:
     """(frame number, time in ns) of the frames skipped as malformed, the first MALFORMED_KEPT: a packet the other
     capture saw and this one has only as such a frame was not lost (natproof.diagnose)."""
 
-    cut_flows: dict[tuple[int, str, int, str, int], list[int]] = field(default_factory=dict)
-    """Frames skipped as truncated_l4 whose ports were captured (a snaplen cut the TCP or UDP header after them), by
-    flow as the frame went, (proto, src, sport, dst, dport): [frames, first time ns, last time ns, first frame
-    number]. One entry a flow and direction, however many frames: a capture cut so is still told apart from one
-    that missed the traffic (natproof.assemble._cut_legs)."""
+    cut_flows: dict[tuple[int, str, int | None, str, int | None], list[int]] = field(default_factory=dict)
+    """Frames skipped as truncated_l4 behind a whole IP header (a snaplen cut the TCP or UDP header, or cut just
+    before it), by flow as the frame went, (proto, src, sport, dst, dport), the ports None when the cut took them
+    (tcpdump -s 34 on IPv4 over Ethernet): [frames, first time ns, last time ns, first frame number]. One entry a
+    flow and direction (a pair of hosts and direction, ports cut), however many frames: a capture cut so is still
+    told apart from one that missed the traffic (natproof.assemble._cut_flows_of)."""
 
-    def note_cut(self, frame_no: int, ts_ns: int, flow: tuple[int, str, int, str, int] | None) -> None:
-        """Count a frame skipped as truncated_l4, and, ``flow`` given (its ports captured: decode.Skip.cut), add
+    def note_cut(self, frame_no: int, ts_ns: int, flow: tuple[int, str, int | None, str, int | None] | None) -> None:
+        """Count a frame skipped as truncated_l4, and, ``flow`` given (its IP header whole: decode.Skip.cut), add
         it to ``cut_flows``."""
         self.skipped["truncated_l4"] += 1
         if flow is None:

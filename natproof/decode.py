@@ -66,10 +66,11 @@ ETH_TEB = 0x6558
 
 class Skip(Exception):
     """The frame carries nothing natproof correlates; ``reason`` says why (counted, never fatal). ``cut``: for a
-    TCP or UDP frame a snaplen cut inside its transport header (truncated_l4) with its ports still captured, its
-    flow as (proto, src, sport, dst, dport): what the capture can still say of it (CaptureInfo.note_cut)."""
+    TCP or UDP frame a snaplen cut inside or before its transport header (truncated_l4) behind a whole IP header,
+    its flow as (proto, src, sport, dst, dport), the ports None when the cut took them too: what the capture can
+    still say of it (CaptureInfo.note_cut)."""
 
-    def __init__(self, reason: str, cut: tuple[int, str, int, str, int] | None = None) -> None:
+    def __init__(self, reason: str, cut: tuple[int, str, int | None, str, int | None] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cut = cut
@@ -201,9 +202,13 @@ def decode(frame_no: int, ts_ns: int, wire_len: int, caplen: int, linktype: int,
     if proto in (6, 17) and not isinstance(l4, dpkt.tcp.TCP if proto == 6 else dpkt.udp.UDP):
         # Cut inside its TCP/UDP header by a snaplen: not read, but its ports (the header's first 4 bytes) may be
         # there, and with them its flow (natproof.assemble reads an unpaired leg of the other capture against it).
+        # Cut before its ports (tcpdump -s 34 on IPv4 over Ethernet, -s 54 on IPv6): its whole IP header still
+        # gives its protocol and hosts, the flow kept with its ports unknown (None), read by hosts alone.
         raw = l4 if isinstance(l4, bytes) else bytes(l4)
-        ports = struct.unpack_from("!HH", raw) if len(raw) >= 4 and caplen < wire_len else None
-        raise Skip("truncated_l4", (proto, src, ports[0], dst, ports[1]) if ports else None)
+        if caplen >= wire_len:
+            raise Skip("truncated_l4")
+        ports = struct.unpack_from("!HH", raw) if len(raw) >= 4 else (None, None)
+        raise Skip("truncated_l4", (proto, src, ports[0], dst, ports[1]))
     if proto == 6:
         sport, dport = l4.sport, l4.dport
         tcp_seq, tcp_ack, tcp_flags, tcp_win = l4.seq, l4.ack, l4.flags, l4.win
