@@ -410,6 +410,17 @@ def assemble(in_pk: pl.DataFrame, out_pk: pl.DataFrame, in_conns: pl.DataFrame, 
     out_anchor = out_anchor.sort("conn_id")["owner"]
     out_pk = out_pk.with_columns(out_anchor.gather(out_pk["conn_id"]).alias("anchor"), out_fate.alias("fate"))
     in_icmp, out_icmp = icmp if icmp is not None else (None, None)
+    if outside_cut is not None and outside_cut.height:
+        # A connection whose flow the outside capture holds only cut (_cut_flows_of) may have crossed: that no
+        # copy of its packets pairs there is then no evidence that the far end never saw it, so its RSTs and
+        # ICMP errors are the node's only on other evidence (an error's own source a node address).
+        bare = ins.with_columns(roots.gather(ins["conn_id"]).alias("_root")).filter(
+            (pl.col("_root") == pl.col("conn_id")) & ~pl.col("conn_id").is_in(crossed_init.implode())
+            & pl.col("proto").is_in([6, 17]))
+        bare = bare.join(conn_info.select(pl.col("anchor").alias("conn_id"), pl.col("init_inside")
+                                          .alias("_far_is_dst")), on="conn_id", how="left")
+        crossed_init = pl.concat([crossed_init, _cut_flows_of(bare, outside_cut, offset)["conn_id"]
+                                  .cast(crossed_init.dtype)])
     in_pk = _unmatched_fates(in_pk, conn_info, crossed_init, pod_networks, inside=True, icmp=in_icmp)
     out_pk = _unmatched_fates(out_pk, conn_info, crossed_init, pod_networks, inside=False, icmp=out_icmp)
 
@@ -805,34 +816,61 @@ def cut_flow_frame(flows: dict[tuple[int, str, int, str, int], list[int]]) -> pl
 
 
 def _cut_flows_of(legs: pl.DataFrame, cut: pl.DataFrame, shift_ns: int) -> pl.DataFrame:
-    """(conn_id, other_capture_cut, _from_inside) of ``legs`` (conn_id, proto and the tuple, first_ts_ns and
-    last_ts_ns on their own capture's clock, ``shift_ns`` added to put them on the cut capture's) that the other
-    capture holds as cut flows (``cut``: CUT_FLOW_SCHEMA): a cut flow of the leg's protocol with an end, address
-    and port, of the leg's own (the far end a MASQUERADE keeps, the client a DNAT keeps), within CUT_SLACK_NS of
-    the leg's span. Each cut flow goes to one leg: the one that also has its other port, then the nearest in time.
+    """(conn_id, other_capture_cut, other_capture_cut_shared, _from_inside) of ``legs`` (conn_id, proto and the
+    tuple, first_ts_ns and last_ts_ns on their own capture's clock, ``shift_ns`` added to put them on the cut
+    capture's; optionally ``_far_is_dst``, which end is the far one) that the other capture holds as cut flows
+    (``cut``: CUT_FLOW_SCHEMA), within CUT_SLACK_NS of the leg's span:
+
+    - by ports: a cut flow of the leg's protocol with an end, address and port, of the leg's own (the far end a
+      MASQUERADE keeps, the client a DNAT keeps). Each such flow goes to one leg: the one that also has its other
+      port, then the nearest in time. other_capture_cut_shared 0.
+    - by hosts, for a leg no flow fits by ports: a flow whose ports were cut too (sport/dport null) with the leg's
+      far end's address as one of its ends (``_far_is_dst`` given: that end only; else either). Its frames cannot
+      be told apart between the legs it overlaps, so it goes to every one of them: it proves only that the other
+      capture cut packets between those hosts then. other_capture_cut_shared: how many legs the most shared of
+      its flows overlaps (itself included; more than the frames when too few frames for one each).
+
     other_capture_cut: the frames of a leg's cut flows; _from_inside: whether the end shared is the leg's
     destination (the leg's source is behind the NAT, its initiator)."""
+    schema = {"conn_id": legs.schema["conn_id"], "other_capture_cut": pl.UInt32,
+              "other_capture_cut_shared": pl.UInt32, "_from_inside": pl.Boolean}
     if legs.is_empty() or cut.is_empty():
-        return pl.DataFrame(schema={"conn_id": legs.schema["conn_id"], "other_capture_cut": pl.UInt32,
-                                    "_from_inside": pl.Boolean})
+        return pl.DataFrame(schema=schema)
+
+    def span(c: pl.DataFrame) -> pl.DataFrame:
+        return c.filter((pl.col("first_ts_ns") <= pl.col("_leg_last") + CUT_SLACK_NS)
+                        & (pl.col("last_ts_ns") >= pl.col("_leg_first") - CUT_SLACK_NS))
+
     ends = pl.concat([cut.with_row_index("_flow").select("_flow", "proto", pl.col(a).alias("_end"), pl.col(p).alias(
         "_end_port"), pl.col(o).alias("_other_port"), "frames", "first_ts_ns", "last_ts_ns")
         for a, p, o in (("src", "sport", "dport"), ("dst", "dport", "sport"))])
+    far = "_far_is_dst" in legs.columns
     cand = pl.concat([legs.select("conn_id", pl.col("proto").cast(pl.UInt8), pl.col(a).cast(pl.String).alias("_end"),
                                   pl.col(p).cast(pl.UInt16).alias("_end_port"),
                                   pl.col(o).cast(pl.UInt16).alias("_leg_other"),
                                   pl.lit(a == "dst").alias("_far_is_dst"),
+                                  (pl.col("_far_is_dst") == (a == "dst") if far else pl.lit(True)).alias("_far"),
                                   (pl.col("first_ts_ns") + shift_ns).alias("_leg_first"),
                                   (pl.col("last_ts_ns") + shift_ns).alias("_leg_last"))
                       for a, p, o in (("src", "sport", "dport"), ("dst", "dport", "sport"))])
-    cand = cand.join(ends, on=["proto", "_end", "_end_port"]).filter(
-        (pl.col("first_ts_ns") <= pl.col("_leg_last") + CUT_SLACK_NS)
-        & (pl.col("last_ts_ns") >= pl.col("_leg_first") - CUT_SLACK_NS))
-    best = (cand.with_columns((pl.col("_other_port") != pl.col("_leg_other")).alias("_port_moved"),
-                              (pl.col("first_ts_ns") - pl.col("_leg_first")).abs().alias("_apart"))
+    by_ports = span(cand.join(ends.filter(pl.col("_end_port").is_not_null()), on=["proto", "_end", "_end_port"]))
+    best = (by_ports.with_columns((pl.col("_other_port") != pl.col("_leg_other")).alias("_port_moved"),
+                                  (pl.col("first_ts_ns") - pl.col("_leg_first")).abs().alias("_apart"))
             .sort("_flow", "_port_moved", "_apart", "conn_id").unique("_flow", keep="first"))
-    return best.group_by("conn_id").agg(pl.col("frames").sum().cast(pl.UInt32).alias("other_capture_cut"),
-                                        pl.col("_far_is_dst").any().alias("_from_inside"))
+    ported = best.group_by("conn_id").agg(pl.col("frames").sum().cast(pl.UInt32).alias("other_capture_cut"),
+                                          pl.lit(0, pl.UInt32).alias("other_capture_cut_shared"),
+                                          pl.col("_far_is_dst").any().alias("_from_inside"))
+    hosts = ends.filter(pl.col("_end_port").is_null()).drop("_end_port", "_other_port")
+    if hosts.is_empty():
+        return ported.select(list(schema)).cast(schema)
+    by_hosts = span(cand.filter(pl.col("_far")).join(ported.select("conn_id"), on="conn_id", how="anti")
+                    .join(hosts, on=["proto", "_end"]))
+    by_hosts = by_hosts.unique(["_flow", "conn_id"]).with_columns(
+        pl.col("conn_id").n_unique().over("_flow").cast(pl.UInt32).alias("_legs"))
+    shared = by_hosts.group_by("conn_id").agg(pl.col("frames").sum().cast(pl.UInt32).alias("other_capture_cut"),
+                                              pl.col("_legs").max().alias("other_capture_cut_shared"),
+                                              pl.col("_far_is_dst").any().alias("_from_inside"))
+    return pl.concat([ported.select(list(schema)).cast(schema), shared.select(list(schema)).cast(schema)])
 
 
 def _cut_outside(df: pl.DataFrame, ins: pl.DataFrame, cut: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
@@ -847,14 +885,19 @@ def _cut_outside(df: pl.DataFrame, ins: pl.DataFrame, cut: pl.DataFrame, offset_
                       & pl.col("verdict").is_in(["not_forwarded", "not_captured", "no_reply", "reply_dropped",
                                                  "reply_other_path"]))["anchor"]
     legs = ins.filter(pl.col("conn_id").is_in(open_.implode()) & pl.col("proto").is_in([6, 17]))
+    # Its far end: the destination of a connection started inside, else the client, its source.
+    legs = legs.join(df.select(pl.col("anchor").alias("conn_id"), pl.col("init_inside").alias("_far_is_dst")),
+                     on="conn_id", how="left")
     found = _cut_flows_of(legs, cut, offset_ns).select(pl.col("conn_id").alias("anchor"),
-                                                       pl.col("other_capture_cut").alias("_cut"))
+                                                       pl.col("other_capture_cut").alias("_cut"),
+                                                       pl.col("other_capture_cut_shared").alias("_shared"))
     if found.is_empty():
         return df
     df = df.join(found, on="anchor", how="left", maintain_order="left")
     return df.with_columns(
         pl.when(pl.col("_cut").is_not_null()).then(pl.lit("not_captured")).otherwise(pl.col("verdict"))
-        .alias("verdict"), pl.col("_cut").alias("other_capture_cut")).drop("_cut")
+        .alias("verdict"), pl.col("_cut").alias("other_capture_cut"),
+        pl.col("_shared").alias("other_capture_cut_shared")).drop("_cut", "_shared")
 
 
 def _cut_legs(outs: pl.DataFrame, out_pk: pl.DataFrame, taken: pl.Series, cut: pl.DataFrame,
@@ -896,6 +939,7 @@ def _cut_legs(outs: pl.DataFrame, out_pk: pl.DataFrame, taken: pl.Series, cut: p
         pl.when(inbound).then(pl.lit("outside")).otherwise(pl.lit("inside")).alias("initiator"),
         pl.lit("not_captured").alias("verdict"), pl.lit([], pl.List(pl.String)).alias("rewrites"),
         packets.alias("fate_outside_only"), pl.lit(1, pl.UInt32).alias("outside_tuples"), "other_capture_cut",
+        "other_capture_cut_shared",
         pl.concat_list(pl.struct(pl.lit("outside").alias("observation_point"), *_TUPLE, "first_frame",
                                  packets.alias("packets"))).alias("legs"),
     )

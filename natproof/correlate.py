@@ -1002,6 +1002,8 @@ def _contract_rows(df: pl.DataFrame) -> pl.DataFrame:
     })
     if "other_capture_cut" not in df.columns:  # only rows of natproof.assemble._cut_legs carry it
         df = df.with_columns(pl.lit(0, pl.UInt32).alias("other_capture_cut"))
+    if "other_capture_cut_shared" not in df.columns:
+        df = df.with_columns(pl.lit(0, pl.UInt32).alias("other_capture_cut_shared"))
     if "left_out_interfaces" not in df.columns:  # assemble counts them (natproof.assemble._left_out_counts)
         df = df.with_columns(pl.lit(0, pl.UInt32).alias("left_out_replies"),
                              pl.lit(0, pl.UInt32).alias("left_out_initiator"),

@@ -618,35 +618,65 @@ def _unseen_while_running(result: Result, rows: list[dict[str, Any]]) -> list[Fi
 
 def _headers_cut(result: Result, cut: list[dict[str, Any]]) -> list[Finding]:
     """Connections seen on one side only whose flow the other capture holds only as frames a snaplen cut inside
-    their TCP/UDP header (other_capture_cut: natproof.assemble._cut_legs, _cut_outside): they reached that
-    capture's interface, which kept their addresses and ports and cut their flags and numbers, so neither a
-    translation nor a drop is proven (verdict not_captured). One finding per capture that cut them; its counts:
-    the connections' packets on the side that read them, the cut frames of their flows on the other, and that
-    capture's truncated_l4 frames in all."""
+    or before their TCP/UDP header (other_capture_cut: natproof.assemble._cut_legs, _cut_outside): they reached
+    that capture's interface, which kept their addresses (and ports, cut after them) and cut their flags and
+    numbers, so neither a translation nor a drop is proven (verdict not_captured). A connection read by its hosts
+    alone (other_capture_cut_shared > 0: the cut took the ports too) is said so: those frames show only that the
+    capture cut packets between its hosts then, shared with every connection between them they overlap; where
+    they are fewer than those connections, not all of them can have crossed there, and which did is unknown. One
+    finding per capture that cut them; its counts: the connections' packets on the side that read them, the cut
+    frames of the flows read by their ports (each flow one connection's), the connections read by hosts and
+    those with fewer frames than connections sharing them, and that capture's truncated_l4 frames in all."""
     findings = []
     for side, read in (("inside", "outside"), ("outside", "inside")):
         rows = [r for r in cut if (r[f"fate_{read}_only"] > 0) and not r[f"fate_{side}_only"]]
         if not rows:
             continue
         packets = sum(r[f"fate_{read}_only"] for r in rows)
-        frames = sum(r["other_capture_cut"] for r in rows)
+        by_ports = [r for r in rows if not r.get("other_capture_cut_shared")]
+        by_hosts = [r for r in rows if r.get("other_capture_cut_shared")]
+        too_few = [r for r in by_hosts if r["other_capture_cut"] < r["other_capture_cut_shared"]]
+        frames = sum(r["other_capture_cut"] for r in by_ports)
         skipped = getattr(result, side).skipped.get("truncated_l4", 0)
+
+        def own(r: dict[str, Any], side: str = side) -> str:
+            if not r.get("other_capture_cut_shared"):
+                return f"{r['other_capture_cut']} frame(s) of its flow on the {side} capture cut inside their header"
+            n = r["other_capture_cut_shared"]
+            return (f"{r['other_capture_cut']} frame(s) between its hosts on the {side} capture cut before their "
+                    f"ports, overlapping {n} connection(s)" + (" (fewer frames than connections)"
+                                                               if r["other_capture_cut"] < n else ""))
+
         evidence = [f"{_conn_label(r)}: {r[f'fate_{read}_only']} packet(s) on the {read} capture only, from frame "
-                    f"{r[f'evidence_egress_{read}_frame'] or r['legs'][0]['first_frame']}; {r['other_capture_cut']} "
-                    f"frame(s) of its flow on the {side} capture cut inside their header" for r in rows[:20]]
+                    f"{r[f'evidence_egress_{read}_frame'] or r['legs'][0]['first_frame']}; {own(r)}"
+                    for r in rows[:20]]
+        parts = []
+        if by_ports:
+            parts.append(
+                f"{len(by_ports)} of them by their ports, as {frames} frame(s) of their own flows cut inside their "
+                "TCP/UDP header: their addresses and ports are there, the rest of their headers (TCP flags and "
+                "numbers) is not, so no packet pairs with its copy")
+        if by_hosts:
+            parts.append(
+                f"{len(by_hosts)} of them by their hosts alone, as frames the snaplen cut before their ports: each "
+                "one's far end, protocol and time match frames there, which shows that the capture cut packets "
+                "between those hosts then, not which connection each frame was (one frame counts for every "
+                "connection between those hosts it overlaps)"
+                + (f"; {len(too_few)} of these overlap more connections than there are frames, so not all of them "
+                   "can have crossed there, and the captures do not say which did" if too_few else ""))
         findings.append(Finding(
             "capture_cut", "warning", f"The {side} capture cut the headers of some connections' packets",
             f"{len(rows)} connection(s) ({packets} packet(s) on the {read} capture) are on the {side} capture only "
-            f"as {frames} frame(s) a snaplen cut inside their TCP/UDP header ({skipped} {side} frame(s) skipped so "
-            "in all, truncated_l4): their addresses and ports are there, the rest of their headers (TCP flags and "
-            "numbers) is not, so no packet pairs with its copy. Both captures hold these flows, so the NAT did not "
-            "simply drop them; which packets crossed and how the NAT rewrote them is not in the captures (verdict "
-            "not_captured), and they are left out of the other findings.",
+            f"as frames a snaplen cut inside or before their TCP/UDP header ({skipped} {side} frame(s) skipped so "
+            f"in all, truncated_l4): {'; '.join(parts)}. The {side} capture holds packets of these flows (or "
+            "between their hosts) then, so the NAT is not shown to have dropped them; which packets crossed and "
+            "how the NAT rewrote them is not in the captures (verdict not_captured), and they are left out of the "
+            "other findings.",
             f"Capture the {side} again with a snaplen that keeps whole headers: tcpdump's default (-s 0, 262144 "
             "bytes), or at least -s 128 (link, IP and TCP headers with options).",
             connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
             data={"connections": len(rows), "packets": packets, "cut_frames": frames, "side": side,
-                  "truncated_l4": skipped}))
+                  "truncated_l4": skipped, "by_hosts": len(by_hosts), "too_few_frames": len(too_few)}))
     return findings
 
 

@@ -63,7 +63,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "kernel_reply_dst": pl.String(), "kernel_reply_dport": pl.UInt16(),
     "payload_rewrites": pl.UInt32(),
     "outside_only_before_inside": pl.UInt32(),
-    "other_capture_cut": pl.UInt32(),
+    "other_capture_cut": pl.UInt32(), "other_capture_cut_shared": pl.UInt32(),
     "node_made_inside": pl.UInt32(), "node_made_outside": pl.UInt32(),
     "left_out_replies": pl.UInt32(), "left_out_initiator": pl.UInt32(), "left_out_interfaces": pl.List(pl.String()),
 }
@@ -95,7 +95,11 @@ helper's port, else damage or a middlebox. outside_only_before_inside: its fate_
 while the inside capture is shown not running yet (natproof.correlate.capture_off_until), so they are no evidence
 of a reply not reverse-translated (null from one capture and the kernel's record). other_capture_cut: frames of
 its flow the other capture holds only cut inside their TCP/UDP header by a snaplen (natproof.assemble._cut_legs):
-that capture saw it cross, and cut what would show how (verdict not_captured); 0 otherwise. node_made_*: its packets
+that capture saw it cross, and cut what would show how (verdict not_captured); 0 otherwise.
+other_capture_cut_shared: 0 when those frames are its flow's by their ports; when the snaplen cut the ports too
+and they are read by hosts alone (its far end's address, protocol and time: natproof.assemble._cut_flows_of), how
+many connections the same frames overlap, itself included: they show only that the other capture cut packets
+between those hosts then, not which connection's they were. node_made_*: its packets
 at that point the node made itself (fate node_generated) other than ICMP errors: a REJECT's TCP reset, the RST for
 an INVALID packet (natproof.correlate.node_made_apart); counted in neither egress_* nor reply_* (the far end's
 replies), as the node's ICMP errors stay in icmp_errors_*. left_out_*: with one file of several interfaces, its
@@ -668,6 +672,7 @@ def connection_struct(named: bool = False) -> pl.Expr:
             underlay_struct(pl.element().struct.field("underlay")).alias("underlay"))).alias("legs"),
         pl.struct(*[pl.col(f"fate_{f}").alias(f) for f in FATES]).alias("fates"),
         pl.col("other_capture_cut").fill_null(0).alias("other_capture_cut"),
+        pl.col("other_capture_cut_shared").fill_null(0).alias("other_capture_cut_shared"),
         pl.when(pl.col("left_out_interfaces").list.len() > 0).then(pl.struct(
             pl.col("left_out_interfaces").alias("interfaces"), pl.col("left_out_replies").alias("replies"),
             pl.col("left_out_initiator").alias("initiator"))).alias("left_out"),

@@ -443,7 +443,8 @@ def test_a_flow_whose_headers_the_inside_snaplen_cut_is_not_captured_not_lost(tm
     f = found["capture_cut"]
     assert f.connections == (c["conn"],) and f.severity == "warning"
     assert (f.data["cut_frames"], f.data["packets"], f.data["side"]) == (cut_in, out_http, "inside")
-    assert f"as {cut_in} frame(s) a snaplen cut" in f.summary and f"({out_http} packet(s) on the outside" in f.summary
+    assert f"as {cut_in} frame(s) of their own flows cut" in f.summary
+    assert f"({out_http} packet(s) on the outside" in f.summary
 
 
 @pytest.mark.parametrize("answered", [True, False])
@@ -797,3 +798,122 @@ def test_segments_merged_on_one_side_cross_by_byte_range_with_no_payload_change(
     merged = result.packets("inside").filter(pl.col("method") == "bytes").select("method").collect()
     assert merged.height == (3 if upload else 24)
     assert [f.kind for f in diagnose(result)] == ["healthy"]
+
+
+def _two_to_one_server(tmp_path: Path, *, cut: str, snaplen: int, keep_out: int | None = None) -> tuple[list, list]:
+    """Two HTTP-like connections from one pod to 198.51.100.10:80 through MASQUERADE, 5 ms apart, raw IP, the
+    ``cut`` side captured with ``snaplen`` (20: the whole IP header and nothing of TCP, so no ports), only its first
+    ``keep_out`` frames kept on the outside when given: (inside rows, outside rows) as written."""
+    from pcapbytes import pcap, tcp_pair
+
+    t0 = 1_700_000_000 * 10**9
+    in_a, out_a = tcp_pair(t0)
+    in_b, out_b = tcp_pair(t0 + 5_000_000, sport=40010, nat_sport=40010, isn=9000)
+    inside, outside = sorted(in_a + in_b), sorted(out_a + out_b)
+    if keep_out is not None:
+        outside = outside[:keep_out]
+    for name, rows in (("inside", inside), ("outside", outside)):
+        kept = [(t, b[:snaplen], len(b)) for t, b in rows] if name == cut else rows
+        (tmp_path / f"{name}.pcap").write_bytes(pcap(kept, linktype=101))
+    return inside, outside
+
+
+@pytest.mark.parametrize("decoder", ["fast", "dpkt"])
+def test_an_outside_snaplen_cut_before_the_ports_is_capture_cut_not_unseen(tmp_path: Path, decoder: str) -> None:
+    # Trial 12: the uplink captured with -s 34 on Ethernet (the IP header whole, no port): every frame skipped, yet
+    # diagnose said unseen_while_running ("the other capture shows none of their packets", "give --pod-cidr").
+    # The cut frames still carry protocol, hosts and times: the connections are not_captured, read by hosts.
+    from natproof.diagnose import diagnose
+
+    inside, outside = _two_to_one_server(tmp_path, cut="outside", snaplen=20)
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap", decoder=decoder)
+    assert result.outside.skipped == {"truncated_l4": len(outside)}
+    rows = result.connections.sort("inside_sport").rows(named=True)
+    assert [r["verdict"] for r in rows] == ["not_captured"] * 2
+    # Ports unknown, the frames between the two hosts overlap both connections: each counts them, shared by 2.
+    assert [(r["other_capture_cut"], r["other_capture_cut_shared"]) for r in rows] == [(len(outside), 2)] * 2
+    assert all(r["fate_inside_only"] == len(inside) // 2 and r["fate_node_generated"] == 0 for r in rows)
+    (f,) = diagnose(result)
+    assert (f.kind, f.data["side"], f.data["by_hosts"], f.data["too_few_frames"]) == ("capture_cut", "outside", 2, 0)
+    assert (f.data["cut_frames"], f.data["truncated_l4"], f.data["packets"]) == (0, len(outside), len(inside))
+    assert "2 of them by their hosts alone" in f.summary and "not which connection" in f.summary
+    assert "more connections than there are frames" not in f.summary
+    assert f"{len(outside)} frame(s) between its hosts on the outside capture cut before their ports, " \
+           "overlapping 2 connection(s)" in f.evidence[0]
+
+
+def test_too_few_frames_cut_before_the_ports_for_the_connections_they_overlap_is_said(tmp_path: Path) -> None:
+    # One cut frame on the outside between the pod's two connections' hosts: it cannot be both connections'.
+    # Both stay not_captured (no drop is shown, and which one crossed is unknown), and the finding says so.
+    from natproof.diagnose import diagnose
+
+    _two_to_one_server(tmp_path, cut="outside", snaplen=20, keep_out=1)
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    rows = result.connections.rows(named=True)
+    assert [(r["verdict"], r["other_capture_cut"], r["other_capture_cut_shared"]) for r in rows] == [
+        ("not_captured", 1, 2)] * 2
+    (f,) = diagnose(result)
+    assert (f.kind, f.data["by_hosts"], f.data["too_few_frames"]) == ("capture_cut", 2, 2)
+    assert "2 of these overlap more connections than there are frames" in f.summary
+    assert "(fewer frames than connections)" in f.evidence[0]
+
+
+def test_an_inside_snaplen_cut_before_the_ports_is_capture_cut_not_another_node(tmp_path: Path) -> None:
+    # The mirror (trial 12, -s 54 on IPv6 inside): "No connection proves anything ... check that the captures are
+    # of the same node". The outside legs are read against the inside's cut frames by their far end.
+    from natproof.diagnose import diagnose
+
+    inside, outside = _two_to_one_server(tmp_path, cut="inside", snaplen=20)
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    rows = result.connections.rows(named=True)
+    assert [(r["verdict"], r["initiator"], r["other_capture_cut"], r["other_capture_cut_shared"]) for r in rows] == [
+        ("not_captured", "inside", len(inside), 2)] * 2
+    assert sum(r["fate_outside_only"] for r in rows) == len(outside)
+    (f,) = diagnose(result)
+    assert (f.kind, f.data["side"], f.data["by_hosts"]) == ("capture_cut", "inside", 2)
+
+
+def test_an_ipv6_uplink_cut_before_the_ports_is_capture_cut() -> None:
+    # Trial 12's own IPv6 case: editcap -s 54 (Ethernet + IPv6 header) of tests/variants/idle6/outside.pcap.
+    from pcapbytes import snaplen_cut
+
+    from natproof.diagnose import diagnose
+
+    variant = Path(__file__).parent / "variants" / "idle6"
+    cut = snaplen_cut((variant / "outside.pcap").read_bytes(), 54)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "outside.pcap").write_bytes(cut)
+        result = correlate(variant / "inside.pcap", Path(d) / "outside.pcap")
+    kinds = [f.kind for f in diagnose(result)]
+    assert "capture_cut" in kinds and "unseen_while_running" not in kinds
+    assert set(result.connections["verdict"]) == {"not_captured"}
+    assert all(n > 0 for n in result.connections["other_capture_cut_shared"])
+
+
+@pytest.mark.parametrize("from_node", [False, True])
+def test_an_icmp_error_from_the_far_end_is_not_node_made_when_the_outside_cut_the_flow(tmp_path: Path,
+                                                                                    from_node: bool) -> None:
+    # Trial 12: editcap -s 38 of captures/udp/outside.pcap; the datagram to port 9 and its ICMP port unreachable
+    # from 198.51.100.10 (the far end) read "1 inside only, 1 node-made": nothing of it paired on the outside, which
+    # cut the flow, and that was taken for "the far end never saw it". From the pod network's gateway it is the
+    # node's still: its source says so.
+    from pcapbytes import icmp_error, pcap
+
+    t0 = 1_700_000_000 * 10**9
+    pod, node, far, gw = "10.244.0.10", "203.0.113.2", "198.51.100.10", "10.244.0.1"
+    sent = ipv4(pod, far, 17, udp(51348, 9, b"x" * 8), ip_id=5)
+    out = ipv4(node, far, 17, udp(51348, 9, b"x" * 8), ip_id=5, ttl=63)
+    err_in = ipv4(gw if from_node else far, pod, 1, icmp_error(3, 3, sent[:28]), ttl=63)
+    err_out = ipv4(far, node, 1, icmp_error(3, 3, out[:28]), ttl=64)
+    inside = [(t0, sent), (t0 + 2_000_000, err_in)]
+    outside = [(t0 + 30_000, out)] + ([] if from_node else [(t0 + 1_900_000, err_out)])
+    (tmp_path / "inside.pcap").write_bytes(pcap(inside, linktype=101))
+    (tmp_path / "outside.pcap").write_bytes(pcap([(t, b[:24], len(b)) for t, b in outside], linktype=101))
+    result = correlate(tmp_path / "inside.pcap", tmp_path / "outside.pcap")
+    (c,) = result.connections.rows(named=True)
+    assert c["verdict"] == "not_captured" and c["other_capture_cut"] == 1
+    assert (c["fate_inside_only"], c["fate_node_generated"]) == ((1, 1) if from_node else (2, 0))
+    (doc,) = result.to_dict()["connections"]
+    assert ("node_generated" in doc["flags"]) == from_node
