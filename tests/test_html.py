@@ -576,8 +576,8 @@ def test_summary_facts_say_what_their_counts_count(tmp_path: Path) -> None:
     from pcapbytes import snaplen_cut
 
     cut = tmp_path / "cut.pcap"
-    # Cut inside the TCP ports too: no flow is left to read (a cut after the ports keeps one: not_captured).
-    cut.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 36))
+    # Cut inside the IP header: no flow is left to read (a cut after it keeps one by hosts: not_captured).
+    cut.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 30))
     result = natproof.correlate(cut, CAPTURES / "basic" / "outside.pcap")
     facts = _facts(render_html(result, []))
     assert result.connections.height == 0 and facts["connections"] == "0"

@@ -334,8 +334,8 @@ def test_port_preserved_with_no_source_rewritten_says_it_cannot_be_judged(
 def test_no_connection_to_judge_fails_every_expectation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A new user's trial: with every inside frame cut short (0 connections), --expect-no untranslated and
     --expect-no-leak passed: "2 of 2 expectations hold", exit 0."""
-    inside = tmp_path / "cut.pcap"  # tcpdump -s 36: no frame holds a whole header, nor its TCP ports
-    inside.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 36))
+    inside = tmp_path / "cut.pcap"  # tcpdump -s 30: every frame cut inside its IP header
+    inside.write_bytes(snaplen_cut((CAPTURES / "basic" / "inside.pcap").read_bytes(), 30))
     result = correlate(str(inside), pair("basic")[1])
     assert result.connections.height == 0 and result.inside.skipped.get("malformed", 0) > 0
     code, out, _ = run(capsys, "verify", str(inside), pair("basic")[1], "--expect-no", "untranslated",
