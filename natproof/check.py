@@ -33,6 +33,11 @@ COMPARED = ("initiator", "original", "translated", "rewrites", "service", "other
 ``other_capture_off`` is one of natproof's ``flags``."""
 
 
+SINGLE_FILE_FIELDS = ("verdict", "outside", *COMPARED)
+"""Fields a truth connection may give again as ``single_file_<field>``, for the run's capture of every interface
+(any.pcap, node.pcapng) where that capture proves more than the two files: compare() takes them in its place."""
+
+
 def _differs(truth: dict[str, Any], got: dict[str, Any]) -> list[str]:
     """The contract fields the truth gives that natproof got otherwise (rewrites compared as a set)."""
     out = []
@@ -125,8 +130,9 @@ def load_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
 def compare(result: Result | dict[str, Any], truth: dict[str, Any], *, single_file: bool = False) -> CheckReport:
     """Pair truth and natproof connections by protocol and inside tuple (in order, for reused tuples), and compare
     the outside tuple, the verdict and every contract field the truth gives (COMPARED). ``single_file``: the
-    result is of the run's capture of every interface, whose verdict is a connection's ``single_file_verdict``
-    where the truth gives one."""
+    result is of the run's capture of every interface, whose verdict and contract fields are a connection's
+    ``single_file_verdict`` and ``single_file_<field>`` (SINGLE_FILE_FIELDS) where the truth gives them: what only
+    that capture proves (a reply's other uplink, the DNATed leg on a local Service endpoint's veth)."""
     if isinstance(result, Result):
         got = connection_dicts(result.connections)
     else:
@@ -142,10 +148,11 @@ def compare(result: Result | dict[str, Any], truth: dict[str, Any], *, single_fi
             continue
         n = candidates.pop(0)
         rep.found += 1
+        if single_file:
+            t = t | {f: t[f"single_file_{f}"] for f in SINGLE_FILE_FIELDS if f"single_file_{f}" in t}
         differs = _differs(t, n)
         same_map = _outside(n) == _outside(t) and not differs
-        expected = t.get("single_file_verdict", t["verdict"]) if single_file else t["verdict"]
-        same_verdict = n["verdict"] == expected
+        same_verdict = n["verdict"] == t["verdict"]
         rep.mapping_right += same_map
         rep.verdict_right += same_verdict
         if not (same_map and same_verdict):

@@ -504,6 +504,11 @@ def test_local_endpoint_leg_in_no_capture_gives_no_translated_tuple() -> None:
     assert doc["translated"] is None and doc["rewrites"] is None
     assert doc["service"] == {"type": "ClusterIP", "address": "10.96.0.20", "port": 80, "backend": None}
     assert "10.244.0.22:8080" in str(doc["notes"])
+    # The run's capture of every interface holds that leg (the endpoint's veth, cni0): proven there.
+    assert doc["single_file_verdict"] == "translated"
+    assert doc["single_file_translated"] == {"src": POD, "sport": 51114, "dst": "10.244.0.22", "dport": 8080}
+    assert doc["single_file_rewrites"] == ["dst", "dport"]
+    assert doc["single_file_service"]["backend"] == {"address": "10.244.0.22", "port": 8080}  # type: ignore[index]
 
 
 def test_service_without_endpoints_has_no_entry_and_no_backend() -> None:

@@ -287,6 +287,12 @@ class Connection:
     captures' (truth.json's ``single_file_verdict``): replies that come back over a link the outside capture does
     not see cross one that capture holds, so reverse translation is proven there (translated, not
     reply_other_path)."""
+    single_file_translated: FlowTuple | None = None
+    """The translated tuple that capture proves where the two captures cannot (truth.json's
+    ``single_file_translated``, with ``single_file_rewrites``): a Service's leg DNATed to an endpoint on the node is
+    on the endpoint's veth and cni0, in neither of the two captures but in the capture of every interface."""
+    single_file_service: dict[str, object] | None = None
+    """``service`` with the backend that capture shows (truth.json's ``single_file_service``)."""
 
     @property
     def rewrites(self) -> list[str] | None:
@@ -310,6 +316,11 @@ class Connection:
             doc["other_capture_off"] = self.other_capture_off
         if self.single_file_verdict is not None:
             doc["single_file_verdict"] = self.single_file_verdict
+        if self.single_file_translated is not None:
+            doc["single_file_translated"] = self.single_file_translated.to_dict()
+            doc["single_file_rewrites"] = (self.original or self.inside).rewrites(self.single_file_translated)
+        if self.single_file_service is not None:
+            doc["single_file_service"] = self.single_file_service
         if self.notes:
             doc["notes"] = self.notes
         return doc
@@ -591,6 +602,9 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
     seen = f"{logged}; last state {track.latest.state or '-'}; {counted}"
     pod_view = f"; the client saw '{attempt.outcome}' ({attempt.detail})" if attempt else ""
     shown: FlowTuple | None = translated
+    single_verdict: str | None = None
+    single_translated: FlowTuple | None = None
+    single_service: dict[str, object] | None = None
     if inbound:
         # Initiated outside and DNATed to a pod: the pod's side sees the translated tuple.
         inside, mapped = translated, original
@@ -631,6 +645,11 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
                 why = f"Service endpoint {translated.dst}:{translated.dport} in the pod network: DNAT on the bridge"
             if translated.dst in rules.unseen_translated:
                 shown = None
+                # The run's capture of every interface holds that leg (the endpoint's veth, cni0): there the rewrite
+                # is proven from the capture itself, as a hairpin's is.
+                single_verdict = "translated" if replied else "no_reply"
+                single_translated = translated
+                single_service = rule.to_dict(translated) if rule else None
                 notes = "; ".join(
                     n for n in (
                         notes,
@@ -676,5 +695,7 @@ def _judge(track: _Track, rules: TruthRules, attempt: Attempt | None, notes: str
         original=original,
         translated=shown,
         service=service,
-        single_file_verdict="translated" if verdict == "reply_other_path" else None,
+        single_file_verdict="translated" if verdict == "reply_other_path" else single_verdict,
+        single_file_translated=single_translated,
+        single_file_service=single_service,
     )
