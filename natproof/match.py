@@ -27,6 +27,10 @@ PAIR_SCHEMA = {
 SELF_PAIR_SCHEMA = {"a_row": pl.UInt32(), "b_row": pl.UInt32(), "dt_ns": pl.Int64()}
 """The same packet seen twice at one observation point under two legs: ``a_row`` first, ``b_row`` after NAT."""
 
+COPY_NS_WITHIN = 1_000_000
+"""A weak datagram's two copies at one observation point (pair_within's loose pass) are at most this far apart
+(1 ms, as natproof.points.COPY_NS: the bridge hands the DNATed datagram to the endpoint's veth in microseconds)."""
+
 SELF_TOLERANCE_NS = 50_000_000
 """Two copies of a packet at one observation point (hairpin: the pod's own veth sees the packet leave and come
 back translated, tens of us apart in captures/hairpin) are at most this far apart (50 ms)."""
@@ -571,7 +575,44 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl
     (retransmissions, a bridge's duplicate) never pair, nor copies whose two ends' addresses are the same (no
     DNAT, no masquerade between them: two connections from one pod's ports to one Service whose first packets
     agree on every field the key holds, a helper's synthetic SYNs).
+
+    A weak datagram (IPv6 UDP: no IP id) keeps its far end in the strong key, so its DNATed copy (a ClusterIP's
+    datagram on the client's veth and on the veth of the endpoint pod on the node, one ``tcpdump -i any``) is
+    paired on the loose key instead, more strictly: both far ends ones a DNAT may stand for or lead to
+    (``dnat_end``), the near end (address and port) the same, at most COPY_NS_WITHIN apart, and each copy in one pair
+    only (identical queries from one socket to two servers would otherwise pair).
     """
+    strong = _pair_within_strong(side, tolerance_ns)
+    if "k_loose" not in side.columns or side["k_loose"].dtype == pl.Null or "dnat_end" not in side.columns:
+        return strong
+    used = pl.concat([strong["a_row"], strong["b_row"]])
+    df = (side.filter(pl.col("k_loose").is_not_null() & pl.col("dnat_end").fill_null(False)
+                      & ~pl.col("row").is_in(used.implode()))
+          .select("row", "k_loose", "ts_ns", "conn_id", "local", "lport", "remote", "rport"))
+    if df.height < 2:
+        return strong
+    df = df.sort("k_loose", "ts_ns", "row")
+    nxt = df.select(
+        pl.col("row").alias("a_row"), pl.col("row").shift(-1).alias("b_row"),
+        (pl.col("ts_ns").shift(-1) - pl.col("ts_ns")).alias("dt_ns"),
+        ((pl.col("k_loose").shift(-1) == pl.col("k_loose")) & (pl.col("conn_id").shift(-1) != pl.col("conn_id"))
+         & (pl.col("local").shift(-1) == pl.col("local")) & (pl.col("lport").shift(-1) == pl.col("lport"))
+         & ((pl.col("remote").shift(-1) != pl.col("remote")) | (pl.col("rport").shift(-1) != pl.col("rport"))))
+        .fill_null(False).alias("ok"),
+    ).filter(pl.col("dt_ns") <= min(tolerance_ns, COPY_NS_WITHIN))
+    loose, last_b = [], None
+    for a, b, dt, ok in nxt.iter_rows():
+        if ok and a != last_b:
+            loose.append((a, b, dt))
+            last_b = b
+    if not loose:
+        return strong
+    more = pl.DataFrame(loose, schema=SELF_PAIR_SCHEMA, orient="row")
+    return pl.concat([strong, more])
+
+
+def _pair_within_strong(side: pl.DataFrame, tolerance_ns: int) -> pl.DataFrame:
+    """pair_within's pass on the strong key."""
     df = side.filter(pl.col("k_strong").is_not_null()).select("row", "k_strong", "ts_ns", "conn_id", "local",
                                                                 "remote")
     if df.height < 2:

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,7 +291,8 @@ class Evidence:
     translated: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """Sources connections started inside carried after the NAT, on the interface where they appeared."""
     packets: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
-    """(where, sig, ts_ns) of every IP packet (``where``: see where_expr)."""
+    """(where, sig, ts_ns, tup, local) of every IP packet (``where``: see where_expr; ``tup``: see _tuple_expr;
+    ``local``: see _local_legs)."""
     service_starts: Counter[Key] = dataclasses.field(default_factory=Counter)
     """Connection starts to a ClusterIP (the tuple before kube-proxy's DNAT exists only where the client sent it)."""
     aggregates: frozenset[Key] = frozenset()
@@ -304,7 +305,7 @@ class Evidence:
     de-masqueraded to the client, its DNAT not yet undone: two helpers' kernel captures of lab nodeport), the
     port before it. An interface with such packets is no pod's own view when its port is there."""
     start_rows: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
-    """(where, sig, ts_ns) of each interface's connection starts."""
+    """(where, sig, ts_ns, tup, local) of each interface's connection starts."""
     destinations: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """The destination addresses of each interface's packets (ICMP errors aside)."""
     replies: dict[Key, set[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
@@ -312,27 +313,41 @@ class Evidence:
     tuple of the node's far side, each interface holds: a reply that leaves, or comes in, by an uplink the
     connection's first packet did not take (asymmetric routing: ``tcpdump -i any`` holds both uplinks)."""
 
-    def copy_share(self, key: Key, taken: Sequence[Key]) -> tuple[float, str]:
-        """How much of ``key``'s traffic is copies of packets on ``taken``: the same invariant fields (a bridge's
-        copy keeps the TTL and tuple, a DNATed or routed copy neither) within COPY_NS, so that look-alike packets of
-        other connections (IP id 0, the same query) are no copies. Measured on its connection starts, or on its
-        packets when it has no start; returns the share and which of the two was measured."""
+    def copy_share(self, key: Key, taken: Sequence[Key]) -> tuple[float, str, int]:
+        """How much of ``key``'s traffic is copies of packets on ``taken``: the same invariant fields within COPY_NS,
+        so that look-alike packets of other connections (IP id 0, the same query) are no copies. A bridge's copy
+        keeps the tuple; one under another tuple counts too (the bridge device sees a pod's packets past
+        br_netfilter's PREROUTING hook: a ClusterIP already DNATed to a backend the node then routes on), except
+        the DNATed leg delivered to a pod on the node (``local``: see _local_legs), which nothing else holds
+        where the client's veth shows only the Service's tuple, unless ``taken`` holds that leg already (the
+        endpoint's veth, then the bridge: the one taken first). Measured on its connection starts, or on its
+        packets when it has no start; returns the share, which of the two was measured, and how many of them are
+        such DNATed legs."""
         if self.packets.is_empty() or not taken:
-            return 0.0, "packets"
+            return 0.0, "packets", 0
         theirs = (self.packets.filter(pl.col("where").is_in([_where_value(k) for k in taken]))
-                  .select("sig", pl.col("ts_ns").alias("their_ts")).sort("sig", "their_ts"))
+                  .select("sig", "tup", "local", pl.col("ts_ns").alias("their_ts")).sort("sig", "their_ts"))
         for what, frame in (("connection starts", self.start_rows), ("packets", self.packets)):
             if frame.is_empty():
                 continue
-            mine = frame.filter(pl.col("where") == _where_value(key)).select("sig", "ts_ns").sort("sig", "ts_ns")
+            mine = (frame.filter(pl.col("where") == _where_value(key)).select("sig", "ts_ns", "tup", "local")
+                    .sort("sig", "ts_ns"))
             if mine.is_empty():
                 continue
             if theirs.is_empty():
-                return 0.0, what
-            near = mine.join_asof(theirs, left_on="ts_ns", right_on="their_ts", by="sig", strategy="nearest",
-                                  tolerance=COPY_NS, check_sortedness=False)
-            return near["their_ts"].is_not_null().sum() / mine.height, what
-        return 0.0, "packets"
+                return 0.0, what, 0
+
+            def near(there: pl.DataFrame, by: list[str], mine: pl.DataFrame = mine) -> pl.Series:
+                found = mine.join_asof(there.select(*by, "their_ts"), left_on="ts_ns", right_on="their_ts", by=by,
+                                       strategy="nearest", tolerance=COPY_NS, check_sortedness=False)
+                return found["their_ts"].is_not_null()
+
+            same = near(theirs, ["sig", "tup"])
+            held = near(theirs.filter(pl.col("local")), ["sig"])
+            other = near(theirs, ["sig"]) & ~same & ~held
+            dnated = other & mine["local"]
+            return (same | held | other & ~mine["local"]).sum() / mine.height, what, int(dnated.sum())
+        return 0.0, "packets", 0
 
 
 def where_expr() -> pl.Expr:
@@ -388,6 +403,24 @@ def _past_hook(packets: pl.DataFrame) -> Counter[Key]:
     return Counter({(int(w) >> 32, _signed(int(w) & 0xFFFFFFFF)): n for w, n in counts.iter_rows()})
 
 
+def _tuple_expr() -> pl.Expr:
+    """``tup``: a hash of a packet's flow tuple (f_src, f_sport, f_dst, f_dport as they are on the wire). Hashes
+    compare within one frame's rows (and those selected from them: its connection starts), as the column types
+    are the same there."""
+    return pl.struct("f_src", "f_sport", "f_dst", "f_dport").hash(seed=0x7475).alias("tup")
+
+
+def _local_legs(rows: pl.DataFrame, routed: pl.Series, pod_side: Callable[[str], bool]) -> pl.DataFrame:
+    """``rows`` (with sig, f_dst) with ``local``: the packet goes to a pod-side address and no copy of it (the same
+    sig) had its TTL lowered anywhere in the file: delivered to a pod on the node without being routed on (the
+    leg kube-proxy DNATed to a Service's endpoint on the same node, bridged: on that pod's veth and the bridge
+    only). ``routed``: the sigs seen with two TTLs."""
+    dsts = rows["f_dst"].drop_nulls().unique()
+    pods = dsts.filter(pl.Series([pod_side(d) for d in dsts.cast(pl.String).to_list()], dtype=pl.Boolean))
+    return rows.with_columns((pl.col("f_dst").is_in(pods.implode()) & ~pl.col("sig").is_in(routed.implode()))
+                             .fill_null(False).alias("local"))
+
+
 def _signed(u32: int) -> int:
     return u32 - (1 << 32) if u32 >= 1 << 31 else u32
 
@@ -408,7 +441,8 @@ def _start_rows(packets: pl.DataFrame) -> pl.DataFrame:
     reverse = first.rename({"f_src": "f_dst", "f_dst": "f_src", "f_sport": "f_dport", "f_dport": "f_sport"})
     rows = rows.join(reverse, on=tuple_, how="left").filter(
         (pl.col("f_proto") != 17) | pl.col("_first").is_null() | (pl.col("_first") > pl.col("ts_ns")))
-    return rows.select("iface", "ifindex", "ts_ns", "sig", "ttl", pl.col("f_src").cast(pl.String).alias("src"),
+    return rows.select("iface", "ifindex", "ts_ns", "sig", "ttl", _tuple_expr(),
+                       pl.col("f_src").cast(pl.String).alias("src"),
                        pl.col("f_dst").cast(pl.String).alias("dst"), pl.col("f_proto").alias("proto"),
                        pl.col("f_sport").alias("sport"), pl.col("f_dport").alias("dport"))
 
@@ -455,12 +489,13 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
     if packets.is_empty():
         return ev
     # Not unique(): a copy share reads each interface's part once, and most interfaces need none.
-    ev.packets = packets.select(where_expr(), "sig", "ts_ns")
+    every = packets.select(where_expr(), "sig", "ts_ns", _tuple_expr(), "f_dst")
+    ev.packets = every.select(pl.exclude("f_dst"), pl.lit(False).alias("local"))
     starts, _ = split_never_forwarded(packets.filter(~pl.col("is_icmp_error")).select(
         "iface", "ifindex", "ts_ns", "sig", "ttl", "proto", "icmp_type", "tcp_flags", "is_icmp_error",
         "f_proto", "f_src", "f_sport", "f_dst", "f_dport"))
     starts = _start_rows(starts)
-    ev.start_rows = starts.select(where_expr(), "sig", "ts_ns")
+    ev.start_rows = starts.select(where_expr(), "sig", "ts_ns", "tup", pl.lit(False).alias("local"))
     if starts.is_empty():
         return ev
     for a, b, dst in (packets.filter(~pl.col("is_icmp_error")).select("iface", "ifindex", "f_dst").unique()
@@ -501,6 +536,14 @@ def gather_evidence(packets: pl.DataFrame, pod_networks: Sequence[Network] = (),
             return any(ip.version == n.version and ip in n for n in pod_networks)
         return (_private(addr) or addr in snatted) and addr not in node_owned and not service(addr)
 
+    # The DNATed leg of a Service whose endpoint is a pod on this node, delivered without routing, is no copy of
+    # the client's packets under the Service's tuple (Evidence.copy_share).
+    routed_sigs = (packets.filter(~pl.col("is_icmp_error")).group_by("sig")
+                   .agg((pl.col("ttl").max() > pl.col("ttl").min()).alias("r")).filter(pl.col("r"))["sig"])
+    ev.packets = _local_legs(every, routed_sigs, pod_side).drop("f_dst")
+    del every
+    ev.start_rows = _local_legs(starts.select(where_expr(), "sig", "ts_ns", "tup", pl.col("dst").alias("f_dst")),
+                                routed_sigs, pod_side).drop("f_dst")
     where_pre = pre.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
     where_post = post.group_by("sig").agg(pl.struct("iface", "ifindex").unique().alias("k"))
     pre_at = {s: [(d["iface"], d["ifindex"]) for d in k] for s, k in where_pre.iter_rows()}
@@ -562,20 +605,26 @@ def _names(ifs: Iterable[Interface]) -> str:
     return ", ".join(i.name or i.label() for i in ifs)
 
 
-def _without_copies(order: list[Interface], ev: Evidence) -> tuple[list[Interface], dict[Key, str]]:
+def _without_copies(order: list[Interface], ev: Evidence,
+                    ) -> tuple[list[Interface], dict[Key, str], dict[Key, tuple[int, str]]]:
     """``order`` less the interfaces whose packets are copies of those already taken (COPY_SHARE): a bridge and
-    its ports, the veth of a Service backend that only receives a pod's DNATed packets."""
+    its ports, the veth of a pod that another pod on the node calls. Also returns, for each interface taken, how
+    many of its connection starts (or packets, as the second item says) are a Service's leg DNATed to a pod on the
+    node that the point held only under the Service's tuple (Evidence.copy_share)."""
     taken: list[Interface] = []
     notes: dict[Key, str] = {}
+    dnated: dict[Key, tuple[int, str]] = {}
     for i in order:
-        share, what = ev.copy_share(i.key, [t.key for t in taken])
+        share, what, legs = ev.copy_share(i.key, [t.key for t in taken])
         if share >= COPY_SHARE:
             most = "all" if share == 1 else f"{share:.0%} of"
             notes[i.key] = (f"left out: {most} its {what} are copies of packets on {_names(taken)} (a bridge beside "
-                            "its ports, a Service backend's veth)")
+                            "its ports, the veth of a pod another pod calls)")
             continue
+        if legs:
+            dnated[i.key] = (legs, what)
         taken.append(i)
-    return taken, notes
+    return taken, notes, dnated
 
 
 def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: bool) -> tuple[list[Interface], str,
@@ -627,8 +676,14 @@ def _auto(role: str, cands: list[Interface], ev: Evidence, *, whole_file_role: b
             return [], "", {}
     order = sorted(base, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, ev.past_hook[i.key] > 0,
                                         -ev.service_starts[i.key], -mine[i.key], -i.packets, i.name))
-    chosen, notes = _without_copies(order, ev)
-    if (added := [i for i in chosen if i in more]) and role == "inside":
+    chosen, notes, dnated = _without_copies(order, ev)
+    added = [i for i in chosen if i in more]
+    if role == "inside" and (legs := [i for i in chosen if i.key in dnated]):
+        # A Service's endpoint on the node: the leg after kube-proxy's DNAT is on its veth (and the bridge) only.
+        why += "".join(f"; {_names([i])}: {dnated[i.key][0]} {dnated[i.key][1]} there are the leg a Service "
+                       "DNATed to a pod on the node (elsewhere only under the Service's tuple)" for i in legs)
+        added = [i for i in added if i not in legs]
+    if added and role == "inside":
         why += f"; {_names(added)}: the same side (by name, or pod-side sources start connections there)"
     elif added:
         why += "".join(f"; {_names([i])}: {_another_way_back(i, ev)}" for i in added)
@@ -760,7 +815,7 @@ def choose_point(role: str, info: CaptureInfo, packets: pl.DataFrame, *, names: 
         [i for i in carrying if i.kind != "loopback"]
     order = sorted(cands, key=lambda i: (_PREFERENCE[i.kind], i.key in ev.aggregates, -ev.service_starts[i.key],
                                          -i.packets, i.name))
-    chosen, notes = _without_copies(order, ev)
+    chosen, notes, _ = _without_copies(order, ev)
     if not chosen:
         raise _cannot(path, role, interfaces)
     kinds = sorted({i.kind for i in chosen})

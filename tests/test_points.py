@@ -4,6 +4,7 @@ points, against the two-file form of the same simulated traffic."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import struct
 from collections import Counter
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pcapbytes import ipv4, pcap, pcapng, sll2, tcp, udp
+from pcapbytes import ipv4, ipv6, pcap, pcapng, sll2, tcp, udp
 
 import natproof
 from natproof.cli import main
@@ -168,8 +169,9 @@ def test_the_json_and_table_say_which_interfaces_and_why(tmp_path: Path) -> None
     lines = points_lines(one)
     assert lines[0].startswith(f"inside: {tmp_path / 'any.pcap'} veth10 (if10), veth11 (if11), chosen: ")
     assert lines[1].startswith(f"outside: {tmp_path / 'any.pcap'} eth0 (if2), chosen: ")
-    assert lines[2:] == ["left out: lo (if1): loopback", "left out: cni0 (if3): all its connection starts are copies "
-                         "of packets on veth10, veth11 (a bridge beside its ports, a Service backend's veth)"]
+    assert lines[2:] == ["left out: lo (if1): loopback", "left out: cni0 (if3): all its connection starts are "
+                         "copies of packets on veth10, veth11 (a bridge beside its ports, the veth of a pod another "
+                         "pod calls)"]
 
 
 def test_a_pod_to_pod_packet_on_both_veths_counts_once(tmp_path: Path) -> None:
@@ -491,3 +493,147 @@ def test_egress_on_an_uplink_left_out_by_hand_is_named(tmp_path: Path) -> None:
                                         "leaving by eth1, left out of the outside point")
     assert finding.fix.startswith("The capture holds them on eth1, left out of the outside point: `--outside-if "
                                   "eth0,eth1` takes it in")
+
+
+# -- a Service's endpoint on the node: the DNATed leg is on its veth and cni0 only ------------------------------
+
+_LOCAL_LINKS = "".join(
+    f"{i}: {name}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue{master} state UP mode DEFAULT group "
+    f"default qlen 1000\\    link/ether 02:00:00:00:00:0{i} brd ff:ff:ff:ff:ff:ff\n"
+    for i, name, master in ((2, "cni0", ""), (3, "eth0", ""), (5, "vethA@if2", " master cni0"),
+                            (6, "vethB@if2", " master cni0")))
+"""``ip -o link`` of a node whose pod A (vethA, if5) calls a Service served by pod B (vethB, if6), both on cni0."""
+
+
+def _local_service_any(tmp_path: Path, v6: bool) -> Path:
+    """``tcpdump -i any`` of that node (s13 of a trial, and tests/variants/clusterip6 in small): pod A calls the
+    Service; kube-proxy DNATs it to pod B on the bridge (TTL kept), so vethA holds only the Service's tuple (replies
+    already reverse-translated), cni0 (2 us later) and vethB (4 us) only the DNATed leg. TCP over IPv4 (two
+    connections), or one UDP datagram over IPv6 (no IP id); plus one masqueraded egress that crosses eth0."""
+    cni0, eth0, veth_a, veth_b = 2, 3, 5, 6
+    pod, vip, backend = ("2001:db8:244::10", "2001:db8:96::10", "2001:db8:244::11") if v6 else \
+        ("10.244.0.10", "10.96.0.80", "10.244.0.20")
+    far, node = ("2001:db8:ff::10", "2001:db8:100::2") if v6 else ("198.51.100.10", "203.0.113.2")
+    vport, bport = (53, 53) if v6 else (80, 8080)
+    ip_id = iter(range(100, 1000))
+
+    def ip(src: str, dst: str, l4: bytes, proto: int, ttl: int = 64, same_id: int | None = None) -> bytes:
+        if v6:
+            return ipv6(src, dst, proto, l4, hlim=ttl)
+        return ipv4(src, dst, proto, l4, ttl=ttl, ip_id=same_id or 0)
+
+    records: list[tuple[int, bytes]] = []
+
+    def at(ts: int, ifindex: int, packet: bytes) -> None:
+        records.append((ts, sll2(packet, ifindex, 0x86DD if v6 else 0x0800)))
+
+    def service_packet(ts: int, request: bool, l4_vip: bytes, l4_backend: bytes, proto: int) -> None:
+        n = next(ip_id)
+        if request:  # vethA under the Service's tuple, then cni0 and vethB under the endpoint's
+            at(ts, veth_a, ip(pod, vip, l4_vip, proto, same_id=n))
+            at(ts + 2_000, cni0, ip(pod, backend, l4_backend, proto, same_id=n))
+            at(ts + 4_000, veth_b, ip(pod, backend, l4_backend, proto, same_id=n))
+        else:
+            at(ts, veth_b, ip(backend, pod, l4_backend, proto, same_id=n))
+            at(ts + 2_000, cni0, ip(backend, pod, l4_backend, proto, same_id=n))
+            at(ts + 4_000, veth_a, ip(vip, pod, l4_vip, proto, same_id=n))
+
+    if v6:
+        query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x1c\x00\x01"
+        service_packet(T0, True, udp(40000, vport, query), udp(40000, bport, query), 17)
+        answer = query[:2] + b"\x81\x80" + query[4:]
+        service_packet(T0 + 300_000, False, udp(vport, 40000, answer), udp(bport, 40000, answer), 17)
+    else:
+        for k in range(2):
+            t, cport = T0 + k * 100_000_000, 40000 + k
+            for dt, request, seq, ack, flags in ((0, True, 1000, 0, 0x02), (200_000, False, 5000, 1001, 0x12),
+                                                 (400_000, True, 1001, 5001, 0x10)):
+                a, b = (cport, vport) if request else (vport, cport)
+                c, d = (cport, bport) if request else (bport, cport)
+                service_packet(t + dt, request, tcp(a, b, seq, ack, flags), tcp(c, d, seq, ack, flags), 6)
+    # Egress: vethA, cni0, then eth0 masqueraded one hop later; the reply back the same way.
+    t = T0 + 300_000_000
+    for dt, out, seq, ack, flags in ((0, True, 7000, 0, 0x02), (500_000, False, 9000, 7001, 0x12),
+                                     (700_000, True, 7001, 9001, 0x10)):
+        n = next(ip_id)
+        if out:
+            seg = tcp(41000, 443, seq, ack, flags)
+            at(t + dt, veth_a, ip(pod, far, seg, 6, 64, n))
+            at(t + dt + 2_000, cni0, ip(pod, far, seg, 6, 64, n))
+            at(t + dt + 10_000, eth0, ip(node, far, seg, 6, 63, n))
+        else:
+            seg = tcp(443, 41000, seq, ack, flags)
+            at(t + dt, eth0, ip(far, node, seg, 6, 50, n))
+            at(t + dt + 8_000, cni0, ip(far, pod, seg, 6, 49, n))
+            at(t + dt + 10_000, veth_a, ip(far, pod, seg, 6, 49, n))
+    path = tmp_path / "any.pcap"
+    path.write_bytes(pcap(sorted(records), linktype=276))
+    (tmp_path / "links.txt").write_text(_LOCAL_LINKS)
+    return path
+
+
+def test_a_local_service_endpoints_veth_holds_the_dnated_leg_and_proves_the_backend(tmp_path: Path) -> None:
+    # Trial s13: vethB was "left out: all its connection starts are copies of packets on vethA" (the same IP id
+    # and TCP numbers, under another destination), so both ClusterIP connections read internal with the backend
+    # not seen, though the file holds the DNATed leg; `who 10.96.0.80:80` showed the backend as "-".
+    path = _local_service_any(tmp_path, v6=False)
+    one = natproof.correlate(path, interfaces=tmp_path / "links.txt")
+    assert one.inside.interfaces == ("vethA", "vethB") and one.outside.interfaces == ("eth0",)
+    assert "vethB: 2 connection starts there are the leg a Service DNATed to a pod on the node" in one.inside.why
+    notes = {i.name: i.note for i in one.interfaces}
+    assert notes["cni0"].startswith("left out: all its connection starts are copies of packets on vethA, vethB")
+    conns = sorted(one.to_dict()["connections"], key=lambda c: c["original"]["sport"])
+    assert [c["verdict"] for c in conns] == ["translated"] * 3
+    for c in conns[:2]:
+        assert c["original"]["dst"] == "10.96.0.80" and c["outside"] is None
+        assert (c["translated"]["dst"], c["translated"]["dport"]) == ("10.244.0.20", 8080)
+        assert c["translated"]["src"] == "10.244.0.10" and c["rewrites"] == ["dst", "dport"] and c["nat"] == ["DNAT"]
+        assert c["service"]["backend"] == {"address": "10.244.0.20", "port": 8080}
+    (svc,) = one.to_dict()["services"]
+    assert svc["backends"] == [{"address": "10.244.0.20", "port": 8080, "connections": 2}]
+    # The egress is read as before: vethA against eth0, masqueraded.
+    assert conns[2]["translated"]["src"] == "203.0.113.2" and conns[2]["outside"] is not None
+
+
+def test_who_names_a_local_services_backend_from_one_capture(tmp_path: Path, capsys) -> None:
+    path = _local_service_any(tmp_path, v6=False)
+    code = main(["who", "10.96.0.80:80", str(path), "--interfaces", str(tmp_path / "links.txt"), "--format", "json"])
+    assert code == 0
+    found = json.loads(capsys.readouterr().out)["connections"]
+    assert len(found) == 2
+    assert [c["service"]["backend"] for c in found] == [{"address": "10.244.0.20", "port": 8080}] * 2
+    assert [c["ends"]["peer"] for c in found] == [{"address": "10.244.0.20", "port": 8080}] * 2
+
+
+def test_a_local_services_ipv6_datagram_pairs_with_its_dnated_copy(tmp_path: Path) -> None:
+    # tests/variants/clusterip6 in small: an IPv6 datagram has no IP id, so its key keeps the far end and the
+    # DNATed copy on vethB was read as a second, internal connection once vethB joined the inside.
+    from natproof.assemble import Services
+
+    path = _local_service_any(tmp_path, v6=True)
+    one = natproof.correlate(path, interfaces=tmp_path / "links.txt", pod_cidr="2001:db8:244::/64",
+                             services=Services(networks=(ipaddress.ip_network("2001:db8:96::/112"),)))
+    assert one.inside.interfaces == ("vethA", "vethB")
+    conns = one.to_dict()["connections"]
+    (dns,) = [c for c in conns if c["proto"] == "udp"]
+    assert len(conns) == 2 and dns["verdict"] == "translated"
+    assert dns["translated"] == {"src": "2001:db8:244::10", "sport": 40000, "dst": "2001:db8:244::11", "dport": 53}
+    assert dns["service"]["backend"] == {"address": "2001:db8:244::11", "port": 53}
+
+
+@pytest.mark.parametrize("variant", ["clusterip6", "pod-nodeport-lb"])
+def test_a_kernel_capture_of_every_interface_proves_its_local_endpoints(variant: str) -> None:
+    # Kernel captures: pod1 calls Services DNATed to pod2 on the bridge (clusterip6: IPv6 ClusterIPs, TCP and UDP;
+    # pod-nodeport-lb: the node's NodePort and a LoadBalancer IP, masqueraded to the bridge address too). The
+    # two files read them internal, backend not seen; any.pcap holds pod2's veth, so it proves each DNAT and
+    # backend, as truth.json's single_file_* fields (from the kernel's own entries) say.
+    import natproof.check
+
+    case = Path(__file__).resolve().parent / "variants" / variant
+    (single,) = natproof.check.single_captures(case)
+    report = natproof.check.check_case(case, single)
+    truth = json.loads((case / "truth.json").read_text())["connections"]
+    proven = [c for c in truth if "single_file_translated" in c]
+    assert proven and all(c["verdict"] == "internal" and c["translated"] is None for c in proven)
+    assert report.expected == report.found == report.mapping_right == report.verdict_right == len(truth)
+    assert not report.unexpected and not report.wrong
