@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
-from pcapbytes import frame_of, icmp_echo, ipv4, tcp, tcp_pair, udp
+from pcapbytes import frame_of, icmp_echo, ipv4, ipv6, tcp, tcp_pair, udp
 
 from natproof.connections import group_connections
 from natproof.match import estimate_clock_offset, match_sides, with_keys
@@ -52,6 +52,28 @@ def test_retransmissions_pair_one_to_one_by_time() -> None:
     a, b = keyed(inside), keyed(outside)
     m = match_sides(a, b, clock_offset_ns=0, tolerance_ns=S // 2)
     assert frames_of_pairs(a, b, m.pairs) == [(1, 1), (3, 2)]
+
+
+def test_identical_ipv6_dup_acks_pair_with_the_nearest_copy_so_the_lost_one_is_cited() -> None:
+    # Trial s04: an IPv6 pod (no IP id) sends four byte-identical ACKs 100-200 us apart; the node drops the third,
+    # each other one leaves eth0 25 us later. Only time tells them apart: the one left unpaired must be the third
+    # (inside frame 6 here), not whichever the n-th outside copy would rank against.
+    pod, node, srv = "fd00:10:244::10", "2001:db8:1::2", "2001:db8:100::10"
+    pkt = lambda src, dst, sp, dp, seq, ack, fl: ipv6(src, dst, 6, tcp(sp, dp, seq, ack, fl))  # noqa: E731
+    out = lambda src, dst, sp, dp, seq, ack, fl: ipv6(src, dst, 6, tcp(sp, dp, seq, ack, fl), hlim=63)  # noqa: E731
+    inside = [(T0, pkt(pod, srv, 41300, 443, 100, 0, 0x02)),
+              (T0 + 10_025_000, pkt(srv, pod, 443, 41300, 900, 101, 0x12)),
+              (T0 + 10_100_000, pkt(pod, srv, 41300, 443, 101, 901, 0x10))]
+    outside = [(T0 + 25_000, out(node, srv, 41300, 443, 100, 0, 0x02)),
+               (T0 + 10_000_000, out(srv, node, 443, 41300, 900, 101, 0x12)),
+               (T0 + 10_125_000, out(node, srv, 41300, 443, 101, 901, 0x10))]
+    sent = [21_150_000, 21_350_000, 21_450_000, 21_550_000]
+    inside += [(T0 + t, pkt(pod, srv, 41300, 443, 101, 3000, 0x10)) for t in sent]
+    outside += [(T0 + t + 25_000, out(node, srv, 41300, 443, 101, 3000, 0x10)) for t in sent if t != 21_450_000]
+    a, b = keyed(inside), keyed(outside)
+    m = match_sides(a, b)
+    assert m.clock_offset_ns == 0
+    assert frames_of_pairs(a, b, m.pairs) == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (7, 6)]
 
 
 def test_gro_merged_outside_segments_match_by_byte_range() -> None:
