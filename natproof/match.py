@@ -566,7 +566,8 @@ def _with_tcp_deltas(pairs: pl.DataFrame, inside: pl.DataFrame, outside: pl.Data
         *pairs.columns, delta("seq_out", "tcp_seq").alias("seq_delta"), delta("ack_out", "tcp_ack").alias("ack_delta"))
 
 
-def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl.DataFrame:
+def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS, *,
+                outside: pl.DataFrame | None = None) -> pl.DataFrame:
     """Packets seen twice at one observation point under two legs (SELF_PAIR_SCHEMA).
 
     Hairpin NAT sends a pod's packet back to the pod's own veth, DNATed and masqueraded; a `tcpdump -i any`
@@ -579,15 +580,20 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS) -> pl
     A weak datagram (IPv6 UDP: no IP id) keeps its far end in the strong key, so its DNATed copy (a ClusterIP's
     datagram on the client's veth and on the veth of the endpoint pod on the node, one ``tcpdump -i any``) is
     paired on the loose key instead, more strictly: both far ends ones a DNAT may stand for or lead to
-    (``dnat_end``), the near end (address and port) the same, at most COPY_NS_WITHIN apart, and each copy in one pair
-    only (identical queries from one socket to two servers would otherwise pair).
+    (``dnat_end``, or an address ``outside``, the other capture, never shows: a Service address outside the known
+    Service networks is virtual too, as _across_dnat reads it), the near end (address and port) the same, at most
+    COPY_NS_WITHIN apart, and each copy in one pair only (identical queries from one socket to two servers would
+    otherwise pair).
     """
     strong = _pair_within_strong(side, tolerance_ns)
     if "k_loose" not in side.columns or side["k_loose"].dtype == pl.Null or "dnat_end" not in side.columns:
         return strong
     used = pl.concat([strong["a_row"], strong["b_row"]])
-    df = (side.filter(pl.col("k_loose").is_not_null() & pl.col("dnat_end").fill_null(False)
-                      & ~pl.col("row").is_in(used.implode()))
+    virtual = pl.col("dnat_end").fill_null(False)
+    if outside is not None and not outside.is_empty():
+        shown = pl.concat([outside["remote"].unique().cast(pl.String), outside["local"].unique().cast(pl.String)])
+        virtual = virtual | ~pl.col("remote").cast(pl.String).is_in(shown.unique().implode())
+    df = (side.filter(pl.col("k_loose").is_not_null() & virtual & ~pl.col("row").is_in(used.implode()))
           .select("row", "k_loose", "ts_ns", "conn_id", "local", "lport", "remote", "rport"))
     if df.height < 2:
         return strong
@@ -763,8 +769,8 @@ def match_sides(inside: pl.DataFrame, outside: pl.DataFrame, *, clock_offset_ns:
     strong = (inside["proto"].gather(in_rows) == 6) | (inside["ip_id"].gather(in_rows).fill_null(0) != 0)
     pairs = pairs.with_columns((pl.col("unique").fill_null(False) & strong & (pl.col("method") == "exact"))
                                .alias("unique"))
-    return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left), refused_lookalikes=refused,
-                   offset_grounded=grounded, offset_one_way=one_way)
+    return Matches(pairs=pairs, clock_offset_ns=offset, inside_self=pair_within(in_left, outside=outside),
+                   refused_lookalikes=refused, offset_grounded=grounded, offset_one_way=one_way)
 
 
 PAYLOAD_SLACK_NS = 5_000_000
