@@ -65,6 +65,7 @@ from natproof.points import (
     read_links,
     several_interfaces,
     split,
+    where_expr,
 )
 from natproof.result import CONNECTION_SCHEMA, CaptureSummary, Result, unmatched_inside
 from natproof.spill import correlate_spilled, estimated_bytes
@@ -192,7 +193,10 @@ def _prepare_point(pk: pl.DataFrame, info: CaptureInfo, interface_copies: int, *
                    services: Services) -> tuple[_Side, dict[str, pl.DataFrame]]:
     """Group and key one observation point's packets. Frames: packets (PACKET_COLUMNS), match (MATCH_COLUMNS;
     ``row`` indexes packets) and connections (one row per leg). The inside side also settles the pod networks."""
-    pk = pk.drop("iface", "ifindex")
+    # A point of several interfaces keeps each packet's (natproof.match.pair_within tells a Service's DNATed copy
+    # on the endpoint's veth from a second query the client sent); one interface needs no column for it.
+    several = pk.height and (pk["ifindex"].n_unique() > 1 or pk["iface"].n_unique() > 1)
+    pk = pk.with_columns(where_expr()).drop("iface", "ifindex") if several else pk.drop("iface", "ifindex")
     if interface_copies:
         info.skipped["interface_copy"] += interface_copies
     pk, conns = group_point(pk, info, timeouts)

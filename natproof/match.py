@@ -97,8 +97,9 @@ def _payload_key() -> pl.Expr:
 MATCH_COLUMNS = ("row", "ts_ns", "conn_id", "is_egress", "f_proto", "proto", "remote", "rport", "local", "lport",
                  "ip_id", "ttl", "tcp_seq", "tcp_ack", "tcp_flags", "payload_len", "head_digest", "head_whole",
                  "is_icmp_error", "icmp_type", "icmp_code", "icmp_seq",
-                 "k_strong", "k_loose", "dnat_end")
-"""What match_sides reads of each side (from :func:`with_keys`)."""
+                 "k_strong", "k_loose", "dnat_end", "where")
+"""What match_sides reads of each side (from :func:`with_keys`). ``where``: the packet's interface of its file
+(natproof.points.where_expr; 0 where the frame has none), which pair_within's loose pass reads."""
 
 def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
     """Add a row number and the strong match key (and the signature, if missing) to a capture's grouped packets.
@@ -110,6 +111,10 @@ def with_keys(packets: pl.DataFrame) -> pl.DataFrame:
         packets = packets.with_columns(select_in_slices(packets, [signature()]).to_series())
     if "dnat_end" not in packets.columns:
         packets = packets.with_columns(pl.lit(True).alias("dnat_end"))
+    if "where" not in packets.columns:
+        where = (((pl.col("iface").cast(pl.Int64) * (1 << 32)) + (pl.col("ifindex").cast(pl.Int64) & 0xFFFFFFFF))
+                 if {"iface", "ifindex"} <= set(packets.columns) else pl.lit(0, pl.Int64))
+        packets = packets.with_columns(where.fill_null(0).alias("where"))
     if "head_whole" not in packets.columns and "payload_captured_len" in packets.columns:
         packets = packets.with_columns(head_whole())
     keys = select_in_slices(packets, [_strong_key().alias("k_strong"), _loose_key().alias("k_loose")])
@@ -582,11 +587,13 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS, *,
     paired on the loose key instead, more strictly: both far ends ones a DNAT may stand for or lead to
     (``dnat_end``, or an address ``outside``, the other capture, never shows: a Service address outside the known
     Service networks is virtual too, as _across_dnat reads it), the near end (address and port) the same, at most
-    COPY_NS_WITHIN apart, and each copy in one pair only (identical queries from one socket to two servers would
-    otherwise pair).
+    COPY_NS_WITHIN apart, on two interfaces of the point (``where``: the client's veth, the endpoint's), and each
+    copy in one pair only (identical queries one socket sends to two servers at once, as musl's resolver does,
+    are on one interface).
     """
     strong = _pair_within_strong(side, tolerance_ns)
-    if "k_loose" not in side.columns or side["k_loose"].dtype == pl.Null or "dnat_end" not in side.columns:
+    if ("k_loose" not in side.columns or side["k_loose"].dtype == pl.Null or "dnat_end" not in side.columns
+            or "where" not in side.columns):
         return strong
     used = pl.concat([strong["a_row"], strong["b_row"]])
     virtual = pl.col("dnat_end").fill_null(False)
@@ -594,7 +601,7 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS, *,
         shown = pl.concat([outside["remote"].unique().cast(pl.String), outside["local"].unique().cast(pl.String)])
         virtual = virtual | ~pl.col("remote").cast(pl.String).is_in(shown.unique().implode())
     df = (side.filter(pl.col("k_loose").is_not_null() & virtual & ~pl.col("row").is_in(used.implode()))
-          .select("row", "k_loose", "ts_ns", "conn_id", "local", "lport", "remote", "rport"))
+          .select("row", "k_loose", "ts_ns", "conn_id", "local", "lport", "remote", "rport", "where"))
     if df.height < 2:
         return strong
     df = df.sort("k_loose", "ts_ns", "row")
@@ -602,6 +609,7 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS, *,
         pl.col("row").alias("a_row"), pl.col("row").shift(-1).alias("b_row"),
         (pl.col("ts_ns").shift(-1) - pl.col("ts_ns")).alias("dt_ns"),
         ((pl.col("k_loose").shift(-1) == pl.col("k_loose")) & (pl.col("conn_id").shift(-1) != pl.col("conn_id"))
+         & (pl.col("where").shift(-1) != pl.col("where"))
          & (pl.col("local").shift(-1) == pl.col("local")) & (pl.col("lport").shift(-1) == pl.col("lport"))
          & ((pl.col("remote").shift(-1) != pl.col("remote")) | (pl.col("rport").shift(-1) != pl.col("rport"))))
         .fill_null(False).alias("ok"),

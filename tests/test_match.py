@@ -222,6 +222,24 @@ def test_copies_with_the_same_two_addresses_are_no_hairpin() -> None:
     assert pairs.select("a_row", "b_row").rows() == [(2, 3)]
 
 
+def test_a_weak_datagrams_dnated_copy_pairs_only_on_another_interface_from_the_same_client_port() -> None:
+    """An IPv6 datagram (no IP id) keeps its far end in the strong key, so its copy DNATed to a Service's endpoint
+    on the node (on the endpoint's veth, tcpdump -i any) pairs on the loose key. Identical queries one socket
+    sends to two nameservers at once (musl) are on the client's veth alone, and another socket's are another
+    client: neither pairs."""
+    from natproof.match import pair_within
+
+    pod, vip, backend = "2001:db8:244::10", "2001:db8:96::10", "2001:db8:244::11"
+    veth_a, veth_b = 5, 6
+    side = pl.DataFrame({
+        "row": [0, 1, 2, 3, 4, 5], "k_strong": [1, 2, 3, 4, 5, 6], "k_loose": [7, 7, 8, 8, 9, 9],
+        "ts_ns": [0, 4_000, 10**7, 10**7 + 3_000, 2 * 10**7, 2 * 10**7 + 4_000], "conn_id": [0, 1, 2, 3, 4, 5],
+        "local": [pod] * 6, "lport": [40000, 40000, 40001, 40001, 40002, 40003],
+        "remote": [vip, backend, vip, "2001:db8:96::11", vip, backend], "rport": [53] * 6,
+        "dnat_end": [True] * 6, "where": [veth_a, veth_b, veth_a, veth_a, veth_a, veth_b]})
+    assert pair_within(side).select("a_row", "b_row").rows() == [(0, 1)]
+
+
 def test_ipv6_clusterip_datagrams_pair_across_dnat_and_name_the_service() -> None:
     # Kernel capture (tests/variants/clusterip6): IPv6 ClusterIPs in 2001:db8:96::/112, outside the default Service
     # network, DNATed by ip6tables. An IPv6 datagram has no IP id, so its key keeps the far end, which the DNAT to
