@@ -621,12 +621,12 @@ def report(inside: str, outside: str | None, pod_cidr: str | None, clock_offset:
     if output == "-":
         raise click.UsageError("-o -: report writes an HTML file and its data beside it; name one (standard output "
                                "is not written)")
+    refuse_overwriting_inputs(output, inside, outside)
     suffix = Path(output).suffix
     if suffix and suffix.lower() not in (".html", ".htm", ".xhtml"):  # a trial's page went into out.json, out.pcap
         named = OUTPUT_SUFFIXES.get(suffix.lower())
         raise click.UsageError(f"-o {output}: the suffix {suffix} names {named or 'no HTML page'}; report writes an "
                                "HTML page: name the file .html")
-    refuse_overwriting_inputs(output, inside, outside)
     result = run_correlate(inside, outside, pod_cidr, clock_offset, tolerance, quiet, decoder)
     findings = run_diagnose(result)
     explanations: list = []

@@ -557,16 +557,16 @@ def test_output_into_a_missing_folder(pair: tuple[Path, Path], tmp_path: Path, c
         raise AssertionError("correlated before the output target was checked")
 
     monkeypatch.setattr(natproof, "correlate", no_work)
-    target = tmp_path / "nodir" / "x.json"
     for command in ("correlate", "diagnose", "report"):
+        target = tmp_path / "nodir" / ("x.html" if command == "report" else "x.json")
         code, _, err = run(capsys, command, *map(str, pair), "-o", str(target))
         assert code == 2 and err == f"natproof: error: {target}: cannot write it, no such directory {target.parent}\n"
     code, _, err = run(capsys, "correlate", *map(str, pair), "-o", "/proc/natproof-test.json")
     assert code == 2 and "its folder /proc takes no new file" in err and err.count("\n") == 1
     # A folder that is a file: said as such, not "no such directory".
     (tmp_path / "file").write_text("keep")
-    target = tmp_path / "file" / "x.json"
     for command in ("correlate", "diagnose", "report"):
+        target = tmp_path / "file" / ("x.html" if command == "report" else "x.json")
         code, _, err = run(capsys, command, *map(str, pair), "-o", str(target))
         assert code == 2
         assert err == f"natproof: error: {target}: cannot write it, {target.parent} is a file, not a folder\n"

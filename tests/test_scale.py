@@ -338,6 +338,7 @@ def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: 
     # a command runs, and the worker starts as OUTSIDE is parsed, before the command's body imports its modules
     # (diagnose imported natproof.diagnose, and with it polars, before it correlated).
     inside, outside = _pair("icmp")
+    target = "r.html" if command == "report" else "r.out"
     code = f"""if True:
         import sys
         from natproof import parallel
@@ -345,7 +346,7 @@ def test_the_command_line_prestarts_the_worker_before_it_loads_polars(tmp_path: 
         parallel.prestart = lambda paths, module: seen.append(sorted({{"polars", "numpy"}} & set(sys.modules)))
         from natproof.cli import main
         code = main([{command!r}, {str(inside)!r}, {str(outside)!r}, "--memory-limit", "8G", "--nodeport-range",
-                     "30000-32767", "--service-cidr", "10.96.0.0/12", "-q", "-o", {str(tmp_path / "r.out")!r}])
+                     "30000-32767", "--service-cidr", "10.96.0.0/12", "-q", "-o", {str(tmp_path / target)!r}])
         print(code, seen[0])
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
