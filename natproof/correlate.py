@@ -501,7 +501,7 @@ def correlate(
     missed = None
     if pod_cidr:
         nets, why = ins.networks, "given (--pod-cidr)"
-        missed = pod_cidr_misses(nets, in_conns)
+        missed = pod_cidr_misses(nets, in_conns, outside=out_conns)
     else:
         inferred = infer_pod_networks(in_conns, out_conns)
         nets, why = inferred.networks, inferred.why

@@ -200,20 +200,38 @@ def dnat_networks(inside: pl.DataFrame, inferred: Sequence[Network]) -> tuple[Ne
     return (*(inferred or private), *private[-1:], *sorted(set(v6), key=lambda n: n.network_address))
 
 
-def pod_cidr_misses(nets: Sequence[Network], legs: pl.DataFrame, option: str = "--pod-cidr") -> str | None:
+def pod_cidr_misses(nets: Sequence[Network], legs: pl.DataFrame, option: str = "--pod-cidr",
+                    outside: pl.DataFrame | None = None) -> str | None:
     """The warning for a given pod network (``option``) that holds no address the inside capture's packets come
     from, or None when it holds one (or none was given). ``legs``: the inside capture's legs (src, dst,
     egress_packets, reply_packets: natproof.connections); a leg's src sent its egress packets, its dst its
     replies. The inside capture is the pod side: its pods send there (their requests, or their answers to a
     NodePort's clients), so a pod network holding none of its senders is a wrong one, and every connection
     between pods then reads as one that should cross the NAT (a trial: pod-to-pod traffic read not_captured, "the
-    other capture was not running", with both captures running). The message names the private senders (all of
+    other capture was not running", with both captures running).
+
+    The far ends send on the inside too (a server's replies, a NodePort client's requests). ``outside``: the
+    outside capture's legs (src, dst), when there is one: an address it also shows is left out, as a far end
+    (a NAT never rewrites the far end of a flow, so it appears on both captures; a pod behind MASQUERADE or a
+    NodePort's DNAT does not): such an address is neither named nor lets the network pass (a trial: reject6 with
+    --pod-cidr 2001:db8:245::/64 named the server 2001:db8:ff::10 beside the pod). When every sender appears on
+    both captures (no NAT between them, routed pods) none can be told for a far end: all are weighed, and the
+    message says so. Without ``outside`` all senders are weighed. The message names the private senders (all of
     them when none is private), at most five."""
     if not nets or legs.is_empty() or "src" not in legs.columns:
         return None
     sent = pl.concat([legs.filter(pl.col("egress_packets") > 0).select(pl.col("src").cast(pl.String).alias("a")),
                       legs.filter(pl.col("reply_packets") > 0).select(pl.col("dst").cast(pl.String).alias("a"))])
     bits = address_bits(sent["a"]).filter(pl.col("version").is_not_null())
+    both = ""
+    if outside is not None and not bits.is_empty():
+        seen = pl.Series(list(_addresses([outside], ("src", "dst"))), dtype=pl.String).implode()
+        hidden = bits.filter(~pl.col("a").cast(pl.String).is_in(seen))
+        if hidden.height:
+            bits = hidden
+        else:
+            both = (", each also on the outside capture (no NAT hid it, so the far ends cannot be told from "
+                    "the pods)")
     if bits.is_empty() or bits.select(in_any(nets).any()).item():
         return None
     private = bits.filter(in_any([space for space, _, _ in PRIVATE_SPACE]))
@@ -221,6 +239,6 @@ def pod_cidr_misses(nets: Sequence[Network], legs: pl.DataFrame, option: str = "
     kind = "private ones: " if private.height else ""
     listed = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
     given = ",".join(str(n) for n in nets)
-    return (f"{option} {given} holds none of the addresses the inside capture's packets come from ({kind}{listed}): "
-            "the pods send from those, so connections between them are taken for ones that should cross the NAT; "
-            f"give the pod network they are in, or leave {option} out to infer it")
+    return (f"{option} {given} holds none of the addresses the inside capture's packets come from ({kind}{listed})"
+            f"{both}: the pods send from those, so connections between them are taken for ones that should cross "
+            f"the NAT; give the pod network they are in, or leave {option} out to infer it")

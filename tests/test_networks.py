@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from natproof.assemble import in_networks
-from natproof.networks import PRIVATE_SPACE, address_bits, infer_pod_networks, parse_networks
+from natproof.networks import PRIVATE_SPACE, address_bits, infer_pod_networks, parse_networks, pod_cidr_misses
 
 EDGES = ["10.0.0.0", "9.255.255.255", "10.255.255.255", "11.0.0.0", "172.15.255.255", "172.16.0.0", "172.31.255.255",
          "172.32.0.0", "100.63.255.255", "100.64.0.0", "100.127.255.255", "192.168.0.1", "127.0.0.1", "0.0.0.0",
@@ -74,3 +75,38 @@ def test_inferred_pod_networks_group_sources_by_prefix() -> None:
     assert "(203.0.113.9, 2001:db8:5:6::7)" in got.why
     assert [str(n) for n in infer_pod_networks(inside).networks] == ["10.244.0.0/16", "192.168.7.0/24",
                                                                     "fd00:1:2::/48"]
+
+
+def _legs(rows: list[tuple[str, str, int, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema={"src": pl.String, "dst": pl.String, "egress_packets": pl.Int64,
+                                      "reply_packets": pl.Int64}, orient="row")
+
+
+def test_pod_cidr_misses_leaves_out_the_far_ends_the_outside_capture_also_shows() -> None:
+    # A trial: reject6 with --pod-cidr 2001:db8:245::/64 named the far server 2001:db8:ff::10 (its replies are on
+    # the inside) beside the pod. A NAT never rewrites the far end, so the server is on both captures; the
+    # masqueraded pod is not. A NodePort's client is a far end too: its pod only answers.
+    inside = _legs([("2001:db8:244::10", "2001:db8:ff::10", 3, 2), ("2001:db8:ff::20", "2001:db8:244::11", 2, 2)])
+    outside = _legs([("2001:db8:1::2", "2001:db8:ff::10", 3, 2), ("2001:db8:ff::20", "2001:db8:1::2", 2, 2)])
+    wrong = parse_networks("2001:db8:245::/64")
+    missed = pod_cidr_misses(wrong, inside, outside=outside)
+    assert missed is not None and "come from (2001:db8:244::10, 2001:db8:244::11):" in missed
+    assert "2001:db8:ff::" not in missed
+    # Without the outside capture the far ends cannot be told apart: all are named, as before.
+    assert "2001:db8:ff::10" in (pod_cidr_misses(wrong, inside) or "")
+    # A network that holds only the far ends does not pass; the pods' does.
+    assert pod_cidr_misses(parse_networks("2001:db8:ff::/64"), inside, outside=outside) is not None
+    assert pod_cidr_misses(parse_networks("2001:db8:ff::/64"), inside) is None
+    assert pod_cidr_misses(parse_networks("2001:db8:244::/64"), inside, outside=outside) is None
+    # Every sender on both captures (no NAT between them): all weighed, and the message says why.
+    same = pod_cidr_misses(wrong, inside, outside=inside)
+    assert same is not None and "2001:db8:ff::10" in same and "each also on the outside capture" in same
+
+
+def test_pod_cidr_warning_of_reject6_names_only_the_pod() -> None:
+    from natproof.correlate import correlate
+
+    d = Path(__file__).parent / "variants" / "reject6"
+    result = correlate(d / "inside.pcap", d / "outside.pcap", pod_cidr="2001:db8:245::/64")
+    (warning,) = [w for w in result.inside.warnings if "--pod-cidr" in w]
+    assert "come from (2001:db8:244::10):" in warning
