@@ -30,6 +30,10 @@ class IdleTimeouts:
     udp_stream_after_s: float = 2.0
 
 
+TCP_ESTABLISHED_S = 432000.0
+"""conntrack's default nf_conntrack_tcp_timeout_established (5 days). Not a grouping timeout: IdleTimeouts.tcp_s
+splits a TCP flow on an hour of silence instead (a new SYN splits it anyway)."""
+
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
 

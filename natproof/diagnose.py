@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from natproof.connections import TCP_ESTABLISHED_S, IdleTimeouts
 from natproof.contracts import utc_ms
 from natproof.correlate import capture_off_until
 from natproof.errors import NatproofError
@@ -2213,18 +2214,55 @@ def _pool(result: Result, rows: list[dict[str, Any]]) -> tuple[list[Finding], se
     return findings, {r["conn"] for r in blocked}
 
 
+_DEFAULT = IdleTimeouts()
+"""conntrack's default timeouts, as natproof.connections groups by them (one source of truth)."""
 IDLE_TIMEOUT_SYSCTL = {
-    "udp": "net.netfilter.nf_conntrack_udp_timeout (default 30 s) and nf_conntrack_udp_timeout_stream (default "
-           "120 s, for a flow answered and still active after 2 s)",
-    "tcp": "net.netfilter.nf_conntrack_tcp_timeout_established (default 5 days)",
-    "icmp": "net.netfilter.nf_conntrack_icmp_timeout (default 30 s)",
+    "udp": f"net.netfilter.nf_conntrack_udp_timeout (default {_DEFAULT.udp_unreplied_s:g} s) and "
+           f"nf_conntrack_udp_timeout_stream (default {_DEFAULT.udp_s:g} s, for a flow answered and still active "
+           f"after {_DEFAULT.udp_stream_after_s:g} s)",
+    "tcp": f"net.netfilter.nf_conntrack_tcp_timeout_established (default {TCP_ESTABLISHED_S / 86400:g} days)",
+    "icmp": f"net.netfilter.nf_conntrack_icmp_timeout (default {_DEFAULT.icmp_s:g} s)",
 }
 """The conntrack timeout that ends an idle entry, per protocol, with the kernel's default."""
 
+EntryDefault = tuple[float, str, str]
+"""What conntrack's defaults gave an entry after its last packet: (timeout in seconds, the sysctl that sets it,
+the entry's state in words)."""
 
-Remap = tuple[int, int, int, str, str]
+
+def _entry_default(proto: str, first_ns: int, last_ns: int, answered: bool, replied: bool) -> EntryDefault | None:
+    """The default timeout of one mapping's conntrack entry after its last packet, from its packets in a capture
+    (``first_ns``, ``last_ns``: its first and last; ``answered``: a packet the other way, no ICMP error, came
+    before the last; ``replied``: one came at all, for the words). UDP follows nf_conntrack_udp_packet as
+    natproof.connections.IdleTimeouts does: answered before a last packet more than udp_stream_after_s (2 s)
+    after the first, a stream (udp_s, 120 s, nf_conntrack_udp_timeout_stream), else udp_unreplied_s (30 s,
+    nf_conntrack_udp_timeout); ICMP icmp_s (30 s). A capture that began after the entry or missed an answer can
+    only make the timeout read shorter than it was. None for TCP: its timeout hangs on a state natproof does not
+    follow (10 s closing to 5 days established)."""
+    if proto == "udp":
+        if answered and last_ns - first_ns > _DEFAULT.udp_stream_after_s * 1e9:
+            return (_DEFAULT.udp_s, "nf_conntrack_udp_timeout_stream",
+                    f"a stream entry (answered, active after {_DEFAULT.udp_stream_after_s:g} s)")
+        return (_DEFAULT.udp_unreplied_s, "nf_conntrack_udp_timeout",
+                f"an entry not yet a stream (answered, but not before a packet {_DEFAULT.udp_stream_after_s:g} s "
+                "after its first)" if replied else "an unanswered entry")
+    if proto == "icmp":
+        return _DEFAULT.icmp_s, "nf_conntrack_icmp_timeout", "an ICMP entry"
+    return None
+
+
+def _mapping_answered(before_last: bool = True) -> pl.Expr:
+    """Over one mapping's packets (ts_ns, frame_no, is_egress, is_icmp_error): a packet the other way than the
+    first, no ICMP error, came (``before_last``: before the last one, as conntrack marks the entry answered only
+    after that packet's own refresh)."""
+    first = pl.col("is_egress").sort_by("ts_ns", "frame_no").first()
+    other = (pl.col("is_egress") != first) & ~pl.col("is_icmp_error").fill_null(False)
+    return (other & (pl.col("ts_ns") < pl.col("ts_ns").max()) if before_last else other).any()
+
+
+Remap = tuple[int, int, int, str, str, EntryDefault | None]
 """One mapping of a flow mapped anew: (first ns, last ns, first frame, the tuple's source ADDR:PORT after the NAT,
-the capture the frame is in)."""
+the capture the frame is in, what conntrack's defaults gave its entry after its last packet: _entry_default)."""
 
 
 def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[int, list[Remap]]:
@@ -2243,11 +2281,13 @@ def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[in
         pk = _packets_of(result, these, side)
         spans = (pk.group_by("anchor", "conn_id").agg(pl.col("ts_ns").min().alias("first"),
                                                       pl.col("ts_ns").max().alias("last"),
-                                                      pl.col("frame_no").min().alias("frame"))
+                                                      pl.col("frame_no").min().alias("frame"),
+                                                      _mapping_answered().alias("answered"),
+                                                      _mapping_answered(before_last=False).alias("replied"))
                  .sort("anchor", "first"))
-        by_anchor: dict[int, list[tuple[int, int, int]]] = {}
-        for a, first, last, frame in spans.select("anchor", "first", "last", "frame").iter_rows():
-            by_anchor.setdefault(a, []).append((first, last, frame))
+        by_anchor: dict[int, list[tuple[int, int, int, bool, bool]]] = {}
+        for a, *span in spans.select("anchor", "first", "last", "frame", "answered", "replied").iter_rows():
+            by_anchor.setdefault(a, []).append(tuple(span))  # type: ignore[arg-type]
         uplink_only = _uplink_only(result)
         for r in these:
             own = (r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"])
@@ -2257,8 +2297,9 @@ def _remaps_after_silence(result: Result, rows: list[dict[str, Any]]) -> dict[in
             # The uplink alone with the kernel's record (natproof.correlate_one): its packets' anchor is the
             # connection's outside leg, as no inside leg exists.
             anchor = r["outside_conn_id"] if uplink_only and r["inside_conn_id"] is None else r["inside_conn_id"]
-            legs = [(*leg, translated[leg[2]], side) for leg in by_anchor.get(anchor, [])
-                    if leg[2] in translated]
+            legs = [(first, last, frame, translated[frame], side,
+                     _entry_default(r["proto"], first, last, answered, replied))
+                    for first, last, frame, answered, replied in by_anchor.get(anchor, []) if frame in translated]
             if len(legs) > 1 and all(b[0] - a[1] >= IDLE_GAP_S * 1e9 for a, b in zip(legs, legs[1:], strict=False)):
                 out[r["conn"]] = legs
     return out | _remaps_in_record(result, [r for r in rows if r["conn"] not in out])
@@ -2289,7 +2330,7 @@ def _remaps_in_record(result: Result, rows: list[dict[str, Any]]) -> dict[int, l
                   .sort("start_ts_ns")["start_ts_ns"].to_list())
         if len(starts) != len(mapped):
             continue
-        pk = _packets(result, r, before).sort("ts_ns").select("ts_ns", "frame_no")
+        pk = _packets(result, r, before).sort("ts_ns").select("ts_ns", "frame_no", "is_egress", "is_icmp_error")
         cuts = [*(t - EVENT_LAG_NS for t in starts[1:]), None]
         legs: list[Remap] = []
         lo = None
@@ -2298,8 +2339,11 @@ def _remaps_in_record(result: Result, rows: list[dict[str, Any]]) -> dict[int, l
             part = part.filter(pl.col("ts_ns") < hi) if hi is not None else part
             if part.is_empty():
                 break
-            legs.append((int(part["ts_ns"].min()), int(part["ts_ns"].max()),  # type: ignore[arg-type]
-                         int(part["frame_no"].min()), format_address(leg["src"], leg["sport"]), before))
+            first, last = int(part["ts_ns"].min()), int(part["ts_ns"].max())  # type: ignore[arg-type]
+            answered, replied = part.select(_mapping_answered().alias("a"),
+                                            _mapping_answered(before_last=False).alias("r")).row(0)
+            legs.append((first, last, int(part["frame_no"].min()), format_address(leg["src"], leg["sport"]), before,
+                         _entry_default(r["proto"], first, last, answered, replied)))
             lo = hi
         if len(legs) == len(mapped) and all(b[0] - a[1] >= IDLE_GAP_S * 1e9
                                             for a, b in zip(legs, legs[1:], strict=False)):
@@ -2314,20 +2358,35 @@ def _remapped_after_idle(rows: list[dict[str, Any]], remaps: dict[int, list[Rema
     kernel: a UDP flow silent for longer than nf_conntrack_udp_timeout under MASQUERADE --random-fully, left the
     node under a new outside tuple (natproof lab run udp-remap); a UDP NodePort flow from outside, masqueraded
     (externalTrafficPolicy=Cluster), reached the pod from a new port (tests/variants/udp-idle-nodeport). One
-    connection each, its tuples named in turn."""
+    connection each, its tuples named in turn.
+
+    What the silence allows: one shorter than the default timeout of the entry's state (_entry_default) could not
+    have outlived it under conntrack's defaults, so the node's timeout is shorter than the default (the sysctl
+    named) or something deleted the entry; the evidence gives each such silence beside the default. A trial:
+    an unanswered UDP flow mapped anew after 20 s, a stream after 100 s, were told "its entry expired" beside the
+    defaults of 30 and 120 s."""
     if not rows:
         return []
     evidence, silences = [], []
+    early: dict[int, list[EntryDefault]] = {}  # conn -> the defaults its silences fell short of
     for r in rows:
         legs = remaps[r["conn"]]
         gaps = [(b[0] - a[1]) / 1e9 for a, b in zip(legs, legs[1:], strict=False)]
         silences += gaps
+        notes = []
+        for a, gap in zip(legs, gaps, strict=False):
+            if a[5] is not None and gap < a[5][0]:
+                early.setdefault(r["conn"], []).append(a[5])
+                notes.append(f", shorter than {a[5][0]:g} s, the default {a[5][1]} of {a[5][2]}, so under the "
+                             "defaults it did not expire")
+            else:
+                notes.append("")
         if len(evidence) >= 20:
             continue
         side = "inside" if r["initiator"] == "outside" else "outside"
         # (From the record: the frames are the captured side's, the tuples the kernel's entries.)
-        steps = [f"{b[3]} from {b[4]} frame {b[2]}, {gap:.1f} s after {a[3]}'s last packet"
-                 for a, b, gap in zip(legs, legs[1:], gaps, strict=False)]
+        steps = [f"{b[3]} from {b[4]} frame {b[2]}, {gap:.1f} s after {a[3]}'s last packet{note}"
+                 for a, b, gap, note in zip(legs, legs[1:], gaps, notes, strict=False)]
         went = "reached the pod as" if side == "inside" else "left as"
         said = "the kernel's record; " if legs[0][4] != side else ""
         evidence.append(f"{_conn_label(r)} {went} {legs[0][3]} ({said}{legs[0][4]} frame {legs[0][2]}), then as "
@@ -2350,19 +2409,38 @@ def _remapped_after_idle(rows: list[dict[str, Any]], remaps: dict[int, list[Rema
                                         "peer, a game server may drop it)"]) + (
         [] if not inbound else [f"{'the' if outbound else 'The'} pod sees a new client address:port (masqueraded "
                                 "NodePort traffic: a session keyed on it is lost)"])
+    deleted = "kube-proxy deletes a UDP Service's entries when its endpoints change"
+    by_knob = Counter(d[1] for ds in early.values() for d in dict.fromkeys(ds))
+    shorter = ", ".join(f"net.netfilter.{k} for {n} connection(s)" for k, n in sorted(by_knob.items()))
+    if not early:
+        why = (f"the first mapping ended during the silence (its conntrack entry expired, or was deleted: {deleted})"
+               " and the next packet was mapped anew, to another port")
+        fix = ("Keep the flow alive more often than the conntrack timeout, or raise it on the node: " + knobs
+               + " (RFC 4787 REQ-5 asks a UDP mapping to outlive 2 minutes of silence). `conntrack -E` shows the "
+               "first entry's DESTROY and the new one's NEW.")
+    else:
+        some = "" if len(early) == len(rows) else f"{len(early)} of them: "
+        rest = "" if len(early) == len(rows) else (
+            f"; the other {len(rows) - len(early)}'s silence outlasted the default, so their entry expired or was "
+            "deleted")
+        why = (f"the first mapping ended during the silence and the next packet was mapped anew, to another port; "
+               f"{some}the silence was shorter than conntrack's default timeout for the entry's state (each beside "
+               "its default in the evidence), so under the defaults the entry did not expire: the node's timeout is "
+               f"shorter than the default ({shorter}), or the entry was deleted (conntrack -D, a flush of the "
+               f"table, an agent: {deleted}){rest}")
+        fix = ("Read the node's timeouts (`sysctl net.netfilter." + " net.netfilter.".join(sorted(by_knob))
+               + "`) and raise one set below the default (RFC 4787 REQ-5 asks a UDP mapping to outlive 2 minutes of "
+               "silence); if they are the defaults, something deleted the entries: `conntrack -E` shows the first "
+               "entry's DESTROY and the new one's NEW, and when.")
     return [Finding(
         "remapped_after_idle", "warning", "New outside tuple after an idle gap" if not inbound else
         "New tuple after an idle gap",
-        f"{head}: the first mapping ended during the silence (its conntrack entry expired, or was deleted: "
-        "kube-proxy deletes a UDP Service's entries when its endpoints change) and the next packet was mapped anew, "
-        "to another port. " + "; ".join(effects) + "; this is not a port clash.",
-        "Keep the flow alive more often than the conntrack timeout, or raise it on the node: " + knobs
-        + " (RFC 4787 REQ-5 asks a UDP mapping to outlive 2 minutes of silence). `conntrack -E` shows the first "
-        "entry's DESTROY and the new one's NEW.",
-        connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
+        f"{head}: {why}. " + "; ".join(effects) + "; this is not a port clash.",
+        fix, connections=tuple(r["conn"] for r in rows), evidence=tuple(evidence),
         data={"connections": len(rows),
               "silence_s": {"min": round(min(silences), 3), "max": round(max(silences), 3)},
-              "protocols": protos, "flows_from_outside": len(inbound)})]
+              "protocols": protos, "flows_from_outside": len(inbound),
+              "shorter_than_default": {"connections": len(early), "by_sysctl": dict(sorted(by_knob.items()))}})]
 
 
 def _kernel_entry_text(r: dict[str, Any]) -> str:

@@ -797,7 +797,9 @@ def test_the_pod_side_and_the_record_keep_every_mapping_of_a_flow_mapped_anew() 
     assert "remapped_after_idle" in found and "mapping_conflict" not in found
     assert found["remapped_after_idle"].evidence == (
         "#0 udp 10.244.0.10:37557 -> 198.51.100.10:7 left as 203.0.113.2:46807 (the kernel's record; inside "
-        "frame 5), then as 203.0.113.2:52490 from inside frame 20, 5.0 s after 203.0.113.2:46807's last packet",)
+        "frame 5), then as 203.0.113.2:52490 from inside frame 20, 5.0 s after 203.0.113.2:46807's last packet, "
+        "shorter than 30 s, the default nf_conntrack_udp_timeout of an entry not yet a stream (answered, but not "
+        "before a packet 2 s after its first), so under the defaults it did not expire",)
     # A NodePort client's flow from eth0 alone: the pod saw it from two ports in turn (tests/variants).
     v = Path(__file__).resolve().parent / "variants" / "udp-idle-nodeport"
     uplink = correlate_one(v / "outside.pcap", v / "conntrack.log", side="outside")
