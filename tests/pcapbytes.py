@@ -207,3 +207,30 @@ def traceroute_rows(t0: int = 1_700_000_000 * 10**9, *, pod: str = "10.244.0.10"
         outside.append((t + 1_000_000, ipv4(src, node, 1, icmp_error(*kind, out_q), ttl=64 - ttl, ip_id=6000 + ttl)))
         inside.append((t + 1_020_000, ipv4(src, pod, 1, icmp_error(*kind, in_q), ttl=63 - ttl, ip_id=6000 + ttl)))
     return inside, outside
+
+
+def udp_remap_rows(t0: int = 1_700_000_000 * 10**9, gap: float = 20) -> tuple[list, list]:
+    """Two pod flows mapped anew after a silence (a trial's udp2): 40300 unanswered, ``gap`` s silent; 40400 a stream
+    (answered from 2 s to 5 s), 100 s silent. Each datagram crosses 20 us later, as a MASQUERADE would send it."""
+    pod, node, s = "10.244.0.10", "203.0.113.2", 1_000_000_000
+    inside: list = []
+    outside: list = []
+
+    def out(t: float, sport: int, mapped: int, srv: str, dport: int) -> None:
+        inside.append((t0 + int(t * s), ipv4(pod, srv, 17, udp(sport, dport, b"q%07d" % int(t * 1000)))))
+        outside.append((t0 + int(t * s) + 20_000, ipv4(node, srv, 17, udp(mapped, dport, b"q%07d" % int(t * 1000)),
+                                                       ttl=63)))
+
+    def back(t: float, sport: int, mapped: int, srv: str, dport: int) -> None:
+        outside.append((t0 + int(t * s), ipv4(srv, node, 17, udp(dport, mapped, b"r%07d" % int(t * 1000)))))
+        inside.append((t0 + int(t * s) + 20_000, ipv4(srv, pod, 17, udp(dport, sport, b"r%07d" % int(t * 1000)),
+                                                      ttl=63)))
+
+    out(1, 40300, 40300, "198.51.100.54", 53)
+    out(1 + gap, 40300, 61001, "198.51.100.54", 53)
+    for i in range(4):
+        out(2 + i, 40400, 40400, "198.51.100.77", 27016)
+        back(2.02 + i, 40400, 40400, "198.51.100.77", 27016)
+    out(105, 40400, 61002, "198.51.100.77", 27016)
+    back(105.02, 40400, 61002, "198.51.100.77", 27016)
+    return inside, outside

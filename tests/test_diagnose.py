@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
-from pcapbytes import icmp_echo, ipv4, tcp_pair, tcp_rounds, traceroute_rows, udp, write_pair
+from pcapbytes import icmp_echo, ipv4, tcp_pair, tcp_rounds, traceroute_rows, udp, udp_remap_rows, write_pair
 
 from natproof.check import capture_pair
 from natproof.correlate import correlate
@@ -1317,40 +1317,13 @@ def test_a_pod_cidr_that_holds_no_inside_sender_is_warned_and_is_no_capture_off(
     assert set(right.connections.filter(pl.col("orig_dst") == "10.244.0.11")["verdict"]) == {"internal"}
 
 
-def _udp_remaps(t0: int = 1_700_000_000 * 10**9, gap: float = 20) -> tuple[list, list]:
-    """Two pod flows mapped anew after a silence (a trial's udp2): 40300 unanswered, ``gap`` s silent; 40400 a stream
-    (answered from 2 s to 5 s), 100 s silent. Each datagram crosses 20 us later, as a MASQUERADE would send it."""
-    pod, node, s = "10.244.0.10", "203.0.113.2", 1_000_000_000
-    inside: list = []
-    outside: list = []
-
-    def out(t: float, sport: int, mapped: int, srv: str, dport: int) -> None:
-        inside.append((t0 + int(t * s), ipv4(pod, srv, 17, udp(sport, dport, b"q%07d" % int(t * 1000)))))
-        outside.append((t0 + int(t * s) + 20_000, ipv4(node, srv, 17, udp(mapped, dport, b"q%07d" % int(t * 1000)),
-                                                       ttl=63)))
-
-    def back(t: float, sport: int, mapped: int, srv: str, dport: int) -> None:
-        outside.append((t0 + int(t * s), ipv4(srv, node, 17, udp(dport, mapped, b"r%07d" % int(t * 1000)))))
-        inside.append((t0 + int(t * s) + 20_000, ipv4(srv, pod, 17, udp(dport, sport, b"r%07d" % int(t * 1000)),
-                                                      ttl=63)))
-
-    out(1, 40300, 40300, "198.51.100.54", 53)
-    out(1 + gap, 40300, 61001, "198.51.100.54", 53)
-    for i in range(4):
-        out(2 + i, 40400, 40400, "198.51.100.77", 27016)
-        back(2.02 + i, 40400, 40400, "198.51.100.77", 27016)
-    out(105, 40400, 61002, "198.51.100.77", 27016)
-    back(105.02, 40400, 61002, "198.51.100.77", 27016)
-    return inside, outside
-
-
 def test_a_remap_within_the_default_timeout_is_no_expiry_under_the_defaults(tmp_path: Path) -> None:
     # A trial (udp2): an unanswered flow mapped anew after 20 s and a stream after 100 s were told "its conntrack
     # entry expired", though conntrack's defaults (30 s, 120 s for a stream) keep such entries longer.
     from natproof.connections import IdleTimeouts
 
     t = IdleTimeouts()
-    result = correlate(*write_pair(tmp_path, *_udp_remaps()))
+    result = correlate(*write_pair(tmp_path, *udp_remap_rows()))
     f = {f.kind: f for f in diagnose(result)}["remapped_after_idle"]
     assert f.data["connections"] == 2
     assert f.data["shorter_than_default"] == {"connections": 2, "by_sysctl": {"nf_conntrack_udp_timeout": 1,
@@ -1363,7 +1336,7 @@ def test_a_remap_within_the_default_timeout_is_no_expiry_under_the_defaults(tmp_
     assert "expired, or was deleted" not in f.summary and "under the defaults the entry did not expire" in f.summary
     assert "or the entry was deleted (conntrack -D" in f.summary and "sysctl net.netfilter.nf_conntrack" in f.fix
     # Grouped with longer timeouts, a 40 s unanswered silence is a remap too, and one the default 30 s explains.
-    longer = correlate(*write_pair(tmp_path, *_udp_remaps(gap=40)), timeouts=IdleTimeouts(udp_unreplied_s=60.0))
+    longer = correlate(*write_pair(tmp_path, *udp_remap_rows(gap=40)), timeouts=IdleTimeouts(udp_unreplied_s=60.0))
     g = {f.kind: f for f in diagnose(longer)}["remapped_after_idle"]
     assert g.data["connections"] == 2 and g.data["shorter_than_default"]["connections"] == 1
     assert "the other 1's silence outlasted the default, so their entry expired or was deleted" in g.summary
