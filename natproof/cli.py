@@ -1129,7 +1129,9 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
                only: bool = False) -> Table:
     """One row per connection: the role ADDR:PORT played, then who is who (pod, node, peer, service, backend).
     "seen" is the connection's first to last packet, or where ADDR:PORT was its tuple for one mapping only (a flow
-    mapped anew after idling) that mapping's span first (natproof.lookup.Answer's leg_first_seen/leg_last_seen).
+    mapped anew after idling) that mapping's span first (natproof.lookup.Answer's leg_first_seen/leg_last_seen),
+    and then "node" and "frames" are that mapping's too (Answer's "mapping"), the connection's primary node tuple
+    beside it.
     Times are on ``clock``'s capture (``shift_s`` added to the connections' inside-clock times); ``only``: it is
     the only capture, beside the conntrack record, whose times are the node's clock (natproof.lookup.one_clock)."""
     from rich import box
@@ -1166,6 +1168,18 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         if not frames and c.get("kernel_entry"):
             frames = f"conntrack line {c['kernel_entry']['line']}"
         frames = frames or "-"
+        node = addr(c["ends"]["node"])
+        mapping = c.get("mapping") or []
+        own = [f"{'in' if m['observation_point'] == 'inside' else 'out'} {m['first_frame']}" for m in mapping
+               if m["first_frame"] is not None]
+        if own:  # ADDR:PORT was the tuple of one mapping only: its frames, not the primary mapping's
+            frames = f"{', '.join(own)} (this mapping)"
+        # The node's tuple of that mapping (a flow started inside: its source on the uplink), beside the primary's.
+        here = [m["tuple"] for m in mapping if c["initiator"] != "outside" and m["observation_point"] == "outside"]
+        if here and c["ends"]["node"] is not None:
+            mine = format_address(here[0]["src"], here[0]["sport"])
+            if mine != node:
+                node = f"{mine} (this mapping; connection's {node})"
         if c["first_seen"] is None:
             seen = "- (a listing)"
         else:
@@ -1180,7 +1194,7 @@ def _who_table(title: str, conns: tuple[dict, ...], clock: str = "inside", shift
         backend = "-" if svc is None or svc["backend"] is None else addr(
             svc["backend"], svc["backend"].get("pod"), svc["backend"].get("pod_candidates"))
         table.add_row(str(c["conn"]), ", ".join(c["roles"]), c["proto"], addr(c["ends"]["pod"]),
-                      addr(c["ends"]["node"]), addr(c["ends"]["peer"]), service, backend, seen, c["verdict"], frames)
+                      node, addr(c["ends"]["peer"]), service, backend, seen, c["verdict"], frames)
     return table
 
 

@@ -40,7 +40,11 @@ class Answer:
     of its life only (a flow mapped anew after idling: leg_spans), the first and last time it was (epoch seconds,
     the connections' clock as first_seen's: the first packet of the first leg that holds it to the last packet of
     the last, or for a leg from the kernel's record its entry's events); null when it held every leg at its point
-    (first_seen/last_seen are its times) or a leg's time cannot be known (a listing's entry)."""
+    (first_seen/last_seen are its times) or a leg's time cannot be known (a listing's entry). "mapping": in that
+    case the legs that hold ADDR:PORT (each {"observation_point", "tuple": {src, sport, dst, dport}, "first_frame"},
+    first_frame null for a leg from the kernel's record), else null: the connection's own tuples ("outside",
+    "translated", "ends", "evidence") stay its primary mapping's, the one that carried most of the initiator's
+    packets."""
     nearest: tuple[dict[str, Any], ...] = ()
     """When none was live at the time: the closest connection before and after it."""
     clock: str = "inside"
@@ -411,6 +415,7 @@ def _answer(connections: pl.DataFrame, endpoint: str, at: str | None, window_s: 
     for r in rows:
         held = legs[id(r)]
         r["_leg_span"] = (min(a for a, _ in held), max(b for _, b in held)) if held else None
+        r["_mapping"] = [leg for leg in r["legs"] or [] if _on(leg, addr, port)] if held else None
     if at_ns is not None:
         w = int(window_s * 1e9)
         spans = {id(r): legs[id(r)] or [(r["first_ts_ns"], r["last_ts_ns"])] for r in rows}
@@ -496,4 +501,8 @@ def _with_index(row: dict[str, Any]) -> dict[str, Any]:
     return {"conn": row["conn"]} | connection_dict(row) | {
         "roles": row["roles"], "ends": ends_of(row),
         "leg_first_seen": None if leg is None else epoch_seconds(leg[0]),
-        "leg_last_seen": None if leg is None else epoch_seconds(leg[1])}
+        "leg_last_seen": None if leg is None else epoch_seconds(leg[1]),
+        "mapping": None if row.get("_mapping") is None else [
+            {"observation_point": m["observation_point"],
+             "tuple": {k: m[k] for k in ("src", "sport", "dst", "dport")}, "first_frame": m["first_frame"]}
+            for m in row["_mapping"]]}

@@ -578,3 +578,26 @@ def test_a_public_port_two_pods_held_in_turn_past_the_udp_timeout_names_one_pod_
         (found,) = who(result, f"{node}:5000", at=str(at / 1e9), window_s=0).connections
         assert found["inside"]["src"] == pod
     assert [f.kind for f in diagnose(result)] == ["healthy"]
+
+
+def test_who_table_shows_the_node_tuple_and_frames_of_the_mapping_that_matched(tmp_path: Path) -> None:
+    # A trial (udp2): `who 203.0.113.2:61002`, a stream's second mapping, showed node 203.0.113.2:40400 and the
+    # first mapping's frames beside that mapping's own span. The row now shows the mapping that matched, the
+    # connection's primary node tuple (most of the pod's datagrams) beside it.
+    from pcapbytes import udp_remap_rows, write_pair
+
+    from natproof.cli import _plain_text, _who_table
+
+    res = correlate(*write_pair(tmp_path, *udp_remap_rows()))
+    answer = who(res, "203.0.113.2:61002")
+    (c,) = answer.to_dict()["connections"]
+    (leg,) = [leg for leg in c["legs"] if leg["tuple"]["sport"] == 61002]
+    assert c["mapping"] == [{"observation_point": "outside", "tuple": leg["tuple"], "first_frame": leg["first_frame"]}]
+    assert c["translated"]["sport"] == c["ends"]["node"]["port"] == 40400  # the primary: 4 of the 5 datagrams
+    out = _plain_text(_who_table("who", answer.connections))
+    assert "203.0.113.2:61002 (this mapping; connection's 203.0.113.2:40400)" in out
+    assert f"out {leg['first_frame']} (this mapping)" in out
+    assert f"out {c['evidence']['egress']['outside_frame']}," not in out
+    # An end every leg holds (the pod's source) is the connection's: no mapping of its own.
+    (whole,) = who(res, "10.244.0.10:40400").to_dict()["connections"]
+    assert whole["mapping"] is None
