@@ -100,18 +100,23 @@ def frame_of(rows: list[tuple[int, bytes]], linktype: int = 101, *, snaplen: int
     return build_packets(recs, CaptureInfo(path="<test>"))
 
 
+def http_steps(isn: int, srv_isn: int) -> list[tuple[str, int, int, int, bytes]]:
+    """An HTTP/1.0 exchange's TCP segments, (direction "e" initiator or "r" responder, flags, seq, ack, payload):
+    handshake, request, response, both FINs and the last ACK."""
+    req, resp = b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhello"
+    return [("e", 0x02, isn, 0, b""), ("r", 0x12, srv_isn, isn + 1, b""), ("e", 0x10, isn + 1, srv_isn + 1, b""),
+            ("e", 0x18, isn + 1, srv_isn + 1, req), ("r", 0x18, srv_isn + 1, isn + 1 + len(req), resp),
+            ("e", 0x11, isn + 1 + len(req), srv_isn + 1 + len(resp), b""),
+            ("r", 0x11, srv_isn + 1 + len(resp), isn + 2 + len(req), b""),
+            ("e", 0x10, isn + 2 + len(req), srv_isn + 2 + len(resp), b"")]
+
+
 def tcp_pair(t0: int = 1_700_000_000 * 10**9, *, pod: str = "10.244.0.10", node: str = "203.0.113.2",
              srv: str = "198.51.100.10", sport: int = 40000, nat_sport: int = 40000, isn: int = 1000,
              offset_ns: int = 0) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
     """One HTTP-like TCP connection through MASQUERADE: (inside rows, outside rows) of raw IP packets."""
-    srv_isn = 5000
-    req, resp = b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhello"
-    steps = [("e", 0x02, isn, 0, b""), ("r", 0x12, srv_isn, isn + 1, b""), ("e", 0x10, isn + 1, srv_isn + 1, b""),
-             ("e", 0x18, isn + 1, srv_isn + 1, req), ("r", 0x18, srv_isn + 1, isn + 1 + len(req), resp),
-             ("e", 0x11, isn + 1 + len(req), srv_isn + 1 + len(resp), b""),
-             ("r", 0x11, srv_isn + 1 + len(resp), isn + 2 + len(req), b""),
-             ("e", 0x10, isn + 2 + len(req), srv_isn + 2 + len(resp), b"")]
     inside, outside = [], []
+    steps = http_steps(isn, 5000)
     for i, (d, flags, seq, ack, data) in enumerate(steps):
         t = t0 + i * 1_000_000
         if d == "e":

@@ -638,14 +638,10 @@ def _tcp6(t0: int, inner: Tuple, outer: Tuple, isn: int) -> tuple[Rows, Rows]:
     """One IPv6 TCP connection across a forwarding node: (inside rows, outside rows). ``inner`` and ``outer`` are
     the initiator's (src, sport, dst, dport) on the inside and on the outside; its packets lose one hop on their
     way out (64 -> 63), the responder's one on their way in (60 -> 59), 30 us across the node."""
+    from pcapbytes import http_steps
+
     (a, ap, b, bp), (c, cp, d, dp) = inner, outer
-    srv = isn + 50_000
-    req, resp = b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhello"
-    steps = [("e", 0x02, isn, 0, b""), ("r", 0x12, srv, isn + 1, b""), ("e", 0x10, isn + 1, srv + 1, b""),
-             ("e", 0x18, isn + 1, srv + 1, req), ("r", 0x18, srv + 1, isn + 1 + len(req), resp),
-             ("e", 0x11, isn + 1 + len(req), srv + 1 + len(resp), b""),
-             ("r", 0x11, srv + 1 + len(resp), isn + 2 + len(req), b""),
-             ("e", 0x10, isn + 2 + len(req), srv + 2 + len(resp), b"")]
+    steps = http_steps(isn, isn + 50_000)
     inside: Rows = []
     outside: Rows = []
     for i, (way, flags, seq, ack, data) in enumerate(steps):

@@ -430,15 +430,21 @@ def test_replies_on_an_uplink_left_out_by_hand_are_no_drop() -> None:
     assert auto.connections["left_out_interfaces"].null_count() == auto.connections.height
 
 
-def test_replies_that_leave_by_another_uplink_are_no_drops(tmp_path: Path) -> None:
-    # tcpdump -i any of a node whose NodePort replies leave by eth1 (if5), not eth0 (if3) where the requests came
-    # in: two clients' datagrams to 203.0.113.2:30053, DNATed to the pod 10.244.0.10:5353 on vethpod1 (if4) and
-    # masqueraded to 10.244.0.1; each reply leaves eth1 reverse-translated, TTL one lower than on the veth.
+def _two_uplinks_links(tmp_path: Path) -> Path:
+    """`ip -o link` of a node with two uplinks, eth0 (if3) and eth1 (if5), and a pod's veth on cni0 (if4)."""
     links = tmp_path / "links.txt"
     links.write_text("".join(
         f"{i}: {name}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue{master} state UP\\    link/ether "
         "02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n"
         for i, name, master in ((3, "eth0", ""), (4, "vethpod1", " master cni0"), (5, "eth1", ""))))
+    return links
+
+
+def test_replies_that_leave_by_another_uplink_are_no_drops(tmp_path: Path) -> None:
+    # tcpdump -i any of a node whose NodePort replies leave by eth1 (if5), not eth0 (if3) where the requests came
+    # in: two clients' datagrams to 203.0.113.2:30053, DNATed to the pod 10.244.0.10:5353 on vethpod1 (if4) and
+    # masqueraded to 10.244.0.1; each reply leaves eth1 reverse-translated, TTL one lower than on the veth.
+    links = _two_uplinks_links(tmp_path)
     records = []
     for n, (client, cport, masq) in enumerate((("198.51.100.20", 40001, 20001), ("198.51.100.21", 40002, 20002))):
         t = T0 + n * 100_000_000
@@ -469,11 +475,7 @@ def test_egress_on_an_uplink_left_out_by_hand_is_named(tmp_path: Path) -> None:
     # with the --outside-if that takes it in, rather than advising a capture of every uplink it already is.
     from natproof.diagnose import diagnose
 
-    links = tmp_path / "links.txt"
-    links.write_text("".join(
-        f"{i}: {name}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue{master} state UP\\    link/ether "
-        "02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n"
-        for i, name, master in ((3, "eth0", ""), (4, "vethpod1", " master cni0"), (5, "eth1", ""))))
+    links = _two_uplinks_links(tmp_path)
     records = []
     for n in range(2):
         t, ask, answer = T0 + n * 100_000_000, b"query %d" % n, b"answer %d" % n
