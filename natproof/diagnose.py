@@ -14,6 +14,7 @@ from natproof.connections import TCP_ESTABLISHED_S, IdleTimeouts
 from natproof.contracts import utc_ms
 from natproof.correlate import capture_off_until
 from natproof.errors import NatproofError
+from natproof.networks import PRIVATE_SPACE
 from natproof.report.table import format_address
 from natproof.result import CaptureSummary, Result, flags_expr, flags_of
 
@@ -588,8 +589,7 @@ def _unseen_while_running(result: Result, rows: list[dict[str, Any]]) -> list[Fi
                 "shows none of it" for r, span in spans if span]
     given = result.pod_networks_why.startswith("given")
     nets = [ipaddress.ip_network(n) for n in result.pod_networks]
-    private = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "100.64.0.0/10", "192.168.0.0/16",
-                                                  "fc00::/7")]
+    private = [space for space, _, _ in PRIVATE_SPACE]
 
     def left_out(a: str | None) -> bool:
         if not a:
