@@ -613,10 +613,10 @@ def pair_within(side: pl.DataFrame, tolerance_ns: int = SELF_TOLERANCE_NS, *,
          & (pl.col("local").shift(-1) == pl.col("local")) & (pl.col("lport").shift(-1) == pl.col("lport"))
          & ((pl.col("remote").shift(-1) != pl.col("remote")) | (pl.col("rport").shift(-1) != pl.col("rport"))))
         .fill_null(False).alias("ok"),
-    ).filter(pl.col("dt_ns") <= min(tolerance_ns, COPY_NS_WITHIN))
+    ).filter(pl.col("ok") & (pl.col("dt_ns") <= min(tolerance_ns, COPY_NS_WITHIN))).drop("ok")
     loose, last_b = [], None
-    for a, b, dt, ok in nxt.iter_rows():
-        if ok and a != last_b:
+    for a, b, dt in nxt.iter_rows():  # each copy in one pair only: a row whose first is the last pair's second waits
+        if a != last_b:
             loose.append((a, b, dt))
             last_b = b
     if not loose:
